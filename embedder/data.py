@@ -1,0 +1,119 @@
+"""Catalog inputs: a folder with one subfolder per class, or a CSV manifest (id,image,label,...)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from embedder.errors import DataError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+REQUIRED_COLUMNS = ("id", "image", "label")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One catalog image: a stable id, where the file is, its label ('' if unknown), metadata."""
+
+    id: str
+    path: Path
+    label: str
+    metadata: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Samples in a stable order plus the sorted class names found in them."""
+
+    samples: list[Sample]
+    label_names: list[str]
+    source: Path
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def label_index(self, label: str) -> int:
+        return self.label_names.index(label)
+
+
+def _is_image(path: Path) -> bool:
+    return (
+        path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    )
+
+
+def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = sorted(p for p in root.iterdir() if _is_image(p))
+    if not class_dirs:
+        if loose and not require_labels:
+            return [Sample(id=p.stem, path=p, label="") for p in loose]
+        raise DataError(
+            f"{root}: no class folders found (expected one subfolder of images per class"
+            + (", or a CSV manifest)" if require_labels else ")")
+        )
+    samples: list[Sample] = []
+    for class_dir in class_dirs:
+        images = sorted(p for p in class_dir.rglob("*") if _is_image(p))
+        if not images:
+            raise DataError(f"{class_dir}: class '{class_dir.name}' has no images")
+        for img in images:
+            rel = img.relative_to(root).with_suffix("").as_posix()
+            samples.append(Sample(id=rel, path=img, label=class_dir.name))
+    return samples
+
+
+def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            if missing:
+                raise DataError(
+                    f"{csv_path}: manifest is missing column(s) {', '.join(missing)} "
+                    f"(needs {','.join(REQUIRED_COLUMNS)}; found {','.join(columns) or 'none'})"
+                )
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{csv_path}: manifest is not UTF-8 text ({exc.reason})") from exc
+    except csv.Error as exc:
+        raise DataError(f"{csv_path}: malformed CSV ({exc})") from exc
+    samples: list[Sample] = []
+    seen: set[str] = set()
+    for line, row in enumerate(rows, start=2):
+        sid, image, label = (str(row.get(c) or "").strip() for c in REQUIRED_COLUMNS)
+        if not sid or not image:
+            raise DataError(f"{csv_path}:{line}: empty id or image")
+        if sid in seen:
+            raise DataError(f"{csv_path}:{line}: duplicate id '{sid}'")
+        if require_labels and not label:
+            raise DataError(f"{csv_path}:{line}: empty label (training needs a label per image)")
+        seen.add(sid)
+        meta = {k: (v or "") for k, v in row.items() if k is not None}
+        samples.append(Sample(id=sid, path=(csv_path.parent / image), label=label, metadata=meta))
+    return samples
+
+
+def load_catalog(path: str | Path, require_labels: bool = True) -> Catalog:
+    """Read a catalog from a class-folder tree or a CSV manifest.
+
+    With ``require_labels=False`` a flat folder of images (no classes) or blank manifest
+    labels are accepted, for embedding and duplicate detection.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder")
+    if root.is_dir():
+        samples = _from_folder(root, require_labels)
+    elif root.suffix.lower() == ".csv":
+        samples = _from_manifest(root, require_labels)
+    else:
+        raise DataError(f"{root}: expected a folder of class subfolders or a .csv manifest")
+    if not samples:
+        raise DataError(f"{root}: no images found")
+    label_names = sorted({s.label for s in samples if s.label})
+    if require_labels and len(label_names) < 2:
+        raise DataError(f"{root}: found {len(label_names)} class(es); training needs at least 2")
+    return Catalog(samples=samples, label_names=label_names, source=root)

@@ -1,0 +1,128 @@
+"""``phonesim evaluate``: classification and retrieval quality of a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedder.batch import embed_samples
+from embedder.data import load_catalog
+from embedder.errors import DataError
+from embedder.inference import Embedder
+from embedder.metrics import confusion_matrix, macro_f1, per_class_scores, recall_at_k
+
+log = logging.getLogger(__name__)
+
+
+def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
+    """Save the confusion matrix as a PNG heat map with counts in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.6 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = cm.max() / 2 if cm.size else 0
+    for (i, j), value in np.ndenumerate(cm):
+        ax.text(
+            j,
+            i,
+            str(value),
+            ha="center",
+            va="center",
+            color="white" if value > threshold else "black",
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    gallery: str | Path | None = None,
+    out: str | Path | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate and (when ``out`` is given) write report.json and confusion_matrix.png there."""
+    embedder = Embedder.from_checkpoint(checkpoint)
+    names = embedder.label_names
+    catalog = load_catalog(data, require_labels=True)
+    unknown = sorted(set(catalog.label_names) - set(names))
+    if unknown:
+        raise DataError(f"{data}: classes the checkpoint does not know: {', '.join(unknown)}")
+    idx, batch, failures = embed_samples(embedder, catalog.samples, batch_size, progress=progress)
+    if len(idx) == 0:
+        raise DataError(f"{data}: none of the images could be read")
+    y_true = np.array([names.index(catalog.samples[i].label) for i in idx])
+    y_pred = batch.probabilities.argmax(1)
+    cm = confusion_matrix(y_true, y_pred, len(names))
+    scores = per_class_scores(cm)
+    if gallery is not None:
+        g_catalog = load_catalog(gallery, require_labels=True)
+        g_idx, g_batch, g_failures = embed_samples(
+            embedder, g_catalog.samples, batch_size, progress=progress
+        )
+        failures += g_failures
+        g_labels = [g_catalog.samples[i].label for i in g_idx]
+        recall = recall_at_k(
+            batch.embeddings, [catalog.samples[i].label for i in idx], g_batch.embeddings, g_labels
+        )
+    else:
+        recall = recall_at_k(batch.embeddings, y_true)
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "gallery": str(gallery) if gallery else "leave-one-out",
+        "count": int(len(idx)),
+        "failed": len(failures),
+        "accuracy": float((y_true == y_pred).mean()),
+        "macro_f1": macro_f1(cm),
+        "recall_at_1": recall[1],
+        "recall_at_5": recall[5],
+        "per_class": {
+            name: {k: float(scores[k][i]) for k in ("precision", "recall", "f1", "support")}
+            for i, name in enumerate(names)
+        },
+        "labels": names,
+        "confusion_matrix": cm.tolist(),
+        "failed_images": [f"{f.id}: {f.reason}" for f in failures],
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        plot_confusion(cm, names, out / "confusion_matrix.png")
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        report["report_dir"] = str(out)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Human-readable summary table of an evaluation report."""
+    lines = [
+        f"images: {report['count']} evaluated, {report['failed']} unreadable",
+        f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
+        f"Recall@1 {report['recall_at_1']:.4f}  Recall@5 {report['recall_at_5']:.4f} "
+        f"(gallery: {report['gallery']})",
+        "",
+        f"{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
+    ]
+    for name, s in report["per_class"].items():
+        lines.append(
+            f"{name:<20}{s['precision']:>10.3f}{s['recall']:>10.3f}{s['f1']:>10.3f}"
+            f"{int(s['support']):>10d}"
+        )
+    if "report_dir" in report:
+        lines += ["", f"report.json and confusion_matrix.png in {report['report_dir']}"]
+    return "\n".join(lines)

@@ -1,0 +1,394 @@
+"""Transfer learning: fine-tune a timm backbone into a phone classifier.
+
+Recipe (the defaults are the recommended one): a head-only warm-up with the backbone frozen,
+then full fine-tuning at a lower rate; AdamW with a cosine schedule and linear warm-up; label
+smoothing (the labels of real listings are noisy); timm's training augmentation; class-balanced
+sampling; early stopping on validation accuracy. The best checkpoint is saved atomically every
+time validation improves, so Ctrl-C or a crash leaves it on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from tqdm import tqdm
+
+from embedder.backbone import DEFAULT_MODEL, create_backbone
+from embedder.batch import embed_samples
+from embedder.checkpoint import CheckpointConfig, save_checkpoint
+from embedder.data import Catalog, Sample, load_catalog
+from embedder.errors import DataError, ImageError
+from embedder.images import load_image
+from embedder.inference import Embedder
+from embedder.metrics import confusion_matrix, macro_f1, recall_at_k
+from embedder.transforms import model_data_config, train_transform
+
+log = logging.getLogger(__name__)
+
+# Decoded training images are kept in memory (downscaled) up to this many; beyond, re-read.
+CACHE_LIMIT = 20_000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; the CLI flags parse into this."""
+
+    data: str
+    out: str
+    val: str | None = None
+    val_fraction: float = 0.15
+    model: str = DEFAULT_MODEL
+    weights: str = "imagenet"
+    img_size: int | None = None
+    epochs: int = 15
+    warmup_epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-3
+    head_lr: float = 3e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    drop_rate: float = 0.2
+    augment: float = 1.0
+    balance: bool = True
+    patience: int = 5
+    seed: int = 0
+    workers: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    best_epoch: int
+    metrics: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class CachedImages(Dataset):
+    """Training images decoded once up front and augmented per epoch.
+
+    Unreadable images are dropped here (listed in ``skipped``); up to ``CACHE_LIMIT`` images are
+    kept in memory, downscaled to what random crops at the training size need.
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        targets: list[int],
+        transform,
+        keep_side: int,
+        progress: bool = True,
+    ):
+        self.transform = transform
+        self.samples, self.targets, self.cache, self.skipped = [], [], [], []
+        keep = len(samples) <= CACHE_LIMIT
+        for s, t in zip(
+            tqdm(samples, desc="decoding", unit="img", leave=False, disable=not progress),
+            targets,
+            strict=True,
+        ):
+            try:
+                img = load_image(s.path)
+            except ImageError as exc:
+                log.warning("skipping %s", exc)
+                self.skipped.append(str(exc))
+                continue
+            self.samples.append(s)
+            self.targets.append(t)
+            if keep:
+                scale = keep_side / min(img.size)
+                if scale < 1:
+                    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+                    img = img.resize(size, resample=Image.BICUBIC)
+                self.cache.append(img)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        img = self.cache[i] if self.cache else load_image(self.samples[i].path)
+        return self.transform(img), self.targets[i]
+
+
+def stratified_split(
+    samples: list[Sample], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Hold out ``fraction`` of each class (at least one image where a class has two or more)."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_label.setdefault(s.label, []).append(s)
+    train, val = [], []
+    for label in sorted(by_label):
+        items = by_label[label][:]
+        rng.shuffle(items)
+        n_val = min(len(items) - 1, max(1, round(len(items) * fraction))) if fraction > 0 else 0
+        val.extend(items[:n_val])
+        train.extend(items[n_val:])
+    return train, val
+
+
+def _seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _cosine_lr(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    head = set(model.get_classifier().parameters())
+    for p in model.parameters():
+        p.requires_grad = trainable or p in head
+
+
+class Trainer:
+    """Runs the two-phase recipe over prepared datasets and keeps the best checkpoint."""
+
+    def __init__(self, config: TrainConfig, train: Catalog, val_samples: list[Sample]):
+        self.cfg = config
+        self.label_names = train.label_names
+        self.label_to_idx = {name: i for i, name in enumerate(self.label_names)}
+        self.generator = _seed_everything(config.seed)
+        model_kwargs: dict[str, Any] = {"drop_rate": config.drop_rate}
+        self.model = create_backbone(
+            config.model, len(self.label_names), config.weights, **model_kwargs
+        )
+        self.model_kwargs = {}  # drop_rate only matters in training; not needed to rebuild
+        self.data_config = model_data_config(self.model, config.img_size)
+        self.val_samples = val_samples
+        side = int(self.data_config["input_size"][-1])
+        dataset = CachedImages(
+            train.samples,
+            [self.label_to_idx[s.label] for s in train.samples],
+            train_transform(self.data_config, config.augment),
+            keep_side=round(side * 1.15),
+            progress=config.progress,
+        )
+        missing = sorted(set(self.label_names) - {s.label for s in dataset.samples})
+        if missing:
+            raise DataError(f"no readable training images for class(es) {', '.join(missing)}")
+        self.skipped = dataset.skipped
+        self.val_skipped: list[str] = []
+        self.targets = dataset.targets
+        sampler = None
+        if config.balance:
+            counts = Counter(self.targets)
+            weights = torch.tensor([1.0 / counts[t] for t in self.targets], dtype=torch.double)
+            sampler = WeightedRandomSampler(weights, len(weights), generator=self.generator)
+        workers = config.workers if config.workers is not None else min(2, os.cpu_count() or 1)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            sampler=sampler,
+            shuffle=sampler is None,
+            generator=self.generator,
+            num_workers=workers,
+            worker_init_fn=_worker_init,
+            persistent_workers=workers > 0,
+            drop_last=len(dataset) > config.batch_size,
+        )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    def checkpoint_config(self, metrics: dict[str, Any]) -> CheckpointConfig:
+        training = {k: v for k, v in asdict(self.cfg).items() if k != "progress"}
+        return CheckpointConfig(
+            architecture=self.cfg.model,
+            num_classes=len(self.label_names),
+            label_names=self.label_names,
+            data_config=self.data_config,
+            feature_dim=int(self.model.num_features),
+            model_kwargs=self.model_kwargs,
+            training=training,
+            metrics=metrics,
+        )
+
+    def _run_epoch(
+        self, epoch: int, optimizer, schedule, step: int, head_only: bool
+    ) -> tuple[dict, int]:
+        model = self.model
+        model.train()
+        if head_only:
+            # Frozen backbone: keep its BatchNorm statistics fixed too.
+            model.eval()
+            model.get_classifier().train()
+        total, correct, loss_sum = 0, 0, 0.0
+        phase = "head" if head_only else "fine-tune"
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs} [{phase}]",
+            unit="batch",
+            disable=not self.cfg.progress,
+            leave=False,
+        )
+        for x, y in bar:
+            for group, base in zip(optimizer.param_groups, self._base_lrs, strict=True):
+                group["lr"] = base * schedule(step)
+            logits = model(x)
+            loss = self.criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            total += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += loss.item() * len(y)
+            bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
+        bar.close()
+        return {"train_loss": loss_sum / max(1, total), "train_acc": correct / max(1, total)}, step
+
+    def validate(self) -> dict[str, Any]:
+        """Accuracy, macro-F1 and leave-one-out Recall@1/5 on the validation images."""
+        if not self.val_samples:
+            return {}
+        embedder = Embedder(self.model.eval(), self.checkpoint_config({}))
+        idx, batch, failures = embed_samples(
+            embedder,
+            self.val_samples,
+            batch_size=self.cfg.batch_size * 2,
+            workers=0,
+            progress=False,
+        )
+        self.val_skipped = [f"{f.id}: {f.reason}" for f in failures]
+        y_true = np.array([self.label_to_idx[self.val_samples[i].label] for i in idx])
+        y_pred = batch.probabilities.argmax(1)
+        cm = confusion_matrix(y_true, y_pred, len(self.label_names))
+        recall = recall_at_k(batch.embeddings, y_true, ks=(1, 5))
+        return {
+            "val_accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
+            "val_macro_f1": macro_f1(cm),
+            "val_recall_at_1": recall[1],
+            "val_recall_at_5": recall[5],
+            "val_count": int(len(y_true)),
+        }
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        head_params = list(self.model.get_classifier().parameters())
+        head_ids = {id(p) for p in head_params}
+        body_params = [p for p in self.model.parameters() if id(p) not in head_ids]
+        steps_per_epoch = max(1, len(self.loader))
+        result = TrainResult(checkpoint=Path(cfg.out), best_epoch=-1, metrics={})
+        best_key = (-1.0, -1.0)
+        stale = 0
+        warmup = min(cfg.warmup_epochs, cfg.epochs)
+        step = 0
+        optimizer = None
+        started = time.monotonic()
+        try:
+            for epoch in range(cfg.epochs):
+                head_only = epoch < warmup
+                if epoch == 0 and head_only:
+                    _set_backbone_trainable(self.model, False)
+                    optimizer = torch.optim.AdamW(
+                        head_params, lr=cfg.head_lr, weight_decay=cfg.weight_decay
+                    )
+                    self._base_lrs = [cfg.head_lr]
+                    total = warmup * steps_per_epoch
+                    schedule = lambda s, t=total: _cosine_lr(s, t, max(1, t // 10))  # noqa: E731
+                    step = 0
+                if epoch == warmup:
+                    _set_backbone_trainable(self.model, True)
+                    # The head already fits; the backbone moves at the lower fine-tuning rate.
+                    optimizer = torch.optim.AdamW(
+                        [{"params": body_params}, {"params": head_params}],
+                        lr=cfg.lr,
+                        weight_decay=cfg.weight_decay,
+                    )
+                    self._base_lrs = [cfg.lr, cfg.lr]
+                    total = (cfg.epochs - warmup) * steps_per_epoch
+                    schedule = lambda s, t=total: _cosine_lr(s, t, steps_per_epoch)  # noqa: E731
+                    step = 0
+                stats, step = self._run_epoch(epoch, optimizer, schedule, step, head_only)
+                stats.update(self.validate())
+                stats["epoch"] = epoch + 1
+                stats["elapsed_s"] = round(time.monotonic() - started, 1)
+                result.history.append(stats)
+                key = (stats.get("val_accuracy", 0.0), stats.get("val_macro_f1", 0.0))
+                improved = not self.val_samples or key > best_key
+                log.info(
+                    "epoch %d/%d: loss %.3f train acc %.3f%s%s",
+                    epoch + 1,
+                    cfg.epochs,
+                    stats["train_loss"],
+                    stats["train_acc"],
+                    f" val acc {stats['val_accuracy']:.3f} macro-F1 {stats['val_macro_f1']:.3f}"
+                    if self.val_samples
+                    else "",
+                    " (best, saved)" if improved else "",
+                )
+                if improved:
+                    best_key, stale = key, 0
+                    result.best_epoch, result.metrics = epoch + 1, stats
+                    save_checkpoint(self.model, self.checkpoint_config(stats), cfg.out)
+                elif not head_only:
+                    stale += 1
+                    if stale >= cfg.patience:
+                        log.info("early stop: no validation improvement for %d epochs", stale)
+                        break
+        except KeyboardInterrupt:
+            result.interrupted = True
+            log.warning(
+                "interrupted; best checkpoint so far %s",
+                f"(epoch {result.best_epoch}) is at {cfg.out}" if result.best_epoch > 0 else "none",
+            )
+        return result
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Load data, fine-tune, and return where the best checkpoint is with its metrics."""
+    if not (0.0 <= config.val_fraction < 1.0):
+        raise DataError("--val-fraction must be in [0, 1)")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise DataError("--epochs and --batch-size must be at least 1")
+    catalog = load_catalog(config.data, require_labels=True)
+    if config.val:
+        val_catalog = load_catalog(config.val, require_labels=True)
+        unknown = sorted(set(val_catalog.label_names) - set(catalog.label_names))
+        if unknown:
+            raise DataError(f"{config.val}: classes not in the training data: {', '.join(unknown)}")
+        train_samples, val_samples = catalog.samples, val_catalog.samples
+    else:
+        train_samples, val_samples = stratified_split(
+            catalog.samples, config.val_fraction, config.seed
+        )
+    log.info(
+        "training %s (%s weights) on %d images in %d classes, validating on %d",
+        config.model,
+        config.weights,
+        len(train_samples),
+        len(catalog.label_names),
+        len(val_samples),
+    )
+    train_catalog = Catalog(train_samples, catalog.label_names, catalog.source)
+    trainer = Trainer(config, train_catalog, val_samples)
+    result = trainer.fit()
+    result.skipped = trainer.skipped + trainer.val_skipped
+    return result

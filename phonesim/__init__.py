@@ -1,0 +1,1 @@
+"""phonesim command-line entry point (wires the embedder, index and server stages)."""

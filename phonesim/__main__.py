@@ -1,0 +1,3 @@
+from phonesim.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""``phonesim demo``: the whole pipeline on the built-in synthetic catalog, offline.
+
+generate catalog -> fine-tune the default pretrained backbone -> evaluate -> embed -> build the
+FAISS index -> (serve). Each step reuses its output when it already exists, so a second run
+starts quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Small enough to train in about a minute on 2 CPU cores, large enough to be meaningful.
+DEMO_IMG_SIZE = 128
+DEMO_EPOCHS = 4
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on the built-in demo catalog (no data, no internet)",
+        description="Generate the synthetic demo catalog, fine-tune the default pretrained "
+        "backbone on it, evaluate, embed, build the index and start the server. Outputs go "
+        "to --workdir and are reused on the next run (delete it to start over).",
+    )
+    p.add_argument("--workdir", default="demo", help="where outputs go (default ./demo)")
+    p.add_argument("--classes", type=int, default=8, help="phone models (default 8)")
+    p.add_argument("--per-class", type=int, default=40, help="images per model (default 40)")
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    p.add_argument("--no-serve", action="store_true", help="stop after building the index")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from embedder.checkpoint import CONFIG_FILE
+    from embedder.demo_catalog import generate_catalog
+    from embedder.embed_job import embed_to_hdf5
+    from embedder.evaluate import evaluate, format_report
+    from embedder.train import TrainConfig, train
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    catalog_dir, checkpoint = work / "catalog", work / "checkpoint"
+    embeddings, index_dir = work / "embeddings.h5", work / "index"
+    progress = sys.stderr.isatty()
+
+    csv_path = catalog_dir / "catalog.csv"
+    if not csv_path.exists():
+        print(f"[1/5] generating demo catalog in {catalog_dir}", flush=True)
+        generate_catalog(catalog_dir, args.classes, args.per_class, seed=0, progress=progress)
+    else:
+        print(f"[1/5] reusing demo catalog {catalog_dir}", flush=True)
+
+    if not (checkpoint / CONFIG_FILE).exists():
+        print("[2/5] fine-tuning tf_efficientnet_lite0 (ImageNet weights, offline)", flush=True)
+        result = train(
+            TrainConfig(
+                data=str(csv_path),
+                out=str(checkpoint),
+                img_size=DEMO_IMG_SIZE,
+                epochs=args.epochs,
+                warmup_epochs=1,
+                val_fraction=0.2,
+                progress=progress,
+            )
+        )
+        if result.interrupted:
+            return 130
+    else:
+        print(f"[2/5] reusing checkpoint {checkpoint}", flush=True)
+
+    print("[3/5] evaluating (whole catalog, leave-one-out retrieval)", flush=True)
+    report = evaluate(checkpoint, csv_path, out=work / "evaluation", progress=progress)
+    print(format_report(report), flush=True)
+
+    print(f"[4/5] embedding the catalog into {embeddings}", flush=True)
+    summary = embed_to_hdf5(checkpoint, csv_path, embeddings, progress=progress)
+    print(
+        f"      {summary.embedded} embedded, {summary.failed} failed, {summary.dim}-d", flush=True
+    )
+
+    print(f"[5/5] building the index in {index_dir}", flush=True)
+    from index.build import build_index_from_files
+
+    info = build_index_from_files(embeddings, csv_path, index_dir, overwrite=True)
+    print(f"      {json.dumps(info)}", flush=True)
+
+    if args.no_serve:
+        return 0
+    from server.serve import serve
+
+    print(f"serving on http://{args.host}:{args.port}/  (Ctrl-C to stop)", flush=True)
+    return serve(checkpoint, index_dir, host=args.host, port=args.port)

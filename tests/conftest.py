@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny generated catalog and a tiny checkpoint trained on it, built once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PHONE_BRANDS = REPO.parent / "shared" / "datasets" / "phone-brands"
+TINY_MODEL = "test_efficientnet"
+TINY_SIZE = 64
+
+
+def tiny_train_config(data: Path, out: Path, **overrides):
+    """Settings for a seconds-long training run of timm's smallest test model at 64 px."""
+    from embedder.train import TrainConfig
+
+    settings = dict(
+        data=str(data),
+        out=str(out),
+        model=TINY_MODEL,
+        weights="none",
+        img_size=TINY_SIZE,
+        epochs=1,
+        warmup_epochs=0,
+        batch_size=8,
+        workers=0,
+        progress=False,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_catalog(tmp_path_factory) -> Path:
+    """Three demo phone models, six 64 px images each: class folders plus catalog.csv."""
+    from embedder.demo_catalog import generate_catalog
+
+    out = tmp_path_factory.mktemp("catalog") / "demo"
+    generate_catalog(out, classes=3, per_class=6, seed=1, image_size=TINY_SIZE, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_catalog, tmp_path_factory) -> Path:
+    from embedder.train import train
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    train(tiny_train_config(tiny_catalog, out, val_fraction=0.2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def phone_brands() -> Path:
+    if not (PHONE_BRANDS / "train").is_dir():
+        pytest.skip(f"real benchmark data not present at {PHONE_BRANDS}")
+    return PHONE_BRANDS

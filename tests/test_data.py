@@ -1,0 +1,76 @@
+import pytest
+from PIL import Image
+
+from embedder.data import load_catalog
+from embedder.errors import DataError
+
+
+def _img(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8)).save(path)
+
+
+def test_folder_catalog(tmp_path):
+    for label in ("b", "a"):
+        for i in range(2):
+            _img(tmp_path / label / f"{i}.jpg")
+    (tmp_path / "a" / "notes.txt").write_text("ignored")
+    cat = load_catalog(tmp_path)
+    assert cat.label_names == ["a", "b"]
+    assert [s.id for s in cat.samples] == ["a/0", "a/1", "b/0", "b/1"]
+
+
+def test_manifest_catalog_keeps_metadata_and_resolves_paths(tmp_path):
+    _img(tmp_path / "imgs" / "x.png")
+    _img(tmp_path / "imgs" / "y.png")
+    (tmp_path / "m.csv").write_text(
+        "id,image,label,brand\nsku1,imgs/x.png,p1,Acme\nsku2,imgs/y.png,p2,Zed\n"
+    )
+    cat = load_catalog(tmp_path / "m.csv")
+    assert [s.id for s in cat.samples] == ["sku1", "sku2"]
+    assert cat.samples[0].path == tmp_path / "imgs" / "x.png"
+    assert cat.samples[1].metadata["brand"] == "Zed"
+
+
+def test_flat_folder_only_without_labels(tmp_path):
+    _img(tmp_path / "x.jpg")
+    with pytest.raises(DataError, match="no class folders"):
+        load_catalog(tmp_path)
+    assert [s.label for s in load_catalog(tmp_path, require_labels=False).samples] == [""]
+
+
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.mkdir(), "no class folders"),
+        (lambda p: ((p / "a").mkdir(parents=True), _img(p / "b" / "1.jpg")), "has no images"),
+        (lambda p: _img(p / "only" / "1.jpg"), "at least 2"),
+    ],
+)
+def test_bad_folders(tmp_path, setup, message):
+    target = tmp_path / "data"
+    setup(target)
+    with pytest.raises(DataError, match=message):
+        load_catalog(target)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("id,label\n1,a\n", "missing column"),
+        ("id,image,label\n1,x.jpg,a\n1,y.jpg,b\n", "duplicate id"),
+        ("id,image,label\n1,x.jpg,\n", "empty label"),
+        ("id,image,label\n", "no images"),
+    ],
+)
+def test_bad_manifests(tmp_path, text, message):
+    (tmp_path / "m.csv").write_text(text)
+    with pytest.raises(DataError, match=message):
+        load_catalog(tmp_path / "m.csv")
+
+
+def test_non_utf8_manifest(tmp_path):
+    (tmp_path / "m.csv").write_bytes(b"id,image,label\n\xff\xfe,x,y\n")
+    with pytest.raises(DataError, match="UTF-8"):
+        load_catalog(tmp_path / "m.csv")

@@ -1,0 +1,164 @@
+"""Tests for the synthetic phone catalog: layout, determinism, distinct classes, argument checks."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embedder.demo_catalog import (
+    CATALOG_COLUMNS,
+    CLASS_NAMES,
+    PhoneSpec,
+    generate_catalog,
+    make_specs,
+    render_phone_image,
+    slugify,
+)
+
+SMALL = {"classes": 3, "per_class": 4, "image_size": 64, "progress": False}
+
+
+def _read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_small_catalog_layout(tmp_path: Path) -> None:
+    out = tmp_path / "cat"
+    csv_path = generate_catalog(out, seed=3, **SMALL)
+
+    assert csv_path == out / "catalog.csv"
+    columns, rows = _read_rows(csv_path)
+    assert columns == list(CATALOG_COLUMNS) == ["id", "image", "label", "title", "brand", "price"]
+    assert len(rows) == 3 * 4
+    assert b"\r" not in csv_path.read_bytes()
+
+    labels = sorted({r["label"] for r in rows})
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == labels
+    assert len(labels) == 3
+    assert len({r["id"] for r in rows}) == len(rows)
+    for row in rows:
+        assert row["image"].startswith(f"{row['label']}/")
+        assert row["id"].startswith("demo-")
+        assert row["brand"] and row["title"].startswith(row["brand"] + " ")
+        assert float(row["price"]) > 0 and "." in row["price"]
+        with Image.open(out / row["image"]) as img:
+            assert img.format == "JPEG"
+            assert img.mode == "RGB"
+            assert img.size == (64, 64)
+    # Every image on disk is listed, nothing else is written.
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*.jpg")}
+    assert on_disk == {r["image"] for r in rows}
+    assert {p.name for p in out.iterdir() if p.is_file()} == {"catalog.csv"}
+
+
+def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path: Path) -> None:
+    a = _digests(generate_catalog(tmp_path / "a", seed=7, **SMALL).parent)
+    b = _digests(generate_catalog(tmp_path / "b", seed=7, **SMALL).parent)
+    assert a == b
+
+    c_root = generate_catalog(tmp_path / "c", seed=8, **SMALL).parent
+    a_images = sorted(v for k, v in a.items() if k.endswith(".jpg"))
+    c_images = sorted(v for k, v in _digests(c_root).items() if k.endswith(".jpg"))
+    assert not set(a_images) & set(c_images)
+
+
+def test_regenerating_over_previous_catalog_replaces_it(tmp_path: Path) -> None:
+    out = tmp_path / "cat"
+    generate_catalog(out, seed=1, classes=4, per_class=2, image_size=48, progress=False)
+    generate_catalog(out, seed=2, classes=2, per_class=2, image_size=48, progress=False)
+    _, rows = _read_rows(out / "catalog.csv")
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.jpg")} == {r["image"] for r in rows}
+
+
+def test_refuses_foreign_non_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty"):
+        generate_catalog(tmp_path, **SMALL)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+    # A catalog.csv next to unrelated files is still not ours to delete.
+    (tmp_path / "catalog.csv").write_text("id\n")
+    with pytest.raises(ValueError, match="not part of a demo catalog"):
+        generate_catalog(tmp_path, **SMALL)
+    assert (tmp_path / "notes.txt").exists()
+
+
+def test_refuses_file_as_output(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        generate_catalog(target, **SMALL)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"classes": 1}, "classes"),
+        ({"classes": len(CLASS_NAMES) + 1}, "classes"),
+        ({"per_class": 0}, "per_class"),
+        ({"image_size": 31}, "image_size"),
+        ({"classes": 2.5}, "classes"),
+    ],
+)
+def test_bad_arguments_raise(tmp_path: Path, kwargs: dict, message: str) -> None:
+    args = {**SMALL, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        generate_catalog(tmp_path / "out", **args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_specs_deterministic_and_distinct() -> None:
+    assert make_specs(8, seed=5) == make_specs(8, seed=5)
+    assert make_specs(8, seed=5) != make_specs(8, seed=6)
+    for seed in range(5):
+        specs = make_specs(8, seed)
+        assert len({s.slug for s in specs}) == len({s.name for s in specs}) == 8
+        for a, b in itertools.combinations(specs, 2):
+            assert a.differences(b) >= 3, (a.slug, b.slug)
+        # The defining features are spread over the classes, not all alike.
+        assert len({s.camera_shape for s in specs}) == 4
+        assert len({s.lens_count for s in specs}) >= 3
+        assert len({s.cutout for s in specs}) >= 3
+
+    every = make_specs(len(CLASS_NAMES), seed=0)
+    assert {s.name for s in every} == set(CLASS_NAMES)
+    assert min(a.differences(b) for a, b in itertools.combinations(every, 2)) >= 2
+
+
+def test_spec_is_frozen_and_names_slug() -> None:
+    spec = make_specs(2)[0]
+    assert isinstance(spec, PhoneSpec)
+    with pytest.raises(AttributeError):
+        spec.lens_count = 9  # type: ignore[misc]
+    assert slugify("Nova X2") == "nova-x2"
+    assert all(slugify(n) == n.lower().replace(" ", "-") for n in CLASS_NAMES)
+
+
+def test_front_and_back_views_differ() -> None:
+    spec = make_specs(2, seed=0)[0]
+    colour = spec.colours[0][1]
+    views = {}
+    for view in ("front", "back"):
+        img = render_phone_image(spec, view, colour, 96, random.Random(1), np.random.default_rng(1))
+        assert img.mode == "RGB" and img.size == (96, 96)
+        views[view] = np.asarray(img, dtype=np.float32)
+    assert np.abs(views["front"] - views["back"]).mean() > 5
+    with pytest.raises(ValueError, match="view"):
+        render_phone_image(spec, "side", colour, 96, random.Random(1), np.random.default_rng(1))

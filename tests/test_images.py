@@ -1,0 +1,70 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embedder.errors import ImageError
+from embedder.images import MAX_PIXELS, load_image
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "img,fmt",
+    [
+        (Image.new("P", (20, 10), 3), "PNG"),
+        (Image.new("RGBA", (20, 10), (255, 0, 0, 0)), "PNG"),
+        (Image.new("LA", (20, 10), (128, 255)), "PNG"),
+        (Image.new("L", (20, 10), 128), "JPEG"),
+        (Image.new("CMYK", (20, 10), (0, 255, 0, 0)), "JPEG"),
+        (Image.new("1", (20, 10), 1), "PNG"),
+    ],
+)
+def test_any_mode_becomes_rgb(img, fmt):
+    out = load_image(_encode(img, fmt))
+    assert out.mode == "RGB" and out.size == (20, 10)
+
+
+def test_transparent_pixels_become_white():
+    out = load_image(_encode(Image.new("RGBA", (4, 4), (255, 0, 0, 0)), "PNG"))
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_16_bit_greyscale_is_stretched_to_8_bit():
+    arr = np.array([[0, 1000], [30000, 65535]], dtype=np.uint16)
+    out = load_image(_encode(Image.fromarray(arr), "PNG"))
+    assert out.mode == "RGB"
+    px = np.asarray(out)[..., 0]
+    assert px[0, 0] == 0 and px[1, 1] == 255 and 0 < px[1, 0] < 255
+
+
+def test_truncated_jpeg_is_refused():
+    data = _encode(Image.new("RGB", (64, 64), (10, 200, 30)), "JPEG")
+    with pytest.raises(ImageError, match="cannot decode"):
+        load_image(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n garbage"])
+def test_garbage_is_refused(data):
+    with pytest.raises(ImageError):
+        load_image(data)
+
+
+def test_decompression_bomb_is_refused(tmp_path):
+    # A tiny PNG that claims more pixels than the limit: refused before decoding.
+    side = int(MAX_PIXELS**0.5) + 10
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (side, side)).save(bomb)
+    assert bomb.stat().st_size < 1_000_000
+    with pytest.raises(ImageError, match="decompression bomb"):
+        load_image(bomb)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match="not found"):
+        load_image(tmp_path / "nope.jpg")

@@ -1,0 +1,187 @@
+"""Training, checkpoints, embeddings, evaluation and the HDF5 embed job on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from embedder.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from embedder.data import load_catalog
+from embedder.embed_job import embed_to_hdf5
+from embedder.errors import CheckpointError, DataError
+from embedder.evaluate import evaluate
+from embedder.inference import Embedder, forward_embed
+from embedder.train import stratified_split, train
+from tests.conftest import TINY_SIZE, tiny_train_config
+
+
+def test_checkpoint_folder_holds_safetensors_and_config(tiny_checkpoint):
+    assert sorted(p.name for p in tiny_checkpoint.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    config = json.loads((tiny_checkpoint / CONFIG_FILE).read_text())
+    assert config["architecture"] == "test_efficientnet"
+    assert config["num_classes"] == len(config["label_names"]) == 3
+    assert config["data_config"]["input_size"] == [3, TINY_SIZE, TINY_SIZE]
+    assert config["training"]["seed"] == 0
+    assert "val_accuracy" in config["metrics"]
+
+
+def test_embeddings_are_unit_norm_float32_and_probabilities_sum_to_one(
+    tiny_checkpoint, tiny_catalog
+):
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    samples = load_catalog(tiny_catalog).samples[:5]
+    batch = embedder.embed_paths([s.path for s in samples])
+    assert batch.embeddings.dtype == np.float32 and batch.probabilities.dtype == np.float32
+    assert batch.embeddings.shape == (5, embedder.model.num_features) == (5, embedder.dim)
+    assert batch.probabilities.shape == (5, 3)
+    np.testing.assert_allclose(np.linalg.norm(batch.embeddings, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(batch.probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_one_forward_pass_matches_the_model_logits(tiny_checkpoint):
+    model, config = load_checkpoint(tiny_checkpoint)
+    x = torch.randn(2, *config.data_config["input_size"])
+    with torch.no_grad():
+        _, probs = forward_embed(model, x)
+        expected = model(x).softmax(1)
+    torch.testing.assert_close(probs, expected)
+
+
+def test_save_then_load_gives_identical_embeddings(tiny_checkpoint, tiny_catalog, tmp_path):
+    model, config = load_checkpoint(tiny_checkpoint)
+    copy = save_checkpoint(model, config, tmp_path / "copy")
+    images = [Image.open(s.path) for s in load_catalog(tiny_catalog).samples[:4]]
+    a = Embedder.from_checkpoint(tiny_checkpoint).embed_images(images)
+    b = Embedder.from_checkpoint(copy).embed_images(images)
+    np.testing.assert_array_equal(a.embeddings, b.embeddings)
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+
+
+def test_training_is_deterministic_for_a_seed(tiny_catalog, tmp_path):
+    first = train(tiny_train_config(tiny_catalog, tmp_path / "a", val_fraction=0.2))
+    second = train(tiny_train_config(tiny_catalog, tmp_path / "b", val_fraction=0.2))
+    a, b = (load_checkpoint(tmp_path / n)[0].state_dict() for n in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert first.metrics["train_loss"] == second.metrics["train_loss"]
+
+
+def test_warmup_trains_only_the_head_then_fine_tuning_moves_the_backbone(tiny_catalog, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    start = timm.create_model("test_efficientnet", num_classes=3)
+    weights = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in start.state_dict().items()}, str(weights))
+    before = start.state_dict()
+
+    def trained(epochs: int) -> dict:
+        out = tmp_path / f"ck{epochs}"
+        config = tiny_train_config(
+            tiny_catalog,
+            out,
+            weights=str(weights),
+            epochs=epochs,
+            warmup_epochs=1,
+            val_fraction=0.0,
+        )
+        assert len(train(config).history) == epochs
+        return load_checkpoint(out)[0].state_dict()
+
+    warm = trained(1)
+    head = [k for k in before if k.startswith("classifier.")]
+    body = [k for k in before if k not in head]
+    assert all(torch.equal(warm[k], before[k]) for k in body)  # frozen, BN stats included
+    assert not all(torch.equal(warm[k], before[k]) for k in head)
+    tuned = trained(2)
+    assert not torch.equal(tuned["conv_stem.weight"], before["conv_stem.weight"])
+
+
+def test_ctrl_c_keeps_the_best_checkpoint(tiny_catalog, tmp_path, monkeypatch):
+    from embedder import train as train_module
+
+    calls = {"n": 0}
+    original = train_module.Trainer._run_epoch
+
+    def interrupt_second_epoch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_module.Trainer, "_run_epoch", interrupt_second_epoch)
+    result = train(tiny_train_config(tiny_catalog, tmp_path / "ck", epochs=3, val_fraction=0.2))
+    assert result.interrupted and result.best_epoch == 1
+    load_checkpoint(tmp_path / "ck")  # complete and loadable
+
+
+def test_unreadable_training_images_are_skipped_and_counted(tiny_catalog, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_catalog, data, ignore=shutil.ignore_patterns("*.csv"))
+    broken = next((data / sorted(p.name for p in data.iterdir())[0]).glob("*.jpg"))
+    broken.write_bytes(b"\xff\xd8\xff garbage")
+    result = train(tiny_train_config(data, tmp_path / "ck", val_fraction=0.0))
+    assert len(result.skipped) == 1 and broken.name in result.skipped[0]
+
+
+def test_stratified_split_keeps_every_class_in_training(tiny_catalog):
+    samples = load_catalog(tiny_catalog).samples
+    train_part, val_part = stratified_split(samples, 0.5, seed=3)
+    assert {s.label for s in train_part} == {s.label for s in samples}
+    assert len(train_part) + len(val_part) == len(samples)
+    assert stratified_split(samples, 0.5, seed=3) == (train_part, val_part)
+
+
+def test_validation_classes_must_be_known(tiny_catalog, tmp_path):
+    val = tmp_path / "val" / "unknown-phone"
+    val.mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(val / "x.jpg")
+    Image.new("RGB", (16, 16)).save(tmp_path / "val" / "x.jpg")
+    (tmp_path / "val" / "other").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "val" / "other" / "y.jpg")
+    with pytest.raises(DataError, match="not in the training data"):
+        train(tiny_train_config(tiny_catalog, tmp_path / "ck", val=str(tmp_path / "val")))
+
+
+def test_evaluate_reports_metrics_and_writes_plot(tiny_checkpoint, tiny_catalog, tmp_path):
+    report = evaluate(tiny_checkpoint, tiny_catalog, out=tmp_path / "eval", progress=False)
+    for key in ("accuracy", "macro_f1", "recall_at_1", "recall_at_5"):
+        assert 0.0 <= report[key] <= 1.0
+    assert np.asarray(report["confusion_matrix"]).sum() == report["count"] == 18
+    assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["count"] == 18
+
+
+def test_embed_job_writes_hdf5_and_lists_failures(tiny_checkpoint, tiny_catalog, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_catalog, data)
+    (data / "demo-extra.jpg").write_bytes(b"")  # loose file: ignored (not in a class folder)
+    broken = sorted((data).glob("*/*.jpg"))[0]
+    broken.write_bytes(b"not a jpeg")
+    summary = embed_to_hdf5(
+        tiny_checkpoint, data / "catalog.csv", tmp_path / "e.h5", workers=0, progress=False
+    )
+    assert summary.embedded == 17 and summary.failed == 1
+    with h5py.File(tmp_path / "e.h5") as h5:
+        assert h5["embeddings"].shape == (17, summary.dim)
+        assert h5["probabilities"].shape == (17, 3)
+        assert len(set(h5["ids"].asstr()[:])) == 17
+        assert h5.attrs["model_name"] == "test_efficientnet"
+        assert h5.attrs["checkpoint_hash"] and h5.attrs["normalized"]
+        assert "not a recognised image" in h5["failed"].asstr()[0]
+        assert set(h5["labels"].asstr()[:]) == set(json.loads(h5.attrs["label_names"]))
+
+
+def test_embed_job_bad_output_and_checkpoint(tiny_checkpoint, tiny_catalog, tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        embed_to_hdf5(tiny_checkpoint, tiny_catalog, tmp_path / "no" / "e.h5")
+    with pytest.raises(CheckpointError, match="not found"):
+        embed_to_hdf5(tmp_path / "nockpt", tiny_catalog, tmp_path / "e.h5")
