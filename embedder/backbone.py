@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from embedder.errors import WeightsError
+from embedder.train_config import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "tf_efficientnet_lite0"
 LITE0_MODEL = "tf_efficientnet_lite0"
 LITE0_IMAGENET_CLASSES = 1000
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from embedder.backbone import DEFAULT_MODEL
+from embedder.train_config import DEFAULT_MODEL, TrainConfig
 
 
 def _positive_int(text: str) -> int:
@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=_make_demo_catalog)
 
+    d = TrainConfig(data="", out="")
     p = sub.add_parser(
         "train",
         help="fine-tune a timm backbone into a phone classifier",
@@ -45,8 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     val.add_argument(
         "--val-fraction",
         type=float,
-        default=0.15,
-        help="hold out this share of each class when --val is not given (default 0.15)",
+        help=f"hold out this share of each class without --val (default {d.val_fraction})",
     )
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument(
@@ -59,22 +59,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "or 'none' (default imagenet)",
     )
     p.add_argument("--img-size", type=_positive_int, help="input size (default: the model's)")
-    p.add_argument("--epochs", type=_positive_int, default=15, help="maximum epochs (default 15)")
     p.add_argument(
-        "--warmup-epochs", type=int, default=2, help="head-only epochs first (default 2)"
+        "--epochs", type=int, help=f"full fine-tuning epochs, 0 = linear probe (default {d.epochs})"
     )
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
-    p.add_argument("--head-lr", type=float, default=3e-3, help="head-only warm-up learning rate")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--patience", type=_positive_int, default=5, help="early-stopping patience")
+    p.add_argument(
+        "--warmup-epochs",
+        type=int,
+        help=f"head-only epochs on cached frozen features (default {d.warmup_epochs})",
+    )
+    p.add_argument("--batch-size", type=_positive_int, help=f"default {d.batch_size}")
+    p.add_argument("--lr", type=float, help=f"fine-tuning learning rate (default {d.lr})")
+    p.add_argument(
+        "--head-lr", type=float, help=f"head warm-up learning rate (default {d.head_lr})"
+    )
+    p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
+    p.add_argument(
+        "--patience", type=_positive_int, help=f"early-stopping patience (default {d.patience})"
+    )
     p.add_argument(
         "--no-balance",
         dest="balance",
         action="store_false",
+        default=None,
         help="sample uniformly instead of class-balanced",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--workers", type=int, help="data loader workers (default: up to 2)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     p.set_defaults(func=_train)
@@ -123,28 +132,14 @@ def _make_demo_catalog(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from embedder.train import TrainConfig, train
+    from embedder.train import train
 
-    config = TrainConfig(
-        data=args.data,
-        val=args.val,
-        val_fraction=args.val_fraction,
-        out=args.out,
-        model=args.model,
-        weights=args.weights,
-        img_size=args.img_size,
-        epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        head_lr=args.head_lr,
-        label_smoothing=args.label_smoothing,
-        patience=args.patience,
-        balance=args.balance,
-        seed=args.seed,
-        workers=args.workers,
-        progress=sys.stderr.isatty(),
-    )
+    given = {
+        name: getattr(args, name)
+        for name in TrainConfig.__dataclass_fields__
+        if getattr(args, name, None) is not None
+    }
+    config = TrainConfig(**{**given, "progress": sys.stderr.isatty()})
     result = train(config)
     summary = {
         "checkpoint": str(result.checkpoint),

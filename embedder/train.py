@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
-from embedder.backbone import DEFAULT_MODEL, create_backbone
+from embedder.backbone import create_backbone
 from embedder.batch import embed_samples
 from embedder.checkpoint import CheckpointConfig, save_checkpoint
 from embedder.data import Catalog, Sample, load_catalog
@@ -34,39 +34,13 @@ from embedder.errors import DataError, ImageError
 from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.metrics import confusion_matrix, macro_f1, recall_at_k
+from embedder.train_config import TrainConfig
 from embedder.transforms import model_data_config, train_transform
 
 log = logging.getLogger(__name__)
 
 # Decoded training images are kept in memory (downscaled) up to this many; beyond, re-read.
 CACHE_LIMIT = 20_000
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings; the CLI flags parse into this."""
-
-    data: str
-    out: str
-    val: str | None = None
-    val_fraction: float = 0.15
-    model: str = DEFAULT_MODEL
-    weights: str = "imagenet"
-    img_size: int | None = None
-    epochs: int = 15
-    warmup_epochs: int = 2
-    batch_size: int = 32
-    lr: float = 1e-3
-    head_lr: float = 3e-3
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    drop_rate: float = 0.2
-    augment: float = 1.0
-    balance: bool = True
-    patience: int = 5
-    seed: int = 0
-    workers: int | None = None
-    progress: bool = True
 
 
 @dataclass
@@ -230,27 +204,75 @@ class Trainer:
             metrics=metrics,
         )
 
-    def _run_epoch(
-        self, epoch: int, optimizer, schedule, step: int, head_only: bool
-    ) -> tuple[dict, int]:
+    def _frozen_features(self, views: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Penultimate features of the frozen backbone for ``views`` augmented passes."""
+        self.model.eval()
+        feats, targets = [], []
+        with torch.inference_mode():
+            for view in range(views):
+                bar = tqdm(
+                    self.loader,
+                    desc=f"frozen features {view + 1}/{views}",
+                    unit="batch",
+                    disable=not self.cfg.progress,
+                    leave=False,
+                )
+                for x, y in bar:
+                    pre = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+                    feats.append(pre.float())
+                    targets.append(y)
+        return torch.cat(feats), torch.cat(targets)
+
+    def warm_up_head(self) -> dict[str, float]:
+        """Head-only phase: fit the classifier on cached features of the frozen backbone.
+
+        Features are computed once per augmented view, so the warm-up costs ``warmup_views``
+        forward passes instead of ``warmup_epochs`` of them; with ``epochs=0`` this is a
+        linear probe.
+        """
+        cfg = self.cfg
+        feats, targets = self._frozen_features(max(1, cfg.warmup_views))
+        head = self.model.get_classifier()
+        head.train()
+        optimizer = torch.optim.AdamW(
+            head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay
+        )
+        batch = 64
+        steps = max(1, cfg.warmup_epochs * math.ceil(len(feats) / batch))
+        step, loss_sum, correct, seen = 0, 0.0, 0, 0
+        for _ in range(cfg.warmup_epochs):
+            order = torch.randperm(len(feats), generator=self.generator)
+            for start in range(0, len(feats), batch):
+                idx = order[start : start + batch]
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.head_lr * _cosine_lr(step, steps, max(1, steps // 10))
+                x = nn.functional.dropout(feats[idx], p=cfg.drop_rate, training=True)
+                logits = head(x)
+                loss = self.criterion(logits, targets[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                if step > steps - math.ceil(len(feats) / batch):  # stats of the last epoch
+                    loss_sum += loss.item() * len(idx)
+                    correct += int((logits.argmax(1) == targets[idx]).sum())
+                    seen += len(idx)
+        return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen)}
+
+    def _run_epoch(self, epoch: int, optimizer, schedule, step: int) -> tuple[dict, int]:
         model = self.model
         model.train()
-        if head_only:
-            # Frozen backbone: keep its BatchNorm statistics fixed too.
-            model.eval()
-            model.get_classifier().train()
         total, correct, loss_sum = 0, 0, 0.0
-        phase = "head" if head_only else "fine-tune"
         bar = tqdm(
             self.loader,
-            desc=f"epoch {epoch + 1}/{self.cfg.epochs} [{phase}]",
+            desc=f"epoch {epoch}/{self.cfg.epochs}",
             unit="batch",
             disable=not self.cfg.progress,
             leave=False,
         )
         for x, y in bar:
-            for group, base in zip(optimizer.param_groups, self._base_lrs, strict=True):
-                group["lr"] = base * schedule(step)
+            for group in optimizer.param_groups:
+                group["lr"] = self.cfg.lr * schedule(step)
             logits = model(x)
             loss = self.criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -289,75 +311,66 @@ class Trainer:
             "val_count": int(len(y_true)),
         }
 
+    def _record(self, result: TrainResult, stats: dict, epoch: int, best_key: tuple) -> tuple:
+        """Validate, log, and save the checkpoint if it is the best so far; return the best key."""
+        stats.update(self.validate())
+        stats["epoch"] = epoch
+        stats["elapsed_s"] = round(time.monotonic() - self._started, 1)
+        result.history.append(stats)
+        key = (stats.get("val_accuracy", 0.0), stats.get("val_macro_f1", 0.0))
+        improved = not self.val_samples or key > best_key
+        log.info(
+            "%s: loss %.3f train acc %.3f%s%s",
+            "head warm-up" if epoch == 0 else f"epoch {epoch}/{self.cfg.epochs}",
+            stats["train_loss"],
+            stats["train_acc"],
+            f" val acc {stats['val_accuracy']:.3f} macro-F1 {stats['val_macro_f1']:.3f}"
+            if self.val_samples
+            else "",
+            " (best, saved)" if improved else "",
+        )
+        if improved:
+            result.best_epoch, result.metrics = epoch, stats
+            save_checkpoint(self.model, self.checkpoint_config(stats), self.cfg.out)
+            return key
+        return best_key
+
     def fit(self) -> TrainResult:
+        """Head warm-up (epoch 0), then ``epochs`` of full fine-tuning with early stopping."""
         cfg = self.cfg
-        head_params = list(self.model.get_classifier().parameters())
-        head_ids = {id(p) for p in head_params}
-        body_params = [p for p in self.model.parameters() if id(p) not in head_ids]
-        steps_per_epoch = max(1, len(self.loader))
         result = TrainResult(checkpoint=Path(cfg.out), best_epoch=-1, metrics={})
-        best_key = (-1.0, -1.0)
-        stale = 0
-        warmup = min(cfg.warmup_epochs, cfg.epochs)
-        step = 0
-        optimizer = None
-        started = time.monotonic()
+        self._started = time.monotonic()
+        best_key, stale = (-1.0, -1.0), 0
         try:
-            for epoch in range(cfg.epochs):
-                head_only = epoch < warmup
-                if epoch == 0 and head_only:
-                    _set_backbone_trainable(self.model, False)
-                    optimizer = torch.optim.AdamW(
-                        head_params, lr=cfg.head_lr, weight_decay=cfg.weight_decay
-                    )
-                    self._base_lrs = [cfg.head_lr]
-                    total = warmup * steps_per_epoch
-                    schedule = lambda s, t=total: _cosine_lr(s, t, max(1, t // 10))  # noqa: E731
-                    step = 0
-                if epoch == warmup:
-                    _set_backbone_trainable(self.model, True)
-                    # The head already fits; the backbone moves at the lower fine-tuning rate.
-                    optimizer = torch.optim.AdamW(
-                        [{"params": body_params}, {"params": head_params}],
-                        lr=cfg.lr,
-                        weight_decay=cfg.weight_decay,
-                    )
-                    self._base_lrs = [cfg.lr, cfg.lr]
-                    total = (cfg.epochs - warmup) * steps_per_epoch
-                    schedule = lambda s, t=total: _cosine_lr(s, t, steps_per_epoch)  # noqa: E731
-                    step = 0
-                stats, step = self._run_epoch(epoch, optimizer, schedule, step, head_only)
-                stats.update(self.validate())
-                stats["epoch"] = epoch + 1
-                stats["elapsed_s"] = round(time.monotonic() - started, 1)
-                result.history.append(stats)
-                key = (stats.get("val_accuracy", 0.0), stats.get("val_macro_f1", 0.0))
-                improved = not self.val_samples or key > best_key
-                log.info(
-                    "epoch %d/%d: loss %.3f train acc %.3f%s%s",
-                    epoch + 1,
-                    cfg.epochs,
-                    stats["train_loss"],
-                    stats["train_acc"],
-                    f" val acc {stats['val_accuracy']:.3f} macro-F1 {stats['val_macro_f1']:.3f}"
-                    if self.val_samples
-                    else "",
-                    " (best, saved)" if improved else "",
-                )
-                if improved:
-                    best_key, stale = key, 0
-                    result.best_epoch, result.metrics = epoch + 1, stats
-                    save_checkpoint(self.model, self.checkpoint_config(stats), cfg.out)
-                elif not head_only:
-                    stale += 1
-                    if stale >= cfg.patience:
-                        log.info("early stop: no validation improvement for %d epochs", stale)
-                        break
+            if cfg.warmup_epochs > 0:
+                _set_backbone_trainable(self.model, False)
+                best_key = self._record(result, self.warm_up_head(), 0, best_key)
+            if cfg.epochs == 0:
+                return result
+            _set_backbone_trainable(self.model, True)
+            # The head already fits: backbone and head move together at the fine-tuning rate.
+            optimizer = torch.optim.AdamW(
+                self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            )
+            steps_per_epoch = max(1, len(self.loader))
+            total = cfg.epochs * steps_per_epoch
+            schedule = lambda s: _cosine_lr(s, total, steps_per_epoch)  # noqa: E731
+            step = 0
+            for epoch in range(1, cfg.epochs + 1):
+                stats, step = self._run_epoch(epoch, optimizer, schedule, step)
+                new_key = self._record(result, stats, epoch, best_key)
+                stale = 0 if new_key != best_key else stale + 1
+                best_key = new_key
+                if self.val_samples and stale >= cfg.patience:
+                    log.info("early stop: no validation improvement for %d epochs", stale)
+                    break
         except KeyboardInterrupt:
             result.interrupted = True
             log.warning(
                 "interrupted; best checkpoint so far %s",
-                f"(epoch {result.best_epoch}) is at {cfg.out}" if result.best_epoch > 0 else "none",
+                f"(epoch {result.best_epoch}) is at {cfg.out}"
+                if result.best_epoch >= 0
+                else "none",
             )
         return result
 
@@ -366,8 +379,10 @@ def train(config: TrainConfig) -> TrainResult:
     """Load data, fine-tune, and return where the best checkpoint is with its metrics."""
     if not (0.0 <= config.val_fraction < 1.0):
         raise DataError("--val-fraction must be in [0, 1)")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise DataError("--epochs and --batch-size must be at least 1")
+    if config.epochs < 0 or config.warmup_epochs < 0 or config.batch_size < 1:
+        raise DataError("--epochs and --warmup-epochs must be >= 0, --batch-size >= 1")
+    if config.epochs == 0 and config.warmup_epochs == 0:
+        raise DataError("nothing to train: --epochs and --warmup-epochs are both 0")
     catalog = load_catalog(config.data, require_labels=True)
     if config.val:
         val_catalog = load_catalog(config.val, require_labels=True)

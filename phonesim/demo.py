@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 # Small enough to train in about a minute on 2 CPU cores, large enough to be meaningful.
 DEMO_IMG_SIZE = 128
-DEMO_EPOCHS = 4
+DEMO_EPOCHS = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +66,6 @@ def run_demo(args: argparse.Namespace) -> int:
                 out=str(checkpoint),
                 img_size=DEMO_IMG_SIZE,
                 epochs=args.epochs,
-                warmup_epochs=1,
                 val_fraction=0.2,
                 progress=progress,
             )

@@ -1,0 +1,35 @@
+"""Training settings, importable without torch (the CLI reads its defaults for --help)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_MODEL = "tf_efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; the CLI flags parse into this."""
+
+    data: str
+    out: str
+    val: str | None = None
+    val_fraction: float = 0.15
+    model: str = DEFAULT_MODEL
+    weights: str = "imagenet"
+    img_size: int | None = None
+    epochs: int = 8
+    warmup_epochs: int = 30
+    warmup_views: int = 2
+    batch_size: int = 32
+    lr: float = 5e-4
+    head_lr: float = 2e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    drop_rate: float = 0.2
+    augment: float = 1.0
+    balance: bool = True
+    patience: int = 5
+    seed: int = 0
+    workers: int | None = None
+    progress: bool = True

@@ -1,0 +1,127 @@
+"""The phonesim command: helpful --help, one-line errors and non-zero exits on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from phonesim.cli import main
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("train", "evaluate", "embed", "make-demo-catalog", "index", "demo"):
+        assert command in text
+
+
+@pytest.mark.parametrize(
+    "argv_tail,message",
+    [
+        (["--data", "{tmp}/missing"], "no such file"),
+        (["--data", "{tmp}/empty"], "no class folders"),
+        (["--data", "{tmp}/oneclass"], "at least 2"),
+        (["--data", "{tmp}/hole"], "has no images"),
+        (["--data", "{tmp}/bad.csv"], "missing column"),
+        (["--data", "{tmp}/notes.txt"], "expected a folder"),
+        (["--data", "{tmp}/ok", "--weights", "{tmp}/none.pth"], "weights file not found"),
+        (["--data", "{tmp}/ok", "--model", "nope_model", "--weights", "none"], "unknown timm"),
+        (["--data", "{tmp}/ok", "--val-fraction", "1.5"], "val-fraction"),
+    ],
+)
+def test_train_bad_input_is_one_line_error(tmp_path, capsys, argv_tail, message):
+    (tmp_path / "empty").mkdir()
+    for label in ("a", "b"):
+        (tmp_path / "ok" / label).mkdir(parents=True)
+        Image.new("RGB", (16, 16)).save(tmp_path / "ok" / label / "x.jpg")
+    (tmp_path / "oneclass" / "a").mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(tmp_path / "oneclass" / "a" / "x.jpg")
+    (tmp_path / "hole" / "a").mkdir(parents=True)
+    (tmp_path / "hole" / "b").mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(tmp_path / "hole" / "b" / "x.jpg")
+    (tmp_path / "bad.csv").write_text("path,label\nx.jpg,a\n")
+    (tmp_path / "notes.txt").write_text("hi")
+    argv = ["train", "--out", tmp_path / "ck"] + [a.format(tmp=tmp_path) for a in argv_tail]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_evaluate_and_embed_via_cli(tiny_checkpoint, tiny_catalog, tmp_path, capsys):
+    code, out, _ = run(
+        [
+            "evaluate",
+            "--checkpoint",
+            tiny_checkpoint,
+            "--data",
+            tiny_catalog,
+            "--json",
+            "--out",
+            tmp_path / "ev",
+        ],
+        capsys,
+    )
+    assert code == 0
+    report = json.loads(out)
+    assert {"accuracy", "macro_f1", "recall_at_1", "recall_at_5"} <= report.keys()
+    code, out, _ = run(
+        [
+            "embed",
+            "--checkpoint",
+            tiny_checkpoint,
+            "--data",
+            tiny_catalog / "catalog.csv",
+            "--out",
+            tmp_path / "e.h5",
+            "--workers",
+            "0",
+        ],
+        capsys,
+    )
+    assert code == 0 and "embedded 18 images (0 failed)" in out
+
+
+def test_missing_checkpoint_is_one_line_error(tiny_catalog, tmp_path, capsys):
+    code, _, err = run(
+        ["evaluate", "--checkpoint", tmp_path / "nope", "--data", tiny_catalog], capsys
+    )
+    assert code == 2 and "checkpoint folder not found" in err
+
+
+def test_make_demo_catalog_bad_args(tmp_path, capsys):
+    code, _, err = run(["make-demo-catalog", "--out", tmp_path / "d", "--classes", "1"], capsys)
+    assert code == 2 and "error" in err
+
+
+def test_console_script_exit_code_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "phonesim",
+            "embed",
+            "--checkpoint",
+            str(tmp_path),
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "x.h5"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "phonesim: error:" in proc.stderr and "Traceback" not in proc.stderr
