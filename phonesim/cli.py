@@ -28,11 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     from embedder import cli as embedder_cli
+    from export import cli as export_cli
     from index import cli as index_cli
     from phonesim import demo
 
     embedder_cli.register(sub)
     index_cli.register(sub)
+    export_cli.register(sub)
     demo.register(sub)
     try:
         from server import cli as server_cli

@@ -8,7 +8,6 @@ starts quickly.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -86,10 +85,16 @@ def run_demo(args: argparse.Namespace) -> int:
     )
 
     print(f"[5/5] building the index in {index_dir}", flush=True)
-    from index.build import build_index_from_files
+    from index.build import build_from_files
 
-    info = build_index_from_files(embeddings, csv_path, index_dir, overwrite=True)
-    print(f"      {json.dumps(info)}", flush=True)
+    built = build_from_files(
+        embeddings, index_dir, catalog=csv_path, overwrite=True, progress=progress
+    )
+    print(
+        f"      {built.manifest.count} items, kind {built.manifest.kind}, "
+        f"{built.manifest.dim}-d, at {built.path}",
+        flush=True,
+    )
 
     if args.no_serve:
         return 0

@@ -1,0 +1,225 @@
+"""Command line of the feature export: ``scripts/export_features.py`` and ``phonesim export``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from export.schema import DTYPES
+
+DESCRIPTION = """\
+Write recommendation features for every catalog image to one HDF5 file: ids, L2-normalised
+embeddings, class probabilities, predicted class, given labels, and the K visually nearest
+other catalog items (ids and cosine scores). Unreadable images are skipped and listed in the
+file's 'failed' dataset.
+
+The job is resumable: progress is committed to OUT.partial/ every --shard-size inputs, and
+re-running the same command after Ctrl-C or a crash continues where it stopped. The file
+appears under its final name only when complete. Memory stays flat in the number of images,
+apart from the neighbour index (see docs/export.md).
+"""
+
+EPILOG = """\
+examples:
+  %(prog)s --checkpoint ckpt --images catalog/ --out features.h5
+  %(prog)s --checkpoint ckpt --manifest catalog.csv --out features.h5 --neighbors 20 \\
+      --dtype float16
+  %(prog)s --checkpoint ckpt --manifest catalog.csv --out features.h5 --index my-index/
+  %(prog)s ... --ray local                  # embedding stage on a local Ray instance
+  %(prog)s ... --ray auto                   # on the Ray cluster this machine belongs to
+  %(prog)s ... --ray ray://head:10001       # through Ray Client
+
+Schema and loading examples (h5py, pandas): docs/export.md
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (from phonesim train)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="folder of images: one subfolder per class, or flat")
+    src.add_argument("--manifest", help="CSV manifest with id,image,label columns")
+    p.add_argument("--out", required=True, help="HDF5 file to write, e.g. features.h5")
+    p.add_argument(
+        "--index",
+        metavar="INDEX_DIR",
+        help="search neighbours in this index folder (built with the same checkpoint) "
+        "instead of an index built on the fly from the exported embeddings",
+    )
+    p.add_argument(
+        "--neighbors",
+        type=_non_negative_int,
+        default=10,
+        metavar="K",
+        help="nearest other items per row (default 10; 0 skips the neighbour pass)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="storage type of embeddings and probabilities (default float32; float16 halves "
+        "the file)",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)"
+    )
+    p.add_argument("--workers", type=int, help="decoding workers (default: spare cores)")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="torch threads without --ray (default: one per core; 1 is faster on a busy machine)",
+    )
+    p.add_argument(
+        "--shard-size",
+        type=_positive_int,
+        default=4096,
+        help="inputs per committed shard: at most this many are redone after a crash "
+        "(default 4096)",
+    )
+    p.add_argument(
+        "--neighbor-index",
+        metavar="FACTORY",
+        help="faiss index_factory string for the on-the-fly index, e.g. 'Flat' or "
+        "'IVF4096,Flat' (default: exact Flat up to --exact-limit items, IVF beyond)",
+    )
+    p.add_argument(
+        "--exact-limit",
+        type=_positive_int,
+        default=200_000,
+        help="largest catalog searched exactly on the fly (default 200000)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard unfinished progress in OUT.partial/ instead of resuming it",
+    )
+    ray = p.add_argument_group("distributed (needs: pip install 'phonesim[distributed]')")
+    ray.add_argument(
+        "--ray",
+        metavar="local|ADDRESS",
+        help="run the embedding stage on Ray: 'local' starts a Ray instance on this machine; "
+        "an address ('auto', 'HOST:6379', 'ray://HOST:10001') joins a cluster. Images and "
+        "the checkpoint must be at the same path on every node",
+    )
+    ray.add_argument(
+        "--ray-actors",
+        type=_positive_int,
+        help="embedder actors (default: cluster CPUs / --ray-cpus-per-actor)",
+    )
+    ray.add_argument(
+        "--ray-cpus-per-actor",
+        type=float,
+        default=1.0,
+        help="CPUs reserved by each actor (default 1; torch uses that many threads)",
+    )
+    ray.add_argument(
+        "--ray-no-ship-code",
+        dest="ray_ship_code",
+        action="store_false",
+        default=None,
+        help="do not upload the phonesim packages to a remote cluster (use when the cluster "
+        "image has phonesim installed)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="export_features.py",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    return p
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``phonesim export`` to the main CLI."""
+    p = sub.add_parser(
+        "export",
+        help="write recommendation features (embeddings, probabilities, neighbours) to HDF5",
+        description=DESCRIPTION,
+        epilog=EPILOG.replace("%(prog)s", "phonesim export"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from export.config import ExportConfig
+
+    return ExportConfig(
+        checkpoint=args.checkpoint,
+        input=args.images or args.manifest,
+        input_kind="images" if args.images else "manifest",
+        out=args.out,
+        index=args.index,
+        neighbors=args.neighbors,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        threads=args.threads,
+        shard_size=args.shard_size,
+        exact_limit=args.exact_limit,
+        neighbor_index=args.neighbor_index,
+        overwrite=args.overwrite,
+        restart=args.restart,
+        ray=args.ray,
+        ray_actors=args.ray_actors,
+        ray_cpus_per_actor=args.ray_cpus_per_actor,
+        ray_ship_code=args.ray_ship_code,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the export and print a one-line summary (errors propagate to the caller)."""
+    from export.job import export_features
+
+    summary = export_features(config_from_args(args))
+    resumed = f", resumed after {summary.resumed_from} inputs" if summary.resumed_from else ""
+    print(
+        f"exported {summary.count} items ({summary.failed} failed) to {summary.out} "
+        f"[{summary.dim}-d, {summary.neighbors} neighbours, {summary.runner}{resumed}]"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from phonesim.errors import UserError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return run(args)
+    except UserError as exc:
+        print(f"export_features: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"export_features: interrupted; progress is kept in {args.out}.partial/, "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130

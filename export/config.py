@@ -1,0 +1,62 @@
+"""Settings of one export job; the CLI flags parse into :class:`ExportConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from export.errors import ExportError
+from export.schema import DTYPES
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export, where, and how (single process or on Ray).
+
+    ``input`` is a folder of images (class subfolders or flat) or a CSV manifest
+    (``id,image,label,...``); ``input_kind`` says which one the user meant, so a typo is reported
+    instead of silently read the other way.
+    """
+
+    checkpoint: str
+    input: str
+    out: str
+    input_kind: str | None = None  # "images", "manifest" or None (either)
+    index: str | None = None
+    neighbors: int = 10
+    dtype: str = "float32"
+    batch_size: int = 64
+    workers: int | None = None
+    #: torch threads of the single-process path (None: torch's default, one per core).
+    threads: int | None = None
+    #: Inputs per committed shard: at most this much work is redone after a crash.
+    shard_size: int = 4096
+    #: On-the-fly neighbour index: exact search up to this many items, IVF beyond.
+    exact_limit: int = 200_000
+    #: A faiss index_factory string that overrides the on-the-fly choice ("Flat", "IVF256,Flat").
+    neighbor_index: str | None = None
+    overwrite: bool = False
+    restart: bool = False
+    ray: str | None = None  # None (single process), "local", or a cluster address
+    ray_actors: int | None = None
+    ray_cpus_per_actor: float = 1.0
+    ray_ship_code: bool | None = None  # None: ship the packages to remote clusters only
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ExportError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.input_kind not in (None, "images", "manifest"):
+            raise ExportError(f"input_kind must be 'images' or 'manifest', got {self.input_kind!r}")
+        for name in ("batch_size", "shard_size", "exact_limit"):
+            if getattr(self, name) < 1:
+                raise ExportError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.neighbors < 0:
+            raise ExportError(f"neighbors must be 0 (none) or more, got {self.neighbors}")
+        if self.threads is not None and self.threads < 1:
+            raise ExportError(f"threads must be at least 1, got {self.threads}")
+        if self.ray_actors is not None and self.ray_actors < 1:
+            raise ExportError(f"ray_actors must be at least 1, got {self.ray_actors}")
+        if self.ray_cpus_per_actor <= 0:
+            raise ExportError("ray_cpus_per_actor must be positive")
+        if self.ray is not None and not self.ray.strip():
+            raise ExportError("ray must be 'local' or a cluster address such as 'auto'")

@@ -1,0 +1,60 @@
+"""Neighbours from an existing index folder (``--index``), through the index package's API.
+
+The index may hold items the export does not (a larger catalog) and lack some it does, so the
+query's own item is removed by id and neighbour rows are -1 where the id is not in the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class IndexDirSearch:
+    """Adapts a ``CatalogIndex`` (``search(xq, k) -> [[Hit]]``) to the neighbour pass."""
+
+    def __init__(self, index: Any, row_ids: np.ndarray, description: str) -> None:
+        self.index = index
+        self.description = description
+        self.row_of = {str(i): r for r, i in enumerate(row_ids)}
+
+    @classmethod
+    def open(
+        cls, path: str, model_name: str, checkpoint_hash: str, dim: int, row_ids: np.ndarray
+    ) -> IndexDirSearch:
+        """Open read-only; a different model or checkpoint raises the index's mismatch error."""
+        from index.catalog import CatalogIndex
+
+        index = CatalogIndex.open(
+            path,
+            readonly=True,
+            expect_model=model_name,
+            expect_checkpoint_hash=checkpoint_hash,
+            expect_dim=dim,
+        )
+        log.info("neighbours from index %s (%d items)", path, len(index))
+        return cls(index, row_ids, f"index folder {path} ({index.kind})")
+
+    def search(
+        self, xq: np.ndarray, k: int, rows: np.ndarray, ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # exclude_ids applies to the whole query batch, so self is dropped per query instead.
+        hits = self.index.search(np.ascontiguousarray(xq, dtype=np.float32), k + 1)
+        n = len(xq)
+        scores = np.full((n, k), np.nan, np.float32)
+        names = np.full((n, k), "", dtype=object)
+        nrows = np.full((n, k), -1, np.int64)
+        for q, (own, found) in enumerate(zip(ids, hits, strict=True)):
+            others = [h for h in found if h.id != own][:k]
+            for j, hit in enumerate(others):
+                scores[q, j] = hit.score
+                names[q, j] = hit.id
+                nrows[q, j] = self.row_of.get(hit.id, -1)
+        return scores, names, nrows
+
+    def close(self) -> None:
+        self.index.close()

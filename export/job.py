@@ -1,0 +1,255 @@
+"""The export job: reader -> mapper (here or on Ray) -> shards -> HDF5 file -> neighbours.
+
+``export_features`` is the one entry point the CLI, the benchmark and the tests call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from embedder.checkpoint import checkpoint_hash, read_config
+from export import schema
+from export.assemble import assemble
+from export.config import ExportConfig
+from export.errors import ExportError
+from export.mapper import FeatureBatch
+from export.neighbors import FileIndexSearch, NeighborSearch, auto_factory, write_neighbors
+from export.reader import ExportInputs, read_inputs
+from export.shards import JobIdentity, PartialDir, ShardWriter, fsync_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What one run did; ``items_per_s`` covers only the inputs embedded by this run."""
+
+    out: Path
+    count: int
+    failed: int
+    dim: int
+    neighbors: int
+    resumed_from: int
+    embedded_now: int
+    embed_seconds: float
+    total_seconds: float
+    runner: str
+
+    #: Seconds until the first results arrived (model loading, worker or Ray start-up).
+    startup_seconds: float = 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        """Embedding-stage throughput, start-up included."""
+        return self.embedded_now / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Fail before any work when the output cannot be written."""
+    if out.is_dir():
+        raise ExportError(f"{out}: is a folder; give a file name such as features.h5")
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out}: already exists; pass --overwrite to replace it")
+    parent = out.parent
+    if not parent.exists():
+        raise ExportError(f"{parent}: output folder does not exist")
+    if not parent.is_dir():
+        raise ExportError(f"{parent}: is not a folder, so {out.name} cannot be written there")
+    try:  # a real write: permission bits say nothing for root or on a read-only mount
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise ExportError(f"{parent}: output folder is not writable ({exc.strerror})") from exc
+
+
+class _FirstBatchClock:
+    """Notes when the first batch arrives, to tell start-up cost from throughput."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.first: float | None = None
+
+    def __call__(self, batches: Iterator[FeatureBatch]) -> Iterator[FeatureBatch]:
+        for batch in batches:
+            if self.first is None:
+                self.first = time.perf_counter() - self.t0
+            yield batch
+
+
+def _embed_stage(
+    config: ExportConfig,
+    inputs: ExportInputs,
+    partial: PartialDir,
+    ckpt_hash: str,
+    clock: _FirstBatchClock,
+) -> int:
+    """Embed every input after the committed cursor; returns how many inputs it processed."""
+    start = partial.cursor
+    if start >= len(inputs):
+        return 0
+    writer = ShardWriter(partial, inputs.samples, config.shard_size)
+    if config.ray:
+        from export.ray_runner import connect, import_ray, ray_batches
+
+        started = connect(config.ray, config.ray_ship_code)
+        try:
+            batches = ray_batches(
+                config.checkpoint,
+                ckpt_hash,
+                inputs.samples,
+                start,
+                config.batch_size,
+                config.ray_actors,
+                config.ray_cpus_per_actor,
+                config.progress,
+            )
+            for batch in clock(batches):
+                writer.write(batch)
+            writer.flush()
+        finally:
+            if started:
+                import_ray().shutdown()
+    else:
+        from embedder.inference import Embedder
+        from export.local_runner import local_batches
+
+        if config.threads:
+            import torch
+
+            torch.set_num_threads(config.threads)
+        embedder = Embedder.from_checkpoint(config.checkpoint)
+        batches = local_batches(
+            embedder, inputs.samples, start, config.batch_size, config.workers, config.progress
+        )
+        for batch in clock(batches):
+            writer.write(batch)
+        writer.flush()
+    return len(inputs) - start
+
+
+def _neighbor_search(
+    config: ExportConfig, identity: JobIdentity, h5: h5py.File, row_ids: np.ndarray
+) -> NeighborSearch:
+    if config.index:
+        from export.index_search import IndexDirSearch
+
+        return IndexDirSearch.open(
+            config.index, identity.model_name, identity.checkpoint_hash, identity.dim, row_ids
+        )
+    n = h5[schema.EMBEDDINGS].shape[0]
+    factory = config.neighbor_index or auto_factory(n, config.exact_limit)
+    return FileIndexSearch(h5[schema.EMBEDDINGS], row_ids, factory)
+
+
+def _check_index(path: str, identity: JobIdentity) -> None:
+    from index import read_manifest
+
+    if not Path(path).is_dir():
+        raise ExportError(f"{path}: index folder not found")
+    read_manifest(path).check(
+        expect_model=identity.model_name,
+        expect_checkpoint_hash=identity.checkpoint_hash,
+        expect_dim=identity.dim,
+        where=f"index {path}",
+    )
+
+
+def export_features(config: ExportConfig) -> ExportSummary:
+    """Run (or resume) an export and atomically write ``config.out``.
+
+    Progress lives in ``<out>.partial/`` until the file is complete; re-running the same
+    command after an interruption continues from the last committed shard.
+    """
+    t0 = time.perf_counter()
+    out = Path(config.out)
+    check_output(out, config.overwrite)
+    ckpt = read_config(config.checkpoint)  # CheckpointError names what is missing
+    ckpt_hash = checkpoint_hash(config.checkpoint)
+    inputs = read_inputs(config.input, config.input_kind)
+    identity = JobIdentity(
+        checkpoint_hash=ckpt_hash,
+        model_name=ckpt.architecture,
+        dim=int(ckpt.feature_dim),
+        num_classes=int(ckpt.num_classes),
+        inputs_fingerprint=inputs.fingerprint,
+        inputs_count=len(inputs),
+    )
+    if config.index:
+        _check_index(config.index, identity)  # before hours of embedding, not after
+    partial = PartialDir.open(out, identity, restart=config.restart)
+    resumed_from = partial.cursor
+    clock = _FirstBatchClock()
+    embedded_now = _embed_stage(config, inputs, partial, ckpt_hash, clock)
+    embed_seconds = time.perf_counter() - clock.t0
+
+    tmp = partial.path / f"assembling-{out.name}"  # never matches the shard-*.h5 pattern
+    h5, done = assemble(partial, tmp, config.dtype, list(ckpt.label_names))
+    if done.count == 0:
+        h5.close()
+        partial.remove()  # nothing worth resuming: a re-run after fixing the images starts over
+        raise ExportError(
+            f"{config.input}: none of the {len(inputs)} images could be read "
+            "(see the warnings above); nothing to export"
+        )
+    try:
+        k = config.neighbors
+        if k:
+            row_ids = np.asarray(h5[schema.IDS].asstr()[:], dtype=object)
+            search = _neighbor_search(config, identity, h5, row_ids)
+            try:
+                write_neighbors(h5, k, search, row_ids, progress=config.progress)
+            finally:
+                search.close()
+        h5.attrs.update(
+            {
+                "format": schema.FORMAT,
+                "format_version": schema.FORMAT_VERSION,
+                "model_name": ckpt.architecture,
+                "checkpoint_hash": ckpt_hash,
+                "dim": identity.dim,
+                "num_classes": identity.num_classes,
+                "normalized": True,
+                "dtype": config.dtype,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "count": done.count,
+                "failed_count": done.failed,
+                "neighbors_k": k,
+                "source": str(inputs.source.resolve()),
+                "inputs_fingerprint": inputs.fingerprint,
+                # JSON, like `phonesim embed` files, so `phonesim index build` reads both.
+                "label_names": json.dumps(list(ckpt.label_names)),
+            }
+        )
+    finally:
+        h5.close()
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, out)
+    fsync_dir(out.parent)
+    partial.remove()
+    total = time.perf_counter() - t0
+    log.info("wrote %s: %d items, %d failed, %.1fs", out, done.count, done.failed, total)
+    return ExportSummary(
+        out=out,
+        count=done.count,
+        failed=done.failed,
+        dim=identity.dim,
+        neighbors=config.neighbors,
+        resumed_from=resumed_from,
+        embedded_now=embedded_now,
+        embed_seconds=embed_seconds,
+        total_seconds=total,
+        runner="ray" if config.ray else "local",
+        startup_seconds=clock.first or 0.0,
+    )

@@ -1,0 +1,152 @@
+"""Neighbour pass: for every exported row, its ``k`` nearest *other* catalog items.
+
+It runs after the embeddings are on disk and reads them back in blocks of ``block_rows``, so
+memory is the search index plus one block (and the id list, for naming neighbours). The index
+is built on the fly from the file (exact ``IndexFlatIP`` up to ``exact_limit`` items, IVF
+beyond, or any faiss factory string), or is an existing index folder (``--index``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Protocol
+
+import faiss
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from export import schema
+
+log = logging.getLogger(__name__)
+
+BLOCK_ROWS = 4096
+IVF_NPROBE = 32
+TRAIN_PER_LIST = 32
+TRAIN_MIN = 10_000
+MIN_PER_LIST = 39  # faiss warns below this many training points per list
+
+
+class NeighborSearch(Protocol):
+    """Searches ``k`` neighbours of query rows, leaving out each query's own item."""
+
+    description: str
+
+    def search(
+        self, xq: np.ndarray, k: int, rows: np.ndarray, ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (scores N x k float32, neighbour ids N x k str, neighbour rows N x k int64).
+
+        Missing neighbours (fewer than k other items) are '' / NaN / -1.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+def drop_self(
+    D: np.ndarray, labels: np.ndarray, self_labels: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """From k+1 results per query keep k, removing the query's own label (else the last).
+
+    The query usually finds itself first, but not always (exact duplicates tie, IVF may miss
+    it), so it is removed by label, not by position.
+    """
+    keep = self_labels[:, None] != labels
+    no_self = keep.all(axis=1)
+    keep[no_self, -1] = False
+    n = len(labels)
+    return D[keep].reshape(n, k), labels[keep].reshape(n, k)
+
+
+def auto_factory(n: int, exact_limit: int) -> str:
+    """Exact search while it is affordable (O(N^2) work), IVF with ~sqrt(N) lists beyond."""
+    if n <= exact_limit:
+        return "Flat"
+    nlist = int(min(65_536, 4 * math.sqrt(n), n // MIN_PER_LIST))
+    return f"IVF{max(1, nlist)},Flat"
+
+
+class FileIndexSearch:
+    """A faiss index over the file's own embeddings; faiss row ids are file rows."""
+
+    def __init__(
+        self,
+        embeddings: h5py.Dataset,
+        row_ids: np.ndarray,
+        factory: str,
+        block_rows: int = BLOCK_ROWS,
+    ) -> None:
+        n, dim = embeddings.shape
+        self.row_ids = row_ids
+        self.index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        self.description = f"faiss {factory} (inner product) built from this file's embeddings"
+        if not self.index.is_trained:
+            ivf = faiss.extract_index_ivf(self.index)
+            want = min(n, max(TRAIN_MIN, TRAIN_PER_LIST * ivf.nlist))
+            self.index.train(_training_sample(embeddings, want, block_rows))
+            faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", IVF_NPROBE)
+        for lo in range(0, n, block_rows):
+            self.index.add(_as_f32(embeddings[lo : lo + block_rows]))
+        log.info("neighbour index: %s over %d rows", factory, self.index.ntotal)
+
+    def search(
+        self, xq: np.ndarray, k: int, rows: np.ndarray, ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        D, labels = self.index.search(_as_f32(xq), k + 1)
+        D, labels = drop_self(D, labels, rows, k)
+        missing = labels < 0
+        scores = np.where(missing, np.nan, D).astype(np.float32)
+        names = np.where(missing, "", self.row_ids[np.where(missing, 0, labels)]).astype(object)
+        return scores, names, labels.astype(np.int64)
+
+    def close(self) -> None:
+        self.index.reset()
+
+
+def _as_f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _training_sample(embeddings: h5py.Dataset, want: int, block_rows: int) -> np.ndarray:
+    """About ``want`` evenly strided rows, read block by block (random HDF5 access is slow)."""
+    n = embeddings.shape[0]
+    stride = max(1, n // want)
+    parts = [
+        _as_f32(embeddings[lo : lo + block_rows])[(-lo) % stride :: stride]
+        for lo in range(0, n, block_rows)
+    ]
+    return np.concatenate(parts)
+
+
+def write_neighbors(
+    h5: h5py.File,
+    k: int,
+    search: NeighborSearch,
+    row_ids: np.ndarray,
+    block_rows: int = BLOCK_ROWS,
+    progress: bool = True,
+) -> None:
+    """Create ``neighbors/{ids,rows,scores}`` (N x k) by searching the file's rows in blocks."""
+    emb = h5[schema.EMBEDDINGS]
+    n = emb.shape[0]
+    chunk = schema.chunk_rows(k * 8, n)
+    group = h5.create_group(schema.NEIGHBORS)
+    out_ids = group.create_dataset("ids", (n, k), dtype=schema.STR, chunks=(min(chunk, 1024), k))
+    out_rows = group.create_dataset("rows", (n, k), "i8", chunks=(chunk, k), **schema.COMPRESSION)
+    out_scores = group.create_dataset(
+        "scores", (n, k), "f4", chunks=(chunk, k), **schema.COMPRESSION
+    )
+    group.attrs["k"] = k
+    group.attrs["source"] = search.description
+    group.attrs["metric"] = "inner product of unit vectors (cosine similarity)"
+    with tqdm(total=n, desc="neighbours", unit="item", disable=not progress) as bar:
+        for lo in range(0, n, block_rows):
+            hi = min(lo + block_rows, n)
+            rows = np.arange(lo, hi, dtype=np.int64)
+            scores, names, nrows = search.search(emb[lo:hi], k, rows, row_ids[lo:hi])
+            out_ids[lo:hi] = names
+            out_rows[lo:hi] = nrows
+            out_scores[lo:hi] = scores
+            bar.update(hi - lo)

@@ -1,0 +1,119 @@
+"""Ray runner: the embedding stage on a Ray cluster (or a local Ray instance) via Ray Data.
+
+The driver turns the input list into blocks of ``{'index', 'path'}`` records, a pool of actors
+each holding one :class:`~export.mapper.EmbedMapper` (checkpoint loaded once per actor) maps
+them, and results stream back to the driver in input order, where the same shard writer as the
+single-process path stores them. Workers read images and the checkpoint by path, so on a real
+cluster both must live on storage every node mounts at the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+from embedder.data import Sample
+from export.errors import RayUnavailableError
+from export.mapper import EmbedMapper, FeatureBatch, records_to_batch
+from export.reader import record_blocks
+
+log = logging.getLogger(__name__)
+
+#: Packages the workers import; shipped with the job to remote clusters (pure Python, small).
+CODE_PACKAGES = ("embedder", "export", "phonesim")
+
+
+def import_ray():
+    """Import Ray and Ray Data, or say how to install them."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (Ray Data is the part we need)
+    except ImportError as exc:
+        raise RayUnavailableError(
+            "--ray needs Ray with Ray Data: pip install 'phonesim[distributed]' "
+            f"(or pip install 'ray[data]'); import failed: {exc}"
+        ) from exc
+    return ray
+
+
+def _code_modules() -> list[str]:
+    import importlib
+
+    return [str(Path(importlib.import_module(name).__file__).parent) for name in CODE_PACKAGES]
+
+
+def connect(address: str, ship_code: bool | None = None) -> bool:
+    """Start a local Ray instance or join a cluster; True when this call started Ray.
+
+    An already initialised Ray (a test fixture, a notebook) is reused as it is.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING}
+    if address == "local":
+        ray.init(**kwargs)
+        return True
+    if ship_code is None or ship_code:
+        kwargs["runtime_env"] = {"py_modules": _code_modules()}
+    log.info("connecting to Ray at %s", address)
+    ray.init(address=address, **kwargs)
+    return True
+
+
+def default_actors(cpus_per_actor: float) -> int:
+    """One actor per ``cpus_per_actor`` CPUs the cluster has."""
+    ray = import_ray()
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    return max(1, int(cpus // cpus_per_actor))
+
+
+def ray_batches(
+    checkpoint: str,
+    checkpoint_hash: str,
+    samples: list[Sample],
+    start: int,
+    batch_size: int,
+    actors: int | None = None,
+    cpus_per_actor: float = 1.0,
+    progress: bool = True,
+) -> Iterator[FeatureBatch]:
+    """Embed ``samples[start:]`` on the connected Ray cluster, yielding batches in input order."""
+    ray = import_ray()
+    import pyarrow as pa
+
+    actors = actors or default_actors(cpus_per_actor)
+    pending = len(samples) - start
+    # Blocks are the unit actors pick up: several per actor keeps them all busy to the end.
+    block_rows = max(batch_size, min(16 * batch_size, -(-pending // (4 * actors))))
+    tables = [pa.table(block) for block in record_blocks(samples, start, block_rows)]
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    try:
+        ds = ray.data.from_arrow(tables).map_batches(
+            EmbedMapper,
+            fn_constructor_kwargs={
+                "checkpoint": str(Path(checkpoint).resolve()),
+                "expected_hash": checkpoint_hash,
+                "threads": max(1, round(cpus_per_actor)),
+            },
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=cpus_per_actor,
+        )
+        log.info("embedding %d inputs on Ray with %d actor(s)", pending, actors)
+        with tqdm(total=pending, desc="embedding (ray)", unit="img", disable=not progress) as bar:
+            for records in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+                batch = records_to_batch(records)
+                for pos, reason in batch.failures:
+                    log.warning("skipping %s: %s", samples[pos].id, reason)
+                yield batch
+                bar.update(batch.end - batch.start)
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved

@@ -1,0 +1,261 @@
+"""Writer stage 1: crash-safe progress as immutable shard files in ``<out>.partial/``.
+
+An HDF5 file that is killed mid-write can be left unreadable, so progress is never kept in one
+growing file. Each shard (the results of ``shard_size`` consecutive inputs) is written to a
+temporary name, fsynced and renamed; a rename either happened or did not. A re-run checks that
+the checkpoint and the input list are the same, deletes torn temporary files and continues
+after the last shard, so every input ends up in exactly one shard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from embedder.data import Sample
+from export.errors import ExportError, ResumeError
+from export.mapper import FeatureBatch
+from export.schema import STR
+
+log = logging.getLogger(__name__)
+
+PARTIAL_FORMAT = "phonesim-features-partial"
+PARTIAL_VERSION = 1
+MANIFEST = "progress.json"
+SHARD_GLOB = "shard-*.h5"
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """What the shards were computed from; a resume must match it exactly."""
+
+    checkpoint_hash: str
+    model_name: str
+    dim: int
+    num_classes: int
+    inputs_fingerprint: str
+    inputs_count: int
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    input_start: int
+    input_end: int
+    rows: int
+    failed: int
+
+
+def _read_shard_info(path: Path) -> ShardInfo:
+    try:
+        with h5py.File(path, "r") as h5:
+            return ShardInfo(
+                path,
+                int(h5.attrs["input_start"]),
+                int(h5.attrs["input_end"]),
+                int(h5["embeddings"].shape[0]),
+                int(h5["failed/ids"].shape[0]),
+            )
+    except (OSError, KeyError) as exc:
+        raise ResumeError(
+            f"{path}: unreadable shard ({exc}); delete {path.parent} (or pass --restart) "
+            "to start the export over"
+        ) from exc
+
+
+class PartialDir:
+    """The ``<out>.partial`` folder: a manifest naming the job plus the committed shards."""
+
+    def __init__(self, path: Path, identity: JobIdentity, shards: list[ShardInfo]) -> None:
+        self.path = path
+        self.identity = identity
+        self.shards = shards
+
+    @property
+    def cursor(self) -> int:
+        """Inputs already committed: the next run starts at this position."""
+        return self.shards[-1].input_end if self.shards else 0
+
+    @classmethod
+    def open(cls, out: Path, identity: JobIdentity, restart: bool = False) -> PartialDir:
+        """Create the folder, or reopen it to resume after checking it belongs to this job."""
+        path = partial_path(out)
+        manifest = path / MANIFEST
+        if path.exists() and not manifest.is_file():
+            raise ExportError(
+                f"{path}: exists but is not an export in progress; move it away first"
+            )
+        if path.exists() and restart:
+            log.info("discarding previous progress in %s", path)
+            shutil.rmtree(path)
+        if not path.exists():
+            path.mkdir()
+            _write_json(
+                manifest, {"format": PARTIAL_FORMAT, "version": PARTIAL_VERSION, **asdict(identity)}
+            )
+            fsync_dir(path.parent)
+            return cls(path, identity, [])
+        _check_manifest(manifest, identity)
+        for tmp in path.glob("*.tmp"):
+            log.info("removing torn file %s from an interrupted run", tmp.name)
+            tmp.unlink()
+        shards = [_read_shard_info(p) for p in sorted(path.glob(SHARD_GLOB))]
+        expected = 0
+        for shard in shards:
+            if shard.input_start != expected:
+                raise ResumeError(
+                    f"{shard.path}: starts at input {shard.input_start}, expected {expected}; "
+                    f"progress in {path} is inconsistent, pass --restart to start over"
+                )
+            expected = shard.input_end
+        if shards:
+            log.info(
+                "resuming: %d of %d inputs already exported in %d shard(s)",
+                expected,
+                identity.inputs_count,
+                len(shards),
+            )
+        return cls(path, identity, shards)
+
+    def commit(
+        self,
+        input_start: int,
+        input_end: int,
+        ids: list[str],
+        labels: list[str],
+        embeddings: np.ndarray,
+        probabilities: np.ndarray,
+        failures: list[tuple[str, str]],
+    ) -> ShardInfo:
+        """Write one shard atomically (temp name, fsync, rename, fsync folder)."""
+        if input_start != self.cursor:
+            raise RuntimeError(f"shard starts at {input_start}, cursor is {self.cursor}")
+        final = self.path / f"shard-{input_start:012d}.h5"
+        tmp = final.with_name(final.name + ".tmp")
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs["input_start"] = input_start
+            h5.attrs["input_end"] = input_end
+            h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
+            h5.create_dataset("labels", data=np.array(labels, dtype=object), dtype=STR)
+            h5.create_dataset("embeddings", data=embeddings, dtype="f4")
+            h5.create_dataset("probabilities", data=probabilities, dtype="f4")
+            h5.create_dataset(
+                "failed/ids", data=np.array([f[0] for f in failures], dtype=object), dtype=STR
+            )
+            h5.create_dataset(
+                "failed/reasons", data=np.array([f[1] for f in failures], dtype=object), dtype=STR
+            )
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        fsync_dir(self.path)
+        info = ShardInfo(final, input_start, input_end, len(ids), len(failures))
+        self.shards.append(info)
+        return info
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _check_manifest(manifest: Path, identity: JobIdentity) -> None:
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResumeError(f"{manifest}: unreadable ({exc}); pass --restart to start over") from exc
+    if data.get("format") != PARTIAL_FORMAT or data.get("version") != PARTIAL_VERSION:
+        raise ResumeError(f"{manifest}: written by another phonesim version; pass --restart")
+    what = {
+        "checkpoint_hash": "checkpoint",
+        "inputs_fingerprint": "input list (ids or image paths)",
+        "inputs_count": "number of inputs",
+        "dim": "embedding dimension",
+        "num_classes": "number of classes",
+    }
+    for key, name in what.items():
+        if data.get(key) != getattr(identity, key):
+            raise ResumeError(
+                f"{manifest.parent}: an unfinished export with a different {name} is there; "
+                "rerun with the same --checkpoint and inputs to resume it, or pass --restart "
+                "to discard it"
+            )
+
+
+class ShardWriter:
+    """Buffers :class:`FeatureBatch` results and commits a shard every ``shard_size`` inputs.
+
+    Memory is bounded by one shard, whatever the catalog size.
+    """
+
+    def __init__(self, partial: PartialDir, samples: list[Sample], shard_size: int) -> None:
+        self.partial = partial
+        self.samples = samples
+        self.shard_size = shard_size
+        self._start = partial.cursor
+        self._end = partial.cursor
+        self._indices: list[np.ndarray] = []
+        self._emb: list[np.ndarray] = []
+        self._probs: list[np.ndarray] = []
+        self._failures: list[tuple[int, str]] = []
+        self.embedded = 0
+        self.failed = 0
+
+    def write(self, batch: FeatureBatch) -> None:
+        if batch.start != self._end:
+            raise RuntimeError(f"batch starts at input {batch.start}, expected {self._end}")
+        self._indices.append(batch.indices)
+        self._emb.append(batch.embeddings)
+        self._probs.append(batch.probabilities)
+        self._failures.extend(batch.failures)
+        self._end = batch.end
+        if self._end - self._start >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit whatever is buffered as one shard."""
+        if self._end == self._start:
+            return
+        indices = np.concatenate(self._indices) if self._indices else np.zeros(0, np.int64)
+        dim, classes = self.partial.identity.dim, self.partial.identity.num_classes
+        emb = np.concatenate(self._emb) if self._emb else np.zeros((0, dim), np.float32)
+        probs = np.concatenate(self._probs) if self._probs else np.zeros((0, classes), np.float32)
+        self.partial.commit(
+            self._start,
+            self._end,
+            [self.samples[i].id for i in indices],
+            [self.samples[i].label for i in indices],
+            emb,
+            probs,
+            [(self.samples[i].id, reason) for i, reason in self._failures],
+        )
+        self.embedded += len(indices)
+        self.failed += len(self._failures)
+        self._start = self._end
+        self._indices, self._emb, self._probs, self._failures = [], [], [], []

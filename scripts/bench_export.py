@@ -1,0 +1,52 @@
+"""Benchmark the feature export: items/s single-process vs ``--ray local`` on the demo catalog,
+and peak memory at N and 4N items (it should stay flat). Ends with one JSON line of figures.
+
+    python scripts/bench_export.py --n 1000 --workdir /tmp/bench-export
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export.bench import CHILD_FLAG, BenchSettings, child_main, run_bench  # noqa: E402
+
+
+def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
+        return child_main(sys.argv[2])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=1000, help="N: the small run; the large one is 4N")
+    p.add_argument("--workdir", default="bench-export", help="data, checkpoint and outputs")
+    p.add_argument("--model", default="test_efficientnet", help="timm model of the checkpoint")
+    p.add_argument("--img-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, help="torch threads of the single-process runs")
+    p.add_argument("--ray-actors", type=int, help="default: one per CPU")
+    p.add_argument("--skip-ray", action="store_true", help="single-process figures only")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    figures = run_bench(
+        BenchSettings(
+            n=args.n,
+            workdir=args.workdir,
+            model=args.model,
+            img_size=args.img_size,
+            batch_size=args.batch_size,
+            ray_actors=args.ray_actors,
+            threads=args.threads,
+            skip_ray=args.skip_ray,
+        ),
+        Path(__file__).resolve(),
+    )
+    for key, value in figures.items():
+        print(f"{key:>30}: {value}")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
