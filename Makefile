@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup browser demo serve test lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,16 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/phonesim demo --workdir $(DEMO_DIR)
 
-test: setup
+# The web-page test drives Debian's chromium; install it when we can (root), else it skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not installed (needs root): the browser test will skip"; fi; }
+
+serve: setup
+	$(BIN)/phonesim serve --checkpoint $(DEMO_DIR)/checkpoint --index $(DEMO_DIR)/index
+
+test: setup browser
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -31,17 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     from export import cli as export_cli
     from index import cli as index_cli
     from phonesim import demo
+    from server import cli as server_cli
 
     embedder_cli.register(sub)
     index_cli.register(sub)
     export_cli.register(sub)
     demo.register(sub)
-    try:
-        from server import cli as server_cli
-    except ImportError:  # the server stage is optional until it exists
-        server_cli = None
-    if server_cli is not None:
-        server_cli.register(sub)
+    server_cli.register(sub)
     return parser
 
 

@@ -1,0 +1,207 @@
+"""The JSON API under ``/v1``: search, embed, item lookup and catalog updates."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from index.catalog import Hit
+from server.app import service, state
+from server.errors import ApiError
+from server.inputs import parse_filter, parse_k, read_image
+from server.service import LookupService, check_item_id
+
+bp = Blueprint("api", __name__, url_prefix="/v1")
+
+API_KEY_HEADER = "X-API-Key"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _ms_since(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 3)
+
+
+def require_api_key(view: F) -> F:
+    """Writes need the configured key in ``X-API-Key`` (or ``Authorization: Bearer``)."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        expected = state().config.api_key
+        if not expected:
+            raise ApiError(403, "writes_disabled", "writes are disabled: no API key configured")
+        given = request.headers.get(API_KEY_HEADER)
+        if given is None:
+            auth = request.headers.get("Authorization", "")
+            scheme, _, token = auth.partition(" ")
+            given = token.strip() if scheme.lower() == "bearer" else None
+        if not given:
+            raise ApiError(
+                401,
+                "missing_api_key",
+                f"this endpoint needs the API key in the {API_KEY_HEADER} header",
+                {"WWW-Authenticate": 'Bearer realm="phonesim"'},
+            )
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise ApiError(403, "invalid_api_key", "the API key is not valid")
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def item_json(svc: LookupService, item_id: str, metadata: dict[str, Any], **extra: Any) -> dict:
+    """An item as clients see it: id, extra fields, public metadata, thumbnail URL."""
+    out: dict[str, Any] = {"id": item_id, **extra}
+    for key, value in svc.public_metadata(metadata).items():
+        out.setdefault(key, value)
+    if svc.has_image(metadata):
+        out["image_url"] = url_for("api.item_image", item_id=item_id)
+    return out
+
+
+def hits_json(svc: LookupService, hits: list[Hit]) -> list[dict]:
+    return [item_json(svc, h.id, h.metadata, score=round(h.score, 6)) for h in hits]
+
+
+def _search_options(svc: LookupService, body: dict[str, Any]) -> tuple[int, dict | None]:
+    cfg = svc.config
+    k_value = request.args.get("k", body.get("k"))
+    k = parse_k(k_value, cfg.default_k, cfg.max_k)
+    flt = parse_filter(request.args.lists(), body.get("filter"), svc.filterable_fields)
+    return k, flt
+
+
+@bp.post("/search")
+def search() -> Response:
+    """Predicted class and nearest catalog phones of an uploaded photo."""
+    t0 = time.perf_counter()
+    svc = service()
+    with svc.arrival() as arrival:  # from the start: the body may still be arriving
+        data, fields = read_image(request, svc.config.max_upload_bytes)
+        k, flt = _search_options(svc, fields)
+        embedded = svc.embed_bytes(data, arrival)
+    hits, search_ms = svc.search(embedded.embedding, k, flt)
+    timing = {**embedded.timing_ms, "search": search_ms, "total": _ms_since(t0)}
+    return jsonify(
+        prediction=svc.predict(embedded.probabilities),
+        neighbors=hits_json(svc, hits),
+        k=k,
+        filter=flt,
+        timing_ms=timing,
+    )
+
+
+@bp.post("/embed")
+def embed() -> Response:
+    """The embedding and predicted class of an uploaded photo."""
+    t0 = time.perf_counter()
+    svc = service()
+    with svc.arrival() as arrival:
+        data, _fields = read_image(request, svc.config.max_upload_bytes)
+        embedded = svc.embed_bytes(data, arrival)
+    return jsonify(
+        model=svc.embedder.model_name,
+        dim=int(embedded.embedding.shape[0]),
+        embedding=[round(float(v), 7) for v in embedded.embedding],
+        prediction=svc.predict(embedded.probabilities),
+        timing_ms={**embedded.timing_ms, "total": _ms_since(t0)},
+    )
+
+
+@bp.get("/items/<path:item_id>")
+def get_item(item_id: str) -> Response:
+    svc = service()
+    return jsonify(item_json(svc, item_id, svc.item(item_id)))
+
+
+@bp.get("/items/<path:item_id>/similar")
+def similar(item_id: str) -> Response:
+    """Nearest neighbours of a catalog item (the item itself excluded)."""
+    t0 = time.perf_counter()
+    svc = service()
+    k, flt = _search_options(svc, {})
+    hits, search_ms = svc.similar(item_id, k, flt)
+    return jsonify(
+        id=item_id,
+        neighbors=hits_json(svc, hits),
+        k=k,
+        filter=flt,
+        timing_ms={"search": search_ms, "total": _ms_since(t0)},
+    )
+
+
+@bp.get("/items/<path:item_id>/image")
+def item_image(item_id: str) -> Response:
+    """JPEG thumbnail of a catalog item's own image (looked up by id, never by path)."""
+    data = service().thumbnail(item_id)
+    response = Response(data, mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+def _metadata_from(fields: dict[str, Any], is_json: bool) -> dict[str, Any]:
+    """Item metadata: a JSON object in ``metadata`` (a string in multipart form data); in
+    multipart, other form fields are added as strings."""
+    raw = fields.pop("metadata", None)
+    if raw is None:
+        metadata: Any = {}
+    elif is_json:
+        metadata = raw
+    else:
+        try:
+            metadata = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ApiError(
+                400, "invalid_metadata", f"'metadata' is not valid JSON ({exc})"
+            ) from exc
+    if not isinstance(metadata, dict):
+        raise ApiError(400, "invalid_metadata", "'metadata' must be a JSON object")
+    if is_json:
+        if fields:
+            unknown = ", ".join(sorted(map(repr, fields)))
+            raise ApiError(400, "invalid_request", f"unknown field(s) {unknown}")
+    else:
+        for key, value in fields.items():
+            metadata.setdefault(key, value)
+    return metadata
+
+
+@bp.post("/items")
+@require_api_key
+def add_item() -> tuple[Response, int, dict[str, str]]:
+    """Embed an image and add it to the catalog with its metadata (durable)."""
+    t0 = time.perf_counter()
+    svc = service()
+    is_json = (request.mimetype or "").endswith("json")
+    if not is_json and request.mimetype != "multipart/form-data":
+        raise ApiError(415, "unsupported_media_type", "send multipart/form-data or a JSON object")
+    data, fields = read_image(request, svc.config.max_upload_bytes)
+    item_id = check_item_id(fields.pop("id", None))
+    metadata = _metadata_from(fields, is_json)
+    embedded = svc.add(item_id, data, metadata)
+    body = {
+        "item": item_json(svc, item_id, svc.item(item_id)),
+        "prediction": svc.predict(embedded.probabilities),
+        "timing_ms": {**embedded.timing_ms, "total": _ms_since(t0)},
+    }
+    return jsonify(body), 201, {"Location": url_for("api.get_item", item_id=item_id)}
+
+
+@bp.delete("/items/<path:item_id>")
+@require_api_key
+def delete_item(item_id: str) -> Response:
+    """Remove an item from the catalog (durable)."""
+    service().remove(item_id)
+    return jsonify(id=item_id, deleted=True)
+
+
+@bp.get("/info")
+def info() -> Response:
+    """Model, classes, index kind and size, limits."""
+    return jsonify(service().info())

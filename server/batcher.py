@@ -1,0 +1,210 @@
+"""Micro-batching: concurrent requests share one forward pass of the model.
+
+Request threads preprocess their own image into a tensor and :meth:`MicroBatcher.submit` it;
+one batcher thread takes the queued tensors (at most ``max_batch``), runs the model once on
+the stack and hands each request its row through a future. While other requests are still
+on their way (see :class:`Arrival`), the batcher waits up to ``max_wait_ms`` for
+them, so a lone request never waits and a burst is grouped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from embedder.inference import EmbeddingBatch
+
+log = logging.getLogger(__name__)
+
+
+class OverloadedError(RuntimeError):
+    """The queue of requests waiting for the model is full."""
+
+
+class BatcherClosedError(RuntimeError):
+    """The batcher was stopped; no more requests are taken."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's row of a batch, with what it cost (seconds)."""
+
+    embedding: np.ndarray
+    probabilities: np.ndarray
+    queue_s: float
+    model_s: float
+    batch_size: int
+
+
+@dataclass
+class _Job:
+    x: torch.Tensor
+    future: Future
+    t_submit: float
+
+
+BatchObserver = Callable[[int, float], None]
+
+
+class Arrival:
+    """A request on its way to :meth:`MicroBatcher.submit` (reading, decoding its image).
+
+    While any is pending, a batch that is about to start waits up to ``max_wait_ms`` for it.
+    :meth:`leave` (idempotent; also on leaving the ``with`` block) must come before submitting,
+    or the batch would wait for the very request it holds.
+    """
+
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self._batcher: MicroBatcher | None = batcher
+        batcher._arrive(+1)
+
+    def leave(self) -> None:
+        if self._batcher is not None:
+            self._batcher._arrive(-1)
+            self._batcher = None
+
+    def __enter__(self) -> Arrival:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.leave()
+
+
+class MicroBatcher:
+    """Groups single-image tensors into batches for ``forward`` (a thread-safe callable)."""
+
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], EmbeddingBatch],
+        *,
+        max_batch: int = 16,
+        max_wait_ms: float = 10.0,
+        max_queue: int = 256,
+        observer: BatchObserver | None = None,
+        name: str = "phonesim-batcher",
+    ) -> None:
+        self._forward = forward
+        self.max_batch = max(1, int(max_batch))
+        self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max(1, int(max_queue)))
+        self._observer = observer
+        self._arriving = 0
+        self._arriving_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -- client side --------------------------------------------------------------------------
+    def arrival(self) -> Arrival:
+        """Mark a request that will submit soon (a batching hint); see :class:`Arrival`."""
+        return Arrival(self)
+
+    def _arrive(self, delta: int) -> None:
+        with self._arriving_lock:
+            self._arriving += delta
+
+    def submit(self, x: torch.Tensor) -> Future:
+        """Queue one preprocessed image (3 x H x W); the future gives a :class:`BatchResult`."""
+        if self._closed.is_set():
+            raise BatcherClosedError("the model batcher is stopped")
+        job = _Job(x, Future(), time.perf_counter())
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise OverloadedError(
+                f"{self._queue.maxsize} requests are already waiting for the model"
+            ) from None
+        return job.future
+
+    def run(self, x: torch.Tensor, timeout: float | None = None) -> BatchResult:
+        """Submit and wait for the result (re-raising the model's exception)."""
+        return self.submit(x).result(timeout=timeout)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closed.is_set()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop taking requests, finish the queued ones and end the thread."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        self._thread.join(timeout)
+
+    # -- batcher thread -----------------------------------------------------------------------
+    def _collect(self, first: _Job) -> list[_Job]:
+        jobs = [first]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(jobs) < self.max_batch:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0 or self._arriving == 0:
+                    break
+                try:  # someone is decoding: give them a moment to join this batch
+                    job = self._queue.get(timeout=min(remaining, 0.0005))
+                except queue.Empty:
+                    continue
+            if job is None:  # close() sentinel: keep it for the outer loop
+                self._queue.put(None)
+                break
+            jobs.append(job)
+        return jobs
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                break
+            jobs = [j for j in self._collect(first) if j.future.set_running_or_notify_cancel()]
+            if jobs:
+                self._process(jobs)
+        while True:  # fail whatever raced in after close()
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(BatcherClosedError("the model batcher is stopped"))
+
+    def _process(self, jobs: list[_Job]) -> None:
+        t0 = time.perf_counter()
+        try:
+            out = self._forward(torch.stack([j.x for j in jobs]))
+        except Exception as exc:  # hand the failure to every waiting request
+            log.exception("model forward failed for a batch of %d", len(jobs))
+            for j in jobs:
+                j.future.set_exception(exc)
+            return
+        model_s = time.perf_counter() - t0
+        if self._observer is not None:
+            try:
+                self._observer(len(jobs), model_s)
+            except Exception:  # metrics must never break serving
+                log.exception("batch observer failed")
+        for i, j in enumerate(jobs):
+            j.future.set_result(
+                BatchResult(
+                    out.embeddings[i],
+                    out.probabilities[i],
+                    queue_s=t0 - j.t_submit,
+                    model_s=model_s,
+                    batch_size=len(jobs),
+                )
+            )

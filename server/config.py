@@ -1,0 +1,78 @@
+"""Settings of the lookup server: one frozen dataclass that the CLI flags parse into."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+# Environment variable the ``serve`` command reads the API key from when --api-key is absent.
+API_KEY_ENV = "PHONESIM_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What the app serves and its limits.
+
+    ``checkpoint``/``index``: folders to load when no embedder/index is injected into
+    :func:`server.app.create_app`. ``api_key``: required by the write endpoints; ``None``
+    disables writes (and the index is opened read-only). ``max_batch``/``max_wait_ms``: the
+    micro-batcher's bound on images per forward pass and on how long a batch waits for
+    requests already being decoded. ``image_dir``: where images of items added through the
+    API are kept for thumbnails (``None``: not kept). ``image_roots``: extra folders that
+    catalog thumbnails may be read from (the catalog CSV's folder is always allowed).
+    """
+
+    checkpoint: str | None = None
+    index: str | None = None
+    api_key: str | None = None
+    max_upload_mb: float = 10.0
+    default_k: int = 10
+    max_k: int = 100
+    max_batch: int = 16
+    max_wait_ms: float = 10.0
+    max_queue: int = 256
+    request_timeout_s: float = 30.0
+    top_classes: int = 5
+    thumbnail_px: int = 256
+    image_dir: str | None = None
+    image_roots: tuple[str, ...] = ()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def writes_enabled(self) -> bool:
+        return bool(self.api_key)
+
+    def validate(self) -> ServerConfig:
+        """Raise ValueError on settings that cannot work; return self."""
+        if self.max_upload_mb <= 0:
+            raise ValueError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
+        if not 1 <= self.default_k <= self.max_k:
+            raise ValueError(f"need 1 <= default_k ({self.default_k}) <= max_k ({self.max_k})")
+        if self.max_batch < 1 or self.max_queue < 1:
+            raise ValueError("max_batch and max_queue must be at least 1")
+        if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
+            raise ValueError("max_wait_ms must be >= 0 and request_timeout_s > 0")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key must not be blank")
+        return self
+
+    @classmethod
+    def from_mapping(
+        cls, values: Mapping[str, Any] | None = None, **overrides: Any
+    ) -> ServerConfig:
+        """Build from a dict; unknown keys are an error."""
+        data = {**(values or {}), **overrides}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown server setting(s): {', '.join(unknown)}")
+        if "image_roots" in data:
+            data["image_roots"] = tuple(str(p) for p in data["image_roots"])
+        return cls(**data).validate()
+
+    def replace(self, **changes: Any) -> ServerConfig:
+        return replace(self, **changes).validate()

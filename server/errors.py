@@ -1,0 +1,126 @@
+"""Every failure becomes a JSON answer ``{"error": {"code", "message"}}``, never HTML.
+
+Views raise :class:`ApiError` (or let library errors through); the handlers registered by
+:func:`init_app` map them to a status code. Only a bug gives a 500, and it is logged.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import re
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from embedder.errors import ImageError
+from index.errors import (
+    IndexLockedError,
+    InvalidFilterError,
+    InvalidMetadataError,
+    InvalidParamsError,
+    InvalidVectorsError,
+    ReadOnlyIndexError,
+    UnknownIdError,
+)
+from server.batcher import BatcherClosedError, OverloadedError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A client-facing error with an HTTP status and a stable machine-readable code."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "error"
+
+
+def init_app(app: Flask) -> None:
+    """Register the JSON error handlers."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        headers = {k: v for k, v in exc.get_headers() if k.lower() not in ("content-type",)}
+        messages = {
+            404: "no such endpoint; see /openapi.json",
+            413: "request body is larger than the upload limit",
+        }
+        message = messages.get(status) or exc.description or exc.name
+        return error_response(status, _snake(exc.name), message, headers)
+
+    @app.errorhandler(ImageError)
+    def _image_error(exc: ImageError) -> Response:
+        return error_response(400, "invalid_image", _strip_name(str(exc)))
+
+    @app.errorhandler(UnknownIdError)
+    def _unknown_id(exc: UnknownIdError) -> Response:
+        return error_response(404, "unknown_item", str(exc))
+
+    @app.errorhandler(InvalidFilterError)
+    def _bad_filter(exc: InvalidFilterError) -> Response:
+        return error_response(400, "invalid_filter", str(exc))
+
+    @app.errorhandler(InvalidMetadataError)
+    @app.errorhandler(InvalidVectorsError)
+    @app.errorhandler(InvalidParamsError)
+    def _bad_value(exc: Exception) -> Response:
+        return error_response(400, "invalid_request", str(exc))
+
+    @app.errorhandler(ReadOnlyIndexError)
+    def _read_only(exc: ReadOnlyIndexError) -> Response:
+        return error_response(403, "writes_disabled", "the index is open read-only")
+
+    @app.errorhandler(IndexLockedError)
+    def _locked(exc: IndexLockedError) -> Response:
+        return error_response(503, "index_locked", str(exc))
+
+    @app.errorhandler(OverloadedError)
+    def _overloaded(exc: OverloadedError) -> Response:
+        return error_response(503, "overloaded", str(exc), {"Retry-After": "1"})
+
+    @app.errorhandler(BatcherClosedError)
+    def _closed(exc: BatcherClosedError) -> Response:
+        return error_response(503, "shutting_down", str(exc), {"Retry-After": "1"})
+
+    @app.errorhandler(concurrent.futures.TimeoutError)
+    def _timeout(exc: Exception) -> Response:
+        return error_response(503, "model_timeout", "the model did not answer in time")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal server error (logged)")
+
+
+def _strip_name(message: str) -> str:
+    """ImageError messages start with the source name; for uploads that is just ``<bytes>``."""
+    return message.removeprefix("<bytes>: ")

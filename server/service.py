@@ -1,0 +1,338 @@
+"""The lookup service: an embedder and a catalog index wired together behind a micro-batcher.
+
+This is the only object the views talk to; it knows nothing about HTTP beyond raising
+:class:`~server.errors.ApiError` for conditions a client caused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from embedder.images import load_image
+from embedder.inference import Embedder
+from index.catalog import CatalogIndex, Hit
+from index.errors import DuplicateIdError
+from server.batcher import Arrival, MicroBatcher
+from server.config import ServerConfig
+from server.errors import ApiError
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# Metadata that holds a server-side file path: never sent to clients nor accepted from them.
+PRIVATE_FIELDS = frozenset({"image"})
+MAX_ID_LENGTH = 256
+THUMBNAIL_CACHE = 512
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """One image's embedding and class probabilities, with per-stage timings in ms."""
+
+    embedding: np.ndarray
+    probabilities: np.ndarray
+    timing_ms: dict[str, float]
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def check_item_id(item_id: Any) -> str:
+    if not isinstance(item_id, str) or not item_id.strip():
+        raise ApiError(400, "invalid_id", "'id' must be a non-empty string")
+    if len(item_id) > MAX_ID_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in item_id):
+        raise ApiError(
+            400, "invalid_id", f"'id' must be at most {MAX_ID_LENGTH} printable characters"
+        )
+    return item_id
+
+
+class LookupService:
+    """Predict, embed, search and update the catalog. Thread-safe."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        embedder: Embedder,
+        index: CatalogIndex,
+        metrics: Metrics,
+        *,
+        owns_index: bool = False,
+    ) -> None:
+        if index.dim != embedder.dim:
+            raise ValueError(f"index dimension {index.dim} != embedder dimension {embedder.dim}")
+        self.config = config
+        self.embedder = embedder
+        self.index = index
+        self.metrics = metrics
+        self._owns_index = owns_index
+        self.batcher = MicroBatcher(
+            embedder.embed_tensors,
+            max_batch=config.max_batch,
+            max_wait_ms=config.max_wait_ms,
+            max_queue=config.max_queue,
+            observer=metrics.observe_batch,
+        )
+        metrics.track_index_size(lambda: len(self.index))
+        metrics.track_queue_depth(lambda: self.batcher.queue_depth)
+        self._roots = self._image_roots()
+        self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
+        self._thumbs_lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def checks(self) -> dict[str, bool]:
+        """Readiness of each part: the batcher thread runs and the index is open."""
+        try:
+            self.index.info()  # raises once the index is closed
+            index_ok = True
+        except Exception:
+            index_ok = False
+        return {"model": True, "batcher": self.batcher.alive, "index": index_ok}
+
+    @property
+    def ready(self) -> bool:
+        return all(self.checks().values())
+
+    def close(self) -> None:
+        self.batcher.close()
+        if self._owns_index:
+            self.index.close()
+
+    # -- model ------------------------------------------------------------------------------------
+    def decode(self, data: bytes) -> Image.Image:
+        """Decode untrusted bytes (raises ImageError on anything that is not a sane image)."""
+        return load_image(data, min_side=self.embedder.decode_side)
+
+    def embed_bytes(self, data: bytes, arrival: Arrival | None = None) -> Embedded:
+        """Decode, preprocess (in this thread) and embed (in a shared batch) one image.
+
+        ``arrival``: the request's batching hint, taken when it started (see
+        :meth:`arrival`); it is left here, just before the image joins the queue.
+        """
+        t0 = time.perf_counter()
+        with arrival or self.batcher.arrival() as pending:
+            img = self.decode(data)
+            x = self.embedder.preprocess([img])[0]
+            pending.leave()
+            t1 = time.perf_counter()
+            future = self.batcher.submit(x)
+        result = future.result(timeout=self.config.request_timeout_s)
+        t2 = time.perf_counter()
+        self.metrics.decode_seconds.observe(t1 - t0)
+        self.metrics.queue_seconds.observe(result.queue_s)
+        return Embedded(
+            result.embedding,
+            result.probabilities,
+            {
+                "decode": _ms(t1 - t0),
+                "queue": _ms(result.queue_s),
+                "model": _ms(result.model_s),
+                "batch_size": result.batch_size,
+                "embed_total": _ms(t2 - t0),
+            },
+        )
+
+    def arrival(self) -> Arrival:
+        """Tell the batcher a request that will embed an image is on its way."""
+        return self.batcher.arrival()
+
+    def predict(self, probabilities: np.ndarray) -> dict[str, Any]:
+        """Top class and the ``top_classes`` most probable ones."""
+        names = self.embedder.label_names
+        order = np.argsort(-probabilities, kind="stable")[: self.config.top_classes]
+        top = [{"label": names[i], "score": round(float(probabilities[i]), 6)} for i in order]
+        return {"label": top[0]["label"], "score": top[0]["score"], "top": top}
+
+    # -- index ------------------------------------------------------------------------------------
+    @property
+    def filterable_fields(self) -> list[str]:
+        return sorted(self.index.filterable_fields - PRIVATE_FIELDS)
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        flt: dict[str, Any] | None = None,
+        exclude_ids: list[str] | None = None,
+    ) -> tuple[list[Hit], float]:
+        """Nearest catalog items and the search time in ms."""
+        t0 = time.perf_counter()
+        hits = self.index.search(vector, k, filter=flt, exclude_ids=exclude_ids)
+        dt = time.perf_counter() - t0
+        self.metrics.search_seconds.observe(dt)
+        return hits, _ms(dt)
+
+    def similar(
+        self, item_id: str, k: int, flt: dict[str, Any] | None = None
+    ) -> tuple[list[Hit], float]:
+        """Neighbours of a catalog item, itself excluded (UnknownIdError if absent)."""
+        vector = self.index.get_vectors([item_id])[0]
+        return self.search(vector, k, flt, exclude_ids=[item_id])
+
+    def item(self, item_id: str) -> dict[str, Any]:
+        return self.index.get(item_id).metadata
+
+    @staticmethod
+    def public_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in metadata.items() if k not in PRIVATE_FIELDS}
+
+    @staticmethod
+    def has_image(metadata: dict[str, Any]) -> bool:
+        return bool(metadata.get("image"))
+
+    # -- writes -----------------------------------------------------------------------------------
+    def add(self, item_id: str, data: bytes, metadata: dict[str, Any]) -> Embedded:
+        """Embed an image and add it durably under ``item_id`` with ``metadata``."""
+        check_item_id(item_id)
+        private = sorted(PRIVATE_FIELDS & set(metadata))
+        if private:
+            raise ApiError(400, "invalid_metadata", f"field(s) {private} are set by the server")
+        if "id" in metadata:
+            raise ApiError(400, "invalid_metadata", "give the id once, outside the metadata")
+        if item_id in self.index:
+            raise ApiError(409, "item_exists", f"item {item_id!r} already exists; delete it first")
+        embedded = self.embed_bytes(data)
+        metadata = dict(metadata)
+        saved = self._keep_image(item_id, data)
+        if saved is not None:
+            metadata["image"] = str(saved)
+        try:
+            self.index.add([item_id], embedded.embedding[None, :], [metadata])
+        except DuplicateIdError as exc:
+            self._drop_image(saved)
+            raise ApiError(409, "item_exists", str(exc)) from exc
+        except BaseException:
+            self._drop_image(saved)
+            raise
+        log.info("added item %r", item_id)
+        return embedded
+
+    def remove(self, item_id: str) -> None:
+        """Remove an item durably (UnknownIdError if absent) and the image the API kept."""
+        metadata = self.index.get(item_id).metadata
+        self.index.remove([item_id])
+        image_dir = self.config.image_dir
+        path = metadata.get("image")
+        if image_dir and path and _inside(Path(path), [Path(image_dir)]):
+            self._drop_image(Path(path))
+        log.info("removed item %r", item_id)
+
+    def _keep_image(self, item_id: str, data: bytes) -> Path | None:
+        if not self.config.image_dir:
+            return None
+        folder = Path(self.config.image_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / (hashlib.sha256(item_id.encode()).hexdigest()[:40] + ".img")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return path.resolve()
+
+    @staticmethod
+    def _drop_image(path: Path | None) -> None:
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    # -- thumbnails -------------------------------------------------------------------------------
+    def _image_roots(self) -> list[Path]:
+        roots = [Path(p) for p in self.config.image_roots]
+        if self.config.image_dir:
+            roots.append(Path(self.config.image_dir))
+        source = getattr(self.index.manifest, "source", None) or {}
+        catalog = source.get("catalog") if isinstance(source, dict) else None
+        if catalog:
+            roots.append(Path(catalog).parent)
+        return [p.resolve() for p in roots]
+
+    def thumbnail(self, item_id: str) -> bytes:
+        """A JPEG thumbnail of a catalog item's own image, found by id only.
+
+        The path comes from the index metadata (never from the client), must lie inside a
+        catalog image folder, and is decoded and re-encoded, so only images ever leave.
+        """
+        metadata = self.index.get(item_id).metadata
+        raw = metadata.get("image")
+        if not raw:
+            raise ApiError(404, "no_image", f"item {item_id!r} has no image")
+        path = Path(raw)
+        try:
+            stat = path.stat()
+        except OSError:
+            raise ApiError(404, "no_image", f"the image of item {item_id!r} is missing") from None
+        if self._roots and not _inside(path, self._roots):
+            log.warning("refusing thumbnail of %r: %s is outside the catalog folders", item_id, raw)
+            raise ApiError(404, "no_image", f"item {item_id!r} has no servable image")
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        with self._thumbs_lock:
+            cached = self._thumbs.get(key)
+            if cached is not None:
+                self._thumbs.move_to_end(key)
+                return cached
+        size = self.config.thumbnail_px
+        img = load_image(path, min_side=size)
+        img.thumbnail((size, size), Image.Resampling.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+        data = buf.getvalue()
+        with self._thumbs_lock:
+            self._thumbs[key] = data
+            while len(self._thumbs) > THUMBNAIL_CACHE:
+                self._thumbs.popitem(last=False)
+        return data
+
+    # -- description --------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        e, cfg = self.embedder, self.config
+        idx = self.index.info()
+        return {
+            "model": {
+                "name": e.model_name,
+                "checkpoint_hash": e.checkpoint_hash,
+                "dim": e.dim,
+                "input_size": list(e.config.data_config.get("input_size", [])),
+            },
+            "classes": e.label_names,
+            "index": {
+                "kind": idx.get("kind"),
+                "size": len(self.index),
+                "dim": idx.get("dim"),
+                "metric": idx.get("metric"),
+                "filterable_fields": self.filterable_fields,
+            },
+            "limits": {
+                "default_k": cfg.default_k,
+                "max_k": cfg.max_k,
+                "max_upload_mb": cfg.max_upload_mb,
+            },
+            "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms},
+            "writes_enabled": cfg.writes_enabled and not self.index.readonly,
+        }
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    """Whether ``path`` (symlinks resolved) lies inside one of ``roots``."""
+    real = os.path.realpath(path)
+    for root in roots:
+        base = os.path.realpath(root)
+        try:
+            if os.path.commonpath([real, base]) == base:
+                return True
+        except ValueError:
+            continue
+    return False

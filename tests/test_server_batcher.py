@@ -1,0 +1,142 @@
+"""The micro-batcher on a fake model: grouping, bounds, waiting policy, failures, shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from embedder.inference import EmbeddingBatch
+from server.batcher import BatcherClosedError, MicroBatcher, OverloadedError
+
+
+class FakeModel:
+    """Embedding = the input's first pixel; records batch sizes; can be slowed or gated."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.sizes: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, x: torch.Tensor) -> EmbeddingBatch:
+        self.gate.wait(10)
+        time.sleep(self.delay)
+        self.sizes.append(len(x))
+        flat = x.reshape(len(x), -1)[:, :2].numpy().astype(np.float32)
+        return EmbeddingBatch(flat, flat * 2)
+
+
+def pixel(v: float) -> torch.Tensor:
+    return torch.full((3, 2, 2), float(v))
+
+
+@pytest.fixture
+def make():
+    made: list[MicroBatcher] = []
+
+    def factory(model, **kw) -> MicroBatcher:
+        b = MicroBatcher(model, **kw)
+        made.append(b)
+        return b
+
+    yield factory
+    for b in made:
+        b.close()
+
+
+def test_each_request_gets_its_own_row(make):
+    model = FakeModel()
+    b = make(model, max_batch=4, max_wait_ms=0)
+    model.gate.clear()
+    futures = [b.submit(pixel(i)) for i in range(10)]
+    model.gate.set()
+    for i, f in enumerate(futures):
+        r = f.result(5)
+        assert r.embedding.tolist() == [i, i] and r.probabilities.tolist() == [2 * i, 2 * i]
+    assert max(model.sizes) <= 4 and sum(model.sizes) == 10
+    assert len(model.sizes) < 10  # queued requests were grouped
+
+
+def test_a_lone_request_does_not_wait(make):
+    b = make(FakeModel(), max_batch=16, max_wait_ms=500)
+    t0 = time.perf_counter()
+    r = b.run(pixel(1), timeout=5)
+    assert time.perf_counter() - t0 < 0.25
+    assert r.batch_size == 1
+
+
+def test_waits_briefly_for_requests_being_decoded(make):
+    model = FakeModel()
+    b = make(model, max_batch=16, max_wait_ms=300)
+    started = threading.Event()
+
+    def late() -> None:
+        with b.arrival() as arrival:
+            started.set()
+            time.sleep(0.05)  # "decoding"
+            arrival.leave()
+            fut = b.submit(pixel(2))
+        results.append(fut.result(5))
+
+    results: list = []
+    t = threading.Thread(target=late)
+    t.start()
+    started.wait(5)
+    first = b.run(pixel(1), timeout=5)
+    t.join(5)
+    assert first.batch_size == 2 and results[0].batch_size == 2
+    assert model.sizes == [2]
+
+
+def test_a_model_error_reaches_every_request_of_the_batch_and_the_next_batch_works(make):
+    calls = {"n": 0}
+    model = FakeModel()
+
+    def flaky(x):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return model(x)
+
+    b = make(flaky, max_batch=8, max_wait_ms=0)
+    model.gate.clear()
+    with pytest.raises(RuntimeError, match="boom"):
+        b.run(pixel(0), timeout=5)
+    model.gate.set()
+    assert b.run(pixel(3), timeout=5).embedding.tolist() == [3, 3]
+
+
+def test_a_full_queue_is_refused(make):
+    model = FakeModel()
+    model.gate.clear()
+    b = make(model, max_batch=1, max_wait_ms=0, max_queue=2)
+    first = b.submit(pixel(0))
+    time.sleep(0.05)  # the batcher took it and is blocked in the model
+    b.submit(pixel(1))
+    b.submit(pixel(2))
+    with pytest.raises(OverloadedError):
+        b.submit(pixel(3))
+    model.gate.set()
+    assert first.result(5).batch_size == 1
+
+
+def test_close_finishes_queued_work_then_refuses(make):
+    model = FakeModel(delay=0.01)
+    b = make(model, max_batch=2, max_wait_ms=0)
+    futures = [b.submit(pixel(i)) for i in range(5)]
+    b.close()
+    assert [f.result(5).embedding[0] for f in futures] == [0, 1, 2, 3, 4]
+    assert not b.alive
+    with pytest.raises(BatcherClosedError):
+        b.submit(pixel(9))
+
+
+def test_observer_sees_every_batch(make):
+    seen: list[tuple[int, float]] = []
+    b = make(FakeModel(), max_batch=4, max_wait_ms=0, observer=lambda n, s: seen.append((n, s)))
+    b.run(pixel(1), timeout=5)
+    assert seen and seen[0][0] == 1 and seen[0][1] >= 0

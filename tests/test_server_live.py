@@ -1,0 +1,304 @@
+"""The server as users meet it: a real gunicorn process on a free local port, and the web page
+driven in headless Chromium."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from test_server import API_KEY, SMALL_UPLOAD_MB, bad_requests
+from werkzeug.test import EnvironBuilder
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("PHONESIM_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Live:
+    """A running server: base address plus a small HTTP helper (one connection per call)."""
+
+    def __init__(self, port: int, proc: subprocess.Popen, log: Path) -> None:
+        self.port, self.proc, self.log = port, proc, log
+        self.base = f"http://127.0.0.1:{port}"
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, **kw) -> tuple[int, dict]:
+        status, headers, data = self.request(method, path, **kw)
+        assert headers["content-type"].startswith("application/json"), data[:200]
+        return status, json.loads(data)
+
+
+def multipart(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, dict[str, str]]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        if isinstance(value, tuple):
+            filename, data = value
+            head = (
+                f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            )
+        else:
+            head, data = f'Content-Disposition: form-data; name="{name}"\r\n\r\n', value.encode()
+        parts.append(f"--{boundary}\r\n{head}".encode() + data + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+@pytest.fixture(scope="module")
+def live_index(tiny_checkpoint, tiny_catalog, tmp_path_factory) -> Path:
+    from embedder.inference import Embedder
+    from index import build_index, read_catalog_csv
+
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    rows = read_catalog_csv(tiny_catalog / "catalog.csv")
+    ids = list(rows)
+    batch = embedder.embed_paths([rows[i]["image"] for i in ids])
+    out = tmp_path_factory.mktemp("live-index") / "index"
+    build_index(
+        out,
+        ids,
+        batch.embeddings,
+        [rows[i] for i in ids],
+        model_name=embedder.model_name,
+        checkpoint_hash=embedder.checkpoint_hash,
+        source={"catalog": str(tiny_catalog / "catalog.csv")},
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def live(tiny_checkpoint, live_index, tmp_path_factory):
+    """``python -m server`` (the ``phonesim serve`` command) under gunicorn."""
+    port = free_port()
+    work = tmp_path_factory.mktemp("live")
+    log = work / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--index",
+        str(live_index),
+        "--port",
+        str(port),
+        "--threads",
+        "4",
+        "--max-upload-mb",
+        str(SMALL_UPLOAD_MB),
+        "--image-dir",
+        str(work / "uploads"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PHONESIM_API_KEY": API_KEY}
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    server = Live(port, proc, log)
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if server.request("GET", "/readyz")[0] == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server not ready in 90 s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield server
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("server did not stop within 30 s of SIGTERM")
+    assert code == 0, log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def query_image(tiny_catalog) -> Path:
+    return sorted(tiny_catalog.rglob("*.jpg"))[0]
+
+
+def test_live_search_similar_thumbnail_and_metrics(live, query_image):
+    body, headers = multipart({"image": ("phone.jpg", query_image.read_bytes())})
+    status, result = live.json("POST", "/v1/search?k=3", body=body, headers=headers)
+    assert status == 200 and len(result["neighbors"]) == 3
+    assert result["neighbors"][0]["score"] > 0.99
+    first = result["neighbors"][0]
+    status, similar = live.json("GET", f"/v1/items/{first['id']}/similar?k=2")
+    assert status == 200 and first["id"] not in [n["id"] for n in similar["neighbors"]]
+    status, headers, data = live.request("GET", first["image_url"])
+    assert status == 200 and headers["content-type"] == "image/jpeg" and data[:2] == b"\xff\xd8"
+    status, _, metrics = live.request("GET", "/metrics")
+    assert status == 200 and b"phonesim_model_batch_size_bucket" in metrics
+
+
+def test_live_concurrent_requests_all_succeed(live, query_image):
+    body, headers = multipart({"image": ("phone.jpg", query_image.read_bytes())})
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(3):
+            status, _, _ = live.request("POST", "/v1/search?k=5", body=body, headers=headers)
+            with lock:
+                statuses.append(status)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert statuses == [200] * 24
+
+
+def test_live_writes_need_the_key_and_persist(live, query_image):
+    body, headers = multipart(
+        {"image": ("new.jpg", query_image.read_bytes()), "id": "live-new", "title": "Live"}
+    )
+    status, err = live.json("POST", "/v1/items", body=body, headers=headers)
+    assert status == 401 and err["error"]["code"] == "missing_api_key"
+    status, created = live.json(
+        "POST", "/v1/items", body=body, headers={**headers, "X-API-Key": API_KEY}
+    )
+    assert status == 201 and created["item"]["title"] == "Live"
+    status, item = live.json("GET", "/v1/items/live-new")
+    assert status == 200 and item["image_url"]
+    status, _ = live.json("DELETE", "/v1/items/live-new", headers={"X-API-Key": API_KEY})
+    assert status == 200
+    assert live.json("GET", "/v1/items/live-new")[0] == 404
+
+
+def test_live_bad_input_corpus_gets_4xx_json_and_server_keeps_answering(live, query_image):
+    jpeg = query_image.read_bytes()
+    for name, kwargs, expected in bad_requests(jpeg):
+        kwargs = dict(kwargs)
+        path = kwargs.pop("path")
+        builder = EnvironBuilder(path=path, **kwargs)
+        environ = builder.get_environ()
+        body = environ["wsgi.input"].read()
+        headers = {k: v for k, v in builder.headers.items() if k.lower() != "content-length"}
+        if environ.get("CONTENT_TYPE"):
+            headers["Content-Type"] = environ["CONTENT_TYPE"]
+        try:
+            status, resp_headers, data = live.request(
+                builder.method, path, body=body or None, headers=headers
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            # An oversized upload may be refused before it is fully sent; that is fine as
+            # long as the server goes on answering.
+            assert expected == 413, name
+            continue
+        assert status == expected, (name, data[:300])
+        assert resp_headers["content-type"].startswith("application/json"), name
+        error = json.loads(data)["error"]
+        assert error["code"] and error["message"], name
+    assert live.proc.poll() is None
+    assert live.request("GET", "/healthz")[0] == 200
+    body, headers = multipart({"image": ("phone.jpg", jpeg)})
+    assert live.request("POST", "/v1/search", body=body, headers=headers)[0] == 200
+
+
+def test_serve_is_a_phonesim_subcommand():
+    from phonesim.cli import build_parser
+    from server import cli
+
+    args = build_parser().parse_args(["serve", "--checkpoint", "c", "--index", "i"])
+    assert args.func is cli.run
+    assert (args.host, args.port, args.workers, args.threads) == ("127.0.0.1", 8000, 1, 8)
+
+
+def test_serve_rejects_an_api_key_with_several_workers(tiny_checkpoint, live_index):
+    from phonesim.errors import UserError
+    from server.serve import serve
+
+    with pytest.raises(UserError, match="--workers 1"):
+        serve(tiny_checkpoint, live_index, workers=2, api_key="k")
+    with pytest.raises(UserError):
+        serve(tiny_checkpoint, live_index.parent / "missing")
+
+
+# -- the web page in headless Chromium ----------------------------------------------------------
+def test_web_page_search_in_headless_chromium(live, query_image, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not installed at {CHROMIUM} (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Python package playwright not installed"
+    )
+    with sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(live.base + "/")
+            page.wait_for_selector("#server-info:has-text('catalog phones')", timeout=20_000)
+            page.set_input_files("#file", str(query_image))
+            page.wait_for_selector(".neighbor img", timeout=20_000)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.neighbor img')]"
+                ".some(i => i.complete && i.naturalWidth > 0)",
+                timeout=20_000,
+            )
+            classes = live.json("GET", "/v1/info")[1]["classes"]
+            assert (page.text_content("#prediction-label") or "").strip() in classes
+            assert page.locator("#prediction-bars li").count() >= 1
+            assert page.locator(".neighbor").count() >= 1
+            shot = os.environ.get("PHONESIM_SCREENSHOT")
+            page.screenshot(path=shot or str(tmp_path / "page.png"), full_page=True)
+
+            page.locator(".neighbor").first.click()
+            page.wait_for_selector("#results-title:has-text('Similar to')", timeout=20_000)
+
+            bad = tmp_path / "not-an-image.jpg"
+            bad.write_text("not an image")
+            page.set_input_files("#file", str(bad))
+            page.wait_for_selector("#status.error", timeout=20_000)
+            assert "image" in (page.text_content("#status") or "")
+            assert errors == []
+        finally:
+            context.close()
