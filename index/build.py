@@ -1,0 +1,370 @@
+"""Building an index folder from vectors, or from ``phonesim embed`` output plus a catalog CSV.
+
+A build writes everything into a hidden sibling folder and renames it into place at the end, so
+an interrupted build leaves no half-written index behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from index import ann
+from index.catalog import CatalogIndex, IndexOptions, faiss_file_name
+from index.errors import BuildInputError, InvalidKindError, InvalidMetadataError
+from index.fsutil import fsync_dir, fsync_path
+from index.manifest import Manifest, write_manifest
+from index.store import STORE_NAME, CatalogStore, clean_metadata
+from index.vectors import prepare_ids, prepare_vectors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """The parts of a ``phonesim embed`` HDF5 file that an index needs."""
+
+    ids: list[str]
+    xb: np.ndarray
+    labels: list[str]
+    model_name: str
+    checkpoint_hash: str
+    label_names: list[str] = field(default_factory=list)
+    failed: int = 0
+
+    @property
+    def dim(self) -> int:
+        return int(self.xb.shape[1])
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What a build produced and how long its stages took (seconds)."""
+
+    path: Path
+    manifest: Manifest
+    timings: dict[str, float]
+
+
+def _attr_str(attrs: Any, name: str, path: Path) -> str:
+    if name not in attrs:
+        raise BuildInputError(
+            f"{path}: attribute {name!r} is missing; is this 'phonesim embed' output?"
+        )
+    value = attrs[name]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    return str(value)
+
+
+def read_embeddings(path: str | Path) -> Embeddings:
+    """Read ids, embeddings, labels and the model identity from an embeddings HDF5 file."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise BuildInputError(f"{path}: embeddings file does not exist")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise BuildInputError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    with h5:
+        missing = [name for name in ("ids", "embeddings") if name not in h5]
+        if missing:
+            raise BuildInputError(f"{path}: dataset(s) {', '.join(missing)} missing")
+        emb = h5["embeddings"]
+        if emb.ndim != 2 or emb.dtype.kind != "f":
+            raise BuildInputError(
+                f"{path}: 'embeddings' must be a 2-D float array, got {emb.dtype} {emb.shape}"
+            )
+        try:
+            ids = [str(i) for i in h5["ids"].asstr()[()]]
+            labels = (
+                [str(x) for x in h5["labels"].asstr()[()]] if "labels" in h5 else [""] * len(ids)
+            )
+        except (TypeError, ValueError) as exc:
+            raise BuildInputError(f"{path}: 'ids'/'labels' must be string datasets") from exc
+        if not (len(ids) == emb.shape[0] == len(labels)):
+            raise BuildInputError(
+                f"{path}: {len(ids)} ids, {emb.shape[0]} embeddings and {len(labels)} labels"
+            )
+        xb = np.asarray(emb[()], dtype=np.float32)
+        model_name = _attr_str(h5.attrs, "model_name", path)
+        checkpoint_hash = _attr_str(h5.attrs, "checkpoint_hash", path)
+        if "dim" in h5.attrs and int(h5.attrs["dim"]) != xb.shape[1]:
+            raise BuildInputError(
+                f"{path}: attribute dim={int(h5.attrs['dim'])} but embeddings have {xb.shape[1]}"
+            )
+        try:
+            label_names = json.loads(_attr_str(h5.attrs, "label_names", path))
+        except BuildInputError:
+            label_names = []
+        except json.JSONDecodeError as exc:
+            raise BuildInputError(f"{path}: attribute label_names is not JSON") from exc
+        failed = len(h5["failed"]) if "failed" in h5 else 0
+    if failed:
+        log.info("%s: %d images had failed to embed and are not indexed", path, failed)
+    return Embeddings(ids, xb, labels, model_name, checkpoint_hash, list(label_names), failed)
+
+
+def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
+    """Metadata rows by id from a catalog CSV (``id,image,label,...``).
+
+    Every column except ``id`` is kept as a string; ``image`` is resolved against the CSV's
+    folder to an absolute path, for the server's thumbnails.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BuildInputError(f"{path}: catalog CSV does not exist")
+    rows: dict[str, dict[str, str]] = {}
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "id" not in reader.fieldnames:
+            raise BuildInputError(f"{path}: needs a header row with an 'id' column")
+        for row in reader:
+            line = reader.line_num
+            if None in row:
+                raise BuildInputError(f"{path}:{line}: more fields than the header has")
+            id_ = (row.pop("id") or "").strip()
+            if not id_:
+                raise BuildInputError(f"{path}:{line}: empty id")
+            if id_ in rows:
+                raise BuildInputError(f"{path}:{line}: id {id_!r} appears twice")
+            md = {k: (v if v is not None else "") for k, v in row.items()}
+            if md.get("image"):
+                md["image"] = str((path.parent / md["image"]).resolve())
+            rows[id_] = md
+    return rows
+
+
+def join_metadata(
+    ids: Sequence[str], labels: Sequence[str], catalog: Mapping[str, Mapping[str, str]] | None
+) -> list[dict[str, Any]]:
+    """Per id: its catalog row, else ``{"label": <HDF5 label>}`` (no label when unknown)."""
+    out: list[dict[str, Any]] = []
+    unmatched = 0
+    for id_, label in zip(ids, labels, strict=True):
+        row = None if catalog is None else catalog.get(id_)
+        if row is None:
+            unmatched += catalog is not None
+            out.append({"label": label} if label else {})
+        else:
+            md = dict(row)
+            if label and not md.get("label"):
+                md["label"] = label
+            out.append(md)
+    if unmatched:
+        log.warning("%d embedded id(s) have no row in the catalog CSV", unmatched)
+    if catalog is not None and len(catalog) > len(ids) - unmatched:
+        log.info("%d catalog row(s) have no embedding", len(catalog) - (len(ids) - unmatched))
+    return out
+
+
+def build_index(
+    out: str | Path,
+    ids: Sequence[str],
+    xb: np.ndarray,
+    metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    *,
+    model_name: str,
+    checkpoint_hash: str,
+    dim: int | None = None,
+    kind: str = "auto",
+    target_recall: float = 0.95,
+    overwrite: bool = False,
+    progress: bool = False,
+    source: Mapping[str, Any] | None = None,
+) -> BuildReport:
+    """Build an index folder at ``out`` from ``ids``, vectors ``xb`` and per-id metadata.
+
+    ``kind``: ``auto`` (flat below :data:`~index.ann.AUTO_FLAT_MAX` items, else ivf),
+    ``flat``, ``ivf``, ``hnsw`` or a FAISS factory string. Approximate kinds get their
+    ``nprobe``/``efSearch`` default tuned to reach ``target_recall`` (recall@10).
+    ``out`` must not exist or be empty unless ``overwrite``.
+    """
+    t_start = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BuildInputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise BuildInputError(f"{out}: already exists and is not empty; use --overwrite")
+    if not out.parent.is_dir():
+        raise BuildInputError(f"{out.parent}: parent folder does not exist")
+    if not isinstance(model_name, str) or not model_name:
+        raise BuildInputError("model_name must be a non-empty string")
+    ids = prepare_ids(ids)
+    if dim is None:
+        if np.ndim(xb) != 2:
+            raise BuildInputError("pass dim= when xb is not a 2-D array")
+        dim = int(np.shape(xb)[1])
+    xb = prepare_vectors(xb, dim, n=len(ids))
+    if metadata is None:
+        mds = [{} for _ in ids]
+    else:
+        metadata = list(metadata)
+        if len(metadata) != len(ids):
+            raise InvalidMetadataError(f"got {len(metadata)} metadata rows for {len(ids)} ids")
+        mds = [clean_metadata(m, f"metadata[{i}]") for i, m in enumerate(metadata)]
+    n = len(ids)
+    fids = np.arange(n, dtype=np.int64)
+    kind, factory = ann.resolve_kind(kind, n)
+    log.info("building a %s index (%s) of %d x %d vectors", kind, factory, n, dim)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    index = ann.create(factory, dim)
+    if not index.is_trained and n == 0:
+        raise InvalidKindError(f"{factory!r} needs training vectors; build it from a catalog")
+    ann.train(index, xb)
+    timings["train_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    held = ann.tuning_split(n) if ann.tunable_param(index) else np.zeros(0, np.int64)
+    mask = np.ones(n, dtype=bool)
+    mask[held] = False
+    rest = np.flatnonzero(mask)
+    with tqdm(total=n, desc="indexing vectors", unit="vec", disable=not progress) as bar:
+        ann.add(index, xb, fids, rows=rest, progress=bar)
+        timings["add_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        defaults, tuning = ann.tune(index, xb, fids, held, target_recall=target_recall)
+        timings["tune_s"] = time.perf_counter() - t
+        ann.add(index, xb, fids, rows=held, progress=bar)
+
+    manifest = Manifest(
+        model_name=model_name,
+        checkpoint_hash=str(checkpoint_hash),
+        dim=dim,
+        kind=kind,
+        factory=factory,
+        count=n,
+        search_defaults=defaults,
+        tuning=tuning,
+        source=dict(source or {}),
+    )
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        t = time.perf_counter()
+        _write_store(tmp / STORE_NAME, ids, mds, fids, progress)
+        timings["store_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ann.write(index, tmp / faiss_file_name(0))
+        write_manifest(tmp, manifest)
+        fsync_dir(tmp)
+        timings["write_s"] = time.perf_counter() - t
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    timings["total_s"] = time.perf_counter() - t_start
+    log.info(
+        "built %s: %d items, kind %s, %s in %.1f s",
+        out,
+        n,
+        kind,
+        ", ".join(f"{k}={v}" for k, v in defaults.items()) or "exact",
+        timings["total_s"],
+    )
+    return BuildReport(out, manifest, timings)
+
+
+def _write_store(
+    path: Path, ids: list[str], mds: list[dict[str, Any]], fids: np.ndarray, progress: bool
+) -> None:
+    store = CatalogStore(path, create=True)
+    try:
+        store.set_synchronous("OFF")  # a fresh folder: fsynced once below, then renamed
+        chunk = 20_000
+        with (
+            store.transaction(),
+            tqdm(total=len(ids), desc="storing metadata", unit="item", disable=not progress) as bar,
+        ):
+            for start in range(0, len(ids), chunk):
+                stop = start + chunk
+                store.insert_items(fids[start:stop], ids[start:stop], mds[start:stop])
+                bar.update(len(ids[start:stop]))
+            store.set_state(next_fid=len(ids), checkpoint_file=faiss_file_name(0), checkpoint_seq=0)
+        store.checkpoint_wal(truncate=True)
+    finally:
+        store.close()
+    fsync_path(path)
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_from_files(
+    embeddings: str | Path,
+    out: str | Path,
+    *,
+    catalog: str | Path | None = None,
+    kind: str = "auto",
+    target_recall: float = 0.95,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> BuildReport:
+    """``phonesim index build``: embeddings HDF5 (+ optional catalog CSV) to an index folder."""
+    emb = read_embeddings(embeddings)
+    rows = read_catalog_csv(catalog) if catalog is not None else None
+    metadata = join_metadata(emb.ids, emb.labels, rows)
+    source = {
+        "embeddings": str(Path(embeddings).resolve()),
+        "catalog": str(Path(catalog).resolve()) if catalog is not None else None,
+        "label_names": emb.label_names,
+        "failed_images": emb.failed,
+    }
+    return build_index(
+        out,
+        emb.ids,
+        emb.xb,
+        metadata,
+        model_name=emb.model_name,
+        checkpoint_hash=emb.checkpoint_hash,
+        kind=kind,
+        target_recall=target_recall,
+        overwrite=overwrite,
+        progress=progress,
+        source=source,
+    )
+
+
+def create_index(
+    path: str | Path,
+    dim: int,
+    *,
+    model_name: str,
+    checkpoint_hash: str,
+    kind: str = "flat",
+    options: IndexOptions | None = None,
+) -> CatalogIndex:
+    """An empty index (``flat``, ``hnsw`` or an untrained-OK factory), opened for writing."""
+    build_index(
+        path,
+        [],
+        np.zeros((0, dim), np.float32),
+        model_name=model_name,
+        checkpoint_hash=checkpoint_hash,
+        dim=dim,
+        kind="flat" if kind == "auto" else kind,
+    )
+    return CatalogIndex.open(path, options=options)

@@ -1,0 +1,79 @@
+"""Errors raised by the index package.
+
+Every error here subclasses :class:`phonesim.errors.UserError`, so the ``phonesim`` command
+prints it as one line. Errors about bad arguments also subclass ``ValueError`` (or ``KeyError``
+for unknown ids), so library callers and the server can catch the usual built-in types.
+"""
+
+from __future__ import annotations
+
+from phonesim.errors import UserError
+
+
+class CatalogIndexError(UserError):
+    """Base class for every error raised by the index package."""
+
+
+class IndexNotFoundError(CatalogIndexError):
+    """The index folder, or a file it must hold, does not exist."""
+
+
+class ManifestError(CatalogIndexError):
+    """``manifest.json`` is missing a field, malformed, or written by an unknown format version."""
+
+
+class IndexMismatchError(CatalogIndexError):
+    """The index was built with another embedder (model, checkpoint) or another dimension."""
+
+
+class IndexLockedError(CatalogIndexError):
+    """Another process holds the index open for writing."""
+
+
+class ReadOnlyIndexError(CatalogIndexError):
+    """A write (add, remove, checkpoint) was attempted on an index opened read-only."""
+
+
+class IndexCorruptError(CatalogIndexError):
+    """The FAISS file and the catalog store disagree, or a file cannot be decoded."""
+
+
+class UnknownIdError(CatalogIndexError, KeyError):
+    """One or more catalog ids are not in the index."""
+
+    def __init__(self, ids: list[str], action: str = "look up") -> None:
+        self.ids = list(ids)
+        shown = ", ".join(repr(i) for i in self.ids[:5])
+        more = f" (and {len(self.ids) - 5} more)" if len(self.ids) > 5 else ""
+        super().__init__(f"cannot {action}: unknown id(s) {shown}{more}; nothing was changed")
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0])
+
+
+class DuplicateIdError(CatalogIndexError, ValueError):
+    """An add repeats an id that is already in the index or twice in the same batch."""
+
+
+class InvalidVectorsError(CatalogIndexError, ValueError):
+    """Vectors have the wrong shape, dimension or dtype, or hold NaN, inf or all-zero rows."""
+
+
+class InvalidMetadataError(CatalogIndexError, ValueError):
+    """Metadata is not a mapping of field names to strings, numbers, booleans or None."""
+
+
+class InvalidFilterError(CatalogIndexError, ValueError):
+    """A search filter names an unknown field or has a malformed value."""
+
+
+class InvalidParamsError(CatalogIndexError, ValueError):
+    """A search parameter (``nprobe``, ``efSearch``, ...) does not apply to this index kind."""
+
+
+class InvalidKindError(CatalogIndexError, ValueError):
+    """An index kind or FAISS factory string cannot be built."""
+
+
+class BuildInputError(CatalogIndexError):
+    """The embeddings HDF5 file or the catalog CSV given to a build is missing or malformed."""

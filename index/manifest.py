@@ -1,0 +1,125 @@
+"""``manifest.json``: what an index folder holds and which embedder produced its vectors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from index.errors import IndexMismatchError, IndexNotFoundError, ManifestError
+from index.fsutil import atomic_write_text
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+METRIC = "inner_product"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Identity and layout of an index folder.
+
+    ``count`` is the number of items at the last checkpoint; the catalog store is authoritative
+    between checkpoints (``len(index)``). ``search_defaults`` holds the tuned search-time
+    parameters (``nprobe`` or ``efSearch``) and ``tuning`` how they were measured.
+    """
+
+    model_name: str
+    checkpoint_hash: str
+    dim: int
+    kind: str
+    factory: str
+    count: int = 0
+    metric: str = METRIC
+    format_version: int = FORMAT_VERSION
+    search_defaults: dict[str, int] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def with_count(self, count: int) -> Manifest:
+        return replace(self, count=int(count))
+
+    def check(
+        self,
+        *,
+        expect_model: str | None = None,
+        expect_checkpoint_hash: str | None = None,
+        expect_dim: int | None = None,
+        where: str = "index",
+    ) -> None:
+        """Raise :class:`IndexMismatchError` naming every field that differs from the expectation.
+
+        ``None`` means "do not check". The message says to rebuild the index with the embedder
+        in use, which is the only fix.
+        """
+        diffs = []
+        if expect_model is not None and expect_model != self.model_name:
+            diffs.append(f"model {self.model_name!r} (expected {expect_model!r})")
+        if expect_checkpoint_hash is not None and expect_checkpoint_hash != self.checkpoint_hash:
+            diffs.append(
+                f"checkpoint hash {self.checkpoint_hash[:12]}… "
+                f"(expected {expect_checkpoint_hash[:12]}…)"
+            )
+        if expect_dim is not None and int(expect_dim) != self.dim:
+            diffs.append(f"dimension {self.dim} (expected {int(expect_dim)})")
+        if diffs:
+            raise IndexMismatchError(
+                f"{where} was built with a different embedder: "
+                + "; ".join(diffs)
+                + ". Rebuild it with 'phonesim index build' from embeddings of this checkpoint."
+            )
+
+
+_REQUIRED = {"model_name": str, "checkpoint_hash": str, "dim": int, "kind": str, "factory": str}
+
+
+def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
+    """Validate a decoded manifest; raise :class:`ManifestError` saying what is wrong."""
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ManifestError(
+            f"{where}: unsupported format_version {version!r} (this phonesim reads "
+            f"{FORMAT_VERSION}); rebuild the index with this version of phonesim"
+        )
+    for key, typ in _REQUIRED.items():
+        if not isinstance(data.get(key), typ) or isinstance(data.get(key), bool):
+            raise ManifestError(f"{where}: field {key!r} is missing or not a {typ.__name__}")
+    if data["dim"] <= 0:
+        raise ManifestError(f"{where}: dim must be positive, got {data['dim']}")
+    metric = data.get("metric", METRIC)
+    if metric != METRIC:
+        raise ManifestError(f"{where}: unsupported metric {metric!r} (expected {METRIC!r})")
+    known = {f for f in Manifest.__dataclass_fields__}
+    kwargs = {k: v for k, v in data.items() if k in known}
+    for key in ("search_defaults", "tuning", "source"):
+        if not isinstance(kwargs.get(key, {}), dict):
+            raise ManifestError(f"{where}: field {key!r} must be an object")
+    return Manifest(**kwargs)
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """Read and validate ``folder/manifest.json``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IndexNotFoundError(f"{folder}: index folder does not exist")
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise IndexNotFoundError(
+            f"{folder}: not an index folder ({MANIFEST_NAME} is missing); "
+            "create one with 'phonesim index build'"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
+    return manifest_from_dict(data, where=str(path))
+
+
+def write_manifest(folder: str | Path, manifest: Manifest) -> None:
+    """Write ``folder/manifest.json`` atomically."""
+    atomic_write_text(Path(folder) / MANIFEST_NAME, manifest.to_json())

@@ -1,0 +1,397 @@
+"""The catalog store: string ids, FAISS ids, metadata and the write-ahead journal in SQLite.
+
+One SQLite database (WAL mode, ``synchronous=FULL``) holds:
+
+- ``items(fid, id, metadata)``: the FAISS int64 id (``fid``) of every live item, its catalog id
+  and its metadata as a JSON object;
+- ``attrs(field, value, fid)``: every scalar metadata value as text, the index behind filters;
+- ``fields(name)``: the filterable field names;
+- ``journal(seq, op, n, fids, vectors)``: adds and removes not yet folded into the FAISS file;
+- ``state(key, value)``: the next free fid and which FAISS file holds the last checkpoint.
+
+An add or remove is one SQLite transaction that changes ``items``/``attrs`` and appends its
+journal record, so a committed change is durable and complete or absent after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.errors import IndexCorruptError, InvalidFilterError, InvalidMetadataError
+
+log = logging.getLogger(__name__)
+
+STORE_NAME = "catalog.sqlite"
+_CHUNK = 900  # stay under SQLite's bound-variable limit on every build
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    fid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, metadata TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS attrs (
+    field TEXT NOT NULL, value TEXT NOT NULL, fid INTEGER NOT NULL,
+    PRIMARY KEY (field, value, fid)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fields (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, n INTEGER NOT NULL,
+    fids BLOB NOT NULL,
+    vectors BLOB);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+Scalar = str | int | float | bool | None
+
+
+def canonical_value(value: Any, where: str = "metadata") -> str | None:
+    """The text form under which a scalar is indexed and matched by filters (None: not indexed)."""
+    if value is None:
+        return None
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        f = float(value)
+        if not math.isfinite(f):
+            raise InvalidMetadataError(f"{where}: non-finite number {value!r}")
+        return str(int(f)) if f.is_integer() else repr(f)
+    raise InvalidMetadataError(
+        f"{where}: values must be strings, numbers, booleans or None, got {type(value).__name__}"
+    )
+
+
+def clean_metadata(metadata: Mapping[str, Any] | None, where: str = "metadata") -> dict[str, Any]:
+    """Copy one item's metadata into plain JSON types, rejecting what cannot be stored."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidMetadataError(f"{where}: expected a mapping, got {type(metadata).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidMetadataError(f"{where}: field names must be non-empty strings: {key!r}")
+        canonical_value(value, f"{where}[{key!r}]")
+        if isinstance(value, bool | np.bool_):
+            out[key] = bool(value)
+        elif value is None or isinstance(value, str):
+            out[key] = value if value is None else str(value)
+        elif isinstance(value, numbers.Integral):
+            out[key] = int(value)
+        else:
+            out[key] = float(value)
+    return out
+
+
+class CatalogStore:
+    """SQLite-backed catalog of one index folder; every method is thread-safe.
+
+    A read-only store pins a snapshot: it keeps one read transaction open from
+    :meth:`begin_snapshot` to :meth:`end_snapshot`, so what it returns matches the FAISS state
+    loaded from the same snapshot even while another process writes.
+    """
+
+    def __init__(self, path: str | Path, *, readonly: bool = False, create: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self.lock = threading.RLock()
+        if readonly:
+            uri = f"file:{self.path}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            if not create and not self.path.is_file():
+                raise IndexCorruptError(f"{self.path}: catalog store is missing")
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        if create:
+            self._db.executescript(_SCHEMA)
+        self._in_snapshot = False
+        self._fields: frozenset[str] | None = None
+        self._filter_cache: dict[tuple, np.ndarray] = {}
+
+    # -- lifecycle and transactions -------------------------------------------------------
+    def close(self) -> None:
+        with self.lock:
+            if self._in_snapshot:
+                self.end_snapshot()
+            self._db.close()
+
+    def set_synchronous(self, mode: str) -> None:
+        """``FULL`` (durable commits, the default) or ``OFF`` (bulk loads into a fresh folder)."""
+        with self.lock:
+            self._db.execute(f"PRAGMA synchronous={mode}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; committed (and fsynced) on success, rolled back on error."""
+        with self.lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            self.invalidate_caches()
+
+    def begin_snapshot(self) -> None:
+        """Start a read transaction that pins the current committed state."""
+        with self.lock:
+            if self._in_snapshot:
+                return
+            self._db.execute("BEGIN")
+            self._db.execute("SELECT count(*) FROM state").fetchone()  # takes the read mark
+            self._in_snapshot = True
+            self.invalidate_caches()
+
+    def end_snapshot(self) -> None:
+        with self.lock:
+            if self._in_snapshot:
+                self._db.execute("COMMIT")
+                self._in_snapshot = False
+
+    def invalidate_caches(self) -> None:
+        self._fields = None
+        self._filter_cache.clear()
+
+    def checkpoint_wal(self, truncate: bool = False) -> None:
+        """Fold SQLite's own WAL into the database file.
+
+        The default (PASSIVE) never waits: read-only openers pin snapshots for as long as they
+        like. ``truncate`` also empties the WAL file, waiting for readers; for fresh builds.
+        """
+        with self.lock:
+            mode = "TRUNCATE" if truncate else "PASSIVE"
+            self._db.execute(f"PRAGMA wal_checkpoint({mode})")
+
+    # -- state ----------------------------------------------------------------------------
+    def get_state(self, key: str, default: str | None = None) -> str | None:
+        with self.lock:
+            row = self._db.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def set_state(self, **values: Any) -> None:
+        with self.lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
+                [(k, str(v)) for k, v in values.items()],
+            )
+
+    # -- items ----------------------------------------------------------------------------
+    def count(self) -> int:
+        with self.lock:
+            return int(self._db.execute("SELECT count(*) FROM items").fetchone()[0])
+
+    def insert_items(
+        self, fids: Sequence[int], ids: Sequence[str], metadata: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Insert rows (call inside :meth:`transaction`); metadata must be cleaned already."""
+        item_rows = []
+        attr_rows = []
+        names: set[str] = set()
+        for fid, id_, md in zip(fids, ids, metadata, strict=True):
+            item_rows.append((int(fid), id_, json.dumps(md, ensure_ascii=False)))
+            for key, value in md.items():
+                text = canonical_value(value)
+                if text is not None:
+                    attr_rows.append((key, text, int(fid)))
+                    names.add(key)
+        with self.lock:
+            try:
+                self._db.executemany(
+                    "INSERT INTO items(fid, id, metadata) VALUES (?, ?, ?)", item_rows
+                )
+            except sqlite3.IntegrityError as exc:  # callers check first; this is the backstop
+                raise IndexCorruptError(f"catalog store rejected the insert: {exc}") from exc
+            self._db.executemany(
+                "INSERT OR IGNORE INTO attrs(field, value, fid) VALUES (?, ?, ?)", attr_rows
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO fields(name) VALUES (?)", [(n,) for n in sorted(names)]
+            )
+
+    def delete_items(self, fids: Sequence[int]) -> None:
+        """Delete rows by fid (call inside :meth:`transaction`)."""
+        attr_rows = []
+        for fid, _id, md in self.lookup(fids).values():
+            for key, value in md.items():
+                text = canonical_value(value)
+                if text is not None:
+                    attr_rows.append((key, text, fid))
+        with self.lock:
+            self._db.executemany("DELETE FROM attrs WHERE field=? AND value=? AND fid=?", attr_rows)
+            self._db.executemany("DELETE FROM items WHERE fid=?", [(int(f),) for f in fids])
+
+    def fids_for_ids(self, ids: Sequence[str]) -> dict[str, int]:
+        """Map the ids that exist to their fids (unknown ids are absent from the result)."""
+        found: dict[str, int] = {}
+        unique = list(dict.fromkeys(ids))
+        with self.lock:
+            for start in range(0, len(unique), _CHUNK):
+                part = unique[start : start + _CHUNK]
+                marks = ",".join("?" * len(part))
+                rows = self._db.execute(
+                    f"SELECT id, fid FROM items WHERE id IN ({marks})", part
+                ).fetchall()
+                found.update((i, int(f)) for i, f in rows)
+        return found
+
+    def lookup(self, fids: Iterable[int]) -> dict[int, tuple[int, str, dict[str, Any]]]:
+        """Map fids to ``(fid, id, metadata)``; fids that are not live are absent."""
+        out: dict[int, tuple[int, str, dict[str, Any]]] = {}
+        unique = list(dict.fromkeys(int(f) for f in fids))
+        with self.lock:
+            for start in range(0, len(unique), _CHUNK):
+                part = unique[start : start + _CHUNK]
+                marks = ",".join("?" * len(part))
+                rows = self._db.execute(
+                    f"SELECT fid, id, metadata FROM items WHERE fid IN ({marks})", part
+                ).fetchall()
+                for fid, id_, md in rows:
+                    out[int(fid)] = (int(fid), id_, json.loads(md))
+        return out
+
+    def get(self, id_: str) -> tuple[int, dict[str, Any]] | None:
+        with self.lock:
+            row = self._db.execute("SELECT fid, metadata FROM items WHERE id=?", (id_,)).fetchone()
+        return None if row is None else (int(row[0]), json.loads(row[1]))
+
+    def live_fids(self) -> np.ndarray:
+        """All live fids, sorted."""
+        with self.lock:
+            cur = self._db.execute("SELECT fid FROM items ORDER BY fid")
+            return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+    def iter_ids(self, batch: int = 10_000) -> Iterator[str]:
+        """Ids in fid order, paged so that writers are not blocked while a caller iterates."""
+        last = -1
+        while True:
+            with self.lock:
+                rows = self._db.execute(
+                    "SELECT fid, id FROM items WHERE fid > ? ORDER BY fid LIMIT ?", (last, batch)
+                ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield from (r[1] for r in rows)
+
+    # -- filters ----------------------------------------------------------------------------
+    def fields(self) -> frozenset[str]:
+        """Names usable in filters: every metadata field that any item has ever had."""
+        with self.lock:
+            if self._fields is None:
+                rows = self._db.execute("SELECT name FROM fields").fetchall()
+                self._fields = frozenset(r[0] for r in rows)
+            return self._fields
+
+    def filter_fids(self, flt: Mapping[str, Any]) -> np.ndarray:
+        """Sorted fids of the items whose metadata equals every ``field: value`` pair.
+
+        A value may be a list, tuple or set, meaning "any of these".
+        """
+        if not isinstance(flt, Mapping) or not flt:
+            raise InvalidFilterError("a filter must be a non-empty mapping of field to value")
+        fields = self.fields()
+        unknown = sorted(str(f) for f in flt if f not in fields)
+        if unknown:
+            raise InvalidFilterError(
+                f"unknown filter field(s) {', '.join(map(repr, unknown))}; "
+                f"filterable fields are: {', '.join(sorted(fields)) or '(none)'}"
+            )
+        result: np.ndarray | None = None
+        for field_name, value in flt.items():
+            values = list(value) if isinstance(value, list | tuple | set | frozenset) else [value]
+            try:
+                texts = sorted({canonical_value(v, f"filter[{field_name!r}]") for v in values})
+            except InvalidMetadataError as exc:
+                raise InvalidFilterError(str(exc)) from exc
+            texts = [t for t in texts if t is not None]
+            fids = self._fids_with(field_name, tuple(texts))
+            result = fids if result is None else np.intersect1d(result, fids, assume_unique=True)
+            if len(result) == 0:
+                break
+        assert result is not None
+        return result
+
+    def _fids_with(self, field_name: str, texts: tuple[str, ...]) -> np.ndarray:
+        key = (field_name, texts)
+        with self.lock:
+            cached = self._filter_cache.get(key)
+            if cached is not None:
+                return cached
+            parts = []
+            for start in range(0, len(texts), _CHUNK):
+                part = texts[start : start + _CHUNK]
+                marks = ",".join("?" * len(part))
+                cur = self._db.execute(
+                    f"SELECT fid FROM attrs WHERE field=? AND value IN ({marks})",
+                    (field_name, *part),
+                )
+                parts.append(np.fromiter((r[0] for r in cur), dtype=np.int64))
+            fids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+            if len(self._filter_cache) > 256:
+                self._filter_cache.clear()
+            self._filter_cache[key] = fids
+            return fids
+
+    # -- journal ----------------------------------------------------------------------------
+    def journal_append(self, op: str, fids: np.ndarray, vectors: np.ndarray | None) -> int:
+        """Append one record (call inside :meth:`transaction`); returns its sequence number."""
+        fids_blob = np.ascontiguousarray(fids, dtype="<i8").tobytes()
+        vec_blob = None
+        if vectors is not None:
+            vec_blob = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+        with self.lock:
+            cur = self._db.execute(
+                "INSERT INTO journal(op, n, fids, vectors) VALUES (?, ?, ?, ?)",
+                (op, len(fids), fids_blob, vec_blob),
+            )
+            return int(cur.lastrowid)
+
+    def journal_records(
+        self, after: int, dim: int
+    ) -> Iterator[tuple[int, str, np.ndarray, np.ndarray | None]]:
+        """Records with ``seq > after`` in order: ``(seq, op, fids, vectors)``."""
+        last = after
+        while True:
+            with self.lock:
+                rows = self._db.execute(
+                    "SELECT seq, op, n, fids, vectors FROM journal WHERE seq > ? "
+                    "ORDER BY seq LIMIT 64",
+                    (last,),
+                ).fetchall()
+            if not rows:
+                return
+            for seq, op, n, fids_blob, vec_blob in rows:
+                fids = np.frombuffer(fids_blob, dtype="<i8").astype(np.int64)
+                vectors = None
+                if vec_blob is not None:
+                    vectors = np.frombuffer(vec_blob, dtype="<f4").reshape(n, dim).copy()
+                if len(fids) != n:
+                    raise IndexCorruptError(f"journal record {seq} is truncated")
+                yield int(seq), str(op), fids, vectors
+                last = seq
+
+    def journal_stats(self, after: int) -> tuple[int, int]:
+        """``(last seq or after, vectors pending)`` for records after ``after``."""
+        with self.lock:
+            row = self._db.execute(
+                "SELECT max(seq), coalesce(sum(n), 0) FROM journal WHERE seq > ?", (after,)
+            ).fetchone()
+        return (after if row[0] is None else int(row[0])), int(row[1])
+
+    def journal_truncate(self, upto: int) -> None:
+        with self.lock:
+            self._db.execute("DELETE FROM journal WHERE seq <= ?", (upto,))

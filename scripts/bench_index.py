@@ -1,0 +1,63 @@
+"""Benchmark the catalog index on seeded clustered synthetic vectors.
+
+Measures build time, peak memory, single-query latency (p50/p99), batched throughput,
+recall@10 against exact search, filtered search, the cost of durable adds, and the exact
+flat-search baseline in the same run. Prints a table, then one line of JSON with every figure.
+
+    python scripts/bench_index.py --n 1000000 --dim 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from index.benchmark import BenchConfig, format_table, run_benchmark  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> BenchConfig:
+    d = BenchConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, default=d.n, help="catalog size (default %(default)s)")
+    p.add_argument("--dim", type=int, default=d.dim, help="vector dimension (default %(default)s)")
+    p.add_argument(
+        "--kind",
+        default=d.kind,
+        help="auto | flat | ivf | hnsw | FAISS factory string (default %(default)s)",
+    )
+    p.add_argument("--clusters", type=int, default=d.clusters, help="mixture components")
+    p.add_argument("--spread-min", type=float, default=d.spread_min, help="cluster noise, low")
+    p.add_argument("--spread-max", type=float, default=d.spread_max, help="cluster noise, high")
+    p.add_argument("--nq", type=int, default=d.nq, help="queries for recall and throughput")
+    p.add_argument("--k", type=int, default=d.k, help="neighbours per query")
+    p.add_argument("--latency-queries", type=int, default=d.latency_queries)
+    p.add_argument("--flat-queries", type=int, default=d.flat_queries, help="baseline queries")
+    p.add_argument("--target-recall", type=float, default=d.target_recall)
+    p.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workdir", default=None, help="where to build (default: a temp folder)")
+    p.add_argument("--keep", action="store_true", help="keep the built index folder")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    a = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if a.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    fields = {k: v for k, v in vars(a).items() if k != "verbose"}
+    return BenchConfig(**fields)
+
+
+def main(argv: list[str] | None = None) -> int:
+    result = run_benchmark(parse_args(argv))
+    print(format_table(result))
+    print(json.dumps(result, sort_keys=True, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

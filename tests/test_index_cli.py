@@ -1,0 +1,223 @@
+"""``phonesim index build | info | query`` on a small embeddings file written here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from index import cli as index_cli
+from index import open_index
+from index.build import read_catalog_csv, read_embeddings
+from index.errors import (
+    BuildInputError,
+    IndexMismatchError,
+    InvalidFilterError,
+    InvalidParamsError,
+)
+from index.evaluation import ClusteredMixture
+
+MODEL = "tiny_model"
+HASH = "0123456789abcdef" * 4
+LABELS = ["acme", "xiaomi", "zeta"]
+N, DIM = 120, 24
+STR = h5py.string_dtype(encoding="utf-8")
+
+
+def write_embeddings(
+    path: Path, n: int = N, *, skip_attrs: tuple[str, ...] = ()
+) -> tuple[np.ndarray, list[str]]:
+    """An HDF5 file laid out like ``phonesim embed`` output."""
+    xb, clusters = ClusteredMixture(DIM, n_clusters=6, seed=4).sample(n, seed=1)
+    labels = [LABELS[c % 3] for c in clusters]
+    labels[5] = ""  # unknown label
+    with h5py.File(path, "w") as h5:
+        ids = np.array([f"p{i}" for i in range(n)], dtype=object)
+        h5.create_dataset("ids", data=ids, dtype=STR)
+        h5.create_dataset("embeddings", data=xb)
+        h5.create_dataset("probabilities", data=np.full((n, 3), 1 / 3, np.float32))
+        h5.create_dataset("labels", data=np.array(labels, dtype=object), dtype=STR)
+        h5.create_dataset("predicted", data=np.zeros(n, np.int32))
+        h5.create_dataset("failed", data=np.array(["bad.jpg: truncated"], dtype=object), dtype=STR)
+        attrs = {
+            "model_name": MODEL,
+            "checkpoint_hash": HASH,
+            "dim": DIM,
+            "label_names": json.dumps(LABELS),
+            "normalized": True,
+        }
+        h5.attrs.update({k: v for k, v in attrs.items() if k not in skip_attrs})
+    return xb, labels
+
+
+def write_csv(path: Path, n: int = N) -> None:
+    lines = ["id,image,label,title,brand,price"]
+    lines += [
+        f"p{i},images/p{i}.jpg,{LABELS[i % 3]},Phone {i},{'Rare' if i == 17 else 'Acme'},{99 + i}"
+        for i in range(n - 1)  # the last embedded id has no catalog row
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def cli(argv: list[str]) -> int:
+    """Run ``phonesim index ...`` through a parser built with ``index.cli.register``."""
+    parser = argparse.ArgumentParser(prog="phonesim")
+    sub = parser.add_subparsers(dest="command", required=True)
+    index_cli.register(sub)
+    args = parser.parse_args(["index", *argv])
+    return args.func(args)
+
+
+@pytest.fixture
+def files(tmp_path):
+    write_embeddings(tmp_path / "emb.h5")
+    write_csv(tmp_path / "catalog.csv")
+    return tmp_path
+
+
+def test_build_with_catalog_then_info(files, capsys):
+    _, h5_labels = write_embeddings(files / "emb.h5")
+    out = files / "idx"
+    args = ["build", "--embeddings", str(files / "emb.h5"), "--catalog", str(files / "catalog.csv")]
+    assert cli([*args, "--out", str(out), "--no-progress"]) == 0
+    assert "120 items" in capsys.readouterr().out
+    with open_index(out, readonly=True, expect_model=MODEL, expect_checkpoint_hash=HASH) as ix:
+        item = ix.get("p17")
+        assert item.metadata["title"] == "Phone 17" and item.metadata["brand"] == "Rare"
+        assert item.metadata["price"] == "116"
+        assert item.metadata["image"] == str((files / "images" / "p17.jpg").resolve())
+        assert ix.get(f"p{N - 1}").metadata == {"label": h5_labels[N - 1]}  # no CSV row
+        assert [h.id for h in ix.search(ix.get_vectors(["p3"])[0], 1)] == ["p3"]
+        assert ix.search(ix.get_vectors(["p3"])[0], 5, filter={"brand": "Rare"})[0].id == "p17"
+    assert cli(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == N and info["dim"] == DIM and info["kind"] == "flat"
+    assert info["model_name"] == MODEL and info["checkpoint_hash"] == HASH
+    assert {"label", "title", "brand", "price", "image"} <= set(info["filterable_fields"])
+    assert info["disk_bytes"] > 0
+    assert cli(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "kind       flat" in text and "count      120" in text and "dimension  24" in text
+    assert MODEL in text and "disk" in text
+
+
+def test_build_without_catalog_keeps_hdf5_labels(files, capsys):
+    _, h5_labels = write_embeddings(files / "emb.h5")
+    out = files / "idx"
+    assert cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["count"] == N and report["kind"] == "flat"
+    with open_index(out, readonly=True) as ix:
+        assert ix.get("p5").metadata == {}  # "" means unknown: no label stored
+        assert ix.get("p6").metadata["label"] == h5_labels[6]
+        assert ix.manifest.source["label_names"] == LABELS
+        assert ix.manifest.source["failed_images"] == 1
+
+
+def test_build_kind_ivf_and_overwrite(files, capsys):
+    write_embeddings(files / "big.h5", n=3000)
+    out = files / "idx"
+    argv = ["build", "--embeddings", str(files / "big.h5"), "--out", str(out), "--no-progress"]
+    assert cli([*argv, "--kind", "ivf"]) == 0
+    with pytest.raises(BuildInputError, match="overwrite"):
+        cli([*argv, "--kind", "flat"])
+    assert cli([*argv, "--kind", "flat", "--overwrite"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["kind"] == "flat"
+
+
+def test_build_input_errors(files):
+    out = str(files / "idx")
+    with pytest.raises(BuildInputError, match="does not exist"):
+        cli(["build", "--embeddings", str(files / "nope.h5"), "--out", out])
+    (files / "text.h5").write_text("not hdf5")
+    with pytest.raises(BuildInputError, match="HDF5"):
+        read_embeddings(files / "text.h5")
+    write_embeddings(files / "anon.h5", skip_attrs=("checkpoint_hash",))
+    with pytest.raises(BuildInputError, match="checkpoint_hash"):
+        cli(["build", "--embeddings", str(files / "anon.h5"), "--out", out])
+    (files / "bad.csv").write_text("sku,image\nx,y.jpg\n")
+    with pytest.raises(BuildInputError, match="'id' column"):
+        read_catalog_csv(files / "bad.csv")
+    (files / "dup.csv").write_text("id,image\nx,a.jpg\nx,b.jpg\n")
+    with pytest.raises(BuildInputError, match="twice"):
+        read_catalog_csv(files / "dup.csv")
+    assert not (files / "idx").exists()
+
+
+def test_info_on_a_missing_index_is_a_user_error(files):
+    from index.errors import IndexNotFoundError
+
+    with pytest.raises(IndexNotFoundError, match="does not exist"):
+        cli(["info", str(files / "absent")])
+
+
+@dataclass
+class FakeBatch:
+    embeddings: np.ndarray
+    probabilities: np.ndarray
+
+
+class FakeEmbedder:
+    """Stands in for ``embedder.inference.Embedder``: returns a catalog vector for any image."""
+
+    def __init__(self, vector: np.ndarray, model_name: str = MODEL) -> None:
+        self.vector = vector
+        self.model_name = model_name
+        self.checkpoint_hash = HASH
+        self.dim = DIM
+        self.label_names = LABELS
+
+    def embed_paths(self, paths):
+        return FakeBatch(self.vector[None, :], np.array([[0.1, 0.7, 0.2]], np.float32))
+
+
+def test_query_prints_neighbours_and_json(files, capsys, monkeypatch):
+    xb, _ = write_embeddings(files / "emb.h5")
+    out = files / "idx"
+    cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(out), "--no-progress"])
+    capsys.readouterr()
+    (files / "photo.jpg").write_bytes(b"\xff\xd8")
+    monkeypatch.setattr(index_cli, "_load_embedder", lambda ckpt: FakeEmbedder(xb[7]))
+    base = ["query", str(out), "--checkpoint", "ckpt", "--image", str(files / "photo.jpg")]
+    assert cli([*base, "-k", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "predicted class: xiaomi" in text
+    assert text.splitlines()[1].split()[:3] == ["1", "1.0000", "p7"]
+    with pytest.raises(InvalidParamsError, match="k_factor"):
+        cli([*base, "--param", "k_factor=1"])
+    with open_index(out, readonly=True) as ix:
+        label = ix.get("p7").metadata["label"]
+    assert cli([*base, "-k", "4", "--json", "--filter", f"label={label}"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["predicted"]["label"] == "xiaomi"
+    assert result["hits"][0]["id"] == "p7" and len(result["hits"]) == 4
+    assert all(h["metadata"]["label"] == label for h in result["hits"])
+    with pytest.raises(InvalidFilterError, match="FIELD=VALUE"):
+        cli([*base, "--filter", "label"])
+
+
+def test_query_with_another_model_is_refused(files, monkeypatch):
+    xb, _ = write_embeddings(files / "emb.h5")
+    out = files / "idx"
+    cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(out), "--no-progress"])
+    (files / "photo.jpg").write_bytes(b"\xff\xd8")
+    monkeypatch.setattr(index_cli, "_load_embedder", lambda c: FakeEmbedder(xb[0], "other_net"))
+    with pytest.raises(IndexMismatchError, match="other_net"):
+        cli(["query", str(out), "--checkpoint", "c", "--image", str(files / "photo.jpg")])
+
+
+def test_phonesim_main_reports_index_errors_in_one_line(files, capsys):
+    pytest.importorskip("embedder.cli", reason="phonesim.cli needs the embedder stage")
+    from phonesim.cli import main
+
+    assert main(["index", "info", str(files / "absent")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("phonesim: error:") and "does not exist" in err and "\n" not in err
+    out = str(files / "idx")
+    assert main(["index", "build", "--embeddings", str(files / "emb.h5"), "--out", out]) == 0
+    assert main(["index", "info", out, "--json"]) == 0

@@ -1,0 +1,117 @@
+"""SIGKILL at any moment loses no acknowledged add or remove (a real child process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from index import create_index, open_index
+
+REPO = Path(__file__).resolve().parents[1]
+D = 16
+BATCH = 25
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from index import IndexOptions, open_index
+
+    path, prefix, every, seed = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    batch, dim = int(sys.argv[6]), int(sys.argv[7])
+    rng = np.random.default_rng(seed)
+    ix = open_index(path, options=IndexOptions(checkpoint_every=every))
+    print("ready", flush=True)
+    for b in range(1_000_000):
+        ids = [f"{prefix}{b}-{j}" for j in range(batch)]
+        ix.add(ids, rng.standard_normal((batch, dim)), [{"batch": b}] * batch)
+        print(f"add {prefix}{b}", flush=True)
+        if b % 3 == 2:
+            ix.remove([f"{prefix}{b - 1}-0", f"{prefix}{b - 2}-1"])
+            print(f"remove {prefix}{b - 1}-0 {prefix}{b - 2}-1", flush=True)
+    """
+)
+
+
+def run_and_kill(
+    script: Path, path: Path, prefix: str, every: int, delay: float, seed: int
+) -> list[str]:
+    """Start the writer, SIGKILL it ``delay`` s after it is ready, return its acknowledgements."""
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(REPO), str(path), prefix, str(every), str(seed)]
+        + [str(BATCH), str(D)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.append(line.strip())
+            ready.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    if not ready.wait(60):
+        proc.kill()
+        pytest.fail(f"child never became ready: {proc.stderr.read()}")
+    time.sleep(delay)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    reader.join(10)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    return lines[1:]
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_sigkill_mid_update_keeps_every_acknowledged_change(tmp_path, kind):
+    script = tmp_path / "writer.py"
+    script.write_text(CHILD)
+    path = tmp_path / "ix"
+    create_index(path, D, model_name="m", checkpoint_hash="h", kind=kind).close()
+    acked_adds: list[str] = []
+    acked_removes: set[str] = set()
+    # Small checkpoint intervals make kills land inside checkpoints as well as commits.
+    for round_, (every, delay) in enumerate([(60, 0.4), (200, 0.9), (40, 1.3), (10**6, 0.6)]):
+        acks = run_and_kill(script, path, f"r{round_}-", every, delay, seed=round_)
+        assert acks, "the child acknowledged nothing before it was killed"
+        for ack in acks:
+            verb, *names = ack.split()
+            if verb == "add":
+                acked_adds.append(names[0])
+            else:
+                acked_removes.update(names)
+        with open_index(path) as ix:  # opens, replaying the journal
+            expected = {f"{b}-{j}" for b in acked_adds for j in range(BATCH)} - acked_removes
+            present = set(ix.ids())
+            # The change in flight at the kill may or may not have committed, but wholly.
+            prefix, last = f"r{round_}-", acks[-1]
+            b = int(acked_adds[-1].rsplit("-", 1)[1])
+            in_flight_removal = set()
+            if last.startswith("add") and b % 3 == 2:
+                in_flight_removal = {f"{prefix}{b - 1}-0", f"{prefix}{b - 2}-1"}
+            missing = expected - present
+            assert missing in (set(), in_flight_removal), missing
+            acked_removes |= missing
+            assert not (acked_removes & present)
+            extra = present - expected
+            if extra:  # the batch being added: all of it, and it is the next one
+                assert not in_flight_removal
+                assert extra == {f"{prefix}{b + 1}-{j}" for j in range(BATCH)}
+                acked_adds.append(f"{prefix}{b + 1}")
+            assert len(ix) == len(present)
+            q = ix.get_vectors([sorted(present)[0]])[0]
+            assert ix.search(q, 1)[0].id == sorted(present)[0]
+            meta = ix.get(acked_adds[-1] + "-3").metadata
+            assert meta == {"batch": int(acked_adds[-1].rsplit("-", 1)[1])}
