@@ -1,0 +1,158 @@
+"""Checking new listings against a live catalog index instead of among themselves.
+
+The index holds the checkpoint's classifier embeddings, so candidates come from the index's own
+search (the query and its mirror, ``k`` each); each candidate is then verified like a pair
+within a folder, which needs the catalog image: the index metadata's ``image`` path (present
+when the index was built with ``--catalog CSV``). Unreachable catalog images are counted and
+skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import ImageOps
+
+from duplicates.descriptor import CopyDescriptor
+from duplicates.features import Features, extract_features
+from duplicates.finder import FinderConfig, PairScorer, member
+from duplicates.result import (
+    SOURCE_CATALOG,
+    DuplicateGroup,
+    DuplicateResult,
+    has_label_conflict,
+    order_members,
+)
+from embedder.data import Sample
+from embedder.errors import DataError, ImageError
+from embedder.images import load_image
+from embedder.inference import Embedder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgainstConfig:
+    """How many index neighbours (per orientation) are verified for each new listing."""
+
+    k: int = 20
+
+
+def _query_vectors(embedder: Embedder, features: Features, batch: int = 32):
+    """Classifier embeddings of each readable input and of its mirror (for the index search)."""
+    xq, xm = [], []
+    for start in range(0, len(features), batch):
+        images = []
+        for r in range(start, min(start + batch, len(features))):
+            try:
+                images.append(load_image(features.sample(r).path))
+            except ImageError as exc:  # changed on disk since it was read
+                raise DataError(f"{features.sample(r).id}: {exc}") from exc
+        xq.append(embedder.embed_images(images).embeddings)
+        xm.append(embedder.embed_images([ImageOps.mirror(im) for im in images]).embeddings)
+    return np.concatenate(xq), np.concatenate(xm)
+
+
+def find_against(
+    descriptor: CopyDescriptor,
+    embedder: Embedder,
+    samples: Sequence[Sample],
+    index_dir: str | Path,
+    config: FinderConfig,
+    against: AgainstConfig | None = None,
+) -> DuplicateResult:
+    """Groups of one new listing plus the catalog items it duplicates (catalog item kept)."""
+    from index import open_index  # the index package is only needed in this mode
+
+    against = against or AgainstConfig()
+    if not samples:
+        raise DataError("no input images")
+    with open_index(
+        index_dir,
+        readonly=True,
+        expect_model=embedder.model_name,
+        expect_checkpoint_hash=embedder.checkpoint_hash,
+        expect_dim=embedder.dim,
+    ) as ix:
+        queries = extract_features(
+            descriptor, samples, config.batch_size, config.workers, config.progress
+        )
+        if not len(queries):
+            queries.close()
+            raise DataError(f"none of the {len(samples)} input images could be read")
+        xq, xm = _query_vectors(embedder, queries)
+        k = min(against.k, max(1, len(ix)))
+        hits = [h + m for h, m in zip(ix.search(xq, k), ix.search(xm, k), strict=True)]
+    # Catalog candidates, each read and described once.
+    cand: dict[str, Sample] = {}
+    unreachable: set[str] = set()
+    for row in hits:
+        for h in row:
+            image = h.metadata.get("image")
+            if not image:
+                unreachable.add(h.id)
+            elif h.id not in cand:
+                label = str(h.metadata.get("label", ""))
+                cand[h.id] = Sample(h.id, Path(image), label, metadata=dict(h.metadata))
+    if unreachable and not cand:
+        queries.close()
+        raise DataError(
+            f"{index_dir}: catalog items have no 'image' path in their metadata, so matches "
+            "cannot be verified; build the index with 'phonesim index build --catalog CSV'"
+        )
+    catalog = extract_features(
+        descriptor, list(cand.values()), config.batch_size, config.workers, progress=False
+    )
+    unreachable |= {f.id for f in catalog.failures}
+    row_of = {catalog.sample(r).id: r for r in range(len(catalog))}
+    scorer = PairScorer(queries, catalog, config.verify)
+    inner = PairScorer(catalog, None, config.verify)
+    groups: list[DuplicateGroup] = []
+    for q in range(len(queries)):
+        info_q = queries.infos[q]
+        matched: dict[int, float] = {}
+        for h in hits[q]:
+            r = row_of.get(h.id)
+            if r is None or r in matched:
+                continue
+            info_c = catalog.infos[r]
+            if (
+                info_c.byte_digest == info_q.byte_digest
+                or info_c.pixel_digest == info_q.pixel_digest
+            ):
+                score = 1.0
+            else:
+                score = scorer.score(q, r)
+            if score >= config.threshold:
+                matched[r] = score
+        if not matched:
+            continue
+        members = [member(catalog, r, 1.0, SOURCE_CATALOG) for r in matched]
+        ordered = order_members(members, ("catalog", *config.keep))
+        keeper = row_of[ordered[0].id]
+        final = [ordered[0]]
+        for m in ordered[1:]:
+            final.append(
+                member(catalog, row_of[m.id], inner.score(keeper, row_of[m.id]), SOURCE_CATALOG)
+            )
+        final.append(member(queries, q, matched[keeper]))
+        groups.append(DuplicateGroup(len(groups) + 1, final, has_label_conflict(final)))
+    if unreachable:
+        log.warning(
+            "%d catalog candidates could not be verified (no readable image)", len(unreachable)
+        )
+    queries.close()
+    catalog.close()
+    return DuplicateResult(
+        groups=groups,
+        listed=len(samples),
+        failures=queries.failures,
+        threshold=config.threshold,
+        mode="against",
+        catalog=str(index_dir),
+        extra={"unverified_catalog_candidates": len(unreachable)},
+    )

@@ -1,0 +1,292 @@
+"""Command lines for duplicate detection: ``scripts/find_duplicates.py`` and
+``scripts/calibrate_duplicates.py`` call these, and ``register`` adds ``phonesim duplicates``
+and ``phonesim calibrate-duplicates`` for the main command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from phonesim.errors import UserError
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "phone-brands"
+
+FIND_DESCRIPTION = """\
+Find duplicate listing photos: the same picture re-uploaded, resized, re-encoded, cropped,
+framed, watermarked, mirrored, recoloured or photographed off a screen. Different photos of the
+same phone are not duplicates. Byte- and pixel-identical files are always grouped.
+
+Candidates come from a k-nearest-neighbour search (FAISS) over a copy-detection descriptor;
+each candidate pair is verified geometrically and pixel-wise, and groups are the connected
+components of accepted pairs. The default threshold is the one calibrated for the checkpoint
+(scripts/calibrate_duplicates.py); --threshold overrides it.
+"""
+
+FIND_EPILOG = """\
+outputs in REPORT_DIR:
+  duplicates.csv   group_id,id,path,keep,similarity,label,label_conflict,source,width,height,
+                   file_size (one row per image in a group; keep=1 marks the one to keep)
+  duplicates.json  {"groups": [[id, ...], ...], "keepers": [...], "label_conflicts": [...], ...}
+  duplicates.html  gallery of the groups with thumbnails (self-contained)
+  failed.csv       unreadable images and why
+  summary.txt      the one-line summary also printed at the end
+
+keeper: per group, the image ranked first by --keep (default: highest resolution, then largest
+file; ties by id). With --against the catalog item is always kept.
+labels: the folder an image is in (or the manifest's label column); a group whose members carry
+different labels is flagged as a label conflict.
+
+examples:
+  find_duplicates.py --checkpoint runs/model --images listings/ --out report/
+  find_duplicates.py --checkpoint runs/model --manifest new.csv --against idx/ --out report/
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def add_find_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="model checkpoint folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", metavar="DIR", help="folder of images (searched recursively)")
+    src.add_argument("--manifest", metavar="CSV", help="CSV manifest with id,image,label columns")
+    p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for the report")
+    p.add_argument(
+        "--against",
+        metavar="INDEX_DIR",
+        help="check the images against this catalog index (built by 'phonesim index build "
+        "--catalog CSV') instead of among themselves",
+    )
+    p.add_argument(
+        "--threshold",
+        type=_unit_float,
+        help="verified-score threshold in [0, 1] (default: the checkpoint's calibrated one)",
+    )
+    p.add_argument(
+        "--keep",
+        default="resolution,filesize",
+        help="keeper rules in priority order, from resolution, filesize, catalog "
+        "(default: %(default)s)",
+    )
+    p.add_argument("-k", type=_positive_int, help="neighbours checked per image (default 16)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
+    p.add_argument("--workers", type=int, help="image decoding processes (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run_find(args: argparse.Namespace) -> int:
+    from duplicates.against import find_against
+    from duplicates.calibration import stored_settings
+    from duplicates.descriptor import CopyDescriptor
+    from duplicates.finder import FinderConfig, find_duplicates
+    from duplicates.inputs import load_inputs
+    from duplicates.report import write_report
+    from duplicates.result import parse_keep
+    from embedder.checkpoint import checkpoint_hash, load_checkpoint
+
+    keep = parse_keep(args.keep)
+    samples = load_inputs(images=args.images, manifest=args.manifest)
+    stored = stored_settings(args.checkpoint)
+    if args.threshold is None and not stored.calibrated:
+        log.warning(
+            "checkpoint %s has no calibrated duplicate threshold; using %.2f "
+            "(run scripts/calibrate_duplicates.py)",
+            args.checkpoint,
+            stored.threshold,
+        )
+    config = replace(
+        FinderConfig(),
+        **stored.finder_overrides,
+        threshold=stored.threshold if args.threshold is None else args.threshold,
+        keep=keep,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    if args.k:
+        config = replace(config, k=args.k)
+    model, ckpt = load_checkpoint(args.checkpoint)
+    descriptor = CopyDescriptor(model, ckpt.data_config, stored.descriptor)
+    if args.against:
+        from embedder.inference import Embedder
+
+        embedder = Embedder(model, ckpt, checkpoint_hash(args.checkpoint))
+        result = find_against(descriptor, embedder, samples, args.against, config)
+    else:
+        result = find_duplicates(descriptor, samples, config)
+    paths = write_report(result, args.out)
+    for f in result.failures[:10]:
+        print(f"failed: {f.id}: {f.reason}")
+    if len(result.failures) > 10:
+        print(f"... {len(result.failures) - 10} more in {paths['failed']}")
+    print(f"report: {paths['html']}")
+    print(result.summary())
+    return 0
+
+
+CALIBRATE_DESCRIPTION = """\
+Calibrate the duplicate threshold of a checkpoint on real photos: build a labelled benchmark
+(sampled originals, each with perturbed copies: JPEG, thumbnail, crop, border/padding, text and
+price tags, mirror, colour, screen photo, and combinations, at several strengths; plus untouched
+distractors), score it exactly as find_duplicates does, sweep the threshold, and store the best
+F1 among thresholds with precision >= --min-precision in the checkpoint's config.json. A pHash
+baseline is scored on the same benchmark. Source photos that are already copies of each other
+(byte, pixel or near-identical, re-framed or cropped) are clustered first and used once.
+"""
+
+
+def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="model checkpoint folder")
+    p.add_argument(
+        "--images",
+        default=str(DEFAULT_SOURCE),
+        metavar="DIR",
+        help="real photos to build the benchmark from (default: %(default)s)",
+    )
+    p.add_argument(
+        "--work",
+        metavar="DIR",
+        help="folder for the benchmark images and report (default: CKPT/duplicates-calibration)",
+    )
+    p.add_argument("--originals", type=_positive_int, default=100, help="originals with copies")
+    p.add_argument(
+        "--distractors", type=int, help="untouched distractors (default: all remaining photos)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="benchmark seed (default 0)")
+    p.add_argument("--min-precision", type=_unit_float, default=0.95, help="default 0.95")
+    p.add_argument("--dry-run", action="store_true", help="report only; do not store")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--workers", type=int, help="image decoding processes (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from duplicates.benchmark import BenchmarkConfig
+    from duplicates.calibration import (
+        CalibrationConfig,
+        calibrate,
+        calibration_record,
+        store_calibration,
+        write_calibration,
+    )
+    from duplicates.descriptor import CopyDescriptor, DescriptorConfig
+    from duplicates.finder import FinderConfig
+
+    work = Path(args.work) if args.work else Path(args.checkpoint) / "duplicates-calibration"
+    descriptor = CopyDescriptor.from_checkpoint(args.checkpoint, DescriptorConfig())
+    finder = FinderConfig(
+        batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress
+    )
+    config = CalibrationConfig(
+        benchmark=BenchmarkConfig(
+            originals=args.originals, distractors=args.distractors, seed=args.seed
+        ),
+        finder=finder,
+        min_precision=args.min_precision,
+    )
+    result = calibrate(descriptor, args.images, work / "benchmark", config)
+    paths = write_calibration(result, work)
+    print("threshold  precision  recall  F1")
+    sw = result.sweep
+    for k in range(0, len(sw.thresholds), 10):
+        print(
+            f"{sw.thresholds[k]:9.3f}  {sw.precision[k]:9.3f}  {sw.recall[k]:6.3f}  {sw.f1[k]:.3f}"
+        )
+    print(
+        "recall per edit at the default:",
+        ", ".join(f"{k} {v:.2f}" for k, v in result.per_transform.items()),
+    )
+    print(f"table: {paths['table']}  curve: {paths['plot']}")
+    if result.chosen is not None and not args.dry_run:
+        where = store_calibration(
+            args.checkpoint, calibration_record(result, descriptor.config, finder)
+        )
+        print(f"stored threshold {result.chosen['threshold']:.3f} in {where}")
+    print(result.summary())
+    return 0 if result.chosen is not None else 1
+
+
+def _main(
+    prog: str,
+    description: str,
+    add: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+    argv: list[str] | None,
+    epilog: str | None = None,
+) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    add(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return run(args)
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def find_main(argv: list[str] | None = None) -> int:
+    return _main(
+        "find_duplicates.py", FIND_DESCRIPTION, add_find_arguments, run_find, argv, FIND_EPILOG
+    )
+
+
+def calibrate_main(argv: list[str] | None = None) -> int:
+    return _main(
+        "calibrate_duplicates.py",
+        CALIBRATE_DESCRIPTION,
+        add_calibrate_arguments,
+        run_calibrate,
+        argv,
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``duplicates`` and ``calibrate-duplicates`` to the ``phonesim`` command."""
+    p = sub.add_parser(
+        "duplicates",
+        help="find duplicate listing photos",
+        description=FIND_DESCRIPTION,
+        epilog=FIND_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_find_arguments(p)
+    p.set_defaults(func=run_find)
+    p = sub.add_parser(
+        "calibrate-duplicates",
+        help="calibrate the duplicate threshold on real photos",
+        description=CALIBRATE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_calibrate_arguments(p)
+    p.set_defaults(func=run_calibrate)

@@ -1,0 +1,206 @@
+"""Finding duplicate listings among a set of images.
+
+1. Read every image once: byte hash, pixel hash, size, copy-detection features (``features``).
+2. Byte- or pixel-identical files are joined unconditionally.
+3. Candidates: each image's ``k`` nearest neighbours by global descriptor (FAISS), above a low
+   floor; never all pairs.
+4. Each candidate pair is verified (geometry + pixels, ``verify``); pairs scoring at least the
+   threshold are joined with a union-find, and groups are its connected components.
+5. Per group a keeper (highest resolution, then largest file, by default) and label conflicts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from duplicates.descriptor import CopyDescriptor
+from duplicates.features import Features, extract_features
+from duplicates.grouping import SearchConfig, UnionFind, groups_from_labels, knn_pairs
+from duplicates.hashing import identical_pairs
+from duplicates.result import (
+    DEFAULT_KEEP,
+    DuplicateGroup,
+    DuplicateResult,
+    Member,
+    has_label_conflict,
+    order_members,
+)
+from duplicates.verify import VerifyConfig, grid_points, score_pair
+from embedder.data import Sample
+from embedder.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Used only when neither --threshold nor a calibrated threshold in the checkpoint is given.
+FALLBACK_THRESHOLD = 0.85
+
+
+@dataclass(frozen=True)
+class FinderConfig:
+    """Settings of a duplicate search (the CLI flags parse into this)."""
+
+    threshold: float = FALLBACK_THRESHOLD
+    k: int = 16
+    candidate_floor: float = 0.5
+    keep: tuple[str, ...] = DEFAULT_KEEP
+    batch_size: int = 32
+    workers: int | None = None
+    progress: bool = True
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+
+@dataclass
+class ScoredPairs:
+    """Candidate pairs (rows of ``Features``) with their verified scores, plus identical pairs."""
+
+    i: np.ndarray
+    j: np.ndarray
+    scores: np.ndarray
+    identical: list[tuple[int, int]]
+
+
+class PairScorer:
+    """Verifies pairs of rows of one or two ``Features`` (seeded, so results repeat)."""
+
+    def __init__(self, a: Features, b: Features | None = None, config: VerifyConfig | None = None):
+        self.a, self.b = a, (b if b is not None else a)
+        self.config = config or VerifyConfig()
+        self.grid = grid_points(*a.grid_shape)
+        self.rng = np.random.default_rng(self.config.seed)
+
+    def score(self, ra: int, rb: int) -> float:
+        score, _ = score_pair(
+            self.a.local[ra, 0],
+            self.a.thumbs[ra],
+            self.b.local[rb],
+            self.b.thumbs[rb],
+            self.grid,
+            self.config,
+            self.rng,
+        )
+        return score
+
+    def score_many(self, i: np.ndarray, j: np.ndarray, progress: bool = False) -> np.ndarray:
+        out = np.zeros(len(i), dtype=np.float32)
+        pairs = zip(i.tolist(), j.tolist(), strict=True)
+        for n, (ra, rb) in enumerate(
+            tqdm(pairs, total=len(i), desc="verifying", unit="pair", disable=not progress)
+        ):
+            out[n] = self.score(ra, rb)
+        return out
+
+
+def identical_row_pairs(features: Features) -> list[tuple[int, int]]:
+    """Rows whose files are byte-identical or decode to identical pixels."""
+    pairs = identical_pairs([info.byte_digest for info in features.infos])
+    pairs += identical_pairs([info.pixel_digest for info in features.infos])
+    return pairs
+
+
+def score_candidates(features: Features, config: FinderConfig) -> ScoredPairs:
+    """Candidate pairs from the k-NN search, each verified; identical files listed apart."""
+    search = SearchConfig(k=config.k, max_k=config.k)
+    i, j, _ = knn_pairs(features.global_, config.candidate_floor, search)
+    identical = identical_row_pairs(features)
+    same = {(min(a, b), max(a, b)) for a, b in identical}
+    todo = np.array([(a, b) not in same for a, b in zip(i.tolist(), j.tolist(), strict=True)])
+    scores = np.ones(len(i), dtype=np.float32)
+    if len(i):
+        scorer = PairScorer(features, config=config.verify)
+        scores[todo] = scorer.score_many(i[todo], j[todo], progress=config.progress)
+    log.info("%d candidate pairs verified, %d identical pairs", int(todo.sum()), len(identical))
+    return ScoredPairs(i, j, scores, identical)
+
+
+def group_rows(n: int, pairs: ScoredPairs, threshold: float) -> list[list[int]]:
+    """Connected components (two or more rows) of accepted and identical pairs."""
+    uf = UnionFind(n)
+    for a, b in pairs.identical:
+        uf.union(a, b)
+    ok = pairs.scores >= threshold
+    for a, b in zip(pairs.i[ok].tolist(), pairs.j[ok].tolist(), strict=True):
+        uf.union(a, b)
+    return groups_from_labels(uf.labels())
+
+
+def member(features: Features, r: int, similarity: float = 1.0, source: str = "input") -> Member:
+    s: Sample = features.sample(r)
+    info = features.infos[r]
+    return Member(
+        id=s.id,
+        path=str(s.path),
+        label=s.label,
+        width=info.width,
+        height=info.height,
+        file_size=info.file_size,
+        similarity=similarity,
+        source=source,
+    )
+
+
+def build_groups(
+    features: Features,
+    groups: list[list[int]],
+    pairs: ScoredPairs,
+    keep: Sequence[str],
+    verify: VerifyConfig,
+) -> list[DuplicateGroup]:
+    """Order each group keeper-first and score every member against the keeper."""
+    known = {
+        (int(a), int(b)): float(s) for a, b, s in zip(pairs.i, pairs.j, pairs.scores, strict=True)
+    }
+    for a, b in pairs.identical:
+        known[(min(a, b), max(a, b))] = 1.0
+    digests = [(info.byte_digest, info.pixel_digest) for info in features.infos]
+    scorer = PairScorer(features, config=verify)
+    out = []
+    for rows in groups:
+        by_id = {features.sample(r).id: r for r in rows}
+        ordered = order_members([member(features, r) for r in rows], keep)
+        keeper = by_id[ordered[0].id]
+        members = [ordered[0]]
+        for m in ordered[1:]:
+            r = by_id[m.id]
+            pair = (min(r, keeper), max(r, keeper))
+            if digests[r][0] == digests[keeper][0] or digests[r][1] == digests[keeper][1]:
+                sim = 1.0
+            elif pair in known:
+                sim = known[pair]
+            else:  # joined through other members: score against the keeper directly
+                sim = scorer.score(keeper, r)
+            members.append(member(features, r, sim))
+        out.append(DuplicateGroup(len(out) + 1, members, has_label_conflict(members)))
+    return out
+
+
+def find_duplicates(
+    descriptor: CopyDescriptor, samples: Sequence[Sample], config: FinderConfig
+) -> DuplicateResult:
+    """Group the samples that show the same photo; unreadable files are skipped and listed."""
+    if not samples:
+        raise DataError("no input images")
+    features = extract_features(
+        descriptor, samples, config.batch_size, config.workers, config.progress
+    )
+    try:
+        if not len(features):
+            raise DataError(
+                f"none of the {len(samples)} input images could be read "
+                f"(first error: {features.failures[0].reason})"
+            )
+        pairs = score_candidates(features, config)
+        groups = group_rows(len(features), pairs, config.threshold)
+        result_groups = build_groups(features, groups, pairs, config.keep, config.verify)
+    finally:
+        features.close()
+    return DuplicateResult(
+        groups=result_groups,
+        listed=len(samples),
+        failures=features.failures,
+        threshold=config.threshold,
+    )

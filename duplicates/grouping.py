@@ -1,0 +1,187 @@
+"""Duplicate groups from vectors without comparing all pairs.
+
+Candidates come from a FAISS k-nearest-neighbour search (exact below ``exact_limit`` vectors, HNSW
+above, so the cost grows about linearly); pairs at or above the threshold are joined with a
+union-find, and groups are its connected components. Vectors are unit-norm, scores are cosines.
+Vocabulary follows faiss.contrib: ``xb`` vectors, ``k`` neighbours, ``D`` scores, ``I`` ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Candidate search settings.
+
+    ``k`` neighbours per vector are checked first; a vector whose k-th neighbour still passes the
+    threshold is searched again with twice as many, up to ``max_k``, so large groups stay whole.
+    """
+
+    k: int = 16
+    max_k: int = 512
+    exact_limit: int = 20_000
+    hnsw_m: int = 32
+    ef_construction: int = 64
+    ef_search: int = 128
+
+
+class UnionFind:
+    """Disjoint sets over 0..n-1 with path halving and union by size."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+        self.size = [1] * n
+
+    def find(self, a: int) -> int:
+        parent = self.parent
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> bool:
+        """Join the sets of a and b; False if they were already one set."""
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return False
+        if self.size[ra] < self.size[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.size[ra] += self.size[rb]
+        return True
+
+    def labels(self) -> np.ndarray:
+        """Component label per element: the smallest member index of its component."""
+        n = len(self.parent)
+        roots = np.fromiter((self.find(i) for i in range(n)), dtype=np.int64, count=n)
+        smallest = np.full(n, n, dtype=np.int64)
+        np.minimum.at(smallest, roots, np.arange(n, dtype=np.int64))
+        return smallest[roots]
+
+
+def components(n: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
+    """Connected-component label (smallest member index) of each of n nodes."""
+    uf = UnionFind(n)
+    for a, b in pairs:
+        uf.union(int(a), int(b))
+    return uf.labels()
+
+
+def groups_from_labels(labels: np.ndarray, min_size: int = 2) -> list[list[int]]:
+    """Members of each component with at least ``min_size`` members, ordered by first member."""
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    cuts = np.flatnonzero(np.diff(sorted_labels)) + 1
+    groups = [g.tolist() for g in np.split(order, cuts) if len(g) >= min_size]
+    return sorted(groups, key=lambda g: g[0])
+
+
+def build_index(xb: np.ndarray, config: SearchConfig) -> faiss.Index:
+    """Exact inner-product index for small sets, HNSW for large ones."""
+    d = xb.shape[1]
+    if len(xb) <= config.exact_limit:
+        index = faiss.IndexFlatIP(d)
+    else:
+        index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = config.ef_construction
+    index.add(xb)
+    return index
+
+
+def _search(index: faiss.Index, xq: np.ndarray, k: int, config: SearchConfig):
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = max(config.ef_search, k)
+    return index.search(xq, k)
+
+
+def knn_pairs(
+    xb: np.ndarray,
+    threshold: float,
+    config: SearchConfig | None = None,
+    index: faiss.Index | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j) of vectors in ``xb`` whose cosine is at least ``threshold``, with scores.
+
+    Only each vector's nearest neighbours are scored, never all pairs.
+    """
+    config = config or SearchConfig()
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    n = len(xb)
+    if n < 2:
+        empty = np.zeros(0, np.int64)
+        return empty, empty.copy(), np.zeros(0, np.float32)
+    index = index if index is not None else build_index(xb, config)
+    found_i, found_j, found_s = [], [], []
+    todo = np.arange(n)
+    k = min(config.k + 1, n)  # +1: a vector finds itself
+    while len(todo):
+        D, I = _search(index, xb[todo], k, config)
+        keep = (threshold <= D) & (I >= 0) & (todo[:, None] != I)
+        rows = np.broadcast_to(todo[:, None], I.shape)
+        found_i.append(rows[keep])
+        found_j.append(I[keep])
+        found_s.append(D[keep])
+        # Rows whose last neighbour still passes may have more matches beyond k.
+        full = (D[:, -1] >= threshold) & (I[:, -1] >= 0)
+        if k >= min(config.max_k + 1, n) or not full.any():
+            if full.any() and config.max_k > config.k:
+                log.warning(
+                    "%d vectors have more than %d neighbours above %.3f; groups may be split",
+                    int(full.sum()),
+                    k - 1,
+                    threshold,
+                )
+            break
+        todo, k = todo[full], min(2 * k, config.max_k + 1, n)
+    i = np.concatenate(found_i).astype(np.int64)
+    j = np.concatenate(found_j).astype(np.int64)
+    s = np.concatenate(found_s).astype(np.float32)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    key = lo * n + hi
+    # Keep one copy per pair, with its highest score (HNSW may see a pair from one side only).
+    order = np.lexsort((-s, key))
+    key, lo, hi, s = key[order], lo[order], hi[order], s[order]
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    return lo[first], hi[first], s[first]
+
+
+def group_vectors(
+    xb: np.ndarray,
+    threshold: float,
+    config: SearchConfig | None = None,
+    extra_pairs: Iterable[tuple[int, int]] = (),
+) -> tuple[list[list[int]], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Duplicate groups (two or more members) and the accepted scored pairs behind them.
+
+    ``extra_pairs`` are joined unconditionally (byte- or pixel-identical files).
+    """
+    i, j, s = knn_pairs(xb, threshold, config)
+    uf = UnionFind(len(xb))
+    for a, b in zip(i.tolist(), j.tolist(), strict=True):
+        uf.union(a, b)
+    for a, b in extra_pairs:
+        uf.union(int(a), int(b))
+    return groups_from_labels(uf.labels()), (i, j, s)
+
+
+def brute_force_groups(xb: np.ndarray, threshold: float) -> list[list[int]]:
+    """Reference: score all pairs (O(n^2)); for tests and the benchmark's baseline only."""
+    xb = np.asarray(xb, dtype=np.float32)
+    pairs: list[tuple[int, int]] = []
+    for start in range(0, len(xb), 2048):
+        sims = xb[start : start + 2048] @ xb.T
+        a, b = np.nonzero(sims >= threshold)
+        a = a + start
+        keep = a < b
+        pairs.extend(zip(a[keep].tolist(), b[keep].tolist(), strict=True))
+    return groups_from_labels(components(len(xb), pairs))

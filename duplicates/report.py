@@ -1,0 +1,185 @@
+"""Writing a duplicate search to a report folder: CSV, JSON, an HTML gallery and a summary.
+
+The gallery is self-contained (thumbnails inlined as base64 JPEG) so it can be mailed or opened
+from anywhere; every text in it is HTML-escaped, since ids, paths and labels come from users.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from duplicates.result import DuplicateResult
+from embedder.errors import ImageError
+from embedder.images import load_image
+
+log = logging.getLogger(__name__)
+
+CSV_NAME = "duplicates.csv"
+JSON_NAME = "duplicates.json"
+HTML_NAME = "duplicates.html"
+FAILED_NAME = "failed.csv"
+SUMMARY_NAME = "summary.txt"
+CSV_COLUMNS = (
+    "group_id",
+    "id",
+    "path",
+    "keep",
+    "similarity",
+    "label",
+    "label_conflict",
+    "source",
+    "width",
+    "height",
+    "file_size",
+)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_csv(result: DuplicateResult) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for g in result.groups:
+        for k, m in enumerate(g.members):
+            writer.writerow(
+                [
+                    g.group_id,
+                    m.id,
+                    m.path,
+                    int(k == 0),
+                    f"{m.similarity:.4f}",
+                    m.label,
+                    int(g.label_conflict),
+                    m.source,
+                    m.width,
+                    m.height,
+                    m.file_size,
+                ]
+            )
+    return buf.getvalue()
+
+
+def to_json(result: DuplicateResult) -> dict:
+    data: dict = {
+        "groups": [[m.id for m in g.members] for g in result.groups],
+        "keepers": [g.keeper.id for g in result.groups],
+        "label_conflicts": [g.group_id for g in result.groups if g.label_conflict],
+        "threshold": result.threshold,
+        "mode": result.mode,
+        "summary": result.summary(),
+        "failed": [{"id": f.id, "reason": f.reason} for f in result.failures],
+    }
+    if result.mode == "against":
+        data["catalog"] = result.catalog
+        data["matches"] = {
+            m.id: [c.id for c in g.members if c.source == "catalog"]
+            for g in result.groups
+            for m in g.members
+            if m.source == "input"
+        }
+    return data
+
+
+def _thumbnail_uri(path: str, side: int) -> str | None:
+    try:
+        img = load_image(path)
+    except ImageError as exc:
+        log.debug("no thumbnail for %s: %s", path, exc)
+        return None
+    img.thumbnail((side, side))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+.group{border:1px solid #ccc;border-radius:6px;margin:0 0 1em;padding:.6em}
+.conflict{border-color:#d33;background:#fff6f6}
+.members{display:flex;flex-wrap:wrap;gap:.6em}
+figure{margin:0;width:170px;font-size:12px;word-break:break-all}
+figure img{max-width:160px;max-height:160px;display:block;border:1px solid #ddd}
+.keep img{border:3px solid #2a2}
+.tag{display:inline-block;padding:0 .4em;border-radius:3px;background:#eee;margin-right:.3em}
+.bad{background:#fdd}
+"""
+
+
+def to_html(result: DuplicateResult, thumb_side: int = 160, max_groups: int = 1000) -> str:
+    esc = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Duplicate listings</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>Duplicate listings</h1>",
+        f"<p>{esc(result.summary())}</p>",
+    ]
+    if result.mode == "against":
+        parts.append(f"<p>Checked against catalog index <code>{esc(result.catalog)}</code>.</p>")
+    for g in result.groups[:max_groups]:
+        cls = "group conflict" if g.label_conflict else "group"
+        head = f"Group {g.group_id}: {len(g.members)} images"
+        if g.label_conflict:
+            head += " - <span class='tag bad'>label conflict: " + esc(", ".join(g.labels))
+            head += "</span>"
+        parts.append(f"<div class='{cls}'><div>{head}</div><div class='members'>")
+        for k, m in enumerate(g.members):
+            uri = _thumbnail_uri(m.path, thumb_side) if m.path else None
+            img = f"<img src='{uri}' alt='{esc(m.id)}'>" if uri else "<div>(no preview)</div>"
+            role = "keep" if k == 0 else f"similarity {m.similarity:.3f}"
+            parts.append(
+                f"<figure class='{'keep' if k == 0 else ''}'>{img}<figcaption>"
+                f"<span class='tag'>{esc(role)}</span><span class='tag'>{esc(m.source)}</span>"
+                f"<br>{esc(m.id)}<br>label: {esc(m.label or '-')}<br>"
+                f"{m.width}x{m.height}, {m.file_size:,} bytes</figcaption></figure>"
+            )
+        parts.append("</div></div>")
+    if len(result.groups) > max_groups:
+        rest = len(result.groups) - max_groups
+        parts.append(f"<p>{rest} more groups are listed in {CSV_NAME}.</p>")
+    if result.failures:
+        parts.append(f"<h2>Unreadable images ({len(result.failures)})</h2><ul>")
+        parts.extend(f"<li>{esc(f.id)}: {esc(f.reason)}</li>" for f in result.failures)
+        parts.append("</ul>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(result: DuplicateResult, out: str | Path) -> dict[str, Path]:
+    """Write every report file under ``out`` (created if needed); returns their paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "csv": out / CSV_NAME,
+        "json": out / JSON_NAME,
+        "html": out / HTML_NAME,
+        "failed": out / FAILED_NAME,
+        "summary": out / SUMMARY_NAME,
+    }
+    _atomic_write(paths["csv"], to_csv(result))
+    _atomic_write(paths["json"], json.dumps(to_json(result), indent=2) + "\n")
+    _atomic_write(paths["html"], to_html(result))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "reason"])
+    writer.writerows([f.id, f.reason] for f in result.failures)
+    _atomic_write(paths["failed"], buf.getvalue())
+    _atomic_write(paths["summary"], result.summary() + "\n")
+    return paths

@@ -1,0 +1,252 @@
+"""Geometric and photometric verification of a candidate pair.
+
+Global descriptors cannot tell a copy from another render of the same phone in another colour:
+product shots on white share layout, wallpaper and outline. Verification asks what a person
+would: can one image be mapped onto the other (crop, scale, padding, small tilt, mirror), and
+once mapped, do the pixels agree up to one global colour change?
+
+1. Match the CNN's local features (a stride-16 feature map) by mutual nearest neighbours.
+2. Fit an affine map with RANSAC (vectorised over hypotheses) and keep plausible ones.
+3. Warp a small thumbnail of one image onto the other, fit a per-channel gain and offset
+   (brightness, contrast and tint edits), and score the share of overlapping pixels that agree.
+
+Mirrored copies are handled by matching against the mirror's feature map and thumbnail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Verification settings (coordinates are in units of the image side, 0..1)."""
+
+    match_min_sim: float = 0.4
+    ransac_iters: int = 128
+    inlier_tol: float = 0.06
+    min_inliers: int = 12
+    max_scale: float = 4.0
+    max_anisotropy: float = 3.5
+    max_rotation_deg: float = 20.0
+    colour_tol: float = 16.0
+    colour_model: str = "affine"
+    min_overlap: float = 0.3
+    grid: int = 40
+    refine_steps: int = 6
+    seed: int = 0
+
+
+def grid_points(h: int, w: int) -> np.ndarray:
+    """Cell centres of an h x w feature map as (x, y) in 0..1, row-major like the map."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    return np.stack([(xs.ravel() + 0.5) / w, (ys.ravel() + 0.5) / h], axis=1)
+
+
+def mutual_matches(fa: np.ndarray, fb: np.ndarray, min_sim: float):
+    """Indices (ia, ib) of mutual nearest neighbours between unit-norm rows of fa and fb."""
+    sims = fa @ fb.T
+    best_b = sims.argmax(axis=1)
+    best_a = sims.argmax(axis=0)
+    ia = np.flatnonzero(best_a[best_b] == np.arange(len(fa)))
+    ib = best_b[ia]
+    keep = sims[ia, ib] >= min_sim
+    return ia[keep], ib[keep]
+
+
+def _plausible(linear: np.ndarray, config: VerifyConfig) -> np.ndarray:
+    """Which 2x2 linear parts (K x 2 x 2) look like a crop/scale/pad/tilt, not a fold."""
+    sv = np.linalg.svd(linear, compute_uv=False)
+    det = np.linalg.det(linear)
+    angle = np.degrees(
+        np.abs(np.arctan2(linear[:, 1, 0] - linear[:, 0, 1], linear[:, 0, 0] + linear[:, 1, 1]))
+    )
+    return (
+        (det > 0)
+        & (sv[:, 0] <= config.max_scale)
+        & (sv[:, 1] >= 1.0 / config.max_scale)
+        & (sv[:, 0] <= config.max_anisotropy * np.maximum(sv[:, 1], 1e-9))
+        & (angle <= config.max_rotation_deg)
+    )
+
+
+def ransac_affine(
+    pa: np.ndarray, pb: np.ndarray, config: VerifyConfig, rng: np.random.Generator
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Affine map (3 x 2, applied as [x y 1] @ T) from pa to pb, and its inlier mask."""
+    m = len(pa)
+    none = np.zeros(m, dtype=bool)
+    if m < max(3, config.min_inliers):
+        return None, none
+    ha = np.hstack([pa, np.ones((m, 1))])
+    picks = rng.integers(0, m, size=(config.ransac_iters, 3))
+    picks = picks[
+        (picks[:, 0] != picks[:, 1]) & (picks[:, 1] != picks[:, 2]) & (picks[:, 0] != picks[:, 2])
+    ]
+    src, dst = ha[picks], pb[picks]  # K x 3 x 3, K x 3 x 2
+    ok = np.abs(np.linalg.det(src)) > 1e-6
+    if not ok.any():
+        return None, none
+    T = np.linalg.solve(src[ok], dst[ok])  # K x 3 x 2
+    T = T[_plausible(np.transpose(T[:, :2, :], (0, 2, 1)), config)]
+    if not len(T):
+        return None, none
+    err = np.linalg.norm(np.einsum("mi,kij->kmj", ha, T) - pb[None], axis=2)
+    inliers = err <= config.inlier_tol
+    best = int(inliers.sum(axis=1).argmax())
+    mask = inliers[best]
+    # Refit on all inliers, keep the refit only if it is still plausible and no worse.
+    T_best = T[best]
+    if mask.sum() >= 3:
+        refit, *_ = np.linalg.lstsq(ha[mask], pb[mask], rcond=None)
+        if _plausible(refit[:2].T[None], config)[0]:
+            refit_mask = np.linalg.norm(ha @ refit - pb, axis=1) <= config.inlier_tol
+            if refit_mask.sum() >= mask.sum():
+                T_best, mask = refit, refit_mask
+    return T_best, mask
+
+
+def _sample(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear samples of an H x W (x C) float image at pixel coordinates x, y (clamped)."""
+    h, w = img.shape[:2]
+    x = np.clip(x, 0, w - 1.001)
+    y = np.clip(y, 0, h - 1.001)
+    x0, y0 = np.floor(x).astype(np.intp), np.floor(y).astype(np.intp)
+    fx, fy = x - x0, y - y0
+    if img.ndim == 3:
+        fx, fy = fx[:, None], fy[:, None]
+    top = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
+    bottom = img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _blur(thumb: np.ndarray, sigma: float) -> np.ndarray:
+    img = Image.fromarray(thumb)
+    if sigma > 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(sigma))
+    return np.asarray(img, dtype=np.float32)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _colour_fit(a: np.ndarray, b: np.ndarray, model: str = "affine", rounds: int = 2):
+    """Per-pixel residual |b - f(a)| (mean over channels) after fitting a global colour map f.
+
+    ``affine``: a 3x3 matrix plus offset, which models brightness, contrast, saturation and
+    tint edits exactly but cannot recolour one region (another colour of the phone) while
+    keeping the rest. ``gain``: a gain and offset per channel. Later rounds refit without the
+    worst 20% of points (text, tags, watermarks).
+    """
+    keep = np.ones(len(a), dtype=bool)
+    ah = np.hstack([a, np.ones((len(a), 1), a.dtype)])
+    resid = np.zeros(len(a), dtype=np.float32)
+    for _ in range(rounds):
+        if model == "affine":
+            coef, *_ = np.linalg.lstsq(ah[keep], b[keep], rcond=None)
+            fitted = ah @ coef
+        else:
+            am, bm = a[keep].mean(axis=0), b[keep].mean(axis=0)
+            ac, bc = a[keep] - am, b[keep] - bm
+            var = (ac * ac).mean(axis=0)
+            gain = np.clip((ac * bc).mean(axis=0) / np.maximum(var, 1.0), 0.4, 2.5)
+            fitted = np.where(var > 1.0, gain, 1.0) * (a - am) + bm
+        resid = np.abs(b - fitted).mean(axis=1)
+        cut = (len(resid) - 1) * 4 // 5
+        keep = resid <= np.partition(resid, cut)[cut]
+    return resid
+
+
+def compare_aligned(
+    thumb_a: np.ndarray, thumb_b: np.ndarray, T: np.ndarray, config: VerifyConfig
+) -> tuple[float, float, np.ndarray]:
+    """Refine ``T`` (A's unit coordinates to B's) photometrically, then compare the pixels.
+
+    Both square uint8 thumbnails are blurred to the same resolution on a ``grid`` x ``grid``
+    lattice over A (B is blurred by the map's scale), the affine map is refined by a few
+    Gauss-Newton steps on luminance (gain and offset re-fitted each step, Huber-weighted so
+    overlays do not pull), and the score is the share of overlapping lattice points whose
+    colour agrees within ``colour_tol`` after a per-channel gain/offset fit.
+    Returns (agreement 0..1, overlap share of A, refined map).
+    """
+    n, sa, sb = config.grid, thumb_a.shape[0], thumb_b.shape[0]
+    scale = float(np.sqrt(abs(np.linalg.det(T[:2])))) * sb / sa  # B pixels per A pixel
+    step_a = sa / n  # lattice step in A pixels
+    sigma_a = max(0.8 * step_a, 0.8 / max(scale, 1e-3))
+    sigma_b = max(0.5, sigma_a * scale)
+    blur_a, blur_b = _blur(thumb_a, sigma_a), _blur(thumb_b, sigma_b)
+    pts = grid_points(n, n)
+    ph = np.hstack([pts, np.ones((len(pts), 1))])
+    col_a = _sample(blur_a, pts[:, 0] * sa - 0.5, pts[:, 1] * sa - 0.5)
+    lum_a, lum_b = col_a @ _LUMA, blur_b @ _LUMA
+    gy, gx = np.gradient(lum_b)
+    maps_b = np.stack([lum_b, gx * sb, gy * sb], axis=2)  # one bilinear lookup per step
+    T0 = T = T.astype(np.float64)
+    for _ in range(config.refine_steps):
+        q = ph @ T
+        inside = (q >= 0).all(axis=1) & (q <= 1).all(axis=1)
+        if inside.sum() < 16:
+            break
+        u, v = q[inside, 0] * sb - 0.5, q[inside, 1] * sb - 0.5
+        yb, dx, dy = _sample(maps_b, u, v).T
+        ya = lum_a[inside]
+        A = np.stack([ya, np.ones_like(ya)], axis=1)
+        coef, *_ = np.linalg.lstsq(A, yb, rcond=None)
+        r = yb - A @ coef
+        w = np.minimum(1.0, 10.0 / np.maximum(np.abs(r), 1e-6))  # Huber at 10 grey levels
+        p = ph[inside]
+        J = np.hstack([dx[:, None] * p, dy[:, None] * p])
+        H = (J * w[:, None]).T @ J + 1e-3 * np.eye(6)
+        delta = np.linalg.solve(H, -(J * w[:, None]).T @ r)
+        T = T + delta.reshape(2, 3).T
+        if np.abs(delta).max() < 1e-4:
+            break
+    if not _plausible(T[:2].T[None], config)[0]:
+        T = T0
+    q = ph @ T
+    inside = (q >= 0).all(axis=1) & (q <= 1).all(axis=1)
+    overlap = float(inside.mean())
+    if inside.sum() < 16:
+        return 0.0, overlap, T
+    col_b = _sample(blur_b, q[inside, 0] * sb - 0.5, q[inside, 1] * sb - 0.5)
+    resid = _colour_fit(col_a[inside], col_b, config.colour_model)
+    return float((resid <= config.colour_tol).mean()), overlap, T
+
+
+def score_pair(
+    local_a: np.ndarray,
+    thumb_a: np.ndarray,
+    local_b: np.ndarray,
+    thumb_b: np.ndarray,
+    grid: np.ndarray,
+    config: VerifyConfig,
+    rng: np.random.Generator,
+) -> tuple[float, bool]:
+    """(score 0..1, mirrored) of image A against B.
+
+    ``local_a`` is A's feature map (cells x C); ``local_b`` holds B's for the image and its
+    mirror (2 x cells x C). The orientation with more RANSAC inliers is compared pixel-wise.
+    """
+    fa = np.asarray(local_a, dtype=np.float32)
+    best = None
+    for mirrored in (False, True):
+        ia, ib = mutual_matches(
+            fa, np.asarray(local_b[int(mirrored)], np.float32), config.match_min_sim
+        )
+        T, mask = ransac_affine(grid[ia], grid[ib], config, rng)
+        inliers = int(mask.sum())
+        if T is not None and inliers >= config.min_inliers and (best is None or inliers > best[1]):
+            best = (T, inliers, mirrored)
+    if best is None:
+        return 0.0, False
+    T, _, mirrored = best
+    tb = np.ascontiguousarray(thumb_b[:, ::-1]) if mirrored else thumb_b
+    agree, overlap, T = compare_aligned(thumb_a, tb, T, config)
+    # Share of B covered by A: A's overlap times the area scale of the map.
+    covered_b = min(1.0, overlap * abs(float(np.linalg.det(T[:2]))))
+    if max(overlap, covered_b) < config.min_overlap:
+        return 0.0, mirrored
+    return agree, mirrored
