@@ -1,12 +1,15 @@
 """A labelled duplicate benchmark built from real photos.
 
-Sampled originals each get perturbed copies (every edit family at a strength that rotates
-1-2-3 across originals, plus combined edits); the other source photos join untouched as
-distractors. The source folder may already hold copies of one photo (byte-identical,
-re-encoded or resized, filed under other brands), so sources are first clustered by byte hash,
-pixel hash and a pixel-level near-copy test that does not use the model under test (mean
-absolute difference of 32x32 colour thumbnails of the whole image or of its content with the
-margins trimmed, at a similar aspect ratio); one photo per cluster
+Sampled originals each get a few perturbed copies (edit families, combined edits included,
+rotate across originals so each is used equally often, and strengths rotate 1-2-3); the other
+source photos join untouched as distractors. Groups of a handful of copies are what a catalog
+sees, and keep the group-level pairwise metric from being dominated by a few large groups.
+
+The source folder may already hold copies of one photo (byte-identical, re-encoded, resized,
+re-framed or cropped, filed under other brands), so sources are first clustered by byte hash,
+pixel hash and pixel-level near-copy tests that do not use the model under test: the mean
+absolute difference of 32x32 colour thumbnails, and the best such difference between one
+image's trimmed content and any window of the other's (crops and zooms). One photo per cluster
 is used, so no two benchmark sources are copies of each other and the truth is not wrong.
 """
 
@@ -41,9 +44,9 @@ COLUMNS = ("id", "image", "label", "truth", "role", "transform", "strength", "so
 class BenchmarkConfig:
     """What to sample: originals (each with perturbed copies) and untouched distractors."""
 
-    originals: int = 100
+    originals: int = 250
+    copies: int = 4  # per original; edit families and strengths rotate across originals
     distractors: int | None = None  # None: every remaining distinct source photo
-    combined: int = 2  # extra copies with two or three edits each
     min_side: int = 64  # originals smaller than this are too small to crop/thumbnail
     near_copy_mad: float = 9.0  # mean abs difference (0-255) of 32x32 thumbnails
     near_copy_aspect: float = 0.05  # relative aspect-ratio difference allowed
@@ -201,8 +204,20 @@ def source_clusters(
     return ok, images, groups_from_labels(uf.labels(), min_size=1)
 
 
-def _families(config: BenchmarkConfig) -> list[str]:
-    return sorted(TRANSFORMS) + ["combined"] * config.combined
+FAMILIES = (*sorted(TRANSFORMS), "combined")
+
+
+def copy_schedule(o_idx: int, copies: int) -> list[tuple[str, int]]:
+    """(edit family, strength) of each copy of original ``o_idx``.
+
+    Families rotate through ``FAMILIES`` (so across originals each is used equally often) and
+    strengths rotate 1-2-3 independently of the family.
+    """
+    out = []
+    for t in range(copies):
+        k = o_idx * copies + t
+        out.append((FAMILIES[k % len(FAMILIES)], STRENGTHS[(k // len(FAMILIES)) % len(STRENGTHS)]))
+    return out
 
 
 def build_benchmark(
@@ -247,11 +262,9 @@ def build_benchmark(
             }
         )
 
-    families = _families(config)
     for o_idx, src in enumerate(tqdm(originals, desc="copies", unit="img", disable=not progress)):
         add(f"o{o_idx:04d}.jpg", o_idx, "original", src, "", 0, ok[src].path.read_bytes())
-        for f_idx, family in enumerate(families):
-            strength = STRENGTHS[(o_idx + f_idx) % len(STRENGTHS)]
+        for f_idx, (family, strength) in enumerate(copy_schedule(o_idx, config.copies)):
             copy_rng = random.Random(config.seed * 1_000_003 + o_idx * 1009 + f_idx)
             img = apply(family, images[src], strength, copy_rng)
             add(
@@ -282,7 +295,7 @@ def build_benchmark(
     log.info(
         "benchmark: %d originals x %d copies + %d distractors from %d distinct of %d sources",
         len(originals),
-        len(families),
+        config.copies,
         len(distractors),
         len(clusters),
         len(ok),

@@ -166,7 +166,12 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder for the benchmark images and report (default: CKPT/duplicates-calibration)",
     )
-    p.add_argument("--originals", type=_positive_int, default=100, help="originals with copies")
+    p.add_argument(
+        "--originals", type=_positive_int, default=250, help="originals (default %(default)s)"
+    )
+    p.add_argument(
+        "--copies", type=_positive_int, default=4, help="copies per original (default %(default)s)"
+    )
     p.add_argument(
         "--distractors", type=int, help="untouched distractors (default: all remaining photos)"
     )
@@ -197,7 +202,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     )
     config = CalibrationConfig(
         benchmark=BenchmarkConfig(
-            originals=args.originals, distractors=args.distractors, seed=args.seed
+            originals=args.originals,
+            copies=args.copies,
+            distractors=args.distractors,
+            seed=args.seed,
         ),
         finder=finder,
         min_precision=args.min_precision,

@@ -36,7 +36,9 @@ class VerifyConfig:
     colour_model: str = "affine"
     min_overlap: float = 0.3
     grid: int = 40
+    blur: float = 0.8  # Gaussian sigma in lattice steps before comparing
     refine_steps: int = 6
+    refine_model: str = "homography"
     seed: int = 0
 
 
@@ -160,22 +162,30 @@ def _colour_fit(a: np.ndarray, b: np.ndarray, model: str = "affine", rounds: int
     return resid
 
 
+def _project(H: np.ndarray, ph: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points ``ph`` (N x 3, homogeneous) mapped by the 3x3 ``H``: (N x 2 points, N depths)."""
+    q = ph @ H.T
+    w = q[:, 2]
+    return q[:, :2] / w[:, None], w
+
+
 def compare_aligned(
     thumb_a: np.ndarray, thumb_b: np.ndarray, T: np.ndarray, config: VerifyConfig
 ) -> tuple[float, float, np.ndarray]:
-    """Refine ``T`` (A's unit coordinates to B's) photometrically, then compare the pixels.
+    """Refine the map from A's unit coordinates to B's photometrically, then compare pixels.
 
     Both square uint8 thumbnails are blurred to the same resolution on a ``grid`` x ``grid``
-    lattice over A (B is blurred by the map's scale), the affine map is refined by a few
-    Gauss-Newton steps on luminance (gain and offset re-fitted each step, Huber-weighted so
-    overlays do not pull), and the score is the share of overlapping lattice points whose
-    colour agrees within ``colour_tol`` after a per-channel gain/offset fit.
-    Returns (agreement 0..1, overlap share of A, refined map).
+    lattice over A (B is blurred by the map's scale). The RANSAC affine map ``T`` (3 x 2) is
+    refined by Gauss-Newton steps on luminance into a homography (``refine_model``), which
+    also fits the perspective of a photographed screen; gain and offset are re-fitted each
+    step and the steps are Huber-weighted so overlays do not pull. The score is the share of
+    overlapping lattice points whose colour agrees within ``colour_tol`` after a global
+    colour fit. Returns (agreement 0..1, overlap share of A, refined 3 x 3 map).
     """
     n, sa, sb = config.grid, thumb_a.shape[0], thumb_b.shape[0]
     scale = float(np.sqrt(abs(np.linalg.det(T[:2])))) * sb / sa  # B pixels per A pixel
     step_a = sa / n  # lattice step in A pixels
-    sigma_a = max(0.8 * step_a, 0.8 / max(scale, 1e-3))
+    sigma_a = max(config.blur * step_a, 0.8 / max(scale, 1e-3))
     sigma_b = max(0.5, sigma_a * scale)
     blur_a, blur_b = _blur(thumb_a, sigma_a), _blur(thumb_b, sigma_b)
     pts = grid_points(n, n)
@@ -184,36 +194,41 @@ def compare_aligned(
     lum_a, lum_b = col_a @ _LUMA, blur_b @ _LUMA
     gy, gx = np.gradient(lum_b)
     maps_b = np.stack([lum_b, gx * sb, gy * sb], axis=2)  # one bilinear lookup per step
-    T0 = T = T.astype(np.float64)
+    H0 = H = np.vstack([np.asarray(T, np.float64).T, [0.0, 0.0, 1.0]])
+    n_params = 8 if config.refine_model == "homography" else 6
     for _ in range(config.refine_steps):
-        q = ph @ T
-        inside = (q >= 0).all(axis=1) & (q <= 1).all(axis=1)
+        q, w = _project(H, ph)
+        inside = (q >= 0).all(axis=1) & (q <= 1).all(axis=1) & (w > 0.2)
         if inside.sum() < 16:
             break
-        u, v = q[inside, 0] * sb - 0.5, q[inside, 1] * sb - 0.5
-        yb, dx, dy = _sample(maps_b, u, v).T
+        q, w, p = q[inside], w[inside], ph[inside]
+        yb, dx, dy = _sample(maps_b, q[:, 0] * sb - 0.5, q[:, 1] * sb - 0.5).T
         ya = lum_a[inside]
         A = np.stack([ya, np.ones_like(ya)], axis=1)
         coef, *_ = np.linalg.lstsq(A, yb, rcond=None)
         r = yb - A @ coef
-        w = np.minimum(1.0, 10.0 / np.maximum(np.abs(r), 1e-6))  # Huber at 10 grey levels
-        p = ph[inside]
-        J = np.hstack([dx[:, None] * p, dy[:, None] * p])
-        H = (J * w[:, None]).T @ J + 1e-3 * np.eye(6)
-        delta = np.linalg.solve(H, -(J * w[:, None]).T @ r)
-        T = T + delta.reshape(2, 3).T
+        wt = np.minimum(1.0, 10.0 / np.maximum(np.abs(r), 1e-6))  # Huber at 10 grey levels
+        pw = p / w[:, None]
+        cols = [dx[:, None] * pw, dy[:, None] * pw]
+        if n_params == 8:
+            g = (dx * q[:, 0] + dy * q[:, 1])[:, None]
+            cols.append(-g * pw[:, :2])
+        J = np.hstack(cols)
+        normal = (J * wt[:, None]).T @ J + 1e-3 * np.eye(n_params)
+        delta = np.linalg.solve(normal, -(J * wt[:, None]).T @ r)
+        H = H + np.append(delta, np.zeros(9 - n_params)).reshape(3, 3)
         if np.abs(delta).max() < 1e-4:
             break
-    if not _plausible(T[:2].T[None], config)[0]:
-        T = T0
-    q = ph @ T
-    inside = (q >= 0).all(axis=1) & (q <= 1).all(axis=1)
+    if not _plausible(H[None, :2, :2], config)[0] or np.abs(H[2, :2]).max() > 0.6:
+        H = H0
+    q, w = _project(H, ph)
+    inside = (q >= 0).all(axis=1) & (q <= 1).all(axis=1) & (w > 0.2)
     overlap = float(inside.mean())
     if inside.sum() < 16:
-        return 0.0, overlap, T
+        return 0.0, overlap, H
     col_b = _sample(blur_b, q[inside, 0] * sb - 0.5, q[inside, 1] * sb - 0.5)
     resid = _colour_fit(col_a[inside], col_b, config.colour_model)
-    return float((resid <= config.colour_tol).mean()), overlap, T
+    return float((resid <= config.colour_tol).mean()), overlap, H
 
 
 def score_pair(
@@ -246,7 +261,7 @@ def score_pair(
     tb = np.ascontiguousarray(thumb_b[:, ::-1]) if mirrored else thumb_b
     agree, overlap, T = compare_aligned(thumb_a, tb, T, config)
     # Share of B covered by A: A's overlap times the area scale of the map.
-    covered_b = min(1.0, overlap * abs(float(np.linalg.det(T[:2]))))
+    covered_b = min(1.0, overlap * abs(float(np.linalg.det(T[:2, :2]))))
     if max(overlap, covered_b) < config.min_overlap:
         return 0.0, mirrored
     return agree, mirrored
