@@ -60,6 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--img-size", type=_positive_int, help="input size (default: the model's)")
     p.add_argument(
+        "--crop-mode",
+        choices=["squash", "center", "border"],
+        help="how images meet the square input: 'squash' resizes the whole photo (keeps the "
+        "camera module of portrait shots), 'center' is timm's centre crop, 'border' pads "
+        f"(default {d.crop_mode})",
+    )
+    p.add_argument(
         "--epochs", type=int, help=f"full fine-tuning epochs, 0 = linear probe (default {d.epochs})"
     )
     p.add_argument(
@@ -73,6 +80,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--head-lr", type=float, help=f"head warm-up learning rate (default {d.head_lr})"
     )
     p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
+    p.add_argument(
+        "--augment",
+        type=float,
+        help="augmentation strength 0-1: crop scale, colour jitter, RandAugment magnitude, "
+        f"random erasing (default {d.augment})",
+    )
+    p.add_argument(
+        "--frozen-groups",
+        type=int,
+        help="leading layer groups (stem, then stages) kept frozen while fine-tuning; "
+        f"0 fine-tunes everything (default {d.frozen_groups})",
+    )
     p.add_argument(
         "--patience", type=_positive_int, help=f"early-stopping patience (default {d.patience})"
     )

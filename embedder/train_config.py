@@ -18,16 +18,20 @@ class TrainConfig:
     model: str = DEFAULT_MODEL
     weights: str = "imagenet"
     img_size: int | None = None
+    crop_mode: str = "squash"
     epochs: int = 8
     warmup_epochs: int = 30
     warmup_views: int = 2
     batch_size: int = 32
-    lr: float = 5e-4
+    lr: float = 1e-3
     head_lr: float = 2e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     drop_rate: float = 0.2
-    augment: float = 1.0
+    # Leading parameter groups (timm's coarse group_matcher: stem, then stages) kept frozen
+    # during fine-tuning: fewer weights to overfit on small catalogs and a cheaper backward.
+    frozen_groups: int = 3
+    augment: float = 0.3
     balance: bool = True
     patience: int = 5
     seed: int = 0

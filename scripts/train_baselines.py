@@ -65,8 +65,10 @@ def run_probe(train_dir: Path, val_dir: Path) -> dict:
     train_cat, val_cat = load_catalog(train_dir), load_catalog(val_dir)
     names = train_cat.label_names
     model = create_backbone(DEFAULT_MODEL, num_classes=len(names), weights="imagenet")
+    # The recipe's preprocessing, so the only difference from the recipe is the fine-tuning.
+    data_config = model_data_config(model, crop_mode=TrainConfig(data="", out="").crop_mode)
     config = CheckpointConfig(
-        DEFAULT_MODEL, len(names), names, model_data_config(model), int(model.num_features)
+        DEFAULT_MODEL, len(names), names, data_config, int(model.num_features)
     )
     embedder = Embedder(model, config)
     feats = {}

@@ -101,3 +101,21 @@ def test_imagenet_download_offline_fails_clearly():
     )
     assert proc.returncode != 0
     assert "WeightsError" in proc.stderr and "--weights" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["squash", "center"])
+def test_squash_keeps_the_top_of_a_portrait_photo_and_centre_crop_does_not(mode):
+    from PIL import Image
+
+    from embedder.transforms import eval_transform, model_data_config
+
+    model = timm.create_model("test_efficientnet", num_classes=2)
+    config = model_data_config(model, 64, crop_mode=mode)
+    assert config["input_size"] == [3, 64, 64] and config["crop_mode"] == mode
+    # A portrait phone shot: the camera module (red) fills the top eighth of the frame.
+    img = Image.new("RGB", (100, 200), (255, 255, 255))
+    img.paste((255, 0, 0), (0, 0, 100, 25))
+    x = eval_transform(config)(img)
+    assert x.shape == (3, 64, 64)
+    top_is_red = bool(x[0, 0].mean() > x[1, 0].mean() + 1.0)
+    assert top_is_red == (mode == "squash")

@@ -88,6 +88,7 @@ def test_warmup_trains_only_the_head_then_fine_tuning_moves_the_backbone(tiny_ca
             epochs=epochs,
             warmup_epochs=5,
             val_fraction=0.0,
+            frozen_groups=0,
         )
         assert len(train(config).history) == 1 + epochs  # warm-up, then fine-tuning epochs
         return load_checkpoint(out)[0].state_dict()
@@ -99,6 +100,33 @@ def test_warmup_trains_only_the_head_then_fine_tuning_moves_the_backbone(tiny_ca
     assert not all(torch.equal(warm[k], before[k]) for k in head)
     tuned = trained(1)
     assert not torch.equal(tuned["conv_stem.weight"], before["conv_stem.weight"])
+
+
+def test_frozen_groups_keep_the_early_layers_while_later_ones_train(tiny_catalog, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from embedder.train import frozen_parameter_names
+
+    model = timm.create_model("test_efficientnet", num_classes=3)
+    frozen = frozen_parameter_names(model, 2)
+    assert "conv_stem.weight" in frozen and any(k.startswith("blocks.0.") for k in frozen)
+    assert not any(k.startswith(("blocks.1.", "classifier.")) for k in frozen)
+    assert frozen_parameter_names(model, 0) == set()
+    # More groups than the model has freezes the backbone but never the classifier.
+    assert not any(k.startswith("classifier.") for k in frozen_parameter_names(model, 99))
+
+    weights = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    out = tmp_path / "ck"
+    train(
+        tiny_train_config(
+            tiny_catalog, out, weights=str(weights), val_fraction=0.0, frozen_groups=2
+        )
+    )
+    start, tuned = model.state_dict(), load_checkpoint(out)[0].state_dict()
+    assert all(torch.equal(tuned[k], start[k]) for k in frozen if k.endswith("weight"))
+    assert not torch.equal(tuned["blocks.1.0.conv_exp.weight"], start["blocks.1.0.conv_exp.weight"])
 
 
 def test_ctrl_c_keeps_the_best_checkpoint(tiny_catalog, tmp_path, monkeypatch):
