@@ -1,9 +1,10 @@
 """Duplicate groups from vectors without comparing all pairs.
 
-Candidates come from a FAISS k-nearest-neighbour search (exact below ``exact_limit`` vectors, HNSW
-above, so the cost grows about linearly); pairs at or above the threshold are joined with a
-union-find, and groups are its connected components. Vectors are unit-norm, scores are cosines.
-Vocabulary follows faiss.contrib: ``xb`` vectors, ``k`` neighbours, ``D`` scores, ``I`` ids.
+Candidates come from a FAISS k-nearest-neighbour search: exact below ``exact_limit`` vectors,
+above it HNSW over PCA-reduced vectors with exact rescoring, so the cost grows about linearly.
+Pairs at or above the threshold are joined with a union-find, and groups are its connected
+components. Vectors are unit-norm, scores are cosines. Vocabulary follows faiss.contrib:
+``xb`` vectors, ``k`` neighbours, ``D`` scores, ``I`` ids.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ class SearchConfig:
     k: int = 16
     max_k: int = 512
     exact_limit: int = 20_000
-    hnsw_m: int = 32
-    ef_construction: int = 64
-    ef_search: int = 128
+    hnsw_m: int = 16
+    ef_construction: int = 40
+    ef_search: int = 48
+    reduced_dim: int = 128  # approximate search in a PCA space this wide (scores stay exact)
 
 
 class UnionFind:
@@ -97,10 +99,37 @@ def build_index(xb: np.ndarray, config: SearchConfig) -> faiss.Index:
     return index
 
 
+def reduce_dim(xb: np.ndarray, dim: int, sample: int = 20_000, seed: int = 0) -> np.ndarray:
+    """PCA to ``dim`` dimensions (fitted on a seeded sample), rows re-normalised.
+
+    Only used to find neighbours in large sets faster; scores are always recomputed with the
+    full vectors.
+    """
+    rng = np.random.default_rng(seed)
+    train = xb[rng.choice(len(xb), min(sample, len(xb)), replace=False)]
+    pca = faiss.PCAMatrix(xb.shape[1], dim)
+    pca.train(np.ascontiguousarray(train))
+    xr = pca.apply(xb)
+    return np.ascontiguousarray(xr / np.maximum(np.linalg.norm(xr, axis=1, keepdims=True), 1e-12))
+
+
 def _search(index: faiss.Index, xq: np.ndarray, k: int, config: SearchConfig):
     if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = max(config.ef_search, k)
     return index.search(xq, k)
+
+
+def _exact_scores(xb: np.ndarray, rows: np.ndarray, I: np.ndarray, block: int = 1024):
+    """Cosines of each query row with its found neighbours, from the full vectors."""
+    D = np.full(I.shape, -np.inf, dtype=np.float32)
+    for start in range(0, len(rows), block):
+        q = xb[rows[start : start + block]]
+        nb = I[start : start + block]
+        valid = nb >= 0
+        D[start : start + block] = np.where(
+            valid, np.einsum("qd,qkd->qk", q, xb[np.where(valid, nb, 0)]), -np.inf
+        )
+    return D
 
 
 def knn_pairs(
@@ -111,7 +140,8 @@ def knn_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i < j) of vectors in ``xb`` whose cosine is at least ``threshold``, with scores.
 
-    Only each vector's nearest neighbours are scored, never all pairs.
+    Only each vector's nearest neighbours are scored, never all pairs. Large sets of long
+    vectors are searched in a PCA-reduced space (``reduced_dim``) and rescored exactly.
     """
     config = config or SearchConfig()
     xb = np.ascontiguousarray(xb, dtype=np.float32)
@@ -119,12 +149,16 @@ def knn_pairs(
     if n < 2:
         empty = np.zeros(0, np.int64)
         return empty, empty.copy(), np.zeros(0, np.float32)
-    index = index if index is not None else build_index(xb, config)
+    reduced = index is None and n > config.exact_limit and xb.shape[1] > config.reduced_dim
+    xs = reduce_dim(xb, config.reduced_dim) if reduced else xb
+    index = index if index is not None else build_index(xs, config)
     found_i, found_j, found_s = [], [], []
     todo = np.arange(n)
     k = min(config.k + 1, n)  # +1: a vector finds itself
     while len(todo):
-        D, I = _search(index, xb[todo], k, config)
+        D, I = _search(index, xs[todo], k, config)
+        if reduced:
+            D = _exact_scores(xb, todo, I)
         keep = (threshold <= D) & (I >= 0) & (todo[:, None] != I)
         rows = np.broadcast_to(todo[:, None], I.shape)
         found_i.append(rows[keep])

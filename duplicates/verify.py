@@ -33,10 +33,11 @@ class VerifyConfig:
     max_anisotropy: float = 3.5
     max_rotation_deg: float = 20.0
     colour_tol: float = 16.0
-    colour_model: str = "affine"
+    colour_model: str = "gain"
     min_overlap: float = 0.3
     grid: int = 40
     blur: float = 0.8  # Gaussian sigma in lattice steps before comparing
+    shift_tolerance: float = 0.0  # lattice steps a point may match away (0.5 measured worse)
     refine_steps: int = 6
     refine_model: str = "homography"
     seed: int = 0
@@ -135,31 +136,50 @@ def _blur(thumb: np.ndarray, sigma: float) -> np.ndarray:
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _colour_fit(a: np.ndarray, b: np.ndarray, model: str = "affine", rounds: int = 2):
-    """Per-pixel residual |b - f(a)| (mean over channels) after fitting a global colour map f.
+_SATURATIONS = np.array([0.4, 0.55, 0.7, 0.85, 1.0, 1.2, 1.45, 1.75], dtype=np.float32)
 
-    ``affine``: a 3x3 matrix plus offset, which models brightness, contrast, saturation and
-    tint edits exactly but cannot recolour one region (another colour of the phone) while
-    keeping the rest. ``gain``: a gain and offset per channel. Later rounds refit without the
-    worst 20% of points (text, tags, watermarks).
+
+def _gain_fit(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Fitted values of b from a with a gain and offset per channel (gain in [0.4, 2.5])."""
+    am, bm = a[keep].mean(axis=0), b[keep].mean(axis=0)
+    ac, bc = a[keep] - am, b[keep] - bm
+    var = (ac * ac).mean(axis=0)
+    gain = np.clip((ac * bc).mean(axis=0) / np.maximum(var, 1.0), 0.4, 2.5)
+    return np.where(var > 1.0, gain, 1.0) * (a - am) + bm
+
+
+def _colour_fit(a: np.ndarray, b: np.ndarray, model: str = "gain", rounds: int = 2):
+    """(B's colours predicted from A's, per-point residual) after fitting a global colour edit.
+
+    ``gain``: a gain and offset per channel (brightness, contrast, tint). ``saturation``: the
+    same after a saturation change (a blend with the luminance, tried over a range).
+    ``affine``: a full 3x3 matrix plus offset. None of these can recolour one region (another
+    colour of the phone) while keeping the rest; the more flexible ones also explain more of
+    such differences, so ``gain`` is the default. The residual is the mean absolute difference
+    over channels; later rounds refit without the worst 20% of points (text, tags, marks).
     """
     keep = np.ones(len(a), dtype=bool)
     ah = np.hstack([a, np.ones((len(a), 1), a.dtype)])
-    resid = np.zeros(len(a), dtype=np.float32)
+    lum = (a @ _LUMA)[:, None]
+    fitted = a
     for _ in range(rounds):
         if model == "affine":
             coef, *_ = np.linalg.lstsq(ah[keep], b[keep], rcond=None)
             fitted = ah @ coef
+        elif model == "saturation":
+            best = None
+            for sat in _SATURATIONS:
+                pred = _gain_fit(lum + sat * (a - lum), b, keep)
+                total = np.abs(b - pred)[keep].mean()
+                if best is None or total < best[0]:
+                    best = (total, pred)
+            fitted = best[1]
         else:
-            am, bm = a[keep].mean(axis=0), b[keep].mean(axis=0)
-            ac, bc = a[keep] - am, b[keep] - bm
-            var = (ac * ac).mean(axis=0)
-            gain = np.clip((ac * bc).mean(axis=0) / np.maximum(var, 1.0), 0.4, 2.5)
-            fitted = np.where(var > 1.0, gain, 1.0) * (a - am) + bm
+            fitted = _gain_fit(a, b, keep)
         resid = np.abs(b - fitted).mean(axis=1)
         cut = (len(resid) - 1) * 4 // 5
         keep = resid <= np.partition(resid, cut)[cut]
-    return resid
+    return fitted, resid
 
 
 def _project(H: np.ndarray, ph: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -227,7 +247,15 @@ def compare_aligned(
     if inside.sum() < 16:
         return 0.0, overlap, H
     col_b = _sample(blur_b, q[inside, 0] * sb - 0.5, q[inside, 1] * sb - 0.5)
-    resid = _colour_fit(col_a[inside], col_b, config.colour_model)
+    fitted, resid = _colour_fit(col_a[inside], col_b, config.colour_model)
+    if config.shift_tolerance > 0:
+        # A point also agrees if B matches it a fraction of a lattice step away: edges that
+        # are a little blurred or misaligned do not count as differences, regions still do.
+        d = config.shift_tolerance / n
+        for ox, oy in ((d, 0), (-d, 0), (0, d), (0, -d)):
+            qs, _ = _project(H, ph[inside] + np.array([ox, oy, 0.0]))
+            shifted = _sample(blur_b, qs[:, 0] * sb - 0.5, qs[:, 1] * sb - 0.5)
+            resid = np.minimum(resid, np.abs(shifted - fitted).mean(axis=1))
     return float((resid <= config.colour_tol).mean()), overlap, H
 
 
