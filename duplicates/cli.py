@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from phonesim.errors import UserError
+from phonesim.errors import run_reporting_errors
 
 log = logging.getLogger(__name__)
 
@@ -249,18 +248,7 @@ def _main(
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     add(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return run(args)
-    except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    return run_reporting_errors(prog, run, args, verbose=args.verbose)
 
 
 def find_main(argv: list[str] | None = None) -> int:

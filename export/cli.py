@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from export.schema import DTYPES
@@ -204,22 +203,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from phonesim.errors import UserError
+    from phonesim.errors import run_reporting_errors
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
+    return run_reporting_errors(
+        "export_features",
+        run,
+        args,
+        verbose=args.verbose,
+        interrupted=f"interrupted; progress is kept in {args.out}.partial/, "
+        "run the same command again to resume",
     )
-    try:
-        return run(args)
-    except UserError as exc:
-        print(f"export_features: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            f"export_features: interrupted; progress is kept in {args.out}.partial/, "
-            "run the same command again to resume",
-            file=sys.stderr,
-        )
-        return 130

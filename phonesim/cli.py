@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
-from phonesim.errors import UserError
+from phonesim.errors import run_reporting_errors
 
 log = logging.getLogger("phonesim")
 
@@ -44,18 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"phonesim: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("phonesim: interrupted", file=sys.stderr)
-        return 130
+    return run_reporting_errors("phonesim", args.func, args, verbose=args.verbose)
 
 
 if __name__ == "__main__":
