@@ -109,8 +109,8 @@ def find_against(
     )
     unreachable |= {f.id for f in catalog.failures}
     row_of = {catalog.sample(r).id: r for r in range(len(catalog))}
-    scorer = PairScorer(queries, catalog, config.verify)
-    inner = PairScorer(catalog, None, config.verify)
+    scorer = PairScorer(queries, catalog, config.verify, config.pair_model)
+    inner = PairScorer(catalog, None, config.verify, config.pair_model)
     groups: list[DuplicateGroup] = []
     for q in range(len(queries)):
         info_q = queries.infos[q]

@@ -1,11 +1,14 @@
 """Calibrating the duplicate threshold on a labelled benchmark built from real photos.
 
-The run builds the benchmark (``benchmark``), scores candidate pairs exactly as
-``find_duplicates`` does, sweeps the threshold (group-level pairwise precision, recall, F1),
-and picks the best F1 among thresholds with precision >= ``min_precision``. A perceptual hash
-(pHash, 64 bits) is scored on the same benchmark as the baseline. The chosen threshold is
-stored in the checkpoint's ``config.json`` under ``extra["duplicates"]`` together with the
-descriptor and verification settings it is valid for.
+The run builds the benchmark (``benchmark``), verifies candidate pairs exactly as
+``find_duplicates`` does, and fits the pair classifier (``pair_model``) on the verification
+evidence. Thresholds are swept over *held-out* scores: each pair is scored by a model fitted
+without its photo family (5 folds), so the reported precision, recall and F1 are those of
+photos the model never saw. The chosen threshold is the best F1 among thresholds with
+precision >= ``min_precision``; the model refitted on every pair is stored with it in the
+checkpoint's ``config.json`` under ``extra["duplicates"]``, together with the descriptor and
+verification settings it is valid for. In the same run the pixel agreement alone (the
+uncalibrated score) and a perceptual hash (pHash, 64 bits) are swept as baselines.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 import os
 import tempfile
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from duplicates.features import extract_features
 from duplicates.finder import FALLBACK_THRESHOLD, FinderConfig, ScoredPairs, score_candidates
 from duplicates.grouping import UnionFind
 from duplicates.hashing import hamming_pairs, phash_bits
+from duplicates.pair_model import PairModel, cross_fitted_scores, fit_pair_model
 from duplicates.verify import VerifyConfig
 from embedder.checkpoint import CONFIG_FILE, read_config
 from embedder.errors import CheckpointError, ImageError
@@ -39,7 +43,7 @@ from embedder.images import load_image
 log = logging.getLogger(__name__)
 
 EXTRA_KEY = "duplicates"
-THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.30, 1.0001, 0.005), 4))
+THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 1.0001, 0.005), 4))
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class CalibrationResult:
 
     sweep: Sweep
     chosen: dict[str, float] | None
+    agreement: Sweep  # the pixel agreement alone, as in an uncalibrated checkpoint
+    agreement_chosen: dict[str, float] | None
+    pair_model: PairModel | None  # None: too few pairs to fit; the agreement is the score
     phash: Sweep
     phash_best: dict[str, float]
     images: int
@@ -74,9 +81,15 @@ class CalibrationResult:
             else "threshold {threshold:.3f}: precision {precision:.3f}, recall {recall:.3f}, "
             "F1 {f1:.3f}".format(**self.chosen)
         )
+        plain = (
+            "agreement alone: no threshold reaches the precision"
+            if self.agreement_chosen is None
+            else "agreement alone: F1 {f1:.3f} (precision {precision:.3f}) at "
+            "{threshold:.3f}".format(**self.agreement_chosen)
+        )
         return (
             f"{self.images} benchmark images ({self.originals} originals, "
-            f"{self.truth_pairs} duplicate pairs); {ours}; pHash baseline best F1 "
+            f"{self.truth_pairs} duplicate pairs); {ours}; {plain}; pHash baseline best F1 "
             f"{self.phash_best['f1']:.3f} (precision {self.phash_best['precision']:.3f}, "
             f"recall {self.phash_best['recall']:.3f} at similarity "
             f"{self.phash_best['threshold']:.3f})"
@@ -136,21 +149,35 @@ def calibrate(
     )
     try:
         truth = bench.truth[features.rows]
-        pairs = score_candidates(features, config.finder)
+        # Calibrate the verification itself, never a previously stored model.
+        pairs = score_candidates(features, replace(config.finder, pair_model=None))
     finally:
         features.close()
     if len(features) < len(bench.samples):
         log.warning("%d benchmark images could not be read", len(bench.samples) - len(features))
-    sweep = sweep_thresholds(
-        truth, pairs.i, pairs.j, pairs.scores, config.thresholds, always=pairs.identical
-    )
-    best = sweep.best(config.min_precision)
-    chosen = sweep.row(best) if best is not None else None
+
+    def sweep_of(scores: np.ndarray) -> tuple[Sweep, dict[str, float] | None]:
+        sw = sweep_thresholds(
+            truth, pairs.i, pairs.j, scores, config.thresholds, always=pairs.identical
+        )
+        best = sw.best(config.min_precision)
+        return sw, (sw.row(best) if best is not None else None)
+
+    agreement, agreement_chosen = sweep_of(pairs.scores)
+    model, held_out = fit_with_held_out_scores(pairs, truth)
+    if model is None:
+        sweep, chosen = agreement, agreement_chosen
+    else:
+        sweep, chosen = sweep_of(held_out)
+        pairs = replace(pairs, scores=held_out)
     baseline = phash_sweep(bench)
     at = chosen["threshold"] if chosen else FALLBACK_THRESHOLD
     return CalibrationResult(
         sweep=sweep,
         chosen=chosen,
+        agreement=agreement,
+        agreement_chosen=agreement_chosen,
+        pair_model=model,
         phash=baseline,
         phash_best=baseline.row(baseline.best(0.0)),
         images=len(bench.samples),
@@ -162,12 +189,48 @@ def calibrate(
     )
 
 
+def fit_with_held_out_scores(
+    pairs: ScoredPairs, truth: np.ndarray
+) -> tuple[PairModel | None, np.ndarray]:
+    """The pair model fitted on every verified pair, and each pair's held-out score.
+
+    Pairs are grouped by photo family (the lower truth id of the two), so a fold holds out
+    whole families. Identical pairs keep score 1; rejected pairs keep 0. Returns (None,
+    agreement scores) when the benchmark has too few pairs of either kind to fit.
+    """
+    evidence = pairs.evidence
+    if evidence is None or not len(evidence):
+        return None, pairs.scores
+    verified = ~np.isnan(evidence).any(axis=1)
+    same = truth[pairs.i] == truth[pairs.j]
+    family = np.minimum(truth[pairs.i], truth[pairs.j])
+    if verified.sum() < 20 or min(same[verified].sum(), (~same[verified]).sum()) < 5:
+        log.warning(
+            "too few verified pairs to fit the pair model (%d); the pixel agreement is the score",
+            int(verified.sum()),
+        )
+        return None, pairs.scores
+    try:
+        held = cross_fitted_scores(evidence[verified], same[verified], family[verified])
+        model = fit_pair_model(evidence[verified], same[verified])
+    except ValueError as exc:  # a fold without one of the two kinds of pair
+        log.warning("pair model not fitted (%s); the pixel agreement is the score", exc)
+        return None, pairs.scores
+    # Unverified rows keep their score: 1 for identical files, 0 for rejected pairs.
+    scores = pairs.scores.astype(np.float32).copy()
+    scores[verified] = held
+    return model, scores
+
+
 def sweep_table(result: CalibrationResult) -> str:
     """CSV of precision, recall and F1 per threshold (ours), plus pHash's own sweep."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", "threshold", "precision", "recall", "f1", "predicted_pairs"])
-    for name, sw in (("copy-descriptor", result.sweep), ("phash", result.phash)):
+    methods = [("copy-detector", result.sweep), ("phash", result.phash)]
+    if result.pair_model is not None:
+        methods.insert(1, ("agreement-only", result.agreement))
+    for name, sw in methods:
         for k in range(len(sw.thresholds)):
             values = (sw.thresholds[k], sw.precision[k], sw.recall[k], sw.f1[k])
             w.writerow([name, *(f"{v:.4f}" for v in values), int(sw.predicted_pairs[k])])
@@ -196,6 +259,8 @@ def plot_curves(result: CalibrationResult, path: Path) -> None:
     )
     ax1.legend(loc="lower left")
     ax2.plot(sw.recall, sw.precision, label="copy detector")
+    if result.pair_model is not None:
+        ax2.plot(result.agreement.recall, result.agreement.precision, label="agreement alone")
     ax2.plot(result.phash.recall, result.phash.precision, label="pHash (baseline)")
     if result.chosen:
         ax2.plot([result.chosen["recall"]], [result.chosen["precision"]], "ko", label="default")
@@ -226,6 +291,8 @@ def write_calibration(result: CalibrationResult, out: str | Path) -> dict[str, P
     report = {
         "summary": result.summary(),
         "chosen": result.chosen,
+        "agreement_only": result.agreement_chosen,
+        "pair_model": result.pair_model.to_json() if result.pair_model else None,
         "phash_best": result.phash_best,
         "images": result.images,
         "originals": result.originals,
@@ -250,7 +317,9 @@ def calibration_record(
     return {
         "threshold": result.chosen["threshold"],
         "method": "copy-descriptor: GeM+mirror kNN candidates, local-feature RANSAC + "
-        "photometric verification",
+        "photometric verification"
+        + (", logistic pair model (held-out calibrated)" if result.pair_model else ""),
+        "pair_model": result.pair_model.to_json() if result.pair_model else None,
         "selection": f"best F1 with precision >= {result.config.min_precision}",
         "precision": result.chosen["precision"],
         "recall": result.chosen["recall"],
@@ -316,6 +385,8 @@ def stored_settings(checkpoint: str | Path) -> StoredSettings:
     for key in ("k", "candidate_floor"):
         if key in record:
             overrides[key] = record[key]
+    if record.get("pair_model"):
+        overrides["pair_model"] = PairModel.from_json(record["pair_model"])
     return StoredSettings(
         float(record["threshold"]),
         True,

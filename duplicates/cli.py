@@ -23,9 +23,10 @@ framed, watermarked, mirrored, recoloured or photographed off a screen. Differen
 same phone are not duplicates. Byte- and pixel-identical files are always grouped.
 
 Candidates come from a k-nearest-neighbour search (FAISS) over a copy-detection descriptor;
-each candidate pair is verified geometrically and pixel-wise, and groups are the connected
-components of accepted pairs. The default threshold is the one calibrated for the checkpoint
-(scripts/calibrate_duplicates.py); --threshold overrides it.
+each candidate pair is verified geometrically and pixel-wise and scored by the checkpoint's
+calibrated pair classifier, and groups are the connected components of accepted pairs. The
+default threshold is the one calibrated for the checkpoint (scripts/calibrate_duplicates.py);
+--threshold overrides it.
 """
 
 FIND_EPILOG = """\
@@ -145,10 +146,13 @@ CALIBRATE_DESCRIPTION = """\
 Calibrate the duplicate threshold of a checkpoint on real photos: build a labelled benchmark
 (sampled originals, each with perturbed copies: JPEG, thumbnail, crop, border/padding, text and
 price tags, mirror, colour, screen photo, and combinations, at several strengths; plus untouched
-distractors), score it exactly as find_duplicates does, sweep the threshold, and store the best
-F1 among thresholds with precision >= --min-precision in the checkpoint's config.json. A pHash
-baseline is scored on the same benchmark. Source photos that are already copies of each other
-(byte, pixel or near-identical, re-framed or cropped) are clustered first and used once.
+distractors), verify candidate pairs exactly as find_duplicates does, and fit the pair
+classifier that turns the verification evidence into a score. Thresholds are swept over held-out
+scores (each photo family scored by a model fitted without it, 5 folds); the best F1 among
+thresholds with precision >= --min-precision is stored in the checkpoint's config.json with the
+classifier refitted on all pairs. The pixel agreement alone and a pHash are swept on the same
+benchmark as baselines. Source photos that are already copies of each other (byte, pixel or
+near-identical, re-framed or cropped) are clustered first and used once.
 """
 
 

@@ -4,8 +4,9 @@
 2. Byte- or pixel-identical files are joined unconditionally.
 3. Candidates: each image's ``k`` nearest neighbours by global descriptor (FAISS), above a low
    floor; never all pairs.
-4. Each candidate pair is verified (geometry + pixels, ``verify``); pairs scoring at least the
-   threshold are joined with a union-find, and groups are its connected components.
+4. Each candidate pair is verified (geometry + pixels, ``verify``) and scored from that
+   evidence (``pair_model``); pairs scoring at least the threshold are joined with a
+   union-find, and groups are its connected components.
 5. Per group a keeper (highest resolution, then largest file, by default) and label conflicts.
 """
 
@@ -22,6 +23,7 @@ from duplicates.descriptor import CopyDescriptor
 from duplicates.features import Features, extract_features
 from duplicates.grouping import SearchConfig, UnionFind, groups_from_labels, knn_pairs
 from duplicates.hashing import identical_pairs
+from duplicates.pair_model import PairModel, pair_scores
 from duplicates.result import (
     DEFAULT_KEEP,
     DuplicateGroup,
@@ -30,14 +32,15 @@ from duplicates.result import (
     has_label_conflict,
     order_members,
 )
-from duplicates.verify import VerifyConfig, grid_points, score_pair
+from duplicates.verify import EVIDENCE, VerifyConfig, grid_points, score_pair
 from embedder.data import Sample
 from embedder.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# Used only when neither --threshold nor a calibrated threshold in the checkpoint is given:
-# what calibration chose for the default recipe's checkpoint on phone-brands (precision 0.958).
+# Used only when neither --threshold nor a calibration is stored in the checkpoint, so the score
+# is the pixel agreement alone: what calibration chose for that score on the default recipe's
+# checkpoint on phone-brands (precision 0.958).
 FALLBACK_THRESHOLD = 0.90
 
 
@@ -53,6 +56,8 @@ class FinderConfig:
     workers: int | None = None
     progress: bool = True
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    # Calibrated pair classifier; without one the score is the pixel agreement alone.
+    pair_model: PairModel | None = None
 
 
 @dataclass
@@ -63,19 +68,28 @@ class ScoredPairs:
     j: np.ndarray
     scores: np.ndarray
     identical: list[tuple[int, int]]
+    evidence: np.ndarray | None = None  # N x len(EVIDENCE); NaN rows: identical or rejected
 
 
 class PairScorer:
     """Verifies pairs of rows of one or two ``Features`` (seeded, so results repeat)."""
 
-    def __init__(self, a: Features, b: Features | None = None, config: VerifyConfig | None = None):
+    def __init__(
+        self,
+        a: Features,
+        b: Features | None = None,
+        config: VerifyConfig | None = None,
+        model: PairModel | None = None,
+    ):
         self.a, self.b = a, (b if b is not None else a)
         self.config = config or VerifyConfig()
+        self.model = model
         self.grid = grid_points(*a.grid_shape)
         self.rng = np.random.default_rng(self.config.seed)
 
-    def score(self, ra: int, rb: int) -> float:
-        score, _ = score_pair(
+    def evidence(self, ra: int, rb: int) -> np.ndarray:
+        """``verify.EVIDENCE`` for rows ra (of a) and rb (of b); NaN where rejected."""
+        found = score_pair(
             self.a.local[ra, 0],
             self.a.thumbs[ra],
             self.b.local[rb],
@@ -83,17 +97,24 @@ class PairScorer:
             self.grid,
             self.config,
             self.rng,
+            cosine=float(self.a.global_[ra] @ self.b.global_[rb]),
         )
-        return score
+        return np.full(len(EVIDENCE), np.nan, np.float32) if found is None else found
 
-    def score_many(self, i: np.ndarray, j: np.ndarray, progress: bool = False) -> np.ndarray:
-        out = np.zeros(len(i), dtype=np.float32)
+    def score(self, ra: int, rb: int) -> float:
+        return float(pair_scores(self.evidence(ra, rb), self.model)[0])
+
+    def evidence_many(self, i: np.ndarray, j: np.ndarray, progress: bool = False) -> np.ndarray:
+        out = np.full((len(i), len(EVIDENCE)), np.nan, dtype=np.float32)
         pairs = zip(i.tolist(), j.tolist(), strict=True)
         for n, (ra, rb) in enumerate(
             tqdm(pairs, total=len(i), desc="verifying", unit="pair", disable=not progress)
         ):
-            out[n] = self.score(ra, rb)
+            out[n] = self.evidence(ra, rb)
         return out
+
+    def score_many(self, i: np.ndarray, j: np.ndarray, progress: bool = False) -> np.ndarray:
+        return pair_scores(self.evidence_many(i, j, progress), self.model)
 
 
 def identical_row_pairs(features: Features) -> list[tuple[int, int]]:
@@ -110,12 +131,14 @@ def score_candidates(features: Features, config: FinderConfig) -> ScoredPairs:
     identical = identical_row_pairs(features)
     same = {(min(a, b), max(a, b)) for a, b in identical}
     todo = np.array([(a, b) not in same for a, b in zip(i.tolist(), j.tolist(), strict=True)])
-    scores = np.ones(len(i), dtype=np.float32)
+    evidence = np.full((len(i), len(EVIDENCE)), np.nan, dtype=np.float32)
     if len(i):
-        scorer = PairScorer(features, config=config.verify)
-        scores[todo] = scorer.score_many(i[todo], j[todo], progress=config.progress)
+        scorer = PairScorer(features, config=config.verify, model=config.pair_model)
+        evidence[todo] = scorer.evidence_many(i[todo], j[todo], progress=config.progress)
+    scores = pair_scores(evidence, config.pair_model)
+    scores[~todo] = 1.0
     log.info("%d candidate pairs verified, %d identical pairs", int(todo.sum()), len(identical))
-    return ScoredPairs(i, j, scores, identical)
+    return ScoredPairs(i, j, scores, identical, evidence)
 
 
 def group_rows(n: int, pairs: ScoredPairs, threshold: float) -> list[list[int]]:
@@ -149,7 +172,7 @@ def build_groups(
     groups: list[list[int]],
     pairs: ScoredPairs,
     keep: Sequence[str],
-    verify: VerifyConfig,
+    config: FinderConfig,
 ) -> list[DuplicateGroup]:
     """Order each group keeper-first and score every member against the keeper."""
     known = {
@@ -158,7 +181,7 @@ def build_groups(
     for a, b in pairs.identical:
         known[(min(a, b), max(a, b))] = 1.0
     digests = [(info.byte_digest, info.pixel_digest) for info in features.infos]
-    scorer = PairScorer(features, config=verify)
+    scorer = PairScorer(features, config=config.verify, model=config.pair_model)
     out = []
     for rows in groups:
         by_id = {features.sample(r).id: r for r in rows}
@@ -196,7 +219,7 @@ def find_duplicates(
             )
         pairs = score_candidates(features, config)
         groups = group_rows(len(features), pairs, config.threshold)
-        result_groups = build_groups(features, groups, pairs, config.keep, config.verify)
+        result_groups = build_groups(features, groups, pairs, config.keep, config)
     finally:
         features.close()
     return DuplicateResult(

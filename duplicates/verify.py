@@ -191,7 +191,7 @@ def _project(H: np.ndarray, ph: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def compare_aligned(
     thumb_a: np.ndarray, thumb_b: np.ndarray, T: np.ndarray, config: VerifyConfig
-) -> tuple[float, float, np.ndarray]:
+) -> tuple[float, float, np.ndarray, np.ndarray]:
     """Refine the map from A's unit coordinates to B's photometrically, then compare pixels.
 
     Both square uint8 thumbnails are blurred to the same resolution on a ``grid`` x ``grid``
@@ -200,7 +200,8 @@ def compare_aligned(
     also fits the perspective of a photographed screen; gain and offset are re-fitted each
     step and the steps are Huber-weighted so overlays do not pull. The score is the share of
     overlapping lattice points whose colour agrees within ``colour_tol`` after a global
-    colour fit. Returns (agreement 0..1, overlap share of A, refined 3 x 3 map).
+    colour fit. Returns (agreement 0..1, overlap share of A, refined 3 x 3 map, residuals on
+    the ``grid`` x ``grid`` lattice, NaN where A's point falls outside B).
     """
     n, sa, sb = config.grid, thumb_a.shape[0], thumb_b.shape[0]
     scale = float(np.sqrt(abs(np.linalg.det(T[:2])))) * sb / sa  # B pixels per A pixel
@@ -244,8 +245,9 @@ def compare_aligned(
     q, w = _project(H, ph)
     inside = (q >= 0).all(axis=1) & (q <= 1).all(axis=1) & (w > 0.2)
     overlap = float(inside.mean())
+    lattice = np.full(n * n, np.nan, dtype=np.float32)
     if inside.sum() < 16:
-        return 0.0, overlap, H
+        return 0.0, overlap, H, lattice.reshape(n, n)
     col_b = _sample(blur_b, q[inside, 0] * sb - 0.5, q[inside, 1] * sb - 0.5)
     fitted, resid = _colour_fit(col_a[inside], col_b, config.colour_model)
     if config.shift_tolerance > 0:
@@ -256,7 +258,40 @@ def compare_aligned(
             qs, _ = _project(H, ph[inside] + np.array([ox, oy, 0.0]))
             shifted = _sample(blur_b, qs[:, 0] * sb - 0.5, qs[:, 1] * sb - 0.5)
             resid = np.minimum(resid, np.abs(shifted - fitted).mean(axis=1))
-    return float((resid <= config.colour_tol).mean()), overlap, H
+    lattice[inside] = resid
+    return float((resid <= config.colour_tol).mean()), overlap, H, lattice.reshape(n, n)
+
+
+# What verification measures about a pair, in this order; ``duplicates.pair_model`` turns
+# these into the score (a calibrated classifier), or the agreement alone is the score.
+EVIDENCE = (
+    "agreement",  # share of overlapping lattice points whose colour agrees (colour_tol)
+    "descriptor_cosine",  # global descriptor similarity
+    "inliers",  # RANSAC inliers among the local-feature matches
+    "inlier_ratio",  # inliers / mutual matches
+    "agree_tight",  # agreement at half colour_tol: re-encoding and resizing keep it high
+    "agree_loose",  # agreement at twice colour_tol: screen photos and blur keep it high
+    "median_residual",
+    "p90_residual",
+    "largest_region",  # largest connected disagreeing region, share of the overlap
+    "solid_share",  # disagreeing points left after a morphological opening, share of overlap
+)
+
+
+def disagreement_shape(lattice: np.ndarray, tol: float) -> tuple[float, float]:
+    """(largest connected region, solid share) of the lattice points that disagree.
+
+    A recoloured phone body or another camera module is one solid region; text, watermarks,
+    screen moire and noise are thin or scattered and mostly vanish under an opening.
+    """
+    from scipy import ndimage
+
+    inside = ~np.isnan(lattice)
+    bad = inside & (np.nan_to_num(lattice, nan=0.0) > tol)
+    total = max(1, int(inside.sum()))
+    labels, count = ndimage.label(bad)
+    largest = np.bincount(labels.ravel())[1:].max() / total if count else 0.0
+    return float(largest), float(ndimage.binary_opening(bad).sum() / total)
 
 
 def score_pair(
@@ -267,11 +302,13 @@ def score_pair(
     grid: np.ndarray,
     config: VerifyConfig,
     rng: np.random.Generator,
-) -> tuple[float, bool]:
-    """(score 0..1, mirrored) of image A against B.
+    cosine: float = 0.0,
+) -> np.ndarray | None:
+    """The ``EVIDENCE`` vector of image A against B, or None when no plausible map exists.
 
     ``local_a`` is A's feature map (cells x C); ``local_b`` holds B's for the image and its
-    mirror (2 x cells x C). The orientation with more RANSAC inliers is compared pixel-wise.
+    mirror (2 x cells x C). The orientation with more RANSAC inliers is compared pixel-wise;
+    ``cosine`` is the pair's global descriptor similarity, passed through as evidence.
     """
     fa = np.asarray(local_a, dtype=np.float32)
     best = None
@@ -282,14 +319,31 @@ def score_pair(
         T, mask = ransac_affine(grid[ia], grid[ib], config, rng)
         inliers = int(mask.sum())
         if T is not None and inliers >= config.min_inliers and (best is None or inliers > best[1]):
-            best = (T, inliers, mirrored)
+            best = (T, inliers, mirrored, len(ia))
     if best is None:
-        return 0.0, False
-    T, _, mirrored = best
+        return None
+    T, inliers, mirrored, matches = best
     tb = np.ascontiguousarray(thumb_b[:, ::-1]) if mirrored else thumb_b
-    agree, overlap, T = compare_aligned(thumb_a, tb, T, config)
+    agree, overlap, T, lattice = compare_aligned(thumb_a, tb, T, config)
     # Share of B covered by A: A's overlap times the area scale of the map.
     covered_b = min(1.0, overlap * abs(float(np.linalg.det(T[:2, :2]))))
-    if max(overlap, covered_b) < config.min_overlap:
-        return 0.0, mirrored
-    return agree, mirrored
+    resid = lattice[~np.isnan(lattice)]
+    if max(overlap, covered_b) < config.min_overlap or len(resid) == 0:
+        return None
+    tol = config.colour_tol
+    largest, solid = disagreement_shape(lattice, tol)
+    return np.array(
+        [
+            agree,
+            cosine,
+            inliers,
+            inliers / max(1, matches),
+            (resid <= tol / 2).mean(),
+            (resid <= tol * 2).mean(),
+            np.median(resid),
+            np.percentile(resid, 90),
+            largest,
+            solid,
+        ],
+        dtype=np.float32,
+    )

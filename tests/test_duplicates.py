@@ -200,6 +200,32 @@ def test_planted_duplicates_are_grouped_and_others_not(planted_run) -> None:
     assert result.listed == len(samples) and result.read == len(samples) - 1
 
 
+def test_pair_model_scores_the_candidates(planted_run, descriptor) -> None:
+    from duplicates.finder import FinderConfig, find_duplicates
+    from duplicates.pair_model import PairModel
+    from duplicates.verify import EVIDENCE
+
+    _, planted, samples, default = planted_run
+
+    def model(weight: float, bias: float) -> PairModel:
+        n = len(EVIDENCE)  # a model that reads the agreement only: sigmoid(w * agree + b)
+        return PairModel(EVIDENCE, (0.0,) * n, (1.0,) * n, (weight,) + (0.0,) * (n - 1), bias)
+
+    def groups(m: PairModel) -> set[frozenset[str]]:
+        config = FinderConfig(workers=0, progress=False, threshold=0.5, pair_model=m)
+        result = find_duplicates(descriptor, samples, config)
+        return {frozenset(x.id for x in g.members) for g in result.groups}
+
+    # p >= 0.5 exactly where agreement >= 0.9: the same groups as the plain default run.
+    assert groups(model(50.0, -45.0)) == {
+        frozenset(x.id for x in g.members) for g in default.groups
+    }
+    # A model that rejects everything leaves only the byte- and pixel-identical copies.
+    only_identical = groups(model(0.0, -50.0))
+    identical = {k for k in planted if k.endswith(("copy_pixels", "copy_bytes"))}
+    assert {c for g in only_identical for c in g if c in planted} == identical
+
+
 def test_identical_files_always_group_even_at_threshold_one(tiny_catalog, descriptor, tmp_path):
     from duplicates.finder import FinderConfig, find_duplicates
     from duplicates.inputs import list_images

@@ -1,0 +1,119 @@
+"""A calibrated pair classifier: verification evidence in, probability of "same photo" out.
+
+No single measurement separates a heavily watermarked copy from another colour of the same
+phone: both leave a fifth of the pixels disagreeing. What differs is the shape of the
+disagreement (thin strokes and scattered noise against one solid region) together with how
+well the local features matched, so a logistic regression over ``verify.EVIDENCE`` scores the
+pair. It is fitted on the calibration benchmark; its coefficients (a handful of floats) are
+stored in the checkpoint's JSON, so scoring needs no extra library and no pickle.
+
+Pairs that verification rejects (no plausible map) carry NaN evidence and score 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from duplicates.verify import EVIDENCE
+from embedder.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class PairModel:
+    """Standardise the evidence, then a logistic regression (the sklearn fit, as numbers)."""
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+
+    def predict(self, evidence: np.ndarray) -> np.ndarray:
+        """Probability per row of an N x len(EVIDENCE) array; NaN rows (rejected) give 0."""
+        x = np.asarray(evidence, dtype=np.float64).reshape(-1, len(EVIDENCE))
+        rejected = np.isnan(x).any(axis=1)
+        z = ((np.nan_to_num(x) - self.mean) / self.scale) @ np.asarray(self.coef) + self.intercept
+        prob = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+        return np.where(rejected, 0.0, prob).astype(np.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "logistic-regression",
+            "features": list(self.features),
+            "mean": list(self.mean),
+            "scale": list(self.scale),
+            "coef": list(self.coef),
+            "intercept": self.intercept,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PairModel:
+        features = tuple(data.get("features") or ())
+        if features != EVIDENCE:
+            raise CheckpointError(
+                "the stored duplicate pair model was fitted on other evidence "
+                f"({', '.join(features) or 'none'}); re-run scripts/calibrate_duplicates.py"
+            )
+        n = len(EVIDENCE)
+        parts = [tuple(float(v) for v in data.get(k) or ()) for k in ("mean", "scale", "coef")]
+        if any(len(p) != n for p in parts):
+            raise CheckpointError("the stored duplicate pair model is malformed; re-calibrate")
+        return cls(features, *parts, float(data["intercept"]))
+
+
+def agreement_scores(evidence: np.ndarray) -> np.ndarray:
+    """The uncalibrated score: pixel agreement alone (0 where verification rejected)."""
+    x = np.asarray(evidence, dtype=np.float32).reshape(-1, len(EVIDENCE))
+    return np.nan_to_num(x[:, 0], nan=0.0)
+
+
+def pair_scores(evidence: np.ndarray, model: PairModel | None) -> np.ndarray:
+    """Scores of evidence rows: the model's probability, or the agreement without a model."""
+    return agreement_scores(evidence) if model is None else model.predict(evidence)
+
+
+def fit_pair_model(evidence: np.ndarray, same: np.ndarray, c: float = 1.0) -> PairModel:
+    """Fit on verified pairs (rows without NaN) labelled ``same`` (True: one photo)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(evidence, dtype=np.float64)
+    y = np.asarray(same, dtype=bool)
+    keep = ~np.isnan(x).any(axis=1)
+    x, y = x[keep], y[keep]
+    if len(np.unique(y)) < 2:
+        raise ValueError("the pair model needs both duplicate and distinct verified pairs")
+    mean = x.mean(axis=0)
+    scale = np.where(x.std(axis=0) > 1e-9, x.std(axis=0), 1.0)
+    fit = LogisticRegression(C=c, max_iter=5000).fit((x - mean) / scale, y)
+    return PairModel(
+        EVIDENCE,
+        tuple(mean.tolist()),
+        tuple(scale.tolist()),
+        tuple(fit.coef_[0].tolist()),
+        float(fit.intercept_[0]),
+    )
+
+
+def cross_fitted_scores(
+    evidence: np.ndarray, same: np.ndarray, groups: Sequence[int], folds: int = 5
+) -> np.ndarray:
+    """Held-out probabilities: each pair is scored by a model fitted without its group.
+
+    ``groups`` assigns each pair to a photo family (the benchmark original it belongs to), so
+    no copy of a held-out photo is ever seen in fitting: the sweep over these scores measures
+    how the model does on photos it was not fitted on.
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    fold = (groups * 2654435761 % 2**32) % folds  # a fixed hash: no RNG state involved
+    out = np.zeros(len(groups), dtype=np.float32)
+    for k in range(folds):
+        test = fold == k
+        if not test.any():
+            continue
+        model = fit_pair_model(evidence[~test], np.asarray(same)[~test])
+        out[test] = model.predict(evidence[test])
+    return out
