@@ -73,6 +73,7 @@ class CalibrationResult:
     per_transform: dict[str, float]
     source: str
     config: CalibrationConfig
+    false_pairs: list[dict[str, Any]] = field(default_factory=list)  # accepted, not one photo
 
     def summary(self) -> str:
         ours = (
@@ -172,6 +173,19 @@ def calibrate(
         pairs = replace(pairs, scores=held_out)
     baseline = phash_sweep(bench)
     at = chosen["threshold"] if chosen else FALLBACK_THRESHOLD
+    rows = features.rows
+    wrong = np.flatnonzero((pairs.scores >= at) & (truth[pairs.i] != truth[pairs.j]))
+    false_pairs = [
+        {
+            "score": round(float(pairs.scores[k]), 4),
+            **{
+                f"{side}_{key}": bench.samples[int(rows[r])].metadata.get(key, "")
+                for side, r in (("a", pairs.i[k]), ("b", pairs.j[k]))
+                for key in ("image", "role", "transform", "strength", "source")
+            },
+        }
+        for k in wrong[np.argsort(-pairs.scores[wrong])]
+    ]
     return CalibrationResult(
         sweep=sweep,
         chosen=chosen,
@@ -186,6 +200,7 @@ def calibrate(
         per_transform=per_transform_recall(bench, features.rows, pairs, at),
         source=str(source),
         config=config,
+        false_pairs=false_pairs,
     )
 
 
@@ -278,15 +293,25 @@ def plot_curves(result: CalibrationResult, path: Path) -> None:
 
 
 def write_calibration(result: CalibrationResult, out: str | Path) -> dict[str, Path]:
-    """``calibration.csv`` (sweep table), ``calibration.png`` (curves), ``calibration.json``."""
+    """``calibration.csv`` (sweep table), ``calibration.png`` (curves), ``calibration.json``,
+    and ``false_pairs.csv``: the accepted pairs that are not one photo, for a person to audit
+    (a pair of source photos that are copies of each other shows up here as many rows)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
         "table": out / "calibration.csv",
         "plot": out / "calibration.png",
         "json": out / "calibration.json",
+        "false_pairs": out / "false_pairs.csv",
     }
     paths["table"].write_text(sweep_table(result))
+    with paths["false_pairs"].open("w", newline="") as fh:
+        sides = [
+            f"{s}_{k}" for s in "ab" for k in ("image", "role", "transform", "strength", "source")
+        ]
+        writer = csv.DictWriter(fh, fieldnames=["score", *sides])
+        writer.writeheader()
+        writer.writerows(result.false_pairs)
     plot_curves(result, paths["plot"])
     report = {
         "summary": result.summary(),

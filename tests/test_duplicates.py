@@ -449,6 +449,31 @@ def test_benchmark_truth_and_source_dedup(tiny_catalog, tmp_path) -> None:
     ]
 
 
+def test_calibration_end_to_end(tiny_catalog, descriptor, tmp_path) -> None:
+    from duplicates.benchmark import BenchmarkConfig
+    from duplicates.calibration import CalibrationConfig, calibrate, write_calibration
+    from duplicates.finder import FinderConfig
+
+    config = CalibrationConfig(
+        benchmark=BenchmarkConfig(originals=4, copies=3, seed=1),
+        finder=FinderConfig(workers=0, progress=False),
+        min_precision=0.0,
+    )
+    result = calibrate(descriptor, tiny_catalog, tmp_path / "bench", config)
+    assert result.originals == 4 and result.truth_pairs == 4 * 6  # C(4, 2) pairs per family
+    assert result.chosen is not None and 0.0 <= result.chosen["f1"] <= 1.0
+    # Too few verified pairs on 18 tiny photos to fit: the agreement is the score then.
+    if result.pair_model is None:
+        assert result.sweep is result.agreement
+    assert all(p["a_source"] != "" for p in result.false_pairs)
+    paths = write_calibration(result, tmp_path / "report")
+    assert all(path.is_file() for path in paths.values())
+    header = paths["false_pairs"].read_text().splitlines()[0]
+    assert header.startswith("score,a_image,a_role")
+    report = json.loads(paths["json"].read_text())
+    assert report["chosen"] == result.chosen and "agreement_only" in report
+
+
 def test_bench_recovers_planted_groups() -> None:
     from duplicates.bench import BenchConfig, run_bench
 
