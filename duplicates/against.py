@@ -125,6 +125,10 @@ def find_against(
                 or info_c.pixel_digest == info_q.pixel_digest
             ):
                 score = 1.0
+            elif float(queries.global_[q] @ catalog.global_[r]) < config.candidate_floor:
+                # As in a folder search: below the floor a pair is not a candidate (and lies
+                # outside the range the pair model was fitted on).
+                continue
             else:
                 score = scorer.score(q, r)
             if score >= config.threshold:
@@ -152,6 +156,7 @@ def find_against(
         listed=len(samples),
         failures=queries.failures,
         threshold=config.threshold,
+        score="agreement" if config.pair_model is None else "pair model",
         mode="against",
         catalog=str(index_dir),
         extra={"unverified_catalog_candidates": len(unreachable)},

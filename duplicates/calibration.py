@@ -172,7 +172,8 @@ def calibrate(
         sweep, chosen = sweep_of(held_out)
         pairs = replace(pairs, scores=held_out)
     baseline = phash_sweep(bench)
-    at = chosen["threshold"] if chosen else FALLBACK_THRESHOLD
+    # Without a threshold that reaches the precision, report at the best F1 of the same score.
+    at = chosen["threshold"] if chosen else sweep.row(sweep.best(0.0))["threshold"]
     rows = features.rows
     wrong = np.flatnonzero((pairs.scores >= at) & (truth[pairs.i] != truth[pairs.j]))
     false_pairs = [
@@ -216,7 +217,7 @@ def fit_with_held_out_scores(
     evidence = pairs.evidence
     if evidence is None or not len(evidence):
         return None, pairs.scores
-    verified = ~np.isnan(evidence).any(axis=1)
+    verified = ~np.isnan(evidence[:, 0])
     same = truth[pairs.i] == truth[pairs.j]
     family = np.minimum(truth[pairs.i], truth[pairs.j])
     if verified.sum() < 20 or min(same[verified].sum(), (~same[verified]).sum()) < 5:
@@ -242,7 +243,7 @@ def sweep_table(result: CalibrationResult) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", "threshold", "precision", "recall", "f1", "predicted_pairs"])
-    methods = [("copy-detector", result.sweep), ("phash", result.phash)]
+    methods = [("copy-descriptor", result.sweep), ("phash", result.phash)]
     if result.pair_model is not None:
         methods.insert(1, ("agreement-only", result.agreement))
     for name, sw in methods:

@@ -78,7 +78,9 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threshold",
         type=_unit_float,
-        help="verified-score threshold in [0, 1] (default: the checkpoint's calibrated one)",
+        help="score threshold in [0, 1] (default: the checkpoint's calibrated one); the score "
+        "is the calibrated pair model's probability, or the pixel agreement for a checkpoint "
+        "that was never calibrated, so thresholds do not carry over between checkpoints",
     )
     p.add_argument(
         "--keep",

@@ -130,7 +130,9 @@ def score_candidates(features: Features, config: FinderConfig) -> ScoredPairs:
     i, j, _ = knn_pairs(features.global_, config.candidate_floor, search)
     identical = identical_row_pairs(features)
     same = {(min(a, b), max(a, b)) for a, b in identical}
-    todo = np.array([(a, b) not in same for a, b in zip(i.tolist(), j.tolist(), strict=True)])
+    todo = np.array(
+        [(a, b) not in same for a, b in zip(i.tolist(), j.tolist(), strict=True)], dtype=bool
+    )
     evidence = np.full((len(i), len(EVIDENCE)), np.nan, dtype=np.float32)
     if len(i):
         scorer = PairScorer(features, config=config.verify, model=config.pair_model)
@@ -227,4 +229,5 @@ def find_duplicates(
         listed=len(samples),
         failures=features.failures,
         threshold=config.threshold,
+        score="agreement" if config.pair_model is None else "pair model",
     )

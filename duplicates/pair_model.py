@@ -33,9 +33,9 @@ class PairModel:
     intercept: float
 
     def predict(self, evidence: np.ndarray) -> np.ndarray:
-        """Probability per row of an N x len(EVIDENCE) array; NaN rows (rejected) give 0."""
+        """Probability per row of an N x len(EVIDENCE) array; rejected rows (NaN) give 0."""
         x = np.asarray(evidence, dtype=np.float64).reshape(-1, len(EVIDENCE))
-        rejected = np.isnan(x).any(axis=1)
+        rejected = np.isnan(x[:, 0])
         z = ((np.nan_to_num(x) - self.mean) / self.scale) @ np.asarray(self.coef) + self.intercept
         prob = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
         return np.where(rejected, 0.0, prob).astype(np.float32)
@@ -58,11 +58,14 @@ class PairModel:
                 "the stored duplicate pair model was fitted on other evidence "
                 f"({', '.join(features) or 'none'}); re-run scripts/calibrate_duplicates.py"
             )
-        n = len(EVIDENCE)
-        parts = [tuple(float(v) for v in data.get(k) or ()) for k in ("mean", "scale", "coef")]
-        if any(len(p) != n for p in parts):
+        try:
+            parts = [tuple(float(v) for v in data[k]) for k in ("mean", "scale", "coef")]
+            intercept = float(data["intercept"])
+        except (KeyError, TypeError, ValueError):
+            parts, intercept = [], float("nan")
+        if len(parts) != 3 or any(len(p) != len(EVIDENCE) for p in parts):
             raise CheckpointError("the stored duplicate pair model is malformed; re-calibrate")
-        return cls(features, *parts, float(data["intercept"]))
+        return cls(features, *parts, intercept)
 
 
 def agreement_scores(evidence: np.ndarray) -> np.ndarray:
@@ -82,7 +85,7 @@ def fit_pair_model(evidence: np.ndarray, same: np.ndarray, c: float = 1.0) -> Pa
 
     x = np.asarray(evidence, dtype=np.float64)
     y = np.asarray(same, dtype=bool)
-    keep = ~np.isnan(x).any(axis=1)
+    keep = ~np.isnan(x[:, 0])
     x, y = x[keep], y[keep]
     if len(np.unique(y)) < 2:
         raise ValueError("the pair model needs both duplicate and distinct verified pairs")
@@ -103,9 +106,9 @@ def cross_fitted_scores(
 ) -> np.ndarray:
     """Held-out probabilities: each pair is scored by a model fitted without its group.
 
-    ``groups`` assigns each pair to a photo family (the benchmark original it belongs to), so
-    no copy of a held-out photo is ever seen in fitting: the sweep over these scores measures
-    how the model does on photos it was not fitted on.
+    ``groups`` assigns each pair to a photo family (for a pair of two families, the lower
+    one), so the pairs of a held-out family are never seen in fitting; its partner family's
+    other pairs may be. The sweep over these scores measures photos the model was not fitted on.
     """
     groups = np.asarray(groups, dtype=np.int64)
     fold = (groups * 2654435761 % 2**32) % folds  # a fixed hash: no RNG state involved

@@ -83,6 +83,7 @@ def to_json(result: DuplicateResult) -> dict:
         "keepers": [g.keeper.id for g in result.groups],
         "label_conflicts": [g.group_id for g in result.groups if g.label_conflict],
         "threshold": result.threshold,
+        "score": result.score,
         "mode": result.mode,
         "summary": result.summary(),
         "failed": [{"id": f.id, "reason": f.reason} for f in result.failures],

@@ -56,6 +56,7 @@ class DuplicateResult:
     failures: list[Failure]
     threshold: float
     mode: str = "within"  # or "against"
+    score: str = "agreement"  # what the threshold applies to: "agreement" or "pair model"
     catalog: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -79,7 +80,8 @@ class DuplicateResult:
         return (
             f"images {self.listed}, read {self.read}, failed {len(self.failures)}, "
             f"groups {len(self.groups)}, {what} {self.duplicates}, "
-            f"label conflicts {self.label_conflicts} (threshold {self.threshold:.3f})"
+            f"label conflicts {self.label_conflicts} (threshold {self.threshold:.3f}, "
+            f"{self.score} score)"
         )
 
 

@@ -359,7 +359,7 @@ def test_cli_end_to_end_uses_stored_threshold(planted_run, tiny_checkpoint, tmp_
     out = capsys.readouterr().out
     assert code == 0
     assert out.strip().splitlines()[-1].startswith(f"images {len(list(root.rglob('*.*')))}, ")
-    assert "(threshold 0.800)" in out and "failed 1" in out
+    assert "(threshold 0.800, agreement score)" in out and "failed 1" in out
     assert (tmp_path / "r" / "duplicates.html").is_file()
 
 
@@ -455,23 +455,67 @@ def test_calibration_end_to_end(tiny_catalog, descriptor, tmp_path) -> None:
     from duplicates.finder import FinderConfig
 
     config = CalibrationConfig(
-        benchmark=BenchmarkConfig(originals=4, copies=3, seed=1),
+        benchmark=BenchmarkConfig(originals=6, copies=4, seed=1),
         finder=FinderConfig(workers=0, progress=False),
         min_precision=0.0,
     )
     result = calibrate(descriptor, tiny_catalog, tmp_path / "bench", config)
-    assert result.originals == 4 and result.truth_pairs == 4 * 6  # C(4, 2) pairs per family
-    assert result.chosen is not None and 0.0 <= result.chosen["f1"] <= 1.0
-    # Too few verified pairs on 18 tiny photos to fit: the agreement is the score then.
-    if result.pair_model is None:
-        assert result.sweep is result.agreement
-    assert all(p["a_source"] != "" for p in result.false_pairs)
+    assert result.originals == 6 and result.truth_pairs == 6 * 10  # C(5, 2) pairs per family
+    assert result.chosen is not None and result.chosen["f1"] > 0.5
+    # Too few verified distinct pairs among 18 tiny photos to fit: agreement is the score.
+    assert result.pair_model is None and result.sweep is result.agreement
+    assert all(p["score"] >= result.chosen["threshold"] for p in result.false_pairs)
     paths = write_calibration(result, tmp_path / "report")
     assert all(path.is_file() for path in paths.values())
     header = paths["false_pairs"].read_text().splitlines()[0]
     assert header.startswith("score,a_image,a_role")
     report = json.loads(paths["json"].read_text())
     assert report["chosen"] == result.chosen and "agreement_only" in report
+
+
+def test_calibrated_model_is_stored_and_used(planted_run, tiny_checkpoint, tmp_path, capsys):
+    """A record holding a pair model makes the CLI score with it (and say so)."""
+    from duplicates.calibration import store_calibration
+    from duplicates.cli import find_main
+    from duplicates.descriptor import DescriptorConfig
+    from duplicates.pair_model import PairModel
+    from duplicates.verify import EVIDENCE
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    n = len(EVIDENCE)  # p >= 0.5 exactly where agreement >= 0.9
+    model = PairModel(EVIDENCE, (0.0,) * n, (1.0,) * n, (50.0,) + (0.0,) * (n - 1), -45.0)
+    record = {
+        "threshold": 0.5,
+        "pair_model": model.to_json(),
+        "descriptor": DescriptorConfig(size=TEST_SIZE).to_json(),
+    }
+    store_calibration(ckpt, record)
+    root, planted = planted_run[0], planted_run[1]
+    out = tmp_path / "r"
+    argv = ["--checkpoint", str(ckpt), "--images", str(root), "--out", str(out)]
+    assert find_main([*argv, "--no-progress", "--workers", "0"]) == 0
+    assert "(threshold 0.500, pair model score)" in capsys.readouterr().out
+    groups = json.loads((out / "duplicates.json").read_text())["groups"]
+    assert len(groups) == len(planted)
+    broken = dict(record, pair_model=dict(record["pair_model"], intercept=None))
+    store_calibration(ckpt, broken)
+    assert find_main([*argv, "--no-progress", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "malformed" in err and "Traceback" not in err
+
+
+def test_single_image_and_no_candidates(tiny_catalog, descriptor, tmp_path) -> None:
+    from duplicates.finder import FinderConfig, find_duplicates
+    from duplicates.inputs import list_images
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(sorted(tiny_catalog.rglob("*.jpg"))[0], folder / "only.jpg")
+    result = find_duplicates(
+        descriptor, list_images(folder), FinderConfig(workers=0, progress=False)
+    )
+    assert result.groups == [] and result.read == 1
 
 
 def test_bench_recovers_planted_groups() -> None:
