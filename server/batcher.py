@@ -59,13 +59,24 @@ class Arrival:
     """A request on its way to :meth:`MicroBatcher.submit` (reading, decoding its image).
 
     While any is pending, a batch that is about to start waits up to ``max_wait_ms`` for it.
-    :meth:`leave` (idempotent; also on leaving the ``with`` block) must come before submitting,
-    or the batch would wait for the very request it holds.
+    Submit through :meth:`submit`: it queues the image and then stops being pending, so a
+    batch never sees the request as neither arriving nor queued (leaving first and submitting
+    after left a window where the batch started without it). :meth:`leave` (idempotent; also
+    on leaving the ``with`` block) is for a request that will not submit.
     """
 
     def __init__(self, batcher: MicroBatcher) -> None:
         self._batcher: MicroBatcher | None = batcher
         batcher._arrive(+1)
+
+    def submit(self, x: torch.Tensor) -> Future:
+        """Queue the image (see :meth:`MicroBatcher.submit`), then stop being pending."""
+        if self._batcher is None:
+            raise RuntimeError("this arrival has already left; submit to the batcher instead")
+        try:
+            return self._batcher.submit(x)
+        finally:
+            self.leave()
 
     def leave(self) -> None:
         if self._batcher is not None:

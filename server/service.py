@@ -120,15 +120,14 @@ class LookupService:
         """Decode, preprocess (in this thread) and embed (in a shared batch) one image.
 
         ``arrival``: the request's batching hint, taken when it started (see
-        :meth:`arrival`); it is left here, just before the image joins the queue.
+        :meth:`arrival`); it is left here, as the image joins the queue.
         """
         t0 = time.perf_counter()
         with arrival or self.batcher.arrival() as pending:
             img = self.decode(data)
             x = self.embedder.preprocess([img])[0]
-            pending.leave()
             t1 = time.perf_counter()
-            future = self.batcher.submit(x)
+            future = pending.submit(x)
         result = future.result(timeout=self.config.request_timeout_s)
         t2 = time.perf_counter()
         self.metrics.decode_seconds.observe(t1 - t0)

@@ -78,8 +78,7 @@ def test_waits_briefly_for_requests_being_decoded(make):
         with b.arrival() as arrival:
             started.set()
             time.sleep(0.05)  # "decoding"
-            arrival.leave()
-            fut = b.submit(pixel(2))
+            fut = arrival.submit(pixel(2))
         results.append(fut.result(5))
 
     results: list = []
@@ -90,6 +89,17 @@ def test_waits_briefly_for_requests_being_decoded(make):
     t.join(5)
     assert first.batch_size == 2 and results[0].batch_size == 2
     assert model.sizes == [2]
+
+
+def test_submitting_through_an_arrival_queues_before_leaving(make):
+    b = make(FakeModel(), max_batch=4, max_wait_ms=50)
+    with b.arrival() as arrival:
+        assert b._arriving == 1
+        r = arrival.submit(pixel(3)).result(5)
+        assert b._arriving == 0 and r.embedding.tolist() == [3, 3]
+        with pytest.raises(RuntimeError, match="already left"):
+            arrival.submit(pixel(4))
+    assert b._arriving == 0  # leaving the block after submitting does not count twice
 
 
 def test_a_model_error_reaches_every_request_of_the_batch_and_the_next_batch_works(make):
