@@ -156,7 +156,7 @@ def find_against(
         listed=len(samples),
         failures=queries.failures,
         threshold=config.threshold,
-        score="agreement" if config.pair_model is None else "pair model",
+        score=config.score_name,
         mode="against",
         catalog=str(index_dir),
         extra={"unverified_catalog_candidates": len(unreachable)},

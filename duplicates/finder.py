@@ -59,6 +59,11 @@ class FinderConfig:
     # Calibrated pair classifier; without one the score is the pixel agreement alone.
     pair_model: PairModel | None = None
 
+    @property
+    def score_name(self) -> str:
+        """What the threshold applies to, as reports name it."""
+        return "agreement" if self.pair_model is None else "pair model"
+
 
 @dataclass
 class ScoredPairs:
@@ -112,9 +117,6 @@ class PairScorer:
         ):
             out[n] = self.evidence(ra, rb)
         return out
-
-    def score_many(self, i: np.ndarray, j: np.ndarray, progress: bool = False) -> np.ndarray:
-        return pair_scores(self.evidence_many(i, j, progress), self.model)
 
 
 def identical_row_pairs(features: Features) -> list[tuple[int, int]]:
@@ -229,5 +231,5 @@ def find_duplicates(
         listed=len(samples),
         failures=features.failures,
         threshold=config.threshold,
-        score="agreement" if config.pair_model is None else "pair model",
+        score=config.score_name,
     )

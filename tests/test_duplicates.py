@@ -24,6 +24,7 @@ from duplicates.grouping import (
     groups_from_labels,
     knn_pairs,
 )
+from duplicates.pair_model import PairModel
 from duplicates.result import (
     DuplicateGroup,
     DuplicateResult,
@@ -32,9 +33,16 @@ from duplicates.result import (
     order_members,
     parse_keep,
 )
+from duplicates.verify import EVIDENCE
 from embedder.errors import DataError
 
 TEST_SIZE = 128  # descriptor input for the tiny model: an 8 x 8 local feature grid
+
+
+def agreement_only_model(weight: float, bias: float) -> PairModel:
+    """A pair model that reads the agreement only: sigmoid(weight * agreement + bias)."""
+    n = len(EVIDENCE)
+    return PairModel(EVIDENCE, (0.0,) * n, (1.0,) * n, (weight,) + (0.0,) * (n - 1), bias)
 
 
 def clustered(n: int, dim: int, seed: int, copies: int = 30) -> np.ndarray:
@@ -202,14 +210,8 @@ def test_planted_duplicates_are_grouped_and_others_not(planted_run) -> None:
 
 def test_pair_model_scores_the_candidates(planted_run, descriptor) -> None:
     from duplicates.finder import FinderConfig, find_duplicates
-    from duplicates.pair_model import PairModel
-    from duplicates.verify import EVIDENCE
 
     _, planted, samples, default = planted_run
-
-    def model(weight: float, bias: float) -> PairModel:
-        n = len(EVIDENCE)  # a model that reads the agreement only: sigmoid(w * agree + b)
-        return PairModel(EVIDENCE, (0.0,) * n, (1.0,) * n, (weight,) + (0.0,) * (n - 1), bias)
 
     def groups(m: PairModel) -> set[frozenset[str]]:
         config = FinderConfig(workers=0, progress=False, threshold=0.5, pair_model=m)
@@ -217,11 +219,11 @@ def test_pair_model_scores_the_candidates(planted_run, descriptor) -> None:
         return {frozenset(x.id for x in g.members) for g in result.groups}
 
     # p >= 0.5 exactly where agreement >= 0.9: the same groups as the plain default run.
-    assert groups(model(50.0, -45.0)) == {
+    assert groups(agreement_only_model(50.0, -45.0)) == {
         frozenset(x.id for x in g.members) for g in default.groups
     }
     # A model that rejects everything leaves only the byte- and pixel-identical copies.
-    only_identical = groups(model(0.0, -50.0))
+    only_identical = groups(agreement_only_model(0.0, -50.0))
     identical = {k for k in planted if k.endswith(("copy_pixels", "copy_bytes"))}
     assert {c for g in only_identical for c in g if c in planted} == identical
 
@@ -478,13 +480,10 @@ def test_calibrated_model_is_stored_and_used(planted_run, tiny_checkpoint, tmp_p
     from duplicates.calibration import store_calibration
     from duplicates.cli import find_main
     from duplicates.descriptor import DescriptorConfig
-    from duplicates.pair_model import PairModel
-    from duplicates.verify import EVIDENCE
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
-    n = len(EVIDENCE)  # p >= 0.5 exactly where agreement >= 0.9
-    model = PairModel(EVIDENCE, (0.0,) * n, (1.0,) * n, (50.0,) + (0.0,) * (n - 1), -45.0)
+    model = agreement_only_model(50.0, -45.0)  # p >= 0.5 exactly where agreement >= 0.9
     record = {
         "threshold": 0.5,
         "pair_model": model.to_json(),
