@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -107,7 +108,8 @@ def parse_k(value: Any, default: int, max_k: int) -> int:
         raise ApiError(400, "invalid_k", f"k must be an integer, got {value!r}")
     if isinstance(value, str):
         text = value.strip()
-        if not text.lstrip("+-").isdigit() or len(text) > 12:
+        # ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses.
+        if not re.fullmatch(r"[+-]?[0-9]{1,12}", text):
             raise ApiError(400, "invalid_k", f"k must be an integer, got {value!r}")
         value = int(text)
     if not isinstance(value, int):

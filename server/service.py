@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from embedder.errors import ImageError
 from embedder.images import load_image
 from embedder.inference import Embedder
 from index.catalog import CatalogIndex, Hit
 from index.errors import DuplicateIdError
+from index.fsutil import atomic_write
 from server.batcher import Arrival, MicroBatcher
 from server.config import ServerConfig
 from server.errors import ApiError
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 PRIVATE_FIELDS = frozenset({"image"})
 MAX_ID_LENGTH = 256
 THUMBNAIL_CACHE = 512
+RESERVED_ID_SUFFIXES = ("/similar", "/image")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,11 @@ def check_item_id(item_id: Any) -> str:
     if len(item_id) > MAX_ID_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in item_id):
         raise ApiError(
             400, "invalid_id", f"'id' must be at most {MAX_ID_LENGTH} printable characters"
+        )
+    if item_id.endswith(RESERVED_ID_SUFFIXES):
+        # /v1/items/<id>/similar and /v1/items/<id>/image would route such an id elsewhere.
+        raise ApiError(
+            400, "invalid_id", f"'id' must not end with {' or '.join(RESERVED_ID_SUFFIXES)}"
         )
     return item_id
 
@@ -230,17 +239,18 @@ class LookupService:
         log.info("removed item %r", item_id)
 
     def _keep_image(self, item_id: str, data: bytes) -> Path | None:
+        """Store an added item's image durably under a name of its own.
+
+        The name is unique per request, not per id: two concurrent adds (or a delete and a
+        re-add) of one id must never overwrite, or clean up, each other's file.
+        """
         if not self.config.image_dir:
             return None
         folder = Path(self.config.image_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / (hashlib.sha256(item_id.encode()).hexdigest()[:40] + ".img")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        stem = hashlib.sha256(item_id.encode()).hexdigest()[:24]
+        path = folder / f"{stem}-{uuid.uuid4().hex[:16]}.img"
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
         return path.resolve()
 
     @staticmethod
@@ -284,7 +294,14 @@ class LookupService:
                 self._thumbs.move_to_end(key)
                 return cached
         size = self.config.thumbnail_px
-        img = load_image(path, min_side=size)
+        try:
+            img = load_image(path, min_side=size)
+        except ImageError as exc:
+            # The stored file is broken: the server's problem, and its path stays private.
+            log.warning("cannot make a thumbnail of %r: %s", item_id, exc)
+            raise ApiError(
+                404, "no_image", f"the image of item {item_id!r} cannot be read"
+            ) from None
         img.thumbnail((size, size), Image.Resampling.BILINEAR)
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85)

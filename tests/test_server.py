@@ -350,6 +350,41 @@ def test_writes_disabled_without_api_key(tiny_embedder, readonly_index, jpeg_byt
     app.extensions["phonesim"].close()
 
 
+def test_a_losing_concurrent_add_never_deletes_the_winners_image(writable, jpeg_bytes, monkeypatch):
+    """Two adds of one id race past the existence check; the loser cleans up only its own file."""
+    app, _ = writable
+    c = app.test_client()
+    h = {"X-API-Key": API_KEY}
+    assert (
+        c.post("/v1/items", data={**upload(jpeg_bytes), "id": "race"}, headers=h).status_code == 201
+    )
+    index = app.extensions["phonesim"].service.index
+    monkeypatch.setattr(type(index), "__contains__", lambda self, item_id: False)
+    loser = c.post("/v1/items", data={**upload(jpeg_bytes), "id": "race"}, headers=h)
+    assert_error(loser, 409, "item_exists")
+    assert c.get("/v1/items/race/image").mimetype == "image/jpeg"
+
+
+def test_a_broken_stored_image_is_a_404_that_keeps_the_path_private(
+    tiny_embedder, index_dir, tmp_path, jpeg_bytes
+):
+    from index import CatalogIndex
+
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    images = tmp_path / "images"
+    images.mkdir()
+    broken = images / "broken.jpg"
+    broken.write_bytes(jpeg_bytes[: len(jpeg_bytes) // 3])
+    with CatalogIndex.open(copy) as ix:
+        ix.add(["broken"], ix.get_vectors([next(ix.ids())]), [{"image": str(broken)}])
+        app = _make_app(ServerConfig(image_roots=(str(images),)), tiny_embedder, ix)
+        r = app.test_client().get("/v1/items/broken/image")
+        assert_error(r, 404, "no_image")
+        assert str(images) not in r.get_data(as_text=True)
+        app.extensions["phonesim"].close()
+
+
 def test_add_rejects_bad_ids_and_metadata(writable, jpeg_bytes):
     app, _ = writable
     c = app.test_client()
@@ -359,6 +394,8 @@ def test_add_rejects_bad_ids_and_metadata(writable, jpeg_bytes):
         ({**upload(jpeg_bytes), "id": ""}, "invalid_id"),
         ({**upload(jpeg_bytes), "id": "a\x00b"}, "invalid_id"),
         ({**upload(jpeg_bytes), "id": "x" * 300}, "invalid_id"),
+        ({**upload(jpeg_bytes), "id": "x/similar"}, "invalid_id"),  # GET would route elsewhere
+        ({**upload(jpeg_bytes), "id": "x/image"}, "invalid_id"),
         ({**upload(jpeg_bytes), "id": "ok", "metadata": "{not json"}, "invalid_metadata"),
         ({**upload(jpeg_bytes), "id": "ok", "metadata": "[1, 2]"}, "invalid_metadata"),
         ({**upload(jpeg_bytes), "id": "ok", "metadata": '{"image": "/x"}'}, "invalid_metadata"),
@@ -533,6 +570,9 @@ def bad_requests(jpeg: bytes) -> list[tuple[str, dict, int]]:
         ("k-float", post("/v1/search?k=1.5", **form(jpeg)), 400),
         ("k-enormous", post("/v1/search?k=" + "9" * 40, **form(jpeg)), 400),
         ("k-json-bool", post(json={"image": _b64(jpeg), "k": True}), 400),
+        ("k-superscript-digit", post("/v1/search?k=%C2%B2", **form(jpeg)), 400),
+        ("k-double-sign", post("/v1/search?k=--3", **form(jpeg)), 400),
+        ("similar-k-superscript", {"method": "GET", "path": "/v1/items/x/similar?k=%C2%B2"}, 400),
         ("unknown-filter", post("/v1/search?color=red", **form(jpeg)), 400),
         ("private-filter", post("/v1/search?image=%2Fetc%2Fpasswd", **form(jpeg)), 400),
         ("json-filter-not-object", post(json={"image": _b64(jpeg), "filter": [1]}), 400),
