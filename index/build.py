@@ -21,10 +21,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from index import ann
-from index.catalog import CatalogIndex, IndexOptions, faiss_file_name
+from index.catalog import CatalogIndex, IndexOptions, faiss_file_name, lock_writer
 from index.errors import BuildInputError, InvalidKindError, InvalidMetadataError
 from index.fsutil import fsync_dir, fsync_path
-from index.manifest import Manifest, write_manifest
+from index.manifest import MANIFEST_NAME, Manifest, write_manifest
 from index.store import STORE_NAME, CatalogStore, clean_metadata
 from index.vectors import prepare_ids, prepare_vectors
 
@@ -128,23 +128,30 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
     if not path.is_file():
         raise BuildInputError(f"{path}: catalog CSV does not exist")
     rows: dict[str, dict[str, str]] = {}
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "id" not in reader.fieldnames:
-            raise BuildInputError(f"{path}: needs a header row with an 'id' column")
-        for row in reader:
-            line = reader.line_num
-            if None in row:
-                raise BuildInputError(f"{path}:{line}: more fields than the header has")
-            id_ = (row.pop("id") or "").strip()
-            if not id_:
-                raise BuildInputError(f"{path}:{line}: empty id")
-            if id_ in rows:
-                raise BuildInputError(f"{path}:{line}: id {id_!r} appears twice")
-            md = {k: (v if v is not None else "") for k, v in row.items()}
-            if md.get("image"):
-                md["image"] = str((path.parent / md["image"]).resolve())
-            rows[id_] = md
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "id" not in reader.fieldnames:
+                raise BuildInputError(f"{path}: needs a header row with an 'id' column")
+            for row in reader:
+                line = reader.line_num
+                if None in row:
+                    raise BuildInputError(f"{path}:{line}: more fields than the header has")
+                id_ = (row.pop("id") or "").strip()
+                if not id_:
+                    raise BuildInputError(f"{path}:{line}: empty id")
+                if id_ in rows:
+                    raise BuildInputError(f"{path}:{line}: id {id_!r} appears twice")
+                md = {k: (v if v is not None else "") for k, v in row.items()}
+                if md.get("image"):
+                    if "\0" in md["image"]:
+                        raise BuildInputError(f"{path}:{line}: image path contains a NUL byte")
+                    md["image"] = str((path.parent / md["image"]).resolve())
+                rows[id_] = md
+    except UnicodeDecodeError as exc:
+        raise BuildInputError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except csv.Error as exc:
+        raise BuildInputError(f"{path}: not a readable CSV ({exc})") from None
     return rows
 
 
@@ -197,8 +204,15 @@ def build_index(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise BuildInputError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise BuildInputError(f"{out}: already exists and is not empty; use --overwrite")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise BuildInputError(f"{out}: already exists and is not empty; use --overwrite")
+        if not (out / MANIFEST_NAME).is_file():
+            # --overwrite replaces an index, never an arbitrary folder that happens to be named.
+            raise BuildInputError(
+                f"{out}: not an index folder (no {MANIFEST_NAME}); not replacing it"
+            )
+        os.close(lock_writer(out))  # fail now, not after the build, if a writer has it open
     if not out.parent.is_dir():
         raise BuildInputError(f"{out.parent}: parent folder does not exist")
     if not isinstance(model_name, str) or not model_name:
@@ -303,14 +317,25 @@ def _write_store(
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+    """Swap the finished build in for ``out``, holding the old index's writer lock meanwhile."""
+    if not out.exists():
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+        return
+    lock = lock_writer(out) if (out / MANIFEST_NAME).is_file() else None
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    try:
         os.replace(out, old)
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old, out)  # never leave no index behind
+            raise
+        fsync_dir(out.parent)
+    finally:
+        if lock is not None:
+            os.close(lock)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def build_from_files(

@@ -155,7 +155,7 @@ class CatalogIndex:
         )
         if not (path / STORE_NAME).is_file():
             raise IndexNotFoundError(f"{path}: catalog store {STORE_NAME} is missing")
-        lock_fd = None if readonly else _lock_writer(path)
+        lock_fd = None if readonly else lock_writer(path)
         store = None
         try:
             store = CatalogStore(path / STORE_NAME, readonly=readonly)
@@ -737,7 +737,7 @@ class CatalogIndex:
         self._check_open()
 
 
-def _lock_writer(path: Path) -> int:
+def lock_writer(path: Path) -> int:
     """Take the folder's exclusive writer lock (released when the fd closes or we die)."""
     fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:

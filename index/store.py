@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS journal (
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
+_TABLES = frozenset({"items", "attrs", "fields", "journal", "state"})
+
 Scalar = str | int | float | bool | None
 
 
@@ -105,18 +107,32 @@ class CatalogStore:
         self.path = Path(path)
         self.readonly = readonly
         self.lock = threading.RLock()
-        if readonly:
-            uri = f"file:{self.path}?mode=ro"
-            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        else:
-            if not create and not self.path.is_file():
-                raise IndexCorruptError(f"{self.path}: catalog store is missing")
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        if create:
-            self._db.executescript(_SCHEMA)
+        if not create and not self.path.is_file():
+            raise IndexCorruptError(f"{self.path}: catalog store is missing")
+        try:
+            if readonly:
+                uri = f"file:{self.path}?mode=ro"
+                self._db = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False
+                )
+            else:
+                self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            if create:
+                self._db.executescript(_SCHEMA)
+            # Read the schema now: a damaged or foreign file fails here, as one clear error,
+            # rather than as an sqlite3 traceback at the first query.
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as exc:
+            if getattr(self, "_db", None) is not None:
+                self._db.close()
+            raise IndexCorruptError(f"{self.path}: not a readable catalog store ({exc})") from exc
+        missing = sorted(_TABLES - tables)
+        if missing:
+            self._db.close()
+            raise IndexCorruptError(f"{self.path}: catalog store lacks table(s) {missing}")
         self._in_snapshot = False
         self._fields: frozenset[str] | None = None
         self._filter_cache: dict[tuple, np.ndarray] = {}

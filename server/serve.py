@@ -112,24 +112,27 @@ class PhonesimGunicorn(BaseApplication):
 
 def preflight(config: ServerConfig, settings: GunicornSettings) -> None:
     """Check the inputs before forking workers, so mistakes are one-line errors."""
-    from embedder.checkpoint import read_config
-    from index.manifest import read_manifest
+    from embedder.checkpoint import checkpoint_hash, read_config
+    from index.catalog import CatalogIndex
 
     if not config.checkpoint or not config.index:
         raise UserError("serve needs --checkpoint and --index")
-    ckpt = read_config(config.checkpoint)
-    manifest = read_manifest(Path(config.index))
-    manifest.check(
-        expect_model=ckpt.architecture,
-        expect_dim=int(ckpt.feature_dim),
-        where=f"index {config.index}",
-    )
     if settings.workers < 1 or settings.threads < 1:
         raise UserError("--workers and --threads must be at least 1")
     if config.writes_enabled and settings.workers > 1:
         raise UserError(
             "writes (an API key) need --workers 1: only one process may write the index"
         )
+    ckpt = read_config(config.checkpoint)
+    # Open the index the way a worker will (same checks, same lock), then let go: a worker
+    # that fails to boot only shows gunicorn's traceback.
+    CatalogIndex.open(
+        config.index,
+        readonly=not config.writes_enabled,
+        expect_model=ckpt.architecture,
+        expect_checkpoint_hash=checkpoint_hash(config.checkpoint),
+        expect_dim=int(ckpt.feature_dim),
+    ).close()
 
 
 def serve(

@@ -16,6 +16,8 @@ from index import open_index
 from index.build import read_catalog_csv, read_embeddings
 from index.errors import (
     BuildInputError,
+    IndexCorruptError,
+    IndexLockedError,
     IndexMismatchError,
     InvalidFilterError,
     InvalidParamsError,
@@ -129,6 +131,17 @@ def test_build_kind_ivf_and_overwrite(files, capsys):
     assert cli([*argv, "--kind", "flat", "--overwrite"]) == 0
     assert json.loads((out / "manifest.json").read_text())["kind"] == "flat"
 
+    # --overwrite replaces an index, not a writer's open index, and never some other folder.
+    with open_index(out), pytest.raises(IndexLockedError):
+        cli([*argv, "--overwrite"])
+    assert json.loads((out / "manifest.json").read_text())["kind"] == "flat"
+    precious = files / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    with pytest.raises(BuildInputError, match="not an index folder"):
+        cli([*argv[:-3], "--out", str(precious), "--no-progress", "--overwrite"])
+    assert (precious / "thesis.txt").read_text() == "years of work"
+
 
 def test_build_input_errors(files):
     out = str(files / "idx")
@@ -146,6 +159,12 @@ def test_build_input_errors(files):
     (files / "dup.csv").write_text("id,image\nx,a.jpg\nx,b.jpg\n")
     with pytest.raises(BuildInputError, match="twice"):
         read_catalog_csv(files / "dup.csv")
+    (files / "latin1.csv").write_bytes("id,title\nx,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(BuildInputError, match="not UTF-8"):
+        read_catalog_csv(files / "latin1.csv")
+    (files / "nul.csv").write_text("id,image\nx,a\0.jpg\n")
+    with pytest.raises(BuildInputError, match="NUL"):
+        read_catalog_csv(files / "nul.csv")
     assert not (files / "idx").exists()
 
 
@@ -154,6 +173,17 @@ def test_info_on_a_missing_index_is_a_user_error(files):
 
     with pytest.raises(IndexNotFoundError, match="does not exist"):
         cli(["info", str(files / "absent")])
+
+
+def test_a_damaged_catalog_store_is_one_clear_error(files):
+    write_embeddings(files / "emb.h5")
+    out = files / "idx"
+    assert cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(out)]) == 0
+    (out / "catalog.sqlite").write_bytes(b"not a database" * 200)
+    with pytest.raises(IndexCorruptError, match="catalog store"):
+        cli(["info", str(out)])
+    with pytest.raises(IndexCorruptError, match="catalog store"):
+        open_index(out, readonly=True)
 
 
 @dataclass

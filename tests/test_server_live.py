@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -254,6 +255,30 @@ def test_serve_rejects_an_api_key_with_several_workers(tiny_checkpoint, live_ind
         serve(tiny_checkpoint, live_index, workers=2, api_key="k")
     with pytest.raises(UserError):
         serve(tiny_checkpoint, live_index.parent / "missing")
+
+
+def test_serve_checks_the_index_before_starting_workers(tiny_checkpoint, live_index, tmp_path):
+    """Mistakes a worker would only report as a gunicorn boot traceback are one-line errors."""
+    from phonesim.cli import build_parser
+    from phonesim.errors import UserError
+    from server.serve import serve
+
+    other = tmp_path / "other-checkpoint"
+    shutil.copytree(live_index, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["checkpoint_hash"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="checkpoint hash"):
+        serve(tiny_checkpoint, other)
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(live_index, damaged)
+    (damaged / "catalog.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(UserError, match="catalog store"):
+        serve(tiny_checkpoint, damaged)
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--checkpoint", "c", "--index", "i", "--port", "99999"])
 
 
 # -- the web page in headless Chromium ----------------------------------------------------------
