@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from embedder.train_config import DEFAULT_FROZEN_GROUPS, DEFAULT_MODEL, TrainConfig
+from embedder.train_config import DEFAULT_MODEL, TrainConfig
 
 
 def _positive_int(text: str) -> int:
@@ -90,8 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--frozen-groups",
         type=int,
         help="leading layer groups (stem, then stages) kept frozen while fine-tuning; "
-        f"0 fine-tunes everything (default {DEFAULT_FROZEN_GROUPS} with pretrained weights, "
-        "0 with --weights none: random layers are not worth keeping)",
+        f"0 fine-tunes everything (default {d.frozen_groups})",
     )
     p.add_argument(
         "--patience", type=_positive_int, help=f"early-stopping patience (default {d.patience})"

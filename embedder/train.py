@@ -215,7 +215,6 @@ class Trainer:
 
     def checkpoint_config(self, metrics: dict[str, Any]) -> CheckpointConfig:
         training = {k: v for k, v in asdict(self.cfg).items() if k != "progress"}
-        training["frozen_groups"] = self.cfg.backbone_frozen_groups
         return CheckpointConfig(
             architecture=self.cfg.model,
             num_classes=len(self.label_names),
@@ -366,7 +365,7 @@ class Trainer:
         self._started = time.monotonic()
         best_key, stale = (-1.0, -1.0), 0
         try:
-            frozen = frozen_parameter_names(self.model, cfg.backbone_frozen_groups)
+            frozen = frozen_parameter_names(self.model, cfg.frozen_groups)
             if cfg.warmup_epochs > 0:
                 _set_backbone_trainable(self.model, False, frozen)
                 best_key = self._record(result, self.warm_up_head(), 0, best_key)

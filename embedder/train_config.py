@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
-DEFAULT_FROZEN_GROUPS = 3
 
 
 @dataclass(frozen=True)
@@ -31,18 +30,10 @@ class TrainConfig:
     drop_rate: float = 0.2
     # Leading parameter groups (timm's coarse group_matcher: stem, then stages) kept frozen
     # during fine-tuning: fewer weights to overfit on small catalogs and a cheaper backward.
-    # None: DEFAULT_FROZEN_GROUPS with pretrained weights, 0 with weights "none".
-    frozen_groups: int | None = None
+    frozen_groups: int = 3
     augment: float = 0.3
     balance: bool = True
     patience: int = 5
     seed: int = 0
     workers: int | None = None
     progress: bool = True
-
-    @property
-    def backbone_frozen_groups(self) -> int:
-        """Layer groups to freeze; randomly initialised layers are never frozen by default."""
-        if self.frozen_groups is not None:
-            return self.frozen_groups
-        return 0 if self.weights == "none" else DEFAULT_FROZEN_GROUPS

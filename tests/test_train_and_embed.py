@@ -129,29 +129,6 @@ def test_frozen_groups_keep_the_early_layers_while_later_ones_train(tiny_catalog
     assert not torch.equal(tuned["blocks.1.0.conv_exp.weight"], start["blocks.1.0.conv_exp.weight"])
 
 
-def test_training_from_scratch_freezes_nothing_unless_asked(tiny_catalog, tmp_path, monkeypatch):
-    from embedder import train as train_module
-    from embedder.train_config import DEFAULT_FROZEN_GROUPS, TrainConfig
-
-    assert TrainConfig(data="d", out="o").backbone_frozen_groups == DEFAULT_FROZEN_GROUPS
-    assert TrainConfig(data="d", out="o", weights="none").backbone_frozen_groups == 0
-    explicit = TrainConfig(data="d", out="o", weights="none", frozen_groups=2)
-    assert explicit.backbone_frozen_groups == 2
-
-    asked = []
-    original = train_module.frozen_parameter_names
-
-    def spy(model, groups):
-        asked.append(groups)
-        return original(model, groups)
-
-    monkeypatch.setattr(train_module, "frozen_parameter_names", spy)
-    out = tmp_path / "ck"
-    train(tiny_train_config(tiny_catalog, out, val_fraction=0.0))  # weights "none", default groups
-    assert asked == [0]
-    assert load_checkpoint(out)[1].training["frozen_groups"] == 0
-
-
 def test_ctrl_c_keeps_the_best_checkpoint(tiny_catalog, tmp_path, monkeypatch):
     from embedder import train as train_module
 
