@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from phonesim.argtypes import non_negative_int, positive_int
 from phonesim.errors import run_reporting_errors
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,6 @@ examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _unit_float(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -88,14 +82,29 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
         help="keeper rules in priority order, from resolution, filesize, catalog "
         "(default: %(default)s)",
     )
-    p.add_argument("-k", type=_positive_int, help="neighbours checked per image (default 16)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
-    p.add_argument("--workers", type=int, help="image decoding processes (default: auto)")
+    p.add_argument(
+        "-k",
+        type=positive_int,
+        help="neighbours checked per image (default 16; with --against: catalog neighbours "
+        "verified per orientation, default 20)",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
+    p.add_argument(
+        "--workers", type=non_negative_int, help="image decoding processes (default: auto)"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _check_output_folder(path: str | Path) -> None:
+    """Refuse an output path that is a file now, not after minutes of work."""
+    from embedder.errors import DataError
+
+    if Path(path).exists() and not Path(path).is_dir():
+        raise DataError(f"{path}: exists and is not a folder")
+
+
 def run_find(args: argparse.Namespace) -> int:
-    from duplicates.against import find_against
+    from duplicates.against import AgainstConfig, find_against
     from duplicates.calibration import stored_settings
     from duplicates.descriptor import CopyDescriptor
     from duplicates.finder import FinderConfig, find_duplicates
@@ -105,6 +114,7 @@ def run_find(args: argparse.Namespace) -> int:
     from embedder.checkpoint import checkpoint_hash, load_checkpoint
 
     keep = parse_keep(args.keep)
+    _check_output_folder(args.out)
     samples = load_inputs(images=args.images, manifest=args.manifest)
     stored = stored_settings(args.checkpoint)
     if args.threshold is None and not stored.calibrated:
@@ -131,7 +141,8 @@ def run_find(args: argparse.Namespace) -> int:
         from embedder.inference import Embedder
 
         embedder = Embedder(model, ckpt, checkpoint_hash(args.checkpoint))
-        result = find_against(descriptor, embedder, samples, args.against, config)
+        against = AgainstConfig(k=args.k) if args.k else AgainstConfig()
+        result = find_against(descriptor, embedder, samples, args.against, config, against)
     else:
         result = find_duplicates(descriptor, samples, config)
     paths = write_report(result, args.out)
@@ -172,19 +183,23 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
         help="folder for the benchmark images and report (default: CKPT/duplicates-calibration)",
     )
     p.add_argument(
-        "--originals", type=_positive_int, default=250, help="originals (default %(default)s)"
+        "--originals", type=positive_int, default=250, help="originals (default %(default)s)"
     )
     p.add_argument(
-        "--copies", type=_positive_int, default=4, help="copies per original (default %(default)s)"
+        "--copies", type=positive_int, default=4, help="copies per original (default %(default)s)"
     )
     p.add_argument(
-        "--distractors", type=int, help="untouched distractors (default: all remaining photos)"
+        "--distractors",
+        type=non_negative_int,
+        help="untouched distractors (default: all remaining photos)",
     )
     p.add_argument("--seed", type=int, default=0, help="benchmark seed (default 0)")
     p.add_argument("--min-precision", type=_unit_float, default=0.95, help="default 0.95")
     p.add_argument("--dry-run", action="store_true", help="report only; do not store")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--workers", type=int, help="image decoding processes (default: auto)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument(
+        "--workers", type=non_negative_int, help="image decoding processes (default: auto)"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -201,6 +216,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from duplicates.finder import FinderConfig
 
     work = Path(args.work) if args.work else Path(args.checkpoint) / "duplicates-calibration"
+    _check_output_folder(work)
     descriptor = CopyDescriptor.from_checkpoint(args.checkpoint, DescriptorConfig())
     finder = FinderConfig(
         batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress

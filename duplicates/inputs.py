@@ -19,15 +19,11 @@ from tqdm import tqdm
 
 from duplicates.hashing import bytes_digest, phash_bits, pixel_digest
 from embedder.batch import Failure, default_workers
-from embedder.data import IMAGE_SUFFIXES, Sample, load_catalog
+from embedder.data import IMAGE_SUFFIXES, Sample, is_image_name, load_catalog, path_ids
 from embedder.errors import DataError, ImageError
 from embedder.images import load_image
 
 log = logging.getLogger(__name__)
-
-
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 def list_images(root: str | Path) -> list[Sample]:
@@ -37,13 +33,17 @@ def list_images(root: str | Path) -> list[Sample]:
         raise DataError(f"{root}: no such folder")
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (use --manifest for a CSV file)")
-    samples = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p)):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        label = rel.parent.name if len(rel.parts) > 1 else ""
-        samples.append(Sample(id=rel.with_suffix("").as_posix(), path=path, label=label))
+    paths = [
+        p
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+        and is_image_name(p)
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    samples = [
+        Sample(id=i, path=p, label=p.parent.name if p.parent != root else "")
+        for i, p in zip(path_ids(paths, root), paths, strict=True)
+    ]
     if not samples:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise DataError(f"{root}: no images found (looked for {suffixes}, recursively)")
@@ -56,6 +56,8 @@ def load_inputs(images: str | Path | None = None, manifest: str | Path | None = 
         raise DataError("give either an image folder or a CSV manifest")
     if images is not None:
         return list_images(images)
+    if Path(manifest).is_dir():
+        raise DataError(f"{manifest}: is a folder; --manifest takes a CSV file (use --images)")
     return load_catalog(manifest, require_labels=False).samples
 
 

@@ -75,7 +75,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # many formats, many failure types: report them all the same way
-        raise WeightsError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+        # Our own words: torch's message spans lines and suggests weights_only=False (unsafe).
+        raise WeightsError(
+            f"{path}: cannot read weights: not a safetensors file or a torch state dict of "
+            f"tensors ({type(exc).__name__})"
+        ) from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]

@@ -80,11 +80,42 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(model: nn.Module, config: CheckpointConfig, out: str | Path) -> Path:
-    """Write the checkpoint folder atomically: a reader sees the old or the new one, never half."""
+def check_checkpoint_target(out: str | Path) -> Path:
+    """``out`` may be written as a checkpoint: absent, an empty folder, or a checkpoint.
+
+    Saving replaces the folder, so anything else there (a typo'd ``--out data/``) is refused.
+    """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            read_config(out)
+        except CheckpointError:
+            raise CheckpointError(
+                f"{out}: exists and is not a phonesim checkpoint; choose another output folder"
+            ) from None
+    if not out.resolve().name:
+        raise CheckpointError(f"{out}: not usable as a checkpoint folder")
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_checkpoint(model: nn.Module, config: CheckpointConfig, out: str | Path) -> Path:
+    """Write the checkpoint folder atomically: a reader sees the old or the new one, never half.
+
+    Also under Ctrl-C: if the swap is interrupted, the previous checkpoint is put back.
+    """
+    out = check_checkpoint_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is shared
+    old = out.with_name(f".{out.name}.old")
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -92,14 +123,18 @@ def save_checkpoint(model: nn.Module, config: CheckpointConfig, out: str | Path)
         for name in (WEIGHTS_FILE, CONFIG_FILE):
             with (tmp / name).open("rb") as fh:
                 os.fsync(fh.fileno())
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
+        replaced = out.exists()
+        if replaced:
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out, old)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if replaced and not out.exists():
+                os.replace(old, out)
+            raise
         _fsync_dir(out.parent)
-        if old is not None:
+        if replaced:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

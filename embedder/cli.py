@@ -8,13 +8,7 @@ import sys
 from pathlib import Path
 
 from embedder.train_config import DEFAULT_MODEL, TrainConfig
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from phonesim.argtypes import non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "plus catalog.csv (id,image,label,title,brand,price). Same seed, same bytes.",
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--classes", type=_positive_int, default=8, help="phone models (default 8)")
-    p.add_argument("--per-class", type=_positive_int, default=40, help="images per model")
+    p.add_argument("--classes", type=positive_int, default=8, help="phone models (default 8)")
+    p.add_argument("--per-class", type=positive_int, default=40, help="images per model")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=_make_demo_catalog)
 
@@ -58,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="'imagenet' (pretrained; offline for the default model), a local weights file, "
         "or 'none' (default imagenet)",
     )
-    p.add_argument("--img-size", type=_positive_int, help="input size (default: the model's)")
+    p.add_argument("--img-size", type=positive_int, help="input size (default: the model's)")
     p.add_argument(
         "--crop-mode",
         choices=["squash", "center", "border"],
@@ -74,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help=f"head-only epochs on cached frozen features (default {d.warmup_epochs})",
     )
-    p.add_argument("--batch-size", type=_positive_int, help=f"default {d.batch_size}")
+    p.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, help=f"fine-tuning learning rate (default {d.lr})")
     p.add_argument(
         "--head-lr", type=float, help=f"head warm-up learning rate (default {d.head_lr})"
@@ -93,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"0 fine-tunes everything (default {d.frozen_groups})",
     )
     p.add_argument(
-        "--patience", type=_positive_int, help=f"early-stopping patience (default {d.patience})"
+        "--patience", type=positive_int, help=f"early-stopping patience (default {d.patience})"
     )
     p.add_argument(
         "--no-balance",
@@ -103,7 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="sample uniformly instead of class-balanced",
     )
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--workers", type=int, help="data loader workers (default: up to 2)")
+    p.add_argument(
+        "--workers", type=non_negative_int, help="data loader workers (default: up to 2)"
+    )
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     p.set_defaults(func=_train)
 
@@ -118,7 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="labelled images: class folders or CSV")
     p.add_argument("--gallery", help="gallery images for retrieval (default: leave-one-out)")
     p.add_argument("--out", help="report folder (default: <checkpoint>-eval next to it)")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_evaluate)
 
@@ -132,8 +128,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="class folders, a flat image folder, or CSV")
     p.add_argument("--out", required=True, help="HDF5 file to write")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--workers", type=int, help="decoding workers (default: spare cores)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument(
+        "--workers", type=non_negative_int, help="decoding workers (default: spare cores)"
+    )
     p.set_defaults(func=_embed)
 
 
@@ -169,10 +167,16 @@ def _train(args: argparse.Namespace) -> int:
     }
     if args.json:
         print(json.dumps(summary))
+    elif result.best_epoch < 0:
+        print("interrupted before the first epoch ended: no checkpoint was saved")
     else:
         print(
             f"best epoch {result.best_epoch}: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k.startswith("val_"))
+            + ", ".join(
+                f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}"
+                for k, v in result.metrics.items()
+                if k.startswith("val_")
+            )
         )
         print(f"checkpoint: {result.checkpoint}; unreadable images skipped: {len(result.skipped)}")
     return 130 if result.interrupted else 0
@@ -181,11 +185,8 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from embedder.evaluate import evaluate, format_report
 
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(args.checkpoint).with_name(Path(args.checkpoint).name + "-eval")
-    )
+    checkpoint = Path(args.checkpoint).resolve()  # "." has no name to derive a folder from
+    out = Path(args.out) if args.out else checkpoint.with_name(checkpoint.name + "-eval")
     report = evaluate(args.checkpoint, args.data, args.gallery, out, batch_size=args.batch_size)
     print(json.dumps(report) if args.json else format_report(report))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,14 +34,28 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def label_index(self, label: str) -> int:
-        return self.label_names.index(label)
+
+def is_image_name(path: Path) -> bool:
+    """An image by its suffix, and not a hidden file."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 def _is_image(path: Path) -> bool:
-    return (
-        path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-    )
+    return path.is_file() and is_image_name(path)
+
+
+def path_ids(paths: list[Path], root: Path) -> list[str]:
+    """Ids of image files: the path below ``root`` without its suffix (``huawei/p30``).
+
+    Where two files differ only by suffix (``x.jpg`` and ``x.png``), both keep their suffix, so
+    ids stay unique and every row of an export or index maps back to one file.
+    """
+    stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
+    counts = Counter(stems)
+    return [
+        stem if counts[stem] == 1 else p.relative_to(root).as_posix()
+        for stem, p in zip(stems, paths, strict=True)
+    ]
 
 
 def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
@@ -48,20 +63,25 @@ def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
     loose = sorted(p for p in root.iterdir() if _is_image(p))
     if not class_dirs:
         if loose and not require_labels:
-            return [Sample(id=p.stem, path=p, label="") for p in loose]
+            return [
+                Sample(id=i, path=p, label="")
+                for i, p in zip(path_ids(loose, root), loose, strict=True)
+            ]
         raise DataError(
             f"{root}: no class folders found (expected one subfolder of images per class"
             + (", or a CSV manifest)" if require_labels else ")")
         )
-    samples: list[Sample] = []
+    images, labels = [], []
     for class_dir in class_dirs:
-        images = sorted(p for p in class_dir.rglob("*") if _is_image(p))
-        if not images:
+        found = sorted(p for p in class_dir.rglob("*") if _is_image(p))
+        if not found:
             raise DataError(f"{class_dir}: class '{class_dir.name}' has no images")
-        for img in images:
-            rel = img.relative_to(root).with_suffix("").as_posix()
-            samples.append(Sample(id=rel, path=img, label=class_dir.name))
-    return samples
+        images += found
+        labels += [class_dir.name] * len(found)
+    return [
+        Sample(id=i, path=p, label=label)
+        for i, p, label in zip(path_ids(images, root), images, labels, strict=True)
+    ]
 
 
 def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
@@ -86,6 +106,8 @@ def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
         sid, image, label = (str(row.get(c) or "").strip() for c in REQUIRED_COLUMNS)
         if not sid or not image:
             raise DataError(f"{csv_path}:{line}: empty id or image")
+        if any(ord(c) < 32 for c in sid + image):
+            raise DataError(f"{csv_path}:{line}: control character (such as NUL) in id or image")
         if sid in seen:
             raise DataError(f"{csv_path}:{line}: duplicate id '{sid}'")
         if require_labels and not label:
@@ -96,11 +118,12 @@ def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
     return samples
 
 
-def load_catalog(path: str | Path, require_labels: bool = True) -> Catalog:
+def load_catalog(path: str | Path, require_labels: bool = True, min_classes: int = 2) -> Catalog:
     """Read a catalog from a class-folder tree or a CSV manifest.
 
     With ``require_labels=False`` a flat folder of images (no classes) or blank manifest
-    labels are accepted, for embedding and duplicate detection.
+    labels are accepted, for embedding and duplicate detection. Training data needs two
+    classes; evaluation data (``min_classes=1``) may hold one.
     """
     root = Path(path)
     if not root.exists():
@@ -114,6 +137,6 @@ def load_catalog(path: str | Path, require_labels: bool = True) -> Catalog:
     if not samples:
         raise DataError(f"{root}: no images found")
     label_names = sorted({s.label for s in samples if s.label})
-    if require_labels and len(label_names) < 2:
-        raise DataError(f"{root}: found {len(label_names)} class(es); training needs at least 2")
+    if require_labels and len(label_names) < min_classes:
+        raise DataError(f"{root}: found {len(label_names)} class(es); needs at least {min_classes}")
     return Catalog(samples=samples, label_names=label_names, source=root)

@@ -58,47 +58,55 @@ def embed_to_hdf5(
     n, dim, classes = len(samples), embedder.dim, embedder.config.num_classes
     tmp = out.with_name(f".{out.name}.partial")
     failed: list[str] = []
-    with h5py.File(tmp, "w") as h5:
-        chunk = min(max(1, n), 1024)
-        ids = h5.create_dataset("ids", (n,), dtype=STR, maxshape=(None,), chunks=(chunk,))
-        emb = h5.create_dataset(
-            "embeddings", (n, dim), "f4", maxshape=(None, dim), chunks=(chunk, dim)
-        )
-        probs = h5.create_dataset(
-            "probabilities", (n, classes), "f4", maxshape=(None, classes), chunks=(chunk, classes)
-        )
-        pred = h5.create_dataset("predicted", (n,), "i4", maxshape=(None,), chunks=(chunk,))
-        labels = h5.create_dataset("labels", (n,), dtype=STR, maxshape=(None,), chunks=(chunk,))
-        row = 0
-        for indices, batch, failures in iter_embeddings(
-            embedder, samples, batch_size, workers, progress
-        ):
-            failed.extend(f"{f.id}: {f.reason}" for f in failures)
-            if not indices:
-                continue
-            end = row + len(indices)
-            ids[row:end] = [samples[i].id for i in indices]
-            labels[row:end] = [samples[i].label for i in indices]
-            emb[row:end] = batch.embeddings
-            probs[row:end] = batch.probabilities
-            pred[row:end] = batch.probabilities.argmax(1).astype(np.int32)
-            row = end
-        for ds in (ids, emb, probs, pred, labels):
-            ds.resize(row, axis=0)
-        h5.create_dataset("failed", data=np.array(failed, dtype=object), dtype=STR)
-        h5.attrs.update(
-            {
-                "format_version": EMBEDDINGS_FORMAT_VERSION,
-                "model_name": embedder.model_name,
-                "checkpoint_hash": embedder.checkpoint_hash,
-                "dim": dim,
-                "normalized": True,
-                "label_names": json.dumps(embedder.label_names),
-                "count": row,
-                "failed_count": len(failed),
-                "source": str(Path(data).resolve()),
-            }
-        )
+    try:
+        with h5py.File(tmp, "w") as h5:
+            chunk = min(max(1, n), 1024)
+            ids = h5.create_dataset("ids", (n,), dtype=STR, maxshape=(None,), chunks=(chunk,))
+            emb = h5.create_dataset(
+                "embeddings", (n, dim), "f4", maxshape=(None, dim), chunks=(chunk, dim)
+            )
+            probs = h5.create_dataset(
+                "probabilities",
+                (n, classes),
+                "f4",
+                maxshape=(None, classes),
+                chunks=(chunk, classes),
+            )
+            pred = h5.create_dataset("predicted", (n,), "i4", maxshape=(None,), chunks=(chunk,))
+            labels = h5.create_dataset("labels", (n,), dtype=STR, maxshape=(None,), chunks=(chunk,))
+            row = 0
+            for indices, batch, failures in iter_embeddings(
+                embedder, samples, batch_size, workers, progress
+            ):
+                failed.extend(f"{f.id}: {f.reason}" for f in failures)
+                if not indices:
+                    continue
+                end = row + len(indices)
+                ids[row:end] = [samples[i].id for i in indices]
+                labels[row:end] = [samples[i].label for i in indices]
+                emb[row:end] = batch.embeddings
+                probs[row:end] = batch.probabilities
+                pred[row:end] = batch.probabilities.argmax(1).astype(np.int32)
+                row = end
+            for ds in (ids, emb, probs, pred, labels):
+                ds.resize(row, axis=0)
+            h5.create_dataset("failed", data=np.array(failed, dtype=object), dtype=STR)
+            h5.attrs.update(
+                {
+                    "format_version": EMBEDDINGS_FORMAT_VERSION,
+                    "model_name": embedder.model_name,
+                    "checkpoint_hash": embedder.checkpoint_hash,
+                    "dim": dim,
+                    "normalized": True,
+                    "label_names": json.dumps(embedder.label_names),
+                    "count": row,
+                    "failed_count": len(failed),
+                    "source": str(Path(data).resolve()),
+                }
+            )
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no stray .partial file after an error or Ctrl-C
+        raise
     if row == 0:
         tmp.unlink(missing_ok=True)
         raise DataError(f"{data}: none of the {n} images could be read")

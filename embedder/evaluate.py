@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,13 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate and (when ``out`` is given) write report.json and confusion_matrix.png there."""
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not out.is_dir():  # checked before the work, not after it
+            raise DataError(f"{out}: exists and is not a folder (--out needs a folder)")
     embedder = Embedder.from_checkpoint(checkpoint)
     names = embedder.label_names
-    catalog = load_catalog(data, require_labels=True)
+    catalog = load_catalog(data, require_labels=True, min_classes=1)
     unknown = sorted(set(catalog.label_names) - set(names))
     if unknown:
         raise DataError(f"{data}: classes the checkpoint does not know: {', '.join(unknown)}")
@@ -70,7 +75,7 @@ def evaluate(
     cm = confusion_matrix(y_true, y_pred, len(names))
     scores = per_class_scores(cm)
     if gallery is not None:
-        g_catalog = load_catalog(gallery, require_labels=True)
+        g_catalog = load_catalog(gallery, require_labels=True, min_classes=1)
         g_idx, g_batch, g_failures = embed_samples(
             embedder, g_catalog.samples, batch_size, progress=progress
         )
@@ -100,12 +105,23 @@ def evaluate(
         "failed_images": [f"{f.id}: {f.reason}" for f in failures],
     }
     if out is not None:
-        out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        plot_confusion(cm, names, out / "confusion_matrix.png")
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        _write_atomically(out / "confusion_matrix.png", lambda tmp: plot_confusion(cm, names, tmp))
+        _write_atomically(
+            out / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n")
+        )
         report["report_dir"] = str(out)
     return report
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a report is never left half-written."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def format_report(report: dict[str, Any]) -> str:

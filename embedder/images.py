@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from embedder.errors import ImageError
 
@@ -73,11 +73,14 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
                     f = min_side / min(img.size)
                     img.draft(img.mode, (math.ceil(img.width * f), math.ceil(img.height * f)))
                 img.load()
-                return to_rgb(img)
+                # Phone cameras store rotation as an EXIF tag; apply it as every viewer does.
+                return to_rgb(ImageOps.exif_transpose(img))
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from exc
+        raise ImageError(
+            f"{name}: refused as a possible decompression bomb (over the {MAX_PIXELS} pixel limit)"
+        ) from exc
     except FileNotFoundError as exc:
         raise ImageError(f"{name}: file not found") from exc
     except UnidentifiedImageError as exc:

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from embedder.checkpoint import CheckpointConfig, checkpoint_hash, load_checkpoint
-from embedder.images import load_image
+from embedder.images import load_image, to_rgb
 from embedder.transforms import eval_transform
 
 
@@ -75,7 +75,8 @@ class Embedder:
         return math.ceil(max(cfg["input_size"][1:]) / cfg.get("crop_pct", 1.0))
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.transform(img.convert("RGB")) for img in images])
+        # to_rgb, not convert("RGB"): transparency goes to white, as for files read from disk.
+        return torch.stack([self.transform(to_rgb(img)) for img in images])
 
     @torch.inference_mode()
     def embed_tensors(self, x: torch.Tensor) -> EmbeddingBatch:

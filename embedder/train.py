@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from embedder.backbone import create_backbone
 from embedder.batch import embed_samples
-from embedder.checkpoint import CheckpointConfig, save_checkpoint
+from embedder.checkpoint import CheckpointConfig, check_checkpoint_target, save_checkpoint
 from embedder.data import Catalog, Sample, load_catalog
 from embedder.errors import DataError, ImageError
 from embedder.images import load_image
@@ -164,6 +164,21 @@ def _set_backbone_trainable(model: nn.Module, trainable: bool, frozen: set[str])
         p.requires_grad = p in head or (trainable and name not in frozen)
 
 
+def _check_input_size(model: nn.Module, data_config: dict[str, Any], config: TrainConfig) -> None:
+    """One forward pass at the input size, so a size the model refuses fails before training."""
+    x = torch.zeros(1, *data_config["input_size"]).contiguous(memory_format=torch.channels_last)
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(x)
+    except Exception as exc:  # timm models assert, raise RuntimeError or ValueError
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{config.model} cannot take {data_config['input_size'][-1]} px input "
+            f"(--img-size): {detail}"
+        ) from None
+
+
 class Trainer:
     """Runs the two-phase recipe over prepared datasets and keeps the best checkpoint."""
 
@@ -179,6 +194,7 @@ class Trainer:
         ).to(memory_format=torch.channels_last)
         self.model_kwargs = {}  # drop_rate only matters in training; not needed to rebuild
         self.data_config = model_data_config(self.model, config.img_size, config.crop_mode)
+        _check_input_size(self.model, self.data_config, config)
         self.val_samples = val_samples
         side = int(self.data_config["input_size"][-1])
         dataset = CachedImages(
@@ -401,6 +417,33 @@ class Trainer:
         return result
 
 
+def _check_settings(config: TrainConfig) -> None:
+    """Numeric settings in their valid ranges, as one-line errors (not torch tracebacks)."""
+    for name in ("lr", "head_lr"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise DataError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    ranges = {
+        "label_smoothing": (0.0, 1.0, False),
+        "drop_rate": (0.0, 1.0, False),
+        "augment": (0.0, 1.0, True),
+    }
+    for name, (low, high, closed) in ranges.items():
+        value = getattr(config, name)
+        if not (low <= value < high or (closed and value == high)):
+            bracket = "]" if closed else ")"
+            flag = name.replace("_", "-")
+            raise DataError(f"--{flag} must be in [{low:g}, {high:g}{bracket}, got {value}")
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise DataError(f"--weight-decay must be >= 0, got {config.weight_decay}")
+    if config.workers is not None and config.workers < 0:
+        raise DataError(f"--workers must be >= 0, got {config.workers}")
+    if config.frozen_groups < 0:
+        raise DataError(f"--frozen-groups must be >= 0, got {config.frozen_groups}")
+    if config.img_size is not None and config.img_size < 16:
+        raise DataError(f"--img-size must be at least 16, got {config.img_size}")
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Load data, fine-tune, and return where the best checkpoint is with its metrics."""
     if not (0.0 <= config.val_fraction < 1.0):
@@ -409,9 +452,11 @@ def train(config: TrainConfig) -> TrainResult:
         raise DataError("--epochs and --warmup-epochs must be >= 0, --batch-size >= 1")
     if config.epochs == 0 and config.warmup_epochs == 0:
         raise DataError("nothing to train: --epochs and --warmup-epochs are both 0")
+    _check_settings(config)
+    check_checkpoint_target(config.out)  # before any work: never train into the wrong folder
     catalog = load_catalog(config.data, require_labels=True)
     if config.val:
-        val_catalog = load_catalog(config.val, require_labels=True)
+        val_catalog = load_catalog(config.val, require_labels=True, min_classes=1)
         unknown = sorted(set(val_catalog.label_names) - set(catalog.label_names))
         if unknown:
             raise DataError(f"{config.val}: classes not in the training data: {', '.join(unknown)}")

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from export.schema import DTYPES
+from phonesim.argtypes import non_negative_int, positive_int
 
 DESCRIPTION = """\
 Write recommendation features for every catalog image to one HDF5 file: ids, L2-normalised
@@ -33,20 +34,6 @@ Schema and loading examples (h5py, pandas): docs/export.md
 """
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (from phonesim train)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -61,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--neighbors",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=10,
         metavar="K",
         help="nearest other items per row (default 10; 0 skips the neighbour pass)",
@@ -74,17 +61,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the file)",
     )
     p.add_argument(
-        "--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)"
+        "--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)"
     )
-    p.add_argument("--workers", type=int, help="decoding workers (default: spare cores)")
+    p.add_argument(
+        "--workers", type=non_negative_int, help="decoding workers (default: spare cores)"
+    )
     p.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         help="torch threads without --ray (default: one per core; 1 is faster on a busy machine)",
     )
     p.add_argument(
         "--shard-size",
-        type=_positive_int,
+        type=positive_int,
         default=4096,
         help="inputs per committed shard: at most this many are redone after a crash "
         "(default 4096)",
@@ -97,7 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--exact-limit",
-        type=_positive_int,
+        type=positive_int,
         default=200_000,
         help="largest catalog searched exactly on the fly (default 200000)",
     )
@@ -117,7 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     ray.add_argument(
         "--ray-actors",
-        type=_positive_int,
+        type=positive_int,
         help="embedder actors (default: cluster CPUs / --ray-cpus-per-actor)",
     )
     ray.add_argument(

@@ -5,43 +5,23 @@ from __future__ import annotations
 import argparse
 import os
 
+from phonesim.argtypes import port, positive_float, positive_int
 from server.config import API_KEY_ENV
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0-65535, got {value}")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="model checkpoint folder")
     p.add_argument("--index", required=True, help="index folder (built from this checkpoint)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=port, default=8000, help="port (default 8000)")
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="worker processes (default 1); each loads its own copy of the model",
     )
     p.add_argument(
-        "--threads", type=_positive_int, default=8, help="request threads per worker (default 8)"
+        "--threads", type=positive_int, default=8, help="request threads per worker (default 8)"
     )
     p.add_argument(
         "--api-key",
@@ -49,10 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"key that the write endpoints require (default: ${API_KEY_ENV}; none: writes off)",
     )
     p.add_argument(
-        "--max-upload-mb", type=_positive_float, default=10.0, help="upload limit (default 10)"
+        "--max-upload-mb", type=positive_float, default=10.0, help="upload limit (default 10)"
     )
     p.add_argument(
-        "--max-batch", type=_positive_int, default=16, help="images per forward pass (default 16)"
+        "--max-batch", type=positive_int, default=16, help="images per forward pass (default 16)"
     )
     p.add_argument(
         "--max-wait-ms",
@@ -62,13 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--torch-threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="intra-op threads per worker (default: CPU cores / workers)",
     )
     p.add_argument(
         "--faiss-threads",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="OpenMP threads per worker for index searches (default 1)",
     )

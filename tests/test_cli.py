@@ -39,6 +39,19 @@ def test_help_lists_subcommands(capsys):
         (["--data", "{tmp}/ok", "--weights", "{tmp}/none.pth"], "weights file not found"),
         (["--data", "{tmp}/ok", "--model", "nope_model", "--weights", "none"], "unknown timm"),
         (["--data", "{tmp}/ok", "--val-fraction", "1.5"], "val-fraction"),
+        (["--data", "{tmp}/ok", "--lr", "-1"], "--lr must be a positive number"),
+        (["--data", "{tmp}/ok", "--head-lr", "nan"], "--head-lr must be a positive number"),
+        (["--data", "{tmp}/ok", "--label-smoothing", "2"], "--label-smoothing must be in"),
+        (["--data", "{tmp}/ok", "--augment", "3"], "--augment must be in [0, 1]"),
+        (["--data", "{tmp}/ok", "--frozen-groups", "-2"], "--frozen-groups must be"),
+        (["--data", "{tmp}/ok", "--weights", "{tmp}/notes.txt"], "cannot read weights"),
+        (["--data", "{tmp}/ok", "--out", "{tmp}/ok"], "not a phonesim checkpoint"),
+        (["--data", "{tmp}/ok", "--out", "{tmp}/notes.txt"], "not a folder"),
+        (
+            ["--data", "{tmp}/ok", "--model", "vit_tiny_patch16_224", "--weights", "none"]
+            + ["--img-size", "30"],
+            "cannot take 30 px input",
+        ),
     ],
 )
 def test_train_bad_input_is_one_line_error(tmp_path, capsys, argv_tail, message):
@@ -57,6 +70,27 @@ def test_train_bad_input_is_one_line_error(tmp_path, capsys, argv_tail, message)
     code, _, err = run(argv, capsys)
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_train_never_writes_over_a_folder_that_is_not_a_checkpoint(tmp_path, capsys):
+    for label in ("a", "b"):
+        (tmp_path / "ok" / label).mkdir(parents=True)
+        Image.new("RGB", (16, 16)).save(tmp_path / "ok" / label / "x.jpg")
+    (tmp_path / "ok" / "notes.txt").write_text("keep me")
+    code, _, err = run(["train", "--data", tmp_path / "ok", "--out", tmp_path / "ok"], capsys)
+    assert code == 2 and "not a phonesim checkpoint" in err
+    assert (tmp_path / "ok" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command", ["train", "embed"])
+def test_negative_workers_is_a_usage_error(command, tmp_path, capsys):
+    argv = [command, "--data", tmp_path, "--out", tmp_path / "x", "--workers", "-1"]
+    if command == "embed":
+        argv += ["--checkpoint", tmp_path]
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    assert exc.value.code == 2
+    assert "must be 0 or more" in capsys.readouterr().err
 
 
 def test_evaluate_and_embed_via_cli(tiny_checkpoint, tiny_catalog, tmp_path, capsys):

@@ -62,6 +62,7 @@ def test_bad_folders(tmp_path, setup, message):
         ("id,image,label\n1,x.jpg,a\n1,y.jpg,b\n", "duplicate id"),
         ("id,image,label\n1,x.jpg,\n", "empty label"),
         ("id,image,label\n", "no images"),
+        ("id,image,label\n1,x\0.jpg,a\n", "control character"),
     ],
 )
 def test_bad_manifests(tmp_path, text, message):
@@ -74,3 +75,18 @@ def test_non_utf8_manifest(tmp_path):
     (tmp_path / "m.csv").write_bytes(b"id,image,label\n\xff\xfe,x,y\n")
     with pytest.raises(DataError, match="UTF-8"):
         load_catalog(tmp_path / "m.csv")
+
+
+def test_files_differing_only_by_suffix_keep_distinct_ids(tmp_path):
+    from duplicates.inputs import list_images
+
+    for name in ("a/x.jpg", "a/x.png", "a/y.jpg", "b/x.jpg"):
+        _img(tmp_path / name)
+    ids = [s.id for s in load_catalog(tmp_path).samples]
+    assert ids == ["a/x.jpg", "a/x.png", "a/y", "b/x"]
+    assert [s.id for s in list_images(tmp_path)] == ids
+
+
+def test_evaluation_data_may_hold_one_class(tmp_path):
+    _img(tmp_path / "only" / "1.jpg")
+    assert load_catalog(tmp_path, min_classes=1).label_names == ["only"]

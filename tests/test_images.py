@@ -68,3 +68,12 @@ def test_decompression_bomb_is_refused(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match="not found"):
         load_image(tmp_path / "nope.jpg")
+
+
+def test_exif_orientation_is_applied():
+    """A phone photo stored sideways with Orientation=6 loads upright, as viewers show it."""
+    img = Image.new("RGB", (40, 20), (200, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    out = load_image(_encode(img, "JPEG", exif=exif.tobytes()))
+    assert out.size == (20, 40)

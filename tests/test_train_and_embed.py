@@ -213,3 +213,74 @@ def test_embed_job_bad_output_and_checkpoint(tiny_checkpoint, tiny_catalog, tmp_
         embed_to_hdf5(tiny_checkpoint, tiny_catalog, tmp_path / "no" / "e.h5")
     with pytest.raises(CheckpointError, match="not found"):
         embed_to_hdf5(tmp_path / "nockpt", tiny_catalog, tmp_path / "e.h5")
+
+
+def test_an_interrupted_checkpoint_swap_puts_the_previous_one_back(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    """Ctrl-C between moving the old checkpoint aside and moving the new one in loses nothing."""
+    import os
+    import shutil
+
+    from embedder import checkpoint as checkpoint_module
+
+    out = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, out)
+    before = (out / WEIGHTS_FILE).read_bytes()
+    model, config = load_checkpoint(out)
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def interrupted_replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the new checkpoint's move into place
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(model, config, out)
+    monkeypatch.undo()
+    assert (out / WEIGHTS_FILE).read_bytes() == before
+    load_checkpoint(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temporary folders left
+
+
+def test_evaluate_accepts_one_class_and_refuses_a_file_as_output(
+    tiny_checkpoint, tiny_catalog, tmp_path
+):
+    import shutil
+
+    one = tmp_path / "one"
+    first = sorted(p for p in tiny_catalog.iterdir() if p.is_dir())[0]
+    shutil.copytree(first, one / first.name)
+    assert evaluate(tiny_checkpoint, one, progress=False)["count"] == 6
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match="not a folder"):
+        evaluate(tiny_checkpoint, one, out=tmp_path / "afile", progress=False)
+
+
+def test_a_failed_embed_job_leaves_no_partial_file(
+    tiny_checkpoint, tiny_catalog, tmp_path, monkeypatch
+):
+    from embedder import embed_job
+
+    def broken(*args, **kwargs):
+        raise KeyboardInterrupt
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(embed_job, "iter_embeddings", broken)
+    with pytest.raises(KeyboardInterrupt):
+        embed_to_hdf5(tiny_checkpoint, tiny_catalog, tmp_path / "e.h5", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_library_images_with_transparency_embed_like_files(tiny_checkpoint, tmp_path):
+    """embed_images converts RGBA the same way as reading the file (transparent -> white)."""
+    rgba = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    rgba.paste((30, 60, 200, 255), (16, 16, 48, 48))
+    rgba.save(tmp_path / "t.png")
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    from_memory = embedder.embed_images([rgba]).embeddings
+    from_file = embedder.embed_paths([tmp_path / "t.png"]).embeddings
+    np.testing.assert_allclose(from_memory, from_file, atol=1e-6)
