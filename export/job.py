@@ -149,7 +149,32 @@ def _neighbor_search(
         )
     n = h5[schema.EMBEDDINGS].shape[0]
     factory = config.neighbor_index or auto_factory(n, config.exact_limit)
-    return FileIndexSearch(h5[schema.EMBEDDINGS], row_ids, factory)
+    try:
+        return FileIndexSearch(h5[schema.EMBEDDINGS], row_ids, factory)
+    except RuntimeError as exc:  # e.g. more IVF lists than rows to train them on
+        raise ExportError(
+            f"neighbour index {factory!r} cannot be built over {n} rows ({_first_line(exc)}); "
+            "the embeddings are kept: re-run with another --neighbor-index to finish"
+        ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # faiss puts "Error in ... at file:line:" first and the reason after it.
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _check_factory(factory: str, dim: int) -> None:
+    """A faiss index_factory string that parses for this dimension, checked before embedding."""
+    import faiss
+
+    try:
+        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ExportError(
+            f"--neighbor-index {factory!r} is not a faiss index_factory string for "
+            f"{dim}-d vectors ({_first_line(exc)})"
+        ) from None
 
 
 def _check_index(path: str, identity: JobIdentity) -> None:
@@ -187,6 +212,8 @@ def export_features(config: ExportConfig) -> ExportSummary:
     )
     if config.index:
         _check_index(config.index, identity)  # before hours of embedding, not after
+    if config.neighbor_index:
+        _check_factory(config.neighbor_index, identity.dim)
     partial = PartialDir.open(out, identity, restart=config.restart)
     resumed_from = partial.cursor
     clock = _FirstBatchClock()

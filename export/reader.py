@@ -39,7 +39,7 @@ def fingerprint(samples: list[Sample]) -> str:
 
 
 def read_inputs(path: str | Path, kind: str | None = None) -> ExportInputs:
-    """Load the catalog (labels optional) and check that ids are unique.
+    """Load the catalog (labels optional) from a folder or a CSV manifest.
 
     ``kind`` is ``"images"`` (a folder) or ``"manifest"`` (a CSV file); ``None`` accepts both.
     """
@@ -48,15 +48,7 @@ def read_inputs(path: str | Path, kind: str | None = None) -> ExportInputs:
         raise ExportError(f"{path}: --images needs a folder; use --manifest for a CSV file")
     if kind == "manifest" and path.is_dir():
         raise ExportError(f"{path}: --manifest needs a CSV file; use --images for a folder")
-    catalog = load_catalog(path, require_labels=False)
-    seen: set[str] = set()
-    for s in catalog.samples:
-        if s.id in seen:
-            raise ExportError(
-                f"{path}: id '{s.id}' occurs twice (a flat folder gives ids from file stems, "
-                "so 'a.jpg' and 'a.png' clash); rename one or use a CSV manifest"
-            )
-        seen.add(s.id)
+    catalog = load_catalog(path, require_labels=False)  # ids are unique in both forms
     return ExportInputs(catalog.samples, path, fingerprint(catalog.samples))
 
 

@@ -76,6 +76,9 @@ def resolve_kind(kind: str, n: int) -> tuple[str, str]:
         return kind, f"IVF{nlist}{quantizer},Flat"
     if not kind:
         raise InvalidKindError(f"empty index kind; use one of {', '.join(KINDS)} or a factory")
+    if kind.startswith("IDMap,"):
+        # IDMap cannot hand stored vectors back (item-to-item search needs them); IDMap2 can.
+        kind = "IDMap2," + kind.removeprefix("IDMap,")
     return "factory", kind
 
 

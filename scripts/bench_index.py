@@ -18,25 +18,32 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from index.benchmark import BenchConfig, format_table, run_benchmark  # noqa: E402
+from phonesim.argtypes import positive_int
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
     d = BenchConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--n", type=int, default=d.n, help="catalog size (default %(default)s)")
-    p.add_argument("--dim", type=int, default=d.dim, help="vector dimension (default %(default)s)")
+    p.add_argument("--n", type=positive_int, default=d.n, help="catalog size (default %(default)s)")
+    p.add_argument(
+        "--dim", type=positive_int, default=d.dim, help="vector dimension (default %(default)s)"
+    )
     p.add_argument(
         "--kind",
         default=d.kind,
         help="auto | flat | ivf | hnsw | FAISS factory string (default %(default)s)",
     )
-    p.add_argument("--clusters", type=int, default=d.clusters, help="mixture components")
+    p.add_argument("--clusters", type=positive_int, default=d.clusters, help="mixture components")
     p.add_argument("--spread-min", type=float, default=d.spread_min, help="cluster noise, low")
     p.add_argument("--spread-max", type=float, default=d.spread_max, help="cluster noise, high")
-    p.add_argument("--nq", type=int, default=d.nq, help="queries for recall and throughput")
-    p.add_argument("--k", type=int, default=d.k, help="neighbours per query")
-    p.add_argument("--latency-queries", type=int, default=d.latency_queries)
-    p.add_argument("--flat-queries", type=int, default=d.flat_queries, help="baseline queries")
+    p.add_argument(
+        "--nq", type=positive_int, default=d.nq, help="queries for recall and throughput"
+    )
+    p.add_argument("--k", type=positive_int, default=d.k, help="neighbours per query")
+    p.add_argument("--latency-queries", type=positive_int, default=d.latency_queries)
+    p.add_argument(
+        "--flat-queries", type=positive_int, default=d.flat_queries, help="baseline queries"
+    )
     p.add_argument("--target-recall", type=float, default=d.target_recall)
     p.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads")
     p.add_argument("--seed", type=int, default=d.seed)

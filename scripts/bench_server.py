@@ -177,7 +177,7 @@ def _drive(port: int, bodies: list, path: str, concurrency: int, duration: float
                     mine.append(time.perf_counter() - t0)
                 else:
                     bad.append(f"HTTP {r.status}")
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:  # count it, keep driving
                 bad.append(type(exc).__name__)
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -266,8 +266,8 @@ def start_server(ckpt: Path, index: Path, port: int, args: argparse.Namespace, l
         cmd += ["--torch-threads", str(args.torch_threads)]
     print("$", " ".join(cmd), flush=True)
     env = {k: v for k, v in _env().items() if k != "PHONESIM_API_KEY"}
-    fh = log.open("wb")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    with log.open("wb") as fh:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -69,7 +69,20 @@ def hits_json(svc: LookupService, hits: list[Hit]) -> list[dict]:
     return [item_json(svc, h.id, h.metadata, score=round(h.score, 6)) for h in hits]
 
 
+def _reject_unknown_fields(fields: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """A misspelt field ("filters") must not be silently ignored."""
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        takes = ", ".join(map(repr, allowed)) or "no fields besides 'image'"
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"unknown field(s) {', '.join(map(repr, unknown))}; this endpoint takes {takes}",
+        )
+
+
 def _search_options(svc: LookupService, body: dict[str, Any]) -> tuple[int, dict | None]:
+    _reject_unknown_fields(body, ("k", "filter"))
     cfg = svc.config
     k_value = request.args.get("k", body.get("k"))
     k = parse_k(k_value, cfg.default_k, cfg.max_k)
@@ -103,7 +116,8 @@ def embed() -> Response:
     t0 = time.perf_counter()
     svc = service()
     with svc.arrival() as arrival:
-        data, _fields = read_image(request, svc.config.max_upload_bytes)
+        data, fields = read_image(request, svc.config.max_upload_bytes)
+        _reject_unknown_fields(fields, ())
         embedded = svc.embed_bytes(data, arrival)
     return jsonify(
         model=svc.embedder.model_name,

@@ -216,6 +216,18 @@ def test_ivf_neighbor_index_agrees_when_probing_every_list(demo, ckpt, tmp_path)
         assert "IVF2,Flat" in f["neighbors"].attrs["source"]
 
 
+def test_bad_neighbor_index_strings_fail_early_or_keep_the_embeddings(demo, ckpt, tmp_path):
+    out = tmp_path / "bad.h5"
+    with pytest.raises(ExportError, match="not a faiss index_factory string"):
+        export_features(_config(ckpt, demo / "three.csv", out, neighbor_index="garbage"))
+    assert not out.exists() and not any(tmp_path.iterdir())  # refused before any embedding
+    with pytest.raises(ExportError, match="cannot be built over 3 rows"):
+        export_features(_config(ckpt, demo / "three.csv", out, neighbor_index="IVF64,Flat"))
+    # The embeddings were kept: the re-run with a workable index only assembles and searches.
+    summary = export_features(_config(ckpt, demo / "three.csv", out, neighbor_index="Flat"))
+    assert summary.count == 3 and summary.embedded_now == 0
+
+
 def test_fewer_items_than_k_pads_neighbors(demo, ckpt, tmp_path):
     out = tmp_path / "three.h5"
     export_features(_config(ckpt, demo / "three.csv", out, neighbors=5))
@@ -327,8 +339,8 @@ def test_reader_blocks_and_duplicate_ids(demo, tmp_path):
     img = next(demo.rglob("*.jpg")).read_bytes()
     (flat / "a.jpg").write_bytes(img)
     (flat / "a.png").write_bytes(img)
-    with pytest.raises(ExportError, match="occurs twice"):
-        read_inputs(flat, "images")
+    # Files differing only by suffix keep it in their ids, so each row maps back to one file.
+    assert [s.id for s in read_inputs(flat, "images").samples] == ["a.jpg", "a.png"]
 
 
 def test_mapper_reports_bad_images_per_row(demo, ckpt):

@@ -133,6 +133,13 @@ def test_bad_factory_string_is_a_clear_error(tmp_path, small):
     assert not (tmp_path / "ix").exists()
 
 
+def test_an_idmap_factory_still_returns_stored_vectors(tmp_path, small):
+    xb, _, ids, _ = small
+    build_index(tmp_path / "ix", ids, xb, model_name=MODEL, checkpoint_hash=HASH, kind="IDMap,Flat")
+    with open_index(tmp_path / "ix", readonly=True) as ix:
+        np.testing.assert_allclose(ix.get_vectors([ids[5]])[0], xb[5], atol=1e-6)
+
+
 # -- round trips ----------------------------------------------------------------------------------
 def test_ids_metadata_and_vectors_round_trip(flat_dir, small):
     xb, _, ids, md = small

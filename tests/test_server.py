@@ -571,6 +571,13 @@ def bad_requests(jpeg: bytes) -> list[tuple[str, dict, int]]:
         ("k-enormous", post("/v1/search?k=" + "9" * 40, **form(jpeg)), 400),
         ("k-json-bool", post(json={"image": _b64(jpeg), "k": True}), 400),
         ("k-superscript-digit", post("/v1/search?k=%C2%B2", **form(jpeg)), 400),
+        ("json-misspelt-field", post(json={"image": _b64(jpeg), "filters": {"a": 1}}), 400),
+        (
+            "form-unknown-field",
+            post(data={**form(jpeg)["data"], "label": "x"}, content_type="multipart/form-data"),
+            400,
+        ),
+        ("embed-unknown-field", post("/v1/embed", json={"image": _b64(jpeg), "k": 3}), 400),
         ("k-double-sign", post("/v1/search?k=--3", **form(jpeg)), 400),
         ("similar-k-superscript", {"method": "GET", "path": "/v1/items/x/similar?k=%C2%B2"}, 400),
         ("unknown-filter", post("/v1/search?color=red", **form(jpeg)), 400),

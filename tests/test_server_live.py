@@ -273,6 +273,8 @@ def test_serve_checks_the_index_before_starting_workers(tiny_checkpoint, live_in
 
     damaged = tmp_path / "damaged"
     shutil.copytree(live_index, damaged)
+    for leftover in damaged.glob("catalog.sqlite-*"):  # the live server's WAL would mask it
+        leftover.unlink()
     (damaged / "catalog.sqlite").write_bytes(b"this is not a database" * 100)
     with pytest.raises(UserError, match="catalog store"):
         serve(tiny_checkpoint, damaged)
