@@ -106,7 +106,10 @@ def read_manifest(folder: str | Path) -> Manifest:
     """Read and validate ``folder/manifest.json``."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise IndexNotFoundError(f"{folder}: index folder does not exist")
+        # A build killed between its two renames leaves the previous index beside the name.
+        left = sorted(folder.parent.glob(f".{folder.name}.old-*")) if folder.name else []
+        hint = f"; an interrupted rebuild left the previous index at {left[-1]}" if left else ""
+        raise IndexNotFoundError(f"{folder}: index folder does not exist{hint}")
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise IndexNotFoundError(

@@ -173,6 +173,9 @@ def test_info_on_a_missing_index_is_a_user_error(files):
 
     with pytest.raises(IndexNotFoundError, match="does not exist"):
         cli(["info", str(files / "absent")])
+    (files / ".absent.old-123").mkdir()  # what a build killed mid-swap leaves behind
+    with pytest.raises(IndexNotFoundError, match="previous index at .*absent.old-123"):
+        cli(["info", str(files / "absent")])
 
 
 def test_a_damaged_catalog_store_is_one_clear_error(files):
