@@ -84,18 +84,21 @@ def check_checkpoint_target(out: str | Path) -> Path:
     """``out`` may be written as a checkpoint: absent, an empty folder, or a checkpoint.
 
     Saving replaces the folder, so anything else there (a typo'd ``--out data/``) is refused.
+    Returns the absolute path to save to (a symlink is followed, so the link survives).
     """
     out = Path(out)
+    out = out.resolve() if out.is_symlink() else Path(os.path.abspath(out))
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
         try:
             read_config(out)
-        except CheckpointError:
+        except CheckpointError as exc:
             raise CheckpointError(
-                f"{out}: exists and is not a phonesim checkpoint; choose another output folder"
+                f"{out}: exists and is not a phonesim checkpoint that can be replaced ({exc}); "
+                "choose another output folder"
             ) from None
-    if not out.resolve().name:
+    if not out.name:
         raise CheckpointError(f"{out}: not usable as a checkpoint folder")
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from embedder.evaluate import evaluate, format_report
 
-    checkpoint = Path(args.checkpoint).resolve()  # "." has no name to derive a folder from
+    checkpoint = Path(os.path.abspath(args.checkpoint))  # "." has no name to derive one from
     out = Path(args.out) if args.out else checkpoint.with_name(checkpoint.name + "-eval")
     report = evaluate(args.checkpoint, args.data, args.gallery, out, batch_size=args.batch_size)
     print(json.dumps(report) if args.json else format_report(report))

@@ -52,10 +52,15 @@ def path_ids(paths: list[Path], root: Path) -> list[str]:
     """
     stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
     counts = Counter(stems)
-    return [
+    ids = [
         stem if counts[stem] == 1 else p.relative_to(root).as_posix()
         for stem, p in zip(stems, paths, strict=True)
     ]
+    # x.jpg, x.png and x.jpg.png would still clash ("x.jpg" twice): refuse rather than guess.
+    clash = next((i for i, n in Counter(ids).items() if n > 1), None)
+    if clash is not None:
+        raise DataError(f"{root}: two images would get the id '{clash}'; rename one")
+    return ids
 
 
 def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
@@ -106,8 +111,8 @@ def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
         sid, image, label = (str(row.get(c) or "").strip() for c in REQUIRED_COLUMNS)
         if not sid or not image:
             raise DataError(f"{csv_path}:{line}: empty id or image")
-        if any(ord(c) < 32 for c in sid + image):
-            raise DataError(f"{csv_path}:{line}: control character (such as NUL) in id or image")
+        if any(c in "\0\r\n" for c in sid + image):
+            raise DataError(f"{csv_path}:{line}: NUL or line break in id or image")
         if sid in seen:
             raise DataError(f"{csv_path}:{line}: duplicate id '{sid}'")
         if require_labels and not label:

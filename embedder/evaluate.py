@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def evaluate(
     return report
 
 
-def _write_atomically(path: Path, write) -> None:
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file and rename, so a report is never left half-written."""
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:

@@ -74,7 +74,8 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
                     img.draft(img.mode, (math.ceil(img.width * f), math.ceil(img.height * f)))
                 img.load()
                 # Phone cameras store rotation as an EXIF tag; apply it as every viewer does.
-                return to_rgb(ImageOps.exif_transpose(img))
+                ImageOps.exif_transpose(img, in_place=True)
+                return to_rgb(img)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -153,12 +153,12 @@ def _neighbor_search(
         return FileIndexSearch(h5[schema.EMBEDDINGS], row_ids, factory)
     except RuntimeError as exc:  # e.g. more IVF lists than rows to train them on
         raise ExportError(
-            f"neighbour index {factory!r} cannot be built over {n} rows ({_first_line(exc)}); "
+            f"neighbour index {factory!r} cannot be built over {n} rows ({_faiss_reason(exc)}); "
             "the embeddings are kept: re-run with another --neighbor-index to finish"
         ) from None
 
 
-def _first_line(exc: Exception) -> str:
+def _faiss_reason(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     # faiss puts "Error in ... at file:line:" first and the reason after it.
     return lines[-1] if lines else type(exc).__name__
@@ -173,7 +173,7 @@ def _check_factory(factory: str, dim: int) -> None:
     except RuntimeError as exc:
         raise ExportError(
             f"--neighbor-index {factory!r} is not a faiss index_factory string for "
-            f"{dim}-d vectors ({_first_line(exc)})"
+            f"{dim}-d vectors ({_faiss_reason(exc)})"
         ) from None
 
 

@@ -52,30 +52,45 @@ ITEM_ID = {
     "description": "catalog item id (URL-encoded)",
     "schema": {"type": "string"},
 }
-IMAGE_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["image"],
-                "properties": {"image": {"type": "string", "format": "binary"}},
-            }
+
+
+def _image_body(**json_fields: dict[str, Any]) -> dict[str, Any]:
+    """An uploaded image (multipart, base64 JSON or raw), plus the JSON fields an endpoint takes.
+
+    Unknown fields are refused with 400, hence ``additionalProperties: false``.
+    """
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                    "additionalProperties": False,
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "byte", "description": "base64"},
+                        **json_fields,
+                    },
+                    "additionalProperties": False,
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
         },
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["image"],
-                "properties": {
-                    "image": {"type": "string", "format": "byte", "description": "base64"},
-                    "k": {"type": "integer"},
-                    "filter": {"type": "object", "additionalProperties": True},
-                },
-            }
-        },
-        "image/*": {"schema": {"type": "string", "format": "binary"}},
-    },
-}
+    }
+
+
+SEARCH_BODY = _image_body(
+    k={"type": "integer"}, filter={"type": "object", "additionalProperties": True}
+)
+EMBED_BODY = _image_body()
+
 SECURITY = [{"ApiKey": []}]
 
 SCHEMAS: dict[str, Any] = {
@@ -157,7 +172,7 @@ def openapi_spec() -> dict[str, Any]:
             "post": {
                 "summary": "Predicted class and nearest catalog phones of a photo",
                 "parameters": [K_PARAM, FILTER_PARAM],
-                "requestBody": IMAGE_BODY,
+                "requestBody": SEARCH_BODY,
                 "responses": {
                     "200": _json(_ref("SearchResult"), "prediction and neighbours"),
                     **_errors(400, 413, 415, 503),
@@ -167,7 +182,7 @@ def openapi_spec() -> dict[str, Any]:
         "/v1/embed": {
             "post": {
                 "summary": "Embedding and predicted class of a photo",
-                "requestBody": IMAGE_BODY,
+                "requestBody": EMBED_BODY,
                 "responses": {
                     "200": _json(_ref("EmbedResult"), "embedding and prediction"),
                     **_errors(400, 413, 415, 503),

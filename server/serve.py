@@ -113,7 +113,8 @@ class PhonesimGunicorn(BaseApplication):
 def preflight(config: ServerConfig, settings: GunicornSettings) -> None:
     """Check the inputs before forking workers, so mistakes are one-line errors."""
     from embedder.checkpoint import checkpoint_hash, read_config
-    from index.catalog import CatalogIndex
+    from index.catalog import describe, lock_writer
+    from index.manifest import read_manifest
 
     if not config.checkpoint or not config.index:
         raise UserError("serve needs --checkpoint and --index")
@@ -124,15 +125,18 @@ def preflight(config: ServerConfig, settings: GunicornSettings) -> None:
             "writes (an API key) need --workers 1: only one process may write the index"
         )
     ckpt = read_config(config.checkpoint)
-    # Open the index the way a worker will (same checks, same lock), then let go: a worker
-    # that fails to boot only shows gunicorn's traceback.
-    CatalogIndex.open(
-        config.index,
-        readonly=not config.writes_enabled,
+    # What a worker would otherwise report as a gunicorn boot traceback, checked here without
+    # loading the FAISS file (each worker loads it): the embedder the index was built with,
+    # a readable catalog store, and, for writes, a free writer lock.
+    read_manifest(Path(config.index)).check(
         expect_model=ckpt.architecture,
         expect_checkpoint_hash=checkpoint_hash(config.checkpoint),
         expect_dim=int(ckpt.feature_dim),
-    ).close()
+        where=f"index {config.index}",
+    )
+    describe(config.index)
+    if config.writes_enabled:
+        os.close(lock_writer(Path(config.index)))
 
 
 def serve(

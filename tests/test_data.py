@@ -62,7 +62,7 @@ def test_bad_folders(tmp_path, setup, message):
         ("id,image,label\n1,x.jpg,a\n1,y.jpg,b\n", "duplicate id"),
         ("id,image,label\n1,x.jpg,\n", "empty label"),
         ("id,image,label\n", "no images"),
-        ("id,image,label\n1,x\0.jpg,a\n", "control character"),
+        ("id,image,label\n1,x\0.jpg,a\n", "NUL or line break"),
     ],
 )
 def test_bad_manifests(tmp_path, text, message):
@@ -90,3 +90,10 @@ def test_files_differing_only_by_suffix_keep_distinct_ids(tmp_path):
 def test_evaluation_data_may_hold_one_class(tmp_path):
     _img(tmp_path / "only" / "1.jpg")
     assert load_catalog(tmp_path, min_classes=1).label_names == ["only"]
+
+
+def test_ids_that_would_still_clash_are_refused(tmp_path):
+    for name in ("a/x.jpg", "a/x.png", "a/x.jpg.png", "b/y.jpg"):
+        _img(tmp_path / name)
+    with pytest.raises(DataError, match="would get the id 'a/x.jpg'"):
+        load_catalog(tmp_path)

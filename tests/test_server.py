@@ -655,3 +655,14 @@ def test_a_model_failure_is_a_json_500_and_the_server_recovers(app, jpeg_bytes, 
     c = app.test_client()
     assert_error(c.post("/v1/search", data=upload(jpeg_bytes)), 500, "internal_error")
     assert c.post("/v1/search", data=upload(jpeg_bytes)).status_code == 200
+
+
+def test_openapi_request_bodies_list_exactly_the_accepted_fields(app):
+    spec = app.test_client().get("/openapi.json").get_json()
+
+    def json_fields(path: str) -> set[str]:
+        body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        return set(body["schema"]["properties"])
+
+    assert json_fields("/v1/search") == {"image", "k", "filter"}
+    assert json_fields("/v1/embed") == {"image"}  # k or filter there is a 400

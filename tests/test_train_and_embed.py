@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import h5py
 import numpy as np
@@ -284,3 +285,29 @@ def test_library_images_with_transparency_embed_like_files(tiny_checkpoint, tmp_
     from_memory = embedder.embed_images([rgba]).embeddings
     from_file = embedder.embed_paths([tmp_path / "t.png"]).embeddings
     np.testing.assert_allclose(from_memory, from_file, atol=1e-6)
+
+
+def test_checkpoint_targets_relative_dot_and_symlinks(tiny_checkpoint, tmp_path, monkeypatch):
+    """'.' saves into the current folder; a symlinked --out keeps its link across saves."""
+    import os
+
+    from embedder.checkpoint import check_checkpoint_target
+
+    model, config = load_checkpoint(tiny_checkpoint)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".DS_Store").write_text("finder noise")  # hidden files do not make it foreign
+    monkeypatch.chdir(empty)
+    assert check_checkpoint_target(".") == empty
+    real = tmp_path / "real"
+    os.symlink(real, tmp_path / "link")
+    for _ in range(2):  # the second save replaces the first through the link
+        save_checkpoint(model, config, tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and load_checkpoint(tmp_path / "link")
+    with pytest.raises(CheckpointError, match="format version"):
+        bad = tmp_path / "old-format"
+        shutil.copytree(tiny_checkpoint, bad)
+        cfg = json.loads((bad / CONFIG_FILE).read_text())
+        cfg["format_version"] = 99
+        (bad / CONFIG_FILE).write_text(json.dumps(cfg))
+        check_checkpoint_target(bad)
