@@ -17,8 +17,6 @@ import csv
 import io
 import json
 import logging
-import os
-import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -39,6 +37,7 @@ from duplicates.verify import VerifyConfig
 from embedder.checkpoint import CONFIG_FILE, read_config
 from embedder.errors import CheckpointError, ImageError
 from embedder.images import load_image
+from phonesim.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -372,16 +371,7 @@ def store_calibration(checkpoint: str | Path, record: dict[str, Any]) -> Path:
     path = checkpoint / CONFIG_FILE
     data = json.loads(path.read_text())
     data.setdefault("extra", {})[EXTRA_KEY] = record
-    fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.", dir=checkpoint)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(data, indent=2) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path
 
 

@@ -12,13 +12,12 @@ import html
 import io
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from duplicates.result import DuplicateResult
 from embedder.errors import ImageError
 from embedder.images import load_image
+from phonesim.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +39,6 @@ CSV_COLUMNS = (
     "height",
     "file_size",
 )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def to_csv(result: DuplicateResult) -> str:
@@ -174,13 +162,13 @@ def write_report(result: DuplicateResult, out: str | Path) -> dict[str, Path]:
         "failed": out / FAILED_NAME,
         "summary": out / SUMMARY_NAME,
     }
-    _atomic_write(paths["csv"], to_csv(result))
-    _atomic_write(paths["json"], json.dumps(to_json(result), indent=2) + "\n")
-    _atomic_write(paths["html"], to_html(result))
+    atomic_write_text(paths["csv"], to_csv(result))
+    atomic_write_text(paths["json"], json.dumps(to_json(result), indent=2) + "\n")
+    atomic_write_text(paths["html"], to_html(result))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["id", "reason"])
     writer.writerows([f.id, f.reason] for f in result.failures)
-    _atomic_write(paths["failed"], buf.getvalue())
-    _atomic_write(paths["summary"], result.summary() + "\n")
+    atomic_write_text(paths["failed"], buf.getvalue())
+    atomic_write_text(paths["summary"], result.summary() + "\n")
     return paths

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from embedder.errors import CheckpointError
+from phonesim.fsutil import fsync_path, swap_folder
 
 FORMAT = "phonesim-checkpoint"
 FORMAT_VERSION = 1
@@ -72,14 +73,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def check_checkpoint_target(out: str | Path) -> Path:
     """``out`` may be written as a checkpoint: absent, an empty folder, or a checkpoint.
 
@@ -118,27 +111,13 @@ def save_checkpoint(model: nn.Module, config: CheckpointConfig, out: str | Path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is shared
-    old = out.with_name(f".{out.name}.old")
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_json(), indent=2) + "\n")
         for name in (WEIGHTS_FILE, CONFIG_FILE):
-            with (tmp / name).open("rb") as fh:
-                os.fsync(fh.fileno())
-        replaced = out.exists()
-        if replaced:
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            if replaced and not out.exists():
-                os.replace(old, out)
-            raise
-        _fsync_dir(out.parent)
-        if replaced:
-            shutil.rmtree(old, ignore_errors=True)
+            fsync_path(tmp / name)
+        swap_folder(tmp, out, out.with_name(f".{out.name}.old"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from embedder.data import load_catalog
 from embedder.errors import DataError
 from embedder.inference import Embedder
 from embedder.metrics import confusion_matrix, macro_f1, per_class_scores, recall_at_k
+from phonesim.fsutil import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
             color="white" if value > threshold else "black",
         )
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")  # the path may be a temporary name
     plt.close(fig)
 
 
@@ -107,22 +106,10 @@ def evaluate(
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomically(out / "confusion_matrix.png", lambda tmp: plot_confusion(cm, names, tmp))
-        _write_atomically(
-            out / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n")
-        )
+        atomic_write(out / "confusion_matrix.png", lambda tmp: plot_confusion(cm, names, tmp))
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
         report["report_dir"] = str(out)
     return report
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file and rename, so a report is never left half-written."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def format_report(report: dict[str, Any]) -> str:

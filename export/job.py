@@ -26,7 +26,8 @@ from export.errors import ExportError
 from export.mapper import FeatureBatch
 from export.neighbors import FileIndexSearch, NeighborSearch, auto_factory, write_neighbors
 from export.reader import ExportInputs, read_inputs
-from export.shards import JobIdentity, PartialDir, ShardWriter, fsync_dir
+from export.shards import JobIdentity, PartialDir, ShardWriter
+from phonesim.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from embedder.data import Sample
 from export.errors import ExportError, ResumeError
 from export.mapper import FeatureBatch
 from export.schema import STR
+from phonesim.fsutil import atomic_write_text, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,6 @@ class JobIdentity:
     num_classes: int
     inputs_fingerprint: str
     inputs_count: int
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def partial_path(out: Path) -> Path:
@@ -177,12 +170,7 @@ class PartialDir:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def _check_manifest(manifest: Path, identity: JobIdentity) -> None:

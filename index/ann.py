@@ -31,7 +31,7 @@ import numpy as np
 
 from index.errors import IndexCorruptError, InvalidKindError, InvalidParamsError
 from index.evaluation import knn_ground_truth, recall_at_k
-from index.fsutil import atomic_write
+from phonesim.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from index import ann
 from index.build import build_index
 from index.catalog import CatalogIndex
 from index.evaluation import ClusteredMixture, knn_ground_truth, recall_at_k
-from index.fsutil import folder_size
+from phonesim.fsutil import folder_size
 
 log = logging.getLogger(__name__)
 

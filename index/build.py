@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 from index import ann
 from index.catalog import CatalogIndex, IndexOptions, faiss_file_name, lock_writer
 from index.errors import BuildInputError, InvalidKindError, InvalidMetadataError
-from index.fsutil import fsync_dir, fsync_path
 from index.manifest import MANIFEST_NAME, Manifest, write_manifest
 from index.store import STORE_NAME, CatalogStore, clean_metadata
 from index.vectors import prepare_ids, prepare_vectors
+from phonesim.fsutil import fsync_dir, fsync_path, swap_folder
 
 log = logging.getLogger(__name__)
 
@@ -318,24 +318,12 @@ def _write_store(
 
 def _move_into_place(tmp: Path, out: Path) -> None:
     """Swap the finished build in for ``out``, holding the old index's writer lock meanwhile."""
-    if not out.exists():
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-        return
     lock = lock_writer(out) if (out / MANIFEST_NAME).is_file() else None
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
     try:
-        os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            os.replace(old, out)  # never leave no index behind
-            raise
-        fsync_dir(out.parent)
+        swap_folder(tmp, out, out.parent / f".{out.name}.old-{os.getpid()}")
     finally:
         if lock is not None:
             os.close(lock)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def build_from_files(

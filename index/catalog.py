@@ -45,11 +45,11 @@ from index.errors import (
     ReadOnlyIndexError,
     UnknownIdError,
 )
-from index.fsutil import folder_size, fsync_dir
 from index.manifest import Manifest, read_manifest, write_manifest
 from index.rwlock import RWLock
 from index.store import STORE_NAME, CatalogStore, clean_metadata
 from index.vectors import prepare_ids, prepare_vectors
+from phonesim.fsutil import folder_size, fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from index.errors import IndexMismatchError, IndexNotFoundError, ManifestError
-from index.fsutil import atomic_write_text
+from phonesim.fsutil import atomic_write_text
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -26,7 +26,7 @@ from embedder.images import load_image
 from embedder.inference import Embedder
 from index.catalog import CatalogIndex, Hit
 from index.errors import DuplicateIdError
-from index.fsutil import atomic_write
+from phonesim.fsutil import atomic_write
 from server.batcher import Arrival, MicroBatcher
 from server.config import ServerConfig
 from server.errors import ApiError

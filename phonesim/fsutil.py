@@ -1,8 +1,9 @@
-"""Crash-safe file writes: temporary name, fsync, rename, fsync of the folder."""
+"""Crash-safe writes for every stage: temporary name, fsync, rename, fsync of the folder."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +43,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a UTF-8 text file atomically (see :func:`atomic_write`)."""
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def swap_folder(new: Path, dest: Path, old: Path) -> None:
+    """Move the finished folder ``new`` to ``dest``, replacing what is there.
+
+    An existing ``dest`` is first moved aside to ``old``; if moving ``new`` in fails (or is
+    interrupted), ``old`` is put back, so ``dest`` never goes missing. ``old`` is deleted after.
+    """
+    replaced = dest.exists()
+    if replaced:
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        if replaced and not dest.exists():
+            os.replace(old, dest)
+        raise
+    fsync_dir(dest.parent)
+    if replaced:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def folder_size(path: str | Path) -> int:
