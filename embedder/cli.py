@@ -88,6 +88,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"0 fine-tunes everything (default {d.frozen_groups})",
     )
     p.add_argument(
+        "--bn-stats",
+        choices=["auto", "frozen", "update"],
+        help="batch-norm running statistics while fine-tuning: 'frozen' keeps the pretrained "
+        "ones (their scale and shift still train), 'update' follows the training batches; "
+        f"'auto' freezes them for pretrained weights, updates them for --weights none "
+        f"(default {d.bn_stats})",
+    )
+    p.add_argument(
         "--patience", type=positive_int, help=f"early-stopping patience (default {d.patience})"
     )
     p.add_argument(

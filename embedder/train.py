@@ -164,6 +164,30 @@ def _set_backbone_trainable(model: nn.Module, trainable: bool, frozen: set[str])
         p.requires_grad = p in head or (trainable and name not in frozen)
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def freezes_bn_stats(config: TrainConfig) -> bool:
+    """Whether fine-tuning keeps the batch-norm running statistics of the starting weights.
+
+    Pretrained statistics describe the features the warmed-up head was fitted on; letting
+    small, augmented batches overwrite them shifts those features under the head (measured on
+    phone-brands: validation accuracy fell from 0.63 to 0.53 in the first epoch even at
+    lr 1e-4). Random initial statistics (``--weights none``) must follow the data.
+    """
+    if config.bn_stats == "auto":
+        return config.weights != "none"
+    return config.bn_stats == "frozen"
+
+
+def _set_train_mode(model: nn.Module, freeze_bn_stats: bool) -> None:
+    model.train()
+    if freeze_bn_stats:
+        for module in model.modules():
+            if isinstance(module, BATCH_NORMS):
+                module.eval()  # normalise with, and keep, the running statistics
+
+
 def _check_input_size(model: nn.Module, data_config: dict[str, Any], config: TrainConfig) -> None:
     """One forward pass at the input size, so a size the model refuses fails before training."""
     x = torch.zeros(1, *data_config["input_size"]).contiguous(memory_format=torch.channels_last)
@@ -300,7 +324,7 @@ class Trainer:
 
     def _run_epoch(self, epoch: int, optimizer, schedule, step: int) -> tuple[dict, int]:
         model = self.model
-        model.train()
+        _set_train_mode(model, freezes_bn_stats(self.cfg))
         total, correct, loss_sum = 0, 0, 0.0
         bar = tqdm(
             self.loader,
@@ -440,6 +464,8 @@ def _check_settings(config: TrainConfig) -> None:
         raise DataError(f"--workers must be >= 0, got {config.workers}")
     if config.frozen_groups < 0:
         raise DataError(f"--frozen-groups must be >= 0, got {config.frozen_groups}")
+    if config.bn_stats not in ("auto", "frozen", "update"):
+        raise DataError(f"--bn-stats must be auto, frozen or update, got {config.bn_stats!r}")
     if config.img_size is not None and config.img_size < 16:
         raise DataError(f"--img-size must be at least 16, got {config.img_size}")
 

@@ -19,11 +19,11 @@ class TrainConfig:
     weights: str = "imagenet"
     img_size: int | None = None
     crop_mode: str = "squash"
-    epochs: int = 8
+    epochs: int = 10
     warmup_epochs: int = 30
     warmup_views: int = 2
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-4
     head_lr: float = 2e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
@@ -32,6 +32,10 @@ class TrainConfig:
     # during fine-tuning: fewer weights to overfit on small catalogs and a cheaper backward.
     frozen_groups: int = 3
     augment: float = 0.3
+    # "frozen": batch-norm layers keep their pretrained running statistics while fine-tuning
+    # (their scale and shift still train); "update" lets them follow the training batches;
+    # "auto" = frozen with pretrained weights, update from scratch (random statistics).
+    bn_stats: str = "auto"
     balance: bool = True
     patience: int = 5
     seed: int = 0

@@ -130,6 +130,52 @@ def test_frozen_groups_keep_the_early_layers_while_later_ones_train(tiny_catalog
     assert not torch.equal(tuned["blocks.1.0.conv_exp.weight"], start["blocks.1.0.conv_exp.weight"])
 
 
+@pytest.mark.parametrize(
+    ("weights", "bn_stats", "kept"),
+    [("file", "auto", True), ("file", "update", False), ("none", "auto", False)],
+)
+def test_bn_statistics_stay_pretrained_while_fine_tuning(
+    tiny_catalog, tmp_path, weights, bn_stats, kept
+):
+    import timm
+    from safetensors.torch import save_file
+
+    from embedder.train import TrainConfig, freezes_bn_stats
+
+    torch.manual_seed(0)
+    start = timm.create_model("test_efficientnet", num_classes=3)
+    path = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in start.state_dict().items()}, str(path))
+    out = tmp_path / "ck"
+    config = tiny_train_config(
+        tiny_catalog,
+        out,
+        weights=str(path) if weights == "file" else "none",
+        bn_stats=bn_stats,
+        val_fraction=0.0,
+        frozen_groups=0,
+    )
+    train(config)
+    tuned = load_checkpoint(out)[0].state_dict()
+    if weights == "none":  # random start: compare with the initial statistics (0 and 1)
+        stats_kept = all(torch.all(tuned[k] == 0) for k in tuned if k.endswith("running_mean"))
+    else:
+        before = start.state_dict()
+        stats_kept = all(
+            torch.equal(tuned[k], before[k]) for k in before if k.endswith(("_mean", "_var"))
+        )
+        # Scale and shift of the batch norms train either way.
+        assert not torch.equal(tuned["bn1.weight"], before["bn1.weight"])
+    assert stats_kept is kept
+    assert freezes_bn_stats(TrainConfig(data="", out="", weights="imagenet")) is True
+    assert freezes_bn_stats(TrainConfig(data="", out="", bn_stats="update")) is False
+
+
+def test_unknown_bn_stats_setting_is_refused(tiny_catalog, tmp_path):
+    with pytest.raises(DataError, match="--bn-stats must be auto, frozen or update"):
+        train(tiny_train_config(tiny_catalog, tmp_path / "ck", bn_stats="sometimes"))
+
+
 def test_ctrl_c_keeps_the_best_checkpoint(tiny_catalog, tmp_path, monkeypatch):
     from embedder import train as train_module
 
