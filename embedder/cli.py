@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from embedder.train_config import DEFAULT_MODEL, TrainConfig
+from embedder.train_config import BN_STATS_MODES, DEFAULT_MODEL, TrainConfig
 from phonesim.argtypes import non_negative_int, positive_int
 
 
@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--bn-stats",
-        choices=["auto", "frozen", "update"],
+        choices=BN_STATS_MODES,
         help="batch-norm running statistics while fine-tuning: 'frozen' keeps the pretrained "
         "ones (their scale and shift still train), 'update' follows the training batches; "
         f"'auto' freezes them for pretrained weights, updates them for --weights none "

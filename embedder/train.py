@@ -34,7 +34,7 @@ from embedder.errors import DataError, ImageError
 from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.metrics import confusion_matrix, macro_f1, recall_at_k
-from embedder.train_config import TrainConfig
+from embedder.train_config import BN_STATS_MODES, TrainConfig
 from embedder.transforms import model_data_config, train_transform
 
 log = logging.getLogger(__name__)
@@ -464,8 +464,9 @@ def _check_settings(config: TrainConfig) -> None:
         raise DataError(f"--workers must be >= 0, got {config.workers}")
     if config.frozen_groups < 0:
         raise DataError(f"--frozen-groups must be >= 0, got {config.frozen_groups}")
-    if config.bn_stats not in ("auto", "frozen", "update"):
-        raise DataError(f"--bn-stats must be auto, frozen or update, got {config.bn_stats!r}")
+    if config.bn_stats not in BN_STATS_MODES:
+        modes = ", ".join(BN_STATS_MODES[:-1]) + f" or {BN_STATS_MODES[-1]}"
+        raise DataError(f"--bn-stats must be {modes}, got {config.bn_stats!r}")
     if config.img_size is not None and config.img_size < 16:
         raise DataError(f"--img-size must be at least 16, got {config.img_size}")
 

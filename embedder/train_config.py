@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
+BN_STATS_MODES = ("auto", "frozen", "update")
 
 
 @dataclass(frozen=True)

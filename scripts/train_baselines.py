@@ -113,8 +113,9 @@ def main() -> int:
         "--seeds",
         type=seed_list,
         default=[0],
-        help="comma-separated seeds for the recipe (default 0); the first one is 'recipe', "
-        "all of them are summarised as 'recipe_seeds' (mean, min, max accuracy)",
+        help="comma-separated seeds for the recipe (default 0): the first runs as 'recipe', "
+        "the others as 'recipe_seedN'; with several, 'recipe_seeds' gives their mean, min and "
+        "max accuracy",
     )
     args = parser.parse_args()
     if not args.train.is_dir() or not args.val.is_dir():
@@ -128,31 +129,32 @@ def main() -> int:
             if name == "probe":
                 figures[name] = run_probe(args.train, args.val)
             elif name == "recipe":
-                runs = {}
+                # The first seed is "recipe"; further seeds are rows of their own.
                 for seed in args.seeds:
-                    runs[seed] = run_recipe(args.train, args.val, out / f"recipe-{seed}", seed=seed)
-                    print(f"  recipe seed {seed}: " + json.dumps(runs[seed]), flush=True)
-                figures[name] = runs[args.seeds[0]]
-                if len(runs) > 1:
-                    accs = [r["accuracy"] for r in runs.values()]
-                    figures["recipe_seeds"] = {
-                        "seeds": args.seeds,
-                        "accuracy": accs,
-                        "mean": round(float(np.mean(accs)), 4),
-                        "min": min(accs),
-                        "max": max(accs),
-                    }
+                    key = name if seed == args.seeds[0] else f"recipe_seed{seed}"
+                    figures[key] = run_recipe(args.train, args.val, out / key, seed=seed)
+                    if key != name:
+                        print(f"  {key}: " + json.dumps(figures[key]), flush=True)
             else:
                 figures[name] = run_recipe(args.train, args.val, out / "scratch", weights="none")
             print(f"  {name}: " + json.dumps(figures[name]), flush=True)
-    print(f"\n{'run':<10}{'accuracy':>10}{'macro-F1':>10}{'R@1':>8}{'R@5':>8}{'minutes':>9}")
+    print(f"\n{'run':<14}{'accuracy':>10}{'macro-F1':>10}{'R@1':>8}{'R@5':>8}{'minutes':>9}")
     for name, f in figures.items():
-        if name == "recipe_seeds":  # a summary, not a run
-            continue
         print(
-            f"{name:<10}{f['accuracy']:>10.4f}{f['macro_f1']:>10.4f}{f['recall_at_1']:>8.3f}"
+            f"{name:<14}{f['accuracy']:>10.4f}{f['macro_f1']:>10.4f}{f['recall_at_1']:>8.3f}"
             f"{f['recall_at_5']:>8.3f}{f['minutes']:>9.2f}"
         )
+    if len(args.seeds) > 1 and "recipe" in figures:
+        accs = [figures["recipe"]["accuracy"]] + [
+            figures[f"recipe_seed{seed}"]["accuracy"] for seed in args.seeds[1:]
+        ]
+        figures["recipe_seeds"] = {
+            "seeds": args.seeds,
+            "accuracy": accs,
+            "mean": round(float(np.mean(accs)), 4),
+            "min": min(accs),
+            "max": max(accs),
+        }
     if "recipe" in figures and "probe" in figures:
         figures["recipe_vs_probe_accuracy_ratio"] = round(
             figures["recipe"]["accuracy"] / max(1e-9, figures["probe"]["accuracy"]), 3
