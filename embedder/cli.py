@@ -8,7 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from embedder.train_config import BN_STATS_MODES, DEFAULT_MODEL, TrainConfig
+from embedder.train_config import (
+    BN_STATS_MODES,
+    DEFAULT_MODEL,
+    LABEL_CONFLICT_MODES,
+    TrainConfig,
+)
 from phonesim.argtypes import non_negative_int, positive_int
 
 
@@ -96,6 +101,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"(default {d.bn_stats})",
     )
     p.add_argument(
+        "--label-conflicts",
+        choices=LABEL_CONFLICT_MODES,
+        help="'drop' leaves out training images that nearly copy an image filed under another "
+        "class (the same photo under two brands teaches nothing but noise) and lists them; "
+        f"'keep' trains on them as filed (default {d.label_conflicts})",
+    )
+    p.add_argument(
+        "--conflict-similarity",
+        type=float,
+        help="greyscale-thumbnail cosine at which two training images count as one photo "
+        f"(default {d.conflict_similarity})",
+    )
+    p.add_argument(
         "--patience", type=positive_int, help=f"early-stopping patience (default {d.patience})"
     )
     p.add_argument(
@@ -171,6 +189,7 @@ def _train(args: argparse.Namespace) -> int:
         "checkpoint": str(result.checkpoint),
         "best_epoch": result.best_epoch,
         "skipped_images": len(result.skipped),
+        "label_conflicts_left_out": len(result.label_conflicts),
         "interrupted": result.interrupted,
         **result.metrics,
     }
@@ -187,7 +206,10 @@ def _train(args: argparse.Namespace) -> int:
                 if k.startswith("val_")
             )
         )
-        print(f"checkpoint: {result.checkpoint}; unreadable images skipped: {len(result.skipped)}")
+        print(
+            f"checkpoint: {result.checkpoint}; unreadable images skipped: {len(result.skipped)}; "
+            f"label conflicts left out: {len(result.label_conflicts)}"
+        )
     return 130 if result.interrupted else 0
 
 

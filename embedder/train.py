@@ -33,8 +33,9 @@ from embedder.data import Catalog, Sample, load_catalog
 from embedder.errors import DataError, ImageError
 from embedder.images import load_image
 from embedder.inference import Embedder
+from embedder.label_conflicts import find_label_conflicts, thumbnail_vector
 from embedder.metrics import confusion_matrix, macro_f1, recall_at_k
-from embedder.train_config import BN_STATS_MODES, TrainConfig
+from embedder.train_config import BN_STATS_MODES, LABEL_CONFLICT_MODES, TrainConfig
 from embedder.transforms import model_data_config, train_transform
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class TrainResult:
     metrics: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    label_conflicts: list[str] = field(default_factory=list)
     interrupted: bool = False
 
 
@@ -57,7 +59,8 @@ class CachedImages(Dataset):
     """Training images decoded once up front and augmented per epoch.
 
     Unreadable images are dropped here (listed in ``skipped``); up to ``CACHE_LIMIT`` images are
-    kept in memory, downscaled to what random crops at the training size need.
+    kept in memory, downscaled to what random crops at the training size need. A small thumbnail
+    vector per image serves to find label conflicts.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class CachedImages(Dataset):
     ):
         self.transform = transform
         self.samples, self.targets, self.cache, self.skipped = [], [], [], []
+        self.thumbs: list[np.ndarray] = []
         keep = len(samples) <= CACHE_LIMIT
         for s, t in zip(
             tqdm(samples, desc="decoding", unit="img", leave=False, disable=not progress),
@@ -84,12 +88,22 @@ class CachedImages(Dataset):
                 continue
             self.samples.append(s)
             self.targets.append(t)
+            self.thumbs.append(thumbnail_vector(img))
             if keep:
                 scale = keep_side / min(img.size)
                 if scale < 1:
                     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
                     img = img.resize(size, resample=Image.BICUBIC)
                 self.cache.append(img)
+
+    def leave_out(self, indices: set[int]) -> None:
+        """Remove these images from training."""
+        keep = [i for i in range(len(self.samples)) if i not in indices]
+        self.samples = [self.samples[i] for i in keep]
+        self.targets = [self.targets[i] for i in keep]
+        self.thumbs = [self.thumbs[i] for i in keep]
+        if self.cache:
+            self.cache = [self.cache[i] for i in keep]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -231,6 +245,7 @@ class Trainer:
         missing = sorted(set(self.label_names) - {s.label for s in dataset.samples})
         if missing:
             raise DataError(f"no readable training images for class(es) {', '.join(missing)}")
+        self.label_conflicts = self._leave_out_label_conflicts(dataset)
         self.skipped = dataset.skipped
         self.val_skipped: list[str] = []
         self.targets = dataset.targets
@@ -253,8 +268,40 @@ class Trainer:
         )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
+    def _leave_out_label_conflicts(self, dataset: CachedImages) -> list[str]:
+        """Leave out training images that nearly copy an image of another class; list them."""
+        if self.cfg.label_conflicts != "drop" or not dataset.samples:
+            return []
+        conflicts = find_label_conflicts(
+            np.stack(dataset.thumbs), dataset.targets, self.cfg.conflict_similarity
+        )
+        samples = dataset.samples
+        notes = [
+            f"{samples[c.index].id} ({samples[c.index].label}) ~ "
+            f"{samples[c.other].id} ({samples[c.other].label}), similarity {c.similarity:.3f}"
+            for c in conflicts
+        ]
+        dataset.leave_out({c.index for c in conflicts})
+        if notes:
+            log.warning(
+                "left out %d of %d training images: each nearly copies an image filed under "
+                "another class (--label-conflicts keep trains on them)",
+                len(notes),
+                len(samples),
+            )
+            for note in notes:
+                log.info("label conflict: %s", note)
+        emptied = sorted(set(self.label_names) - {s.label for s in dataset.samples})
+        if emptied:
+            raise DataError(
+                f"every training image of class(es) {', '.join(emptied)} nearly copies an image "
+                "of another class; fix the labels or pass --label-conflicts keep"
+            )
+        return notes
+
     def checkpoint_config(self, metrics: dict[str, Any]) -> CheckpointConfig:
         training = {k: v for k, v in asdict(self.cfg).items() if k != "progress"}
+        training["label_conflicts_left_out"] = self.label_conflicts
         return CheckpointConfig(
             architecture=self.cfg.model,
             num_classes=len(self.label_names),
@@ -464,6 +511,12 @@ def _check_settings(config: TrainConfig) -> None:
         raise DataError(f"--workers must be >= 0, got {config.workers}")
     if config.frozen_groups < 0:
         raise DataError(f"--frozen-groups must be >= 0, got {config.frozen_groups}")
+    if config.label_conflicts not in LABEL_CONFLICT_MODES:
+        raise DataError(f"--label-conflicts must be drop or keep, got {config.label_conflicts!r}")
+    if not (0.0 < config.conflict_similarity <= 1.0):
+        raise DataError(
+            f"--conflict-similarity must be in (0, 1], got {config.conflict_similarity}"
+        )
     if config.bn_stats not in BN_STATS_MODES:
         modes = ", ".join(BN_STATS_MODES[:-1]) + f" or {BN_STATS_MODES[-1]}"
         raise DataError(f"--bn-stats must be {modes}, got {config.bn_stats!r}")
@@ -504,4 +557,5 @@ def train(config: TrainConfig) -> TrainResult:
     trainer = Trainer(config, train_catalog, val_samples)
     result = trainer.fit()
     result.skipped = trainer.skipped + trainer.val_skipped
+    result.label_conflicts = trainer.label_conflicts
     return result

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 BN_STATS_MODES = ("auto", "frozen", "update")
+LABEL_CONFLICT_MODES = ("drop", "keep")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class TrainConfig:
     # (their scale and shift still train); "update" lets them follow the training batches;
     # "auto" = frozen with pretrained weights, update from scratch (random statistics).
     bn_stats: str = "auto"
+    # "drop": training photos whose near copy is filed under another class are left out
+    # (embedder/label_conflicts.py); "keep" trains on them as filed.
+    label_conflicts: str = "drop"
+    conflict_similarity: float = 0.98  # thumbnail cosine at which two photos count as one
     balance: bool = True
     patience: int = 5
     seed: int = 0

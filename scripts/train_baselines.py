@@ -53,6 +53,7 @@ def run_recipe(train_dir: Path, val_dir: Path, out: Path, **overrides) -> dict:
         "recall_at_1": report["recall_at_1"],
         "recall_at_5": report["recall_at_5"],
         "best_epoch": result.best_epoch,
+        "label_conflicts_left_out": len(result.label_conflicts),
         "minutes": round(minutes, 2),
     }
 
