@@ -1,15 +1,15 @@
 """Training photos filed under two classes at once, found by near-identical thumbnails.
 
 Real catalogs file one picture under several classes: phone-brands has a Redmi Note render under
-four brands and one product shot in three colours under two. Such a picture cannot be evidence
+four brands and a Samsung render under three. Such a picture cannot be evidence
 for either class, and fitting it teaches the model that identical pixels mean different things.
 Training leaves every member of such a conflict out (``--label-conflicts drop``).
 
 The comparison is between greyscale 24 px thumbnails, zero-mean and unit-norm, by cosine: a
-re-encoded, resized, brightened or contrast-changed copy scores close to 1, and so does one render
-with another body colour (0.983 for the Redmi renders). On phone-brands, all pairs at 0.95-0.98
-were different photos of similar phones on white backgrounds, hence the default of 0.98
-(``TrainConfig.conflict_similarity``).
+re-encoded, resized, brightened or contrast-changed copy scores about 0.99 or more. Renders of one
+phone in two body colours scored 0.983 (Redmi Note) and 0.952 (Samsung); the other five
+cross-brand pairs at 0.95-0.98 on phone-brands were different phones on white backgrounds, hence
+the default of 0.98 (``TrainConfig.conflict_similarity``).
 """
 
 from __future__ import annotations

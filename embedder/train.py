@@ -2,8 +2,9 @@
 
 Recipe (the defaults are the recommended one): a head-only warm-up with the backbone frozen,
 then full fine-tuning at a lower rate; AdamW with a cosine schedule and linear warm-up; label
-smoothing (the labels of real listings are noisy); timm's training augmentation; class-balanced
-sampling; early stopping on validation accuracy. The best checkpoint is saved atomically every
+smoothing (the labels of real listings are noisy); training photos whose near copy is filed under
+another class left out; timm's training augmentation; class-balanced sampling; early stopping on
+validation accuracy. The best checkpoint is saved atomically every
 time validation improves, so Ctrl-C or a crash leaves it on disk.
 """
 

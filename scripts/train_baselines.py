@@ -81,7 +81,9 @@ def run_probe(train_dir: Path, val_dir: Path) -> dict:
         )
     (xt, yt), (xv, yv) = feats["train"], feats["val"]
     # Regularisation chosen by 5-fold cross-validation on the training images only.
-    clf = LogisticRegressionCV(Cs=[0.3, 1, 3, 10, 30], cv=5, max_iter=3000).fit(xt, yt)
+    # Explicit scoring: sklearn 1.11 changes the default to log-loss.
+    clf = LogisticRegressionCV(Cs=[0.3, 1, 3, 10, 30], cv=5, scoring="accuracy", max_iter=3000)
+    clf = clf.fit(xt, yt)
     pred = clf.predict(xv)
     recall = recall_at_k(xv, yv, xt, yt)
     return {
