@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Pinned here (pyproject.toml states ranges): these builds lie on this kind of machine's disk.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-DEMO_DIR ?= demo
+DEMO_DIR ?= runs/demo
 
 .PHONY: setup browser demo serve test lint clean
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from common.fsutil import atomic_write_text
 from duplicates.benchmark import Benchmark, BenchmarkConfig, build_benchmark
 from duplicates.descriptor import CopyDescriptor, DescriptorConfig
 from duplicates.evaluation import Sweep, sweep_thresholds
@@ -37,7 +38,6 @@ from duplicates.verify import VerifyConfig
 from embedder.checkpoint import CONFIG_FILE, read_config
 from embedder.errors import CheckpointError, ImageError
 from embedder.images import load_image
-from phonesim.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 

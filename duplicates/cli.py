@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from phonesim.argtypes import non_negative_int, positive_int
-from phonesim.errors import run_reporting_errors
+from common.argtypes import non_negative_int, positive_int
+from common.errors import run_reporting_errors
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import json
 import logging
 from pathlib import Path
 
+from common.fsutil import atomic_write_text
 from duplicates.result import DuplicateResult
 from embedder.errors import ImageError
 from embedder.images import load_image
-from phonesim.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 

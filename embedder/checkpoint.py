@@ -20,8 +20,8 @@ import timm
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from common.fsutil import fsync_path, swap_folder
 from embedder.errors import CheckpointError
-from phonesim.fsutil import fsync_path, swap_folder
 
 FORMAT = "phonesim-checkpoint"
 FORMAT_VERSION = 1

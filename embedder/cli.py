@@ -1,4 +1,4 @@
-"""``phonesim`` subcommands of the embedder stage: make-demo-catalog, train, evaluate, embed."""
+"""``phonesim`` subcommands of the embedder stage: train, evaluate, embed."""
 
 from __future__ import annotations
 
@@ -8,28 +8,16 @@ import os
 import sys
 from pathlib import Path
 
+from common.argtypes import non_negative_int, positive_int
 from embedder.train_config import (
     BN_STATS_MODES,
     DEFAULT_MODEL,
     LABEL_CONFLICT_MODES,
     TrainConfig,
 )
-from phonesim.argtypes import non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "make-demo-catalog",
-        help="render a synthetic phone catalog (no data needed)",
-        description="Render a synthetic phone catalog with Pillow: one folder per phone model "
-        "plus catalog.csv (id,image,label,title,brand,price). Same seed, same bytes.",
-    )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--classes", type=positive_int, default=8, help="phone models (default 8)")
-    p.add_argument("--per-class", type=positive_int, default=40, help="images per model")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.set_defaults(func=_make_demo_catalog)
-
     d = TrainConfig(data="", out="")
     p = sub.add_parser(
         "train",
@@ -160,19 +148,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workers", type=non_negative_int, help="decoding workers (default: spare cores)"
     )
     p.set_defaults(func=_embed)
-
-
-def _make_demo_catalog(args: argparse.Namespace) -> int:
-    from embedder.demo_catalog import generate_catalog
-
-    try:
-        csv_path = generate_catalog(args.out, args.classes, args.per_class, args.seed)
-    except ValueError as exc:
-        from phonesim.errors import UserError
-
-        raise UserError(str(exc)) from exc
-    print(f"demo catalog written: {csv_path}")
-    return 0
 
 
 def _train(args: argparse.Namespace) -> int:

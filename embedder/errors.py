@@ -1,6 +1,6 @@
 """Errors raised by the embedder on bad user input (reported as one line by the CLI)."""
 
-from phonesim.errors import UserError
+from common.errors import UserError
 
 
 class EmbedderError(UserError):

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from common.fsutil import atomic_write, atomic_write_text
 from embedder.batch import embed_samples
 from embedder.data import load_catalog
 from embedder.errors import DataError
 from embedder.inference import Embedder
 from embedder.metrics import confusion_matrix, macro_f1, per_class_scores, recall_at_k
-from phonesim.fsutil import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 

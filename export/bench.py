@@ -72,7 +72,7 @@ def _run_child(script: Path, spec: dict) -> dict:
 
 def _prepare(settings: BenchSettings, work: Path) -> tuple[Path, Path, Path]:
     """Demo catalog of 4N images, an N-row manifest over its first rows, a tiny checkpoint."""
-    from embedder.demo_catalog import generate_catalog
+    from demo.catalog import generate_catalog
     from embedder.train import TrainConfig, train
 
     n4 = 4 * settings.n

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from common.argtypes import non_negative_int, positive_int
 from export.schema import DTYPES
-from phonesim.argtypes import non_negative_int, positive_int
 
 DESCRIPTION = """\
 Write recommendation features for every catalog image to one HDF5 file: ids, L2-normalised
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from phonesim.errors import run_reporting_errors
+    from common.errors import run_reporting_errors
 
     args = build_parser().parse_args(argv)
     return run_reporting_errors(

@@ -1,6 +1,6 @@
 """Errors of the feature export that a user can fix (reported as one line by the CLI)."""
 
-from phonesim.errors import UserError
+from common.errors import UserError
 
 
 class ExportError(UserError):

@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from common.fsutil import fsync_dir
 from embedder.checkpoint import checkpoint_hash, read_config
 from export import schema
 from export.assemble import assemble
@@ -27,7 +28,6 @@ from export.mapper import FeatureBatch
 from export.neighbors import FileIndexSearch, NeighborSearch, auto_factory, write_neighbors
 from export.reader import ExportInputs, read_inputs
 from export.shards import JobIdentity, PartialDir, ShardWriter
-from phonesim.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from common.fsutil import atomic_write_text, fsync_dir
 from embedder.data import Sample
 from export.errors import ExportError, ResumeError
 from export.mapper import FeatureBatch
 from export.schema import STR
-from phonesim.fsutil import atomic_write_text, fsync_dir
 
 log = logging.getLogger(__name__)
 

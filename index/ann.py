@@ -29,9 +29,9 @@ from typing import Any
 import faiss
 import numpy as np
 
+from common.fsutil import atomic_write
 from index.errors import IndexCorruptError, InvalidKindError, InvalidParamsError
 from index.evaluation import knn_ground_truth, recall_at_k
-from phonesim.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from typing import Any
 import faiss
 import numpy as np
 
+from common.fsutil import folder_size
 from index import ann
 from index.build import build_index
 from index.catalog import CatalogIndex
 from index.evaluation import ClusteredMixture, knn_ground_truth, recall_at_k
-from phonesim.fsutil import folder_size
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from common.fsutil import fsync_dir, fsync_path, swap_folder
 from index import ann
 from index.catalog import CatalogIndex, IndexOptions, faiss_file_name, lock_writer
 from index.errors import BuildInputError, InvalidKindError, InvalidMetadataError
 from index.manifest import MANIFEST_NAME, Manifest, write_manifest
 from index.store import STORE_NAME, CatalogStore, clean_metadata
 from index.vectors import prepare_ids, prepare_vectors
-from phonesim.fsutil import fsync_dir, fsync_path, swap_folder
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from common.fsutil import folder_size, fsync_dir
 from index import ann
 from index.errors import (
     DuplicateIdError,
@@ -49,7 +50,6 @@ from index.manifest import Manifest, read_manifest, write_manifest
 from index.rwlock import RWLock
 from index.store import STORE_NAME, CatalogStore, clean_metadata
 from index.vectors import prepare_ids, prepare_vectors
-from phonesim.fsutil import folder_size, fsync_dir
 
 log = logging.getLogger(__name__)
 

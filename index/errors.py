@@ -1,13 +1,13 @@
 """Errors raised by the index package.
 
-Every error here subclasses :class:`phonesim.errors.UserError`, so the ``phonesim`` command
+Every error here subclasses :class:`common.errors.UserError`, so the ``phonesim`` command
 prints it as one line. Errors about bad arguments also subclass ``ValueError`` (or ``KeyError``
 for unknown ids), so library callers and the server can catch the usual built-in types.
 """
 
 from __future__ import annotations
 
-from phonesim.errors import UserError
+from common.errors import UserError
 
 
 class CatalogIndexError(UserError):

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from common.fsutil import atomic_write_text
 from index.errors import IndexMismatchError, IndexNotFoundError, ManifestError
-from phonesim.fsutil import atomic_write_text
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from phonesim.errors import run_reporting_errors
+from common.errors import run_reporting_errors
 
 log = logging.getLogger("phonesim")
 
@@ -26,10 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    from demo import pipeline as demo
     from embedder import cli as embedder_cli
     from export import cli as export_cli
     from index import cli as index_cli
-    from phonesim import demo
     from server import cli as server_cli
 
     embedder_cli.register(sub)

@@ -49,7 +49,7 @@ def image_samples(images: Path | None, n: int, tmp: Path) -> list[Sample]:
     if images is None and (PHONE_BRANDS / "train").is_dir():
         images = PHONE_BRANDS / "train"
     if images is None:
-        from embedder.demo_catalog import generate_catalog
+        from demo.catalog import generate_catalog
 
         images = generate_catalog(tmp / "demo", classes=8, per_class=32, image_size=320)
     samples = load_catalog(images, require_labels=False).samples

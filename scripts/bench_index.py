@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.argtypes import positive_int
 from index.benchmark import BenchConfig, format_table, run_benchmark  # noqa: E402
-from phonesim.argtypes import positive_int
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:

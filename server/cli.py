@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from phonesim.argtypes import port, positive_float, positive_int
+from common.argtypes import port, positive_float, positive_int
 from server.config import API_KEY_ENV
 
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import sys
 
-    from phonesim.errors import UserError
+    from common.errors import UserError
 
     parser = argparse.ArgumentParser(prog="python -m server", description="phonesim serve")
     add_arguments(parser)

@@ -15,7 +15,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from phonesim.errors import UserError
+from common.errors import UserError
 from server.config import ServerConfig
 
 log = logging.getLogger(__name__)

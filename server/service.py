@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from common.fsutil import atomic_write
 from embedder.errors import ImageError
 from embedder.images import load_image
 from embedder.inference import Embedder
 from index.catalog import CatalogIndex, Hit
 from index.errors import DuplicateIdError
-from phonesim.fsutil import atomic_write
 from server.batcher import Arrival, MicroBatcher
 from server.config import ServerConfig
 from server.errors import ApiError

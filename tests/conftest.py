@@ -35,7 +35,7 @@ def tiny_train_config(data: Path, out: Path, **overrides):
 @pytest.fixture(scope="session")
 def tiny_catalog(tmp_path_factory) -> Path:
     """Three demo phone models, six 64 px images each: class folders plus catalog.csv."""
-    from embedder.demo_catalog import generate_catalog
+    from demo.catalog import generate_catalog
 
     out = tmp_path_factory.mktemp("catalog") / "demo"
     generate_catalog(out, classes=3, per_class=6, seed=1, image_size=TINY_SIZE, progress=False)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedder.demo_catalog import (
+from demo.catalog import (
     CATALOG_COLUMNS,
     CLASS_NAMES,
     PhoneSpec,

@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import pytest
 
+from common.errors import UserError
 from embedder.checkpoint import checkpoint_hash
 from embedder.errors import CheckpointError, DataError
 from export import ExportConfig, ExportError, RayUnavailableError, ResumeError, export_features
@@ -30,7 +31,6 @@ from export.mapper import EmbedMapper, FeatureBatch, embed_records, records_to_b
 from export.neighbors import auto_factory, drop_self
 from export.reader import read_inputs, record_blocks
 from export.shards import JobIdentity, PartialDir, ShardWriter, partial_path
-from phonesim.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "export_features.py"
@@ -44,7 +44,7 @@ needs_ray = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory) -> Path:
     """Demo catalog (3 classes x 6) plus ``with_bad.csv``: the catalog and one corrupt image."""
-    from embedder.demo_catalog import generate_catalog
+    from demo.catalog import generate_catalog
 
     root = tmp_path_factory.mktemp("export") / "demo"
     csv_path = generate_catalog(root, classes=3, per_class=6, seed=3, image_size=64, progress=False)

@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from common.errors import UserError
 from index import (
     CatalogIndex,
     DuplicateIdError,
@@ -30,7 +31,6 @@ from index import (
 )
 from index.errors import BuildInputError, CatalogIndexError, InvalidKindError
 from index.evaluation import ClusteredMixture, recall_at_k
-from phonesim.errors import UserError
 
 D = 32
 MODEL = "tiny_model"

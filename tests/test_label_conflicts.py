@@ -30,7 +30,7 @@ def _reencoded(img: Image.Image, scale: float, quality: int) -> Image.Image:
 @pytest.fixture(scope="module")
 def listing_photos(tmp_path_factory):
     """Two demo phone models, two photos each, at a listing-like 160 px."""
-    from embedder.demo_catalog import generate_catalog
+    from demo.catalog import generate_catalog
 
     out = tmp_path_factory.mktemp("photos") / "demo"
     generate_catalog(out, classes=2, per_class=2, seed=1, image_size=160, progress=False)

@@ -248,7 +248,7 @@ def test_serve_is_a_phonesim_subcommand():
 
 
 def test_serve_rejects_an_api_key_with_several_workers(tiny_checkpoint, live_index):
-    from phonesim.errors import UserError
+    from common.errors import UserError
     from server.serve import serve
 
     with pytest.raises(UserError, match="--workers 1"):
@@ -259,8 +259,8 @@ def test_serve_rejects_an_api_key_with_several_workers(tiny_checkpoint, live_ind
 
 def test_serve_checks_the_index_before_starting_workers(tiny_checkpoint, live_index, tmp_path):
     """Mistakes a worker would only report as a gunicorn boot traceback are one-line errors."""
+    from common.errors import UserError
     from phonesim.cli import build_parser
-    from phonesim.errors import UserError
     from server.serve import serve
 
     other = tmp_path / "other-checkpoint"

@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from common.argtypes import positive_int
+
 log = logging.getLogger(__name__)
 
 # Small enough to train in about a minute on 2 CPU cores, large enough to be meaningful.
@@ -21,13 +23,25 @@ DEMO_EPOCHS = 3
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
+        "make-demo-catalog",
+        help="render a synthetic phone catalog (no data needed)",
+        description="Render a synthetic phone catalog with Pillow: one folder per phone model "
+        "plus catalog.csv (id,image,label,title,brand,price). Same seed, same bytes.",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--classes", type=positive_int, default=8, help="phone models (default 8)")
+    p.add_argument("--per-class", type=positive_int, default=40, help="images per model")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_make_demo_catalog)
+
+    p = sub.add_parser(
         "demo",
         help="run the whole pipeline on the built-in demo catalog (no data, no internet)",
         description="Generate the synthetic demo catalog, fine-tune the default pretrained "
         "backbone on it, evaluate, embed, build the index and start the server. Outputs go "
         "to --workdir and are reused on the next run (delete it to start over).",
     )
-    p.add_argument("--workdir", default="demo", help="where outputs go (default ./demo)")
+    p.add_argument("--workdir", default="runs/demo", help="where outputs go (default ./runs/demo)")
     p.add_argument("--classes", type=int, default=8, help="phone models (default 8)")
     p.add_argument("--per-class", type=int, default=40, help="images per model (default 40)")
     p.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
@@ -37,9 +51,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_demo)
 
 
+def _make_demo_catalog(args: argparse.Namespace) -> int:
+    from demo.catalog import generate_catalog
+
+    try:
+        csv_path = generate_catalog(args.out, args.classes, args.per_class, args.seed)
+    except ValueError as exc:
+        from common.errors import UserError
+
+        raise UserError(str(exc)) from exc
+    print(f"demo catalog written: {csv_path}")
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from embedder.checkpoint import CONFIG_FILE
-    from embedder.demo_catalog import generate_catalog
+    from demo.catalog import generate_catalog
     from embedder.embed_job import embed_to_hdf5
     from embedder.evaluate import evaluate, format_report
     from embedder.train import TrainConfig, train
