@@ -12,19 +12,27 @@ class UserError(Exception):
     """Bad input from the user: a missing path, a malformed manifest, an incompatible index."""
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
+    """Timestamped log lines on stderr: INFO by default, DEBUG with -v, warnings only with -q."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT, force=True)
+
+
 def run_reporting_errors(
     prog: str,
     run: Callable[[argparse.Namespace], int | None],
     args: argparse.Namespace,
     *,
     verbose: bool = False,
+    quiet: bool = False,
     interrupted: str = "interrupted",
 ) -> int:
     """Run a command with logging set up; bad input and Ctrl-C become one line and an exit code."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbose=verbose, quiet=quiet)
     try:
         return int(run(args) or 0)
     except UserError as exc:

@@ -15,6 +15,35 @@ from common.errors import run_reporting_errors
 log = logging.getLogger("phonesim")
 
 
+def _add_verbosity(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``-v``/``-q`` on the root and on every subcommand, so they work on either side of it.
+
+    Subcommands default to SUPPRESS so an unset flag after the subcommand does not undo one
+    given before it; a subcommand that already has its own flag of that name keeps it.
+    """
+    default = False if top else argparse.SUPPRESS
+    taken = {opt for action in parser._actions for opt in action.option_strings}
+    flags = {
+        ("-v", "--verbose"): "log debug messages",
+        ("-q", "--quiet"): "log warnings and errors only",
+    }
+    for names, help_text in flags.items():
+        free = [name for name in names if name not in taken]
+        if len(free) == len(names):
+            parser.add_argument(*free, action="store_true", default=default, help=help_text)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser`` (subcommands of subcommands included)."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.append(child)
+                found.extend(_subparsers(child))
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phonesim",
@@ -23,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
             "catalog photos, embed images, index them in FAISS and serve lookups."
         ),
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    _add_verbosity(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     from demo import pipeline as demo
@@ -37,13 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     export_cli.register(sub)
     demo.register(sub)
     server_cli.register(sub)
+    for child in _subparsers(parser):
+        _add_verbosity(child, top=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_reporting_errors("phonesim", args.func, args, verbose=args.verbose)
+    return run_reporting_errors("phonesim", args.func, args, verbose=args.verbose, quiet=args.quiet)
 
 
 if __name__ == "__main__":
