@@ -19,7 +19,7 @@ LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
     """Timestamped log lines on stderr: INFO by default, DEBUG with -v, warnings only with -q."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT, force=True)
+    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
 
 
 def run_reporting_errors(
