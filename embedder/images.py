@@ -19,6 +19,13 @@ MAX_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+# Formats a product photo comes in (JPEG includes multi-picture MPO files). Pillow opens some
+# 40 more (DDS textures, IM, SPIDER, FITS, ...), each a decoder an upload could reach; none of
+# them is a listing photo.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+
+_STRETCH_BAND_PIXELS = 1 << 20
+
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode (P, RGBA, LA, L, I;16, I, F, CMYK, ...) to 8-bit RGB.
@@ -28,11 +35,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I") or img.mode == "F":
-        # 16/32-bit greyscale: stretch the image's own range to 8 bits.
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(arr.astype(np.uint8), mode="L").convert("RGB")
+        return stretch_to_8_bit(img).convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -41,6 +44,27 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return img.convert("RGB")
+
+
+def stretch_to_8_bit(img: Image.Image) -> Image.Image:
+    """16/32-bit greyscale (I;16, I, F) to 8-bit L, stretching the image's own range.
+
+    Works a band of rows at a time, so a 36-megapixel 16-bit scan costs its own size plus a
+    few megabytes, not a float64 copy of the whole image (288 MB).
+    """
+    arr = np.asarray(img)
+    finite = arr if arr.dtype.kind in "iu" else arr[np.isfinite(arr)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    out = np.zeros(arr.shape, dtype=np.uint8)
+    if hi > lo:
+        scale = 255.0 / (hi - lo)
+        step = max(1, _STRETCH_BAND_PIXELS // max(arr.shape[1], 1))
+        for top in range(0, arr.shape[0], step):
+            band = arr[top : top + step].astype(np.float64)
+            band = np.nan_to_num(band, nan=lo, posinf=hi, neginf=lo)
+            np.clip((band - lo) * scale, 0, 255, out=band)
+            out[top : top + step] = band.astype(np.uint8)
+    return Image.fromarray(out, mode="L")
 
 
 def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image.Image:
@@ -61,8 +85,11 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
         else:
             fp = str(source)
         with warnings.catch_warnings():
+            # Corrupt files make Pillow warn (bad EXIF, short tags): the outcome is what counts,
+            # and a server must not log a warning per hostile upload.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as img:
+            with Image.open(fp, formats=IMAGE_FORMATS) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise ImageError(
                         f"{name}: {img.width}x{img.height} exceeds the {MAX_PIXELS} pixel limit "
@@ -85,7 +112,14 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
     except FileNotFoundError as exc:
         raise ImageError(f"{name}: file not found") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{name}: not a recognised image format") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        # PIL reports truncated/corrupt data as OSError (or SyntaxError for some plugins).
-        raise ImageError(f"{name}: cannot decode image ({exc})") from exc
+        raise ImageError(
+            f"{name}: not a recognised image format (accepted: {', '.join(IMAGE_FORMATS)})"
+        ) from exc
+    except MemoryError as exc:
+        raise ImageError(f"{name}: image too large to decode") from exc
+    except Exception as exc:
+        # The bytes are untrusted: Pillow's decoders report corrupt input as OSError, SyntaxError,
+        # ValueError, EOFError, but also TypeError, OverflowError, IndexError, struct.error,
+        # NotImplementedError... Every one of them means "this file cannot be read".
+        reason = str(exc) or type(exc).__name__
+        raise ImageError(f"{name}: cannot decode image ({reason})") from exc
