@@ -9,7 +9,10 @@ from pathlib import Path
 
 from embedder.errors import DataError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# HEIC/HEIF files are listed even without pillow-heif: load_image then says what to install.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"}
+)
 REQUIRED_COLUMNS = ("id", "image", "label")
 
 

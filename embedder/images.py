@@ -22,7 +22,22 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Formats a product photo comes in (JPEG includes multi-picture MPO files). Pillow opens some
 # 40 more (DDS textures, IM, SPIDER, FITS, ...), each a decoder an upload could reach; none of
 # them is a listing photo.
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+
+
+def _register_heif() -> bool:
+    """HEIC/HEIF (the iPhone camera's default) through pillow-heif, the optional ``heif`` extra."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+HEIF_SUPPORTED = _register_heif()
+if HEIF_SUPPORTED:
+    IMAGE_FORMATS += ("HEIF",)
 
 _STRETCH_BAND_PIXELS = 1 << 20
 
@@ -112,6 +127,10 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
     except FileNotFoundError as exc:
         raise ImageError(f"{name}: file not found") from exc
     except UnidentifiedImageError as exc:
+        if not HEIF_SUPPORTED and _looks_like_heif(source):
+            raise ImageError(
+                f"{name}: HEIC/HEIF photos need pillow-heif (pip install 'phonesim[heif]')"
+            ) from exc
         raise ImageError(
             f"{name}: not a recognised image format (accepted: {', '.join(IMAGE_FORMATS)})"
         ) from exc
@@ -123,3 +142,19 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
         # NotImplementedError... Every one of them means "this file cannot be read".
         reason = str(exc) or type(exc).__name__
         raise ImageError(f"{name}: cannot decode image ({reason})") from exc
+
+
+def _looks_like_heif(source: str | Path | bytes) -> bool:
+    """An ISO base media file whose brand is one of HEIF's (heic, heix, mif1, msf1, ...)."""
+    try:
+        if isinstance(source, bytes | bytearray):
+            head = bytes(source[:16])
+        else:
+            with open(source, "rb") as fh:
+                head = fh.read(16)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+
+
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})

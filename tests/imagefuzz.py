@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
+from embedder.images import HEIF_SUPPORTED
+
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
@@ -54,6 +56,8 @@ def seed_files() -> dict[str, bytes]:
     }
     with contextlib.suppress(KeyError, OSError):  # Pillow built without libavif
         seeds["avif"] = _encode(_photo(), "AVIF", quality=60)
+    if HEIF_SUPPORTED:
+        seeds["heic"] = _encode(_photo(), "HEIF", quality=60)
     return seeds
 
 

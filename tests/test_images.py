@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from embedder.errors import ImageError
-from embedder.images import MAX_PIXELS, load_image
+from embedder.images import HEIF_SUPPORTED, IMAGE_FORMATS, MAX_PIXELS, load_image
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -77,3 +77,23 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     out = load_image(_encode(img, "JPEG", exif=exif.tobytes()))
     assert out.size == (20, 40)
+
+
+@pytest.mark.skipif(not HEIF_SUPPORTED, reason="pillow-heif (the 'heif' extra) is not installed")
+def test_heic_photo_decodes():
+    data = _encode(Image.new("RGB", (40, 30), (200, 20, 20)), "HEIF", quality=90)
+    assert data[4:12] == b"ftypheic"
+    out = load_image(data)
+    assert out.mode == "RGB" and out.size == (40, 30)
+    r, g, b = out.getpixel((20, 15))
+    assert r > 150 and g < 80 and b < 80
+
+
+def test_heic_without_pillow_heif_names_the_extra(monkeypatch):
+    import embedder.images as images
+
+    monkeypatch.setattr(images, "HEIF_SUPPORTED", False)
+    monkeypatch.setattr(images, "IMAGE_FORMATS", tuple(f for f in IMAGE_FORMATS if f != "HEIF"))
+    heic_header = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
+    with pytest.raises(ImageError, match=r"phonesim\[heif\]"):
+        images.load_image(heic_header)
