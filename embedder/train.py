@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from sklearn.metrics import accuracy_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
@@ -35,7 +36,7 @@ from embedder.errors import DataError, ImageError
 from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.label_conflicts import find_label_conflicts, thumbnail_vector
-from embedder.metrics import confusion_matrix, macro_f1, recall_at_k
+from embedder.metrics import label_recall_at_k, macro_f1
 from embedder.train_config import BN_STATS_MODES, LABEL_CONFLICT_MODES, TrainConfig
 from embedder.transforms import model_data_config, train_transform
 
@@ -412,11 +413,10 @@ class Trainer:
         self.val_skipped = [f"{f.id}: {f.reason}" for f in failures]
         y_true = np.array([self.label_to_idx[self.val_samples[i].label] for i in idx])
         y_pred = batch.probabilities.argmax(1)
-        cm = confusion_matrix(y_true, y_pred, len(self.label_names))
-        recall = recall_at_k(batch.embeddings, y_true, ks=(1, 5))
+        recall = label_recall_at_k(batch.embeddings, y_true, ks=(1, 5))
         return {
-            "val_accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
-            "val_macro_f1": macro_f1(cm),
+            "val_accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+            "val_macro_f1": macro_f1(y_true, y_pred),
             "val_recall_at_1": recall[1],
             "val_recall_at_5": recall[5],
             "val_count": int(len(y_true)),
