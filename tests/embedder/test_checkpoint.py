@@ -1,4 +1,4 @@
-"""Checkpoint folders: safetensors + config.json, atomic saves, safe output targets."""
+"""Checkpoint folders: safetensors + timm-layout config.json, atomic saves, both layouts read."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from embedder.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
@@ -24,6 +25,63 @@ def test_checkpoint_folder_holds_safetensors_and_config(tiny_checkpoint):
     assert config["data_config"]["input_size"] == [3, TINY_SIZE, TINY_SIZE]
     assert config["training"]["seed"] == 0
     assert "val_accuracy" in config["metrics"]
+    # timm's save_for_hf keys beside ours
+    assert config["num_features"] > 0 and config["model_args"] == {}
+    assert config["pretrained_cfg"]["input_size"] == [3, TINY_SIZE, TINY_SIZE]
+    assert config["pretrained_cfg"]["num_classes"] == 3
+
+
+def test_timm_builds_a_checkpoint_folder_with_its_weights(tiny_checkpoint):
+    """timm's own loader reads the folder: same logits, same labels, same preprocessing."""
+    import timm
+    from timm.data import resolve_model_data_config
+
+    ours, config = load_checkpoint(tiny_checkpoint)
+    theirs = timm.create_model(f"local-dir:{tiny_checkpoint}", pretrained=True).eval()
+    x = torch.randn(3, *config.data_config["input_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours(x), rtol=0, atol=0)
+    assert theirs.pretrained_cfg["label_names"] == config.label_names
+    data_config = resolve_model_data_config(theirs)
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()} == (
+        config.data_config
+    )
+
+
+def test_checkpoints_in_the_old_flat_layout_still_load(tiny_checkpoint, tmp_path):
+    """Format version 1 (before timm's layout) is read; saving it again writes version 2."""
+    model, config = load_checkpoint(tiny_checkpoint)
+    old = tmp_path / "v1"
+    old.mkdir()
+    shutil.copy(tiny_checkpoint / WEIGHTS_FILE, old / WEIGHTS_FILE)
+    v1 = {
+        "format": "phonesim-checkpoint",
+        "format_version": 1,
+        "architecture": config.architecture,
+        "num_classes": config.num_classes,
+        "label_names": config.label_names,
+        "data_config": config.data_config,
+        "feature_dim": config.feature_dim,
+        "model_kwargs": {},
+        "training": {"seed": 7},
+        "metrics": {"val_accuracy": 0.5},
+        "extra": {"duplicates": {"threshold": 0.8}},
+    }
+    (old / CONFIG_FILE).write_text(json.dumps(v1, indent=2))
+    again, read = load_checkpoint(old)
+    assert (read.feature_dim, read.label_names, read.data_config) == (
+        config.feature_dim,
+        config.label_names,
+        config.data_config,
+    )
+    assert read.training == {"seed": 7} and read.extra == {"duplicates": {"threshold": 0.8}}
+    x = torch.randn(2, *config.data_config["input_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
+    save_checkpoint(again, read, old)
+    rewritten = json.loads((old / CONFIG_FILE).read_text())
+    assert rewritten["format_version"] == 2 and rewritten["num_features"] == config.feature_dim
+    assert "feature_dim" not in rewritten and load_checkpoint(old)[1] == read
 
 
 def test_save_then_load_gives_identical_embeddings(tiny_checkpoint, tiny_catalog, tmp_path):
