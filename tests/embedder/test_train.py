@@ -56,7 +56,7 @@ def test_frozen_groups_keep_the_early_layers_while_later_ones_train(tiny_catalog
     import timm
     from safetensors.torch import save_file
 
-    from embedder.train import frozen_parameter_names
+    from embedder.fine_tune import frozen_parameter_names
 
     model = timm.create_model("test_efficientnet", num_classes=3)
     frozen = frozen_parameter_names(model, 2)
@@ -89,7 +89,8 @@ def test_bn_statistics_stay_pretrained_while_fine_tuning(
     import timm
     from safetensors.torch import save_file
 
-    from embedder.train import TrainConfig, freezes_bn_stats
+    from embedder.fine_tune import freezes_bn_stats
+    from embedder.train_config import TrainConfig
 
     torch.manual_seed(0)
     start = timm.create_model("test_efficientnet", num_classes=3)
@@ -126,18 +127,18 @@ def test_unknown_bn_stats_setting_is_refused(tiny_catalog, tmp_path):
 
 
 def test_ctrl_c_keeps_the_best_checkpoint(tiny_catalog, tmp_path, monkeypatch):
-    from embedder import train as train_module
+    from embedder import trainer
 
     calls = {"n": 0}
-    original = train_module.Trainer._run_epoch
+    original = trainer.train_one_epoch
 
-    def interrupt_second_epoch(self, *args, **kwargs):
+    def interrupt_second_epoch(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(train_module.Trainer, "_run_epoch", interrupt_second_epoch)
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupt_second_epoch)
     result = train(tiny_train_config(tiny_catalog, tmp_path / "ck", epochs=3, val_fraction=0.2))
     assert result.interrupted and result.best_epoch == 1
     load_checkpoint(tmp_path / "ck")  # complete and loadable

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from embedder.data import load_catalog
-from embedder.train import stratified_split
+from embedder.train_data import stratified_split
 
 
 def test_stratified_split_keeps_every_class_in_training(tiny_catalog):
