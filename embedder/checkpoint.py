@@ -1,8 +1,11 @@
 """Checkpoint folders: ``model.safetensors`` + ``config.json`` (no pickle anywhere).
 
-The config mirrors timm's ``save_for_hf`` layout: the architecture, ``num_classes``,
-``label_names`` and the data config (input size, mean, std, crop_pct, interpolation) that every
-later stage reuses, plus training arguments and validation metrics for provenance.
+``config.json`` is laid out as timm's ``save_for_hf`` writes it (``architecture``,
+``num_classes``, ``num_features``, ``label_names``, ``model_args``, ``pretrained_cfg``), so
+``timm.create_model("local-dir:CKPT", pretrained=True)`` rebuilds the model with its weights and
+preprocessing. Beside timm's keys sit phonesim's: the data config (input size, mean, std,
+crop_pct, interpolation, crop mode) that every later stage reuses, training arguments and
+validation metrics for provenance, and ``extra`` for later stages' records.
 """
 
 from __future__ import annotations
@@ -12,19 +15,21 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import timm
 from safetensors.torch import load_file, save_file
+from timm.models import PretrainedCfg, get_pretrained_cfg
 from torch import nn
 
 from common.fsutil import fsync_path, swap_folder
 from embedder.errors import CheckpointError
 
 FORMAT = "phonesim-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: timm's config.json layout; 1: phonesim's own flat layout
+READABLE_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -44,25 +49,82 @@ class CheckpointConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **self.__dict__}
+        return timm_layout(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any], origin: str) -> CheckpointConfig:
         if data.get("format") != FORMAT:
             raise CheckpointError(f"{origin}: not a phonesim checkpoint config")
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in READABLE_VERSIONS:
             raise CheckpointError(
                 f"{origin}: checkpoint format version {data.get('format_version')} "
-                f"is not supported (this phonesim reads version {FORMAT_VERSION})"
+                f"is not supported (this phonesim reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))})"
             )
-        fields = cls.__dataclass_fields__
+        names = cls.__dataclass_fields__
         try:
-            config = cls(**{k: v for k, v in data.items() if k in fields})
+            config = cls(**{k: v for k, v in config_fields(data).items() if k in names})
         except TypeError as exc:
             raise CheckpointError(f"{origin}: incomplete checkpoint config ({exc})") from exc
         if len(config.label_names) != config.num_classes:
             raise CheckpointError(f"{origin}: label_names does not match num_classes")
         return config
+
+
+# timm's names for two of our fields (format version 2 onwards).
+_FROM_TIMM = {"num_features": "feature_dim", "model_args": "model_kwargs"}
+# Where a registered pretrained config says the weights come from: not true of a checkpoint.
+_SOURCE_KEYS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source")
+# What describes the source model's classes or evaluation, replaced by the checkpoint's own.
+_SOURCE_ONLY_KEYS = (
+    *("label_names", "label_descriptions", "label_offset"),
+    *("test_input_size", "test_crop_pct", "test_pool_size"),
+)
+
+
+def timm_pretrained_cfg(config: CheckpointConfig) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` for the checkpoint: the registered one, with our data config.
+
+    timm reads preprocessing from here (``resolve_model_data_config``), so a model built by
+    timm from the folder preprocesses exactly as phonesim does.
+    """
+    registered = get_pretrained_cfg(config.architecture)
+    cfg = registered.to_dict() if registered is not None else {}
+    drop = (*_SOURCE_KEYS, *_SOURCE_ONLY_KEYS)
+    cfg = {k: v for k, v in cfg.items() if v is not None and k not in drop}
+    if list(cfg.get("input_size", ())) != list(config.data_config.get("input_size", ())):
+        cfg.pop("pool_size", None)  # the feature map size of another input size
+    known = {f.name for f in fields(PretrainedCfg)}
+    cfg.update({k: v for k, v in config.data_config.items() if k in known})
+    cfg.setdefault("architecture", config.architecture)
+    cfg["num_classes"] = config.num_classes
+    cfg["custom_load"] = False  # the weights are a plain timm state dict
+    return cfg
+
+
+def timm_layout(config: CheckpointConfig) -> dict[str, Any]:
+    """``config.json`` content: timm's ``save_for_hf`` keys first, then phonesim's own."""
+    return {
+        "architecture": config.architecture,
+        "num_classes": config.num_classes,
+        "num_features": config.feature_dim,
+        "label_names": config.label_names,
+        "model_args": config.model_kwargs,
+        "pretrained_cfg": timm_pretrained_cfg(config),
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "data_config": config.data_config,
+        "training": config.training,
+        "metrics": config.metrics,
+        "extra": config.extra,
+    }
+
+
+def config_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """``CheckpointConfig`` fields from a ``config.json`` in either layout (version 1 or 2)."""
+    if data.get("format_version") == 1:
+        return data
+    return {_FROM_TIMM.get(k, k): v for k, v in data.items()}
 
 
 def file_sha256(path: Path) -> str:

@@ -69,6 +69,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
     p.add_argument(
+        "--weight-decay",
+        type=float,
+        help=f"AdamW weight decay, >= 0; norms and biases are never decayed "
+        f"(default {d.weight_decay})",
+    )
+    p.add_argument(
+        "--drop-rate",
+        type=float,
+        help=f"dropout before the classifier, in [0, 1) (default {d.drop_rate})",
+    )
+    p.add_argument(
         "--augment",
         type=float,
         help="augmentation strength 0-1: crop scale, colour jitter, RandAugment magnitude, "

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from common.fsutil import atomic_write, atomic_write_text
 from embedder.batch import embed_samples
 from embedder.data import load_catalog
 from embedder.errors import DataError
 from embedder.inference import Embedder
-from embedder.metrics import confusion_matrix, macro_f1, per_class_scores, recall_at_k
+from embedder.metrics import label_recall_at_k, macro_f1
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,16 @@ def evaluate(
         raise DataError(f"{data}: none of the images could be read")
     y_true = np.array([names.index(catalog.samples[i].label) for i in idx])
     y_pred = batch.probabilities.argmax(1)
-    cm = confusion_matrix(y_true, y_pred, len(names))
-    scores = per_class_scores(cm)
+    classes = np.arange(len(names))
+    cm = confusion_matrix(y_true, y_pred, labels=classes)
+    per_class = ("precision", "recall", "f1", "support")
+    scores = dict(
+        zip(
+            per_class,
+            precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0),
+            strict=True,
+        )
+    )
     if gallery is not None:
         g_catalog = load_catalog(gallery, require_labels=True, min_classes=1)
         g_idx, g_batch, g_failures = embed_samples(
@@ -81,24 +90,23 @@ def evaluate(
         )
         failures += g_failures
         g_labels = [g_catalog.samples[i].label for i in g_idx]
-        recall = recall_at_k(
+        retrieval = label_recall_at_k(
             batch.embeddings, [catalog.samples[i].label for i in idx], g_batch.embeddings, g_labels
         )
     else:
-        recall = recall_at_k(batch.embeddings, y_true)
+        retrieval = label_recall_at_k(batch.embeddings, y_true)
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "data": str(data),
         "gallery": str(gallery) if gallery else "leave-one-out",
         "count": int(len(idx)),
         "failed": len(failures),
-        "accuracy": float((y_true == y_pred).mean()),
-        "macro_f1": macro_f1(cm),
-        "recall_at_1": recall[1],
-        "recall_at_5": recall[5],
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": macro_f1(y_true, y_pred),
+        "recall_at_1": retrieval[1],
+        "recall_at_5": retrieval[5],
         "per_class": {
-            name: {k: float(scores[k][i]) for k in ("precision", "recall", "f1", "support")}
-            for i, name in enumerate(names)
+            name: {k: float(scores[k][i]) for k in per_class} for i, name in enumerate(names)
         },
         "labels": names,
         "confusion_matrix": cm.tolist(),

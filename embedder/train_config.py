@@ -1,8 +1,11 @@
-"""Training settings, importable without torch (the CLI reads its defaults for --help)."""
+"""Training settings and their checks, importable without torch (the CLI reads the defaults)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from embedder.errors import DataError
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 BN_STATS_MODES = ("auto", "frozen", "update")
@@ -47,3 +50,45 @@ class TrainConfig:
     seed: int = 0
     workers: int | None = None
     progress: bool = True
+
+
+def check_train_config(config: TrainConfig) -> None:
+    """Settings in their valid ranges, as one-line errors naming the flag (not torch tracebacks)."""
+    if not (0.0 <= config.val_fraction < 1.0):
+        raise DataError("--val-fraction must be in [0, 1)")
+    if config.epochs < 0 or config.warmup_epochs < 0 or config.batch_size < 1:
+        raise DataError("--epochs and --warmup-epochs must be >= 0, --batch-size >= 1")
+    if config.epochs == 0 and config.warmup_epochs == 0:
+        raise DataError("nothing to train: --epochs and --warmup-epochs are both 0")
+    for name in ("lr", "head_lr"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise DataError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    ranges = {
+        "label_smoothing": (0.0, 1.0, False),
+        "drop_rate": (0.0, 1.0, False),
+        "augment": (0.0, 1.0, True),
+    }
+    for name, (low, high, closed) in ranges.items():
+        value = getattr(config, name)
+        if not (low <= value < high or (closed and value == high)):
+            bracket = "]" if closed else ")"
+            flag = name.replace("_", "-")
+            raise DataError(f"--{flag} must be in [{low:g}, {high:g}{bracket}, got {value}")
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise DataError(f"--weight-decay must be >= 0, got {config.weight_decay}")
+    if config.workers is not None and config.workers < 0:
+        raise DataError(f"--workers must be >= 0, got {config.workers}")
+    if config.frozen_groups < 0:
+        raise DataError(f"--frozen-groups must be >= 0, got {config.frozen_groups}")
+    if config.label_conflicts not in LABEL_CONFLICT_MODES:
+        raise DataError(f"--label-conflicts must be drop or keep, got {config.label_conflicts!r}")
+    if not (0.0 < config.conflict_similarity <= 1.0):
+        raise DataError(
+            f"--conflict-similarity must be in (0, 1], got {config.conflict_similarity}"
+        )
+    if config.bn_stats not in BN_STATS_MODES:
+        modes = ", ".join(BN_STATS_MODES[:-1]) + f" or {BN_STATS_MODES[-1]}"
+        raise DataError(f"--bn-stats must be {modes}, got {config.bn_stats!r}")
+    if config.img_size is not None and config.img_size < 16:
+        raise DataError(f"--img-size must be at least 16, got {config.img_size}")

@@ -30,7 +30,7 @@ from embedder.checkpoint import CheckpointConfig  # noqa: E402
 from embedder.data import load_catalog  # noqa: E402
 from embedder.evaluate import evaluate  # noqa: E402
 from embedder.inference import Embedder  # noqa: E402
-from embedder.metrics import confusion_matrix, macro_f1, recall_at_k  # noqa: E402
+from embedder.metrics import label_recall_at_k, macro_f1  # noqa: E402
 from embedder.train import train  # noqa: E402
 from embedder.train_config import DEFAULT_MODEL, TrainConfig  # noqa: E402
 from embedder.transforms import model_data_config  # noqa: E402
@@ -85,10 +85,10 @@ def run_probe(train_dir: Path, val_dir: Path) -> dict:
     clf = LogisticRegressionCV(Cs=[0.3, 1, 3, 10, 30], cv=5, scoring="accuracy", max_iter=3000)
     clf = clf.fit(xt, yt)
     pred = clf.predict(xv)
-    recall = recall_at_k(xv, yv, xt, yt)
+    recall = label_recall_at_k(xv, yv, xt, yt)
     return {
         "accuracy": float((pred == yv).mean()),
-        "macro_f1": macro_f1(confusion_matrix(yv, pred, len(names))),
+        "macro_f1": macro_f1(yv, pred),
         "recall_at_1": recall[1],
         "recall_at_5": recall[5],
         "C": float(clf.C_[0]),

@@ -43,6 +43,8 @@ def test_help_lists_subcommands(capsys):
         (["--data", "{tmp}/ok", "--head-lr", "nan"], "--head-lr must be a positive number"),
         (["--data", "{tmp}/ok", "--label-smoothing", "2"], "--label-smoothing must be in"),
         (["--data", "{tmp}/ok", "--augment", "3"], "--augment must be in [0, 1]"),
+        (["--data", "{tmp}/ok", "--weight-decay", "-1"], "--weight-decay must be >= 0"),
+        (["--data", "{tmp}/ok", "--drop-rate", "1"], "--drop-rate must be in [0, 1)"),
         (["--data", "{tmp}/ok", "--frozen-groups", "-2"], "--frozen-groups must be"),
         (["--data", "{tmp}/ok", "--weights", "{tmp}/notes.txt"], "cannot read weights"),
         (["--data", "{tmp}/ok", "--out", "{tmp}/ok"], "not a phonesim checkpoint"),

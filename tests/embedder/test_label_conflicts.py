@@ -68,6 +68,28 @@ def test_each_conflicting_image_is_listed_once_with_its_closest_copy():
     assert find_label_conflicts(thumbs[:1], [0], similarity=0.98) == []
 
 
+def test_conflicts_match_a_brute_force_search_over_all_pairs(monkeypatch):
+    from embedder import label_conflicts
+
+    monkeypatch.setattr(label_conflicts, "_BLOCK_CELLS", 50)  # many small blocks of rows
+    rng = np.random.default_rng(1)
+    photos = rng.normal(size=(30, 64)).astype(np.float32)
+    copies = photos[rng.integers(0, 30, 70)] + 0.05 * rng.normal(size=(70, 64)).astype(np.float32)
+    thumbs = np.concatenate([photos, copies])
+    thumbs /= np.linalg.norm(thumbs, axis=1, keepdims=True)
+    labels = rng.integers(0, 4, len(thumbs))
+    sims = thumbs @ thumbs.T
+    expected = {}
+    for i in range(len(thumbs)):
+        others = np.flatnonzero(labels != labels[i])
+        j = others[np.argmax(sims[i, others])]
+        if sims[i, j] >= 0.99:
+            expected[i] = j
+    found = find_label_conflicts(thumbs, labels, similarity=0.99)
+    assert expected and {c.index: c.other for c in found} == expected
+    assert all(c.similarity == pytest.approx(sims[c.index, c.other]) for c in found)
+
+
 @pytest.fixture
 def conflicting_catalog(tiny_catalog, tmp_path):
     """The tiny catalog with one photo of the first class also filed under the second."""

@@ -1,0 +1,45 @@
+"""Optimiser and learning-rate schedule shared by the head warm-up and the fine-tuning.
+
+Both phases use timm's pieces rather than hand-written ones: AdamW with timm's parameter
+grouping, and timm's cosine scheduler stepped once per batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+
+def adamw(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters of ``module``, without decay on norms and biases.
+
+    timm's grouping (``param_groups_weight_decay``) leaves every 1-d parameter (norm scales and
+    shifts, biases) and the model's ``no_weight_decay()`` names undecayed: pulling a norm's
+    scale towards zero shrinks the features instead of regularising the weights.
+    """
+    return create_optimizer_v2(module, "adamw", lr=lr, weight_decay=weight_decay)
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+) -> CosineLRScheduler:
+    """Linear warm-up over ``warmup_steps`` batches, then a cosine decay to 0 at ``total_steps``.
+
+    Call ``step_update(step)`` after each optimiser step (``step`` counts the steps done). The
+    warm-up starts at ``lr / warmup_steps``, so the first batch already moves the weights.
+    """
+    warmup_steps = max(1, warmup_steps)
+    lr = optimizer.param_groups[0]["lr"]
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, total_steps - warmup_steps),
+        warmup_t=warmup_steps,
+        warmup_lr_init=lr / warmup_steps,
+        warmup_prefix=True,  # the cosine starts after the warm-up, at the full rate
+        t_in_epochs=False,
+    )
+
+
+__all__ = ["adamw", "warmup_cosine"]

@@ -1,0 +1,142 @@
+"""Training data: the validation split, images decoded once, and the class-balanced loader."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from tqdm import tqdm
+
+from embedder.data import Sample
+from embedder.errors import ImageError
+from embedder.images import load_image
+from embedder.label_conflicts import thumbnail_vector
+from embedder.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Decoded training images are kept in memory (downscaled) up to this many; beyond, re-read.
+CACHE_LIMIT = 20_000
+
+
+def stratified_split(
+    samples: list[Sample], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Hold out ``fraction`` of each class (at least one image where a class has two or more)."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_label.setdefault(s.label, []).append(s)
+    train, val = [], []
+    for label in sorted(by_label):
+        items = by_label[label][:]
+        rng.shuffle(items)
+        n_val = min(len(items) - 1, max(1, round(len(items) * fraction))) if fraction > 0 else 0
+        val.extend(items[:n_val])
+        train.extend(items[n_val:])
+    return train, val
+
+
+class CachedImages(Dataset):
+    """Training images decoded once up front and augmented per epoch.
+
+    Unreadable images are dropped here (listed in ``skipped``); up to ``CACHE_LIMIT`` images are
+    kept in memory, downscaled to what random crops at the training size need. A small thumbnail
+    vector per image serves to find label conflicts.
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        targets: list[int],
+        transform: Callable[[Image.Image], torch.Tensor],
+        keep_side: int,
+        progress: bool = True,
+    ) -> None:
+        self.transform = transform
+        self.samples, self.targets, self.cache, self.skipped = [], [], [], []
+        self.thumbs: list[np.ndarray] = []
+        keep = len(samples) <= CACHE_LIMIT
+        for s, t in zip(
+            tqdm(samples, desc="decoding", unit="img", leave=False, disable=not progress),
+            targets,
+            strict=True,
+        ):
+            try:
+                img = load_image(s.path)
+            except ImageError as exc:
+                log.warning("skipping %s", exc)
+                self.skipped.append(str(exc))
+                continue
+            self.samples.append(s)
+            self.targets.append(t)
+            self.thumbs.append(thumbnail_vector(img))
+            if keep:
+                scale = keep_side / min(img.size)
+                if scale < 1:
+                    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+                    img = img.resize(size, resample=Image.BICUBIC)
+                self.cache.append(img)
+
+    def leave_out(self, indices: set[int]) -> None:
+        """Remove these images from training."""
+        keep = [i for i in range(len(self.samples)) if i not in indices]
+        self.samples = [self.samples[i] for i in keep]
+        self.targets = [self.targets[i] for i in keep]
+        self.thumbs = [self.thumbs[i] for i in keep]
+        if self.cache:
+            self.cache = [self.cache[i] for i in keep]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.cache[i] if self.cache else load_image(self.samples[i].path)
+        return self.transform(img), self.targets[i]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, numpy and torch; the returned generator drives sampling and shuffling."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def training_loader(
+    dataset: CachedImages, config: TrainConfig, generator: torch.Generator
+) -> DataLoader:
+    """Augmented batches, class-balanced unless ``config.balance`` is off; reproducible by seed."""
+    sampler = None
+    if config.balance:
+        counts = Counter(dataset.targets)
+        weights = torch.tensor([1.0 / counts[t] for t in dataset.targets], dtype=torch.double)
+        sampler = WeightedRandomSampler(weights, len(weights), generator=generator)
+    workers = config.workers if config.workers is not None else min(2, os.cpu_count() or 1)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        shuffle=sampler is None,
+        generator=generator,
+        num_workers=workers,
+        worker_init_fn=_worker_init,
+        persistent_workers=workers > 0,
+        drop_last=len(dataset) > config.batch_size,
+    )
+
+
+__all__ = ["CACHE_LIMIT", "CachedImages", "seed_everything", "stratified_split", "training_loader"]

@@ -1,0 +1,247 @@
+"""The two-phase recipe over prepared data: head warm-up, fine-tuning, best checkpoint kept.
+
+The best checkpoint is saved atomically every time validation improves, so Ctrl-C or a crash
+leaves it on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score
+from torch import nn
+
+from embedder.backbone import create_backbone
+from embedder.batch import embed_samples
+from embedder.checkpoint import CheckpointConfig, save_checkpoint
+from embedder.data import Catalog, Sample
+from embedder.errors import DataError
+from embedder.fine_tune import (
+    freezes_bn_stats,
+    frozen_parameter_names,
+    set_backbone_trainable,
+    train_one_epoch,
+)
+from embedder.head_warmup import warm_up_head
+from embedder.inference import Embedder
+from embedder.label_conflicts import find_label_conflicts
+from embedder.metrics import label_recall_at_k, macro_f1
+from embedder.optim import adamw, warmup_cosine
+from embedder.train_config import TrainConfig
+from embedder.train_data import CachedImages, seed_everything, training_loader
+from embedder.transforms import model_data_config, train_transform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """The best checkpoint, its epoch (0 = head warm-up) and metrics, and what was left out.
+
+    ``skipped`` lists unreadable images, ``label_conflicts`` the training images left out as
+    near copies of another class's.
+    """
+
+    checkpoint: Path
+    best_epoch: int
+    metrics: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    label_conflicts: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def check_input_size(model: nn.Module, data_config: dict[str, Any], config: TrainConfig) -> None:
+    """One forward pass at the input size, so a size the model refuses fails before training."""
+    x = torch.zeros(1, *data_config["input_size"]).contiguous(memory_format=torch.channels_last)
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(x)
+    except Exception as exc:  # timm models assert, raise RuntimeError or ValueError
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{config.model} cannot take {data_config['input_size'][-1]} px input "
+            f"(--img-size): {detail}"
+        ) from None
+
+
+class Trainer:
+    """Runs the two-phase recipe over prepared datasets and keeps the best checkpoint."""
+
+    def __init__(self, config: TrainConfig, train: Catalog, val_samples: list[Sample]) -> None:
+        self.cfg = config
+        self.label_names = train.label_names
+        self.label_to_idx = {name: i for i, name in enumerate(self.label_names)}
+        self.generator = seed_everything(config.seed)
+        # channels_last makes CPU convolutions about 1.6x faster (measured on Lite0).
+        self.model = create_backbone(
+            config.model, len(self.label_names), config.weights, drop_rate=config.drop_rate
+        ).to(memory_format=torch.channels_last)
+        self.model_kwargs: dict[str, Any] = {}  # drop_rate only matters in training
+        self.data_config = model_data_config(self.model, config.img_size, config.crop_mode)
+        check_input_size(self.model, self.data_config, config)
+        self.val_samples = val_samples
+        side = int(self.data_config["input_size"][-1])
+        dataset = CachedImages(
+            train.samples,
+            [self.label_to_idx[s.label] for s in train.samples],
+            train_transform(self.data_config, config.augment),
+            keep_side=round(side * 1.15),
+            progress=config.progress,
+        )
+        missing = sorted(set(self.label_names) - {s.label for s in dataset.samples})
+        if missing:
+            raise DataError(f"no readable training images for class(es) {', '.join(missing)}")
+        self.label_conflicts = self._leave_out_label_conflicts(dataset)
+        self.skipped = dataset.skipped
+        self.val_skipped: list[str] = []
+        self.loader = training_loader(dataset, config, self.generator)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    def _leave_out_label_conflicts(self, dataset: CachedImages) -> list[str]:
+        """Leave out training images that nearly copy an image of another class; list them."""
+        if self.cfg.label_conflicts != "drop" or not dataset.samples:
+            return []
+        conflicts = find_label_conflicts(
+            np.stack(dataset.thumbs), dataset.targets, self.cfg.conflict_similarity
+        )
+        samples = dataset.samples
+        notes = [
+            f"{samples[c.index].id} ({samples[c.index].label}) ~ "
+            f"{samples[c.other].id} ({samples[c.other].label}), similarity {c.similarity:.3f}"
+            for c in conflicts
+        ]
+        dataset.leave_out({c.index for c in conflicts})
+        if notes:
+            log.warning(
+                "left out %d of %d training images: each nearly copies an image filed under "
+                "another class (--label-conflicts keep trains on them)",
+                len(notes),
+                len(samples),
+            )
+            for note in notes:
+                log.info("label conflict: %s", note)
+        emptied = sorted(set(self.label_names) - {s.label for s in dataset.samples})
+        if emptied:
+            raise DataError(
+                f"every training image of class(es) {', '.join(emptied)} nearly copies an image "
+                "of another class; fix the labels or pass --label-conflicts keep"
+            )
+        return notes
+
+    def checkpoint_config(self, metrics: dict[str, Any]) -> CheckpointConfig:
+        training = {k: v for k, v in asdict(self.cfg).items() if k != "progress"}
+        training["label_conflicts_left_out"] = self.label_conflicts
+        return CheckpointConfig(
+            architecture=self.cfg.model,
+            num_classes=len(self.label_names),
+            label_names=self.label_names,
+            data_config=self.data_config,
+            feature_dim=int(self.model.num_features),
+            model_kwargs=self.model_kwargs,
+            training=training,
+            metrics=metrics,
+        )
+
+    def validate(self) -> dict[str, Any]:
+        """Accuracy, macro-F1 and leave-one-out Recall@1/5 on the validation images."""
+        if not self.val_samples:
+            return {}
+        embedder = Embedder(self.model.eval(), self.checkpoint_config({}))
+        idx, batch, failures = embed_samples(
+            embedder,
+            self.val_samples,
+            batch_size=self.cfg.batch_size * 2,
+            workers=0,
+            progress=False,
+        )
+        self.val_skipped = [f"{f.id}: {f.reason}" for f in failures]
+        y_true = np.array([self.label_to_idx[self.val_samples[i].label] for i in idx])
+        y_pred = batch.probabilities.argmax(1)
+        recall = label_recall_at_k(batch.embeddings, y_true, ks=(1, 5))
+        return {
+            "val_accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+            "val_macro_f1": macro_f1(y_true, y_pred),
+            "val_recall_at_1": recall[1],
+            "val_recall_at_5": recall[5],
+            "val_count": int(len(y_true)),
+        }
+
+    def _record(self, result: TrainResult, stats: dict, epoch: int, best_key: tuple) -> tuple:
+        """Validate, log, and save the checkpoint if it is the best so far; return the best key."""
+        stats.update(self.validate())
+        stats["epoch"] = epoch
+        stats["elapsed_s"] = round(time.monotonic() - self._started, 1)
+        result.history.append(stats)
+        key = (stats.get("val_accuracy", 0.0), stats.get("val_macro_f1", 0.0))
+        improved = not self.val_samples or key > best_key
+        log.info(
+            "%s: loss %.3f train acc %.3f%s%s",
+            "head warm-up" if epoch == 0 else f"epoch {epoch}/{self.cfg.epochs}",
+            stats["train_loss"],
+            stats["train_acc"],
+            f" val acc {stats['val_accuracy']:.3f} macro-F1 {stats['val_macro_f1']:.3f}"
+            if self.val_samples
+            else "",
+            " (best, saved)" if improved else "",
+        )
+        if improved:
+            result.best_epoch, result.metrics = epoch, stats
+            save_checkpoint(self.model, self.checkpoint_config(stats), self.cfg.out)
+            return key
+        return best_key
+
+    def fit(self) -> TrainResult:
+        """Head warm-up (epoch 0), then ``epochs`` of full fine-tuning with early stopping."""
+        cfg = self.cfg
+        result = TrainResult(checkpoint=Path(cfg.out), best_epoch=-1, metrics={})
+        self._started = time.monotonic()
+        best_key, stale = (-1.0, -1.0), 0
+        try:
+            frozen = frozen_parameter_names(self.model, cfg.frozen_groups)
+            if cfg.warmup_epochs > 0:
+                set_backbone_trainable(self.model, False, frozen)
+                stats = warm_up_head(self.model, self.loader, cfg, self.criterion, self.generator)
+                best_key = self._record(result, stats, 0, best_key)
+            if cfg.epochs == 0:
+                return result
+            set_backbone_trainable(self.model, True, frozen)
+            # The head already fits: backbone and head move together at the fine-tuning rate.
+            optimizer = adamw(self.model, cfg.lr, cfg.weight_decay)
+            steps_per_epoch = max(1, len(self.loader))
+            scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch, steps_per_epoch)
+            step = 0
+            for epoch in range(1, cfg.epochs + 1):
+                stats, step = train_one_epoch(
+                    self.model,
+                    self.loader,
+                    self.criterion,
+                    optimizer,
+                    scheduler,
+                    step,
+                    freeze_bn_stats=freezes_bn_stats(cfg),
+                    desc=f"epoch {epoch}/{cfg.epochs}",
+                    progress=cfg.progress,
+                )
+                new_key = self._record(result, stats, epoch, best_key)
+                stale = 0 if new_key != best_key else stale + 1
+                best_key = new_key
+                if self.val_samples and stale >= cfg.patience:
+                    log.info("early stop: no validation improvement for %d epochs", stale)
+                    break
+        except KeyboardInterrupt:
+            result.interrupted = True
+            log.warning(
+                "interrupted; best checkpoint so far %s",
+                f"(epoch {result.best_epoch}) is at {cfg.out}"
+                if result.best_epoch >= 0
+                else "none",
+            )
+        return result

@@ -1,0 +1,151 @@
+"""Checkpoint folders: safetensors + timm-layout config.json, atomic saves, both layouts read."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from embedder.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from embedder.data import load_catalog
+from embedder.errors import CheckpointError
+from embedder.inference import Embedder
+from tests.conftest import TINY_SIZE
+
+
+def test_checkpoint_folder_holds_safetensors_and_config(tiny_checkpoint):
+    assert sorted(p.name for p in tiny_checkpoint.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    config = json.loads((tiny_checkpoint / CONFIG_FILE).read_text())
+    assert config["architecture"] == "test_efficientnet"
+    assert config["num_classes"] == len(config["label_names"]) == 3
+    assert config["data_config"]["input_size"] == [3, TINY_SIZE, TINY_SIZE]
+    assert config["training"]["seed"] == 0
+    assert "val_accuracy" in config["metrics"]
+    # timm's save_for_hf keys beside ours
+    assert config["num_features"] > 0 and config["model_args"] == {}
+    assert config["pretrained_cfg"]["input_size"] == [3, TINY_SIZE, TINY_SIZE]
+    assert config["pretrained_cfg"]["num_classes"] == 3
+
+
+def test_timm_builds_a_checkpoint_folder_with_its_weights(tiny_checkpoint):
+    """timm's own loader reads the folder: same logits, same labels, same preprocessing."""
+    import timm
+    from timm.data import resolve_model_data_config
+
+    ours, config = load_checkpoint(tiny_checkpoint)
+    theirs = timm.create_model(f"local-dir:{tiny_checkpoint}", pretrained=True).eval()
+    x = torch.randn(3, *config.data_config["input_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours(x), rtol=0, atol=0)
+    assert theirs.pretrained_cfg["label_names"] == config.label_names
+    data_config = resolve_model_data_config(theirs)
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()} == (
+        config.data_config
+    )
+
+
+def test_checkpoints_in_the_old_flat_layout_still_load(tiny_checkpoint, tmp_path):
+    """Format version 1 (before timm's layout) is read; saving it again writes version 2."""
+    model, config = load_checkpoint(tiny_checkpoint)
+    old = tmp_path / "v1"
+    old.mkdir()
+    shutil.copy(tiny_checkpoint / WEIGHTS_FILE, old / WEIGHTS_FILE)
+    v1 = {
+        "format": "phonesim-checkpoint",
+        "format_version": 1,
+        "architecture": config.architecture,
+        "num_classes": config.num_classes,
+        "label_names": config.label_names,
+        "data_config": config.data_config,
+        "feature_dim": config.feature_dim,
+        "model_kwargs": {},
+        "training": {"seed": 7},
+        "metrics": {"val_accuracy": 0.5},
+        "extra": {"duplicates": {"threshold": 0.8}},
+    }
+    (old / CONFIG_FILE).write_text(json.dumps(v1, indent=2))
+    again, read = load_checkpoint(old)
+    assert (read.feature_dim, read.label_names, read.data_config) == (
+        config.feature_dim,
+        config.label_names,
+        config.data_config,
+    )
+    assert read.training == {"seed": 7} and read.extra == {"duplicates": {"threshold": 0.8}}
+    x = torch.randn(2, *config.data_config["input_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
+    save_checkpoint(again, read, old)
+    rewritten = json.loads((old / CONFIG_FILE).read_text())
+    assert rewritten["format_version"] == 2 and rewritten["num_features"] == config.feature_dim
+    assert "feature_dim" not in rewritten and load_checkpoint(old)[1] == read
+
+
+def test_save_then_load_gives_identical_embeddings(tiny_checkpoint, tiny_catalog, tmp_path):
+    model, config = load_checkpoint(tiny_checkpoint)
+    copy = save_checkpoint(model, config, tmp_path / "copy")
+    images = [Image.open(s.path) for s in load_catalog(tiny_catalog).samples[:4]]
+    a = Embedder.from_checkpoint(tiny_checkpoint).embed_images(images)
+    b = Embedder.from_checkpoint(copy).embed_images(images)
+    np.testing.assert_array_equal(a.embeddings, b.embeddings)
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+
+
+def test_an_interrupted_checkpoint_swap_puts_the_previous_one_back(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    """Ctrl-C between moving the old checkpoint aside and moving the new one in loses nothing."""
+    import os
+    import shutil
+
+    from embedder import checkpoint as checkpoint_module
+
+    out = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, out)
+    before = (out / WEIGHTS_FILE).read_bytes()
+    model, config = load_checkpoint(out)
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def interrupted_replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the new checkpoint's move into place
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(model, config, out)
+    monkeypatch.undo()
+    assert (out / WEIGHTS_FILE).read_bytes() == before
+    load_checkpoint(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temporary folders left
+
+
+def test_checkpoint_targets_relative_dot_and_symlinks(tiny_checkpoint, tmp_path, monkeypatch):
+    """'.' saves into the current folder; a symlinked --out keeps its link across saves."""
+    import os
+
+    from embedder.checkpoint import check_checkpoint_target
+
+    model, config = load_checkpoint(tiny_checkpoint)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".DS_Store").write_text("finder noise")  # hidden files do not make it foreign
+    monkeypatch.chdir(empty)
+    assert check_checkpoint_target(".") == empty
+    real = tmp_path / "real"
+    os.symlink(real, tmp_path / "link")
+    for _ in range(2):  # the second save replaces the first through the link
+        save_checkpoint(model, config, tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and load_checkpoint(tmp_path / "link")
+    with pytest.raises(CheckpointError, match="format version"):
+        bad = tmp_path / "old-format"
+        shutil.copytree(tiny_checkpoint, bad)
+        cfg = json.loads((bad / CONFIG_FILE).read_text())
+        cfg["format_version"] = 99
+        (bad / CONFIG_FILE).write_text(json.dumps(cfg))
+        check_checkpoint_target(bad)

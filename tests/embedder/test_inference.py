@@ -1,0 +1,44 @@
+"""Embeddings and class probabilities from a loaded checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from embedder.checkpoint import load_checkpoint
+from embedder.data import load_catalog
+from embedder.inference import Embedder, forward_embed
+
+
+def test_embeddings_are_unit_norm_float32_and_probabilities_sum_to_one(
+    tiny_checkpoint, tiny_catalog
+):
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    samples = load_catalog(tiny_catalog).samples[:5]
+    batch = embedder.embed_paths([s.path for s in samples])
+    assert batch.embeddings.dtype == np.float32 and batch.probabilities.dtype == np.float32
+    assert batch.embeddings.shape == (5, embedder.model.num_features) == (5, embedder.dim)
+    assert batch.probabilities.shape == (5, 3)
+    np.testing.assert_allclose(np.linalg.norm(batch.embeddings, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(batch.probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_one_forward_pass_matches_the_model_logits(tiny_checkpoint):
+    model, config = load_checkpoint(tiny_checkpoint)
+    x = torch.randn(2, *config.data_config["input_size"])
+    with torch.no_grad():
+        _, probs = forward_embed(model, x)
+        expected = model(x).softmax(1)
+    torch.testing.assert_close(probs, expected)
+
+
+def test_library_images_with_transparency_embed_like_files(tiny_checkpoint, tmp_path):
+    """embed_images converts RGBA the same way as reading the file (transparent -> white)."""
+    rgba = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    rgba.paste((30, 60, 200, 255), (16, 16, 48, 48))
+    rgba.save(tmp_path / "t.png")
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    from_memory = embedder.embed_images([rgba]).embeddings
+    from_file = embedder.embed_paths([tmp_path / "t.png"]).embeddings
+    np.testing.assert_allclose(from_memory, from_file, atol=1e-6)

@@ -1,0 +1,47 @@
+"""Macro-F1 convention and label Recall@k, each against a hand-written reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embedder.metrics import label_recall_at_k, macro_f1
+
+
+def test_macro_f1_averages_over_the_classes_in_the_ground_truth():
+    y_true = np.array([0, 0, 1, 1, 1])
+    y_pred = np.array([0, 2, 1, 1, 0])  # class 2 is predicted once but never true
+    f1_0 = 2 * (1 / 2) * (1 / 2) / (1 / 2 + 1 / 2)
+    f1_1 = 2 * 1 * (2 / 3) / (1 + 2 / 3)
+    assert macro_f1(y_true, y_pred) == pytest.approx((f1_0 + f1_1) / 2)
+    assert macro_f1(y_true, y_true) == 1.0
+    assert macro_f1(np.array([], int), np.array([], int)) == 0.0
+
+
+def _brute_force_recall(xq, lq, xb, lb, k, leave_one_out):
+    hits = 0
+    for i, q in enumerate(xq):
+        sims = xb @ q
+        order = [j for j in np.argsort(-sims, kind="stable") if not (leave_one_out and j == i)]
+        hits += any(lb[j] == lq[i] for j in order[:k])
+    return hits / len(xq)
+
+
+def _clustered(rng, n, classes=4, dim=8):
+    centres = rng.normal(size=(classes, dim))
+    labels = rng.integers(0, classes, n)
+    x = centres[labels] + 0.8 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def test_label_recall_at_k_matches_brute_force_with_and_without_a_gallery():
+    rng = np.random.default_rng(0)
+    xq, lq = _clustered(rng, 60)
+    xb, lb = _clustered(rng, 90)
+    loo = label_recall_at_k(xq, lq, ks=(1, 5))
+    gallery = label_recall_at_k(xq, lq, xb, lb, ks=(1, 5))
+    for k in (1, 5):
+        assert loo[k] == pytest.approx(_brute_force_recall(xq, lq, xq, lq, k, True))
+        assert gallery[k] == pytest.approx(_brute_force_recall(xq, lq, xb, lb, k, False))
+    assert 0 < loo[1] < loo[5] <= 1
+    assert label_recall_at_k(xq[:1], lq[:1]) == {1: 0.0, 5: 0.0}  # nobody else to find

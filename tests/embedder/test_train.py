@@ -1,0 +1,166 @@
+"""Training end to end on a tiny model: the two phases, freezing, determinism, Ctrl-C."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from embedder.checkpoint import load_checkpoint
+from embedder.errors import DataError
+from embedder.train import train
+from tests.conftest import tiny_train_config
+
+
+def test_training_is_deterministic_for_a_seed(tiny_catalog, tmp_path):
+    first = train(tiny_train_config(tiny_catalog, tmp_path / "a", val_fraction=0.2))
+    second = train(tiny_train_config(tiny_catalog, tmp_path / "b", val_fraction=0.2))
+    a, b = (load_checkpoint(tmp_path / n)[0].state_dict() for n in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert first.metrics["train_loss"] == second.metrics["train_loss"]
+
+
+def test_warmup_trains_only_the_head_then_fine_tuning_moves_the_backbone(tiny_catalog, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    start = timm.create_model("test_efficientnet", num_classes=3)
+    weights = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in start.state_dict().items()}, str(weights))
+    before = start.state_dict()
+
+    def trained(epochs: int) -> dict:
+        out = tmp_path / f"ck{epochs}"
+        config = tiny_train_config(
+            tiny_catalog,
+            out,
+            weights=str(weights),
+            epochs=epochs,
+            warmup_epochs=5,
+            val_fraction=0.0,
+            frozen_groups=0,
+        )
+        assert len(train(config).history) == 1 + epochs  # warm-up, then fine-tuning epochs
+        return load_checkpoint(out)[0].state_dict()
+
+    warm = trained(0)
+    head = [k for k in before if k.startswith("classifier.")]
+    body = [k for k in before if k not in head]
+    assert all(torch.equal(warm[k], before[k]) for k in body)  # frozen, BN stats included
+    assert not all(torch.equal(warm[k], before[k]) for k in head)
+    tuned = trained(1)
+    assert not torch.equal(tuned["conv_stem.weight"], before["conv_stem.weight"])
+
+
+def test_frozen_groups_keep_the_early_layers_while_later_ones_train(tiny_catalog, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from embedder.fine_tune import frozen_parameter_names
+
+    model = timm.create_model("test_efficientnet", num_classes=3)
+    frozen = frozen_parameter_names(model, 2)
+    assert "conv_stem.weight" in frozen and any(k.startswith("blocks.0.") for k in frozen)
+    assert not any(k.startswith(("blocks.1.", "classifier.")) for k in frozen)
+    assert frozen_parameter_names(model, 0) == set()
+    # More groups than the model has freezes the backbone but never the classifier.
+    assert not any(k.startswith("classifier.") for k in frozen_parameter_names(model, 99))
+
+    weights = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    out = tmp_path / "ck"
+    train(
+        tiny_train_config(
+            tiny_catalog, out, weights=str(weights), val_fraction=0.0, frozen_groups=2
+        )
+    )
+    start, tuned = model.state_dict(), load_checkpoint(out)[0].state_dict()
+    assert all(torch.equal(tuned[k], start[k]) for k in frozen if k.endswith("weight"))
+    assert not torch.equal(tuned["blocks.1.0.conv_exp.weight"], start["blocks.1.0.conv_exp.weight"])
+
+
+@pytest.mark.parametrize(
+    ("weights", "bn_stats", "kept"),
+    [("file", "auto", True), ("file", "update", False), ("none", "auto", False)],
+)
+def test_bn_statistics_stay_pretrained_while_fine_tuning(
+    tiny_catalog, tmp_path, weights, bn_stats, kept
+):
+    import timm
+    from safetensors.torch import save_file
+
+    from embedder.fine_tune import freezes_bn_stats
+    from embedder.train_config import TrainConfig
+
+    torch.manual_seed(0)
+    start = timm.create_model("test_efficientnet", num_classes=3)
+    path = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in start.state_dict().items()}, str(path))
+    out = tmp_path / "ck"
+    config = tiny_train_config(
+        tiny_catalog,
+        out,
+        weights=str(path) if weights == "file" else "none",
+        bn_stats=bn_stats,
+        val_fraction=0.0,
+        frozen_groups=0,
+    )
+    train(config)
+    tuned = load_checkpoint(out)[0].state_dict()
+    if weights == "none":  # random start: compare with the initial statistics (0 and 1)
+        stats_kept = all(torch.all(tuned[k] == 0) for k in tuned if k.endswith("running_mean"))
+    else:
+        before = start.state_dict()
+        stats_kept = all(
+            torch.equal(tuned[k], before[k]) for k in before if k.endswith(("_mean", "_var"))
+        )
+        # Scale and shift of the batch norms train either way.
+        assert not torch.equal(tuned["bn1.weight"], before["bn1.weight"])
+    assert stats_kept is kept
+    assert freezes_bn_stats(TrainConfig(data="", out="", weights="imagenet")) is True
+    assert freezes_bn_stats(TrainConfig(data="", out="", bn_stats="update")) is False
+
+
+def test_unknown_bn_stats_setting_is_refused(tiny_catalog, tmp_path):
+    with pytest.raises(DataError, match="--bn-stats must be auto, frozen or update"):
+        train(tiny_train_config(tiny_catalog, tmp_path / "ck", bn_stats="sometimes"))
+
+
+def test_ctrl_c_keeps_the_best_checkpoint(tiny_catalog, tmp_path, monkeypatch):
+    from embedder import trainer
+
+    calls = {"n": 0}
+    original = trainer.train_one_epoch
+
+    def interrupt_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupt_second_epoch)
+    result = train(tiny_train_config(tiny_catalog, tmp_path / "ck", epochs=3, val_fraction=0.2))
+    assert result.interrupted and result.best_epoch == 1
+    load_checkpoint(tmp_path / "ck")  # complete and loadable
+
+
+def test_unreadable_training_images_are_skipped_and_counted(tiny_catalog, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_catalog, data, ignore=shutil.ignore_patterns("*.csv"))
+    broken = next((data / sorted(p.name for p in data.iterdir())[0]).glob("*.jpg"))
+    broken.write_bytes(b"\xff\xd8\xff garbage")
+    result = train(tiny_train_config(data, tmp_path / "ck", val_fraction=0.0))
+    assert len(result.skipped) == 1 and broken.name in result.skipped[0]
+
+
+def test_validation_classes_must_be_known(tiny_catalog, tmp_path):
+    val = tmp_path / "val" / "unknown-phone"
+    val.mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(val / "x.jpg")
+    Image.new("RGB", (16, 16)).save(tmp_path / "val" / "x.jpg")
+    (tmp_path / "val" / "other").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "val" / "other" / "y.jpg")
+    with pytest.raises(DataError, match="not in the training data"):
+        train(tiny_train_config(tiny_catalog, tmp_path / "ck", val=str(tmp_path / "val")))
