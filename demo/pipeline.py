@@ -125,7 +125,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if args.no_serve:
         return 0
+    from server.config import GunicornSettings, ServerConfig
     from server.serve import serve
 
     print(f"serving on http://{args.host}:{args.port}/  (Ctrl-C to stop)", flush=True)
-    return serve(checkpoint, index_dir, host=args.host, port=args.port)
+    config = ServerConfig(checkpoint=str(checkpoint), index=str(index_dir))
+    return serve(config, GunicornSettings(host=args.host, port=args.port))

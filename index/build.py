@@ -30,6 +30,9 @@ from index.vectors import prepare_ids, prepare_vectors
 
 log = logging.getLogger(__name__)
 
+# More folders than this in a manifest's image_roots are merged into their parents.
+MAX_IMAGE_ROOTS = 64
+
 
 @dataclass(frozen=True)
 class Embeddings:
@@ -178,6 +181,25 @@ def join_metadata(
     return out
 
 
+def image_roots(paths: Sequence[str], limit: int = MAX_IMAGE_ROOTS) -> list[str]:
+    """The fewest folders holding every image in ``paths`` (symlinks resolved).
+
+    A sharded image store (``store/ab/cd/x.jpg``) would give thousands of folders: above
+    ``limit`` the deepest ones are replaced by their parents, but never by a top-level folder's
+    parent, the filesystem root.
+    """
+    roots = {os.path.realpath(os.path.dirname(os.path.abspath(p))) for p in paths}
+    while True:
+        kept: list[str] = []
+        for root in sorted(roots, key=lambda r: r.split(os.sep)):  # parents before children
+            if not kept or not root.startswith(kept[-1].rstrip(os.sep) + os.sep):
+                kept.append(root)
+        deepest = max((r.count(os.sep) for r in kept), default=0)
+        if len(kept) <= limit or deepest <= 1:
+            return kept
+        roots = {os.path.dirname(r) if r.count(os.sep) == deepest else r for r in kept}
+
+
 def build_index(
     out: str | Path,
     ids: Sequence[str],
@@ -265,6 +287,7 @@ def build_index(
         search_defaults=defaults,
         tuning=tuning,
         source=dict(source or {}),
+        image_roots=image_roots([m["image"] for m in mds if isinstance(m.get("image"), str)]),
     )
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -22,6 +22,8 @@ class Manifest:
     ``count`` is the number of items at the last checkpoint; the catalog store is authoritative
     between checkpoints (``len(index)``). ``search_defaults`` holds the tuned search-time
     parameters (``nprobe`` or ``efSearch``) and ``tuning`` how they were measured.
+    ``image_roots``: the folders the catalog's ``image`` paths lay in at build time, the only
+    places a server reads catalog thumbnails from.
     """
 
     model_name: str
@@ -35,6 +37,7 @@ class Manifest:
     search_defaults: dict[str, int] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    image_roots: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -99,6 +102,9 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
     for key in ("search_defaults", "tuning", "source"):
         if not isinstance(kwargs.get(key, {}), dict):
             raise ManifestError(f"{where}: field {key!r} must be an object")
+    roots = kwargs.get("image_roots", [])
+    if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
+        raise ManifestError(f"{where}: field 'image_roots' must be a list of folder paths")
     return Manifest(**kwargs)
 
 

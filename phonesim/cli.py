@@ -59,10 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     from embedder import cli as embedder_cli
     from export import cli as export_cli
     from index import cli as index_cli
+    from phonesim import query
     from server import cli as server_cli
 
     embedder_cli.register(sub)
-    index_cli.register(sub)
+    query.register(index_cli.register(sub))
     export_cli.register(sub)
     demo.register(sub)
     server_cli.register(sub)

@@ -2,57 +2,31 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from index.catalog import Hit
-from server.app import service, state
+from server.auth import require_api_key
 from server.errors import ApiError
-from server.inputs import parse_filter, parse_k, read_image
+from server.inputs import (
+    decode_cursor,
+    encode_cursor,
+    parse_filter,
+    parse_k,
+    parse_limit,
+    read_image,
+)
 from server.service import LookupService, check_item_id
+from server.state import service
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
-
-API_KEY_HEADER = "X-API-Key"
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _ms_since(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000.0, 3)
-
-
-def require_api_key(view: F) -> F:
-    """Writes need the configured key in ``X-API-Key`` (or ``Authorization: Bearer``)."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        expected = state().config.api_key
-        if not expected:
-            raise ApiError(403, "writes_disabled", "writes are disabled: no API key configured")
-        given = request.headers.get(API_KEY_HEADER)
-        if given is None:
-            auth = request.headers.get("Authorization", "")
-            scheme, _, token = auth.partition(" ")
-            given = token.strip() if scheme.lower() == "bearer" else None
-        if not given:
-            raise ApiError(
-                401,
-                "missing_api_key",
-                f"this endpoint needs the API key in the {API_KEY_HEADER} header",
-                {"WWW-Authenticate": 'Bearer realm="phonesim"'},
-            )
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise ApiError(403, "invalid_api_key", "the API key is not valid")
-        return view(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def item_json(svc: LookupService, item_id: str, metadata: dict[str, Any], **extra: Any) -> dict:
@@ -69,7 +43,9 @@ def hits_json(svc: LookupService, hits: list[Hit]) -> list[dict]:
     return [item_json(svc, h.id, h.metadata, score=round(h.score, 6)) for h in hits]
 
 
-def _reject_unknown_fields(fields: dict[str, Any], allowed: tuple[str, ...]) -> None:
+def _reject_unknown_fields(
+    fields: dict[str, Any], allowed: tuple[str, ...], what: str = "field"
+) -> None:
     """A misspelt field ("filters") must not be silently ignored."""
     unknown = sorted(set(fields) - set(allowed))
     if unknown:
@@ -77,7 +53,7 @@ def _reject_unknown_fields(fields: dict[str, Any], allowed: tuple[str, ...]) -> 
         raise ApiError(
             400,
             "invalid_request",
-            f"unknown field(s) {', '.join(map(repr, unknown))}; this endpoint takes {takes}",
+            f"unknown {what}(s) {', '.join(map(repr, unknown))}; this endpoint takes {takes}",
         )
 
 
@@ -125,6 +101,20 @@ def embed() -> Response:
         embedding=[round(float(v), 7) for v in embedded.embedding],
         prediction=svc.predict(embedded.probabilities),
         timing_ms={**embedded.timing_ms, "total": _ms_since(t0)},
+    )
+
+
+@bp.get("/items")
+def list_items() -> Response:
+    """A page of catalog items in a stable order; ``next_cursor`` fetches the next page."""
+    svc = service()
+    _reject_unknown_fields(dict(request.args), ("limit", "cursor"), "query parameter")
+    limit = parse_limit(request.args.get("limit"))
+    after = decode_cursor(request.args.get("cursor"))
+    items, last = svc.list_items(limit, after)
+    return jsonify(
+        items=[item_json(svc, item.id, item.metadata) for item in items],
+        next_cursor=None if last is None else encode_cursor(last),
     )
 
 

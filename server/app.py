@@ -4,32 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, current_app
+from flask import Flask, Response
 
+from server import api, errors, ops, web
 from server.config import ServerConfig
-from server.errors import ApiError
+from server.loading import open_for_serving
 from server.metrics import Metrics
 from server.service import LookupService
+from server.state import EXTENSION, ServerState
 
 log = logging.getLogger(__name__)
-
-EXTENSION = "phonesim"
-
-
-@dataclass
-class ServerState:
-    """What the views share, kept in ``app.extensions["phonesim"]``."""
-
-    config: ServerConfig
-    metrics: Metrics
-    service: LookupService | None
-
-    def close(self) -> None:
-        if self.service is not None:
-            self.service.close()
 
 
 def create_app(
@@ -41,10 +27,11 @@ def create_app(
     """Build the app.
 
     ``embedder`` (:class:`embedder.inference.Embedder`) and ``index``
-    (:class:`index.CatalogIndex`) are used as given (tests inject tiny ones); otherwise they
-    are loaded from ``config.checkpoint`` and ``config.index``, the index opened read-only
-    unless an API key enables writes. Without either, the app answers health checks and
-    reports itself not ready. Call ``app.extensions["phonesim"].close()`` to stop the batcher.
+    (:class:`index.CatalogIndex`) are used as given (tests inject tiny ones); otherwise both
+    are opened from ``config.checkpoint`` and ``config.index`` by
+    :func:`~server.loading.open_for_serving`, the index read-only unless an API key enables
+    writes. Without either, the app answers health checks and reports itself not ready. Call
+    ``app.extensions["phonesim"].close()`` to stop the batcher.
     """
     if not isinstance(config, ServerConfig):
         config = ServerConfig.from_mapping(config)
@@ -57,22 +44,12 @@ def create_app(
 
     metrics = Metrics()
     service = None
-    if embedder is None and config.checkpoint:
-        from embedder.inference import Embedder
-
-        embedder = Embedder.from_checkpoint(config.checkpoint)
     owns_index = False
-    if index is None and config.index:
-        if embedder is None:
-            raise ValueError("serving an index needs a checkpoint to embed queries")
-        from index.catalog import CatalogIndex
-
-        index = CatalogIndex.open(
-            config.index,
-            readonly=not config.writes_enabled,
-            expect_model=embedder.model_name,
-            expect_checkpoint_hash=embedder.checkpoint_hash,
-            expect_dim=embedder.dim,
+    if embedder is None and index is None and (config.checkpoint or config.index):
+        if not (config.checkpoint and config.index):
+            raise ValueError("serving needs both a checkpoint and an index built from it")
+        embedder, index = open_for_serving(
+            config.checkpoint, config.index, writable=config.writes_enabled
         )
         owns_index = True
     if embedder is not None and index is not None:
@@ -80,8 +57,6 @@ def create_app(
     elif embedder is not None or index is not None:
         raise ValueError("pass both an embedder and an index, or neither")
     app.extensions[EXTENSION] = ServerState(config, metrics, service)
-
-    from server import api, errors, ops, web
 
     errors.init_app(app)
     metrics.init_app(app)
@@ -104,15 +79,3 @@ def _security_headers(response: Response) -> Response:
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("X-Frame-Options", "DENY")
     return response
-
-
-def state() -> ServerState:
-    return current_app.extensions[EXTENSION]
-
-
-def service() -> LookupService:
-    """The service, or 503 while no model and index are loaded."""
-    svc = state().service
-    if svc is None:
-        raise ApiError(503, "not_ready", "no model and index are loaded")
-    return svc

@@ -6,7 +6,8 @@ import argparse
 import os
 
 from common.argtypes import port, positive_float, positive_int
-from server.config import API_KEY_ENV
+from common.errors import UserError, run_reporting_errors
+from server.config import API_KEY_ENV, GunicornSettings, ServerConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,6 +58,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="keep images of items added through the API here, for thumbnails",
     )
+    p.add_argument(
+        "--image-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another folder catalog thumbnails may be read from (repeatable); the folders "
+        "the index was built from are always allowed",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
 
 
@@ -72,44 +81,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from server.serve import serve
-
-    return serve(
-        args.checkpoint,
-        args.index,
+def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, GunicornSettings]:
+    """What the app serves and how its processes run, from the parsed flags (read once here)."""
+    try:
+        config = ServerConfig(
+            checkpoint=args.checkpoint,
+            index=args.index,
+            api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+            max_upload_mb=args.max_upload_mb,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            image_dir=args.image_dir,
+            image_roots=tuple(args.image_root),
+        ).validate()
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    settings = GunicornSettings(
         host=args.host,
         port=args.port,
         workers=args.workers,
         threads=args.threads,
-        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-        max_upload_mb=args.max_upload_mb,
         torch_threads=args.torch_threads,
         faiss_threads=args.faiss_threads,
         access_log=args.access_log,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        image_dir=args.image_dir,
     )
+    return config, settings
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: gunicorn, torch and FAISS load only when serving, so
+    # 'phonesim --help' stays quick.
+    from server.serve import serve
+
+    return serve(*settings_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m server``: the serve command alone (same flags as ``phonesim serve``)."""
-    import logging
-    import sys
-
-    from common.errors import UserError
-
     parser = argparse.ArgumentParser(prog="python -m server", description="phonesim serve")
     add_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return run(args)
-    except UserError as exc:
-        print(f"phonesim serve: error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("phonesim serve", run, args, verbose=args.verbose)

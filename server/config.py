@@ -1,4 +1,5 @@
-"""Settings of the lookup server: one frozen dataclass that the CLI flags parse into."""
+"""Settings of the lookup server: what the app serves (:class:`ServerConfig`) and how its
+processes run (:class:`GunicornSettings`), both parsed once from the ``serve`` flags."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ class ServerConfig:
     micro-batcher's bound on images per forward pass and on how long a batch waits for
     requests already being decoded. ``image_dir``: where images of items added through the
     API are kept for thumbnails (``None``: not kept). ``image_roots``: extra folders that
-    catalog thumbnails may be read from (the catalog CSV's folder is always allowed).
+    catalog thumbnails may be read from, besides those the index was built from.
     """
 
     checkpoint: str | None = None
@@ -76,3 +77,22 @@ class ServerConfig:
 
     def replace(self, **changes: Any) -> ServerConfig:
         return replace(self, **changes).validate()
+
+
+@dataclass(frozen=True)
+class GunicornSettings:
+    """Process settings of the WSGI server."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    threads: int = 8
+    timeout_s: int = 60
+    torch_threads: int | None = None  # default: CPU cores / workers
+    faiss_threads: int = 1
+    access_log: bool = False
+
+    @property
+    def bind(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -15,6 +16,9 @@ from server.errors import ApiError
 IMAGE_FIELD = "image"
 # Query parameters that are not metadata filters.
 RESERVED_PARAMS = frozenset({"k"})
+# Items per page of ``GET /v1/items``.
+DEFAULT_LIMIT = 24
+MAX_LIMIT = 100
 
 
 def too_large(limit: int) -> ApiError:
@@ -100,23 +104,54 @@ def read_image(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
     )
 
 
-def parse_k(value: Any, default: int, max_k: int) -> int:
-    """``k`` from a query string or JSON value: an integer in 1..max_k."""
-    if value is None:
-        return default
+def _bounded_int(value: Any, name: str, low: int, high: int) -> int:
+    """An integer in ``low..high`` from a query string or JSON value; else 400 invalid_<name>."""
+    code = f"invalid_{name}"
     if isinstance(value, bool):
-        raise ApiError(400, "invalid_k", f"k must be an integer, got {value!r}")
+        raise ApiError(400, code, f"{name} must be an integer, got {value!r}")
     if isinstance(value, str):
         text = value.strip()
         # ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses.
         if not re.fullmatch(r"[+-]?[0-9]{1,12}", text):
-            raise ApiError(400, "invalid_k", f"k must be an integer, got {value!r}")
+            raise ApiError(400, code, f"{name} must be an integer, got {value!r}")
         value = int(text)
     if not isinstance(value, int):
-        raise ApiError(400, "invalid_k", f"k must be an integer, got {value!r}")
-    if not 1 <= value <= max_k:
-        raise ApiError(400, "invalid_k", f"k must be between 1 and {max_k}, got {value}")
+        raise ApiError(400, code, f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ApiError(400, code, f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def parse_k(value: Any, default: int, max_k: int) -> int:
+    """``k`` from a query string or JSON value: an integer in 1..max_k."""
+    return default if value is None else _bounded_int(value, "k", 1, max_k)
+
+
+def parse_limit(value: str | None) -> int:
+    """``limit`` of a page of items: an integer in 1..MAX_LIMIT (default DEFAULT_LIMIT)."""
+    return DEFAULT_LIMIT if value is None else _bounded_int(value, "limit", 1, MAX_LIMIT)
+
+
+def encode_cursor(after_id: str) -> str:
+    """An opaque cursor for the page after item ``after_id``."""
+    raw = json.dumps({"after": after_id}, ensure_ascii=False).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(value: str | None) -> str | None:
+    """The item id a cursor continues after (None: the first page), or 400 ``invalid_cursor``."""
+    if value is None:
+        return None
+    try:
+        text = value.strip()
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+        data = json.loads(raw)
+    except (binascii.Error, ValueError):
+        data = None
+    after = data.get("after") if isinstance(data, dict) and len(data) == 1 else None
+    if not isinstance(after, str) or not after:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this server returned")
+    return after
 
 
 def parse_filter(

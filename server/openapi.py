@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.api import API_KEY_HEADER
+from server.auth import API_KEY_HEADER
+from server.inputs import DEFAULT_LIMIT, MAX_LIMIT
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -18,7 +19,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "bad request: no or empty image, not an image, truncated, unsupported format, "
-        "decompression bomb, bad base64 or JSON, bad k, unknown filter field",
+        "decompression bomb, bad base64 or JSON, bad k, unknown filter field, bad limit or "
+        "cursor",
         401: "API key missing",
         403: "API key wrong, or writes disabled",
         404: "unknown item",
@@ -44,6 +46,18 @@ FILTER_PARAM = {
     "style": "form",
     "explode": True,
     "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+}
+LIMIT_PARAM = {
+    "name": "limit",
+    "in": "query",
+    "description": f"items per page (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+}
+CURSOR_PARAM = {
+    "name": "cursor",
+    "in": "query",
+    "description": "`next_cursor` of the previous page (opaque); absent for the first page",
+    "schema": {"type": "string"},
 }
 ITEM_ID = {
     "name": "item_id",
@@ -126,6 +140,20 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"id": {"type": "string"}, "image_url": {"type": "string"}},
         "additionalProperties": True,
     },
+    "ItemPage": {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "description": "items in a stable order (by id): a page never skips nor repeats an "
+        "item that stays in the catalog while paging",
+        "properties": {
+            "items": {"type": "array", "items": _ref("Item")},
+            "next_cursor": {
+                "type": "string",
+                "nullable": True,
+                "description": "pass as `cursor` for the next page; null on the last page",
+            },
+        },
+    },
     "Neighbor": {
         "allOf": [
             _ref("Item"),
@@ -190,6 +218,14 @@ def openapi_spec() -> dict[str, Any]:
             }
         },
         "/v1/items": {
+            "get": {
+                "summary": "A page of catalog items (to browse the catalog)",
+                "parameters": [LIMIT_PARAM, CURSOR_PARAM],
+                "responses": {
+                    "200": _json(_ref("ItemPage"), "items and the cursor of the next page"),
+                    **_errors(400, 503),
+                },
+            },
             "post": {
                 "summary": "Embed a photo and add it to the catalog (durable)",
                 "security": SECURITY,
@@ -238,7 +274,7 @@ def openapi_spec() -> dict[str, Any]:
                     ),
                     **_errors(400, 401, 403, 409, 413, 415, 503),
                 },
-            }
+            },
         },
         "/v1/items/{item_id}": {
             "parameters": [ITEM_ID],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from server.app import state
 from server.openapi import openapi_spec
+from server.state import state
 
 bp = Blueprint("ops", __name__)
 

@@ -9,36 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import faiss
+import torch
 from gunicorn.app.base import BaseApplication
 
 from common.errors import UserError
-from server.config import ServerConfig
+from server.app import create_app
+from server.config import GunicornSettings, ServerConfig
+from server.loading import check_for_serving
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GunicornSettings:
-    """Process settings of the WSGI server."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    threads: int = 8
-    timeout_s: int = 60
-    torch_threads: int | None = None  # default: CPU cores / workers
-    faiss_threads: int = 1
-    access_log: bool = False
-    log_level: str = "info"
-
-    @property
-    def bind(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
-        return f"{host}:{self.port}"
 
 
 def default_torch_threads(workers: int) -> int:
@@ -53,9 +35,6 @@ def configure_threads(torch_threads: int, faiss_threads: int = 1) -> None:
     A search is one query and request threads already run many at once, so FAISS gets one
     OpenMP thread by default: its spinning pool would otherwise take cores from the model.
     """
-    import faiss
-    import torch
-
     torch.set_num_threads(torch_threads)
     faiss.omp_set_num_threads(faiss_threads)
 
@@ -86,7 +65,7 @@ class PhonesimGunicorn(BaseApplication):
             "timeout": s.timeout_s,
             "graceful_timeout": 30,
             "keepalive": 5,
-            "loglevel": s.log_level,
+            "loglevel": "debug" if log.isEnabledFor(logging.DEBUG) else "info",
             "errorlog": "-",
             "accesslog": "-" if s.access_log else None,
             "proc_name": "phonesim-serve",
@@ -97,8 +76,6 @@ class PhonesimGunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from server.app import create_app
-
         threads = self.settings.torch_threads or default_torch_threads(self.settings.workers)
         configure_threads(threads, self.settings.faiss_threads)
         log.info(
@@ -112,10 +89,6 @@ class PhonesimGunicorn(BaseApplication):
 
 def preflight(config: ServerConfig, settings: GunicornSettings) -> None:
     """Check the inputs before forking workers, so mistakes are one-line errors."""
-    from embedder.checkpoint import checkpoint_hash, read_config
-    from index.catalog import describe, lock_writer
-    from index.manifest import read_manifest
-
     if not config.checkpoint or not config.index:
         raise UserError("serve needs --checkpoint and --index")
     if settings.workers < 1 or settings.threads < 1:
@@ -124,70 +97,23 @@ def preflight(config: ServerConfig, settings: GunicornSettings) -> None:
         raise UserError(
             "writes (an API key) need --workers 1: only one process may write the index"
         )
-    ckpt = read_config(config.checkpoint)
-    # What a worker would otherwise report as a gunicorn boot traceback, checked here without
-    # loading the FAISS file (each worker loads it): the embedder the index was built with,
-    # a readable catalog store, and, for writes, a free writer lock.
-    read_manifest(Path(config.index)).check(
-        expect_model=ckpt.architecture,
-        expect_checkpoint_hash=checkpoint_hash(config.checkpoint),
-        expect_dim=int(ckpt.feature_dim),
-        where=f"index {config.index}",
-    )
-    describe(config.index)
-    if config.writes_enabled:
-        os.close(lock_writer(Path(config.index)))
+    # Without loading the model or the FAISS file (each worker loads its own after the fork).
+    check_for_serving(config.checkpoint, config.index, writable=config.writes_enabled)
 
 
-def serve(
-    checkpoint: str | Path,
-    index_dir: str | Path,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    workers: int = 1,
-    threads: int = 8,
-    api_key: str | None = None,
-    max_upload_mb: float = 10.0,
-    torch_threads: int | None = None,
-    faiss_threads: int = 1,
-    access_log: bool = False,
-    **config: Any,
-) -> int:
-    """Serve until stopped (Ctrl-C / SIGTERM); returns the exit code.
-
-    Extra keyword arguments are :class:`~server.config.ServerConfig` fields.
-    """
-    try:
-        server_config = ServerConfig.from_mapping(
-            config,
-            checkpoint=str(checkpoint),
-            index=str(index_dir),
-            api_key=api_key or None,
-            max_upload_mb=max_upload_mb,
-        )
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
-    settings = GunicornSettings(
-        host=host,
-        port=port,
-        workers=workers,
-        threads=threads,
-        torch_threads=torch_threads,
-        faiss_threads=faiss_threads,
-        access_log=access_log,
-        log_level="debug" if log.isEnabledFor(logging.DEBUG) else "info",
-    )
-    preflight(server_config, settings)
+def serve(config: ServerConfig, settings: GunicornSettings | None = None) -> int:
+    """Serve ``config`` under gunicorn until stopped (Ctrl-C / SIGTERM); returns the exit code."""
+    settings = settings or GunicornSettings()
+    preflight(config, settings)
     log.info(
         "starting gunicorn on http://%s with %d worker(s) x %d thread(s); writes %s",
         settings.bind,
-        workers,
-        threads,
-        "enabled" if server_config.writes_enabled else "disabled (no API key)",
+        settings.workers,
+        settings.threads,
+        "enabled" if config.writes_enabled else "disabled (no API key)",
     )
     try:
-        PhonesimGunicorn(server_config, settings).run()
+        PhonesimGunicorn(config, settings).run()
     except SystemExit as exc:  # gunicorn's arbiter exits through sys.exit
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)

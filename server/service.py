@@ -7,6 +7,7 @@ This is the only object the views talk to; it knows nothing about HTTP beyond ra
 from __future__ import annotations
 
 import hashlib
+import heapq
 import io
 import logging
 import os
@@ -25,8 +26,8 @@ from common.fsutil import atomic_write
 from embedder.errors import ImageError
 from embedder.images import load_image
 from embedder.inference import Embedder
-from index.catalog import CatalogIndex, Hit
-from index.errors import DuplicateIdError
+from index.catalog import CatalogIndex, Hit, Item
+from index.errors import DuplicateIdError, UnknownIdError
 from server.batcher import Arrival, MicroBatcher
 from server.config import ServerConfig
 from server.errors import ApiError
@@ -193,6 +194,25 @@ class LookupService:
     def item(self, item_id: str) -> dict[str, Any]:
         return self.index.get(item_id).metadata
 
+    def list_items(self, limit: int, after: str | None = None) -> tuple[list[Item], str | None]:
+        """Up to ``limit`` items in id order after id ``after``, and the id to continue after
+        (None on the last page).
+
+        Paging by id, not by position, keeps a later page right while items come and go: it
+        neither skips nor repeats an item that stays. One page reads every id once.
+        """
+        ids = (i for i in self.index.ids() if after is None or i > after)
+        page = heapq.nsmallest(limit + 1, ids)
+        more = len(page) > limit
+        page = page[:limit]
+        items = []
+        for item_id in page:
+            try:
+                items.append(self.index.get(item_id))
+            except UnknownIdError:  # removed since the ids were read
+                continue
+        return items, page[-1] if more and page else None
+
     @staticmethod
     def public_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in metadata.items() if k not in PRIVATE_FIELDS}
@@ -260,11 +280,14 @@ class LookupService:
 
     # -- thumbnails -------------------------------------------------------------------------------
     def _image_roots(self) -> list[Path]:
-        roots = [Path(p) for p in self.config.image_roots]
+        """Folders thumbnails may be read from: those the index was built from, the folder
+        of API uploads, ``--image-root`` folders, and the catalog CSV's folder (all an index
+        built before image roots were recorded has)."""
+        manifest = self.index.manifest
+        roots = [Path(p) for p in (*self.config.image_roots, *manifest.image_roots)]
         if self.config.image_dir:
             roots.append(Path(self.config.image_dir))
-        source = getattr(self.index.manifest, "source", None) or {}
-        catalog = source.get("catalog") if isinstance(source, dict) else None
+        catalog = manifest.source.get("catalog")
         if catalog:
             roots.append(Path(catalog).parent)
         return [p.resolve() for p in roots]
@@ -272,21 +295,22 @@ class LookupService:
     def thumbnail(self, item_id: str) -> bytes:
         """A JPEG thumbnail of a catalog item's own image, found by id only.
 
-        The path comes from the index metadata (never from the client), must lie inside a
-        catalog image folder, and is decoded and re-encoded, so only images ever leave.
+        The path comes from the index metadata (never from the client), must lie inside an
+        image root (symlinks resolved; none: nothing is served), and is decoded and
+        re-encoded, so only images ever leave.
         """
         metadata = self.index.get(item_id).metadata
         raw = metadata.get("image")
         if not raw:
             raise ApiError(404, "no_image", f"item {item_id!r} has no image")
-        path = Path(raw)
+        path = Path(os.path.realpath(raw))  # checked and read as resolved: no "..", no links
+        if not _inside(path, self._roots):
+            log.warning("refusing thumbnail of %r: %s is outside the image roots", item_id, raw)
+            raise ApiError(404, "no_image", f"item {item_id!r} has no servable image")
         try:
             stat = path.stat()
         except OSError:
             raise ApiError(404, "no_image", f"the image of item {item_id!r} is missing") from None
-        if self._roots and not _inside(path, self._roots):
-            log.warning("refusing thumbnail of %r: %s is outside the catalog folders", item_id, raw)
-            raise ApiError(404, "no_image", f"item {item_id!r} has no servable image")
         key = (str(path), stat.st_mtime_ns, stat.st_size)
         with self._thumbs_lock:
             cached = self._thumbs.get(key)

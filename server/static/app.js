@@ -1,8 +1,12 @@
-// phonesim web page: upload a photo, show the predicted class and the nearest catalog phones.
+// phonesim web page: browse the catalog, or upload a photo, and see the most similar phones.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-let lastFile = null;
+const PAGE_SIZE = 24;
+// What the results show, so that changing an option can show it again:
+// {kind: "catalog"} | {kind: "search", file} | {kind: "similar", item}.
+let view = { kind: "catalog" };
+let nextCursor = null;
 
 function setStatus(text, isError = false) {
   const el = $("status");
@@ -54,46 +58,71 @@ function showPrediction(prediction) {
   }
 }
 
-function neighborCard(n) {
+// A neutral placeholder where an item has no image or its image cannot be loaded.
+function markMissing(thumb) {
+  thumb.replaceChildren(el("span", "placeholder-text", "no image"));
+  thumb.classList.add("missing");
+}
+
+function thumbnail(item) {
+  const thumb = el("div", "thumb");
+  if (!item.image_url) {
+    markMissing(thumb);
+    return thumb;
+  }
+  const img = document.createElement("img");
+  img.alt = item.title || item.id;
+  img.loading = "lazy";
+  img.addEventListener("error", () => markMissing(thumb), { once: true });
+  img.src = item.image_url;
+  thumb.append(img);
+  return thumb;
+}
+
+function itemCard(item) {
   const li = el("li", "card neighbor");
   li.tabIndex = 0;
-  li.dataset.id = n.id;
-  const thumb = el("div", "thumb");
-  if (n.image_url) {
-    const img = document.createElement("img");
-    img.src = n.image_url;
-    img.alt = n.title || n.id;
-    img.loading = "lazy";
-    thumb.append(img);
-  }
+  li.dataset.id = item.id;
   const body = el("div", "body");
-  const title = el("div", "title", n.title || n.id);
-  title.title = n.title || n.id;
+  const title = el("div", "title", item.title || item.id);
+  title.title = item.title || item.id;
   body.append(title);
   const meta = el("div", "meta");
-  meta.append(el("span", "", n.label || n.brand || ""));
-  if (n.price !== undefined && n.price !== "") meta.append(el("span", "", `$${n.price}`));
+  meta.append(el("span", "", item.label || item.brand || ""));
+  if (item.price !== undefined && item.price !== "") meta.append(el("span", "", `$${item.price}`));
   body.append(meta);
-  if (n.brand && n.brand !== n.label) body.append(el("div", "meta", n.brand));
-  const score = el("div", "score");
-  const track = el("span", "track");
-  const fill = el("span", "fill");
-  fill.style.width = pct(n.score);
-  track.append(fill);
-  score.append(track, el("span", "", n.score.toFixed(3)));
-  body.append(score);
-  li.append(thumb, body);
-  const open = () => showSimilar(n);
+  if (item.brand && item.brand !== item.label) body.append(el("div", "meta", item.brand));
+  if (typeof item.score === "number") {
+    const score = el("div", "score");
+    const track = el("span", "track");
+    const fill = el("span", "fill");
+    fill.style.width = pct(item.score);
+    track.append(fill);
+    score.append(track, el("span", "", item.score.toFixed(3)));
+    body.append(score);
+  } else {
+    body.append(el("div", "action", "Phones like this →"));
+  }
+  li.append(thumbnail(item), body);
+  const open = () => showSimilar(item);
   li.addEventListener("click", open);
   li.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
   return li;
 }
 
-function showNeighbors(neighbors, title) {
+// Show items under a title; ``hint`` is the line above them (default: only when there are none).
+function showResults(items, title, { append = false, hint = null } = {}) {
   $("results-title").textContent = title;
-  $("results-hint").hidden = neighbors.length > 0;
-  if (!neighbors.length) $("results-hint").textContent = "No catalog phone matches.";
-  $("neighbors").replaceChildren(...neighbors.map(neighborCard));
+  $("browse").hidden = view.kind === "catalog";
+  const cards = items.map(itemCard);
+  if (append) {
+    $("neighbors").append(...cards);
+    return;
+  }
+  $("neighbors").replaceChildren(...cards);
+  const text = hint || (items.length ? "" : "No catalog phone matches.");
+  $("results-hint").textContent = text;
+  $("results-hint").hidden = !text;
 }
 
 function queryString() {
@@ -110,9 +139,31 @@ function showTiming(timing) {
   $("timing").textContent = parts.join(" · ");
 }
 
+function setMore(cursor) {
+  nextCursor = cursor;
+  $("more").hidden = view.kind !== "catalog" || !cursor;
+}
+
+async function loadCatalog(more = false) {
+  view = { kind: "catalog" };
+  const params = new URLSearchParams({ limit: PAGE_SIZE });
+  if (more && nextCursor) params.set("cursor", nextCursor);
+  try {
+    const page = await api(`/v1/items?${params}`);
+    const hint = page.items.length
+      ? "Click a phone to see the phones most like it, or upload a photo of your own."
+      : "The catalog is empty.";
+    showResults(page.items, "Catalog phones", { append: more, hint });
+    setMore(page.next_cursor);
+  } catch (e) {
+    setStatus(`cannot list the catalog: ${e.message}`, true);
+  }
+}
+
 async function search(file) {
   if (!file) return;
-  lastFile = file;
+  view = { kind: "search", file };
+  setMore(null);
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
@@ -124,7 +175,7 @@ async function search(file) {
   try {
     const result = await api(`/v1/search?${queryString()}`, { method: "POST", body: form });
     showPrediction(result.prediction);
-    showNeighbors(result.neighbors, "Nearest catalog phones");
+    showResults(result.neighbors, "Nearest catalog phones");
     showTiming(result.timing_ms);
     setStatus(`${result.neighbors.length} similar phones found.`);
   } catch (e) {
@@ -133,17 +184,25 @@ async function search(file) {
 }
 
 async function showSimilar(item) {
-  setStatus(`Loading phones similar to ${item.title || item.id}…`);
+  const name = item.title || item.id;
+  view = { kind: "similar", item };
+  setMore(null);
+  setStatus(`Loading phones similar to ${name}…`);
   try {
     const url = `/v1/items/${encodeURIComponent(item.id)}/similar?${queryString()}`;
     const result = await api(url);
-    showNeighbors(result.neighbors, `Similar to ${item.title || item.id}`);
+    showResults(result.neighbors, `Similar to ${name}`);
     showTiming(result.timing_ms);
     setStatus(`${result.neighbors.length} phones similar to the selected one.`);
     window.scrollTo({ top: 0, behavior: "smooth" });
   } catch (e) {
     setStatus(e.message, true);
   }
+}
+
+function refresh() {
+  if (view.kind === "search") search(view.file);
+  else if (view.kind === "similar") showSimilar(view.item);
 }
 
 async function loadInfo() {
@@ -161,8 +220,10 @@ async function loadInfo() {
     } else {
       $("label-filter").disabled = true;
     }
+    return true;
   } catch (e) {
     $("server-info").textContent = `server not ready: ${e.message}`;
+    return false;
   }
 }
 
@@ -180,10 +241,13 @@ function setup() {
     const file = e.dataTransfer.files[0];
     if (file) search(file);
   });
-  for (const id of ["k", "label-filter"]) {
-    $(id).addEventListener("change", () => { if (lastFile) search(lastFile); });
-  }
-  loadInfo();
+  for (const id of ["k", "label-filter"]) $(id).addEventListener("change", refresh);
+  $("more").addEventListener("click", () => loadCatalog(true));
+  $("browse").addEventListener("click", () => {
+    setStatus("");
+    loadCatalog();
+  });
+  loadInfo().then((ready) => { if (ready) loadCatalog(); });
 }
 
 document.addEventListener("DOMContentLoaded", setup);

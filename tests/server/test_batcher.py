@@ -21,8 +21,10 @@ class FakeModel:
         self.sizes: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # set once a forward pass has started
 
     def __call__(self, x: torch.Tensor) -> EmbeddingBatch:
+        self.entered.set()
         self.gate.wait(10)
         time.sleep(self.delay)
         self.sizes.append(len(x))
@@ -146,7 +148,26 @@ def test_close_finishes_queued_work_then_refuses(make):
 
 
 def test_observer_sees_every_batch(make):
+    """One call per forward pass, in order, with its size and the time the model took."""
+    model = FakeModel(delay=0.02)
     seen: list[tuple[int, float]] = []
-    b = make(FakeModel(), max_batch=4, max_wait_ms=0, observer=lambda n, s: seen.append((n, s)))
-    b.run(pixel(1), timeout=5)
-    assert seen and seen[0][0] == 1 and seen[0][1] >= 0
+    b = make(model, max_batch=4, max_wait_ms=0, observer=lambda n, s: seen.append((n, s)))
+    model.gate.clear()
+    first = b.submit(pixel(0))
+    assert model.entered.wait(5)  # the batcher runs the first one alone, held at the gate
+    rest = [b.submit(pixel(i)) for i in range(1, 6)]  # queued meanwhile: then 4 + 1
+    model.gate.set()
+    results = [f.result(5) for f in [first, *rest]]
+    assert [n for n, _ in seen] == model.sizes == [1, 4, 1]
+    by_batch = [results[0].model_s, results[1].model_s, results[5].model_s]
+    assert [s for _, s in seen] == by_batch  # the very time the requests of each batch got
+    assert all(0.02 <= s < 5 for _, s in seen)
+    assert {r.batch_size for r in results[1:5]} == {4}
+
+
+def test_a_failing_observer_never_fails_a_request(make):
+    def observer(n: int, s: float) -> None:
+        raise RuntimeError("metrics broke")
+
+    b = make(FakeModel(), max_batch=4, max_wait_ms=0, observer=observer)
+    assert b.run(pixel(5), timeout=5).embedding.tolist() == [5, 5]

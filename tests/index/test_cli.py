@@ -1,10 +1,10 @@
-"""``phonesim index build | info | query`` on a small embeddings file written here."""
+"""``phonesim index build | info`` on a small embeddings file written here (``query``:
+tests/phonesim/test_query.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -18,9 +18,6 @@ from index.errors import (
     BuildInputError,
     IndexCorruptError,
     IndexLockedError,
-    IndexMismatchError,
-    InvalidFilterError,
-    InvalidParamsError,
 )
 from index.evaluation import ClusteredMixture
 
@@ -93,6 +90,7 @@ def test_build_with_catalog_then_info(files, capsys):
         assert item.metadata["title"] == "Phone 17" and item.metadata["brand"] == "Rare"
         assert item.metadata["price"] == "116"
         assert item.metadata["image"] == str((files / "images" / "p17.jpg").resolve())
+        assert ix.manifest.image_roots == [str((files / "images").resolve())]
         assert ix.get(f"p{N - 1}").metadata == {"label": h5_labels[N - 1]}  # no CSV row
         assert [h.id for h in ix.search(ix.get_vectors(["p3"])[0], 1)] == ["p3"]
         assert ix.search(ix.get_vectors(["p3"])[0], 5, filter={"brand": "Rare"})[0].id == "p17"
@@ -189,63 +187,7 @@ def test_a_damaged_catalog_store_is_one_clear_error(files):
         open_index(out, readonly=True)
 
 
-@dataclass
-class FakeBatch:
-    embeddings: np.ndarray
-    probabilities: np.ndarray
-
-
-class FakeEmbedder:
-    """Stands in for ``embedder.inference.Embedder``: returns a catalog vector for any image."""
-
-    def __init__(self, vector: np.ndarray, model_name: str = MODEL) -> None:
-        self.vector = vector
-        self.model_name = model_name
-        self.checkpoint_hash = HASH
-        self.dim = DIM
-        self.label_names = LABELS
-
-    def embed_paths(self, paths):
-        return FakeBatch(self.vector[None, :], np.array([[0.1, 0.7, 0.2]], np.float32))
-
-
-def test_query_prints_neighbours_and_json(files, capsys, monkeypatch):
-    xb, _ = write_embeddings(files / "emb.h5")
-    out = files / "idx"
-    cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(out), "--no-progress"])
-    capsys.readouterr()
-    (files / "photo.jpg").write_bytes(b"\xff\xd8")
-    monkeypatch.setattr(index_cli, "_load_embedder", lambda ckpt: FakeEmbedder(xb[7]))
-    base = ["query", str(out), "--checkpoint", "ckpt", "--image", str(files / "photo.jpg")]
-    assert cli([*base, "-k", "3"]) == 0
-    text = capsys.readouterr().out
-    assert "predicted class: xiaomi" in text
-    assert text.splitlines()[1].split()[:3] == ["1", "1.0000", "p7"]
-    with pytest.raises(InvalidParamsError, match="k_factor"):
-        cli([*base, "--param", "k_factor=1"])
-    with open_index(out, readonly=True) as ix:
-        label = ix.get("p7").metadata["label"]
-    assert cli([*base, "-k", "4", "--json", "--filter", f"label={label}"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["predicted"]["label"] == "xiaomi"
-    assert result["hits"][0]["id"] == "p7" and len(result["hits"]) == 4
-    assert all(h["metadata"]["label"] == label for h in result["hits"])
-    with pytest.raises(InvalidFilterError, match="FIELD=VALUE"):
-        cli([*base, "--filter", "label"])
-
-
-def test_query_with_another_model_is_refused(files, monkeypatch):
-    xb, _ = write_embeddings(files / "emb.h5")
-    out = files / "idx"
-    cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(out), "--no-progress"])
-    (files / "photo.jpg").write_bytes(b"\xff\xd8")
-    monkeypatch.setattr(index_cli, "_load_embedder", lambda c: FakeEmbedder(xb[0], "other_net"))
-    with pytest.raises(IndexMismatchError, match="other_net"):
-        cli(["query", str(out), "--checkpoint", "c", "--image", str(files / "photo.jpg")])
-
-
 def test_phonesim_main_reports_index_errors_in_one_line(files, capsys):
-    pytest.importorskip("embedder.cli", reason="phonesim.cli needs the embedder stage")
     from phonesim.cli import main
 
     assert main(["index", "info", str(files / "absent")]) == 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,10 +16,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_server import API_KEY, SMALL_UPLOAD_MB, bad_requests
 from werkzeug.test import EnvironBuilder
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.server.helpers import API_KEY, SMALL_UPLOAD_MB, bad_requests, build_test_index
+
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("PHONESIM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -82,25 +82,11 @@ def multipart(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, dict[s
 
 
 @pytest.fixture(scope="module")
-def live_index(tiny_checkpoint, tiny_catalog, tmp_path_factory) -> Path:
-    from embedder.inference import Embedder
-    from index import build_index, read_catalog_csv
-
-    embedder = Embedder.from_checkpoint(tiny_checkpoint)
-    rows = read_catalog_csv(tiny_catalog / "catalog.csv")
-    ids = list(rows)
-    batch = embedder.embed_paths([rows[i]["image"] for i in ids])
+def live_index(tiny_embedder, catalog_rows, tiny_catalog, tmp_path_factory) -> Path:
+    """An index of its own: the live server writes to it."""
     out = tmp_path_factory.mktemp("live-index") / "index"
-    build_index(
-        out,
-        ids,
-        batch.embeddings,
-        [rows[i] for i in ids],
-        model_name=embedder.model_name,
-        checkpoint_hash=embedder.checkpoint_hash,
-        source={"catalog": str(tiny_catalog / "catalog.csv")},
-    )
-    return out
+    source = {"catalog": str(tiny_catalog / "catalog.csv")}
+    return build_test_index(tiny_embedder, catalog_rows, out, source=source)
 
 
 @pytest.fixture(scope="module")
@@ -238,53 +224,10 @@ def test_live_bad_input_corpus_gets_4xx_json_and_server_keeps_answering(live, qu
     assert live.request("POST", "/v1/search", body=body, headers=headers)[0] == 200
 
 
-def test_serve_is_a_phonesim_subcommand():
-    from phonesim.cli import build_parser
-    from server import cli
-
-    args = build_parser().parse_args(["serve", "--checkpoint", "c", "--index", "i"])
-    assert args.func is cli.run
-    assert (args.host, args.port, args.workers, args.threads) == ("127.0.0.1", 8000, 1, 8)
-
-
-def test_serve_rejects_an_api_key_with_several_workers(tiny_checkpoint, live_index):
-    from common.errors import UserError
-    from server.serve import serve
-
-    with pytest.raises(UserError, match="--workers 1"):
-        serve(tiny_checkpoint, live_index, workers=2, api_key="k")
-    with pytest.raises(UserError):
-        serve(tiny_checkpoint, live_index.parent / "missing")
-
-
-def test_serve_checks_the_index_before_starting_workers(tiny_checkpoint, live_index, tmp_path):
-    """Mistakes a worker would only report as a gunicorn boot traceback are one-line errors."""
-    from common.errors import UserError
-    from phonesim.cli import build_parser
-    from server.serve import serve
-
-    other = tmp_path / "other-checkpoint"
-    shutil.copytree(live_index, other)
-    manifest = json.loads((other / "manifest.json").read_text())
-    manifest["checkpoint_hash"] = "0" * 64
-    (other / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(UserError, match="checkpoint hash"):
-        serve(tiny_checkpoint, other)
-
-    damaged = tmp_path / "damaged"
-    shutil.copytree(live_index, damaged)
-    for leftover in damaged.glob("catalog.sqlite-*"):  # the live server's WAL would mask it
-        leftover.unlink()
-    (damaged / "catalog.sqlite").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(UserError, match="catalog store"):
-        serve(tiny_checkpoint, damaged)
-
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["serve", "--checkpoint", "c", "--index", "i", "--port", "99999"])
-
-
 # -- the web page in headless Chromium ----------------------------------------------------------
-def test_web_page_search_in_headless_chromium(live, query_image, tmp_path):
+def test_web_page_in_headless_chromium(live, query_image, tmp_path):
+    """First visit: a grid of catalog phones to click; then an upload; broken images and bad
+    files end as placeholders and messages, never as broken boxes or page errors."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Chromium not installed at {CHROMIUM} (Debian: apt-get install chromium)")
     sync_api = pytest.importorskip(
@@ -302,10 +245,44 @@ def test_web_page_search_in_headless_chromium(live, query_image, tmp_path):
             page = context.pages[0] if context.pages else context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            first = live.json("GET", "/v1/items?limit=1")[1]["items"][0]
+            # One thumbnail fails as an unavailable image does: it must become a placeholder.
+            page.route(
+                f"**{first['image_url']}",
+                lambda route: route.fulfill(status=404, body="{}", content_type="application/json"),
+            )
             page.goto(live.base + "/")
             page.wait_for_selector("#server-info:has-text('catalog phones')", timeout=20_000)
+
+            # The drop zone shows its hint, whole, and no empty image box.
+            assert not page.is_visible("#preview")
+            hint, zone = page.locator("#drop-hint"), page.locator("#dropzone")
+            h, z = hint.bounding_box(), zone.bounding_box()
+            assert h and z and hint.is_visible()
+            assert z["x"] <= h["x"] and h["x"] + h["width"] <= z["x"] + z["width"]
+            assert z["y"] <= h["y"] and h["y"] + h["height"] <= z["y"] + z["height"]
+
+            # Before any upload: catalog phones to click, the unavailable one as a placeholder.
+            page.wait_for_selector("#results-title:has-text('Catalog phones')", timeout=20_000)
+            page.wait_for_selector(".thumb.missing", timeout=20_000)
+            size = live.json("GET", "/v1/info")[1]["index"]["size"]
+            assert page.locator(".neighbor").count() == min(size, 24)
+            assert page.locator(f".neighbor[data-id='{first['id']}'] .thumb.missing").count() == 1
+            page.wait_for_function(  # thumbnails load, and none is left broken
+                "() => { const imgs = [...document.querySelectorAll('.neighbor img')];"
+                " return imgs.some(i => i.complete && i.naturalWidth > 0)"
+                " && !imgs.some(i => i.complete && i.naturalWidth === 0); }",
+                timeout=20_000,
+            )
+            page.locator(".neighbor").nth(1).click()
+            page.wait_for_selector("#results-title:has-text('Similar to')", timeout=20_000)
+            assert page.locator(".neighbor .score").count() >= 1
+            page.click("#browse")
+            page.wait_for_selector("#results-title:has-text('Catalog phones')", timeout=20_000)
+
             page.set_input_files("#file", str(query_image))
-            page.wait_for_selector(".neighbor img", timeout=20_000)
+            page.wait_for_selector("#results-title:has-text('Nearest')", timeout=20_000)
+            page.wait_for_selector("#prediction:not([hidden])", timeout=20_000)
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.neighbor img')]"
                 ".some(i => i.complete && i.naturalWidth > 0)",
@@ -315,6 +292,7 @@ def test_web_page_search_in_headless_chromium(live, query_image, tmp_path):
             assert (page.text_content("#prediction-label") or "").strip() in classes
             assert page.locator("#prediction-bars li").count() >= 1
             assert page.locator(".neighbor").count() >= 1
+            assert page.is_visible("#preview") and not page.is_visible("#drop-hint")
             shot = os.environ.get("PHONESIM_SCREENSHOT")
             page.screenshot(path=shot or str(tmp_path / "page.png"), full_page=True)
 

@@ -1,0 +1,113 @@
+"""``phonesim index query``: embed one image and print its nearest catalog items.
+
+It embeds with a checkpoint and searches an index, so it lives here above both stages (the
+index stage never imports the embedder) and joins the ``index`` command's actions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from common.errors import UserError
+from index.errors import InvalidFilterError, InvalidParamsError
+
+
+def register(index_actions: argparse._SubParsersAction) -> None:
+    """Add ``query`` to the actions of ``phonesim index`` (see :func:`index.cli.register`)."""
+    query = index_actions.add_parser(
+        "query",
+        help="print the catalog items most similar to an image",
+        description="Embed one image with a checkpoint and print its nearest catalog items.",
+    )
+    query.add_argument("index", metavar="INDEX_DIR")
+    query.add_argument("--checkpoint", required=True, help="checkpoint folder of the embedder")
+    query.add_argument("--image", required=True, help="image file to look up")
+    query.add_argument("-k", type=int, default=10, help="results to show (default %(default)s)")
+    query.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="only items whose metadata FIELD equals VALUE (repeat a field for any-of)",
+    )
+    query.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=INT",
+        help="search parameter such as nprobe=32 or efSearch=64",
+    )
+    query.add_argument("--json", action="store_true", help="print JSON")
+    query.set_defaults(func=run)
+
+
+def parse_filter(pairs: list[str]) -> dict[str, Any] | None:
+    """``["label=xiaomi", "label=apple"]`` -> ``{"label": ["xiaomi", "apple"]}``."""
+    out: dict[str, list[str]] = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or not field:
+            raise InvalidFilterError(f"--filter expects FIELD=VALUE, got {pair!r}")
+        out.setdefault(field.strip(), []).append(value)
+    if not out:
+        return None
+    return {f: v[0] if len(v) == 1 else v for f, v in out.items()}
+
+
+def parse_params(pairs: list[str]) -> dict[str, int]:
+    """``["nprobe=32"]`` -> ``{"nprobe": 32}``."""
+    out: dict[str, int] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            out[name.strip()] = int(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise InvalidParamsError(f"--param expects NAME=INTEGER, got {pair!r}")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here: the model stack loads only when a query runs, not for 'phonesim --help'.
+    from server.loading import open_for_serving
+
+    flt = parse_filter(args.filter)
+    params = parse_params(args.param)
+    if not Path(args.image).is_file():
+        raise UserError(f"{args.image}: image file does not exist")
+    embedder, index = open_for_serving(args.checkpoint, args.index)
+    with index:
+        batch = embedder.embed_paths([args.image])
+        hits = index.search(batch.embeddings[0], args.k, filter=flt, params=params or None)
+    predicted = None
+    if len(batch.probabilities) and embedder.label_names:
+        top = int(batch.probabilities[0].argmax())
+        predicted = {
+            "label": embedder.label_names[top],
+            "probability": float(batch.probabilities[0][top]),
+        }
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "image": str(args.image),
+                    "predicted": predicted,
+                    "hits": [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits],
+                }
+            )
+        )
+        return 0
+    if predicted:
+        print(f"predicted class: {predicted['label']} ({predicted['probability']:.1%})")
+    if not hits:
+        print("no matching catalog items")
+    for rank, h in enumerate(hits, 1):
+        extra = " ".join(
+            f"{k}={v}" for k, v in h.metadata.items() if k not in ("image",) and v not in ("", None)
+        )
+        print(f"{rank:>3}  {h.score:.4f}  {h.id}  {extra}")
+    return 0

@@ -1,0 +1,88 @@
+"""``phonesim index query``: an image embedded by a checkpoint, against the index built with it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from index.errors import IndexMismatchError, InvalidFilterError, InvalidParamsError
+from phonesim.cli import build_parser, main
+
+
+@pytest.fixture(scope="module")
+def catalog_index(tiny_checkpoint, tiny_catalog, tmp_path_factory) -> tuple[Path, dict]:
+    """The tiny catalog embedded by the tiny checkpoint, as an index; and its rows."""
+    from embedder.inference import Embedder
+    from index import build_index, read_catalog_csv
+
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    rows = read_catalog_csv(tiny_catalog / "catalog.csv")
+    ids = list(rows)
+    batch = embedder.embed_paths([rows[i]["image"] for i in ids])
+    out = tmp_path_factory.mktemp("query-index") / "index"
+    build_index(
+        out,
+        ids,
+        batch.embeddings,
+        [rows[i] for i in ids],
+        model_name=embedder.model_name,
+        checkpoint_hash=embedder.checkpoint_hash,
+    )
+    return out, rows
+
+
+def cli(argv: list[str]) -> int:
+    """Run ``phonesim index ...`` without the one-line error reporting, to see the errors."""
+    args = build_parser().parse_args(["index", *argv])
+    return args.func(args)
+
+
+def test_query_prints_neighbours_and_json(catalog_index, tiny_checkpoint, capsys):
+    from embedder.checkpoint import read_config
+
+    index, rows = catalog_index
+    item_id = list(rows)[7]
+    image, label = rows[item_id]["image"], rows[item_id]["label"]
+    names = read_config(tiny_checkpoint).label_names
+    base = ["query", str(index), "--checkpoint", str(tiny_checkpoint), "--image", image]
+    assert cli([*base, "-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("predicted class: ") and lines[0].split()[2] in names
+    assert lines[1].split()[:3] == ["1", "1.0000", item_id]  # the image is in the catalog
+    assert len(lines) == 4 and f"label={label}" in lines[1]
+    with pytest.raises(InvalidParamsError, match="k_factor"):
+        cli([*base, "--param", "k_factor=1"])
+    assert cli([*base, "-k", "4", "--json", "--filter", f"label={label}"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["image"] == image and result["predicted"]["label"] in names
+    assert 0 < result["predicted"]["probability"] <= 1
+    assert result["hits"][0]["id"] == item_id and len(result["hits"]) == 4
+    assert all(h["metadata"]["label"] == label for h in result["hits"])
+    with pytest.raises(InvalidFilterError, match="FIELD=VALUE"):
+        cli([*base, "--filter", "label"])
+
+
+def test_query_with_another_model_is_refused(catalog_index, tiny_checkpoint, tmp_path):
+    index, rows = catalog_index
+    other = tmp_path / "other"
+    shutil.copytree(index, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["model_name"] = "other_net"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    image = next(iter(rows.values()))["image"]
+    with pytest.raises(IndexMismatchError, match="other_net"):
+        cli(["query", str(other), "--checkpoint", str(tiny_checkpoint), "--image", image])
+
+
+def test_query_errors_are_one_line(catalog_index, tiny_checkpoint, tmp_path, capsys):
+    index, _ = catalog_index
+    argv = ["index", "query", str(index), "--checkpoint", str(tiny_checkpoint)]
+    assert main([*argv, "--image", str(tmp_path / "absent.jpg")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("phonesim: error:") and "does not exist" in err and "\n" not in err
+    (tmp_path / "text.jpg").write_text("not an image")
+    assert main([*argv, "--image", str(tmp_path / "text.jpg")]) == 2
+    assert "\n" not in capsys.readouterr().err.strip()

@@ -1,0 +1,80 @@
+"""The app factory: loading from paths, readiness, shutdown, errors as JSON, metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from server.app import create_app
+from tests.server.helpers import assert_error, upload
+
+
+def test_create_app_loads_from_paths_and_checks_the_index(tiny_checkpoint, index_dir, tmp_path):
+    from index import IndexMismatchError
+
+    app = create_app({"checkpoint": str(tiny_checkpoint), "index": str(index_dir)})
+    state = app.extensions["phonesim"]
+    assert state.service.index.readonly  # no API key: read-only, no writer lock taken
+    assert app.test_client().get("/readyz").status_code == 200
+    state.close()
+    bad = tmp_path / "bad"
+    shutil.copytree(index_dir, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["model_name"] = "resnet18"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexMismatchError):
+        create_app({"checkpoint": str(tiny_checkpoint), "index": str(bad)})
+    with pytest.raises(ValueError, match="unknown server setting"):
+        create_app({"no_such_setting": 1})
+
+
+def test_app_without_model_is_alive_but_not_ready(jpeg_bytes):
+    app = create_app()
+    c = app.test_client()
+    assert c.get("/healthz").status_code == 200
+    assert c.get("/readyz").status_code == 503
+    assert_error(c.post("/v1/search", data=upload(jpeg_bytes)), 503, "not_ready")
+    assert_error(c.get("/v1/info"), 503, "not_ready")
+
+
+def test_not_ready_and_503_after_shutdown(app, jpeg_bytes):
+    c = app.test_client()
+    app.extensions["phonesim"].close()
+    r = c.get("/readyz")
+    assert r.status_code == 503 and r.get_json()["checks"]["batcher"] is False
+    assert_error(c.post("/v1/search", data=upload(jpeg_bytes)), 503, "shutting_down")
+    assert c.get("/healthz").status_code == 200
+
+
+def test_a_model_failure_is_a_json_500_and_the_server_recovers(app, jpeg_bytes, monkeypatch):
+    service = app.extensions["phonesim"].service
+    real = service.batcher._forward
+    calls = {"n": 0}
+
+    def flaky(x):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated model failure")
+        return real(x)
+
+    monkeypatch.setattr(service.batcher, "_forward", flaky)
+    c = app.test_client()
+    assert_error(c.post("/v1/search", data=upload(jpeg_bytes)), 500, "internal_error")
+    assert c.post("/v1/search", data=upload(jpeg_bytes)).status_code == 200
+
+
+def test_metrics_count_requests_model_batches_and_index(client, jpeg_bytes):
+    client.post("/v1/search", data=upload(jpeg_bytes))
+    client.get("/v1/items/missing-id")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'phonesim_http_requests_total{endpoint="/v1/search",method="POST",status="200"} 1.0' in (
+        text
+    )
+    assert 'endpoint="/v1/items/<path:item_id>",method="GET",status="404"' in text
+    assert "phonesim_http_request_duration_seconds_bucket" in text
+    assert re.search(r"phonesim_model_forward_seconds_count \d", text)
+    assert re.search(r"phonesim_model_batch_size_count [1-9]", text)
+    assert "phonesim_index_items 18.0" in text

@@ -1,0 +1,53 @@
+"""``phonesim serve`` flags parse once into the app's and the process's settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.errors import UserError
+from phonesim.cli import build_parser
+from server import cli
+from server.config import API_KEY_ENV, GunicornSettings, ServerConfig
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(["serve", "--checkpoint", "c", "--index", "i", *argv])
+
+
+def test_serve_is_a_phonesim_subcommand():
+    args = parse()
+    assert args.func is cli.run
+    assert (args.host, args.port, args.workers, args.threads) == ("127.0.0.1", 8000, 1, 8)
+    with pytest.raises(SystemExit):
+        parse("--port", "99999")
+
+
+def test_flags_become_one_server_config_and_gunicorn_settings(monkeypatch):
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    config, settings = cli.settings_from_args(
+        parse(
+            "--workers", "3", "--threads", "2", "--max-upload-mb", "2.5", "--max-batch", "4",
+            "--max-wait-ms", "3", "--image-root", "/a", "--image-root", "/b/c",
+            "--image-dir", "/up", "--faiss-threads", "2", "--access-log",
+        )
+    )  # fmt: skip
+    assert config == ServerConfig(
+        checkpoint="c",
+        index="i",
+        max_upload_mb=2.5,
+        max_batch=4,
+        max_wait_ms=3.0,
+        image_dir="/up",
+        image_roots=("/a", "/b/c"),
+    )
+    assert settings == GunicornSettings(workers=3, threads=2, faiss_threads=2, access_log=True)
+
+
+def test_the_api_key_comes_from_the_flag_or_the_environment(monkeypatch):
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    assert cli.settings_from_args(parse())[0].api_key == "from-env"
+    assert cli.settings_from_args(parse("--api-key", "flag"))[0].api_key == "flag"
+    monkeypatch.delenv(API_KEY_ENV)
+    assert cli.settings_from_args(parse())[0].writes_enabled is False
+    with pytest.raises(UserError, match="max_wait_ms"):
+        cli.settings_from_args(parse("--max-wait-ms", "-1"))

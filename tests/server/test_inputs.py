@@ -1,0 +1,33 @@
+"""Every bad request gets a 4xx JSON error, and the server goes on answering."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.server.helpers import assert_error, bad_requests, upload
+
+
+@pytest.fixture
+def corpus(jpeg_bytes):  # not shared: the uploads are streams, read once
+    return bad_requests(jpeg_bytes)
+
+
+def test_bad_input_corpus_is_large_enough(corpus):
+    assert len(corpus) >= 25
+    assert len({name for name, _, _ in corpus}) == len(corpus)
+
+
+def test_every_bad_input_gets_a_4xx_json_error_and_the_server_keeps_answering(
+    client, corpus, jpeg_bytes
+):
+    for name, kwargs, status in corpus:
+        kwargs = dict(kwargs)
+        response = client.open(kwargs.pop("path"), **kwargs)
+        assert response.status_code == status, (name, response.get_data(as_text=True)[:300])
+        assert 400 <= response.status_code < 500
+        assert_error(response, status)
+    assert client.get("/healthz").status_code == 200
+    ok = client.post("/v1/search", data=upload(jpeg_bytes))
+    assert ok.status_code == 200 and ok.get_json()["neighbors"]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'status="500"' not in metrics
