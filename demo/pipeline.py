@@ -65,8 +65,8 @@ def _make_demo_catalog(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from embedder.checkpoint import CONFIG_FILE
     from demo.catalog import generate_catalog
+    from embedder.checkpoint import CONFIG_FILE
     from embedder.embed_job import embed_to_hdf5
     from embedder.evaluate import evaluate, format_report
     from embedder.train import TrainConfig, train
