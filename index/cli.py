@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from index.build import build_from_files
-from index.catalog import CatalogIndex, describe
+from index.catalog import CatalogIndex
 from index.errors import CatalogIndexError, InvalidFilterError, InvalidParamsError
+from index.folder import describe
 from index.manifest import read_manifest
 
 

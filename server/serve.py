@@ -113,7 +113,7 @@ class PhonesimGunicorn(BaseApplication):
 def preflight(config: ServerConfig, settings: GunicornSettings) -> None:
     """Check the inputs before forking workers, so mistakes are one-line errors."""
     from embedder.checkpoint import checkpoint_hash, read_config
-    from index.catalog import describe, lock_writer
+    from index.folder import describe, lock_writer
     from index.manifest import read_manifest
 
     if not config.checkpoint or not config.index:
