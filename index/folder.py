@@ -56,7 +56,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         store.begin_snapshot()
         ck_seq = int(store.get_state("checkpoint_seq", "0") or 0)
         _, pending = store.journal_stats(ck_seq)
-        faiss_file = store.get_state("checkpoint_file") or ""
+        faiss_file = store.get_state("checkpoint_file")
         return summary(path, manifest, store, store.count(), pending, faiss_file)
     finally:
         store.close()
@@ -68,7 +68,7 @@ def summary(
     store: CatalogStore,
     count: int,
     journal_pending: int,
-    faiss_file: str,
+    faiss_file: str | None,
 ) -> dict[str, Any]:
     """The description of :func:`describe` and :meth:`index.catalog.CatalogIndex.info`."""
     return {
