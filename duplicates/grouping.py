@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from index import knn_factory
+
 log = logging.getLogger(__name__)
 
 
@@ -89,11 +91,9 @@ def groups_from_labels(labels: np.ndarray, min_size: int = 2) -> list[list[int]]
 
 def build_index(xb: np.ndarray, config: SearchConfig) -> faiss.Index:
     """Exact inner-product index for small sets, HNSW for large ones."""
-    d = xb.shape[1]
-    if len(xb) <= config.exact_limit:
-        index = faiss.IndexFlatIP(d)
-    else:
-        index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    factory = knn_factory(len(xb), config.exact_limit, approximate="hnsw", hnsw_m=config.hnsw_m)
+    index = faiss.index_factory(xb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efConstruction = config.ef_construction
     index.add(xb)
     return index

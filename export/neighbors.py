@@ -9,7 +9,6 @@ beyond, or any faiss factory string), or is an existing index folder (``--index`
 from __future__ import annotations
 
 import logging
-import math
 from typing import Protocol
 
 import faiss
@@ -18,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from export import schema
+from index import knn_factory
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,6 @@ BLOCK_ROWS = 4096
 IVF_NPROBE = 32
 TRAIN_PER_LIST = 32
 TRAIN_MIN = 10_000
-MIN_PER_LIST = 39  # faiss warns below this many training points per list
 
 
 class NeighborSearch(Protocol):
@@ -61,11 +60,8 @@ def drop_self(
 
 
 def auto_factory(n: int, exact_limit: int) -> str:
-    """Exact search while it is affordable (O(N^2) work), IVF with ~sqrt(N) lists beyond."""
-    if n <= exact_limit:
-        return "Flat"
-    nlist = int(min(65_536, 4 * math.sqrt(n), n // MIN_PER_LIST))
-    return f"IVF{max(1, nlist)},Flat"
+    """Exact search while it is affordable (O(N^2) work), IVF beyond, sized as the index is."""
+    return knn_factory(n, exact_limit)
 
 
 class FileIndexSearch:

@@ -8,7 +8,8 @@ Typical use::
     with open_index("idx", expect_model="resnet18", expect_dim=512) as ix:
         hits = ix.search(xq, k=10, filter={"brand": "Acme"})
 
-This package never imports torch or timm: it takes float32 numpy arrays.
+This package never imports torch or timm: it takes float32 numpy arrays. Other stages that
+build a FAISS index of their own size it with :func:`knn_factory` / :func:`ivf_nlist`.
 """
 
 from index.build import (
@@ -20,7 +21,7 @@ from index.build import (
     read_catalog_csv,
     read_embeddings,
 )
-from index.catalog import CatalogIndex, Hit, IndexOptions, Item, open_index
+from index.catalog import CatalogIndex, IndexOptions, open_index
 from index.errors import (
     BuildInputError,
     CatalogIndexError,
@@ -39,6 +40,8 @@ from index.errors import (
     UnknownIdError,
 )
 from index.manifest import Manifest, read_manifest
+from index.results import Hit, Item
+from index.sizing import ivf_nlist, knn_factory
 
 __all__ = [
     "BuildInputError",
@@ -66,6 +69,8 @@ __all__ = [
     "build_from_files",
     "build_index",
     "create_index",
+    "ivf_nlist",
+    "knn_factory",
     "open_index",
     "read_catalog_csv",
     "read_embeddings",

@@ -28,7 +28,8 @@ from common.fsutil import folder_size
 from index import ann
 from index.build import build_index
 from index.catalog import CatalogIndex
-from index.evaluation import ClusteredMixture, knn_ground_truth, recall_at_k
+from index.evaluation import ClusteredMixture, knn_ground_truth, knn_recall_at_k
+from index.tuning import search_params, tunable_param
 
 log = logging.getLogger(__name__)
 
@@ -182,16 +183,17 @@ def _measure_search(
     r["p50_ms"], r["p99_ms"] = _percentiles_ms(
         _time_single(lambda q: ix.search(q, k), xq, cfg.latency_queries)
     )
-    sp, _keep = ann.search_params(ix._index, ix.search_defaults)
+    index = ix._replica.index  # the bare FAISS index, for the FAISS-alone figures
+    sp, _keep = search_params(index, ix.search_defaults)
     r["faiss_p50_ms"], r["faiss_p99_ms"] = _percentiles_ms(
-        _time_single(lambda q: ix._index.search(q[None, :], k, params=sp), xq, cfg.latency_queries)
+        _time_single(lambda q: index.search(q[None, :], k, params=sp), xq, cfg.latency_queries)
     )
     t = time.perf_counter()
     hits = ix.search(xq, k)
     r["batch_qps"] = len(xq) / (time.perf_counter() - t)
-    r["recall_at_10"] = recall_at_k(_fids(hits, k), I_gt, k)
+    r["recall_at_10"] = knn_recall_at_k(_fids(hits, k), I_gt, k)
     # The recall/latency trade-off around the tuned default.
-    name = ann.tunable_param(ix._index)
+    name = tunable_param(index)
     curve = []
     if name:
         default = ix.search_defaults[name]
@@ -205,7 +207,7 @@ def _measure_search(
             curve.append(
                 {
                     name: value,
-                    "recall_at_10": round(recall_at_k(found, I_gt, k), 4),
+                    "recall_at_10": round(knn_recall_at_k(found, I_gt, k), 4),
                     "p50_ms": round(_percentiles_ms(lat)[0], 3),
                 }
             )
@@ -240,7 +242,7 @@ def _measure_filters(
         found = _fids(ix.search(xq[:nq], k, filter=flt), k)
         r[f"filter_{name}_matches"] = len(rows)
         r[f"filter_{name}_p50_ms"] = _percentiles_ms(lat)[0]
-        r[f"filter_{name}_recall_at_10"] = recall_at_k(found, rows[I_sub], k)
+        r[f"filter_{name}_recall_at_10"] = knn_recall_at_k(found, rows[I_sub], k)
 
 
 def _measure_updates(ix: CatalogIndex, mix: ClusteredMixture, cfg: BenchConfig, r: dict) -> None:
@@ -263,21 +265,22 @@ def _measure_updates(ix: CatalogIndex, mix: ClusteredMixture, cfg: BenchConfig, 
     r["durable_remove_1_ms"] = (time.perf_counter() - t) * 1e3
     r["durable_add_1_ms"] = float(np.median(single) * 1e3)
     r["durable_add_1000_ms"] = float(np.median(batch) * 1e3)
-    if ann.supports_remove(ix._index):  # in-memory FAISS add of the same sizes, then undo
+    index = ix._replica.index
+    if ann.supports_remove(index):  # in-memory FAISS add of the same sizes, then undo
         mem1, mem1000 = [], []
         for i in range(20):
             f = np.array([fid0 + i], np.int64)
             t = time.perf_counter()
-            ann.add(ix._index, xa[i : i + 1], f)
+            ann.add(index, xa[i : i + 1], f)
             mem1.append(time.perf_counter() - t)
-            ann.remove(ix._index, f)
+            ann.remove(index, f)
         for j in range(5):
             f = np.arange(fid0, fid0 + 1000, dtype=np.int64)
             rows = slice(40 + 1000 * j, 40 + 1000 * (j + 1))
             t = time.perf_counter()
-            ann.add(ix._index, xa[rows], f)
+            ann.add(index, xa[rows], f)
             mem1000.append(time.perf_counter() - t)
-            ann.remove(ix._index, f)
+            ann.remove(index, f)
         r["memory_add_1_ms"] = float(np.median(mem1) * 1e3)
         r["memory_add_1000_ms"] = float(np.median(mem1000) * 1e3)
     t = time.perf_counter()

@@ -22,11 +22,13 @@ from tqdm.auto import tqdm
 
 from common.fsutil import fsync_dir, fsync_path, swap_folder
 from index import ann
-from index.catalog import CatalogIndex, IndexOptions, faiss_file_name, lock_writer
-from index.errors import BuildInputError, InvalidKindError, InvalidMetadataError
+from index.catalog import CatalogIndex, IndexOptions
+from index.errors import BuildInputError, InvalidKindError
+from index.folder import faiss_file_name, lock_writer
+from index.inputs import clean_metadata_rows, prepare_ids, prepare_vectors
 from index.manifest import MANIFEST_NAME, Manifest, write_manifest
-from index.store import STORE_NAME, CatalogStore, clean_metadata
-from index.vectors import prepare_ids, prepare_vectors
+from index.store import STORE_NAME, CatalogStore
+from index.tuning import tunable_param, tune, tuning_split
 
 log = logging.getLogger(__name__)
 
@@ -245,13 +247,7 @@ def build_index(
             raise BuildInputError("pass dim= when xb is not a 2-D array")
         dim = int(np.shape(xb)[1])
     xb = prepare_vectors(xb, dim, n=len(ids))
-    if metadata is None:
-        mds = [{} for _ in ids]
-    else:
-        metadata = list(metadata)
-        if len(metadata) != len(ids):
-            raise InvalidMetadataError(f"got {len(metadata)} metadata rows for {len(ids)} ids")
-        mds = [clean_metadata(m, f"metadata[{i}]") for i, m in enumerate(metadata)]
+    mds = clean_metadata_rows(metadata, len(ids))
     n = len(ids)
     fids = np.arange(n, dtype=np.int64)
     kind, factory = ann.resolve_kind(kind, n)
@@ -265,7 +261,7 @@ def build_index(
     ann.train(index, xb)
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    held = ann.tuning_split(n) if ann.tunable_param(index) else np.zeros(0, np.int64)
+    held = tuning_split(n) if tunable_param(index) else np.zeros(0, np.int64)
     mask = np.ones(n, dtype=bool)
     mask[held] = False
     rest = np.flatnonzero(mask)
@@ -273,7 +269,7 @@ def build_index(
         ann.add(index, xb, fids, rows=rest, progress=bar)
         timings["add_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        defaults, tuning = ann.tune(index, xb, fids, held, target_recall=target_recall)
+        defaults, tuning = tune(index, xb, fids, held, target_recall=target_recall)
         timings["tune_s"] = time.perf_counter() - t
         ann.add(index, xb, fids, rows=held, progress=bar)
 

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from index.build import build_from_files
-from index.catalog import describe
+from index.folder import describe
 
 
 def register(subparsers: Any) -> argparse._SubParsersAction:

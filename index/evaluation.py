@@ -26,8 +26,9 @@ def knn_ground_truth(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray
     return D, I
 
 
-def recall_at_k(I: np.ndarray, I_gt: np.ndarray, k: int) -> float:
-    """Mean fraction of the true top-``k`` ids found in the returned top-``k`` ids."""
+def knn_recall_at_k(I: np.ndarray, I_gt: np.ndarray, k: int) -> float:
+    """Recall of an approximate search against exact neighbours: the mean fraction of the
+    true top-``k`` ids ``I_gt`` found in the returned top-``k`` ids ``I``."""
     if len(I_gt) == 0 or k == 0:
         return 1.0
     k_true = min(k, I_gt.shape[1])

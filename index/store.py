@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import numbers
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from index.errors import IndexCorruptError, InvalidFilterError, InvalidMetadataError
+from index.inputs import canonical_value
 
 log = logging.getLogger(__name__)
 
@@ -50,49 +49,13 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WIT
 
 _TABLES = frozenset({"items", "attrs", "fields", "journal", "state"})
 
-Scalar = str | int | float | bool | None
 
+class StoredItem(NamedTuple):
+    """One row of ``items``: FAISS id, catalog id and metadata."""
 
-def canonical_value(value: Any, where: str = "metadata") -> str | None:
-    """The text form under which a scalar is indexed and matched by filters (None: not indexed)."""
-    if value is None:
-        return None
-    if isinstance(value, bool | np.bool_):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real):
-        f = float(value)
-        if not math.isfinite(f):
-            raise InvalidMetadataError(f"{where}: non-finite number {value!r}")
-        return str(int(f)) if f.is_integer() else repr(f)
-    raise InvalidMetadataError(
-        f"{where}: values must be strings, numbers, booleans or None, got {type(value).__name__}"
-    )
-
-
-def clean_metadata(metadata: Mapping[str, Any] | None, where: str = "metadata") -> dict[str, Any]:
-    """Copy one item's metadata into plain JSON types, rejecting what cannot be stored."""
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, Mapping):
-        raise InvalidMetadataError(f"{where}: expected a mapping, got {type(metadata).__name__}")
-    out: dict[str, Any] = {}
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not key:
-            raise InvalidMetadataError(f"{where}: field names must be non-empty strings: {key!r}")
-        canonical_value(value, f"{where}[{key!r}]")
-        if isinstance(value, bool | np.bool_):
-            out[key] = bool(value)
-        elif value is None or isinstance(value, str):
-            out[key] = value if value is None else str(value)
-        elif isinstance(value, numbers.Integral):
-            out[key] = int(value)
-        else:
-            out[key] = float(value)
-    return out
+    fid: int
+    id: str
+    metadata: dict[str, Any]
 
 
 class CatalogStore:
@@ -119,12 +82,13 @@ class CatalogStore:
                 self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
+            self._db.row_factory = sqlite3.Row  # columns read by name
             self._db.execute("PRAGMA busy_timeout=30000")
             if create:
                 self._db.executescript(_SCHEMA)
             # Read the schema now: a damaged or foreign file fails here, as one clear error,
             # rather than as an sqlite3 traceback at the first query.
-            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+            tables = {r["name"] for r in self._db.execute("SELECT name FROM sqlite_master")}
         except sqlite3.DatabaseError as exc:
             if getattr(self, "_db", None) is not None:
                 self._db.close()
@@ -196,7 +160,7 @@ class CatalogStore:
     def get_state(self, key: str, default: str | None = None) -> str | None:
         with self.lock:
             row = self._db.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
-        return default if row is None else row[0]
+        return default if row is None else row["value"]
 
     def set_state(self, **values: Any) -> None:
         with self.lock:
@@ -208,7 +172,7 @@ class CatalogStore:
     # -- items ----------------------------------------------------------------------------
     def count(self) -> int:
         with self.lock:
-            return int(self._db.execute("SELECT count(*) FROM items").fetchone()[0])
+            return int(self._db.execute("SELECT count(*) AS n FROM items").fetchone()["n"])
 
     def insert_items(
         self, fids: Sequence[int], ids: Sequence[str], metadata: Sequence[Mapping[str, Any]]
@@ -241,54 +205,43 @@ class CatalogStore:
     def delete_items(self, fids: Sequence[int]) -> None:
         """Delete rows by fid (call inside :meth:`transaction`)."""
         attr_rows = []
-        for fid, _id, md in self.lookup(fids).values():
-            for key, value in md.items():
+        for item in self.lookup(fids).values():
+            for key, value in item.metadata.items():
                 text = canonical_value(value)
                 if text is not None:
-                    attr_rows.append((key, text, fid))
+                    attr_rows.append((key, text, item.fid))
         with self.lock:
             self._db.executemany("DELETE FROM attrs WHERE field=? AND value=? AND fid=?", attr_rows)
             self._db.executemany("DELETE FROM items WHERE fid=?", [(int(f),) for f in fids])
 
     def fids_for_ids(self, ids: Sequence[str]) -> dict[str, int]:
         """Map the ids that exist to their fids (unknown ids are absent from the result)."""
-        found: dict[str, int] = {}
         unique = list(dict.fromkeys(ids))
         with self.lock:
-            for start in range(0, len(unique), _CHUNK):
-                part = unique[start : start + _CHUNK]
-                marks = ",".join("?" * len(part))
-                rows = self._db.execute(
-                    f"SELECT id, fid FROM items WHERE id IN ({marks})", part
-                ).fetchall()
-                found.update((i, int(f)) for i, f in rows)
-        return found
+            rows = self._select_in("SELECT id, fid FROM items WHERE id IN ({marks})", unique)
+            return {r["id"]: int(r["fid"]) for r in rows}
 
-    def lookup(self, fids: Iterable[int]) -> dict[int, tuple[int, str, dict[str, Any]]]:
-        """Map fids to ``(fid, id, metadata)``; fids that are not live are absent."""
-        out: dict[int, tuple[int, str, dict[str, Any]]] = {}
+    def lookup(self, fids: Iterable[int]) -> dict[int, StoredItem]:
+        """Map fids to their stored items; fids that are not live are absent."""
         unique = list(dict.fromkeys(int(f) for f in fids))
         with self.lock:
-            for start in range(0, len(unique), _CHUNK):
-                part = unique[start : start + _CHUNK]
-                marks = ",".join("?" * len(part))
-                rows = self._db.execute(
-                    f"SELECT fid, id, metadata FROM items WHERE fid IN ({marks})", part
-                ).fetchall()
-                for fid, id_, md in rows:
-                    out[int(fid)] = (int(fid), id_, json.loads(md))
-        return out
+            rows = self._select_in(
+                "SELECT fid, id, metadata FROM items WHERE fid IN ({marks})", unique
+            )
+            return {int(r["fid"]): _stored_item(r) for r in rows}
 
-    def get(self, id_: str) -> tuple[int, dict[str, Any]] | None:
+    def get(self, id_: str) -> StoredItem | None:
         with self.lock:
-            row = self._db.execute("SELECT fid, metadata FROM items WHERE id=?", (id_,)).fetchone()
-        return None if row is None else (int(row[0]), json.loads(row[1]))
+            row = self._db.execute(
+                "SELECT fid, id, metadata FROM items WHERE id=?", (id_,)
+            ).fetchone()
+        return None if row is None else _stored_item(row)
 
     def live_fids(self) -> np.ndarray:
         """All live fids, sorted."""
         with self.lock:
             cur = self._db.execute("SELECT fid FROM items ORDER BY fid")
-            return np.fromiter((r[0] for r in cur), dtype=np.int64)
+            return np.fromiter((r["fid"] for r in cur), dtype=np.int64)
 
     def iter_ids(self, batch: int = 10_000) -> Iterator[str]:
         """Ids in fid order, paged so that writers are not blocked while a caller iterates."""
@@ -300,8 +253,19 @@ class CatalogStore:
                 ).fetchall()
             if not rows:
                 return
-            last = rows[-1][0]
-            yield from (r[1] for r in rows)
+            last = rows[-1]["fid"]
+            yield from (r["id"] for r in rows)
+
+    def _select_in(self, sql: str, values: Sequence[Any], *before: Any) -> list[sqlite3.Row]:
+        """Rows of ``sql``, whose ``IN ({marks})`` takes ``values``, queried in chunks under
+        SQLite's bound-variable limit; ``before`` binds the placeholders ahead of the list.
+        The caller holds :attr:`lock`."""
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(values), _CHUNK):
+            part = values[start : start + _CHUNK]
+            cur = self._db.execute(sql.format(marks=",".join("?" * len(part))), (*before, *part))
+            rows += cur.fetchall()
+        return rows
 
     # -- filters ----------------------------------------------------------------------------
     def fields(self) -> frozenset[str]:
@@ -309,7 +273,7 @@ class CatalogStore:
         with self.lock:
             if self._fields is None:
                 rows = self._db.execute("SELECT name FROM fields").fetchall()
-                self._fields = frozenset(r[0] for r in rows)
+                self._fields = frozenset(r["name"] for r in rows)
             return self._fields
 
     def filter_fids(self, flt: Mapping[str, Any]) -> np.ndarray:
@@ -347,16 +311,10 @@ class CatalogStore:
             cached = self._filter_cache.get(key)
             if cached is not None:
                 return cached
-            parts = []
-            for start in range(0, len(texts), _CHUNK):
-                part = texts[start : start + _CHUNK]
-                marks = ",".join("?" * len(part))
-                cur = self._db.execute(
-                    f"SELECT fid FROM attrs WHERE field=? AND value IN ({marks})",
-                    (field_name, *part),
-                )
-                parts.append(np.fromiter((r[0] for r in cur), dtype=np.int64))
-            fids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+            rows = self._select_in(
+                "SELECT fid FROM attrs WHERE field=? AND value IN ({marks})", texts, field_name
+            )
+            fids = np.unique(np.fromiter((r["fid"] for r in rows), dtype=np.int64))
             if len(self._filter_cache) > 256:
                 self._filter_cache.clear()
             self._filter_cache[key] = fids
@@ -390,24 +348,31 @@ class CatalogStore:
                 ).fetchall()
             if not rows:
                 return
-            for seq, op, n, fids_blob, vec_blob in rows:
-                fids = np.frombuffer(fids_blob, dtype="<i8").astype(np.int64)
+            for row in rows:
+                seq, n = int(row["seq"]), int(row["n"])
+                fids = np.frombuffer(row["fids"], dtype="<i8").astype(np.int64)
                 vectors = None
-                if vec_blob is not None:
-                    vectors = np.frombuffer(vec_blob, dtype="<f4").reshape(n, dim).copy()
+                if row["vectors"] is not None:
+                    vectors = np.frombuffer(row["vectors"], dtype="<f4").reshape(n, dim).copy()
                 if len(fids) != n:
                     raise IndexCorruptError(f"journal record {seq} is truncated")
-                yield int(seq), str(op), fids, vectors
+                yield seq, str(row["op"]), fids, vectors
                 last = seq
 
     def journal_stats(self, after: int) -> tuple[int, int]:
         """``(last seq or after, vectors pending)`` for records after ``after``."""
         with self.lock:
             row = self._db.execute(
-                "SELECT max(seq), coalesce(sum(n), 0) FROM journal WHERE seq > ?", (after,)
+                "SELECT max(seq) AS last, coalesce(sum(n), 0) AS pending FROM journal "
+                "WHERE seq > ?",
+                (after,),
             ).fetchone()
-        return (after if row[0] is None else int(row[0])), int(row[1])
+        return (after if row["last"] is None else int(row["last"])), int(row["pending"])
 
     def journal_truncate(self, upto: int) -> None:
         with self.lock:
             self._db.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
+
+
+def _stored_item(row: sqlite3.Row) -> StoredItem:
+    return StoredItem(int(row["fid"]), row["id"], json.loads(row["metadata"]))

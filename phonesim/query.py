@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     embedder, index = open_for_serving(args.checkpoint, args.index)
     with index:
         batch = embedder.embed_paths([args.image])
-        hits = index.search(batch.embeddings[0], args.k, filter=flt, params=params or None)
+        hits = index.search(batch.embeddings[0], args.k, filter=flt, params=params or None)[0]
     predicted = None
     if len(batch.probabilities) and embedder.label_names:
         top = int(batch.probabilities[0].argmax())

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from embedder.checkpoint import checkpoint_hash, read_config
 from embedder.inference import Embedder
-from index.catalog import CatalogIndex, describe, lock_writer
+from index.catalog import CatalogIndex
+from index.folder import describe, lock_writer
 from index.manifest import read_manifest
 
 

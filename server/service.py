@@ -179,7 +179,7 @@ class LookupService:
     ) -> tuple[list[Hit], float]:
         """Nearest catalog items and the search time in ms."""
         t0 = time.perf_counter()
-        hits = self.index.search(vector, k, filter=flt, exclude_ids=exclude_ids)
+        hits = self.index.search(vector, k, filter=flt, exclude_ids=exclude_ids)[0]
         dt = time.perf_counter() - t0
         self.metrics.search_seconds.observe(dt)
         return hits, _ms(dt)

@@ -320,7 +320,7 @@ def test_drop_self_removes_own_label_or_the_last():
 
 def test_auto_factory_exact_then_ivf():
     assert auto_factory(1000, exact_limit=1000) == "Flat"
-    assert auto_factory(1_000_000, exact_limit=1000) == "IVF4000,Flat"
+    assert auto_factory(1_000_000, exact_limit=1000) == "IVF2048,Flat"
     assert auto_factory(50, exact_limit=10) == "IVF1,Flat"  # never more lists than data allows
 
 

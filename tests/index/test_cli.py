@@ -92,8 +92,8 @@ def test_build_with_catalog_then_info(files, capsys):
         assert item.metadata["image"] == str((files / "images" / "p17.jpg").resolve())
         assert ix.manifest.image_roots == [str((files / "images").resolve())]
         assert ix.get(f"p{N - 1}").metadata == {"label": h5_labels[N - 1]}  # no CSV row
-        assert [h.id for h in ix.search(ix.get_vectors(["p3"])[0], 1)] == ["p3"]
-        assert ix.search(ix.get_vectors(["p3"])[0], 5, filter={"brand": "Rare"})[0].id == "p17"
+        assert [h.id for h in ix.search(ix.get_vectors(["p3"])[0], 1)[0]] == ["p3"]
+        assert ix.search(ix.get_vectors(["p3"])[0], 5, filter={"brand": "Rare"})[0][0].id == "p17"
     assert cli(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["count"] == N and info["dim"] == DIM and info["kind"] == "flat"

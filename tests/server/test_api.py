@@ -73,7 +73,7 @@ def test_search_matches_the_library_directly(client, jpeg_bytes, tiny_embedder, 
 
     img = load_image(jpeg_bytes, min_side=tiny_embedder.decode_side)
     ref = tiny_embedder.embed_images([img])
-    hits = readonly_index.search(ref.embeddings[0], 4)
+    hits = readonly_index.search(ref.embeddings[0], 4)[0]
     body = client.post("/v1/search?k=4", data=upload(jpeg_bytes)).get_json()
     assert [n["id"] for n in body["neighbors"]] == [h.id for h in hits]
     np.testing.assert_allclose(

@@ -1,7 +1,9 @@
-"""SIGKILL at any moment loses no acknowledged add or remove (a real child process)."""
+"""Checkpoints fold the journal; SIGKILL at any moment loses no acknowledged add or remove
+(a real child process)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from index import create_index, open_index
+from index import IndexOptions, create_index, open_index
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 D = 16
 BATCH = 25
 
@@ -112,6 +114,33 @@ def test_sigkill_mid_update_keeps_every_acknowledged_change(tmp_path, kind):
                 acked_adds.append(f"{prefix}{b + 1}")
             assert len(ix) == len(present)
             q = ix.get_vectors([sorted(present)[0]])[0]
-            assert ix.search(q, 1)[0].id == sorted(present)[0]
+            assert ix.search(q, 1)[0][0].id == sorted(present)[0]
             meta = ix.get(acked_adds[-1] + "-3").metadata
             assert meta == {"batch": int(acked_adds[-1].rsplit("-", 1)[1])}
+
+
+def test_checkpoint_folds_the_journal_and_cleans_stale_files(flat_dir, small):
+    _, xq, _, _ = small
+    with open_index(flat_dir) as ix:
+        ix.add(["x1", "x2"], xq[:2])
+        assert ix.info()["journal_pending"] == 2
+        ix.checkpoint()
+        assert ix.info()["journal_pending"] == 0
+        before = ix.search(xq[:5], 10)
+    faiss_files = sorted(p.name for p in flat_dir.glob("vectors-*.faiss"))
+    assert len(faiss_files) == 1 and faiss_files[0] != "vectors-000000000000.faiss"
+    (flat_dir / "vectors-999999999999.faiss").write_bytes(b"left by a crash")
+    with open_index(flat_dir) as ix:
+        assert ix.search(xq[:5], 10) == before
+        assert json.loads((flat_dir / "manifest.json").read_text())["count"] == len(ix)
+    assert not (flat_dir / "vectors-999999999999.faiss").exists()
+
+
+def test_automatic_checkpoint_after_enough_journaled_vectors(flat_dir, small):
+    _, xq, _, _ = small
+    with open_index(flat_dir, options=IndexOptions(checkpoint_every=3)) as ix:
+        ix.add(["a"], xq[:1])
+        ix.add(["b", "c"], xq[1:3])
+        assert ix.info()["journal_pending"] == 0
+        ix.remove(["a"])
+        assert ix.info()["journal_pending"] == 1

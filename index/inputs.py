@@ -1,8 +1,14 @@
-"""Checking and normalising vectors and ids at the library boundary."""
+"""Checking and normalising what callers hand the library: vectors, ids and metadata.
+
+Everything is checked before anything is written, so a bad batch changes nothing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,3 +69,57 @@ def prepare_ids(ids: Iterable[str], what: str = "ids") -> list[str]:
 def _rows(rows: np.ndarray) -> str:
     shown = ", ".join(str(int(r)) for r in rows[:5])
     return shown + (f" (and {len(rows) - 5} more)" if len(rows) > 5 else "")
+
+
+def canonical_value(value: Any, where: str = "metadata") -> str | None:
+    """The text form under which a scalar is indexed and matched by filters (None: not indexed)."""
+    if value is None:
+        return None
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        f = float(value)
+        if not math.isfinite(f):
+            raise InvalidMetadataError(f"{where}: non-finite number {value!r}")
+        return str(int(f)) if f.is_integer() else repr(f)
+    raise InvalidMetadataError(
+        f"{where}: values must be strings, numbers, booleans or None, got {type(value).__name__}"
+    )
+
+
+def clean_metadata(metadata: Mapping[str, Any] | None, where: str = "metadata") -> dict[str, Any]:
+    """Copy one item's metadata into plain JSON types, rejecting what cannot be stored."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidMetadataError(f"{where}: expected a mapping, got {type(metadata).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidMetadataError(f"{where}: field names must be non-empty strings: {key!r}")
+        canonical_value(value, f"{where}[{key!r}]")
+        if isinstance(value, bool | np.bool_):
+            out[key] = bool(value)
+        elif value is None or isinstance(value, str):
+            out[key] = value if value is None else str(value)
+        elif isinstance(value, numbers.Integral):
+            out[key] = int(value)
+        else:
+            out[key] = float(value)
+    return out
+
+
+def clean_metadata_rows(
+    metadata: Sequence[Mapping[str, Any] | None] | None, n: int
+) -> list[dict[str, Any]]:
+    """One cleaned metadata mapping per item of a batch of ``n`` (empty for None)."""
+    if metadata is None:
+        return [{} for _ in range(n)]
+    metadata = list(metadata)
+    if len(metadata) != n:
+        raise InvalidMetadataError(f"got {len(metadata)} metadata rows for {n} ids")
+    return [clean_metadata(m, f"metadata[{i}]") for i, m in enumerate(metadata)]

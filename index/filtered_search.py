@@ -1,0 +1,314 @@
+"""Filtered k-NN over one FAISS index: free functions on numpy arrays, in faiss vocabulary.
+
+``xq``: queries (nq x d, unit rows), ``k``: neighbours wanted, ``D``/``I``: scores and ids
+(nq x k), best first; a row with fewer than ``k`` results is padded with id -1. Ids are the
+catalog's ``fid``s. A filter arrives as ``allowed`` (the sorted ids it matches, None for no
+filter), ``exclude_ids`` as ``excluded`` (sorted ids); :class:`Live` says what else the plan
+needs to know of the catalog.
+
+The plan: flat, IVF and HNSW indexes take the candidates as a FAISS id selector (a bitmap for
+filters, a negated set for exclusions and hidden removed items). A filter matching at most
+``exact_limit`` items is searched exactly; a broader one approximately, with
+``nprobe``/``efSearch`` widened by its selectivity; a query the approximate search leaves short
+is re-run exactly. Other kinds over-fetch, filter and retry instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index.ann import reconstruct
+from index.errors import InvalidParamsError
+from index.tuning import search_params
+
+log = logging.getLogger(__name__)
+
+NO_IDS = np.zeros(0, np.int64)
+
+
+@dataclass(frozen=True)
+class Live:
+    """The catalog's live items, as far as a search plan needs them.
+
+    ``n``: how many; ``fids``: their sorted ids, called only when a plan needs them all;
+    ``id_bound``: every id is below it; ``hidden``: sorted ids still in a FAISS kind that cannot
+    delete but removed from the catalog, never to be returned.
+    """
+
+    n: int
+    fids: Callable[[], np.ndarray]
+    id_bound: int
+    hidden: np.ndarray = field(default_factory=lambda: NO_IDS)
+
+
+class SearchCache:
+    """FAISS objects reused between searches of one loaded index: search parameters without
+    a selector (building them costs ~0.1 ms) and the bitmap selectors of recent filters."""
+
+    def __init__(self) -> None:
+        self._params: dict[tuple, tuple[Any, list]] = {}
+        self._bitmaps: list[tuple[np.ndarray, Any, np.ndarray]] = []
+        self._lock = threading.Lock()
+
+    def params(self, index: faiss.Index, params: Mapping[str, Any]) -> Any:
+        """``SearchParameters`` for ``params`` (validated: bad names or values raise)."""
+        key = tuple(sorted(params.items()))
+        try:
+            cached = self._params.get(key)
+        except TypeError:
+            raise InvalidParamsError(f"search parameters must be integers: {params!r}") from None
+        if cached is None:
+            cached = search_params(index, params)
+            if len(self._params) > 64:
+                self._params.clear()
+            self._params[key] = cached
+        return cached[0]
+
+    def bitmap(self, cand: np.ndarray, key: np.ndarray | None, size: int) -> tuple[Any, np.ndarray]:
+        """A bitmap selector of ``cand``, reused while the caller passes the same array ``key``
+        (the catalog store's cached filter result, which lives until the next write)."""
+        with self._lock:
+            for arr, sel, bitmap in self._bitmaps:
+                if arr is key:
+                    return sel, bitmap
+        sel, bitmap = bitmap_selector(cand, size)
+        if key is not None:
+            with self._lock:
+                self._bitmaps = [*self._bitmaps[-15:], (key, sel, bitmap)]
+        return sel, bitmap
+
+
+def knn_search(
+    index: faiss.Index,
+    xq: np.ndarray,
+    k: int,
+    live: Live,
+    *,
+    params: Mapping[str, Any],
+    allowed: np.ndarray | None = None,
+    excluded: np.ndarray = NO_IDS,
+    exact_limit: int = 50_000,
+    cache: SearchCache | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``D, I`` of the best ``k`` allowed, non-excluded live items per query (see the module
+    docstring for the plan). ``k`` above the number of candidates is cut down to it;
+    ``excluded`` ids need not be allowed or live."""
+    cache = cache or SearchCache()
+    if allowed is not None:
+        excluded = np.intersect1d(excluded, allowed, assume_unique=True)
+        n_cand = len(allowed) - len(excluded)
+    else:
+        n_cand = live.n - len(excluded)
+    k = min(k, n_cand)
+    if k <= 0:
+        return np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64)
+    how = selector_kind(index)
+    if how is None:
+        return _overfetch(index, xq, k, live, params, allowed, excluded, exact_limit)
+    keep: list[Any] = []  # FAISS objects the search reads through raw pointers
+    cand = None
+    if allowed is not None:
+        cand = np.setdiff1d(allowed, excluded, assume_unique=True)
+        sel, bitmap = cache.bitmap(cand, allowed if len(excluded) == 0 else None, live.id_bound)
+        keep.append(bitmap)
+        if n_cand <= exact_limit:
+            return _exact_selected(index, xq, k, how, sel, cand)
+        params = widen(index, params, n_cand / max(live.n, 1))
+    elif len(excluded) or len(live.hidden):
+        sel, objs = not_selector(np.union1d(excluded, live.hidden))
+        keep += objs
+    else:
+        sel = None
+    if sel is None:
+        sp = cache.params(index, params)
+    else:
+        sp, objs = search_params(index, params, sel=sel)
+        keep += objs
+    D, I = index.search(xq, k, params=sp)
+    short = np.flatnonzero((I < 0).any(axis=1))
+    if len(short):  # the approximate search ran dry: finish those queries exactly
+        log.debug("%d queries fall back to exact search", len(short))
+        if cand is None and how == "hnsw":
+            cand = np.setdiff1d(live.fids(), excluded, assume_unique=True)
+        D[short], I[short] = _exact_selected(index, xq[short], k, how, sel, cand)
+    return D, I
+
+
+def exact_knn(
+    index: faiss.Index, xq: np.ndarray, k: int, cand: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``D, I`` among the ids ``cand``, reading their vectors back from ``index``."""
+    nq = len(xq)
+    best_s = np.zeros((nq, 0), np.float32)
+    best_f = np.zeros((nq, 0), np.int64)
+    kc = min(k, len(cand))
+    for start in range(0, len(cand), 65_536):
+        fids = cand[start : start + 65_536]
+        D, I = faiss.knn(
+            xq, reconstruct(index, fids), min(kc, len(fids)), faiss.METRIC_INNER_PRODUCT
+        )
+        best_s = np.concatenate([best_s, D], axis=1)
+        best_f = np.concatenate([best_f, fids[I]], axis=1)
+        if best_s.shape[1] > kc:
+            top = np.argpartition(-best_s, kc - 1, axis=1)[:, :kc]
+            best_s = np.take_along_axis(best_s, top, axis=1)
+            best_f = np.take_along_axis(best_f, top, axis=1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    D = np.full((nq, k), -np.inf, np.float32)
+    I = np.full((nq, k), -1, np.int64)
+    D[:, :kc] = np.take_along_axis(best_s, order, axis=1)
+    I[:, :kc] = np.take_along_axis(best_f, order, axis=1)
+    return D, I
+
+
+def _exact_selected(
+    index: faiss.Index, xq: np.ndarray, k: int, how: str, sel: Any, cand: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` among the ids ``sel`` selects (``cand`` lists them for HNSW)."""
+    if how == "flat":
+        sp, _keep = search_params(index, None, sel=sel)
+        return index.search(xq, k, params=sp)
+    if how == "ivf":
+        return search_all_lists(index, xq, k, sel)
+    assert cand is not None
+    return exact_knn(index, xq, k, cand)
+
+
+def _overfetch(
+    index: faiss.Index,
+    xq: np.ndarray,
+    k: int,
+    live: Live,
+    params: Mapping[str, Any],
+    allowed: np.ndarray | None,
+    excluded: np.ndarray,
+    exact_limit: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The plan for kinds without id selectors: over-fetch, filter, retry, then exact.
+
+    ``k`` is at most the number of candidates; ``excluded`` lies within ``allowed``.
+    """
+    if allowed is not None and len(allowed) <= exact_limit:
+        return exact_knn(index, xq, k, np.setdiff1d(allowed, excluded, assume_unique=True))
+    blocked = np.union1d(excluded, live.hidden)
+    ntotal = index.ntotal
+    if allowed is not None:  # over-fetch by the inverse of the filter's selectivity
+        kk = math.ceil(1.5 * k * ntotal / max(len(allowed), 1)) + len(blocked)
+    else:
+        kk = k + len(blocked)
+    kk = min(kk, ntotal)
+    sp, _keep = search_params(index, params)
+    D_out = np.full((len(xq), k), -np.inf, np.float32)
+    I_out = np.full((len(xq), k), -1, np.int64)
+    pending = np.arange(len(xq))
+    exhausted: list[int] = []
+    while len(pending):
+        D, I = index.search(xq[pending], kk, params=sp)
+        ok = I >= 0
+        if allowed is not None:
+            ok &= np.isin(I, allowed)
+        if len(blocked):
+            ok &= ~np.isin(I, blocked)
+        retry = []
+        for row, q in enumerate(pending.tolist()):
+            sel = np.flatnonzero(ok[row])
+            if len(sel) >= k:
+                D_out[q], I_out[q] = D[row, sel[:k]], I[row, sel[:k]]
+            elif kk >= ntotal or (I[row] < 0).any():  # the approximate search ran dry
+                exhausted.append(q)
+            else:
+                retry.append(q)
+        pending = np.array(retry, dtype=np.int64)
+        kk = min(ntotal, kk * 4)
+    if exhausted:
+        log.debug("%d queries fall back to exact search", len(exhausted))
+        cand = live.fids() if allowed is None else allowed
+        cand = np.setdiff1d(cand, excluded, assume_unique=True)
+        D_out[exhausted], I_out[exhausted] = exact_knn(index, xq[exhausted], k, cand)
+    return D_out, I_out
+
+
+def selector_kind(index: faiss.Index) -> str | None:
+    """``flat``, ``ivf`` or ``hnsw`` when FAISS can restrict a search of ``index`` to selected
+    ids (``SearchParameters.sel``); None for other factory kinds, which over-fetch instead."""
+    if isinstance(index, faiss.IndexIVF):
+        return None if isinstance(index, faiss.IndexIVFFastScan) else "ivf"
+    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
+        inner = faiss.downcast_index(index.index)
+        if type(inner) in (faiss.IndexFlat, faiss.IndexFlatIP):
+            return "flat"
+        if isinstance(inner, faiss.IndexHNSWFlat):
+            return "hnsw"
+    return None
+
+
+def widen(index: faiss.Index, params: Mapping[str, Any], fraction: float) -> dict[str, Any]:
+    """Search parameters for a filtered search where ``fraction`` of the items qualify.
+
+    The nearest qualifying items can lie far from the query (a filter on another brand than
+    the photo's), so IVF probes ``1/fraction**2`` times more lists; with the selector skipping
+    the other items it computes ``1/fraction`` times the distances of an unfiltered search.
+    HNSW widens ``efSearch`` by ``1/fraction``, at most 4x, as its cost grows with it.
+    """
+    fraction = min(1.0, max(fraction, 1e-9))
+    out = dict(params)
+    if fraction >= 1.0:
+        return out
+    if "nprobe" in out:
+        nlist = faiss.extract_index_ivf(index).nlist
+        out["nprobe"] = min(nlist, math.ceil(out["nprobe"] / fraction**2))
+    if "efSearch" in out:
+        out["efSearch"] = math.ceil(out["efSearch"] * min(1.0 / fraction, 4.0))
+    return out
+
+
+def search_all_lists(
+    index: faiss.IndexIVF, xq: np.ndarray, k: int, sel: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search of an IVF index restricted to ``sel``: every list, no coarse quantizer."""
+    nq, nlist = len(xq), index.nlist
+    sp = faiss.SearchParametersIVF()
+    sp.nprobe = nlist
+    if sel is not None:
+        sp.sel = sel
+    D = np.empty((nq, k), dtype=np.float32)
+    I = np.empty((nq, k), dtype=np.int64)
+    assign = np.ascontiguousarray(np.broadcast_to(np.arange(nlist, dtype=np.int64), (nq, nlist)))
+    coarse = np.zeros((nq, nlist), dtype=np.float32)
+    x = np.ascontiguousarray(xq, dtype=np.float32)
+    # the Python wrapper of search_preassigned drops params; call the C++ method directly
+    index.search_preassigned_c(
+        nq,
+        faiss.swig_ptr(x),
+        k,
+        faiss.swig_ptr(assign),
+        faiss.swig_ptr(coarse),
+        faiss.swig_ptr(D),
+        faiss.swig_ptr(I),
+        False,
+        sp,
+    )
+    return D, I
+
+
+def bitmap_selector(fids: np.ndarray, size: int) -> tuple[Any, np.ndarray]:
+    """An ``IDSelectorBitmap`` selecting ``fids`` (all < ``size``), and its buffer to keep."""
+    mask = np.zeros(max(size, 1), dtype=bool)
+    mask[fids] = True
+    bitmap = np.packbits(mask, bitorder="little")
+    return faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), bitmap
+
+
+def not_selector(fids: np.ndarray) -> tuple[Any, list]:
+    """An ``IDSelector`` selecting every id except ``fids``, and the objects to keep."""
+    arr = np.ascontiguousarray(fids, dtype=np.int64)
+    inner = faiss.IDSelectorBatch(len(arr), faiss.swig_ptr(arr))
+    return faiss.IDSelectorNot(inner), [inner, arr]

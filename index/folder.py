@@ -1,0 +1,90 @@
+"""The index folder on disk: its files, its writer lock, and its description.
+
+An index folder holds ``manifest.json`` (identity, :mod:`index.manifest`), the catalog store
+``catalog.sqlite`` (:mod:`index.store`), one FAISS file ``vectors-<seq>.faiss``
+(:mod:`index.replica`) and ``writer.lock``, ``flock``ed by the one process writing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Any
+
+from common.fsutil import folder_size
+from index.errors import IndexLockedError, IndexNotFoundError
+from index.manifest import Manifest, read_manifest
+from index.store import STORE_NAME, CatalogStore
+
+LOCK_NAME = "writer.lock"
+FAISS_PREFIX = "vectors-"
+FAISS_SUFFIX = ".faiss"
+
+
+def faiss_file_name(seq: int) -> str:
+    """The FAISS file holding the vectors as of journal record ``seq``."""
+    return f"{FAISS_PREFIX}{seq:012d}{FAISS_SUFFIX}"
+
+
+def store_path(path: Path) -> Path:
+    """The folder's catalog store; :class:`~index.errors.IndexNotFoundError` if missing."""
+    if not (path / STORE_NAME).is_file():
+        raise IndexNotFoundError(f"{path}: catalog store {STORE_NAME} is missing")
+    return path / STORE_NAME
+
+
+def lock_writer(path: Path) -> int:
+    """Take the folder's exclusive writer lock (released when the fd closes or we die)."""
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise IndexLockedError(
+            f"{path}: another process has this index open for writing; close it or open read-only"
+        ) from None
+    return fd
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """What ``phonesim index info`` shows, read without loading the FAISS file."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    store = CatalogStore(store_path(path), readonly=True)
+    try:
+        store.begin_snapshot()
+        ck_seq = int(store.get_state("checkpoint_seq", "0") or 0)
+        _, pending = store.journal_stats(ck_seq)
+        faiss_file = store.get_state("checkpoint_file")
+        return summary(path, manifest, store, store.count(), pending, faiss_file)
+    finally:
+        store.close()
+
+
+def summary(
+    path: Path,
+    manifest: Manifest,
+    store: CatalogStore,
+    count: int,
+    journal_pending: int,
+    faiss_file: str | None,
+) -> dict[str, Any]:
+    """The description of :func:`describe` and :meth:`index.catalog.CatalogIndex.info`."""
+    return {
+        "path": str(path.resolve()),
+        "kind": manifest.kind,
+        "factory": manifest.factory,
+        "count": count,
+        "dim": manifest.dim,
+        "metric": manifest.metric,
+        "model_name": manifest.model_name,
+        "checkpoint_hash": manifest.checkpoint_hash,
+        "format_version": manifest.format_version,
+        "search_defaults": dict(manifest.search_defaults),
+        "tuned_recall": manifest.tuning.get("recall"),
+        "journal_pending": journal_pending,
+        "faiss_file": faiss_file,
+        "filterable_fields": sorted(store.fields()),
+        "disk_bytes": folder_size(path),
+    }

@@ -1,0 +1,25 @@
+"""FAISS kinds: which factory for which request, and ids kept readable."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from index import ann, build_index, open_index
+from index.sizing import TRAIN_POINTS_PER_LIST, ivf_nlist
+from tests.index.synthetic import HASH, MODEL
+
+
+def test_auto_kind_is_flat_for_small_and_ivf_for_large_catalogs():
+    assert ann.resolve_kind("auto", 10) == ("flat", "Flat")
+    assert ann.resolve_kind("auto", ann.AUTO_FLAT_MAX - 1)[0] == "flat"
+    kind, factory = ann.resolve_kind("auto", 1_000_000)
+    assert kind == "ivf" and factory == "IVF2048_HNSW32,Flat"
+    assert ann.resolve_kind("IVF16,Flat", 10) == ("factory", "IVF16,Flat")
+    assert ivf_nlist(1000) * TRAIN_POINTS_PER_LIST <= 1000
+
+
+def test_an_idmap_factory_still_returns_stored_vectors(tmp_path, small):
+    xb, _, ids, _ = small
+    build_index(tmp_path / "ix", ids, xb, model_name=MODEL, checkpoint_hash=HASH, kind="IDMap,Flat")
+    with open_index(tmp_path / "ix", readonly=True) as ix:
+        np.testing.assert_allclose(ix.get_vectors([ids[5]])[0], xb[5], atol=1e-6)

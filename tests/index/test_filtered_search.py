@@ -1,0 +1,171 @@
+"""Filtered and unfiltered search against brute-force numpy references on clustered data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.errors import UserError
+from index import IndexOptions, InvalidFilterError, ann, build_index, open_index
+from index.evaluation import knn_recall_at_k
+from index.filtered_search import Live, exact_knn, knn_search, selector_kind
+from tests.index.synthetic import HASH, MODEL, D, brute_force, make_catalog, rows_of
+
+
+def test_flat_matches_brute_force_ids_and_scores(flat_dir, small):
+    xb, xq, _, _ = small
+    with open_index(flat_dir, readonly=True) as ix:
+        hits = ix.search(xq, 10)
+    D_ref, I_ref = brute_force(xq, xb, 10)
+    np.testing.assert_array_equal(rows_of(hits, 10), I_ref)
+    scores = np.array([[h.score for h in hs] for hs in hits])
+    np.testing.assert_allclose(scores, D_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("exact_limit", [10_000, 0])
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_filter_on_a_rare_value_returns_every_match_in_order(tmp_path, kind, exact_limit):
+    xb, xq, ids, md = make_catalog(20_000, seed=7)
+    build_index(tmp_path / "ix", ids, xb, md, model_name=MODEL, checkpoint_hash=HASH, kind=kind)
+    rare = np.array([i for i, m in enumerate(md) if m["brand"] == "Rare"])
+    assert 0 < len(rare) < 50
+    opts = IndexOptions(exact_filter_limit=exact_limit)  # 0: force the approximate path
+    with open_index(tmp_path / "ix", readonly=True, options=opts) as ix:
+        hits = ix.search(xq[:5], 10, filter={"brand": "Rare"})
+        everything = ix.search(xq[0], 1000, filter={"brand": "Rare"})[0]
+    D_sub, I_sub = brute_force(xq[:5], xb[rare], 10)
+    assert all(len(hs) == 10 for hs in hits)
+    assert all(h.metadata["brand"] == "Rare" for hs in hits for h in hs)
+    if kind == "flat" or exact_limit:  # exact: the reference's ids, in order
+        np.testing.assert_array_equal(rows_of(hits, 10), rare[I_sub])
+    else:  # approximate: never better than exact, rank by rank
+        scores = np.array([[h.score for h in hs] for hs in hits])
+        assert (scores <= D_sub + 1e-5).all()
+    assert len(everything) == len(rare)  # k above the matches: all of them, none missing
+    assert [h.score for h in everything] == sorted((h.score for h in everything), reverse=True)
+
+
+def test_filter_on_a_common_value_over_fetches_on_the_approximate_index(tmp_path):
+    xb, xq, ids, md = make_catalog(20_000, seed=8)
+    build_index(tmp_path / "ix", ids, xb, md, model_name=MODEL, checkpoint_hash=HASH, kind="ivf")
+    rows = np.array([i for i, m in enumerate(md) if m["label"] == "brand2"])
+    opts = IndexOptions(exact_filter_limit=100)
+    with open_index(tmp_path / "ix", readonly=True, options=opts) as ix:
+        hits = ix.search(xq, 10, filter={"label": "brand2"})
+    assert all(len(hs) == 10 for hs in hits)
+    assert all(h.metadata["label"] == "brand2" for hs in hits for h in hs)
+    _, I_sub = brute_force(xq, xb[rows], 10)
+    assert knn_recall_at_k(rows_of(hits, 10), rows[I_sub], 10) >= 0.9
+
+
+def test_filter_any_of_values_and_several_fields(flat_dir, small):
+    _, xq, _, md = small
+    with open_index(flat_dir, readonly=True) as ix:
+        hits = ix.search(xq[0], 3000, filter={"label": ["brand1", "brand3"], "brand": "Acme"})[0]
+        by_number = ix.search(xq[0], 3000, filter={"price": 103})[0]
+        by_text = ix.search(xq[0], 3000, filter={"price": "103"})[0]
+    expected = {
+        f"sku-{i}"
+        for i, m in enumerate(md)
+        if m["label"] in ("brand1", "brand3") and m["brand"] == "Acme"
+    }
+    assert {h.id for h in hits} == expected
+    assert (
+        {h.id for h in by_number}
+        == {h.id for h in by_text}
+        == {f"sku-{i}" for i, m in enumerate(md) if m["price"] == 103}
+    )
+
+
+def test_unknown_filter_field_names_the_filterable_fields(flat_dir, small):
+    _, xq, _, _ = small
+    with open_index(flat_dir, readonly=True) as ix:
+        with pytest.raises(InvalidFilterError, match="colour") as err:
+            ix.search(xq[0], 5, filter={"colour": "red"})[0]
+        assert "brand, label, price" in str(err.value)
+        assert isinstance(err.value, ValueError) and isinstance(err.value, UserError)
+        with pytest.raises(InvalidFilterError):
+            ix.search(xq[0], 5, filter={"brand": {"nested": 1}})[0]
+        with pytest.raises(InvalidFilterError):
+            ix.search(xq[0], 5, filter={})[0]
+        assert ix.search(xq[0], 5, filter={"brand": "Nobody"})[0] == []
+
+
+def test_exclude_ids_still_returns_k_results(flat_dir, small):
+    _, xq, _, _ = small
+    with open_index(flat_dir, readonly=True) as ix:
+        top = ix.search(xq[0], 10)[0]
+        rest = ix.search(xq[0], 10, exclude_ids=[top[0].id, top[1].id, "unknown-id"])[0]
+    assert len(rest) == 10
+    assert [h.id for h in rest[:8]] == [h.id for h in top[2:]]
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_k_larger_than_the_catalog_returns_every_item(tmp_path, kind):
+    xb, xq, ids, _ = make_catalog(2000, seed=9)
+    build_index(tmp_path / "ix", ids, xb, model_name=MODEL, checkpoint_hash=HASH, kind=kind)
+    with open_index(tmp_path / "ix", readonly=True) as ix:
+        hits = ix.search(xq[:2], 5000)
+    assert [len(hs) for hs in hits] == [2000, 2000]
+    assert len({h.id for h in hits[0]}) == 2000
+    _, I_ref = brute_force(xq[:2], xb, 10)
+    np.testing.assert_array_equal(rows_of(hits, 2000)[:, :10], I_ref)
+
+
+def test_kinds_without_id_selectors_over_fetch_and_fall_back_to_exact(tmp_path, small):
+    xb, xq, ids, md = small
+    build_index(tmp_path / "ix", ids, xb, md, model_name=MODEL, checkpoint_hash=HASH, kind="SQ8")
+    rare = np.array([i for i, m in enumerate(md) if m["brand"] == "Rare"])
+    acme = np.array([i for i, m in enumerate(md) if m["brand"] == "Acme"])
+    opts = IndexOptions(exact_filter_limit=0)  # force over-fetching
+    with open_index(tmp_path / "ix", readonly=True, options=opts) as ix:
+        assert selector_kind(ix._replica.index) is None
+        rare_hits = ix.search(xq[:3], 10, filter={"brand": "Rare"})
+        acme_hits = ix.search(xq, 10, filter={"brand": "Acme"})
+        top = ix.search(xq[0], 3)[0]
+        rest = ix.search(xq[0], 3, exclude_ids=[top[0].id])[0]
+    _, I_rare = brute_force(xq[:3], xb[rare], len(rare))
+    assert rows_of(rare_hits, len(rare)).tolist() == rare[I_rare].tolist()  # all, in order
+    assert all(len(hs) == 10 and all(h.metadata["brand"] == "Acme" for h in hs) for hs in acme_hits)
+    _, I_acme = brute_force(xq, xb[acme], 10)
+    assert knn_recall_at_k(rows_of(acme_hits, 10), acme[I_acme], 10) >= 0.9
+    assert [h.id for h in rest[:2]] == [h.id for h in top[1:]]
+
+
+def test_knn_search_on_numpy_arrays_matches_brute_force(small):
+    xb, xq, _, md = small
+    index = ann.create("Flat", D)
+    fids = np.arange(len(xb), dtype=np.int64) * 2 + 5  # ids need not be row numbers
+    ann.add(index, xb, fids)
+    live = Live(len(xb), lambda: fids, int(fids[-1]) + 1)
+    acme = np.array([i for i, m in enumerate(md) if m["brand"] == "Acme"])
+    allowed, excluded = fids[acme], fids[:40]  # half the excluded ids are not allowed anyway
+    cand = np.setdiff1d(acme, np.arange(40))
+    D_ref, I_ref = brute_force(xq, xb[cand], 10)
+    for exact_limit in (10_000, 0):  # exact over the candidates, then the selector search
+        D_, I_ = knn_search(
+            index,
+            xq,
+            10,
+            live,
+            params={},
+            allowed=allowed,
+            excluded=excluded,
+            exact_limit=exact_limit,
+        )
+        np.testing.assert_array_equal(I_, fids[cand[I_ref]])
+        np.testing.assert_allclose(D_, D_ref, atol=1e-5)
+    D_, I_ = knn_search(index, xq[:2], 10, live, params={}, allowed=allowed[:3])
+    assert I_.shape == D_.shape == (2, 3)  # k above the candidates: all of them
+    D_, I_ = knn_search(index, xq[:2], 10, live, params={}, allowed=allowed[:0])
+    assert I_.shape == D_.shape == (2, 0)
+
+
+def test_exact_knn_pads_short_rows_with_minus_one(small):
+    xb, xq, _, _ = small
+    index = ann.create("Flat", D)
+    ann.add(index, xb, np.arange(len(xb), dtype=np.int64))
+    D_, I_ = exact_knn(index, xq[:4], 5, np.array([3, 8, 13]))
+    _, I_ref = brute_force(xq[:4], xb[[3, 8, 13]], 3)
+    np.testing.assert_array_equal(I_[:, :3], np.array([3, 8, 13])[I_ref])
+    assert (I_[:, 3:] == -1).all() and I_.shape == (4, 5)
