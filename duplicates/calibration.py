@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 
 from common.fsutil import atomic_write_text
+from common.grouping import component_labels
 from duplicates.benchmark import Benchmark, BenchmarkConfig, build_benchmark
 from duplicates.descriptor import CopyDescriptor, DescriptorConfig
 from duplicates.evaluation import Sweep, sweep_thresholds
 from duplicates.features import extract_features
 from duplicates.finder import FALLBACK_THRESHOLD, FinderConfig, ScoredPairs, score_candidates
-from duplicates.grouping import UnionFind
 from duplicates.hashing import hamming_pairs, phash_bits
 from duplicates.pair_model import PairModel, cross_fitted_scores, fit_pair_model
 from duplicates.verify import VerifyConfig
@@ -112,12 +112,7 @@ def per_transform_recall(
     benchmark: Benchmark, rows: np.ndarray, pairs: ScoredPairs, threshold: float
 ) -> dict[str, float]:
     """Share of copies grouped with their original, per edit (``crop2`` = crop at strength 2)."""
-    uf = UnionFind(len(rows))
-    for a, b in pairs.identical:
-        uf.union(a, b)
-    ok = pairs.scores >= threshold
-    for a, b in zip(pairs.i[ok].tolist(), pairs.j[ok].tolist(), strict=True):
-        uf.union(a, b)
+    group = component_labels(len(rows), pairs.accepted(threshold))
     row_of = {int(s): r for r, s in enumerate(rows)}
     original = {}
     for r, s in enumerate(rows):
@@ -131,7 +126,7 @@ def per_transform_recall(
             continue
         key = f"{meta['transform']}{meta['strength']}"
         r, o = row_of.get(k), original.get(meta["truth"])
-        hits[key].append(r is not None and o is not None and uf.find(r) == uf.find(o))
+        hits[key].append(r is not None and o is not None and group[r] == group[o])
     return {key: float(np.mean(v)) for key, v in sorted(hits.items())}
 
 

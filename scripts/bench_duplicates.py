@@ -1,6 +1,6 @@
 """Benchmark duplicate grouping on seeded synthetic embeddings with planted duplicates.
 
-Groups --n vectors (default 100,000) with the FAISS k-NN + union-find path that
+Groups --n vectors (default 100,000) with the FAISS k-NN + connected-components path that
 find_duplicates uses, checks the planted groups are recovered, compares with brute force on a
 subset, and prints time and memory, ending with one line of JSON.
 

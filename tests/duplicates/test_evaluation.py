@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.grouping import groups_of
 from duplicates.evaluation import group_metrics, sweep_thresholds
-from duplicates.grouping import components, groups_from_labels
 
 
 def test_sweep_agrees_with_explicit_groups() -> None:
@@ -23,7 +23,7 @@ def test_sweep_agrees_with_explicit_groups() -> None:
     sweep = sweep_thresholds(truth, i, j, scores, [0.95, 0.8, 0.6])
     for k, t in enumerate(sweep.thresholds):
         ok = scores >= t
-        groups = groups_from_labels(components(n, zip(i[ok], j[ok], strict=True)))
+        groups = groups_of(n, np.stack([i[ok], j[ok]], axis=1))
         metrics = group_metrics(truth, groups)
         assert sweep.precision[k] == pytest.approx(metrics["precision"])
         assert sweep.recall[k] == pytest.approx(metrics["recall"])

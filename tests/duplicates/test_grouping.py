@@ -5,15 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from duplicates.grouping import (
-    SearchConfig,
-    UnionFind,
-    brute_force_groups,
-    components,
-    group_vectors,
-    groups_from_labels,
-    knn_pairs,
-)
+from duplicates.grouping import SearchConfig, brute_force_groups, group_vectors, knn_pairs
 
 
 def clustered(n: int, dim: int, seed: int, copies: int = 30) -> np.ndarray:
@@ -27,11 +19,11 @@ def clustered(n: int, dim: int, seed: int, copies: int = 30) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_union_find_and_labels() -> None:
-    uf = UnionFind(6)
-    assert uf.union(0, 3) and uf.union(3, 5) and not uf.union(5, 0)
-    assert uf.labels().tolist() == [0, 1, 2, 0, 4, 0]
-    assert groups_from_labels(components(6, [(4, 1), (2, 2)])) == [[1, 4]]
+def test_extra_pairs_are_joined_whatever_the_threshold() -> None:
+    xb = np.eye(6, dtype=np.float32)  # no two vectors alike
+    extra = [(0, 3), (3, 5), (5, 0), (4, 1), (2, 2)]
+    groups, (i, _, _) = group_vectors(xb, 0.99, extra_pairs=extra)
+    assert len(i) == 0 and groups == [[0, 3, 5], [1, 4]]
 
 
 @pytest.mark.parametrize("threshold", [0.8, 0.9, 0.97])
