@@ -210,8 +210,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         calibrate,
         calibration_record,
         store_calibration,
-        write_calibration,
     )
+    from duplicates.calibration_report import write_calibration
     from duplicates.descriptor import CopyDescriptor, DescriptorConfig
     from duplicates.finder import FinderConfig
 

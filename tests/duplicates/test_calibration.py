@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import sys
 
 import numpy as np
+import pytest
 
-from duplicates.calibration import fit_with_held_out_scores, store_calibration, stored_settings
-from duplicates.finder import ScoredPairs
+from common.errors import UserError
+from duplicates.benchmark import BenchmarkConfig
+from duplicates.calibration import (
+    CalibrationConfig,
+    calibrate,
+    calibration_record,
+    fit_with_held_out_scores,
+    store_calibration,
+    stored_settings,
+)
+from duplicates.calibration_report import write_calibration
+from duplicates.finder import FinderConfig, ScoredPairs
+from duplicates.hashing import phash_available
 from duplicates.pair_model import fit_pair_model
 from tests.duplicates.conftest import synthetic_evidence
 
 
 def test_calibration_end_to_end(tiny_catalog, descriptor, tmp_path) -> None:
-    from duplicates.benchmark import BenchmarkConfig
-    from duplicates.calibration import CalibrationConfig, calibrate, write_calibration
-    from duplicates.finder import FinderConfig
-
-    config = CalibrationConfig(
-        benchmark=BenchmarkConfig(originals=6, copies=4, seed=1),
-        finder=FinderConfig(workers=0, progress=False),
-        min_precision=0.0,
-    )
-    result = calibrate(descriptor, tiny_catalog, tmp_path / "bench", config)
+    result = calibrate(descriptor, tiny_catalog, tmp_path / "bench", _small_calibration())
     assert result.originals == 6 and result.truth_pairs == 6 * 10  # C(5, 2) pairs per family
     assert result.chosen is not None and result.chosen["f1"] > 0.5
     # Too few verified distinct pairs among 18 tiny photos to fit: agreement is the score.
@@ -35,6 +40,48 @@ def test_calibration_end_to_end(tiny_catalog, descriptor, tmp_path) -> None:
     assert header.startswith("score,a_image,a_role")
     report = json.loads(paths["json"].read_text())
     assert report["chosen"] == result.chosen and "agreement_only" in report
+    phash_rows = "phash," in paths["table"].read_text()
+    assert (result.phash is not None) == phash_available() == phash_rows
+
+
+def _small_calibration() -> CalibrationConfig:
+    return CalibrationConfig(
+        benchmark=BenchmarkConfig(originals=6, copies=4, seed=1),
+        finder=FinderConfig(workers=0, progress=False),
+        min_precision=0.0,
+    )
+
+
+def test_calibration_completes_without_imagehash(
+    tiny_catalog, tiny_checkpoint, descriptor, tmp_path, monkeypatch, caplog
+) -> None:
+    """imagehash is a dev extra: without it the pHash baseline is skipped with one note."""
+    monkeypatch.setitem(sys.modules, "imagehash", None)  # `import imagehash` now fails
+    config = _small_calibration()
+    with caplog.at_level(logging.WARNING, logger="duplicates.calibration"):
+        result = calibrate(descriptor, tiny_catalog, tmp_path / "bench", config)
+    notes = [r.getMessage() for r in caplog.records if "imagehash" in r.getMessage()]
+    assert notes == [
+        "imagehash is not installed: the pHash baseline is skipped (pip install imagehash)"
+    ]
+    assert result.phash is None and result.phash_best is None and result.chosen is not None
+    assert "pHash baseline skipped" in result.summary()
+    paths = write_calibration(result, tmp_path / "report")
+    assert "phash" not in paths["table"].read_text()
+    assert json.loads(paths["json"].read_text())["phash_best"] is None
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    store_calibration(ckpt, calibration_record(result, descriptor.config, config.finder))
+    assert stored_settings(ckpt).threshold == result.chosen["threshold"]
+
+
+def test_a_missing_required_package_fails_before_the_benchmark(
+    tiny_catalog, descriptor, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    with pytest.raises(UserError, match="pip install scikit-learn"):
+        calibrate(descriptor, tiny_catalog, tmp_path / "bench", _small_calibration())
+    assert not (tmp_path / "bench").exists()
 
 
 def test_held_out_scores_keep_identical_and_rejected_pairs() -> None:
