@@ -10,9 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from export.bench import CHILD_FLAG, BenchSettings, child_main, run_bench  # noqa: E402
+from export.bench import CHILD_FLAG, BenchSettings, child_main, run_bench
 
 
 def main() -> int:
