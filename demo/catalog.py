@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 import random
 import shutil
 from collections.abc import Sequence
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
+
+from common.fsutil import atomic_write, is_temporary
 
 logger = logging.getLogger(__name__)
 
@@ -659,7 +660,7 @@ def _prepare_out(out: Path) -> None:
                 raise ValueError(
                     f"{entry} holds files other than .jpg images; not overwriting {out}"
                 )
-        elif entry.name not in ("catalog.csv", ".catalog.csv.tmp"):
+        elif entry.name != "catalog.csv" and not is_temporary(entry.name, "catalog.csv"):
             raise ValueError(f"{entry} is not part of a demo catalog; not overwriting {out}")
     logger.info("overwriting previous demo catalog in %s", out)
     for entry in entries:
@@ -722,14 +723,13 @@ def generate_catalog(
                 )
                 bar.update(1)
 
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=CATALOG_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
     csv_path = out / "catalog.csv"
-    tmp = out / ".catalog.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CATALOG_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, csv_path)
+    atomic_write(csv_path, write_csv)
     logger.info("wrote %d images of %d phone models to %s", len(rows), classes, out)
     return csv_path

@@ -23,18 +23,18 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     sys.path.insert(0, {repo!r})
-    import export.shards as shards
+    import common.fsutil as fsutil  # where every atomic rename happens
 
     real_replace, commits = os.replace, []
 
     def replace_then_die(src, dst):
-        if str(src).endswith(".h5.tmp"):
+        if os.path.basename(str(dst)).startswith("shard-"):
             commits.append(dst)
             if len(commits) == 3:  # third shard: written to its temp name, never renamed
                 os.kill(os.getpid(), signal.SIGKILL)
         return real_replace(src, dst)
 
-    shards.os.replace = replace_then_die
+    fsutil.os.replace = replace_then_die
     from export.cli import main
     sys.exit(main(sys.argv[1:]))
     """
