@@ -1,11 +1,11 @@
-"""Training, checkpoints, embeddings, evaluation and the HDF5 embed job on a tiny model."""
+"""Training, checkpoints, embeddings and evaluation on a tiny model (the HDF5 embed job is
+tested with the export, in tests/export/test_embed.py)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -13,7 +13,6 @@ from PIL import Image
 
 from embedder.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
 from embedder.data import load_catalog
-from embedder.embed_job import embed_to_hdf5
 from embedder.errors import CheckpointError, DataError
 from embedder.evaluate import evaluate
 from embedder.inference import Embedder, forward_embed
@@ -233,35 +232,6 @@ def test_evaluate_reports_metrics_and_writes_plot(tiny_checkpoint, tiny_catalog,
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["count"] == 18
 
 
-def test_embed_job_writes_hdf5_and_lists_failures(tiny_checkpoint, tiny_catalog, tmp_path):
-    import shutil
-
-    data = tmp_path / "data"
-    shutil.copytree(tiny_catalog, data)
-    (data / "demo-extra.jpg").write_bytes(b"")  # loose file: ignored (not in a class folder)
-    broken = sorted((data).glob("*/*.jpg"))[0]
-    broken.write_bytes(b"not a jpeg")
-    summary = embed_to_hdf5(
-        tiny_checkpoint, data / "catalog.csv", tmp_path / "e.h5", workers=0, progress=False
-    )
-    assert summary.embedded == 17 and summary.failed == 1
-    with h5py.File(tmp_path / "e.h5") as h5:
-        assert h5["embeddings"].shape == (17, summary.dim)
-        assert h5["probabilities"].shape == (17, 3)
-        assert len(set(h5["ids"].asstr()[:])) == 17
-        assert h5.attrs["model_name"] == "test_efficientnet"
-        assert h5.attrs["checkpoint_hash"] and h5.attrs["normalized"]
-        assert "not a recognised image" in h5["failed"].asstr()[0]
-        assert set(h5["labels"].asstr()[:]) == set(json.loads(h5.attrs["label_names"]))
-
-
-def test_embed_job_bad_output_and_checkpoint(tiny_checkpoint, tiny_catalog, tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        embed_to_hdf5(tiny_checkpoint, tiny_catalog, tmp_path / "no" / "e.h5")
-    with pytest.raises(CheckpointError, match="not found"):
-        embed_to_hdf5(tmp_path / "nockpt", tiny_catalog, tmp_path / "e.h5")
-
-
 def test_an_interrupted_checkpoint_swap_puts_the_previous_one_back(
     tiny_checkpoint, tmp_path, monkeypatch
 ):
@@ -308,21 +278,6 @@ def test_evaluate_accepts_one_class_and_refuses_a_file_as_output(
     (tmp_path / "afile").write_text("x")
     with pytest.raises(DataError, match="not a folder"):
         evaluate(tiny_checkpoint, one, out=tmp_path / "afile", progress=False)
-
-
-def test_a_failed_embed_job_leaves_no_partial_file(
-    tiny_checkpoint, tiny_catalog, tmp_path, monkeypatch
-):
-    from embedder import embed_job
-
-    def broken(*args, **kwargs):
-        raise KeyboardInterrupt
-        yield  # pragma: no cover
-
-    monkeypatch.setattr(embed_job, "iter_embeddings", broken)
-    with pytest.raises(KeyboardInterrupt):
-        embed_to_hdf5(tiny_checkpoint, tiny_catalog, tmp_path / "e.h5", progress=False)
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_library_images_with_transparency_embed_like_files(tiny_checkpoint, tmp_path):
