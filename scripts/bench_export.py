@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from demo.catalog import generate_catalog
 from export.bench import CHILD_FLAG, BenchSettings, child_main, run_bench
 
 
@@ -39,6 +40,7 @@ def main() -> int:
             skip_ray=args.skip_ray,
         ),
         Path(__file__).resolve(),
+        generate_catalog,
     )
     for key, value in figures.items():
         print(f"{key:>30}: {value}")
