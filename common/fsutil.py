@@ -1,11 +1,26 @@
-"""Crash-safe writes for every stage: temporary name, fsync, rename, fsync of the folder."""
+"""Crash-safe writes for every stage: temporary name, fsync, rename, fsync of the folder.
+
+Every temporary file comes from ``tempfile.mkstemp`` in the folder it is renamed within, named
+``.<target name>.<random>.tmp``: unique, so two processes or threads writing the same target
+never share one (a process id is not unique across machines sharing a folder, nor across
+threads), and on the same filesystem, so the final rename is atomic.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+TMP_SUFFIX = ".tmp"
 
 
 def fsync_path(path: str | Path) -> None:
@@ -22,22 +37,65 @@ def fsync_dir(path: str | Path) -> None:
     fsync_path(path)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temporary_file(path: str | Path, folder: str | Path | None = None) -> Path:
+    """A new, empty, uniquely named file to write ``path``'s next content into.
+
+    It is made in ``folder`` (default: ``path``'s own), which must be on the same filesystem
+    as ``path``, and gets the permissions a plain ``open(path, "w")`` would give, not
+    mkstemp's owner-only ones: checkpoints and indexes are shared.
+    """
+    path = Path(path)
+    where = path.parent if folder is None else Path(folder)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=where)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    return Path(name)
+
+
+def is_temporary(name: str, target: str) -> bool:
+    """Whether ``name`` is a temporary file of :func:`temporary_file` for a file ``target``."""
+    return name.startswith(f".{target}.") and name.endswith(TMP_SUFFIX)
+
+
+def atomic_write(
+    path: str | Path, write: Callable[[Path], T], folder: str | Path | None = None
+) -> T:
     """Call ``write(tmp)`` to produce a file, then move it onto ``path`` atomically.
 
     Readers see either the old file or the complete new one, also after a crash: the temporary
-    file is fsynced before the rename and the folder is fsynced after it.
+    file is fsynced before the rename and the folder is fsynced after it. ``tmp`` exists
+    (empty) when ``write`` is called; it is made in ``folder`` (default: ``path``'s own; see
+    :func:`temporary_file`) and removed if ``write`` fails. Returns what ``write`` returns.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_file(path, folder)
     try:
-        write(tmp)
+        result = write(tmp)
         fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+    if tmp.parent.resolve() != path.parent.resolve():
+        fsync_dir(tmp.parent)
+    return result
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -45,12 +103,64 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+#: What renameat2 answers where the kernel or the filesystem cannot exchange.
+_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28+, musl 1.2.5+
+    except (OSError, AttributeError, TypeError):  # not Linux, or an older C library
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def exchange(a: str | Path, b: str | Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False, having changed nothing, where the system or the filesystem cannot.
+    """
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_EXCHANGE:
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def swap_folder(new: Path, dest: Path, old: Path) -> None:
     """Move the finished folder ``new`` to ``dest``, replacing what is there.
 
-    An existing ``dest`` is first moved aside to ``old``; if moving ``new`` in fails (or is
-    interrupted), ``old`` is put back, so ``dest`` never goes missing. ``old`` is deleted after.
+    Where the system can (Linux 3.15+ on ext4, xfs, btrfs, tmpfs and most local
+    filesystems), ``new`` and an existing ``dest`` are exchanged in one atomic step: whoever
+    opens ``dest`` at any moment, also after a crash, finds the previous folder or the new
+    one. The previous folder, now at ``new``, is deleted after; ``old`` is not used.
+
+    Elsewhere it takes two renames: ``dest`` to ``old``, then ``new`` to ``dest``. Between
+    the two (one system call apart) ``dest`` does not exist, so a reader opening it then fails
+    as if there were none, and after a crash at exactly that point the previous folder is at
+    ``old`` (rename it back). If moving ``new`` in fails or is interrupted, ``old`` is put
+    back; ``old`` is deleted after.
     """
+    if dest.is_dir() and exchange(new, dest):
+        fsync_dir(dest.parent)
+        _remove(new)
+        return
     replaced = dest.exists()
     if replaced:
         shutil.rmtree(old, ignore_errors=True)

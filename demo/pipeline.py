@@ -67,9 +67,9 @@ def _make_demo_catalog(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from demo.catalog import generate_catalog
     from embedder.checkpoint import CONFIG_FILE
-    from embedder.embed_job import embed_to_hdf5
     from embedder.evaluate import evaluate, format_report
     from embedder.train import TrainConfig, train
+    from export import ExportConfig, export_features
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -106,10 +106,20 @@ def run_demo(args: argparse.Namespace) -> int:
     print(format_report(report), flush=True)
 
     print(f"[4/5] embedding the catalog into {embeddings}", flush=True)
-    summary = embed_to_hdf5(checkpoint, csv_path, embeddings, progress=progress)
-    print(
-        f"      {summary.embedded} embedded, {summary.failed} failed, {summary.dim}-d", flush=True
+    # `phonesim embed`: the export without neighbours. restart: a leftover from an interrupted
+    # run may belong to another checkpoint, and the demo catalog embeds in seconds.
+    config = ExportConfig(
+        checkpoint=str(checkpoint),
+        input=str(csv_path),
+        out=str(embeddings),
+        neighbors=0,
+        batch_size=32,
+        overwrite=True,
+        restart=True,
+        progress=progress,
     )
+    summary = export_features(config)
+    print(f"      {summary.count} embedded, {summary.failed} failed, {summary.dim}-d", flush=True)
 
     print(f"[5/5] building the index in {index_dir}", flush=True)
     from index.build import build_from_files

@@ -2,8 +2,8 @@
 
 The vectors are clustered like a catalog (many photos per phone model, moderately similar), and
 planted duplicate groups of 2-6 near-identical vectors sit inside the clusters. Grouping uses the
-same code as ``find_duplicates`` (FAISS k-NN with adaptive k, union-find); the baseline scores
-all pairs on a subset and is extrapolated quadratically.
+same code as ``find_duplicates`` (FAISS k-NN with adaptive k, connected components); the
+baseline scores all pairs on a subset and is extrapolated quadratically.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from duplicates.grouping import UnionFind, groups_from_labels
+from common.grouping import component_labels
 from duplicates.hashing import bytes_digest, identical_pairs, pixel_digest
 from duplicates.inputs import list_images
 from duplicates.perturb import STRENGTHS, TRANSFORMS, apply
@@ -194,14 +194,15 @@ def source_clusters(
         images.append(img)
         bdig.append(bytes_digest(data))
         pdig.append(pixel_digest(img))
-    uf = UnionFind(len(ok))
     pairs = identical_pairs(bdig) + identical_pairs(pdig)
     pairs += near_copy_pairs(images, config.near_copy_mad, config.near_copy_aspect)
     # Re-framed, zoomed or cropped copies: compare content windows too.
     pairs += crop_copy_pairs(images, config.near_copy_mad)
-    for a, b in pairs:
-        uf.union(a, b)
-    return ok, images, groups_from_labels(uf.labels(), min_size=1)
+    labels = component_labels(len(ok), pairs)
+    clusters: list[list[int]] = [[] for _ in range(int(labels.max(initial=-1)) + 1)]
+    for k, label in enumerate(labels.tolist()):
+        clusters[label].append(k)  # labels follow first members, so clusters come in that order
+    return ok, images, clusters
 
 
 FAMILIES = (*sorted(TRANSFORMS), "combined")

@@ -13,8 +13,7 @@ uncalibrated score) and a perceptual hash (pHash, 64 bits) are swept as baseline
 
 from __future__ import annotations
 
-import csv
-import io
+import importlib.util
 import json
 import logging
 from collections import defaultdict
@@ -25,14 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import UserError
 from common.fsutil import atomic_write_text
+from common.grouping import component_labels
 from duplicates.benchmark import Benchmark, BenchmarkConfig, build_benchmark
 from duplicates.descriptor import CopyDescriptor, DescriptorConfig
 from duplicates.evaluation import Sweep, sweep_thresholds
 from duplicates.features import extract_features
 from duplicates.finder import FALLBACK_THRESHOLD, FinderConfig, ScoredPairs, score_candidates
-from duplicates.grouping import UnionFind
-from duplicates.hashing import hamming_pairs, phash_bits
+from duplicates.hashing import hamming_pairs, phash_available, phash_bits
 from duplicates.pair_model import PairModel, cross_fitted_scores, fit_pair_model
 from duplicates.verify import VerifyConfig
 from embedder.checkpoint import CONFIG_FILE, read_config
@@ -64,8 +64,8 @@ class CalibrationResult:
     agreement: Sweep  # the pixel agreement alone, as in an uncalibrated checkpoint
     agreement_chosen: dict[str, float] | None
     pair_model: PairModel | None  # None: too few pairs to fit; the agreement is the score
-    phash: Sweep
-    phash_best: dict[str, float]
+    phash: Sweep | None  # None: imagehash is not installed, the baseline was skipped
+    phash_best: dict[str, float] | None
     images: int
     originals: int
     truth_pairs: int
@@ -87,13 +87,28 @@ class CalibrationResult:
             else "agreement alone: F1 {f1:.3f} (precision {precision:.3f}) at "
             "{threshold:.3f}".format(**self.agreement_chosen)
         )
+        baseline = (
+            "pHash baseline skipped (imagehash is not installed)"
+            if self.phash_best is None
+            else "pHash baseline best F1 {f1:.3f} (precision {precision:.3f}, recall "
+            "{recall:.3f} at similarity {threshold:.3f})".format(**self.phash_best)
+        )
         return (
             f"{self.images} benchmark images ({self.originals} originals, "
-            f"{self.truth_pairs} duplicate pairs); {ours}; {plain}; pHash baseline best F1 "
-            f"{self.phash_best['f1']:.3f} (precision {self.phash_best['precision']:.3f}, "
-            f"recall {self.phash_best['recall']:.3f} at similarity "
-            f"{self.phash_best['threshold']:.3f})"
+            f"{self.truth_pairs} duplicate pairs); {ours}; {plain}; {baseline}"
         )
+
+
+def check_dependencies() -> bool:
+    """Fail before the benchmark, not after it, when a package calibration needs is missing.
+
+    Returns whether the optional pHash baseline can run (it needs ``imagehash``, a dev extra).
+    """
+    needed = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}
+    missing = [pip for module, pip in needed.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise UserError(f"calibration needs {', '.join(missing)}: pip install {' '.join(missing)}")
+    return phash_available()
 
 
 def phash_sweep(benchmark: Benchmark) -> Sweep:
@@ -112,12 +127,7 @@ def per_transform_recall(
     benchmark: Benchmark, rows: np.ndarray, pairs: ScoredPairs, threshold: float
 ) -> dict[str, float]:
     """Share of copies grouped with their original, per edit (``crop2`` = crop at strength 2)."""
-    uf = UnionFind(len(rows))
-    for a, b in pairs.identical:
-        uf.union(a, b)
-    ok = pairs.scores >= threshold
-    for a, b in zip(pairs.i[ok].tolist(), pairs.j[ok].tolist(), strict=True):
-        uf.union(a, b)
+    group = component_labels(len(rows), pairs.accepted(threshold))
     row_of = {int(s): r for r, s in enumerate(rows)}
     original = {}
     for r, s in enumerate(rows):
@@ -131,7 +141,7 @@ def per_transform_recall(
             continue
         key = f"{meta['transform']}{meta['strength']}"
         r, o = row_of.get(k), original.get(meta["truth"])
-        hits[key].append(r is not None and o is not None and uf.find(r) == uf.find(o))
+        hits[key].append(r is not None and o is not None and group[r] == group[o])
     return {key: float(np.mean(v)) for key, v in sorted(hits.items())}
 
 
@@ -139,6 +149,11 @@ def calibrate(
     descriptor: CopyDescriptor, source: str | Path, work: str | Path, config: CalibrationConfig
 ) -> CalibrationResult:
     """Build the benchmark under ``work``, score it, and choose the threshold."""
+    with_phash = check_dependencies()
+    if not with_phash:
+        log.warning(
+            "imagehash is not installed: the pHash baseline is skipped (pip install imagehash)"
+        )
     bench = build_benchmark(source, work, config.benchmark, progress=config.finder.progress)
     features = extract_features(
         descriptor,
@@ -170,7 +185,7 @@ def calibrate(
     else:
         sweep, chosen = sweep_of(held_out)
         pairs = replace(pairs, scores=held_out)
-    baseline = phash_sweep(bench)
+    baseline = phash_sweep(bench) if with_phash else None
     # Without a threshold that reaches the precision, report at the best F1 of the same score.
     at = chosen["threshold"] if chosen else sweep.row(sweep.best(0.0))["threshold"]
     rows = features.rows
@@ -193,7 +208,7 @@ def calibrate(
         agreement_chosen=agreement_chosen,
         pair_model=model,
         phash=baseline,
-        phash_best=baseline.row(baseline.best(0.0)),
+        phash_best=baseline.row(baseline.best(0.0)) if baseline else None,
         images=len(bench.samples),
         originals=bench.originals,
         truth_pairs=sweep.truth_pairs,
@@ -237,100 +252,6 @@ def fit_with_held_out_scores(
     return model, scores
 
 
-def sweep_table(result: CalibrationResult) -> str:
-    """CSV of precision, recall and F1 per threshold (ours), plus pHash's own sweep."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "threshold", "precision", "recall", "f1", "predicted_pairs"])
-    methods = [("copy-descriptor", result.sweep), ("phash", result.phash)]
-    if result.pair_model is not None:
-        methods.insert(1, ("agreement-only", result.agreement))
-    for name, sw in methods:
-        for k in range(len(sw.thresholds)):
-            values = (sw.thresholds[k], sw.precision[k], sw.recall[k], sw.f1[k])
-            w.writerow([name, *(f"{v:.4f}" for v in values), int(sw.predicted_pairs[k])])
-    return buf.getvalue()
-
-
-def plot_curves(result: CalibrationResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    sw = result.sweep
-    ax1.plot(sw.thresholds, sw.precision, label="precision")
-    ax1.plot(sw.thresholds, sw.recall, label="recall")
-    ax1.plot(sw.thresholds, sw.f1, label="F1")
-    if result.chosen:
-        ax1.axvline(result.chosen["threshold"], color="k", ls="--", lw=1, label="default")
-    ax1.axhline(result.config.min_precision, color="grey", ls=":", lw=1)
-    ax1.set(
-        xlabel="threshold (verified score)",
-        ylabel="group-level pairwise metric",
-        ylim=(0, 1.02),
-        title="Copy detector vs threshold",
-    )
-    ax1.legend(loc="lower left")
-    ax2.plot(sw.recall, sw.precision, label="copy detector")
-    if result.pair_model is not None:
-        ax2.plot(result.agreement.recall, result.agreement.precision, label="agreement alone")
-    ax2.plot(result.phash.recall, result.phash.precision, label="pHash (baseline)")
-    if result.chosen:
-        ax2.plot([result.chosen["recall"]], [result.chosen["precision"]], "ko", label="default")
-    ax2.set(
-        xlabel="recall",
-        ylabel="precision",
-        xlim=(0, 1.02),
-        ylim=(0, 1.02),
-        title="Precision-recall",
-    )
-    ax2.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_calibration(result: CalibrationResult, out: str | Path) -> dict[str, Path]:
-    """``calibration.csv`` (sweep table), ``calibration.png`` (curves), ``calibration.json``,
-    and ``false_pairs.csv``: the accepted pairs that are not one photo, for a person to audit
-    (a pair of source photos that are copies of each other shows up here as many rows)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "table": out / "calibration.csv",
-        "plot": out / "calibration.png",
-        "json": out / "calibration.json",
-        "false_pairs": out / "false_pairs.csv",
-    }
-    paths["table"].write_text(sweep_table(result))
-    with paths["false_pairs"].open("w", newline="") as fh:
-        sides = [
-            f"{s}_{k}" for s in "ab" for k in ("image", "role", "transform", "strength", "source")
-        ]
-        writer = csv.DictWriter(fh, fieldnames=["score", *sides])
-        writer.writeheader()
-        writer.writerows(result.false_pairs)
-    plot_curves(result, paths["plot"])
-    report = {
-        "summary": result.summary(),
-        "chosen": result.chosen,
-        "agreement_only": result.agreement_chosen,
-        "pair_model": result.pair_model.to_json() if result.pair_model else None,
-        "phash_best": result.phash_best,
-        "images": result.images,
-        "originals": result.originals,
-        "truth_pairs": result.truth_pairs,
-        "per_transform_recall": result.per_transform,
-        "source": result.source,
-        "benchmark": asdict(result.config.benchmark),
-        "min_precision": result.config.min_precision,
-    }
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    return paths
-
-
 def calibration_record(
     result: CalibrationResult, descriptor: DescriptorConfig, finder: FinderConfig
 ) -> dict[str, Any]:
@@ -349,7 +270,7 @@ def calibration_record(
         "precision": result.chosen["precision"],
         "recall": result.chosen["recall"],
         "f1": result.chosen["f1"],
-        "phash_best_f1": result.phash_best["f1"],
+        "phash_best_f1": result.phash_best["f1"] if result.phash_best else None,
         "calibrated_on": result.source,
         "benchmark": {
             "images": result.images,

@@ -1,13 +1,13 @@
-"""Command lines for duplicate detection: ``scripts/find_duplicates.py`` and
-``scripts/calibrate_duplicates.py`` call these, and ``register`` adds ``phonesim duplicates``
-and ``phonesim calibrate-duplicates`` for the main command."""
+"""``phonesim duplicates find|calibrate|bench``: finding duplicate listings, calibrating the
+threshold, and the grouping benchmark. ``register`` adds them to the main command; the
+``*_main`` functions run one of them alone (the thin wrappers in ``scripts/`` call them)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from common.argtypes import non_negative_int, positive_int
@@ -26,7 +26,7 @@ same phone are not duplicates. Byte- and pixel-identical files are always groupe
 Candidates come from a k-nearest-neighbour search (FAISS) over a copy-detection descriptor;
 each candidate pair is verified geometrically and pixel-wise and scored by the checkpoint's
 calibrated pair classifier, and groups are the connected components of accepted pairs. The
-default threshold is the one calibrated for the checkpoint (scripts/calibrate_duplicates.py);
+default threshold is the one calibrated for the checkpoint ('phonesim duplicates calibrate');
 --threshold overrides it.
 """
 
@@ -45,8 +45,8 @@ labels: the folder an image is in (or the manifest's label column); a group whos
 different labels is flagged as a label conflict.
 
 examples:
-  find_duplicates.py --checkpoint runs/model --images listings/ --out report/
-  find_duplicates.py --checkpoint runs/model --manifest new.csv --against idx/ --out report/
+  %(prog)s --checkpoint runs/model --images listings/ --out report/
+  %(prog)s --checkpoint runs/model --manifest new.csv --against idx/ --out report/
 """
 
 
@@ -120,7 +120,7 @@ def run_find(args: argparse.Namespace) -> int:
     if args.threshold is None and not stored.calibrated:
         log.warning(
             "checkpoint %s has no calibrated duplicate threshold; using %.2f "
-            "(run scripts/calibrate_duplicates.py)",
+            "(run 'phonesim duplicates calibrate')",
             args.checkpoint,
             stored.threshold,
         )
@@ -210,8 +210,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         calibrate,
         calibration_record,
         store_calibration,
-        write_calibration,
     )
+    from duplicates.calibration_report import write_calibration
     from duplicates.descriptor import CopyDescriptor, DescriptorConfig
     from duplicates.finder import FinderConfig
 
@@ -253,58 +253,117 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0 if result.chosen is not None else 1
 
 
-def _main(
-    prog: str,
-    description: str,
-    add: Callable[[argparse.ArgumentParser], None],
-    run: Callable[[argparse.Namespace], int],
-    argv: list[str] | None,
-    epilog: str | None = None,
-) -> int:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+BENCH_DESCRIPTION = """\
+Benchmark duplicate grouping on seeded synthetic embeddings with planted duplicates: groups --n
+vectors with the FAISS k-NN + connected-components path that 'find' uses, checks the planted
+groups are recovered, compares with brute force on a subset, and prints time and memory,
+ending with one line of JSON.
+"""
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    from duplicates.bench import BenchConfig
+
+    d = BenchConfig()
+    p.add_argument("--n", type=positive_int, default=d.n, help="vectors (default %(default)s)")
+    p.add_argument(
+        "--dim", type=positive_int, default=d.dim, help="dimension (default %(default)s)"
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    add(parser)
-    args = parser.parse_args(argv)
-    return run_reporting_errors(prog, run, args, verbose=args.verbose)
-
-
-def find_main(argv: list[str] | None = None) -> int:
-    return _main(
-        "find_duplicates.py", FIND_DESCRIPTION, add_find_arguments, run_find, argv, FIND_EPILOG
+    p.add_argument("--threshold", type=_unit_float, default=d.threshold)
+    p.add_argument(
+        "--baseline-n",
+        type=positive_int,
+        default=d.baseline_n,
+        help="brute-force subset size (default %(default)s)",
     )
+    p.add_argument("--seed", type=int, default=d.seed)
 
 
-def calibrate_main(argv: list[str] | None = None) -> int:
-    return _main(
-        "calibrate_duplicates.py",
+def run_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from duplicates import bench
+
+    r = bench.run_bench(
+        bench.BenchConfig(
+            n=args.n,
+            dim=args.dim,
+            threshold=args.threshold,
+            baseline_n=args.baseline_n,
+            seed=args.seed,
+        )
+    )
+    print(
+        f"grouped {r['n']:,} x {r['dim']} vectors in {r['seconds']:.1f} s "
+        f"({r['candidate_pairs']:,} pairs above {r['threshold']})"
+    )
+    print(
+        f"planted groups {r['groups_planted']:,}, found {r['groups_found']:,}; pairwise "
+        f"precision {r['pair_precision']:.4f}, recall {r['pair_recall']:.4f}"
+    )
+    print(
+        f"peak memory {r['peak_rss_mb']:.0f} MB (grouping added {r['peak_rss_growth_mb']:.0f} MB)"
+    )
+    print(
+        f"baseline: {r['baseline']}: {r['baseline_subset_seconds']:.1f} s on the subset, "
+        f"~{r['baseline_extrapolated_seconds']:.0f} s at n; speed-up x{r['speedup_vs_baseline']}; "
+        f"groups on the subset identical to brute force: {r['subset_matches_brute_force']}"
+    )
+    print(json.dumps({k: v for k, v in r.items() if k != "config"}))
+    return 0
+
+
+@dataclass(frozen=True)
+class _Command:
+    help: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    epilog: str | None = None
+
+    def configure(self, p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.description, p.epilog = self.description, self.epilog
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+        self.add_arguments(p)
+        p.set_defaults(func=self.run)
+        return p
+
+
+COMMANDS = {
+    "find": _Command(
+        "find duplicate listing photos", FIND_DESCRIPTION, add_find_arguments, run_find, FIND_EPILOG
+    ),
+    "calibrate": _Command(
+        "calibrate the duplicate threshold of a checkpoint on real photos",
         CALIBRATE_DESCRIPTION,
         add_calibrate_arguments,
         run_calibrate,
-        argv,
-    )
+    ),
+    "bench": _Command(
+        "benchmark duplicate grouping on synthetic embeddings",
+        BENCH_DESCRIPTION,
+        add_bench_arguments,
+        run_bench,
+    ),
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``duplicates`` and ``calibrate-duplicates`` to the ``phonesim`` command."""
+    """Add ``duplicates find|calibrate|bench`` to the ``phonesim`` command."""
     p = sub.add_parser(
         "duplicates",
-        help="find duplicate listing photos",
-        description=FIND_DESCRIPTION,
-        epilog=FIND_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="find duplicate listing photos, calibrate the threshold, benchmark grouping",
+        description="Duplicate listing photos: 'find' groups them, 'calibrate' measures and "
+        "stores the threshold of a checkpoint, 'bench' times grouping at scale.",
     )
-    add_find_arguments(p)
-    p.set_defaults(func=run_find)
-    p = sub.add_parser(
-        "calibrate-duplicates",
-        help="calibrate the duplicate threshold on real photos",
-        description=CALIBRATE_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_calibrate_arguments(p)
-    p.set_defaults(func=run_calibrate)
+    commands = p.add_subparsers(dest="duplicates_command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        command.configure(commands.add_parser(name, help=command.help))
+
+
+def main(command: str, argv: list[str] | None = None) -> int:
+    """Run one subcommand alone (``scripts/find_duplicates.py`` is ``main("find")``)."""
+    parser = COMMANDS[command].configure(argparse.ArgumentParser())
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    args = parser.parse_args(argv)
+    return run_reporting_errors(parser.prog, args.func, args, verbose=args.verbose)

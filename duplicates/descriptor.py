@@ -15,6 +15,7 @@ their content, and feature-map cells map linearly to image coordinates.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import create_transform, resolve_data_config
 from torch import nn
+from torchvision import transforms
 
 from embedder.checkpoint import load_checkpoint
 from embedder.errors import CheckpointError
@@ -51,18 +54,25 @@ class DescriptorConfig:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-class SquashNormalize:
-    """Resize the whole image to size x size (aspect not kept) and normalise; picklable."""
+def squash_transform(
+    size: int, data_config: dict[str, Any]
+) -> Callable[[Image.Image], torch.Tensor]:
+    """timm's eval transform in ``crop_mode="squash"`` at ``crop_pct`` 1: the whole image resized
+    to size x size (aspect not kept, bicubic) and normalised with the model's mean and std.
 
-    def __init__(self, size: int, mean, std) -> None:
-        self.size = int(size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        img = to_rgb(img).resize((self.size, self.size), Image.BICUBIC)
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (x - self.mean) / self.std
+    Picklable, for the loader workers; ``to_rgb`` first, so transparency goes to white.
+    """
+    config = resolve_data_config(
+        {
+            "input_size": (3, int(size), int(size)),
+            "interpolation": "bicubic",
+            "mean": tuple(data_config["mean"]),
+            "std": tuple(data_config["std"]),
+            "crop_pct": 1.0,
+            "crop_mode": "squash",
+        }
+    )
+    return transforms.Compose([to_rgb, create_transform(**config, is_training=False)])
 
 
 def thumbnail(img: Image.Image, side: int) -> np.ndarray:
@@ -98,7 +108,7 @@ class CopyDescriptor:
         self.model = model.eval()
         self.config = config or DescriptorConfig()
         self.size = int(self.config.size or data_config["input_size"][-1])
-        self.transform = SquashNormalize(self.size, data_config["mean"], data_config["std"])
+        self.transform = squash_transform(self.size, data_config)
         n_stages = len(model.feature_info)
         self._stage = self.config.local_stage % n_stages
         self._lock = threading.Lock()

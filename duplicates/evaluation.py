@@ -1,7 +1,8 @@
 """Precision, recall and F1 of duplicate groups against ground truth, over many thresholds.
 
 Metrics are pairwise over groups, i.e. what a catalog team sees: a predicted pair is two images
-put in the same group (after union-find), a true pair is two images of the same truth group.
+put in the same group (a connected component of accepted pairs), a true pair is two images of
+the same truth group.
 One false link that merges two groups of 11 costs 121 false pairs, so the metric punishes
 chaining as hard as it hurts in practice.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from duplicates.grouping import UnionFind
+from common.grouping import component_labels
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,13 @@ def _prf(tp: np.ndarray, pred: np.ndarray, total: int):
     return precision, recall, f1
 
 
+def _pair_counts(labels: np.ndarray, truth_idx: np.ndarray, n_truth: int) -> tuple[int, int]:
+    """Pairs put in one group, and how many of them are also in one truth group."""
+    sizes = np.bincount(labels)
+    cells = np.unique(labels * n_truth + truth_idx, return_counts=True)[1]
+    return int((sizes * (sizes - 1) // 2).sum()), int((cells * (cells - 1) // 2).sum())
+
+
 def sweep_thresholds(
     truth: Sequence[int] | np.ndarray,
     i: np.ndarray,
@@ -66,46 +74,34 @@ def sweep_thresholds(
     thresholds: Iterable[float],
     always: Iterable[tuple[int, int]] = (),
 ) -> Sweep:
-    """Group-level pairwise metrics at every threshold in one pass.
+    """Group-level pairwise metrics at every threshold.
 
-    Scored pairs are added in descending score order into a union-find (as Kruskal's algorithm
-    would); each merge adds |A|*|B| predicted pairs and, per truth group, countA*countB true
-    ones. ``always`` pairs (identical files) are joined before any threshold.
+    At each threshold the groups are the connected components of the ``always`` pairs
+    (identical files) and the scored pairs at or above it; components are recomputed only
+    where a lower threshold admits more pairs.
     """
     truth = np.asarray(truth)
     n = len(truth)
-    uf = UnionFind(n)
-    members: list[Counter | None] = [Counter({int(t): 1}) for t in truth]
-    pred = tp = 0
-
-    def merge(a: int, b: int) -> None:
-        nonlocal pred, tp
-        ra, rb = uf.find(a), uf.find(b)
-        if ra == rb:
-            return
-        ca, cb = members[ra], members[rb]
-        if len(ca) < len(cb):
-            ca, cb = cb, ca
-        pred += sum(ca.values()) * sum(cb.values())
-        tp += sum(ca[k] * v for k, v in cb.items() if k in ca)
-        uf.union(ra, rb)
-        ca.update(cb)
-        root = uf.find(ra)
-        members[ra] = members[rb] = None
-        members[root] = ca
-
-    for a, b in always:
-        merge(int(a), int(b))
+    _, truth_idx = np.unique(truth, return_inverse=True)
+    n_truth = int(truth_idx.max(initial=0)) + 1
     order = np.argsort(-np.asarray(scores), kind="stable")
-    i, j, scores = np.asarray(i)[order], np.asarray(j)[order], np.asarray(scores)[order]
+    ranked = np.asarray(scores, dtype=np.float64)[order]  # descending, NaN last
+    edges = np.concatenate(
+        [
+            np.asarray(list(always), dtype=np.int64).reshape(-1, 2),
+            np.stack([np.asarray(i)[order], np.asarray(j)[order]], axis=1).astype(np.int64),
+        ]
+    )
+    n_always = len(edges) - len(order)
     ts = np.sort(np.asarray(list(thresholds), dtype=np.float64))[::-1]
     preds, tps = np.zeros(len(ts), np.int64), np.zeros(len(ts), np.int64)
-    pos = 0
+    counted, counts = -1, (0, 0)
     for t_idx, t in enumerate(ts):
-        while pos < len(scores) and scores[pos] >= t:
-            merge(int(i[pos]), int(j[pos]))
-            pos += 1
-        preds[t_idx], tps[t_idx] = pred, tp
+        admitted = int(np.searchsorted(-ranked, -t, side="right"))  # scores >= t
+        if admitted != counted:
+            labels = component_labels(n, edges[: n_always + admitted])
+            counts, counted = _pair_counts(labels, truth_idx, n_truth), admitted
+        preds[t_idx], tps[t_idx] = counts
     total = truth_pair_count(truth)
     precision, recall, f1 = _prf(tps.astype(float), preds.astype(float), total)
     return Sweep(ts, precision, recall, f1, preds, tps, total)

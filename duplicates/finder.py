@@ -5,8 +5,8 @@
 3. Candidates: each image's ``k`` nearest neighbours by global descriptor (FAISS), above a low
    floor; never all pairs.
 4. Each candidate pair is verified (geometry + pixels, ``verify``) and scored from that
-   evidence (``pair_model``); pairs scoring at least the threshold are joined with a
-   union-find, and groups are its connected components.
+   evidence (``pair_model``); groups are the connected components of the pairs scoring at
+   least the threshold (``common.grouping``).
 5. Per group a keeper (highest resolution, then largest file, by default) and label conflicts.
 """
 
@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from common.grouping import groups_of
 from duplicates.descriptor import CopyDescriptor
 from duplicates.features import Features, extract_features
-from duplicates.grouping import SearchConfig, UnionFind, groups_from_labels, knn_pairs
+from duplicates.grouping import SearchConfig, knn_pairs
 from duplicates.hashing import identical_pairs
 from duplicates.pair_model import PairModel, pair_scores
 from duplicates.result import (
@@ -74,6 +75,12 @@ class ScoredPairs:
     scores: np.ndarray
     identical: list[tuple[int, int]]
     evidence: np.ndarray | None = None  # N x len(EVIDENCE); NaN rows: identical or rejected
+
+    def accepted(self, threshold: float) -> np.ndarray:
+        """Row pairs (M x 2) that join a group: identical ones and those scoring >= threshold."""
+        ok = self.scores >= threshold
+        identical = np.asarray(self.identical, dtype=np.int64).reshape(-1, 2)
+        return np.concatenate([identical, np.stack([self.i[ok], self.j[ok]], axis=1)])
 
 
 class PairScorer:
@@ -147,13 +154,7 @@ def score_candidates(features: Features, config: FinderConfig) -> ScoredPairs:
 
 def group_rows(n: int, pairs: ScoredPairs, threshold: float) -> list[list[int]]:
     """Connected components (two or more rows) of accepted and identical pairs."""
-    uf = UnionFind(n)
-    for a, b in pairs.identical:
-        uf.union(a, b)
-    ok = pairs.scores >= threshold
-    for a, b in zip(pairs.i[ok].tolist(), pairs.j[ok].tolist(), strict=True):
-        uf.union(a, b)
-    return groups_from_labels(uf.labels())
+    return groups_of(n, pairs.accepted(threshold))
 
 
 def member(features: Features, r: int, similarity: float = 1.0, source: str = "input") -> Member:

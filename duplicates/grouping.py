@@ -2,8 +2,8 @@
 
 Candidates come from a FAISS k-nearest-neighbour search: exact below ``exact_limit`` vectors,
 above it HNSW over PCA-reduced vectors with exact rescoring, so the cost grows about linearly.
-Pairs at or above the threshold are joined with a union-find, and groups are its connected
-components. Vectors are unit-norm, scores are cosines. Vocabulary follows faiss.contrib:
+Groups are the connected components of the pairs at or above the threshold
+(``common.grouping``). Vectors are unit-norm, scores are cosines. Vocabulary follows faiss.contrib:
 ``xb`` vectors, ``k`` neighbours, ``D`` scores, ``I`` ids.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from common.grouping import groups_of
 from index import knn_factory
 
 log = logging.getLogger(__name__)
@@ -36,57 +37,6 @@ class SearchConfig:
     ef_construction: int = 40
     ef_search: int = 48
     reduced_dim: int = 128  # approximate search in a PCA space this wide (scores stay exact)
-
-
-class UnionFind:
-    """Disjoint sets over 0..n-1 with path halving and union by size."""
-
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-        self.size = [1] * n
-
-    def find(self, a: int) -> int:
-        parent = self.parent
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    def union(self, a: int, b: int) -> bool:
-        """Join the sets of a and b; False if they were already one set."""
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return False
-        if self.size[ra] < self.size[rb]:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.size[ra] += self.size[rb]
-        return True
-
-    def labels(self) -> np.ndarray:
-        """Component label per element: the smallest member index of its component."""
-        n = len(self.parent)
-        roots = np.fromiter((self.find(i) for i in range(n)), dtype=np.int64, count=n)
-        smallest = np.full(n, n, dtype=np.int64)
-        np.minimum.at(smallest, roots, np.arange(n, dtype=np.int64))
-        return smallest[roots]
-
-
-def components(n: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
-    """Connected-component label (smallest member index) of each of n nodes."""
-    uf = UnionFind(n)
-    for a, b in pairs:
-        uf.union(int(a), int(b))
-    return uf.labels()
-
-
-def groups_from_labels(labels: np.ndarray, min_size: int = 2) -> list[list[int]]:
-    """Members of each component with at least ``min_size`` members, ordered by first member."""
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    cuts = np.flatnonzero(np.diff(sorted_labels)) + 1
-    groups = [g.tolist() for g in np.split(order, cuts) if len(g) >= min_size]
-    return sorted(groups, key=lambda g: g[0])
 
 
 def build_index(xb: np.ndarray, config: SearchConfig) -> faiss.Index:
@@ -200,12 +150,8 @@ def group_vectors(
     ``extra_pairs`` are joined unconditionally (byte- or pixel-identical files).
     """
     i, j, s = knn_pairs(xb, threshold, config)
-    uf = UnionFind(len(xb))
-    for a, b in zip(i.tolist(), j.tolist(), strict=True):
-        uf.union(a, b)
-    for a, b in extra_pairs:
-        uf.union(int(a), int(b))
-    return groups_from_labels(uf.labels()), (i, j, s)
+    extra = np.asarray(list(extra_pairs), dtype=np.int64).reshape(-1, 2)
+    return groups_of(len(xb), np.concatenate([np.stack([i, j], axis=1), extra])), (i, j, s)
 
 
 def brute_force_groups(xb: np.ndarray, threshold: float) -> list[list[int]]:
@@ -218,4 +164,4 @@ def brute_force_groups(xb: np.ndarray, threshold: float) -> list[list[int]]:
         a = a + start
         keep = a < b
         pairs.extend(zip(a[keep].tolist(), b[keep].tolist(), strict=True))
-    return groups_from_labels(components(len(xb), pairs))
+    return groups_of(len(xb), pairs)

@@ -49,6 +49,15 @@ def identical_sets(digests: Sequence[str | None]) -> list[list[int]]:
     return [v for v in by_digest.values() if len(v) > 1]
 
 
+def phash_available() -> bool:
+    """Whether the optional ``imagehash`` package (a dev extra) can be imported."""
+    try:
+        import imagehash  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def phash_bits(img: Image.Image, hash_size: int = 8) -> np.ndarray:
     """Perceptual hash (DCT of a 32x32 greyscale) as a bool vector of hash_size^2 bits."""
     import imagehash  # optional: only the baseline needs it

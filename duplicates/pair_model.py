@@ -56,7 +56,7 @@ class PairModel:
         if features != EVIDENCE:
             raise CheckpointError(
                 "the stored duplicate pair model was fitted on other evidence "
-                f"({', '.join(features) or 'none'}); re-run scripts/calibrate_duplicates.py"
+                f"({', '.join(features) or 'none'}); re-run 'phonesim duplicates calibrate'"
             )
         try:
             parts = [tuple(float(v) for v in data[k]) for k in ("mean", "scale", "coef")]

@@ -144,22 +144,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser(
-        "embed",
-        help="embed images into an HDF5 file (ids, embeddings, probabilities, labels)",
-        description="Embed every image with a checkpoint and write ids, L2-normalised "
-        "embeddings, class probabilities and labels to HDF5. Unreadable images are listed in "
-        "the file's 'failed' dataset and skipped.",
-    )
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True, help="class folders, a flat image folder, or CSV")
-    p.add_argument("--out", required=True, help="HDF5 file to write")
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument(
-        "--workers", type=non_negative_int, help="decoding workers (default: spare cores)"
-    )
-    p.set_defaults(func=_embed)
-
 
 def _train(args: argparse.Namespace) -> int:
     from embedder.train import train
@@ -206,17 +190,4 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else checkpoint.with_name(checkpoint.name + "-eval")
     report = evaluate(args.checkpoint, args.data, args.gallery, out, batch_size=args.batch_size)
     print(json.dumps(report) if args.json else format_report(report))
-    return 0
-
-
-def _embed(args: argparse.Namespace) -> int:
-    from embedder.embed_job import embed_to_hdf5
-
-    summary = embed_to_hdf5(
-        args.checkpoint, args.data, args.out, batch_size=args.batch_size, workers=args.workers
-    )
-    print(
-        f"embedded {summary.embedded} images ({summary.failed} failed) "
-        f"into {summary.out} [{summary.dim}-d]"
-    )
     return 0

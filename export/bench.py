@@ -14,6 +14,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +22,9 @@ import h5py
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+#: ``generate_catalog(out, classes, per_class, seed=, image_size=, progress=)`` -> catalog.csv
+CatalogMaker = Callable[..., Path]
 
 CHILD_FLAG = "--child"
 
@@ -70,9 +74,10 @@ def _run_child(script: Path, spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _prepare(settings: BenchSettings, work: Path) -> tuple[Path, Path, Path]:
+def _prepare(
+    settings: BenchSettings, work: Path, generate_catalog: CatalogMaker
+) -> tuple[Path, Path, Path]:
     """Demo catalog of 4N images, an N-row manifest over its first rows, a tiny checkpoint."""
-    from demo.catalog import generate_catalog
     from embedder.train import TrainConfig, train
 
     n4 = 4 * settings.n
@@ -116,11 +121,15 @@ def _compare(a: Path, b: Path) -> dict:
     return {"ray_same_ids": same_ids, "ray_max_abs_diff": diff}
 
 
-def run_bench(settings: BenchSettings, script: Path) -> dict:
-    """Run the benchmark and return the figures (also the final JSON line of the script)."""
+def run_bench(settings: BenchSettings, script: Path, generate_catalog: CatalogMaker) -> dict:
+    """Run the benchmark and return the figures (also the final JSON line of the script).
+
+    ``generate_catalog`` is ``demo.catalog.generate_catalog``, passed in by the script: the
+    demo sits above the export, which does not import it.
+    """
     work = Path(settings.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    n_csv, n4_csv, ckpt = _prepare(settings, work)
+    n_csv, n4_csv, ckpt = _prepare(settings, work, generate_catalog)
     base = {
         "checkpoint": str(ckpt),
         "neighbors": settings.neighbors,

@@ -1,4 +1,5 @@
-"""Command line of the feature export: ``scripts/export_features.py`` and ``phonesim export``."""
+"""Command lines of the feature export: ``phonesim export`` (also ``scripts/export_features.py``)
+and ``phonesim embed``, which is the same job with the neighbour pass off."""
 
 from __future__ import annotations
 
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``phonesim export`` to the main CLI."""
+    """Add ``phonesim export`` and ``phonesim embed`` to the main CLI."""
     p = sub.add_parser(
         "export",
         help="write recommendation features (embeddings, probabilities, neighbours) to HDF5",
@@ -149,6 +150,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_arguments(p)
     p.set_defaults(func=run)
+
+    p = sub.add_parser(
+        "embed",
+        help="embed images into an HDF5 file (ids, embeddings, probabilities, labels)",
+        description="Embed every image with a checkpoint and write ids, L2-normalised "
+        "embeddings, class probabilities and labels to HDF5: 'phonesim export' without the "
+        "neighbour pass, same schema (docs/export.md). Unreadable images are listed in the "
+        "file's 'failed' dataset and skipped. An existing --out file is replaced; after Ctrl-C "
+        "or a crash, the same command resumes from OUT.partial/.",
+    )
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="class folders, a flat image folder, or CSV")
+    p.add_argument("--out", required=True, help="HDF5 file to write")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument(
+        "--workers", type=non_negative_int, help="decoding workers (default: spare cores)"
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard unfinished progress in OUT.partial/ instead of resuming it",
+    )
+    p.set_defaults(func=run_embed)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    """``phonesim embed``: the export with neighbours off, replacing an existing file."""
+    from export.config import ExportConfig
+    from export.job import export_features
+
+    summary = export_features(
+        ExportConfig(
+            checkpoint=args.checkpoint,
+            input=args.data,
+            out=args.out,
+            neighbors=0,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            overwrite=True,
+            restart=args.restart,
+            progress=sys.stderr.isatty(),
+        )
+    )
+    print(
+        f"embedded {summary.count} images ({summary.failed} failed) "
+        f"into {summary.out} [{summary.dim}-d]"
+    )
+    return 0
 
 
 def config_from_args(args: argparse.Namespace):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,10 +17,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from common.fsutil import fsync_dir
+from common.fsutil import atomic_write
 from embedder.checkpoint import checkpoint_hash, read_config
 from export import schema
-from export.assemble import assemble
+from export.assemble import Assembled, assemble
 from export.config import ExportConfig
 from export.errors import ExportError
 from export.mapper import FeatureBatch
@@ -191,6 +190,50 @@ def _check_index(path: str, identity: JobIdentity) -> None:
     )
 
 
+def _write_file(
+    tmp: Path,
+    config: ExportConfig,
+    identity: JobIdentity,
+    partial: PartialDir,
+    inputs: ExportInputs,
+    label_names: list[str],
+) -> Assembled:
+    """Assemble the shards into ``tmp``, add the neighbours and the attributes."""
+    h5, done = assemble(partial, tmp, config.dtype, label_names)
+    try:
+        k = config.neighbors
+        if k:
+            row_ids = np.asarray(h5[schema.IDS].asstr()[:], dtype=object)
+            search = _neighbor_search(config, identity, h5, row_ids)
+            try:
+                write_neighbors(h5, k, search, row_ids, progress=config.progress)
+            finally:
+                search.close()
+        h5.attrs.update(
+            {
+                "format": schema.FORMAT,
+                "format_version": schema.FORMAT_VERSION,
+                "model_name": identity.model_name,
+                "checkpoint_hash": identity.checkpoint_hash,
+                "dim": identity.dim,
+                "num_classes": identity.num_classes,
+                "normalized": True,
+                "dtype": config.dtype,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "count": done.count,
+                "failed_count": done.failed,
+                "neighbors_k": k,
+                "source": str(inputs.source.resolve()),
+                "inputs_fingerprint": inputs.fingerprint,
+                # JSON, like old `phonesim embed` files, so `phonesim index build` reads both.
+                "label_names": json.dumps(label_names),
+            }
+        )
+    finally:
+        h5.close()
+    return done
+
+
 def export_features(config: ExportConfig) -> ExportSummary:
     """Run (or resume) an export and atomically write ``config.out``.
 
@@ -221,50 +264,18 @@ def export_features(config: ExportConfig) -> ExportSummary:
     embedded_now = _embed_stage(config, inputs, partial, ckpt_hash, clock)
     embed_seconds = time.perf_counter() - clock.t0
 
-    tmp = partial.path / f"assembling-{out.name}"  # never matches the shard-*.h5 pattern
-    h5, done = assemble(partial, tmp, config.dtype, list(ckpt.label_names))
-    if done.count == 0:
-        h5.close()
+    if not any(shard.rows for shard in partial.shards):
         partial.remove()  # nothing worth resuming: a re-run after fixing the images starts over
         raise ExportError(
             f"{config.input}: none of the {len(inputs)} images could be read "
             "(see the warnings above); nothing to export"
         )
-    try:
-        k = config.neighbors
-        if k:
-            row_ids = np.asarray(h5[schema.IDS].asstr()[:], dtype=object)
-            search = _neighbor_search(config, identity, h5, row_ids)
-            try:
-                write_neighbors(h5, k, search, row_ids, progress=config.progress)
-            finally:
-                search.close()
-        h5.attrs.update(
-            {
-                "format": schema.FORMAT,
-                "format_version": schema.FORMAT_VERSION,
-                "model_name": ckpt.architecture,
-                "checkpoint_hash": ckpt_hash,
-                "dim": identity.dim,
-                "num_classes": identity.num_classes,
-                "normalized": True,
-                "dtype": config.dtype,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "count": done.count,
-                "failed_count": done.failed,
-                "neighbors_k": k,
-                "source": str(inputs.source.resolve()),
-                "inputs_fingerprint": inputs.fingerprint,
-                # JSON, like `phonesim embed` files, so `phonesim index build` reads both.
-                "label_names": json.dumps(list(ckpt.label_names)),
-            }
-        )
-    finally:
-        h5.close()
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
+    # The file is assembled inside the partial folder, so a crash leaves nothing beside --out.
+    done = atomic_write(
+        out,
+        lambda tmp: _write_file(tmp, config, identity, partial, inputs, list(ckpt.label_names)),
+        folder=partial.path,
+    )
     partial.remove()
     total = time.perf_counter() - t0
     log.info("wrote %s: %d items, %d failed, %.1fs", out, done.count, done.failed, total)

@@ -23,7 +23,7 @@ from export.reader import record_blocks
 log = logging.getLogger(__name__)
 
 #: Packages the workers import; shipped with the job to remote clusters (pure Python, small).
-CODE_PACKAGES = ("embedder", "export", "phonesim")
+CODE_PACKAGES = ("common", "embedder", "export")
 
 
 def import_ray():

@@ -2,7 +2,8 @@
 
 An HDF5 file that is killed mid-write can be left unreadable, so progress is never kept in one
 growing file. Each shard (the results of ``shard_size`` consecutive inputs) is written to a
-temporary name, fsynced and renamed; a rename either happened or did not. A re-run checks that
+temporary name, fsynced and renamed (``common.fsutil.atomic_write``); a rename either happened
+or did not. A re-run checks that
 the checkpoint and the input list are the same, deletes torn temporary files and continues
 after the last shard, so every input ends up in exactly one shard.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from common.fsutil import atomic_write_text, fsync_dir
+from common.fsutil import TMP_SUFFIX, atomic_write, atomic_write_text, fsync_dir
 from embedder.data import Sample
 from export.errors import ExportError, ResumeError
 from export.mapper import FeatureBatch
@@ -108,7 +108,7 @@ class PartialDir:
             fsync_dir(path.parent)
             return cls(path, identity, [])
         _check_manifest(manifest, identity)
-        for tmp in path.glob("*.tmp"):
+        for tmp in path.glob(f"*{TMP_SUFFIX}"):
             log.info("removing torn file %s from an interrupted run", tmp.name)
             tmp.unlink()
         shards = [_read_shard_info(p) for p in sorted(path.glob(SHARD_GLOB))]
@@ -143,24 +143,20 @@ class PartialDir:
         if input_start != self.cursor:
             raise RuntimeError(f"shard starts at {input_start}, cursor is {self.cursor}")
         final = self.path / f"shard-{input_start:012d}.h5"
-        tmp = final.with_name(final.name + ".tmp")
-        with h5py.File(tmp, "w") as h5:
-            h5.attrs["input_start"] = input_start
-            h5.attrs["input_end"] = input_end
-            h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
-            h5.create_dataset("labels", data=np.array(labels, dtype=object), dtype=STR)
-            h5.create_dataset("embeddings", data=embeddings, dtype="f4")
-            h5.create_dataset("probabilities", data=probabilities, dtype="f4")
-            h5.create_dataset(
-                "failed/ids", data=np.array([f[0] for f in failures], dtype=object), dtype=STR
-            )
-            h5.create_dataset(
-                "failed/reasons", data=np.array([f[1] for f in failures], dtype=object), dtype=STR
-            )
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        fsync_dir(self.path)
+
+        def write(tmp: Path) -> None:
+            with h5py.File(tmp, "w") as h5:
+                h5.attrs["input_start"] = input_start
+                h5.attrs["input_end"] = input_end
+                h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
+                h5.create_dataset("labels", data=np.array(labels, dtype=object), dtype=STR)
+                h5.create_dataset("embeddings", data=embeddings, dtype="f4")
+                h5.create_dataset("probabilities", data=probabilities, dtype="f4")
+                for name, column in (("failed/ids", 0), ("failed/reasons", 1)):
+                    values = np.array([f[column] for f in failures], dtype=object)
+                    h5.create_dataset(name, data=values, dtype=STR)
+
+        atomic_write(final, write)
         info = ShardInfo(final, input_start, input_end, len(ids), len(failures))
         self.shards.append(info)
         return info

@@ -85,6 +85,14 @@ def read_embeddings(path: str | Path) -> Embeddings:
     except OSError as exc:
         raise BuildInputError(f"{path}: not a readable HDF5 file ({exc})") from exc
     with h5:
+        # The one feature schema (export.schema.FORMAT, docs/export.md) of `phonesim embed` and
+        # `phonesim export`; files of older `phonesim embed` have no format attribute but the
+        # same datasets, and are read too.
+        fmt = h5.attrs.get("format", "phonesim-features")
+        if (fmt.decode() if isinstance(fmt, bytes) else str(fmt)) != "phonesim-features":
+            raise BuildInputError(
+                f"{path}: format {fmt!r} is not 'phonesim embed' output; run 'phonesim embed'"
+            )
         missing = [name for name in ("ids", "embeddings") if name not in h5]
         if missing:
             raise BuildInputError(f"{path}: dataset(s) {', '.join(missing)} missing")

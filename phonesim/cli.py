@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     from demo import pipeline as demo
+    from duplicates import cli as duplicates_cli
     from embedder import cli as embedder_cli
     from export import cli as export_cli
     from index import cli as index_cli
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     from server import cli as server_cli
 
     embedder_cli.register(sub)
+    duplicates_cli.register(sub)
     query.register(index_cli.register(sub))
     export_cli.register(sub)
     demo.register(sub)

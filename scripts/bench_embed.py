@@ -11,23 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from embedder.backbone import DEFAULT_MODEL, create_backbone
+from embedder.batch import default_workers, iter_embeddings
+from embedder.checkpoint import CheckpointConfig, save_checkpoint
+from embedder.data import Sample, load_catalog
+from embedder.images import load_image
+from embedder.inference import Embedder
+from embedder.transforms import model_data_config
 
-from embedder.backbone import DEFAULT_MODEL, create_backbone  # noqa: E402
-from embedder.batch import default_workers, iter_embeddings  # noqa: E402
-from embedder.checkpoint import CheckpointConfig, save_checkpoint  # noqa: E402
-from embedder.data import Sample, load_catalog  # noqa: E402
-from embedder.images import load_image  # noqa: E402
-from embedder.inference import Embedder  # noqa: E402
-from embedder.transforms import model_data_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PHONE_BRANDS = REPO.parent / "shared" / "datasets" / "phone-brands"
 

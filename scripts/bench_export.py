@@ -10,9 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from export.bench import CHILD_FLAG, BenchSettings, child_main, run_bench  # noqa: E402
+from demo.catalog import generate_catalog
+from export.bench import CHILD_FLAG, BenchSettings, child_main, run_bench
 
 
 def main() -> int:
@@ -41,6 +40,7 @@ def main() -> int:
             skip_ray=args.skip_ray,
         ),
         Path(__file__).resolve(),
+        generate_catalog,
     )
     for key, value in figures.items():
         print(f"{key:>30}: {value}")

@@ -12,13 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.argtypes import positive_int
-from index.benchmark import BenchConfig, format_table, run_benchmark  # noqa: E402
+from index.benchmark import BenchConfig, format_table, run_benchmark
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:

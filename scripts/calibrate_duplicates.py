@@ -1,14 +1,6 @@
-"""Calibrate a checkpoint's duplicate threshold on real photos and store it with the model.
+"""Calibrate the duplicate threshold of a checkpoint: ``phonesim duplicates calibrate``."""
 
-Usage: python scripts/calibrate_duplicates.py --checkpoint CKPT [--images DIR]   (see --help)
-"""
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from duplicates.cli import calibrate_main  # noqa: E402
+from duplicates.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(calibrate_main())
+    raise SystemExit(main("calibrate"))

@@ -1,14 +1,7 @@
-"""Export recommendation features (embeddings, probabilities, neighbours) to HDF5.
+"""Export recommendation features (embeddings, probabilities, neighbours) to HDF5:
+``phonesim export`` (see ``--help``)."""
 
-Thin wrapper around :mod:`export.cli`; run with ``--help`` for the flags.
-"""
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from export.cli import main  # noqa: E402
+from export.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

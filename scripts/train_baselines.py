@@ -14,26 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from embedder.backbone import create_backbone
+from embedder.batch import embed_samples
+from embedder.checkpoint import CheckpointConfig
+from embedder.data import load_catalog
+from embedder.evaluate import evaluate
+from embedder.inference import Embedder
+from embedder.metrics import label_recall_at_k, macro_f1
+from embedder.train import train
+from embedder.train_config import DEFAULT_MODEL, TrainConfig
+from embedder.transforms import model_data_config
 
-from embedder.backbone import create_backbone  # noqa: E402
-from embedder.batch import embed_samples  # noqa: E402
-from embedder.checkpoint import CheckpointConfig  # noqa: E402
-from embedder.data import load_catalog  # noqa: E402
-from embedder.evaluate import evaluate  # noqa: E402
-from embedder.inference import Embedder  # noqa: E402
-from embedder.metrics import label_recall_at_k, macro_f1  # noqa: E402
-from embedder.train import train  # noqa: E402
-from embedder.train_config import DEFAULT_MODEL, TrainConfig  # noqa: E402
-from embedder.transforms import model_data_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DATA = REPO.parent / "shared" / "datasets" / "phone-brands"
 

@@ -101,7 +101,10 @@ def test_an_interrupted_checkpoint_swap_puts_the_previous_one_back(
     import os
     import shutil
 
+    from common import fsutil
     from embedder import checkpoint as checkpoint_module
+
+    monkeypatch.setattr(fsutil, "exchange", lambda a, b: False)  # the two-rename fallback
 
     out = tmp_path / "ck"
     shutil.copytree(tiny_checkpoint, out)

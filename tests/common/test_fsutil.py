@@ -1,0 +1,172 @@
+"""Crash-safe writes: unique temporary files, atomic replacement of files and folders."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from common import fsutil
+from common.fsutil import atomic_write, atomic_write_text, exchange, is_temporary, swap_folder
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_atomic_write_uses_a_unique_hidden_temporary_in_the_folder(tmp_path: Path) -> None:
+    target = tmp_path / "config.json"
+    seen: list[Path] = []
+
+    def write(tmp: Path) -> str:
+        seen.append(tmp)
+        assert tmp.parent == tmp_path and tmp.exists() and tmp.stat().st_size == 0
+        tmp.write_text("new")
+        return "done"
+
+    assert atomic_write(target, write) == "done"
+    assert target.read_text() == "new" and is_temporary(seen[0].name, "config.json")
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "f.txt"
+    atomic_write_text(target, "old")
+
+    def broken(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, broken)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_temporary_in_another_folder_of_the_same_filesystem(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    atomic_write(tmp_path / "out.h5", lambda tmp: tmp.write_bytes(b"x"), folder=work)
+    assert (tmp_path / "out.h5").read_bytes() == b"x" and not any(work.iterdir())
+
+
+def test_concurrent_writers_never_share_a_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "shared.txt"
+    barrier = threading.Barrier(8)
+    names: list[str] = []
+
+    def write(tmp: Path, text: str) -> None:
+        names.append(tmp.name)
+        barrier.wait()  # every writer holds its temporary at once
+        tmp.write_text(text)
+
+    threads = [
+        threading.Thread(target=atomic_write, args=(target, lambda t, k=k: write(t, str(k))))
+        for k in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(names)) == 8
+    assert target.read_text() in {str(k) for k in range(8)}
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.txt"]
+
+
+def test_is_temporary_knows_its_names() -> None:
+    assert is_temporary(".catalog.csv.k2j3_x.tmp", "catalog.csv")
+    assert not is_temporary("catalog.csv", "catalog.csv")
+    assert not is_temporary(".other.csv.k2j3_x.tmp", "catalog.csv")
+
+
+def _folder(path: Path, text: str) -> Path:
+    path.mkdir()
+    (path / "marker").write_text(text)
+    return path
+
+
+def _exchange_works(tmp_path: Path) -> bool:
+    a, b = _folder(tmp_path / "probe-a", "a"), _folder(tmp_path / "probe-b", "b")
+    return exchange(a, b) and (a / "marker").read_text() == "b"
+
+
+def test_swap_folder_never_leaves_dest_missing(tmp_path: Path) -> None:
+    """With renameat2(RENAME_EXCHANGE), a reader polling dest never finds it gone."""
+    if not _exchange_works(tmp_path):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
+    dest = _folder(tmp_path / "dest", "0")
+    missing, stop = [], threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                (dest / "marker").read_text()
+            except FileNotFoundError:
+                missing.append(1)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for k in range(1, 300):
+            swap_folder(_folder(tmp_path / f"new-{k}", str(k)), dest, tmp_path / "old")
+    finally:
+        stop.set()
+        thread.join()
+    assert not missing and (dest / "marker").read_text() == "299"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "probe-a", "probe-b"]
+
+
+def test_swap_folder_without_exchange_puts_the_old_folder_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The two-rename fallback: interrupted between its renames, dest is restored."""
+    monkeypatch.setattr(fsutil, "exchange", lambda a, b: False)
+    dest = _folder(tmp_path / "dest", "old")
+    real_replace, calls = os.replace, []
+
+    def interrupted(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # moving the new folder in
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(fsutil.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        swap_folder(_folder(tmp_path / "new", "new"), dest, tmp_path / "old")
+    monkeypatch.setattr(fsutil.os, "replace", real_replace)
+    assert (dest / "marker").read_text() == "old"
+    swap_folder(tmp_path / "new", dest, tmp_path / "old")
+    assert (dest / "marker").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest"]
+
+
+def test_swap_folder_into_a_new_place(tmp_path: Path) -> None:
+    swap_folder(_folder(tmp_path / "new", "n"), tmp_path / "dest", tmp_path / "old")
+    assert (tmp_path / "dest" / "marker").read_text() == "n" and not (tmp_path / "new").exists()
+
+
+def test_exchange_reports_unsupported_filesystems_as_false(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refusing(*args) -> int:
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+    def failing(*args) -> int:
+        ctypes.set_errno(errno.EACCES)
+        return -1
+
+    a, b = _folder(tmp_path / "a", "a"), _folder(tmp_path / "b", "b")
+    monkeypatch.setattr(fsutil, "_renameat2", lambda: refusing)
+    assert exchange(a, b) is False and (a / "marker").read_text() == "a"
+    monkeypatch.setattr(fsutil, "_renameat2", lambda: failing)
+    with pytest.raises(PermissionError):
+        exchange(a, b)
+    monkeypatch.setattr(fsutil, "_renameat2", lambda: None)
+    assert exchange(a, b) is False

@@ -1,0 +1,110 @@
+"""``phonesim duplicates find|calibrate|bench``: help, one-line errors, the stored threshold and
+pair model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from duplicates.cli import main
+from tests.duplicates.conftest import TEST_SIZE, agreement_only_model
+
+
+def test_cli_reports_errors_in_one_line(tiny_checkpoint, tmp_path, capsys) -> None:
+
+    code = main(
+        "find",
+        [
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--images",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+        ],
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "no such folder" in err and "Traceback" not in err
+
+
+def test_cli_end_to_end_uses_stored_threshold(planted_run, tiny_checkpoint, tmp_path, capsys):
+    from duplicates.calibration import store_calibration, stored_settings
+    from duplicates.descriptor import DescriptorConfig
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    store_calibration(
+        ckpt, {"threshold": 0.8, "descriptor": DescriptorConfig(size=TEST_SIZE).to_json()}
+    )
+    stored = stored_settings(ckpt)
+    assert stored.calibrated and stored.threshold == 0.8 and stored.descriptor.size == TEST_SIZE
+    root = planted_run[0]
+    code = main(
+        "find",
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--images",
+            str(root),
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+            "--workers",
+            "0",
+        ],
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.strip().splitlines()[-1].startswith(f"images {len(list(root.rglob('*.*')))}, ")
+    assert "(threshold 0.800, agreement score)" in out and "failed 1" in out
+    assert (tmp_path / "r" / "duplicates.html").is_file()
+
+
+def test_calibrated_model_is_stored_and_used(planted_run, tiny_checkpoint, tmp_path, capsys):
+    """A record holding a pair model makes the CLI score with it (and say so)."""
+    from duplicates.calibration import store_calibration
+    from duplicates.descriptor import DescriptorConfig
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    model = agreement_only_model(50.0, -45.0)  # p >= 0.5 exactly where agreement >= 0.9
+    record = {
+        "threshold": 0.5,
+        "pair_model": model.to_json(),
+        "descriptor": DescriptorConfig(size=TEST_SIZE).to_json(),
+    }
+    store_calibration(ckpt, record)
+    root, planted = planted_run[0], planted_run[1]
+    out = tmp_path / "r"
+    argv = ["--checkpoint", str(ckpt), "--images", str(root), "--out", str(out)]
+    assert main("find", [*argv, "--no-progress", "--workers", "0"]) == 0
+    assert "(threshold 0.500, pair model score)" in capsys.readouterr().out
+    groups = json.loads((out / "duplicates.json").read_text())["groups"]
+    assert len(groups) == len(planted)
+    broken = dict(record, pair_model=dict(record["pair_model"], intercept=None))
+    store_calibration(ckpt, broken)
+    assert main("find", [*argv, "--no-progress", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "malformed" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["find", "calibrate", "bench"])
+def test_phonesim_duplicates_subcommands_have_help(command, capsys) -> None:
+    from phonesim.cli import main as phonesim_main
+
+    with pytest.raises(SystemExit) as exit_:
+        phonesim_main(["duplicates", command, "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: phonesim duplicates {command} ")
+
+
+def test_phonesim_duplicates_bench_prints_json_last(capsys) -> None:
+    from phonesim.cli import main as phonesim_main
+
+    argv = ["duplicates", "bench", "--n", "600", "--dim", "16", "--baseline-n", "300"]
+    assert phonesim_main(argv) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["n"] == 600 and figures["subset_matches_brute_force"]

@@ -1,0 +1,125 @@
+"""find_duplicates end to end with a tiny model: planted copies, identical files, bad images."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from PIL import Image
+
+from duplicates.pair_model import PairModel
+from embedder.errors import DataError
+from tests.duplicates.conftest import agreement_only_model
+
+
+def test_planted_duplicates_are_grouped_and_others_not(planted_run) -> None:
+    _, planted, samples, result = planted_run
+    group_of = {m.id: g.group_id for g in result.groups for m in g.members}
+    for copy, original in planted.items():
+        assert copy in group_of and group_of[copy] == group_of.get(original), copy
+    # Every group is one original with its copies: no two catalog photos are merged.
+    for g in result.groups:
+        originals = {planted.get(m.id, m.id) for m in g.members}
+        assert len(originals) == 1, [m.id for m in g.members]
+    assert len(result.groups) == len(planted)
+    assert result.listed == len(samples) and result.read == len(samples) - 1
+
+
+def test_pair_model_scores_the_candidates(planted_run, descriptor) -> None:
+    from duplicates.finder import FinderConfig, find_duplicates
+
+    _, planted, samples, default = planted_run
+
+    def groups(m: PairModel) -> set[frozenset[str]]:
+        config = FinderConfig(workers=0, progress=False, threshold=0.5, pair_model=m)
+        result = find_duplicates(descriptor, samples, config)
+        return {frozenset(x.id for x in g.members) for g in result.groups}
+
+    # p >= 0.5 exactly where agreement >= 0.9: the same groups as the plain default run.
+    assert groups(agreement_only_model(50.0, -45.0)) == {
+        frozenset(x.id for x in g.members) for g in default.groups
+    }
+    # A model that rejects everything leaves only the byte- and pixel-identical copies.
+    only_identical = groups(agreement_only_model(0.0, -50.0))
+    identical = {k for k in planted if k.endswith(("copy_pixels", "copy_bytes"))}
+    assert {c for g in only_identical for c in g if c in planted} == identical
+
+
+def test_identical_files_always_group_even_at_threshold_one(tiny_catalog, descriptor, tmp_path):
+    from duplicates.finder import FinderConfig, find_duplicates
+    from duplicates.inputs import list_images
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    src = sorted(tiny_catalog.rglob("*.jpg"))
+    shutil.copy(src[0], root / "a.jpg")
+    shutil.copy(src[0], root / "b.jpg")
+    Image.open(src[0]).save(root / "c.png")  # same pixels, other bytes
+    shutil.copy(src[1], root / "d.jpg")
+    result = find_duplicates(
+        descriptor, list_images(root), FinderConfig(threshold=1.0, workers=0, progress=False)
+    )
+    assert [sorted(m.id for m in g.members) for g in result.groups] == [["a", "b", "c"]]
+    assert all(m.similarity == 1.0 for m in result.groups[0].members)
+
+
+def test_keeper_and_label_conflict_in_a_run(planted_run) -> None:
+    _, planted, _, result = planted_run
+    by_member = {m.id: g for g in result.groups for m in g.members}
+    small = next(k for k in planted if k.endswith("copy_small"))
+    g = by_member[small]
+    assert g.keeper.id == planted[small]  # the full-resolution original is kept
+    assert g.keeper.pixels > g.members[1].pixels
+    cross = next(k for k in planted if k.endswith("copy_bytes"))
+    assert by_member[cross].label_conflict
+    assert sum(g.label_conflict for g in result.groups) == 1
+    assert result.label_conflicts == 1 and result.duplicates == len(planted)
+
+
+def test_corrupt_image_is_listed_and_counted(planted_run) -> None:
+    _, _, _, result = planted_run
+    assert [f.id for f in result.failures] == ["broken"]
+    assert "failed 1" in result.summary()
+
+
+def test_all_unreadable_is_a_clear_error(descriptor, tmp_path) -> None:
+    from duplicates.finder import FinderConfig, find_duplicates
+    from duplicates.inputs import list_images
+
+    (tmp_path / "a.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="none of the 1 input images could be read"):
+        find_duplicates(descriptor, list_images(tmp_path), FinderConfig(workers=0, progress=False))
+
+
+def test_single_image_and_no_candidates(tiny_catalog, descriptor, tmp_path) -> None:
+    from duplicates.finder import FinderConfig, find_duplicates
+    from duplicates.inputs import list_images
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(sorted(tiny_catalog.rglob("*.jpg"))[0], folder / "only.jpg")
+    result = find_duplicates(
+        descriptor, list_images(folder), FinderConfig(workers=0, progress=False)
+    )
+    assert result.groups == [] and result.read == 1
+
+
+@pytest.mark.slow
+def test_real_byte_identical_copies_are_grouped(phone_brands, descriptor, tmp_path) -> None:
+    import hashlib
+    from collections import defaultdict
+
+    from duplicates.finder import FinderConfig, find_duplicates
+    from duplicates.inputs import list_images
+
+    samples = list_images(phone_brands)
+    by_hash = defaultdict(list)
+    for s in samples:
+        by_hash[hashlib.sha256(s.path.read_bytes()).hexdigest()].append(s)
+    sets = [v for v in by_hash.values() if len(v) > 1]
+    chosen = [s for v in sets for s in v]
+    only_identical = FinderConfig(threshold=1.01, workers=0, progress=False)
+    result = find_duplicates(descriptor, chosen, only_identical)
+    found = sorted(sorted(m.id for m in g.members) for g in result.groups)
+    assert found == sorted(sorted(s.id for s in v) for v in sets)
+    assert result.label_conflicts == sum(len({s.label for s in v}) > 1 for v in sets) > 0

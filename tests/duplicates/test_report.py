@@ -1,0 +1,36 @@
+"""The duplicate report files: CSV, JSON, HTML gallery, summary."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from duplicates.result import DuplicateGroup, DuplicateResult
+from tests.duplicates.conftest import member
+
+
+def test_report_files(planted_run, tmp_path) -> None:
+    from duplicates.report import CSV_COLUMNS, write_report
+
+    _, planted, _, result = planted_run
+    paths = write_report(result, tmp_path / "report")
+    rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert sum(r["keep"] == "1" for r in rows) == len(result.groups)
+    assert {r["id"] for r in rows} >= set(planted)
+    data = json.loads(paths["json"].read_text())
+    assert all(len(g) >= 2 for g in data["groups"]) and len(data["groups"]) == len(planted)
+    html = paths["html"].read_text()
+    assert html.count("<div class='group") == len(result.groups)
+    assert "data:image/jpeg;base64," in html
+    assert paths["summary"].read_text().strip() == result.summary()
+
+
+def test_html_escapes_user_text(tmp_path) -> None:
+    from duplicates.report import to_html
+
+    evil = "<script>alert(1)</script>"
+    group = DuplicateGroup(1, [member(evil, 2, 2, 3, label=evil), member("b", 1, 1, 1, "x")], True)
+    html = to_html(DuplicateResult([group], 2, [], 0.9))
+    assert evil not in html and "&lt;script&gt;" in html

@@ -1,0 +1,118 @@
+"""The export command line: resuming after SIGKILL and Ctrl-C, one-line errors, help."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from export import ExportConfig, ExportError, export_features
+from export import cli as export_cli
+from export.reader import read_inputs
+from export.shards import ShardWriter, partial_path
+from tests.export.conftest import REPO, _read
+
+SCRIPT = REPO / "scripts" / "export_features.py"
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {repo!r})
+    import common.fsutil as fsutil  # where every atomic rename happens
+
+    real_replace, commits = os.replace, []
+
+    def replace_then_die(src, dst):
+        if os.path.basename(str(dst)).startswith("shard-"):
+            commits.append(dst)
+            if len(commits) == 3:  # third shard: written to its temp name, never renamed
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst)
+
+    fsutil.os.replace = replace_then_die
+    from export.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_resume_after_sigkill_writes_each_id_once(reference, demo, ckpt, tmp_path):
+    out = tmp_path / "features.h5"
+    args = [
+        "--checkpoint", str(ckpt), "--manifest", str(demo / "with_bad.csv"), "--out", str(out),
+        "--neighbors", "4", "--batch-size", "2", "--shard-size", "4", "--workers", "0",
+    ]  # fmt: skip
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER.format(repo=str(REPO)))
+    first = subprocess.run([sys.executable, str(killer), *args], capture_output=True, text=True)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    partial = partial_path(out)
+    assert not out.exists()
+    assert len(list(partial.glob("shard-*.h5"))) == 2 and len(list(partial.glob("*.tmp"))) == 1
+
+    second = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert second.returncode == 0, second.stderr
+    assert "resumed after 8 inputs" in second.stdout
+    data, ref = _read(out), _read(reference)
+    assert data["ids"] == ref["ids"] and len(set(data["ids"])) == len(data["ids"])
+    assert data["failed"] == ["bad-0001"] and data["attrs"]["count"] == len(ref["ids"])
+    np.testing.assert_allclose(data["emb"], ref["emb"], atol=1e-5)
+    assert np.array_equal(data["nb_rows"], ref["nb_rows"])
+    assert not partial.exists()
+
+
+def test_ctrl_c_then_rerun_resumes(demo, ckpt, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "features.h5"
+    argv = [
+        "--checkpoint", str(ckpt), "--images", str(demo), "--out", str(out),
+        "--batch-size", "3", "--shard-size", "6", "--workers", "0", "--neighbors", "2",
+    ]  # fmt: skip
+    real_write, calls = ShardWriter.write, []
+
+    def interrupt_on_fifth(self, batch):
+        calls.append(batch.start)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        real_write(self, batch)
+
+    monkeypatch.setattr(ShardWriter, "write", interrupt_on_fifth)
+    assert export_cli.main(argv) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert not out.exists() and partial_path(out).is_dir()
+    monkeypatch.setattr(ShardWriter, "write", real_write)
+    assert export_cli.main(argv) == 0
+    assert "resumed after 12 inputs" in capsys.readouterr().out
+    data = _read(out)
+    expected = read_inputs(demo, "images").samples
+    assert data["ids"] == [s.id for s in expected] and data["failed"] == []
+
+
+def test_cli_reports_errors_in_one_line(demo, ckpt, tmp_path, capsys):
+    code = export_cli.main(
+        ["--checkpoint", str(tmp_path / "nope"), "--images", str(demo),
+         "--out", str(tmp_path / "f.h5")]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"export_features: error: {tmp_path / 'nope'}: checkpoint folder not found"]
+    with pytest.raises(ExportError, match="needs a folder"):
+        export_features(
+            ExportConfig(str(ckpt), str(demo / "three.csv"), str(tmp_path / "f.h5"),
+                         input_kind="images")
+        )  # fmt: skip
+
+
+def test_cli_help_lists_the_options():
+    text = export_cli.build_parser().format_help()
+    for flag in ("--checkpoint", "--images", "--manifest", "--index", "--neighbors", "--dtype",
+                 "--ray", "docs/export.md"):  # fmt: skip
+        assert flag in text
+    with pytest.raises(SystemExit):
+        export_cli.build_parser().parse_args(["--checkpoint", "c", "--out", "o"])

@@ -1,0 +1,15 @@
+"""Export settings are checked when built."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.errors import UserError
+from export import ExportConfig
+
+
+def test_config_rejects_bad_settings():
+    with pytest.raises(UserError, match="dtype"):
+        ExportConfig("c", "i", "o", dtype="float64")
+    with pytest.raises(UserError, match="neighbors"):
+        ExportConfig("c", "i", "o", neighbors=-1)

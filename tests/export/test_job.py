@@ -1,0 +1,177 @@
+"""export_features end to end: the HDF5 schema, dtype, resuming, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from datetime import datetime
+
+import h5py
+import numpy as np
+import pytest
+
+from embedder.checkpoint import checkpoint_hash
+from embedder.errors import CheckpointError, DataError
+from export import ExportError, ResumeError, export_features
+from export.shards import ShardWriter, partial_path
+from tests.export.conftest import (
+    _assert_neighbors_match,
+    _config,
+    _expected_ids,
+    _read,
+    _write_manifest,
+)
+
+
+def test_schema_and_attributes(reference, demo, ckpt):
+    from embedder.inference import Embedder
+
+    data = _read(reference)
+    ids = _expected_ids(demo / "with_bad.csv")
+    n = len(ids)
+    assert data["ids"] == ids  # input order, the corrupt image left out
+    assert data["failed"] == ["bad-0001"]
+    embedder = Embedder.from_checkpoint(ckpt)
+    attrs = data["attrs"]
+    assert attrs["format"] == "phonesim-features" and attrs["format_version"] == 1
+    assert attrs["model_name"] == "test_efficientnet" == embedder.model_name
+    assert attrs["checkpoint_hash"] == checkpoint_hash(ckpt)
+    assert attrs["dim"] == embedder.dim and attrs["num_classes"] == 3
+    assert bool(attrs["normalized"]) and attrs["dtype"] == "float32"
+    assert attrs["count"] == n and attrs["failed_count"] == 1 and attrs["neighbors_k"] == 4
+    assert datetime.fromisoformat(attrs["created"]).tzinfo is not None
+    assert json.loads(attrs["label_names"]) == embedder.label_names
+
+    assert data["emb"].shape == (n, embedder.dim) and data["emb"].dtype == np.float32
+    assert data["probs"].shape == (n, 3)
+    np.testing.assert_allclose(np.linalg.norm(data["emb"], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(data["probs"].sum(1), 1.0, atol=1e-5)
+    assert np.array_equal(data["pred"], data["probs"].argmax(1))
+    labels = {r["id"]: r["label"] for r in csv.DictReader((demo / "with_bad.csv").open())}
+    assert data["labels"] == [labels[i] for i in ids]
+    # Each row holds the embedding of its own image (a writer that mixed rows up would fail).
+    paths = {r["id"]: demo / r["image"] for r in csv.DictReader((demo / "with_bad.csv").open())}
+    direct = embedder.embed_paths([paths[i] for i in ids])
+    np.testing.assert_allclose(data["emb"], direct.embeddings, atol=1e-5)
+    np.testing.assert_allclose(data["probs"], direct.probabilities, atol=1e-5)
+
+    with h5py.File(reference, "r") as f:
+        for name in ("embeddings", "probabilities", "neighbors/scores"):
+            assert f[name].chunks is not None and f[name].compression == "gzip", name
+        assert list(f["predicted"].attrs["label_names"]) == embedder.label_names
+        assert f["neighbors/ids"].shape == f["neighbors/scores"].shape == (n, 4)
+        assert "broken.jpg: not a recognised image format" in f["failed_reasons"].asstr()[0]
+        assert bool(f["labels"].attrs["has_labels"])
+    assert not partial_path(reference).exists()
+
+
+def test_pandas_and_h5py_loading_example(reference):
+    pd = pytest.importorskip("pandas")
+    with h5py.File(reference, "r") as f:
+        frame = pd.DataFrame(
+            {
+                "id": f["ids"].asstr()[:],
+                "predicted": f["predicted"].attrs["label_names"][f["predicted"][:]],
+                "neighbors": list(f["neighbors/ids"].asstr()[:]),
+            }
+        )
+        emb = f["embeddings"][:]
+    assert len(frame) == len(emb) and frame["id"].is_unique
+    assert all(len(nb) == 4 for nb in frame["neighbors"])
+
+
+def test_float16_option(reference, demo, ckpt, tmp_path):
+    out = tmp_path / "half.h5"
+    export_features(_config(ckpt, demo / "with_bad.csv", out, dtype="float16"))
+    half, full = _read(out), _read(reference)
+    assert half["emb"].dtype == np.float16 and half["probs"].dtype == np.float16
+    assert half["attrs"]["dtype"] == "float16"
+    assert half["ids"] == full["ids"]
+    np.testing.assert_allclose(half["emb"].astype(np.float32), full["emb"], atol=2e-3)
+    np.testing.assert_allclose(half["probs"].astype(np.float32), full["probs"], atol=2e-3)
+    assert np.array_equal(half["pred"], full["pred"])  # arg-maxed before rounding
+    assert half["nb_scores"].dtype == np.float32
+    half["emb"] = half["emb"].astype(np.float32)
+    _assert_neighbors_match(half, k=4, atol=1e-4)  # neighbours of the stored vectors
+
+
+def test_resume_refuses_a_different_input_list(demo, ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "features.h5"
+    real_write = ShardWriter.write
+
+    def stop(self, batch):
+        real_write(self, batch)
+        if batch.end >= 8:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ShardWriter, "write", stop)
+    with pytest.raises(KeyboardInterrupt):
+        export_features(_config(ckpt, demo / "with_bad.csv", out, shard_size=4))
+    monkeypatch.setattr(ShardWriter, "write", real_write)
+    with pytest.raises(ResumeError, match="different input list"):
+        export_features(_config(ckpt, demo / "three.csv", out))
+    summary = export_features(_config(ckpt, demo / "three.csv", out, restart=True))
+    assert summary.count == 3 and summary.resumed_from == 0
+
+
+def test_existing_output_needs_overwrite(reference, demo, ckpt, tmp_path):
+    out = tmp_path / "f.h5"
+    out.write_bytes(b"old")
+    with pytest.raises(ExportError, match="--overwrite"):
+        export_features(_config(ckpt, demo / "three.csv", out))
+    export_features(_config(ckpt, demo / "three.csv", out, overwrite=True))
+    assert _read(out)["attrs"]["count"] == 3
+
+
+def test_missing_checkpoint(demo, tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint folder not found"):
+        export_features(_config(tmp_path / "nope", demo, tmp_path / "f.h5"))
+
+
+def test_empty_inputs(ckpt, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no class folders found"):
+        export_features(_config(ckpt, empty, tmp_path / "f.h5"))
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("id,image,label\n")
+    with pytest.raises(DataError, match="no images found"):
+        export_features(_config(ckpt, header_only, tmp_path / "f.h5"))
+    assert not partial_path(tmp_path / "f.h5").exists()
+
+
+def test_only_unreadable_images(demo, ckpt, tmp_path):
+    manifest = tmp_path / "bad.csv"
+    _write_manifest(manifest, [{"id": "b", "image": str(demo / "broken.jpg"), "label": ""}])
+    with pytest.raises(ExportError, match="none of the 1 images could be read"):
+        export_features(_config(ckpt, manifest, tmp_path / "f.h5"))
+    assert not partial_path(tmp_path / "f.h5").exists() and not (tmp_path / "f.h5").exists()
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("missing-dir/f.h5", "output folder does not exist"),
+        ("a-file/f.h5", "is not a folder"),
+        ("a-dir", "is a folder"),
+        ("/proc/features.h5", "not writable"),
+    ],
+)
+def test_unwritable_output(demo, ckpt, tmp_path, out, message):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-dir").mkdir()
+    with pytest.raises(ExportError, match=message):
+        export_features(_config(ckpt, demo, tmp_path / out))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder(demo, ckpt, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(ExportError, match="not writable"):
+            export_features(_config(ckpt, demo, folder / "f.h5"))
+    finally:
+        folder.chmod(0o700)

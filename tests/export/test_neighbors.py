@@ -1,0 +1,117 @@
+"""Neighbour pass: on-the-fly and index-folder searches against brute force."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from export import ExportError, export_features
+from export.neighbors import auto_factory, drop_self
+from export.shards import partial_path
+from tests.export.conftest import _assert_neighbors_match, _config, _read
+
+
+def test_neighbors_agree_with_brute_force(reference):
+    _assert_neighbors_match(_read(reference), k=4)
+
+
+def test_ivf_neighbor_index_agrees_when_probing_every_list(demo, ckpt, tmp_path):
+    out = tmp_path / "ivf.h5"
+    export_features(_config(ckpt, demo / "with_bad.csv", out, neighbor_index="IVF2,Flat"))
+    data = _read(out)
+    _assert_neighbors_match(data, k=4)
+    with h5py.File(out, "r") as f:
+        assert "IVF2,Flat" in f["neighbors"].attrs["source"]
+
+
+def test_bad_neighbor_index_strings_fail_early_or_keep_the_embeddings(demo, ckpt, tmp_path):
+    out = tmp_path / "bad.h5"
+    with pytest.raises(ExportError, match="not a faiss index_factory string"):
+        export_features(_config(ckpt, demo / "three.csv", out, neighbor_index="garbage"))
+    assert not out.exists() and not any(tmp_path.iterdir())  # refused before any embedding
+    with pytest.raises(ExportError, match="cannot be built over 3 rows"):
+        export_features(_config(ckpt, demo / "three.csv", out, neighbor_index="IVF64,Flat"))
+    # The embeddings were kept: the re-run with a workable index only assembles and searches.
+    summary = export_features(_config(ckpt, demo / "three.csv", out, neighbor_index="Flat"))
+    assert summary.count == 3 and summary.embedded_now == 0
+
+
+def test_fewer_items_than_k_pads_neighbors(demo, ckpt, tmp_path):
+    out = tmp_path / "three.h5"
+    export_features(_config(ckpt, demo / "three.csv", out, neighbors=5))
+    data = _read(out)
+    assert data["nb_ids"].shape == (3, 5)
+    assert (data["nb_rows"][:, :2] >= 0).all() and (data["nb_rows"][:, 2:] == -1).all()
+    assert (data["nb_ids"][:, 2:] == "").all() and np.isnan(data["nb_scores"][:, 2:]).all()
+    for row in range(3):
+        assert sorted(data["nb_rows"][row, :2]) == [r for r in range(3) if r != row]
+
+
+def test_no_neighbors_when_k_is_zero(demo, ckpt, tmp_path):
+    out = tmp_path / "none.h5"
+    export_features(_config(ckpt, demo / "three.csv", out, neighbors=0))
+    with h5py.File(out, "r") as f:
+        assert "neighbors" not in f and f.attrs["neighbors_k"] == 0
+
+
+def test_index_folder_neighbors_match_on_the_fly(reference, demo, ckpt, tmp_path):
+    from index import build_from_files
+
+    build_from_files(reference, tmp_path / "idx", kind="flat", progress=False)
+    out = tmp_path / "with-index.h5"
+    export_features(_config(ckpt, demo / "with_bad.csv", out, index=str(tmp_path / "idx")))
+    via_index, on_the_fly = _read(out), _read(reference)
+    np.testing.assert_allclose(via_index["nb_scores"], on_the_fly["nb_scores"], atol=1e-5)
+    _assert_neighbors_match(via_index, k=4)
+    with h5py.File(out, "r") as f:
+        assert "index folder" in f["neighbors"].attrs["source"]
+
+
+def test_index_folder_with_items_outside_the_export(reference, demo, ckpt, tmp_path):
+    from index import build_from_files
+
+    build_from_files(reference, tmp_path / "idx", kind="flat", progress=False)
+    out = tmp_path / "three.h5"
+    export_features(
+        _config(ckpt, demo / "three.csv", out, index=str(tmp_path / "idx"), neighbors=6)
+    )
+    data = _read(out)
+    ids = np.array(data["ids"], dtype=object)
+    assert (data["nb_ids"] != "").all() and not np.isnan(data["nb_scores"]).any()
+    for row, own in enumerate(data["ids"]):
+        assert own not in data["nb_ids"][row]
+        assert (np.diff(data["nb_scores"][row]) <= 1e-6).all()  # best first
+    inside = data["nb_rows"] >= 0
+    assert inside.any() and (~inside).any()  # the index holds 16 items the export does not
+    assert (data["nb_ids"][inside] == ids[data["nb_rows"][inside]]).all()
+    assert not np.isin(data["nb_ids"][~inside], ids).any()
+
+
+def test_index_built_with_another_checkpoint_is_refused(reference, demo, ckpt, tmp_path):
+    from index import IndexMismatchError, build_index
+
+    data = _read(reference)
+    build_index(tmp_path / "idx", data["ids"], data["emb"], model_name="test_efficientnet",
+                checkpoint_hash="0" * 64, kind="flat")  # fmt: skip
+    with pytest.raises(IndexMismatchError, match="checkpoint"):
+        export_features(_config(ckpt, demo / "three.csv", tmp_path / "f.h5",
+                                index=str(tmp_path / "idx")))  # fmt: skip
+    assert not partial_path(tmp_path / "f.h5").exists()  # refused before any embedding
+    with pytest.raises(ExportError, match="index folder not found"):
+        export_features(_config(ckpt, demo / "three.csv", tmp_path / "f.h5",
+                                index=str(tmp_path / "nope")))  # fmt: skip
+
+
+def test_drop_self_removes_own_label_or_the_last():
+    D = np.array([[0.9, 0.8, 0.7], [0.9, 0.8, 0.7], [0.5, -1.0, -1.0]], np.float32)
+    labels = np.array([[0, 5, 6], [7, 1, 8], [9, -1, -1]])
+    D2, L2 = drop_self(D, labels, np.array([0, 3, 2]), 2)
+    assert L2.tolist() == [[5, 6], [7, 1], [9, -1]]
+    np.testing.assert_allclose(D2, [[0.8, 0.7], [0.9, 0.8], [0.5, -1.0]])
+
+
+def test_auto_factory_exact_then_ivf():
+    assert auto_factory(1000, exact_limit=1000) == "Flat"
+    assert auto_factory(1_000_000, exact_limit=1000) == "IVF2048,Flat"
+    assert auto_factory(50, exact_limit=10) == "IVF1,Flat"  # never more lists than data allows
