@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from common.argtypes import non_negative_int, positive_int
+from embedder import optimize_cli
 from embedder.train_config import (
     BN_STATS_MODES,
     DEFAULT_MODEL,
@@ -148,6 +149,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workers", type=non_negative_int, help="decoding workers (default: spare cores)"
     )
     p.set_defaults(func=_embed)
+    optimize_cli.register(sub)
 
 
 def _train(args: argparse.Namespace) -> int:
