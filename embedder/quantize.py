@@ -215,6 +215,9 @@ def compare_int8(
     unknown = sorted(set(catalog.label_names) - set(config.label_names))
     if unknown:
         raise DataError(f"{val}: classes the checkpoint does not know: {', '.join(unknown)}")
+    warm = np.zeros((1, *config.data_config["input_size"]), np.float32)
+    for engine in engines.values():  # the first run allocates; keep it out of the timing
+        engine.run(warm)
     kept: list[int] = []
     outputs: dict[str, list[dict[str, np.ndarray]]] = {k: [] for k in engines}
     seconds = dict.fromkeys(engines, 0.0)
