@@ -81,7 +81,8 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 
 class Engine:
-    """Runs a model on preprocessed batches; thread-safe to call (each runtime serialises)."""
+    """Runs a model on preprocessed batches. Calls keep no state between them; the Embedder
+    serialises its own calls, so one engine serves a process's threads one batch at a time."""
 
     runtime: str = ""
     device: str = "cpu"

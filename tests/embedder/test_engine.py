@@ -147,6 +147,20 @@ def test_config_records_each_graph_with_hashes_opset_and_exporter(optimized):
     assert val["speed_ratio"] > 0
 
 
+def test_optimize_prints_the_check_and_the_int8_table(optimized):
+    from embedder.optimize_cli import format_summary
+
+    text = format_summary(optimized[1])
+    assert "model.onnx: opset 18" in text and "runtime auto uses it" in text
+    assert "onnx int8" in text and "speed ratio" in text
+
+
+def test_optimize_flags_that_need_quantize_are_refused(optimized, capsys):
+    assert main(["optimize", "--checkpoint", str(optimized[0]), "--val", "x"]) == 2
+    assert "--calibration and --val go with --quantize int8" in capsys.readouterr().err
+    assert main(["optimize", "--checkpoint", str(optimized[0]), "--quantize", "int8"]) == 2
+
+
 def test_graph_is_exported_again_after_the_weights_change(ckpt_copy, images, caplog):
     model, _ = load_checkpoint(ckpt_copy)
     state = {k: (v * 1.5 if v.is_floating_point() else v) for k, v in model.state_dict().items()}
