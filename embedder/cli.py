@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from common.argtypes import non_negative_int, positive_int
+from embedder import optimize_cli
 from embedder.train_config import (
     BN_STATS_MODES,
     DEFAULT_MODEL,
@@ -143,6 +144,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_evaluate)
+
+    optimize_cli.register(sub)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -21,3 +21,7 @@ class CheckpointError(EmbedderError):
 
 class WeightsError(EmbedderError):
     """Pretrained weights cannot be obtained or do not fit the model."""
+
+
+class EngineError(EmbedderError):
+    """An inference runtime is unavailable here, or its graph is missing, stale or unusable."""

@@ -18,7 +18,8 @@ def test_embeddings_are_unit_norm_float32_and_probabilities_sum_to_one(
     samples = load_catalog(tiny_catalog).samples[:5]
     batch = embedder.embed_paths([s.path for s in samples])
     assert batch.embeddings.dtype == np.float32 and batch.probabilities.dtype == np.float32
-    assert batch.embeddings.shape == (5, embedder.model.num_features) == (5, embedder.dim)
+    num_features = load_checkpoint(tiny_checkpoint)[0].num_features
+    assert batch.embeddings.shape == (5, num_features) == (5, embedder.dim)
     assert batch.probabilities.shape == (5, 3)
     np.testing.assert_allclose(np.linalg.norm(batch.embeddings, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(batch.probabilities.sum(axis=1), 1.0, atol=1e-5)

@@ -1,0 +1,245 @@
+"""Static int8 quantisation of a checkpoint's ONNX graph, and what it costs in quality.
+
+``model.int8.onnx`` is the fp32 graph with QDQ (QuantizeLinear / DequantizeLinear) pairs:
+weights int8 per output channel, activations uint8 with ranges calibrated (min/max) on
+training images run through the checkpoint's own eval transform (onnxruntime.quantization).
+It is recorded in config.json like the fp32 graph and only used when asked for
+(``runtime="onnx-int8"``): quantisation moves embeddings, so indexes built with fp32
+embeddings should be rebuilt with the same runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.fsutil import atomic_write
+from embedder.checkpoint import checkpoint_hash, file_sha256, read_config
+from embedder.data import Sample, load_catalog
+from embedder.engine import DEFAULT_OUTPUTS, Engine, default_threads
+from embedder.errors import DataError, ImageError
+from embedder.images import load_image
+from embedder.metrics import label_recall_at_k, macro_f1
+from embedder.onnx_export import (
+    EMBEDDING,
+    FEATURE_MAP,
+    GRAPH_FILES,
+    INPUT,
+    OPSET,
+    PROBABILITIES,
+    GraphRecord,
+    checkpoint_lock,
+    ensure_fp32_graph,
+    exporter_version,
+    read_graph_record,
+    write_graph_record,
+)
+from embedder.runtime import load_engine
+from embedder.transforms import eval_transform
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALIBRATION_IMAGES = 256
+BATCH_SIZE = 16
+
+
+def spread(samples: Sequence[Sample], limit: int) -> list[Sample]:
+    """At most ``limit`` samples spread evenly over the list (every class, not the first few)."""
+    if len(samples) <= limit:
+        return list(samples)
+    return [samples[int(i)] for i in np.linspace(0, len(samples) - 1, limit)]
+
+
+def image_batches(
+    samples: Sequence[Sample], data_config: dict[str, Any], batch_size: int = BATCH_SIZE
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """(sample indices, preprocessed float32 batch); unreadable images are logged and skipped."""
+    transform = eval_transform(data_config)
+    indices, tensors = [], []
+    for i, sample in enumerate(samples):
+        try:
+            tensors.append(transform(load_image(sample.path)).numpy())
+            indices.append(i)
+        except ImageError as exc:
+            log.warning("skipping %s: %s", sample.id, exc)
+        if len(tensors) == batch_size or (i == len(samples) - 1 and tensors):
+            yield indices, np.stack(tensors).astype(np.float32)
+            indices, tensors = [], []
+
+
+def head_nodes(graph_path: str | Path) -> list[str]:
+    """Names of the nodes downstream of ``feature_map``: pooling, classifier, softmax, norm.
+
+    They stay float: they cost next to nothing, and quantising their outputs would round the
+    probabilities to steps of 1/255 and turn close classes into ties.
+    """
+    import onnx
+
+    graph = onnx.load(str(graph_path), load_external_data=False).graph
+    tainted, names = {FEATURE_MAP}, []
+    for node in graph.node:  # ONNX nodes are stored in topological order
+        if tainted.intersection(node.input):
+            tainted.update(node.output)
+            names.append(node.name)
+    return names
+
+
+@contextlib.contextmanager
+def _quiet_root_info() -> Iterator[None]:
+    """onnxruntime.quantization logs each rescaled weight with ``logging.info`` on the root
+    logger (hundreds of lines); drop those records, not other loggers' propagated ones."""
+    root = logging.getLogger()
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def quantize_int8(
+    ckpt: str | Path, calibration: str | Path, max_images: int = DEFAULT_CALIBRATION_IMAGES
+) -> GraphRecord:
+    """Write and record ``model.int8.onnx`` calibrated on up to ``max_images`` of ``calibration``.
+
+    Exports the fp32 graph first where needed. Raises DataError when no calibration image can
+    be read.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    ckpt = Path(ckpt)
+    config = read_config(ckpt)
+    samples = spread(load_catalog(calibration, require_labels=False).samples, max_images)
+    batches = [x for _, x in image_batches(samples, config.data_config)]
+    count = sum(len(x) for x in batches)
+    if count == 0:
+        raise DataError(f"{calibration}: none of the calibration images could be read")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self._batches, None)
+            return None if x is None else {INPUT: x}
+
+    fp32 = ensure_fp32_graph(ckpt)  # takes the lock itself: not under ours (flock is per open)
+    path = ckpt / GRAPH_FILES["int8"]
+    start = time.perf_counter()
+    with checkpoint_lock(ckpt), tempfile.TemporaryDirectory() as tmp, _quiet_root_info():
+        # Shape inference and graph fusions first, as onnxruntime.quantization recommends.
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        atomic_write(
+            path,
+            lambda out: quantize_static(
+                str(prepared),
+                str(out),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=head_nodes(prepared),
+            ),
+        )
+        import onnxruntime
+
+        fp32_record = read_graph_record(ckpt, "fp32")
+        record = GraphRecord(
+            file=path.name,
+            sha256=file_sha256(path),
+            weights_sha256=checkpoint_hash(ckpt),
+            opset=OPSET,
+            exporter=f"{exporter_version()}; onnxruntime.quantization {onnxruntime.__version__}",
+            outputs=fp32_record.outputs if fp32_record else [],
+            input_shape=[int(v) for v in config.data_config["input_size"]],
+            quantization={
+                "format": "QDQ",
+                "weights": "int8, per channel",
+                "activations": "uint8",
+                "float_head": "pooling, classifier, softmax and normalisation",
+                "calibration": "MinMax",
+                "calibration_images": count,
+                "calibration_data": str(calibration),
+            },
+        )
+        write_graph_record(ckpt, "int8", record)
+    log.info("quantised %s in %.1f s on %d images", path, time.perf_counter() - start, count)
+    return record
+
+
+def _scores(y_true: np.ndarray, probs: np.ndarray, emb: np.ndarray) -> dict:
+    pred = probs.argmax(1)
+    return {
+        "accuracy": float((pred == y_true).mean()),
+        "macro_f1": macro_f1(y_true, pred),
+        "recall_at_1": label_recall_at_k(emb, y_true, ks=(1,))[1],
+    }
+
+
+def compare_int8(
+    ckpt: str | Path, val: str | Path, threads: int | None = None, batch_size: int = 32
+) -> dict[str, Any]:
+    """Quality and speed of the int8 graph against the fp32 one on labelled images ``val``.
+
+    Both run on the CPU with the same thread count over the same decoded batches; Recall@1 is
+    leave-one-out within ``val``. The speed ratio is int8 images/s over fp32 images/s.
+    """
+    ckpt = Path(ckpt)
+    config = read_config(ckpt)
+    threads = threads or default_threads()
+    engines: dict[str, Engine] = {
+        kind: load_engine(ckpt, runtime, device="cpu", threads=threads)
+        for kind, runtime in (("fp32", "onnx"), ("int8", "onnx-int8"))
+    }
+    catalog = load_catalog(val, require_labels=True, min_classes=1)
+    unknown = sorted(set(catalog.label_names) - set(config.label_names))
+    if unknown:
+        raise DataError(f"{val}: classes the checkpoint does not know: {', '.join(unknown)}")
+    warm = np.zeros((1, *config.data_config["input_size"]), np.float32)
+    for engine in engines.values():  # the first run allocates; keep it out of the timing
+        engine.run(warm)
+    kept: list[int] = []
+    outputs: dict[str, list[dict[str, np.ndarray]]] = {k: [] for k in engines}
+    seconds = dict.fromkeys(engines, 0.0)
+    for indices, x in image_batches(catalog.samples, config.data_config, batch_size):
+        kept.extend(indices)
+        for kind, engine in engines.items():
+            start = time.perf_counter()
+            outputs[kind].append(engine.run(x))
+            seconds[kind] += time.perf_counter() - start
+    if not kept:
+        raise DataError(f"{val}: none of the images could be read")
+    y_true = np.array([config.label_names.index(catalog.samples[i].label) for i in kept])
+    report: dict[str, Any] = {"images": len(kept), "threads": threads}
+    joined = {}
+    for kind, parts in outputs.items():
+        joined[kind] = {n: np.concatenate([p[n] for p in parts]) for n in DEFAULT_OUTPUTS}
+        emb, probs = joined[kind][EMBEDDING], joined[kind][PROBABILITIES]
+        report[kind] = {
+            **_scores(y_true, probs, emb),
+            "img_per_s": len(kept) / seconds[kind],
+        }
+    cosine = (joined["fp32"][EMBEDDING] * joined["int8"][EMBEDDING]).sum(axis=1)
+    report["mean_cosine_to_fp32"] = float(cosine.mean())
+    report["speed_ratio"] = report["int8"]["img_per_s"] / report["fp32"]["img_per_s"]
+    return report

@@ -1,0 +1,196 @@
+"""Choosing and building the inference engine of a checkpoint folder.
+
+``runtime``:
+
+- ``"torch"``: torch eager (:class:`embedder.engine.TorchEngine`);
+- ``"onnx"``: ONNX Runtime over ``model.onnx``, exported on first use and again whenever the
+  stored graph is missing, corrupt, made from other weights or does not load;
+- ``"onnx-int8"``: ONNX Runtime over ``model.int8.onnx`` from ``phonesim optimize --quantize
+  int8``; refused with a one-line error when it is missing or does not fit (making it needs
+  calibration images);
+- ``"auto"`` (the default): onnx when the graph passes :func:`check_against_torch` on a fixed
+  batch, else torch with a one-line warning saying why. Never int8.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedder.checkpoint import CheckpointConfig, load_checkpoint, read_config
+from embedder.engine import (
+    Engine,
+    OnnxEngine,
+    TorchEngine,
+    default_threads,
+    onnx_providers,
+    resolve_device,
+)
+from embedder.errors import EngineError
+from embedder.onnx_export import (
+    EMBEDDING,
+    GRAPH_FILES,
+    PROBABILITIES,
+    ensure_fp32_graph,
+    graph_problem,
+)
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+DEFAULT_RUNTIME = "auto"
+CHECK_MIN_COSINE = 0.9999
+CHECK_IMAGES = 8
+
+
+def check_batch(input_size: tuple[int, ...] | list[int], n: int = CHECK_IMAGES) -> np.ndarray:
+    """A fixed, seeded batch of smooth random images at the scale of normalised photos."""
+    gen = torch.Generator().manual_seed(0)
+    coarse = torch.randn(n, input_size[0], 8, 8, generator=gen) * 1.5
+    x = nn.functional.interpolate(coarse, size=tuple(input_size[1:]), mode="bilinear")
+    return x.numpy().astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """How closely an engine follows torch eager on the check batch."""
+
+    min_cosine: float
+    top1_agree: int
+    images: int
+
+    @property
+    def problem(self) -> str | None:
+        if self.min_cosine < CHECK_MIN_COSINE:
+            return f"embeddings differ from torch (min cosine {self.min_cosine:.6f} < 0.9999)"
+        if self.top1_agree < self.images:
+            return f"top-1 differs from torch on {self.images - self.top1_agree} check images"
+        return None
+
+
+def check_against_torch(
+    candidate: Engine, model: nn.Module, input_size: tuple[int, ...] | list[int]
+) -> CheckResult:
+    """Compare ``candidate`` with torch eager fp32 on the CPU over :func:`check_batch`."""
+    x = check_batch(input_size)
+    ref = TorchEngine(model, "cpu", autocast=False).run(x)
+    got = candidate.run(x)
+    cosine = (ref[EMBEDDING] * got[EMBEDDING]).sum(axis=1)
+    same = ref[PROBABILITIES].argmax(1) == got[PROBABILITIES].argmax(1)
+    return CheckResult(float(cosine.min()), int(same.sum()), len(x))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def graph_fits(engine: OnnxEngine, config: CheckpointConfig) -> str | None:
+    """Why a loaded graph cannot serve this checkpoint (other shapes), or None."""
+    want = [*map(int, config.data_config["input_size"])]
+    if list(engine.input_shape[1:]) != want:
+        return f"{engine.path.name} takes input {list(engine.input_shape[1:])}, not {want}"
+    for name, size in ((EMBEDDING, config.feature_dim), (PROBABILITIES, config.num_classes)):
+        if name not in engine.output_names or engine.output_shape(name)[1:] != (size,):
+            return f"{engine.path.name} has no {name} output of size {size}"
+    return None
+
+
+def _open_graph(
+    path: Path, config: CheckpointConfig, device: torch.device, threads: int, runtime: str
+) -> OnnxEngine:
+    """Open a graph; raises EngineError(one line) when it does not load or fit."""
+    try:
+        engine = OnnxEngine(path, device, threads, runtime=runtime)
+    except EngineError:
+        raise
+    except Exception as exc:  # ONNX Runtime raises its own exception types (Fail, InvalidGraph)
+        raise EngineError(f"{path.name} does not load ({_first_line(exc)})") from exc
+    problem = graph_fits(engine, config)
+    if problem:
+        raise EngineError(problem)
+    return engine
+
+
+def open_fp32(
+    ckpt: Path,
+    device: torch.device,
+    threads: int,
+    model: nn.Module | None = None,
+) -> OnnxEngine:
+    """The fp32 graph's engine: exported where missing or unfit, exported again if it fails."""
+    config = read_config(ckpt)
+    onnx_providers(device)  # no provider for this device: fail before exporting anything
+    path = ensure_fp32_graph(ckpt, model)
+    try:
+        return _open_graph(path, config, device, threads, "onnx")
+    except EngineError as exc:
+        path = ensure_fp32_graph(ckpt, model, rebuild_because=str(exc))
+        return _open_graph(path, config, device, threads, "onnx")
+
+
+def open_int8(ckpt: Path, device: torch.device, threads: int) -> OnnxEngine:
+    """The int8 graph's engine; never rebuilt here (that needs calibration images)."""
+    config = read_config(ckpt)
+    problem = graph_problem(ckpt, "int8")
+    try:
+        if problem is None:
+            return _open_graph(ckpt / GRAPH_FILES["int8"], config, device, threads, "onnx-int8")
+    except EngineError as exc:
+        problem = str(exc)
+    raise EngineError(
+        f"{ckpt}: {problem}; make it with: phonesim optimize --checkpoint {ckpt} "
+        "--quantize int8 --calibration TRAIN_IMAGES"
+    )
+
+
+def onnx_device(device: str | torch.device | None) -> torch.device:
+    """Default device for ONNX Runtime: CUDA only where both torch and onnxruntime have it."""
+    if device is not None:
+        return resolve_device(device)
+    dev = resolve_device(None)
+    try:
+        onnx_providers(dev)
+    except EngineError:
+        return torch.device("cpu")
+    return dev
+
+
+def load_engine(
+    path: str | Path,
+    runtime: str = DEFAULT_RUNTIME,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+) -> Engine:
+    """Build the engine of checkpoint ``path`` (see the module docstring for ``runtime``).
+
+    ``device``: cpu, cuda, cuda:N or mps (default cuda when available, else cpu). ``threads``:
+    ONNX Runtime threads (default all cores this process may use; pass
+    ``default_threads(workers)`` when several worker processes share the machine).
+    """
+    if runtime not in RUNTIMES:
+        raise EngineError(f"unknown runtime '{runtime}' (choose from {', '.join(RUNTIMES)})")
+    ckpt = Path(path)
+    threads = threads or default_threads()
+    if runtime == "onnx-int8":
+        return open_int8(ckpt, onnx_device(device), threads)
+    if runtime == "onnx":
+        return open_fp32(ckpt, onnx_device(device), threads)
+    dev = resolve_device(device)
+    model, config = load_checkpoint(ckpt)
+    if runtime == "torch":
+        return TorchEngine(model, dev)
+    try:
+        engine = open_fp32(ckpt, dev, threads, model)
+        problem = check_against_torch(engine, model, config.data_config["input_size"]).problem
+    except EngineError as exc:
+        problem = str(exc)
+    if problem is None:
+        return engine
+    log.warning("%s: runtime auto falls back to torch: %s", ckpt, problem)
+    return TorchEngine(model, dev)
