@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
+import re
 
 
 def positive_int(text: str) -> int:
@@ -27,6 +29,51 @@ def positive_float(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+def host(text: str) -> str:
+    """An address to listen on: an IPv4/IPv6 address or a host name."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not _HOSTNAME.match(text):
+            raise argparse.ArgumentTypeError(
+                f"must be an IP address or a host name, got {text!r}"
+            ) from None
+    return text
+
+
 def port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -39,3 +86,47 @@ positive_int.__name__ = "positive integer"
 non_negative_int.__name__ = "non-negative integer"
 positive_float.__name__ = "positive number"
 port.__name__ = "port"
+host.__name__ = "host"
+unit_interval.__name__ = "number in (0, 1]"
+non_negative_float.__name__ = "non-negative number"
+fraction.__name__ = "number in [0, 1)"
+probability.__name__ = "number in [0, 1]"
+
+
+def add_data_option(
+    parser: argparse.ArgumentParser, help: str, *, required: bool = True, default: str | None = None
+) -> None:
+    """``--data``: the input images, a folder or a CSV manifest, as on every phonesim command.
+
+    ``--images DIR`` and ``--manifest CSV`` stay as older spellings that also say which of the
+    two the path is; :func:`data_source` reads whichever was given.
+    """
+    group = parser.add_mutually_exclusive_group(required=required and default is None)
+    group.add_argument("--data", default=default, help=help)
+    group.add_argument("--images", metavar="DIR", help="same as --data, for a folder of images")
+    group.add_argument("--manifest", metavar="CSV", help="same as --data, for a CSV manifest")
+
+
+def data_source(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The input path and its kind: ``"images"``, ``"manifest"``, or None for ``--data``
+    (a folder or a CSV, told apart by what the path is)."""
+    if getattr(args, "images", None):
+        return args.images, "images"
+    if getattr(args, "manifest", None):
+        return args.manifest, "manifest"
+    return args.data, None
+
+
+def add_index_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """The index folder as ``--index DIR``, like every phonesim command; a bare ``DIR`` (the
+    older spelling) still works. :func:`index_folder` reads whichever was given."""
+    parser.add_argument("--index", dest="index_option", metavar="INDEX_DIR", help=help)
+    parser.add_argument("index_positional", nargs="?", metavar="INDEX_DIR", help=argparse.SUPPRESS)
+
+
+def index_folder(args: argparse.Namespace) -> str:
+    """The folder of :func:`add_index_option`; a usage error when none or two were given."""
+    given = [p for p in (args.index_option, args.index_positional) if p]
+    if len(given) != 1:
+        raise argparse.ArgumentTypeError("give the index folder once, as --index INDEX_DIR")
+    return given[0]

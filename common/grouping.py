@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 
 def component_labels(n: int, pairs: Iterable[tuple[int, int]] | np.ndarray) -> np.ndarray:
@@ -26,6 +24,10 @@ def component_labels(n: int, pairs: Iterable[tuple[int, int]] | np.ndarray) -> n
     edges = edges.reshape(-1, 2)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
+    # Imported here: scipy.sparse costs 0.1 s, which `phonesim --help` should not pay.
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     if edges.size and (edges.min() < 0 or edges.max() >= n):
         raise ValueError(f"pair index out of range for {n} nodes")
     graph = coo_matrix(

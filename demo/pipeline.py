@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from common.argtypes import positive_int
+from common.argtypes import host, non_negative_int, port, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--classes", type=positive_int, default=8, help="phone models (default 8)")
-    p.add_argument("--per-class", type=positive_int, default=40, help="images per model")
+    p.add_argument(
+        "--per-class", type=positive_int, default=40, help="images per model (default 40)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=_make_demo_catalog)
 
@@ -42,12 +44,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "to --workdir and are reused on the next run (delete it to start over).",
     )
     p.add_argument("--workdir", default="runs/demo", help="where outputs go (default ./runs/demo)")
-    p.add_argument("--classes", type=int, default=8, help="phone models (default 8)")
-    p.add_argument("--per-class", type=int, default=40, help="images per model (default 40)")
-    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    p.add_argument("--classes", type=positive_int, default=8, help="phone models (default 8)")
+    p.add_argument(
+        "--per-class", type=positive_int, default=40, help="images per model (default 40)"
+    )
+    p.add_argument(
+        "--epochs",
+        type=non_negative_int,
+        default=DEMO_EPOCHS,
+        help=f"fine-tuning epochs (default {DEMO_EPOCHS}; 0 trains only the head)",
+    )
     p.add_argument("--no-serve", action="store_true", help="stop after building the index")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--host", type=host, default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
+    )
+    p.add_argument("--port", type=port, default=8000, help="port to serve on (default 8000)")
     p.set_defaults(func=run_demo)
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from duplicates.evaluation import group_metrics
-from duplicates.grouping import SearchConfig, brute_force_groups, group_vectors
+if TYPE_CHECKING:
+    from duplicates.grouping import SearchConfig
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ def _peak_rss_mb() -> float:
 
 def run_bench(config: BenchConfig, search: SearchConfig | None = None) -> dict:
     """Time the grouping of ``config.n`` vectors; compare with brute force on a subset."""
+    # Imported here: FAISS loads only when the benchmark runs, not for `phonesim --help`.
+    from duplicates.evaluation import group_metrics
+    from duplicates.grouping import brute_force_groups, group_vectors
+
     xb, truth = synthetic_vectors(config)
     rss_before = _peak_rss_mb()
     start = time.perf_counter()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from common.argtypes import non_negative_int, positive_int
+from common.argtypes import add_data_option, data_source, non_negative_int, positive_int
 from common.errors import run_reporting_errors
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,13 @@ outputs in REPORT_DIR:
   summary.txt      the one-line summary also printed at the end
 
 keeper: per group, the image ranked first by --keep (default: highest resolution, then largest
-file; ties by id). With --against the catalog item is always kept.
+file; ties by id). With --index the catalog item is always kept.
 labels: the folder an image is in (or the manifest's label column); a group whose members carry
 different labels is flagged as a label conflict.
 
 examples:
-  %(prog)s --checkpoint runs/model --images listings/ --out report/
-  %(prog)s --checkpoint runs/model --manifest new.csv --against idx/ --out report/
+  %(prog)s --checkpoint runs/model --data listings/ --out report/
+  %(prog)s --checkpoint runs/model --data new.csv --index idx/ --out report/
 """
 
 
@@ -59,12 +59,14 @@ def _unit_float(text: str) -> float:
 
 def add_find_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="model checkpoint folder")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", metavar="DIR", help="folder of images (searched recursively)")
-    src.add_argument("--manifest", metavar="CSV", help="CSV manifest with id,image,label columns")
+    add_data_option(
+        p, "listing images: a folder (searched recursively) or a CSV manifest (id,image,...)"
+    )
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for the report")
     p.add_argument(
+        "--index",
         "--against",
+        dest="index",
         metavar="INDEX_DIR",
         help="check the images against this catalog index (built by 'phonesim index build "
         "--catalog CSV') instead of among themselves",
@@ -85,7 +87,7 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-k",
         type=positive_int,
-        help="neighbours checked per image (default 16; with --against: catalog neighbours "
+        help="neighbours checked per image (default 16; with --index: catalog neighbours "
         "verified per orientation, default 20)",
     )
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
@@ -115,7 +117,8 @@ def run_find(args: argparse.Namespace) -> int:
 
     keep = parse_keep(args.keep)
     _check_output_folder(args.out)
-    samples = load_inputs(images=args.images, manifest=args.manifest)
+    data, kind = data_source(args)
+    samples = load_inputs(data, kind)
     stored = stored_settings(args.checkpoint)
     if args.threshold is None and not stored.calibrated:
         log.warning(
@@ -137,12 +140,12 @@ def run_find(args: argparse.Namespace) -> int:
         config = replace(config, k=args.k)
     model, ckpt = load_checkpoint(args.checkpoint)
     descriptor = CopyDescriptor(model, ckpt.data_config, stored.descriptor)
-    if args.against:
+    if args.index:
         from embedder.inference import Embedder
 
         embedder = Embedder(model, ckpt, checkpoint_hash(args.checkpoint))
         against = AgainstConfig(k=args.k) if args.k else AgainstConfig()
-        result = find_against(descriptor, embedder, samples, args.against, config, against)
+        result = find_against(descriptor, embedder, samples, args.index, config, against)
     else:
         result = find_duplicates(descriptor, samples, config)
     paths = write_report(result, args.out)
@@ -172,10 +175,12 @@ near-identical, re-framed or cropped) are clustered first and used once.
 def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="model checkpoint folder")
     p.add_argument(
+        "--data",
         "--images",
+        dest="data",
         default=str(DEFAULT_SOURCE),
         metavar="DIR",
-        help="real photos to build the benchmark from (default: %(default)s)",
+        help="a folder of real photos to build the benchmark from (default: %(default)s)",
     )
     p.add_argument(
         "--work",
@@ -194,9 +199,16 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
         help="untouched distractors (default: all remaining photos)",
     )
     p.add_argument("--seed", type=int, default=0, help="benchmark seed (default 0)")
-    p.add_argument("--min-precision", type=_unit_float, default=0.95, help="default 0.95")
+    p.add_argument(
+        "--min-precision",
+        type=_unit_float,
+        default=0.95,
+        help="lowest precision a stored threshold may have (default 0.95)",
+    )
     p.add_argument("--dry-run", action="store_true", help="report only; do not store")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
+    )
     p.add_argument(
         "--workers", type=non_negative_int, help="image decoding processes (default: auto)"
     )
@@ -231,7 +243,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         finder=finder,
         min_precision=args.min_precision,
     )
-    result = calibrate(descriptor, args.images, work / "benchmark", config)
+    result = calibrate(descriptor, args.data, work / "benchmark", config)
     paths = write_calibration(result, work)
     print("threshold  precision  recall  F1")
     sw = result.sweep
@@ -269,14 +281,19 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dim", type=positive_int, default=d.dim, help="dimension (default %(default)s)"
     )
-    p.add_argument("--threshold", type=_unit_float, default=d.threshold)
+    p.add_argument(
+        "--threshold",
+        type=_unit_float,
+        default=d.threshold,
+        help="cosine at which two vectors are grouped (default %(default)s)",
+    )
     p.add_argument(
         "--baseline-n",
         type=positive_int,
         default=d.baseline_n,
         help="brute-force subset size (default %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="data seed (default %(default)s)")
 
 
 def run_bench(args: argparse.Namespace) -> int:

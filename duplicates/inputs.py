@@ -50,15 +50,18 @@ def list_images(root: str | Path) -> list[Sample]:
     return samples
 
 
-def load_inputs(images: str | Path | None = None, manifest: str | Path | None = None):
-    """Samples from a folder or a CSV manifest (exactly one of them)."""
-    if (images is None) == (manifest is None):
-        raise DataError("give either an image folder or a CSV manifest")
-    if images is not None:
-        return list_images(images)
-    if Path(manifest).is_dir():
-        raise DataError(f"{manifest}: is a folder; --manifest takes a CSV file (use --images)")
-    return load_catalog(manifest, require_labels=False).samples
+def load_inputs(data: str | Path, kind: str | None = None):
+    """Samples from a folder of images or a CSV manifest.
+
+    ``kind`` is ``"images"`` or ``"manifest"`` when the caller was told which (``--images``,
+    ``--manifest``), else None: a folder is listed, anything else read as a CSV manifest.
+    """
+    path = Path(data)
+    if kind == "images" or (kind is None and path.is_dir()):
+        return list_images(path)
+    if path.is_dir():
+        raise DataError(f"{data}: is a folder; --manifest takes a CSV file (use --data)")
+    return load_catalog(path, require_labels=False).samples
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,15 @@ import os
 import sys
 from pathlib import Path
 
-from common.argtypes import non_negative_int, positive_int
+from common.argtypes import (
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    unit_interval,
+)
 from embedder import optimize_cli
 from embedder.train_config import (
     BN_STATS_MODES,
@@ -34,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     val.add_argument("--val", help="validation images (class folders or CSV)")
     val.add_argument(
         "--val-fraction",
-        type=float,
+        type=unit_interval,
         help=f"hold out this share of each class without --val (default {d.val_fraction})",
     )
     p.add_argument("--out", required=True, help="checkpoint folder to write")
@@ -56,39 +64,48 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"(default {d.crop_mode})",
     )
     p.add_argument(
-        "--epochs", type=int, help=f"full fine-tuning epochs, 0 = linear probe (default {d.epochs})"
+        "--epochs",
+        type=non_negative_int,
+        help=f"full fine-tuning epochs, 0 = linear probe (default {d.epochs})",
     )
     p.add_argument(
         "--warmup-epochs",
-        type=int,
+        type=non_negative_int,
         help=f"head-only epochs on cached frozen features (default {d.warmup_epochs})",
     )
-    p.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
-    p.add_argument("--lr", type=float, help=f"fine-tuning learning rate (default {d.lr})")
     p.add_argument(
-        "--head-lr", type=float, help=f"head warm-up learning rate (default {d.head_lr})"
+        "--batch-size", type=positive_int, help=f"images per training step (default {d.batch_size})"
     )
-    p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
+    p.add_argument("--lr", type=positive_float, help=f"fine-tuning learning rate (default {d.lr})")
+    p.add_argument(
+        "--head-lr", type=positive_float, help=f"head warm-up learning rate (default {d.head_lr})"
+    )
+    p.add_argument(
+        "--label-smoothing",
+        type=fraction,
+        help=f"share of the target spread over the other classes, in [0, 1) "
+        f"(default {d.label_smoothing})",
+    )
     p.add_argument(
         "--weight-decay",
-        type=float,
+        type=non_negative_float,
         help=f"AdamW weight decay, >= 0; norms and biases are never decayed "
         f"(default {d.weight_decay})",
     )
     p.add_argument(
         "--drop-rate",
-        type=float,
+        type=fraction,
         help=f"dropout before the classifier, in [0, 1) (default {d.drop_rate})",
     )
     p.add_argument(
         "--augment",
-        type=float,
+        type=probability,
         help="augmentation strength 0-1: crop scale, colour jitter, RandAugment magnitude, "
         f"random erasing (default {d.augment})",
     )
     p.add_argument(
         "--frozen-groups",
-        type=int,
+        type=non_negative_int,
         help="leading layer groups (stem, then stages) kept frozen while fine-tuning; "
         f"0 fine-tunes everything (default {d.frozen_groups})",
     )
@@ -109,7 +126,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--conflict-similarity",
-        type=float,
+        type=unit_interval,
         help="greyscale-thumbnail cosine at which two training images count as one photo "
         f"(default {d.conflict_similarity})",
     )
@@ -123,7 +140,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="sample uniformly instead of class-balanced",
     )
-    p.add_argument("--seed", type=int, help=f"default {d.seed}")
+    p.add_argument(
+        "--seed", type=int, help=f"random seed: same seed, same weights (default {d.seed})"
+    )
     p.add_argument(
         "--workers", type=non_negative_int, help="data loader workers (default: up to 2)"
     )
@@ -137,11 +156,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "confusion matrix as JSON and PNG) and retrieval Recall@1/@5 (same label among the "
         "nearest neighbours; gallery = --gallery or leave-one-out within --data).",
     )
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (from phonesim train)")
     p.add_argument("--data", required=True, help="labelled images: class folders or CSV")
     p.add_argument("--gallery", help="gallery images for retrieval (default: leave-one-out)")
     p.add_argument("--out", help="report folder (default: <checkpoint>-eval next to it)")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_evaluate)
 

@@ -24,6 +24,7 @@ from common.fsutil import atomic_write
 from embedder.checkpoint import checkpoint_hash, file_sha256, read_config
 from embedder.data import Sample, load_catalog
 from embedder.engine import DEFAULT_OUTPUTS, Engine, default_threads
+from embedder.engine_defaults import DEFAULT_CALIBRATION_IMAGES
 from embedder.errors import DataError, ImageError
 from embedder.images import load_image
 from embedder.metrics import label_recall_at_k, macro_f1
@@ -46,7 +47,6 @@ from embedder.transforms import eval_transform
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CALIBRATION_IMAGES = 256
 BATCH_SIZE = 16
 
 

@@ -6,8 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.argtypes import non_negative_int, positive_int
-from export.schema import DTYPES
+from common.argtypes import (
+    add_data_option,
+    data_source,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from export.config import DTYPES
 
 DESCRIPTION = """\
 Write recommendation features for every catalog image to one HDF5 file: ids, L2-normalised
@@ -23,10 +29,10 @@ apart from the neighbour index (see docs/export.md).
 
 EPILOG = """\
 examples:
-  %(prog)s --checkpoint ckpt --images catalog/ --out features.h5
-  %(prog)s --checkpoint ckpt --manifest catalog.csv --out features.h5 --neighbors 20 \\
+  %(prog)s --checkpoint ckpt --data catalog/ --out features.h5
+  %(prog)s --checkpoint ckpt --data catalog.csv --out features.h5 --neighbors 20 \\
       --dtype float16
-  %(prog)s --checkpoint ckpt --manifest catalog.csv --out features.h5 --index my-index/
+  %(prog)s --checkpoint ckpt --data catalog.csv --out features.h5 --index my-index/
   %(prog)s ... --ray local                  # embedding stage on a local Ray instance
   %(prog)s ... --ray auto                   # on the Ray cluster this machine belongs to
   %(prog)s ... --ray ray://head:10001       # through Ray Client
@@ -37,9 +43,9 @@ Schema and loading examples (h5py, pandas): docs/export.md
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (from phonesim train)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", help="folder of images: one subfolder per class, or flat")
-    src.add_argument("--manifest", help="CSV manifest with id,image,label columns")
+    add_data_option(
+        p, "images: a folder (one subfolder per class, or flat) or a CSV manifest (id,image,...)"
+    )
     p.add_argument("--out", required=True, help="HDF5 file to write, e.g. features.h5")
     p.add_argument(
         "--index",
@@ -112,7 +118,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     ray.add_argument(
         "--ray-cpus-per-actor",
-        type=float,
+        type=positive_float,
         default=1.0,
         help="CPUs reserved by each actor (default 1; torch uses that many threads)",
     )
@@ -124,7 +130,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="do not upload the phonesim packages to a remote cluster (use when the cluster "
         "image has phonesim installed)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     return p
 
 
@@ -160,10 +167,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "file's 'failed' dataset and skipped. An existing --out file is replaced; after Ctrl-C "
         "or a crash, the same command resumes from OUT.partial/.",
     )
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True, help="class folders, a flat image folder, or CSV")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (from phonesim train)")
+    add_data_option(p, "images: class folders, a flat image folder, or a CSV manifest")
     p.add_argument("--out", required=True, help="HDF5 file to write")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
+    )
     p.add_argument(
         "--workers", type=non_negative_int, help="decoding workers (default: spare cores)"
     )
@@ -172,6 +181,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="discard unfinished progress in OUT.partial/ instead of resuming it",
     )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run_embed)
 
 
@@ -180,17 +190,19 @@ def run_embed(args: argparse.Namespace) -> int:
     from export.config import ExportConfig
     from export.job import export_features
 
+    data, kind = data_source(args)
     summary = export_features(
         ExportConfig(
             checkpoint=args.checkpoint,
-            input=args.data,
+            input=data,
+            input_kind=kind,
             out=args.out,
             neighbors=0,
             batch_size=args.batch_size,
             workers=args.workers,
             overwrite=True,
             restart=args.restart,
-            progress=sys.stderr.isatty(),
+            progress=not args.no_progress and sys.stderr.isatty(),
         )
     )
     print(
@@ -203,10 +215,11 @@ def run_embed(args: argparse.Namespace) -> int:
 def config_from_args(args: argparse.Namespace):
     from export.config import ExportConfig
 
+    data, kind = data_source(args)
     return ExportConfig(
         checkpoint=args.checkpoint,
-        input=args.images or args.manifest,
-        input_kind="images" if args.images else "manifest",
+        input=data,
+        input_kind=kind,
         out=args.out,
         index=args.index,
         neighbors=args.neighbors,
@@ -223,7 +236,7 @@ def config_from_args(args: argparse.Namespace):
         ray_actors=args.ray_actors,
         ray_cpus_per_actor=args.ray_cpus_per_actor,
         ray_ship_code=args.ray_ship_code,
-        progress=not args.quiet and sys.stderr.isatty(),
+        progress=not args.no_progress and sys.stderr.isatty(),
     )
 
 
@@ -249,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         run,
         args,
         verbose=args.verbose,
+        quiet=args.quiet,
         interrupted=f"interrupted; progress is kept in {args.out}.partial/, "
         "run the same command again to resume",
     )

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from export.errors import ExportError
-from export.schema import DTYPES
+
+# Storage types of embeddings and probabilities in the HDF5 file.
+DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import h5py
 
+from export.config import DTYPES  # noqa: F401  (part of the schema: storage types)
+
 FORMAT = "phonesim-features"
 FORMAT_VERSION = 1
 
@@ -25,7 +27,6 @@ NEIGHBOR_SCORES = "neighbors/scores"
 FAILED_IDS = "failed"  # ids only, so len(f["failed"]) is the count, as in `phonesim embed`
 FAILED_REASONS = "failed_reasons"
 
-DTYPES = ("float32", "float16")
 
 #: Embeddings, probabilities and scores are compressed; gzip is readable by every HDF5 reader.
 COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}

@@ -12,16 +12,11 @@ This package never imports torch or timm: it takes float32 numpy arrays. Other s
 build a FAISS index of their own size it with :func:`knn_factory` / :func:`ivf_nlist`.
 """
 
-from index.build import (
-    BuildReport,
-    Embeddings,
-    build_from_files,
-    build_index,
-    create_index,
-    read_catalog_csv,
-    read_embeddings,
-)
-from index.catalog import CatalogIndex, IndexOptions, open_index
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from index.errors import (
     BuildInputError,
     CatalogIndexError,
@@ -39,9 +34,46 @@ from index.errors import (
     ReadOnlyIndexError,
     UnknownIdError,
 )
-from index.manifest import Manifest, read_manifest
-from index.results import Hit, Item
 from index.sizing import ivf_nlist, knn_factory
+
+if TYPE_CHECKING:
+    from index.build import (
+        BuildReport,
+        Embeddings,
+        build_from_files,
+        build_index,
+        create_index,
+        read_catalog_csv,
+        read_embeddings,
+    )
+    from index.catalog import CatalogIndex, IndexOptions, open_index
+    from index.manifest import Manifest, read_manifest
+    from index.results import Hit, Item
+
+# Loaded on first use: FAISS and h5py cost a noticeable part of a second, which commands that
+# only parse arguments (``phonesim --help``) should not pay.
+_LAZY = {
+    "index.build": (
+        "BuildReport",
+        "Embeddings",
+        "build_from_files",
+        "build_index",
+        "create_index",
+        "read_catalog_csv",
+        "read_embeddings",
+    ),
+    "index.catalog": ("CatalogIndex", "IndexOptions", "open_index"),
+    "index.manifest": ("Manifest", "read_manifest"),
+    "index.results": ("Hit", "Item"),
+}
+_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(_MODULE_OF[name]), name)
+    raise AttributeError(f"module 'index' has no attribute {name!r}")
+
 
 __all__ = [
     "BuildInputError",

@@ -10,8 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from index.build import build_from_files
-from index.folder import describe
+from common.argtypes import add_index_option, index_folder, unit_interval
 
 
 def register(subparsers: Any) -> argparse._SubParsersAction:
@@ -33,7 +32,7 @@ def register(subparsers: Any) -> argparse._SubParsersAction:
     build.add_argument(
         "--catalog", help="catalog CSV (id,image,label,...): its columns become the metadata"
     )
-    build.add_argument("--out", required=True, help="index folder to create")
+    build.add_argument("--index", "--out", dest="out", required=True, help="index folder to create")
     build.add_argument(
         "--kind",
         default="auto",
@@ -41,7 +40,7 @@ def register(subparsers: Any) -> argparse._SubParsersAction:
     )
     build.add_argument(
         "--target-recall",
-        type=float,
+        type=unit_interval,
         default=0.95,
         help="recall@10 the tuned search defaults must reach (default %(default)s)",
     )
@@ -51,11 +50,20 @@ def register(subparsers: Any) -> argparse._SubParsersAction:
     build.set_defaults(func=cmd_build)
 
     info = actions.add_parser("info", help="show an index's kind, size and embedder")
-    info.add_argument("index", metavar="INDEX_DIR")
+    add_index_option(info, "index folder to describe")
     info.add_argument("--json", action="store_true", help="print JSON")
-    info.set_defaults(func=cmd_info)
+    info.set_defaults(func=cmd_info, parser=info)
 
     return actions
+
+
+def index_folder_or_exit(args: argparse.Namespace) -> str:
+    """The index folder of ``args`` (see :func:`common.argtypes.index_folder`), or a usage error."""
+    try:
+        return index_folder(args)
+    except argparse.ArgumentTypeError as exc:
+        args.parser.error(str(exc))
+        raise  # unreachable: parser.error exits
 
 
 def _size(n: float) -> str:
@@ -67,6 +75,8 @@ def _size(n: float) -> str:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from index.build import build_from_files
+
     report = build_from_files(
         args.embeddings,
         args.out,
@@ -102,7 +112,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = describe(args.index)
+    from index.folder import describe
+
+    info = describe(index_folder_or_exit(args))
     if args.json:
         print(json.dumps(info))
         return 0

@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from common.argtypes import add_index_option, positive_int
 from common.errors import UserError
+from index.cli import index_folder_or_exit
 from index.errors import InvalidFilterError, InvalidParamsError
 
 
@@ -22,10 +24,12 @@ def register(index_actions: argparse._SubParsersAction) -> None:
         help="print the catalog items most similar to an image",
         description="Embed one image with a checkpoint and print its nearest catalog items.",
     )
-    query.add_argument("index", metavar="INDEX_DIR")
+    add_index_option(query, "index folder to search (built with the same checkpoint)")
     query.add_argument("--checkpoint", required=True, help="checkpoint folder of the embedder")
     query.add_argument("--image", required=True, help="image file to look up")
-    query.add_argument("-k", type=int, default=10, help="results to show (default %(default)s)")
+    query.add_argument(
+        "-k", type=positive_int, default=10, help="results to show (default %(default)s)"
+    )
     query.add_argument(
         "--filter",
         action="append",
@@ -41,7 +45,7 @@ def register(index_actions: argparse._SubParsersAction) -> None:
         help="search parameter such as nprobe=32 or efSearch=64",
     )
     query.add_argument("--json", action="store_true", help="print JSON")
-    query.set_defaults(func=run)
+    query.set_defaults(func=run, parser=query)
 
 
 def parse_filter(pairs: list[str]) -> dict[str, Any] | None:
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     if not Path(args.image).is_file():
         raise UserError(f"{args.image}: image file does not exist")
-    embedder, index = open_for_serving(args.checkpoint, args.index)
+    embedder, index = open_for_serving(args.checkpoint, index_folder_or_exit(args))
     with index:
         batch = embedder.embed_paths([args.image])
         hits = index.search(batch.embeddings[0], args.k, filter=flt, params=params or None)[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from common.argtypes import port, positive_float, positive_int
+from common.argtypes import non_negative_float, port, positive_float, positive_int
 from common.errors import UserError, run_reporting_errors
 from server.config import API_KEY_ENV, GunicornSettings, ServerConfig
 
@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-wait-ms",
-        type=float,
+        type=non_negative_float,
         default=10.0,
         help="how long a batch may wait for requests on their way to the model (default 10)",
     )

@@ -38,14 +38,6 @@ def test_help_lists_subcommands(capsys):
         (["--data", "{tmp}/notes.txt"], "expected a folder"),
         (["--data", "{tmp}/ok", "--weights", "{tmp}/none.pth"], "weights file not found"),
         (["--data", "{tmp}/ok", "--model", "nope_model", "--weights", "none"], "unknown timm"),
-        (["--data", "{tmp}/ok", "--val-fraction", "1.5"], "val-fraction"),
-        (["--data", "{tmp}/ok", "--lr", "-1"], "--lr must be a positive number"),
-        (["--data", "{tmp}/ok", "--head-lr", "nan"], "--head-lr must be a positive number"),
-        (["--data", "{tmp}/ok", "--label-smoothing", "2"], "--label-smoothing must be in"),
-        (["--data", "{tmp}/ok", "--augment", "3"], "--augment must be in [0, 1]"),
-        (["--data", "{tmp}/ok", "--weight-decay", "-1"], "--weight-decay must be >= 0"),
-        (["--data", "{tmp}/ok", "--drop-rate", "1"], "--drop-rate must be in [0, 1)"),
-        (["--data", "{tmp}/ok", "--frozen-groups", "-2"], "--frozen-groups must be"),
         (["--data", "{tmp}/ok", "--weights", "{tmp}/notes.txt"], "cannot read weights"),
         (["--data", "{tmp}/ok", "--out", "{tmp}/ok"], "not a phonesim checkpoint"),
         (["--data", "{tmp}/ok", "--out", "{tmp}/notes.txt"], "not a folder"),
@@ -72,6 +64,31 @@ def test_train_bad_input_is_one_line_error(tmp_path, capsys, argv_tail, message)
     code, _, err = run(argv, capsys)
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--val-fraction", "1.5", "must be in (0, 1]"),
+        ("--lr", "-1", "must be a positive number"),
+        ("--head-lr", "nan", "must be a positive number"),
+        ("--label-smoothing", "2", "must be in [0, 1)"),
+        ("--augment", "3", "must be in [0, 1]"),
+        ("--weight-decay", "-1", "must be 0 or more"),
+        ("--drop-rate", "1", "must be in [0, 1)"),
+        ("--frozen-groups", "-2", "must be 0 or more"),
+        ("--epochs", "-1", "must be 0 or more"),
+        ("--conflict-similarity", "0", "must be in (0, 1]"),
+    ],
+)
+def test_train_out_of_range_numbers_are_usage_errors(tmp_path, capsys, flag, value, message):
+    """Refused while parsing, before any data is read: exit 2 and a line naming the flag."""
+    argv = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), flag, value]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert f"argument {flag}: {message}" in err and "Traceback" not in err
 
 
 def test_train_never_writes_over_a_folder_that_is_not_a_checkpoint(tmp_path, capsys):

@@ -1,0 +1,1 @@
+"""Duplicate-listing detection: descriptor -> candidates -> verification -> groups (README.md)."""

@@ -1,0 +1,74 @@
+"""Every phonesim command speaks the same flag language: help on every flag, range-checked
+numbers, --data for inputs, --index for the index, -v/-q on either side of the subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from phonesim.cli import _subparsers, build_parser
+
+
+def _commands() -> list[argparse.ArgumentParser]:
+    return _subparsers(build_parser())
+
+
+def _options(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+            continue
+        yield action
+
+
+def test_every_flag_has_help_text():
+    missing = [
+        f"{parser.prog} {'/'.join(a.option_strings) or a.dest}"
+        for parser in _commands()
+        for a in _options(parser)
+        if a.help is None
+    ]
+    assert missing == []
+
+
+def test_every_number_is_range_checked():
+    """A bare int/float type accepts -5 and nan; the range-checking types say what is valid."""
+    bare = [
+        f"{parser.prog} {'/'.join(a.option_strings)}"
+        for parser in _commands()
+        for a in _options(parser)
+        if a.type in (int, float) and a.dest != "seed"
+    ]
+    assert bare == []
+
+
+def test_inputs_are_data_and_indexes_are_index():
+    for parser in _commands():
+        flags = {s for a in _options(parser) for s in a.option_strings}
+        for old, new in (
+            ("--images", "--data"),
+            ("--manifest", "--data"),
+            ("--against", "--index"),
+        ):
+            if old in flags:
+                assert new in flags, f"{parser.prog}: {old} without {new}"
+
+
+@pytest.mark.parametrize(
+    "argv", [["-q", "index", "info", "--index"], ["index", "info", "-q", "--index"]]
+)
+def test_quiet_works_before_and_after_the_subcommand(argv, tmp_path):
+    args = build_parser().parse_args([*argv, str(tmp_path)])
+    assert args.quiet is True and args.verbose is False
+
+
+def test_help_does_not_import_the_model_stack():
+    code = (
+        "import sys; from phonesim.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'timm', 'onnxruntime', 'faiss', 'flask') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
