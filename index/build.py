@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,9 +295,8 @@ def build_index(
         source=dict(source or {}),
         image_roots=image_roots([m["image"] for m in mds if isinstance(m.get("image"), str)]),
     )
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    # A unique hidden sibling: same filesystem (the swap is a rename), never another build's.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
         t = time.perf_counter()
         _write_store(tmp / STORE_NAME, ids, mds, fids, progress)
@@ -347,7 +348,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     """Swap the finished build in for ``out``, holding the old index's writer lock meanwhile."""
     lock = lock_writer(out) if (out / MANIFEST_NAME).is_file() else None
     try:
-        swap_folder(tmp, out, out.parent / f".{out.name}.old-{os.getpid()}")
+        swap_folder(tmp, out, out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}")
     finally:
         if lock is not None:
             os.close(lock)
