@@ -81,13 +81,20 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class GunicornSettings:
-    """Process settings of the WSGI server."""
+    """Process settings of the HTTP server.
+
+    ``threads``: request threads per worker (connections are read on the worker's event
+    loop and cost no thread). ``header_timeout_s``/``body_timeout_s``: how long a connection
+    may take to send its headers, and then its body, before it is answered 408.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
     threads: int = 8
     timeout_s: int = 60
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
     torch_threads: int | None = None  # default: CPU cores / workers
     faiss_threads: int = 1
     access_log: bool = False

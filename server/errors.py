@@ -7,6 +7,7 @@ Views raise :class:`ApiError` (or let library errors through); the handlers regi
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import re
 
@@ -43,6 +44,11 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
+
+
+def error_json(code: str, message: str) -> bytes:
+    """The error body as bytes, for answers given outside Flask (the HTTP layer)."""
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
 def error_response(
