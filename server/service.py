@@ -31,15 +31,14 @@ from index.errors import DuplicateIdError, UnknownIdError
 from server.batcher import Arrival, MicroBatcher
 from server.config import ServerConfig
 from server.errors import ApiError
+from server.limits import check_item_id
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 # Metadata that holds a server-side file path: never sent to clients nor accepted from them.
 PRIVATE_FIELDS = frozenset({"image"})
-MAX_ID_LENGTH = 256
 THUMBNAIL_CACHE = 512
-RESERVED_ID_SUFFIXES = ("/similar", "/image")
 
 
 @dataclass(frozen=True)
@@ -53,21 +52,6 @@ class Embedded:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
-
-
-def check_item_id(item_id: Any) -> str:
-    if not isinstance(item_id, str) or not item_id.strip():
-        raise ApiError(400, "invalid_id", "'id' must be a non-empty string")
-    if len(item_id) > MAX_ID_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in item_id):
-        raise ApiError(
-            400, "invalid_id", f"'id' must be at most {MAX_ID_LENGTH} printable characters"
-        )
-    if item_id.endswith(RESERVED_ID_SUFFIXES):
-        # /v1/items/<id>/similar and /v1/items/<id>/image would route such an id elsewhere.
-        raise ApiError(
-            400, "invalid_id", f"'id' must not end with {' or '.join(RESERVED_ID_SUFFIXES)}"
-        )
-    return item_id
 
 
 class LookupService:

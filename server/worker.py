@@ -3,7 +3,8 @@
 1. Requests the HTTP parser refuses (a 10k-character URL: 414; a 100 KB header: 431; a CR in a
    header, obs-fold, Content-Length beside Transfer-Encoding, ``Content-Length: -1``, TLS bytes
    on the HTTP port: 400; an unknown transfer coding: 501) are answered with the same JSON body
-   as every other error, ``{"error": {"code", "message"}}``, instead of gunicorn's text.
+   as every other error, ``{"error": {"code", "message"}}``, instead of gunicorn's text. (A TLS
+   client cannot read it, but the connection ends at once instead of waiting for a line end.)
 2. A connection must finish its request headers within ``header_timeout_s`` of connecting
    (gunicorn's keep-alive timer covers later requests): a client that trickles header lines
    holds no thread here, but it must not hold a connection for ever either.
@@ -61,8 +62,18 @@ class JsonErrorProtocol(ASGIProtocol):
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._got_headers = False
+        self._got_bytes = False
         timeout = getattr(self.worker, "header_timeout_s", DEFAULT_HEADER_TIMEOUT_S)
         self._header_timer = self.worker.loop.call_later(timeout, self._headers_too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._got_bytes:
+            self._got_bytes = True
+            if data[:1] == b"\x16":  # a TLS handshake record: an https:// client on this port
+                self._send_error_response(400, "this port speaks plain HTTP, not TLS (https)")
+                self._close_transport()
+                return
+        super().data_received(data)
 
     def _on_headers_complete(self) -> Any:
         self._got_headers = True
