@@ -71,9 +71,12 @@ def _reject_unknown_fields(
 
 def _search_options(svc: LookupService, body: dict[str, Any]) -> tuple[int, dict | None]:
     _reject_unknown_fields(body, ("k", "filter"))
+    for key in ("k", "filter"):
+        if key in body and body[key] is None:
+            raise ApiError(400, f"invalid_{key}", f"'{key}' must not be null; leave it out")
     cfg = svc.config
-    k_value = request.args.get("k", body.get("k"))
-    k = parse_k(k_value, cfg.default_k, cfg.max_k)
+    body_k = parse_k(body.get("k"), cfg.default_k, cfg.max_k)  # checked even when overridden
+    k = parse_k(request.args.get("k"), body_k, cfg.max_k)
     flt = parse_filter(request.args.lists(), body.get("filter"), svc.filterable_fields)
     return k, flt
 

@@ -118,6 +118,8 @@ def _bounded_int(value: Any, name: str, low: int, high: int) -> int:
         if not re.fullmatch(r"[+-]?[0-9]{1,12}", text):
             raise ApiError(400, code, f"{name} must be an integer, got {value!r}")
         value = int(text)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema's integers include 3.0
     if not isinstance(value, int):
         raise ApiError(400, code, f"{name} must be an integer, got {value!r}")
     if not low <= value <= high:

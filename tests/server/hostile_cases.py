@@ -65,7 +65,10 @@ def cases(jpeg: str) -> list[tuple[str, str, str, dict, int, str | None]]:
     add("k-nan", js("{" + img + ', "k": NaN}'), 400, "invalid_json")
     add("k-infinity", js("{" + img + ', "k": -Infinity}'), 400, "invalid_json")
     add("k-string-number", js("{" + img + ', "k": "3"}'), 200)
-    add("k-float-json", js("{" + img + ', "k": 2.0}'), 400, "invalid_k")
+    add("k-integral-float", js("{" + img + ', "k": 2.0}'), 200)  # an integer to JSON Schema
+    add("k-fraction", js("{" + img + ', "k": 2.5}'), 400, "invalid_k")
+    add("k-null", js("{" + img + ', "k": null}'), 400, "invalid_k")
+    add("filter-json-null", js("{" + img + ', "filter": null}'), 400, "invalid_filter")
     add("duplicate-key", js("{" + img + ", " + img + "}"), 400, "invalid_json")
     members = ", ".join(f'"f{i}": 1' for i in range(300))
     add("300-member-filter", js("{" + img + ', "filter": {' + members + "}}"), 400)
