@@ -121,6 +121,17 @@ def read_embeddings(path: str | Path) -> Embeddings:
     return Embeddings(ids, xb, labels, model_name, checkpoint_hash, list(label_names), failed)
 
 
+def failed_images(path: str | Path) -> list[str]:
+    """The ``id: file: reason`` lines ``phonesim embed`` recorded for the images it could not
+    read (none if the file lists none)."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        if "failed" not in h5:
+            return []
+        return [str(line) for line in h5["failed"].asstr()[()]]
+
+
 def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
     """Metadata rows by id from a catalog CSV (``id,image,label,...``).
 

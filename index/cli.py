@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from index.build import build_from_files
+from index.build import build_from_files, failed_images
 from index.catalog import describe
 
 
@@ -94,9 +94,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         )
     else:
         tuned = ", ".join(f"{k}={v}" for k, v in m.search_defaults.items()) or "exact search"
+        left_out = failed_images(args.embeddings)
+        for line in left_out:
+            print(f"not indexed (phonesim embed could not read it): {line}")
         print(
             f"built {report.path}: {m.count} items, {m.kind} ({m.factory}), {tuned}, "
             f"{report.timings['total_s']:.1f} s"
+            + (f"; {len(left_out)} unreadable image(s) not indexed" if left_out else "")
         )
     return 0
 
