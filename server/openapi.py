@@ -251,7 +251,10 @@ def openapi_spec(filterable_fields: Iterable[str] = ()) -> dict[str, Any]:
             "title": "phonesim lookup server",
             "version": "1",
             "description": "Upload a phone photo, get its predicted class and the nearest "
-            'catalog phones. Every error is JSON: {"error": {"code", "message"}}.',
+            'catalog phones. Every error is JSON: {"error": {"code", "message"}}, including '
+            "those of the HTTP layer (400 malformed request, 408 headers or body too slow, 413 "
+            "body over the limit, 414 URL too long, 431 headers too large, 501 unknown "
+            "transfer coding) and 429 when a per-client rate limit is set.",
         },
         "paths": paths,
         "components": {
