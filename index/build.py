@@ -133,6 +133,22 @@ def read_embeddings(path: str | Path) -> Embeddings:
     return Embeddings(ids, xb, labels, model_name, checkpoint_hash, list(label_names), failed)
 
 
+def failed_images(path: str | Path) -> list[str]:
+    """One ``id: reason`` line per image ``phonesim embed`` could not read (none if the file
+    lists none). The export schema keeps the ids in ``failed`` and the reasons beside them in
+    ``failed_reasons``; older embed files held ``id: file: reason`` lines in ``failed``."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        if "failed" not in h5:
+            return []
+        ids = [str(x) for x in h5["failed"].asstr()[()]]
+        if "failed_reasons" not in h5:
+            return ids
+        reasons = [str(x) for x in h5["failed_reasons"].asstr()[()]]
+        return [f"{i}: {r}" for i, r in zip(ids, reasons, strict=False)]
+
+
 def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
     """Metadata rows by id from a catalog CSV (``id,image,label,...``).
 

@@ -75,7 +75,7 @@ def _size(n: float) -> str:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from index.build import build_from_files
+    from index.build import build_from_files, failed_images
 
     report = build_from_files(
         args.embeddings,
@@ -104,9 +104,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         )
     else:
         tuned = ", ".join(f"{k}={v}" for k, v in m.search_defaults.items()) or "exact search"
+        left_out = failed_images(args.embeddings)
+        for line in left_out:
+            print(f"not indexed (phonesim embed could not read it): {line}")
         print(
             f"built {report.path}: {m.count} items, {m.kind} ({m.factory}), {tuned}, "
             f"{report.timings['total_s']:.1f} s"
+            + (f"; {len(left_out)} unreadable image(s) not indexed" if left_out else "")
         )
     return 0
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
+from werkzeug.routing import PathConverter
 
 from index.catalog import Hit
 from server.auth import require_api_key
@@ -19,10 +19,22 @@ from server.inputs import (
     parse_limit,
     read_image,
 )
-from server.service import LookupService, check_item_id
+from server.limits import check_item_id, check_metadata, parse_json
+from server.service import LookupService
 from server.state import service
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
+
+
+class ItemIdConverter(PathConverter):
+    """An item id in a URL: a path that does not end in /similar or /image, so that
+    ``DELETE /v1/items/x/image`` is 405 (the URL of a thumbnail) and not the deletion of an
+    item "x/image" (which no id may be: see :data:`server.limits.ID_PATTERN`)."""
+
+    regex = r"[^/](?:(?!/(?:similar|image)$).)*"
+
+
+bp.record_once(lambda setup: setup.app.url_map.converters.setdefault("item_id", ItemIdConverter))
 
 
 def _ms_since(t0: float) -> float:
@@ -59,9 +71,12 @@ def _reject_unknown_fields(
 
 def _search_options(svc: LookupService, body: dict[str, Any]) -> tuple[int, dict | None]:
     _reject_unknown_fields(body, ("k", "filter"))
+    for key in ("k", "filter"):
+        if key in body and body[key] is None:
+            raise ApiError(400, f"invalid_{key}", f"'{key}' must not be null; leave it out")
     cfg = svc.config
-    k_value = request.args.get("k", body.get("k"))
-    k = parse_k(k_value, cfg.default_k, cfg.max_k)
+    body_k = parse_k(body.get("k"), cfg.default_k, cfg.max_k)  # checked even when overridden
+    k = parse_k(request.args.get("k"), body_k, cfg.max_k)
     flt = parse_filter(request.args.lists(), body.get("filter"), svc.filterable_fields)
     return k, flt
 
@@ -118,7 +133,7 @@ def list_items() -> Response:
     )
 
 
-@bp.get("/items/<path:item_id>")
+@bp.get("/items/<item_id:item_id>")
 def get_item(item_id: str) -> Response:
     svc = service()
     return jsonify(item_json(svc, item_id, svc.item(item_id)))
@@ -158,12 +173,7 @@ def _metadata_from(fields: dict[str, Any], is_json: bool) -> dict[str, Any]:
     elif is_json:
         metadata = raw
     else:
-        try:
-            metadata = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ApiError(
-                400, "invalid_metadata", f"'metadata' is not valid JSON ({exc})"
-            ) from exc
+        metadata = parse_json(raw, "'metadata'", code="invalid_metadata")
     if not isinstance(metadata, dict):
         raise ApiError(400, "invalid_metadata", "'metadata' must be a JSON object")
     if is_json:
@@ -173,7 +183,7 @@ def _metadata_from(fields: dict[str, Any], is_json: bool) -> dict[str, Any]:
     else:
         for key, value in fields.items():
             metadata.setdefault(key, value)
-    return metadata
+    return check_metadata(metadata)
 
 
 @bp.post("/items")
@@ -197,7 +207,7 @@ def add_item() -> tuple[Response, int, dict[str, str]]:
     return jsonify(body), 201, {"Location": url_for("api.get_item", item_id=item_id)}
 
 
-@bp.delete("/items/<path:item_id>")
+@bp.delete("/items/<item_id:item_id>")
 @require_api_key
 def delete_item(item_id: str) -> Response:
     """Remove an item from the catalog (durable)."""

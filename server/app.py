@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask, Response
 
-from server import api, errors, ops, web
+from server import api, cors, errors, ops, ratelimit, web
 from server.config import ServerConfig
 from server.loading import open_for_serving
 from server.metrics import Metrics
@@ -60,6 +60,10 @@ def create_app(
 
     errors.init_app(app)
     metrics.init_app(app)
+    if config.rate_limit:
+        ratelimit.init_app(app, config.rate_limit, config.rate_burst)
+    if config.cors_origins:
+        cors.init_app(app, config.cors_origins)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(web.bp)

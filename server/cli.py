@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
+from pathlib import Path
 
 from common.argtypes import non_negative_float, port, positive_float, positive_int
 from common.errors import UserError, run_reporting_errors
 from server.config import API_KEY_ENV, GunicornSettings, ServerConfig
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,10 +29,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads", type=positive_int, default=8, help="request threads per worker (default 8)"
     )
-    p.add_argument(
+    key = p.add_mutually_exclusive_group()
+    key.add_argument(
+        "--api-key-file",
+        default=None,
+        metavar="FILE",
+        help=f"file holding the key that the write endpoints require (default: ${API_KEY_ENV}; "
+        "none: writes off)",
+    )
+    key.add_argument(
         "--api-key",
         default=None,
-        help=f"key that the write endpoints require (default: ${API_KEY_ENV}; none: writes off)",
+        help="the key itself; other users of the machine can read it in the process list, so "
+        f"prefer --api-key-file or ${API_KEY_ENV}",
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=positive_float,
+        default=None,
+        metavar="PER_SECOND",
+        help="requests per second each client address may make (429 beyond; default: no limit)",
+    )
+    p.add_argument(
+        "--rate-burst",
+        type=positive_int,
+        default=None,
+        help="requests a client may make at once under --rate-limit (default: 2 x the rate)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="web origin allowed to call the API from a browser, e.g. https://shop.example "
+        "(repeatable; '*' for any; default: none)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=positive_float,
+        default=10.0,
+        help="seconds a connection may take to send its request headers (default 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=positive_float,
+        default=60.0,
+        help="seconds a request may take to send its body (default 60)",
     )
     p.add_argument(
         "--max-upload-mb", type=positive_float, default=10.0, help="upload limit (default 10)"
@@ -87,12 +134,15 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
         config = ServerConfig(
             checkpoint=args.checkpoint,
             index=args.index,
-            api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+            api_key=api_key_from(args),
             max_upload_mb=args.max_upload_mb,
             max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms,
             image_dir=args.image_dir,
             image_roots=tuple(args.image_root),
+            rate_limit=args.rate_limit,
+            rate_burst=args.rate_burst,
+            cors_origins=tuple(args.cors_origin),
         ).validate()
     except ValueError as exc:
         raise UserError(str(exc)) from exc
@@ -104,8 +154,50 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
         torch_threads=args.torch_threads,
         faiss_threads=args.faiss_threads,
         access_log=args.access_log,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
     )
     return config, settings
+
+
+def api_key_from(args: argparse.Namespace) -> str | None:
+    """The write key: --api-key-file, else --api-key, else $PHONESIM_API_KEY (None: no key)."""
+    if args.api_key_file:
+        try:
+            key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read --api-key-file {args.api_key_file}: {exc}") from exc
+        if not key:
+            raise UserError(f"--api-key-file {args.api_key_file} is empty")
+        return key
+    return args.api_key or os.environ.get(API_KEY_ENV) or None
+
+
+def hide_key_from_process_list(key: str) -> None:
+    """Run this command again with the key moved from the arguments to the environment.
+
+    Arguments are world-readable (``ps``, /proc/PID/cmdline), the environment is not; the
+    gunicorn workers are forked from this process and inherit its arguments, so this is the
+    one place to drop them. The same process id goes on (``exec``).
+    """
+    argv = list(getattr(sys, "orig_argv", []))
+    cleaned: list[str] = []
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        if token == "--api-key":
+            skip = True
+            continue
+        if token.startswith("--api-key="):
+            continue
+        cleaned.append(token)
+    if not argv or key in " ".join(cleaned) or len(cleaned) == len(argv):
+        return  # not the command line we were started with (e.g. called from Python)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *cleaned[1:]], {**os.environ, API_KEY_ENV: key})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,6 +205,13 @@ def run(args: argparse.Namespace) -> int:
     # 'phonesim --help' stays quick.
     from server.serve import serve
 
+    if args.api_key:
+        log.warning(
+            "--api-key on the command line is visible to other users of this machine (ps); "
+            "use --api-key-file or $%s. Restarting with the key in the environment.",
+            API_KEY_ENV,
+        )
+        hide_key_from_process_list(args.api_key)
     return serve(*settings_from_args(args))
 
 

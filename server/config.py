@@ -22,6 +22,9 @@ class ServerConfig:
     requests already being decoded. ``image_dir``: where images of items added through the
     API are kept for thumbnails (``None``: not kept). ``image_roots``: extra folders that
     catalog thumbnails may be read from, besides those the index was built from.
+    ``rate_limit``/``rate_burst``: requests per second each client address may make, and how
+    many at once (``None``: no limit; counted per worker process). ``cors_origins``: web
+    origins allowed to call the API from a browser (``"*"``: any; empty: none).
     """
 
     checkpoint: str | None = None
@@ -38,6 +41,9 @@ class ServerConfig:
     thumbnail_px: int = 256
     image_dir: str | None = None
     image_roots: tuple[str, ...] = ()
+    rate_limit: float | None = None
+    rate_burst: int | None = None
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def max_upload_bytes(self) -> int:
@@ -59,6 +65,10 @@ class ServerConfig:
             raise ValueError("max_wait_ms must be >= 0 and request_timeout_s > 0")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key must not be blank")
+        if self.rate_limit is not None and not self.rate_limit > 0:
+            raise ValueError(f"rate_limit must be positive, got {self.rate_limit}")
+        if self.rate_burst is not None and self.rate_burst < 1:
+            raise ValueError(f"rate_burst must be at least 1, got {self.rate_burst}")
         return self
 
     @classmethod
@@ -71,8 +81,9 @@ class ServerConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown server setting(s): {', '.join(unknown)}")
-        if "image_roots" in data:
-            data["image_roots"] = tuple(str(p) for p in data["image_roots"])
+        for key in ("image_roots", "cors_origins"):
+            if key in data:
+                data[key] = tuple(str(p) for p in data[key])
         return cls(**data).validate()
 
     def replace(self, **changes: Any) -> ServerConfig:
@@ -81,13 +92,20 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class GunicornSettings:
-    """Process settings of the WSGI server."""
+    """Process settings of the HTTP server.
+
+    ``threads``: request threads per worker (connections are read on the worker's event
+    loop and cost no thread). ``header_timeout_s``/``body_timeout_s``: how long a connection
+    may take to send its headers, and then its body, before it is answered 408.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
     threads: int = 8
     timeout_s: int = 60
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
     torch_threads: int | None = None  # default: CPU cores / workers
     faiss_threads: int = 1
     access_log: bool = False

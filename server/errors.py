@@ -7,6 +7,7 @@ Views raise :class:`ApiError` (or let library errors through); the handlers regi
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import re
 
@@ -45,10 +46,22 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+MAX_MESSAGE = 500  # characters: a message may quote the request, never all of it
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+
+
+def error_json(code: str, message: str) -> bytes:
+    """The error body as bytes, for answers given outside Flask (the HTTP layer)."""
+    return json.dumps({"error": {"code": code, "message": _short(message)}}).encode()
+
+
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> Response:
-    response = jsonify({"error": {"code": code, "message": message}})
+    response = jsonify({"error": {"code": code, "message": _short(message)}})
     response.status_code = status
     for key, value in (headers or {}).items():
         response.headers[key] = value

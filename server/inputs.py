@@ -12,6 +12,7 @@ from typing import Any
 from flask import Request
 
 from server.errors import ApiError
+from server.limits import MAX_FILTER_VALUES, check_scalar, check_text, parse_json
 
 IMAGE_FIELD = "image"
 # Query parameters that are not metadata filters.
@@ -26,10 +27,12 @@ def too_large(limit: int) -> ApiError:
 
 
 def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object, or 400 if the body is not one."""
-    data = request.get_json(force=True, silent=True)
-    if data is None:
-        raise ApiError(400, "invalid_json", "request body is not valid JSON")
+    """The request's JSON object, or 400 if the body is not one (or breaks a bound of
+    :mod:`server.limits`)."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        raise ApiError(400, "invalid_json", "request body is not valid JSON (it is empty)")
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
     return data
@@ -115,6 +118,8 @@ def _bounded_int(value: Any, name: str, low: int, high: int) -> int:
         if not re.fullmatch(r"[+-]?[0-9]{1,12}", text):
             raise ApiError(400, code, f"{name} must be an integer, got {value!r}")
         value = int(text)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema's integers include 3.0
     if not isinstance(value, int):
         raise ApiError(400, code, f"{name} must be an integer, got {value!r}")
     if not low <= value <= high:
@@ -145,8 +150,8 @@ def decode_cursor(value: str | None) -> str | None:
     try:
         text = value.strip()
         raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-        data = json.loads(raw)
-    except (binascii.Error, ValueError):
+        data = parse_json(raw, "cursor")
+    except (binascii.Error, ValueError, ApiError):
         data = None
     after = data.get("after") if isinstance(data, dict) and len(data) == 1 else None
     if not isinstance(after, str) or not after:
@@ -165,7 +170,7 @@ def parse_filter(
     for key, values in args:
         if key in RESERVED_PARAMS:
             continue
-        flt[key] = values[0] if len(values) == 1 else list(values)
+        flt[check_text(key, "filter field")] = values[0] if len(values) == 1 else list(values)
     if body_filter is not None:
         if not isinstance(body_filter, Mapping):
             raise ApiError(400, "invalid_filter", "'filter' must be a JSON object")
@@ -182,6 +187,14 @@ def parse_filter(
                     f"filter {key!r} must be a scalar or a non-empty list of scalars",
                 )
             flt[str(key)] = value
+    for key, value in flt.items():
+        values = value if isinstance(value, list) else [value]
+        if len(values) > MAX_FILTER_VALUES:
+            raise ApiError(
+                400, "invalid_filter", f"filter {key!r} has more than {MAX_FILTER_VALUES} values"
+            )
+        for v in values:
+            check_scalar(v, f"filter {key!r}", "invalid_filter")
     if not flt:
         return None
     known = set(allowed)

@@ -2,208 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from server.auth import API_KEY_HEADER
-from server.inputs import DEFAULT_LIMIT, MAX_LIMIT
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*statuses: int) -> dict[str, Any]:
-    text = {
-        400: "bad request: no or empty image, not an image, truncated, unsupported format, "
-        "decompression bomb, bad base64 or JSON, bad k, unknown filter field, bad limit or "
-        "cursor",
-        401: "API key missing",
-        403: "API key wrong, or writes disabled",
-        404: "unknown item",
-        409: "item id already exists",
-        413: "upload larger than the limit",
-        415: "unsupported content type",
-        503: "model not loaded, overloaded or shutting down",
-    }
-    return {str(s): _json(_ref("Error"), text[s]) for s in statuses}
-
-
-K_PARAM = {
-    "name": "k",
-    "in": "query",
-    "description": "number of neighbours (default 10, at most 100)",
-    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
-}
-FILTER_PARAM = {
-    "name": "filter",
-    "in": "query",
-    "description": "metadata equality filters as query parameters, e.g. `label=xiaomi`; a "
-    "repeated parameter means any of its values. Fields: see /v1/info `filterable_fields`.",
-    "style": "form",
-    "explode": True,
-    "schema": {"type": "object", "additionalProperties": {"type": "string"}},
-}
-LIMIT_PARAM = {
-    "name": "limit",
-    "in": "query",
-    "description": f"items per page (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})",
-    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-}
-CURSOR_PARAM = {
-    "name": "cursor",
-    "in": "query",
-    "description": "`next_cursor` of the previous page (opaque); absent for the first page",
-    "schema": {"type": "string"},
-}
-ITEM_ID = {
-    "name": "item_id",
-    "in": "path",
-    "required": True,
-    "description": "catalog item id (URL-encoded)",
-    "schema": {"type": "string"},
-}
-
-
-def _image_body(**json_fields: dict[str, Any]) -> dict[str, Any]:
-    """An uploaded image (multipart, base64 JSON or raw), plus the JSON fields an endpoint takes.
-
-    Unknown fields are refused with 400, hence ``additionalProperties: false``.
-    """
-    return {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {"image": {"type": "string", "format": "binary"}},
-                    "additionalProperties": False,
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {
-                        "image": {"type": "string", "format": "byte", "description": "base64"},
-                        **json_fields,
-                    },
-                    "additionalProperties": False,
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-
-
-SEARCH_BODY = _image_body(
-    k={"type": "integer"}, filter={"type": "object", "additionalProperties": True}
+from server.limits import MAX_METADATA_FIELDS
+from server.openapi_parts import (
+    CURSOR_PARAM,
+    EMBED_BODY,
+    FORM_FIELD_PATTERN,
+    ID_SCHEMA,
+    IMAGE,
+    ITEM_ID,
+    ITEM_LINKS,
+    K_PARAM,
+    K_SCHEMA,
+    LIMIT_PARAM,
+    METADATA,
+    SCHEMAS,
+    SECURITY,
+    TEXT,
+    error_responses,
+    filter_param_of,
+    filter_schema,
+    image_body,
+    json_content,
+    ref,
 )
-EMBED_BODY = _image_body()
-
-SECURITY = [{"ApiKey": []}]
-
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-            }
-        },
-    },
-    "ClassScore": {
-        "type": "object",
-        "properties": {"label": {"type": "string"}, "score": {"type": "number"}},
-    },
-    "Prediction": {
-        "type": "object",
-        "required": ["label", "score", "top"],
-        "properties": {
-            "label": {"type": "string"},
-            "score": {"type": "number"},
-            "top": {"type": "array", "items": _ref("ClassScore")},
-        },
-    },
-    "Item": {
-        "type": "object",
-        "required": ["id"],
-        "description": "an item's id, its catalog metadata (label, title, brand, price, ...) "
-        "and the URL of its thumbnail",
-        "properties": {"id": {"type": "string"}, "image_url": {"type": "string"}},
-        "additionalProperties": True,
-    },
-    "ItemPage": {
-        "type": "object",
-        "required": ["items", "next_cursor"],
-        "description": "items in a stable order (by id): a page never skips nor repeats an "
-        "item that stays in the catalog while paging",
-        "properties": {
-            "items": {"type": "array", "items": _ref("Item")},
-            "next_cursor": {
-                "type": "string",
-                "nullable": True,
-                "description": "pass as `cursor` for the next page; null on the last page",
-            },
-        },
-    },
-    "Neighbor": {
-        "allOf": [
-            _ref("Item"),
-            {"type": "object", "properties": {"score": {"type": "number"}}},
-        ]
-    },
-    "Timing": {"type": "object", "additionalProperties": {"type": "number"}},
-    "SearchResult": {
-        "type": "object",
-        "required": ["prediction", "neighbors", "timing_ms"],
-        "properties": {
-            "prediction": _ref("Prediction"),
-            "neighbors": {"type": "array", "items": _ref("Neighbor")},
-            "k": {"type": "integer"},
-            "filter": {"type": "object", "nullable": True},
-            "timing_ms": _ref("Timing"),
-        },
-    },
-    "SimilarResult": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "neighbors": {"type": "array", "items": _ref("Neighbor")},
-            "timing_ms": _ref("Timing"),
-        },
-    },
-    "EmbedResult": {
-        "type": "object",
-        "properties": {
-            "model": {"type": "string"},
-            "dim": {"type": "integer"},
-            "embedding": {"type": "array", "items": {"type": "number"}},
-            "prediction": _ref("Prediction"),
-            "timing_ms": _ref("Timing"),
-        },
-    },
-}
 
 
-def openapi_spec() -> dict[str, Any]:
-    """The document served at ``/openapi.json``."""
+def openapi_spec(filterable_fields: Iterable[str] = ()) -> dict[str, Any]:
+    """The document served at ``/openapi.json``; filters name ``filterable_fields``."""
+    fields = list(filterable_fields)
+    filter_param = filter_param_of(fields)
+    search_body = image_body(k=K_SCHEMA, filter=filter_schema(fields, json_values=True))
     paths: dict[str, Any] = {
         "/v1/search": {
             "post": {
                 "summary": "Predicted class and nearest catalog phones of a photo",
-                "parameters": [K_PARAM, FILTER_PARAM],
-                "requestBody": SEARCH_BODY,
+                "parameters": [K_PARAM, filter_param],
+                "requestBody": search_body,
                 "responses": {
-                    "200": _json(_ref("SearchResult"), "prediction and neighbours"),
-                    **_errors(400, 413, 415, 503),
+                    "200": json_content(ref("SearchResult"), "prediction and neighbours"),
+                    **error_responses(400, 413, 415, 429, 503),
                 },
             }
         },
@@ -212,18 +53,27 @@ def openapi_spec() -> dict[str, Any]:
                 "summary": "Embedding and predicted class of a photo",
                 "requestBody": EMBED_BODY,
                 "responses": {
-                    "200": _json(_ref("EmbedResult"), "embedding and prediction"),
-                    **_errors(400, 413, 415, 503),
+                    "200": json_content(ref("EmbedResult"), "embedding and prediction"),
+                    **error_responses(400, 413, 415, 429, 503),
                 },
             }
         },
         "/v1/items": {
             "get": {
                 "summary": "A page of catalog items (to browse the catalog)",
+                "operationId": "list_items",
                 "parameters": [LIMIT_PARAM, CURSOR_PARAM],
                 "responses": {
-                    "200": _json(_ref("ItemPage"), "items and the cursor of the next page"),
-                    **_errors(400, 503),
+                    "200": {
+                        **json_content(ref("ItemPage"), "items and the cursor of the next page"),
+                        "links": {
+                            "NextPage": {
+                                "operationId": "list_items",
+                                "parameters": {"cursor": "$response.body#/next_cursor"},
+                            }
+                        },
+                    },
+                    **error_responses(400, 429, 503),
                 },
             },
             "post": {
@@ -237,42 +87,46 @@ def openapi_spec() -> dict[str, Any]:
                                 "type": "object",
                                 "required": ["image", "id"],
                                 "properties": {
-                                    "image": {"type": "string", "format": "binary"},
-                                    "id": {"type": "string"},
-                                    "metadata": {
-                                        "type": "string",
-                                        "description": "JSON object; other form fields are "
-                                        "added to it as strings",
-                                    },
+                                    "image": IMAGE,
+                                    "id": ID_SCHEMA,
+                                    "metadata": METADATA,
                                 },
-                            }
+                                "maxProperties": 3 + MAX_METADATA_FIELDS // 2,
+                                "propertyNames": {"pattern": FORM_FIELD_PATTERN},
+                                "additionalProperties": TEXT,
+                                "description": "metadata is a JSON object; other form fields "
+                                "are added to it as strings",
+                            },
+                            "encoding": {"metadata": {"contentType": "application/json"}},
                         },
                         "application/json": {
                             "schema": {
                                 "type": "object",
                                 "required": ["image", "id"],
                                 "properties": {
-                                    "image": {"type": "string", "format": "byte"},
-                                    "id": {"type": "string"},
-                                    "metadata": {"type": "object", "additionalProperties": True},
+                                    "image": {"type": "string", "format": "byte", "minLength": 1},
+                                    "id": ID_SCHEMA,
+                                    "metadata": METADATA,
                                 },
+                                "additionalProperties": False,
                             }
                         },
                     },
                 },
                 "responses": {
-                    "201": _json(
+                    "201": json_content(
                         {
                             "type": "object",
                             "properties": {
-                                "item": _ref("Item"),
-                                "prediction": _ref("Prediction"),
-                                "timing_ms": _ref("Timing"),
+                                "item": ref("Item"),
+                                "prediction": ref("Prediction"),
+                                "timing_ms": ref("Timing"),
                             },
                         },
                         "the item as stored",
-                    ),
-                    **_errors(400, 401, 403, 409, 413, 415, 503),
+                    )
+                    | {"links": ITEM_LINKS},
+                    **error_responses(400, 401, 403, 409, 413, 415, 429, 503),
                 },
             },
         },
@@ -280,13 +134,18 @@ def openapi_spec() -> dict[str, Any]:
             "parameters": [ITEM_ID],
             "get": {
                 "summary": "A catalog item",
-                "responses": {"200": _json(_ref("Item"), "the item"), **_errors(404, 503)},
+                "operationId": "get_item",
+                "responses": {
+                    "200": json_content(ref("Item"), "the item"),
+                    **error_responses(404, 429, 503),
+                },
             },
             "delete": {
                 "summary": "Remove an item from the catalog (durable)",
+                "operationId": "delete_item",
                 "security": SECURITY,
                 "responses": {
-                    "200": _json(
+                    "200": json_content(
                         {
                             "type": "object",
                             "properties": {
@@ -296,23 +155,25 @@ def openapi_spec() -> dict[str, Any]:
                         },
                         "removed",
                     ),
-                    **_errors(401, 403, 404, 503),
+                    **error_responses(401, 403, 404, 429, 503),
                 },
             },
         },
         "/v1/items/{item_id}/similar": {
             "get": {
                 "summary": "Nearest neighbours of a catalog item (itself excluded)",
-                "parameters": [ITEM_ID, K_PARAM, FILTER_PARAM],
+                "operationId": "similar",
+                "parameters": [ITEM_ID, K_PARAM, filter_param],
                 "responses": {
-                    "200": _json(_ref("SimilarResult"), "neighbours"),
-                    **_errors(400, 404, 503),
+                    "200": json_content(ref("SimilarResult"), "neighbours"),
+                    **error_responses(400, 404, 429, 503),
                 },
             }
         },
         "/v1/items/{item_id}/image": {
             "get": {
                 "summary": "JPEG thumbnail of a catalog item's own image",
+                "operationId": "item_image",
                 "parameters": [ITEM_ID],
                 "responses": {
                     "200": {
@@ -321,7 +182,7 @@ def openapi_spec() -> dict[str, Any]:
                             "image/jpeg": {"schema": {"type": "string", "format": "binary"}}
                         },
                     },
-                    **_errors(404, 503),
+                    **error_responses(404, 429, 503),
                 },
             }
         },
@@ -329,23 +190,23 @@ def openapi_spec() -> dict[str, Any]:
             "get": {
                 "summary": "Model, classes, index kind and size, limits",
                 "responses": {
-                    "200": _json({"type": "object", "additionalProperties": True}, "info"),
-                    **_errors(503),
+                    "200": json_content({"type": "object", "additionalProperties": True}, "info"),
+                    **error_responses(429, 503),
                 },
             }
         },
         "/healthz": {
             "get": {
                 "summary": "Liveness: the process answers",
-                "responses": {"200": _json({"type": "object"}, "alive")},
+                "responses": {"200": json_content({"type": "object"}, "alive")},
             }
         },
         "/readyz": {
             "get": {
                 "summary": "Readiness: model and index loaded",
                 "responses": {
-                    "200": _json({"type": "object"}, "ready"),
-                    "503": _json({"type": "object"}, "not ready"),
+                    "200": json_content({"type": "object"}, "ready"),
+                    "503": json_content({"type": "object"}, "not ready"),
                 },
             }
         },
@@ -360,7 +221,7 @@ def openapi_spec() -> dict[str, Any]:
         "/openapi.json": {
             "get": {
                 "summary": "This document",
-                "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")},
+                "responses": {"200": json_content({"type": "object"}, "OpenAPI 3 document")},
             }
         },
         "/": {
@@ -380,17 +241,20 @@ def openapi_spec() -> dict[str, Any]:
                         "schema": {"type": "string"},
                     }
                 ],
-                "responses": {"200": {"description": "file"}, **_errors(404)},
+                "responses": {"200": {"description": "file"}, **error_responses(404)},
             }
         },
     }
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "phonesim lookup server",
             "version": "1",
             "description": "Upload a phone photo, get its predicted class and the nearest "
-            'catalog phones. Every error is JSON: {"error": {"code", "message"}}.',
+            'catalog phones. Every error is JSON: {"error": {"code", "message"}}, including '
+            "those of the HTTP layer (400 malformed request, 408 headers or body too slow, 413 "
+            "body over the limit, 414 URL too long, 431 headers too large, 501 unknown "
+            "transfer coding) and 429 when a per-client rate limit is set.",
         },
         "paths": paths,
         "components": {

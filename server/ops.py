@@ -33,4 +33,5 @@ def metrics() -> Response:
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(openapi_spec())
+    svc = state().service
+    return jsonify(openapi_spec(svc.filterable_fields if svc is not None else ()))

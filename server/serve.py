@@ -1,8 +1,10 @@
-"""Running the app under gunicorn (threads per worker, one model per worker process).
+"""Running the app under gunicorn (one model per worker process, threads for the requests).
 
 Each worker builds its own app after the fork (no preloading: a model and its thread pools
-must not be shared across ``fork``), so with several workers each loads the model. Within a
-worker, request threads share one model through the micro-batcher.
+must not be shared across ``fork``), so with several workers each loads the model. A worker
+reads requests on an event loop (:mod:`server.worker`, :mod:`server.bridge`: slow clients hold
+no thread) and runs each complete request on one of ``--threads`` threads; those threads share
+one model through the micro-batcher.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from gunicorn.app.base import BaseApplication
 
 from common.errors import UserError
 from server.app import create_app
+from server.bridge import BufferedWSGIBridge
 from server.config import GunicornSettings, ServerConfig
 from server.loading import check_for_serving
+from server.worker import PhonesimWorker
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +44,10 @@ def configure_threads(torch_threads: int, faiss_threads: int = 1) -> None:
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
-    """Stop the batcher and close the index when a worker ends."""
-    app = getattr(worker, "wsgi", None)
-    state = getattr(app, "extensions", {}).get("phonesim") if app is not None else None
-    if state is not None:
-        state.close()
+    """Finish the requests in hand, stop the batcher and close the index when a worker ends."""
+    bridge = getattr(worker, "asgi", None)
+    if isinstance(bridge, BufferedWSGIBridge):
+        bridge.close()
 
 
 class PhonesimGunicorn(BaseApplication):
@@ -60,8 +63,8 @@ class PhonesimGunicorn(BaseApplication):
         options = {
             "bind": [s.bind],
             "workers": s.workers,
-            "threads": s.threads,
-            "worker_class": "gthread",
+            # Request threads are the bridge's (see load); the worker itself is an event loop.
+            "worker_class": PhonesimWorker,
             "timeout": s.timeout_s,
             "graceful_timeout": 30,
             "keepalive": 5,
@@ -84,7 +87,14 @@ class PhonesimGunicorn(BaseApplication):
             threads,
             self.settings.faiss_threads,
         )
-        return create_app(self.server_config)
+        app = create_app(self.server_config)
+        return BufferedWSGIBridge(
+            app,
+            threads=self.settings.threads,
+            max_body=app.config["MAX_CONTENT_LENGTH"],
+            body_timeout_s=self.settings.body_timeout_s,
+            on_close=app.extensions["phonesim"].close,
+        )
 
 
 def preflight(config: ServerConfig, settings: GunicornSettings) -> None:

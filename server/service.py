@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,22 +25,25 @@ from PIL import Image
 
 from common.fsutil import atomic_write
 from embedder.errors import ImageError
-from embedder.images import load_image
+from embedder.images import IMAGE_FORMATS, load_image
 from embedder.inference import Embedder
 from index.catalog import CatalogIndex, Hit, Item
 from index.errors import DuplicateIdError, UnknownIdError
 from server.batcher import Arrival, MicroBatcher
 from server.config import ServerConfig
 from server.errors import ApiError
+from server.limits import check_item_id
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 # Metadata that holds a server-side file path: never sent to clients nor accepted from them.
 PRIVATE_FIELDS = frozenset({"image"})
-MAX_ID_LENGTH = 256
 THUMBNAIL_CACHE = 512
-RESERVED_ID_SUFFIXES = ("/similar", "/image")
+# Images above this many pixels decode at most LARGE_DECODES at a time: a 36-megapixel 16-bit
+# PNG needs ~250 MB while it decodes, and 8 request threads must not need eight times that.
+LARGE_PIXELS = 4_000_000
+LARGE_DECODES = 2
 
 
 @dataclass(frozen=True)
@@ -53,21 +57,6 @@ class Embedded:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
-
-
-def check_item_id(item_id: Any) -> str:
-    if not isinstance(item_id, str) or not item_id.strip():
-        raise ApiError(400, "invalid_id", "'id' must be a non-empty string")
-    if len(item_id) > MAX_ID_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in item_id):
-        raise ApiError(
-            400, "invalid_id", f"'id' must be at most {MAX_ID_LENGTH} printable characters"
-        )
-    if item_id.endswith(RESERVED_ID_SUFFIXES):
-        # /v1/items/<id>/similar and /v1/items/<id>/image would route such an id elsewhere.
-        raise ApiError(
-            400, "invalid_id", f"'id' must not end with {' or '.join(RESERVED_ID_SUFFIXES)}"
-        )
-    return item_id
 
 
 class LookupService:
@@ -101,6 +90,7 @@ class LookupService:
         self._roots = self._image_roots()
         self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
+        self._large_decodes = threading.BoundedSemaphore(LARGE_DECODES)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def checks(self) -> dict[str, bool]:
@@ -123,8 +113,15 @@ class LookupService:
 
     # -- model ------------------------------------------------------------------------------------
     def decode(self, data: bytes) -> Image.Image:
-        """Decode untrusted bytes (raises ImageError on anything that is not a sane image)."""
-        return load_image(data, min_side=self.embedder.decode_side)
+        """Decode untrusted bytes (raises ImageError on anything that is not a sane image).
+
+        Every image goes through :func:`~embedder.images.load_image` (its format list, pixel
+        budget and mode conversions); large ones take one of ``LARGE_DECODES`` slots first.
+        """
+        if _pixels(data) <= LARGE_PIXELS:
+            return load_image(data, min_side=self.embedder.decode_side)
+        with self._large_decodes:
+            return load_image(data, min_side=self.embedder.decode_side)
 
     def embed_bytes(self, data: bytes, arrival: Arrival | None = None) -> Embedded:
         """Decode, preprocess (in this thread) and embed (in a shared batch) one image.
@@ -363,6 +360,18 @@ class LookupService:
             "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms},
             "writes_enabled": cfg.writes_enabled and not self.index.readonly,
         }
+
+
+def _pixels(data: bytes) -> int:
+    """The pixel count an image file declares (0 if its header cannot be read), decoding none
+    of it; JPEGs count after the reduced-size decode that load_image applies to them."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # corrupt headers warn: load_image has the last word
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+                return 0 if img.format == "JPEG" else img.width * img.height
+    except Exception:  # the decoder proper reports what is wrong
+        return 0
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:

@@ -73,7 +73,7 @@ def test_metrics_count_requests_model_batches_and_index(client, jpeg_bytes):
     assert 'phonesim_http_requests_total{endpoint="/v1/search",method="POST",status="200"} 1.0' in (
         text
     )
-    assert 'endpoint="/v1/items/<path:item_id>",method="GET",status="404"' in text
+    assert 'endpoint="/v1/items/<item_id:item_id>",method="GET",status="404"' in text
     assert "phonesim_http_request_duration_seconds_bucket" in text
     assert re.search(r"phonesim_model_forward_seconds_count \d", text)
     assert re.search(r"phonesim_model_batch_size_count [1-9]", text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from common.errors import UserError
 from phonesim.cli import build_parser
 from server import cli
 from server.config import API_KEY_ENV, GunicornSettings, ServerConfig
@@ -50,3 +51,26 @@ def test_the_api_key_comes_from_the_flag_or_the_environment(monkeypatch):
     assert cli.settings_from_args(parse())[0].writes_enabled is False
     with pytest.raises(SystemExit):  # a usage error while parsing
         parse("--max-wait-ms", "-1")
+
+
+def test_the_api_key_file_and_the_hardening_flags(monkeypatch, tmp_path):
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    key = tmp_path / "key"
+    key.write_text("from-file\n")
+    config, settings = cli.settings_from_args(
+        parse(
+            "--api-key-file", str(key), "--rate-limit", "5", "--rate-burst", "7",
+            "--cors-origin", "https://a.example", "--header-timeout", "4", "--body-timeout", "9",
+        )
+    )  # fmt: skip
+    assert config.api_key == "from-file"
+    assert (config.rate_limit, config.rate_burst) == (5.0, 7)
+    assert config.cors_origins == ("https://a.example",)
+    assert (settings.header_timeout_s, settings.body_timeout_s) == (4.0, 9.0)
+    with pytest.raises(SystemExit):  # one source of the key on the command line
+        parse("--api-key", "a", "--api-key-file", str(key))
+    key.write_text("\n")
+    with pytest.raises(UserError, match="empty"):
+        cli.settings_from_args(parse("--api-key-file", str(key)))
+    with pytest.raises(UserError, match="cannot read"):
+        cli.settings_from_args(parse("--api-key-file", str(tmp_path / "missing")))

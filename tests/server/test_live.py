@@ -3,24 +3,17 @@ driven in headless Chromium."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-import uuid
 from pathlib import Path
 
 import pytest
 from werkzeug.test import EnvironBuilder
 
 from tests.server.helpers import API_KEY, SMALL_UPLOAD_MB, bad_requests, build_test_index
+from tests.server.live import multipart, running_server
 
-REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("PHONESIM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -34,53 +27,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Live:
-    """A running server: base address plus a small HTTP helper (one connection per call)."""
-
-    def __init__(self, port: int, proc: subprocess.Popen, log: Path) -> None:
-        self.port, self.proc, self.log = port, proc, log
-        self.base = f"http://127.0.0.1:{port}"
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            r = conn.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            conn.close()
-
-    def json(self, method: str, path: str, **kw) -> tuple[int, dict]:
-        status, headers, data = self.request(method, path, **kw)
-        assert headers["content-type"].startswith("application/json"), data[:200]
-        return status, json.loads(data)
-
-
-def multipart(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, dict[str, str]]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        if isinstance(value, tuple):
-            filename, data = value
-            head = (
-                f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                "Content-Type: application/octet-stream\r\n\r\n"
-            )
-        else:
-            head, data = f'Content-Disposition: form-data; name="{name}"\r\n\r\n', value.encode()
-        parts.append(f"--{boundary}\r\n{head}".encode() + data + b"\r\n")
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-
-
 @pytest.fixture(scope="module")
 def live_index(tiny_embedder, catalog_rows, tiny_catalog, tmp_path_factory) -> Path:
     """An index of its own: the live server writes to it."""
@@ -92,51 +38,14 @@ def live_index(tiny_embedder, catalog_rows, tiny_catalog, tmp_path_factory) -> P
 @pytest.fixture(scope="module")
 def live(tiny_checkpoint, live_index, tmp_path_factory):
     """``python -m server`` (the ``phonesim serve`` command) under gunicorn."""
-    port = free_port()
     work = tmp_path_factory.mktemp("live")
-    log = work / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "--checkpoint",
-        str(tiny_checkpoint),
-        "--index",
-        str(live_index),
-        "--port",
-        str(port),
-        "--threads",
-        "4",
-        "--max-upload-mb",
-        str(SMALL_UPLOAD_MB),
-        "--image-dir",
-        str(work / "uploads"),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PHONESIM_API_KEY": API_KEY}
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    server = Live(port, proc, log)
-    deadline = time.monotonic() + 90
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if server.request("GET", "/readyz")[0] == 200:
-                break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server not ready in 90 s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    yield server
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("server did not stop within 30 s of SIGTERM")
-    assert code == 0, log.read_text()[-3000:]
+    with running_server(
+        tiny_checkpoint, live_index, work,
+        "--threads", "4", "--max-upload-mb", str(SMALL_UPLOAD_MB),
+        "--image-dir", str(work / "uploads"),
+        env={"PHONESIM_API_KEY": API_KEY},
+    ) as server:  # fmt: skip
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,6 @@ def test_openapi_documents_the_catalog_pages(app):
     assert set(params) == {"limit", "cursor"}
     assert params["limit"]["schema"]["maximum"] == MAX_LIMIT
     assert params["limit"]["schema"]["default"] == DEFAULT_LIMIT
-    assert {"200", "400", "503"} == set(op["responses"])
+    assert {"200", "400", "429", "503"} == set(op["responses"])
     page = spec["components"]["schemas"]["ItemPage"]
     assert set(page["required"]) == {"items", "next_cursor"}

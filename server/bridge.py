@@ -1,0 +1,256 @@
+"""Serving the Flask (WSGI) app from an event loop: whole requests in, threads only for work.
+
+Why: with gunicorn's threaded worker a request thread reads its own request, so 8 clients that
+send one header line every 2 s hold all 8 threads and every other client waits. Here the event
+loop of gunicorn's ``asgi`` worker reads headers and :class:`BufferedWSGIBridge` reads the body
+(both without a thread, for any number of connections); only a complete request is handed to
+the thread pool that runs the app. The model stays off the loop: app threads submit images to
+the micro-batcher's own thread and wait there.
+
+A body is bounded three ways: its size (``max_body``: larger is answered 413 before reading
+it), its time (``body_timeout_s`` from the end of the headers: slower is 408), and the bytes
+all connections of the worker may hold at once (``max_buffered``: beyond it 503), so slow
+uploads cannot fill the memory either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from server.errors import error_json
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[dict[str, Any]], Any]
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class BufferedWSGIBridge:
+    """An ASGI application that reads each request whole, then runs ``wsgi_app`` on a thread.
+
+    ``threads`` app threads (gunicorn's ``--threads``). ``on_close`` runs once when the worker
+    stops (stopping the app's batcher and closing its index).
+    """
+
+    def __init__(
+        self,
+        wsgi_app: WSGIApp,
+        *,
+        threads: int,
+        max_body: int,
+        body_timeout_s: float = 60.0,
+        max_buffered: int = 256 * 2**20,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.wsgi_app = wsgi_app
+        self.max_body = max_body
+        self.body_timeout_s = body_timeout_s
+        self.max_buffered = max_buffered
+        self.buffered = 0  # body bytes held by requests still being read (loop thread only)
+        self._on_close = on_close
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="phonesim-request")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+
+    def close(self) -> None:
+        """Finish the requests in the pool, then close the app (idempotent)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
+
+    # -- one request --------------------------------------------------------------------------
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = scope["headers"]
+        declared = _content_length(headers)
+        if declared is not None and declared > self.max_body:
+            await _error(send, 413, "request_entity_too_large", _too_large(self.max_body))
+            return
+        body = await self._read_body(receive, send)
+        if body is None:
+            return
+        environ = wsgi_environ(scope, body)
+        loop = asyncio.get_running_loop()
+        try:
+            status, response_headers, data = await loop.run_in_executor(
+                self._executor, run_wsgi, self.wsgi_app, environ
+            )
+        except Exception:
+            log.exception("unhandled error in the WSGI app")
+            await _error(send, 500, "internal_error", "internal server error (logged)")
+            return
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or None once an error was answered (or the client left)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError
+                message = await asyncio.wait_for(receive(), left)
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body:
+                    await _error(send, 413, "request_entity_too_large", _too_large(self.max_body))
+                    return None
+                if chunk:
+                    if self.buffered + len(chunk) > self.max_buffered:
+                        await _error(
+                            send,
+                            503,
+                            "overloaded",
+                            "too many uploads in progress; retry shortly",
+                            [(b"retry-after", b"1")],
+                        )
+                        return None
+                    self.buffered += len(chunk)
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        except TimeoutError:
+            await _error(
+                send,
+                408,
+                "request_timeout",
+                f"the request body did not arrive within {self.body_timeout_s:g} s",
+            )
+            return None
+        finally:
+            self.buffered -= sum(len(c) for c in chunks)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.get_running_loop().run_in_executor(None, self.close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def run_wsgi(app: WSGIApp, environ: dict[str, Any]) -> tuple[int, list, bytes]:
+    """Call a WSGI app and collect its whole response: (status, ASGI headers, body)."""
+    started: list[Any] = []
+    written: list[bytes] = []
+
+    def start_response(status: str, headers: list, exc_info: Any = None) -> Callable:
+        if exc_info is not None and started:
+            raise exc_info[1].with_traceback(exc_info[2])
+        started[:] = [status, headers]
+        return written.append
+
+    result = app(environ, start_response)
+    try:
+        for chunk in result:
+            if chunk:
+                written.append(chunk)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    status, headers = started
+    encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    return int(status.split(" ", 1)[0]), encoded, b"".join(written)
+
+
+def wsgi_environ(scope: Scope, body: bytes) -> dict[str, Any]:
+    """The PEP 3333 environ of an ASGI HTTP request whose body was read whole."""
+    raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+    server = scope.get("server") or ("localhost", 80)
+    client = scope.get("client") or ("", 0)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": scope.get("root_path", ""),
+        # WSGI carries the path as bytes decoded as latin-1; the app decodes it as UTF-8.
+        "PATH_INFO": unquote_to_bytes(raw_path).decode("latin-1"),
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "REMOTE_ADDR": str(client[0]),
+        "REMOTE_PORT": str(client[1]),
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+    }
+    for name, value in scope["headers"]:
+        key = name.decode("latin-1").upper().replace("-", "_")
+        text = value.decode("latin-1")
+        if key == "CONTENT_TYPE":
+            environ["CONTENT_TYPE"] = text
+            continue
+        if key in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
+            continue  # the body is whole now: its length is what was read
+        key = "HTTP_" + key
+        if key in environ:
+            text = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + text
+        environ[key] = text
+    return environ
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _too_large(limit: int) -> str:
+    return f"request body is larger than the limit ({limit / 2**20:.1f} MiB)"
+
+
+async def _error(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = error_json(code, message)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

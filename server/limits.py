@@ -1,0 +1,189 @@
+"""Bounds on what a request may carry; each broken bound is a 400 that names it.
+
+Untrusted JSON is parsed by :func:`parse_json` only: numbers longer than a few digits, NaN and
+Infinity, duplicate keys, objects with too many members, nesting deeper than
+:data:`MAX_JSON_DEPTH` (a 100,000-deep array included: the parser's own recursion error is
+caught) and strings holding a lone surrogate or NUL are refused before any value reaches the
+index. Item ids follow :data:`ID_PATTERN` and metadata :func:`check_metadata`; the OpenAPI
+document publishes the same bounds (:mod:`server.openapi`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from server.errors import ApiError
+
+MAX_JSON_DEPTH = 8  # the API's deepest document is body -> filter -> list of values (3)
+MAX_JSON_MEMBERS = 256  # members of one JSON object
+MAX_NUMBER_TEXT = 40  # characters of one JSON number
+MAX_ABS_NUMBER = 9.2e18  # below 2**63: every number fits a 64-bit integer column
+MAX_ID_LENGTH = 256
+MAX_METADATA_FIELDS = 32
+MAX_FIELD_NAME_LENGTH = 64
+MAX_STRING_LENGTH = 1000  # one metadata or filter value
+MAX_FILTER_VALUES = 100  # values of one filter field ("any of")
+
+# An id is a path below /v1/items/: segments of printable characters (no control characters),
+# never empty, "." or "..", not starting or ending with a space, and not ending in /similar or
+# /image (those URLs are other endpoints).
+ID_PATTERN = (
+    r"^(?!.*//)(?!\.\.?(?:/|$))(?!.*/\.\.?(?:/|$))(?!.*/(?:similar|image)$)"
+    r"[^\s/\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s/\x00-\x1f\x7f-\x9f])?$"
+)
+# A metadata field name: usable as a query parameter (?brand=x); "id" and "image" are the
+# server's own.
+FIELD_NAME_PATTERN = r"^(?!(?:id|image)$)[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+# Strings anywhere in a request: no NUL (nor, from JSON, a lone surrogate: not Unicode).
+TEXT_PATTERN = "^[^\\u0000]*$"
+
+_ID_RE = re.compile(ID_PATTERN.replace("$", r"\Z"))
+_FIELD_RE = re.compile(FIELD_NAME_PATTERN.replace("$", r"\Z"))
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_NUMBER_TEXT or abs(int(text)) > MAX_ABS_NUMBER:
+        raise _Refused("number_too_large", f"number {text[:24]}... is out of range (±9.2e18)")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text) if len(text) <= MAX_NUMBER_TEXT else math.inf
+    if not abs(value) <= MAX_ABS_NUMBER:
+        raise _Refused("number_too_large", f"number {text[:24]} is out of range (±9.2e18)")
+    return value
+
+
+def _constant(text: str) -> Any:
+    raise _Refused("invalid_json", f"{text} is not a JSON number")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len(pairs) > MAX_JSON_MEMBERS:
+        raise _Refused("json_too_large", f"an object has more than {MAX_JSON_MEMBERS} members")
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        keys = [k for k, _ in pairs]
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise _Refused("invalid_json", f"duplicate key {dup[:40]!r}")
+    return out
+
+
+def parse_json(data: bytes | str, what: str = "request body", code: str = "invalid_json") -> Any:
+    """Parse untrusted JSON within the bounds above (else ApiError 400; ``code`` for JSON
+    that does not parse)."""
+    try:
+        value = json.loads(
+            data,
+            parse_int=_int,
+            parse_float=_float,
+            parse_constant=_constant,
+            object_pairs_hook=_object,
+        )
+    except _Refused as exc:
+        raise ApiError(400, exc.code, f"{what}: {exc}") from None
+    except RecursionError:
+        raise ApiError(
+            400, "json_too_deep", f"{what} nests deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ApiError(400, code, f"{what} is not valid JSON ({exc})") from None
+    check_json(value, what)
+    return value
+
+
+def check_json(value: Any, what: str = "request body") -> None:
+    """Depth and strings of a parsed document (iteratively: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            check_text(item, what)
+        elif isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ApiError(
+                    400, "json_too_deep", f"{what} nests deeper than {MAX_JSON_DEPTH} levels"
+                )
+            if isinstance(item, dict):
+                for key, member in item.items():
+                    check_text(key, what)
+                    stack.append((member, depth + 1))
+            else:
+                stack.extend((member, depth + 1) for member in item)
+
+
+def check_text(text: str, what: str = "a string") -> str:
+    """Refuse NUL and lone surrogates (which no database or UTF-8 encoder takes)."""
+    bad = _BAD_TEXT.search(text)
+    if bad is not None:
+        kind = "NUL" if bad.group() == "\x00" else f"lone surrogate U+{ord(bad.group()):04X}"
+        raise ApiError(400, "invalid_string", f"{what}: strings must not contain {kind}")
+    return text
+
+
+def check_item_id(item_id: Any) -> str:
+    """An id a client may give a new item (see :data:`ID_PATTERN`)."""
+    if not isinstance(item_id, str) or not item_id.strip():
+        raise ApiError(400, "invalid_id", "'id' must be a non-empty string")
+    bad = len(item_id) > MAX_ID_LENGTH or _BAD_TEXT.search(item_id) is not None
+    if bad or not _ID_RE.match(item_id):
+        raise ApiError(
+            400,
+            "invalid_id",
+            f"'id' must be at most {MAX_ID_LENGTH} printable characters without leading or "
+            "trailing spaces, empty, '.' or '..' path segments, and must not end with "
+            "/similar or /image",
+        )
+    return item_id
+
+
+def check_scalar(value: Any, what: str, code: str) -> None:
+    """A metadata or filter value: a short string, a bounded number, a boolean (or null)."""
+    if isinstance(value, str):
+        check_text(value, what)
+        if len(value) > MAX_STRING_LENGTH:
+            raise ApiError(400, code, f"{what} is longer than {MAX_STRING_LENGTH} characters")
+    elif (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and not abs(value) <= MAX_ABS_NUMBER
+    ):
+        raise ApiError(400, code, f"{what} is out of range (±9.2e18)")
+
+
+def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """At most 32 fields named by :data:`FIELD_NAME_PATTERN`, each a scalar (see
+    :func:`check_scalar`)."""
+    if len(metadata) > MAX_METADATA_FIELDS:
+        raise ApiError(
+            400, "invalid_metadata", f"metadata has more than {MAX_METADATA_FIELDS} fields"
+        )
+    for key, value in metadata.items():
+        check_text(key, "metadata field name")
+        if key in ("id", "image"):
+            continue  # refused by the service with its own message
+        if not _FIELD_RE.match(key):
+            raise ApiError(
+                400,
+                "invalid_metadata",
+                f"metadata field name {key[:40]!r} must be 1-{MAX_FIELD_NAME_LENGTH} letters, "
+                "digits, '_', '.' or '-', starting with a letter or '_'",
+            )
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"metadata[{key!r}]: values must be strings, numbers, booleans or null",
+            )
+        check_scalar(value, f"metadata[{key!r}]", "invalid_metadata")
+    return metadata

@@ -1,0 +1,115 @@
+"""The gunicorn worker of ``phonesim serve``: gunicorn's asyncio ``asgi`` worker, two changes.
+
+1. Requests the HTTP parser refuses (a 10k-character URL: 414; a 100 KB header: 431; a CR in a
+   header, obs-fold, Content-Length beside Transfer-Encoding, ``Content-Length: -1``, TLS bytes
+   on the HTTP port: 400; an unknown transfer coding: 501) are answered with the same JSON body
+   as every other error, ``{"error": {"code", "message"}}``, instead of gunicorn's text. (A TLS
+   client cannot read it, but the connection ends at once instead of waiting for a line end.)
+2. A connection must finish its request headers within ``header_timeout_s`` of connecting
+   (gunicorn's keep-alive timer covers later requests): a client that trickles header lines
+   holds no thread here, but it must not hold a connection for ever either.
+
+gunicorn creates its protocol objects inside ``ASGIWorker._serve`` by the module-level name
+``ASGIProtocol``; the worker process points that name at :class:`JsonErrorProtocol` when it
+starts (each process after the fork, so the arbiter is untouched). gunicorn is pinned to the
+major version this was written against, and tests/server/test_protocol.py checks the answers.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from gunicorn.asgi.protocol import ASGIProtocol
+from gunicorn.workers import gasgi
+
+from server.errors import error_json
+
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+
+_CODES = {
+    400: "bad_request",
+    408: "request_timeout",
+    413: "request_entity_too_large",
+    414: "uri_too_long",
+    431: "request_header_fields_too_large",
+    501: "not_implemented",
+}
+
+
+def protocol_error_response(status: int, message: str, extra_headers: Any = ()) -> bytes:
+    """A complete HTTP/1.1 error response with the API's JSON error body; closes the
+    connection."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
+    code = _CODES.get(status) or reason.lower().replace(" ", "_").replace("-", "_")
+    # The parser's message may quote the request: keep it short (JSON escapes the rest).
+    body = error_json(code, f"{reason}: {message}"[:300])
+    head = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
+    return (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"{head}Connection: close\r\n\r\n"
+    ).encode("latin-1") + body
+
+
+class JsonErrorProtocol(ASGIProtocol):
+    """gunicorn's HTTP/1 protocol with JSON error answers and a deadline for the headers."""
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._got_headers = False
+        self._got_bytes = False
+        timeout = getattr(self.worker, "header_timeout_s", DEFAULT_HEADER_TIMEOUT_S)
+        self._header_timer = self.worker.loop.call_later(timeout, self._headers_too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._got_bytes:
+            self._got_bytes = True
+            if data[:1] == b"\x16":  # a TLS handshake record: an https:// client on this port
+                self._send_error_response(400, "this port speaks plain HTTP, not TLS (https)")
+                self._close_transport()
+                return
+        super().data_received(data)
+
+    def _on_headers_complete(self) -> Any:
+        self._got_headers = True
+        self._cancel_header_timer()
+        return super()._on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _cancel_header_timer(self) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self._got_headers or self._closed:
+            return
+        self._send_error_response(408, "the request headers did not arrive in time")
+        self._close_transport()
+        if self._request_ready is not None:
+            self._request_ready.set()  # let the connection's task see it closed
+
+    def _send_error_response(self, status: int, message: str, extra_headers: Any = ()) -> None:
+        self._safe_write(protocol_error_response(status, message, extra_headers))
+
+
+class PhonesimWorker(gasgi.ASGIWorker):
+    """gunicorn's ``asgi`` worker serving through :class:`JsonErrorProtocol`."""
+
+    def init_process(self) -> None:
+        if getattr(gasgi, "ASGIProtocol", None) is not ASGIProtocol:
+            raise RuntimeError("this gunicorn's asgi worker no longer names ASGIProtocol")
+        gasgi.ASGIProtocol = JsonErrorProtocol  # type: ignore[misc]
+        settings = getattr(self.app, "settings", None)
+        self.header_timeout_s = getattr(settings, "header_timeout_s", DEFAULT_HEADER_TIMEOUT_S)
+        super().init_process()

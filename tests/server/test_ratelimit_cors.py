@@ -1,0 +1,80 @@
+"""Opt-in per-client rate limit (429 + Retry-After) and CORS (preflight included)."""
+
+from __future__ import annotations
+
+from server.config import ServerConfig
+from server.ratelimit import TokenBucket
+from tests.server.helpers import API_KEY, assert_error, make_app
+
+
+def test_token_bucket_allows_the_burst_then_the_rate():
+    bucket = TokenBucket(rate=2.0, burst=3)
+    assert [bucket.take("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take("a", now=0.0) == 0.5  # one token back after 0.5 s
+    assert bucket.take("b", now=0.0) == 0.0  # another client has its own bucket
+    assert bucket.take("a", now=1.0) == 0.0
+
+
+def test_token_bucket_forgets_the_oldest_clients():
+    bucket = TokenBucket(rate=1.0, burst=1, max_keys=2)
+    for key in ("a", "b", "c"):
+        bucket.take(key, now=0.0)
+    assert bucket.take("a", now=0.0) == 0.0  # forgotten: a fresh bucket
+
+
+def test_rate_limit_answers_429_with_retry_after(tiny_embedder, readonly_index):
+    app = make_app(ServerConfig(rate_limit=1.0, rate_burst=2), tiny_embedder, readonly_index)
+    client = app.test_client()
+    try:
+        assert [client.get("/v1/info").status_code for _ in range(2)] == [200, 200]
+        error = assert_error(response := client.get("/v1/info"), 429, "rate_limited")
+        assert int(response.headers["Retry-After"]) >= 1 and "per second" in error["message"]
+        assert client.get("/healthz").status_code == 200  # probes are never limited
+        assert client.get("/readyz").status_code == 200
+        other = client.get("/v1/info", environ_base={"REMOTE_ADDR": "10.0.0.2"})
+        assert other.status_code == 200
+    finally:
+        app.extensions["phonesim"].close()
+
+
+def test_no_cors_headers_unless_asked(client):
+    response = client.get("/v1/info", headers={"Origin": "https://shop.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_cors_for_listed_origins_with_preflight(tiny_embedder, readonly_index):
+    config = ServerConfig(api_key=API_KEY, cors_origins=("https://shop.example",))
+    app = make_app(config, tiny_embedder, readonly_index)
+    client = app.test_client()
+    try:
+        ok = client.get("/v1/info", headers={"Origin": "https://shop.example"})
+        assert ok.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+        assert "Origin" in ok.headers["Vary"]
+        other = client.get("/v1/info", headers={"Origin": "https://evil.example"})
+        assert "Access-Control-Allow-Origin" not in other.headers
+        preflight = client.options(
+            "/v1/items",
+            headers={
+                "Origin": "https://shop.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "X-API-Key, Content-Type",
+            },
+        )
+        assert preflight.status_code == 200
+        assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+        assert "X-API-Key" in preflight.headers["Access-Control-Allow-Headers"]
+        assert int(preflight.headers["Access-Control-Max-Age"]) > 0
+        error = client.post("/v1/items", headers={"Origin": "https://shop.example"})
+        assert error.status_code == 401  # errors carry the header too, so pages can read them
+        assert error.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    finally:
+        app.extensions["phonesim"].close()
+
+
+def test_cors_any_origin(tiny_embedder, readonly_index):
+    app = make_app(ServerConfig(cors_origins=("*",)), tiny_embedder, readonly_index)
+    try:
+        r = app.test_client().get("/healthz", headers={"Origin": "https://a.example"})
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+    finally:
+        app.extensions["phonesim"].close()
