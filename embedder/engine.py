@@ -72,7 +72,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Autocast type on ``device``: bf16 where the GPU has it, else fp16; None on the CPU."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
@@ -87,6 +88,8 @@ class Engine:
     runtime: str = ""
     device: str = "cpu"
     output_names: tuple[str, ...] = ()
+    # C x H x W the engine is fixed to (an exported graph), or None: any size.
+    input_size: tuple[int, ...] | None = None
 
     def run(
         self, x: np.ndarray | torch.Tensor, outputs: Sequence[str] = DEFAULT_OUTPUTS
@@ -137,7 +140,7 @@ class TorchEngine(Engine):
         self.model = model.eval().to(dev, memory_format=torch.channels_last)
         self.device = str(dev)
         self._device = dev
-        self.autocast_dtype = _autocast_dtype(dev) if autocast else None
+        self.autocast_dtype = autocast_dtype(dev) if autocast else None
         self.output_names = tuple(output_names(model))
 
     @torch.inference_mode()
@@ -202,6 +205,7 @@ class OnnxEngine(Engine):
         self.threads = options.intra_op_num_threads
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         self.input_shape = tuple(self.session.get_inputs()[0].shape)
+        self.input_size = tuple(int(v) for v in self.input_shape[1:])
         self._shapes = {o.name: o.shape for o in self.session.get_outputs()}
 
     def output_shape(self, name: str) -> tuple[int | str, ...]:
