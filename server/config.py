@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from embedder.engine_options import DEFAULT_RUNTIME, RUNTIMES
+
 # Environment variable the ``serve`` command reads the API key from when --api-key is absent.
 API_KEY_ENV = "PHONESIM_API_KEY"
 
@@ -22,6 +24,8 @@ class ServerConfig:
     requests already being decoded. ``image_dir``: where images of items added through the
     API are kept for thumbnails (``None``: not kept). ``image_roots``: extra folders that
     catalog thumbnails may be read from, besides those the index was built from.
+    ``runtime``/``device``/``model_threads``: how the model runs (see
+    :mod:`embedder.engine_options`); ``model_threads`` None: every core of the process.
     """
 
     checkpoint: str | None = None
@@ -38,6 +42,9 @@ class ServerConfig:
     thumbnail_px: int = 256
     image_dir: str | None = None
     image_roots: tuple[str, ...] = ()
+    runtime: str = DEFAULT_RUNTIME
+    device: str | None = None
+    model_threads: int | None = None
 
     @property
     def max_upload_bytes(self) -> int:
@@ -59,6 +66,10 @@ class ServerConfig:
             raise ValueError("max_wait_ms must be >= 0 and request_timeout_s > 0")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key must not be blank")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.model_threads is not None and self.model_threads < 1:
+            raise ValueError(f"model_threads must be at least 1, got {self.model_threads}")
         return self
 
     @classmethod
@@ -88,7 +99,7 @@ class GunicornSettings:
     workers: int = 1
     threads: int = 8
     timeout_s: int = 60
-    torch_threads: int | None = None  # default: CPU cores / workers
+    torch_threads: int | None = None  # model threads (torch or ONNX Runtime): cores / workers
     faiss_threads: int = 1
     access_log: bool = False
 

@@ -79,12 +79,12 @@ class PhonesimGunicorn(BaseApplication):
         threads = self.settings.torch_threads or default_torch_threads(self.settings.workers)
         configure_threads(threads, self.settings.faiss_threads)
         log.info(
-            "worker %d: torch uses %d thread(s), faiss %d",
+            "worker %d: the model uses %d thread(s), faiss %d",
             os.getpid(),
             threads,
             self.settings.faiss_threads,
         )
-        return create_app(self.server_config)
+        return create_app(self.server_config.replace(model_threads=threads))
 
 
 def preflight(config: ServerConfig, settings: GunicornSettings) -> None:
@@ -98,7 +98,9 @@ def preflight(config: ServerConfig, settings: GunicornSettings) -> None:
             "writes (an API key) need --workers 1: only one process may write the index"
         )
     # Without loading the model or the FAISS file (each worker loads its own after the fork).
-    check_for_serving(config.checkpoint, config.index, writable=config.writes_enabled)
+    check_for_serving(
+        config.checkpoint, config.index, writable=config.writes_enabled, runtime=config.runtime
+    )
 
 
 def serve(config: ServerConfig, settings: GunicornSettings | None = None) -> int:
