@@ -161,20 +161,11 @@ def run_find(args: argparse.Namespace) -> int:
     print(f"report: {paths['html']}")
     timing = result.extra.get("timing")
     if timing:
+        from duplicates.finder import format_timing
+
         print(format_timing(timing))
     print(result.summary())
     return 0
-
-
-def format_timing(timing: dict) -> str:
-    """The speed line of a run: the descriptor stage (read, decode, model) and verification."""
-    return (
-        f"descriptor stage: {timing['images']} images in {timing['describe_s']:.1f} s "
-        f"({timing['describe_images_per_s']:.1f} images/s; model alone "
-        f"{timing['model_images_per_s']:.1f} images/s on {timing['runtime']}); verification: "
-        f"{timing['pairs']} pairs in {timing['verify_s']:.1f} s "
-        f"({timing['verify_pairs_per_s']:.1f} pairs/s)"
-    )
 
 
 CALIBRATE_DESCRIPTION = """\

@@ -260,3 +260,14 @@ def stage_timing(features: Features, pairs: ScoredPairs, runtime: str) -> dict:
         "verify_s": round(pairs.seconds, 3),
         "verify_pairs_per_s": rate(pairs.verified, pairs.seconds),
     }
+
+
+def format_timing(timing: dict) -> str:
+    """The speed line of a run: the descriptor stage (read, decode, model) and verification."""
+    return (
+        f"descriptor stage: {timing['images']} images in {timing['describe_s']:.1f} s "
+        f"({timing['describe_images_per_s']:.1f} images/s; model alone "
+        f"{timing['model_images_per_s']:.1f} images/s on {timing['runtime']}); verification: "
+        f"{timing['pairs']} pairs in {timing['verify_s']:.1f} s "
+        f"({timing['verify_pairs_per_s']:.1f} pairs/s)"
+    )
