@@ -50,3 +50,13 @@ def test_the_api_key_comes_from_the_flag_or_the_environment(monkeypatch):
     assert cli.settings_from_args(parse())[0].writes_enabled is False
     with pytest.raises(SystemExit):  # a usage error while parsing
         parse("--max-wait-ms", "-1")
+
+
+def test_runtime_device_and_model_threads_reach_the_settings():
+    config, settings = cli.settings_from_args(
+        parse("--runtime", "onnx-int8", "--device", "cpu", "--model-threads", "3")
+    )
+    assert (config.runtime, config.device, settings.torch_threads) == ("onnx-int8", "cpu", 3)
+    assert cli.settings_from_args(parse("--torch-threads", "2"))[1].torch_threads == 2  # old name
+    with pytest.raises(SystemExit):
+        parse("--runtime", "tensorrt")
