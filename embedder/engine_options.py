@@ -57,7 +57,8 @@ class EngineOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EngineOptions:
-        """The options of :func:`add_engine_options` (``threads`` where the command has it)."""
+        """The options of :func:`add_engine_options` (``threads`` where the command has it;
+        not for ``serve``, whose ``--threads`` are request threads)."""
         return cls(args.runtime, args.device, getattr(args, "threads", None))
 
 
