@@ -81,6 +81,17 @@ def port(text: str) -> int:
     return value
 
 
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:[0-9]+)?)$")
+
+
+def device(text: str) -> str:
+    """A device to run the model on: cpu, cuda, cuda:N or mps (checked against the machine
+    when the model loads)."""
+    if not _DEVICE.match(text):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
 # argparse names the type in "invalid ... value" messages.
 positive_int.__name__ = "positive integer"
 non_negative_int.__name__ = "non-negative integer"
@@ -91,6 +102,7 @@ unit_interval.__name__ = "number in (0, 1]"
 non_negative_float.__name__ = "non-negative number"
 fraction.__name__ = "number in [0, 1)"
 probability.__name__ = "number in [0, 1]"
+device.__name__ = "device"
 
 
 def add_data_option(

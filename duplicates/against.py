@@ -28,6 +28,7 @@ from duplicates.result import (
     order_members,
 )
 from embedder.data import Sample
+from embedder.engine_options import precision_mismatch
 from embedder.errors import DataError, ImageError
 from embedder.images import load_image
 from embedder.inference import Embedder
@@ -49,7 +50,7 @@ def _query_vectors(embedder: Embedder, features: Features, batch: int = 32):
         images = []
         for r in range(start, min(start + batch, len(features))):
             try:
-                images.append(load_image(features.sample(r).path))
+                images.append(load_image(features.sample(r).path, embedder.decode_side))
             except ImageError as exc:  # changed on disk since it was read
                 raise DataError(f"{features.sample(r).id}: {exc}") from exc
         xq.append(embedder.embed_images(images).embeddings)
@@ -78,6 +79,10 @@ def find_against(
         expect_checkpoint_hash=embedder.checkpoint_hash,
         expect_dim=embedder.dim,
     ) as ix:
+        stored = ix.manifest.source.get("embedding_precision")
+        problem = precision_mismatch(f"index {index_dir}", stored, embedder.runtime)
+        if problem:
+            log.warning("%s", problem)
         queries = extract_features(
             descriptor, samples, config.batch_size, config.workers, config.progress
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common.argtypes import add_data_option, data_source, non_negative_int, positive_int
 from common.errors import run_reporting_errors
+from embedder.engine_options import EngineOptions, add_engine_options
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=non_negative_int, help="image decoding processes (default: auto)"
     )
+    add_engine_options(p, threads_help="model threads (default: every core)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -113,7 +115,7 @@ def run_find(args: argparse.Namespace) -> int:
     from duplicates.inputs import load_inputs
     from duplicates.report import write_report
     from duplicates.result import parse_keep
-    from embedder.checkpoint import checkpoint_hash, load_checkpoint
+    from embedder.checkpoint import checkpoint_hash, read_config
 
     keep = parse_keep(args.keep)
     _check_output_folder(args.out)
@@ -138,12 +140,15 @@ def run_find(args: argparse.Namespace) -> int:
     )
     if args.k:
         config = replace(config, k=args.k)
-    model, ckpt = load_checkpoint(args.checkpoint)
-    descriptor = CopyDescriptor(model, ckpt.data_config, stored.descriptor)
+    engine = EngineOptions.from_args(args)
+    descriptor = CopyDescriptor.from_checkpoint(args.checkpoint, stored.descriptor, engine)
+    log.info("descriptor runs on %s", descriptor.engine.describe())
     if args.index:
         from embedder.inference import Embedder
 
-        embedder = Embedder(model, ckpt, checkpoint_hash(args.checkpoint))
+        # The same engine: one model in memory for the descriptor and the index queries.
+        ckpt = read_config(args.checkpoint)
+        embedder = Embedder(descriptor.engine, ckpt, checkpoint_hash(args.checkpoint))
         against = AgainstConfig(k=args.k) if args.k else AgainstConfig()
         result = find_against(descriptor, embedder, samples, args.index, config, against)
     else:
@@ -154,6 +159,11 @@ def run_find(args: argparse.Namespace) -> int:
     if len(result.failures) > 10:
         print(f"... {len(result.failures) - 10} more in {paths['failed']}")
     print(f"report: {paths['html']}")
+    timing = result.extra.get("timing")
+    if timing:
+        from duplicates.finder import format_timing
+
+        print(format_timing(timing))
     print(result.summary())
     return 0
 
@@ -212,6 +222,7 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=non_negative_int, help="image decoding processes (default: auto)"
     )
+    add_engine_options(p, threads_help="model threads (default: every core)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -229,7 +240,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     work = Path(args.work) if args.work else Path(args.checkpoint) / "duplicates-calibration"
     _check_output_folder(work)
-    descriptor = CopyDescriptor.from_checkpoint(args.checkpoint, DescriptorConfig())
+    descriptor = CopyDescriptor.from_checkpoint(
+        args.checkpoint, DescriptorConfig(), EngineOptions.from_args(args)
+    )
     finder = FinderConfig(
         batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress
     )
@@ -257,9 +270,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     )
     print(f"table: {paths['table']}  curve: {paths['plot']}")
     if result.chosen is not None and not args.dry_run:
-        where = store_calibration(
-            args.checkpoint, calibration_record(result, descriptor.config, finder)
-        )
+        record = calibration_record(result, descriptor.config, finder)
+        record["runtime"] = descriptor.engine.runtime  # the scores it was calibrated on
+        where = store_calibration(args.checkpoint, record)
         print(f"stored threshold {result.chosen['threshold']:.3f} in {where}")
     print(result.summary())
     return 0 if result.chosen is not None else 1

@@ -9,11 +9,13 @@ Two kinds per image, from one forward pass of the image and one of its mirror:
   mirror), which ``duplicates.verify`` matches and fits a geometric map to.
 
 The image is squashed to the model's square input (no centre crop), so padding and crops keep
-their content, and feature-map cells map linearly to image coordinates.
+their content, and feature-map cells map linearly to image coordinates. The backbone runs
+through the checkpoint's inference engine (torch or ONNX Runtime), which names both maps.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,9 +29,15 @@ from timm.data import create_transform, resolve_data_config
 from torch import nn
 from torchvision import transforms
 
-from embedder.checkpoint import load_checkpoint
-from embedder.errors import CheckpointError
+from embedder.checkpoint import read_config
+from embedder.engine import Engine
+from embedder.engine_options import EngineOptions
+from embedder.errors import CheckpointError, EngineError
 from embedder.images import to_rgb
+from embedder.onnx_export import FEATURE_MAP
+from embedder.runtime import load_engine
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,22 +103,28 @@ class Described:
 
 
 class CopyDescriptor:
-    """Turns preprocessed batches into copy-detection features; thread-safe (serialised)."""
+    """Turns preprocessed batches into copy-detection features through the checkpoint's
+    inference engine (its ``feature_map`` and stage outputs); thread-safe (serialised)."""
 
     def __init__(
-        self, model: nn.Module, data_config: dict[str, Any], config: DescriptorConfig | None = None
+        self, engine: Engine, data_config: dict[str, Any], config: DescriptorConfig | None = None
     ) -> None:
-        if not hasattr(model, "forward_intermediates"):
+        if engine.stage_count == 0:
             raise CheckpointError(
-                f"{type(model).__name__} has no forward_intermediates(); duplicate detection "
-                "needs a timm model with feature stages (EfficientNet, ResNet, ConvNeXt, ...)"
+                "this model has no forward_intermediates(); duplicate detection needs a timm "
+                "model with feature stages (EfficientNet, ResNet, ConvNeXt, ...)"
             )
-        self.model = model.eval()
+        self.engine = engine
         self.config = config or DescriptorConfig()
         self.size = int(self.config.size or data_config["input_size"][-1])
+        fixed = engine.input_size
+        if fixed is not None and tuple(fixed[1:]) != (self.size, self.size):
+            raise EngineError(
+                f"the {engine.runtime} graph takes {fixed[-1]} px input, the descriptor "
+                f"{self.size} px; use runtime 'torch' for another size"
+            )
         self.transform = squash_transform(self.size, data_config)
-        n_stages = len(model.feature_info)
-        self._stage = self.config.local_stage % n_stages
+        self._outputs = (FEATURE_MAP, engine.stage_output(self.config.local_stage))
         self._lock = threading.Lock()
         probe = self.describe_tensors(torch.zeros(1, 3, self.size, self.size))
         self.dim = int(probe.global_.shape[1])
@@ -120,28 +134,43 @@ class CopyDescriptor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, config: DescriptorConfig | None = None
+        cls,
+        path: str | Path,
+        config: DescriptorConfig | None = None,
+        engine: EngineOptions | None = None,
     ) -> CopyDescriptor:
-        model, ckpt = load_checkpoint(path)
+        """The descriptor of checkpoint ``path`` on ``engine``'s runtime, device and threads.
+
+        A ``config.size`` other than the model's input needs torch (an exported graph has one
+        input size): runtime "auto" then runs torch, an explicit onnx runtime is refused.
+        """
+        engine = engine or EngineOptions()
+        ckpt = read_config(path)
+        runtime = engine.runtime
+        size = (config or DescriptorConfig()).size
+        if runtime == "auto" and size and size != int(ckpt.data_config["input_size"][-1]):
+            log.info("descriptor size %d differs from the model's input: runtime torch", size)
+            runtime = "torch"
+        model = load_engine(path, runtime, engine.device, engine.threads)
         return cls(model, ckpt.data_config, config)
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        final, maps = self.model.forward_intermediates(x, indices=[self._stage])
-        pooled = nn.functional.normalize(gem(final.float(), self.config.gem_p), dim=1)
-        local = maps[0].float().flatten(2).transpose(1, 2)  # N x (h*w) x C
-        return pooled, nn.functional.normalize(local, dim=2)
+    def describe_tensors(self, x: torch.Tensor | np.ndarray) -> Described:
+        """Features of an already preprocessed batch (N x 3 x size x size).
 
-    @torch.inference_mode()
-    def describe_tensors(self, x: torch.Tensor) -> Described:
-        """Features of an already preprocessed batch (N x 3 x size x size)."""
+        The image and its mirror go through the engine as one batch of 2N.
+        """
+        x = torch.as_tensor(x)
+        n = len(x)
         with self._lock:
-            g, loc = self._forward(x)
-            g_m, loc_m = self._forward(torch.flip(x, dims=[3]))
+            out = self.engine.run(torch.cat([x, torch.flip(x, dims=[3])]), self._outputs)
+        final, stage = (torch.from_numpy(out[name]) for name in self._outputs)
+        pooled = nn.functional.normalize(gem(final, self.config.gem_p), dim=1)
+        local = nn.functional.normalize(stage.flatten(2).transpose(1, 2), dim=2)  # 2N x hw x C
         # Sum with the mirror's pooled feature: mirroring the input leaves the sum unchanged.
-        global_ = nn.functional.normalize(g + g_m, dim=1)
+        global_ = nn.functional.normalize(pooled[:n] + pooled[n:], dim=1)
         return Described(
             np.ascontiguousarray(global_.numpy(), dtype=np.float32),
-            np.ascontiguousarray(torch.stack([loc, loc_m], dim=1).numpy(), dtype=np.float16),
+            np.ascontiguousarray(torch.stack([local[:n], local[n:]], dim=1).numpy(), np.float16),
         )
 
     def describe_images(self, images: list[Image.Image]) -> Described:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ class Features:
     grid_shape: tuple[int, int]
     failures: list[Failure] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory | None = None
+    seconds: float = 0.0  # the whole stage: reading, decoding, hashing and the model
+    model_seconds: float = 0.0  # the model's passes alone
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -90,6 +93,7 @@ def extract_features(
     infos: list[ImageInfo] = []
     failures: list[Failure] = []
     transform = _ThumbTransform(descriptor.transform, side)
+    start, model_seconds = time.perf_counter(), 0.0
     for indices, batch, batch_infos, failed in iter_read(
         samples, transform, batch_size, workers, progress=progress, desc="duplicates"
     ):
@@ -97,7 +101,9 @@ def extract_features(
         if not indices:
             continue
         tensors, thumb_batch = batch
+        t = time.perf_counter()
         described = descriptor.describe_tensors(tensors)
+        model_seconds += time.perf_counter() - t
         at = slice(len(rows), len(rows) + len(indices))
         global_[at] = described.global_
         local[at] = described.local
@@ -115,4 +121,6 @@ def extract_features(
         grid_shape=(h, w),
         failures=failures,
         _tmp=tmp,
+        seconds=time.perf_counter() - start,
+        model_seconds=model_seconds,
     )

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -75,6 +76,8 @@ class ScoredPairs:
     scores: np.ndarray
     identical: list[tuple[int, int]]
     evidence: np.ndarray | None = None  # N x len(EVIDENCE); NaN rows: identical or rejected
+    verified: int = 0  # candidate pairs verified (identical ones need no verification)
+    seconds: float = 0.0  # time verifying them
 
     def accepted(self, threshold: float) -> np.ndarray:
         """Row pairs (M x 2) that join a group: identical ones and those scoring >= threshold."""
@@ -143,13 +146,15 @@ def score_candidates(features: Features, config: FinderConfig) -> ScoredPairs:
         [(a, b) not in same for a, b in zip(i.tolist(), j.tolist(), strict=True)], dtype=bool
     )
     evidence = np.full((len(i), len(EVIDENCE)), np.nan, dtype=np.float32)
+    start = time.perf_counter()
     if len(i):
         scorer = PairScorer(features, config=config.verify, model=config.pair_model)
         evidence[todo] = scorer.evidence_many(i[todo], j[todo], progress=config.progress)
+    seconds = time.perf_counter() - start
     scores = pair_scores(evidence, config.pair_model)
     scores[~todo] = 1.0
     log.info("%d candidate pairs verified, %d identical pairs", int(todo.sum()), len(identical))
-    return ScoredPairs(i, j, scores, identical, evidence)
+    return ScoredPairs(i, j, scores, identical, evidence, int(todo.sum()), seconds)
 
 
 def group_rows(n: int, pairs: ScoredPairs, threshold: float) -> list[list[int]]:
@@ -233,4 +238,36 @@ def find_duplicates(
         failures=features.failures,
         threshold=config.threshold,
         score=config.score_name,
+        extra={"timing": stage_timing(features, pairs, descriptor.engine.runtime)},
+    )
+
+
+def stage_timing(features: Features, pairs: ScoredPairs, runtime: str) -> dict:
+    """Speed of the two costly stages: describing images and verifying candidate pairs."""
+
+    def rate(count: int, seconds: float) -> float:
+        return round(count / seconds, 2) if seconds > 0 else 0.0
+
+    n = len(features)
+    return {
+        "runtime": runtime,
+        "images": n,
+        "describe_s": round(features.seconds, 3),
+        "describe_images_per_s": rate(n, features.seconds),
+        "model_s": round(features.model_seconds, 3),
+        "model_images_per_s": rate(n, features.model_seconds),
+        "pairs": pairs.verified,
+        "verify_s": round(pairs.seconds, 3),
+        "verify_pairs_per_s": rate(pairs.verified, pairs.seconds),
+    }
+
+
+def format_timing(timing: dict) -> str:
+    """The speed line of a run: the descriptor stage (read, decode, model) and verification."""
+    return (
+        f"descriptor stage: {timing['images']} images in {timing['describe_s']:.1f} s "
+        f"({timing['describe_images_per_s']:.1f} images/s; model alone "
+        f"{timing['model_images_per_s']:.1f} images/s on {timing['runtime']}); verification: "
+        f"{timing['pairs']} pairs in {timing['verify_s']:.1f} s "
+        f"({timing['verify_pairs_per_s']:.1f} pairs/s)"
     )

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from duplicates.hashing import bytes_digest, phash_bits, pixel_digest
-from embedder.batch import Failure, default_workers
+from embedder.batch import Failure, default_workers, stack
 from embedder.data import IMAGE_SUFFIXES, Sample, is_image_name, load_catalog, path_ids
 from embedder.errors import DataError, ImageError
 from embedder.images import load_image
@@ -113,10 +113,11 @@ def _collate(items):
     ok = [(i, x, info) for i, x, info, _ in items if x is not None]
     failed = [(i, reason) for i, x, _, reason in items if x is None]
     xs = [x for _, x, _ in ok]
+    # Tensors stacked straight into shared memory: no copy on the way to the model process.
     if xs and isinstance(xs[0], tuple):  # (tensor, thumbnail) pairs
-        batch = (torch.stack([x[0] for x in xs]), np.stack([x[1] for x in xs]))
+        batch = (stack([x[0] for x in xs]), np.stack([x[1] for x in xs]))
     else:
-        batch = torch.stack(xs) if xs else torch.zeros(0)
+        batch = stack(xs)
     return [i for i, _, _ in ok], batch, [info for _, _, info in ok], failed
 
 

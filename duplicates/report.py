@@ -76,6 +76,8 @@ def to_json(result: DuplicateResult) -> dict:
         "summary": result.summary(),
         "failed": [{"id": f.id, "reason": f.reason} for f in result.failures],
     }
+    if "timing" in result.extra:  # images/s of the descriptor stage, pairs/s of verification
+        data["timing"] = result.extra["timing"]
     if result.mode == "against":
         data["catalog"] = result.catalog
         data["matches"] = {

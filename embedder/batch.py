@@ -1,21 +1,25 @@
 """Batch embedding over many files: decoding runs in DataLoader workers beside the model.
 
-Unreadable images never stop a batch job: they are reported with the reason and counted.
+Keeping the model fed: a worker decodes a JPEG at the smallest DCT scale that still covers the
+model's input (draft mode), resizes and normalises it, and stacks its batch straight into
+shared memory, which the model process reads without another copy (the ONNX engine takes that
+buffer as it is). Unreadable images never stop a batch job: they are reported with the reason
+and counted.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
 from embedder.data import Sample
+from embedder.engine import available_cores
 from embedder.errors import ImageError
 from embedder.images import load_image
 from embedder.inference import Embedder, EmbeddingBatch
@@ -50,17 +54,29 @@ class DecodedImages(Dataset):
             return i, None, str(exc)
 
 
+def stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack equal-shaped tensors; in a loader worker, straight into shared memory, so handing
+    the batch to the model process costs no further copy (as torch's default collate does)."""
+    if not tensors:
+        return torch.zeros(0)
+    out = None
+    if get_worker_info() is not None:
+        first = tensors[0]
+        storage = first._typed_storage()._new_shared(len(tensors) * first.numel())
+        out = first.new(storage).resize_(len(tensors), *first.shape)
+    return torch.stack(list(tensors), out=out)
+
+
 def _collate(items: list[tuple[int, torch.Tensor | None, str]]):
     ok = [(i, x) for i, x, _ in items if x is not None]
     failed = [(i, reason) for i, x, reason in items if x is None]
-    indices = [i for i, _ in ok]
-    tensors = torch.stack([x for _, x in ok]) if ok else torch.zeros(0)
-    return indices, tensors, failed
+    return [i for i, _ in ok], stack([x for _, x in ok]), failed
 
 
 def default_workers() -> int:
-    """Decoding workers: one per spare core, at least one so decoding overlaps the model."""
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    """Decoding workers: one per core this process may use beside the model's own, at least one
+    so decoding overlaps the model, at most four (more only queue for the same cores)."""
+    return max(1, min(4, available_cores() - 1))
 
 
 def iter_embeddings(
@@ -81,6 +97,7 @@ def iter_embeddings(
         collate_fn=_collate,
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
+        pin_memory=embedder.engine.device.startswith("cuda"),
     )
     with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress) as bar:
         for indices, tensors, failed in loader:

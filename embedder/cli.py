@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from common.argtypes import (
+    device,
     fraction,
     non_negative_float,
     non_negative_int,
@@ -18,6 +19,7 @@ from common.argtypes import (
     unit_interval,
 )
 from embedder import optimize_cli
+from embedder.engine_options import EngineOptions, add_engine_options
 from embedder.train_config import (
     BN_STATS_MODES,
     DEFAULT_MODEL,
@@ -146,6 +148,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers", type=non_negative_int, help="data loader workers (default: up to 2)"
     )
+    p.add_argument(
+        "--device",
+        type=device,
+        help="cpu, cuda, cuda:N or mps; autocast (bf16/fp16) on a GPU (default: cuda when "
+        "available, else cpu)",
+    )
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     p.set_defaults(func=_train)
 
@@ -163,6 +171,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
     )
+    add_engine_options(p, threads_help="model threads (default: every core)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_evaluate)
 
@@ -212,6 +221,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     checkpoint = Path(os.path.abspath(args.checkpoint))  # "." has no name to derive one from
     out = Path(args.out) if args.out else checkpoint.with_name(checkpoint.name + "-eval")
-    report = evaluate(args.checkpoint, args.data, args.gallery, out, batch_size=args.batch_size)
+    report = evaluate(
+        args.checkpoint,
+        args.data,
+        args.gallery,
+        out,
+        batch_size=args.batch_size,
+        engine=EngineOptions.from_args(args),
+    )
     print(json.dumps(report) if args.json else format_report(report))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from common.fsutil import atomic_write, atomic_write_text
 from embedder.batch import embed_samples
 from embedder.data import load_catalog
+from embedder.engine_options import EngineOptions
 from embedder.errors import DataError
 from embedder.inference import Embedder
 from embedder.metrics import label_recall_at_k, macro_f1
@@ -56,13 +58,17 @@ def evaluate(
     out: str | Path | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    engine: EngineOptions | None = None,
 ) -> dict[str, Any]:
-    """Evaluate and (when ``out`` is given) write report.json and confusion_matrix.png there."""
+    """Evaluate and (when ``out`` is given) write report.json and confusion_matrix.png there.
+
+    ``engine``: runtime, device and threads of the model (default: auto on the best device).
+    """
     if out is not None:
         out = Path(out)
         if out.exists() and not out.is_dir():  # checked before the work, not after it
             raise DataError(f"{out}: exists and is not a folder (--out needs a folder)")
-    embedder = Embedder.from_checkpoint(checkpoint)
+    embedder = Embedder.from_checkpoint(checkpoint, **asdict(engine or EngineOptions()))
     names = embedder.label_names
     catalog = load_catalog(data, require_labels=True, min_classes=1)
     unknown = sorted(set(catalog.label_names) - set(names))
@@ -99,6 +105,7 @@ def evaluate(
         "checkpoint": str(checkpoint),
         "data": str(data),
         "gallery": str(gallery) if gallery else "leave-one-out",
+        "runtime": embedder.runtime,
         "count": int(len(idx)),
         "failed": len(failures),
         "accuracy": float(accuracy_score(y_true, y_pred)),

@@ -70,20 +70,29 @@ def train_one_epoch(
     freeze_bn_stats: bool,
     desc: str = "epoch",
     progress: bool = False,
+    amp: torch.dtype | None = None,
 ) -> tuple[dict[str, float], int]:
     """One pass over ``loader``; returns the epoch's loss and accuracy and the step count after.
 
     ``step`` counts the optimiser steps done before this epoch; the scheduler follows it.
+    Batches go to the model's device; ``amp`` (bf16 or fp16) runs the forward pass under
+    autocast, with loss scaling for fp16.
     """
     set_train_mode(model, freeze_bn_stats)
+    device = next(model.parameters()).device
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     total, correct, loss_sum = 0, 0, 0.0
     bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False)
     for x, y in bar:
-        logits = model(x.contiguous(memory_format=torch.channels_last))
-        loss = criterion(logits, y)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(x)
+            loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         step += 1
         scheduler.step_update(step)
         total += len(y)

@@ -22,12 +22,21 @@ HEAD_BATCH = 64  # feature rows per head step; features are small, so larger tha
 
 
 def frozen_features(
-    model: nn.Module, loader: DataLoader, views: int, progress: bool = False
+    model: nn.Module,
+    loader: DataLoader,
+    views: int,
+    progress: bool = False,
+    amp: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features of the frozen backbone for ``views`` augmented passes."""
+    """Penultimate features of the frozen backbone for ``views`` augmented passes, on the
+    model's device (under autocast when ``amp`` is given)."""
     model.eval()
+    device = next(model.parameters()).device
     feats, targets = [], []
-    with torch.inference_mode():
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=amp, enabled=amp is not None),
+    ):
         for view in range(views):
             bar = tqdm(
                 loader,
@@ -37,10 +46,10 @@ def frozen_features(
                 leave=False,
             )
             for x, y in bar:
-                x = x.contiguous(memory_format=torch.channels_last)
+                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 pre = model.forward_head(model.forward_features(x), pre_logits=True)
                 feats.append(pre.float())
-                targets.append(y)
+                targets.append(y.to(device))
     return torch.cat(feats), torch.cat(targets)
 
 
@@ -50,6 +59,7 @@ def warm_up_head(
     config: TrainConfig,
     criterion: nn.Module,
     generator: torch.Generator,
+    amp: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Train only ``model``'s classifier; return the loss and accuracy of the last epoch.
 
@@ -57,7 +67,8 @@ def warm_up_head(
     before their classifier. The learning rate warms up over the first tenth of the steps, then
     follows a cosine.
     """
-    feats, targets = frozen_features(model, loader, max(1, config.warmup_views), config.progress)
+    views = max(1, config.warmup_views)
+    feats, targets = frozen_features(model, loader, views, config.progress, amp)
     head = model.get_classifier()
     head.train()
     optimizer = adamw(head, config.head_lr, config.weight_decay)

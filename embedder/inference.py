@@ -19,9 +19,10 @@ from torch import nn
 
 from embedder.checkpoint import CheckpointConfig, checkpoint_hash, read_config
 from embedder.engine import DEFAULT_OUTPUTS, Engine, TorchEngine
+from embedder.engine_options import DEFAULT_RUNTIME, precision
 from embedder.images import load_image, to_rgb
 from embedder.onnx_export import EMBEDDING, PROBABILITIES, forward_outputs
-from embedder.runtime import DEFAULT_RUNTIME, load_engine
+from embedder.runtime import load_engine
 from embedder.transforms import eval_transform
 
 __all__ = ["Embedder", "EmbeddingBatch", "forward_embed"]
@@ -79,6 +80,11 @@ class Embedder:
         return self.engine.runtime
 
     @property
+    def precision(self) -> str:
+        """ "fp32" or "int8": what its embeddings may be compared with (see ``engine_options``)."""
+        return precision(self.engine.runtime)
+
+    @property
     def model_name(self) -> str:
         return self.config.architecture
 
@@ -97,8 +103,12 @@ class Embedder:
         return math.ceil(max(cfg["input_size"][1:]) / cfg.get("crop_pct", 1.0))
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.preprocess_image(img) for img in images])
+
+    def preprocess_image(self, img: Image.Image) -> torch.Tensor:
+        """One image as the model takes it (3 x H x W), e.g. for the server's micro-batcher."""
         # to_rgb, not convert("RGB"): transparency goes to white, as for files read from disk.
-        return torch.stack([self.transform(to_rgb(img)) for img in images])
+        return self.transform(to_rgb(img))
 
     def embed_tensors(self, x: torch.Tensor | np.ndarray) -> EmbeddingBatch:
         """Embed an already preprocessed batch (N x 3 x H x W)."""
@@ -119,4 +129,4 @@ class Embedder:
 
     def embed_paths(self, paths: Sequence[str | Path]) -> EmbeddingBatch:
         """Decode and embed image files; raises ImageError on the first unreadable one."""
-        return self.embed_images([load_image(p) for p in paths])
+        return self.embed_images([load_image(p, self.decode_side) for p in paths])

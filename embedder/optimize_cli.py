@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from common.argtypes import positive_int
-from embedder.engine_defaults import DEFAULT_CALIBRATION_IMAGES
+from embedder.engine_options import DEFAULT_CALIBRATION_IMAGES
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -24,7 +24,7 @@ from common.fsutil import atomic_write
 from embedder.checkpoint import checkpoint_hash, file_sha256, read_config
 from embedder.data import Sample, load_catalog
 from embedder.engine import DEFAULT_OUTPUTS, Engine, default_threads
-from embedder.engine_defaults import DEFAULT_CALIBRATION_IMAGES
+from embedder.engine_options import DEFAULT_CALIBRATION_IMAGES
 from embedder.errors import DataError, ImageError
 from embedder.images import load_image
 from embedder.metrics import label_recall_at_k, macro_f1

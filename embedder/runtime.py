@@ -31,6 +31,7 @@ from embedder.engine import (
     onnx_providers,
     resolve_device,
 )
+from embedder.engine_options import DEFAULT_RUNTIME, RUNTIMES
 from embedder.errors import EngineError
 from embedder.onnx_export import (
     EMBEDDING,
@@ -42,8 +43,6 @@ from embedder.onnx_export import (
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
-DEFAULT_RUNTIME = "auto"
 CHECK_MIN_COSINE = 0.9999
 CHECK_IMAGES = 8
 
@@ -134,6 +133,13 @@ def open_fp32(
         return _open_graph(path, config, device, threads, "onnx")
 
 
+def _int8_missing(ckpt: Path, problem: str) -> EngineError:
+    return EngineError(
+        f"{ckpt}: {problem}; make it with: phonesim optimize --checkpoint {ckpt} "
+        "--quantize int8 --calibration TRAIN_IMAGES"
+    )
+
+
 def open_int8(ckpt: Path, device: torch.device, threads: int) -> OnnxEngine:
     """The int8 graph's engine; never rebuilt here (that needs calibration images)."""
     config = read_config(ckpt)
@@ -143,10 +149,18 @@ def open_int8(ckpt: Path, device: torch.device, threads: int) -> OnnxEngine:
             return _open_graph(ckpt / GRAPH_FILES["int8"], config, device, threads, "onnx-int8")
     except EngineError as exc:
         problem = str(exc)
-    raise EngineError(
-        f"{ckpt}: {problem}; make it with: phonesim optimize --checkpoint {ckpt} "
-        "--quantize int8 --calibration TRAIN_IMAGES"
-    )
+    raise _int8_missing(ckpt, problem)
+
+
+def check_runtime(path: str | Path, runtime: str) -> None:
+    """Cheap checks of ``runtime`` for checkpoint ``path`` before workers start (one-line
+    EngineError): a known name, and the int8 graph that only 'phonesim optimize' makes."""
+    if runtime not in RUNTIMES:
+        raise EngineError(f"unknown runtime '{runtime}' (choose from {', '.join(RUNTIMES)})")
+    if runtime == "onnx-int8":
+        problem = graph_problem(path, "int8")
+        if problem:
+            raise _int8_missing(Path(path), problem)
 
 
 def onnx_device(device: str | torch.device | None) -> torch.device:
@@ -173,8 +187,7 @@ def load_engine(
     ONNX Runtime threads (default all cores this process may use; pass
     ``default_threads(workers)`` when several worker processes share the machine).
     """
-    if runtime not in RUNTIMES:
-        raise EngineError(f"unknown runtime '{runtime}' (choose from {', '.join(RUNTIMES)})")
+    check_runtime(path, runtime)
     ckpt = Path(path)
     threads = threads or default_threads()
     if runtime == "onnx-int8":
@@ -194,3 +207,16 @@ def load_engine(
         return engine
     log.warning("%s: runtime auto falls back to torch: %s", ckpt, problem)
     return TorchEngine(model, dev)
+
+
+def resolve_runtime(
+    path: str | Path, runtime: str = DEFAULT_RUNTIME, device: str | torch.device | None = None
+) -> str:
+    """The runtime :func:`load_engine` picks for ``path`` here, with its graph made.
+
+    For jobs that start many worker processes (Ray actors): "auto" is decided, and the fp32
+    graph exported, once in the driver instead of once per worker.
+    """
+    if runtime == "torch":
+        return runtime
+    return load_engine(path, runtime, device, threads=1).runtime

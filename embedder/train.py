@@ -14,6 +14,7 @@ import logging
 
 from embedder.checkpoint import check_checkpoint_target
 from embedder.data import Catalog, load_catalog
+from embedder.engine import resolve_device
 from embedder.errors import DataError
 from embedder.train_config import TrainConfig, check_train_config
 from embedder.train_data import stratified_split
@@ -26,6 +27,7 @@ def train(config: TrainConfig) -> TrainResult:
     """Load data, fine-tune, and return where the best checkpoint is with its metrics."""
     check_train_config(config)
     check_checkpoint_target(config.out)  # before any work: never train into the wrong folder
+    resolve_device(config.device)  # a device this machine lacks fails before the data loads
     catalog = load_catalog(config.data, require_labels=True)
     if config.val:
         val_catalog = load_catalog(config.val, require_labels=True, min_classes=1)

@@ -49,6 +49,8 @@ class TrainConfig:
     patience: int = 5
     seed: int = 0
     workers: int | None = None
+    # cpu, cuda, cuda:N or mps; None: cuda when available, else cpu. Autocast on a CUDA GPU.
+    device: str | None = None
     progress: bool = True
 
 

@@ -117,9 +117,15 @@ def _worker_init(worker_id: int) -> None:
 
 
 def training_loader(
-    dataset: CachedImages, config: TrainConfig, generator: torch.Generator
+    dataset: CachedImages,
+    config: TrainConfig,
+    generator: torch.Generator,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """Augmented batches, class-balanced unless ``config.balance`` is off; reproducible by seed."""
+    """Augmented batches, class-balanced unless ``config.balance`` is off; reproducible by seed.
+
+    ``pin_memory`` for a CUDA model: page-locked batches copy to the GPU asynchronously.
+    """
     sampler = None
     if config.balance:
         counts = Counter(dataset.targets)
@@ -136,6 +142,7 @@ def training_loader(
         worker_init_fn=_worker_init,
         persistent_workers=workers > 0,
         drop_last=len(dataset) > config.batch_size,
+        pin_memory=pin_memory,
     )
 
 

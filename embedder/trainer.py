@@ -21,6 +21,7 @@ from embedder.backbone import create_backbone
 from embedder.batch import embed_samples
 from embedder.checkpoint import CheckpointConfig, save_checkpoint
 from embedder.data import Catalog, Sample
+from embedder.engine import autocast_dtype, resolve_device
 from embedder.errors import DataError
 from embedder.fine_tune import (
     freezes_bn_stats,
@@ -59,7 +60,9 @@ class TrainResult:
 
 def check_input_size(model: nn.Module, data_config: dict[str, Any], config: TrainConfig) -> None:
     """One forward pass at the input size, so a size the model refuses fails before training."""
-    x = torch.zeros(1, *data_config["input_size"]).contiguous(memory_format=torch.channels_last)
+    device = next(model.parameters()).device
+    x = torch.zeros(1, *data_config["input_size"], device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
     model.eval()
     try:
         with torch.inference_mode():
@@ -80,10 +83,17 @@ class Trainer:
         self.label_names = train.label_names
         self.label_to_idx = {name: i for i, name in enumerate(self.label_names)}
         self.generator = seed_everything(config.seed)
+        self.device = resolve_device(config.device)
+        self.amp = autocast_dtype(self.device) if self.device.type == "cuda" else None
         # channels_last makes CPU convolutions about 1.6x faster (measured on Lite0).
         self.model = create_backbone(
             config.model, len(self.label_names), config.weights, drop_rate=config.drop_rate
-        ).to(memory_format=torch.channels_last)
+        ).to(self.device, memory_format=torch.channels_last)
+        log.info(
+            "training on %s%s",
+            self.device,
+            f" with autocast {str(self.amp).removeprefix('torch.')}" if self.amp else "",
+        )
         self.model_kwargs: dict[str, Any] = {}  # drop_rate only matters in training
         self.data_config = model_data_config(self.model, config.img_size, config.crop_mode)
         check_input_size(self.model, self.data_config, config)
@@ -102,7 +112,9 @@ class Trainer:
         self.label_conflicts = self._leave_out_label_conflicts(dataset)
         self.skipped = dataset.skipped
         self.val_skipped: list[str] = []
-        self.loader = training_loader(dataset, config, self.generator)
+        self.loader = training_loader(
+            dataset, config, self.generator, pin_memory=self.device.type == "cuda"
+        )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     def _leave_out_label_conflicts(self, dataset: CachedImages) -> list[str]:
@@ -208,7 +220,9 @@ class Trainer:
             frozen = frozen_parameter_names(self.model, cfg.frozen_groups)
             if cfg.warmup_epochs > 0:
                 set_backbone_trainable(self.model, False, frozen)
-                stats = warm_up_head(self.model, self.loader, cfg, self.criterion, self.generator)
+                stats = warm_up_head(
+                    self.model, self.loader, cfg, self.criterion, self.generator, self.amp
+                )
                 best_key = self._record(result, stats, 0, best_key)
             if cfg.epochs == 0:
                 return result
@@ -229,6 +243,7 @@ class Trainer:
                     freeze_bn_stats=freezes_bn_stats(cfg),
                     desc=f"epoch {epoch}/{cfg.epochs}",
                     progress=cfg.progress,
+                    amp=self.amp,
                 )
                 new_key = self._record(result, stats, epoch, best_key)
                 stale = 0 if new_key != best_key else stale + 1

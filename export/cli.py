@@ -13,6 +13,7 @@ from common.argtypes import (
     positive_float,
     positive_int,
 )
+from embedder.engine_options import add_engine_options
 from export.config import DTYPES
 
 DESCRIPTION = """\
@@ -73,10 +74,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=non_negative_int, help="decoding workers (default: spare cores)"
     )
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        help="torch threads without --ray (default: one per core; 1 is faster on a busy machine)",
+    add_engine_options(
+        p,
+        threads_help="model threads without --ray (default: one per core; 1 is faster on a "
+        "busy machine); with --ray each actor uses --ray-cpus-per-actor threads",
     )
     p.add_argument(
         "--shard-size",
@@ -176,6 +177,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers", type=non_negative_int, help="decoding workers (default: spare cores)"
     )
+    add_engine_options(p, threads_help="model threads (default: one per core)")
     p.add_argument(
         "--restart",
         action="store_true",
@@ -200,6 +202,9 @@ def run_embed(args: argparse.Namespace) -> int:
             neighbors=0,
             batch_size=args.batch_size,
             workers=args.workers,
+            runtime=args.runtime,
+            device=args.device,
+            threads=args.threads,
             overwrite=True,
             restart=args.restart,
             progress=not args.no_progress and sys.stderr.isatty(),
@@ -207,7 +212,7 @@ def run_embed(args: argparse.Namespace) -> int:
     )
     print(
         f"embedded {summary.count} images ({summary.failed} failed) "
-        f"into {summary.out} [{summary.dim}-d]"
+        f"into {summary.out} [{summary.dim}-d, {summary.runtime}]"
     )
     return 0
 
@@ -226,6 +231,8 @@ def config_from_args(args: argparse.Namespace):
         dtype=args.dtype,
         batch_size=args.batch_size,
         workers=args.workers,
+        runtime=args.runtime,
+        device=args.device,
         threads=args.threads,
         shard_size=args.shard_size,
         exact_limit=args.exact_limit,
@@ -248,7 +255,8 @@ def run(args: argparse.Namespace) -> int:
     resumed = f", resumed after {summary.resumed_from} inputs" if summary.resumed_from else ""
     print(
         f"exported {summary.count} items ({summary.failed} failed) to {summary.out} "
-        f"[{summary.dim}-d, {summary.neighbors} neighbours, {summary.runner}{resumed}]"
+        f"[{summary.dim}-d, {summary.neighbors} neighbours, {summary.runner}, "
+        f"{summary.runtime}{resumed}]"
     )
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from embedder.engine_options import DEFAULT_RUNTIME, RUNTIMES
 from export.errors import ExportError
 
 # Storage types of embeddings and probabilities in the HDF5 file.
@@ -28,7 +29,12 @@ class ExportConfig:
     dtype: str = "float32"
     batch_size: int = 64
     workers: int | None = None
-    #: torch threads of the single-process path (None: torch's default, one per core).
+    #: How the model runs: "auto", "torch", "onnx" or "onnx-int8" (embedder.engine_options).
+    runtime: str = DEFAULT_RUNTIME
+    #: cpu, cuda, cuda:N or mps (None: cuda when available, else cpu).
+    device: str | None = None
+    #: Model threads of the single-process path (None: one per core); with Ray, each actor
+    #: uses as many as the CPUs it reserves.
     threads: int | None = None
     #: Inputs per committed shard: at most this much work is redone after a crash.
     shard_size: int = 4096
@@ -54,6 +60,8 @@ class ExportConfig:
                 raise ExportError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.neighbors < 0:
             raise ExportError(f"neighbors must be 0 (none) or more, got {self.neighbors}")
+        if self.runtime not in RUNTIMES:
+            raise ExportError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.threads is not None and self.threads < 1:
             raise ExportError(f"threads must be at least 1, got {self.threads}")
         if self.ray_actors is not None and self.ray_actors < 1:

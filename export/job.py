@@ -19,6 +19,7 @@ import numpy as np
 
 from common.fsutil import atomic_write
 from embedder.checkpoint import checkpoint_hash, read_config
+from embedder.engine_options import EngineOptions, precision, precision_mismatch
 from export import schema
 from export.assemble import Assembled, assemble
 from export.config import ExportConfig
@@ -48,6 +49,8 @@ class ExportSummary:
 
     #: Seconds until the first results arrived (model loading, worker or Ray start-up).
     startup_seconds: float = 0.0
+    #: The inference runtime that embedded this run's inputs.
+    runtime: str = ""
 
     @property
     def items_per_s(self) -> float:
@@ -93,15 +96,19 @@ def _embed_stage(
     partial: PartialDir,
     ckpt_hash: str,
     clock: _FirstBatchClock,
-) -> int:
-    """Embed every input after the committed cursor; returns how many inputs it processed."""
+) -> tuple[int, str]:
+    """Embed every input after the committed cursor; returns how many inputs it processed and
+    the runtime that embedded them (``config.runtime`` when none was left)."""
     start = partial.cursor
     if start >= len(inputs):
-        return 0
+        return 0, config.runtime
     writer = ShardWriter(partial, inputs.samples, config.shard_size)
     if config.ray:
+        from embedder.runtime import resolve_runtime
         from export.ray_runner import connect, import_ray, ray_batches
 
+        # Decided (and the graph exported) once here, not in every actor.
+        runtime = resolve_runtime(config.checkpoint, config.runtime, config.device)
         started = connect(config.ray, config.ray_ship_code)
         try:
             batches = ray_batches(
@@ -113,6 +120,7 @@ def _embed_stage(
                 config.ray_actors,
                 config.ray_cpus_per_actor,
                 config.progress,
+                EngineOptions(runtime, config.device),
             )
             for batch in clock(batches):
                 writer.write(batch)
@@ -128,14 +136,17 @@ def _embed_stage(
             import torch
 
             torch.set_num_threads(config.threads)
-        embedder = Embedder.from_checkpoint(config.checkpoint)
+        embedder = Embedder.from_checkpoint(
+            config.checkpoint, config.runtime, config.device, config.threads
+        )
+        runtime = embedder.runtime
         batches = local_batches(
             embedder, inputs.samples, start, config.batch_size, config.workers, config.progress
         )
         for batch in clock(batches):
             writer.write(batch)
         writer.flush()
-    return len(inputs) - start
+    return len(inputs) - start, runtime
 
 
 def _neighbor_search(
@@ -177,17 +188,22 @@ def _check_factory(factory: str, dim: int) -> None:
         ) from None
 
 
-def _check_index(path: str, identity: JobIdentity) -> None:
+def _check_index(path: str, identity: JobIdentity, runtime: str) -> None:
     from index import read_manifest
 
     if not Path(path).is_dir():
         raise ExportError(f"{path}: index folder not found")
-    read_manifest(path).check(
+    manifest = read_manifest(path)
+    manifest.check(
         expect_model=identity.model_name,
         expect_checkpoint_hash=identity.checkpoint_hash,
         expect_dim=identity.dim,
         where=f"index {path}",
     )
+    stored = manifest.source.get("embedding_precision")
+    problem = precision_mismatch(f"index {path}", stored, runtime)
+    if problem:
+        log.warning("%s", problem)
 
 
 def _write_file(
@@ -197,6 +213,7 @@ def _write_file(
     partial: PartialDir,
     inputs: ExportInputs,
     label_names: list[str],
+    runtime: str,
 ) -> Assembled:
     """Assemble the shards into ``tmp``, add the neighbours and the attributes."""
     h5, done = assemble(partial, tmp, config.dtype, label_names)
@@ -218,6 +235,10 @@ def _write_file(
                 "dim": identity.dim,
                 "num_classes": identity.num_classes,
                 "normalized": True,
+                # The runtime of the run that finished the file; an earlier run it resumed
+                # had the same precision (checked on resume).
+                "runtime": runtime,
+                "precision": identity.precision,
                 "dtype": config.dtype,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "count": done.count,
@@ -253,15 +274,16 @@ def export_features(config: ExportConfig) -> ExportSummary:
         num_classes=int(ckpt.num_classes),
         inputs_fingerprint=inputs.fingerprint,
         inputs_count=len(inputs),
+        precision=precision(config.runtime),
     )
     if config.index:
-        _check_index(config.index, identity)  # before hours of embedding, not after
+        _check_index(config.index, identity, config.runtime)  # before hours of embedding, not after
     if config.neighbor_index:
         _check_factory(config.neighbor_index, identity.dim)
     partial = PartialDir.open(out, identity, restart=config.restart)
     resumed_from = partial.cursor
     clock = _FirstBatchClock()
-    embedded_now = _embed_stage(config, inputs, partial, ckpt_hash, clock)
+    embedded_now, runtime = _embed_stage(config, inputs, partial, ckpt_hash, clock)
     embed_seconds = time.perf_counter() - clock.t0
 
     if not any(shard.rows for shard in partial.shards):
@@ -273,7 +295,9 @@ def export_features(config: ExportConfig) -> ExportSummary:
     # The file is assembled inside the partial folder, so a crash leaves nothing beside --out.
     done = atomic_write(
         out,
-        lambda tmp: _write_file(tmp, config, identity, partial, inputs, list(ckpt.label_names)),
+        lambda tmp: _write_file(
+            tmp, config, identity, partial, inputs, list(ckpt.label_names), runtime
+        ),
         folder=partial.path,
     )
     partial.remove()
@@ -291,4 +315,5 @@ def export_features(config: ExportConfig) -> ExportSummary:
         total_seconds=total,
         runner="ray" if config.ray else "local",
         startup_seconds=clock.first or 0.0,
+        runtime=runtime,
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from embedder.engine_options import DEFAULT_RUNTIME
 from embedder.errors import ImageError
 from embedder.images import load_image
 from embedder.inference import Embedder
@@ -59,7 +60,8 @@ def embed_records(embedder: Embedder, records: dict[str, np.ndarray]) -> dict[st
     errors = np.full(len(paths), "", dtype=object)
     for row, path in enumerate(paths):
         try:
-            tensors.append(embedder.transform(load_image(Path(path))))
+            img = load_image(Path(path), min_side=embedder.decode_side)  # JPEG draft mode
+            tensors.append(embedder.preprocess_image(img))
             ok.append(row)
         except ImageError as exc:
             errors[row] = str(exc)
@@ -106,21 +108,31 @@ class EmbedMapper:
     """Callable class for Ray Data's actor pool: loads the checkpoint once per actor.
 
     ``expected_hash`` guards against a node that sees a different file at the same path;
-    ``threads`` sets torch's intra-op threads to the CPUs Ray reserved for the actor.
+    ``threads`` sets the model's threads (torch or ONNX Runtime) to the CPUs Ray reserved for
+    the actor; ``runtime`` and ``device`` as in :meth:`Embedder.from_checkpoint`.
     """
 
     def __init__(
-        self, checkpoint: str, expected_hash: str | None = None, threads: int | None = None
+        self,
+        checkpoint: str,
+        expected_hash: str | None = None,
+        threads: int | None = None,
+        runtime: str = DEFAULT_RUNTIME,
+        device: str | None = None,
     ) -> None:
         if threads:
             torch.set_num_threads(threads)  # the actor's CPU share, not the node's core count
-        self.embedder = Embedder.from_checkpoint(checkpoint)
+        self.embedder = Embedder.from_checkpoint(checkpoint, runtime, device, threads)
         if expected_hash and self.embedder.checkpoint_hash != expected_hash:
             raise ExportError(
                 f"{checkpoint}: this worker's copy of the checkpoint differs from the driver's "
                 "(hash mismatch); put the checkpoint on storage every node shares"
             )
-        log.info("embedder loaded on worker: %s", self.embedder.model_name)
+        log.info(
+            "embedder loaded on worker: %s, %s",
+            self.embedder.model_name,
+            self.embedder.engine.describe(),
+        )
 
     def __call__(self, records: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return embed_records(self.embedder, records)

@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from embedder.data import Sample
+from embedder.engine_options import EngineOptions
 from export.errors import RayUnavailableError
 from export.mapper import EmbedMapper, FeatureBatch, records_to_batch
 from export.reader import record_blocks
@@ -80,9 +81,17 @@ def ray_batches(
     actors: int | None = None,
     cpus_per_actor: float = 1.0,
     progress: bool = True,
+    engine: EngineOptions | None = None,
 ) -> Iterator[FeatureBatch]:
-    """Embed ``samples[start:]`` on the connected Ray cluster, yielding batches in input order."""
+    """Embed ``samples[start:]`` on the connected Ray cluster, yielding batches in input order.
+
+    ``engine``: runtime and device of every actor (decide "auto" before, once: see
+    :func:`embedder.runtime.resolve_runtime`); each actor's model uses as many threads as the
+    CPUs it reserves, and a GPU device reserves one GPU per actor.
+    """
     ray = import_ray()
+    engine = engine or EngineOptions()
+    gpus = 1 if (engine.device or "").startswith("cuda") else 0
     import pyarrow as pa
 
     actors = actors or default_actors(cpus_per_actor)
@@ -101,11 +110,14 @@ def ray_batches(
                 "checkpoint": str(Path(checkpoint).resolve()),
                 "expected_hash": checkpoint_hash,
                 "threads": max(1, round(cpus_per_actor)),
+                "runtime": engine.runtime,
+                "device": engine.device,
             },
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cpus_per_actor,
+            num_gpus=gpus,
         )
         log.info("embedding %d inputs on Ray with %d actor(s)", pending, actors)
         with tqdm(total=pending, desc="embedding (ray)", unit="img", disable=not progress) as bar:

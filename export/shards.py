@@ -43,6 +43,8 @@ class JobIdentity:
     num_classes: int
     inputs_fingerprint: str
     inputs_count: int
+    #: "fp32" or "int8" (runtime onnx-int8): the two must not mix in one file.
+    precision: str = "fp32"
 
 
 def partial_path(out: Path) -> Path:
@@ -182,7 +184,9 @@ def _check_manifest(manifest: Path, identity: JobIdentity) -> None:
         "inputs_count": "number of inputs",
         "dim": "embedding dimension",
         "num_classes": "number of classes",
+        "precision": "embedding precision (--runtime onnx-int8 or not)",
     }
+    data.setdefault("precision", "fp32")  # unfinished exports from before runtimes existed
     for key, name in what.items():
         if data.get(key) != getattr(identity, key):
             raise ResumeError(

@@ -49,6 +49,10 @@ class Embeddings:
     checkpoint_hash: str
     label_names: list[str] = field(default_factory=list)
     failed: int = 0
+    # The inference runtime that computed them and its precision ("fp32" or "int8"); files
+    # from before runtimes existed were torch fp32.
+    runtime: str = ""
+    precision: str = "fp32"
 
     @property
     def dim(self) -> int:
@@ -128,9 +132,13 @@ def read_embeddings(path: str | Path) -> Embeddings:
         except json.JSONDecodeError as exc:
             raise BuildInputError(f"{path}: attribute label_names is not JSON") from exc
         failed = len(h5["failed"]) if "failed" in h5 else 0
+        runtime = _attr_str(h5.attrs, "runtime", path) if "runtime" in h5.attrs else ""
+        precision = _attr_str(h5.attrs, "precision", path) if "precision" in h5.attrs else "fp32"
     if failed:
         log.info("%s: %d images had failed to embed and are not indexed", path, failed)
-    return Embeddings(ids, xb, labels, model_name, checkpoint_hash, list(label_names), failed)
+    return Embeddings(
+        ids, xb, labels, model_name, checkpoint_hash, list(label_names), failed, runtime, precision
+    )
 
 
 def failed_images(path: str | Path) -> list[str]:
@@ -389,6 +397,8 @@ def build_from_files(
         "catalog": str(Path(catalog).resolve()) if catalog is not None else None,
         "label_names": emb.label_names,
         "failed_images": emb.failed,
+        "embedding_runtime": emb.runtime,
+        "embedding_precision": emb.precision,
     }
     return build_index(
         out,

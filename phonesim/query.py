@@ -13,6 +13,7 @@ from typing import Any
 
 from common.argtypes import add_index_option, positive_int
 from common.errors import UserError
+from embedder.engine_options import EngineOptions, add_engine_options
 from index.cli import index_folder_or_exit
 from index.errors import InvalidFilterError, InvalidParamsError
 
@@ -44,6 +45,7 @@ def register(index_actions: argparse._SubParsersAction) -> None:
         metavar="NAME=INT",
         help="search parameter such as nprobe=32 or efSearch=64",
     )
+    add_engine_options(query, threads_help="model threads (default: every core)")
     query.add_argument("--json", action="store_true", help="print JSON")
     query.set_defaults(func=run, parser=query)
 
@@ -83,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     if not Path(args.image).is_file():
         raise UserError(f"{args.image}: image file does not exist")
-    embedder, index = open_for_serving(args.checkpoint, index_folder_or_exit(args))
+    embedder, index = open_for_serving(
+        args.checkpoint, index_folder_or_exit(args), engine=EngineOptions.from_args(args)
+    )
     with index:
         batch = embedder.embed_paths([args.image])
         hits = index.search(batch.embeddings[0], args.k, filter=flt, params=params or None)[0]

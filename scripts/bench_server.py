@@ -5,33 +5,38 @@ given, measures the in-process time to decode, embed and search one image, start
 ``phonesim serve``, drives ``POST /v1/search`` at each concurrency for a fixed time and prints
 p50/p95/p99 latency, requests/s and errors, then ONE JSON line with every figure.
 
+``--runtime torch onnx`` measures both runtimes in one run (one server each, the rounds
+alternating between them so the load of a shared machine weighs on both alike) and compares
+them: c1 p50 with onnx <= 0.6x torch's, c8 throughput >= 1.8x torch's, no errors.
+
     python scripts/bench_server.py [--workdir DIR | --checkpoint CKPT --index INDEX]
+        [--runtime torch onnx]
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import multiprocessing as mp
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from http_load import free_port, get, load, multipart, summarize
 
-# Targets from the issue.
+REPO = Path(__file__).resolve().parents[1]
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+
+# Targets from the issues.
 TARGET_P50_RATIO = 1.5  # p50 at concurrency 1 <= 1.5 x in-process time
 TARGET_RPS_RATIO = 1.5  # requests/s at concurrency 8 >= 1.5 x concurrency 1
+TARGET_ONNX_P50 = 0.6  # c1 p50 with onnx <= 0.6 x torch's
+TARGET_ONNX_RPS = 1.8  # c8 requests/s with onnx >= 1.8 x torch's
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", help="checkpoint folder (with --index; default: the demo's)")
     p.add_argument("--index", help="index folder built from --checkpoint")
     p.add_argument("--workdir", help="demo folder to build or reuse (default: a temp folder)")
+    p.add_argument(
+        "--runtime",
+        nargs="+",
+        choices=RUNTIMES,
+        default=["auto"],
+        help="one server per runtime, measured in the same rounds (default auto)",
+    )
+    p.add_argument("--device", help="model device of the servers (default: theirs)")
     p.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency")
     p.add_argument("--rounds", type=int, default=3, help="alternations of the measurements")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up load")
@@ -49,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument(
-        "--torch-threads", type=int, default=None, help="per worker (default: cores / workers)"
+        "--model-threads", type=int, default=None, help="per worker (default: cores / workers)"
     )
     p.add_argument("--baseline-runs", type=int, default=40)
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -91,18 +104,6 @@ def query_images(index: Path, n: int = 16) -> list[tuple[str, bytes]]:
     return [(Path(p).name, Path(p).read_bytes()) for p in picked]
 
 
-def multipart(name: str, data: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-    return (
-        head + data + f"\r\n--{boundary}--\r\n".encode(),
-        f"multipart/form-data; boundary={boundary}",
-    )
-
-
 # -- in-process baseline ------------------------------------------------------------------------
 class InProcess:
     """Decode + embed + search of one image in this process: what a request must add to.
@@ -111,11 +112,20 @@ class InProcess:
     forward called from the main thread was measured several times slower than from another.
     """
 
-    def __init__(self, ckpt: Path, index: Path, images: list[tuple[str, bytes]], k: int) -> None:
+    def __init__(
+        self,
+        ckpt: Path,
+        index: Path,
+        images: list[tuple[str, bytes]],
+        k: int,
+        args: argparse.Namespace,
+        runtime: str,
+        threads: int,
+    ) -> None:
         from embedder.inference import Embedder
         from index import CatalogIndex
 
-        self.embedder = Embedder.from_checkpoint(ckpt)
+        self.embedder = Embedder.from_checkpoint(ckpt, runtime, args.device, threads)
         self.index = CatalogIndex.open(index, readonly=True)
         self.images, self.k = images, k
         self.times: list[float] = []
@@ -139,13 +149,13 @@ class InProcess:
     def measure(self, runs: int, keep: bool = True) -> None:
         self._thread.submit(self._loop, runs, keep).result()
 
-    def summary(self, torch_threads: int) -> dict:
+    def summary(self) -> dict:
         return {
             "p50_ms": round(statistics.median(self.times), 2),
             "mean_ms": round(statistics.fmean(self.times), 2),
             "min_ms": round(min(self.times), 2),
             "runs": len(self.times),
-            "torch_threads": torch_threads,
+            "engine": self.embedder.engine.describe(),
         }
 
     def close(self) -> None:
@@ -153,100 +163,7 @@ class InProcess:
         self.index.close()
 
 
-# -- load generator (runs in its own process) -----------------------------------------------------
-def _drive(port: int, bodies: list, path: str, concurrency: int, duration: float, out) -> None:
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    start = time.perf_counter()
-    stop_at = start + duration
-
-    def worker(w: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        i = w
-        mine, bad = [], []
-        while time.perf_counter() < stop_at:
-            body, ctype = bodies[i % len(bodies)]
-            i += concurrency
-            t0 = time.perf_counter()
-            try:
-                conn.request("POST", path, body=body, headers={"Content-Type": ctype})
-                r = conn.getresponse()
-                r.read()
-                if r.status == 200:
-                    mine.append(time.perf_counter() - t0)
-                else:
-                    bad.append(f"HTTP {r.status}")
-            except (OSError, http.client.HTTPException) as exc:  # count it, keep driving
-                bad.append(type(exc).__name__)
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conn.close()
-        with lock:
-            latencies.extend(mine)
-            errors.extend(bad)
-
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
-    out.put({"latencies": latencies, "errors": errors, "elapsed": elapsed})
-
-
-def load(port: int, bodies: list, path: str, concurrency: int, duration: float) -> dict:
-    """Drive the server from a separate process; raw latencies (s), errors and elapsed time."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    proc = ctx.Process(target=_drive, args=(port, bodies, path, concurrency, duration, q))
-    proc.start()
-    result = q.get(timeout=duration + 120)
-    proc.join(30)
-    return result
-
-
-def summarize(concurrency: int, runs: list[dict]) -> dict:
-    lat = sorted(x for r in runs for x in r["latencies"])
-    errors = [e for r in runs for e in r["errors"]]
-    elapsed = sum(r["elapsed"] for r in runs)
-
-    def pct(p: float) -> float:
-        if not lat:
-            return float("nan")
-        return round(1000 * lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))], 2)
-
-    return {
-        "concurrency": concurrency,
-        "requests": len(lat),
-        "errors": len(errors),
-        "error_kinds": sorted(set(errors)),
-        "seconds": round(elapsed, 2),
-        "rps": round(len(lat) / elapsed, 2) if elapsed else 0.0,
-        "p50_ms": pct(50),
-        "p95_ms": pct(95),
-        "p99_ms": pct(99),
-        "mean_ms": round(1000 * statistics.fmean(lat), 2) if lat else float("nan"),
-    }
-
-
 # -- server ---------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
-
-
 def batch_stats(port: int) -> tuple[float, float]:
     """(sum, count) of the server's batch-size histogram."""
     text = get(port, "/metrics")[1].decode()
@@ -255,15 +172,20 @@ def batch_stats(port: int) -> tuple[float, float]:
     return (float(s.group(1)) if s else 0.0, float(c.group(1)) if c else 0.0)
 
 
-def start_server(ckpt: Path, index: Path, port: int, args: argparse.Namespace, log: Path):
+def start_server(
+    ckpt: Path, index: Path, port: int, args: argparse.Namespace, runtime: str, log: Path
+):
     cmd = [
         sys.executable, "-m", "phonesim", "serve",
         "--checkpoint", str(ckpt), "--index", str(index), "--port", str(port),
         "--workers", str(args.workers), "--threads", str(args.threads),
         "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+        "--runtime", runtime,
     ]  # fmt: skip
-    if args.torch_threads:
-        cmd += ["--torch-threads", str(args.torch_threads)]
+    if args.model_threads:
+        cmd += ["--model-threads", str(args.model_threads)]
+    if args.device:
+        cmd += ["--device", args.device]
     print("$", " ".join(cmd), flush=True)
     env = {k: v for k, v in _env().items() if k != "PHONESIM_API_KEY"}
     with log.open("wb") as fh:  # the child keeps its own copy of the descriptor
@@ -282,109 +204,155 @@ def start_server(ckpt: Path, index: Path, port: int, args: argparse.Namespace, l
     sys.exit(f"server not ready within 180 s:\n{log.read_text()[-3000:]}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    ckpt, index = resolve_inputs(args)
-    images = query_images(index)
-    bodies = [multipart(name, data) for name, data in images]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch_threads = args.torch_threads or max(1, (cores or 1) // args.workers)
+def compare_runtimes(results: dict[str, dict], lo: int, hi: int) -> dict:
+    """onnx against torch from the same run: c1 p50 ratio and c8 throughput ratio."""
+    torch_, onnx = results["torch"]["load"], results["onnx"]["load"]
+    p50 = round(onnx[f"c{lo}"]["p50_ms"] / torch_[f"c{lo}"]["p50_ms"], 3)
+    rps = round(onnx[f"c{hi}"]["rps"] / torch_[f"c{hi}"]["rps"], 3)
+    return {
+        f"onnx_over_torch_p50_c{lo}": p50,
+        f"onnx_over_torch_rps_c{hi}": rps,
+        "targets": {
+            f"onnx_p50_c{lo}_le_{TARGET_ONNX_P50}x_torch": p50 <= TARGET_ONNX_P50,
+            f"onnx_rps_c{hi}_ge_{TARGET_ONNX_RPS}x_torch": rps >= TARGET_ONNX_RPS,
+        },
+    }
 
-    from server.serve import configure_threads
 
-    configure_threads(torch_threads)  # as each server worker does by default
-    inproc = InProcess(ckpt, index, images, args.k)
-    port = free_port()
-    rounds = max(1, args.rounds)
-    raw: dict[int, list[dict]] = {c: [] for c in args.concurrency}
-    batches: dict[int, list[float]] = {c: [0.0, 0.0] for c in args.concurrency}
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "server.log"
-        proc = start_server(ckpt, index, port, args, log)
-        path = f"/v1/search?k={args.k}"
-        try:
-            print(f"warm-up {args.warmup:g} s at concurrency {max(args.concurrency)}", flush=True)
-            load(port, bodies, path, max(args.concurrency), args.warmup)
-            # Rounds alternate the measurements, so that the load of a shared machine weighs
-            # on the baseline and on each concurrency alike.
-            for r in range(rounds):
-                inproc.measure(max(1, args.baseline_runs // rounds))
-                for c in args.concurrency:
-                    s0, n0 = batch_stats(port)
-                    res = load(port, bodies, path, c, args.duration / rounds)
-                    s1, n1 = batch_stats(port)
-                    batches[c][0] += s1 - s0
-                    batches[c][1] += n1 - n0
-                    raw[c].append(res)
-                    part = summarize(c, [res])
-                    print(
-                        f"  round {r + 1}/{rounds} concurrency {c}: {part['rps']} req/s, "
-                        f"p50 {part['p50_ms']} ms, errors {part['errors']}",
-                        flush=True,
-                    )
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            inproc.close()
-
-    baseline = inproc.summary(torch_threads)
+def runtime_summary(
+    runtime: str, inproc: InProcess, raw: dict[int, list[dict]], batches: dict, lo: int, hi: int
+) -> dict:
+    """Figures of one runtime's server, printed as they are read."""
+    baseline = inproc.summary()
     print(
-        f"in-process decode + embed + search: p50 {baseline['p50_ms']} ms, "
-        f"mean {baseline['mean_ms']} ms ({baseline['runs']} runs)",
+        f"[{runtime}] in-process decode + embed + search on {baseline['engine']}: "
+        f"p50 {baseline['p50_ms']} ms, mean {baseline['mean_ms']} ms ({baseline['runs']} runs)",
         flush=True,
     )
     results = {}
-    for c in args.concurrency:
-        res = summarize(c, raw[c])
+    for c, runs in raw.items():
+        res = summarize(c, runs)
         s_sum, n_sum = batches[c]
         res["mean_batch_size"] = round(s_sum / n_sum, 2) if n_sum else None
         results[c] = res
         print(
-            f"concurrency {c:>2}: {res['requests']:>5} requests, {res['errors']} errors, "
-            f"{res['rps']:7.2f} req/s, p50 {res['p50_ms']} ms, p95 {res['p95_ms']} ms, "
+            f"[{runtime}] concurrency {c:>2}: {res['requests']:>5} requests, {res['errors']} "
+            f"errors, {res['rps']:7.2f} req/s, p50 {res['p50_ms']} ms, p95 {res['p95_ms']} ms, "
             f"p99 {res['p99_ms']} ms, mean batch {res['mean_batch_size']}",
             flush=True,
         )
-
-    lo, hi = min(args.concurrency), max(args.concurrency)
     p50_ratio = round(results[lo]["p50_ms"] / baseline["p50_ms"], 3)
     rps_ratio = round(results[hi]["rps"] / results[lo]["rps"], 3) if results[lo]["rps"] else None
     errors = sum(r["errors"] for r in results.values())
-    targets = {
-        "zero_errors": errors == 0,
-        f"p50_c{lo}_le_{TARGET_P50_RATIO}x_inprocess": p50_ratio <= TARGET_P50_RATIO,
-        f"rps_c{hi}_ge_{TARGET_RPS_RATIO}x_c{lo}": bool(
-            rps_ratio and rps_ratio >= TARGET_RPS_RATIO
-        ),
-    }
     print(
-        f"p50 c{lo} / in-process = {p50_ratio} (target <= {TARGET_P50_RATIO}); "
+        f"[{runtime}] p50 c{lo} / in-process = {p50_ratio} (target <= {TARGET_P50_RATIO}); "
         f"req/s c{hi} / c{lo} = {rps_ratio} (target >= {TARGET_RPS_RATIO}); errors {errors}",
         flush=True,
     )
+    return {
+        "baseline_inprocess": baseline,
+        "load": {f"c{c}": r for c, r in results.items()},
+        f"p50_ratio_c{lo}_over_inprocess": p50_ratio,
+        f"rps_ratio_c{hi}_over_c{lo}": rps_ratio,
+        "errors": errors,
+        "targets": {
+            f"p50_c{lo}_le_{TARGET_P50_RATIO}x_inprocess": p50_ratio <= TARGET_P50_RATIO,
+            f"rps_c{hi}_ge_{TARGET_RPS_RATIO}x_c{lo}": bool(
+                rps_ratio and rps_ratio >= TARGET_RPS_RATIO
+            ),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runtimes = list(dict.fromkeys(args.runtime))
+    ckpt, index = resolve_inputs(args)
+    images = query_images(index)
+    bodies = [multipart(name, data) for name, data in images]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    model_threads = args.model_threads or max(1, (cores or 1) // args.workers)
+
+    from server.serve import configure_threads
+
+    configure_threads(model_threads)  # as each server worker does by default
+    inproc = {
+        rt: InProcess(ckpt, index, images, args.k, args, rt, model_threads) for rt in runtimes
+    }
+    ports = {rt: free_port() for rt in runtimes}
+    rounds = max(1, args.rounds)
+    raw = {rt: {c: [] for c in args.concurrency} for rt in runtimes}
+    batches = {rt: {c: [0.0, 0.0] for c in args.concurrency} for rt in runtimes}
+    path = f"/v1/search?k={args.k}"
+    procs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for rt in runtimes:
+                log = Path(tmp) / f"server-{rt}.log"
+                procs[rt] = start_server(ckpt, index, ports[rt], args, rt, log)
+            for rt in runtimes:
+                print(f"[{rt}] warm-up {args.warmup:g} s at concurrency {max(args.concurrency)}")
+                load(ports[rt], bodies, path, max(args.concurrency), args.warmup)
+            # Rounds alternate the measurements (runtimes, baseline, concurrencies), so that
+            # the load of a shared machine weighs on each alike.
+            for r in range(rounds):
+                for rt in runtimes:
+                    inproc[rt].measure(max(1, args.baseline_runs // rounds))
+                    for c in args.concurrency:
+                        s0, n0 = batch_stats(ports[rt])
+                        res = load(ports[rt], bodies, path, c, args.duration / rounds)
+                        s1, n1 = batch_stats(ports[rt])
+                        batches[rt][c][0] += s1 - s0
+                        batches[rt][c][1] += n1 - n0
+                        raw[rt][c].append(res)
+                        part = summarize(c, [res])
+                        print(
+                            f"  round {r + 1}/{rounds} [{rt}] concurrency {c}: {part['rps']} "
+                            f"req/s, p50 {part['p50_ms']} ms, errors {part['errors']}",
+                            flush=True,
+                        )
+        finally:
+            for proc in procs.values():
+                proc.terminate()
+            for proc in procs.values():
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            for baseline in inproc.values():
+                baseline.close()
+
+    lo, hi = min(args.concurrency), max(args.concurrency)
+    results = {rt: runtime_summary(rt, inproc[rt], raw[rt], batches[rt], lo, hi) for rt in runtimes}
+    targets = {"zero_errors": all(r["errors"] == 0 for r in results.values())}
+    for rt, r in results.items():
+        targets.update({f"{rt}_{name}": ok for name, ok in r["targets"].items()})
     summary = {
         "checkpoint": str(ckpt),
         "index": str(index),
         "cores": cores,
         "workers": args.workers,
         "threads": args.threads,
-        "torch_threads": torch_threads,
+        "model_threads": model_threads,
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,
         "duration_s": args.duration,
         "rounds": rounds,
         "k": args.k,
-        "baseline_inprocess": baseline,
-        "load": {f"c{c}": r for c, r in results.items()},
-        f"p50_ratio_c{lo}_over_inprocess": p50_ratio,
-        f"rps_ratio_c{hi}_over_c{lo}": rps_ratio,
-        "errors": errors,
-        "targets": targets,
-        "targets_met": all(targets.values()),
+        "runtimes": results,
     }
+    if {"torch", "onnx"} <= set(runtimes):
+        comparison = compare_runtimes(results, lo, hi)
+        targets.update(comparison.pop("targets"))
+        summary["onnx_vs_torch"] = comparison
+        print(
+            f"onnx vs torch, same run: c{lo} p50 x{comparison[f'onnx_over_torch_p50_c{lo}']} "
+            f"(target <= {TARGET_ONNX_P50}), c{hi} req/s "
+            f"x{comparison[f'onnx_over_torch_rps_c{hi}']} (target >= {TARGET_ONNX_RPS})",
+            flush=True,
+        )
+    summary["targets"] = targets
+    summary["targets_met"] = all(targets.values())
     print(json.dumps(summary), flush=True)
     return 1 if args.strict and not summary["targets_met"] else 0
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask, Response
 
+from embedder.engine_options import EngineOptions
 from server import api, cors, errors, ops, ratelimit, web
 from server.config import ServerConfig
 from server.loading import open_for_serving
@@ -48,8 +49,9 @@ def create_app(
     if embedder is None and index is None and (config.checkpoint or config.index):
         if not (config.checkpoint and config.index):
             raise ValueError("serving needs both a checkpoint and an index built from it")
+        engine = EngineOptions(config.runtime, config.device, config.model_threads)
         embedder, index = open_for_serving(
-            config.checkpoint, config.index, writable=config.writes_enabled
+            config.checkpoint, config.index, writable=config.writes_enabled, engine=engine
         )
         owns_index = True
     if embedder is not None and index is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from common.argtypes import non_negative_float, port, positive_float, positive_int
 from common.errors import UserError, run_reporting_errors
+from embedder.engine_options import add_engine_options
 from server.config import API_KEY_ENV, GunicornSettings, ServerConfig
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=10.0,
         help="how long a batch may wait for requests on their way to the model (default 10)",
     )
+    add_engine_options(p)
     p.add_argument(
+        "--model-threads",
         "--torch-threads",
+        dest="torch_threads",
         type=positive_int,
         default=None,
-        help="intra-op threads per worker (default: CPU cores / workers)",
+        help="model threads per worker, torch or ONNX Runtime (default: CPU cores / workers)",
     )
     p.add_argument(
         "--faiss-threads",
@@ -143,6 +147,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
             rate_limit=args.rate_limit,
             rate_burst=args.rate_burst,
             cors_origins=tuple(args.cors_origin),
+            runtime=args.runtime,
+            device=args.device,
         ).validate()
     except ValueError as exc:
         raise UserError(str(exc)) from exc

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from embedder.engine_options import DEFAULT_RUNTIME, RUNTIMES
+
 # Environment variable the ``serve`` command reads the API key from when --api-key is absent.
 API_KEY_ENV = "PHONESIM_API_KEY"
 
@@ -25,6 +27,8 @@ class ServerConfig:
     ``rate_limit``/``rate_burst``: requests per second each client address may make, and how
     many at once (``None``: no limit; counted per worker process). ``cors_origins``: web
     origins allowed to call the API from a browser (``"*"``: any; empty: none).
+    ``runtime``/``device``/``model_threads``: how the model runs (see
+    :mod:`embedder.engine_options`); ``model_threads`` None: every core of the process.
     """
 
     checkpoint: str | None = None
@@ -44,6 +48,9 @@ class ServerConfig:
     rate_limit: float | None = None
     rate_burst: int | None = None
     cors_origins: tuple[str, ...] = ()
+    runtime: str = DEFAULT_RUNTIME
+    device: str | None = None
+    model_threads: int | None = None
 
     @property
     def max_upload_bytes(self) -> int:
@@ -69,6 +76,10 @@ class ServerConfig:
             raise ValueError(f"rate_limit must be positive, got {self.rate_limit}")
         if self.rate_burst is not None and self.rate_burst < 1:
             raise ValueError(f"rate_burst must be at least 1, got {self.rate_burst}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.model_threads is not None and self.model_threads < 1:
+            raise ValueError(f"model_threads must be at least 1, got {self.model_threads}")
         return self
 
     @classmethod
@@ -106,7 +117,7 @@ class GunicornSettings:
     timeout_s: int = 60
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
-    torch_threads: int | None = None  # default: CPU cores / workers
+    torch_threads: int | None = None  # model threads (torch or ONNX Runtime): cores / workers
     faiss_threads: int = 1
     access_log: bool = False
 

@@ -10,18 +10,27 @@ FAISS file loaded.
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from embedder.checkpoint import checkpoint_hash, read_config
+from embedder.engine_options import EngineOptions, precision_mismatch
 from embedder.inference import Embedder
+from embedder.runtime import check_runtime
 from index.catalog import CatalogIndex
 from index.folder import describe, lock_writer
 from index.manifest import read_manifest
 
+log = logging.getLogger(__name__)
 
-def check_for_serving(checkpoint: str | Path, index: str | Path, *, writable: bool = False) -> None:
-    """Check that ``index`` can serve queries embedded by ``checkpoint``, loading neither.
+
+def check_for_serving(
+    checkpoint: str | Path, index: str | Path, *, writable: bool = False, runtime: str = "auto"
+) -> None:
+    """Check that ``index`` can serve queries embedded by ``checkpoint`` on ``runtime``,
+    loading neither.
 
     The serve command runs this before forking workers (which must load the model after the
     fork), so a mistake is one line instead of a gunicorn boot traceback per worker.
@@ -33,21 +42,33 @@ def check_for_serving(checkpoint: str | Path, index: str | Path, *, writable: bo
         expect_dim=int(config.feature_dim),
         where=f"index {index}",
     )
+    check_runtime(checkpoint, runtime)  # an int8 graph that 'phonesim optimize' has not made
     describe(index)  # the catalog store opens and answers
     if writable:
         os.close(lock_writer(Path(index)))
 
 
 def open_for_serving(
-    checkpoint: str | Path, index: str | Path, *, writable: bool = False
+    checkpoint: str | Path,
+    index: str | Path,
+    *,
+    writable: bool = False,
+    engine: EngineOptions | None = None,
 ) -> tuple[Embedder, CatalogIndex]:
     """Load the embedder of ``checkpoint`` and open ``index`` checked against it.
 
     ``writable`` takes the index's writer lock; otherwise the index is opened read-only.
-    The caller closes the index.
+    ``engine``: runtime, device and threads of the model (default: auto, best device, all
+    cores). An index of fp32 embeddings searched with int8 queries (or the other way round)
+    works, a little less exactly, and is logged as a warning. The caller closes the index.
     """
-    check_for_serving(checkpoint, index, writable=writable)
-    embedder = Embedder.from_checkpoint(checkpoint)
+    engine = engine or EngineOptions()
+    check_for_serving(checkpoint, index, writable=writable, runtime=engine.runtime)
+    embedder = Embedder.from_checkpoint(checkpoint, **asdict(engine))
+    stored = read_manifest(index).source.get("embedding_precision")
+    problem = precision_mismatch(f"index {index}", stored, embedder.runtime)
+    if problem:
+        log.warning("%s", problem)
     opened = CatalogIndex.open(
         index,
         readonly=not writable,

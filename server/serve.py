@@ -82,12 +82,12 @@ class PhonesimGunicorn(BaseApplication):
         threads = self.settings.torch_threads or default_torch_threads(self.settings.workers)
         configure_threads(threads, self.settings.faiss_threads)
         log.info(
-            "worker %d: torch uses %d thread(s), faiss %d",
+            "worker %d: the model uses %d thread(s), faiss %d",
             os.getpid(),
             threads,
             self.settings.faiss_threads,
         )
-        app = create_app(self.server_config)
+        app = create_app(self.server_config.replace(model_threads=threads))
         return BufferedWSGIBridge(
             app,
             threads=self.settings.threads,
@@ -108,7 +108,9 @@ def preflight(config: ServerConfig, settings: GunicornSettings) -> None:
             "writes (an API key) need --workers 1: only one process may write the index"
         )
     # Without loading the model or the FAISS file (each worker loads its own after the fork).
-    check_for_serving(config.checkpoint, config.index, writable=config.writes_enabled)
+    check_for_serving(
+        config.checkpoint, config.index, writable=config.writes_enabled, runtime=config.runtime
+    )
 
 
 def serve(config: ServerConfig, settings: GunicornSettings | None = None) -> int:

@@ -131,8 +131,7 @@ class LookupService:
         """
         t0 = time.perf_counter()
         with arrival or self.batcher.arrival() as pending:
-            img = self.decode(data)
-            x = self.embedder.preprocess([img])[0]
+            x = self.embedder.preprocess_image(self.decode(data))
             t1 = time.perf_counter()
             future = pending.submit(x)
         result = future.result(timeout=self.config.request_timeout_s)
@@ -343,6 +342,8 @@ class LookupService:
                 "checkpoint_hash": e.checkpoint_hash,
                 "dim": e.dim,
                 "input_size": list(e.config.data_config.get("input_size", [])),
+                "runtime": e.runtime,
+                "engine": e.engine.describe(),
             },
             "classes": e.label_names,
             "index": {

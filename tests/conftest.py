@@ -56,3 +56,19 @@ def phone_brands() -> Path:
     if not (PHONE_BRANDS / "train").is_dir():
         pytest.skip(f"real benchmark data not present at {PHONE_BRANDS}")
     return PHONE_BRANDS
+
+
+@pytest.fixture(scope="session")
+def int8_checkpoint(tiny_checkpoint, tiny_catalog, tmp_path_factory) -> Path:
+    """A copy of the tiny checkpoint with its fp32 and int8 graphs: every runtime loads it.
+
+    Same weights, so indexes built with the tiny checkpoint open with it too.
+    """
+    import shutil
+
+    from embedder.quantize import quantize_int8
+
+    ckpt = tmp_path_factory.mktemp("int8") / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    quantize_int8(ckpt, tiny_catalog)
+    return ckpt

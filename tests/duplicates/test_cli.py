@@ -60,6 +60,7 @@ def test_cli_end_to_end_uses_stored_threshold(planted_run, tiny_checkpoint, tmp_
     assert code == 0
     assert out.strip().splitlines()[-1].startswith(f"images {len(list(root.rglob('*.*')))}, ")
     assert "(threshold 0.800, agreement score)" in out and "failed 1" in out
+    assert "images/s on torch); verification:" in out and "pairs/s)" in out
     assert (tmp_path / "r" / "duplicates.html").is_file()
 
 

@@ -164,3 +164,37 @@ def test_validation_classes_must_be_known(tiny_catalog, tmp_path):
     Image.new("RGB", (16, 16)).save(tmp_path / "val" / "other" / "y.jpg")
     with pytest.raises(DataError, match="not in the training data"):
         train(tiny_train_config(tiny_catalog, tmp_path / "ck", val=str(tmp_path / "val")))
+
+
+CUDA_REASON = "needs a CUDA GPU (torch.cuda.is_available() is False)"
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_checkpoint_trained_on_a_device_loads_and_embeds_on_the_cpu(
+    tiny_catalog, tmp_path, device
+):
+    import json
+
+    from embedder.inference import Embedder
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip(CUDA_REASON)
+    out = tmp_path / "ck"
+    config = tiny_train_config(tiny_catalog, out, val_fraction=0.2, warmup_epochs=2, device=device)
+    result = train(config)
+    assert json.loads((out / "config.json").read_text())["training"]["device"] == device
+    model, _ = load_checkpoint(out)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    embedder = Embedder.from_checkpoint(out, runtime="torch", device="cpu")
+    val = sorted(tiny_catalog.rglob("*.jpg"))[:4]
+    batch = embedder.embed_paths(val)
+    assert batch.embeddings.shape == (4, embedder.dim) and result.best_epoch >= 0
+
+
+def test_a_device_this_machine_lacks_fails_before_the_data_loads(tmp_path):
+    from embedder.errors import EngineError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(EngineError, match="torch sees no CUDA GPU"):
+        train(tiny_train_config(tmp_path / "no-data", tmp_path / "out", device="cuda"))

@@ -50,5 +50,6 @@ def test_ray_path_equals_local_path(local_ray, reference, demo, ckpt, tmp_path):
     np.testing.assert_allclose(ray_data["probs"], local["probs"], atol=1e-5)
     assert np.array_equal(ray_data["pred"], local["pred"])
     np.testing.assert_allclose(ray_data["nb_scores"], local["nb_scores"], atol=1e-5)
-    for key in ("model_name", "checkpoint_hash", "count", "failed_count", "dim"):
+    for key in ("model_name", "checkpoint_hash", "count", "failed_count", "dim", "runtime"):
         assert ray_data["attrs"][key] == local["attrs"][key]
+    assert ray_data["attrs"]["runtime"] == "onnx"  # "auto", decided once in the driver

@@ -72,3 +72,26 @@ def test_help_does_not_import_the_model_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+MODEL_COMMANDS = (
+    "embed",
+    "evaluate",
+    "serve",
+    "export",
+    "duplicates find",
+    "duplicates calibrate",
+    "index query",
+)
+
+
+def test_every_command_that_runs_the_model_takes_runtime_and_device():
+    by_name = {parser.prog.removeprefix("phonesim "): parser for parser in _commands()}
+    for name in (*MODEL_COMMANDS, "train"):
+        flags = {s for a in _options(by_name[name]) for s in a.option_strings}
+        assert "--device" in flags, name
+        assert ("--runtime" in flags) == (name != "train"), name
+    args = build_parser().parse_args(["embed", "--checkpoint", "c", "--data", "d", "--out", "o"])
+    assert (args.runtime, args.device) == ("auto", None)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--data", "d", "--out", "o", "--device", "gpu"])

@@ -74,3 +74,13 @@ def test_the_api_key_file_and_the_hardening_flags(monkeypatch, tmp_path):
         cli.settings_from_args(parse("--api-key-file", str(key)))
     with pytest.raises(UserError, match="cannot read"):
         cli.settings_from_args(parse("--api-key-file", str(tmp_path / "missing")))
+
+
+def test_runtime_device_and_model_threads_reach_the_settings():
+    config, settings = cli.settings_from_args(
+        parse("--runtime", "onnx-int8", "--device", "cpu", "--model-threads", "3")
+    )
+    assert (config.runtime, config.device, settings.torch_threads) == ("onnx-int8", "cpu", 3)
+    assert cli.settings_from_args(parse("--torch-threads", "2"))[1].torch_threads == 2  # old name
+    with pytest.raises(SystemExit):
+        parse("--runtime", "tensorrt")

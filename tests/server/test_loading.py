@@ -50,3 +50,11 @@ def test_mistakes_are_one_line_errors_before_the_model_loads(
         with pytest.raises(error, match=words) as caught:
             loading.open_for_serving(checkpoint, index)
         assert "\n" not in str(caught.value)
+
+
+def test_a_missing_int8_graph_is_refused_before_workers_start(tiny_checkpoint, index_dir):
+    from embedder.errors import EngineError
+
+    with pytest.raises(EngineError, match="model.int8.onnx is missing; make it with") as caught:
+        loading.check_for_serving(tiny_checkpoint, index_dir, runtime="onnx-int8")
+    assert "\n" not in str(caught.value)

@@ -1,0 +1,116 @@
+"""HTTP load for the server benchmark: drive ``POST`` requests from a separate process at a
+fixed concurrency and summarise latencies (p50/p95/p99), requests/s and errors."""
+
+from __future__ import annotations
+
+import http.client
+import multiprocessing as mp
+import socket
+import statistics
+import threading
+import time
+import uuid
+
+
+def multipart(name: str, data: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    return (
+        head + data + f"\r\n--{boundary}--\r\n".encode(),
+        f"multipart/form-data; boundary={boundary}",
+    )
+
+
+def _drive(port: int, bodies: list, path: str, concurrency: int, duration: float, out) -> None:
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start = time.perf_counter()
+    stop_at = start + duration
+
+    def worker(w: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        i = w
+        mine, bad = [], []
+        while time.perf_counter() < stop_at:
+            body, ctype = bodies[i % len(bodies)]
+            i += concurrency
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", path, body=body, headers={"Content-Type": ctype})
+                r = conn.getresponse()
+                r.read()
+                if r.status == 200:
+                    mine.append(time.perf_counter() - t0)
+                else:
+                    bad.append(f"HTTP {r.status}")
+            except (OSError, http.client.HTTPException) as exc:  # count it, keep driving
+                bad.append(type(exc).__name__)
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+            errors.extend(bad)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    out.put({"latencies": latencies, "errors": errors, "elapsed": elapsed})
+
+
+def load(port: int, bodies: list, path: str, concurrency: int, duration: float) -> dict:
+    """Drive the server from a separate process; raw latencies (s), errors and elapsed time."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_drive, args=(port, bodies, path, concurrency, duration, q))
+    proc.start()
+    result = q.get(timeout=duration + 120)
+    proc.join(30)
+    return result
+
+
+def summarize(concurrency: int, runs: list[dict]) -> dict:
+    lat = sorted(x for r in runs for x in r["latencies"])
+    errors = [e for r in runs for e in r["errors"]]
+    elapsed = sum(r["elapsed"] for r in runs)
+
+    def pct(p: float) -> float:
+        if not lat:
+            return float("nan")
+        return round(1000 * lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))], 2)
+
+    return {
+        "concurrency": concurrency,
+        "requests": len(lat),
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors)),
+        "seconds": round(elapsed, 2),
+        "rps": round(len(lat) / elapsed, 2) if elapsed else 0.0,
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+        "mean_ms": round(1000 * statistics.fmean(lat), 2) if lat else float("nan"),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
