@@ -25,6 +25,18 @@ def has_catalog(src: PgSource) -> bool:
         return c.execute("SELECT 1 FROM state WHERE key='manifest'").fetchone() is not None
 
 
+def refuse_existing(url: str) -> None:
+    """:class:`BuildInputError` if the database at ``url`` already holds a catalog."""
+    src = PgSource(url)
+    try:
+        if has_catalog(src):
+            raise BuildInputError(
+                f"{src.where}: already holds a catalog; use --overwrite to replace it"
+            )
+    finally:
+        src.close()
+
+
 def push_folder(folder: str | Path, url: str, *, overwrite: bool = False) -> int:
     """Copy the index folder's catalog (its state now) into the PostgreSQL store at ``url``:
     items, metadata, vectors, the FAISS snapshot and the manifest; the journal starts empty.
@@ -33,10 +45,8 @@ def push_folder(folder: str | Path, url: str, *, overwrite: bool = False) -> int
 
     src = PgSource(url)
     try:
-        if has_catalog(src) and not overwrite:
-            raise BuildInputError(
-                f"{src.where}: already holds a catalog; use --overwrite to replace it"
-            )
+        if not overwrite:
+            refuse_existing(url)
         ix = CatalogIndex.open(folder, readonly=True)
         try:
             with ix._apply_mutex, ix._rw.read():  # one consistent state of the folder
