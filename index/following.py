@@ -142,7 +142,7 @@ class Following:
         head, ck = self._source.head()
         self._head, self._store_ck = head, ck
         r = self._replica
-        if r.applied_seq < ck:
+        if r.applied_seq < ck or head < r.applied_seq or self._source.replaced():
             self._install(self._source.load(self.dim))
         elif head > r.applied_seq:
             recs = self._source.records(r.applied_seq, self.dim)
