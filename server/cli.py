@@ -8,10 +8,22 @@ import os
 import sys
 from pathlib import Path
 
-from common.argtypes import non_negative_float, port, positive_float, positive_int
+from common.argtypes import (
+    non_negative_float,
+    port,
+    positive_float,
+    positive_int,
+    seconds_between,
+)
 from common.errors import UserError, run_reporting_errors
 from embedder.engine_options import add_engine_options
-from server.config import API_KEY_ENV, GunicornSettings, ServerConfig
+from server.config import (
+    API_KEY_ENV,
+    MAX_SYNC_INTERVAL_S,
+    MIN_SYNC_INTERVAL_S,
+    GunicornSettings,
+    ServerConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +129,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="another folder catalog thumbnails may be read from (repeatable); the folders "
         "the index was built from are always allowed",
     )
+    p.add_argument(
+        "--sync-interval",
+        type=seconds_between(MIN_SYNC_INTERVAL_S, MAX_SYNC_INTERVAL_S),
+        default=0.5,
+        metavar="SECONDS",
+        help="how often each worker follows the catalog store in the background, besides the "
+        "check before every request (default 0.5)",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
 
 
@@ -149,6 +169,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
             cors_origins=tuple(args.cors_origin),
             runtime=args.runtime,
             device=args.device,
+            sync_interval_s=args.sync_interval,
         ).validate()
     except ValueError as exc:
         raise UserError(str(exc)) from exc

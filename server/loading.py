@@ -27,7 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def check_for_serving(
-    checkpoint: str | Path, index: str | Path, *, writable: bool = False, runtime: str = "auto"
+    checkpoint: str | Path,
+    index: str | Path,
+    *,
+    writable: bool = False,
+    runtime: str = "auto",
+    store: str | None = None,
 ) -> None:
     """Check that ``index`` can serve queries embedded by ``checkpoint`` on ``runtime``,
     loading neither.
