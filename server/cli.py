@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from common.argtypes import (
+    add_store_option,
     non_negative_float,
     port,
     positive_float,
@@ -30,7 +31,12 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="model checkpoint folder")
-    p.add_argument("--index", required=True, help="index folder (built from this checkpoint)")
+    p.add_argument(
+        "--index",
+        default=None,
+        help="index folder (built from this checkpoint); optional with a PostgreSQL --store",
+    )
+    add_store_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=port, default=8000, help="port (default 8000)")
     p.add_argument(
@@ -154,6 +160,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, GunicornSettings]:
     """What the app serves and how its processes run, from the parsed flags (read once here)."""
+    if not args.index and not args.store:
+        raise UserError("serve needs --index (or a PostgreSQL --store)")
     try:
         config = ServerConfig(
             checkpoint=args.checkpoint,
@@ -170,6 +178,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
             runtime=args.runtime,
             device=args.device,
             sync_interval_s=args.sync_interval,
+            store=args.store,
         ).validate()
     except ValueError as exc:
         raise UserError(str(exc)) from exc

@@ -6,6 +6,10 @@ acknowledged by any process is seen by every request that starts after it), and 
 thread every ``interval_s`` seconds (so a process that gets no requests is not far behind when
 one comes, and the lag gauges stay current). ``sync`` never raises because the store is
 unreachable: the process keeps answering from the state it holds and the status says why.
+
+A writing process also folds the journal into a new FAISS snapshot when it is due
+(:meth:`~index.catalog.CatalogIndex.compact`: by size or age; one compactor per store), from
+this thread, so no request ever waits for a compaction.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 StatusObserver = Callable[[Any], None]
+COMPACT_CHECK_S = 1.0  # how often a writer asks the store whether compaction is due
 
 
 class IndexFollower:
@@ -30,6 +35,7 @@ class IndexFollower:
         interval_s: float,
         *,
         on_status: StatusObserver | None = None,
+        compact: bool = False,
         name: str = "phonesim-follower",
     ) -> None:
         if not interval_s > 0:
@@ -40,6 +46,8 @@ class IndexFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._last_error: str | None = None
+        self._compact = compact
+        self._compact_checked = 0.0
         self.last_follow = 0.0  # monotonic time of the last background sync that ran
 
     def start(self) -> IndexFollower:
@@ -81,10 +89,21 @@ class IndexFollower:
                 log.exception("sync status observer failed")
         return status
 
+    def _maybe_compact(self, status: Any) -> None:
+        now = time.monotonic()
+        if not self._compact or status.store_error or now - self._compact_checked < COMPACT_CHECK_S:
+            return
+        self._compact_checked = now
+        try:
+            if self.index.compact():
+                log.info("folded the journal into a new snapshot at record %d", status.head_seq)
+        except Exception as exc:  # not due, another process compacts, or the store went away
+            log.warning("compaction failed (the next check tries again): %s", exc)
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self._sync()
+                self._maybe_compact(self._sync())
             except Exception:  # e.g. the index was closed under us at exit: stop quietly then
                 if self._stop.is_set():
                     break

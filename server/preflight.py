@@ -24,8 +24,8 @@ CHILD_TIMEOUT_S = 300.0  # the checks read two small files and hash the checkpoi
 
 def preflight(config: ServerConfig, settings: GunicornSettings) -> None:
     """Check the inputs before forking workers; raise :class:`UserError` on the first problem."""
-    if not config.checkpoint or not config.index:
-        raise UserError("serve needs --checkpoint and --index")
+    if not config.checkpoint or not (config.index or config.store):
+        raise UserError("serve needs --checkpoint and --index (or a PostgreSQL --store)")
     if settings.workers < 1 or settings.threads < 1:
         raise UserError("--workers and --threads must be at least 1")
     check_in_child(config)

@@ -92,7 +92,10 @@ class LookupService:
         self.follower: IndexFollower | None = None
         if config.sync_interval_s is not None and hasattr(index, "sync"):
             self.follower = IndexFollower(
-                index, config.sync_interval_s, on_status=self._observe_sync
+                index,
+                config.sync_interval_s,
+                on_status=self._observe_sync,
+                compact=owns_index and not index.readonly,
             ).start()
 
     # -- following the store ------------------------------------------------------------------

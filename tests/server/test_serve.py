@@ -15,6 +15,7 @@ import pytest
 
 from common.errors import UserError
 from server.config import GunicornSettings, ServerConfig
+from server.preflight import preflight
 from server.serve import serve
 from tests.server.live import REPO
 
@@ -63,6 +64,7 @@ def test_the_master_preflight_never_imports_torch(tiny_checkpoint, index_dir, tm
 
 def test_serve_checks_the_index_before_starting_workers(tiny_checkpoint, index_dir, tmp_path):
     from index import CatalogIndex
+    from index.folder import lock_writer
 
     other = tmp_path / "other-checkpoint"
     shutil.copytree(index_dir, other)
@@ -80,7 +82,13 @@ def test_serve_checks_the_index_before_starting_workers(tiny_checkpoint, index_d
     with pytest.raises(UserError, match="catalog store"):
         serve(config(tiny_checkpoint, damaged))
 
-    locked = tmp_path / "locked"
-    shutil.copytree(index_dir, locked)
-    with CatalogIndex.open(locked), pytest.raises(UserError, match="open for writing"):
-        serve(config(tiny_checkpoint, locked, api_key="k"))  # writes need the writer lock
+    building = tmp_path / "building"
+    shutil.copytree(index_dir, building)
+    fd = lock_writer(building)  # as a build replacing the folder holds it
+    try:
+        with pytest.raises(UserError, match="build"):
+            serve(config(tiny_checkpoint, building, api_key="k"))
+    finally:
+        os.close(fd)
+    with CatalogIndex.open(building):  # another writer is fine: this one becomes a replica
+        preflight(config(tiny_checkpoint, building, api_key="k"), GunicornSettings(workers=2))
