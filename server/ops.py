@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from flask import Blueprint, Response, jsonify
 
 from server.openapi import openapi_spec
@@ -32,7 +34,8 @@ def readyz() -> tuple[Response, int]:
     status = "ready" if ready else "not_ready"
     if ready and replica is not None and replica["store_error"]:
         status = "degraded"
-    body = jsonify(status=status, checks=checks, replica=replica)
+    # ``worker``: which process answered (a load balancer spreads probes over all of them).
+    body = jsonify(status=status, checks=checks, replica=replica, worker=os.getpid())
     return body, 200 if ready else 503
 
 
