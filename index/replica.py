@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -35,6 +36,7 @@ class Loaded:
     count: int
     live: np.ndarray
     next_fid: int
+    mirror: Any = None  # a PostgreSQL replica's local store, loaded alongside
 
 
 class Replica:

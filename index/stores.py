@@ -47,3 +47,14 @@ def open_source(path: str | Path | None, store: str | None) -> tuple[Any, Manife
             raise
         return source, manifest, source.where
     raise InvalidParamsError(f"store must be a postgresql:// URL or omitted, got {store!r}")
+
+
+def read_store_manifest(path: str | Path | None, store: str | None) -> Manifest:
+    """The manifest of the index at ``path`` or in ``store``, without loading it."""
+    if store is None:
+        if path is None:
+            raise InvalidParamsError("give an index folder, or a store URL")
+        return read_manifest(path)
+    source, manifest, _ = open_source(None, store)
+    source.close()
+    return manifest

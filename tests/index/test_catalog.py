@@ -12,7 +12,6 @@ from index import (
     CatalogIndex,
     DuplicateIdError,
     Hit,
-    IndexLockedError,
     IndexMismatchError,
     IndexNotFoundError,
     InvalidMetadataError,
