@@ -184,30 +184,3 @@ def seconds_between(low: float, high: float) -> Callable[[str], float]:
 
     parse.__name__ = f"seconds in [{low:g}, {high:g}]"
     return parse
-
-
-def store_url(text: str) -> str:
-    """A catalog store URL: ``postgresql://`` (or ``postgres://``) and where the server is."""
-    if not text.startswith(("postgresql://", "postgres://")) or text[-3:] == "://":
-        raise argparse.ArgumentTypeError(
-            f"must be a postgresql://[user@]host[:port]/database URL, got {text!r}"
-        )
-    return text
-
-
-store_url.__name__ = "store URL"
-
-
-def add_store_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
-    """``--store URL``: the catalog store, when it is a PostgreSQL database rather than the
-    SQLite file of the index folder."""
-    parser.add_argument(
-        "--store",
-        type=store_url,
-        default=None,
-        metavar="URL",
-        help=help
-        or "catalog store: a postgresql://[user@]host[:port]/database URL shared by several "
-        "machines (default: the SQLite file in the index folder); keep the password in "
-        "~/.pgpass or $PGPASSWORD, not in the URL, which others can read in the process list",
-    )
