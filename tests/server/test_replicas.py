@@ -215,3 +215,87 @@ def test_each_server_has_its_own_control_socket_and_stopping_one_spares_the_othe
     assert sock_b.exists()
     assert b.request("GET", "/readyz")[0] == 200
     assert add(b, "after-stop", image) == 201
+
+
+# -- PostgreSQL: replicas on several machines, and what they do while the database is down ---
+@pytest.fixture(scope="module")
+def pg():
+    from tests.pg import PgServer, pg_bin
+
+    bindir = pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries (Debian package 'postgresql') are not installed")
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install psycopg)")
+    server = PgServer(bindir)
+    server.start()
+    yield server
+    server.stop()
+
+
+def pg_ctl(server, action: str) -> None:
+    """Stop or start the test's PostgreSQL server, keeping its data."""
+    import subprocess
+
+    from tests.pg import _as_postgres
+
+    opts = f"-c listen_addresses=127.0.0.1 -p {server.port} -k {server.tmp} -c fsync=off"
+    extra = ["-m", "fast"] if action == "stop" else ["-o", opts, "-l", str(server.tmp / "log")]
+    cmd = [str(server.bindir / "pg_ctl"), "-D", str(server.data), *extra, "-w", "-t", "60"]
+    subprocess.run(_as_postgres([*cmd, action]), check=True, capture_output=True, timeout=90)
+
+
+def replica(server: Live) -> dict:
+    status, body = server.json("GET", "/readyz")
+    return {"http": status, **body}
+
+
+def test_postgresql_replicas_follow_and_answer_reads_while_the_database_is_down(
+    pg, tiny_checkpoint, tiny_embedder, catalog_rows, tiny_catalog, tmp_path, image
+):
+    url = pg.create_db()
+    source = {"catalog": str(tiny_catalog / "catalog.csv")}
+    build_test_index(tiny_embedder, catalog_rows, tmp_path / "index", source=source, store=url)
+    env = {"PHONESIM_API_KEY": API_KEY}
+    query, headers = multipart({"image": ("p.jpg", image)})
+    with (
+        running_server(tiny_checkpoint, None, tmp_path, "--store", url, *SERVER_ARGS,
+                       env=env, name="pg-a") as a,
+        running_server(tiny_checkpoint, None, tmp_path, "--store", url, *SERVER_ARGS,
+                       env=env, name="pg-b") as b,
+    ):  # fmt: skip
+        assert add(a, "pg-1", image) == 201
+        wait_for("pg-1 on every worker", lambda: seen_by_all([a, b], "/v1/items/pg-1", 200),
+                 timeout=VISIBLE_WITHIN_S)  # fmt: skip
+        pg_ctl(pg, "stop")
+        try:
+            for server in (a, b):
+                wait_for("the outage seen", lambda s=server: replica(s)["replica"]["store_error"])
+            status, response_headers, body = a.request(
+                "POST", "/v1/items", *multipart_add("pg-2", image)
+            )
+            assert status == 503, body[:300]
+            assert json.loads(body)["error"]["code"] == "store_unavailable"
+            assert int(response_headers["retry-after"]) >= 1
+            for server in (a, b):  # reads go on from the last state
+                status, result = server.json("POST", "/v1/search?k=5", body=query, headers=headers)
+                assert status == 200 and result["neighbors"]
+                assert server.request("GET", "/v1/items/pg-1")[0] == 200
+                ready = replica(server)
+                assert ready["http"] == 200 and ready["status"] == "degraded"
+                assert ready["replica"]["behind_seconds"] > 0
+            metrics = a.request("GET", "/metrics")[2].decode()
+            assert _counter(metrics, "phonesim_store_up") == 0
+        finally:
+            pg_ctl(pg, "start")
+        wait_for("writes again", lambda: add(b, "pg-2", image) in (201, 409), timeout=60)
+        wait_for(
+            "pg-2 on every worker",
+            lambda: seen_by_all([a, b], "/v1/items/pg-2", 200),
+            timeout=VISIBLE_WITHIN_S + 5,
+        )  # fmt: skip  (a follow tick after reconnecting)
+        assert replica(a)["status"] == "ready"
+
+
+def multipart_add(item_id: str, image: bytes) -> tuple[bytes, dict[str, str]]:
+    body, headers = multipart({"image": ("p.jpg", image), "id": item_id})
+    return body, {**headers, **KEY}
