@@ -45,7 +45,8 @@ class IndexDirSearch:
             expect_dim=dim,
         )
         log.info("neighbours from index %s (%d items)", index.where, len(index))
-        return cls(index, row_ids, f"index {index.where} ({index.kind})")
+        what = f"store {index.where}" if store else f"index folder {path}"
+        return cls(index, row_ids, f"{what} ({index.kind})")
 
     def search(
         self, xq: np.ndarray, k: int, rows: np.ndarray, ids: np.ndarray

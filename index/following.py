@@ -142,9 +142,11 @@ class Following:
         head, ck = self._source.head()
         self._head, self._store_ck = head, ck
         r = self._replica
-        if r.applied_seq < ck:
+        if r.applied_seq < ck or head < r.applied_seq or self._source.replaced():
             self._install(self._source.load(self.dim))
         elif head > r.applied_seq:
+            if ck > r.ck_seq:  # another process compacted what this copy already holds
+                r.ck_seq, r.pending = ck, 0
             recs = self._source.records(r.applied_seq, self.dim)
             if not recs or recs[0].seq != r.applied_seq + 1:  # compacted past us meanwhile
                 self._install(self._source.load(self.dim))

@@ -3,8 +3,9 @@
 The database holds the catalog: ``items(fid, id, metadata, vector)``, ``journal(seq, op, n,
 fids, vectors, ts, items)``, ``snapshots(seq, data)`` (the FAISS index as of journal record
 ``seq``, serialised) and ``state`` (``manifest``, ``next_fid``, ``head_seq``,
-``checkpoint_seq``). A write locks the ``head_seq`` row first, so writers serialise and journal
-records are numbered in commit order without gaps.
+``checkpoint_seq``, ``generation``: new at each copy of a folder into it). A write locks the
+``head_seq`` row first, so writers serialise and journal records are numbered in commit order
+without gaps.
 
 Each replica (any process that opens the store) loads the latest snapshot, the journal after
 it and every item into a local in-memory SQLite mirror (:class:`index.store.CatalogStore`),
@@ -78,6 +79,8 @@ class PgSource:
         self.lock = threading.RLock()
         self._conn: Any = None
         self._head: int | None = None
+        self._generation: str | None = None
+        self._replaced = False
         self.store = CatalogStore(":memory:", create=True)  # replaced at each load
 
     # -- connection ---------------------------------------------------------------------------
@@ -129,11 +132,17 @@ class PgSource:
         with self.conn() as c:
             rows = dict(
                 c.execute(
-                    "SELECT key, value FROM state WHERE key IN ('head_seq', 'checkpoint_seq')"
+                    "SELECT key, value FROM state "
+                    "WHERE key IN ('head_seq', 'checkpoint_seq', 'generation')"
                 ).fetchall()
             )
         self._head = int(rows.get("head_seq", 0))
+        self._replaced = rows.get("generation") != self._generation
         return self._head, int(rows.get("checkpoint_seq", 0))
+
+    def replaced(self) -> bool:
+        """Whether the catalog was replaced (``restore``) since this replica loaded it."""
+        return self._replaced
 
     def changed(self) -> bool:
         before = self._head
@@ -187,6 +196,7 @@ class PgSource:
                 next_fid = int(state.get("next_fid", 0))
                 mirror.set_state(next_fid=next_fid)
         self._head = int(state.get("head_seq", 0))
+        self._generation, self._replaced = state.get("generation"), False
         live = mirror.live_fids()
         return Loaded(index, f"snapshot {ck}", ck, records, n, live, next_fid, mirror=mirror)
 

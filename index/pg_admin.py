@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from pathlib import Path
 
 import faiss
@@ -80,6 +81,7 @@ def push_folder(folder: str | Path, url: str, *, overwrite: bool = False) -> int
                         ("next_fid", str(next_fid)),
                         ("head_seq", "0"),
                         ("checkpoint_seq", "0"),
+                        ("generation", uuid.uuid4().hex),  # replicas reload a new catalog
                     ],
                 )
         log.info("copied %d items of %s into %s", len(rows), folder, src.where)

@@ -216,6 +216,10 @@ class SqliteSource:
     # -- what a PostgreSQL source does differently --------------------------------------------
     cheap_check = True  # data_version costs microseconds: check before every read
 
+    def replaced(self) -> bool:
+        """A folder is never replaced under an opener (the shared folder lock)."""
+        return False
+
     def installed(self, loaded: Loaded) -> None:
         """A replica was loaded (the shared file needs no local mirror)."""
 

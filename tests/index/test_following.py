@@ -171,6 +171,42 @@ def test_compaction_while_another_process_searches(spec):
         child.close()
 
 
+def test_sync_in_a_thread_while_threads_search(spec):
+    """A background follower and searching threads of one process, another process writing."""
+    child = Child(spec)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    try:
+        with spec.open(readonly=True) as ix:
+
+            def loop(work) -> None:  # noqa: ANN001
+                try:
+                    while not stop.is_set():
+                        work()
+                except BaseException as exc:  # reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=loop, args=(ix.sync,))]
+            threads += [
+                threading.Thread(target=loop, args=(lambda: ix.search(vec(5), 10),))
+                for _ in range(2)
+            ]
+            for t in threads:
+                t.start()
+            for i in range(30):
+                assert child.ask(f"add t-{i} {i}") == "ok"
+                if i % 3 == 0:
+                    assert child.ask(f"remove sku-{i}") == "ok"
+            assert until(ix, lambda: "t-29" in ix and len(ix) == N + 20)
+            stop.set()
+            for t in threads:
+                t.join()
+        assert not errors, errors[:3]
+    finally:
+        stop.set()
+        child.close()
+
+
 def test_kill_9_loses_no_acknowledged_write(spec):
     child = Child(spec)
     acked = []
@@ -233,7 +269,7 @@ def test_unreachable_postgresql_keeps_reads_and_refuses_writes(tmp_path, pg_serv
         ix.add(["before"], vec(1))
         own.stop()
         st = ix.sync()
-        assert st.store_error and "unavailable" in st.store_error
+        assert st.store_error and "unavailable" in st.store_error and st.behind_seconds > 0
         assert ix.search(vec(1), 1)[0][0].id == "before"  # reads answer from the last state
         assert ix.get("before").metadata == {}
         with pytest.raises(StoreUnavailableError):

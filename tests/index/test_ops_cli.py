@@ -60,6 +60,7 @@ def test_add_remove_compact(built, tmp_path, capsys):
 def test_snapshot_while_writing_and_restore(built, tmp_path, capsys):
     where, folder, url = built
     rng = np.random.default_rng(0)
+    follower = open_index(folder, store=url, readonly=True) if url else None
     with open_index(folder, store=url) as writer:
         writer.add(["before"], rng.standard_normal((1, DIM)))
         assert cli(["snapshot", *where, "--out", str(tmp_path / "snap"), "--json"]) == 0
@@ -75,6 +76,10 @@ def test_snapshot_while_writing_and_restore(built, tmp_path, capsys):
     with open_index(folder, store=url) as back:
         assert "after" not in back and "p1" in back and len(back) == 121
         back.add(["again"], rng.standard_normal((1, DIM)))  # writable after a restore
+    if follower is not None:  # a replica running through the restore reloads the new catalog
+        follower.sync()
+        assert "after" not in follower and "again" in follower and len(follower) == 122
+        follower.close()
     with pytest.raises(BuildInputError, match="not empty"):
         cli(["snapshot", *where, "--out", str(tmp_path / "snap")])
 
