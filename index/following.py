@@ -142,13 +142,15 @@ class Following:
         head, ck = self._source.head()
         self._head, self._store_ck = head, ck
         r = self._replica
-        if r.applied_seq < ck or head < r.applied_seq or self._source.replaced():
+        if ck > r.ck_seq and r.applied_seq >= ck:  # another process compacted what we hold
+            r.ck_seq, r.pending = ck, 0
+        if head < r.applied_seq or self._source.replaced():  # a restored catalog
             self._install(self._source.load(self.dim))
         elif head > r.applied_seq:
-            if ck > r.ck_seq:  # another process compacted what this copy already holds
-                r.ck_seq, r.pending = ck, 0
+            # Compaction keeps the records since the previous snapshot, so a copy a little
+            # behind goes on from the journal; one further behind reloads the snapshot.
             recs = self._source.records(r.applied_seq, self.dim)
-            if not recs or recs[0].seq != r.applied_seq + 1:  # compacted past us meanwhile
+            if not recs or recs[0].seq != r.applied_seq + 1:
                 self._install(self._source.load(self.dim))
             else:
                 with self._rw.write():
@@ -238,6 +240,8 @@ class Following:
         self._compact_checked_at = now
         try:
             self.compact()
+        except StoreUnavailableError as exc:  # sync_status reports it already
+            log.debug("automatic compaction of %s skipped: %s", self.where, exc)
         except Exception as exc:  # the write itself succeeded; the next try may too
             log.warning("automatic compaction of %s failed: %s", self.where, exc)
 

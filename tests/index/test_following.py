@@ -207,6 +207,22 @@ def test_sync_in_a_thread_while_threads_search(spec):
         child.close()
 
 
+def test_a_copy_behind_one_compaction_follows_on_further_behind_reloads(spec):
+    with spec.open() as writer, spec.open(readonly=True) as reader:
+        writer.add(["a1", "a2"], np.vstack([vec(1), vec(2)]))
+        assert writer.compact(force=True)
+        held = reader._replica
+        reader.sync()
+        assert reader._replica is held and "a2" in reader  # from the journal kept
+        for r in range(3):  # three snapshots later its records are gone: it reloads
+            writer.add([f"b{r}"], vec(10 + r))
+            assert writer.compact(force=True)
+        reader.sync()
+        assert reader._replica is not held
+        assert all(f"b{r}" in reader for r in range(3)) and len(reader) == N + 5
+        assert reader.search(vec(12), 1)[0][0].id == "b2"
+
+
 def test_kill_9_loses_no_acknowledged_write(spec):
     child = Child(spec)
     acked = []

@@ -43,4 +43,3 @@ def test_serve_checks_the_index_before_starting_workers(tiny_checkpoint, index_d
     (damaged / "catalog.sqlite").write_bytes(b"this is not a database" * 100)
     with pytest.raises(UserError, match="catalog store"):
         serve(config(tiny_checkpoint, damaged))
-
