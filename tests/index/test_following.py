@@ -283,7 +283,7 @@ def test_unreachable_postgresql_keeps_reads_and_refuses_writes(tmp_path, pg_serv
         spec = build(tmp_path / "ix", own.create_db())
         ix = spec.open()
         ix.add(["before"], vec(1))
-        own.stop()
+        own.stop(remove=False)
         st = ix.sync()
         assert st.store_error and "unavailable" in st.store_error and st.behind_seconds > 0
         assert ix.search(vec(1), 1)[0][0].id == "before"  # reads answer from the last state
@@ -293,6 +293,14 @@ def test_unreachable_postgresql_keeps_reads_and_refuses_writes(tmp_path, pg_serv
         with pytest.raises(StoreUnavailableError):
             ix.update_metadata("before", {"a": 1})
         assert "after" not in ix
+        own.start()  # the database comes back: the replica catches up by itself
+        other = spec.open()
+        other.add(["while-away"], vec(3))
+        st = ix.sync()
+        assert st.store_error is None and st.behind_entries == 0 and "while-away" in ix
+        ix.add(["after"], vec(2))
+        assert until(other, lambda: "after" in other)
+        other.close()
         ix.close()
     finally:
         own.stop()
