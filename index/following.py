@@ -60,6 +60,7 @@ class Following:
         self._caught_up_at = time.time()
         self._checked_at = 0.0
         self._compact_checked_at = 0.0
+        self._loads = 0
 
     @property
     def where(self) -> str:
@@ -80,6 +81,7 @@ class Following:
             self._source.installed(loaded)
             self._store = self._source.store
             self._replica = replica
+            self._loads += 1
             self._cache = SearchCache()
             self._store.invalidate_caches()
 
@@ -100,6 +102,13 @@ class Following:
         before = (self._replica.ck_seq, self._replica.applied_seq)
         self.sync()
         return (self._replica.ck_seq, self._replica.applied_seq) != before
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """Changes whenever what this process answers may have changed (a journal record
+        applied, a reload): caches derived from the catalog (typed filters, metadata) key on
+        it. Call :meth:`sync` (or any read, on SQLite) first to see other processes' writes."""
+        return self._loads, self._replica.applied_seq
 
     @property
     def sync_status(self) -> SyncStatus:

@@ -129,7 +129,9 @@ def test_update_metadata_and_list_items(spec):
     child = Child(spec)
     try:
         with spec.open() as ix:
+            v0 = ix.version
             item = ix.update_metadata("sku-5", {"brand": "Zeta", "stock": 3})
+            assert ix.version != v0  # caches keyed on it are invalidated
             assert item.metadata["brand"] == "Zeta" and item.metadata["price"] == 105
             assert [h.id for h in ix.search(vec(0), 5, filter={"brand": "Zeta"})[0]] == ["sku-5"]
             assert child.ask("field sku-5 brand 10 Zeta") == "yes"
