@@ -125,6 +125,26 @@ def test_processes_see_each_others_writes(spec):
         child.close()
 
 
+def test_concurrent_writers_in_several_processes(spec):
+    children = [Child(spec) for _ in range(3)]
+    try:
+        for n, child in enumerate(children):
+            child.proc.stdin.write(f"burst w{n} 25\n")
+            child.proc.stdin.flush()
+        assert [c.answer(120) for c in children] == ["ok"] * 3
+        with spec.open(readonly=True) as ix:
+            added = [i for n in range(3) for i in (f"w{n}-{j}" for j in range(25))]
+            assert all(i in ix for i in added) and len(ix) == N + 75
+            st = ix.sync_status
+            assert st.applied_seq == st.head_seq == 75  # one record each, numbered without gaps
+            fids = ix.store.fids_for_ids(added)
+            assert len(set(fids.values())) == 75
+            assert ix.search(ix.get_vectors(["w2-24"]), 1)[0][0].id in {"w0-24", "w1-24", "w2-24"}
+    finally:
+        for c in children:
+            c.close()
+
+
 def test_update_metadata_and_list_items(spec):
     child = Child(spec)
     try:
