@@ -141,6 +141,7 @@ class CatalogIndex(Following):
         return self._store
 
     def __len__(self) -> int:
+        self._fresh()
         return self._replica.count
 
     def __contains__(self, id_: object) -> bool:
