@@ -3,7 +3,7 @@
 :func:`open_for_serving` is the one way the app factory and ``phonesim index query`` get an
 embedder and an index that belong together; :func:`check_for_serving` is its first half,
 which the ``serve`` preflight runs alone. The cheap checks come first (checkpoint readable,
-index built with this checkpoint, catalog store readable, writer lock free when writing), each
+index built with this checkpoint, catalog store readable), each
 failing with a one-line :class:`~common.errors.UserError`, and only then are the model and the
 FAISS file loaded.
 """
@@ -55,7 +55,8 @@ def open_for_serving(
 ) -> tuple[Embedder, CatalogIndex]:
     """Load the embedder of ``checkpoint`` and open ``index`` checked against it.
 
-    ``writable`` takes the index's writer lock; otherwise the index is opened read-only.
+    ``writable`` opens the index for writing (no lock: several processes write one store);
+    otherwise read-only.
     ``engine``: runtime, device and threads of the model (default: auto, best device, all
     cores). An index of fp32 embeddings searched with int8 queries (or the other way round)
     works, a little less exactly, and is logged as a warning. The caller closes the index.
