@@ -7,6 +7,7 @@ import ipaddress
 import math
 import os
 import re
+from collections.abc import Callable
 
 
 def positive_int(text: str) -> int:
@@ -170,3 +171,16 @@ def index_folder(args: argparse.Namespace) -> str:
     if len(given) != 1:
         raise argparse.ArgumentTypeError("give the index folder once, as --index INDEX_DIR")
     return given[0]
+
+
+def seconds_between(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type for a duration in seconds within [low, high]."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be {low:g}-{high:g} seconds, got {value}")
+        return value
+
+    parse.__name__ = f"seconds in [{low:g}, {high:g}]"
+    return parse

@@ -382,7 +382,8 @@ def _write_store(
 
 
 def move_into_place(tmp: Path, out: Path) -> None:
-    """Swap the finished build in for ``out``, holding the old index's writer lock meanwhile."""
+    """Swap the finished build in for ``out``, holding the old index's lock exclusively
+    meanwhile (so no process has it open)."""
     lock = lock_writer(out) if (out / MANIFEST_NAME).is_file() else None
     try:
         swap_folder(tmp, out, out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}")

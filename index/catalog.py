@@ -57,6 +57,15 @@ class IndexOptions:
     auto_compact: bool = True
     sync_on_read: bool = True
 
+    def __post_init__(self) -> None:
+        for name, least in (("checkpoint_every", 1), ("exact_filter_limit", 0),
+                            ("compact_entries", 1)):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InvalidParamsError(f"IndexOptions.{name} must be an integer >= {least}")
+        if not (isinstance(self.compact_age_s, int | float) and self.compact_age_s > 0):
+            raise InvalidParamsError("IndexOptions.compact_age_s must be a positive number")
+
 
 class CatalogIndex(Following):
     """An opened catalog index. Use :meth:`open` (or :func:`index.build.build_index`)."""
@@ -132,6 +141,7 @@ class CatalogIndex(Following):
         return self._store
 
     def __len__(self) -> int:
+        self._fresh()
         return self._replica.count
 
     def __contains__(self, id_: object) -> bool:

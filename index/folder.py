@@ -1,4 +1,4 @@
-"""The index folder on disk: its files, its writer lock, and its description.
+"""The index folder on disk: its files, its lock, and its description.
 
 An index folder holds ``manifest.json`` (identity, :mod:`index.manifest`), the catalog store
 ``catalog.sqlite`` (:mod:`index.store`), one FAISS snapshot ``vectors-<seq>.faiss``

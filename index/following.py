@@ -60,6 +60,7 @@ class Following:
         self._caught_up_at = time.time()
         self._checked_at = 0.0
         self._compact_checked_at = 0.0
+        self._loads = 0
 
     @property
     def where(self) -> str:
@@ -80,6 +81,7 @@ class Following:
             self._source.installed(loaded)
             self._store = self._source.store
             self._replica = replica
+            self._loads += 1
             self._cache = SearchCache()
             self._store.invalidate_caches()
 
@@ -100,6 +102,13 @@ class Following:
         before = (self._replica.ck_seq, self._replica.applied_seq)
         self.sync()
         return (self._replica.ck_seq, self._replica.applied_seq) != before
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """Changes whenever what this process answers may have changed (a journal record
+        applied, a reload): caches derived from the catalog (typed filters, metadata) key on
+        it. Call :meth:`sync` (or any read, on SQLite) first to see other processes' writes."""
+        return self._loads, self._replica.applied_seq
 
     @property
     def sync_status(self) -> SyncStatus:
@@ -142,13 +151,15 @@ class Following:
         head, ck = self._source.head()
         self._head, self._store_ck = head, ck
         r = self._replica
-        if r.applied_seq < ck or head < r.applied_seq or self._source.replaced():
+        if ck > r.ck_seq and r.applied_seq >= ck:  # another process compacted what we hold
+            r.ck_seq, r.pending = ck, 0
+        if head < r.applied_seq or self._source.replaced():  # a restored catalog
             self._install(self._source.load(self.dim))
         elif head > r.applied_seq:
-            if ck > r.ck_seq:  # another process compacted what this copy already holds
-                r.ck_seq, r.pending = ck, 0
+            # Compaction keeps the records since the previous snapshot, so a copy a little
+            # behind goes on from the journal; one further behind reloads the snapshot.
             recs = self._source.records(r.applied_seq, self.dim)
-            if not recs or recs[0].seq != r.applied_seq + 1:  # compacted past us meanwhile
+            if not recs or recs[0].seq != r.applied_seq + 1:
                 self._install(self._source.load(self.dim))
             else:
                 with self._rw.write():
@@ -238,6 +249,8 @@ class Following:
         self._compact_checked_at = now
         try:
             self.compact()
+        except StoreUnavailableError as exc:  # sync_status reports it already
+            log.debug("automatic compaction of %s skipped: %s", self.where, exc)
         except Exception as exc:  # the write itself succeeded; the next try may too
             log.warning("automatic compaction of %s failed: %s", self.where, exc)
 

@@ -303,8 +303,9 @@ class PgSource:
                     pass  # the session is gone, and its lock with it
 
     def commit_snapshot(self, index: faiss.Index, seq: int) -> bool:
-        """Store ``index`` (as of record ``seq``) as the snapshot and drop the journal up to
-        it, unless a snapshot as new exists. Replicas loading meanwhile keep their MVCC view."""
+        """Store ``index`` (as of record ``seq``) as the snapshot and drop the journal up to the
+        previous one, unless a snapshot as new exists. Replicas loading meanwhile keep their
+        MVCC view."""
         data = faiss.serialize_index(index).tobytes()
         with self.conn() as c, c.transaction():
             cur = int(
@@ -317,7 +318,8 @@ class PgSource:
             c.execute("INSERT INTO snapshots(seq, data) VALUES (%s, %s)", (seq, data))
             c.execute("UPDATE state SET value=%s WHERE key='checkpoint_seq'", (str(seq),))
             c.execute("DELETE FROM snapshots WHERE seq < %s", (seq,))
-            c.execute("DELETE FROM journal WHERE seq <= %s", (seq,))
+            # Records since the previous snapshot stay, for replicas a little behind.
+            c.execute("DELETE FROM journal WHERE seq <= %s", (cur,))
         return True
 
     def clean_up(self, current: str) -> None:

@@ -179,7 +179,7 @@ class SqliteSource:
 
     def commit_snapshot(self, index: faiss.Index, seq: int) -> bool:
         """Write ``index`` (the state as of record ``seq``) as the new snapshot and drop the
-        journal up to it; False if a snapshot as new already exists. Hold the lock."""
+        journal up to the previous one; False if a snapshot as new exists. Hold the lock."""
         name = faiss_file_name(seq)
         ann.write(index, self.folder / name)  # temporary name, fsync, rename, fsync folder
         with _reachable(self.folder), self.store.transaction():
@@ -189,7 +189,8 @@ class SqliteSource:
             else:
                 stale = False
                 self.store.set_state(checkpoint_file=name, checkpoint_seq=seq)
-                self.store.journal_truncate(seq)
+                # Records since the previous snapshot stay, for copies a little behind.
+                self.store.journal_truncate(old_seq)
         self.remove_stale_files(old if stale else name)
         self.store.checkpoint_wal()
         return not stale

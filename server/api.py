@@ -21,7 +21,7 @@ from server.inputs import (
 )
 from server.limits import check_item_id, check_metadata, parse_json
 from server.service import LookupService
-from server.state import service
+from server.state import service, state
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -35,6 +35,15 @@ class ItemIdConverter(PathConverter):
 
 
 bp.record_once(lambda setup: setup.app.url_map.converters.setdefault("item_id", ItemIdConverter))
+
+
+@bp.before_request
+def _catch_up() -> None:
+    """Apply the store's changes before answering, so that every write acknowledged before
+    this request began (by any worker or replica) is in the answer."""
+    svc = state().service
+    if svc is not None:
+        svc.catch_up()
 
 
 def _ms_since(t0: float) -> float:

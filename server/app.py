@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask, Response
 
 from embedder.engine_options import EngineOptions
+from index.catalog import IndexOptions
 from server import api, cors, errors, ops, ratelimit, web
 from server.config import ServerConfig
 from server.loading import open_for_serving
@@ -46,12 +47,18 @@ def create_app(
     metrics = Metrics()
     service = None
     owns_index = False
-    if embedder is None and index is None and (config.checkpoint or config.index):
-        if not (config.checkpoint and config.index):
+    if embedder is None and index is None and (config.checkpoint or config.index or config.store):
+        if not (config.checkpoint and (config.index or config.store)):
             raise ValueError("serving needs both a checkpoint and an index built from it")
         engine = EngineOptions(config.runtime, config.device, config.model_threads)
         embedder, index = open_for_serving(
-            config.checkpoint, config.index, writable=config.writes_enabled, engine=engine
+            config.checkpoint,
+            config.index,
+            writable=config.writes_enabled,
+            engine=engine,
+            store=config.store,
+            # Compaction runs in the follower thread, never in a request (see server.follower).
+            options=IndexOptions(auto_compact=False),
         )
         owns_index = True
     if embedder is not None and index is not None:

@@ -17,11 +17,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from embedder.inference import EmbeddingBatch
+if TYPE_CHECKING:  # torch loads in the worker only (the gunicorn master imports this module)
+    import torch
+
+    from embedder.inference import EmbeddingBatch
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +198,8 @@ class MicroBatcher:
                 job.future.set_exception(BatcherClosedError("the model batcher is stopped"))
 
     def _process(self, jobs: list[_Job]) -> None:
+        import torch  # already loaded by the model that made the tensors
+
         t0 = time.perf_counter()
         try:
             out = self._forward(torch.stack([j.x for j in jobs]))

@@ -8,17 +8,35 @@ import os
 import sys
 from pathlib import Path
 
-from common.argtypes import non_negative_float, port, positive_float, positive_int
+from common.argtypes import (
+    add_store_option,
+    non_negative_float,
+    port,
+    positive_float,
+    positive_int,
+    seconds_between,
+)
 from common.errors import UserError, run_reporting_errors
 from embedder.engine_options import add_engine_options
-from server.config import API_KEY_ENV, GunicornSettings, ServerConfig
+from server.config import (
+    API_KEY_ENV,
+    MAX_SYNC_INTERVAL_S,
+    MIN_SYNC_INTERVAL_S,
+    GunicornSettings,
+    ServerConfig,
+)
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="model checkpoint folder")
-    p.add_argument("--index", required=True, help="index folder (built from this checkpoint)")
+    p.add_argument(
+        "--index",
+        default=None,
+        help="index folder (built from this checkpoint); optional with a PostgreSQL --store",
+    )
+    add_store_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=port, default=8000, help="port (default 8000)")
     p.add_argument(
@@ -117,6 +135,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="another folder catalog thumbnails may be read from (repeatable); the folders "
         "the index was built from are always allowed",
     )
+    p.add_argument(
+        "--sync-interval",
+        type=seconds_between(MIN_SYNC_INTERVAL_S, MAX_SYNC_INTERVAL_S),
+        default=0.5,
+        metavar="SECONDS",
+        help="how often each worker follows the catalog store in the background, besides the "
+        "check before every request (default 0.5)",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
 
 
@@ -134,6 +160,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, GunicornSettings]:
     """What the app serves and how its processes run, from the parsed flags (read once here)."""
+    if not args.index and not args.store:
+        raise UserError("serve needs --index (or a PostgreSQL --store)")
     try:
         config = ServerConfig(
             checkpoint=args.checkpoint,
@@ -149,6 +177,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
             cors_origins=tuple(args.cors_origin),
             runtime=args.runtime,
             device=args.device,
+            sync_interval_s=args.sync_interval,
+            store=args.store,
         ).validate()
     except ValueError as exc:
         raise UserError(str(exc)) from exc

@@ -11,6 +11,10 @@ from embedder.engine_options import DEFAULT_RUNTIME, RUNTIMES
 
 # Environment variable the ``serve`` command reads the API key from when --api-key is absent.
 API_KEY_ENV = "PHONESIM_API_KEY"
+# How often a process follows the store: often enough for the 1 s visibility promise, rarely
+# enough that an idle replica costs nothing.
+MIN_SYNC_INTERVAL_S = 0.01
+MAX_SYNC_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,9 @@ class ServerConfig:
     origins allowed to call the API from a browser (``"*"``: any; empty: none).
     ``runtime``/``device``/``model_threads``: how the model runs (see
     :mod:`embedder.engine_options`); ``model_threads`` None: every core of the process.
+    ``store``: the catalog store's URL (``postgresql://...``; None: the SQLite file in the
+    index folder). ``sync_interval_s``: seconds between two background follows of the store
+    (see :mod:`server.follower`; None: only the check before each request).
     """
 
     checkpoint: str | None = None
@@ -51,6 +58,8 @@ class ServerConfig:
     runtime: str = DEFAULT_RUNTIME
     device: str | None = None
     model_threads: int | None = None
+    store: str | None = None
+    sync_interval_s: float | None = 0.5
 
     @property
     def max_upload_bytes(self) -> int:
@@ -80,6 +89,13 @@ class ServerConfig:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.model_threads is not None and self.model_threads < 1:
             raise ValueError(f"model_threads must be at least 1, got {self.model_threads}")
+        if self.sync_interval_s is not None and not (
+            MIN_SYNC_INTERVAL_S <= self.sync_interval_s <= MAX_SYNC_INTERVAL_S
+        ):
+            raise ValueError(
+                f"sync_interval_s must be in [{MIN_SYNC_INTERVAL_S}, {MAX_SYNC_INTERVAL_S}], "
+                f"got {self.sync_interval_s}"
+            )
         return self
 
     @classmethod

@@ -22,6 +22,7 @@ from index.errors import (
     InvalidParamsError,
     InvalidVectorsError,
     ReadOnlyIndexError,
+    StoreUnavailableError,
     UnknownIdError,
 )
 from server.batcher import BatcherClosedError, OverloadedError
@@ -46,6 +47,7 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+STORE_RETRY_AFTER_S = 2  # seconds a client waits before retrying a write the store refused
 MAX_MESSAGE = 500  # characters: a message may quote the request, never all of it
 
 
@@ -115,6 +117,17 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(IndexLockedError)
     def _locked(exc: IndexLockedError) -> Response:
         return error_response(503, "index_locked", str(exc))
+
+    @app.errorhandler(StoreUnavailableError)
+    def _store_down(exc: StoreUnavailableError) -> Response:
+        # The write changed nothing; reads go on from this process's last state.
+        log.warning("catalog store unreachable: %s", exc)
+        return error_response(
+            503,
+            "store_unavailable",
+            "the catalog store cannot be reached; nothing was changed, try again",
+            {"Retry-After": str(STORE_RETRY_AFTER_S)},
+        )
 
     @app.errorhandler(OverloadedError)
     def _overloaded(exc: OverloadedError) -> Response:

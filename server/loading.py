@@ -2,15 +2,19 @@
 
 :func:`open_for_serving` is the one way the app factory and ``phonesim index query`` get an
 embedder and an index that belong together; :func:`check_for_serving` is its first half,
-which the ``serve`` preflight runs alone. The cheap checks come first (checkpoint readable,
-index built with this checkpoint, catalog store readable, writer lock free when writing), each
-failing with a one-line :class:`~common.errors.UserError`, and only then are the model and the
-FAISS file loaded.
+which the ``serve`` preflight runs alone (in a child process: :mod:`server.preflight`). The
+cheap checks come first (checkpoint readable, index built with this checkpoint, catalog store
+reachable, no build replacing the folder), each failing with a one-line
+:class:`~common.errors.UserError`, and only then are the model and the FAISS file loaded.
+
+Any number of processes open one store, writable or not: the store serialises the writes and
+each process follows the others' (see :mod:`server.follower`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,60 +22,82 @@ from embedder.checkpoint import checkpoint_hash, read_config
 from embedder.engine_options import EngineOptions, precision_mismatch
 from embedder.inference import Embedder
 from embedder.runtime import check_runtime
-from index.catalog import CatalogIndex
-from index.folder import describe
-from index.manifest import read_manifest
+from index.catalog import CatalogIndex, IndexOptions
+from index.folder import describe, lock_shared
+from index.manifest import Manifest, read_manifest
+from index.stores import open_source
 
 log = logging.getLogger(__name__)
 
 
 def check_for_serving(
-    checkpoint: str | Path, index: str | Path, *, writable: bool = False, runtime: str = "auto"
+    checkpoint: str | Path,
+    index: str | Path | None,
+    *,
+    writable: bool = False,
+    runtime: str = "auto",
+    store: str | None = None,
 ) -> None:
-    """Check that ``index`` can serve queries embedded by ``checkpoint`` on ``runtime``,
-    loading neither.
+    """Check that ``index`` (or the catalog ``store``: a ``postgresql://`` URL) can serve
+    queries embedded by ``checkpoint`` on ``runtime``, loading neither.
 
     The serve command runs this before forking workers (which must load the model after the
     fork), so a mistake is one line instead of a gunicorn boot traceback per worker.
+    ``writable`` is accepted for callers that still pass it: every opener may write now.
     """
     config = read_config(checkpoint)
-    read_manifest(index).check(
+    manifest = _store_manifest(index, store)
+    manifest.check(
         expect_model=config.architecture,
         expect_checkpoint_hash=checkpoint_hash(checkpoint),
         expect_dim=int(config.feature_dim),
-        where=f"index {index}",
+        where=f"index {store or index}",
     )
     check_runtime(checkpoint, runtime)  # an int8 graph that 'phonesim optimize' has not made
-    describe(index)  # the catalog store opens and answers
-    # ``writable`` needs no lock: any number of processes write one store (index/README.md).
+
+
+def _store_manifest(index: str | Path | None, store: str | None) -> Manifest:
+    """The index's manifest, once its store has answered (and no build replaces the folder)."""
+    if store is None:
+        manifest = read_manifest(index)
+        describe(index)  # the catalog store opens and answers
+        os.close(lock_shared(Path(index)))
+        return manifest
+    source, manifest, _ = open_source(index, store)
+    source.close()
+    return manifest
 
 
 def open_for_serving(
     checkpoint: str | Path,
-    index: str | Path,
+    index: str | Path | None,
     *,
     writable: bool = False,
     engine: EngineOptions | None = None,
+    store: str | None = None,
+    options: IndexOptions | None = None,
 ) -> tuple[Embedder, CatalogIndex]:
-    """Load the embedder of ``checkpoint`` and open ``index`` checked against it.
+    """Load the embedder of ``checkpoint`` and open ``index`` (or ``store``) checked against it.
 
-    ``writable`` takes the index's writer lock; otherwise the index is opened read-only.
-    ``engine``: runtime, device and threads of the model (default: auto, best device, all
-    cores). An index of fp32 embeddings searched with int8 queries (or the other way round)
-    works, a little less exactly, and is logged as a warning. The caller closes the index.
+    ``writable=False`` opens the index read-only. ``engine``: runtime, device and threads of
+    the model (default: auto, best device, all cores). An index of fp32 embeddings searched
+    with int8 queries (or the other way round) works, a little less exactly, and is logged as
+    a warning. ``options``: the index's run-time settings. The caller closes the index.
     """
     engine = engine or EngineOptions()
-    check_for_serving(checkpoint, index, writable=writable, runtime=engine.runtime)
+    check_for_serving(checkpoint, index, runtime=engine.runtime, store=store)
     embedder = Embedder.from_checkpoint(checkpoint, **asdict(engine))
-    stored = read_manifest(index).source.get("embedding_precision")
-    problem = precision_mismatch(f"index {index}", stored, embedder.runtime)
-    if problem:
-        log.warning("%s", problem)
     opened = CatalogIndex.open(
         index,
         readonly=not writable,
+        store=store,
         expect_model=embedder.model_name,
         expect_checkpoint_hash=embedder.checkpoint_hash,
         expect_dim=embedder.dim,
+        options=options,
     )
+    stored = opened.manifest.source.get("embedding_precision")
+    problem = precision_mismatch(f"index {store or index}", stored, embedder.runtime)
+    if problem:
+        log.warning("%s", problem)
     return embedder, opened

@@ -1,9 +1,19 @@
-"""Prometheus metrics of one app, in a registry of its own (so tests can build many apps)."""
+"""Prometheus metrics of one app, in a registry of its own (so tests can build many apps).
+
+Under gunicorn every worker counts in files of a folder shared by the server's processes
+(``PROMETHEUS_MULTIPROC_DIR``, set by :mod:`server.serve` before the workers start), and
+``/metrics`` answers, from any worker, with the sum over all of them: one consistent view in
+which counters never go back between scrapes. Gauges say how they combine over processes
+(``multiprocess_mode``): requests in flight add up; lag and journal length show the worst
+live process; the index size shows the largest (most caught-up) live copy.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -13,18 +23,44 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
+    values,
 )
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MODEL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 
+def multiprocess_dir() -> str | None:
+    """The folder the server's processes share their metrics in (None: this process alone)."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def enable_multiprocess() -> None:
+    """Count in the shared folder from now on, even if prometheus_client was imported before
+    ``PROMETHEUS_MULTIPROC_DIR`` was set (it picks its value class once, at import)."""
+    if multiprocess_dir() and values.ValueClass is values.MutexValue:
+        values.ValueClass = values.get_value_class()
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters stay in the sums)."""
+    folder = multiprocess_dir()
+    if folder and os.path.isdir(folder):
+        multiprocess.mark_process_dead(pid, folder)
+
+
 class Metrics:
-    """Request, model, batching and index metrics."""
+    """Request, model, batching, index and replica metrics."""
 
     def __init__(self) -> None:
+        enable_multiprocess()
+        self.shared_dir = multiprocess_dir()
         self.registry = CollectorRegistry(auto_describe=True)
+        self._gauge_sources: list[Callable[[], None]] = []
         r = self.registry
         self.requests = Counter(
             "phonesim_http_requests",
@@ -40,7 +76,10 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "phonesim_http_requests_in_flight", "Requests being answered now.", registry=r
+            "phonesim_http_requests_in_flight",
+            "Requests being answered now.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.model_seconds = Histogram(
             "phonesim_model_forward_seconds",
@@ -72,9 +111,41 @@ class Metrics:
             buckets=MODEL_BUCKETS,
             registry=r,
         )
-        self.index_items = Gauge("phonesim_index_items", "Items in the catalog index.", registry=r)
+        self.index_items = Gauge(
+            "phonesim_index_items",
+            "Items in the catalog index (the most caught-up process).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.queue_depth = Gauge(
-            "phonesim_model_queue_depth", "Requests waiting for the model.", registry=r
+            "phonesim_model_queue_depth",
+            "Requests waiting for the model.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.lag_entries = Gauge(
+            "phonesim_replica_lag_entries",
+            "Journal entries the store has that this server has not applied (worst process).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.lag_seconds = Gauge(
+            "phonesim_replica_lag_seconds",
+            "Age of the oldest change not yet applied (worst process; 0: caught up).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.journal_length = Gauge(
+            "phonesim_index_journal_length",
+            "Journal entries not yet folded into a FAISS snapshot.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.store_up = Gauge(
+            "phonesim_store_up",
+            "1 while every process reaches the catalog store, 0 if any cannot.",
+            registry=r,
+            multiprocess_mode="livemin",
         )
 
     def observe_batch(self, size: int, seconds: float) -> None:
@@ -82,13 +153,32 @@ class Metrics:
         self.model_seconds.observe(seconds)
 
     def track_index_size(self, size: Callable[[], float]) -> None:
-        self.index_items.set_function(size)
+        self._gauge_sources.append(lambda: self.index_items.set(size()))
 
     def track_queue_depth(self, depth: Callable[[], float]) -> None:
-        self.queue_depth.set_function(depth)
+        self._gauge_sources.append(lambda: self.queue_depth.set(depth()))
+
+    def observe_sync(self, status: Any) -> None:
+        """Record where this process stands against the store (a ``SyncStatus``)."""
+        self.lag_entries.set(status.behind_entries)
+        self.lag_seconds.set(status.behind_seconds)
+        self.journal_length.set(status.journal_length)
+        self.index_items.set(status.size)
+        self.store_up.set(0 if status.store_error else 1)
+
+    def refresh_gauges(self) -> None:
+        """Read this process's gauges from their sources (the follower does it every tick, so
+        the other workers' values in a shared view are at most one sync interval old)."""
+        for update in self._gauge_sources:
+            update()
 
     def render(self) -> Response:
-        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+        self.refresh_gauges()
+        registry = self.registry
+        if self.shared_dir:  # every worker's values, summed, from the shared folder
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.shared_dir)
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
     def init_app(self, app: Flask) -> None:
         """Time every request and count it by URL rule (not raw path: bounded label values)."""

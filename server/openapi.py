@@ -203,10 +203,13 @@ def openapi_spec(filterable_fields: Iterable[str] = ()) -> dict[str, Any]:
         },
         "/readyz": {
             "get": {
-                "summary": "Readiness: model and index loaded",
+                "summary": "Readiness: model and index loaded, following the catalog store",
+                "description": "200 when ready; status 'degraded' (still 200) while the "
+                "catalog store cannot be reached: reads answer from the last state, writes "
+                "get 503. 'replica' says how far behind the store this process is.",
                 "responses": {
-                    "200": json_content({"type": "object"}, "ready"),
-                    "503": json_content({"type": "object"}, "not ready"),
+                    "200": json_content({"type": "object"}, "ready (or degraded)"),
+                    "503": json_content({"type": "object"}, "not ready, or lagging"),
                 },
             }
         },

@@ -40,11 +40,12 @@ def error_responses(*statuses: int) -> dict[str, Any]:
         413: "upload larger than the limit",
         415: "unsupported content type",
         429: "over the per-client rate limit (--rate-limit); Retry-After says when to retry",
-        503: "model not loaded, overloaded or shutting down",
+        503: "model not loaded, overloaded, shutting down, or (writes) the catalog store "
+        "cannot be reached; Retry-After says when to retry",
     }
     out = {str(s): json_content(ref("Error"), text[s]) for s in statuses}
-    if 429 in statuses:
-        out["429"]["headers"] = {
+    for status in {429, 503} & set(statuses):
+        out[str(status)]["headers"] = {
             "Retry-After": {"description": "seconds", "schema": {"type": "integer"}}
         }
     return out

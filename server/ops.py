@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from flask import Blueprint, Response, jsonify
 
 from server.openapi import openapi_spec
@@ -18,11 +20,22 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Model and index are loaded and the batcher runs."""
+    """Model and index loaded, batcher and store follower running, and (when the store can be
+    reached) this process caught up with it: 200; otherwise 503.
+
+    ``replica`` says how far behind the store this process is (journal entries and seconds)
+    and, while the store cannot be reached, why (``store_error``); then the status is
+    ``degraded`` but still 200, since every process is equally behind and reads go on.
+    """
     svc = state().service
     checks = svc.checks() if svc is not None else {"model": False, "index": False}
+    replica = svc.replica_status() if svc is not None else None
     ready = all(checks.values())
-    body = jsonify(status="ready" if ready else "not_ready", checks=checks)
+    status = "ready" if ready else "not_ready"
+    if ready and replica is not None and replica["store_error"]:
+        status = "degraded"
+    # ``worker``: which process answered (a load balancer spreads probes over all of them).
+    body = jsonify(status=status, checks=checks, replica=replica, worker=os.getpid())
     return body, 200 if ready else 503
 
 

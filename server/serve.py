@@ -4,24 +4,32 @@ Each worker builds its own app after the fork (no preloading: a model and its th
 must not be shared across ``fork``), so with several workers each loads the model. A worker
 reads requests on an event loop (:mod:`server.worker`, :mod:`server.bridge`: slow clients hold
 no thread) and runs each complete request on one of ``--threads`` threads; those threads share
-one model through the micro-batcher.
+one model through the micro-batcher. Every worker follows the catalog store on its own
+(:mod:`server.follower`) and may write to it, so any number of workers, and of servers on one
+store, answer alike.
+
+The master process (the gunicorn arbiter) never imports torch, FAISS or the app: it checks
+the inputs in a child process (:mod:`server.preflight`) and forks. Each server instance has a
+folder of its own (removed at exit) for its control socket and the metrics its workers share.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-import faiss
-import torch
 from gunicorn.app.base import BaseApplication
 
-from common.errors import UserError
-from server.app import create_app
 from server.bridge import BufferedWSGIBridge
 from server.config import GunicornSettings, ServerConfig
-from server.loading import check_for_serving
+from server.metrics import MULTIPROC_ENV, mark_process_dead
+from server.preflight import preflight
 from server.worker import PhonesimWorker
 
 log = logging.getLogger(__name__)
@@ -39,6 +47,9 @@ def configure_threads(torch_threads: int, faiss_threads: int = 1) -> None:
     A search is one query and request threads already run many at once, so FAISS gets one
     OpenMP thread by default: its spinning pool would otherwise take cores from the model.
     """
+    import faiss  # the workers' libraries: never loaded in the master
+    import torch
+
     torch.set_num_threads(torch_threads)
     faiss.omp_set_num_threads(faiss_threads)
 
@@ -50,12 +61,36 @@ def _worker_exit(server: Any, worker: Any) -> None:
         bridge.close()
 
 
+def _child_exit(server: Any, worker: Any) -> None:
+    """In the master, once a worker is gone (even killed): drop its live metric gauges."""
+    mark_process_dead(worker.pid)
+
+
+@contextlib.contextmanager
+def instance_folder() -> Iterator[Path]:
+    """A folder of this server instance's own: control socket and shared metrics (the
+    workers find the latter through ``PROMETHEUS_MULTIPROC_DIR``). Removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="phonesim-serve-"))
+    (folder / "metrics").mkdir()
+    before = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = str(folder / "metrics")  # inherited by the forked workers
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = before
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class PhonesimGunicorn(BaseApplication):
     """gunicorn's programmatic application: no config file, no command line parsing."""
 
-    def __init__(self, config: ServerConfig, settings: GunicornSettings) -> None:
+    def __init__(self, config: ServerConfig, settings: GunicornSettings, folder: Path) -> None:
         self.server_config = config
         self.settings = settings
+        self.folder = folder
         super().__init__()
 
     def load_config(self) -> None:
@@ -74,11 +109,17 @@ class PhonesimGunicorn(BaseApplication):
             "proc_name": "phonesim-serve",
             "preload_app": False,
             "worker_exit": _worker_exit,
+            "child_exit": _child_exit,
+            # One control socket per instance (gunicorn's default is one per user, and a
+            # server that stopped deleted the socket of another still running).
+            "control_socket": str(self.folder / "gunicorn.ctl"),
         }
         for key, value in options.items():
             self.cfg.set(key, value)
 
     def load(self) -> Any:
+        from server.app import create_app  # in the worker, after the fork
+
         threads = self.settings.torch_threads or default_torch_threads(self.settings.workers)
         configure_threads(threads, self.settings.faiss_threads)
         log.info(
@@ -97,36 +138,23 @@ class PhonesimGunicorn(BaseApplication):
         )
 
 
-def preflight(config: ServerConfig, settings: GunicornSettings) -> None:
-    """Check the inputs before forking workers, so mistakes are one-line errors."""
-    if not config.checkpoint or not config.index:
-        raise UserError("serve needs --checkpoint and --index")
-    if settings.workers < 1 or settings.threads < 1:
-        raise UserError("--workers and --threads must be at least 1")
-    if config.writes_enabled and settings.workers > 1:
-        raise UserError(
-            "writes (an API key) need --workers 1: only one process may write the index"
-        )
-    # Without loading the model or the FAISS file (each worker loads its own after the fork).
-    check_for_serving(
-        config.checkpoint, config.index, writable=config.writes_enabled, runtime=config.runtime
-    )
-
-
 def serve(config: ServerConfig, settings: GunicornSettings | None = None) -> int:
     """Serve ``config`` under gunicorn until stopped (Ctrl-C / SIGTERM); returns the exit code."""
     settings = settings or GunicornSettings()
     preflight(config, settings)
-    log.info(
-        "starting gunicorn on http://%s with %d worker(s) x %d thread(s); writes %s",
-        settings.bind,
-        settings.workers,
-        settings.threads,
-        "enabled" if config.writes_enabled else "disabled (no API key)",
-    )
-    try:
-        PhonesimGunicorn(config, settings).run()
-    except SystemExit as exc:  # gunicorn's arbiter exits through sys.exit
-        code = exc.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
+    with instance_folder() as folder:
+        log.info(
+            "starting gunicorn on http://%s with %d worker(s) x %d thread(s); writes %s; "
+            "control socket %s",
+            settings.bind,
+            settings.workers,
+            settings.threads,
+            "enabled" if config.writes_enabled else "disabled (no API key)",
+            folder / "gunicorn.ctl",
+        )
+        try:
+            PhonesimGunicorn(config, settings, folder).run()
+        except SystemExit as exc:  # gunicorn's arbiter exits through sys.exit
+            code = exc.code
+            return code if isinstance(code, int) else (0 if code is None else 1)
     return 0

@@ -10,12 +10,10 @@ import hashlib
 import heapq
 import io
 import logging
-import os
 import threading
 import time
 import uuid
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,6 @@ import numpy as np
 from PIL import Image
 
 from common.fsutil import atomic_write
-from embedder.errors import ImageError
 from embedder.images import IMAGE_FORMATS, load_image
 from embedder.inference import Embedder
 from index.catalog import CatalogIndex, Hit, Item
@@ -32,18 +29,21 @@ from index.errors import DuplicateIdError, UnknownIdError
 from server.batcher import Arrival, MicroBatcher
 from server.config import ServerConfig
 from server.errors import ApiError
+from server.follower import IndexFollower
 from server.limits import check_item_id
 from server.metrics import Metrics
+from server.thumbnails import Thumbnails, inside
 
 log = logging.getLogger(__name__)
 
 # Metadata that holds a server-side file path: never sent to clients nor accepted from them.
 PRIVATE_FIELDS = frozenset({"image"})
-THUMBNAIL_CACHE = 512
 # Images above this many pixels decode at most LARGE_DECODES at a time: a 36-megapixel 16-bit
 # PNG needs ~250 MB while it decodes, and 8 request threads must not need eight times that.
 LARGE_PIXELS = 4_000_000
 LARGE_DECODES = 2
+# A process that reaches the store yet stays this far behind it is not ready (see readiness).
+MAX_READY_LAG_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -87,26 +87,67 @@ class LookupService:
         )
         metrics.track_index_size(lambda: len(self.index))
         metrics.track_queue_depth(lambda: self.batcher.queue_depth)
-        self._roots = self._image_roots()
-        self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
-        self._thumbs_lock = threading.Lock()
+        self._thumbnails = Thumbnails(config, index.manifest)
         self._large_decodes = threading.BoundedSemaphore(LARGE_DECODES)
+        self.follower: IndexFollower | None = None
+        if config.sync_interval_s is not None and hasattr(index, "sync"):
+            self.follower = IndexFollower(
+                index,
+                config.sync_interval_s,
+                on_status=self._observe_sync,
+                compact=owns_index and not index.readonly,
+            ).start()
+
+    # -- following the store ------------------------------------------------------------------
+    def catch_up(self) -> None:
+        """Apply the store's changes this process lacks (before answering a request)."""
+        if self.follower is not None:
+            self.follower.catch_up()
+
+    def _observe_sync(self, status: Any) -> None:
+        self.metrics.observe_sync(status)
+        self.metrics.refresh_gauges()
+
+    def replica_status(self) -> dict[str, Any] | None:
+        """How far this process is behind the store, and why if it cannot reach it."""
+        status = getattr(self.index, "sync_status", None)
+        if status is None:
+            return None
+        return {
+            "applied_seq": status.applied_seq,
+            "head_seq": status.head_seq,
+            "behind_entries": status.behind_entries,
+            "behind_seconds": round(float(status.behind_seconds), 3),
+            "journal_length": status.journal_length,
+            "size": status.size,
+            "store_error": status.store_error,
+        }
 
     # -- lifecycle ------------------------------------------------------------------------------
     def checks(self) -> dict[str, bool]:
-        """Readiness of each part: the batcher thread runs and the index is open."""
+        """Readiness of each part: the batcher thread runs, the index is open, and the
+        follower runs and keeps up with the store whenever it can reach it."""
         try:
             self.index.info()  # raises once the index is closed
             index_ok = True
         except Exception:
             index_ok = False
-        return {"model": True, "batcher": self.batcher.alive, "index": index_ok}
+        out = {"model": True, "batcher": self.batcher.alive, "index": index_ok}
+        if self.follower is not None:
+            status = self.follower.status
+            out["follower"] = self.follower.alive
+            # Store down: every process is equally behind and answers reads from its last
+            # state, so none leaves the load balancer; store up yet far behind: this one does.
+            out["in_sync"] = bool(status.store_error or status.behind_seconds <= MAX_READY_LAG_S)
+        return out
 
     @property
     def ready(self) -> bool:
         return all(self.checks().values())
 
     def close(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         self.batcher.close()
         if self._owns_index:
             self.index.close()
@@ -250,7 +291,7 @@ class LookupService:
         self.index.remove([item_id])
         image_dir = self.config.image_dir
         path = metadata.get("image")
-        if image_dir and path and _inside(Path(path), [Path(image_dir)]):
+        if image_dir and path and inside(Path(path), [Path(image_dir)]):
             self._drop_image(Path(path))
         log.info("removed item %r", item_id)
 
@@ -275,62 +316,9 @@ class LookupService:
             path.unlink(missing_ok=True)
 
     # -- thumbnails -------------------------------------------------------------------------------
-    def _image_roots(self) -> list[Path]:
-        """Folders thumbnails may be read from: those the index was built from, the folder
-        of API uploads, ``--image-root`` folders, and the catalog CSV's folder (all an index
-        built before image roots were recorded has)."""
-        manifest = self.index.manifest
-        roots = [Path(p) for p in (*self.config.image_roots, *manifest.image_roots)]
-        if self.config.image_dir:
-            roots.append(Path(self.config.image_dir))
-        catalog = manifest.source.get("catalog")
-        if catalog:
-            roots.append(Path(catalog).parent)
-        return [p.resolve() for p in roots]
-
     def thumbnail(self, item_id: str) -> bytes:
-        """A JPEG thumbnail of a catalog item's own image, found by id only.
-
-        The path comes from the index metadata (never from the client), must lie inside an
-        image root (symlinks resolved; none: nothing is served), and is decoded and
-        re-encoded, so only images ever leave.
-        """
-        metadata = self.index.get(item_id).metadata
-        raw = metadata.get("image")
-        if not raw:
-            raise ApiError(404, "no_image", f"item {item_id!r} has no image")
-        path = Path(os.path.realpath(raw))  # checked and read as resolved: no "..", no links
-        if not _inside(path, self._roots):
-            log.warning("refusing thumbnail of %r: %s is outside the image roots", item_id, raw)
-            raise ApiError(404, "no_image", f"item {item_id!r} has no servable image")
-        try:
-            stat = path.stat()
-        except OSError:
-            raise ApiError(404, "no_image", f"the image of item {item_id!r} is missing") from None
-        key = (str(path), stat.st_mtime_ns, stat.st_size)
-        with self._thumbs_lock:
-            cached = self._thumbs.get(key)
-            if cached is not None:
-                self._thumbs.move_to_end(key)
-                return cached
-        size = self.config.thumbnail_px
-        try:
-            img = load_image(path, min_side=size)
-        except ImageError as exc:
-            # The stored file is broken: the server's problem, and its path stays private.
-            log.warning("cannot make a thumbnail of %r: %s", item_id, exc)
-            raise ApiError(
-                404, "no_image", f"the image of item {item_id!r} cannot be read"
-            ) from None
-        img.thumbnail((size, size), Image.Resampling.BILINEAR)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=85)
-        data = buf.getvalue()
-        with self._thumbs_lock:
-            self._thumbs[key] = data
-            while len(self._thumbs) > THUMBNAIL_CACHE:
-                self._thumbs.popitem(last=False)
-        return data
+        """A JPEG thumbnail of a catalog item's own image (see :class:`Thumbnails`)."""
+        return self._thumbnails.make(item_id, self.index.get(item_id).metadata)
 
     # -- description --------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -373,16 +361,3 @@ def _pixels(data: bytes) -> int:
                 return 0 if img.format == "JPEG" else img.width * img.height
     except Exception:  # the decoder proper reports what is wrong
         return 0
-
-
-def _inside(path: Path, roots: list[Path]) -> bool:
-    """Whether ``path`` (symlinks resolved) lies inside one of ``roots``."""
-    real = os.path.realpath(path)
-    for root in roots:
-        base = os.path.realpath(root)
-        try:
-            if os.path.commonpath([real, base]) == base:
-                return True
-        except ValueError:
-            continue
-    return False

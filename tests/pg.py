@@ -56,15 +56,11 @@ class PgServer:
         self.user = "postgres" if os.geteuid() == 0 else os.environ.get("USER", "postgres")
 
     def start(self) -> None:
+        """initdb (the first time), then start the server and wait until it accepts."""
         if os.geteuid() == 0:
             shutil.chown(self.tmp, "postgres", "postgres")
-        subprocess.run(
-            _as_postgres(
-                [str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.user,
-                 "--auth=trust", "-E", "UTF8", "--no-sync"]
-            ),
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
+        if not (self.data / "PG_VERSION").is_file():
+            self._initdb()
         opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.tmp} -c fsync=off"
         subprocess.run(
             _as_postgres(
@@ -72,6 +68,15 @@ class PgServer:
                  "-l", str(self.tmp / "log"), "-w", "-t", "60", "start"]
             ),
             check=True, capture_output=True, timeout=90,
+        )  # fmt: skip
+
+    def _initdb(self) -> None:
+        subprocess.run(
+            _as_postgres(
+                [str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.user,
+                 "--auth=trust", "-E", "UTF8", "--no-sync"]
+            ),
+            check=True, capture_output=True, timeout=120,
         )  # fmt: skip
 
     def url(self, dbname: str = "postgres") -> str:
@@ -91,7 +96,8 @@ class PgServer:
         except (OSError, ValueError, IndexError):
             return None
 
-    def stop(self) -> None:
+    def stop(self, remove: bool = True) -> None:
+        """Stop the server (and wait for its PID to go); ``remove`` also deletes its data."""
         pid = self.pid()
         subprocess.run(
             _as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast",
@@ -108,7 +114,8 @@ class PgServer:
                 time.sleep(0.05)
             else:
                 os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if remove:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,8 @@ tests/index/test_following.py (a real process: its own FAISS copy, its own conne
 
 argv: repo root, index folder, store URL or '-', 'rw' or 'ro'. Commands, one per line:
 ``add ID SEED``, ``remove ID``, ``meta ID JSON``, ``wait ID present|absent SECONDS``,
-``field ID FIELD SECONDS VALUE``, ``search SECONDS``, ``quit``; each answers one line.
+``field ID FIELD SECONDS VALUE``, ``search SECONDS``, ``burst PREFIX N``, ``quit``; each
+answers one line.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ for line in sys.stdin:
     )
     if cmd == "add":
         ix.add([args[0]], vec(int(args[1])), [{"by": "child"}])
+        print("ok", flush=True)
+    elif cmd == "burst":  # N adds one by one, racing other processes' writes
+        for i in range(int(args[1])):
+            ix.add([f"{args[0]}-{i}"], vec(i), [{"by": args[0]}])
         print("ok", flush=True)
     elif cmd == "remove":
         ix.remove([args[0]])

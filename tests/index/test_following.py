@@ -125,11 +125,33 @@ def test_processes_see_each_others_writes(spec):
         child.close()
 
 
+def test_concurrent_writers_in_several_processes(spec):
+    children = [Child(spec) for _ in range(3)]
+    try:
+        for n, child in enumerate(children):
+            child.proc.stdin.write(f"burst w{n} 25\n")
+            child.proc.stdin.flush()
+        assert [c.answer(120) for c in children] == ["ok"] * 3
+        with spec.open(readonly=True) as ix:
+            added = [i for n in range(3) for i in (f"w{n}-{j}" for j in range(25))]
+            assert all(i in ix for i in added) and len(ix) == N + 75
+            st = ix.sync_status
+            assert st.applied_seq == st.head_seq == 75  # one record each, numbered without gaps
+            fids = ix.store.fids_for_ids(added)
+            assert len(set(fids.values())) == 75
+            assert ix.search(ix.get_vectors(["w2-24"]), 1)[0][0].id in {"w0-24", "w1-24", "w2-24"}
+    finally:
+        for c in children:
+            c.close()
+
+
 def test_update_metadata_and_list_items(spec):
     child = Child(spec)
     try:
         with spec.open() as ix:
+            v0 = ix.version
             item = ix.update_metadata("sku-5", {"brand": "Zeta", "stock": 3})
+            assert ix.version != v0  # caches keyed on it are invalidated
             assert item.metadata["brand"] == "Zeta" and item.metadata["price"] == 105
             assert [h.id for h in ix.search(vec(0), 5, filter={"brand": "Zeta"})[0]] == ["sku-5"]
             assert child.ask("field sku-5 brand 10 Zeta") == "yes"
@@ -207,6 +229,22 @@ def test_sync_in_a_thread_while_threads_search(spec):
         child.close()
 
 
+def test_a_copy_behind_one_compaction_follows_on_further_behind_reloads(spec):
+    with spec.open() as writer, spec.open(readonly=True) as reader:
+        writer.add(["a1", "a2"], np.vstack([vec(1), vec(2)]))
+        assert writer.compact(force=True)
+        held = reader._replica
+        reader.sync()
+        assert reader._replica is held and "a2" in reader  # from the journal kept
+        for r in range(3):  # three snapshots later its records are gone: it reloads
+            writer.add([f"b{r}"], vec(10 + r))
+            assert writer.compact(force=True)
+        reader.sync()
+        assert reader._replica is not held
+        assert all(f"b{r}" in reader for r in range(3)) and len(reader) == N + 5
+        assert reader.search(vec(12), 1)[0][0].id == "b2"
+
+
 def test_kill_9_loses_no_acknowledged_write(spec):
     child = Child(spec)
     acked = []
@@ -267,7 +305,7 @@ def test_unreachable_postgresql_keeps_reads_and_refuses_writes(tmp_path, pg_serv
         spec = build(tmp_path / "ix", own.create_db())
         ix = spec.open()
         ix.add(["before"], vec(1))
-        own.stop()
+        own.stop(remove=False)
         st = ix.sync()
         assert st.store_error and "unavailable" in st.store_error and st.behind_seconds > 0
         assert ix.search(vec(1), 1)[0][0].id == "before"  # reads answer from the last state
@@ -277,6 +315,14 @@ def test_unreachable_postgresql_keeps_reads_and_refuses_writes(tmp_path, pg_serv
         with pytest.raises(StoreUnavailableError):
             ix.update_metadata("before", {"a": 1})
         assert "after" not in ix
+        own.start()  # the database comes back: the replica catches up by itself
+        other = spec.open()
+        other.add(["while-away"], vec(3))
+        st = ix.sync()
+        assert st.store_error is None and st.behind_entries == 0 and "while-away" in ix
+        ix.add(["after"], vec(2))
+        assert until(other, lambda: "after" in other)
+        other.close()
         ix.close()
     finally:
         own.stop()

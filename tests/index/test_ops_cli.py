@@ -55,6 +55,13 @@ def test_add_remove_compact(built, tmp_path, capsys):
         assert out["compacted"] is True and out["journal_length"] == 0
         follower.sync()
         assert follower.search(follower.get_vectors(["n3"]), 1)[0][0].id == "n3"
+    assert cli(["info", *where, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (
+        info["count"] == 124
+        and info["journal_pending"] == 0
+        and "brand" in info["filterable_fields"]
+    )
 
 
 def test_snapshot_while_writing_and_restore(built, tmp_path, capsys):

@@ -10,6 +10,7 @@ import pytest
 
 from index.errors import IndexMismatchError, InvalidFilterError, InvalidParamsError
 from phonesim.cli import build_parser, main
+from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,17 @@ def cli(argv: list[str]) -> int:
     """Run ``phonesim index ...`` without the one-line error reporting, to see the errors."""
     args = build_parser().parse_args(["index", *argv])
     return args.func(args)
+
+
+def test_query_a_postgresql_store(catalog_index, tiny_checkpoint, pg_url, capsys):  # noqa: F811
+    from index.pg_admin import push_folder
+
+    index, rows = catalog_index
+    push_folder(index, pg_url)
+    item_id = list(rows)[3]
+    argv = ["query", "--store", pg_url, "--checkpoint", str(tiny_checkpoint)]
+    assert cli([*argv, "--image", rows[item_id]["image"], "-k", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["id"] == item_id
 
 
 def test_query_prints_neighbours_and_json(catalog_index, tiny_checkpoint, capsys):

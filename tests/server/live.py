@@ -70,13 +70,20 @@ def multipart(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, dict[s
 
 @contextlib.contextmanager
 def running_server(
-    checkpoint: Path, index: Path, work: Path, *args: str, env: dict[str, str] | None = None
+    checkpoint: Path,
+    index: Path | None,
+    work: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    name: str = "server",
 ) -> Iterator[Live]:
-    """Serve ``index`` until the block ends; then SIGTERM (and a clean exit) is required."""
+    """Serve ``index`` until the block ends; then SIGTERM (and a clean exit) is required,
+    unless the test stopped it already (:func:`stop`)."""
     port = free_port()
-    log = work / "server.log"
+    log = work / f"{name}.log"
+    where = ["--index", str(index)] if index is not None else []
     cmd = [
-        sys.executable, "-m", "server", "--checkpoint", str(checkpoint), "--index", str(index),
+        sys.executable, "-m", "server", "--checkpoint", str(checkpoint), *where,
         "--port", str(port), *args,
     ]  # fmt: skip
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
@@ -99,14 +106,21 @@ def running_server(
         yield server
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                pytest.fail("server did not stop within 30 s of SIGTERM")
-            assert code == 0, log.read_text()[-3000:]
+            assert stop(server) == 0, log.read_text()[-3000:]
+
+
+def stop(server: Live) -> int:
+    """SIGTERM the server's master by PID and wait for it (SIGKILL after 30 s: a failure)."""
+    proc = server.proc
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail("server did not stop within 30 s of SIGTERM")
 
 
 def worker_pids(server: Live) -> list[int]:
@@ -114,6 +128,18 @@ def worker_pids(server: Live) -> list[int]:
     pid = server.proc.pid
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     return [int(p) for p in text.split()]
+
+
+def wait_for(what: str, check, timeout: float = 60.0, every: float = 0.05):
+    """Poll ``check()`` until it returns something truthy (returned); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(every)
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -84,3 +84,23 @@ def test_runtime_device_and_model_threads_reach_the_settings():
     assert cli.settings_from_args(parse("--torch-threads", "2"))[1].torch_threads == 2  # old name
     with pytest.raises(SystemExit):
         parse("--runtime", "tensorrt")
+
+
+def test_sync_interval_and_store_reach_the_settings():
+    config, _ = cli.settings_from_args(parse())
+    assert (config.sync_interval_s, config.store) == (0.5, None)
+    config, _ = cli.settings_from_args(
+        parse("--sync-interval", "0.2", "--store", "postgresql://u@db.example:5433/shop")
+    )
+    assert (config.sync_interval_s, config.store) == (0.2, "postgresql://u@db.example:5433/shop")
+    for bad in ("0", "-1", "nan", "61", "soon"):
+        with pytest.raises(SystemExit):
+            parse("--sync-interval", bad)
+    for bad in ("mysql://db/shop", "/var/lib/catalog.sqlite"):
+        with pytest.raises(SystemExit):
+            parse("--store", bad)
+    no_index = build_parser().parse_args(["serve", "--checkpoint", "c"])
+    with pytest.raises(UserError, match="--index"):
+        cli.settings_from_args(no_index)
+    pg = build_parser().parse_args(["serve", "--checkpoint", "c", "--store", "postgres://h/db"])
+    assert cli.settings_from_args(pg)[0].index is None  # the store alone names the catalog

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 
 import pytest
 
 from embedder.errors import CheckpointError
-from index.errors import IndexMismatchError, IndexNotFoundError
+from index.errors import IndexLockedError, IndexMismatchError, IndexNotFoundError
 from server import loading
+
+
+@contextlib.contextmanager
+def lock_writer(path):
+    """Hold the folder's lock as a build replacing it does."""
+    from index.folder import lock_writer as take
+
+    fd = take(path)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def test_opens_the_embedder_and_its_index_read_only_or_for_writing(
@@ -24,9 +38,13 @@ def test_opens_the_embedder_and_its_index_read_only_or_for_writing(
     _, index = loading.open_for_serving(tiny_checkpoint, copy, writable=True)
     with index:
         assert not index.readonly
-        # Several writers share one store: a second writable server is one more replica.
+        # Any number of processes write one store (its transactions serialise them).
         loading.check_for_serving(tiny_checkpoint, copy, writable=True)
-        loading.check_for_serving(tiny_checkpoint, copy)
+        _, second = loading.open_for_serving(tiny_checkpoint, copy, writable=True)
+        with second:
+            assert not second.readonly
+    with lock_writer(copy), pytest.raises(IndexLockedError, match="build"):
+        loading.check_for_serving(tiny_checkpoint, copy)  # a build is replacing the folder
 
 
 def test_mistakes_are_one_line_errors_before_the_model_loads(

@@ -1,32 +1,70 @@
 """The serve preflight: mistakes a worker would only report as a gunicorn boot traceback are
-one-line errors before any worker starts (no test here starts gunicorn: see test_live.py)."""
+one-line errors before any worker starts (no test here starts gunicorn: see test_live.py and
+test_replicas.py), and the master process that runs it never loads torch."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 from common.errors import UserError
 from server.config import GunicornSettings, ServerConfig
+from server.preflight import preflight
 from server.serve import serve
+from tests.server.live import REPO
 
 
 def config(checkpoint, index, **kw) -> ServerConfig:
     return ServerConfig(checkpoint=str(checkpoint), index=str(index), **kw)
 
 
-def test_serve_rejects_an_api_key_with_several_workers(tiny_checkpoint, index_dir):
-    with pytest.raises(UserError, match="--workers 1"):
-        serve(config(tiny_checkpoint, index_dir, api_key="k"), GunicornSettings(workers=2))
-    with pytest.raises(UserError):
+def test_serve_refuses_missing_inputs_before_starting(tiny_checkpoint, index_dir):
+    with pytest.raises(UserError, match="not found|missing|does not exist"):
         serve(config(tiny_checkpoint, index_dir.parent / "missing"))
     with pytest.raises(UserError, match="--checkpoint and --index"):
         serve(ServerConfig())
 
 
+def test_the_master_preflight_never_imports_torch(tiny_checkpoint, index_dir, tmp_path):
+    """The gunicorn master runs this before forking: the checks that need torch run in a child
+    process, so the master stays small (it held 969 MB when it imported torch itself)."""
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        from common.errors import UserError
+        from server.config import GunicornSettings, ServerConfig
+        from server.serve import PhonesimGunicorn, serve  # what the master imports
+        from server.preflight import preflight
+        cfg = ServerConfig(checkpoint={str(tiny_checkpoint)!r}, index={str(index_dir)!r})
+        preflight(cfg, GunicornSettings(workers=2))
+        try:
+            preflight(cfg.replace(index={str(tmp_path / "nope")!r}), GunicornSettings())
+            error = None
+        except UserError as exc:
+            error = str(exc)
+        heavy = ("torch", "timm", "faiss", "server.app", "embedder.inference")
+        print(json.dumps({{"loaded": [m for m in heavy if m in sys.modules], "error": error}}))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == []
+    assert result["error"] and "\n" not in result["error"]  # one line, from the child
+
+
 def test_serve_checks_the_index_before_starting_workers(tiny_checkpoint, index_dir, tmp_path):
+    from index import CatalogIndex
+    from index.folder import lock_writer
 
     other = tmp_path / "other-checkpoint"
     shutil.copytree(index_dir, other)
@@ -44,3 +82,13 @@ def test_serve_checks_the_index_before_starting_workers(tiny_checkpoint, index_d
     with pytest.raises(UserError, match="catalog store"):
         serve(config(tiny_checkpoint, damaged))
 
+    building = tmp_path / "building"
+    shutil.copytree(index_dir, building)
+    fd = lock_writer(building)  # as a build replacing the folder holds it
+    try:
+        with pytest.raises(UserError, match="build"):
+            serve(config(tiny_checkpoint, building, api_key="k"))
+    finally:
+        os.close(fd)
+    with CatalogIndex.open(building):  # another writer is fine: this one becomes a replica
+        preflight(config(tiny_checkpoint, building, api_key="k"), GunicornSettings(workers=2))

@@ -1,0 +1,84 @@
+"""The ``serve`` preflight: mistakes are one-line errors before any worker starts.
+
+The checks that read the checkpoint (:func:`server.loading.check_for_serving`) need the
+model libraries (torch, timm: about 1 GB resident). The gunicorn master only forks and watches
+workers, so it must not hold them: it runs those checks in a short child process
+(``python -m server.preflight``) and reads back one line. This module imports neither.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from common.errors import UserError
+from server.config import GunicornSettings, ServerConfig
+
+REPO = Path(__file__).resolve().parents[1]
+USER_ERROR_EXIT = 2
+CHILD_TIMEOUT_S = 300.0  # the checks read two small files and hash the checkpoint
+
+
+def preflight(config: ServerConfig, settings: GunicornSettings) -> None:
+    """Check the inputs before forking workers; raise :class:`UserError` on the first problem."""
+    if not config.checkpoint or not (config.index or config.store):
+        raise UserError("serve needs --checkpoint and --index (or a PostgreSQL --store)")
+    if settings.workers < 1 or settings.threads < 1:
+        raise UserError("--workers and --threads must be at least 1")
+    check_in_child(config)
+
+
+def check_in_child(config: ServerConfig) -> None:
+    """Run :func:`~server.loading.check_for_serving` in a child process (see the module doc)."""
+    request = {
+        "checkpoint": config.checkpoint,
+        "index": config.index,
+        "writable": config.writes_enabled,
+        "runtime": config.runtime,
+        "store": config.store,
+    }
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "server.preflight", json.dumps(request)],
+            env={**os.environ, "PYTHONPATH": path},
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise UserError(f"the serve preflight took over {CHILD_TIMEOUT_S:.0f} s") from None
+    if done.returncode == 0:
+        return
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit status {done.returncode}"
+    if done.returncode == USER_ERROR_EXIT:
+        raise UserError(last)
+    raise UserError(f"the serve preflight failed: {last}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child side: check, print a :class:`UserError` as one line on stderr (exit 2)."""
+    request = json.loads((argv or sys.argv[1:])[0])
+    from server.loading import check_for_serving  # the model libraries: this process only
+
+    try:
+        check_for_serving(
+            request["checkpoint"],
+            request["index"],
+            writable=request["writable"],
+            runtime=request["runtime"],
+            store=request["store"],
+        )
+    except UserError as exc:
+        print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)
+        return USER_ERROR_EXIT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
