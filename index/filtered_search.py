@@ -8,9 +8,13 @@ needs to know of the catalog.
 
 The plan: flat, IVF and HNSW indexes take the candidates as a FAISS id selector (a bitmap for
 filters, a negated set for exclusions and hidden removed items). A filter matching at most
-``exact_limit`` items is searched exactly; a broader one approximately, with
-``nprobe``/``efSearch`` widened by its selectivity; a query the approximate search leaves short
-is re-run exactly. Other kinds over-fetch, filter and retry instead.
+``exact_limit`` items is searched exactly; a broader one approximately. IVF plans each query by
+the filter: it probes lists in the order of their centroids' similarity, skipping lists holding
+no match, until the lists probed hold ``PROBE_MARGIN`` times as many matching items as an
+unfiltered search at the same ``nprobe`` scans (:func:`plan_probes`). A filter that follows the
+clusters (a brand) thus probes far beyond the query's own lists, and a scattered one (a price
+range) a few times ``nprobe``. HNSW widens ``efSearch`` by the selectivity. A query the
+approximate search leaves short is re-run exactly. Other kinds over-fetch, filter and retry.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from index.tuning import search_params
 log = logging.getLogger(__name__)
 
 NO_IDS = np.zeros(0, np.int64)
+# Matching items a filtered IVF search scans, as a multiple of the items an unfiltered search
+# scans at the same nprobe: the nearest matches are ranked deeper among the lists than the
+# nearest items are, so the filtered search needs some slack to reach the same recall.
+PROBE_MARGIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class SearchCache:
     def __init__(self) -> None:
         self._params: dict[tuple, tuple[Any, list]] = {}
         self._bitmaps: list[tuple[np.ndarray, Any, np.ndarray]] = []
+        self._counts: list[tuple[np.ndarray, np.ndarray]] = []
+        self._centroids: np.ndarray | None = None
         self._lock = threading.Lock()
 
     def params(self, index: faiss.Index, params: Mapping[str, Any]) -> Any:
@@ -84,6 +94,24 @@ class SearchCache:
             with self._lock:
                 self._bitmaps = [*self._bitmaps[-15:], (key, sel, bitmap)]
         return sel, bitmap
+
+    def list_counts(self, index: faiss.IndexIVF, allowed: np.ndarray, size: int) -> np.ndarray:
+        """Matching items per IVF list, reused while the caller passes the same ``allowed``
+        (which, like the bitmaps', lives until the next write changes the lists)."""
+        with self._lock:
+            for arr, counts in self._counts:
+                if arr is allowed:
+                    return counts
+        counts = ivf_list_counts(index, allowed, size)
+        with self._lock:
+            self._counts = [*self._counts[-15:], (allowed, counts)]
+        return counts
+
+    def centroids(self, index: faiss.IndexIVF) -> np.ndarray:
+        """The IVF centroids (nlist x d); fixed once trained, so kept for the loaded index."""
+        if self._centroids is None:
+            self._centroids = index.quantizer.reconstruct_n(0, index.nlist)
+        return self._centroids
 
 
 def knn_search(
@@ -121,6 +149,12 @@ def knn_search(
         keep.append(bitmap)
         if n_cand <= exact_limit:
             return _exact_selected(index, xq, k, how, sel, cand)
+        if how == "ivf":
+            counts = cache.list_counts(index, allowed, live.id_bound)
+            nprobe = cache.params(index, params).nprobe
+            assign = plan_probes(xq, cache.centroids(index), counts, nprobe, live.n)
+            D, I = search_lists(index, xq, k, sel, assign)
+            return _finish_short(index, xq, k, D, I, how, sel, cand)
         params = widen(index, params, n_cand / max(live.n, 1))
     elif len(excluded) or len(live.hidden):
         sel, objs = not_selector(np.union1d(excluded, live.hidden))
@@ -133,13 +167,68 @@ def knn_search(
         sp, objs = search_params(index, params, sel=sel)
         keep += objs
     D, I = index.search(xq, k, params=sp)
+    if cand is None and how == "hnsw" and (I < 0).any():
+        cand = np.setdiff1d(live.fids(), excluded, assume_unique=True)
+    return _finish_short(index, xq, k, D, I, how, sel, cand)
+
+
+def _finish_short(
+    index: faiss.Index,
+    xq: np.ndarray,
+    k: int,
+    D: np.ndarray,
+    I: np.ndarray,
+    how: str,
+    sel: Any,
+    cand: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``D, I`` with the queries the approximate search left short re-run exactly."""
     short = np.flatnonzero((I < 0).any(axis=1))
-    if len(short):  # the approximate search ran dry: finish those queries exactly
+    if len(short):
         log.debug("%d queries fall back to exact search", len(short))
-        if cand is None and how == "hnsw":
-            cand = np.setdiff1d(live.fids(), excluded, assume_unique=True)
         D[short], I[short] = _exact_selected(index, xq[short], k, how, sel, cand)
     return D, I
+
+
+def plan_probes(
+    xq: np.ndarray, centroids: np.ndarray, counts: np.ndarray, nprobe: int, ntotal: int
+) -> np.ndarray:
+    """The IVF lists each query of a filtered search probes (nq x width, padded with -1).
+
+    Lists in the order of their centroids' similarity to the query, skipping those without a
+    match, until they hold ``PROBE_MARGIN * nprobe * ntotal / nlist`` matching items: as many
+    as an unfiltered search at ``nprobe`` scans, with a margin, wherever the matches lie.
+    """
+    nlist = len(counts)
+    target = PROBE_MARGIN * nprobe * ntotal / max(nlist, 1)
+    order = np.argsort(-(xq @ centroids.T), axis=1)
+    held = counts[order]
+    reached = np.cumsum(held, axis=1) >= target
+    n_lists = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, nlist)
+    probe = held > 0
+    probe &= np.arange(nlist)[None, :] < n_lists[:, None]
+    width = max(1, int(probe.sum(axis=1).max()))
+    # the probed lists first, in order (stable sort of "not probed"), then -1 padding
+    first = np.argsort(~probe, axis=1, kind="stable")[:, :width]
+    assign = np.take_along_axis(order, first, axis=1)
+    assign[~np.take_along_axis(probe, first, axis=1)] = -1
+    return np.ascontiguousarray(assign, dtype=np.int64)
+
+
+def ivf_list_counts(index: faiss.IndexIVF, allowed: np.ndarray, size: int) -> np.ndarray:
+    """How many of the ids ``allowed`` (all < ``size``) each list of ``index`` holds."""
+    mask = np.zeros(max(size, 1), dtype=bool)
+    mask[allowed] = True
+    invlists = index.invlists
+    counts = np.zeros(index.nlist, dtype=np.int64)
+    for i in range(index.nlist):
+        n = invlists.list_size(i)
+        if n:
+            ptr = invlists.get_ids(i)
+            ids = faiss.rev_swig_ptr(ptr, n)
+            counts[i] = np.count_nonzero(mask[ids[ids < len(mask)]])
+            invlists.release_ids(i, ptr)
+    return counts
 
 
 def exact_knn(
@@ -275,14 +364,22 @@ def search_all_lists(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact search of an IVF index restricted to ``sel``: every list, no coarse quantizer."""
     nq, nlist = len(xq), index.nlist
+    assign = np.ascontiguousarray(np.broadcast_to(np.arange(nlist, dtype=np.int64), (nq, nlist)))
+    return search_lists(index, xq, k, sel, assign)
+
+
+def search_lists(
+    index: faiss.IndexIVF, xq: np.ndarray, k: int, sel: Any, assign: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Search of the IVF lists ``assign`` (nq x width, -1: none) restricted to ``sel``."""
+    nq, width = assign.shape
     sp = faiss.SearchParametersIVF()
-    sp.nprobe = nlist
+    sp.nprobe = width
     if sel is not None:
         sp.sel = sel
     D = np.empty((nq, k), dtype=np.float32)
     I = np.empty((nq, k), dtype=np.int64)
-    assign = np.ascontiguousarray(np.broadcast_to(np.arange(nlist, dtype=np.int64), (nq, nlist)))
-    coarse = np.zeros((nq, nlist), dtype=np.float32)
+    coarse = np.zeros((nq, width), dtype=np.float32)
     x = np.ascontiguousarray(xq, dtype=np.float32)
     # the Python wrapper of search_preassigned drops params; call the C++ method directly
     index.search_preassigned_c(

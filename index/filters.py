@@ -297,10 +297,10 @@ class FilterEngine:
         if cond.range_op is not None:
             if col.kind == "empty":
                 return np.zeros(0, np.int64)
-            held = "booleans" if col.kind == "boolean" else f"text (e.g. {col.example!r})"
+            held = f" (it holds {col.example!r}, not a number)" if col.kind == "text" else ""
             raise InvalidFilterError(
-                f"filter[{cond.field!r}]: {cond.range_op!r} needs a numeric field, but field "
-                f"{cond.field!r} is of type {col.kind}: it holds {held}"
+                f"filter[{cond.field!r}]: {cond.range_op!r} needs a numeric field, but "
+                f"{cond.field!r} is a {col.kind} field{held}"
             )
         return self._text_equal(cond.field, cond.values or ())
 
