@@ -8,13 +8,11 @@ needs to know of the catalog.
 
 The plan: flat, IVF and HNSW indexes take the candidates as a FAISS id selector (a bitmap for
 filters, a negated set for exclusions and hidden removed items). A filter matching at most
-``exact_limit`` items is searched exactly; a broader one approximately. IVF plans each query by
-the filter: it probes lists in the order of their centroids' similarity, skipping lists holding
-no match, until the lists probed hold ``PROBE_MARGIN`` times as many matching items as an
-unfiltered search at the same ``nprobe`` scans (:func:`plan_probes`). A filter that follows the
-clusters (a brand) thus probes far beyond the query's own lists, and a scattered one (a price
-range) a few times ``nprobe``. HNSW widens ``efSearch`` by the selectivity. A query the
-approximate search leaves short is re-run exactly. Other kinds over-fetch, filter and retry.
+``exact_limit`` items is searched exactly; a broader one approximately. IVF probes the lists
+holding matches in rounds until each query's top ``k`` settles (:mod:`index.ivf_probe`), so a
+filter whose matches lie far from the query (another brand than the photo's) probes as far as
+it takes; HNSW widens ``efSearch`` by the selectivity. A query the approximate search leaves
+short is re-run exactly. Other kinds over-fetch, filter and retry.
 """
 
 from __future__ import annotations
@@ -31,15 +29,12 @@ import numpy as np
 
 from index.ann import reconstruct
 from index.errors import InvalidParamsError
+from index.ivf_probe import ivf_list_counts, probe_until_settled, search_lists
 from index.tuning import search_params
 
 log = logging.getLogger(__name__)
 
 NO_IDS = np.zeros(0, np.int64)
-# Matching items a filtered IVF search scans, as a multiple of the items an unfiltered search
-# scans at the same nprobe: the nearest matches are ranked deeper among the lists than the
-# nearest items are, so the filtered search needs some slack to reach the same recall.
-PROBE_MARGIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -151,9 +146,9 @@ def knn_search(
             return _exact_selected(index, xq, k, how, sel, cand)
         if how == "ivf":
             counts = cache.list_counts(index, allowed, live.id_bound)
-            nprobe = cache.params(index, params).nprobe
-            assign = plan_probes(xq, cache.centroids(index), counts, nprobe, live.n)
-            D, I = search_lists(index, xq, k, sel, assign)
+            # the first round scans as many matches as an unfiltered search scans items
+            first = cache.params(index, params).nprobe * live.n / index.nlist
+            D, I = probe_until_settled(index, xq, k, sel, counts, cache.centroids(index), first)
             return _finish_short(index, xq, k, D, I, how, sel, cand)
         params = widen(index, params, n_cand / max(live.n, 1))
     elif len(excluded) or len(live.hidden):
@@ -188,47 +183,6 @@ def _finish_short(
         log.debug("%d queries fall back to exact search", len(short))
         D[short], I[short] = _exact_selected(index, xq[short], k, how, sel, cand)
     return D, I
-
-
-def plan_probes(
-    xq: np.ndarray, centroids: np.ndarray, counts: np.ndarray, nprobe: int, ntotal: int
-) -> np.ndarray:
-    """The IVF lists each query of a filtered search probes (nq x width, padded with -1).
-
-    Lists in the order of their centroids' similarity to the query, skipping those without a
-    match, until they hold ``PROBE_MARGIN * nprobe * ntotal / nlist`` matching items: as many
-    as an unfiltered search at ``nprobe`` scans, with a margin, wherever the matches lie.
-    """
-    nlist = len(counts)
-    target = PROBE_MARGIN * nprobe * ntotal / max(nlist, 1)
-    order = np.argsort(-(xq @ centroids.T), axis=1)
-    held = counts[order]
-    reached = np.cumsum(held, axis=1) >= target
-    n_lists = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, nlist)
-    probe = held > 0
-    probe &= np.arange(nlist)[None, :] < n_lists[:, None]
-    width = max(1, int(probe.sum(axis=1).max()))
-    # the probed lists first, in order (stable sort of "not probed"), then -1 padding
-    first = np.argsort(~probe, axis=1, kind="stable")[:, :width]
-    assign = np.take_along_axis(order, first, axis=1)
-    assign[~np.take_along_axis(probe, first, axis=1)] = -1
-    return np.ascontiguousarray(assign, dtype=np.int64)
-
-
-def ivf_list_counts(index: faiss.IndexIVF, allowed: np.ndarray, size: int) -> np.ndarray:
-    """How many of the ids ``allowed`` (all < ``size``) each list of ``index`` holds."""
-    mask = np.zeros(max(size, 1), dtype=bool)
-    mask[allowed] = True
-    invlists = index.invlists
-    counts = np.zeros(index.nlist, dtype=np.int64)
-    for i in range(index.nlist):
-        n = invlists.list_size(i)
-        if n:
-            ptr = invlists.get_ids(i)
-            ids = faiss.rev_swig_ptr(ptr, n)
-            counts[i] = np.count_nonzero(mask[ids[ids < len(mask)]])
-            invlists.release_ids(i, ptr)
-    return counts
 
 
 def exact_knn(
@@ -340,20 +294,13 @@ def selector_kind(index: faiss.Index) -> str | None:
 
 
 def widen(index: faiss.Index, params: Mapping[str, Any], fraction: float) -> dict[str, Any]:
-    """Search parameters for a filtered search where ``fraction`` of the items qualify.
-
-    The nearest qualifying items can lie far from the query (a filter on another brand than
-    the photo's), so IVF probes ``1/fraction**2`` times more lists; with the selector skipping
-    the other items it computes ``1/fraction`` times the distances of an unfiltered search.
-    HNSW widens ``efSearch`` by ``1/fraction``, at most 4x, as its cost grows with it.
-    """
+    """Search parameters for a filtered HNSW search where ``fraction`` of the items qualify:
+    ``efSearch`` widened by ``1/fraction``, at most 4x, as its cost grows with it. (IVF plans
+    filtered searches in :mod:`index.ivf_probe` instead.)"""
     fraction = min(1.0, max(fraction, 1e-9))
     out = dict(params)
     if fraction >= 1.0:
         return out
-    if "nprobe" in out:
-        nlist = faiss.extract_index_ivf(index).nlist
-        out["nprobe"] = min(nlist, math.ceil(out["nprobe"] / fraction**2))
     if "efSearch" in out:
         out["efSearch"] = math.ceil(out["efSearch"] * min(1.0 / fraction, 4.0))
     return out
@@ -366,34 +313,6 @@ def search_all_lists(
     nq, nlist = len(xq), index.nlist
     assign = np.ascontiguousarray(np.broadcast_to(np.arange(nlist, dtype=np.int64), (nq, nlist)))
     return search_lists(index, xq, k, sel, assign)
-
-
-def search_lists(
-    index: faiss.IndexIVF, xq: np.ndarray, k: int, sel: Any, assign: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Search of the IVF lists ``assign`` (nq x width, -1: none) restricted to ``sel``."""
-    nq, width = assign.shape
-    sp = faiss.SearchParametersIVF()
-    sp.nprobe = width
-    if sel is not None:
-        sp.sel = sel
-    D = np.empty((nq, k), dtype=np.float32)
-    I = np.empty((nq, k), dtype=np.int64)
-    coarse = np.zeros((nq, width), dtype=np.float32)
-    x = np.ascontiguousarray(xq, dtype=np.float32)
-    # the Python wrapper of search_preassigned drops params; call the C++ method directly
-    index.search_preassigned_c(
-        nq,
-        faiss.swig_ptr(x),
-        k,
-        faiss.swig_ptr(assign),
-        faiss.swig_ptr(coarse),
-        faiss.swig_ptr(D),
-        faiss.swig_ptr(I),
-        False,
-        sp,
-    )
-    return D, I
 
 
 def bitmap_selector(fids: np.ndarray, size: int) -> tuple[Any, np.ndarray]:
