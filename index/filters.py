@@ -228,20 +228,22 @@ def make_column(fids: np.ndarray, texts: list[str]) -> Column:
 
 
 class FilterEngine:
-    """Evaluates filters against one catalog store; thread-safe, caches per store state."""
+    """Evaluates filters against a catalog store; thread-safe. Its caches hold for one store
+    object in one state: another store (an index that reloaded) or a new ``generation``
+    drops them."""
 
-    def __init__(self, store: FilterSource) -> None:
-        self._store = store
+    def __init__(self) -> None:
+        self._store: FilterSource | None = None
         self._lock = threading.Lock()
         self._generation: Any = object()
         self._columns: dict[str, Column] = {}
         self._results: OrderedDict[tuple[Condition, ...], np.ndarray] = OrderedDict()
 
-    def fids(self, flt: Any) -> np.ndarray:
-        """Sorted fids of the live items matching ``flt`` (the same array object for the same
-        filter until the store changes, so callers may key their own caches on it)."""
+    def fids(self, store: FilterSource, flt: Any) -> np.ndarray:
+        """Sorted fids of the live items of ``store`` matching ``flt`` (the same array object
+        for the same filter until the store changes, so callers may key caches on it)."""
         conds = parse_filter(flt)
-        fields = self._store.fields()
+        fields = store.fields()
         unknown = sorted(c.field for c in conds if c.field not in fields)
         if unknown:
             raise InvalidFilterError(
@@ -249,7 +251,7 @@ class FilterEngine:
                 f"filterable fields are: {', '.join(sorted(fields)) or '(none)'}"
             )
         with self._lock:
-            self._sync()
+            self._sync(store)
             cached = self._results.get(conds)
             if cached is not None:
                 self._results.move_to_end(conds)
@@ -264,25 +266,27 @@ class FilterEngine:
             self._remember(conds, result)
             return result
 
-    def field_type(self, field: str) -> str:
-        """``number``, ``boolean``, ``text`` or ``empty`` for a filterable field."""
-        if field not in self._store.fields():
+    def field_type(self, store: FilterSource, field: str) -> str:
+        """``number``, ``boolean``, ``text`` or ``empty`` for a filterable field of ``store``."""
+        if field not in store.fields():
             raise InvalidFilterError(f"unknown filter field {field!r}")
         with self._lock:
-            self._sync()
+            self._sync(store)
             return self._column(field).kind
 
-    def _sync(self) -> None:
+    def _sync(self, store: FilterSource) -> None:
         """Drop the caches when the store changed (a store without ``generation``: always)."""
-        gen = getattr(self._store, "generation", None)
-        if gen is None or gen != self._generation:
+        gen = getattr(store, "generation", None)
+        if store is not self._store or gen is None or gen != self._generation:
             self._columns.clear()
             self._results.clear()
+            self._store = store
             self._generation = gen if gen is not None else object()
 
     def _column(self, field: str) -> Column:
         col = self._columns.get(field)
         if col is None:
+            assert self._store is not None
             col = make_column(*self._store.field_values(field))
             self._columns[field] = col
         return col
@@ -307,6 +311,7 @@ class FilterEngine:
     def _text_equal(self, field: str, texts: tuple[str, ...]) -> np.ndarray:
         if not texts:
             return np.zeros(0, np.int64)
+        assert self._store is not None
         return self._store.filter_fids({field: list(texts)})
 
     def _remember(self, key: tuple[Condition, ...], result: np.ndarray) -> None:

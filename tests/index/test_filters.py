@@ -41,11 +41,24 @@ def engine(tmp_path):
         for i, p in enumerate(PRICES)
     ]
     store = make_store(tmp_path, md)
-    yield FilterEngine(store)
+    yield Bound(store)
     store.close()
 
 
-def ids(engine: FilterEngine, flt: dict) -> list[int]:
+class Bound:
+    """A FilterEngine and the store it evaluates against."""
+
+    def __init__(self, store: CatalogStore) -> None:
+        self.store, self.engine = store, FilterEngine()
+
+    def fids(self, flt: dict) -> np.ndarray:
+        return self.engine.fids(self.store, flt)
+
+    def field_type(self, field: str) -> str:
+        return self.engine.field_type(self.store, field)
+
+
+def ids(engine: Bound, flt: dict) -> list[int]:
     return engine.fids(flt).tolist()
 
 
@@ -213,7 +226,7 @@ def test_filters_equal_brute_force_on_a_random_catalog(tmp_path):
             m["qty"] = int(rng.integers(0, 100))  # some items lack the field
         md.append(m)
     store = make_store(tmp_path, md)
-    engine = FilterEngine(store)
+    engine = Bound(store)
     for _ in range(200):
         flt = _random_filter(rng)
         expected = [i for i, m in enumerate(md) if _reference(m, flt)]
@@ -226,7 +239,8 @@ def test_caches_follow_adds_and_removes(tmp_path):
     build_index(tmp_path / "ix", item_ids, xb, md, model_name=MODEL, checkpoint_hash=HASH)
     flt = {"price": {"gte": 105}}
     with open_index(tmp_path / "ix") as ix:
-        engine = ix._filters
+        engine = Bound(ix._store)
+        engine.engine = ix._filters
         first = engine.fids(flt)
         assert engine.fids(flt) is first  # one array per filter and catalog state
         before = {h.id for h in ix.search(xq[0], 1000, filter=flt)[0]}
@@ -243,3 +257,17 @@ def test_caches_follow_adds_and_removes(tmp_path):
             InvalidFilterError, match="'price' is a text field \\(it holds 'call us'"
         ):
             ix.search(xq[0], 5, filter=flt)
+
+
+def test_one_engine_follows_a_replaced_store(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = make_store(tmp_path / "a", [{"price": 1}, {"price": 5}])
+    b = make_store(tmp_path / "b", [{"price": 5}, {"price": 1}, {"price": 2}])
+    engine = FilterEngine()
+    flt = {"price": {"lt": 3}}
+    assert engine.fids(a, flt).tolist() == [0]
+    assert engine.fids(b, flt).tolist() == [1, 2]  # not a's cached answer
+    assert engine.field_type(b, "price") == "number"
+    a.close()
+    b.close()
