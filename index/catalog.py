@@ -37,7 +37,6 @@ from index.errors import (
     UnknownIdError,
 )
 from index.filtered_search import Live, SearchCache, knn_search
-from index.filters import FilterEngine
 from index.folder import lock_writer, store_path, summary
 from index.inputs import clean_metadata_rows, prepare_ids, prepare_vectors
 from index.manifest import Manifest, read_manifest, write_manifest
@@ -85,7 +84,6 @@ class CatalogIndex:
         self._write_mutex = threading.Lock()
         self._replica = Replica(path, manifest.dim)
         self._cache = SearchCache()
-        self._filters = FilterEngine()
         self._closed = False
         self._count = 0
         self._next_fid = 0
@@ -268,7 +266,7 @@ class CatalogIndex:
             self._check_open()
             index = self._replica.index
             self._cache.params(index, merged)  # validate even where the search is exact
-            allowed = None if filter is None else self._filters.fids(self._store, filter)
+            allowed = None if filter is None else self._store.filter_fids(filter)
             excluded = np.zeros(0, np.int64)
             if exclude_ids is not None:
                 ids = [exclude_ids] if isinstance(exclude_ids, str) else list(exclude_ids)

@@ -38,7 +38,7 @@ import numbers
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,13 +57,14 @@ _RESULT_IDS_KEPT = 16_000_000  # ... holding at most this many ids in all (128 M
 
 
 class FilterSource(Protocol):
-    """What evaluation needs of a catalog store (both store backends provide it)."""
+    """What evaluation needs of a catalog store; an int ``generation`` attribute, changed at
+    each write, lets the engine cache (without one it re-reads at every call)."""
 
     def fields(self) -> frozenset[str]: ...
 
     def field_values(self, field: str) -> tuple[np.ndarray, list[str]]: ...
 
-    def filter_fids(self, flt: Mapping[str, Any]) -> np.ndarray: ...
+    def equal_fids(self, field: str, texts: Sequence[str]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -228,22 +229,22 @@ def make_column(fids: np.ndarray, texts: list[str]) -> Column:
 
 
 class FilterEngine:
-    """Evaluates filters against a catalog store; thread-safe. Its caches hold for one store
-    object in one state: another store (an index that reloaded) or a new ``generation``
-    drops them."""
+    """Evaluates filters against one catalog store (which owns it: ``store.filter_fids``);
+    thread-safe. Its caches hold while the store's ``generation`` stays the same. It never
+    holds its lock while the store could wait for it (the store only bumps a counter)."""
 
-    def __init__(self) -> None:
-        self._store: FilterSource | None = None
+    def __init__(self, store: FilterSource) -> None:
+        self._store = store
         self._lock = threading.Lock()
         self._generation: Any = object()
         self._columns: dict[str, Column] = {}
         self._results: OrderedDict[tuple[Condition, ...], np.ndarray] = OrderedDict()
 
-    def fids(self, store: FilterSource, flt: Any) -> np.ndarray:
-        """Sorted fids of the live items of ``store`` matching ``flt`` (the same array object
-        for the same filter until the store changes, so callers may key caches on it)."""
+    def fids(self, flt: Any) -> np.ndarray:
+        """Sorted fids of the live items matching ``flt`` (the same array object for the same
+        filter until the store changes, so callers may key caches on it)."""
         conds = parse_filter(flt)
-        fields = store.fields()
+        fields = self._store.fields()
         unknown = sorted(c.field for c in conds if c.field not in fields)
         if unknown:
             raise InvalidFilterError(
@@ -251,7 +252,7 @@ class FilterEngine:
                 f"filterable fields are: {', '.join(sorted(fields)) or '(none)'}"
             )
         with self._lock:
-            self._sync(store)
+            self._sync()
             cached = self._results.get(conds)
             if cached is not None:
                 self._results.move_to_end(conds)
@@ -266,27 +267,25 @@ class FilterEngine:
             self._remember(conds, result)
             return result
 
-    def field_type(self, store: FilterSource, field: str) -> str:
-        """``number``, ``boolean``, ``text`` or ``empty`` for a filterable field of ``store``."""
-        if field not in store.fields():
+    def field_type(self, field: str) -> str:
+        """``number``, ``boolean``, ``text`` or ``empty`` for a filterable field."""
+        if field not in self._store.fields():
             raise InvalidFilterError(f"unknown filter field {field!r}")
         with self._lock:
-            self._sync(store)
+            self._sync()
             return self._column(field).kind
 
-    def _sync(self, store: FilterSource) -> None:
+    def _sync(self) -> None:
         """Drop the caches when the store changed (a store without ``generation``: always)."""
-        gen = getattr(store, "generation", None)
-        if store is not self._store or gen is None or gen != self._generation:
+        gen = getattr(self._store, "generation", None)
+        if gen is None or gen != self._generation:
             self._columns.clear()
             self._results.clear()
-            self._store = store
             self._generation = gen if gen is not None else object()
 
     def _column(self, field: str) -> Column:
         col = self._columns.get(field)
         if col is None:
-            assert self._store is not None
             col = make_column(*self._store.field_values(field))
             self._columns[field] = col
         return col
@@ -311,8 +310,7 @@ class FilterEngine:
     def _text_equal(self, field: str, texts: tuple[str, ...]) -> np.ndarray:
         if not texts:
             return np.zeros(0, np.int64)
-        assert self._store is not None
-        return self._store.filter_fids({field: list(texts)})
+        return self._store.equal_fids(field, texts)
 
     def _remember(self, key: tuple[Condition, ...], result: np.ndarray) -> None:
         self._results[key] = result
