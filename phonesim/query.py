@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.argtypes import add_index_option, positive_int
+from common.argtypes import add_index_option, add_store_option, positive_int
 from common.errors import UserError
 from embedder.engine_options import EngineOptions, add_engine_options
 from index.cli import index_folder_or_exit
@@ -26,6 +26,7 @@ def register(index_actions: argparse._SubParsersAction) -> None:
         description="Embed one image with a checkpoint and print its nearest catalog items.",
     )
     add_index_option(query, "index folder to search (built with the same checkpoint)")
+    add_store_option(query, "search the catalog in this PostgreSQL store (instead of --index)")
     query.add_argument("--checkpoint", required=True, help="checkpoint folder of the embedder")
     query.add_argument("--image", required=True, help="image file to look up")
     query.add_argument(
@@ -105,6 +106,25 @@ def parse_params(pairs: list[str]) -> dict[str, int]:
     return out
 
 
+def _open_store(args: argparse.Namespace, engine: EngineOptions) -> tuple[Any, Any]:
+    """The embedder and the catalog of ``--store`` (a PostgreSQL URL), checked against it."""
+    from dataclasses import asdict
+
+    from embedder.inference import Embedder
+    from index.catalog import CatalogIndex
+
+    embedder = Embedder.from_checkpoint(args.checkpoint, **asdict(engine))
+    index = CatalogIndex.open(
+        args.index_option or args.index_positional,
+        store=args.store,
+        readonly=True,
+        expect_model=embedder.model_name,
+        expect_checkpoint_hash=embedder.checkpoint_hash,
+        expect_dim=embedder.dim,
+    )
+    return embedder, index
+
+
 def run(args: argparse.Namespace) -> int:
     # Imported here: the model stack loads only when a query runs, not for 'phonesim --help'.
     from server.loading import open_for_serving
@@ -113,9 +133,13 @@ def run(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     if not Path(args.image).is_file():
         raise UserError(f"{args.image}: image file does not exist")
-    embedder, index = open_for_serving(
-        args.checkpoint, index_folder_or_exit(args), engine=EngineOptions.from_args(args)
-    )
+    engine = EngineOptions.from_args(args)
+    if args.store:
+        embedder, index = _open_store(args, engine)
+    else:
+        embedder, index = open_for_serving(
+            args.checkpoint, index_folder_or_exit(args), engine=engine
+        )
     with index:
         batch = embedder.embed_paths([args.image])
         hits = index.search(batch.embeddings[0], args.k, filter=flt, params=params or None)[0]
