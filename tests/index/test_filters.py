@@ -12,6 +12,7 @@ from index.filters import Condition, FilterEngine, make_column, parse_filter
 from index.inputs import clean_metadata_rows
 from index.store import CatalogStore
 from tests.index.synthetic import HASH, MODEL, make_catalog
+from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 
 def make_store(tmp_path, metadata: list[dict]) -> CatalogStore:
@@ -261,3 +262,27 @@ def test_the_engine_rereads_after_the_store_changes_and_without_a_generation(tmp
     assert engine.fids(flt) is not engine.fids(flt)
     assert engine.field_type("price") == "number"
     store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_range_filters_follow_metadata_updates_on_both_stores(tmp_path, request, backend):
+    xb, xq, item_ids, md = make_catalog(300, seed=4)
+    build_index(tmp_path / "ix", item_ids, xb, md, model_name=MODEL, checkpoint_hash=HASH)
+    url = None
+    if backend == "postgresql":
+        from index.pg_admin import push_folder
+
+        url = request.getfixturevalue("pg_url")
+        push_folder(tmp_path / "ix", url)
+    flt = {"price": {"gt": 105}, "brand": ["Acme", "Rare"]}
+    with open_index(None if url else tmp_path / "ix", store=url) as ix:
+        expected = {
+            f"sku-{i}" for i, m in enumerate(md) if m["price"] > 105 and m["brand"] != "Other"
+        }
+        assert {h.id for h in ix.search(xq[0], 1000, filter=flt)[0]} == expected
+        cheap = sorted(expected)[0]
+        ix.update_metadata(cheap, {"price": 5})
+        ix.update_metadata("sku-0", {"price": 1000, "brand": "Rare"})
+        got = {h.id for h in ix.search(xq[0], 1000, filter=flt)[0]}
+        assert got == (expected - {cheap}) | {"sku-0"}
+        assert {i.id for i in ix.list_items(None, 1000, filter=flt)} == got
