@@ -223,13 +223,15 @@ class CatalogIndex(Following):
         per query: ``search(v, k)[0]``). Queries are L2-normalised, so ``Hit.score`` is the
         cosine similarity.
         ``k`` larger than the matching items returns all of them; an empty catalog returns
-        empty lists. ``filter``: ``{field: value}`` equality on metadata (a list value means
-        any of; several fields mean all of); unknown fields raise
-        :class:`~index.errors.InvalidFilterError`. ``exclude_ids``: ids never returned
-        (unknown ones are ignored). ``params``: per-query ``nprobe``/``efSearch`` overriding
-        :attr:`search_defaults`. Filters matching at most ``options.exact_filter_limit``
-        items are searched exactly. Results are never silently short: when the approximate
-        search cannot supply ``k`` matching items, the rest of the search is exact.
+        empty lists. ``filter``: ``{field: value}`` equality, a list for any of,
+        ``{field: {"lt": 300, "gte": 100}}`` ranges on numeric fields, ``eq``/``in`` operators;
+        several fields mean all of (grammar: :mod:`index.filters`); unknown fields, operators
+        or a range on a text field raise :class:`~index.errors.InvalidFilterError`.
+        ``exclude_ids``: ids never returned (unknown ones are ignored). ``params``: per-query
+        ``nprobe``/``efSearch`` overriding :attr:`search_defaults`. Filters matching at most
+        ``options.exact_filter_limit`` items are searched exactly. Results are never silently
+        short: when the approximate search cannot supply ``k`` matching items, the rest of the
+        search is exact.
         """
         xq = prepare_vectors(xq, self.dim, what="queries")
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:

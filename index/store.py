@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from index.errors import IndexCorruptError, InvalidFilterError, InvalidMetadataError
+from index.errors import IndexCorruptError
+from index.filters import FilterEngine
 from index.inputs import canonical_value
 from index.journal import JournalRecord
 from index.store_journal import JournalTable
@@ -105,6 +106,8 @@ class CatalogStore(JournalTable):
         if missing:
             self._db.close()
             raise IndexCorruptError(f"{self.path}: catalog store lacks table(s) {missing}")
+        self.generation = 0  # bumped whenever cached reads may be stale (index.filters)
+        self._filters = FilterEngine(self)
         self._fields: frozenset[str] | None = None
         self._filter_cache: dict[tuple, np.ndarray] = {}
         self._migrate()
@@ -169,6 +172,7 @@ class CatalogStore(JournalTable):
 
     def invalidate_caches(self) -> None:
         with self.lock:
+            self.generation += 1
             self._fields = None
             self._filter_cache.clear()
 
@@ -304,33 +308,18 @@ class CatalogStore(JournalTable):
             return self._fields
 
     def filter_fids(self, flt: Mapping[str, Any]) -> np.ndarray:
-        """Sorted fids of the items whose metadata equals every ``field: value`` pair.
+        """Sorted fids of the live items matching the filter ``flt``: equality, any of and
+        ranges on numeric fields (grammar and errors: :mod:`index.filters`). The same array
+        object answers the same filter until the next change."""
+        return self._filters.fids(flt)
 
-        A value may be a list, tuple or set, meaning "any of these".
-        """
-        if not isinstance(flt, Mapping) or not flt:
-            raise InvalidFilterError("a filter must be a non-empty mapping of field to value")
-        fields = self.fields()
-        unknown = sorted(str(f) for f in flt if f not in fields)
-        if unknown:
-            raise InvalidFilterError(
-                f"unknown filter field(s) {', '.join(map(repr, unknown))}; "
-                f"filterable fields are: {', '.join(sorted(fields)) or '(none)'}"
-            )
-        result: np.ndarray | None = None
-        for field_name, value in flt.items():
-            values = list(value) if isinstance(value, list | tuple | set | frozenset) else [value]
-            try:
-                texts = sorted({canonical_value(v, f"filter[{field_name!r}]") for v in values})
-            except InvalidMetadataError as exc:
-                raise InvalidFilterError(str(exc)) from exc
-            texts = [t for t in texts if t is not None]
-            fids = self._fids_with(field_name, tuple(texts))
-            result = fids if result is None else np.intersect1d(result, fids, assume_unique=True)
-            if len(result) == 0:
-                break
-        assert result is not None
-        return result
+    def field_type(self, field: str) -> str:
+        """``number``, ``boolean``, ``text`` or ``empty``: what filters may do with a field."""
+        return self._filters.field_type(field)
+
+    def equal_fids(self, field: str, texts: Sequence[str]) -> np.ndarray:
+        """Sorted fids of the items whose ``field`` is stored as one of ``texts``."""
+        return self._fids_with(field, tuple(sorted(set(texts))))
 
     def _fids_with(self, field_name: str, texts: tuple[str, ...]) -> np.ndarray:
         key = (field_name, texts)

@@ -36,8 +36,12 @@ def register(index_actions: argparse._SubParsersAction) -> None:
         "--filter",
         action="append",
         default=[],
-        metavar="FIELD=VALUE",
-        help="only items whose metadata FIELD equals VALUE (repeat a field for any-of)",
+        metavar="JSON|FIELD=VALUE",
+        help="only matching items: a JSON object such as "
+        '\'{"price": {"lt": 300}, "brand": ["Acme", "Zeta"]}\' '
+        '({field: value} equality, {field: [values]} any of, {field: {"eq"|"in"|"lt"|"lte"|'
+        '"gt"|"gte": ...}} operators, ranges on numeric fields only; fields combine with AND), '
+        "or FIELD=VALUE equality (repeat a field for any of). Repeatable: all must hold",
     )
     query.add_argument(
         "--param",
@@ -51,17 +55,41 @@ def register(index_actions: argparse._SubParsersAction) -> None:
     query.set_defaults(func=run, parser=query)
 
 
-def parse_filter(pairs: list[str]) -> dict[str, Any] | None:
-    """``["label=xiaomi", "label=apple"]`` -> ``{"label": ["xiaomi", "apple"]}``."""
-    out: dict[str, list[str]] = {}
-    for pair in pairs:
-        field, sep, value = pair.partition("=")
-        if not sep or not field:
-            raise InvalidFilterError(f"--filter expects FIELD=VALUE, got {pair!r}")
-        out.setdefault(field.strip(), []).append(value)
-    if not out:
-        return None
-    return {f: v[0] if len(v) == 1 else v for f, v in out.items()}
+def parse_filter(args: list[str]) -> dict[str, Any] | None:
+    """The ``--filter`` arguments as one filter (grammar: :mod:`index.filters`).
+
+    ``'{"price": {"lt": 300}}'`` is a JSON filter; ``["label=xiaomi", "label=apple"]`` ->
+    ``{"label": ["xiaomi", "apple"]}``. Every argument must hold; a field named by two
+    arguments (other than FIELD=VALUE pairs, which mean any of) is refused.
+    """
+    out: dict[str, Any] = {}
+    pairs: dict[str, list[str]] = {}
+    for arg in args:
+        if arg.lstrip().startswith("{"):
+            for field, spec in _json_filter(arg).items():
+                if field in out:
+                    raise InvalidFilterError(f"--filter: field {field!r} is given twice")
+                out[field] = spec
+            continue
+        field, sep, value = arg.partition("=")
+        if not sep or not field.strip():
+            raise InvalidFilterError(f"--filter expects a JSON object or FIELD=VALUE, got {arg!r}")
+        pairs.setdefault(field.strip(), []).append(value)
+    for field, values in pairs.items():
+        if field in out:
+            raise InvalidFilterError(f"--filter: field {field!r} is given twice")
+        out[field] = values[0] if len(values) == 1 else values
+    return out or None
+
+
+def _json_filter(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidFilterError(f"--filter: not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict) or not value:
+        raise InvalidFilterError(f"--filter: expected a non-empty JSON object, got {text!r}")
+    return value
 
 
 def parse_params(pairs: list[str]) -> dict[str, int]:
