@@ -47,9 +47,10 @@ class BatchResult:
 
 @dataclass
 class _Job:
-    x: torch.Tensor
+    x: torch.Tensor  # rows x 3 x H x W
     future: Future
     t_submit: float
+    many: bool = False  # the future gives a list of results (submit_many)
 
 
 BatchObserver = Callable[[int, float], None]
@@ -125,9 +126,19 @@ class MicroBatcher:
 
     def submit(self, x: torch.Tensor) -> Future:
         """Queue one preprocessed image (3 x H x W); the future gives a :class:`BatchResult`."""
+        return self._put(_Job(x[None], Future(), time.perf_counter()))
+
+    def submit_many(self, xs: torch.Tensor) -> Future:
+        """Queue the images of one request (n x 3 x H x W) as one job: they run in the same
+        forward pass (which may hold more than ``max_batch`` rows for them); the future gives
+        a list of n :class:`BatchResult`."""
+        if len(xs) == 0:
+            raise ValueError("submit_many needs at least one image")
+        return self._put(_Job(xs, Future(), time.perf_counter(), many=True))
+
+    def _put(self, job: _Job) -> Future:
         if self._closed.is_set():
             raise BatcherClosedError("the model batcher is stopped")
-        job = _Job(x, Future(), time.perf_counter())
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -160,8 +171,9 @@ class MicroBatcher:
     # -- batcher thread -----------------------------------------------------------------------
     def _collect(self, first: _Job) -> list[_Job]:
         jobs = [first]
+        rows = len(first.x)
         deadline = time.perf_counter() + self.max_wait_s
-        while len(jobs) < self.max_batch:
+        while rows < self.max_batch:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
@@ -176,6 +188,7 @@ class MicroBatcher:
                 self._queue.put(None)
                 break
             jobs.append(job)
+            rows += len(job.x)
         return jobs
 
     def _run(self) -> None:
@@ -197,25 +210,30 @@ class MicroBatcher:
     def _process(self, jobs: list[_Job]) -> None:
         t0 = time.perf_counter()
         try:
-            out = self._forward(torch.stack([j.x for j in jobs]))
+            out = self._forward(torch.cat([j.x for j in jobs]))
         except Exception as exc:  # hand the failure to every waiting request
             log.exception("model forward failed for a batch of %d", len(jobs))
             for j in jobs:
                 j.future.set_exception(exc)
             return
         model_s = time.perf_counter() - t0
+        size = sum(len(j.x) for j in jobs)
         if self._observer is not None:
             try:
-                self._observer(len(jobs), model_s)
+                self._observer(size, model_s)
             except Exception:  # metrics must never break serving
                 log.exception("batch observer failed")
-        for i, j in enumerate(jobs):
-            j.future.set_result(
+        row = 0
+        for j in jobs:
+            results = [
                 BatchResult(
-                    out.embeddings[i],
-                    out.probabilities[i],
+                    out.embeddings[row + i],
+                    out.probabilities[row + i],
                     queue_s=t0 - j.t_submit,
                     model_s=model_s,
-                    batch_size=len(jobs),
+                    batch_size=size,
                 )
-            )
+                for i in range(len(j.x))
+            ]
+            row += len(j.x)
+            j.future.set_result(results if j.many else results[0])

@@ -128,7 +128,7 @@ function showResults(items, title, { append = false, hint = null } = {}) {
 function queryString() {
   const params = new URLSearchParams({ k: $("k").value });
   const label = $("label-filter").value;
-  if (label) params.set("label", label);
+  if (label) params.set("filter.label", label);
   return params.toString();
 }
 
