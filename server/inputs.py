@@ -200,10 +200,11 @@ def parse_vector(value: Any, dim: int) -> np.ndarray:
     x = np.asarray(value, dtype=np.float64)
     if not np.isfinite(x).all():
         raise ApiError(400, code, f"'{VECTOR_FIELD}' holds NaN or infinite values")
-    norm = float(np.linalg.norm(x))
-    if not norm > 0.0 or not math.isfinite(norm):
+    scale = float(np.abs(x).max())
+    if scale == 0.0:
         raise ApiError(400, code, f"'{VECTOR_FIELD}' is all zeros: it has no direction")
-    return (x / norm).astype(np.float32)
+    x = x / scale  # first: tiny or huge numbers would underflow or overflow the norm
+    return (x / np.linalg.norm(x)).astype(np.float32)
 
 
 def check_query_params(args: Iterable[str], allowed: Iterable[str], filters: bool) -> None:

@@ -165,6 +165,11 @@ class LookupService:
     def filterable_fields(self) -> list[str]:
         return sorted(self.index.filterable_fields - PRIVATE_FIELDS)
 
+    @property
+    def numeric_fields(self) -> list[str]:
+        """Filterable fields whose every value is a number (the ones ranges apply to)."""
+        return []
+
     def search(
         self,
         vector: np.ndarray,
