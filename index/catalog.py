@@ -37,6 +37,7 @@ from index.errors import (
     UnknownIdError,
 )
 from index.filtered_search import Live, SearchCache, knn_search
+from index.filters import FilterEngine
 from index.folder import lock_writer, store_path, summary
 from index.inputs import clean_metadata_rows, prepare_ids, prepare_vectors
 from index.manifest import Manifest, read_manifest, write_manifest
@@ -84,6 +85,7 @@ class CatalogIndex:
         self._write_mutex = threading.Lock()
         self._replica = Replica(path, manifest.dim)
         self._cache = SearchCache()
+        self._filters = FilterEngine(store)
         self._closed = False
         self._count = 0
         self._next_fid = 0
@@ -248,13 +250,15 @@ class CatalogIndex:
         per query: ``search(v, k)[0]``). Queries are L2-normalised, so ``Hit.score`` is the
         cosine similarity.
         ``k`` larger than the matching items returns all of them; an empty catalog returns
-        empty lists. ``filter``: ``{field: value}`` equality on metadata (a list value means
-        any of; several fields mean all of); unknown fields raise
-        :class:`~index.errors.InvalidFilterError`. ``exclude_ids``: ids never returned
-        (unknown ones are ignored). ``params``: per-query ``nprobe``/``efSearch`` overriding
-        :attr:`search_defaults`. Filters matching at most ``options.exact_filter_limit``
-        items are searched exactly. Results are never silently short: when the approximate
-        search cannot supply ``k`` matching items, the rest of the search is exact.
+        empty lists. ``filter``: ``{field: value}`` equality, a list for any of,
+        ``{field: {"lt": 300, "gte": 100}}`` ranges on numeric fields, ``eq``/``in`` operators;
+        several fields mean all of (grammar: :mod:`index.filters`); unknown fields, operators
+        or a range on a text field raise :class:`~index.errors.InvalidFilterError`.
+        ``exclude_ids``: ids never returned (unknown ones are ignored). ``params``: per-query
+        ``nprobe``/``efSearch`` overriding :attr:`search_defaults`. Filters matching at most
+        ``options.exact_filter_limit`` items are searched exactly. Results are never silently
+        short: when the approximate search cannot supply ``k`` matching items, the rest of the
+        search is exact.
         """
         xq = prepare_vectors(xq, self.dim, what="queries")
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
@@ -264,7 +268,7 @@ class CatalogIndex:
             self._check_open()
             index = self._replica.index
             self._cache.params(index, merged)  # validate even where the search is exact
-            allowed = None if filter is None else self._store.filter_fids(filter)
+            allowed = None if filter is None else self._filters.fids(filter)
             excluded = np.zeros(0, np.int64)
             if exclude_ids is not None:
                 ids = [exclude_ids] if isinstance(exclude_ids, str) else list(exclude_ids)
