@@ -263,7 +263,7 @@ def _all_pages(c, limit: int, cursor: str | None = None) -> tuple[list[str], int
         r = c.get(f"/v1/items?{query}")
         assert r.status_code == 200, r.get_json()
         body = r.get_json()
-        assert set(body) == {"items", "next_cursor"} and 1 <= len(body["items"]) <= limit
+        assert set(body) == {"items", "next_cursor", "filter"} and 1 <= len(body["items"]) <= limit
         ids += [item["id"] for item in body["items"]]
         pages += 1
         cursor = body["next_cursor"]
