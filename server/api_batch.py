@@ -8,9 +8,11 @@ options, a missing API key (writes), and the server's own trouble (503).
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+import numpy as np
 from flask import Blueprint, Response, jsonify, request
 
 from server.api import hits_json, item_json
@@ -32,7 +34,6 @@ from server.search_options import (
     entry_options,
     reject_unknown_fields,
     request_options,
-    search_with,
 )
 from server.service import Embedded, LookupService
 from server.state import service
@@ -119,25 +120,44 @@ def search_batch() -> Response:
             predictions[i] = svc.predict(emb.probabilities)
         else:
             results[i] = emb
+    # Queries with the same options share one index call; an item's query excludes itself.
+    groups: dict[str, list[int]] = {}
     for i, p in enumerate(parsed):
-        if p is None or results[i] is not None:
-            continue
-        kind, value, opts = p
-        try:
-            if kind == "id":
-                hits, _ = search_with(svc, svc.item_vector(value), opts, exclude_ids=[value])
+        if p is not None and results[i] is None:
+            if p[0] == "id":
+                try:
+                    vectors[i] = svc.item_vector(p[1])
+                except Exception as exc:  # entry errors only; others re-raised
+                    results[i] = _answer(exc)
+                    continue
             else:
-                hits, _ = search_with(svc, vectors[i] if kind == IMAGE_FIELD else value, opts)
-        except Exception as exc:  # noqa: BLE001 - entry errors only; others re-raised
-            results[i] = _answer(exc)
+                vectors.setdefault(i, p[1])
+            key = json.dumps([p[1] if p[0] == "id" else None, p[2].echo()], sort_keys=True)
+            groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        kind, value, opts = parsed[members[0]]  # type: ignore[misc]
+        exclude = [value] if kind == "id" else None
+        try:
+            found, _ = svc.search_many(
+                np.stack([vectors[i] for i in members]),
+                opts.k,
+                opts.flt,
+                exclude,
+                opts.offset,
+                opts.threshold,
+            )
+        except Exception as exc:  # entry errors only (a filter the index refuses)
+            for i in members:
+                results[i] = _answer(exc)
             continue
-        result: dict[str, Any] = {"status": 200}
-        if kind == "id":
-            result["id"] = value
-        if kind == IMAGE_FIELD:
-            result["prediction"] = predictions[i]
-        result.update(neighbors=hits_json(svc, hits), **opts.echo())
-        results[i] = result
+        for i, hits in zip(members, found, strict=True):
+            result: dict[str, Any] = {"status": 200}
+            if kind == "id":
+                result["id"] = value
+            if i in predictions:
+                result["prediction"] = predictions[i]
+            result.update(neighbors=hits_json(svc, hits), **opts.echo())
+            results[i] = result
     return jsonify(results=results, timing_ms={"total": _ms_since(t0)})
 
 

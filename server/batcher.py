@@ -129,9 +129,9 @@ class MicroBatcher:
         return self._put(_Job(x[None], Future(), time.perf_counter()))
 
     def submit_many(self, xs: torch.Tensor) -> Future:
-        """Queue the images of one request (n x 3 x H x W) as one job: they run in the same
-        forward pass (which may hold more than ``max_batch`` rows for them); the future gives
-        a list of n :class:`BatchResult`."""
+        """Queue the images of one request (n x 3 x H x W) as one job: they run together, in
+        one turn of the batcher, in passes of at most ``max_batch`` images; the future gives a
+        list of n :class:`BatchResult`."""
         if len(xs) == 0:
             raise ValueError("submit_many needs at least one image")
         return self._put(_Job(xs, Future(), time.perf_counter(), many=True))
@@ -209,18 +209,27 @@ class MicroBatcher:
 
     def _process(self, jobs: list[_Job]) -> None:
         t0 = time.perf_counter()
+        passes: list[tuple[int, float]] = []  # (images, seconds) of each forward pass
         try:
-            out = self._forward(torch.cat([j.x for j in jobs]))
+            x = torch.cat([j.x for j in jobs])
+            # A request's many images run in this one turn, in passes of at most max_batch.
+            parts = []
+            for i in range(0, len(x), self.max_batch):
+                t = time.perf_counter()
+                parts.append(self._forward(x[i : i + self.max_batch]))
+                passes.append((len(parts[-1]), time.perf_counter() - t))
+            out = parts[0] if len(parts) == 1 else _concat(parts)
         except Exception as exc:  # hand the failure to every waiting request
             log.exception("model forward failed for a batch of %d", len(jobs))
             for j in jobs:
                 j.future.set_exception(exc)
             return
-        model_s = time.perf_counter() - t0
-        size = sum(len(j.x) for j in jobs)
+        model_s = sum(seconds for _, seconds in passes)
+        size = min(len(x), self.max_batch)
         if self._observer is not None:
             try:
-                self._observer(size, model_s)
+                for images, seconds in passes:
+                    self._observer(images, seconds)
             except Exception:  # metrics must never break serving
                 log.exception("batch observer failed")
         row = 0
@@ -237,3 +246,10 @@ class MicroBatcher:
             ]
             row += len(j.x)
             j.future.set_result(results if j.many else results[0])
+
+
+def _concat(parts: list[EmbeddingBatch]) -> EmbeddingBatch:
+    return EmbeddingBatch(
+        np.concatenate([p.embeddings for p in parts]),
+        np.concatenate([p.probabilities for p in parts]),
+    )

@@ -182,14 +182,28 @@ class LookupService:
     ) -> tuple[list[Hit], float]:
         """Nearest catalog items (the ``offset`` best skipped; none below cosine
         ``threshold``) and the search time in ms."""
+        hits, ms = self.search_many(vector[None, :], k, flt, exclude_ids, offset, threshold)
+        return hits[0], ms
+
+    def search_many(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        flt: dict[str, Any] | None = None,
+        exclude_ids: list[str] | None = None,
+        offset: int = 0,
+        threshold: float | None = None,
+    ) -> tuple[list[list[Hit]], float]:
+        """:meth:`search` for each row of ``vectors`` in one index call (one filter)."""
         t0 = time.perf_counter()
-        hits = self.index.search(vector, k + offset, filter=flt, exclude_ids=exclude_ids)[0]
-        hits = hits[offset:]
-        if threshold is not None:
-            hits = [h for h in hits if h.score >= threshold]
+        found = self.index.search(vectors, k + offset, filter=flt, exclude_ids=exclude_ids)
+        out = []
+        for hits in found:
+            hits = hits[offset:]
+            out.append(hits if threshold is None else [h for h in hits if h.score >= threshold])
         dt = time.perf_counter() - t0
         self.metrics.search_seconds.observe(dt)
-        return hits, _ms(dt)
+        return out, _ms(dt)
 
     def item_vector(self, item_id: str) -> np.ndarray:
         """A catalog item's stored unit vector (UnknownIdError if absent)."""
