@@ -38,9 +38,10 @@ bp = Blueprint("api", __name__, url_prefix="/v1")
 class ItemIdConverter(PathConverter):
     """An item id in a URL: a path that does not end in /similar or /image, so that
     ``DELETE /v1/items/x/image`` is 405 (the URL of a thumbnail) and not the deletion of an
-    item "x/image" (which no id may be: see :data:`server.limits.ID_PATTERN`)."""
+    item "x/image" (which no id may be: see :data:`server.limits.ID_PATTERN`); nor is
+    ``batch`` an id (``/v1/items/batch`` is the batch add)."""
 
-    regex = r"[^/](?:(?!/(?:similar|image)$).)*"
+    regex = r"(?!batch$)[^/](?:(?!/(?:similar|image)$).)*"
 
 
 bp.record_once(lambda setup: setup.app.url_map.converters.setdefault("item_id", ItemIdConverter))
@@ -225,7 +226,7 @@ def update_item(item_id: str) -> Response:
     merge = body.get("merge", True)
     if not isinstance(merge, bool):
         raise ApiError(400, "invalid_request", "'merge' must be true or false")
-    if "metadata" not in body:
+    if not isinstance(body.get("metadata"), dict):
         raise ApiError(400, "invalid_metadata", "the body needs a 'metadata' object")
     metadata = _metadata_from({"metadata": body["metadata"]}, True)
     item = svc.update(item_id, metadata, merge=merge)

@@ -162,20 +162,13 @@ def search_batch() -> Response:
 
 
 def _item_lines() -> list[Any]:
-    """The entries of a batch add: NDJSON lines or ``{"items": [...]}`` (a line that is not
-    JSON becomes that entry's error)."""
+    """The entries of a batch add: NDJSON lines or ``{"items": [...]}``. A line that is not
+    JSON within the body bounds fails the request, as a JSON body would."""
     mimetype = request.mimetype or ""
     if mimetype == NDJSON:
         raw = request.get_data(cache=False)
-        out: list[Any] = []
-        for line in raw.splitlines():
-            if not line.strip():
-                continue
-            try:
-                out.append(parse_json(line, "NDJSON line"))
-            except ApiError as exc:
-                out.append(exc)
-        return out
+        lines = [line for line in raw.splitlines() if line.strip()]
+        return [parse_json(line, f"NDJSON line {n}") for n, line in enumerate(lines, 1)]
     if mimetype == "application/json" or mimetype.endswith("+json"):
         body = json_body(request)
         reject_unknown_fields(body, ("items",))
@@ -187,8 +180,6 @@ def _item_lines() -> list[Any]:
 
 
 def _new_item(svc: LookupService, entry: Any) -> NewItem:
-    if isinstance(entry, ApiError):
-        return NewItem(None, error=_answer(entry))
     if not isinstance(entry, dict):
         bad = ApiError(400, "invalid_request", "an item must be a JSON object")
         return NewItem(None, error=_answer(bad))

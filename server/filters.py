@@ -61,8 +61,8 @@ def _check_condition(key: str, value: Any) -> Any:
                 _check_values(key, operand)
             elif op == "eq" and not _is_scalar(operand):
                 raise _bad(f"filter {key!r}: 'eq' takes a string, number or boolean")
-            elif op != "eq" and (isinstance(operand, bool) or not _is_scalar(operand)):
-                raise _bad(f"filter {key!r}: {op!r} takes a number or a string")
+            elif op != "eq" and (isinstance(operand, bool) or not isinstance(operand, int | float)):
+                raise _bad(f"filter {key!r}: {op!r} takes a number")
             else:
                 check_scalar(operand, f"filter {key!r}", "invalid_filter")
         return dict(value)
@@ -122,17 +122,43 @@ def _add(flt: dict[str, Any], field: str, cond: Any) -> None:
 def merge_filters(
     args: Iterable[tuple[str, list[str]]], body_filter: Any, allowed: Iterable[str]
 ) -> dict[str, Any] | None:
-    """The request's filter (query string and JSON body together; a field in both is a 400),
-    checked; None when there is none."""
-    flt = query_filter(args)
-    if body_filter is not None:
-        if not isinstance(body_filter, Mapping):
-            raise _bad("'filter' must be a JSON object of field -> condition")
-        for field, cond in body_filter.items():
-            _add(flt, str(field), cond)
-    if not flt:
-        return None
-    return check_filter(flt, allowed)
+    """The request's filter (query string and JSON body together: a field in both must match
+    both), checked; None when there is none."""
+    query = check_filter(query_filter(args), allowed, "the query string's filter")
+    if body_filter is None:
+        return query or None
+    body = check_filter(body_filter, allowed)
+    for field, cond in query.items():
+        body[field] = both(body[field], cond) if field in body else cond
+    return body or None
+
+
+def _as_ops(cond: Any) -> dict[str, Any]:
+    if isinstance(cond, Mapping):
+        return dict(cond)
+    return {"in": list(cond)} if isinstance(cond, list) else {"eq": cond}
+
+
+def both(a: Any, b: Any) -> dict[str, Any]:
+    """One condition meaning ``a`` and ``b`` (checked conditions of one field)."""
+    left, right = _as_ops(a), _as_ops(b)
+    out = {op: v for op, v in left.items() if op not in ("eq", "in")}
+    for op, v in right.items():
+        if op in ("eq", "in"):
+            continue
+        if op not in out:
+            out[op] = v
+        else:  # the tighter bound of the two
+            pick = min if op in ("lt", "lte") else max
+            out[op] = pick(out[op], v)
+    sets = [[c["eq"]] if "eq" in c else c["in"] for c in (left, right) if "eq" in c or "in" in c]
+    extra = [c["in"] for c in (left, right) if "eq" in c and "in" in c]
+    if sets:
+        values = sets[0]
+        for other in sets[1:] + extra:
+            values = [v for v in values if v in other]
+        out["in"] = values  # empty: nothing matches
+    return out
 
 
 def is_filter_param(name: str) -> bool:

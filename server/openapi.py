@@ -12,6 +12,7 @@ from server.openapi_batch import (
     PATCH_ITEM,
     batch_search_path,
     items_batch_path,
+    query_schema,
     search_json_body,
 )
 from server.openapi_parts import (
@@ -280,7 +281,11 @@ def openapi_spec(
         },
         "paths": paths,
         "components": {
-            "schemas": {**SCHEMAS, **BATCH_SCHEMAS},
+            "schemas": {
+                **SCHEMAS,
+                **BATCH_SCHEMAS,
+                "SearchQuery": query_schema(json_filter, dim),
+            },
             "securitySchemes": {
                 "ApiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}
             },

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.limits import MAX_ABS_NUMBER
+from server.limits import MAX_ABS_NUMBER, MAX_JSON_DEPTH, MAX_JSON_MEMBERS, TEXT_PATTERN
 from server.openapi_parts import (
     ID_SCHEMA,
     K_SCHEMA,
@@ -54,8 +54,9 @@ def search_json_body(flt: dict[str, Any], dim: int | None) -> dict[str, Any]:
     }
 
 
-def batch_search_path(flt: dict[str, Any], dim: int | None, max_entries: int) -> dict[str, Any]:
-    entry = {
+def query_schema(flt: dict[str, Any], dim: int | None) -> dict[str, Any]:
+    """One entry of a batch search (components ``SearchQuery``)."""
+    return {
         "type": "object",
         "description": "exactly one of image (base64), vector or id (a catalog item: its "
         "neighbours, itself excluded); its own options replace the batch's",
@@ -68,6 +69,43 @@ def batch_search_path(flt: dict[str, Any], dim: int | None, max_entries: int) ->
         "oneOf": [{"required": [k]} for k in ("image", "vector", "id")],
         "additionalProperties": False,
     }
+
+
+def any_json(levels: int) -> dict[str, Any]:
+    """Any JSON value the body bounds of :mod:`server.limits` let through, nesting at most
+    ``levels`` more arrays or objects."""
+    scalars: list[dict[str, Any]] = [
+        {"type": "string", "pattern": TEXT_PATTERN},
+        {"type": "number", "minimum": -MAX_ABS_NUMBER, "maximum": MAX_ABS_NUMBER},
+        {"type": "boolean"},
+        {"type": "null"},
+    ]
+    if levels > 0:
+        inner = any_json(levels - 1)
+        scalars += [
+            {"type": "array", "items": inner},
+            {
+                "type": "object",
+                "maxProperties": MAX_JSON_MEMBERS,
+                "propertyNames": {"pattern": TEXT_PATTERN},
+                "additionalProperties": inner,
+            },
+        ]
+    return {"anyOf": scalars}
+
+
+# Entries are checked one by one (a bad one gets its own error in a 200 answer), so the body
+# schema takes any entry within the body's bounds and names the schema an entry should follow.
+def _entry(name: str, depth: int) -> dict[str, Any]:
+    return {
+        **any_json(MAX_JSON_DEPTH - depth + 1),
+        "description": f"an entry as components/schemas/{name} describes; an entry that is "
+        "not gets its own error, the others are answered",
+    }
+
+
+def batch_search_path(flt: dict[str, Any], dim: int | None, max_entries: int) -> dict[str, Any]:
+    entry = _entry("SearchQuery", 3)  # body -> queries -> entry
     body = {
         "type": "object",
         "required": ["queries"],
@@ -97,20 +135,26 @@ def batch_search_path(flt: dict[str, Any], dim: int | None, max_entries: int) ->
     }
 
 
+NEW_ITEM = {
+    "type": "object",
+    "required": ["id", "image"],
+    "properties": {"id": ID_SCHEMA, "image": BASE64_IMAGE, "metadata": METADATA},
+    "additionalProperties": False,
+}
+
+
 def items_batch_path(max_entries: int) -> dict[str, Any]:
-    item = {
-        "type": "object",
-        "required": ["id", "image"],
-        "properties": {"id": ID_SCHEMA, "image": BASE64_IMAGE, "metadata": METADATA},
-        "additionalProperties": False,
-    }
+    item = _entry("NewItem", 3)  # body -> items -> entry
     items = {"type": "array", "minItems": 1, "maxItems": max_entries, "items": item}
     return {
         "post": {
             "summary": "Embed and add many items (durable), each acknowledged",
-            "description": f"At most {max_entries} items (--max-batch-entries), as NDJSON (one "
-            'item per line) or {"items": [...]}. Each gets status 201 or its own error (an '
-            "id that exists or repeats: 409); the others are added all the same.",
+            "description": f"At most {max_entries} items (--max-batch-entries), as "
+            '{"items": [...]} or as `application/x-ndjson`: one NewItem object a line (each line '
+            "a JSON document within the body bounds, else the request is a 400; not listed as "
+            "a content type here because a schema cannot say what is not NDJSON). Each item "
+            "gets status 201 or its own error (an id that exists or repeats: 409); the others "
+            "are added all the same.",
             "security": SECURITY,
             "requestBody": {
                 "required": True,
@@ -123,7 +167,6 @@ def items_batch_path(max_entries: int) -> dict[str, Any]:
                             "additionalProperties": False,
                         }
                     },
-                    "application/x-ndjson": {"schema": items},
                 },
             },
             "responses": {
@@ -181,17 +224,32 @@ BATCH_SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "BatchHit": {
+        "type": "object",
+        "required": ["status", "neighbors"],
+        "properties": {
+            "status": {"type": "integer", "enum": [200]},
+            "id": {"type": "string", "description": "the catalog id queried"},
+            "prediction": ref("Prediction"),
+            "neighbors": {"type": "array", "items": ref("Neighbor")},
+            "k": {"type": "integer"},
+            "filter": {"type": ["object", "null"]},
+            "offset": {"type": "integer"},
+            "score_threshold": {"type": ["number", "null"]},
+        },
+    },
     "BatchSearchResult": {
         "type": "object",
         "required": ["results"],
         "properties": {
             "results": {
                 "type": "array",
-                "items": {"anyOf": [ref("SearchResult"), ref("EntryError")]},
+                "items": {"anyOf": [ref("BatchHit"), ref("EntryError")]},
             },
             "timing_ms": ref("Timing"),
         },
     },
+    "NewItem": NEW_ITEM,
     "BatchAddResult": {
         "type": "object",
         "required": ["results", "added", "failed"],

@@ -59,7 +59,7 @@ ID_SCHEMA = {
     "maxLength": MAX_ID_LENGTH,
     "pattern": ID_PATTERN,
     "description": "printable characters, '/' between non-empty segments other than '.' and "
-    "'..', no leading or trailing space, not ending in /similar or /image",
+    "'..', no leading or trailing space, not ending in /similar or /image, not 'batch'",
 }
 METADATA = {
     "type": "object",

@@ -168,7 +168,10 @@ class LookupService:
     @property
     def numeric_fields(self) -> list[str]:
         """Filterable fields whose every value is a number (the ones ranges apply to)."""
-        return []
+        types = self.index.field_types()
+        return sorted(
+            f for f, kind in types.items() if kind == "number" and f not in PRIVATE_FIELDS
+        )
 
     def search(
         self,

@@ -112,7 +112,7 @@ def test_batch_add_acknowledges_each_item(writable, jpeg_bytes, first_id):
         {"id": "new-1", "image": img},  # repeated in the batch
         {"id": "new-3", "image": _b64(b"not an image")},
         {"id": "new-4"},  # no image
-        "{not json",
+        7,
         {"id": "new-5", "image": img, "metadata": {"image": "/etc/passwd"}},
         {"id": "", "image": img},
     ]
@@ -134,6 +134,9 @@ def test_batch_add_acknowledges_each_item(writable, jpeg_bytes, first_id):
         ("", 400),
     ]
     assert body["added"] == 2 and body["failed"] == 7
+    broken = _ndjson([rows[0], "{not json"])  # not NDJSON: the whole request is refused
+    r = c.post("/v1/items/batch", data=broken, content_type="application/x-ndjson", headers=KEY)
+    assert "line 2" in assert_error(r, 400, "invalid_json")["message"]
     assert body["results"][0]["item"]["price"] == 10
     assert body["results"][4]["error"]["code"] == "invalid_image"
     hit = c.post("/v1/search?k=1&filter.label=nova-max", json={"image": img}).get_json()

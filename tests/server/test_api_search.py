@@ -165,11 +165,18 @@ def test_malformed_or_unknown_filters_are_400(client, jpeg_bytes, flt):
     assert_error(client.post("/v1/search", json=body), 400)
 
 
-def test_a_field_in_the_query_and_the_body_is_400(client, jpeg_bytes, catalog_rows):
-    label = next(iter(catalog_rows.values()))["label"]
-    body = {"image": _b64(jpeg_bytes), "filter": {"label": label}}
-    r = client.post(f"/v1/search?filter.label={label}", json=body)
-    assert "twice" in assert_error(r, 400, "invalid_filter")["message"]
+def test_a_field_in_the_query_and_the_body_must_match_both(client, jpeg_bytes, catalog_rows):
+    labels = sorted({r["label"] for r in catalog_rows.values()})
+    low, mid, high = _prices(catalog_rows)
+    body = {"image": _b64(jpeg_bytes), "k": 50, "filter": {"label": labels[0]}}
+    r = client.post(f"/v1/search?filter.label={labels[1]}", json=body)
+    assert r.status_code == 200 and r.get_json()["neighbors"] == []
+    r = client.post(f"/v1/search?filter.label={labels[0]}", json=body)
+    assert {n["label"] for n in r.get_json()["neighbors"]} == {labels[0]}
+    body["filter"] = {"price": {"lt": high}}
+    query = {"filter": json.dumps({"price": {"gt": low}})}
+    got = client.post("/v1/search", query_string=query, json=body).get_json()["neighbors"]
+    assert {float(n["price"]) for n in got} == {mid}
 
 
 def test_similar_takes_range_filters_offset_and_threshold(client, first_id, catalog_rows):
