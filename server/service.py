@@ -13,7 +13,6 @@ import os
 import threading
 import time
 import uuid
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +23,14 @@ from PIL import Image
 
 from common.fsutil import atomic_write
 from embedder.errors import ImageError
-from embedder.images import IMAGE_FORMATS, load_image
+from embedder.images import load_image
 from embedder.inference import Embedder
 from index.catalog import CatalogIndex, Hit, Item
 from index.errors import DuplicateIdError
 from server.batcher import Arrival, MicroBatcher
 from server.config import ServerConfig
 from server.errors import ApiError
+from server.files import declared_pixels, inside
 from server.limits import check_item_id
 from server.metrics import Metrics
 
@@ -117,7 +117,7 @@ class LookupService:
         Every image goes through :func:`~embedder.images.load_image` (its format list, pixel
         budget and mode conversions); large ones take one of ``LARGE_DECODES`` slots first.
         """
-        if _pixels(data) <= LARGE_PIXELS:
+        if declared_pixels(data) <= LARGE_PIXELS:
             return load_image(data, min_side=self.embedder.decode_side)
         with self._large_decodes:
             return load_image(data, min_side=self.embedder.decode_side)
@@ -288,7 +288,7 @@ class LookupService:
         self.index.remove([item_id])
         image_dir = self.config.image_dir
         path = metadata.get("image")
-        if image_dir and path and _inside(Path(path), [Path(image_dir)]):
+        if image_dir and path and inside(Path(path), [Path(image_dir)]):
             self.drop_image(Path(path))
         log.info("removed item %r", item_id)
 
@@ -338,7 +338,7 @@ class LookupService:
         if not raw:
             raise ApiError(404, "no_image", f"item {item_id!r} has no image")
         path = Path(os.path.realpath(raw))  # checked and read as resolved: no "..", no links
-        if not _inside(path, self._roots):
+        if not inside(path, self._roots):
             log.warning("refusing thumbnail of %r: %s is outside the image roots", item_id, raw)
             raise ApiError(404, "no_image", f"item {item_id!r} has no servable image")
         try:
@@ -403,28 +403,3 @@ class LookupService:
             },
             "writes_enabled": cfg.writes_enabled and not self.index.readonly,
         }
-
-
-def _pixels(data: bytes) -> int:
-    """The pixel count an image file declares (0 if its header cannot be read), decoding none
-    of it; JPEGs count after the reduced-size decode that load_image applies to them."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # corrupt headers warn: load_image has the last word
-            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
-                return 0 if img.format == "JPEG" else img.width * img.height
-    except Exception:  # the decoder proper reports what is wrong
-        return 0
-
-
-def _inside(path: Path, roots: list[Path]) -> bool:
-    """Whether ``path`` (symlinks resolved) lies inside one of ``roots``."""
-    real = os.path.realpath(path)
-    for root in roots:
-        base = os.path.realpath(root)
-        try:
-            if os.path.commonpath([real, base]) == base:
-                return True
-        except ValueError:
-            continue
-    return False
