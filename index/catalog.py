@@ -309,13 +309,6 @@ class CatalogIndex:
                 )
         return [Item(r.id, r.metadata) for r in rows if r is not None]
 
-    def field_types(self) -> dict[str, str]:
-        """Each filterable field's type as filters see it (``number``, ``boolean``, ``text``,
-        ``empty``). Stopgap for the server's OpenAPI document (ranges on numbers only)."""
-        with self._rw.read():
-            self._check_open()
-            return {f: self._filters.field_type(f) for f in sorted(self._store.fields())}
-
     def update_metadata(self, id_: str, metadata: Mapping[str, Any], *, merge: bool = True) -> Item:
         """Change an item's metadata durably (one SQLite transaction), its vector untouched;
         ``merge=False`` replaces it. Stopgap for the server until w-store's version merges."""
