@@ -18,7 +18,6 @@ until :meth:`CatalogIndex.refresh`.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 import threading
@@ -288,42 +287,6 @@ class CatalogIndex:
             )
             rows = self._store.lookup(I[I >= 0])
         return hits_of(D, I, rows)
-
-    def list_items(
-        self, after: str | None = None, limit: int = 100, filter: Mapping[str, Any] | None = None
-    ) -> list[Item]:
-        """Up to ``limit`` items (matching ``filter``) with ids after ``after``, in id order.
-
-        Stopgap for the server until w-store's version merges: it reads every id once.
-        """
-        with self._rw.read():
-            self._check_open()
-            if filter is None:
-                ids = (i for i in self._store.iter_ids() if after is None or i > after)
-                page = heapq.nsmallest(limit, ids)
-                rows = [self._store.get(i) for i in page]
-            else:
-                found = self._store.lookup(self._filters.fids(filter)).values()
-                rows = heapq.nsmallest(
-                    limit, (r for r in found if after is None or r.id > after), key=lambda r: r.id
-                )
-        return [Item(r.id, r.metadata) for r in rows if r is not None]
-
-    def update_metadata(self, id_: str, metadata: Mapping[str, Any], *, merge: bool = True) -> Item:
-        """Change an item's metadata durably (one SQLite transaction), its vector untouched;
-        ``merge=False`` replaces it. Stopgap for the server until w-store's version merges."""
-        self._check_writable()
-        md = clean_metadata_rows([metadata], 1)[0]
-        with self._write_mutex, self._rw.write():
-            self._check_open()
-            row = self._store.get(id_) if isinstance(id_, str) else None
-            if row is None:
-                raise UnknownIdError([str(id_)], "update")
-            new = {**row.metadata, **md} if merge else md
-            with self._store.transaction():
-                self._store.delete_items([row.fid])
-                self._store.insert_items([row.fid], [row.id], [new])
-        return Item(row.id, new)
 
     # -- updates -----------------------------------------------------------------------------
     def add(
