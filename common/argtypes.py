@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import os
 import re
 
 
@@ -92,6 +93,18 @@ def device(text: str) -> str:
     return text
 
 
+_STORE_URL = re.compile(r"^postgres(ql)?://[^\s]*$")
+
+
+def store_url(text: str) -> str:
+    """A catalog store URL: ``postgresql://[user[:password]@]host[:port]/dbname[?...]``."""
+    if not _STORE_URL.match(text):
+        raise argparse.ArgumentTypeError(
+            f"must be a postgresql://user@host:port/dbname URL, got {text[:40]!r}"
+        )
+    return text
+
+
 # argparse names the type in "invalid ... value" messages.
 positive_int.__name__ = "positive integer"
 non_negative_int.__name__ = "non-negative integer"
@@ -103,6 +116,7 @@ non_negative_float.__name__ = "non-negative number"
 fraction.__name__ = "number in [0, 1)"
 probability.__name__ = "number in [0, 1]"
 device.__name__ = "device"
+store_url.__name__ = "store URL"
 
 
 def add_data_option(
@@ -134,6 +148,20 @@ def add_index_option(parser: argparse.ArgumentParser, help: str) -> None:
     older spelling) still works. :func:`index_folder` reads whichever was given."""
     parser.add_argument("--index", dest="index_option", metavar="INDEX_DIR", help=help)
     parser.add_argument("index_positional", nargs="?", metavar="INDEX_DIR", help=argparse.SUPPRESS)
+
+
+def add_store_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--store URL``: the catalog store when it is not the index folder's own SQLite file
+    (a PostgreSQL database shared by several machines); read as ``args.store``."""
+    parser.add_argument(
+        "--store",
+        type=store_url,
+        metavar="URL",
+        default=os.environ.get("PHONESIM_STORE") or None,  # keeps passwords out of `ps`
+        help=help
+        or "catalog store: a postgresql://user@host:port/dbname URL "
+        "(default: the SQLite file in the index folder); also $PHONESIM_STORE",
+    )
 
 
 def index_folder(args: argparse.Namespace) -> str:

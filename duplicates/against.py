@@ -62,9 +62,10 @@ def find_against(
     descriptor: CopyDescriptor,
     embedder: Embedder,
     samples: Sequence[Sample],
-    index_dir: str | Path,
+    index_dir: str | Path | None,
     config: FinderConfig,
     against: AgainstConfig | None = None,
+    store: str | None = None,
 ) -> DuplicateResult:
     """Groups of one new listing plus the catalog items it duplicates (catalog item kept)."""
     from index import open_index  # the index package is only needed in this mode
@@ -75,10 +76,12 @@ def find_against(
     with open_index(
         index_dir,
         readonly=True,
+        store=store,
         expect_model=embedder.model_name,
         expect_checkpoint_hash=embedder.checkpoint_hash,
         expect_dim=embedder.dim,
     ) as ix:
+        index_dir = index_dir if index_dir is not None else ix.where
         stored = ix.manifest.source.get("embedding_precision")
         problem = precision_mismatch(f"index {index_dir}", stored, embedder.runtime)
         if problem:

@@ -10,7 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from common.argtypes import add_data_option, data_source, non_negative_int, positive_int
+from common.argtypes import (
+    add_data_option,
+    add_store_option,
+    data_source,
+    non_negative_int,
+    positive_int,
+)
 from common.errors import run_reporting_errors
 from embedder.engine_options import EngineOptions, add_engine_options
 
@@ -72,6 +78,7 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
         help="check the images against this catalog index (built by 'phonesim index build "
         "--catalog CSV') instead of among themselves",
     )
+    add_store_option(p, "check against the catalog in this PostgreSQL store (like --against)")
     p.add_argument(
         "--threshold",
         type=_unit_float,
@@ -143,14 +150,16 @@ def run_find(args: argparse.Namespace) -> int:
     engine = EngineOptions.from_args(args)
     descriptor = CopyDescriptor.from_checkpoint(args.checkpoint, stored.descriptor, engine)
     log.info("descriptor runs on %s", descriptor.engine.describe())
-    if args.index:
+    if args.index or args.store:
         from embedder.inference import Embedder
 
         # The same engine: one model in memory for the descriptor and the index queries.
         ckpt = read_config(args.checkpoint)
         embedder = Embedder(descriptor.engine, ckpt, checkpoint_hash(args.checkpoint))
         against = AgainstConfig(k=args.k) if args.k else AgainstConfig()
-        result = find_against(descriptor, embedder, samples, args.index, config, against)
+        result = find_against(
+            descriptor, embedder, samples, args.index, config, against, store=args.store
+        )
     else:
         result = find_duplicates(descriptor, samples, config)
     paths = write_report(result, args.out)

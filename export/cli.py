@@ -8,6 +8,7 @@ import sys
 
 from common.argtypes import (
     add_data_option,
+    add_store_option,
     data_source,
     non_negative_int,
     positive_float,
@@ -54,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="search neighbours in this index folder (built with the same checkpoint) "
         "instead of an index built on the fly from the exported embeddings",
     )
+    add_store_option(p, "search neighbours in the catalog of this PostgreSQL store (like --index)")
     p.add_argument(
         "--neighbors",
         type=non_negative_int,
@@ -227,6 +229,7 @@ def config_from_args(args: argparse.Namespace):
         input_kind=kind,
         out=args.out,
         index=args.index,
+        store=args.store,
         neighbors=args.neighbors,
         dtype=args.dtype,
         batch_size=args.batch_size,

@@ -25,6 +25,8 @@ class ExportConfig:
     out: str
     input_kind: str | None = None  # "images", "manifest" or None (either)
     index: str | None = None
+    #: The catalog store of ``index`` when not its folder's SQLite file (a PostgreSQL URL).
+    store: str | None = None
     neighbors: int = 10
     dtype: str = "float32"
     batch_size: int = 64

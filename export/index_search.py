@@ -24,20 +24,29 @@ class IndexDirSearch:
 
     @classmethod
     def open(
-        cls, path: str, model_name: str, checkpoint_hash: str, dim: int, row_ids: np.ndarray
+        cls,
+        path: str | None,
+        model_name: str,
+        checkpoint_hash: str,
+        dim: int,
+        row_ids: np.ndarray,
+        store: str | None = None,
     ) -> IndexDirSearch:
-        """Open read-only; a different model or checkpoint raises the index's mismatch error."""
+        """Open read-only (from ``store``, a PostgreSQL URL, if given); a different model or
+        checkpoint raises the index's mismatch error."""
         from index.catalog import CatalogIndex
 
         index = CatalogIndex.open(
             path,
             readonly=True,
+            store=store,
             expect_model=model_name,
             expect_checkpoint_hash=checkpoint_hash,
             expect_dim=dim,
         )
-        log.info("neighbours from index %s (%d items)", path, len(index))
-        return cls(index, row_ids, f"index folder {path} ({index.kind})")
+        log.info("neighbours from index %s (%d items)", index.where, len(index))
+        what = f"store {index.where}" if store else f"index folder {path}"
+        return cls(index, row_ids, f"{what} ({index.kind})")
 
     def search(
         self, xq: np.ndarray, k: int, rows: np.ndarray, ids: np.ndarray

@@ -152,11 +152,16 @@ def _embed_stage(
 def _neighbor_search(
     config: ExportConfig, identity: JobIdentity, h5: h5py.File, row_ids: np.ndarray
 ) -> NeighborSearch:
-    if config.index:
+    if config.index or config.store:
         from export.index_search import IndexDirSearch
 
         return IndexDirSearch.open(
-            config.index, identity.model_name, identity.checkpoint_hash, identity.dim, row_ids
+            config.index,
+            identity.model_name,
+            identity.checkpoint_hash,
+            identity.dim,
+            row_ids,
+            store=config.store,
         )
     n = h5[schema.EMBEDDINGS].shape[0]
     factory = config.neighbor_index or auto_factory(n, config.exact_limit)
@@ -188,12 +193,13 @@ def _check_factory(factory: str, dim: int) -> None:
         ) from None
 
 
-def _check_index(path: str, identity: JobIdentity, runtime: str) -> None:
-    from index import read_manifest
+def _check_index(path: str | None, identity: JobIdentity, runtime: str, store: str | None) -> None:
+    from index.stores import read_store_manifest
 
-    if not Path(path).is_dir():
+    if store is None and not Path(path).is_dir():
         raise ExportError(f"{path}: index folder not found")
-    manifest = read_manifest(path)
+    manifest = read_store_manifest(path, store)
+    path = path or "in the store"
     manifest.check(
         expect_model=identity.model_name,
         expect_checkpoint_hash=identity.checkpoint_hash,
@@ -276,8 +282,10 @@ def export_features(config: ExportConfig) -> ExportSummary:
         inputs_count=len(inputs),
         precision=precision(config.runtime),
     )
-    if config.index:
-        _check_index(config.index, identity, config.runtime)  # before hours of embedding, not after
+    if config.index or config.store:
+        _check_index(
+            config.index, identity, config.runtime, config.store
+        )  # before hours of embedding, not after
     if config.neighbor_index:
         _check_factory(config.neighbor_index, identity.dim)
     partial = PartialDir.open(out, identity, restart=config.restart)

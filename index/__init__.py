@@ -30,8 +30,10 @@ from index.errors import (
     InvalidMetadataError,
     InvalidParamsError,
     InvalidVectorsError,
+    ItemNotFoundError,
     ManifestError,
     ReadOnlyIndexError,
+    StoreUnavailableError,
     UnknownIdError,
 )
 from index.sizing import ivf_nlist, knn_factory
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
         read_embeddings,
     )
     from index.catalog import CatalogIndex, IndexOptions, open_index
+    from index.journal import SyncStatus
     from index.manifest import Manifest, read_manifest
     from index.results import Hit, Item
 
@@ -65,6 +68,7 @@ _LAZY = {
     "index.catalog": ("CatalogIndex", "IndexOptions", "open_index"),
     "index.manifest": ("Manifest", "read_manifest"),
     "index.results": ("Hit", "Item"),
+    "index.journal": ("SyncStatus",),
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 
@@ -94,9 +98,12 @@ __all__ = [
     "InvalidParamsError",
     "InvalidVectorsError",
     "Item",
+    "ItemNotFoundError",
     "Manifest",
     "ManifestError",
     "ReadOnlyIndexError",
+    "StoreUnavailableError",
+    "SyncStatus",
     "UnknownIdError",
     "build_from_files",
     "build_index",

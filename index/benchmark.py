@@ -26,15 +26,13 @@ import numpy as np
 
 from common.fsutil import folder_size
 from index import ann
+from index.bench_filters import catalog_metadata, filter_cases, format_filters, measure_filters
 from index.build import build_index
-from index.catalog import CatalogIndex
+from index.catalog import CatalogIndex, IndexOptions
 from index.evaluation import ClusteredMixture, knn_ground_truth, knn_recall_at_k
 from index.tuning import search_params, tunable_param
 
 log = logging.getLogger(__name__)
-
-N_LABELS = 40  # "brands": each ~2.5 % of the catalog, too many for the exact filter path
-RARE_EVERY = 1000  # one item in RARE_EVERY is tagged rare (exact filter path)
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,8 @@ class BenchConfig:
     k: int = 10
     latency_queries: int = 1000
     flat_queries: int = 30
+    filter_queries: int = 200
+    exact_filter_limit: int | None = None
     target_recall: float = 0.95
     threads: int | None = None
     seed: int = 0
@@ -108,11 +108,9 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     D_gt, I_gt = knn_ground_truth(xq, xb, cfg.k)
     r["exact_batch_qps"] = cfg.nq / (time.perf_counter() - t)
 
-    labels = clusters % N_LABELS
-    metadata = [
-        {"label": f"brand{int(c)}", **({"tier": "rare"} if i % RARE_EVERY == 0 else {})}
-        for i, c in enumerate(labels)
-    ]
+    metadata, labels, prices = catalog_metadata(clusters, cfg.seed)
+    cases = filter_cases(labels, prices)
+    del labels, prices
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="bench_index_"))
     work.mkdir(parents=True, exist_ok=True)
     path = work / "index"
@@ -138,14 +136,24 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
         r["peak_rss_after_build_mib"] = peak_rss_mib()
 
         r["serving_rss_mib"] = _serving_rss_mib(path, cfg.dim)
+        flat = faiss.IndexFlatIP(cfg.dim)  # the exact baseline; rows are the fids
+        flat.add(xb)
+        del xb
+        opts = IndexOptions()
+        if cfg.exact_filter_limit is not None:
+            opts = IndexOptions(exact_filter_limit=cfg.exact_filter_limit)
+        r["exact_filter_limit"] = opts.exact_filter_limit
         t = time.perf_counter()
-        ix = CatalogIndex.open(path)
+        ix = CatalogIndex.open(path, options=opts)
         r["open_s"] = time.perf_counter() - t
         with ix:
             _measure_search(ix, xq, I_gt, cfg, r)
-            _measure_filters(ix, xb, labels, xq, cfg, r)
+            nq = min(cfg.filter_queries, len(xq))
+            measure_filters(
+                ix, flat, xq, cases, k=cfg.k, nq=nq, exact_queries=cfg.flat_queries, r=r
+            )
             _measure_updates(ix, mix, cfg, r)
-        _measure_flat(xb, xq, cfg, r)
+        _measure_flat(flat, xq, cfg, r)
     finally:
         if not cfg.keep:
             shutil.rmtree(work if cfg.workdir is None else path, ignore_errors=True)
@@ -214,37 +222,6 @@ def _measure_search(
     r["tradeoff"] = curve
 
 
-def _measure_filters(
-    ix: CatalogIndex,
-    xb: np.ndarray,
-    labels: np.ndarray,
-    xq: np.ndarray,
-    cfg: BenchConfig,
-    r: dict,
-) -> None:
-    """Filtered search on 8 of 40 labels, on one label and on a rare tag.
-
-    Labels follow clusters, so most queries' nearest matches lie in other clusters: the hard
-    case for filtered approximate search.
-    """
-    k, nq = cfg.k, min(200, len(xq))
-    broad = [f"brand{i}" for i in range(8)]
-    for name, flt, rows in (
-        ("broad", {"label": broad}, np.flatnonzero(labels < 8)),  # ~20 %: approximate
-        ("label", {"label": "brand3"}, np.flatnonzero(labels == 3)),  # ~2.5 %: exact scan
-        ("rare", {"tier": "rare"}, np.arange(0, cfg.n, RARE_EVERY)),  # 0.1 %
-    ):
-        if len(rows) == 0:
-            continue
-        ix.search(xq[0], k, filter=flt)  # warm the filter cache, as a server would
-        lat = _time_single(lambda q, f=flt: ix.search(q, k, filter=f), xq, nq)
-        _, I_sub = knn_ground_truth(xq[:nq], xb[rows], k)
-        found = _fids(ix.search(xq[:nq], k, filter=flt), k)
-        r[f"filter_{name}_matches"] = len(rows)
-        r[f"filter_{name}_p50_ms"] = _percentiles_ms(lat)[0]
-        r[f"filter_{name}_recall_at_10"] = knn_recall_at_k(found, rows[I_sub], k)
-
-
 def _measure_updates(ix: CatalogIndex, mix: ClusteredMixture, cfg: BenchConfig, r: dict) -> None:
     """Durable add/remove (SQLite commit with fsync + FAISS) against FAISS-only adds."""
     xa, _ = mix.sample(1000 * 6 + 40, seed=3)
@@ -288,10 +265,8 @@ def _measure_updates(ix: CatalogIndex, mix: ClusteredMixture, cfg: BenchConfig, 
     r["checkpoint_s"] = time.perf_counter() - t
 
 
-def _measure_flat(xb: np.ndarray, xq: np.ndarray, cfg: BenchConfig, r: dict) -> None:
+def _measure_flat(flat: faiss.IndexFlatIP, xq: np.ndarray, cfg: BenchConfig, r: dict) -> None:
     """The baseline: exact single-query search with FAISS ``IndexFlatIP``, same process."""
-    flat = faiss.IndexFlatIP(cfg.dim)
-    flat.add(xb)
     flat.search(xq[:1], cfg.k)
     lat = _time_single(lambda q: flat.search(q[None, :], cfg.k), xq, cfg.flat_queries)
     r["flat_p50_ms"], r["flat_p99_ms"] = _percentiles_ms(lat)
@@ -335,15 +310,7 @@ def format_table(r: dict[str, Any]) -> str:
         rows.append(
             (f"  {name}={t[name]}", f"recall@10 {t['recall_at_10']:.4f}, p50 {t['p50_ms']:.3f} ms")
         )
-    for name in ("broad", "label", "rare"):
-        if f"filter_{name}_p50_ms" in r:
-            rows.append(
-                (
-                    f"filter {name} ({r[f'filter_{name}_matches']:,} match)",
-                    f"p50 {r[f'filter_{name}_p50_ms']:.2f} ms, "
-                    f"recall@10 {r[f'filter_{name}_recall_at_10']:.4f}",
-                )
-            )
+    rows += format_filters(r)
     mem = ""
     if "memory_add_1_ms" in r:
         mem = (

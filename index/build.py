@@ -250,13 +250,16 @@ def build_index(
     overwrite: bool = False,
     progress: bool = False,
     source: Mapping[str, Any] | None = None,
+    store: str | None = None,
 ) -> BuildReport:
     """Build an index folder at ``out`` from ``ids``, vectors ``xb`` and per-id metadata.
 
     ``kind``: ``auto`` (flat below :data:`~index.ann.AUTO_FLAT_MAX` items, else ivf),
     ``flat``, ``ivf``, ``hnsw`` or a FAISS factory string. Approximate kinds get their
     ``nprobe``/``efSearch`` default tuned to reach ``target_recall`` (recall@10).
-    ``out`` must not exist or be empty unless ``overwrite``.
+    ``out`` must not exist or be empty unless ``overwrite``. ``store``: a PostgreSQL URL to
+    copy the built catalog into (:func:`index.pg_admin.push_folder`; ``overwrite`` also
+    applies there); ``out`` then stays as a local snapshot of it.
     """
     t_start = time.perf_counter()
     out = Path(out)
@@ -273,6 +276,10 @@ def build_index(
         os.close(lock_writer(out))  # fail now, not after the build, if a writer has it open
     if not out.parent.is_dir():
         raise BuildInputError(f"{out.parent}: parent folder does not exist")
+    if store is not None and not overwrite:
+        from index.pg_admin import refuse_existing
+
+        refuse_existing(store)  # fail now, not after the build
     if not isinstance(model_name, str) or not model_name:
         raise BuildInputError("model_name must be a non-empty string")
     ids = prepare_ids(ids)
@@ -330,10 +337,16 @@ def build_index(
         write_manifest(tmp, manifest)
         fsync_dir(tmp)
         timings["write_s"] = time.perf_counter() - t
-        _move_into_place(tmp, out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if store is not None:
+        from index.pg_admin import push_folder
+
+        t = time.perf_counter()
+        push_folder(out, store, overwrite=overwrite)
+        timings["store_s"] += time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     log.info(
         "built %s: %d items, kind %s, %s in %.1f s",
@@ -368,7 +381,7 @@ def _write_store(
     fsync_path(path)
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
+def move_into_place(tmp: Path, out: Path) -> None:
     """Swap the finished build in for ``out``, holding the old index's writer lock meanwhile."""
     lock = lock_writer(out) if (out / MANIFEST_NAME).is_file() else None
     try:
@@ -387,8 +400,10 @@ def build_from_files(
     target_recall: float = 0.95,
     overwrite: bool = False,
     progress: bool = True,
+    store: str | None = None,
 ) -> BuildReport:
-    """``phonesim index build``: embeddings HDF5 (+ optional catalog CSV) to an index folder."""
+    """``phonesim index build``: embeddings HDF5 (+ optional catalog CSV) to an index folder
+    (and into the PostgreSQL ``store``, if given)."""
     emb = read_embeddings(embeddings)
     rows = read_catalog_csv(catalog) if catalog is not None else None
     metadata = join_metadata(emb.ids, emb.labels, rows)
@@ -412,6 +427,7 @@ def build_from_files(
         overwrite=overwrite,
         progress=progress,
         source=source,
+        store=store,
     )
 
 

@@ -4,23 +4,21 @@ It opens an index folder (:mod:`index.folder`): the catalog store of ids, metada
 (:mod:`index.store`) and this process's FAISS copy (:mod:`index.replica`). Searches are
 planned by :mod:`index.filtered_search`.
 
-Durability: ``add`` and ``remove`` commit one SQLite transaction (fsynced) holding the metadata
-change *and* a journal record with the vectors, then apply it to the in-memory FAISS index.
-Opening replays the journal records newer than the FAISS file, so a change that returned
-survives SIGKILL or power loss. :meth:`CatalogIndex.checkpoint` (automatic every
-``checkpoint_every`` journaled vectors) folds the journal into a new FAISS file.
+Durability: ``add``, ``remove`` and ``update_metadata`` commit one store transaction holding
+the change *and* a journal record (with the vectors), then apply it to this process's FAISS
+copy. Opening replays the journal records newer than the snapshot, so a change that returned
+survives SIGKILL or power loss. :meth:`CatalogIndex.compact` (automatic by journal size or
+age) folds the journal into a new snapshot.
 
-Concurrency: in one process, searches run in parallel and see an update either entirely or not
-at all (readers-writer lock). One process at a time may open an index for writing (a ``flock``
-on ``writer.lock``); any number may open it read-only, each pinning the snapshot it opened
-until :meth:`CatalogIndex.refresh`.
+Concurrency (:mod:`index.following`, index/README.md): any number of processes open the same
+store, writable or not; the store's transactions serialise writes, and each process follows
+the journal (:meth:`CatalogIndex.sync`). In one process, searches run in parallel and see an
+update either entirely or not at all (readers-writer lock).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,21 +27,12 @@ from typing import Any
 import numpy as np
 
 from index import ann
-from index.errors import (
-    DuplicateIdError,
-    IndexNotFoundError,
-    InvalidParamsError,
-    ReadOnlyIndexError,
-    UnknownIdError,
-)
-from index.filtered_search import Live, SearchCache, knn_search
-from index.filters import FilterEngine
-from index.folder import lock_writer, store_path, summary
+from index.errors import InvalidParamsError, UnknownIdError
+from index.filtered_search import Live, knn_search
+from index.folder import summary
+from index.following import Following
 from index.inputs import clean_metadata_rows, prepare_ids, prepare_vectors
-from index.manifest import Manifest, read_manifest, write_manifest
-from index.replica import Replica
 from index.results import Hit, Item, hits_of
-from index.rwlock import RWLock
 from index.store import CatalogStore
 
 log = logging.getLogger(__name__)
@@ -53,127 +42,73 @@ log = logging.getLogger(__name__)
 class IndexOptions:
     """Run-time settings of an opened index (not stored in the folder).
 
-    ``checkpoint_every``: journaled vectors (added or removed) after which a write writes a new
-    FAISS file and empties the journal. ``exact_filter_limit``: filters matching at most this
-    many items are answered by exact search over just those items.
+    Compaction (folding the journal into a new snapshot) is due when the journal holds
+    ``compact_entries`` records, or ``checkpoint_every`` vectors, or its oldest record is
+    ``compact_age_s`` seconds old; ``auto_compact=False`` leaves it to :meth:`compact`.
+    ``exact_filter_limit``: filters matching at most this many items are answered by exact
+    search over just those items. ``sync_on_read``: check the store for changes (a
+    microsecond ``PRAGMA data_version`` on SQLite) before each read.
     """
 
     checkpoint_every: int = 50_000
     exact_filter_limit: int = 50_000
+    compact_entries: int = 10_000
+    compact_age_s: float = 600.0
+    auto_compact: bool = True
+    sync_on_read: bool = True
 
 
-class CatalogIndex:
-    """An opened index folder. Use :meth:`open` (or :func:`index.build.build_index`)."""
-
-    def __init__(
-        self,
-        path: Path,
-        manifest: Manifest,
-        store: CatalogStore,
-        *,
-        readonly: bool,
-        options: IndexOptions,
-        lock_fd: int | None,
-    ) -> None:
-        self.path = path
-        self.manifest = manifest
-        self.readonly = readonly
-        self.options = options
-        self._store = store
-        self._lock_fd = lock_fd
-        self._rw = RWLock()
-        self._write_mutex = threading.Lock()
-        self._replica = Replica(path, manifest.dim)
-        self._cache = SearchCache()
-        self._filters = FilterEngine(store)
-        self._closed = False
-        self._count = 0
-        self._next_fid = 0
+class CatalogIndex(Following):
+    """An opened catalog index. Use :meth:`open` (or :func:`index.build.build_index`)."""
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
     def open(
         cls,
-        path: str | Path,
+        path: str | Path | None,
         *,
         readonly: bool = False,
+        store: str | None = None,
         expect_model: str | None = None,
         expect_checkpoint_hash: str | None = None,
         expect_dim: int | None = None,
         options: IndexOptions | None = None,
     ) -> CatalogIndex:
-        """Open an index folder, checking it against the embedder that will query it.
+        """Open an index, checking it against the embedder that will query it.
 
+        ``store``: None for the SQLite store of the index folder ``path``; a
+        ``postgresql://`` URL for a PostgreSQL store (``path`` then only names it in
+        messages and may be None). Any number of processes may open the same store, writable
+        or not: writes serialise in the store, and each process follows the others' changes
+        (:meth:`sync`). ``readonly=True`` refuses writes here.
         ``expect_*`` (None: not checked) must match the manifest, else
-        :class:`~index.errors.IndexMismatchError` names each difference. ``readonly=True``
-        takes no lock and pins a consistent snapshot; otherwise this process becomes the only
-        writer (:class:`~index.errors.IndexLockedError` if another process is).
+        :class:`~index.errors.IndexMismatchError` names each difference.
         """
-        path = Path(path)
-        manifest = read_manifest(path)
-        manifest.check(
-            expect_model=expect_model,
-            expect_checkpoint_hash=expect_checkpoint_hash,
-            expect_dim=expect_dim,
-            where=f"index {path}",
-        )
-        db = store_path(path)
-        lock_fd = None if readonly else lock_writer(path)
-        store = None
+        from index.stores import open_source
+
+        source, manifest, where = open_source(path, store)
         try:
-            store = CatalogStore(db, readonly=readonly)
+            manifest.check(
+                expect_model=expect_model,
+                expect_checkpoint_hash=expect_checkpoint_hash,
+                expect_dim=expect_dim,
+                where=f"index {where}",
+            )
             self = cls(
-                path,
+                Path(path) if path is not None else None,
                 manifest,
-                store,
+                source,
                 readonly=readonly,
                 options=options or IndexOptions(),
-                lock_fd=lock_fd,
             )
-            self._load()
-            if not readonly:
-                self._replica.remove_stale_files()
+            self._start()
         except BaseException:
-            if store is not None:
-                store.close()
-            if lock_fd is not None:
-                os.close(lock_fd)
+            source.close()
             raise
-        log.debug("opened %s: %d items, kind %s", path, self._count, manifest.kind)
+        log.debug("opened %s: %d items, kind %s", where, len(self), manifest.kind)
         return self
 
-    def _load(self) -> None:
-        """Load the FAISS copy and the catalog counters from one store snapshot."""
-        self._replica.load(self._store, keep_snapshot=self.readonly)
-        self._cache = SearchCache()
-        self._read_counters()
-        self._replica.find_dead(self._store, self._count)
-
-    def _read_counters(self) -> None:
-        self._count = self._store.count()
-        self._next_fid = int(self._store.get_state("next_fid", "0") or 0)
-
-    def refresh(self) -> bool:
-        """Move a read-only index to the latest committed state; True if anything changed."""
-        with self._rw.write():
-            self._check_open()
-            before = self._replica.position
-            if not self.readonly:
-                return False
-            self._store.end_snapshot()
-            self._store.begin_snapshot()
-            if self._store.get_state("checkpoint_file") != self._replica.ck_file:
-                self._load()
-            else:
-                self._replica.replay(self._store)
-                self._read_counters()
-            return self._replica.position != before
-
     # -- basic accessors ----------------------------------------------------------------------
-    @property
-    def dim(self) -> int:
-        return self.manifest.dim
-
     @property
     def kind(self) -> str:
         return self.manifest.kind
@@ -186,16 +121,23 @@ class CatalogIndex:
     @property
     def filterable_fields(self) -> frozenset[str]:
         """Metadata fields usable in ``search(filter=...)``."""
+        self._fresh()
         with self._rw.read():
             self._check_open()
             return self._store.fields()
 
+    @property
+    def store(self) -> CatalogStore:
+        """The catalog store this process reads (:meth:`CatalogStore.field_values`, ...)."""
+        return self._store
+
     def __len__(self) -> int:
-        return self._count
+        return self._replica.count
 
     def __contains__(self, id_: object) -> bool:
         if not isinstance(id_, str):
             return False
+        self._fresh()
         with self._rw.read():
             self._check_open()
             return self._store.get(id_) is not None
@@ -203,10 +145,12 @@ class CatalogIndex:
     def ids(self) -> Iterator[str]:
         """Iterate over the catalog ids (in insertion order)."""
         self._check_open()
+        self._fresh()
         return self._store.iter_ids()
 
     def get(self, id_: str) -> Item:
         """The stored item; :class:`~index.errors.UnknownIdError` (a ``KeyError``) if absent."""
+        self._fresh()
         with self._rw.read():
             self._check_open()
             row = self._store.get(id_) if isinstance(id_, str) else None
@@ -214,13 +158,31 @@ class CatalogIndex:
             raise UnknownIdError([str(id_)], "get")
         return Item(row.id, row.metadata)
 
+    def list_items(
+        self, after: str | None = None, limit: int = 100, filter: Mapping[str, Any] | None = None
+    ) -> list[Item]:
+        """Up to ``limit`` items with ids after ``after`` (None: from the start), in id order:
+        page with ``after=<last id of the previous page>``. ``filter`` as in :meth:`search`."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidParamsError(f"limit must be a non-negative integer, got {limit!r}")
+        if after is not None and not isinstance(after, str):
+            raise InvalidParamsError(f"after must be an id (a string), got {after!r}")
+        self._fresh()
+        with self._rw.read():
+            self._check_open()
+            allowed = None if filter is None else self._store.filter_fids(filter)
+            rows = self._store.list_items(after, limit, allowed) if limit else []
+        return [Item(r.id, r.metadata) for r in rows]
+
     def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
         """Stored unit vectors of ``ids`` (len(ids) x dim float32), e.g. to query by item."""
         ids = list(ids)
+        self._fresh()
         with self._rw.read():
             self._check_open()
             found = self._store.fids_for_ids(ids)
-            missing = [i for i in ids if i not in found]
+            bound = self._replica.id_bound
+            missing = [i for i in ids if i not in found or found[i] >= bound]
             if missing:
                 raise UnknownIdError(missing, "get vectors of")
             fids = np.array([found[i] for i in ids], np.int64)
@@ -228,11 +190,12 @@ class CatalogIndex:
 
     def info(self) -> dict[str, Any]:
         """A summary for humans and ``phonesim index info --json``."""
+        self._fresh()
         with self._rw.read():
             self._check_open()
             r = self._replica
-            info = summary(self.path, self.manifest, self._store, self._count, r.pending, r.ck_file)
-            return {**info, "hidden_removed": int(len(r.dead))}
+            info = summary(self.path, self.manifest, self._store, r.count, r.pending, r.ck_name)
+        return {**info, "hidden_removed": int(len(r.dead))}
 
     # -- search -----------------------------------------------------------------------------
     def search(
@@ -264,16 +227,28 @@ class CatalogIndex:
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise InvalidParamsError(f"k must be a positive integer, got {k!r}")
         merged = {**self.manifest.search_defaults, **(params or {})}
+        self._fresh()
         with self._rw.read():
             self._check_open()
-            index = self._replica.index
+            r = self._replica
+            index = r.index
             self._cache.params(index, merged)  # validate even where the search is exact
-            allowed = None if filter is None else self._filters.fids(filter)
+            # The store may be a moment ahead of this copy: only fids applied here are asked
+            # of FAISS; items removed in the store but not yet here are dropped by lookup.
+            bound = r.id_bound
+            allowed = None if filter is None else self._store.filter_fids(filter)
+            if allowed is not None and len(allowed) and allowed[-1] >= bound:
+                allowed = allowed[allowed < bound]
             excluded = np.zeros(0, np.int64)
             if exclude_ids is not None:
                 ids = [exclude_ids] if isinstance(exclude_ids, str) else list(exclude_ids)
                 excluded = np.unique(np.fromiter(self._store.fids_for_ids(ids).values(), np.int64))
-            live = Live(self._count, self._store.live_fids, self._next_fid, self._replica.dead)
+
+            def live_fids() -> np.ndarray:
+                fids = self._store.live_fids()
+                return fids[fids < bound]
+
+            live = Live(r.count, live_fids, bound, r.dead)
             D, I = knn_search(
                 index,
                 xq,
@@ -295,12 +270,15 @@ class CatalogIndex:
         xb: np.ndarray,
         metadata: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> None:
-        """Add items durably: when this returns, the change survives a crash.
+        """Add items durably: when this returns, the change is committed in the store (and
+        survives a crash) and this process answers with it.
 
         ``xb``: ``len(ids) x dim`` floats, re-normalised to unit length. ``metadata``: one
         mapping (field -> str/number/bool/None) per id, or None. Raises
         :class:`~index.errors.DuplicateIdError` if an id is already present or repeated,
-        and ``ValueError`` subclasses for bad vectors or metadata; on error nothing is added.
+        ``ValueError`` subclasses for bad vectors or metadata, and
+        :class:`~index.errors.StoreUnavailableError` when the store cannot be reached; on
+        error nothing is added.
         """
         self._check_writable()
         ids = prepare_ids(ids)
@@ -308,24 +286,7 @@ class CatalogIndex:
         mds = clean_metadata_rows(metadata, len(ids))
         if not ids:
             return
-        with self._write_mutex:
-            self._check_open()
-            existing = self._store.fids_for_ids(ids)
-            if existing:
-                shown = ", ".join(repr(i) for i in list(existing)[:5])
-                raise DuplicateIdError(
-                    f"{len(existing)} id(s) already in the index: {shown}; remove them first"
-                )
-            fids = np.arange(self._next_fid, self._next_fid + len(ids), dtype=np.int64)
-            with self._rw.write():
-                with self._store.transaction():
-                    self._store.insert_items(fids, ids, mds)
-                    seq = self._store.journal_append("add", fids, xb)
-                    self._store.set_state(next_fid=int(fids[-1]) + 1)
-                self._next_fid = int(fids[-1]) + 1
-                self._count += len(ids)
-                self._apply(lambda: self._replica.add(seq, xb, fids))
-            self._maybe_checkpoint()
+        self._applied_own(self._source.commit_add(ids, xb, mds))
 
     def remove(self, ids: Iterable[str]) -> None:
         """Remove items durably. Unknown ids raise :class:`~index.errors.UnknownIdError`
@@ -334,73 +295,21 @@ class CatalogIndex:
         ids = list(dict.fromkeys([ids] if isinstance(ids, str) else ids))
         if not ids:
             return
-        with self._write_mutex:
-            self._check_open()
-            found = self._store.fids_for_ids(ids)
-            missing = [i for i in ids if i not in found]
-            if missing:
-                raise UnknownIdError(missing, "remove")
-            fids = np.array([found[i] for i in ids], dtype=np.int64)
-            with self._rw.write():
-                with self._store.transaction():
-                    self._store.delete_items(fids)
-                    seq = self._store.journal_append("remove", fids, None)
-                self._count -= len(ids)
-                self._apply(lambda: self._replica.remove(seq, fids))
-            self._maybe_checkpoint()
+        self._applied_own(self._source.commit_remove(ids))
 
-    def _apply(self, change: Any) -> None:
-        """Apply a committed change to FAISS; if that fails, close (reopening replays it)."""
-        try:
-            change()
-        except BaseException:
-            log.exception("committed change could not be applied in memory; closing the index")
-            self._close_now()
-            raise
-
-    def _maybe_checkpoint(self) -> None:
-        """Checkpoint once enough changes are journaled (caller holds the write mutex)."""
-        if self._replica.pending >= self.options.checkpoint_every:
-            self._checkpoint_locked()
-
-    def checkpoint(self) -> None:
-        """Write the FAISS index to a new file atomically and empty the journal.
-
-        Searches continue meanwhile; other writes wait. Cheap when nothing changed.
-        """
+    def update_metadata(self, id_: str, metadata: Mapping[str, Any], *, merge: bool = True) -> Item:
+        """Change an item's metadata (vectors untouched), durably and journaled, so every
+        process sees it; ``merge=False`` replaces it. Returns the item as now stored.
+        :class:`~index.errors.UnknownIdError` (a ``KeyError``) for an unknown id."""
         self._check_writable()
-        with self._write_mutex:
-            self._check_open()
-            self._checkpoint_locked()
-
-    def _checkpoint_locked(self) -> None:
-        with self._rw.read():  # searches go on; writes wait for the write mutex
-            name = self._replica.write_checkpoint()
-        if name is not None:
-            self._replica.commit_checkpoint(self._store, name)
-        if self.manifest.count != self._count:
-            self.manifest = self.manifest.with_count(self._count)
-            write_manifest(self.path, self.manifest)
-        self._store.checkpoint_wal()
-        log.debug("checkpointed %s at journal record %d", self.path, self._replica.ck_seq)
+        if not isinstance(id_, str):
+            raise UnknownIdError([str(id_)], "update")
+        md = clean_metadata_rows([metadata], 1)[0]
+        rec, row = self._source.commit_meta(id_, md, merge)
+        self._applied_own(rec)
+        return Item(row.id, row.metadata)
 
     # -- closing ----------------------------------------------------------------------------
-    def close(self) -> None:
-        """Release the store and the writer lock. Nothing is lost without a checkpoint:
-        the next open replays the journal."""
-        with self._write_mutex, self._rw.write():
-            self._close_now()
-
-    def _close_now(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._store.close()
-        self._replica.index = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
     def __enter__(self) -> CatalogIndex:
         return self
 
@@ -408,19 +317,10 @@ class CatalogIndex:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{self._count} items"
-        return f"CatalogIndex({str(self.path)!r}, kind={self.kind!r}, {state})"
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise IndexNotFoundError(f"{self.path}: index is closed")
-
-    def _check_writable(self) -> None:
-        if self.readonly:
-            raise ReadOnlyIndexError(f"{self.path}: index was opened read-only")
-        self._check_open()
+        state = "closed" if self._closed else f"{len(self)} items"
+        return f"CatalogIndex({self.where!r}, kind={self.kind!r}, {state})"
 
 
-def open_index(path: str | Path, **kwargs: Any) -> CatalogIndex:
+def open_index(path: str | Path | None, **kwargs: Any) -> CatalogIndex:
     """Shorthand for :meth:`CatalogIndex.open`."""
     return CatalogIndex.open(path, **kwargs)

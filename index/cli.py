@@ -1,4 +1,5 @@
-"""``phonesim index build | info``: the index stage on the command line.
+"""``phonesim index build | info`` (and the operations of :mod:`index.ops_cli`): the index
+stage on the command line.
 
 ``phonesim index query`` embeds an image, which this stage must not do (no torch here): the
 ``phonesim`` command adds it to the actions that :func:`register` returns.
@@ -10,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from common.argtypes import add_index_option, index_folder, unit_interval
+from common.argtypes import add_index_option, add_store_option, index_folder, unit_interval
 
 
 def register(subparsers: Any) -> argparse._SubParsersAction:
@@ -44,16 +45,27 @@ def register(subparsers: Any) -> argparse._SubParsersAction:
         default=0.95,
         help="recall@10 the tuned search defaults must reach (default %(default)s)",
     )
-    build.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    build.add_argument(
+        "--overwrite", action="store_true", help="replace an existing index (folder and store)"
+    )
+    add_store_option(
+        build,
+        "also copy the catalog into this PostgreSQL store (postgresql://user@host:port/dbname); "
+        "the folder stays as a local snapshot",
+    )
     build.add_argument("--no-progress", action="store_true", help="hide progress bars")
     build.add_argument("--json", action="store_true", help="print the result as JSON")
     build.set_defaults(func=cmd_build)
 
     info = actions.add_parser("info", help="show an index's kind, size and embedder")
     add_index_option(info, "index folder to describe")
+    add_store_option(info)
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_info, parser=info)
 
+    from index import ops_cli
+
+    ops_cli.register(actions)
     return actions
 
 
@@ -85,6 +97,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         target_recall=args.target_recall,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        store=args.store,
     )
     m = report.manifest
     if args.json:
@@ -118,7 +131,14 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from index.folder import describe
 
-    info = describe(index_folder_or_exit(args))
+    if args.store:
+        from index.catalog import CatalogIndex
+
+        with CatalogIndex.open(args.index_option or args.index_positional, store=args.store,
+                               readonly=True) as ix:  # fmt: skip
+            info = {**ix.info(), "path": ix.where}
+    else:
+        info = describe(index_folder_or_exit(args))
     if args.json:
         print(json.dumps(info))
         return 0

@@ -27,7 +27,15 @@ class IndexMismatchError(CatalogIndexError):
 
 
 class IndexLockedError(CatalogIndexError):
-    """Another process holds the index open for writing."""
+    """Another process holds the index folder's lock (a build replacing it, a compaction)."""
+
+
+class StoreUnavailableError(CatalogIndexError):
+    """The catalog store (the SQLite file or the PostgreSQL server) cannot be reached.
+
+    Writes raise it and change nothing; reads keep answering from the last state this process
+    holds, and :attr:`index.catalog.CatalogIndex.sync_status` carries the error.
+    """
 
 
 class ReadOnlyIndexError(CatalogIndexError):
@@ -49,6 +57,10 @@ class UnknownIdError(CatalogIndexError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the repr of the message
         return str(self.args[0])
+
+
+#: The name the HTTP API uses for an unknown id (same class).
+ItemNotFoundError = UnknownIdError
 
 
 class DuplicateIdError(CatalogIndexError, ValueError):

@@ -8,9 +8,11 @@ needs to know of the catalog.
 
 The plan: flat, IVF and HNSW indexes take the candidates as a FAISS id selector (a bitmap for
 filters, a negated set for exclusions and hidden removed items). A filter matching at most
-``exact_limit`` items is searched exactly; a broader one approximately, with
-``nprobe``/``efSearch`` widened by its selectivity; a query the approximate search leaves short
-is re-run exactly. Other kinds over-fetch, filter and retry instead.
+``exact_limit`` items is searched exactly; a broader one approximately. IVF probes the lists
+holding matches in rounds until each query's top ``k`` settles (:mod:`index.ivf_probe`), so a
+filter whose matches lie far from the query (another brand than the photo's) probes as far as
+it takes; HNSW widens ``efSearch`` by the selectivity. A query the approximate search leaves
+short is re-run exactly. Other kinds over-fetch, filter and retry.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from index.ann import reconstruct
 from index.errors import InvalidParamsError
+from index.ivf_probe import ivf_list_counts, probe_until_settled, search_lists
 from index.tuning import search_params
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ class SearchCache:
     def __init__(self) -> None:
         self._params: dict[tuple, tuple[Any, list]] = {}
         self._bitmaps: list[tuple[np.ndarray, Any, np.ndarray]] = []
+        self._counts: list[tuple[np.ndarray, np.ndarray]] = []
+        self._centroids: np.ndarray | None = None
         self._lock = threading.Lock()
 
     def params(self, index: faiss.Index, params: Mapping[str, Any]) -> Any:
@@ -84,6 +89,24 @@ class SearchCache:
             with self._lock:
                 self._bitmaps = [*self._bitmaps[-15:], (key, sel, bitmap)]
         return sel, bitmap
+
+    def list_counts(self, index: faiss.IndexIVF, allowed: np.ndarray, size: int) -> np.ndarray:
+        """Matching items per IVF list, reused while the caller passes the same ``allowed``
+        (which, like the bitmaps', lives until the next write changes the lists)."""
+        with self._lock:
+            for arr, counts in self._counts:
+                if arr is allowed:
+                    return counts
+        counts = ivf_list_counts(index, allowed, size)
+        with self._lock:
+            self._counts = [*self._counts[-15:], (allowed, counts)]
+        return counts
+
+    def centroids(self, index: faiss.IndexIVF) -> np.ndarray:
+        """The IVF centroids (nlist x d); fixed once trained, so kept for the loaded index."""
+        if self._centroids is None:
+            self._centroids = index.quantizer.reconstruct_n(0, index.nlist)
+        return self._centroids
 
 
 def knn_search(
@@ -121,6 +144,12 @@ def knn_search(
         keep.append(bitmap)
         if n_cand <= exact_limit:
             return _exact_selected(index, xq, k, how, sel, cand)
+        if how == "ivf":
+            counts = cache.list_counts(index, allowed, live.id_bound)
+            # the first round scans as many matches as an unfiltered search scans items
+            first = cache.params(index, params).nprobe * live.n / index.nlist
+            D, I = probe_until_settled(index, xq, k, sel, counts, cache.centroids(index), first)
+            return _finish_short(index, xq, k, D, I, how, sel, cand)
         params = widen(index, params, n_cand / max(live.n, 1))
     elif len(excluded) or len(live.hidden):
         sel, objs = not_selector(np.union1d(excluded, live.hidden))
@@ -133,11 +162,25 @@ def knn_search(
         sp, objs = search_params(index, params, sel=sel)
         keep += objs
     D, I = index.search(xq, k, params=sp)
+    if cand is None and how == "hnsw" and (I < 0).any():
+        cand = np.setdiff1d(live.fids(), excluded, assume_unique=True)
+    return _finish_short(index, xq, k, D, I, how, sel, cand)
+
+
+def _finish_short(
+    index: faiss.Index,
+    xq: np.ndarray,
+    k: int,
+    D: np.ndarray,
+    I: np.ndarray,
+    how: str,
+    sel: Any,
+    cand: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``D, I`` with the queries the approximate search left short re-run exactly."""
     short = np.flatnonzero((I < 0).any(axis=1))
-    if len(short):  # the approximate search ran dry: finish those queries exactly
+    if len(short):
         log.debug("%d queries fall back to exact search", len(short))
-        if cand is None and how == "hnsw":
-            cand = np.setdiff1d(live.fids(), excluded, assume_unique=True)
         D[short], I[short] = _exact_selected(index, xq[short], k, how, sel, cand)
     return D, I
 
@@ -172,11 +215,19 @@ def exact_knn(
 def _exact_selected(
     index: faiss.Index, xq: np.ndarray, k: int, how: str, sel: Any, cand: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` among the ids ``sel`` selects (``cand`` lists them for HNSW)."""
+    """Exact top-``k`` among the ids ``sel`` selects (``cand`` lists them, or None: all).
+
+    IVF scans every list, checking each id against ``sel``, unless the candidates are few
+    (at most 1 % of the items) and the index maps ids to vectors: reading those vectors back
+    is then cheaper (at 300k items: 0.4 ms against 4 ms for 1,000 candidates).
+    """
     if how == "flat":
         sp, _keep = search_params(index, None, sel=sel)
         return index.search(xq, k, params=sp)
     if how == "ivf":
+        mapped = faiss.extract_index_ivf(index).direct_map.type != faiss.DirectMap.NoMap
+        if cand is not None and mapped and len(cand) * 100 <= index.ntotal:
+            return exact_knn(index, xq, k, cand)
         return search_all_lists(index, xq, k, sel)
     assert cand is not None
     return exact_knn(index, xq, k, cand)
@@ -251,20 +302,13 @@ def selector_kind(index: faiss.Index) -> str | None:
 
 
 def widen(index: faiss.Index, params: Mapping[str, Any], fraction: float) -> dict[str, Any]:
-    """Search parameters for a filtered search where ``fraction`` of the items qualify.
-
-    The nearest qualifying items can lie far from the query (a filter on another brand than
-    the photo's), so IVF probes ``1/fraction**2`` times more lists; with the selector skipping
-    the other items it computes ``1/fraction`` times the distances of an unfiltered search.
-    HNSW widens ``efSearch`` by ``1/fraction``, at most 4x, as its cost grows with it.
-    """
+    """Search parameters for a filtered HNSW search where ``fraction`` of the items qualify:
+    ``efSearch`` widened by ``1/fraction``, at most 4x, as its cost grows with it. (IVF plans
+    filtered searches in :mod:`index.ivf_probe` instead.)"""
     fraction = min(1.0, max(fraction, 1e-9))
     out = dict(params)
     if fraction >= 1.0:
         return out
-    if "nprobe" in out:
-        nlist = faiss.extract_index_ivf(index).nlist
-        out["nprobe"] = min(nlist, math.ceil(out["nprobe"] / fraction**2))
     if "efSearch" in out:
         out["efSearch"] = math.ceil(out["efSearch"] * min(1.0 / fraction, 4.0))
     return out
@@ -275,28 +319,8 @@ def search_all_lists(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact search of an IVF index restricted to ``sel``: every list, no coarse quantizer."""
     nq, nlist = len(xq), index.nlist
-    sp = faiss.SearchParametersIVF()
-    sp.nprobe = nlist
-    if sel is not None:
-        sp.sel = sel
-    D = np.empty((nq, k), dtype=np.float32)
-    I = np.empty((nq, k), dtype=np.int64)
     assign = np.ascontiguousarray(np.broadcast_to(np.arange(nlist, dtype=np.int64), (nq, nlist)))
-    coarse = np.zeros((nq, nlist), dtype=np.float32)
-    x = np.ascontiguousarray(xq, dtype=np.float32)
-    # the Python wrapper of search_preassigned drops params; call the C++ method directly
-    index.search_preassigned_c(
-        nq,
-        faiss.swig_ptr(x),
-        k,
-        faiss.swig_ptr(assign),
-        faiss.swig_ptr(coarse),
-        faiss.swig_ptr(D),
-        faiss.swig_ptr(I),
-        False,
-        sp,
-    )
-    return D, I
+    return search_lists(index, xq, k, sel, assign)
 
 
 def bitmap_selector(fids: np.ndarray, size: int) -> tuple[Any, np.ndarray]:

@@ -38,7 +38,7 @@ import numbers
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,13 +57,14 @@ _RESULT_IDS_KEPT = 16_000_000  # ... holding at most this many ids in all (128 M
 
 
 class FilterSource(Protocol):
-    """What evaluation needs of a catalog store (both store backends provide it)."""
+    """What evaluation needs of a catalog store; an int ``generation`` attribute, changed at
+    each write, lets the engine cache (without one it re-reads at every call)."""
 
     def fields(self) -> frozenset[str]: ...
 
     def field_values(self, field: str) -> tuple[np.ndarray, list[str]]: ...
 
-    def filter_fids(self, flt: Mapping[str, Any]) -> np.ndarray: ...
+    def equal_fids(self, field: str, texts: Sequence[str]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,9 @@ def make_column(fids: np.ndarray, texts: list[str]) -> Column:
 
 
 class FilterEngine:
-    """Evaluates filters against one catalog store; thread-safe, caches per store state."""
+    """Evaluates filters against one catalog store (which owns it: ``store.filter_fids``);
+    thread-safe. Its caches hold while the store's ``generation`` stays the same. It never
+    holds its lock while the store could wait for it (the store only bumps a counter)."""
 
     def __init__(self, store: FilterSource) -> None:
         self._store = store
@@ -239,7 +242,7 @@ class FilterEngine:
 
     def fids(self, flt: Any) -> np.ndarray:
         """Sorted fids of the live items matching ``flt`` (the same array object for the same
-        filter until the store changes, so callers may key their own caches on it)."""
+        filter until the store changes, so callers may key caches on it)."""
         conds = parse_filter(flt)
         fields = self._store.fields()
         unknown = sorted(c.field for c in conds if c.field not in fields)
@@ -297,17 +300,17 @@ class FilterEngine:
         if cond.range_op is not None:
             if col.kind == "empty":
                 return np.zeros(0, np.int64)
-            held = "booleans" if col.kind == "boolean" else f"text (e.g. {col.example!r})"
+            held = f" (it holds {col.example!r}, not a number)" if col.kind == "text" else ""
             raise InvalidFilterError(
-                f"filter[{cond.field!r}]: {cond.range_op!r} needs a numeric field, but field "
-                f"{cond.field!r} is of type {col.kind}: it holds {held}"
+                f"filter[{cond.field!r}]: {cond.range_op!r} needs a numeric field, but "
+                f"{cond.field!r} is a {col.kind} field{held}"
             )
         return self._text_equal(cond.field, cond.values or ())
 
     def _text_equal(self, field: str, texts: tuple[str, ...]) -> np.ndarray:
         if not texts:
             return np.zeros(0, np.int64)
-        return self._store.filter_fids({field: list(texts)})
+        return self._store.equal_fids(field, texts)
 
     def _remember(self, key: tuple[Condition, ...], result: np.ndarray) -> None:
         self._results[key] = result

@@ -1,8 +1,10 @@
 """The index folder on disk: its files, its writer lock, and its description.
 
 An index folder holds ``manifest.json`` (identity, :mod:`index.manifest`), the catalog store
-``catalog.sqlite`` (:mod:`index.store`), one FAISS file ``vectors-<seq>.faiss``
-(:mod:`index.replica`) and ``writer.lock``, ``flock``ed by the one process writing.
+``catalog.sqlite`` (:mod:`index.store`), one FAISS snapshot ``vectors-<seq>.faiss``
+(:mod:`index.replica`), ``compact.lock`` (the one compactor, :mod:`index.source_sqlite`) and
+``writer.lock``, ``flock``ed shared by every process that has the index open, exclusively by
+a build replacing the folder.
 """
 
 from __future__ import annotations
@@ -35,15 +37,32 @@ def store_path(path: Path) -> Path:
 
 
 def lock_writer(path: Path) -> int:
-    """Take the folder's exclusive writer lock (released when the fd closes or we die)."""
+    """Take the folder's lock exclusively (released when the fd closes or we die): a build
+    replacing the folder holds it. Opened indexes hold it shared (:func:`lock_shared`), not
+    exclusively: any number of processes write, through the store's transactions."""
     fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise IndexLockedError(
-            f"{path}: another process has this index open for writing; close it or open read-only"
+            f"{path}: another process has this index open; close it first"
         ) from None
+    return fd
+
+
+def lock_shared(path: Path) -> int:
+    """Take the folder's lock shared, as every opener does, so that a build cannot replace
+    the folder under a process that has it open (the build takes it exclusively)."""
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise IndexLockedError(f"{path}: a build is replacing this index; try again") from None
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -51,19 +70,19 @@ def describe(path: str | Path) -> dict[str, Any]:
     """What ``phonesim index info`` shows, read without loading the FAISS file."""
     path = Path(path)
     manifest = read_manifest(path)
-    store = CatalogStore(store_path(path), readonly=True)
+    store = CatalogStore(store_path(path))
     try:
-        store.begin_snapshot()
-        ck_seq = int(store.get_state("checkpoint_seq", "0") or 0)
-        _, pending = store.journal_stats(ck_seq)
-        faiss_file = store.get_state("checkpoint_file")
-        return summary(path, manifest, store, store.count(), pending, faiss_file)
+        with store.read_txn():
+            ck_seq = int(store.get_state("checkpoint_seq", "0") or 0)
+            _, pending, _, _ = store.journal_stats(ck_seq)
+            faiss_file = store.get_state("checkpoint_file")
+            return summary(path, manifest, store, store.count(), pending, faiss_file)
     finally:
         store.close()
 
 
 def summary(
-    path: Path,
+    path: Path | None,
     manifest: Manifest,
     store: CatalogStore,
     count: int,
@@ -72,7 +91,7 @@ def summary(
 ) -> dict[str, Any]:
     """The description of :func:`describe` and :meth:`index.catalog.CatalogIndex.info`."""
     return {
-        "path": str(path.resolve()),
+        "path": str(path.resolve()) if path is not None else None,
         "kind": manifest.kind,
         "factory": manifest.factory,
         "count": count,
@@ -86,5 +105,5 @@ def summary(
         "journal_pending": journal_pending,
         "faiss_file": faiss_file,
         "filterable_fields": sorted(store.fields()),
-        "disk_bytes": folder_size(path),
+        "disk_bytes": folder_size(path) if path is not None else 0,
     }

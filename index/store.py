@@ -6,11 +6,13 @@ One SQLite database (WAL mode, ``synchronous=FULL``) holds:
   and its metadata as a JSON object;
 - ``attrs(field, value, fid)``: every scalar metadata value as text, the index behind filters;
 - ``fields(name)``: the filterable field names;
-- ``journal(seq, op, n, fids, vectors)``: adds and removes not yet folded into the FAISS file;
+- ``journal(seq, op, n, fids, vectors, ts, items)``: changes not yet folded into the FAISS
+  file (:mod:`index.journal`);
 - ``state(key, value)``: the next free fid and which FAISS file holds the last checkpoint.
 
-An add or remove is one SQLite transaction that changes ``items``/``attrs`` and appends its
-journal record, so a committed change is durable and complete or absent after a crash.
+An add, remove or metadata update is one SQLite transaction that changes ``items``/``attrs``
+and appends its journal record, so a committed change is durable and complete or absent after
+a crash. The same class, in memory, is a PostgreSQL replica's local mirror (:mod:`index.pg`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from index.errors import IndexCorruptError, InvalidFilterError, InvalidMetadataError
+from index.errors import IndexCorruptError
+from index.filters import FilterEngine
 from index.inputs import canonical_value
+from index.journal import JournalRecord
+from index.store_journal import JournalTable
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +48,11 @@ CREATE TABLE IF NOT EXISTS fields (name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, n INTEGER NOT NULL,
     fids BLOB NOT NULL,
-    vectors BLOB);
+    vectors BLOB, ts REAL, items TEXT);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
+_NEW_COLS = {"ts": "REAL", "items": "TEXT"}
 _TABLES = frozenset({"items", "attrs", "fields", "journal", "state"})
 
 
@@ -58,19 +64,21 @@ class StoredItem(NamedTuple):
     metadata: dict[str, Any]
 
 
-class CatalogStore:
-    """SQLite-backed catalog of one index folder; every method is thread-safe.
+class CatalogStore(JournalTable):
+    """SQLite-backed catalog: an index folder's store, or a PostgreSQL replica's local mirror
+    (``path=":memory:"``); every method is thread-safe.
 
-    A read-only store pins a snapshot: it keeps one read transaction open from
-    :meth:`begin_snapshot` to :meth:`end_snapshot`, so what it returns matches the FAISS state
-    loaded from the same snapshot even while another process writes.
+    No read transaction stays open between calls (one would keep SQLite from checkpointing its
+    WAL, which then grows without bound): each call is its own short transaction, and
+    :meth:`read_txn` groups the reads that must agree (loading a replica).
     """
 
     def __init__(self, path: str | Path, *, readonly: bool = False, create: bool = False) -> None:
+        memory = str(path) == ":memory:"
         self.path = Path(path)
         self.readonly = readonly
         self.lock = threading.RLock()
-        if not create and not self.path.is_file():
+        if not memory and not create and not self.path.is_file():
             raise IndexCorruptError(f"{self.path}: catalog store is missing")
         try:
             if readonly:
@@ -79,8 +87,9 @@ class CatalogStore:
                     uri, uri=True, isolation_level=None, check_same_thread=False
                 )
             else:
-                self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+                if not memory:
+                    self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
             self._db.row_factory = sqlite3.Row  # columns read by name
             self._db.execute("PRAGMA busy_timeout=30000")
@@ -97,16 +106,32 @@ class CatalogStore:
         if missing:
             self._db.close()
             raise IndexCorruptError(f"{self.path}: catalog store lacks table(s) {missing}")
-        self._in_snapshot = False
         self.generation = 0  # bumped whenever cached reads may be stale (index.filters)
+        self._filters = FilterEngine(self)
         self._fields: frozenset[str] | None = None
         self._filter_cache: dict[tuple, np.ndarray] = {}
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Folders written before the journal carried commit times and item rows get the two
+        columns (NULL in old records: nothing reads them there)."""
+        cols = {r["name"] for r in self._db.execute("PRAGMA table_info(journal)")}
+        todo = [c for c in ("ts", "items") if c not in cols]
+        if not todo:
+            return
+        if self.readonly:
+            raise IndexCorruptError(
+                f"{self.path}: written by an older phonesim; run "
+                f"'phonesim index compact --index {self.path.parent}' once to upgrade it"
+            )
+        with self.transaction():
+            for col in todo:
+                self._db.execute(f"ALTER TABLE journal ADD COLUMN {col} {_NEW_COLS[col]}")
+        log.info("%s: upgraded the journal (columns %s)", self.path, ", ".join(todo))
 
     # -- lifecycle and transactions -------------------------------------------------------
     def close(self) -> None:
         with self.lock:
-            if self._in_snapshot:
-                self.end_snapshot()
             self._db.close()
 
     def set_synchronous(self, mode: str) -> None:
@@ -116,7 +141,10 @@ class CatalogStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One write transaction; committed (and fsynced) on success, rolled back on error."""
+        """One write transaction; committed (and fsynced) on success, rolled back on error.
+
+        ``BEGIN IMMEDIATE`` takes SQLite's write lock at once, so writers of every process
+        serialise here (waiting up to the busy timeout)."""
         with self.lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -127,32 +155,33 @@ class CatalogStore:
             self._db.execute("COMMIT")
             self.invalidate_caches()
 
-    def begin_snapshot(self) -> None:
-        """Start a read transaction that pins the current committed state."""
+    @contextmanager
+    def read_txn(self) -> Iterator[None]:
+        """Group reads into one consistent view, released on exit (never held between calls)."""
         with self.lock:
-            if self._in_snapshot:
-                return
             self._db.execute("BEGIN")
-            self._db.execute("SELECT count(*) FROM state").fetchone()  # takes the read mark
-            self._in_snapshot = True
-            self.invalidate_caches()
-
-    def end_snapshot(self) -> None:
-        with self.lock:
-            if self._in_snapshot:
+            try:
+                yield
+            finally:
                 self._db.execute("COMMIT")
-                self._in_snapshot = False
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes whenever another connection commits."""
+        with self.lock:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
     def invalidate_caches(self) -> None:
-        self.generation += 1
-        self._fields = None
-        self._filter_cache.clear()
+        with self.lock:
+            self.generation += 1
+            self._fields = None
+            self._filter_cache.clear()
 
     def checkpoint_wal(self, truncate: bool = False) -> None:
         """Fold SQLite's own WAL into the database file.
 
-        The default (PASSIVE) never waits: read-only openers pin snapshots for as long as they
-        like. ``truncate`` also empties the WAL file, waiting for readers; for fresh builds.
+        PASSIVE (the default) never waits; as no reader holds a transaction open between
+        calls, it gets through and the WAL stays bounded. ``truncate`` also empties the WAL
+        file, waiting for readers; for fresh builds and compactions.
         """
         with self.lock:
             mode = "TRUNCATE" if truncate else "PASSIVE"
@@ -279,42 +308,18 @@ class CatalogStore:
             return self._fields
 
     def filter_fids(self, flt: Mapping[str, Any]) -> np.ndarray:
-        """Sorted fids of the items whose metadata equals every ``field: value`` pair.
+        """Sorted fids of the live items matching the filter ``flt``: equality, any of and
+        ranges on numeric fields (grammar and errors: :mod:`index.filters`). The same array
+        object answers the same filter until the next change."""
+        return self._filters.fids(flt)
 
-        A value may be a list, tuple or set, meaning "any of these".
-        """
-        if not isinstance(flt, Mapping) or not flt:
-            raise InvalidFilterError("a filter must be a non-empty mapping of field to value")
-        fields = self.fields()
-        unknown = sorted(str(f) for f in flt if f not in fields)
-        if unknown:
-            raise InvalidFilterError(
-                f"unknown filter field(s) {', '.join(map(repr, unknown))}; "
-                f"filterable fields are: {', '.join(sorted(fields)) or '(none)'}"
-            )
-        result: np.ndarray | None = None
-        for field_name, value in flt.items():
-            values = list(value) if isinstance(value, list | tuple | set | frozenset) else [value]
-            try:
-                texts = sorted({canonical_value(v, f"filter[{field_name!r}]") for v in values})
-            except InvalidMetadataError as exc:
-                raise InvalidFilterError(str(exc)) from exc
-            texts = [t for t in texts if t is not None]
-            fids = self._fids_with(field_name, tuple(texts))
-            result = fids if result is None else np.intersect1d(result, fids, assume_unique=True)
-            if len(result) == 0:
-                break
-        assert result is not None
-        return result
+    def field_type(self, field: str) -> str:
+        """``number``, ``boolean``, ``text`` or ``empty``: what filters may do with a field."""
+        return self._filters.field_type(field)
 
-    def field_values(self, field: str) -> tuple[np.ndarray, list[str]]:
-        """Every live ``(fid, value as text)`` of one field: fids and texts, in one order."""
-        with self.lock:
-            cur = self._db.cursor()
-            cur.row_factory = None  # plain tuples: ~3x faster than sqlite3.Row over 1M rows
-            rows = cur.execute("SELECT fid, value FROM attrs WHERE field=?", (field,)).fetchall()
-        fids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        return fids, [r[1] for r in rows]
+    def equal_fids(self, field: str, texts: Sequence[str]) -> np.ndarray:
+        """Sorted fids of the items whose ``field`` is stored as one of ``texts``."""
+        return self._fids_with(field, tuple(sorted(set(texts))))
 
     def _fids_with(self, field_name: str, texts: tuple[str, ...]) -> np.ndarray:
         key = (field_name, texts)
@@ -331,58 +336,58 @@ class CatalogStore:
             self._filter_cache[key] = fids
             return fids
 
-    # -- journal ----------------------------------------------------------------------------
-    def journal_append(self, op: str, fids: np.ndarray, vectors: np.ndarray | None) -> int:
-        """Append one record (call inside :meth:`transaction`); returns its sequence number."""
-        fids_blob = np.ascontiguousarray(fids, dtype="<i8").tobytes()
-        vec_blob = None
-        if vectors is not None:
-            vec_blob = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+    def field_values(self, field_name: str) -> tuple[np.ndarray, list[str]]:
+        """Every ``(fid, stored text)`` of ``field_name``, by fid (empty for unknown fields):
+        what typed range filters are built from."""
         with self.lock:
-            cur = self._db.execute(
-                "INSERT INTO journal(op, n, fids, vectors) VALUES (?, ?, ?, ?)",
-                (op, len(fids), fids_blob, vec_blob),
-            )
-            return int(cur.lastrowid)
+            rows = self._db.execute(
+                "SELECT fid, value FROM attrs WHERE field=? ORDER BY fid, value", (field_name,)
+            ).fetchall()
+        return np.fromiter((r["fid"] for r in rows), np.int64, len(rows)), [
+            r["value"] for r in rows
+        ]
 
-    def journal_records(
-        self, after: int, dim: int
-    ) -> Iterator[tuple[int, str, np.ndarray, np.ndarray | None]]:
-        """Records with ``seq > after`` in order: ``(seq, op, fids, vectors)``."""
-        last = after
-        while True:
+    def list_items(
+        self, after: str | None, limit: int, allowed: np.ndarray | None = None
+    ) -> list[StoredItem]:
+        """Up to ``limit`` items with ``id > after``, by id; only fids in sorted ``allowed``."""
+        out: list[StoredItem] = []
+        cursor = "" if after is None else after
+        page = max(limit, 256)
+        while len(out) < limit:
             with self.lock:
                 rows = self._db.execute(
-                    "SELECT seq, op, n, fids, vectors FROM journal WHERE seq > ? "
-                    "ORDER BY seq LIMIT 64",
-                    (last,),
+                    "SELECT fid, id, metadata FROM items WHERE id > ? ORDER BY id LIMIT ?",
+                    (cursor, page),
                 ).fetchall()
             if not rows:
-                return
-            for row in rows:
-                seq, n = int(row["seq"]), int(row["n"])
-                fids = np.frombuffer(row["fids"], dtype="<i8").astype(np.int64)
-                vectors = None
-                if row["vectors"] is not None:
-                    vectors = np.frombuffer(row["vectors"], dtype="<f4").reshape(n, dim).copy()
-                if len(fids) != n:
-                    raise IndexCorruptError(f"journal record {seq} is truncated")
-                yield seq, str(row["op"]), fids, vectors
-                last = seq
+                break
+            cursor = rows[-1]["id"]
+            for r in rows:
+                if allowed is None or _member(allowed, int(r["fid"])):
+                    out.append(_stored_item(r))
+                    if len(out) == limit:
+                        break
+        return out
 
-    def journal_stats(self, after: int) -> tuple[int, int]:
-        """``(last seq or after, vectors pending)`` for records after ``after``."""
-        with self.lock:
-            row = self._db.execute(
-                "SELECT max(seq) AS last, coalesce(sum(n), 0) AS pending FROM journal "
-                "WHERE seq > ?",
-                (after,),
-            ).fetchone()
-        return (after if row["last"] is None else int(row["last"])), int(row["pending"])
+    # -- applying journal records (a PostgreSQL replica's mirror) ---------------------------
+    def apply(self, rec: JournalRecord) -> None:
+        """Make a journal record's change here (the mirror follows the remote store)."""
+        with self.transaction():
+            if rec.op in ("remove", "meta"):
+                self.delete_items(rec.fids)
+            if rec.op in ("add", "meta"):
+                assert rec.items is not None
+                self.insert_items(rec.fids, [i for i, _ in rec.items], [m for _, m in rec.items])
+            self.set_state(next_fid=max(self.next_fid(), int(rec.fids.max(initial=-1)) + 1))
 
-    def journal_truncate(self, upto: int) -> None:
-        with self.lock:
-            self._db.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
+    def next_fid(self) -> int:
+        return int(self.get_state("next_fid", "0") or 0)
+
+
+def _member(sorted_fids: np.ndarray, fid: int) -> bool:
+    i = int(np.searchsorted(sorted_fids, fid))
+    return i < len(sorted_fids) and int(sorted_fids[i]) == fid
 
 
 def _stored_item(row: sqlite3.Row) -> StoredItem:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.argtypes import add_index_option, positive_int
+from common.argtypes import add_index_option, add_store_option, positive_int
 from common.errors import UserError
 from embedder.engine_options import EngineOptions, add_engine_options
 from index.cli import index_folder_or_exit
@@ -26,6 +26,7 @@ def register(index_actions: argparse._SubParsersAction) -> None:
         description="Embed one image with a checkpoint and print its nearest catalog items.",
     )
     add_index_option(query, "index folder to search (built with the same checkpoint)")
+    add_store_option(query, "search the catalog in this PostgreSQL store (instead of --index)")
     query.add_argument("--checkpoint", required=True, help="checkpoint folder of the embedder")
     query.add_argument("--image", required=True, help="image file to look up")
     query.add_argument(
@@ -35,8 +36,12 @@ def register(index_actions: argparse._SubParsersAction) -> None:
         "--filter",
         action="append",
         default=[],
-        metavar="FIELD=VALUE",
-        help="only items whose metadata FIELD equals VALUE (repeat a field for any-of)",
+        metavar="JSON|FIELD=VALUE",
+        help="only matching items: a JSON object such as "
+        '\'{"price": {"lt": 300}, "brand": ["Acme", "Zeta"]}\' '
+        '({field: value} equality, {field: [values]} any of, {field: {"eq"|"in"|"lt"|"lte"|'
+        '"gt"|"gte": ...}} operators, ranges on numeric fields only; fields combine with AND), '
+        "or FIELD=VALUE equality (repeat a field for any of). Repeatable: all must hold",
     )
     query.add_argument(
         "--param",
@@ -50,17 +55,41 @@ def register(index_actions: argparse._SubParsersAction) -> None:
     query.set_defaults(func=run, parser=query)
 
 
-def parse_filter(pairs: list[str]) -> dict[str, Any] | None:
-    """``["label=xiaomi", "label=apple"]`` -> ``{"label": ["xiaomi", "apple"]}``."""
-    out: dict[str, list[str]] = {}
-    for pair in pairs:
-        field, sep, value = pair.partition("=")
-        if not sep or not field:
-            raise InvalidFilterError(f"--filter expects FIELD=VALUE, got {pair!r}")
-        out.setdefault(field.strip(), []).append(value)
-    if not out:
-        return None
-    return {f: v[0] if len(v) == 1 else v for f, v in out.items()}
+def parse_filter(args: list[str]) -> dict[str, Any] | None:
+    """The ``--filter`` arguments as one filter (grammar: :mod:`index.filters`).
+
+    ``'{"price": {"lt": 300}}'`` is a JSON filter; ``["label=xiaomi", "label=apple"]`` ->
+    ``{"label": ["xiaomi", "apple"]}``. Every argument must hold; a field named by two
+    arguments (other than FIELD=VALUE pairs, which mean any of) is refused.
+    """
+    out: dict[str, Any] = {}
+    pairs: dict[str, list[str]] = {}
+    for arg in args:
+        if arg.lstrip().startswith("{"):
+            for field, spec in _json_filter(arg).items():
+                if field in out:
+                    raise InvalidFilterError(f"--filter: field {field!r} is given twice")
+                out[field] = spec
+            continue
+        field, sep, value = arg.partition("=")
+        if not sep or not field.strip():
+            raise InvalidFilterError(f"--filter expects a JSON object or FIELD=VALUE, got {arg!r}")
+        pairs.setdefault(field.strip(), []).append(value)
+    for field, values in pairs.items():
+        if field in out:
+            raise InvalidFilterError(f"--filter: field {field!r} is given twice")
+        out[field] = values[0] if len(values) == 1 else values
+    return out or None
+
+
+def _json_filter(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidFilterError(f"--filter: not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict) or not value:
+        raise InvalidFilterError(f"--filter: expected a non-empty JSON object, got {text!r}")
+    return value
 
 
 def parse_params(pairs: list[str]) -> dict[str, int]:
@@ -77,6 +106,25 @@ def parse_params(pairs: list[str]) -> dict[str, int]:
     return out
 
 
+def _open_store(args: argparse.Namespace, engine: EngineOptions) -> tuple[Any, Any]:
+    """The embedder and the catalog of ``--store`` (a PostgreSQL URL), checked against it."""
+    from dataclasses import asdict
+
+    from embedder.inference import Embedder
+    from index.catalog import CatalogIndex
+
+    embedder = Embedder.from_checkpoint(args.checkpoint, **asdict(engine))
+    index = CatalogIndex.open(
+        args.index_option or args.index_positional,
+        store=args.store,
+        readonly=True,
+        expect_model=embedder.model_name,
+        expect_checkpoint_hash=embedder.checkpoint_hash,
+        expect_dim=embedder.dim,
+    )
+    return embedder, index
+
+
 def run(args: argparse.Namespace) -> int:
     # Imported here: the model stack loads only when a query runs, not for 'phonesim --help'.
     from server.loading import open_for_serving
@@ -85,9 +133,13 @@ def run(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     if not Path(args.image).is_file():
         raise UserError(f"{args.image}: image file does not exist")
-    embedder, index = open_for_serving(
-        args.checkpoint, index_folder_or_exit(args), engine=EngineOptions.from_args(args)
-    )
+    engine = EngineOptions.from_args(args)
+    if args.store:
+        embedder, index = _open_store(args, engine)
+    else:
+        embedder, index = open_for_serving(
+            args.checkpoint, index_folder_or_exit(args), engine=engine
+        )
     with index:
         batch = embedder.embed_paths([args.image])
         hits = index.search(batch.embeddings[0], args.k, filter=flt, params=params or None)[0]

@@ -11,7 +11,6 @@ FAISS file loaded.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from embedder.engine_options import EngineOptions, precision_mismatch
 from embedder.inference import Embedder
 from embedder.runtime import check_runtime
 from index.catalog import CatalogIndex
-from index.folder import describe, lock_writer
+from index.folder import describe
 from index.manifest import read_manifest
 
 log = logging.getLogger(__name__)
@@ -44,8 +43,7 @@ def check_for_serving(
     )
     check_runtime(checkpoint, runtime)  # an int8 graph that 'phonesim optimize' has not made
     describe(index)  # the catalog store opens and answers
-    if writable:
-        os.close(lock_writer(Path(index)))
+    # ``writable`` needs no lock: any number of processes write one store (index/README.md).
 
 
 def open_for_serving(

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import pytest
 from PIL import Image
 
+from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
-def test_against_index_reports_catalog_matches(tiny_catalog, tiny_checkpoint, descriptor, tmp_path):
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_against_index_reports_catalog_matches(
+    tiny_catalog, tiny_checkpoint, descriptor, tmp_path, request, backend
+):
     from duplicates.against import find_against
     from duplicates.finder import FinderConfig
     from embedder.data import Sample, load_catalog
     from embedder.inference import Embedder
     from index import build_index
 
+    store = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     embedder = Embedder.from_checkpoint(tiny_checkpoint)
     catalog = load_catalog(tiny_catalog / "catalog.csv").samples
     xb = embedder.embed_paths([s.path for s in catalog]).embeddings
@@ -24,7 +31,9 @@ def test_against_index_reports_catalog_matches(tiny_catalog, tiny_checkpoint, de
         model_name=embedder.model_name,
         checkpoint_hash=embedder.checkpoint_hash,
         progress=False,
+        store=store,
     )
+    where = None if store else tmp_path / "idx"  # from PostgreSQL, no folder is needed
     target = catalog[7]
     new = tmp_path / "new"
     new.mkdir()
@@ -35,11 +44,11 @@ def test_against_index_reports_catalog_matches(tiny_catalog, tiny_checkpoint, de
         Sample("relisted", new / "relisted.jpg", ""),
         Sample("unrelated", new / "unrelated.jpg", ""),
     ]
-    result = find_against(descriptor, embedder, samples, tmp_path / "idx", config)
+    result = find_against(descriptor, embedder, samples, where, config, store=store)
     assert result.mode == "against" and len(result.groups) == 1
     group = result.groups[0]
     assert group.keeper.id == target.id and group.keeper.source == "catalog"
     assert group.members[-1].id == "relisted" and group.members[-1].source == "input"
     # One image works too.
-    single = find_against(descriptor, embedder, samples[:1], tmp_path / "idx", config)
+    single = find_against(descriptor, embedder, samples[:1], where, config, store=store)
     assert [m.id for m in single.groups[0].members][0] == target.id

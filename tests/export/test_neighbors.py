@@ -10,6 +10,7 @@ from export import ExportError, export_features
 from export.neighbors import auto_factory, drop_self
 from export.shards import partial_path
 from tests.export.conftest import _assert_neighbors_match, _config, _read
+from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 
 def test_neighbors_agree_with_brute_force(reference):
@@ -66,6 +67,19 @@ def test_index_folder_neighbors_match_on_the_fly(reference, demo, ckpt, tmp_path
     _assert_neighbors_match(via_index, k=4)
     with h5py.File(out, "r") as f:
         assert "index folder" in f["neighbors"].attrs["source"]
+
+
+def test_store_neighbors_match_on_the_fly(reference, demo, ckpt, tmp_path, pg_url):  # noqa: F811
+    """``--store postgresql://...``: neighbours from the catalog in PostgreSQL (no folder)."""
+    from index import build_from_files
+
+    build_from_files(reference, tmp_path / "idx", kind="flat", progress=False, store=pg_url)
+    out = tmp_path / "with-store.h5"
+    export_features(_config(ckpt, demo / "with_bad.csv", out, store=pg_url))
+    via_store, on_the_fly = _read(out), _read(reference)
+    np.testing.assert_allclose(via_store["nb_scores"], on_the_fly["nb_scores"], atol=1e-5)
+    with h5py.File(out, "r") as f:
+        assert "store postgresql://" in f["neighbors"].attrs["source"]
 
 
 def test_index_folder_with_items_outside_the_export(reference, demo, ckpt, tmp_path):

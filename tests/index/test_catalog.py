@@ -12,7 +12,6 @@ from index import (
     CatalogIndex,
     DuplicateIdError,
     Hit,
-    IndexLockedError,
     IndexMismatchError,
     IndexNotFoundError,
     InvalidMetadataError,
@@ -179,22 +178,22 @@ def test_missing_or_broken_index_folders_are_clear_errors(tmp_path, flat_dir):
         open_index(flat_dir, readonly=True)
 
 
-def test_one_writer_process_and_read_only_openers(flat_dir, small):
+def test_several_writers_and_read_only_openers_follow_one_store(flat_dir, small):
     _, xq, _, _ = small
-    with open_index(flat_dir) as writer:
-        with pytest.raises(IndexLockedError, match="another process"):
-            open_index(flat_dir)
+    with open_index(flat_dir) as writer, open_index(flat_dir) as other:  # two writers
         reader = open_index(flat_dir, readonly=True)
         with pytest.raises(ReadOnlyIndexError):
             reader.add(["z"], xq[:1])
         writer.add(["z"], xq[:1])
-        writer.remove(["sku-0"])
+        other.remove(["sku-0"])
         writer.checkpoint()  # deletes the FAISS file the reader loaded
-        assert len(reader) == 3000 and "z" not in reader and "sku-0" in reader
-        assert reader.search(xq[0], 1)[0][0].id != "z"  # still its snapshot
-        assert reader.refresh() is True
-        assert len(reader) == 3000 and "z" in reader and "sku-0" not in reader
-        assert reader.search(xq[0], 1)[0][0].id == "z"
+        # Every opener sees every write (the cheap change check before each read).
+        for ix in (writer, other, reader):
+            assert len(ix) == 3000 and "z" in ix and "sku-0" not in ix
+            assert ix.search(xq[0], 1)[0][0].id == "z"
+            assert ix.sync_status.behind_entries == 0
+        with pytest.raises(DuplicateIdError):  # the store checks ids, whoever added them
+            other.add(["z"], xq[:1])
         reader.close()
 
 

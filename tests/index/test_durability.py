@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from index import IndexOptions, create_index, open_index
+from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 D = 16
@@ -29,9 +30,10 @@ CHILD = textwrap.dedent(
     from index import IndexOptions, open_index
 
     path, prefix, every, seed = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-    batch, dim = int(sys.argv[6]), int(sys.argv[7])
+    batch, dim, store = int(sys.argv[6]), int(sys.argv[7]), sys.argv[8]
     rng = np.random.default_rng(seed)
-    ix = open_index(path, options=IndexOptions(checkpoint_every=every))
+    opts = IndexOptions(checkpoint_every=every, compact_entries=every)
+    ix = open_index(path, options=opts, store=None if store == "-" else store)
     print("ready", flush=True)
     for b in range(1_000_000):
         ids = [f"{prefix}{b}-{j}" for j in range(batch)]
@@ -45,12 +47,12 @@ CHILD = textwrap.dedent(
 
 
 def run_and_kill(
-    script: Path, path: Path, prefix: str, every: int, delay: float, seed: int
+    script: Path, path: Path, prefix: str, every: int, delay: float, seed: int, store: str = "-"
 ) -> list[str]:
     """Start the writer, SIGKILL it ``delay`` s after it is ready, return its acknowledgements."""
     proc = subprocess.Popen(
         [sys.executable, str(script), str(REPO), str(path), prefix, str(every), str(seed)]
-        + [str(BATCH), str(D)],
+        + [str(BATCH), str(D), store],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -76,17 +78,25 @@ def run_and_kill(
     return lines[1:]
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
-def test_sigkill_mid_update_keeps_every_acknowledged_change(tmp_path, kind):
+@pytest.mark.parametrize(
+    "kind,backend", [("flat", "sqlite"), ("hnsw", "sqlite"), ("flat", "postgresql")]
+)
+def test_sigkill_mid_update_keeps_every_acknowledged_change(tmp_path, kind, backend, request):
     script = tmp_path / "writer.py"
     script.write_text(CHILD)
     path = tmp_path / "ix"
     create_index(path, D, model_name="m", checkpoint_hash="h", kind=kind).close()
+    store = None
+    if backend == "postgresql":
+        from index.pg_admin import push_folder
+
+        store = request.getfixturevalue("pg_url")
+        push_folder(path, store)
     acked_adds: list[str] = []
     acked_removes: set[str] = set()
     # Small checkpoint intervals make kills land inside checkpoints as well as commits.
     for round_, (every, delay) in enumerate([(60, 0.4), (200, 0.9), (40, 1.3), (10**6, 0.6)]):
-        acks = run_and_kill(script, path, f"r{round_}-", every, delay, seed=round_)
+        acks = run_and_kill(script, path, f"r{round_}-", every, delay, round_, store or "-")
         assert acks, "the child acknowledged nothing before it was killed"
         for ack in acks:
             verb, *names = ack.split()
@@ -94,7 +104,7 @@ def test_sigkill_mid_update_keeps_every_acknowledged_change(tmp_path, kind):
                 acked_adds.append(names[0])
             else:
                 acked_removes.update(names)
-        with open_index(path) as ix:  # opens, replaying the journal
+        with open_index(path, store=store) as ix:  # opens, replaying the journal
             expected = {f"{b}-{j}" for b in acked_adds for j in range(BATCH)} - acked_removes
             present = set(ix.ids())
             # The change in flight at the kill may or may not have committed, but wholly.

@@ -169,3 +169,80 @@ def test_exact_knn_pads_short_rows_with_minus_one(small):
     _, I_ref = brute_force(xq[:4], xb[[3, 8, 13]], 3)
     np.testing.assert_array_equal(I_[:, :3], np.array([3, 8, 13])[I_ref])
     assert (I_[:, 3:] == -1).all() and I_.shape == (4, 5)
+
+
+@pytest.fixture(scope="module")
+def ivf_catalog(tmp_path_factory):
+    """An IVF index over a clustered catalog whose labels follow the clusters (the hard case:
+    a label filter leaves most queries no match nearby) and whose prices are per item."""
+    from index.evaluation import ClusteredMixture
+
+    mix = ClusteredMixture(D, n_clusters=200, seed=11)
+    xb, clusters = mix.sample(30_000, seed=1)
+    xq, _ = mix.sample(100, seed=2)
+    price = np.random.default_rng(0).uniform(0, 1000, len(xb)).round(2)
+    md = [{"label": f"b{c % 100}", "price": float(p)} for c, p in zip(clusters, price, strict=True)]
+    path = tmp_path_factory.mktemp("ivf") / "ix"
+    ids = [f"sku-{i}" for i in range(len(xb))]
+    build_index(path, ids, xb, md, model_name=MODEL, checkpoint_hash=HASH, kind="ivf")
+    return path, xb, xq, clusters % 100, price
+
+
+@pytest.mark.parametrize(
+    ("share", "flt"),
+    [
+        (0.01, {"label": "b0"}),
+        (0.2, {"label": {"in": [f"b{i}" for i in range(20)]}}),
+        (0.8, {"label": [f"b{i}" for i in range(80)]}),
+        (0.01, {"price": {"lt": 10}}),
+        (0.2, {"price": {"gte": 400, "lt": 600}}),
+        (0.8, {"price": {"gte": 200}}),
+    ],
+)
+def test_filtered_ivf_search_reaches_exact_recall_at_every_selectivity(ivf_catalog, share, flt):
+    path, xb, xq, labels, price = ivf_catalog
+    field, spec = next(iter(flt.items()))
+    if field == "label":
+        names = spec if isinstance(spec, list) else spec["in"] if isinstance(spec, dict) else [spec]
+        rows = np.flatnonzero(np.isin(labels, [int(n[1:]) for n in names]))
+    else:
+        lo, hi = spec.get("gte", -np.inf), spec.get("lt", np.inf)
+        rows = np.flatnonzero((price >= lo) & (price < hi))
+    assert abs(len(rows) / len(xb) - share) < share / 2
+    opts = IndexOptions(exact_filter_limit=0)  # the approximate plan, even for 1 %
+    with open_index(path, readonly=True, options=opts) as ix:
+        assert ix.kind == "ivf"
+        hits = ix.search(xq, 10, filter=flt)
+        unfiltered = ix.search(xq, 10)
+    D_ref, I_ref = brute_force(xq, xb[rows], 10)
+    found = rows_of(hits, 10)
+    assert np.isin(found, rows).all()  # only matches, and always 10 of them
+    recall = knn_recall_at_k(found, rows[I_ref], 10)
+    _, I_all = brute_force(xq, xb, 10)
+    baseline = knn_recall_at_k(rows_of(unfiltered, 10), I_all, 10)
+    assert recall >= min(0.95, baseline), (recall, baseline)
+    scores = np.array([[h.score for h in hs] for hs in hits])
+    assert (scores <= D_ref + 1e-5).all()  # never better than exact, rank by rank
+
+
+def test_probing_every_list_is_exact_and_lists_without_matches_are_skipped(small):
+    from index import ivf_probe
+
+    xb, xq, _, md = small
+    index = ann.create("IVF16,Flat", D)
+    ann.train(index, xb)
+    ann.add(index, xb, np.arange(len(xb), dtype=np.int64))
+    acme = np.array([i for i, m in enumerate(md) if m["brand"] == "Acme"])
+    counts = ivf_probe.ivf_list_counts(index, acme, len(xb))
+    assert counts.sum() == len(acme)
+    from index.filtered_search import bitmap_selector
+
+    sel, _bitmap = bitmap_selector(acme, len(xb))
+    centroids = index.quantizer.reconstruct_n(0, index.nlist)
+    D_, I_ = ivf_probe.probe_until_settled(index, xq, 10, sel, counts, centroids, len(xb))
+    D_ref, I_ref = brute_force(xq, xb[acme], 10)  # one round of every match: exact
+    np.testing.assert_array_equal(I_, acme[I_ref])
+    np.testing.assert_allclose(D_, D_ref, atol=1e-5)
+    none = np.zeros(index.nlist, np.int64)
+    D_, I_ = ivf_probe.probe_until_settled(index, xq[:2], 5, sel, none, centroids, 10)
+    assert (I_ == -1).all() and I_.shape == (2, 5)

@@ -86,3 +86,41 @@ def test_query_errors_are_one_line(catalog_index, tiny_checkpoint, tmp_path, cap
     (tmp_path / "text.jpg").write_text("not an image")
     assert main([*argv, "--image", str(tmp_path / "text.jpg")]) == 2
     assert "\n" not in capsys.readouterr().err.strip()
+
+
+def test_query_with_a_json_range_filter(catalog_index, tiny_checkpoint, capsys):
+    index, rows = catalog_index
+    prices = sorted({float(r["price"]) for r in rows.values()})
+    assert len(prices) > 1
+    limit = prices[-1]  # every item but the dearest model's
+    image = next(iter(rows.values()))["image"]
+    base = ["query", str(index), "--checkpoint", str(tiny_checkpoint), "--image", image]
+    flt = json.dumps({"price": {"lt": limit}})
+    assert cli([*base, "-k", "100", "--json", "--filter", flt]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    expected = {i for i, r in rows.items() if float(r["price"]) < limit}
+    assert {h["id"] for h in hits} == expected and expected
+    label = hits[0]["metadata"]["label"]  # JSON and FIELD=VALUE arguments combine with AND
+    assert cli([*base, "-k", "100", "--json", "--filter", flt, "--filter", f"label={label}"]) == 0
+    both = json.loads(capsys.readouterr().out)["hits"]
+    assert {h["id"] for h in both} == {i for i in expected if rows[i]["label"] == label}
+    with pytest.raises(InvalidFilterError, match="'label' is a text field"):
+        cli([*base, "--filter", '{"label": {"gte": 3}}'])
+    with pytest.raises(InvalidFilterError, match="not valid JSON"):
+        cli([*base, "--filter", '{"price": {"lt": 300}'])
+    with pytest.raises(InvalidFilterError, match="unknown operator 'below'"):
+        cli([*base, "--filter", '{"price": {"below": 300}}'])
+    with pytest.raises(InvalidFilterError, match="'price' is given twice"):
+        cli([*base, "--filter", flt, "--filter", "price=1"])
+
+
+def test_parse_filter_merges_arguments():
+    from phonesim.query import parse_filter
+
+    assert parse_filter([]) is None
+    assert parse_filter(["label=a", "label=b", '{"price": {"gte": 1}}']) == {
+        "price": {"gte": 1},
+        "label": ["a", "b"],
+    }
+    with pytest.raises(InvalidFilterError, match="non-empty JSON object"):
+        parse_filter(["{}"])

@@ -27,7 +27,6 @@ def test_serve_rejects_an_api_key_with_several_workers(tiny_checkpoint, index_di
 
 
 def test_serve_checks_the_index_before_starting_workers(tiny_checkpoint, index_dir, tmp_path):
-    from index import CatalogIndex
 
     other = tmp_path / "other-checkpoint"
     shutil.copytree(index_dir, other)
@@ -44,8 +43,3 @@ def test_serve_checks_the_index_before_starting_workers(tiny_checkpoint, index_d
     (damaged / "catalog.sqlite").write_bytes(b"this is not a database" * 100)
     with pytest.raises(UserError, match="catalog store"):
         serve(config(tiny_checkpoint, damaged))
-
-    locked = tmp_path / "locked"
-    shutil.copytree(index_dir, locked)
-    with CatalogIndex.open(locked), pytest.raises(UserError, match="open for writing"):
-        serve(config(tiny_checkpoint, locked, api_key="k"))  # writes need the writer lock

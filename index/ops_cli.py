@@ -1,0 +1,169 @@
+"""``phonesim index add | remove | compact | snapshot | restore``: operating a live catalog.
+
+Each works while servers run on the same store: writes go through the store's transactions
+and the servers pick them up within a second (index/README.md, "Consistency model").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from common.argtypes import add_store_option
+from common.errors import UserError
+
+
+def _target(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--index", metavar="INDEX_DIR", help=f"index folder {what}")
+    add_store_option(parser)
+
+
+def _where(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """``(folder, store URL)``: a folder is needed unless a store URL is given."""
+    if not args.index and not args.store:
+        args.parser.error("give the index as --index INDEX_DIR (or --store URL)")
+    return args.index, args.store
+
+
+def register(actions: argparse._SubParsersAction) -> None:
+    """Add the operations to the actions of ``phonesim index``."""
+    add = actions.add_parser(
+        "add",
+        help="add the items of a 'phonesim embed' file to a live index",
+        description="Add every item of an embeddings HDF5 file (with metadata from a catalog "
+        "CSV) to an index, durably; servers on the same store answer with them within 1 s.",
+    )
+    _target(add, "to add to")
+    add.add_argument("--embeddings", required=True, help="HDF5 file written by phonesim embed")
+    add.add_argument("--catalog", help="catalog CSV (id,image,label,...) for the metadata")
+    add.add_argument("--json", action="store_true", help="print the result as JSON")
+    add.set_defaults(func=cmd_add, parser=add)
+
+    remove = actions.add_parser(
+        "remove",
+        help="remove items from a live index",
+        description="Remove items by id, durably; unknown ids remove nothing and fail.",
+    )
+    _target(remove, "to remove from")
+    remove.add_argument(
+        "--id", dest="ids", action="append", default=[], metavar="ID", help="id (repeatable)"
+    )
+    remove.add_argument("--ids-file", metavar="FILE", help="text file with one id per line")
+    remove.add_argument("--json", action="store_true", help="print the result as JSON")
+    remove.set_defaults(func=cmd_remove, parser=remove)
+
+    compact = actions.add_parser(
+        "compact",
+        help="fold the journal into a new FAISS snapshot",
+        description="Fold the journal into a new FAISS snapshot (servers keep answering; "
+        "they also do this by themselves, by journal size or age). Also upgrades older "
+        "index folders.",
+    )
+    _target(compact, "to compact")
+    compact.add_argument(
+        "--force", action="store_true", help="compact even if the journal is below the limits"
+    )
+    compact.add_argument("--json", action="store_true", help="print the result as JSON")
+    compact.set_defaults(func=cmd_compact, parser=compact)
+
+    snap = actions.add_parser(
+        "snapshot",
+        help="copy a live index consistently into a new index folder",
+        description="Copy the catalog, as of one committed change, into a new index folder "
+        "while servers run (SQLite's backup API; from PostgreSQL, a replica's state).",
+    )
+    _target(snap, "to copy")
+    snap.add_argument("--out", required=True, help="new folder to write the snapshot to")
+    snap.add_argument("--json", action="store_true", help="print the result as JSON")
+    snap.set_defaults(func=cmd_snapshot, parser=snap)
+
+    restore = actions.add_parser(
+        "restore",
+        help="bring back a snapshot as an index folder or into a PostgreSQL store",
+        description="Bring back a snapshot folder: as an index folder (no server may have it "
+        "open) or into a PostgreSQL store (running replicas reload from it).",
+    )
+    restore.add_argument("--from", dest="source", required=True, help="snapshot folder")
+    _target(restore, "to restore into")
+    restore.add_argument("--overwrite", action="store_true", help="replace what is there")
+    restore.add_argument("--json", action="store_true", help="print the result as JSON")
+    restore.set_defaults(func=cmd_restore, parser=restore)
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from index.catalog import CatalogIndex
+
+    path, store = _where(args)
+    return CatalogIndex.open(path, store=store)
+
+
+def _print(args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
+    print(json.dumps(result) if args.json else text)
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from index.build import join_metadata, read_catalog_csv, read_embeddings
+
+    emb = read_embeddings(args.embeddings)
+    rows = read_catalog_csv(args.catalog) if args.catalog else None
+    metadata = join_metadata(emb.ids, emb.labels, rows)
+    with _open(args) as ix:
+        ix.manifest.check(
+            expect_model=emb.model_name,
+            expect_checkpoint_hash=emb.checkpoint_hash,
+            expect_dim=emb.dim,
+            where=f"index {ix.where}",
+        )
+        ix.add(emb.ids, emb.xb, metadata)
+        n = len(ix)
+    return _print(args, {"added": len(emb.ids), "count": n}, f"added {len(emb.ids)}; {n} items")
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    ids = list(args.ids)
+    if args.ids_file:
+        try:
+            text = Path(args.ids_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{args.ids_file}: cannot read ids ({exc})") from None
+        ids += [line.strip() for line in text.splitlines() if line.strip()]
+    if not ids:
+        args.parser.error("give ids to remove with --id ID or --ids-file FILE")
+    with _open(args) as ix:
+        ix.remove(ids)
+        n = len(ix)
+    unique = len(set(ids))
+    return _print(args, {"removed": unique, "count": n}, f"removed {unique}; {n} items")
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    with _open(args) as ix:
+        done = ix.compact(force=args.force)
+        st = ix.sync_status
+    text = (
+        f"compacted at journal record {st.applied_seq}"
+        if done
+        else "nothing to compact (journal below the limits, or another process compacts)"
+    )
+    return _print(args, {"compacted": done, **st.as_dict()}, text)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from index.snapshot import snapshot
+
+    path, store = _where(args)
+    info = snapshot(path, args.out, store=store)
+    return _print(args, info, f"snapshot of {info['store']} (journal record {info['seq']}) "
+                  f"in {info['out']}")  # fmt: skip
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from index.snapshot import restore
+
+    path, store = _where(args)
+    info = restore(args.source, path=None if store else path, store=store, overwrite=args.overwrite)
+    where = info.get("store") or info["path"]
+    return _print(args, info, f"restored {info['count']} items into {where}")

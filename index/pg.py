@@ -1,0 +1,330 @@
+"""The PostgreSQL backend: one catalog for processes on several machines (psycopg 3).
+
+The database holds the catalog: ``items(fid, id, metadata, vector)``, ``journal(seq, op, n,
+fids, vectors, ts, items)``, ``snapshots(seq, data)`` (the FAISS index as of journal record
+``seq``, serialised) and ``state`` (``manifest``, ``next_fid``, ``head_seq``,
+``checkpoint_seq``, ``generation``: new at each copy of a folder into it). A write locks the
+``head_seq`` row first, so writers serialise and journal records are numbered in commit order
+without gaps.
+
+Each replica (any process that opens the store) loads the latest snapshot, the journal after
+it and every item into a local in-memory SQLite mirror (:class:`index.store.CatalogStore`),
+all from one REPEATABLE READ transaction, then follows the journal by polling ``head_seq``.
+Reads are answered from the mirror and the FAISS copy, so they go on while the database is
+unreachable; writes then raise :class:`~index.errors.StoreUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index.errors import (
+    DuplicateIdError,
+    IndexNotFoundError,
+    StoreUnavailableError,
+    UnknownIdError,
+)
+from index.journal import JournalRecord, decode_record, encode_items, fids_blob, vectors_blob
+from index.manifest import Manifest, manifest_from_dict
+from index.replica import Loaded
+from index.store import CatalogStore, StoredItem
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    fid BIGINT PRIMARY KEY, id TEXT NOT NULL UNIQUE, metadata TEXT NOT NULL, vector BYTEA);
+CREATE TABLE IF NOT EXISTS journal (
+    seq BIGINT PRIMARY KEY, op TEXT NOT NULL, n INTEGER NOT NULL, fids BYTEA NOT NULL,
+    vectors BYTEA, ts DOUBLE PRECISION NOT NULL, items TEXT);
+CREATE TABLE IF NOT EXISTS snapshots (seq BIGINT PRIMARY KEY, data BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+TABLES = ("items", "journal", "snapshots", "state")
+_COMPACT_LOCK = 0x7068_6F6E  # the advisory lock of the one compactor ("phon")
+_CONNECT_TIMEOUT_S = 3
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        parts = conninfo_to_dict(url)
+    except Exception:
+        return "postgresql://?"
+    host = parts.get("host", "localhost")
+    port = parts.get("port", "5432")
+    return f"postgresql://{parts.get('user', '')}@{host}:{port}/{parts.get('dbname', '')}"
+
+
+class PgSource:
+    """Writes, the journal and snapshots of a PostgreSQL store, and this replica's mirror."""
+
+    kind = "postgresql"
+    cheap_check = False  # a change check is a round trip: follow by polling (sync) instead
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.where = redact(url)
+        self.lock = threading.RLock()
+        self._conn: Any = None
+        self._head: int | None = None
+        self._generation: str | None = None
+        self._replaced = False
+        self.store = CatalogStore(":memory:", create=True)  # replaced at each load
+
+    # -- connection ---------------------------------------------------------------------------
+    def _connect(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S
+            )
+        return self._conn
+
+    @contextmanager
+    def conn(self) -> Iterator[Any]:
+        """This process's connection (reconnecting as needed); database failures become
+        :class:`StoreUnavailableError` and drop the connection."""
+        import psycopg
+
+        with self.lock:
+            try:
+                yield self._connect()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self._drop()
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise StoreUnavailableError(f"{self.where}: unavailable ({msg})") from exc
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        with self.lock:
+            self._drop()
+        self.store.close()
+
+    def manifest(self) -> Manifest:
+        with self.conn() as c:
+            if c.execute("SELECT to_regclass('state')").fetchone()[0] is None:
+                raise IndexNotFoundError(f"{self.where}: no catalog in this database")
+            row = c.execute("SELECT value FROM state WHERE key='manifest'").fetchone()
+        if row is None:
+            raise IndexNotFoundError(f"{self.where}: no catalog in this database")
+        return manifest_from_dict(json.loads(row[0]), f"{self.where} (state.manifest)")
+
+    # -- following ------------------------------------------------------------------------------
+    def head(self) -> tuple[int, int]:
+        with self.conn() as c:
+            rows = dict(
+                c.execute(
+                    "SELECT key, value FROM state "
+                    "WHERE key IN ('head_seq', 'checkpoint_seq', 'generation')"
+                ).fetchall()
+            )
+        self._head = int(rows.get("head_seq", 0))
+        self._replaced = rows.get("generation") != self._generation
+        return self._head, int(rows.get("checkpoint_seq", 0))
+
+    def replaced(self) -> bool:
+        """Whether the catalog was replaced (``restore``) since this replica loaded it."""
+        return self._replaced
+
+    def changed(self) -> bool:
+        before = self._head
+        return self.head()[0] != before
+
+    def records(self, after: int, dim: int) -> list[JournalRecord]:
+        with self.conn() as c:
+            rows = c.execute(
+                "SELECT seq, op, n, fids, vectors, items, ts FROM journal WHERE seq > %s "
+                "ORDER BY seq",
+                (after,),
+            ).fetchall()
+        return [decode_record(r[0], r[1], r[2], r[3], r[4], r[5], r[6], dim) for r in rows]
+
+    def journal_stats(self) -> tuple[int, int, float | None]:
+        with self.conn() as c:
+            row = c.execute(
+                "SELECT count(*), coalesce(sum(n), 0), min(ts) FROM journal WHERE seq > "
+                "(SELECT value::bigint FROM state WHERE key='checkpoint_seq')"
+            ).fetchone()
+        return int(row[0]), int(row[1]), row[2]
+
+    def load(self, dim: int) -> Loaded:
+        """The snapshot, the journal after it and every item, from one MVCC snapshot."""
+        mirror = CatalogStore(":memory:", create=True)
+        mirror.set_synchronous("OFF")
+        with self.conn() as c, c.transaction():
+            c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            state = dict(c.execute("SELECT key, value FROM state").fetchall())
+            ck = int(state.get("checkpoint_seq", 0))
+            row = c.execute("SELECT data FROM snapshots WHERE seq=%s", (ck,)).fetchone()
+            if row is None:
+                raise IndexNotFoundError(f"{self.where}: snapshot of record {ck} is missing")
+            index = faiss.deserialize_index(np.frombuffer(bytes(row[0]), dtype=np.uint8))
+            recs = c.execute(
+                "SELECT seq, op, n, fids, vectors, items, ts FROM journal WHERE seq > %s "
+                "ORDER BY seq",
+                (ck,),
+            ).fetchall()
+            records = [decode_record(*r[:7], dim) for r in recs]
+            n = 0
+            with c.cursor(name="phonesim_items") as cur, mirror.transaction():
+                cur.itersize = 5000
+                cur.execute("SELECT fid, id, metadata FROM items ORDER BY fid")
+                while batch := cur.fetchmany(5000):
+                    fids = [r[0] for r in batch]
+                    mirror.insert_items(
+                        fids, [r[1] for r in batch], [json.loads(r[2]) for r in batch]
+                    )
+                    n += len(batch)
+                next_fid = int(state.get("next_fid", 0))
+                mirror.set_state(next_fid=next_fid)
+        self._head = int(state.get("head_seq", 0))
+        self._generation, self._replaced = state.get("generation"), False
+        live = mirror.live_fids()
+        return Loaded(index, f"snapshot {ck}", ck, records, n, live, next_fid, mirror=mirror)
+
+    def installed(self, loaded: Loaded) -> None:
+        """Read from the mirror loaded with the replica (the old one goes with its readers)."""
+        if loaded.mirror is not None:
+            self.store = loaded.mirror
+
+    def apply_local(self, rec: JournalRecord) -> None:
+        self.store.apply(rec)
+
+    # -- writes ---------------------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[tuple[Any, int]]:
+        """A write transaction holding the ``head_seq`` row: ``(connection, next seq)``."""
+        with self.conn() as c, c.transaction():
+            head = int(
+                c.execute("SELECT value FROM state WHERE key='head_seq' FOR UPDATE").fetchone()[0]
+            )
+            yield c, head + 1
+
+    def _journal(self, c: Any, seq: int, op: str, fids: np.ndarray, vectors: Any, items: Any):
+        ts = time.time()
+        c.execute(
+            "INSERT INTO journal(seq, op, n, fids, vectors, ts, items) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (seq, op, len(fids), fids_blob(fids), vectors_blob(vectors), ts, items),
+        )
+        c.execute("UPDATE state SET value=%s WHERE key='head_seq'", (str(seq),))
+        return ts
+
+    def commit_add(
+        self, ids: Sequence[str], xb: np.ndarray, mds: Sequence[Mapping[str, Any]]
+    ) -> JournalRecord:
+        with self._write() as (c, seq):
+            rows = c.execute("SELECT id FROM items WHERE id = ANY(%s)", (list(ids),)).fetchall()
+            if rows:
+                shown = ", ".join(repr(r[0]) for r in rows[:5])
+                raise DuplicateIdError(
+                    f"{len(rows)} id(s) already in the index: {shown}; remove them first"
+                )
+            start = int(c.execute("SELECT value FROM state WHERE key='next_fid'").fetchone()[0])
+            fids = np.arange(start, start + len(ids), dtype=np.int64)
+            vec = np.ascontiguousarray(xb, dtype="<f4")
+            with c.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO items(fid, id, metadata, vector) VALUES (%s, %s, %s, %s)",
+                    [
+                        (int(f), i, json.dumps(m, ensure_ascii=False), vec[j].tobytes())
+                        for j, (f, i, m) in enumerate(zip(fids, ids, mds, strict=True))
+                    ],
+                )
+            items = encode_items(ids, mds)
+            ts = self._journal(c, seq, "add", fids, xb, items)
+            c.execute("UPDATE state SET value=%s WHERE key='next_fid'", (str(start + len(ids)),))
+        return JournalRecord(seq, "add", fids, xb, json_items(items), ts)
+
+    def commit_remove(self, ids: Sequence[str]) -> JournalRecord:
+        with self._write() as (c, seq):
+            found = dict(
+                c.execute("SELECT id, fid FROM items WHERE id = ANY(%s)", (list(ids),)).fetchall()
+            )
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise UnknownIdError(missing, "remove")
+            fids = np.array([found[i] for i in ids], dtype=np.int64)
+            c.execute("DELETE FROM items WHERE fid = ANY(%s)", (fids.tolist(),))
+            ts = self._journal(c, seq, "remove", fids, None, None)
+        return JournalRecord(seq, "remove", fids, None, None, ts)
+
+    def commit_meta(
+        self, id_: str, metadata: Mapping[str, Any], merge: bool
+    ) -> tuple[JournalRecord, StoredItem]:
+        with self._write() as (c, seq):
+            row = c.execute("SELECT fid, metadata FROM items WHERE id=%s", (id_,)).fetchone()
+            if row is None:
+                raise UnknownIdError([id_], "update")
+            md = {**json.loads(row[1]), **metadata} if merge else dict(metadata)
+            c.execute(
+                "UPDATE items SET metadata=%s WHERE fid=%s",
+                (json.dumps(md, ensure_ascii=False), row[0]),
+            )
+            fids = np.array([row[0]], np.int64)
+            items = encode_items([id_], [md])
+            ts = self._journal(c, seq, "meta", fids, None, items)
+        return JournalRecord(seq, "meta", fids, None, json_items(items), ts), StoredItem(
+            int(row[0]), id_, md
+        )
+
+    # -- snapshots ------------------------------------------------------------------------------
+    @contextmanager
+    def compaction_lock(self) -> Iterator[bool]:
+        """The session advisory lock of the one compactor (never waits)."""
+        with self.conn() as c:
+            got = bool(c.execute("SELECT pg_try_advisory_lock(%s)", (_COMPACT_LOCK,)).fetchone()[0])
+        try:
+            yield got
+        finally:
+            if got:
+                try:
+                    with self.conn() as c:
+                        c.execute("SELECT pg_advisory_unlock(%s)", (_COMPACT_LOCK,))
+                except StoreUnavailableError:
+                    pass  # the session is gone, and its lock with it
+
+    def commit_snapshot(self, index: faiss.Index, seq: int) -> bool:
+        """Store ``index`` (as of record ``seq``) as the snapshot and drop the journal up to the
+        previous one, unless a snapshot as new exists. Replicas loading meanwhile keep their
+        MVCC view."""
+        data = faiss.serialize_index(index).tobytes()
+        with self.conn() as c, c.transaction():
+            cur = int(
+                c.execute(
+                    "SELECT value FROM state WHERE key='checkpoint_seq' FOR UPDATE"
+                ).fetchone()[0]
+            )
+            if cur >= seq:
+                return False
+            c.execute("INSERT INTO snapshots(seq, data) VALUES (%s, %s)", (seq, data))
+            c.execute("UPDATE state SET value=%s WHERE key='checkpoint_seq'", (str(seq),))
+            c.execute("DELETE FROM snapshots WHERE seq < %s", (seq,))
+            # Records since the previous snapshot stay, for replicas a little behind.
+            c.execute("DELETE FROM journal WHERE seq <= %s", (cur,))
+        return True
+
+    def clean_up(self, current: str) -> None:
+        """Nothing is left behind in the database by an interrupted compaction."""
+
+
+def json_items(text: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(str(i), dict(m)) for i, m in json.loads(text)]

@@ -1,0 +1,162 @@
+"""``phonesim index snapshot | restore``: a consistent copy of a catalog while servers run.
+
+A snapshot is an ordinary index folder (manifest, ``catalog.sqlite``, one FAISS file, an empty
+journal), whatever the store: so it can be opened, searched, copied to another machine, pushed
+into PostgreSQL, or restored.
+
+- SQLite: SQLite's online backup API copies the catalog as of one committed transaction; the
+  compaction lock is held meanwhile, so the FAISS file it names is not deleted under us.
+- PostgreSQL: the store is loaded as a replica does (one REPEATABLE READ transaction), and its
+  mirror and FAISS copy are written out.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common.fsutil import fsync_dir, fsync_path
+from index import ann
+from index.build import move_into_place
+from index.errors import BuildInputError, IndexLockedError
+from index.folder import faiss_file_name
+from index.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from index.store import STORE_NAME
+
+_LOCK_WAIT_S = 60.0
+
+
+def _fresh_folder(out: Path) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BuildInputError(f"{out}: already exists and is not empty")
+    if not out.parent.is_dir():
+        raise BuildInputError(f"{out.parent}: parent folder does not exist")
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.snapshot-", dir=out.parent))
+
+
+def snapshot(path: str | Path | None, out: str | Path, *, store: str | None = None) -> dict:
+    """Copy the catalog at ``path`` (or in ``store``) to the new index folder ``out``."""
+    out = Path(out)
+    tmp = _fresh_folder(out)
+    try:
+        info = _snapshot_pg(store, tmp) if store else _snapshot_sqlite(Path(path), tmp)
+        fsync_dir(tmp)
+        tmp.rename(out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**info, "out": str(out)}
+
+
+def _snapshot_sqlite(path: Path, tmp: Path) -> dict[str, Any]:
+    from index.source_sqlite import SqliteSource
+    from index.store import CatalogStore
+
+    manifest = read_manifest(path)
+    source = SqliteSource(path, CatalogStore(path / STORE_NAME))
+    try:
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        while True:
+            with source.compaction_lock() as got:
+                if got:
+                    src = sqlite3.connect(path / STORE_NAME)
+                    dst = sqlite3.connect(tmp / STORE_NAME)
+                    try:
+                        src.backup(dst)  # one step: the state of one committed transaction
+                        name, seq = dst.execute(
+                            "SELECT (SELECT value FROM state WHERE key='checkpoint_file'), "
+                            "(SELECT max(seq) FROM journal)"
+                        ).fetchone()
+                    finally:
+                        src.close()
+                        dst.close()
+                    shutil.copyfile(path / name, tmp / name)
+                    break
+            if time.monotonic() > deadline:
+                raise IndexLockedError(f"{path}: a compaction held the index for too long")
+            time.sleep(0.05)
+    finally:
+        source.close()
+    fsync_path(tmp / STORE_NAME)
+    fsync_path(tmp / name)
+    write_manifest(tmp, manifest)
+    return {"store": str(path), "seq": int(seq or 0)}
+
+
+def _snapshot_pg(store: str, tmp: Path) -> dict[str, Any]:
+    from index.catalog import CatalogIndex
+
+    ix = CatalogIndex.open(None, store=store, readonly=True)
+    try:
+        with ix._apply_mutex, ix._rw.read():  # one state: nothing applied meanwhile
+            seq = ix._replica.applied_seq
+            mirror = ix._store
+            dst = sqlite3.connect(tmp / STORE_NAME)
+            try:
+                with mirror.lock:
+                    mirror._db.backup(dst)
+                name = faiss_file_name(0)
+                dst.execute(
+                    "INSERT OR REPLACE INTO state(key, value) VALUES "
+                    "('checkpoint_file', ?), ('checkpoint_seq', '0')",
+                    (name,),
+                )
+                dst.execute("PRAGMA journal_mode=WAL")
+                dst.commit()
+            finally:
+                dst.close()
+            ann.write(ix._replica.index, tmp / name)
+            count = ix._replica.count
+            source = {**ix.manifest.source, "snapshot_of": {"store": ix.where, "seq": seq}}
+            manifest = ix.manifest.with_count(count)
+        from dataclasses import replace
+
+        write_manifest(tmp, replace(manifest, source=source))
+        fsync_path(tmp / STORE_NAME)
+        return {"store": ix.where, "seq": seq}
+    finally:
+        ix.close()
+
+
+def restore(
+    snapshot_dir: str | Path,
+    *,
+    path: str | Path | None = None,
+    store: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Bring back a snapshot folder: as the index folder ``path`` (no process may have it
+    open), or into the PostgreSQL ``store`` (replicas reload from it)."""
+    from index.catalog import CatalogIndex
+
+    snap = Path(snapshot_dir)
+    if not (snap / MANIFEST_NAME).is_file():
+        raise BuildInputError(f"{snap}: not a snapshot (no {MANIFEST_NAME})")
+    with CatalogIndex.open(snap, readonly=True) as ix:  # check it opens and agrees
+        count = len(ix)
+    if store is not None:
+        from index.pg import redact
+        from index.pg_admin import push_folder
+
+        push_folder(snap, store, overwrite=overwrite)
+        return {"count": count, "store": redact(store)}
+    dest = Path(path)
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        raise BuildInputError(f"{dest}: already exists; use --overwrite to replace it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.restoring-", dir=dest.parent))
+    try:
+        for p in snap.iterdir():
+            if p.is_file() and not p.name.endswith(("-wal", "-shm", ".lock")):
+                shutil.copyfile(p, tmp / p.name)
+                fsync_path(tmp / p.name)
+        fsync_dir(tmp)
+        move_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"count": count, "path": str(dest)}

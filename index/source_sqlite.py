@@ -1,0 +1,228 @@
+"""The SQLite backend: an index folder's ``catalog.sqlite`` as the one source of truth.
+
+Every process on the machine opens the same file: writes serialise on SQLite's write lock
+(``BEGIN IMMEDIATE``), each process follows the journal into its own FAISS copy, and the cheap
+change check is ``PRAGMA data_version``. Snapshots are ``vectors-<seq>.faiss`` files in the
+folder, written by one compactor at a time (an ``flock`` on ``compact.lock``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from common.fsutil import fsync_dir
+from index import ann
+from index.errors import (
+    DuplicateIdError,
+    IndexNotFoundError,
+    StoreUnavailableError,
+    UnknownIdError,
+)
+from index.folder import FAISS_PREFIX, faiss_file_name
+from index.journal import JournalRecord
+from index.replica import Loaded
+from index.store import CatalogStore, StoredItem
+
+log = logging.getLogger(__name__)
+
+COMPACT_LOCK = "compact.lock"
+
+
+@contextmanager
+def _reachable(where: Path) -> Iterator[None]:
+    """SQLite failures other than bad input (locked past the busy timeout, I/O errors) mean
+    the store cannot take the change now."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailableError(f"{where}: catalog store unavailable ({exc})") from exc
+
+
+class SqliteSource:
+    """Writes, the journal and snapshots of an index folder's SQLite store."""
+
+    kind = "sqlite"
+
+    def __init__(self, folder: Path, store: CatalogStore, lock_fd: int | None = None) -> None:
+        self.folder = folder
+        self.store = store  # also the read store: the shared file is the current state
+        self._lock_fd = lock_fd  # the folder lock, shared: no build replaces it under us
+        self._dv: int | None = None
+
+    @property
+    def where(self) -> str:
+        return str(self.folder)
+
+    def close(self) -> None:
+        self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- following ------------------------------------------------------------------------
+    def changed(self) -> bool:
+        """Whether another connection committed since the last call (microseconds)."""
+        with _reachable(self.folder):
+            dv = self.store.data_version()
+        changed, self._dv = dv != self._dv, dv
+        return changed
+
+    def head(self) -> tuple[int, int]:
+        """``(last journal seq, snapshot seq)``."""
+        with _reachable(self.folder), self.store.read_txn():
+            return self.store.journal_head(), self._ck()[1]
+
+    def _ck(self) -> tuple[str, int]:
+        name = self.store.get_state("checkpoint_file") or ""
+        return name, int(self.store.get_state("checkpoint_seq", "0") or 0)
+
+    def records(self, after: int, dim: int) -> list[JournalRecord]:
+        with _reachable(self.folder):
+            return self.store.journal_records(after, dim)
+
+    def journal_stats(self) -> tuple[int, int, float | None]:
+        """``(records, vectors, oldest commit time)`` not yet in a snapshot."""
+        with _reachable(self.folder), self.store.read_txn():
+            _, pending, n, oldest = self.store.journal_stats(self._ck()[1])
+        return n, pending, oldest
+
+    def load(self, dim: int) -> Loaded:
+        """The snapshot file plus the journal after it, read in one short transaction (retried
+        when a compactor replaced the file between reading its name and opening it)."""
+        for _ in range(20):
+            with _reachable(self.folder), self.store.read_txn():
+                name, seq = self._ck()
+                if not name:
+                    raise IndexNotFoundError(f"{self.folder}: catalog store names no FAISS file")
+                if not (self.folder / name).is_file():
+                    continue
+                try:
+                    index = ann.read(self.folder / name)
+                except Exception:
+                    if (self.folder / name).is_file():
+                        raise
+                    continue  # deleted while we read it
+                records = self.store.journal_records(seq, dim)
+                live = self.store.live_fids()
+                return Loaded(index, name, seq, records, len(live), live, self.store.next_fid())
+        raise IndexNotFoundError(f"{self.folder}: FAISS file {name} is missing")
+
+    # -- writes -----------------------------------------------------------------------------
+    def commit_add(
+        self, ids: Sequence[str], xb: np.ndarray, mds: Sequence[Mapping[str, Any]]
+    ) -> JournalRecord:
+        s = self.store
+        with _reachable(self.folder), s.transaction():
+            existing = s.fids_for_ids(ids)
+            if existing:
+                shown = ", ".join(repr(i) for i in list(existing)[:5])
+                raise DuplicateIdError(
+                    f"{len(existing)} id(s) already in the index: {shown}; remove them first"
+                )
+            start = s.next_fid()
+            fids = np.arange(start, start + len(ids), dtype=np.int64)
+            s.insert_items(fids, ids, mds)
+            rec = s.journal_append("add", fids, xb)
+            s.set_state(next_fid=start + len(ids))
+        return rec
+
+    def commit_remove(self, ids: Sequence[str]) -> JournalRecord:
+        s = self.store
+        with _reachable(self.folder), s.transaction():
+            found = s.fids_for_ids(ids)
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise UnknownIdError(missing, "remove")
+            fids = np.array([found[i] for i in ids], dtype=np.int64)
+            s.delete_items(fids)
+            return s.journal_append("remove", fids, None)
+
+    def commit_meta(
+        self, id_: str, metadata: Mapping[str, Any], merge: bool
+    ) -> tuple[JournalRecord, StoredItem]:
+        s = self.store
+        with _reachable(self.folder), s.transaction():
+            row = s.get(id_)
+            if row is None:
+                raise UnknownIdError([id_], "update")
+            md = {**row.metadata, **metadata} if merge else dict(metadata)
+            fids = np.array([row.fid], np.int64)
+            s.delete_items(fids)
+            s.insert_items(fids, [id_], [md])
+            rec = s.journal_append("meta", fids, None)
+        return rec, StoredItem(row.fid, id_, md)
+
+    # -- snapshots --------------------------------------------------------------------------
+    @contextmanager
+    def compaction_lock(self) -> Iterator[bool]:
+        """Whether this process got the one compactor's lock (never waits)."""
+        fd = os.open(self.folder / COMPACT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    def commit_snapshot(self, index: faiss.Index, seq: int) -> bool:
+        """Write ``index`` (the state as of record ``seq``) as the new snapshot and drop the
+        journal up to the previous one; False if a snapshot as new exists. Hold the lock."""
+        name = faiss_file_name(seq)
+        ann.write(index, self.folder / name)  # temporary name, fsync, rename, fsync folder
+        with _reachable(self.folder), self.store.transaction():
+            old, old_seq = self._ck()
+            if old_seq >= seq:
+                stale = True
+            else:
+                stale = False
+                self.store.set_state(checkpoint_file=name, checkpoint_seq=seq)
+                # Records since the previous snapshot stay, for copies a little behind.
+                self.store.journal_truncate(old_seq)
+        self.remove_stale_files(old if stale else name)
+        self.store.checkpoint_wal()
+        return not stale
+
+    def clean_up(self, current: str) -> None:
+        """Delete what an interrupted compaction left, unless a compactor is at work."""
+        with self.compaction_lock() as got:
+            if got:
+                self.remove_stale_files(self._ck()[0] or current)
+
+    def remove_stale_files(self, keep: str) -> None:
+        """Delete FAISS files other than ``keep``: superseded or interrupted snapshots (only
+        the compactor writes them, so hold the lock)."""
+        removed = False
+        for p in self.folder.iterdir():
+            if (p.name.startswith(FAISS_PREFIX) and p.name != keep) or p.name.startswith(
+                f".{FAISS_PREFIX}"
+            ):
+                p.unlink(missing_ok=True)
+                removed = True
+        if removed:
+            fsync_dir(self.folder)
+
+    # -- what a PostgreSQL source does differently --------------------------------------------
+    cheap_check = True  # data_version costs microseconds: check before every read
+
+    def replaced(self) -> bool:
+        """A folder is never replaced under an opener (the shared folder lock)."""
+        return False
+
+    def installed(self, loaded: Loaded) -> None:
+        """A replica was loaded (the shared file needs no local mirror)."""
+
+    def apply_local(self, rec: JournalRecord) -> None:
+        """The record is in the shared file already; only caches go stale."""

@@ -1,0 +1,60 @@
+"""Opening a catalog store by where it is: an index folder (SQLite) or a PostgreSQL URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from index.errors import InvalidParamsError
+from index.manifest import Manifest, read_manifest
+
+PG_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_pg_url(store: str | None) -> bool:
+    return isinstance(store, str) and store.startswith(PG_SCHEMES)
+
+
+def open_source(path: str | Path | None, store: str | None) -> tuple[Any, Manifest, str]:
+    """``(source, manifest, where)`` for :meth:`index.catalog.CatalogIndex.open`."""
+    if store is None:
+        if path is None:
+            raise InvalidParamsError("give an index folder, or a store URL")
+        import os
+
+        from index.folder import lock_shared, store_path
+        from index.source_sqlite import SqliteSource
+        from index.store import CatalogStore
+
+        path = Path(path)
+        manifest = read_manifest(path)
+        db = store_path(path)
+        fd = lock_shared(path)
+        try:
+            source = SqliteSource(path, CatalogStore(db), lock_fd=fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return source, manifest, str(path)
+    if is_pg_url(store):
+        from index.pg import PgSource
+
+        source = PgSource(store)
+        try:
+            manifest = source.manifest()
+        except BaseException:
+            source.close()
+            raise
+        return source, manifest, source.where
+    raise InvalidParamsError(f"store must be a postgresql:// URL or omitted, got {store!r}")
+
+
+def read_store_manifest(path: str | Path | None, store: str | None) -> Manifest:
+    """The manifest of the index at ``path`` or in ``store``, without loading it."""
+    if store is None:
+        if path is None:
+            raise InvalidParamsError("give an index folder, or a store URL")
+        return read_manifest(path)
+    source, manifest, _ = open_source(None, store)
+    source.close()
+    return manifest

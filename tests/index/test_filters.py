@@ -1,0 +1,288 @@
+"""The filter language: grammar, typing from the catalog, evaluation against brute force, caches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from index import InvalidFilterError, build_index, open_index
+from index.filters import Condition, FilterEngine, make_column, parse_filter
+from index.inputs import clean_metadata_rows
+from index.store import CatalogStore
+from tests.index.synthetic import HASH, MODEL, make_catalog
+from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
+
+
+def make_store(tmp_path, metadata: list[dict]) -> CatalogStore:
+    store = CatalogStore(tmp_path / "catalog.sqlite", create=True)
+    with store.transaction():
+        store.insert_items(
+            list(range(len(metadata))),
+            [f"sku-{i}" for i in range(len(metadata))],
+            clean_metadata_rows(metadata, len(metadata)),
+        )
+    return store
+
+
+PRICES = [1, 2.5, 3, 299.99, 300, 300.01, -4]
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """A store of PRICES and other fields: its filter_fids runs a FilterEngine."""
+    md = [
+        {
+            "price": p,
+            "brand": "Acme" if i % 2 else "Other",
+            "in_stock": i % 3 == 0,
+            "csv_price": f"{p:.2f}",  # numbers held as text, as a CSV catalog gives them
+            "mixed": "cheap" if i == 0 else str(i),
+        }
+        for i, p in enumerate(PRICES)
+    ]
+    store = make_store(tmp_path, md)
+    yield store
+    store.close()
+
+
+def ids(store: CatalogStore, flt: dict) -> list[int]:
+    return store.filter_fids(flt).tolist()
+
+
+def test_parse_folds_operators_per_field_and_sorts_fields():
+    conds = parse_filter({"z": "a", "price": {"gt": 1, "gte": 1, "lt": 9, "lte": "5"}})
+    assert [c.field for c in conds] == ["price", "z"]
+    price = conds[0]
+    assert (price.low, price.low_inclusive, price.high, price.high_inclusive) == (1, False, 5, True)
+    assert price.values is None and price.range_op == "gt"
+    assert conds[1] == Condition("z", values=("a",))
+    both = parse_filter({"b": {"in": ["x", "y", 3], "eq": "y"}})[0]
+    assert both.values == ("y",)  # eq AND in: their intersection
+    assert parse_filter({"b": [True, 2.0, "t"]})[0].values == ("2", "t", "true")
+
+
+@pytest.mark.parametrize(
+    ("flt", "message"),
+    [
+        (None, "non-empty mapping"),
+        ({}, "non-empty mapping"),
+        ([("a", 1)], "non-empty mapping"),
+        ({"": 1}, "non-empty strings"),
+        ({3: 1}, "non-empty strings"),
+        ({"price": {"below": 3}}, "unknown operator 'below'; use eq, in, lt, lte, gt, gte"),
+        ({"price": {}}, "empty operator object"),
+        ({"price": {"in": 3}}, r"\['in'\]: expected a list"),
+        ({"price": {"eq": [1, 2]}}, "use 'in' for a list"),
+        ({"price": None}, "got null"),
+        ({"price": [1, {"a": 1}]}, "got {'a': 1} \\(object\\)"),
+        ({"price": [[1]]}, "expected a string, number or boolean"),
+        ({"price": math.nan}, "non-finite"),
+        (
+            {"price": {"lt": None}},
+            r"filter\['price'\]\['lt'\]: a range bound must be a number, got null",
+        ),
+        ({"price": {"lt": True}}, "got True \\(boolean\\)"),
+        ({"price": {"gte": {"x": 1}}}, "must be a number"),
+        ({"price": {"lt": [1]}}, "must be a number"),
+        ({"price": {"lt": math.inf}}, "must be finite"),
+        ({"price": {"lt": -math.inf}}, "must be finite"),
+        ({"price": {"lt": math.nan}}, "must be finite"),
+        ({"price": {"lt": "cheap"}}, "string ranges are not supported"),
+        ({"price": {"lt": "1e999"}}, "must be finite"),
+    ],
+)
+def test_malformed_filters_raise_with_a_clear_message(flt, message):
+    with pytest.raises(InvalidFilterError, match=message):
+        parse_filter(flt)
+
+
+def test_numeric_ranges_with_inclusive_and_exclusive_bounds(engine):
+    # PRICES = [1, 2.5, 3, 299.99, 300, 300.01, -4]
+    assert ids(engine, {"price": {"lt": 300}}) == [0, 1, 2, 3, 6]
+    assert ids(engine, {"price": {"lte": 300}}) == [0, 1, 2, 3, 4, 6]
+    assert ids(engine, {"price": {"gt": 300}}) == [5]
+    assert ids(engine, {"price": {"gte": 300}}) == [4, 5]
+    assert ids(engine, {"price": {"gt": 1, "lt": 3}}) == [1]
+    assert ids(engine, {"price": {"gte": "2.5", "lte": 3.0}}) == [1, 2]
+    assert ids(engine, {"price": {"gte": 300, "lte": 300}}) == [4]
+    assert ids(engine, {"price": {"gt": 300, "lt": 300}}) == []
+    assert ids(engine, {"price": {"lt": 0}}) == [6]
+    assert ids(engine, {"price": {"gt": -1e300}}) == list(range(7))
+
+
+def test_numbers_held_as_text_are_numeric_and_equality_compares_numbers(engine):
+    assert engine.field_type("csv_price") == "number"
+    assert ids(engine, {"csv_price": {"lt": 300}}) == [0, 1, 2, 3, 6]
+    assert ids(engine, {"csv_price": 300}) == [4]  # "300.00" equals 300
+    assert ids(engine, {"price": "300.0"}) == ids(engine, {"price": 300}) == [4]
+    assert ids(engine, {"price": {"in": [2.5, "3", "x", True]}}) == [1, 2]
+    assert ids(engine, {"price": "x"}) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "kind", "held"),
+    [
+        ("brand", "text", " \\(it holds '"),
+        ("in_stock", "boolean", ""),
+        ("mixed", "text", " \\(it holds 'cheap', not a number\\)"),
+    ],
+)
+def test_a_range_on_a_field_that_is_not_numeric_names_the_field_and_its_type(
+    engine, field, kind, held
+):
+    assert engine.field_type(field) == kind
+    with pytest.raises(InvalidFilterError, match=f"'{field}' is a {kind} field{held}"):
+        engine.filter_fids({field: {"gte": 3}})
+    with pytest.raises(InvalidFilterError, match="'lt' needs a numeric field"):
+        engine.filter_fids({"price": {"gt": 1}, field: {"lt": 3}})
+
+
+def test_equality_and_any_of_combine_with_ranges(engine):
+    assert ids(engine, {"brand": "Acme"}) == [1, 3, 5]
+    assert ids(engine, {"brand": "Acme", "price": {"lt": 300}}) == [1, 3]
+    assert ids(engine, {"brand": ["Acme", "Other"], "price": {"gte": 300}}) == [4, 5]
+    assert ids(engine, {"in_stock": True, "price": {"gt": 0}}) == [0, 3]
+    assert ids(engine, {"brand": {"in": []}}) == []
+    assert ids(engine, {"price": {"in": [1, 300], "lt": 300}}) == [0]
+    assert ids(engine, {"brand": "Nobody", "price": {"lt": 5}}) == []
+
+
+def test_unknown_fields_list_the_filterable_ones(engine):
+    with pytest.raises(
+        InvalidFilterError, match="'colour'.*brand, csv_price, in_stock, mixed, price"
+    ):
+        engine.filter_fids({"colour": "red", "price": {"lt": 3}})
+    with pytest.raises(InvalidFilterError, match="unknown filter field 'colour'"):
+        engine.field_type("colour")
+
+
+def test_column_typing():
+    fids = np.array([5, 2, 9])
+    col = make_column(fids, ["10", "2.5", "-1e3"])
+    assert col.kind == "number"
+    assert col.values.tolist() == [-1000.0, 2.5, 10.0] and col.fids.tolist() == [9, 2, 5]
+    assert make_column(fids, ["true", "false", "true"]).kind == "boolean"
+    assert make_column(fids, ["1", " 2", "3"]).kind == "text"  # no padded numbers
+    assert make_column(fids, ["1", "nan", "3"]).example == "nan"
+    assert make_column(fids, ["1", "1e999", "3"]).kind == "text"
+    assert make_column(fids[:0], []).kind == "empty"
+
+
+def _reference(md: dict, flt: dict) -> bool:
+    """Brute force: does one item's metadata match ``flt`` (numeric fields compare numbers)."""
+    for field, spec in flt.items():
+        value = md.get(field)
+        if value is None:
+            return False
+        ops = spec if isinstance(spec, dict) else {"in": spec if isinstance(spec, list) else [spec]}
+        for op, operand in ops.items():
+            if op in ("eq", "in"):
+                wanted = operand if op == "in" else [operand]
+                if field in ("price", "qty"):
+                    ok = any(float(value) == float(w) for w in wanted)
+                else:
+                    ok = any(str(value) == str(w) for w in wanted)
+            else:
+                x, b = float(value), float(operand)
+                ok = {"lt": x < b, "lte": x <= b, "gt": x > b, "gte": x >= b}[op]
+            if not ok:
+                return False
+    return True
+
+
+def _random_filter(rng: np.random.Generator) -> dict:
+    flt: dict = {}
+    if rng.random() < 0.5:
+        brands = [f"b{i}" for i in rng.choice(6, size=rng.integers(1, 4), replace=False)]
+        flt["brand"] = brands[0] if len(brands) == 1 and rng.random() < 0.5 else brands
+    for field in ("price", "qty"):
+        if rng.random() < 0.6:
+            ops = rng.choice(["lt", "lte", "gt", "gte"], size=rng.integers(1, 3), replace=False)
+            flt[field] = {str(op): float(np.round(rng.uniform(-10, 110), 1)) for op in ops}
+            if rng.random() < 0.2:
+                flt[field]["in"] = [int(v) for v in rng.integers(0, 100, 5)]
+    return flt or {"qty": {"gte": 50}}
+
+
+def test_filters_equal_brute_force_on_a_random_catalog(tmp_path):
+    rng = np.random.default_rng(0)
+    md = []
+    for i in range(2000):
+        m = {"brand": f"b{rng.integers(6)}", "price": float(np.round(rng.uniform(0, 100), 1))}
+        if i % 7:
+            m["qty"] = int(rng.integers(0, 100))  # some items lack the field
+        md.append(m)
+    store = make_store(tmp_path, md)
+    for _ in range(200):
+        flt = _random_filter(rng)
+        expected = [i for i, m in enumerate(md) if _reference(m, flt)]
+        assert ids(store, flt) == expected, flt
+    store.close()
+
+
+def test_caches_follow_adds_and_removes(tmp_path):
+    xb, xq, item_ids, md = make_catalog(300, seed=3)
+    build_index(tmp_path / "ix", item_ids, xb, md, model_name=MODEL, checkpoint_hash=HASH)
+    flt = {"price": {"gte": 105}}
+    with open_index(tmp_path / "ix") as ix:
+        store = ix._store
+        first = store.filter_fids(flt)
+        assert store.filter_fids(flt) is first  # one array per filter and catalog state
+        before = {h.id for h in ix.search(xq[0], 1000, filter=flt)[0]}
+        assert before == {f"sku-{i}" for i, m in enumerate(md) if m["price"] >= 105}
+        ix.add(["new-1", "new-2"], xb[:2], [{"price": 999}, {"price": 1}])
+        after = {h.id for h in ix.search(xq[0], 1000, filter=flt)[0]}
+        assert after == before | {"new-1"}
+        assert store.filter_fids(flt) is not first
+        ix.remove(["new-1", sorted(before)[0]])
+        again = {h.id for h in ix.search(xq[0], 1000, filter=flt)[0]}
+        assert again == after - {"new-1", sorted(before)[0]}
+        ix.add(["text-price"], xb[2:3], [{"price": "call us"}])
+        with pytest.raises(
+            InvalidFilterError, match="'price' is a text field \\(it holds 'call us'"
+        ):
+            ix.search(xq[0], 5, filter=flt)
+
+
+def test_the_engine_rereads_after_the_store_changes_and_without_a_generation(tmp_path):
+    store = make_store(tmp_path, [{"price": 1}, {"price": 5}])
+    flt = {"price": {"lt": 3}}
+    first = store.filter_fids(flt)
+    assert first.tolist() == [0] and store.filter_fids(flt) is first
+    with store.transaction():
+        store.insert_items([2], ["sku-2"], [{"price": 2}])
+    assert store.filter_fids(flt).tolist() == [0, 2]
+
+    class NoGeneration:  # a store that cannot say when it changed: never cached
+        fields, field_values, equal_fids = store.fields, store.field_values, store.equal_fids
+
+    engine = FilterEngine(NoGeneration())
+    assert engine.fids(flt) is not engine.fids(flt)
+    assert engine.field_type("price") == "number"
+    store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_range_filters_follow_metadata_updates_on_both_stores(tmp_path, request, backend):
+    xb, xq, item_ids, md = make_catalog(300, seed=4)
+    build_index(tmp_path / "ix", item_ids, xb, md, model_name=MODEL, checkpoint_hash=HASH)
+    url = None
+    if backend == "postgresql":
+        from index.pg_admin import push_folder
+
+        url = request.getfixturevalue("pg_url")
+        push_folder(tmp_path / "ix", url)
+    flt = {"price": {"gt": 105}, "brand": ["Acme", "Rare"]}
+    with open_index(None if url else tmp_path / "ix", store=url) as ix:
+        expected = {
+            f"sku-{i}" for i, m in enumerate(md) if m["price"] > 105 and m["brand"] != "Other"
+        }
+        assert {h.id for h in ix.search(xq[0], 1000, filter=flt)[0]} == expected
+        cheap = sorted(expected)[0]
+        ix.update_metadata(cheap, {"price": 5})
+        ix.update_metadata("sku-0", {"price": 1000, "brand": "Rare"})
+        got = {h.id for h in ix.search(xq[0], 1000, filter=flt)[0]}
+        assert got == (expected - {cheap}) | {"sku-0"}
+        assert {i.id for i in ix.list_items(None, 1000, filter=flt)} == got

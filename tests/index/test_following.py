@@ -1,0 +1,328 @@
+"""Several processes on one catalog store, on SQLite and on a real PostgreSQL server: each
+follows the journal (sync), sees its own writes at once, others' after a sync; compaction
+while another process searches; no acknowledged write lost to SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index import build_index, open_index
+from index.errors import StoreUnavailableError, UnknownIdError
+from tests.index.synthetic import HASH, MODEL, make_catalog
+from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
+
+REPO = Path(__file__).resolve().parents[2]
+CHILD = Path(__file__).with_name("store_child.py")
+D = 16
+N = 300
+
+
+@dataclass
+class Spec:
+    path: Path
+    store: str | None
+
+    def open(self, **kwargs):  # noqa: ANN003, ANN201
+        return open_index(self.path, store=self.store, **kwargs)
+
+
+def build(folder: Path, store: str | None) -> Spec:
+    xb, _, ids, md = make_catalog(N, d=D)
+    build_index(folder, ids, xb, md, model_name=MODEL, checkpoint_hash=HASH, kind="flat")
+    if store is not None:
+        from index.pg_admin import push_folder
+
+        push_folder(folder, store)
+    return Spec(folder, store)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def spec(request, tmp_path) -> Spec:
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    return build(tmp_path / "ix", url)
+
+
+class Child:
+    """store_child.py in its own process; ``ask`` sends one command, returns its answer."""
+
+    def __init__(self, spec: Spec, mode: str = "rw") -> None:
+        argv = [sys.executable, str(CHILD), str(REPO), str(spec.path), spec.store or "-", mode]
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self.answer(60) == "ready", self.proc.stderr.read() if self.proc.poll() else ""
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put("<eof>")
+
+    def answer(self, timeout: float = 30) -> str:
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no answer from the child in {timeout} s") from None
+
+    def ask(self, line: str, timeout: float = 30) -> str:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.answer(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=20)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def vec(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((1, D)).astype(np.float32)
+
+
+def until(ix, cond, seconds: float = 10.0) -> bool:  # noqa: ANN001
+    """Poll ``cond`` (syncing first) until it holds or the deadline passes."""
+    deadline = time.monotonic() + seconds
+    while True:
+        ix.sync()
+        if cond():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+
+
+def test_processes_see_each_others_writes(spec):
+    child = Child(spec)
+    try:
+        with spec.open() as ix:
+            ix.add(["p-1"], vec(1))
+            assert "p-1" in ix and ix.search(vec(1), 1)[0][0].id == "p-1"  # read-your-writes
+            assert child.ask("wait p-1 present 10") == "yes"
+            assert child.ask("add c-1 7") == "ok"
+            assert child.ask("remove sku-3") == "ok"
+            assert until(ix, lambda: "c-1" in ix and "sku-3" not in ix)
+            assert ix.search(vec(7), 1)[0][0].id == "c-1"
+            st = ix.sync_status
+            assert st.behind_entries == 0 and st.store_error is None
+            assert st.applied_seq == st.head_seq == 3 and st.size == N + 1
+    finally:
+        child.close()
+
+
+def test_concurrent_writers_in_several_processes(spec):
+    children = [Child(spec) for _ in range(3)]
+    try:
+        for n, child in enumerate(children):
+            child.proc.stdin.write(f"burst w{n} 25\n")
+            child.proc.stdin.flush()
+        assert [c.answer(120) for c in children] == ["ok"] * 3
+        with spec.open(readonly=True) as ix:
+            added = [i for n in range(3) for i in (f"w{n}-{j}" for j in range(25))]
+            assert all(i in ix for i in added) and len(ix) == N + 75
+            st = ix.sync_status
+            assert st.applied_seq == st.head_seq == 75  # one record each, numbered without gaps
+            fids = ix.store.fids_for_ids(added)
+            assert len(set(fids.values())) == 75
+            assert ix.search(ix.get_vectors(["w2-24"]), 1)[0][0].id in {"w0-24", "w1-24", "w2-24"}
+    finally:
+        for c in children:
+            c.close()
+
+
+def test_update_metadata_and_list_items(spec):
+    child = Child(spec)
+    try:
+        with spec.open() as ix:
+            v0 = ix.version
+            item = ix.update_metadata("sku-5", {"brand": "Zeta", "stock": 3})
+            assert ix.version != v0  # caches keyed on it are invalidated
+            assert item.metadata["brand"] == "Zeta" and item.metadata["price"] == 105
+            assert [h.id for h in ix.search(vec(0), 5, filter={"brand": "Zeta"})[0]] == ["sku-5"]
+            assert child.ask("field sku-5 brand 10 Zeta") == "yes"
+            assert child.ask('meta sku-6 {"brand": "Zeta"}') == "ok"
+            assert until(ix, lambda: len(ix.list_items(None, 10, filter={"brand": "Zeta"})) == 2)
+            replaced = ix.update_metadata("sku-5", {"only": 1}, merge=False)
+            assert replaced.metadata == {"only": 1}
+            with pytest.raises(UnknownIdError):
+                ix.update_metadata("nope", {"a": 1})
+            pages, after = [], None
+            while page := ix.list_items(after, 64):
+                pages += [i.id for i in page]
+                after = page[-1].id
+            assert pages == sorted(f"sku-{i}" for i in range(N))
+            fids, texts = ix.store.field_values("price")
+            assert len(fids) == N - 1 and set(texts) == {str(p) for p in range(100, 107)}
+    finally:
+        child.close()
+
+
+def test_compaction_while_another_process_searches(spec):
+    child = Child(spec, "ro")
+    try:
+        with spec.open() as ix:
+            child.proc.stdin.write("search 4\n")
+            child.proc.stdin.flush()
+            for r in range(6):
+                ix.add([f"k-{r}-{j}" for j in range(20)], np.repeat(vec(r), 20, axis=0))
+                ix.remove([f"sku-{r}"])
+                assert ix.compact(force=True) is True
+                assert ix.sync_status.journal_length == 0
+            report = json.loads(child.answer(60))
+            assert report["n_errors"] == 0, report["errors"]
+            assert report["searches"] > 10
+            assert child.ask("wait k-5-19 present 10") == "yes"
+            assert child.ask("wait sku-5 absent 10") == "yes"
+            assert ix.compact() is False  # nothing due
+    finally:
+        child.close()
+
+
+def test_sync_in_a_thread_while_threads_search(spec):
+    """A background follower and searching threads of one process, another process writing."""
+    child = Child(spec)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    try:
+        with spec.open(readonly=True) as ix:
+
+            def loop(work) -> None:  # noqa: ANN001
+                try:
+                    while not stop.is_set():
+                        work()
+                except BaseException as exc:  # reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=loop, args=(ix.sync,))]
+            threads += [
+                threading.Thread(target=loop, args=(lambda: ix.search(vec(5), 10),))
+                for _ in range(2)
+            ]
+            for t in threads:
+                t.start()
+            for i in range(30):
+                assert child.ask(f"add t-{i} {i}") == "ok"
+                if i % 3 == 0:
+                    assert child.ask(f"remove sku-{i}") == "ok"
+            assert until(ix, lambda: "t-29" in ix and len(ix) == N + 20)
+            stop.set()
+            for t in threads:
+                t.join()
+        assert not errors, errors[:3]
+    finally:
+        stop.set()
+        child.close()
+
+
+def test_a_copy_behind_one_compaction_follows_on_further_behind_reloads(spec):
+    with spec.open() as writer, spec.open(readonly=True) as reader:
+        writer.add(["a1", "a2"], np.vstack([vec(1), vec(2)]))
+        assert writer.compact(force=True)
+        held = reader._replica
+        reader.sync()
+        assert reader._replica is held and "a2" in reader  # from the journal kept
+        for r in range(3):  # three snapshots later its records are gone: it reloads
+            writer.add([f"b{r}"], vec(10 + r))
+            assert writer.compact(force=True)
+        reader.sync()
+        assert reader._replica is not held
+        assert all(f"b{r}" in reader for r in range(3)) and len(reader) == N + 5
+        assert reader.search(vec(12), 1)[0][0].id == "b2"
+
+
+def test_kill_9_loses_no_acknowledged_write(spec):
+    child = Child(spec)
+    acked = []
+    for i in range(15):
+        assert child.ask(f"add kill-{i} {i}") == "ok"
+        acked.append(f"kill-{i}")
+    child.proc.stdin.write("add kill-x 99\n")
+    child.proc.stdin.flush()
+    child.proc.kill()  # SIGKILL, maybe mid-write
+    child.proc.wait()
+    with spec.open() as ix:
+        assert all(a in ix for a in acked)
+        assert len(ix) in (N + 15, N + 16)
+        assert ix.get_vectors(acked).shape == (15, D)
+
+
+def test_wal_stays_bounded_with_a_reader_open(tmp_path):
+    spec = build(tmp_path / "ix", None)
+    wal = tmp_path / "ix" / "catalog.sqlite-wal"
+    reader = spec.open(readonly=True)
+    with spec.open() as ix:
+        sizes = []
+        for i in range(600):
+            ix.add([f"w-{i}"], vec(i))
+            if i % 20 == 0:
+                assert f"w-{i}" in reader  # the reader follows, and holds nothing open
+                sizes.append(wal.stat().st_size)
+    reader.close()
+    # SQLite checkpoints its WAL every ~1000 pages (4 MB) when no reader pins it; 600
+    # transactions pinned by a reader grew it past 10 MB.
+    assert max(sizes) < 5 * 2**20, sizes
+
+
+def test_old_folder_is_upgraded_on_open(tmp_path):
+    import sqlite3
+
+    spec = build(tmp_path / "ix", None)
+    db = sqlite3.connect(tmp_path / "ix" / "catalog.sqlite")
+    db.executescript(
+        "DROP TABLE journal; CREATE TABLE journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "op TEXT NOT NULL, n INTEGER NOT NULL, fids BLOB NOT NULL, vectors BLOB);"
+    )
+    db.close()
+    with spec.open(readonly=True) as ix:
+        assert len(ix) == N
+    with spec.open() as ix:
+        ix.add(["new"], vec(3))
+    with spec.open() as ix:
+        assert "new" in ix
+
+
+def test_unreachable_postgresql_keeps_reads_and_refuses_writes(tmp_path, pg_server):  # noqa: F811
+    from tests.pg import PgServer
+
+    own = PgServer(pg_server.bindir)  # a server of its own, to stop mid-test
+    own.start()
+    try:
+        spec = build(tmp_path / "ix", own.create_db())
+        ix = spec.open()
+        ix.add(["before"], vec(1))
+        own.stop(remove=False)
+        st = ix.sync()
+        assert st.store_error and "unavailable" in st.store_error and st.behind_seconds > 0
+        assert ix.search(vec(1), 1)[0][0].id == "before"  # reads answer from the last state
+        assert ix.get("before").metadata == {}
+        with pytest.raises(StoreUnavailableError):
+            ix.add(["after"], vec(2))
+        with pytest.raises(StoreUnavailableError):
+            ix.update_metadata("before", {"a": 1})
+        assert "after" not in ix
+        own.start()  # the database comes back: the replica catches up by itself
+        other = spec.open()
+        other.add(["while-away"], vec(3))
+        st = ix.sync()
+        assert st.store_error is None and st.behind_entries == 0 and "while-away" in ix
+        ix.add(["after"], vec(2))
+        assert until(other, lambda: "after" in other)
+        other.close()
+        ix.close()
+    finally:
+        own.stop()

@@ -1,0 +1,109 @@
+"""``phonesim index add | remove | compact | snapshot | restore``, on SQLite and on a real
+PostgreSQL server, with another opener of the same store writing meanwhile."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from index import open_index
+from index.errors import BuildInputError, UnknownIdError
+from tests.index.test_cli import DIM, cli, write_csv, write_embeddings
+from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def built(request, tmp_path):
+    """``(argv naming the index, folder, store URL or None)`` of a 120-item index."""
+    write_embeddings(tmp_path / "emb.h5")
+    write_csv(tmp_path / "catalog.csv")
+    folder = tmp_path / "idx"
+    argv = ["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(folder)]
+    url = None
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        argv += ["--store", url]
+    assert cli([*argv, "--catalog", str(tmp_path / "catalog.csv"), "--no-progress"]) == 0
+    where = ["--store", url] if url else ["--index", str(folder)]
+    return where, folder, url
+
+
+def more_embeddings(path, ids):  # noqa: ANN001, ANN201
+    write_embeddings(path, n=len(ids))
+    with h5py.File(path, "a") as h5:
+        del h5["ids"]
+        h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+
+
+def test_add_remove_compact(built, tmp_path, capsys):
+    where, folder, url = built
+    more_embeddings(tmp_path / "more.h5", [f"n{i}" for i in range(1, 7)])
+    with open_index(folder, store=url, readonly=True) as follower:
+        assert cli(["add", *where, "--embeddings", str(tmp_path / "more.h5"), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"added": 6, "count": 126}
+        assert cli(["remove", *where, "--id", "n1", "--id", "p3"]) == 0
+        assert "removed 2; 124 items" in capsys.readouterr().out
+        with pytest.raises(UnknownIdError):
+            cli(["remove", *where, "--id", "nope"])
+        follower.sync()
+        assert "n2" in follower and "n1" not in follower and len(follower) == 124
+        assert cli(["compact", *where, "--force", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["compacted"] is True and out["journal_length"] == 0
+        follower.sync()
+        assert follower.search(follower.get_vectors(["n3"]), 1)[0][0].id == "n3"
+    assert cli(["info", *where, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (
+        info["count"] == 124
+        and info["journal_pending"] == 0
+        and "brand" in info["filterable_fields"]
+    )
+
+
+def test_snapshot_while_writing_and_restore(built, tmp_path, capsys):
+    where, folder, url = built
+    rng = np.random.default_rng(0)
+    follower = open_index(folder, store=url, readonly=True) if url else None
+    with open_index(folder, store=url) as writer:
+        writer.add(["before"], rng.standard_normal((1, DIM)))
+        assert cli(["snapshot", *where, "--out", str(tmp_path / "snap"), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        writer.add(["after"], rng.standard_normal((1, DIM)))
+        writer.remove(["p1"])
+    with open_index(tmp_path / "snap", readonly=True) as snap:
+        assert "before" in snap and "after" not in snap and "p1" in snap and len(snap) == 121
+    assert info["out"] == str(tmp_path / "snap")
+    with pytest.raises(BuildInputError, match="overwrite"):
+        cli(["restore", "--from", str(tmp_path / "snap"), *where])
+    assert cli(["restore", "--from", str(tmp_path / "snap"), *where, "--overwrite"]) == 0
+    with open_index(folder, store=url) as back:
+        assert "after" not in back and "p1" in back and len(back) == 121
+        back.add(["again"], rng.standard_normal((1, DIM)))  # writable after a restore
+    if follower is not None:  # a replica running through the restore reloads the new catalog
+        follower.sync()
+        assert "after" not in follower and "again" in follower and len(follower) == 122
+        follower.close()
+    with pytest.raises(BuildInputError, match="not empty"):
+        cli(["snapshot", *where, "--out", str(tmp_path / "snap")])
+
+
+def test_restore_into_a_new_folder(tmp_path):
+    write_embeddings(tmp_path / "emb.h5")
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
+    assert cli(["snapshot", "--index", str(tmp_path / "a"), "--out", str(tmp_path / "s")]) == 0
+    assert cli(["restore", "--from", str(tmp_path / "s"), "--index", str(tmp_path / "b")]) == 0
+    with open_index(tmp_path / "b") as ix:
+        assert len(ix) == 120
+
+
+def test_operations_need_a_target(capsys):
+    with pytest.raises(SystemExit):
+        cli(["compact"])
+    assert "--index INDEX_DIR (or --store URL)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["compact", "--store", "mysql://x"])
+    assert "postgresql://" in capsys.readouterr().err
