@@ -168,6 +168,14 @@ class CatalogIndex(Following):
             raise UnknownIdError([str(id_)], "get")
         return Item(row.id, row.metadata)
 
+    def field_types(self) -> dict[str, str]:
+        """Each filterable field's type as filters see it (``number``, ``boolean``, ``text``,
+        ``empty``). Stopgap for the server's OpenAPI document (ranges on numeric fields only)."""
+        self._fresh()
+        with self._rw.read():
+            self._check_open()
+            return {f: self._store.field_type(f) for f in sorted(self._store.fields())}
+
     def list_items(
         self, after: str | None = None, limit: int = 100, filter: Mapping[str, Any] | None = None
     ) -> list[Item]:

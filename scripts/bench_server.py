@@ -66,6 +66,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--baseline-runs", type=int, default=40)
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument(
+        "--batch-search",
+        action="store_true",
+        help="instead: --batch-images catalog images through /v1/search/batch against single "
+        "requests at --batch-single-concurrency (throughputs, ratio, identical neighbours)",
+    )
+    p.add_argument("--batch-images", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch request")
+    p.add_argument("--batch-concurrency", type=int, default=1, help="batch requests at once")
+    p.add_argument("--batch-single-concurrency", type=int, default=8)
     return p.parse_args(argv)
 
 
@@ -92,7 +102,8 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def query_images(index: Path, n: int = 16) -> list[tuple[str, bytes]]:
-    """A spread of catalog images (every len/n-th row of the catalog the index came from)."""
+    """A spread of catalog images (every len/n-th row of the catalog the index came from;
+    repeated when the catalog has fewer than n)."""
     from index import read_catalog_csv, read_manifest
 
     catalog = read_manifest(index).source.get("catalog")
@@ -101,6 +112,7 @@ def query_images(index: Path, n: int = 16) -> list[tuple[str, bytes]]:
     rows = list(read_catalog_csv(catalog).values())
     step = max(1, len(rows) // n)
     picked = [r["image"] for r in rows[::step][:n]]
+    picked = (picked * (n // max(1, len(picked)) + 1))[:n]
     return [(Path(p).name, Path(p).read_bytes()) for p in picked]
 
 
@@ -268,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runtimes = list(dict.fromkeys(args.runtime))
     ckpt, index = resolve_inputs(args)
+    if args.batch_search:
+        from batch_load import batch_search
+
+        def start(port: int, log: Path) -> subprocess.Popen:
+            return start_server(ckpt, index, port, args, args.runtime[0], log)
+
+        return batch_search(args, query_images(index, args.batch_images), start)
     images = query_images(index)
     bodies = [multipart(name, data) for name, data in images]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

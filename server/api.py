@@ -11,15 +11,24 @@ from werkzeug.routing import PathConverter
 from index.catalog import Hit
 from server.auth import require_api_key
 from server.errors import ApiError
+from server.filters import merge_filters
 from server.inputs import (
+    VECTOR_FIELD,
+    check_query_params,
     decode_cursor,
     encode_cursor,
-    parse_filter,
-    parse_k,
+    json_body,
     parse_limit,
+    parse_vector,
     read_image,
 )
 from server.limits import check_item_id, check_metadata, parse_json
+from server.search_options import (
+    OPTION_FIELDS,
+    reject_unknown_fields,
+    request_options,
+    search_with,
+)
 from server.service import LookupService
 from server.state import service, state
 
@@ -29,9 +38,10 @@ bp = Blueprint("api", __name__, url_prefix="/v1")
 class ItemIdConverter(PathConverter):
     """An item id in a URL: a path that does not end in /similar or /image, so that
     ``DELETE /v1/items/x/image`` is 405 (the URL of a thumbnail) and not the deletion of an
-    item "x/image" (which no id may be: see :data:`server.limits.ID_PATTERN`)."""
+    item "x/image" (which no id may be: see :data:`server.limits.ID_PATTERN`); nor is
+    ``batch`` an id (``/v1/items/batch`` is the batch add)."""
 
-    regex = r"[^/](?:(?!/(?:similar|image)$).)*"
+    regex = r"(?!batch$)[^/](?:(?!/(?:similar|image)$).)*"
 
 
 bp.record_once(lambda setup: setup.app.url_map.converters.setdefault("item_id", ItemIdConverter))
@@ -64,48 +74,42 @@ def hits_json(svc: LookupService, hits: list[Hit]) -> list[dict]:
     return [item_json(svc, h.id, h.metadata, score=round(h.score, 6)) for h in hits]
 
 
-def _reject_unknown_fields(
-    fields: dict[str, Any], allowed: tuple[str, ...], what: str = "field"
-) -> None:
-    """A misspelt field ("filters") must not be silently ignored."""
-    unknown = sorted(set(fields) - set(allowed))
-    if unknown:
-        takes = ", ".join(map(repr, allowed)) or "no fields besides 'image'"
-        raise ApiError(
-            400,
-            "invalid_request",
-            f"unknown {what}(s) {', '.join(map(repr, unknown))}; this endpoint takes {takes}",
-        )
-
-
-def _search_options(svc: LookupService, body: dict[str, Any]) -> tuple[int, dict | None]:
-    _reject_unknown_fields(body, ("k", "filter"))
-    for key in ("k", "filter"):
-        if key in body and body[key] is None:
-            raise ApiError(400, f"invalid_{key}", f"'{key}' must not be null; leave it out")
-    cfg = svc.config
-    body_k = parse_k(body.get("k"), cfg.default_k, cfg.max_k)  # checked even when overridden
-    k = parse_k(request.args.get("k"), body_k, cfg.max_k)
-    flt = parse_filter(request.args.lists(), body.get("filter"), svc.filterable_fields)
-    return k, flt
+def _is_json() -> bool:
+    mimetype = request.mimetype or ""
+    return mimetype == "application/json" or mimetype.endswith("+json")
 
 
 @bp.post("/search")
 def search() -> Response:
-    """Predicted class and nearest catalog phones of an uploaded photo."""
+    """Nearest catalog phones of an uploaded photo (with its predicted class) or of a vector
+    (``vector`` in a JSON body: the embedding of /v1/embed or of the export)."""
     t0 = time.perf_counter()
     svc = service()
+    if _is_json() and VECTOR_FIELD in (body := json_body(request)):
+        fields = dict(body)
+        vector = parse_vector(fields.pop(VECTOR_FIELD), svc.embedder.dim)
+        if "image" in fields:
+            raise ApiError(400, "invalid_request", "give either 'image' or 'vector', not both")
+        reject_unknown_fields(fields, OPTION_FIELDS)
+        opts = request_options(svc, fields, request.args)
+        hits, search_ms = search_with(svc, vector, opts)
+        return jsonify(
+            prediction=None,
+            neighbors=hits_json(svc, hits),
+            **opts.echo(),
+            timing_ms={"search": search_ms, "total": _ms_since(t0)},
+        )
     with svc.arrival() as arrival:  # from the start: the body may still be arriving
         data, fields = read_image(request, svc.config.max_upload_bytes)
-        k, flt = _search_options(svc, fields)
+        reject_unknown_fields(fields, OPTION_FIELDS)
+        opts = request_options(svc, fields, request.args)
         embedded = svc.embed_bytes(data, arrival)
-    hits, search_ms = svc.search(embedded.embedding, k, flt)
+    hits, search_ms = search_with(svc, embedded.embedding, opts)
     timing = {**embedded.timing_ms, "search": search_ms, "total": _ms_since(t0)}
     return jsonify(
         prediction=svc.predict(embedded.probabilities),
         neighbors=hits_json(svc, hits),
-        k=k,
-        filter=flt,
+        **opts.echo(),
         timing_ms=timing,
     )
 
@@ -117,7 +121,7 @@ def embed() -> Response:
     svc = service()
     with svc.arrival() as arrival:
         data, fields = read_image(request, svc.config.max_upload_bytes)
-        _reject_unknown_fields(fields, ())
+        reject_unknown_fields(fields, ())
         embedded = svc.embed_bytes(data, arrival)
     return jsonify(
         model=svc.embedder.model_name,
@@ -130,15 +134,18 @@ def embed() -> Response:
 
 @bp.get("/items")
 def list_items() -> Response:
-    """A page of catalog items in a stable order; ``next_cursor`` fetches the next page."""
+    """A page of catalog items (matching the filter) in a stable order; ``next_cursor`` fetches
+    the next page."""
     svc = service()
-    _reject_unknown_fields(dict(request.args), ("limit", "cursor"), "query parameter")
+    check_query_params(request.args.keys(), ("limit", "cursor"), filters=True)
     limit = parse_limit(request.args.get("limit"))
     after = decode_cursor(request.args.get("cursor"))
-    items, last = svc.list_items(limit, after)
+    flt = merge_filters(request.args.lists(), None, svc.filterable_fields)
+    items, last = svc.list_items(limit, after, flt)
     return jsonify(
         items=[item_json(svc, item.id, item.metadata) for item in items],
         next_cursor=None if last is None else encode_cursor(last),
+        filter=flt,
     )
 
 
@@ -153,13 +160,12 @@ def similar(item_id: str) -> Response:
     """Nearest neighbours of a catalog item (the item itself excluded)."""
     t0 = time.perf_counter()
     svc = service()
-    k, flt = _search_options(svc, {})
-    hits, search_ms = svc.similar(item_id, k, flt)
+    opts = request_options(svc, {}, request.args)
+    hits, search_ms = search_with(svc, svc.item_vector(item_id), opts, exclude_ids=[item_id])
     return jsonify(
         id=item_id,
         neighbors=hits_json(svc, hits),
-        k=k,
-        filter=flt,
+        **opts.echo(),
         timing_ms={"search": search_ms, "total": _ms_since(t0)},
     )
 
@@ -214,6 +220,26 @@ def add_item() -> tuple[Response, int, dict[str, str]]:
         "timing_ms": {**embedded.timing_ms, "total": _ms_since(t0)},
     }
     return jsonify(body), 201, {"Location": url_for("api.get_item", item_id=item_id)}
+
+
+@bp.patch("/items/<item_id:item_id>")
+@require_api_key
+def update_item(item_id: str) -> Response:
+    """Change an item's metadata without embedding its image again (durable). Body:
+    ``{"metadata": {...}, "merge": true}``; ``merge: false`` replaces every field."""
+    svc = service()
+    if not _is_json():
+        raise ApiError(415, "unsupported_media_type", "send a JSON object")
+    body = json_body(request)
+    reject_unknown_fields(body, ("metadata", "merge"))
+    merge = body.get("merge", True)
+    if not isinstance(merge, bool):
+        raise ApiError(400, "invalid_request", "'merge' must be true or false")
+    if not isinstance(body.get("metadata"), dict):
+        raise ApiError(400, "invalid_metadata", "the body needs a 'metadata' object")
+    metadata = _metadata_from({"metadata": body["metadata"]}, True)
+    item = svc.update(item_id, metadata, merge=merge)
+    return jsonify(item=item_json(svc, item.id, item.metadata))
 
 
 @bp.delete("/items/<item_id:item_id>")

@@ -10,7 +10,7 @@ from flask import Flask, Response
 
 from embedder.engine_options import EngineOptions
 from index.catalog import IndexOptions
-from server import api, cors, errors, ops, ratelimit, web
+from server import api, api_batch, cors, errors, ops, ratelimit, web
 from server.config import ServerConfig
 from server.loading import open_for_serving
 from server.metrics import Metrics
@@ -74,6 +74,7 @@ def create_app(
     if config.cors_origins:
         cors.init_app(app, config.cors_origins)
     app.register_blueprint(api.bp)
+    app.register_blueprint(api_batch.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(web.bp)
     app.after_request(_security_headers)

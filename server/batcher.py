@@ -50,9 +50,10 @@ class BatchResult:
 
 @dataclass
 class _Job:
-    x: torch.Tensor
+    x: torch.Tensor  # rows x 3 x H x W
     future: Future
     t_submit: float
+    many: bool = False  # the future gives a list of results (submit_many)
 
 
 BatchObserver = Callable[[int, float], None]
@@ -128,9 +129,19 @@ class MicroBatcher:
 
     def submit(self, x: torch.Tensor) -> Future:
         """Queue one preprocessed image (3 x H x W); the future gives a :class:`BatchResult`."""
+        return self._put(_Job(x[None], Future(), time.perf_counter()))
+
+    def submit_many(self, xs: torch.Tensor) -> Future:
+        """Queue the images of one request (n x 3 x H x W) as one job: they run together, in
+        one turn of the batcher, in passes of at most ``max_batch`` images; the future gives a
+        list of n :class:`BatchResult`."""
+        if len(xs) == 0:
+            raise ValueError("submit_many needs at least one image")
+        return self._put(_Job(xs, Future(), time.perf_counter(), many=True))
+
+    def _put(self, job: _Job) -> Future:
         if self._closed.is_set():
             raise BatcherClosedError("the model batcher is stopped")
-        job = _Job(x, Future(), time.perf_counter())
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -163,8 +174,9 @@ class MicroBatcher:
     # -- batcher thread -----------------------------------------------------------------------
     def _collect(self, first: _Job) -> list[_Job]:
         jobs = [first]
+        rows = len(first.x)
         deadline = time.perf_counter() + self.max_wait_s
-        while len(jobs) < self.max_batch:
+        while rows < self.max_batch:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
@@ -179,6 +191,7 @@ class MicroBatcher:
                 self._queue.put(None)
                 break
             jobs.append(job)
+            rows += len(job.x)
         return jobs
 
     def _run(self) -> None:
@@ -201,26 +214,47 @@ class MicroBatcher:
         import torch  # already loaded by the model that made the tensors
 
         t0 = time.perf_counter()
+        passes: list[tuple[int, float]] = []  # (images, seconds) of each forward pass
         try:
-            out = self._forward(torch.stack([j.x for j in jobs]))
+            x = torch.cat([j.x for j in jobs])
+            # A request's many images run in this one turn, in passes of at most max_batch.
+            parts = []
+            for i in range(0, len(x), self.max_batch):
+                t = time.perf_counter()
+                parts.append(self._forward(x[i : i + self.max_batch]))
+                passes.append((len(parts[-1]), time.perf_counter() - t))
+            out = parts[0] if len(parts) == 1 else _concat(parts)
         except Exception as exc:  # hand the failure to every waiting request
             log.exception("model forward failed for a batch of %d", len(jobs))
             for j in jobs:
                 j.future.set_exception(exc)
             return
-        model_s = time.perf_counter() - t0
+        model_s = sum(seconds for _, seconds in passes)
+        size = min(len(x), self.max_batch)
         if self._observer is not None:
             try:
-                self._observer(len(jobs), model_s)
+                for images, seconds in passes:
+                    self._observer(images, seconds)
             except Exception:  # metrics must never break serving
                 log.exception("batch observer failed")
-        for i, j in enumerate(jobs):
-            j.future.set_result(
+        row = 0
+        for j in jobs:
+            results = [
                 BatchResult(
-                    out.embeddings[i],
-                    out.probabilities[i],
+                    out.embeddings[row + i],
+                    out.probabilities[row + i],
                     queue_s=t0 - j.t_submit,
                     model_s=model_s,
-                    batch_size=len(jobs),
+                    batch_size=size,
                 )
-            )
+                for i in range(len(j.x))
+            ]
+            row += len(j.x)
+            j.future.set_result(results if j.many else results[0])
+
+
+def _concat(parts: list[EmbeddingBatch]) -> EmbeddingBatch:
+    return EmbeddingBatch(
+        np.concatenate([p.embeddings for p in parts]),
+        np.concatenate([p.probabilities for p in parts]),
+    )

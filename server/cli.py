@@ -102,6 +102,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-batch", type=positive_int, default=16, help="images per forward pass (default 16)"
     )
     p.add_argument(
+        "--max-batch-entries",
+        type=positive_int,
+        default=64,
+        help="queries of one /v1/search/batch and items of one /v1/items/batch (default 64)",
+    )
+    p.add_argument(
         "--max-wait-ms",
         type=non_negative_float,
         default=10.0,
@@ -169,6 +175,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
             api_key=api_key_from(args),
             max_upload_mb=args.max_upload_mb,
             max_batch=args.max_batch,
+            max_batch_entries=args.max_batch_entries,
             max_wait_ms=args.max_wait_ms,
             image_dir=args.image_dir,
             image_roots=tuple(args.image_root),

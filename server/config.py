@@ -25,7 +25,8 @@ class ServerConfig:
     :func:`server.app.create_app`. ``api_key``: required by the write endpoints; ``None``
     disables writes (and the index is opened read-only). ``max_batch``/``max_wait_ms``: the
     micro-batcher's bound on images per forward pass and on how long a batch waits for
-    requests already being decoded. ``image_dir``: where images of items added through the
+    requests already being decoded. ``max_batch_entries``: queries of one ``/v1/search/batch``
+    and items of one ``/v1/items/batch``. ``image_dir``: where images of items added through the
     API are kept for thumbnails (``None``: not kept). ``image_roots``: extra folders that
     catalog thumbnails may be read from, besides those the index was built from.
     ``rate_limit``/``rate_burst``: requests per second each client address may make, and how
@@ -47,6 +48,7 @@ class ServerConfig:
     max_batch: int = 16
     max_wait_ms: float = 10.0
     max_queue: int = 256
+    max_batch_entries: int = 64
     request_timeout_s: float = 30.0
     top_classes: int = 5
     thumbnail_px: int = 256
@@ -75,8 +77,8 @@ class ServerConfig:
             raise ValueError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
         if not 1 <= self.default_k <= self.max_k:
             raise ValueError(f"need 1 <= default_k ({self.default_k}) <= max_k ({self.max_k})")
-        if self.max_batch < 1 or self.max_queue < 1:
-            raise ValueError("max_batch and max_queue must be at least 1")
+        if self.max_batch < 1 or self.max_queue < 1 or self.max_batch_entries < 1:
+            raise ValueError("max_batch, max_queue and max_batch_entries must be at least 1")
         if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and request_timeout_s > 0")
         if self.api_key is not None and not self.api_key.strip():

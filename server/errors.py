@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from embedder.errors import ImageError
 from index.errors import (
+    DuplicateIdError,
     IndexLockedError,
     InvalidFilterError,
     InvalidMetadataError,
@@ -145,6 +146,31 @@ def init_app(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error")
         return error_response(500, "internal_error", "internal server error (logged)")
+
+
+# Errors one entry of a batch may get while the others go on (the request's own fault); any
+# other exception fails the whole request through the handlers above.
+ENTRY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
+    (ImageError, 400, "invalid_image"),
+    (UnknownIdError, 404, "unknown_item"),
+    (InvalidFilterError, 400, "invalid_filter"),
+    (DuplicateIdError, 409, "item_exists"),
+    (InvalidMetadataError, 400, "invalid_request"),
+    (InvalidVectorsError, 400, "invalid_request"),
+    (InvalidParamsError, 400, "invalid_request"),
+)
+
+
+def entry_error(exc: Exception) -> dict | None:
+    """``{"status", "error": {"code", "message"}}`` for an error a batch entry may carry, or
+    None for one that must fail the whole request."""
+    if isinstance(exc, ApiError) and 400 <= exc.status < 500 and exc.status not in (401, 403):
+        return {"status": exc.status, "error": {"code": exc.code, "message": _short(exc.message)}}
+    for kind, status, code in ENTRY_ERRORS:
+        if isinstance(exc, kind):
+            message = _short(_strip_name(str(exc)))
+            return {"status": status, "error": {"code": code, "message": message}}
+    return None
 
 
 def _strip_name(message: str) -> str:

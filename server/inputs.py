@@ -5,18 +5,22 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from flask import Request
 
 from server.errors import ApiError
-from server.limits import MAX_FILTER_VALUES, check_scalar, check_text, parse_json
+from server.filters import is_filter_param
+from server.limits import parse_json
 
 IMAGE_FIELD = "image"
-# Query parameters that are not metadata filters.
-RESERVED_PARAMS = frozenset({"k"})
+VECTOR_FIELD = "vector"
+# Neighbours a search may skip (``offset``): k + offset neighbours are searched.
+MAX_OFFSET = 1000
 # Items per page of ``GET /v1/items``.
 DEFAULT_LIMIT = 24
 MAX_LIMIT = 100
@@ -159,51 +163,61 @@ def decode_cursor(value: str | None) -> str | None:
     return after
 
 
-def parse_filter(
-    args: Iterable[tuple[str, list[str]]],
-    body_filter: Any,
-    allowed: Iterable[str],
-) -> dict[str, Any] | None:
-    """Metadata filters from query parameters (``label=x``; repeated means any of) and an
-    optional JSON ``filter`` object; an unknown field is a 400."""
-    flt: dict[str, Any] = {}
-    for key, values in args:
-        if key in RESERVED_PARAMS:
-            continue
-        flt[check_text(key, "filter field")] = values[0] if len(values) == 1 else list(values)
-    if body_filter is not None:
-        if not isinstance(body_filter, Mapping):
-            raise ApiError(400, "invalid_filter", "'filter' must be a JSON object")
-        for key, value in body_filter.items():
-            ok = isinstance(value, str | int | float | bool) or (
-                isinstance(value, list)
-                and value
-                and all(isinstance(v, str | int | float | bool) for v in value)
-            )
-            if not ok:
-                raise ApiError(
-                    400,
-                    "invalid_filter",
-                    f"filter {key!r} must be a scalar or a non-empty list of scalars",
-                )
-            flt[str(key)] = value
-    for key, value in flt.items():
-        values = value if isinstance(value, list) else [value]
-        if len(values) > MAX_FILTER_VALUES:
-            raise ApiError(
-                400, "invalid_filter", f"filter {key!r} has more than {MAX_FILTER_VALUES} values"
-            )
-        for v in values:
-            check_scalar(v, f"filter {key!r}", "invalid_filter")
-    if not flt:
+def parse_offset(value: Any) -> int:
+    """``offset``: neighbours to skip before the k returned, 0..MAX_OFFSET (default 0)."""
+    return 0 if value is None else _bounded_int(value, "offset", 0, MAX_OFFSET)
+
+
+def parse_threshold(value: Any) -> float | None:
+    """``score_threshold``: the least cosine similarity a neighbour may have, in -1..1."""
+    if value is None:
         return None
+    code = "invalid_score_threshold"
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip()) if len(value) <= 40 else math.nan
+        except ValueError:
+            number = math.nan
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        raise ApiError(400, code, f"score_threshold must be a number, got {value!r}")
+    if not -1.0 <= number <= 1.0:  # NaN fails too
+        raise ApiError(400, code, f"score_threshold must be between -1 and 1, got {value!r}")
+    return float(number)
+
+
+def parse_vector(value: Any, dim: int) -> np.ndarray:
+    """A query vector: ``dim`` finite numbers, not all zero; returned L2-normalised (float32)."""
+    code = "invalid_vector"
+    if not isinstance(value, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    ):
+        raise ApiError(400, code, f"'{VECTOR_FIELD}' must be a list of {dim} numbers")
+    if len(value) != dim:
+        raise ApiError(
+            400, code, f"'{VECTOR_FIELD}' has {len(value)} dimensions; the index has {dim}"
+        )
+    x = np.asarray(value, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ApiError(400, code, f"'{VECTOR_FIELD}' holds NaN or infinite values")
+    scale = float(np.abs(x).max())
+    if scale == 0.0:
+        raise ApiError(400, code, f"'{VECTOR_FIELD}' is all zeros: it has no direction")
+    x = x / scale  # first: tiny or huge numbers would underflow or overflow the norm
+    return (x / np.linalg.norm(x)).astype(np.float32)
+
+
+def check_query_params(args: Iterable[str], allowed: Iterable[str], filters: bool) -> None:
+    """Refuse query parameters the endpoint does not take; filters are ``filter=<json>`` and
+    ``filter.<field>=value`` only, so no other parameter is read as a field."""
     known = set(allowed)
-    unknown = sorted(k for k in flt if k not in known)
+    unknown = sorted({a for a in args if a not in known and not (filters and is_filter_param(a))})
     if unknown:
+        hint = " (equality filters are written filter.<field>=value)" if filters else ""
+        takes = ", ".join(sorted(known | ({"filter", "filter.<field>"} if filters else set())))
         raise ApiError(
             400,
-            "invalid_filter",
-            f"unknown filter field(s) {', '.join(map(repr, unknown))}; "
-            f"filterable fields are: {', '.join(sorted(known)) or '(none)'}",
+            "invalid_request",
+            f"unknown query parameter(s) {', '.join(map(repr, unknown))}; this endpoint "
+            f"takes {takes or 'none'}{hint}",
         )
-    return flt

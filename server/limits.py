@@ -28,10 +28,10 @@ MAX_STRING_LENGTH = 1000  # one metadata or filter value
 MAX_FILTER_VALUES = 100  # values of one filter field ("any of")
 
 # An id is a path below /v1/items/: segments of printable characters (no control characters),
-# never empty, "." or "..", not starting or ending with a space, and not ending in /similar or
-# /image (those URLs are other endpoints).
+# never empty, "." or "..", not starting or ending with a space, not ending in /similar or
+# /image, and not "batch" (those URLs are other endpoints).
 ID_PATTERN = (
-    r"^(?!.*//)(?!\.\.?(?:/|$))(?!.*/\.\.?(?:/|$))(?!.*/(?:similar|image)$)"
+    r"^(?!batch$)(?!.*//)(?!\.\.?(?:/|$))(?!.*/\.\.?(?:/|$))(?!.*/(?:similar|image)$)"
     r"[^\s/\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s/\x00-\x1f\x7f-\x9f])?$"
 )
 # A metadata field name: usable as a query parameter (?brand=x); "id" and "image" are the
@@ -141,8 +141,8 @@ def check_item_id(item_id: Any) -> str:
             400,
             "invalid_id",
             f"'id' must be at most {MAX_ID_LENGTH} printable characters without leading or "
-            "trailing spaces, empty, '.' or '..' path segments, and must not end with "
-            "/similar or /image",
+            "trailing spaces, empty, '.' or '..' path segments, must not end with "
+            "/similar or /image, and must not be 'batch'",
         )
     return item_id
 

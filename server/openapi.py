@@ -7,6 +7,14 @@ from typing import Any
 
 from server.auth import API_KEY_HEADER
 from server.limits import MAX_METADATA_FIELDS
+from server.openapi_batch import (
+    BATCH_SCHEMAS,
+    PATCH_ITEM,
+    batch_search_path,
+    items_batch_path,
+    query_schema,
+    search_json_body,
+)
 from server.openapi_parts import (
     CURSOR_PARAM,
     EMBED_BODY,
@@ -16,12 +24,13 @@ from server.openapi_parts import (
     ITEM_ID,
     ITEM_LINKS,
     K_PARAM,
-    K_SCHEMA,
     LIMIT_PARAM,
     METADATA,
+    OFFSET_PARAM,
     SCHEMAS,
     SECURITY,
     TEXT,
+    THRESHOLD_PARAM,
     error_responses,
     filter_param_of,
     filter_schema,
@@ -31,16 +40,27 @@ from server.openapi_parts import (
 )
 
 
-def openapi_spec(filterable_fields: Iterable[str] = ()) -> dict[str, Any]:
-    """The document served at ``/openapi.json``; filters name ``filterable_fields``."""
+def openapi_spec(
+    filterable_fields: Iterable[str] = (),
+    *,
+    dim: int | None = None,
+    numeric_fields: Iterable[str] = (),
+    max_batch_entries: int = 64,
+) -> dict[str, Any]:
+    """The document served at ``/openapi.json``; filters name ``filterable_fields`` (ranges on
+    ``numeric_fields``), vectors have ``dim`` numbers."""
     fields = list(filterable_fields)
     filter_param = filter_param_of(fields)
-    search_body = image_body(k=K_SCHEMA, filter=filter_schema(fields, json_values=True))
+    json_filter = filter_schema(fields, json_values=True, numeric=numeric_fields)
+    search_body = image_body()
+    search_body["content"]["application/json"]["schema"] = search_json_body(json_filter, dim)
+    search_params = [K_PARAM, THRESHOLD_PARAM, OFFSET_PARAM, filter_param]
     paths: dict[str, Any] = {
         "/v1/search": {
             "post": {
-                "summary": "Predicted class and nearest catalog phones of a photo",
-                "parameters": [K_PARAM, filter_param],
+                "summary": "Nearest catalog phones of a photo (and its predicted class) or of a "
+                "vector (JSON `vector`; `prediction` is then null)",
+                "parameters": search_params,
                 "requestBody": search_body,
                 "responses": {
                     "200": json_content(ref("SearchResult"), "prediction and neighbours"),
@@ -62,7 +82,7 @@ def openapi_spec(filterable_fields: Iterable[str] = ()) -> dict[str, Any]:
             "get": {
                 "summary": "A page of catalog items (to browse the catalog)",
                 "operationId": "list_items",
-                "parameters": [LIMIT_PARAM, CURSOR_PARAM],
+                "parameters": [LIMIT_PARAM, CURSOR_PARAM, filter_param],
                 "responses": {
                     "200": {
                         **json_content(ref("ItemPage"), "items and the cursor of the next page"),
@@ -130,8 +150,11 @@ def openapi_spec(filterable_fields: Iterable[str] = ()) -> dict[str, Any]:
                 },
             },
         },
+        "/v1/search/batch": batch_search_path(json_filter, dim, max_batch_entries),
+        "/v1/items/batch": items_batch_path(max_batch_entries),
         "/v1/items/{item_id}": {
             "parameters": [ITEM_ID],
+            "patch": PATCH_ITEM,
             "get": {
                 "summary": "A catalog item",
                 "operationId": "get_item",
@@ -163,7 +186,7 @@ def openapi_spec(filterable_fields: Iterable[str] = ()) -> dict[str, Any]:
             "get": {
                 "summary": "Nearest neighbours of a catalog item (itself excluded)",
                 "operationId": "similar",
-                "parameters": [ITEM_ID, K_PARAM, filter_param],
+                "parameters": [ITEM_ID, *search_params],
                 "responses": {
                     "200": json_content(ref("SimilarResult"), "neighbours"),
                     **error_responses(400, 404, 429, 503),
@@ -261,7 +284,11 @@ def openapi_spec(filterable_fields: Iterable[str] = ()) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {
+                **SCHEMAS,
+                **BATCH_SCHEMAS,
+                "SearchQuery": query_schema(json_filter, dim),
+            },
             "securitySchemes": {
                 "ApiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}
             },

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from server.inputs import DEFAULT_LIMIT, MAX_LIMIT
+from server.inputs import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
 from server.limits import (
     FIELD_NAME_PATTERN,
     ID_PATTERN,
@@ -60,7 +60,7 @@ ID_SCHEMA = {
     "maxLength": MAX_ID_LENGTH,
     "pattern": ID_PATTERN,
     "description": "printable characters, '/' between non-empty segments other than '.' and "
-    "'..', no leading or trailing space, not ending in /similar or /image",
+    "'..', no leading or trailing space, not ending in /similar or /image, not 'batch'",
 }
 METADATA = {
     "type": "object",
@@ -86,16 +86,45 @@ ITEM_LINKS = {
 }
 
 
-def filter_schema(fields: Iterable[str], json_values: bool) -> dict[str, Any]:
+def condition_schema(numeric: bool) -> dict[str, Any]:
+    """One field's condition in a JSON filter: a value (equality), a list (any of) or an
+    object of operators; ranges only on numeric fields (elsewhere they are a 400 naming the
+    field's type)."""
+    many = {"type": "array", "minItems": 1, "maxItems": MAX_FILTER_VALUES, "items": SCALAR}
+    ops: dict[str, Any] = {"eq": SCALAR, "in": many}
+    if numeric:
+        ops.update({op: NUMBER for op in ("lt", "lte", "gt", "gte")})
+    operators = {
+        "type": "object",
+        "properties": ops,
+        "minProperties": 1,
+        "additionalProperties": False,
+    }
+    return {"anyOf": [TEXT, NUMBER, {"type": "boolean"}, many, operators]}
+
+
+FILTER_DESCRIPTION = (
+    "metadata filter: {field: value} (equality), {field: [v1, v2]} (any of), "
+    '{field: {"eq"|"in"|"lt"|"lte"|"gt"|"gte": ...}} (ranges need a numeric field: a range '
+    "on a text field is a 400 naming its type); several fields must all match. Fields: "
+    "/v1/info `filterable_fields`; any other is a 400."
+)
+
+
+def filter_schema(
+    fields: Iterable[str], json_values: bool, numeric: Iterable[str] = ()
+) -> dict[str, Any]:
     """Filters name only the index's filterable fields (any other is a 400)."""
-    value: dict[str, Any] = TEXT
-    if json_values:
-        many = {"type": "array", "minItems": 1, "maxItems": MAX_FILTER_VALUES, "items": SCALAR}
-        value = {"anyOf": [TEXT, NUMBER, {"type": "boolean"}, many]}
+    numeric = set(numeric)
+    if not json_values:
+        props = {f"filter.{name}": TEXT for name in sorted(fields)}
+    else:
+        props = {name: condition_schema(name in numeric) for name in sorted(fields)}
     return {
         "type": "object",
-        "properties": {name: value for name in sorted(fields)},
+        "properties": props,
         "additionalProperties": False,
+        "description": FILTER_DESCRIPTION,
     }
 
 
@@ -112,13 +141,31 @@ def filter_param_of(fields: Iterable[str]) -> dict[str, Any]:
     return {
         "name": "filter",
         "in": "query",
-        "description": "metadata equality filters as query parameters, e.g. `label=xiaomi`; a "
-        "repeated parameter means any of its values (at most "
-        f"{MAX_FILTER_VALUES}). Fields: /v1/info `filterable_fields`; any other is a 400.",
+        "description": "equality filters under the reserved prefix `filter.`, e.g. "
+        "`filter.label=xiaomi`; a repeated parameter means any of its values (at most "
+        f"{MAX_FILTER_VALUES}). A whole JSON filter may be given as `filter=<json>` (see the "
+        "body's `filter`). Fields: /v1/info `filterable_fields`; any other is a 400, as is any "
+        "other query parameter.",
         "style": "form",
         "explode": True,
         "schema": filter_schema(fields, json_values=False),
     }
+
+
+OFFSET_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}
+THRESHOLD_SCHEMA = {"type": "number", "minimum": -1, "maximum": 1}
+OFFSET_PARAM = {
+    "name": "offset",
+    "in": "query",
+    "description": "best neighbours to skip before the k returned (paging through results)",
+    "schema": OFFSET_SCHEMA,
+}
+THRESHOLD_PARAM = {
+    "name": "score_threshold",
+    "in": "query",
+    "description": "least cosine similarity a neighbour must have (fewer than k may come back)",
+    "schema": THRESHOLD_SCHEMA,
+}
 
 
 LIMIT_PARAM = {
@@ -224,6 +271,7 @@ SCHEMAS: dict[str, Any] = {
         "item that stays in the catalog while paging",
         "properties": {
             "items": {"type": "array", "items": ref("Item")},
+            "filter": {"type": ["object", "null"]},
             "next_cursor": {
                 "type": ["string", "null"],
                 "description": "pass as `cursor` for the next page; null on the last page",
@@ -241,10 +289,15 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["prediction", "neighbors", "timing_ms"],
         "properties": {
-            "prediction": ref("Prediction"),
+            "prediction": {
+                "anyOf": [ref("Prediction"), {"type": "null"}],
+                "description": "null when the query is a vector",
+            },
             "neighbors": {"type": "array", "items": ref("Neighbor")},
             "k": {"type": "integer"},
             "filter": {"type": ["object", "null"]},
+            "offset": {"type": "integer"},
+            "score_threshold": {"type": ["number", "null"]},
             "timing_ms": ref("Timing"),
         },
     },

@@ -46,5 +46,15 @@ def metrics() -> Response:
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    svc = state().service
-    return jsonify(openapi_spec(svc.filterable_fields if svc is not None else ()))
+    st = state()
+    svc = st.service
+    if svc is None:
+        return jsonify(openapi_spec(max_batch_entries=st.config.max_batch_entries))
+    return jsonify(
+        openapi_spec(
+            svc.filterable_fields,
+            dim=svc.embedder.dim,
+            numeric_fields=svc.numeric_fields,
+            max_batch_entries=st.config.max_batch_entries,
+        )
+    )

@@ -7,13 +7,10 @@ This is the only object the views talk to; it knows nothing about HTTP beyond ra
 from __future__ import annotations
 
 import hashlib
-import heapq
-import io
 import logging
 import threading
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,17 +19,18 @@ import numpy as np
 from PIL import Image
 
 from common.fsutil import atomic_write
-from embedder.images import IMAGE_FORMATS, load_image
+from embedder.images import load_image
 from embedder.inference import Embedder
 from index.catalog import CatalogIndex, Hit, Item
-from index.errors import DuplicateIdError, UnknownIdError
+from index.errors import DuplicateIdError
 from server.batcher import Arrival, MicroBatcher
 from server.config import ServerConfig
 from server.errors import ApiError
+from server.files import declared_pixels, inside
 from server.follower import IndexFollower
 from server.limits import check_item_id
 from server.metrics import Metrics
-from server.thumbnails import Thumbnails, inside
+from server.thumbnails import Thumbnails
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +157,7 @@ class LookupService:
         Every image goes through :func:`~embedder.images.load_image` (its format list, pixel
         budget and mode conversions); large ones take one of ``LARGE_DECODES`` slots first.
         """
-        if _pixels(data) <= LARGE_PIXELS:
+        if declared_pixels(data) <= LARGE_PIXELS:
             return load_image(data, min_side=self.embedder.decode_side)
         with self._large_decodes:
             return load_image(data, min_side=self.embedder.decode_side)
@@ -207,48 +205,69 @@ class LookupService:
     def filterable_fields(self) -> list[str]:
         return sorted(self.index.filterable_fields - PRIVATE_FIELDS)
 
+    @property
+    def numeric_fields(self) -> list[str]:
+        """Filterable fields whose every value is a number (the ones ranges apply to)."""
+        types = self.index.field_types()
+        return sorted(
+            f for f, kind in types.items() if kind == "number" and f not in PRIVATE_FIELDS
+        )
+
     def search(
         self,
         vector: np.ndarray,
         k: int,
         flt: dict[str, Any] | None = None,
         exclude_ids: list[str] | None = None,
+        *,
+        offset: int = 0,
+        threshold: float | None = None,
     ) -> tuple[list[Hit], float]:
-        """Nearest catalog items and the search time in ms."""
+        """Nearest catalog items (the ``offset`` best skipped; none below cosine
+        ``threshold``) and the search time in ms."""
+        hits, ms = self.search_many(vector[None, :], k, flt, exclude_ids, offset, threshold)
+        return hits[0], ms
+
+    def search_many(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        flt: dict[str, Any] | None = None,
+        exclude_ids: list[str] | None = None,
+        offset: int = 0,
+        threshold: float | None = None,
+    ) -> tuple[list[list[Hit]], float]:
+        """:meth:`search` for each row of ``vectors`` in one index call (one filter)."""
         t0 = time.perf_counter()
-        hits = self.index.search(vector, k, filter=flt, exclude_ids=exclude_ids)[0]
+        found = self.index.search(vectors, k + offset, filter=flt, exclude_ids=exclude_ids)
+        out = []
+        for hits in found:
+            hits = hits[offset:]
+            out.append(hits if threshold is None else [h for h in hits if h.score >= threshold])
         dt = time.perf_counter() - t0
         self.metrics.search_seconds.observe(dt)
-        return hits, _ms(dt)
+        return out, _ms(dt)
 
-    def similar(
-        self, item_id: str, k: int, flt: dict[str, Any] | None = None
-    ) -> tuple[list[Hit], float]:
-        """Neighbours of a catalog item, itself excluded (UnknownIdError if absent)."""
-        vector = self.index.get_vectors([item_id])[0]
-        return self.search(vector, k, flt, exclude_ids=[item_id])
+    def item_vector(self, item_id: str) -> np.ndarray:
+        """A catalog item's stored unit vector (UnknownIdError if absent)."""
+        return self.index.get_vectors([item_id])[0]
 
     def item(self, item_id: str) -> dict[str, Any]:
         return self.index.get(item_id).metadata
 
-    def list_items(self, limit: int, after: str | None = None) -> tuple[list[Item], str | None]:
-        """Up to ``limit`` items in id order after id ``after``, and the id to continue after
-        (None on the last page).
+    def list_items(
+        self, limit: int, after: str | None = None, flt: dict[str, Any] | None = None
+    ) -> tuple[list[Item], str | None]:
+        """Up to ``limit`` items (matching ``flt``) in id order after id ``after``, and the id
+        to continue after (None on the last page).
 
         Paging by id, not by position, keeps a later page right while items come and go: it
-        neither skips nor repeats an item that stays. One page reads every id once.
+        neither skips nor repeats an item that stays.
         """
-        ids = (i for i in self.index.ids() if after is None or i > after)
-        page = heapq.nsmallest(limit + 1, ids)
+        page = self.index.list_items(after, limit + 1, filter=flt)
         more = len(page) > limit
         page = page[:limit]
-        items = []
-        for item_id in page:
-            try:
-                items.append(self.index.get(item_id))
-            except UnknownIdError:  # removed since the ids were read
-                continue
-        return items, page[-1] if more and page else None
+        return page, page[-1].id if more and page else None
 
     @staticmethod
     def public_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -262,28 +281,46 @@ class LookupService:
     def add(self, item_id: str, data: bytes, metadata: dict[str, Any]) -> Embedded:
         """Embed an image and add it durably under ``item_id`` with ``metadata``."""
         check_item_id(item_id)
-        private = sorted(PRIVATE_FIELDS & set(metadata))
-        if private:
-            raise ApiError(400, "invalid_metadata", f"field(s) {private} are set by the server")
-        if "id" in metadata:
-            raise ApiError(400, "invalid_metadata", "give the id once, outside the metadata")
+        self.check_new_metadata(metadata)
         if item_id in self.index:
             raise ApiError(409, "item_exists", f"item {item_id!r} already exists; delete it first")
         embedded = self.embed_bytes(data)
         metadata = dict(metadata)
-        saved = self._keep_image(item_id, data)
+        saved = self.keep_image(item_id, data)
         if saved is not None:
             metadata["image"] = str(saved)
         try:
             self.index.add([item_id], embedded.embedding[None, :], [metadata])
         except DuplicateIdError as exc:
-            self._drop_image(saved)
+            self.drop_image(saved)
             raise ApiError(409, "item_exists", str(exc)) from exc
         except BaseException:
-            self._drop_image(saved)
+            self.drop_image(saved)
             raise
         log.info("added item %r", item_id)
         return embedded
+
+    def check_new_metadata(self, metadata: dict[str, Any]) -> None:
+        """Fields a client may not set: the server's own and the id."""
+        private = sorted(PRIVATE_FIELDS & set(metadata))
+        if private:
+            raise ApiError(400, "invalid_metadata", f"field(s) {private} are set by the server")
+        if "id" in metadata:
+            raise ApiError(400, "invalid_metadata", "give the id once, outside the metadata")
+
+    def update(self, item_id: str, metadata: dict[str, Any], *, merge: bool = True) -> Item:
+        """Change an item's metadata durably, its vector untouched (UnknownIdError if absent).
+
+        ``merge``: fields not given keep their value; otherwise ``metadata`` replaces them all
+        (the server's own fields stay).
+        """
+        self.check_new_metadata(metadata)
+        if not merge:
+            own = self.index.get(item_id).metadata
+            metadata = {**metadata, **{k: own[k] for k in PRIVATE_FIELDS if k in own}}
+        item = self.index.update_metadata(item_id, metadata, merge=merge)
+        log.info("updated the metadata of item %r", item_id)
+        return item
 
     def remove(self, item_id: str) -> None:
         """Remove an item durably (UnknownIdError if absent) and the image the API kept."""
@@ -292,10 +329,10 @@ class LookupService:
         image_dir = self.config.image_dir
         path = metadata.get("image")
         if image_dir and path and inside(Path(path), [Path(image_dir)]):
-            self._drop_image(Path(path))
+            self.drop_image(Path(path))
         log.info("removed item %r", item_id)
 
-    def _keep_image(self, item_id: str, data: bytes) -> Path | None:
+    def keep_image(self, item_id: str, data: bytes) -> Path | None:
         """Store an added item's image durably under a name of its own.
 
         The name is unique per request, not per id: two concurrent adds (or a delete and a
@@ -311,7 +348,7 @@ class LookupService:
         return path.resolve()
 
     @staticmethod
-    def _drop_image(path: Path | None) -> None:
+    def drop_image(path: Path | None) -> None:
         if path is not None:
             path.unlink(missing_ok=True)
 
@@ -346,18 +383,10 @@ class LookupService:
                 "max_k": cfg.max_k,
                 "max_upload_mb": cfg.max_upload_mb,
             },
-            "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms},
+            "batching": {
+                "max_batch": cfg.max_batch,
+                "max_wait_ms": cfg.max_wait_ms,
+                "max_batch_entries": cfg.max_batch_entries,
+            },
             "writes_enabled": cfg.writes_enabled and not self.index.readonly,
         }
-
-
-def _pixels(data: bytes) -> int:
-    """The pixel count an image file declares (0 if its header cannot be read), decoding none
-    of it; JPEGs count after the reduced-size decode that load_image applies to them."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # corrupt headers warn: load_image has the last word
-            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
-                return 0 if img.format == "JPEG" else img.width * img.height
-    except Exception:  # the decoder proper reports what is wrong
-        return 0

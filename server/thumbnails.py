@@ -17,6 +17,7 @@ from embedder.images import load_image
 from index.manifest import Manifest
 from server.config import ServerConfig
 from server.errors import ApiError
+from server.files import inside
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +87,3 @@ def image_roots(config: ServerConfig, manifest: Manifest) -> list[Path]:
     if catalog:
         roots.append(Path(catalog).parent)
     return [p.resolve() for p in roots]
-
-
-def inside(path: Path, roots: list[Path]) -> bool:
-    """Whether ``path`` (symlinks resolved) lies inside one of ``roots``."""
-    real = os.path.realpath(path)
-    for root in roots:
-        base = os.path.realpath(root)
-        try:
-            if os.path.commonpath([real, base]) == base:
-                return True
-        except ValueError:
-            continue
-    return False

@@ -125,11 +125,28 @@ function showResults(items, title, { append = false, hint = null } = {}) {
   $("results-hint").hidden = !text;
 }
 
-function queryString() {
-  const params = new URLSearchParams({ k: $("k").value });
+// The class and the price range as one JSON filter ({"price": {"gte": .., "lte": ..}}).
+function currentFilter() {
+  const filter = {};
   const label = $("label-filter").value;
-  if (label) params.set("label", label);
-  return params.toString();
+  if (label) filter.label = label;
+  const range = {};
+  const min = $("price-min").value;
+  const max = $("price-max").value;
+  if (min !== "") range.gte = Number(min);
+  if (max !== "") range.lte = Number(max);
+  if (Object.keys(range).length) filter.price = range;
+  return filter;
+}
+
+function withFilter(params) {
+  const filter = currentFilter();
+  if (Object.keys(filter).length) params.set("filter", JSON.stringify(filter));
+  return params;
+}
+
+function queryString() {
+  return withFilter(new URLSearchParams({ k: $("k").value })).toString();
 }
 
 function showTiming(timing) {
@@ -146,7 +163,7 @@ function setMore(cursor) {
 
 async function loadCatalog(more = false) {
   view = { kind: "catalog" };
-  const params = new URLSearchParams({ limit: PAGE_SIZE });
+  const params = withFilter(new URLSearchParams({ limit: PAGE_SIZE }));
   if (more && nextCursor) params.set("cursor", nextCursor);
   try {
     const page = await api(`/v1/items?${params}`);
@@ -203,6 +220,7 @@ async function showSimilar(item) {
 function refresh() {
   if (view.kind === "search") search(view.file);
   else if (view.kind === "similar") showSimilar(view.item);
+  else loadCatalog();
 }
 
 async function loadInfo() {
@@ -220,6 +238,7 @@ async function loadInfo() {
     } else {
       $("label-filter").disabled = true;
     }
+    $("price-filter").hidden = !info.index.filterable_fields.includes("price");
     return true;
   } catch (e) {
     $("server-info").textContent = `server not ready: ${e.message}`;
@@ -241,7 +260,9 @@ function setup() {
     const file = e.dataTransfer.files[0];
     if (file) search(file);
   });
-  for (const id of ["k", "label-filter"]) $(id).addEventListener("change", refresh);
+  for (const id of ["k", "label-filter", "price-min", "price-max"]) {
+    $(id).addEventListener("change", refresh);
+  }
   $("more").addEventListener("click", () => loadCatalog(true));
   $("browse").addEventListener("click", () => {
     setStatus("");

@@ -141,12 +141,12 @@ def cases(jpeg: str) -> list[tuple[str, str, str, dict, int, str | None]]:
     add("filter-unicode-ok", js("{" + img + ', "filter": {"label": "Ünïcødé 📱"}}'), 200)
     add(
         "query-filter-nul",
-        ("POST", "/v1/search?label=%00", {"data": {"image": (io.BytesIO(b""), "x")}}),
+        ("POST", "/v1/search?filter.label=%00", {"data": {"image": (io.BytesIO(b""), "x")}}),
         400,
     )
-    add("query-filter-encoded-surrogate", ("POST", "/v1/search?label=%ED%A0%80", {}), 400)
-    add("query-filter-long", ("POST", "/v1/search?label=" + "x" * 1001, {}), 400)
-    add("query-filter-101", ("POST", "/v1/search?" + "&".join(["label=x"] * 101), {}), 400)
+    add("query-filter-encoded-surrogate", ("POST", "/v1/search?filter.label=%ED%A0%80", {}), 400)
+    add("query-filter-long", ("POST", "/v1/search?filter.label=" + "x" * 1001, {}), 400)
+    add("query-filter-101", ("POST", "/v1/search?" + "&".join(["filter.label=x"] * 101), {}), 400)
 
     # -- formats and multipart -----------------------------------------------------------------
     add(
@@ -326,7 +326,7 @@ def cases(jpeg: str) -> list[tuple[str, str, str, dict, int, str | None]]:
     add("get-encoded-surrogate-id", ("GET", "/v1/items/%ED%A0%80", {}), 404)
     add("get-traversal-id", ("GET", "/v1/items/..%2F..%2Fetc%2Fpasswd", {}), 404)
     add("similar-k-20-digits", ("GET", "/v1/items/x/similar?k=" + "9" * 20, {}), 400, "invalid_k")
-    add("similar-filter-nul", ("GET", "/v1/items/x/similar?label=%00", {}), 400)
+    add("similar-filter-nul", ("GET", "/v1/items/x/similar?filter.label=%00", {}), 400)
     add(
         "cursor-deep-json",
         ("GET", "/v1/items?cursor=" + cursor_of(deep(100_000).encode()), {}),

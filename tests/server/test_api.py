@@ -50,7 +50,7 @@ def test_search_default_k_and_base64_json_and_raw_body_agree(client, jpeg_bytes)
 
 def test_search_filter_by_label(client, jpeg_bytes, catalog_rows):
     label = sorted({r["label"] for r in catalog_rows.values()})[1]
-    r = client.post(f"/v1/search?k=50&label={label}", data=upload(jpeg_bytes))
+    r = client.post(f"/v1/search?k=50&filter.label={label}", data=upload(jpeg_bytes))
     body = r.get_json()
     assert r.status_code == 200 and body["filter"] == {"label": label}
     expected = sum(1 for row in catalog_rows.values() if row["label"] == label)
@@ -60,7 +60,7 @@ def test_search_filter_by_label(client, jpeg_bytes, catalog_rows):
 
 def test_search_filter_any_of_and_json_filter(client, jpeg_bytes, catalog_rows):
     labels = sorted({r["label"] for r in catalog_rows.values()})[:2]
-    query = "&".join(f"label={x}" for x in labels)
+    query = "&".join(f"filter.label={x}" for x in labels)
     r = client.post(f"/v1/search?k=100&{query}", data=upload(jpeg_bytes))
     assert {n["label"] for n in r.get_json()["neighbors"]} == set(labels)
     payload = {"image": base64.b64encode(jpeg_bytes).decode(), "filter": {"label": labels[0]}}
@@ -263,7 +263,7 @@ def _all_pages(c, limit: int, cursor: str | None = None) -> tuple[list[str], int
         r = c.get(f"/v1/items?{query}")
         assert r.status_code == 200, r.get_json()
         body = r.get_json()
-        assert set(body) == {"items", "next_cursor"} and 1 <= len(body["items"]) <= limit
+        assert set(body) == {"items", "next_cursor", "filter"} and 1 <= len(body["items"]) <= limit
         ids += [item["id"] for item in body["items"]]
         pages += 1
         cursor = body["next_cursor"]

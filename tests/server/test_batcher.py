@@ -171,3 +171,24 @@ def test_a_failing_observer_never_fails_a_request(make):
 
     b = make(FakeModel(), max_batch=4, max_wait_ms=0, observer=observer)
     assert b.run(pixel(5), timeout=5).embedding.tolist() == [5, 5]
+
+
+def test_submit_many_runs_a_requests_images_in_one_turn(make):
+    """The images of one request run back to back, in passes of max_batch, each row answered
+    in order; a request queued behind them runs in the next turn."""
+    model = FakeModel()
+    seen: list[int] = []
+    b = make(model, max_batch=4, max_wait_ms=0, observer=lambda n, s: seen.append(n))
+    model.gate.clear()
+    blocker = b.submit(pixel(-1))
+    assert model.entered.wait(5)
+    many = b.submit_many(torch.stack([pixel(i) for i in range(10)]))
+    single = b.submit(pixel(99))
+    model.gate.set()
+    results = many.result(5)
+    assert [float(r.embedding[0]) for r in results] == [float(i) for i in range(10)]
+    assert float(single.result(5).embedding[0]) == 99.0
+    assert blocker.result(5).batch_size == 1
+    assert model.sizes == seen == [1, 4, 4, 2, 1]  # passes of at most 4, then the single
+    with pytest.raises(ValueError):
+        b.submit_many(torch.zeros((0, 3, 2, 2)))

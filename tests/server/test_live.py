@@ -189,6 +189,29 @@ def test_web_page_in_headless_chromium(live, query_image, tmp_path):
             page.click("#browse")
             page.wait_for_selector("#results-title:has-text('Catalog phones')", timeout=20_000)
 
+            # The price range filters the catalog: only phones within it are shown.
+            prices = sorted(
+                {float(i["price"]) for i in live.json("GET", "/v1/items?limit=100")[1]["items"]}
+            )
+            page.fill("#price-max", str(prices[0]))
+            page.dispatch_event("#price-max", "change")
+            page.wait_for_function(
+                "n => document.querySelectorAll('.neighbor').length === n",
+                arg=sum(
+                    1
+                    for i in live.json("GET", "/v1/items?limit=100")[1]["items"]
+                    if float(i["price"]) <= prices[0]
+                ),
+                timeout=20_000,
+            )
+            page.fill("#price-max", "")
+            page.dispatch_event("#price-max", "change")
+            page.wait_for_function(
+                "n => document.querySelectorAll('.neighbor').length === n",
+                arg=min(size, 24),
+                timeout=20_000,
+            )
+
             page.set_input_files("#file", str(query_image))
             page.wait_for_selector("#results-title:has-text('Nearest')", timeout=20_000)
             page.wait_for_selector("#prediction:not([hidden])", timeout=20_000)

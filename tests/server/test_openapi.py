@@ -38,7 +38,14 @@ def test_openapi_request_bodies_list_exactly_the_accepted_fields(app):
         body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         return set(body["schema"]["properties"])
 
-    assert json_fields("/v1/search") == {"image", "k", "filter"}
+    assert json_fields("/v1/search") == {
+        "image",
+        "vector",
+        "k",
+        "filter",
+        "score_threshold",
+        "offset",
+    }
     assert json_fields("/v1/embed") == {"image"}  # k or filter there is a 400
 
 
@@ -48,7 +55,7 @@ def test_openapi_documents_the_catalog_pages(app):
     spec = app.test_client().get("/openapi.json").get_json()
     op = spec["paths"]["/v1/items"]["get"]
     params = {p["name"]: p for p in op["parameters"]}
-    assert set(params) == {"limit", "cursor"}
+    assert set(params) == {"limit", "cursor", "filter"}
     assert params["limit"]["schema"]["maximum"] == MAX_LIMIT
     assert params["limit"]["schema"]["default"] == DEFAULT_LIMIT
     assert {"200", "400", "429", "503"} == set(op["responses"])

@@ -1,0 +1,254 @@
+"""A small Python client of the lookup server's ``/v1`` API.
+
+::
+
+    from phonesim.client import Client, PhonesimError
+
+    client = Client("http://127.0.0.1:8000", api_key="...")
+    hits = client.search(image="phone.heic", k=5, filter={"price": {"lt": 300}})
+    vec = client.embed("phone.jpg")["embedding"]
+    client.search(vector=vec, score_threshold=0.8)
+    for item in client.items(filter={"brand": "apple"}):
+        ...
+
+Requests that get 429 or 503 (or cannot connect) are retried with exponential backoff, waiting
+at least what ``Retry-After`` asks. Every failure is raised as :class:`PhonesimError` with the
+HTTP status and the server's error code and message.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+
+RETRY_STATUSES = frozenset({429, 503})
+ImageInput = str | os.PathLike | bytes
+
+
+class PhonesimError(Exception):
+    """A request failed: ``status`` (HTTP status, 0 when no answer came), ``code`` and
+    ``message`` (the server's ``{"error": {"code", "message"}}``)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _image_bytes(image: ImageInput) -> bytes:
+    if isinstance(image, bytes | bytearray):
+        return bytes(image)
+    return Path(image).read_bytes()
+
+
+def _b64(image: ImageInput) -> str:
+    return base64.b64encode(_image_bytes(image)).decode()
+
+
+def _options(
+    k: int | None,
+    filter: Mapping[str, Any] | None,
+    score_threshold: float | None,
+    offset: int | None,
+) -> dict[str, Any]:
+    given = {"k": k, "filter": filter, "score_threshold": score_threshold, "offset": offset}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _query(image: Any, vector: Any, item_id: Any) -> dict[str, Any]:
+    pairs = (("image", image), ("vector", vector), ("id", item_id))
+    given = [(k, v) for k, v in pairs if v is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of image=, vector= or item_id=")
+    kind, value = given[0]
+    if kind == "image":
+        return {"image": _b64(value)}
+    if kind == "vector":
+        return {"vector": [float(v) for v in value]}
+    return {"id": str(value)}
+
+
+class Client:
+    """The lookup API at ``base_url``; ``api_key`` is needed by the writes."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self.retries = max(0, int(retries))
+        self.backoff = backoff
+        self._session = session or requests.Session()
+
+    # -- transport -------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        headers = dict(kw.pop("headers", None) or {})
+        if self.api_key:
+            headers["X-API-Key"] = self.api_key
+        url = self.base_url + path
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                r = self._session.request(method, url, headers=headers, timeout=self.timeout, **kw)
+            except requests.ConnectionError as exc:
+                if last:
+                    raise PhonesimError(0, "connection_error", str(exc)) from exc
+                time.sleep(self.backoff * 2**attempt)
+                continue
+            except requests.RequestException as exc:
+                raise PhonesimError(0, "request_error", str(exc)) from exc
+            if r.status_code in RETRY_STATUSES and not last:
+                time.sleep(self._wait(r, attempt))
+                continue
+            return self._decode(r)
+        raise AssertionError("unreachable")
+
+    def _wait(self, r: requests.Response, attempt: int) -> float:
+        wait = self.backoff * 2**attempt
+        with contextlib.suppress(ValueError):  # an HTTP date: keep the backoff
+            wait = max(wait, float(r.headers.get("Retry-After", 0)))
+        return min(wait, 60.0)
+
+    @staticmethod
+    def _decode(r: requests.Response) -> Any:
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        if r.ok:
+            if body is None:
+                raise PhonesimError(r.status_code, "invalid_response", "the answer is not JSON")
+            return body
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            raise PhonesimError(r.status_code, str(error.get("code")), str(error.get("message")))
+        raise PhonesimError(r.status_code, "http_error", r.text[:200] or r.reason)
+
+    # -- search ----------------------------------------------------------------------------------
+    def search(
+        self,
+        image: ImageInput | None = None,
+        *,
+        vector: Sequence[float] | None = None,
+        item_id: str | None = None,
+        k: int | None = None,
+        filter: Mapping[str, Any] | None = None,
+        score_threshold: float | None = None,
+        offset: int | None = None,
+    ) -> dict[str, Any]:
+        """Neighbours of an image (path or bytes), a vector or a catalog item (itself
+        excluded): the server's answer (``neighbors``, and ``prediction`` for an image)."""
+        opts = _options(k, filter, score_threshold, offset)
+        query = _query(image, vector, item_id)
+        if "id" in query:
+            params: dict[str, Any] = {key: v for key, v in opts.items() if key != "filter"}
+            if filter is not None:
+                params["filter"] = json.dumps(filter)
+            path = "/v1/items/" + requests.utils.quote(query["id"], safe="/") + "/similar"
+            return self._request("GET", path, params=params)
+        return self._request("POST", "/v1/search", json={**query, **opts})
+
+    def search_batch(
+        self,
+        queries: Sequence[Mapping[str, Any]],
+        *,
+        k: int | None = None,
+        filter: Mapping[str, Any] | None = None,
+        score_threshold: float | None = None,
+        offset: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """One answer per query, in order: each query a dict with one of ``image`` (path or
+        bytes), ``vector`` or ``item_id``, and optionally its own options. A failed query's
+        answer holds ``status`` and ``error`` (nothing is raised for it)."""
+        entries = []
+        for q in queries:
+            q = dict(q)
+            entry = _query(q.pop("image", None), q.pop("vector", None), q.pop("item_id", None))
+            entries.append({**entry, **q})
+        body = {"queries": entries, **_options(k, filter, score_threshold, offset)}
+        return self._request("POST", "/v1/search/batch", json=body)["results"]
+
+    def embed(self, image: ImageInput) -> dict[str, Any]:
+        """The embedding (``embedding``, ``dim``) and predicted class of an image."""
+        return self._request("POST", "/v1/embed", json={"image": _b64(image)})
+
+    # -- catalog ---------------------------------------------------------------------------------
+    def get(self, item_id: str) -> dict[str, Any]:
+        return self._request("GET", "/v1/items/" + requests.utils.quote(item_id, safe="/"))
+
+    def items(
+        self, *, filter: Mapping[str, Any] | None = None, page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
+        """Every catalog item (matching ``filter``) in id order, fetched a page at a time."""
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size}
+            if filter is not None:
+                params["filter"] = json.dumps(filter)
+            if cursor is not None:
+                params["cursor"] = cursor
+            page = self._request("GET", "/v1/items", params=params)
+            yield from page["items"]
+            cursor = page.get("next_cursor")
+            if cursor is None:
+                return
+
+    def add(
+        self, item_id: str, image: ImageInput, metadata: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Embed an image and add it as ``item_id`` (durable); the answer holds ``item``."""
+        body = {"id": item_id, "image": _b64(image), "metadata": dict(metadata or {})}
+        return self._request("POST", "/v1/items", json=body)
+
+    def add_batch(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Add many items (dicts of ``id``, ``image`` path or bytes, ``metadata``) in one
+        request, sent as NDJSON; one acknowledgement per item (``status`` 201 or ``error``)."""
+        lines = []
+        for item in items:
+            entry = {"id": item["id"], "image": _b64(item["image"])}
+            if item.get("metadata") is not None:
+                entry["metadata"] = dict(item["metadata"])
+            lines.append(json.dumps(entry))
+        data = ("\n".join(lines) + "\n").encode()
+        headers = {"Content-Type": "application/x-ndjson"}
+        return self._request("POST", "/v1/items/batch", data=data, headers=headers)["results"]
+
+    def update(
+        self, item_id: str, metadata: Mapping[str, Any], *, merge: bool = True
+    ) -> dict[str, Any]:
+        """Change an item's metadata (merged, or replacing it all); returns the item."""
+        path = "/v1/items/" + requests.utils.quote(item_id, safe="/")
+        body = {"metadata": dict(metadata), "merge": merge}
+        return self._request("PATCH", path, json=body)["item"]
+
+    def remove(self, item_id: str) -> None:
+        self._request("DELETE", "/v1/items/" + requests.utils.quote(item_id, safe="/"))
+
+    def info(self) -> dict[str, Any]:
+        return self._request("GET", "/v1/info")
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,224 @@
+"""Batch endpoints: ``POST /v1/search/batch`` and ``POST /v1/items/batch``.
+
+Both answer 200 with one result per entry, in the order given: a bad entry gets its own
+``{"status", "error": {"code", "message"}}`` and does not fail the others. What fails the whole
+request: a body that is not a batch, more than ``max_batch_entries`` entries, bad batch-wide
+options, a missing API key (writes), and the server's own trouble (503).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Response, jsonify, request
+
+from server.api import hits_json, item_json
+from server.auth import require_api_key
+from server.bulk import NewItem, add_many, embed_many
+from server.errors import ApiError, entry_error
+from server.inputs import (
+    IMAGE_FIELD,
+    VECTOR_FIELD,
+    check_query_params,
+    decode_base64_image,
+    json_body,
+    parse_vector,
+)
+from server.limits import check_item_id, check_metadata, parse_json
+from server.search_options import (
+    OPTION_FIELDS,
+    SearchOptions,
+    entry_options,
+    reject_unknown_fields,
+    request_options,
+)
+from server.service import Embedded, LookupService
+from server.state import service
+
+bp = Blueprint("api_batch", __name__, url_prefix="/v1")
+
+QUERY_KINDS = (IMAGE_FIELD, VECTOR_FIELD, "id")
+NDJSON = "application/x-ndjson"
+
+
+def _ms_since(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 3)
+
+
+def _entries(value: Any, name: str, limit: int) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise ApiError(400, "invalid_request", f"'{name}' must be a non-empty list")
+    if len(value) > limit:
+        raise ApiError(
+            400,
+            "too_many_entries",
+            f"'{name}' has {len(value)} entries; at most {limit} per request (--max-batch-entries)",
+        )
+    return value
+
+
+def _query(
+    svc: LookupService, entry: Any, defaults: SearchOptions
+) -> tuple[str, Any, SearchOptions]:
+    """(kind, image bytes / unit vector / item id, options) of one entry (ApiError if bad)."""
+    if not isinstance(entry, dict):
+        raise ApiError(400, "invalid_request", "an entry must be a JSON object")
+    kinds = [k for k in QUERY_KINDS if k in entry]
+    if len(kinds) != 1:
+        raise ApiError(
+            400, "invalid_request", "an entry needs exactly one of 'image', 'vector', 'id'"
+        )
+    kind = kinds[0]
+    reject_unknown_fields(entry, (kind, *OPTION_FIELDS))
+    opts = entry_options(svc, entry, defaults)
+    if kind == IMAGE_FIELD:
+        return kind, decode_base64_image(entry[kind], svc.config.max_upload_bytes), opts
+    if kind == VECTOR_FIELD:
+        return kind, parse_vector(entry[kind], svc.embedder.dim), opts
+    if not isinstance(entry["id"], str) or not entry["id"]:
+        raise ApiError(400, "invalid_id", "'id' must be a non-empty string")
+    return kind, entry["id"], opts
+
+
+def _answer(exc: Exception) -> dict:
+    found = entry_error(exc)
+    if found is None:
+        raise exc
+    return found
+
+
+@bp.post("/search/batch")
+def search_batch() -> Response:
+    """Neighbours of many images, vectors or catalog ids (``queries``), in the same order."""
+    t0 = time.perf_counter()
+    svc = service()
+    if not (request.mimetype or "").endswith("json"):
+        raise ApiError(415, "unsupported_media_type", "send a JSON object with 'queries'")
+    body = json_body(request)
+    reject_unknown_fields(body, ("queries", *OPTION_FIELDS))
+    queries = _entries(body.get("queries"), "queries", svc.config.max_batch_entries)
+    options = {k: v for k, v in body.items() if k != "queries"}
+    defaults = request_options(svc, options, request.args)
+    results: list[dict | None] = [None] * len(queries)
+    parsed: list[tuple[str, Any, SearchOptions] | None] = [None] * len(queries)
+    for i, entry in enumerate(queries):
+        try:
+            parsed[i] = _query(svc, entry, defaults)
+        except ApiError as exc:
+            results[i] = _answer(exc)
+    images = [i for i, p in enumerate(parsed) if p is not None and p[0] == IMAGE_FIELD]
+    datas = [p[1] for p in parsed if p is not None and p[0] == IMAGE_FIELD]
+    embedded = embed_many(svc, datas) if datas else []
+    predictions: dict[int, Any] = {}
+    vectors: dict[int, Any] = {}
+    for i, emb in zip(images, embedded, strict=True):
+        if isinstance(emb, Embedded):
+            vectors[i] = emb.embedding
+            predictions[i] = svc.predict(emb.probabilities)
+        else:
+            results[i] = emb
+    # Queries with the same options share one index call; an item's query excludes itself.
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(parsed):
+        if p is not None and results[i] is None:
+            if p[0] == "id":
+                try:
+                    vectors[i] = svc.item_vector(p[1])
+                except Exception as exc:  # entry errors only; others re-raised
+                    results[i] = _answer(exc)
+                    continue
+            else:
+                vectors.setdefault(i, p[1])
+            key = json.dumps([p[1] if p[0] == "id" else None, p[2].echo()], sort_keys=True)
+            groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        kind, value, opts = parsed[members[0]]  # type: ignore[misc]
+        exclude = [value] if kind == "id" else None
+        try:
+            found, _ = svc.search_many(
+                np.stack([vectors[i] for i in members]),
+                opts.k,
+                opts.flt,
+                exclude,
+                opts.offset,
+                opts.threshold,
+            )
+        except Exception as exc:  # entry errors only (a filter the index refuses)
+            for i in members:
+                results[i] = _answer(exc)
+            continue
+        for i, hits in zip(members, found, strict=True):
+            result: dict[str, Any] = {"status": 200}
+            if kind == "id":
+                result["id"] = value
+            if i in predictions:
+                result["prediction"] = predictions[i]
+            result.update(neighbors=hits_json(svc, hits), **opts.echo())
+            results[i] = result
+    return jsonify(results=results, timing_ms={"total": _ms_since(t0)})
+
+
+def _item_lines() -> list[Any]:
+    """The entries of a batch add: NDJSON lines or ``{"items": [...]}``. A line that is not
+    JSON within the body bounds fails the request, as a JSON body would."""
+    mimetype = request.mimetype or ""
+    if mimetype == NDJSON:
+        raw = request.get_data(cache=False)
+        lines = [line for line in raw.splitlines() if line.strip()]
+        return [parse_json(line, f"NDJSON line {n}") for n, line in enumerate(lines, 1)]
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        body = json_body(request)
+        reject_unknown_fields(body, ("items",))
+        items = body.get("items")
+        if not isinstance(items, list):
+            raise ApiError(400, "invalid_request", "'items' must be a non-empty list")
+        return items
+    raise ApiError(415, "unsupported_media_type", f"send {NDJSON} or a JSON object with 'items'")
+
+
+def _new_item(svc: LookupService, entry: Any) -> NewItem:
+    if not isinstance(entry, dict):
+        bad = ApiError(400, "invalid_request", "an item must be a JSON object")
+        return NewItem(None, error=_answer(bad))
+    raw_id = entry.get("id")
+    try:
+        reject_unknown_fields(entry, ("id", IMAGE_FIELD, "metadata"))
+        item_id = check_item_id(raw_id)
+        metadata = entry.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise ApiError(400, "invalid_metadata", "'metadata' must be a JSON object")
+        check_metadata(metadata)
+        svc.check_new_metadata(metadata)
+        if IMAGE_FIELD not in entry:
+            raise ApiError(400, "missing_image", f"the item has no '{IMAGE_FIELD}' (base64)")
+        data = decode_base64_image(entry[IMAGE_FIELD], svc.config.max_upload_bytes)
+    except ApiError as exc:
+        return NewItem(raw_id if isinstance(raw_id, str) else None, error=_answer(exc))
+    return NewItem(item_id, data, metadata)
+
+
+@bp.post("/items/batch")
+@require_api_key
+def add_items_batch() -> Response:
+    """Embed and add many items (durable), each acknowledged: status 201 or its error."""
+    t0 = time.perf_counter()
+    svc = service()
+    check_query_params(request.args.keys(), (), filters=False)
+    lines = _entries(_item_lines(), "items", svc.config.max_batch_entries)
+    answers = add_many(svc, [_new_item(svc, e) for e in lines])
+    for answer in answers:
+        if answer["status"] == 201:
+            try:
+                answer["item"] = item_json(svc, answer["id"], svc.item(answer["id"]))
+            except KeyError:  # removed by another request since: it was added all the same
+                answer["item"] = {"id": answer["id"]}
+    added = sum(1 for a in answers if a["status"] == 201)
+    return jsonify(
+        results=answers,
+        added=added,
+        failed=len(answers) - added,
+        timing_ms={"total": _ms_since(t0)},
+    )

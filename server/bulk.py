@@ -1,0 +1,140 @@
+"""Many images in one request: decoded side by side, embedded in one forward pass, answered
+one result or one error per entry (a bad entry does not fail the others)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from embedder.errors import ImageError
+from index.errors import DuplicateIdError
+from server.errors import ApiError, entry_error
+from server.service import Embedded, LookupService, _ms
+
+# Threads decoding the images of one batch (PIL and the resize release the GIL).
+DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _decoder() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="phonesim-decode")
+        return _pool
+
+
+def embed_many(svc: LookupService, images: list[bytes]) -> list[Embedded | dict]:
+    """Each image's embedding, or the entry error (see :func:`server.errors.entry_error`) of an
+    image that cannot be read; the readable ones share one forward pass."""
+
+    def prepare(data: bytes) -> torch.Tensor | dict:
+        try:
+            return svc.embedder.preprocess_image(svc.decode(data))
+        except ImageError as exc:
+            return entry_error(exc) or {}
+
+    t0 = time.perf_counter()
+    prepared = list(_decoder().map(prepare, images)) if len(images) > 1 else [prepare(images[0])]
+    t1 = time.perf_counter()
+    rows = [i for i, p in enumerate(prepared) if isinstance(p, torch.Tensor)]
+    # Tensors are replaced by their embeddings below; errors stay.
+    out: list[Any] = list(prepared)
+    if not rows:
+        return out
+    future = svc.batcher.submit_many(torch.stack([out[i] for i in rows]))
+    results = future.result(timeout=svc.config.request_timeout_s)
+    t2 = time.perf_counter()
+    svc.metrics.decode_seconds.observe(t1 - t0)
+    for i, result in zip(rows, results, strict=True):
+        svc.metrics.queue_seconds.observe(result.queue_s)
+        out[i] = Embedded(
+            result.embedding,
+            result.probabilities,
+            {
+                "decode": _ms(t1 - t0),
+                "queue": _ms(result.queue_s),
+                "model": _ms(result.model_s),
+                "batch_size": result.batch_size,
+                "embed_total": _ms(t2 - t0),
+            },
+        )
+    return out
+
+
+@dataclass
+class NewItem:
+    """One entry of a batch add, checked (``error`` set when it cannot be added)."""
+
+    id: str | None
+    data: bytes | None = None
+    metadata: dict[str, Any] | None = None
+    error: dict | None = None
+
+
+def add_many(svc: LookupService, entries: list[NewItem]) -> list[dict]:
+    """Embed and add every entry without an error, durably, in one write; one answer per
+    entry: ``{"id", "status": 201, "embedded"}`` or ``{"id", "status", "error"}``."""
+    seen: set[str] = set()
+    for e in entries:
+        if e.error is None:
+            if e.id in seen or e.id in svc.index:
+                e.error = entry_error(
+                    ApiError(409, "item_exists", f"item {e.id!r} already exists or is repeated")
+                )
+            seen.add(e.id or "")
+    todo = [e for e in entries if e.error is None]
+    embedded = embed_many(svc, [e.data or b"" for e in todo]) if todo else []
+    ready: list[tuple[NewItem, Embedded]] = []
+    for e, emb in zip(todo, embedded, strict=True):
+        if isinstance(emb, Embedded):
+            ready.append((e, emb))
+        else:
+            e.error = emb
+    _write(svc, ready)
+    answers = []
+    for e in entries:
+        if e.error is not None:
+            answers.append({"id": e.id, **e.error})
+        else:
+            answers.append({"id": e.id, "status": 201})
+    return answers
+
+
+def _write(svc: LookupService, ready: list[tuple[NewItem, Any]]) -> None:
+    """One durable add for all; if another request added one of the ids meanwhile, each
+    item is added on its own so only that one fails."""
+    if not ready:
+        return
+    saved = [svc.keep_image(e.id or "", e.data or b"") for e, _ in ready]
+    metadata = []
+    for (e, _), path in zip(ready, saved, strict=True):
+        md = dict(e.metadata or {})
+        if path is not None:
+            md["image"] = str(path)
+        metadata.append(md)
+    ids = [e.id or "" for e, _ in ready]
+    vectors = np.stack([emb.embedding for _, emb in ready])
+    try:
+        svc.index.add(ids, vectors, metadata)
+        return
+    except DuplicateIdError:
+        pass
+    except BaseException:
+        for path in saved:
+            svc.drop_image(path)
+        raise
+    for (e, emb), md, path in zip(ready, metadata, saved, strict=True):
+        try:
+            svc.index.add([e.id or ""], emb.embedding[None, :], [md])
+        except DuplicateIdError as exc:
+            svc.drop_image(path)
+            e.error = entry_error(exc)

@@ -1,0 +1,115 @@
+"""The options of a search (``k``, ``filter``, ``score_threshold``, ``offset``) from a JSON body,
+a batch entry or the query string, each checked (400 naming the option)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.datastructures import MultiDict
+
+from server.errors import ApiError
+from server.filters import check_filter, merge_filters
+from server.inputs import check_query_params, parse_k, parse_offset, parse_threshold
+from server.service import LookupService
+
+OPTION_FIELDS = ("k", "filter", "score_threshold", "offset")
+# Query parameters of the search endpoints besides the filters.
+QUERY_OPTIONS = ("k", "score_threshold", "offset")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    k: int
+    flt: dict[str, Any] | None = None
+    offset: int = 0
+    threshold: float | None = None
+
+    def echo(self) -> dict[str, Any]:
+        """The options as an answer repeats them."""
+        return {
+            "k": self.k,
+            "filter": self.flt,
+            "offset": self.offset,
+            "score_threshold": self.threshold,
+        }
+
+
+def reject_unknown_fields(
+    fields: Mapping[str, Any], allowed: tuple[str, ...], what: str = "field"
+) -> None:
+    """A misspelt field ("filters") must not be silently ignored."""
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        takes = ", ".join(map(repr, allowed)) or "no fields besides 'image'"
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"unknown {what}(s) {', '.join(map(repr, unknown))}; this endpoint takes {takes}",
+        )
+
+
+def _no_nulls(body: Mapping[str, Any]) -> None:
+    for key in OPTION_FIELDS:
+        if key in body and body[key] is None:
+            raise ApiError(400, f"invalid_{key}", f"'{key}' must not be null; leave it out")
+
+
+def request_options(svc: LookupService, body: Mapping[str, Any], args: MultiDict) -> SearchOptions:
+    """Options of a single search: JSON body fields, then the query string (which wins; a
+    filter field may be given in one of them only)."""
+    check_query_params(args.keys(), QUERY_OPTIONS, filters=True)
+    _no_nulls(body)
+    cfg = svc.config
+    # Body values are checked even when the query string overrides them.
+    body_k = parse_k(body.get("k"), cfg.default_k, cfg.max_k)
+    body_offset = parse_offset(body.get("offset"))
+    body_threshold = parse_threshold(body.get("score_threshold"))
+    return SearchOptions(
+        k=parse_k(args.get("k"), body_k, cfg.max_k),
+        flt=merge_filters(args.lists(), body.get("filter"), svc.filterable_fields),
+        offset=parse_offset(args.get("offset")) if "offset" in args else body_offset,
+        threshold=(
+            parse_threshold(args.get("score_threshold"))
+            if "score_threshold" in args
+            else body_threshold
+        ),
+    )
+
+
+def entry_options(
+    svc: LookupService, entry: Mapping[str, Any], defaults: SearchOptions
+) -> SearchOptions:
+    """Options of one batch entry: its own fields, else the batch's (an entry's filter
+    replaces the batch's)."""
+    _no_nulls(entry)
+    flt = defaults.flt
+    if "filter" in entry:
+        flt = check_filter(entry["filter"], svc.filterable_fields) or None
+    return SearchOptions(
+        k=parse_k(entry.get("k"), defaults.k, svc.config.max_k),
+        flt=flt,
+        offset=parse_offset(entry["offset"]) if "offset" in entry else defaults.offset,
+        threshold=(
+            parse_threshold(entry["score_threshold"])
+            if "score_threshold" in entry
+            else defaults.threshold
+        ),
+    )
+
+
+def search_with(
+    svc: LookupService,
+    vector: Any,
+    opts: SearchOptions,
+    exclude_ids: list[str] | None = None,
+) -> tuple[list, float]:
+    return svc.search(
+        vector,
+        opts.k,
+        opts.flt,
+        exclude_ids,
+        offset=opts.offset,
+        threshold=opts.threshold,
+    )

@@ -1,0 +1,117 @@
+"""phonesim.client against a live server (``python -m server`` on a local port), no mocks."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import time
+
+import pytest
+from PIL import Image
+
+from phonesim.client import Client, PhonesimError
+from tests.server.conftest import catalog_rows, index_dir, tiny_embedder  # noqa: F401 (fixtures)
+from tests.server.helpers import API_KEY
+from tests.server.live import running_server
+
+RATE = 20  # requests per second per client: high enough for the tests, low enough to hit
+
+
+@pytest.fixture(scope="module")
+def live(tiny_checkpoint, index_dir, tmp_path_factory):  # noqa: F811
+    work = tmp_path_factory.mktemp("client")
+    index = work / "index"
+    shutil.copytree(index_dir, index)
+    args = ("--image-dir", str(work / "uploads"), "--rate-limit", str(RATE))
+    with running_server(
+        tiny_checkpoint, index, work, *args, env={"PHONESIM_API_KEY": API_KEY}
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def photo(catalog_rows) -> bytes:  # noqa: F811
+    first = next(iter(catalog_rows.values()))
+    buf = io.BytesIO()
+    Image.open(first["image"]).convert("RGB").save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_search_by_image_vector_and_id_agree(live, photo, tmp_path, catalog_rows):  # noqa: F811
+    client = Client(live.base)
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(photo)
+    by_path = client.search(path, k=4)
+    assert by_path["prediction"]["label"] and len(by_path["neighbors"]) == 4
+    assert client.search(photo, k=4)["neighbors"] == by_path["neighbors"]
+    vector = client.embed(photo)["embedding"]
+    by_vector = client.search(vector=vector, k=4)
+    assert [n["id"] for n in by_vector["neighbors"]] == [n["id"] for n in by_path["neighbors"]]
+    top = by_path["neighbors"][0]["id"]
+    similar = client.search(item_id=top, k=3, score_threshold=-1.0)
+    assert top not in [n["id"] for n in similar["neighbors"]]
+    prices = sorted({float(r["price"]) for r in catalog_rows.values()})
+    cheap = client.search(photo, k=50, filter={"price": {"lt": prices[1]}})["neighbors"]
+    assert {float(n["price"]) for n in cheap} == {prices[0]}
+    with pytest.raises(ValueError):
+        client.search(photo, vector=vector)
+
+
+def test_search_batch_and_items_pages(live, photo, catalog_rows):  # noqa: F811
+    client = Client(live.base)
+    results = client.search_batch(
+        [{"image": photo}, {"item_id": "no-such-phone"}, {"image": photo, "k": 2}], k=3
+    )
+    assert [r["status"] for r in results] == [200, 404, 200]
+    assert results[1]["error"]["code"] == "unknown_item"
+    assert len(results[0]["neighbors"]) == 3 and len(results[2]["neighbors"]) == 2
+    ids = [item["id"] for item in client.items(page_size=5)]
+    assert ids == sorted(catalog_rows)  # the writes come in a later test
+    label = sorted({r["label"] for r in catalog_rows.values()})[0]
+    got = [i["id"] for i in client.items(filter={"label": label}, page_size=2)]
+    assert got == sorted(i for i, r in catalog_rows.items() if r["label"] == label)
+
+
+def test_writes_and_errors(live, photo):
+    client = Client(live.base, api_key=API_KEY)
+    added = client.add("client-1", photo, {"price": 99, "label": "x"})
+    assert added["item"]["id"] == "client-1"
+    acks = client.add_batch(
+        [
+            {"id": "client-2", "image": photo, "metadata": {"price": 5}},
+            {"id": "client-1", "image": photo},
+            {"id": "client-3", "image": b"not an image"},
+        ]
+    )
+    assert [a["status"] for a in acks] == [201, 409, 400]
+    item = client.update("client-2", {"price": 7, "colour": "red"})
+    assert item["price"] == 7 and item["colour"] == "red"
+    assert client.get("client-2")["price"] == 7
+    client.remove("client-2")
+    with pytest.raises(PhonesimError) as err:
+        client.get("client-2")
+    assert (err.value.status, err.value.code) == (404, "unknown_item")
+    with pytest.raises(PhonesimError) as err:
+        Client(live.base).update("client-1", {"price": 1})
+    assert (err.value.status, err.value.code) == (401, "missing_api_key")
+    with pytest.raises(PhonesimError) as err:
+        client.search(vector=[0.0] * 3)
+    assert err.value.status == 400 and err.value.code == "invalid_vector"
+    assert "dimensions" in err.value.message
+    with pytest.raises(PhonesimError) as err:
+        Client("http://127.0.0.1:9", retries=1, backoff=0.01).info()
+    assert err.value.status == 0 and err.value.code == "connection_error"
+
+
+def test_429_is_retried_after_retry_after(live):
+    time.sleep(1.5)  # refill the bucket after the other tests
+    impatient = Client(live.base, retries=0)
+    with pytest.raises(PhonesimError) as err:
+        for _ in range(RATE * 3):
+            impatient.info()
+    assert err.value.status == 429 and err.value.code
+    patient = Client(live.base, retries=4, backoff=0.05)
+    t0 = time.monotonic()
+    for _ in range(RATE * 2):
+        assert patient.info()["index"]["size"] > 0
+    assert time.monotonic() - t0 >= 0.9  # it waited (Retry-After is whole seconds)

@@ -1,0 +1,171 @@
+"""Catalog writes and pages through Flask's test client: listing with filters, PATCH of
+metadata, batch adds (NDJSON and JSON) acknowledged per item."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+
+from server.config import ServerConfig
+from tests.server.helpers import API_KEY, assert_error, make_app
+
+KEY = {"X-API-Key": API_KEY}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _ndjson(rows: list) -> bytes:
+    return ("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n").encode()
+
+
+# -- listing -----------------------------------------------------------------------------------
+def test_list_items_with_filters_pages_the_matching_items(client, catalog_rows):
+    label = sorted({r["label"] for r in catalog_rows.values()})[0]
+    want = sorted(i for i, r in catalog_rows.items() if r["label"] == label)
+    ids, cursor = [], None
+    while True:
+        query = {"limit": 4, "filter.label": label, **({"cursor": cursor} if cursor else {})}
+        body = client.get("/v1/items", query_string=query).get_json()
+        assert body["filter"] == {"label": label}
+        ids += [i["id"] for i in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert ids == want
+    prices = sorted({float(r["price"]) for r in catalog_rows.values()})
+    flt = json.dumps({"price": {"gte": prices[1]}})
+    body = client.get("/v1/items", query_string={"filter": flt, "limit": 100}).get_json()
+    assert [i["id"] for i in body["items"]] == sorted(
+        i for i, r in catalog_rows.items() if float(r["price"]) >= prices[1]
+    )
+
+
+def test_list_items_refuses_unknown_fields_and_params(client):
+    assert_error(client.get("/v1/items?filter.colour=red"), 400, "invalid_filter")
+    assert_error(client.get("/v1/items?label=x"), 400, "invalid_request")
+    r = client.get("/v1/items", query_string={"filter": '{"label": {"lt": 1}}'})
+    assert "text" in assert_error(r, 400, "invalid_filter")["message"]
+    assert_error(client.get("/v1/items", query_string={"filter": "[1]"}), 400, "invalid_filter")
+
+
+# -- PATCH -------------------------------------------------------------------------------------
+def test_patch_changes_metadata_without_reembedding_and_lasts(writable, first_id):
+    app, folder = writable
+    c = app.test_client()
+    svc = app.extensions["phonesim"].service
+    before_vec = svc.index.get_vectors([first_id])[0].copy()
+    before = c.get(f"/v1/items/{first_id}").get_json()
+    r = c.patch(
+        f"/v1/items/{first_id}", json={"metadata": {"price": 199, "sale": True}}, headers=KEY
+    )
+    assert r.status_code == 200, r.get_json()
+    item = r.get_json()["item"]
+    assert item["price"] == 199 and item["sale"] is True and item["title"] == before["title"]
+    assert np.array_equal(svc.index.get_vectors([first_id])[0], before_vec)
+    cheap = c.get("/v1/items", query_string={"filter": '{"price": {"lt": 200}}'}).get_json()
+    assert [i["id"] for i in cheap["items"]] == [first_id]
+    r = c.patch(
+        f"/v1/items/{first_id}", json={"metadata": {"label": "x"}, "merge": False}, headers=KEY
+    )
+    item = r.get_json()["item"]
+    assert item["label"] == "x" and "title" not in item and "price" not in item
+    assert item["image_url"]  # the server's own image field survives a replace
+    # Durable: a fresh open of the folder sees the change.
+    from index import CatalogIndex
+
+    with CatalogIndex.open(folder, readonly=True) as reopened:
+        assert reopened.get(first_id).metadata["label"] == "x"
+
+
+def test_patch_errors(writable, client, first_id):
+    app, _ = writable
+    c = app.test_client()
+    body = {"metadata": {"price": 1}}
+    assert_error(c.patch("/v1/items/no-such-phone", json=body, headers=KEY), 404, "unknown_item")
+    assert_error(c.patch(f"/v1/items/{first_id}", json=body), 401, "missing_api_key")
+    bad_key = {"X-API-Key": "wrong"}
+    assert_error(c.patch(f"/v1/items/{first_id}", json=body, headers=bad_key), 403)
+    assert_error(c.patch(f"/v1/items/{first_id}", json={}, headers=KEY), 400)
+    private = {"metadata": {"image": "/etc/passwd"}}
+    assert_error(c.patch(f"/v1/items/{first_id}", json=private, headers=KEY), 400)
+    assert_error(c.patch(f"/v1/items/{first_id}", json={**body, "merge": 1}, headers=KEY), 400)
+    assert_error(c.patch(f"/v1/items/{first_id}", json={**body, "x": 1}, headers=KEY), 400)
+    r = c.patch(f"/v1/items/{first_id}", data=b"price=1", headers=KEY, content_type="text/plain")
+    assert_error(r, 415)
+    # The read-only app: the index refuses writes.
+    assert_error(client.patch(f"/v1/items/{first_id}", json=body, headers=KEY), 403)
+
+
+# -- batch add ---------------------------------------------------------------------------------
+def test_batch_add_acknowledges_each_item(writable, jpeg_bytes, first_id):
+    app, _ = writable
+    c = app.test_client()
+    img = _b64(jpeg_bytes)
+    rows = [
+        {"id": "new-1", "image": img, "metadata": {"price": 10, "label": "nova-max"}},
+        {"id": "new-2", "image": img},
+        {"id": first_id, "image": img},  # exists
+        {"id": "new-1", "image": img},  # repeated in the batch
+        {"id": "new-3", "image": _b64(b"not an image")},
+        {"id": "new-4"},  # no image
+        7,
+        {"id": "new-5", "image": img, "metadata": {"image": "/etc/passwd"}},
+        {"id": "", "image": img},
+    ]
+    r = c.post(
+        "/v1/items/batch", data=_ndjson(rows), content_type="application/x-ndjson", headers=KEY
+    )
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    statuses = [(a["id"], a["status"]) for a in body["results"]]
+    assert statuses == [
+        ("new-1", 201),
+        ("new-2", 201),
+        (first_id, 409),
+        ("new-1", 409),
+        ("new-3", 400),
+        ("new-4", 400),
+        (None, 400),
+        ("new-5", 400),
+        ("", 400),
+    ]
+    assert body["added"] == 2 and body["failed"] == 7
+    broken = _ndjson([rows[0], "{not json"])  # not NDJSON: the whole request is refused
+    r = c.post("/v1/items/batch", data=broken, content_type="application/x-ndjson", headers=KEY)
+    assert "line 2" in assert_error(r, 400, "invalid_json")["message"]
+    assert body["results"][0]["item"]["price"] == 10
+    assert body["results"][4]["error"]["code"] == "invalid_image"
+    hit = c.post("/v1/search?k=1&filter.label=nova-max", json={"image": img}).get_json()
+    assert hit["neighbors"]
+    assert c.get("/v1/items/new-2").status_code == 200
+    as_json = {"items": [{"id": "new-6", "image": img, "metadata": {"price": 5}}]}
+    r = c.post("/v1/items/batch", json=as_json, headers=KEY)
+    assert r.get_json()["added"] == 1
+    assert c.get("/v1/items/new-6").get_json()["price"] == 5
+
+
+def test_batch_add_limits_and_keys(tiny_embedder, writable, jpeg_bytes):
+    app, _ = writable
+    c = app.test_client()
+    row = {"id": "a", "image": _b64(jpeg_bytes)}
+    nd = "application/x-ndjson"
+    assert_error(c.post("/v1/items/batch", data=_ndjson([row]), content_type=nd), 401)
+    assert_error(c.post("/v1/items/batch", json={"items": []}, headers=KEY), 400)
+    assert_error(c.post("/v1/items/batch", json={"items": "x"}, headers=KEY), 400)
+    assert_error(c.post("/v1/items/batch", data=b"\n\n", content_type=nd, headers=KEY), 400)
+    assert_error(c.post("/v1/items/batch", data=b"x", content_type="text/plain", headers=KEY), 415)
+    index = app.extensions["phonesim"].service.index
+    small = make_app(ServerConfig(api_key=API_KEY, max_batch_entries=2), tiny_embedder, index)
+    try:
+        rows = [{**row, "id": f"x{i}"} for i in range(3)]
+        r = small.test_client().post(
+            "/v1/items/batch", data=_ndjson(rows), content_type=nd, headers=KEY
+        )
+        assert_error(r, 400, "too_many_entries")
+        assert "x0" not in index  # nothing of a refused batch is added
+    finally:
+        small.extensions["phonesim"].close()

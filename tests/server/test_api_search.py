@@ -1,0 +1,275 @@
+"""Search by vector, score_threshold, offset, JSON and range filters, the filter. prefix and
+/v1/search/batch, through Flask's test client."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from server.config import ServerConfig
+from tests.server.helpers import API_KEY, assert_error, make_app, upload
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _ids(body: dict) -> list[str]:
+    return [n["id"] for n in body["neighbors"]]
+
+
+def _prices(catalog_rows) -> list[float]:
+    return sorted({float(r["price"]) for r in catalog_rows.values()})
+
+
+# -- vector ------------------------------------------------------------------------------------
+def test_search_by_the_embedding_of_embed_gives_the_image_search(client, jpeg_bytes):
+    by_image = client.post("/v1/search?k=7", data=upload(jpeg_bytes)).get_json()
+    vector = client.post("/v1/embed", data=upload(jpeg_bytes)).get_json()["embedding"]
+    r = client.post("/v1/search", json={"vector": vector, "k": 7})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["prediction"] is None
+    assert _ids(body) == _ids(by_image)
+    scaled = client.post("/v1/search", json={"vector": [v * 1e-6 for v in vector], "k": 7})
+    assert _ids(scaled.get_json()) == _ids(by_image)  # normalised: the scale does not matter
+
+
+def test_search_by_a_stored_vector_finds_that_item_first(client, readonly_index, first_id):
+    vector = readonly_index.get_vectors([first_id])[0].tolist()
+    body = client.post("/v1/search", json={"vector": vector, "k": 3}).get_json()
+    assert body["neighbors"][0]["id"] == first_id
+    assert body["neighbors"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("vector", "needle"),
+    [
+        ("wrong-dim", "dimensions"),
+        ("zeros", "all zeros"),
+        ("strings", "list of"),
+        ("bools", "list of"),
+        ("not-a-list", "list of"),
+    ],
+)
+def test_bad_vectors_are_400_naming_the_problem(client, tiny_embedder, vector, needle):
+    dim = tiny_embedder.dim
+    value = {
+        "wrong-dim": [0.1] * (dim + 1),
+        "zeros": [0.0] * dim,
+        "strings": ["1"] * dim,
+        "bools": [True] * dim,
+        "not-a-list": 3,
+    }[vector]
+    error = assert_error(client.post("/v1/search", json={"vector": value}), 400, "invalid_vector")
+    assert needle in error["message"]
+
+
+def test_nan_and_infinity_in_a_vector_are_400(client, tiny_embedder):
+    dim = tiny_embedder.dim
+    for word in ("NaN", "Infinity", "-Infinity"):
+        body = '{"vector": [' + ", ".join(["0.5"] * (dim - 1) + [word]) + "]}"
+        r = client.post("/v1/search", data=body, content_type="application/json")
+        assert "not a JSON number" in assert_error(r, 400, "invalid_json")["message"]
+    from server.errors import ApiError
+    from server.inputs import parse_vector
+
+    with pytest.raises(ApiError, match="NaN or infinite"):
+        parse_vector([float("nan")] + [1.0] * (dim - 1), dim)
+
+
+def test_image_and_vector_together_are_400(client, jpeg_bytes, tiny_embedder):
+    body = {"image": _b64(jpeg_bytes), "vector": [1.0] * tiny_embedder.dim}
+    assert_error(client.post("/v1/search", json=body), 400, "invalid_request")
+
+
+# -- threshold and offset ----------------------------------------------------------------------
+def test_offset_pages_through_the_neighbours(client, jpeg_bytes):
+    ten = _ids(client.post("/v1/search?k=10", data=upload(jpeg_bytes)).get_json())
+    later = client.post("/v1/search?k=5&offset=5", data=upload(jpeg_bytes)).get_json()
+    assert _ids(later) == ten[5:] and later["offset"] == 5
+    body = {"image": _b64(jpeg_bytes), "k": 3, "offset": 2}
+    assert _ids(client.post("/v1/search", json=body).get_json()) == ten[2:5]
+
+
+def test_score_threshold_drops_the_neighbours_below_it(client, jpeg_bytes):
+    full = client.post("/v1/search?k=18", data=upload(jpeg_bytes)).get_json()["neighbors"]
+    scores = sorted(n["score"] for n in full)
+    mid = len(scores) // 2
+    cut = (scores[mid] + scores[mid + 1]) / 2  # between two scores: rounding cannot matter
+    r = client.post(f"/v1/search?k=18&score_threshold={cut}", data=upload(jpeg_bytes))
+    kept = r.get_json()["neighbors"]
+    assert 0 < len(kept) < len(full)
+    assert all(n["score"] >= cut for n in kept)
+    assert [n["id"] for n in kept] == [n["id"] for n in full if n["score"] >= cut]
+    body = client.post("/v1/search", json={"image": _b64(jpeg_bytes), "score_threshold": 1.0})
+    assert body.get_json()["neighbors"] == [] or body.get_json()["neighbors"][0]["score"] >= 1.0
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("score_threshold=1.5", "invalid_score_threshold"),
+        ("score_threshold=nan", "invalid_score_threshold"),
+        ("score_threshold=high", "invalid_score_threshold"),
+        ("offset=-1", "invalid_offset"),
+        ("offset=1001", "invalid_offset"),
+        ("label=x", "invalid_request"),  # no longer read as a filter field
+        ("kk=3", "invalid_request"),
+    ],
+)
+def test_bad_search_options_are_400(client, jpeg_bytes, query, code):
+    error = assert_error(client.post(f"/v1/search?{query}", data=upload(jpeg_bytes)), 400, code)
+    if query == "label=x":
+        assert "filter.<field>" in error["message"]
+
+
+# -- filters -----------------------------------------------------------------------------------
+def test_range_filters_on_a_numeric_field(client, jpeg_bytes, catalog_rows):
+    low, mid, high = _prices(catalog_rows)
+    body = {"image": _b64(jpeg_bytes), "k": 50, "filter": {"price": {"lt": high}}}
+    got = client.post("/v1/search", json=body).get_json()["neighbors"]
+    assert {float(n["price"]) for n in got} == {low, mid}
+    assert len(got) == sum(1 for r in catalog_rows.values() if float(r["price"]) < high)
+    body["filter"] = {"price": {"gte": mid, "lte": mid}}
+    got = client.post("/v1/search", json=body).get_json()["neighbors"]
+    assert {float(n["price"]) for n in got} == {mid}
+    as_query = json.dumps({"price": {"gt": low}})
+    query = {"filter": as_query, "k": 50}
+    r = client.post("/v1/search", query_string=query, data=upload(jpeg_bytes))
+    assert {float(n["price"]) for n in r.get_json()["neighbors"]} == {mid, high}
+
+
+def test_range_on_a_text_field_is_400_naming_its_type(client, jpeg_bytes):
+    body = {"image": _b64(jpeg_bytes), "filter": {"label": {"lt": 300}}}
+    error = assert_error(client.post("/v1/search", json=body), 400, "invalid_filter")
+    assert "text" in error["message"] and "label" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        {"colour": "red"},
+        {"label": {"between": [1, 2]}},
+        {"label": {}},
+        {"label": {"in": "x"}},
+        {"price": {"lt": None}},
+        {"label": [{"a": 1}]},
+    ],
+)
+def test_malformed_or_unknown_filters_are_400(client, jpeg_bytes, flt):
+    body = {"image": _b64(jpeg_bytes), "filter": flt}
+    assert_error(client.post("/v1/search", json=body), 400)
+
+
+def test_a_field_in_the_query_and_the_body_must_match_both(client, jpeg_bytes, catalog_rows):
+    labels = sorted({r["label"] for r in catalog_rows.values()})
+    low, mid, high = _prices(catalog_rows)
+    body = {"image": _b64(jpeg_bytes), "k": 50, "filter": {"label": labels[0]}}
+    r = client.post(f"/v1/search?filter.label={labels[1]}", json=body)
+    assert r.status_code == 200 and r.get_json()["neighbors"] == []
+    r = client.post(f"/v1/search?filter.label={labels[0]}", json=body)
+    assert {n["label"] for n in r.get_json()["neighbors"]} == {labels[0]}
+    body["filter"] = {"price": {"lt": high}}
+    query = {"filter": json.dumps({"price": {"gt": low}})}
+    got = client.post("/v1/search", query_string=query, json=body).get_json()["neighbors"]
+    assert {float(n["price"]) for n in got} == {mid}
+
+
+def test_similar_takes_range_filters_offset_and_threshold(client, first_id, catalog_rows):
+    low = _prices(catalog_rows)[0]
+    flt = json.dumps({"price": {"gt": low}})
+    r = client.get(f"/v1/items/{first_id}/similar", query_string={"filter": flt, "k": 50})
+    got = r.get_json()["neighbors"]
+    assert got and all(float(n["price"]) > low for n in got)
+    assert first_id not in [n["id"] for n in got]
+    two = client.get(f"/v1/items/{first_id}/similar?k=4").get_json()["neighbors"]
+    off = client.get(f"/v1/items/{first_id}/similar?k=2&offset=2").get_json()["neighbors"]
+    assert [n["id"] for n in off] == [n["id"] for n in two][2:]
+
+
+# -- batch -------------------------------------------------------------------------------------
+def test_batch_answers_in_order_one_result_or_error_per_entry(
+    client, jpeg_bytes, readonly_index, first_id, tiny_embedder
+):
+    vector = readonly_index.get_vectors([first_id])[0].tolist()
+    single = client.post("/v1/search?k=4", data=upload(jpeg_bytes)).get_json()
+    similar = client.get(f"/v1/items/{first_id}/similar?k=4").get_json()
+    queries = [
+        {"image": _b64(jpeg_bytes)},
+        {"vector": vector},
+        {"id": first_id},
+        {"id": "no-such-phone"},
+        {"image": _b64(b"not an image at all")},
+        {"vector": [0.0] * tiny_embedder.dim},
+        {"image": _b64(jpeg_bytes), "vector": vector},
+        {"image": _b64(jpeg_bytes), "k": 2},
+        {"image": _b64(jpeg_bytes), "filter": {"label": {"lt": 3}}},
+        "not an object",
+    ]
+    r = client.post("/v1/search/batch", json={"queries": queries, "k": 4})
+    assert r.status_code == 200, r.get_json()
+    results = r.get_json()["results"]
+    assert len(results) == len(queries)
+    assert _ids(results[0]) == _ids(single)
+    assert results[0]["prediction"]["label"] == single["prediction"]["label"]
+    assert results[1]["neighbors"][0]["id"] == first_id
+    assert _ids(results[2]) == _ids(similar) and results[2]["id"] == first_id
+    expected = [
+        (3, 404, "unknown_item"),
+        (4, 400, "invalid_image"),
+        (5, 400, "invalid_vector"),
+        (6, 400, "invalid_request"),
+        (8, 400, "invalid_filter"),
+        (9, 400, "invalid_request"),
+    ]
+    for i, status, code in expected:
+        assert results[i]["status"] == status and results[i]["error"]["code"] == code, i
+    assert _ids(results[7]) == _ids(single)[:2]
+
+
+def test_batch_images_run_through_the_model_together(client, jpeg_bytes):
+    queries = [{"image": _b64(jpeg_bytes)} for _ in range(5)]
+    results = client.post("/v1/search/batch", json={"queries": queries}).get_json()["results"]
+    assert len({tuple(_ids(r)) for r in results}) == 1
+    svc = client.application.extensions["phonesim"].service
+    samples = {s.name: s.value for m in svc.metrics.batch_size.collect() for s in m.samples}
+    # One forward pass of the five rows (no other request ran on this app).
+    assert samples["phonesim_model_batch_size_count"] == 1
+    assert samples["phonesim_model_batch_size_sum"] == 5
+
+
+def test_batch_limits_and_shape(tiny_embedder, readonly_index, jpeg_bytes):
+    app = make_app(
+        ServerConfig(api_key=API_KEY, max_batch_entries=3), tiny_embedder, readonly_index
+    )
+    try:
+        c = app.test_client()
+        many = {"queries": [{"image": _b64(jpeg_bytes)}] * 4}
+        error = assert_error(c.post("/v1/search/batch", json=many), 400, "too_many_entries")
+        assert "3" in error["message"]
+        assert_error(c.post("/v1/search/batch", json={"queries": []}), 400)
+        assert_error(c.post("/v1/search/batch", json={"queries": [], "kk": 1}), 400)
+        assert_error(c.post("/v1/search/batch", json={"queries": "x"}), 400)
+        assert_error(c.post("/v1/search/batch", data=b"x", content_type="text/plain"), 415)
+        bad_k = {"queries": [{"image": _b64(jpeg_bytes)}], "k": 0}
+        assert_error(c.post("/v1/search/batch", json=bad_k), 400, "invalid_k")
+        assert app.test_client().get("/v1/info").get_json()["batching"]["max_batch_entries"] == 3
+    finally:
+        app.extensions["phonesim"].close()
+
+
+def test_batch_filters_apply_per_entry(client, jpeg_bytes, catalog_rows):
+    low, mid, high = _prices(catalog_rows)
+    queries = [
+        {"image": _b64(jpeg_bytes)},
+        {"image": _b64(jpeg_bytes), "filter": {"price": {"gte": high}}},
+    ]
+    body = {"queries": queries, "k": 50, "filter": {"price": {"lte": low}}}
+    results = client.post("/v1/search/batch", json=body).get_json()["results"]
+    assert {float(n["price"]) for n in results[0]["neighbors"]} == {low}
+    assert {float(n["price"]) for n in results[1]["neighbors"]} == {high}
+    assert np.isclose(results[1]["filter"]["price"]["gte"], high)

@@ -1,0 +1,56 @@
+"""Request filters: the filter. prefix and filter=<json> in the query string, shape checks,
+and a field given in both the query string and the body (both must match)."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.errors import ApiError
+from server.filters import both, check_filter, merge_filters, query_filter
+
+FIELDS = ["brand", "label", "price"]
+
+
+def test_query_string_filters():
+    args = [("filter.brand", ["apple"]), ("filter.label", ["a", "b"]), ("k", ["3"])]
+    assert query_filter(args) == {"brand": "apple", "label": ["a", "b"]}
+    parsed = query_filter([("filter", ['{"price": {"lt": 300}}'])])
+    assert parsed == {"price": {"lt": 300}}
+    for bad in ([("filter", ["[1]"])], [("filter", ["{"])], [("filter.", ["x"])]):
+        with pytest.raises(ApiError) as err:
+            query_filter(bad)
+        assert err.value.status == 400 and err.value.code == "invalid_filter"
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        {"colour": "red"},
+        {"price": {"between": 1}},
+        {"price": {}},
+        {"price": {"lt": "300"}},
+        {"price": {"lt": True}},
+        {"label": {"in": "x"}},
+        {"label": {"in": []}},
+        {"label": []},
+        {"label": None},
+        {"label": {"eq": [1]}},
+        {"label": "x" * 1001},
+    ],
+)
+def test_shapes_refused(flt):
+    with pytest.raises(ApiError) as err:
+        check_filter(flt, FIELDS)
+    assert err.value.status == 400
+
+
+def test_a_field_in_both_places_must_match_both():
+    assert both("a", "a") == {"in": ["a"]}
+    assert both("a", "b") == {"in": []}
+    assert both(["a", "b"], ["b", "c"]) == {"in": ["b"]}
+    assert both({"lt": 300, "gte": 10}, {"lt": 200, "gte": 50}) == {"lt": 200, "gte": 50}
+    assert both({"eq": "a", "in": ["a", "b"]}, "b") == {"in": []}
+    args = [("filter.label", ["a"])]
+    assert merge_filters(args, {"price": {"lt": 3}}, FIELDS) == {"price": {"lt": 3}, "label": "a"}
+    assert merge_filters(args, {"label": "a"}, FIELDS) == {"label": {"in": ["a"]}}
+    assert merge_filters([], None, FIELDS) is None
