@@ -265,7 +265,10 @@ def measure(backend: str, cluster: Cluster, index: Path, pg_data, images) -> dic
         f"  add visible on every server: {summary(steady.add_lag)}; "
         f"within {VISIBLE_WITHIN_S} s: {within}/{len(steady.add_lag)}"
     )
-    print(f"  delete gone on every server: {summary(steady.delete_lag)}")
+    print(
+        f"  delete gone on every server: {summary(steady.delete_lag)}; adds deleted before "
+        f"every server was polled (not timed): {steady.superseded}"
+    )
     print(
         f"  search under writes: p50 {loaded['p50_ms']} ms, p99 {loaded['p99_ms']} ms "
         f"({loaded['searches']} searches)"
@@ -315,6 +318,7 @@ def measure(backend: str, cluster: Cluster, index: Path, pg_data, images) -> dic
         "add_visible": summary(steady.add_lag),
         "add_visible_within_1s": f"{within}/{len(steady.add_lag)}",
         "delete_gone": summary(steady.delete_lag),
+        "adds_deleted_before_polled": steady.superseded,
         "search_p50_ms_baseline": baseline["p50_ms"],
         "search_p50_ms_under_writes": loaded["p50_ms"],
         "search_p50_ratio": (
