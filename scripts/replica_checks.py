@@ -39,6 +39,7 @@ class Ledger:
         self.add_lag: list[float] = []
         self.delete_lag: list[float] = []
         self.unseen: list[str] = []  # an acknowledged write some server never showed in time
+        self.superseded = 0  # adds deleted again before the poll reached every server
         self.write_errors: list[str] = []
 
     def deleted_before(self, t: float) -> set[str]:
@@ -67,6 +68,11 @@ def poll_visible(
             if status == want:
                 worst = max(worst, now - since)
                 break
+            if want == 200 and status == 404 and item_id in ledger.deleted:
+                # The writer deleted it before this poll reached this server: nothing to time.
+                with ledger.lock:
+                    ledger.superseded += 1
+                return
             if now - since > POLL_LIMIT_S:
                 with ledger.lock:
                     ledger.unseen.append(f"{item_id} on {server.name}: {status}")
