@@ -118,6 +118,7 @@ class PairScorer:
                 self.config,
                 self.rng,
                 cosine=float(self.a.global_[ra] @ self.b.global_[rb]),
+                sizes=(self.a.size_of(ra), self.b.size_of(rb)),
             )
         return np.full(len(EVIDENCE), np.nan, np.float32) if found is None else found
 
