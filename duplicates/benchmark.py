@@ -221,12 +221,27 @@ def copy_schedule(o_idx: int, copies: int) -> list[tuple[str, int]]:
     return out
 
 
+Sources = tuple[list[Sample], list[Image.Image], list[list[int]]]
+
+
+def read_sources(source: str | Path, config: BenchmarkConfig, progress: bool = True) -> Sources:
+    """The source photos and their clusters of copies (the same for every benchmark seed)."""
+    return source_clusters(list_images(source), config, progress)
+
+
 def build_benchmark(
-    source: str | Path, out: str | Path, config: BenchmarkConfig, progress: bool = True
+    source: str | Path,
+    out: str | Path,
+    config: BenchmarkConfig,
+    progress: bool = True,
+    sources: Sources | None = None,
 ) -> Benchmark:
-    """Write the benchmark images and ``benchmark.csv`` under ``out`` (replacing it)."""
-    samples = list_images(source)
-    ok, images, clusters = source_clusters(samples, config, progress)
+    """Write the benchmark images and ``benchmark.csv`` under ``out`` (replacing it).
+
+    ``sources`` (from ``read_sources``) skips reading and clustering the sources again when
+    several seeds are built from one folder.
+    """
+    ok, images, clusters = sources or read_sources(source, config, progress)
     rng = random.Random(config.seed)
     reps = [c[0] for c in clusters]  # one photo per cluster of copies
     rng.shuffle(reps)

@@ -27,11 +27,17 @@ import numpy as np
 from common.errors import UserError
 from common.fsutil import atomic_write_text
 from common.grouping import component_labels
-from duplicates.benchmark import Benchmark, BenchmarkConfig, build_benchmark
+from duplicates.benchmark import Benchmark, BenchmarkConfig, Sources, build_benchmark
 from duplicates.descriptor import CopyDescriptor, DescriptorConfig
 from duplicates.evaluation import Sweep, sweep_thresholds
 from duplicates.features import extract_features
-from duplicates.finder import FALLBACK_THRESHOLD, FinderConfig, ScoredPairs, score_candidates
+from duplicates.finder import (
+    FALLBACK_THRESHOLD,
+    FinderConfig,
+    ScoredPairs,
+    score_candidates,
+    stage_timing,
+)
 from duplicates.hashing import hamming_pairs, phash_available, phash_bits
 from duplicates.pair_model import PairModel, cross_fitted_scores, fit_pair_model
 from duplicates.verify import VerifyConfig
@@ -73,6 +79,7 @@ class CalibrationResult:
     source: str
     config: CalibrationConfig
     false_pairs: list[dict[str, Any]] = field(default_factory=list)  # accepted, not one photo
+    timing: dict[str, Any] = field(default_factory=dict)  # finder.stage_timing of the run
 
     def summary(self) -> str:
         ours = (
@@ -146,15 +153,24 @@ def per_transform_recall(
 
 
 def calibrate(
-    descriptor: CopyDescriptor, source: str | Path, work: str | Path, config: CalibrationConfig
+    descriptor: CopyDescriptor,
+    source: str | Path,
+    work: str | Path,
+    config: CalibrationConfig,
+    sources: Sources | None = None,
 ) -> CalibrationResult:
-    """Build the benchmark under ``work``, score it, and choose the threshold."""
+    """Build the benchmark under ``work``, score it, and choose the threshold.
+
+    ``sources`` (``benchmark.read_sources``) are reused rather than read and clustered again.
+    """
     with_phash = check_dependencies()
     if not with_phash:
         log.warning(
             "imagehash is not installed: the pHash baseline is skipped (pip install imagehash)"
         )
-    bench = build_benchmark(source, work, config.benchmark, progress=config.finder.progress)
+    bench = build_benchmark(
+        source, work, config.benchmark, progress=config.finder.progress, sources=sources
+    )
     features = extract_features(
         descriptor,
         bench.samples,
@@ -166,6 +182,7 @@ def calibrate(
         truth = bench.truth[features.rows]
         # Calibrate the verification itself, never a previously stored model.
         pairs = score_candidates(features, replace(config.finder, pair_model=None))
+        timing = stage_timing(features, pairs, descriptor.engine.runtime)
     finally:
         features.close()
     if len(features) < len(bench.samples):
@@ -216,6 +233,7 @@ def calibrate(
         source=str(source),
         config=config,
         false_pairs=false_pairs,
+        timing=timing,
     )
 
 

@@ -18,12 +18,15 @@ from common.argtypes import (
     positive_int,
 )
 from common.errors import run_reporting_errors
+from duplicates.calibrate_cli import (
+    CALIBRATE_DESCRIPTION,
+    add_calibrate_arguments,
+    run_calibrate,
+)
 from embedder.engine_options import EngineOptions, add_engine_options
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "phone-brands"
 
 FIND_DESCRIPTION = """\
 Find duplicate listing photos: the same picture re-uploaded, resized, re-encoded, cropped,
@@ -62,6 +65,14 @@ def _unit_float(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
     return value
+
+
+def check_output_folder(path: str | Path) -> None:
+    """Refuse an output path that is a file now, not after minutes of work."""
+    from embedder.errors import DataError
+
+    if Path(path).exists() and not Path(path).is_dir():
+        raise DataError(f"{path}: exists and is not a folder")
 
 
 def add_find_arguments(p: argparse.ArgumentParser) -> None:
@@ -106,14 +117,6 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _check_output_folder(path: str | Path) -> None:
-    """Refuse an output path that is a file now, not after minutes of work."""
-    from embedder.errors import DataError
-
-    if Path(path).exists() and not Path(path).is_dir():
-        raise DataError(f"{path}: exists and is not a folder")
-
-
 def run_find(args: argparse.Namespace) -> int:
     from duplicates.against import AgainstConfig, find_against
     from duplicates.calibration import stored_settings
@@ -125,7 +128,7 @@ def run_find(args: argparse.Namespace) -> int:
     from embedder.checkpoint import checkpoint_hash, read_config
 
     keep = parse_keep(args.keep)
-    _check_output_folder(args.out)
+    check_output_folder(args.out)
     data, kind = data_source(args)
     samples = load_inputs(data, kind)
     stored = stored_settings(args.checkpoint)
@@ -175,116 +178,6 @@ def run_find(args: argparse.Namespace) -> int:
         print(format_timing(timing))
     print(result.summary())
     return 0
-
-
-CALIBRATE_DESCRIPTION = """\
-Calibrate the duplicate threshold of a checkpoint on real photos: build a labelled benchmark
-(sampled originals, each with perturbed copies: JPEG, thumbnail, crop, border/padding, text and
-price tags, mirror, colour, screen photo, and combinations, at several strengths; plus untouched
-distractors), verify candidate pairs exactly as find_duplicates does, and fit the pair
-classifier that turns the verification evidence into a score. Thresholds are swept over held-out
-scores (each photo family scored by a model fitted without it, 5 folds); the best F1 among
-thresholds with precision >= --min-precision is stored in the checkpoint's config.json with the
-classifier refitted on all pairs. The pixel agreement alone and a pHash are swept on the same
-benchmark as baselines. Source photos that are already copies of each other (byte, pixel or
-near-identical, re-framed or cropped) are clustered first and used once.
-"""
-
-
-def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="model checkpoint folder")
-    p.add_argument(
-        "--data",
-        "--images",
-        dest="data",
-        default=str(DEFAULT_SOURCE),
-        metavar="DIR",
-        help="a folder of real photos to build the benchmark from (default: %(default)s)",
-    )
-    p.add_argument(
-        "--work",
-        metavar="DIR",
-        help="folder for the benchmark images and report (default: CKPT/duplicates-calibration)",
-    )
-    p.add_argument(
-        "--originals", type=positive_int, default=250, help="originals (default %(default)s)"
-    )
-    p.add_argument(
-        "--copies", type=positive_int, default=4, help="copies per original (default %(default)s)"
-    )
-    p.add_argument(
-        "--distractors",
-        type=non_negative_int,
-        help="untouched distractors (default: all remaining photos)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="benchmark seed (default 0)")
-    p.add_argument(
-        "--min-precision",
-        type=_unit_float,
-        default=0.95,
-        help="lowest precision a stored threshold may have (default 0.95)",
-    )
-    p.add_argument("--dry-run", action="store_true", help="report only; do not store")
-    p.add_argument(
-        "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
-    )
-    p.add_argument(
-        "--workers", type=non_negative_int, help="image decoding processes (default: auto)"
-    )
-    add_engine_options(p, threads_help="model threads (default: every core)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def run_calibrate(args: argparse.Namespace) -> int:
-    from duplicates.benchmark import BenchmarkConfig
-    from duplicates.calibration import (
-        CalibrationConfig,
-        calibrate,
-        calibration_record,
-        store_calibration,
-    )
-    from duplicates.calibration_report import write_calibration
-    from duplicates.descriptor import CopyDescriptor, DescriptorConfig
-    from duplicates.finder import FinderConfig
-
-    work = Path(args.work) if args.work else Path(args.checkpoint) / "duplicates-calibration"
-    _check_output_folder(work)
-    descriptor = CopyDescriptor.from_checkpoint(
-        args.checkpoint, DescriptorConfig(), EngineOptions.from_args(args)
-    )
-    finder = FinderConfig(
-        batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress
-    )
-    config = CalibrationConfig(
-        benchmark=BenchmarkConfig(
-            originals=args.originals,
-            copies=args.copies,
-            distractors=args.distractors,
-            seed=args.seed,
-        ),
-        finder=finder,
-        min_precision=args.min_precision,
-    )
-    result = calibrate(descriptor, args.data, work / "benchmark", config)
-    paths = write_calibration(result, work)
-    print("threshold  precision  recall  F1")
-    sw = result.sweep
-    for k in range(0, len(sw.thresholds), 10):
-        print(
-            f"{sw.thresholds[k]:9.3f}  {sw.precision[k]:9.3f}  {sw.recall[k]:6.3f}  {sw.f1[k]:.3f}"
-        )
-    print(
-        "recall per edit at the default:",
-        ", ".join(f"{k} {v:.2f}" for k, v in result.per_transform.items()),
-    )
-    print(f"table: {paths['table']}  curve: {paths['plot']}")
-    if result.chosen is not None and not args.dry_run:
-        record = calibration_record(result, descriptor.config, finder)
-        record["runtime"] = descriptor.engine.runtime  # the scores it was calibrated on
-        where = store_calibration(args.checkpoint, record)
-        print(f"stored threshold {result.chosen['threshold']:.3f} in {where}")
-    print(result.summary())
-    return 0 if result.chosen is not None else 1
 
 
 BENCH_DESCRIPTION = """\

@@ -54,6 +54,10 @@ class Features:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def size_of(self, r: int) -> tuple[int, int]:
+        """(width, height) of row r's image."""
+        return self.infos[r].width, self.infos[r].height
+
     def sample(self, r: int) -> Sample:
         return self.samples[int(self.rows[r])]
 

@@ -35,6 +35,7 @@ class PairModel:
     def predict(self, evidence: np.ndarray) -> np.ndarray:
         """Probability per row of an N x len(EVIDENCE) array; rejected rows (NaN) give 0."""
         x = np.asarray(evidence, dtype=np.float64).reshape(-1, len(EVIDENCE))
+        x = x[:, : len(self.features)]  # a model stored before later evidence was added
         rejected = np.isnan(x[:, 0])
         z = ((np.nan_to_num(x) - self.mean) / self.scale) @ np.asarray(self.coef) + self.intercept
         prob = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
@@ -53,7 +54,8 @@ class PairModel:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PairModel:
         features = tuple(data.get("features") or ())
-        if features != EVIDENCE:
+        # Evidence is only ever appended: a model fitted on a leading part still reads it.
+        if not features or features != EVIDENCE[: len(features)]:
             raise CheckpointError(
                 "the stored duplicate pair model was fitted on other evidence "
                 f"({', '.join(features) or 'none'}); re-run 'phonesim duplicates calibrate'"
@@ -63,7 +65,7 @@ class PairModel:
             intercept = float(data["intercept"])
         except (KeyError, TypeError, ValueError):
             parts, intercept = [], float("nan")
-        if len(parts) != 3 or any(len(p) != len(EVIDENCE) for p in parts):
+        if len(parts) != 3 or any(len(p) != len(features) for p in parts):
             raise CheckpointError("the stored duplicate pair model is malformed; re-calibrate")
         return cls(features, *parts, intercept)
 

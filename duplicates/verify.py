@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from duplicates.view import VIEW_EVIDENCE, background, view_evidence
+
 
 @dataclass(frozen=True)
 class VerifyConfig:
@@ -40,6 +42,10 @@ class VerifyConfig:
     shift_tolerance: float = 0.0  # lattice steps a point may match away (0.5 measured worse)
     refine_steps: int = 6
     refine_model: str = "homography"
+    # Reject maps that stretch one direction this much more than the other in real pixels
+    # (log of the ratio; 0.6 = 1.8x): no copy edit does, a device turned far aside does. On
+    # benchmark seed 1 the most stretched true copy measured 0.58 (a thick border): a margin.
+    max_view_anisotropy: float = 0.6
     seed: int = 0
 
 
@@ -189,9 +195,19 @@ def _project(H: np.ndarray, ph: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q[:, :2] / w[:, None], w
 
 
+@dataclass(frozen=True)
+class Aligned:
+    """What ``compare_aligned`` compared: A's lattice points inside B and both colours there."""
+
+    points: np.ndarray  # M x 2, A's unit coordinates
+    colour_a: np.ndarray  # M x 3, blurred
+    colour_b: np.ndarray  # M x 3, blurred, at the mapped points
+    residual: np.ndarray  # M, after the global colour fit
+
+
 def compare_aligned(
     thumb_a: np.ndarray, thumb_b: np.ndarray, T: np.ndarray, config: VerifyConfig
-) -> tuple[float, float, np.ndarray, np.ndarray]:
+) -> tuple[float, float, np.ndarray, np.ndarray, Aligned | None]:
     """Refine the map from A's unit coordinates to B's photometrically, then compare pixels.
 
     Both square uint8 thumbnails are blurred to the same resolution on a ``grid`` x ``grid``
@@ -201,7 +217,8 @@ def compare_aligned(
     step and the steps are Huber-weighted so overlays do not pull. The score is the share of
     overlapping lattice points whose colour agrees within ``colour_tol`` after a global
     colour fit. Returns (agreement 0..1, overlap share of A, refined 3 x 3 map, residuals on
-    the ``grid`` x ``grid`` lattice, NaN where A's point falls outside B).
+    the ``grid`` x ``grid`` lattice, NaN where A's point falls outside B, the compared points
+    and colours or None when too few overlap).
     """
     n, sa, sb = config.grid, thumb_a.shape[0], thumb_b.shape[0]
     scale = float(np.sqrt(abs(np.linalg.det(T[:2])))) * sb / sa  # B pixels per A pixel
@@ -247,7 +264,7 @@ def compare_aligned(
     overlap = float(inside.mean())
     lattice = np.full(n * n, np.nan, dtype=np.float32)
     if inside.sum() < 16:
-        return 0.0, overlap, H, lattice.reshape(n, n)
+        return 0.0, overlap, H, lattice.reshape(n, n), None
     col_b = _sample(blur_b, q[inside, 0] * sb - 0.5, q[inside, 1] * sb - 0.5)
     fitted, resid = _colour_fit(col_a[inside], col_b, config.colour_model)
     if config.shift_tolerance > 0:
@@ -259,7 +276,8 @@ def compare_aligned(
             shifted = _sample(blur_b, qs[:, 0] * sb - 0.5, qs[:, 1] * sb - 0.5)
             resid = np.minimum(resid, np.abs(shifted - fitted).mean(axis=1))
     lattice[inside] = resid
-    return float((resid <= config.colour_tol).mean()), overlap, H, lattice.reshape(n, n)
+    aligned = Aligned(pts[inside], col_a[inside], col_b, resid)
+    return float((resid <= config.colour_tol).mean()), overlap, H, lattice.reshape(n, n), aligned
 
 
 # What verification measures about a pair, in this order; ``duplicates.pair_model`` turns
@@ -275,6 +293,7 @@ EVIDENCE = (
     "p90_residual",
     "largest_region",  # largest connected disagreeing region, share of the overlap
     "solid_share",  # disagreeing points left after a morphological opening, share of overlap
+    *VIEW_EVIDENCE,  # another view of one object, not a copy (duplicates.view)
 )
 
 
@@ -303,12 +322,14 @@ def score_pair(
     config: VerifyConfig,
     rng: np.random.Generator,
     cosine: float = 0.0,
+    sizes: tuple[tuple[int, int], tuple[int, int]] | None = None,
 ) -> np.ndarray | None:
     """The ``EVIDENCE`` vector of image A against B, or None when no plausible map exists.
 
     ``local_a`` is A's feature map (cells x C); ``local_b`` holds B's for the image and its
     mirror (2 x cells x C). The orientation with more RANSAC inliers is compared pixel-wise;
-    ``cosine`` is the pair's global descriptor similarity, passed through as evidence.
+    ``cosine`` is the pair's global descriptor similarity, passed through as evidence;
+    ``sizes`` are the (width, height) of A and B, for the map's distortion in real pixels.
     """
     fa = np.asarray(local_a, dtype=np.float32)
     best = None
@@ -319,19 +340,33 @@ def score_pair(
         T, mask = ransac_affine(grid[ia], grid[ib], config, rng)
         inliers = int(mask.sum())
         if T is not None and inliers >= config.min_inliers and (best is None or inliers > best[1]):
-            best = (T, inliers, mirrored, len(ia))
+            best = (T, inliers, mirrored, len(ia), (grid[ia], grid[ib]))
     if best is None:
         return None
-    T, inliers, mirrored, matches = best
+    T, inliers, mirrored, matches, matched = best
     tb = np.ascontiguousarray(thumb_b[:, ::-1]) if mirrored else thumb_b
-    agree, overlap, T, lattice = compare_aligned(thumb_a, tb, T, config)
+    agree, overlap, T, lattice, aligned = compare_aligned(thumb_a, tb, T, config)
     # Share of B covered by A: A's overlap times the area scale of the map.
     covered_b = min(1.0, overlap * abs(float(np.linalg.det(T[:2, :2]))))
     resid = lattice[~np.isnan(lattice)]
-    if max(overlap, covered_b) < config.min_overlap or len(resid) == 0:
+    if max(overlap, covered_b) < config.min_overlap or aligned is None:
         return None
     tol = config.colour_tol
     largest, solid = disagreement_shape(lattice, tol)
+    view = view_evidence(
+        T,
+        sizes,
+        aligned.points,
+        aligned.colour_a,
+        aligned.colour_b,
+        aligned.residual,
+        (background(thumb_a), background(tb)),
+        matched,
+        tol,
+        config.inlier_tol / 2,
+    )
+    if view[0] > config.max_view_anisotropy:
+        return None
     return np.array(
         [
             agree,
@@ -344,6 +379,7 @@ def score_pair(
             np.percentile(resid, 90),
             largest,
             solid,
+            *view,
         ],
         dtype=np.float32,
     )

@@ -21,7 +21,9 @@ def synthetic_evidence(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Evidence where duplicates agree more and disagree in thin, not solid, regions."""
     rng = np.random.default_rng(seed)
     same = rng.random(n) < 0.4
-    x = rng.normal(0.0, 0.05, size=(n, len(EVIDENCE))).astype(np.float32)
+    x = np.zeros((n, len(EVIDENCE)), np.float32)
+    # Noise in the first ten measurements only (the same draws as before the view evidence).
+    x[:, :10] = rng.normal(0.0, 0.05, size=(n, 10))
     x[:, 0] += np.where(same, 0.88, 0.80)  # agreement overlaps between the two kinds
     x[:, EVIDENCE.index("solid_share")] += np.where(same, 0.01, 0.15)
     return x, same

@@ -37,13 +37,26 @@ def test_json_round_trip_and_mismatched_features() -> None:
     again = PairModel.from_json(json.loads(json.dumps(model.to_json())))
     np.testing.assert_allclose(again.predict(x), model.predict(x), rtol=1e-6)
     data = model.to_json()
-    data["features"] = ["agreement"]
+    data["features"] = ["inliers", *data["features"][1:]]  # other evidence
     with pytest.raises(CheckpointError, match="re-run"):
         PairModel.from_json(data)
     data = model.to_json()
     data["coef"] = data["coef"][:-1]
     with pytest.raises(CheckpointError, match="malformed"):
         PairModel.from_json(data)
+
+
+def test_a_model_stored_before_the_view_evidence_still_scores() -> None:
+    """Evidence is only appended, so a model over its first ten measurements reads new rows."""
+    x, same = synthetic_evidence(200, 1)
+    data = fit_pair_model(x, same).to_json()
+    for key in ("features", "mean", "scale", "coef"):
+        data[key] = list(data[key])[:10]
+    stored = PairModel.from_json(data)
+    z = (x[:, :10] - np.array(data["mean"])) / np.array(data["scale"]) @ np.array(data["coef"])
+    expected = 1 / (1 + np.exp(-(z + data["intercept"])))
+    np.testing.assert_allclose(stored.predict(x), expected, rtol=1e-5)
+    assert stored.predict(x)[same].mean() > stored.predict(x)[~same].mean()
 
 
 def test_fit_needs_both_kinds() -> None:

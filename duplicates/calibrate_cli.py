@@ -1,0 +1,143 @@
+"""``phonesim duplicates calibrate``: its flags and the run (one seed, or several with --seeds)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common.argtypes import non_negative_int, positive_int, probability
+from embedder.engine_options import EngineOptions, add_engine_options
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "phone-brands"
+
+
+CALIBRATE_DESCRIPTION = """\
+Calibrate the duplicate threshold of a checkpoint on real photos: build a labelled benchmark
+(sampled originals, each with perturbed copies: JPEG, thumbnail, crop, border/padding, text and
+price tags, mirror, colour, screen photo, and combinations, at several strengths; plus untouched
+distractors), verify candidate pairs exactly as find_duplicates does, and fit the pair
+classifier that turns the verification evidence into a score. Thresholds are swept over held-out
+scores (each photo family scored by a model fitted without it, 5 folds); the best F1 among
+thresholds with precision >= --min-precision is stored in the checkpoint's config.json with the
+classifier refitted on all pairs. The pixel agreement alone and a pHash are swept on the same
+benchmark as baselines. Source photos that are already copies of each other (byte, pixel or
+near-identical, re-framed or cropped) are clustered first and used once.
+"""
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    from duplicates.calibration_seeds import parse_seeds
+
+    return parse_seeds(text)
+
+
+def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="model checkpoint folder")
+    p.add_argument(
+        "--data",
+        "--images",
+        dest="data",
+        default=str(DEFAULT_SOURCE),
+        metavar="DIR",
+        help="a folder of real photos to build the benchmark from (default: %(default)s)",
+    )
+    p.add_argument(
+        "--work",
+        metavar="DIR",
+        help="folder for the benchmark images and report (default: CKPT/duplicates-calibration)",
+    )
+    p.add_argument(
+        "--originals", type=positive_int, default=250, help="originals (default %(default)s)"
+    )
+    p.add_argument(
+        "--copies", type=positive_int, default=4, help="copies per original (default %(default)s)"
+    )
+    p.add_argument(
+        "--distractors",
+        type=non_negative_int,
+        help="untouched distractors (default: all remaining photos)",
+    )
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument(
+        "--seed", type=non_negative_int, default=0, help="benchmark seed (default 0)"
+    )
+    seeds.add_argument(
+        "--seeds",
+        type=_seed_list,
+        metavar="SEEDS",
+        help="calibrate on several benchmark seeds (e.g. 0-4 or 0,2,7) and print each seed's "
+        "precision/recall/F1 with mean, min and spread, ending with one JSON line; stores nothing",
+    )
+    p.add_argument(
+        "--min-precision",
+        type=probability,
+        default=0.95,
+        help="lowest precision a stored threshold may have (default 0.95)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="report only; do not store")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
+    )
+    p.add_argument(
+        "--workers", type=non_negative_int, help="image decoding processes (default: auto)"
+    )
+    add_engine_options(p, threads_help="model threads (default: every core)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from duplicates.benchmark import BenchmarkConfig
+    from duplicates.calibration import (
+        CalibrationConfig,
+        calibrate,
+        calibration_record,
+        store_calibration,
+    )
+    from duplicates.calibration_report import write_calibration
+    from duplicates.cli import check_output_folder
+    from duplicates.descriptor import CopyDescriptor, DescriptorConfig
+    from duplicates.finder import FinderConfig
+
+    work = Path(args.work) if args.work else Path(args.checkpoint) / "duplicates-calibration"
+    check_output_folder(work)
+    descriptor = CopyDescriptor.from_checkpoint(
+        args.checkpoint, DescriptorConfig(), EngineOptions.from_args(args)
+    )
+    finder = FinderConfig(
+        batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress
+    )
+    config = CalibrationConfig(
+        benchmark=BenchmarkConfig(
+            originals=args.originals,
+            copies=args.copies,
+            distractors=args.distractors,
+            seed=args.seed,
+        ),
+        finder=finder,
+        min_precision=args.min_precision,
+    )
+    if args.seeds is not None:
+        from duplicates.calibration_seeds import run_seeds
+
+        return run_seeds(descriptor, args.data, work, config, args.seeds)
+    result = calibrate(descriptor, args.data, work / "benchmark", config)
+    paths = write_calibration(result, work)
+    print("threshold  precision  recall  F1")
+    sw = result.sweep
+    for k in range(0, len(sw.thresholds), 10):
+        print(
+            f"{sw.thresholds[k]:9.3f}  {sw.precision[k]:9.3f}  {sw.recall[k]:6.3f}  {sw.f1[k]:.3f}"
+        )
+    print(
+        "recall per edit at the default:",
+        ", ".join(f"{k} {v:.2f}" for k, v in result.per_transform.items()),
+    )
+    print(f"table: {paths['table']}  curve: {paths['plot']}")
+    if result.chosen is not None and not args.dry_run:
+        record = calibration_record(result, descriptor.config, finder)
+        record["runtime"] = descriptor.engine.runtime  # the scores it was calibrated on
+        where = store_calibration(args.checkpoint, record)
+        print(f"stored threshold {result.chosen['threshold']:.3f} in {where}")
+    print(result.summary())
+    return 0 if result.chosen is not None else 1
