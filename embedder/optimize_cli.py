@@ -44,14 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _optimize(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    import torch
-
     from embedder.checkpoint import load_checkpoint
     from embedder.engine import default_threads
     from embedder.errors import DataError
     from embedder.onnx_export import read_graph_record
     from embedder.quantize import compare_int8, quantize_int8
-    from embedder.runtime import check_against_torch, open_fp32
+    from embedder.runtime import check_against_torch, open_fp32, save_check
 
     if args.quantize and not args.calibration:
         raise DataError("--quantize int8 needs --calibration TRAIN_IMAGES")
@@ -60,8 +58,9 @@ def _optimize(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     threads = args.threads or default_threads()
     model, config = load_checkpoint(ckpt)
-    engine = open_fp32(ckpt, torch.device("cpu"), threads, model)
+    engine = open_fp32(ckpt, "cpu", threads, model)
     check = check_against_torch(engine, model, config.data_config["input_size"])
+    save_check(engine, check)  # runtime auto then trusts this graph without loading torch
     summary: dict[str, Any] = {
         "checkpoint": str(ckpt),
         "fp32": asdict(read_graph_record(ckpt, "fp32")),

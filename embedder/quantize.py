@@ -42,8 +42,8 @@ from embedder.onnx_export import (
     read_graph_record,
     write_graph_record,
 )
+from embedder.preprocess import Preprocessor
 from embedder.runtime import load_engine
-from embedder.transforms import eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,11 @@ def image_batches(
     samples: Sequence[Sample], data_config: dict[str, Any], batch_size: int = BATCH_SIZE
 ) -> Iterator[tuple[list[int], np.ndarray]]:
     """(sample indices, preprocessed float32 batch); unreadable images are logged and skipped."""
-    transform = eval_transform(data_config)
+    transform = Preprocessor(data_config)
     indices, tensors = [], []
     for i, sample in enumerate(samples):
         try:
-            tensors.append(transform(load_image(sample.path)).numpy())
+            tensors.append(transform(load_image(sample.path)))
             indices.append(i)
         except ImageError as exc:
             log.warning("skipping %s: %s", sample.id, exc)
