@@ -15,6 +15,14 @@ DEFAULT_RUNTIME = "auto"
 
 # Calibration images for the int8 graph's activation ranges: more barely moves them.
 DEFAULT_CALIBRATION_IMAGES = 256
+# How the int8 graph is made (embedder.quantize): how activation ranges are calibrated, and
+# layers kept float beside the head (which always is): the stem convolution (sees raw pixels),
+# the depthwise convolutions (one filter per channel: the layers int8 hurts most in
+# MobileNet-like models) and the last convolution (its output is pooled into the embedding).
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+FLOAT_LAYERS = ("stem", "depthwise", "last")
+DEFAULT_CALIBRATION_METHOD = "minmax"
+DEFAULT_FLOAT_LAYERS: tuple[str, ...] = ()
 
 RUNTIME_HELP = (
     "how the model runs: 'torch' (eager), 'onnx' (ONNX Runtime over the checkpoint's exported "

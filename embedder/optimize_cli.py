@@ -8,7 +8,26 @@ from pathlib import Path
 from typing import Any
 
 from common.argtypes import positive_int
-from embedder.engine_options import DEFAULT_CALIBRATION_IMAGES
+from embedder.engine_options import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_CALIBRATION_METHOD,
+    DEFAULT_FLOAT_LAYERS,
+    FLOAT_LAYERS,
+)
+
+
+def float_layers(text: str) -> tuple[str, ...]:
+    """Comma-separated names from FLOAT_LAYERS, or 'none'."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if names == ("none",):
+        return ()
+    unknown = [n for n in names if n not in FLOAT_LAYERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected 'none' or comma-separated names from {', '.join(FLOAT_LAYERS)}"
+        )
+    return names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +50,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=DEFAULT_CALIBRATION_IMAGES,
         help=f"at most this many, spread over the set (default {DEFAULT_CALIBRATION_IMAGES})",
+    )
+    p.add_argument(
+        "--calibration-method",
+        choices=CALIBRATION_METHODS,
+        default=DEFAULT_CALIBRATION_METHOD,
+        help="activation ranges of the int8 graph from the calibration activations' min/max, "
+        "99.999th percentile or entropy (default %(default)s)",
+    )
+    p.add_argument(
+        "--float-layers",
+        type=float_layers,
+        default=DEFAULT_FLOAT_LAYERS,
+        help="layers the int8 graph keeps float beside the head: comma-separated from "
+        f"{', '.join(FLOAT_LAYERS)}, or 'none' (default "
+        f"{','.join(DEFAULT_FLOAT_LAYERS) or 'none'})",
     )
     p.add_argument(
         "--val",
@@ -67,7 +101,14 @@ def _optimize(args: argparse.Namespace) -> int:
         "check": {**asdict(check), "problem": check.problem},
     }
     if args.quantize:
-        summary["int8"] = asdict(quantize_int8(ckpt, args.calibration, args.calibration_images))
+        record = quantize_int8(
+            ckpt,
+            args.calibration,
+            args.calibration_images,
+            method=args.calibration_method,
+            keep_float=args.float_layers,
+        )
+        summary["int8"] = asdict(record)
         if args.val:
             summary["val"] = compare_int8(ckpt, args.val, threads)
     print(json.dumps(summary) if args.json else format_summary(summary))
@@ -90,7 +131,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         q = summary["int8"]["quantization"]
         lines.append(
             f"{summary['int8']['file']}: {q['format']}, weights {q['weights']}, activations "
-            f"{q['activations']}, {q['calibration']} on {q['calibration_images']} images"
+            f"{q['activations']}, {q['calibration']} on {q['calibration_images']} images, "
+            f"float layers: {', '.join(q.get('float_layers') or ['head only'])}"
         )
     if "val" in summary:
         val = summary["val"]
