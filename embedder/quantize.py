@@ -198,8 +198,6 @@ def quantize_int8(
                 weight_type=QuantType.QInt8,
                 calibrate_method=calibrate_method,
                 nodes_to_exclude=head_nodes(prepared) + float_layer_nodes(prepared, keep_float),
-                # Histograms of a few batches at a time, not of every activation at once.
-                extra_options={"CalibMaxIntermediateOutputs": 4},
             ),
         )
         import onnxruntime
