@@ -1,21 +1,24 @@
-"""Batch embedding over many files: decoding runs in DataLoader workers beside the model.
+"""Batch embedding over many files: decoding runs in threads beside the model.
 
-Keeping the model fed: a worker decodes a JPEG at the smallest DCT scale that still covers the
-model's input (draft mode), resizes and normalises it, and stacks its batch straight into
-shared memory, which the model process reads without another copy (the ONNX engine takes that
-buffer as it is). Unreadable images never stop a batch job: they are reported with the reason
-and counted.
+Keeping the model fed: a decode thread takes a whole batch, decodes each JPEG at the smallest
+DCT scale that still covers the model's input (draft mode), resizes and normalises it straight
+into its row of the batch array, which the engine then reads as it is (no stacking, no copy
+between processes). Pillow's decoders and resamplers and numpy's arithmetic release the GIL, so
+threads decode in parallel with each other and with the model, and no worker process has to
+import (and hold in memory) anything of its own. Unreadable images never stop a batch job: they
+are reported with the reason and counted.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
 from embedder.data import Sample
@@ -23,8 +26,12 @@ from embedder.engine import available_cores
 from embedder.errors import ImageError
 from embedder.images import load_image
 from embedder.inference import Embedder, EmbeddingBatch
+from embedder.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
+
+# Batches decoded ahead of the model per decode thread: enough to ride out a slow image.
+AHEAD_PER_WORKER = 2
 
 
 @dataclass(frozen=True)
@@ -36,27 +43,67 @@ class Failure:
     reason: str
 
 
-class DecodedImages(Dataset):
-    """Decodes and preprocesses one sample per item; failures come back as a reason string."""
-
-    def __init__(self, samples: Sequence[Sample], transform, min_side: int | None = None) -> None:
-        self.samples = samples
-        self.transform = transform
-        self.min_side = min_side
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+def decode_batch(
+    samples: Sequence[Sample],
+    indices: Sequence[int],
+    preprocessor: Preprocessor,
+    min_side: int | None = None,
+) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+    """(indices decoded, their float32 rows N x 3 x H x W, (index, reason) of failures)."""
+    out = np.empty((len(indices), *preprocessor.shape), np.float32)
+    ok: list[int] = []
+    failed: list[tuple[int, str]] = []
+    for i in indices:
         try:
-            return i, self.transform(load_image(self.samples[i].path, self.min_side)), ""
+            preprocessor.into(load_image(samples[i].path, min_side), out[len(ok)])
+            ok.append(i)
         except ImageError as exc:
-            return i, None, str(exc)
+            failed.append((i, str(exc)))
+    return ok, out[: len(ok)], failed
 
 
-def stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stack equal-shaped tensors; in a loader worker, straight into shared memory, so handing
-    the batch to the model process costs no further copy (as torch's default collate does)."""
+def decoded_batches(
+    samples: Sequence[Sample],
+    preprocessor: Preprocessor,
+    batch_size: int,
+    workers: int,
+    min_side: int | None = None,
+) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
+    """:func:`decode_batch` over consecutive batches, in order, ``workers`` threads ahead of
+    the consumer (0: in the calling thread)."""
+    chunks = (
+        range(s, min(s + batch_size, len(samples))) for s in range(0, len(samples), batch_size)
+    )
+    if workers <= 0:
+        for chunk in chunks:
+            yield decode_batch(samples, chunk, preprocessor, min_side)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+    pending: deque[Future] = deque()
+
+    def submit() -> None:
+        chunk = next(chunks, None)
+        if chunk is not None:
+            pending.append(pool.submit(decode_batch, samples, chunk, preprocessor, min_side))
+
+    try:
+        for _ in range(workers * AHEAD_PER_WORKER):
+            submit()
+        while pending:
+            batch = pending.popleft().result()
+            submit()
+            yield batch
+    finally:  # also when the consumer stops early: drop what is queued, finish what runs
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def stack(tensors: Sequence[Any]) -> Any:
+    """Stack equal-shaped torch tensors; in a torch DataLoader worker, straight into shared
+    memory, so handing the batch to the model process costs no further copy (as torch's
+    default collate does). For the duplicate finder's loader; imports torch."""
+    import torch
+    from torch.utils.data import get_worker_info
+
     if not tensors:
         return torch.zeros(0)
     out = None
@@ -67,14 +114,8 @@ def stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(list(tensors), out=out)
 
 
-def _collate(items: list[tuple[int, torch.Tensor | None, str]]):
-    ok = [(i, x) for i, x, _ in items if x is not None]
-    failed = [(i, reason) for i, x, reason in items if x is None]
-    return [i for i, _ in ok], stack([x for _, x in ok]), failed
-
-
 def default_workers() -> int:
-    """Decoding workers: one per core this process may use beside the model's own, at least one
+    """Decoding threads: one per core this process may use beside the model's own, at least one
     so decoding overlaps the model, at most four (more only queue for the same cores)."""
     return max(1, min(4, available_cores() - 1))
 
@@ -89,22 +130,15 @@ def iter_embeddings(
 ) -> Iterator[tuple[list[int], EmbeddingBatch, list[Failure]]]:
     """Yield (sample indices, their embeddings, failures) batch by batch, in input order."""
     workers = default_workers() if workers is None else workers
-    loader = DataLoader(
-        DecodedImages(samples, embedder.transform, embedder.decode_side),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-        pin_memory=embedder.engine.device.startswith("cuda"),
+    batches = decoded_batches(
+        samples, embedder.transform, batch_size, workers, embedder.decode_side
     )
     with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress) as bar:
-        for indices, tensors, failed in loader:
+        for indices, x, failed in batches:
             failures = [Failure(i, samples[i].id, reason) for i, reason in failed]
             for f in failures:
                 log.warning("skipping %s: %s", f.id, f.reason)
-            yield indices, embedder.embed_tensors(tensors), failures
+            yield indices, embedder.embed_tensors(x), failures
             bar.update(len(indices) + len(failures))
 
 

@@ -17,15 +17,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
-
-import timm
-from safetensors.torch import load_file, save_file
-from timm.models import PretrainedCfg, get_pretrained_cfg
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from common.fsutil import fsync_path, swap_folder
 from embedder.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# timm, torch and safetensors load only to build or save a model: reading config.json and
+# hashing the weights (all ONNX Runtime inference needs) stays free of them.
 
 FORMAT = "phonesim-checkpoint"
 FORMAT_VERSION = 2  # 2: timm's config.json layout; 1: phonesim's own flat layout
@@ -88,6 +89,8 @@ def timm_pretrained_cfg(config: CheckpointConfig) -> dict[str, Any]:
     timm reads preprocessing from here (``resolve_model_data_config``), so a model built by
     timm from the folder preprocesses exactly as phonesim does.
     """
+    from timm.models import PretrainedCfg, get_pretrained_cfg
+
     registered = get_pretrained_cfg(config.architecture)
     cfg = registered.to_dict() if registered is not None else {}
     drop = (*_SOURCE_KEYS, *_SOURCE_ONLY_KEYS)
@@ -169,6 +172,8 @@ def save_checkpoint(model: nn.Module, config: CheckpointConfig, out: str | Path)
 
     Also under Ctrl-C: if the swap is interrupted, the previous checkpoint is put back.
     """
+    from safetensors.torch import save_file
+
     out = check_checkpoint_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -202,6 +207,9 @@ def read_config(path: str | Path) -> CheckpointConfig:
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointConfig]:
     """Rebuild the model from a checkpoint folder, in eval mode on the CPU."""
+    import timm
+    from safetensors.torch import load_file
+
     path = Path(path)
     config = read_config(path)
     try:

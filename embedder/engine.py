@@ -12,7 +12,9 @@ is asked for (``embedding``, ``probabilities``, ``feature_map``, ``stage0``..; s
   Runtime would otherwise take every core in every worker process) whose threads sleep, not
   spin, between runs.
 
-:func:`embedder.runtime.load_engine` picks and builds one from a checkpoint folder.
+:func:`embedder.runtime.load_engine` picks and builds one from a checkpoint folder. This
+module imports no torch (the ONNX path runs without it); the torch runtime and the torch device
+helpers live in :mod:`embedder.torch_engine` and are still importable from here.
 """
 
 from __future__ import annotations
@@ -20,20 +22,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from embedder.errors import EngineError
-from embedder.onnx_export import (
-    EMBEDDING,
-    INPUT,
-    PROBABILITIES,
-    forward_outputs,
-    output_names,
-    stage_name,
-)
+from embedder.graphs import EMBEDDING, INPUT, PROBABILITIES, stage_name
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_OUTPUTS = (EMBEDDING, PROBABILITIES)
 
@@ -48,38 +45,6 @@ def available_cores() -> int:
 def default_threads(workers: int = 1) -> int:
     """ONNX Runtime threads for one of ``workers`` processes sharing this machine's cores."""
     return max(1, available_cores() // max(1, workers))
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` checked against this machine; None means cuda when available, else cpu."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise EngineError(f"unknown device '{device}' (use cpu, cuda, cuda:N or mps)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EngineError(f"device '{device}': torch sees no CUDA GPU here; use device 'cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise EngineError(
-                f"device '{device}': only {torch.cuda.device_count()} CUDA device(s) here"
-            )
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise EngineError(f"device '{device}': MPS is not available here; use device 'cpu'")
-    elif dev.type != "cpu":
-        raise EngineError(f"unsupported device '{device}' (use cpu, cuda, cuda:N or mps)")
-    return dev
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """Autocast type on ``device``: bf16 where the GPU has it, else fp16; None on the CPU."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return None
 
 
 class Engine:
@@ -121,58 +86,30 @@ class Engine:
         return f"{self.runtime} on {self.device}"
 
 
-class TorchEngine(Engine):
-    """Torch eager, channels-last; ``device`` None keeps the model where it is."""
-
-    runtime = "torch"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        device: str | torch.device | None = None,
-        autocast: bool = True,
-    ) -> None:
-        if device is None:
-            first = next(model.parameters(), None)
-            dev = first.device if first is not None else torch.device("cpu")
-        else:
-            dev = resolve_device(device)
-        # channels_last: about 2x faster CPU inference for convnets (measured on Lite0).
-        self.model = model.eval().to(dev, memory_format=torch.channels_last)
-        self.device = str(dev)
-        self._device = dev
-        self.autocast_dtype = autocast_dtype(dev) if autocast else None
-        self.output_names = tuple(output_names(model))
-
-    @torch.inference_mode()
-    def run(
-        self, x: np.ndarray | torch.Tensor, outputs: Sequence[str] = DEFAULT_OUTPUTS
-    ) -> dict[str, np.ndarray]:
-        self._check_outputs(outputs)
-        x = torch.as_tensor(x, dtype=torch.float32).to(self._device, non_blocking=True)
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        dtype = self.autocast_dtype
-        with torch.autocast(self._device.type, dtype=dtype, enabled=dtype is not None):
-            out = forward_outputs(self.model, x, outputs)
-        return {
-            n: np.ascontiguousarray(t.float().cpu().numpy(), dtype=np.float32)
-            for n, t in out.items()
-        }
-
-    def describe(self) -> str:
-        cast = f", autocast {str(self.autocast_dtype).removeprefix('torch.')}"
-        return f"torch on {self.device}{cast if self.autocast_dtype else ''}"
+def parse_device(device: str | torch.device | None) -> tuple[str, int | None]:
+    """(type, index) of a device name (cpu, cuda, cuda:N, mps) without asking torch whether
+    this machine has it; None is the CPU."""
+    text = "cpu" if device is None else str(device).strip().lower()
+    kind, colon, index = text.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (colon and (kind != "cuda" or not index.isdigit())):
+        raise EngineError(f"unknown device '{device}' (use cpu, cuda, cuda:N or mps)")
+    return kind, int(index) if colon else None
 
 
-def onnx_providers(device: torch.device) -> list:
+def device_string(device: str | torch.device | None) -> str:
+    kind, index = parse_device(device)
+    return kind if index is None else f"{kind}:{index}"
+
+
+def onnx_providers(device: str | torch.device) -> list:
     """ONNX Runtime providers for ``device``: CUDA then CPU on a GPU, else the CPU alone."""
     import onnxruntime as ort
 
-    if device.type == "cpu":
+    kind, index = parse_device(device)
+    if kind == "cpu":
         return ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    if kind == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return [("CUDAExecutionProvider", {"device_id": index or 0}), "CPUExecutionProvider"]
     raise EngineError(
         f"onnxruntime has no provider for device '{device}' here (for CUDA install "
         "onnxruntime-gpu); use runtime 'torch' or device 'cpu'"
@@ -192,7 +129,6 @@ class OnnxEngine(Engine):
     ) -> None:
         import onnxruntime as ort
 
-        dev = resolve_device(device)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
@@ -203,10 +139,11 @@ class OnnxEngine(Engine):
         # other workers, and spinning threads took the CPU they needed (server on 2 busy
         # cores, Lite0: c1 p50 27 ms with spinning, 11-14 ms without; c8 req/s up 1.1-1.7x).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=onnx_providers(dev))
+        providers = onnx_providers(device)
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.path = Path(path)
         self.runtime = runtime
-        self.device = str(dev)
+        self.device = device_string(device)
         self.threads = options.intra_op_num_threads
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         self.input_shape = tuple(self.session.get_inputs()[0].shape)
@@ -221,7 +158,7 @@ class OnnxEngine(Engine):
         self, x: np.ndarray | torch.Tensor, outputs: Sequence[str] = DEFAULT_OUTPUTS
     ) -> dict[str, np.ndarray]:
         self._check_outputs(outputs)
-        if isinstance(x, torch.Tensor):
+        if not isinstance(x, np.ndarray):  # a torch tensor (numpy() shares its CPU memory)
             x = x.detach().cpu().numpy()
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 4 or list(x.shape[1:]) != list(self.input_shape[1:]):
@@ -238,3 +175,15 @@ class OnnxEngine(Engine):
     def describe(self) -> str:
         provider = self.session.get_providers()[0].removesuffix("ExecutionProvider")
         return f"{self.runtime} ({self.path.name}) on {provider}, {self.threads} threads"
+
+
+_TORCH_NAMES = ("TorchEngine", "autocast_dtype", "resolve_device")
+
+
+def __getattr__(name: str) -> Any:
+    """The torch runtime's names, imported (with torch) only when asked for."""
+    if name in _TORCH_NAMES:
+        from embedder import torch_engine
+
+        return getattr(torch_engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

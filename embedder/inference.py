@@ -6,24 +6,26 @@ or ONNX Runtime, chosen by ``runtime`` (see :mod:`embedder.runtime`).
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
 
 from embedder.checkpoint import CheckpointConfig, checkpoint_hash, read_config
-from embedder.engine import DEFAULT_OUTPUTS, Engine, TorchEngine
+from embedder.engine import DEFAULT_OUTPUTS, Engine
 from embedder.engine_options import DEFAULT_RUNTIME, precision
-from embedder.images import load_image, to_rgb
-from embedder.onnx_export import EMBEDDING, PROBABILITIES, forward_outputs
+from embedder.graphs import EMBEDDING, PROBABILITIES
+from embedder.images import load_image
+from embedder.preprocess import Preprocessor
 from embedder.runtime import load_engine
-from embedder.transforms import eval_transform
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = ["Embedder", "EmbeddingBatch", "forward_embed"]
 
@@ -41,6 +43,8 @@ class EmbeddingBatch:
 
 def forward_embed(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One torch forward pass giving unit-norm penultimate features and softmax probabilities."""
+    from embedder.onnx_export import forward_outputs
+
     out = forward_outputs(model, x, DEFAULT_OUTPUTS)
     return out[EMBEDDING], out[PROBABILITIES]
 
@@ -49,16 +53,21 @@ class Embedder:
     """A checkpoint loaded once; safe to call from several threads (calls are serialised).
 
     ``engine`` is an :class:`embedder.engine.Engine`, or a torch model to run eagerly where it
-    is (what training does for its validation passes).
+    is (what training does for its validation passes). Preprocessing is numpy and PIL
+    (:class:`embedder.preprocess.Preprocessor`), so an ONNX engine needs no torch.
     """
 
     def __init__(
         self, engine: Engine | nn.Module, config: CheckpointConfig, weights_hash: str = ""
     ) -> None:
-        self.engine = TorchEngine(engine) if isinstance(engine, nn.Module) else engine
+        if not isinstance(engine, Engine):  # a torch model
+            from embedder.torch_engine import TorchEngine
+
+            engine = TorchEngine(engine)
+        self.engine = engine
         self.config = config
         self.checkpoint_hash = weights_hash
-        self.transform = eval_transform(config.data_config)
+        self.transform = Preprocessor(config.data_config)
         self._lock = threading.Lock()
 
     @classmethod
@@ -99,18 +108,27 @@ class Embedder:
     @property
     def decode_side(self) -> int:
         """Shorter side the eval transform resizes to: JPEGs can be decoded down to it."""
-        cfg = self.config.data_config
-        return math.ceil(max(cfg["input_size"][1:]) / cfg.get("crop_pct", 1.0))
+        return self.transform.decode_side
 
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.preprocess_image(img) for img in images])
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Images as the model takes them: float32 N x 3 x H x W."""
+        return self.transform.batch(list(images))
 
-    def preprocess_image(self, img: Image.Image) -> torch.Tensor:
-        """One image as the model takes it (3 x H x W), e.g. for the server's micro-batcher."""
-        # to_rgb, not convert("RGB"): transparency goes to white, as for files read from disk.
-        return self.transform(to_rgb(img))
+    def preprocess_array(self, img: Image.Image) -> np.ndarray:
+        """One image as the model takes it (float32 3 x H x W), e.g. for a micro-batcher that
+        stacks requests with ``np.stack``. Transparency goes to white, as for files on disk."""
+        return self.transform(img)
 
-    def embed_tensors(self, x: torch.Tensor | np.ndarray) -> EmbeddingBatch:
+    def preprocess_image(self, img: Image.Image) -> Any:
+        """:meth:`preprocess_array` as a torch tensor, for callers that stack with torch.
+
+        Imports torch: torch-free callers use :meth:`preprocess_array`.
+        """
+        import torch
+
+        return torch.from_numpy(self.transform(img))
+
+    def embed_tensors(self, x: np.ndarray | torch.Tensor) -> EmbeddingBatch:
         """Embed an already preprocessed batch (N x 3 x H x W)."""
         if len(x) == 0:
             return EmbeddingBatch(
@@ -124,7 +142,7 @@ class Embedder:
     def embed_images(self, images: Sequence[Image.Image]) -> EmbeddingBatch:
         """Embed a batch of PIL images in one forward pass."""
         if not images:
-            return self.embed_tensors(torch.zeros(0))
+            return self.embed_tensors(np.zeros((0, *self.transform.shape), np.float32))
         return self.embed_tensors(self.preprocess(images))
 
     def embed_paths(self, paths: Sequence[str | Path]) -> EmbeddingBatch:

@@ -8,7 +8,26 @@ from pathlib import Path
 from typing import Any
 
 from common.argtypes import positive_int
-from embedder.engine_options import DEFAULT_CALIBRATION_IMAGES
+from embedder.engine_options import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_CALIBRATION_METHOD,
+    DEFAULT_FLOAT_LAYERS,
+    FLOAT_LAYERS,
+)
+
+
+def float_layers(text: str) -> tuple[str, ...]:
+    """Comma-separated names from FLOAT_LAYERS, or 'none'."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if names == ("none",):
+        return ()
+    unknown = [n for n in names if n not in FLOAT_LAYERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected 'none' or comma-separated names from {', '.join(FLOAT_LAYERS)}"
+        )
+    return names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +52,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"at most this many, spread over the set (default {DEFAULT_CALIBRATION_IMAGES})",
     )
     p.add_argument(
+        "--calibration-method",
+        choices=CALIBRATION_METHODS,
+        default=DEFAULT_CALIBRATION_METHOD,
+        help="activation ranges of the int8 graph from the calibration activations' min/max, "
+        "99.999th percentile or entropy (default %(default)s)",
+    )
+    p.add_argument(
+        "--float-layers",
+        type=float_layers,
+        default=DEFAULT_FLOAT_LAYERS,
+        help="layers the int8 graph keeps float beside the head: comma-separated from "
+        f"{', '.join(FLOAT_LAYERS)}, or 'none' (default "
+        f"{','.join(DEFAULT_FLOAT_LAYERS) or 'none'})",
+    )
+    p.add_argument(
         "--val",
         help="labelled images: accuracy, macro-F1, Recall@1, cosine to fp32 and speed of int8",
     )
@@ -44,14 +78,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _optimize(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    import torch
-
     from embedder.checkpoint import load_checkpoint
     from embedder.engine import default_threads
     from embedder.errors import DataError
     from embedder.onnx_export import read_graph_record
     from embedder.quantize import compare_int8, quantize_int8
-    from embedder.runtime import check_against_torch, open_fp32
+    from embedder.runtime import check_against_torch, open_fp32, save_check
 
     if args.quantize and not args.calibration:
         raise DataError("--quantize int8 needs --calibration TRAIN_IMAGES")
@@ -60,15 +92,23 @@ def _optimize(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     threads = args.threads or default_threads()
     model, config = load_checkpoint(ckpt)
-    engine = open_fp32(ckpt, torch.device("cpu"), threads, model)
+    engine = open_fp32(ckpt, "cpu", threads, model)
     check = check_against_torch(engine, model, config.data_config["input_size"])
+    save_check(engine, check)  # runtime auto then trusts this graph without loading torch
     summary: dict[str, Any] = {
         "checkpoint": str(ckpt),
         "fp32": asdict(read_graph_record(ckpt, "fp32")),
         "check": {**asdict(check), "problem": check.problem},
     }
     if args.quantize:
-        summary["int8"] = asdict(quantize_int8(ckpt, args.calibration, args.calibration_images))
+        record = quantize_int8(
+            ckpt,
+            args.calibration,
+            args.calibration_images,
+            method=args.calibration_method,
+            keep_float=args.float_layers,
+        )
+        summary["int8"] = asdict(record)
         if args.val:
             summary["val"] = compare_int8(ckpt, args.val, threads)
     print(json.dumps(summary) if args.json else format_summary(summary))
@@ -91,7 +131,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         q = summary["int8"]["quantization"]
         lines.append(
             f"{summary['int8']['file']}: {q['format']}, weights {q['weights']}, activations "
-            f"{q['activations']}, {q['calibration']} on {q['calibration_images']} images"
+            f"{q['activations']}, {q['calibration']} on {q['calibration_images']} images, "
+            f"float layers: {', '.join(q.get('float_layers') or ['head only'])}"
         )
     if "val" in summary:
         val = summary["val"]

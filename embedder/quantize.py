@@ -24,7 +24,13 @@ from common.fsutil import atomic_write
 from embedder.checkpoint import checkpoint_hash, file_sha256, read_config
 from embedder.data import Sample, load_catalog
 from embedder.engine import DEFAULT_OUTPUTS, Engine, default_threads
-from embedder.engine_options import DEFAULT_CALIBRATION_IMAGES
+from embedder.engine_options import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_CALIBRATION_METHOD,
+    DEFAULT_FLOAT_LAYERS,
+    FLOAT_LAYERS,
+)
 from embedder.errors import DataError, ImageError
 from embedder.images import load_image
 from embedder.metrics import label_recall_at_k, macro_f1
@@ -42,8 +48,8 @@ from embedder.onnx_export import (
     read_graph_record,
     write_graph_record,
 )
+from embedder.preprocess import Preprocessor
 from embedder.runtime import load_engine
-from embedder.transforms import eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +67,11 @@ def image_batches(
     samples: Sequence[Sample], data_config: dict[str, Any], batch_size: int = BATCH_SIZE
 ) -> Iterator[tuple[list[int], np.ndarray]]:
     """(sample indices, preprocessed float32 batch); unreadable images are logged and skipped."""
-    transform = eval_transform(data_config)
+    transform = Preprocessor(data_config)
     indices, tensors = [], []
     for i, sample in enumerate(samples):
         try:
-            tensors.append(transform(load_image(sample.path)).numpy())
+            tensors.append(transform(load_image(sample.path)))
             indices.append(i)
         except ImageError as exc:
             log.warning("skipping %s: %s", sample.id, exc)
@@ -91,6 +97,22 @@ def head_nodes(graph_path: str | Path) -> list[str]:
     return names
 
 
+def float_layer_nodes(graph_path: str | Path, layers: Sequence[str]) -> list[str]:
+    """Names of the nodes of the chosen layers (``engine_options.FLOAT_LAYERS``) in the graph."""
+    import onnx
+
+    graph = onnx.load(str(graph_path), load_external_data=False).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    names: list[str] = []
+    if "stem" in layers:
+        names += [n.name for n in convs if INPUT in n.input]
+    if "depthwise" in layers:
+        names += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    if "last" in layers and convs:
+        names.append(convs[-1].name)
+    return names
+
+
 @contextlib.contextmanager
 def _quiet_root_info() -> Iterator[None]:
     """onnxruntime.quantization logs each rescaled weight with ``logging.info`` on the root
@@ -108,12 +130,19 @@ def _quiet_root_info() -> Iterator[None]:
 
 
 def quantize_int8(
-    ckpt: str | Path, calibration: str | Path, max_images: int = DEFAULT_CALIBRATION_IMAGES
+    ckpt: str | Path,
+    calibration: str | Path,
+    max_images: int = DEFAULT_CALIBRATION_IMAGES,
+    method: str = DEFAULT_CALIBRATION_METHOD,
+    keep_float: Sequence[str] = DEFAULT_FLOAT_LAYERS,
+    per_channel: bool = True,
 ) -> GraphRecord:
     """Write and record ``model.int8.onnx`` calibrated on up to ``max_images`` of ``calibration``.
 
-    Exports the fp32 graph first where needed. Raises DataError when no calibration image can
-    be read.
+    ``method``: activation ranges from the min/max, a percentile (99.999) or the entropy of the
+    calibration activations. ``keep_float``: :data:`FLOAT_LAYERS` left unquantised beside the
+    head. Exports the fp32 graph first where needed. Raises DataError when no calibration image
+    can be read.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -124,6 +153,16 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if method not in CALIBRATION_METHODS:
+        raise DataError(f"unknown calibration method '{method}' ({', '.join(CALIBRATION_METHODS)})")
+    unknown = sorted(set(keep_float) - set(FLOAT_LAYERS))
+    if unknown:
+        raise DataError(f"unknown float layer(s) {unknown} (choose from {', '.join(FLOAT_LAYERS)})")
+    calibrate_method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
     ckpt = Path(ckpt)
     config = read_config(ckpt)
     samples = spread(load_catalog(calibration, require_labels=False).samples, max_images)
@@ -154,11 +193,11 @@ def quantize_int8(
                 str(out),
                 Reader(),
                 quant_format=QuantFormat.QDQ,
-                per_channel=True,
+                per_channel=per_channel,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-                nodes_to_exclude=head_nodes(prepared),
+                calibrate_method=calibrate_method,
+                nodes_to_exclude=head_nodes(prepared) + float_layer_nodes(prepared, keep_float),
             ),
         )
         import onnxruntime
@@ -174,10 +213,11 @@ def quantize_int8(
             input_shape=[int(v) for v in config.data_config["input_size"]],
             quantization={
                 "format": "QDQ",
-                "weights": "int8, per channel",
+                "weights": "int8, per channel" if per_channel else "int8, per tensor",
                 "activations": "uint8",
                 "float_head": "pooling, classifier, softmax and normalisation",
-                "calibration": "MinMax",
+                "float_layers": list(keep_float),
+                "calibration": method,
                 "calibration_images": count,
                 "calibration_data": str(calibration),
             },

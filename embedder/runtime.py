@@ -2,53 +2,69 @@
 
 ``runtime``:
 
-- ``"torch"``: torch eager (:class:`embedder.engine.TorchEngine`);
+- ``"torch"``: torch eager (:class:`embedder.torch_engine.TorchEngine`);
 - ``"onnx"``: ONNX Runtime over ``model.onnx``, exported on first use and again whenever the
   stored graph is missing, corrupt, made from other weights or does not load;
 - ``"onnx-int8"``: ONNX Runtime over ``model.int8.onnx`` from ``phonesim optimize --quantize
   int8``; refused with a one-line error when it is missing or does not fit (making it needs
   calibration images);
 - ``"auto"`` (the default): onnx when the graph passes :func:`check_against_torch` on a fixed
-  batch, else torch with a one-line warning saying why. Never int8.
+  batch, else torch with a one-line warning saying why. Never int8. The result is recorded
+  beside the graph in config.json, so a graph that passed on this kind of device under this
+  ONNX Runtime version is used again without loading torch.
+
+The ONNX runtimes import torch only to export the graph (or, on a machine with a GPU, to ask
+whether torch sees it): over a graph that fits, inference needs onnxruntime, numpy and PIL.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from embedder.checkpoint import CheckpointConfig, load_checkpoint, read_config
+from embedder.checkpoint import CheckpointConfig, read_config
 from embedder.engine import (
     Engine,
     OnnxEngine,
-    TorchEngine,
     default_threads,
+    device_string,
     onnx_providers,
-    resolve_device,
+    parse_device,
 )
 from embedder.engine_options import DEFAULT_RUNTIME, RUNTIMES
 from embedder.errors import EngineError
-from embedder.onnx_export import (
+from embedder.graphs import (
     EMBEDDING,
     GRAPH_FILES,
     PROBABILITIES,
     ensure_fp32_graph,
     graph_problem,
+    record_check,
+    recorded_check,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
 CHECK_MIN_COSINE = 0.9999
 CHECK_IMAGES = 8
+# Device files of NVIDIA and AMD (ROCm) GPUs: where one exists, the default device is torch's
+# to decide (cuda when it sees the GPU); where none does, it is the CPU without asking torch.
+_GPU_DEVICE_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/kfd")
 
 
 def check_batch(input_size: tuple[int, ...] | list[int], n: int = CHECK_IMAGES) -> np.ndarray:
     """A fixed, seeded batch of smooth random images at the scale of normalised photos."""
+    import torch
+    from torch import nn
+
     gen = torch.Generator().manual_seed(0)
     coarse = torch.randn(n, input_size[0], 8, 8, generator=gen) * 1.5
     x = nn.functional.interpolate(coarse, size=tuple(input_size[1:]), mode="bilinear")
@@ -76,12 +92,53 @@ def check_against_torch(
     candidate: Engine, model: nn.Module, input_size: tuple[int, ...] | list[int]
 ) -> CheckResult:
     """Compare ``candidate`` with torch eager fp32 on the CPU over :func:`check_batch`."""
+    from embedder.torch_engine import TorchEngine
+
     x = check_batch(input_size)
     ref = TorchEngine(model, "cpu", autocast=False).run(x)
     got = candidate.run(x)
     cosine = (ref[EMBEDDING] * got[EMBEDDING]).sum(axis=1)
     same = ref[PROBABILITIES].argmax(1) == got[PROBABILITIES].argmax(1)
     return CheckResult(float(cosine.min()), int(same.sum()), len(x))
+
+
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def save_check(engine: OnnxEngine, result: CheckResult) -> None:
+    """Record ``result`` beside the graph ``engine`` runs (its SHA-256, device kind, ONNX
+    Runtime version), for :func:`trusted_check` to find."""
+    from embedder.checkpoint import file_sha256
+
+    record_check(
+        engine.path.parent,
+        {
+            **asdict(result),
+            "graph_sha256": file_sha256(engine.path),
+            "device_type": parse_device(engine.device)[0],
+            "onnxruntime": _onnxruntime_version(),
+        },
+    )
+
+
+def trusted_check(ckpt: Path, device: str) -> bool:
+    """Whether the fp32 graph as it is passed a recorded check on this kind of device under
+    this ONNX Runtime version, against today's thresholds."""
+    check = recorded_check(ckpt)
+    if not check or check.get("device_type") != parse_device(device)[0]:
+        return False
+    if check.get("onnxruntime") != _onnxruntime_version():
+        return False
+    try:
+        result = CheckResult(
+            float(check["min_cosine"]), int(check["top1_agree"]), int(check["images"])
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
+    return result.problem is None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -101,7 +158,7 @@ def graph_fits(engine: OnnxEngine, config: CheckpointConfig) -> str | None:
 
 
 def _open_graph(
-    path: Path, config: CheckpointConfig, device: torch.device, threads: int, runtime: str
+    path: Path, config: CheckpointConfig, device: str, threads: int, runtime: str
 ) -> OnnxEngine:
     """Open a graph; raises EngineError(one line) when it does not load or fit."""
     try:
@@ -118,12 +175,13 @@ def _open_graph(
 
 def open_fp32(
     ckpt: Path,
-    device: torch.device,
+    device: str | torch.device,
     threads: int,
     model: nn.Module | None = None,
 ) -> OnnxEngine:
     """The fp32 graph's engine: exported where missing or unfit, exported again if it fails."""
     config = read_config(ckpt)
+    device = device_string(device)
     onnx_providers(device)  # no provider for this device: fail before exporting anything
     path = ensure_fp32_graph(ckpt, model)
     try:
@@ -140,9 +198,10 @@ def _int8_missing(ckpt: Path, problem: str) -> EngineError:
     )
 
 
-def open_int8(ckpt: Path, device: torch.device, threads: int) -> OnnxEngine:
+def open_int8(ckpt: Path, device: str | torch.device, threads: int) -> OnnxEngine:
     """The int8 graph's engine; never rebuilt here (that needs calibration images)."""
     config = read_config(ckpt)
+    device = device_string(device)
     problem = graph_problem(ckpt, "int8")
     try:
         if problem is None:
@@ -163,16 +222,53 @@ def check_runtime(path: str | Path, runtime: str) -> None:
             raise _int8_missing(Path(path), problem)
 
 
-def onnx_device(device: str | torch.device | None) -> torch.device:
+def _gpu_in_sight() -> bool:
+    return any(Path(p).exists() for p in _GPU_DEVICE_FILES)
+
+
+def default_device() -> str:
+    """cuda when torch sees a GPU, else cpu; torch is asked only where a GPU may exist."""
+    if not _gpu_in_sight():
+        return "cpu"
+    from embedder.torch_engine import resolve_device
+
+    return str(resolve_device(None))
+
+
+def onnx_device(device: str | torch.device | None) -> str:
     """Default device for ONNX Runtime: CUDA only where both torch and onnxruntime have it."""
     if device is not None:
-        return resolve_device(device)
-    dev = resolve_device(None)
+        return device_string(device)
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "cpu"  # whatever torch sees, ONNX Runtime runs on the CPU here
+    return default_device()
+
+
+def _auto(ckpt: Path, device: str | torch.device | None, threads: int) -> Engine:
+    """Runtime auto: the fp32 graph when it passes the check against torch, else torch."""
+    wanted = device_string(device) if device is not None else default_device()
+    if trusted_check(ckpt, wanted):
+        try:
+            return open_fp32(ckpt, wanted, threads)
+        except EngineError:
+            pass  # rebuilt below, and checked again
+    from embedder.checkpoint import load_checkpoint
+    from embedder.torch_engine import TorchEngine
+
+    model, config = load_checkpoint(ckpt)
     try:
-        onnx_providers(dev)
-    except EngineError:
-        return torch.device("cpu")
-    return dev
+        engine = open_fp32(ckpt, wanted, threads, model)
+        result = check_against_torch(engine, model, config.data_config["input_size"])
+        save_check(engine, result)
+        problem = result.problem
+    except EngineError as exc:
+        problem = str(exc)
+    if problem is None:
+        return engine
+    log.warning("%s: runtime auto falls back to torch: %s", ckpt, problem)
+    return TorchEngine(model, wanted)
 
 
 def load_engine(
@@ -194,18 +290,13 @@ def load_engine(
         return open_int8(ckpt, onnx_device(device), threads)
     if runtime == "onnx":
         return open_fp32(ckpt, onnx_device(device), threads)
-    dev = resolve_device(device)
-    model, config = load_checkpoint(ckpt)
-    if runtime == "torch":
-        return TorchEngine(model, dev)
-    try:
-        engine = open_fp32(ckpt, dev, threads, model)
-        problem = check_against_torch(engine, model, config.data_config["input_size"]).problem
-    except EngineError as exc:
-        problem = str(exc)
-    if problem is None:
-        return engine
-    log.warning("%s: runtime auto falls back to torch: %s", ckpt, problem)
+    if runtime == "auto":
+        return _auto(ckpt, device, threads)
+    from embedder.checkpoint import load_checkpoint
+    from embedder.torch_engine import TorchEngine, resolve_device
+
+    dev = resolve_device(device)  # a device this machine lacks fails before the model loads
+    model, _ = load_checkpoint(ckpt)
     return TorchEngine(model, dev)
 
 

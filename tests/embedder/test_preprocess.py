@@ -1,0 +1,73 @@
+"""The numpy/PIL preprocessing gives the pixels of timm's eval transform (torchvision)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embedder.preprocess import Preprocessor
+from embedder.transforms import eval_transform
+
+BASE = {
+    "input_size": [3, 64, 64],
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "interpolation": "bicubic",
+}
+# Landscape, portrait, square, smaller than the input, odd sizes (rounding of crop offsets).
+SIZES = [(64, 64), (120, 80), (80, 121), (37, 23), (23, 90), (301, 199)]
+
+
+def _image(size: tuple[int, int], seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("crop_mode", ["squash", "center", "border", None])
+@pytest.mark.parametrize("crop_pct", [1.0, 0.875])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_same_pixels_as_the_timm_eval_transform(crop_mode, crop_pct, interpolation):
+    config = {**BASE, "crop_pct": crop_pct, "interpolation": interpolation}
+    if crop_mode:
+        config["crop_mode"] = crop_mode
+    ours, timms = Preprocessor(config), eval_transform(config)
+    for seed, size in enumerate(SIZES):
+        img = _image(size, seed)
+        want = timms(img).numpy()
+        got = ours(img)
+        assert got.dtype == np.float32 and got.shape == want.shape == (3, 64, 64)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "hw"), list(itertools.product(["squash", "center", "border"], [(48, 64), (64, 48)]))
+)
+def test_non_square_inputs(mode, hw):
+    config = {**BASE, "input_size": [3, *hw], "crop_mode": mode, "crop_pct": 0.9}
+    for seed, size in enumerate(SIZES):
+        img = _image(size, seed)
+        np.testing.assert_allclose(
+            Preprocessor(config)(img), eval_transform(config)(img).numpy(), atol=1e-5, rtol=0
+        )
+
+
+def test_any_mode_is_made_rgb_with_transparency_on_white():
+    config = {**BASE, "crop_mode": "squash", "crop_pct": 1.0}
+    clear = Image.new("RGBA", (64, 64), (10, 20, 30, 0))
+    white = Image.new("RGB", (64, 64), (255, 255, 255))
+    pre = Preprocessor(config)
+    np.testing.assert_array_equal(pre(clear), pre(white))
+    grey = Image.new("L", (64, 64), 128)
+    assert pre(grey).shape == (3, 64, 64)
+
+
+def test_batches_are_written_in_place_and_decode_side_covers_the_resize():
+    pre = Preprocessor({**BASE, "crop_mode": "center", "crop_pct": 0.875})
+    images = [_image(s, i) for i, s in enumerate(SIZES[:3])]
+    batch = pre.batch(images)
+    assert batch.shape == (3, 3, 64, 64) and batch.flags.c_contiguous
+    np.testing.assert_array_equal(batch[1], pre(images[1]))
+    assert pre.decode_side == 74  # ceil(64 / 0.875): the resize's shorter side

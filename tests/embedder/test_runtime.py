@@ -1,0 +1,113 @@
+"""Choosing the runtime: the ONNX runtimes run without torch over a graph that fits, and
+runtime auto trusts a recorded check only for the very graph, device kind and ONNX Runtime
+version it was made on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from embedder import runtime
+from embedder.checkpoint import CONFIG_FILE
+from embedder.graphs import recorded_check
+from embedder.runtime import load_engine
+
+# Run in a fresh interpreter: this test process has torch loaded already.
+EMBED_WITHOUT_TORCH = textwrap.dedent(
+    """
+    import json, sys
+    from embedder.batch import embed_samples
+    from embedder.data import load_catalog
+    from embedder.inference import Embedder
+
+    ckpt, catalog, rt = sys.argv[1:4]
+    embedder = Embedder.from_checkpoint(ckpt, runtime=rt, device="cpu", threads=1)
+    samples = load_catalog(catalog).samples
+    idx, batch, failures = embed_samples(embedder, samples, 4, workers=1, progress=False)
+    heavy = sorted(m for m in ("torch", "timm", "torchvision") if m in sys.modules)
+    print(json.dumps({"runtime": embedder.runtime, "rows": len(batch), "heavy": heavy}))
+    """
+)
+
+
+@pytest.fixture
+def ckpt(int8_checkpoint, tmp_path):
+    """A private copy of the checkpoint with its fp32 and int8 graphs."""
+    return shutil.copytree(int8_checkpoint, tmp_path / "ckpt")
+
+
+def _embed_in_fresh_process(ckpt, catalog, rt: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", EMBED_WITHOUT_TORCH, str(ckpt), str(catalog), rt],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("rt", ["onnx", "onnx-int8", "auto"])
+def test_onnx_runtimes_embed_without_importing_torch(ckpt, tiny_catalog, rt):
+    if rt == "auto":
+        load_engine(ckpt, runtime="auto", device="cpu")  # checks once, records the result
+    got = _embed_in_fresh_process(ckpt, tiny_catalog, rt)
+    assert got == {"runtime": "onnx" if rt == "auto" else rt, "rows": 18, "heavy": []}
+
+
+def _count_checks(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = runtime.check_against_torch
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "check_against_torch", counted)
+    return calls
+
+
+def _edit_check(ckpt, **changes) -> None:
+    data = json.loads((ckpt / CONFIG_FILE).read_text())
+    data["onnx"]["fp32"]["check"].update(changes)
+    (ckpt / CONFIG_FILE).write_text(json.dumps(data))
+
+
+def test_auto_checks_once_then_trusts_the_record(ckpt, monkeypatch):
+    calls = _count_checks(monkeypatch)
+    assert load_engine(ckpt, runtime="auto", device="cpu").runtime == "onnx"
+    check = recorded_check(ckpt)
+    assert check["min_cosine"] >= 0.9999 and check["device_type"] == "cpu"
+    assert load_engine(ckpt, runtime="auto", device="cpu").runtime == "onnx"
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"graph_sha256": "0" * 64},  # a check of another file
+        {"onnxruntime": "0.0.1"},  # another ONNX Runtime may compute otherwise
+        {"device_type": "cuda"},  # made on another kind of device
+        {"min_cosine": 0.99},  # recorded as failing today's threshold
+    ],
+)
+def test_auto_checks_again_when_the_record_does_not_vouch(ckpt, monkeypatch, changes):
+    load_engine(ckpt, runtime="auto", device="cpu")
+    _edit_check(ckpt, **changes)
+    calls = _count_checks(monkeypatch)
+    assert load_engine(ckpt, runtime="auto", device="cpu").runtime == "onnx"
+    assert len(calls) == 1
+    assert recorded_check(ckpt)["min_cosine"] >= 0.9999  # the fresh result replaced it
+
+
+def test_a_rebuilt_graph_drops_the_old_check(ckpt):
+    from embedder.graphs import ensure_fp32_graph
+
+    load_engine(ckpt, runtime="auto", device="cpu")
+    ensure_fp32_graph(ckpt, rebuild_because="test")
+    assert recorded_check(ckpt) is None
