@@ -254,6 +254,8 @@ class MicroBatcher:
 
 
 def _concat(parts: list[EmbeddingBatch]) -> EmbeddingBatch:
+    from embedder.inference import EmbeddingBatch  # worker path only: keeps torch off the master
+
     return EmbeddingBatch(
         np.concatenate([p.embeddings for p in parts]),
         np.concatenate([p.probabilities for p in parts]),

@@ -37,8 +37,13 @@ EMBED_WITHOUT_TORCH = textwrap.dedent(
 
 @pytest.fixture
 def ckpt(int8_checkpoint, tmp_path):
-    """A private copy of the checkpoint with its fp32 and int8 graphs."""
-    return shutil.copytree(int8_checkpoint, tmp_path / "ckpt")
+    """A private copy of the checkpoint with its fp32 and int8 graphs, and no recorded check
+    (tests elsewhere that load the shared checkpoint with ``auto`` record one in it)."""
+    path = shutil.copytree(int8_checkpoint, tmp_path / "ckpt")
+    data = json.loads((path / CONFIG_FILE).read_text())
+    data["onnx"]["fp32"].pop("check", None)
+    (path / CONFIG_FILE).write_text(json.dumps(data))
+    return path
 
 
 def _embed_in_fresh_process(ckpt, catalog, rt: str) -> dict:
