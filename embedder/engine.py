@@ -20,6 +20,7 @@ helpers live in :mod:`embedder.torch_engine` and are still importable from here.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,16 @@ def available_cores() -> int:
 def default_threads(workers: int = 1) -> int:
     """ONNX Runtime threads for one of ``workers`` processes sharing this machine's cores."""
     return max(1, available_cores() // max(1, workers))
+
+
+def set_torch_threads(threads: int | None, runtime: str = "torch") -> None:
+    """torch's intra-op threads where this process runs torch: on the ``torch`` runtime, or
+    once something (an ``auto`` check or fallback) has imported it. Never imports torch for an
+    ONNX runtime, so a worker on one stays torch-free; None leaves torch's default."""
+    if threads and (runtime == "torch" or "torch" in sys.modules):
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 class Engine:

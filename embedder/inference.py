@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -118,15 +118,6 @@ class Embedder:
         """One image as the model takes it (float32 3 x H x W), e.g. for a micro-batcher that
         stacks requests with ``np.stack``. Transparency goes to white, as for files on disk."""
         return self.transform(img)
-
-    def preprocess_image(self, img: Image.Image) -> Any:
-        """:meth:`preprocess_array` as a torch tensor, for callers that stack with torch.
-
-        Imports torch: torch-free callers use :meth:`preprocess_array`.
-        """
-        import torch
-
-        return torch.from_numpy(self.transform(img))
 
     def embed_tensors(self, x: np.ndarray | torch.Tensor) -> EmbeddingBatch:
         """Embed an already preprocessed batch (N x 3 x H x W)."""

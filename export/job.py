@@ -129,16 +129,15 @@ def _embed_stage(
             if started:
                 import_ray().shutdown()
     else:
+        from embedder.engine import set_torch_threads
         from embedder.inference import Embedder
         from export.local_runner import local_batches
 
-        if config.threads:
-            import torch
-
-            torch.set_num_threads(config.threads)
+        set_torch_threads(config.threads, config.runtime)  # no torch import on ONNX runtimes
         embedder = Embedder.from_checkpoint(
             config.checkpoint, config.runtime, config.device, config.threads
         )
+        set_torch_threads(config.threads, embedder.runtime)  # "auto" may have fallen back
         runtime = embedder.runtime
         batches = local_batches(
             embedder, inputs.samples, start, config.batch_size, config.workers, config.progress

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from embedder.engine import set_torch_threads
 from embedder.engine_options import DEFAULT_RUNTIME
 from embedder.errors import ImageError
 from embedder.images import load_image
@@ -55,17 +55,19 @@ def embed_records(embedder: Embedder, records: dict[str, np.ndarray]) -> dict[st
     """
     index = np.asarray(records["index"], dtype=np.int64)
     paths = [str(p) for p in records["path"]]
-    tensors: list[torch.Tensor] = []
+    # Rows are preprocessed in place (numpy, no torch on the ONNX runtimes); the first
+    # len(ok) rows are the batch, a view.
+    pixels = np.empty((len(paths), *embedder.transform.shape), np.float32)
     ok: list[int] = []
     errors = np.full(len(paths), "", dtype=object)
     for row, path in enumerate(paths):
         try:
             img = load_image(Path(path), min_side=embedder.decode_side)  # JPEG draft mode
-            tensors.append(embedder.preprocess_image(img))
+            embedder.transform.into(img, pixels[len(ok)])
             ok.append(row)
         except ImageError as exc:
             errors[row] = str(exc)
-    batch = embedder.embed_tensors(torch.stack(tensors) if tensors else torch.zeros(0))
+    batch = embedder.embed_tensors(pixels[: len(ok)])
     n, dim, classes = len(paths), embedder.dim, embedder.config.num_classes
     embeddings = np.zeros((n, dim), np.float32)
     probabilities = np.zeros((n, classes), np.float32)
@@ -120,9 +122,11 @@ class EmbedMapper:
         runtime: str = DEFAULT_RUNTIME,
         device: str | None = None,
     ) -> None:
-        if threads:
-            torch.set_num_threads(threads)  # the actor's CPU share, not the node's core count
+        # The actor's CPU share, not the node's core count; again once loaded, for an "auto"
+        # that fell back to torch.
+        set_torch_threads(threads, runtime)
         self.embedder = Embedder.from_checkpoint(checkpoint, runtime, device, threads)
+        set_torch_threads(threads, self.embedder.runtime)
         if expected_hash and self.embedder.checkpoint_hash != expected_hash:
             raise ExportError(
                 f"{checkpoint}: this worker's copy of the checkpoint differs from the driver's "

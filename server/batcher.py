@@ -1,10 +1,11 @@
 """Micro-batching: concurrent requests share one forward pass of the model.
 
-Request threads preprocess their own image into a tensor and :meth:`MicroBatcher.submit` it;
-one batcher thread takes the queued tensors (at most ``max_batch``), runs the model once on
-the stack and hands each request its row through a future. While other requests are still
-on their way (see :class:`Arrival`), the batcher waits up to ``max_wait_ms`` for
-them, so a lone request never waits and a burst is grouped.
+Request threads preprocess their own image into a float32 numpy array and
+:meth:`MicroBatcher.submit` it; one batcher thread takes the queued arrays (at most
+``max_batch``), runs the model once on the stack and hands each request its row through a
+future. While other requests are still on their way (see :class:`Arrival`), the batcher waits
+up to ``max_wait_ms`` for them, so a lone request never waits and a burst is grouped. Batches
+are numpy: a worker on an ONNX runtime never imports torch.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # torch loads in the worker only (the gunicorn master imports this module)
-    import torch
-
+if TYPE_CHECKING:  # the model loads in the worker only (the gunicorn master imports this module)
     from embedder.inference import EmbeddingBatch
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ class BatchResult:
 
 @dataclass
 class _Job:
-    x: torch.Tensor  # rows x 3 x H x W
+    x: np.ndarray  # rows x 3 x H x W float32
     future: Future
     t_submit: float
     many: bool = False  # the future gives a list of results (submit_many)
@@ -73,7 +72,7 @@ class Arrival:
         self._batcher: MicroBatcher | None = batcher
         batcher._arrive(+1)
 
-    def submit(self, x: torch.Tensor) -> Future:
+    def submit(self, x: np.ndarray) -> Future:
         """Queue the image (see :meth:`MicroBatcher.submit`), then stop being pending."""
         if self._batcher is None:
             raise RuntimeError("this arrival has already left; submit to the batcher instead")
@@ -95,11 +94,11 @@ class Arrival:
 
 
 class MicroBatcher:
-    """Groups single-image tensors into batches for ``forward`` (a thread-safe callable)."""
+    """Groups single-image arrays into batches for ``forward`` (a thread-safe callable)."""
 
     def __init__(
         self,
-        forward: Callable[[torch.Tensor], EmbeddingBatch],
+        forward: Callable[[np.ndarray], EmbeddingBatch],
         *,
         max_batch: int = 16,
         max_wait_ms: float = 10.0,
@@ -127,11 +126,11 @@ class MicroBatcher:
         with self._arriving_lock:
             self._arriving += delta
 
-    def submit(self, x: torch.Tensor) -> Future:
+    def submit(self, x: np.ndarray) -> Future:
         """Queue one preprocessed image (3 x H x W); the future gives a :class:`BatchResult`."""
         return self._put(_Job(x[None], Future(), time.perf_counter()))
 
-    def submit_many(self, xs: torch.Tensor) -> Future:
+    def submit_many(self, xs: np.ndarray) -> Future:
         """Queue the images of one request (n x 3 x H x W) as one job: they run together, in
         one turn of the batcher, in passes of at most ``max_batch`` images; the future gives a
         list of n :class:`BatchResult`."""
@@ -150,7 +149,7 @@ class MicroBatcher:
             ) from None
         return job.future
 
-    def run(self, x: torch.Tensor, timeout: float | None = None) -> BatchResult:
+    def run(self, x: np.ndarray, timeout: float | None = None) -> BatchResult:
         """Submit and wait for the result (re-raising the model's exception)."""
         return self.submit(x).result(timeout=timeout)
 
@@ -211,12 +210,11 @@ class MicroBatcher:
                 job.future.set_exception(BatcherClosedError("the model batcher is stopped"))
 
     def _process(self, jobs: list[_Job]) -> None:
-        import torch  # already loaded by the model that made the tensors
-
         t0 = time.perf_counter()
         passes: list[tuple[int, float]] = []  # (images, seconds) of each forward pass
         try:
-            x = torch.cat([j.x for j in jobs])
+            # One job (a lone request, or one request's images) is already its batch: no copy.
+            x = jobs[0].x if len(jobs) == 1 else np.concatenate([j.x for j in jobs])
             # A request's many images run in this one turn, in passes of at most max_batch.
             parts = []
             for i in range(0, len(x), self.max_batch):
@@ -254,7 +252,7 @@ class MicroBatcher:
 
 
 def _concat(parts: list[EmbeddingBatch]) -> EmbeddingBatch:
-    from embedder.inference import EmbeddingBatch  # worker path only: keeps torch off the master
+    from embedder.inference import EmbeddingBatch  # worker path only: not in the master
 
     return EmbeddingBatch(
         np.concatenate([p.embeddings for p in parts]),

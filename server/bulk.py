@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from embedder.errors import ImageError
 from index.errors import DuplicateIdError
@@ -36,21 +35,21 @@ def embed_many(svc: LookupService, images: list[bytes]) -> list[Embedded | dict]
     """Each image's embedding, or the entry error (see :func:`server.errors.entry_error`) of an
     image that cannot be read; the readable ones share one forward pass."""
 
-    def prepare(data: bytes) -> torch.Tensor | dict:
+    def prepare(data: bytes) -> np.ndarray | dict:
         try:
-            return svc.embedder.preprocess_image(svc.decode(data))
+            return svc.embedder.preprocess_array(svc.decode(data))
         except ImageError as exc:
             return entry_error(exc) or {}
 
     t0 = time.perf_counter()
     prepared = list(_decoder().map(prepare, images)) if len(images) > 1 else [prepare(images[0])]
     t1 = time.perf_counter()
-    rows = [i for i, p in enumerate(prepared) if isinstance(p, torch.Tensor)]
-    # Tensors are replaced by their embeddings below; errors stay.
+    rows = [i for i, p in enumerate(prepared) if isinstance(p, np.ndarray)]
+    # Arrays are replaced by their embeddings below; errors stay.
     out: list[Any] = list(prepared)
     if not rows:
         return out
-    future = svc.batcher.submit_many(torch.stack([out[i] for i in rows]))
+    future = svc.batcher.submit_many(np.stack([out[i] for i in rows]))
     results = future.result(timeout=svc.config.request_timeout_s)
     t2 = time.perf_counter()
     svc.metrics.decode_seconds.observe(t1 - t0)

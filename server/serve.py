@@ -41,16 +41,18 @@ def default_torch_threads(workers: int) -> int:
     return max(1, (cores or 1) // max(1, workers))
 
 
-def configure_threads(torch_threads: int, faiss_threads: int = 1) -> None:
-    """Thread pools of one worker: torch's for the batched forward pass; FAISS's for searches.
+def configure_threads(torch_threads: int, faiss_threads: int = 1, runtime: str = "torch") -> None:
+    """Thread pools of one worker: torch's for the batched forward pass (only where torch
+    runs: see :func:`~embedder.engine.set_torch_threads`); FAISS's for searches.
 
     A search is one query and request threads already run many at once, so FAISS gets one
     OpenMP thread by default: its spinning pool would otherwise take cores from the model.
     """
     import faiss  # the workers' libraries: never loaded in the master
-    import torch
 
-    torch.set_num_threads(torch_threads)
+    from embedder.engine import set_torch_threads
+
+    set_torch_threads(torch_threads, runtime)
     faiss.omp_set_num_threads(faiss_threads)
 
 
@@ -118,10 +120,11 @@ class PhonesimGunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
+        from embedder.engine import set_torch_threads
         from server.app import create_app  # in the worker, after the fork
 
         threads = self.settings.torch_threads or default_torch_threads(self.settings.workers)
-        configure_threads(threads, self.settings.faiss_threads)
+        configure_threads(threads, self.settings.faiss_threads, self.server_config.runtime)
         log.info(
             "worker %d: the model uses %d thread(s), faiss %d",
             os.getpid(),
@@ -129,6 +132,9 @@ class PhonesimGunicorn(BaseApplication):
             self.settings.faiss_threads,
         )
         app = create_app(self.server_config.replace(model_threads=threads))
+        # An "auto" runtime that fell back to torch (or checked its graph with it) has loaded
+        # torch by now; an ONNX runtime has not, and this does not import it.
+        set_torch_threads(threads, self.server_config.runtime)
         return BufferedWSGIBridge(
             app,
             threads=self.settings.threads,

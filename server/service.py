@@ -170,7 +170,7 @@ class LookupService:
         """
         t0 = time.perf_counter()
         with arrival or self.batcher.arrival() as pending:
-            x = self.embedder.preprocess_image(self.decode(data))
+            x = self.embedder.preprocess_array(self.decode(data))
             t1 = time.perf_counter()
             future = pending.submit(x)
         result = future.result(timeout=self.config.request_timeout_s)

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from embedder.inference import EmbeddingBatch
 from server.batcher import BatcherClosedError, MicroBatcher, OverloadedError
@@ -23,17 +22,18 @@ class FakeModel:
         self.gate.set()
         self.entered = threading.Event()  # set once a forward pass has started
 
-    def __call__(self, x: torch.Tensor) -> EmbeddingBatch:
+    def __call__(self, x: np.ndarray) -> EmbeddingBatch:
+        assert isinstance(x, np.ndarray) and x.dtype == np.float32  # numpy batches, no torch
         self.entered.set()
         self.gate.wait(10)
         time.sleep(self.delay)
         self.sizes.append(len(x))
-        flat = x.reshape(len(x), -1)[:, :2].numpy().astype(np.float32)
+        flat = x.reshape(len(x), -1)[:, :2].copy()
         return EmbeddingBatch(flat, flat * 2)
 
 
-def pixel(v: float) -> torch.Tensor:
-    return torch.full((3, 2, 2), float(v))
+def pixel(v: float) -> np.ndarray:
+    return np.full((3, 2, 2), v, np.float32)
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ def test_submit_many_runs_a_requests_images_in_one_turn(make):
     model.gate.clear()
     blocker = b.submit(pixel(-1))
     assert model.entered.wait(5)
-    many = b.submit_many(torch.stack([pixel(i) for i in range(10)]))
+    many = b.submit_many(np.stack([pixel(i) for i in range(10)]))
     single = b.submit(pixel(99))
     model.gate.set()
     results = many.result(5)
@@ -191,4 +191,4 @@ def test_submit_many_runs_a_requests_images_in_one_turn(make):
     assert blocker.result(5).batch_size == 1
     assert model.sizes == seen == [1, 4, 4, 2, 1]  # passes of at most 4, then the single
     with pytest.raises(ValueError):
-        b.submit_many(torch.zeros((0, 3, 2, 2)))
+        b.submit_many(np.zeros((0, 3, 2, 2), np.float32))

@@ -65,3 +65,42 @@ def test_search_on_every_runtime_answers_as_torch_eager(
             assert mine["label"] == ref["label"]
             clear += 1
     assert clear >= len(torch_answers["photos"]) // 2
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc, Linux)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(text.rsplit(")", 1)[1].split()[1]) == pid:  # field 4, after "(comm)"
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_live_server_on_onnx_answers_without_torch_in_its_worker(
+    int8_checkpoint, index_dir, catalog_rows, tmp_path
+):
+    """``--runtime onnx`` under gunicorn: a search answers, and the worker that ran it has no
+    torch library mapped (preprocessing, batching and the engine are numpy and ONNX Runtime)."""
+    from tests.server.live import multipart, running_server
+
+    item_id, row = next(iter(catalog_rows.items()))
+    body, headers = multipart({"image": ("phone.jpg", Path(row["image"]).read_bytes())})
+    with running_server(
+        int8_checkpoint, index_dir, tmp_path, "--runtime", "onnx", "--workers", "1",
+        "--threads", "2", "--model-threads", "1",
+    ) as live:  # fmt: skip
+        status, found = live.json("POST", "/v1/search?k=3", body=body, headers=headers)
+        assert status == 200, found
+        assert found["neighbors"][0]["id"] == item_id
+        status, info = live.json("GET", "/v1/info")
+        assert status == 200 and info["model"]["runtime"] == "onnx"
+        workers = _children(live.proc.pid)
+        assert len(workers) == 1, workers
+        maps = Path(f"/proc/{workers[0]}/maps").read_text()
+    assert "onnxruntime" in maps  # the worker does run the model (the check is not vacuous)
+    assert "libtorch" not in maps
