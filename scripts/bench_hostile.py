@@ -32,8 +32,9 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
+
+from http_load import free_port, multipart_form
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.imagefuzz: the fuzzed files the test suite uses
@@ -84,22 +85,6 @@ def query_image(index: Path) -> bytes:
     if not catalog:
         sys.exit(f"{index}: manifest names no catalog CSV to take a query image from")
     return Path(next(iter(read_catalog_csv(catalog).values()))["image"]).read_bytes()
-
-
-def multipart(data: bytes, name: str = "phone.jpg") -> tuple[bytes, dict[str, str]]:
-    boundary = uuid.uuid4().hex
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-    body = head + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the server ----------------------------------------------------------------------------------
@@ -175,7 +160,7 @@ class PeakRss(threading.Thread):
 
 # -- the good clients (their own process, so the attack's threads do not slow their clock) ------
 def _good_clients(port: int, image: bytes, clients: int, duration: float, out) -> None:
-    body, headers = multipart(image)
+    body, headers = multipart_form({"image": ("phone.jpg", image)})
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -308,7 +293,8 @@ class Attack:
         from tests.imagefuzz import mutated_files
 
         bodies = hostile_bodies() + [
-            ("POST", "/v1/search", *multipart(data, name)) for name, data in mutated_files(30, seed)
+            ("POST", "/v1/search", *multipart_form({"image": (name, data)}))
+            for name, data in mutated_files(30, seed)
         ]
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         i = 0

@@ -30,14 +30,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from http_load import free_port
+from http_load import free_port, multipart_form
 from replica_checks import Cluster, Ledger, killer, pct, poll_visible, summary, verify
 from replica_cluster import (
     Server,
     build_tiny,
     env_with_repo,
     folder_bytes,
-    multipart,
     postgres,
     readyz,
     request,
@@ -90,7 +89,7 @@ def searcher(cluster: Cluster, images: list[tuple[str, bytes]], ledger: Ledger, 
         server = cluster.servers[i % len(cluster.servers)]
         name, data = images[i % len(images)]
         i += 1
-        body, headers = multipart({"image": (name, data)})
+        body, headers = multipart_form({"image": (name, data)})
         sent = time.monotonic()
         gone = ledger.deleted_before(sent)
         status, raw = request(server.port, "POST", "/v1/search?k=50", body=body, headers=headers)
@@ -143,7 +142,7 @@ def writer(cluster: Cluster, images, ledger: Ledger, prefix: str, n: int, durati
         server = up[i % len(up)]
         item_id = f"{prefix}-{i:05d}"
         name, data = images[i % len(images)]
-        body, headers = multipart({"image": (name, data), "id": item_id})
+        body, headers = multipart_form({"image": (name, data), "id": item_id})
         headers = {**headers, **KEY}
         status, raw = request(server.port, "POST", "/v1/items", body=body, headers=headers)
         acked = time.monotonic()

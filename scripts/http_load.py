@@ -12,16 +12,28 @@ import time
 import uuid
 
 
-def multipart(name: str, data: bytes) -> tuple[bytes, str]:
+def multipart_form(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body and its headers: ``(filename, bytes)`` values are files."""
     boundary = uuid.uuid4().hex
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-    return (
-        head + data + f"\r\n--{boundary}--\r\n".encode(),
-        f"multipart/form-data; boundary={boundary}",
-    )
+    parts = []
+    for name, value in fields.items():
+        if isinstance(value, tuple):
+            filename, data = value
+            head = (
+                f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            )
+        else:
+            head, data = f'Content-Disposition: form-data; name="{name}"\r\n\r\n', value.encode()
+        parts.append(f"--{boundary}\r\n{head}".encode() + data + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def multipart(name: str, data: bytes) -> tuple[bytes, str]:
+    """One ``image`` file field, as the load generators post it: (body, content type)."""
+    body, headers = multipart_form({"image": (name, data)})
+    return body, headers["Content-Type"]
 
 
 def _drive(port: int, bodies: list, path: str, concurrency: int, duration: float, out) -> None:

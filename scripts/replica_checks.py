@@ -12,7 +12,8 @@ import signal
 import threading
 import time
 
-from replica_cluster import Server, multipart, request
+from http_load import multipart_form
+from replica_cluster import Server, request
 
 POLL_LIMIT_S = 15.0  # give up polling one server for one write after this long
 
@@ -125,7 +126,7 @@ def verify(cluster: Cluster, ledger: Ledger, images) -> dict:
             if request(server.port, "GET", f"/v1/items/{item_id}")[0] != 404:
                 resurrected.append(f"{item_id} on {server.name}")
         for name, data in images[:4]:
-            body, headers = multipart({"image": (name, data)})
+            body, headers = multipart_form({"image": (name, data)})
             status, raw = request(server.port, "POST", "/v1/search?k=100", body=body,
                                   headers=headers)  # fmt: skip
             if status == 200:
