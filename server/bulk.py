@@ -15,7 +15,7 @@ import numpy as np
 from embedder.errors import ImageError
 from index.errors import DuplicateIdError
 from server.errors import ApiError, entry_error
-from server.service import Embedded, LookupService, _ms
+from server.service import Embedded, LookupService
 
 # Threads decoding the images of one batch (PIL and the resize release the GIL).
 DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -54,18 +54,7 @@ def embed_many(svc: LookupService, images: list[bytes]) -> list[Embedded | dict]
     t2 = time.perf_counter()
     svc.metrics.decode_seconds.observe(t1 - t0)
     for i, result in zip(rows, results, strict=True):
-        svc.metrics.queue_seconds.observe(result.queue_s)
-        out[i] = Embedded(
-            result.embedding,
-            result.probabilities,
-            {
-                "decode": _ms(t1 - t0),
-                "queue": _ms(result.queue_s),
-                "model": _ms(result.model_s),
-                "batch_size": result.batch_size,
-                "embed_total": _ms(t2 - t0),
-            },
-        )
+        out[i] = svc.embedded(result, decode_s=t1 - t0, total_s=t2 - t0)
     return out
 
 

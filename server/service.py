@@ -23,7 +23,7 @@ from embedder.images import load_image
 from embedder.inference import Embedder
 from index.catalog import CatalogIndex, Hit, Item
 from index.errors import DuplicateIdError
-from server.batcher import Arrival, MicroBatcher
+from server.batcher import Arrival, BatchResult, MicroBatcher
 from server.config import ServerConfig
 from server.errors import ApiError
 from server.files import declared_pixels, inside
@@ -176,16 +176,20 @@ class LookupService:
         result = future.result(timeout=self.config.request_timeout_s)
         t2 = time.perf_counter()
         self.metrics.decode_seconds.observe(t1 - t0)
+        return self.embedded(result, decode_s=t1 - t0, total_s=t2 - t0)
+
+    def embedded(self, result: BatchResult, *, decode_s: float, total_s: float) -> Embedded:
+        """One image's batcher result with its timings; counts its time in the queue."""
         self.metrics.queue_seconds.observe(result.queue_s)
         return Embedded(
             result.embedding,
             result.probabilities,
             {
-                "decode": _ms(t1 - t0),
+                "decode": _ms(decode_s),
                 "queue": _ms(result.queue_s),
                 "model": _ms(result.model_s),
                 "batch_size": result.batch_size,
-                "embed_total": _ms(t2 - t0),
+                "embed_total": _ms(total_s),
             },
         )
 
