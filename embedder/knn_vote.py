@@ -1,0 +1,78 @@
+"""Predictions that use the catalog: the classifier's probabilities fused with a kNN vote.
+
+The nearest catalog items of a query carry labels; a similarity-weighted vote over them (the
+weighted kNN classifier of DINO, Caron et al. 2021: each neighbour counts ``exp(score / T)``) is
+a second opinion that knows the catalog's own photos, which the classifier saw only through its
+weights. The fused distribution is ``(1 - weight) * probabilities + weight * vote``.
+
+numpy only: the server, ``evaluate`` and the quality benchmark share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_K = 20
+DEFAULT_TEMPERATURE = 0.07
+DEFAULT_WEIGHT = 0.3
+
+
+@dataclass(frozen=True)
+class KnnFusion:
+    """How many neighbours vote (``k``), how sharply by similarity (``temperature``), and the
+    vote's share of the fused distribution (``weight``; 0 = classifier only, 1 = vote only)."""
+
+    k: int = DEFAULT_K
+    temperature: float = DEFAULT_TEMPERATURE
+    weight: float = DEFAULT_WEIGHT
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"kNN fusion k must be >= 1, got {self.k}")
+        if not (np.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"kNN fusion temperature must be > 0, got {self.temperature}")
+        if not (0.0 <= self.weight <= 1.0):
+            raise ValueError(f"kNN fusion weight must be in [0, 1], got {self.weight}")
+
+
+def knn_vote(
+    scores: np.ndarray, labels: np.ndarray, num_classes: int, temperature: float
+) -> np.ndarray:
+    """Class distribution (N x C) voted by each query's neighbours.
+
+    ``scores`` (N x k) are cosine similarities, ``labels`` (N x k) class indices, with -1 for a
+    neighbour without a known class (or a missing neighbour), which does not vote. A query with
+    no voting neighbour gets an all-zero row.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if scores.shape != labels.shape or scores.ndim != 2:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} must be equal N x k")
+    valid = (labels >= 0) & (labels < num_classes) & np.isfinite(scores)
+    # Shift by the row's best score before exp: the same weights, no overflow at small T.
+    best = np.where(valid, scores, -np.inf).max(axis=1, initial=-np.inf, keepdims=True)
+    best = np.where(np.isfinite(best), best, 0.0)
+    weights = np.where(valid, np.exp((np.where(valid, scores, 0.0) - best) / temperature), 0.0)
+    votes = np.zeros((len(scores), num_classes))
+    rows = np.repeat(np.arange(len(scores)), scores.shape[1])
+    np.add.at(votes, (rows, np.where(valid, labels, 0).ravel()), weights.ravel())
+    total = votes.sum(axis=1, keepdims=True)
+    return np.divide(votes, total, out=np.zeros_like(votes), where=total > 0).astype(np.float32)
+
+
+def fuse(
+    probabilities: np.ndarray, scores: np.ndarray, labels: np.ndarray, fusion: KnnFusion
+) -> np.ndarray:
+    """The classifier's probabilities (N x C) fused with the vote of the first ``fusion.k``
+    neighbours; a query whose neighbours cannot vote keeps its probabilities unchanged."""
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    scores, labels = np.asarray(scores)[:, : fusion.k], np.asarray(labels)[:, : fusion.k]
+    vote = knn_vote(scores, labels, probabilities.shape[1], fusion.temperature)
+    voted = vote.sum(axis=1, keepdims=True) > 0
+    fused = (1.0 - fusion.weight) * probabilities + fusion.weight * vote
+    return np.where(voted, fused, probabilities).astype(np.float32)
+
+
+__all__ = ["KnnFusion", "fuse", "knn_vote"]

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from embedder.knn_vote import KnnFusion, fuse, knn_vote
+
+
+def test_vote_weights_closer_neighbours_more():
+    scores = np.array([[0.9, 0.5, 0.5]])
+    labels = np.array([[1, 0, 0]])
+    vote = knn_vote(scores, labels, 3, temperature=0.1)
+    # exp(0.4 / 0.1) = 54.6 against 2: the single close neighbour outvotes the two far ones.
+    assert vote.argmax() == 1
+    assert vote.sum() == pytest.approx(1.0)
+    assert vote[0, 2] == 0.0
+
+
+def test_unlabelled_neighbours_do_not_vote_and_empty_rows_keep_probabilities():
+    probs = np.array([[0.6, 0.4], [0.2, 0.8]], dtype=np.float32)
+    scores = np.array([[0.9, 0.8], [0.9, 0.8]])
+    labels = np.array([[-1, 1], [-1, -1]])
+    fused = fuse(probs, scores, labels, KnnFusion(k=2, weight=0.5))
+    assert fused[0] == pytest.approx([0.3, 0.7])  # half the classifier, half a vote for class 1
+    assert fused[1] == pytest.approx(probs[1])  # nobody voted: unchanged
+    assert fused.sum(axis=1) == pytest.approx([1.0, 1.0])
+
+
+def test_fusion_uses_only_the_first_k_neighbours():
+    probs = np.full((1, 2), 0.5, dtype=np.float32)
+    scores = np.array([[0.9, 0.8, 0.7]])
+    labels = np.array([[0, 1, 1]])
+    assert fuse(probs, scores, labels, KnnFusion(k=1, weight=1.0))[0] == pytest.approx([1, 0])
+    assert fuse(probs, scores, labels, KnnFusion(k=3, weight=1.0))[0].argmax() == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"k": 0}, {"temperature": 0.0}, {"weight": 1.5}, {"weight": -0.1}]
+)
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        KnnFusion(**kwargs)
+
+
+def test_small_temperature_does_not_overflow():
+    vote = knn_vote(np.array([[1.0, -1.0]]), np.array([[0, 1]]), 2, temperature=1e-4)
+    assert np.isfinite(vote).all() and vote[0, 0] == pytest.approx(1.0)
