@@ -24,6 +24,7 @@ from embedder.train_config import (
     BN_STATS_MODES,
     DEFAULT_MODEL,
     LABEL_CONFLICT_MODES,
+    METRIC_LOSSES,
     TrainConfig,
 )
 
@@ -141,6 +142,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         default=None,
         help="sample uniformly instead of class-balanced",
+    )
+    p.add_argument(
+        "--metric-loss",
+        choices=METRIC_LOSSES,
+        help="'supcon' adds a supervised-contrastive loss on the penultimate features while "
+        "fine-tuning (needs pytorch-metric-learning: pip install 'phonesim[metric]'), to train "
+        f"them for retrieval as well as for the class (default {d.metric_loss})",
+    )
+    p.add_argument(
+        "--metric-weight",
+        type=non_negative_float,
+        help=f"weight of --metric-loss beside cross-entropy (default {d.metric_weight})",
+    )
+    p.add_argument(
+        "--metric-temperature",
+        type=positive_float,
+        help=f"temperature of the supervised-contrastive loss (default {d.metric_temperature})",
     )
     p.add_argument(
         "--seed", type=int, help=f"random seed: same seed, same weights (default {d.seed})"

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from embedder.errors import DataError
 from embedder.train_config import TrainConfig
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -60,6 +61,21 @@ def set_train_mode(model: nn.Module, freeze_bn_stats: bool) -> None:
                 module.eval()  # normalise with, and keep, the running statistics
 
 
+def make_metric_loss(config: TrainConfig) -> nn.Module | None:
+    """The ``--metric-loss`` module, or None. Supervised contrastive (Khosla et al. 2020) from
+    pytorch-metric-learning: it pulls photos of one class together on the unit sphere, which is
+    what the retrieval side of the lookup API compares."""
+    if config.metric_loss == "none":
+        return None
+    try:
+        from pytorch_metric_learning.losses import SupConLoss
+    except ImportError as exc:
+        raise DataError(
+            "--metric-loss supcon needs pytorch-metric-learning: pip install 'phonesim[metric]'"
+        ) from exc
+    return SupConLoss(temperature=config.metric_temperature)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -71,12 +87,15 @@ def train_one_epoch(
     desc: str = "epoch",
     progress: bool = False,
     amp: torch.dtype | None = None,
+    metric_loss: nn.Module | None = None,
+    metric_weight: float = 0.0,
 ) -> tuple[dict[str, float], int]:
     """One pass over ``loader``; returns the epoch's loss and accuracy and the step count after.
 
     ``step`` counts the optimiser steps done before this epoch; the scheduler follows it.
     Batches go to the model's device; ``amp`` (bf16 or fp16) runs the forward pass under
-    autocast, with loss scaling for fp16.
+    autocast, with loss scaling for fp16. ``metric_loss`` (labels-aware, on the penultimate
+    features) is added to the cross-entropy with ``metric_weight``.
     """
     set_train_mode(model, freeze_bn_stats)
     device = next(model.parameters()).device
@@ -87,8 +106,15 @@ def train_one_epoch(
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(x)
-            loss = criterion(logits.float(), y)
+            if metric_loss is None:
+                logits = model(x)
+                loss = criterion(logits.float(), y)
+            else:
+                features = model.forward_head(model.forward_features(x), pre_logits=True)
+                logits = model.get_classifier()(features)
+                loss = criterion(logits.float(), y) + metric_weight * metric_loss(
+                    features.float(), y
+                )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -10,6 +10,7 @@ from embedder.errors import DataError
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 BN_STATS_MODES = ("auto", "frozen", "update")
 LABEL_CONFLICT_MODES = ("drop", "keep")
+METRIC_LOSSES = ("none", "supcon")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ class TrainConfig:
     label_conflicts: str = "drop"
     conflict_similarity: float = 0.98  # thumbnail cosine at which two photos count as one
     balance: bool = True
+    # "supcon": a supervised-contrastive loss (pytorch-metric-learning) on the penultimate
+    # features beside cross-entropy while fine-tuning, to train them for retrieval too;
+    # weighted by metric_weight, at metric_temperature.
+    metric_loss: str = "none"
+    metric_weight: float = 0.5
+    metric_temperature: float = 0.1
     patience: int = 5
     seed: int = 0
     workers: int | None = None
@@ -89,6 +96,12 @@ def check_train_config(config: TrainConfig) -> None:
         raise DataError(
             f"--conflict-similarity must be in (0, 1], got {config.conflict_similarity}"
         )
+    if config.metric_loss not in METRIC_LOSSES:
+        raise DataError(f"--metric-loss must be none or supcon, got {config.metric_loss!r}")
+    if not (math.isfinite(config.metric_weight) and config.metric_weight >= 0):
+        raise DataError(f"--metric-weight must be >= 0, got {config.metric_weight}")
+    if not (math.isfinite(config.metric_temperature) and config.metric_temperature > 0):
+        raise DataError(f"--metric-temperature must be > 0, got {config.metric_temperature}")
     if config.bn_stats not in BN_STATS_MODES:
         modes = ", ".join(BN_STATS_MODES[:-1]) + f" or {BN_STATS_MODES[-1]}"
         raise DataError(f"--bn-stats must be {modes}, got {config.bn_stats!r}")

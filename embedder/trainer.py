@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from embedder.errors import DataError
 from embedder.fine_tune import (
     freezes_bn_stats,
     frozen_parameter_names,
+    make_metric_loss,
     set_backbone_trainable,
     train_one_epoch,
 )
@@ -78,8 +80,18 @@ def check_input_size(model: nn.Module, data_config: dict[str, Any], config: Trai
 class Trainer:
     """Runs the two-phase recipe over prepared datasets and keeps the best checkpoint."""
 
-    def __init__(self, config: TrainConfig, train: Catalog, val_samples: list[Sample]) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        train: Catalog,
+        val_samples: list[Sample],
+        on_epoch: Callable[[int, nn.Module], None] | None = None,
+    ) -> None:
+        """``on_epoch(epoch, model)`` runs after each epoch's validation (0 = head warm-up),
+        e.g. to keep the weights of every epoch for averaging."""
         self.cfg = config
+        self.on_epoch = on_epoch
+        self.metric_loss = make_metric_loss(config)  # a missing package fails before the data
         self.label_names = train.label_names
         self.label_to_idx = {name: i for i, name in enumerate(self.label_names)}
         self.generator = seed_everything(config.seed)
@@ -192,6 +204,8 @@ class Trainer:
         stats["epoch"] = epoch
         stats["elapsed_s"] = round(time.monotonic() - self._started, 1)
         result.history.append(stats)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, self.model)
         key = (stats.get("val_accuracy", 0.0), stats.get("val_macro_f1", 0.0))
         improved = not self.val_samples or key > best_key
         log.info(
@@ -244,6 +258,8 @@ class Trainer:
                     desc=f"epoch {epoch}/{cfg.epochs}",
                     progress=cfg.progress,
                     amp=self.amp,
+                    metric_loss=self.metric_loss,
+                    metric_weight=cfg.metric_weight,
                 )
                 new_key = self._record(result, stats, epoch, best_key)
                 stale = 0 if new_key != best_key else stale + 1

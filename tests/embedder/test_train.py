@@ -198,3 +198,43 @@ def test_a_device_this_machine_lacks_fails_before_the_data_loads(tmp_path):
         pytest.skip("this machine has a CUDA GPU")
     with pytest.raises(EngineError, match="torch sees no CUDA GPU"):
         train(tiny_train_config(tmp_path / "no-data", tmp_path / "out", device="cuda"))
+
+
+def test_supervised_contrastive_loss_changes_the_fine_tuned_weights(tiny_catalog, tmp_path):
+    pytest.importorskip("pytorch_metric_learning", reason="phonesim[metric] not installed")
+    plain = tiny_train_config(tiny_catalog, tmp_path / "ce", val_fraction=0.0, frozen_groups=0)
+    supcon = tiny_train_config(
+        tiny_catalog, tmp_path / "sc", val_fraction=0.0, frozen_groups=0, metric_loss="supcon"
+    )
+    first, second = train(plain), train(supcon)
+    assert second.metrics["train_loss"] != first.metrics["train_loss"]  # the extra term counts
+    a, b = (load_checkpoint(tmp_path / n)[0].state_dict() for n in ("ce", "sc"))
+    assert not torch.equal(a["conv_stem.weight"], b["conv_stem.weight"])
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"metric_loss": "triplet"}, {"metric_weight": -1.0}, {"metric_temperature": 0}]
+)
+def test_bad_metric_loss_settings_are_refused(tiny_catalog, tmp_path, overrides):
+    with pytest.raises(DataError, match="--metric"):
+        train(tiny_train_config(tiny_catalog, tmp_path / "x", **overrides))
+
+
+def test_the_epoch_hook_sees_every_epoch_with_its_weights(tiny_catalog, tmp_path):
+    from embedder.data import load_catalog
+    from embedder.trainer import Trainer
+
+    catalog = load_catalog(tiny_catalog)
+    seen = []
+    config = tiny_train_config(
+        tiny_catalog, tmp_path / "h", epochs=2, warmup_epochs=1, frozen_groups=0
+    )
+    trainer = Trainer(
+        config,
+        catalog,
+        [],
+        on_epoch=lambda epoch, model: seen.append((epoch, model.conv_stem.weight.sum().item())),
+    )
+    trainer.fit()
+    assert [epoch for epoch, _ in seen] == [0, 1, 2]
+    assert seen[1][1] != seen[2][1]  # the hook saw the weights of that epoch

@@ -1,0 +1,501 @@
+#!/usr/bin/env python
+"""Cross-validated quality of the default recipe, its baselines and the candidate levers.
+
+Repeated, grouped, stratified k-fold cross-validation over every labelled photo of a dataset
+(default ../shared/datasets/phone-brands, train/ and val/ together). Near copies (the
+label-conflict detector's thumbnail similarity) stay in one fold; photos whose near copy is
+filed under another brand are scored apart ("cross-brand copies"), not in the headline.
+
+Methods (each scored on the same folds; intervals from embedder/crossval.py):
+  probe         logistic regression on frozen ImageNet Lite0 features (C by inner 3-fold CV)
+  knn           weighted kNN vote (k 20, T 0.07) on frozen Lite0 features
+  recipe        `phonesim train --data <training folds>` defaults (inner 15% validation split)
+  recipe_knn    recipe's probabilities fused with its kNN vote over the training folds (w 0.3)
+  recipe_flip   recipe with mirror test-time augmentation (mean of 2 views: 2x the model cost)
+  recipe_soup   recipe with the weights averaged over its last 5 fine-tuning epochs
+  probe_lite1   the probe on frozen Lite1 (240 px) features (needs phonesim[backbones])
+  probe_lite2   the probe on frozen Lite2 (260 px) features (needs phonesim[backbones])
+  supcon        recipe + supervised-contrastive loss (--only supcon; a training per fold)
+  recipe_int8   the recipe checkpoints quantised to int8 (--only recipe_int8; ONNX Runtime)
+
+Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
+k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
+paired difference to the recipe. Results and fold checkpoints are cached in --work, so
+``--only NAME`` adds a method to an earlier run. Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.fsutil import atomic_write_text
+from embedder.crossval import (
+    Interval,
+    Split,
+    corrected_interval,
+    cross_label_copies,
+    group_bootstrap_interval,
+    grouped_folds,
+    near_copy_groups,
+)
+from embedder.data import Catalog, Sample, load_catalog
+from embedder.images import load_image
+from embedder.knn_vote import KnnFusion, fuse, knn_vote
+from embedder.label_conflicts import thumbnail_vector
+from embedder.metrics import label_recall_at_k, macro_f1
+from embedder.preprocess import Preprocessor
+from embedder.train_config import DEFAULT_MODEL, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "datasets" / "phone-brands"
+METRICS = ("accuracy", "macro_f1", "recall_at_1", "recall_at_5")
+DEFAULT_METHODS = (
+    "probe",
+    "knn",
+    "recipe",
+    "recipe_knn",
+    "recipe_flip",
+    "recipe_soup",
+    "probe_lite1",
+    "probe_lite2",
+)
+EXTRA_METHODS = ("supcon", "recipe_int8")
+FROZEN_MODELS = {
+    "probe": DEFAULT_MODEL,
+    "knn": DEFAULT_MODEL,
+    "probe_lite1": "tf_efficientnet_lite1",
+    "probe_lite2": "tf_efficientnet_lite2",
+}
+SOUP_EPOCHS = 5
+FUSION = KnnFusion()
+CHUNK = 64
+
+
+# -- data ------------------------------------------------------------------------------------
+def load_photos(data: Path) -> Catalog:
+    """Every labelled photo under ``data`` (its train/ and val/ folders when it has them)."""
+    parts = [data / "train", data / "val"] if (data / "train").is_dir() else [data]
+    samples: list[Sample] = []
+    for part in parts:
+        for s in load_catalog(part).samples:
+            samples.append(replace(s, id=f"{part.name}/{s.id}"))
+    names = sorted({s.label for s in samples})
+    return Catalog(samples, names, data)
+
+
+def decode_all(samples: list[Sample], min_side: int) -> list:
+    return [load_image(s.path, min_side) for s in samples]
+
+
+def preprocess_all(images: list, data_config: dict) -> np.ndarray:
+    pre = Preprocessor(data_config)
+    return np.concatenate([pre.batch(images[i : i + CHUNK]) for i in range(0, len(images), CHUNK)])
+
+
+def embed_all(embedder, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and probabilities of preprocessed photos, in chunks."""
+    embs, probs = [], []
+    for i in range(0, len(x), CHUNK):
+        out = embedder.embed_tensors(np.ascontiguousarray(x[i : i + CHUNK]))
+        embs.append(out.embeddings)
+        probs.append(out.probabilities)
+    return np.concatenate(embs), np.concatenate(probs)
+
+
+# -- scoring -------------------------------------------------------------------------------
+def neighbours(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k cosine scores and gallery indices per query (exact, best first)."""
+    sims = xq @ xb.T
+    k = min(k, xb.shape[0])
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(sims, top, 1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, 1)
+    return np.take_along_axis(sims, top, 1), top
+
+
+def score(
+    split: Split,
+    y: np.ndarray,
+    headline: np.ndarray,
+    pred: np.ndarray,
+    emb: np.ndarray,
+) -> dict[str, Any]:
+    """Fold metrics over the test photos; ``pred`` and ``emb`` cover every photo (pred of
+    training photos is ignored)."""
+    test = split.test[headline[split.test]]
+    apart = split.test[~headline[split.test]]
+    recall = label_recall_at_k(emb[test], y[test], emb[split.train], y[split.train])
+    return {
+        "accuracy": float((pred[test] == y[test]).mean()),
+        "macro_f1": macro_f1(y[test], pred[test]),
+        "recall_at_1": recall[1],
+        "recall_at_5": recall[5],
+        "cross_brand_correct": int((pred[apart] == y[apart]).sum()),
+        "cross_brand_count": int(len(apart)),
+        # per-photo correctness and Recall@1 hit, for the paired bootstrap
+        "photos": test.tolist(),
+        "correct": (pred[test] == y[test]).astype(int).tolist(),
+    }
+
+
+def fused_predictions(split: Split, y: np.ndarray, probs: np.ndarray, emb: np.ndarray):
+    scores, idx = neighbours(emb, emb[split.train], FUSION.k)
+    return fuse(probs, scores, y[split.train][idx], FUSION).argmax(1)
+
+
+# -- methods -------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work: Path = args.work
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.catalog = load_photos(args.data)
+        self.samples = self.catalog.samples
+        self.names = self.catalog.label_names
+        self.y = np.array([self.names.index(s.label) for s in self.samples])
+        t0 = time.perf_counter()
+        self.images = decode_all(self.samples, min_side=300)
+        thumbs = np.stack([thumbnail_vector(img) for img in self.images])
+        similarity = TrainConfig(data="", out="").conflict_similarity
+        self.groups = near_copy_groups(thumbs, similarity)
+        self.headline = ~cross_label_copies(thumbs, self.y, similarity)
+        self.splits = grouped_folds(self.y, self.groups, args.folds, args.repeats, args.seed)
+        self.results_path = self.work / "results.json"
+        self.results: dict[str, dict[str, dict]] = (
+            json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+        )
+        self.key = f"{args.data}|{args.folds}x{args.repeats}|seed{args.seed}|{len(self.samples)}"
+        if self.results.get("_key") not in (None, self.key):
+            sys.exit(f"{self.results_path} holds another setting's results; use another --work")
+        self.results["_key"] = self.key  # type: ignore[assignment]
+        self._x: np.ndarray | None = None
+        print(
+            f"{len(self.samples)} photos, {len(self.names)} classes, {self.groups.max() + 1} "
+            f"near-copy groups, {int((~self.headline).sum())} cross-brand copies scored apart; "
+            f"{len(self.splits)} folds; decoded in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+
+    def save(self, method: str, split: Split, figures: dict) -> None:
+        self.results.setdefault(method, {})[split.name] = figures
+        atomic_write_text(self.results_path, json.dumps(self.results))  # a crash keeps the rest
+
+    def done(self, method: str, split: Split) -> bool:
+        return split.name in self.results.get(method, {})
+
+    # preprocessed photos at the default recipe's input (the same for every fold's model)
+    def recipe_inputs(self, data_config: dict) -> np.ndarray:
+        if self._x is None:
+            self._x = preprocess_all(self.images, data_config)
+        return self._x
+
+    def frozen_features(self, model_name: str) -> np.ndarray:
+        cache = self.work / f"frozen-{model_name}.npy"
+        if cache.exists():
+            return np.load(cache)
+        from embedder.backbone import create_backbone
+        from embedder.checkpoint import CheckpointConfig
+        from embedder.inference import Embedder
+        from embedder.transforms import model_data_config
+
+        model = create_backbone(model_name, num_classes=len(self.names), weights="imagenet")
+        crop = TrainConfig(data="", out="").crop_mode
+        data_config = model_data_config(model, crop_mode=crop)
+        config = CheckpointConfig(
+            model_name, len(self.names), self.names, data_config, int(model.num_features)
+        )
+        t0 = time.perf_counter()
+        emb, _ = embed_all(Embedder(model, config), preprocess_all(self.images, data_config))
+        print(f"  frozen {model_name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        np.save(cache, emb)
+        return emb
+
+    def run_frozen(self, method: str) -> None:
+        try:
+            feats = self.frozen_features(FROZEN_MODELS[method])
+        except Exception as exc:  # a missing weights package: skip this method, say why
+            print(f"  {method}: skipped ({exc})", flush=True)
+            return
+        from sklearn.linear_model import LogisticRegressionCV
+
+        for split in self.splits:
+            if self.done(method, split):
+                continue
+            t0 = time.perf_counter()
+            if method == "knn":
+                scores, idx = neighbours(feats, feats[split.train], FUSION.k)
+                labels = self.y[split.train][idx]
+                pred = knn_vote(scores, labels, len(self.names), FUSION.temperature).argmax(1)
+            else:
+                # C by inner 3-fold CV on the training photos only (a wider grid changed
+                # nothing measurable and cost minutes per fold on 2 cores).
+                clf = LogisticRegressionCV(Cs=[1, 3, 10], cv=3, scoring="accuracy", max_iter=2000)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # sklearn 1.8-1.10 notices
+                    clf.fit(feats[split.train], self.y[split.train])
+                pred = np.full(len(self.y), -1)
+                pred[split.test] = clf.predict(feats[split.test])
+            figures = score(split, self.y, self.headline, pred, feats)
+            figures["seconds"] = round(time.perf_counter() - t0, 1)
+            self.save(method, split, figures)
+
+    def train_fold(self, split: Split, name: str, **overrides) -> tuple[Path, list, float]:
+        """Train the recipe on the split's training photos; the checkpoint folder, the weights
+        of each fine-tuning epoch and the minutes it took."""
+        from embedder.train_data import stratified_split
+        from embedder.trainer import Trainer
+
+        out = self.work / split.name / name
+        train_samples = [self.samples[i] for i in split.train]
+        config = TrainConfig(
+            data=str(self.args.data), out=str(out), progress=False, seed=split.repeat, **overrides
+        )
+        fit, inner_val = stratified_split(train_samples, config.val_fraction, config.seed)
+        states: list = []
+
+        def keep(epoch: int, model) -> None:
+            if epoch > 0:
+                states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+        t0 = time.perf_counter()
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)  # an interrupted earlier fold: train it again
+        trainer = Trainer(config, Catalog(fit, self.names, self.args.data), inner_val, keep)
+        result = trainer.fit()
+        if result.interrupted:
+            raise KeyboardInterrupt
+        return out, states, (time.perf_counter() - t0) / 60
+
+    def run_trained(self, method: str) -> None:
+        """recipe (+ its knn, flip and soup variants from the same models) or supcon."""
+        from embedder.inference import Embedder
+
+        variants = (
+            ["recipe", "recipe_knn", "recipe_flip", "recipe_soup"] if method == "recipe" else []
+        )
+        wanted = [v for v in variants if v in self.todo] or [method]
+        overrides = {"metric_loss": "supcon"} if method == "supcon" else {}
+        for split in self.splits:
+            if all(self.done(v, split) for v in wanted):
+                continue
+            print(f"  {method} {split.name}: training ...", flush=True)
+            out, states, minutes = self.train_fold(split, method, **overrides)
+            best = Embedder.from_checkpoint(out, runtime="torch", device="cpu")
+            x = self.recipe_inputs(best.config.data_config)
+            t0 = time.perf_counter()
+            emb, probs = embed_all(best, x)
+            embed_s = time.perf_counter() - t0
+            pred = probs.argmax(1)
+            base = score(split, self.y, self.headline, pred, emb)
+            base.update(minutes=round(minutes, 2), embed_s=round(embed_s, 1))
+            self.save(method, split, base)
+            np.savez(out / "outputs.npz", embeddings=emb, probabilities=probs)
+            print(
+                f"    {method} {split.name}: accuracy {base['accuracy']:.3f} R@1 "
+                f"{base['recall_at_1']:.3f} ({minutes:.1f} min)",
+                flush=True,
+            )
+            if method != "recipe":
+                continue
+            t0 = time.perf_counter()
+            fused = fused_predictions(split, self.y, probs, emb)
+            figures = score(split, self.y, self.headline, fused, emb)
+            figures["extra_s"] = round(time.perf_counter() - t0, 2)
+            self.save("recipe_knn", split, figures)
+
+            t0 = time.perf_counter()
+            emb_f, probs_f = embed_all(best, x[..., ::-1])
+            emb_tta = emb + emb_f
+            emb_tta /= np.linalg.norm(emb_tta, axis=1, keepdims=True)
+            figures = score(split, self.y, self.headline, (probs + probs_f).argmax(1), emb_tta)
+            figures.update(extra_s=round(time.perf_counter() - t0, 1), model_cost=2.0)
+            self.save("recipe_flip", split, figures)
+
+            soup = states[-SOUP_EPOCHS:]
+            model = best.engine.model
+            model.load_state_dict({k: sum(s[k] for s in soup) / len(soup) for k in soup[0]})
+            emb_s, probs_s = embed_all(Embedder(model, best.config), x)
+            figures = score(split, self.y, self.headline, probs_s.argmax(1), emb_s)
+            figures["epochs_averaged"] = len(soup)
+            self.save("recipe_soup", split, figures)
+
+    def run_int8(self) -> None:
+        """Each fold's recipe checkpoint quantised on its own training photos (QDQ int8)."""
+        from embedder.inference import Embedder
+        from embedder.quantize import quantize_int8
+
+        for split in self.splits:
+            ckpt = self.work / split.name / "recipe"
+            if self.done("recipe_int8", split):
+                continue
+            if not (ckpt / "outputs.npz").exists():
+                print(f"  recipe_int8 {split.name}: no recipe checkpoint yet (run recipe first)")
+                continue
+            manifest = self.work / split.name / "calibration.csv"
+            with manifest.open("w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["id", "image", "label"])
+                for i in split.train:
+                    s = self.samples[i]
+                    writer.writerow([s.id, str(s.path.resolve()), s.label])
+            t0 = time.perf_counter()
+            quantize_int8(ckpt, manifest)
+            int8 = Embedder.from_checkpoint(ckpt, runtime="onnx-int8", device="cpu")
+            emb, probs = embed_all(int8, self.recipe_inputs(int8.config.data_config))
+            fp32 = np.load(ckpt / "outputs.npz")["embeddings"]
+            figures = score(split, self.y, self.headline, probs.argmax(1), emb)
+            figures.update(
+                cosine_to_fp32=float((emb * fp32).sum(1).mean()),
+                seconds=round(time.perf_counter() - t0, 1),
+            )
+            self.save("recipe_int8", split, figures)
+            print(f"    recipe_int8 {split.name}: accuracy {figures['accuracy']:.3f}", flush=True)
+
+    def run(self, todo: list[str]) -> None:
+        self.todo = todo
+        for method in todo:
+            if method in FROZEN_MODELS:
+                print(f"{method} ...", flush=True)
+                self.run_frozen(method)
+            elif method in ("recipe", "supcon"):
+                print(f"{method} ...", flush=True)
+                self.run_trained(method)
+            elif method == "recipe_int8":
+                print(f"{method} ...", flush=True)
+                self.run_int8()
+            elif method in ("recipe_knn", "recipe_flip", "recipe_soup") and "recipe" not in todo:
+                self.todo = [*todo, "recipe"]
+                self.run_trained("recipe")
+
+    # -- summary -----------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        frac = 1.0 / (self.args.folds - 1)
+        names = [s.name for s in self.splits]
+        methods = [m for m in (*DEFAULT_METHODS, *EXTRA_METHODS) if m in self.results]
+        out: dict[str, Any] = {"methods": {}, "paired_vs_recipe": {}}
+        for m in methods:
+            folds = [self.results[m][n] for n in names if n in self.results[m]]
+            entry: dict[str, Any] = {"folds": len(folds)}
+            for metric in METRICS:
+                entry[metric] = corrected_interval([f[metric] for f in folds], frac).to_json()
+            apart = sum(f["cross_brand_count"] for f in folds)
+            entry["cross_brand_accuracy"] = round(
+                sum(f["cross_brand_correct"] for f in folds) / max(1, apart), 4
+            )
+            for extra in ("minutes", "model_cost", "cosine_to_fp32"):
+                if extra in folds[0]:
+                    entry[extra] = round(float(np.mean([f[extra] for f in folds])), 4)
+            out["methods"][m] = entry
+        for m in methods:
+            if m == "recipe" or "recipe" not in self.results:
+                continue
+            out["paired_vs_recipe"][m] = self.paired(m, "recipe", names, frac)
+        if "probe" in self.results and "recipe" in self.results:
+            out["recipe_vs_probe"] = self.paired("recipe", "probe", names, frac)
+        return out
+
+    def paired(self, m: str, base: str, names: list[str], frac: float) -> dict[str, Any]:
+        common = [n for n in names if n in self.results[m] and n in self.results[base]]
+        entry: dict[str, Any] = {"folds": len(common)}
+        if not common:
+            return entry
+        for metric in METRICS:
+            diffs = [self.results[m][n][metric] - self.results[base][n][metric] for n in common]
+            entry[metric] = corrected_interval(diffs, frac).to_json()
+        diffs, groups = [], []
+        for n in common:
+            a, b = self.results[m][n], self.results[base][n]
+            diffs += list(np.subtract(a["correct"], b["correct"]))
+            groups += [f"{n[:2]}-{self.groups[p]}" for p in a["photos"]]
+        entry["accuracy_photo_bootstrap"] = group_bootstrap_interval(
+            np.array(diffs), np.array(groups)
+        ).to_json()
+        return entry
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"\n{'method':<14}{'folds':>6}  " + "".join(f"{m:<26}" for m in METRICS))
+    for m, e in summary["methods"].items():
+        cells = "".join(
+            f"{e[k]['mean']:.3f} [{e[k]['low']:.3f},{e[k]['high']:.3f}]    " for k in METRICS
+        )
+        print(f"{m:<14}{e['folds']:>6}  {cells}")
+    print("\npaired difference to the recipe (fold-corrected t; accuracy also by photo bootstrap)")
+    rows = dict(summary["paired_vs_recipe"])
+    if "recipe_vs_probe" in summary:
+        rows["recipe - probe"] = summary["recipe_vs_probe"]
+    for m, e in rows.items():
+        if "accuracy" not in e:
+            continue
+        parts = [f"{k} {Interval(**e[k])}" for k in ("accuracy", "recall_at_1")]
+        parts.append(f"photo bootstrap {Interval(**e['accuracy_photo_bootstrap'])}")
+        print(f"  {m:<16}" + "  ".join(parts))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="methods: " + ", ".join((*DEFAULT_METHODS, *EXTRA_METHODS)),
+    )
+    parser.add_argument("--data", type=Path, default=DATA, help=f"dataset (default {DATA})")
+    parser.add_argument("--folds", type=int, default=5, help="folds per repeat (default 5)")
+    parser.add_argument("--repeats", type=int, default=1, help="repeats (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="fold shuffling seed (default 0)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=REPO / "runs" / "bench_quality",
+        help="cache of fold checkpoints, features and results (default runs/bench_quality)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=(*DEFAULT_METHODS, *EXTRA_METHODS),
+        help="run only this method (repeatable); cached results of others are still reported",
+    )
+    parser.add_argument("--report", action="store_true", help="only print the cached results")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        parser.error(f"dataset not found at {args.data} (--data)")
+    if args.folds < 2 or args.repeats < 1:
+        parser.error("--folds must be >= 2 and --repeats >= 1")
+    logging.basicConfig(level=logging.WARNING)
+    bench = Bench(args)
+    started = time.perf_counter()
+    if not args.report:
+        bench.run(list(args.only or DEFAULT_METHODS))
+    summary = bench.summary()
+    print_summary(summary)
+    summary.update(
+        photos=len(bench.samples),
+        headline_photos=int(bench.headline.sum()),
+        near_copy_groups=int(bench.groups.max() + 1),
+        folds=args.folds,
+        repeats=args.repeats,
+        baseline="recipe",
+        minutes=round((time.perf_counter() - started) / 60, 1),
+    )
+    methods = summary["methods"]
+    if "recipe" in methods and "probe" in methods:
+        summary["recipe_over_probe_accuracy_ratio"] = round(
+            methods["recipe"]["accuracy"]["mean"] / methods["probe"]["accuracy"]["mean"], 4
+        )
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
