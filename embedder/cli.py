@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weights",
         default="imagenet",
-        help="'imagenet' (pretrained; offline for the default model), a local weights file, "
+        help="'imagenet' (pretrained; offline for tf_efficientnet_lite0, and lite1/lite2 with "
+        "the 'backbones' extra; other models download), a local weights file, "
         "or 'none' (default imagenet)",
     )
     p.add_argument("--img-size", type=positive_int, help="input size (default: the model's)")
