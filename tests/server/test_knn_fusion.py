@@ -212,6 +212,35 @@ def test_an_added_item_does_not_vote_for_its_own_label(
         ix.close()
 
 
+def test_a_reader_votes_with_the_labels_the_store_has_now(
+    tiny_embedder, catalog_rows, jpeg_bytes, outsider, tmp_path
+):
+    """A read-only process over a store another process writes (a replica) predicts from the
+    catalog as it is when the request comes, not as it was when the process opened it."""
+    from index import CatalogIndex
+
+    out = _index_with_labels(tiny_embedder, catalog_rows, tmp_path / "index", lambda row: outsider)
+    writer = CatalogIndex.open(out)
+    reader = CatalogIndex.open(out, readonly=True)
+    app, client = _client(tiny_embedder, reader, knn_fusion=True, knn_weight=1.0)
+    try:
+
+        def predicted() -> str:
+            return client.post("/v1/embed", data=upload(jpeg_bytes)).get_json()["prediction"][
+                "label"
+            ]
+
+        assert predicted() == outsider
+        other = next(n for n in tiny_embedder.label_names if n != outsider)
+        for item_id in list(writer.ids()):
+            writer.update_metadata(item_id, {"label": other})
+        assert predicted() == other
+    finally:
+        app.extensions["phonesim"].close()
+        reader.close()
+        writer.close()
+
+
 def test_info_reports_the_fusion_settings(fused):
     assert fused.get("/v1/info").get_json()["prediction"] == {
         "knn_fusion": True,
