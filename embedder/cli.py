@@ -20,6 +20,7 @@ from common.argtypes import (
 )
 from embedder import optimize_cli
 from embedder.engine_options import EngineOptions, add_engine_options
+from embedder.knn_options import add_knn_fusion_options, knn_fusion_from_args
 from embedder.train_config import (
     BN_STATS_MODES,
     DEFAULT_MODEL,
@@ -181,7 +182,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="accuracy, macro-F1, confusion matrix and retrieval Recall@k of a checkpoint",
         description="Classification metrics (accuracy, macro-F1, per-class precision/recall/F1, "
         "confusion matrix as JSON and PNG) and retrieval Recall@1/@5 (same label among the "
-        "nearest neighbours; gallery = --gallery or leave-one-out within --data).",
+        "nearest neighbours; gallery = --gallery or leave-one-out within --data). "
+        "--knn-fusion also predicts with the gallery neighbours' labels voting and reports it "
+        "as the headline, the classifier's own figures kept beside it.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (from phonesim train)")
     p.add_argument("--data", required=True, help="labelled images: class folders or CSV")
@@ -191,6 +194,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
     )
     add_engine_options(p, threads_help="model threads (default: every core)")
+    add_knn_fusion_options(
+        p, "--gallery images (without a gallery: the other --data images, leave-one-out)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_evaluate)
 
@@ -247,6 +253,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         out,
         batch_size=args.batch_size,
         engine=EngineOptions.from_args(args),
+        fusion=knn_fusion_from_args(args),
     )
     print(json.dumps(report) if args.json else format_report(report))
     return 0

@@ -10,10 +10,14 @@ numpy only: the server, ``evaluate`` and the quality benchmark share it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+# The product default of `phonesim evaluate` and `phonesim serve` (--knn-fusion): the one
+# place to change it once the quality benchmark says whether fusion helps.
+FUSE_BY_DEFAULT = False
 DEFAULT_K = 20
 DEFAULT_TEMPERATURE = 0.07
 DEFAULT_WEIGHT = 0.3
@@ -75,4 +79,22 @@ def fuse(
     return np.where(voted, fused, probabilities).astype(np.float32)
 
 
-__all__ = ["KnnFusion", "fuse", "knn_vote"]
+def neighbour_arrays(
+    neighbours: Sequence[Sequence[tuple[float, object]]], names: Sequence[str], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, labels), N x ``k``, of each query's ``(score, label)`` neighbours, best first.
+
+    A label the checkpoint does not name (``names``), one that is not a string or missing
+    (None), and the places of neighbours a short list lacks become -1: they do not vote.
+    """
+    position: Mapping[str, int] = {name: i for i, name in enumerate(names)}
+    scores = np.full((len(neighbours), k), -np.inf, dtype=np.float64)
+    labels = np.full((len(neighbours), k), -1, dtype=np.int64)
+    for row, found in enumerate(neighbours):
+        for col, (score, label) in enumerate(found[:k]):
+            scores[row, col] = score
+            labels[row, col] = position.get(label, -1) if isinstance(label, str) else -1
+    return scores, labels
+
+
+__all__ = ["FUSE_BY_DEFAULT", "KnnFusion", "fuse", "knn_vote", "neighbour_arrays"]

@@ -25,6 +25,31 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
 
 
+def nearest_neighbours(
+    xq: np.ndarray, xb: np.ndarray | None, k: int, block: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product neighbours: (scores, indices), each ``len(xq) x k'``, best first.
+
+    ``xb`` None searches ``xq`` itself leaving each query out (leave-one-out). ``k'`` is ``k``
+    or fewer when the gallery is smaller. Queries go in blocks of ``block`` rows, so memory
+    stays bounded for big query sets; ties keep gallery order (a stable sort).
+    """
+    leave_one_out = xb is None
+    base = xq if xb is None else xb
+    k = max(0, min(k, len(base) - (1 if leave_one_out else 0)))
+    scores = np.empty((len(xq), k), dtype=np.float32)
+    indices = np.empty((len(xq), k), dtype=np.int64)
+    for start in range(0, len(xq), block):
+        sims = xq[start : start + block] @ base.T
+        if leave_one_out:
+            rows = np.arange(sims.shape[0])
+            sims[rows, rows + start] = -np.inf
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        indices[start : start + block] = top
+        scores[start : start + block] = np.take_along_axis(sims, top, axis=1)
+    return scores, indices
+
+
 def label_recall_at_k(
     xq: np.ndarray,
     labels_q: Sequence[str] | np.ndarray,
@@ -39,21 +64,10 @@ def label_recall_at_k(
     (leave-one-out). Vectors are unit-norm, so inner product is cosine similarity.
     """
     leave_one_out = xb is None
-    if leave_one_out:
-        xb, labels_b = xq, labels_q
     labels_q = np.asarray(labels_q)
-    labels_b = np.asarray(labels_b)
-    if len(xq) == 0 or len(xb) <= (1 if leave_one_out else 0):
+    labels_b = labels_q if leave_one_out else np.asarray(labels_b)
+    if len(xq) == 0 or len(xq if xb is None else xb) <= (1 if leave_one_out else 0):
         return {k: 0.0 for k in ks}
-    kmax = min(max(ks), len(xb) - (1 if leave_one_out else 0))
-    hits = {k: 0 for k in ks}
-    for start in range(0, len(xq), 1024):  # bounded memory for big query sets
-        sims = xq[start : start + 1024] @ xb.T
-        if leave_one_out:
-            rows = np.arange(sims.shape[0])
-            sims[rows, rows + start] = -np.inf
-        top = np.argsort(-sims, axis=1, kind="stable")[:, :kmax]
-        match = labels_b[top] == labels_q[start : start + 1024, None]
-        for k in ks:
-            hits[k] += int(match[:, :k].any(axis=1).sum())
-    return {k: hits[k] / len(xq) for k in ks}
+    _, top = nearest_neighbours(xq, xb, max(ks))
+    match = labels_b[top] == labels_q[:, None]
+    return {k: int(match[:, :k].any(axis=1).sum()) / len(xq) for k in ks}

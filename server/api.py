@@ -105,9 +105,10 @@ def search() -> Response:
         opts = request_options(svc, fields, request.args)
         embedded = svc.embed_bytes(data, arrival)
     hits, search_ms = search_with(svc, embedded.embedding, opts)
+    prediction = svc.predict(embedded.probabilities, embedded.embedding)
     timing = {**embedded.timing_ms, "search": search_ms, "total": _ms_since(t0)}
     return jsonify(
-        prediction=svc.predict(embedded.probabilities),
+        prediction=prediction,
         neighbors=hits_json(svc, hits),
         **opts.echo(),
         timing_ms=timing,
@@ -127,7 +128,7 @@ def embed() -> Response:
         model=svc.embedder.model_name,
         dim=int(embedded.embedding.shape[0]),
         embedding=[round(float(v), 7) for v in embedded.embedding],
-        prediction=svc.predict(embedded.probabilities),
+        prediction=svc.predict(embedded.probabilities, embedded.embedding),
         timing_ms={**embedded.timing_ms, "total": _ms_since(t0)},
     )
 
@@ -216,7 +217,10 @@ def add_item() -> tuple[Response, int, dict[str, str]]:
     embedded = svc.add(item_id, data, metadata)
     body = {
         "item": item_json(svc, item_id, svc.item(item_id)),
-        "prediction": svc.predict(embedded.probabilities),
+        # The new item is in the catalog now: it must not vote for its own label.
+        "prediction": svc.predict(
+            embedded.probabilities, embedded.embedding, exclude_ids=[item_id]
+        ),
         "timing_ms": {**embedded.timing_ms, "total": _ms_since(t0)},
     }
     return jsonify(body), 201, {"Location": url_for("api.get_item", item_id=item_id)}

@@ -114,12 +114,19 @@ def search_batch() -> Response:
     embedded = embed_many(svc, datas) if datas else []
     predictions: dict[int, Any] = {}
     vectors: dict[int, Any] = {}
+    readable: list[tuple[int, Embedded]] = []
     for i, emb in zip(images, embedded, strict=True):
         if isinstance(emb, Embedded):
             vectors[i] = emb.embedding
-            predictions[i] = svc.predict(emb.probabilities)
+            readable.append((i, emb))
         else:
             results[i] = emb
+    if readable:  # one prediction call (one catalog search under kNN fusion) for all images
+        found = svc.predict_many(
+            np.stack([emb.probabilities for _, emb in readable]),
+            np.stack([emb.embedding for _, emb in readable]),
+        )
+        predictions = {i: p for (i, _), p in zip(readable, found, strict=True)}
     # Queries with the same options share one index call; an item's query excludes itself.
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(parsed):

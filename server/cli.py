@@ -18,6 +18,7 @@ from common.argtypes import (
 )
 from common.errors import UserError, run_reporting_errors
 from embedder.engine_options import add_engine_options
+from embedder.knn_options import add_knn_fusion_options
 from server.config import (
     API_KEY_ENV,
     MAX_SYNC_INTERVAL_S,
@@ -149,6 +150,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="how often each worker follows the catalog store in the background, besides the "
         "check before every request (default 0.5)",
     )
+    add_knn_fusion_options(
+        p, "catalog items (their 'label' field; searched without the request's filters)"
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
 
 
@@ -186,6 +190,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
             device=args.device,
             sync_interval_s=args.sync_interval,
             store=args.store,
+            knn_fusion=args.knn_fusion,
+            knn_k=args.knn_k,
+            knn_weight=args.knn_weight,
+            knn_temperature=args.knn_temperature,
         ).validate()
     except ValueError as exc:
         raise UserError(str(exc)) from exc

@@ -8,6 +8,13 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from embedder.engine_options import DEFAULT_RUNTIME, RUNTIMES
+from embedder.knn_vote import (
+    DEFAULT_K,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_WEIGHT,
+    FUSE_BY_DEFAULT,
+    KnnFusion,
+)
 
 # Environment variable the ``serve`` command reads the API key from when --api-key is absent.
 API_KEY_ENV = "PHONESIM_API_KEY"
@@ -37,6 +44,9 @@ class ServerConfig:
     ``store``: the catalog store's URL (``postgresql://...``; None: the SQLite file in the
     index folder). ``sync_interval_s``: seconds between two background follows of the store
     (see :mod:`server.follower`; None: only the check before each request).
+    ``knn_fusion``: predict an image's class from the classifier fused with a vote of its
+    ``knn_k`` nearest catalog items' ``label`` fields (see :mod:`embedder.knn_vote`;
+    ``knn_weight`` the vote's share, ``knn_temperature`` its sharpness).
     """
 
     checkpoint: str | None = None
@@ -62,6 +72,17 @@ class ServerConfig:
     model_threads: int | None = None
     store: str | None = None
     sync_interval_s: float | None = 0.5
+    knn_fusion: bool = FUSE_BY_DEFAULT
+    knn_k: int = DEFAULT_K
+    knn_weight: float = DEFAULT_WEIGHT
+    knn_temperature: float = DEFAULT_TEMPERATURE
+
+    @property
+    def fusion(self) -> KnnFusion | None:
+        """The kNN fusion of predictions, or None when the classifier predicts alone."""
+        if not self.knn_fusion:
+            return None
+        return KnnFusion(k=self.knn_k, temperature=self.knn_temperature, weight=self.knn_weight)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -98,6 +119,10 @@ class ServerConfig:
                 f"sync_interval_s must be in [{MIN_SYNC_INTERVAL_S}, {MAX_SYNC_INTERVAL_S}], "
                 f"got {self.sync_interval_s}"
             )
+        # KnnFusion's own checks, whether fusion is on or not: a bad value is a bad setting.
+        if isinstance(self.knn_k, bool) or not isinstance(self.knn_k, int):
+            raise ValueError(f"knn_k must be an integer, got {self.knn_k!r}")
+        KnnFusion(k=self.knn_k, temperature=self.knn_temperature, weight=self.knn_weight)
         return self
 
     @classmethod

@@ -249,11 +249,20 @@ SCHEMAS: dict[str, Any] = {
     },
     "Prediction": {
         "type": "object",
-        "required": ["label", "score", "top"],
+        "required": ["label", "score", "top", "source"],
         "properties": {
             "label": {"type": "string"},
             "score": {"type": "number"},
             "top": {"type": "array", "items": ref("ClassScore")},
+            "source": {
+                "type": "string",
+                "enum": ["classifier", "classifier+knn"],
+                "description": "`classifier+knn`: the classifier's probabilities fused with a "
+                "similarity-weighted vote of the `label` fields of the image's nearest catalog "
+                "items, searched without the request's filter, offset and score threshold "
+                "(server started with --knn-fusion, and some neighbour's label is a class of "
+                "the model); `classifier`: the classifier alone",
+            },
         },
     },
     "Item": {

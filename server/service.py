@@ -21,6 +21,7 @@ from PIL import Image
 from common.fsutil import atomic_write
 from embedder.images import load_image
 from embedder.inference import Embedder
+from embedder.knn_vote import KnnFusion, fuse, neighbour_arrays
 from index.catalog import CatalogIndex, Hit, Item
 from index.errors import DuplicateIdError
 from server.batcher import Arrival, BatchResult, MicroBatcher
@@ -197,12 +198,73 @@ class LookupService:
         """Tell the batcher a request that will embed an image is on its way."""
         return self.batcher.arrival()
 
-    def predict(self, probabilities: np.ndarray) -> dict[str, Any]:
-        """Top class and the ``top_classes`` most probable ones."""
+    def predict(
+        self,
+        probabilities: np.ndarray,
+        embedding: np.ndarray | None = None,
+        *,
+        exclude_ids: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Top class and the ``top_classes`` most probable ones of one image (see
+        :meth:`predict_many`)."""
+        embeddings = None if embedding is None else embedding[None, :]
+        return self.predict_many(probabilities[None, :], embeddings, exclude_ids)[0]
+
+    def predict_many(
+        self,
+        probabilities: np.ndarray,
+        embeddings: np.ndarray | None = None,
+        exclude_ids: list[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Top class and the ``top_classes`` most probable ones of each row of
+        ``probabilities``, and the ``source`` of the prediction.
+
+        With kNN fusion configured and the images' ``embeddings`` given, the probabilities are
+        first fused with a vote of each image's nearest catalog items (``exclude_ids`` never
+        among them); ``source`` is ``classifier+knn`` for an image whose neighbours voted and
+        ``classifier`` otherwise (no fusion, or no neighbour with a known label).
+        """
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        voted = np.zeros(len(probabilities), dtype=bool)
+        fusion = self.config.fusion
+        if fusion is not None and embeddings is not None and len(probabilities):
+            probabilities, voted = self._fuse_with_catalog(
+                probabilities, embeddings, fusion, exclude_ids
+            )
         names = self.embedder.label_names
-        order = np.argsort(-probabilities, kind="stable")[: self.config.top_classes]
-        top = [{"label": names[i], "score": round(float(probabilities[i]), 6)} for i in order]
-        return {"label": top[0]["label"], "score": top[0]["score"], "top": top}
+        out = []
+        for row, knn in zip(probabilities, voted, strict=True):
+            order = np.argsort(-row, kind="stable")[: self.config.top_classes]
+            top = [{"label": names[i], "score": round(float(row[i]), 6)} for i in order]
+            out.append(
+                {
+                    "label": top[0]["label"],
+                    "score": top[0]["score"],
+                    "top": top,
+                    "source": "classifier+knn" if knn else "classifier",
+                }
+            )
+        return out
+
+    def _fuse_with_catalog(
+        self,
+        probabilities: np.ndarray,
+        embeddings: np.ndarray,
+        fusion: KnnFusion,
+        exclude_ids: list[str] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The probabilities fused with the vote of each image's ``fusion.k`` nearest catalog
+        items, and which images had a voting neighbour.
+
+        The request's filter, offset and score threshold do not apply: they say what the user
+        wants listed, not what the photo shows. The search is :meth:`search_many`, the one
+        every read uses, so a replica votes with the catalog it answers from.
+        """
+        found, _ = self.search_many(embeddings, fusion.k, exclude_ids=exclude_ids)
+        neighbours = [[(h.score, h.metadata.get("label")) for h in hits] for hits in found]
+        scores, labels = neighbour_arrays(neighbours, self.embedder.label_names, fusion.k)
+        fused = fuse(probabilities, scores, labels, fusion)
+        return fused, (labels >= 0).any(axis=1)
 
     # -- index ------------------------------------------------------------------------------------
     @property
@@ -393,4 +455,10 @@ class LookupService:
                 "max_batch_entries": cfg.max_batch_entries,
             },
             "writes_enabled": cfg.writes_enabled and not self.index.readonly,
+            "prediction": {
+                "knn_fusion": cfg.knn_fusion,
+                "knn_k": cfg.knn_k,
+                "knn_weight": cfg.knn_weight,
+                "knn_temperature": cfg.knn_temperature,
+            },
         }

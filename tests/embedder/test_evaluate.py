@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from embedder.errors import DataError
-from embedder.evaluate import evaluate
+from embedder.evaluate import evaluate, format_report
+from embedder.knn_vote import KnnFusion
 
 
 def test_evaluate_reports_metrics_and_writes_plot(tiny_checkpoint, tiny_catalog, tmp_path):
@@ -56,3 +57,86 @@ def test_evaluate_on_every_runtime_scores_as_torch_eager(
     else:
         assert report["confusion_matrix"] == torch_report["confusion_matrix"]
         assert report["recall_at_1"] == torch_report["recall_at_1"]
+
+
+@pytest.fixture(scope="module")
+def classifier_report(tiny_checkpoint, tiny_catalog):
+    return evaluate(tiny_checkpoint, tiny_catalog, progress=False)
+
+
+def test_without_fusion_the_headline_is_the_classifier(classifier_report):
+    report = classifier_report
+    assert report["prediction"] == "classifier" and report["knn_fusion"] is None
+    assert report["classifier"] == {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+    assert "classifier+knn" not in format_report(report)
+
+
+def test_fusion_with_the_vote_alone_predicts_the_nearest_neighbours_class(
+    tiny_checkpoint, tiny_catalog, classifier_report
+):
+    """weight 1, k 1: the fused class is the nearest other image's, so the headline accuracy
+    is Recall@1 (leave-one-out); the classifier's own figures stay as they were."""
+    fusion = KnnFusion(k=1, weight=1.0)
+    report = evaluate(tiny_checkpoint, tiny_catalog, progress=False, fusion=fusion)
+    assert report["prediction"] == "classifier+knn"
+    assert report["accuracy"] == pytest.approx(report["recall_at_1"])
+    assert report["classifier"] == classifier_report["classifier"]
+    knn = report["knn_fusion"]
+    assert knn["neighbours"] == "leave-one-out"
+    assert (knn["k"], knn["weight"], knn["temperature"]) == (1, 1.0, fusion.temperature)
+    assert (knn["accuracy"], knn["macro_f1"]) == (report["accuracy"], report["macro_f1"])
+    assert np.asarray(report["confusion_matrix"]).sum() == 18
+    text = format_report(report)
+    assert "prediction: classifier+knn" in text and "classifier alone: accuracy" in text
+
+
+def test_fusion_with_a_gallery_holding_the_queries_finds_each_image_itself(
+    tiny_checkpoint, tiny_catalog
+):
+    fusion = KnnFusion(k=1, weight=1.0)
+    report = evaluate(
+        tiny_checkpoint, tiny_catalog, gallery=tiny_catalog, progress=False, fusion=fusion
+    )
+    assert report["knn_fusion"]["neighbours"] == "gallery"
+    assert report["accuracy"] == report["macro_f1"] == 1.0  # each image is its own neighbour
+    assert np.trace(np.asarray(report["confusion_matrix"])) == 18
+
+
+def test_fusion_weight_zero_keeps_the_classifiers_prediction(tiny_checkpoint, tiny_catalog):
+    report = evaluate(
+        tiny_checkpoint, tiny_catalog, progress=False, fusion=KnnFusion(k=5, weight=0.0)
+    )
+    assert report["prediction"] == "classifier+knn"
+    assert report["accuracy"] == report["classifier"]["accuracy"]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--knn-k", "0"],
+        ["--knn-k", "2.5"],
+        ["--knn-weight", "1.5"],
+        ["--knn-weight", "-0.1"],
+        ["--knn-weight", "nan"],
+        ["--knn-temperature", "0"],
+        ["--knn-temperature", "inf"],
+    ],
+)
+def test_evaluate_refuses_bad_fusion_flags(flags):
+    from phonesim.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "--checkpoint", "c", "--data", "d", *flags])
+
+
+def test_evaluate_fusion_flags_default_to_the_product_default():
+    from embedder.knn_options import knn_fusion_from_args
+    from embedder.knn_vote import DEFAULT_K, FUSE_BY_DEFAULT
+    from phonesim.cli import build_parser
+
+    base = ["evaluate", "--checkpoint", "c", "--data", "d"]
+    args = build_parser().parse_args(base)
+    assert args.knn_fusion is FUSE_BY_DEFAULT and args.knn_k == DEFAULT_K
+    on = build_parser().parse_args([*base, "--knn-fusion", "--knn-k", "3", "--knn-weight", "1"])
+    assert knn_fusion_from_args(on) == KnnFusion(k=3, weight=1.0)
+    assert knn_fusion_from_args(build_parser().parse_args([*base, "--no-knn-fusion"])) is None

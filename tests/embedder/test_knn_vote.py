@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from embedder.knn_vote import KnnFusion, fuse, knn_vote
+from embedder.knn_vote import KnnFusion, fuse, knn_vote, neighbour_arrays
 
 
 def test_vote_weights_closer_neighbours_more():
@@ -43,3 +43,14 @@ def test_bad_settings_are_refused(kwargs):
 def test_small_temperature_does_not_overflow():
     vote = knn_vote(np.array([[1.0, -1.0]]), np.array([[0, 1]]), 2, temperature=1e-4)
     assert np.isfinite(vote).all() and vote[0, 0] == pytest.approx(1.0)
+
+
+def test_neighbour_arrays_map_labels_to_classes_and_pad_short_lists():
+    names = ["apple", "pixel"]
+    neighbours = [[(0.9, "pixel"), (0.8, "nokia"), (0.7, None), (0.6, 3)], [(0.5, "apple")]]
+    scores, labels = neighbour_arrays(neighbours, names, k=3)
+    assert labels.tolist() == [[1, -1, -1], [0, -1, -1]]
+    assert scores[0].tolist() == pytest.approx([0.9, 0.8, 0.7])
+    assert np.isneginf(scores[1, 1:]).all()
+    fused = fuse(np.array([[1.0, 0.0], [0.0, 1.0]]), scores, labels, KnnFusion(k=3, weight=1.0))
+    assert fused.argmax(1).tolist() == [1, 0]  # only the known labels voted

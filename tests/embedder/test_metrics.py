@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedder.metrics import label_recall_at_k, macro_f1
+from embedder.metrics import label_recall_at_k, macro_f1, nearest_neighbours
 
 
 def test_macro_f1_averages_over_the_classes_in_the_ground_truth():
@@ -45,3 +45,17 @@ def test_label_recall_at_k_matches_brute_force_with_and_without_a_gallery():
         assert gallery[k] == pytest.approx(_brute_force_recall(xq, lq, xb, lb, k, False))
     assert 0 < loo[1] < loo[5] <= 1
     assert label_recall_at_k(xq[:1], lq[:1]) == {1: 0.0, 5: 0.0}  # nobody else to find
+
+
+def test_nearest_neighbours_leave_one_out_never_returns_the_query_and_caps_k():
+    rng = np.random.default_rng(1)
+    xq, _ = _clustered(rng, 30)
+    scores, idx = nearest_neighbours(xq, None, 5, block=7)  # blocks that do not divide 30
+    assert idx.shape == scores.shape == (30, 5)
+    assert not (idx == np.arange(30)[:, None]).any()
+    assert (np.diff(scores, axis=1) <= 0).all()
+    assert np.allclose(scores, np.take_along_axis(xq @ xq.T, idx, axis=1))
+    assert nearest_neighbours(xq[:3], None, 10)[1].shape == (3, 2)  # only two others exist
+    assert nearest_neighbours(xq[:1], None, 10)[1].shape == (1, 0)
+    gallery_scores, gallery_idx = nearest_neighbours(xq, xq, 1)
+    assert (gallery_idx[:, 0] == np.arange(30)).all()  # with a gallery, itself comes first
