@@ -111,7 +111,7 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
     p.add_argument(
-        "--workers", type=non_negative_int, help="image decoding processes (default: auto)"
+        "--workers", type=non_negative_int, help="image decoding threads (default: auto)"
     )
     add_engine_options(p, threads_help="model threads (default: every core)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

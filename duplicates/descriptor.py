@@ -10,31 +10,28 @@ Two kinds per image, from one forward pass of the image and one of its mirror:
 
 The image is squashed to the model's square input (no centre crop), so padding and crops keep
 their content, and feature-map cells map linearly to image coordinates. The backbone runs
-through the checkpoint's inference engine (torch or ONNX Runtime), which names both maps.
+through the checkpoint's inference engine (torch or ONNX Runtime), which names both maps;
+preprocessing and pooling are numpy (``embedder.preprocess``), so on an ONNX runtime the
+duplicate finder never imports torch.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from timm.data import create_transform, resolve_data_config
-from torch import nn
-from torchvision import transforms
 
 from embedder.checkpoint import read_config
 from embedder.engine import Engine
 from embedder.engine_options import EngineOptions
 from embedder.errors import CheckpointError, EngineError
-from embedder.images import to_rgb
-from embedder.onnx_export import FEATURE_MAP
+from embedder.graphs import FEATURE_MAP
+from embedder.preprocess import Preprocessor
 from embedder.runtime import load_engine
 
 log = logging.getLogger(__name__)
@@ -62,15 +59,11 @@ class DescriptorConfig:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-def squash_transform(
-    size: int, data_config: dict[str, Any]
-) -> Callable[[Image.Image], torch.Tensor]:
+def squash_transform(size: int, data_config: dict[str, Any]) -> Preprocessor:
     """timm's eval transform in ``crop_mode="squash"`` at ``crop_pct`` 1: the whole image resized
-    to size x size (aspect not kept, bicubic) and normalised with the model's mean and std.
-
-    Picklable, for the loader workers; ``to_rgb`` first, so transparency goes to white.
-    """
-    config = resolve_data_config(
+    to size x size (aspect not kept, bicubic) and normalised with the model's mean and std,
+    transparency on white; numpy out (the eval preprocessing of :mod:`embedder.preprocess`)."""
+    return Preprocessor(
         {
             "input_size": (3, int(size), int(size)),
             "interpolation": "bicubic",
@@ -80,17 +73,25 @@ def squash_transform(
             "crop_mode": "squash",
         }
     )
-    return transforms.Compose([to_rgb, create_transform(**config, is_training=False)])
 
 
-def thumbnail(img: Image.Image, side: int) -> np.ndarray:
-    """Squashed side x side RGB uint8 thumbnail, in the same unit square as the features."""
-    return np.asarray(to_rgb(img).resize((side, side), Image.BILINEAR), dtype=np.uint8)
-
-
-def gem(x: torch.Tensor, p: float, eps: float = 1e-6) -> torch.Tensor:
+def gem(x: np.ndarray, p: float, eps: float = 1e-6) -> np.ndarray:
     """Generalised-mean pooling over H, W (p=1 average, large p approaches max)."""
-    return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+    x = np.maximum(x, np.float32(eps))
+    if float(p).is_integer() and 1 <= p <= 8:
+        # Whole powers by multiplying: 6x faster than np.power (or torch.pow) on the CPU.
+        powered = x.copy()
+        for _ in range(int(p) - 1):
+            powered *= x
+    else:
+        powered = np.power(x, np.float32(p))
+    return np.power(powered.mean(axis=(-2, -1)), np.float32(1.0 / p))
+
+
+def unit_rows(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
+    """``x`` scaled to unit L2 norm along ``axis`` (torch's ``F.normalize``)."""
+    norm = np.sqrt(np.square(x).sum(axis=axis, keepdims=True))
+    return x / np.maximum(norm, np.float32(eps))
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class CopyDescriptor:
         self.transform = squash_transform(self.size, data_config)
         self._outputs = (FEATURE_MAP, engine.stage_output(self.config.local_stage))
         self._lock = threading.Lock()
-        probe = self.describe_tensors(torch.zeros(1, 3, self.size, self.size))
+        probe = self.describe_tensors(np.zeros((1, *self.transform.shape), np.float32))
         self.dim = int(probe.global_.shape[1])
         self.local_dim = int(probe.local.shape[3])
         side = int(round(np.sqrt(probe.local.shape[2])))
@@ -154,24 +155,28 @@ class CopyDescriptor:
         model = load_engine(path, runtime, engine.device, engine.threads)
         return cls(model, ckpt.data_config, config)
 
-    def describe_tensors(self, x: torch.Tensor | np.ndarray) -> Described:
-        """Features of an already preprocessed batch (N x 3 x size x size).
+    def describe_tensors(self, x: np.ndarray) -> Described:
+        """Features of an already preprocessed batch (N x 3 x size x size float32; a CPU torch
+        tensor is read as an array).
 
         The image and its mirror go through the engine as one batch of 2N.
         """
-        x = torch.as_tensor(x)
+        x = np.asarray(x, dtype=np.float32)
         n = len(x)
         with self._lock:
-            out = self.engine.run(torch.cat([x, torch.flip(x, dims=[3])]), self._outputs)
-        final, stage = (torch.from_numpy(out[name]) for name in self._outputs)
-        pooled = nn.functional.normalize(gem(final, self.config.gem_p), dim=1)
-        local = nn.functional.normalize(stage.flatten(2).transpose(1, 2), dim=2)  # 2N x hw x C
+            out = self.engine.run(np.concatenate([x, x[..., ::-1]]), self._outputs)
+        final, stage = (out[name] for name in self._outputs)
+        pooled = unit_rows(gem(final, self.config.gem_p))
         # Sum with the mirror's pooled feature: mirroring the input leaves the sum unchanged.
-        global_ = nn.functional.normalize(pooled[:n] + pooled[n:], dim=1)
+        global_ = unit_rows(pooled[:n] + pooled[n:])
+        # Stage cells as unit vectors, N x 2 (image, mirror) x (h*w) x C.
+        two, c = 2 * n, stage.shape[1]
+        cells = unit_rows(stage.reshape(two, c, -1), axis=1)  # 2N x C x hw
+        local = cells.reshape(2, n, c, -1).transpose(1, 0, 3, 2)
         return Described(
-            np.ascontiguousarray(global_.numpy(), dtype=np.float32),
-            np.ascontiguousarray(torch.stack([local[:n], local[n:]], dim=1).numpy(), np.float16),
+            np.ascontiguousarray(global_, dtype=np.float32),
+            np.ascontiguousarray(local, dtype=np.float16),
         )
 
     def describe_images(self, images: list[Image.Image]) -> Described:
-        return self.describe_tensors(torch.stack([self.transform(img) for img in images]))
+        return self.describe_tensors(self.transform.batch(images))

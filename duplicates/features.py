@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from duplicates.descriptor import CopyDescriptor, thumbnail
+from duplicates.descriptor import CopyDescriptor
 from duplicates.inputs import ImageInfo, iter_read
 from embedder.batch import Failure
 from embedder.data import Sample
@@ -23,16 +23,6 @@ from embedder.data import Sample
 log = logging.getLogger(__name__)
 
 MEMORY_LIMIT = 1 << 30
-
-
-class _ThumbTransform:
-    """The descriptor's transform plus the colour thumbnail, computed in the loader workers."""
-
-    def __init__(self, transform, side: int) -> None:
-        self.transform, self.side = transform, side
-
-    def __call__(self, img):
-        return self.transform(img), thumbnail(img, self.side)
 
 
 @dataclass
@@ -96,24 +86,28 @@ def extract_features(
     rows: list[int] = []
     infos: list[ImageInfo] = []
     failures: list[Failure] = []
-    transform = _ThumbTransform(descriptor.transform, side)
     start, model_seconds = time.perf_counter(), 0.0
-    for indices, batch, batch_infos, failed in iter_read(
-        samples, transform, batch_size, workers, progress=progress, desc="duplicates"
+    for batch in iter_read(
+        samples,
+        descriptor.transform,
+        side,
+        batch_size,
+        workers,
+        progress=progress,
+        desc="duplicates",
     ):
-        failures.extend(failed)
-        if not indices:
+        failures.extend(batch.failures)
+        if not batch.indices:
             continue
-        tensors, thumb_batch = batch
         t = time.perf_counter()
-        described = descriptor.describe_tensors(tensors)
+        described = descriptor.describe_tensors(batch.pixels)
         model_seconds += time.perf_counter() - t
-        at = slice(len(rows), len(rows) + len(indices))
+        at = slice(len(rows), len(rows) + len(batch.indices))
         global_[at] = described.global_
         local[at] = described.local
-        thumbs[at] = thumb_batch
-        rows.extend(indices)
-        infos.extend(batch_infos)
+        thumbs[at] = batch.thumbs
+        rows.extend(batch.indices)
+        infos.extend(batch.infos)
     m = len(rows)
     return Features(
         samples=samples,

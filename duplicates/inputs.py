@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image
 from tqdm import tqdm
 
 from duplicates.hashing import bytes_digest, phash_bits, pixel_digest
-from embedder.batch import Failure, default_workers, stack
+from embedder.batch import Failure, default_workers, ordered_batches
 from embedder.data import IMAGE_SUFFIXES, Sample, is_image_name, load_catalog, path_ids
 from embedder.errors import DataError, ImageError
-from embedder.images import load_image
+from embedder.images import load_image, to_rgb
+from embedder.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -76,75 +76,98 @@ class ImageInfo:
     phash: np.ndarray | None = None
 
 
-class ReadImages(Dataset):
-    """Reads a file once: byte hash, decode, pixel hash, size, then the descriptor's transform."""
+def thumbnail(img: Image.Image, side: int) -> np.ndarray:
+    """Squashed side x side RGB uint8 thumbnail, in the same unit square as the features."""
+    return np.asarray(to_rgb(img).resize((side, side), Image.BILINEAR), dtype=np.uint8)
 
-    def __init__(self, samples: Sequence[Sample], transform, with_phash: bool = False) -> None:
-        self.samples = samples
-        self.transform = transform
-        self.with_phash = with_phash
 
-    def __len__(self) -> int:
-        return len(self.samples)
+def read_image(path: str | Path, with_phash: bool = False) -> tuple[Image.Image, ImageInfo]:
+    """Read a file once: byte hash, full decode (no draft: the pixel hash needs every pixel),
+    pixel hash and size. Raises ImageError naming the path."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+    try:
+        img = load_image(data)
+    except ImageError as exc:
+        raise ImageError(str(exc).replace("<bytes>", str(path))) from exc
+    info = ImageInfo(
+        width=img.width,
+        height=img.height,
+        file_size=len(data),
+        byte_digest=bytes_digest(data),
+        pixel_digest=pixel_digest(img),
+        phash=phash_bits(img) if with_phash else None,
+    )
+    return img, info
 
-    def __getitem__(self, i: int):
-        path = self.samples[i].path
+
+@dataclass(frozen=True)
+class ReadBatch:
+    """The readable images of one batch of inputs, in input order: ``pixels`` N x 3 x H x W
+    float32 (the preprocessor's model input), ``thumbs`` N x side x side x 3 uint8."""
+
+    indices: list[int]
+    pixels: np.ndarray
+    thumbs: np.ndarray
+    infos: list[ImageInfo]
+    failures: list[Failure]
+
+
+def read_batch(
+    samples: Sequence[Sample],
+    indices: Sequence[int],
+    preprocessor: Preprocessor,
+    thumb_side: int,
+    with_phash: bool = False,
+) -> ReadBatch:
+    """Read ``samples[indices]``, each preprocessed straight into its row of the batch."""
+    pixels = np.empty((len(indices), *preprocessor.shape), np.float32)
+    thumbs = np.empty((len(indices), thumb_side, thumb_side, 3), np.uint8)
+    ok: list[int] = []
+    infos: list[ImageInfo] = []
+    failures: list[Failure] = []
+    for i in indices:
         try:
-            try:
-                data = Path(path).read_bytes()
-            except OSError as exc:
-                raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-            img = load_image(data)
+            img, info = read_image(samples[i].path, with_phash)
         except ImageError as exc:
-            reason = str(exc).replace("<bytes>", str(path))
-            return i, None, None, reason
-        info = ImageInfo(
-            width=img.width,
-            height=img.height,
-            file_size=len(data),
-            byte_digest=bytes_digest(data),
-            pixel_digest=pixel_digest(img),
-            phash=phash_bits(img) if self.with_phash else None,
-        )
-        return i, self.transform(img), info, ""
-
-
-def _collate(items):
-    ok = [(i, x, info) for i, x, info, _ in items if x is not None]
-    failed = [(i, reason) for i, x, _, reason in items if x is None]
-    xs = [x for _, x, _ in ok]
-    # Tensors stacked straight into shared memory: no copy on the way to the model process.
-    if xs and isinstance(xs[0], tuple):  # (tensor, thumbnail) pairs
-        batch = (stack([x[0] for x in xs]), np.stack([x[1] for x in xs]))
-    else:
-        batch = stack(xs)
-    return [i for i, _, _ in ok], batch, [info for _, _, info in ok], failed
+            failures.append(Failure(i, samples[i].id, str(exc)))
+            continue
+        preprocessor.into(img, pixels[len(ok)])
+        thumbs[len(ok)] = thumbnail(img, thumb_side)
+        ok.append(i)
+        infos.append(info)
+    n = len(ok)
+    return ReadBatch(ok, pixels[:n], thumbs[:n], infos, failures)
 
 
 def iter_read(
     samples: Sequence[Sample],
-    transform,
+    preprocessor: Preprocessor,
+    thumb_side: int,
     batch_size: int = 32,
     workers: int | None = None,
     with_phash: bool = False,
     progress: bool = True,
     desc: str = "reading",
-) -> Iterator[tuple[list[int], torch.Tensor, list[ImageInfo], list[Failure]]]:
-    """Yield (indices, preprocessed batch, infos, failures) in input order; never raises on a
-    bad image (it is logged and reported as a Failure)."""
+) -> Iterator[ReadBatch]:
+    """:func:`read_batch` over consecutive batches, in input order, decoded by ``workers``
+    threads ahead of the consumer (None: :func:`embedder.batch.default_workers`; 0: in the
+    calling thread). Never raises on a bad image: it is logged and reported as a Failure.
+
+    Threads, not processes: reading, Pillow and numpy release the GIL, and a worker process
+    would have to import (and hold) its own copy of everything."""
     workers = default_workers() if workers is None else workers
-    loader = DataLoader(
-        ReadImages(samples, transform, with_phash),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        prefetch_factor=4 if workers else None,
+    batches = ordered_batches(
+        len(samples),
+        batch_size,
+        workers,
+        lambda chunk: read_batch(samples, chunk, preprocessor, thumb_side, with_phash),
     )
     with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress) as bar:
-        for indices, tensors, infos, failed in loader:
-            failures = [Failure(i, samples[i].id, reason) for i, reason in failed]
-            for f in failures:
+        for batch in batches:
+            for f in batch.failures:
                 log.warning("skipping %s: %s", f.id, f.reason)
-            yield indices, tensors, infos, failures
-            bar.update(len(indices) + len(failures))
+            yield batch
+            bar.update(len(batch.indices) + len(batch.failures))

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # Batches decoded ahead of the model per decode thread: enough to ride out a slow image.
 AHEAD_PER_WORKER = 2
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,21 +64,19 @@ def decode_batch(
     return ok, out[: len(ok)], failed
 
 
-def decoded_batches(
-    samples: Sequence[Sample],
-    preprocessor: Preprocessor,
-    batch_size: int,
-    workers: int,
-    min_side: int | None = None,
-) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
-    """:func:`decode_batch` over consecutive batches, in order, ``workers`` threads ahead of
-    the consumer (0: in the calling thread)."""
-    chunks = (
-        range(s, min(s + batch_size, len(samples))) for s in range(0, len(samples), batch_size)
-    )
+def ordered_batches(
+    count: int, batch_size: int, workers: int, work: Callable[[range], T]
+) -> Iterator[T]:
+    """``work`` over consecutive ranges of ``count`` items, ``batch_size`` at a time, yielded
+    in order while ``workers`` threads run ahead of the consumer (0: in the calling thread).
+
+    For work that mostly runs outside the GIL (file reads, Pillow decoding and resizing, numpy,
+    hashing): the batch embedder's decoding and the duplicate finder's reading share it.
+    """
+    chunks = (range(s, min(s + batch_size, count)) for s in range(0, count, batch_size))
     if workers <= 0:
         for chunk in chunks:
-            yield decode_batch(samples, chunk, preprocessor, min_side)
+            yield work(chunk)
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
     pending: deque[Future] = deque()
@@ -84,7 +84,7 @@ def decoded_batches(
     def submit() -> None:
         chunk = next(chunks, None)
         if chunk is not None:
-            pending.append(pool.submit(decode_batch, samples, chunk, preprocessor, min_side))
+            pending.append(pool.submit(work, chunk))
 
     try:
         for _ in range(workers * AHEAD_PER_WORKER):
@@ -97,21 +97,21 @@ def decoded_batches(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def stack(tensors: Sequence[Any]) -> Any:
-    """Stack equal-shaped torch tensors; in a torch DataLoader worker, straight into shared
-    memory, so handing the batch to the model process costs no further copy (as torch's
-    default collate does). For the duplicate finder's loader; imports torch."""
-    import torch
-    from torch.utils.data import get_worker_info
-
-    if not tensors:
-        return torch.zeros(0)
-    out = None
-    if get_worker_info() is not None:
-        first = tensors[0]
-        storage = first._typed_storage()._new_shared(len(tensors) * first.numel())
-        out = first.new(storage).resize_(len(tensors), *first.shape)
-    return torch.stack(list(tensors), out=out)
+def decoded_batches(
+    samples: Sequence[Sample],
+    preprocessor: Preprocessor,
+    batch_size: int,
+    workers: int,
+    min_side: int | None = None,
+) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
+    """:func:`decode_batch` over consecutive batches, in order, ``workers`` threads ahead of
+    the consumer (0: in the calling thread)."""
+    return ordered_batches(
+        len(samples),
+        batch_size,
+        workers,
+        lambda chunk: decode_batch(samples, chunk, preprocessor, min_side),
+    )
 
 
 def default_workers() -> int:

@@ -16,3 +16,30 @@ def test_missing_and_empty_inputs(tmp_path) -> None:
     (tmp_path / "empty" / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="no images found"):
         list_images(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_reading_keeps_input_order_and_reports_unreadable_files(tmp_path, workers) -> None:
+    """Batches come back in input order whatever the decoding threads; a bad file becomes a
+    Failure naming its path, the others are preprocessed and thumbnailed in their rows."""
+    import numpy as np
+    from PIL import Image
+
+    from duplicates.descriptor import squash_transform
+    from duplicates.inputs import iter_read, list_images, thumbnail
+
+    colours = [(200, 10, 10), (10, 200, 10), (10, 10, 200), (90, 90, 90), (250, 250, 0)]
+    for k, colour in enumerate(colours):
+        Image.new("RGB", (30 + k, 20), colour).save(tmp_path / f"img{k}.png")
+    (tmp_path / "img2.png").write_bytes(b"not an image")
+    samples = list_images(tmp_path)
+    pre = squash_transform(16, {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)})
+    batches = list(iter_read(samples, pre, 8, batch_size=2, workers=workers, progress=False))
+    assert [b.indices for b in batches] == [[0, 1], [3], [4]]
+    assert [f.id for b in batches for f in b.failures] == ["img2"]
+    assert "img2.png: not a recognised image format" in batches[1].failures[0].reason
+    last = batches[2]
+    img = Image.open(samples[4].path)
+    np.testing.assert_array_equal(last.pixels[0], pre(img))
+    np.testing.assert_array_equal(last.thumbs[0], thumbnail(img, 8))
+    assert (last.infos[0].width, last.infos[0].height) == (34, 20)

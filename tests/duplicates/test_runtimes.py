@@ -3,6 +3,7 @@ same features and the same groups as torch eager, and the run reports its speed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -66,3 +67,61 @@ def test_a_descriptor_size_the_graph_lacks_runs_torch_on_auto_and_is_refused_on_
     assert auto.engine.runtime == "torch"
     with pytest.raises(EngineError, match="takes 64 px input, the descriptor 128 px"):
         CopyDescriptor.from_checkpoint(tiny_checkpoint, other, EngineOptions("onnx", "cpu"))
+
+
+# Runs scripts/find_duplicates.py as the command line does, then reports what it imported.
+_FIND_THEN_REPORT_MODULES = """
+import json, runpy, sys
+sys.argv = ["find_duplicates.py", *sys.argv[1:]]
+try:
+    runpy.run_path("scripts/find_duplicates.py", run_name="__main__")
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "torch": sorted(m for m in sys.modules if m.split(".")[0] in
+      ("torch", "torchvision", "timm"))}))
+"""
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
+def test_find_on_an_onnx_runtime_never_imports_torch(
+    ckpt_at_test_size, tiny_catalog, planted_run, runtime, tmp_path
+):
+    """The whole command (reading, descriptor, verification, grouping, report) on ONNX Runtime
+    alone, with decoding threads: torch, torchvision and timm stay unimported, and the groups
+    are those of torch eager."""
+    import shutil
+    import subprocess
+    import sys
+
+    from embedder.graphs import ensure_fp32_graph
+    from tests.conftest import REPO
+
+    root, planted, _, reference = planted_run
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(ckpt_at_test_size, ckpt)
+    if runtime == "onnx-int8":
+        from embedder.quantize import quantize_int8
+
+        quantize_int8(ckpt, tiny_catalog)
+    else:
+        ensure_fp32_graph(ckpt)  # exporting is the one step that needs torch; done here
+    out = tmp_path / "report"
+    args = ["--checkpoint", str(ckpt), "--images", str(root), "--out", str(out)]
+    args += ["--runtime", runtime, "--device", "cpu", "--workers", "2", "--no-progress"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _FIND_THEN_REPORT_MODULES, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last == {"code": 0, "torch": []}, proc.stderr
+    assert f"images/s on {runtime}); verification:" in proc.stdout
+    groups = sorted(sorted(g) for g in json.loads((out / "duplicates.json").read_text())["groups"])
+    mirrored = next(copy for copy in planted if copy.endswith("copy_mirror"))
+    assert sorted([mirrored, planted[mirrored]]) in groups
+    if runtime == "onnx":  # fp32: the very groups of torch eager; int8 may differ slightly
+        assert groups == _groups(reference)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from duplicates.descriptor import thumbnail
 from duplicates.finder import FALLBACK_THRESHOLD
+from duplicates.inputs import thumbnail
 from duplicates.verify import EVIDENCE, VerifyConfig, grid_points, score_pair
 from duplicates.view import background, foreground_agreement, homography_inliers, map_distortion
 from tests.duplicates import renders
