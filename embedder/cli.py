@@ -139,6 +139,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--patience", type=positive_int, help=f"early-stopping patience (default {d.patience})"
     )
     p.add_argument(
+        "--average-last",
+        type=non_negative_int,
+        help="save the average of the weights of the last N fine-tuning epochs instead of the "
+        "epoch with the best validation accuracy; 0 keeps the best epoch "
+        f"(default {d.average_last})",
+    )
+    p.add_argument(
         "--no-balance",
         dest="balance",
         action="store_false",

@@ -54,6 +54,9 @@ class TrainConfig:
     metric_weight: float = 0.5
     metric_temperature: float = 0.1
     patience: int = 5
+    # > 0: the checkpoint is the average of the weights of the last N fine-tuning epochs (a
+    # soup) instead of the epoch with the best validation accuracy.
+    average_last: int = 0
     seed: int = 0
     workers: int | None = None
     # cpu, cuda, cuda:N or mps; None: cuda when available, else cpu. Autocast on a CUDA GPU.
@@ -88,6 +91,8 @@ def check_train_config(config: TrainConfig) -> None:
         raise DataError(f"--weight-decay must be >= 0, got {config.weight_decay}")
     if config.workers is not None and config.workers < 0:
         raise DataError(f"--workers must be >= 0, got {config.workers}")
+    if config.average_last < 0:
+        raise DataError(f"--average-last must be >= 0, got {config.average_last}")
     if config.frozen_groups < 0:
         raise DataError(f"--frozen-groups must be >= 0, got {config.frozen_groups}")
     if config.label_conflicts not in LABEL_CONFLICT_MODES:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -224,6 +225,32 @@ class Trainer:
             return key
         return best_key
 
+    def _save_average(self, result: TrainResult, states: list[dict[str, torch.Tensor]]) -> None:
+        """Save the mean of the last fine-tuning epochs' weights as the checkpoint (a "soup").
+
+        With frozen batch-norm statistics (the default for pretrained weights) every epoch
+        shares the running statistics, so the average is exact; with ``--bn-stats update`` they
+        are averaged too, which is close to but not the statistics of the averaged weights.
+        """
+        averaged = {}
+        for key, first in states[0].items():
+            if first.is_floating_point():
+                averaged[key] = sum(s[key] for s in states) / len(states)
+            else:  # counters such as num_batches_tracked: the last epoch's
+                averaged[key] = states[-1][key]
+        self.model.load_state_dict(averaged)
+        epochs = [h["epoch"] for h in result.history][-len(states) :]
+        stats = {**self.validate(), "epoch": epochs[-1], "averaged_epochs": epochs}
+        stats["elapsed_s"] = round(time.monotonic() - self._started, 1)
+        result.best_epoch, result.metrics = epochs[-1], stats
+        save_checkpoint(self.model, self.checkpoint_config(stats), self.cfg.out)
+        log.info(
+            "saved the average of epochs %d-%d%s",
+            epochs[0],
+            epochs[-1],
+            f": val acc {stats['val_accuracy']:.3f}" if "val_accuracy" in stats else "",
+        )
+
     def fit(self) -> TrainResult:
         """Head warm-up (epoch 0), then ``epochs`` of full fine-tuning with early stopping."""
         cfg = self.cfg
@@ -246,6 +273,7 @@ class Trainer:
             steps_per_epoch = max(1, len(self.loader))
             scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch, steps_per_epoch)
             step = 0
+            recent: deque[dict[str, torch.Tensor]] = deque(maxlen=max(1, cfg.average_last))
             for epoch in range(1, cfg.epochs + 1):
                 stats, step = train_one_epoch(
                     self.model,
@@ -264,9 +292,18 @@ class Trainer:
                 new_key = self._record(result, stats, epoch, best_key)
                 stale = 0 if new_key != best_key else stale + 1
                 best_key = new_key
+                if cfg.average_last > 0:
+                    recent.append(
+                        {
+                            k: v.detach().to("cpu", copy=True)
+                            for k, v in self.model.state_dict().items()
+                        }
+                    )
                 if self.val_samples and stale >= cfg.patience:
                     log.info("early stop: no validation improvement for %d epochs", stale)
                     break
+            if recent:
+                self._save_average(result, list(recent))
         except KeyboardInterrupt:
             result.interrupted = True
             log.warning(

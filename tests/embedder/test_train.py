@@ -238,3 +238,35 @@ def test_the_epoch_hook_sees_every_epoch_with_its_weights(tiny_catalog, tmp_path
     trainer.fit()
     assert [epoch for epoch, _ in seen] == [0, 1, 2]
     assert seen[1][1] != seen[2][1]  # the hook saw the weights of that epoch
+
+
+def test_average_last_saves_the_mean_of_the_last_epochs(tiny_catalog, tmp_path):
+    states = []
+    config = tiny_train_config(
+        tiny_catalog,
+        tmp_path / "soup",
+        epochs=3,
+        val_fraction=0.2,
+        frozen_groups=0,
+        average_last=2,
+        patience=10,
+    )
+    from embedder.data import load_catalog
+    from embedder.train_data import stratified_split
+    from embedder.trainer import Trainer
+
+    catalog = load_catalog(tiny_catalog)
+    fit, val = stratified_split(catalog.samples, 0.2, 0)
+    trainer = Trainer(
+        config,
+        type(catalog)(fit, catalog.label_names, catalog.source),
+        val,
+        on_epoch=lambda e, m: states.append({k: v.clone() for k, v in m.state_dict().items()}),
+    )
+    result = trainer.fit()
+    assert result.metrics["averaged_epochs"] == [2, 3]
+    saved = load_checkpoint(tmp_path / "soup")[0].state_dict()
+    assert len(states) == 3  # no warm-up epoch in the tiny settings: epochs 1, 2, 3
+    expected = (states[1]["conv_stem.weight"] + states[2]["conv_stem.weight"]) / 2
+    assert torch.allclose(saved["conv_stem.weight"], expected, atol=1e-6)
+    assert not torch.allclose(saved["conv_stem.weight"], states[2]["conv_stem.weight"])
