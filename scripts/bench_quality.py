@@ -143,7 +143,7 @@ def score(
         "recall_at_5": recall[5],
         "cross_brand_correct": int((pred[apart] == y[apart]).sum()),
         "cross_brand_count": int(len(apart)),
-        # per-photo correctness and Recall@1 hit, for the paired bootstrap
+        # per-photo correctness, for the paired group bootstrap
         "photos": test.tolist(),
         "correct": (pred[test] == y[test]).astype(int).tolist(),
     }
