@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -146,9 +147,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if args.no_serve:
         return 0
-    from server.config import GunicornSettings, ServerConfig
-    from server.serve import serve
-
     print(f"serving on http://{args.host}:{args.port}/  (Ctrl-C to stop)", flush=True)
-    config = ServerConfig(checkpoint=str(checkpoint), index=str(index_dir))
-    return serve(config, GunicornSettings(host=args.host, port=args.port))
+    # A fresh interpreter in this process's place: this one has run torch (training), and
+    # gunicorn's forked workers would inherit its thread pools, whose handles are invalid in a
+    # child (a worker aborted with std::system_error at shutdown). `phonesim serve` keeps its
+    # master torch-free.
+    command = [sys.executable, "-m", "phonesim", "serve", "--checkpoint", str(checkpoint)]
+    command += ["--index", str(index_dir), "--host", args.host, "--port", str(args.port)]
+    os.execv(sys.executable, command)
