@@ -61,6 +61,15 @@ class TrainResult:
     interrupted: bool = False
 
 
+def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The mean of several state dicts of one model (a weight soup); integer tensors, such as
+    batch-norm's ``num_batches_tracked``, are taken from the last."""
+    return {
+        key: sum(s[key] for s in states) / len(states) if last.is_floating_point() else last
+        for key, last in states[-1].items()
+    }
+
+
 def check_input_size(model: nn.Module, data_config: dict[str, Any], config: TrainConfig) -> None:
     """One forward pass at the input size, so a size the model refuses fails before training."""
     device = next(model.parameters()).device
@@ -232,13 +241,7 @@ class Trainer:
         shares the running statistics, so the average is exact; with ``--bn-stats update`` they
         are averaged too, which is close to but not the statistics of the averaged weights.
         """
-        averaged = {}
-        for key, first in states[0].items():
-            if first.is_floating_point():
-                averaged[key] = sum(s[key] for s in states) / len(states)
-            else:  # counters such as num_batches_tracked: the last epoch's
-                averaged[key] = states[-1][key]
-        self.model.load_state_dict(averaged)
+        self.model.load_state_dict(average_states(states))
         epochs = [h["epoch"] for h in result.history][-len(states) :]
         stats = {**self.validate(), "epoch": epochs[-1], "averaged_epochs": epochs}
         stats["elapsed_s"] = round(time.monotonic() - self._started, 1)

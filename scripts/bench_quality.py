@@ -53,7 +53,7 @@ from embedder.data import Catalog, Sample, load_catalog
 from embedder.images import load_image
 from embedder.knn_vote import KnnFusion, fuse, knn_vote
 from embedder.label_conflicts import thumbnail_vector
-from embedder.metrics import label_recall_at_k, macro_f1
+from embedder.metrics import label_recall_at_k, macro_f1, nearest_neighbours
 from embedder.preprocess import Preprocessor
 from embedder.train_config import DEFAULT_MODEL, TrainConfig
 
@@ -114,16 +114,6 @@ def embed_all(embedder, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- scoring -------------------------------------------------------------------------------
-def neighbours(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k cosine scores and gallery indices per query (exact, best first)."""
-    sims = xq @ xb.T
-    k = min(k, xb.shape[0])
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(sims, top, 1), axis=1, kind="stable")
-    top = np.take_along_axis(top, order, 1)
-    return np.take_along_axis(sims, top, 1), top
-
-
 def score(
     split: Split,
     y: np.ndarray,
@@ -150,7 +140,7 @@ def score(
 
 
 def fused_predictions(split: Split, y: np.ndarray, probs: np.ndarray, emb: np.ndarray):
-    scores, idx = neighbours(emb, emb[split.train], FUSION.k)
+    scores, idx = nearest_neighbours(emb, emb[split.train], FUSION.k)
     return fuse(probs, scores, y[split.train][idx], FUSION).argmax(1)
 
 
@@ -234,7 +224,7 @@ class Bench:
                 continue
             t0 = time.perf_counter()
             if method == "knn":
-                scores, idx = neighbours(feats, feats[split.train], FUSION.k)
+                scores, idx = nearest_neighbours(feats, feats[split.train], FUSION.k)
                 labels = self.y[split.train][idx]
                 pred = knn_vote(scores, labels, len(self.names), FUSION.temperature).argmax(1)
             else:
@@ -282,6 +272,7 @@ class Bench:
     def run_trained(self, method: str) -> None:
         """recipe (+ its knn, flip and soup variants from the same models) or supcon."""
         from embedder.inference import Embedder
+        from embedder.trainer import average_states
 
         variants = (
             ["recipe", "recipe_knn", "recipe_flip", "recipe_soup"] if method == "recipe" else []
@@ -326,7 +317,7 @@ class Bench:
 
             soup = states[-SOUP_EPOCHS:]
             model = best.engine.model
-            model.load_state_dict({k: sum(s[k] for s in soup) / len(soup) for k in soup[0]})
+            model.load_state_dict(average_states(soup))
             emb_s, probs_s = embed_all(Embedder(model, best.config), x)
             figures = score(split, self.y, self.headline, probs_s.argmax(1), emb_s)
             figures["epochs_averaged"] = len(soup)
