@@ -46,6 +46,7 @@ from embedder.onnx_export import (
     ensure_fp32_graph,
     exporter_version,
     read_graph_record,
+    stage_name,
     write_graph_record,
 )
 from embedder.preprocess import Preprocessor
@@ -97,6 +98,20 @@ def head_nodes(graph_path: str | Path) -> list[str]:
     return names
 
 
+def upstream_nodes(graph: Any, tensor: str) -> list[str]:
+    """Names of the nodes that ``tensor`` is computed from (its producer included)."""
+    producers = {out: node for node in graph.node for out in node.output}
+    names, pending, seen = [], [tensor], set()
+    while pending:
+        node = producers.get(pending.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        names.append(node.name)
+        pending.extend(node.input)
+    return names
+
+
 def float_layer_nodes(graph_path: str | Path, layers: Sequence[str]) -> list[str]:
     """Names of the nodes of the chosen layers (``engine_options.FLOAT_LAYERS``) in the graph."""
     import onnx
@@ -106,11 +121,18 @@ def float_layer_nodes(graph_path: str | Path, layers: Sequence[str]) -> list[str
     names: list[str] = []
     if "stem" in layers:
         names += [n.name for n in convs if INPUT in n.input]
+    if "stage0" in layers:
+        first_stage = stage_name(0)
+        if first_stage in {o.name for o in graph.output}:
+            names += upstream_nodes(graph, first_stage)
+        else:  # a backbone without feature stages: its stem is the nearest equivalent
+            log.warning("the graph has no '%s' output: keeping only the stem float", first_stage)
+            names += [n.name for n in convs if INPUT in n.input]
     if "depthwise" in layers:
         names += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
     if "last" in layers and convs:
         names.append(convs[-1].name)
-    return names
+    return list(dict.fromkeys(names))
 
 
 @contextlib.contextmanager

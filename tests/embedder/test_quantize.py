@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import shutil
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 
 from embedder.errors import DataError
-from embedder.graphs import GRAPH_FILES, INPUT, read_graph_record
+from embedder.graphs import GRAPH_FILES, INPUT, read_graph_record, stage_name
 from embedder.optimize_cli import float_layers
-from embedder.quantize import quantize_int8
+from embedder.quantize import float_layer_nodes, quantize_int8, upstream_nodes
 
 
 def _stem_weight_is_quantised(ckpt) -> bool:
@@ -35,13 +37,56 @@ def _reaches_input(node, producers) -> bool:
     return source == INPUT
 
 
-@pytest.mark.parametrize("keep", [(), ("stem",)])
+def _conv_weights_quantised(ckpt) -> dict[str, bool]:
+    """For each convolution of the int8 graph: is its weight fed through DequantizeLinear."""
+    graph = onnx.load(str(ckpt / GRAPH_FILES["int8"])).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    return {
+        n.name: getattr(producers.get(n.input[1]), "op_type", None) == "DequantizeLinear"
+        for n in graph.node
+        if n.op_type == "Conv"
+    }
+
+
+@pytest.mark.parametrize("keep", [(), ("stem",), ("stage0",)])
 def test_layers_kept_float_are_left_unquantised(int8_checkpoint, tiny_catalog, tmp_path, keep):
     ckpt = shutil.copytree(int8_checkpoint, tmp_path / "ckpt")
     quantize_int8(ckpt, tiny_catalog, max_images=8, keep_float=keep)
     assert _stem_weight_is_quantised(ckpt) == (keep == ())
     q = read_graph_record(ckpt, "int8").quantization
     assert q["float_layers"] == list(keep) and q["calibration"] == "minmax"
+    quantised = _conv_weights_quantised(ckpt)
+    floats = len(quantised) - sum(quantised.values())
+    assert sum(quantised.values()) > 1  # the body is int8 whatever stays float
+    if keep == ():
+        assert floats == 0
+    elif keep == ("stem",):
+        assert floats == 1
+    else:  # the stem and every convolution of the first stage
+        fp32 = onnx.load(str(ckpt / GRAPH_FILES["fp32"])).graph
+        first_stage = set(upstream_nodes(fp32, stage_name(0)))
+        convs_before = sum(n.op_type == "Conv" for n in fp32.node if n.name in first_stage)
+        assert floats == convs_before > 1
+
+
+def test_upstream_nodes_follow_inputs_back_to_the_graph_input():
+    a = onnx.helper.make_node("Relu", ["input"], ["a"], name="a")
+    b = onnx.helper.make_node("Relu", ["a"], ["b"], name="b")
+    c = onnx.helper.make_node("Add", ["a", "b"], ["c"], name="c")
+    side = onnx.helper.make_node("Relu", ["input"], ["d"], name="side")
+    graph = onnx.helper.make_graph([a, b, c, side], "g", [], [])
+    assert sorted(upstream_nodes(graph, "c")) == ["a", "b", "c"]
+    assert upstream_nodes(graph, "input") == []
+
+
+def test_stage0_without_stage_outputs_keeps_the_stem(tmp_path, caplog):
+    weight = onnx.numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    stem = onnx.helper.make_node("Conv", [INPUT, "w"], ["s"], name="stem")
+    body = onnx.helper.make_node("Conv", ["s", "w2"], ["out"], name="body")
+    graph = onnx.helper.make_graph([stem, body], "g", [], [], initializer=[weight])
+    onnx.save(onnx.helper.make_model(graph), tmp_path / "g.onnx")
+    assert float_layer_nodes(tmp_path / "g.onnx", ["stage0"]) == ["stem"]
+    assert "no 'stage0' output" in caplog.text
 
 
 def test_unknown_method_or_layer_is_a_one_line_error(int8_checkpoint, tiny_catalog):
@@ -53,6 +98,7 @@ def test_unknown_method_or_layer_is_a_one_line_error(int8_checkpoint, tiny_catal
 
 def test_float_layers_flag():
     assert float_layers("stem,last") == ("stem", "last")
+    assert float_layers("stage0") == ("stage0",)
     assert float_layers("none") == ()
     for bad in ("", "stem,head", "none,stem"):
         with pytest.raises(argparse.ArgumentTypeError):
