@@ -44,6 +44,11 @@ function showPrediction(prediction) {
   $("prediction").hidden = false;
   $("prediction-label").textContent = prediction.label;
   $("prediction-score").textContent = pct(prediction.score);
+  // Say what the class came from: the classifier alone, or fused with the neighbours' labels.
+  $("prediction-source").textContent =
+    prediction.source === "classifier+knn"
+      ? "classifier, fused with the labels of the nearest catalog phones"
+      : "classifier alone";
   const bars = $("prediction-bars");
   bars.replaceChildren();
   for (const c of prediction.top) {

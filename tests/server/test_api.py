@@ -30,7 +30,7 @@ def test_search_returns_prediction_neighbors_and_timings(client, jpeg_bytes, tin
     assert {"id", "score", "label", "title", "brand", "price", "image_url"} <= set(first)
     assert "image" not in first  # server paths are never sent to clients
     assert first["score"] > 0.99  # the query is a catalog image re-encoded as JPEG
-    assert {"decode", "model", "search", "total"} <= set(body["timing_ms"])
+    assert {"decode", "model", "search", "predict", "total"} <= set(body["timing_ms"])
 
 
 def test_search_default_k_and_base64_json_and_raw_body_agree(client, jpeg_bytes):

@@ -223,6 +223,7 @@ def test_web_page_in_headless_chromium(live, query_image, tmp_path):
             classes = live.json("GET", "/v1/info")[1]["classes"]
             assert (page.text_content("#prediction-label") or "").strip() in classes
             assert page.locator("#prediction-bars li").count() >= 1
+            assert "classifier" in (page.text_content("#prediction-source") or "")
             assert page.locator(".neighbor").count() >= 1
             assert page.is_visible("#preview") and not page.is_visible("#drop-hint")
             shot = os.environ.get("PHONESIM_SCREENSHOT")
