@@ -9,6 +9,7 @@ filed under another brand are scored apart ("cross-brand copies"), not in the he
 Methods (each scored on the same folds; intervals from embedder/crossval.py):
   probe         logistic regression on frozen ImageNet Lite0 features (C by inner 3-fold CV)
   knn           weighted kNN vote (k 20, T 0.07) on frozen Lite0 features
+  probe_knn     the probe's probabilities fused with that kNN vote (w 0.3), as `evaluate` does
   recipe        `phonesim train --data <training folds>` defaults (inner 15% validation split)
   recipe_knn    recipe's probabilities fused with its kNN vote over the training folds (w 0.3)
   recipe_flip   recipe with mirror test-time augmentation (mean of 2 views: 2x the model cost)
@@ -16,12 +17,14 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
   probe_lite1   the probe on frozen Lite1 (240 px) features (needs phonesim[backbones])
   probe_lite2   the probe on frozen Lite2 (260 px) features (needs phonesim[backbones])
   supcon        recipe + supervised-contrastive loss (--only supcon; a training per fold)
+  supcon_knn    supcon's probabilities fused with its kNN vote (--only supcon_knn, after supcon)
   recipe_int8   the recipe checkpoints quantised to int8 (--only recipe_int8; ONNX Runtime)
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
-paired difference to the recipe. Results and fold checkpoints are cached in --work, so
-``--only NAME`` adds a method to an earlier run. Ends with one JSON line.
+paired difference to the recipe; the default (recipe_knn: `evaluate` and `serve` fuse by
+default) is also paired with the probe and with probe_knn. Results and fold checkpoints are
+cached in --work, so ``--only NAME`` adds a method to an earlier run. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ METRICS = ("accuracy", "macro_f1", "recall_at_1", "recall_at_5")
 DEFAULT_METHODS = (
     "probe",
     "knn",
+    "probe_knn",
     "recipe",
     "recipe_knn",
     "recipe_flip",
@@ -70,10 +74,11 @@ DEFAULT_METHODS = (
     "probe_lite1",
     "probe_lite2",
 )
-EXTRA_METHODS = ("supcon", "recipe_int8")
+EXTRA_METHODS = ("supcon", "supcon_knn", "recipe_int8")
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
     "knn": DEFAULT_MODEL,
+    "probe_knn": DEFAULT_MODEL,
     "probe_lite1": "tf_efficientnet_lite1",
     "probe_lite2": "tf_efficientnet_lite2",
 }
@@ -234,8 +239,11 @@ class Bench:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)  # sklearn 1.8-1.10 notices
                     clf.fit(feats[split.train], self.y[split.train])
-                pred = np.full(len(self.y), -1)
-                pred[split.test] = clf.predict(feats[split.test])
+                if method == "probe_knn":
+                    pred = fused_predictions(split, self.y, clf.predict_proba(feats), feats)
+                else:
+                    pred = np.full(len(self.y), -1)
+                    pred[split.test] = clf.predict(feats[split.test])
             figures = score(split, self.y, self.headline, pred, feats)
             figures["seconds"] = round(time.perf_counter() - t0, 1)
             self.save(method, split, figures)
@@ -323,6 +331,20 @@ class Bench:
             figures["epochs_averaged"] = len(soup)
             self.save("recipe_soup", split, figures)
 
+    def run_fused(self, method: str) -> None:
+        """A trained method's cached outputs fused with their kNN vote (``<method>_knn``)."""
+        for split in self.splits:
+            if self.done(f"{method}_knn", split):
+                continue
+            outputs = self.work / split.name / method / "outputs.npz"
+            if not outputs.exists():
+                print(f"  {method}_knn {split.name}: no {method} outputs yet (run {method} first)")
+                continue
+            with np.load(outputs) as cached:
+                emb, probs = cached["embeddings"], cached["probabilities"]
+            pred = fused_predictions(split, self.y, probs, emb)
+            self.save(f"{method}_knn", split, score(split, self.y, self.headline, pred, emb))
+
     def run_int8(self) -> None:
         """Each fold's recipe checkpoint quantised on its own training photos (QDQ int8)."""
         from embedder.inference import Embedder
@@ -364,6 +386,9 @@ class Bench:
             elif method in ("recipe", "supcon"):
                 print(f"{method} ...", flush=True)
                 self.run_trained(method)
+            elif method == "supcon_knn":
+                print(f"{method} ...", flush=True)
+                self.run_fused("supcon")
             elif method == "recipe_int8":
                 print(f"{method} ...", flush=True)
                 self.run_int8()
@@ -396,6 +421,9 @@ class Bench:
             out["paired_vs_recipe"][m] = self.paired(m, "recipe", names, frac)
         if "probe" in self.results and "recipe" in self.results:
             out["recipe_vs_probe"] = self.paired("recipe", "probe", names, frac)
+        for base in ("probe", "probe_knn"):
+            if base in self.results and "recipe_knn" in self.results:
+                out[f"default_vs_{base}"] = self.paired("recipe_knn", base, names, frac)
         return out
 
     def paired(self, m: str, base: str, names: list[str], frac: float) -> dict[str, Any]:
@@ -428,12 +456,15 @@ def print_summary(summary: dict[str, Any]) -> None:
     rows = dict(summary["paired_vs_recipe"])
     if "recipe_vs_probe" in summary:
         rows["recipe - probe"] = summary["recipe_vs_probe"]
+    for base in ("probe", "probe_knn"):  # the default fuses with the kNN vote
+        if f"default_vs_{base}" in summary:
+            rows[f"recipe_knn - {base}"] = summary[f"default_vs_{base}"]
     for m, e in rows.items():
         if "accuracy" not in e:
             continue
         parts = [f"{k} {Interval(**e[k])}" for k in ("accuracy", "recall_at_1")]
         parts.append(f"photo bootstrap {Interval(**e['accuracy_photo_bootstrap'])}")
-        print(f"  {m:<16}" + "  ".join(parts))
+        print(f"  {m:<24}" + "  ".join(parts))
 
 
 def main() -> int:

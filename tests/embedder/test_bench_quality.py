@@ -23,13 +23,15 @@ def test_cross_validated_baselines_end_with_one_json_line_and_cache(tmp_path):
     data = tmp_path / "catalog"
     generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
     work = tmp_path / "work"
-    done = run(
-        "--data", str(data), "--folds", "2", "--only", "knn", "--only", "probe", "--work", str(work)
-    )
+    methods = ("knn", "probe", "probe_knn")
+    only = [arg for m in (*methods, "supcon_knn") for arg in ("--only", m)]
+    done = run("--data", str(data), "--folds", "2", *only, "--work", str(work))
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["photos"] == 24 and figures["folds"] == 2
-    for method in ("knn", "probe"):
+    # supcon_knn fuses cached supcon outputs: without them it says so and reports nothing.
+    assert "no supcon outputs yet" in done.stdout and "supcon_knn" not in figures["methods"]
+    for method in methods:
         acc = figures["methods"][method]["accuracy"]
         assert figures["methods"][method]["folds"] == 2
         assert 0.0 <= acc["mean"] <= 1.0 and acc["low"] <= acc["mean"] <= acc["high"]
