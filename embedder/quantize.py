@@ -46,7 +46,6 @@ from embedder.onnx_export import (
     ensure_fp32_graph,
     exporter_version,
     read_graph_record,
-    stage_name,
     write_graph_record,
 )
 from embedder.preprocess import Preprocessor
@@ -121,12 +120,12 @@ def float_layer_nodes(graph_path: str | Path, layers: Sequence[str]) -> list[str
     names: list[str] = []
     if "stem" in layers:
         names += [n.name for n in convs if INPUT in n.input]
-    if "stage0" in layers:
-        first_stage = stage_name(0)
-        if first_stage in {o.name for o in graph.output}:
-            names += upstream_nodes(graph, first_stage)
-        else:  # a backbone without feature stages: its stem is the nearest equivalent
-            log.warning("the graph has no '%s' output: keeping only the stem float", first_stage)
+    outputs = {o.name for o in graph.output}
+    for stage in (layer for layer in layers if layer.startswith("stage")):
+        if stage in outputs:
+            names += upstream_nodes(graph, stage)
+        else:  # a backbone without this feature stage: its stem is the nearest equivalent
+            log.warning("the graph has no '%s' output: keeping only the stem float", stage)
             names += [n.name for n in convs if INPUT in n.input]
     if "depthwise" in layers:
         names += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]

@@ -18,6 +18,8 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
   probe_lite2   the probe on frozen Lite2 (260 px) features (needs phonesim[backbones])
   supcon        recipe + supervised-contrastive loss (--only supcon; a training per fold)
   supcon_knn    supcon's probabilities fused with its kNN vote (--only supcon_knn, after supcon)
+  supcon_soup   supcon with the weights averaged over its last 5 epochs (a training per fold);
+                supcon_soup_knn fuses it with its kNN vote
   recipe_int8   the recipe checkpoints quantised to int8 (--only recipe_int8; ONNX Runtime)
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
@@ -74,7 +76,7 @@ DEFAULT_METHODS = (
     "probe_lite1",
     "probe_lite2",
 )
-EXTRA_METHODS = ("supcon", "supcon_knn", "recipe_int8")
+EXTRA_METHODS = ("supcon", "supcon_knn", "supcon_soup", "supcon_soup_knn", "recipe_int8")
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
     "knn": DEFAULT_MODEL,
@@ -278,7 +280,8 @@ class Bench:
         return out, states, (time.perf_counter() - t0) / 60
 
     def run_trained(self, method: str) -> None:
-        """recipe (+ its knn, flip and soup variants from the same models) or supcon."""
+        """recipe (+ its knn, flip and soup variants from the same models), supcon or
+        supcon_soup."""
         from embedder.inference import Embedder
         from embedder.trainer import average_states
 
@@ -286,7 +289,7 @@ class Bench:
             ["recipe", "recipe_knn", "recipe_flip", "recipe_soup"] if method == "recipe" else []
         )
         wanted = [v for v in variants if v in self.todo] or [method]
-        overrides = {"metric_loss": "supcon"} if method == "supcon" else {}
+        overrides = {"metric_loss": "supcon"} if method.startswith("supcon") else {}
         for split in self.splits:
             if all(self.done(v, split) for v in wanted):
                 continue
@@ -297,6 +300,10 @@ class Bench:
             t0 = time.perf_counter()
             emb, probs = embed_all(best, x)
             embed_s = time.perf_counter() - t0
+            if method == "supcon_soup":  # scored as the soup, not as the best epoch
+                soup_model = best.engine.model
+                soup_model.load_state_dict(average_states(states[-SOUP_EPOCHS:]))
+                emb, probs = embed_all(Embedder(soup_model, best.config), x)
             pred = probs.argmax(1)
             base = score(split, self.y, self.headline, pred, emb)
             base.update(minutes=round(minutes, 2), embed_s=round(embed_s, 1))
@@ -383,12 +390,12 @@ class Bench:
             if method in FROZEN_MODELS:
                 print(f"{method} ...", flush=True)
                 self.run_frozen(method)
-            elif method in ("recipe", "supcon"):
+            elif method in ("recipe", "supcon", "supcon_soup"):
                 print(f"{method} ...", flush=True)
                 self.run_trained(method)
-            elif method == "supcon_knn":
+            elif method in ("supcon_knn", "supcon_soup_knn"):
                 print(f"{method} ...", flush=True)
-                self.run_fused("supcon")
+                self.run_fused(method.removesuffix("_knn"))
             elif method == "recipe_int8":
                 print(f"{method} ...", flush=True)
                 self.run_int8()
