@@ -4,6 +4,7 @@ finder run over the tiny catalog with planted copies (built once per session).""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,15 @@ def planted_run(tiny_catalog, descriptor, tmp_path_factory):
     samples = list_images(root)
     result = find_duplicates(descriptor, samples, FinderConfig(workers=0, progress=False))
     return root, planted, samples, result
+
+
+@pytest.fixture(scope="session")
+def ckpt_at_test_size(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint with a TEST_SIZE input, so its ONNX graph takes the descriptor's
+    size (an exported graph has one input size)."""
+    from embedder.checkpoint import load_checkpoint, save_checkpoint
+
+    model, config = load_checkpoint(tiny_checkpoint)
+    size = [3, TEST_SIZE, TEST_SIZE]
+    config = replace(config, data_config={**config.data_config, "input_size": size})
+    return save_checkpoint(model, config, tmp_path_factory.mktemp("dup-size") / "ckpt")

@@ -4,7 +4,6 @@ same features and the same groups as torch eager, and the run reports its speed.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,18 +14,6 @@ from duplicates.finder import FinderConfig, find_duplicates
 from embedder.engine_options import EngineOptions
 from embedder.errors import EngineError
 from tests.duplicates.conftest import TEST_SIZE
-
-
-@pytest.fixture(scope="module")
-def ckpt_at_test_size(tiny_checkpoint, tmp_path_factory):
-    """The tiny checkpoint with a TEST_SIZE input, so its ONNX graph takes the descriptor's
-    size (an exported graph has one input size)."""
-    from embedder.checkpoint import load_checkpoint, save_checkpoint
-
-    model, config = load_checkpoint(tiny_checkpoint)
-    size = [3, TEST_SIZE, TEST_SIZE]
-    config = replace(config, data_config={**config.data_config, "input_size": size})
-    return save_checkpoint(model, config, tmp_path_factory.mktemp("dup-size") / "ckpt")
 
 
 def _groups(result) -> list[list[str]]:
