@@ -298,6 +298,8 @@ def calibration_record(
         "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "k": finder.k,
         "candidate_floor": finder.candidate_floor,
+        "whiten_dims": finder.whiten_dims,
+        "whitened_floor": finder.whitened_floor,
         "descriptor": descriptor.to_json(),
         "verify": asdict(finder.verify),
     }
@@ -336,8 +338,9 @@ def stored_settings(checkpoint: str | Path) -> StoredSettings:
             if k in VerifyConfig.__dataclass_fields__
         }
     )
-    overrides: dict[str, Any] = {"verify": verify}
-    for key in ("k", "candidate_floor"):
+    # A record from before whitened candidates was calibrated on raw cosines: keep them.
+    overrides: dict[str, Any] = {"verify": verify, "whiten_dims": 0}
+    for key in ("k", "candidate_floor", "whiten_dims", "whitened_floor"):
         if key in record:
             overrides[key] = record[key]
     if record.get("pair_model"):

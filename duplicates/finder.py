@@ -24,7 +24,7 @@ from tqdm import tqdm
 from common.grouping import groups_of
 from duplicates.descriptor import CopyDescriptor
 from duplicates.features import Features, extract_features
-from duplicates.grouping import SearchConfig, knn_pairs
+from duplicates.grouping import SearchConfig, knn_pairs, whiten
 from duplicates.hashing import identical_pairs
 from duplicates.pair_model import PairModel, pair_scores
 from duplicates.result import (
@@ -53,7 +53,13 @@ class FinderConfig:
 
     threshold: float = FALLBACK_THRESHOLD
     k: int = 16
-    candidate_floor: float = 0.5
+    candidate_floor: float = 0.5  # raw descriptor cosine; used when the set is not whitened
+    # Neighbours are searched among PCA-whitened descriptors of the set (``grouping.whiten``)
+    # this wide, above ``whitened_floor`` (their cosine); 0: raw cosines above the floor. On
+    # the calibration benchmark (seed 1) whitened neighbours hold 96.8 % of copy-original pairs
+    # against 93.9 % (photographed screens: 74 % vs 50 %), with fewer pairs to verify.
+    whiten_dims: int = 128
+    whitened_floor: float = 0.0
     keep: tuple[str, ...] = DEFAULT_KEEP
     batch_size: int = 32
     workers: int | None = None
@@ -142,10 +148,24 @@ def identical_row_pairs(features: Features) -> list[tuple[int, int]]:
     return pairs
 
 
+def candidate_pairs(global_: np.ndarray, config: FinderConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs (i < j) to verify: each row's ``k`` nearest neighbours by global descriptor.
+
+    Whitened descriptors when ``whiten_dims`` is set and the set is large enough to fit them
+    (``grouping.whiten``), else raw cosines above ``candidate_floor``.
+    """
+    search = SearchConfig(k=config.k, max_k=config.k)
+    white = whiten(global_, config.whiten_dims)
+    if white is None:
+        i, j, _ = knn_pairs(global_, config.candidate_floor, search)
+    else:
+        i, j, _ = knn_pairs(white, config.whitened_floor, search)
+    return i, j
+
+
 def score_candidates(features: Features, config: FinderConfig) -> ScoredPairs:
     """Candidate pairs from the k-NN search, each verified; identical files listed apart."""
-    search = SearchConfig(k=config.k, max_k=config.k)
-    i, j, _ = knn_pairs(features.global_, config.candidate_floor, search)
+    i, j = candidate_pairs(features.global_, config)
     identical = identical_row_pairs(features)
     same = {(min(a, b), max(a, b)) for a, b in identical}
     todo = np.array(

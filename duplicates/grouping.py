@@ -63,6 +63,30 @@ def reduce_dim(xb: np.ndarray, dim: int, sample: int = 20_000, seed: int = 0) ->
     return np.ascontiguousarray(xr / np.maximum(np.linalg.norm(xr, axis=1, keepdims=True), 1e-12))
 
 
+def whiten(xb: np.ndarray, dim: int, sample: int = 20_000, seed: int = 0) -> np.ndarray | None:
+    """Rows centred on the set's mean and PCA-whitened to ``dim`` dimensions, unit-norm.
+
+    Descriptors of product photos share a large common part (white backdrop, a phone's outline)
+    that dominates raw cosines; whitening weighs every principal direction equally, so what
+    tells one photo from another counts, not what all of them share (Jegou & Chum, ECCV 2012).
+    Fitted on the set itself (a seeded sample of up to ``sample`` rows). None when the set has
+    too few rows for ``dim`` directions (fewer than 2 x dim): the caller keeps raw cosines.
+    """
+    xb = np.asarray(xb, dtype=np.float64)
+    if dim <= 0 or len(xb) < 2 * dim or xb.shape[1] < dim:
+        return None
+    rng = np.random.default_rng(seed)
+    train = xb[rng.choice(len(xb), min(sample, len(xb)), replace=False)]
+    mean = train.mean(axis=0)
+    values, vectors = np.linalg.eigh(np.cov(train - mean, rowvar=False))
+    top = np.argsort(values)[::-1][:dim]
+    # Directions without variance would only amplify rounding noise.
+    top = top[values[top] > values[top[0]] * 1e-9]
+    out = (xb - mean) @ (vectors[:, top] / np.sqrt(values[top]))
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def _search(index: faiss.Index, xq: np.ndarray, k: int, config: SearchConfig):
     if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = max(config.ef_search, k)

@@ -22,22 +22,55 @@ from duplicates.verify import EVIDENCE
 from embedder.errors import CheckpointError
 
 
+def quadratic_terms(z: np.ndarray) -> np.ndarray:
+    """Standardised evidence (N x F) with every product z_a * z_b (a <= b) appended.
+
+    Evidence interacts: a solid disagreeing region means another colour of the phone when the
+    geometry is exact, a strong screen photo when it is not; a linear score cannot say so.
+    """
+    a, b = np.triu_indices(z.shape[1])
+    return np.hstack([z, z[:, a] * z[:, b]])
+
+
+# Quadratic terms with 10x the default L2 penalty: on cached evidence of benchmark seeds 1
+# and 3 (whitened candidates) held-out F1 at precision 0.95 was 0.902 / 0.920, against 0.854 /
+# 0.906 linear and 0.878 / 0.927 quadratic at C = 1; 119 inputs need the stronger penalty.
+DEGREE = 2
+C = 0.1
+EXPANDED = ("expanded_mean", "expanded_scale")
+
+
 @dataclass(frozen=True)
 class PairModel:
-    """Standardise the evidence, then a logistic regression (the sklearn fit, as numbers)."""
+    """Standardise the evidence, then a logistic regression (the sklearn fit, as numbers).
+
+    ``degree`` 2: the standardised evidence and its pairwise products (``quadratic_terms``),
+    standardised again by ``expanded_mean`` and ``expanded_scale``, are the regression's input.
+    """
 
     features: tuple[str, ...]
     mean: tuple[float, ...]
     scale: tuple[float, ...]
     coef: tuple[float, ...]
     intercept: float
+    degree: int = 1
+    expanded_mean: tuple[float, ...] = ()
+    expanded_scale: tuple[float, ...] = ()
+
+    def inputs(self, evidence: np.ndarray) -> np.ndarray:
+        """The regression's input rows for evidence rows (NaN read as 0)."""
+        x = np.asarray(evidence, dtype=np.float64).reshape(-1, len(EVIDENCE))
+        x = x[:, : len(self.features)]  # a model stored before later evidence was added
+        z = (np.nan_to_num(x) - self.mean) / self.scale
+        if self.degree == 2:
+            z = (quadratic_terms(z) - self.expanded_mean) / self.expanded_scale
+        return z
 
     def predict(self, evidence: np.ndarray) -> np.ndarray:
         """Probability per row of an N x len(EVIDENCE) array; rejected rows (NaN) give 0."""
         x = np.asarray(evidence, dtype=np.float64).reshape(-1, len(EVIDENCE))
-        x = x[:, : len(self.features)]  # a model stored before later evidence was added
         rejected = np.isnan(x[:, 0])
-        z = ((np.nan_to_num(x) - self.mean) / self.scale) @ np.asarray(self.coef) + self.intercept
+        z = self.inputs(x) @ np.asarray(self.coef) + self.intercept
         prob = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
         return np.where(rejected, 0.0, prob).astype(np.float32)
 
@@ -49,6 +82,9 @@ class PairModel:
             "scale": list(self.scale),
             "coef": list(self.coef),
             "intercept": self.intercept,
+            "degree": self.degree,
+            "expanded_mean": list(self.expanded_mean),
+            "expanded_scale": list(self.expanded_scale),
         }
 
     @classmethod
@@ -62,12 +98,22 @@ class PairModel:
             )
         try:
             parts = [tuple(float(v) for v in data[k]) for k in ("mean", "scale", "coef")]
+            expanded = [tuple(float(v) for v in data.get(k) or ()) for k in EXPANDED]
             intercept = float(data["intercept"])
+            degree = int(data.get("degree", 1))
         except (KeyError, TypeError, ValueError):
-            parts, intercept = [], float("nan")
-        if len(parts) != 3 or any(len(p) != len(features) for p in parts):
+            parts, expanded, intercept, degree = [], [], float("nan"), 0
+        f = len(features)
+        inputs = f + f * (f + 1) // 2 if degree == 2 else f
+        if (
+            degree not in (1, 2)
+            or len(parts) != 3
+            or any(len(p) != f for p in parts[:2])
+            or len(parts[2]) != inputs
+            or any(len(e) != (inputs if degree == 2 else 0) for e in expanded)
+        ):
             raise CheckpointError("the stored duplicate pair model is malformed; re-calibrate")
-        return cls(features, *parts, intercept)
+        return cls(features, *parts, intercept, degree, *expanded)
 
 
 def agreement_scores(evidence: np.ndarray) -> np.ndarray:
@@ -81,7 +127,9 @@ def pair_scores(evidence: np.ndarray, model: PairModel | None) -> np.ndarray:
     return agreement_scores(evidence) if model is None else model.predict(evidence)
 
 
-def fit_pair_model(evidence: np.ndarray, same: np.ndarray, c: float = 1.0) -> PairModel:
+def fit_pair_model(
+    evidence: np.ndarray, same: np.ndarray, c: float = C, degree: int = DEGREE
+) -> PairModel:
     """Fit on verified pairs (rows without NaN) labelled ``same`` (True: one photo)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -91,16 +139,30 @@ def fit_pair_model(evidence: np.ndarray, same: np.ndarray, c: float = 1.0) -> Pa
     x, y = x[keep], y[keep]
     if len(np.unique(y)) < 2:
         raise ValueError("the pair model needs both duplicate and distinct verified pairs")
-    mean = x.mean(axis=0)
-    scale = np.where(x.std(axis=0) > 1e-9, x.std(axis=0), 1.0)
-    fit = LogisticRegression(C=c, max_iter=5000).fit((x - mean) / scale, y)
+    mean, scale = _standardiser(x)
+    z = (x - mean) / scale
+    expanded: tuple[tuple[float, ...], ...] = ((), ())
+    if degree == 2:
+        z = quadratic_terms(z)
+        e_mean, e_scale = _standardiser(z)
+        z = (z - e_mean) / e_scale
+        expanded = (tuple(e_mean.tolist()), tuple(e_scale.tolist()))
+    fit = LogisticRegression(C=c, max_iter=5000).fit(z, y)
     return PairModel(
         EVIDENCE,
         tuple(mean.tolist()),
         tuple(scale.tolist()),
         tuple(fit.coef_[0].tolist()),
         float(fit.intercept_[0]),
+        degree,
+        *expanded,
     )
+
+
+def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations (1 where a column is constant)."""
+    std = x.std(axis=0)
+    return x.mean(axis=0), np.where(std > 1e-9, std, 1.0)
 
 
 def cross_fitted_scores(

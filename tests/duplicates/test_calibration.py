@@ -117,3 +117,17 @@ def test_stored_pair_model_is_read_back(tiny_checkpoint, tmp_path) -> None:
     np.testing.assert_allclose(
         stored.finder_overrides["pair_model"].predict(x), model.predict(x), rtol=1e-6
     )
+
+
+def test_candidate_settings_are_read_back_and_old_records_keep_raw_cosines(
+    tiny_checkpoint, tmp_path
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    store_calibration(ckpt, {"threshold": 0.7, "whiten_dims": 64, "whitened_floor": 0.1})
+    overrides = stored_settings(ckpt).finder_overrides
+    assert overrides["whiten_dims"] == 64 and overrides["whitened_floor"] == 0.1
+    # Calibrated before candidates were whitened: its threshold holds for raw cosines only.
+    store_calibration(ckpt, {"threshold": 0.7, "candidate_floor": 0.5})
+    overrides = stored_settings(ckpt).finder_overrides
+    assert overrides["whiten_dims"] == 0 and overrides["candidate_floor"] == 0.5

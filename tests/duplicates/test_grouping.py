@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from duplicates.grouping import SearchConfig, brute_force_groups, group_vectors, knn_pairs
+from duplicates.finder import FinderConfig, candidate_pairs
+from duplicates.grouping import (
+    SearchConfig,
+    brute_force_groups,
+    group_vectors,
+    knn_pairs,
+    whiten,
+)
 
 
 def clustered(n: int, dim: int, seed: int, copies: int = 30) -> np.ndarray:
@@ -46,3 +53,57 @@ def test_knn_grows_k_for_large_groups() -> None:
     assert (s >= 0.99).all() and (i < j).all()
     fixed, _, _ = knn_pairs(x, 0.99, SearchConfig(k=3, max_k=3))
     assert len(fixed) < len(i)
+
+
+def shared_component_set(n: int = 400, dim: int = 64, seed: int = 0) -> np.ndarray:
+    """Descriptors where a few directions vary a lot for every photo (backdrop, lighting: what
+    a photographed screen changes) and what tells photos apart is many small directions. Row 1
+    is row 0's photo under other lighting: its own part is row 0's, its nuisance part new."""
+    rng = np.random.default_rng(seed)
+    nuisance = rng.standard_normal((n, 4)) * 1.0
+    own = rng.standard_normal((n, dim - 4)) * 0.15
+    nuisance[1] = rng.standard_normal(4)
+    own[1] = own[0] + rng.standard_normal(dim - 4) * 0.02
+    x = np.hstack([nuisance, own]) + 2.0  # a mean shared by all
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_whitening_finds_a_copy_that_raw_cosines_rank_low() -> None:
+    x = shared_component_set()
+    raw_rank = int(((x @ x[1])[2:] > x[0] @ x[1]).sum())
+    w = whiten(x, 32)
+    assert w is not None and w.shape == (len(x), 32)
+    np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, rtol=1e-5)
+    white_rank = int(((w @ w[1])[2:] > w[0] @ w[1]).sum())
+    assert raw_rank > 10, "the raw cosine must miss the copy for the test to mean anything"
+    assert white_rank == 0
+
+
+def test_whitening_needs_twice_as_many_rows_as_dimensions() -> None:
+    x = shared_component_set(n=63, dim=64)
+    assert whiten(x, 32) is None  # 63 rows < 2 x 32
+    assert whiten(x[:64], 0) is None
+    assert whiten(shared_component_set(n=64, dim=64), 32) is not None
+
+
+def test_whitening_drops_directions_without_variance() -> None:
+    rng = np.random.default_rng(1)
+    x = np.zeros((200, 16), np.float32)
+    x[:, :4] = rng.standard_normal((200, 4))  # only four directions vary
+    w = whiten(x, 8)
+    assert w is not None and w.shape[1] == 4 and np.isfinite(w).all()
+
+
+def test_finder_candidates_use_whitened_neighbours_when_the_set_allows() -> None:
+    x = shared_component_set()
+
+    def pairs_of(config: FinderConfig) -> set[tuple[int, int]]:
+        i, j = candidate_pairs(x, config)
+        return set(zip(i.tolist(), j.tolist(), strict=True))
+
+    assert (0, 1) in pairs_of(FinderConfig(k=2, whiten_dims=32))
+    assert (0, 1) not in pairs_of(FinderConfig(k=2, whiten_dims=0, candidate_floor=-1.0))
+    # Too few rows to whiten 32 directions: raw cosines above the floor, as before.
+    small = x[:40]
+    floor = FinderConfig(k=2, whiten_dims=32, candidate_floor=2.0)
+    assert len(candidate_pairs(small, floor)[0]) == 0

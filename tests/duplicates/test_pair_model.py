@@ -49,9 +49,11 @@ def test_json_round_trip_and_mismatched_features() -> None:
 def test_a_model_stored_before_the_view_evidence_still_scores() -> None:
     """Evidence is only appended, so a model over its first ten measurements reads new rows."""
     x, same = synthetic_evidence(200, 1)
-    data = fit_pair_model(x, same).to_json()
+    data = fit_pair_model(x, same, degree=1).to_json()
     for key in ("features", "mean", "scale", "coef"):
         data[key] = list(data[key])[:10]
+    for key in ("degree", "expanded_mean", "expanded_scale"):  # not written back then
+        del data[key]
     stored = PairModel.from_json(data)
     z = (x[:, :10] - np.array(data["mean"])) / np.array(data["scale"]) @ np.array(data["coef"])
     expected = 1 / (1 + np.exp(-(z + data["intercept"])))
@@ -75,3 +77,30 @@ def test_cross_fitted_scores_never_see_their_family() -> None:
     own = family == 7
     assert ((held[own] >= 0.5) == flipped[own]).mean() < 0.2  # wrong, as it should be
     assert ((held[~own] >= 0.5) == flipped[~own]).mean() > 0.9
+
+
+def test_quadratic_model_learns_an_interaction_a_linear_one_cannot() -> None:
+    """One photo when two measurements agree in sign (both high or both low), else not:
+    no weighted sum separates that, the product term does."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((600, len(EVIDENCE))).astype(np.float32)
+    same = (x[:, 2] > 0) == (x[:, 5] > 0)
+    linear = fit_pair_model(x, same, degree=1).predict(x)
+    quadratic = fit_pair_model(x, same, degree=2).predict(x)
+    assert ((linear >= 0.5) == same).mean() < 0.65
+    assert ((quadratic >= 0.5) == same).mean() > 0.9
+
+
+def test_quadratic_model_round_trips_and_malformed_expansion_is_refused() -> None:
+    x, same = synthetic_evidence(200, 5)
+    model = fit_pair_model(x, same)
+    assert model.degree == 2
+    n = len(EVIDENCE)
+    assert len(model.coef) == len(model.expanded_mean) == n + n * (n + 1) // 2
+    again = PairModel.from_json(json.loads(json.dumps(model.to_json())))
+    np.testing.assert_allclose(again.predict(x), model.predict(x), rtol=1e-6)
+    for key, value in (("expanded_scale", [1.0]), ("degree", 3), ("degree", "two")):
+        data = model.to_json()
+        data[key] = value
+        with pytest.raises(CheckpointError, match="malformed"):
+            PairModel.from_json(data)
