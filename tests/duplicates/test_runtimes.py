@@ -70,6 +70,22 @@ print(json.dumps({"code": code, "torch": sorted(m for m in sys.modules if m.spli
 """
 
 
+def run_reporting_modules(script_name: str, args: list[str]) -> tuple[dict, str]:
+    """Run ``scripts/<script_name>`` with ``args`` in a fresh interpreter; its exit code and
+    the torch-family modules it imported, and its standard output."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = _FIND_THEN_REPORT_MODULES.replace("find_duplicates.py", script_name)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout
+
+
 @pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
 def test_find_on_an_onnx_runtime_never_imports_torch(
     ckpt_at_test_size, tiny_catalog, planted_run, runtime, tmp_path
@@ -78,11 +94,8 @@ def test_find_on_an_onnx_runtime_never_imports_torch(
     alone, with decoding threads: torch, torchvision and timm stay unimported, and the groups
     are those of torch eager."""
     import shutil
-    import subprocess
-    import sys
 
     from embedder.graphs import ensure_fp32_graph
-    from tests.conftest import REPO
 
     root, planted, _, reference = planted_run
     ckpt = tmp_path / "ckpt"
@@ -96,17 +109,9 @@ def test_find_on_an_onnx_runtime_never_imports_torch(
     out = tmp_path / "report"
     args = ["--checkpoint", str(ckpt), "--images", str(root), "--out", str(out)]
     args += ["--runtime", runtime, "--device", "cpu", "--workers", "2", "--no-progress"]
-    proc = subprocess.run(
-        [sys.executable, "-c", _FIND_THEN_REPORT_MODULES, *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    last = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert last == {"code": 0, "torch": []}, proc.stderr
-    assert f"images/s on {runtime}); verification:" in proc.stdout
+    last, stdout = run_reporting_modules("find_duplicates.py", args)
+    assert last == {"code": 0, "torch": []}, stdout
+    assert f"images/s on {runtime}); verification:" in stdout
     groups = sorted(sorted(g) for g in json.loads((out / "duplicates.json").read_text())["groups"])
     mirrored = next(copy for copy in planted if copy.endswith("copy_mirror"))
     assert sorted([mirrored, planted[mirrored]]) in groups

@@ -3,31 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 
 from PIL import Image
 
-from tests.conftest import REPO
-from tests.duplicates.test_runtimes import _FIND_THEN_REPORT_MODULES
-
-_CALIBRATE_THEN_REPORT_MODULES = _FIND_THEN_REPORT_MODULES.replace(
-    "find_duplicates.py", "calibrate_duplicates.py"
-)
-
-
-def _run(script: str, args: list[str]) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return {"stdout": proc.stdout, **json.loads(proc.stdout.strip().splitlines()[-1])}
+from tests.duplicates.test_runtimes import run_reporting_modules
 
 
 def _onnx_checkpoint(ckpt_at_test_size, tmp_path):
@@ -62,15 +42,16 @@ def test_find_against_an_index_on_onnx_never_imports_torch(
     Image.open(catalog[3].path).convert("RGB").save(new / "relisted.jpg", quality=40)
     args = ["--checkpoint", str(ckpt), "--images", str(new), "--index", str(tmp_path / "idx")]
     args += ["--out", str(tmp_path / "report"), "--runtime", "onnx", "--device", "cpu"]
-    done = _run(_FIND_THEN_REPORT_MODULES, [*args, "--no-progress"])
-    assert done["code"] == 0 and done["torch"] == []
-    assert "new listings matching the catalog 1" in done["stdout"]
+    done, stdout = run_reporting_modules("find_duplicates.py", [*args, "--no-progress"])
+    assert done == {"code": 0, "torch": []}, stdout
+    assert "new listings matching the catalog 1" in stdout
 
 
 def test_calibrate_on_onnx_never_imports_torch(ckpt_at_test_size, tiny_catalog, tmp_path):
     ckpt = _onnx_checkpoint(ckpt_at_test_size, tmp_path)
     args = ["--checkpoint", str(ckpt), "--data", str(tiny_catalog), "--work", str(tmp_path / "w")]
     args += ["--originals", "6", "--distractors", "4", "--runtime", "onnx", "--device", "cpu"]
-    done = _run(_CALIBRATE_THEN_REPORT_MODULES, [*args, "--dry-run", "--no-progress"])
-    assert done["code"] == 0 and done["torch"] == []
-    assert "benchmark images (6 originals" in done["stdout"]
+    args += ["--dry-run", "--no-progress"]
+    done, stdout = run_reporting_modules("calibrate_duplicates.py", args)
+    assert done == {"code": 0, "torch": []}, stdout
+    assert "benchmark images (6 originals" in stdout
