@@ -117,16 +117,17 @@ def float_layer_nodes(graph_path: str | Path, layers: Sequence[str]) -> list[str
 
     graph = onnx.load(str(graph_path), load_external_data=False).graph
     convs = [n for n in graph.node if n.op_type == "Conv"]
+    stem = [n.name for n in convs if INPUT in n.input]
     names: list[str] = []
     if "stem" in layers:
-        names += [n.name for n in convs if INPUT in n.input]
+        names += stem
     outputs = {o.name for o in graph.output}
     for stage in (layer for layer in layers if layer.startswith("stage")):
         if stage in outputs:
             names += upstream_nodes(graph, stage)
         else:  # a backbone without this feature stage: its stem is the nearest equivalent
             log.warning("the graph has no '%s' output: keeping only the stem float", stage)
-            names += [n.name for n in convs if INPUT in n.input]
+            names += stem
     if "depthwise" in layers:
         names += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
     if "last" in layers and convs:

@@ -146,6 +146,17 @@ def score(
     }
 
 
+def soup_outputs(best, states: list, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and probabilities of ``best``'s model with the weights averaged over the
+    last SOUP_EPOCHS fine-tuning epochs (loaded into that model in place)."""
+    from embedder.inference import Embedder
+    from embedder.trainer import average_states
+
+    model = best.engine.model
+    model.load_state_dict(average_states(states[-SOUP_EPOCHS:]))
+    return embed_all(Embedder(model, best.config), x)
+
+
 def fused_predictions(split: Split, y: np.ndarray, probs: np.ndarray, emb: np.ndarray):
     scores, idx = nearest_neighbours(emb, emb[split.train], FUSION.k)
     return fuse(probs, scores, y[split.train][idx], FUSION).argmax(1)
@@ -283,7 +294,6 @@ class Bench:
         """recipe (+ its knn, flip and soup variants from the same models), supcon or
         supcon_soup."""
         from embedder.inference import Embedder
-        from embedder.trainer import average_states
 
         variants = (
             ["recipe", "recipe_knn", "recipe_flip", "recipe_soup"] if method == "recipe" else []
@@ -298,12 +308,11 @@ class Bench:
             best = Embedder.from_checkpoint(out, runtime="torch", device="cpu")
             x = self.recipe_inputs(best.config.data_config)
             t0 = time.perf_counter()
-            emb, probs = embed_all(best, x)
-            embed_s = time.perf_counter() - t0
             if method == "supcon_soup":  # scored as the soup, not as the best epoch
-                soup_model = best.engine.model
-                soup_model.load_state_dict(average_states(states[-SOUP_EPOCHS:]))
-                emb, probs = embed_all(Embedder(soup_model, best.config), x)
+                emb, probs = soup_outputs(best, states, x)
+            else:
+                emb, probs = embed_all(best, x)
+            embed_s = time.perf_counter() - t0
             pred = probs.argmax(1)
             base = score(split, self.y, self.headline, pred, emb)
             base.update(minutes=round(minutes, 2), embed_s=round(embed_s, 1))
@@ -330,12 +339,9 @@ class Bench:
             figures.update(extra_s=round(time.perf_counter() - t0, 1), model_cost=2.0)
             self.save("recipe_flip", split, figures)
 
-            soup = states[-SOUP_EPOCHS:]
-            model = best.engine.model
-            model.load_state_dict(average_states(soup))
-            emb_s, probs_s = embed_all(Embedder(model, best.config), x)
+            emb_s, probs_s = soup_outputs(best, states, x)
             figures = score(split, self.y, self.headline, probs_s.argmax(1), emb_s)
-            figures["epochs_averaged"] = len(soup)
+            figures["epochs_averaged"] = len(states[-SOUP_EPOCHS:])
             self.save("recipe_soup", split, figures)
 
     def run_fused(self, method: str) -> None:
