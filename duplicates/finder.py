@@ -26,6 +26,7 @@ from duplicates.descriptor import CopyDescriptor
 from duplicates.features import Features, extract_features
 from duplicates.grouping import SearchConfig, knn_pairs, whiten
 from duplicates.hashing import identical_pairs
+from duplicates.inputs import ImageInfo
 from duplicates.pair_model import PairModel, pair_scores
 from duplicates.result import (
     DEFAULT_KEEP,
@@ -93,8 +94,15 @@ class ScoredPairs:
         return np.concatenate([identical, np.stack([self.i[ok], self.j[ok]], axis=1)])
 
 
+def pair_rng(seed: int, a: ImageInfo, b: ImageInfo) -> np.random.Generator:
+    """RANSAC's draws for one pair, seeded by the two images' pixels: a pair scores the same
+    whatever else is in the folder and in whichever order the pairs are verified."""
+    words = [int(info.pixel_digest[:16], 16) if info.pixel_digest else 0 for info in (a, b)]
+    return np.random.default_rng([seed, *words])
+
+
 class PairScorer:
-    """Verifies pairs of rows of one or two ``Features`` (seeded, so results repeat)."""
+    """Verifies pairs of rows of one or two ``Features`` (seeded per pair, so results repeat)."""
 
     def __init__(
         self,
@@ -107,7 +115,6 @@ class PairScorer:
         self.config = config or VerifyConfig()
         self.model = model
         self.grid = grid_points(*a.grid_shape)
-        self.rng = np.random.default_rng(self.config.seed)
         # Verification multiplies small matrices (196 x 112): BLAS threads only spin-wait on
         # them, 5x slower than one thread on a busy 2-core machine. Cached: cheap to enter.
         self._blas = ThreadpoolController()
@@ -122,7 +129,7 @@ class PairScorer:
                 self.b.thumbs[rb],
                 self.grid,
                 self.config,
-                self.rng,
+                pair_rng(self.config.seed, self.a.infos[ra], self.b.infos[rb]),
                 cosine=float(self.a.global_[ra] @ self.b.global_[rb]),
                 sizes=(self.a.size_of(ra), self.b.size_of(rb)),
             )

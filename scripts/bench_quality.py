@@ -35,6 +35,7 @@ import argparse
 import csv
 import json
 import logging
+import re
 import sys
 import time
 import warnings
@@ -183,8 +184,13 @@ class Bench:
         self.results: dict[str, dict[str, dict]] = (
             json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
         )
-        self.key = f"{args.data}|{args.folds}x{args.repeats}|seed{args.seed}|{len(self.samples)}"
-        if self.results.get("_key") not in (None, self.key):
+        # Repeat r's folds do not depend on --repeats, so more repeats extend the same cache.
+        self.key = f"{args.data}|{args.folds} folds|seed{args.seed}|{len(self.samples)}"
+        stored = self.results.get("_key")
+        legacy = re.fullmatch(r"(.*)\|(\d+)x\d+\|(seed\d+\|\d+)", str(stored))
+        if legacy:  # caches written before the key left out the repeats
+            stored = f"{legacy[1]}|{legacy[2]} folds|{legacy[3]}"
+        if stored not in (None, self.key):
             sys.exit(f"{self.results_path} holds another setting's results; use another --work")
         self.results["_key"] = self.key  # type: ignore[assignment]
         self._x: np.ndarray | None = None
