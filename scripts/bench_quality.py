@@ -21,6 +21,9 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
   supcon_soup   supcon with the weights averaged over its last 5 epochs (a training per fold);
                 supcon_soup_knn fuses it with its kNN vote
   recipe_int8   the recipe checkpoints quantised to int8 (--only recipe_int8; ONNX Runtime)
+  recipe_multiscale  recipe with multi-scale test-time augmentation: probabilities and
+                embeddings averaged over the trained input side and 288 px (cost printed);
+                recipe_multiscale_knn fuses it with its kNN vote (both: --only recipe_multiscale)
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -77,7 +80,15 @@ DEFAULT_METHODS = (
     "probe_lite1",
     "probe_lite2",
 )
-EXTRA_METHODS = ("supcon", "supcon_knn", "supcon_soup", "supcon_soup_knn", "recipe_int8")
+EXTRA_METHODS = (
+    "supcon",
+    "supcon_knn",
+    "supcon_soup",
+    "supcon_soup_knn",
+    "recipe_int8",
+    "recipe_multiscale",
+    "recipe_multiscale_knn",
+)
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
     "knn": DEFAULT_MODEL,
@@ -86,6 +97,7 @@ FROZEN_MODELS = {
     "probe_lite2": "tf_efficientnet_lite2",
 }
 SOUP_EPOCHS = 5
+MULTISCALE_SIZES = (288,)  # input sides averaged with the trained one (224 for Lite0)
 FUSION = KnnFusion()
 CHUNK = 64
 
@@ -396,6 +408,43 @@ class Bench:
             self.save("recipe_int8", split, figures)
             print(f"    recipe_int8 {split.name}: accuracy {figures['accuracy']:.3f}", flush=True)
 
+    def run_multiscale(self) -> None:
+        """The recipe checkpoints' outputs averaged over input sides (cached 224 px outputs
+        plus ``MULTISCALE_SIZES``), alone and fused with their kNN vote."""
+        from embedder.inference import Embedder
+
+        for split in self.splits:
+            if all(self.done(m, split) for m in ("recipe_multiscale", "recipe_multiscale_knn")):
+                continue
+            ckpt = self.work / split.name / "recipe"
+            if not (ckpt / "outputs.npz").exists():
+                print(f"  recipe_multiscale {split.name}: no recipe outputs yet (run recipe first)")
+                continue
+            model = Embedder.from_checkpoint(ckpt, runtime="torch", device="cpu")
+            with np.load(ckpt / "outputs.npz") as cached:
+                emb, probs = cached["embeddings"], cached["probabilities"]
+            side = model.config.data_config["input_size"][-1]
+            t0 = time.perf_counter()
+            for size in MULTISCALE_SIZES:
+                config = {**model.config.data_config, "input_size": [3, size, size]}
+                e, p = embed_all(model, preprocess_all(self.images, config))
+                emb, probs = emb + e, probs + p
+            emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+            probs = probs / (1 + len(MULTISCALE_SIZES))
+            cost = 1.0 + sum((size / side) ** 2 for size in MULTISCALE_SIZES)  # pixels
+            extra_s = round(time.perf_counter() - t0, 1)
+            figures = score(split, self.y, self.headline, probs.argmax(1), emb)
+            figures.update(extra_s=extra_s, model_cost=round(cost, 2))
+            self.save("recipe_multiscale", split, figures)
+            fused = fused_predictions(split, self.y, probs, emb)
+            figures = score(split, self.y, self.headline, fused, emb)
+            figures.update(extra_s=extra_s, model_cost=round(cost, 2))
+            self.save("recipe_multiscale_knn", split, figures)
+            print(
+                f"    recipe_multiscale {split.name}: accuracy {figures['accuracy']:.3f} fused",
+                flush=True,
+            )
+
     def run(self, todo: list[str]) -> None:
         self.todo = todo
         for method in todo:
@@ -411,6 +460,9 @@ class Bench:
             elif method == "recipe_int8":
                 print(f"{method} ...", flush=True)
                 self.run_int8()
+            elif method in ("recipe_multiscale", "recipe_multiscale_knn"):
+                print(f"{method} ...", flush=True)
+                self.run_multiscale()
             elif method in ("recipe_knn", "recipe_flip", "recipe_soup") and "recipe" not in todo:
                 self.todo = [*todo, "recipe"]
                 self.run_trained("recipe")

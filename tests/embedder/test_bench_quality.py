@@ -24,13 +24,14 @@ def test_cross_validated_baselines_end_with_one_json_line_and_cache(tmp_path):
     generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
     work = tmp_path / "work"
     methods = ("knn", "probe", "probe_knn")
-    only = [arg for m in (*methods, "supcon_knn") for arg in ("--only", m)]
+    only = [arg for m in (*methods, "supcon_knn", "recipe_multiscale") for arg in ("--only", m)]
     done = run("--data", str(data), "--folds", "2", *only, "--work", str(work))
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["photos"] == 24 and figures["folds"] == 2
     # supcon_knn fuses cached supcon outputs: without them it says so and reports nothing.
     assert "no supcon outputs yet" in done.stdout and "supcon_knn" not in figures["methods"]
+    assert "no recipe outputs yet" in done.stdout and "recipe_multiscale" not in figures["methods"]
     for method in methods:
         acc = figures["methods"][method]["accuracy"]
         assert figures["methods"][method]["folds"] == 2
@@ -38,6 +39,12 @@ def test_cross_validated_baselines_end_with_one_json_line_and_cache(tmp_path):
     # A second run reports the cached folds without recomputing them.
     again = run("--data", str(data), "--folds", "2", "--report", "--work", str(work))
     assert json.loads(again.stdout.strip().splitlines()[-1])["methods"] == figures["methods"]
+    # More repeats extend the same cache: repeat 0's folds are reused, not refused.
+    more = run(
+        "--data", str(data), "--folds", "2", "--repeats", "2", "--report", "--work", str(work)
+    )
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert json.loads(more.stdout.strip().splitlines()[-1])["methods"] == figures["methods"]
     # Another fold setting refuses to mix its results into this cache.
     other = run("--data", str(data), "--folds", "3", "--report", "--work", str(work))
     assert other.returncode != 0 and "another setting" in other.stderr
