@@ -68,11 +68,46 @@ def _child_exit(server: Any, worker: Any) -> None:
     mark_process_dead(worker.pid)
 
 
+INSTANCE_PREFIX = "phonesim-serve-"
+MASTER_PID_FILE = "master.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_instance_folders(parent: Path | None = None) -> list[Path]:
+    """Remove the instance folders of servers whose master is gone without cleaning up (a
+    SIGKILL or a power cut runs no ``finally``); a folder without a readable pid is kept."""
+    parent = Path(parent or tempfile.gettempdir())
+    removed = []
+    for folder in parent.glob(f"{INSTANCE_PREFIX}*"):
+        try:
+            pid = int((folder / MASTER_PID_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    if removed:
+        log.info("removed %d folder(s) of servers that were killed", len(removed))
+    return removed
+
+
 @contextlib.contextmanager
-def instance_folder() -> Iterator[Path]:
+def instance_folder(parent: Path | None = None) -> Iterator[Path]:
     """A folder of this server instance's own: control socket and shared metrics (the
-    workers find the latter through ``PROMETHEUS_MULTIPROC_DIR``). Removed at exit."""
-    folder = Path(tempfile.mkdtemp(prefix="phonesim-serve-"))
+    workers find the latter through ``PROMETHEUS_MULTIPROC_DIR``). Removed at exit; the
+    master's pid in it lets a later server remove it if this one is killed."""
+    remove_stale_instance_folders(parent)
+    folder = Path(tempfile.mkdtemp(prefix=INSTANCE_PREFIX, dir=parent))
+    (folder / MASTER_PID_FILE).write_text(str(os.getpid()))
     (folder / "metrics").mkdir()
     before = os.environ.get(MULTIPROC_ENV)
     os.environ[MULTIPROC_ENV] = str(folder / "metrics")  # inherited by the forked workers

@@ -92,3 +92,28 @@ def test_serve_checks_the_index_before_starting_workers(tiny_checkpoint, index_d
         os.close(fd)
     with CatalogIndex.open(building):  # another writer is fine: this one becomes a replica
         preflight(config(tiny_checkpoint, building, api_key="k"), GunicornSettings(workers=2))
+
+
+def test_folders_of_killed_servers_are_removed_at_the_next_start(tmp_path):
+    """A SIGKILLed master cannot remove its instance folder: the next server does, and leaves
+    the folders of running servers and those it cannot attribute alone."""
+    from server.serve import INSTANCE_PREFIX, MASTER_PID_FILE, instance_folder
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folders = {}
+        for name, pid in (("killed", gone.pid), ("running", running.pid), ("unknown", None)):
+            folders[name] = tmp_path / f"{INSTANCE_PREFIX}{name}"
+            (folders[name] / "metrics").mkdir(parents=True)
+            if pid is not None:
+                (folders[name] / MASTER_PID_FILE).write_text(str(pid))
+        with instance_folder(tmp_path) as mine:
+            assert (mine / MASTER_PID_FILE).read_text() == str(os.getpid())
+            assert not folders["killed"].exists()
+            assert folders["running"].exists() and folders["unknown"].exists()
+        assert not mine.exists()
+    finally:
+        running.kill()
+        running.wait()
