@@ -495,6 +495,14 @@ class Bench:
         for base in ("probe", "probe_knn"):
             if base in self.results and "recipe_knn" in self.results:
                 out[f"default_vs_{base}"] = self.paired("recipe_knn", base, names, frac)
+        # Fused candidates against the default prediction (which fuses too).
+        out["paired_vs_default"] = {
+            m: self.paired(m, "recipe_knn", names, frac)
+            for m in methods
+            if m.endswith("_knn")
+            and m not in ("recipe_knn", "probe_knn")
+            and "recipe_knn" in self.results
+        }
         return out
 
     def paired(self, m: str, base: str, names: list[str], frac: float) -> dict[str, Any]:
@@ -517,12 +525,12 @@ class Bench:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    print(f"\n{'method':<14}{'folds':>6}  " + "".join(f"{m:<26}" for m in METRICS))
+    print(f"\n{'method':<22}{'folds':>6}  " + "".join(f"{m:<26}" for m in METRICS))
     for m, e in summary["methods"].items():
         cells = "".join(
             f"{e[k]['mean']:.3f} [{e[k]['low']:.3f},{e[k]['high']:.3f}]    " for k in METRICS
         )
-        print(f"{m:<14}{e['folds']:>6}  {cells}")
+        print(f"{m:<22}{e['folds']:>6}  {cells}")
     print("\npaired difference to the recipe (fold-corrected t; accuracy also by photo bootstrap)")
     rows = dict(summary["paired_vs_recipe"])
     if "recipe_vs_probe" in summary:
@@ -530,12 +538,14 @@ def print_summary(summary: dict[str, Any]) -> None:
     for base in ("probe", "probe_knn"):  # the default fuses with the kNN vote
         if f"default_vs_{base}" in summary:
             rows[f"recipe_knn - {base}"] = summary[f"default_vs_{base}"]
+    for m, e in summary.get("paired_vs_default", {}).items():
+        rows[f"{m} - recipe_knn"] = e
     for m, e in rows.items():
         if "accuracy" not in e:
             continue
         parts = [f"{k} {Interval(**e[k])}" for k in ("accuracy", "recall_at_1")]
         parts.append(f"photo bootstrap {Interval(**e['accuracy_photo_bootstrap'])}")
-        print(f"  {m:<24}" + "  ".join(parts))
+        print(f"  {m:<36}" + "  ".join(parts))
 
 
 def main() -> int:
