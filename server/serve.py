@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,15 +85,17 @@ def _alive(pid: int) -> bool:
 
 def remove_stale_instance_folders(parent: Path | None = None) -> list[Path]:
     """Remove the instance folders of servers whose master is gone without cleaning up (a
-    SIGKILL or a power cut runs no ``finally``); a folder without a readable pid is kept."""
+    SIGKILL or a power cut runs no ``finally``). A folder without a readable pid, or written
+    on another host (a container sharing /tmp sees other pids), is kept."""
     parent = Path(parent or tempfile.gettempdir())
     removed = []
     for folder in parent.glob(f"{INSTANCE_PREFIX}*"):
         try:
-            pid = int((folder / MASTER_PID_FILE).read_text())
+            host, pid_text = (folder / MASTER_PID_FILE).read_text().split()
+            pid = int(pid_text)
         except (OSError, ValueError):
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if host == socket.gethostname() and pid != os.getpid() and not _alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     if removed:
@@ -107,7 +110,7 @@ def instance_folder(parent: Path | None = None) -> Iterator[Path]:
     master's pid in it lets a later server remove it if this one is killed."""
     remove_stale_instance_folders(parent)
     folder = Path(tempfile.mkdtemp(prefix=INSTANCE_PREFIX, dir=parent))
-    (folder / MASTER_PID_FILE).write_text(str(os.getpid()))
+    (folder / MASTER_PID_FILE).write_text(f"{socket.gethostname()} {os.getpid()}")
     (folder / "metrics").mkdir()
     before = os.environ.get(MULTIPROC_ENV)
     os.environ[MULTIPROC_ENV] = str(folder / "metrics")  # inherited by the forked workers

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -96,7 +97,7 @@ def test_serve_checks_the_index_before_starting_workers(tiny_checkpoint, index_d
 
 def test_folders_of_killed_servers_are_removed_at_the_next_start(tmp_path):
     """A SIGKILLed master cannot remove its instance folder: the next server does, and leaves
-    the folders of running servers and those it cannot attribute alone."""
+    the folders of running servers, of other hosts and those it cannot attribute alone."""
     from server.serve import INSTANCE_PREFIX, MASTER_PID_FILE, instance_folder
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -104,15 +105,21 @@ def test_folders_of_killed_servers_are_removed_at_the_next_start(tmp_path):
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         folders = {}
-        for name, pid in (("killed", gone.pid), ("running", running.pid), ("unknown", None)):
+        host = socket.gethostname()
+        for name, owner in (
+            ("killed", f"{host} {gone.pid}"),
+            ("running", f"{host} {running.pid}"),
+            ("other-host", f"{host}-container {gone.pid}"),
+            ("unknown", None),
+        ):
             folders[name] = tmp_path / f"{INSTANCE_PREFIX}{name}"
             (folders[name] / "metrics").mkdir(parents=True)
-            if pid is not None:
-                (folders[name] / MASTER_PID_FILE).write_text(str(pid))
+            if owner is not None:
+                (folders[name] / MASTER_PID_FILE).write_text(owner)
         with instance_folder(tmp_path) as mine:
-            assert (mine / MASTER_PID_FILE).read_text() == str(os.getpid())
+            assert (mine / MASTER_PID_FILE).read_text() == f"{host} {os.getpid()}"
             assert not folders["killed"].exists()
-            assert folders["running"].exists() and folders["unknown"].exists()
+            assert all(folders[k].exists() for k in ("running", "other-host", "unknown"))
         assert not mine.exists()
     finally:
         running.kill()
