@@ -125,7 +125,6 @@ def test_real_byte_identical_copies_are_grouped(phone_brands, descriptor, tmp_pa
     assert result.label_conflicts == sum(len({s.label for s in v}) > 1 for v in sets) > 0
 
 
-
 def test_a_pairs_evidence_does_not_depend_on_what_was_verified_before(planted_run, descriptor):
     """RANSAC is seeded per pair: a pair's evidence is the same whichever pairs, and how many,
     were verified before it (one shared generator made scores drift with the candidate list)."""
