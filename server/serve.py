@@ -109,8 +109,9 @@ def instance_folder(parent: Path | None = None) -> Iterator[Path]:
     workers find the latter through ``PROMETHEUS_MULTIPROC_DIR``). Removed at exit; the
     master's pid in it lets a later server remove it if this one is killed."""
     remove_stale_instance_folders(parent)
+    master = os.getpid()
     folder = Path(tempfile.mkdtemp(prefix=INSTANCE_PREFIX, dir=parent))
-    (folder / MASTER_PID_FILE).write_text(f"{socket.gethostname()} {os.getpid()}")
+    (folder / MASTER_PID_FILE).write_text(f"{socket.gethostname()} {master}")
     (folder / "metrics").mkdir()
     before = os.environ.get(MULTIPROC_ENV)
     os.environ[MULTIPROC_ENV] = str(folder / "metrics")  # inherited by the forked workers
@@ -121,7 +122,11 @@ def instance_folder(parent: Path | None = None) -> Iterator[Path]:
             os.environ.pop(MULTIPROC_ENV, None)
         else:
             os.environ[MULTIPROC_ENV] = before
-        shutil.rmtree(folder, ignore_errors=True)
+        # gunicorn's workers are forked inside this block and leave through it (SystemExit):
+        # only the master may remove the folder, or one worker's exit takes the control
+        # socket and the other workers' metrics with it.
+        if os.getpid() == master:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class PhonesimGunicorn(BaseApplication):

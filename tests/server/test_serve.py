@@ -124,3 +124,21 @@ def test_folders_of_killed_servers_are_removed_at_the_next_start(tmp_path):
     finally:
         running.kill()
         running.wait()
+
+
+def test_a_worker_leaving_the_block_does_not_remove_the_masters_folder(tmp_path):
+    """gunicorn forks its workers inside ``instance_folder`` and a worker that stops (a graceful
+    restart, fewer workers) exits through it: the folder must outlive it."""
+    from server.serve import instance_folder
+
+    try:
+        with instance_folder(tmp_path) as folder:
+            child = os.fork()
+            if child == 0:
+                sys.exit(0)  # the worker: SystemExit unwinds through the master's stack
+            _, status = os.waitpid(child, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert (folder / "metrics").is_dir()
+    except SystemExit:
+        os._exit(0)  # only the forked child gets here
+    assert not folder.exists()  # the master's own exit removes it
