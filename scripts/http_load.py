@@ -9,25 +9,14 @@ import socket
 import statistics
 import threading
 import time
-import uuid
+
+from urllib3 import encode_multipart_formdata
 
 
 def multipart_form(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, dict[str, str]]:
     """A multipart/form-data body and its headers: ``(filename, bytes)`` values are files."""
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        if isinstance(value, tuple):
-            filename, data = value
-            head = (
-                f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                "Content-Type: application/octet-stream\r\n\r\n"
-            )
-        else:
-            head, data = f'Content-Disposition: form-data; name="{name}"\r\n\r\n', value.encode()
-        parts.append(f"--{boundary}\r\n{head}".encode() + data + b"\r\n")
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    body, content_type = encode_multipart_formdata(fields)
+    return body, {"Content-Type": content_type}
 
 
 def multipart(name: str, data: bytes) -> tuple[bytes, str]:

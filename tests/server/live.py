@@ -12,11 +12,11 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from urllib3 import encode_multipart_formdata
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,20 +52,9 @@ class Live:
 
 
 def multipart(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, dict[str, str]]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        if isinstance(value, tuple):
-            filename, data = value
-            head = (
-                f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                "Content-Type: application/octet-stream\r\n\r\n"
-            )
-        else:
-            head, data = f'Content-Disposition: form-data; name="{name}"\r\n\r\n', value.encode()
-        parts.append(f"--{boundary}\r\n{head}".encode() + data + b"\r\n")
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    """A multipart/form-data body and its headers: ``(filename, bytes)`` values are files."""
+    body, content_type = encode_multipart_formdata(fields)
+    return body, {"Content-Type": content_type}
 
 
 @contextlib.contextmanager
