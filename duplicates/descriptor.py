@@ -50,6 +50,11 @@ class DescriptorConfig:
     local_stage: int = -2
     size: int | None = None
     thumb_size: int = 96
+    # > 0: the global descriptor comes from a second pass over the input Gaussian-blurred by
+    # this sigma (input pixels); local features stay sharp. On benchmark seed 1 sigma 2.5 left
+    # 11 copy-original pairs outside the candidates instead of 33 (photographed screens), F1
+    # 0.906 against 0.898, for 1.7x the describe time. Seeds 0, 2-4 not yet measured: off.
+    blur: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,9 +168,16 @@ class CopyDescriptor:
         """
         x = np.asarray(x, dtype=np.float32)
         n = len(x)
+        views = [x, x[..., ::-1]]
+        if self.config.blur > 0:
+            from scipy.ndimage import gaussian_filter
+
+            xb = gaussian_filter(x, sigma=(0, 0, self.config.blur, self.config.blur))
+            views += [xb, xb[..., ::-1]]
         with self._lock:
-            out = self.engine.run(np.concatenate([x, x[..., ::-1]]), self._outputs)
+            out = self.engine.run(np.concatenate(views), self._outputs)
         final, stage = (out[name] for name in self._outputs)
+        final, stage = final[-2 * n :], stage[: 2 * n]
         pooled = unit_rows(gem(final, self.config.gem_p))
         # Sum with the mirror's pooled feature: mirroring the input leaves the sum unchanged.
         global_ = unit_rows(pooled[:n] + pooled[n:])

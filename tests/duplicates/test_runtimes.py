@@ -117,3 +117,14 @@ def test_find_on_an_onnx_runtime_never_imports_torch(
     assert sorted([mirrored, planted[mirrored]]) in groups
     if runtime == "onnx":  # fp32: the very groups of torch eager; int8 may differ slightly
         assert groups == _groups(reference)
+
+
+def test_blurred_global_pass_keeps_local_features_and_mirror_invariance(ckpt_at_test_size):
+    sharp = CopyDescriptor.from_checkpoint(ckpt_at_test_size, DescriptorConfig())
+    blurred = CopyDescriptor.from_checkpoint(ckpt_at_test_size, DescriptorConfig(blur=2.0))
+    x = np.random.default_rng(0).standard_normal((2, *sharp.transform.shape)).astype(np.float32)
+    a, b = sharp.describe_tensors(x), blurred.describe_tensors(x)
+    np.testing.assert_array_equal(a.local, b.local)
+    assert np.abs(a.global_ - b.global_).max() > 1e-3  # the global pass saw other pixels
+    mirrored = blurred.describe_tensors(np.ascontiguousarray(x[..., ::-1]))
+    np.testing.assert_allclose(mirrored.global_, b.global_, atol=1e-4)
