@@ -249,6 +249,14 @@ def replica(server: Live) -> dict:
     return {"http": status, **body}
 
 
+def outage_seen(server: Live) -> bool:
+    """Every worker of ``server`` reports that it cannot reach the store."""
+    answers = per_worker(server, "/readyz")
+    return len(answers) >= len(worker_pids(server)) and all(
+        json.loads(body)["replica"]["store_error"] for _, body in answers.values()
+    )
+
+
 def test_postgresql_replicas_follow_and_answer_reads_while_the_database_is_down(
     pg, tiny_checkpoint, tiny_embedder, catalog_rows, tiny_catalog, tmp_path, image
 ):
@@ -268,8 +276,9 @@ def test_postgresql_replicas_follow_and_answer_reads_while_the_database_is_down(
                  timeout=VISIBLE_WITHIN_S)  # fmt: skip
         pg_ctl(pg, "stop")
         try:
+            # Every worker follows the store on its own: wait until each has noticed.
             for server in (a, b):
-                wait_for("the outage seen", lambda s=server: replica(s)["replica"]["store_error"])
+                wait_for("the outage seen by every worker", lambda s=server: outage_seen(s))
             status, response_headers, body = a.request(
                 "POST", "/v1/items", *multipart_add("pg-2", image)
             )
