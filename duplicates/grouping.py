@@ -72,6 +72,9 @@ def whiten(xb: np.ndarray, dim: int, sample: int = 20_000, seed: int = 0) -> np.
     Fitted on the set itself (a seeded sample of up to ``sample`` rows). None when the set has
     too few rows for ``dim`` directions (fewer than 2 x dim): the caller keeps raw cosines.
     """
+    # float64 numpy rather than faiss.PCAMatrix(eigen_power=-0.5): on 3,000 x 1280 rows faiss
+    # took 2.7 s against 0.85 s, and its float32 eigenvectors moved cosines by up to 2e-3, as
+    # whitening divides by the smallest eigenvalues kept.
     xb = np.asarray(xb, dtype=np.float64)
     if dim <= 0 or len(xb) < 2 * dim or xb.shape[1] < dim:
         return None
