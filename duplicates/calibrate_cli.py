@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.argtypes import non_negative_int, positive_int, probability
+from common.argtypes import non_negative_float, non_negative_int, positive_int, probability
+from duplicates.descriptor import DescriptorConfig
 from embedder.engine_options import EngineOptions, add_engine_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +76,15 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
         default=0.95,
         help="lowest precision a stored threshold may have (default 0.95)",
     )
+    p.add_argument(
+        "--blur",
+        type=non_negative_float,
+        default=DescriptorConfig.blur,
+        metavar="SIGMA",
+        help="Gaussian blur (input pixels) of the pass the candidate-finding descriptor comes "
+        "from, so photographed screens and noisy copies find their originals; 0 describes the "
+        "sharp image only, half the model time (default %(default)s; stored with the threshold)",
+    )
     p.add_argument("--dry-run", action="store_true", help="report only; do not store")
     p.add_argument(
         "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
@@ -96,13 +106,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     )
     from duplicates.calibration_report import write_calibration
     from duplicates.cli import check_output_folder
-    from duplicates.descriptor import CopyDescriptor, DescriptorConfig
+    from duplicates.descriptor import CopyDescriptor
     from duplicates.finder import FinderConfig
 
     work = Path(args.work) if args.work else Path(args.checkpoint) / "duplicates-calibration"
     check_output_folder(work)
     descriptor = CopyDescriptor.from_checkpoint(
-        args.checkpoint, DescriptorConfig(), EngineOptions.from_args(args)
+        args.checkpoint, DescriptorConfig(blur=args.blur), EngineOptions.from_args(args)
     )
     finder = FinderConfig(
         batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress

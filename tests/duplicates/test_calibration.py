@@ -21,6 +21,7 @@ from duplicates.calibration import (
     stored_settings,
 )
 from duplicates.calibration_report import write_calibration
+from duplicates.descriptor import DescriptorConfig
 from duplicates.finder import FinderConfig, ScoredPairs
 from duplicates.hashing import phash_available
 from duplicates.pair_model import fit_pair_model
@@ -131,3 +132,16 @@ def test_candidate_settings_are_read_back_and_old_records_keep_raw_cosines(
     store_calibration(ckpt, {"threshold": 0.7, "candidate_floor": 0.5})
     overrides = stored_settings(ckpt).finder_overrides
     assert overrides["whiten_dims"] == 0 and overrides["candidate_floor"] == 0.5
+
+
+def test_descriptor_blur_is_read_back_and_old_records_keep_the_sharp_pass(
+    tiny_checkpoint, tmp_path
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    store_calibration(ckpt, {"threshold": 0.7, "descriptor": DescriptorConfig(blur=1.5).to_json()})
+    assert stored_settings(ckpt).descriptor.blur == 1.5
+    # Calibrated before the blurred pass existed: its threshold holds for sharp descriptors.
+    store_calibration(ckpt, {"threshold": 0.7, "descriptor": {"gem_p": 3.0}})
+    assert stored_settings(ckpt).descriptor.blur == 0.0
+    assert stored_settings(ckpt).descriptor.gem_p == 3.0

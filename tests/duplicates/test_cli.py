@@ -109,3 +109,12 @@ def test_phonesim_duplicates_bench_prints_json_last(capsys) -> None:
     assert phonesim_main(argv) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["n"] == 600 and figures["subset_matches_brute_force"]
+
+
+def test_calibrate_refuses_a_negative_blur(tiny_checkpoint, capsys) -> None:
+    from duplicates.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main("calibrate", ["--checkpoint", str(tiny_checkpoint), "--blur", "-1"])
+    assert exit_.value.code == 2
+    assert "--blur" in capsys.readouterr().err

@@ -120,7 +120,7 @@ def test_find_on_an_onnx_runtime_never_imports_torch(
 
 
 def test_blurred_global_pass_keeps_local_features_and_mirror_invariance(ckpt_at_test_size):
-    sharp = CopyDescriptor.from_checkpoint(ckpt_at_test_size, DescriptorConfig())
+    sharp = CopyDescriptor.from_checkpoint(ckpt_at_test_size, DescriptorConfig(blur=0.0))
     blurred = CopyDescriptor.from_checkpoint(ckpt_at_test_size, DescriptorConfig(blur=2.0))
     x = np.random.default_rng(0).standard_normal((2, *sharp.transform.shape)).astype(np.float32)
     a, b = sharp.describe_tensors(x), blurred.describe_tensors(x)
@@ -128,3 +128,24 @@ def test_blurred_global_pass_keeps_local_features_and_mirror_invariance(ckpt_at_
     assert np.abs(a.global_ - b.global_).max() > 1e-3  # the global pass saw other pixels
     mirrored = blurred.describe_tensors(np.ascontiguousarray(x[..., ::-1]))
     np.testing.assert_allclose(mirrored.global_, b.global_, atol=1e-4)
+
+
+def test_blurred_global_pass_brings_a_noisy_copy_closer_to_its_original(ckpt_at_test_size):
+    """Pixel noise (moire, sensor grain, re-encoding) moves the blurred descriptor less."""
+    from scipy.ndimage import zoom
+
+    sharp = CopyDescriptor.from_checkpoint(ckpt_at_test_size, DescriptorConfig(blur=0.0))
+    blurred = CopyDescriptor.from_checkpoint(ckpt_at_test_size, DescriptorConfig(blur=2.0))
+    rng = np.random.default_rng(1)
+    side = sharp.transform.shape[-1]
+    # Smooth originals (a coarse pattern upsampled) and copies with strong pixel noise.
+    coarse = rng.standard_normal((4, 3, side // 8, side // 8)).astype(np.float32)
+    original = zoom(coarse, (1, 1, 8, 8), order=1)
+    noisy = original + 1.5 * rng.standard_normal(original.shape).astype(np.float32)
+
+    def similarity(descriptor: CopyDescriptor) -> np.ndarray:
+        a = descriptor.describe_tensors(original).global_
+        b = descriptor.describe_tensors(noisy).global_
+        return (a * b).sum(axis=1)
+
+    assert (similarity(blurred) > similarity(sharp)).all()

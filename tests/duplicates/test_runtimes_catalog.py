@@ -51,7 +51,11 @@ def test_calibrate_on_onnx_never_imports_torch(ckpt_at_test_size, tiny_catalog, 
     ckpt = _onnx_checkpoint(ckpt_at_test_size, tmp_path)
     args = ["--checkpoint", str(ckpt), "--data", str(tiny_catalog), "--work", str(tmp_path / "w")]
     args += ["--originals", "6", "--distractors", "4", "--runtime", "onnx", "--device", "cpu"]
-    args += ["--dry-run", "--no-progress"]
+    args += ["--blur", "1.5", "--no-progress"]
     done, stdout = run_reporting_modules("calibrate_duplicates.py", args)
     assert done == {"code": 0, "torch": []}, stdout
     assert "benchmark images (6 originals" in stdout
+    # The threshold is stored with the descriptor it was calibrated on, blur included.
+    from duplicates.calibration import stored_settings
+
+    assert stored_settings(ckpt).descriptor.blur == 1.5
