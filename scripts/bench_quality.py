@@ -20,6 +20,9 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
   supcon_knn    supcon's probabilities fused with its kNN vote (--only supcon_knn, after supcon)
   supcon_soup   supcon with the weights averaged over its last 5 epochs (a training per fold);
                 supcon_soup_knn fuses it with its kNN vote
+  recipe_lite1  the recipe with an ImageNet Lite1 backbone (240 px; --only recipe_lite1, a
+                training per fold; needs phonesim[backbones]); recipe_lite1_knn fuses it with
+                its kNN vote (--only recipe_lite1_knn, after recipe_lite1)
   recipe_int8   the recipe checkpoints quantised to int8 (--only recipe_int8; ONNX Runtime)
   recipe_multiscale  recipe with multi-scale test-time augmentation: probabilities and
                 embeddings averaged over the trained input side and 288 px (cost printed);
@@ -88,6 +91,8 @@ EXTRA_METHODS = (
     "recipe_int8",
     "recipe_multiscale",
     "recipe_multiscale_knn",
+    "recipe_lite1",
+    "recipe_lite1_knn",
 )
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
@@ -95,6 +100,13 @@ FROZEN_MODELS = {
     "probe_knn": DEFAULT_MODEL,
     "probe_lite1": "tf_efficientnet_lite1",
     "probe_lite2": "tf_efficientnet_lite2",
+}
+# Recipe variants that train a model per fold, with their TrainConfig overrides.
+TRAINED = {
+    "recipe": {},
+    "supcon": {"metric_loss": "supcon"},
+    "supcon_soup": {"metric_loss": "supcon"},
+    "recipe_lite1": {"model": "tf_efficientnet_lite1"},
 }
 SOUP_EPOCHS = 5
 MULTISCALE_SIZES = (288,)  # input sides averaged with the trained one (224 for Lite0)
@@ -205,7 +217,7 @@ class Bench:
         if stored not in (None, self.key):
             sys.exit(f"{self.results_path} holds another setting's results; use another --work")
         self.results["_key"] = self.key  # type: ignore[assignment]
-        self._x: np.ndarray | None = None
+        self._x: dict[tuple, np.ndarray] = {}
         print(
             f"{len(self.samples)} photos, {len(self.names)} classes, {self.groups.max() + 1} "
             f"near-copy groups, {int((~self.headline).sum())} cross-brand copies scored apart; "
@@ -220,11 +232,12 @@ class Bench:
     def done(self, method: str, split: Split) -> bool:
         return split.name in self.results.get(method, {})
 
-    # preprocessed photos at the default recipe's input (the same for every fold's model)
+    # preprocessed photos at a trained model's input (the same for every fold of one backbone)
     def recipe_inputs(self, data_config: dict) -> np.ndarray:
-        if self._x is None:
-            self._x = preprocess_all(self.images, data_config)
-        return self._x
+        key = tuple(data_config["input_size"])
+        if key not in self._x:
+            self._x[key] = preprocess_all(self.images, data_config)
+        return self._x[key]
 
     def frozen_features(self, model_name: str) -> np.ndarray:
         cache = self.work / f"frozen-{model_name}.npy"
@@ -309,15 +322,15 @@ class Bench:
         return out, states, (time.perf_counter() - t0) / 60
 
     def run_trained(self, method: str) -> None:
-        """recipe (+ its knn, flip and soup variants from the same models), supcon or
-        supcon_soup."""
+        """recipe (+ its knn, flip and soup variants from the same models) or another entry of
+        ``TRAINED``."""
         from embedder.inference import Embedder
 
         variants = (
             ["recipe", "recipe_knn", "recipe_flip", "recipe_soup"] if method == "recipe" else []
         )
         wanted = [v for v in variants if v in self.todo] or [method]
-        overrides = {"metric_loss": "supcon"} if method.startswith("supcon") else {}
+        overrides = TRAINED[method]
         for split in self.splits:
             if all(self.done(v, split) for v in wanted):
                 continue
@@ -451,10 +464,10 @@ class Bench:
             if method in FROZEN_MODELS:
                 print(f"{method} ...", flush=True)
                 self.run_frozen(method)
-            elif method in ("recipe", "supcon", "supcon_soup"):
+            elif method in TRAINED:
                 print(f"{method} ...", flush=True)
                 self.run_trained(method)
-            elif method in ("supcon_knn", "supcon_soup_knn"):
+            elif method in ("supcon_knn", "supcon_soup_knn", "recipe_lite1_knn"):
                 print(f"{method} ...", flush=True)
                 self.run_fused(method.removesuffix("_knn"))
             elif method == "recipe_int8":

@@ -24,13 +24,18 @@ def test_cross_validated_baselines_end_with_one_json_line_and_cache(tmp_path):
     generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
     work = tmp_path / "work"
     methods = ("knn", "probe", "probe_knn")
-    only = [arg for m in (*methods, "supcon_knn", "recipe_multiscale") for arg in ("--only", m)]
+    only = [
+        arg
+        for m in (*methods, "supcon_knn", "recipe_lite1_knn", "recipe_multiscale")
+        for arg in ("--only", m)
+    ]
     done = run("--data", str(data), "--folds", "2", *only, "--work", str(work))
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["photos"] == 24 and figures["folds"] == 2
     # supcon_knn fuses cached supcon outputs: without them it says so and reports nothing.
     assert "no supcon outputs yet" in done.stdout and "supcon_knn" not in figures["methods"]
+    assert "no recipe_lite1 outputs yet" in done.stdout
     assert "no recipe outputs yet" in done.stdout and "recipe_multiscale" not in figures["methods"]
     for method in methods:
         acc = figures["methods"][method]["accuracy"]
