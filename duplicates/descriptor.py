@@ -171,7 +171,7 @@ class CopyDescriptor:
 
         The image and its mirror go through the engine as one batch of 2N; with ``blur`` their
         blurred copies follow as a second batch of 2N (not one of 4N: half the peak memory),
-        whose final map gives the global descriptor; the local features stay sharp.
+        asked only for the final map, which gives the global descriptor.
         """
         x = np.asarray(x, dtype=np.float32)
         n = len(x)
@@ -181,9 +181,10 @@ class CopyDescriptor:
 
             blurred = gaussian_filter(x, sigma=(0, 0, self.config.blur, self.config.blur))
         with self._lock:
-            final, stage = self._run_with_mirror(x)
-            if blurred is not None:
-                final = self._run_with_mirror(blurred)[0]
+            out = self._run_with_mirror(x, self._outputs)
+            if blurred is not None:  # only its final map: the local features stay sharp
+                out |= self._run_with_mirror(blurred, (FEATURE_MAP,))
+        final, stage = (out[name] for name in self._outputs)
         pooled = unit_rows(gem(final, self.config.gem_p))
         # Sum with the mirror's pooled feature: mirroring the input leaves the sum unchanged.
         global_ = unit_rows(pooled[:n] + pooled[n:])
@@ -196,11 +197,9 @@ class CopyDescriptor:
             np.ascontiguousarray(local, dtype=np.float16),
         )
 
-    def _run_with_mirror(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Final and stage maps of ``x`` and its mirror (2N rows: images, then mirrors)."""
-        out = self.engine.run(np.concatenate([x, x[..., ::-1]]), self._outputs)
-        final, stage = (out[name] for name in self._outputs)
-        return final, stage
+    def _run_with_mirror(self, x: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The named maps of ``x`` and its mirror (2N rows: images, then mirrors)."""
+        return self.engine.run(np.concatenate([x, x[..., ::-1]]), outputs)
 
     def describe_images(self, images: list[Image.Image]) -> Described:
         return self.describe_tensors(self.transform.batch(images))

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,15 +83,20 @@ def add(server: Live, item_id: str, image: bytes) -> int:
     return server.request("POST", "/v1/items", body=body, headers={**headers, **KEY})[0]
 
 
-def seen_by_all(servers: list[Live], path: str, status: int) -> bool:
-    """Every worker of every server answers ``path`` with ``status``."""
+def every_worker(servers: list[Live], path: str, accept: Callable[[int, bytes], bool]) -> bool:
+    """Every worker of every server answers ``path`` with a status and body ``accept`` takes."""
     for server in servers:
         answers = per_worker(server, path)
         if len(answers) < len(worker_pids(server)):
             return False
-        if any(s != status for s, _ in answers.values()):
+        if not all(accept(status, body) for status, body in answers.values()):
             return False
     return True
+
+
+def seen_by_all(servers: list[Live], path: str, status: int) -> bool:
+    """Every worker of every server answers ``path`` with ``status``."""
+    return every_worker(servers, path, lambda answered, _: answered == status)
 
 
 def sizes(servers: list[Live]) -> set[int]:
@@ -251,9 +257,8 @@ def replica(server: Live) -> dict:
 
 def outage_seen(server: Live) -> bool:
     """Every worker of ``server`` reports that it cannot reach the store."""
-    answers = per_worker(server, "/readyz")
-    return len(answers) >= len(worker_pids(server)) and all(
-        json.loads(body)["replica"]["store_error"] for _, body in answers.values()
+    return every_worker(
+        [server], "/readyz", lambda _, body: bool(json.loads(body)["replica"]["store_error"])
     )
 
 
