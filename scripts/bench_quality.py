@@ -8,10 +8,10 @@ filed under another brand are scored apart ("cross-brand copies"), not in the he
 
 Methods (each scored on the same folds; intervals from embedder/crossval.py):
   probe         logistic regression on frozen ImageNet Lite0 features (C by inner 3-fold CV)
-  knn           weighted kNN vote (k 20, T 0.07) on frozen Lite0 features
-  probe_knn     the probe's probabilities fused with that kNN vote (w 0.3), as `evaluate` does
+  knn           weighted kNN vote (k 20, T 0.03) on frozen Lite0 features
+  probe_knn     the probe's probabilities fused with that kNN vote (w 0.5), as `evaluate` does
   recipe        `phonesim train --data <training folds>` defaults (inner 15% validation split)
-  recipe_knn    recipe's probabilities fused with its kNN vote over the training folds (w 0.3)
+  recipe_knn    recipe's probabilities fused with its kNN vote over the training folds (w 0.5)
   recipe_flip   recipe with mirror test-time augmentation (mean of 2 views: 2x the model cost)
   recipe_soup   recipe with the weights averaged over its last 5 fine-tuning epochs
   probe_lite1   the probe on frozen Lite1 (240 px) features (needs phonesim[backbones])
@@ -27,6 +27,11 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
   recipe_multiscale  recipe with multi-scale test-time augmentation: probabilities and
                 embeddings averaged over the trained input side and 288 px (cost printed);
                 recipe_multiscale_knn fuses it with its kNN vote (both: --only recipe_multiscale)
+  recipe_lite1_multiscale  the same for recipe_lite1 over 240 and 320 px (+ _knn)
+  recipe_pair   the recipe and recipe_lite1 checkpoints as one ensemble (mean probabilities,
+                concatenated embeddings; from cached outputs); recipe_pair_knn fuses it
+  recipe_knn_nested  recipe_knn with the fusion's k, temperature and weight chosen for each fold
+                on the other folds of its repeat (nested: the choice never sees the fold)
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -39,13 +44,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import logging
 import re
 import sys
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +99,11 @@ EXTRA_METHODS = (
     "recipe_multiscale_knn",
     "recipe_lite1",
     "recipe_lite1_knn",
+    "recipe_lite1_multiscale",
+    "recipe_lite1_multiscale_knn",
+    "recipe_pair",
+    "recipe_pair_knn",
+    "recipe_knn_nested",
 )
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
@@ -109,8 +120,16 @@ TRAINED = {
     "recipe_lite1": {"model": "tf_efficientnet_lite1"},
 }
 SOUP_EPOCHS = 5
-MULTISCALE_SIZES = (288,)  # input sides averaged with the trained one (224 for Lite0)
+# Input sides averaged with the trained one (224 for Lite0, 240 for Lite1), per trained method.
+MULTISCALE_SIZES = {"recipe": (288,), "recipe_lite1": (320,)}
+PAIR = ("recipe", "recipe_lite1")  # the two-backbone ensemble of recipe_pair
 FUSION = KnnFusion()
+# Results cached before they recorded their fusion were computed with this setting.
+LEGACY_FUSION = {"k": 20, "temperature": 0.07, "weight": 0.3}
+# recipe_knn_nested picks its fusion from this grid on the other folds of its repeat.
+FUSION_GRID = [
+    KnnFusion(k, t, w) for k, t, w in itertools.product((10, 20), (0.03, 0.07), (0.3, 0.5, 0.7))
+]
 CHUNK = 64
 
 
@@ -171,6 +190,11 @@ def score(
     }
 
 
+def uses_fusion(method: str) -> bool:
+    """Whether ``method``'s figures depend on FUSION (the kNN vote or its fusion)."""
+    return method == "knn" or method.endswith("_knn")
+
+
 def soup_outputs(best, states: list, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings and probabilities of ``best``'s model with the weights averaged over the
     last SOUP_EPOCHS fine-tuning epochs (loaded into that model in place)."""
@@ -226,11 +250,17 @@ class Bench:
         )
 
     def save(self, method: str, split: Split, figures: dict) -> None:
+        if uses_fusion(method):
+            figures["fusion"] = asdict(FUSION)
         self.results.setdefault(method, {})[split.name] = figures
         atomic_write_text(self.results_path, json.dumps(self.results))  # a crash keeps the rest
 
     def done(self, method: str, split: Split) -> bool:
-        return split.name in self.results.get(method, {})
+        """Scored on this fold (with the current FUSION, for a method that fuses)."""
+        figures = self.results.get(method, {}).get(split.name)
+        if figures is None:
+            return False
+        return not uses_fusion(method) or figures.get("fusion", LEGACY_FUSION) == asdict(FUSION)
 
     # preprocessed photos at a trained model's input (the same for every fold of one backbone)
     def recipe_inputs(self, data_config: dict) -> np.ndarray:
@@ -330,6 +360,8 @@ class Bench:
             ["recipe", "recipe_knn", "recipe_flip", "recipe_soup"] if method == "recipe" else []
         )
         wanted = [v for v in variants if v in self.todo] or [method]
+        if "recipe_knn" in wanted:
+            self.run_fused("recipe", quiet=True)  # from cached outputs, e.g. after FUSION changed
         overrides = TRAINED[method]
         for split in self.splits:
             if all(self.done(v, split) for v in wanted):
@@ -375,14 +407,17 @@ class Bench:
             figures["epochs_averaged"] = len(states[-SOUP_EPOCHS:])
             self.save("recipe_soup", split, figures)
 
-    def run_fused(self, method: str) -> None:
+    def run_fused(self, method: str, quiet: bool = False) -> None:
         """A trained method's cached outputs fused with their kNN vote (``<method>_knn``)."""
         for split in self.splits:
             if self.done(f"{method}_knn", split):
                 continue
             outputs = self.work / split.name / method / "outputs.npz"
             if not outputs.exists():
-                print(f"  {method}_knn {split.name}: no {method} outputs yet (run {method} first)")
+                if not quiet:
+                    print(
+                        f"  {method}_knn {split.name}: no {method} outputs yet (run {method} first)"
+                    )
                 continue
             with np.load(outputs) as cached:
                 emb, probs = cached["embeddings"], cached["probabilities"]
@@ -421,42 +456,123 @@ class Bench:
             self.save("recipe_int8", split, figures)
             print(f"    recipe_int8 {split.name}: accuracy {figures['accuracy']:.3f}", flush=True)
 
-    def run_multiscale(self) -> None:
-        """The recipe checkpoints' outputs averaged over input sides (cached 224 px outputs
-        plus ``MULTISCALE_SIZES``), alone and fused with their kNN vote."""
-        from embedder.inference import Embedder
-
+    def run_multiscale(self, base: str) -> None:
+        """``base``'s checkpoints' outputs averaged over input sides (its cached outputs at the
+        trained side plus ``MULTISCALE_SIZES[base]``), alone and fused with their kNN vote."""
+        names = (f"{base}_multiscale", f"{base}_multiscale_knn")
         for split in self.splits:
-            if all(self.done(m, split) for m in ("recipe_multiscale", "recipe_multiscale_knn")):
+            if all(self.done(m, split) for m in names):
                 continue
-            ckpt = self.work / split.name / "recipe"
+            ckpt = self.work / split.name / base
             if not (ckpt / "outputs.npz").exists():
-                print(f"  recipe_multiscale {split.name}: no recipe outputs yet (run recipe first)")
+                print(f"  {names[0]} {split.name}: no {base} outputs yet (run {base} first)")
                 continue
-            model = Embedder.from_checkpoint(ckpt, runtime="torch", device="cpu")
-            with np.load(ckpt / "outputs.npz") as cached:
-                emb, probs = cached["embeddings"], cached["probabilities"]
-            side = model.config.data_config["input_size"][-1]
-            t0 = time.perf_counter()
-            for size in MULTISCALE_SIZES:
-                config = {**model.config.data_config, "input_size": [3, size, size]}
-                e, p = embed_all(model, preprocess_all(self.images, config))
-                emb, probs = emb + e, probs + p
-            emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-            probs = probs / (1 + len(MULTISCALE_SIZES))
-            cost = 1.0 + sum((size / side) ** 2 for size in MULTISCALE_SIZES)  # pixels
-            extra_s = round(time.perf_counter() - t0, 1)
+            cache = ckpt / "outputs_multiscale.npz"  # the fused variant re-scores it cheaply
+            if cache.exists():
+                with np.load(cache) as cached:
+                    emb, probs = cached["embeddings"], cached["probabilities"]
+                    cost, extra_s = float(cached["model_cost"]), float(cached["extra_s"])
+            else:
+                emb, probs, cost, extra_s = self.multiscale_outputs(ckpt, MULTISCALE_SIZES[base])
+                np.savez(
+                    cache, embeddings=emb, probabilities=probs, model_cost=cost, extra_s=extra_s
+                )
             figures = score(split, self.y, self.headline, probs.argmax(1), emb)
             figures.update(extra_s=extra_s, model_cost=round(cost, 2))
-            self.save("recipe_multiscale", split, figures)
+            self.save(names[0], split, figures)
             fused = fused_predictions(split, self.y, probs, emb)
             figures = score(split, self.y, self.headline, fused, emb)
             figures.update(extra_s=extra_s, model_cost=round(cost, 2))
-            self.save("recipe_multiscale_knn", split, figures)
+            self.save(names[1], split, figures)
             print(
-                f"    recipe_multiscale {split.name}: accuracy {figures['accuracy']:.3f} fused",
+                f"    {names[0]} {split.name}: accuracy {figures['accuracy']:.3f} fused",
                 flush=True,
             )
+
+    def multiscale_outputs(self, ckpt: Path, sizes: tuple[int, ...]):
+        """A checkpoint's cached outputs averaged with its outputs at ``sizes``; the cost in
+        pixels relative to the trained side, and the extra seconds."""
+        from embedder.inference import Embedder
+
+        model = Embedder.from_checkpoint(ckpt, runtime="torch", device="cpu")
+        with np.load(ckpt / "outputs.npz") as cached:
+            emb, probs = cached["embeddings"], cached["probabilities"]
+        side = model.config.data_config["input_size"][-1]
+        t0 = time.perf_counter()
+        for size in sizes:
+            config = {**model.config.data_config, "input_size": [3, size, size]}
+            e, p = embed_all(model, preprocess_all(self.images, config))
+            emb, probs = emb + e, probs + p
+        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        probs = probs / (1 + len(sizes))
+        cost = 1.0 + sum((size / side) ** 2 for size in sizes)
+        return emb, probs, round(cost, 2), round(time.perf_counter() - t0, 1)
+
+    def run_pair(self) -> None:
+        """The ``PAIR`` checkpoints as one ensemble: mean probabilities, concatenated
+        L2-normalised embeddings (re-normalised), alone and fused with their kNN vote."""
+        for split in self.splits:
+            if all(self.done(m, split) for m in ("recipe_pair", "recipe_pair_knn")):
+                continue
+            paths = [self.work / split.name / m / "outputs.npz" for m in PAIR]
+            if not all(path.exists() for path in paths):
+                print(f"  recipe_pair {split.name}: run {' and '.join(PAIR)} first")
+                continue
+            embs, probs = [], []
+            for path in paths:
+                with np.load(path) as cached:
+                    embs.append(cached["embeddings"])
+                    probs.append(cached["probabilities"])
+            emb = np.concatenate(embs, axis=1) / np.sqrt(len(embs))
+            prob = np.mean(probs, axis=0)
+            # measured: both models' embedding seconds over the recipe's, on this fold
+            seconds = [self.results[m][split.name]["embed_s"] for m in PAIR]
+            cost = sum(seconds) / seconds[0]
+            figures = score(split, self.y, self.headline, prob.argmax(1), emb)
+            figures["model_cost"] = round(cost, 2)
+            self.save("recipe_pair", split, figures)
+            fused = fused_predictions(split, self.y, prob, emb)
+            figures = score(split, self.y, self.headline, fused, emb)
+            figures["model_cost"] = round(cost, 2)
+            self.save("recipe_pair_knn", split, figures)
+
+    def run_nested(self) -> None:
+        """recipe_knn with its fusion chosen per fold from FUSION_GRID by the pooled accuracy
+        of the other folds of its repeat: what tuning the fusion is worth, measured on photos
+        the choice never saw."""
+        outputs = {s.name: self.work / s.name / "recipe" / "outputs.npz" for s in self.splits}
+        correct: dict[str, np.ndarray] = {}  # fold -> (grid x test photos) correctness
+        for split in self.splits:
+            if outputs[split.name].exists():
+                with np.load(outputs[split.name]) as cached:
+                    emb, probs = cached["embeddings"], cached["probabilities"]
+                k = max(f.k for f in FUSION_GRID)
+                scores, idx = nearest_neighbours(emb, emb[split.train], k)
+                labels = self.y[split.train][idx]
+                test = split.test[self.headline[split.test]]
+                correct[split.name] = np.array(
+                    [
+                        fuse(probs, scores, labels, f).argmax(1)[test] == self.y[test]
+                        for f in FUSION_GRID
+                    ]
+                )
+        for split in self.splits:
+            others = [s.name for s in self.splits if s.repeat == split.repeat and s != split]
+            if self.done("recipe_knn_nested", split):
+                continue
+            if not all(o in correct for o in [split.name, *others]):
+                print(f"  recipe_knn_nested {split.name}: run recipe on all folds of its repeat")
+                continue
+            pooled = np.concatenate([correct[o] for o in others], axis=1).mean(axis=1)
+            chosen = FUSION_GRID[int(pooled.argmax())]
+            with np.load(outputs[split.name]) as cached:
+                emb, probs = cached["embeddings"], cached["probabilities"]
+            scores, idx = nearest_neighbours(emb, emb[split.train], chosen.k)
+            pred = fuse(probs, scores, self.y[split.train][idx], chosen).argmax(1)
+            figures = score(split, self.y, self.headline, pred, emb)
+            figures["chosen_fusion"] = asdict(chosen)
+            self.save("recipe_knn_nested", split, figures)
+            print(f"    recipe_knn_nested {split.name}: {chosen}", flush=True)
 
     def run(self, todo: list[str]) -> None:
         self.todo = todo
@@ -473,9 +589,15 @@ class Bench:
             elif method == "recipe_int8":
                 print(f"{method} ...", flush=True)
                 self.run_int8()
-            elif method in ("recipe_multiscale", "recipe_multiscale_knn"):
+            elif method.endswith(("_multiscale", "_multiscale_knn")):
                 print(f"{method} ...", flush=True)
-                self.run_multiscale()
+                self.run_multiscale(method.split("_multiscale")[0])
+            elif method in ("recipe_pair", "recipe_pair_knn"):
+                print(f"{method} ...", flush=True)
+                self.run_pair()
+            elif method == "recipe_knn_nested":
+                print(f"{method} ...", flush=True)
+                self.run_nested()
             elif method in ("recipe_knn", "recipe_flip", "recipe_soup") and "recipe" not in todo:
                 self.todo = [*todo, "recipe"]
                 self.run_trained("recipe")
@@ -512,7 +634,7 @@ class Bench:
         out["paired_vs_default"] = {
             m: self.paired(m, "recipe_knn", names, frac)
             for m in methods
-            if m.endswith("_knn")
+            if m.endswith(("_knn", "_knn_nested"))
             and m not in ("recipe_knn", "probe_knn")
             and "recipe_knn" in self.results
         }
@@ -538,12 +660,13 @@ class Bench:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    print(f"\n{'method':<22}{'folds':>6}  " + "".join(f"{m:<26}" for m in METRICS))
+    width = max(len(m) for m in ("method", *summary["methods"])) + 2
+    print(f"\n{'method':<{width}}{'folds':>6}  " + "".join(f"{m:<26}" for m in METRICS))
     for m, e in summary["methods"].items():
         cells = "".join(
             f"{e[k]['mean']:.3f} [{e[k]['low']:.3f},{e[k]['high']:.3f}]    " for k in METRICS
         )
-        print(f"{m:<22}{e['folds']:>6}  {cells}")
+        print(f"{m:<{width}}{e['folds']:>6}  {cells}")
     print("\npaired difference to the recipe (fold-corrected t; accuracy also by photo bootstrap)")
     rows = dict(summary["paired_vs_recipe"])
     if "recipe_vs_probe" in summary:
@@ -553,12 +676,13 @@ def print_summary(summary: dict[str, Any]) -> None:
             rows[f"recipe_knn - {base}"] = summary[f"default_vs_{base}"]
     for m, e in summary.get("paired_vs_default", {}).items():
         rows[f"{m} - recipe_knn"] = e
+    width = max(map(len, rows), default=0) + 2
     for m, e in rows.items():
         if "accuracy" not in e:
             continue
         parts = [f"{k} {Interval(**e[k])}" for k in ("accuracy", "recall_at_1")]
         parts.append(f"photo bootstrap {Interval(**e['accuracy_photo_bootstrap'])}")
-        print(f"  {m:<36}" + "  ".join(parts))
+        print(f"  {m:<{width}}" + "  ".join(parts))
 
 
 def main() -> int:

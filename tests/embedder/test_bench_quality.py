@@ -58,3 +58,50 @@ def test_cross_validated_baselines_end_with_one_json_line_and_cache(tmp_path):
 def test_a_missing_dataset_is_a_usage_error(tmp_path):
     done = run("--data", str(tmp_path / "nowhere"), "--work", str(tmp_path / "w"))
     assert done.returncode == 2 and "dataset not found" in done.stderr
+
+
+def test_fused_results_follow_the_fusion_setting_and_nested_choice_runs(tmp_path):
+    import numpy as np
+
+    from demo.catalog import generate_catalog
+
+    data = tmp_path / "catalog"
+    generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
+    work = tmp_path / "work"
+    base = ("--data", str(data), "--folds", "2", "--work", str(work))
+    first = run(*base, "--only", "knn", "--only", "probe")
+    assert first.returncode == 0, first.stderr[-2000:]
+    # A fused result computed with another fusion (or before results recorded it) is stale and
+    # scored again; a method that does not fuse keeps its cached figures.
+    results = json.loads((work / "results.json").read_text())
+    stale = {"k": 5, "temperature": 1.0, "weight": 1.0}
+    results["knn"]["r0f0"].update(accuracy=-1.0, fusion=stale)
+    del results["knn"]["r0f1"]["fusion"]
+    results["knn"]["r0f1"]["accuracy"] = -1.0
+    results["probe"]["r0f0"]["accuracy"] = -1.0
+    (work / "results.json").write_text(json.dumps(results))
+    again = run(*base, "--only", "knn", "--only", "probe")
+    assert again.returncode == 0, again.stderr[-2000:]
+    results = json.loads((work / "results.json").read_text())
+    assert all(results["knn"][f]["accuracy"] >= 0.0 for f in ("r0f0", "r0f1"))
+    assert results["probe"]["r0f0"]["accuracy"] == -1.0
+
+    # recipe_knn_nested needs the recipe's outputs on every fold of the repeat.
+    missing = run(*base, "--only", "recipe_knn_nested")
+    assert missing.returncode == 0 and "run recipe on all folds" in missing.stdout
+    rng = np.random.default_rng(0)
+    for fold in ("r0f0", "r0f1"):
+        (work / fold / "recipe").mkdir(parents=True)
+        emb = rng.normal(size=(24, 8)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        probs = rng.dirichlet(np.ones(3), size=24).astype(np.float32)
+        np.savez(work / fold / "recipe" / "outputs.npz", embeddings=emb, probabilities=probs)
+    nested = run(*base, "--only", "recipe_knn_nested")
+    assert nested.returncode == 0, nested.stderr[-2000:]
+    results = json.loads((work / "results.json").read_text())
+    for fold in ("r0f0", "r0f1"):
+        chosen = results["recipe_knn_nested"][fold]["chosen_fusion"]
+        assert chosen["k"] in (10, 20) and chosen["weight"] in (0.3, 0.5, 0.7)
+    # recipe_pair needs recipe_lite1's outputs too, and says so.
+    pair = run(*base, "--only", "recipe_pair")
+    assert "run recipe and recipe_lite1 first" in pair.stdout
