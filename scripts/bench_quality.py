@@ -467,15 +467,21 @@ class Bench:
             if not (ckpt / "outputs.npz").exists():
                 print(f"  {names[0]} {split.name}: no {base} outputs yet (run {base} first)")
                 continue
-            cache = ckpt / "outputs_multiscale.npz"  # the fused variant re-scores it cheaply
-            if cache.exists():
-                with np.load(cache) as cached:
-                    emb, probs = cached["embeddings"], cached["probabilities"]
-                    cost, extra_s = float(cached["model_cost"]), float(cached["extra_s"])
+            sizes = MULTISCALE_SIZES[base]
+            cache = ckpt / "outputs_multiscale.npz"  # lets a new FUSION re-score it cheaply
+            cached = dict(np.load(cache)) if cache.exists() else {}
+            if "sizes" in cached and tuple(cached["sizes"]) == sizes:
+                emb, probs = cached["embeddings"], cached["probabilities"]
+                cost, extra_s = float(cached["model_cost"]), float(cached["extra_s"])
             else:
-                emb, probs, cost, extra_s = self.multiscale_outputs(ckpt, MULTISCALE_SIZES[base])
+                emb, probs, cost, extra_s = self.multiscale_outputs(ckpt, sizes)
                 np.savez(
-                    cache, embeddings=emb, probabilities=probs, model_cost=cost, extra_s=extra_s
+                    cache,
+                    embeddings=emb,
+                    probabilities=probs,
+                    sizes=np.array(sizes),
+                    model_cost=cost,
+                    extra_s=extra_s,
                 )
             figures = score(split, self.y, self.headline, probs.argmax(1), emb)
             figures.update(extra_s=extra_s, model_cost=round(cost, 2))
@@ -489,7 +495,9 @@ class Bench:
                 flush=True,
             )
 
-    def multiscale_outputs(self, ckpt: Path, sizes: tuple[int, ...]):
+    def multiscale_outputs(
+        self, ckpt: Path, sizes: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray, float, float]:
         """A checkpoint's cached outputs averaged with its outputs at ``sizes``; the cost in
         pixels relative to the trained side, and the extra seconds."""
         from embedder.inference import Embedder
@@ -526,15 +534,13 @@ class Bench:
             emb = np.concatenate(embs, axis=1) / np.sqrt(len(embs))
             prob = np.mean(probs, axis=0)
             # measured: both models' embedding seconds over the recipe's, on this fold
-            seconds = [self.results[m][split.name]["embed_s"] for m in PAIR]
-            cost = sum(seconds) / seconds[0]
+            seconds = [self.results.get(m, {}).get(split.name, {}).get("embed_s") for m in PAIR]
+            cost = {"model_cost": round(sum(seconds) / seconds[0], 2)} if all(seconds) else {}
             figures = score(split, self.y, self.headline, prob.argmax(1), emb)
-            figures["model_cost"] = round(cost, 2)
-            self.save("recipe_pair", split, figures)
+            self.save("recipe_pair", split, {**figures, **cost})
             fused = fused_predictions(split, self.y, prob, emb)
             figures = score(split, self.y, self.headline, fused, emb)
-            figures["model_cost"] = round(cost, 2)
-            self.save("recipe_pair_knn", split, figures)
+            self.save("recipe_pair_knn", split, {**figures, **cost})
 
     def run_nested(self) -> None:
         """recipe_knn with its fusion chosen per fold from FUSION_GRID by the pooled accuracy
