@@ -30,6 +30,9 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
   recipe_lite1_multiscale  the same for recipe_lite1 over 240 and 320 px (+ _knn)
   recipe_pair   the recipe and recipe_lite1 checkpoints as one ensemble (mean probabilities,
                 concatenated embeddings; from cached outputs); recipe_pair_knn fuses it
+  recipe_clean  the recipe trained without the photos whose label gets under 5% of a kNN vote
+                of the other training photos on frozen Lite0 features (suspected wrong
+                labels; --only recipe_clean, a training per fold); recipe_clean_knn fuses it
   recipe_knn_nested  recipe_knn with the fusion's k, temperature and weight chosen for each fold
                 on the other folds of its repeat (nested: the choice never sees the fold)
 
@@ -104,6 +107,8 @@ EXTRA_METHODS = (
     "recipe_pair",
     "recipe_pair_knn",
     "recipe_knn_nested",
+    "recipe_clean",
+    "recipe_clean_knn",
 )
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
@@ -118,7 +123,13 @@ TRAINED = {
     "supcon": {"metric_loss": "supcon"},
     "supcon_soup": {"metric_loss": "supcon"},
     "recipe_lite1": {"model": "tf_efficientnet_lite1"},
+    "recipe_clean": {},
 }
+# recipe_clean trains without the training photos whose label gets less than SUSPECT_SHARE of
+# a kNN vote of the other training photos (their near copies left out) on frozen Lite0
+# features: suspected wrong labels.
+SUSPECT_SHARE = 0.05
+SUSPECT_VOTE = KnnFusion(k=20, temperature=0.03)
 SOUP_EPOCHS = 5
 # Input sides averaged with the trained one (224 for Lite0, 240 for Lite1), per trained method.
 MULTISCALE_SIZES = {"recipe": (288,), "recipe_lite1": (320,)}
@@ -322,14 +333,16 @@ class Bench:
             figures["seconds"] = round(time.perf_counter() - t0, 1)
             self.save(method, split, figures)
 
-    def train_fold(self, split: Split, name: str, **overrides) -> tuple[Path, list, float]:
-        """Train the recipe on the split's training photos; the checkpoint folder, the weights
-        of each fine-tuning epoch and the minutes it took."""
+    def train_fold(
+        self, split: Split, name: str, train: np.ndarray, **overrides
+    ) -> tuple[Path, list, float]:
+        """Train the recipe on the photos ``train`` (the split's training photos or a subset);
+        the checkpoint folder, the weights of each fine-tuning epoch and the minutes it took."""
         from embedder.train_data import stratified_split
         from embedder.trainer import Trainer
 
         out = self.work / split.name / name
-        train_samples = [self.samples[i] for i in split.train]
+        train_samples = [self.samples[i] for i in train]
         config = TrainConfig(
             data=str(self.args.data), out=str(out), progress=False, seed=split.repeat, **overrides
         )
@@ -367,7 +380,8 @@ class Bench:
             if all(self.done(v, split) for v in wanted):
                 continue
             print(f"  {method} {split.name}: training ...", flush=True)
-            out, states, minutes = self.train_fold(split, method, **overrides)
+            train = self.unsuspected(split) if method == "recipe_clean" else split.train
+            out, states, minutes = self.train_fold(split, method, train, **overrides)
             best = Embedder.from_checkpoint(out, runtime="torch", device="cpu")
             x = self.recipe_inputs(best.config.data_config)
             t0 = time.perf_counter()
@@ -378,7 +392,11 @@ class Bench:
             embed_s = time.perf_counter() - t0
             pred = probs.argmax(1)
             base = score(split, self.y, self.headline, pred, emb)
-            base.update(minutes=round(minutes, 2), embed_s=round(embed_s, 1))
+            base.update(
+                minutes=round(minutes, 2),
+                embed_s=round(embed_s, 1),
+                dropped=len(split.train) - len(train),
+            )
             self.save(method, split, base)
             np.savez(out / "outputs.npz", embeddings=emb, probabilities=probs)
             print(
@@ -406,6 +424,22 @@ class Bench:
             figures = score(split, self.y, self.headline, probs_s.argmax(1), emb_s)
             figures["epochs_averaged"] = len(states[-SOUP_EPOCHS:])
             self.save("recipe_soup", split, figures)
+
+    def unsuspected(self, split: Split) -> np.ndarray:
+        """The split's training photos less those whose label gets under SUSPECT_SHARE of the
+        kNN vote of the other training photos (their near copies left out) on frozen
+        features: the photos most likely filed under the wrong brand."""
+        feats = self.frozen_features(DEFAULT_MODEL)[split.train]
+        y, groups = self.y[split.train], self.groups[split.train]
+        k = SUSPECT_VOTE.k
+        scores, idx = nearest_neighbours(feats, feats, min(len(feats), k + 40))
+        other = groups[idx] != groups[:, None]  # not itself, not its near copies
+        order = np.argsort(~other, axis=1, kind="stable")[:, :k]  # others first, by rank
+        rows = np.arange(len(feats))[:, None]
+        labels = np.where(other[rows, order], y[idx[rows, order]], -1)
+        vote = knn_vote(scores[rows, order], labels, len(self.names), SUSPECT_VOTE.temperature)
+        keep = vote[np.arange(len(feats)), y] >= SUSPECT_SHARE
+        return split.train[keep]
 
     def run_fused(self, method: str, quiet: bool = False) -> None:
         """A trained method's cached outputs fused with their kNN vote (``<method>_knn``)."""
@@ -589,7 +623,12 @@ class Bench:
             elif method in TRAINED:
                 print(f"{method} ...", flush=True)
                 self.run_trained(method)
-            elif method in ("supcon_knn", "supcon_soup_knn", "recipe_lite1_knn"):
+            elif method in (
+                "supcon_knn",
+                "supcon_soup_knn",
+                "recipe_lite1_knn",
+                "recipe_clean_knn",
+            ):
                 print(f"{method} ...", flush=True)
                 self.run_fused(method.removesuffix("_knn"))
             elif method == "recipe_int8":

@@ -105,3 +105,35 @@ def test_fused_results_follow_the_fusion_setting_and_nested_choice_runs(tmp_path
     # recipe_pair needs recipe_lite1's outputs too, and says so.
     pair = run(*base, "--only", "recipe_pair")
     assert "run recipe and recipe_lite1 first" in pair.stdout
+
+
+def test_recipe_clean_leaves_out_photos_filed_under_another_class(tmp_path):
+    import argparse
+    import importlib.util
+
+    import numpy as np
+
+    from demo.catalog import generate_catalog
+
+    data = tmp_path / "catalog"
+    generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
+    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
+    bench_quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_quality)
+    args = argparse.Namespace(data=data, folds=2, repeats=1, seed=0, work=tmp_path / "work")
+    bench = bench_quality.Bench(args)
+    # Features that separate the classes (the real ones on real photos mostly do).
+    rng = np.random.default_rng(0)
+    feats = np.eye(3)[bench.y] + 0.1 * rng.normal(size=(len(bench.y), 3))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    bench.frozen_features = lambda name: feats
+    split = bench.splits[0]
+    assert set(bench.unsuspected(split).tolist()) == set(split.train.tolist())
+    # Two training photos that are near copies of each other, both filed under another class:
+    # each one's copy does not vote for it, so both are left out.
+    a, b = (int(i) for i in split.train[bench.y[split.train] == 0][:2])
+    bench.y[[a, b]] = 1
+    bench.groups[b] = bench.groups[a]
+    feats[b] = feats[a]
+    clean = set(bench.unsuspected(split).tolist())
+    assert a not in clean and b not in clean and len(clean) == len(split.train) - 2
