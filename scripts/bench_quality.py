@@ -503,7 +503,10 @@ class Bench:
                 continue
             sizes = MULTISCALE_SIZES[base]
             cache = ckpt / "outputs_multiscale.npz"  # lets a new FUSION re-score it cheaply
-            cached = dict(np.load(cache)) if cache.exists() else {}
+            cached: dict[str, np.ndarray] = {}
+            if cache.exists():
+                with np.load(cache) as stored:
+                    cached = dict(stored)
             if "sizes" in cached and tuple(cached["sizes"]) == sizes:
                 emb, probs = cached["embeddings"], cached["probabilities"]
                 cost, extra_s = float(cached["model_cost"]), float(cached["extra_s"])
@@ -580,36 +583,31 @@ class Bench:
         """recipe_knn with its fusion chosen per fold from FUSION_GRID by the pooled accuracy
         of the other folds of its repeat: what tuning the fusion is worth, measured on photos
         the choice never saw."""
-        outputs = {s.name: self.work / s.name / "recipe" / "outputs.npz" for s in self.splits}
-        correct: dict[str, np.ndarray] = {}  # fold -> (grid x test photos) correctness
+        # fold -> (its embeddings, every grid setting's predictions, grid x test correctness)
+        graded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for split in self.splits:
-            if outputs[split.name].exists():
-                with np.load(outputs[split.name]) as cached:
+            outputs = self.work / split.name / "recipe" / "outputs.npz"
+            if outputs.exists():
+                with np.load(outputs) as cached:
                     emb, probs = cached["embeddings"], cached["probabilities"]
                 k = max(f.k for f in FUSION_GRID)
                 scores, idx = nearest_neighbours(emb, emb[split.train], k)
                 labels = self.y[split.train][idx]
+                preds = np.array([fuse(probs, scores, labels, f).argmax(1) for f in FUSION_GRID])
                 test = split.test[self.headline[split.test]]
-                correct[split.name] = np.array(
-                    [
-                        fuse(probs, scores, labels, f).argmax(1)[test] == self.y[test]
-                        for f in FUSION_GRID
-                    ]
-                )
+                graded[split.name] = (emb, preds, preds[:, test] == self.y[test])
         for split in self.splits:
             others = [s.name for s in self.splits if s.repeat == split.repeat and s != split]
             if self.done("recipe_knn_nested", split):
                 continue
-            if not all(o in correct for o in [split.name, *others]):
+            if not all(o in graded for o in [split.name, *others]):
                 print(f"  recipe_knn_nested {split.name}: run recipe on all folds of its repeat")
                 continue
-            pooled = np.concatenate([correct[o] for o in others], axis=1).mean(axis=1)
-            chosen = FUSION_GRID[int(pooled.argmax())]
-            with np.load(outputs[split.name]) as cached:
-                emb, probs = cached["embeddings"], cached["probabilities"]
-            scores, idx = nearest_neighbours(emb, emb[split.train], chosen.k)
-            pred = fuse(probs, scores, self.y[split.train][idx], chosen).argmax(1)
-            figures = score(split, self.y, self.headline, pred, emb)
+            pooled = np.concatenate([graded[o][2] for o in others], axis=1).mean(axis=1)
+            best = int(pooled.argmax())
+            chosen = FUSION_GRID[best]
+            emb, preds, _ = graded[split.name]
+            figures = score(split, self.y, self.headline, preds[best], emb)
             figures["chosen_fusion"] = asdict(chosen)
             self.save("recipe_knn_nested", split, figures)
             print(f"    recipe_knn_nested {split.name}: {chosen}", flush=True)
@@ -623,12 +621,7 @@ class Bench:
             elif method in TRAINED:
                 print(f"{method} ...", flush=True)
                 self.run_trained(method)
-            elif method in (
-                "supcon_knn",
-                "supcon_soup_knn",
-                "recipe_lite1_knn",
-                "recipe_clean_knn",
-            ):
+            elif method != "recipe_knn" and method.removesuffix("_knn") in TRAINED:
                 print(f"{method} ...", flush=True)
                 self.run_fused(method.removesuffix("_knn"))
             elif method == "recipe_int8":
