@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from common.fsutil import atomic_write_text
+from embedder.class_rerank import ClassRerank, rerank_order
 from embedder.crossval import (
     Interval,
     Split,
@@ -109,6 +110,9 @@ EXTRA_METHODS = (
     "recipe_knn_nested",
     "recipe_clean",
     "recipe_clean_knn",
+    "recipe_288",
+    "recipe_288_knn",
+    "recipe_rerank",
 )
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
@@ -124,6 +128,9 @@ TRAINED = {
     "supcon_soup": {"metric_loss": "supcon"},
     "recipe_lite1": {"model": "tf_efficientnet_lite1"},
     "recipe_clean": {},
+    # Lite0 trained and scored at 288 px instead of its 224: brand cues (logos, camera
+    # layouts) are small in a listing photo.
+    "recipe_288": {"img_size": 288},
 }
 # recipe_clean trains without the training photos whose label gets less than SUSPECT_SHARE of
 # a kNN vote of the other training photos (their near copies left out) on frozen Lite0
@@ -141,6 +148,8 @@ LEGACY_FUSION = {"k": 20, "temperature": 0.07, "weight": 0.3}
 FUSION_GRID = [
     KnnFusion(k, t, w) for k, t, w in itertools.product((10, 20), (0.03, 0.07), (0.3, 0.5, 0.7))
 ]
+# recipe_rerank picks its class re-rank weight from this grid on the other folds of its repeat.
+RERANK_GRID = [ClassRerank(weight=w) for w in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)]
 CHUNK = 64
 
 
@@ -203,7 +212,7 @@ def score(
 
 def uses_fusion(method: str) -> bool:
     """Whether ``method``'s figures depend on FUSION (the kNN vote or its fusion)."""
-    return method == "knn" or method.endswith("_knn")
+    return method == "knn" or method.endswith(("_knn", "_rerank"))
 
 
 def soup_outputs(best, states: list, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -612,6 +621,49 @@ class Bench:
             self.save("recipe_knn_nested", split, figures)
             print(f"    recipe_knn_nested {split.name}: {chosen}", flush=True)
 
+    def run_rerank(self) -> None:
+        """The default prediction with the recipe's neighbours re-ranked by the classifier
+        (embedder/class_rerank.py): Recall@1 and @5 of the re-ranked lists, the weight chosen
+        per fold from RERANK_GRID by the pooled Recall@1 of the other folds of its repeat."""
+        pool = max(r.pool for r in RERANK_GRID)
+        # fold -> (embeddings, probabilities, grid x test photos x pool: label matches)
+        graded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for split in self.splits:
+            outputs = self.work / split.name / "recipe" / "outputs.npz"
+            if not outputs.exists():
+                continue
+            with np.load(outputs) as cached:
+                emb, probs = cached["embeddings"], cached["probabilities"]
+            test = split.test[self.headline[split.test]]
+            scores, idx = nearest_neighbours(emb[test], emb[split.train], pool)
+            labels = self.y[split.train][idx]
+            rows = np.arange(len(test))[:, None]
+            match = np.stack(
+                [
+                    labels[rows, rerank_order(scores, labels, probs[test], r)]
+                    == self.y[test][:, None]
+                    for r in RERANK_GRID
+                ]
+            )
+            graded[split.name] = (emb, probs, match)
+        for split in self.splits:
+            others = [s.name for s in self.splits if s.repeat == split.repeat and s != split]
+            if self.done("recipe_rerank", split):
+                continue
+            if not all(o in graded for o in [split.name, *others]):
+                print(f"  recipe_rerank {split.name}: run recipe on all folds of its repeat")
+                continue
+            pooled = np.concatenate([graded[o][2][:, :, 0] for o in others], axis=1).mean(axis=1)
+            best = int(pooled.argmax())
+            emb, probs, match = graded[split.name]
+            pred = fused_predictions(split, self.y, probs, emb)
+            figures = score(split, self.y, self.headline, pred, emb)
+            figures["recall_at_1"] = float(match[best][:, 0].mean())
+            figures["recall_at_5"] = float(match[best][:, :5].any(axis=1).mean())
+            figures["chosen_rerank"] = asdict(RERANK_GRID[best])
+            self.save("recipe_rerank", split, figures)
+            print(f"    recipe_rerank {split.name}: {RERANK_GRID[best]}", flush=True)
+
     def run(self, todo: list[str]) -> None:
         self.todo = todo
         for method in todo:
@@ -636,6 +688,9 @@ class Bench:
             elif method == "recipe_knn_nested":
                 print(f"{method} ...", flush=True)
                 self.run_nested()
+            elif method == "recipe_rerank":
+                print(f"{method} ...", flush=True)
+                self.run_rerank()
             elif method in ("recipe_knn", "recipe_flip", "recipe_soup") and "recipe" not in todo:
                 self.todo = [*todo, "recipe"]
                 self.run_trained("recipe")
@@ -672,7 +727,7 @@ class Bench:
         out["paired_vs_default"] = {
             m: self.paired(m, "recipe_knn", names, frac)
             for m in methods
-            if m.endswith(("_knn", "_knn_nested"))
+            if m.endswith(("_knn", "_knn_nested", "_rerank"))
             and m not in ("recipe_knn", "probe_knn")
             and "recipe_knn" in self.results
         }

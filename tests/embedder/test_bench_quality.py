@@ -87,8 +87,9 @@ def test_fused_results_follow_the_fusion_setting_and_nested_choice_runs(tmp_path
     assert results["probe"]["r0f0"]["accuracy"] == -1.0
 
     # recipe_knn_nested needs the recipe's outputs on every fold of the repeat.
-    missing = run(*base, "--only", "recipe_knn_nested")
+    missing = run(*base, "--only", "recipe_knn_nested", "--only", "recipe_rerank")
     assert missing.returncode == 0 and "run recipe on all folds" in missing.stdout
+    assert "recipe_rerank r0f0: run recipe on all folds" in missing.stdout
     rng = np.random.default_rng(0)
     for fold in ("r0f0", "r0f1"):
         (work / fold / "recipe").mkdir(parents=True)
@@ -96,12 +97,17 @@ def test_fused_results_follow_the_fusion_setting_and_nested_choice_runs(tmp_path
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         probs = rng.dirichlet(np.ones(3), size=24).astype(np.float32)
         np.savez(work / fold / "recipe" / "outputs.npz", embeddings=emb, probabilities=probs)
-    nested = run(*base, "--only", "recipe_knn_nested")
+    nested = run(*base, "--only", "recipe_knn_nested", "--only", "recipe_rerank")
     assert nested.returncode == 0, nested.stderr[-2000:]
     results = json.loads((work / "results.json").read_text())
     for fold in ("r0f0", "r0f1"):
         chosen = results["recipe_knn_nested"][fold]["chosen_fusion"]
         assert chosen["k"] in (10, 20) and chosen["weight"] in (0.3, 0.5, 0.7)
+        # The re-rank is scored with the default fusion's prediction and its chosen weight.
+        ranked = results["recipe_rerank"][fold]
+        assert ranked["chosen_rerank"]["weight"] in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
+        assert ranked["chosen_rerank"]["pool"] == 5 and "fusion" in ranked
+        assert 0.0 <= ranked["recall_at_1"] <= ranked["recall_at_5"] <= 1.0
     # recipe_pair needs recipe_lite1's outputs too, and says so.
     pair = run(*base, "--only", "recipe_pair")
     assert "run recipe and recipe_lite1 first" in pair.stdout
