@@ -20,7 +20,12 @@ from common.argtypes import (
 )
 from embedder import optimize_cli
 from embedder.engine_options import EngineOptions, add_engine_options
-from embedder.knn_options import add_knn_fusion_options, knn_fusion_from_args
+from embedder.knn_options import (
+    add_class_rerank_option,
+    add_knn_fusion_options,
+    class_rerank_from_args,
+    knn_fusion_from_args,
+)
 from embedder.train_config import (
     BN_STATS_MODES,
     DEFAULT_MODEL,
@@ -191,7 +196,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "confusion matrix as JSON and PNG) and retrieval Recall@1/@5 (same label among the "
         "nearest neighbours; gallery = --gallery or leave-one-out within --data). "
         "--knn-fusion also predicts with the gallery neighbours' labels voting and reports it "
-        "as the headline, the classifier's own figures kept beside it.",
+        "as the headline, the classifier's own figures kept beside it; --class-rerank also "
+        "reports Recall@1/@5 with the neighbours re-ranked by the classifier, as the server "
+        "ranks a photo's neighbours.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (from phonesim train)")
     p.add_argument("--data", required=True, help="labelled images: class folders or CSV")
@@ -204,6 +211,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_knn_fusion_options(
         p, "--gallery images (without a gallery: the other --data images, leave-one-out)"
     )
+    add_class_rerank_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_evaluate)
 
@@ -261,6 +269,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         engine=EngineOptions.from_args(args),
         fusion=knn_fusion_from_args(args),
+        rerank=class_rerank_from_args(args),
     )
     print(json.dumps(report) if args.json else format_report(report))
     return 0

@@ -1,11 +1,15 @@
-"""The kNN fusion flags shared by ``phonesim evaluate`` and ``phonesim serve``: one spelling,
-one set of defaults (from :mod:`embedder.knn_vote`), one range check."""
+"""The flags of the catalog-aware predictions and rankings shared by ``phonesim evaluate`` and
+``phonesim serve`` (kNN fusion, class re-rank): one spelling, one set of defaults (from
+:mod:`embedder.knn_vote` and :mod:`embedder.class_rerank`), one range check."""
 
 from __future__ import annotations
 
 import argparse
 
-from common.argtypes import positive_float, positive_int, probability
+from common.argtypes import non_negative_float, positive_float, positive_int, probability
+from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
+from embedder.class_rerank import DEFAULT_WEIGHT as RERANK_WEIGHT
+from embedder.class_rerank import ClassRerank
 from embedder.knn_vote import (
     DEFAULT_K,
     DEFAULT_TEMPERATURE,
@@ -52,3 +56,21 @@ def knn_fusion_from_args(args: argparse.Namespace) -> KnnFusion | None:
     if not args.knn_fusion:
         return None
     return KnnFusion(k=args.knn_k, temperature=args.knn_temperature, weight=args.knn_weight)
+
+
+def add_class_rerank_option(parser: argparse.ArgumentParser) -> None:
+    """``--class-rerank WEIGHT``: how much the classifier re-ranks a photo's first neighbours."""
+    parser.add_argument(
+        "--class-rerank",
+        type=non_negative_float,
+        default=RERANK_WEIGHT,
+        metavar="WEIGHT",
+        help=f"re-rank a photo's {RERANK_POOL} most similar catalog items by similarity + "
+        "WEIGHT x the classifier's probability of the item's label, so that the first hit "
+        f"is more often the photo's own brand; 0: similarity order (default {RERANK_WEIGHT})",
+    )
+
+
+def class_rerank_from_args(args: argparse.Namespace) -> ClassRerank | None:
+    """The re-rank the flag asks for, or None for similarity order."""
+    return ClassRerank(args.class_rerank, RERANK_POOL) if args.class_rerank > 0 else None

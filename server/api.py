@@ -114,7 +114,7 @@ def search() -> Response:
         reject_unknown_fields(fields, OPTION_FIELDS)
         opts = request_options(svc, fields, request.args)
         embedded = svc.embed_bytes(data, arrival)
-    hits, search_ms = search_with(svc, embedded.embedding, opts)
+    hits, search_ms = search_with(svc, embedded.embedding, opts, None, embedded.probabilities)
     prediction, predict_ms = timed_prediction(svc, embedded)
     timing = {
         **embedded.timing_ms,

@@ -114,10 +114,12 @@ def search_batch() -> Response:
     embedded = embed_many(svc, datas) if datas else []
     predictions: dict[int, Any] = {}
     vectors: dict[int, Any] = {}
+    probabilities: dict[int, Any] = {}  # of the image queries, which re-rank their hits
     readable: list[tuple[int, Embedded]] = []
     for i, emb in zip(images, embedded, strict=True):
         if isinstance(emb, Embedded):
             vectors[i] = emb.embedding
+            probabilities[i] = emb.probabilities
             readable.append((i, emb))
         else:
             results[i] = emb
@@ -139,7 +141,9 @@ def search_batch() -> Response:
                     continue
             else:
                 vectors.setdefault(i, p[1])
-            key = json.dumps([p[1] if p[0] == "id" else None, p[2].echo()], sort_keys=True)
+            key = json.dumps(
+                [p[1] if p[0] == "id" else None, i in probabilities, p[2].echo()], sort_keys=True
+            )
             groups.setdefault(key, []).append(i)
     for members in groups.values():
         kind, value, opts = parsed[members[0]]  # type: ignore[misc]
@@ -152,6 +156,11 @@ def search_batch() -> Response:
                 exclude,
                 opts.offset,
                 opts.threshold,
+                probabilities=(
+                    np.stack([probabilities[i] for i in members])
+                    if members[0] in probabilities
+                    else None
+                ),
             )
         except Exception as exc:  # entry errors only (a filter the index refuses)
             for i in members:

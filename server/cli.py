@@ -18,7 +18,7 @@ from common.argtypes import (
 )
 from common.errors import UserError, run_reporting_errors
 from embedder.engine_options import add_engine_options
-from embedder.knn_options import add_knn_fusion_options
+from embedder.knn_options import add_class_rerank_option, add_knn_fusion_options
 from server.config import (
     API_KEY_ENV,
     MAX_SYNC_INTERVAL_S,
@@ -153,6 +153,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_knn_fusion_options(
         p, "catalog items (their 'label' field; searched without the request's filters)"
     )
+    add_class_rerank_option(p)
     p.add_argument("--access-log", action="store_true", help="log every request")
 
 
@@ -194,6 +195,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
             knn_k=args.knn_k,
             knn_weight=args.knn_weight,
             knn_temperature=args.knn_temperature,
+            class_rerank=args.class_rerank,
         ).validate()
     except ValueError as exc:
         raise UserError(str(exc)) from exc

@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
+from embedder.class_rerank import DEFAULT_WEIGHT as RERANK_WEIGHT
+from embedder.class_rerank import ClassRerank
 from embedder.engine_options import DEFAULT_RUNTIME, RUNTIMES
 from embedder.knn_vote import (
     DEFAULT_K,
@@ -47,6 +50,9 @@ class ServerConfig:
     ``knn_fusion``: predict an image's class from the classifier fused with a vote of its
     ``knn_k`` nearest catalog items' ``label`` fields (see :mod:`embedder.knn_vote`;
     ``knn_weight`` the vote's share, ``knn_temperature`` its sharpness).
+    ``class_rerank``: the weight by which the query's class probabilities re-rank the first
+    ``RERANK_POOL`` neighbours of an uploaded photo (see :mod:`embedder.class_rerank`; 0: by
+    similarity alone).
     """
 
     checkpoint: str | None = None
@@ -76,6 +82,7 @@ class ServerConfig:
     knn_k: int = DEFAULT_K
     knn_weight: float = DEFAULT_WEIGHT
     knn_temperature: float = DEFAULT_TEMPERATURE
+    class_rerank: float = RERANK_WEIGHT
 
     @property
     def fusion(self) -> KnnFusion | None:
@@ -83,6 +90,11 @@ class ServerConfig:
         if not self.knn_fusion:
             return None
         return KnnFusion(k=self.knn_k, temperature=self.knn_temperature, weight=self.knn_weight)
+
+    @property
+    def rerank(self) -> ClassRerank | None:
+        """The class-aware re-rank of an image's neighbours, or None for similarity order."""
+        return ClassRerank(self.class_rerank, RERANK_POOL) if self.class_rerank > 0 else None
 
     @property
     def max_upload_bytes(self) -> int:
@@ -123,6 +135,9 @@ class ServerConfig:
         if isinstance(self.knn_k, bool) or not isinstance(self.knn_k, int):
             raise ValueError(f"knn_k must be an integer, got {self.knn_k!r}")
         KnnFusion(k=self.knn_k, temperature=self.knn_temperature, weight=self.knn_weight)
+        if isinstance(self.class_rerank, bool) or not isinstance(self.class_rerank, int | float):
+            raise ValueError(f"class_rerank must be a number, got {self.class_rerank!r}")
+        ClassRerank(float(self.class_rerank), RERANK_POOL)
         return self
 
     @classmethod

@@ -302,7 +302,13 @@ SCHEMAS: dict[str, Any] = {
                 "anyOf": [ref("Prediction"), {"type": "null"}],
                 "description": "null when the query is a vector",
             },
-            "neighbors": {"type": "array", "items": ref("Neighbor")},
+            "neighbors": {
+                "type": "array",
+                "items": ref("Neighbor"),
+                "description": "most similar first (score: cosine similarity); for an "
+                "uploaded photo the server may re-rank its most similar few by the "
+                "classifier's probability of each item's label (GET /v1/info: ranking)",
+            },
             "k": {"type": "integer"},
             "filter": {"type": ["object", "null"]},
             "offset": {"type": "integer"},

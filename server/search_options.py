@@ -104,7 +104,10 @@ def search_with(
     vector: Any,
     opts: SearchOptions,
     exclude_ids: list[str] | None = None,
+    probabilities: Any = None,
 ) -> tuple[list, float]:
+    """The search ``opts`` ask for; ``probabilities``: an uploaded photo's classes, which
+    re-rank its first hits (see :meth:`LookupService.search`)."""
     return svc.search(
         vector,
         opts.k,
@@ -112,4 +115,5 @@ def search_with(
         exclude_ids,
         offset=opts.offset,
         threshold=opts.threshold,
+        probabilities=probabilities,
     )

@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image
 
 from common.fsutil import atomic_write
+from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
+from embedder.class_rerank import ClassRerank, rerank_order
 from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.knn_vote import KnnFusion, fuse, neighbour_arrays
@@ -288,10 +290,20 @@ class LookupService:
         *,
         offset: int = 0,
         threshold: float | None = None,
+        probabilities: np.ndarray | None = None,
     ) -> tuple[list[Hit], float]:
         """Nearest catalog items (the ``offset`` best skipped; none below cosine
-        ``threshold``) and the search time in ms."""
-        hits, ms = self.search_many(vector[None, :], k, flt, exclude_ids, offset, threshold)
+        ``threshold``) and the search time in ms; with an uploaded photo's class
+        ``probabilities``, the first hits are re-ranked as configured (``class_rerank``)."""
+        hits, ms = self.search_many(
+            vector[None, :],
+            k,
+            flt,
+            exclude_ids,
+            offset,
+            threshold,
+            probabilities=None if probabilities is None else probabilities[None, :],
+        )
         return hits[0], ms
 
     def search_many(
@@ -302,17 +314,40 @@ class LookupService:
         exclude_ids: list[str] | None = None,
         offset: int = 0,
         threshold: float | None = None,
+        probabilities: np.ndarray | None = None,
     ) -> tuple[list[list[Hit]], float]:
         """:meth:`search` for each row of ``vectors`` in one index call (one filter)."""
         t0 = time.perf_counter()
-        found = self.index.search(vectors, k + offset, filter=flt, exclude_ids=exclude_ids)
+        rerank = self.config.rerank if probabilities is not None else None
+        # A re-rank reorders the pool's most similar items, so all of them are fetched even
+        # for a smaller page: every page then reads from the same reordered head.
+        fetch = k + offset if rerank is None else max(k + offset, rerank.pool)
+        found = self.index.search(vectors, fetch, filter=flt, exclude_ids=exclude_ids)
+        if rerank is not None:
+            found = self._reranked(found, np.asarray(probabilities), rerank)
         out = []
         for hits in found:
-            hits = hits[offset:]
+            hits = hits[offset : offset + k]
             out.append(hits if threshold is None else [h for h in hits if h.score >= threshold])
         dt = time.perf_counter() - t0
         self.metrics.search_seconds.observe(dt)
         return out, _ms(dt)
+
+    def _reranked(
+        self, found: list[list[Hit]], probabilities: np.ndarray, rerank: ClassRerank
+    ) -> list[list[Hit]]:
+        """Each query's hits with the first ``rerank.pool`` reordered by similarity plus the
+        query's probability of the hit's ``label`` (see :mod:`embedder.class_rerank`)."""
+        width = max((len(hits) for hits in found), default=0)
+        if width == 0:
+            return found
+        neighbours = [[(h.score, h.metadata.get("label")) for h in hits] for hits in found]
+        scores, labels = neighbour_arrays(neighbours, self.embedder.label_names, width)
+        order = rerank_order(scores, labels, probabilities, rerank)
+        # Missing places (a short list) score -inf and sort last, so they index nothing here.
+        return [
+            [hits[j] for j in row if j < len(hits)] for hits, row in zip(found, order, strict=True)
+        ]
 
     def item_vector(self, item_id: str) -> np.ndarray:
         """A catalog item's stored unit vector (UnknownIdError if absent)."""
@@ -460,5 +495,9 @@ class LookupService:
                 "knn_k": cfg.knn_k,
                 "knn_weight": cfg.knn_weight,
                 "knn_temperature": cfg.knn_temperature,
+            },
+            "ranking": {
+                "class_rerank": cfg.class_rerank,
+                "class_rerank_pool": RERANK_POOL,
             },
         }

@@ -140,3 +140,54 @@ def test_evaluate_fusion_flags_default_to_the_product_default():
     on = build_parser().parse_args([*base, "--knn-fusion", "--knn-k", "3", "--knn-weight", "1"])
     assert knn_fusion_from_args(on) == KnnFusion(k=3, weight=1.0)
     assert knn_fusion_from_args(build_parser().parse_args([*base, "--no-knn-fusion"])) is None
+
+
+# -- class re-rank of the neighbours ---------------------------------------------------------------
+def test_rerank_weight_zero_reports_the_similarity_recall(tiny_checkpoint, tiny_catalog):
+    from embedder.class_rerank import ClassRerank
+
+    report = evaluate(tiny_checkpoint, tiny_catalog, progress=False, rerank=ClassRerank(0.0))
+    ranked = report["class_rerank"]
+    assert (ranked["recall_at_1"], ranked["recall_at_5"]) == (
+        report["recall_at_1"],
+        report["recall_at_5"],
+    )
+    assert "class re-rank (weight 0 over the first 5)" in format_report(report)
+
+
+def test_reranked_recall_lets_the_classifier_pick_among_the_nearest():
+    """The nearest gallery image is of the wrong class, the second of the right one, and the
+    classifier is sure of the right one: the re-rank turns a Recall@1 miss into a hit, and an
+    image of an unknown class (-1) never matches."""
+    from embedder.class_rerank import ClassRerank
+    from embedder.evaluate import reranked_recall
+
+    queries = np.array([[1.0, 0.0]], dtype=np.float32)
+    angles = np.array([0.1, 0.2, 0.3])
+    gallery = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    probs = np.array([[0.0, 1.0]])
+    args = (queries, probs, np.array([1]), gallery)
+    assert reranked_recall(*args, np.array([0, 1, 0]), ClassRerank(0.0)) == {
+        "recall_at_1": 0.0,
+        "recall_at_5": 1.0,
+    }
+    assert reranked_recall(*args, np.array([0, 1, 0]), ClassRerank(0.5))["recall_at_1"] == 1.0
+    assert reranked_recall(*args, np.array([0, -1, 0]), ClassRerank(0.5)) == {
+        "recall_at_1": 0.0,
+        "recall_at_5": 0.0,
+    }
+    one = reranked_recall(queries, probs, np.array([1]), None, np.array([1]), ClassRerank())
+    assert one == {"recall_at_1": 0.0, "recall_at_5": 0.0}  # leave-one-out of one image
+
+
+def test_evaluate_rerank_flag_defaults_to_the_server_default():
+    from embedder.class_rerank import DEFAULT_WEIGHT, ClassRerank
+    from embedder.knn_options import class_rerank_from_args
+    from phonesim.cli import build_parser
+
+    base = ["evaluate", "--checkpoint", "c", "--data", "d"]
+    assert class_rerank_from_args(build_parser().parse_args(base)) == ClassRerank(DEFAULT_WEIGHT)
+    off = build_parser().parse_args([*base, "--class-rerank", "0"])
+    assert class_rerank_from_args(off) is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--class-rerank", "-1"])
