@@ -113,6 +113,7 @@ EXTRA_METHODS = (
     "recipe_288",
     "recipe_288_knn",
     "recipe_rerank",
+    "recipe_288_rerank",
 )
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
@@ -621,15 +622,17 @@ class Bench:
             self.save("recipe_knn_nested", split, figures)
             print(f"    recipe_knn_nested {split.name}: {chosen}", flush=True)
 
-    def run_rerank(self) -> None:
-        """The default prediction with the recipe's neighbours re-ranked by the classifier
-        (embedder/class_rerank.py): Recall@1 and @5 of the re-ranked lists, the weight chosen
-        per fold from RERANK_GRID by the pooled Recall@1 of the other folds of its repeat."""
+    def run_rerank(self, base: str) -> None:
+        """``<base>_knn``'s prediction with the trained ``base``'s neighbours re-ranked by its
+        classifier (embedder/class_rerank.py): Recall@1 and @5 of the re-ranked lists, the
+        weight chosen per fold from RERANK_GRID by the pooled Recall@1 of the other folds of
+        its repeat."""
+        method = f"{base}_rerank"
         pool = max(r.pool for r in RERANK_GRID)
         # fold -> (embeddings, probabilities, grid x test photos x pool: label matches)
         graded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for split in self.splits:
-            outputs = self.work / split.name / "recipe" / "outputs.npz"
+            outputs = self.work / split.name / base / "outputs.npz"
             if not outputs.exists():
                 continue
             with np.load(outputs) as cached:
@@ -648,10 +651,10 @@ class Bench:
             graded[split.name] = (emb, probs, match)
         for split in self.splits:
             others = [s.name for s in self.splits if s.repeat == split.repeat and s != split]
-            if self.done("recipe_rerank", split):
+            if self.done(method, split):
                 continue
             if not all(o in graded for o in [split.name, *others]):
-                print(f"  recipe_rerank {split.name}: run recipe on all folds of its repeat")
+                print(f"  {method} {split.name}: run {base} on all folds of its repeat")
                 continue
             pooled = np.concatenate([graded[o][2][:, :, 0] for o in others], axis=1).mean(axis=1)
             best = int(pooled.argmax())
@@ -661,8 +664,8 @@ class Bench:
             figures["recall_at_1"] = float(match[best][:, 0].mean())
             figures["recall_at_5"] = float(match[best][:, :5].any(axis=1).mean())
             figures["chosen_rerank"] = asdict(RERANK_GRID[best])
-            self.save("recipe_rerank", split, figures)
-            print(f"    recipe_rerank {split.name}: {RERANK_GRID[best]}", flush=True)
+            self.save(method, split, figures)
+            print(f"    {method} {split.name}: {RERANK_GRID[best]}", flush=True)
 
     def run(self, todo: list[str]) -> None:
         self.todo = todo
@@ -688,9 +691,9 @@ class Bench:
             elif method == "recipe_knn_nested":
                 print(f"{method} ...", flush=True)
                 self.run_nested()
-            elif method == "recipe_rerank":
+            elif method.endswith("_rerank"):
                 print(f"{method} ...", flush=True)
-                self.run_rerank()
+                self.run_rerank(method.removesuffix("_rerank"))
             elif method in ("recipe_knn", "recipe_flip", "recipe_soup") and "recipe" not in todo:
                 self.todo = [*todo, "recipe"]
                 self.run_trained("recipe")
