@@ -35,6 +35,12 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
                 labels; --only recipe_clean, a training per fold); recipe_clean_knn fuses it
   recipe_knn_nested  recipe_knn with the fusion's k, temperature and weight chosen for each fold
                 on the other folds of its repeat (nested: the choice never sees the fold)
+  recipe_288    the recipe trained and scored at 288 px instead of 224 (a training per fold);
+                recipe_288_knn fuses it with its kNN vote
+  recipe_rerank recipe_knn's prediction, with Recall@1/@5 of the recipe's nearest training
+                photos re-ranked by its classifier as `serve` ranks them (--class-rerank: the
+                5 most similar reordered); the weight is chosen per fold on the other folds
+                of its repeat. recipe_288_rerank does the same for recipe_288
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
