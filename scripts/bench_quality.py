@@ -40,7 +40,7 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
   recipe_rerank recipe_knn's prediction, with Recall@1/@5 of the recipe's nearest training
                 photos re-ranked by its classifier as `serve` ranks them (--class-rerank: the
                 5 most similar reordered); the weight is chosen per fold on the other folds
-                of its repeat. recipe_288_rerank does the same for recipe_288
+                of its repeat. recipe_288_rerank and recipe_lite1_rerank do the same for theirs
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -120,6 +120,7 @@ EXTRA_METHODS = (
     "recipe_288_knn",
     "recipe_rerank",
     "recipe_288_rerank",
+    "recipe_lite1_rerank",
 )
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
