@@ -41,6 +41,12 @@ class ClassRerank:
             raise ValueError(f"class re-rank pool must be >= 1, got {self.pool}")
 
 
+def class_rerank(weight: float) -> ClassRerank | None:
+    """The product's re-rank at ``weight`` over ``DEFAULT_POOL`` candidates; None at 0, which
+    means similarity order (``serve`` and ``evaluate`` --class-rerank)."""
+    return ClassRerank(weight, DEFAULT_POOL) if weight > 0 else None
+
+
 def rerank_order(
     scores: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, rerank: ClassRerank
 ) -> np.ndarray:
@@ -70,4 +76,19 @@ def rerank_order(
     return np.concatenate([order, tail], axis=1)
 
 
-__all__ = ["DEFAULT_POOL", "DEFAULT_WEIGHT", "ClassRerank", "rerank_order"]
+def reranked_labels(
+    scores: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, rerank: ClassRerank
+) -> np.ndarray:
+    """``labels`` (N x k) in the order :func:`rerank_order` gives them."""
+    order = rerank_order(scores, labels, probabilities, rerank)
+    return np.take_along_axis(np.asarray(labels), order, axis=1)
+
+
+__all__ = [
+    "DEFAULT_POOL",
+    "DEFAULT_WEIGHT",
+    "ClassRerank",
+    "class_rerank",
+    "rerank_order",
+    "reranked_labels",
+]

@@ -13,7 +13,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from common.fsutil import atomic_write, atomic_write_text
 from embedder.batch import embed_samples
-from embedder.class_rerank import ClassRerank, rerank_order
+from embedder.class_rerank import ClassRerank, reranked_labels
 from embedder.data import load_catalog
 from embedder.engine_options import EngineOptions
 from embedder.errors import DataError
@@ -183,8 +183,7 @@ def reranked_recall(
     scores, neighbours = nearest_neighbours(embeddings, gallery, max(5, rerank.pool))
     if neighbours.shape[1] == 0:
         return {"recall_at_1": 0.0, "recall_at_5": 0.0}
-    labels = gallery_classes[neighbours]
-    ranked = np.take_along_axis(labels, rerank_order(scores, labels, probabilities, rerank), 1)
+    ranked = reranked_labels(scores, gallery_classes[neighbours], probabilities, rerank)
     hit = ranked == classes[:, None]
     return {
         "recall_at_1": float(hit[:, 0].mean()),

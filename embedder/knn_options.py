@@ -9,7 +9,7 @@ import argparse
 from common.argtypes import non_negative_float, positive_float, positive_int, probability
 from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.class_rerank import DEFAULT_WEIGHT as RERANK_WEIGHT
-from embedder.class_rerank import ClassRerank
+from embedder.class_rerank import ClassRerank, class_rerank
 from embedder.knn_vote import (
     DEFAULT_K,
     DEFAULT_TEMPERATURE,
@@ -73,4 +73,4 @@ def add_class_rerank_option(parser: argparse.ArgumentParser) -> None:
 
 def class_rerank_from_args(args: argparse.Namespace) -> ClassRerank | None:
     """The re-rank the flag asks for, or None for similarity order."""
-    return ClassRerank(args.class_rerank, RERANK_POOL) if args.class_rerank > 0 else None
+    return class_rerank(args.class_rerank)

@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 
 from common.fsutil import atomic_write_text
-from embedder.class_rerank import ClassRerank, rerank_order
+from embedder.class_rerank import ClassRerank, reranked_labels
 from embedder.crossval import (
     Interval,
     Split,
@@ -647,11 +647,9 @@ class Bench:
             test = split.test[self.headline[split.test]]
             scores, idx = nearest_neighbours(emb[test], emb[split.train], pool)
             labels = self.y[split.train][idx]
-            rows = np.arange(len(test))[:, None]
             match = np.stack(
                 [
-                    labels[rows, rerank_order(scores, labels, probs[test], r)]
-                    == self.y[test][:, None]
+                    reranked_labels(scores, labels, probs[test], r) == self.y[test][:, None]
                     for r in RERANK_GRID
                 ]
             )

@@ -9,7 +9,7 @@ from typing import Any
 
 from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.class_rerank import DEFAULT_WEIGHT as RERANK_WEIGHT
-from embedder.class_rerank import ClassRerank
+from embedder.class_rerank import ClassRerank, class_rerank
 from embedder.engine_options import DEFAULT_RUNTIME, RUNTIMES
 from embedder.knn_vote import (
     DEFAULT_K,
@@ -94,7 +94,7 @@ class ServerConfig:
     @property
     def rerank(self) -> ClassRerank | None:
         """The class-aware re-rank of an image's neighbours, or None for similarity order."""
-        return ClassRerank(self.class_rerank, RERANK_POOL) if self.class_rerank > 0 else None
+        return class_rerank(self.class_rerank)
 
     @property
     def max_upload_bytes(self) -> int:
