@@ -59,8 +59,15 @@ def _options(
     filter: Mapping[str, Any] | None,
     score_threshold: float | None,
     offset: int | None,
+    ranking: str | None = None,
 ) -> dict[str, Any]:
-    given = {"k": k, "filter": filter, "score_threshold": score_threshold, "offset": offset}
+    given = {
+        "k": k,
+        "filter": filter,
+        "score_threshold": score_threshold,
+        "offset": offset,
+        "ranking": ranking,
+    }
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -152,10 +159,13 @@ class Client:
         filter: Mapping[str, Any] | None = None,
         score_threshold: float | None = None,
         offset: int | None = None,
+        ranking: str | None = None,
     ) -> dict[str, Any]:
         """Neighbours of an image (path or bytes), a vector or a catalog item (itself
-        excluded): the server's answer (``neighbors``, and ``prediction`` for an image)."""
-        opts = _options(k, filter, score_threshold, offset)
+        excluded): the server's answer (``neighbors``, and ``prediction`` for an image).
+        ``ranking``: "similarity" for cosine order; "class" (the server's default for an
+        image, where it re-ranks) reorders an image's most similar few by its class."""
+        opts = _options(k, filter, score_threshold, offset, ranking)
         query = _query(image, vector, item_id)
         if "id" in query:
             params: dict[str, Any] = {key: v for key, v in opts.items() if key != "filter"}
@@ -173,6 +183,7 @@ class Client:
         filter: Mapping[str, Any] | None = None,
         score_threshold: float | None = None,
         offset: int | None = None,
+        ranking: str | None = None,
     ) -> list[dict[str, Any]]:
         """One answer per query, in order: each query a dict with one of ``image`` (path or
         bytes), ``vector`` or ``item_id``, and optionally its own options. A failed query's
@@ -182,7 +193,7 @@ class Client:
             q = dict(q)
             entry = _query(q.pop("image", None), q.pop("vector", None), q.pop("item_id", None))
             entries.append({**entry, **q})
-        body = {"queries": entries, **_options(k, filter, score_threshold, offset)}
+        body = {"queries": entries, **_options(k, filter, score_threshold, offset, ranking)}
         return self._request("POST", "/v1/search/batch", json=body)["results"]
 
     def embed(self, image: ImageInput) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def search() -> Response:
         if "image" in fields:
             raise ApiError(400, "invalid_request", "give either 'image' or 'vector', not both")
         reject_unknown_fields(fields, OPTION_FIELDS)
-        opts = request_options(svc, fields, request.args)
+        opts = request_options(svc, fields, request.args).applied(photo=False, svc=svc)
         hits, search_ms = search_with(svc, vector, opts)
         return jsonify(
             prediction=None,
@@ -112,7 +112,7 @@ def search() -> Response:
     with svc.arrival() as arrival:  # from the start: the body may still be arriving
         data, fields = read_image(request, svc.config.max_upload_bytes)
         reject_unknown_fields(fields, OPTION_FIELDS)
-        opts = request_options(svc, fields, request.args)
+        opts = request_options(svc, fields, request.args).applied(photo=True, svc=svc)
         embedded = svc.embed_bytes(data, arrival)
     hits, search_ms = search_with(svc, embedded.embedding, opts, None, embedded.probabilities)
     prediction, predict_ms = timed_prediction(svc, embedded)
@@ -177,7 +177,7 @@ def similar(item_id: str) -> Response:
     """Nearest neighbours of a catalog item (the item itself excluded)."""
     t0 = time.perf_counter()
     svc = service()
-    opts = request_options(svc, {}, request.args)
+    opts = request_options(svc, {}, request.args).applied(photo=False, svc=svc)
     hits, search_ms = search_with(svc, svc.item_vector(item_id), opts, exclude_ids=[item_id])
     return jsonify(
         id=item_id,

@@ -73,7 +73,7 @@ def _query(
         )
     kind = kinds[0]
     reject_unknown_fields(entry, (kind, *OPTION_FIELDS))
-    opts = entry_options(svc, entry, defaults)
+    opts = entry_options(svc, entry, defaults).applied(photo=kind == IMAGE_FIELD, svc=svc)
     if kind == IMAGE_FIELD:
         return kind, decode_base64_image(entry[kind], svc.config.max_upload_bytes), opts
     if kind == VECTOR_FIELD:
@@ -158,7 +158,7 @@ def search_batch() -> Response:
                 opts.threshold,
                 probabilities=(
                     np.stack([probabilities[i] for i in members])
-                    if members[0] in probabilities
+                    if opts.ranking == "class" and members[0] in probabilities
                     else None
                 ),
             )

@@ -168,6 +168,20 @@ def parse_offset(value: Any) -> int:
     return 0 if value is None else _bounded_int(value, "offset", 0, MAX_OFFSET)
 
 
+RANKINGS = ("class", "similarity")
+
+
+def parse_ranking(value: Any) -> str | None:
+    """``ranking``: "class" (an uploaded photo's most similar few re-ranked by its predicted
+    class, where the server does so) or "similarity" (cosine order); None: the server's."""
+    if value is None or value in RANKINGS:
+        return value
+    shown = value if isinstance(value, str) and len(value) <= 40 else type(value).__name__
+    raise ApiError(
+        400, "invalid_ranking", f"ranking must be 'class' or 'similarity', got {shown!r}"
+    )
+
+
 def parse_threshold(value: Any) -> float | None:
     """``score_threshold``: the least cosine similarity a neighbour may have, in -1..1."""
     if value is None:

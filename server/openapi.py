@@ -27,6 +27,7 @@ from server.openapi_parts import (
     LIMIT_PARAM,
     METADATA,
     OFFSET_PARAM,
+    RANKING_PARAM,
     SCHEMAS,
     SECURITY,
     TEXT,
@@ -54,7 +55,7 @@ def openapi_spec(
     json_filter = filter_schema(fields, json_values=True, numeric=numeric_fields)
     search_body = image_body()
     search_body["content"]["application/json"]["schema"] = search_json_body(json_filter, dim)
-    search_params = [K_PARAM, THRESHOLD_PARAM, OFFSET_PARAM, filter_param]
+    search_params = [K_PARAM, THRESHOLD_PARAM, OFFSET_PARAM, RANKING_PARAM, filter_param]
     paths: dict[str, Any] = {
         "/v1/search": {
             "post": {

@@ -11,6 +11,8 @@ from server.openapi_parts import (
     K_SCHEMA,
     METADATA,
     OFFSET_SCHEMA,
+    RANKING_ECHO,
+    RANKING_SCHEMA,
     SECURITY,
     THRESHOLD_SCHEMA,
     error_responses,
@@ -41,6 +43,7 @@ def options(flt: dict[str, Any]) -> dict[str, Any]:
         "filter": flt,
         "score_threshold": THRESHOLD_SCHEMA,
         "offset": OFFSET_SCHEMA,
+        "ranking": RANKING_SCHEMA,
     }
 
 
@@ -236,6 +239,7 @@ BATCH_SCHEMAS: dict[str, Any] = {
             "filter": {"type": ["object", "null"]},
             "offset": {"type": "integer"},
             "score_threshold": {"type": ["number", "null"]},
+            "ranking": RANKING_ECHO,
         },
     },
     "BatchSearchResult": {

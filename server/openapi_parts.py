@@ -167,6 +167,25 @@ THRESHOLD_PARAM = {
     "schema": THRESHOLD_SCHEMA,
 }
 
+RANKING_SCHEMA = {
+    "type": "string",
+    "enum": ["class", "similarity"],
+    "description": "`class`: an uploaded photo's most similar few are re-ranked by the "
+    "classifier's probability of each item's label, where the server does so (GET /v1/info: "
+    "ranking; its default for photos); `similarity`: cosine order. Vectors and catalog ids "
+    "are always in similarity order; the answer's `ranking` says which order it has.",
+}
+RANKING_PARAM = {
+    "name": "ranking",
+    "in": "query",
+    "description": RANKING_SCHEMA["description"],
+    "schema": {k: v for k, v in RANKING_SCHEMA.items() if k != "description"},
+}
+RANKING_ECHO = {
+    "type": "string",
+    "enum": ["class", "similarity"],
+    "description": "the order of `neighbors`: re-ranked by class, or by similarity alone",
+}
 
 LIMIT_PARAM = {
     "name": "limit",
@@ -307,12 +326,13 @@ SCHEMAS: dict[str, Any] = {
                 "items": ref("Neighbor"),
                 "description": "most similar first (score: cosine similarity); for an "
                 "uploaded photo the server may re-rank its most similar few by the "
-                "classifier's probability of each item's label (GET /v1/info: ranking)",
+                "classifier's probability of each item's label (`ranking`: class)",
             },
             "k": {"type": "integer"},
             "filter": {"type": ["object", "null"]},
             "offset": {"type": "integer"},
             "score_threshold": {"type": ["number", "null"]},
+            "ranking": RANKING_ECHO,
             "timing_ms": ref("Timing"),
         },
     },
@@ -321,6 +341,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "id": {"type": "string"},
             "neighbors": {"type": "array", "items": ref("Neighbor")},
+            "ranking": RANKING_ECHO,
             "timing_ms": ref("Timing"),
         },
     },

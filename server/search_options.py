@@ -1,22 +1,28 @@
-"""The options of a search (``k``, ``filter``, ``score_threshold``, ``offset``) from a JSON body,
-a batch entry or the query string, each checked (400 naming the option)."""
+"""The options of a search (``k``, ``filter``, ``score_threshold``, ``offset``, ``ranking``) from
+a JSON body, a batch entry or the query string, each checked (400 naming the option)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from werkzeug.datastructures import MultiDict
 
 from server.errors import ApiError
 from server.filters import check_filter, merge_filters
-from server.inputs import check_query_params, parse_k, parse_offset, parse_threshold
+from server.inputs import (
+    check_query_params,
+    parse_k,
+    parse_offset,
+    parse_ranking,
+    parse_threshold,
+)
 from server.service import LookupService
 
-OPTION_FIELDS = ("k", "filter", "score_threshold", "offset")
+OPTION_FIELDS = ("k", "filter", "score_threshold", "offset", "ranking")
 # Query parameters of the search endpoints besides the filters.
-QUERY_OPTIONS = ("k", "score_threshold", "offset")
+QUERY_OPTIONS = ("k", "score_threshold", "offset", "ranking")
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,14 @@ class SearchOptions:
     flt: dict[str, Any] | None = None
     offset: int = 0
     threshold: float | None = None
+    ranking: str | None = None  # asked for; None: the server's (see ``applied``)
+
+    def applied(self, photo: bool, svc: LookupService) -> SearchOptions:
+        """These options with the ranking the query gets: "class" only for an uploaded photo
+        on a server that re-ranks (``--class-rerank`` above 0) and unless "similarity" was
+        asked for; every other query is in similarity order (the answer says which)."""
+        reranks = photo and svc.config.rerank is not None and self.ranking != "similarity"
+        return replace(self, ranking="class" if reranks else "similarity")
 
     def echo(self) -> dict[str, Any]:
         """The options as an answer repeats them."""
@@ -33,6 +47,7 @@ class SearchOptions:
             "filter": self.flt,
             "offset": self.offset,
             "score_threshold": self.threshold,
+            "ranking": self.ranking,
         }
 
 
@@ -66,6 +81,7 @@ def request_options(svc: LookupService, body: Mapping[str, Any], args: MultiDict
     body_k = parse_k(body.get("k"), cfg.default_k, cfg.max_k)
     body_offset = parse_offset(body.get("offset"))
     body_threshold = parse_threshold(body.get("score_threshold"))
+    body_ranking = parse_ranking(body.get("ranking"))
     return SearchOptions(
         k=parse_k(args.get("k"), body_k, cfg.max_k),
         flt=merge_filters(args.lists(), body.get("filter"), svc.filterable_fields),
@@ -75,6 +91,7 @@ def request_options(svc: LookupService, body: Mapping[str, Any], args: MultiDict
             if "score_threshold" in args
             else body_threshold
         ),
+        ranking=parse_ranking(args.get("ranking")) if "ranking" in args else body_ranking,
     )
 
 
@@ -96,6 +113,7 @@ def entry_options(
             if "score_threshold" in entry
             else defaults.threshold
         ),
+        ranking=parse_ranking(entry["ranking"]) if "ranking" in entry else defaults.ranking,
     )
 
 
@@ -106,8 +124,11 @@ def search_with(
     exclude_ids: list[str] | None = None,
     probabilities: Any = None,
 ) -> tuple[list, float]:
-    """The search ``opts`` ask for; ``probabilities``: an uploaded photo's classes, which
-    re-rank its first hits (see :meth:`LookupService.search`)."""
+    """The search ``opts`` ask for (ranking applied: :meth:`SearchOptions.applied`);
+    ``probabilities``: an uploaded photo's classes, which re-rank its first hits when the
+    ranking is "class" (see :meth:`LookupService.search`)."""
+    if opts.ranking != "class":
+        probabilities = None
     return svc.search(
         vector,
         opts.k,

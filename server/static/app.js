@@ -195,9 +195,12 @@ async function search(file) {
   const form = new FormData();
   form.append("image", file);
   try {
-    const result = await api(`/v1/search?${queryString()}`, { method: "POST", body: form });
+    // The order applies to a photo's search only: an item's neighbours are by similarity.
+    const query = `${queryString()}&ranking=${encodeURIComponent($("ranking").value)}`;
+    const result = await api(`/v1/search?${query}`, { method: "POST", body: form });
     showPrediction(result.prediction);
-    showResults(result.neighbors, "Nearest catalog phones");
+    const order = result.ranking === "class" ? " (re-ranked by predicted class)" : "";
+    showResults(result.neighbors, `Nearest catalog phones${order}`);
     showTiming(result.timing_ms);
     setStatus(`${result.neighbors.length} similar phones found.`);
   } catch (e) {
@@ -265,7 +268,7 @@ function setup() {
     const file = e.dataTransfer.files[0];
     if (file) search(file);
   });
-  for (const id of ["k", "label-filter", "price-min", "price-max"]) {
+  for (const id of ["k", "label-filter", "price-min", "price-max", "ranking"]) {
     $(id).addEventListener("change", refresh);
   }
   $("more").addEventListener("click", () => loadCatalog(true));

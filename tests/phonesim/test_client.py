@@ -48,6 +48,12 @@ def test_search_by_image_vector_and_id_agree(live, photo, tmp_path, catalog_rows
     vector = client.embed(photo)["embedding"]
     by_vector = client.search(vector=vector, k=4)
     assert [n["id"] for n in by_vector["neighbors"]] == [n["id"] for n in by_path["neighbors"]]
+    assert (by_path["ranking"], by_vector["ranking"]) == ("class", "similarity")
+    cosine = client.search(photo, k=4, ranking="similarity")
+    assert cosine["ranking"] == "similarity" and cosine["neighbors"] == by_vector["neighbors"]
+    with pytest.raises(PhonesimError) as bad:
+        client.search(photo, ranking="best")
+    assert (bad.value.status, bad.value.code) == (400, "invalid_ranking")
     top = by_path["neighbors"][0]["id"]
     similar = client.search(item_id=top, k=3, score_threshold=-1.0)
     assert top not in [n["id"] for n in similar["neighbors"]]
@@ -66,6 +72,10 @@ def test_search_batch_and_items_pages(live, photo, catalog_rows):  # noqa: F811
     assert [r["status"] for r in results] == [200, 404, 200]
     assert results[1]["error"]["code"] == "unknown_item"
     assert len(results[0]["neighbors"]) == 3 and len(results[2]["neighbors"]) == 2
+    ordered = client.search_batch(
+        [{"image": photo}, {"image": photo, "ranking": "class"}], ranking="similarity"
+    )
+    assert [r["ranking"] for r in ordered] == ["similarity", "class"]
     ids = [item["id"] for item in client.items(page_size=5)]
     assert ids == sorted(catalog_rows)  # the writes come in a later test
     label = sorted({r["label"] for r in catalog_rows.values()})[0]

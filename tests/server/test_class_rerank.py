@@ -143,6 +143,95 @@ def test_an_unlabelled_catalog_keeps_similarity_order(
     assert _ids(body) == _ids(plain)
 
 
+# -- the per-request ranking ----------------------------------------------------------------------
+def test_a_photo_is_reranked_by_default_and_the_answer_says_so(reranked, jpeg_bytes, plain):
+    body = reranked.post(f"/v1/search?k={K}", data=upload(jpeg_bytes)).get_json()
+    assert body["ranking"] == "class" and _ids(body) != _ids(plain)
+    assert plain["ranking"] == "similarity"  # a server started with --class-rerank 0
+
+
+@pytest.mark.parametrize("how", ["query", "form", "json"])
+def test_a_client_can_ask_for_similarity_order(reranked, jpeg_bytes, plain, how):
+    if how == "query":
+        r = reranked.post(f"/v1/search?k={K}&ranking=similarity", data=upload(jpeg_bytes))
+    elif how == "form":
+        r = reranked.post(f"/v1/search?k={K}", data={**upload(jpeg_bytes), "ranking": "similarity"})
+    else:
+        r = reranked.post(
+            "/v1/search", json={"image": _b64(jpeg_bytes), "k": K, "ranking": "similarity"}
+        )
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["ranking"] == "similarity"
+    assert _ids(body) == _ids(plain)
+    assert body["prediction"] == plain["prediction"]  # the prediction does not depend on it
+
+
+def test_the_query_string_ranking_wins_over_the_body(reranked, jpeg_bytes, plain):
+    r = reranked.post(
+        "/v1/search?ranking=similarity",
+        json={"image": _b64(jpeg_bytes), "k": K, "ranking": "class"},
+    )
+    assert r.get_json()["ranking"] == "similarity" and _ids(r.get_json()) == _ids(plain)
+
+
+def test_class_ranking_applies_only_where_the_server_reranks_photos(
+    reranked, tiny_embedder, misfiled_nearest, jpeg_bytes, plain
+):
+    embedding = reranked.post("/v1/embed", data=upload(jpeg_bytes)).get_json()["embedding"]
+    by_vector = reranked.post(
+        "/v1/search", json={"vector": embedding, "k": K, "ranking": "class"}
+    ).get_json()
+    assert by_vector["ranking"] == "similarity" and _ids(by_vector) == _ids(plain)
+    app, client = _client(tiny_embedder, misfiled_nearest, weight=0.0)
+    try:
+        body = client.post(f"/v1/search?k={K}&ranking=class", data=upload(jpeg_bytes)).get_json()
+    finally:
+        app.extensions["phonesim"].close()
+    assert body["ranking"] == "similarity" and _ids(body) == _ids(plain)
+
+
+def test_batch_entries_choose_their_own_ranking(reranked, jpeg_bytes, plain):
+    photo = _b64(jpeg_bytes)
+    r = reranked.post(
+        "/v1/search/batch",
+        json={
+            "queries": [{"image": photo}, {"image": photo, "ranking": "class"}],
+            "k": K,
+            "ranking": "similarity",
+        },
+    )
+    assert r.status_code == 200, r.get_json()
+    batch_default, own = r.get_json()["results"]
+    assert batch_default["ranking"] == "similarity" and _ids(batch_default) == _ids(plain)
+    assert own["ranking"] == "class" and _ids(own) != _ids(plain)
+
+
+@pytest.mark.parametrize("value", ["Class", "", "x" * 5000, 1, True, ["class"], None])
+def test_a_bad_ranking_is_a_400(reranked, jpeg_bytes, value):
+    r = reranked.post("/v1/search", json={"image": _b64(jpeg_bytes), "ranking": value})
+    assert r.status_code == 400
+    assert r.get_json()["error"]["code"] == "invalid_ranking"
+    assert len(r.get_json()["error"]["message"]) < 200
+    q = reranked.post("/v1/search?ranking=best", data=upload(jpeg_bytes))
+    assert q.status_code == 400 and q.get_json()["error"]["code"] == "invalid_ranking"
+    entry = reranked.post(
+        "/v1/search/batch", json={"queries": [{"image": _b64(jpeg_bytes), "ranking": value}]}
+    )
+    assert entry.status_code == 200
+    assert entry.get_json()["results"][0]["error"]["code"] == "invalid_ranking"
+
+
+def test_an_items_neighbours_are_in_similarity_order_whatever_is_asked(reranked, plain):
+    nearest = _ids(plain)[0]
+    plain_order = reranked.get(f"/v1/items/{nearest}/similar?k=4").get_json()
+    asked = reranked.get(f"/v1/items/{nearest}/similar?k=4&ranking=class").get_json()
+    assert plain_order["ranking"] == asked["ranking"] == "similarity"
+    assert _ids(asked) == _ids(plain_order)
+    bad = reranked.get(f"/v1/items/{nearest}/similar?ranking=nearest")
+    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_ranking"
+
+
 # -- flags and settings ---------------------------------------------------------------------------
 def _parse(*argv: str):
     return build_parser().parse_args(["serve", "--checkpoint", "c", "--index", "i", *argv])

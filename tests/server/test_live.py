@@ -226,6 +226,13 @@ def test_web_page_in_headless_chromium(live, query_image, tmp_path):
             assert "classifier" in (page.text_content("#prediction-source") or "")
             assert page.locator(".neighbor").count() >= 1
             assert page.is_visible("#preview") and not page.is_visible("#drop-hint")
+            # The server re-ranks a photo's neighbours by default; the page can ask otherwise.
+            assert "re-ranked by predicted class" in (page.text_content("#results-title") or "")
+            page.select_option("#ranking", "similarity")
+            page.wait_for_function(
+                "() => !document.querySelector('#results-title').textContent.includes('re-ranked')",
+                timeout=20_000,
+            )
             shot = os.environ.get("PHONESIM_SCREENSHOT")
             page.screenshot(path=shot or str(tmp_path / "page.png"), full_page=True)
 

@@ -45,8 +45,21 @@ def test_openapi_request_bodies_list_exactly_the_accepted_fields(app):
         "filter",
         "score_threshold",
         "offset",
+        "ranking",
     }
     assert json_fields("/v1/embed") == {"image"}  # k or filter there is a 400
+
+
+def test_openapi_offers_the_ranking_to_every_search(app):
+    spec = app.test_client().get("/openapi.json").get_json()
+
+    def params(path: str, verb: str) -> set[str]:
+        return {p["name"] for p in spec["paths"][path][verb]["parameters"]}
+
+    assert "ranking" in params("/v1/search", "post")
+    assert "ranking" in params("/v1/items/{item_id}/similar", "get")
+    entry = spec["components"]["schemas"]["SearchQuery"]["properties"]
+    assert entry["ranking"]["enum"] == ["class", "similarity"]
 
 
 def test_openapi_documents_the_catalog_pages(app):
