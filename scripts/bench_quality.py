@@ -41,6 +41,9 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
                 photos re-ranked by its classifier as `serve` ranks them (--class-rerank: the
                 5 most similar reordered); the weight is chosen per fold on the other folds
                 of its repeat. recipe_288_rerank and recipe_lite1_rerank do the same for theirs
+  recipe_full   the recipe fitted on all of its training folds (no inner 15% validation split)
+                for its 10 epochs, the checkpoint being the mean of the last 5 epochs' weights
+                (a training per fold); recipe_full_knn and recipe_full_rerank as above
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -121,6 +124,9 @@ EXTRA_METHODS = (
     "recipe_rerank",
     "recipe_288_rerank",
     "recipe_lite1_rerank",
+    "recipe_full",
+    "recipe_full_knn",
+    "recipe_full_rerank",
 )
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
@@ -129,6 +135,7 @@ FROZEN_MODELS = {
     "probe_lite1": "tf_efficientnet_lite1",
     "probe_lite2": "tf_efficientnet_lite2",
 }
+SOUP_EPOCHS = 5
 # Recipe variants that train a model per fold, with their TrainConfig overrides.
 TRAINED = {
     "recipe": {},
@@ -139,13 +146,15 @@ TRAINED = {
     # Lite0 trained and scored at 288 px instead of its 224: brand cues (logos, camera
     # layouts) are small in a listing photo.
     "recipe_288": {"img_size": 288},
+    # Every training photo fitted (no inner validation split to pick the best epoch from):
+    # the checkpoint is the mean of the last 5 epochs' weights.
+    "recipe_full": {"val_fraction": 0.0, "average_last": SOUP_EPOCHS},
 }
 # recipe_clean trains without the training photos whose label gets less than SUSPECT_SHARE of
 # a kNN vote of the other training photos (their near copies left out) on frozen Lite0
 # features: suspected wrong labels.
 SUSPECT_SHARE = 0.05
 SUSPECT_VOTE = KnnFusion(k=20, temperature=0.03)
-SOUP_EPOCHS = 5
 # Input sides averaged with the trained one (224 for Lite0, 240 for Lite1), per trained method.
 MULTISCALE_SIZES = {"recipe": (288,), "recipe_lite1": (320,)}
 PAIR = ("recipe", "recipe_lite1")  # the two-backbone ensemble of recipe_pair
