@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from server.inputs import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
+from server.inputs import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, RANKINGS
 from server.limits import (
     FIELD_NAME_PATTERN,
     ID_PATTERN,
@@ -169,7 +169,7 @@ THRESHOLD_PARAM = {
 
 RANKING_SCHEMA = {
     "type": "string",
-    "enum": ["class", "similarity"],
+    "enum": list(RANKINGS),
     "description": "`class`: an uploaded photo's most similar few are re-ranked by the "
     "classifier's probability of each item's label, where the server does so (GET /v1/info: "
     "ranking; its default for photos); `similarity`: cosine order. Vectors and catalog ids "
@@ -183,7 +183,7 @@ RANKING_PARAM = {
 }
 RANKING_ECHO = {
     "type": "string",
-    "enum": ["class", "similarity"],
+    "enum": list(RANKINGS),
     "description": "the order of `neighbors`: re-ranked by class, or by similarity alone",
 }
 
