@@ -151,7 +151,7 @@ def openapi_spec(
                 },
             },
         },
-        "/v1/search/batch": batch_search_path(json_filter, dim, max_batch_entries),
+        "/v1/search/batch": batch_search_path(json_filter, dim, max_batch_entries, search_params),
         "/v1/items/batch": items_batch_path(max_batch_entries),
         "/v1/items/{item_id}": {
             "parameters": [ITEM_ID],

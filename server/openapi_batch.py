@@ -107,7 +107,11 @@ def _entry(name: str, depth: int) -> dict[str, Any]:
     }
 
 
-def batch_search_path(flt: dict[str, Any], dim: int | None, max_entries: int) -> dict[str, Any]:
+def batch_search_path(
+    flt: dict[str, Any], dim: int | None, max_entries: int, params: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``POST /v1/search/batch``; ``params``: the search options also taken from the query
+    string (they set the batch's defaults, as the body's options do)."""
     entry = _entry("SearchQuery", 3)  # body -> queries -> entry
     body = {
         "type": "object",
@@ -129,6 +133,7 @@ def batch_search_path(flt: dict[str, Any], dim: int | None, max_entries: int) ->
             "description": f"At most {max_entries} queries (--max-batch-entries); the images "
             "run through the model together. Answered in the same order, one result or one "
             "error per entry: a bad entry does not fail the others.",
+            "parameters": params,
             "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
             "responses": {
                 "200": json_content(ref("BatchSearchResult"), "one result per query"),

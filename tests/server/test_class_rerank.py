@@ -205,6 +205,10 @@ def test_batch_entries_choose_their_own_ranking(reranked, jpeg_bytes, plain):
     batch_default, own = r.get_json()["results"]
     assert batch_default["ranking"] == "similarity" and _ids(batch_default) == _ids(plain)
     assert own["ranking"] == "class" and _ids(own) != _ids(plain)
+    by_query = reranked.post(
+        f"/v1/search/batch?ranking=similarity&k={K}", json={"queries": [{"image": photo}]}
+    )
+    assert by_query.get_json()["results"][0]["ranking"] == "similarity"
 
 
 @pytest.mark.parametrize("value", ["Class", "", "x" * 5000, 1, True, ["class"], None])

@@ -58,6 +58,8 @@ def test_openapi_offers_the_ranking_to_every_search(app):
 
     assert "ranking" in params("/v1/search", "post")
     assert "ranking" in params("/v1/items/{item_id}/similar", "get")
+    # The batch takes its default options from the query string too.
+    assert params("/v1/search/batch", "post") == params("/v1/search", "post")
     entry = spec["components"]["schemas"]["SearchQuery"]["properties"]
     assert entry["ranking"]["enum"] == ["class", "similarity"]
 
