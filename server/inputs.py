@@ -176,9 +176,9 @@ def parse_ranking(value: Any) -> str | None:
     class, where the server does so) or "similarity" (cosine order); None: the server's."""
     if value is None or value in RANKINGS:
         return value
-    shown = value if isinstance(value, str) and len(value) <= 40 else type(value).__name__
+    # A long value is cut where every error message is (server.errors.MAX_MESSAGE).
     raise ApiError(
-        400, "invalid_ranking", f"ranking must be 'class' or 'similarity', got {shown!r}"
+        400, "invalid_ranking", f"ranking must be 'class' or 'similarity', got {value!r}"
     )
 
 

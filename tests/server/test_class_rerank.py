@@ -12,6 +12,7 @@ from embedder.class_rerank import DEFAULT_POOL, DEFAULT_WEIGHT
 from phonesim.cli import build_parser
 from server import cli
 from server.config import ServerConfig
+from server.errors import MAX_MESSAGE
 from tests.server.helpers import build_test_index, make_app, upload
 
 K = 8
@@ -216,7 +217,7 @@ def test_a_bad_ranking_is_a_400(reranked, jpeg_bytes, value):
     r = reranked.post("/v1/search", json={"image": _b64(jpeg_bytes), "ranking": value})
     assert r.status_code == 400
     assert r.get_json()["error"]["code"] == "invalid_ranking"
-    assert len(r.get_json()["error"]["message"]) < 200
+    assert len(r.get_json()["error"]["message"]) <= MAX_MESSAGE
     q = reranked.post("/v1/search?ranking=best", data=upload(jpeg_bytes))
     assert q.status_code == 400 and q.get_json()["error"]["code"] == "invalid_ranking"
     entry = reranked.post(
