@@ -114,7 +114,7 @@ def search_batch() -> Response:
     embedded = embed_many(svc, datas) if datas else []
     predictions: dict[int, Any] = {}
     vectors: dict[int, Any] = {}
-    probabilities: dict[int, Any] = {}  # of the image queries, which re-rank their hits
+    probabilities: dict[int, Any] = {}  # of the readable photos, for a "class" ranking
     readable: list[tuple[int, Embedded]] = []
     for i, emb in zip(images, embedded, strict=True):
         if isinstance(emb, Embedded):
@@ -141,9 +141,8 @@ def search_batch() -> Response:
                     continue
             else:
                 vectors.setdefault(i, p[1])
-            key = json.dumps(
-                [p[1] if p[0] == "id" else None, i in probabilities, p[2].echo()], sort_keys=True
-            )
+            # The options carry the ranking: "class" groups readable photos only.
+            key = json.dumps([p[1] if p[0] == "id" else None, p[2].echo()], sort_keys=True)
             groups.setdefault(key, []).append(i)
     for members in groups.values():
         kind, value, opts = parsed[members[0]]  # type: ignore[misc]
@@ -158,7 +157,7 @@ def search_batch() -> Response:
                 opts.threshold,
                 probabilities=(
                     np.stack([probabilities[i] for i in members])
-                    if opts.ranking == "class" and members[0] in probabilities
+                    if opts.ranking == "class"
                     else None
                 ),
             )
