@@ -76,7 +76,8 @@ def _png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def _b64(data: bytes) -> str:
+def b64(data: bytes) -> str:
+    """``data`` as the base64 text a JSON ``image`` field carries."""
     return base64.b64encode(data).decode()
 
 
@@ -125,28 +126,28 @@ def bad_requests(jpeg: bytes) -> list[tuple[str, dict, int]]:
         ("k-not-int", post("/v1/search?k=abc", **form(jpeg)), 400),
         ("k-float", post("/v1/search?k=1.5", **form(jpeg)), 400),
         ("k-enormous", post("/v1/search?k=" + "9" * 40, **form(jpeg)), 400),
-        ("k-json-bool", post(json={"image": _b64(jpeg), "k": True}), 400),
+        ("k-json-bool", post(json={"image": b64(jpeg), "k": True}), 400),
         ("k-superscript-digit", post("/v1/search?k=%C2%B2", **form(jpeg)), 400),
-        ("json-misspelt-field", post(json={"image": _b64(jpeg), "filters": {"a": 1}}), 400),
+        ("json-misspelt-field", post(json={"image": b64(jpeg), "filters": {"a": 1}}), 400),
         (
             "form-unknown-field",
             post(data={**form(jpeg)["data"], "label": "x"}, content_type="multipart/form-data"),
             400,
         ),
-        ("embed-unknown-field", post("/v1/embed", json={"image": _b64(jpeg), "k": 3}), 400),
+        ("embed-unknown-field", post("/v1/embed", json={"image": b64(jpeg), "k": 3}), 400),
         ("k-double-sign", post("/v1/search?k=--3", **form(jpeg)), 400),
         ("similar-k-superscript", {"method": "GET", "path": "/v1/items/x/similar?k=%C2%B2"}, 400),
         ("unknown-filter", post("/v1/search?color=red", **form(jpeg)), 400),
         ("private-filter", post("/v1/search?image=%2Fetc%2Fpasswd", **form(jpeg)), 400),
-        ("json-filter-not-object", post(json={"image": _b64(jpeg), "filter": [1]}), 400),
-        ("json-filter-nested", post(json={"image": _b64(jpeg), "filter": {"a": {}}}), 400),
+        ("json-filter-not-object", post(json={"image": b64(jpeg), "filter": [1]}), 400),
+        ("json-filter-nested", post(json={"image": b64(jpeg), "filter": {"a": {}}}), 400),
         ("malformed-json", post(data=b'{"image": ', content_type="application/json"), 400),
         ("json-not-object", post(data=b"[1, 2]", content_type="application/json"), 400),
         ("json-missing-image", post(json={"k": 3}), 400),
         ("json-image-number", post(json={"image": 12}), 400),
         ("bad-base64", post(json={"image": "!!!not base64!!!"}), 400),
         ("base64-bad-padding", post(json={"image": "abc"}), 400),
-        ("base64-not-image", post(json={"image": _b64(b"plain text")}), 400),
+        ("base64-not-image", post(json={"image": b64(b"plain text")}), 400),
         ("base64-empty", post(json={"image": ""}), 400),
         ("data-url-not-base64", post(json={"image": "data:image/png,abc"}), 400),
         ("wrong-content-type", post(data=b"x=1", content_type="text/plain"), 415),

@@ -15,10 +15,6 @@ KEY = {"X-API-Key": API_KEY}
 JSON = "application/json"
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 def deep(levels: int, inner: str = "1") -> str:
     return "[" * levels + inner + "]" * levels
 

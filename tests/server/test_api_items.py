@@ -3,19 +3,14 @@ metadata, batch adds (NDJSON and JSON) acknowledged per item."""
 
 from __future__ import annotations
 
-import base64
 import json
 
 import numpy as np
 
 from server.config import ServerConfig
-from tests.server.helpers import API_KEY, assert_error, make_app
+from tests.server.helpers import API_KEY, assert_error, b64, make_app
 
 KEY = {"X-API-Key": API_KEY}
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def _ndjson(rows: list) -> bytes:
@@ -104,13 +99,13 @@ def test_patch_errors(writable, client, first_id):
 def test_batch_add_acknowledges_each_item(writable, jpeg_bytes, first_id):
     app, _ = writable
     c = app.test_client()
-    img = _b64(jpeg_bytes)
+    img = b64(jpeg_bytes)
     rows = [
         {"id": "new-1", "image": img, "metadata": {"price": 10, "label": "nova-max"}},
         {"id": "new-2", "image": img},
         {"id": first_id, "image": img},  # exists
         {"id": "new-1", "image": img},  # repeated in the batch
-        {"id": "new-3", "image": _b64(b"not an image")},
+        {"id": "new-3", "image": b64(b"not an image")},
         {"id": "new-4"},  # no image
         7,
         {"id": "new-5", "image": img, "metadata": {"image": "/etc/passwd"}},
@@ -151,7 +146,7 @@ def test_batch_add_acknowledges_each_item(writable, jpeg_bytes, first_id):
 def test_batch_add_limits_and_keys(tiny_embedder, writable, jpeg_bytes):
     app, _ = writable
     c = app.test_client()
-    row = {"id": "a", "image": _b64(jpeg_bytes)}
+    row = {"id": "a", "image": b64(jpeg_bytes)}
     nd = "application/x-ndjson"
     assert_error(c.post("/v1/items/batch", data=_ndjson([row]), content_type=nd), 401)
     assert_error(c.post("/v1/items/batch", json={"items": []}, headers=KEY), 400)

@@ -3,18 +3,13 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 import numpy as np
 import pytest
 
 from server.config import ServerConfig
-from tests.server.helpers import API_KEY, assert_error, make_app, upload
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+from tests.server.helpers import API_KEY, assert_error, b64, make_app, upload
 
 
 def _ids(body: dict) -> list[str]:
@@ -82,7 +77,7 @@ def test_nan_and_infinity_in_a_vector_are_400(client, tiny_embedder):
 
 
 def test_image_and_vector_together_are_400(client, jpeg_bytes, tiny_embedder):
-    body = {"image": _b64(jpeg_bytes), "vector": [1.0] * tiny_embedder.dim}
+    body = {"image": b64(jpeg_bytes), "vector": [1.0] * tiny_embedder.dim}
     assert_error(client.post("/v1/search", json=body), 400, "invalid_request")
 
 
@@ -91,7 +86,7 @@ def test_offset_pages_through_the_neighbours(client, jpeg_bytes):
     ten = _ids(client.post("/v1/search?k=10", data=upload(jpeg_bytes)).get_json())
     later = client.post("/v1/search?k=5&offset=5", data=upload(jpeg_bytes)).get_json()
     assert _ids(later) == ten[5:] and later["offset"] == 5
-    body = {"image": _b64(jpeg_bytes), "k": 3, "offset": 2}
+    body = {"image": b64(jpeg_bytes), "k": 3, "offset": 2}
     assert _ids(client.post("/v1/search", json=body).get_json()) == ten[2:5]
 
 
@@ -105,7 +100,7 @@ def test_score_threshold_drops_the_neighbours_below_it(client, jpeg_bytes):
     assert 0 < len(kept) < len(full)
     assert all(n["score"] >= cut for n in kept)
     assert [n["id"] for n in kept] == [n["id"] for n in full if n["score"] >= cut]
-    body = client.post("/v1/search", json={"image": _b64(jpeg_bytes), "score_threshold": 1.0})
+    body = client.post("/v1/search", json={"image": b64(jpeg_bytes), "score_threshold": 1.0})
     assert body.get_json()["neighbors"] == [] or body.get_json()["neighbors"][0]["score"] >= 1.0
 
 
@@ -130,7 +125,7 @@ def test_bad_search_options_are_400(client, jpeg_bytes, query, code):
 # -- filters -----------------------------------------------------------------------------------
 def test_range_filters_on_a_numeric_field(client, jpeg_bytes, catalog_rows):
     low, mid, high = _prices(catalog_rows)
-    body = {"image": _b64(jpeg_bytes), "k": 50, "filter": {"price": {"lt": high}}}
+    body = {"image": b64(jpeg_bytes), "k": 50, "filter": {"price": {"lt": high}}}
     got = client.post("/v1/search", json=body).get_json()["neighbors"]
     assert {float(n["price"]) for n in got} == {low, mid}
     assert len(got) == sum(1 for r in catalog_rows.values() if float(r["price"]) < high)
@@ -144,7 +139,7 @@ def test_range_filters_on_a_numeric_field(client, jpeg_bytes, catalog_rows):
 
 
 def test_range_on_a_text_field_is_400_naming_its_type(client, jpeg_bytes):
-    body = {"image": _b64(jpeg_bytes), "filter": {"label": {"lt": 300}}}
+    body = {"image": b64(jpeg_bytes), "filter": {"label": {"lt": 300}}}
     error = assert_error(client.post("/v1/search", json=body), 400, "invalid_filter")
     assert "text" in error["message"] and "label" in error["message"]
 
@@ -161,14 +156,14 @@ def test_range_on_a_text_field_is_400_naming_its_type(client, jpeg_bytes):
     ],
 )
 def test_malformed_or_unknown_filters_are_400(client, jpeg_bytes, flt):
-    body = {"image": _b64(jpeg_bytes), "filter": flt}
+    body = {"image": b64(jpeg_bytes), "filter": flt}
     assert_error(client.post("/v1/search", json=body), 400)
 
 
 def test_a_field_in_the_query_and_the_body_must_match_both(client, jpeg_bytes, catalog_rows):
     labels = sorted({r["label"] for r in catalog_rows.values()})
     low, mid, high = _prices(catalog_rows)
-    body = {"image": _b64(jpeg_bytes), "k": 50, "filter": {"label": labels[0]}}
+    body = {"image": b64(jpeg_bytes), "k": 50, "filter": {"label": labels[0]}}
     r = client.post(f"/v1/search?filter.label={labels[1]}", json=body)
     assert r.status_code == 200 and r.get_json()["neighbors"] == []
     r = client.post(f"/v1/search?filter.label={labels[0]}", json=body)
@@ -199,15 +194,15 @@ def test_batch_answers_in_order_one_result_or_error_per_entry(
     single = client.post("/v1/search?k=4", data=upload(jpeg_bytes)).get_json()
     similar = client.get(f"/v1/items/{first_id}/similar?k=4").get_json()
     queries = [
-        {"image": _b64(jpeg_bytes)},
+        {"image": b64(jpeg_bytes)},
         {"vector": vector},
         {"id": first_id},
         {"id": "no-such-phone"},
-        {"image": _b64(b"not an image at all")},
+        {"image": b64(b"not an image at all")},
         {"vector": [0.0] * tiny_embedder.dim},
-        {"image": _b64(jpeg_bytes), "vector": vector},
-        {"image": _b64(jpeg_bytes), "k": 2},
-        {"image": _b64(jpeg_bytes), "filter": {"label": {"lt": 3}}},
+        {"image": b64(jpeg_bytes), "vector": vector},
+        {"image": b64(jpeg_bytes), "k": 2},
+        {"image": b64(jpeg_bytes), "filter": {"label": {"lt": 3}}},
         "not an object",
     ]
     r = client.post("/v1/search/batch", json={"queries": queries, "k": 4})
@@ -232,7 +227,7 @@ def test_batch_answers_in_order_one_result_or_error_per_entry(
 
 
 def test_batch_images_run_through_the_model_together(client, jpeg_bytes):
-    queries = [{"image": _b64(jpeg_bytes)} for _ in range(5)]
+    queries = [{"image": b64(jpeg_bytes)} for _ in range(5)]
     results = client.post("/v1/search/batch", json={"queries": queries}).get_json()["results"]
     assert len({tuple(_ids(r)) for r in results}) == 1
     svc = client.application.extensions["phonesim"].service
@@ -248,14 +243,14 @@ def test_batch_limits_and_shape(tiny_embedder, readonly_index, jpeg_bytes):
     )
     try:
         c = app.test_client()
-        many = {"queries": [{"image": _b64(jpeg_bytes)}] * 4}
+        many = {"queries": [{"image": b64(jpeg_bytes)}] * 4}
         error = assert_error(c.post("/v1/search/batch", json=many), 400, "too_many_entries")
         assert "3" in error["message"]
         assert_error(c.post("/v1/search/batch", json={"queries": []}), 400)
         assert_error(c.post("/v1/search/batch", json={"queries": [], "kk": 1}), 400)
         assert_error(c.post("/v1/search/batch", json={"queries": "x"}), 400)
         assert_error(c.post("/v1/search/batch", data=b"x", content_type="text/plain"), 415)
-        bad_k = {"queries": [{"image": _b64(jpeg_bytes)}], "k": 0}
+        bad_k = {"queries": [{"image": b64(jpeg_bytes)}], "k": 0}
         assert_error(c.post("/v1/search/batch", json=bad_k), 400, "invalid_k")
         assert app.test_client().get("/v1/info").get_json()["batching"]["max_batch_entries"] == 3
     finally:
@@ -265,8 +260,8 @@ def test_batch_limits_and_shape(tiny_embedder, readonly_index, jpeg_bytes):
 def test_batch_filters_apply_per_entry(client, jpeg_bytes, catalog_rows):
     low, mid, high = _prices(catalog_rows)
     queries = [
-        {"image": _b64(jpeg_bytes)},
-        {"image": _b64(jpeg_bytes), "filter": {"price": {"gte": high}}},
+        {"image": b64(jpeg_bytes)},
+        {"image": b64(jpeg_bytes), "filter": {"price": {"gte": high}}},
     ]
     body = {"queries": queries, "k": 50, "filter": {"price": {"lte": low}}}
     results = client.post("/v1/search/batch", json=body).get_json()["results"]

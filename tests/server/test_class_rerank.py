@@ -4,8 +4,6 @@ the pages past the pool and the hits' scores are not touched."""
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 
 from embedder.class_rerank import DEFAULT_POOL, DEFAULT_WEIGHT
@@ -13,13 +11,9 @@ from phonesim.cli import build_parser
 from server import cli
 from server.config import ServerConfig
 from server.errors import MAX_MESSAGE
-from tests.server.helpers import build_test_index, make_app, upload
+from tests.server.helpers import b64, build_test_index, make_app, upload
 
 K = 8
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def _ids(body: dict) -> list[str]:
@@ -108,7 +102,7 @@ def test_a_batch_reranks_its_image_queries_only(reranked, jpeg_bytes, plain):
     embedding = reranked.post("/v1/embed", data=upload(jpeg_bytes)).get_json()["embedding"]
     r = reranked.post(
         "/v1/search/batch",
-        json={"queries": [{"image": _b64(jpeg_bytes)}, {"vector": embedding}], "k": K},
+        json={"queries": [{"image": b64(jpeg_bytes)}, {"vector": embedding}], "k": K},
     )
     assert r.status_code == 200, r.get_json()
     image, vector = r.get_json()["results"]
@@ -159,7 +153,7 @@ def test_a_client_can_ask_for_similarity_order(reranked, jpeg_bytes, plain, how)
         r = reranked.post(f"/v1/search?k={K}", data={**upload(jpeg_bytes), "ranking": "similarity"})
     else:
         r = reranked.post(
-            "/v1/search", json={"image": _b64(jpeg_bytes), "k": K, "ranking": "similarity"}
+            "/v1/search", json={"image": b64(jpeg_bytes), "k": K, "ranking": "similarity"}
         )
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
@@ -171,7 +165,7 @@ def test_a_client_can_ask_for_similarity_order(reranked, jpeg_bytes, plain, how)
 def test_the_query_string_ranking_wins_over_the_body(reranked, jpeg_bytes, plain):
     r = reranked.post(
         "/v1/search?ranking=similarity",
-        json={"image": _b64(jpeg_bytes), "k": K, "ranking": "class"},
+        json={"image": b64(jpeg_bytes), "k": K, "ranking": "class"},
     )
     assert r.get_json()["ranking"] == "similarity" and _ids(r.get_json()) == _ids(plain)
 
@@ -193,7 +187,7 @@ def test_class_ranking_applies_only_where_the_server_reranks_photos(
 
 
 def test_batch_entries_choose_their_own_ranking(reranked, jpeg_bytes, plain):
-    photo = _b64(jpeg_bytes)
+    photo = b64(jpeg_bytes)
     r = reranked.post(
         "/v1/search/batch",
         json={
@@ -214,14 +208,14 @@ def test_batch_entries_choose_their_own_ranking(reranked, jpeg_bytes, plain):
 
 @pytest.mark.parametrize("value", ["Class", "", "x" * 5000, 1, True, ["class"], None])
 def test_a_bad_ranking_is_a_400(reranked, jpeg_bytes, value):
-    r = reranked.post("/v1/search", json={"image": _b64(jpeg_bytes), "ranking": value})
+    r = reranked.post("/v1/search", json={"image": b64(jpeg_bytes), "ranking": value})
     assert r.status_code == 400
     assert r.get_json()["error"]["code"] == "invalid_ranking"
     assert len(r.get_json()["error"]["message"]) <= MAX_MESSAGE
     q = reranked.post("/v1/search?ranking=best", data=upload(jpeg_bytes))
     assert q.status_code == 400 and q.get_json()["error"]["code"] == "invalid_ranking"
     entry = reranked.post(
-        "/v1/search/batch", json={"queries": [{"image": _b64(jpeg_bytes), "ranking": value}]}
+        "/v1/search/batch", json={"queries": [{"image": b64(jpeg_bytes), "ranking": value}]}
     )
     assert entry.status_code == 200
     assert entry.get_json()["results"][0]["error"]["code"] == "invalid_ranking"

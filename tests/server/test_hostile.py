@@ -10,8 +10,8 @@ import json
 import pytest
 
 from tests.imagefuzz import foreign_files, mutated_files
-from tests.server.helpers import assert_error, upload
-from tests.server.hostile_cases import KEY, b64, cases
+from tests.server.helpers import assert_error, b64, upload
+from tests.server.hostile_cases import KEY, cases
 
 
 def snapshot(index) -> list[tuple[str, str]]:

@@ -3,8 +3,6 @@ fused with the labels of the image's nearest catalog items, on every endpoint th
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 
 from common.errors import UserError
@@ -12,11 +10,7 @@ from embedder.knn_vote import DEFAULT_K, DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, FU
 from phonesim.cli import build_parser
 from server import cli
 from server.config import ServerConfig
-from tests.server.helpers import API_KEY, build_test_index, make_app, upload
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+from tests.server.helpers import API_KEY, b64, build_test_index, make_app, upload
 
 
 def _index_with_labels(tiny_embedder, catalog_rows, out, label_of):
@@ -80,7 +74,7 @@ def test_without_fusion_every_prediction_says_classifier(
     try:
         single = client.post("/v1/search", data=upload(jpeg_bytes)).get_json()["prediction"]
         embedded = client.post("/v1/embed", data=upload(jpeg_bytes)).get_json()["prediction"]
-        batch = client.post("/v1/search/batch", json={"queries": [{"image": _b64(jpeg_bytes)}]})
+        batch = client.post("/v1/search/batch", json={"queries": [{"image": b64(jpeg_bytes)}]})
     finally:
         app.extensions["phonesim"].close()
     # The catalog says `outsider` everywhere, yet off means off.
@@ -129,7 +123,7 @@ def test_embed_and_batch_search_predict_the_same_way(fused, jpeg_bytes, outsider
     embedded = fused.post("/v1/embed", data=upload(jpeg_bytes)).get_json()["prediction"]
     r = fused.post(
         "/v1/search/batch",
-        json={"queries": [{"image": _b64(jpeg_bytes)}, {"image": _b64(jpeg_bytes), "k": 1}]},
+        json={"queries": [{"image": b64(jpeg_bytes)}, {"image": b64(jpeg_bytes), "k": 1}]},
     )
     assert r.status_code == 200, r.get_json()
     batch = [res["prediction"] for res in r.get_json()["results"]]
@@ -196,7 +190,7 @@ def test_an_added_item_does_not_vote_for_its_own_label(
         other = next(n for n in tiny_embedder.label_names if n != outsider)
         r = client.post(
             "/v1/items",
-            json={"id": "new", "image": _b64(jpeg_bytes), "metadata": {"label": other}},
+            json={"id": "new", "image": b64(jpeg_bytes), "metadata": {"label": other}},
             headers={"X-API-Key": API_KEY},
         )
         assert r.status_code == 201, r.get_json()
