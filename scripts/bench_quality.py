@@ -622,21 +622,31 @@ class Bench:
                 preds = np.array([fuse(probs, scores, labels, f).argmax(1) for f in FUSION_GRID])
                 test = split.test[self.headline[split.test]]
                 graded[split.name] = (emb, preds, preds[:, test] == self.y[test])
+        correct = {name: g[2] for name, g in graded.items()}
         for split in self.splits:
-            others = [s.name for s in self.splits if s.repeat == split.repeat and s != split]
-            if self.done("recipe_knn_nested", split):
+            best = self.chosen_on_other_folds("recipe_knn_nested", split, correct, "recipe")
+            if best is None:
                 continue
-            if not all(o in graded for o in [split.name, *others]):
-                print(f"  recipe_knn_nested {split.name}: run recipe on all folds of its repeat")
-                continue
-            pooled = np.concatenate([graded[o][2] for o in others], axis=1).mean(axis=1)
-            best = int(pooled.argmax())
             chosen = FUSION_GRID[best]
             emb, preds, _ = graded[split.name]
             figures = score(split, self.y, self.headline, preds[best], emb)
             figures["chosen_fusion"] = asdict(chosen)
             self.save("recipe_knn_nested", split, figures)
             print(f"    recipe_knn_nested {split.name}: {chosen}", flush=True)
+
+    def chosen_on_other_folds(
+        self, method: str, split: Split, graded: dict[str, np.ndarray], needs: str
+    ) -> int | None:
+        """The grid row (``graded[fold]``: grid x test photos, per-photo scores) with the best
+        pooled score on the other folds of ``split``'s repeat; None when ``split`` is already
+        scored or a fold of its repeat lacks ``needs``' outputs (said once per fold)."""
+        if self.done(method, split):
+            return None
+        others = [s.name for s in self.splits if s.repeat == split.repeat and s != split]
+        if not all(o in graded for o in [split.name, *others]):
+            print(f"  {method} {split.name}: run {needs} on all folds of its repeat")
+            return None
+        return int(np.concatenate([graded[o] for o in others], axis=1).mean(axis=1).argmax())
 
     def run_rerank(self, base: str) -> None:
         """``<base>_knn``'s prediction with the trained ``base``'s neighbours re-ranked by its
@@ -663,15 +673,11 @@ class Bench:
                 ]
             )
             graded[split.name] = (emb, probs, match)
+        first = {name: g[2][:, :, 0] for name, g in graded.items()}  # Recall@1 per photo
         for split in self.splits:
-            others = [s.name for s in self.splits if s.repeat == split.repeat and s != split]
-            if self.done(method, split):
+            best = self.chosen_on_other_folds(method, split, first, base)
+            if best is None:
                 continue
-            if not all(o in graded for o in [split.name, *others]):
-                print(f"  {method} {split.name}: run {base} on all folds of its repeat")
-                continue
-            pooled = np.concatenate([graded[o][2][:, :, 0] for o in others], axis=1).mean(axis=1)
-            best = int(pooled.argmax())
             emb, probs, match = graded[split.name]
             pred = fused_predictions(split, self.y, probs, emb)
             figures = score(split, self.y, self.headline, pred, emb)
