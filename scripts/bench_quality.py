@@ -44,6 +44,9 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
   recipe_full   the recipe fitted on all of its training folds (no inner 15% validation split)
                 for its 10 epochs, the checkpoint being the mean of the last 5 epochs' weights
                 (a training per fold); recipe_full_knn and recipe_full_rerank as above
+  recipe_lite2  the recipe with an ImageNet Lite2 backbone (260 px; a training per fold; needs
+                phonesim[backbones]); recipe_lite2_knn and recipe_lite2_rerank as above
+  recipe_full_lite1  recipe_full with the Lite1 backbone (+ _knn, _rerank)
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -127,6 +130,12 @@ EXTRA_METHODS = (
     "recipe_full",
     "recipe_full_knn",
     "recipe_full_rerank",
+    "recipe_lite2",
+    "recipe_lite2_knn",
+    "recipe_lite2_rerank",
+    "recipe_full_lite1",
+    "recipe_full_lite1_knn",
+    "recipe_full_lite1_rerank",
 )
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
@@ -142,6 +151,12 @@ TRAINED = {
     "supcon": {"metric_loss": "supcon"},
     "supcon_soup": {"metric_loss": "supcon"},
     "recipe_lite1": {"model": "tf_efficientnet_lite1"},
+    "recipe_lite2": {"model": "tf_efficientnet_lite2"},
+    "recipe_full_lite1": {
+        "model": "tf_efficientnet_lite1",
+        "val_fraction": 0.0,
+        "average_last": SOUP_EPOCHS,
+    },
     "recipe_clean": {},
     # Lite0 trained and scored at 288 px instead of its 224: brand cues (logos, camera
     # layouts) are small in a listing photo.
