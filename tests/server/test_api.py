@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import threading
@@ -12,7 +11,7 @@ import pytest
 from PIL import Image
 
 from server.config import ServerConfig
-from tests.server.helpers import API_KEY, assert_error, make_app, upload
+from tests.server.helpers import API_KEY, assert_error, b64, make_app, upload
 
 
 # -- search ------------------------------------------------------------------------------------
@@ -35,10 +34,8 @@ def test_search_returns_prediction_neighbors_and_timings(client, jpeg_bytes, tin
 
 def test_search_default_k_and_base64_json_and_raw_body_agree(client, jpeg_bytes):
     multipart = client.post("/v1/search", data=upload(jpeg_bytes)).get_json()
-    as_json = client.post(
-        "/v1/search", json={"image": base64.b64encode(jpeg_bytes).decode(), "k": 10}
-    ).get_json()
-    data_url = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes).decode()
+    as_json = client.post("/v1/search", json={"image": b64(jpeg_bytes), "k": 10}).get_json()
+    data_url = "data:image/jpeg;base64," + b64(jpeg_bytes)
     as_data_url = client.post("/v1/search", json={"image": data_url}).get_json()
     raw = client.post("/v1/search", data=jpeg_bytes, content_type="image/jpeg").get_json()
     ids = [n["id"] for n in multipart["neighbors"]]
@@ -63,7 +60,7 @@ def test_search_filter_any_of_and_json_filter(client, jpeg_bytes, catalog_rows):
     query = "&".join(f"filter.label={x}" for x in labels)
     r = client.post(f"/v1/search?k=100&{query}", data=upload(jpeg_bytes))
     assert {n["label"] for n in r.get_json()["neighbors"]} == set(labels)
-    payload = {"image": base64.b64encode(jpeg_bytes).decode(), "filter": {"label": labels[0]}}
+    payload = {"image": b64(jpeg_bytes), "filter": {"label": labels[0]}}
     r = client.post("/v1/search", json=payload)
     assert {n["label"] for n in r.get_json()["neighbors"]} == {labels[0]}
 
@@ -182,7 +179,7 @@ def test_writes_are_durable_across_reopen(writable, jpeg_bytes, tiny_embedder):
     headers = {"Authorization": f"Bearer {API_KEY}"}
     payload = {
         "id": "json-item",
-        "image": base64.b64encode(jpeg_bytes).decode(),
+        "image": b64(jpeg_bytes),
         "metadata": {"title": "From JSON", "in_stock": True},
     }
     assert c.post("/v1/items", json=payload, headers=headers).status_code == 201
@@ -236,7 +233,7 @@ def test_add_rejects_bad_ids_and_metadata(writable, jpeg_bytes):
     ]
     for form, code in cases:
         assert_error(c.post("/v1/items", data=form, headers=h), 400, code)
-    body = {"id": "ok", "image": base64.b64encode(jpeg_bytes).decode(), "extra": 1}
+    body = {"id": "ok", "image": b64(jpeg_bytes), "extra": 1}
     assert_error(c.post("/v1/items", json=body, headers=h), 400, "invalid_request")
     assert_error(c.post("/v1/items", data=jpeg_bytes, content_type="image/jpeg", headers=h), 415)
     assert c.get("/v1/info").get_json()["index"]["size"] == 18
