@@ -145,6 +145,9 @@ FROZEN_MODELS = {
     "probe_lite2": "tf_efficientnet_lite2",
 }
 SOUP_EPOCHS = 5
+# Every training photo fitted (no inner validation split to pick the best epoch from): the
+# checkpoint is the mean of the last SOUP_EPOCHS epochs' weights.
+FIT_ALL = {"val_fraction": 0.0, "average_last": SOUP_EPOCHS}
 # Recipe variants that train a model per fold, with their TrainConfig overrides.
 TRAINED = {
     "recipe": {},
@@ -152,18 +155,12 @@ TRAINED = {
     "supcon_soup": {"metric_loss": "supcon"},
     "recipe_lite1": {"model": "tf_efficientnet_lite1"},
     "recipe_lite2": {"model": "tf_efficientnet_lite2"},
-    "recipe_full_lite1": {
-        "model": "tf_efficientnet_lite1",
-        "val_fraction": 0.0,
-        "average_last": SOUP_EPOCHS,
-    },
     "recipe_clean": {},
     # Lite0 trained and scored at 288 px instead of its 224: brand cues (logos, camera
     # layouts) are small in a listing photo.
     "recipe_288": {"img_size": 288},
-    # Every training photo fitted (no inner validation split to pick the best epoch from):
-    # the checkpoint is the mean of the last 5 epochs' weights.
-    "recipe_full": {"val_fraction": 0.0, "average_last": SOUP_EPOCHS},
+    "recipe_full": FIT_ALL,
+    "recipe_full_lite1": {**FIT_ALL, "model": "tf_efficientnet_lite1"},
 }
 # recipe_clean trains without the training photos whose label gets less than SUSPECT_SHARE of
 # a kNN vote of the other training photos (their near copies left out) on frozen Lite0
