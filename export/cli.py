@@ -10,10 +10,12 @@ from common.argtypes import (
     add_data_option,
     add_store_option,
     data_source,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
 )
+from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.engine_options import add_engine_options
 from export.config import DTYPES
 
@@ -62,6 +64,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=10,
         metavar="K",
         help="nearest other items per row (default 10; 0 skips the neighbour pass)",
+    )
+    p.add_argument(
+        "--class-rerank",
+        type=non_negative_float,
+        default=0.0,
+        metavar="WEIGHT",
+        help=f"re-rank each row's {RERANK_POOL} most similar items by similarity + WEIGHT x the "
+        "row's predicted probability of the item's label, as 'phonesim serve' ranks a photo's "
+        "hits (0.1 there): the first neighbour is more often of the row's own class. Helps "
+        "most for items the model did not train on; 0: similarity order (default 0)",
     )
     p.add_argument(
         "--dtype",
@@ -231,6 +243,7 @@ def config_from_args(args: argparse.Namespace):
         index=args.index,
         store=args.store,
         neighbors=args.neighbors,
+        class_rerank=args.class_rerank,
         dtype=args.dtype,
         batch_size=args.batch_size,
         workers=args.workers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from embedder.engine_options import DEFAULT_RUNTIME, RUNTIMES
@@ -28,6 +29,9 @@ class ExportConfig:
     #: The catalog store of ``index`` when not its folder's SQLite file (a PostgreSQL URL).
     store: str | None = None
     neighbors: int = 10
+    #: > 0: each row's first neighbours re-ranked by its probability of their labels, with
+    #: this weight (embedder.class_rerank); 0: similarity order.
+    class_rerank: float = 0.0
     dtype: str = "float32"
     batch_size: int = 64
     workers: int | None = None
@@ -60,6 +64,8 @@ class ExportConfig:
         for name in ("batch_size", "shard_size", "exact_limit"):
             if getattr(self, name) < 1:
                 raise ExportError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.class_rerank) and self.class_rerank >= 0):
+            raise ExportError(f"class_rerank must be 0 (off) or more, got {self.class_rerank}")
         if self.neighbors < 0:
             raise ExportError(f"neighbors must be 0 (none) or more, got {self.neighbors}")
         if self.runtime not in RUNTIMES:

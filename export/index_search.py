@@ -50,20 +50,23 @@ class IndexDirSearch:
 
     def search(
         self, xq: np.ndarray, k: int, rows: np.ndarray, ids: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         # exclude_ids applies to the whole query batch, so self is dropped per query instead.
         hits = self.index.search(np.ascontiguousarray(xq, dtype=np.float32), k + 1)
         n = len(xq)
         scores = np.full((n, k), np.nan, np.float32)
         names = np.full((n, k), "", dtype=object)
         nrows = np.full((n, k), -1, np.int64)
+        labels = np.full((n, k), "", dtype=object)
         for q, (own, found) in enumerate(zip(ids, hits, strict=True)):
             others = [h for h in found if h.id != own][:k]
             for j, hit in enumerate(others):
                 scores[q, j] = hit.score
                 names[q, j] = hit.id
                 nrows[q, j] = self.row_of.get(hit.id, -1)
-        return scores, names, nrows
+                label = hit.metadata.get("label")  # the catalog's, also for items not exported
+                labels[q, j] = label if isinstance(label, str) else ""
+        return scores, names, nrows, labels
 
     def close(self) -> None:
         self.index.close()

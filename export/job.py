@@ -19,6 +19,7 @@ import numpy as np
 
 from common.fsutil import atomic_write
 from embedder.checkpoint import checkpoint_hash, read_config
+from embedder.class_rerank import class_rerank
 from embedder.engine_options import EngineOptions, precision, precision_mismatch
 from export import schema
 from export.assemble import Assembled, assemble
@@ -165,7 +166,8 @@ def _neighbor_search(
     n = h5[schema.EMBEDDINGS].shape[0]
     factory = config.neighbor_index or auto_factory(n, config.exact_limit)
     try:
-        return FileIndexSearch(h5[schema.EMBEDDINGS], row_ids, factory)
+        row_labels = h5[schema.LABELS].asstr()[:] if config.class_rerank else None
+        return FileIndexSearch(h5[schema.EMBEDDINGS], row_ids, factory, row_labels=row_labels)
     except RuntimeError as exc:  # e.g. more IVF lists than rows to train them on
         raise ExportError(
             f"neighbour index {factory!r} cannot be built over {n} rows ({_faiss_reason(exc)}); "
@@ -228,7 +230,15 @@ def _write_file(
             row_ids = np.asarray(h5[schema.IDS].asstr()[:], dtype=object)
             search = _neighbor_search(config, identity, h5, row_ids)
             try:
-                write_neighbors(h5, k, search, row_ids, progress=config.progress)
+                write_neighbors(
+                    h5,
+                    k,
+                    search,
+                    row_ids,
+                    progress=config.progress,
+                    rerank=class_rerank(config.class_rerank),
+                    label_names=label_names,
+                )
             finally:
                 search.close()
         h5.attrs.update(

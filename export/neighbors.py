@@ -4,6 +4,10 @@ It runs after the embeddings are on disk and reads them back in blocks of ``bloc
 memory is the search index plus one block (and the id list, for naming neighbours). The index
 is built on the fly from the file (exact ``IndexFlatIP`` up to ``exact_limit`` items, IVF
 beyond, or any faiss factory string), or is an existing index folder (``--index``).
+
+With a class re-rank (``--class-rerank``), each row's first few neighbours are reordered by
+similarity plus the row's own predicted probability of the neighbour's label, as ``serve``
+ranks an uploaded photo's hits (:mod:`embedder.class_rerank`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from embedder.class_rerank import ClassRerank, rerank_order
 from export import schema
 from index import knn_factory
 
@@ -34,10 +39,12 @@ class NeighborSearch(Protocol):
 
     def search(
         self, xq: np.ndarray, k: int, rows: np.ndarray, ids: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Return (scores N x k float32, neighbour ids N x k str, neighbour rows N x k int64).
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return (scores N x k float32, neighbour ids N x k str, neighbour rows N x k int64,
+        neighbour labels N x k str).
 
-        Missing neighbours (fewer than k other items) are '' / NaN / -1.
+        Missing neighbours (fewer than k other items) are NaN / '' / -1 / ''; a neighbour
+        without a label has ''.
         """
         ...
 
@@ -73,9 +80,13 @@ class FileIndexSearch:
         row_ids: np.ndarray,
         factory: str,
         block_rows: int = BLOCK_ROWS,
+        row_labels: np.ndarray | None = None,
     ) -> None:
         n, dim = embeddings.shape
         self.row_ids = row_ids
+        self.row_labels = (
+            np.full(n, "", dtype=object) if row_labels is None else np.asarray(row_labels, object)
+        )
         self.index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         self.description = f"faiss {factory} (inner product) built from this file's embeddings"
         if not self.index.is_trained:
@@ -89,13 +100,15 @@ class FileIndexSearch:
 
     def search(
         self, xq: np.ndarray, k: int, rows: np.ndarray, ids: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        D, labels = self.index.search(_as_f32(xq), k + 1)
-        D, labels = drop_self(D, labels, rows, k)
-        missing = labels < 0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        D, found = self.index.search(_as_f32(xq), k + 1)
+        D, found = drop_self(D, found, rows, k)
+        missing = found < 0
+        at = np.where(missing, 0, found)
         scores = np.where(missing, np.nan, D).astype(np.float32)
-        names = np.where(missing, "", self.row_ids[np.where(missing, 0, labels)]).astype(object)
-        return scores, names, labels.astype(np.int64)
+        names = np.where(missing, "", self.row_ids[at]).astype(object)
+        labels = np.where(missing, "", self.row_labels[at]).astype(object)
+        return scores, names, found.astype(np.int64), labels
 
     def close(self) -> None:
         self.index.reset()
@@ -123,8 +136,15 @@ def write_neighbors(
     row_ids: np.ndarray,
     block_rows: int = BLOCK_ROWS,
     progress: bool = True,
+    rerank: ClassRerank | None = None,
+    label_names: list[str] | None = None,
 ) -> None:
-    """Create ``neighbors/{ids,rows,scores}`` (N x k) by searching the file's rows in blocks."""
+    """Create ``neighbors/{ids,rows,scores}`` (N x k) by searching the file's rows in blocks.
+
+    With ``rerank``, each row's first ``rerank.pool`` neighbours are reordered by its
+    probabilities (the file's) of their labels (``label_names`` index the probabilities), so
+    the first k are those the server's class ranking would answer; scores stay similarities.
+    """
     emb = h5[schema.EMBEDDINGS]
     n = emb.shape[0]
     chunk = schema.chunk_rows(k * 8, n)
@@ -137,12 +157,26 @@ def write_neighbors(
     group.attrs["k"] = k
     group.attrs["source"] = search.description
     group.attrs["metric"] = "inner product of unit vectors (cosine similarity)"
+    group.attrs["ranking"] = "similarity" if rerank is None else "class"
+    if rerank is not None:
+        group.attrs["class_rerank_weight"] = rerank.weight
+        group.attrs["class_rerank_pool"] = rerank.pool
+    position = {name: i for i, name in enumerate(label_names or [])}
+    # A re-rank reorders the first `pool` neighbours, so at least that many are fetched.
+    fetch = k if rerank is None else max(k, rerank.pool)
     with tqdm(total=n, desc="neighbours", unit="item", disable=not progress) as bar:
         for lo in range(0, n, block_rows):
             hi = min(lo + block_rows, n)
             rows = np.arange(lo, hi, dtype=np.int64)
-            scores, names, nrows = search.search(emb[lo:hi], k, rows, row_ids[lo:hi])
-            out_ids[lo:hi] = names
-            out_rows[lo:hi] = nrows
-            out_scores[lo:hi] = scores
+            scores, names, nrows, labels = search.search(emb[lo:hi], fetch, rows, row_ids[lo:hi])
+            if rerank is not None:
+                classes = np.vectorize(lambda x: position.get(x, -1), otypes=[np.int64])(labels)
+                probs = h5[schema.PROBABILITIES][lo:hi]
+                order = rerank_order(scores, classes, probs, rerank)[:, :k]
+                scores, names, nrows = (
+                    np.take_along_axis(a, order, axis=1) for a in (scores, names, nrows)
+                )
+            out_ids[lo:hi] = names[:, :k]
+            out_rows[lo:hi] = nrows[:, :k]
+            out_scores[lo:hi] = scores[:, :k]
             bar.update(hi - lo)

@@ -112,7 +112,14 @@ def test_cli_reports_errors_in_one_line(demo, ckpt, tmp_path, capsys):
 def test_cli_help_lists_the_options():
     text = export_cli.build_parser().format_help()
     for flag in ("--checkpoint", "--images", "--manifest", "--index", "--neighbors", "--dtype",
-                 "--ray", "docs/export.md"):  # fmt: skip
+                 "--class-rerank", "--ray", "docs/export.md"):  # fmt: skip
         assert flag in text
+    base = ["--checkpoint", "c", "--images", "i", "--out", "o"]
+    assert export_cli.build_parser().parse_args(base).class_rerank == 0.0  # similarity order
+    assert (
+        export_cli.build_parser().parse_args([*base, "--class-rerank", "0.1"]).class_rerank == 0.1
+    )
+    with pytest.raises(SystemExit):
+        export_cli.build_parser().parse_args([*base, "--class-rerank", "-1"])
     with pytest.raises(SystemExit):
         export_cli.build_parser().parse_args(["--checkpoint", "c", "--out", "o"])

@@ -13,3 +13,6 @@ def test_config_rejects_bad_settings():
         ExportConfig("c", "i", "o", dtype="float64")
     with pytest.raises(UserError, match="neighbors"):
         ExportConfig("c", "i", "o", neighbors=-1)
+    for weight in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(UserError, match="class_rerank"):
+            ExportConfig("c", "i", "o", class_rerank=weight)

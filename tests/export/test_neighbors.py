@@ -9,7 +9,7 @@ import pytest
 from export import ExportError, export_features
 from export.neighbors import auto_factory, drop_self
 from export.shards import partial_path
-from tests.export.conftest import _assert_neighbors_match, _config, _read
+from tests.export.conftest import _assert_neighbors_match, _brute_force, _config, _read
 from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 
@@ -115,6 +115,72 @@ def test_index_built_with_another_checkpoint_is_refused(reference, demo, ckpt, t
     with pytest.raises(ExportError, match="index folder not found"):
         export_features(_config(ckpt, demo / "three.csv", tmp_path / "f.h5",
                                 index=str(tmp_path / "nope")))  # fmt: skip
+
+
+def _class_ranked(data: dict, k: int, weight: float, pool: int = 5) -> np.ndarray:
+    """Rows of each row's k neighbours as a class re-rank orders them, computed from scratch:
+    the ``pool`` most similar others by similarity + weight x the row's probability of the
+    neighbour's label (none for an unlabelled one), the rest after them by similarity."""
+    names = list(data["attrs"]["label_names_list"])
+    sims, rows = _brute_force(data["emb"], max(k, pool))
+    out = []
+    for r in range(len(rows)):
+        bonus = [
+            data["probs"][r, names.index(data["labels"][c])] if data["labels"][c] else 0.0
+            for c in rows[r, :pool]
+        ]
+        head = sorted(range(pool), key=lambda j: -(sims[r, j] + weight * bonus[j]))
+        out.append([rows[r, j] for j in head] + list(rows[r, pool:]))
+    return np.array(out)[:, :k]
+
+
+def _with_names(data: dict) -> dict:
+    import json
+
+    data["attrs"]["label_names_list"] = json.loads(data["attrs"]["label_names"])
+    return data
+
+
+def test_class_rerank_orders_the_first_neighbours_by_the_row_s_probabilities(
+    reference, demo, ckpt, tmp_path
+):
+    plain = _with_names(_read(reference))
+    with h5py.File(reference, "r") as f:
+        assert f["neighbors"].attrs["ranking"] == "similarity"
+    out = tmp_path / "reranked.h5"
+    # A weight this large puts every labelled neighbour of the row's likeliest class first.
+    export_features(_config(ckpt, demo / "with_bad.csv", out, class_rerank=5.0))
+    data = _with_names(_read(out))
+    assert np.array_equal(data["nb_rows"], _class_ranked(data, k=4, weight=5.0))
+    assert not np.array_equal(data["nb_rows"], plain["nb_rows"])  # the order did change
+    # Each neighbour keeps its own id and cosine similarity, only its place moves.
+    sims = data["emb"].astype(np.float64) @ data["emb"].astype(np.float64).T
+    rows = np.arange(len(sims))[:, None]
+    np.testing.assert_allclose(data["nb_scores"], sims[rows, data["nb_rows"]], atol=1e-5)
+    assert (data["nb_ids"] == np.array(data["ids"], dtype=object)[data["nb_rows"]]).all()
+    for row in range(len(sims)):  # the same items as similarity order finds, over the pool
+        top5 = set(_brute_force(data["emb"], 5)[1][row])
+        assert set(data["nb_rows"][row]) <= top5
+    with h5py.File(out, "r") as f:
+        attrs = dict(f["neighbors"].attrs)
+    assert attrs["ranking"] == "class"
+    assert attrs["class_rerank_weight"] == 5.0 and attrs["class_rerank_pool"] == 5
+
+
+def test_class_rerank_from_an_index_folder_reads_the_catalog_s_labels(
+    reference, demo, ckpt, tmp_path
+):
+    from index import build_from_files
+
+    build_from_files(reference, tmp_path / "idx", kind="flat", progress=False)
+    on_the_fly, via_index = tmp_path / "fly.h5", tmp_path / "index.h5"
+    export_features(_config(ckpt, demo / "with_bad.csv", on_the_fly, class_rerank=5.0))
+    export_features(
+        _config(
+            ckpt, demo / "with_bad.csv", via_index, class_rerank=5.0, index=str(tmp_path / "idx")
+        )
+    )
+    assert np.array_equal(_read(via_index)["nb_rows"], _read(on_the_fly)["nb_rows"])
 
 
 def test_drop_self_removes_own_label_or_the_last():
