@@ -47,6 +47,8 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
   recipe_lite2  the recipe with an ImageNet Lite2 backbone (260 px; a training per fold; needs
                 phonesim[backbones]); recipe_lite2_knn and recipe_lite2_rerank as above
   recipe_full_lite1  recipe_full with the Lite1 backbone (+ _knn, _rerank)
+  recipe_unfreeze  the recipe fine-tuning every stage but the stem (--frozen-groups 1 instead of
+                3; a training per fold); recipe_unfreeze_knn and recipe_unfreeze_rerank as above
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -136,6 +138,9 @@ EXTRA_METHODS = (
     "recipe_full_lite1",
     "recipe_full_lite1_knn",
     "recipe_full_lite1_rerank",
+    "recipe_unfreeze",
+    "recipe_unfreeze_knn",
+    "recipe_unfreeze_rerank",
 )
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
@@ -161,6 +166,9 @@ TRAINED = {
     "recipe_288": {"img_size": 288},
     "recipe_full": FIT_ALL,
     "recipe_full_lite1": {**FIT_ALL, "model": "tf_efficientnet_lite1"},
+    # Only the stem kept frozen (the recipe freezes stem + 2 stages): the early stages adapt to
+    # listing photos too, at the cost of a longer backward pass.
+    "recipe_unfreeze": {"frozen_groups": 1},
 }
 # recipe_clean trains without the training photos whose label gets less than SUSPECT_SHARE of
 # a kNN vote of the other training photos (their near copies left out) on frozen Lite0
