@@ -115,10 +115,10 @@ def test_cli_help_lists_the_options():
                  "--class-rerank", "--ray", "docs/export.md"):  # fmt: skip
         assert flag in text
     base = ["--checkpoint", "c", "--images", "i", "--out", "o"]
-    assert export_cli.build_parser().parse_args(base).class_rerank == 0.0  # similarity order
-    assert (
-        export_cli.build_parser().parse_args([*base, "--class-rerank", "0.1"]).class_rerank == 0.1
-    )
+    default = export_cli.config_from_args(export_cli.build_parser().parse_args(base))
+    assert default.class_rerank == 0.0  # similarity order unless asked
+    asked = export_cli.build_parser().parse_args([*base, "--class-rerank", "0.1"])
+    assert export_cli.config_from_args(asked).class_rerank == 0.1
     with pytest.raises(SystemExit):
         export_cli.build_parser().parse_args([*base, "--class-rerank", "-1"])
     with pytest.raises(SystemExit):
