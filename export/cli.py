@@ -72,8 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="WEIGHT",
         help=f"re-rank each row's {RERANK_POOL} most similar items by similarity + WEIGHT x the "
         "row's predicted probability of the item's label, as 'phonesim serve' ranks a photo's "
-        "hits (0.1 there): the first neighbour is more often of the row's own class. Helps "
-        "most for items the model did not train on; 0: similarity order (default 0)",
+        "hits (0.1 there), so that the first neighbour is more often of the row's own class "
+        "(measured in docs/export.md); 0: similarity order (default 0)",
     )
     p.add_argument(
         "--dtype",

@@ -17,10 +17,13 @@ log = logging.getLogger(__name__)
 class IndexDirSearch:
     """Adapts a ``CatalogIndex`` (``search(xq, k) -> [[Hit]]``) to the neighbour pass."""
 
-    def __init__(self, index: Any, row_ids: np.ndarray, description: str) -> None:
+    def __init__(
+        self, index: Any, row_ids: np.ndarray, description: str, label_names: list[str]
+    ) -> None:
         self.index = index
         self.description = description
         self.row_of = {str(i): r for r, i in enumerate(row_ids)}
+        self.class_of = {name: c for c, name in enumerate(label_names)}
 
     @classmethod
     def open(
@@ -30,6 +33,7 @@ class IndexDirSearch:
         checkpoint_hash: str,
         dim: int,
         row_ids: np.ndarray,
+        label_names: list[str],
         store: str | None = None,
     ) -> IndexDirSearch:
         """Open read-only (from ``store``, a PostgreSQL URL, if given); a different model or
@@ -46,7 +50,7 @@ class IndexDirSearch:
         )
         log.info("neighbours from index %s (%d items)", index.where, len(index))
         what = f"store {index.where}" if store else f"index folder {path}"
-        return cls(index, row_ids, f"{what} ({index.kind})")
+        return cls(index, row_ids, f"{what} ({index.kind})", label_names)
 
     def search(
         self, xq: np.ndarray, k: int, rows: np.ndarray, ids: np.ndarray
@@ -57,7 +61,7 @@ class IndexDirSearch:
         scores = np.full((n, k), np.nan, np.float32)
         names = np.full((n, k), "", dtype=object)
         nrows = np.full((n, k), -1, np.int64)
-        labels = np.full((n, k), "", dtype=object)
+        classes = np.full((n, k), -1, np.int64)
         for q, (own, found) in enumerate(zip(ids, hits, strict=True)):
             others = [h for h in found if h.id != own][:k]
             for j, hit in enumerate(others):
@@ -65,8 +69,8 @@ class IndexDirSearch:
                 names[q, j] = hit.id
                 nrows[q, j] = self.row_of.get(hit.id, -1)
                 label = hit.metadata.get("label")  # the catalog's, also for items not exported
-                labels[q, j] = label if isinstance(label, str) else ""
-        return scores, names, nrows, labels
+                classes[q, j] = self.class_of.get(label, -1) if isinstance(label, str) else -1
+        return scores, names, nrows, classes
 
     def close(self) -> None:
         self.index.close()

@@ -26,7 +26,13 @@ from export.assemble import Assembled, assemble
 from export.config import ExportConfig
 from export.errors import ExportError
 from export.mapper import FeatureBatch
-from export.neighbors import FileIndexSearch, NeighborSearch, auto_factory, write_neighbors
+from export.neighbors import (
+    FileIndexSearch,
+    NeighborSearch,
+    auto_factory,
+    label_classes,
+    write_neighbors,
+)
 from export.reader import ExportInputs, read_inputs
 from export.shards import JobIdentity, PartialDir, ShardWriter
 
@@ -150,7 +156,11 @@ def _embed_stage(
 
 
 def _neighbor_search(
-    config: ExportConfig, identity: JobIdentity, h5: h5py.File, row_ids: np.ndarray
+    config: ExportConfig,
+    identity: JobIdentity,
+    h5: h5py.File,
+    row_ids: np.ndarray,
+    label_names: list[str],
 ) -> NeighborSearch:
     if config.index or config.store:
         from export.index_search import IndexDirSearch
@@ -161,13 +171,16 @@ def _neighbor_search(
             identity.checkpoint_hash,
             identity.dim,
             row_ids,
+            label_names,
             store=config.store,
         )
     n = h5[schema.EMBEDDINGS].shape[0]
     factory = config.neighbor_index or auto_factory(n, config.exact_limit)
     try:
-        row_labels = h5[schema.LABELS].asstr()[:] if config.class_rerank else None
-        return FileIndexSearch(h5[schema.EMBEDDINGS], row_ids, factory, row_labels=row_labels)
+        classes = None
+        if config.class_rerank:  # the re-rank needs each neighbour's class
+            classes = label_classes(h5[schema.LABELS].asstr()[:], label_names)
+        return FileIndexSearch(h5[schema.EMBEDDINGS], row_ids, factory, row_classes=classes)
     except RuntimeError as exc:  # e.g. more IVF lists than rows to train them on
         raise ExportError(
             f"neighbour index {factory!r} cannot be built over {n} rows ({_faiss_reason(exc)}); "
@@ -228,7 +241,7 @@ def _write_file(
         k = config.neighbors
         if k:
             row_ids = np.asarray(h5[schema.IDS].asstr()[:], dtype=object)
-            search = _neighbor_search(config, identity, h5, row_ids)
+            search = _neighbor_search(config, identity, h5, row_ids, label_names)
             try:
                 write_neighbors(
                     h5,
@@ -237,7 +250,6 @@ def _write_file(
                     row_ids,
                     progress=config.progress,
                     rerank=class_rerank(config.class_rerank),
-                    label_names=label_names,
                 )
             finally:
                 search.close()

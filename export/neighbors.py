@@ -13,6 +13,7 @@ ranks an uploaded photo's hits (:mod:`embedder.class_rerank`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Protocol
 
 import faiss
@@ -41,10 +42,11 @@ class NeighborSearch(Protocol):
         self, xq: np.ndarray, k: int, rows: np.ndarray, ids: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Return (scores N x k float32, neighbour ids N x k str, neighbour rows N x k int64,
-        neighbour labels N x k str).
+        neighbour classes N x k int64: the index of each neighbour's label in the checkpoint's
+        label names).
 
-        Missing neighbours (fewer than k other items) are NaN / '' / -1 / ''; a neighbour
-        without a label has ''.
+        Missing neighbours (fewer than k other items) are NaN / '' / -1 / -1; a neighbour
+        without a label, or with one the checkpoint does not name, has class -1.
         """
         ...
 
@@ -80,12 +82,13 @@ class FileIndexSearch:
         row_ids: np.ndarray,
         factory: str,
         block_rows: int = BLOCK_ROWS,
-        row_labels: np.ndarray | None = None,
+        row_classes: np.ndarray | None = None,
     ) -> None:
         n, dim = embeddings.shape
         self.row_ids = row_ids
-        self.row_labels = (
-            np.full(n, "", dtype=object) if row_labels is None else np.asarray(row_labels, object)
+        # Class numbers, not label strings: 4 bytes a row beside the index.
+        self.row_classes = (
+            np.full(n, -1, np.int32) if row_classes is None else np.asarray(row_classes, np.int32)
         )
         self.index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         self.description = f"faiss {factory} (inner product) built from this file's embeddings"
@@ -107,8 +110,8 @@ class FileIndexSearch:
         at = np.where(missing, 0, found)
         scores = np.where(missing, np.nan, D).astype(np.float32)
         names = np.where(missing, "", self.row_ids[at]).astype(object)
-        labels = np.where(missing, "", self.row_labels[at]).astype(object)
-        return scores, names, found.astype(np.int64), labels
+        classes = np.where(missing, -1, self.row_classes[at]).astype(np.int64)
+        return scores, names, found.astype(np.int64), classes
 
     def close(self) -> None:
         self.index.reset()
@@ -129,6 +132,12 @@ def _training_sample(embeddings: h5py.Dataset, want: int, block_rows: int) -> np
     return np.concatenate(parts)
 
 
+def label_classes(labels: Iterable[str], label_names: list[str]) -> np.ndarray:
+    """Each label's index in ``label_names`` (int32), -1 for a blank or unknown label."""
+    position = {name: i for i, name in enumerate(label_names)}
+    return np.fromiter((position.get(x, -1) for x in labels), dtype=np.int32)
+
+
 def write_neighbors(
     h5: h5py.File,
     k: int,
@@ -137,13 +146,12 @@ def write_neighbors(
     block_rows: int = BLOCK_ROWS,
     progress: bool = True,
     rerank: ClassRerank | None = None,
-    label_names: list[str] | None = None,
 ) -> None:
     """Create ``neighbors/{ids,rows,scores}`` (N x k) by searching the file's rows in blocks.
 
     With ``rerank``, each row's first ``rerank.pool`` neighbours are reordered by its
-    probabilities (the file's) of their labels (``label_names`` index the probabilities), so
-    the first k are those the server's class ranking would answer; scores stay similarities.
+    probabilities (the file's) of their classes, so the first k are those the server's class
+    ranking would answer; scores stay similarities.
     """
     emb = h5[schema.EMBEDDINGS]
     n = emb.shape[0]
@@ -161,16 +169,14 @@ def write_neighbors(
     if rerank is not None:
         group.attrs["class_rerank_weight"] = rerank.weight
         group.attrs["class_rerank_pool"] = rerank.pool
-    position = {name: i for i, name in enumerate(label_names or [])}
     # A re-rank reorders the first `pool` neighbours, so at least that many are fetched.
     fetch = k if rerank is None else max(k, rerank.pool)
     with tqdm(total=n, desc="neighbours", unit="item", disable=not progress) as bar:
         for lo in range(0, n, block_rows):
             hi = min(lo + block_rows, n)
             rows = np.arange(lo, hi, dtype=np.int64)
-            scores, names, nrows, labels = search.search(emb[lo:hi], fetch, rows, row_ids[lo:hi])
+            scores, names, nrows, classes = search.search(emb[lo:hi], fetch, rows, row_ids[lo:hi])
             if rerank is not None:
-                classes = np.vectorize(lambda x: position.get(x, -1), otypes=[np.int64])(labels)
                 probs = h5[schema.PROBABILITIES][lo:hi]
                 order = rerank_order(scores, classes, probs, rerank)[:, :k]
                 scores, names, nrows = (

@@ -70,6 +70,8 @@ def first_neighbours(path: Path, order: list[str]) -> tuple[np.ndarray, np.ndarr
         first = f["neighbors/rows"][:, 0]
     if sorted(ids) != sorted(order):
         raise SystemExit(f"{path}: the export holds other photos than the bench")
+    if (first < 0).any():
+        raise SystemExit(f"{path}: a photo has no neighbour (fewer than 2 photos?)")
     sample_of = {sid: i for i, sid in enumerate(order)}
     to_sample = np.array([sample_of[i] for i in ids])
     sims = emb @ emb.T
@@ -102,6 +104,8 @@ def main() -> int:
     args = parser.parse_args()
     if not args.data.is_dir():
         parser.error(f"dataset not found at {args.data} (--data)")
+    if args.folds < 2:
+        parser.error("--folds must be >= 2")
     if args.weight <= 0:
         parser.error("--weight must be above 0 (0 is the similarity order it is compared with)")
     logging.basicConfig(level=logging.WARNING)

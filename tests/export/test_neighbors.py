@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -120,37 +123,28 @@ def test_index_built_with_another_checkpoint_is_refused(reference, demo, ckpt, t
 def _class_ranked(data: dict, k: int, weight: float, pool: int = 5) -> np.ndarray:
     """Rows of each row's k neighbours as a class re-rank orders them, computed from scratch:
     the ``pool`` most similar others by similarity + weight x the row's probability of the
-    neighbour's label (none for an unlabelled one), the rest after them by similarity."""
-    names = list(data["attrs"]["label_names_list"])
+    neighbour's label (none for a blank or unknown one), the rest after them by similarity."""
+    names = json.loads(data["attrs"]["label_names"])
     sims, rows = _brute_force(data["emb"], max(k, pool))
     out = []
     for r in range(len(rows)):
-        bonus = [
-            data["probs"][r, names.index(data["labels"][c])] if data["labels"][c] else 0.0
-            for c in rows[r, :pool]
-        ]
+        labels = [data["labels"][c] for c in rows[r, :pool]]
+        bonus = [data["probs"][r, names.index(x)] if x in names else 0.0 for x in labels]
         head = sorted(range(pool), key=lambda j: -(sims[r, j] + weight * bonus[j]))
         out.append([rows[r, j] for j in head] + list(rows[r, pool:]))
     return np.array(out)[:, :k]
 
 
-def _with_names(data: dict) -> dict:
-    import json
-
-    data["attrs"]["label_names_list"] = json.loads(data["attrs"]["label_names"])
-    return data
-
-
 def test_class_rerank_orders_the_first_neighbours_by_the_row_s_probabilities(
     reference, demo, ckpt, tmp_path
 ):
-    plain = _with_names(_read(reference))
+    plain = _read(reference)
     with h5py.File(reference, "r") as f:
         assert f["neighbors"].attrs["ranking"] == "similarity"
     out = tmp_path / "reranked.h5"
     # A weight this large puts every labelled neighbour of the row's likeliest class first.
     export_features(_config(ckpt, demo / "with_bad.csv", out, class_rerank=5.0))
-    data = _with_names(_read(out))
+    data = _read(out)
     assert np.array_equal(data["nb_rows"], _class_ranked(data, k=4, weight=5.0))
     assert not np.array_equal(data["nb_rows"], plain["nb_rows"])  # the order did change
     # Each neighbour keeps its own id and cosine similarity, only its place moves.
@@ -180,7 +174,75 @@ def test_class_rerank_from_an_index_folder_reads_the_catalog_s_labels(
             ckpt, demo / "with_bad.csv", via_index, class_rerank=5.0, index=str(tmp_path / "idx")
         )
     )
-    assert np.array_equal(_read(via_index)["nb_rows"], _read(on_the_fly)["nb_rows"])
+    ranked = _read(via_index)["nb_rows"]
+    assert np.array_equal(ranked, _read(on_the_fly)["nb_rows"])
+    assert not np.array_equal(ranked, _read(reference)["nb_rows"])  # the labels were read
+
+
+def test_class_rerank_gives_blank_and_unknown_labels_no_bonus(reference, demo, ckpt, tmp_path):
+    rows = list(csv.DictReader((demo / "with_bad.csv").open(newline="", encoding="utf-8")))
+    for i, row in enumerate(rows):
+        row["image"] = str(demo / row["image"])
+        if i % 3 == 1:
+            row["label"] = "" if i % 2 else "not-a-class"
+    manifest = tmp_path / "relabelled.csv"
+    with manifest.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "relabelled.h5"
+    export_features(_config(ckpt, manifest, out, class_rerank=5.0, neighbors=7))
+    data = _read(out)
+    assert {"", "not-a-class"} <= set(data["labels"])
+    assert np.array_equal(data["nb_rows"], _class_ranked(data, k=7, weight=5.0))
+
+
+def test_class_rerank_keeps_missing_neighbours_last(demo, ckpt, tmp_path):
+    out = tmp_path / "three.h5"
+    export_features(_config(ckpt, demo / "three.csv", out, neighbors=4, class_rerank=0.5))
+    data = _read(out)
+    assert (data["nb_rows"][:, 2:] == -1).all() and np.isnan(data["nb_scores"][:, 2:]).all()
+    assert (data["nb_ids"][:, 2:] == "").all()
+    for row in range(3):
+        assert sorted(data["nb_rows"][row, :2]) == [r for r in range(3) if r != row]
+    with h5py.File(out, "r") as f:
+        assert f["neighbors"].attrs["ranking"] == "class"
+    with pytest.raises(ExportError, match="needs neighbors above 0"):
+        export_features(_config(ckpt, demo / "three.csv", tmp_path / "n.h5", neighbors=0,
+                                class_rerank=0.1))  # fmt: skip
+
+
+def test_write_neighbors_reranks_across_blocks_and_any_k(tmp_path):
+    """write_neighbors alone, over blocks of 4 rows: k below and above the pool of 5."""
+    from embedder.class_rerank import ClassRerank
+    from export import schema
+    from export.neighbors import FileIndexSearch, write_neighbors
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(11, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    probs = rng.dirichlet(np.ones(3), size=11).astype(np.float32)
+    classes = rng.integers(-1, 3, size=11)  # -1: no label
+    names = ["a", "b", "c"]
+    data = {
+        "emb": emb,
+        "probs": probs,
+        "labels": [names[c] if c >= 0 else "" for c in classes],
+        "attrs": {"label_names": json.dumps(names)},
+    }
+    ids = np.array([f"item-{i}" for i in range(11)], dtype=object)
+    for k in (2, 7):
+        path = tmp_path / f"k{k}.h5"
+        with h5py.File(path, "w") as h5:
+            h5.create_dataset(schema.EMBEDDINGS, data=emb)
+            h5.create_dataset(schema.PROBABILITIES, data=probs)
+            search = FileIndexSearch(h5[schema.EMBEDDINGS], ids, "Flat", row_classes=classes)
+            write_neighbors(h5, k, search, ids, block_rows=4, progress=False,
+                            rerank=ClassRerank(weight=0.3))  # fmt: skip
+            got = h5["neighbors/rows"][:]
+        assert np.array_equal(got, _class_ranked(data, k=k, weight=0.3))
+    plain = _brute_force(emb, 7)[1]
+    assert not np.array_equal(got, plain)  # the re-rank moved something
 
 
 def test_drop_self_removes_own_label_or_the_last():
