@@ -182,7 +182,7 @@ def write_neighbors(
                 scores, names, nrows = (
                     np.take_along_axis(a, order, axis=1) for a in (scores, names, nrows)
                 )
-            out_ids[lo:hi] = names[:, :k]
-            out_rows[lo:hi] = nrows[:, :k]
-            out_scores[lo:hi] = scores[:, :k]
+            out_ids[lo:hi] = names
+            out_rows[lo:hi] = nrows
+            out_scores[lo:hi] = scores
             bar.update(hi - lo)
