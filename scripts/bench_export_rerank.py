@@ -86,15 +86,7 @@ def first_neighbours(path: Path, order: list[str]) -> tuple[np.ndarray, np.ndarr
 def main() -> int:
     bq = load_bench_quality()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=bq.DATA, help=f"dataset (default {bq.DATA})")
-    parser.add_argument("--folds", type=int, default=5, help="folds (default 5, as bench_quality)")
-    parser.add_argument("--seed", type=int, default=0, help="fold shuffling seed (default 0)")
-    parser.add_argument(
-        "--work",
-        type=Path,
-        default=REPO / "runs" / "bench_quality",
-        help="bench_quality's cache with the fold checkpoints (default runs/bench_quality)",
-    )
+    bq.add_fold_options(parser, "bench_quality's cache with the fold checkpoints")
     parser.add_argument(
         "--weight",
         type=float,

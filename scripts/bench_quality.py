@@ -821,21 +821,27 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"  {m:<{width}}" + "  ".join(parts))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="methods: " + ", ".join((*DEFAULT_METHODS, *EXTRA_METHODS)),
-    )
+def add_fold_options(parser: argparse.ArgumentParser, work_help: str) -> None:
+    """``--data``, ``--folds``, ``--seed`` and ``--work``: the fold setting and its cache, shared
+    with the scripts that read this cache (bench_export_rerank.py)."""
     parser.add_argument("--data", type=Path, default=DATA, help=f"dataset (default {DATA})")
     parser.add_argument("--folds", type=int, default=5, help="folds per repeat (default 5)")
-    parser.add_argument("--repeats", type=int, default=1, help="repeats (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="fold shuffling seed (default 0)")
     parser.add_argument(
         "--work",
         type=Path,
         default=REPO / "runs" / "bench_quality",
-        help="cache of fold checkpoints, features and results (default runs/bench_quality)",
+        help=f"{work_help} (default runs/bench_quality)",
     )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="methods: " + ", ".join((*DEFAULT_METHODS, *EXTRA_METHODS)),
+    )
+    add_fold_options(parser, "cache of fold checkpoints, features and results")
+    parser.add_argument("--repeats", type=int, default=1, help="repeats (default 1)")
     parser.add_argument(
         "--only",
         action="append",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 PHONE_BRANDS = REPO.parent / "shared" / "datasets" / "phone-brands"
 TINY_MODEL = "test_efficientnet"
 TINY_SIZE = 64
+
+
+def run_script(script: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python script args...`` as a user runs it, its output captured (10 minutes at most)."""
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def tiny_train_config(data: Path, out: Path, **overrides):

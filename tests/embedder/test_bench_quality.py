@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_script
 
 SCRIPT = REPO / "scripts" / "bench_quality.py"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600
-    )
+    return run_script(SCRIPT, *args)
 
 
 def test_cross_validated_baselines_end_with_one_json_line_and_cache(tmp_path):

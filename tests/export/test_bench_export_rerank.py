@@ -6,24 +6,21 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import h5py
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_script, tiny_train_config
 
 SCRIPT = REPO / "scripts" / "bench_export_rerank.py"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600
-    )
+    return run_script(SCRIPT, *args)
 
 
 def test_exports_each_fold_and_ends_with_one_json_line(tmp_path):
     from demo.catalog import generate_catalog
-    from embedder.train import TrainConfig, train
+    from embedder.train import train
 
     data = tmp_path / "catalog"
     generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
@@ -32,9 +29,7 @@ def test_exports_each_fold_and_ends_with_one_json_line(tmp_path):
     assert missing.returncode != 0 and "bench_quality.py --only recipe" in missing.stderr
 
     tiny = tmp_path / "tiny"
-    train(TrainConfig(data=str(data), out=str(tiny), model="test_efficientnet", weights="none",
-                      img_size=64, epochs=1, warmup_epochs=0, batch_size=8, progress=False,
-                      workers=0))  # fmt: skip
+    train(tiny_train_config(data, tiny))
     for fold in ("r0f0", "r0f1"):
         shutil.copytree(tiny, work / fold / "recipe")
     done = run("--data", str(data), "--folds", "2", "--work", str(work))
