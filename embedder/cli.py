@@ -175,6 +175,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"temperature of the supervised-contrastive loss (default {d.metric_temperature})",
     )
     p.add_argument(
+        "--mixup",
+        type=non_negative_float,
+        metavar="ALPHA",
+        help="blend each fine-tuning photo with another of its batch, image and target shares "
+        f"drawn from Beta(ALPHA, ALPHA); 0 turns it off (default {d.mixup})",
+    )
+    p.add_argument(
+        "--cutmix",
+        type=non_negative_float,
+        metavar="ALPHA",
+        help="paste a patch of another photo of the batch into each, its area share drawn from "
+        "Beta(ALPHA, ALPHA), targets blended by area; with --mixup, either per batch "
+        f"(default {d.cutmix})",
+    )
+    p.add_argument(
         "--seed", type=int, help=f"random seed: same seed, same weights (default {d.seed})"
     )
     p.add_argument(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from timm.scheduler import CosineLRScheduler
 from torch import nn
@@ -76,6 +78,22 @@ def make_metric_loss(config: TrainConfig) -> nn.Module | None:
     return SupConLoss(temperature=config.metric_temperature)
 
 
+def make_mixer(config: TrainConfig, num_classes: int) -> Callable | None:
+    """timm's Mixup for ``--mixup``/``--cutmix``, or None when both are 0. Targets come back
+    blended but unsmoothed: the cross-entropy smooths them as it smooths hard labels (for
+    soft targets PyTorch's ``label_smoothing`` is the same blend with the uniform)."""
+    if config.mixup <= 0 and config.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=config.mixup,
+        cutmix_alpha=config.cutmix,
+        label_smoothing=0.0,
+        num_classes=num_classes,
+    )
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -89,13 +107,16 @@ def train_one_epoch(
     amp: torch.dtype | None = None,
     metric_loss: nn.Module | None = None,
     metric_weight: float = 0.0,
+    mixer: Callable | None = None,
 ) -> tuple[dict[str, float], int]:
     """One pass over ``loader``; returns the epoch's loss and accuracy and the step count after.
 
     ``step`` counts the optimiser steps done before this epoch; the scheduler follows it.
     Batches go to the model's device; ``amp`` (bf16 or fp16) runs the forward pass under
     autocast, with loss scaling for fp16. ``metric_loss`` (labels-aware, on the penultimate
-    features) is added to the cross-entropy with ``metric_weight``.
+    features) is added to the cross-entropy with ``metric_weight``. ``mixer`` (make_mixer)
+    blends each even-sized batch and its targets; an odd one (a last batch, or a catalog
+    smaller than a batch) trains unblended, as timm's batch mode pairs photos end to end.
     """
     set_train_mode(model, freeze_bn_stats)
     device = next(model.parameters()).device
@@ -105,10 +126,13 @@ def train_one_epoch(
     for x, y in bar:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
+        target = y
+        if mixer is not None and len(y) % 2 == 0:
+            x, target = mixer(x, y)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             if metric_loss is None:
                 logits = model(x)
-                loss = criterion(logits.float(), y)
+                loss = criterion(logits.float(), target)
             else:
                 features = model.forward_head(model.forward_features(x), pre_logits=True)
                 logits = model.get_classifier()(features)

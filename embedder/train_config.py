@@ -53,6 +53,11 @@ class TrainConfig:
     metric_loss: str = "none"
     metric_weight: float = 0.5
     metric_temperature: float = 0.1
+    # > 0: while fine-tuning, each batch is blended with itself in another order (timm's
+    # Mixup): whole images with a Beta(mixup, mixup) share, or a Beta(cutmix, cutmix)-sized
+    # patch pasted in; with both, either one per batch. Targets are blended likewise.
+    mixup: float = 0.0
+    cutmix: float = 0.0
     patience: int = 5
     # > 0: the checkpoint is the average of the weights of the last N fine-tuning epochs (a
     # soup) instead of the epoch with the best validation accuracy.
@@ -107,6 +112,13 @@ def check_train_config(config: TrainConfig) -> None:
         raise DataError(f"--metric-weight must be >= 0, got {config.metric_weight}")
     if not (math.isfinite(config.metric_temperature) and config.metric_temperature > 0):
         raise DataError(f"--metric-temperature must be > 0, got {config.metric_temperature}")
+    for name in ("mixup", "cutmix"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise DataError(f"--{name} must be >= 0, got {value}")
+    if (config.mixup > 0 or config.cutmix > 0) and config.metric_loss != "none":
+        # a blended photo has two classes: no positive or negative pair for the metric loss
+        raise DataError("--mixup and --cutmix cannot be combined with --metric-loss")
     if config.bn_stats not in BN_STATS_MODES:
         modes = ", ".join(BN_STATS_MODES[:-1]) + f" or {BN_STATS_MODES[-1]}"
         raise DataError(f"--bn-stats must be {modes}, got {config.bn_stats!r}")

@@ -29,6 +29,7 @@ from embedder.fine_tune import (
     freezes_bn_stats,
     frozen_parameter_names,
     make_metric_loss,
+    make_mixer,
     set_backbone_trainable,
     train_one_epoch,
 )
@@ -138,6 +139,7 @@ class Trainer:
             dataset, config, self.generator, pin_memory=self.device.type == "cuda"
         )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.mixer = make_mixer(config, len(self.label_names))
 
     def _leave_out_label_conflicts(self, dataset: CachedImages) -> list[str]:
         """Leave out training images that nearly copy an image of another class; list them."""
@@ -291,6 +293,7 @@ class Trainer:
                     amp=self.amp,
                     metric_loss=self.metric_loss,
                     metric_weight=cfg.metric_weight,
+                    mixer=self.mixer,
                 )
                 new_key = self._record(result, stats, epoch, best_key)
                 stale = 0 if new_key != best_key else stale + 1

@@ -270,3 +270,69 @@ def test_average_last_saves_the_mean_of_the_last_epochs(tiny_catalog, tmp_path):
     expected = (states[1]["conv_stem.weight"] + states[2]["conv_stem.weight"]) / 2
     assert torch.allclose(saved["conv_stem.weight"], expected, atol=1e-6)
     assert not torch.allclose(saved["conv_stem.weight"], states[2]["conv_stem.weight"])
+
+
+def test_mixup_and_cutmix_train_other_weights_the_same_way_each_time(tiny_catalog, tmp_path):
+    base = dict(val_fraction=0.0, frozen_groups=0)
+    train(tiny_train_config(tiny_catalog, tmp_path / "plain", **base))
+    for name in ("mix1", "mix2"):
+        train(tiny_train_config(tiny_catalog, tmp_path / name, mixup=0.4, cutmix=1.0, **base))
+    plain, mix1, mix2 = (
+        load_checkpoint(tmp_path / n)[0].state_dict() for n in ("plain", "mix1", "mix2")
+    )
+    assert all(torch.equal(mix1[k], mix2[k]) for k in mix1)  # same seed, same blends
+    assert not torch.equal(plain["conv_stem.weight"], mix1["conv_stem.weight"])
+
+
+def test_odd_sized_batches_train_unblended():
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from embedder.fine_tune import train_one_epoch
+    from embedder.optim import adamw, warmup_cosine
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.zeros(1, 3, 8, 8))
+    data = TensorDataset(torch.randn(7, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2, 0]))
+    seen: list[int] = []
+
+    def mixer(x, y):
+        seen.append(len(y))
+        return x.flip(0), nn.functional.one_hot(y.flip(0), 3).float()
+
+    optimizer = adamw(model, 1e-3, 0.0)
+    train_one_epoch(
+        model,
+        DataLoader(data, batch_size=4),
+        nn.CrossEntropyLoss(label_smoothing=0.1),
+        optimizer,
+        warmup_cosine(optimizer, 2, 1),
+        0,
+        freeze_bn_stats=False,
+        mixer=mixer,
+    )
+    assert seen == [4]  # the last batch of 3 has no partner for each photo
+
+
+def test_smoothing_blended_targets_is_timms_smoothing_of_the_blend():
+    from timm.data.mixup import mixup_target
+
+    logits = torch.randn(4, 3)
+    y = torch.tensor([0, 1, 2, 0])
+    blended = mixup_target(y, 3, lam=0.7, smoothing=0.0)
+    ours = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(logits, blended)
+    timms = torch.sum(-mixup_target(y, 3, lam=0.7, smoothing=0.1) * logits.log_softmax(1), 1)
+    assert torch.allclose(ours, timms.mean())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"mixup": -0.2}, "--mixup must be >= 0"),
+        ({"cutmix": float("nan")}, "--cutmix must be >= 0"),
+        ({"mixup": 0.2, "metric_loss": "supcon"}, "cannot be combined with --metric-loss"),
+    ],
+)
+def test_bad_mixing_settings_are_refused(tiny_catalog, tmp_path, overrides, message):
+    with pytest.raises(DataError, match=message):
+        train(tiny_train_config(tiny_catalog, tmp_path / "x", **overrides))
