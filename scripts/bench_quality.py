@@ -29,7 +29,8 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
                 recipe_multiscale_knn fuses it with its kNN vote (both: --only recipe_multiscale)
   recipe_lite1_multiscale  the same for recipe_lite1 over 240 and 320 px (+ _knn)
   recipe_pair   the recipe and recipe_lite1 checkpoints as one ensemble (mean probabilities,
-                concatenated embeddings; from cached outputs); recipe_pair_knn fuses it
+                concatenated embeddings; from cached outputs); recipe_pair_knn fuses it and
+                recipe_pair_rerank re-ranks its neighbours (see recipe_rerank)
   recipe_clean  the recipe trained without the photos whose label gets under 5% of a kNN vote
                 of the other training photos on frozen Lite0 features (suspected wrong
                 labels; --only recipe_clean, a training per fold); recipe_clean_knn fuses it
@@ -49,6 +50,12 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
   recipe_full_lite1  recipe_full with the Lite1 backbone (+ _knn, _rerank)
   recipe_unfreeze  the recipe fine-tuning every stage but the stem (--frozen-groups 1 instead of
                 3; a training per fold); recipe_unfreeze_knn and recipe_unfreeze_rerank as above
+  recipe_border the recipe with --crop-mode border (the whole photo fitted inside the square at
+                its own aspect ratio, padded, instead of squashed to it; a training per fold);
+                recipe_border_knn and recipe_border_rerank as above
+  recipe_crop_pair  recipe and recipe_border as one ensemble, as recipe_pair (+ _knn, _rerank)
+  recipe_mix    the recipe with --mixup 0.2 --cutmix 1.0 (each fine-tuning batch blended by
+                one or the other; a training per fold); recipe_mix_knn and recipe_mix_rerank
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -121,6 +128,7 @@ EXTRA_METHODS = (
     "recipe_lite1_multiscale_knn",
     "recipe_pair",
     "recipe_pair_knn",
+    "recipe_pair_rerank",
     "recipe_knn_nested",
     "recipe_clean",
     "recipe_clean_knn",
@@ -141,6 +149,15 @@ EXTRA_METHODS = (
     "recipe_unfreeze",
     "recipe_unfreeze_knn",
     "recipe_unfreeze_rerank",
+    "recipe_border",
+    "recipe_border_knn",
+    "recipe_border_rerank",
+    "recipe_crop_pair",
+    "recipe_crop_pair_knn",
+    "recipe_crop_pair_rerank",
+    "recipe_mix",
+    "recipe_mix_knn",
+    "recipe_mix_rerank",
 )
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
@@ -169,6 +186,12 @@ TRAINED = {
     # Only the stem kept frozen (the recipe freezes stem + 2 stages): the early stages adapt to
     # listing photos too, at the cost of a longer backward pass.
     "recipe_unfreeze": {"frozen_groups": 1},
+    # Letterboxed instead of squashed: wide marketing banners and tall portrait shots keep
+    # their proportions (a squash distorts the camera module's shape) at the cost of a
+    # smaller phone in the frame.
+    "recipe_border": {"crop_mode": "border"},
+    # timm's Mixup: a regulariser for small training sets, untried on the recipe so far.
+    "recipe_mix": {"mixup": 0.2, "cutmix": 1.0},
 }
 # recipe_clean trains without the training photos whose label gets less than SUSPECT_SHARE of
 # a kNN vote of the other training photos (their near copies left out) on frozen Lite0
@@ -177,7 +200,12 @@ SUSPECT_SHARE = 0.05
 SUSPECT_VOTE = KnnFusion(k=20, temperature=0.03)
 # Input sides averaged with the trained one (224 for Lite0, 240 for Lite1), per trained method.
 MULTISCALE_SIZES = {"recipe": (288,), "recipe_lite1": (320,)}
-PAIR = ("recipe", "recipe_lite1")  # the two-backbone ensemble of recipe_pair
+# Two-model ensembles scored from their members' cached outputs: two backbones, and one
+# backbone seeing the photo squashed and letterboxed.
+PAIRS = {
+    "recipe_pair": ("recipe", "recipe_lite1"),
+    "recipe_crop_pair": ("recipe", "recipe_border"),
+}
 FUSION = KnnFusion()
 # Results cached before they recorded their fusion were computed with this setting.
 LEGACY_FUSION = {"k": 20, "temperature": 0.07, "weight": 0.3}
@@ -599,15 +627,20 @@ class Bench:
         cost = 1.0 + sum((size / side) ** 2 for size in sizes)
         return emb, probs, round(cost, 2), round(time.perf_counter() - t0, 1)
 
-    def run_pair(self) -> None:
-        """The ``PAIR`` checkpoints as one ensemble: mean probabilities, concatenated
-        L2-normalised embeddings (re-normalised), alone and fused with their kNN vote."""
+    def run_pair(self, name: str) -> None:
+        """The ``PAIRS[name]`` checkpoints as one ensemble: mean probabilities, concatenated
+        L2-normalised embeddings (re-normalised), alone and fused with their kNN vote. Its
+        outputs are cached like a trained method's, for ``<name>_rerank``."""
+        members = PAIRS[name]
         for split in self.splits:
-            if all(self.done(m, split) for m in ("recipe_pair", "recipe_pair_knn")):
+            out = self.work / split.name / name
+            if (out / "outputs.npz").exists() and all(
+                self.done(m, split) for m in (name, f"{name}_knn")
+            ):
                 continue
-            paths = [self.work / split.name / m / "outputs.npz" for m in PAIR]
+            paths = [self.work / split.name / m / "outputs.npz" for m in members]
             if not all(path.exists() for path in paths):
-                print(f"  recipe_pair {split.name}: run {' and '.join(PAIR)} first")
+                print(f"  {name} {split.name}: run {' and '.join(members)} first")
                 continue
             embs, probs = [], []
             for path in paths:
@@ -616,14 +649,16 @@ class Bench:
                     probs.append(cached["probabilities"])
             emb = np.concatenate(embs, axis=1) / np.sqrt(len(embs))
             prob = np.mean(probs, axis=0)
-            # measured: both models' embedding seconds over the recipe's, on this fold
-            seconds = [self.results.get(m, {}).get(split.name, {}).get("embed_s") for m in PAIR]
+            out.mkdir(parents=True, exist_ok=True)
+            np.savez(out / "outputs.npz", embeddings=emb, probabilities=prob)
+            # measured: both models' embedding seconds over the first's, on this fold
+            seconds = [self.results.get(m, {}).get(split.name, {}).get("embed_s") for m in members]
             cost = {"model_cost": round(sum(seconds) / seconds[0], 2)} if all(seconds) else {}
             figures = score(split, self.y, self.headline, prob.argmax(1), emb)
-            self.save("recipe_pair", split, {**figures, **cost})
+            self.save(name, split, {**figures, **cost})
             fused = fused_predictions(split, self.y, prob, emb)
             figures = score(split, self.y, self.headline, fused, emb)
-            self.save("recipe_pair_knn", split, {**figures, **cost})
+            self.save(f"{name}_knn", split, {**figures, **cost})
 
     def run_nested(self) -> None:
         """recipe_knn with its fusion chosen per fold from FUSION_GRID by the pooled accuracy
@@ -725,9 +760,9 @@ class Bench:
             elif method.endswith(("_multiscale", "_multiscale_knn")):
                 print(f"{method} ...", flush=True)
                 self.run_multiscale(method.split("_multiscale")[0])
-            elif method in ("recipe_pair", "recipe_pair_knn"):
+            elif method.removesuffix("_knn") in PAIRS:
                 print(f"{method} ...", flush=True)
-                self.run_pair()
+                self.run_pair(method.removesuffix("_knn"))
             elif method == "recipe_knn_nested":
                 print(f"{method} ...", flush=True)
                 self.run_nested()

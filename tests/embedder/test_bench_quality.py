@@ -108,6 +108,27 @@ def test_fused_results_follow_the_fusion_setting_and_nested_choice_runs(tmp_path
     # recipe_pair needs recipe_lite1's outputs too, and says so.
     pair = run(*base, "--only", "recipe_pair")
     assert "run recipe and recipe_lite1 first" in pair.stdout
+    # With both members' outputs a pair is the mean of their probabilities and the unit-norm
+    # concatenation of their embeddings, cached so that its re-rank can be scored.
+    for fold in ("r0f0", "r0f1"):
+        (work / fold / "recipe_border").mkdir(parents=True)
+        emb = rng.normal(size=(24, 4)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        probs = rng.dirichlet(np.ones(3), size=24).astype(np.float32)
+        np.savez(work / fold / "recipe_border" / "outputs.npz", embeddings=emb, probabilities=probs)
+    crop = ("recipe_crop_pair", "recipe_crop_pair_knn", "recipe_crop_pair_rerank")
+    done = run(*base, *(arg for m in crop for arg in ("--only", m)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((work / "results.json").read_text())
+    for fold in ("r0f0", "r0f1"):
+        members = [np.load(work / fold / m / "outputs.npz") for m in ("recipe", "recipe_border")]
+        with np.load(work / fold / "recipe_crop_pair" / "outputs.npz") as pair_out:
+            assert pair_out["embeddings"].shape == (24, 12)
+            np.testing.assert_allclose(np.linalg.norm(pair_out["embeddings"], axis=1), 1, 1e-5)
+            mean = (members[0]["probabilities"] + members[1]["probabilities"]) / 2
+            np.testing.assert_allclose(pair_out["probabilities"], mean, 1e-6)
+        assert all(fold in results[m] for m in crop)
+        assert "chosen_rerank" in results["recipe_crop_pair_rerank"][fold]
 
 
 def test_recipe_clean_leaves_out_photos_filed_under_another_class(tmp_path):
