@@ -88,12 +88,17 @@ def test_fused_results_follow_the_fusion_setting_and_nested_choice_runs(tmp_path
     assert missing.returncode == 0 and "run recipe on all folds" in missing.stdout
     assert "recipe_rerank r0f0: run recipe on all folds" in missing.stdout
     rng = np.random.default_rng(0)
-    for fold in ("r0f0", "r0f1"):
-        (work / fold / "recipe").mkdir(parents=True)
-        emb = rng.normal(size=(24, 8)).astype(np.float32)
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        probs = rng.dirichlet(np.ones(3), size=24).astype(np.float32)
-        np.savez(work / fold / "recipe" / "outputs.npz", embeddings=emb, probabilities=probs)
+
+    def cache_outputs(method: str, dim: int) -> None:
+        """Unit embeddings and probabilities for the 24 photos, as a trained method caches."""
+        for fold in ("r0f0", "r0f1"):
+            (work / fold / method).mkdir(parents=True)
+            emb = rng.normal(size=(24, dim)).astype(np.float32)
+            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+            probs = rng.dirichlet(np.ones(3), size=24).astype(np.float32)
+            np.savez(work / fold / method / "outputs.npz", embeddings=emb, probabilities=probs)
+
+    cache_outputs("recipe", 8)
     nested = run(*base, "--only", "recipe_knn_nested", "--only", "recipe_rerank")
     assert nested.returncode == 0, nested.stderr[-2000:]
     results = json.loads((work / "results.json").read_text())
@@ -110,12 +115,7 @@ def test_fused_results_follow_the_fusion_setting_and_nested_choice_runs(tmp_path
     assert "run recipe and recipe_lite1 first" in pair.stdout
     # With both members' outputs a pair is the mean of their probabilities and the unit-norm
     # concatenation of their embeddings, cached so that its re-rank can be scored.
-    for fold in ("r0f0", "r0f1"):
-        (work / fold / "recipe_border").mkdir(parents=True)
-        emb = rng.normal(size=(24, 4)).astype(np.float32)
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        probs = rng.dirichlet(np.ones(3), size=24).astype(np.float32)
-        np.savez(work / fold / "recipe_border" / "outputs.npz", embeddings=emb, probabilities=probs)
+    cache_outputs("recipe_border", 4)
     crop = ("recipe_crop_pair", "recipe_crop_pair_knn", "recipe_crop_pair_rerank")
     done = run(*base, *(arg for m in crop for arg in ("--only", m)))
     assert done.returncode == 0, done.stderr[-2000:]
