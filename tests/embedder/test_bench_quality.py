@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
+from functools import partial
 
 from tests.conftest import REPO, run_script
 
 SCRIPT = REPO / "scripts" / "bench_quality.py"
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return run_script(SCRIPT, *args)
+run = partial(run_script, SCRIPT)
 
 
 def test_cross_validated_baselines_end_with_one_json_line_and_cache(tmp_path):

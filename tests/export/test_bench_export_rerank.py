@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
+from functools import partial
 
 import h5py
 
 from tests.conftest import REPO, run_script, tiny_train_config
 
 SCRIPT = REPO / "scripts" / "bench_export_rerank.py"
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return run_script(SCRIPT, *args)
+run = partial(run_script, SCRIPT)
 
 
 def test_exports_each_fold_and_ends_with_one_json_line(tmp_path):
