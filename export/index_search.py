@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from export.neighbors import class_positions
+
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +25,7 @@ class IndexDirSearch:
         self.index = index
         self.description = description
         self.row_of = {str(i): r for r, i in enumerate(row_ids)}
-        self.class_of = {name: c for c, name in enumerate(label_names)}
+        self.class_of = class_positions(label_names)
 
     @classmethod
     def open(

@@ -132,9 +132,14 @@ def _training_sample(embeddings: h5py.Dataset, want: int, block_rows: int) -> np
     return np.concatenate(parts)
 
 
+def class_positions(label_names: list[str]) -> dict[str, int]:
+    """Each class name's index in ``label_names`` (the checkpoint's class order)."""
+    return {name: i for i, name in enumerate(label_names)}
+
+
 def label_classes(labels: Iterable[str], label_names: list[str]) -> np.ndarray:
     """Each label's index in ``label_names`` (int32), -1 for a blank or unknown label."""
-    position = {name: i for i, name in enumerate(label_names)}
+    position = class_positions(label_names)
     return np.fromiter((position.get(x, -1) for x in labels), dtype=np.int32)
 
 
