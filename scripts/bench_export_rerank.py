@@ -102,7 +102,7 @@ def main() -> int:
         parser.error("--weight must be above 0 (0 is the similarity order it is compared with)")
     logging.basicConfig(level=logging.WARNING)
     bench = bq.Bench(argparse.Namespace(data=args.data, folds=args.folds, repeats=1,
-                                        seed=args.seed, work=args.work))  # fmt: skip
+                                        seed=args.seed, work=args.work, audit=None))  # fmt: skip
     out_dir = args.work / "export_rerank"
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "photos.csv"

@@ -11,6 +11,16 @@ SCRIPT = REPO / "scripts" / "bench_quality.py"
 run = partial(run_script, SCRIPT)
 
 
+def load_bench_quality():
+    """scripts/bench_quality.py as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_cross_validated_baselines_end_with_one_json_line_and_cache(tmp_path):
     from demo.catalog import generate_catalog
 
@@ -130,7 +140,6 @@ def test_fused_results_follow_the_fusion_setting_and_nested_choice_runs(tmp_path
 
 def test_recipe_clean_leaves_out_photos_filed_under_another_class(tmp_path):
     import argparse
-    import importlib.util
 
     import numpy as np
 
@@ -138,10 +147,10 @@ def test_recipe_clean_leaves_out_photos_filed_under_another_class(tmp_path):
 
     data = tmp_path / "catalog"
     generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
-    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
-    bench_quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_quality)
-    args = argparse.Namespace(data=data, folds=2, repeats=1, seed=0, work=tmp_path / "work")
+    bench_quality = load_bench_quality()
+    args = argparse.Namespace(
+        data=data, folds=2, repeats=1, seed=0, work=tmp_path / "work", audit=None
+    )
     bench = bench_quality.Bench(args)
     # Features that separate the classes (the real ones on real photos mostly do).
     rng = np.random.default_rng(0)
@@ -158,3 +167,53 @@ def test_recipe_clean_leaves_out_photos_filed_under_another_class(tmp_path):
     feats[b] = feats[a]
     clean = set(bench.unsuspected(split).tolist())
     assert a not in clean and b not in clean and len(clean) == len(split.train) - 2
+
+
+def test_the_label_audit_view_leaves_out_the_photos_it_rejects(tmp_path):
+    import numpy as np
+
+    from demo.catalog import generate_catalog
+
+    data = tmp_path / "catalog"
+    generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
+    work = tmp_path / "work"
+    base = ("--data", str(data), "--folds", "2", "--work", str(work))
+    first = run(*base, "--only", "knn")
+    assert first.returncode == 0, first.stderr[-2000:]
+    # Without --audit (not the default dataset) there is no audited view.
+    assert "audited" not in json.loads(first.stdout.strip().splitlines()[-1])
+    samples = load_bench_quality().load_photos(data).samples
+    verdicts = {0: "other_brand", 1: "not_product", 2: "device", 3: "ok", 9: "device"}
+    audit = tmp_path / "audit.csv"
+    audit.write_text(
+        "photo,filed,verdict,shows\n"
+        + "".join(f"{samples[i].id},{samples[i].label},{v},x\n" for i, v in verdicts.items())
+    )
+    done = run(*base, "--report", "--audit", str(audit))
+    assert done.returncode == 0, done.stderr[-2000:]
+    audited = json.loads(done.stdout.strip().splitlines()[-1])["audited"]
+    assert "top-1 by the label audit (5 photos audited" in done.stdout
+    results = json.loads((work / "results.json").read_text())["knn"]
+    for view, left_out in (("label_ok", {0, 1}), ("phones", {0, 1, 2, 9})):
+        accs = []
+        for fold in results.values():
+            pairs = zip(fold["photos"], fold["correct"], strict=True)
+            accs.append(np.mean([c for p, c in pairs if p not in left_out]))
+        assert audited["methods"]["knn"][view]["mean"] == round(float(np.mean(accs)), 4)
+    # An audit that names another dataset's photos is refused, with its line.
+    audit.write_text("photo,filed,verdict,shows\nelsewhere/p1,a,ok,x\n")
+    refused = run(*base, "--report", "--audit", str(audit))
+    assert refused.returncode == 1 and "audit.csv:2: no photo 'elsewhere/p1'" in refused.stderr
+
+
+def test_the_committed_label_audit_fits_the_benchmark_data(phone_brands):
+    """scripts/phone_brands_label_audit.csv names photos of ../shared/datasets/phone-brands
+    under their folder labels."""
+    from embedder.label_audit import load_label_audit
+
+    bench_quality = load_bench_quality()
+    samples = bench_quality.load_photos(phone_brands).samples
+    ids, labels = [s.id for s in samples], [s.label for s in samples]
+    audit = load_label_audit(bench_quality.AUDIT, ids, labels)
+    assert audit.audited.sum() == 177
+    assert 30 <= audit.wrong_label.sum() <= 50 and audit.not_phone.sum() > 0
