@@ -182,6 +182,13 @@ def test_the_label_audit_view_leaves_out_the_photos_it_rejects(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     # Without --audit (not the default dataset) there is no audited view.
     assert "audited" not in json.loads(first.stdout.strip().splitlines()[-1])
+    # Stand-ins for the default prediction and a fused candidate that gets every photo right.
+    cached = json.loads((work / "results.json").read_text())
+    cached["recipe_knn"] = cached["knn"]
+    cached["recipe_border_knn"] = {
+        n: {**f, "correct": [1] * len(f["correct"])} for n, f in cached["knn"].items()
+    }
+    (work / "results.json").write_text(json.dumps(cached))
     samples = load_bench_quality().load_photos(data).samples
     verdicts = {0: "other_brand", 1: "not_product", 2: "device", 3: "ok", 9: "device"}
     audit = tmp_path / "audit.csv"
@@ -200,6 +207,9 @@ def test_the_label_audit_view_leaves_out_the_photos_it_rejects(tmp_path):
             pairs = zip(fold["photos"], fold["correct"], strict=True)
             accs.append(np.mean([c for p, c in pairs if p not in left_out]))
         assert audited["methods"]["knn"][view]["mean"] == round(float(np.mean(accs)), 4)
+        if view == "label_ok":
+            gain = audited["label_ok_paired_vs_default"]["recipe_border_knn"]["mean"]
+            assert gain == round(1.0 - float(np.mean(accs)), 4)
     # An audit that names another dataset's photos is refused, with its line.
     audit.write_text("photo,filed,verdict,shows\nelsewhere/p1,a,ok,x\n")
     refused = run(*base, "--report", "--audit", str(audit))
@@ -215,5 +225,5 @@ def test_the_committed_label_audit_fits_the_benchmark_data(phone_brands):
     samples = bench_quality.load_photos(phone_brands).samples
     ids, labels = [s.id for s in samples], [s.label for s in samples]
     audit = load_label_audit(bench_quality.AUDIT, ids, labels)
-    assert audit.audited.sum() == 177
-    assert 30 <= audit.wrong_label.sum() <= 50 and audit.not_phone.sum() > 0
+    assert audit.audited.sum() == 319
+    assert audit.wrong_label.sum() == 47 and audit.not_phone.sum() == 80
