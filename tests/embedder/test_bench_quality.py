@@ -227,3 +227,33 @@ def test_the_committed_label_audit_fits_the_benchmark_data(phone_brands):
     audit = load_label_audit(bench_quality.AUDIT, ids, labels)
     assert audit.audited.sum() == 319
     assert audit.wrong_label.sum() == 47 and audit.not_phone.sum() == 80
+
+
+def test_recipe_audited_trains_without_the_labels_the_audit_rejects(tmp_path):
+    import argparse
+
+    from demo.catalog import generate_catalog
+
+    data = tmp_path / "catalog"
+    generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
+    bench_quality = load_bench_quality()
+    samples = bench_quality.load_photos(data).samples
+    audit = tmp_path / "audit.csv"
+    verdicts = {0: "other_brand", 5: "not_product", 9: "device", 13: "ok"}
+    audit.write_text(
+        "photo,filed,verdict,shows\n"
+        + "".join(f"{samples[i].id},{samples[i].label},{v},x\n" for i, v in verdicts.items())
+    )
+    args = argparse.Namespace(
+        data=data, folds=2, repeats=1, seed=0, work=tmp_path / "work", audit=audit
+    )
+    bench = bench_quality.Bench(args)
+    for split in bench.splits:
+        kept = set(bench.training_photos("recipe_audited", split).tolist())
+        # A watch of the brand keeps its label; another brand's product and a logo do not.
+        assert kept == set(split.train.tolist()) - {0, 5}
+        assert set(bench.training_photos("recipe", split).tolist()) == set(split.train.tolist())
+    # Without an audit the method says what it needs instead of training on every photo.
+    base = ("--data", str(data), "--folds", "2", "--work", str(tmp_path / "w"))
+    done = run(*base, "--only", "recipe_audited")
+    assert done.returncode == 0 and "recipe_audited: no label audit" in done.stdout
