@@ -886,7 +886,8 @@ class Bench:
                 for view, keep in views.items()
             }
         for m in methods:
-            if m == "recipe_knn" or not m.endswith(("_knn", "_rerank")):
+            # A _rerank method predicts as its _knn twin, so only the fused ones are paired.
+            if m == "recipe_knn" or not m.endswith(("_knn", "_knn_nested")):
                 continue
             if "recipe_knn" not in self.results:
                 break
