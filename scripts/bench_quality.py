@@ -781,6 +781,8 @@ class Bench:
             pred = fused_predictions(split, self.y, probs, emb)
             figures = score(split, self.y, self.headline, pred, emb)
             figures["recall_at_1"] = float(match[best][:, 0].mean())
+            # per test photo (in the order of "photos"), for the label audit's view
+            figures["hits_at_1"] = match[best][:, 0].astype(int).tolist()
             figures["recall_at_5"] = float(match[best][:, :5].any(axis=1).mean())
             figures["chosen_rerank"] = asdict(RERANK_GRID[best])
             self.save(method, split, figures)
@@ -879,12 +881,21 @@ class Bench:
             f = self.results[m][n]
             return float(np.asarray(f["correct"])[keep[np.asarray(f["photos"], dtype=int)]].mean())
 
+        def fold_recall(m: str, n: str) -> float:
+            f = self.results[m][n]
+            return float(np.asarray(f["hits_at_1"])[audit.kept[f["photos"]]].mean())
+
         for m in methods:
             done = [n for n in names if n in self.results[m]]
             out["methods"][m] = {
                 view: corrected_interval([fold_accuracy(m, n, keep) for n in done], frac).to_json()
                 for view, keep in views.items()
             }
+            # Re-ranked Recall@1 of the queries whose label names the product shown (the
+            # catalog they search keeps its labels); only results scored since it was kept.
+            if done and all("hits_at_1" in self.results[m][n] for n in done):
+                recall = corrected_interval([fold_recall(m, n) for n in done], frac)
+                out["methods"][m]["recall_at_1_label_ok"] = recall.to_json()
         for m in methods:
             # A _rerank method predicts as its _knn twin, so only the fused ones are paired.
             if m == "recipe_knn" or not m.endswith(("_knn", "_knn_nested")):
@@ -956,7 +967,8 @@ def print_audited(audited: dict[str, Any]) -> None:
     print(f"{'method':<{width}}{'label_ok':<26}phones")
     for m, e in audited["methods"].items():
         cells = [f"{e[v]['mean']:.3f} [{e[v]['low']:.3f},{e[v]['high']:.3f}]" for v in e]
-        print(f"{m:<{width}}{cells[0]:<26}{cells[1]}")
+        recall = f"  Recall@1 (label_ok queries) {cells[2]}" if len(cells) > 2 else ""
+        print(f"{m:<{width}}{cells[0]:<26}{cells[1]}{recall}")
     for m, e in audited["label_ok_paired_vs_default"].items():
         print(f"  label_ok {m} - recipe_knn  {Interval(**e)}")
 

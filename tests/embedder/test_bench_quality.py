@@ -117,6 +117,9 @@ def test_fused_results_follow_the_fusion_setting_and_nested_choice_runs(tmp_path
         assert ranked["chosen_rerank"]["weight"] in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
         assert ranked["chosen_rerank"]["pool"] == 5 and "fusion" in ranked
         assert 0.0 <= ranked["recall_at_1"] <= ranked["recall_at_5"] <= 1.0
+        # Per-photo hits (for the label audit's Recall@1) agree with the fold's Recall@1.
+        assert len(ranked["hits_at_1"]) == len(ranked["photos"])
+        assert np.mean(ranked["hits_at_1"]) == ranked["recall_at_1"]
     # recipe_pair needs recipe_lite1's outputs too, and says so.
     pair = run(*base, "--only", "recipe_pair")
     assert "run recipe and recipe_lite1 first" in pair.stdout
@@ -188,6 +191,10 @@ def test_the_label_audit_view_leaves_out_the_photos_it_rejects(tmp_path):
     cached["recipe_border_knn"] = {
         n: {**f, "correct": [1] * len(f["correct"])} for n, f in cached["knn"].items()
     }
+    cached["recipe_rerank"] = {  # retrieval hits: right on even photo numbers only
+        n: {**f, "hits_at_1": [int(p % 2 == 0) for p in f["photos"]]}
+        for n, f in cached["knn"].items()
+    }
     (work / "results.json").write_text(json.dumps(cached))
     samples = load_bench_quality().load_photos(data).samples
     verdicts = {0: "other_brand", 1: "not_product", 2: "device", 3: "ok", 9: "device"}
@@ -210,6 +217,13 @@ def test_the_label_audit_view_leaves_out_the_photos_it_rejects(tmp_path):
         if view == "label_ok":
             gain = audited["label_ok_paired_vs_default"]["recipe_border_knn"]["mean"]
             assert gain == round(1.0 - float(np.mean(accs)), 4)
+    # Re-ranked Recall@1 over the queries the audit keeps (photos 0 and 1 left out).
+    recall = [
+        np.mean([p % 2 == 0 for p in f["photos"] if p not in {0, 1}]) for f in results.values()
+    ]
+    got = audited["methods"]["recipe_rerank"]["recall_at_1_label_ok"]["mean"]
+    assert got == round(float(np.mean(recall)), 4)
+    assert "recall_at_1_label_ok" not in audited["methods"]["knn"]
     # An audit that names another dataset's photos is refused, with its line.
     audit.write_text("photo,filed,verdict,shows\nelsewhere/p1,a,ok,x\n")
     refused = run(*base, "--report", "--audit", str(audit))
