@@ -378,6 +378,8 @@ class Bench:
         figures = self.results.get(method, {}).get(split.name)
         if figures is None:
             return False
+        if method.endswith("_rerank") and "hits_at_1" not in figures:
+            return False  # scored before per-photo hits were kept (the label audit needs them)
         return not uses_fusion(method) or figures.get("fusion", LEGACY_FUSION) == asdict(FUSION)
 
     # preprocessed photos at a trained model's input (the same for every fold of one backbone)

@@ -120,6 +120,12 @@ def test_fused_results_follow_the_fusion_setting_and_nested_choice_runs(tmp_path
         # Per-photo hits (for the label audit's Recall@1) agree with the fold's Recall@1.
         assert len(ranked["hits_at_1"]) == len(ranked["photos"])
         assert np.mean(ranked["hits_at_1"]) == ranked["recall_at_1"]
+    # A re-rank scored before per-photo hits were kept is scored again.
+    del results["recipe_rerank"]["r0f0"]["hits_at_1"]
+    (work / "results.json").write_text(json.dumps(results))
+    assert run(*base, "--only", "recipe_rerank").returncode == 0
+    results = json.loads((work / "results.json").read_text())
+    assert "hits_at_1" in results["recipe_rerank"]["r0f0"]
     # recipe_pair needs recipe_lite1's outputs too, and says so.
     pair = run(*base, "--only", "recipe_pair")
     assert "run recipe and recipe_lite1 first" in pair.stdout
