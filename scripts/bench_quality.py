@@ -110,7 +110,7 @@ from embedder.train_config import DEFAULT_MODEL, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "datasets" / "phone-brands"
-# What one person saw in 319 photos of DATA: every headline photo that any method cached in
+# What one person saw in 338 photos of DATA: every headline photo that any method cached in
 # runs/bench_quality got wrong on 5 folds x 2, and 36 drawn at random from those none got wrong
 # (README, "Label audit"); it applies to DATA only.
 AUDIT = Path(__file__).with_name("phone_brands_label_audit.csv")

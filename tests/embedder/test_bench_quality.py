@@ -245,8 +245,8 @@ def test_the_committed_label_audit_fits_the_benchmark_data(phone_brands):
     samples = bench_quality.load_photos(phone_brands).samples
     ids, labels = [s.id for s in samples], [s.label for s in samples]
     audit = load_label_audit(bench_quality.AUDIT, ids, labels)
-    assert audit.audited.sum() == 319
-    assert audit.wrong_label.sum() == 47 and audit.not_phone.sum() == 80
+    assert audit.audited.sum() == 338
+    assert audit.wrong_label.sum() == 49 and audit.not_phone.sum() == 83
 
 
 def test_recipe_audited_trains_without_the_labels_the_audit_rejects(tmp_path):
