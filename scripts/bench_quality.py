@@ -879,34 +879,33 @@ class Bench:
             "label_ok_paired_vs_default": {},
         }
 
-        def fold_accuracy(m: str, n: str, keep: np.ndarray) -> float:
+        def fold_mean(m: str, n: str, field: str, keep: np.ndarray) -> float:
+            """A fold's per-photo ``field`` ("correct", "hits_at_1") averaged over ``keep``."""
             f = self.results[m][n]
-            return float(np.asarray(f["correct"])[keep[np.asarray(f["photos"], dtype=int)]].mean())
-
-        def fold_recall(m: str, n: str) -> float:
-            f = self.results[m][n]
-            return float(np.asarray(f["hits_at_1"])[audit.kept[f["photos"]]].mean())
+            return float(np.asarray(f[field])[keep[np.asarray(f["photos"], dtype=int)]].mean())
 
         for m in methods:
             done = [n for n in names if n in self.results[m]]
             out["methods"][m] = {
-                view: corrected_interval([fold_accuracy(m, n, keep) for n in done], frac).to_json()
+                view: corrected_interval(
+                    [fold_mean(m, n, "correct", keep) for n in done], frac
+                ).to_json()
                 for view, keep in views.items()
             }
             # Re-ranked Recall@1 of the queries whose label names the product shown (the
             # catalog they search keeps its labels); only results scored since it was kept.
             if done and all("hits_at_1" in self.results[m][n] for n in done):
-                recall = corrected_interval([fold_recall(m, n) for n in done], frac)
-                out["methods"][m]["recall_at_1_label_ok"] = recall.to_json()
-        for m in methods:
-            # A _rerank method predicts as its _knn twin, so only the fused ones are paired.
-            if m == "recipe_knn" or not m.endswith(("_knn", "_knn_nested")):
-                continue
-            if "recipe_knn" not in self.results:
-                break
+                recall = [fold_mean(m, n, "hits_at_1", audit.kept) for n in done]
+                out["methods"][m]["recall_at_1_label_ok"] = corrected_interval(
+                    recall, frac
+                ).to_json()
+        # A _rerank method predicts as its _knn twin, so only the fused ones are paired.
+        fused = [m for m in methods if m != "recipe_knn" and m.endswith(("_knn", "_knn_nested"))]
+        for m in fused if "recipe_knn" in self.results else []:
             common = [n for n in names if n in self.results[m] and n in self.results["recipe_knn"]]
             diffs = [
-                fold_accuracy(m, n, audit.kept) - fold_accuracy("recipe_knn", n, audit.kept)
+                fold_mean(m, n, "correct", audit.kept)
+                - fold_mean("recipe_knn", n, "correct", audit.kept)
                 for n in common
             ]
             out["label_ok_paired_vs_default"][m] = corrected_interval(diffs, frac).to_json()

@@ -11,6 +11,15 @@ SCRIPT = REPO / "scripts" / "bench_quality.py"
 run = partial(run_script, SCRIPT)
 
 
+def write_audit(path, samples, verdicts: dict[int, str]):
+    """An audit CSV giving photo i of ``samples`` the verdict ``verdicts[i]``."""
+    path.write_text(
+        "photo,filed,verdict,shows\n"
+        + "".join(f"{samples[i].id},{samples[i].label},{v},x\n" for i, v in verdicts.items())
+    )
+    return path
+
+
 def load_bench_quality():
     """scripts/bench_quality.py as a module."""
     import importlib.util
@@ -204,11 +213,7 @@ def test_the_label_audit_view_leaves_out_the_photos_it_rejects(tmp_path):
     (work / "results.json").write_text(json.dumps(cached))
     samples = load_bench_quality().load_photos(data).samples
     verdicts = {0: "other_brand", 1: "not_product", 2: "device", 3: "ok", 9: "device"}
-    audit = tmp_path / "audit.csv"
-    audit.write_text(
-        "photo,filed,verdict,shows\n"
-        + "".join(f"{samples[i].id},{samples[i].label},{v},x\n" for i, v in verdicts.items())
-    )
+    audit = write_audit(tmp_path / "audit.csv", samples, verdicts)
     done = run(*base, "--report", "--audit", str(audit))
     assert done.returncode == 0, done.stderr[-2000:]
     audited = json.loads(done.stdout.strip().splitlines()[-1])["audited"]
@@ -258,12 +263,8 @@ def test_recipe_audited_trains_without_the_labels_the_audit_rejects(tmp_path):
     generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
     bench_quality = load_bench_quality()
     samples = bench_quality.load_photos(data).samples
-    audit = tmp_path / "audit.csv"
     verdicts = {0: "other_brand", 5: "not_product", 9: "device", 13: "ok"}
-    audit.write_text(
-        "photo,filed,verdict,shows\n"
-        + "".join(f"{samples[i].id},{samples[i].label},{v},x\n" for i, v in verdicts.items())
-    )
+    audit = write_audit(tmp_path / "audit.csv", samples, verdicts)
     args = argparse.Namespace(
         data=data, folds=2, repeats=1, seed=0, work=tmp_path / "work", audit=audit
     )
