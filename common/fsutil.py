@@ -51,6 +51,36 @@ def _umask() -> int:
     return mask
 
 
+def folder_write_problem(folder: str | Path, *, created: bool = False) -> str | None:
+    """Why nothing can be written in ``folder`` (missing, a file, read-only), or None.
+
+    ``created``: the caller makes missing folders, so the nearest existing one is probed.
+    A real write, not permission bits: those say nothing for root or on a read-only mount."""
+    folder = Path(os.path.abspath(folder))
+    if created:
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+    if not folder.exists():
+        return "folder does not exist"
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder" if created else "is a file, not a folder"
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".phonesim-", suffix=".probe"):
+            pass
+    except OSError as exc:
+        where = f"{folder} is" if created else "folder is"
+        return f"{where} not writable ({exc.strerror})"
+    return None
+
+
+def output_folder_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot become (or stay) an output folder that a command fills, or None."""
+    if Path(path).exists() and not Path(path).is_dir():
+        return f"{path}: exists and is not a folder"
+    problem = folder_write_problem(path, created=True)
+    return f"{path}: cannot write there: {problem}" if problem else None
+
+
 def temporary_file(path: str | Path, folder: str | Path | None = None) -> Path:
     """A new, empty, uniquely named file to write ``path``'s next content into.
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from common.fsutil import fsync_dir, fsync_path, swap_folder
+from common.fsutil import folder_write_problem, fsync_dir, fsync_path, swap_folder
 from index import ann
 from index.catalog import CatalogIndex, IndexOptions
 from index.errors import BuildInputError, InvalidKindError
@@ -236,6 +236,26 @@ def image_roots(paths: Sequence[str], limit: int = MAX_IMAGE_ROOTS) -> list[str]
         roots = {os.path.dirname(r) if r.count(os.sep) == deepest else r for r in kept}
 
 
+def check_index_target(out: Path, *, overwrite: bool) -> None:
+    """Refuse, before any work, an ``out`` that a new index folder may not take the place of:
+    a file, a folder that is not an index (even with ``overwrite``), an index a writer has
+    open, or a path whose parent folder is missing or not writable."""
+    if out.exists() and not out.is_dir():
+        raise BuildInputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise BuildInputError(f"{out}: already exists and is not empty; use --overwrite")
+        if not (out / MANIFEST_NAME).is_file():
+            # --overwrite replaces an index, never an arbitrary folder that happens to be named.
+            raise BuildInputError(
+                f"{out}: not an index folder (no {MANIFEST_NAME}); not replacing it"
+            )
+        os.close(lock_writer(out))  # fail now, not after the build, if a writer has it open
+    problem = folder_write_problem(out.parent)
+    if problem:
+        raise BuildInputError(f"{out.parent}: {problem}")
+
+
 def build_index(
     out: str | Path,
     ids: Sequence[str],
@@ -263,19 +283,7 @@ def build_index(
     """
     t_start = time.perf_counter()
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise BuildInputError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise BuildInputError(f"{out}: already exists and is not empty; use --overwrite")
-        if not (out / MANIFEST_NAME).is_file():
-            # --overwrite replaces an index, never an arbitrary folder that happens to be named.
-            raise BuildInputError(
-                f"{out}: not an index folder (no {MANIFEST_NAME}); not replacing it"
-            )
-        os.close(lock_writer(out))  # fail now, not after the build, if a writer has it open
-    if not out.parent.is_dir():
-        raise BuildInputError(f"{out.parent}: parent folder does not exist")
+    check_index_target(out, overwrite=overwrite)
     if store is not None and not overwrite:
         from index.pg_admin import refuse_existing
 

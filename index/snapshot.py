@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.fsutil import fsync_dir, fsync_path
+from common.fsutil import folder_write_problem, fsync_dir, fsync_path
 from index import ann
-from index.build import move_into_place
+from index.build import check_index_target, move_into_place
 from index.errors import BuildInputError, IndexLockedError
 from index.folder import faiss_file_name
 from index.manifest import MANIFEST_NAME, read_manifest, write_manifest
@@ -31,10 +31,13 @@ _LOCK_WAIT_S = 60.0
 
 
 def _fresh_folder(out: Path) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise BuildInputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
         raise BuildInputError(f"{out}: already exists and is not empty")
-    if not out.parent.is_dir():
-        raise BuildInputError(f"{out.parent}: parent folder does not exist")
+    problem = folder_write_problem(out.parent)
+    if problem:
+        raise BuildInputError(f"{out.parent}: {problem}")
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.snapshot-", dir=out.parent))
 
 
@@ -135,6 +138,8 @@ def restore(
     from index.catalog import CatalogIndex
 
     snap = Path(snapshot_dir)
+    if path is not None:
+        check_index_target(Path(path), overwrite=overwrite)  # before opening the snapshot
     if not (snap / MANIFEST_NAME).is_file():
         raise BuildInputError(f"{snap}: not a snapshot (no {MANIFEST_NAME})")
     with CatalogIndex.open(snap, readonly=True) as ix:  # check it opens and agrees
@@ -146,8 +151,6 @@ def restore(
         push_folder(snap, store, overwrite=overwrite)
         return {"count": count, "store": redact(store)}
     dest = Path(path)
-    if dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise BuildInputError(f"{dest}: already exists; use --overwrite to replace it")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.restoring-", dir=dest.parent))
     try:
         for p in snap.iterdir():

@@ -170,3 +170,16 @@ def test_exchange_reports_unsupported_filesystems_as_false(
         exchange(a, b)
     monkeypatch.setattr(fsutil, "_renameat2", lambda: None)
     assert exchange(a, b) is False
+
+
+def test_folder_write_problem(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    assert fsutil.folder_write_problem(tmp_path) is None
+    assert fsutil.folder_write_problem(tmp_path / "missing") == "folder does not exist"
+    assert fsutil.folder_write_problem(tmp_path / "f") == "is a file, not a folder"
+    assert "not writable" in fsutil.folder_write_problem("/proc")
+    assert fsutil.folder_write_problem(tmp_path / "a" / "b", created=True) is None
+    assert fsutil.folder_write_problem(tmp_path / "f" / "b", created=True) == (
+        f"{tmp_path / 'f'} is a file, not a folder"
+    )
+    assert list(tmp_path.iterdir()) == [tmp_path / "f"]  # the probe leaves nothing behind

@@ -100,6 +100,29 @@ def test_restore_into_a_new_folder(tmp_path):
         assert len(ix) == 120
 
 
+def test_restore_never_replaces_what_is_not_an_index(tmp_path):
+    write_embeddings(tmp_path / "emb.h5")
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
+    assert cli(["snapshot", "--index", str(tmp_path / "a"), "--out", str(tmp_path / "s")]) == 0
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "keep.jpg").write_bytes(b"precious")
+    (tmp_path / "a-file").write_text("x")
+    cases = [
+        (photos, "not an index folder"),
+        (tmp_path / "a-file", "exists and is not a folder"),
+        (tmp_path / "missing" / "r", "folder does not exist"),
+        (tmp_path / "a-file" / "r", "is a file, not a folder"),
+    ]
+    for dest, message in cases:
+        with pytest.raises(BuildInputError, match=message):
+            cli(["restore", "--from", str(tmp_path / "s"), "--index", str(dest), "--overwrite"])
+    assert (photos / "keep.jpg").read_bytes() == b"precious"
+    assert (tmp_path / "a-file").read_text() == "x"
+    with pytest.raises(BuildInputError, match="exists and is not a folder"):
+        cli(["snapshot", "--index", str(tmp_path / "a"), "--out", str(tmp_path / "a-file")])
+
+
 def test_operations_need_a_target(capsys):
     with pytest.raises(SystemExit):
         cli(["compact"])
