@@ -20,6 +20,15 @@ def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
     """Timestamped log lines on stderr: INFO by default, DEBUG with -v, warnings only with -q."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
+    # faiss logs which CPU build it loaded at INFO on every start: noise for a CLI user.
+    logging.getLogger("faiss.loader").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``path: reason`` for a failed file operation (both paths for a rename)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
 def run_reporting_errors(
@@ -38,6 +47,11 @@ def run_reporting_errors(
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # The machine said no (disk full, read-only, permission): say which path, not a traceback.
+        logging.getLogger(prog).debug("traceback", exc_info=True)
+        print(f"{prog}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130

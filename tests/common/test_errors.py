@@ -1,0 +1,56 @@
+"""The CLI's error reporting: one line and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+import pytest
+
+from common.errors import UserError, configure_logging, describe_os_error, run_reporting_errors
+
+
+def _raising(exc: BaseException):  # noqa: ANN202
+    def run(_args):  # noqa: ANN001, ANN202
+        raise exc
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "line"),
+    [
+        (UserError("bad input"), 2, "tool: error: bad input"),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/ro/out.h5"),
+            1,
+            "tool: error: /ro/out.h5: Permission denied",
+        ),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/a/.tmp", None, "/a/b"),
+            1,
+            "tool: error: /a/.tmp -> /a/b: No space left on device",
+        ),
+        (KeyboardInterrupt(), 130, "tool: interrupted"),
+    ],
+)
+def test_errors_become_one_line(capsys, exc, code, line):
+    assert run_reporting_errors("tool", _raising(exc), None) == code
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [line]
+
+
+def test_os_error_without_a_path():
+    assert describe_os_error(OSError("connection reset")) == "connection reset"
+
+
+def test_other_errors_are_not_swallowed():
+    with pytest.raises(ZeroDivisionError):
+        run_reporting_errors("tool", _raising(ZeroDivisionError()), None)
+
+
+def test_faiss_loader_info_is_quiet_unless_verbose():
+    configure_logging()
+    assert not logging.getLogger("faiss.loader").isEnabledFor(logging.INFO)
+    configure_logging(verbose=True)
+    assert logging.getLogger("faiss.loader").isEnabledFor(logging.DEBUG)
