@@ -18,6 +18,7 @@ from common.argtypes import (
     positive_int,
 )
 from common.errors import run_reporting_errors
+from common.fsutil import output_folder_problem
 from duplicates.calibrate_cli import (
     CALIBRATE_DESCRIPTION,
     add_calibrate_arguments,
@@ -68,11 +69,12 @@ def _unit_float(text: str) -> float:
 
 
 def check_output_folder(path: str | Path) -> None:
-    """Refuse an output path that is a file now, not after minutes of work."""
+    """Refuse an output path that cannot be written now, not after minutes of work."""
     from embedder.errors import DataError
 
-    if Path(path).exists() and not Path(path).is_dir():
-        raise DataError(f"{path}: exists and is not a folder")
+    problem = output_folder_problem(path)
+    if problem:
+        raise DataError(problem)
 
 
 def add_find_arguments(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.fsutil import fsync_path, swap_folder
+from common.fsutil import folder_write_problem, fsync_path, swap_folder
 from embedder.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -158,6 +158,9 @@ def check_checkpoint_target(out: str | Path) -> Path:
             ) from None
     if not out.name:
         raise CheckpointError(f"{out}: not usable as a checkpoint folder")
+    problem = folder_write_problem(out.parent, created=True)  # now, not after an hour's training
+    if problem:
+        raise CheckpointError(f"{out}: cannot save a checkpoint here: {problem}")
     return out
 
 

@@ -154,3 +154,14 @@ def test_checkpoint_targets_relative_dot_and_symlinks(tiny_checkpoint, tmp_path,
         cfg["format_version"] = 99
         (bad / CONFIG_FILE).write_text(json.dumps(cfg))
         check_checkpoint_target(bad)
+
+
+def test_unwritable_checkpoint_target_is_refused_before_training(tmp_path):
+    from embedder.checkpoint import check_checkpoint_target
+
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(CheckpointError, match="a-file is a file, not a folder"):
+        check_checkpoint_target(tmp_path / "a-file" / "deeper" / "ck")
+    assert check_checkpoint_target(tmp_path / "new" / "deeper" / "ck")  # made when saving
+    with pytest.raises(CheckpointError, match="not writable"):
+        check_checkpoint_target("/proc/ck")
