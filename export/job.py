@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from common.fsutil import atomic_write
+from common.fsutil import atomic_write, folder_write_problem
 from embedder.checkpoint import checkpoint_hash, read_config
 from embedder.class_rerank import class_rerank
 from embedder.engine_options import EngineOptions, precision, precision_mismatch
@@ -65,22 +64,31 @@ class ExportSummary:
         return self.embedded_now / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
 
+def _is_features_file(path: Path) -> bool:
+    try:
+        if not h5py.is_hdf5(path):
+            return False
+        with h5py.File(path, "r") as h5:
+            return h5.attrs.get("format") == schema.FORMAT
+    except OSError:
+        return False
+
+
 def check_output(out: Path, overwrite: bool) -> None:
     """Fail before any work when the output cannot be written."""
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give a file name such as features.h5")
     if out.exists() and not overwrite:
         raise ExportError(f"{out}: already exists; pass --overwrite to replace it")
-    parent = out.parent
-    if not parent.exists():
-        raise ExportError(f"{parent}: output folder does not exist")
-    if not parent.is_dir():
-        raise ExportError(f"{parent}: is not a folder, so {out.name} cannot be written there")
-    try:  # a real write: permission bits say nothing for root or on a read-only mount
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".probe"):
-            pass
-    except OSError as exc:
-        raise ExportError(f"{parent}: output folder is not writable ({exc.strerror})") from exc
+    if out.exists() and not _is_features_file(out):
+        # --overwrite replaces an earlier export, never the input CSV or another file.
+        raise ExportError(
+            f"{out}: exists and is not a phonesim features file; not replacing it "
+            "(give another --out)"
+        )
+    problem = folder_write_problem(out.parent)
+    if problem:
+        raise ExportError(f"{out.parent}: {problem}; {out.name} cannot be written there")
 
 
 class _FirstBatchClock:

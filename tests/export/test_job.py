@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from datetime import datetime
 
 import h5py
@@ -117,11 +118,25 @@ def test_resume_refuses_a_different_input_list(demo, ckpt, tmp_path, monkeypatch
 
 def test_existing_output_needs_overwrite(reference, demo, ckpt, tmp_path):
     out = tmp_path / "f.h5"
-    out.write_bytes(b"old")
+    export_features(_config(ckpt, demo / "three.csv", out))
     with pytest.raises(ExportError, match="--overwrite"):
         export_features(_config(ckpt, demo / "three.csv", out))
     export_features(_config(ckpt, demo / "three.csv", out, overwrite=True))
     assert _read(out)["attrs"]["count"] == 3
+
+
+def test_overwrite_replaces_only_an_earlier_export(demo, ckpt, tmp_path):
+    manifest = tmp_path / "listings.csv"
+    shutil.copyfile(demo / "three.csv", manifest)
+    before = manifest.read_bytes()
+    with pytest.raises(ExportError, match="not a phonesim features file"):
+        export_features(_config(ckpt, manifest, manifest, overwrite=True))  # --out = the input
+    assert manifest.read_bytes() == before
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as h5:
+        h5["x"] = [1]
+    with pytest.raises(ExportError, match="not a phonesim features file"):
+        export_features(_config(ckpt, manifest, other, overwrite=True))
 
 
 def test_missing_checkpoint(demo, tmp_path):
@@ -152,8 +167,8 @@ def test_only_unreadable_images(demo, ckpt, tmp_path):
 @pytest.mark.parametrize(
     ("out", "message"),
     [
-        ("missing-dir/f.h5", "output folder does not exist"),
-        ("a-file/f.h5", "is not a folder"),
+        ("missing-dir/f.h5", "folder does not exist"),
+        ("a-file/f.h5", "is a file, not a folder"),
         ("a-dir", "is a folder"),
         ("/proc/features.h5", "not writable"),
     ],
