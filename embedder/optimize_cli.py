@@ -82,7 +82,7 @@ def _optimize(args: argparse.Namespace) -> int:
     from embedder.engine import default_threads
     from embedder.errors import DataError
     from embedder.onnx_export import read_graph_record
-    from embedder.quantize import compare_int8, quantize_int8
+    from embedder.quantize import compare_int8, quantize_int8, read_val_images
     from embedder.runtime import check_against_torch, open_fp32, save_check
 
     if args.quantize and not args.calibration:
@@ -92,6 +92,8 @@ def _optimize(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     threads = args.threads or default_threads()
     model, config = load_checkpoint(ckpt)
+    if args.val:
+        read_val_images(ckpt, args.val)  # now: a bad --val must not leave a half-done int8 graph
     engine = open_fp32(ckpt, "cpu", threads, model)
     check = check_against_torch(engine, model, config.data_config["input_size"])
     save_check(engine, check)  # runtime auto then trusts this graph without loading torch

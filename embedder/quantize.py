@@ -22,7 +22,7 @@ import numpy as np
 
 from common.fsutil import atomic_write
 from embedder.checkpoint import checkpoint_hash, file_sha256, read_config
-from embedder.data import Sample, load_catalog
+from embedder.data import Catalog, Sample, load_catalog
 from embedder.engine import DEFAULT_OUTPUTS, Engine, default_threads
 from embedder.engine_options import (
     CALIBRATION_METHODS,
@@ -258,6 +258,16 @@ def _scores(y_true: np.ndarray, probs: np.ndarray, emb: np.ndarray) -> dict:
     }
 
 
+def read_val_images(ckpt: str | Path, val: str | Path) -> Catalog:
+    """The labelled images of ``val``, whose classes the checkpoint must know."""
+    config = read_config(ckpt)
+    catalog = load_catalog(val, require_labels=True, min_classes=1)
+    unknown = sorted(set(catalog.label_names) - set(config.label_names))
+    if unknown:
+        raise DataError(f"{val}: classes the checkpoint does not know: {', '.join(unknown)}")
+    return catalog
+
+
 def compare_int8(
     ckpt: str | Path, val: str | Path, threads: int | None = None, batch_size: int = 32
 ) -> dict[str, Any]:
@@ -273,10 +283,7 @@ def compare_int8(
         kind: load_engine(ckpt, runtime, device="cpu", threads=threads)
         for kind, runtime in (("fp32", "onnx"), ("int8", "onnx-int8"))
     }
-    catalog = load_catalog(val, require_labels=True, min_classes=1)
-    unknown = sorted(set(catalog.label_names) - set(config.label_names))
-    if unknown:
-        raise DataError(f"{val}: classes the checkpoint does not know: {', '.join(unknown)}")
+    catalog = read_val_images(ckpt, val)
     warm = np.zeros((1, *config.data_config["input_size"]), np.float32)
     for engine in engines.values():  # the first run allocates; keep it out of the timing
         engine.run(warm)

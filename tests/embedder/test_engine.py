@@ -161,6 +161,15 @@ def test_optimize_flags_that_need_quantize_are_refused(optimized, capsys):
     assert main(["optimize", "--checkpoint", str(optimized[0]), "--quantize", "int8"]) == 2
 
 
+def test_optimize_checks_val_before_quantising(tiny_checkpoint, tiny_catalog, tmp_path, capsys):
+    ckpt = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    argv = ["optimize", "--checkpoint", str(ckpt), "--quantize", "int8"]
+    argv += ["--calibration", str(tiny_catalog), "--val", str(tmp_path / "missing")]
+    assert main(argv) == 2
+    assert "missing" in capsys.readouterr().err
+    assert not (ckpt / GRAPH_FILES["int8"]).exists()  # no int8 graph from a failed run
+
+
 def test_graph_is_exported_again_after_the_weights_change(ckpt_copy, images, caplog):
     model, _ = load_checkpoint(ckpt_copy)
     state = {k: (v * 1.5 if v.is_floating_point() else v) for k, v in model.state_dict().items()}
