@@ -173,6 +173,19 @@ def index_folder(args: argparse.Namespace) -> str:
     return given[0]
 
 
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type for a whole number within [low, high]."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}-{high}, got {value}")
+        return value
+
+    parse.__name__ = f"whole number in [{low}, {high}]"
+    return parse
+
+
 def seconds_between(low: float, high: float) -> Callable[[str], float]:
     """An argparse type for a duration in seconds within [low, high]."""
 

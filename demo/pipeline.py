@@ -13,13 +13,18 @@ import os
 import sys
 from pathlib import Path
 
-from common.argtypes import host, non_negative_int, port, positive_int
+from common.argtypes import host, int_between, non_negative_int, port, positive_int
+from demo.specs import CLASS_NAMES
 
 log = logging.getLogger(__name__)
 
 # Small enough to train in about a minute on 2 CPU cores, large enough to be meaningful.
 DEMO_IMG_SIZE = 128
 DEMO_EPOCHS = 3
+
+
+CLASS_COUNT = int_between(2, len(CLASS_NAMES))
+CLASS_HELP = f"phone models, 2-{len(CLASS_NAMES)} (default 8)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "plus catalog.csv (id,image,label,title,brand,price). Same seed, same bytes.",
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--classes", type=positive_int, default=8, help="phone models (default 8)")
+    p.add_argument("--classes", type=CLASS_COUNT, default=8, help=CLASS_HELP)
     p.add_argument(
         "--per-class", type=positive_int, default=40, help="images per model (default 40)"
     )
@@ -45,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "to --workdir and are reused on the next run (delete it to start over).",
     )
     p.add_argument("--workdir", default="runs/demo", help="where outputs go (default ./runs/demo)")
-    p.add_argument("--classes", type=positive_int, default=8, help="phone models (default 8)")
+    p.add_argument("--classes", type=CLASS_COUNT, default=8, help=CLASS_HELP)
     p.add_argument(
         "--per-class", type=positive_int, default=40, help="images per model (default 40)"
     )

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     val.add_argument("--val", help="validation images (class folders or CSV)")
     val.add_argument(
         "--val-fraction",
-        type=unit_interval,
+        type=fraction,
         help=f"hold out this share of each class without --val (default {d.val_fraction})",
     )
     p.add_argument("--out", required=True, help="checkpoint folder to write")

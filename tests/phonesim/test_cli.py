@@ -69,7 +69,7 @@ def test_train_bad_input_is_one_line_error(tmp_path, capsys, argv_tail, message)
 @pytest.mark.parametrize(
     "flag,value,message",
     [
-        ("--val-fraction", "1.5", "must be in (0, 1]"),
+        ("--val-fraction", "1", "must be in [0, 1)"),  # 1 would leave nothing to train on
         ("--lr", "-1", "must be a positive number"),
         ("--head-lr", "nan", "must be a positive number"),
         ("--label-smoothing", "2", "must be in [0, 1)"),
@@ -153,9 +153,19 @@ def test_missing_checkpoint_is_one_line_error(tiny_catalog, tmp_path, capsys):
     assert code == 2 and "checkpoint folder not found" in err
 
 
+def _refused(argv, capsys) -> str:
+    """argparse's answer to a bad flag: exit 2 and the message on stderr."""
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
 def test_make_demo_catalog_bad_args(tmp_path, capsys):
-    code, _, err = run(["make-demo-catalog", "--out", tmp_path / "d", "--classes", "1"], capsys)
-    assert code == 2 and "error" in err
+    for command in (["make-demo-catalog", "--out"], ["demo", "--no-serve", "--workdir"]):
+        err = _refused([*command, tmp_path / "d", "--classes", "1"], capsys)
+        assert "--classes: must be 2-96, got 1" in err
+        assert not (tmp_path / "d").exists()  # refused before anything is written
 
 
 def test_console_script_exit_code_without_traceback(tmp_path):
