@@ -38,9 +38,18 @@ def tunable_param(index: faiss.Index) -> str | None:
     return None
 
 
+# FAISS keeps these in C ints: a larger value overflowed with a traceback. Far beyond any list
+# or graph size, so nothing useful is refused.
+MAX_SEARCH_PARAM = 2**31 - 1
+
+
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise InvalidParamsError(f"search parameter {name!r} must be a positive integer: {value!r}")
+    if value > MAX_SEARCH_PARAM:
+        raise InvalidParamsError(
+            f"search parameter {name!r} must be at most {MAX_SEARCH_PARAM}: {value!r}"
+        )
     return int(value)
 
 

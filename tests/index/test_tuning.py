@@ -39,3 +39,12 @@ def test_search_params_are_checked_per_kind(flat_dir, small):
             ix.search(xq[0], 5, params={"speed": 4})[0]
         with pytest.raises(ValueError, match="k must be"):
             ix.search(xq[0], 0)[0]
+
+
+def test_huge_search_params_are_refused_not_overflowed(tmp_path, small):
+    xb, xq, ids, _ = small
+    build_index(tmp_path / "ix", ids, xb, model_name=MODEL, checkpoint_hash=HASH, kind="ivf")
+    with open_index(tmp_path / "ix", readonly=True) as ix:
+        with pytest.raises(InvalidParamsError, match="at most"):
+            ix.search(xq[0], 5, params={"nprobe": 10**20})
+        assert len(ix.search(xq[0], 10**20)[0]) == len(ix)  # k beyond the catalog: all of it
