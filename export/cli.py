@@ -10,6 +10,7 @@ from common.argtypes import (
     add_data_option,
     add_store_option,
     data_source,
+    int_between,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -18,6 +19,9 @@ from common.argtypes import (
 from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.engine_options import add_engine_options
 from export.config import DTYPES
+
+# A recommender reads tens of neighbours; the N x K datasets of far more only fill the disk.
+MAX_NEIGHBORS = 10_000
 
 DESCRIPTION = """\
 Write recommendation features for every catalog image to one HDF5 file: ids, L2-normalised
@@ -60,10 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_store_option(p, "search neighbours in the catalog of this PostgreSQL store (like --index)")
     p.add_argument(
         "--neighbors",
-        type=non_negative_int,
+        type=int_between(0, MAX_NEIGHBORS),
         default=10,
         metavar="K",
-        help="nearest other items per row (default 10; 0 skips the neighbour pass)",
+        help=f"nearest other items per row, at most {MAX_NEIGHBORS} "
+        "(default 10; 0 skips the neighbour pass)",
     )
     p.add_argument(
         "--class-rerank",
@@ -179,8 +184,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Embed every image with a checkpoint and write ids, L2-normalised "
         "embeddings, class probabilities and labels to HDF5: 'phonesim export' without the "
         "neighbour pass, same schema (docs/export.md). Unreadable images are listed in the "
-        "file's 'failed' dataset and skipped. An existing --out file is replaced; after Ctrl-C "
-        "or a crash, the same command resumes from OUT.partial/.",
+        "file's 'failed' dataset and skipped. An earlier export at --out is replaced (any "
+        "other file is refused); after Ctrl-C or a crash, the same command resumes from "
+        "OUT.partial/.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (from phonesim train)")
     add_data_option(p, "images: class folders, a flat image folder, or a CSV manifest")

@@ -123,3 +123,7 @@ def test_cli_help_lists_the_options():
         export_cli.build_parser().parse_args([*base, "--class-rerank", "-1"])
     with pytest.raises(SystemExit):
         export_cli.build_parser().parse_args(["--checkpoint", "c", "--out", "o"])
+    with pytest.raises(SystemExit):  # refused before any embedding, not an OverflowError after
+        export_cli.build_parser().parse_args([*base, "--neighbors", str(10**20)])
+    top = export_cli.build_parser().parse_args([*base, "--neighbors", "10000"])
+    assert export_cli.config_from_args(top).neighbors == 10_000

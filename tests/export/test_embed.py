@@ -30,7 +30,8 @@ def test_embed_writes_hdf5_and_lists_failures(tiny_checkpoint, tiny_catalog, tmp
     broken = sorted(data.glob("*/*.jpg"))[0]
     broken.write_bytes(b"not a jpeg")
     out = tmp_path / "e.h5"
-    out.write_bytes(b"an older file is replaced")
+    with h5py.File(out, "w") as h5:  # an older export is replaced
+        h5.attrs["format"] = "phonesim-features"
     assert _embed(tiny_checkpoint, data / "catalog.csv", out) == 0
     assert "embedded 17 images (1 failed) into" in capsys.readouterr().out
     with h5py.File(out) as h5:
