@@ -10,6 +10,7 @@ from pathlib import Path
 
 from common.argtypes import (
     add_store_option,
+    host,
     non_negative_float,
     port,
     positive_float,
@@ -38,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="index folder (built from this checkpoint); optional with a PostgreSQL --store",
     )
     add_store_option(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--host", type=host, default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
     p.add_argument("--port", type=port, default=8000, help="port (default 8000)")
     p.add_argument(
         "--workers",
@@ -223,6 +226,9 @@ def api_key_from(args: argparse.Namespace) -> str | None:
         if not key:
             raise UserError(f"--api-key-file {args.api_key_file} is empty")
         return key
+    if args.api_key is not None and not args.api_key.strip():
+        # An empty key would quietly turn the write endpoints off: say so instead.
+        raise UserError("--api-key is empty; give a key, or leave the flag out to turn writes off")
     return args.api_key or os.environ.get(API_KEY_ENV) or None
 
 

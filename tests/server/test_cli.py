@@ -51,6 +51,15 @@ def test_the_api_key_comes_from_the_flag_or_the_environment(monkeypatch):
     assert cli.settings_from_args(parse())[0].writes_enabled is False
     with pytest.raises(SystemExit):  # a usage error while parsing
         parse("--max-wait-ms", "-1")
+    with pytest.raises(UserError, match="--api-key is empty"):  # not writes quietly off
+        cli.settings_from_args(parse("--api-key", " "))
+
+
+def test_the_listen_address_is_checked_while_parsing():
+    assert parse("--host", "::1").host == "::1"
+    for bad in ("not a host", "", "a..b"):
+        with pytest.raises(SystemExit):
+            parse("--host", bad)
 
 
 def test_the_api_key_file_and_the_hardening_flags(monkeypatch, tmp_path):
