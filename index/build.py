@@ -284,10 +284,10 @@ def build_index(
     t_start = time.perf_counter()
     out = Path(out)
     check_index_target(out, overwrite=overwrite)
-    if store is not None and not overwrite:
+    if store is not None:
         from index.pg_admin import refuse_existing
 
-        refuse_existing(store)  # fail now, not after the build
+        refuse_existing(store, overwrite=overwrite)  # fail now, not after the build
     if not isinstance(model_name, str) or not model_name:
         raise BuildInputError("model_name must be a non-empty string")
     ids = prepare_ids(ids)

@@ -26,11 +26,12 @@ def has_catalog(src: PgSource) -> bool:
         return c.execute("SELECT 1 FROM state WHERE key='manifest'").fetchone() is not None
 
 
-def refuse_existing(url: str) -> None:
-    """:class:`BuildInputError` if the database at ``url`` already holds a catalog."""
+def refuse_existing(url: str, *, overwrite: bool = False) -> None:
+    """:class:`StoreUnavailableError` if the database at ``url`` cannot be reached, and unless
+    ``overwrite``, :class:`BuildInputError` if it already holds a catalog."""
     src = PgSource(url)
     try:
-        if has_catalog(src):
+        if has_catalog(src) and not overwrite:
             raise BuildInputError(
                 f"{src.where}: already holds a catalog; use --overwrite to replace it"
             )

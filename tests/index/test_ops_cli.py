@@ -123,6 +123,20 @@ def test_restore_never_replaces_what_is_not_an_index(tmp_path):
         cli(["snapshot", "--index", str(tmp_path / "a"), "--out", str(tmp_path / "a-file")])
 
 
+def test_build_into_an_unreachable_store_fails_before_building(tmp_path):
+    pytest.importorskip("psycopg")
+    from index.errors import StoreUnavailableError
+    from tests.pg import _free_port
+
+    write_embeddings(tmp_path / "emb.h5")
+    url = f"postgresql://nobody@127.0.0.1:{_free_port()}/shop"  # nothing listens there
+    argv = ["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "ix")]
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(StoreUnavailableError, match="unavailable"):
+            cli([*argv, "--store", url, *extra])
+        assert not (tmp_path / "ix").exists()
+
+
 def test_operations_need_a_target(capsys):
     with pytest.raises(SystemExit):
         cli(["compact"])
