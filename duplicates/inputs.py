@@ -32,7 +32,7 @@ def list_images(root: str | Path) -> list[Sample]:
     if not root.exists():
         raise DataError(f"{root}: no such folder")
     if not root.is_dir():
-        raise DataError(f"{root}: not a folder (use --manifest for a CSV file)")
+        raise DataError(f"{root}: is a file; give a folder of images")
     paths = [
         p
         for p in sorted(root.rglob("*"))
@@ -57,6 +57,8 @@ def load_inputs(data: str | Path, kind: str | None = None):
     ``--manifest``), else None: a folder is listed, anything else read as a CSV manifest.
     """
     path = Path(data)
+    if kind == "images" and path.is_file():
+        raise DataError(f"{data}: not a folder (use --manifest for a CSV file)")
     if kind == "images" or (kind is None and path.is_dir()):
         return list_images(path)
     if path.is_dir():

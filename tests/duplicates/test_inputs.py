@@ -18,6 +18,16 @@ def test_missing_and_empty_inputs(tmp_path) -> None:
         list_images(tmp_path / "empty")
 
 
+def test_a_file_where_a_folder_is_expected_names_the_right_flag(tmp_path) -> None:
+    from duplicates.inputs import list_images, load_inputs
+
+    (tmp_path / "listings.csv").write_text("id,image\n")
+    with pytest.raises(DataError, match="is a file; give a folder of images"):
+        list_images(tmp_path / "listings.csv")  # calibrate's --data has no --manifest
+    with pytest.raises(DataError, match="use --manifest for a CSV file"):
+        load_inputs(tmp_path / "listings.csv", "images")  # find's --images
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_reading_keeps_input_order_and_reports_unreadable_files(tmp_path, workers) -> None:
     """Batches come back in input order whatever the decoding threads; a bad file becomes a
