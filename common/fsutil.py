@@ -73,6 +73,11 @@ def folder_write_problem(folder: str | Path, *, created: bool = False) -> str | 
     return None
 
 
+def missing_file_reason(path: str | Path) -> str:
+    """Why ``path`` is not a readable file: a folder in its place, or nothing there."""
+    return "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+
+
 def output_folder_problem(path: str | Path) -> str | None:
     """Why ``path`` cannot become (or stay) an output folder that a command fills, or None."""
     if Path(path).exists() and not Path(path).is_dir():

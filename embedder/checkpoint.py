@@ -197,6 +197,8 @@ def save_checkpoint(model: nn.Module, config: CheckpointConfig, out: str | Path)
 def read_config(path: str | Path) -> CheckpointConfig:
     path = Path(path)
     config_path = path / CONFIG_FILE
+    if path.is_file():
+        raise CheckpointError(f"{path}: is a file; give the checkpoint folder that holds it")
     if not path.is_dir():
         raise CheckpointError(f"{path}: checkpoint folder not found")
     if not config_path.is_file() or not (path / WEIGHTS_FILE).is_file():

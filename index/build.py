@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from common.fsutil import folder_write_problem, fsync_dir, fsync_path, swap_folder
+from common.fsutil import (
+    folder_write_problem,
+    fsync_dir,
+    fsync_path,
+    missing_file_reason,
+    swap_folder,
+)
 from index import ann
 from index.catalog import CatalogIndex, IndexOptions
 from index.errors import BuildInputError, InvalidKindError
@@ -85,7 +91,7 @@ def read_embeddings(path: str | Path) -> Embeddings:
 
     path = Path(path)
     if not path.is_file():
-        raise BuildInputError(f"{path}: embeddings file does not exist")
+        raise BuildInputError(f"{path}: embeddings file {missing_file_reason(path)}")
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
@@ -165,7 +171,7 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise BuildInputError(f"{path}: catalog CSV does not exist")
+        raise BuildInputError(f"{path}: catalog CSV {missing_file_reason(path)}")
     rows: dict[str, dict[str, str]] = {}
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:

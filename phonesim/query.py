@@ -13,6 +13,7 @@ from typing import Any
 
 from common.argtypes import add_index_option, add_store_option, positive_int
 from common.errors import UserError
+from common.fsutil import missing_file_reason
 from embedder.engine_options import EngineOptions, add_engine_options
 from index.cli import index_folder_or_exit
 from index.errors import InvalidFilterError, InvalidParamsError
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     flt = parse_filter(args.filter)
     params = parse_params(args.param)
     if not Path(args.image).is_file():
-        raise UserError(f"{args.image}: image file does not exist")
+        raise UserError(f"{args.image}: image file {missing_file_reason(args.image)}")
     engine = EngineOptions.from_args(args)
     if args.store:
         embedder, index = _open_store(args, engine)

@@ -145,6 +145,11 @@ def test_build_input_errors(files):
     out = str(files / "idx")
     with pytest.raises(BuildInputError, match="does not exist"):
         cli(["build", "--embeddings", str(files / "nope.h5"), "--out", out])
+    (files / "a-folder").mkdir()
+    with pytest.raises(BuildInputError, match="embeddings file is a folder, not a file"):
+        read_embeddings(files / "a-folder")
+    with pytest.raises(BuildInputError, match="catalog CSV is a folder, not a file"):
+        read_catalog_csv(files / "a-folder")
     (files / "text.h5").write_text("not hdf5")
     with pytest.raises(BuildInputError, match="HDF5"):
         read_embeddings(files / "text.h5")

@@ -151,6 +151,10 @@ def test_missing_checkpoint_is_one_line_error(tiny_catalog, tmp_path, capsys):
         ["evaluate", "--checkpoint", tmp_path / "nope", "--data", tiny_catalog], capsys
     )
     assert code == 2 and "checkpoint folder not found" in err
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"x")
+    code, _, err = run(["evaluate", "--checkpoint", weights, "--data", tiny_catalog], capsys)
+    assert code == 2 and "is a file; give the checkpoint folder that holds it" in err
 
 
 def _refused(argv, capsys) -> str:

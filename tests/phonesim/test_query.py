@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import UserError
 from index.errors import IndexMismatchError, InvalidFilterError, InvalidParamsError
 from phonesim.cli import build_parser, main
 from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
@@ -67,6 +68,8 @@ def test_query_prints_neighbours_and_json(catalog_index, tiny_checkpoint, capsys
     assert len(lines) == 4 and f"label={label}" in lines[1]
     with pytest.raises(InvalidParamsError, match="k_factor"):
         cli([*base, "--param", "k_factor=1"])
+    with pytest.raises(UserError, match="image file is a folder, not a file"):
+        cli([*base[:-1], str(index)])
     assert cli([*base, "-k", "4", "--json", "--filter", f"label={label}"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["image"] == image and result["predicted"]["label"] in names
