@@ -97,13 +97,21 @@ def device(text: str) -> str:
 _STORE_URL = re.compile(r"^postgres(ql)?://[^\s]*$")
 
 
+STORE_ENV = "PHONESIM_STORE"
+
+
+class _FromEnvironment(str):
+    """A default read from the environment: its errors name the variable, not the flag."""
+
+
 def store_url(text: str) -> str:
     """A catalog store URL: ``postgresql://[user[:password]@]host[:port]/dbname[?...]``."""
     if not _STORE_URL.match(text):
+        where = f"(from ${STORE_ENV}) " if isinstance(text, _FromEnvironment) else ""
         raise argparse.ArgumentTypeError(
-            f"must be a postgresql://user@host:port/dbname URL, got {text[:40]!r}"
+            f"{where}must be a postgresql://user@host:port/dbname URL, got {text[:40]!r}"
         )
-    return text
+    return str(text)
 
 
 # argparse names the type in "invalid ... value" messages.
@@ -154,14 +162,15 @@ def add_index_option(parser: argparse.ArgumentParser, help: str) -> None:
 def add_store_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     """``--store URL``: the catalog store when it is not the index folder's own SQLite file
     (a PostgreSQL database shared by several machines); read as ``args.store``."""
+    env = os.environ.get(STORE_ENV)
     parser.add_argument(
         "--store",
         type=store_url,
         metavar="URL",
-        default=os.environ.get("PHONESIM_STORE") or None,  # keeps passwords out of `ps`
+        default=_FromEnvironment(env) if env else None,  # keeps passwords out of `ps`
         help=help
         or "catalog store: a postgresql://user@host:port/dbname URL "
-        "(default: the SQLite file in the index folder); also $PHONESIM_STORE",
+        f"(default: the SQLite file in the index folder); also ${STORE_ENV}",
     )
 
 

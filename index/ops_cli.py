@@ -129,7 +129,10 @@ def cmd_remove(args: argparse.Namespace) -> int:
             text = Path(args.ids_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"{args.ids_file}: cannot read ids ({exc})") from None
-        ids += [line.strip() for line in text.splitlines() if line.strip()]
+        listed = [line.strip() for line in text.splitlines() if line.strip()]
+        if not listed:
+            raise UserError(f"{args.ids_file}: holds no ids (one id per line); nothing removed")
+        ids += listed
     if not ids:
         args.parser.error("give ids to remove with --id ID or --ids-file FILE")
     with _open(args) as ix:

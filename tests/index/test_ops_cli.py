@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from common.errors import UserError
 from index import open_index
 from index.errors import BuildInputError, UnknownIdError
 from tests.index.test_cli import DIM, cli, write_csv, write_embeddings
@@ -135,6 +136,16 @@ def test_build_into_an_unreachable_store_fails_before_building(tmp_path):
         with pytest.raises(StoreUnavailableError, match="unavailable"):
             cli([*argv, "--store", url, *extra])
         assert not (tmp_path / "ix").exists()
+
+
+def test_remove_with_an_empty_ids_file_says_so(tmp_path):
+    write_embeddings(tmp_path / "emb.h5")
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
+    (tmp_path / "ids.txt").write_text("\n  \n")
+    with pytest.raises(UserError, match="ids.txt: holds no ids"):
+        cli(["remove", "--index", str(tmp_path / "a"), "--ids-file", str(tmp_path / "ids.txt")])
+    with open_index(tmp_path / "a", readonly=True) as ix:
+        assert len(ix) == 120
 
 
 def test_operations_need_a_target(capsys):

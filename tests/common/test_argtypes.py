@@ -1,0 +1,40 @@
+"""Flag types: what they accept, and error messages that name where a bad value came from."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from common.argtypes import add_store_option, int_between
+
+
+def _store_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="t")
+    add_store_option(p)
+    return p
+
+
+def test_store_from_the_environment_and_its_errors(monkeypatch, capsys):
+    monkeypatch.setenv("PHONESIM_STORE", "postgresql://u@db:5432/shop")
+    args = _store_parser().parse_args([])
+    assert args.store == "postgresql://u@db:5432/shop" and type(args.store) is str
+    monkeypatch.setenv("PHONESIM_STORE", "mysql://u@db/shop")
+    with pytest.raises(SystemExit):
+        _store_parser().parse_args([])
+    assert "(from $PHONESIM_STORE) must be a postgresql://" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the flag wins, and its own error names no variable
+        _store_parser().parse_args(["--store", "sqlite:///x"])
+    assert "argument --store: must be a postgresql://" in capsys.readouterr().err
+    monkeypatch.delenv("PHONESIM_STORE")
+    assert _store_parser().parse_args([]).store is None
+
+
+def test_int_between():
+    parse = int_between(2, 96)
+    assert parse("2") == 2 and parse("96") == 96
+    for bad in ("1", "97", str(10**20)):
+        with pytest.raises(argparse.ArgumentTypeError, match="must be 2-96"):
+            parse(bad)
+    with pytest.raises(ValueError):
+        parse("two")
