@@ -52,11 +52,12 @@ class Manifest:
         expect_checkpoint_hash: str | None = None,
         expect_dim: int | None = None,
         where: str = "index",
+        fix: str = "Rebuild it with 'phonesim index build' from embeddings of this checkpoint.",
     ) -> None:
         """Raise :class:`IndexMismatchError` naming every field that differs from the expectation.
 
-        ``None`` means "do not check". The message says to rebuild the index with the embedder
-        in use, which is the only fix.
+        ``None`` means "do not check". ``fix`` ends the message: by default, rebuild the index
+        with the embedder in use, the only fix when that embedder is the one to keep.
         """
         diffs = []
         if expect_model is not None and expect_model != self.model_name:
@@ -70,9 +71,7 @@ class Manifest:
             diffs.append(f"dimension {self.dim} (expected {int(expect_dim)})")
         if diffs:
             raise IndexMismatchError(
-                f"{where} was built with a different embedder: "
-                + "; ".join(diffs)
-                + ". Rebuild it with 'phonesim index build' from embeddings of this checkpoint."
+                f"{where} was built with a different embedder: " + "; ".join(diffs) + ". " + fix
             )
 
 

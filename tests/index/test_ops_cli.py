@@ -148,6 +148,20 @@ def test_remove_with_an_empty_ids_file_says_so(tmp_path):
         assert len(ix) == 120
 
 
+def test_adding_embeddings_of_another_checkpoint_says_to_embed_them_again(tmp_path):
+    from index.errors import IndexMismatchError
+
+    write_embeddings(tmp_path / "emb.h5")
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
+    more_embeddings(tmp_path / "more.h5", [f"n{i}" for i in range(1, 7)])
+    with h5py.File(tmp_path / "more.h5", "a") as h5:
+        h5.attrs["checkpoint_hash"] = "f" * 64
+    with pytest.raises(IndexMismatchError, match="Embed the new items with the checkpoint"):
+        cli(["add", "--index", str(tmp_path / "a"), "--embeddings", str(tmp_path / "more.h5")])
+    with open_index(tmp_path / "a", readonly=True) as ix:
+        assert "n1" not in ix
+
+
 def test_operations_need_a_target(capsys):
     with pytest.raises(SystemExit):
         cli(["compact"])
