@@ -87,7 +87,12 @@ def register(actions: argparse._SubParsersAction) -> None:
     )
     restore.add_argument("--from", dest="source", required=True, help="snapshot folder")
     _target(restore, "to restore into")
-    restore.add_argument("--overwrite", action="store_true", help="replace what is there")
+    restore.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the index (or PostgreSQL catalog) there; a folder that is not an index "
+        "is never replaced",
+    )
     restore.add_argument("--json", action="store_true", help="print the result as JSON")
     restore.set_defaults(func=cmd_restore, parser=restore)
 
