@@ -33,6 +33,21 @@ def _seed_list(text: str) -> tuple[int, ...]:
     return parse_seeds(text)
 
 
+def check_checkpoint_writable(checkpoint: str | Path) -> None:
+    """Refuse, before minutes of calibration, a checkpoint whose config.json cannot be
+    replaced (the threshold is written there atomically: a new file beside it, renamed)."""
+    from common.fsutil import folder_write_problem
+    from embedder.errors import CheckpointError
+
+    folder = Path(checkpoint)
+    problem = folder_write_problem(folder) if folder.is_dir() else None
+    if problem:
+        raise CheckpointError(
+            f"{folder}: {problem}, so the threshold cannot be stored; "
+            "use --dry-run to calibrate without storing it"
+        )
+
+
 def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="model checkpoint folder")
     p.add_argument(
@@ -111,6 +126,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     work = Path(args.work) if args.work else Path(args.checkpoint) / "duplicates-calibration"
     check_output_folder(work)
+    if not args.dry_run and args.seeds is None:
+        check_checkpoint_writable(args.checkpoint)  # the threshold is stored there at the end
     descriptor = CopyDescriptor.from_checkpoint(
         args.checkpoint, DescriptorConfig(blur=args.blur), EngineOptions.from_args(args)
     )

@@ -118,3 +118,25 @@ def test_calibrate_refuses_a_negative_blur(tiny_checkpoint, capsys) -> None:
         main("calibrate", ["--checkpoint", str(tiny_checkpoint), "--blur", "-1"])
     assert exit_.value.code == 2
     assert "--blur" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_a_checkpoint_it_cannot_store_into(
+    tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """A read-only checkpoint is refused before the benchmark, not after it (the OS refusal
+    is injected: this test runs as root, which writes into read-only folders)."""
+    from common import fsutil
+
+    real = fsutil.folder_write_problem
+
+    def read_only_checkpoint(folder, **kw):  # noqa: ANN001, ANN202
+        if str(folder) == str(tiny_checkpoint):
+            return "folder is not writable (Read-only file system)"
+        return real(folder, **kw)
+
+    monkeypatch.setattr(fsutil, "folder_write_problem", read_only_checkpoint)
+    argv = ["--checkpoint", str(tiny_checkpoint), "--work", str(tmp_path / "w")]
+    assert main("calibrate", argv) == 2
+    err = capsys.readouterr().err
+    assert "threshold cannot be stored; use --dry-run" in err
+    assert not (tmp_path / "w" / "benchmark").exists()
