@@ -78,14 +78,6 @@ def missing_file_reason(path: str | Path) -> str:
     return "is a folder, not a file" if Path(path).is_dir() else "does not exist"
 
 
-def output_folder_problem(path: str | Path) -> str | None:
-    """Why ``path`` cannot become (or stay) an output folder that a command fills, or None."""
-    if Path(path).exists() and not Path(path).is_dir():
-        return f"{path}: exists and is not a folder"
-    problem = folder_write_problem(path, created=True)
-    return f"{path}: cannot write there: {problem}" if problem else None
-
-
 def temporary_file(path: str | Path, folder: str | Path | None = None) -> Path:
     """A new, empty, uniquely named file to write ``path``'s next content into.
 

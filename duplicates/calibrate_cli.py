@@ -120,9 +120,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
         store_calibration,
     )
     from duplicates.calibration_report import write_calibration
-    from duplicates.cli import check_output_folder
     from duplicates.descriptor import CopyDescriptor
     from duplicates.finder import FinderConfig
+    from embedder.errors import check_output_folder
 
     work = Path(args.work) if args.work else Path(args.checkpoint) / "duplicates-calibration"
     check_output_folder(work)

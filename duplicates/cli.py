@@ -8,7 +8,6 @@ import argparse
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from common.argtypes import (
     add_data_option,
@@ -18,13 +17,13 @@ from common.argtypes import (
     positive_int,
 )
 from common.errors import run_reporting_errors
-from common.fsutil import output_folder_problem
 from duplicates.calibrate_cli import (
     CALIBRATE_DESCRIPTION,
     add_calibrate_arguments,
     run_calibrate,
 )
 from embedder.engine_options import EngineOptions, add_engine_options
+from embedder.errors import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +65,6 @@ def _unit_float(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
     return value
-
-
-def check_output_folder(path: str | Path) -> None:
-    """Refuse an output path that cannot be written now, not after minutes of work."""
-    from embedder.errors import DataError
-
-    problem = output_folder_problem(path)
-    if problem:
-        raise DataError(problem)
 
 
 def add_find_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,10 +18,9 @@ from common.argtypes import (
     probability,
     unit_interval,
 )
-from common.fsutil import output_folder_problem
 from embedder import optimize_cli
 from embedder.engine_options import EngineOptions, add_engine_options
-from embedder.errors import DataError
+from embedder.errors import check_output_folder
 from embedder.knn_options import (
     add_class_rerank_option,
     add_knn_fusion_options,
@@ -278,9 +277,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     checkpoint = Path(os.path.abspath(args.checkpoint))  # "." has no name to derive one from
     out = Path(args.out) if args.out else checkpoint.with_name(checkpoint.name + "-eval")
-    problem = output_folder_problem(out)
-    if problem:  # now, not after the evaluation
-        raise DataError(problem)
+    check_output_folder(out)  # now, not after the evaluation
     report = evaluate(
         args.checkpoint,
         args.data,

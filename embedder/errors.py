@@ -1,6 +1,9 @@
 """Errors raised by the embedder on bad user input (reported as one line by the CLI)."""
 
+from pathlib import Path
+
 from common.errors import UserError
+from common.fsutil import folder_write_problem
 
 
 class EmbedderError(UserError):
@@ -25,3 +28,13 @@ class WeightsError(EmbedderError):
 
 class EngineError(EmbedderError):
     """An inference runtime is unavailable here, or its graph is missing, stale or unusable."""
+
+
+def check_output_folder(path: str | Path) -> None:
+    """:class:`DataError` now, not after minutes of work, when ``path`` cannot become (or stay)
+    the output folder a command fills."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise DataError(f"{path}: exists and is not a folder")
+    problem = folder_write_problem(path, created=True)
+    if problem:
+        raise DataError(f"{path}: cannot write there: {problem}")

@@ -258,11 +258,11 @@ def _scores(y_true: np.ndarray, probs: np.ndarray, emb: np.ndarray) -> dict:
     }
 
 
-def read_val_images(ckpt: str | Path, val: str | Path) -> Catalog:
-    """The labelled images of ``val``, whose classes the checkpoint must know."""
-    config = read_config(ckpt)
+def read_val_images(val: str | Path, label_names: Sequence[str]) -> Catalog:
+    """The labelled images of ``val``, whose classes must be among the checkpoint's
+    ``label_names``."""
     catalog = load_catalog(val, require_labels=True, min_classes=1)
-    unknown = sorted(set(catalog.label_names) - set(config.label_names))
+    unknown = sorted(set(catalog.label_names) - set(label_names))
     if unknown:
         raise DataError(f"{val}: classes the checkpoint does not know: {', '.join(unknown)}")
     return catalog
@@ -283,7 +283,7 @@ def compare_int8(
         kind: load_engine(ckpt, runtime, device="cpu", threads=threads)
         for kind, runtime in (("fp32", "onnx"), ("int8", "onnx-int8"))
     }
-    catalog = read_val_images(ckpt, val)
+    catalog = read_val_images(val, config.label_names)
     warm = np.zeros((1, *config.data_config["input_size"]), np.float32)
     for engine in engines.values():  # the first run allocates; keep it out of the timing
         engine.run(warm)
