@@ -58,8 +58,9 @@ def knn_fusion_from_args(args: argparse.Namespace) -> KnnFusion | None:
     return KnnFusion(k=args.knn_k, temperature=args.knn_temperature, weight=args.knn_weight)
 
 
-def add_class_rerank_option(parser: argparse.ArgumentParser) -> None:
-    """``--class-rerank WEIGHT``: how much the classifier re-ranks a photo's first neighbours."""
+def add_class_rerank_option(parser: argparse.ArgumentParser, also: str = "") -> None:
+    """``--class-rerank WEIGHT``: how much the classifier re-ranks a photo's first neighbours
+    (``also``: what else the command re-ranks, said in the help)."""
     parser.add_argument(
         "--class-rerank",
         type=non_negative_float,
@@ -67,7 +68,8 @@ def add_class_rerank_option(parser: argparse.ArgumentParser) -> None:
         metavar="WEIGHT",
         help=f"re-rank a photo's {RERANK_POOL} most similar catalog items by similarity + "
         "WEIGHT x the classifier's probability of the item's label, so that the first hit "
-        f"is more often the photo's own brand; 0: similarity order (default {RERANK_WEIGHT})",
+        f"is more often the photo's own brand{also}; 0: similarity order "
+        f"(default {RERANK_WEIGHT})",
     )
 
 

@@ -163,8 +163,8 @@ class Client:
     ) -> dict[str, Any]:
         """Neighbours of an image (path or bytes), a vector or a catalog item (itself
         excluded): the server's answer (``neighbors``, and ``prediction`` for an image).
-        ``ranking``: "similarity" for cosine order; "class" (the server's default for an
-        image, where it re-ranks) reorders an image's most similar few by its class."""
+        ``ranking``: "similarity" for cosine order; "class" (the server's default, where it
+        re-ranks) reorders the most similar few by an image's class or an item's label."""
         opts = _options(k, filter, score_threshold, offset, ranking)
         query = _query(image, vector, item_id)
         if "id" in query:

@@ -101,7 +101,7 @@ def search() -> Response:
         if "image" in fields:
             raise ApiError(400, "invalid_request", "give either 'image' or 'vector', not both")
         reject_unknown_fields(fields, OPTION_FIELDS)
-        opts = request_options(svc, fields, request.args).applied(photo=False, svc=svc)
+        opts = request_options(svc, fields, request.args).applied(classes=False, svc=svc)
         hits, search_ms = search_with(svc, vector, opts)
         return jsonify(
             prediction=None,
@@ -112,7 +112,7 @@ def search() -> Response:
     with svc.arrival() as arrival:  # from the start: the body may still be arriving
         data, fields = read_image(request, svc.config.max_upload_bytes)
         reject_unknown_fields(fields, OPTION_FIELDS)
-        opts = request_options(svc, fields, request.args).applied(photo=True, svc=svc)
+        opts = request_options(svc, fields, request.args).applied(classes=True, svc=svc)
         embedded = svc.embed_bytes(data, arrival)
     hits, search_ms = search_with(svc, embedded.embedding, opts, None, embedded.probabilities)
     prediction, predict_ms = timed_prediction(svc, embedded)
@@ -174,11 +174,14 @@ def get_item(item_id: str) -> Response:
 
 @bp.get("/items/<path:item_id>/similar")
 def similar(item_id: str) -> Response:
-    """Nearest neighbours of a catalog item (the item itself excluded)."""
+    """Nearest neighbours of a catalog item (the item itself excluded), the most similar few
+    re-ranked by the item's label where the server re-ranks."""
     t0 = time.perf_counter()
     svc = service()
-    opts = request_options(svc, {}, request.args).applied(photo=False, svc=svc)
-    hits, search_ms = search_with(svc, svc.item_vector(item_id), opts, exclude_ids=[item_id])
+    options = request_options(svc, {}, request.args)
+    vector, classes = svc.item_vector(item_id), svc.item_classes(item_id)
+    opts = options.applied(classes=classes is not None, svc=svc)
+    hits, search_ms = search_with(svc, vector, opts, [item_id], classes)
     return jsonify(
         id=item_id,
         neighbors=hits_json(svc, hits),

@@ -63,7 +63,8 @@ def _entries(value: Any, name: str, limit: int) -> list[Any]:
 def _query(
     svc: LookupService, entry: Any, defaults: SearchOptions
 ) -> tuple[str, Any, SearchOptions]:
-    """(kind, image bytes / unit vector / item id, options) of one entry (ApiError if bad)."""
+    """(kind, image bytes / unit vector / item id, options) of one entry (ApiError if bad);
+    an item's ranking is applied once its label is read (see ``search_batch``)."""
     if not isinstance(entry, dict):
         raise ApiError(400, "invalid_request", "an entry must be a JSON object")
     kinds = [k for k in QUERY_KINDS if k in entry]
@@ -73,7 +74,9 @@ def _query(
         )
     kind = kinds[0]
     reject_unknown_fields(entry, (kind, *OPTION_FIELDS))
-    opts = entry_options(svc, entry, defaults).applied(photo=kind == IMAGE_FIELD, svc=svc)
+    opts = entry_options(svc, entry, defaults)
+    if kind != "id":
+        opts = opts.applied(classes=kind == IMAGE_FIELD, svc=svc)
     if kind == IMAGE_FIELD:
         return kind, decode_base64_image(entry[kind], svc.config.max_upload_bytes), opts
     if kind == VECTOR_FIELD:
@@ -114,7 +117,8 @@ def search_batch() -> Response:
     embedded = embed_many(svc, datas) if datas else []
     predictions: dict[int, Any] = {}
     vectors: dict[int, Any] = {}
-    probabilities: dict[int, Any] = {}  # of the readable photos, for a "class" ranking
+    # The classes of the readable photos and of the labelled items, for a "class" ranking.
+    probabilities: dict[int, Any] = {}
     readable: list[tuple[int, Embedded]] = []
     for i, emb in zip(images, embedded, strict=True):
         if isinstance(emb, Embedded):
@@ -135,13 +139,16 @@ def search_batch() -> Response:
         if p is not None and results[i] is None:
             if p[0] == "id":
                 try:
-                    vectors[i] = svc.item_vector(p[1])
+                    vectors[i], classes = svc.item_vector(p[1]), svc.item_classes(p[1])
                 except Exception as exc:  # entry errors only; others re-raised
                     results[i] = _answer(exc)
                     continue
+                p = parsed[i] = (p[0], p[1], p[2].applied(classes is not None, svc=svc))
+                if classes is not None:
+                    probabilities[i] = classes
             else:
                 vectors.setdefault(i, p[1])
-            # The options carry the ranking: "class" groups readable photos only.
+            # The options carry the ranking: "class" groups queries with classes only.
             key = json.dumps([p[1] if p[0] == "id" else None, p[2].echo()], sort_keys=True)
             groups.setdefault(key, []).append(i)
     for members in groups.values():

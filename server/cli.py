@@ -156,7 +156,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_knn_fusion_options(
         p, "catalog items (their 'label' field; searched without the request's filters)"
     )
-    add_class_rerank_option(p)
+    add_class_rerank_option(
+        p, also="; a catalog item's neighbours (/similar) likewise, by its own label"
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
 
 

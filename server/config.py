@@ -51,8 +51,8 @@ class ServerConfig:
     ``knn_k`` nearest catalog items' ``label`` fields (see :mod:`embedder.knn_vote`;
     ``knn_weight`` the vote's share, ``knn_temperature`` its sharpness).
     ``class_rerank``: the weight by which the query's class probabilities re-rank the first
-    ``RERANK_POOL`` neighbours of an uploaded photo (see :mod:`embedder.class_rerank`; 0: by
-    similarity alone).
+    ``RERANK_POOL`` neighbours of an uploaded photo, and a catalog item's own label those of
+    the item (see :mod:`embedder.class_rerank`; 0: by similarity alone).
     """
 
     checkpoint: str | None = None
@@ -93,7 +93,8 @@ class ServerConfig:
 
     @property
     def rerank(self) -> ClassRerank | None:
-        """The class-aware re-rank of an image's neighbours, or None for similarity order."""
+        """The class-aware re-rank of a photo's or an item's neighbours, or None for
+        similarity order."""
         return class_rerank(self.class_rerank)
 
     @property

@@ -170,10 +170,12 @@ THRESHOLD_PARAM = {
 RANKING_SCHEMA = {
     "type": "string",
     "enum": list(RANKINGS),
-    "description": "`class`: an uploaded photo's most similar few are re-ranked by the "
-    "classifier's probability of each item's label, where the server does so (GET /v1/info: "
-    "ranking; its default for photos); `similarity`: cosine order. Vectors and catalog ids "
-    "are always in similarity order; the answer's `ranking` says which order it has.",
+    "description": "`class`: the most similar few are re-ranked by each item's `label`, where "
+    "the server does so (GET /v1/info: ranking; its default): an uploaded photo's by the "
+    "classifier's probability of that label, a catalog item's by whether it is the item's own "
+    "label (one of the model's classes); `similarity`: cosine order. Vectors, and items "
+    "without such a label, are always in similarity order; the answer's `ranking` says which "
+    "order it has.",
 }
 RANKING_PARAM = {
     "name": "ranking",
@@ -325,8 +327,8 @@ SCHEMAS: dict[str, Any] = {
                 "type": "array",
                 "items": ref("Neighbor"),
                 "description": "most similar first (score: cosine similarity); for an "
-                "uploaded photo the server may re-rank its most similar few by the "
-                "classifier's probability of each item's label (`ranking`: class)",
+                "uploaded photo or a labelled catalog item the server may re-rank the most "
+                "similar few by each item's label (`ranking`: class)",
             },
             "k": {"type": "integer"},
             "filter": {"type": ["object", "null"]},

@@ -33,11 +33,13 @@ class SearchOptions:
     threshold: float | None = None
     ranking: str | None = None  # asked for; None: the server's (see ``applied``)
 
-    def applied(self, photo: bool, svc: LookupService) -> SearchOptions:
-        """These options with the ranking the query gets: "class" only for an uploaded photo
-        on a server that re-ranks (``--class-rerank`` above 0) and unless "similarity" was
-        asked for; every other query is in similarity order (the answer says which)."""
-        reranks = photo and svc.config.rerank is not None and self.ranking != "similarity"
+    def applied(self, classes: bool, svc: LookupService) -> SearchOptions:
+        """These options with the ranking the query gets: "class" only for a query whose
+        classes are known (an uploaded photo's probabilities, a catalog item's label: see
+        :meth:`LookupService.item_classes`) on a server that re-ranks (``--class-rerank``
+        above 0), unless "similarity" was asked for; every other query is in similarity order
+        (the answer says which)."""
+        reranks = classes and svc.config.rerank is not None and self.ranking != "similarity"
         return replace(self, ranking="class" if reranks else "similarity")
 
     def echo(self) -> dict[str, Any]:
@@ -125,8 +127,8 @@ def search_with(
     probabilities: Any = None,
 ) -> tuple[list, float]:
     """The search ``opts`` ask for (ranking applied: :meth:`SearchOptions.applied`);
-    ``probabilities``: an uploaded photo's classes, which re-rank its first hits when the
-    ranking is "class" (see :meth:`LookupService.search`)."""
+    ``probabilities``: the query's classes (an uploaded photo's, a catalog item's), which
+    re-rank its first hits when the ranking is "class" (see :meth:`LookupService.search`)."""
     if opts.ranking != "class":
         probabilities = None
     return svc.search(

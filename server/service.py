@@ -353,6 +353,19 @@ class LookupService:
         """A catalog item's stored unit vector (UnknownIdError if absent)."""
         return self.index.get_vectors([item_id])[0]
 
+    def item_classes(self, item_id: str) -> np.ndarray | None:
+        """What a catalog item shows, as class probabilities for the class re-rank of its
+        neighbours: all on its ``label`` when that is one of the model's classes, else None
+        (similarity order). The index keeps no classifier output for its items, and the
+        catalog's own label is its word on what the item is (UnknownIdError if absent)."""
+        label = self.item(item_id).get("label")
+        names = self.embedder.label_names
+        if not isinstance(label, str) or label not in names:
+            return None
+        classes = np.zeros(len(names), dtype=np.float32)
+        classes[names.index(label)] = 1.0
+        return classes
+
     def item(self, item_id: str) -> dict[str, Any]:
         return self.index.get(item_id).metadata
 

@@ -195,7 +195,6 @@ async function search(file) {
   const form = new FormData();
   form.append("image", file);
   try {
-    // The order applies to a photo's search only: an item's neighbours are by similarity.
     const query = `${queryString()}&ranking=${encodeURIComponent($("ranking").value)}`;
     const result = await api(`/v1/search?${query}`, { method: "POST", body: form });
     showPrediction(result.prediction);
@@ -214,9 +213,10 @@ async function showSimilar(item) {
   setMore(null);
   setStatus(`Loading phones similar to ${name}…`);
   try {
-    const url = `/v1/items/${encodeURIComponent(item.id)}/similar?${queryString()}`;
-    const result = await api(url);
-    showResults(result.neighbors, `Similar to ${name}`);
+    const query = `${queryString()}&ranking=${encodeURIComponent($("ranking").value)}`;
+    const result = await api(`/v1/items/${encodeURIComponent(item.id)}/similar?${query}`);
+    const order = result.ranking === "class" ? " (re-ranked by its label)" : "";
+    showResults(result.neighbors, `Similar to ${name}${order}`);
     showTiming(result.timing_ms);
     setStatus(`${result.neighbors.length} phones similar to the selected one.`);
     window.scrollTo({ top: 0, behavior: "smooth" });

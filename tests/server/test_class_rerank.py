@@ -1,6 +1,6 @@
-"""The class-aware re-rank of an uploaded photo's neighbours (``serve --class-rerank``): the
-most similar few are reordered by the photo's class probabilities; vector and item queries,
-the pages past the pool and the hits' scores are not touched."""
+"""The class-aware re-rank of neighbours (``serve --class-rerank``): an uploaded photo's most
+similar few are reordered by its class probabilities, a catalog item's by its label; vector
+queries, the pages past the pool and the hits' scores are not touched."""
 
 from __future__ import annotations
 
@@ -80,22 +80,10 @@ def test_pages_read_from_the_same_reranked_list(reranked, jpeg_bytes):
     assert _ids(one) == whole[:1]  # a page smaller than the pool still sees the whole pool
 
 
-def test_vector_and_item_queries_keep_similarity_order(
-    reranked, tiny_embedder, misfiled_nearest, jpeg_bytes, plain
-):
+def test_vector_queries_keep_similarity_order(reranked, jpeg_bytes, plain):
     embedding = reranked.post("/v1/embed", data=upload(jpeg_bytes)).get_json()["embedding"]
     by_vector = reranked.post("/v1/search", json={"vector": embedding, "k": K}).get_json()
-    assert _ids(by_vector) == _ids(plain)
-    nearest = _ids(plain)[0]
-    similar = reranked.get(f"/v1/items/{nearest}/similar?k=4").get_json()
-    plain_app, plain_client = _client(tiny_embedder, misfiled_nearest, weight=0.0)
-    try:
-        assert similar == {
-            **plain_client.get(f"/v1/items/{nearest}/similar?k=4").get_json(),
-            "timing_ms": similar["timing_ms"],
-        }
-    finally:
-        plain_app.extensions["phonesim"].close()
+    assert _ids(by_vector) == _ids(plain) and by_vector["ranking"] == "similarity"
 
 
 def test_a_batch_reranks_its_image_queries_only(reranked, jpeg_bytes, plain):
@@ -221,14 +209,102 @@ def test_a_bad_ranking_is_a_400(reranked, jpeg_bytes, value):
     assert entry.get_json()["results"][0]["error"]["code"] == "invalid_ranking"
 
 
-def test_an_items_neighbours_are_in_similarity_order_whatever_is_asked(reranked, plain):
-    nearest = _ids(plain)[0]
-    plain_order = reranked.get(f"/v1/items/{nearest}/similar?k=4").get_json()
-    asked = reranked.get(f"/v1/items/{nearest}/similar?k=4&ranking=class").get_json()
-    assert plain_order["ranking"] == asked["ranking"] == "similarity"
-    assert _ids(asked) == _ids(plain_order)
-    bad = reranked.get(f"/v1/items/{nearest}/similar?ranking=nearest")
+# -- a catalog item's neighbours, re-ranked by its label ----------------------------------------
+@pytest.fixture(scope="module")
+def item_case(tiny_embedder, readonly_index, catalog_rows, tmp_path_factory):
+    """(item id, its neighbours by similarity, an index where the item and all but its most
+    similar neighbour are filed under one class and that neighbour under another)."""
+    from index import CatalogIndex
+
+    item = sorted(catalog_rows)[0]
+    app = make_app(ServerConfig(class_rerank=0.0), tiny_embedder, readonly_index)
+    try:
+        order = _ids(app.test_client().get(f"/v1/items/{item}/similar?k={K}").get_json())
+    finally:
+        app.extensions["phonesim"].close()
+    own, other = tiny_embedder.label_names[:2]
+    rows = {i: {**row, "label": other if i == order[0] else own} for i, row in catalog_rows.items()}
+    out = build_test_index(tiny_embedder, rows, tmp_path_factory.mktemp("item-rerank") / "index")
+    ix = CatalogIndex.open(out, readonly=True)
+    yield item, order, ix
+    ix.close()
+
+
+@pytest.fixture
+def item_client(tiny_embedder, item_case):
+    app, client = _client(tiny_embedder, item_case[2], weight=100.0)
+    yield client
+    app.extensions["phonesim"].close()
+
+
+def test_an_items_neighbours_of_another_label_drop_to_the_end_of_the_pool(item_case, item_client):
+    item, order, _ = item_case
+    body = item_client.get(f"/v1/items/{item}/similar?k={K}").get_json()
+    assert body["ranking"] == "class"
+    assert _ids(body) == [*order[1:DEFAULT_POOL], order[0], *order[DEFAULT_POOL:]]
+    pages = []
+    for offset in range(0, K, 3):
+        page = item_client.get(f"/v1/items/{item}/similar?k=3&offset={offset}").get_json()
+        pages += _ids(page)
+    assert pages[:K] == _ids(body)
+
+
+def test_an_item_query_can_ask_for_similarity_order(item_case, item_client):
+    item, order, _ = item_case
+    body = item_client.get(f"/v1/items/{item}/similar?k={K}&ranking=similarity").get_json()
+    assert body["ranking"] == "similarity" and _ids(body) == order
+    bad = item_client.get(f"/v1/items/{item}/similar?ranking=nearest")
     assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_ranking"
+
+
+def test_a_batch_ranks_an_item_entry_as_its_own_endpoint_does(item_case, item_client):
+    item, order, _ = item_case
+    r = item_client.post(
+        "/v1/search/batch",
+        json={"queries": [{"id": item}, {"id": item, "ranking": "similarity"}], "k": K},
+    )
+    assert r.status_code == 200, r.get_json()
+    by_class, by_similarity = r.get_json()["results"]
+    single = item_client.get(f"/v1/items/{item}/similar?k={K}").get_json()
+    assert by_class["ranking"] == "class" and _ids(by_class) == _ids(single) != order
+    assert by_similarity["ranking"] == "similarity" and _ids(by_similarity) == order
+
+
+@pytest.mark.parametrize("label", [None, "not-a-class-of-the-model", ""])
+def test_an_item_without_a_known_label_keeps_similarity_order(
+    tiny_embedder, catalog_rows, item_case, tmp_path, label
+):
+    from index import CatalogIndex
+
+    item, order, _ = item_case
+    own = tiny_embedder.label_names[0]
+    rows = {
+        i: {**row, "label": own if i != order[0] else tiny_embedder.label_names[1]}
+        for i, row in catalog_rows.items()
+    }
+    rows[item] = {k: v for k, v in rows[item].items() if k != "label"}
+    if label is not None:
+        rows[item]["label"] = label
+    ix = CatalogIndex.open(build_test_index(tiny_embedder, rows, tmp_path / "index"))
+    app, client = _client(tiny_embedder, ix, weight=100.0)
+    try:
+        body = client.get(f"/v1/items/{item}/similar?k={K}&ranking=class").get_json()
+        batch = client.post("/v1/search/batch", json={"queries": [{"id": item}], "k": K})
+    finally:
+        app.extensions["phonesim"].close()
+        ix.close()
+    assert body["ranking"] == "similarity" and _ids(body) == order
+    assert batch.get_json()["results"][0]["ranking"] == "similarity"
+
+
+def test_a_server_that_does_not_rerank_keeps_an_items_similarity_order(tiny_embedder, item_case):
+    item, order, index = item_case
+    app, client = _client(tiny_embedder, index, weight=0.0)
+    try:
+        body = client.get(f"/v1/items/{item}/similar?k={K}&ranking=class").get_json()
+    finally:
+        app.extensions["phonesim"].close()
+    assert body["ranking"] == "similarity" and _ids(body) == order
 
 
 # -- flags and settings ---------------------------------------------------------------------------

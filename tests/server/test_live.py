@@ -185,6 +185,11 @@ def test_web_page_in_headless_chromium(live, query_image, tmp_path):
             )
             page.locator(".neighbor").nth(1).click()
             page.wait_for_selector("#results-title:has-text('Similar to')", timeout=20_000)
+            # A catalog phone's neighbours follow the Order menu too (re-ranked by its label).
+            page.select_option("#ranking", "class")
+            page.wait_for_selector(
+                "#results-title:has-text('re-ranked by its label')", timeout=20_000
+            )
             assert page.locator(".neighbor .score").count() >= 1
             page.click("#browse")
             page.wait_for_selector("#results-title:has-text('Catalog phones')", timeout=20_000)
@@ -238,6 +243,11 @@ def test_web_page_in_headless_chromium(live, query_image, tmp_path):
 
             page.locator(".neighbor").first.click()
             page.wait_for_selector("#results-title:has-text('Similar to')", timeout=20_000)
+            # A catalog phone's neighbours follow the Order menu too (re-ranked by its label).
+            page.select_option("#ranking", "class")
+            page.wait_for_selector(
+                "#results-title:has-text('re-ranked by its label')", timeout=20_000
+            )
 
             bad = tmp_path / "not-an-image.jpg"
             bad.write_text("not an image")
