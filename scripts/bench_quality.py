@@ -59,6 +59,9 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
   recipe_audited  the recipe trained without the photos the label audit rejects (their label
                 names another product; needs --audit; a training per fold); scored on every
                 test photo as the others are; recipe_audited_knn and recipe_audited_rerank
+  recipe_fused_rerank  recipe_rerank with the neighbours re-ranked by the fused prediction (the
+                classifier and its kNN vote, as recipe_knn predicts) instead of the classifier
+                alone; its weight from FUSED_RERANK_GRID, chosen per fold as recipe_rerank's
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -173,6 +176,7 @@ EXTRA_METHODS = (
     "recipe_audited",
     "recipe_audited_knn",
     "recipe_audited_rerank",
+    "recipe_fused_rerank",
 )
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
@@ -233,6 +237,9 @@ FUSION_GRID = [
 ]
 # recipe_rerank picks its class re-rank weight from this grid on the other folds of its repeat.
 RERANK_GRID = [ClassRerank(weight=w) for w in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)]
+# The fused prediction is surer than the classifier alone, so its grid reaches further: at 1 a
+# candidate of the predicted class all but always comes first.
+FUSED_RERANK_GRID = [*RERANK_GRID, ClassRerank(weight=0.5), ClassRerank(weight=1.0)]
 CHUNK = 64
 
 
@@ -749,13 +756,15 @@ class Bench:
             return None
         return int(np.concatenate([graded[o] for o in others], axis=1).mean(axis=1).argmax())
 
-    def run_rerank(self, base: str) -> None:
+    def run_rerank(self, base: str, fused: bool = False) -> None:
         """``<base>_knn``'s prediction with the trained ``base``'s neighbours re-ranked by its
         classifier (embedder/class_rerank.py): Recall@1 and @5 of the re-ranked lists, the
         weight chosen per fold from RERANK_GRID by the pooled Recall@1 of the other folds of
-        its repeat."""
-        method = f"{base}_rerank"
-        pool = max(r.pool for r in RERANK_GRID)
+        its repeat. ``fused``: re-ranked by the fused prediction instead (classifier and kNN
+        vote over the training folds), the weight from FUSED_RERANK_GRID."""
+        method = f"{base}_fused_rerank" if fused else f"{base}_rerank"
+        grid = FUSED_RERANK_GRID if fused else RERANK_GRID
+        pool = max(r.pool for r in grid)
         # fold -> (embeddings, probabilities, grid x test photos x pool: label matches)
         graded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for split in self.splits:
@@ -765,13 +774,12 @@ class Bench:
             with np.load(outputs) as cached:
                 emb, probs = cached["embeddings"], cached["probabilities"]
             test = split.test[self.headline[split.test]]
-            scores, idx = nearest_neighbours(emb[test], emb[split.train], pool)
+            scores, idx = nearest_neighbours(emb[test], emb[split.train], max(pool, FUSION.k))
             labels = self.y[split.train][idx]
+            belief = fuse(probs[test], scores, labels, FUSION) if fused else probs[test]
+            scores, labels = scores[:, :pool], labels[:, :pool]
             match = np.stack(
-                [
-                    reranked_labels(scores, labels, probs[test], r) == self.y[test][:, None]
-                    for r in RERANK_GRID
-                ]
+                [reranked_labels(scores, labels, belief, r) == self.y[test][:, None] for r in grid]
             )
             graded[split.name] = (emb, probs, match)
         first = {name: g[2][:, :, 0] for name, g in graded.items()}  # Recall@1 per photo
@@ -786,9 +794,9 @@ class Bench:
             # per test photo (in the order of "photos"), for the label audit's view
             figures["hits_at_1"] = match[best][:, 0].astype(int).tolist()
             figures["recall_at_5"] = float(match[best][:, :5].any(axis=1).mean())
-            figures["chosen_rerank"] = asdict(RERANK_GRID[best])
+            figures["chosen_rerank"] = asdict(grid[best])
             self.save(method, split, figures)
-            print(f"    {method} {split.name}: {RERANK_GRID[best]}", flush=True)
+            print(f"    {method} {split.name}: {grid[best]}", flush=True)
 
     def run(self, todo: list[str]) -> None:
         self.todo = todo
@@ -816,6 +824,9 @@ class Bench:
             elif method == "recipe_knn_nested":
                 print(f"{method} ...", flush=True)
                 self.run_nested()
+            elif method.endswith("_fused_rerank"):
+                print(f"{method} ...", flush=True)
+                self.run_rerank(method.removesuffix("_fused_rerank"), fused=True)
             elif method.endswith("_rerank"):
                 print(f"{method} ...", flush=True)
                 self.run_rerank(method.removesuffix("_rerank"))
@@ -859,6 +870,11 @@ class Bench:
             and m not in ("recipe_knn", "probe_knn")
             and "recipe_knn" in self.results
         }
+        # Which belief re-ranks better: the fused prediction or the classifier alone.
+        if "recipe_fused_rerank" in self.results and "recipe_rerank" in self.results:
+            out["fused_rerank_vs_rerank"] = self.paired(
+                "recipe_fused_rerank", "recipe_rerank", names, frac
+            )
         if self.audit is not None:
             out["audited"] = self.audited(methods, names, frac, self.audit)
         return out
@@ -947,6 +963,8 @@ def print_summary(summary: dict[str, Any]) -> None:
             rows[f"recipe_knn - {base}"] = summary[f"default_vs_{base}"]
     for m, e in summary.get("paired_vs_default", {}).items():
         rows[f"{m} - recipe_knn"] = e
+    if "fused_rerank_vs_rerank" in summary:
+        rows["recipe_fused_rerank - recipe_rerank"] = summary["fused_rerank_vs_rerank"]
     width = max(map(len, rows), default=0) + 2
     for m, e in rows.items():
         if "accuracy" not in e:

@@ -129,6 +129,18 @@ def test_fused_results_follow_the_fusion_setting_and_nested_choice_runs(tmp_path
         # Per-photo hits (for the label audit's Recall@1) agree with the fold's Recall@1.
         assert len(ranked["hits_at_1"]) == len(ranked["photos"])
         assert np.mean(ranked["hits_at_1"]) == ranked["recall_at_1"]
+    # The same re-rank by the fused prediction, paired with the classifier's.
+    fused = run(*base, "--only", "recipe_fused_rerank")
+    assert fused.returncode == 0, fused.stderr[-2000:]
+    assert "recipe_fused_rerank - recipe_rerank" in fused.stdout
+    figures = json.loads(fused.stdout.strip().splitlines()[-1])
+    assert figures["fused_rerank_vs_rerank"]["folds"] == 2
+    results = json.loads((work / "results.json").read_text())
+    for fold in ("r0f0", "r0f1"):
+        ranked = results["recipe_fused_rerank"][fold]
+        assert ranked["chosen_rerank"]["weight"] in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+        assert np.mean(ranked["hits_at_1"]) == ranked["recall_at_1"] <= ranked["recall_at_5"]
+        assert ranked["recall_at_5"] == results["recipe_rerank"][fold]["recall_at_5"]
     # A re-rank scored before per-photo hits were kept is scored again.
     del results["recipe_rerank"]["r0f0"]["hits_at_1"]
     (work / "results.json").write_text(json.dumps(results))
