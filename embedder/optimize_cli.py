@@ -93,9 +93,8 @@ def _optimize(args: argparse.Namespace) -> int:
     threads = args.threads or default_threads()
     model, config = load_checkpoint(ckpt)
     if args.val:
-        read_val_images(
-            args.val, config.label_names
-        )  # now: a bad --val must not leave a half-done int8 graph
+        # now: a bad --val must not leave a half-done int8 graph
+        read_val_images(args.val, config.label_names)
     engine = open_fp32(ckpt, "cpu", threads, model)
     check = check_against_torch(engine, model, config.data_config["input_size"])
     save_check(engine, check)  # runtime auto then trusts this graph without loading torch
