@@ -210,6 +210,13 @@ def test_a_bad_ranking_is_a_400(reranked, jpeg_bytes, value):
 
 
 # -- a catalog item's neighbours, re-ranked by its label ----------------------------------------
+def _filed_apart(catalog_rows, label_names, odd_one: str) -> dict:
+    """The catalog with ``odd_one`` filed under the model's second class, every other item
+    under its first."""
+    own, other = label_names[:2]
+    return {i: {**row, "label": other if i == odd_one else own} for i, row in catalog_rows.items()}
+
+
 @pytest.fixture(scope="module")
 def item_case(tiny_embedder, readonly_index, catalog_rows, tmp_path_factory):
     """(item id, its neighbours by similarity, an index where the item and all but its most
@@ -222,8 +229,7 @@ def item_case(tiny_embedder, readonly_index, catalog_rows, tmp_path_factory):
         order = _ids(app.test_client().get(f"/v1/items/{item}/similar?k={K}").get_json())
     finally:
         app.extensions["phonesim"].close()
-    own, other = tiny_embedder.label_names[:2]
-    rows = {i: {**row, "label": other if i == order[0] else own} for i, row in catalog_rows.items()}
+    rows = _filed_apart(catalog_rows, tiny_embedder.label_names, order[0])
     out = build_test_index(tiny_embedder, rows, tmp_path_factory.mktemp("item-rerank") / "index")
     ix = CatalogIndex.open(out, readonly=True)
     yield item, order, ix
@@ -277,11 +283,7 @@ def test_an_item_without_a_known_label_keeps_similarity_order(
     from index import CatalogIndex
 
     item, order, _ = item_case
-    own = tiny_embedder.label_names[0]
-    rows = {
-        i: {**row, "label": own if i != order[0] else tiny_embedder.label_names[1]}
-        for i, row in catalog_rows.items()
-    }
+    rows = _filed_apart(catalog_rows, tiny_embedder.label_names, order[0])
     rows[item] = {k: v for k, v in rows[item].items() if k != "label"}
     if label is not None:
         rows[item]["label"] = label
