@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[dev,distributed,heif,backbones,metric]'
+	$(BIN)/pip install --quiet -e '.[dev,distributed,heif,backbones,metric,ocr]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,0 +1,156 @@
+"""Brand and model words read on a photo, as evidence for the classes that they name.
+
+Listing photos often carry text: a logo, a model name, a launch banner, a slogan. The classifier
+sees it as pixels; an OCR reader (:mod:`embedder.text_reader`) spells it out, and
+:class:`TextCues` turns what was read into the classes it names, so that a photo that reads
+"Galaxy S24" is not called an iPhone because the backdrop looks like one.
+
+Each class is named by its label and by the words a cue file adds (``{"samsung": ["galaxy"],
+"oneplus": ["nord", "never settle"]}``). Text is compared case-, space- and punctuation-blind;
+words of five characters or more match anywhere in the read text, or a slightly misread word
+(OCR reads stylised logos as "SAMSUNO" or "Redml"); shorter ones only a whole word ("poco", not
+"pocket").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from pathlib import Path
+
+import numpy as np
+
+from embedder.errors import DataError
+
+#: Read text with a lower recognition confidence is ignored.
+DEFAULT_MIN_CONFIDENCE = 0.5
+#: A token this similar (difflib ratio) to a long word counts as a misreading of it.
+DEFAULT_FUZZY = 0.8
+#: Words shorter than this match whole tokens only: short words hide inside other words.
+LONG_WORD = 5
+#: How much a cue counts against the prediction's probabilities (they sum to 1): at 1 a cue
+#: for one class outweighs any prediction that does not already favour that class.
+DEFAULT_WEIGHT = 1.0
+
+Texts = Sequence[tuple[str, float]]
+
+
+def normalise(text: str) -> str:
+    """Lower-case letters and digits only: "Galaxy S24" and "GALAXY-S24" read the same."""
+    return "".join(ch for ch in text.casefold() if ch.isalnum())
+
+
+def words_of(text: str) -> list[str]:
+    """The normalised words of one read line ("POCO X6 Pro" -> poco, x6, pro)."""
+    return [w for w in map(normalise, re.split(r"[\s\W_]+", text)) if w]
+
+
+@dataclass(frozen=True)
+class TextCues:
+    """Which classes a photo's read text names. ``words[i]``: class i's normalised words."""
+
+    words: tuple[tuple[str, ...], ...]
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    fuzzy: float = DEFAULT_FUZZY
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+        if not 0.0 < self.fuzzy <= 1.0:
+            raise ValueError(f"fuzzy must be in (0, 1], got {self.fuzzy}")
+
+    @classmethod
+    def from_labels(
+        cls, label_names: Sequence[str], extra: Mapping[str, Sequence[str]] | None = None
+    ) -> TextCues:
+        """Each class named by its label and by ``extra[label]``; a key that is not one of
+        ``label_names`` is a :class:`DataError` (a typo would silently never match)."""
+        extra = dict(extra or {})
+        unknown = sorted(set(extra) - set(label_names))
+        if unknown:
+            raise DataError(
+                f"text cues for classes the model does not know: {', '.join(unknown)} "
+                f"(its classes: {', '.join(label_names)})"
+            )
+        words = []
+        for name in label_names:
+            found = dict.fromkeys(w for w in map(normalise, [name, *extra.get(name, ())]) if w)
+            words.append(tuple(found))
+        return cls(tuple(words))
+
+    @classmethod
+    def load(cls, path: str | Path, label_names: Sequence[str]) -> TextCues:
+        """The labels' own words plus a JSON file's ``{label: [word, ...]}``."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise DataError(f"{path}: cannot read the text cue file: {e.strerror or e}") from e
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{path}: not a JSON text cue file: {e}") from e
+        if not isinstance(data, dict) or not all(
+            isinstance(v, list) and all(isinstance(w, str) for w in v) for v in data.values()
+        ):
+            raise DataError(f'{path}: expected {{"label": ["word", ...], ...}}')
+        return cls.from_labels(label_names, data)
+
+    def classes(self, texts: Texts) -> list[int]:
+        """Indices of the classes that ``texts`` ((text, confidence) pairs) name."""
+        tokens = [w for t, conf in texts if conf >= self.min_confidence for w in words_of(t)]
+        if not tokens:
+            return []
+        joined = "".join(tokens)  # words the reader split ("one plus") or a banner's lines
+        named = (any(self._found(w, tokens, joined) for w in words) for words in self.words)
+        return [i for i, found in enumerate(named) if found]
+
+    def _found(self, word: str, tokens: list[str], joined: str) -> bool:
+        if len(word) < LONG_WORD:
+            return word in tokens
+        if word in joined:
+            return True
+        # A misreading keeps the word's length give or take a letter or two ("SAMSUNO").
+        return any(
+            abs(len(t) - len(word)) <= 2 and SequenceMatcher(None, t, word).ratio() >= self.fuzzy
+            for t in tokens
+        )
+
+    def matrix(self, texts: Sequence[Texts]) -> np.ndarray:
+        """N x C cue distributions: 1/m for each of the m classes an image's text names, a zero
+        row where it names none (or names every class: no evidence)."""
+        out = np.zeros((len(texts), len(self.words)), dtype=np.float32)
+        for row, read in enumerate(texts):
+            found = self.classes(read)
+            if found and len(found) < len(self.words):
+                out[row, found] = 1.0 / len(found)
+        return out
+
+
+def apply_text_cues(probabilities: np.ndarray, cues: np.ndarray, weight: float) -> np.ndarray:
+    """``(p + weight x cue) / (1 + weight)`` for images with a cue, ``p`` for the rest: still a
+    distribution. From weight 1 on, a cue that names one class always decides; below 1 a
+    confident prediction can outvote it, and a cue naming two classes only chooses between
+    them."""
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"text cue weight must be >= 0, got {weight}")
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    cues = np.asarray(cues, dtype=np.float32)
+    if cues.shape != probabilities.shape:
+        raise ValueError(f"cues {cues.shape} and probabilities {probabilities.shape} differ")
+    named = cues.sum(axis=1, keepdims=True) > 0
+    mixed = (probabilities + weight * cues) / (1.0 + weight)
+    return np.where(named, mixed, probabilities).astype(np.float32)
+
+
+__all__ = [
+    "DEFAULT_FUZZY",
+    "DEFAULT_MIN_CONFIDENCE",
+    "DEFAULT_WEIGHT",
+    "TextCues",
+    "Texts",
+    "apply_text_cues",
+    "normalise",
+    "words_of",
+]

@@ -1,0 +1,131 @@
+"""Reading the text on a photo with RapidOCR (PP-OCR models on ONNX Runtime).
+
+The ``ocr`` extra (``pip install 'phonesim[ocr]'``) installs ``rapidocr``, whose wheel ships its
+detection, orientation and recognition models: nothing is downloaded at run time. The reader is
+imported only when text cues are asked for, so the service runs without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+from embedder.errors import EngineError
+from embedder.text_cues import DEFAULT_WEIGHT, TextCues, Texts
+
+#: Upright, and turned both ways: a logo printed along a phone's back reads sideways.
+DEFAULT_ROTATIONS: tuple[int, ...] = (0, 90, 270)
+ROTATIONS = (0, 90, 180, 270)
+#: The detector scales an image's shorter side up to 736 px, so a long thin banner would make
+#: a huge input (a 3000 x 200 banner: 11,000 x 736): longer ratios are padded to this one.
+MAX_ASPECT = 4.0
+INSTALL_HINT = "pip install 'phonesim[ocr]'"
+
+
+class TextReader:
+    """Text lines and their recognition confidences on an RGB image, read at each of
+    ``rotations`` (degrees counter-clockwise). ``threads``: ONNX Runtime threads per model
+    (None: its default). One reader serves many threads, one image at a time."""
+
+    def __init__(
+        self, rotations: Sequence[int] = DEFAULT_ROTATIONS, threads: int | None = None
+    ) -> None:
+        bad = [r for r in rotations if r not in ROTATIONS]
+        if bad or not rotations:
+            raise ValueError(f"rotations must be some of {ROTATIONS}, got {list(rotations)}")
+        try:
+            from rapidocr import RapidOCR
+        except ImportError as e:
+            raise EngineError(f"reading text on photos needs RapidOCR: {INSTALL_HINT}") from e
+        self.rotations = tuple(dict.fromkeys(rotations))
+        params: dict[str, object] = {"Global.log_level": "error"}
+        if threads is not None:
+            params["EngineConfig.onnxruntime.intra_op_num_threads"] = int(threads)
+            params["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
+        self._engine = RapidOCR(params=params)
+        # RapidOCR logs every image without text at warning level.
+        logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+        # The pipeline keeps per-call state between its stages: one image at a time.
+        self._lock = threading.Lock()
+
+    def read(self, image: Image.Image) -> list[tuple[str, float]]:
+        """(text, confidence) of every line read, over all rotations."""
+        return [line for lines in self.read_each(image).values() for line in lines]
+
+    def read_each(self, image: Image.Image) -> dict[int, list[tuple[str, float]]]:
+        """(text, confidence) of every line read, by rotation."""
+        image = bounded_aspect(image.convert("RGB"))
+        out: dict[int, list[tuple[str, float]]] = {}
+        with self._lock:
+            for angle in self.rotations:
+                turned = image.rotate(angle, expand=True) if angle else image
+                result = self._engine(turned)
+                out[angle] = [
+                    (str(t), float(s))
+                    for t, s in zip(result.txts or (), result.scores or (), strict=False)
+                ]
+        return out
+
+    def read_many(self, images: Sequence[Image.Image]) -> list[Texts]:
+        return [self.read(im) for im in images]
+
+
+@dataclass(frozen=True)
+class TextEvidence:
+    """What a prediction adds from the text on its photos: a reader, the classes' words and the
+    cues' weight (:func:`embedder.text_cues.apply_text_cues`)."""
+
+    reader: TextReader
+    cues: TextCues
+    weight: float = DEFAULT_WEIGHT
+
+    def describe(self) -> dict[str, object]:
+        return {"weight": self.weight, "rotations": list(self.reader.rotations)}
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """The ``--read-text`` settings: a cue file (None: the labels alone), the cues' weight and
+    the rotations read; :meth:`build` makes them a :class:`TextEvidence` for a model."""
+
+    cue_file: str | None = None
+    weight: float = DEFAULT_WEIGHT
+    rotations: tuple[int, ...] = DEFAULT_ROTATIONS
+
+    def build(self, label_names: Sequence[str], threads: int | None = None) -> TextEvidence:
+        """Raises DataError for a bad cue file and EngineError without the OCR package."""
+        cues = (
+            TextCues.load(self.cue_file, label_names)
+            if self.cue_file
+            else TextCues.from_labels(label_names)
+        )
+        return TextEvidence(TextReader(self.rotations, threads=threads), cues, self.weight)
+
+
+def bounded_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """``image`` centred on a white canvas whose sides differ by at most ``max_aspect``."""
+    w, h = image.size
+    long_side, short_side = max(w, h), min(w, h)
+    if long_side <= max_aspect * short_side:
+        return image
+    side = round(long_side / max_aspect)
+    size = (w, side) if w >= h else (side, h)
+    canvas = Image.new("RGB", size, (255, 255, 255))
+    canvas.paste(image, ((size[0] - w) // 2, (size[1] - h) // 2))
+    return canvas
+
+
+__all__ = [
+    "DEFAULT_ROTATIONS",
+    "INSTALL_HINT",
+    "MAX_ASPECT",
+    "ROTATIONS",
+    "TextEvidence",
+    "TextOptions",
+    "TextReader",
+    "bounded_aspect",
+]

@@ -1,0 +1,120 @@
+"""Which classes a photo's read text names, and how that evidence joins the prediction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from embedder.errors import DataError
+from embedder.text_cues import TextCues, apply_text_cues, normalise, words_of
+
+NAMES = ["huawei", "iphone", "samsung", "xiaomi"]
+EXTRA = {"samsung": ["Galaxy"], "xiaomi": ["Redmi", "POCO"], "huawei": ["never settle", "华为"]}
+
+
+@pytest.fixture
+def cues() -> TextCues:
+    return TextCues.from_labels(NAMES, EXTRA)
+
+
+def read(*lines: str, confidence: float = 0.9) -> list[tuple[str, float]]:
+    return [(line, confidence) for line in lines]
+
+
+def test_words_are_compared_case_space_and_punctuation_blind() -> None:
+    assert normalise("Galaxy S-24 Ultra!") == "galaxys24ultra"
+    assert words_of("POCO X6_Pro") == ["poco", "x6", "pro"]
+    assert normalise("华为 Mate") == "华为mate"
+
+
+def test_each_class_is_named_by_its_label_and_its_extra_words(cues: TextCues) -> None:
+    assert cues.words == (
+        ("huawei", "neversettle", "华为"),
+        ("iphone",),
+        ("samsung", "galaxy"),
+        ("xiaomi", "redmi", "poco"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("lines", "named"),
+    [
+        (["Galaxy S24 Ultra"], ["samsung"]),
+        (["NEW", "iPhone 15 Pro"], ["iphone"]),
+        (["SAMSUNO"], ["samsung"]),  # a stylised logo misread by one letter
+        (["Redml Note 14"], ["xiaomi"]),
+        (["POCO X6"], ["xiaomi"]),
+        (["pocket"], []),  # short words match whole words only
+        (["NEVER", "SETTLE"], ["huawei"]),  # a phrase the reader split into lines
+        (["华为"], ["huawei"]),
+        (["SAM"], []),  # too little of the word
+        (["iPhone 15 vs Galaxy S24"], ["iphone", "samsung"]),
+        (["12:30", "5G"], []),
+    ],
+)
+def test_classes_named_by_the_text(cues: TextCues, lines: list[str], named: list[str]) -> None:
+    assert [NAMES[i] for i in cues.classes(read(*lines))] == named
+
+
+def test_unsure_readings_are_ignored(cues: TextCues) -> None:
+    assert cues.classes(read("Galaxy", confidence=0.3)) == []
+    assert cues.classes([("Galaxy", 0.3), ("Redmi", 0.95)]) == [NAMES.index("xiaomi")]
+
+
+def test_matrix_splits_a_cue_between_the_classes_it_names(cues: TextCues) -> None:
+    m = cues.matrix([read("Galaxy"), read("iPhone vs Galaxy"), [], read("hello")])
+    assert m.shape == (4, len(NAMES))
+    assert m[0].tolist() == [0, 0, 1, 0]
+    assert m[1].tolist() == [0, 0.5, 0.5, 0]
+    assert not m[2:].any()
+
+
+def test_text_naming_every_class_is_no_evidence() -> None:
+    cues = TextCues.from_labels(["iphone", "samsung"])
+    assert not cues.matrix([read("iPhone", "Samsung")]).any()
+
+
+def test_unknown_classes_in_the_cue_words_are_refused() -> None:
+    with pytest.raises(DataError, match="nokia"):
+        TextCues.from_labels(NAMES, {"nokia": ["lumia"]})
+
+
+def test_cue_file_is_read_and_checked(tmp_path) -> None:
+    good = tmp_path / "cues.json"
+    good.write_text(json.dumps({"samsung": ["galaxy"]}))
+    assert TextCues.load(good, NAMES).words[2] == ("samsung", "galaxy")
+    for text, error in [
+        ("{not json", "not a JSON"),
+        ('{"samsung": "galaxy"}', "expected"),
+        ('["galaxy"]', "expected"),
+        ('{"samsung": [1]}', "expected"),
+    ]:
+        good.write_text(text)
+        with pytest.raises(DataError, match=error):
+            TextCues.load(good, NAMES)
+    with pytest.raises(DataError, match="cannot read"):
+        TextCues.load(tmp_path / "missing.json", NAMES)
+
+
+def test_a_cue_decides_at_weight_one_and_only_leans_below() -> None:
+    probs = np.array([[0.9, 0.1, 0.0], [0.9, 0.1, 0.0], [0.2, 0.5, 0.3]], dtype=np.float32)
+    cue = np.array([[0, 1, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float32)
+    decided = apply_text_cues(probs, cue, 1.0)
+    assert decided.argmax(1).tolist() == [1, 1, 1]
+    np.testing.assert_allclose(decided.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(decided[2], probs[2])  # no cue: unchanged
+    leaned = apply_text_cues(probs, cue, 0.2)
+    assert leaned.argmax(1).tolist() == [0, 0, 1]  # a sure prediction outvotes a light cue
+    assert leaned[0, 1] > probs[0, 1]
+
+
+def test_cue_arguments_are_checked() -> None:
+    probs = np.full((1, 3), 1 / 3, dtype=np.float32)
+    with pytest.raises(ValueError, match="weight"):
+        apply_text_cues(probs, np.zeros((1, 3)), -1.0)
+    with pytest.raises(ValueError, match="differ"):
+        apply_text_cues(probs, np.zeros((2, 3)), 1.0)
+    with pytest.raises(ValueError, match="fuzzy"):
+        TextCues((("a",),), fuzzy=0.0)

@@ -1,0 +1,56 @@
+"""Reading text on a photo with RapidOCR's bundled models (the ``ocr`` extra)."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from embedder.text_cues import TextCues
+from embedder.text_reader import TextReader, bounded_aspect
+
+pytest.importorskip("rapidocr", reason="phonesim[ocr] not installed")
+
+
+def banner(text: str) -> Image.Image:
+    img = Image.new("RGB", (360, 120), (250, 250, 250))
+    ImageDraw.Draw(img).text((12, 35), text, fill=(20, 20, 20), font=ImageFont.load_default(44))
+    return img
+
+
+@pytest.fixture(scope="module")
+def reader() -> TextReader:
+    return TextReader(threads=1)
+
+
+def test_reads_a_brand_upright_and_sideways(reader: TextReader) -> None:
+    cues = TextCues.from_labels(["iphone", "samsung"], {"samsung": ["galaxy"]})
+    upright = reader.read_each(banner("Galaxy S24"))
+    assert set(upright) == {0, 90, 270}
+    assert cues.classes(upright[0]) == [1]
+    # Printed along a phone's back: only a turned reading spells it.
+    sideways = reader.read(banner("Galaxy S24").rotate(90, expand=True))
+    assert cues.classes(sideways) == [1]
+    assert all(0.0 <= conf <= 1.0 for _, conf in sideways)
+
+
+def test_a_photo_without_text_reads_nothing(reader: TextReader) -> None:
+    assert reader.read(Image.new("RGB", (64, 64), (255, 255, 255))) == []
+    assert reader.read(Image.new("L", (1, 1))) == []  # any mode, any size
+
+
+def test_long_banners_are_padded_to_a_bounded_aspect() -> None:
+    padded = bounded_aspect(Image.new("RGB", (3000, 200), (0, 0, 0)))
+    assert padded.size == (3000, 750)
+    assert padded.getpixel((0, 0)) == (255, 255, 255)  # white margin
+    assert padded.getpixel((1500, 375)) == (0, 0, 0)  # the banner, centred
+    tall = bounded_aspect(Image.new("RGB", (10, 100)))
+    assert tall.size == (25, 100)
+    square = Image.new("RGB", (300, 200))
+    assert bounded_aspect(square) is square
+
+
+def test_rotations_are_checked() -> None:
+    with pytest.raises(ValueError, match="rotations"):
+        TextReader(rotations=(45,))
+    with pytest.raises(ValueError, match="rotations"):
+        TextReader(rotations=())
