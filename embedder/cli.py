@@ -24,8 +24,10 @@ from embedder.errors import check_output_folder
 from embedder.knn_options import (
     add_class_rerank_option,
     add_knn_fusion_options,
+    add_text_cue_options,
     class_rerank_from_args,
     knn_fusion_from_args,
+    text_options_from_args,
 )
 from embedder.train_config import (
     BN_STATS_MODES,
@@ -228,6 +230,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p, "--gallery images (without a gallery: the other --data images, leave-one-out)"
     )
     add_class_rerank_option(p)
+    add_text_cue_options(p, "reading costs about 0.5 s per image and rotation on 2 cores")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_evaluate)
 
@@ -287,6 +290,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         engine=EngineOptions.from_args(args),
         fusion=knn_fusion_from_args(args),
         rerank=class_rerank_from_args(args),
+        text=text_options_from_args(args),
     )
     print(json.dumps(report) if args.json else format_report(report))
     return 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from tqdm import tqdm
 
 from common.fsutil import atomic_write, atomic_write_text
 from embedder.batch import embed_samples
@@ -17,9 +19,12 @@ from embedder.class_rerank import ClassRerank, reranked_labels
 from embedder.data import load_catalog
 from embedder.engine_options import EngineOptions
 from embedder.errors import DataError
+from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.knn_vote import KnnFusion, fuse
 from embedder.metrics import label_recall_at_k, macro_f1, nearest_neighbours
+from embedder.text_cues import apply_text_cues
+from embedder.text_reader import TextEvidence, TextOptions
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,7 @@ def evaluate(
     engine: EngineOptions | None = None,
     fusion: KnnFusion | None = None,
     rerank: ClassRerank | None = None,
+    text: TextOptions | None = None,
 ) -> dict[str, Any]:
     """Evaluate and (when ``out`` is given) write report.json and confusion_matrix.png there.
 
@@ -73,6 +79,8 @@ def evaluate(
     own accuracy and macro-F1 stay under ``classifier``. None: the classifier alone.
     ``rerank``: also report Recall@1/@5 with each image's nearest gallery images re-ranked by
     its class probabilities, as the server ranks an uploaded photo's neighbours.
+    ``text``: also read the text on each evaluated image and add the classes it names to the
+    prediction (after the fusion, as the server does); the headline is then that prediction.
     """
     if out is not None:
         out = Path(out)
@@ -80,6 +88,8 @@ def evaluate(
             raise DataError(f"{out}: exists and is not a folder (--out needs a folder)")
     embedder = Embedder.from_checkpoint(checkpoint, **asdict(engine or EngineOptions()))
     names = embedder.label_names
+    # A bad cue file or a missing OCR package fails now, not after the embedding.
+    evidence = text.build(names) if text is not None else None
     catalog = load_catalog(data, require_labels=True, min_classes=1)
     unknown = sorted(set(catalog.label_names) - set(names))
     if unknown:
@@ -107,15 +117,29 @@ def evaluate(
     else:
         retrieval = label_recall_at_k(batch.embeddings, y_true)
     knn_block: dict[str, Any] | None = None
+    predicted = batch.probabilities
     y_pred = y_classifier
     if fusion is not None:
         scores, neighbours = nearest_neighbours(batch.embeddings, g_vectors, fusion.k)
-        y_pred = fuse(batch.probabilities, scores, g_classes[neighbours], fusion).argmax(1)
+        predicted = fuse(batch.probabilities, scores, g_classes[neighbours], fusion)
+        y_pred = predicted.argmax(1)
         knn_block = {
             "k": fusion.k,
             "temperature": fusion.temperature,
             "weight": fusion.weight,
             "neighbours": "gallery" if gallery is not None else "leave-one-out",
+            "accuracy": float(accuracy_score(y_true, y_pred)),
+            "macro_f1": macro_f1(y_true, y_pred),
+        }
+    text_block: dict[str, Any] | None = None
+    if evidence is not None:
+        paths = [catalog.samples[i].path for i in idx]
+        cues, seconds = read_cues(evidence, paths, embedder.decode_side, progress)
+        y_pred = apply_text_cues(predicted, cues, evidence.weight).argmax(1)
+        text_block = {
+            **evidence.describe(),
+            "images_with_cue": int((cues.sum(axis=1) > 0).sum()),
+            "seconds_per_image": round(seconds / max(1, len(paths)), 4),
             "accuracy": float(accuracy_score(y_true, y_pred)),
             "macro_f1": macro_f1(y_true, y_pred),
         }
@@ -144,7 +168,9 @@ def evaluate(
         "failed": len(failures),
         # Which prediction the headline accuracy, macro-F1, per-class scores and confusion
         # matrix are of; the classifier's own figures are always kept below.
-        "prediction": "classifier+knn" if fusion is not None else "classifier",
+        "prediction": "classifier"
+        + ("+knn" if fusion is not None else "")
+        + ("+text" if text is not None else ""),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": macro_f1(y_true, y_pred),
         "classifier": {
@@ -152,6 +178,7 @@ def evaluate(
             "macro_f1": macro_f1(y_true, y_classifier),
         },
         "knn_fusion": knn_block,
+        "text_cues": text_block,
         "recall_at_1": retrieval[1],
         "recall_at_5": retrieval[5],
         "class_rerank": rerank_block,
@@ -168,6 +195,18 @@ def evaluate(
         atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
         report["report_dir"] = str(out)
     return report
+
+
+def read_cues(
+    text: TextEvidence, paths: list[Path], decode_side: int, progress: bool
+) -> tuple[np.ndarray, float]:
+    """Each image's text cues (N x C), read as the server reads an upload (decoded at the
+    model's decode side), and the seconds the reading took."""
+    texts = []
+    t0 = time.perf_counter()
+    for path in tqdm(paths, desc="reading text", unit="img", disable=not progress):
+        texts.append(text.reader.read(load_image(path, min_side=decode_side)))
+    return text.cues.matrix(texts), time.perf_counter() - t0
 
 
 def reranked_recall(
@@ -208,6 +247,14 @@ def format_report(report: dict[str, Any]) -> str:
             f"classifier+knn (k {knn['k']}, weight {knn['weight']:g}, temperature "
             f"{knn['temperature']:g}, neighbours: {knn['neighbours']}): "
             f"accuracy {knn['accuracy']:.4f}  macro-F1 {knn['macro_f1']:.4f}"
+        )
+    read = report.get("text_cues")
+    if read:
+        lines.append(
+            f"with text cues (weight {read['weight']:g}, rotations "
+            f"{','.join(map(str, read['rotations']))}; {read['images_with_cue']} images named "
+            f"a class, {read['seconds_per_image']:.2f} s per image): "
+            f"accuracy {read['accuracy']:.4f}  macro-F1 {read['macro_f1']:.4f}"
         )
     ranked = report.get("class_rerank")
     if ranked:

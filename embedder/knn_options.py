@@ -1,12 +1,14 @@
 """The flags of the catalog-aware predictions and rankings shared by ``phonesim evaluate`` and
-``phonesim serve`` (kNN fusion, class re-rank): one spelling, one set of defaults (from
-:mod:`embedder.knn_vote` and :mod:`embedder.class_rerank`), one range check."""
+``phonesim serve`` (kNN fusion, class re-rank, text cues): one spelling, one set of defaults
+(from :mod:`embedder.knn_vote`, :mod:`embedder.class_rerank` and :mod:`embedder.text_cues`),
+one range check."""
 
 from __future__ import annotations
 
 import argparse
 
 from common.argtypes import non_negative_float, positive_float, positive_int, probability
+from common.errors import UserError
 from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.class_rerank import DEFAULT_WEIGHT as RERANK_WEIGHT
 from embedder.class_rerank import ClassRerank, class_rerank
@@ -17,6 +19,8 @@ from embedder.knn_vote import (
     FUSE_BY_DEFAULT,
     KnnFusion,
 )
+from embedder.text_cues import DEFAULT_WEIGHT as TEXT_WEIGHT
+from embedder.text_reader import DEFAULT_ROTATIONS, ROTATIONS, TextOptions
 
 
 def add_knn_fusion_options(parser: argparse.ArgumentParser, neighbours: str) -> None:
@@ -76,3 +80,68 @@ def add_class_rerank_option(parser: argparse.ArgumentParser, also: str = "") -> 
 def class_rerank_from_args(args: argparse.Namespace) -> ClassRerank | None:
     """The re-rank the flag asks for, or None for similarity order."""
     return class_rerank(args.class_rerank)
+
+
+def rotations(text: str) -> tuple[int, ...]:
+    """``--text-rotations``: comma-separated degrees, each one of ROTATIONS."""
+    try:
+        values = tuple(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
+    except ValueError:
+        values = ()
+    if not values or not set(values) <= set(ROTATIONS):
+        raise argparse.ArgumentTypeError(
+            f"expected some of {', '.join(map(str, ROTATIONS))} separated by commas, got {text!r}"
+        )
+    return values
+
+
+def add_text_cue_options(parser: argparse.ArgumentParser, cost: str) -> None:
+    """``--read-text``, ``--text-cues FILE``, ``--text-weight``, ``--text-rotations``; ``cost``
+    says in the help what reading costs where the command runs it."""
+    parser.add_argument(
+        "--read-text",
+        action="store_true",
+        help="read the text on each photo (RapidOCR, pip install 'phonesim[ocr]') and add the "
+        "classes it names (their labels, and the --text-cues words) to the prediction, so a "
+        f"photo whose text names a class leans to it whatever its backdrop looks like; {cost}",
+    )
+    parser.add_argument(
+        "--text-cues",
+        metavar="FILE",
+        help='JSON {"label": ["word", ...]} of words that name a class besides its label '
+        '(sub-brands, product lines, slogans: {"xiaomi": ["redmi", "poco"]}); implies --read-text',
+    )
+    parser.add_argument(
+        "--text-weight",
+        type=non_negative_float,
+        default=TEXT_WEIGHT,
+        metavar="WEIGHT",
+        help="how much the classes the text names add to the prediction's probabilities "
+        f"(they sum to 1; at 1 or more a cue naming one class decides) (default {TEXT_WEIGHT:g})",
+    )
+    parser.add_argument(
+        "--text-rotations",
+        type=rotations,
+        default=DEFAULT_ROTATIONS,
+        metavar="DEGREES",
+        help="read each photo turned by these angles, each one a full OCR pass: a logo along a "
+        "phone's back reads sideways "
+        f"(default {','.join(map(str, DEFAULT_ROTATIONS))}; 0 alone is a third of the cost)",
+    )
+
+
+def check_text_cue_options(args: argparse.Namespace) -> None:
+    """--text-cues implies --read-text; the other text flags without it are a usage error."""
+    if args.text_cues:
+        args.read_text = True
+    changed = args.text_weight != TEXT_WEIGHT or args.text_rotations != DEFAULT_ROTATIONS
+    if changed and not args.read_text:
+        raise UserError("--text-weight and --text-rotations need --read-text (or --text-cues)")
+
+
+def text_options_from_args(args: argparse.Namespace) -> TextOptions | None:
+    """The text reading the flags ask for, or None (checked by :func:`check_text_cue_options`)."""
+    check_text_cue_options(args)
+    if not args.read_text:
+        return None
+    return TextOptions(args.text_cues, args.text_weight, args.text_rotations)

@@ -1,0 +1,70 @@
+"""``phonesim evaluate --read-text``: the classes the text on each image names join the
+prediction, after the kNN fusion, as the server adds them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from common.errors import UserError
+from embedder.evaluate import evaluate, format_report
+from embedder.knn_options import text_options_from_args
+from embedder.text_reader import TextOptions
+from phonesim.cli import build_parser
+
+pytest.importorskip("rapidocr", reason="phonesim[ocr] not installed")
+
+WORDS = ("Quartz", "Zephyr", "Walrus", "Mangle", "Orchid")
+
+
+@pytest.fixture(scope="module")
+def named_banners(tiny_checkpoint, tmp_path_factory):
+    """Two banners per class of the tiny model, each reading a word only the cue file ties to
+    that class, and the cue file."""
+    names = json.loads((tiny_checkpoint / "config.json").read_text())["label_names"]
+    root = tmp_path_factory.mktemp("banners")
+    data = root / "data"
+    for name, word in zip(names, WORDS, strict=False):
+        (data / name).mkdir(parents=True)
+        for i in range(2):
+            img = Image.new("RGB", (360, 120), (250, 250, 250))
+            font = ImageFont.load_default(44)
+            ImageDraw.Draw(img).text((12 + 20 * i, 35), word, fill=(20, 20, 20), font=font)
+            img.save(data / name / f"{i}.png")
+    cues = root / "cues.json"
+    cues.write_text(json.dumps(dict(zip(names, ([w] for w in WORDS), strict=False))))
+    return data, cues
+
+
+def test_text_cues_decide_where_the_text_names_the_class(tiny_checkpoint, named_banners):
+    data, cues = named_banners
+    report = evaluate(
+        tiny_checkpoint, data, progress=False, text=TextOptions(str(cues), rotations=(0,))
+    )
+    read = report["text_cues"]
+    assert report["prediction"] == "classifier+text"
+    assert read["images_with_cue"] == report["count"]
+    assert read["rotations"] == [0] and read["weight"] == 1.0
+    assert report["accuracy"] == read["accuracy"] == 1.0
+    assert "with text cues" in format_report(report)
+    plain = evaluate(tiny_checkpoint, data, progress=False)
+    assert plain["text_cues"] is None and plain["prediction"] == "classifier"
+
+
+def test_a_bad_cue_file_fails_before_the_work(tiny_checkpoint, named_banners, tmp_path):
+    data, _ = named_banners
+    bad = tmp_path / "cues.json"
+    bad.write_text('{"not-a-class": ["word"]}')
+    with pytest.raises(Exception, match="not-a-class"):
+        evaluate(tiny_checkpoint, data, progress=False, text=TextOptions(str(bad)))
+
+
+def test_text_flags():
+    base = ["evaluate", "--checkpoint", "c", "--data", "d"]
+    assert text_options_from_args(build_parser().parse_args(base)) is None
+    on = build_parser().parse_args([*base, "--text-cues", "f.json", "--text-weight", "0.5"])
+    assert text_options_from_args(on) == TextOptions("f.json", 0.5)
+    with pytest.raises(UserError, match="need --read-text"):
+        text_options_from_args(build_parser().parse_args([*base, "--text-rotations", "0"]))
