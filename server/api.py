@@ -66,7 +66,12 @@ def timed_prediction(
     """The image's prediction and its time in ms: with kNN fusion on, that includes a search
     of the catalog for the voting neighbours, so ``timing_ms`` reports it as its own stage."""
     t0 = time.perf_counter()
-    prediction = svc.predict(embedded.probabilities, embedded.embedding, exclude_ids=exclude_ids)
+    prediction = svc.predict(
+        embedded.probabilities,
+        embedded.embedding,
+        exclude_ids=exclude_ids,
+        texts=embedded.texts,
+    )
     return prediction, _ms_since(t0)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from embedder.errors import ImageError
 from index.errors import DuplicateIdError
@@ -31,30 +32,36 @@ def _decoder() -> ThreadPoolExecutor:
         return _pool
 
 
-def embed_many(svc: LookupService, images: list[bytes]) -> list[Embedded | dict]:
+def embed_many(
+    svc: LookupService, images: list[bytes], read_text: bool = True
+) -> list[Embedded | dict]:
     """Each image's embedding, or the entry error (see :func:`server.errors.entry_error`) of an
-    image that cannot be read; the readable ones share one forward pass."""
+    image that cannot be read; the readable ones share one forward pass. ``read_text``: also
+    read the text on each (when the server reads text; a batch add predicts nothing)."""
 
-    def prepare(data: bytes) -> np.ndarray | dict:
+    def prepare(data: bytes) -> tuple[np.ndarray, Image.Image] | dict:
         try:
-            return svc.embedder.preprocess_array(svc.decode(data))
+            image = svc.decode(data)
+            return svc.embedder.preprocess_array(image), image
         except ImageError as exc:
             return entry_error(exc) or {}
 
     t0 = time.perf_counter()
     prepared = list(_decoder().map(prepare, images)) if len(images) > 1 else [prepare(images[0])]
     t1 = time.perf_counter()
-    rows = [i for i, p in enumerate(prepared) if isinstance(p, np.ndarray)]
-    # Arrays are replaced by their embeddings below; errors stay.
+    rows = [i for i, p in enumerate(prepared) if isinstance(p, tuple)]
+    # Decoded images are replaced by their embeddings below; errors stay.
     out: list[Any] = list(prepared)
     if not rows:
         return out
-    future = svc.batcher.submit_many(np.stack([out[i] for i in rows]))
+    future = svc.batcher.submit_many(np.stack([out[i][0] for i in rows]))
+    # Read while the model runs (nothing to read unless the server reads text).
+    read = [svc.read_text(out[i][1]) if read_text else (None, 0.0) for i in rows]
     results = future.result(timeout=svc.config.request_timeout_s)
     t2 = time.perf_counter()
     svc.metrics.decode_seconds.observe(t1 - t0)
-    for i, result in zip(rows, results, strict=True):
-        out[i] = svc.embedded(result, decode_s=t1 - t0, total_s=t2 - t0)
+    for i, result, (texts, read_s) in zip(rows, results, read, strict=True):
+        out[i] = svc.embedded(result, decode_s=t1 - t0, total_s=t2 - t0, texts=texts, read_s=read_s)
     return out
 
 
@@ -80,7 +87,7 @@ def add_many(svc: LookupService, entries: list[NewItem]) -> list[dict]:
                 )
             seen.add(e.id or "")
     todo = [e for e in entries if e.error is None]
-    embedded = embed_many(svc, [e.data or b"" for e in todo]) if todo else []
+    embedded = embed_many(svc, [e.data or b"" for e in todo], read_text=False) if todo else []
     ready: list[tuple[NewItem, Embedded]] = []
     for e, emb in zip(todo, embedded, strict=True):
         if isinstance(emb, Embedded):

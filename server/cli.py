@@ -19,7 +19,12 @@ from common.argtypes import (
 )
 from common.errors import UserError, run_reporting_errors
 from embedder.engine_options import add_engine_options
-from embedder.knn_options import add_class_rerank_option, add_knn_fusion_options
+from embedder.knn_options import (
+    add_class_rerank_option,
+    add_knn_fusion_options,
+    add_text_cue_options,
+    check_text_cue_options,
+)
 from server.config import (
     API_KEY_ENV,
     MAX_SYNC_INTERVAL_S,
@@ -159,6 +164,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_class_rerank_option(
         p, also="; a catalog item's neighbours (/similar) likewise, by its own label"
     )
+    add_text_cue_options(
+        p,
+        "each uploaded photo is read while the model runs, about 0.5 s per rotation on 2 "
+        "cores where a whole search otherwise takes tens of ms, so keep it for catalogs "
+        "whose photos carry text",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
 
 
@@ -178,6 +189,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
     """What the app serves and how its processes run, from the parsed flags (read once here)."""
     if not args.index and not args.store:
         raise UserError("serve needs --index (or a PostgreSQL --store)")
+    check_text_cue_options(args)
     try:
         config = ServerConfig(
             checkpoint=args.checkpoint,
@@ -201,6 +213,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
             knn_weight=args.knn_weight,
             knn_temperature=args.knn_temperature,
             class_rerank=args.class_rerank,
+            read_text=args.read_text,
+            text_cues=args.text_cues,
+            text_weight=args.text_weight,
+            text_rotations=args.text_rotations,
         ).validate()
     except ValueError as exc:
         raise UserError(str(exc)) from exc

@@ -3,6 +3,7 @@ processes run (:class:`GunicornSettings`), both parsed once from the ``serve`` f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -18,6 +19,8 @@ from embedder.knn_vote import (
     FUSE_BY_DEFAULT,
     KnnFusion,
 )
+from embedder.text_cues import DEFAULT_WEIGHT as TEXT_WEIGHT
+from embedder.text_reader import DEFAULT_ROTATIONS, ROTATIONS
 
 # Environment variable the ``serve`` command reads the API key from when --api-key is absent.
 API_KEY_ENV = "PHONESIM_API_KEY"
@@ -53,6 +56,9 @@ class ServerConfig:
     ``class_rerank``: the weight by which the query's class probabilities re-rank the first
     ``RERANK_POOL`` neighbours of an uploaded photo, and a catalog item's own label those of
     the item (see :mod:`embedder.class_rerank`; 0: by similarity alone).
+    ``read_text``: read the text on each uploaded photo (OCR at ``text_rotations``) and add the
+    classes it names to the prediction at ``text_weight`` (see :mod:`embedder.text_cues`);
+    ``text_cues``: a JSON file of words naming each class besides its label.
     """
 
     checkpoint: str | None = None
@@ -83,6 +89,10 @@ class ServerConfig:
     knn_weight: float = DEFAULT_WEIGHT
     knn_temperature: float = DEFAULT_TEMPERATURE
     class_rerank: float = RERANK_WEIGHT
+    read_text: bool = False
+    text_cues: str | None = None
+    text_weight: float = TEXT_WEIGHT
+    text_rotations: tuple[int, ...] = DEFAULT_ROTATIONS
 
     @property
     def fusion(self) -> KnnFusion | None:
@@ -139,6 +149,16 @@ class ServerConfig:
         if isinstance(self.class_rerank, bool) or not isinstance(self.class_rerank, int | float):
             raise ValueError(f"class_rerank must be a number, got {self.class_rerank!r}")
         ClassRerank(float(self.class_rerank), RERANK_POOL)
+        if isinstance(self.text_weight, bool) or not isinstance(self.text_weight, int | float):
+            raise ValueError(f"text_weight must be a number, got {self.text_weight!r}")
+        if not (math.isfinite(self.text_weight) and self.text_weight >= 0):
+            raise ValueError(f"text_weight must be 0 or more, got {self.text_weight}")
+        if not self.text_rotations or not set(self.text_rotations) <= set(ROTATIONS):
+            raise ValueError(
+                f"text_rotations must be some of {ROTATIONS}, got {self.text_rotations}"
+            )
+        if self.text_cues is not None and not self.read_text:
+            raise ValueError("text_cues needs read_text (the words are matched to read text)")
         return self
 
     @classmethod
@@ -154,6 +174,8 @@ class ServerConfig:
         for key in ("image_roots", "cors_origins"):
             if key in data:
                 data[key] = tuple(str(p) for p in data[key])
+        if "text_rotations" in data:
+            data["text_rotations"] = tuple(data["text_rotations"])
         return cls(**data).validate()
 
     def replace(self, **changes: Any) -> ServerConfig:

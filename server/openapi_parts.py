@@ -277,12 +277,19 @@ SCHEMAS: dict[str, Any] = {
             "top": {"type": "array", "items": ref("ClassScore")},
             "source": {
                 "type": "string",
-                "enum": ["classifier", "classifier+knn"],
+                "enum": ["classifier", "classifier+knn", "classifier+text", "classifier+knn+text"],
                 "description": "`classifier+knn`: the classifier's probabilities fused with a "
                 "similarity-weighted vote of the `label` fields of the image's nearest catalog "
                 "items, searched without the request's filter, offset and score threshold "
                 "(server started with --knn-fusion, and some neighbour's label is a class of "
-                "the model); `classifier`: the classifier alone",
+                "the model); `classifier`: the classifier alone; `+text`: the classes named by "
+                "the text read on the photo were added (server started with --read-text)",
+            },
+            "text_cues": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "the classes the text read on the photo names (by their labels "
+                "or the server's --text-cues words); present only when the server reads text",
             },
         },
     },

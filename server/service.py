@@ -24,6 +24,8 @@ from embedder.class_rerank import ClassRerank, rerank_order
 from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.knn_vote import KnnFusion, fuse, neighbour_arrays
+from embedder.text_cues import TextCues, Texts, apply_text_cues
+from embedder.text_reader import TextOptions, TextReader
 from index.catalog import CatalogIndex, Hit, Item
 from index.errors import DuplicateIdError
 from server.batcher import Arrival, BatchResult, MicroBatcher
@@ -49,11 +51,13 @@ MAX_READY_LAG_S = 10.0
 
 @dataclass(frozen=True)
 class Embedded:
-    """One image's embedding and class probabilities, with per-stage timings in ms."""
+    """One image's embedding and class probabilities, with per-stage timings in ms, and the
+    text read on it (None when the server does not read text)."""
 
     embedding: np.ndarray
     probabilities: np.ndarray
     timing_ms: dict[str, float]
+    texts: Texts | None = None
 
 
 def _ms(seconds: float) -> float:
@@ -90,6 +94,12 @@ class LookupService:
         metrics.track_queue_depth(lambda: self.batcher.queue_depth)
         self._thumbnails = Thumbnails(config, index.manifest)
         self._large_decodes = threading.BoundedSemaphore(LARGE_DECODES)
+        self.text_cues: TextCues | None = None
+        self.text_reader: TextReader | None = None
+        if config.read_text:  # a bad cue file or a missing OCR package fails the start
+            options = TextOptions(config.text_cues, config.text_weight, config.text_rotations)
+            evidence = options.build(embedder.label_names, threads=config.model_threads)
+            self.text_cues, self.text_reader = evidence.cues, evidence.reader
         self.follower: IndexFollower | None = None
         if config.sync_interval_s is not None and hasattr(index, "sync"):
             self.follower = IndexFollower(
@@ -173,28 +183,50 @@ class LookupService:
         """
         t0 = time.perf_counter()
         with arrival or self.batcher.arrival() as pending:
-            x = self.embedder.preprocess_array(self.decode(data))
+            image = self.decode(data)
+            x = self.embedder.preprocess_array(image)
             t1 = time.perf_counter()
             future = pending.submit(x)
+        # Read while the model runs: the OCR and the forward pass overlap.
+        texts, read_s = self.read_text(image)
         result = future.result(timeout=self.config.request_timeout_s)
         t2 = time.perf_counter()
         self.metrics.decode_seconds.observe(t1 - t0)
-        return self.embedded(result, decode_s=t1 - t0, total_s=t2 - t0)
+        return self.embedded(result, decode_s=t1 - t0, total_s=t2 - t0, texts=texts, read_s=read_s)
 
-    def embedded(self, result: BatchResult, *, decode_s: float, total_s: float) -> Embedded:
+    def read_text(self, image: Image.Image) -> tuple[Texts | None, float]:
+        """The text on ``image`` and the seconds reading took (None, 0 when not reading)."""
+        if self.text_reader is None:
+            return None, 0.0
+        t0 = time.perf_counter()
+        try:
+            texts = self.text_reader.read(image)
+        except Exception:  # the OCR failing on one photo must not fail its search
+            log.warning("reading the text on an image failed; predicting without it", exc_info=True)
+            texts = []
+        return texts, time.perf_counter() - t0
+
+    def embedded(
+        self,
+        result: BatchResult,
+        *,
+        decode_s: float,
+        total_s: float,
+        texts: Texts | None = None,
+        read_s: float = 0.0,
+    ) -> Embedded:
         """One image's batcher result with its timings; counts its time in the queue."""
         self.metrics.queue_seconds.observe(result.queue_s)
-        return Embedded(
-            result.embedding,
-            result.probabilities,
-            {
-                "decode": _ms(decode_s),
-                "queue": _ms(result.queue_s),
-                "model": _ms(result.model_s),
-                "batch_size": result.batch_size,
-                "embed_total": _ms(total_s),
-            },
-        )
+        timing = {
+            "decode": _ms(decode_s),
+            "queue": _ms(result.queue_s),
+            "model": _ms(result.model_s),
+            "batch_size": result.batch_size,
+            "embed_total": _ms(total_s),
+        }
+        if texts is not None:
+            timing["read_text"] = _ms(read_s)
+        return Embedded(result.embedding, result.probabilities, timing, texts)
 
     def arrival(self) -> Arrival:
         """Tell the batcher a request that will embed an image is on its way."""
@@ -206,17 +238,21 @@ class LookupService:
         embedding: np.ndarray | None = None,
         *,
         exclude_ids: list[str] | None = None,
+        texts: Texts | None = None,
     ) -> dict[str, Any]:
         """Top class and the ``top_classes`` most probable ones of one image (see
         :meth:`predict_many`)."""
         embeddings = None if embedding is None else embedding[None, :]
-        return self.predict_many(probabilities[None, :], embeddings, exclude_ids)[0]
+        return self.predict_many(
+            probabilities[None, :], embeddings, exclude_ids, None if texts is None else [texts]
+        )[0]
 
     def predict_many(
         self,
         probabilities: np.ndarray,
         embeddings: np.ndarray | None = None,
         exclude_ids: list[str] | None = None,
+        texts: list[Texts] | None = None,
     ) -> list[dict[str, Any]]:
         """Top class and the ``top_classes`` most probable ones of each row of
         ``probabilities``, and the ``source`` of the prediction.
@@ -224,7 +260,9 @@ class LookupService:
         With kNN fusion configured and the images' ``embeddings`` given, the probabilities are
         first fused with a vote of each image's nearest catalog items (``exclude_ids`` never
         among them); ``source`` is ``classifier+knn`` for an image whose neighbours voted and
-        ``classifier`` otherwise (no fusion, or no neighbour with a known label).
+        ``classifier`` otherwise (no fusion, or no neighbour with a known label). When the
+        server reads text and the images' ``texts`` are given, the classes each names are
+        added (``text_cues``, and ``+text`` in ``source`` where there are any).
         """
         probabilities = np.asarray(probabilities, dtype=np.float32)
         voted = np.zeros(len(probabilities), dtype=bool)
@@ -234,18 +272,27 @@ class LookupService:
                 probabilities, embeddings, fusion, exclude_ids
             )
         names = self.embedder.label_names
+        cues = None
+        if self.text_cues is not None and texts is not None:
+            cues = self.text_cues.matrix(texts)
+            probabilities = apply_text_cues(probabilities, cues, self.config.text_weight)
         out = []
-        for row, knn in zip(probabilities, voted, strict=True):
+        for i, (row, knn) in enumerate(zip(probabilities, voted, strict=True)):
             order = np.argsort(-row, kind="stable")[: self.config.top_classes]
-            top = [{"label": names[i], "score": round(float(row[i]), 6)} for i in order]
-            out.append(
-                {
-                    "label": top[0]["label"],
-                    "score": top[0]["score"],
-                    "top": top,
-                    "source": "classifier+knn" if knn else "classifier",
-                }
-            )
+            top = [{"label": names[j], "score": round(float(row[j]), 6)} for j in order]
+            source = "classifier+knn" if knn else "classifier"
+            prediction: dict[str, Any] = {
+                "label": top[0]["label"],
+                "score": top[0]["score"],
+                "top": top,
+                "source": source,
+            }
+            if cues is not None:
+                named = [names[j] for j in np.flatnonzero(cues[i])]
+                prediction["text_cues"] = named
+                if named:
+                    prediction["source"] = f"{source}+text"
+            out.append(prediction)
         return out
 
     def _fuse_with_catalog(
@@ -508,6 +555,9 @@ class LookupService:
                 "knn_k": cfg.knn_k,
                 "knn_weight": cfg.knn_weight,
                 "knn_temperature": cfg.knn_temperature,
+                "read_text": cfg.read_text,
+                "text_weight": cfg.text_weight if cfg.read_text else None,
+                "text_rotations": list(cfg.text_rotations) if cfg.read_text else None,
             },
             "ranking": {
                 "class_rerank": cfg.class_rerank,

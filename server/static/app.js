@@ -44,11 +44,17 @@ function showPrediction(prediction) {
   $("prediction").hidden = false;
   $("prediction-label").textContent = prediction.label;
   $("prediction-score").textContent = pct(prediction.score);
-  // Say what the class came from: the classifier alone, or fused with the neighbours' labels.
-  $("prediction-source").textContent =
-    prediction.source === "classifier+knn"
-      ? "classifier, fused with the labels of the nearest catalog phones"
-      : "classifier alone";
+  // Say what the class came from: the classifier, the neighbours' labels, the photo's text.
+  const fused = prediction.source.startsWith("classifier+knn");
+  let source = fused
+    ? "classifier, fused with the labels of the nearest catalog phones"
+    : "classifier";
+  if (prediction.source.endsWith("+text")) {
+    source += "; the text on the photo names " + prediction.text_cues.join(", ");
+  } else if (!fused) {
+    source += " alone";
+  }
+  $("prediction-source").textContent = source;
   const bars = $("prediction-bars");
   bars.replaceChildren();
   for (const c of prediction.top) {

@@ -241,6 +241,9 @@ def test_info_reports_the_fusion_settings(fused):
         "knn_k": DEFAULT_K,
         "knn_weight": 1.0,
         "knn_temperature": DEFAULT_TEMPERATURE,
+        "read_text": False,
+        "text_weight": None,
+        "text_rotations": None,
     }
 
 

@@ -1,0 +1,136 @@
+"""Predictions that use the text on the photo (``serve --read-text``): the classes a photo's
+text names are added to its prediction on every endpoint that predicts."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from common.errors import UserError
+from embedder.errors import DataError
+from phonesim.cli import build_parser
+from server import cli
+from server.config import ServerConfig
+from tests.server.helpers import b64, make_app, upload
+
+pytest.importorskip("rapidocr", reason="phonesim[ocr] not installed")
+
+WORD = "Zephyrphone"  # a product line no class is called, named by the cue file only
+
+
+def banner(text: str) -> bytes:
+    img = Image.new("RGB", (360, 120), (250, 250, 250))
+    ImageDraw.Draw(img).text((12, 35), text, fill=(20, 20, 20), font=ImageFont.load_default(44))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def outsider(tiny_embedder, readonly_index) -> str:
+    """The class the fused prediction finds least likely for the banner, so that only its
+    text can make it the answer."""
+    app = make_app(ServerConfig(), tiny_embedder, readonly_index)
+    try:
+        found = app.test_client().post("/v1/search", data=upload(banner(WORD)))
+        return found.get_json()["prediction"]["top"][-1]["label"]
+    finally:
+        app.extensions["phonesim"].close()
+
+
+@pytest.fixture(scope="module")
+def reading(tiny_embedder, readonly_index, outsider, tmp_path_factory):
+    cues = tmp_path_factory.mktemp("cues") / "cues.json"
+    cues.write_text(json.dumps({outsider: [WORD]}))
+    config = ServerConfig(read_text=True, text_cues=str(cues), text_rotations=(0,))
+    app = make_app(config, tiny_embedder, readonly_index)
+    yield app.test_client()
+    app.extensions["phonesim"].close()
+
+
+def test_a_named_class_wins_on_every_endpoint_that_predicts(reading, outsider) -> None:
+    searched = reading.post("/v1/search", data=upload(banner(WORD))).get_json()
+    embedded = reading.post("/v1/embed", data=upload(banner(WORD))).get_json()
+    batch = reading.post("/v1/search/batch", json={"queries": [{"image": b64(banner(WORD))}]})
+    batched = batch.get_json()["results"][0]
+    for body in (searched, embedded, batched):
+        prediction = body["prediction"]
+        assert prediction["label"] == outsider
+        assert prediction["text_cues"] == [outsider]
+        assert prediction["source"].endswith("+text")
+    assert searched["timing_ms"]["read_text"] > 0
+
+
+def test_a_photo_without_a_named_class_keeps_its_prediction(reading, jpeg_bytes) -> None:
+    prediction = reading.post("/v1/search", data=upload(jpeg_bytes)).get_json()["prediction"]
+    assert prediction["text_cues"] == []
+    assert not prediction["source"].endswith("+text")
+
+
+def test_a_server_that_does_not_read_says_nothing_about_text(client, jpeg_bytes) -> None:
+    body = client.post("/v1/search", data=upload(banner(WORD))).get_json()
+    assert "text_cues" not in body["prediction"]
+    assert "read_text" not in body["timing_ms"]
+    assert client.get("/v1/info").get_json()["prediction"]["read_text"] is False
+
+
+def test_info_shows_the_text_setting(reading) -> None:
+    shown = reading.get("/v1/info").get_json()["prediction"]
+    assert shown["read_text"] is True
+    assert shown["text_rotations"] == [0]
+    assert shown["text_weight"] == 1.0
+
+
+def test_a_bad_cue_file_stops_the_start(tiny_embedder, readonly_index, tmp_path) -> None:
+    bad = tmp_path / "cues.json"
+    bad.write_text(json.dumps({"no-such-class": ["word"]}))
+    with pytest.raises(DataError, match="no-such-class"):
+        make_app(ServerConfig(read_text=True, text_cues=str(bad)), tiny_embedder, readonly_index)
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        ({"text_cues": "cues.json"}, "needs read_text"),
+        ({"read_text": True, "text_weight": -1.0}, "text_weight"),
+        ({"read_text": True, "text_weight": True}, "text_weight"),
+        ({"read_text": True, "text_rotations": (45,)}, "text_rotations"),
+        ({"read_text": True, "text_rotations": ()}, "text_rotations"),
+    ],
+)
+def test_text_settings_are_checked(settings: dict, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        ServerConfig(**settings).validate()
+
+
+def test_serve_flags(tmp_path) -> None:
+    parser = build_parser()
+    base = ["serve", "--checkpoint", "c", "--index", "i"]
+    config, _ = cli.settings_from_args(parser.parse_args(base))
+    assert config.read_text is False
+    args = parser.parse_args([*base, "--text-cues", "cues.json", "--text-rotations", "0,90"])
+    config, _ = cli.settings_from_args(args)
+    assert (config.read_text, config.text_cues, config.text_rotations) == (
+        True,
+        "cues.json",
+        (0, 90),
+    )
+    with pytest.raises(UserError, match="need --read-text"):
+        cli.settings_from_args(parser.parse_args([*base, "--text-weight", "0.5"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--read-text", "--text-rotations", "45"])
+
+
+def test_a_reader_failure_costs_the_cue_not_the_search(reading, monkeypatch) -> None:
+    svc = reading.application.extensions["phonesim"].service
+
+    def broken(image):
+        raise RuntimeError("OCR fell over")
+
+    monkeypatch.setattr(svc.text_reader, "read", broken)
+    response = reading.post("/v1/search", data=upload(banner(WORD)))
+    assert response.status_code == 200
+    assert response.get_json()["prediction"]["text_cues"] == []
