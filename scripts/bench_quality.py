@@ -62,6 +62,11 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
   recipe_fused_rerank  recipe_rerank with the neighbours re-ranked by the fused prediction (the
                 classifier and its kNN vote, as recipe_knn predicts) instead of the classifier
                 alone; its weight from FUSED_RERANK_GRID, chosen per fold as recipe_rerank's
+  recipe_text   recipe_knn's prediction with the brand words read on each photo (RapidOCR
+                upright and turned 90 degrees both ways; the classes' names and --text-cues'
+                words; embedder/text_cues.py) added at weight 1; the photos are read once and
+                cached in --work (needs phonesim[ocr]); recipe_text_upright reads upright only;
+                recipe_text_rerank re-ranks the neighbours by the classifier with those cues
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -103,12 +108,16 @@ from embedder.crossval import (
     near_copy_groups,
 )
 from embedder.data import Catalog, Sample, load_catalog
+from embedder.errors import DataError
 from embedder.images import load_image
 from embedder.knn_vote import KnnFusion, fuse, knn_vote
 from embedder.label_audit import AuditError, LabelAudit, load_label_audit
 from embedder.label_conflicts import thumbnail_vector
 from embedder.metrics import label_recall_at_k, macro_f1, nearest_neighbours
 from embedder.preprocess import Preprocessor
+from embedder.text_cues import DEFAULT_WEIGHT as TEXT_WEIGHT
+from embedder.text_cues import TextCues, Texts, apply_text_cues
+from embedder.text_reader import DEFAULT_ROTATIONS
 from embedder.train_config import DEFAULT_MODEL, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +126,9 @@ DATA = REPO.parent / "shared" / "datasets" / "phone-brands"
 # runs/bench_quality got wrong on 5 folds x 2, and 36 drawn at random from those none got wrong
 # (README, "Label audit"); it applies to DATA only.
 AUDIT = Path(__file__).with_name("phone_brands_label_audit.csv")
+# Words that name DATA's brands besides the folder names (sub-brands, product lines, operating
+# systems, a slogan), for the text-cue methods; written from what the brands sell, not per photo.
+TEXT_CUES = Path(__file__).with_name("phone_brands_text_cues.json")
 METRICS = ("accuracy", "macro_f1", "recall_at_1", "recall_at_5")
 DEFAULT_METHODS = (
     "probe",
@@ -177,7 +189,16 @@ EXTRA_METHODS = (
     "recipe_audited_knn",
     "recipe_audited_rerank",
     "recipe_fused_rerank",
+    "recipe_text",
+    "recipe_text_upright",
+    "recipe_text_rerank",
 )
+# Text-cue methods and the rotations each reads a photo at.
+TEXT_METHODS = {
+    "recipe_text": DEFAULT_ROTATIONS,
+    "recipe_text_upright": (0,),
+    "recipe_text_rerank": DEFAULT_ROTATIONS,
+}
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
     "knn": DEFAULT_MODEL,
@@ -302,7 +323,7 @@ def score(
 
 def uses_fusion(method: str) -> bool:
     """Whether ``method``'s figures depend on FUSION (the kNN vote or its fusion)."""
-    return method == "knn" or method.endswith(("_knn", "_rerank"))
+    return method == "knn" or method.endswith(("_knn", "_rerank")) or method in TEXT_METHODS
 
 
 def soup_outputs(best, states: list, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -319,6 +340,15 @@ def soup_outputs(best, states: list, x: np.ndarray) -> tuple[np.ndarray, np.ndar
 def fused_predictions(split: Split, y: np.ndarray, probs: np.ndarray, emb: np.ndarray):
     scores, idx = nearest_neighbours(emb, emb[split.train], FUSION.k)
     return fuse(probs, scores, y[split.train][idx], FUSION).argmax(1)
+
+
+def text_predictions(
+    split: Split, y: np.ndarray, probs: np.ndarray, emb: np.ndarray, cues: np.ndarray
+) -> np.ndarray:
+    """The fused prediction with each photo's text cues (N x C) added at TEXT_WEIGHT."""
+    scores, idx = nearest_neighbours(emb, emb[split.train], FUSION.k)
+    fused = fuse(probs, scores, y[split.train][idx], FUSION)
+    return apply_text_cues(fused, cues, TEXT_WEIGHT).argmax(1)
 
 
 # -- methods -------------------------------------------------------------------------------
@@ -353,6 +383,7 @@ class Bench:
         self.results["_key"] = self.key  # type: ignore[assignment]
         self._x: dict[tuple, np.ndarray] = {}
         self.audit = self.load_audit(args.audit, explicit=args.audit is not AUDIT)
+        self.cue_file: Path | None = getattr(args, "text_cues", None)
         print(
             f"{len(self.samples)} photos, {len(self.names)} classes, {self.groups.max() + 1} "
             f"near-copy groups, {int((~self.headline).sum())} cross-brand copies scored apart; "
@@ -374,6 +405,86 @@ class Bench:
             print(f"label audit skipped: {e}", flush=True)
             return None
 
+    def text_cues(self) -> TextCues:
+        """The classes' names plus the cue file's words; a default file that names other
+        classes than the data's is left out, as a default audit is."""
+        if self.cue_file is not None:
+            try:
+                return TextCues.load(self.cue_file, self.names)
+            except DataError as e:
+                if self.cue_file is not TEXT_CUES:
+                    sys.exit(f"--text-cues: {e}")
+                print(f"text cue file skipped: {e}", flush=True)
+        return TextCues.from_labels(self.names)
+
+    def text_setting(self, method: str) -> dict[str, Any]:
+        """What a text-cue method's figures depend on besides FUSION."""
+        cues = self.text_cues()
+        return {
+            "words": [list(w) for w in cues.words],
+            "min_confidence": cues.min_confidence,
+            "fuzzy": cues.fuzzy,
+            "weight": TEXT_WEIGHT,
+            "rotations": list(TEXT_METHODS[method]),
+        }
+
+    def photo_texts(self, rotations: tuple[int, ...]) -> tuple[list[Texts], float]:
+        """What RapidOCR reads on each photo at ``rotations`` (cached per rotation in --work,
+        so each photo is read once) and the mean seconds per photo it took."""
+        from embedder.text_reader import TextReader
+
+        path = self.work / "photo-text.json"
+        cache: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        for angle in rotations:
+            key = str(angle)
+            todo = [i for i, s in enumerate(self.samples) if key not in cache.get(s.id, {})]
+            if not todo:
+                continue
+            reader = TextReader(rotations=(angle,))
+            print(f"  reading text at {angle} degrees on {len(todo)} photos ...", flush=True)
+            for n, i in enumerate(todo, 1):
+                t0 = time.perf_counter()
+                lines = reader.read_each(self.images[i])[angle]
+                entry = cache.setdefault(self.samples[i].id, {})
+                entry[key] = lines
+                entry[f"{key}_s"] = round(time.perf_counter() - t0, 4)
+                if n % 100 == 0 or n == len(todo):
+                    atomic_write_text(path, json.dumps(cache))  # a crash keeps what was read
+                    print(f"    {n}/{len(todo)}", flush=True)
+        texts = [[(t, c) for a in rotations for t, c in cache[s.id][str(a)]] for s in self.samples]
+        seconds = float(
+            np.mean([sum(cache[s.id][f"{a}_s"] for a in rotations) for s in self.samples])
+        )
+        return texts, seconds
+
+    def run_text(self, method: str) -> None:
+        """recipe_knn's prediction with each photo's text cues (embedder/text_cues.py)."""
+        setting = self.text_setting(method)
+        if all(self.done(method, split) for split in self.splits):
+            return
+        texts, seconds = self.photo_texts(TEXT_METHODS[method])
+        cues = self.text_cues().matrix(texts)
+        for split in self.splits:
+            outputs = self.work / split.name / "recipe" / "outputs.npz"
+            if self.done(method, split) or not outputs.exists():
+                continue
+            with np.load(outputs) as cached:
+                emb, probs = cached["embeddings"], cached["probabilities"]
+            pred = text_predictions(split, self.y, probs, emb, cues)
+            figures = score(split, self.y, self.headline, pred, emb)
+            test = split.test[self.headline[split.test]]
+            figures.update(
+                text_cues=setting,
+                cue_photos=int((cues[test].sum(axis=1) > 0).sum()),
+                text_s=round(seconds, 3),
+            )
+            self.save(method, split, figures)
+            print(
+                f"    {method} {split.name}: accuracy {figures['accuracy']:.3f} "
+                f"({figures['cue_photos']} of {len(test)} photos with a cue)",
+                flush=True,
+            )
+
     def save(self, method: str, split: Split, figures: dict) -> None:
         if uses_fusion(method):
             figures["fusion"] = asdict(FUSION)
@@ -387,6 +498,8 @@ class Bench:
             return False
         if method.endswith("_rerank") and "hits_at_1" not in figures:
             return False  # scored before per-photo hits were kept (the label audit needs them)
+        if method in TEXT_METHODS and figures.get("text_cues") != self.text_setting(method):
+            return False
         return not uses_fusion(method) or figures.get("fusion", LEGACY_FUSION) == asdict(FUSION)
 
     # preprocessed photos at a trained model's input (the same for every fold of one backbone)
@@ -756,14 +869,22 @@ class Bench:
             return None
         return int(np.concatenate([graded[o] for o in others], axis=1).mean(axis=1).argmax())
 
-    def run_rerank(self, base: str, fused: bool = False) -> None:
+    def run_rerank(self, base: str, fused: bool = False, text: bool = False) -> None:
         """``<base>_knn``'s prediction with the trained ``base``'s neighbours re-ranked by its
         classifier (embedder/class_rerank.py): Recall@1 and @5 of the re-ranked lists, the
         weight chosen per fold from RERANK_GRID by the pooled Recall@1 of the other folds of
         its repeat. ``fused``: re-ranked by the fused prediction instead (classifier and kNN
-        vote over the training folds), the weight from FUSED_RERANK_GRID."""
-        method = f"{base}_fused_rerank" if fused else f"{base}_rerank"
+        vote over the training folds), the weight from FUSED_RERANK_GRID. ``text``
+        (recipe_text_rerank): re-ranked by the classifier with the photo's text cues, and
+        predicted as recipe_text."""
+        method = (
+            f"{base}_text_rerank" if text else f"{base}_fused_rerank" if fused else f"{base}_rerank"
+        )
         grid = FUSED_RERANK_GRID if fused else RERANK_GRID
+        cues = None
+        if text:
+            texts, _ = self.photo_texts(TEXT_METHODS[method])
+            cues = self.text_cues().matrix(texts)
         pool = max(r.pool for r in grid)
         # fold -> (embeddings, probabilities, grid x test photos x pool: label matches)
         graded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -777,6 +898,8 @@ class Bench:
             scores, idx = nearest_neighbours(emb[test], emb[split.train], max(pool, FUSION.k))
             labels = self.y[split.train][idx]
             belief = fuse(probs[test], scores, labels, FUSION) if fused else probs[test]
+            if cues is not None:
+                belief = apply_text_cues(belief, cues[test], TEXT_WEIGHT)
             scores, labels = scores[:, :pool], labels[:, :pool]
             match = np.stack(
                 [reranked_labels(scores, labels, belief, r) == self.y[test][:, None] for r in grid]
@@ -788,13 +911,18 @@ class Bench:
             if best is None:
                 continue
             emb, probs, match = graded[split.name]
-            pred = fused_predictions(split, self.y, probs, emb)
+            if cues is None:
+                pred = fused_predictions(split, self.y, probs, emb)
+            else:
+                pred = text_predictions(split, self.y, probs, emb, cues)
             figures = score(split, self.y, self.headline, pred, emb)
             figures["recall_at_1"] = float(match[best][:, 0].mean())
             # per test photo (in the order of "photos"), for the label audit's view
             figures["hits_at_1"] = match[best][:, 0].astype(int).tolist()
             figures["recall_at_5"] = float(match[best][:, :5].any(axis=1).mean())
             figures["chosen_rerank"] = asdict(grid[best])
+            if cues is not None:
+                figures["text_cues"] = self.text_setting(method)
             self.save(method, split, figures)
             print(f"    {method} {split.name}: {grid[best]}", flush=True)
 
@@ -824,6 +952,12 @@ class Bench:
             elif method == "recipe_knn_nested":
                 print(f"{method} ...", flush=True)
                 self.run_nested()
+            elif method == "recipe_text_rerank":
+                print(f"{method} ...", flush=True)
+                self.run_rerank("recipe", text=True)
+            elif method in TEXT_METHODS:
+                print(f"{method} ...", flush=True)
+                self.run_text(method)
             elif method.endswith("_fused_rerank"):
                 print(f"{method} ...", flush=True)
                 self.run_rerank(method.removesuffix("_fused_rerank"), fused=True)
@@ -866,7 +1000,7 @@ class Bench:
         out["paired_vs_default"] = {
             m: self.paired(m, "recipe_knn", names, frac)
             for m in methods
-            if m.endswith(("_knn", "_knn_nested", "_rerank"))
+            if (m.endswith(("_knn", "_knn_nested", "_rerank")) or m in TEXT_METHODS)
             and m not in ("recipe_knn", "probe_knn")
             and "recipe_knn" in self.results
         }
@@ -874,6 +1008,14 @@ class Bench:
         if "recipe_fused_rerank" in self.results and "recipe_rerank" in self.results:
             out["fused_rerank_vs_rerank"] = self.paired(
                 "recipe_fused_rerank", "recipe_rerank", names, frac
+            )
+        # What reading the photo turned both ways adds to reading it upright.
+        if "recipe_text" in self.results and "recipe_text_upright" in self.results:
+            out["text_vs_upright"] = self.paired("recipe_text", "recipe_text_upright", names, frac)
+        # Whether the photo's text helps the re-rank as it helps the prediction.
+        if "recipe_text_rerank" in self.results and "recipe_rerank" in self.results:
+            out["text_rerank_vs_rerank"] = self.paired(
+                "recipe_text_rerank", "recipe_rerank", names, frac
             )
         if self.audit is not None:
             out["audited"] = self.audited(methods, names, frac, self.audit)
@@ -916,7 +1058,11 @@ class Bench:
                     recall, frac
                 ).to_json()
         # A _rerank method predicts as its _knn twin, so only the fused ones are paired.
-        fused = [m for m in methods if m != "recipe_knn" and m.endswith(("_knn", "_knn_nested"))]
+        fused = [
+            m
+            for m in methods
+            if m != "recipe_knn" and (m.endswith(("_knn", "_knn_nested")) or m == "recipe_text")
+        ]
         for m in fused if "recipe_knn" in self.results else []:
             common = [n for n in names if n in self.results[m] and n in self.results["recipe_knn"]]
             diffs = [
@@ -965,6 +1111,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         rows[f"{m} - recipe_knn"] = e
     if "fused_rerank_vs_rerank" in summary:
         rows["recipe_fused_rerank - recipe_rerank"] = summary["fused_rerank_vs_rerank"]
+    if "text_vs_upright" in summary:
+        rows["recipe_text - recipe_text_upright"] = summary["text_vs_upright"]
+    if "text_rerank_vs_rerank" in summary:
+        rows["recipe_text_rerank - recipe_rerank"] = summary["text_rerank_vs_rerank"]
     width = max(map(len, rows), default=0) + 2
     for m, e in rows.items():
         if "accuracy" not in e:
@@ -1026,11 +1176,19 @@ def main() -> int:
         help="label audit CSV (photo,filed,verdict,shows) for the audited top-1 view "
         f"(default {AUDIT.name} beside this script, with the default --data)",
     )
+    parser.add_argument(
+        "--text-cues",
+        type=Path,
+        help="JSON {label: [word, ...]} of words naming each class besides its name, for the "
+        f"text-cue methods (default {TEXT_CUES.name} beside this script, with the default --data)",
+    )
     args = parser.parse_args()
     if not args.data.is_dir():
         parser.error(f"dataset not found at {args.data} (--data)")
     if args.audit is None and args.data.resolve() == DATA.resolve():
         args.audit = AUDIT
+    if args.text_cues is None and args.data.resolve() == DATA.resolve():
+        args.text_cues = TEXT_CUES
     if args.folds < 2 or args.repeats < 1:
         parser.error("--folds must be >= 2 and --repeats >= 1")
     logging.basicConfig(level=logging.WARNING)

@@ -290,3 +290,51 @@ def test_recipe_audited_trains_without_the_labels_the_audit_rejects(tmp_path):
     base = ("--data", str(data), "--folds", "2", "--work", str(tmp_path / "w"))
     done = run(*base, "--only", "recipe_audited")
     assert done.returncode == 0 and "recipe_audited: no label audit" in done.stdout
+
+
+def test_text_methods_add_the_classes_the_cached_text_names(tmp_path):
+    """recipe_text adds the classes named by the text read at every rotation (from the cache
+    in --work, so no OCR runs here), recipe_text_upright only the upright reading's."""
+    import argparse
+
+    import numpy as np
+
+    from demo.catalog import generate_catalog
+
+    data = tmp_path / "catalog"
+    generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
+    work = tmp_path / "work"
+    bench_quality = load_bench_quality()
+    args = argparse.Namespace(
+        data=data, folds=2, repeats=1, seed=0, work=work, audit=None, text_cues=None
+    )
+    bench = bench_quality.Bench(args)
+    n = len(bench.y)
+    # A classifier sure of class 0 for every photo, features that say nothing.
+    probs = np.tile(np.array([[0.98, 0.01, 0.01]], dtype=np.float32), (n, 1))
+    emb = np.ones((n, 4), dtype=np.float32) / 2.0
+    for split in bench.splits:
+        (work / split.name / "recipe").mkdir(parents=True)
+        np.savez(work / split.name / "recipe" / "outputs.npz", embeddings=emb, probabilities=probs)
+    # Each photo's label reads sideways only, as a logo along a phone's back would.
+    cache = {
+        s.id: {"0": [], "0_s": 0.1, "90": [[s.label, 0.99]], "90_s": 0.2, "270": [], "270_s": 0.2}
+        for s in bench.samples
+    }
+    (work / "photo-text.json").write_text(json.dumps(cache))
+    bench.run(["recipe_text_upright", "recipe_text"])
+    expected = float(np.mean(bench.y == 0))
+    for split in bench.splits:
+        text = bench.results["recipe_text"][split.name]
+        upright = bench.results["recipe_text_upright"][split.name]
+        assert text["accuracy"] == 1.0 and text["cue_photos"] == len(text["photos"])
+        assert text["text_s"] == 0.5 and upright["text_s"] == 0.1
+        assert upright["cue_photos"] == 0
+        assert upright["accuracy"] == float(np.mean(bench.y[upright["photos"]] == 0))
+        assert bench.done("recipe_text", split)
+    assert 0 < expected < 1
+    # Other cue words are another setting: the cached figures no longer count.
+    cues = tmp_path / "cues.json"
+    cues.write_text(json.dumps({bench.names[0]: ["extra"]}))
+    bench.cue_file = cues
+    assert not bench.done("recipe_text", bench.splits[0])
