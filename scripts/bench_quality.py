@@ -117,7 +117,7 @@ from embedder.metrics import label_recall_at_k, macro_f1, nearest_neighbours
 from embedder.preprocess import Preprocessor
 from embedder.text_cues import DEFAULT_WEIGHT as TEXT_WEIGHT
 from embedder.text_cues import TextCues, Texts, apply_text_cues
-from embedder.text_reader import DEFAULT_ROTATIONS
+from embedder.text_reader import DEFAULT_ROTATIONS, DETECT_SIDE
 from embedder.train_config import DEFAULT_MODEL, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -426,6 +426,7 @@ class Bench:
             "fuzzy": cues.fuzzy,
             "weight": TEXT_WEIGHT,
             "rotations": list(TEXT_METHODS[method]),
+            "detect_side": DETECT_SIDE,
         }
 
     def photo_texts(self, rotations: tuple[int, ...]) -> tuple[list[Texts], float]:
@@ -433,7 +434,7 @@ class Bench:
         so each photo is read once) and the mean seconds per photo it took."""
         from embedder.text_reader import TextReader
 
-        path = self.work / "photo-text.json"
+        path = self.work / f"photo-text-{DETECT_SIDE}.json"  # each detector size its own
         cache: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
         for angle in rotations:
             key = str(angle)

@@ -166,7 +166,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_text_cue_options(
         p,
-        "each uploaded photo is read while the model runs, about 0.5 s per rotation on 2 "
+        "each uploaded photo is read while the model runs, about 0.25 s per rotation on 2 "
         "cores where a whole search otherwise takes tens of ms, so keep it for catalogs "
         "whose photos carry text",
     )

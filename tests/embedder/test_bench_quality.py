@@ -321,7 +321,7 @@ def test_text_methods_add_the_classes_the_cached_text_names(tmp_path):
         s.id: {"0": [], "0_s": 0.1, "90": [[s.label, 0.99]], "90_s": 0.2, "270": [], "270_s": 0.2}
         for s in bench.samples
     }
-    (work / "photo-text.json").write_text(json.dumps(cache))
+    (work / f"photo-text-{bench_quality.DETECT_SIDE}.json").write_text(json.dumps(cache))
     bench.run(["recipe_text_upright", "recipe_text"])
     expected = float(np.mean(bench.y == 0))
     for split in bench.splits:

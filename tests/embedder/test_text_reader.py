@@ -49,8 +49,10 @@ def test_long_banners_are_padded_to_a_bounded_aspect() -> None:
     assert bounded_aspect(square) is square
 
 
-def test_rotations_are_checked() -> None:
+def test_rotations_and_detector_size_are_checked() -> None:
     with pytest.raises(ValueError, match="rotations"):
         TextReader(rotations=(45,))
     with pytest.raises(ValueError, match="rotations"):
         TextReader(rotations=())
+    with pytest.raises(ValueError, match="detect_side"):
+        TextReader(detect_side=8)
