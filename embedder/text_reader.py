@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,14 @@ DETECT_SIDE = 480
 #: A long thin banner would still make a huge input (a 3000 x 200 banner: 7,200 x 480):
 #: longer ratios are padded to this one.
 MAX_ASPECT = 4.0
+# Bounds on what one hostile photo costs (a 2000 px square wall of words took 12.9 s a
+# rotation with RapidOCR's own 2000 px and 1000 lines): larger photos are shrunk to this
+# side, at most this many lines are recognised (a benchmark photo showed at most 20), and no
+# further rotation starts once reading has taken this long (every benchmark photo took
+# under 1.7 s for all three).
+MAX_SIDE = 1280
+MAX_LINES = 100
+READ_BUDGET_S = 3.0
 INSTALL_HINT = "pip install 'phonesim[ocr]'"
 
 
@@ -35,13 +44,15 @@ class TextReader:
     """Text lines and their recognition confidences on an RGB image, read at each of
     ``rotations`` (degrees counter-clockwise). ``threads``: ONNX Runtime threads per model
     (None: its default). ``detect_side``: the shorter side a smaller image is scaled up to for
-    detection. One reader serves many threads, one image at a time."""
+    detection. ``budget_s``: no further rotation is read once an image has taken this long.
+    One reader serves many threads, one image at a time."""
 
     def __init__(
         self,
         rotations: Sequence[int] = DEFAULT_ROTATIONS,
         threads: int | None = None,
         detect_side: int = DETECT_SIDE,
+        budget_s: float = READ_BUDGET_S,
     ) -> None:
         bad = [r for r in rotations if r not in ROTATIONS]
         if bad or not rotations:
@@ -51,9 +62,15 @@ class TextReader:
         except ImportError as e:
             raise EngineError(f"reading text on photos needs RapidOCR: {INSTALL_HINT}") from e
         self.rotations = tuple(dict.fromkeys(rotations))
+        self.budget_s = budget_s
         if detect_side < 32:
             raise ValueError(f"detect_side must be at least 32, got {detect_side}")
-        params: dict[str, object] = {"Global.log_level": "error", "Det.limit_side_len": detect_side}
+        params: dict[str, object] = {
+            "Global.log_level": "error",
+            "Global.max_side_len": MAX_SIDE,
+            "Det.limit_side_len": detect_side,
+            "Det.max_candidates": MAX_LINES,
+        }
         if threads is not None:
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = int(threads)
             params["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
@@ -68,11 +85,14 @@ class TextReader:
         return [line for lines in self.read_each(image).values() for line in lines]
 
     def read_each(self, image: Image.Image) -> dict[int, list[tuple[str, float]]]:
-        """(text, confidence) of every line read, by rotation."""
+        """(text, confidence) of every line read, by rotation (those read within the budget)."""
         image = bounded_aspect(image.convert("RGB"))
         out: dict[int, list[tuple[str, float]]] = {}
         with self._lock:
+            t0 = time.perf_counter()
             for angle in self.rotations:
+                if out and time.perf_counter() - t0 > self.budget_s:
+                    break  # a photo this slow to read is not worth a server's time
                 turned = image.rotate(angle, expand=True) if angle else image
                 result = self._engine(turned)
                 out[angle] = [
@@ -135,6 +155,9 @@ __all__ = [
     "DETECT_SIDE",
     "INSTALL_HINT",
     "MAX_ASPECT",
+    "MAX_LINES",
+    "MAX_SIDE",
+    "READ_BUDGET_S",
     "ROTATIONS",
     "TextEvidence",
     "TextOptions",

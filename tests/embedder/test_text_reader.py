@@ -56,3 +56,18 @@ def test_rotations_and_detector_size_are_checked() -> None:
         TextReader(rotations=())
     with pytest.raises(ValueError, match="detect_side"):
         TextReader(detect_side=8)
+
+
+def test_a_hostile_photo_costs_a_bounded_reading() -> None:
+    """A wall of words: at most MAX_LINES lines, and no rotation after the budget is spent."""
+    from embedder.text_reader import MAX_LINES
+
+    wall = Image.new("RGB", (900, 900), (255, 255, 255))
+    draw = ImageDraw.Draw(wall)
+    for y in range(0, 900, 15):
+        for x in range(0, 900, 75):
+            draw.text((x, y), f"w{x + y}", fill=(0, 0, 0), font=ImageFont.load_default(12))
+    reader = TextReader(rotations=(0, 90, 270), threads=1, budget_s=0.0)
+    read = reader.read_each(wall)
+    assert list(read) == [0]  # the budget was spent on the upright reading
+    assert len(read[0]) == MAX_LINES  # of the 720 words on the wall
