@@ -95,7 +95,10 @@ class TextCues:
             isinstance(v, list) and all(isinstance(w, str) for w in v) for v in data.values()
         ):
             raise DataError(f'{path}: expected {{"label": ["word", ...], ...}}')
-        return cls.from_labels(label_names, data)
+        try:
+            return cls.from_labels(label_names, data)
+        except DataError as e:
+            raise DataError(f"{path}: {e}") from e
 
     def classes(self, texts: Texts) -> list[int]:
         """Indices of the classes that ``texts`` ((text, confidence) pairs) name."""

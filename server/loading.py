@@ -13,6 +13,7 @@ each process follows the others' (see :mod:`server.follower`).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from dataclasses import asdict
@@ -20,8 +21,11 @@ from pathlib import Path
 
 from embedder.checkpoint import checkpoint_hash, read_config
 from embedder.engine_options import EngineOptions, precision_mismatch
+from embedder.errors import EngineError
 from embedder.inference import Embedder
 from embedder.runtime import check_runtime
+from embedder.text_cues import TextCues
+from embedder.text_reader import INSTALL_HINT
 from index.catalog import CatalogIndex, IndexOptions
 from index.folder import describe, lock_shared
 from index.manifest import Manifest, read_manifest
@@ -37,9 +41,12 @@ def check_for_serving(
     writable: bool = False,
     runtime: str = "auto",
     store: str | None = None,
+    read_text: bool = False,
+    text_cues: str | None = None,
 ) -> None:
     """Check that ``index`` (or the catalog ``store``: a ``postgresql://`` URL) can serve
-    queries embedded by ``checkpoint`` on ``runtime``, loading neither.
+    queries embedded by ``checkpoint`` on ``runtime``, loading neither; with ``read_text``,
+    that the OCR package is installed and the ``text_cues`` file names the model's classes.
 
     The serve command runs this before forking workers (which must load the model after the
     fork), so a mistake is one line instead of a gunicorn boot traceback per worker.
@@ -54,6 +61,11 @@ def check_for_serving(
         where=f"index {store or index}",
     )
     check_runtime(checkpoint, runtime)  # an int8 graph that 'phonesim optimize' has not made
+    if read_text:
+        if importlib.util.find_spec("rapidocr") is None:
+            raise EngineError(f"--read-text needs RapidOCR: {INSTALL_HINT}")
+        if text_cues:
+            TextCues.load(text_cues, config.label_names)
 
 
 def _store_manifest(index: str | Path | None, store: str | None) -> Manifest:

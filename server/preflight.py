@@ -39,6 +39,8 @@ def check_in_child(config: ServerConfig) -> None:
         "writable": config.writes_enabled,
         "runtime": config.runtime,
         "store": config.store,
+        "read_text": config.read_text,
+        "text_cues": config.text_cues,
     }
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     try:
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             writable=request["writable"],
             runtime=request["runtime"],
             store=request["store"],
+            read_text=request["read_text"],
+            text_cues=request["text_cues"],
         )
     except UserError as exc:
         print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)

@@ -76,3 +76,19 @@ def test_a_missing_int8_graph_is_refused_before_workers_start(tiny_checkpoint, i
     with pytest.raises(EngineError, match="model.int8.onnx is missing; make it with") as caught:
         loading.check_for_serving(tiny_checkpoint, index_dir, runtime="onnx-int8")
     assert "\n" not in str(caught.value)
+
+
+def test_text_reading_mistakes_are_refused_before_workers_start(
+    tiny_checkpoint, index_dir, tmp_path, monkeypatch
+):
+    from embedder.errors import DataError, EngineError
+
+    bad = tmp_path / "cues.json"
+    bad.write_text(json.dumps({"no-such-class": ["word"]}))
+    loading.check_for_serving(tiny_checkpoint, index_dir, text_cues=str(bad))  # not reading
+    with pytest.raises(DataError, match="no-such-class") as caught:
+        loading.check_for_serving(tiny_checkpoint, index_dir, read_text=True, text_cues=str(bad))
+    assert "\n" not in str(caught.value)
+    monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(EngineError, match=r"pip install 'phonesim\[ocr\]'"):
+        loading.check_for_serving(tiny_checkpoint, index_dir, read_text=True)
