@@ -205,7 +205,11 @@ def read_cues(
     texts = []
     t0 = time.perf_counter()
     for path in tqdm(paths, desc="reading text", unit="img", disable=not progress):
-        texts.append(text.reader.read(load_image(path, min_side=decode_side)))
+        try:
+            texts.append(text.reader.read(load_image(path, min_side=decode_side)))
+        except Exception as e:  # as in the server: one photo's reading failing costs its cue
+            log.warning("%s: reading its text failed (%s); evaluated without it", path, e)
+            texts.append([])
     return text.cues.matrix(texts), time.perf_counter() - t0
 
 

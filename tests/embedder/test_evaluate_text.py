@@ -68,3 +68,24 @@ def test_text_flags():
     assert text_options_from_args(on) == TextOptions("f.json", 0.5)
     with pytest.raises(UserError, match="need --read-text"):
         text_options_from_args(build_parser().parse_args([*base, "--text-rotations", "0"]))
+
+
+def test_an_image_whose_reading_fails_is_evaluated_without_its_cue(
+    tiny_checkpoint, named_banners, monkeypatch
+):
+    from embedder import text_reader
+
+    data, cues = named_banners
+    calls = []
+
+    def flaky(self, image):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("OCR fell over")
+        return [("Quartz", 0.99)]
+
+    monkeypatch.setattr(text_reader.TextReader, "read", flaky)
+    report = evaluate(
+        tiny_checkpoint, data, progress=False, text=TextOptions(str(cues), rotations=(0,))
+    )
+    assert report["text_cues"]["images_with_cue"] == report["count"] - 1
