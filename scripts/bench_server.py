@@ -9,6 +9,11 @@ p50/p95/p99 latency, requests/s and errors, then ONE JSON line with every figure
 alternating between them so the load of a shared machine weighs on both alike) and compares
 them: c1 p50 with onnx <= 0.6x torch's, c8 throughput >= 1.8x torch's, no errors.
 
+``--read-text`` adds, for each runtime, a server that reads the text on each photo
+(``serve --read-text``, measured in the same rounds as ``<runtime>+text``) and prints what the
+reading costs: its c1 p50 and c8 requests/s over the plain server's (no target: the price of
+an opt-in).
+
     python scripts/bench_server.py [--workdir DIR | --checkpoint CKPT --index INDEX]
         [--runtime torch onnx]
 """
@@ -76,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="images per batch request")
     p.add_argument("--batch-concurrency", type=int, default=1, help="batch requests at once")
     p.add_argument("--batch-single-concurrency", type=int, default=8)
+    p.add_argument(
+        "--read-text",
+        action="store_true",
+        help="also a server per runtime that reads the text on each photo (needs "
+        "phonesim[ocr]); prints its latency and throughput over the plain server's",
+    )
     return p.parse_args(argv)
 
 
@@ -185,8 +196,10 @@ def batch_stats(port: int) -> tuple[float, float]:
 
 
 def start_server(
-    ckpt: Path, index: Path, port: int, args: argparse.Namespace, runtime: str, log: Path
+    ckpt: Path, index: Path, port: int, args: argparse.Namespace, variant: str, log: Path
 ):
+    """``variant``: a runtime, or ``<runtime>+text`` for a server that reads text."""
+    runtime, _, text = variant.partition("+")
     cmd = [
         sys.executable, "-m", "phonesim", "serve",
         "--checkpoint", str(ckpt), "--index", str(index), "--port", str(port),
@@ -194,6 +207,8 @@ def start_server(
         "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
         "--runtime", runtime,
     ]  # fmt: skip
+    if text:
+        cmd += ["--read-text"]
     if args.model_threads:
         cmd += ["--model-threads", str(args.model_threads)]
     if args.device:
@@ -229,6 +244,23 @@ def compare_runtimes(results: dict[str, dict], lo: int, hi: int) -> dict:
             f"onnx_rps_c{hi}_ge_{TARGET_ONNX_RPS}x_torch": rps >= TARGET_ONNX_RPS,
         },
     }
+
+
+def read_text_cost(results: dict[str, dict], texts: dict[str, str], lo: int, hi: int) -> dict:
+    """Each text-reading server against the plain one of its runtime, from the same run."""
+    out = {}
+    for plain, text in texts.items():
+        a, b = results[plain]["load"], results[text]["load"]
+        p50 = round(b[f"c{lo}"]["p50_ms"] / a[f"c{lo}"]["p50_ms"], 2)
+        rps = round(b[f"c{hi}"]["rps"] / a[f"c{hi}"]["rps"], 3) if a[f"c{hi}"]["rps"] else None
+        out[plain] = {f"text_over_plain_p50_c{lo}": p50, f"text_over_plain_rps_c{hi}": rps}
+        print(
+            f"[{text}] reading text, same run: c{lo} p50 x{p50} the plain server's "
+            f"({b[f'c{lo}']['p50_ms']} ms against {a[f'c{lo}']['p50_ms']} ms), c{hi} req/s "
+            f"x{rps}",
+            flush=True,
+        )
+    return out
 
 
 def runtime_summary(
@@ -279,6 +311,8 @@ def runtime_summary(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runtimes = list(dict.fromkeys(args.runtime))
+    if args.read_text:  # each runtime beside a server of it that reads text
+        runtimes = [v for rt in runtimes for v in (rt, f"{rt}+text")]
     ckpt, index = resolve_inputs(args)
     if args.batch_search:
         from batch_load import batch_search
@@ -296,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_threads(model_threads)  # as each server worker does by default
     inproc = {
-        rt: InProcess(ckpt, index, images, args.k, args, rt, model_threads) for rt in runtimes
+        rt: InProcess(ckpt, index, images, args.k, args, rt.partition("+")[0], model_threads)
+        for rt in runtimes
     }
     ports = {rt: free_port() for rt in runtimes}
     rounds = max(1, args.rounds)
@@ -345,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {rt: runtime_summary(rt, inproc[rt], raw[rt], batches[rt], lo, hi) for rt in runtimes}
     targets = {"zero_errors": all(r["errors"] == 0 for r in results.values())}
     for rt, r in results.items():
-        targets.update({f"{rt}_{name}": ok for name, ok in r["targets"].items()})
+        if "+text" not in rt:  # reading text is priced, not held to the model's targets
+            targets.update({f"{rt}_{name}": ok for name, ok in r["targets"].items()})
     summary = {
         "checkpoint": str(ckpt),
         "index": str(index),
@@ -360,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         "k": args.k,
         "runtimes": results,
     }
+    texts = {rt: f"{rt}+text" for rt in runtimes if f"{rt}+text" in results}
+    if texts:
+        summary["read_text_cost"] = read_text_cost(results, texts, lo, hi)
     if {"torch", "onnx"} <= set(runtimes):
         comparison = compare_runtimes(results, lo, hi)
         targets.update(comparison.pop("targets"))
