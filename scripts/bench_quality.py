@@ -67,6 +67,7 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
                 words; embedder/text_cues.py) added at weight 1; the photos are read once and
                 cached in --work (needs phonesim[ocr]); recipe_text_upright reads upright only;
                 recipe_text_rerank re-ranks the neighbours by the classifier with those cues
+                (as `serve --read-text` does)
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -1090,6 +1091,15 @@ class Bench:
         entry["accuracy_photo_bootstrap"] = group_bootstrap_interval(
             np.array(diffs), np.array(groups)
         ).to_json()
+        # Two re-rankings of the same photos: their first hits, paired photo by photo.
+        if all("hits_at_1" in self.results[x][n] for x in (m, base) for n in common):
+            hits = [
+                np.subtract(self.results[m][n]["hits_at_1"], self.results[base][n]["hits_at_1"])
+                for n in common
+            ]
+            entry["recall_at_1_photo_bootstrap"] = group_bootstrap_interval(
+                np.concatenate(hits), np.array(groups)
+            ).to_json()
         return entry
 
 
@@ -1101,7 +1111,10 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"{e[k]['mean']:.3f} [{e[k]['low']:.3f},{e[k]['high']:.3f}]    " for k in METRICS
         )
         print(f"{m:<{width}}{e['folds']:>6}  {cells}")
-    print("\npaired difference to the recipe (fold-corrected t; accuracy also by photo bootstrap)")
+    print(
+        "\npaired difference to the recipe (fold-corrected t; accuracy, and Recall@1 between two "
+        "re-rankings, also by photo bootstrap)"
+    )
     rows = dict(summary["paired_vs_recipe"])
     if "recipe_vs_probe" in summary:
         rows["recipe - probe"] = summary["recipe_vs_probe"]
@@ -1122,6 +1135,8 @@ def print_summary(summary: dict[str, Any]) -> None:
             continue
         parts = [f"{k} {Interval(**e[k])}" for k in ("accuracy", "recall_at_1")]
         parts.append(f"photo bootstrap {Interval(**e['accuracy_photo_bootstrap'])}")
+        if "recall_at_1_photo_bootstrap" in e:
+            parts.append(f"(Recall@1 {Interval(**e['recall_at_1_photo_bootstrap'])})")
         print(f"  {m:<{width}}" + "  ".join(parts))
     if "audited" in summary:
         print_audited(summary["audited"])

@@ -338,3 +338,41 @@ def test_text_methods_add_the_classes_the_cached_text_names(tmp_path):
     cues.write_text(json.dumps({bench.names[0]: ["extra"]}))
     bench.cue_file = cues
     assert not bench.done("recipe_text", bench.splits[0])
+
+
+def test_two_rerankings_are_paired_photo_by_photo(tmp_path):
+    """Recall@1 of two re-rankings of the same photos gets a group bootstrap beside the fold
+    interval (the interval for a prediction-time change)."""
+    import argparse
+
+    from demo.catalog import generate_catalog
+
+    data = tmp_path / "catalog"
+    generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
+    bench_quality = load_bench_quality()
+    args = argparse.Namespace(
+        data=data, folds=2, repeats=1, seed=0, work=tmp_path / "work", audit=None
+    )
+    bench = bench_quality.Bench(args)
+    names = [s.name for s in bench.splits]
+    for method, hit in (("recipe_rerank", 0), ("recipe_text_rerank", 1)):
+        bench.results[method] = {}
+        for split in bench.splits:
+            photos = split.test.tolist()
+            bench.results[method][split.name] = {
+                **{m: 0.5 for m in bench_quality.METRICS},
+                "photos": photos,
+                "correct": [1] * len(photos),
+                # the second re-ranking finds the brand first on even photo numbers as well
+                "hits_at_1": [int(hit == 1 and p % 2 == 0) for p in photos],
+            }
+    entry = bench.paired("recipe_text_rerank", "recipe_rerank", names, 1.0)
+    even = sum(p % 2 == 0 for s in bench.splits for p in s.test) / sum(
+        len(s.test) for s in bench.splits
+    )
+    boot = entry["recall_at_1_photo_bootstrap"]
+    assert boot["mean"] == round(even, 4) and boot["low"] > 0
+    del bench.results["recipe_rerank"][names[0]]["hits_at_1"]
+    assert "recall_at_1_photo_bootstrap" not in bench.paired(
+        "recipe_text_rerank", "recipe_rerank", names, 1.0
+    )
