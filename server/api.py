@@ -119,7 +119,8 @@ def search() -> Response:
         reject_unknown_fields(fields, OPTION_FIELDS)
         opts = request_options(svc, fields, request.args).applied(classes=True, svc=svc)
         embedded = svc.embed_bytes(data, arrival)
-    hits, search_ms = search_with(svc, embedded.embedding, opts, None, embedded.probabilities)
+    belief = svc.ranking_probabilities(embedded)
+    hits, search_ms = search_with(svc, embedded.embedding, opts, None, belief)
     prediction, predict_ms = timed_prediction(svc, embedded)
     timing = {
         **embedded.timing_ms,

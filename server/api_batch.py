@@ -123,7 +123,7 @@ def search_batch() -> Response:
     for i, emb in zip(images, embedded, strict=True):
         if isinstance(emb, Embedded):
             vectors[i] = emb.embedding
-            probabilities[i] = emb.probabilities
+            probabilities[i] = svc.ranking_probabilities(emb)
             readable.append((i, emb))
         else:
             results[i] = emb

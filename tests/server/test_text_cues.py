@@ -134,3 +134,31 @@ def test_a_reader_failure_costs_the_cue_not_the_search(reading, monkeypatch) -> 
     response = reading.post("/v1/search", data=upload(banner(WORD)))
     assert response.status_code == 200
     assert response.get_json()["prediction"]["text_cues"] == []
+
+
+def test_the_class_rerank_believes_the_text_too(
+    tiny_embedder, readonly_index, outsider, tmp_path
+) -> None:
+    """With text read, the re-rank's belief is the classifier with the text cues: among the
+    photo's five most similar items, one filed under the class its text names comes first."""
+    cues = tmp_path / "cues.json"
+    cues.write_text(json.dumps({outsider: [WORD]}))
+    firsts = {}
+    for read in (False, True):
+        settings = {"read_text": True, "text_cues": str(cues), "text_rotations": (0,)}
+        config = ServerConfig(class_rerank=5.0, **(settings if read else {}))
+        app = make_app(config, tiny_embedder, readonly_index)
+        try:
+            client = app.test_client()
+            query = {"k": "5"}
+            similar = client.post(
+                "/v1/search", data={**upload(banner(WORD)), **query, "ranking": "similarity"}
+            )
+            pool = [h["label"] for h in similar.get_json()["neighbors"]]
+            ranked = client.post("/v1/search", data={**upload(banner(WORD)), **query})
+            firsts[read] = ranked.get_json()["neighbors"][0]["label"]
+        finally:
+            app.extensions["phonesim"].close()
+    assert outsider in pool and pool[0] != outsider, pool  # the text has something to move
+    assert firsts[True] == outsider
+    assert firsts[False] != outsider  # the classifier alone finds it least likely
