@@ -57,14 +57,14 @@ class TextReader:
         bad = [r for r in rotations if r not in ROTATIONS]
         if bad or not rotations:
             raise ValueError(f"rotations must be some of {ROTATIONS}, got {list(rotations)}")
+        if detect_side < 32:
+            raise ValueError(f"detect_side must be at least 32, got {detect_side}")
         try:
             from rapidocr import RapidOCR
         except ImportError as e:
             raise EngineError(f"reading text on photos needs RapidOCR: {INSTALL_HINT}") from e
         self.rotations = tuple(dict.fromkeys(rotations))
         self.budget_s = budget_s
-        if detect_side < 32:
-            raise ValueError(f"detect_side must be at least 32, got {detect_side}")
         params: dict[str, object] = {
             "Global.log_level": "error",
             "Global.max_side_len": MAX_SIDE,

@@ -30,6 +30,21 @@ def load_bench_quality():
     return module
 
 
+def tiny_bench(tmp_path, **extra):
+    """The module and a Bench over a generated 3 x 8 catalog, 2 folds, cache in tmp_path."""
+    import argparse
+
+    from demo.catalog import generate_catalog
+
+    data = tmp_path / "catalog"
+    generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
+    bench_quality = load_bench_quality()
+    args = argparse.Namespace(
+        data=data, folds=2, repeats=1, seed=0, work=tmp_path / "work", audit=None, **extra
+    )
+    return bench_quality, bench_quality.Bench(args)
+
+
 def test_cross_validated_baselines_end_with_one_json_line_and_cache(tmp_path):
     from demo.catalog import generate_catalog
 
@@ -169,19 +184,9 @@ def test_fused_results_follow_the_fusion_setting_and_nested_choice_runs(tmp_path
 
 
 def test_recipe_clean_leaves_out_photos_filed_under_another_class(tmp_path):
-    import argparse
-
     import numpy as np
 
-    from demo.catalog import generate_catalog
-
-    data = tmp_path / "catalog"
-    generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
-    bench_quality = load_bench_quality()
-    args = argparse.Namespace(
-        data=data, folds=2, repeats=1, seed=0, work=tmp_path / "work", audit=None
-    )
-    bench = bench_quality.Bench(args)
+    _, bench = tiny_bench(tmp_path)
     # Features that separate the classes (the real ones on real photos mostly do).
     rng = np.random.default_rng(0)
     feats = np.eye(3)[bench.y] + 0.1 * rng.normal(size=(len(bench.y), 3))
@@ -295,20 +300,10 @@ def test_recipe_audited_trains_without_the_labels_the_audit_rejects(tmp_path):
 def test_text_methods_add_the_classes_the_cached_text_names(tmp_path):
     """recipe_text adds the classes named by the text read at every rotation (from the cache
     in --work, so no OCR runs here), recipe_text_upright only the upright reading's."""
-    import argparse
-
     import numpy as np
 
-    from demo.catalog import generate_catalog
-
-    data = tmp_path / "catalog"
-    generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
-    work = tmp_path / "work"
-    bench_quality = load_bench_quality()
-    args = argparse.Namespace(
-        data=data, folds=2, repeats=1, seed=0, work=work, audit=None, text_cues=None
-    )
-    bench = bench_quality.Bench(args)
+    bench_quality, bench = tiny_bench(tmp_path, text_cues=None)
+    work = bench.work
     n = len(bench.y)
     # A classifier sure of class 0 for every photo, features that say nothing.
     probs = np.tile(np.array([[0.98, 0.01, 0.01]], dtype=np.float32), (n, 1))
@@ -343,17 +338,7 @@ def test_text_methods_add_the_classes_the_cached_text_names(tmp_path):
 def test_two_rerankings_are_paired_photo_by_photo(tmp_path):
     """Recall@1 of two re-rankings of the same photos gets a group bootstrap beside the fold
     interval (the interval for a prediction-time change)."""
-    import argparse
-
-    from demo.catalog import generate_catalog
-
-    data = tmp_path / "catalog"
-    generate_catalog(data, classes=3, per_class=8, seed=1, image_size=64, progress=False)
-    bench_quality = load_bench_quality()
-    args = argparse.Namespace(
-        data=data, folds=2, repeats=1, seed=0, work=tmp_path / "work", audit=None
-    )
-    bench = bench_quality.Bench(args)
+    bench_quality, bench = tiny_bench(tmp_path)
     names = [s.name for s in bench.splits]
     for method, hit in (("recipe_rerank", 0), ("recipe_text_rerank", 1)):
         bench.results[method] = {}
