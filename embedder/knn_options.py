@@ -20,7 +20,7 @@ from embedder.knn_vote import (
     KnnFusion,
 )
 from embedder.text_cues import DEFAULT_WEIGHT as TEXT_WEIGHT
-from embedder.text_reader import DEFAULT_ROTATIONS, ROTATIONS, TextOptions
+from embedder.text_reader import DEFAULT_ROTATIONS, ROTATIONS, TextOptions, check_rotations
 
 
 def add_knn_fusion_options(parser: argparse.ArgumentParser, neighbours: str) -> None:
@@ -85,14 +85,11 @@ def class_rerank_from_args(args: argparse.Namespace) -> ClassRerank | None:
 def rotations(text: str) -> tuple[int, ...]:
     """``--text-rotations``: comma-separated degrees, each one of ROTATIONS."""
     try:
-        values = tuple(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
+        return check_rotations([int(v) for v in text.split(",") if v.strip()])
     except ValueError:
-        values = ()
-    if not values or not set(values) <= set(ROTATIONS):
         raise argparse.ArgumentTypeError(
             f"expected some of {', '.join(map(str, ROTATIONS))} separated by commas, got {text!r}"
-        )
-    return values
+        ) from None
 
 
 def add_text_cue_options(parser: argparse.ArgumentParser, cost: str) -> None:

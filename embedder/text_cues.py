@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -131,13 +132,20 @@ class TextCues:
         return out
 
 
+def check_weight(weight: float, name: str = "text cue weight") -> None:
+    """ValueError unless ``weight`` is a finite number of 0 or more (``name`` in the message)."""
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {weight!r}")
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"{name} must be 0 or more, got {weight}")
+
+
 def apply_text_cues(probabilities: np.ndarray, cues: np.ndarray, weight: float) -> np.ndarray:
     """``(p + weight x cue) / (1 + weight)`` for images with a cue, ``p`` for the rest: still a
     distribution. From weight 1 on, a cue that names one class always decides; below 1 a
     confident prediction can outvote it, and a cue naming two classes only chooses between
     them."""
-    if not (math.isfinite(weight) and weight >= 0):
-        raise ValueError(f"text cue weight must be >= 0, got {weight}")
+    check_weight(weight)
     probabilities = np.asarray(probabilities, dtype=np.float32)
     cues = np.asarray(cues, dtype=np.float32)
     if cues.shape != probabilities.shape:
@@ -154,6 +162,7 @@ __all__ = [
     "TextCues",
     "Texts",
     "apply_text_cues",
+    "check_weight",
     "normalise",
     "words_of",
 ]

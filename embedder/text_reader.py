@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from embedder.errors import EngineError
-from embedder.text_cues import DEFAULT_WEIGHT, TextCues, Texts
+from embedder.text_cues import DEFAULT_WEIGHT, TextCues
 
 #: Upright, and turned both ways: a logo printed along a phone's back reads sideways.
 DEFAULT_ROTATIONS: tuple[int, ...] = (0, 90, 270)
@@ -40,6 +40,13 @@ READ_BUDGET_S = 3.0
 INSTALL_HINT = "pip install 'phonesim[ocr]'"
 
 
+def check_rotations(rotations: Sequence[int], name: str = "rotations") -> tuple[int, ...]:
+    """``rotations`` without repeats; ValueError unless they are some of ROTATIONS."""
+    if not rotations or not set(rotations) <= set(ROTATIONS):
+        raise ValueError(f"{name} must be some of {ROTATIONS}, got {list(rotations)}")
+    return tuple(dict.fromkeys(rotations))
+
+
 class TextReader:
     """Text lines and their recognition confidences on an RGB image, read at each of
     ``rotations`` (degrees counter-clockwise). ``threads``: ONNX Runtime threads per model
@@ -54,16 +61,13 @@ class TextReader:
         detect_side: int = DETECT_SIDE,
         budget_s: float = READ_BUDGET_S,
     ) -> None:
-        bad = [r for r in rotations if r not in ROTATIONS]
-        if bad or not rotations:
-            raise ValueError(f"rotations must be some of {ROTATIONS}, got {list(rotations)}")
+        self.rotations = check_rotations(rotations)
         if detect_side < 32:
             raise ValueError(f"detect_side must be at least 32, got {detect_side}")
         try:
             from rapidocr import RapidOCR
         except ImportError as e:
             raise EngineError(f"reading text on photos needs RapidOCR: {INSTALL_HINT}") from e
-        self.rotations = tuple(dict.fromkeys(rotations))
         self.budget_s = budget_s
         params: dict[str, object] = {
             "Global.log_level": "error",
@@ -100,9 +104,6 @@ class TextReader:
                     for t, s in zip(result.txts or (), result.scores or (), strict=False)
                 ]
         return out
-
-    def read_many(self, images: Sequence[Image.Image]) -> list[Texts]:
-        return [self.read(im) for im in images]
 
 
 @dataclass(frozen=True)
@@ -163,4 +164,5 @@ __all__ = [
     "TextOptions",
     "TextReader",
     "bounded_aspect",
+    "check_rotations",
 ]

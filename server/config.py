@@ -3,7 +3,6 @@ processes run (:class:`GunicornSettings`), both parsed once from the ``serve`` f
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -20,7 +19,8 @@ from embedder.knn_vote import (
     KnnFusion,
 )
 from embedder.text_cues import DEFAULT_WEIGHT as TEXT_WEIGHT
-from embedder.text_reader import DEFAULT_ROTATIONS, ROTATIONS
+from embedder.text_cues import check_weight
+from embedder.text_reader import DEFAULT_ROTATIONS, check_rotations
 
 # Environment variable the ``serve`` command reads the API key from when --api-key is absent.
 API_KEY_ENV = "PHONESIM_API_KEY"
@@ -149,14 +149,9 @@ class ServerConfig:
         if isinstance(self.class_rerank, bool) or not isinstance(self.class_rerank, int | float):
             raise ValueError(f"class_rerank must be a number, got {self.class_rerank!r}")
         ClassRerank(float(self.class_rerank), RERANK_POOL)
-        if isinstance(self.text_weight, bool) or not isinstance(self.text_weight, int | float):
-            raise ValueError(f"text_weight must be a number, got {self.text_weight!r}")
-        if not (math.isfinite(self.text_weight) and self.text_weight >= 0):
-            raise ValueError(f"text_weight must be 0 or more, got {self.text_weight}")
-        if not self.text_rotations or not set(self.text_rotations) <= set(ROTATIONS):
-            raise ValueError(
-                f"text_rotations must be some of {ROTATIONS}, got {self.text_rotations}"
-            )
+        # The text reading's own checks, whether it is on or not, as for the fusion above.
+        check_weight(self.text_weight, "text_weight")
+        check_rotations(self.text_rotations, "text_rotations")
         if self.text_cues is not None and not self.read_text:
             raise ValueError("text_cues needs read_text (the words are matched to read text)")
         return self
