@@ -70,7 +70,7 @@ def timed_prediction(
         embedded.probabilities,
         embedded.embedding,
         exclude_ids=exclude_ids,
-        texts=embedded.texts,
+        cues=embedded.cues,
     )
     return prediction, _ms_since(t0)
 

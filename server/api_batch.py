@@ -131,7 +131,7 @@ def search_batch() -> Response:
         found = svc.predict_many(
             np.stack([emb.probabilities for _, emb in readable]),
             np.stack([emb.embedding for _, emb in readable]),
-            texts=None if svc.text_reader is None else [emb.texts or [] for _, emb in readable],
+            cues=None if svc.text_reader is None else np.stack([emb.cues for _, emb in readable]),
         )
         predictions = {i: p for (i, _), p in zip(readable, found, strict=True)}
     # Queries with the same options share one index call; an item's query excludes itself.

@@ -56,12 +56,12 @@ def embed_many(
         return out
     future = svc.batcher.submit_many(np.stack([out[i][0] for i in rows]))
     # Read while the model runs (nothing to read unless the server reads text).
-    read = [svc.read_text(out[i][1]) if read_text else (None, 0.0) for i in rows]
+    read = [svc.read_cues(out[i][1]) if read_text else (None, 0.0) for i in rows]
     results = future.result(timeout=svc.config.request_timeout_s)
     t2 = time.perf_counter()
     svc.metrics.decode_seconds.observe(t1 - t0)
-    for i, result, (texts, read_s) in zip(rows, results, read, strict=True):
-        out[i] = svc.embedded(result, decode_s=t1 - t0, total_s=t2 - t0, texts=texts, read_s=read_s)
+    for i, result, (cues, read_s) in zip(rows, results, read, strict=True):
+        out[i] = svc.embedded(result, decode_s=t1 - t0, total_s=t2 - t0, cues=cues, read_s=read_s)
     return out
 
 

@@ -24,7 +24,7 @@ from embedder.class_rerank import ClassRerank, rerank_order
 from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.knn_vote import KnnFusion, fuse, neighbour_arrays
-from embedder.text_cues import TextCues, Texts, apply_text_cues
+from embedder.text_cues import TextCues, apply_text_cues
 from embedder.text_reader import TextOptions, TextReader
 from index.catalog import CatalogIndex, Hit, Item
 from index.errors import DuplicateIdError
@@ -52,12 +52,13 @@ MAX_READY_LAG_S = 10.0
 @dataclass(frozen=True)
 class Embedded:
     """One image's embedding and class probabilities, with per-stage timings in ms, and the
-    text read on it (None when the server does not read text)."""
+    classes the text read on it names (a cue row, see :meth:`TextCues.matrix`; None when the
+    server does not read text)."""
 
     embedding: np.ndarray
     probabilities: np.ndarray
     timing_ms: dict[str, float]
-    texts: Texts | None = None
+    cues: np.ndarray | None = None
 
 
 def _ms(seconds: float) -> float:
@@ -188,15 +189,16 @@ class LookupService:
             t1 = time.perf_counter()
             future = pending.submit(x)
         # Read while the model runs: the OCR and the forward pass overlap.
-        texts, read_s = self.read_text(image)
+        cues, read_s = self.read_cues(image)
         result = future.result(timeout=self.config.request_timeout_s)
         t2 = time.perf_counter()
         self.metrics.decode_seconds.observe(t1 - t0)
-        return self.embedded(result, decode_s=t1 - t0, total_s=t2 - t0, texts=texts, read_s=read_s)
+        return self.embedded(result, decode_s=t1 - t0, total_s=t2 - t0, cues=cues, read_s=read_s)
 
-    def read_text(self, image: Image.Image) -> tuple[Texts | None, float]:
-        """The text on ``image`` and the seconds reading took (None, 0 when not reading)."""
-        if self.text_reader is None:
+    def read_cues(self, image: Image.Image) -> tuple[np.ndarray | None, float]:
+        """The classes the text on ``image`` names, as a cue row, and the seconds reading took
+        (None, 0 when not reading)."""
+        if self.text_reader is None or self.text_cues is None:
             return None, 0.0
         t0 = time.perf_counter()
         try:
@@ -204,17 +206,16 @@ class LookupService:
         except Exception:  # the OCR failing on one photo must not fail its search
             log.warning("reading the text on an image failed; predicting without it", exc_info=True)
             texts = []
-        return texts, time.perf_counter() - t0
+        return self.text_cues.matrix([texts])[0], time.perf_counter() - t0
 
     def ranking_probabilities(self, embedded: Embedded) -> np.ndarray:
         """What the class re-rank believes an uploaded photo shows: the classifier's
         probabilities, with the classes its text names added when the server reads text
         (bench_quality recipe_text_rerank: Recall@1 +0.013, group bootstrap [+0.006, +0.021])."""
-        if self.text_cues is None or embedded.texts is None:
+        if embedded.cues is None:
             return embedded.probabilities
-        cues = self.text_cues.matrix([embedded.texts])
         weight = self.config.text_weight
-        return apply_text_cues(embedded.probabilities[None, :], cues, weight)[0]
+        return apply_text_cues(embedded.probabilities[None, :], embedded.cues[None, :], weight)[0]
 
     def embedded(
         self,
@@ -222,7 +223,7 @@ class LookupService:
         *,
         decode_s: float,
         total_s: float,
-        texts: Texts | None = None,
+        cues: np.ndarray | None = None,
         read_s: float = 0.0,
     ) -> Embedded:
         """One image's batcher result with its timings; counts its time in the queue."""
@@ -234,9 +235,9 @@ class LookupService:
             "batch_size": result.batch_size,
             "embed_total": _ms(total_s),
         }
-        if texts is not None:
+        if cues is not None:
             timing["read_text"] = _ms(read_s)
-        return Embedded(result.embedding, result.probabilities, timing, texts)
+        return Embedded(result.embedding, result.probabilities, timing, cues)
 
     def arrival(self) -> Arrival:
         """Tell the batcher a request that will embed an image is on its way."""
@@ -248,13 +249,13 @@ class LookupService:
         embedding: np.ndarray | None = None,
         *,
         exclude_ids: list[str] | None = None,
-        texts: Texts | None = None,
+        cues: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Top class and the ``top_classes`` most probable ones of one image (see
         :meth:`predict_many`)."""
         embeddings = None if embedding is None else embedding[None, :]
         return self.predict_many(
-            probabilities[None, :], embeddings, exclude_ids, None if texts is None else [texts]
+            probabilities[None, :], embeddings, exclude_ids, None if cues is None else cues[None, :]
         )[0]
 
     def predict_many(
@@ -262,7 +263,7 @@ class LookupService:
         probabilities: np.ndarray,
         embeddings: np.ndarray | None = None,
         exclude_ids: list[str] | None = None,
-        texts: list[Texts] | None = None,
+        cues: np.ndarray | None = None,
     ) -> list[dict[str, Any]]:
         """Top class and the ``top_classes`` most probable ones of each row of
         ``probabilities``, and the ``source`` of the prediction.
@@ -270,8 +271,8 @@ class LookupService:
         With kNN fusion configured and the images' ``embeddings`` given, the probabilities are
         first fused with a vote of each image's nearest catalog items (``exclude_ids`` never
         among them); ``source`` is ``classifier+knn`` for an image whose neighbours voted and
-        ``classifier`` otherwise (no fusion, or no neighbour with a known label). When the
-        server reads text and the images' ``texts`` are given, the classes each names are
+        ``classifier`` otherwise (no fusion, or no neighbour with a known label). With the
+        images' text ``cues`` (N x C rows of :meth:`read_cues`), the classes each names are
         added (``text_cues``, and ``+text`` in ``source`` where there are any).
         """
         probabilities = np.asarray(probabilities, dtype=np.float32)
@@ -282,9 +283,7 @@ class LookupService:
                 probabilities, embeddings, fusion, exclude_ids
             )
         names = self.embedder.label_names
-        cues = None
-        if self.text_cues is not None and texts is not None:
-            cues = self.text_cues.matrix(texts)
+        if cues is not None:
             probabilities = apply_text_cues(probabilities, cues, self.config.text_weight)
         out = []
         for i, (row, knn) in enumerate(zip(probabilities, voted, strict=True)):
