@@ -430,6 +430,12 @@ class Bench:
             "detect_side": DETECT_SIDE,
         }
 
+    def photo_cues(self, method: str) -> tuple[np.ndarray, float]:
+        """Each photo's text cues (N x C) at ``method``'s rotations, and the mean seconds per
+        photo the reading took."""
+        texts, seconds = self.photo_texts(TEXT_METHODS[method])
+        return self.text_cues().matrix(texts), seconds
+
     def photo_texts(self, rotations: tuple[int, ...]) -> tuple[list[Texts], float]:
         """What RapidOCR reads on each photo at ``rotations`` (cached per rotation in --work,
         so each photo is read once) and the mean seconds per photo it took."""
@@ -464,8 +470,7 @@ class Bench:
         setting = self.text_setting(method)
         if all(self.done(method, split) for split in self.splits):
             return
-        texts, seconds = self.photo_texts(TEXT_METHODS[method])
-        cues = self.text_cues().matrix(texts)
+        cues, seconds = self.photo_cues(method)
         for split in self.splits:
             outputs = self.work / split.name / "recipe" / "outputs.npz"
             if self.done(method, split) or not outputs.exists():
@@ -885,8 +890,7 @@ class Bench:
         grid = FUSED_RERANK_GRID if fused else RERANK_GRID
         cues = None
         if text:
-            texts, _ = self.photo_texts(TEXT_METHODS[method])
-            cues = self.text_cues().matrix(texts)
+            cues, _ = self.photo_cues(method)
         pool = max(r.pool for r in grid)
         # fold -> (embeddings, probabilities, grid x test photos x pool: label matches)
         graded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
