@@ -36,6 +36,11 @@ LONG_WORD = 5
 #: How much a cue counts against the prediction's probabilities (they sum to 1): at 1 a cue
 #: for one class outweighs any prediction that does not already favour that class.
 DEFAULT_WEIGHT = 1.0
+#: Read a photo only when the prediction without its text is less sure than this (the top
+#: class's probability): a sure prediction is nearly always right, and the text rarely
+#: changes it. 1 reads every photo. scripts/bench_quality.py (recipe_text_gated) measured it:
+#: see the README's § Predictions that read the photo's text.
+DEFAULT_GATE = 0.8
 
 Texts = Sequence[tuple[str, float]]
 
@@ -140,6 +145,24 @@ def check_weight(weight: float, name: str = "text cue weight") -> None:
         raise ValueError(f"{name} must be 0 or more, got {weight}")
 
 
+def check_gate(gate: float, name: str = "text gate") -> None:
+    """ValueError unless ``gate`` is a number above 0 and at most 1 (``name`` in the message)."""
+    if isinstance(gate, bool) or not isinstance(gate, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {gate!r}")
+    if not (math.isfinite(gate) and 0.0 < gate <= 1.0):
+        raise ValueError(f"{name} must be above 0 and at most 1, got {gate}")
+
+
+def unsure(probabilities: np.ndarray, gate: float) -> np.ndarray:
+    """Which rows of ``probabilities`` (N x C) are worth reading the photo's text for: those
+    whose top class is less probable than ``gate``; every row at gate 1."""
+    check_gate(gate)
+    probabilities = np.asarray(probabilities)
+    if gate >= 1.0:
+        return np.ones(len(probabilities), dtype=bool)
+    return probabilities.max(axis=1, initial=0.0) < gate
+
+
 def apply_text_cues(probabilities: np.ndarray, cues: np.ndarray, weight: float) -> np.ndarray:
     """``(p + weight x cue) / (1 + weight)`` for images with a cue, ``p`` for the rest: still a
     distribution. From weight 1 on, a cue that names one class always decides; below 1 a
@@ -157,12 +180,15 @@ def apply_text_cues(probabilities: np.ndarray, cues: np.ndarray, weight: float) 
 
 __all__ = [
     "DEFAULT_FUZZY",
+    "DEFAULT_GATE",
     "DEFAULT_MIN_CONFIDENCE",
     "DEFAULT_WEIGHT",
     "TextCues",
     "Texts",
     "apply_text_cues",
+    "check_gate",
     "check_weight",
     "normalise",
+    "unsure",
     "words_of",
 ]

@@ -67,7 +67,9 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
                 words; embedder/text_cues.py) added at weight 1; the photos are read once and
                 cached in --work (needs phonesim[ocr]); recipe_text_upright reads upright only;
                 recipe_text_rerank re-ranks the neighbours by the classifier with those cues
-                (as `serve --read-text` does)
+                (as `serve --read-text` does); recipe_text_gated and recipe_text_gated_rerank
+                read only the photos whose fused prediction is less sure than the product's
+                --text-gate (the default of `serve --read-text`)
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -116,8 +118,9 @@ from embedder.label_audit import AuditError, LabelAudit, load_label_audit
 from embedder.label_conflicts import thumbnail_vector
 from embedder.metrics import label_recall_at_k, macro_f1, nearest_neighbours
 from embedder.preprocess import Preprocessor
+from embedder.text_cues import DEFAULT_GATE as TEXT_GATE
 from embedder.text_cues import DEFAULT_WEIGHT as TEXT_WEIGHT
-from embedder.text_cues import TextCues, Texts, apply_text_cues
+from embedder.text_cues import TextCues, Texts, apply_text_cues, unsure
 from embedder.text_reader import DEFAULT_ROTATIONS, DETECT_SIDE
 from embedder.train_config import DEFAULT_MODEL, TrainConfig
 
@@ -193,12 +196,23 @@ EXTRA_METHODS = (
     "recipe_text",
     "recipe_text_upright",
     "recipe_text_rerank",
+    "recipe_text_gated",
+    "recipe_text_gated_rerank",
 )
-# Text-cue methods and the rotations each reads a photo at.
+# Text-cue methods: the rotations each reads a photo at, and its gate (1: every photo).
 TEXT_METHODS = {
-    "recipe_text": DEFAULT_ROTATIONS,
-    "recipe_text_upright": (0,),
-    "recipe_text_rerank": DEFAULT_ROTATIONS,
+    "recipe_text": (DEFAULT_ROTATIONS, 1.0),
+    "recipe_text_upright": ((0,), 1.0),
+    "recipe_text_rerank": (DEFAULT_ROTATIONS, 1.0),
+    "recipe_text_gated": (DEFAULT_ROTATIONS, TEXT_GATE),
+    "recipe_text_gated_rerank": (DEFAULT_ROTATIONS, TEXT_GATE),
+}
+# The gates whose top-1 and share of photos read a gated text method also reports.
+GATE_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)
+# Each gated text method and the same method reading every photo.
+GATED_PAIRS = {
+    "recipe_text_gated": "recipe_text",
+    "recipe_text_gated_rerank": "recipe_text_rerank",
 }
 FROZEN_MODELS = {
     "probe": DEFAULT_MODEL,
@@ -344,12 +358,21 @@ def fused_predictions(split: Split, y: np.ndarray, probs: np.ndarray, emb: np.nd
 
 
 def text_predictions(
-    split: Split, y: np.ndarray, probs: np.ndarray, emb: np.ndarray, cues: np.ndarray
-) -> np.ndarray:
-    """The fused prediction with each photo's text cues (N x C) added at TEXT_WEIGHT."""
+    split: Split,
+    y: np.ndarray,
+    probs: np.ndarray,
+    emb: np.ndarray,
+    cues: np.ndarray,
+    gate: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The fused prediction with each photo's text cues (N x C) added at TEXT_WEIGHT where the
+    fused prediction is less sure than ``gate`` (a server with that --text-gate reads no other
+    photo), and which photos those were."""
     scores, idx = nearest_neighbours(emb, emb[split.train], FUSION.k)
     fused = fuse(probs, scores, y[split.train][idx], FUSION)
-    return apply_text_cues(fused, cues, TEXT_WEIGHT).argmax(1)
+    read = unsure(fused, gate)
+    cues = np.where(read[:, None], cues, 0.0).astype(np.float32)
+    return apply_text_cues(fused, cues, TEXT_WEIGHT).argmax(1), read
 
 
 # -- methods -------------------------------------------------------------------------------
@@ -426,14 +449,15 @@ class Bench:
             "min_confidence": cues.min_confidence,
             "fuzzy": cues.fuzzy,
             "weight": TEXT_WEIGHT,
-            "rotations": list(TEXT_METHODS[method]),
+            "rotations": list(TEXT_METHODS[method][0]),
+            "gate": TEXT_METHODS[method][1],
             "detect_side": DETECT_SIDE,
         }
 
     def photo_cues(self, method: str) -> tuple[np.ndarray, float]:
         """Each photo's text cues (N x C) at ``method``'s rotations, and the mean seconds per
         photo the reading took."""
-        texts, seconds = self.photo_texts(TEXT_METHODS[method])
+        texts, seconds = self.photo_texts(TEXT_METHODS[method][0])
         return self.text_cues().matrix(texts), seconds
 
     def photo_texts(self, rotations: tuple[int, ...]) -> tuple[list[Texts], float]:
@@ -477,14 +501,26 @@ class Bench:
                 continue
             with np.load(outputs) as cached:
                 emb, probs = cached["embeddings"], cached["probabilities"]
-            pred = text_predictions(split, self.y, probs, emb, cues)
+            pred, read = text_predictions(split, self.y, probs, emb, cues, setting["gate"])
             figures = score(split, self.y, self.headline, pred, emb)
             test = split.test[self.headline[split.test]]
+            read = read[test]
             figures.update(
                 text_cues=setting,
-                cue_photos=int((cues[test].sum(axis=1) > 0).sum()),
-                text_s=round(seconds, 3),
+                cue_photos=int((cues[test][read].sum(axis=1) > 0).sum()),
+                read_fraction=round(float(read.mean()), 4),
+                # the mean reading time per photo, the ones the gate leaves unread at 0
+                text_s=round(seconds * float(read.mean()), 3),
             )
+            if setting["gate"] < 1.0:  # what other gates would have read and scored
+                figures["gate_curve"] = {}
+                for gate in GATE_GRID:
+                    at, read = text_predictions(split, self.y, probs, emb, cues, gate)
+                    correct = at[test] == self.y[test]
+                    figures["gate_curve"][str(gate)] = [
+                        float(correct.mean()),
+                        float(read[test].mean()),
+                    ]
             self.save(method, split, figures)
             print(
                 f"    {method} {split.name}: accuracy {figures['accuracy']:.3f} "
@@ -876,21 +912,20 @@ class Bench:
             return None
         return int(np.concatenate([graded[o] for o in others], axis=1).mean(axis=1).argmax())
 
-    def run_rerank(self, base: str, fused: bool = False, text: bool = False) -> None:
+    def run_rerank(self, base: str, fused: bool = False, text: str | None = None) -> None:
         """``<base>_knn``'s prediction with the trained ``base``'s neighbours re-ranked by its
         classifier (embedder/class_rerank.py): Recall@1 and @5 of the re-ranked lists, the
         weight chosen per fold from RERANK_GRID by the pooled Recall@1 of the other folds of
         its repeat. ``fused``: re-ranked by the fused prediction instead (classifier and kNN
-        vote over the training folds), the weight from FUSED_RERANK_GRID. ``text``
-        (recipe_text_rerank): re-ranked by the classifier with the photo's text cues, and
-        predicted as recipe_text."""
-        method = (
-            f"{base}_text_rerank" if text else f"{base}_fused_rerank" if fused else f"{base}_rerank"
-        )
+        vote over the training folds), the weight from FUSED_RERANK_GRID. ``text`` (the
+        method, recipe_text_rerank or recipe_text_gated_rerank): re-ranked by the classifier
+        with the text cues of the photos its gate reads, and predicted as its recipe_text."""
+        method = text or (f"{base}_fused_rerank" if fused else f"{base}_rerank")
         grid = FUSED_RERANK_GRID if fused else RERANK_GRID
-        cues = None
+        cues, gate = None, 1.0
         if text:
             cues, _ = self.photo_cues(method)
+            gate = TEXT_METHODS[method][1]
         pool = max(r.pool for r in grid)
         # fold -> (embeddings, probabilities, grid x test photos x pool: label matches)
         graded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -903,9 +938,11 @@ class Bench:
             test = split.test[self.headline[split.test]]
             scores, idx = nearest_neighbours(emb[test], emb[split.train], max(pool, FUSION.k))
             labels = self.y[split.train][idx]
-            belief = fuse(probs[test], scores, labels, FUSION) if fused else probs[test]
-            if cues is not None:
-                belief = apply_text_cues(belief, cues[test], TEXT_WEIGHT)
+            voted = fuse(probs[test], scores, labels, FUSION)
+            belief = voted if fused else probs[test]
+            if cues is not None:  # the gate looks at the fused prediction, as the server's
+                read = unsure(voted, gate)[:, None]
+                belief = apply_text_cues(belief, np.where(read, cues[test], 0.0), TEXT_WEIGHT)
             scores, labels = scores[:, :pool], labels[:, :pool]
             match = np.stack(
                 [reranked_labels(scores, labels, belief, r) == self.y[test][:, None] for r in grid]
@@ -920,7 +957,7 @@ class Bench:
             if cues is None:
                 pred = fused_predictions(split, self.y, probs, emb)
             else:
-                pred = text_predictions(split, self.y, probs, emb, cues)
+                pred, _ = text_predictions(split, self.y, probs, emb, cues, gate)
             figures = score(split, self.y, self.headline, pred, emb)
             figures["recall_at_1"] = float(match[best][:, 0].mean())
             # per test photo (in the order of "photos"), for the label audit's view
@@ -958,9 +995,9 @@ class Bench:
             elif method == "recipe_knn_nested":
                 print(f"{method} ...", flush=True)
                 self.run_nested()
-            elif method == "recipe_text_rerank":
+            elif method in TEXT_METHODS and method.endswith("_rerank"):
                 print(f"{method} ...", flush=True)
-                self.run_rerank("recipe", text=True)
+                self.run_rerank("recipe", text=method)
             elif method in TEXT_METHODS:
                 print(f"{method} ...", flush=True)
                 self.run_text(method)
@@ -989,9 +1026,14 @@ class Bench:
             entry["cross_brand_accuracy"] = round(
                 sum(f["cross_brand_correct"] for f in folds) / max(1, apart), 4
             )
-            for extra in ("minutes", "model_cost", "cosine_to_fp32"):
+            for extra in ("minutes", "model_cost", "cosine_to_fp32", "text_s", "read_fraction"):
                 if extra in folds[0]:
                     entry[extra] = round(float(np.mean([f[extra] for f in folds])), 4)
+            if "gate_curve" in folds[0]:  # gate -> mean [top-1, share of photos read]
+                entry["gate_curve"] = {
+                    g: np.round(np.mean([f["gate_curve"][g] for f in folds], axis=0), 4).tolist()
+                    for g in folds[0]["gate_curve"]
+                }
             out["methods"][m] = entry
         for m in methods:
             if m == "recipe" or "recipe" not in self.results:
@@ -1023,6 +1065,10 @@ class Bench:
             out["text_rerank_vs_rerank"] = self.paired(
                 "recipe_text_rerank", "recipe_rerank", names, frac
             )
+        # What reading only the unsure photos gives up against reading every photo.
+        for gated_m, every in GATED_PAIRS.items():
+            if gated_m in self.results and every in self.results:
+                out[f"{gated_m}_vs_every"] = self.paired(gated_m, every, names, frac)
         if self.audit is not None:
             out["audited"] = self.audited(methods, names, frac, self.audit)
         return out
@@ -1067,7 +1113,8 @@ class Bench:
         fused = [
             m
             for m in methods
-            if m != "recipe_knn" and (m.endswith(("_knn", "_knn_nested")) or m == "recipe_text")
+            if m != "recipe_knn"
+            and (m.endswith(("_knn", "_knn_nested")) or m in ("recipe_text", "recipe_text_gated"))
         ]
         for m in fused if "recipe_knn" in self.results else []:
             common = [n for n in names if n in self.results[m] and n in self.results["recipe_knn"]]
@@ -1133,6 +1180,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         rows["recipe_text - recipe_text_upright"] = summary["text_vs_upright"]
     if "text_rerank_vs_rerank" in summary:
         rows["recipe_text_rerank - recipe_rerank"] = summary["text_rerank_vs_rerank"]
+    for gated_m, every in GATED_PAIRS.items():
+        if f"{gated_m}_vs_every" in summary:
+            rows[f"{gated_m} - {every}"] = summary[f"{gated_m}_vs_every"]
     width = max(map(len, rows), default=0) + 2
     for m, e in rows.items():
         if "accuracy" not in e:
@@ -1142,6 +1192,11 @@ def print_summary(summary: dict[str, Any]) -> None:
         if "recall_at_1_photo_bootstrap" in e:
             parts.append(f"(Recall@1 {Interval(**e['recall_at_1_photo_bootstrap'])})")
         print(f"  {m:<{width}}" + "  ".join(parts))
+    for m, e in summary["methods"].items():
+        if "gate_curve" in e:
+            print(f"\n{m}: top-1 and share of photos read at each --text-gate (mean of folds)")
+            for gate, (accuracy, read) in e["gate_curve"].items():
+                print(f"  gate {gate}: top-1 {accuracy:.3f}, read {read:.2f}")
     if "audited" in summary:
         print_audited(summary["audited"])
 

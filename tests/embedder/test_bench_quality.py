@@ -335,6 +335,44 @@ def test_text_methods_add_the_classes_the_cached_text_names(tmp_path):
     assert not bench.done("recipe_text", bench.splits[0])
 
 
+def test_gated_text_reads_only_the_photos_the_fused_prediction_is_unsure_of(tmp_path):
+    """recipe_text_gated reads a photo only when its fused prediction is below the gate: here
+    the classifier is sure of class 0 and the features vote for each photo's own class, so
+    only the photos of other classes are unsure, read, and put right by their text."""
+    import numpy as np
+
+    bench_quality, bench = tiny_bench(tmp_path, text_cues=None)
+    work, n = bench.work, len(bench.y)
+    probs = np.tile(np.array([[0.98, 0.01, 0.01]], dtype=np.float32), (n, 1))
+    emb = np.eye(3, 4, dtype=np.float32)[bench.y]  # neighbours of the same class only
+    for split in bench.splits:
+        (work / split.name / "recipe").mkdir(parents=True)
+        np.savez(work / split.name / "recipe" / "outputs.npz", embeddings=emb, probabilities=probs)
+    cache = {
+        s.id: {"0": [[s.label, 0.99]], "0_s": 0.1, "90": [], "90_s": 0.2, "270": [], "270_s": 0.2}
+        for s in bench.samples
+    }
+    (work / f"photo-text-{bench_quality.DETECT_SIDE}.json").write_text(json.dumps(cache))
+    bench.run(["recipe_text_gated", "recipe_text"])
+    for split in bench.splits:
+        gated = bench.results["recipe_text_gated"][split.name]
+        every = bench.results["recipe_text"][split.name]
+        others = float(np.mean(bench.y[gated["photos"]] != 0))
+        assert 0 < others < 1
+        assert gated["read_fraction"] == round(others, 4) and every["read_fraction"] == 1.0
+        assert gated["cue_photos"] == round(others * len(gated["photos"]))
+        assert gated["text_s"] == round(0.5 * others, 3)
+        assert gated["accuracy"] == every["accuracy"] == 1.0
+        # the curve: every gate in the grid, each reading more than the one below it or as much
+        curve = [gated["gate_curve"][str(g)] for g in bench_quality.GATE_GRID]
+        assert [read for _, read in curve] == sorted(read for _, read in curve)
+    summary = bench.summary()
+    assert "recipe_text_gated_vs_every" in summary
+    assert set(summary["methods"]["recipe_text_gated"]["gate_curve"]) == {
+        str(g) for g in bench_quality.GATE_GRID
+    }
+
+
 def test_two_rerankings_are_paired_photo_by_photo(tmp_path):
     """Recall@1 of two re-rankings of the same photos gets a group bootstrap beside the fold
     interval (the interval for a prediction-time change)."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from embedder.errors import DataError
-from embedder.text_cues import TextCues, apply_text_cues, normalise, words_of
+from embedder.text_cues import TextCues, apply_text_cues, check_gate, normalise, unsure, words_of
 
 NAMES = ["huawei", "iphone", "samsung", "xiaomi"]
 EXTRA = {"samsung": ["Galaxy"], "xiaomi": ["Redmi", "POCO"], "huawei": ["never settle", "华为"]}
@@ -118,3 +118,14 @@ def test_cue_arguments_are_checked() -> None:
         apply_text_cues(probs, np.zeros((2, 3)), 1.0)
     with pytest.raises(ValueError, match="fuzzy"):
         TextCues((("a",),), fuzzy=0.0)
+
+
+def test_the_gate_reads_only_predictions_less_sure_than_it() -> None:
+    probs = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.5, 0.3, 0.2]], dtype=np.float32)
+    assert unsure(probs, 0.8).tolist() == [False, False, True]
+    assert unsure(probs, 0.95).tolist() == [True, True, True]
+    assert unsure(np.array([[1.0, 0.0, 0.0]]), 1.0).tolist() == [True]  # 1 reads every photo
+    assert unsure(np.zeros((0, 3)), 0.5).shape == (0,)
+    for bad in (0.0, -0.1, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match="gate"):
+            check_gate(bad)  # type: ignore[arg-type]
