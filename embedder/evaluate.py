@@ -23,7 +23,7 @@ from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.knn_vote import KnnFusion, fuse
 from embedder.metrics import label_recall_at_k, macro_f1, nearest_neighbours
-from embedder.text_cues import apply_text_cues
+from embedder.text_cues import apply_text_cues, unsure
 from embedder.text_reader import TextEvidence, TextOptions
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,9 @@ def evaluate(
     own accuracy and macro-F1 stay under ``classifier``. None: the classifier alone.
     ``rerank``: also report Recall@1/@5 with each image's nearest gallery images re-ranked by
     its class probabilities, as the server ranks an uploaded photo's neighbours.
-    ``text``: also read the text on each evaluated image and add the classes it names to the
-    prediction (after the fusion, as the server does); the headline is then that prediction.
+    ``text``: also read the text on each evaluated image whose prediction is less sure than the
+    gate and add the classes it names to the prediction (after the fusion) and to the
+    re-rank's probabilities, as the server does; the headline is then that prediction.
     """
     if out is not None:
         out = Path(out)
@@ -132,22 +133,27 @@ def evaluate(
             "macro_f1": macro_f1(y_true, y_pred),
         }
     text_block: dict[str, Any] | None = None
+    belief = batch.probabilities  # what the class re-rank believes each image shows
     if evidence is not None:
-        paths = [catalog.samples[i].path for i in idx]
-        cues, seconds = read_cues(evidence, paths, embedder.decode_side, progress)
+        # As the server: only the images whose prediction is unsure are read.
+        read = unsure(predicted, evidence.gate)
+        paths = [catalog.samples[i].path for i in idx[read]]
+        cues = np.zeros_like(predicted, dtype=np.float32)
+        cues[read], seconds = read_cues(evidence, paths, embedder.decode_side, progress)
         y_pred = apply_text_cues(predicted, cues, evidence.weight).argmax(1)
+        belief = apply_text_cues(belief, cues, evidence.weight)  # as the server re-ranks
         text_block = {
             **evidence.describe(),
+            "images_read": int(read.sum()),
             "images_with_cue": int((cues.sum(axis=1) > 0).sum()),
-            "seconds_per_image": round(seconds / max(1, len(paths)), 4),
+            # per evaluated image, the ones left unread included: what reading costs on average
+            "seconds_per_image": round(seconds / max(1, len(idx)), 4),
             "accuracy": float(accuracy_score(y_true, y_pred)),
             "macro_f1": macro_f1(y_true, y_pred),
         }
     rerank_block: dict[str, Any] | None = None
     if rerank is not None:
-        recall = reranked_recall(
-            batch.embeddings, batch.probabilities, y_true, g_vectors, g_classes, rerank
-        )
+        recall = reranked_recall(batch.embeddings, belief, y_true, g_vectors, g_classes, rerank)
         rerank_block = {"weight": rerank.weight, "pool": rerank.pool, **recall}
     classes = np.arange(len(names))
     cm = confusion_matrix(y_true, y_pred, labels=classes)
@@ -256,8 +262,10 @@ def format_report(report: dict[str, Any]) -> str:
     if read:
         lines.append(
             f"with text cues (weight {read['weight']:g}, rotations "
-            f"{','.join(map(str, read['rotations']))}; {read['images_with_cue']} images named "
-            f"a class, {read['seconds_per_image']:.2f} s per image): "
+            f"{','.join(map(str, read['rotations']))}, gate {read['gate']:g}; "
+            f"{read['images_read']} of {report['count']} images read, "
+            f"{read['images_with_cue']} named a class, {read['seconds_per_image']:.2f} s per "
+            "image): "
             f"accuracy {read['accuracy']:.4f}  macro-F1 {read['macro_f1']:.4f}"
         )
     ranked = report.get("class_rerank")

@@ -19,7 +19,9 @@ from embedder.knn_vote import (
     FUSE_BY_DEFAULT,
     KnnFusion,
 )
+from embedder.text_cues import DEFAULT_GATE as TEXT_GATE
 from embedder.text_cues import DEFAULT_WEIGHT as TEXT_WEIGHT
+from embedder.text_cues import check_gate
 from embedder.text_reader import DEFAULT_ROTATIONS, ROTATIONS, TextOptions, check_rotations
 
 
@@ -92,9 +94,21 @@ def rotations(text: str) -> tuple[int, ...]:
         ) from None
 
 
+def gate(text: str) -> float:
+    """``--text-gate``: a number above 0 and at most 1."""
+    try:
+        value = float(text)
+        check_gate(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number above 0 and at most 1, got {text!r}"
+        ) from None
+    return value
+
+
 def add_text_cue_options(parser: argparse.ArgumentParser, cost: str) -> None:
-    """``--read-text``, ``--text-cues FILE``, ``--text-weight``, ``--text-rotations``; ``cost``
-    says in the help what reading costs where the command runs it."""
+    """``--read-text``, ``--text-cues FILE``, ``--text-weight``, ``--text-rotations``,
+    ``--text-gate``; ``cost`` says in the help what reading costs where the command runs it."""
     parser.add_argument(
         "--read-text",
         action="store_true",
@@ -125,15 +139,30 @@ def add_text_cue_options(parser: argparse.ArgumentParser, cost: str) -> None:
         "phone's back reads sideways "
         f"(default {','.join(map(str, DEFAULT_ROTATIONS))}; 0 alone is a third of the cost)",
     )
+    parser.add_argument(
+        "--text-gate",
+        type=gate,
+        default=TEXT_GATE,
+        metavar="P",
+        help="read only the photos whose prediction without the text gives its top class less "
+        "than P: a sure prediction is rarely changed by the text, so most of the reading is "
+        f"saved; 1 reads every photo (default {TEXT_GATE:g})",
+    )
 
 
 def check_text_cue_options(args: argparse.Namespace) -> None:
     """--text-cues implies --read-text; the other text flags without it are a usage error."""
     if args.text_cues:
         args.read_text = True
-    changed = args.text_weight != TEXT_WEIGHT or args.text_rotations != DEFAULT_ROTATIONS
+    changed = (
+        args.text_weight != TEXT_WEIGHT
+        or args.text_rotations != DEFAULT_ROTATIONS
+        or args.text_gate != TEXT_GATE
+    )
     if changed and not args.read_text:
-        raise UserError("--text-weight and --text-rotations need --read-text (or --text-cues)")
+        raise UserError(
+            "--text-weight, --text-rotations and --text-gate need --read-text (or --text-cues)"
+        )
 
 
 def text_options_from_args(args: argparse.Namespace) -> TextOptions | None:
@@ -141,4 +170,4 @@ def text_options_from_args(args: argparse.Namespace) -> TextOptions | None:
     check_text_cue_options(args)
     if not args.read_text:
         return None
-    return TextOptions(args.text_cues, args.text_weight, args.text_rotations)
+    return TextOptions(args.text_cues, args.text_weight, args.text_rotations, args.text_gate)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from embedder.errors import EngineError
-from embedder.text_cues import DEFAULT_WEIGHT, TextCues
+from embedder.text_cues import DEFAULT_GATE, DEFAULT_WEIGHT, TextCues, check_gate
 
 #: Upright, and turned both ways: a logo printed along a phone's back reads sideways.
 DEFAULT_ROTATIONS: tuple[int, ...] = (0, 90, 270)
@@ -108,25 +108,28 @@ class TextReader:
 
 @dataclass(frozen=True)
 class TextEvidence:
-    """What a prediction adds from the text on its photos: a reader, the classes' words and the
-    cues' weight (:func:`embedder.text_cues.apply_text_cues`)."""
+    """What a prediction adds from the text on its photos: a reader, the classes' words, the
+    cues' weight (:func:`embedder.text_cues.apply_text_cues`) and the gate below which a
+    prediction is unsure enough to read its photo (:func:`embedder.text_cues.unsure`)."""
 
     reader: TextReader
     cues: TextCues
     weight: float = DEFAULT_WEIGHT
+    gate: float = DEFAULT_GATE
 
     def describe(self) -> dict[str, object]:
-        return {"weight": self.weight, "rotations": list(self.reader.rotations)}
+        return {"weight": self.weight, "rotations": list(self.reader.rotations), "gate": self.gate}
 
 
 @dataclass(frozen=True)
 class TextOptions:
-    """The ``--read-text`` settings: a cue file (None: the labels alone), the cues' weight and
-    the rotations read; :meth:`build` makes them a :class:`TextEvidence` for a model."""
+    """The ``--read-text`` settings: a cue file (None: the labels alone), the cues' weight, the
+    rotations read and the gate; :meth:`build` makes them a :class:`TextEvidence` for a model."""
 
     cue_file: str | None = None
     weight: float = DEFAULT_WEIGHT
     rotations: tuple[int, ...] = DEFAULT_ROTATIONS
+    gate: float = DEFAULT_GATE
 
     def build(self, label_names: Sequence[str], threads: int | None = None) -> TextEvidence:
         """Raises DataError for a bad cue file and EngineError without the OCR package."""
@@ -135,7 +138,9 @@ class TextOptions:
             if self.cue_file
             else TextCues.from_labels(label_names)
         )
-        return TextEvidence(TextReader(self.rotations, threads=threads), cues, self.weight)
+        check_gate(self.gate)
+        reader = TextReader(self.rotations, threads=threads)
+        return TextEvidence(reader, cues, self.weight, self.gate)
 
 
 def bounded_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:

@@ -87,6 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also a server per runtime that reads the text on each photo (needs "
         "phonesim[ocr]); prints its latency and throughput over the plain server's",
     )
+    p.add_argument(
+        "--text-gate",
+        type=float,
+        help="the text server's --text-gate (default: serve's; 1 reads every photo)",
+    )
     return p.parse_args(argv)
 
 
@@ -209,6 +214,8 @@ def start_server(
     ]  # fmt: skip
     if text:
         cmd += ["--read-text"]
+        if args.text_gate is not None:
+            cmd += ["--text-gate", str(args.text_gate)]
     if args.model_threads:
         cmd += ["--model-threads", str(args.model_threads)]
     if args.device:
@@ -399,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = {rt: f"{rt}+text" for rt in runtimes if f"{rt}+text" in results}
     if texts:
         summary["read_text_cost"] = read_text_cost(results, texts, lo, hi)
+        summary["text_gate"] = args.text_gate  # None: serve's default
     if {"torch", "onnx"} <= set(runtimes):
         comparison = compare_runtimes(results, lo, hi)
         targets.update(comparison.pop("targets"))

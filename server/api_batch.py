@@ -123,17 +123,14 @@ def search_batch() -> Response:
     for i, emb in zip(images, embedded, strict=True):
         if isinstance(emb, Embedded):
             vectors[i] = emb.embedding
-            probabilities[i] = svc.ranking_probabilities(emb)
             readable.append((i, emb))
         else:
             results[i] = emb
     if readable:  # one prediction call (one catalog search under kNN fusion) for all images
-        found = svc.predict_many(
-            np.stack([emb.probabilities for _, emb in readable]),
-            np.stack([emb.embedding for _, emb in readable]),
-            cues=None if svc.text_reader is None else np.stack([emb.cues for _, emb in readable]),
-        )
+        found = svc.predict_many([emb for _, emb in readable])
         predictions = {i: p for (i, _), p in zip(readable, found, strict=True)}
+    for i, emb in readable:  # after the prediction: the re-rank believes the text it read
+        probabilities[i] = svc.ranking_probabilities(emb)
     # Queries with the same options share one index call; an item's query excludes itself.
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(parsed):

@@ -32,12 +32,10 @@ def _decoder() -> ThreadPoolExecutor:
         return _pool
 
 
-def embed_many(
-    svc: LookupService, images: list[bytes], read_text: bool = True
-) -> list[Embedded | dict]:
+def embed_many(svc: LookupService, images: list[bytes]) -> list[Embedded | dict]:
     """Each image's embedding, or the entry error (see :func:`server.errors.entry_error`) of an
-    image that cannot be read; the readable ones share one forward pass. ``read_text``: also
-    read the text on each (when the server reads text; a batch add predicts nothing)."""
+    image that cannot be read; the readable ones share one forward pass. A server that reads
+    text keeps each decoded photo with it, for its prediction to read if unsure."""
 
     def prepare(data: bytes) -> tuple[np.ndarray, Image.Image] | dict:
         try:
@@ -55,13 +53,12 @@ def embed_many(
     if not rows:
         return out
     future = svc.batcher.submit_many(np.stack([out[i][0] for i in rows]))
-    # Read while the model runs (nothing to read unless the server reads text).
-    read = [svc.read_cues(out[i][1]) if read_text else (None, 0.0) for i in rows]
     results = future.result(timeout=svc.config.request_timeout_s)
     t2 = time.perf_counter()
     svc.metrics.decode_seconds.observe(t1 - t0)
-    for i, result, (cues, read_s) in zip(rows, results, read, strict=True):
-        out[i] = svc.embedded(result, decode_s=t1 - t0, total_s=t2 - t0, cues=cues, read_s=read_s)
+    for i, result in zip(rows, results, strict=True):
+        image = out[i][1]
+        out[i] = svc.embedded(result, decode_s=t1 - t0, total_s=t2 - t0, image=image)
     return out
 
 
@@ -87,7 +84,7 @@ def add_many(svc: LookupService, entries: list[NewItem]) -> list[dict]:
                 )
             seen.add(e.id or "")
     todo = [e for e in entries if e.error is None]
-    embedded = embed_many(svc, [e.data or b"" for e in todo], read_text=False) if todo else []
+    embedded = embed_many(svc, [e.data or b"" for e in todo]) if todo else []
     ready: list[tuple[NewItem, Embedded]] = []
     for e, emb in zip(todo, embedded, strict=True):
         if isinstance(emb, Embedded):

@@ -217,6 +217,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
             text_cues=args.text_cues,
             text_weight=args.text_weight,
             text_rotations=args.text_rotations,
+            text_gate=args.text_gate,
         ).validate()
     except ValueError as exc:
         raise UserError(str(exc)) from exc

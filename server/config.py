@@ -18,8 +18,9 @@ from embedder.knn_vote import (
     FUSE_BY_DEFAULT,
     KnnFusion,
 )
+from embedder.text_cues import DEFAULT_GATE as TEXT_GATE
 from embedder.text_cues import DEFAULT_WEIGHT as TEXT_WEIGHT
-from embedder.text_cues import check_weight
+from embedder.text_cues import check_gate, check_weight
 from embedder.text_reader import DEFAULT_ROTATIONS, check_rotations
 
 # Environment variable the ``serve`` command reads the API key from when --api-key is absent.
@@ -56,9 +57,10 @@ class ServerConfig:
     ``class_rerank``: the weight by which the query's class probabilities re-rank the first
     ``RERANK_POOL`` neighbours of an uploaded photo, and a catalog item's own label those of
     the item (see :mod:`embedder.class_rerank`; 0: by similarity alone).
-    ``read_text``: read the text on each uploaded photo (OCR at ``text_rotations``) and add the
-    classes it names to the prediction at ``text_weight`` (see :mod:`embedder.text_cues`);
-    ``text_cues``: a JSON file of words naming each class besides its label.
+    ``read_text``: read the text on each uploaded photo (OCR at ``text_rotations``) whose
+    prediction gives its top class less than ``text_gate`` and add the classes it names to the
+    prediction at ``text_weight`` (see :mod:`embedder.text_cues`); ``text_cues``: a JSON file
+    of words naming each class besides its label.
     """
 
     checkpoint: str | None = None
@@ -93,6 +95,7 @@ class ServerConfig:
     text_cues: str | None = None
     text_weight: float = TEXT_WEIGHT
     text_rotations: tuple[int, ...] = DEFAULT_ROTATIONS
+    text_gate: float = TEXT_GATE
 
     @property
     def fusion(self) -> KnnFusion | None:
@@ -152,6 +155,7 @@ class ServerConfig:
         # The text reading's own checks, whether it is on or not, as for the fusion above.
         check_weight(self.text_weight, "text_weight")
         check_rotations(self.text_rotations, "text_rotations")
+        check_gate(self.text_gate, "text_gate")
         if self.text_cues is not None and not self.read_text:
             raise ValueError("text_cues needs read_text (the words are matched to read text)")
         return self

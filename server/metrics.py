@@ -105,6 +105,13 @@ class Metrics:
             buckets=MODEL_BUCKETS,
             registry=r,
         )
+        self.text_photos = Counter(
+            "phonesim_text_photos",
+            "Uploaded photos of a server that reads text, by whether their text was read "
+            "(read: yes) or their prediction was sure enough to leave it (read: no).",
+            ["read"],
+            registry=r,
+        )
         self.search_seconds = Histogram(
             "phonesim_index_search_seconds",
             "Time of one index search.",

@@ -289,7 +289,14 @@ SCHEMAS: dict[str, Any] = {
                 "type": "array",
                 "items": {"type": "string"},
                 "description": "the classes the text read on the photo names (by their labels "
-                "or the server's --text-cues words); present only when the server reads text",
+                "or the server's --text-cues words); empty when it was not read; present only "
+                "when the server reads text",
+            },
+            "text_read": {
+                "type": "boolean",
+                "description": "whether the text on the photo was read: only photos whose "
+                "prediction without it gives its top class less than the server's --text-gate "
+                "are; present only when the server reads text",
             },
         },
     },

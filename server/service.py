@@ -11,7 +11,8 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from embedder.class_rerank import ClassRerank, rerank_order
 from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.knn_vote import KnnFusion, fuse, neighbour_arrays
-from embedder.text_cues import TextCues, apply_text_cues
+from embedder.text_cues import TextCues, apply_text_cues, unsure
 from embedder.text_reader import TextOptions, TextReader
 from index.catalog import CatalogIndex, Hit, Item
 from index.errors import DuplicateIdError
@@ -49,16 +50,22 @@ LARGE_DECODES = 2
 MAX_READY_LAG_S = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class Embedded:
-    """One image's embedding and class probabilities, with per-stage timings in ms, and the
-    classes the text read on it names (a cue row, see :meth:`TextCues.matrix`; None when the
-    server does not read text)."""
+    """One image's embedding and class probabilities, with per-stage timings in ms.
+
+    When the server reads text: ``image``, the decoded photo, is kept until its prediction
+    decides whether to read it (:meth:`LookupService.predict_many`), which then sets ``cues``,
+    the classes its text names (a cue row, see :meth:`TextCues.matrix`; zeros when left
+    unread), and ``text_read``. A request's own object: nothing else shares it.
+    """
 
     embedding: np.ndarray
     probabilities: np.ndarray
     timing_ms: dict[str, float]
     cues: np.ndarray | None = None
+    text_read: bool = False
+    image: Image.Image | None = field(default=None, repr=False)
 
 
 def _ms(seconds: float) -> float:
@@ -188,29 +195,45 @@ class LookupService:
             x = self.embedder.preprocess_array(image)
             t1 = time.perf_counter()
             future = pending.submit(x)
-        # Read while the model runs: the OCR and the forward pass overlap.
-        cues, read_s = self.read_cues(image)
         result = future.result(timeout=self.config.request_timeout_s)
         t2 = time.perf_counter()
         self.metrics.decode_seconds.observe(t1 - t0)
-        return self.embedded(result, decode_s=t1 - t0, total_s=t2 - t0, cues=cues, read_s=read_s)
+        return self.embedded(result, decode_s=t1 - t0, total_s=t2 - t0, image=image)
 
-    def read_cues(self, image: Image.Image) -> tuple[np.ndarray | None, float]:
-        """The classes the text on ``image`` names, as a cue row, and the seconds reading took
-        (None, 0 when not reading)."""
-        if self.text_reader is None or self.text_cues is None:
-            return None, 0.0
-        t0 = time.perf_counter()
+    def read_cues(self, image: Image.Image) -> np.ndarray:
+        """The classes the text on ``image`` names, as a cue row (the server reads text)."""
+        assert self.text_reader is not None and self.text_cues is not None
         try:
             texts = self.text_reader.read(image)
         except Exception:  # the OCR failing on one photo must not fail its search
             log.warning("reading the text on an image failed; predicting without it", exc_info=True)
             texts = []
-        return self.text_cues.matrix([texts])[0], time.perf_counter() - t0
+        return self.text_cues.matrix([texts])[0]
+
+    def read_where_unsure(self, embedded: Sequence[Embedded], probabilities: np.ndarray) -> None:
+        """Read the text on the photos whose ``probabilities`` (their prediction before the
+        text, N x C) are less sure than the text gate, and set every photo's ``cues``: a sure
+        prediction is rarely changed by its text (bench_quality recipe_text_gated: at the
+        default gate half of the photos are read, and no prediction differs from reading all).
+        """
+        assert self.text_cues is not None
+        for photo, worth in zip(
+            embedded, unsure(probabilities, self.config.text_gate), strict=True
+        ):
+            if photo.cues is not None:  # read already (a photo is predicted once, but still)
+                continue
+            t0 = time.perf_counter()
+            if worth and photo.image is not None:
+                photo.cues, photo.text_read = self.read_cues(photo.image), True
+            else:
+                photo.cues = np.zeros(len(self.text_cues.words), dtype=np.float32)
+            self.metrics.text_photos.labels(read="yes" if photo.text_read else "no").inc()
+            photo.timing_ms["read_text"] = _ms(time.perf_counter() - t0)
+            photo.image = None  # nothing else needs the pixels
 
     def ranking_probabilities(self, embedded: Embedded) -> np.ndarray:
         """What the class re-rank believes an uploaded photo shows: the classifier's
-        probabilities, with the classes its text names added when the server reads text
+        probabilities, with the classes its text names added once its prediction has read it
         (bench_quality recipe_text_rerank: Recall@1 +0.013, group bootstrap [+0.006, +0.021])."""
         if embedded.cues is None:
             return embedded.probabilities
@@ -223,10 +246,10 @@ class LookupService:
         *,
         decode_s: float,
         total_s: float,
-        cues: np.ndarray | None = None,
-        read_s: float = 0.0,
+        image: Image.Image | None = None,
     ) -> Embedded:
-        """One image's batcher result with its timings; counts its time in the queue."""
+        """One image's batcher result with its timings; counts its time in the queue. The
+        decoded ``image`` is kept only when the server reads text."""
         self.metrics.queue_seconds.observe(result.queue_s)
         timing = {
             "decode": _ms(decode_s),
@@ -235,55 +258,47 @@ class LookupService:
             "batch_size": result.batch_size,
             "embed_total": _ms(total_s),
         }
-        if cues is not None:
-            timing["read_text"] = _ms(read_s)
-        return Embedded(result.embedding, result.probabilities, timing, cues)
+        keep = image if self.text_reader is not None else None
+        return Embedded(result.embedding, result.probabilities, timing, image=keep)
 
     def arrival(self) -> Arrival:
         """Tell the batcher a request that will embed an image is on its way."""
         return self.batcher.arrival()
 
-    def predict(
-        self,
-        probabilities: np.ndarray,
-        embedding: np.ndarray | None = None,
-        *,
-        exclude_ids: list[str] | None = None,
-        cues: np.ndarray | None = None,
-    ) -> dict[str, Any]:
+    def predict(self, embedded: Embedded, exclude_ids: list[str] | None = None) -> dict[str, Any]:
         """Top class and the ``top_classes`` most probable ones of one image (see
         :meth:`predict_many`)."""
-        embeddings = None if embedding is None else embedding[None, :]
-        return self.predict_many(
-            probabilities[None, :], embeddings, exclude_ids, None if cues is None else cues[None, :]
-        )[0]
+        return self.predict_many([embedded], exclude_ids)[0]
 
     def predict_many(
-        self,
-        probabilities: np.ndarray,
-        embeddings: np.ndarray | None = None,
-        exclude_ids: list[str] | None = None,
-        cues: np.ndarray | None = None,
+        self, embedded: Sequence[Embedded], exclude_ids: list[str] | None = None
     ) -> list[dict[str, Any]]:
-        """Top class and the ``top_classes`` most probable ones of each row of
-        ``probabilities``, and the ``source`` of the prediction.
+        """Top class and the ``top_classes`` most probable ones of each image, and the
+        ``source`` of the prediction.
 
-        With kNN fusion configured and the images' ``embeddings`` given, the probabilities are
-        first fused with a vote of each image's nearest catalog items (``exclude_ids`` never
-        among them); ``source`` is ``classifier+knn`` for an image whose neighbours voted and
-        ``classifier`` otherwise (no fusion, or no neighbour with a known label). With the
-        images' text ``cues`` (N x C rows of :meth:`read_cues`), the classes each names are
-        added (``text_cues``, and ``+text`` in ``source`` where there are any).
+        With kNN fusion configured, the classifier's probabilities are first fused with a vote
+        of each image's nearest catalog items (``exclude_ids`` never among them); ``source`` is
+        ``classifier+knn`` for an image whose neighbours voted and ``classifier`` otherwise (no
+        fusion, or no neighbour with a known label). When the server reads text, the photos
+        that prediction is unsure of are read (:meth:`read_where_unsure`) and the classes
+        their text names added (``text_read``, ``text_cues``, and ``+text`` in ``source``
+        where there are any).
         """
-        probabilities = np.asarray(probabilities, dtype=np.float32)
+        if not embedded:
+            return []
+        probabilities = np.stack([e.probabilities for e in embedded]).astype(np.float32)
         voted = np.zeros(len(probabilities), dtype=bool)
         fusion = self.config.fusion
-        if fusion is not None and embeddings is not None and len(probabilities):
+        if fusion is not None:
+            embeddings = np.stack([e.embedding for e in embedded])
             probabilities, voted = self._fuse_with_catalog(
                 probabilities, embeddings, fusion, exclude_ids
             )
         names = self.embedder.label_names
-        if cues is not None:
+        cues = None
+        if self.text_reader is not None:
+            self.read_where_unsure(embedded, probabilities)
+            cues = np.stack([e.cues for e in embedded])
             probabilities = apply_text_cues(probabilities, cues, self.config.text_weight)
         out = []
         for i, (row, knn) in enumerate(zip(probabilities, voted, strict=True)):
@@ -298,6 +313,7 @@ class LookupService:
             }
             if cues is not None:
                 named = [names[j] for j in np.flatnonzero(cues[i])]
+                prediction["text_read"] = embedded[i].text_read
                 prediction["text_cues"] = named
                 if named:
                     prediction["source"] = f"{source}+text"
@@ -567,6 +583,7 @@ class LookupService:
                 "read_text": cfg.read_text,
                 "text_weight": cfg.text_weight if cfg.read_text else None,
                 "text_rotations": list(cfg.text_rotations) if cfg.read_text else None,
+                "text_gate": cfg.text_gate if cfg.read_text else None,
             },
             "ranking": {
                 "class_rerank": cfg.class_rerank,

@@ -54,6 +54,9 @@ function showPrediction(prediction) {
   } else if (!fused) {
     source += " alone";
   }
+  if (prediction.text_read === false) {
+    source += " (sure enough that the photo's text was not read)";
+  }
   $("prediction-source").textContent = source;
   const bars = $("prediction-bars");
   bars.replaceChildren();

@@ -40,17 +40,62 @@ def named_banners(tiny_checkpoint, tmp_path_factory):
 
 def test_text_cues_decide_where_the_text_names_the_class(tiny_checkpoint, named_banners):
     data, cues = named_banners
-    report = evaluate(
-        tiny_checkpoint, data, progress=False, text=TextOptions(str(cues), rotations=(0,))
-    )
+    every = TextOptions(str(cues), rotations=(0,), gate=1.0)
+    report = evaluate(tiny_checkpoint, data, progress=False, text=every)
     read = report["text_cues"]
     assert report["prediction"] == "classifier+text"
-    assert read["images_with_cue"] == report["count"]
+    assert read["images_with_cue"] == read["images_read"] == report["count"]
     assert read["rotations"] == [0] and read["weight"] == 1.0
     assert report["accuracy"] == read["accuracy"] == 1.0
     assert "with text cues" in format_report(report)
     plain = evaluate(tiny_checkpoint, data, progress=False)
     assert plain["text_cues"] is None and plain["prediction"] == "classifier"
+
+
+def test_the_gate_reads_only_the_images_the_prediction_is_unsure_of(
+    tiny_checkpoint, named_banners, monkeypatch
+):
+    """An image whose prediction is at least as sure as the gate is never read: at a gate
+    below every prediction's top probability nothing is read and the prediction stays the
+    classifier's; between the surest and the least sure prediction only some are read."""
+    from embedder import text_reader
+
+    data, cues = named_banners
+    plain = evaluate(tiny_checkpoint, data, progress=False)
+    read_calls = []
+    real = text_reader.TextReader.read
+
+    def counted(self, image):
+        read_calls.append(1)
+        return real(self, image)
+
+    monkeypatch.setattr(text_reader.TextReader, "read", counted)
+    never = evaluate(
+        tiny_checkpoint,
+        data,
+        progress=False,
+        text=TextOptions(str(cues), rotations=(0,), gate=0.01),
+    )
+    assert read_calls == [] and never["text_cues"]["images_read"] == 0
+    assert never["accuracy"] == plain["accuracy"]
+    assert never["text_cues"]["gate"] == 0.01
+    # The top probabilities of the tiny model's predictions, to put a gate between them.
+    from embedder.inference import Embedder
+
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    images = sorted(data.rglob("*.png"))
+    top = sorted(embedder.embed_paths(images).probabilities.max(axis=1).tolist())
+    assert top[0] < top[-1]
+    gate = (top[0] + top[-1]) / 2
+    some = evaluate(
+        tiny_checkpoint,
+        data,
+        progress=False,
+        text=TextOptions(str(cues), rotations=(0,), gate=gate),
+    )
+    unsure = sum(p < gate for p in top)
+    assert some["text_cues"]["images_read"] == len(read_calls) == unsure
+    assert 0 < unsure < len(top)
 
 
 def test_a_bad_cue_file_fails_before_the_work(tiny_checkpoint, named_banners, tmp_path):
@@ -66,6 +111,12 @@ def test_text_flags():
     assert text_options_from_args(build_parser().parse_args(base)) is None
     on = build_parser().parse_args([*base, "--text-cues", "f.json", "--text-weight", "0.5"])
     assert text_options_from_args(on) == TextOptions("f.json", 0.5)
+    gated = build_parser().parse_args([*base, "--read-text", "--text-gate", "1"])
+    assert text_options_from_args(gated) == TextOptions(None, gate=1.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--read-text", "--text-gate", "0"])
+    with pytest.raises(UserError, match="need --read-text"):
+        text_options_from_args(build_parser().parse_args([*base, "--text-gate", "0.5"]))
     with pytest.raises(UserError, match="need --read-text"):
         text_options_from_args(build_parser().parse_args([*base, "--text-rotations", "0"]))
 
@@ -85,7 +136,6 @@ def test_an_image_whose_reading_fails_is_evaluated_without_its_cue(
         return [("Quartz", 0.99)]
 
     monkeypatch.setattr(text_reader.TextReader, "read", flaky)
-    report = evaluate(
-        tiny_checkpoint, data, progress=False, text=TextOptions(str(cues), rotations=(0,))
-    )
+    every = TextOptions(str(cues), rotations=(0,), gate=1.0)
+    report = evaluate(tiny_checkpoint, data, progress=False, text=every)
     assert report["text_cues"]["images_with_cue"] == report["count"] - 1

@@ -244,6 +244,7 @@ def test_info_reports_the_fusion_settings(fused):
         "read_text": False,
         "text_weight": None,
         "text_rotations": None,
+        "text_gate": None,
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 from PIL import Image, ImageDraw, ImageFont
@@ -45,7 +46,8 @@ def outsider(tiny_embedder, readonly_index) -> str:
 def reading(tiny_embedder, readonly_index, outsider, tmp_path_factory):
     cues = tmp_path_factory.mktemp("cues") / "cues.json"
     cues.write_text(json.dumps({outsider: [WORD]}))
-    config = ServerConfig(read_text=True, text_cues=str(cues), text_rotations=(0,))
+    # Gate 1: every photo is read, however sure the tiny model is.
+    config = ServerConfig(read_text=True, text_cues=str(cues), text_rotations=(0,), text_gate=1.0)
     app = make_app(config, tiny_embedder, readonly_index)
     yield app.test_client()
     app.extensions["phonesim"].close()
@@ -59,7 +61,7 @@ def test_a_named_class_wins_on_every_endpoint_that_predicts(reading, outsider) -
     for body in (searched, embedded, batched):
         prediction = body["prediction"]
         assert prediction["label"] == outsider
-        assert prediction["text_cues"] == [outsider]
+        assert prediction["text_cues"] == [outsider] and prediction["text_read"] is True
         assert prediction["source"].endswith("+text")
     assert searched["timing_ms"]["read_text"] > 0
 
@@ -72,7 +74,7 @@ def test_a_photo_without_a_named_class_keeps_its_prediction(reading, jpeg_bytes)
 
 def test_a_server_that_does_not_read_says_nothing_about_text(client, jpeg_bytes) -> None:
     body = client.post("/v1/search", data=upload(banner(WORD))).get_json()
-    assert "text_cues" not in body["prediction"]
+    assert "text_cues" not in body["prediction"] and "text_read" not in body["prediction"]
     assert "read_text" not in body["timing_ms"]
     assert client.get("/v1/info").get_json()["prediction"]["read_text"] is False
 
@@ -82,6 +84,39 @@ def test_info_shows_the_text_setting(reading) -> None:
     assert shown["read_text"] is True
     assert shown["text_rotations"] == [0]
     assert shown["text_weight"] == 1.0
+    assert shown["text_gate"] == 1.0
+
+
+def test_a_sure_prediction_leaves_the_text_unread(
+    tiny_embedder, readonly_index, outsider, tmp_path, monkeypatch
+) -> None:
+    """Below the gate only: at a gate under every prediction's top probability nothing is
+    read, on the single and the batch endpoints, and the prediction is the one without text."""
+    cues = tmp_path / "cues.json"
+    cues.write_text(json.dumps({outsider: [WORD]}))
+    config = ServerConfig(read_text=True, text_cues=str(cues), text_rotations=(0,), text_gate=0.01)
+    app = make_app(config, tiny_embedder, readonly_index)
+    plain = make_app(ServerConfig(), tiny_embedder, readonly_index)
+    try:
+        svc = app.extensions["phonesim"].service
+        calls = []
+        monkeypatch.setattr(svc.text_reader, "read", lambda image: calls.append(1) or [])
+        client = app.test_client()
+        searched = client.post("/v1/search", data=upload(banner(WORD))).get_json()
+        batch = client.post("/v1/search/batch", json={"queries": [{"image": b64(banner(WORD))}]})
+        expected = plain.test_client().post("/v1/search", data=upload(banner(WORD))).get_json()
+        for prediction in (searched["prediction"], batch.get_json()["results"][0]["prediction"]):
+            assert prediction["text_read"] is False and prediction["text_cues"] == []
+            assert prediction["label"] == expected["prediction"]["label"] != outsider
+        assert calls == []
+        assert searched["timing_ms"]["read_text"] < 50  # no OCR ran
+        assert client.get("/v1/info").get_json()["prediction"]["text_gate"] == 0.01
+        metrics = client.get("/metrics").get_data(as_text=True)
+        left = re.search(r'phonesim_text_photos_total\{read="no"\} (\S+)', metrics)
+        assert left and float(left[1]) >= 2, metrics
+    finally:
+        app.extensions["phonesim"].close()
+        plain.extensions["phonesim"].close()
 
 
 def test_a_bad_cue_file_stops_the_start(tiny_embedder, readonly_index, tmp_path) -> None:
@@ -99,6 +134,9 @@ def test_a_bad_cue_file_stops_the_start(tiny_embedder, readonly_index, tmp_path)
         ({"read_text": True, "text_weight": True}, "text_weight"),
         ({"read_text": True, "text_rotations": (45,)}, "text_rotations"),
         ({"read_text": True, "text_rotations": ()}, "text_rotations"),
+        ({"read_text": True, "text_gate": 0.0}, "text_gate"),
+        ({"read_text": True, "text_gate": 1.5}, "text_gate"),
+        ({"read_text": True, "text_gate": True}, "text_gate"),
     ],
 )
 def test_text_settings_are_checked(settings: dict, error: str) -> None:
@@ -118,8 +156,13 @@ def test_serve_flags(tmp_path) -> None:
         "cues.json",
         (0, 90),
     )
+    assert config.text_gate == 0.8  # the default, measured in bench_quality
+    gated, _ = cli.settings_from_args(parser.parse_args([*base, "--read-text", "--text-gate", "1"]))
+    assert gated.text_gate == 1.0
     with pytest.raises(UserError, match="need --read-text"):
         cli.settings_from_args(parser.parse_args([*base, "--text-weight", "0.5"]))
+    with pytest.raises(UserError, match="need --read-text"):
+        cli.settings_from_args(parser.parse_args([*base, "--text-gate", "0.5"]))
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--read-text", "--text-rotations", "45"])
 
@@ -145,7 +188,12 @@ def test_the_class_rerank_believes_the_text_too(
     cues.write_text(json.dumps({outsider: [WORD]}))
     firsts = {}
     for read in (False, True):
-        settings = {"read_text": True, "text_cues": str(cues), "text_rotations": (0,)}
+        settings = {
+            "read_text": True,
+            "text_cues": str(cues),
+            "text_rotations": (0,),
+            "text_gate": 1.0,
+        }
         config = ServerConfig(class_rerank=5.0, **(settings if read else {}))
         app = make_app(config, tiny_embedder, readonly_index)
         try:
