@@ -200,6 +200,15 @@ def batch_stats(port: int) -> tuple[float, float]:
     return (float(s.group(1)) if s else 0.0, float(c.group(1)) if c else 0.0)
 
 
+def text_read_share(port: int) -> float | None:
+    """The share of the photos a text-reading server read, of all it predicted (warm-up
+    included), from its phonesim_text_photos counter; None before any."""
+    text = get(port, "/metrics")[1].decode()
+    counts = dict(re.findall(r'^phonesim_text_photos_total\{read="(yes|no)"\} (\S+)$', text, re.M))
+    total = sum(float(v) for v in counts.values())
+    return round(float(counts.get("yes", 0.0)) / total, 4) if total else None
+
+
 def start_server(
     ckpt: Path, index: Path, port: int, args: argparse.Namespace, variant: str, log: Path
 ):
@@ -253,18 +262,28 @@ def compare_runtimes(results: dict[str, dict], lo: int, hi: int) -> dict:
     }
 
 
-def read_text_cost(results: dict[str, dict], texts: dict[str, str], lo: int, hi: int) -> dict:
-    """Each text-reading server against the plain one of its runtime, from the same run."""
+def read_text_cost(
+    results: dict[str, dict], texts: dict[str, str], shares: dict, lo: int, hi: int
+) -> dict:
+    """Each text-reading server against the plain one of its runtime, from the same run, and
+    the share of the photos its gate read."""
     out = {}
     for plain, text in texts.items():
         a, b = results[plain]["load"], results[text]["load"]
         p50 = round(b[f"c{lo}"]["p50_ms"] / a[f"c{lo}"]["p50_ms"], 2)
+        mean = round(b[f"c{lo}"]["mean_ms"] / a[f"c{lo}"]["mean_ms"], 2)
         rps = round(b[f"c{hi}"]["rps"] / a[f"c{hi}"]["rps"], 3) if a[f"c{hi}"]["rps"] else None
-        out[plain] = {f"text_over_plain_p50_c{lo}": p50, f"text_over_plain_rps_c{hi}": rps}
+        out[plain] = {
+            f"text_over_plain_p50_c{lo}": p50,
+            f"text_over_plain_mean_c{lo}": mean,
+            f"text_over_plain_rps_c{hi}": rps,
+            "share_read": shares.get(text),
+        }
         print(
             f"[{text}] reading text, same run: c{lo} p50 x{p50} the plain server's "
-            f"({b[f'c{lo}']['p50_ms']} ms against {a[f'c{lo}']['p50_ms']} ms), c{hi} req/s "
-            f"x{rps}",
+            f"({b[f'c{lo}']['p50_ms']} ms against {a[f'c{lo}']['p50_ms']} ms), mean x{mean} "
+            f"({b[f'c{lo}']['mean_ms']} ms against {a[f'c{lo}']['mean_ms']} ms), c{hi} req/s "
+            f"x{rps}; photos read {shares.get(text)}",
             flush=True,
         )
     return out
@@ -372,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"req/s, p50 {part['p50_ms']} ms, errors {part['errors']}",
                             flush=True,
                         )
+            shares = {rt: text_read_share(ports[rt]) for rt in runtimes if "+text" in rt}
         finally:
             for proc in procs.values():
                 proc.terminate()
@@ -405,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     texts = {rt: f"{rt}+text" for rt in runtimes if f"{rt}+text" in results}
     if texts:
-        summary["read_text_cost"] = read_text_cost(results, texts, lo, hi)
+        summary["read_text_cost"] = read_text_cost(results, texts, shares, lo, hi)
         summary["text_gate"] = args.text_gate  # None: serve's default
     if {"torch", "onnx"} <= set(runtimes):
         comparison = compare_runtimes(results, lo, hi)
