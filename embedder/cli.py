@@ -230,7 +230,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p, "--gallery images (without a gallery: the other --data images, leave-one-out)"
     )
     add_class_rerank_option(p)
-    add_text_cue_options(p, "reading costs about 0.25 s per image and rotation on 2 cores")
+    add_text_cue_options(
+        p, "reading costs about 0.25 s per image read and rotation on 2 cores (see --text-gate)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_evaluate)
 

@@ -145,7 +145,7 @@ def add_text_cue_options(parser: argparse.ArgumentParser, cost: str) -> None:
         default=TEXT_GATE,
         metavar="P",
         help="read only the photos whose prediction without the text gives its top class less "
-        "than P: a sure prediction is rarely changed by the text, so most of the reading is "
+        "than P: a sure prediction is rarely changed by the text, so much of the reading is "
         f"saved; 1 reads every photo (default {TEXT_GATE:g})",
     )
 

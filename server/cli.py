@@ -166,9 +166,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_text_cue_options(
         p,
-        "each uploaded photo is read while the model runs, about 0.25 s per rotation on 2 "
-        "cores where a whole search otherwise takes tens of ms, so keep it for catalogs "
-        "whose photos carry text",
+        "an uploaded photo is read after its prediction when --text-gate says so, about "
+        "0.25 s per rotation on 2 cores where a whole search otherwise takes tens of ms, so "
+        "keep it for catalogs whose photos carry text",
     )
     p.add_argument("--access-log", action="store_true", help="log every request")
 

@@ -105,7 +105,9 @@ class LookupService:
         self.text_cues: TextCues | None = None
         self.text_reader: TextReader | None = None
         if config.read_text:  # a bad cue file or a missing OCR package fails the start
-            options = TextOptions(config.text_cues, config.text_weight, config.text_rotations)
+            options = TextOptions(
+                config.text_cues, config.text_weight, config.text_rotations, config.text_gate
+            )
             evidence = options.build(embedder.label_names, threads=config.model_threads)
             self.text_cues, self.text_reader = evidence.cues, evidence.reader
         self.follower: IndexFollower | None = None
