@@ -112,8 +112,9 @@ def add_text_cue_options(parser: argparse.ArgumentParser, cost: str) -> None:
     parser.add_argument(
         "--read-text",
         action="store_true",
-        help="read the text on each photo (RapidOCR, pip install 'phonesim[ocr]') and add the "
-        "classes it names (their labels, and the --text-cues words) to the prediction, so a "
+        help="read the text on each photo predicted below --text-gate (RapidOCR, pip install "
+        "'phonesim[ocr]') and add the classes it names (their labels, and the --text-cues "
+        "words) to the prediction, so a "
         f"photo whose text names a class leans to it whatever its backdrop looks like; {cost}",
     )
     parser.add_argument(

@@ -9,9 +9,10 @@ p50/p95/p99 latency, requests/s and errors, then ONE JSON line with every figure
 alternating between them so the load of a shared machine weighs on both alike) and compares
 them: c1 p50 with onnx <= 0.6x torch's, c8 throughput >= 1.8x torch's, no errors.
 
-``--read-text`` adds, for each runtime, a server that reads the text on each photo
-(``serve --read-text``, measured in the same rounds as ``<runtime>+text``) and prints what the
-reading costs: its c1 p50 and c8 requests/s over the plain server's (no target: the price of
+``--read-text`` adds, for each runtime, a server that reads the text on the photos it predicts
+below ``--text-gate`` (``serve --read-text``, measured in the same rounds as
+``<runtime>+text``) and prints what the reading costs: its c1 p50 and mean and its c8
+requests/s over the plain server's, and the share of photos it read (no target: the price of
 an opt-in).
 
     python scripts/bench_server.py [--workdir DIR | --checkpoint CKPT --index INDEX]
@@ -33,6 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from http_load import free_port, get, load, multipart, summarize
+
+from embedder.knn_options import gate
+from embedder.text_cues import DEFAULT_GATE as TEXT_GATE
 
 REPO = Path(__file__).resolve().parents[1]
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
@@ -84,15 +88,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--read-text",
         action="store_true",
-        help="also a server per runtime that reads the text on each photo (needs "
-        "phonesim[ocr]); prints its latency and throughput over the plain server's",
+        help="also a server per runtime that reads the text on the photos it is unsure of "
+        "(needs phonesim[ocr]); prints its latency and throughput over the plain server's",
     )
     p.add_argument(
         "--text-gate",
-        type=float,
-        help="the text server's --text-gate (default: serve's; 1 reads every photo)",
+        type=gate,
+        default=TEXT_GATE,
+        help=f"the text server's --text-gate (default {TEXT_GATE:g}, serve's; 1 reads every photo)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.text_gate != TEXT_GATE and not args.read_text:
+        p.error("--text-gate needs --read-text")
+    return args
 
 
 def run(cmd: list[str]) -> None:
@@ -223,8 +231,7 @@ def start_server(
     ]  # fmt: skip
     if text:
         cmd += ["--read-text"]
-        if args.text_gate is not None:
-            cmd += ["--text-gate", str(args.text_gate)]
+        cmd += ["--text-gate", str(args.text_gate)]
     if args.model_threads:
         cmd += ["--model-threads", str(args.model_threads)]
     if args.device:
@@ -426,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = {rt: f"{rt}+text" for rt in runtimes if f"{rt}+text" in results}
     if texts:
         summary["read_text_cost"] = read_text_cost(results, texts, shares, lo, hi)
-        summary["text_gate"] = args.text_gate  # None: serve's default
+        summary["text_gate"] = args.text_gate
     if {"torch", "onnx"} <= set(runtimes):
         comparison = compare_runtimes(results, lo, hi)
         targets.update(comparison.pop("targets"))

@@ -32,10 +32,13 @@ def _decoder() -> ThreadPoolExecutor:
         return _pool
 
 
-def embed_many(svc: LookupService, images: list[bytes]) -> list[Embedded | dict]:
+def embed_many(
+    svc: LookupService, images: list[bytes], predicted: bool = True
+) -> list[Embedded | dict]:
     """Each image's embedding, or the entry error (see :func:`server.errors.entry_error`) of an
-    image that cannot be read; the readable ones share one forward pass. A server that reads
-    text keeps each decoded photo with it, for its prediction to read if unsure."""
+    image that cannot be read; the readable ones share one forward pass. ``predicted``: the
+    caller predicts them, so a server that reads text keeps each decoded photo with it for its
+    prediction to read if unsure (a batch add predicts nothing and keeps none)."""
 
     def prepare(data: bytes) -> tuple[np.ndarray, Image.Image] | dict:
         try:
@@ -57,7 +60,7 @@ def embed_many(svc: LookupService, images: list[bytes]) -> list[Embedded | dict]
     t2 = time.perf_counter()
     svc.metrics.decode_seconds.observe(t1 - t0)
     for i, result in zip(rows, results, strict=True):
-        image = out[i][1]
+        image = out[i][1] if predicted else None
         out[i] = svc.embedded(result, decode_s=t1 - t0, total_s=t2 - t0, image=image)
     return out
 
@@ -84,7 +87,7 @@ def add_many(svc: LookupService, entries: list[NewItem]) -> list[dict]:
                 )
             seen.add(e.id or "")
     todo = [e for e in entries if e.error is None]
-    embedded = embed_many(svc, [e.data or b"" for e in todo]) if todo else []
+    embedded = embed_many(svc, [e.data or b"" for e in todo], predicted=False) if todo else []
     ready: list[tuple[NewItem, Embedded]] = []
     for e, emb in zip(todo, embedded, strict=True):
         if isinstance(emb, Embedded):

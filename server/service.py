@@ -224,13 +224,17 @@ class LookupService:
         ):
             if photo.cues is not None:  # read already (a photo is predicted once, but still)
                 continue
-            t0 = time.perf_counter()
+            read_s = 0.0
             if worth and photo.image is not None:
+                t0 = time.perf_counter()
                 photo.cues, photo.text_read = self.read_cues(photo.image), True
+                read_s = time.perf_counter() - t0
             else:
+                if worth:  # every path that predicts keeps the photo: a bug, not a sure photo
+                    log.warning("an unsure photo's pixels were not kept; predicting without text")
                 photo.cues = np.zeros(len(self.text_cues.words), dtype=np.float32)
             self.metrics.text_photos.labels(read="yes" if photo.text_read else "no").inc()
-            photo.timing_ms["read_text"] = _ms(time.perf_counter() - t0)
+            photo.timing_ms["read_text"] = _ms(read_s)
             photo.image = None  # nothing else needs the pixels
 
     def ranking_probabilities(self, embedded: Embedded) -> np.ndarray:

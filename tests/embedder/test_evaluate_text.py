@@ -139,3 +139,19 @@ def test_an_image_whose_reading_fails_is_evaluated_without_its_cue(
     every = TextOptions(str(cues), rotations=(0,), gate=1.0)
     report = evaluate(tiny_checkpoint, data, progress=False, text=every)
     assert report["text_cues"]["images_with_cue"] == report["count"] - 1
+
+
+def test_the_class_rerank_believes_the_text_read(tiny_checkpoint, named_banners):
+    """As the server's: with each banner's class named by its text and a heavy re-rank, a
+    same-class image among an image's first five neighbours always comes first."""
+    from embedder.class_rerank import ClassRerank
+
+    data, cues = named_banners
+    heavy = ClassRerank(weight=10.0)
+    every = TextOptions(str(cues), rotations=(0,), gate=1.0)
+    read = evaluate(tiny_checkpoint, data, progress=False, rerank=heavy, text=every)
+    plain = evaluate(tiny_checkpoint, data, progress=False, rerank=heavy)
+    ranked, unranked = read["class_rerank"], plain["class_rerank"]
+    assert ranked["recall_at_1"] == ranked["recall_at_5"] > 0
+    assert ranked["recall_at_5"] == unranked["recall_at_5"]  # the same five, reordered
+    assert ranked["recall_at_1"] >= unranked["recall_at_1"]

@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
+import time
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw, ImageFont
@@ -15,7 +18,7 @@ from embedder.errors import DataError
 from phonesim.cli import build_parser
 from server import cli
 from server.config import ServerConfig
-from tests.server.helpers import b64, make_app, upload
+from tests.server.helpers import API_KEY, b64, make_app, upload
 
 pytest.importorskip("rapidocr", reason="phonesim[ocr] not installed")
 
@@ -205,8 +208,114 @@ def test_the_class_rerank_believes_the_text_too(
             pool = [h["label"] for h in similar.get_json()["neighbors"]]
             ranked = client.post("/v1/search", data={**upload(banner(WORD)), **query})
             firsts[read] = ranked.get_json()["neighbors"][0]["label"]
+            # The batch endpoint ranks after its prediction has read the text, as well.
+            batch = client.post(
+                "/v1/search/batch", json={"queries": [{"image": b64(banner(WORD))}], "k": 5}
+            )
+            assert batch.get_json()["results"][0]["neighbors"][0]["label"] == firsts[read]
         finally:
             app.extensions["phonesim"].close()
     assert outsider in pool and pool[0] != outsider, pool  # the text has something to move
     assert firsts[True] == outsider
     assert firsts[False] != outsider  # the classifier alone finds it least likely
+
+
+def photos(catalog_rows) -> list[bytes]:
+    """Uploads the tiny model is sure of to varying degrees: banners, catalog photos, a blank."""
+    out = [banner(WORD), banner("Hello there")]
+    for row in list(catalog_rows.values())[:6]:
+        out.append(Path(row["image"]).read_bytes())
+    blank = io.BytesIO()
+    Image.new("RGB", (200, 200), (120, 130, 140)).save(blank, format="PNG")
+    return [*out, blank.getvalue()]
+
+
+def test_the_gate_looks_at_the_fused_prediction_of_each_photo(
+    tiny_embedder, readonly_index, catalog_rows, tmp_path, monkeypatch
+) -> None:
+    """In one batch, exactly the photos whose fused prediction (the plain server's score) is
+    below the gate are read, each its own."""
+    uploads = photos(catalog_rows)
+    queries = {"queries": [{"image": b64(data)} for data in uploads]}
+    plain = make_app(ServerConfig(), tiny_embedder, readonly_index)
+    try:
+        found = plain.test_client().post("/v1/search/batch", json=queries).get_json()
+    finally:
+        plain.extensions["phonesim"].close()
+    assert all(r["prediction"]["source"] == "classifier+knn" for r in found["results"])
+    scores = [r["prediction"]["score"] for r in found["results"]]
+    # The gate in the widest gap between two scores, far from both.
+    ordered = sorted(set(scores))
+    low, high = max(zip(ordered, ordered[1:], strict=False), key=lambda pair: pair[1] - pair[0])
+    gate = (low + high) / 2
+    config = ServerConfig(read_text=True, text_rotations=(0,), text_gate=gate)
+    app = make_app(config, tiny_embedder, readonly_index)
+    try:
+        svc = app.extensions["phonesim"].service
+        read = []
+        real = svc.text_reader.read
+        monkeypatch.setattr(svc.text_reader, "read", lambda image: read.append(1) or real(image))
+        answered = app.test_client().post("/v1/search/batch", json=queries).get_json()
+    finally:
+        app.extensions["phonesim"].close()
+    flags = [r["prediction"]["text_read"] for r in answered["results"]]
+    assert flags == [score < gate for score in scores]
+    assert 0 < sum(flags) == len(read) < len(uploads)
+
+
+def test_the_reading_is_timed_apart_from_the_prediction(reading, monkeypatch) -> None:
+    svc = reading.application.extensions["phonesim"].service
+
+    def slow(image):
+        time.sleep(0.3)
+        return []
+
+    monkeypatch.setattr(svc.text_reader, "read", slow)
+    timing = reading.post("/v1/search", data=upload(banner(WORD))).get_json()["timing_ms"]
+    assert timing["read_text"] >= 300
+    assert timing["predict"] < 300
+    assert timing["total"] >= timing["read_text"] + timing["predict"]
+
+
+def test_an_added_item_is_read_and_a_batch_add_is_not(
+    tiny_embedder, index_dir, outsider, tmp_path, monkeypatch
+) -> None:
+    """POST /v1/items predicts the new item's class, so it reads its text; a batch add
+    predicts nothing, so it reads nothing and keeps no decoded photo."""
+    from index import CatalogIndex
+    from server import bulk
+
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    ix = CatalogIndex.open(copy)
+    cues = tmp_path / "cues.json"
+    cues.write_text(json.dumps({outsider: [WORD]}))
+    config = ServerConfig(
+        api_key=API_KEY, read_text=True, text_cues=str(cues), text_rotations=(0,), text_gate=1.0
+    )
+    app = make_app(config, tiny_embedder, ix)
+    try:
+        client = app.test_client()
+        key = {"X-API-Key": API_KEY}
+        added = client.post("/v1/items", data={**upload(banner(WORD)), "id": "new-1"}, headers=key)
+        assert added.status_code == 201, added.get_json()
+        prediction = added.get_json()["prediction"]
+        assert prediction["text_read"] is True and prediction["text_cues"] == [outsider]
+        svc = app.extensions["phonesim"].service
+        kept = []
+        real = bulk.embed_many
+
+        def watched(*args, **kwargs):
+            out = real(*args, **kwargs)
+            kept.extend(e.image for e in out if hasattr(e, "image"))
+            return out
+
+        monkeypatch.setattr(bulk, "embed_many", watched)
+        monkeypatch.setattr(svc.text_reader, "read", lambda image: pytest.fail("read on add"))
+        rows = [{"id": f"batch-{i}", "image": b64(banner(WORD))} for i in range(2)]
+        batch = client.post("/v1/items/batch", json={"items": rows}, headers=key)
+        assert [r["status"] for r in batch.get_json()["results"]] == [201, 201]
+        assert kept == [None, None]
+    finally:
+        app.extensions["phonesim"].close()
+        ix.close()
