@@ -362,10 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     from server.serve import configure_threads
 
     configure_threads(model_threads)  # as each server worker does by default
-    inproc = {
-        rt: InProcess(ckpt, index, images, args.k, args, rt.partition("+")[0], model_threads)
-        for rt in runtimes
+    # One in-process baseline per runtime: a text server shares its plain twin's, so the
+    # model loads once and both servers are compared with the same baseline.
+    baselines = {
+        plain: InProcess(ckpt, index, images, args.k, args, plain, model_threads)
+        for plain in dict.fromkeys(rt.partition("+")[0] for rt in runtimes)
     }
+    inproc = {rt: baselines[rt.partition("+")[0]] for rt in runtimes}
     ports = {rt: free_port() for rt in runtimes}
     rounds = max(1, args.rounds)
     raw = {rt: {c: [] for c in args.concurrency} for rt in runtimes}
@@ -384,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             # the load of a shared machine weighs on each alike.
             for r in range(rounds):
                 for rt in runtimes:
-                    inproc[rt].measure(max(1, args.baseline_runs // rounds))
+                    if "+text" not in rt:  # measured once per round, for both twins
+                        inproc[rt].measure(max(1, args.baseline_runs // rounds))
                     for c in args.concurrency:
                         s0, n0 = batch_stats(ports[rt])
                         res = load(ports[rt], bodies, path, c, args.duration / rounds)
@@ -407,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-            for baseline in inproc.values():
+            for baseline in baselines.values():
                 baseline.close()
 
     lo, hi = min(args.concurrency), max(args.concurrency)
