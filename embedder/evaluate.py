@@ -212,7 +212,8 @@ def read_cues(
     t0 = time.perf_counter()
     for path in tqdm(paths, desc="reading text", unit="img", disable=not progress):
         try:
-            texts.append(text.reader.read(load_image(path, min_side=decode_side)))
+            image = load_image(path, min_side=decode_side)
+            texts.append(text.reader.read(image, enough=text.cues.names_any))
         except Exception as e:  # as in the server: one photo's reading failing costs its cue
             log.warning("%s: reading its text failed (%s); evaluated without it", path, e)
             texts.append([])

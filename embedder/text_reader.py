@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -38,6 +38,9 @@ MAX_SIDE = 1280
 MAX_LINES = 100
 READ_BUDGET_S = 3.0
 INSTALL_HINT = "pip install 'phonesim[ocr]'"
+
+#: Whether the lines read so far suffice, so that no further rotation is read.
+Enough = Callable[[list[tuple[str, float]]], bool]
 
 
 def check_rotations(rotations: Sequence[int], name: str = "rotations") -> tuple[int, ...]:
@@ -84,12 +87,17 @@ class TextReader:
         # The pipeline keeps per-call state between its stages: one image at a time.
         self._lock = threading.Lock()
 
-    def read(self, image: Image.Image) -> list[tuple[str, float]]:
-        """(text, confidence) of every line read, over all rotations."""
-        return [line for lines in self.read_each(image).values() for line in lines]
+    def read(self, image: Image.Image, enough: Enough | None = None) -> list[tuple[str, float]]:
+        """(text, confidence) of every line read, over the rotations read (see
+        :meth:`read_each`)."""
+        return [line for lines in self.read_each(image, enough).values() for line in lines]
 
-    def read_each(self, image: Image.Image) -> dict[int, list[tuple[str, float]]]:
-        """(text, confidence) of every line read, by rotation (those read within the budget)."""
+    def read_each(
+        self, image: Image.Image, enough: Enough | None = None
+    ) -> dict[int, list[tuple[str, float]]]:
+        """(text, confidence) of every line read, by rotation: those read within the budget,
+        and only until ``enough`` says the lines read so far suffice (such as: they name a
+        class, :meth:`TextCues.names_any`)."""
         image = bounded_aspect(image.convert("RGB"))
         out: dict[int, list[tuple[str, float]]] = {}
         with self._lock:
@@ -97,6 +105,8 @@ class TextReader:
             for angle in self.rotations:
                 if out and time.perf_counter() - t0 > self.budget_s:
                     break  # a photo this slow to read is not worth a server's time
+                if out and enough is not None and enough([x for v in out.values() for x in v]):
+                    break
                 turned = image.rotate(angle, expand=True) if angle else image
                 result = self._engine(turned)
                 out[angle] = [
@@ -159,6 +169,7 @@ def bounded_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.
 __all__ = [
     "DEFAULT_ROTATIONS",
     "DETECT_SIDE",
+    "Enough",
     "INSTALL_HINT",
     "MAX_ASPECT",
     "MAX_LINES",

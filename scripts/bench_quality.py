@@ -451,18 +451,21 @@ class Bench:
             "weight": TEXT_WEIGHT,
             "rotations": list(TEXT_METHODS[method][0]),
             "gate": TEXT_METHODS[method][1],
+            "stop_once_named": True,  # no further rotation once the text names a class
             "detect_side": DETECT_SIDE,
         }
 
     def photo_cues(self, method: str) -> tuple[np.ndarray, float]:
         """Each photo's text cues (N x C) at ``method``'s rotations, and the mean seconds per
         photo the reading took."""
-        texts, seconds = self.photo_texts(TEXT_METHODS[method][0])
-        return self.text_cues().matrix(texts), seconds
+        cues = self.text_cues()
+        texts, seconds = self.photo_texts(TEXT_METHODS[method][0], cues)
+        return cues.matrix(texts), seconds
 
-    def photo_texts(self, rotations: tuple[int, ...]) -> tuple[list[Texts], float]:
+    def photo_texts(self, rotations: tuple[int, ...], cues: TextCues) -> tuple[list[Texts], float]:
         """What RapidOCR reads on each photo at ``rotations`` (cached per rotation in --work,
-        so each photo is read once) and the mean seconds per photo it took."""
+        so each photo is read once) and the mean seconds per photo it took. As the product's
+        reader, a photo is turned no further once its text names a class (``cues``)."""
         from embedder.text_reader import TextReader
 
         path = self.work / f"photo-text-{DETECT_SIDE}.json"  # each detector size its own
@@ -483,11 +486,18 @@ class Bench:
                 if n % 100 == 0 or n == len(todo):
                     atomic_write_text(path, json.dumps(cache))  # a crash keeps what was read
                     print(f"    {n}/{len(todo)}", flush=True)
-        texts = [[(t, c) for a in rotations for t, c in cache[s.id][str(a)]] for s in self.samples]
-        seconds = float(
-            np.mean([sum(cache[s.id][f"{a}_s"] for a in rotations) for s in self.samples])
-        )
-        return texts, seconds
+        texts, times = [], []
+        for s in self.samples:
+            lines: list = []
+            took = 0.0
+            for angle in rotations:
+                if lines and cues.names_any(lines):
+                    break
+                lines += [(t, c) for t, c in cache[s.id][str(angle)]]
+                took += cache[s.id][f"{angle}_s"]
+            texts.append(lines)
+            times.append(took)
+        return texts, float(np.mean(times))
 
     def run_text(self, method: str) -> None:
         """recipe_knn's prediction with each photo's text cues (embedder/text_cues.py)."""

@@ -206,7 +206,7 @@ class LookupService:
         """The classes the text on ``image`` names, as a cue row (the server reads text)."""
         assert self.text_reader is not None and self.text_cues is not None
         try:
-            texts = self.text_reader.read(image)
+            texts = self.text_reader.read(image, enough=self.text_cues.names_any)
         except Exception:  # the OCR failing on one photo must not fail its search
             log.warning("reading the text on an image failed; predicting without it", exc_info=True)
             texts = []

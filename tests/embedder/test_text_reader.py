@@ -33,6 +33,21 @@ def test_reads_a_brand_upright_and_sideways(reader: TextReader) -> None:
     assert all(0.0 <= conf <= 1.0 for _, conf in sideways)
 
 
+def test_the_photo_is_turned_no_further_once_its_text_is_enough(reader: TextReader) -> None:
+    cues = TextCues.from_labels(["iphone", "samsung"], {"samsung": ["galaxy"]})
+    upright = reader.read_each(banner("Galaxy S24"), enough=cues.names_any)
+    assert set(upright) == {0}  # named upright: neither turn is read
+    # Turned: the reading stops at the first rotation whose text, with the earlier ones',
+    # names a class.
+    turned = reader.read_each(banner("Galaxy S24").rotate(270, expand=True), enough=cues.names_any)
+    angles = list(turned)
+    assert angles == [0, 90, 270][: len(angles)] and len(angles) < 3
+    lines = [[x for a in angles[:n] for x in turned[a]] for n in range(1, len(angles) + 1)]
+    assert [cues.names_any(x) for x in lines] == [False] * (len(angles) - 1) + [True]
+    # Text that names nothing is read at every rotation.
+    assert set(reader.read_each(banner("Hello"), enough=cues.names_any)) == {0, 90, 270}
+
+
 def test_a_photo_without_text_reads_nothing(reader: TextReader) -> None:
     assert reader.read(Image.new("RGB", (64, 64), (255, 255, 255))) == []
     assert reader.read(Image.new("L", (1, 1))) == []  # any mode, any size

@@ -103,7 +103,9 @@ def test_a_sure_prediction_leaves_the_text_unread(
     try:
         svc = app.extensions["phonesim"].service
         calls = []
-        monkeypatch.setattr(svc.text_reader, "read", lambda image: calls.append(1) or [])
+        monkeypatch.setattr(
+            svc.text_reader, "read", lambda image, enough=None: calls.append(1) or []
+        )
         client = app.test_client()
         searched = client.post("/v1/search", data=upload(banner(WORD))).get_json()
         batch = client.post("/v1/search/batch", json={"queries": [{"image": b64(banner(WORD))}]})
@@ -173,7 +175,7 @@ def test_serve_flags(tmp_path) -> None:
 def test_a_reader_failure_costs_the_cue_not_the_search(reading, monkeypatch) -> None:
     svc = reading.application.extensions["phonesim"].service
 
-    def broken(image):
+    def broken(image, enough=None):
         raise RuntimeError("OCR fell over")
 
     monkeypatch.setattr(svc.text_reader, "read", broken)
@@ -254,7 +256,11 @@ def test_the_gate_looks_at_the_fused_prediction_of_each_photo(
         svc = app.extensions["phonesim"].service
         read = []
         real = svc.text_reader.read
-        monkeypatch.setattr(svc.text_reader, "read", lambda image: read.append(1) or real(image))
+        monkeypatch.setattr(
+            svc.text_reader,
+            "read",
+            lambda image, enough=None: read.append(1) or real(image, enough),
+        )
         answered = app.test_client().post("/v1/search/batch", json=queries).get_json()
     finally:
         app.extensions["phonesim"].close()
@@ -266,7 +272,7 @@ def test_the_gate_looks_at_the_fused_prediction_of_each_photo(
 def test_the_reading_is_timed_apart_from_the_prediction(reading, monkeypatch) -> None:
     svc = reading.application.extensions["phonesim"].service
 
-    def slow(image):
+    def slow(image, enough=None):
         time.sleep(0.3)
         return []
 
@@ -311,7 +317,9 @@ def test_an_added_item_is_read_and_a_batch_add_is_not(
             return out
 
         monkeypatch.setattr(bulk, "embed_many", watched)
-        monkeypatch.setattr(svc.text_reader, "read", lambda image: pytest.fail("read on add"))
+        monkeypatch.setattr(
+            svc.text_reader, "read", lambda image, enough=None: pytest.fail("read on add")
+        )
         rows = [{"id": f"batch-{i}", "image": b64(banner(WORD))} for i in range(2)]
         batch = client.post("/v1/items/batch", json={"items": rows}, headers=key)
         assert [r["status"] for r in batch.get_json()["results"]] == [201, 201]
