@@ -373,6 +373,10 @@ def test_gated_text_reads_only_the_photos_the_fused_prediction_is_unsure_of(tmp_
     assert set(summary["methods"]["recipe_text_gated"]["gate_curve"]) == {
         str(g) for g in bench_quality.GATE_GRID
     }
+    # Every gate predicts as reading every photo here, so each fold picks the lowest.
+    nested = summary["gate_nested"]
+    assert set(nested["chosen"].values()) == {min(bench_quality.GATE_GRID)}
+    assert nested["accuracy"] == 1.0
 
 
 def test_two_rerankings_are_paired_photo_by_photo(tmp_path):
