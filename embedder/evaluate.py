@@ -213,7 +213,7 @@ def read_cues(
     for path in tqdm(paths, desc="reading text", unit="img", disable=not progress):
         try:
             image = load_image(path, min_side=decode_side)
-            texts.append(text.reader.read(image, enough=text.cues.names_any))
+            texts.append(text.read(image))
         except Exception as e:  # as in the server: one photo's reading failing costs its cue
             log.warning("%s: reading its text failed (%s); evaluated without it", path, e)
             texts.append([])

@@ -127,6 +127,11 @@ class TextEvidence:
     weight: float = DEFAULT_WEIGHT
     gate: float = DEFAULT_GATE
 
+    def read(self, image: Image.Image) -> list[tuple[str, float]]:
+        """The lines read on ``image``, turning it no further once they name a class (the
+        product's reading: ``serve`` and ``evaluate``)."""
+        return self.reader.read(image, enough=self.cues.names_any)
+
     def describe(self) -> dict[str, object]:
         return {"weight": self.weight, "rotations": list(self.reader.rotations), "gate": self.gate}
 

@@ -370,9 +370,15 @@ def text_predictions(
     photo), and which photos those were."""
     scores, idx = nearest_neighbours(emb, emb[split.train], FUSION.k)
     fused = fuse(probs, scores, y[split.train][idx], FUSION)
-    read = unsure(fused, gate)
-    cues = np.where(read[:, None], cues, 0.0).astype(np.float32)
+    cues, read = gated_cues(cues, fused, gate)
     return apply_text_cues(fused, cues, TEXT_WEIGHT).argmax(1), read
+
+
+def gated_cues(cues: np.ndarray, fused: np.ndarray, gate: float) -> tuple[np.ndarray, np.ndarray]:
+    """``cues`` of the photos a server with that --text-gate would read (their ``fused``
+    prediction below it), zero rows for the rest; and which photos those are."""
+    read = unsure(fused, gate)
+    return np.where(read[:, None], cues, 0.0).astype(np.float32), read
 
 
 # -- methods -------------------------------------------------------------------------------
@@ -951,8 +957,8 @@ class Bench:
             voted = fuse(probs[test], scores, labels, FUSION)
             belief = voted if fused else probs[test]
             if cues is not None:  # the gate looks at the fused prediction, as the server's
-                read = unsure(voted, gate)[:, None]
-                belief = apply_text_cues(belief, np.where(read, cues[test], 0.0), TEXT_WEIGHT)
+                read_cues, _ = gated_cues(cues[test], voted, gate)
+                belief = apply_text_cues(belief, read_cues, TEXT_WEIGHT)
             scores, labels = scores[:, :pool], labels[:, :pool]
             match = np.stack(
                 [reranked_labels(scores, labels, belief, r) == self.y[test][:, None] for r in grid]

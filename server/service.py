@@ -25,8 +25,8 @@ from embedder.class_rerank import ClassRerank, rerank_order
 from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.knn_vote import KnnFusion, fuse, neighbour_arrays
-from embedder.text_cues import TextCues, apply_text_cues, unsure
-from embedder.text_reader import TextOptions, TextReader
+from embedder.text_cues import apply_text_cues, unsure
+from embedder.text_reader import TextEvidence, TextOptions
 from index.catalog import CatalogIndex, Hit, Item
 from index.errors import DuplicateIdError
 from server.batcher import Arrival, BatchResult, MicroBatcher
@@ -102,14 +102,13 @@ class LookupService:
         metrics.track_queue_depth(lambda: self.batcher.queue_depth)
         self._thumbnails = Thumbnails(config, index.manifest)
         self._large_decodes = threading.BoundedSemaphore(LARGE_DECODES)
-        self.text_cues: TextCues | None = None
-        self.text_reader: TextReader | None = None
+        # The text reading (reader, cue words, weight, gate), or None when not reading.
+        self.text: TextEvidence | None = None
         if config.read_text:  # a bad cue file or a missing OCR package fails the start
             options = TextOptions(
                 config.text_cues, config.text_weight, config.text_rotations, config.text_gate
             )
-            evidence = options.build(embedder.label_names, threads=config.model_threads)
-            self.text_cues, self.text_reader = evidence.cues, evidence.reader
+            self.text = options.build(embedder.label_names, threads=config.model_threads)
         self.follower: IndexFollower | None = None
         if config.sync_interval_s is not None and hasattr(index, "sync"):
             self.follower = IndexFollower(
@@ -204,13 +203,13 @@ class LookupService:
 
     def read_cues(self, image: Image.Image) -> np.ndarray:
         """The classes the text on ``image`` names, as a cue row (the server reads text)."""
-        assert self.text_reader is not None and self.text_cues is not None
+        assert self.text is not None
         try:
-            texts = self.text_reader.read(image, enough=self.text_cues.names_any)
+            texts = self.text.read(image)
         except Exception:  # the OCR failing on one photo must not fail its search
             log.warning("reading the text on an image failed; predicting without it", exc_info=True)
             texts = []
-        return self.text_cues.matrix([texts])[0]
+        return self.text.cues.matrix([texts])[0]
 
     def read_where_unsure(self, embedded: Sequence[Embedded], probabilities: np.ndarray) -> None:
         """Read the text on the photos whose ``probabilities`` (their prediction before the
@@ -218,10 +217,8 @@ class LookupService:
         prediction is rarely changed by its text (bench_quality recipe_text_gated: at the
         default gate half of the photos are read, and no prediction differs from reading all).
         """
-        assert self.text_cues is not None
-        for photo, worth in zip(
-            embedded, unsure(probabilities, self.config.text_gate), strict=True
-        ):
+        assert self.text is not None
+        for photo, worth in zip(embedded, unsure(probabilities, self.text.gate), strict=True):
             if photo.cues is not None:  # read already (a photo is predicted once, but still)
                 continue
             read_s = 0.0
@@ -232,7 +229,7 @@ class LookupService:
             else:
                 if worth:  # every path that predicts keeps the photo: a bug, not a sure photo
                     log.warning("an unsure photo's pixels were not kept; predicting without text")
-                photo.cues = np.zeros(len(self.text_cues.words), dtype=np.float32)
+                photo.cues = np.zeros(len(self.text.cues.words), dtype=np.float32)
             self.metrics.text_photos.labels(read="yes" if photo.text_read else "no").inc()
             photo.timing_ms["read_text"] = _ms(read_s)
             photo.image = None  # nothing else needs the pixels
@@ -241,10 +238,10 @@ class LookupService:
         """What the class re-rank believes an uploaded photo shows: the classifier's
         probabilities, with the classes its text names added once its prediction has read it
         (bench_quality recipe_text_rerank: Recall@1 +0.013, group bootstrap [+0.006, +0.021])."""
-        if embedded.cues is None:
+        if embedded.cues is None or self.text is None:
             return embedded.probabilities
-        weight = self.config.text_weight
-        return apply_text_cues(embedded.probabilities[None, :], embedded.cues[None, :], weight)[0]
+        probabilities, cues = embedded.probabilities[None, :], embedded.cues[None, :]
+        return apply_text_cues(probabilities, cues, self.text.weight)[0]
 
     def embedded(
         self,
@@ -264,7 +261,7 @@ class LookupService:
             "batch_size": result.batch_size,
             "embed_total": _ms(total_s),
         }
-        keep = image if self.text_reader is not None else None
+        keep = image if self.text is not None else None
         return Embedded(result.embedding, result.probabilities, timing, image=keep)
 
     def arrival(self) -> Arrival:
@@ -302,10 +299,10 @@ class LookupService:
             )
         names = self.embedder.label_names
         cues = None
-        if self.text_reader is not None:
+        if self.text is not None:
             self.read_where_unsure(embedded, probabilities)
             cues = np.stack([e.cues for e in embedded])
-            probabilities = apply_text_cues(probabilities, cues, self.config.text_weight)
+            probabilities = apply_text_cues(probabilities, cues, self.text.weight)
         out = []
         for i, (row, knn) in enumerate(zip(probabilities, voted, strict=True)):
             order = np.argsort(-row, kind="stable")[: self.config.top_classes]

@@ -104,7 +104,7 @@ def test_a_sure_prediction_leaves_the_text_unread(
         svc = app.extensions["phonesim"].service
         calls = []
         monkeypatch.setattr(
-            svc.text_reader, "read", lambda image, enough=None: calls.append(1) or []
+            svc.text.reader, "read", lambda image, enough=None: calls.append(1) or []
         )
         client = app.test_client()
         searched = client.post("/v1/search", data=upload(banner(WORD))).get_json()
@@ -178,7 +178,7 @@ def test_a_reader_failure_costs_the_cue_not_the_search(reading, monkeypatch) -> 
     def broken(image, enough=None):
         raise RuntimeError("OCR fell over")
 
-    monkeypatch.setattr(svc.text_reader, "read", broken)
+    monkeypatch.setattr(svc.text.reader, "read", broken)
     response = reading.post("/v1/search", data=upload(banner(WORD)))
     assert response.status_code == 200
     assert response.get_json()["prediction"]["text_cues"] == []
@@ -255,9 +255,9 @@ def test_the_gate_looks_at_the_fused_prediction_of_each_photo(
     try:
         svc = app.extensions["phonesim"].service
         read = []
-        real = svc.text_reader.read
+        real = svc.text.reader.read
         monkeypatch.setattr(
-            svc.text_reader,
+            svc.text.reader,
             "read",
             lambda image, enough=None: read.append(1) or real(image, enough),
         )
@@ -276,7 +276,7 @@ def test_the_reading_is_timed_apart_from_the_prediction(reading, monkeypatch) ->
         time.sleep(0.3)
         return []
 
-    monkeypatch.setattr(svc.text_reader, "read", slow)
+    monkeypatch.setattr(svc.text.reader, "read", slow)
     timing = reading.post("/v1/search", data=upload(banner(WORD))).get_json()["timing_ms"]
     assert timing["read_text"] >= 300
     assert timing["predict"] < 300
@@ -318,7 +318,7 @@ def test_an_added_item_is_read_and_a_batch_add_is_not(
 
         monkeypatch.setattr(bulk, "embed_many", watched)
         monkeypatch.setattr(
-            svc.text_reader, "read", lambda image, enough=None: pytest.fail("read on add")
+            svc.text.reader, "read", lambda image, enough=None: pytest.fail("read on add")
         )
         rows = [{"id": f"batch-{i}", "image": b64(banner(WORD))} for i in range(2)]
         batch = client.post("/v1/items/batch", json={"items": rows}, headers=key)
