@@ -60,6 +60,7 @@ def _options(
     score_threshold: float | None,
     offset: int | None,
     ranking: str | None = None,
+    read_text: str | None = None,
 ) -> dict[str, Any]:
     given = {
         "k": k,
@@ -67,6 +68,7 @@ def _options(
         "score_threshold": score_threshold,
         "offset": offset,
         "ranking": ranking,
+        "read_text": read_text,
     }
     return {key: value for key, value in given.items() if value is not None}
 
@@ -160,14 +162,20 @@ class Client:
         score_threshold: float | None = None,
         offset: int | None = None,
         ranking: str | None = None,
+        read_text: str | None = None,
     ) -> dict[str, Any]:
         """Neighbours of an image (path or bytes), a vector or a catalog item (itself
         excluded): the server's answer (``neighbors``, and ``prediction`` for an image).
         ``ranking``: "similarity" for cosine order; "class" (the server's default, where it
-        re-ranks) reorders the most similar few by an image's class or an item's label."""
-        opts = _options(k, filter, score_threshold, offset, ranking)
+        re-ranks) reorders the most similar few by an image's class or an item's label.
+        ``read_text``: "never" or "always" reads the image's text on a server that reads
+        text, whatever its gate ("auto", the default, reads it when the prediction is unsure).
+        """
+        opts = _options(k, filter, score_threshold, offset, ranking, read_text)
         query = _query(image, vector, item_id)
         if "id" in query:
+            if read_text is not None:
+                raise ValueError("read_text applies to an image, not to a catalog item")
             params: dict[str, Any] = {key: v for key, v in opts.items() if key != "filter"}
             if filter is not None:
                 params["filter"] = json.dumps(filter)
@@ -184,6 +192,7 @@ class Client:
         score_threshold: float | None = None,
         offset: int | None = None,
         ranking: str | None = None,
+        read_text: str | None = None,
     ) -> list[dict[str, Any]]:
         """One answer per query, in order: each query a dict with one of ``image`` (path or
         bytes), ``vector`` or ``item_id``, and optionally its own options. A failed query's
@@ -193,12 +202,15 @@ class Client:
             q = dict(q)
             entry = _query(q.pop("image", None), q.pop("vector", None), q.pop("item_id", None))
             entries.append({**entry, **q})
-        body = {"queries": entries, **_options(k, filter, score_threshold, offset, ranking)}
+        options = _options(k, filter, score_threshold, offset, ranking, read_text)
+        body = {"queries": entries, **options}
         return self._request("POST", "/v1/search/batch", json=body)["results"]
 
-    def embed(self, image: ImageInput) -> dict[str, Any]:
-        """The embedding (``embedding``, ``dim``) and predicted class of an image."""
-        return self._request("POST", "/v1/embed", json={"image": _b64(image)})
+    def embed(self, image: ImageInput, *, read_text: str | None = None) -> dict[str, Any]:
+        """The embedding (``embedding``, ``dim``) and predicted class of an image;
+        ``read_text`` as in :meth:`search`."""
+        body = {"image": _b64(image), **_options(None, None, None, None, read_text=read_text)}
+        return self._request("POST", "/v1/embed", json=body)
 
     # -- catalog ---------------------------------------------------------------------------------
     def get(self, item_id: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from server.inputs import (
 from server.limits import check_item_id, check_metadata, parse_json
 from server.search_options import (
     OPTION_FIELDS,
+    checked_read_text,
     reject_unknown_fields,
     request_options,
     search_with,
@@ -103,7 +104,7 @@ def search() -> Response:
         vector = parse_vector(fields.pop(VECTOR_FIELD), svc.embedder.dim)
         if "image" in fields:
             raise ApiError(400, "invalid_request", "give either 'image' or 'vector', not both")
-        reject_unknown_fields(fields, OPTION_FIELDS)
+        reject_unknown_fields(fields, OPTION_FIELDS)  # read_text: a vector has nothing to read
         opts = request_options(svc, fields, request.args).applied(classes=False, svc=svc)
         hits, search_ms = search_with(svc, vector, opts)
         return jsonify(
@@ -116,7 +117,7 @@ def search() -> Response:
         data, fields = read_image(request, svc.config.max_upload_bytes)
         reject_unknown_fields(fields, OPTION_FIELDS)
         opts = request_options(svc, fields, request.args).applied(classes=True, svc=svc)
-        embedded = svc.embed_bytes(data, arrival)
+        embedded = svc.embed_bytes(data, arrival, text_mode=opts.text_mode)
     # The prediction first: the re-rank believes the text it may read.
     prediction, predict_ms = timed_prediction(svc, embedded)
     belief = svc.ranking_probabilities(embedded)
@@ -137,13 +138,20 @@ def search() -> Response:
 
 @bp.post("/embed")
 def embed() -> Response:
-    """The embedding and predicted class of an uploaded photo."""
+    """The embedding and predicted class of an uploaded photo; ``read_text`` (a field or the
+    query string, which wins) says when its prediction reads the photo's text."""
     t0 = time.perf_counter()
     svc = service()
+    check_query_params(request.args.keys(), ("read_text",), filters=False)
     with svc.arrival() as arrival:
         data, fields = read_image(request, svc.config.max_upload_bytes)
-        reject_unknown_fields(fields, ())
-        embedded = svc.embed_bytes(data, arrival)
+        reject_unknown_fields(fields, ("read_text",))
+        if "read_text" in fields and fields["read_text"] is None:
+            raise ApiError(400, "invalid_read_text", "'read_text' must not be null; leave it out")
+        mode = checked_read_text(svc, fields.get("read_text"))  # checked even if overridden
+        if "read_text" in request.args:
+            mode = checked_read_text(svc, request.args["read_text"])
+        embedded = svc.embed_bytes(data, arrival, text_mode=mode or "auto")
     prediction, predict_ms = timed_prediction(svc, embedded)
     return jsonify(
         model=svc.embedder.model_name,
@@ -183,6 +191,8 @@ def similar(item_id: str) -> Response:
     re-ranked by the item's label where the server re-ranks."""
     t0 = time.perf_counter()
     svc = service()
+    if "read_text" in request.args:  # not one of this endpoint's parameters
+        raise ApiError(400, "invalid_request", "read_text applies to an uploaded image")
     options = request_options(svc, {}, request.args)
     vector, classes = svc.item_vector(item_id), svc.item_classes(item_id)
     opts = options.applied(classes=classes is not None, svc=svc)

@@ -114,7 +114,8 @@ def search_batch() -> Response:
             results[i] = _answer(exc)
     images = [i for i, p in enumerate(parsed) if p is not None and p[0] == IMAGE_FIELD]
     datas = [p[1] for p in parsed if p is not None and p[0] == IMAGE_FIELD]
-    embedded = embed_many(svc, datas) if datas else []
+    modes = [p[2].text_mode for p in parsed if p is not None and p[0] == IMAGE_FIELD]
+    embedded = embed_many(svc, datas, text_modes=modes) if datas else []
     predictions: dict[int, Any] = {}
     vectors: dict[int, Any] = {}
     # The classes of the readable photos and of the labelled items, for a "class" ranking.

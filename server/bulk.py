@@ -33,12 +33,16 @@ def _decoder() -> ThreadPoolExecutor:
 
 
 def embed_many(
-    svc: LookupService, images: list[bytes], predicted: bool = True
+    svc: LookupService,
+    images: list[bytes],
+    predicted: bool = True,
+    text_modes: list[str] | None = None,
 ) -> list[Embedded | dict]:
     """Each image's embedding, or the entry error (see :func:`server.errors.entry_error`) of an
     image that cannot be read; the readable ones share one forward pass. ``predicted``: the
     caller predicts them, so a server that reads text keeps each decoded photo with it for its
-    prediction to read if unsure (a batch add predicts nothing and keeps none)."""
+    prediction to read if unsure (a batch add predicts nothing and keeps none).
+    ``text_modes``: each image's ``read_text`` (see :class:`Embedded`); default "auto"."""
 
     def prepare(data: bytes) -> tuple[np.ndarray, Image.Image] | dict:
         try:
@@ -59,9 +63,14 @@ def embed_many(
     results = future.result(timeout=svc.config.request_timeout_s)
     t2 = time.perf_counter()
     svc.metrics.decode_seconds.observe(t1 - t0)
+    modes = ["auto"] * len(images) if text_modes is None else text_modes
+    if len(modes) != len(images):
+        raise ValueError(f"{len(modes)} text modes for {len(images)} images")
     for i, result in zip(rows, results, strict=True):
         image = out[i][1] if predicted else None
-        out[i] = svc.embedded(result, decode_s=t1 - t0, total_s=t2 - t0, image=image)
+        out[i] = svc.embedded(
+            result, decode_s=t1 - t0, total_s=t2 - t0, image=image, text_mode=modes[i]
+        )
     return out
 
 

@@ -182,6 +182,22 @@ def parse_ranking(value: Any) -> str | None:
     )
 
 
+READ_TEXT_MODES = ("auto", "always", "never")
+
+
+def parse_read_text(value: Any) -> str | None:
+    """``read_text``: whether to read the text on an uploaded photo, on a server that reads
+    text (``serve --read-text``): "auto" when its prediction is unsure (the server's
+    ``--text-gate``), "always", or "never"; None: "auto"."""
+    if value is None or value in READ_TEXT_MODES:
+        return value
+    raise ApiError(
+        400,
+        "invalid_read_text",
+        f"read_text must be 'auto', 'always' or 'never', got {value!r}",
+    )
+
+
 def parse_threshold(value: Any) -> float | None:
     """``score_threshold``: the least cosine similarity a neighbour may have, in -1..1."""
     if value is None:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from server.auth import API_KEY_HEADER
+from server.inputs import READ_TEXT_MODES
 from server.limits import MAX_METADATA_FIELDS
 from server.openapi_batch import (
     BATCH_SCHEMAS,
@@ -17,7 +18,6 @@ from server.openapi_batch import (
 )
 from server.openapi_parts import (
     CURSOR_PARAM,
-    EMBED_BODY,
     FORM_FIELD_PATTERN,
     ID_SCHEMA,
     IMAGE,
@@ -32,11 +32,14 @@ from server.openapi_parts import (
     SECURITY,
     TEXT,
     THRESHOLD_PARAM,
+    UNREAD_TEXT_MODES,
+    embed_body,
     error_responses,
     filter_param_of,
     filter_schema,
     image_body,
     json_content,
+    read_text_param,
     ref,
 )
 
@@ -47,15 +50,21 @@ def openapi_spec(
     dim: int | None = None,
     numeric_fields: Iterable[str] = (),
     max_batch_entries: int = 64,
+    reads_text: bool = False,
 ) -> dict[str, Any]:
     """The document served at ``/openapi.json``; filters name ``filterable_fields`` (ranges on
-    ``numeric_fields``), vectors have ``dim`` numbers."""
+    ``numeric_fields``), vectors have ``dim`` numbers; ``read_text`` may be "always" only where
+    the server ``reads_text``."""
     fields = list(filterable_fields)
     filter_param = filter_param_of(fields)
     json_filter = filter_schema(fields, json_values=True, numeric=numeric_fields)
+    text_modes = READ_TEXT_MODES if reads_text else UNREAD_TEXT_MODES
     search_body = image_body()
-    search_body["content"]["application/json"]["schema"] = search_json_body(json_filter, dim)
-    search_params = [K_PARAM, THRESHOLD_PARAM, OFFSET_PARAM, RANKING_PARAM, filter_param]
+    search_body["content"]["application/json"]["schema"] = search_json_body(
+        json_filter, dim, text_modes
+    )
+    item_params = [K_PARAM, THRESHOLD_PARAM, OFFSET_PARAM, RANKING_PARAM, filter_param]
+    search_params = [*item_params, read_text_param(text_modes)]
     paths: dict[str, Any] = {
         "/v1/search": {
             "post": {
@@ -72,7 +81,8 @@ def openapi_spec(
         "/v1/embed": {
             "post": {
                 "summary": "Embedding and predicted class of a photo",
-                "requestBody": EMBED_BODY,
+                "parameters": [read_text_param(text_modes)],
+                "requestBody": embed_body(text_modes),
                 "responses": {
                     "200": json_content(ref("EmbedResult"), "embedding and prediction"),
                     **error_responses(400, 413, 415, 429, 503),
@@ -151,7 +161,9 @@ def openapi_spec(
                 },
             },
         },
-        "/v1/search/batch": batch_search_path(json_filter, dim, max_batch_entries, search_params),
+        "/v1/search/batch": batch_search_path(
+            json_filter, dim, max_batch_entries, search_params, text_modes
+        ),
         "/v1/items/batch": items_batch_path(max_batch_entries),
         "/v1/items/{item_id}": {
             "parameters": [ITEM_ID],
@@ -187,7 +199,7 @@ def openapi_spec(
             "get": {
                 "summary": "Nearest neighbours of a catalog item (itself excluded)",
                 "operationId": "similar",
-                "parameters": [ITEM_ID, *search_params],
+                "parameters": [ITEM_ID, *item_params],
                 "responses": {
                     "200": json_content(ref("SimilarResult"), "neighbours"),
                     **error_responses(400, 404, 429, 503),
@@ -288,7 +300,7 @@ def openapi_spec(
             "schemas": {
                 **SCHEMAS,
                 **BATCH_SCHEMAS,
-                "SearchQuery": query_schema(json_filter, dim),
+                "SearchQuery": query_schema(json_filter, dim, text_modes),
             },
             "securitySchemes": {
                 "ApiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from server.limits import MAX_ABS_NUMBER, MAX_JSON_DEPTH, MAX_JSON_MEMBERS, TEXT_PATTERN
@@ -17,6 +18,7 @@ from server.openapi_parts import (
     THRESHOLD_SCHEMA,
     error_responses,
     json_content,
+    read_text_schema,
     ref,
 )
 
@@ -37,27 +39,34 @@ def vector_schema(dim: int | None) -> dict[str, Any]:
     return schema
 
 
-def options(flt: dict[str, Any]) -> dict[str, Any]:
+def options(flt: dict[str, Any], text_modes: Sequence[str]) -> dict[str, Any]:
     return {
         "k": K_SCHEMA,
         "filter": flt,
         "score_threshold": THRESHOLD_SCHEMA,
         "offset": OFFSET_SCHEMA,
         "ranking": RANKING_SCHEMA,
+        "read_text": read_text_schema(text_modes),
     }
 
 
-def search_json_body(flt: dict[str, Any], dim: int | None) -> dict[str, Any]:
+def search_json_body(
+    flt: dict[str, Any], dim: int | None, text_modes: Sequence[str]
+) -> dict[str, Any]:
     """``POST /v1/search`` as JSON: a base64 image or a vector, and the search options."""
     return {
         "type": "object",
-        "properties": {"image": BASE64_IMAGE, "vector": vector_schema(dim), **options(flt)},
+        "properties": {
+            "image": BASE64_IMAGE,
+            "vector": vector_schema(dim),
+            **options(flt, text_modes),
+        },
         "oneOf": [{"required": ["image"]}, {"required": ["vector"]}],
         "additionalProperties": False,
     }
 
 
-def query_schema(flt: dict[str, Any], dim: int | None) -> dict[str, Any]:
+def query_schema(flt: dict[str, Any], dim: int | None, text_modes: Sequence[str]) -> dict[str, Any]:
     """One entry of a batch search (components ``SearchQuery``)."""
     return {
         "type": "object",
@@ -67,7 +76,7 @@ def query_schema(flt: dict[str, Any], dim: int | None) -> dict[str, Any]:
             "image": BASE64_IMAGE,
             "vector": vector_schema(dim),
             "id": {"type": "string", "minLength": 1, "maxLength": 256},
-            **options(flt),
+            **options(flt, text_modes),
         },
         "oneOf": [{"required": [k]} for k in ("image", "vector", "id")],
         "additionalProperties": False,
@@ -108,7 +117,11 @@ def _entry(name: str, depth: int) -> dict[str, Any]:
 
 
 def batch_search_path(
-    flt: dict[str, Any], dim: int | None, max_entries: int, params: list[dict[str, Any]]
+    flt: dict[str, Any],
+    dim: int | None,
+    max_entries: int,
+    params: list[dict[str, Any]],
+    text_modes: Sequence[str],
 ) -> dict[str, Any]:
     """``POST /v1/search/batch``; ``params``: the search options also taken from the query
     string (they set the batch's defaults, as the body's options do)."""
@@ -123,7 +136,7 @@ def batch_search_path(
                 "maxItems": max_entries,
                 "items": entry,
             },
-            **options(flt),
+            **options(flt, text_modes),
         },
         "additionalProperties": False,
     }

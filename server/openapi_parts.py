@@ -3,7 +3,7 @@ bodies, with the bounds of :mod:`server.limits` written into them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from server.inputs import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, RANKINGS
@@ -189,6 +189,35 @@ RANKING_ECHO = {
     "description": "the order of `neighbors`: re-ranked by class, or by similarity alone",
 }
 
+# What a server that does not read text takes: "always" is refused there (400).
+UNREAD_TEXT_MODES = ("auto", "never")
+
+
+def read_text_schema(modes: Sequence[str]) -> dict[str, Any]:
+    """``read_text``, with the ``modes`` this server takes (READ_TEXT_MODES where it reads
+    text, UNREAD_TEXT_MODES where it does not)."""
+    return {
+        "type": "string",
+        "enum": list(modes),
+        "default": "auto",
+        "description": "when the prediction reads the text on the uploaded photo, on a server "
+        "that reads text (GET /v1/info: prediction.read_text; elsewhere `always` is a 400 "
+        "`text_reading_off`): `auto` when the prediction without it gives its top class less "
+        "than the server's text gate, `always`, or `never` (no reading: the fastest answer). "
+        "A vector or a catalog item has no photo to read.",
+    }
+
+
+def read_text_param(modes: Sequence[str]) -> dict[str, Any]:
+    schema = read_text_schema(modes)
+    return {
+        "name": "read_text",
+        "in": "query",
+        "description": schema.pop("description"),
+        "schema": schema,
+    }
+
+
 LIMIT_PARAM = {
     "name": "limit",
     "in": "query",
@@ -248,7 +277,9 @@ def image_body(**json_fields: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-EMBED_BODY = image_body()
+def embed_body(text_modes: Sequence[str]) -> dict[str, Any]:
+    return image_body(read_text=read_text_schema(text_modes))
+
 
 SECURITY = [{"ApiKey": []}]
 
@@ -296,7 +327,8 @@ SCHEMAS: dict[str, Any] = {
                 "type": "boolean",
                 "description": "whether the text on the photo was read: only photos whose "
                 "prediction without it gives its top class less than the server's --text-gate "
-                "are; present only when the server reads text",
+                "are, unless the request's `read_text` says always or never; present only when "
+                "the server reads text",
             },
         },
     },

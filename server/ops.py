@@ -56,5 +56,6 @@ def openapi() -> Response:
             dim=svc.embedder.dim,
             numeric_fields=svc.numeric_fields,
             max_batch_entries=st.config.max_batch_entries,
+            reads_text=svc.text is not None,
         )
     )

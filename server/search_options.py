@@ -1,5 +1,6 @@
-"""The options of a search (``k``, ``filter``, ``score_threshold``, ``offset``, ``ranking``) from
-a JSON body, a batch entry or the query string, each checked (400 naming the option)."""
+"""The options of a search (``k``, ``filter``, ``score_threshold``, ``offset``, ``ranking``,
+``read_text``) from a JSON body, a batch entry or the query string, each checked (400 naming the
+option)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from server.inputs import (
     parse_k,
     parse_offset,
     parse_ranking,
+    parse_read_text,
     parse_threshold,
 )
 from server.service import LookupService
 
-OPTION_FIELDS = ("k", "filter", "score_threshold", "offset", "ranking")
+OPTION_FIELDS = ("k", "filter", "score_threshold", "offset", "ranking", "read_text")
 # Query parameters of the search endpoints besides the filters.
-QUERY_OPTIONS = ("k", "score_threshold", "offset", "ranking")
+QUERY_OPTIONS = ("k", "score_threshold", "offset", "ranking", "read_text")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,14 @@ class SearchOptions:
     offset: int = 0
     threshold: float | None = None
     ranking: str | None = None  # asked for; None: the server's (see ``applied``)
+    # An uploaded photo's text reading, asked for; None: "auto" (see ``text_mode``).
+    read_text: str | None = None
+
+    @property
+    def text_mode(self) -> str:
+        """When an uploaded photo's text is read: "auto" (below the server's gate), "always"
+        or "never"; a server that does not read text reads none whatever the mode."""
+        return self.read_text or "auto"
 
     def applied(self, classes: bool, svc: LookupService) -> SearchOptions:
         """These options with the ranking the query gets: "class" only for a query whose
@@ -73,6 +83,20 @@ def _no_nulls(body: Mapping[str, Any]) -> None:
             raise ApiError(400, f"invalid_{key}", f"'{key}' must not be null; leave it out")
 
 
+def checked_read_text(svc: LookupService, value: Any) -> str | None:
+    """``read_text`` parsed, and refused as "always" by a server that cannot read text: the
+    client asked for something it will not get (auto and never need no reader)."""
+    mode = parse_read_text(value)
+    if mode == "always" and svc.text is None:
+        raise ApiError(
+            400,
+            "text_reading_off",
+            "read_text 'always' needs a server that reads text (phonesim serve --read-text); "
+            "this one does not (GET /v1/info: prediction.read_text)",
+        )
+    return mode
+
+
 def request_options(svc: LookupService, body: Mapping[str, Any], args: MultiDict) -> SearchOptions:
     """Options of a single search: JSON body fields, then the query string (which wins; a
     filter field may be given in one of them only)."""
@@ -84,6 +108,7 @@ def request_options(svc: LookupService, body: Mapping[str, Any], args: MultiDict
     body_offset = parse_offset(body.get("offset"))
     body_threshold = parse_threshold(body.get("score_threshold"))
     body_ranking = parse_ranking(body.get("ranking"))
+    body_read_text = checked_read_text(svc, body.get("read_text"))
     return SearchOptions(
         k=parse_k(args.get("k"), body_k, cfg.max_k),
         flt=merge_filters(args.lists(), body.get("filter"), svc.filterable_fields),
@@ -94,6 +119,9 @@ def request_options(svc: LookupService, body: Mapping[str, Any], args: MultiDict
             else body_threshold
         ),
         ranking=parse_ranking(args.get("ranking")) if "ranking" in args else body_ranking,
+        read_text=(
+            checked_read_text(svc, args.get("read_text")) if "read_text" in args else body_read_text
+        ),
     )
 
 
@@ -116,6 +144,11 @@ def entry_options(
             else defaults.threshold
         ),
         ranking=parse_ranking(entry["ranking"]) if "ranking" in entry else defaults.ranking,
+        read_text=(
+            checked_read_text(svc, entry["read_text"])
+            if "read_text" in entry
+            else defaults.read_text
+        ),
     )
 
 

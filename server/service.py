@@ -57,7 +57,9 @@ class Embedded:
     When the server reads text: ``image``, the decoded photo, is kept until its prediction
     decides whether to read it (:meth:`LookupService.predict_many`), which then sets ``cues``,
     the classes its text names (a cue row, see :meth:`TextCues.matrix`; zeros when left
-    unread), and ``text_read``. A request's own object: nothing else shares it.
+    unread), and ``text_read``. ``text_mode`` is the request's say: "auto" (read when the
+    prediction is unsure), "always" or "never" (no photo kept). A request's own object:
+    nothing else shares it.
     """
 
     embedding: np.ndarray
@@ -65,6 +67,7 @@ class Embedded:
     timing_ms: dict[str, float]
     cues: np.ndarray | None = None
     text_read: bool = False
+    text_mode: str = "auto"
     image: Image.Image | None = field(default=None, repr=False)
 
 
@@ -184,11 +187,14 @@ class LookupService:
         with self._large_decodes:
             return load_image(data, min_side=self.embedder.decode_side)
 
-    def embed_bytes(self, data: bytes, arrival: Arrival | None = None) -> Embedded:
+    def embed_bytes(
+        self, data: bytes, arrival: Arrival | None = None, text_mode: str = "auto"
+    ) -> Embedded:
         """Decode, preprocess (in this thread) and embed (in a shared batch) one image.
 
         ``arrival``: the request's batching hint, taken when it started (see
-        :meth:`arrival`); it is left here, as the image joins the queue.
+        :meth:`arrival`); it is left here, as the image joins the queue. ``text_mode``: when
+        its prediction reads its text (see :class:`Embedded`).
         """
         t0 = time.perf_counter()
         with arrival or self.batcher.arrival() as pending:
@@ -199,7 +205,9 @@ class LookupService:
         result = future.result(timeout=self.config.request_timeout_s)
         t2 = time.perf_counter()
         self.metrics.decode_seconds.observe(t1 - t0)
-        return self.embedded(result, decode_s=t1 - t0, total_s=t2 - t0, image=image)
+        return self.embedded(
+            result, decode_s=t1 - t0, total_s=t2 - t0, image=image, text_mode=text_mode
+        )
 
     def read_cues(self, image: Image.Image) -> np.ndarray:
         """The classes the text on ``image`` names, as a cue row (the server reads text)."""
@@ -216,11 +224,13 @@ class LookupService:
         text, N x C) are less sure than the text gate, and set every photo's ``cues``: a sure
         prediction is rarely changed by its text (bench_quality recipe_text_gated: at the
         default gate half of the photos are read, and no prediction differs from reading all).
+        A photo's ``text_mode`` "always" is read whatever its prediction, "never" is not.
         """
         assert self.text is not None
-        for photo, worth in zip(embedded, unsure(probabilities, self.text.gate), strict=True):
+        for photo, below in zip(embedded, unsure(probabilities, self.text.gate), strict=True):
             if photo.cues is not None:  # read already (a photo is predicted once, but still)
                 continue
+            worth = photo.text_mode == "always" or (photo.text_mode == "auto" and below)
             read_s = 0.0
             if worth and photo.image is not None:
                 t0 = time.perf_counter()
@@ -250,9 +260,10 @@ class LookupService:
         decode_s: float,
         total_s: float,
         image: Image.Image | None = None,
+        text_mode: str = "auto",
     ) -> Embedded:
         """One image's batcher result with its timings; counts its time in the queue. The
-        decoded ``image`` is kept only when the server reads text."""
+        decoded ``image`` is kept only when the server reads text and ``text_mode`` may."""
         self.metrics.queue_seconds.observe(result.queue_s)
         timing = {
             "decode": _ms(decode_s),
@@ -261,8 +272,10 @@ class LookupService:
             "batch_size": result.batch_size,
             "embed_total": _ms(total_s),
         }
-        keep = image if self.text is not None else None
-        return Embedded(result.embedding, result.probabilities, timing, image=keep)
+        keep = image if self.text is not None and text_mode != "never" else None
+        return Embedded(
+            result.embedding, result.probabilities, timing, text_mode=text_mode, image=keep
+        )
 
     def arrival(self) -> Arrival:
         """Tell the batcher a request that will embed an image is on its way."""

@@ -55,7 +55,9 @@ function showPrediction(prediction) {
     source += " alone";
   }
   if (prediction.text_read === false) {
-    source += " (sure enough that the photo's text was not read)";
+    source += $("read-text").value === "never"
+      ? " (the photo's text was not read)"
+      : " (sure enough that the photo's text was not read)";
   }
   $("prediction-source").textContent = source;
   const bars = $("prediction-bars");
@@ -204,7 +206,10 @@ async function search(file) {
   const form = new FormData();
   form.append("image", file);
   try {
-    const query = `${queryString()}&ranking=${encodeURIComponent($("ranking").value)}`;
+    let query = `${queryString()}&ranking=${encodeURIComponent($("ranking").value)}`;
+    if (!$("read-text-choice").hidden) {
+      query += `&read_text=${encodeURIComponent($("read-text").value)}`;
+    }
     const result = await api(`/v1/search?${query}`, { method: "POST", body: form });
     showPrediction(result.prediction);
     const order = result.ranking === "class" ? " (re-ranked by predicted class)" : "";
@@ -256,6 +261,7 @@ async function loadInfo() {
       $("label-filter").disabled = true;
     }
     $("price-filter").hidden = !info.index.filterable_fields.includes("price");
+    $("read-text-choice").hidden = !info.prediction.read_text;
     return true;
   } catch (e) {
     $("server-info").textContent = `server not ready: ${e.message}`;
@@ -277,7 +283,7 @@ function setup() {
     const file = e.dataTransfer.files[0];
     if (file) search(file);
   });
-  for (const id of ["k", "label-filter", "price-min", "price-max", "ranking"]) {
+  for (const id of ["k", "label-filter", "price-min", "price-max", "ranking", "read-text"]) {
     $(id).addEventListener("change", refresh);
   }
   $("more").addEventListener("click", () => loadCatalog(true));

@@ -64,6 +64,26 @@ def test_search_by_image_vector_and_id_agree(live, photo, tmp_path, catalog_rows
         client.search(photo, vector=vector)
 
 
+def test_the_text_reading_is_passed_on(live, photo):
+    """This server reads no text: "never" is answered, "always" is refused by the server, and
+    a catalog item's search takes no mode at all."""
+    client = Client(live.base)
+    assert client.search(photo, k=2, read_text="never")["prediction"]["label"]
+    assert client.embed(photo, read_text="auto")["prediction"]["label"]
+    for call in (
+        lambda: client.search(photo, read_text="always"),
+        lambda: client.embed(photo, read_text="always"),
+        lambda: client.search_batch([{"image": photo}], read_text="always"),
+    ):
+        with pytest.raises(PhonesimError) as refused:
+            call()
+        assert (refused.value.status, refused.value.code) == (400, "text_reading_off")
+    answers = client.search_batch([{"image": photo, "read_text": "always"}, {"image": photo}])
+    assert [a["status"] for a in answers] == [400, 200]
+    with pytest.raises(ValueError, match="read_text"):
+        client.search(item_id="any", read_text="never")
+
+
 def test_search_batch_and_items_pages(live, photo, catalog_rows):  # noqa: F811
     client = Client(live.base)
     results = client.search_batch(

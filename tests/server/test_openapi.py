@@ -46,8 +46,9 @@ def test_openapi_request_bodies_list_exactly_the_accepted_fields(app):
         "score_threshold",
         "offset",
         "ranking",
+        "read_text",
     }
-    assert json_fields("/v1/embed") == {"image"}  # k or filter there is a 400
+    assert json_fields("/v1/embed") == {"image", "read_text"}  # k or filter there is a 400
 
 
 def test_openapi_offers_the_ranking_to_every_search(app):
@@ -62,6 +63,20 @@ def test_openapi_offers_the_ranking_to_every_search(app):
     assert params("/v1/search/batch", "post") == params("/v1/search", "post")
     entry = spec["components"]["schemas"]["SearchQuery"]["properties"]
     assert entry["ranking"]["enum"] == ["class", "similarity"]
+
+
+def test_openapi_offers_the_text_reading_where_a_photo_is_uploaded(app):
+    spec = app.test_client().get("/openapi.json").get_json()
+
+    def params(path: str, verb: str) -> set[str]:
+        return {p["name"] for p in spec["paths"][path][verb].get("parameters", [])}
+
+    assert "read_text" in params("/v1/search", "post")
+    assert params("/v1/embed", "post") == {"read_text"}
+    assert "read_text" not in params("/v1/items/{item_id}/similar", "get")
+    # This server does not read text: "always" is a 400 here, so it is not offered.
+    entry = spec["components"]["schemas"]["SearchQuery"]["properties"]
+    assert entry["read_text"]["enum"] == ["auto", "never"]
 
 
 def test_openapi_documents_the_catalog_pages(app):

@@ -327,3 +327,71 @@ def test_an_added_item_is_read_and_a_batch_add_is_not(
     finally:
         app.extensions["phonesim"].close()
         ix.close()
+
+
+def test_a_request_can_skip_the_reading(
+    reading, outsider, tiny_embedder, readonly_index, monkeypatch
+) -> None:
+    """``read_text=never`` on a server that reads every photo (gate 1): nothing is read, no
+    photo is kept for it, and the prediction is the one without text."""
+    svc = reading.application.extensions["phonesim"].service
+    plain = make_app(ServerConfig(), tiny_embedder, readonly_index)
+    try:
+        expected = plain.test_client().post("/v1/search", data=upload(banner(WORD))).get_json()
+    finally:
+        plain.extensions["phonesim"].close()
+    calls, kept = [], []
+    real_read, real_unsure = svc.text.reader.read, svc.read_where_unsure
+    monkeypatch.setattr(
+        svc.text.reader, "read", lambda image, enough=None: calls.append(1) or real_read(image)
+    )
+
+    def watched(embedded, probabilities):
+        kept.extend(photo.image for photo in embedded)
+        return real_unsure(embedded, probabilities)
+
+    monkeypatch.setattr(svc, "read_where_unsure", watched)
+    searched = reading.post("/v1/search?read_text=never", data=upload(banner(WORD)))
+    embedded = reading.post("/v1/embed", data={**upload(banner(WORD)), "read_text": "never"})
+    assert calls == [] and kept == [None, None]
+    for response in (searched, embedded):
+        prediction = response.get_json()["prediction"]
+        assert prediction["text_read"] is False and prediction["text_cues"] == []
+        assert prediction["label"] == expected["prediction"]["label"] != outsider
+    assert searched.get_json()["timing_ms"]["read_text"] == 0
+    # The same server still reads when the request leaves it the choice.
+    assert reading.post("/v1/search", data=upload(banner(WORD))).get_json()["prediction"][
+        "text_read"
+    ]
+    assert len(calls) == 1
+
+
+def test_a_request_can_have_a_sure_photo_read(
+    tiny_embedder, readonly_index, outsider, tmp_path
+) -> None:
+    """``read_text=always`` reads a photo the gate would leave unread; the batch's own mode is
+    every entry's default, and an entry's replaces it."""
+    cues = tmp_path / "cues.json"
+    cues.write_text(json.dumps({outsider: [WORD]}))
+    config = ServerConfig(read_text=True, text_cues=str(cues), text_rotations=(0,), text_gate=0.01)
+    app = make_app(config, tiny_embedder, readonly_index)
+    try:
+        client = app.test_client()
+        spec = client.get("/openapi.json").get_json()
+        entry_schema = spec["components"]["schemas"]["SearchQuery"]["properties"]
+        assert entry_schema["read_text"]["enum"] == ["auto", "always", "never"]
+        auto = client.post("/v1/search", data=upload(banner(WORD))).get_json()["prediction"]
+        assert auto["text_read"] is False and auto["label"] != outsider  # below the gate: sure
+        always = client.post("/v1/search?read_text=always", data=upload(banner(WORD)))
+        prediction = always.get_json()["prediction"]
+        assert prediction["text_read"] is True and prediction["label"] == outsider
+        image = b64(banner(WORD))
+        queries = [{"image": image}, {"image": image, "read_text": "never"}]
+        queries.append({"image": image, "read_text": "auto"})
+        batch = client.post("/v1/search/batch", json={"queries": queries, "read_text": "always"})
+        read = [r["prediction"]["text_read"] for r in batch.get_json()["results"]]
+        assert read == [True, False, False]
+        labels = [r["prediction"]["label"] for r in batch.get_json()["results"]]
+        assert labels[0] == outsider and outsider not in labels[1:]
+    finally:
+        app.extensions["phonesim"].close()
