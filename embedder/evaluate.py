@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
-from tqdm import tqdm
 
 from common.fsutil import atomic_write, atomic_write_text
 from embedder.batch import embed_samples
@@ -19,14 +16,11 @@ from embedder.class_rerank import ClassRerank, reranked_labels
 from embedder.data import load_catalog
 from embedder.engine_options import EngineOptions
 from embedder.errors import DataError
-from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.knn_vote import KnnFusion, fuse
 from embedder.metrics import label_recall_at_k, macro_f1, nearest_neighbours
 from embedder.text_cues import apply_text_cues, unsure
-from embedder.text_reader import TextEvidence, TextOptions
-
-log = logging.getLogger(__name__)
+from embedder.text_reader import TextOptions
 
 
 def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
@@ -139,7 +133,7 @@ def evaluate(
         read = unsure(predicted, evidence.gate)
         paths = [catalog.samples[i].path for i in idx[read]]
         cues = np.zeros_like(predicted, dtype=np.float32)
-        cues[read], seconds = read_cues(evidence, paths, embedder.decode_side, progress)
+        cues[read], seconds = evidence.read_files(paths, embedder.decode_side, progress)
         y_pred = apply_text_cues(predicted, cues, evidence.weight).argmax(1)
         belief = apply_text_cues(belief, cues, evidence.weight)  # as the server re-ranks
         text_block = {
@@ -201,23 +195,6 @@ def evaluate(
         atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
         report["report_dir"] = str(out)
     return report
-
-
-def read_cues(
-    text: TextEvidence, paths: list[Path], decode_side: int, progress: bool
-) -> tuple[np.ndarray, float]:
-    """Each image's text cues (N x C), read as the server reads an upload (decoded at the
-    model's decode side), and the seconds the reading took."""
-    texts = []
-    t0 = time.perf_counter()
-    for path in tqdm(paths, desc="reading text", unit="img", disable=not progress):
-        try:
-            image = load_image(path, min_side=decode_side)
-            texts.append(text.read(image))
-        except Exception as e:  # as in the server: one photo's reading failing costs its cue
-            log.warning("%s: reading its text failed (%s); evaluated without it", path, e)
-            texts.append([])
-    return text.cues.matrix(texts), time.perf_counter() - t0
 
 
 def reranked_recall(

@@ -12,11 +12,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from embedder.errors import EngineError
+from embedder.images import load_image
 from embedder.text_cues import DEFAULT_GATE, DEFAULT_WEIGHT, TextCues, check_gate
+
+log = logging.getLogger(__name__)
 
 #: Upright, and turned both ways: a logo printed along a phone's back reads sideways.
 DEFAULT_ROTATIONS: tuple[int, ...] = (0, 90, 270)
@@ -134,6 +140,23 @@ class TextEvidence:
 
     def describe(self) -> dict[str, object]:
         return {"weight": self.weight, "rotations": list(self.reader.rotations), "gate": self.gate}
+
+    def read_files(
+        self, paths: Sequence[Path], decode_side: int, progress: bool = True
+    ) -> tuple[np.ndarray, float]:
+        """Each image file's cue row (N x C), read as the server reads an upload (decoded at
+        the model's ``decode_side``), and the seconds the reading took (``evaluate`` and
+        ``export``). A file whose reading fails gets a zero row and a warning: as in the
+        server, it costs that image its cue, not the job."""
+        texts = []
+        t0 = time.perf_counter()
+        for path in tqdm(paths, desc="reading text", unit="img", disable=not progress):
+            try:
+                texts.append(self.read(load_image(path, min_side=decode_side)))
+            except Exception as e:
+                log.warning("%s: reading its text failed (%s); predicted without it", path, e)
+                texts.append([])
+        return self.cues.matrix(texts), time.perf_counter() - t0
 
 
 @dataclass(frozen=True)

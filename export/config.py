@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from embedder.engine_options import DEFAULT_RUNTIME, RUNTIMES
+from embedder.text_reader import TextOptions
 from export.errors import ExportError
 
 # Storage types of embeddings and probabilities in the HDF5 file.
@@ -32,6 +33,9 @@ class ExportConfig:
     #: > 0: each row's first neighbours re-ranked by its probability of their labels, with
     #: this weight (embedder.class_rerank); 0: similarity order.
     class_rerank: float = 0.0
+    #: Read the text on each image whose classifier prediction is below the gate and add the
+    #: classes it names to its probabilities (embedder.text_cues); None: no reading.
+    text: TextOptions | None = None
     dtype: str = "float32"
     batch_size: int = 64
     workers: int | None = None

@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +20,9 @@ from common.fsutil import atomic_write, folder_write_problem
 from embedder.checkpoint import checkpoint_hash, read_config
 from embedder.class_rerank import class_rerank
 from embedder.engine_options import EngineOptions, precision, precision_mismatch
+from embedder.preprocess import Preprocessor
+from embedder.text_cues import apply_text_cues, unsure
+from embedder.text_reader import TextEvidence
 from export import schema
 from export.assemble import Assembled, assemble
 from export.config import ExportConfig
@@ -57,6 +60,10 @@ class ExportSummary:
     startup_seconds: float = 0.0
     #: The inference runtime that embedded this run's inputs.
     runtime: str = ""
+    #: With --read-text: the images of this run whose text was read, and those whose text
+    #: named a class.
+    text_read: int = 0
+    text_named: int = 0
 
     @property
     def items_per_s(self) -> float:
@@ -105,19 +112,57 @@ class _FirstBatchClock:
             yield batch
 
 
+class _TextStage:
+    """Reads the text on each embedded image whose classifier prediction is below the gate
+    and adds the classes it names to its probabilities, before the shard is committed (so a
+    resumed export never reads an image twice). Runs in this process, one image at a time,
+    after either runner; the images are decoded again, at the model's decode side, as the
+    server decodes an upload."""
+
+    def __init__(self, evidence: TextEvidence, inputs: ExportInputs, decode_side: int) -> None:
+        self.evidence = evidence
+        self.samples = inputs.samples
+        self.decode_side = decode_side
+        self.read = self.named = 0
+
+    def __call__(self, batches: Iterator[FeatureBatch]) -> Iterator[FeatureBatch]:
+        for batch in batches:
+            worth = unsure(batch.probabilities, self.evidence.gate)
+            if worth.any():
+                paths = [self.samples[i].path for i in batch.indices[worth]]
+                cues = np.zeros_like(batch.probabilities)
+                cues[worth], _ = self.evidence.read_files(paths, self.decode_side, progress=False)
+                probabilities = apply_text_cues(batch.probabilities, cues, self.evidence.weight)
+                batch = replace(batch, probabilities=probabilities.astype(np.float32))
+                self.read += int(worth.sum())
+                self.named += int((cues.sum(axis=1) > 0).sum())
+            yield batch
+
+
+def text_identity(evidence: TextEvidence | None) -> str:
+    """What a resumed export must read the same way: the setting and the words ("" = none)."""
+    if evidence is None:
+        return ""
+    words = [list(w) for w in evidence.cues.words]
+    return json.dumps({**evidence.describe(), "words": words}, sort_keys=True)
+
+
 def _embed_stage(
     config: ExportConfig,
     inputs: ExportInputs,
     partial: PartialDir,
     ckpt_hash: str,
     clock: _FirstBatchClock,
+    text: _TextStage | None = None,
 ) -> tuple[int, str]:
     """Embed every input after the committed cursor; returns how many inputs it processed and
-    the runtime that embedded them (``config.runtime`` when none was left)."""
+    the runtime that embedded them (``config.runtime`` when none was left). ``text``: read
+    the unsure images' text into their probabilities before they are committed."""
     start = partial.cursor
     if start >= len(inputs):
         return 0, config.runtime
     writer = ShardWriter(partial, inputs.samples, config.shard_size)
+    read_text = text or (lambda batches: batches)
     if config.ray:
         from embedder.runtime import resolve_runtime
         from export.ray_runner import connect, import_ray, ray_batches
@@ -137,7 +182,7 @@ def _embed_stage(
                 config.progress,
                 EngineOptions(runtime, config.device),
             )
-            for batch in clock(batches):
+            for batch in read_text(clock(batches)):
                 writer.write(batch)
             writer.flush()
         finally:
@@ -157,7 +202,7 @@ def _embed_stage(
         batches = local_batches(
             embedder, inputs.samples, start, config.batch_size, config.workers, config.progress
         )
-        for batch in clock(batches):
+        for batch in read_text(clock(batches)):
             writer.write(batch)
         writer.flush()
     return len(inputs) - start, runtime
@@ -283,6 +328,9 @@ def _write_file(
                 "inputs_fingerprint": inputs.fingerprint,
                 # JSON, like old `phonesim embed` files, so `phonesim index build` reads both.
                 "label_names": json.dumps(label_names),
+                # What the probabilities are: the classifier's, or with the text cues added.
+                "prediction": "classifier+text" if config.text else "classifier",
+                "text_cues": identity.text,
             }
         )
     finally:
@@ -302,6 +350,9 @@ def export_features(config: ExportConfig) -> ExportSummary:
     ckpt = read_config(config.checkpoint)  # CheckpointError names what is missing
     ckpt_hash = checkpoint_hash(config.checkpoint)
     inputs = read_inputs(config.input, config.input_kind)
+    evidence = None
+    if config.text is not None:  # a bad cue file or no OCR package fails before the work
+        evidence = config.text.build(list(ckpt.label_names), threads=config.threads)
     identity = JobIdentity(
         checkpoint_hash=ckpt_hash,
         model_name=ckpt.architecture,
@@ -310,6 +361,7 @@ def export_features(config: ExportConfig) -> ExportSummary:
         inputs_fingerprint=inputs.fingerprint,
         inputs_count=len(inputs),
         precision=precision(config.runtime),
+        text=text_identity(evidence),
     )
     if config.index or config.store:
         _check_index(
@@ -320,7 +372,10 @@ def export_features(config: ExportConfig) -> ExportSummary:
     partial = PartialDir.open(out, identity, restart=config.restart)
     resumed_from = partial.cursor
     clock = _FirstBatchClock()
-    embedded_now, runtime = _embed_stage(config, inputs, partial, ckpt_hash, clock)
+    text = None
+    if evidence is not None:
+        text = _TextStage(evidence, inputs, Preprocessor(ckpt.data_config).decode_side)
+    embedded_now, runtime = _embed_stage(config, inputs, partial, ckpt_hash, clock, text)
     embed_seconds = time.perf_counter() - clock.t0
 
     if not any(shard.rows for shard in partial.shards):
@@ -353,4 +408,6 @@ def export_features(config: ExportConfig) -> ExportSummary:
         runner="ray" if config.ray else "local",
         startup_seconds=clock.first or 0.0,
         runtime=runtime,
+        text_read=text.read if text else 0,
+        text_named=text.named if text else 0,
     )

@@ -45,6 +45,8 @@ class JobIdentity:
     inputs_count: int
     #: "fp32" or "int8" (runtime onnx-int8): the two must not mix in one file.
     precision: str = "fp32"
+    #: The text reading the probabilities include (JSON of its setting and words), "" for none.
+    text: str = ""
 
 
 def partial_path(out: Path) -> Path:
@@ -185,8 +187,10 @@ def _check_manifest(manifest: Path, identity: JobIdentity) -> None:
         "dim": "embedding dimension",
         "num_classes": "number of classes",
         "precision": "embedding precision (--runtime onnx-int8 or not)",
+        "text": "text reading (--read-text and its settings)",
     }
     data.setdefault("precision", "fp32")  # unfinished exports from before runtimes existed
+    data.setdefault("text", "")  # and from before the export read text
     for key, name in what.items():
         if data.get(key) != getattr(identity, key):
             raise ResumeError(

@@ -69,7 +69,9 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
                 recipe_text_rerank re-ranks the neighbours by the classifier with those cues
                 (as `serve --read-text` does); recipe_text_gated and recipe_text_gated_rerank
                 read only the photos whose fused prediction is less sure than the product's
-                --text-gate (the default of `serve --read-text`)
+                --text-gate (the default of `serve --read-text`); recipe_text_export is the
+                prediction `export --read-text` writes: the classifier with the cues of the
+                photos whose classifier prediction is below that gate (no catalog vote)
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -198,6 +200,7 @@ EXTRA_METHODS = (
     "recipe_text_rerank",
     "recipe_text_gated",
     "recipe_text_gated_rerank",
+    "recipe_text_export",
 )
 # Text-cue methods: the rotations each reads a photo at, and its gate (1: every photo).
 TEXT_METHODS = {
@@ -206,7 +209,10 @@ TEXT_METHODS = {
     "recipe_text_rerank": (DEFAULT_ROTATIONS, 1.0),
     "recipe_text_gated": (DEFAULT_ROTATIONS, TEXT_GATE),
     "recipe_text_gated_rerank": (DEFAULT_ROTATIONS, TEXT_GATE),
+    "recipe_text_export": (DEFAULT_ROTATIONS, TEXT_GATE),
 }
+# Text-cue methods on the classifier alone, as the export predicts (no kNN vote).
+UNFUSED_TEXT = frozenset({"recipe_text_export"})
 # The gates whose top-1 and share of photos read a gated text method also reports.
 GATE_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)
 # Each gated text method and the same method reading every photo.
@@ -338,6 +344,8 @@ def score(
 
 def uses_fusion(method: str) -> bool:
     """Whether ``method``'s figures depend on FUSION (the kNN vote or its fusion)."""
+    if method in UNFUSED_TEXT:
+        return False
     return method == "knn" or method.endswith(("_knn", "_rerank")) or method in TEXT_METHODS
 
 
@@ -364,14 +372,18 @@ def text_predictions(
     emb: np.ndarray,
     cues: np.ndarray,
     gate: float = 1.0,
+    fused: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The fused prediction with each photo's text cues (N x C) added at TEXT_WEIGHT where the
     fused prediction is less sure than ``gate`` (a server with that --text-gate reads no other
-    photo), and which photos those were."""
-    scores, idx = nearest_neighbours(emb, emb[split.train], FUSION.k)
-    fused = fuse(probs, scores, y[split.train][idx], FUSION)
-    cues, read = gated_cues(cues, fused, gate)
-    return apply_text_cues(fused, cues, TEXT_WEIGHT).argmax(1), read
+    photo), and which photos those were. ``fused=False``: the classifier's prediction in
+    place of the fused one, as the export predicts."""
+    base = probs
+    if fused:
+        scores, idx = nearest_neighbours(emb, emb[split.train], FUSION.k)
+        base = fuse(probs, scores, y[split.train][idx], FUSION)
+    cues, read = gated_cues(cues, base, gate)
+    return apply_text_cues(base, cues, TEXT_WEIGHT).argmax(1), read
 
 
 def gated_cues(cues: np.ndarray, fused: np.ndarray, gate: float) -> tuple[np.ndarray, np.ndarray]:
@@ -506,7 +518,8 @@ class Bench:
         return texts, float(np.mean(times))
 
     def run_text(self, method: str) -> None:
-        """recipe_knn's prediction with each photo's text cues (embedder/text_cues.py)."""
+        """recipe_knn's prediction with each photo's text cues (embedder/text_cues.py); for
+        UNFUSED_TEXT, the classifier's prediction with them (as the export writes it)."""
         setting = self.text_setting(method)
         if all(self.done(method, split) for split in self.splits):
             return
@@ -517,7 +530,10 @@ class Bench:
                 continue
             with np.load(outputs) as cached:
                 emb, probs = cached["embeddings"], cached["probabilities"]
-            pred, read = text_predictions(split, self.y, probs, emb, cues, setting["gate"])
+            fused = method not in UNFUSED_TEXT
+            pred, read = text_predictions(
+                split, self.y, probs, emb, cues, setting["gate"], fused=fused
+            )
             figures = score(split, self.y, self.headline, pred, emb)
             test = split.test[self.headline[split.test]]
             read = read[test]
@@ -531,7 +547,7 @@ class Bench:
             if setting["gate"] < 1.0:  # what other gates would have read and scored
                 figures["gate_curve"] = {}
                 for gate in GATE_GRID:
-                    at, read = text_predictions(split, self.y, probs, emb, cues, gate)
+                    at, read = text_predictions(split, self.y, probs, emb, cues, gate, fused)
                     correct = at[test] == self.y[test]
                     figures["gate_curve"][str(gate)] = [
                         float(correct.mean()),
@@ -1065,7 +1081,7 @@ class Bench:
             m: self.paired(m, "recipe_knn", names, frac)
             for m in methods
             if (m.endswith(("_knn", "_knn_nested", "_rerank")) or m in TEXT_METHODS)
-            and m not in ("recipe_knn", "probe_knn")
+            and m not in ("recipe_knn", "probe_knn", *UNFUSED_TEXT)
             and "recipe_knn" in self.results
         }
         # Which belief re-ranks better: the fused prediction or the classifier alone.
@@ -1247,13 +1263,13 @@ def print_summary(summary: dict[str, Any]) -> None:
             print(f"\n{m}: top-1 and share of photos read at each --text-gate (mean of folds)")
             for gate, (accuracy, read) in e["gate_curve"].items():
                 print(f"  gate {gate}: top-1 {accuracy:.3f}, read {read:.2f}")
-    if "gate_nested" in summary:
-        nested = summary["gate_nested"]
-        gates = ", ".join(f"{g:g}" for g in nested["chosen"].values())
-        print(
-            f"  chosen per fold on the other folds (as reading every photo there): {gates}; "
-            f"top-1 {nested['accuracy']:.3f}, read {nested['read_fraction']:.2f}"
-        )
+            if m == "recipe_text_gated" and "gate_nested" in summary:
+                nested = summary["gate_nested"]
+                gates = ", ".join(f"{g:g}" for g in nested["chosen"].values())
+                print(
+                    f"  chosen per fold on the other folds (as reading every photo there): "
+                    f"{gates}; top-1 {nested['accuracy']:.3f}, read {nested['read_fraction']:.2f}"
+                )
     if "audited" in summary:
         print_audited(summary["audited"])
 

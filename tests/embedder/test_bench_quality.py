@@ -379,6 +379,35 @@ def test_gated_text_reads_only_the_photos_the_fused_prediction_is_unsure_of(tmp_
     assert nested["accuracy"] == 1.0
 
 
+def test_the_exports_text_gate_looks_at_the_classifier_alone(tmp_path):
+    """recipe_text_export predicts as `export --read-text` writes: the gate looks at the
+    classifier (no kNN vote), so a classifier unsure of every photo has every photo read, where
+    recipe_text_gated's fused prediction is sure of the photos whose neighbours agree with it."""
+    import numpy as np
+
+    bench_quality, bench = tiny_bench(tmp_path, text_cues=None)
+    work, n = bench.work, len(bench.y)
+    probs = np.tile(np.array([[0.6, 0.2, 0.2]], dtype=np.float32), (n, 1))
+    emb = np.eye(3, 4, dtype=np.float32)[bench.y]  # neighbours of the same class only
+    for split in bench.splits:
+        (work / split.name / "recipe").mkdir(parents=True)
+        np.savez(work / split.name / "recipe" / "outputs.npz", embeddings=emb, probabilities=probs)
+    cache = {
+        s.id: {"0": [[s.label, 0.99]], "0_s": 0.1, "90": [], "90_s": 0.2, "270": [], "270_s": 0.2}
+        for s in bench.samples
+    }
+    (work / f"photo-text-{bench_quality.DETECT_SIDE}.json").write_text(json.dumps(cache))
+    bench.run(["recipe_text_export", "recipe_text_gated"])
+    for split in bench.splits:
+        export = bench.results["recipe_text_export"][split.name]
+        gated = bench.results["recipe_text_gated"][split.name]
+        others = float(np.mean(bench.y[export["photos"]] != 0))
+        assert 0 < others < 1
+        assert export["read_fraction"] == 1.0 and export["accuracy"] == 1.0
+        assert gated["read_fraction"] == round(others, 4)  # fused: class 0 at 0.8, not read
+        assert "fusion" not in export and "fusion" in gated
+
+
 def test_two_rerankings_are_paired_photo_by_photo(tmp_path):
     """Recall@1 of two re-rankings of the same photos gets a group bootstrap beside the fold
     interval (the interval for a prediction-time change)."""

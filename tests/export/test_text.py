@@ -1,0 +1,118 @@
+"""``phonesim export --read-text``: the classes a photo's text names are added to the
+probabilities written, the file says so, a resume must read the same way, and the flags are
+checked."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from embedder.text_reader import TextOptions
+from export import ResumeError, export_features
+from export import cli as export_cli
+from export.shards import ShardWriter
+from tests.export.conftest import _config, _read, _write_manifest
+
+pytest.importorskip("rapidocr", reason="phonesim[ocr] not installed")
+
+WORD = "Zephyrphone"  # a product line no class is called, named by the cue file only
+
+
+@pytest.fixture(scope="module")
+def catalog(demo, ckpt, tmp_path_factory):
+    """The demo's first six photos and a banner naming WORD; the cue file gives WORD to the
+    class the classifier finds least likely for the banner, so only its text can win."""
+    from embedder.inference import Embedder
+
+    root = tmp_path_factory.mktemp("text-export")
+    banner = Image.new("RGB", (360, 120), (250, 250, 250))
+    ImageDraw.Draw(banner).text((12, 35), WORD, fill=(20, 20, 20), font=ImageFont.load_default(44))
+    buf = io.BytesIO()
+    banner.save(buf, format="JPEG", quality=92)
+    (root / "banner.jpg").write_bytes(buf.getvalue())
+    rows = list(csv.DictReader((demo / "with_bad.csv").open(newline="", encoding="utf-8")))[:6]
+    rows = [{**r, "image": str(demo / r["image"])} for r in rows if r["image"] != "broken.jpg"]
+    rows.append({**rows[0], "id": "banner-1", "image": str(root / "banner.jpg"), "label": ""})
+    _write_manifest(root / "catalog.csv", rows)
+    embedder = Embedder.from_checkpoint(ckpt)
+    probabilities = embedder.embed_paths([root / "banner.jpg"]).probabilities[0]
+    outsider = embedder.label_names[int(np.argmin(probabilities))]
+    (root / "cues.json").write_text(json.dumps({outsider: [WORD]}))
+    return root, outsider, embedder.label_names
+
+
+def test_the_named_class_is_written_into_the_probabilities(ckpt, catalog, tmp_path) -> None:
+    root, outsider, names = catalog
+    plain = _read_export(ckpt, root, tmp_path / "plain.h5")
+    read_all = TextOptions(str(root / "cues.json"), rotations=(0,), gate=1.0)
+    summary = export_features(
+        _config(ckpt, root / "catalog.csv", tmp_path / "text.h5", text=read_all)
+    )
+    data = _read(tmp_path / "text.h5")
+    banner = data["ids"].index("banner-1")
+    assert names[data["pred"][banner]] == outsider != names[plain["pred"][banner]]
+    np.testing.assert_allclose(data["probs"].sum(axis=1), 1.0, atol=1e-5)
+    assert summary.text_read == len(data["ids"])  # gate 1: every photo
+    named = ~np.isclose(data["probs"], plain["probs"], atol=1e-6).all(axis=1)
+    assert summary.text_named == int(named.sum()) >= 1 and named[banner]
+    np.testing.assert_array_equal(data["emb"], plain["emb"])  # the text changes no embedding
+    attrs = data["attrs"]
+    assert attrs["prediction"] == "classifier+text" and plain["attrs"]["prediction"] == "classifier"
+    setting = json.loads(attrs["text_cues"])
+    assert setting["gate"] == 1.0 and setting["rotations"] == [0]
+    assert WORD.lower() in setting["words"][names.index(outsider)]
+    assert plain["attrs"]["text_cues"] == ""
+
+
+def test_a_sure_classifier_reads_nothing(ckpt, catalog, tmp_path) -> None:
+    """Below the gate only: at a gate under every top probability nothing is read."""
+    root, _, _ = catalog
+    plain = _read_export(ckpt, root, tmp_path / "plain.h5")
+    sure = TextOptions(str(root / "cues.json"), rotations=(0,), gate=0.01)
+    summary = export_features(_config(ckpt, root / "catalog.csv", tmp_path / "t.h5", text=sure))
+    assert summary.text_read == summary.text_named == 0
+    np.testing.assert_allclose(_read(tmp_path / "t.h5")["probs"], plain["probs"], atol=1e-6)
+
+
+def test_a_resume_must_read_the_same_way(ckpt, catalog, tmp_path, monkeypatch) -> None:
+    root, _, _ = catalog
+    out = tmp_path / "features.h5"
+    real_write = ShardWriter.write
+
+    def stop(self, batch):
+        real_write(self, batch)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ShardWriter, "write", stop)
+    text = TextOptions(str(root / "cues.json"), rotations=(0,), gate=1.0)
+    with pytest.raises(KeyboardInterrupt):
+        export_features(_config(ckpt, root / "catalog.csv", out, shard_size=2, text=text))
+    monkeypatch.setattr(ShardWriter, "write", real_write)
+    for other in (None, TextOptions(str(root / "cues.json"), rotations=(0,), gate=0.5)):
+        with pytest.raises(ResumeError, match="text reading"):
+            export_features(_config(ckpt, root / "catalog.csv", out, shard_size=2, text=other))
+    summary = export_features(_config(ckpt, root / "catalog.csv", out, shard_size=2, text=text))
+    assert summary.resumed_from > 0 and summary.count == 7
+
+
+def test_the_text_flags_are_checked(ckpt, catalog, tmp_path, capsys) -> None:
+    root, _, _ = catalog
+    base = ["--checkpoint", str(ckpt), "--data", str(root / "catalog.csv"), "--no-progress"]
+    code = export_cli.main([*base, "--out", str(tmp_path / "a.h5"), "--text-gate", "0.5"])
+    assert code == 2 and "--read-text" in capsys.readouterr().err
+    code = export_cli.main([*base, "--out", str(tmp_path / "b.h5"), "--text-cues", "nope.json"])
+    assert code != 0 and "nope.json" in capsys.readouterr().err
+    assert not (tmp_path / "b.h5").exists()
+    args = ["--out", str(tmp_path / "c.h5"), "--text-cues", str(root / "cues.json")]
+    assert export_cli.main([*base, *args, "--text-rotations", "0"]) == 0
+    assert "text read on" in capsys.readouterr().out
+
+
+def _read_export(ckpt, root, out) -> dict:
+    export_features(_config(ckpt, root / "catalog.csv", out))
+    return _read(out)
