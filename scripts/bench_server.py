@@ -97,9 +97,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=TEXT_GATE,
         help=f"the text server's --text-gate (default {TEXT_GATE:g}, serve's; 1 reads every photo)",
     )
+    p.add_argument(
+        "--request-read-text",
+        choices=("auto", "always", "never"),
+        help="the read_text option the text server's requests carry (default: none sent, "
+        "which is auto); e.g. never prices a reading server asked to skip the reading",
+    )
     args = p.parse_args(argv)
     if args.text_gate != TEXT_GATE and not args.read_text:
         p.error("--text-gate needs --read-text")
+    if args.request_read_text and not args.read_text:
+        p.error("--request-read-text needs --read-text")
     return args
 
 
@@ -373,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     rounds = max(1, args.rounds)
     raw = {rt: {c: [] for c in args.concurrency} for rt in runtimes}
     batches = {rt: {c: [0.0, 0.0] for c in args.concurrency} for rt in runtimes}
-    path = f"/v1/search?k={args.k}"
+    paths = {rt: f"/v1/search?k={args.k}" for rt in runtimes}
+    for rt in runtimes:
+        if "+text" in rt and args.request_read_text:
+            paths[rt] += f"&read_text={args.request_read_text}"
     procs = {}
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -382,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                 procs[rt] = start_server(ckpt, index, ports[rt], args, rt, log)
             for rt in runtimes:
                 print(f"[{rt}] warm-up {args.warmup:g} s at concurrency {max(args.concurrency)}")
-                load(ports[rt], bodies, path, max(args.concurrency), args.warmup)
+                load(ports[rt], bodies, paths[rt], max(args.concurrency), args.warmup)
             # Rounds alternate the measurements (runtimes, baseline, concurrencies), so that
             # the load of a shared machine weighs on each alike.
             for r in range(rounds):
@@ -391,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                         inproc[rt].measure(max(1, args.baseline_runs // rounds))
                     for c in args.concurrency:
                         s0, n0 = batch_stats(ports[rt])
-                        res = load(ports[rt], bodies, path, c, args.duration / rounds)
+                        res = load(ports[rt], bodies, paths[rt], c, args.duration / rounds)
                         s1, n1 = batch_stats(ports[rt])
                         batches[rt][c][0] += s1 - s0
                         batches[rt][c][1] += n1 - n0
@@ -438,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     if texts:
         summary["read_text_cost"] = read_text_cost(results, texts, shares, lo, hi)
         summary["text_gate"] = args.text_gate
+        summary["request_read_text"] = args.request_read_text
     if {"torch", "onnx"} <= set(runtimes):
         comparison = compare_runtimes(results, lo, hi)
         targets.update(comparison.pop("targets"))
