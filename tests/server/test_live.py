@@ -165,6 +165,9 @@ def test_web_page_in_headless_chromium(live, query_image, tmp_path):
 
             # The drop zone shows its hint, whole, and no empty image box.
             assert not page.is_visible("#preview")
+            # This server reads no text: no Read text menu (its requests would be refused).
+            assert page.locator("#read-text").count() == 1
+            assert not page.is_visible("#read-text-choice")
             hint, zone = page.locator("#drop-hint"), page.locator("#dropzone")
             h, z = hint.bounding_box(), zone.bounding_box()
             assert h and z and hint.is_visible()
