@@ -133,7 +133,8 @@ def evaluate(
         read = unsure(predicted, evidence.gate)
         paths = [catalog.samples[i].path for i in idx[read]]
         cues = np.zeros_like(predicted, dtype=np.float32)
-        cues[read], seconds = evidence.read_files(paths, embedder.decode_side, progress)
+        found = evidence.read_files(paths, embedder.decode_side, progress)
+        cues[read], seconds = found.cues, found.seconds
         y_pred = apply_text_cues(predicted, cues, evidence.weight).argmax(1)
         belief = apply_text_cues(belief, cues, evidence.weight)  # as the server re-ranks
         text_block = {

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -143,12 +144,12 @@ class TextEvidence:
 
     def read_files(
         self, paths: Sequence[Path], decode_side: int, progress: bool = True
-    ) -> tuple[np.ndarray, float]:
-        """Each image file's cue row (N x C), read as the server reads an upload (decoded at
-        the model's ``decode_side``), and the seconds the reading took (``evaluate`` and
-        ``export``). A file whose reading fails gets a zero row and a warning: as in the
-        server, it costs that image its cue, not the job."""
-        texts = []
+    ) -> FileCues:
+        """Each image file's cue row, read as the server reads an upload (decoded at the
+        model's ``decode_side``; ``evaluate`` and ``export``). A file whose reading fails gets
+        a zero row, a warning and a count in ``failed``: as in the server, it costs that image
+        its cue, not the job."""
+        texts, failed = [], 0
         t0 = time.perf_counter()
         for path in tqdm(paths, desc="reading text", unit="img", disable=not progress):
             try:
@@ -156,7 +157,17 @@ class TextEvidence:
             except Exception as e:
                 log.warning("%s: reading its text failed (%s); predicted without it", path, e)
                 texts.append([])
-        return self.cues.matrix(texts), time.perf_counter() - t0
+                failed += 1
+        return FileCues(self.cues.matrix(texts), time.perf_counter() - t0, failed)
+
+
+class FileCues(NamedTuple):
+    """:meth:`TextEvidence.read_files`' answer: the cue rows (N x C), the seconds the reading
+    took and how many files could not be read."""
+
+    cues: np.ndarray
+    seconds: float
+    failed: int
 
 
 @dataclass(frozen=True)
@@ -198,6 +209,7 @@ __all__ = [
     "DEFAULT_ROTATIONS",
     "DETECT_SIDE",
     "Enough",
+    "FileCues",
     "INSTALL_HINT",
     "MAX_ASPECT",
     "MAX_LINES",

@@ -287,6 +287,8 @@ def run(args: argparse.Namespace) -> int:
     read = ""
     if args.read_text:
         read = f", text read on {summary.text_read} images, {summary.text_named} named a class"
+        if summary.text_failed:
+            read += f", {summary.text_failed} could not be read (see the warnings)"
     print(
         f"exported {summary.count} items ({summary.failed} failed) to {summary.out} "
         f"[{summary.dim}-d, {summary.neighbors} neighbours, {summary.runner}, "

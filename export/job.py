@@ -64,6 +64,8 @@ class ExportSummary:
     #: named a class.
     text_read: int = 0
     text_named: int = 0
+    #: Of ``text_read``, the images whose reading failed (each logged): no cue for them.
+    text_failed: int = 0
 
     @property
     def items_per_s(self) -> float:
@@ -114,16 +116,16 @@ class _FirstBatchClock:
 
 class _TextStage:
     """Reads the text on each embedded image whose classifier prediction is below the gate
-    and adds the classes it names to its probabilities, before the shard is committed (so a
-    resumed export never reads an image twice). Runs in this process, one image at a time,
-    after either runner; the images are decoded again, at the model's decode side, as the
-    server decodes an upload."""
+    and adds the classes it names to its probabilities, before the batch joins a shard (so
+    a resume reads again only the images after the last committed shard). Runs in this
+    process, one image at a time, after either runner; the images are decoded again, at the
+    model's decode side, as the server decodes an upload."""
 
     def __init__(self, evidence: TextEvidence, inputs: ExportInputs, decode_side: int) -> None:
         self.evidence = evidence
         self.samples = inputs.samples
         self.decode_side = decode_side
-        self.read = self.named = 0
+        self.read = self.named = self.failed = 0
 
     def __call__(self, batches: Iterator[FeatureBatch]) -> Iterator[FeatureBatch]:
         for batch in batches:
@@ -131,7 +133,9 @@ class _TextStage:
             if worth.any():
                 paths = [self.samples[i].path for i in batch.indices[worth]]
                 cues = np.zeros_like(batch.probabilities)
-                cues[worth], _ = self.evidence.read_files(paths, self.decode_side, progress=False)
+                found = self.evidence.read_files(paths, self.decode_side, progress=False)
+                cues[worth] = found.cues
+                self.failed += found.failed
                 probabilities = apply_text_cues(batch.probabilities, cues, self.evidence.weight)
                 batch = replace(batch, probabilities=probabilities.astype(np.float32))
                 self.read += int(worth.sum())
@@ -410,4 +414,5 @@ def export_features(config: ExportConfig) -> ExportSummary:
         runtime=runtime,
         text_read=text.read if text else 0,
         text_named=text.named if text else 0,
+        text_failed=text.failed if text else 0,
     )

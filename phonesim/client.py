@@ -168,9 +168,9 @@ class Client:
         excluded): the server's answer (``neighbors``, and ``prediction`` for an image).
         ``ranking``: "similarity" for cosine order; "class" (the server's default, where it
         re-ranks) reorders the most similar few by an image's class or an item's label.
-        ``read_text``: "never" or "always" reads the image's text on a server that reads
-        text, whatever its gate ("auto", the default, reads it when the prediction is unsure).
-        """
+        ``read_text``, on a server that reads text: "always" reads the image's text whatever
+        the server's gate, "never" skips it, "auto" (the default) reads it when the prediction
+        is unsure."""
         opts = _options(k, filter, score_threshold, offset, ranking, read_text)
         query = _query(image, vector, item_id)
         if "id" in query:

@@ -278,7 +278,11 @@ def image_body(**json_fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def embed_body(text_modes: Sequence[str]) -> dict[str, Any]:
-    return image_body(read_text=read_text_schema(text_modes))
+    """``POST /v1/embed``: an image, and ``read_text`` as a JSON or form field."""
+    body = image_body(read_text=read_text_schema(text_modes))
+    form = body["content"]["multipart/form-data"]["schema"]
+    form["properties"]["read_text"] = read_text_schema(text_modes)
+    return body
 
 
 SECURITY = [{"ApiKey": []}]

@@ -49,7 +49,11 @@ def openapi() -> Response:
     st = state()
     svc = st.service
     if svc is None:
-        return jsonify(openapi_spec(max_batch_entries=st.config.max_batch_entries))
+        return jsonify(
+            openapi_spec(
+                max_batch_entries=st.config.max_batch_entries, reads_text=st.config.read_text
+            )
+        )
     return jsonify(
         openapi_spec(
             svc.filterable_fields,

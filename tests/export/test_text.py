@@ -98,6 +98,29 @@ def test_a_resume_must_read_the_same_way(ckpt, catalog, tmp_path, monkeypatch) -
             export_features(_config(ckpt, root / "catalog.csv", out, shard_size=2, text=other))
     summary = export_features(_config(ckpt, root / "catalog.csv", out, shard_size=2, text=text))
     assert summary.resumed_from > 0 and summary.count == 7
+    # The rows committed before the interruption and those after were read alike.
+    whole = tmp_path / "whole.h5"
+    export_features(_config(ckpt, root / "catalog.csv", whole, shard_size=2, text=text))
+    np.testing.assert_allclose(_read(out)["probs"], _read(whole)["probs"], atol=1e-6)
+    banner = _read(out)["ids"].index("banner-1")
+    assert banner >= summary.resumed_from  # read by the resumed run, not the first one
+
+
+def test_a_failed_reading_costs_the_cue_not_the_export(ckpt, catalog, tmp_path, monkeypatch):
+    from embedder.text_reader import TextEvidence
+
+    root, _, _ = catalog
+    plain = _read_export(ckpt, root, tmp_path / "plain.h5")
+
+    def broken(self, image):
+        raise RuntimeError("the OCR engine fell over")
+
+    monkeypatch.setattr(TextEvidence, "read", broken)
+    text = TextOptions(str(root / "cues.json"), rotations=(0,), gate=1.0)
+    summary = export_features(_config(ckpt, root / "catalog.csv", tmp_path / "t.h5", text=text))
+    assert summary.text_failed == summary.text_read == summary.count == 7
+    assert summary.text_named == 0
+    np.testing.assert_allclose(_read(tmp_path / "t.h5")["probs"], plain["probs"], atol=1e-6)
 
 
 def test_the_text_flags_are_checked(ckpt, catalog, tmp_path, capsys) -> None:
