@@ -337,6 +337,26 @@ def test_text_methods_add_the_classes_the_cached_text_names(tmp_path):
     assert not bench.done("recipe_text", bench.splits[0])
 
 
+def same_class_neighbours_and_upright_labels(bench_quality, bench, classifier: list) -> None:
+    """Cached fold outputs where every photo gets the ``classifier`` probabilities and
+    features whose neighbours are all of its own class, and a text cache where each photo's
+    label reads upright."""
+    import numpy as np
+
+    n = len(bench.y)
+    probs = np.tile(np.array([classifier], dtype=np.float32), (n, 1))
+    emb = np.eye(3, 4, dtype=np.float32)[bench.y]
+    for split in bench.splits:
+        (bench.work / split.name / "recipe").mkdir(parents=True)
+        outputs = bench.work / split.name / "recipe" / "outputs.npz"
+        np.savez(outputs, embeddings=emb, probabilities=probs)
+    cache = {
+        s.id: {"0": [[s.label, 0.99]], "0_s": 0.1, "90": [], "90_s": 0.2, "270": [], "270_s": 0.2}
+        for s in bench.samples
+    }
+    (bench.work / f"photo-text-{bench_quality.DETECT_SIDE}.json").write_text(json.dumps(cache))
+
+
 def test_gated_text_reads_only_the_photos_the_fused_prediction_is_unsure_of(tmp_path):
     """recipe_text_gated reads a photo only when its fused prediction is below the gate: here
     the classifier is sure of class 0 and the features vote for each photo's own class, so
@@ -344,17 +364,7 @@ def test_gated_text_reads_only_the_photos_the_fused_prediction_is_unsure_of(tmp_
     import numpy as np
 
     bench_quality, bench = tiny_bench(tmp_path, text_cues=None)
-    work, n = bench.work, len(bench.y)
-    probs = np.tile(np.array([[0.98, 0.01, 0.01]], dtype=np.float32), (n, 1))
-    emb = np.eye(3, 4, dtype=np.float32)[bench.y]  # neighbours of the same class only
-    for split in bench.splits:
-        (work / split.name / "recipe").mkdir(parents=True)
-        np.savez(work / split.name / "recipe" / "outputs.npz", embeddings=emb, probabilities=probs)
-    cache = {
-        s.id: {"0": [[s.label, 0.99]], "0_s": 0.1, "90": [], "90_s": 0.2, "270": [], "270_s": 0.2}
-        for s in bench.samples
-    }
-    (work / f"photo-text-{bench_quality.DETECT_SIDE}.json").write_text(json.dumps(cache))
+    same_class_neighbours_and_upright_labels(bench_quality, bench, [0.98, 0.01, 0.01])
     bench.run(["recipe_text_gated", "recipe_text"])
     for split in bench.splits:
         gated = bench.results["recipe_text_gated"][split.name]
@@ -386,17 +396,7 @@ def test_the_exports_text_gate_looks_at_the_classifier_alone(tmp_path):
     import numpy as np
 
     bench_quality, bench = tiny_bench(tmp_path, text_cues=None)
-    work, n = bench.work, len(bench.y)
-    probs = np.tile(np.array([[0.6, 0.2, 0.2]], dtype=np.float32), (n, 1))
-    emb = np.eye(3, 4, dtype=np.float32)[bench.y]  # neighbours of the same class only
-    for split in bench.splits:
-        (work / split.name / "recipe").mkdir(parents=True)
-        np.savez(work / split.name / "recipe" / "outputs.npz", embeddings=emb, probabilities=probs)
-    cache = {
-        s.id: {"0": [[s.label, 0.99]], "0_s": 0.1, "90": [], "90_s": 0.2, "270": [], "270_s": 0.2}
-        for s in bench.samples
-    }
-    (work / f"photo-text-{bench_quality.DETECT_SIDE}.json").write_text(json.dumps(cache))
+    same_class_neighbours_and_upright_labels(bench_quality, bench, [0.6, 0.2, 0.2])
     bench.run(["recipe_text_export", "recipe_text_gated"])
     for split in bench.splits:
         export = bench.results["recipe_text_export"][split.name]
