@@ -135,6 +135,16 @@ def bad_requests(jpeg: bytes) -> list[tuple[str, dict, int]]:
             400,
         ),
         ("embed-unknown-field", post("/v1/embed", json={"image": b64(jpeg), "k": 3}), 400),
+        ("embed-unknown-query", post("/v1/embed?k=3", **form(jpeg)), 400),
+        ("read-text-unknown-mode", post("/v1/search?read_text=sometimes", **form(jpeg)), 400),
+        ("read-text-long", post("/v1/embed?read_text=" + "a" * 1000, **form(jpeg)), 400),
+        # The corpus's servers read no text: "always" asks for what they cannot do.
+        ("read-text-always-unread", post(json={"image": b64(jpeg), "read_text": "always"}), 400),
+        (
+            "read-text-on-similar",
+            {"method": "GET", "path": "/v1/items/x/similar?read_text=never"},
+            400,
+        ),
         ("k-double-sign", post("/v1/search?k=--3", **form(jpeg)), 400),
         ("similar-k-superscript", {"method": "GET", "path": "/v1/items/x/similar?k=%C2%B2"}, 400),
         ("unknown-filter", post("/v1/search?color=red", **form(jpeg)), 400),
