@@ -81,13 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "hits (0.1 there), so that the first neighbour is more often of the row's own class "
         "(measured in docs/export.md); 0: similarity order (default 0)",
     )
-    add_text_cue_options(
-        p.add_argument_group("text on the photos (needs: pip install 'phonesim[ocr]')"),
-        "the probabilities written are then the classifier's with those classes added (the "
-        "export has no catalog vote, so the gate looks at the classifier alone). Reading runs in "
-        "this process, one image at a time: 0.25-0.7 s per image read on 2 cores, about half "
-        "of them behind the default gate (docs/export.md)",
-    )
+    _add_text_options(p)
     p.add_argument(
         "--dtype",
         choices=DTYPES,
@@ -161,6 +155,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_text_options(p: argparse.ArgumentParser) -> None:
+    add_text_cue_options(
+        p.add_argument_group("text on the photos (needs: pip install 'phonesim[ocr]')"),
+        "the probabilities written are then the classifier's with those classes added (the "
+        "export has no catalog vote, so the gate looks at the classifier alone). Reading runs in "
+        "this process, one image at a time: 0.25-0.7 s per image read on 2 cores, about half "
+        "of them behind the default gate (docs/export.md)",
+    )
+
+
+def _text_line(args: argparse.Namespace, summary) -> str:
+    """What the text reading did, for the summary line ("" without --read-text)."""
+    if not args.read_text:
+        return ""
+    line = f", text read on {summary.text_read} images, {summary.text_named} named a class"
+    if summary.text_failed:
+        line += f", {summary.text_failed} could not be read (see the warnings)"
+    return line
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="export_features.py",
@@ -206,6 +220,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workers", type=non_negative_int, help="decoding workers (default: spare cores)"
     )
     add_engine_options(p, threads_help="model threads (default: one per core)")
+    _add_text_options(p)
     p.add_argument(
         "--restart",
         action="store_true",
@@ -233,6 +248,7 @@ def run_embed(args: argparse.Namespace) -> int:
             runtime=args.runtime,
             device=args.device,
             threads=args.threads,
+            text=text_options_from_args(args),
             overwrite=True,
             restart=args.restart,
             progress=not args.no_progress and sys.stderr.isatty(),
@@ -240,7 +256,7 @@ def run_embed(args: argparse.Namespace) -> int:
     )
     print(
         f"embedded {summary.count} images ({summary.failed} failed) "
-        f"into {summary.out} [{summary.dim}-d, {summary.runtime}]"
+        f"into {summary.out} [{summary.dim}-d, {summary.runtime}{_text_line(args, summary)}]"
     )
     return 0
 
@@ -284,11 +300,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = export_features(config_from_args(args))
     resumed = f", resumed after {summary.resumed_from} inputs" if summary.resumed_from else ""
-    read = ""
-    if args.read_text:
-        read = f", text read on {summary.text_read} images, {summary.text_named} named a class"
-        if summary.text_failed:
-            read += f", {summary.text_failed} could not be read (see the warnings)"
+    read = _text_line(args, summary)
     print(
         f"exported {summary.count} items ({summary.failed} failed) to {summary.out} "
         f"[{summary.dim}-d, {summary.neighbors} neighbours, {summary.runner}, "

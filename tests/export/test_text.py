@@ -136,6 +136,22 @@ def test_the_text_flags_are_checked(ckpt, catalog, tmp_path, capsys) -> None:
     assert "text read on" in capsys.readouterr().out
 
 
+def test_embed_reads_text_too(ckpt, catalog, tmp_path, capsys) -> None:
+    """``phonesim embed`` (the export without neighbours) takes the same text flags."""
+    from phonesim.cli import main
+
+    root, outsider, names = catalog
+    out = tmp_path / "embedded.h5"
+    argv = ["embed", "--checkpoint", str(ckpt), "--data", str(root / "catalog.csv")]
+    argv += ["--out", str(out), "--workers", "0", "--no-progress"]
+    argv += ["--text-cues", str(root / "cues.json"), "--text-rotations", "0", "--text-gate", "1"]
+    assert main(argv) == 0
+    assert "text read on 7 images" in capsys.readouterr().out
+    data = _read(out)
+    assert data["attrs"]["prediction"] == "classifier+text"
+    assert names[data["pred"][data["ids"].index("banner-1")]] == outsider
+
+
 def _read_export(ckpt, root, out) -> dict:
     export_features(_config(ckpt, root / "catalog.csv", out))
     return _read(out)
