@@ -19,7 +19,7 @@ from embedder.errors import DataError
 from embedder.inference import Embedder
 from embedder.knn_vote import KnnFusion, fuse
 from embedder.metrics import label_recall_at_k, macro_f1, nearest_neighbours
-from embedder.text_cues import apply_text_cues, unsure
+from embedder.text_cues import apply_text_cues
 from embedder.text_reader import TextOptions
 
 
@@ -130,11 +130,8 @@ def evaluate(
     belief = batch.probabilities  # what the class re-rank believes each image shows
     if evidence is not None:
         # As the server: only the images whose prediction is unsure are read.
-        read = unsure(predicted, evidence.gate)
-        paths = [catalog.samples[i].path for i in idx[read]]
-        cues = np.zeros_like(predicted, dtype=np.float32)
-        found = evidence.read_files(paths, embedder.decode_side, progress)
-        cues[read], seconds = found.cues, found.seconds
+        paths = [catalog.samples[i].path for i in idx]
+        cues, read, found = evidence.read_unsure(predicted, paths, embedder.decode_side, progress)
         y_pred = apply_text_cues(predicted, cues, evidence.weight).argmax(1)
         belief = apply_text_cues(belief, cues, evidence.weight)  # as the server re-ranks
         text_block = {
@@ -142,7 +139,7 @@ def evaluate(
             "images_read": int(read.sum()),
             "images_with_cue": int((cues.sum(axis=1) > 0).sum()),
             # per evaluated image, the ones left unread included: what reading costs on average
-            "seconds_per_image": round(seconds / max(1, len(idx)), 4),
+            "seconds_per_image": round(found.seconds / max(1, len(idx)), 4),
             "accuracy": float(accuracy_score(y_true, y_pred)),
             "macro_f1": macro_f1(y_true, y_pred),
         }

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from embedder.errors import EngineError
 from embedder.images import load_image
-from embedder.text_cues import DEFAULT_GATE, DEFAULT_WEIGHT, TextCues, check_gate
+from embedder.text_cues import DEFAULT_GATE, DEFAULT_WEIGHT, TextCues, check_gate, unsure
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,25 @@ class TextEvidence:
                 texts.append([])
                 failed += 1
         return FileCues(self.cues.matrix(texts), time.perf_counter() - t0, failed)
+
+    def read_unsure(
+        self,
+        probabilities: np.ndarray,
+        paths: Sequence[Path],
+        decode_side: int,
+        progress: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, FileCues]:
+        """The cue rows (N x C) of the image files whose ``probabilities`` (N x C, their
+        prediction without the text) are less sure than the gate, zero rows for the rest;
+        which rows were read; and :meth:`read_files`' answer for them (``evaluate`` and
+        ``export`` read as the server's gate does)."""
+        read = unsure(probabilities, self.gate)
+        cues = np.zeros(np.shape(probabilities), dtype=np.float32)
+        found = self.read_files(
+            [p for p, r in zip(paths, read, strict=True) if r], decode_side, progress
+        )
+        cues[read] = found.cues
+        return cues, read, found
 
 
 class FileCues(NamedTuple):

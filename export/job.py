@@ -21,7 +21,7 @@ from embedder.checkpoint import checkpoint_hash, read_config
 from embedder.class_rerank import class_rerank
 from embedder.engine_options import EngineOptions, precision, precision_mismatch
 from embedder.preprocess import Preprocessor
-from embedder.text_cues import apply_text_cues, unsure
+from embedder.text_cues import apply_text_cues
 from embedder.text_reader import TextEvidence
 from export import schema
 from export.assemble import Assembled, assemble
@@ -129,17 +129,16 @@ class _TextStage:
 
     def __call__(self, batches: Iterator[FeatureBatch]) -> Iterator[FeatureBatch]:
         for batch in batches:
-            worth = unsure(batch.probabilities, self.evidence.gate)
-            if worth.any():
-                paths = [self.samples[i].path for i in batch.indices[worth]]
-                cues = np.zeros_like(batch.probabilities)
-                found = self.evidence.read_files(paths, self.decode_side, progress=False)
-                cues[worth] = found.cues
-                self.failed += found.failed
+            paths = [self.samples[i].path for i in batch.indices]
+            cues, read, found = self.evidence.read_unsure(
+                batch.probabilities, paths, self.decode_side, progress=False
+            )
+            if read.any():
                 probabilities = apply_text_cues(batch.probabilities, cues, self.evidence.weight)
-                batch = replace(batch, probabilities=probabilities.astype(np.float32))
-                self.read += int(worth.sum())
+                batch = replace(batch, probabilities=probabilities)
+                self.read += int(read.sum())
                 self.named += int((cues.sum(axis=1) > 0).sum())
+                self.failed += found.failed
             yield batch
 
 

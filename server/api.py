@@ -25,9 +25,9 @@ from server.inputs import (
 from server.limits import check_item_id, check_metadata, parse_json
 from server.search_options import (
     OPTION_FIELDS,
-    checked_read_text,
     reject_unknown_fields,
     request_options,
+    requested_read_text,
     search_with,
 )
 from server.service import Embedded, LookupService
@@ -146,11 +146,7 @@ def embed() -> Response:
     with svc.arrival() as arrival:
         data, fields = read_image(request, svc.config.max_upload_bytes)
         reject_unknown_fields(fields, ("read_text",))
-        if "read_text" in fields and fields["read_text"] is None:
-            raise ApiError(400, "invalid_read_text", "'read_text' must not be null; leave it out")
-        mode = checked_read_text(svc, fields.get("read_text"))  # checked even if overridden
-        if "read_text" in request.args:
-            mode = checked_read_text(svc, request.args["read_text"])
+        mode = requested_read_text(svc, fields, request.args)
         embedded = svc.embed_bytes(data, arrival, text_mode=mode or "auto")
     prediction, predict_ms = timed_prediction(svc, embedded)
     return jsonify(

@@ -97,6 +97,15 @@ def checked_read_text(svc: LookupService, value: Any) -> str | None:
     return mode
 
 
+def requested_read_text(svc: LookupService, body: Mapping[str, Any], args: Mapping) -> str | None:
+    """``read_text`` of a request: the body's (JSON or form), then the query string's, which
+    wins; the body's is checked even then, and null is refused."""
+    if "read_text" in body and body["read_text"] is None:
+        raise ApiError(400, "invalid_read_text", "'read_text' must not be null; leave it out")
+    mode = checked_read_text(svc, body.get("read_text"))
+    return checked_read_text(svc, args["read_text"]) if "read_text" in args else mode
+
+
 def request_options(svc: LookupService, body: Mapping[str, Any], args: MultiDict) -> SearchOptions:
     """Options of a single search: JSON body fields, then the query string (which wins; a
     filter field may be given in one of them only)."""
@@ -108,7 +117,7 @@ def request_options(svc: LookupService, body: Mapping[str, Any], args: MultiDict
     body_offset = parse_offset(body.get("offset"))
     body_threshold = parse_threshold(body.get("score_threshold"))
     body_ranking = parse_ranking(body.get("ranking"))
-    body_read_text = checked_read_text(svc, body.get("read_text"))
+    read_text = requested_read_text(svc, body, args)
     return SearchOptions(
         k=parse_k(args.get("k"), body_k, cfg.max_k),
         flt=merge_filters(args.lists(), body.get("filter"), svc.filterable_fields),
@@ -119,9 +128,7 @@ def request_options(svc: LookupService, body: Mapping[str, Any], args: MultiDict
             else body_threshold
         ),
         ranking=parse_ranking(args.get("ranking")) if "ranking" in args else body_ranking,
-        read_text=(
-            checked_read_text(svc, args.get("read_text")) if "read_text" in args else body_read_text
-        ),
+        read_text=read_text,
     )
 
 
