@@ -9,7 +9,8 @@ Each class is named by its label and by the words a cue file adds (``{"samsung":
 "oneplus": ["nord", "never settle"]}``). Text is compared case-, space- and punctuation-blind;
 words of five characters or more match anywhere in the read text, or a slightly misread word
 (OCR reads stylised logos as "SAMSUNO" or "Redml"); shorter ones only a whole word ("poco", not
-"pocket").
+"pocket"). Common listing words that look like a class word ("phone" beside "iphone", "megapixels"
+around "pixel") are skipped unless a class is named by them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import math
 import numbers
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
 
@@ -42,6 +43,11 @@ DEFAULT_WEIGHT = 1.0
 #: see the README's § Predictions that read the photo's text.
 DEFAULT_GATE = 0.8
 
+#: Words listings print that contain or nearly spell a class word of a phone catalog: "phone" is
+#: one letter from "iphone", "megapixels" holds "pixel". They name no brand, so they are left out
+#: of the read text before matching (not when a class is named by one of them).
+GENERIC_WORDS = frozenset({"phone", "phones", "pixels", "megapixel", "megapixels"})
+
 Texts = Sequence[tuple[str, float]]
 
 
@@ -62,8 +68,11 @@ class TextCues:
     words: tuple[tuple[str, ...], ...]
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     fuzzy: float = DEFAULT_FUZZY
+    _generic: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        own = {w for words in self.words for w in words}
+        object.__setattr__(self, "_generic", GENERIC_WORDS - own)
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
         if not 0.0 < self.fuzzy <= 1.0:
@@ -108,7 +117,13 @@ class TextCues:
 
     def classes(self, texts: Texts) -> list[int]:
         """Indices of the classes that ``texts`` ((text, confidence) pairs) name."""
-        tokens = [w for t, conf in texts if conf >= self.min_confidence for w in words_of(t)]
+        tokens = [
+            w
+            for t, conf in texts
+            if conf >= self.min_confidence
+            for w in words_of(t)
+            if w not in self._generic
+        ]
         if not tokens:
             return []
         joined = "".join(tokens)  # words the reader split ("one plus") or a banner's lines
@@ -188,6 +203,7 @@ __all__ = [
     "DEFAULT_FUZZY",
     "DEFAULT_GATE",
     "DEFAULT_MIN_CONFIDENCE",
+    "GENERIC_WORDS",
     "DEFAULT_WEIGHT",
     "TextCues",
     "Texts",

@@ -52,10 +52,24 @@ def test_each_class_is_named_by_its_label_and_its_extra_words(cues: TextCues) ->
         (["SAM"], []),  # too little of the word
         (["iPhone 15 vs Galaxy S24"], ["iphone", "samsung"]),
         (["12:30", "5G"], []),
+        (["Play Store", "phone"], []),  # one letter from "iphone", but no brand
     ],
 )
 def test_classes_named_by_the_text(cues: TextCues, lines: list[str], named: list[str]) -> None:
     assert [NAMES[i] for i in cues.classes(read(*lines))] == named
+
+
+def test_listing_words_that_hold_a_class_word_name_no_class() -> None:
+    cues = TextCues.from_labels(["iphone", "pixel"])
+    assert cues.classes(read("50 Megapixels", "phones")) == []
+    assert cues.classes(read("Pixel 8", "50 megapixels")) == [1]
+
+
+def test_a_generic_word_counts_when_a_class_is_named_by_it() -> None:
+    names = ["pixel", "phone"]
+    cues = TextCues.from_labels(names)
+    assert [names[i] for i in cues.classes(read("Pixel 8", "50 megapixels"))] == ["pixel"]
+    assert [names[i] for i in cues.classes(read("best phone"))] == ["phone"]
 
 
 def test_unsure_readings_are_ignored(cues: TextCues) -> None:
