@@ -142,22 +142,40 @@ class TextEvidence:
     def describe(self) -> dict[str, object]:
         return {"weight": self.weight, "rotations": list(self.reader.rotations), "gate": self.gate}
 
+    def plan(self) -> TextPlan:
+        """This evidence without its reader, to build again in another process."""
+        return TextPlan(self.cues, self.weight, self.gate, self.reader.rotations)
+
     def read_files(
         self, paths: Sequence[Path], decode_side: int, progress: bool = True
     ) -> FileCues:
         """Each image file's cue row, read as the server reads an upload (decoded at the
         model's ``decode_side``; ``evaluate`` and ``export``). A file whose reading fails gets
-        a zero row, a warning and a count in ``failed``: as in the server, it costs that image
+        a zero row, a warning and a mark in ``failed``: as in the server, it costs that image
         its cue, not the job."""
-        texts, failed = [], 0
+        opened = [(str(p), lambda p=p: load_image(p, min_side=decode_side)) for p in paths]
+        return self._read_all(opened, progress)
+
+    def read_images(self, images: Sequence[Image.Image], names: Sequence[str]) -> FileCues:
+        """:meth:`read_files` for images already decoded (an export worker's), ``names`` for
+        the warnings."""
+        opened = [(n, lambda im=im: im) for n, im in zip(names, images, strict=True)]
+        return self._read_all(opened, progress=False)
+
+    def _read_all(
+        self, opened: Sequence[tuple[str, Callable[[], Image.Image]]], progress: bool
+    ) -> FileCues:
+        texts, failed = [], np.zeros(len(opened), dtype=bool)
         t0 = time.perf_counter()
-        for path in tqdm(paths, desc="reading text", unit="img", disable=not progress):
+        for row, (name, open_image) in enumerate(
+            tqdm(opened, desc="reading text", unit="img", disable=not progress)
+        ):
             try:
-                texts.append(self.read(load_image(path, min_side=decode_side)))
+                texts.append(self.read(open_image()))
             except Exception as e:
-                log.warning("%s: reading its text failed (%s); predicted without it", path, e)
+                log.warning("%s: reading its text failed (%s); predicted without it", name, e)
                 texts.append([])
-                failed += 1
+                failed[row] = True
         return FileCues(self.cues.matrix(texts), time.perf_counter() - t0, failed)
 
     def read_unsure(
@@ -171,22 +189,55 @@ class TextEvidence:
         prediction without the text) are less sure than the gate, zero rows for the rest;
         which rows were read; and :meth:`read_files`' answer for them (``evaluate`` and
         ``export`` read as the server's gate does)."""
+        return self._read_unsure(
+            probabilities,
+            lambda rows: self.read_files([paths[i] for i in rows], decode_side, progress),
+        )
+
+    def read_unsure_images(
+        self, probabilities: np.ndarray, images: Sequence[Image.Image], names: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray, FileCues]:
+        """:meth:`read_unsure` for images already decoded."""
+        return self._read_unsure(
+            probabilities,
+            lambda rows: self.read_images([images[i] for i in rows], [names[i] for i in rows]),
+        )
+
+    def _read_unsure(
+        self, probabilities: np.ndarray, read_rows: Callable[[np.ndarray], FileCues]
+    ) -> tuple[np.ndarray, np.ndarray, FileCues]:
         read = unsure(probabilities, self.gate)
         cues = np.zeros(np.shape(probabilities), dtype=np.float32)
-        found = self.read_files(
-            [p for p, r in zip(paths, read, strict=True) if r], decode_side, progress
-        )
+        found = read_rows(np.flatnonzero(read))
         cues[read] = found.cues
         return cues, read, found
 
 
 class FileCues(NamedTuple):
     """:meth:`TextEvidence.read_files`' answer: the cue rows (N x C), the seconds the reading
-    took and how many files could not be read."""
+    took and which files could not be read (a boolean per row)."""
 
     cues: np.ndarray
     seconds: float
-    failed: int
+    failed: np.ndarray
+
+
+@dataclass(frozen=True)
+class TextPlan:
+    """A :class:`TextEvidence` without its reader (which holds ONNX Runtime sessions): what a
+    worker process, such as an export's Ray actor, needs to read as this process does. The
+    words are resolved already, so no cue file has to be found on the worker."""
+
+    cues: TextCues
+    weight: float
+    gate: float
+    rotations: tuple[int, ...]
+
+    def build(self, threads: int | None = None) -> TextEvidence:
+        """Raises EngineError without the OCR package."""
+        return TextEvidence(
+            TextReader(self.rotations, threads=threads), self.cues, self.weight, self.gate
+        )
 
 
 @dataclass(frozen=True)
@@ -237,6 +288,7 @@ __all__ = [
     "ROTATIONS",
     "TextEvidence",
     "TextOptions",
+    "TextPlan",
     "TextReader",
     "bounded_aspect",
     "check_rotations",

@@ -27,7 +27,7 @@ from export import schema
 from export.assemble import Assembled, assemble
 from export.config import ExportConfig
 from export.errors import ExportError
-from export.mapper import FeatureBatch
+from export.mapper import TEXT_FAILED, TEXT_NAMED, TEXT_NOT_READ, FeatureBatch
 from export.neighbors import (
     FileIndexSearch,
     NeighborSearch,
@@ -117,9 +117,10 @@ class _FirstBatchClock:
 class _TextStage:
     """Reads the text on each embedded image whose classifier prediction is below the gate
     and adds the classes it names to its probabilities, before the batch joins a shard (so
-    a resume reads again only the images after the last committed shard). Runs in this
-    process, one image at a time, after either runner; the images are decoded again, at the
-    model's decode side, as the server decodes an upload."""
+    a resume reads again only the images after the last committed shard). After the
+    single-process runner it reads here, one image at a time, decoding the images again at the
+    model's decode side as the server decodes an upload; the Ray runner's actors read the
+    images they decoded themselves (export.mapper), and this stage only counts."""
 
     def __init__(self, evidence: TextEvidence, inputs: ExportInputs, decode_side: int) -> None:
         self.evidence = evidence
@@ -129,6 +130,12 @@ class _TextStage:
 
     def __call__(self, batches: Iterator[FeatureBatch]) -> Iterator[FeatureBatch]:
         for batch in batches:
+            if batch.text is not None:  # read on a worker already
+                self.read += int((batch.text != TEXT_NOT_READ).sum())
+                self.named += int((batch.text == TEXT_NAMED).sum())
+                self.failed += int((batch.text == TEXT_FAILED).sum())
+                yield batch
+                continue
             paths = [self.samples[i].path for i in batch.indices]
             cues, read, found = self.evidence.read_unsure(
                 batch.probabilities, paths, self.decode_side, progress=False
@@ -138,7 +145,7 @@ class _TextStage:
                 batch = replace(batch, probabilities=probabilities)
                 self.read += int(read.sum())
                 self.named += int((cues.sum(axis=1) > 0).sum())
-                self.failed += found.failed
+                self.failed += int(found.failed.sum())
             yield batch
 
 
@@ -184,6 +191,7 @@ def _embed_stage(
                 config.ray_cpus_per_actor,
                 config.progress,
                 EngineOptions(runtime, config.device),
+                text.evidence.plan() if text else None,
             )
             for batch in read_text(clock(batches)):
                 writer.write(batch)

@@ -3,7 +3,8 @@
 :class:`EmbedMapper` is what each Ray actor holds; the single-process runner reaches the same
 :class:`FeatureBatch` through ``embedder.batch.iter_embeddings`` (decoding in DataLoader workers).
 An unreadable image becomes an error string on its row, never an exception, so one bad file
-cannot stop a batch.
+cannot stop a batch. With ``--read-text`` a Ray actor also reads the text on the unsure images
+it has just decoded (the single-process path reads in the exporting process, job._TextStage).
 """
 
 from __future__ import annotations
@@ -19,9 +20,14 @@ from embedder.engine_options import DEFAULT_RUNTIME
 from embedder.errors import ImageError
 from embedder.images import load_image
 from embedder.inference import Embedder
+from embedder.text_cues import apply_text_cues
+from embedder.text_reader import TextEvidence, TextPlan
 from export.errors import ExportError
 
 log = logging.getLogger(__name__)
+
+# What happened to an embedded image's text (FeatureBatch.text, the mapper's "text" column).
+TEXT_NOT_READ, TEXT_READ, TEXT_NAMED, TEXT_FAILED = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,9 @@ class FeatureBatch:
     """Results for the contiguous input range ``[start, end)``.
 
     ``indices`` are the input positions that were embedded (rows of ``embeddings`` and
-    ``probabilities``); ``failures`` holds ``(position, reason)`` for the others.
+    ``probabilities``); ``failures`` holds ``(position, reason)`` for the others. ``text``,
+    when the worker read the text (its cues already in ``probabilities``): a ``TEXT_*`` code
+    per embedded row; None when it did not.
     """
 
     start: int
@@ -38,6 +46,7 @@ class FeatureBatch:
     embeddings: np.ndarray
     probabilities: np.ndarray
     failures: list[tuple[int, str]] = field(default_factory=list)
+    text: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.indices) + len(self.failures) != self.end - self.start:
@@ -47,11 +56,15 @@ class FeatureBatch:
             )
 
 
-def embed_records(embedder: Embedder, records: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def embed_records(
+    embedder: Embedder, records: dict[str, np.ndarray], text: TextEvidence | None = None
+) -> dict[str, np.ndarray]:
     """Decode and embed ``{'index', 'path'}`` records; returns one output row per input.
 
     Output columns: ``index``, ``embedding`` (N x D float32, zeros where decoding failed),
-    ``probabilities`` (N x C float32) and ``error`` ('' or the reason).
+    ``probabilities`` (N x C float32) and ``error`` ('' or the reason). With ``text``, the
+    images whose prediction is below its gate are read, the classes their text names added to
+    ``probabilities``, and a ``text`` column (int8 ``TEXT_*`` codes) says what happened.
     """
     index = np.asarray(records["index"], dtype=np.int64)
     paths = [str(p) for p in records["path"]]
@@ -59,12 +72,15 @@ def embed_records(embedder: Embedder, records: dict[str, np.ndarray]) -> dict[st
     # len(ok) rows are the batch, a view.
     pixels = np.empty((len(paths), *embedder.transform.shape), np.float32)
     ok: list[int] = []
+    images = []  # kept for the text reader only
     errors = np.full(len(paths), "", dtype=object)
     for row, path in enumerate(paths):
         try:
             img = load_image(Path(path), min_side=embedder.decode_side)  # JPEG draft mode
             embedder.transform.into(img, pixels[len(ok)])
             ok.append(row)
+            if text is not None:
+                images.append(img)
         except ImageError as exc:
             errors[row] = str(exc)
     batch = embedder.embed_tensors(pixels[: len(ok)])
@@ -73,12 +89,27 @@ def embed_records(embedder: Embedder, records: dict[str, np.ndarray]) -> dict[st
     probabilities = np.zeros((n, classes), np.float32)
     embeddings[ok] = batch.embeddings
     probabilities[ok] = batch.probabilities
-    return {
-        "index": index,
-        "embedding": embeddings,
-        "probabilities": probabilities,
-        "error": errors,
-    }
+    out = {"index": index, "embedding": embeddings, "probabilities": probabilities, "error": errors}
+    if text is not None:
+        status = np.full(n, TEXT_NOT_READ, np.int8)
+        probabilities[ok], status[ok] = read_text(
+            text, batch.probabilities, images, [paths[i] for i in ok]
+        )
+        out["text"] = status
+    return out
+
+
+def read_text(
+    text: TextEvidence, probabilities: np.ndarray, images: list, names: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The probabilities with the cues of the unsure images' text added, and a ``TEXT_*``
+    code per image."""
+    cues, read, found = text.read_unsure_images(probabilities, images, names)
+    status = np.full(len(images), TEXT_NOT_READ, np.int8)
+    status[read] = TEXT_READ
+    status[read & (cues.sum(axis=1) > 0)] = TEXT_NAMED
+    status[np.flatnonzero(read)[found.failed]] = TEXT_FAILED
+    return apply_text_cues(probabilities, cues, text.weight), status
 
 
 def records_to_batch(records: dict[str, np.ndarray]) -> FeatureBatch:
@@ -94,6 +125,7 @@ def records_to_batch(records: dict[str, np.ndarray]) -> FeatureBatch:
         )
     errors = np.asarray(records["error"], dtype=object)
     ok = errors == ""
+    text = np.asarray(records["text"], dtype=np.int8)[ok] if "text" in records else None
     return FeatureBatch(
         start=start,
         end=end,
@@ -103,6 +135,7 @@ def records_to_batch(records: dict[str, np.ndarray]) -> FeatureBatch:
             np.asarray(records["probabilities"])[ok], dtype=np.float32
         ),
         failures=[(int(i), str(e)) for i, e in zip(index[~ok], errors[~ok], strict=True)],
+        text=text,
     )
 
 
@@ -111,7 +144,8 @@ class EmbedMapper:
 
     ``expected_hash`` guards against a node that sees a different file at the same path;
     ``threads`` sets the model's threads (torch or ONNX Runtime) to the CPUs Ray reserved for
-    the actor; ``runtime`` and ``device`` as in :meth:`Embedder.from_checkpoint`.
+    the actor; ``runtime`` and ``device`` as in :meth:`Embedder.from_checkpoint`; ``text``:
+    read the unsure images' text as the driver would (:func:`embed_records`).
     """
 
     def __init__(
@@ -121,6 +155,7 @@ class EmbedMapper:
         threads: int | None = None,
         runtime: str = DEFAULT_RUNTIME,
         device: str | None = None,
+        text: TextPlan | None = None,
     ) -> None:
         # The actor's CPU share, not the node's core count; again once loaded, for an "auto"
         # that fell back to torch.
@@ -132,11 +167,13 @@ class EmbedMapper:
                 f"{checkpoint}: this worker's copy of the checkpoint differs from the driver's "
                 "(hash mismatch); put the checkpoint on storage every node shares"
             )
+        self.text = text.build(threads) if text is not None else None
         log.info(
-            "embedder loaded on worker: %s, %s",
+            "embedder loaded on worker: %s, %s%s",
             self.embedder.model_name,
             self.embedder.engine.describe(),
+            ", reading text" if self.text else "",
         )
 
     def __call__(self, records: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return embed_records(self.embedder, records)
+        return embed_records(self.embedder, records, self.text)

@@ -17,8 +17,9 @@ from tqdm import tqdm
 
 from embedder.data import Sample
 from embedder.engine_options import EngineOptions
+from embedder.text_reader import TextPlan
 from export.errors import RayUnavailableError
-from export.mapper import EmbedMapper, FeatureBatch, records_to_batch
+from export.mapper import TEXT_FAILED, EmbedMapper, FeatureBatch, records_to_batch
 from export.reader import record_blocks
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,15 @@ def ray_batches(
     cpus_per_actor: float = 1.0,
     progress: bool = True,
     engine: EngineOptions | None = None,
+    text: TextPlan | None = None,
 ) -> Iterator[FeatureBatch]:
     """Embed ``samples[start:]`` on the connected Ray cluster, yielding batches in input order.
 
     ``engine``: runtime and device of every actor (decide "auto" before, once: see
     :func:`embedder.runtime.resolve_runtime`); each actor's model uses as many threads as the
-    CPUs it reserves, and a GPU device reserves one GPU per actor.
+    CPUs it reserves, and a GPU device reserves one GPU per actor. ``text``: each actor also
+    reads the text on the unsure images it decoded, with as many OCR threads as its CPUs, and
+    adds the classes it names to their probabilities (the batches' ``text`` says what it did).
     """
     ray = import_ray()
     engine = engine or EngineOptions()
@@ -96,6 +100,10 @@ def ray_batches(
 
     actors = actors or default_actors(cpus_per_actor)
     pending = len(samples) - start
+    if text is not None:
+        # Reading costs far more than the model and falls unevenly on the images: at least four
+        # batches per actor, so that one actor does not read while the others wait.
+        batch_size = max(1, min(batch_size, -(-pending // (4 * actors))))
     # Blocks are the unit actors pick up: several per actor keeps them all busy to the end.
     block_rows = max(batch_size, min(16 * batch_size, -(-pending // (4 * actors))))
     tables = [pa.table(block) for block in record_blocks(samples, start, block_rows)]
@@ -112,6 +120,7 @@ def ray_batches(
                 "threads": max(1, round(cpus_per_actor)),
                 "runtime": engine.runtime,
                 "device": engine.device,
+                "text": text,
             },
             batch_size=batch_size,
             batch_format="numpy",
@@ -125,6 +134,9 @@ def ray_batches(
                 batch = records_to_batch(records)
                 for pos, reason in batch.failures:
                     log.warning("skipping %s: %s", samples[pos].id, reason)
+                if batch.text is not None:
+                    for pos in batch.indices[batch.text == TEXT_FAILED]:
+                        log.warning("%s: reading its text failed on a worker", samples[pos].id)
                 yield batch
                 bar.update(batch.end - batch.start)
     finally:

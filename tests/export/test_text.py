@@ -5,8 +5,10 @@ checked."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -150,6 +152,77 @@ def test_embed_reads_text_too(ckpt, catalog, tmp_path, capsys) -> None:
     data = _read(out)
     assert data["attrs"]["prediction"] == "classifier+text"
     assert names[data["pred"][data["ids"].index("banner-1")]] == outsider
+
+
+def test_a_worker_reads_the_images_it_decoded(ckpt, catalog, monkeypatch) -> None:
+    """What an export's Ray actor does with a batch: the unsure images' text read, its cues
+    added, and a code per row saying what happened, a failed reading included."""
+    from embedder.inference import Embedder
+    from embedder.text_reader import TextEvidence
+    from export.mapper import TEXT_FAILED, TEXT_NAMED, embed_records, records_to_batch
+
+    root, outsider, names = catalog
+    photo = next(csv.DictReader((root / "catalog.csv").open(newline="", encoding="utf-8")))
+    paths = [root / "banner.jpg", root / "missing.jpg", photo["image"]]
+    records = {"index": np.arange(3), "path": np.array([str(p) for p in paths])}
+    embedder = Embedder.from_checkpoint(ckpt)
+    evidence = TextOptions(str(root / "cues.json"), rotations=(0,), gate=1.0).build(names)
+    real_read = TextEvidence.read
+
+    def flaky(self, image):
+        if image.size != (360, 120):  # every photo but the banner
+            raise RuntimeError("the OCR engine fell over")
+        return real_read(self, image)
+
+    monkeypatch.setattr(TextEvidence, "read", flaky)
+    batch = records_to_batch(embed_records(embedder, records, evidence))
+    assert batch.indices.tolist() == [0, 2] and batch.failures[0][0] == 1
+    assert batch.text.tolist() == [TEXT_NAMED, TEXT_FAILED]
+    assert names[int(batch.probabilities[0].argmax())] == outsider
+    plain = records_to_batch(embed_records(embedder, records))
+    assert plain.text is None
+    np.testing.assert_allclose(batch.probabilities[1], plain.probabilities[1], atol=1e-6)
+    sure = TextOptions(str(root / "cues.json"), rotations=(0,), gate=0.01).build(names)
+    assert not records_to_batch(embed_records(embedder, records, sure)).text.any()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+def test_ray_actors_read_the_text_as_the_single_process_export(
+    ckpt, catalog, tmp_path, monkeypatch
+) -> None:
+    """Under --ray the actors read the images they decoded; the driver reads none, and the
+    file and counts are those of the single-process export."""
+    import ray
+
+    from embedder.text_reader import TextEvidence
+
+    root, _, _ = catalog
+    text = TextOptions(str(root / "cues.json"), rotations=(0,), gate=1.0)
+    local = export_features(_config(ckpt, root / "catalog.csv", tmp_path / "local.h5", text=text))
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the driver read an image's text")
+
+    monkeypatch.setattr(TextEvidence, "read_files", not_here)  # this process only
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        config = _config(ckpt, root / "catalog.csv", tmp_path / "ray.h5", text=text)
+        summary = export_features(replace(config, ray="local", ray_actors=2, batch_size=3))
+    finally:
+        if started:
+            ray.shutdown()
+    assert summary.runner == "ray"
+    counts = ("text_read", "text_named", "text_failed", "count")
+    assert [getattr(summary, c) for c in counts] == [getattr(local, c) for c in counts]
+    assert summary.text_read == 7 and summary.text_named >= 1
+    ray_data, local_data = _read(tmp_path / "ray.h5"), _read(tmp_path / "local.h5")
+    assert ray_data["ids"] == local_data["ids"]
+    np.testing.assert_allclose(ray_data["probs"], local_data["probs"], atol=1e-5)
+    np.testing.assert_array_equal(ray_data["pred"], local_data["pred"])
+    for key in ("prediction", "text_cues"):
+        assert ray_data["attrs"][key] == local_data["attrs"][key]
 
 
 def _read_export(ckpt, root, out) -> dict:
