@@ -10,7 +10,8 @@ Each class is named by its label and by the words a cue file adds (``{"samsung":
 words of five characters or more match anywhere in the read text, or a slightly misread word
 (OCR reads stylised logos as "SAMSUNO" or "Redml"); shorter ones only a whole word ("poco", not
 "pocket"). Common listing words that look like a class word ("phone" beside "iphone", "megapixels"
-around "pixel") are skipped unless a class is named by them.
+around "pixel") name nothing unless a class is named by them; a brand split around one ("i phone")
+still counts.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ DEFAULT_WEIGHT = 1.0
 DEFAULT_GATE = 0.8
 
 #: Words listings print that contain or nearly spell a class word of a phone catalog: "phone" is
-#: one letter from "iphone", "megapixels" holds "pixel". They name no brand, so they are left out
-#: of the read text before matching (not when a class is named by one of them).
+#: one letter from "iphone", "megapixels" holds "pixel". On their own they name no brand, so
+#: neither they nor a word found inside one count (unless a class is named by one of them);
+#: a brand the reader split around one still does ("i phone").
 GENERIC_WORDS = frozenset({"phone", "phones", "pixels", "megapixel", "megapixels"})
 
 Texts = Sequence[tuple[str, float]]
@@ -68,11 +70,12 @@ class TextCues:
     words: tuple[tuple[str, ...], ...]
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     fuzzy: float = DEFAULT_FUZZY
-    _generic: frozenset[str] = field(init=False, repr=False, compare=False)
+    #: GENERIC_WORDS but those that name a class here: what matching passes over.
+    generic: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         own = {w for words in self.words for w in words}
-        object.__setattr__(self, "_generic", GENERIC_WORDS - own)
+        object.__setattr__(self, "generic", GENERIC_WORDS - own)
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
         if not 0.0 < self.fuzzy <= 1.0:
@@ -117,17 +120,17 @@ class TextCues:
 
     def classes(self, texts: Texts) -> list[int]:
         """Indices of the classes that ``texts`` ((text, confidence) pairs) name."""
-        tokens = [
-            w
-            for t, conf in texts
-            if conf >= self.min_confidence
-            for w in words_of(t)
-            if w not in self._generic
-        ]
+        tokens = [w for t, conf in texts if conf >= self.min_confidence for w in words_of(t)]
         if not tokens:
             return []
         joined = "".join(tokens)  # words the reader split ("one plus") or a banner's lines
-        named = (any(self._found(w, tokens, joined) for w in words) for words in self.words)
+        spans, start = [], 0  # where each generic token lies in ``joined``
+        for t in tokens:
+            if t in self.generic:
+                spans.append((start, start + len(t)))
+            start += len(t)
+        tokens = [t for t in tokens if t not in self.generic]
+        named = (any(self._found(w, tokens, joined, spans) for w in words) for words in self.words)
         return [i for i, found in enumerate(named) if found]
 
     def names_any(self, texts: Texts) -> bool:
@@ -136,11 +139,16 @@ class TextCues:
         rotations, in 0.61 s per photo instead of 0.72)."""
         return bool(self.classes(texts))
 
-    def _found(self, word: str, tokens: list[str], joined: str) -> bool:
+    def _found(
+        self, word: str, tokens: list[str], joined: str, generic: list[tuple[int, int]]
+    ) -> bool:
         if len(word) < LONG_WORD:
             return word in tokens
-        if word in joined:
-            return True
+        at = joined.find(word)
+        while at >= 0:  # an occurrence not inside a generic word ("pixel" in "megapixels")
+            if not any(a <= at and at + len(word) <= b for a, b in generic):
+                return True
+            at = joined.find(word, at + 1)
         # A misreading keeps the word's length give or take a letter or two ("SAMSUNO").
         return any(
             abs(len(t) - len(word)) <= 2 and SequenceMatcher(None, t, word).ratio() >= self.fuzzy
@@ -203,8 +211,8 @@ __all__ = [
     "DEFAULT_FUZZY",
     "DEFAULT_GATE",
     "DEFAULT_MIN_CONFIDENCE",
-    "GENERIC_WORDS",
     "DEFAULT_WEIGHT",
+    "GENERIC_WORDS",
     "TextCues",
     "Texts",
     "apply_text_cues",

@@ -153,27 +153,15 @@ class TextEvidence:
         model's ``decode_side``; ``evaluate`` and ``export``). A file whose reading fails gets
         a zero row, a warning and a mark in ``failed``: as in the server, it costs that image
         its cue, not the job."""
-        opened = [(str(p), lambda p=p: load_image(p, min_side=decode_side)) for p in paths]
-        return self._read_all(opened, progress)
-
-    def read_images(self, images: Sequence[Image.Image], names: Sequence[str]) -> FileCues:
-        """:meth:`read_files` for images already decoded (an export worker's), ``names`` for
-        the warnings."""
-        opened = [(n, lambda im=im: im) for n, im in zip(names, images, strict=True)]
-        return self._read_all(opened, progress=False)
-
-    def _read_all(
-        self, opened: Sequence[tuple[str, Callable[[], Image.Image]]], progress: bool
-    ) -> FileCues:
-        texts, failed = [], np.zeros(len(opened), dtype=bool)
+        texts, failed = [], np.zeros(len(paths), dtype=bool)
         t0 = time.perf_counter()
-        for row, (name, open_image) in enumerate(
-            tqdm(opened, desc="reading text", unit="img", disable=not progress)
+        for row, path in enumerate(
+            tqdm(paths, desc="reading text", unit="img", disable=not progress)
         ):
             try:
-                texts.append(self.read(open_image()))
+                texts.append(self.read(load_image(path, min_side=decode_side)))
             except Exception as e:
-                log.warning("%s: reading its text failed (%s); predicted without it", name, e)
+                log.warning("%s: reading its text failed (%s); predicted without it", path, e)
                 texts.append([])
                 failed[row] = True
         return FileCues(self.cues.matrix(texts), time.perf_counter() - t0, failed)
@@ -189,26 +177,11 @@ class TextEvidence:
         prediction without the text) are less sure than the gate, zero rows for the rest;
         which rows were read; and :meth:`read_files`' answer for them (``evaluate`` and
         ``export`` read as the server's gate does)."""
-        return self._read_unsure(
-            probabilities,
-            lambda rows: self.read_files([paths[i] for i in rows], decode_side, progress),
-        )
-
-    def read_unsure_images(
-        self, probabilities: np.ndarray, images: Sequence[Image.Image], names: Sequence[str]
-    ) -> tuple[np.ndarray, np.ndarray, FileCues]:
-        """:meth:`read_unsure` for images already decoded."""
-        return self._read_unsure(
-            probabilities,
-            lambda rows: self.read_images([images[i] for i in rows], [names[i] for i in rows]),
-        )
-
-    def _read_unsure(
-        self, probabilities: np.ndarray, read_rows: Callable[[np.ndarray], FileCues]
-    ) -> tuple[np.ndarray, np.ndarray, FileCues]:
         read = unsure(probabilities, self.gate)
         cues = np.zeros(np.shape(probabilities), dtype=np.float32)
-        found = read_rows(np.flatnonzero(read))
+        found = self.read_files(
+            [p for p, r in zip(paths, read, strict=True) if r], decode_side, progress
+        )
         cues[read] = found.cues
         return cues, read, found
 
@@ -225,8 +198,9 @@ class FileCues(NamedTuple):
 @dataclass(frozen=True)
 class TextPlan:
     """A :class:`TextEvidence` without its reader (which holds ONNX Runtime sessions): what a
-    worker process, such as an export's Ray actor, needs to read as this process does. The
-    words are resolved already, so no cue file has to be found on the worker."""
+    worker process, such as an export's Ray actor, needs to read as :meth:`TextOptions.build`
+    makes this process read. The words are resolved already, so no cue file has to be found
+    on the worker."""
 
     cues: TextCues
     weight: float

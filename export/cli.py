@@ -160,9 +160,9 @@ def _add_text_options(p: argparse.ArgumentParser) -> None:
         p.add_argument_group("text on the photos (needs: pip install 'phonesim[ocr]')"),
         "the probabilities written are then the classifier's with those classes added (the "
         "export has no catalog vote, so the gate looks at the classifier alone). Reading runs in "
-        "this process, one image at a time (with --ray, in the actors, on the images they "
-        "decoded): 0.25-0.7 s per image read on 2 cores, about half of them behind the default "
-        "gate (docs/export.md)",
+        "this process, one image at a time (with --ray, in the actors, each on its own batches): "
+        "0.25-0.7 s per image read on 2 cores, about half of them behind the default gate "
+        "(docs/export.md)",
     )
 
 

@@ -154,7 +154,9 @@ def text_identity(evidence: TextEvidence | None) -> str:
     if evidence is None:
         return ""
     words = [list(w) for w in evidence.cues.words]
-    return json.dumps({**evidence.describe(), "words": words}, sort_keys=True)
+    # The listing words matching passes over are part of how it reads (they came in later).
+    generic = sorted(evidence.cues.generic)
+    return json.dumps({**evidence.describe(), "words": words, "generic": generic}, sort_keys=True)
 
 
 def _embed_stage(
@@ -172,7 +174,7 @@ def _embed_stage(
     if start >= len(inputs):
         return 0, config.runtime
     writer = ShardWriter(partial, inputs.samples, config.shard_size)
-    read_text = text or (lambda batches: batches)
+    with_text = text or (lambda batches: batches)
     if config.ray:
         from embedder.runtime import resolve_runtime
         from export.ray_runner import connect, import_ray, ray_batches
@@ -193,7 +195,7 @@ def _embed_stage(
                 EngineOptions(runtime, config.device),
                 text.evidence.plan() if text else None,
             )
-            for batch in read_text(clock(batches)):
+            for batch in with_text(clock(batches)):
                 writer.write(batch)
             writer.flush()
         finally:
@@ -213,7 +215,7 @@ def _embed_stage(
         batches = local_batches(
             embedder, inputs.samples, start, config.batch_size, config.workers, config.progress
         )
-        for batch in read_text(clock(batches)):
+        for batch in with_text(clock(batches)):
             writer.write(batch)
         writer.flush()
     return len(inputs) - start, runtime

@@ -4,14 +4,16 @@
 :class:`FeatureBatch` through ``embedder.batch.iter_embeddings`` (decoding in DataLoader workers).
 An unreadable image becomes an error string on its row, never an exception, so one bad file
 cannot stop a batch. With ``--read-text`` a Ray actor also reads the text on the unsure images
-it has just decoded (the single-process path reads in the exporting process, job._TextStage).
+of its batch (the single-process path reads in the exporting process, job._TextStage).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 
@@ -26,8 +28,12 @@ from export.errors import ExportError
 
 log = logging.getLogger(__name__)
 
-# What happened to an embedded image's text (FeatureBatch.text, the mapper's "text" column).
-TEXT_NOT_READ, TEXT_READ, TEXT_NAMED, TEXT_FAILED = 0, 1, 2, 3
+# What happened to an embedded image's text (FeatureBatch.text, the mapper's "text" column):
+# left unread (its prediction was sure), read, read and naming a class, or the reading failed.
+TEXT_NOT_READ: Final = 0
+TEXT_READ: Final = 1
+TEXT_NAMED: Final = 2
+TEXT_FAILED: Final = 3
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,10 @@ def embed_records(
     Output columns: ``index``, ``embedding`` (N x D float32, zeros where decoding failed),
     ``probabilities`` (N x C float32) and ``error`` ('' or the reason). With ``text``, the
     images whose prediction is below its gate are read, the classes their text names added to
-    ``probabilities``, and a ``text`` column (int8 ``TEXT_*`` codes) says what happened.
+    ``probabilities``, and a ``text`` column (int8 ``TEXT_*`` codes) says what happened. They
+    are decoded again for the reader, as in the single-process export: holding every decoded
+    image of a batch could take gigabytes (a 40 MP PNG is 120 MB), a second decode milliseconds
+    beside a reading's 0.25-0.7 s.
     """
     index = np.asarray(records["index"], dtype=np.int64)
     paths = [str(p) for p in records["path"]]
@@ -72,15 +81,12 @@ def embed_records(
     # len(ok) rows are the batch, a view.
     pixels = np.empty((len(paths), *embedder.transform.shape), np.float32)
     ok: list[int] = []
-    images = []  # kept for the text reader only
     errors = np.full(len(paths), "", dtype=object)
     for row, path in enumerate(paths):
         try:
             img = load_image(Path(path), min_side=embedder.decode_side)  # JPEG draft mode
             embedder.transform.into(img, pixels[len(ok)])
             ok.append(row)
-            if text is not None:
-                images.append(img)
         except ImageError as exc:
             errors[row] = str(exc)
     batch = embedder.embed_tensors(pixels[: len(ok)])
@@ -93,19 +99,19 @@ def embed_records(
     if text is not None:
         status = np.full(n, TEXT_NOT_READ, np.int8)
         probabilities[ok], status[ok] = read_text(
-            text, batch.probabilities, images, [paths[i] for i in ok]
+            text, batch.probabilities, [Path(paths[i]) for i in ok], embedder.decode_side
         )
         out["text"] = status
     return out
 
 
 def read_text(
-    text: TextEvidence, probabilities: np.ndarray, images: list, names: list[str]
+    text: TextEvidence, probabilities: np.ndarray, paths: Sequence[Path], decode_side: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The probabilities with the cues of the unsure images' text added, and a ``TEXT_*``
-    code per image."""
-    cues, read, found = text.read_unsure_images(probabilities, images, names)
-    status = np.full(len(images), TEXT_NOT_READ, np.int8)
+    """The probabilities (N x C) of the image files at ``paths`` with the cues of the unsure
+    ones' text added, and a ``TEXT_*`` code per image."""
+    cues, read, found = text.read_unsure(probabilities, paths, decode_side, progress=False)
+    status = np.full(len(paths), TEXT_NOT_READ, np.int8)
     status[read] = TEXT_READ
     status[read & (cues.sum(axis=1) > 0)] = TEXT_NAMED
     status[np.flatnonzero(read)[found.failed]] = TEXT_FAILED

@@ -136,7 +136,11 @@ def ray_batches(
                     log.warning("skipping %s: %s", samples[pos].id, reason)
                 if batch.text is not None:
                     for pos in batch.indices[batch.text == TEXT_FAILED]:
-                        log.warning("%s: reading its text failed on a worker", samples[pos].id)
+                        log.warning(
+                            "%s: reading its text failed on a worker (the reason is in its log); "
+                            "written without it",
+                            samples[pos].id,
+                        )
                 yield batch
                 bar.update(batch.end - batch.start)
     finally:

@@ -62,7 +62,14 @@ def test_classes_named_by_the_text(cues: TextCues, lines: list[str], named: list
 def test_listing_words_that_hold_a_class_word_name_no_class() -> None:
     cues = TextCues.from_labels(["iphone", "pixel"])
     assert cues.classes(read("50 Megapixels", "phones")) == []
+    assert cues.classes(read("50 mega pixels", "phone")) == []
     assert cues.classes(read("Pixel 8", "50 megapixels")) == [1]
+
+
+@pytest.mark.parametrize("lines", [["i phone 13"], ["I-PHONE"], ["i", "Phone 15"]])
+def test_a_brand_split_around_a_listing_word_still_counts(lines: list[str]) -> None:
+    cues = TextCues.from_labels(["iphone", "pixel"])
+    assert cues.classes(read(*lines)) == [0]
 
 
 def test_a_generic_word_counts_when_a_class_is_named_by_it() -> None:

@@ -9,11 +9,13 @@ import importlib.util
 import io
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from embedder.text_cues import GENERIC_WORDS
 from embedder.text_reader import TextOptions
 from export import ResumeError, export_features
 from export import cli as export_cli
@@ -68,6 +70,7 @@ def test_the_named_class_is_written_into_the_probabilities(ckpt, catalog, tmp_pa
     setting = json.loads(attrs["text_cues"])
     assert setting["gate"] == 1.0 and setting["rotations"] == [0]
     assert WORD.lower() in setting["words"][names.index(outsider)]
+    assert setting["generic"] == sorted(GENERIC_WORDS)  # matching passes over these
     assert plain["attrs"]["text_cues"] == ""
 
 
@@ -154,16 +157,23 @@ def test_embed_reads_text_too(ckpt, catalog, tmp_path, capsys) -> None:
     assert names[data["pred"][data["ids"].index("banner-1")]] == outsider
 
 
-def test_a_worker_reads_the_images_it_decoded(ckpt, catalog, monkeypatch) -> None:
+def test_a_worker_reads_the_unsure_images_of_its_batch(ckpt, catalog, monkeypatch) -> None:
     """What an export's Ray actor does with a batch: the unsure images' text read, its cues
     added, and a code per row saying what happened, a failed reading included."""
     from embedder.inference import Embedder
     from embedder.text_reader import TextEvidence
-    from export.mapper import TEXT_FAILED, TEXT_NAMED, embed_records, records_to_batch
+    from export.mapper import (
+        TEXT_FAILED,
+        TEXT_NAMED,
+        TEXT_NOT_READ,
+        embed_records,
+        read_text,
+        records_to_batch,
+    )
 
     root, outsider, names = catalog
     photo = next(csv.DictReader((root / "catalog.csv").open(newline="", encoding="utf-8")))
-    paths = [root / "banner.jpg", root / "missing.jpg", photo["image"]]
+    paths = [root / "banner.jpg", root / "missing.jpg", Path(photo["image"])]
     records = {"index": np.arange(3), "path": np.array([str(p) for p in paths])}
     embedder = Embedder.from_checkpoint(ckpt)
     evidence = TextOptions(str(root / "cues.json"), rotations=(0,), gate=1.0).build(names)
@@ -182,8 +192,16 @@ def test_a_worker_reads_the_images_it_decoded(ckpt, catalog, monkeypatch) -> Non
     plain = records_to_batch(embed_records(embedder, records))
     assert plain.text is None
     np.testing.assert_allclose(batch.probabilities[1], plain.probabilities[1], atol=1e-6)
-    sure = TextOptions(str(root / "cues.json"), rotations=(0,), gate=0.01).build(names)
-    assert not records_to_batch(embed_records(embedder, records, sure)).text.any()
+
+    # Behind the gate: only the unsure rows are read, and codes land on their own rows.
+    gated = TextOptions(str(root / "cues.json"), rotations=(0,), gate=0.5).build(names)
+    sure, unsure = np.eye(len(names))[0], np.full(len(names), 1 / len(names))
+    probabilities = np.array([sure, unsure, sure, unsure], np.float32)
+    rows = [paths[2], paths[0], paths[0], paths[2]]
+    written, status = read_text(gated, probabilities, rows, embedder.decode_side)
+    assert status.tolist() == [TEXT_NOT_READ, TEXT_NAMED, TEXT_NOT_READ, TEXT_FAILED]
+    assert names[int(written[1].argmax())] == outsider
+    np.testing.assert_array_equal(written[[0, 2, 3]], probabilities[[0, 2, 3]])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
