@@ -21,13 +21,12 @@ from embedder.checkpoint import checkpoint_hash, read_config
 from embedder.class_rerank import class_rerank
 from embedder.engine_options import EngineOptions, precision, precision_mismatch
 from embedder.preprocess import Preprocessor
-from embedder.text_cues import apply_text_cues
 from embedder.text_reader import TextEvidence
 from export import schema
 from export.assemble import Assembled, assemble
 from export.config import ExportConfig
 from export.errors import ExportError
-from export.mapper import TEXT_FAILED, TEXT_NAMED, TEXT_NOT_READ, FeatureBatch
+from export.mapper import TEXT_FAILED, TEXT_NAMED, TEXT_NOT_READ, FeatureBatch, read_text
 from export.neighbors import (
     FileIndexSearch,
     NeighborSearch,
@@ -119,8 +118,8 @@ class _TextStage:
     and adds the classes it names to its probabilities, before the batch joins a shard (so
     a resume reads again only the images after the last committed shard). After the
     single-process runner it reads here, one image at a time, decoding the images again at the
-    model's decode side as the server decodes an upload; the Ray runner's actors read the
-    images they decoded themselves (export.mapper), and this stage only counts."""
+    model's decode side as the server decodes an upload; the Ray runner's actors read their
+    own batches with the same :func:`export.mapper.read_text`, and this stage only counts."""
 
     def __init__(self, evidence: TextEvidence, inputs: ExportInputs, decode_side: int) -> None:
         self.evidence = evidence
@@ -130,22 +129,15 @@ class _TextStage:
 
     def __call__(self, batches: Iterator[FeatureBatch]) -> Iterator[FeatureBatch]:
         for batch in batches:
-            if batch.text is not None:  # read on a worker already
-                self.read += int((batch.text != TEXT_NOT_READ).sum())
-                self.named += int((batch.text == TEXT_NAMED).sum())
-                self.failed += int((batch.text == TEXT_FAILED).sum())
-                yield batch
-                continue
-            paths = [self.samples[i].path for i in batch.indices]
-            cues, read, found = self.evidence.read_unsure(
-                batch.probabilities, paths, self.decode_side, progress=False
-            )
-            if read.any():
-                probabilities = apply_text_cues(batch.probabilities, cues, self.evidence.weight)
-                batch = replace(batch, probabilities=probabilities)
-                self.read += int(read.sum())
-                self.named += int((cues.sum(axis=1) > 0).sum())
-                self.failed += int(found.failed.sum())
+            if batch.text is None:  # not read on a worker: read here, as a worker would
+                paths = [self.samples[i].path for i in batch.indices]
+                probabilities, status = read_text(
+                    self.evidence, batch.probabilities, paths, self.decode_side
+                )
+                batch = replace(batch, probabilities=probabilities, text=status)
+            self.read += int((batch.text != TEXT_NOT_READ).sum())
+            self.named += int((batch.text == TEXT_NAMED).sum())
+            self.failed += int((batch.text == TEXT_FAILED).sum())
             yield batch
 
 
