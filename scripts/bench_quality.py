@@ -56,6 +56,8 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
   recipe_crop_pair  recipe and recipe_border as one ensemble, as recipe_pair (+ _knn, _rerank)
   recipe_mix    the recipe with --mixup 0.2 --cutmix 1.0 (each fine-tuning batch blended by
                 one or the other; a training per fold); recipe_mix_knn and recipe_mix_rerank
+  recipe_long   the recipe fine-tuning for 20 epochs instead of 10 (a training per fold);
+                recipe_long_knn and recipe_long_rerank as above
   recipe_audited  the recipe trained without the photos the label audit rejects (their label
                 names another product; needs --audit; a training per fold); scored on every
                 test photo as the others are; recipe_audited_knn and recipe_audited_rerank
@@ -72,6 +74,10 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
                 --text-gate (the default of `serve --read-text`); recipe_text_export is the
                 prediction `export --read-text` writes: the classifier with the cues of the
                 photos whose classifier prediction is below that gate (no catalog vote)
+  recipe_lite1_text_gated  recipe_text_gated on recipe_lite1's outputs (after recipe_lite1);
+                recipe_pair_text_gated on recipe_pair's (after recipe_pair); their _rerank
+                twins re-rank as recipe_text_gated_rerank does: whether the words add to a
+                better pixel model what they add to the recipe
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -191,6 +197,9 @@ EXTRA_METHODS = (
     "recipe_mix",
     "recipe_mix_knn",
     "recipe_mix_rerank",
+    "recipe_long",
+    "recipe_long_knn",
+    "recipe_long_rerank",
     "recipe_audited",
     "recipe_audited_knn",
     "recipe_audited_rerank",
@@ -201,6 +210,10 @@ EXTRA_METHODS = (
     "recipe_text_gated",
     "recipe_text_gated_rerank",
     "recipe_text_export",
+    "recipe_lite1_text_gated",
+    "recipe_lite1_text_gated_rerank",
+    "recipe_pair_text_gated",
+    "recipe_pair_text_gated_rerank",
 )
 # Text-cue methods: the rotations each reads a photo at, and its gate (1: every photo).
 TEXT_METHODS = {
@@ -210,6 +223,18 @@ TEXT_METHODS = {
     "recipe_text_gated": (DEFAULT_ROTATIONS, TEXT_GATE),
     "recipe_text_gated_rerank": (DEFAULT_ROTATIONS, TEXT_GATE),
     "recipe_text_export": (DEFAULT_ROTATIONS, TEXT_GATE),
+    "recipe_lite1_text_gated": (DEFAULT_ROTATIONS, TEXT_GATE),
+    "recipe_lite1_text_gated_rerank": (DEFAULT_ROTATIONS, TEXT_GATE),
+    "recipe_pair_text_gated": (DEFAULT_ROTATIONS, TEXT_GATE),
+    "recipe_pair_text_gated_rerank": (DEFAULT_ROTATIONS, TEXT_GATE),
+}
+# The cached model outputs a text-cue method reads (the recipe's unless named here): whether
+# the words add to a better pixel model what they add to the recipe.
+TEXT_BASES = {
+    "recipe_lite1_text_gated": "recipe_lite1",
+    "recipe_lite1_text_gated_rerank": "recipe_lite1",
+    "recipe_pair_text_gated": "recipe_pair",
+    "recipe_pair_text_gated_rerank": "recipe_pair",
 }
 # Text-cue methods on the classifier alone, as the export predicts (no kNN vote).
 UNFUSED_TEXT = frozenset({"recipe_text_export"})
@@ -253,6 +278,9 @@ TRAINED = {
     "recipe_border": {"crop_mode": "border"},
     # timm's Mixup: a regulariser for small training sets, untried on the recipe so far.
     "recipe_mix": {"mixup": 0.2, "cutmix": 1.0},
+    # Twice the fine-tuning epochs (the cosine schedule stretched over them): the recipe's best
+    # epoch fell anywhere from 4 to 10 of its 10, so whether 10 is enough was never measured.
+    "recipe_long": {"epochs": 20},
     # What fixing the catalog's labels would buy: the audit's wrong labels left out of training
     # (recipe_clean guessed them from a kNN vote instead).
     "recipe_audited": {},
@@ -524,9 +552,12 @@ class Bench:
         if all(self.done(method, split) for split in self.splits):
             return
         cues, seconds = self.photo_cues(method)
+        base = TEXT_BASES.get(method, "recipe")
         for split in self.splits:
-            outputs = self.work / split.name / "recipe" / "outputs.npz"
+            outputs = self.work / split.name / base / "outputs.npz"
             if self.done(method, split) or not outputs.exists():
+                if not outputs.exists():
+                    print(f"  {method} {split.name}: run {base} first", flush=True)
                 continue
             with np.load(outputs) as cached:
                 emb, probs = cached["embeddings"], cached["probabilities"]
@@ -1029,7 +1060,7 @@ class Bench:
                 self.run_nested()
             elif method in TEXT_METHODS and method.endswith("_rerank"):
                 print(f"{method} ...", flush=True)
-                self.run_rerank("recipe", text=method)
+                self.run_rerank(TEXT_BASES.get(method, "recipe"), text=method)
             elif method in TEXT_METHODS:
                 print(f"{method} ...", flush=True)
                 self.run_text(method)
@@ -1101,6 +1132,11 @@ class Bench:
         for gated_m, every in GATED_PAIRS.items():
             if gated_m in self.results and every in self.results:
                 out[f"{gated_m}_vs_every"] = self.paired(gated_m, every, names, frac)
+        # What the words add to another model against what they add to the recipe.
+        for m, base in TEXT_BASES.items():
+            twin = m.replace(base, "recipe", 1)
+            if m in self.results and twin in self.results:
+                out[f"{m}_vs_recipe"] = self.paired(m, twin, names, frac)
         if "recipe_text_gated" in self.results and "recipe_text" in self.results:
             out["gate_nested"] = self.gate_nested()
         if self.audit is not None:
@@ -1180,7 +1216,10 @@ class Bench:
             m
             for m in methods
             if m != "recipe_knn"
-            and (m.endswith(("_knn", "_knn_nested")) or m in ("recipe_text", "recipe_text_gated"))
+            and (
+                m.endswith(("_knn", "_knn_nested"))
+                or (m in TEXT_METHODS and not m.endswith("_rerank") and m not in UNFUSED_TEXT)
+            )
         ]
         for m in fused if "recipe_knn" in self.results else []:
             common = [n for n in names if n in self.results[m] and n in self.results["recipe_knn"]]
@@ -1249,6 +1288,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     for gated_m, every in GATED_PAIRS.items():
         if f"{gated_m}_vs_every" in summary:
             rows[f"{gated_m} - {every}"] = summary[f"{gated_m}_vs_every"]
+    for m, base in TEXT_BASES.items():
+        if f"{m}_vs_recipe" in summary:
+            rows[f"{m} - {m.replace(base, 'recipe', 1)}"] = summary[f"{m}_vs_recipe"]
     width = max(map(len, rows), default=0) + 2
     for m, e in rows.items():
         if "accuracy" not in e:

@@ -408,6 +408,37 @@ def test_the_exports_text_gate_looks_at_the_classifier_alone(tmp_path):
         assert "fusion" not in export and "fusion" in gated
 
 
+def test_text_methods_on_another_model_read_that_models_outputs(tmp_path, capsys):
+    """recipe_lite1_text_gated scores the cached outputs of recipe_lite1, not the recipe's:
+    here the recipe is unsure of every photo, Lite1 sure and right, so the gate reads no photo
+    behind Lite1. Without Lite1's outputs the method says what to run and records nothing."""
+    import numpy as np
+
+    bench_quality, bench = tiny_bench(tmp_path, text_cues=None)
+    same_class_neighbours_and_upright_labels(bench_quality, bench, [0.4, 0.3, 0.3])
+    bench.run(["recipe_lite1_text_gated"])
+    assert "recipe_lite1_text_gated" not in bench.results
+    assert "run recipe_lite1 first" in capsys.readouterr().out
+    sure = np.eye(3, dtype=np.float32)[bench.y]
+    with np.load(bench.work / bench.splits[0].name / "recipe" / "outputs.npz") as cached:
+        emb = cached["embeddings"]
+    for split in bench.splits:
+        (bench.work / split.name / "recipe_lite1").mkdir()
+        outputs = bench.work / split.name / "recipe_lite1" / "outputs.npz"
+        np.savez(outputs, embeddings=emb, probabilities=sure)
+    bench.run(["recipe_lite1_text_gated", "recipe_text_gated", "recipe_lite1_text_gated_rerank"])
+    for split in bench.splits:
+        lite1 = bench.results["recipe_lite1_text_gated"][split.name]
+        recipe = bench.results["recipe_text_gated"][split.name]
+        assert lite1["read_fraction"] == 0.0 and lite1["cue_photos"] == 0
+        assert lite1["accuracy"] == 1.0
+        assert recipe["read_fraction"] > 0.0
+        assert bench.results["recipe_lite1_text_gated_rerank"][split.name]["recall_at_1"] == 1.0
+    # paired with the same words on the recipe: Lite1 is right where the recipe is unsure
+    paired = bench.summary()["recipe_lite1_text_gated_vs_recipe"]
+    assert paired["folds"] == len(bench.splits) and paired["accuracy"]["mean"] >= 0.0
+
+
 def test_two_rerankings_are_paired_photo_by_photo(tmp_path):
     """Recall@1 of two re-rankings of the same photos gets a group bootstrap beside the fold
     interval (the interval for a prediction-time change)."""
