@@ -465,3 +465,21 @@ def test_two_rerankings_are_paired_photo_by_photo(tmp_path):
     assert "recall_at_1_photo_bootstrap" not in bench.paired(
         "recipe_text_rerank", "recipe_rerank", names, 1.0
     )
+
+
+def test_every_trained_variant_sets_real_training_options():
+    """Each candidate recipe's overrides name TrainConfig options with values of their type, so
+    a misspelt override (which would train the plain recipe under another name) fails here,
+    not after an hour of fold trainings."""
+    import dataclasses
+
+    from embedder.train_config import TrainConfig
+
+    bench_quality = load_bench_quality()
+    defaults = TrainConfig(data="", out="")
+    for method, overrides in bench_quality.TRAINED.items():
+        for name, value in overrides.items():
+            assert hasattr(defaults, name), f"{method}: {name}"
+            default = getattr(defaults, name)
+            assert default is None or isinstance(value, type(default)), f"{method}: {name}"
+        assert dataclasses.replace(defaults, **overrides) != defaults or not overrides
