@@ -388,6 +388,11 @@ def soup_outputs(best, states: list, x: np.ndarray) -> tuple[np.ndarray, np.ndar
     return embed_all(Embedder(model, best.config), x)
 
 
+def recipe_twin(method: str) -> str:
+    """A TEXT_BASES method's counterpart reading the recipe's outputs with the same words."""
+    return method.replace(TEXT_BASES[method], "recipe", 1)
+
+
 def fused_predictions(split: Split, y: np.ndarray, probs: np.ndarray, emb: np.ndarray):
     scores, idx = nearest_neighbours(emb, emb[split.train], FUSION.k)
     return fuse(probs, scores, y[split.train][idx], FUSION).argmax(1)
@@ -555,9 +560,10 @@ class Bench:
         base = TEXT_BASES.get(method, "recipe")
         for split in self.splits:
             outputs = self.work / split.name / base / "outputs.npz"
-            if self.done(method, split) or not outputs.exists():
-                if not outputs.exists():
-                    print(f"  {method} {split.name}: run {base} first", flush=True)
+            if self.done(method, split):
+                continue
+            if not outputs.exists():
+                print(f"  {method} {split.name}: run {base} first", flush=True)
                 continue
             with np.load(outputs) as cached:
                 emb, probs = cached["embeddings"], cached["probabilities"]
@@ -1133,10 +1139,9 @@ class Bench:
             if gated_m in self.results and every in self.results:
                 out[f"{gated_m}_vs_every"] = self.paired(gated_m, every, names, frac)
         # What the words add to another model against what they add to the recipe.
-        for m, base in TEXT_BASES.items():
-            twin = m.replace(base, "recipe", 1)
-            if m in self.results and twin in self.results:
-                out[f"{m}_vs_recipe"] = self.paired(m, twin, names, frac)
+        for m in TEXT_BASES:
+            if m in self.results and recipe_twin(m) in self.results:
+                out[f"{m}_vs_recipe"] = self.paired(m, recipe_twin(m), names, frac)
         if "recipe_text_gated" in self.results and "recipe_text" in self.results:
             out["gate_nested"] = self.gate_nested()
         if self.audit is not None:
@@ -1288,9 +1293,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     for gated_m, every in GATED_PAIRS.items():
         if f"{gated_m}_vs_every" in summary:
             rows[f"{gated_m} - {every}"] = summary[f"{gated_m}_vs_every"]
-    for m, base in TEXT_BASES.items():
+    for m in TEXT_BASES:
         if f"{m}_vs_recipe" in summary:
-            rows[f"{m} - {m.replace(base, 'recipe', 1)}"] = summary[f"{m}_vs_recipe"]
+            rows[f"{m} - {recipe_twin(m)}"] = summary[f"{m}_vs_recipe"]
     width = max(map(len, rows), default=0) + 2
     for m, e in rows.items():
         if "accuracy" not in e:

@@ -297,6 +297,17 @@ def test_recipe_audited_trains_without_the_labels_the_audit_rejects(tmp_path):
     assert done.returncode == 0 and "recipe_audited: no label audit" in done.stdout
 
 
+def cache_fold_outputs(bench, method: str, emb, probs) -> None:
+    """The same embeddings and probabilities cached as ``method``'s outputs on every fold, as
+    a trained method caches them."""
+    import numpy as np
+
+    for split in bench.splits:
+        (bench.work / split.name / method).mkdir(parents=True)
+        outputs = bench.work / split.name / method / "outputs.npz"
+        np.savez(outputs, embeddings=emb, probabilities=probs)
+
+
 def test_text_methods_add_the_classes_the_cached_text_names(tmp_path):
     """recipe_text adds the classes named by the text read at every rotation (from the cache
     in --work, so no OCR runs here), recipe_text_upright only the upright reading's. As the
@@ -309,9 +320,7 @@ def test_text_methods_add_the_classes_the_cached_text_names(tmp_path):
     # A classifier sure of class 0 for every photo, features that say nothing.
     probs = np.tile(np.array([[0.98, 0.01, 0.01]], dtype=np.float32), (n, 1))
     emb = np.ones((n, 4), dtype=np.float32) / 2.0
-    for split in bench.splits:
-        (work / split.name / "recipe").mkdir(parents=True)
-        np.savez(work / split.name / "recipe" / "outputs.npz", embeddings=emb, probabilities=probs)
+    cache_fold_outputs(bench, "recipe", emb, probs)
     # Each photo's label reads sideways only, as a logo along a phone's back would.
     cache = {
         s.id: {"0": [], "0_s": 0.1, "90": [[s.label, 0.99]], "90_s": 0.2, "270": [], "270_s": 0.2}
@@ -337,24 +346,22 @@ def test_text_methods_add_the_classes_the_cached_text_names(tmp_path):
     assert not bench.done("recipe_text", bench.splits[0])
 
 
-def same_class_neighbours_and_upright_labels(bench_quality, bench, classifier: list) -> None:
-    """Cached fold outputs where every photo gets the ``classifier`` probabilities and
+def same_class_neighbours_and_upright_labels(bench_quality, bench, classifier: list):
+    """Cached recipe outputs where every photo gets the ``classifier`` probabilities and
     features whose neighbours are all of its own class, and a text cache where each photo's
-    label reads upright."""
+    label reads upright; returns those features."""
     import numpy as np
 
     n = len(bench.y)
     probs = np.tile(np.array([classifier], dtype=np.float32), (n, 1))
     emb = np.eye(3, 4, dtype=np.float32)[bench.y]
-    for split in bench.splits:
-        (bench.work / split.name / "recipe").mkdir(parents=True)
-        outputs = bench.work / split.name / "recipe" / "outputs.npz"
-        np.savez(outputs, embeddings=emb, probabilities=probs)
+    cache_fold_outputs(bench, "recipe", emb, probs)
     cache = {
         s.id: {"0": [[s.label, 0.99]], "0_s": 0.1, "90": [], "90_s": 0.2, "270": [], "270_s": 0.2}
         for s in bench.samples
     }
     (bench.work / f"photo-text-{bench_quality.DETECT_SIDE}.json").write_text(json.dumps(cache))
+    return emb
 
 
 def test_gated_text_reads_only_the_photos_the_fused_prediction_is_unsure_of(tmp_path):
@@ -415,17 +422,11 @@ def test_text_methods_on_another_model_read_that_models_outputs(tmp_path, capsys
     import numpy as np
 
     bench_quality, bench = tiny_bench(tmp_path, text_cues=None)
-    same_class_neighbours_and_upright_labels(bench_quality, bench, [0.4, 0.3, 0.3])
+    emb = same_class_neighbours_and_upright_labels(bench_quality, bench, [0.4, 0.3, 0.3])
     bench.run(["recipe_lite1_text_gated"])
     assert "recipe_lite1_text_gated" not in bench.results
     assert "run recipe_lite1 first" in capsys.readouterr().out
-    sure = np.eye(3, dtype=np.float32)[bench.y]
-    with np.load(bench.work / bench.splits[0].name / "recipe" / "outputs.npz") as cached:
-        emb = cached["embeddings"]
-    for split in bench.splits:
-        (bench.work / split.name / "recipe_lite1").mkdir()
-        outputs = bench.work / split.name / "recipe_lite1" / "outputs.npz"
-        np.savez(outputs, embeddings=emb, probabilities=sure)
+    cache_fold_outputs(bench, "recipe_lite1", emb, np.eye(3, dtype=np.float32)[bench.y])
     bench.run(["recipe_lite1_text_gated", "recipe_text_gated", "recipe_lite1_text_gated_rerank"])
     for split in bench.splits:
         lite1 = bench.results["recipe_lite1_text_gated"][split.name]
