@@ -244,11 +244,13 @@ def add_item() -> tuple[Response, int, dict[str, str]]:
     data, fields = read_image(request, svc.config.max_upload_bytes)
     item_id = check_item_id(fields.pop("id", None))
     metadata = _metadata_from(fields, is_json)
-    embedded = svc.add(item_id, data, metadata)
+    embedded, stored = svc.add(item_id, data, metadata)
     # The new item is in the catalog now: it must not vote for its own label.
     prediction, predict_ms = timed_prediction(svc, embedded, exclude_ids=[item_id])
     body = {
-        "item": item_json(svc, item_id, svc.item(item_id)),
+        # What was stored, not a fresh read: a delete racing in must not turn a done add
+        # into "unknown item".
+        "item": item_json(svc, item_id, stored),
         "prediction": prediction,
         "timing_ms": {**embedded.timing_ms, "predict": predict_ms, "total": _ms_since(t0)},
     }

@@ -480,8 +480,11 @@ class LookupService:
         return bool(metadata.get("image"))
 
     # -- writes -----------------------------------------------------------------------------------
-    def add(self, item_id: str, data: bytes, metadata: dict[str, Any]) -> Embedded:
-        """Embed an image and add it durably under ``item_id`` with ``metadata``."""
+    def add(
+        self, item_id: str, data: bytes, metadata: dict[str, Any]
+    ) -> tuple[Embedded, dict[str, Any]]:
+        """Embed an image and add it durably under ``item_id`` with ``metadata``; the image's
+        embedding and the metadata as stored (the server's own fields included)."""
         check_item_id(item_id)
         self.check_new_metadata(metadata)
         if item_id in self.index:
@@ -500,7 +503,7 @@ class LookupService:
             self.drop_image(saved)
             raise
         log.info("added item %r", item_id)
-        return embedded
+        return embedded, metadata
 
     def check_new_metadata(self, metadata: dict[str, Any]) -> None:
         """Fields a client may not set: the server's own and the id."""

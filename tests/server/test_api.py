@@ -215,6 +215,27 @@ def test_a_losing_concurrent_add_never_deletes_the_winners_image(writable, jpeg_
     assert c.get("/v1/items/race/image").mimetype == "image/jpeg"
 
 
+def test_an_add_that_a_delete_overtakes_is_still_acknowledged(writable, jpeg_bytes, monkeypatch):
+    """Another client deletes the item between its add and the answer: the add was done, so
+    it is 201 with what was stored, not 404 "unknown item; nothing was changed"."""
+    app, _ = writable
+    c = app.test_client()
+    h = {"X-API-Key": API_KEY}
+    index = app.extensions["phonesim"].service.index
+    add = type(index).add
+
+    def add_then_deleted(self, ids, vectors, metadata):
+        add(self, ids, vectors, metadata)
+        self.remove(ids)
+
+    monkeypatch.setattr(type(index), "add", add_then_deleted)
+    form = {**upload(jpeg_bytes), "id": "gone", "metadata": json.dumps({"title": "Gone"})}
+    r = c.post("/v1/items", data=form, headers=h)
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["item"]["id"] == "gone" and r.get_json()["item"]["title"] == "Gone"
+    assert_error(c.get("/v1/items/gone"), 404, "unknown_item")
+
+
 def test_add_rejects_bad_ids_and_metadata(writable, jpeg_bytes):
     app, _ = writable
     c = app.test_client()
