@@ -28,7 +28,7 @@ import numpy as np
 
 from index import ann
 from index.errors import InvalidParamsError, UnknownIdError
-from index.filtered_search import Live, knn_search
+from index.filtered_search import Live, in_tie_order, knn_search
 from index.folder import summary
 from index.following import Following
 from index.inputs import clean_metadata_rows, prepare_ids, prepare_vectors
@@ -231,7 +231,9 @@ class CatalogIndex(Following):
         per query: ``search(v, k)[0]``). Queries are L2-normalised, so ``Hit.score`` is the
         cosine similarity.
         ``k`` larger than the matching items returns all of them; an empty catalog returns
-        empty lists. ``filter``: ``{field: value}`` equality, a list for any of,
+        empty lists. Equal scores come in the order the items were added, so a larger ``k``
+        only appends to a smaller one's list.
+        ``filter``: ``{field: value}`` equality, a list for any of,
         ``{field: {"lt": 300, "gte": 100}}`` ranges on numeric fields, ``eq``/``in`` operators;
         several fields mean all of (grammar: :mod:`index.filters`); unknown fields, operators
         or a range on a text field raise :class:`~index.errors.InvalidFilterError`.
@@ -267,16 +269,19 @@ class CatalogIndex(Following):
                 return fids[fids < bound]
 
             live = Live(r.count, live_fids, bound, r.dead)
-            D, I = knn_search(
-                index,
-                xq,
+            D, I = in_tie_order(
+                lambda n: knn_search(
+                    index,
+                    xq,
+                    n,
+                    live,
+                    params=merged,
+                    allowed=allowed,
+                    excluded=excluded,
+                    exact_limit=self.options.exact_filter_limit,
+                    cache=self._cache,
+                ),
                 int(k),
-                live,
-                params=merged,
-                allowed=allowed,
-                excluded=excluded,
-                exact_limit=self.options.exact_filter_limit,
-                cache=self._cache,
             )
             rows = self._store.lookup(I[I >= 0])
         return hits_of(D, I, rows)

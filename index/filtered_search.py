@@ -167,6 +167,30 @@ def knn_search(
     return _finish_short(index, xq, k, D, I, how, sel, cand)
 
 
+def in_tie_order(search: Callable[[int], tuple[np.ndarray, np.ndarray]], k: int):
+    """The best ``k`` of ``search(n)`` (``D, I`` of the best ``n``) per query, ordered by score
+    and equal scores by id.
+
+    A k-NN search orders equal scores (copies of one photo) arbitrarily, and which of them
+    make the cut can change with ``k``: pages of ``k + offset`` then repeat some and never
+    reach others. So more are fetched until each query's tie at its ``k``-th place is whole.
+    """
+    n = k + 1
+    while True:
+        D, I = search(n)
+        if D.shape[1] < n:  # every candidate is in
+            break
+        open_tie = (I[:, -1] >= 0) & (D[:, -1] >= D[:, k - 1])
+        if not open_tie.any():
+            break
+        n *= 2
+    order = np.lexsort((I, -D, I < 0), axis=1)  # the last key sorts first: padding last
+    return (
+        np.take_along_axis(D, order, axis=1)[:, :k],
+        np.take_along_axis(I, order, axis=1)[:, :k],
+    )
+
+
 def _finish_short(
     index: faiss.Index,
     xq: np.ndarray,

@@ -224,3 +224,21 @@ def test_searches_during_updates_see_whole_batches(flat_dir, small):
             t.join()
     assert not errors
     assert set(sizes) <= {0, 20}  # a batch is seen entirely or not at all
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_equal_scores_keep_one_order_for_every_k(tmp_path, kind):
+    """Copies of one photo score the same: every k lists them in the order they were added,
+    so pages (k + offset) split one list instead of repeating some copies and never
+    reaching the others."""
+    xb, xq, ids, md = make_catalog(3000, seed=3)
+    build_index(tmp_path / "ix", ids, xb, md, model_name=MODEL, checkpoint_hash=HASH, kind=kind)
+    copies = [f"dup-{i}" for i in range(6)]
+    with open_index(tmp_path / "ix") as ix:
+        ix.add(copies, np.repeat(unit(xq[:1]), 6, axis=0))
+        full = [h.id for h in ix.search(xq[0], 8)[0]]
+        assert full[:6] == copies
+        for k in range(1, 8):
+            assert [h.id for h in ix.search(xq[0], k)[0]] == full[:k]
+        pages = [ix.search(xq[0], 2 + offset)[0][offset:] for offset in (0, 2, 4)]
+        assert [h.id for page in pages for h in page] == copies

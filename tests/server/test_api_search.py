@@ -90,6 +90,27 @@ def test_offset_pages_through_the_neighbours(client, jpeg_bytes):
     assert _ids(client.post("/v1/search", json=body).get_json()) == ten[2:5]
 
 
+def test_pages_reach_every_copy_of_one_photo(writable, jpeg_bytes):
+    """Six listings of one photo score the same: pages of two list all six, each once."""
+    app, _ = writable
+    c = app.test_client()
+    copies = [f"copy-{i}" for i in range(6)]
+    for item_id in copies:
+        form = {**upload(jpeg_bytes), "id": item_id}
+        assert c.post("/v1/items", data=form, headers={"X-API-Key": API_KEY}).status_code == 201
+    pages = [
+        _ids(
+            c.post(
+                f"/v1/search?k=2&offset={o}&ranking=similarity", data=upload(jpeg_bytes)
+            ).get_json()
+        )
+        for o in (0, 2, 4)
+    ]
+    assert sorted(i for page in pages for i in page) == copies
+    similar = [_ids(c.get(f"/v1/items/copy-0/similar?k=1&offset={o}").get_json()) for o in range(5)]
+    assert [i for page in similar for i in page] == copies[1:]
+
+
 def test_score_threshold_drops_the_neighbours_below_it(client, jpeg_bytes):
     full = client.post("/v1/search?k=18", data=upload(jpeg_bytes)).get_json()["neighbors"]
     scores = sorted(n["score"] for n in full)
