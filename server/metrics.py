@@ -185,7 +185,9 @@ class Metrics:
         if self.shared_dir:  # every worker's values, summed, from the shared folder
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=self.shared_dir)
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+        # content_type, not mimetype: the type names its charset, which mimetype adds again
+        # (a repeated parameter that strict scrapers refuse).
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
     def init_app(self, app: Flask) -> None:
         """Time every request and count it by URL rule (not raw path: bounded label values)."""

@@ -69,7 +69,11 @@ def test_a_model_failure_is_a_json_500_and_the_server_recovers(app, jpeg_bytes, 
 def test_metrics_count_requests_model_batches_and_index(client, jpeg_bytes):
     client.post("/v1/search", data=upload(jpeg_bytes))
     client.get("/v1/items/missing-id")
-    text = client.get("/metrics").get_data(as_text=True)
+    metrics = client.get("/metrics")
+    # One charset parameter: a media type that repeats one is invalid (RFC 9110, § 8.3.1).
+    content_type = metrics.headers["Content-Type"]
+    assert content_type.startswith("text/plain;") and content_type.count("charset=") == 1
+    text = metrics.get_data(as_text=True)
     assert 'phonesim_http_requests_total{endpoint="/v1/search",method="POST",status="200"} 1.0' in (
         text
     )
