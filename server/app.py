@@ -43,6 +43,10 @@ def create_app(
     # is checked again on the decoded bytes.
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes * 4 // 3 + 64 * 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # "/v1//info" is no endpoint (a JSON 404), not an HTML redirect to "/v1/info": a redirect
+    # could name another resource ("/v1/items//similar" -> the item "similar"), and a client
+    # following a 308 would send a POST or DELETE again.
+    app.url_map.merge_slashes = False
 
     metrics = Metrics()
     service = None

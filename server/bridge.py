@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from server.errors import error_json
+from server.errors import PAYLOAD_TOO_LARGE, error_json
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class BufferedWSGIBridge:
         headers = scope["headers"]
         declared = _content_length(headers)
         if declared is not None and declared > self.max_body:
-            await _error(send, 413, "request_entity_too_large", _too_large(self.max_body))
+            await _error(send, 413, PAYLOAD_TOO_LARGE, _too_large(self.max_body))
             return
         body = await self._read_body(receive, send)
         if body is None:
@@ -115,7 +115,7 @@ class BufferedWSGIBridge:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > self.max_body:
-                    await _error(send, 413, "request_entity_too_large", _too_large(self.max_body))
+                    await _error(send, 413, PAYLOAD_TOO_LARGE, _too_large(self.max_body))
                     return None
                 if chunk:
                     if self.buffered + len(chunk) > self.max_buffered:

@@ -48,6 +48,9 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# Every body over a size limit gets this code, wherever it is refused (the HTTP layer before
+# reading it, Flask's request limit, or the decoded image's check).
+PAYLOAD_TOO_LARGE = "payload_too_large"
 STORE_RETRY_AFTER_S = 2  # seconds a client waits before retrying a write the store refused
 MAX_MESSAGE = 500  # characters: a message may quote the request, never all of it
 
@@ -91,7 +94,8 @@ def init_app(app: Flask) -> None:
             413: "request body is larger than the upload limit",
         }
         message = messages.get(status) or exc.description or exc.name
-        return error_response(status, _snake(exc.name), message, headers)
+        code = PAYLOAD_TOO_LARGE if status == 413 else _snake(exc.name)
+        return error_response(status, code, message, headers)
 
     @app.errorhandler(ImageError)
     def _image_error(exc: ImageError) -> Response:

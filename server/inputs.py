@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from flask import Request
 
-from server.errors import ApiError
+from server.errors import PAYLOAD_TOO_LARGE, ApiError
 from server.filters import is_filter_param
 from server.limits import parse_json
 
@@ -27,7 +27,7 @@ MAX_LIMIT = 100
 
 
 def too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"image is larger than {limit / 2**20:g} MiB")
+    return ApiError(413, PAYLOAD_TOO_LARGE, f"image is larger than {limit / 2**20:g} MiB")
 
 
 def json_body(request: Request) -> dict[str, Any]:

@@ -23,14 +23,14 @@ from typing import Any
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
-from server.errors import error_json
+from server.errors import PAYLOAD_TOO_LARGE, error_json
 
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 
 _CODES = {
     400: "bad_request",
     408: "request_timeout",
-    413: "request_entity_too_large",
+    413: PAYLOAD_TOO_LARGE,
     414: "uri_too_long",
     431: "request_header_fields_too_large",
     501: "not_implemented",

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from server.app import create_app
-from tests.server.helpers import assert_error, upload
+from tests.server.helpers import API_KEY, assert_error, upload
 
 
 def test_create_app_loads_from_paths_and_checks_the_index(tiny_checkpoint, index_dir, tmp_path):
@@ -82,3 +82,20 @@ def test_metrics_count_requests_model_batches_and_index(client, jpeg_bytes):
     assert re.search(r"phonesim_model_forward_seconds_count \d", text)
     assert re.search(r"phonesim_model_batch_size_count [1-9]", text)
     assert "phonesim_index_items 18.0" in text
+
+
+def test_a_doubled_slash_is_a_json_404_not_a_redirect(writable, first_id):
+    """werkzeug would answer an HTML 308 to the merged path, which can be another resource
+    ("/v1/items//similar" is the item "similar"), and a client following it repeats a write."""
+    app, _ = writable
+    c = app.test_client()
+    key = {"X-API-Key": API_KEY}
+    cases = [
+        ("GET", "/v1//info"),
+        ("GET", "/v1/items//similar"),
+        ("POST", "/v1//search"),
+        ("DELETE", f"/v1/items//{first_id}"),
+    ]
+    for method, path in cases:
+        assert_error(c.open(path, method=method, headers=key), 404)
+    assert c.get(f"/v1/items/{first_id}").status_code == 200  # the DELETE removed nothing

@@ -25,7 +25,9 @@ def test_every_bad_input_gets_a_4xx_json_error_and_the_server_keeps_answering(
         response = client.open(kwargs.pop("path"), **kwargs)
         assert response.status_code == status, (name, response.get_data(as_text=True)[:300])
         assert 400 <= response.status_code < 500
-        assert_error(response, status)
+        error = assert_error(response, status)
+        # One code for "too large", whichever limit refused the body.
+        assert (error["code"] == "payload_too_large") == (status == 413), name
     assert client.get("/healthz").status_code == 200
     ok = client.post("/v1/search", data=upload(jpeg_bytes))
     assert ok.status_code == 200 and ok.get_json()["neighbors"]

@@ -127,6 +127,7 @@ def test_live_bad_input_corpus_gets_4xx_json_and_server_keeps_answering(live, qu
         assert resp_headers["content-type"].startswith("application/json"), name
         error = json.loads(data)["error"]
         assert error["code"] and error["message"], name
+        assert (error["code"] == "payload_too_large") == (status == 413), name
     assert live.proc.poll() is None
     assert live.request("GET", "/healthz")[0] == 200
     body, headers = multipart({"image": ("phone.jpg", jpeg)})

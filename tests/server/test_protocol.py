@@ -99,6 +99,7 @@ def test_protocol_errors_are_answered_as_json(server, name):
     status, body = json_answer(raw_exchange(server.port, data))
     assert status == expected
     assert set(body["error"]) == {"code", "message"} and body["error"]["code"]
+    assert (body["error"]["code"] == "payload_too_large") == (status == 413)
 
 
 def test_slow_headers_and_bodies_are_answered_408(server):
