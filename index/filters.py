@@ -199,9 +199,10 @@ def _ops_list() -> str:
 class Column:
     """One field's values as the catalog holds them now.
 
-    ``kind``: ``number``, ``boolean``, ``text`` or ``empty`` (no live item has the field).
-    For numbers, ``values`` sorted ascending and ``fids`` in the same order; ``example``: a
-    value that is not a number, for messages.
+    ``kind``: ``number`` (some values spell numbers), ``boolean``, ``text`` (none does) or
+    ``empty`` (no live item has the field). For numbers, the values that spell one sorted
+    ascending and their ``fids`` in the same order; ``example``: a value that is not a
+    number, for messages.
     """
 
     kind: str
@@ -211,21 +212,23 @@ class Column:
 
 
 def make_column(fids: np.ndarray, texts: list[str]) -> Column:
-    """Type a field from its stored ``(fids, texts)`` and, if numeric, sort it."""
+    """Type a field from its stored ``(fids, texts)`` and sort the values that are numbers.
+
+    One value that is not a number ("call us" for a price) leaves the field numeric: ranges
+    skip that item. Were the field typed as text, one listing (one client's write) would
+    turn every client's range filter on it into an error.
+    """
     empty = np.zeros(0, np.float64)
     if not texts:
         return Column("empty", empty, np.zeros(0, np.int64))
     if _BOOLEANS.issuperset(texts[:64]) and _BOOLEANS.issuperset(texts):
         return Column("boolean", empty, np.zeros(0, np.int64))
-    for t in texts:
-        if _NUMBER.fullmatch(t) is None:
-            return Column("text", empty, np.zeros(0, np.int64), example=t)
-    values = np.array(texts, dtype=np.float64)
-    if not np.isfinite(values).all():  # "1e999" spells a number too large for a float
-        bad = texts[int(np.flatnonzero(~np.isfinite(values))[0])]
-        return Column("text", empty, np.zeros(0, np.int64), example=bad)
+    numeric = [i for i, t in enumerate(texts) if _is_number_text(t)]
+    if not numeric:
+        return Column("text", empty, np.zeros(0, np.int64), example=texts[0])
+    values = np.array([texts[i] for i in numeric], dtype=np.float64)
     order = np.argsort(values, kind="stable")
-    return Column("number", values[order], np.asarray(fids, np.int64)[order])
+    return Column("number", values[order], np.asarray(fids, np.int64)[numeric][order])
 
 
 class FilterEngine:
@@ -296,7 +299,12 @@ class FilterEngine:
             return self._text_equal(cond.field, cond.values or ())
         col = self._column(cond.field)
         if col.kind == "number":
-            return numeric_fids(col, cond)
+            found = numeric_fids(col, cond)
+            # Words among the values asked for match the items holding those words.
+            words = tuple(v for v in cond.values or () if not _is_number_text(v))
+            if words and cond.range_op is None:
+                found = np.union1d(found, self._text_equal(cond.field, words))
+            return found
         if cond.range_op is not None:
             if col.kind == "empty":
                 return np.zeros(0, np.int64)

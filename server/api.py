@@ -212,7 +212,7 @@ def item_image(item_id: str) -> Response:
 
 def _metadata_from(fields: dict[str, Any], is_json: bool) -> dict[str, Any]:
     """Item metadata: a JSON object in ``metadata`` (a string in multipart form data); in
-    multipart, other form fields are added as strings."""
+    multipart, other non-empty form fields are added as strings."""
     raw = fields.pop("metadata", None)
     if raw is None:
         metadata: Any = {}
@@ -227,8 +227,13 @@ def _metadata_from(fields: dict[str, Any], is_json: bool) -> dict[str, Any]:
             unknown = ", ".join(sorted(map(repr, fields)))
             raise ApiError(400, "invalid_request", f"unknown field(s) {unknown}")
     else:
+        both = sorted(set(fields) & set(metadata))
+        if both:
+            names = ", ".join(map(repr, both))
+            raise ApiError(400, "invalid_metadata", f"{names} given in 'metadata' and as a field")
         for key, value in fields.items():
-            metadata.setdefault(key, value)
+            if value != "":  # a form field left blank is not given (a text "" would be a value)
+                metadata[key] = value
     return check_metadata(metadata)
 
 

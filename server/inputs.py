@@ -72,6 +72,15 @@ def read_image(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
     """
     mimetype = request.mimetype or ""
     if mimetype == "multipart/form-data":
+        # A repeated field is ambiguous (which id, which image?), as a repeated JSON key is.
+        repeated = sorted(
+            name
+            for name, values in [*request.form.lists(), *request.files.lists()]
+            if len(values) > 1
+        )
+        if repeated:
+            names = ", ".join(map(repr, repeated))
+            raise ApiError(400, "invalid_request", f"field(s) {names} given more than once")
         upload = request.files.get(IMAGE_FIELD)
         fields = {k: v for k, v in request.form.items()}
         if upload is None:

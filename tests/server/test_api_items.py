@@ -3,12 +3,13 @@ metadata, batch adds (NDJSON and JSON) acknowledged per item."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 
 from server.config import ServerConfig
-from tests.server.helpers import API_KEY, assert_error, b64, make_app
+from tests.server.helpers import API_KEY, assert_error, b64, make_app, upload
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -164,3 +165,44 @@ def test_batch_add_limits_and_keys(tiny_embedder, writable, jpeg_bytes):
         assert "x0" not in index  # nothing of a refused batch is added
     finally:
         small.extensions["phonesim"].close()
+
+
+# -- field types -------------------------------------------------------------------------------
+def test_a_price_in_words_leaves_every_clients_range_filters_working(writable, jpeg_bytes):
+    """One listing's "call us" (or a blank written as "") in "price" must not turn every
+    client's range filter on prices into an error: ranges skip the items without a number."""
+    app, _ = writable
+    c = app.test_client()
+    cheap = {"filter": '{"price": {"lt": 1000000}}', "limit": 100}
+    before = [i["id"] for i in c.get("/v1/items", query_string=cheap).get_json()["items"]]
+    body = {"id": "w1", "image": b64(jpeg_bytes), "metadata": {"price": "call us"}}
+    assert c.post("/v1/items", json=body, headers=KEY).status_code == 201
+    form = {**upload(jpeg_bytes), "id": "w2", "price": "12.5"}  # all a form can send: text
+    assert c.post("/v1/items", data=form, headers=KEY).status_code == 201
+    after = c.get("/v1/items", query_string=cheap)
+    assert after.status_code == 200, after.get_json()
+    assert [i["id"] for i in after.get_json()["items"]] == sorted([*before, "w2"])
+    words = c.get("/v1/items", query_string={"filter": '{"price": "call us"}'}).get_json()
+    assert [i["id"] for i in words["items"]] == ["w1"]
+    name = c.get("/v1/items", query_string={"filter": '{"title": {"lt": 3}}'})
+    assert "text field" in assert_error(name, 400, "invalid_filter")["message"]
+
+
+def test_form_fields_left_blank_are_not_given_and_repeated_ones_are_400(writable, jpeg_bytes):
+    app, _ = writable
+    c = app.test_client()
+    form = {**upload(jpeg_bytes), "id": "blank", "price": "", "title": "Blank price"}
+    r = c.post("/v1/items", data=form, headers=KEY)
+    assert r.status_code == 201, r.get_json()
+    assert "price" not in r.get_json()["item"] and r.get_json()["item"]["title"] == "Blank price"
+    twice = [
+        {**upload(jpeg_bytes), "id": ["a1", "a2"]},
+        {
+            "image": [(io.BytesIO(jpeg_bytes), "a.jpg"), (io.BytesIO(jpeg_bytes), "b.jpg")],
+            "id": "a3",
+        },
+        {**upload(jpeg_bytes), "id": "a4", "metadata": '{"price": 1}', "price": "2"},
+    ]
+    for form in twice:
+        assert_error(c.post("/v1/items", data=form, headers=KEY), 400)
+    assert all(c.get(f"/v1/items/{i}").status_code == 404 for i in ("a1", "a2", "a3", "a4"))
