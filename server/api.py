@@ -142,7 +142,7 @@ def embed() -> Response:
     query string, which wins) says when its prediction reads the photo's text."""
     t0 = time.perf_counter()
     svc = service()
-    check_query_params(request.args.keys(), ("read_text",), filters=False)
+    check_query_params(request.args, ("read_text",), filters=False)
     with svc.arrival() as arrival:
         data, fields = read_image(request, svc.config.max_upload_bytes)
         reject_unknown_fields(fields, ("read_text",))
@@ -163,7 +163,7 @@ def list_items() -> Response:
     """A page of catalog items (matching the filter) in a stable order; ``next_cursor`` fetches
     the next page."""
     svc = service()
-    check_query_params(request.args.keys(), ("limit", "cursor"), filters=True)
+    check_query_params(request.args, ("limit", "cursor"), filters=True)
     limit = parse_limit(request.args.get("limit"))
     after = decode_cursor(request.args.get("cursor"))
     flt = merge_filters(request.args.lists(), None, svc.filterable_fields)
@@ -178,6 +178,7 @@ def list_items() -> Response:
 @bp.get("/items/<item_id:item_id>")
 def get_item(item_id: str) -> Response:
     svc = service()
+    check_query_params(request.args, (), filters=False)
     return jsonify(item_json(svc, item_id, svc.item(item_id)))
 
 
@@ -204,6 +205,7 @@ def similar(item_id: str) -> Response:
 @bp.get("/items/<path:item_id>/image")
 def item_image(item_id: str) -> Response:
     """JPEG thumbnail of a catalog item's own image (looked up by id, never by path)."""
+    check_query_params(request.args, (), filters=False)
     data = service().thumbnail(item_id)
     response = Response(data, mimetype="image/jpeg")
     response.headers["Cache-Control"] = "public, max-age=3600"
@@ -243,9 +245,15 @@ def add_item() -> tuple[Response, int, dict[str, str]]:
     """Embed an image and add it to the catalog with its metadata (durable)."""
     t0 = time.perf_counter()
     svc = service()
-    is_json = (request.mimetype or "").endswith("json")
+    check_query_params(request.args, (), filters=False)
+    is_json = _is_json()
     if not is_json and request.mimetype != "multipart/form-data":
-        raise ApiError(415, "unsupported_media_type", "send multipart/form-data or a JSON object")
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"content type {request.mimetype or '(none)'!r} is not accepted here; send "
+            "multipart/form-data or a JSON object (application/json)",
+        )
     data, fields = read_image(request, svc.config.max_upload_bytes)
     item_id = check_item_id(fields.pop("id", None))
     metadata = _metadata_from(fields, is_json)
@@ -268,6 +276,7 @@ def update_item(item_id: str) -> Response:
     """Change an item's metadata without embedding its image again (durable). Body:
     ``{"metadata": {...}, "merge": true}``; ``merge: false`` replaces every field."""
     svc = service()
+    check_query_params(request.args, (), filters=False)
     if not _is_json():
         raise ApiError(415, "unsupported_media_type", "send a JSON object")
     body = json_body(request)
@@ -286,6 +295,7 @@ def update_item(item_id: str) -> Response:
 @require_api_key
 def delete_item(item_id: str) -> Response:
     """Remove an item from the catalog (durable)."""
+    check_query_params(request.args, (), filters=False)
     service().remove(item_id)
     return jsonify(id=item_id, deleted=True)
 
@@ -293,4 +303,5 @@ def delete_item(item_id: str) -> Response:
 @bp.get("/info")
 def info() -> Response:
     """Model, classes, index kind and size, limits."""
+    check_query_params(request.args, (), filters=False)
     return jsonify(service().info())

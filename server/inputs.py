@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from flask import Request
+from werkzeug.datastructures import MultiDict
 
 from server.errors import PAYLOAD_TOO_LARGE, ApiError
 from server.filters import is_filter_param
@@ -246,10 +247,15 @@ def parse_vector(value: Any, dim: int) -> np.ndarray:
     return (x / np.linalg.norm(x)).astype(np.float32)
 
 
-def check_query_params(args: Iterable[str], allowed: Iterable[str], filters: bool) -> None:
-    """Refuse query parameters the endpoint does not take; filters are ``filter=<json>`` and
-    ``filter.<field>=value`` only, so no other parameter is read as a field."""
+def check_query_params(args: MultiDict, allowed: Iterable[str], filters: bool) -> None:
+    """Refuse query parameters the endpoint does not take, and options given twice
+    (``k=5&k=6``: which?); filters are ``filter=<json>`` and ``filter.<field>=value`` only
+    (repeated: any of), so no other parameter is read as a field."""
     known = set(allowed)
+    repeated = sorted(a for a, values in args.lists() if len(values) > 1 and a in known)
+    if repeated:
+        names = ", ".join(map(repr, repeated))
+        raise ApiError(400, "invalid_request", f"query parameter(s) {names} given more than once")
     unknown = sorted({a for a in args if a not in known and not (filters and is_filter_param(a))})
     if unknown:
         hint = " (equality filters are written filter.<field>=value)" if filters else ""

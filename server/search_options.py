@@ -109,7 +109,7 @@ def requested_read_text(svc: LookupService, body: Mapping[str, Any], args: Mappi
 def request_options(svc: LookupService, body: Mapping[str, Any], args: MultiDict) -> SearchOptions:
     """Options of a single search: JSON body fields, then the query string (which wins; a
     filter field may be given in one of them only)."""
-    check_query_params(args.keys(), QUERY_OPTIONS, filters=True)
+    check_query_params(args, QUERY_OPTIONS, filters=True)
     _no_nulls(body)
     cfg = svc.config
     # Body values are checked even when the query string overrides them.

@@ -257,6 +257,10 @@ def test_add_rejects_bad_ids_and_metadata(writable, jpeg_bytes):
     body = {"id": "ok", "image": b64(jpeg_bytes), "extra": 1}
     assert_error(c.post("/v1/items", json=body, headers=h), 400, "invalid_request")
     assert_error(c.post("/v1/items", data=jpeg_bytes, content_type="image/jpeg", headers=h), 415)
+    for kind in ("text/json", "application/x-ndjson", "image/jpeg"):
+        r = c.post("/v1/items", data=b"{}", content_type=kind, headers=h)
+        message = assert_error(r, 415, "unsupported_media_type")["message"]
+        assert "image/*" not in message and "application/json" in message, kind
     assert c.get("/v1/info").get_json()["index"]["size"] == 18
 
 
@@ -317,3 +321,33 @@ def test_list_items_neither_skips_nor_repeats_while_items_come_and_go(writable, 
         assert c.post("/v1/items", data=form, headers=h).status_code == 201
     rest = _all_pages(c, 6, first["next_cursor"])[0]
     assert rest == [*before[6:9], *before[10:], "zz-sorts-last"]
+
+
+def test_every_item_endpoint_refuses_unknown_and_repeated_query_parameters(
+    writable, jpeg_bytes, first_id
+):
+    """An ignored parameter would be a silent misunderstanding: PATCH ?merge=false would merge."""
+    app, _ = writable
+    c = app.test_client()
+    h = {"X-API-Key": API_KEY}
+    item = f"/v1/items/{first_id}"
+    calls = [
+        ("POST", "/v1/items?merge=false", {"data": {**upload(jpeg_bytes), "id": "q1"}}),
+        ("GET", f"{item}?fields=title", {}),
+        ("PATCH", f"{item}?merge=false", {"json": {"metadata": {"title": "x"}}}),
+        ("DELETE", f"{item}?force=1", {}),
+        ("GET", f"{item}/image?size=big", {}),
+        ("GET", "/v1/info?verbose=1", {}),
+        ("POST", "/v1/search?k=5&k=6", {"data": upload(jpeg_bytes)}),
+        ("GET", f"{item}/similar?offset=1&offset=2", {}),
+        ("GET", "/v1/items?limit=2&limit=3", {}),
+    ]
+    for method, path, kwargs in calls:
+        r = c.open(path, method=method, headers=h, **kwargs)
+        assert assert_error(r, 400, "invalid_request")["message"], path
+    assert_error(c.get("/v1/items/q1"), 404)
+    after = c.get(item).get_json()
+    assert after["title"] != "x"  # neither PATCH nor DELETE did anything
+    # filter.<field> repeated is "any of", not a repeated option.
+    r = c.get("/v1/items?filter.label=a&filter.label=b")
+    assert r.status_code == 200, r.get_json()
