@@ -79,13 +79,22 @@ def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
             f"{root}: no class folders found (expected one subfolder of images per class"
             + (", or a CSV manifest)" if require_labels else ")")
         )
-    images, labels = [], []
+    if loose and require_labels:
+        raise DataError(
+            f"{root}: {len(loose)} image(s) beside the class folders (such as "
+            f"'{loose[0].name}') have no class; move each into its class folder"
+        )
+    # Unlabelled reading (embed, export, index) takes every image: the top level's without a
+    # label, and an empty subfolder (thumbs/) is no class, just nothing to read.
+    images, labels = list(loose), [""] * len(loose)
     for class_dir in class_dirs:
         found = sorted(p for p in class_dir.rglob("*") if _is_image(p))
-        if not found:
+        if not found and require_labels:
             raise DataError(f"{class_dir}: class '{class_dir.name}' has no images")
         images += found
         labels += [class_dir.name] * len(found)
+    if not images:
+        raise DataError(f"{root}: no images in it or its subfolders")
     return [
         Sample(id=i, path=p, label=label)
         for i, p, label in zip(path_ids(images, root), images, labels, strict=True)

@@ -39,6 +39,28 @@ def test_flat_folder_only_without_labels(tmp_path):
     assert [s.label for s in load_catalog(tmp_path, require_labels=False).samples] == [""]
 
 
+def test_images_beside_class_folders_are_never_dropped(tmp_path):
+    """Training refuses them (they have no class); embedding, export and index read them
+    unlabelled, as the duplicate finder does; an empty subfolder is nothing to read."""
+    for name in ("top-1.jpg", "top-2.jpg", "a/1.jpg", "a/deep/2.jpg", "b/1.jpg"):
+        _img(tmp_path / name)
+    (tmp_path / "thumbs").mkdir()
+    with pytest.raises(DataError, match="2 image\\(s\\) beside the class folders .*'top-1.jpg'"):
+        load_catalog(tmp_path)
+    samples = load_catalog(tmp_path, require_labels=False).samples
+    assert [(s.id, s.label) for s in samples] == [
+        ("top-1", ""),
+        ("top-2", ""),
+        ("a/1", "a"),
+        ("a/deep/2", "a"),
+        ("b/1", "b"),
+    ]
+    only_empty = tmp_path / "only-empty"
+    (only_empty / "sub").mkdir(parents=True)
+    with pytest.raises(DataError, match="no images"):
+        load_catalog(only_empty, require_labels=False)
+
+
 @pytest.mark.parametrize(
     "setup,message",
     [
