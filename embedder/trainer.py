@@ -199,6 +199,12 @@ class Trainer:
             progress=False,
         )
         self.val_skipped = [f"{f.id}: {f.reason}" for f in failures]
+        if not len(idx):
+            # Every score would be 0: the warm-up would be kept as the best, silently.
+            raise DataError(
+                f"none of the {len(self.val_samples)} validation images could be read "
+                f"(first: {self.val_skipped[0] if self.val_skipped else 'unknown'})"
+            )
         y_true = np.array([self.label_to_idx[self.val_samples[i].label] for i in idx])
         y_pred = batch.probabilities.argmax(1)
         recall = label_recall_at_k(batch.embeddings, y_true, ks=(1, 5))

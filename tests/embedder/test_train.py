@@ -159,11 +159,25 @@ def test_validation_classes_must_be_known(tiny_catalog, tmp_path):
     val = tmp_path / "val" / "unknown-phone"
     val.mkdir(parents=True)
     Image.new("RGB", (16, 16)).save(val / "x.jpg")
-    Image.new("RGB", (16, 16)).save(tmp_path / "val" / "x.jpg")
     (tmp_path / "val" / "other").mkdir()
     Image.new("RGB", (16, 16)).save(tmp_path / "val" / "other" / "y.jpg")
     with pytest.raises(DataError, match="not in the training data"):
         train(tiny_train_config(tiny_catalog, tmp_path / "ck", val=str(tmp_path / "val")))
+
+
+def test_a_validation_set_with_no_readable_image_fails_instead_of_keeping_the_warm_up(
+    tiny_catalog, tmp_path
+):
+    """Every score would read 0.0, the warm-up would stay "best" and early stopping would end
+    the run: a checkpoint without fine-tuning, reported as a success."""
+    classes = sorted(p.name for p in tiny_catalog.iterdir() if p.is_dir())
+    for label in classes[:2]:
+        (tmp_path / "val" / label).mkdir(parents=True)
+        (tmp_path / "val" / label / "bad.jpg").write_bytes(b"not a jpeg")
+    config = tiny_train_config(tiny_catalog, tmp_path / "ck", val=str(tmp_path / "val"))
+    with pytest.raises(DataError, match="none of the 2 validation images could be read"):
+        train(config)
+    assert not (tmp_path / "ck" / "config.json").exists()
 
 
 CUDA_REASON = "needs a CUDA GPU (torch.cuda.is_available() is False)"

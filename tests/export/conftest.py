@@ -38,7 +38,7 @@ def ckpt(demo, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export-ckpt") / "tiny"
     train(
         TrainConfig(
-            data=str(demo),
+            data=str(demo / "catalog.csv"),  # the folder also holds broken.jpg, in no class
             out=str(out),
             model="test_efficientnet",
             weights="none",
