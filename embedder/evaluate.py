@@ -13,7 +13,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from common.fsutil import atomic_write, atomic_write_text
 from embedder.batch import embed_samples
 from embedder.class_rerank import ClassRerank, reranked_labels
-from embedder.data import load_catalog
+from embedder.data import Catalog, load_catalog
 from embedder.engine_options import EngineOptions
 from embedder.errors import DataError
 from embedder.inference import Embedder
@@ -89,6 +89,7 @@ def evaluate(
     unknown = sorted(set(catalog.label_names) - set(names))
     if unknown:
         raise DataError(f"{data}: classes the checkpoint does not know: {', '.join(unknown)}")
+    g_catalog = None if gallery is None else _gallery_catalog(gallery, catalog.label_names)
     idx, batch, failures = embed_samples(embedder, catalog.samples, batch_size, progress=progress)
     if len(idx) == 0:
         raise DataError(f"{data}: none of the images could be read")
@@ -96,12 +97,13 @@ def evaluate(
     y_classifier = batch.probabilities.argmax(1)
     g_vectors: np.ndarray | None = None
     g_classes = y_true  # leave-one-out: the evaluated images are their own gallery
-    if gallery is not None:
-        g_catalog = load_catalog(gallery, require_labels=True, min_classes=1)
+    g_failures: list = []
+    if g_catalog is not None:
         g_idx, g_batch, g_failures = embed_samples(
             embedder, g_catalog.samples, batch_size, progress=progress
         )
-        failures += g_failures
+        if len(g_idx) == 0:
+            raise DataError(f"{gallery}: none of the gallery images could be read")
         g_labels = [g_catalog.samples[i].label for i in g_idx]
         g_vectors = g_batch.embeddings
         # Gallery classes the checkpoint does not know cannot vote (-1).
@@ -164,6 +166,7 @@ def evaluate(
         "runtime": embedder.runtime,
         "count": int(len(idx)),
         "failed": len(failures),
+        "gallery_failed": len(g_failures),
         # Which prediction the headline accuracy, macro-F1, per-class scores and confusion
         # matrix are of; the classifier's own figures are always kept below.
         "prediction": "classifier"
@@ -186,6 +189,7 @@ def evaluate(
         "labels": names,
         "confusion_matrix": cm.tolist(),
         "failed_images": [f"{f.id}: {f.reason}" for f in failures],
+        "gallery_failed_images": [f"{f.id}: {f.reason}" for f in g_failures],
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -193,6 +197,18 @@ def evaluate(
         atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
         report["report_dir"] = str(out)
     return report
+
+
+def _gallery_catalog(gallery: str | Path, data_labels: list[str]) -> Catalog:
+    """The gallery, checked before any image is embedded: it must share a class with the
+    evaluated data, or every retrieval would miss by construction."""
+    g_catalog = load_catalog(gallery, require_labels=True, min_classes=1)
+    if not set(g_catalog.label_names) & set(data_labels):
+        raise DataError(
+            f"{gallery}: the gallery shares no class with the evaluated data "
+            f"(gallery: {', '.join(g_catalog.label_names)}; data: {', '.join(data_labels)})"
+        )
+    return g_catalog
 
 
 def reranked_recall(
@@ -219,7 +235,12 @@ def reranked_recall(
 def format_report(report: dict[str, Any]) -> str:
     """Human-readable summary table of an evaluation report."""
     lines = [
-        f"images: {report['count']} evaluated, {report['failed']} unreadable",
+        f"images: {report['count']} evaluated, {report['failed']} unreadable"
+        + (
+            f"; gallery: {report['gallery_failed']} unreadable"
+            if report.get("gallery_failed")
+            else ""
+        ),
         f"prediction: {report['prediction']}",
         f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
         f"Recall@1 {report['recall_at_1']:.4f}  Recall@5 {report['recall_at_5']:.4f} "

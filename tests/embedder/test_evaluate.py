@@ -102,6 +102,48 @@ def test_fusion_with_a_gallery_holding_the_queries_finds_each_image_itself(
     assert np.trace(np.asarray(report["confusion_matrix"])) == 18
 
 
+def test_a_gallery_is_checked_before_the_work_and_counted_apart(
+    tiny_checkpoint, tiny_catalog, tmp_path, monkeypatch
+):
+    """A missing gallery, one that shares no class with the data, or one with no readable
+    image would give Recall 0 by construction: each fails before any image is embedded (or,
+    when none can be read, before anything is scored); unreadable gallery images are not
+    counted as the evaluated data's."""
+    import shutil
+
+    import embedder.evaluate as ev
+
+    embedded = []
+    real = ev.embed_samples
+    monkeypatch.setattr(
+        ev, "embed_samples", lambda e, s, *a, **k: embedded.append(s) or real(e, s, *a, **k)
+    )
+    classes = sorted(p.name for p in tiny_catalog.iterdir() if p.is_dir())
+    other = tmp_path / "other"
+    for name in ("x", "y"):
+        (other / name).mkdir(parents=True)
+        shutil.copy(next((tiny_catalog / classes[0]).glob("*.jpg")), other / name / "1.jpg")
+    unreadable = tmp_path / "unreadable"
+    (unreadable / classes[0]).mkdir(parents=True)
+    (unreadable / classes[0] / "bad.jpg").write_bytes(b"not a jpeg")
+    cases = [
+        (tmp_path / "missing", "no such file"),
+        (other, "shares no class with the evaluated data"),
+    ]
+    for gallery, message in cases:
+        with pytest.raises(DataError, match=message):
+            evaluate(tiny_checkpoint, tiny_catalog, gallery=gallery, progress=False)
+        assert embedded == []
+    with pytest.raises(DataError, match="none of the gallery images could be read"):
+        evaluate(tiny_checkpoint, tiny_catalog, gallery=unreadable, progress=False)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_catalog, mixed, ignore=shutil.ignore_patterns("*.csv"))
+    (mixed / classes[0] / "bad.jpg").write_bytes(b"not a jpeg")
+    report = evaluate(tiny_checkpoint, tiny_catalog, gallery=mixed, progress=False)
+    assert report["failed"] == 0 and report["gallery_failed"] == 1
+    assert "gallery: 1 unreadable" in format_report(report)
+
+
 def test_fusion_weight_zero_keeps_the_classifiers_prediction(tiny_checkpoint, tiny_catalog):
     report = evaluate(
         tiny_checkpoint, tiny_catalog, progress=False, fusion=KnnFusion(k=5, weight=0.0)
