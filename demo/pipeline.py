@@ -1,16 +1,20 @@
 """``phonesim demo``: the whole pipeline on the built-in synthetic catalog, offline.
 
 generate catalog -> fine-tune the default pretrained backbone -> evaluate -> embed -> build the
-FAISS index -> (serve). Each step reuses its output when it already exists, so a second run
-starts quickly.
+FAISS index -> (serve). The catalog and the checkpoint are reused when they were made with the
+same options (and the training finished), so a second run starts quickly; the cheap steps after
+them run again.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from common.argtypes import host, int_between, non_negative_int, port, positive_int
@@ -21,6 +25,9 @@ log = logging.getLogger(__name__)
 # Small enough to train in about a minute on 2 CPU cores, large enough to be meaningful.
 DEMO_IMG_SIZE = 128
 DEMO_EPOCHS = 3
+# In the workdir: the options of the training that finished, so that an interrupted one (its
+# checkpoint holds the warm-up only) or one with other options is not reused.
+TRAINED_STAMP = "trained.json"
 
 
 CLASS_COUNT = int_between(2, len(CLASS_NAMES))
@@ -47,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the whole pipeline on the built-in demo catalog (no data, no internet)",
         description="Generate the synthetic demo catalog, fine-tune the default pretrained "
         "backbone on it, evaluate, embed, build the index and start the server. Outputs go "
-        "to --workdir and are reused on the next run (delete it to start over).",
+        "to --workdir; the next run reuses the catalog and the checkpoint when they were made "
+        "with the same options and the training finished (delete it to start over).",
     )
     p.add_argument("--workdir", default="runs/demo", help="where outputs go (default ./runs/demo)")
     p.add_argument("--classes", type=CLASS_COUNT, default=8, help=CLASS_HELP)
@@ -81,7 +89,26 @@ def _make_demo_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _catalog_shape(csv_path: Path) -> tuple[int, int] | None:
+    """(classes, images per class) of a demo catalog, None if there is none (or it is odd)."""
+    try:
+        with csv_path.open(newline="", encoding="utf-8") as fh:
+            counts = Counter(row["label"] for row in csv.DictReader(fh))
+    except (OSError, KeyError, csv.Error, UnicodeDecodeError):
+        return None
+    sizes = set(counts.values())
+    return (len(counts), sizes.pop()) if len(sizes) == 1 else None
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def run_demo(args: argparse.Namespace) -> int:
+    from common.fsutil import atomic_write_text
     from demo.catalog import generate_catalog
     from embedder.checkpoint import CONFIG_FILE
     from embedder.evaluate import evaluate, format_report
@@ -95,13 +122,21 @@ def run_demo(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty()
 
     csv_path = catalog_dir / "catalog.csv"
-    if not csv_path.exists():
+    if _catalog_shape(csv_path) != (args.classes, args.per_class):
         print(f"[1/5] generating demo catalog in {catalog_dir}", flush=True)
         generate_catalog(catalog_dir, args.classes, args.per_class, seed=0, progress=progress)
     else:
         print(f"[1/5] reusing demo catalog {catalog_dir}", flush=True)
 
-    if not (checkpoint / CONFIG_FILE).exists():
+    stamp = work / TRAINED_STAMP
+    settings = {
+        "classes": args.classes,
+        "per_class": args.per_class,
+        "epochs": args.epochs,
+        "img_size": DEMO_IMG_SIZE,
+    }
+    if _read_json(stamp) != settings or not (checkpoint / CONFIG_FILE).exists():
+        stamp.unlink(missing_ok=True)  # until this training finishes
         print("[2/5] fine-tuning tf_efficientnet_lite0 (ImageNet weights, offline)", flush=True)
         result = train(
             TrainConfig(
@@ -115,6 +150,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         if result.interrupted:
             return 130
+        atomic_write_text(stamp, json.dumps(settings) + "\n")
     else:
         print(f"[2/5] reusing checkpoint {checkpoint}", flush=True)
 

@@ -1,0 +1,42 @@
+"""``phonesim demo``: what a second run reuses, and what it must not."""
+
+from __future__ import annotations
+
+import embedder.train as train_module
+from phonesim.cli import main
+
+# The smallest demo: 2 models x 5 shots, the head only (epochs 0); the real backbone.
+TINY = ["--classes", "2", "--per-class", "5", "--epochs", "0", "--no-serve"]
+
+
+def test_an_interrupted_or_other_training_is_not_reused(tmp_path, monkeypatch, capsys):
+    work = tmp_path / "demo"
+    argv = ["-q", "demo", "--workdir", str(work), *TINY]
+    real_train = train_module.train
+    calls = []
+
+    def interrupted_train(config):
+        calls.append(config)
+        result = real_train(config)  # the checkpoint of a run cut short: on disk, unfinished
+        result.interrupted = True
+        return result
+
+    monkeypatch.setattr(train_module, "train", interrupted_train)
+    assert main(argv) == 130
+    assert (work / "checkpoint" / "config.json").exists()
+    assert not (work / "trained.json").exists()
+
+    def counted_train(config):
+        calls.append(config)
+        return real_train(config)
+
+    monkeypatch.setattr(train_module, "train", counted_train)
+    assert main(argv) == 0  # trains again instead of reusing the cut-short checkpoint
+    assert len(calls) == 2 and (work / "index" / "manifest.json").exists()
+    assert main(argv) == 0  # now finished with these options: reused
+    assert len(calls) == 2 and "reusing checkpoint" in capsys.readouterr().out
+    other = ["-q", "demo", "--workdir", str(work), *TINY[:2], "--per-class", "4", *TINY[4:]]
+    assert main(other) == 0  # other options: a new catalog, and a new training on it
+    assert len(calls) == 3
+    rows = (work / "catalog" / "catalog.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 4
