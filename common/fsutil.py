@@ -95,6 +95,22 @@ def temporary_file(path: str | Path, folder: str | Path | None = None) -> Path:
     return Path(name)
 
 
+def temporary_folder(path: str | Path, kind: str = "") -> Path:
+    """A new hidden sibling folder (``.NAME.<kind>XXXX``) to build ``path``'s next content in,
+    on its filesystem (the swap is a rename), with the permissions a plain ``mkdir`` would
+    give, not mkdtemp's owner-only ones: checkpoints and indexes are shared."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def share_file(path: str | Path) -> None:
+    """Give a file the permissions a plain ``open(path, "w")`` would: for files that a library
+    writes owner-only (safetensors does)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def is_temporary(name: str, target: str) -> bool:
     """Whether ``name`` is a temporary file of :func:`temporary_file` for a file ``target``."""
     return name.startswith(f".{target}.") and name.endswith(TMP_SUFFIX)

@@ -14,12 +14,17 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.fsutil import folder_write_problem, fsync_path, swap_folder
+from common.fsutil import (
+    folder_write_problem,
+    fsync_path,
+    share_file,
+    swap_folder,
+    temporary_folder,
+)
 from embedder.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -164,12 +169,6 @@ def check_checkpoint_target(out: str | Path) -> Path:
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(model: nn.Module, config: CheckpointConfig, out: str | Path) -> Path:
     """Write the checkpoint folder atomically: a reader sees the old or the new one, never half.
 
@@ -179,11 +178,11 @@ def save_checkpoint(model: nn.Module, config: CheckpointConfig, out: str | Path)
 
     out = check_checkpoint_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is shared
+    tmp = temporary_folder(out)
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        share_file(tmp / WEIGHTS_FILE)  # safetensors writes it owner-only
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_json(), indent=2) + "\n")
         for name in (WEIGHTS_FILE, CONFIG_FILE):
             fsync_path(tmp / name)

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from common.fsutil import (
     fsync_path,
     missing_file_reason,
     swap_folder,
+    temporary_folder,
 )
 from index import ann
 from index.catalog import CatalogIndex, IndexOptions
@@ -341,7 +341,7 @@ def build_index(
         image_roots=image_roots([m["image"] for m in mds if isinstance(m.get("image"), str)]),
     )
     # A unique hidden sibling: same filesystem (the swap is a rename), never another build's.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    tmp = temporary_folder(out, "building-")
     try:
         t = time.perf_counter()
         _write_store(tmp / STORE_NAME, ids, mds, fids, progress)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common.fsutil import folder_write_problem, fsync_dir, fsync_path
+from common.fsutil import folder_write_problem, fsync_dir, fsync_path, temporary_folder
 from index import ann
 from index.build import check_index_target, move_into_place
 from index.errors import BuildInputError, IndexLockedError
@@ -38,7 +37,7 @@ def _fresh_folder(out: Path) -> Path:
     problem = folder_write_problem(out.parent)
     if problem:
         raise BuildInputError(f"{out.parent}: {problem}")
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.snapshot-", dir=out.parent))
+    return temporary_folder(out, "snapshot-")
 
 
 def snapshot(path: str | Path | None, out: str | Path, *, store: str | None = None) -> dict:
@@ -151,7 +150,7 @@ def restore(
         push_folder(snap, store, overwrite=overwrite)
         return {"count": count, "store": redact(store)}
     dest = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.restoring-", dir=dest.parent))
+    tmp = temporary_folder(dest, "restoring-")
     try:
         for p in snap.iterdir():
             if p.is_file() and not p.name.endswith(("-wal", "-shm", ".lock")):

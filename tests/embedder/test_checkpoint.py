@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -84,6 +85,20 @@ def test_checkpoints_in_the_old_flat_layout_still_load(tiny_checkpoint, tmp_path
     rewritten = json.loads((old / CONFIG_FILE).read_text())
     assert rewritten["format_version"] == 2 and rewritten["num_features"] == config.feature_dim
     assert "feature_dim" not in rewritten and load_checkpoint(old)[1] == read
+
+
+def test_a_checkpoint_is_readable_by_other_users_as_the_umask_says(tiny_checkpoint, tmp_path):
+    """A server or CI job running as another user loads it: not mkdtemp's or safetensors'
+    owner-only modes."""
+    model, config = load_checkpoint(tiny_checkpoint)
+    old = os.umask(0o022)
+    try:
+        out = save_checkpoint(model, config, tmp_path / "shared")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o755
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
 
 
 def test_save_then_load_gives_identical_embeddings(tiny_checkpoint, tiny_catalog, tmp_path):

@@ -4,6 +4,7 @@ PostgreSQL server, with another opener of the same store writing meanwhile."""
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -99,6 +100,20 @@ def test_restore_into_a_new_folder(tmp_path):
     assert cli(["restore", "--from", str(tmp_path / "s"), "--index", str(tmp_path / "b")]) == 0
     with open_index(tmp_path / "b") as ix:
         assert len(ix) == 120
+
+
+def test_built_snapshotted_and_restored_folders_are_shared_as_the_umask_says(tmp_path):
+    """Not mkdtemp's owner-only 0700: a server running as another user opens them."""
+    write_embeddings(tmp_path / "emb.h5")
+    old = os.umask(0o022)
+    try:
+        cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
+        cli(["snapshot", "--index", str(tmp_path / "a"), "--out", str(tmp_path / "s")])
+        cli(["restore", "--from", str(tmp_path / "s"), "--index", str(tmp_path / "b")])
+    finally:
+        os.umask(old)
+    for name in ("a", "s", "b"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o755, name
 
 
 def test_restore_never_replaces_what_is_not_an_index(tmp_path):
