@@ -106,6 +106,17 @@ def test_build_with_catalog_then_info(files, capsys):
     assert MODEL in text and "disk" in text
 
 
+def test_a_catalog_sharing_no_id_with_the_embeddings_is_refused(files):
+    """Folder ids (``xiaomi/a1``) against a CSV's own ids (``sku-1``): the index would carry
+    no metadata at all."""
+    other = files / "other.csv"
+    other.write_text("id,image,label\nsku-1,a.jpg,x\nsku-2,b.jpg,y\n")
+    args = ["build", "--embeddings", str(files / "emb.h5"), "--catalog", str(other)]
+    with pytest.raises(BuildInputError, match="none of the 120 embedded ids has a row"):
+        cli([*args, "--out", str(files / "idx"), "--no-progress"])
+    assert not (files / "idx").exists()
+
+
 def test_build_without_catalog_keeps_hdf5_labels(files, capsys):
     _, h5_labels = write_embeddings(files / "emb.h5")
     out = files / "idx"
