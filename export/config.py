@@ -84,3 +84,15 @@ class ExportConfig:
             raise ExportError("ray_cpus_per_actor must be positive")
         if self.ray is not None and not self.ray.strip():
             raise ExportError("ray must be 'local' or a cluster address such as 'auto'")
+        if self.ray is None:
+            given = [
+                flag
+                for flag, value, unset in (
+                    ("--ray-actors", self.ray_actors, None),
+                    ("--ray-cpus-per-actor", self.ray_cpus_per_actor, 1.0),
+                    ("--ray-no-ship-code", self.ray_ship_code, None),
+                )
+                if value != unset
+            ]
+            if given:  # ignored, the run would not be what was asked for
+                raise ExportError(f"{', '.join(given)} apply to a Ray run only: add --ray")

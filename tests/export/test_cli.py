@@ -110,6 +110,15 @@ def test_cli_reports_errors_in_one_line(demo, ckpt, tmp_path, capsys):
         )  # fmt: skip
 
 
+def test_ray_options_without_ray_are_refused(demo, ckpt, tmp_path, capsys):
+    """Silently ignored, --ray-actors 3 would run one process and look like a slow cluster."""
+    base = ["--checkpoint", str(ckpt), "--images", str(demo), "--out", str(tmp_path / "f.h5")]
+    for extra in (["--ray-actors", "3"], ["--ray-cpus-per-actor", "2"], ["--ray-no-ship-code"]):
+        assert export_cli.main([*base, *extra]) == 2
+        assert f"{extra[0]} apply to a Ray run only" in capsys.readouterr().err
+    assert not (tmp_path / "f.h5").exists()
+
+
 def test_cli_help_lists_the_options():
     text = export_cli.build_parser().format_help()
     for flag in ("--checkpoint", "--images", "--manifest", "--index", "--neighbors", "--dtype",
