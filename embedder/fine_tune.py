@@ -30,6 +30,14 @@ def frozen_parameter_names(model: nn.Module, groups: int) -> set[str]:
     head_prefix = model.pretrained_cfg.get("classifier", "classifier") + "."
     head = {name for name, _ in model.named_parameters() if name.startswith(head_prefix)}
     order = sorted(layers)
+    # The last group holds the head (and the layers just below it): freezing as many groups
+    # would fine-tune nothing of the backbone, silently.
+    if groups >= len(order):
+        raise DataError(
+            f"--frozen-groups {groups}: {model.default_cfg.get('architecture', 'this model')} "
+            f"has {len(order)} layer groups, the last holding the head; freeze at most "
+            f"{len(order) - 1} (--epochs 0 trains the head alone)"
+        )
     frozen = {name for gid in order[:groups] for name in layers[gid]}
     return frozen - head
 

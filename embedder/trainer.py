@@ -120,6 +120,8 @@ class Trainer:
         self.model_kwargs: dict[str, Any] = {}  # drop_rate only matters in training
         self.data_config = model_data_config(self.model, config.img_size, config.crop_mode)
         check_input_size(self.model, self.data_config, config)
+        # Checked now, before the images are read: a --frozen-groups the model lacks fails.
+        self.frozen = frozen_parameter_names(self.model, config.frozen_groups)
         self.val_samples = val_samples
         side = int(self.data_config["input_size"][-1])
         dataset = CachedImages(
@@ -269,7 +271,7 @@ class Trainer:
         self._started = time.monotonic()
         best_key, stale = (-1.0, -1.0), 0
         try:
-            frozen = frozen_parameter_names(self.model, cfg.frozen_groups)
+            frozen = self.frozen
             if cfg.warmup_epochs > 0:
                 set_backbone_trainable(self.model, False, frozen)
                 stats = warm_up_head(

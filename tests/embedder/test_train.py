@@ -63,8 +63,9 @@ def test_frozen_groups_keep_the_early_layers_while_later_ones_train(tiny_catalog
     assert "conv_stem.weight" in frozen and any(k.startswith("blocks.0.") for k in frozen)
     assert not any(k.startswith(("blocks.1.", "classifier.")) for k in frozen)
     assert frozen_parameter_names(model, 0) == set()
-    # More groups than the model has freezes the backbone but never the classifier.
-    assert not any(k.startswith("classifier.") for k in frozen_parameter_names(model, 99))
+    # Every group but the head's freezes the backbone but never the classifier; more is an
+    # error (test_freezing_every_layer_group_is_refused_before_the_images_are_read).
+    assert not any(k.startswith("classifier.") for k in frozen_parameter_names(model, 6))
 
     weights = tmp_path / "start.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
@@ -77,6 +78,22 @@ def test_frozen_groups_keep_the_early_layers_while_later_ones_train(tiny_catalog
     start, tuned = model.state_dict(), load_checkpoint(out)[0].state_dict()
     assert all(torch.equal(tuned[k], start[k]) for k in frozen if k.endswith("weight"))
     assert not torch.equal(tuned["blocks.1.0.conv_exp.weight"], start["blocks.1.0.conv_exp.weight"])
+
+
+def test_freezing_every_layer_group_is_refused_before_the_images_are_read(
+    tiny_catalog, tmp_path, monkeypatch
+):
+    import timm
+    from timm.models import group_parameters
+
+    import embedder.trainer as trainer
+
+    model = timm.create_model("test_efficientnet", num_classes=3)
+    groups = len(group_parameters(model, model.group_matcher(coarse=True)))
+    monkeypatch.setattr(trainer, "CachedImages", None)  # reading the images would fail here
+    config = tiny_train_config(tiny_catalog, tmp_path / "ck", frozen_groups=groups)
+    with pytest.raises(DataError, match=f"--frozen-groups {groups}: .* at most {groups - 1}"):
+        train(config)
 
 
 @pytest.mark.parametrize(
