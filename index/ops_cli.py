@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from common.argtypes import add_store_option
 from common.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def _target(parser: argparse.ArgumentParser, what: str) -> None:
@@ -125,6 +128,18 @@ def cmd_add(args: argparse.Namespace) -> int:
             fix=f"Embed the new items with the checkpoint the index was built from "
             f"(hash {ix.manifest.checkpoint_hash[:12]}…), then add them again.",
         )
+        stored = ix.manifest.source.get("embedding_precision") or "fp32"
+        if emb.precision != stored:  # allowed: they agree closely, but scores across them shift
+            log.warning(
+                "index %s holds %s embeddings and %s holds %s ones (runtime %s): the two agree "
+                "to a cosine of about 0.99, so scores between old and new items shift "
+                "slightly; embed with the runtime the index was built from",
+                ix.where,
+                stored,
+                args.embeddings,
+                emb.precision,
+                emb.runtime or "torch",
+            )
         ix.add(emb.ids, emb.xb, metadata)
         n = len(ix)
     return _print(args, {"added": len(emb.ids), "count": n}, f"added {len(emb.ids)}; {n} items")

@@ -40,6 +40,19 @@ def more_embeddings(path, ids):  # noqa: ANN001, ANN201
         h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
 
 
+def test_adding_int8_embeddings_to_an_fp32_index_warns(tmp_path, caplog):
+    write_embeddings(tmp_path / "emb.h5")
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "idx")])
+    more_embeddings(tmp_path / "more.h5", [f"n{i}" for i in range(6)])
+    with h5py.File(tmp_path / "more.h5", "a") as h5:
+        h5.attrs.update({"runtime": "onnx-int8", "precision": "int8"})
+    assert (
+        cli(["add", "--index", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "more.h5")])
+        == 0
+    )
+    assert "holds fp32 embeddings" in caplog.text and "int8 ones" in caplog.text
+
+
 def test_add_remove_compact(built, tmp_path, capsys):
     where, folder, url = built
     more_embeddings(tmp_path / "more.h5", [f"n{i}" for i in range(1, 7)])
