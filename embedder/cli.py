@@ -234,6 +234,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p, "reading costs about 0.25 s per image read and rotation on 2 cores (see --text-gate)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_evaluate)
 
     optimize_cli.register(sub)
@@ -247,7 +248,8 @@ def _train(args: argparse.Namespace) -> int:
         for name in TrainConfig.__dataclass_fields__
         if getattr(args, name, None) is not None
     }
-    config = TrainConfig(**{**given, "progress": sys.stderr.isatty()})
+    progress = sys.stderr.isatty() and not getattr(args, "quiet", False)
+    config = TrainConfig(**{**given, "progress": progress})
     result = train(config)
     summary = {
         "checkpoint": str(result.checkpoint),
@@ -293,6 +295,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         fusion=knn_fusion_from_args(args),
         rerank=class_rerank_from_args(args),
         text=text_options_from_args(args),
+        # Bars only for a person watching: not under -q, nor into a log file.
+        progress=not (args.no_progress or getattr(args, "quiet", False)) and sys.stderr.isatty(),
     )
     print(json.dumps(report) if args.json else format_report(report))
     return 0

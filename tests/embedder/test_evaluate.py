@@ -171,6 +171,24 @@ def test_evaluate_refuses_bad_fusion_flags(flags):
         build_parser().parse_args(["evaluate", "--checkpoint", "c", "--data", "d", *flags])
 
 
+def test_evaluate_shows_progress_bars_only_to_a_person_watching(
+    tiny_checkpoint, tiny_catalog, tmp_path, monkeypatch
+):
+    import sys
+
+    import embedder.evaluate as ev
+    from phonesim.cli import main
+
+    seen = []
+    real = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: seen.append(k["progress"]) or real(*a, **k))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    base = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(tiny_catalog)]
+    for i, argv in enumerate(([*base], [*base, "--no-progress"], ["-q", *base, "--json"])):
+        assert main([*argv, "--out", str(tmp_path / f"e{i}")]) == 0
+    assert seen == [True, False, False]
+
+
 def test_evaluate_fusion_flags_default_to_the_product_default():
     from embedder.knn_options import knn_fusion_from_args
     from embedder.knn_vote import DEFAULT_K, FUSE_BY_DEFAULT
