@@ -170,24 +170,35 @@ def candidate_pairs(global_: np.ndarray, config: FinderConfig) -> tuple[np.ndarr
     return i, j
 
 
+def distinct_rows(n: int, identical: list[tuple[int, int]]) -> np.ndarray:
+    """The first row of each set of identical files, and every row without a copy: sorted."""
+    keep = np.ones(n, dtype=bool)
+    for group in groups_of(n, identical):
+        keep[group[1:]] = False
+    return np.flatnonzero(keep)
+
+
 def score_candidates(features: Features, config: FinderConfig) -> ScoredPairs:
-    """Candidate pairs from the k-NN search, each verified; identical files listed apart."""
-    i, j = candidate_pairs(features.global_, config)
+    """Candidate pairs from the k-NN search, each verified; identical files listed apart.
+
+    The search sees each identical file once: copies of one file would otherwise crowd each
+    other's k nearest neighbours (and be verified against each other for nothing), and tip
+    the set over the size at which descriptors are whitened, as if it held more photos. They
+    join their group through ``identical``.
+    """
     identical = identical_row_pairs(features)
-    same = {(min(a, b), max(a, b)) for a, b in identical}
-    todo = np.array(
-        [(a, b) not in same for a, b in zip(i.tolist(), j.tolist(), strict=True)], dtype=bool
-    )
+    rows = distinct_rows(len(features.infos), identical)
+    i, j = candidate_pairs(features.global_[rows], config)
+    i, j = rows[i], rows[j]
     evidence = np.full((len(i), len(EVIDENCE)), np.nan, dtype=np.float32)
     start = time.perf_counter()
     if len(i):
         scorer = PairScorer(features, config=config.verify, model=config.pair_model)
-        evidence[todo] = scorer.evidence_many(i[todo], j[todo], progress=config.progress)
+        evidence[:] = scorer.evidence_many(i, j, progress=config.progress)
     seconds = time.perf_counter() - start
     scores = pair_scores(evidence, config.pair_model)
-    scores[~todo] = 1.0
-    log.info("%d candidate pairs verified, %d identical pairs", int(todo.sum()), len(identical))
-    return ScoredPairs(i, j, scores, identical, evidence, int(todo.sum()), seconds)
+    log.info("%d candidate pairs verified, %d identical pairs", len(i), len(identical))
+    return ScoredPairs(i, j, scores, identical, evidence, len(i), seconds)
 
 
 def group_rows(n: int, pairs: ScoredPairs, threshold: float) -> list[list[int]]:
