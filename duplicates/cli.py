@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 
 FIND_DESCRIPTION = """\
 Find duplicate listing photos: the same picture re-uploaded, resized, re-encoded, cropped,
-framed, watermarked, mirrored, recoloured or photographed off a screen. Different photos of the
-same phone are not duplicates. Byte- and pixel-identical files are always grouped.
+framed, watermarked, mirrored, recoloured (brightness, contrast, tint, saturation down to
+about half) or photographed off a screen. Not covered: a copy turned greyscale, or turned 90
+degrees without an EXIF orientation. Different photos of the same phone are not duplicates.
+Byte- and pixel-identical files are always grouped.
 
 Candidates come from a k-nearest-neighbour search (FAISS) over a copy-detection descriptor;
 each candidate pair is verified geometrically and pixel-wise and scored by the checkpoint's
@@ -44,7 +46,8 @@ FIND_EPILOG = """\
 outputs in REPORT_DIR:
   duplicates.csv   group_id,id,path,keep,similarity,label,label_conflict,source,width,height,
                    file_size (one row per image in a group; keep=1 marks the one to keep)
-  duplicates.json  {"groups": [[id, ...], ...], "keepers": [...], "label_conflicts": [...], ...}
+  duplicates.json  {"groups": [[id, ...], ...], "group_ids": [...], "keepers": [...],
+                   "label_conflicts": [group_id, ...], ...} (group_ids as in the CSV)
   duplicates.html  gallery of the groups with thumbnails (self-contained)
   failed.csv       unreadable images and why
   summary.txt      the one-line summary also printed at the end

@@ -68,6 +68,8 @@ def to_csv(result: DuplicateResult) -> str:
 def to_json(result: DuplicateResult) -> dict:
     data: dict = {
         "groups": [[m.id for m in g.members] for g in result.groups],
+        # The CSV's group_id of each group: label_conflicts names groups by it, not by place.
+        "group_ids": [g.group_id for g in result.groups],
         "keepers": [g.keeper.id for g in result.groups],
         "label_conflicts": [g.group_id for g in result.groups if g.label_conflict],
         "threshold": result.threshold,

@@ -21,6 +21,12 @@ def test_report_files(planted_run, tmp_path) -> None:
     assert {r["id"] for r in rows} >= set(planted)
     data = json.loads(paths["json"].read_text())
     assert all(len(g) >= 2 for g in data["groups"]) and len(data["groups"]) == len(planted)
+    # label_conflicts names groups by the CSV's group_id, which group_ids gives per group.
+    by_id = dict(zip(data["group_ids"], data["groups"], strict=True))
+    csv_ids = {r["group_id"] for r in rows if r["label_conflict"] == "1"}
+    assert {str(g) for g in data["label_conflicts"]} == csv_ids and len(csv_ids) == 1
+    conflicted = by_id[data["label_conflicts"][0]]
+    assert {r["id"] for r in rows if r["label_conflict"] == "1"} == set(conflicted)
     html = paths["html"].read_text()
     assert html.count("<div class='group") == len(result.groups)
     assert "data:image/jpeg;base64," in html
