@@ -11,12 +11,15 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -100,6 +103,16 @@ def temporary_folder(path: str | Path, kind: str = "") -> Path:
     on its filesystem (the swap is a rename), with the permissions a plain ``mkdir`` would
     give, not mkdtemp's owner-only ones: checkpoints and indexes are shared."""
     path = Path(path)
+    if kind:  # a run killed outright (kill -9, power loss) leaves its folder: say so, once
+        left = sorted(p.name for p in path.parent.glob(f".{path.name}.{kind}*") if p.is_dir())
+        if left:
+            log.warning(
+                "%s: %d folder(s) left by an interrupted run (%s); remove them once no other "
+                "run is using them",
+                path.parent,
+                len(left),
+                ", ".join(left[:3]) + (", ..." if len(left) > 3 else ""),
+            )
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp

@@ -183,3 +183,16 @@ def test_folder_write_problem(tmp_path: Path) -> None:
         f"{tmp_path / 'f'} is a file, not a folder"
     )
     assert list(tmp_path.iterdir()) == [tmp_path / "f"]  # the probe leaves nothing behind
+
+
+def test_temporary_folders_are_shared_and_leftovers_are_named(tmp_path: Path, caplog) -> None:
+    old = os.umask(0o022)
+    try:
+        first = fsutil.temporary_folder(tmp_path / "idx", "building-")
+    finally:
+        os.umask(old)
+    assert first.parent == tmp_path and first.name.startswith(".idx.building-")
+    assert first.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+    assert "left by an interrupted run" not in caplog.text
+    second = fsutil.temporary_folder(tmp_path / "idx", "building-")
+    assert second != first and first.name in caplog.text
