@@ -163,14 +163,19 @@ def add_store_option(parser: argparse.ArgumentParser, help: str | None = None) -
     """``--store URL``: the catalog store when it is not the index folder's own SQLite file
     (a PostgreSQL database shared by several machines); read as ``args.store``."""
     env = os.environ.get(STORE_ENV)
+    base = help or (
+        "catalog store: a postgresql://user@host:port/dbname URL (without one: the SQLite "
+        "file in the index folder)"
+    )
+    # The variable changes what the command does (a search within a folder becomes one
+    # against the store): the help says so, and whether it is set now.
+    note = f"default: ${STORE_ENV}, " + ("which is set now" if env else "when set")
     parser.add_argument(
         "--store",
         type=store_url,
         metavar="URL",
         default=_FromEnvironment(env) if env else None,  # keeps passwords out of `ps`
-        help=help
-        or "catalog store: a postgresql://user@host:port/dbname URL "
-        f"(default: the SQLite file in the index folder); also ${STORE_ENV}",
+        help=f"{base} ({note})",
     )
 
 

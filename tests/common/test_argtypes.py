@@ -30,6 +30,15 @@ def test_store_from_the_environment_and_its_errors(monkeypatch, capsys):
     assert _store_parser().parse_args([]).store is None
 
 
+def test_the_store_help_says_the_variable_is_its_default_and_whether_it_is_set(monkeypatch):
+    """Set, it turns a search within a folder into one against the store: --help says so."""
+    monkeypatch.delenv("PHONESIM_STORE", raising=False)
+    assert "default: $PHONESIM_STORE, when set" in " ".join(_store_parser().format_help().split())
+    monkeypatch.setenv("PHONESIM_STORE", "postgresql://u@db:5432/shop")
+    text = " ".join(_store_parser().format_help().split())
+    assert "which is set now" in text and "shop" not in text  # never the URL (a password)
+
+
 def test_int_between():
     parse = int_between(2, 96)
     assert parse("2") == 2 and parse("96") == 96
