@@ -33,7 +33,7 @@ Find duplicate listing photos: the same picture re-uploaded, resized, re-encoded
 framed, watermarked, mirrored, recoloured (brightness, contrast, tint, saturation down to
 about half) or photographed off a screen. Not covered: a copy turned greyscale, or turned 90
 degrees without an EXIF orientation. Different photos of the same phone are not duplicates.
-Byte- and pixel-identical files are always grouped.
+Byte- and pixel-identical files are always grouped (within a set; see --index).
 
 Candidates come from a k-nearest-neighbour search (FAISS) over a copy-detection descriptor;
 each candidate pair is verified geometrically and pixel-wise and scored by the checkpoint's
@@ -82,7 +82,9 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
         dest="index",
         metavar="INDEX_DIR",
         help="check the images against this catalog index (built by 'phonesim index build "
-        "--catalog CSV') instead of among themselves",
+        "--catalog CSV') instead of among themselves: each image that duplicates catalog "
+        "items gets a group of its own with them (two identical new files: two groups); run "
+        "without --index to find the copies among the new images",
     )
     add_store_option(p, "check against the catalog in this PostgreSQL store (like --against)")
     p.add_argument(
