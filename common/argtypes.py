@@ -7,6 +7,7 @@ import ipaddress
 import math
 import os
 import re
+import sys
 from collections.abc import Callable
 
 
@@ -211,3 +212,15 @@ def seconds_between(low: float, high: float) -> Callable[[str], float]:
 
     parse.__name__ = f"seconds in [{low:g}, {high:g}]"
     return parse
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``, read by :func:`show_progress`."""
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether to draw progress bars: for a person watching a terminal, not under
+    ``--no-progress`` or ``-q``, nor into a log file."""
+    hidden = getattr(args, "no_progress", False) or getattr(args, "quiet", False)
+    return not hidden and sys.stderr.isatty()

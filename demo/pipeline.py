@@ -17,7 +17,15 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from common.argtypes import host, int_between, non_negative_int, port, positive_int
+from common.argtypes import (
+    add_progress_option,
+    host,
+    int_between,
+    non_negative_int,
+    port,
+    positive_int,
+    show_progress,
+)
 from demo.specs import CLASS_NAMES
 
 log = logging.getLogger(__name__)
@@ -47,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--per-class", type=positive_int, default=40, help="images per model (default 40)"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_progress_option(p)
     p.set_defaults(func=_make_demo_catalog)
 
     p = sub.add_parser(
@@ -73,6 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--host", type=host, default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
     )
     p.add_argument("--port", type=port, default=8000, help="port to serve on (default 8000)")
+    add_progress_option(p)
     p.set_defaults(func=run_demo)
 
 
@@ -80,7 +90,9 @@ def _make_demo_catalog(args: argparse.Namespace) -> int:
     from demo.catalog import generate_catalog
 
     try:
-        csv_path = generate_catalog(args.out, args.classes, args.per_class, args.seed)
+        csv_path = generate_catalog(
+            args.out, args.classes, args.per_class, args.seed, progress=show_progress(args)
+        )
     except ValueError as exc:
         from common.errors import UserError
 
@@ -119,7 +131,7 @@ def run_demo(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     catalog_dir, checkpoint = work / "catalog", work / "checkpoint"
     embeddings, index_dir = work / "embeddings.h5", work / "index"
-    progress = sys.stderr.isatty()
+    progress = show_progress(args)
 
     csv_path = catalog_dir / "catalog.csv"
     if _catalog_shape(csv_path) != (args.classes, args.per_class):

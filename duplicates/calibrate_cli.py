@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.argtypes import non_negative_float, non_negative_int, positive_int, probability
+from common.argtypes import (
+    add_progress_option,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    probability,
+    show_progress,
+)
 from duplicates.descriptor import DescriptorConfig
 from embedder.engine_options import EngineOptions, add_engine_options
 
@@ -108,7 +115,7 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
         "--workers", type=non_negative_int, help="image decoding threads (default: auto)"
     )
     add_engine_options(p, threads_help="model threads (default: every core)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_option(p)
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -132,7 +139,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         args.checkpoint, DescriptorConfig(blur=args.blur), EngineOptions.from_args(args)
     )
     finder = FinderConfig(
-        batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress
+        batch_size=args.batch_size, workers=args.workers, progress=show_progress(args)
     )
     config = CalibrationConfig(
         benchmark=BenchmarkConfig(

@@ -11,10 +11,12 @@ from dataclasses import dataclass, replace
 
 from common.argtypes import (
     add_data_option,
+    add_progress_option,
     add_store_option,
     data_source,
     non_negative_int,
     positive_int,
+    show_progress,
 )
 from common.errors import run_reporting_errors
 from duplicates.calibrate_cli import (
@@ -111,7 +113,7 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
         "--workers", type=non_negative_int, help="image decoding threads (default: auto)"
     )
     add_engine_options(p, threads_help="model threads (default: every core)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_option(p)
 
 
 def run_find(args: argparse.Namespace) -> int:
@@ -143,7 +145,7 @@ def run_find(args: argparse.Namespace) -> int:
         keep=keep,
         batch_size=args.batch_size,
         workers=args.workers,
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     if args.k:
         config = replace(config, k=args.k)

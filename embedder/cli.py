@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from common.argtypes import (
+    add_progress_option,
     device,
     fraction,
     non_negative_float,
@@ -16,6 +16,7 @@ from common.argtypes import (
     positive_float,
     positive_int,
     probability,
+    show_progress,
     unit_interval,
 )
 from embedder import optimize_cli
@@ -205,6 +206,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "available, else cpu)",
     )
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    add_progress_option(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -213,10 +215,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Classification metrics (accuracy, macro-F1, per-class precision/recall/F1, "
         "confusion matrix as JSON and PNG) and retrieval Recall@1/@5 (same label among the "
         "nearest neighbours; gallery = --gallery or leave-one-out within --data). "
-        "--knn-fusion also predicts with the gallery neighbours' labels voting and reports it "
-        "as the headline, the classifier's own figures kept beside it; --class-rerank also "
-        "reports Recall@1/@5 with the neighbours re-ranked by the classifier, as the server "
-        "ranks a photo's neighbours.",
+        "By default, as the server predicts and ranks: the headline prediction fuses the "
+        "classifier with the gallery neighbours' labels voting (the classifier's own figures "
+        "kept beside it; --no-knn-fusion for the classifier alone), and Recall@1/@5 are also "
+        "reported with the neighbours re-ranked by the classifier (--class-rerank 0 turns "
+        "that off).",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (from phonesim train)")
     p.add_argument("--data", required=True, help="labelled images: class folders or CSV")
@@ -234,7 +237,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p, "reading costs about 0.25 s per image read and rotation on 2 cores (see --text-gate)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_option(p)
     p.set_defaults(func=_evaluate)
 
     optimize_cli.register(sub)
@@ -248,8 +251,7 @@ def _train(args: argparse.Namespace) -> int:
         for name in TrainConfig.__dataclass_fields__
         if getattr(args, name, None) is not None
     }
-    progress = sys.stderr.isatty() and not getattr(args, "quiet", False)
-    config = TrainConfig(**{**given, "progress": progress})
+    config = TrainConfig(**{**given, "progress": show_progress(args)})
     result = train(config)
     summary = {
         "checkpoint": str(result.checkpoint),
@@ -296,7 +298,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         rerank=class_rerank_from_args(args),
         text=text_options_from_args(args),
         # Bars only for a person watching: not under -q, nor into a log file.
-        progress=not (args.no_progress or getattr(args, "quiet", False)) and sys.stderr.isatty(),
+        progress=show_progress(args),
     )
     print(json.dumps(report) if args.json else format_report(report))
     return 0

@@ -33,7 +33,8 @@ def add_knn_fusion_options(parser: argparse.ArgumentParser, neighbours: str) -> 
         action=argparse.BooleanOptionalAction,
         default=FUSE_BY_DEFAULT,
         help="predict the class from the classifier's probabilities fused with a "
-        f"similarity-weighted vote of the labels of the nearest {neighbours}",
+        f"similarity-weighted vote of the labels of the nearest {neighbours} (default: "
+        + ("on; --no-knn-fusion for the classifier alone)" if FUSE_BY_DEFAULT else "off)"),
     )
     parser.add_argument(
         "--knn-k",

@@ -4,10 +4,10 @@ and ``phonesim embed``, which is the same job with the neighbour pass off."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 from common.argtypes import (
     add_data_option,
+    add_progress_option,
     add_store_option,
     data_source,
     int_between,
@@ -15,6 +15,7 @@ from common.argtypes import (
     non_negative_int,
     positive_float,
     positive_int,
+    show_progress,
 )
 from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.engine_options import add_engine_options
@@ -152,17 +153,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="do not upload the phonesim packages to a remote cluster (use when the cluster "
         "image has phonesim installed)",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_option(p)
 
 
-def _add_text_options(p: argparse.ArgumentParser) -> None:
+def _add_text_options(p: argparse.ArgumentParser, ray: bool = True) -> None:
+    """The text-reading flags; ``ray``: the command also runs on Ray (export, not embed)."""
+    where = "one image at a time" + (
+        " (with --ray, in the actors, each on its own batches)" if ray else ""
+    )
     add_text_cue_options(
         p.add_argument_group("text on the photos (needs: pip install 'phonesim[ocr]')"),
-        "the probabilities written are then the classifier's with those classes added (the "
-        "export has no catalog vote, so the gate looks at the classifier alone). Reading runs in "
-        "this process, one image at a time (with --ray, in the actors, each on its own batches): "
-        "0.25-0.7 s per image read on 2 cores, about half of them behind the default gate "
-        "(docs/export.md)",
+        "the probabilities written are then the classifier's with those classes added (no "
+        "catalog vote here, so the gate looks at the classifier alone). Reading runs in this "
+        f"process, {where}: 0.25-0.7 s per image read on 2 cores, about half of them behind "
+        "the default gate (docs/export.md)",
     )
 
 
@@ -221,13 +225,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workers", type=non_negative_int, help="decoding workers (default: spare cores)"
     )
     add_engine_options(p, threads_help="model threads (default: one per core)")
-    _add_text_options(p)
+    _add_text_options(p, ray=False)
     p.add_argument(
         "--restart",
         action="store_true",
         help="discard unfinished progress in OUT.partial/ instead of resuming it",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_option(p)
     p.set_defaults(func=run_embed)
 
 
@@ -252,7 +256,7 @@ def run_embed(args: argparse.Namespace) -> int:
             text=text_options_from_args(args),
             overwrite=True,
             restart=args.restart,
-            progress=not args.no_progress and sys.stderr.isatty(),
+            progress=show_progress(args),
         )
     )
     print(
@@ -291,7 +295,7 @@ def config_from_args(args: argparse.Namespace):
         ray_actors=args.ray_actors,
         ray_cpus_per_actor=args.ray_cpus_per_actor,
         ray_ship_code=args.ray_ship_code,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=show_progress(args),
     )
 
 

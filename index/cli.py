@@ -11,7 +11,14 @@ import argparse
 import json
 from typing import Any
 
-from common.argtypes import add_index_option, add_store_option, index_folder, unit_interval
+from common.argtypes import (
+    add_index_option,
+    add_progress_option,
+    add_store_option,
+    index_folder,
+    show_progress,
+    unit_interval,
+)
 
 
 def register(subparsers: Any) -> argparse._SubParsersAction:
@@ -53,7 +60,7 @@ def register(subparsers: Any) -> argparse._SubParsersAction:
         "also copy the catalog into this PostgreSQL store (postgresql://user@host:port/dbname); "
         "the folder stays as a local snapshot",
     )
-    build.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_option(build)
     build.add_argument("--json", action="store_true", help="print the result as JSON")
     build.set_defaults(func=cmd_build)
 
@@ -96,7 +103,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         kind=args.kind,
         target_recall=args.target_recall,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=show_progress(args),
         store=args.store,
     )
     m = report.manifest

@@ -59,10 +59,10 @@ def register(actions: argparse._SubParsersAction) -> None:
 
     compact = actions.add_parser(
         "compact",
-        help="fold the journal into a new FAISS snapshot",
-        description="Fold the journal into a new FAISS snapshot (servers keep answering; "
-        "they also do this by themselves, by journal size or age). Also upgrades older "
-        "index folders.",
+        help="fold the journal into a new FAISS snapshot when it is due (--force: now)",
+        description="Fold the journal into a new FAISS snapshot when it has outgrown its "
+        "limits (size or age), or now with --force (servers keep answering; they also do "
+        "this by themselves). Also upgrades older index folders.",
     )
     _target(compact, "to compact")
     compact.add_argument(

@@ -47,3 +47,17 @@ def test_int_between():
             parse(bad)
     with pytest.raises(ValueError):
         parse("two")
+
+
+def test_progress_bars_only_for_a_person_watching(monkeypatch):
+    import sys
+
+    from common.argtypes import show_progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert show_progress(argparse.Namespace(no_progress=False, quiet=False))
+    assert not show_progress(argparse.Namespace(no_progress=True, quiet=False))
+    assert not show_progress(argparse.Namespace(no_progress=False, quiet=True))
+    assert show_progress(argparse.Namespace())  # a command without either flag
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # a log file
+    assert not show_progress(argparse.Namespace(no_progress=False, quiet=False))

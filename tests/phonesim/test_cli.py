@@ -18,6 +18,26 @@ def run(argv, capsys):
     return code, out.out, out.err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--data", "d", "--out", "o"],
+        ["evaluate", "--checkpoint", "c", "--data", "d"],
+        ["embed", "--checkpoint", "c", "--data", "d", "--out", "o.h5"],
+        ["export", "--checkpoint", "c", "--data", "d", "--out", "o.h5"],
+        ["demo"],
+        ["make-demo-catalog", "--out", "o"],
+        ["duplicates", "find", "--checkpoint", "c", "--data", "d", "--out", "o"],
+        ["duplicates", "calibrate", "--checkpoint", "c"],
+        ["index", "build", "--embeddings", "e.h5", "--out", "o"],
+    ],
+)
+def test_every_command_that_draws_progress_bars_takes_no_progress(argv):
+    from phonesim.cli import build_parser
+
+    assert build_parser().parse_args([*argv, "--no-progress"]).no_progress is True
+
+
 def test_help_lists_subcommands(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
