@@ -123,7 +123,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from common.fsutil import atomic_write_text
     from demo.catalog import generate_catalog
     from embedder.checkpoint import CONFIG_FILE
+    from embedder.class_rerank import DEFAULT_WEIGHT as RERANK_WEIGHT
+    from embedder.class_rerank import class_rerank
     from embedder.evaluate import evaluate, format_report
+    from embedder.knn_vote import FUSE_BY_DEFAULT, KnnFusion
     from embedder.train import TrainConfig, train
     from export import ExportConfig, export_features
 
@@ -166,8 +169,20 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         print(f"[2/5] reusing checkpoint {checkpoint}", flush=True)
 
-    print("[3/5] evaluating (whole catalog, leave-one-out retrieval)", flush=True)
-    report = evaluate(checkpoint, csv_path, out=work / "evaluation", progress=progress)
+    print(
+        "[3/5] evaluating on the training catalog itself (leave-one-out retrieval): a sanity "
+        "check, not a held-out score",
+        flush=True,
+    )
+    # As `phonesim evaluate` and the server predict by default: kNN fusion, class re-rank.
+    report = evaluate(
+        checkpoint,
+        csv_path,
+        out=work / "evaluation",
+        progress=progress,
+        fusion=KnnFusion() if FUSE_BY_DEFAULT else None,
+        rerank=class_rerank(RERANK_WEIGHT),
+    )
     print(format_report(report), flush=True)
 
     print(f"[4/5] embedding the catalog into {embeddings}", flush=True)
