@@ -108,7 +108,9 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
         help="neighbours checked per image (default 16; with --index: catalog neighbours "
         "verified per orientation, default 20)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
+    )
     p.add_argument(
         "--workers", type=non_negative_int, help="image decoding threads (default: auto)"
     )

@@ -143,7 +143,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--ray-cpus-per-actor",
         type=positive_float,
         default=1.0,
-        help="CPUs reserved by each actor (default 1; torch uses that many threads)",
+        help="CPUs reserved by each actor (default 1; its model, torch or ONNX Runtime, uses "
+        "that many threads)",
     )
     ray.add_argument(
         "--ray-no-ship-code",

@@ -27,7 +27,8 @@ def register(subparsers: Any) -> argparse._SubParsersAction:
     parser = subparsers.add_parser(
         "index",
         help="build, inspect and query a catalog similarity index",
-        description="Build, inspect and query a catalog similarity index (FAISS + SQLite).",
+        description="Build, inspect and query a catalog similarity index (FAISS, with its "
+        "catalog in the folder's SQLite file or a shared PostgreSQL store).",
     )
     actions = parser.add_subparsers(dest="index_action", metavar="ACTION", required=True)
 
@@ -64,7 +65,12 @@ def register(subparsers: Any) -> argparse._SubParsersAction:
     build.add_argument("--json", action="store_true", help="print the result as JSON")
     build.set_defaults(func=cmd_build)
 
-    info = actions.add_parser("info", help="show an index's kind, size and embedder")
+    info = actions.add_parser(
+        "info",
+        help="show an index's kind, size and embedder",
+        description="An index's kind, item count, dimension, the model and checkpoint it was "
+        "built from, its filterable fields, journal and size on disk.",
+    )
     add_index_option(info, "index folder to describe")
     add_store_option(info)
     info.add_argument("--json", action="store_true", help="print JSON")

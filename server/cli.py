@@ -62,8 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--api-key-file",
         default=None,
         metavar="FILE",
-        help=f"file holding the key that the write endpoints require (default: ${API_KEY_ENV}; "
-        "none: writes off)",
+        help="file holding the key that the write endpoints require (without one: the key "
+        f"itself in ${API_KEY_ENV}; neither: writes off)",
     )
     key.add_argument(
         "--api-key",
@@ -129,6 +129,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         dest="torch_threads",
         type=positive_int,
         default=None,
+        metavar="N",
         help="model threads per worker, torch or ONNX Runtime (default: CPU cores / workers)",
     )
     p.add_argument(
