@@ -270,9 +270,9 @@ class CatalogIndex(Following):
 
             live = Live(r.count, live_fids, bound, r.dead)
             D, I = in_tie_order(
-                lambda n: knn_search(
+                lambda rows, n: knn_search(
                     index,
-                    xq,
+                    xq[rows],
                     n,
                     live,
                     params=merged,
@@ -281,6 +281,7 @@ class CatalogIndex(Following):
                     exact_limit=self.options.exact_filter_limit,
                     cache=self._cache,
                 ),
+                len(xq),
                 int(k),
             )
             rows = self._store.lookup(I[I >= 0])

@@ -167,28 +167,41 @@ def knn_search(
     return _finish_short(index, xq, k, D, I, how, sel, cand)
 
 
-def in_tie_order(search: Callable[[int], tuple[np.ndarray, np.ndarray]], k: int):
-    """The best ``k`` of ``search(n)`` (``D, I`` of the best ``n``) per query, ordered by score
-    and equal scores by id.
+# How far past ``k`` a tie at the k-th place is fetched: more than any page the server serves
+# (k + offset <= 1,100), and a bound on the cost of a photo copied thousands of times.
+TIE_REACH = 2048
+
+
+def in_tie_order(
+    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]], nq: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of ``search(rows, n)`` (``D, I`` of the best ``n`` for those query rows)
+    per query, ordered by score and equal scores by id.
 
     A k-NN search orders equal scores (copies of one photo) arbitrarily, and which of them
     make the cut can change with ``k``: pages of ``k + offset`` then repeat some and never
-    reach others. So more are fetched until each query's tie at its ``k``-th place is whole.
+    reach others. So the queries whose tie at the ``k``-th place may go on are searched
+    again, wider, until it is whole or ``TIE_REACH`` past ``k`` (beyond that the order holds
+    within what was fetched).
     """
+    rows = np.arange(nq)
+    D, I = search(rows, k + 1)
+    D_out = np.full((nq, k), -np.inf, np.float32)
+    I_out = np.full((nq, k), -1, np.int64)
     n = k + 1
     while True:
-        D, I = search(n)
-        if D.shape[1] < n:  # every candidate is in
+        order = np.lexsort((I, -D, I < 0), axis=1)  # the last key sorts first: padding last
+        width = min(k, D.shape[1])
+        D_out[rows, :width] = np.take_along_axis(D, order, axis=1)[:, :width]
+        I_out[rows, :width] = np.take_along_axis(I, order, axis=1)[:, :width]
+        if D.shape[1] < n or n >= k + TIE_REACH:  # every candidate is in, or far enough
             break
-        open_tie = (I[:, -1] >= 0) & (D[:, -1] >= D[:, k - 1])
-        if not open_tie.any():
+        still = (I[:, -1] >= 0) & (D[:, -1] >= D[:, k - 1])
+        if not still.any():
             break
-        n *= 2
-    order = np.lexsort((I, -D, I < 0), axis=1)  # the last key sorts first: padding last
-    return (
-        np.take_along_axis(D, order, axis=1)[:, :k],
-        np.take_along_axis(I, order, axis=1)[:, :k],
-    )
+        rows, n = rows[still], min(2 * n, k + TIE_REACH)
+        D, I = search(rows, n)
+    return D_out, I_out
 
 
 def _finish_short(

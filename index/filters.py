@@ -10,10 +10,11 @@ Grammar (a JSON-like mapping; several fields combine with AND)::
         "lt" | "lte" | "gt" | "gte": number    range (bounds exclusive / inclusive)
 
 Values are strings, finite numbers or booleans. A field's type comes from the values the catalog
-holds: ``number`` when every stored value is a number (an int, a float, or text that spells a
-decimal number, as CSV catalogs give), ``boolean`` when every value is true/false, else
-``text``. Equality on a numeric field compares numbers (``300`` matches ``"300.0"``); on other
-fields it compares the text form under which metadata is indexed (``inputs.canonical_value``).
+holds: ``boolean`` when every value is true/false, ``number`` when most stored values are
+numbers (an int, a float, or text that spells a decimal number, as CSV catalogs give; ranges
+skip the items holding a word), else ``text``. Equality on a numeric field compares numbers
+(``300`` matches ``"300.0"``) and words as text; on other fields it compares the text form
+under which metadata is indexed (``inputs.canonical_value``).
 
 Ranges need a numeric field; their bound is a finite number or a string spelling one
 (``"300"``, as query strings give). String ranges are refused rather than compared
@@ -199,7 +200,7 @@ def _ops_list() -> str:
 class Column:
     """One field's values as the catalog holds them now.
 
-    ``kind``: ``number`` (some values spell numbers), ``boolean``, ``text`` (none does) or
+    ``kind``: ``number`` (most values spell numbers), ``boolean``, ``text`` or
     ``empty`` (no live item has the field). For numbers, the values that spell one sorted
     ascending and their ``fids`` in the same order; ``example``: a value that is not a
     number, for messages.
@@ -214,9 +215,11 @@ class Column:
 def make_column(fids: np.ndarray, texts: list[str]) -> Column:
     """Type a field from its stored ``(fids, texts)`` and sort the values that are numbers.
 
-    One value that is not a number ("call us" for a price) leaves the field numeric: ranges
-    skip that item. Were the field typed as text, one listing (one client's write) would
-    turn every client's range filter on it into an error.
+    Numeric when most values are numbers: one that is not ("call us" for a price) leaves the
+    field numeric and ranges skip that item, so one listing (one client's write) cannot turn
+    every client's range filter on it into an error. A field of mostly words ("128GB") with
+    a stray number stays text, and a range on it is an error rather than an answer about
+    that one number.
     """
     empty = np.zeros(0, np.float64)
     if not texts:
@@ -224,8 +227,9 @@ def make_column(fids: np.ndarray, texts: list[str]) -> Column:
     if _BOOLEANS.issuperset(texts[:64]) and _BOOLEANS.issuperset(texts):
         return Column("boolean", empty, np.zeros(0, np.int64))
     numeric = [i for i, t in enumerate(texts) if _is_number_text(t)]
-    if not numeric:
-        return Column("text", empty, np.zeros(0, np.int64), example=texts[0])
+    if 2 * len(numeric) <= len(texts):
+        example = next(t for t in texts if not _is_number_text(t))
+        return Column("text", empty, np.zeros(0, np.int64), example=example)
     values = np.array([texts[i] for i in numeric], dtype=np.float64)
     order = np.argsort(values, kind="stable")
     return Column("number", values[order], np.asarray(fids, np.int64)[numeric][order])

@@ -363,7 +363,7 @@ class LookupService:
 
     @property
     def numeric_fields(self) -> list[str]:
-        """Filterable fields whose every value is a number (the ones ranges apply to)."""
+        """Filterable fields whose values are mostly numbers (the ones ranges apply to)."""
         types = self.index.field_types()
         return sorted(
             f for f, kind in types.items() if kind == "number" and f not in PRIVATE_FIELDS

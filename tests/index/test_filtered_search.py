@@ -246,3 +246,25 @@ def test_probing_every_list_is_exact_and_lists_without_matches_are_skipped(small
     none = np.zeros(index.nlist, np.int64)
     D_, I_ = ivf_probe.probe_until_settled(index, xq[:2], 5, sel, none, centroids, 10)
     assert (I_ == -1).all() and I_.shape == (2, 5)
+
+
+def test_a_tie_is_widened_only_for_its_own_query_and_only_so_far():
+    """A photo copied thousands of times must not make a search fetch all the copies, nor
+    make the other queries of the same call search wider."""
+    from index.filtered_search import TIE_REACH, in_tie_order
+
+    copies = 10 * TIE_REACH  # query 0 ties with every one of them; query 1 has no tie
+    scores = [np.full(copies, 0.9, np.float32), np.linspace(1.0, 0.0, copies, dtype=np.float32)]
+    ids = [np.arange(copies)[::-1].copy(), np.arange(copies)]
+    calls = []
+
+    def search(rows, n):
+        calls.append((rows.tolist(), n))
+        return np.stack([scores[r][:n] for r in rows]), np.stack([ids[r][:n] for r in rows])
+
+    D, I = in_tie_order(search, 2, 5)
+    assert calls[0] == ([0, 1], 6) and all(rows == [0] for rows, _ in calls[1:])
+    assert max(n for _, n in calls) == 5 + TIE_REACH
+    assert I[1].tolist() == [0, 1, 2, 3, 4]
+    # Within what was fetched, equal scores come in id order.
+    assert I[0].tolist() == sorted(ids[0][: 5 + TIE_REACH])[:5]

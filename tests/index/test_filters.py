@@ -180,6 +180,11 @@ def test_column_typing():
         assert col.kind == "number" and col.fids.tolist() == [5, 9], odd
     assert make_column(fids, [" 2", "nan", "1e999"]).kind == "text"
     assert make_column(fids, ["nan", "x", "y"]).example == "nan"
+    # Mostly words with a stray number: text, so a range is an error, not an answer about
+    # that one number ("128GB", "256GB", "512GB" and one "64").
+    storage = make_column(np.arange(4), ["128GB", "256GB", "512GB", "64"])
+    assert storage.kind == "text" and storage.example == "128GB"
+    assert make_column(np.arange(2), ["10", "call us"]).kind == "text"  # half is not most
     assert make_column(fids[:0], []).kind == "empty"
 
 
