@@ -215,6 +215,8 @@ def item_image(item_id: str) -> Response:
 def _metadata_from(fields: dict[str, Any], is_json: bool) -> dict[str, Any]:
     """Item metadata: a JSON object in ``metadata`` (a string in multipart form data); in
     multipart, other non-empty form fields are added as strings."""
+    if not is_json:  # a form field left blank is not given (a text "" would be a value)
+        fields = {key: value for key, value in fields.items() if value != ""}
     raw = fields.pop("metadata", None)
     if raw is None:
         metadata: Any = {}
@@ -233,9 +235,7 @@ def _metadata_from(fields: dict[str, Any], is_json: bool) -> dict[str, Any]:
         if both:
             names = ", ".join(map(repr, both))
             raise ApiError(400, "invalid_metadata", f"{names} given in 'metadata' and as a field")
-        for key, value in fields.items():
-            if value != "":  # a form field left blank is not given (a text "" would be a value)
-                metadata[key] = value
+        metadata.update(fields)
     return check_metadata(metadata)
 
 

@@ -86,7 +86,7 @@ class NewItem:
 
 def add_many(svc: LookupService, entries: list[NewItem]) -> list[dict]:
     """Embed and add every entry without an error, durably, in one write; one answer per
-    entry: ``{"id", "status": 201, "embedded"}`` or ``{"id", "status", "error"}``."""
+    entry: ``{"id", "status": 201, "metadata"}`` (as stored) or ``{"id", "status", "error"}``."""
     seen: set[str] = set()
     for e in entries:
         if e.error is None:
@@ -109,7 +109,7 @@ def add_many(svc: LookupService, entries: list[NewItem]) -> list[dict]:
         if e.error is not None:
             answers.append({"id": e.id, **e.error})
         else:
-            answers.append({"id": e.id, "status": 201})
+            answers.append({"id": e.id, "status": 201, "metadata": e.metadata or {}})
     return answers
 
 
@@ -129,6 +129,8 @@ def _write(svc: LookupService, ready: list[tuple[NewItem, Any]]) -> None:
     vectors = np.stack([emb.embedding for _, emb in ready])
     try:
         svc.index.add(ids, vectors, metadata)
+        for (e, _), md in zip(ready, metadata, strict=True):
+            e.metadata = md  # as stored: the answer needs no read that a delete could beat
         return
     except DuplicateIdError:
         pass
@@ -139,6 +141,7 @@ def _write(svc: LookupService, ready: list[tuple[NewItem, Any]]) -> None:
     for (e, emb), md, path in zip(ready, metadata, saved, strict=True):
         try:
             svc.index.add([e.id or ""], emb.embedding[None, :], [md])
+            e.metadata = md
         except DuplicateIdError as exc:
             svc.drop_image(path)
             e.error = entry_error(exc)

@@ -7,6 +7,7 @@ import binascii
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -74,11 +75,10 @@ def read_image(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
     mimetype = request.mimetype or ""
     if mimetype == "multipart/form-data":
         # A repeated field is ambiguous (which id, which image?), as a repeated JSON key is.
-        repeated = sorted(
-            name
-            for name, values in [*request.form.lists(), *request.files.lists()]
-            if len(values) > 1
-        )
+        counts = Counter(
+            name for name, values in [*request.form.lists(), *request.files.lists()] for _ in values
+        )  # a name given once as text and once as a file counts twice too
+        repeated = sorted(name for name, n in counts.items() if n > 1)
         if repeated:
             names = ", ".join(map(repr, repeated))
             raise ApiError(400, "invalid_request", f"field(s) {names} given more than once")

@@ -195,8 +195,14 @@ def test_form_fields_left_blank_are_not_given_and_repeated_ones_are_400(writable
     r = c.post("/v1/items", data=form, headers=KEY)
     assert r.status_code == 201, r.get_json()
     assert "price" not in r.get_json()["item"] and r.get_json()["item"]["title"] == "Blank price"
+    blank = {**upload(jpeg_bytes), "id": "blank-2", "metadata": "", "price": "", "title": "x"}
+    assert c.post("/v1/items", data=blank, headers=KEY).status_code == 201
+    both = {**upload(jpeg_bytes), "id": "blank-3", "metadata": '{"price": 1}', "price": ""}
+    r = c.post("/v1/items", data=both, headers=KEY)
+    assert r.status_code == 201 and r.get_json()["item"]["price"] == 1
     twice = [
         {**upload(jpeg_bytes), "id": ["a1", "a2"]},
+        {**upload(jpeg_bytes), "id": ["a5", (io.BytesIO(b"a6"), "id.txt")]},  # text and file
         {
             "image": [(io.BytesIO(jpeg_bytes), "a.jpg"), (io.BytesIO(jpeg_bytes), "b.jpg")],
             "id": "a3",
@@ -205,4 +211,25 @@ def test_form_fields_left_blank_are_not_given_and_repeated_ones_are_400(writable
     ]
     for form in twice:
         assert_error(c.post("/v1/items", data=form, headers=KEY), 400)
-    assert all(c.get(f"/v1/items/{i}").status_code == 404 for i in ("a1", "a2", "a3", "a4"))
+    gone = ("a1", "a2", "a3", "a4", "a5", "a6")
+    assert all(c.get(f"/v1/items/{i}").status_code == 404 for i in gone)
+
+
+def test_a_batch_add_that_a_delete_overtakes_still_answers_what_was_stored(
+    writable, jpeg_bytes, monkeypatch
+):
+    app, _ = writable
+    c = app.test_client()
+    index = app.extensions["phonesim"].service.index
+    add = type(index).add
+
+    def add_then_deleted(self, ids, vectors, metadata):
+        add(self, ids, vectors, metadata)
+        self.remove(ids)
+
+    monkeypatch.setattr(type(index), "add", add_then_deleted)
+    row = {"id": "gone", "image": b64(jpeg_bytes), "metadata": {"title": "Gone"}}
+    r = c.post("/v1/items/batch", json={"items": [row]}, headers=KEY)
+    result = r.get_json()["results"][0]
+    assert result["status"] == 201 and result["item"]["title"] == "Gone"
+    assert "metadata" not in result
