@@ -83,7 +83,7 @@ class ScoredPairs:
     j: np.ndarray
     scores: np.ndarray
     identical: list[tuple[int, int]]
-    evidence: np.ndarray | None = None  # N x len(EVIDENCE); NaN rows: identical or rejected
+    evidence: np.ndarray | None = None  # N x len(EVIDENCE); NaN rows: not verified
     verified: int = 0  # candidate pairs verified (identical ones need no verification)
     seconds: float = 0.0  # time verifying them
 
@@ -188,7 +188,9 @@ def score_candidates(features: Features, config: FinderConfig) -> ScoredPairs:
     """
     identical = identical_row_pairs(features)
     rows = distinct_rows(len(features.infos), identical)
-    i, j = candidate_pairs(features.global_[rows], config)
+    # No copy of the descriptors when no file repeats (most folders).
+    distinct = features.global_ if len(rows) == len(features.infos) else features.global_[rows]
+    i, j = candidate_pairs(distinct, config)
     i, j = rows[i], rows[j]
     evidence = np.full((len(i), len(EVIDENCE)), np.nan, dtype=np.float32)
     start = time.perf_counter()
@@ -232,9 +234,11 @@ def build_groups(
     known = {
         (int(a), int(b)): float(s) for a, b, s in zip(pairs.i, pairs.j, pairs.scores, strict=True)
     }
-    for a, b in pairs.identical:
-        known[(min(a, b), max(a, b))] = 1.0
-    digests = [(info.byte_digest, info.pixel_digest) for info in features.infos]
+    # Identical files score as the one of them the search saw: 300 reposts of a photo are
+    # not verified again, one by one, against a keeper that is a near copy of it.
+    first = np.arange(len(features))
+    for same in groups_of(len(first), pairs.identical):
+        first[same] = same[0]
     scorer = PairScorer(features, config=config.verify, model=config.pair_model)
     out = []
     for rows in groups:
@@ -244,13 +248,14 @@ def build_groups(
         members = [ordered[0]]
         for m in ordered[1:]:
             r = by_id[m.id]
-            pair = (min(r, keeper), max(r, keeper))
-            if digests[r][0] == digests[keeper][0] or digests[r][1] == digests[keeper][1]:
+            a, b = int(first[keeper]), int(first[r])
+            pair = (min(a, b), max(a, b))
+            if a == b:
                 sim = 1.0
-            elif pair in known:
+            elif pair not in known:  # joined through other members: score against the keeper
+                known[pair] = sim = scorer.score(a, b)
+            else:
                 sim = known[pair]
-            else:  # joined through other members: score against the keeper directly
-                sim = scorer.score(keeper, r)
             members.append(member(features, r, sim))
         out.append(DuplicateGroup(len(out) + 1, members, has_label_conflict(members)))
     return out
