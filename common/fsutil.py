@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import glob
 import logging
 import os
 import shutil
@@ -104,7 +105,8 @@ def temporary_folder(path: str | Path, kind: str = "") -> Path:
     give, not mkdtemp's owner-only ones: checkpoints and indexes are shared."""
     path = Path(path)
     if kind:  # a run killed outright (kill -9, power loss) leaves its folder: say so, once
-        left = sorted(p.name for p in path.parent.glob(f".{path.name}.{kind}*") if p.is_dir())
+        pattern = glob.escape(f".{path.name}.{kind}") + "*"
+        left = sorted(p.name for p in path.parent.glob(pattern) if p.is_dir())
         if left:
             log.warning(
                 "%s: %d folder(s) left by an interrupted run (%s); remove them once no other "

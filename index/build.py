@@ -216,13 +216,14 @@ def join_metadata(
             if label and not md.get("label"):
                 md["label"] = label
             out.append(md)
-    if catalog and ids and unmatched == len(ids):
+    if catalog is not None and ids and unmatched == len(ids):
         # Ids of another form (folder paths against a CSV's own ids): the index would carry
         # no metadata at all, which a warning scrolled past would not stop.
         raise BuildInputError(
             f"none of the {len(ids)} embedded ids has a row in the catalog CSV (embedded: "
-            f"{ids[0]!r}, ...; catalog: {next(iter(catalog))!r}, ...); embed the catalog's "
-            "own manifest, or leave --catalog out"
+            f"{ids[0]!r}, ...; catalog: "
+            + (f"{next(iter(catalog))!r}, ...)" if catalog else "no rows)")
+            + "; embed the catalog's own manifest, or leave --catalog out"
         )
     if unmatched:
         log.warning("%d embedded id(s) have no row in the catalog CSV", unmatched)

@@ -196,3 +196,7 @@ def test_temporary_folders_are_shared_and_leftovers_are_named(tmp_path: Path, ca
     assert "left by an interrupted run" not in caplog.text
     second = fsutil.temporary_folder(tmp_path / "idx", "building-")
     assert second != first and first.name in caplog.text
+    caplog.clear()
+    odd = fsutil.temporary_folder(tmp_path / "[a]", "building-")  # glob characters in a name
+    fsutil.temporary_folder(tmp_path / "[a]", "building-")
+    assert odd.name in caplog.text

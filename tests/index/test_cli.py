@@ -115,6 +115,9 @@ def test_a_catalog_sharing_no_id_with_the_embeddings_is_refused(files):
     with pytest.raises(BuildInputError, match="none of the 120 embedded ids has a row"):
         cli([*args, "--out", str(files / "idx"), "--no-progress"])
     assert not (files / "idx").exists()
+    other.write_text("id,image,label\n")  # a header and no row
+    with pytest.raises(BuildInputError, match="catalog: no rows"):
+        cli([*args, "--out", str(files / "idx"), "--no-progress"])
 
 
 def test_build_without_catalog_keeps_hdf5_labels(files, capsys):
