@@ -169,7 +169,7 @@ def knn_search(
 
 # How far past ``k`` a tie at the k-th place is fetched: more than any page the server serves
 # (k + offset <= 1,100), and a bound on the cost of a photo copied thousands of times.
-TIE_REACH = 2048
+TIE_REACH = 1024
 
 
 def in_tie_order(
