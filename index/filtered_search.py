@@ -186,12 +186,13 @@ def in_tie_order(
     """
     rows = np.arange(nq)
     D, I = search(rows, k + 1)
-    D_out = np.full((nq, k), -np.inf, np.float32)
-    I_out = np.full((nq, k), -1, np.int64)
+    kept = min(k, D.shape[1])  # the search cuts k down to the candidates there are
+    D_out = np.full((nq, kept), -np.inf, np.float32)
+    I_out = np.full((nq, kept), -1, np.int64)
     n = k + 1
     while True:
         order = np.lexsort((I, -D, I < 0), axis=1)  # the last key sorts first: padding last
-        width = min(k, D.shape[1])
+        width = min(kept, D.shape[1])
         D_out[rows, :width] = np.take_along_axis(D, order, axis=1)[:, :width]
         I_out[rows, :width] = np.take_along_axis(I, order, axis=1)[:, :width]
         if D.shape[1] < n or n >= k + TIE_REACH:  # every candidate is in, or far enough
