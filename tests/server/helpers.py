@@ -190,3 +190,16 @@ def bad_requests(jpeg: bytes) -> list[tuple[str, dict, int]]:
         ("list-cursor-empty", {"method": "GET", "path": "/v1/items?cursor="}, 400),
         ("list-unknown-param", {"method": "GET", "path": "/v1/items?page=2"}, 400),
     ]
+
+
+def delete_right_after_adding(app, monkeypatch) -> None:
+    """Make every add of ``app``'s catalog be overtaken by a delete of the same items, as
+    when another client deletes them between the write and its answer."""
+    index = app.extensions["phonesim"].service.index
+    add = type(index).add
+
+    def add_then_deleted(self, ids, vectors, metadata):
+        add(self, ids, vectors, metadata)
+        self.remove(ids)
+
+    monkeypatch.setattr(type(index), "add", add_then_deleted)

@@ -11,7 +11,14 @@ import pytest
 from PIL import Image
 
 from server.config import ServerConfig
-from tests.server.helpers import API_KEY, assert_error, b64, make_app, upload
+from tests.server.helpers import (
+    API_KEY,
+    assert_error,
+    b64,
+    delete_right_after_adding,
+    make_app,
+    upload,
+)
 
 
 # -- search ------------------------------------------------------------------------------------
@@ -221,14 +228,7 @@ def test_an_add_that_a_delete_overtakes_is_still_acknowledged(writable, jpeg_byt
     app, _ = writable
     c = app.test_client()
     h = {"X-API-Key": API_KEY}
-    index = app.extensions["phonesim"].service.index
-    add = type(index).add
-
-    def add_then_deleted(self, ids, vectors, metadata):
-        add(self, ids, vectors, metadata)
-        self.remove(ids)
-
-    monkeypatch.setattr(type(index), "add", add_then_deleted)
+    delete_right_after_adding(app, monkeypatch)
     form = {**upload(jpeg_bytes), "id": "gone", "metadata": json.dumps({"title": "Gone"})}
     r = c.post("/v1/items", data=form, headers=h)
     assert r.status_code == 201, r.get_json()

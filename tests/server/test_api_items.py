@@ -9,7 +9,14 @@ import json
 import numpy as np
 
 from server.config import ServerConfig
-from tests.server.helpers import API_KEY, assert_error, b64, make_app, upload
+from tests.server.helpers import (
+    API_KEY,
+    assert_error,
+    b64,
+    delete_right_after_adding,
+    make_app,
+    upload,
+)
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -220,14 +227,7 @@ def test_a_batch_add_that_a_delete_overtakes_still_answers_what_was_stored(
 ):
     app, _ = writable
     c = app.test_client()
-    index = app.extensions["phonesim"].service.index
-    add = type(index).add
-
-    def add_then_deleted(self, ids, vectors, metadata):
-        add(self, ids, vectors, metadata)
-        self.remove(ids)
-
-    monkeypatch.setattr(type(index), "add", add_then_deleted)
+    delete_right_after_adding(app, monkeypatch)
     row = {"id": "gone", "image": b64(jpeg_bytes), "metadata": {"title": "Gone"}}
     r = c.post("/v1/items/batch", json={"items": [row]}, headers=KEY)
     result = r.get_json()["results"][0]
