@@ -232,7 +232,8 @@ class CatalogIndex(Following):
         cosine similarity.
         ``k`` larger than the matching items returns all of them; an empty catalog returns
         empty lists. Equal scores come in the order the items were added, so a larger ``k``
-        only appends to a smaller one's list.
+        only appends to a smaller one's list (for ties reaching at most
+        :data:`~index.filtered_search.TIE_REACH` past ``k``).
         ``filter``: ``{field: value}`` equality, a list for any of,
         ``{field: {"lt": 300, "gte": 100}}`` ranges on numeric fields, ``eq``/``in`` operators;
         several fields mean all of (grammar: :mod:`index.filters`); unknown fields, operators
