@@ -12,8 +12,9 @@
         ...
 
 Requests that get 429 or 503 (or cannot connect) are retried with exponential backoff, waiting
-at least what ``Retry-After`` asks. Every failure is raised as :class:`PhonesimError` with the
-HTTP status and the server's error code and message.
+at least what ``Retry-After`` asks. A write (add, update, remove) whose connection broke after
+it was sent is not sent again: the server may have done it. Every failure is raised as
+:class:`PhonesimError` with the HTTP status and the server's error code and message.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
 RETRY_STATUSES = frozenset({429, 503})
 ImageInput = str | os.PathLike | bytes
@@ -86,6 +88,12 @@ def _query(image: Any, vector: Any, item_id: Any) -> dict[str, Any]:
     return {"id": str(value)}
 
 
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    """Whether the connection failed before the request went out (refused, unresolvable)."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(exc, requests.ConnectTimeout) or isinstance(reason, NewConnectionError)
+
+
 class Client:
     """The lookup API at ``base_url``; ``api_key`` is needed by the writes."""
 
@@ -94,7 +102,7 @@ class Client:
         base_url: str,
         api_key: str | None = None,
         *,
-        timeout: float = 30.0,
+        timeout: float = 60.0,
         retries: int = 3,
         backoff: float = 0.5,
         session: requests.Session | None = None,
@@ -107,7 +115,9 @@ class Client:
         self._session = session or requests.Session()
 
     # -- transport -------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kw: Any) -> Any:
+    def _request(self, method: str, path: str, *, write: bool = False, **kw: Any) -> Any:
+        """``write``: the request changes the catalog, so it is sent again only when it never
+        reached the server (a refused connection), not when the connection broke after."""
         headers = dict(kw.pop("headers", None) or {})
         if self.api_key:
             headers["X-API-Key"] = self.api_key
@@ -117,6 +127,13 @@ class Client:
             try:
                 r = self._session.request(method, url, headers=headers, timeout=self.timeout, **kw)
             except requests.ConnectionError as exc:
+                if write and not _never_sent(exc):
+                    raise PhonesimError(
+                        0,
+                        "connection_error",
+                        f"{exc}; the connection broke after the request was sent, so the "
+                        "server may have done it: check before sending it again",
+                    ) from exc
                 if last:
                     raise PhonesimError(0, "connection_error", str(exc)) from exc
                 time.sleep(self.backoff * 2**attempt)
@@ -238,7 +255,7 @@ class Client:
     ) -> dict[str, Any]:
         """Embed an image and add it as ``item_id`` (durable); the answer holds ``item``."""
         body = {"id": item_id, "image": _b64(image), "metadata": dict(metadata or {})}
-        return self._request("POST", "/v1/items", json=body)
+        return self._request("POST", "/v1/items", write=True, json=body)
 
     def add_batch(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Add many items (dicts of ``id``, ``image`` path or bytes, ``metadata``) in one
@@ -251,7 +268,8 @@ class Client:
             lines.append(json.dumps(entry))
         data = ("\n".join(lines) + "\n").encode()
         headers = {"Content-Type": "application/x-ndjson"}
-        return self._request("POST", "/v1/items/batch", data=data, headers=headers)["results"]
+        answer = self._request("POST", "/v1/items/batch", write=True, data=data, headers=headers)
+        return answer["results"]
 
     def update(
         self, item_id: str, metadata: Mapping[str, Any], *, merge: bool = True
@@ -259,10 +277,11 @@ class Client:
         """Change an item's metadata (merged, or replacing it all); returns the item."""
         path = "/v1/items/" + requests.utils.quote(item_id, safe="/")
         body = {"metadata": dict(metadata), "merge": merge}
-        return self._request("PATCH", path, json=body)["item"]
+        return self._request("PATCH", path, write=True, json=body)["item"]
 
     def remove(self, item_id: str) -> None:
-        self._request("DELETE", "/v1/items/" + requests.utils.quote(item_id, safe="/"))
+        path = "/v1/items/" + requests.utils.quote(item_id, safe="/")
+        self._request("DELETE", path, write=True)
 
     def info(self) -> dict[str, Any]:
         return self._request("GET", "/v1/info")

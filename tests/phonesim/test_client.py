@@ -154,3 +154,54 @@ def test_429_is_retried_after_retry_after(live):
     for _ in range(RATE * 2):
         assert patient.info()["index"]["size"] > 0
     assert time.monotonic() - t0 >= 0.9  # it waited (Retry-After is whole seconds)
+
+
+def test_a_write_whose_connection_broke_after_sending_is_not_sent_again(photo):
+    """A server that reads each request and hangs up without an answer may have done the
+    write: sending it again would add twice (or answer 409 for an add that succeeded)."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def read_and_hang_up() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:  # no client this time round
+                continue
+            with conn:
+                conn.settimeout(5)
+                received.append(conn.recv(65536).split(b" ", 1)[0])
+
+    thread = threading.Thread(target=read_and_hang_up, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        client = Client(base, api_key=API_KEY, retries=2, backoff=0.01)
+        with pytest.raises(PhonesimError, match="may have done it") as err:
+            client.add("once", photo)
+        assert err.value.status == 0 and received == [b"POST"]
+        with pytest.raises(PhonesimError, match="may have done it"):
+            client.remove("once")
+        assert received == [b"POST", b"DELETE"]
+        with pytest.raises(PhonesimError) as err:  # a read is safe to send again
+            client.info()
+        assert err.value.code == "connection_error" and received[2:] == [b"GET"] * 3
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        server.close()
+    # A refused connection never reached a server: even a write is tried again.
+    with socket.socket() as unused:  # a port that nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    refused = Client(closed, api_key=API_KEY, retries=2, backoff=0.2)
+    t0 = time.monotonic()
+    with pytest.raises(PhonesimError, match="connection_error") as err:
+        refused.add("never", photo)
+    assert "may have done it" not in err.value.message
+    assert time.monotonic() - t0 >= 0.6  # two backoffs: 0.2 + 0.4
