@@ -35,8 +35,8 @@ ID_PATTERN = (
     r"[^\s/\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s/\x00-\x1f\x7f-\x9f])?$"
 )
 # A metadata field name: usable as a query parameter (?brand=x); "id" and "image" are the
-# server's own.
-FIELD_NAME_PATTERN = r"^(?!(?:id|image)$)[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+# server's own, "image_url" and "score" what it computes for each answer.
+FIELD_NAME_PATTERN = r"^(?!(?:id|image|image_url|score)$)[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 # Strings anywhere in a request: no NUL (nor, from JSON, a lone surrogate: not Unicode).
 TEXT_PATTERN = "^[^\\u0000]*$"
 

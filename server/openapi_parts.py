@@ -73,7 +73,7 @@ METADATA = {
 }
 
 
-FORM_FIELD_PATTERN = "^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+FORM_FIELD_PATTERN = "^(?!(?:image_url|score)$)[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 # The id an add returns feeds the item's own URLs (stateful testing follows these links).
 ITEM_LINKS = {
     name: {"operationId": op, "parameters": {"item_id": "$response.body#/item/id"}}

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 # Metadata that holds a server-side file path: never sent to clients nor accepted from them.
 PRIVATE_FIELDS = frozenset({"image"})
+# Fields the API computes for each answer (a thumbnail URL, a similarity): a client's metadata
+# under these names would pass for the server's word (another item's photo, a fake score).
+COMPUTED_FIELDS = frozenset({"image_url", "score"})
 # Images above this many pixels decode at most LARGE_DECODES at a time: a 36-megapixel 16-bit
 # PNG needs ~250 MB while it decodes, and 8 request threads must not need eight times that.
 LARGE_PIXELS = 4_000_000
@@ -507,7 +510,7 @@ class LookupService:
 
     def check_new_metadata(self, metadata: dict[str, Any]) -> None:
         """Fields a client may not set: the server's own and the id."""
-        private = sorted(PRIVATE_FIELDS & set(metadata))
+        private = sorted((PRIVATE_FIELDS | COMPUTED_FIELDS) & set(metadata))
         if private:
             raise ApiError(400, "invalid_metadata", f"field(s) {private} are set by the server")
         if "id" in metadata:

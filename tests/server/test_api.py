@@ -250,6 +250,9 @@ def test_add_rejects_bad_ids_and_metadata(writable, jpeg_bytes):
         ({**upload(jpeg_bytes), "id": "ok", "metadata": "{not json"}, "invalid_metadata"),
         ({**upload(jpeg_bytes), "id": "ok", "metadata": "[1, 2]"}, "invalid_metadata"),
         ({**upload(jpeg_bytes), "id": "ok", "metadata": '{"image": "/x"}'}, "invalid_metadata"),
+        # What the API computes: another item's photo, a fake similarity.
+        ({**upload(jpeg_bytes), "id": "ok", "image_url": "/v1/items/x/image"}, "invalid_metadata"),
+        ({**upload(jpeg_bytes), "id": "ok", "metadata": '{"score": 0.99}'}, "invalid_metadata"),
         ({**upload(jpeg_bytes), "id": "ok", "metadata": '{"a": {"b": 1}}'}, "invalid_request"),
     ]
     for form, code in cases:
