@@ -141,7 +141,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--image-dir",
         default=None,
-        help="keep images of items added through the API here, for thumbnails",
+        help="keep images of items added through the API here, for thumbnails (several "
+        "replicas: one shared folder, or only the one that took an add serves its thumbnail)",
     )
     p.add_argument(
         "--image-root",
