@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -80,7 +81,10 @@ def item_json(svc: LookupService, item_id: str, metadata: dict[str, Any], **extr
     for key, value in svc.public_metadata(metadata).items():
         out.setdefault(key, value)
     if svc.has_image(metadata):
-        out["image_url"] = url_for("api.item_image", item_id=item_id)
+        # Versioned by the stored file: the thumbnail is cached for an hour, and an id deleted
+        # and added again with another photo must not show the old one meanwhile.
+        version = hashlib.sha256(str(metadata["image"]).encode()).hexdigest()[:12]
+        out["image_url"] = url_for("api.item_image", item_id=item_id, v=version)
     return out
 
 
@@ -204,8 +208,9 @@ def similar(item_id: str) -> Response:
 
 @bp.get("/items/<path:item_id>/image")
 def item_image(item_id: str) -> Response:
-    """JPEG thumbnail of a catalog item's own image (looked up by id, never by path)."""
-    check_query_params(request.args, (), filters=False)
+    """JPEG thumbnail of a catalog item's own image (looked up by id, never by path); ``v``,
+    the version in the item's ``image_url``, only keys caches."""
+    check_query_params(request.args, ("v",), filters=False)
     data = service().thumbnail(item_id)
     response = Response(data, mimetype="image/jpeg")
     response.headers["Cache-Control"] = "public, max-age=3600"

@@ -210,7 +210,16 @@ def openapi_spec(
             "get": {
                 "summary": "JPEG thumbnail of a catalog item's own image",
                 "operationId": "item_image",
-                "parameters": [ITEM_ID],
+                "parameters": [
+                    ITEM_ID,
+                    {
+                        "name": "v",
+                        "in": "query",
+                        "required": False,
+                        "description": "the version in the item's image_url (keys caches)",
+                        "schema": {"type": "string"},
+                    },
+                ],
                 "responses": {
                     "200": {
                         "description": "thumbnail",
@@ -218,7 +227,7 @@ def openapi_spec(
                             "image/jpeg": {"schema": {"type": "string", "format": "binary"}}
                         },
                     },
-                    **error_responses(404, 429, 503),
+                    **error_responses(400, 404, 429, 503),
                 },
             }
         },

@@ -131,7 +131,7 @@ def test_get_item_and_similar_excludes_itself(client, first_id, catalog_rows):
     assert r.status_code == 200
     item = r.get_json()
     assert item["id"] == first_id and item["label"] == catalog_rows[first_id]["label"]
-    assert "image" not in item and item["image_url"].endswith("/image")
+    assert "image" not in item and "/image?v=" in item["image_url"]
     body = client.get(f"/v1/items/{first_id}/similar?k=5").get_json()
     ids = [n["id"] for n in body["neighbors"]]
     assert len(ids) == 5 and first_id not in ids
@@ -305,7 +305,7 @@ def test_list_items_pages_through_the_catalog_in_id_order(client, catalog_rows):
     item = body["items"][0]
     row = catalog_rows[item["id"]]
     assert item["label"] == row["label"] and item["title"] == row["title"]
-    assert "image" not in item and item["image_url"] == f"/v1/items/{item['id']}/image"
+    assert "image" not in item and item["image_url"].startswith(f"/v1/items/{item['id']}/image?v=")
     assert client.get(item["image_url"]).mimetype == "image/jpeg"
 
 
@@ -354,3 +354,19 @@ def test_every_item_endpoint_refuses_unknown_and_repeated_query_parameters(
     # filter.<field> repeated is "any of", not a repeated option.
     r = c.get("/v1/items?filter.label=a&filter.label=b")
     assert r.status_code == 200, r.get_json()
+
+
+def test_an_id_added_again_with_another_photo_gets_another_thumbnail_url(writable, jpeg_bytes):
+    """Thumbnails are cached for an hour: the URL must change with the stored photo."""
+    app, _ = writable
+    c = app.test_client()
+    h = {"X-API-Key": API_KEY}
+    other = io.BytesIO()
+    Image.open(io.BytesIO(jpeg_bytes)).rotate(90).save(other, format="PNG")
+    first = c.post("/v1/items", data={**upload(jpeg_bytes), "id": "re"}, headers=h).get_json()
+    assert c.delete("/v1/items/re", headers=h).status_code == 200
+    form = {**upload(other.getvalue(), "b.png"), "id": "re"}
+    second = c.post("/v1/items", data=form, headers=h).get_json()
+    url_a, url_b = first["item"]["image_url"], second["item"]["image_url"]
+    assert url_a != url_b and c.get(url_b).mimetype == "image/jpeg"
+    assert c.get(url_b).headers["Cache-Control"] == "public, max-age=3600"
