@@ -6,6 +6,9 @@ const PAGE_SIZE = 24;
 // What the results show, so that changing an option can show it again:
 // {kind: "catalog"} | {kind: "search", file} | {kind: "similar", item}.
 let view = { kind: "catalog" };
+// Each view's request takes a number; an answer that a newer view has overtaken is dropped,
+// so a slow search cannot overwrite the phones the user clicked on since.
+let latest = 0;
 let nextCursor = null;
 
 function setStatus(text, isError = false) {
@@ -126,6 +129,15 @@ function itemCard(item) {
   return li;
 }
 
+// A failed request leaves nothing of the previous answer beside the new photo.
+function clearResults(title) {
+  $("prediction").hidden = true;
+  $("neighbors").replaceChildren();
+  $("timing").textContent = "";
+  $("results-title").textContent = title;
+  $("results-hint").hidden = true;
+}
+
 // Show items under a title; ``hint`` is the line above them (default: only when there are none).
 function showResults(items, title, { append = false, hint = null } = {}) {
   $("results-title").textContent = title;
@@ -179,16 +191,20 @@ function setMore(cursor) {
 
 async function loadCatalog(more = false) {
   view = { kind: "catalog" };
+  const mine = ++latest;
   const params = withFilter(new URLSearchParams({ limit: PAGE_SIZE }));
   if (more && nextCursor) params.set("cursor", nextCursor);
   try {
     const page = await api(`/v1/items?${params}`);
+    if (mine !== latest) return;
     const hint = page.items.length
       ? "Click a phone to see the phones most like it, or upload a photo of your own."
       : "The catalog is empty.";
     showResults(page.items, "Catalog phones", { append: more, hint });
     setMore(page.next_cursor);
   } catch (e) {
+    if (mine !== latest) return;
+    if (!more) clearResults("Catalog phones");
     setStatus(`cannot list the catalog: ${e.message}`, true);
   }
 }
@@ -196,6 +212,7 @@ async function loadCatalog(more = false) {
 async function search(file) {
   if (!file) return;
   view = { kind: "search", file };
+  const mine = ++latest;
   setMore(null);
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
@@ -211,12 +228,15 @@ async function search(file) {
       query += `&read_text=${encodeURIComponent($("read-text").value)}`;
     }
     const result = await api(`/v1/search?${query}`, { method: "POST", body: form });
+    if (mine !== latest) return;
     showPrediction(result.prediction);
     const order = result.ranking === "class" ? " (re-ranked by predicted class)" : "";
     showResults(result.neighbors, `Nearest catalog phones${order}`);
     showTiming(result.timing_ms);
     setStatus(`${result.neighbors.length} similar phones found.`);
   } catch (e) {
+    if (mine !== latest) return;
+    clearResults("Nearest catalog phones");
     setStatus(e.message, true);
   }
 }
@@ -224,17 +244,21 @@ async function search(file) {
 async function showSimilar(item) {
   const name = item.title || item.id;
   view = { kind: "similar", item };
+  const mine = ++latest;
   setMore(null);
   setStatus(`Loading phones similar to ${name}…`);
   try {
     const query = `${queryString()}&ranking=${encodeURIComponent($("ranking").value)}`;
     const result = await api(`/v1/items/${encodeURIComponent(item.id)}/similar?${query}`);
+    if (mine !== latest) return;
     const order = result.ranking === "class" ? " (re-ranked by its label)" : "";
     showResults(result.neighbors, `Similar to ${name}${order}`);
     showTiming(result.timing_ms);
     setStatus(`${result.neighbors.length} phones similar to the selected one.`);
     window.scrollTo({ top: 0, behavior: "smooth" });
   } catch (e) {
+    if (mine !== latest) return;
+    clearResults(`Similar to ${name}`);
     setStatus(e.message, true);
   }
 }

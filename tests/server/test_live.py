@@ -253,11 +253,15 @@ def test_web_page_in_headless_chromium(live, query_image, tmp_path):
                 "#results-title:has-text('re-ranked by its label')", timeout=20_000
             )
 
+            # A failed upload leaves nothing of the previous photo's answer beside it.
+            page.set_input_files("#file", str(query_image))
+            page.wait_for_selector("#prediction:not([hidden])", timeout=20_000)
             bad = tmp_path / "not-an-image.jpg"
             bad.write_text("not an image")
             page.set_input_files("#file", str(bad))
             page.wait_for_selector("#status.error", timeout=20_000)
             assert "image" in (page.text_content("#status") or "")
+            assert not page.is_visible("#prediction") and page.locator(".neighbor").count() == 0
             assert errors == []
         finally:
             context.close()
