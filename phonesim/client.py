@@ -47,9 +47,20 @@ class PhonesimError(Exception):
 
 
 def _image_bytes(image: ImageInput) -> bytes:
+    """The bytes of an image given as bytes or a path; anything else is a PhonesimError."""
     if isinstance(image, bytes | bytearray):
         return bytes(image)
-    return Path(image).read_bytes()
+    if not isinstance(image, str | os.PathLike):
+        raise PhonesimError(
+            0,
+            "invalid_image",
+            f"give an image as a file path or bytes, not {type(image).__name__} "
+            "(a PIL image: save it to a BytesIO and pass .getvalue())",
+        )
+    try:
+        return Path(image).read_bytes()
+    except OSError as exc:
+        raise PhonesimError(0, "invalid_image", f"cannot read {image}: {exc.strerror}") from exc
 
 
 def _b64(image: ImageInput) -> str:

@@ -28,7 +28,7 @@ from embedder.knn_vote import KnnFusion, fuse, neighbour_arrays
 from embedder.text_cues import apply_text_cues, unsure
 from embedder.text_reader import TextEvidence, TextOptions
 from index.catalog import CatalogIndex, Hit, Item
-from index.errors import DuplicateIdError
+from index.errors import DuplicateIdError, UnknownIdError
 from server.batcher import Arrival, BatchResult, MicroBatcher
 from server.config import ServerConfig
 from server.errors import ApiError
@@ -532,7 +532,10 @@ class LookupService:
 
     def remove(self, item_id: str) -> None:
         """Remove an item durably (UnknownIdError if absent) and the image the API kept."""
-        metadata = self.index.get(item_id).metadata
+        try:
+            metadata = self.index.get(item_id).metadata
+        except UnknownIdError as exc:  # say what was asked: a delete, not a read
+            raise UnknownIdError([item_id], "delete") from exc
         self.index.remove([item_id])
         image_dir = self.config.image_dir
         path = metadata.get("image")

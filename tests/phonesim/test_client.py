@@ -156,6 +156,14 @@ def test_429_is_retried_after_retry_after(live):
     assert time.monotonic() - t0 >= 0.9  # it waited (Retry-After is whole seconds)
 
 
+def test_an_image_the_client_cannot_send_is_a_phonesim_error(tmp_path):
+    client = Client("http://127.0.0.1:9", retries=0)
+    with pytest.raises(PhonesimError, match="a file path or bytes, not Image"):
+        client.embed(Image.new("RGB", (8, 8)))
+    with pytest.raises(PhonesimError, match="cannot read"):
+        client.embed(tmp_path / "missing.jpg")
+
+
 def test_a_write_whose_connection_broke_after_sending_is_not_sent_again(photo):
     """A server that reads each request and hangs up without an answer may have done the
     write: sending it again would add twice (or answer 409 for an add that succeeded)."""
