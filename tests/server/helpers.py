@@ -203,3 +203,10 @@ def delete_right_after_adding(app, monkeypatch) -> None:
         self.remove(ids)
 
     monkeypatch.setattr(type(index), "add", add_then_deleted)
+
+
+def rotated_png(jpeg: bytes) -> bytes:
+    """Another photo made from ``jpeg``: turned a quarter and saved as PNG."""
+    out = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).rotate(90).save(out, format="PNG")
+    return out.getvalue()

@@ -17,6 +17,7 @@ from tests.server.helpers import (
     b64,
     delete_right_after_adding,
     make_app,
+    rotated_png,
     upload,
 )
 
@@ -151,10 +152,9 @@ def test_add_get_search_delete_item(writable, jpeg_bytes):
     app, _ = writable
     c = app.test_client()
     headers = {"X-API-Key": API_KEY}
-    rotated = io.BytesIO()
-    Image.open(io.BytesIO(jpeg_bytes)).rotate(90).save(rotated, format="PNG")
+    rotated = rotated_png(jpeg_bytes)
     form = {
-        **upload(rotated.getvalue(), "new.png"),
+        **upload(rotated, "new.png"),
         "id": "new/phone 1",
         "metadata": json.dumps({"title": "New phone", "price": 99.5, "label": "vibe-mini"}),
         "brand": "Acme",
@@ -166,7 +166,7 @@ def test_add_get_search_delete_item(writable, jpeg_bytes):
     assert r.headers["Location"] == "/v1/items/new/phone%201"
     assert c.get("/v1/items/new/phone%201").get_json()["title"] == "New phone"
     assert c.get("/v1/items/new/phone%201/image").mimetype == "image/jpeg"
-    hits = c.post("/v1/search?k=1", data=upload(rotated.getvalue(), "q.png")).get_json()
+    hits = c.post("/v1/search?k=1", data=upload(rotated, "q.png")).get_json()
     assert hits["neighbors"][0]["id"] == "new/phone 1"
     assert c.get("/v1/info").get_json()["index"]["size"] == 19
     assert_error(c.post("/v1/items", data={**form, **upload(jpeg_bytes)}, headers=headers), 409)
@@ -362,11 +362,9 @@ def test_an_id_added_again_with_another_photo_gets_another_thumbnail_url(writabl
     app, _ = writable
     c = app.test_client()
     h = {"X-API-Key": API_KEY}
-    other = io.BytesIO()
-    Image.open(io.BytesIO(jpeg_bytes)).rotate(90).save(other, format="PNG")
     first = c.post("/v1/items", data={**upload(jpeg_bytes), "id": "re"}, headers=h).get_json()
     assert c.delete("/v1/items/re", headers=h).status_code == 200
-    form = {**upload(other.getvalue(), "b.png"), "id": "re"}
+    form = {**upload(rotated_png(jpeg_bytes), "b.png"), "id": "re"}
     second = c.post("/v1/items", data=form, headers=h).get_json()
     url_a, url_b = first["item"]["image_url"], second["item"]["image_url"]
     assert url_a != url_b and c.get(url_b).mimetype == "image/jpeg"
