@@ -24,7 +24,7 @@ from embedder.batch import embed_samples
 from embedder.checkpoint import CheckpointConfig, save_checkpoint
 from embedder.data import Catalog, Sample
 from embedder.engine import autocast_dtype, resolve_device
-from embedder.errors import DataError
+from embedder.errors import DataError, ImageError
 from embedder.fine_tune import (
     freezes_bn_stats,
     frozen_parameter_names,
@@ -34,6 +34,7 @@ from embedder.fine_tune import (
     train_one_epoch,
 )
 from embedder.head_warmup import warm_up_head
+from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.label_conflicts import find_label_conflicts
 from embedder.metrics import label_recall_at_k, macro_f1
@@ -88,6 +89,14 @@ def check_input_size(model: nn.Module, data_config: dict[str, Any], config: Trai
         ) from None
 
 
+def _readable(sample: Sample) -> bool:
+    try:
+        load_image(sample.path)
+    except ImageError:
+        return False
+    return True
+
+
 class Trainer:
     """Runs the two-phase recipe over prepared datasets and keeps the best checkpoint."""
 
@@ -123,6 +132,10 @@ class Trainer:
         # Checked now, before the images are read: a --frozen-groups the model lacks fails.
         self.frozen = frozen_parameter_names(self.model, config.frozen_groups)
         self.val_samples = val_samples
+        # Now, not after the warm-up: a validation set without one readable image is an error
+        # (reading stops at the first image that decodes).
+        if val_samples and not any(_readable(s) for s in val_samples):
+            raise DataError(f"none of the {len(val_samples)} validation images could be read")
         side = int(self.data_config["input_size"][-1])
         dataset = CachedImages(
             train.samples,
