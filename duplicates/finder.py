@@ -21,7 +21,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 from tqdm import tqdm
 
-from common.grouping import groups_of
+from common.grouping import component_labels, groups_of
 from duplicates.descriptor import CopyDescriptor
 from duplicates.features import Features, extract_features
 from duplicates.grouping import SearchConfig, knn_pairs, whiten
@@ -170,12 +170,12 @@ def candidate_pairs(global_: np.ndarray, config: FinderConfig) -> tuple[np.ndarr
     return i, j
 
 
-def distinct_rows(n: int, identical: list[tuple[int, int]]) -> np.ndarray:
-    """The first row of each set of identical files, and every row without a copy: sorted."""
-    keep = np.ones(n, dtype=bool)
-    for group in groups_of(n, identical):
-        keep[group[1:]] = False
-    return np.flatnonzero(keep)
+def first_identical(n: int, identical: list[tuple[int, int]]) -> np.ndarray:
+    """For each of ``n`` rows, the first row of its set of identical files (itself when it
+    has no copy)."""
+    labels = component_labels(n, identical)  # numbered in order of each set's first row
+    _, first = np.unique(labels, return_index=True)
+    return first[labels]
 
 
 def score_candidates(features: Features, config: FinderConfig) -> ScoredPairs:
@@ -187,7 +187,8 @@ def score_candidates(features: Features, config: FinderConfig) -> ScoredPairs:
     join their group through ``identical``.
     """
     identical = identical_row_pairs(features)
-    rows = distinct_rows(len(features.infos), identical)
+    first = first_identical(len(features.infos), identical)
+    rows = np.flatnonzero(first == np.arange(len(first)))
     # No copy of the descriptors when no file repeats (most folders).
     distinct = features.global_ if len(rows) == len(features.infos) else features.global_[rows]
     i, j = candidate_pairs(distinct, config)
@@ -236,9 +237,7 @@ def build_groups(
     }
     # Identical files score as the one of them the search saw: 300 reposts of a photo are
     # not verified again, one by one, against a keeper that is a near copy of it.
-    first = np.arange(len(features))
-    for same in groups_of(len(first), pairs.identical):
-        first[same] = same[0]
+    first = first_identical(len(features), pairs.identical)
     scorer = PairScorer(features, config=config.verify, model=config.pair_model)
     out = []
     for rows in groups:
