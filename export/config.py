@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from embedder.engine_options import DEFAULT_RUNTIME, RUNTIMES
 from embedder.text_reader import TextOptions
@@ -85,14 +85,15 @@ class ExportConfig:
         if self.ray is not None and not self.ray.strip():
             raise ExportError("ray must be 'local' or a cluster address such as 'auto'")
         if self.ray is None:
+            unset = {f.name: f.default for f in fields(self)}
             given = [
                 flag
-                for flag, value, unset in (
-                    ("--ray-actors", self.ray_actors, None),
-                    ("--ray-cpus-per-actor", self.ray_cpus_per_actor, 1.0),
-                    ("--ray-no-ship-code", self.ray_ship_code, None),
+                for flag, name in (
+                    ("--ray-actors", "ray_actors"),
+                    ("--ray-cpus-per-actor", "ray_cpus_per_actor"),
+                    ("--ray-no-ship-code", "ray_ship_code"),
                 )
-                if value != unset
+                if getattr(self, name) != unset[name]
             ]
             if given:  # ignored, the run would not be what was asked for
                 raise ExportError(f"{', '.join(given)} apply to a Ray run only: add --ray")
