@@ -142,7 +142,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ray.add_argument(
         "--ray-cpus-per-actor",
         type=positive_float,
-        default=1.0,
         help="CPUs reserved by each actor (default 1; its model, torch or ONNX Runtime, uses "
         "that many threads)",
     )

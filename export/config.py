@@ -56,7 +56,7 @@ class ExportConfig:
     restart: bool = False
     ray: str | None = None  # None (single process), "local", or a cluster address
     ray_actors: int | None = None
-    ray_cpus_per_actor: float = 1.0
+    ray_cpus_per_actor: float | None = None  # None: not given (1 CPU), told from an explicit 1
     ray_ship_code: bool | None = None  # None: ship the packages to remote clusters only
     progress: bool = True
 
@@ -80,7 +80,7 @@ class ExportConfig:
             raise ExportError(f"threads must be at least 1, got {self.threads}")
         if self.ray_actors is not None and self.ray_actors < 1:
             raise ExportError(f"ray_actors must be at least 1, got {self.ray_actors}")
-        if self.ray_cpus_per_actor <= 0:
+        if self.ray_cpus_per_actor is not None and self.ray_cpus_per_actor <= 0:
             raise ExportError("ray_cpus_per_actor must be positive")
         if self.ray is not None and not self.ray.strip():
             raise ExportError("ray must be 'local' or a cluster address such as 'auto'")
@@ -97,3 +97,8 @@ class ExportConfig:
             ]
             if given:  # ignored, the run would not be what was asked for
                 raise ExportError(f"{', '.join(given)} apply to a Ray run only: add --ray")
+
+    @property
+    def cpus_per_actor(self) -> float:
+        """CPUs each Ray actor reserves: ``ray_cpus_per_actor``, or 1 when not given."""
+        return 1.0 if self.ray_cpus_per_actor is None else self.ray_cpus_per_actor

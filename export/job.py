@@ -182,7 +182,7 @@ def _embed_stage(
                 start,
                 config.batch_size,
                 config.ray_actors,
-                config.ray_cpus_per_actor,
+                config.cpus_per_actor,
                 config.progress,
                 EngineOptions(runtime, config.device),
                 text.evidence.plan() if text else None,

@@ -113,7 +113,12 @@ def test_cli_reports_errors_in_one_line(demo, ckpt, tmp_path, capsys):
 def test_ray_options_without_ray_are_refused(demo, ckpt, tmp_path, capsys):
     """Silently ignored, --ray-actors 3 would run one process and look like a slow cluster."""
     base = ["--checkpoint", str(ckpt), "--images", str(demo), "--out", str(tmp_path / "f.h5")]
-    for extra in (["--ray-actors", "3"], ["--ray-cpus-per-actor", "2"], ["--ray-no-ship-code"]):
+    for extra in (
+        ["--ray-actors", "3"],
+        ["--ray-cpus-per-actor", "2"],
+        ["--ray-cpus-per-actor", "1"],  # the default's value, but given: still a mistake
+        ["--ray-no-ship-code"],
+    ):
         assert export_cli.main([*base, *extra]) == 2
         assert f"{extra[0]} apply to a Ray run only" in capsys.readouterr().err
     assert not (tmp_path / "f.h5").exists()
