@@ -8,6 +8,9 @@
 2. A connection must finish its request headers within ``header_timeout_s`` of connecting
    (gunicorn's keep-alive timer covers later requests): a client that trickles header lines
    holds no thread here, but it must not hold a connection for ever either.
+3. A request whose client closed the connection before any answer went out is logged with
+   status 499 ("client closed request", as nginx logs it). gunicorn logs it as ``500 0``, so a
+   flaky mobile network read as server errors on every dashboard that counts 5xx.
 
 gunicorn creates its protocol objects inside ``ASGIWorker._serve`` by the module-level name
 ``ASGIProtocol``; the worker process points that name at :class:`JsonErrorProtocol` when it
@@ -56,8 +59,35 @@ def protocol_error_response(status: int, message: str, extra_headers: Any = ()) 
     ).encode("latin-1") + body
 
 
+CLIENT_CLOSED_REQUEST = 499
+
+
+class _AccessLog:
+    """A protocol's gunicorn logger, whose access lines say 499 for requests whose client left
+    before anything was answered (everything else is the logger's own)."""
+
+    def __init__(self, protocol: ASGIProtocol, log: Any) -> None:
+        self._protocol = protocol
+        self._log = log
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        # gunicorn's handler starts every request at status 500 and ignores what the app sends
+        # once the connection is closed; the bridge's own 500s carry a JSON body.
+        if resp.status == 500 and resp.sent == 0 and self._protocol._closed:
+            resp.status = CLIENT_CLOSED_REQUEST
+        self._log.access(resp, req, environ, request_time)
+
+
 class JsonErrorProtocol(ASGIProtocol):
-    """gunicorn's HTTP/1 protocol with JSON error answers and a deadline for the headers."""
+    """gunicorn's HTTP/1 protocol with JSON error answers, a deadline for the headers and 499
+    in the access log for clients that left."""
+
+    def __init__(self, worker: Any) -> None:
+        super().__init__(worker)
+        self.log = _AccessLog(self, self.log)
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)

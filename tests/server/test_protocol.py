@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.server.helpers import API_KEY, _png_header, build_test_index
-from tests.server.live import multipart, peak_rss_mb, running_server, worker_pids
+from tests.server.live import multipart, peak_rss_mb, running_server, wait_for, worker_pids
 
 HEADER_TIMEOUT_S = 3
 BODY_TIMEOUT_S = 4
@@ -39,7 +39,7 @@ def server(tiny_checkpoint, proto_index, tmp_path_factory):
     with running_server(
         tiny_checkpoint, proto_index, work,
         "--threads", "8", "--header-timeout", str(HEADER_TIMEOUT_S),
-        "--body-timeout", str(BODY_TIMEOUT_S), "--api-key-file", str(key_file),
+        "--body-timeout", str(BODY_TIMEOUT_S), "--api-key-file", str(key_file), "--access-log",
     ) as live:  # fmt: skip
         yield live
 
@@ -113,6 +113,36 @@ def test_slow_headers_and_bodies_are_answered_408(server):
     )
     status, body = json_answer(raw_exchange(server.port, head + b"x"))
     assert status == 408 and "body" in body["error"]["message"]
+
+
+def test_a_client_that_leaves_is_logged_499_not_500(server, jpeg):
+    """gunicorn logs a request whose client left as ``500 0``: a flaky network read as server
+    errors. Each request below is told apart in the access log by its User-Agent."""
+    body, headers = multipart({"image": ("a.jpg", jpeg)})
+
+    def head(agent: str) -> bytes:
+        return (
+            f"POST /v1/search HTTP/1.1\r\nHost: x\r\nUser-Agent: {agent}\r\n"
+            f"Content-Type: {headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+
+    for agent, sent in (("left-mid-body", body[: len(body) // 2]), ("left-after-body", body)):
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(head(agent) + sent)
+        time.sleep(0.5)  # the next request is not the one left
+    answer = raw_exchange(server.port, head("stayed") + body)
+    assert json_answer(answer)[0] == 200
+
+    def lines() -> dict[str, str]:
+        text = server.log.read_text()
+        found = {a: ln for ln in text.splitlines() for a in AGENTS if f'"{a}"' in ln}
+        return found if len(found) == len(AGENTS) else {}
+
+    AGENTS = ("left-mid-body", "left-after-body", "stayed")
+    logged = wait_for("three access log lines", lines, timeout=20)
+    assert '" 499 0 ' in logged["left-mid-body"], logged
+    assert '" 499 0 ' in logged["left-after-body"], logged
+    assert '" 200 ' in logged["stayed"], logged
 
 
 class SlowClients:
