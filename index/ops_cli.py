@@ -14,6 +14,7 @@ from typing import Any
 
 from common.argtypes import add_store_option
 from common.errors import UserError
+from common.kept_images import kept_image
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,13 @@ def register(actions: argparse._SubParsersAction) -> None:
         "--id", dest="ids", action="append", default=[], metavar="ID", help="id (repeatable)"
     )
     remove.add_argument("--ids-file", metavar="FILE", help="text file with one id per line")
+    remove.add_argument(
+        "--image-dir",
+        metavar="DIR",
+        help="the --image-dir of the servers on this index: also delete the photos they kept "
+        "there for the removed items (added through the API), as a delete through the API "
+        "does; other files are never touched",
+    )
     remove.add_argument("--json", action="store_true", help="print the result as JSON")
     remove.set_defaults(func=cmd_remove, parser=remove)
 
@@ -159,10 +167,34 @@ def cmd_remove(args: argparse.Namespace) -> int:
     if not ids:
         args.parser.error("give ids to remove with --id ID or --ids-file FILE")
     with _open(args) as ix:
+        kept = _kept_images(ix, ids, args.image_dir) if args.image_dir else []
         ix.remove(ids)
         n = len(ix)
+    for path in kept:  # after the removal is durable: a failed removal keeps its photos
+        path.unlink(missing_ok=True)
     unique = len(set(ids))
-    return _print(args, {"removed": unique, "count": n}, f"removed {unique}; {n} items")
+    result = {"removed": unique, "count": n}
+    text = f"removed {unique}; {n} items"
+    if args.image_dir:
+        result["images_deleted"] = len(kept)
+        text += f"; deleted {len(kept)} kept photo(s) from {args.image_dir}"
+    return _print(args, result, text)
+
+
+def _kept_images(ix: Any, ids: list[str], folder: str) -> list[Path]:
+    """The photos a server kept in ``folder`` for those of ``ids`` in the catalog ``ix``."""
+    from index.errors import UnknownIdError
+
+    kept = []
+    for item_id in dict.fromkeys(ids):
+        try:
+            image = ix.get(item_id).metadata.get("image")
+        except UnknownIdError:
+            continue  # the removal names every unknown id
+        path = kept_image(folder, item_id, image)
+        if path is not None:
+            kept.append(path)
+    return kept
 
 
 def cmd_compact(args: argparse.Namespace) -> int:

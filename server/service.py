@@ -6,11 +6,9 @@ This is the only object the views talk to; it knows nothing about HTTP beyond ra
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from common.fsutil import atomic_write
+from common.kept_images import kept_image, new_image_path
 from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.class_rerank import ClassRerank, rerank_order
 from embedder.images import load_image
@@ -32,7 +31,7 @@ from index.errors import DuplicateIdError, UnknownIdError
 from server.batcher import Arrival, BatchResult, MicroBatcher
 from server.config import ServerConfig
 from server.errors import ApiError
-from server.files import declared_pixels, inside
+from server.files import declared_pixels
 from server.follower import IndexFollower
 from server.limits import check_item_id
 from server.metrics import Metrics
@@ -537,24 +536,17 @@ class LookupService:
         except UnknownIdError as exc:  # say what was asked: a delete, not a read
             raise UnknownIdError([item_id], "delete") from exc
         self.index.remove([item_id])
-        image_dir = self.config.image_dir
-        path = metadata.get("image")
-        if image_dir and path and inside(Path(path), [Path(image_dir)]):
-            self.drop_image(Path(path))
+        if self.config.image_dir:
+            self.drop_image(kept_image(self.config.image_dir, item_id, metadata.get("image")))
         log.info("removed item %r", item_id)
 
     def keep_image(self, item_id: str, data: bytes) -> Path | None:
-        """Store an added item's image durably under a name of its own.
-
-        The name is unique per request, not per id: two concurrent adds (or a delete and a
-        re-add) of one id must never overwrite, or clean up, each other's file.
-        """
+        """Store an added item's image durably under a name of its own (see
+        :mod:`common.kept_images`)."""
         if not self.config.image_dir:
             return None
-        folder = Path(self.config.image_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = hashlib.sha256(item_id.encode()).hexdigest()[:24]
-        path = folder / f"{stem}-{uuid.uuid4().hex[:16]}.img"
+        path = new_image_path(self.config.image_dir, item_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: tmp.write_bytes(data))
         return path.resolve()
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from common.errors import UserError
+from common.kept_images import new_image_path
 from index import open_index
 from index.errors import BuildInputError, UnknownIdError
 from tests.index.test_cli import DIM, cli, write_csv, write_embeddings
@@ -197,3 +198,37 @@ def test_operations_need_a_target(capsys):
     with pytest.raises(SystemExit):
         cli(["compact", "--store", "mysql://x"])
     assert "postgresql://" in capsys.readouterr().err
+
+
+def test_remove_with_image_dir_deletes_only_the_removed_items_kept_photos(tmp_path, capsys):
+    """Beside a server, ``index remove`` left the photos the server kept for API-added items in
+    its --image-dir; with --image-dir it deletes them, and nothing else there."""
+    write_embeddings(tmp_path / "emb.h5")
+    folder = tmp_path / "idx"
+    assert cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(folder)]) == 0
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    photos = {i: new_image_path(uploads, i) for i in ("p1", "p2", "p3")}
+    catalog_photo = uploads / "p4.jpg"  # a catalog's own photo in the same folder: not ours
+    for path in [*photos.values(), catalog_photo]:
+        path.write_bytes(b"photo")
+    with open_index(folder) as ix:
+        for item_id, path in photos.items():
+            ix.update_metadata(item_id, {"image": str(path)})
+        ix.update_metadata("p4", {"image": str(catalog_photo)})
+        ix.update_metadata("p5", {"image": str(photos["p3"])})  # named for another id
+    where = ["--index", str(folder), "--image-dir", str(uploads)]
+    with pytest.raises(UnknownIdError):
+        cli(["remove", *where, "--id", "p1", "--id", "nope"])
+    assert photos["p1"].exists()  # a failed removal keeps its photos
+    assert cli(["remove", *where, "--id", "p1", "--id", "p2", "--id", "p4", "--id", "p5"]) == 0
+    assert "removed 4; 116 items; deleted 2 kept photo(s)" in capsys.readouterr().out
+    assert not photos["p1"].exists() and not photos["p2"].exists()
+    assert photos["p3"].exists() and catalog_photo.exists()
+    assert cli(["remove", *where, "--id", "p3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "removed": 1,
+        "count": 115,
+        "images_deleted": 1,
+    }
+    assert not photos["p3"].exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,9 +171,12 @@ def test_add_get_search_delete_item(writable, jpeg_bytes):
     assert hits["neighbors"][0]["id"] == "new/phone 1"
     assert c.get("/v1/info").get_json()["index"]["size"] == 19
     assert_error(c.post("/v1/items", data={**form, **upload(jpeg_bytes)}, headers=headers), 409)
+    uploads = Path(app.extensions["phonesim"].service.config.image_dir)
+    assert len(list(uploads.iterdir())) == 1  # the refused add kept no photo
 
     r = c.delete("/v1/items/new/phone%201", headers=headers)
     assert r.status_code == 200 and r.get_json() == {"id": "new/phone 1", "deleted": True}
+    assert not any(uploads.iterdir())  # nor does the deleted item
     assert_error(c.get("/v1/items/new/phone%201"), 404, "unknown_item")
     gone = assert_error(c.delete("/v1/items/new/phone%201", headers=headers), 404, "unknown_item")
     assert gone["message"].startswith("cannot delete:")
