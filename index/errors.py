@@ -38,6 +38,11 @@ class StoreUnavailableError(CatalogIndexError):
     """
 
 
+class StoreRefusedError(CatalogIndexError, ValueError):
+    """The catalog store refused a write for what it holds (a value beyond one of its limits):
+    retrying the same write cannot help, unlike :class:`StoreUnavailableError`."""
+
+
 class ReadOnlyIndexError(CatalogIndexError):
     """A write (add, remove, checkpoint) was attempted on an index opened read-only."""
 

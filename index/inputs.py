@@ -51,6 +51,23 @@ def prepare_vectors(
     return out
 
 
+# An id is a unique key in both stores: PostgreSQL's btree refuses keys over about 2.7 KB.
+MAX_ID_BYTES = 1024
+
+
+def storable_text(text: str, what: str) -> None:
+    """Refuse text no store can hold as it is: a NUL (PostgreSQL's text refuses it) or a lone
+    surrogate (not UTF-8)."""
+    if "\x00" in text:
+        raise InvalidMetadataError(f"{what} must not contain a NUL character: {text[:40]!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidMetadataError(
+            f"{what} is not valid Unicode (a lone surrogate): {text[:40]!r}"
+        ) from None
+
+
 def prepare_ids(ids: Iterable[str], what: str = "ids") -> list[str]:
     """The ids as a list of unique non-empty strings (``ValueError`` subclasses otherwise)."""
     if isinstance(ids, str | bytes):
@@ -59,6 +76,12 @@ def prepare_ids(ids: Iterable[str], what: str = "ids") -> list[str]:
     for i in out:
         if not isinstance(i, str) or not i:
             raise InvalidMetadataError(f"{what} must be non-empty strings, got {i!r}")
+        storable_text(i, f"id {i[:40]!r}")
+        if len(i.encode("utf-8")) > MAX_ID_BYTES:
+            raise InvalidMetadataError(
+                f"ids must be at most {MAX_ID_BYTES} bytes of UTF-8, got one of "
+                f"{len(i.encode('utf-8'))}: {i[:40]!r}..."
+            )
     if len(set(out)) != len(out):
         seen: set[str] = set()
         dups = [i for i in out if i in seen or seen.add(i)]
@@ -101,6 +124,9 @@ def clean_metadata(metadata: Mapping[str, Any] | None, where: str = "metadata") 
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
             raise InvalidMetadataError(f"{where}: field names must be non-empty strings: {key!r}")
+        storable_text(key, f"{where}: field name")
+        if isinstance(value, str):
+            storable_text(value, f"{where}[{key!r}]")
         canonical_value(value, f"{where}[{key!r}]")
         if isinstance(value, bool | np.bool_):
             out[key] = bool(value)

@@ -30,6 +30,7 @@ import numpy as np
 from index.errors import (
     DuplicateIdError,
     IndexNotFoundError,
+    StoreRefusedError,
     StoreUnavailableError,
     UnknownIdError,
 )
@@ -51,7 +52,39 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 TABLES = ("items", "journal", "snapshots", "state")
 _COMPACT_LOCK = 0x7068_6F6E  # the advisory lock of the one compactor ("phon")
-_CONNECT_TIMEOUT_S = 3
+# A dead peer (a partition, a crashed host) is noticed within about 30 s instead of the
+# kernel's two hours, so a sync does not hang on it (a frozen server the kernel still answers
+# for is bounded by the server's follower instead: see server/follower.py).
+_CONNECT_OPTIONS = {
+    "connect_timeout": 3,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+# How long a write waits for another writer's lock before answering "unavailable, retry" (the
+# SQLite store's busy timeout is the same).
+_LOCK_TIMEOUT_S = 30
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _Connection:
+    """One psycopg connection (opened on first use) and the lock of its users."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.conn: Any = None
+
+    def drop(self) -> None:
+        if self.conn is not None:
+            with suppress(Exception):
+                self.conn.close()
+            self.conn = None
 
 
 def redact(url: str) -> str:
@@ -67,6 +100,19 @@ def redact(url: str) -> str:
     return f"postgresql://{parts.get('user', '')}@{host}:{port}/{parts.get('dbname', '')}"
 
 
+def catalog_state(c: Any) -> bool:
+    """Whether the database's ``state`` table has a catalog's columns (``key``, ``value``), not
+    another application's."""
+    columns = {
+        r[0]
+        for r in c.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = 'state'"
+        ).fetchall()
+    }
+    return {"key", "value"} <= columns
+
+
 class PgSource:
     """Writes, the journal and snapshots of a PostgreSQL store, and this replica's mirror."""
 
@@ -76,53 +122,70 @@ class PgSource:
     def __init__(self, url: str) -> None:
         self.url = url
         self.where = redact(url)
-        self.lock = threading.RLock()
-        self._conn: Any = None
+        # Two connections, each with its own lock: a write waiting for the head_seq row (held
+        # by another writer, up to _LOCK_TIMEOUT_S) must not hold up this process's reads of
+        # the journal, which every request's catch-up needs.
+        self._read = _Connection()
+        self._write_conn = _Connection()
         self._head: int | None = None
         self._generation: str | None = None
         self._replaced = False
         self.store = CatalogStore(":memory:", create=True)  # replaced at each load
 
     # -- connection ---------------------------------------------------------------------------
-    def _connect(self) -> Any:
+    def _connect(self, held: _Connection) -> Any:
         import psycopg
 
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self.url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S
-            )
-        return self._conn
+        if held.conn is None or held.conn.closed:
+            try:
+                held.conn = psycopg.connect(self.url, autocommit=True, **_CONNECT_OPTIONS)
+            except psycopg.ProgrammingError as exc:  # a malformed URL: its text holds the password
+                raise StoreUnavailableError(
+                    f"{self.where}: not a valid PostgreSQL URL ({type(exc).__name__}; "
+                    "write it as postgresql://user:password@host:port/dbname)"
+                ) from None
+        return held.conn
 
     @contextmanager
-    def conn(self) -> Iterator[Any]:
-        """This process's connection (reconnecting as needed); database failures become
-        :class:`StoreUnavailableError` and drop the connection."""
+    def conn(self, *, write: bool = False) -> Iterator[Any]:
+        """This process's reading (or writing) connection, reconnecting as needed. A database
+        that cannot be reached, or whose catalog tables are gone (a restore between its DROP
+        and CREATE), becomes :class:`StoreUnavailableError` and drops the connection; a
+        statement the database refuses for its data is a :class:`StoreRefusedError`."""
         import psycopg
+        from psycopg import errors
 
-        with self.lock:
+        held = self._write_conn if write else self._read
+        with held.lock:
             try:
-                yield self._connect()
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                self._drop()
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                yield self._connect(held)
+            except (errors.ProgramLimitExceeded, psycopg.DataError) as exc:
+                raise StoreRefusedError(f"{self.where}: refused ({_first_line(exc)})") from exc
+            except (
+                psycopg.OperationalError,
+                psycopg.InterfaceError,
+                errors.UndefinedTable,
+                errors.UndefinedColumn,
+            ) as exc:
+                held.drop()
+                msg = _first_line(exc)
                 raise StoreUnavailableError(f"{self.where}: unavailable ({msg})") from exc
 
-    def _drop(self) -> None:
-        if self._conn is not None:
-            with suppress(Exception):
-                self._conn.close()
-            self._conn = None
-
     def close(self) -> None:
-        with self.lock:
-            self._drop()
+        for held in (self._read, self._write_conn):
+            with held.lock:
+                held.drop()
         self.store.close()
 
     def manifest(self) -> Manifest:
         with self.conn() as c:
             if c.execute("SELECT to_regclass('state')").fetchone()[0] is None:
                 raise IndexNotFoundError(f"{self.where}: no catalog in this database")
-            row = c.execute("SELECT value FROM state WHERE key='manifest'").fetchone()
+            row = c.execute(
+                "SELECT value FROM state WHERE key='manifest'"
+                if catalog_state(c)
+                else "SELECT NULL WHERE false"
+            ).fetchone()
         if row is None:
             raise IndexNotFoundError(f"{self.where}: no catalog in this database")
         return manifest_from_dict(json.loads(row[0]), f"{self.where} (state.manifest)")
@@ -212,7 +275,8 @@ class PgSource:
     @contextmanager
     def _write(self) -> Iterator[tuple[Any, int]]:
         """A write transaction holding the ``head_seq`` row: ``(connection, next seq)``."""
-        with self.conn() as c, c.transaction():
+        with self.conn(write=True) as c, c.transaction():
+            c.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT_S}s'")  # then 503, not a hang
             head = int(
                 c.execute("SELECT value FROM state WHERE key='head_seq' FOR UPDATE").fetchone()[0]
             )
@@ -290,14 +354,14 @@ class PgSource:
     @contextmanager
     def compaction_lock(self) -> Iterator[bool]:
         """The session advisory lock of the one compactor (never waits)."""
-        with self.conn() as c:
+        with self.conn(write=True) as c:
             got = bool(c.execute("SELECT pg_try_advisory_lock(%s)", (_COMPACT_LOCK,)).fetchone()[0])
         try:
             yield got
         finally:
             if got:
                 try:
-                    with self.conn() as c:
+                    with self.conn(write=True) as c:
                         c.execute("SELECT pg_advisory_unlock(%s)", (_COMPACT_LOCK,))
                 except StoreUnavailableError:
                     pass  # the session is gone, and its lock with it
@@ -307,7 +371,8 @@ class PgSource:
         previous one, unless a snapshot as new exists. Replicas loading meanwhile keep their
         MVCC view."""
         data = faiss.serialize_index(index).tobytes()
-        with self.conn() as c, c.transaction():
+        with self.conn(write=True) as c, c.transaction():
+            c.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT_S}s'")
             cur = int(
                 c.execute(
                     "SELECT value FROM state WHERE key='checkpoint_seq' FOR UPDATE"

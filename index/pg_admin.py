@@ -13,22 +13,32 @@ import numpy as np
 
 from index import ann
 from index.errors import BuildInputError
-from index.pg import SCHEMA, TABLES, PgSource
+from index.pg import SCHEMA, TABLES, PgSource, catalog_state
 
 log = logging.getLogger(__name__)
 _BATCH = 2000
 
 
 def has_catalog(src: PgSource) -> bool:
+    """Whether the database holds a catalog; :class:`BuildInputError` if it holds tables of
+    a catalog's names that are another application's (a build would drop them)."""
     with src.conn() as c:
-        if c.execute("SELECT to_regclass('state')").fetchone()[0] is None:
+        present = [t for t in TABLES if c.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0]]
+        if not present:
             return False
-        return c.execute("SELECT 1 FROM state WHERE key='manifest'").fetchone() is not None
+        manifest = "SELECT 1 FROM state WHERE key='manifest'"
+        if "state" in present and catalog_state(c) and c.execute(manifest).fetchone():
+            return True
+    raise BuildInputError(
+        f"{src.where}: holds table(s) {', '.join(present)} that are not a phonesim catalog; "
+        "nothing was changed (use another database, or drop them yourself)"
+    )
 
 
 def refuse_existing(url: str, *, overwrite: bool = False) -> None:
-    """:class:`StoreUnavailableError` if the database at ``url`` cannot be reached, and unless
-    ``overwrite``, :class:`BuildInputError` if it already holds a catalog."""
+    """:class:`StoreUnavailableError` if the database at ``url`` cannot be reached;
+    :class:`BuildInputError` if it holds another application's tables of a catalog's names
+    or, unless ``overwrite``, already a catalog."""
     src = PgSource(url)
     try:
         if has_catalog(src) and not overwrite:
@@ -47,8 +57,7 @@ def push_folder(folder: str | Path, url: str, *, overwrite: bool = False) -> int
 
     src = PgSource(url)
     try:
-        if not overwrite:
-            refuse_existing(url)
+        refuse_existing(url, overwrite=overwrite)
         ix = CatalogIndex.open(folder, readonly=True)
         try:
             with ix._apply_mutex, ix._rw.read():  # one consistent state of the folder

@@ -1,0 +1,140 @@
+"""A real PostgreSQL store under faults: another application's tables, a writer holding the
+lock, tables gone mid-restore, a malformed URL, values the database cannot hold."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from index import open_index
+from index.errors import (
+    BuildInputError,
+    InvalidMetadataError,
+    StoreUnavailableError,
+)
+from tests.index.test_following import build, vec
+from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
+
+
+def test_a_build_never_drops_another_applications_tables(tmp_path, pg_url):  # noqa: F811
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TABLE items (sku TEXT, qty INT)")
+        c.execute("INSERT INTO items SELECT 'sku' || g, g FROM generate_series(1, 1000) g")
+    for overwrite in (False, True):
+        with pytest.raises(BuildInputError, match="items that are not a phonesim catalog"):
+            from index.pg_admin import push_folder
+
+            spec = build(tmp_path / f"ix{overwrite}", None)
+            push_folder(spec.path, pg_url, overwrite=overwrite)
+    with psycopg.connect(pg_url) as c:
+        assert c.execute("SELECT count(*) FROM items").fetchone()[0] == 1000
+
+
+def test_a_foreign_state_table_is_no_catalog(pg_url):  # noqa: F811
+    from index.errors import IndexNotFoundError
+
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TABLE state (name TEXT)")
+    with pytest.raises(IndexNotFoundError, match="no catalog in this database"):
+        open_index(None, store=pg_url)
+
+
+def test_reads_go_on_while_a_write_waits_for_another_writers_lock(
+    tmp_path,
+    pg_url,
+    monkeypatch,  # noqa: F811
+):
+    import index.pg
+
+    monkeypatch.setattr(index.pg, "_LOCK_TIMEOUT_S", 2)
+    spec = build(tmp_path / "ix", pg_url)
+    ix = spec.open()
+    other = spec.open()
+    try:
+        blocker = psycopg.connect(pg_url)  # a long `index add` elsewhere holds the lock
+        blocker.execute("SELECT value FROM state WHERE key='head_seq' FOR UPDATE")
+        failed: list[BaseException] = []
+        writer = threading.Thread(
+            target=lambda: _record(failed, lambda: ix.add(["waiting"], vec(1)))
+        )
+        t0 = time.monotonic()
+        writer.start()
+        time.sleep(0.5)
+        other_seen = other.sync()  # another process: not held up
+        assert ix.sync().store_error is None  # this process's reads: not held up either
+        assert time.monotonic() - t0 < 1.8 and other_seen.store_error is None
+        assert ix.search(vec(2), 1)[0]
+        writer.join(10)
+        blocker.rollback()
+        blocker.close()
+        # The write gave up after the lock timeout, as "unavailable, retry", and wrote nothing.
+        assert failed and isinstance(failed[0], StoreUnavailableError), failed
+        assert 1.8 < time.monotonic() - t0 < 8
+        assert "waiting" not in ix
+        ix.add(["waiting"], vec(1))  # the lock is free again
+        assert "waiting" in ix
+    finally:
+        ix.close()
+        other.close()
+
+
+def _record(errors: list[BaseException], fn) -> None:  # noqa: ANN001
+    try:
+        fn()
+    except BaseException as exc:  # noqa: BLE001 - reported by the test
+        errors.append(exc)
+
+
+def test_tables_gone_mid_restore_leave_reads_answering(tmp_path, pg_url):  # noqa: F811
+    spec = build(tmp_path / "ix", pg_url)
+    ix = spec.open()
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            c.execute("ALTER TABLE state RENAME TO state_moved")
+            st = ix.sync()
+            assert st.store_error and "unavailable" in st.store_error
+            assert len(ix) > 0 and ix.search(vec(3), 1)[0]
+            with pytest.raises(StoreUnavailableError):
+                ix.add(["new"], vec(4))
+            c.execute("ALTER TABLE state_moved RENAME TO state")
+        assert ix.sync().store_error is None
+        ix.add(["new"], vec(4))
+        assert "new" in ix
+    finally:
+        ix.close()
+
+
+def test_a_malformed_url_never_shows_its_password():
+    url = "postgresql://postgres:S3cretPW@[::1:55432/cat1"
+    with pytest.raises(StoreUnavailableError) as caught:
+        open_index(None, store=url)
+    assert "S3cretPW" not in str(caught.value) and "valid PostgreSQL URL" in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "ids, metadata, message",
+    [
+        (["a\x00b"], None, "NUL"),
+        (["a\ud800"], None, "lone surrogate"),
+        (["x" * 1025], None, "at most 1024 bytes"),
+        (["ok"], [{"title": "\udcff"}], "lone surrogate"),
+        (["ok"], [{"ti\x00tle": "x"}], "NUL"),
+    ],
+)
+def test_values_no_store_can_hold_are_refused_before_writing(
+    tmp_path,
+    pg_url,
+    ids,
+    metadata,
+    message,  # noqa: F811
+):
+    spec = build(tmp_path / "ix", pg_url)
+    with spec.open() as ix:
+        n = len(ix)
+        with pytest.raises(InvalidMetadataError, match=message):
+            ix.add(ids, vec(5), metadata)
+        assert len(ix) == n
