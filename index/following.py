@@ -136,6 +136,10 @@ class Following:
                     self._dirty = True
                     self._catch_up()
                     self._dirty = False
+                elif self._replica.applied_seq >= self._head:
+                    # Nothing new is caught up too: behind_seconds counts from the last time
+                    # this process was known current, not from the last change it applied.
+                    self._caught_up_at = time.time()
                 self._error = None
             except StoreUnavailableError as exc:
                 self._error = str(exc)
