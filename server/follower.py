@@ -1,11 +1,16 @@
 """Each serving process follows the catalog store: its FAISS copy catches up with the journal.
 
-Two ways, both through :meth:`index.catalog.CatalogIndex.sync` (a cheap change check, then the
-new journal records): :meth:`IndexFollower.catch_up` before a request is answered (so a write
-acknowledged by any process is seen by every request that starts after it), and a background
-thread every ``interval_s`` seconds (so a process that gets no requests is not far behind when
-one comes, and the lag gauges stay current). ``sync`` never raises because the store is
-unreachable: the process keeps answering from the state it holds and the status says why.
+Both ways run :meth:`index.catalog.CatalogIndex.sync` (a cheap change check, then the new
+journal records) on the follower's own thread: every ``interval_s`` seconds (so a process that
+gets no requests is not far behind when one comes, and the lag gauges stay current), and when
+a request asks, before it is answered (:meth:`IndexFollower.catch_up`: so a write acknowledged
+by any process is seen by every request that starts after it). Concurrent requests share one
+sync. A request waits for it at most ``wait_s``, and not at all once a sync has been running
+that long: a store that stops answering (a frozen server, a network partition the kernel has
+not noticed) then costs requests nothing; they are answered from the state this process holds,
+and the status says the store is not answering. ``sync`` never raises because the store is
+unreachable either: the process keeps answering from the state it holds and the status says
+why.
 
 A writing process also folds the journal into a new FAISS snapshot when it is due
 (:meth:`~index.catalog.CatalogIndex.compact`: by size or age; one compactor per store), from
@@ -18,12 +23,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 StatusObserver = Callable[[Any], None]
 COMPACT_CHECK_S = 1.0  # how often a writer asks the store whether compaction is due
+# How long a request waits for the store's changes before it is answered without them.
+CATCH_UP_WAIT_S = 2.0
 
 
 class IndexFollower:
@@ -37,11 +45,17 @@ class IndexFollower:
         on_status: StatusObserver | None = None,
         compact: bool = False,
         name: str = "phonesim-follower",
+        wait_s: float = CATCH_UP_WAIT_S,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"the sync interval must be positive, got {interval_s}")
         self.index = index
         self.interval_s = float(interval_s)
+        self.wait_s = float(wait_s)
+        self._cond = threading.Condition()
+        self._asked = 0  # syncs asked for by requests
+        self._covered = 0  # the last ask that a finished sync started after
+        self._syncing_since: float | None = None  # monotonic start of the running sync
         self._on_status = on_status
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -55,13 +69,39 @@ class IndexFollower:
         return self
 
     def catch_up(self) -> Any:
-        """Apply what the store has that this process lacks (the check before a request)."""
-        return self._sync()
+        """Apply what the store has that this process lacks (the check before a request): a
+        sync that starts after this call, waited for at most ``wait_s`` (see the module)."""
+        if not self.alive:  # not started (or stopping): sync on the caller's thread
+            return self._sync()
+        with self._cond:
+            self._asked += 1
+            mine = self._asked
+            self._cond.notify_all()
+            left = self.wait_s - self.stalled_s
+            if left > 0:
+                self._cond.wait_for(lambda: self._covered >= mine or not self.alive, left)
+        return self.status
+
+    @property
+    def stalled_s(self) -> float:
+        """How long the running sync has been waiting for the store (0 when none runs)."""
+        since = self._syncing_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
     @property
     def status(self) -> Any:
-        """Where this process stands (``SyncStatus``), without asking the store."""
-        return self.index.sync_status
+        """Where this process stands (``SyncStatus``), without asking the store; a sync
+        running past ``wait_s`` is reported as the store not answering."""
+        status = self.index.sync_status
+        stalled = self.stalled_s
+        if stalled > self.wait_s and not status.store_error:
+            late = max(status.behind_seconds, time.time() - status.checked_at)
+            status = replace(
+                status,
+                store_error=f"{self.index.where}: not answering for {stalled:.0f} s",
+                behind_seconds=late,
+            )
+        return status
 
     @property
     def alive(self) -> bool:
@@ -70,6 +110,8 @@ class IndexFollower:
     def stop(self, timeout: float = 5.0) -> None:
         """End the thread (idempotent); a sync in progress finishes first."""
         self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -101,11 +143,27 @@ class IndexFollower:
             log.warning("compaction failed (the next check tries again): %s", exc)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stop.is_set():
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._asked > self._covered or self._stop.is_set(), self.interval_s
+                )
+                if self._stop.is_set():
+                    break
+                covering = self._asked  # every ask so far is before this sync starts
+                self._syncing_since = time.monotonic()
+            status = None
             try:
-                self._maybe_compact(self._sync())
+                status = self._sync()
             except Exception:  # e.g. the index was closed under us at exit: stop quietly then
                 if self._stop.is_set():
                     break
                 log.exception("following the catalog store failed; trying again")
+            finally:
+                with self._cond:
+                    self._covered = max(self._covered, covering)
+                    self._syncing_since = None
+                    self._cond.notify_all()
             self.last_follow = time.monotonic()
+            if status is not None:  # after the waiting requests are released
+                self._maybe_compact(status)

@@ -134,8 +134,12 @@ class LookupService:
         self.metrics.refresh_gauges()
 
     def replica_status(self) -> dict[str, Any] | None:
-        """How far this process is behind the store, and why if it cannot reach it."""
-        status = getattr(self.index, "sync_status", None)
+        """How far this process is behind the store, and why if it cannot reach it (or it
+        has stopped answering: see :class:`IndexFollower`)."""
+        if self.follower is not None:
+            status = self.follower.status
+        else:
+            status = getattr(self.index, "sync_status", None)
         if status is None:
             return None
         return {
