@@ -65,7 +65,9 @@ class Preprocessor:
         if self.crop_mode == "border":
             # Longest side to the scaled size (timm's ResizeKeepRatio with longest=1).
             ratio = max(img.height / scale[0], img.width / scale[1])
-            img = _resize(img, (round(img.height / ratio), round(img.width / ratio)), self.filter)
+            # At least one pixel: a 5000 x 3 strip would round its short side to nothing.
+            size = (max(1, round(img.height / ratio)), max(1, round(img.width / ratio)))
+            img = _resize(img, size, self.filter)
             return _center_crop_or_pad(img, self.height, self.width, self._fill)
         if scale[0] == scale[1]:  # torchvision's Resize(int): the shorter side to this size
             w, h = img.size
@@ -75,6 +77,10 @@ class Preprocessor:
         else:  # timm's ResizeKeepRatio with longest=0: the shorter side to its target
             ratio = min(img.height / scale[0], img.width / scale[1])
             size = (round(img.height / ratio), round(img.width / ratio))
+        if size[0] * size[1] > _MAX_RESIZED_AREAS * self.height * self.width:
+            # A long strip (a 321-byte 40000 x 2 PNG) would resize to gigabytes of pixels of
+            # which the crop keeps a sliver: resize only the part of it the crop keeps.
+            return _resize_crop(img, size, self.height, self.width, self.filter)
         img = _resize(img, size, self.filter)
         return _center_crop_or_pad(img, self.height, self.width, (0, 0, 0))
 
@@ -94,6 +100,23 @@ class Preprocessor:
         for row, img in zip(out, images, strict=True):
             self.into(img, row)
         return out
+
+
+# Beyond this many input areas the center mode resizes only the cropped region (the result
+# differs from resizing the whole image by the filter's reach at the crop's edges).
+_MAX_RESIZED_AREAS = 16
+
+
+def _resize_crop(
+    img: Image.Image, size: tuple[int, int], height: int, width: int, resample: int
+) -> Image.Image:
+    """The centre ``height`` x ``width`` crop of ``img`` resized to ``size`` (height, width),
+    resizing only the source region under the crop."""
+    fy, fx = img.height / size[0], img.width / size[1]
+    top = int(round((size[0] - height) / 2.0))
+    left = int(round((size[1] - width) / 2.0))
+    box = (left * fx, top * fy, (left + width) * fx, (top + height) * fy)
+    return img.resize((width, height), resample, box=box)
 
 
 def _resize(img: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:

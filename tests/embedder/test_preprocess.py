@@ -71,3 +71,37 @@ def test_batches_are_written_in_place_and_decode_side_covers_the_resize():
     assert batch.shape == (3, 3, 64, 64) and batch.flags.c_contiguous
     np.testing.assert_array_equal(batch[1], pre(images[1]))
     assert pre.decode_side == 74  # ceil(64 / 0.875): the resize's shorter side
+
+
+@pytest.mark.parametrize("crop_mode", ["squash", "center", "border"])
+@pytest.mark.parametrize("size", [(5000, 3), (3, 5000), (40000, 2)])
+def test_long_strips_give_an_input_in_bounded_memory(crop_mode, size, monkeypatch):
+    """A 139-byte 5000 x 3 PNG rounded its short side to 0 pixels under "border" (a 500 for
+    the server); a 321-byte 40000 x 2 PNG resized to 2.8 GB under "center" (at 224 px)."""
+    resized: list[int] = []
+    original = Image.Image.resize
+
+    def recording(self, size, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        resized.append(size[0] * size[1])
+        return original(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording)
+    pre = Preprocessor({**BASE, "crop_mode": crop_mode, "crop_pct": 0.875})
+    out = pre(Image.new("RGB", size, (200, 100, 50)))
+    assert out.shape == (3, 64, 64) and np.isfinite(out).all()
+    assert max(resized) <= 16 * 64 * 64
+
+
+@pytest.mark.parametrize("size", [(2000, 20), (20, 2000)])
+def test_center_crops_of_long_strips_stay_close_to_timms(size):
+    """Past 16 input areas only the cropped region is resized: the pixels differ from timm's
+    (which resizes it all) by the filter's reach at the crop's edges."""
+    config = {**BASE, "crop_mode": "center", "crop_pct": 0.875}
+    w, h = size
+    ramp = np.linspace(0, 255, max(w, h))
+    ramp = ramp[None, :] if w > h else ramp[:, None]
+    rng = np.random.default_rng(0)
+    pixels = (ramp[..., None] * np.ones((h, w, 3)) + rng.normal(0, 20, (h, w, 3))).clip(0, 255)
+    img = Image.fromarray(pixels.astype(np.uint8))
+    got, want = Preprocessor(config)(img), eval_transform(config)(img).numpy()
+    assert np.abs(got - want).mean() < 0.01 and np.abs(got - want).max() < 0.2
