@@ -18,6 +18,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def max_threads() -> int:
+    """The most model threads a command takes: 4 per core this process may run on (at least
+    16). More only slow the model down, and ONNX Runtime asked for 100,000 never finished
+    starting (its memory grew by 60 MB/s, and Ctrl-C could not stop it)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(16, 4 * (cores or 1))
+
+
+def thread_count(text: str) -> int:
+    """A model thread count: 1 to :func:`max_threads`."""
+    value = positive_int(text)
+    if value > max_threads():
+        raise argparse.ArgumentTypeError(
+            f"must be at most {max_threads()} (4 per core here), got {value}"
+        )
+    return value
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from common.argtypes import max_threads
 from embedder.errors import EngineError
 from embedder.graphs import EMBEDDING, INPUT, PROBABILITIES, stage_name
 
@@ -41,6 +42,12 @@ def available_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def check_threads(threads: int | None) -> None:
+    """Refuse a thread count outside 1 to :func:`common.argtypes.max_threads` (None: default)."""
+    if threads is not None and not 1 <= threads <= max_threads():
+        raise EngineError(f"threads must be 1 to {max_threads()} (4 per core here), got {threads}")
 
 
 def default_threads(workers: int = 1) -> int:

@@ -8,7 +8,7 @@ import argparse
 from dataclasses import dataclass
 
 from common.argtypes import device as device_type
-from common.argtypes import positive_int
+from common.argtypes import thread_count
 
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 DEFAULT_RUNTIME = "auto"
@@ -84,4 +84,4 @@ def add_engine_options(parser: argparse.ArgumentParser, *, threads_help: str | N
     parser.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME, help=RUNTIME_HELP)
     parser.add_argument("--device", type=device_type, help=DEVICE_HELP)
     if threads_help:
-        parser.add_argument("--threads", type=positive_int, help=threads_help)
+        parser.add_argument("--threads", type=thread_count, help=threads_help)

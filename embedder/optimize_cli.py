@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.argtypes import positive_int
+from common.argtypes import positive_int, thread_count
 from embedder.engine_options import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_IMAGES,
@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--val",
         help="labelled images: accuracy, macro-F1, Recall@1, cosine to fp32 and speed of int8",
     )
-    p.add_argument("--threads", type=positive_int, help="ONNX Runtime threads (default: cores)")
+    p.add_argument("--threads", type=thread_count, help="ONNX Runtime threads (default: cores)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_optimize)
 

@@ -30,10 +30,12 @@ from embedder.checkpoint import CheckpointConfig, read_config
 from embedder.engine import (
     Engine,
     OnnxEngine,
+    check_threads,
     default_threads,
     device_string,
     onnx_providers,
     parse_device,
+    set_torch_threads,
 )
 from embedder.engine_options import DEFAULT_RUNTIME, RUNTIMES
 from embedder.errors import EngineError
@@ -284,20 +286,25 @@ def load_engine(
     ``default_threads(workers)`` when several worker processes share the machine).
     """
     check_runtime(path, runtime)
+    check_threads(threads)
     ckpt = Path(path)
-    threads = threads or default_threads()
+    given, threads = threads, threads or default_threads()
     if runtime == "onnx-int8":
         return open_int8(ckpt, onnx_device(device), threads)
     if runtime == "onnx":
         return open_fp32(ckpt, onnx_device(device), threads)
     if runtime == "auto":
-        return _auto(ckpt, device, threads)
-    from embedder.checkpoint import load_checkpoint
-    from embedder.torch_engine import TorchEngine, resolve_device
+        engine = _auto(ckpt, device, threads)
+    else:
+        from embedder.checkpoint import load_checkpoint
+        from embedder.torch_engine import TorchEngine, resolve_device
 
-    dev = resolve_device(device)  # a device this machine lacks fails before the model loads
-    model, _ = load_checkpoint(ckpt)
-    return TorchEngine(model, dev)
+        dev = resolve_device(device)  # a device this machine lacks fails before the model loads
+        model, _ = load_checkpoint(ckpt)
+        engine = TorchEngine(model, dev)
+    if engine.runtime == "torch":  # --threads means the model's threads on torch too
+        set_torch_threads(given, "torch")
+    return engine
 
 
 def resolve_runtime(

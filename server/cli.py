@@ -16,6 +16,7 @@ from common.argtypes import (
     positive_float,
     positive_int,
     seconds_between,
+    thread_count,
 )
 from common.errors import UserError, run_reporting_errors
 from embedder.engine_options import add_engine_options
@@ -127,7 +128,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model-threads",
         "--torch-threads",
         dest="torch_threads",
-        type=positive_int,
+        type=thread_count,
         default=None,
         metavar="N",
         help="model threads per worker, torch or ONNX Runtime (default: CPU cores / workers)",

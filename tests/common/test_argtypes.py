@@ -61,3 +61,14 @@ def test_progress_bars_only_for_a_person_watching(monkeypatch):
     assert show_progress(argparse.Namespace())  # a command without either flag
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # a log file
     assert not show_progress(argparse.Namespace(no_progress=False, quiet=False))
+
+
+def test_thread_counts_are_bounded_by_the_cores():
+    """ONNX Runtime asked for 100,000 threads never finished starting (and ignored Ctrl-C)."""
+    from common.argtypes import max_threads, thread_count
+
+    assert max_threads() >= 16 and thread_count("1") == 1
+    assert thread_count(str(max_threads())) == max_threads()
+    for bad in ("0", str(max_threads() + 1), "100000"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            thread_count(bad)

@@ -116,3 +116,21 @@ def test_a_rebuilt_graph_drops_the_old_check(ckpt):
     load_engine(ckpt, runtime="auto", device="cpu")
     ensure_fp32_graph(ckpt, rebuild_because="test")
     assert recorded_check(ckpt) is None
+
+
+def test_threads_set_the_torch_runtimes_threads_too(ckpt):
+    """`evaluate`, `duplicates find` and `index query --runtime torch --threads 1` ran torch on
+    every core: only the ONNX runtimes read the value."""
+    import torch
+
+    from embedder.errors import EngineError
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        load_engine(ckpt, "torch", "cpu", threads=1)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(EngineError, match="threads must be 1 to"):
+            load_engine(ckpt, "onnx", "cpu", threads=100_000)
+    finally:
+        torch.set_num_threads(before)

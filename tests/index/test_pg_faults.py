@@ -44,8 +44,8 @@ def test_a_foreign_state_table_is_no_catalog(pg_url):  # noqa: F811
 
 def test_reads_go_on_while_a_write_waits_for_another_writers_lock(
     tmp_path,
-    pg_url,
-    monkeypatch,  # noqa: F811
+    pg_url,  # noqa: F811
+    monkeypatch,
 ):
     import index.pg
 
@@ -127,7 +127,7 @@ def test_a_malformed_url_never_shows_its_password():
 )
 def test_values_no_store_can_hold_are_refused_before_writing(
     tmp_path,
-    pg_url,
+    pg_url,  # noqa: F811
     ids,
     metadata,
     message,  # noqa: F811
