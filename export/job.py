@@ -380,7 +380,12 @@ def export_features(config: ExportConfig) -> ExportSummary:
     text = None
     if evidence is not None:
         text = _TextStage(evidence, inputs, Preprocessor(ckpt.data_config).decode_side)
-    embedded_now, runtime = _embed_stage(config, inputs, partial, ckpt_hash, clock, text)
+    try:
+        embedded_now, runtime = _embed_stage(config, inputs, partial, ckpt_hash, clock, text)
+    except BaseException:
+        if not partial.shards:  # nothing to resume: a corrected command must not be refused
+            partial.remove()
+        raise
     embed_seconds = time.perf_counter() - clock.t0
 
     if not any(shard.rows for shard in partial.shards):

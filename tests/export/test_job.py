@@ -190,3 +190,18 @@ def test_read_only_output_folder(demo, ckpt, tmp_path):
             export_features(_config(ckpt, demo, folder / "f.h5"))
     finally:
         folder.chmod(0o700)
+
+
+def test_a_run_that_fails_before_its_first_shard_leaves_nothing_to_resume(demo, ckpt, tmp_path):
+    """`--runtime onnx-int8` on a checkpoint without an int8 graph failed, but left
+    OUT.partial/, and the corrected command was refused as "a different precision"."""
+    private = tmp_path / "ckpt"
+    shutil.copytree(ckpt, private)
+    for graph in private.glob("*.onnx"):
+        graph.unlink()
+    out = tmp_path / "f.h5"
+    with pytest.raises(Exception, match="int8"):
+        export_features(_config(private, demo / "catalog.csv", out, runtime="onnx-int8"))
+    assert not partial_path(out).exists()
+    export_features(_config(private, demo / "catalog.csv", out, runtime="torch"))
+    assert out.is_file()
