@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,11 +77,15 @@ def _read_raw_config(ckpt: Path) -> dict[str, Any]:
 
 def read_graph_record(ckpt: str | Path, kind: str) -> GraphRecord | None:
     """The record of graph ``kind`` ("fp32" or "int8") in config.json, if any."""
-    data = _read_raw_config(Path(ckpt)).get(ONNX_SECTION, {}).get(kind)
+    section = _read_raw_config(Path(ckpt)).get(ONNX_SECTION)
+    data = section.get(kind) if isinstance(section, dict) else None
     try:
-        return GraphRecord.from_json(data) if isinstance(data, dict) else None
+        record = GraphRecord.from_json(data) if isinstance(data, dict) else None
     except TypeError:  # an incomplete record is as good as none
         return None
+    if record is not None and not isinstance(record.check, dict):
+        record = replace(record, check={})  # a damaged check is no check
+    return record
 
 
 def write_graph_record(ckpt: str | Path, kind: str, record: GraphRecord) -> None:

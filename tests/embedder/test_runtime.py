@@ -134,3 +134,15 @@ def test_threads_set_the_torch_runtimes_threads_too(ckpt):
             load_engine(ckpt, "onnx", "cpu", threads=100_000)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("onnx", ["garbage", {"fp32": {"check": "garbage"}}, {"fp32": 3}])
+def test_a_damaged_graph_record_is_no_record(ckpt, onnx):
+    """A hand-edited or damaged "onnx" section crashed with an AttributeError traceback; a
+    record that cannot be read is treated as none (the graph is checked, or rebuilt, again)."""
+    config = json.loads((ckpt / CONFIG_FILE).read_text())
+    if isinstance(onnx, dict) and isinstance(onnx["fp32"], dict):
+        onnx = {"fp32": {**config["onnx"]["fp32"], **onnx["fp32"]}}
+    (ckpt / CONFIG_FILE).write_text(json.dumps({**config, "onnx": onnx}))
+    assert recorded_check(ckpt) is None
+    assert load_engine(ckpt, "auto", "cpu", threads=1).runtime in ("onnx", "torch")
