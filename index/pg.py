@@ -130,6 +130,10 @@ class PgSource:
         self._head: int | None = None
         self._generation: str | None = None
         self._replaced = False
+        # (seq, ts) of the last journal record this replica holds: a database restored from
+        # a dump keeps its generation, but numbers its later records anew, so a record of
+        # that number with another time means this replica follows a catalog that is gone.
+        self._last: tuple[int, float] | None = None
         self.store = CatalogStore(":memory:", create=True)  # replaced at each load
 
     # -- connection ---------------------------------------------------------------------------
@@ -192,19 +196,24 @@ class PgSource:
 
     # -- following ------------------------------------------------------------------------------
     def head(self) -> tuple[int, int]:
+        last_seq, last_ts = self._last or (-1, None)
         with self.conn() as c:
-            rows = dict(
-                c.execute(
-                    "SELECT key, value FROM state "
-                    "WHERE key IN ('head_seq', 'checkpoint_seq', 'generation')"
-                ).fetchall()
-            )
+            found = c.execute(
+                "SELECT key, value, (SELECT ts FROM journal WHERE seq = %s) FROM state "
+                "WHERE key IN ('head_seq', 'checkpoint_seq', 'generation')",
+                (last_seq,),
+            ).fetchall()
+        rows = {key: value for key, value, _ in found}
+        ts_now = found[0][2] if found else None
         self._head = int(rows.get("head_seq", 0))
-        self._replaced = rows.get("generation") != self._generation
+        self._replaced = rows.get("generation") != self._generation or (
+            ts_now is not None and last_ts is not None and ts_now != last_ts
+        )
         return self._head, int(rows.get("checkpoint_seq", 0))
 
     def replaced(self) -> bool:
-        """Whether the catalog was replaced (``restore``) since this replica loaded it."""
+        """Whether the catalog was replaced since this replica loaded it: by ``restore``, or
+        by a database restore from a dump (``pg_restore --clean``)."""
         return self._replaced
 
     def changed(self) -> bool:
@@ -246,6 +255,7 @@ class PgSource:
                 (ck,),
             ).fetchall()
             records = [decode_record(*r[:7], dim) for r in recs]
+            at_ck = c.execute("SELECT ts FROM journal WHERE seq=%s", (ck,)).fetchone()
             n = 0
             with c.cursor(name="phonesim_items") as cur, mirror.transaction():
                 cur.itersize = 5000
@@ -260,6 +270,10 @@ class PgSource:
                 mirror.set_state(next_fid=next_fid)
         self._head = int(state.get("head_seq", 0))
         self._generation, self._replaced = state.get("generation"), False
+        if records:
+            self._last = (records[-1].seq, records[-1].ts)
+        else:  # the snapshot's own record, while compaction keeps it
+            self._last = (ck, at_ck[0]) if at_ck is not None else None
         live = mirror.live_fids()
         return Loaded(index, f"snapshot {ck}", ck, records, n, live, next_fid, mirror=mirror)
 
@@ -270,6 +284,7 @@ class PgSource:
 
     def apply_local(self, rec: JournalRecord) -> None:
         self.store.apply(rec)
+        self._last = (rec.seq, rec.ts)
 
     # -- writes ---------------------------------------------------------------------------------
     @contextmanager

@@ -138,3 +138,39 @@ def test_values_no_store_can_hold_are_refused_before_writing(
         with pytest.raises(InvalidMetadataError, match=message):
             ix.add(ids, vec(5), metadata)
         assert len(ix) == n
+
+
+def test_a_replica_reloads_after_the_database_is_restored_from_a_dump(
+    tmp_path,
+    pg_server,  # noqa: F811
+    pg_url,  # noqa: F811
+):
+    """A dump keeps the catalog's generation. A replica that held records written after the
+    dump kept them after `pg_restore --clean`, and applied the records written after the
+    restore on top: removed items answered, new ones never did, and no error said so."""
+    import subprocess
+
+    spec = build(tmp_path / "ix", pg_url)
+    x = spec.open()
+    try:
+        x.add([f"kept-{i}" for i in range(3)], vec(1).repeat(3, 0))
+        dump = tmp_path / "catalog.dump"
+        bindir = pg_server.bindir
+        subprocess.run([bindir / "pg_dump", "-Fc", "-f", dump, pg_url], check=True, timeout=60)
+        with spec.open() as w:
+            for i in range(3):
+                w.add([f"lost-{i}"], vec(10 + i))
+        x.sync()
+        assert "lost-2" in x
+        subprocess.run(
+            [bindir / "pg_restore", "--clean", "-d", pg_url, dump], check=True, timeout=60
+        )
+        with spec.open() as w:
+            for i in range(4):
+                w.add([f"after-{i}"], vec(20 + i))
+        assert x.sync().store_error is None
+        assert all(f"after-{i}" in x for i in range(4)), "records written after the restore"
+        assert not any(f"lost-{i}" in x for i in range(3)), "records the restore undid"
+        assert x.search(vec(21), 1)[0][0].id == "after-1"
+    finally:
+        x.close()
