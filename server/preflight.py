@@ -60,7 +60,19 @@ def check_in_child(config: ServerConfig) -> None:
     last = lines[-1] if lines else f"exit status {done.returncode}"
     if done.returncode == USER_ERROR_EXIT:
         raise UserError(last)
-    raise UserError(f"the serve preflight failed: {last}")
+    raise UserError(f"the serve preflight failed: {_exception_text(lines) or last}")
+
+
+def _exception_text(lines: list[str]) -> str:
+    """The exception a traceback ends with, all its lines (a database error's last line is a
+    caret under the statement), joined and cut to 500 characters."""
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    if not frames:
+        return ""
+    rest = lines[frames[-1] + 1 :]
+    while rest and rest[0].startswith(" "):  # the frame's source line(s)
+        rest = rest[1:]
+    return " ".join(line.strip() for line in rest)[:500]
 
 
 def main(argv: list[str] | None = None) -> int:

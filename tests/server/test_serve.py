@@ -142,3 +142,21 @@ def test_a_worker_leaving_the_block_does_not_remove_the_masters_folder(tmp_path)
     except SystemExit:
         os._exit(0)  # only the forked child gets here
     assert not folder.exists()  # the master's own exit removes it
+
+
+def test_an_unexpected_preflight_error_is_reported_whole():
+    """A database error's traceback ends with a caret line: the message was just '^'."""
+    from server.preflight import _exception_text
+
+    stderr = [
+        "Traceback (most recent call last):",
+        '  File "/x/pg.py", line 3, in manifest',
+        "    row = c.execute(q)",
+        "          ^^^^^^^^^^^^",
+        'psycopg.errors.UndefinedColumn: column "value" does not exist',
+        "LINE 1: SELECT value FROM state WHERE key='manifest'",
+        "               ^",
+    ]
+    text = _exception_text(stderr)
+    assert text.startswith('psycopg.errors.UndefinedColumn: column "value" does not exist')
+    assert "LINE 1" in text and _exception_text(["no traceback"]) == ""
