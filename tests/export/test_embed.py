@@ -60,19 +60,40 @@ def test_embed_bad_output_and_checkpoint(tiny_checkpoint, tiny_catalog, tmp_path
 def test_an_interrupted_embed_leaves_no_file_and_resumes(
     tiny_checkpoint, tiny_catalog, tmp_path, monkeypatch, capsys
 ):
-    """Unlike the old embed job, progress is kept in OUT.partial/ and the same command resumes."""
+    """Unlike the old embed job, progress is kept in OUT.partial/ and the same command resumes;
+    interrupted before anything was committed, it leaves nothing."""
     out = tmp_path / "e.h5"
+    write = ShardWriter.write
 
-    def broken(self, batch):
+    def interrupted(self, batch):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ShardWriter, "write", broken)
-    assert _embed(tiny_checkpoint, tiny_catalog, out) == 130
+    monkeypatch.setattr(ShardWriter, "write", interrupted)
+    assert _embed(tiny_checkpoint, tiny_catalog, out, "--batch-size", "4") == 130
+    assert list(tmp_path.iterdir()) == []
+
+    def after_one_shard(self, batch):
+        if self.partial.shards:
+            raise KeyboardInterrupt
+        write(self, batch)
+        self.flush()  # the first batch is committed as a shard of its own
+
+    monkeypatch.setattr(ShardWriter, "write", after_one_shard)
+    assert _embed(tiny_checkpoint, tiny_catalog, out, "--batch-size", "4") == 130
     assert [p.name for p in tmp_path.iterdir()] == ["e.h5.partial"]
-    monkeypatch.undo()
-    assert _embed(tiny_checkpoint, tiny_catalog, out) == 0
+    starts: list[int] = []
+
+    def counted(self, batch):
+        starts.append(batch.start)
+        write(self, batch)
+
+    monkeypatch.setattr(ShardWriter, "write", counted)
+    assert _embed(tiny_checkpoint, tiny_catalog, out, "--batch-size", "4") == 0
     assert "embedded 18 images (0 failed)" in capsys.readouterr().out
+    assert starts[0] == 4  # resumed after the committed shard
     assert [p.name for p in tmp_path.iterdir()] == ["e.h5"]
+    with h5py.File(out) as h5:
+        assert len(h5["ids"]) == 18
 
 
 def _old_embed_file(path: Path, fmt: str | None = None) -> None:
