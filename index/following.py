@@ -222,16 +222,30 @@ class Following:
                 self._sync_now()
                 if self._error is not None:
                     raise StoreUnavailableError(self._error)
+                outside = self._source.snapshot_outside_apply
                 with self._apply_mutex:
                     r = self._replica
-                    if r.applied_seq <= self._store_ck and r.applied_seq == r.ck_seq:
+                    seq = r.applied_seq
+                    if seq <= self._store_ck and seq == r.ck_seq:
                         return False
                     with self._rw.read():  # searches go on; applying waits
-                        done = self._source.commit_snapshot(r.index, r.applied_seq)
-                    r.ck_seq, r.pending = r.applied_seq, 0
-                    self._store_ck = max(self._store_ck, r.applied_seq)
+                        if outside:
+                            frozen = self._source.freeze(r.index)
+                        else:
+                            done = self._source.commit_snapshot(r.index, seq)
+                if outside:
+                    # The upload (seconds for a large catalog) holds no lock of this process:
+                    # the journal is still applied meanwhile, so requests see acknowledged
+                    # writes (holding it, they waited out the upload or answered without them).
+                    done = self._source.commit_snapshot(frozen, seq)
+                with self._apply_mutex:
+                    if r is self._replica and r.ck_seq < seq:
+                        r.ck_seq = seq
+                        if r.applied_seq == seq:
+                            r.pending = 0
+                    self._store_ck = max(self._store_ck, seq)
                 self._update_manifest_count()
-        log.debug("compacted %s at journal record %d", self.where, r.ck_seq)
+        log.debug("compacted %s at journal record %d", self.where, seq)
         return done
 
     def checkpoint(self) -> None:

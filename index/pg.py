@@ -218,7 +218,8 @@ class PgSource:
 
     def changed(self) -> bool:
         before = self._head
-        return self.head()[0] != before
+        # A restore leaves head_seq as it may have been (0 after 0): the generation tells.
+        return self.head()[0] != before or self._replaced
 
     def records(self, after: int, dim: int) -> list[JournalRecord]:
         with self.conn() as c:
@@ -381,11 +382,19 @@ class PgSource:
                 except StoreUnavailableError:
                     pass  # the session is gone, and its lock with it
 
-    def commit_snapshot(self, index: faiss.Index, seq: int) -> bool:
-        """Store ``index`` (as of record ``seq``) as the snapshot and drop the journal up to the
-        previous one, unless a snapshot as new exists. Replicas loading meanwhile keep their
-        MVCC view."""
-        data = faiss.serialize_index(index).tobytes()
+    # The snapshot is serialised under the caller's locks (freeze) and uploaded without them.
+    snapshot_outside_apply = True
+
+    @staticmethod
+    def freeze(index: faiss.Index) -> bytes:
+        """``index`` serialised, as :meth:`commit_snapshot` stores it."""
+        return faiss.serialize_index(index).tobytes()
+
+    def commit_snapshot(self, index: faiss.Index | bytes, seq: int) -> bool:
+        """Store ``index`` (as of record ``seq``; or its :meth:`freeze`) as the snapshot and
+        drop the journal up to the previous one, unless a snapshot as new exists. Replicas
+        loading meanwhile keep their MVCC view."""
+        data = index if isinstance(index, bytes) else self.freeze(index)
         with self.conn(write=True) as c, c.transaction():
             c.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT_S}s'")
             cur = int(

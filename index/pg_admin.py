@@ -17,6 +17,7 @@ from index.pg import SCHEMA, TABLES, PgSource, catalog_state
 
 log = logging.getLogger(__name__)
 _BATCH = 2000
+LOCK_ORDER = ("state", "journal", "snapshots", "items")
 
 
 def has_catalog(src: PgSource) -> bool:
@@ -70,6 +71,13 @@ def push_folder(folder: str | Path, url: str, *, overwrite: bool = False) -> int
         finally:
             ix.close()
         with src.conn() as c, c.transaction():
+            # Every table at once, state first as readers and writers take them: dropping them
+            # one by one (items first) deadlocked with a replica reading state, then journal.
+            present = [
+                t for t in LOCK_ORDER if c.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0]
+            ]
+            if present:
+                c.execute(f"LOCK TABLE {', '.join(present)} IN ACCESS EXCLUSIVE MODE")
             for t in TABLES:
                 c.execute(f"DROP TABLE IF EXISTS {t}")
             c.execute(SCHEMA)

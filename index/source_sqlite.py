@@ -216,6 +216,7 @@ class SqliteSource:
 
     # -- what a PostgreSQL source does differently --------------------------------------------
     cheap_check = True  # data_version costs microseconds: check before every read
+    snapshot_outside_apply = False  # the snapshot is written from the live index, under lock
 
     def replaced(self) -> bool:
         """A folder is never replaced under an opener (the shared folder lock)."""

@@ -14,7 +14,8 @@ why.
 
 A writing process also folds the journal into a new FAISS snapshot when it is due
 (:meth:`~index.catalog.CatalogIndex.compact`: by size or age; one compactor per store), from
-this thread, so no request ever waits for a compaction.
+a thread of its own: the syncs requests wait for go on meanwhile (on PostgreSQL the snapshot's
+upload, seconds for a large catalog, holds no lock of the index either).
 """
 
 from __future__ import annotations
@@ -60,12 +61,17 @@ class IndexFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._last_error: str | None = None
-        self._compact = compact
-        self._compact_checked = 0.0
+        self._compactor = (
+            threading.Thread(target=self._compact_loop, name=f"{name}-compact", daemon=True)
+            if compact
+            else None
+        )
         self.last_follow = 0.0  # monotonic time of the last background sync that ran
 
     def start(self) -> IndexFollower:
         self._thread.start()
+        if self._compactor is not None:
+            self._compactor.start()
         return self
 
     def catch_up(self) -> Any:
@@ -107,13 +113,21 @@ class IndexFollower:
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._stop.is_set()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """End the thread (idempotent); a sync in progress finishes first."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """End the threads (idempotent); a sync or compaction in progress finishes first,
+        waited for ``timeout`` seconds in all. False if one is still running then (stuck on a
+        store that stopped answering)."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        stuck = False
+        for thread in (self._thread, self._compactor):
+            if thread is None or thread is threading.current_thread() or not thread.ident:
+                continue
+            thread.join(max(0.0, deadline - time.monotonic()))
+            stuck = stuck or thread.is_alive()
+        return not stuck
 
     def _sync(self) -> Any:
         status = self.index.sync()
@@ -131,16 +145,18 @@ class IndexFollower:
                 log.exception("sync status observer failed")
         return status
 
-    def _maybe_compact(self, status: Any) -> None:
-        now = time.monotonic()
-        if not self._compact or status.store_error or now - self._compact_checked < COMPACT_CHECK_S:
-            return
-        self._compact_checked = now
-        try:
-            if self.index.compact():
-                log.info("folded the journal into a new snapshot at record %d", status.head_seq)
-        except Exception as exc:  # not due, another process compacts, or the store went away
-            log.warning("compaction failed (the next check tries again): %s", exc)
+    def _compact_loop(self) -> None:
+        while not self._stop.wait(COMPACT_CHECK_S):
+            if self.status.store_error:
+                continue  # the syncs say why; compaction would only fail the same way
+            try:
+                if self.index.compact():
+                    seq = self.index.sync_status.applied_seq
+                    log.info("folded the journal into a new snapshot at record %d", seq)
+            except Exception as exc:  # not due, another process compacts, the store went away
+                if self._stop.is_set():
+                    break
+                log.warning("compaction failed (the next check tries again): %s", exc)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -152,9 +168,8 @@ class IndexFollower:
                     break
                 covering = self._asked  # every ask so far is before this sync starts
                 self._syncing_since = time.monotonic()
-            status = None
             try:
-                status = self._sync()
+                self._sync()
             except Exception:  # e.g. the index was closed under us at exit: stop quietly then
                 if self._stop.is_set():
                     break
@@ -165,5 +180,3 @@ class IndexFollower:
                     self._syncing_since = None
                     self._cond.notify_all()
             self.last_follow = time.monotonic()
-            if status is not None:  # after the waiting requests are released
-                self._maybe_compact(status)

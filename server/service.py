@@ -175,10 +175,13 @@ class LookupService:
         return all(self.checks().values())
 
     def close(self) -> None:
-        if self.follower is not None:
-            self.follower.stop()
+        stuck = self.follower is not None and not self.follower.stop()
         self.batcher.close()
-        if self._owns_index:
+        if self._owns_index and stuck:
+            # Closing waits for the stuck sync's lock: a SIGTERM would wait out gunicorn's
+            # graceful timeout. Nothing is lost: every acknowledged write is in the store.
+            log.warning("a sync is stuck on the catalog store; leaving it to the process exit")
+        elif self._owns_index:
             self.index.close()
 
     # -- model ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 
 from server.follower import IndexFollower
 from tests.index.test_following import build, vec
-from tests.pg import pg_server  # noqa: F401 - fixture
+from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 WAIT_S = 1.0
 
@@ -61,14 +61,21 @@ def test_a_frozen_store_holds_requests_at_most_the_wait(tmp_path, pg_server):  #
             assert took < 0.2
             assert status.store_error and "not answering" in status.store_error
             assert ix.search(vec(1), 1)[0]  # reads answer from the state held
+            deadline = time.monotonic() + 15
             for pid in frozen:
                 os.kill(pid, signal.SIGCONT)
             frozen = []
-            deadline = time.monotonic() + 15
             while follower.catch_up().store_error is not None:
                 if time.monotonic() > deadline:
                     pytest.fail("the follower did not recover after the store came back")
                 time.sleep(0.1)
+            for pid in _server_pids(postmaster):  # frozen again: a SIGTERM must not hang
+                os.kill(pid, signal.SIGSTOP)
+                frozen.append(pid)
+            timed(follower.catch_up)
+            # The stuck sync is reported, so the server leaves the index to the process exit
+            # instead of waiting for its lock (SIGTERM took gunicorn's whole 30 s).
+            assert follower.stop(timeout=0.5) is False
         finally:
             for pid in frozen:  # first: closing waits for the sync the freeze holds
                 os.kill(pid, signal.SIGCONT)
@@ -76,3 +83,38 @@ def test_a_frozen_store_holds_requests_at_most_the_wait(tmp_path, pg_server):  #
             ix.close()
     finally:
         own.stop()
+
+
+def test_a_slow_snapshot_upload_holds_no_request(tmp_path, pg_url, monkeypatch):  # noqa: F811
+    """A compaction held the index's apply lock while it uploaded the snapshot (9-14 s for a
+    60k-item catalog): requests waited out the 2 s bound and answered without writes other
+    replicas had acknowledged, and no status said so."""
+    from index.pg import PgSource
+
+    upload = PgSource.commit_snapshot
+
+    def slow_upload(self, index, seq):  # noqa: ANN001, ANN202
+        time.sleep(3)
+        return upload(self, index, seq)
+
+    monkeypatch.setattr(PgSource, "commit_snapshot", slow_upload)
+    spec = build(tmp_path / "ix", pg_url)
+    a, b = spec.open(), spec.open()
+    follower = IndexFollower(a, 0.2, wait_s=WAIT_S).start()
+    compaction = threading.Thread(target=lambda: a.compact(force=True))
+    try:
+        a.add(["before"], vec(4))  # something to fold
+        compaction.start()
+        time.sleep(0.5)  # uploading now
+        b.add(["during"], vec(5))  # acknowledged by another replica
+        status, took = timed(follower.catch_up)
+        assert took < WAIT_S and status.store_error is None
+        assert "during" in a and a.search(vec(5), 1)[0][0].id == "during"
+        compaction.join(10)
+        assert not compaction.is_alive()
+        assert follower.catch_up().journal_length < 2  # the snapshot took "before" in
+    finally:
+        compaction.join(10)
+        follower.stop()
+        a.close()
+        b.close()
