@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from common.memory import own_peak_rss_mb
 from embedder.batch import default_workers, iter_embeddings
 from embedder.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from embedder.data import Sample, load_catalog
@@ -92,17 +92,6 @@ def time_raw_forward(embedder: Embedder, samples, batch_size: int) -> float:
     for _ in range(batches):
         embedder.embed_tensors(x)
     return batches * len(x) / (time.perf_counter() - start)
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak RSS: VmHWM starts afresh at exec, while ru_maxrss carries the
-    parent's peak (here the int8 calibration) into the child."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _descendants(pid: int) -> list[int]:
@@ -176,7 +165,7 @@ def _measure(args: argparse.Namespace) -> dict:
         "runtime": embedder.runtime,
         "raw_forward_img_per_s": round(max(raw), 2),
         "end_to_end_img_per_s": round(max(e2e), 2),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb": round(own_peak_rss_mb(), 1),
         "torch_imported": "torch" in sys.modules,
     }
 
