@@ -42,8 +42,17 @@ def run_reporting_errors(
 ) -> int:
     """Run a command with logging set up; bad input and Ctrl-C become one line and an exit code."""
     configure_logging(verbose=verbose, quiet=quiet)
+    return reporting_errors(prog, lambda: run(args), interrupted=interrupted)
+
+
+def reporting_errors(
+    prog: str, run: Callable[[], int | None], *, interrupted: str = "interrupted"
+) -> int:
+    """``run()``'s exit code; bad input (:class:`UserError`: 2), a refused file operation
+    (``OSError``: 1) and Ctrl-C (130) as one line on stderr instead of a traceback. For the
+    scripts, whose logging is their own; commands use :func:`run_reporting_errors`."""
     try:
-        return int(run(args) or 0)
+        return int(run() or 0)
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

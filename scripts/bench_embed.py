@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from common.argtypes import non_negative_int, positive_int, thread_count
+from common.errors import reporting_errors
 from common.memory import own_peak_rss_mb
 from embedder.batch import default_workers, iter_embeddings
 from embedder.checkpoint import CONFIG_FILE, WEIGHTS_FILE
@@ -34,6 +36,15 @@ from embedder.train_config import DEFAULT_MODEL
 REPO = Path(__file__).resolve().parents[1]
 PHONE_BRANDS = REPO.parent / "shared" / "datasets" / "phone-brands"
 RUNTIMES = ("torch", "onnx", "onnx-int8")
+
+
+def runtime_list(text: str) -> str:
+    """``--runtimes``: comma-separated runtimes, each one phonesim knows."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in RUNTIMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"give some of {', '.join(RUNTIMES)}, got {text!r}")
+    return ",".join(names)
 
 
 def make_checkpoint(model_name: str, out: Path) -> Path:
@@ -175,21 +186,41 @@ def run_child(runtime: str, ckpt: Path, images: Path, args: argparse.Namespace) 
     command += ["--images", str(images), "--n", str(args.n), "--batch-size", str(args.batch_size)]
     command += ["--workers", str(args.workers), "--repeats", str(args.repeats)]
     command += ["--threads", str(args.threads)]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:  # say why: the child's stderr was captured
+        sys.exit(f"bench_embed.py: the {runtime} run failed:\n{done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="default: pretrained Lite0, 6-class head")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="backbone when no --checkpoint")
     parser.add_argument("--images", type=Path, help="default: phone-brands train, else demo")
-    parser.add_argument("--n", type=int, default=384, help="images per measurement")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=default_workers())
-    parser.add_argument("--threads", type=int, default=default_threads(), help="model threads")
-    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs each")
-    parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated")
+    parser.add_argument(
+        "--n", type=positive_int, default=384, help="images per measurement (default 384)"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per batch (default 32)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=default_workers(),
+        help="decode workers (0: in the calling thread)",
+    )
+    parser.add_argument(
+        "--threads", type=thread_count, default=default_threads(), help="model threads"
+    )
+    parser.add_argument(
+        "--repeats", type=positive_int, default=2, help="best of this many runs each"
+    )
+    parser.add_argument(
+        "--runtimes",
+        type=runtime_list,
+        default=",".join(RUNTIMES),
+        help=f"comma-separated, of {', '.join(RUNTIMES)}",
+    )
     parser.add_argument("--child", choices=RUNTIMES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -270,4 +301,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(reporting_errors(Path(__file__).name, main))

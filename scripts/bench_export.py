@@ -8,8 +8,11 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
+from common.argtypes import positive_int, thread_count
+from common.errors import reporting_errors
 from demo.catalog import generate_catalog
 from export.bench import CHILD_FLAG, BenchSettings, child_main, run_bench
 
@@ -18,13 +21,21 @@ def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
         return child_main(sys.argv[2])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=1000, help="N: the small run; the large one is 4N")
-    p.add_argument("--workdir", default="bench-export", help="data, checkpoint and outputs")
+    p.add_argument(
+        "--n", type=positive_int, default=1000, help="N: the small run; the large one is 4N"
+    )
+    p.add_argument(
+        "--workdir",
+        default=str(Path(tempfile.gettempdir()) / "phonesim-bench-export"),
+        help="data, checkpoint and outputs, reused by later runs (default: %(default)s)",
+    )
     p.add_argument("--model", default="test_efficientnet", help="timm model of the checkpoint")
-    p.add_argument("--img-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, help="torch threads of the single-process runs")
-    p.add_argument("--ray-actors", type=int, help="default: one per CPU")
+    p.add_argument("--img-size", type=positive_int, default=64, help="input side (default 64)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=64, help="images per batch (default 64)"
+    )
+    p.add_argument("--threads", type=thread_count, help="torch threads of the single-process runs")
+    p.add_argument("--ray-actors", type=positive_int, help="default: one per CPU")
     p.add_argument("--skip-ray", action="store_true", help="single-process figures only")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -49,4 +60,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(reporting_errors(Path(__file__).name, main))

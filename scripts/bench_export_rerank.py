@@ -37,6 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common.errors import reporting_errors  # noqa: E402
 from embedder.class_rerank import DEFAULT_WEIGHT  # noqa: E402
 from embedder.crossval import corrected_interval, group_bootstrap_interval  # noqa: E402
 from export import ExportConfig, export_features  # noqa: E402
@@ -178,4 +179,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(reporting_errors(Path(__file__).name, main))

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from bench_embed import copy_checkpoint, image_folder, make_checkpoint
 
+from common.argtypes import non_negative_int, positive_int, thread_count
+from common.errors import reporting_errors
 from duplicates.descriptor import CopyDescriptor
 from duplicates.finder import FinderConfig, find_duplicates
 from duplicates.inputs import list_images
@@ -50,10 +52,12 @@ def main() -> int:
     p.add_argument("--checkpoint", type=Path, help="default: pretrained Lite0, 6-class head")
     p.add_argument("--model", default=DEFAULT_MODEL, help="backbone when no --checkpoint")
     p.add_argument("--data", type=Path, help="image folder (default: phone-brands train)")
-    p.add_argument("--n", type=int, default=300, help="images (the first N, sorted)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, help="decoding workers (default: auto)")
-    p.add_argument("--threads", type=int, default=default_threads(), help="model threads")
+    p.add_argument("--n", type=positive_int, default=300, help="images (the first N, sorted)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per batch (default 32)"
+    )
+    p.add_argument("--workers", type=non_negative_int, help="decoding workers (default: auto)")
+    p.add_argument("--threads", type=thread_count, default=default_threads(), help="model threads")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"
@@ -87,4 +91,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(reporting_errors(Path(__file__).name, main))

@@ -24,6 +24,7 @@ import http.client
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -34,7 +35,10 @@ import threading
 import time
 from pathlib import Path
 
-from http_load import free_port, multipart_form
+from http_load import DEMO_WORKDIR, free_port, multipart_form
+
+from common.argtypes import non_negative_int, positive_float, positive_int
+from common.errors import reporting_errors
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.imagefuzz: the fuzzed files the test suite uses
@@ -46,13 +50,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="checkpoint folder (with --index; default: the demo's)")
     p.add_argument("--index", help="index folder built from --checkpoint")
-    p.add_argument("--workdir", help="demo folder to build or reuse (default: a temp folder)")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds per phase (default 60)")
-    p.add_argument("--good", type=int, default=8, help="good clients (default 8)")
-    p.add_argument("--slow", type=int, default=64, help="slow connections (default 64)")
-    p.add_argument("--slow-interval", type=float, default=2.0, help="seconds between pieces")
-    p.add_argument("--fuzz-clients", type=int, default=1, help="clients sending fuzzed requests")
-    p.add_argument("--threads", type=int, default=8, help="server request threads (default 8)")
+    p.add_argument("--workdir", help=f"demo folder to build or reuse (default {DEMO_WORKDIR})")
+    p.add_argument(
+        "--duration", type=positive_float, default=60.0, help="seconds per phase (default 60)"
+    )
+    p.add_argument("--good", type=positive_int, default=8, help="good clients (default 8)")
+    p.add_argument(
+        "--slow", type=non_negative_int, default=64, help="slow connections (default 64)"
+    )
+    p.add_argument(
+        "--slow-interval", type=positive_float, default=2.0, help="seconds between pieces"
+    )
+    p.add_argument(
+        "--fuzz-clients", type=non_negative_int, default=1, help="clients sending fuzzed requests"
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=8, help="server request threads (default 8)"
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     return p.parse_args(argv)
 
@@ -69,7 +83,7 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
         if not (args.checkpoint and args.index):
             sys.exit("give both --checkpoint and --index, or neither")
         return Path(args.checkpoint), Path(args.index)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="phonesim-hostile-"))
+    work = Path(args.workdir) if args.workdir else DEMO_WORKDIR
     ckpt, index = work / "checkpoint", work / "index"
     if not (index / "manifest.json").is_file() or not (ckpt / "config.json").is_file():
         cmd = [sys.executable, "-m", "phonesim", "demo", "--workdir", str(work), "--no-serve"]
@@ -210,7 +224,7 @@ def good_phase(port: int, image: bytes, clients: int, duration: float) -> dict:
     errors = result["errors"]
 
     def pct(q: float) -> float:
-        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else float("nan")
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None
 
     return {
         "requests": len(lat) + len(errors),
@@ -220,7 +234,7 @@ def good_phase(port: int, image: bytes, clients: int, duration: float) -> dict:
         "server_errors": sum(1 for e in errors if e.isdigit() and int(e) >= 500),
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
-        "mean_ms": round(statistics.fmean(lat), 2) if lat else float("nan"),
+        "mean_ms": round(statistics.fmean(lat), 2) if lat else None,
         "rps": round(len(lat) / duration, 2),
     }
 
@@ -352,6 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     image = query_image(index)
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="phonesim-hostile-log-")) / "server.log"
+    try:
+        return run(args, ckpt, index, image, port, log)
+    finally:
+        shutil.rmtree(log.parent, ignore_errors=True)  # its tail is printed on a failed start
+
+
+def run(
+    args: argparse.Namespace, ckpt: Path, index: Path, image: bytes, port: int, log: Path
+) -> int:
+    """Both phases against a server of its own; prints the figures, returns the exit code."""
     server = start_server(ckpt, index, port, args.threads, log)
     try:
         good_phase(port, image, args.good, min(5.0, args.duration))  # warm-up
@@ -374,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         alive = server.poll() is None
     finally:
         stop(server)
-    ratio = beside["p99_ms"] / alone["p99_ms"] if alone["p99_ms"] else float("inf")
+    # None (null in the JSON line) when a phase answered nothing: NaN and inf are not JSON.
+    ratio = beside["p99_ms"] / alone["p99_ms"] if alone["p99_ms"] and beside["p99_ms"] else None
     server_errors = alone["server_errors"] + beside["server_errors"] + hostile["fuzz_5xx"]
     figures = {
         "benchmark": "hostile",
@@ -387,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         "p99_ms_alone": alone["p99_ms"],
         "p50_ms_attack": beside["p50_ms"],
         "p99_ms_attack": beside["p99_ms"],
-        "p99_ratio": round(ratio, 3),
+        "p99_ratio": None if ratio is None else round(ratio, 3),
         "rps_alone": alone["rps"],
         "rps_attack": beside["rps"],
         "answers_5xx": server_errors,
@@ -402,13 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     met = (
         figures["good_errors_attack"] == 0
         and server_errors == 0
+        and ratio is not None
         and ratio <= TARGET_P99_RATIO
         and alive
     )
     figures["targets_met"] = met
+    print(f"p99 under attack / alone: {figures['p99_ratio']} (target <= {TARGET_P99_RATIO})")
     print(json.dumps(figures), flush=True)
     return 1 if args.strict and not met else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(reporting_errors(Path(__file__).name, main))

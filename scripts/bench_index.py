@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
 from common.argtypes import non_negative_int, positive_int
+from common.errors import reporting_errors
 from index.benchmark import BenchConfig, format_table, run_benchmark
 
 
@@ -56,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         "(default: the index default, 50000); lower it to exercise the approximate plan at small n",
     )
     p.add_argument("--target-recall", type=float, default=d.target_recall)
-    p.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="FAISS OpenMP threads")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workdir", default=None, help="where to build (default: a temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the built index folder")
@@ -78,4 +80,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(reporting_errors(Path(__file__).name, main))

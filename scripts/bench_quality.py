@@ -107,6 +107,7 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import reporting_errors
 from common.fsutil import atomic_write_text
 from embedder.class_rerank import ClassRerank, reranked_labels
 from embedder.crossval import (
@@ -1412,4 +1413,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(reporting_errors(Path(__file__).name, main))

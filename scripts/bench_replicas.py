@@ -43,6 +43,9 @@ from replica_cluster import (
     server_command,
 )
 
+from common.argtypes import non_negative_int, positive_float, positive_int
+from common.errors import reporting_errors
+
 API_KEY = "bench-replicas-key"
 KEY = {"X-API-Key": API_KEY}
 # Enough polling threads that a poll starts when its write is acknowledged: a poll waiting for
@@ -60,17 +63,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["sqlite", "postgresql"],
         help="stores to measure (default both)",
     )
-    p.add_argument("--items", type=int, default=1000, help="adds in the steady phase")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of the steady phase")
-    p.add_argument("--baseline", type=float, default=8.0, help="seconds of searches, no writes")
-    p.add_argument("--searchers", type=int, default=8, help="clients searching all along")
-    p.add_argument("--workers", type=int, default=2, help="workers per server")
-    p.add_argument("--kills", type=int, default=3, help="kill -9 of a random server process")
-    p.add_argument("--kill-items", type=int, default=150, help="adds during the kill phase")
-    p.add_argument("--sync-interval", type=float, default=0.5, help="servers' --sync-interval")
+    p.add_argument("--items", type=positive_int, default=1000, help="adds in the steady phase")
+    p.add_argument(
+        "--duration", type=positive_float, default=60.0, help="seconds of the steady phase"
+    )
+    p.add_argument(
+        "--baseline", type=positive_float, default=8.0, help="seconds of searches, no writes"
+    )
+    p.add_argument("--searchers", type=positive_int, default=8, help="clients searching all along")
+    p.add_argument("--workers", type=positive_int, default=2, help="workers per server")
+    p.add_argument(
+        "--kills", type=non_negative_int, default=3, help="kill -9 of a random server process"
+    )
+    p.add_argument(
+        "--kill-items", type=positive_int, default=150, help="adds during the kill phase"
+    )
+    p.add_argument(
+        "--sync-interval", type=positive_float, default=0.5, help="servers' --sync-interval"
+    )
     p.add_argument(
         "--catalog",
-        type=int,
+        type=positive_int,
         nargs=2,
         default=(4, 25),
         metavar=("CLASSES", "PER"),
@@ -105,7 +118,9 @@ def searcher(cluster: Cluster, images: list[tuple[str, bytes]], ledger: Ledger, 
 def run_searchers(cluster, images, ledger, seconds: float | None, stop=None) -> tuple:
     stop = stop or threading.Event()
     out: dict = {}
-    threads = [threading.Thread(target=searcher, args=(cluster, images, ledger, stop, out, n))
+    # Daemon threads: a Ctrl-C that skips stop.set() must not leave them searching for ever.
+    threads = [threading.Thread(target=searcher, args=(cluster, images, ledger, stop, out, n),
+                                daemon=True)
                for n in range(ARGS.searchers)]  # fmt: skip
     for t in threads:
         t.start()
@@ -252,9 +267,11 @@ def measure(backend: str, cluster: Cluster, index: Path, pg_data, images) -> dic
     print(f"  baseline (no writes): {baseline['searches']} searches, p50 {baseline['p50_ms']} ms")
 
     threads, out, stop = run_searchers(cluster, images, steady, None)
-    with ThreadPoolExecutor(POLLERS) as pool:
-        writer(cluster, images, steady, "bench", ARGS.items, ARGS.duration, pool, False)
-    stop.set()
+    try:
+        with ThreadPoolExecutor(POLLERS) as pool:
+            writer(cluster, images, steady, "bench", ARGS.items, ARGS.duration, pool, False)
+    finally:
+        stop.set()
     loaded = collect(threads, out)
     at_end = sizes(cluster, index, pg_data)
     within = sum(1 for x in steady.add_lag if x <= VISIBLE_WITHIN_S)
@@ -354,9 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     work = Path(ARGS.workdir or tempfile.mkdtemp(prefix="phonesim-replicas-"))
     work.mkdir(parents=True, exist_ok=True)
-    ckpt, index = build_tiny(work, *ARGS.catalog)
-    images = query_images(index)
-    results = [run_backend(b, ckpt, index, work, images) for b in ARGS.backend]
+    if not ARGS.workdir:
+        # mkdtemp's 0700 would keep the postgres user (PostgreSQL as root) out of its folder.
+        work.chmod(0o755)
+    try:
+        ckpt, index = build_tiny(work, *ARGS.catalog)
+        images = query_images(index)
+        results = [run_backend(b, ckpt, index, work, images) for b in ARGS.backend]
+    finally:
+        if not ARGS.workdir:  # a folder of its own: nothing in it is worth keeping
+            shutil.rmtree(work, ignore_errors=True)
     figures = {
         "benchmark": "replicas",
         "servers": 2,
@@ -375,4 +399,4 @@ def main(argv: list[str] | None = None) -> int:
 ARGS: argparse.Namespace
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(reporting_errors(Path(__file__).name, main))

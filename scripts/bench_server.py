@@ -33,8 +33,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from http_load import free_port, get, load, multipart, summarize
+from http_load import DEMO_WORKDIR, free_port, get, load, multipart, summarize
 
+from common.argtypes import non_negative_float, positive_float, positive_int
+from common.errors import reporting_errors
 from embedder.knn_options import gate
 from embedder.text_cues import DEFAULT_GATE as TEXT_GATE
 
@@ -52,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="checkpoint folder (with --index; default: the demo's)")
     p.add_argument("--index", help="index folder built from --checkpoint")
-    p.add_argument("--workdir", help="demo folder to build or reuse (default: a temp folder)")
+    p.add_argument("--workdir", help=f"demo folder to build or reuse (default {DEMO_WORKDIR})")
     p.add_argument(
         "--runtime",
         nargs="+",
@@ -61,19 +63,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="one server per runtime, measured in the same rounds (default auto)",
     )
     p.add_argument("--device", help="model device of the servers (default: theirs)")
-    p.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency")
-    p.add_argument("--rounds", type=int, default=3, help="alternations of the measurements")
-    p.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up load")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--threads", type=int, default=8)
-    p.add_argument("--max-batch", type=int, default=16)
-    p.add_argument("--max-wait-ms", type=float, default=10.0)
+    p.add_argument("--duration", type=positive_float, default=15.0, help="seconds per concurrency")
+    p.add_argument(
+        "--rounds", type=positive_int, default=3, help="alternations of the measurements"
+    )
+    p.add_argument("--warmup", type=non_negative_float, default=3.0, help="seconds of warm-up load")
+    p.add_argument(
+        "--concurrency",
+        type=positive_int,
+        nargs="+",
+        default=[1, 8],
+        help="client concurrencies to measure (default 1 8)",
+    )
+    p.add_argument("--k", type=positive_int, default=10, help="neighbours per search (default 10)")
+    p.add_argument("--workers", type=positive_int, default=1, help="server workers (default 1)")
+    p.add_argument(
+        "--threads", type=positive_int, default=8, help="request threads per worker (default 8)"
+    )
+    p.add_argument(
+        "--max-batch", type=positive_int, default=16, help="server micro-batch size (default 16)"
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=non_negative_float,
+        default=10.0,
+        help="server micro-batch wait (default 10)",
+    )
     p.add_argument(
         "--model-threads", type=int, default=None, help="per worker (default: cores / workers)"
     )
-    p.add_argument("--baseline-runs", type=int, default=40)
+    p.add_argument(
+        "--baseline-runs",
+        type=positive_int,
+        default=40,
+        help="single in-process searches timed as the baseline (default 40)",
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument(
         "--batch-search",
@@ -81,10 +105,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="instead: --batch-images catalog images through /v1/search/batch against single "
         "requests at --batch-single-concurrency (throughputs, ratio, identical neighbours)",
     )
-    p.add_argument("--batch-images", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch request")
-    p.add_argument("--batch-concurrency", type=int, default=1, help="batch requests at once")
-    p.add_argument("--batch-single-concurrency", type=int, default=8)
+    p.add_argument(
+        "--batch-images",
+        type=positive_int,
+        default=256,
+        help="images sent per --batch-search measurement (default 256)",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch request")
+    p.add_argument(
+        "--batch-concurrency", type=positive_int, default=1, help="batch requests at once"
+    )
+    p.add_argument(
+        "--batch-single-concurrency",
+        type=positive_int,
+        default=8,
+        help="concurrency of the single-image requests compared with batches (default 8)",
+    )
     p.add_argument(
         "--read-text",
         action="store_true",
@@ -126,7 +162,7 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
         if not (args.checkpoint and args.index):
             sys.exit("give both --checkpoint and --index, or neither")
         return Path(args.checkpoint), Path(args.index)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="phonesim-bench-"))
+    work = Path(args.workdir) if args.workdir else DEMO_WORKDIR
     ckpt, index = work / "checkpoint", work / "index"
     if not (index / "manifest.json").is_file() or not (ckpt / "config.json").is_file():
         run([sys.executable, "-m", "phonesim", "demo", "--workdir", str(work), "--no-serve"])
@@ -262,17 +298,24 @@ def start_server(
     sys.exit(f"server not ready within 180 s:\n{log.read_text()[-3000:]}")
 
 
+def ratio(a: float | None, b: float | None, digits: int) -> float | None:
+    """a / b rounded, or None (null in the JSON line) when a run answered nothing."""
+    return round(a / b, digits) if a is not None and b else None
+
+
 def compare_runtimes(results: dict[str, dict], lo: int, hi: int) -> dict:
     """onnx against torch from the same run: c1 p50 ratio and c8 throughput ratio."""
     torch_, onnx = results["torch"]["load"], results["onnx"]["load"]
-    p50 = round(onnx[f"c{lo}"]["p50_ms"] / torch_[f"c{lo}"]["p50_ms"], 3)
-    rps = round(onnx[f"c{hi}"]["rps"] / torch_[f"c{hi}"]["rps"], 3)
+    p50 = ratio(onnx[f"c{lo}"]["p50_ms"], torch_[f"c{lo}"]["p50_ms"], 3)
+    rps = ratio(onnx[f"c{hi}"]["rps"], torch_[f"c{hi}"]["rps"], 3)
     return {
         f"onnx_over_torch_p50_c{lo}": p50,
         f"onnx_over_torch_rps_c{hi}": rps,
         "targets": {
-            f"onnx_p50_c{lo}_le_{TARGET_ONNX_P50}x_torch": p50 <= TARGET_ONNX_P50,
-            f"onnx_rps_c{hi}_ge_{TARGET_ONNX_RPS}x_torch": rps >= TARGET_ONNX_RPS,
+            f"onnx_p50_c{lo}_le_{TARGET_ONNX_P50}x_torch": p50 is not None
+            and p50 <= TARGET_ONNX_P50,
+            f"onnx_rps_c{hi}_ge_{TARGET_ONNX_RPS}x_torch": rps is not None
+            and rps >= TARGET_ONNX_RPS,
         },
     }
 
@@ -285,9 +328,9 @@ def read_text_cost(
     out = {}
     for plain, text in texts.items():
         a, b = results[plain]["load"], results[text]["load"]
-        p50 = round(b[f"c{lo}"]["p50_ms"] / a[f"c{lo}"]["p50_ms"], 2)
-        mean = round(b[f"c{lo}"]["mean_ms"] / a[f"c{lo}"]["mean_ms"], 2)
-        rps = round(b[f"c{hi}"]["rps"] / a[f"c{hi}"]["rps"], 3) if a[f"c{hi}"]["rps"] else None
+        p50 = ratio(b[f"c{lo}"]["p50_ms"], a[f"c{lo}"]["p50_ms"], 2)
+        mean = ratio(b[f"c{lo}"]["mean_ms"], a[f"c{lo}"]["mean_ms"], 2)
+        rps = ratio(b[f"c{hi}"]["rps"], a[f"c{hi}"]["rps"], 3)
         out[plain] = {
             f"text_over_plain_p50_c{lo}": p50,
             f"text_over_plain_mean_c{lo}": mean,
@@ -467,4 +510,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(reporting_errors(Path(__file__).name, main))

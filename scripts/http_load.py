@@ -7,10 +7,16 @@ import http.client
 import multiprocessing as mp
 import socket
 import statistics
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from urllib3 import encode_multipart_formdata
+
+# The demo checkpoint and index the server benchmarks build when given none: one folder, reused
+# by every later run (a new temp folder per run left a demo behind each time).
+DEMO_WORKDIR = Path(tempfile.gettempdir()) / "phonesim-bench-demo"
 
 
 def multipart_form(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, dict[str, str]]:
@@ -72,8 +78,13 @@ def load(port: int, bodies: list, path: str, concurrency: int, duration: float) 
     q = ctx.Queue()
     proc = ctx.Process(target=_drive, args=(port, bodies, path, concurrency, duration, q))
     proc.start()
-    result = q.get(timeout=duration + 120)
-    proc.join(30)
+    try:
+        result = q.get(timeout=duration + 120)
+    finally:  # an interrupt too: the driver would block for ever on the unread queue
+        if proc.is_alive():
+            proc.terminate()
+        proc.join(30)
+        q.cancel_join_thread()
     return result
 
 
@@ -82,9 +93,9 @@ def summarize(concurrency: int, runs: list[dict]) -> dict:
     errors = [e for r in runs for e in r["errors"]]
     elapsed = sum(r["elapsed"] for r in runs)
 
-    def pct(p: float) -> float:
+    def pct(p: float) -> float | None:
         if not lat:
-            return float("nan")
+            return None  # no request: null in the JSON line (NaN is not JSON)
         return round(1000 * lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))], 2)
 
     return {
@@ -97,7 +108,7 @@ def summarize(concurrency: int, runs: list[dict]) -> dict:
         "p50_ms": pct(50),
         "p95_ms": pct(95),
         "p99_ms": pct(99),
-        "mean_ms": round(1000 * statistics.fmean(lat), 2) if lat else float("nan"),
+        "mean_ms": round(1000 * statistics.fmean(lat), 2) if lat else None,
     }
 
 

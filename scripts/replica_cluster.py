@@ -140,15 +140,16 @@ def postgres(folder: Path) -> Iterator[tuple[str, Path]]:
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.STDOUT, "check": True}
-    subprocess.run(
-        [*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"], **quiet
-    )
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=on"
-    subprocess.run(
+    for command in (
+        [*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
         [*prefix, pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "pg.log"), "-w",
-         "start"], **quiet,
-    )  # fmt: skip
+         "start"],
+    ):  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:  # say why (a folder the postgres user cannot enter, ...)
+            why = (done.stderr or done.stdout).strip()[-1000:]
+            raise RuntimeError(f"{Path(command[len(prefix)]).name} failed: {why}")
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres", data
     finally:

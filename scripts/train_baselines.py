@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import reporting_errors
 from embedder.backbone import create_backbone
 from embedder.batch import embed_samples
 from embedder.checkpoint import CheckpointConfig
@@ -165,4 +166,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(reporting_errors(Path(__file__).name, main))
