@@ -303,7 +303,7 @@ def format_table(r: dict[str, Any]) -> str:
         ("batched", f"{r['batch_qps']:.0f} queries/s"),
         ("recall@10", f"{r['recall_at_10']:.4f}"),
         ("exact flat p50 / p99", f"{r['flat_p50_ms']:.1f} / {r['flat_p99_ms']:.1f} ms"),
-        ("speed-up (p50)", f"{r['speedup_p50']:.0f}x"),
+        ("speed-up (p50)", f"{r['speedup_p50']:.3g}x"),
     ]
     for t in r.get("tradeoff", []):
         name = next(k for k in t if k not in ("recall_at_10", "p50_ms"))
