@@ -77,7 +77,8 @@ class Preprocessor:
         else:  # timm's ResizeKeepRatio with longest=0: the shorter side to its target
             ratio = min(img.height / scale[0], img.width / scale[1])
             size = (round(img.height / ratio), round(img.width / ratio))
-        if size[0] * size[1] > _MAX_RESIZED_AREAS * self.height * self.width:
+        covers = size[0] >= self.height and size[1] >= self.width  # a crop, no padding
+        if covers and size[0] * size[1] > _MAX_RESIZED_AREAS * self.height * self.width:
             # A long strip (a 321-byte 40000 x 2 PNG) would resize to gigabytes of pixels of
             # which the crop keeps a sliver: resize only the part of it the crop keeps.
             return _resize_crop(img, size, self.height, self.width, self.filter)

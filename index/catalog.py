@@ -31,7 +31,7 @@ from index.errors import InvalidParamsError, UnknownIdError
 from index.filtered_search import Live, in_tie_order, knn_search
 from index.folder import summary
 from index.following import Following
-from index.inputs import clean_metadata_rows, prepare_ids, prepare_vectors
+from index.inputs import clean_metadata_rows, is_storable, prepare_ids, prepare_vectors
 from index.results import Hit, Item, hits_of
 from index.store import CatalogStore
 
@@ -320,6 +320,9 @@ class CatalogIndex(Following):
         ids = list(dict.fromkeys([ids] if isinstance(ids, str) else ids))
         if not ids:
             return
+        unstorable = [str(i) for i in ids if not isinstance(i, str) or not is_storable(i)]
+        if unstorable:  # no store holds such an id (PostgreSQL refuses a NUL in a query)
+            raise UnknownIdError(unstorable, "remove")
         self._applied_own(self._source.commit_remove(ids))
 
     def update_metadata(self, id_: str, metadata: Mapping[str, Any], *, merge: bool = True) -> Item:
@@ -327,7 +330,7 @@ class CatalogIndex(Following):
         process sees it; ``merge=False`` replaces it. Returns the item as now stored.
         :class:`~index.errors.UnknownIdError` (a ``KeyError``) for an unknown id."""
         self._check_writable()
-        if not isinstance(id_, str):
+        if not isinstance(id_, str) or not is_storable(id_):  # then it cannot be stored here
             raise UnknownIdError([str(id_)], "update")
         md = clean_metadata_rows([metadata], 1)[0]
         rec, row = self._source.commit_meta(id_, md, merge)

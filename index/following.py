@@ -230,7 +230,7 @@ class Following:
                         return False
                     with self._rw.read():  # searches go on; applying waits
                         if outside:
-                            frozen = self._source.freeze(r.index)
+                            frozen, folded = self._source.freeze(r.index), r.pending
                         else:
                             done = self._source.commit_snapshot(r.index, seq)
                 if outside:
@@ -241,8 +241,8 @@ class Following:
                 with self._apply_mutex:
                     if r is self._replica and r.ck_seq < seq:
                         r.ck_seq = seq
-                        if r.applied_seq == seq:
-                            r.pending = 0
+                        # What was applied during the upload is still pending.
+                        r.pending = max(0, r.pending - folded) if outside else 0
                     self._store_ck = max(self._store_ck, seq)
                 self._update_manifest_count()
         log.debug("compacted %s at journal record %d", self.where, seq)

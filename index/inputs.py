@@ -68,6 +68,15 @@ def storable_text(text: str, what: str) -> None:
         ) from None
 
 
+def is_storable(text: str) -> bool:
+    """Whether every store can hold ``text`` (see :func:`storable_text`)."""
+    try:
+        storable_text(text, "text")
+    except InvalidMetadataError:
+        return False
+    return True
+
+
 def prepare_ids(ids: Iterable[str], what: str = "ids") -> list[str]:
     """The ids as a list of unique non-empty strings (``ValueError`` subclasses otherwise)."""
     if isinstance(ids, str | bytes):

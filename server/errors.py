@@ -23,6 +23,7 @@ from index.errors import (
     InvalidParamsError,
     InvalidVectorsError,
     ReadOnlyIndexError,
+    StoreRefusedError,
     StoreUnavailableError,
     UnknownIdError,
 )
@@ -112,6 +113,7 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(InvalidMetadataError)
     @app.errorhandler(InvalidVectorsError)
     @app.errorhandler(InvalidParamsError)
+    @app.errorhandler(StoreRefusedError)  # a value beyond the store's limits: retrying cannot help
     def _bad_value(exc: Exception) -> Response:
         return error_response(400, "invalid_request", str(exc))
 
@@ -162,6 +164,7 @@ ENTRY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (InvalidMetadataError, 400, "invalid_request"),
     (InvalidVectorsError, 400, "invalid_request"),
     (InvalidParamsError, 400, "invalid_request"),
+    (StoreRefusedError, 400, "invalid_request"),
 )
 
 

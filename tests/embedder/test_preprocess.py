@@ -105,3 +105,15 @@ def test_center_crops_of_long_strips_stay_close_to_timms(size):
     img = Image.fromarray(pixels.astype(np.uint8))
     got, want = Preprocessor(config)(img), eval_transform(config)(img).numpy()
     assert np.abs(got - want).mean() < 0.01 and np.abs(got - want).max() < 0.2
+
+
+@pytest.mark.parametrize("size", [(5000, 150), (40000, 2), (2, 40000)])
+def test_center_mode_with_crop_pct_above_one_pads_like_timm(size):
+    """crop_pct > 1 leaves the resized short side below the crop (timm pads it): the shortcut
+    for long strips took a box outside the image ("box offset can't be negative")."""
+    config = {**BASE, "crop_mode": "center", "crop_pct": 1.2}
+    img = _image(size, 0) if size[0] * size[1] < 1_000_000 else Image.new("RGB", size, (9, 9, 9))
+    got = Preprocessor(config)(img)
+    assert got.shape == (3, 64, 64)
+    if size == (5000, 150):
+        np.testing.assert_allclose(got, eval_transform(config)(img).numpy(), atol=1e-5, rtol=0)

@@ -230,3 +230,40 @@ def test_a_replica_reloads_a_restore_that_left_head_seq_as_it_was(tmp_path, pg_u
         assert len(x) == 5 and "other-0" in x
     finally:
         x.close()
+
+
+def test_updates_and_removes_of_ids_no_store_holds_are_unknown(tmp_path, pg_url):  # noqa: F811
+    """PATCH /v1/items/a%00b reached PostgreSQL, which refused the NUL: a logged 500."""
+    from index.errors import UnknownIdError
+
+    spec = build(tmp_path / "ix", pg_url)
+    with spec.open() as ix:
+        for bad in ("a\x00b", "a\ud800"):
+            with pytest.raises(UnknownIdError):
+                ix.update_metadata(bad, {"x": 1})
+            with pytest.raises(UnknownIdError):
+                ix.remove([bad])
+
+
+def test_writes_during_a_snapshot_upload_stay_pending(tmp_path, pg_url, monkeypatch):  # noqa: F811
+    """The upload runs outside the apply lock: what was applied meanwhile is not in the
+    snapshot, so it stays pending (it was counted as folded, or never as folded)."""
+    import numpy as np
+
+    from index.pg import PgSource
+
+    upload = PgSource.commit_snapshot
+    spec = build(tmp_path / "ix", pg_url)
+    with spec.open() as ix:
+        ix.add(["a", "b"], np.vstack([vec(1), vec(3)]))
+
+        def upload_beside_a_write(self, index, seq):  # noqa: ANN001, ANN202
+            threading.Thread(target=lambda: ix.add(["during"], vec(2))).start()
+            time.sleep(0.5)
+            return upload(self, index, seq)
+
+        monkeypatch.setattr(PgSource, "commit_snapshot", upload_beside_a_write)
+        assert ix.compact(force=True)
+        time.sleep(0.5)
+        assert "during" in ix
+        assert ix._replica.pending == 1  # the one vector added during the upload

@@ -233,3 +233,18 @@ def test_a_batch_add_that_a_delete_overtakes_still_answers_what_was_stored(
     result = r.get_json()["results"][0]
     assert result["status"] == 201 and result["item"]["title"] == "Gone"
     assert "metadata" not in result
+
+
+def test_a_value_the_store_refuses_is_a_400_not_a_500(writable, first_id, monkeypatch):
+    """PostgreSQL refusing a value beyond its limits (StoreRefusedError) was a logged 500."""
+    from index.errors import StoreRefusedError
+
+    app, _ = writable
+    index = app.extensions["phonesim"].service.index
+
+    def refused(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise StoreRefusedError("postgresql://u@db:5432/c: refused (value too long)")
+
+    monkeypatch.setattr(type(index), "update_metadata", refused)
+    r = app.test_client().patch(f"/v1/items/{first_id}", json={"metadata": {"x": 1}}, headers=KEY)
+    assert assert_error(r, 400, "invalid_request")["message"].endswith("(value too long)")
