@@ -180,7 +180,10 @@ class LookupService:
         if self._owns_index and stuck:
             # Closing waits for the stuck sync's lock: a SIGTERM would wait out gunicorn's
             # graceful timeout. Nothing is lost: every acknowledged write is in the store.
-            log.warning("a sync is stuck on the catalog store; leaving it to the process exit")
+            log.warning(
+                "the store follower did not stop in time (a sync or compaction still waits on "
+                "the catalog store); leaving it to the process exit"
+            )
         elif self._owns_index:
             self.index.close()
 
