@@ -1393,6 +1393,8 @@ def main() -> int:
     if not args.report:
         bench.run(list(args.only or DEFAULT_METHODS))
     summary = bench.summary()
+    if args.report and not summary["methods"]:
+        parser.error(f"--report: nothing cached in {args.work} for these folds; run without it")
     print_summary(summary)
     summary.update(
         photos=len(bench.samples),
