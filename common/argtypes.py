@@ -10,6 +10,8 @@ import re
 import sys
 from collections.abc import Callable
 
+from common.machine import available_cores
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -22,17 +24,23 @@ def max_threads() -> int:
     """The most model threads a command takes: 4 per core this process may run on (at least
     16). More only slow the model down, and ONNX Runtime asked for 100,000 never finished
     starting (its memory grew by 60 MB/s, and Ctrl-C could not stop it)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(16, 4 * (cores or 1))
+    return max(16, 4 * available_cores())
+
+
+def threads_problem(value: int) -> str | None:
+    """Why ``value`` is no model thread count (1 to :func:`max_threads`), or None; for the
+    flag and for the library's own check (``embedder.engine.check_threads``)."""
+    if 1 <= value <= max_threads():
+        return None
+    return f"must be 1 to {max_threads()} (4 per core here), got {value}"
 
 
 def thread_count(text: str) -> int:
     """A model thread count: 1 to :func:`max_threads`."""
-    value = positive_int(text)
-    if value > max_threads():
-        raise argparse.ArgumentTypeError(
-            f"must be at most {max_threads()} (4 per core here), got {value}"
-        )
+    value = int(text)
+    problem = threads_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

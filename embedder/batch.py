@@ -21,8 +21,8 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from common.machine import available_cores
 from embedder.data import Sample
-from embedder.engine import available_cores
 from embedder.errors import ImageError
 from embedder.images import load_image
 from embedder.inference import Embedder, EmbeddingBatch

@@ -19,7 +19,6 @@ helpers live in :mod:`embedder.torch_engine` and are still importable from here.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.argtypes import max_threads
+from common.argtypes import threads_problem
+from common.machine import default_threads
 from embedder.errors import EngineError
 from embedder.graphs import EMBEDDING, INPUT, PROBABILITIES, stage_name
 
@@ -37,22 +37,11 @@ if TYPE_CHECKING:
 DEFAULT_OUTPUTS = (EMBEDDING, PROBABILITIES)
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, not the whole machine)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def check_threads(threads: int | None) -> None:
     """Refuse a thread count outside 1 to :func:`common.argtypes.max_threads` (None: default)."""
-    if threads is not None and not 1 <= threads <= max_threads():
-        raise EngineError(f"threads must be 1 to {max_threads()} (4 per core here), got {threads}")
-
-
-def default_threads(workers: int = 1) -> int:
-    """ONNX Runtime threads for one of ``workers`` processes sharing this machine's cores."""
-    return max(1, available_cores() // max(1, workers))
+    problem = None if threads is None else threads_problem(threads)
+    if problem:
+        raise EngineError(f"threads {problem}")
 
 
 def set_torch_threads(threads: int | None, runtime: str = "torch") -> None:

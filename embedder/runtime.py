@@ -287,6 +287,9 @@ def load_engine(
     """
     check_runtime(path, runtime)
     check_threads(threads)
+    # --threads means the model's threads on torch too: set before the model loads (an
+    # "auto" check runs torch), and again below for an "auto" that fell back to torch.
+    set_torch_threads(threads, runtime)
     ckpt = Path(path)
     given, threads = threads, threads or default_threads()
     if runtime == "onnx-int8":
@@ -302,8 +305,7 @@ def load_engine(
         dev = resolve_device(device)  # a device this machine lacks fails before the model loads
         model, _ = load_checkpoint(ckpt)
         engine = TorchEngine(model, dev)
-    if engine.runtime == "torch":  # --threads means the model's threads on torch too
-        set_torch_threads(given, "torch")
+    set_torch_threads(given, engine.runtime)
     return engine
 
 
@@ -317,4 +319,6 @@ def resolve_runtime(
     """
     if runtime == "torch":
         return runtime
-    return load_engine(path, runtime, device, threads=1).runtime
+    # No thread count: the caller's torch threads stay as they are (load_engine sets them to
+    # any count it is given), and the engine made here only decides.
+    return load_engine(path, runtime, device).runtime

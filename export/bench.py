@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from common.memory import own_peak_rss_mb
+from common.machine import own_peak_rss_mb
 
 log = logging.getLogger(__name__)
 

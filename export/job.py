@@ -194,15 +194,13 @@ def _embed_stage(
             if started:
                 import_ray().shutdown()
     else:
-        from embedder.engine import set_torch_threads
         from embedder.inference import Embedder
         from export.local_runner import local_batches
 
-        set_torch_threads(config.threads, config.runtime)  # no torch import on ONNX runtimes
+        # Sets torch's threads too, where torch runs (see embedder.runtime.load_engine).
         embedder = Embedder.from_checkpoint(
             config.checkpoint, config.runtime, config.device, config.threads
         )
-        set_torch_threads(config.threads, embedder.runtime)  # "auto" may have fallen back
         runtime = embedder.runtime
         batches = local_batches(
             embedder, inputs.samples, start, config.batch_size, config.workers, config.progress

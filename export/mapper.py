@@ -17,7 +17,6 @@ from typing import Final
 
 import numpy as np
 
-from embedder.engine import set_torch_threads
 from embedder.engine_options import DEFAULT_RUNTIME
 from embedder.errors import ImageError
 from embedder.images import load_image
@@ -163,11 +162,8 @@ class EmbedMapper:
         device: str | None = None,
         text: TextPlan | None = None,
     ) -> None:
-        # The actor's CPU share, not the node's core count; again once loaded, for an "auto"
-        # that fell back to torch.
-        set_torch_threads(threads, runtime)
+        # The actor's CPU share, not the node's core count (load_engine sets torch's too).
         self.embedder = Embedder.from_checkpoint(checkpoint, runtime, device, threads)
-        set_torch_threads(threads, self.embedder.runtime)
         if expected_hash and self.embedder.checkpoint_hash != expected_hash:
             raise ExportError(
                 f"{checkpoint}: this worker's copy of the checkpoint differs from the driver's "

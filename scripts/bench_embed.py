@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common.argtypes import non_negative_int, positive_int, thread_count
 from common.errors import reporting_errors
-from common.memory import own_peak_rss_mb
+from common.machine import own_peak_rss_mb
 from embedder.batch import default_workers, iter_embeddings
 from embedder.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from embedder.data import Sample, load_catalog
@@ -159,10 +159,6 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def _measure(args: argparse.Namespace) -> dict:
-    if args.child == "torch":
-        import torch
-
-        torch.set_num_threads(args.threads)
     embedder = Embedder.from_checkpoint(
         args.checkpoint, runtime=args.child, device="cpu", threads=args.threads
     )

@@ -27,6 +27,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from common.machine import default_threads
 from server.bridge import BufferedWSGIBridge
 from server.config import GunicornSettings, ServerConfig
 from server.metrics import MULTIPROC_ENV, mark_process_dead
@@ -34,12 +35,6 @@ from server.preflight import preflight
 from server.worker import PhonesimWorker
 
 log = logging.getLogger(__name__)
-
-
-def default_torch_threads(workers: int) -> int:
-    """Intra-op threads per worker so that the workers together use each core once."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, workers))
 
 
 def configure_threads(torch_threads: int, faiss_threads: int = 1, runtime: str = "torch") -> None:
@@ -163,10 +158,9 @@ class PhonesimGunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from embedder.engine import set_torch_threads
         from server.app import create_app  # in the worker, after the fork
 
-        threads = self.settings.torch_threads or default_torch_threads(self.settings.workers)
+        threads = self.settings.torch_threads or default_threads(self.settings.workers)
         configure_threads(threads, self.settings.faiss_threads, self.server_config.runtime)
         log.info(
             "worker %d: the model uses %d thread(s), faiss %d",
@@ -174,10 +168,9 @@ class PhonesimGunicorn(BaseApplication):
             threads,
             self.settings.faiss_threads,
         )
+        # Its model loads with these threads (load_engine sets torch's too, after an "auto"
+        # runtime's check or fallback as well).
         app = create_app(self.server_config.replace(model_threads=threads))
-        # An "auto" runtime that fell back to torch (or checked its graph with it) has loaded
-        # torch by now; an ONNX runtime has not, and this does not import it.
-        set_torch_threads(threads, self.server_config.runtime)
         return BufferedWSGIBridge(
             app,
             threads=self.settings.threads,

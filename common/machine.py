@@ -1,9 +1,23 @@
-"""This process's own peak memory, for benchmarks that run each measurement in a child."""
+"""What this process may use of the machine: its cores, and its own peak memory."""
 
 from __future__ import annotations
 
+import os
 import resource
 from pathlib import Path
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, not the whole machine)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_threads(workers: int = 1) -> int:
+    """Model threads for one of ``workers`` processes sharing this process's cores, so that
+    together they use each core once."""
+    return max(1, available_cores() // max(1, workers))
 
 
 def own_peak_rss_mb() -> float:
