@@ -183,13 +183,9 @@ class PgSource:
 
     def manifest(self) -> Manifest:
         with self.conn() as c:
-            if c.execute("SELECT to_regclass('state')").fetchone()[0] is None:
-                raise IndexNotFoundError(f"{self.where}: no catalog in this database")
-            row = c.execute(
-                "SELECT value FROM state WHERE key='manifest'"
-                if catalog_state(c)
-                else "SELECT NULL WHERE false"
-            ).fetchone()
+            manifest = "SELECT value FROM state WHERE key='manifest'"
+            # No state table, or another application's: no catalog either way.
+            row = c.execute(manifest).fetchone() if catalog_state(c) else None
         if row is None:
             raise IndexNotFoundError(f"{self.where}: no catalog in this database")
         return manifest_from_dict(json.loads(row[0]), f"{self.where} (state.manifest)")
@@ -289,10 +285,18 @@ class PgSource:
 
     # -- writes ---------------------------------------------------------------------------------
     @contextmanager
+    def _write_transaction(self) -> Iterator[Any]:
+        """A transaction on the writing connection whose lock waits end after
+        ``_LOCK_TIMEOUT_S`` as "unavailable, retry" (a 503), not a hang. (Set per transaction:
+        a session option would replace the ``options`` a store URL may carry.)"""
+        with self.conn(write=True) as c, c.transaction():
+            c.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT_S}s'")
+            yield c
+
+    @contextmanager
     def _write(self) -> Iterator[tuple[Any, int]]:
         """A write transaction holding the ``head_seq`` row: ``(connection, next seq)``."""
-        with self.conn(write=True) as c, c.transaction():
-            c.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT_S}s'")  # then 503, not a hang
+        with self._write_transaction() as c:
             head = int(
                 c.execute("SELECT value FROM state WHERE key='head_seq' FOR UPDATE").fetchone()[0]
             )
@@ -395,8 +399,7 @@ class PgSource:
         drop the journal up to the previous one, unless a snapshot as new exists. Replicas
         loading meanwhile keep their MVCC view."""
         data = index if isinstance(index, bytes) else self.freeze(index)
-        with self.conn(write=True) as c, c.transaction():
-            c.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT_S}s'")
+        with self._write_transaction() as c:
             cur = int(
                 c.execute(
                     "SELECT value FROM state WHERE key='checkpoint_seq' FOR UPDATE"

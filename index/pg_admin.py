@@ -7,6 +7,7 @@ import json
 import logging
 import uuid
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -17,14 +18,20 @@ from index.pg import SCHEMA, TABLES, PgSource, catalog_state
 
 log = logging.getLogger(__name__)
 _BATCH = 2000
+# The catalog's tables in the order readers and writers take them: state first.
 LOCK_ORDER = ("state", "journal", "snapshots", "items")
+
+
+def _present(c: Any) -> list[str]:
+    """The catalog's tables the database holds, in LOCK_ORDER."""
+    return [t for t in LOCK_ORDER if c.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0]]
 
 
 def has_catalog(src: PgSource) -> bool:
     """Whether the database holds a catalog; :class:`BuildInputError` if it holds tables of
     a catalog's names that are another application's (a build would drop them)."""
     with src.conn() as c:
-        present = [t for t in TABLES if c.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0]]
+        present = _present(c)
         if not present:
             return False
         manifest = "SELECT 1 FROM state WHERE key='manifest'"
@@ -73,9 +80,7 @@ def push_folder(folder: str | Path, url: str, *, overwrite: bool = False) -> int
         with src.conn() as c, c.transaction():
             # Every table at once, state first as readers and writers take them: dropping them
             # one by one (items first) deadlocked with a replica reading state, then journal.
-            present = [
-                t for t in LOCK_ORDER if c.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0]
-            ]
+            present = _present(c)
             if present:
                 c.execute(f"LOCK TABLE {', '.join(present)} IN ACCESS EXCLUSIVE MODE")
             for t in TABLES:
