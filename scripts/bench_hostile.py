@@ -23,7 +23,6 @@ import argparse
 import http.client
 import json
 import multiprocessing as mp
-import os
 import shutil
 import signal
 import socket
@@ -35,12 +34,11 @@ import threading
 import time
 from pathlib import Path
 
-from http_load import DEMO_WORKDIR, free_port, multipart_form
+from http_load import DEMO_WORKDIR, REPO, demo_inputs, free_port, multipart_form, server_env
 
 from common.argtypes import non_negative_int, positive_float, positive_int
 from common.errors import reporting_errors
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.imagefuzz: the fuzzed files the test suite uses
 
 TARGET_P99_RATIO = 2.0
@@ -71,27 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _env() -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
-    env.pop("PHONESIM_API_KEY", None)  # read-only: the attack must not change the index
-    return env
-
-
-def resolve_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
-    if args.checkpoint or args.index:
-        if not (args.checkpoint and args.index):
-            sys.exit("give both --checkpoint and --index, or neither")
-        return Path(args.checkpoint), Path(args.index)
-    work = Path(args.workdir) if args.workdir else DEMO_WORKDIR
-    ckpt, index = work / "checkpoint", work / "index"
-    if not (index / "manifest.json").is_file() or not (ckpt / "config.json").is_file():
-        cmd = [sys.executable, "-m", "phonesim", "demo", "--workdir", str(work), "--no-serve"]
-        print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, cwd=REPO, env=_env())
-    return ckpt, index
-
-
 def query_image(index: Path) -> bytes:
     from index import read_catalog_csv, read_manifest
 
@@ -109,7 +86,9 @@ def start_server(ckpt: Path, index: Path, port: int, threads: int, log: Path) ->
     ]  # fmt: skip
     print("$", " ".join(cmd), flush=True)
     with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=server_env(), stdout=fh, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -362,7 +341,7 @@ def hostile_bodies() -> list[tuple[str, str, bytes, dict[str, str]]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    ckpt, index = resolve_inputs(args)
+    ckpt, index = demo_inputs(args.checkpoint, args.index, args.workdir)
     image = query_image(index)
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="phonesim-hostile-log-")) / "server.log"

@@ -33,14 +33,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from http_load import DEMO_WORKDIR, free_port, get, load, multipart, summarize
+from http_load import (
+    DEMO_WORKDIR,
+    REPO,
+    demo_inputs,
+    free_port,
+    get,
+    load,
+    multipart,
+    server_env,
+    summarize,
+)
 
 from common.argtypes import non_negative_float, positive_float, positive_int
 from common.errors import reporting_errors
 from embedder.knn_options import gate
 from embedder.text_cues import DEFAULT_GATE as TEXT_GATE
 
-REPO = Path(__file__).resolve().parents[1]
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 
 # Targets from the issues.
@@ -145,28 +154,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.request_read_text and not args.read_text:
         p.error("--request-read-text needs --read-text")
     return args
-
-
-def run(cmd: list[str]) -> None:
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO, env=_env())
-
-
-def _env() -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
-
-
-def resolve_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
-    if args.checkpoint or args.index:
-        if not (args.checkpoint and args.index):
-            sys.exit("give both --checkpoint and --index, or neither")
-        return Path(args.checkpoint), Path(args.index)
-    work = Path(args.workdir) if args.workdir else DEMO_WORKDIR
-    ckpt, index = work / "checkpoint", work / "index"
-    if not (index / "manifest.json").is_file() or not (ckpt / "config.json").is_file():
-        run([sys.executable, "-m", "phonesim", "demo", "--workdir", str(work), "--no-serve"])
-    return ckpt, index
 
 
 def query_images(index: Path, n: int = 16) -> list[tuple[str, bytes]]:
@@ -281,7 +268,7 @@ def start_server(
     if args.device:
         cmd += ["--device", args.device]
     print("$", " ".join(cmd), flush=True)
-    env = {k: v for k, v in _env().items() if k != "PHONESIM_API_KEY"}
+    env = server_env()
     with log.open("wb") as fh:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
@@ -397,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     runtimes = list(dict.fromkeys(args.runtime))
     if args.read_text:  # each runtime beside a server of it that reads text
         runtimes = [v for rt in runtimes for v in (rt, f"{rt}+text")]
-    ckpt, index = resolve_inputs(args)
+    ckpt, index = demo_inputs(args.checkpoint, args.index, args.workdir)
     if args.batch_search:
         from batch_load import batch_search
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import http.client
 import multiprocessing as mp
+import os
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -14,9 +17,37 @@ from pathlib import Path
 
 from urllib3 import encode_multipart_formdata
 
+REPO = Path(__file__).resolve().parents[1]
 # The demo checkpoint and index the server benchmarks build when given none: one folder, reused
 # by every later run (a new temp folder per run left a demo behind each time).
 DEMO_WORKDIR = Path(tempfile.gettempdir()) / "phonesim-bench-demo"
+
+
+def server_env() -> dict[str, str]:
+    """The environment of the processes a server benchmark starts: the repository on
+    PYTHONPATH, and no API key (its servers are read-only: the load must not change the index)."""
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
+    env.pop("PHONESIM_API_KEY", None)
+    return env
+
+
+def demo_inputs(
+    checkpoint: str | None, index: str | None, workdir: str | None
+) -> tuple[Path, Path]:
+    """``--checkpoint`` and ``--index``, or the demo's (built into ``workdir``, default
+    :data:`DEMO_WORKDIR`, the first time)."""
+    if checkpoint or index:
+        if not (checkpoint and index):
+            sys.exit("give both --checkpoint and --index, or neither")
+        return Path(checkpoint), Path(index)
+    work = Path(workdir) if workdir else DEMO_WORKDIR
+    ckpt, idx = work / "checkpoint", work / "index"
+    if not (idx / "manifest.json").is_file() or not (ckpt / "config.json").is_file():
+        cmd = [sys.executable, "-m", "phonesim", "demo", "--workdir", str(work), "--no-serve"]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=REPO, env=server_env())
+    return ckpt, idx
 
 
 def multipart_form(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, dict[str, str]]:
