@@ -11,7 +11,8 @@ words of five characters or more match anywhere in the read text, or a slightly 
 (OCR reads stylised logos as "SAMSUNO" or "Redml"); shorter ones only a whole word ("poco", not
 "pocket"). Common listing words that look like a class word ("phone" beside "iphone", "megapixels"
 around "pixel") name nothing unless a class is named by them; a brand split around one ("i phone")
-still counts.
+still counts. A cue file from ``phonesim learn-text`` also holds examples of text read on each
+class's photos: text that names no class then takes their vote (:mod:`embedder.text_examples`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from embedder.errors import DataError
+from embedder.text_examples import SHARE, TextExamples, document
 
 #: Read text with a lower recognition confidence is ignored.
 DEFAULT_MIN_CONFIDENCE = 0.5
@@ -70,6 +72,9 @@ class TextCues:
     words: tuple[tuple[str, ...], ...]
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     fuzzy: float = DEFAULT_FUZZY
+    #: Text read on labelled photos of the classes (``phonesim learn-text``): a photo whose
+    #: text names no class takes their vote (:mod:`embedder.text_examples`).
+    examples: TextExamples | None = None
     #: GENERIC_WORDS but those that name a class here: what matching passes over.
     generic: frozenset[str] = field(init=False, repr=False, compare=False)
 
@@ -80,15 +85,23 @@ class TextCues:
             raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
         if not 0.0 < self.fuzzy <= 1.0:
             raise ValueError(f"fuzzy must be in (0, 1], got {self.fuzzy}")
+        if self.examples is not None and self.examples.n_classes != len(self.words):
+            raise ValueError(
+                f"examples for {self.examples.n_classes} classes, words for {len(self.words)}"
+            )
 
     @classmethod
     def from_labels(
-        cls, label_names: Sequence[str], extra: Mapping[str, Sequence[str]] | None = None
+        cls,
+        label_names: Sequence[str],
+        extra: Mapping[str, Sequence[str]] | None = None,
+        examples: Mapping[str, Sequence[str]] | None = None,
     ) -> TextCues:
-        """Each class named by its label and by ``extra[label]``; a key that is not one of
-        ``label_names`` is a :class:`DataError` (a typo would silently never match)."""
+        """Each class named by its label and by ``extra[label]``, with ``examples[label]``
+        (text read on its photos) when given; a key that is not one of ``label_names`` is a
+        :class:`DataError` (a typo would silently never match)."""
         extra = dict(extra or {})
-        unknown = sorted(set(extra) - set(label_names))
+        unknown = sorted((set(extra) | set(examples or {})) - set(label_names))
         if unknown:
             raise DataError(
                 f"text cues for classes the model does not know: {', '.join(unknown)} "
@@ -98,23 +111,33 @@ class TextCues:
         for name in label_names:
             found = dict.fromkeys(w for w in map(normalise, [name, *extra.get(name, ())]) if w)
             words.append(tuple(found))
-        return cls(tuple(words))
+        if examples is None:
+            return cls(tuple(words))
+        docs = [[document([(t, 1.0)], 0.0) for t in examples.get(n, ())] for n in label_names]
+        return cls(tuple(words), examples=TextExamples.from_lists(docs))
 
     @classmethod
     def load(cls, path: str | Path, label_names: Sequence[str]) -> TextCues:
-        """The labels' own words plus a JSON file's ``{label: [word, ...]}``."""
+        """The labels' own words plus a JSON file's ``{label: [word, ...]}``; a label may
+        instead map to ``{"words": [...], "examples": [...]}`` (as ``phonesim learn-text``
+        writes), the text read on its photos."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as e:
             raise DataError(f"{path}: cannot read the text cue file: {e.strerror or e}") from e
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"{path}: not a JSON text cue file: {e}") from e
-        if not isinstance(data, dict) or not all(
-            isinstance(v, list) and all(isinstance(w, str) for w in v) for v in data.values()
-        ):
-            raise DataError(f'{path}: expected {{"label": ["word", ...], ...}}')
+        if not isinstance(data, dict) or not all(map(_cue_entry, data.values())):
+            raise DataError(
+                f'{path}: expected {{"label": ["word", ...], ...}} or {{"label": {{"words": '
+                '["word", ...], "examples": ["text read on a photo", ...]}, ...}'
+            )
+        words = {k: v if isinstance(v, list) else v.get("words", []) for k, v in data.items()}
+        learned = {
+            k: v["examples"] for k, v in data.items() if isinstance(v, dict) and "examples" in v
+        }
         try:
-            return cls.from_labels(label_names, data)
+            return cls.from_labels(label_names, words, learned or None)
         except DataError as e:
             raise DataError(f"{path}: {e}") from e
 
@@ -156,14 +179,28 @@ class TextCues:
         )
 
     def matrix(self, texts: Sequence[Texts]) -> np.ndarray:
-        """N x C cue distributions: 1/m for each of the m classes an image's text names, a zero
-        row where it names none (or names every class: no evidence)."""
+        """N x C cue rows: 1/m for each of the m classes an image's text names; where it names
+        none, the examples' vote scaled to SHARE (if there are examples and some are like
+        it); else a zero row (also where it names every class: no evidence)."""
         out = np.zeros((len(texts), len(self.words)), dtype=np.float32)
         for row, read in enumerate(texts):
             found = self.classes(read)
             if found and len(found) < len(self.words):
                 out[row, found] = 1.0 / len(found)
+            elif not found and self.examples is not None:
+                out[row] = SHARE * self.examples.vote(document(read, self.min_confidence))
         return out
+
+
+def _cue_entry(value: object) -> bool:
+    """A cue file's value: a list of words, or {"words": [...], "examples": [...]}."""
+
+    def strings(v: object) -> bool:
+        return isinstance(v, list) and all(isinstance(w, str) for w in v)
+
+    if isinstance(value, dict):
+        return set(value) <= {"words", "examples"} and all(map(strings, value.values()))
+    return strings(value)
 
 
 def check_weight(weight: float, name: str = "text cue weight") -> None:
@@ -193,17 +230,18 @@ def unsure(probabilities: np.ndarray, gate: float) -> np.ndarray:
 
 
 def apply_text_cues(probabilities: np.ndarray, cues: np.ndarray, weight: float) -> np.ndarray:
-    """``(p + weight x cue) / (1 + weight)`` for images with a cue, ``p`` for the rest: still a
-    distribution. From weight 1 on, a cue that names one class always decides; below 1 a
-    confident prediction can outvote it, and a cue naming two classes only chooses between
-    them."""
+    """``(p + weight x cue) / (1 + weight x sum(cue))`` for images with a cue, ``p`` for the
+    rest: still a distribution. A row naming classes sums to 1; the examples' vote to at most
+    SHARE. From weight 1 on, a cue that names one class always decides; below 1 a confident
+    prediction can outvote it, and a cue naming two classes only chooses between them."""
     check_weight(weight)
     probabilities = np.asarray(probabilities, dtype=np.float32)
     cues = np.asarray(cues, dtype=np.float32)
     if cues.shape != probabilities.shape:
         raise ValueError(f"cues {cues.shape} and probabilities {probabilities.shape} differ")
-    named = cues.sum(axis=1, keepdims=True) > 0
-    mixed = (probabilities + weight * cues) / (1.0 + weight)
+    total = cues.sum(axis=1, keepdims=True)
+    named = total > 0
+    mixed = (probabilities + weight * cues) / (1.0 + weight * total)
     return np.where(named, mixed, probabilities).astype(np.float32)
 
 
