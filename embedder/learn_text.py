@@ -1,0 +1,109 @@
+"""``phonesim learn-text``: read a labelled folder's photos and write a cue file that holds, for
+each class, its words and the text read on its photos (:mod:`embedder.text_examples`).
+
+The photos are read as ``serve --read-text`` reads an upload: decoded at the checkpoint's input
+side, turned no further once their text names a class. The file is written once, atomically,
+when every photo has been read; an interrupted run leaves any earlier file as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from common.fsutil import atomic_write_text
+from embedder.checkpoint import read_config
+from embedder.data import load_catalog
+from embedder.errors import DataError, ImageError
+from embedder.images import load_image
+from embedder.preprocess import Preprocessor
+from embedder.text_cues import TextCues
+from embedder.text_examples import document
+from embedder.text_reader import DEFAULT_ROTATIONS, TextReader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LearnedText:
+    """What :func:`learn_text` read: photos per class, those whose text gave an example, and
+    those that could not be read."""
+
+    photos: dict[str, int]
+    examples: dict[str, int]
+    unreadable: int
+    seconds: float
+
+
+def learn_text(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    cue_file: str | Path | None = None,
+    rotations: tuple[int, ...] = DEFAULT_ROTATIONS,
+    threads: int | None = None,
+    progress: bool = True,
+) -> LearnedText:
+    """Read every photo of ``data`` (class folders or CSV) and write ``out``: the cue file
+    ``cue_file`` (or the labels alone) with each class's examples added. Raises DataError for
+    classes the checkpoint does not know, a bad cue file or a folder with no readable photo."""
+    import time
+
+    config = read_config(checkpoint)
+    names = list(config.label_names)
+    catalog = load_catalog(data, min_classes=1)
+    unknown = sorted(set(catalog.label_names) - set(names))
+    if unknown:
+        raise DataError(
+            f"{data}: classes the model does not know: {', '.join(unknown)} "
+            f"(its classes: {', '.join(names)})"
+        )
+    cues = TextCues.load(cue_file, names) if cue_file else TextCues.from_labels(names)
+    given = _given_words(cue_file)
+    reader = TextReader(rotations, threads=threads)
+    decode_side = Preprocessor(config.data_config).decode_side
+    examples: dict[str, list[str]] = {name: [] for name in names}
+    photos = dict.fromkeys(names, 0)
+    unreadable = 0
+    t0 = time.perf_counter()
+    for sample in tqdm(catalog.samples, desc="reading text", unit="img", disable=not progress):
+        photos[sample.label] += 1
+        try:
+            lines = reader.read(load_image(sample.path, decode_side), enough=cues.names_any)
+        except ImageError as e:
+            log.warning("%s: skipped (%s)", sample.path, e)
+            unreadable += 1
+            continue
+        except Exception as e:  # the reader failing on one photo costs that photo only
+            log.warning("%s: reading its text failed (%s); skipped", sample.path, e)
+            unreadable += 1
+            continue
+        doc = document(lines, cues.min_confidence)
+        if doc:
+            examples[sample.label].append(doc)
+    if unreadable == len(catalog.samples):
+        raise DataError(f"{data}: none of its {unreadable} photos could be read")
+    learned = {name: {"words": given.get(name, []), "examples": examples[name]} for name in names}
+    atomic_write_text(out, json.dumps(learned, indent=1, ensure_ascii=False) + "\n")
+    TextCues.load(out, names)  # what serve will load: fail here, not at its start
+    return LearnedText(
+        photos={k: v for k, v in photos.items() if v},
+        examples={k: len(v) for k, v in examples.items() if photos[k]},
+        unreadable=unreadable,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _given_words(cue_file: str | Path | None) -> dict[str, list[str]]:
+    """The cue file's own words per label, as written (checked by TextCues.load already)."""
+    if not cue_file:
+        return {}
+    data = json.loads(Path(cue_file).read_text(encoding="utf-8"))
+    return {k: list(v if isinstance(v, list) else v.get("words", [])) for k, v in data.items()}
+
+
+__all__ = ["LearnedText", "learn_text"]

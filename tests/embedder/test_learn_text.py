@@ -1,0 +1,110 @@
+"""``phonesim learn-text``: the text read on a labelled folder's photos becomes each class's
+examples in a cue file, and ``evaluate --text-cues`` with that file predicts by them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from common.errors import UserError
+from embedder.evaluate import evaluate
+from embedder.learn_text import learn_text
+from embedder.text_cues import TextCues
+from embedder.text_reader import TextOptions
+from phonesim.cli import main
+
+pytest.importorskip("rapidocr", reason="phonesim[ocr] not installed")
+
+# Words no class is named by: only examples can tie them to a class.
+WORDS = ("Quartz", "Zephyr", "Walrus")
+
+
+def banners(root, names, words, offsets=(0, 24)):
+    for name, word in zip(names, words, strict=True):
+        (root / name).mkdir(parents=True)
+        for i, dx in enumerate(offsets):
+            img = Image.new("RGB", (360, 120), (250, 250, 250))
+            font = ImageFont.load_default(44)
+            ImageDraw.Draw(img).text((12 + dx, 35), word, fill=(20, 20, 20), font=font)
+            img.save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def labelled(tiny_checkpoint, tmp_path_factory):
+    """Banners per class of the tiny model (to learn from), other banners with the same words
+    (to predict), and the class names."""
+    names = json.loads((tiny_checkpoint / "config.json").read_text())["label_names"]
+    root = tmp_path_factory.mktemp("learn")
+    learn = banners(root / "learn", names, WORDS)
+    query = banners(root / "query", names, [f"{w} 5G" for w in WORDS], offsets=(40,))
+    return learn, query, names
+
+
+@pytest.fixture(scope="module")
+def learned(tiny_checkpoint, labelled, tmp_path_factory):
+    learn, _, _ = labelled
+    out = tmp_path_factory.mktemp("cues") / "learned.json"
+    summary = learn_text(tiny_checkpoint, learn, out, rotations=(0,), progress=False)
+    return out, summary
+
+
+def test_each_class_gets_the_text_read_on_its_photos(learned, labelled) -> None:
+    out, summary = learned
+    _, _, names = labelled
+    data = json.loads(out.read_text())
+    assert sorted(data) == sorted(names)
+    for name, word in zip(names, WORDS, strict=True):
+        assert data[name]["words"] == []
+        assert data[name]["examples"] == [word.lower()] * 2
+    assert summary.photos == dict.fromkeys(names, 2)
+    assert summary.examples == dict.fromkeys(names, 2) and summary.unreadable == 0
+
+
+def test_evaluate_predicts_by_the_examples(tiny_checkpoint, learned, labelled) -> None:
+    out, _ = learned
+    _, query, _ = labelled
+    every = dict(rotations=(0,), gate=1.0)
+    taught = evaluate(tiny_checkpoint, query, progress=False, text=TextOptions(str(out), **every))
+    assert taught["text_cues"]["images_with_cue"] == taught["count"] == 3
+    assert taught["accuracy"] == 1.0
+    # The labels alone name no class on these banners: no cue at all.
+    plain = evaluate(tiny_checkpoint, query, progress=False, text=TextOptions(None, **every))
+    assert plain["text_cues"]["images_with_cue"] == 0
+
+
+def test_the_cue_files_words_are_kept_and_unreadable_photos_skipped(
+    tiny_checkpoint, labelled, tmp_path, capsys
+) -> None:
+    learn, _, names = labelled
+    data = tmp_path / "data"
+    shutil.copytree(learn, data)
+    (data / names[0] / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    cues = tmp_path / "cues.json"
+    cues.write_text(json.dumps({names[1]: ["zephyr"]}))
+    out = tmp_path / "out.json"
+    argv = ["learn-text", "--checkpoint", str(tiny_checkpoint), "--data", str(data)]
+    argv += ["--out", str(out), "--text-cues", str(cues), "--text-rotations", "0", "--json"]
+    argv += ["--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["unreadable"] == 1 and summary["photos"][names[0]] == 3
+    written = json.loads(out.read_text())
+    assert written[names[1]]["words"] == ["zephyr"]
+    # Text naming its class is an example too: a misreading of it will lie near.
+    assert written[names[1]]["examples"] == ["zephyr"] * 2
+    assert TextCues.load(out, names).examples is not None
+
+
+def test_classes_the_model_does_not_know_are_refused(tiny_checkpoint, labelled, tmp_path):
+    learn, _, _ = labelled
+    data = tmp_path / "data"
+    shutil.copytree(learn, data)
+    shutil.copytree(next(learn.iterdir()), data / "nokia")
+    out = tmp_path / "out.json"
+    with pytest.raises(UserError, match="nokia"):
+        learn_text(tiny_checkpoint, data, out, rotations=(0,), progress=False)
+    assert not out.exists()
