@@ -140,7 +140,14 @@ class TextEvidence:
         return self.reader.read(image, enough=self.cues.names_any)
 
     def describe(self) -> dict[str, object]:
-        return {"weight": self.weight, "rotations": list(self.reader.rotations), "gate": self.gate}
+        out: dict[str, object] = {
+            "weight": self.weight,
+            "rotations": list(self.reader.rotations),
+            "gate": self.gate,
+        }
+        if self.cues.examples is not None:  # a learned cue file (phonesim learn-text)
+            out["examples"] = len(self.cues.examples)
+        return out
 
     def plan(self) -> TextPlan:
         """This evidence without its reader, to build again in another process."""

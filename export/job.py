@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -148,7 +149,12 @@ def text_identity(evidence: TextEvidence | None) -> str:
     words = [list(w) for w in evidence.cues.words]
     # The listing words matching passes over are part of how it reads (they came in later).
     generic = sorted(evidence.cues.generic)
-    return json.dumps({**evidence.describe(), "words": words, "generic": generic}, sort_keys=True)
+    identity = {**evidence.describe(), "words": words, "generic": generic}
+    examples = evidence.cues.examples
+    if examples is not None:  # the learned examples vote too: the same ones, or a new export
+        pairs = json.dumps([examples.documents, examples.labels]).encode()
+        identity["examples"] = hashlib.sha256(pairs).hexdigest()
+    return json.dumps(identity, sort_keys=True)
 
 
 def _embed_stage(

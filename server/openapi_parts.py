@@ -324,8 +324,9 @@ SCHEMAS: dict[str, Any] = {
                 "type": "array",
                 "items": {"type": "string"},
                 "description": "the classes the text read on the photo names (by their labels "
-                "or the server's --text-cues words); empty when it was not read; present only "
-                "when the server reads text",
+                "or the server's --text-cues words) or, when it names none, those whose "
+                "examples of read text it is like (a cue file from `phonesim learn-text`); "
+                "empty when it was not read; present only when the server reads text",
             },
             "text_read": {
                 "type": "boolean",

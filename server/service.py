@@ -611,6 +611,10 @@ class LookupService:
                 "text_weight": cfg.text_weight if cfg.read_text else None,
                 "text_rotations": list(cfg.text_rotations) if cfg.read_text else None,
                 "text_gate": cfg.text_gate if cfg.read_text else None,
+                # examples of read text from a learned cue file (phonesim learn-text)
+                "text_examples": (
+                    len(self.text.cues.examples or ()) if self.text is not None else None
+                ),
             },
             "ranking": {
                 "class_rerank": cfg.class_rerank,

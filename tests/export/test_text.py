@@ -98,7 +98,16 @@ def test_a_resume_must_read_the_same_way(ckpt, catalog, tmp_path, monkeypatch) -
     with pytest.raises(KeyboardInterrupt):
         export_features(_config(ckpt, root / "catalog.csv", out, shard_size=2, text=text))
     monkeypatch.setattr(ShardWriter, "write", real_write)
-    for other in (None, TextOptions(str(root / "cues.json"), rotations=(0,), gate=0.5)):
+    # The same words with examples of read text (phonesim learn-text) vote too: another reading.
+    words = json.loads((root / "cues.json").read_text())
+    learned = {k: {"words": v, "examples": ["zephyrphome"]} for k, v in words.items()}
+    (tmp_path / "learned.json").write_text(json.dumps(learned))
+    others = (
+        None,
+        TextOptions(str(root / "cues.json"), rotations=(0,), gate=0.5),
+        TextOptions(str(tmp_path / "learned.json"), rotations=(0,), gate=1.0),
+    )
+    for other in others:
         with pytest.raises(ResumeError, match="text reading"):
             export_features(_config(ckpt, root / "catalog.csv", out, shard_size=2, text=other))
     summary = export_features(_config(ckpt, root / "catalog.csv", out, shard_size=2, text=text))
@@ -246,3 +255,16 @@ def test_ray_actors_read_the_text_as_the_single_process_export(
 def _read_export(ckpt, root, out) -> dict:
     export_features(_config(ckpt, root / "catalog.csv", out))
     return _read(out)
+
+
+def test_a_resume_must_vote_with_the_same_examples(catalog, tmp_path) -> None:
+    """Two learned cue files with as many examples and the same words: still two readings."""
+    from export.job import text_identity
+
+    root, outsider, names = catalog
+    identities = set()
+    for i, example in enumerate(("zephyrphome", "quartzphone")):
+        path = tmp_path / f"learned{i}.json"
+        path.write_text(json.dumps({outsider: {"words": [WORD], "examples": [example]}}))
+        identities.add(text_identity(TextOptions(str(path), rotations=(0,)).build(names)))
+    assert len(identities) == 2

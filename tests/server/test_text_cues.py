@@ -90,6 +90,36 @@ def test_info_shows_the_text_setting(reading) -> None:
     assert shown["text_gate"] == 1.0
 
 
+def test_a_learned_cue_files_examples_lean_the_prediction(
+    tiny_embedder, readonly_index, outsider, tmp_path
+) -> None:
+    """A cue file from ``phonesim learn-text``: text that names no class but reads like an
+    example of one (here a misreading) leans the prediction to that class."""
+    learned = tmp_path / "learned.json"
+    learned.write_text(json.dumps({outsider: {"words": [], "examples": ["zephyrphome"]}}))
+    config = ServerConfig(
+        read_text=True, text_cues=str(learned), text_rotations=(0,), text_gate=1.0
+    )
+    app = make_app(config, tiny_embedder, readonly_index)
+    plain = make_app(ServerConfig(), tiny_embedder, readonly_index)
+    try:
+        client = app.test_client()
+        leaned = client.post("/v1/search", data=upload(banner(WORD))).get_json()["prediction"]
+        before = plain.test_client().post("/v1/search", data=upload(banner(WORD))).get_json()
+
+        def score(prediction: dict) -> float:
+            return next(t["score"] for t in prediction["top"] if t["label"] == outsider)
+
+        assert leaned["text_cues"] == [outsider] and leaned["source"].endswith("+text")
+        assert score(leaned) > score(before["prediction"]) + 0.2
+        assert sum(t["score"] for t in leaned["top"]) == pytest.approx(1.0, abs=1e-3)
+        assert client.get("/v1/info").get_json()["prediction"]["text_examples"] == 1
+        assert plain.test_client().get("/v1/info").get_json()["prediction"]["text_examples"] is None
+    finally:
+        app.extensions["phonesim"].close()
+        plain.extensions["phonesim"].close()
+
+
 def test_a_sure_prediction_leaves_the_text_unread(
     tiny_embedder, readonly_index, outsider, tmp_path, monkeypatch
 ) -> None:
