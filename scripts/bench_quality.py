@@ -78,6 +78,11 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
                 recipe_pair_text_gated on recipe_pair's (after recipe_pair); their _rerank
                 twins re-rank as recipe_text_gated_rerank does: whether the words add to a
                 better pixel model what they add to the recipe
+  recipe_text_learned  recipe_text_gated with examples of read text (embedder/text_examples.py,
+                as `phonesim learn-text` writes them): a photo whose text names no class takes
+                the vote of the training photos' text nearest its own (those of its fold's
+                training folds only, read as the product reads them); recipe_text_learned_rerank
+                re-ranks as recipe_text_gated_rerank does
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -130,6 +135,14 @@ from embedder.preprocess import Preprocessor
 from embedder.text_cues import DEFAULT_GATE as TEXT_GATE
 from embedder.text_cues import DEFAULT_WEIGHT as TEXT_WEIGHT
 from embedder.text_cues import TextCues, Texts, apply_text_cues, unsure
+from embedder.text_examples import (
+    MIN_SIMILARITY,
+    NEIGHBOURS,
+    SHARE,
+    TEMPERATURE,
+    TextExamples,
+    document,
+)
 from embedder.text_reader import DEFAULT_ROTATIONS, DETECT_SIDE
 from embedder.train_config import DEFAULT_MODEL, TrainConfig
 
@@ -215,6 +228,8 @@ EXTRA_METHODS = (
     "recipe_lite1_text_gated_rerank",
     "recipe_pair_text_gated",
     "recipe_pair_text_gated_rerank",
+    "recipe_text_learned",
+    "recipe_text_learned_rerank",
 )
 # Text-cue methods: the rotations each reads a photo at, and its gate (1: every photo).
 TEXT_METHODS = {
@@ -228,6 +243,15 @@ TEXT_METHODS = {
     "recipe_lite1_text_gated_rerank": (DEFAULT_ROTATIONS, TEXT_GATE),
     "recipe_pair_text_gated": (DEFAULT_ROTATIONS, TEXT_GATE),
     "recipe_pair_text_gated_rerank": (DEFAULT_ROTATIONS, TEXT_GATE),
+    "recipe_text_learned": (DEFAULT_ROTATIONS, TEXT_GATE),
+    "recipe_text_learned_rerank": (DEFAULT_ROTATIONS, TEXT_GATE),
+}
+# Text-cue methods whose cues also take the vote of the training folds' read text.
+LEARNED_TEXT = frozenset({"recipe_text_learned", "recipe_text_learned_rerank"})
+# Each learned method and the same reading with the words alone.
+LEARNED_PAIRS = {
+    "recipe_text_learned": "recipe_text_gated",
+    "recipe_text_learned_rerank": "recipe_text_gated_rerank",
 }
 # The cached model outputs a text-cue method reads (the recipe's unless named here): whether
 # the words add to a better pixel model what they add to the recipe.
@@ -389,6 +413,16 @@ def soup_outputs(best, states: list, x: np.ndarray) -> tuple[np.ndarray, np.ndar
     return embed_all(Embedder(model, best.config), x)
 
 
+def learned_setting() -> dict[str, float]:
+    """What a LEARNED_TEXT method's figures depend on besides the cue words."""
+    return {
+        "neighbours": NEIGHBOURS,
+        "temperature": TEMPERATURE,
+        "min_similarity": MIN_SIMILARITY,
+        "share": SHARE,
+    }
+
+
 def recipe_twin(method: str) -> str:
     """A TEXT_BASES method's counterpart reading the recipe's outputs with the same words."""
     return method.replace(TEXT_BASES[method], "recipe", 1)
@@ -505,13 +539,20 @@ class Bench:
             "gate": TEXT_METHODS[method][1],
             "stop_once_named": True,  # no further rotation once the text names a class
             "detect_side": DETECT_SIDE,
+            **({"examples": learned_setting()} if method in LEARNED_TEXT else {}),
         }
 
-    def photo_cues(self, method: str) -> tuple[np.ndarray, float]:
+    def photo_cues(self, method: str, split: Split | None = None) -> tuple[np.ndarray, float]:
         """Each photo's text cues (N x C) at ``method``'s rotations, and the mean seconds per
-        photo the reading took."""
+        photo the reading took. A LEARNED_TEXT method's cues depend on ``split``: its examples
+        are the text read on that fold's training photos."""
         cues = self.text_cues()
         texts, seconds = self.photo_texts(TEXT_METHODS[method][0], cues)
+        if method in LEARNED_TEXT and split is not None:
+            by_class: list[list[str]] = [[] for _ in self.names]
+            for i in split.train:
+                by_class[self.y[i]].append(document(texts[i], cues.min_confidence))
+            cues = replace(cues, examples=TextExamples.from_lists(by_class))
         return cues.matrix(texts), seconds
 
     def photo_texts(self, rotations: tuple[int, ...], cues: TextCues) -> tuple[list[Texts], float]:
@@ -568,6 +609,8 @@ class Bench:
                 continue
             with np.load(outputs) as cached:
                 emb, probs = cached["embeddings"], cached["probabilities"]
+            if method in LEARNED_TEXT:
+                cues, _ = self.photo_cues(method, split)
             fused = method not in UNFUSED_TEXT
             pred, read = text_predictions(
                 split, self.y, probs, emb, cues, setting["gate"], fused=fused
@@ -999,12 +1042,16 @@ class Bench:
         pool = max(r.pool for r in grid)
         # fold -> (embeddings, probabilities, grid x test photos x pool: label matches)
         graded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        split_cues: dict[str, np.ndarray] = {}  # a LEARNED_TEXT method's, fold by fold
         for split in self.splits:
             outputs = self.work / split.name / base / "outputs.npz"
             if not outputs.exists():
                 continue
             with np.load(outputs) as cached:
                 emb, probs = cached["embeddings"], cached["probabilities"]
+            if method in LEARNED_TEXT:
+                cues, _ = self.photo_cues(method, split)
+                split_cues[split.name] = cues
             test = split.test[self.headline[split.test]]
             scores, idx = nearest_neighbours(emb[test], emb[split.train], max(pool, FUSION.k))
             labels = self.y[split.train][idx]
@@ -1027,6 +1074,7 @@ class Bench:
             if cues is None:
                 pred = fused_predictions(split, self.y, probs, emb)
             else:
+                cues = split_cues.get(split.name, cues)
                 pred, _ = text_predictions(split, self.y, probs, emb, cues, gate)
             figures = score(split, self.y, self.headline, pred, emb)
             figures["recall_at_1"] = float(match[best][:, 0].mean())
@@ -1143,6 +1191,10 @@ class Bench:
         for m in TEXT_BASES:
             if m in self.results and recipe_twin(m) in self.results:
                 out[f"{m}_vs_recipe"] = self.paired(m, recipe_twin(m), names, frac)
+        # What the examples of read text add to the words alone (same gate, same reading).
+        for m, words_only in LEARNED_PAIRS.items():
+            if m in self.results and words_only in self.results:
+                out[f"{m}_vs_words"] = self.paired(m, words_only, names, frac)
         if "recipe_text_gated" in self.results and "recipe_text" in self.results:
             out["gate_nested"] = self.gate_nested()
         if self.audit is not None:
@@ -1297,6 +1349,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     for m in TEXT_BASES:
         if f"{m}_vs_recipe" in summary:
             rows[f"{m} - {recipe_twin(m)}"] = summary[f"{m}_vs_recipe"]
+    for m, words_only in LEARNED_PAIRS.items():
+        if f"{m}_vs_words" in summary:
+            rows[f"{m} - {words_only}"] = summary[f"{m}_vs_words"]
     width = max(map(len, rows), default=0) + 2
     for m, e in rows.items():
         if "accuracy" not in e:

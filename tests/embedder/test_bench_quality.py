@@ -440,6 +440,64 @@ def test_text_methods_on_another_model_read_that_models_outputs(tmp_path, capsys
     assert paired["folds"] == len(bench.splits) and paired["accuracy"]["mean"] >= 0.0
 
 
+def learned_bench(tmp_path, reads):
+    """A tiny bench whose classifier leans to class 0 and whose features say nothing, with
+    photo i reading ``reads(bench, i)`` upright (None: nothing)."""
+    import numpy as np
+
+    bench_quality, bench = tiny_bench(tmp_path, text_cues=None)
+    n = len(bench.y)
+    probs = np.tile(np.array([[0.5, 0.25, 0.25]], dtype=np.float32), (n, 1))
+    cache_fold_outputs(bench, "recipe", np.ones((n, 4), dtype=np.float32) / 2.0, probs)
+    cache = {}
+    for i, s in enumerate(bench.samples):
+        text = reads(bench, i)
+        lines = [[text, 0.99]] if text else []
+        cache[s.id] = {"0": lines, "0_s": 0.1, "90": [], "90_s": 0.1, "270": [], "270_s": 0.1}
+    (bench.work / f"photo-text-{bench_quality.DETECT_SIDE}.json").write_text(json.dumps(cache))
+    bench.run(["recipe_text_learned", "recipe_text_gated", "recipe_text_learned_rerank"])
+    return bench_quality, bench
+
+
+def test_learned_text_votes_with_the_training_folds_examples(tmp_path):
+    """recipe_text_learned: each class's photos read a word that names no class, so the words
+    alone change nothing, while the examples read on the training folds' photos put every
+    photo right."""
+    import numpy as np
+
+    words = ("quartzite", "zephyrine", "walrusoid")
+    bench_quality, bench = learned_bench(tmp_path, lambda bench, i: words[bench.y[i]])
+    for split in bench.splits:
+        learned = bench.results["recipe_text_learned"][split.name]
+        words_only = bench.results["recipe_text_gated"][split.name]
+        assert words_only["cue_photos"] == 0
+        assert words_only["accuracy"] == float(np.mean(bench.y[words_only["photos"]] == 0)) < 1
+        assert learned["accuracy"] == 1.0 and learned["cue_photos"] == len(learned["photos"])
+        assert learned["text_cues"]["examples"] == bench_quality.learned_setting()
+    summary = bench.summary()
+    assert summary["recipe_text_learned_vs_words"]["accuracy"]["mean"] > 0
+
+
+def test_learned_text_never_learns_from_the_photos_it_scores(tmp_path):
+    """Only the first fold's test photos read their class word: the first fold's examples
+    (its training photos) hold none, so its test photos keep the words-only prediction; a
+    vote from the photos scored would have put them right."""
+    import numpy as np
+
+    words = ("quartzite", "zephyrine", "walrusoid")
+
+    def reads(bench, i):
+        return words[bench.y[i]] if i in bench.splits[0].test else None
+
+    _, bench = learned_bench(tmp_path, reads)
+    first = bench.splits[0].name
+    learned = bench.results["recipe_text_learned"][first]
+    words_only = bench.results["recipe_text_gated"][first]
+    assert learned["accuracy"] == words_only["accuracy"] < 1
+    assert learned["cue_photos"] == 0
+    assert np.array_equal(learned["correct"], words_only["correct"])
+
+
 def test_two_rerankings_are_paired_photo_by_photo(tmp_path):
     """Recall@1 of two re-rankings of the same photos gets a group bootstrap beside the fold
     interval (the interval for a prediction-time change)."""
