@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common.fsutil import atomic_write_text
+from common.fsutil import atomic_write_text, folder_write_problem
 from embedder.checkpoint import read_config
 from embedder.data import load_catalog
 from embedder.errors import DataError, ImageError
@@ -53,6 +53,7 @@ def learn_text(
     classes the checkpoint does not know, a bad cue file or a folder with no readable photo."""
     import time
 
+    check_cue_output(Path(out))  # now, not after minutes of reading
     config = read_config(checkpoint)
     names = list(config.label_names)
     catalog = load_catalog(data, min_classes=1)
@@ -98,6 +99,23 @@ def learn_text(
     )
 
 
+def check_cue_output(out: Path) -> None:
+    """DataError unless ``out`` can be written: a folder, a file that is not a JSON object
+    (an image, a CSV: never replaced) or an unwritable folder is refused."""
+    if out.is_dir():
+        raise DataError(f"{out}: is a folder; give a file name such as cues.json")
+    if out.exists():
+        try:
+            data = json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = None
+        if not isinstance(data, dict):
+            raise DataError(f"{out}: exists and is not a text cue file; not replacing it")
+    problem = folder_write_problem(out.parent)
+    if problem:
+        raise DataError(f"{out.parent}: {problem}; {out.name} cannot be written there")
+
+
 def _given_words(cue_file: str | Path | None) -> dict[str, list[str]]:
     """The cue file's own words per label, as written (checked by TextCues.load already)."""
     if not cue_file:
@@ -106,4 +124,4 @@ def _given_words(cue_file: str | Path | None) -> dict[str, list[str]]:
     return {k: list(v if isinstance(v, list) else v.get("words", [])) for k, v in data.items()}
 
 
-__all__ = ["LearnedText", "learn_text"]
+__all__ = ["LearnedText", "check_cue_output", "learn_text"]

@@ -108,3 +108,18 @@ def test_classes_the_model_does_not_know_are_refused(tiny_checkpoint, labelled, 
     with pytest.raises(UserError, match="nokia"):
         learn_text(tiny_checkpoint, data, out, rotations=(0,), progress=False)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["missing/out.json", "folder", "photo.csv"])
+def test_an_output_that_cannot_be_written_fails_before_the_reading(
+    tiny_checkpoint, labelled, tmp_path, monkeypatch, where
+):
+    from embedder import learn_text as module
+
+    learn, _, _ = labelled
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "photo.csv").write_text("id,image,label\n")
+    monkeypatch.setattr(module, "TextReader", None)  # reading would fail the test differently
+    with pytest.raises(UserError, match="cannot be written|is a folder|not a text cue file"):
+        learn_text(tiny_checkpoint, learn, tmp_path / where, rotations=(0,), progress=False)
+    assert (tmp_path / "photo.csv").read_text() == "id,image,label\n"
