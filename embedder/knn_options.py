@@ -122,7 +122,9 @@ def add_text_cue_options(parser: argparse.ArgumentParser, cost: str) -> None:
         "--text-cues",
         metavar="FILE",
         help='JSON {"label": ["word", ...]} of words that name a class besides its label '
-        '(sub-brands, product lines, slogans: {"xiaomi": ["redmi", "poco"]}); implies --read-text',
+        '(sub-brands, product lines, slogans: {"xiaomi": ["redmi", "poco"]}), or a file from '
+        "phonesim learn-text, which adds examples of text read on each class's photos; implies "
+        "--read-text",
     )
     parser.add_argument(
         "--text-weight",
