@@ -153,7 +153,7 @@ def text_identity(evidence: TextEvidence | None) -> str:
     examples = evidence.cues.examples
     if examples is not None:  # the learned examples vote too: the same ones, or a new export
         pairs = json.dumps([examples.documents, examples.labels]).encode()
-        identity["examples"] = hashlib.sha256(pairs).hexdigest()
+        identity["examples_sha256"] = hashlib.sha256(pairs).hexdigest()
     return json.dumps(identity, sort_keys=True)
 
 

@@ -268,3 +268,5 @@ def test_a_resume_must_vote_with_the_same_examples(catalog, tmp_path) -> None:
         path.write_text(json.dumps({outsider: {"words": [WORD], "examples": [example]}}))
         identities.add(text_identity(TextOptions(str(path), rotations=(0,)).build(names)))
     assert len(identities) == 2
+    setting = json.loads(identities.pop())
+    assert setting["examples"] == 1 and len(setting["examples_sha256"]) == 64
