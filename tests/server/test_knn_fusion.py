@@ -245,6 +245,7 @@ def test_info_reports_the_fusion_settings(fused):
         "text_weight": None,
         "text_rotations": None,
         "text_gate": None,
+        "text_examples": None,
     }
 
 
