@@ -104,6 +104,16 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     bench = bq.Bench(argparse.Namespace(data=args.data, folds=args.folds, repeats=1,
                                         seed=args.seed, work=args.work, audit=None))  # fmt: skip
+    missing = [
+        s.name
+        for s in bench.splits
+        if not (args.work / s.name / "recipe" / "model.safetensors").exists()
+    ]
+    if missing:  # before writing anything into the cache folder
+        raise SystemExit(
+            f"no recipe checkpoint for fold(s) {', '.join(missing)} in {args.work}: "
+            "run scripts/bench_quality.py --only recipe first"
+        )
     out_dir = args.work / "export_rerank"
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "photos.csv"
@@ -117,8 +127,6 @@ def main() -> int:
     t0 = time.perf_counter()
     for split in bench.splits:
         ckpt = args.work / split.name / "recipe"
-        if not (ckpt / "model.safetensors").exists():
-            raise SystemExit(f"no checkpoint at {ckpt}: run scripts/bench_quality.py --only recipe")
         out = out_dir / f"{split.name}.h5"
         started = time.perf_counter()
         export_features(

@@ -24,6 +24,7 @@ def test_exports_each_fold_and_ends_with_one_json_line(tmp_path):
     work = tmp_path / "work"
     missing = run("--data", str(data), "--folds", "2", "--work", str(work))
     assert missing.returncode != 0 and "bench_quality.py --only recipe" in missing.stderr
+    assert not (work / "export_rerank").exists()  # nothing written before the error
 
     tiny = tmp_path / "tiny"
     train(tiny_train_config(data, tiny))
