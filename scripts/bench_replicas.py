@@ -288,9 +288,14 @@ def measure(backend: str, cluster: Cluster, index: Path, pg_data, images) -> dic
         f"  delete gone on every server: {summary(steady.delete_lag)}; adds deleted before "
         f"every server was polled (not timed): {steady.superseded}"
     )
+    ratio = (
+        f", x{loaded['p50_ms'] / baseline['p50_ms']:.2f} the baseline's p50"
+        if loaded["p50_ms"] and baseline["p50_ms"]
+        else ""
+    )
     print(
         f"  search under writes: p50 {loaded['p50_ms']} ms, p99 {loaded['p99_ms']} ms "
-        f"({loaded['searches']} searches)"
+        f"({loaded['searches']} searches){ratio}"
     )
     print(f"  end: WAL {at_end['wal_bytes']} B, journal {at_end['journal_length']}")
     for line in (loaded["errors"] + steady.write_errors + steady.unseen)[:5]:
