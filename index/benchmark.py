@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,11 @@ def _time_single(fn: Any, xq: np.ndarray, n: int) -> list[float]:
     return times
 
 
-def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
-    """Run every measurement; returns a flat dict of figures (seconds, ms, MiB, ratios)."""
+def run_benchmark(
+    cfg: BenchConfig, stage: Callable[[str], None] = lambda message: None
+) -> dict[str, Any]:
+    """Run every measurement; returns a flat dict of figures (seconds, ms, MiB, ratios).
+    ``stage`` hears of each step as it starts (a million vectors take minutes to build)."""
     if cfg.threads:
         faiss.omp_set_num_threads(cfg.threads)
     r: dict[str, Any] = {
@@ -100,10 +104,12 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     }
     mix = ClusteredMixture(cfg.dim, cfg.clusters, cfg.spread_min, cfg.spread_max, cfg.seed)
 
+    stage(f"generating {cfg.n} x {cfg.dim} vectors and {cfg.nq} queries")
     t = time.perf_counter()
     xb, clusters = mix.sample(cfg.n, seed=1)
     xq, _ = mix.sample(cfg.nq, seed=2)  # fresh draws: not in the catalog
     r["generate_s"] = time.perf_counter() - t
+    stage("exact neighbours of the queries (the recall ground truth)")
     t = time.perf_counter()
     D_gt, I_gt = knn_ground_truth(xq, xb, cfg.k)
     r["exact_batch_qps"] = cfg.nq / (time.perf_counter() - t)
@@ -115,6 +121,7 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     path = work / "index"
     try:
+        stage(f"building the {cfg.kind} index in {path}")
         report = build_index(
             path,
             _ids(np.arange(cfg.n)),
@@ -147,12 +154,16 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
         ix = CatalogIndex.open(path, options=opts)
         r["open_s"] = time.perf_counter() - t
         with ix:
+            stage("searching: latency, throughput, recall")
             _measure_search(ix, xq, I_gt, cfg, r)
+            stage("filtered searches")
             nq = min(cfg.filter_queries, len(xq))
             measure_filters(
                 ix, flat, xq, cases, k=cfg.k, nq=nq, exact_queries=cfg.flat_queries, r=r
             )
+            stage("durable adds")
             _measure_updates(ix, mix, cfg, r)
+        stage("the exact flat-search baseline")
         _measure_flat(flat, xq, cfg, r)
     finally:
         if not cfg.keep:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from common.argtypes import non_negative_int, positive_int
@@ -73,7 +74,10 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    result = run_benchmark(parse_args(argv))
+    # Each step on stderr as it starts: stdout stays the table and the JSON line.
+    result = run_benchmark(
+        parse_args(argv), stage=lambda m: print(f"... {m}", file=sys.stderr, flush=True)
+    )
     print(format_table(result))
     print(json.dumps(result, sort_keys=True, default=float))
     return 0
