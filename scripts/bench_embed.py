@@ -226,8 +226,13 @@ def main() -> int:
     from embedder.quantize import quantize_int8
 
     runtimes = args.runtimes.split(",")
+
+    def stage(message: str) -> None:  # on stderr: stdout stays the table and the JSON line
+        print(f"... {message}", file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"
+        stage("the checkpoint and the images")
         if args.checkpoint:
             copy_checkpoint(args.checkpoint, ckpt)
         else:
@@ -237,10 +242,17 @@ def main() -> int:
             # Made here, as 'phonesim optimize' would: the children measure inference only.
             from embedder.graphs import ensure_fp32_graph
 
+            stage("exporting the ONNX graph")
             ensure_fp32_graph(ckpt)
         if "onnx-int8" in runtimes:
+            stage("quantising it to int8")
             quantize_int8(ckpt, images, max_images=min(args.n, 128))
-        results = {rt: run_child(rt, ckpt, images, args) for rt in runtimes}
+        results = {}
+        for rt in runtimes:
+            stage(
+                f"measuring {rt} ({args.repeats} runs of {args.n} images, in a process of its own)"
+            )
+            results[rt] = run_child(rt, ckpt, images, args)
         config = json.loads((ckpt / CONFIG_FILE).read_text())
     baseline = results["torch"]["raw_forward_img_per_s"] if "torch" in results else None
     for r in results.values():
