@@ -22,7 +22,7 @@ from embedder.data import load_catalog
 from embedder.errors import DataError, ImageError
 from embedder.images import load_image
 from embedder.preprocess import Preprocessor
-from embedder.text_cues import TextCues
+from embedder.text_cues import TextCues, is_cue_mapping
 from embedder.text_examples import document
 from embedder.text_reader import DEFAULT_ROTATIONS, TextReader
 
@@ -99,16 +99,17 @@ def learn_text(
 
 
 def check_cue_output(out: Path) -> None:
-    """DataError unless ``out`` can be written: a folder, a file that is not a JSON object
-    (an image, a CSV: never replaced) or an unwritable folder is refused."""
+    """DataError unless ``out`` can be written: a folder, a file that is not a text cue file
+    (an image, a CSV, a checkpoint's config.json: never replaced) or an unwritable folder is
+    refused."""
     if out.is_dir():
         raise DataError(f"{out}: is a folder; give a file name such as cues.json")
     if out.exists():
         try:
             data = json.loads(out.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             data = None
-        if not isinstance(data, dict):
+        if not is_cue_mapping(data):
             raise DataError(f"{out}: exists and is not a text cue file; not replacing it")
     problem = folder_write_problem(out.parent)
     if problem:

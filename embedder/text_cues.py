@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from embedder.errors import DataError
-from embedder.text_examples import SHARE, TextExamples, document
+from embedder.text_examples import MAX_EXAMPLE_CHARS, SHARE, TextExamples, document
 
 #: Read text with a lower recognition confidence is ignored.
 DEFAULT_MIN_CONFIDENCE = 0.5
@@ -125,12 +125,13 @@ class TextCues:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as e:
             raise DataError(f"{path}: cannot read the text cue file: {e.strerror or e}") from e
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise DataError(f"{path}: not a JSON text cue file: {e}") from e
-        if not isinstance(data, dict) or not all(map(_cue_entry, data.values())):
+        if not is_cue_mapping(data):
             raise DataError(
                 f'{path}: expected {{"label": ["word", ...], ...}} or {{"label": {{"words": '
-                '["word", ...], "examples": ["text read on a photo", ...]}, ...}'
+                '["word", ...], "examples": ["text read on a photo", ...]}, ...}, in valid '
+                f"UTF-8, each example at most {MAX_EXAMPLE_CHARS} characters"
             )
         words = {k: v if isinstance(v, list) else v.get("words", []) for k, v in data.items()}
         learned = {
@@ -192,15 +193,33 @@ class TextCues:
         return out
 
 
-def _cue_entry(value: object) -> bool:
-    """A cue file's value: a list of words, or {"words": [...], "examples": [...]}."""
+def is_cue_mapping(data: object) -> bool:
+    """Whether ``data`` (parsed JSON) has a cue file's shape: ``{label: [word, ...]}`` or
+    ``{label: {"words": [...], "examples": [...]}}``, every string valid UTF-8 (no lone
+    surrogate) and every example at most MAX_EXAMPLE_CHARS long. Labels are not checked."""
 
-    def strings(v: object) -> bool:
-        return isinstance(v, list) and all(isinstance(w, str) for w in v)
+    def text(w: object, limit: int | None = None) -> bool:
+        if not isinstance(w, str) or (limit is not None and len(w) > limit):
+            return False
+        try:
+            w.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
 
-    if isinstance(value, dict):
-        return set(value) <= {"words", "examples"} and all(map(strings, value.values()))
-    return strings(value)
+    def strings(v: object, limit: int | None = None) -> bool:
+        return isinstance(v, list) and all(text(w, limit) for w in v)
+
+    def entry(value: object) -> bool:
+        if isinstance(value, dict):
+            return (
+                set(value) <= {"words", "examples"}
+                and strings(value.get("words", []))
+                and strings(value.get("examples", []), MAX_EXAMPLE_CHARS)
+            )
+        return strings(value)
+
+    return isinstance(data, dict) and all(text(k) and entry(v) for k, v in data.items())
 
 
 def check_weight(weight: float, name: str = "text cue weight") -> None:
@@ -256,6 +275,7 @@ __all__ = [
     "apply_text_cues",
     "check_gate",
     "check_weight",
+    "is_cue_mapping",
     "normalise",
     "unsure",
     "words_of",

@@ -34,6 +34,12 @@ MIN_SIMILARITY = 0.2
 SHARE = 0.5
 #: Tokens shorter than this, and bare numbers, are mostly noise of the reader.
 MIN_TOKEN = 3
+#: The longest example or query compared, in characters: the reader stops at 100 lines, and
+#: a cue file's examples are fitted in every server worker (a 20 MB one took 4.5 GB).
+MAX_EXAMPLE_CHARS = 4000
+#: Classes with less of the vote than this are dropped from it (and from a response's
+#: ``text_cues``): the softmax leaves crumbs on every neighbour's class.
+MIN_VOTE_SHARE = 0.05
 
 
 def document(texts: Texts, min_confidence: float) -> str:
@@ -42,7 +48,9 @@ def document(texts: Texts, min_confidence: float) -> str:
     from embedder.text_cues import words_of
 
     tokens = (w for line, conf in texts if conf >= min_confidence for w in words_of(line))
-    return " ".join(t for t in tokens if len(t) >= MIN_TOKEN and not t.isdigit())
+    return " ".join(t for t in tokens if len(t) >= MIN_TOKEN and not t.isdigit())[
+        :MAX_EXAMPLE_CHARS
+    ]
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,8 @@ class TextExamples:
             return out
         weights = np.exp((similarity[nearest] - similarity[nearest[0]]) / TEMPERATURE)
         np.add.at(out, np.asarray(self.labels)[nearest], weights)
+        out /= out.sum()
+        out[out < MIN_VOTE_SHARE] = 0.0
         return (out / out.sum()).astype(np.float32)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -119,7 +129,9 @@ class TextExamples:
 
 
 __all__ = [
+    "MAX_EXAMPLE_CHARS",
     "MIN_SIMILARITY",
+    "MIN_VOTE_SHARE",
     "MIN_TOKEN",
     "NEIGHBOURS",
     "SHARE",

@@ -137,6 +137,7 @@ from embedder.text_cues import DEFAULT_WEIGHT as TEXT_WEIGHT
 from embedder.text_cues import TextCues, Texts, apply_text_cues, unsure
 from embedder.text_examples import (
     MIN_SIMILARITY,
+    MIN_VOTE_SHARE,
     NEIGHBOURS,
     SHARE,
     TEMPERATURE,
@@ -420,6 +421,7 @@ def learned_setting() -> dict[str, float]:
         "temperature": TEMPERATURE,
         "min_similarity": MIN_SIMILARITY,
         "share": SHARE,
+        "min_vote_share": MIN_VOTE_SHARE,
     }
 
 

@@ -110,7 +110,9 @@ def test_classes_the_model_does_not_know_are_refused(tiny_checkpoint, labelled, 
     assert not out.exists()
 
 
-@pytest.mark.parametrize("where", ["missing/out.json", "folder", "photo.csv"])
+@pytest.mark.parametrize(
+    "where", ["missing/out.json", "folder", "photo.csv", "config.json", "deep.json"]
+)
 def test_an_output_that_cannot_be_written_fails_before_the_reading(
     tiny_checkpoint, labelled, tmp_path, monkeypatch, where
 ):
@@ -119,7 +121,24 @@ def test_an_output_that_cannot_be_written_fails_before_the_reading(
     learn, _, _ = labelled
     (tmp_path / "folder").mkdir()
     (tmp_path / "photo.csv").write_text("id,image,label\n")
+    # A JSON object that is no cue file: a checkpoint's config, a report.
+    (tmp_path / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
     monkeypatch.setattr(module, "TextReader", None)  # reading would fail the test differently
     with pytest.raises(UserError, match="cannot be written|is a folder|not a text cue file"):
         learn_text(tiny_checkpoint, learn, tmp_path / where, rotations=(0,), progress=False)
     assert (tmp_path / "photo.csv").read_text() == "id,image,label\n"
+
+
+def test_a_cue_word_that_cannot_be_written_fails_before_the_reading(
+    tiny_checkpoint, labelled, tmp_path, monkeypatch
+):
+    """A lone surrogate in a word: valid JSON, but no UTF-8 file can hold it."""
+    from embedder import learn_text as module
+
+    learn, _, names = labelled
+    cues = tmp_path / "cues.json"
+    cues.write_text(json.dumps({names[0]: ["\ud800mate"]}))  # JSON escapes the surrogate
+    monkeypatch.setattr(module, "TextReader", None)
+    with pytest.raises(UserError, match="UTF-8"):
+        learn_text(tiny_checkpoint, learn, tmp_path / "out.json", cue_file=cues, progress=False)

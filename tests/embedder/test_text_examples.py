@@ -11,7 +11,14 @@ import pytest
 
 from embedder.errors import DataError
 from embedder.text_cues import TextCues, apply_text_cues
-from embedder.text_examples import MIN_SIMILARITY, SHARE, TextExamples, document
+from embedder.text_examples import (
+    MAX_EXAMPLE_CHARS,
+    MIN_SIMILARITY,
+    MIN_VOTE_SHARE,
+    SHARE,
+    TextExamples,
+    document,
+)
 
 NAMES = ["huawei", "oneplus", "samsung"]
 LEARNED = {
@@ -97,6 +104,8 @@ def test_learned_cues_survive_pickling(cues: TextCues) -> None:
         ({"samsung": {"words": ["galaxy"], "notes": []}}, "expected"),
         ({"samsung": {"examples": [1]}}, "expected"),
         ({"nokia": {"examples": ["lumia"]}}, "nokia"),
+        ({"samsung": {"examples": ["x" * (MAX_EXAMPLE_CHARS + 1)]}}, "at most"),
+        ({"samsung": ["\ud800galaxy"]}, "UTF-8"),
     ],
 )
 def test_a_bad_learned_cue_file_is_refused(tmp_path, content, error) -> None:
@@ -115,3 +124,23 @@ def test_examples_are_checked() -> None:
         TextExamples((" ",), (0,), 2)
     with pytest.raises(ValueError, match="classes"):
         TextCues((("a",), ("b",)), examples=TextExamples.from_lists([["abc"]]))
+
+
+def test_crumbs_of_a_vote_are_dropped() -> None:
+    """The softmax leaves a little on every neighbour's class; under MIN_VOTE_SHARE it goes,
+    so a response does not list a class that hardly counted."""
+    close = TextExamples.from_lists([["abcdefgh"], ["abcdefgh xyz"]]).vote("abcdefgh")
+    assert close[1] >= MIN_VOTE_SHARE and close.sum() == pytest.approx(1.0)
+    far = TextExamples.from_lists([["abcdefgh"], ["abcdefgz"]]).vote("abcdefgh")
+    assert far.tolist() == [1.0, 0.0]
+
+
+def test_long_text_is_cut_to_the_compared_length() -> None:
+    assert len(document([("word " * 5000, 0.9)], 0.5)) == MAX_EXAMPLE_CHARS
+
+
+def test_a_deeply_nested_cue_file_is_a_data_error(tmp_path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(DataError, match="not a JSON"):
+        TextCues.load(path, NAMES)
