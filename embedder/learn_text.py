@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ def learn_text(
     """Read every photo of ``data`` (class folders or CSV) and write ``out``: the cue file
     ``cue_file`` (or the labels alone) with each class's examples added. Raises DataError for
     classes the checkpoint does not know, a bad cue file or a folder with no readable photo."""
+    if str(out).endswith(("/", os.sep)):  # Path() would drop the slash: "new/" is a folder
+        raise DataError(f"{out}: is a folder; give a file name such as cues.json")
     check_cue_output(Path(out))  # now, not after minutes of reading
     config = read_config(checkpoint)
     names = list(config.label_names)

@@ -111,7 +111,7 @@ def test_classes_the_model_does_not_know_are_refused(tiny_checkpoint, labelled, 
 
 
 @pytest.mark.parametrize(
-    "where", ["missing/out.json", "folder", "photo.csv", "config.json", "deep.json"]
+    "where", ["missing/out.json", "folder", "new/", "photo.csv", "config.json", "deep.json"]
 )
 def test_an_output_that_cannot_be_written_fails_before_the_reading(
     tiny_checkpoint, labelled, tmp_path, monkeypatch, where
@@ -126,8 +126,9 @@ def test_an_output_that_cannot_be_written_fails_before_the_reading(
     (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
     monkeypatch.setattr(module, "TextReader", None)  # reading would fail the test differently
     with pytest.raises(UserError, match="cannot be written|is a folder|not a text cue file"):
-        learn_text(tiny_checkpoint, learn, tmp_path / where, rotations=(0,), progress=False)
+        learn_text(tiny_checkpoint, learn, f"{tmp_path}/{where}", rotations=(0,), progress=False)
     assert (tmp_path / "photo.csv").read_text() == "id,image,label\n"
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_cue_word_that_cannot_be_written_fails_before_the_reading(
