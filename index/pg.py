@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 
 import faiss
@@ -389,24 +390,34 @@ class PgSource:
     # The snapshot is serialised under the caller's locks (freeze) and uploaded without them.
     snapshot_outside_apply = True
 
-    @staticmethod
-    def freeze(index: faiss.Index) -> bytes:
-        """``index`` serialised, as :meth:`commit_snapshot` stores it."""
-        return faiss.serialize_index(index).tobytes()
+    def freeze(self, index: faiss.Index) -> FrozenSnapshot:
+        """``index`` serialised, as :meth:`commit_snapshot` stores it, with the catalog it
+        belongs to (call under the apply lock, where index and catalog agree)."""
+        return FrozenSnapshot(faiss.serialize_index(index).tobytes(), self._generation, self._last)
 
-    def commit_snapshot(self, index: faiss.Index | bytes, seq: int) -> bool:
+    def commit_snapshot(self, index: faiss.Index | FrozenSnapshot, seq: int) -> bool:
         """Store ``index`` (as of record ``seq``; or its :meth:`freeze`) as the snapshot and
-        drop the journal up to the previous one, unless a snapshot as new exists. Replicas
-        loading meanwhile keep their MVCC view."""
-        data = index if isinstance(index, bytes) else self.freeze(index)
+        drop the journal up to the previous one, unless a snapshot as new exists, or the
+        catalog was replaced since the freeze (a restore during the upload: the old snapshot
+        would have overwritten the restored one). Replicas loading meanwhile keep their MVCC
+        view."""
+        frozen = index if isinstance(index, FrozenSnapshot) else self.freeze(index)
         with self._write_transaction() as c:
-            cur = int(
+            state = dict(
                 c.execute(
-                    "SELECT value FROM state WHERE key='checkpoint_seq' FOR UPDATE"
-                ).fetchone()[0]
+                    "SELECT key, value FROM state WHERE key IN ('checkpoint_seq', 'generation') "
+                    "FOR UPDATE"
+                ).fetchall()
             )
+            cur = int(state["checkpoint_seq"])
             if cur >= seq:
                 return False
+            if not self._same_catalog(c, frozen, state.get("generation"), seq):
+                log.info(
+                    "%s: catalog replaced during a compaction; its snapshot dropped", self.where
+                )
+                return False
+            data = frozen.data
             c.execute("INSERT INTO snapshots(seq, data) VALUES (%s, %s)", (seq, data))
             c.execute("UPDATE state SET value=%s WHERE key='checkpoint_seq'", (str(seq),))
             c.execute("DELETE FROM snapshots WHERE seq < %s", (seq,))
@@ -414,8 +425,30 @@ class PgSource:
             c.execute("DELETE FROM journal WHERE seq <= %s", (cur,))
         return True
 
+    @staticmethod
+    def _same_catalog(c: Any, frozen: FrozenSnapshot, generation: str | None, seq: int) -> bool:
+        """Whether the database still holds the catalog ``frozen`` was taken from: the same
+        generation (``restore``) and, for its last record, the same time (a dump restored with
+        ``pg_restore --clean`` keeps the generation but numbers its later records anew)."""
+        if generation != frozen.generation:
+            return False
+        if frozen.last is None or frozen.last[0] != seq:
+            return True
+        row = c.execute("SELECT ts FROM journal WHERE seq = %s", (seq,)).fetchone()
+        return row is not None and row[0] == frozen.last[1]
+
     def clean_up(self, current: str) -> None:
         """Nothing is left behind in the database by an interrupted compaction."""
+
+
+@dataclass(frozen=True)
+class FrozenSnapshot:
+    """A replica's index serialised under its apply lock (:meth:`PgSource.freeze`), with the
+    catalog generation and the (seq, ts) of the last journal record it holds."""
+
+    data: bytes
+    generation: str | None
+    last: tuple[int, float] | None
 
 
 def json_items(text: str) -> list[tuple[str, dict[str, Any]]]:

@@ -267,3 +267,85 @@ def test_writes_during_a_snapshot_upload_stay_pending(tmp_path, pg_url, monkeypa
         time.sleep(0.5)
         assert "during" in ix
         assert ix._replica.pending == 1  # the one vector added during the upload
+
+
+def _upload_after(monkeypatch, replace_catalog) -> None:  # noqa: ANN001
+    """Make the next snapshot upload wait for ``replace_catalog()`` to run first."""
+    from index.pg import PgSource
+
+    upload = PgSource.commit_snapshot
+
+    def replaced_first(self, index, seq):  # noqa: ANN001, ANN202
+        replace_catalog()
+        return upload(self, index, seq)
+
+    monkeypatch.setattr(PgSource, "commit_snapshot", replaced_first)
+
+
+def _snapshots(pg_url: str) -> tuple[list[int], str]:  # noqa: F811
+    with psycopg.connect(pg_url) as c:
+        seqs = [r[0] for r in c.execute("SELECT seq FROM snapshots ORDER BY seq").fetchall()]
+        ck = c.execute("SELECT value FROM state WHERE key='checkpoint_seq'").fetchone()[0]
+    return seqs, ck
+
+
+def test_a_restore_during_a_snapshot_upload_keeps_the_restored_catalog(
+    tmp_path,
+    pg_url,  # noqa: F811
+    monkeypatch,
+):
+    """The upload runs outside the apply lock: an `index restore --store` landing in it was
+    overwritten by the old catalog's snapshot (and the restored one deleted), so replicas
+    loaded the old vectors beside the restored items."""
+    import numpy as np
+
+    from index import build_index
+    from index.pg_admin import push_folder
+    from tests.index.synthetic import HASH, MODEL
+
+    spec = build(tmp_path / "ix", pg_url)
+    other = tmp_path / "other"
+    xb = np.random.default_rng(7).standard_normal((5, 16)).astype(np.float32)
+    ids = [f"other-{i}" for i in range(5)]
+    build_index(other, ids, xb, None, model_name=MODEL, checkpoint_hash=HASH, kind="flat")
+    with spec.open() as ix:
+        ix.add(["a", "b"], np.vstack([vec(1), vec(3)]))
+        _upload_after(monkeypatch, lambda: push_folder(other, pg_url, overwrite=True))
+        assert not ix.compact(force=True)  # dropped: the catalog is not the one frozen
+    assert _snapshots(pg_url) == ([0], "0")
+    with spec.open(readonly=True) as fresh:
+        assert len(fresh) == 5 and "a" not in fresh
+        assert fresh.search(xb[3:4], 1)[0][0].id == "other-3"
+
+
+def test_a_dump_restored_during_a_snapshot_upload_keeps_the_restored_catalog(
+    tmp_path,
+    pg_server,  # noqa: F811
+    pg_url,  # noqa: F811
+    monkeypatch,
+):
+    """A dump keeps the catalog's generation, and its records after the dump are others:
+    the frozen snapshot's last record must still be the one in the database."""
+    import subprocess
+
+    spec = build(tmp_path / "ix", pg_url)
+    dump = tmp_path / "catalog.dump"
+    bindir = pg_server.bindir
+    with spec.open() as ix:
+        ix.add(["kept"], vec(1))
+        subprocess.run([bindir / "pg_dump", "-Fc", "-f", dump, pg_url], check=True, timeout=60)
+        ix.add(["lost"], vec(2))
+
+        def restore() -> None:
+            subprocess.run(
+                [bindir / "pg_restore", "--clean", "-d", pg_url, dump], check=True, timeout=60
+            )
+            with spec.open() as w:  # the restored catalog goes on: its record 2 is another
+                w.add(["after"], vec(3))
+
+        _upload_after(monkeypatch, restore)
+        assert not ix.compact(force=True)
+    assert _snapshots(pg_url) == ([0], "0")
+    with spec.open(readonly=True) as fresh:
+        assert "kept" in fresh and "after" in fresh and "lost" not in fresh
+        assert fresh.search(vec(3), 1)[0][0].id == "after"
