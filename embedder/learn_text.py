@@ -23,7 +23,7 @@ from embedder.data import load_catalog
 from embedder.errors import DataError, ImageError
 from embedder.images import load_image
 from embedder.preprocess import Preprocessor
-from embedder.text_cues import TextCues, is_cue_mapping
+from embedder.text_cues import CueFile, TextCues, read_cue_file
 from embedder.text_examples import document
 from embedder.text_reader import DEFAULT_ROTATIONS, TextReader
 
@@ -53,9 +53,7 @@ def learn_text(
     """Read every photo of ``data`` (class folders or CSV) and write ``out``: the cue file
     ``cue_file`` (or the labels alone) with each class's examples added. Raises DataError for
     classes the checkpoint does not know, a bad cue file or a folder with no readable photo."""
-    if str(out).endswith(("/", os.sep)):  # Path() would drop the slash: "new/" is a folder
-        raise DataError(f"{out}: is a folder; give a file name such as cues.json")
-    check_cue_output(Path(out))  # now, not after minutes of reading
+    check_cue_output(out)  # now, not after minutes of reading
     config = read_config(checkpoint)
     names = list(config.label_names)
     catalog = load_catalog(data, min_classes=1)
@@ -65,8 +63,12 @@ def learn_text(
             f"{data}: classes the model does not know: {', '.join(unknown)} "
             f"(its classes: {', '.join(names)})"
         )
-    cues = TextCues.load(cue_file, names) if cue_file else TextCues.from_labels(names)
-    given = _given_words(cue_file)
+    given = read_cue_file(cue_file) if cue_file else CueFile({}, None)
+    # Its words tell the reader when to stop turning a photo; its examples (an earlier
+    # learned file) are replaced, so they are not fitted.
+    cues = TextCues.from_labels(names)
+    if cue_file:
+        cues = TextCues.from_file(given._replace(examples=None), names, cue_file)
     reader = TextReader(rotations, threads=threads)
     decode_side = Preprocessor(config.data_config).decode_side
     examples: dict[str, list[str]] = {name: [] for name in names}
@@ -90,7 +92,9 @@ def learn_text(
             examples[sample.label].append(doc)
     if unreadable == len(catalog.samples):
         raise DataError(f"{data}: none of its {unreadable} photos could be read")
-    learned = {name: {"words": given.get(name, []), "examples": examples[name]} for name in names}
+    learned = {
+        name: {"words": given.words.get(name, []), "examples": examples[name]} for name in names
+    }
     atomic_write_text(out, json.dumps(learned, indent=1, ensure_ascii=False) + "\n")
     TextCues.load(out, names)  # what serve will load: fail here, not at its start
     return LearnedText(
@@ -101,30 +105,21 @@ def learn_text(
     )
 
 
-def check_cue_output(out: Path) -> None:
-    """DataError unless ``out`` can be written: a folder, a file that is not a text cue file
-    (an image, a CSV, a checkpoint's config.json: never replaced) or an unwritable folder is
-    refused."""
-    if out.is_dir():
+def check_cue_output(out: str | Path) -> None:
+    """DataError unless ``out`` can be written: a folder (or a name ending in a slash), a file
+    that is not a text cue file (an image, a CSV, a checkpoint's config.json: never replaced)
+    or an unwritable folder is refused."""
+    if str(out).endswith(("/", os.sep)) or Path(out).is_dir():  # Path() drops the slash
         raise DataError(f"{out}: is a folder; give a file name such as cues.json")
+    out = Path(out)
     if out.exists():
         try:
-            data = json.loads(out.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            data = None
-        if not is_cue_mapping(data):
-            raise DataError(f"{out}: exists and is not a text cue file; not replacing it")
+            read_cue_file(out)
+        except DataError:
+            raise DataError(f"{out}: exists and is not a text cue file; not replacing it") from None
     problem = folder_write_problem(out.parent)
     if problem:
         raise DataError(f"{out.parent}: {problem}; {out.name} cannot be written there")
-
-
-def _given_words(cue_file: str | Path | None) -> dict[str, list[str]]:
-    """The cue file's own words per label, as written (checked by TextCues.load already)."""
-    if not cue_file:
-        return {}
-    data = json.loads(Path(cue_file).read_text(encoding="utf-8"))
-    return {k: list(v if isinstance(v, list) else v.get("words", [])) for k, v in data.items()}
 
 
 __all__ = ["LearnedText", "check_cue_output", "learn_text"]

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -118,27 +119,15 @@ class TextCues:
 
     @classmethod
     def load(cls, path: str | Path, label_names: Sequence[str]) -> TextCues:
-        """The labels' own words plus a JSON file's ``{label: [word, ...]}``; a label may
-        instead map to ``{"words": [...], "examples": [...]}`` (as ``phonesim learn-text``
-        writes), the text read on its photos."""
+        """The labels' own words plus a cue file's (:func:`read_cue_file`), with its
+        examples."""
+        return cls.from_file(read_cue_file(path), label_names, path)
+
+    @classmethod
+    def from_file(cls, file: CueFile, label_names: Sequence[str], path: str | Path) -> TextCues:
+        """:meth:`from_labels` with what the cue file at ``path`` holds (its name in errors)."""
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as e:
-            raise DataError(f"{path}: cannot read the text cue file: {e.strerror or e}") from e
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise DataError(f"{path}: not a JSON text cue file: {e}") from e
-        if not is_cue_mapping(data):
-            raise DataError(
-                f'{path}: expected {{"label": ["word", ...], ...}} or {{"label": {{"words": '
-                '["word", ...], "examples": ["text read on a photo", ...]}, ...}, in valid '
-                f"UTF-8, each example at most {MAX_EXAMPLE_CHARS} characters"
-            )
-        words = {k: v if isinstance(v, list) else v.get("words", []) for k, v in data.items()}
-        learned = {
-            k: v["examples"] for k, v in data.items() if isinstance(v, dict) and "examples" in v
-        }
-        try:
-            return cls.from_labels(label_names, words, learned or None)
+            return cls.from_labels(label_names, file.words, file.examples)
         except DataError as e:
             raise DataError(f"{path}: {e}") from e
 
@@ -191,6 +180,37 @@ class TextCues:
             elif not found and self.examples is not None:
                 out[row] = SHARE * self.examples.vote(document(read, self.min_confidence))
         return out
+
+
+class CueFile(NamedTuple):
+    """What a cue file holds, as written: each label's words, and its examples of read text
+    (None when no label has any: a file of words only)."""
+
+    words: dict[str, list[str]]
+    examples: dict[str, list[str]] | None
+
+
+def read_cue_file(path: str | Path) -> CueFile:
+    """A JSON file's ``{label: [word, ...]}``; a label may instead map to ``{"words": [...],
+    "examples": [...]}`` (as ``phonesim learn-text`` writes), the text read on its photos.
+    Raises DataError for a file that cannot be read or has another shape."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the text cue file: {e.strerror or e}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise DataError(f"{path}: not a JSON text cue file: {e}") from e
+    if not is_cue_mapping(data):
+        raise DataError(
+            f'{path}: expected {{"label": ["word", ...], ...}} or {{"label": {{"words": '
+            '["word", ...], "examples": ["text read on a photo", ...]}, ...}, in valid '
+            f"UTF-8, each example at most {MAX_EXAMPLE_CHARS} characters"
+        )
+    words = {k: v if isinstance(v, list) else v.get("words", []) for k, v in data.items()}
+    examples = {
+        k: v["examples"] for k, v in data.items() if isinstance(v, dict) and "examples" in v
+    }
+    return CueFile(words, examples or None)
 
 
 def is_cue_mapping(data: object) -> bool:
@@ -265,6 +285,7 @@ def apply_text_cues(probabilities: np.ndarray, cues: np.ndarray, weight: float) 
 
 
 __all__ = [
+    "CueFile",
     "DEFAULT_FUZZY",
     "DEFAULT_GATE",
     "DEFAULT_MIN_CONFIDENCE",
@@ -276,6 +297,7 @@ __all__ = [
     "check_gate",
     "check_weight",
     "is_cue_mapping",
+    "read_cue_file",
     "normalise",
     "unsure",
     "words_of",
