@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from common.text import is_utf8
 from embedder.errors import DataError
 from embedder.text_examples import MAX_EXAMPLE_CHARS, SHARE, TextExamples, document
 
@@ -219,13 +220,7 @@ def is_cue_mapping(data: object) -> bool:
     surrogate) and every example at most MAX_EXAMPLE_CHARS long. Labels are not checked."""
 
     def text(w: object, limit: int | None = None) -> bool:
-        if not isinstance(w, str) or (limit is not None and len(w) > limit):
-            return False
-        try:
-            w.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
+        return isinstance(w, str) and (limit is None or len(w) <= limit) and is_utf8(w)
 
     def strings(v: object, limit: int | None = None) -> bool:
         return isinstance(v, list) and all(text(w, limit) for w in v)

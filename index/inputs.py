@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from common.text import is_utf8
 from index.errors import DuplicateIdError, InvalidMetadataError, InvalidVectorsError
 
 
@@ -60,12 +61,8 @@ def storable_text(text: str, what: str) -> None:
     surrogate (not UTF-8)."""
     if "\x00" in text:
         raise InvalidMetadataError(f"{what} must not contain a NUL character: {text[:40]!r}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidMetadataError(
-            f"{what} is not valid Unicode (a lone surrogate): {text[:40]!r}"
-        ) from None
+    if not is_utf8(text):
+        raise InvalidMetadataError(f"{what} is not valid Unicode (a lone surrogate): {text[:40]!r}")
 
 
 def is_storable(text: str) -> bool:
