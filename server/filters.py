@@ -98,8 +98,10 @@ def query_filter(args: Iterable[tuple[str, list[str]]]) -> dict[str, Any]:
     flt: dict[str, Any] = {}
     for key, values in args:
         if key == FILTER_PARAM:
-            if len(values) != 1:
-                raise _bad("give the query parameter 'filter' once")
+            if len(values) != 1:  # which object? answered as any option given twice
+                raise ApiError(
+                    400, "invalid_request", "query parameter(s) 'filter' given more than once"
+                )
             parsed = parse_json(values[0], "query parameter 'filter'", code="invalid_filter")
             if not isinstance(parsed, dict):
                 raise _bad("query parameter 'filter' must be a JSON object")

@@ -77,7 +77,12 @@ class IndexFollower:
     def catch_up(self) -> Any:
         """Apply what the store has that this process lacks (the check before a request): a
         sync that starts after this call, waited for at most ``wait_s`` (see the module)."""
-        if not self.alive:  # not started (or stopping): sync on the caller's thread
+        if self._stop.is_set():
+            # Stopping: answer from the state held. A sync on this thread would have no bound
+            # (the follower's wait is gone) and could hold the request on a frozen store past
+            # the worker's graceful timeout.
+            return self.status
+        if not self.alive:  # not started (a test, a tool): sync on the caller's thread
             return self._sync()
         with self._cond:
             self._asked += 1

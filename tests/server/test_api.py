@@ -349,6 +349,9 @@ def test_every_item_endpoint_refuses_unknown_and_repeated_query_parameters(
         ("POST", "/v1/search?k=5&k=6", {"data": upload(jpeg_bytes)}),
         ("GET", f"{item}/similar?offset=1&offset=2", {}),
         ("GET", "/v1/items?limit=2&limit=3", {}),
+        # filter=<json> twice: which object? The same answer as any repeated option.
+        ("GET", '/v1/items?filter={"label":"a"}&filter={"label":"b"}', {}),
+        ("GET", f'{item}/similar?filter={{"label":"a"}}&filter={{"label":"b"}}', {}),
     ]
     for method, path, kwargs in calls:
         r = c.open(path, method=method, headers=h, **kwargs)

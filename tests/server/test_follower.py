@@ -76,6 +76,11 @@ def test_a_frozen_store_holds_requests_at_most_the_wait(tmp_path, pg_server):  #
             # The stuck sync is reported, so the server leaves the index to the process exit
             # instead of waiting for its lock (SIGTERM took gunicorn's whole 30 s).
             assert follower.stop(timeout=0.5) is False
+            # A request still in flight while the worker stops is answered from the state
+            # held, not held by a sync of its own on the frozen store.
+            status, took = timed(follower.catch_up, limit_s=5.0)
+            assert took < 0.5
+            assert status.store_error and "not answering" in status.store_error
         finally:
             for pid in frozen:  # first: closing waits for the sync the freeze holds
                 os.kill(pid, signal.SIGCONT)
