@@ -82,7 +82,8 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
                 as `phonesim learn-text` writes them): a photo whose text names no class takes
                 the vote of the training photos' text nearest its own (those of its fold's
                 training folds only, read as the product reads them); recipe_text_learned_rerank
-                re-ranks as recipe_text_gated_rerank does
+                re-ranks as recipe_text_gated_rerank does; recipe_pair_text_learned (and
+                _rerank) the same on recipe_pair's outputs: every opt-in lever at once
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -231,6 +232,8 @@ EXTRA_METHODS = (
     "recipe_pair_text_gated_rerank",
     "recipe_text_learned",
     "recipe_text_learned_rerank",
+    "recipe_pair_text_learned",
+    "recipe_pair_text_learned_rerank",
 )
 # Text-cue methods: the rotations each reads a photo at, and its gate (1: every photo).
 TEXT_METHODS = {
@@ -246,13 +249,24 @@ TEXT_METHODS = {
     "recipe_pair_text_gated_rerank": (DEFAULT_ROTATIONS, TEXT_GATE),
     "recipe_text_learned": (DEFAULT_ROTATIONS, TEXT_GATE),
     "recipe_text_learned_rerank": (DEFAULT_ROTATIONS, TEXT_GATE),
+    "recipe_pair_text_learned": (DEFAULT_ROTATIONS, TEXT_GATE),
+    "recipe_pair_text_learned_rerank": (DEFAULT_ROTATIONS, TEXT_GATE),
 }
 # Text-cue methods whose cues also take the vote of the training folds' read text.
-LEARNED_TEXT = frozenset({"recipe_text_learned", "recipe_text_learned_rerank"})
+LEARNED_TEXT = frozenset(
+    {
+        "recipe_text_learned",
+        "recipe_text_learned_rerank",
+        "recipe_pair_text_learned",
+        "recipe_pair_text_learned_rerank",
+    }
+)
 # Each learned method and the same reading with the words alone.
 LEARNED_PAIRS = {
     "recipe_text_learned": "recipe_text_gated",
     "recipe_text_learned_rerank": "recipe_text_gated_rerank",
+    "recipe_pair_text_learned": "recipe_pair_text_gated",
+    "recipe_pair_text_learned_rerank": "recipe_pair_text_gated_rerank",
 }
 # The cached model outputs a text-cue method reads (the recipe's unless named here): whether
 # the words add to a better pixel model what they add to the recipe.
@@ -261,6 +275,8 @@ TEXT_BASES = {
     "recipe_lite1_text_gated_rerank": "recipe_lite1",
     "recipe_pair_text_gated": "recipe_pair",
     "recipe_pair_text_gated_rerank": "recipe_pair",
+    "recipe_pair_text_learned": "recipe_pair",
+    "recipe_pair_text_learned_rerank": "recipe_pair",
 }
 # Text-cue methods on the classifier alone, as the export predicts (no kNN vote).
 UNFUSED_TEXT = frozenset({"recipe_text_export"})
