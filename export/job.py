@@ -175,11 +175,12 @@ def _embed_stage(
     with_text = text or (lambda batches: batches)
     if config.ray:
         from embedder.runtime import resolve_runtime
-        from export.ray_runner import connect, import_ray, ray_batches
+        from export.ray_runner import connect, ray_batches
 
         # Decided (and the graph exported) once here, not in every actor.
         runtime = resolve_runtime(config.checkpoint, config.runtime, config.device)
-        started = connect(config.ray, config.ray_ship_code)
+        session = connect(config.ray, config.ray_ship_code)
+        failed = True
         try:
             batches = ray_batches(
                 config.checkpoint,
@@ -196,9 +197,9 @@ def _embed_stage(
             for batch in with_text(clock(batches)):
                 writer.write(batch)
             writer.flush()
+            failed = False
         finally:
-            if started:
-                import_ray().shutdown()
+            session.close(failed)
     else:
         from embedder.inference import Embedder
         from export.local_runner import local_batches

@@ -10,7 +10,10 @@ cluster both must live on storage every node mounts at the same path.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -47,23 +50,52 @@ def _code_modules() -> list[str]:
     return [str(Path(importlib.import_module(name).__file__).parent) for name in CODE_PACKAGES]
 
 
-def connect(address: str, ship_code: bool | None = None) -> bool:
-    """Start a local Ray instance or join a cluster; True when this call started Ray.
+@dataclass
+class RaySession:
+    """What :func:`connect` did, for :meth:`close` to undo: nothing when Ray was already up."""
+
+    started: bool
+    # A local instance's own folder (sockets, logs, spilled objects): Ray's default, one
+    # session_* folder per run in $TMPDIR/ray, is never removed and grows with every export.
+    temp_dir: Path | None = None
+
+    def close(self, failed: bool = False) -> None:
+        """Disconnect (stopping a local instance) if :func:`connect` connected; a local
+        instance's folder is removed, or kept for its logs when the export ``failed``."""
+        if not self.started:
+            return
+        import_ray().shutdown()
+        if self.temp_dir is None:
+            return
+        if failed:
+            log.warning("Ray's logs of this export are kept in %s", self.temp_dir)
+        else:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def connect(address: str, ship_code: bool | None = None) -> RaySession:
+    """Start a local Ray instance (``"local"``) or join a cluster.
 
     An already initialised Ray (a test fixture, a notebook) is reused as it is.
     """
     ray = import_ray()
     if ray.is_initialized():
-        return False
+        return RaySession(started=False)
     kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING}
     if address == "local":
-        ray.init(**kwargs)
-        return True
+        # Short on purpose: Ray's socket paths under it must stay within 107 characters.
+        temp_dir = Path(tempfile.mkdtemp(prefix="phonesim-ray-"))
+        try:
+            ray.init(_temp_dir=str(temp_dir), **kwargs)
+        except BaseException:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            raise
+        return RaySession(started=True, temp_dir=temp_dir)
     if ship_code is None or ship_code:
         kwargs["runtime_env"] = {"py_modules": _code_modules()}
     log.info("connecting to Ray at %s", address)
     ray.init(address=address, **kwargs)
-    return True
+    return RaySession(started=True)
 
 
 def default_actors(cpus_per_actor: float) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +25,45 @@ def test_ray_missing_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(RayUnavailableError, match=r"phonesim\[distributed\]"):
         ray_runner.import_ray()
+
+
+@needs_ray
+def test_a_local_instance_leaves_no_folder_behind(monkeypatch, tmp_path):
+    """Ray's default folder ($TMPDIR/ray) keeps a session folder per run, never removed: an
+    export that starts Ray gives it a folder of its own and removes it when it succeeds, and
+    keeps it (Ray's logs) when it fails."""
+    import tempfile
+
+    import ray
+
+    from export.ray_runner import connect
+
+    if ray.is_initialized():  # another module's instance: this test starts its own
+        ray.shutdown()
+    # Short paths: Ray's socket paths under the folder must stay within 107 characters.
+    root = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    try:
+        session = connect("local")
+        assert session.started and session.temp_dir is not None
+        assert session.temp_dir.parent == root and ray.is_initialized()
+        assert list(session.temp_dir.glob("session_*"))  # Ray's session lives in it
+        session.close()
+        assert not ray.is_initialized() and not session.temp_dir.exists()
+        assert list(root.iterdir()) == []
+
+        failed = connect("local")
+        failed.close(failed=True)
+        assert not ray.is_initialized() and list(failed.temp_dir.glob("session_*"))
+
+        ray.init(num_cpus=1, include_dashboard=False, _temp_dir=str(root / "own"))
+        reused = connect("local")  # an instance already up is reused and left up
+        assert not reused.started
+        reused.close()
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
