@@ -84,6 +84,18 @@ def test_metrics_count_requests_model_batches_and_index(client, jpeg_bytes):
     assert "phonesim_index_items 18.0" in text
 
 
+def test_made_up_methods_add_no_metric_series(client):
+    """Each method name a client invents would be new series kept for the worker's life."""
+    for i in range(5):
+        assert client.open("/v1/info", method=f"ZZ{i}").status_code == 405
+    client.open("/v1/info", method="PATCH")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "ZZ" not in text
+    row = r'phonesim_http_requests_total\{[^}]*method="(\w+)",status="405"\} (\S+)'
+    counted = re.findall(row, text)
+    assert sorted(counted) == [("PATCH", "1.0"), ("other", "5.0")]
+
+
 def test_a_doubled_slash_is_a_json_404_not_a_redirect(writable, first_id):
     """werkzeug would answer an HTML 308 to the merged path, which can be another resource
     ("/v1/items//similar" is the item "similar"), and a client following it repeats a write."""
