@@ -19,7 +19,7 @@ update either entirely or not at all (readers-writer lock).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,11 @@ from index.results import Hit, Item, hits_of
 from index.store import CatalogStore
 
 log = logging.getLogger(__name__)
+
+
+# Searches again when items the store has removed came back (see search): each round leaves
+# out those found; more rounds only while other processes keep removing the very hits.
+GONE_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -270,22 +275,30 @@ class CatalogIndex(Following):
                 return fids[fids < bound]
 
             live = Live(r.count, live_fids, bound, r.dead)
-            D, I = in_tie_order(
-                lambda rows, n: knn_search(
-                    index,
-                    xq[rows],
-                    n,
-                    live,
-                    params=merged,
-                    allowed=allowed,
-                    excluded=excluded,
-                    exact_limit=self.options.exact_filter_limit,
-                    cache=self._cache,
-                ),
-                len(xq),
-                int(k),
-            )
-            rows = self._store.lookup(I[I >= 0])
+            for _ in range(GONE_RETRIES + 1):
+                D, I = in_tie_order(
+                    lambda rows, n, excluded=excluded: knn_search(
+                        index,
+                        xq[rows],
+                        n,
+                        live,
+                        params=merged,
+                        allowed=allowed,
+                        excluded=excluded,
+                        exact_limit=self.options.exact_filter_limit,
+                        cache=self._cache,
+                    ),
+                    len(xq),
+                    int(k),
+                )
+                found = I[I >= 0]
+                rows = self._store.lookup(found)
+                # Removed in the store (by another process) since this copy last caught up:
+                # searched again without them, or the answer would be short of k.
+                gone = np.setdiff1d(found, np.fromiter(rows, np.int64, len(rows)))
+                if not len(gone):
+                    break
+                excluded = np.union1d(excluded, gone)
         return hits_of(D, I, rows)
 
     # -- updates -----------------------------------------------------------------------------
@@ -325,15 +338,26 @@ class CatalogIndex(Following):
             raise UnknownIdError(unstorable, "remove")
         self._applied_own(self._source.commit_remove(ids))
 
-    def update_metadata(self, id_: str, metadata: Mapping[str, Any], *, merge: bool = True) -> Item:
+    def update_metadata(
+        self,
+        id_: str,
+        metadata: Mapping[str, Any],
+        *,
+        merge: bool = True,
+        check: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> Item:
         """Change an item's metadata (vectors untouched), durably and journaled, so every
         process sees it; ``merge=False`` replaces it. Returns the item as now stored.
-        :class:`~index.errors.UnknownIdError` (a ``KeyError``) for an unknown id."""
+        :class:`~index.errors.UnknownIdError` (a ``KeyError``) for an unknown id.
+
+        ``check`` sees the metadata the item would have, inside the write's transaction (so a
+        concurrent update cannot slip between the check and the write); whatever it raises
+        leaves the item as it was."""
         self._check_writable()
         if not isinstance(id_, str) or not is_storable(id_):  # then it cannot be stored here
             raise UnknownIdError([str(id_)], "update")
         md = clean_metadata_rows([metadata], 1)[0]
-        rec, row = self._source.commit_meta(id_, md, merge)
+        rec, row = self._source.commit_meta(id_, md, merge, check)
         self._applied_own(rec)
         return Item(row.id, row.metadata)
 

@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -353,13 +353,19 @@ class PgSource:
         return JournalRecord(seq, "remove", fids, None, None, ts)
 
     def commit_meta(
-        self, id_: str, metadata: Mapping[str, Any], merge: bool
+        self,
+        id_: str,
+        metadata: Mapping[str, Any],
+        merge: bool,
+        check: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> tuple[JournalRecord, StoredItem]:
         with self._write() as (c, seq):
             row = c.execute("SELECT fid, metadata FROM items WHERE id=%s", (id_,)).fetchone()
             if row is None:
                 raise UnknownIdError([id_], "update")
             md = {**json.loads(row[1]), **metadata} if merge else dict(metadata)
+            if check is not None:
+                check(md)
             c.execute(
                 "UPDATE items SET metadata=%s WHERE fid=%s",
                 (json.dumps(md, ensure_ascii=False), row[0]),

@@ -12,7 +12,7 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -148,7 +148,11 @@ class SqliteSource:
             return s.journal_append("remove", fids, None)
 
     def commit_meta(
-        self, id_: str, metadata: Mapping[str, Any], merge: bool
+        self,
+        id_: str,
+        metadata: Mapping[str, Any],
+        merge: bool,
+        check: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> tuple[JournalRecord, StoredItem]:
         s = self.store
         with _reachable(self.folder), s.transaction():
@@ -156,6 +160,8 @@ class SqliteSource:
             if row is None:
                 raise UnknownIdError([id_], "update")
             md = {**row.metadata, **metadata} if merge else dict(metadata)
+            if check is not None:
+                check(md)
             fids = np.array([row.fid], np.int64)
             s.delete_items(fids)
             s.insert_items(fids, [id_], [md])

@@ -222,8 +222,9 @@ def _metadata_from(fields: dict[str, Any], is_json: bool) -> dict[str, Any]:
     multipart, other non-empty form fields are added as strings."""
     if not is_json:  # a form field left blank is not given (a text "" would be a value)
         fields = {key: value for key, value in fields.items() if value != ""}
+    given = "metadata" in fields
     raw = fields.pop("metadata", None)
-    if raw is None:
+    if not given:
         metadata: Any = {}
     elif is_json:
         metadata = raw

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from server.config import ServerConfig
 from server.errors import ApiError
 from server.files import declared_pixels
 from server.follower import IndexFollower
-from server.limits import check_item_id
+from server.limits import MAX_METADATA_FIELDS, check_item_id
 from server.metrics import Metrics
 from server.thumbnails import Thumbnails
 
@@ -75,6 +75,20 @@ class Embedded:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
+
+
+def _field_budget(metadata: Mapping[str, Any]) -> None:
+    """The limit an added item's metadata has, on the fields a merge leaves: merging 32 new
+    fields at a time would otherwise grow an item without bound (and every field name is
+    filterable)."""
+    own = sum(1 for k in metadata if k not in PRIVATE_FIELDS)
+    if own > MAX_METADATA_FIELDS:
+        raise ApiError(
+            400,
+            "invalid_metadata",
+            f"the item would have {own} metadata fields, more than {MAX_METADATA_FIELDS}; "
+            "replace them with merge: false, or set fewer",
+        )
 
 
 class LookupService:
@@ -535,7 +549,7 @@ class LookupService:
         if not merge:
             own = self.index.get(item_id).metadata
             metadata = {**metadata, **{k: own[k] for k in PRIVATE_FIELDS if k in own}}
-        item = self.index.update_metadata(item_id, metadata, merge=merge)
+        item = self.index.update_metadata(item_id, metadata, merge=merge, check=_field_budget)
         log.info("updated the metadata of item %r", item_id)
         return item
 

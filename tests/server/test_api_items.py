@@ -103,6 +103,29 @@ def test_patch_errors(writable, client, first_id):
     assert_error(client.patch(f"/v1/items/{first_id}", json=body, headers=KEY), 403)
 
 
+def test_merges_cannot_grow_an_item_past_the_field_limit(writable, first_id):
+    """Each PATCH was checked alone: three merges of 32 new fields made a 96-field item that
+    no longer passed its own limit (and 96 filterable field names)."""
+    from server.limits import MAX_METADATA_FIELDS
+
+    app, _ = writable
+    c = app.test_client()
+    url = f"/v1/items/{first_id}"
+    before = c.get(url).get_json()
+    given = len([k for k in before if k not in ("id", "image_url")])
+    room = MAX_METADATA_FIELDS - given
+    fill = {f"f{i}": i for i in range(room)}
+    assert c.patch(url, json={"metadata": fill}, headers=KEY).status_code == 200
+    full = c.get(url).get_json()
+    over = assert_error(c.patch(url, json={"metadata": {"one_more": 1}}, headers=KEY), 400)
+    assert over["code"] == "invalid_metadata" and "more than 32" in over["message"]
+    assert c.get(url).get_json() == full  # nothing of the refused merge was stored
+    # Changing fields it has, or replacing them all, is still allowed.
+    assert c.patch(url, json={"metadata": {"f0": "x"}}, headers=KEY).status_code == 200
+    r = c.patch(url, json={"metadata": {"one_more": 1}, "merge": False}, headers=KEY)
+    assert r.status_code == 200 and r.get_json()["item"]["one_more"] == 1
+
+
 # -- batch add ---------------------------------------------------------------------------------
 def test_batch_add_acknowledges_each_item(writable, jpeg_bytes, first_id):
     app, _ = writable
@@ -193,6 +216,19 @@ def test_a_price_in_words_leaves_every_clients_range_filters_working(writable, j
     assert [i["id"] for i in words["items"]] == ["w1"]
     name = c.get("/v1/items", query_string={"filter": '{"title": {"lt": 3}}'})
     assert "text field" in assert_error(name, 400, "invalid_filter")["message"]
+
+
+def test_null_metadata_is_refused_by_single_and_batch_adds_alike(writable, jpeg_bytes):
+    """The schema says an object; the single add took null as {} where the batch refused it."""
+    app, _ = writable
+    c = app.test_client()
+    body = {"id": "n1", "image": b64(jpeg_bytes), "metadata": None}
+    assert_error(c.post("/v1/items", json=body, headers=KEY), 400, "invalid_metadata")
+    r = c.post("/v1/items/batch", json={"items": [body]}, headers=KEY)
+    assert r.get_json()["results"][0]["status"] == 400
+    assert_error(c.get("/v1/items/n1"), 404)
+    del body["metadata"]  # left out: no metadata
+    assert c.post("/v1/items", json=body, headers=KEY).status_code == 201
 
 
 def test_form_fields_left_blank_are_not_given_and_repeated_ones_are_400(writable, jpeg_bytes):
