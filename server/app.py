@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 
 from embedder.engine_options import EngineOptions
 from index.catalog import IndexOptions
@@ -77,6 +77,7 @@ def create_app(
         ratelimit.init_app(app, config.rate_limit, config.rate_burst)
     if config.cors_origins:
         cors.init_app(app, config.cors_origins)
+    app.before_request(_refuse_coded_bodies)
     app.register_blueprint(api.bp)
     app.register_blueprint(api_batch.bp)
     app.register_blueprint(ops.bp)
@@ -90,6 +91,20 @@ def create_app(
             len(service.index),
         )
     return app
+
+
+def _refuse_coded_bodies() -> Response | None:
+    """A gzip (or other) coded body would be read as it is, and fail as a bad image or bad
+    JSON with a misleading message: say what is wrong (RFC 9110, section 15.5.16)."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding in ("", "identity"):
+        return None
+    return errors.error_response(
+        415,
+        "unsupported_media_type",
+        f"Content-Encoding {coding[:40]!r} is not supported: send the body uncompressed",
+        {"Accept-Encoding": "identity"},
+    )
 
 
 def _security_headers(response: Response) -> Response:

@@ -272,6 +272,25 @@ def test_add_rejects_bad_ids_and_metadata(writable, jpeg_bytes):
     assert c.get("/v1/info").get_json()["index"]["size"] == 18
 
 
+def test_a_compressed_body_is_a_415_that_says_so(client, jpeg_bytes):
+    """A gzip body was read as it was: "not an image" or "bad JSON", a misleading answer."""
+    import gzip
+
+    cases = [
+        ("/v1/search", gzip.compress(jpeg_bytes), "image/jpeg"),
+        ("/v1/search", gzip.compress(b'{"vector": [1.0], "k": 1}'), "application/json"),
+    ]
+    for path, data, kind in cases:
+        r = client.post(path, data=data, content_type=kind, headers={"Content-Encoding": "gzip"})
+        assert (
+            "Content-Encoding 'gzip'" in assert_error(r, 415, "unsupported_media_type")["message"]
+        )
+        assert r.headers["Accept-Encoding"] == "identity"
+    plain = {"Content-Encoding": "identity"}
+    r = client.post("/v1/search", data=jpeg_bytes, content_type="image/jpeg", headers=plain)
+    assert r.status_code == 200
+
+
 # -- info ----------------------------------------------------------------------------------------
 def test_info_health_ready(client, tiny_embedder):
     info = client.get("/v1/info").get_json()
