@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import logging
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,37 @@ from demo.specs import CLASS_NAMES, make_specs
 logger = logging.getLogger(__name__)
 
 CATALOG_COLUMNS: tuple[str, ...] = ("id", "image", "label", "title", "brand", "price")
+# Written first into a folder the demo renders into: a run interrupted before its catalog.csv
+# is still recognised as the demo's own.
+MARKER = ".phonesim-demo-catalog"
+_DEMO_ROW = re.compile(r"demo-(?P<label>[a-z0-9-]+)-(?P<n>\d{4})")
+
+
+def is_demo_catalog(folder: Path) -> bool:
+    """Whether ``folder`` holds what :func:`generate_catalog` writes and nothing else: its
+    marker, or (written before the marker) a catalog.csv whose every row has the demo's ids
+    and image names and lists every image in the folder. A user's catalog laid out the same
+    way (class folders of JPEGs and a catalog.csv) is not the demo's, whatever its shape."""
+    if (folder / MARKER).is_file():
+        return True
+    try:
+        with (folder / "catalog.csv").open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if tuple(reader.fieldnames or ()) != CATALOG_COLUMNS:
+                return False
+            listed = set()
+            for row in reader:
+                m = _DEMO_ROW.fullmatch(row["id"] or "")
+                label = row["label"]
+                if m is None or m["label"] != label:
+                    return False
+                if row["image"] != f"{label}/{label}_{m['n']}.jpg":
+                    return False
+                listed.add(row["image"])
+        on_disk = {p.relative_to(folder).as_posix() for p in folder.glob("*/*") if p.is_file()}
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return False
+    return bool(listed) and on_disk == listed
 
 
 def _prepare_out(out: Path) -> None:
@@ -36,14 +68,11 @@ def _prepare_out(out: Path) -> None:
         raise ValueError(f"output path {out} exists and is not a folder")
     if not out.exists():
         out.mkdir(parents=True)
-        return
-    entries = list(out.iterdir())
-    if not entries:
-        return
-    if not (out / "catalog.csv").is_file():
+    entries = [e for e in out.iterdir() if e.name != MARKER]
+    if entries and not is_demo_catalog(out):
         raise ValueError(
-            f"output folder {out} is not empty and holds no catalog.csv; "
-            "pick an empty or new folder, or one holding a previous demo catalog"
+            f"output folder {out} holds files the demo did not write (its own catalog has "
+            f"a {MARKER} file, or demo ids and image names only); pick an empty or new folder"
         )
     for entry in entries:
         if entry.is_dir() and not entry.is_symlink():
@@ -53,7 +82,9 @@ def _prepare_out(out: Path) -> None:
                 )
         elif entry.name != "catalog.csv" and not is_temporary(entry.name, "catalog.csv"):
             raise ValueError(f"{entry} is not part of a demo catalog; not overwriting {out}")
-    logger.info("overwriting previous demo catalog in %s", out)
+    (out / MARKER).write_text("written by phonesim make-demo-catalog; its folder may be replaced\n")
+    if entries:
+        logger.info("overwriting previous demo catalog in %s", out)
     for entry in entries:
         if entry.is_dir():
             shutil.rmtree(entry)

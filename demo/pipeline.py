@@ -121,7 +121,7 @@ def _read_json(path: Path) -> object:
 
 def run_demo(args: argparse.Namespace) -> int:
     from common.fsutil import atomic_write_text
-    from demo.catalog import generate_catalog
+    from demo.catalog import generate_catalog, is_demo_catalog
     from embedder.checkpoint import CONFIG_FILE
     from embedder.class_rerank import DEFAULT_WEIGHT as RERANK_WEIGHT
     from embedder.class_rerank import class_rerank
@@ -137,9 +137,18 @@ def run_demo(args: argparse.Namespace) -> int:
     progress = show_progress(args)
 
     csv_path = catalog_dir / "catalog.csv"
-    if _catalog_shape(csv_path) != (args.classes, args.per_class):
+    # Only the demo's own catalog is reused (or replaced: generate_catalog refuses others).
+    if not is_demo_catalog(catalog_dir) or _catalog_shape(csv_path) != (
+        args.classes,
+        args.per_class,
+    ):
         print(f"[1/5] generating demo catalog in {catalog_dir}", flush=True)
-        generate_catalog(catalog_dir, args.classes, args.per_class, seed=0, progress=progress)
+        try:
+            generate_catalog(catalog_dir, args.classes, args.per_class, seed=0, progress=progress)
+        except ValueError as exc:  # a folder of someone else's: one line, not a traceback
+            from common.errors import UserError
+
+            raise UserError(str(exc)) from exc
     else:
         print(f"[1/5] reusing demo catalog {catalog_dir}", flush=True)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from demo.catalog import CATALOG_COLUMNS, generate_catalog
+from demo.catalog import CATALOG_COLUMNS, MARKER, generate_catalog, is_demo_catalog
 from demo.specs import CLASS_NAMES
 
 SMALL = {"classes": 3, "per_class": 4, "image_size": 64, "progress": False}
@@ -55,7 +55,7 @@ def test_small_catalog_layout(tmp_path: Path) -> None:
     # Every image on disk is listed, nothing else is written.
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*.jpg")}
     assert on_disk == {r["image"] for r in rows}
-    assert {p.name for p in out.iterdir() if p.is_file()} == {"catalog.csv"}
+    assert {p.name for p in out.iterdir() if p.is_file()} == {"catalog.csv", MARKER}
 
 
 def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path: Path) -> None:
@@ -79,15 +79,45 @@ def test_regenerating_over_previous_catalog_replaces_it(tmp_path: Path) -> None:
 
 def test_refuses_foreign_non_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="not empty"):
+    with pytest.raises(ValueError, match="the demo did not write"):
         generate_catalog(tmp_path, **SMALL)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
     # A catalog.csv next to unrelated files is still not ours to delete.
     (tmp_path / "catalog.csv").write_text("id\n")
-    with pytest.raises(ValueError, match="not part of a demo catalog"):
+    with pytest.raises(ValueError, match="the demo did not write"):
         generate_catalog(tmp_path, **SMALL)
     assert (tmp_path / "notes.txt").exists()
+
+
+def test_a_users_catalog_laid_out_like_the_demos_is_never_replaced(tmp_path: Path) -> None:
+    """Class folders of JPEGs beside a catalog.csv is the layout the README asks users for:
+    it passed for a previous demo catalog, and its photos were deleted."""
+    out = tmp_path / "mine"
+    (out / "pixel").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(out / "pixel" / "p1.jpg")
+    (out / "catalog.csv").write_text("id,image,label,title\nu1,pixel/p1.jpg,pixel,Mine\n")
+    before = _digests(out)
+    assert not is_demo_catalog(out)
+    with pytest.raises(ValueError, match="the demo did not write"):
+        generate_catalog(out, **SMALL)
+    assert _digests(out) == before
+    # The demo's own rows, but a photo of the user's beside them: not the demo's either.
+    generate_catalog(tmp_path / "demo", seed=1, **SMALL)
+    (tmp_path / "demo" / MARKER).unlink()
+    assert is_demo_catalog(tmp_path / "demo")  # written before the marker: still recognised
+    label = next(p for p in (tmp_path / "demo").iterdir() if p.is_dir())
+    Image.new("RGB", (8, 8)).save(label / "extra.jpg")
+    assert not is_demo_catalog(tmp_path / "demo")
+
+
+def test_a_render_interrupted_before_its_csv_is_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "cat"
+    generate_catalog(out, seed=1, **SMALL)
+    (out / "catalog.csv").unlink()  # as if stopped while rendering
+    generate_catalog(out, seed=2, **SMALL)
+    _, rows = _read_rows(out / "catalog.csv")
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.jpg")} == {r["image"] for r in rows}
 
 
 def test_refuses_file_as_output(tmp_path: Path) -> None:
@@ -120,4 +150,4 @@ def test_a_leftover_temporary_catalog_csv_is_part_of_the_catalog(tmp_path: Path)
     generate_catalog(out, seed=1, **SMALL)
     (out / ".catalog.csv.abc123.tmp").write_text("id,ima")
     generate_catalog(out, seed=2, **SMALL)
-    assert {p.name for p in out.iterdir() if p.is_file()} == {"catalog.csv"}
+    assert {p.name for p in out.iterdir() if p.is_file()} == {"catalog.csv", MARKER}

@@ -40,3 +40,21 @@ def test_an_interrupted_or_other_training_is_not_reused(tmp_path, monkeypatch, c
     assert len(calls) == 3
     rows = (work / "catalog" / "catalog.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 4
+
+
+def test_a_users_catalog_in_the_workdir_is_neither_reused_nor_deleted(tmp_path, capsys):
+    """The demo replaced any workdir/catalog laid out like its own: a user's photos went."""
+    from PIL import Image
+
+    catalog = tmp_path / "demo" / "catalog"
+    for label in ("a", "b"):
+        (catalog / label).mkdir(parents=True)
+        for i in range(5):  # the shape TINY asks for: it must not be "reused" either
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(catalog / label / f"{i}.jpg")
+    rows = [f"{label}{i},{label}/{i}.jpg,{label}" for label in ("a", "b") for i in range(5)]
+    (catalog / "catalog.csv").write_text("id,image,label\n" + "\n".join(rows) + "\n")
+    before = sorted(p.relative_to(catalog).as_posix() for p in catalog.rglob("*"))
+    assert main(["-q", "demo", "--workdir", str(tmp_path / "demo"), *TINY]) == 2
+    assert "the demo did not write" in capsys.readouterr().err
+    assert sorted(p.relative_to(catalog).as_posix() for p in catalog.rglob("*")) == before
+    assert not (tmp_path / "demo" / "checkpoint").exists()
