@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,10 +251,13 @@ def image_roots(paths: Sequence[str], limit: int = MAX_IMAGE_ROOTS) -> list[str]
         roots = {os.path.dirname(r) if r.count(os.sep) == deepest else r for r in kept}
 
 
-def check_index_target(out: Path, *, overwrite: bool) -> None:
+def check_index_target(
+    out: Path, *, overwrite: bool, inputs: Iterable[str | Path | None] = ()
+) -> None:
     """Refuse, before any work, an ``out`` that a new index folder may not take the place of:
     a file, a folder that is not an index (even with ``overwrite``), an index a writer has
-    open, or a path whose parent folder is missing or not writable."""
+    open, an index holding one of the ``inputs`` the new one is made from (replacing it would
+    delete them), or a path whose parent folder is missing or not writable."""
     if out.exists() and not out.is_dir():
         raise BuildInputError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -265,6 +268,12 @@ def check_index_target(out: Path, *, overwrite: bool) -> None:
             raise BuildInputError(
                 f"{out}: not an index folder (no {MANIFEST_NAME}); not replacing it"
             )
+        for given in inputs:
+            if given is not None and Path(given).resolve().is_relative_to(out.resolve()):
+                raise BuildInputError(
+                    f"{given}: inside {out}, which --overwrite would replace (and delete it "
+                    "with the old index); move it out of the folder first"
+                )
         os.close(lock_writer(out))  # fail now, not after the build, if a writer has it open
     problem = folder_write_problem(out.parent)
     if problem:
@@ -428,6 +437,8 @@ def build_from_files(
 ) -> BuildReport:
     """``phonesim index build``: embeddings HDF5 (+ optional catalog CSV) to an index folder
     (and into the PostgreSQL ``store``, if given)."""
+    # Before reading: an input inside the index it replaces would be deleted with it.
+    check_index_target(Path(out), overwrite=overwrite, inputs=(embeddings, catalog))
     emb = read_embeddings(embeddings)
     rows = read_catalog_csv(catalog) if catalog is not None else None
     metadata = join_metadata(emb.ids, emb.labels, rows)

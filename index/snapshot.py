@@ -43,6 +43,10 @@ def _fresh_folder(out: Path) -> Path:
 def snapshot(path: str | Path | None, out: str | Path, *, store: str | None = None) -> dict:
     """Copy the catalog at ``path`` (or in ``store``) to the new index folder ``out``."""
     out = Path(out)
+    if path is not None and out.resolve().is_relative_to(Path(path).resolve()):
+        # A backup inside the index goes with it: a restore --overwrite of that very index
+        # (or of the folder by hand) deletes it.
+        raise BuildInputError(f"{out}: inside the index {path}; keep a snapshot beside it")
     tmp = _fresh_folder(out)
     try:
         info = _snapshot_pg(store, tmp) if store else _snapshot_sqlite(Path(path), tmp)
@@ -138,7 +142,8 @@ def restore(
 
     snap = Path(snapshot_dir)
     if path is not None:
-        check_index_target(Path(path), overwrite=overwrite)  # before opening the snapshot
+        # Before opening the snapshot; one kept inside the index would be replaced with it.
+        check_index_target(Path(path), overwrite=overwrite, inputs=(snap,))
     if not (snap / MANIFEST_NAME).is_file():
         raise BuildInputError(f"{snap}: not a snapshot (no {MANIFEST_NAME})")
     with CatalogIndex.open(snap, readonly=True) as ix:  # check it opens and agrees

@@ -155,6 +155,23 @@ def test_build_kind_ivf_and_overwrite(files, capsys):
     assert (precious / "thesis.txt").read_text() == "years of work"
 
 
+def test_overwrite_never_deletes_the_inputs_kept_in_the_index(files):
+    """The old index folder was replaced before the embeddings kept in it were read again:
+    the build reported success, then failed on the file it had just deleted."""
+    out = files / "idx"
+    write_embeddings(files / "emb.h5")
+    assert cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(out)]) == 0
+    for name in ("emb.h5", "catalog.csv"):
+        (out / name).write_bytes((files / name).read_bytes())
+    manifest = (out / "manifest.json").read_text()
+    for given in (["--embeddings", str(out / "emb.h5")], ["--catalog", str(out / "catalog.csv")]):
+        argv = ["build", "--embeddings", str(files / "emb.h5"), *given, "--out", str(out)]
+        with pytest.raises(BuildInputError, match="which --overwrite would replace"):
+            cli([*argv, "--overwrite", "--no-progress"])
+    assert (out / "emb.h5").exists() and (out / "catalog.csv").exists()
+    assert (out / "manifest.json").read_text() == manifest
+
+
 def test_build_input_errors(files):
     out = str(files / "idx")
     with pytest.raises(BuildInputError, match="does not exist"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -114,6 +115,22 @@ def test_restore_into_a_new_folder(tmp_path):
     assert cli(["restore", "--from", str(tmp_path / "s"), "--index", str(tmp_path / "b")]) == 0
     with open_index(tmp_path / "b") as ix:
         assert len(ix) == 120
+
+
+def test_a_snapshot_is_never_kept_inside_the_index_it_would_replace(tmp_path):
+    """A snapshot taken into the index folder was deleted by its own restore --overwrite."""
+    write_embeddings(tmp_path / "emb.h5")
+    ix = tmp_path / "a"
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(ix)])
+    with pytest.raises(BuildInputError, match="inside the index"):
+        cli(["snapshot", "--index", str(ix), "--out", str(ix / "sub")])
+    assert not (ix / "sub").exists()
+    # One put there by hand (a copy) is not restored over its own folder either.
+    assert cli(["snapshot", "--index", str(ix), "--out", str(tmp_path / "s")]) == 0
+    shutil.copytree(tmp_path / "s", ix / "sub")
+    with pytest.raises(BuildInputError, match="which --overwrite would replace"):
+        cli(["restore", "--from", str(ix / "sub"), "--index", str(ix), "--overwrite"])
+    assert (ix / "sub" / "manifest.json").exists()
 
 
 def test_built_snapshotted_and_restored_folders_are_shared_as_the_umask_says(tmp_path):
