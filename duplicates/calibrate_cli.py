@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from common.argtypes import (
@@ -32,6 +33,18 @@ classifier refitted on all pairs. The pixel agreement alone and a pHash are swep
 benchmark as baselines. Source photos that are already copies of each other (byte, pixel or
 near-identical, re-framed or cropped) are clustered first and used once.
 """
+
+# What calibrate writes into its --work folder, besides a seed-N folder per --seeds seed.
+WORK_FILES = frozenset(
+    {"benchmark", "calibration.csv", "calibration.png", "calibration.json", "false_pairs.csv"}
+)
+
+
+def seed_folders(work: Path) -> set[str]:
+    """The seed-N folders of an earlier ``--seeds`` run in ``work``."""
+    if not work.is_dir():
+        return set()
+    return {p.name for p in work.iterdir() if re.fullmatch(r"seed-\d+", p.name) and p.is_dir()}
 
 
 def _seed_list(text: str) -> tuple[int, ...]:
@@ -132,7 +145,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from embedder.errors import check_output_folder
 
     work = Path(args.work) if args.work else Path(args.checkpoint) / "duplicates-calibration"
-    check_output_folder(work)
+    # Its benchmark/images is replaced: never in a folder of other files (a data folder).
+    check_output_folder(work, owns=WORK_FILES | seed_folders(work))
     if not args.dry_run and args.seeds is None:
         check_checkpoint_writable(args.checkpoint)  # the threshold is stored there at the end
     descriptor = CopyDescriptor.from_checkpoint(

@@ -124,12 +124,12 @@ def run_find(args: argparse.Namespace) -> int:
     from duplicates.descriptor import CopyDescriptor
     from duplicates.finder import FinderConfig, find_duplicates
     from duplicates.inputs import load_inputs
-    from duplicates.report import write_report
+    from duplicates.report import REPORT_FILES, write_report
     from duplicates.result import parse_keep
     from embedder.checkpoint import checkpoint_hash, read_config
 
     keep = parse_keep(args.keep)
-    check_output_folder(args.out)
+    check_output_folder(args.out, owns=REPORT_FILES)
     data, kind = data_source(args)
     samples = load_inputs(data, kind)
     stored = stored_settings(args.checkpoint)

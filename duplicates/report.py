@@ -26,6 +26,8 @@ JSON_NAME = "duplicates.json"
 HTML_NAME = "duplicates.html"
 FAILED_NAME = "failed.csv"
 SUMMARY_NAME = "summary.txt"
+# Every file find writes into its --out folder (and all it may find there).
+REPORT_FILES = (CSV_NAME, JSON_NAME, HTML_NAME, FAILED_NAME, SUMMARY_NAME)
 CSV_COLUMNS = (
     "group_id",
     "id",

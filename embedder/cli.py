@@ -348,11 +348,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from embedder.evaluate import evaluate, format_report
+    from embedder.evaluate import REPORT_FILES, evaluate, format_report
 
     checkpoint = Path(os.path.abspath(args.checkpoint))  # "." has no name to derive one from
     out = Path(args.out) if args.out else checkpoint.with_name(checkpoint.name + "-eval")
-    check_output_folder(out)  # now, not after the evaluation
+    check_output_folder(out, owns=REPORT_FILES)  # now, not after the evaluation
     report = evaluate(
         args.checkpoint,
         args.data,

@@ -1,5 +1,6 @@
 """Errors raised by the embedder on bad user input (reported as one line by the CLI)."""
 
+from collections.abc import Collection
 from pathlib import Path
 
 from common.errors import UserError
@@ -30,11 +31,25 @@ class EngineError(EmbedderError):
     """An inference runtime is unavailable here, or its graph is missing, stale or unusable."""
 
 
-def check_output_folder(path: str | Path) -> None:
+def check_output_folder(path: str | Path, owns: Collection[str] | None = None) -> None:
     """:class:`DataError` now, not after minutes of work, when ``path`` cannot become (or stay)
-    the output folder a command fills."""
+    the output folder a command fills. ``owns``: the names the command writes there; a folder
+    holding anything else (a data folder given as --out by mistake) is refused, since the
+    command would mix its files into it, or replace one of the same name."""
     if Path(path).exists() and not Path(path).is_dir():
         raise DataError(f"{path}: exists and is not a folder")
+    if owns is not None and Path(path).is_dir():
+        foreign = sorted(
+            p.name
+            for p in Path(path).iterdir()
+            if p.name not in owns and not p.name.startswith(".")  # hidden: temporaries too
+        )
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise DataError(
+                f"{path}: holds {foreign[0]!r}{more}, which this command does not write; give "
+                "it a new or empty folder, or one of its earlier outputs"
+            )
     problem = folder_write_problem(path, created=True)
     if problem:
         raise DataError(f"{path}: cannot write there: {problem}")

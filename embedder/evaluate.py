@@ -22,6 +22,9 @@ from embedder.metrics import label_recall_at_k, macro_f1, nearest_neighbours
 from embedder.text_cues import apply_text_cues
 from embedder.text_reader import TextOptions
 
+# What evaluate writes into its --out folder (and all it may find there).
+REPORT_FILES = ("report.json", "confusion_matrix.png")
+
 
 def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
     """Save the confusion matrix as a PNG heat map with counts in the cells."""
@@ -193,8 +196,8 @@ def evaluate(
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "confusion_matrix.png", lambda tmp: plot_confusion(cm, names, tmp))
-        atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+        atomic_write(out / REPORT_FILES[1], lambda tmp: plot_confusion(cm, names, tmp))
+        atomic_write_text(out / REPORT_FILES[0], json.dumps(report, indent=2) + "\n")
         report["report_dir"] = str(out)
     return report
 

@@ -212,3 +212,34 @@ def test_console_script_exit_code_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "phonesim: error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "--checkpoint", "{tmp}/ck", "--data", "{tmp}/ok", "--out", "{tmp}/ok"],
+        [
+            "duplicates",
+            "find",
+            "--checkpoint",
+            "{tmp}/ck",
+            "--data",
+            "{tmp}/ok",
+            "--out",
+            "{tmp}/ok",
+        ],
+        ["duplicates", "calibrate", "--checkpoint", "{tmp}/ck", "--data", "{tmp}/ok"]
+        + ["--work", "{tmp}/ok"],
+    ],
+)
+def test_reports_never_go_into_a_folder_of_other_files(tmp_path, capsys, argv):
+    """evaluate's confusion_matrix.png in the data folder made the next evaluate of it fail
+    ("an image beside the class folders"), and calibrate replaced a benchmark/images there."""
+    for label in ("a", "b"):
+        (tmp_path / "ok" / label).mkdir(parents=True)
+        Image.new("RGB", (16, 16)).save(tmp_path / "ok" / label / "x.jpg")
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "ok").rglob("*"))
+    code, _, err = run([a.format(tmp=tmp_path) for a in argv], capsys)
+    assert code == 2 and "which this command does not write" in err and "Traceback" not in err
+    after = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "ok").rglob("*"))
+    assert after == before
