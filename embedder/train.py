@@ -17,7 +17,7 @@ from embedder.data import Catalog, load_catalog
 from embedder.engine import resolve_device
 from embedder.errors import DataError
 from embedder.train_config import TrainConfig, check_train_config
-from embedder.train_data import stratified_split
+from embedder.train_data import is_readable, stratified_split
 from embedder.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def train(config: TrainConfig) -> TrainResult:
         train_samples, val_samples = catalog.samples, val_catalog.samples
     else:
         train_samples, val_samples = stratified_split(
-            catalog.samples, config.val_fraction, config.seed
+            catalog.samples, config.val_fraction, config.seed, readable=is_readable
         )
     log.info(
         "training %s (%s weights) on %d images in %d classes, validating on %d",

@@ -26,21 +26,56 @@ log = logging.getLogger(__name__)
 CACHE_LIMIT = 20_000
 
 
+def is_readable(sample: Sample) -> bool:
+    """Whether the sample's image decodes (a validation image is worth holding out)."""
+    try:
+        load_image(sample.path)
+    except ImageError:
+        return False
+    return True
+
+
 def stratified_split(
-    samples: list[Sample], fraction: float, seed: int
+    samples: list[Sample],
+    fraction: float,
+    seed: int,
+    readable: Callable[[Sample], bool] | None = None,
 ) -> tuple[list[Sample], list[Sample]]:
-    """Hold out ``fraction`` of each class (at least one image where a class has two or more)."""
+    """Hold out ``fraction`` of each class (at least one image where a class has two or more).
+
+    ``readable``: held-out images must pass it, and each class keeps one that passes for
+    training; the others stay in the training list, whose reader skips and lists them. Only
+    the images looked at are checked (about ``fraction`` of them): without it, unreadable
+    images drawn for validation could leave a class, or the whole split, with none to score.
+    """
     rng = random.Random(seed)
     by_label: dict[str, list[Sample]] = {}
     for s in samples:
         by_label.setdefault(s.label, []).append(s)
     train, val = [], []
+    known: dict[int, bool] = {}  # each image decoded once at most
+
+    def passes(s: Sample) -> bool:
+        if id(s) not in known:
+            known[id(s)] = readable(s)
+        return known[id(s)]
+
     for label in sorted(by_label):
         items = by_label[label][:]
         rng.shuffle(items)
         n_val = min(len(items) - 1, max(1, round(len(items) * fraction))) if fraction > 0 else 0
-        val.extend(items[:n_val])
-        train.extend(items[n_val:])
+        if readable is None:
+            val.extend(items[:n_val])
+            train.extend(items[n_val:])
+            continue
+        held: list[Sample] = []
+        kept: list[Sample] = []
+        for s in items:
+            (held if len(held) < n_val and passes(s) else kept).append(s)
+        if held and not any(passes(s) for s in kept):  # stops at the first readable one
+            kept.append(held.pop())
+        val.extend(held)
+        train.extend(kept)
     return train, val
 
 
@@ -146,4 +181,11 @@ def training_loader(
     )
 
 
-__all__ = ["CACHE_LIMIT", "CachedImages", "seed_everything", "stratified_split", "training_loader"]
+__all__ = [
+    "CACHE_LIMIT",
+    "CachedImages",
+    "is_readable",
+    "seed_everything",
+    "stratified_split",
+    "training_loader",
+]

@@ -24,7 +24,7 @@ from embedder.batch import embed_samples
 from embedder.checkpoint import CheckpointConfig, save_checkpoint
 from embedder.data import Catalog, Sample
 from embedder.engine import autocast_dtype, resolve_device
-from embedder.errors import DataError, ImageError
+from embedder.errors import DataError
 from embedder.fine_tune import (
     freezes_bn_stats,
     frozen_parameter_names,
@@ -34,13 +34,12 @@ from embedder.fine_tune import (
     train_one_epoch,
 )
 from embedder.head_warmup import warm_up_head
-from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.label_conflicts import find_label_conflicts
 from embedder.metrics import label_recall_at_k, macro_f1
 from embedder.optim import adamw, warmup_cosine
 from embedder.train_config import TrainConfig
-from embedder.train_data import CachedImages, seed_everything, training_loader
+from embedder.train_data import CachedImages, is_readable, seed_everything, training_loader
 from embedder.transforms import model_data_config, train_transform
 
 log = logging.getLogger(__name__)
@@ -89,14 +88,6 @@ def check_input_size(model: nn.Module, data_config: dict[str, Any], config: Trai
         ) from None
 
 
-def _readable(sample: Sample) -> bool:
-    try:
-        load_image(sample.path)
-    except ImageError:
-        return False
-    return True
-
-
 class Trainer:
     """Runs the two-phase recipe over prepared datasets and keeps the best checkpoint."""
 
@@ -134,7 +125,7 @@ class Trainer:
         self.val_samples = val_samples
         # Now, not after the warm-up: a validation set without one readable image is an error
         # (reading stops at the first image that decodes).
-        if val_samples and not any(_readable(s) for s in val_samples):
+        if val_samples and not any(is_readable(s) for s in val_samples):
             raise DataError(f"none of the {len(val_samples)} validation images could be read")
         side = int(self.data_config["input_size"][-1])
         dataset = CachedImages(

@@ -166,7 +166,7 @@ def test_unreadable_training_images_are_skipped_and_counted(tiny_catalog, tmp_pa
 
     data = tmp_path / "data"
     shutil.copytree(tiny_catalog, data, ignore=shutil.ignore_patterns("*.csv"))
-    broken = next((data / sorted(p.name for p in data.iterdir())[0]).glob("*.jpg"))
+    broken = next((data / sorted(p.name for p in data.iterdir() if p.is_dir())[0]).glob("*.jpg"))
     broken.write_bytes(b"\xff\xd8\xff garbage")
     result = train(tiny_train_config(data, tmp_path / "ck", val_fraction=0.0))
     assert len(result.skipped) == 1 and broken.name in result.skipped[0]
