@@ -203,7 +203,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted=resume_hint)
 
     p = sub.add_parser(
         "embed",
@@ -232,7 +232,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="discard unfinished progress in OUT.partial/ instead of resuming it",
     )
     add_progress_option(p)
-    p.set_defaults(func=run_embed)
+    p.set_defaults(func=run_embed, interrupted=resume_hint)
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves, said instead of a bare "interrupted"."""
+    return (
+        f"interrupted; progress is kept in {args.out}.partial/, "
+        "run the same command again to resume"
+    )
 
 
 def run_embed(args: argparse.Namespace) -> int:
@@ -324,6 +332,5 @@ def main(argv: list[str] | None = None) -> int:
         args,
         verbose=args.verbose,
         quiet=args.quiet,
-        interrupted=f"interrupted; progress is kept in {args.out}.partial/, "
-        "run the same command again to resume",
+        interrupted=resume_hint(args),
     )

@@ -77,7 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_reporting_errors("phonesim", args.func, args, verbose=args.verbose, quiet=args.quiet)
+    # A command may say what Ctrl-C leaves behind (export: the progress it resumes from).
+    hint = getattr(args, "interrupted", None)
+    return run_reporting_errors(
+        "phonesim",
+        args.func,
+        args,
+        verbose=args.verbose,
+        quiet=args.quiet,
+        interrupted=hint(args) if callable(hint) else "interrupted",
+    )
 
 
 if __name__ == "__main__":

@@ -81,6 +81,9 @@ def test_an_interrupted_embed_leaves_no_file_and_resumes(
     monkeypatch.setattr(ShardWriter, "write", after_one_shard)
     assert _embed(tiny_checkpoint, tiny_catalog, out, "--batch-size", "4") == 130
     assert [p.name for p in tmp_path.iterdir()] == ["e.h5.partial"]
+    # Through `phonesim`, Ctrl-C says where the progress is and how to resume it.
+    err = capsys.readouterr().err
+    assert f"interrupted; progress is kept in {out}.partial/" in err and "to resume" in err
     starts: list[int] = []
 
     def counted(self, batch):
