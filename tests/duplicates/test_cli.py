@@ -58,7 +58,8 @@ def test_cli_end_to_end_uses_stored_threshold(planted_run, tiny_checkpoint, tmp_
     )
     out = capsys.readouterr().out
     assert code == 0
-    assert out.strip().splitlines()[-1].startswith(f"images {len(list(root.rglob('*.*')))}, ")
+    images = [p for p in root.rglob("*.*") if not p.name.startswith(".")]  # not the marker
+    assert out.strip().splitlines()[-1].startswith(f"images {len(images)}, ")
     assert "(threshold 0.800, agreement score)" in out and "failed 1" in out
     assert "images/s on torch); verification:" in out and "pairs/s)" in out
     assert (tmp_path / "r" / "duplicates.html").is_file()
