@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable
 
@@ -24,10 +25,22 @@ def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
     logging.getLogger("faiss.loader").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
+# HDF5's own report of a failed write (h5py raises it as an OSError without errno or path):
+# "Can't close file (file write failed: time = ..., filename = '...', ..., errno = 28, error
+# message = 'No space left on device', buf = ...)".
+_HDF5_FAILURE = re.compile(
+    r"filename = '(?P<path>[^']*)'.*error message = '(?P<reason>[^']*)'", re.S
+)
+
+
 def describe_os_error(exc: OSError) -> str:
-    """``path: reason`` for a failed file operation (both paths for a rename)."""
+    """``path: reason`` for a failed file operation (both paths for a rename), on one line."""
     reason = exc.strerror or str(exc) or type(exc).__name__
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    hdf5 = _HDF5_FAILURE.search(reason) if not paths else None
+    if hdf5:
+        paths, reason = [hdf5["path"]], hdf5["reason"]
+    reason = " ".join(reason.split())  # one line, whatever the library wrote
     return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 

@@ -54,3 +54,17 @@ def test_faiss_loader_info_is_quiet_unless_verbose():
     assert not logging.getLogger("faiss.loader").isEnabledFor(logging.INFO)
     configure_logging(verbose=True)
     assert logging.getLogger("faiss.loader").isEnabledFor(logging.DEBUG)
+
+
+def test_an_hdf5_write_failure_is_one_line_naming_the_file():
+    """h5py raises HDF5's own multi-line report, with no errno or path on the exception."""
+    raw = (
+        "Can't close file (file write failed: time = Sat Dec  5 07:02:05 2026\n, filename = "
+        "'/d/e.h5.partial/.shard-0.h5.tmp', file descriptor = 6, errno = 28, error message = "
+        "'No space left on device', buf = 0x55bf, total write size = 15360, offset = 8192)"
+    )
+    assert (
+        describe_os_error(OSError(raw))
+        == "/d/e.h5.partial/.shard-0.h5.tmp: No space left on device"
+    )
+    assert describe_os_error(OSError("two\nlines")) == "two lines"
