@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -67,6 +68,11 @@ _CONNECT_OPTIONS = {
 # How long a write waits for another writer's lock before answering "unavailable, retry" (the
 # SQLite store's busy timeout is the same).
 _LOCK_TIMEOUT_S = 30
+# A write waits for this process's write connection while its holder has had it this long at
+# most; past that the store is taken as not answering (a frozen server, which no timeout of
+# the connection notices: its kernel still acknowledges) and the write is a 503. Else every
+# request thread of the worker queues behind the stuck one, its health checks included.
+WRITE_STALL_S = 5.0
 
 
 def _first_line(exc: BaseException) -> str:
@@ -80,12 +86,36 @@ class _Connection:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.conn: Any = None
+        self.since: float | None = None  # monotonic time its current user took it
+
+    def take(self, where: str, stall_s: float | None) -> None:
+        """Acquire the lock; with ``stall_s``, give up (StoreUnavailableError) once the
+        current user has held it that long."""
+        if stall_s is None:
+            self.lock.acquire()
+            return
+        while not self.lock.acquire(timeout=0.1):
+            since = self.since
+            held = 0.0 if since is None else time.monotonic() - since
+            if held > stall_s:
+                raise StoreUnavailableError(
+                    f"{where}: not answering (a write has waited {held:.0f} s for it)"
+                )
 
     def drop(self) -> None:
         if self.conn is not None:
             with suppress(Exception):
                 self.conn.close()
             self.conn = None
+
+
+def _has_spoken(conn: Any) -> bool:
+    """Whether the server has sent anything on an idle connection (its farewell, or the end
+    of the stream), without waiting or a round trip."""
+    try:
+        return bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True  # no usable socket: reconnect
 
 
 def redact(url: str) -> str:
@@ -128,6 +158,7 @@ class PgSource:
         # the journal, which every request's catch-up needs.
         self._read = _Connection()
         self._write_conn = _Connection()
+        self._compact = _Connection()  # snapshot uploads, opened on the first compaction
         self._head: int | None = None
         self._generation: str | None = None
         self._replaced = False
@@ -141,6 +172,11 @@ class PgSource:
     def _connect(self, held: _Connection) -> Any:
         import psycopg
 
+        if held.conn is not None and not held.conn.closed and _has_spoken(held.conn):
+            # An idle connection the server has written to has been ended by it (a restart,
+            # pg_terminate_backend): found now, a fresh one serves this use instead of the
+            # write failing, or a request's catch-up answering from an old state.
+            held.drop()
         if held.conn is None or held.conn.closed:
             try:
                 held.conn = psycopg.connect(self.url, autocommit=True, **_CONNECT_OPTIONS)
@@ -152,16 +188,22 @@ class PgSource:
         return held.conn
 
     @contextmanager
-    def conn(self, *, write: bool = False) -> Iterator[Any]:
-        """This process's reading (or writing) connection, reconnecting as needed. A database
-        that cannot be reached, or whose catalog tables are gone (a restore between its DROP
-        and CREATE), becomes :class:`StoreUnavailableError` and drops the connection; a
-        statement the database refuses for its data is a :class:`StoreRefusedError`."""
+    def conn(self, *, write: bool = False, compacting: bool = False) -> Iterator[Any]:
+        """This process's reading (or writing, or compaction's) connection, reconnecting as
+        needed. A database that cannot be reached, or whose catalog tables are gone (a restore
+        between its DROP and CREATE), becomes :class:`StoreUnavailableError` and drops the
+        connection; a statement the database refuses for its data is a
+        :class:`StoreRefusedError`. A write waits for the writing connection at most while
+        its holder has had it :data:`WRITE_STALL_S`."""
         import psycopg
         from psycopg import errors
 
-        held = self._write_conn if write else self._read
-        with held.lock:
+        held = self._compact if compacting else self._write_conn if write else self._read
+        held.take(self.where, WRITE_STALL_S if write and not compacting else None)
+        outer = held.since is None  # the lock is re-entrant: time the outermost use
+        if outer:
+            held.since = time.monotonic()
+        try:
             try:
                 yield self._connect(held)
             except (errors.ProgramLimitExceeded, psycopg.DataError) as exc:
@@ -175,9 +217,13 @@ class PgSource:
                 held.drop()
                 msg = _first_line(exc)
                 raise StoreUnavailableError(f"{self.where}: unavailable ({msg})") from exc
+        finally:
+            if outer:
+                held.since = None
+            held.lock.release()
 
     def close(self) -> None:
-        for held in (self._read, self._write_conn):
+        for held in (self._read, self._write_conn, self._compact):
             with held.lock:
                 held.drop()
         self.store.close()
@@ -286,11 +332,12 @@ class PgSource:
 
     # -- writes ---------------------------------------------------------------------------------
     @contextmanager
-    def _write_transaction(self) -> Iterator[Any]:
-        """A transaction on the writing connection whose lock waits end after
-        ``_LOCK_TIMEOUT_S`` as "unavailable, retry" (a 503), not a hang. (Set per transaction:
-        a session option would replace the ``options`` a store URL may carry.)"""
-        with self.conn(write=True) as c, c.transaction():
+    def _write_transaction(self, compacting: bool = False) -> Iterator[Any]:
+        """A transaction on the writing connection (``compacting``: compaction's own) whose
+        lock waits end after ``_LOCK_TIMEOUT_S`` as "unavailable, retry" (a 503), not a hang.
+        (Set per transaction: a session option would replace the ``options`` a store URL may
+        carry.)"""
+        with self.conn(write=True, compacting=compacting) as c, c.transaction():
             c.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT_S}s'")
             yield c
 
@@ -408,7 +455,8 @@ class PgSource:
         would have overwritten the restored one). Replicas loading meanwhile keep their MVCC
         view."""
         frozen = index if isinstance(index, FrozenSnapshot) else self.freeze(index)
-        with self._write_transaction() as c:
+        # Its own connection: an upload of seconds must not hold up this process's writes.
+        with self._write_transaction(compacting=True) as c:
             state = dict(
                 c.execute(
                     "SELECT key, value FROM state WHERE key IN ('checkpoint_seq', 'generation') "

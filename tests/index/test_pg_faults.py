@@ -349,3 +349,83 @@ def test_a_dump_restored_during_a_snapshot_upload_keeps_the_restored_catalog(
     with spec.open(readonly=True) as fresh:
         assert "kept" in fresh and "after" in fresh and "lost" not in fresh
         assert fresh.search(vec(3), 1)[0][0].id == "after"
+
+
+def test_after_a_database_restart_the_first_write_and_catch_up_succeed(tmp_path, pg_server):  # noqa: F811
+    """A connection the restarted server had ended was found only on its next use: each
+    process's first write failed (a 503), and a catch-up answered from the old state, missing
+    a write another process had acknowledged."""
+    from tests.pg import PgServer
+
+    own = PgServer(pg_server.bindir)
+    own.start()
+    try:
+        spec = build(tmp_path / "ix", own.create_db())
+        from index.catalog import IndexOptions
+
+        with spec.open() as writer, spec.open(options=IndexOptions(sync_on_read=False)) as reader:
+            writer.update_metadata("sku-1", {"v": 1})
+            reader.sync()
+            assert reader.get("sku-1").metadata["v"] == 1
+            own.stop(remove=False)  # pg_ctl stop -m fast: every session is ended
+            own.start()
+            writer.update_metadata("sku-1", {"v": 2})  # no StoreUnavailableError
+            status = reader.sync()
+            assert status.store_error is None
+            assert reader.get("sku-1").metadata["v"] == 2
+    finally:
+        own.stop()
+
+
+def test_a_frozen_database_holds_one_write_and_fails_the_others_quickly(
+    tmp_path,
+    pg_server,  # noqa: F811
+    monkeypatch,
+):
+    """Every write queued behind one stuck on a frozen server (SIGSTOP: no connection timeout
+    notices), until the worker had no thread left for anything, /healthz included."""
+    import os
+    import signal
+
+    import index.pg
+    from tests.pg import PgServer
+    from tests.server.test_follower import _server_pids, timed
+
+    monkeypatch.setattr(index.pg, "WRITE_STALL_S", 1.0)
+    own = PgServer(pg_server.bindir)
+    own.start()
+    frozen: list[int] = []
+    try:
+        spec = build(tmp_path / "ix", own.create_db())
+        ix = spec.open()
+        ix.update_metadata("sku-1", {"v": 0})  # connections open before the freeze
+        frozen = _server_pids(own.pid())
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        stuck = threading.Thread(target=ix.update_metadata, args=("sku-1", {"v": 1}), daemon=True)
+        stuck.start()
+        time.sleep(0.3)
+
+        def second() -> BaseException | None:
+            try:
+                ix.update_metadata("sku-2", {"v": 1})
+            except StoreUnavailableError as exc:
+                return exc
+            return None
+
+        error, took = timed(second, limit_s=10.0)  # a hang fails the test, not the run
+        assert error is not None and "not answering" in str(error)
+        assert took < 2.5  # the stall limit, not the freeze
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        frozen = []
+        stuck.join(30)
+        assert not stuck.is_alive()
+        ix.sync()
+        assert ix.get("sku-1").metadata["v"] == 1 and "v" not in ix.get("sku-2").metadata
+        ix.update_metadata("sku-2", {"v": 2})  # writes go on once the database answers
+        ix.close()
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        own.stop()
