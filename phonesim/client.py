@@ -12,7 +12,7 @@
         ...
 
 Requests that get 429 or 503 (or cannot connect) are retried with exponential backoff, waiting
-at least what ``Retry-After`` asks. A write (add, update, remove) whose connection broke after
+at least what ``Retry-After`` asks, up to 60 s a retry (a longer ask is answered sooner). A write (add, update, remove) whose connection broke after
 it was sent is not sent again: the server may have done it. Every failure is raised as
 :class:`PhonesimError` with the HTTP status and the server's error code and message.
 """
@@ -61,6 +61,21 @@ def _image_bytes(image: ImageInput) -> bytes:
         return Path(image).read_bytes()
     except OSError as exc:
         raise PhonesimError(0, "invalid_image", f"cannot read {image}: {exc.strerror}") from exc
+
+
+def _item_path(item_id: str) -> str:
+    """The URL path of a catalog item. Its '/' are escaped, and an id whose segments would be
+    read as another path is refused: HTTP clients resolve "a/../b" to "b" before sending (a
+    remove of "x/../y" deleted y), and the server reads "x/similar" as x's neighbours. No
+    item can have such an id: the server refuses it when one is added."""
+    if not isinstance(item_id, str) or not item_id:
+        raise ValueError(f"an item id is a non-empty string, got {item_id!r}")
+    parts = item_id.split("/")
+    if any(p in ("", ".", "..") for p in parts) or (
+        len(parts) > 1 and parts[-1] in ("similar", "image")
+    ):
+        raise ValueError(f"no catalog item can have the id {item_id!r}")
+    return "/v1/items/" + requests.utils.quote(item_id, safe="")
 
 
 def _b64(image: ImageInput) -> str:
@@ -207,7 +222,7 @@ class Client:
             params: dict[str, Any] = {key: v for key, v in opts.items() if key != "filter"}
             if filter is not None:
                 params["filter"] = json.dumps(filter)
-            path = "/v1/items/" + requests.utils.quote(query["id"], safe="/") + "/similar"
+            path = _item_path(query["id"]) + "/similar"
             return self._request("GET", path, params=params)
         return self._request("POST", "/v1/search", json={**query, **opts})
 
@@ -242,7 +257,7 @@ class Client:
 
     # -- catalog ---------------------------------------------------------------------------------
     def get(self, item_id: str) -> dict[str, Any]:
-        return self._request("GET", "/v1/items/" + requests.utils.quote(item_id, safe="/"))
+        return self._request("GET", _item_path(item_id))
 
     def items(
         self, *, filter: Mapping[str, Any] | None = None, page_size: int = 100
@@ -286,12 +301,12 @@ class Client:
         self, item_id: str, metadata: Mapping[str, Any], *, merge: bool = True
     ) -> dict[str, Any]:
         """Change an item's metadata (merged, or replacing it all); returns the item."""
-        path = "/v1/items/" + requests.utils.quote(item_id, safe="/")
+        path = _item_path(item_id)
         body = {"metadata": dict(metadata), "merge": merge}
         return self._request("PATCH", path, write=True, json=body)["item"]
 
     def remove(self, item_id: str) -> None:
-        path = "/v1/items/" + requests.utils.quote(item_id, safe="/")
+        path = _item_path(item_id)
         self._request("DELETE", path, write=True)
 
     def info(self) -> dict[str, Any]:

@@ -173,7 +173,7 @@ def openapi_spec(
                 "operationId": "get_item",
                 "responses": {
                     "200": json_content(ref("Item"), "the item"),
-                    **error_responses(404, 429, 503),
+                    **error_responses(400, 404, 429, 503),
                 },
             },
             "delete": {
@@ -191,7 +191,7 @@ def openapi_spec(
                         },
                         "removed",
                     ),
-                    **error_responses(401, 403, 404, 429, 503),
+                    **error_responses(400, 401, 403, 404, 429, 503),
                 },
             },
         },
@@ -236,7 +236,7 @@ def openapi_spec(
                 "summary": "Model, classes, index kind and size, limits",
                 "responses": {
                     "200": json_content({"type": "object", "additionalProperties": True}, "info"),
-                    **error_responses(429, 503),
+                    **error_responses(400, 429, 503),
                 },
             }
         },

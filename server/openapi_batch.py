@@ -227,7 +227,7 @@ PATCH_ITEM = {
         "200": json_content(
             {"type": "object", "properties": {"item": ref("Item")}}, "the item as stored"
         ),
-        **error_responses(400, 401, 403, 404, 415, 429, 503),
+        **error_responses(400, 401, 403, 404, 413, 415, 429, 503),
     },
 }
 

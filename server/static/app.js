@@ -108,7 +108,7 @@ function itemCard(item) {
   body.append(title);
   const meta = el("div", "meta");
   meta.append(el("span", "", item.label || item.brand || ""));
-  if (item.price !== undefined && item.price !== "") meta.append(el("span", "", `$${item.price}`));
+  if (item.price != null && item.price !== "") meta.append(el("span", "", `$${item.price}`));
   body.append(meta);
   if (item.brand && item.brand !== item.label) body.append(el("div", "meta", item.brand));
   if (typeof item.score === "number") {

@@ -134,6 +134,23 @@ def test_writes_and_errors(live, photo):
     assert err.value.status == 0 and err.value.code == "connection_error"
 
 
+def test_ids_reach_their_own_item_and_never_another(live, photo):
+    """quote(id, safe="/") left "x/../y" for urllib3 to resolve: remove("x/../y") deleted y."""
+    client = Client(live.base, api_key=API_KEY)
+    client.add("keep-me", photo, {"price": 1})
+    client.add("a/b", photo, {"price": 2})  # a '/' in an id is allowed, and escaped
+    assert client.get("a/b")["price"] == 2
+    assert client.search(item_id="a/b", k=1)["neighbors"]
+    for bad in ("x/../keep-me", "../keep-me", "./keep-me", "keep-me/similar", "a//b", ".."):
+        for call in (client.get, client.remove, lambda i: client.update(i, {"price": 9})):
+            with pytest.raises(ValueError, match="no catalog item can have"):
+                call(bad)
+    assert client.get("keep-me")["price"] == 1
+    client.remove("a/b")
+    with pytest.raises(PhonesimError):
+        client.get("a/b")
+
+
 def test_429_is_retried_after_retry_after(live):
     time.sleep(1.5)  # refill the bucket after the other tests
     impatient = Client(live.base, retries=0)

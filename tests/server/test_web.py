@@ -11,3 +11,8 @@ def test_web_page_and_assets(client):
     assert "default-src 'self'" in r.headers["Content-Security-Policy"]
     for asset in ("/static/app.js", "/static/style.css"):
         assert client.get(asset).status_code == 200
+    # The same page under /static/ had no policy.
+    page = client.get("/static/index.html")
+    assert (
+        page.status_code == 200 and "default-src 'self'" in page.headers["Content-Security-Policy"]
+    )
