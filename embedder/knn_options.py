@@ -156,7 +156,9 @@ def add_text_cue_options(parser: argparse.ArgumentParser, cost: str) -> None:
 
 def check_text_cue_options(args: argparse.Namespace) -> None:
     """--text-cues implies --read-text; the other text flags without it are a usage error."""
-    if args.text_cues:
+    if args.text_cues is not None:
+        if not args.text_cues.strip():  # `--text-cues ""`: no file, said as such
+            raise UserError("--text-cues needs a file name")
         args.read_text = True
     changed = (
         args.text_weight != TEXT_WEIGHT

@@ -11,9 +11,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -44,6 +44,13 @@ MAX_ASPECT = 4.0
 MAX_SIDE = 1280
 MAX_LINES = 100
 READ_BUDGET_S = 3.0
+# And the lines recognised in one pass add up to at most this width once scaled to the
+# recogniser's 48 px height (its cost grows with it: about 45 us a pixel on 2 cores). A wall of
+# small print made 365,000 px, 16-40 s of recognition in one pass that READ_BUDGET_S, checked
+# between rotations, could not stop; the widest of the 702 benchmark photos (upright) made
+# 4,563 px. Beyond it the tallest lines are read (a brand is printed large), the rest not.
+REC_WIDTH_BUDGET = 20_000
+REC_HEIGHT = 48
 INSTALL_HINT = "pip install 'phonesim[ocr]'"
 
 #: Whether the lines read so far suffice, so that no further rotation is read.
@@ -89,6 +96,7 @@ class TextReader:
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = int(threads)
             params["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
         self._engine = RapidOCR(params=params)
+        _bound_recognition(self._engine, REC_WIDTH_BUDGET)
         # RapidOCR logs every image without text at warning level.
         logging.getLogger("RapidOCR").setLevel(logging.ERROR)
         # The pipeline keeps per-call state between its stages: one image at a time.
@@ -121,6 +129,52 @@ class TextReader:
                     for t, s in zip(result.txts or (), result.scores or (), strict=False)
                 ]
         return out
+
+
+def recognition_width(crop: np.ndarray) -> float:
+    """What a cropped line costs the recogniser: its width at the recogniser's height."""
+    height, width = crop.shape[:2]
+    return width * REC_HEIGHT / max(1, height)
+
+
+def lines_within(heights: Sequence[int], widths: Sequence[float], budget: float) -> list[int]:
+    """The indices (in order) of the lines read within ``budget`` of scaled ``widths``:
+    the tallest text first (a brand is printed large); always at least one."""
+    kept: list[int] = []
+    spent = 0.0
+    for i in sorted(range(len(widths)), key=lambda i: (-heights[i], i)):
+        if kept and spent + widths[i] > budget:
+            break
+        kept.append(i)
+        spent += widths[i]
+    return sorted(kept)
+
+
+def _bound_recognition(engine: Any, budget: float) -> None:
+    """Make ``engine`` recognise at most ``budget`` of scaled line width per image: the
+    lines left out come back as empty text, which RapidOCR drops from its result as it
+    drops every line read as nothing. Under the budget, the call is RapidOCR's own."""
+    recognize = engine.recognize_txt
+
+    def bounded(crops: list[np.ndarray]) -> Any:
+        widths = [recognition_width(c) for c in crops]
+        if sum(widths) <= budget:
+            return recognize(crops)
+        kept = lines_within([c.shape[0] for c in crops], widths, budget)
+        log.debug("text: %d of %d lines recognised (width budget)", len(kept), len(crops))
+        part = recognize([crops[i] for i in kept])
+        txts, scores = [""] * len(crops), [0.0] * len(crops)
+        words: list[Any] = [("", 0.0, None)] * len(crops)
+        imgs: list[Any] = [None] * len(crops)
+        for j, i in enumerate(kept):
+            txts[i], scores[i] = part.txts[j], part.scores[j]
+            if part.word_results and j < len(part.word_results):
+                words[i] = part.word_results[j]
+            if part.imgs is not None and j < len(part.imgs):
+                imgs[i] = part.imgs[j]
+        return replace(part, imgs=imgs, txts=tuple(txts), scores=scores, word_results=tuple(words))
+
+    engine.recognize_txt = bounded
 
 
 @dataclass(frozen=True)

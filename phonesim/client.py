@@ -12,9 +12,10 @@
         ...
 
 Requests that get 429 or 503 (or cannot connect) are retried with exponential backoff, waiting
-at least what ``Retry-After`` asks, up to 60 s a retry (a longer ask is answered sooner). A write (add, update, remove) whose connection broke after
-it was sent is not sent again: the server may have done it. Every failure is raised as
-:class:`PhonesimError` with the HTTP status and the server's error code and message.
+at least what ``Retry-After`` asks, up to 60 s a retry (a longer ask is answered sooner). A
+write (add, update, remove) whose connection broke after it was sent is not sent again: the
+server may have done it. Every failure is raised as :class:`PhonesimError` with the HTTP
+status and the server's error code and message.
 """
 
 from __future__ import annotations

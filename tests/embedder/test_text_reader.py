@@ -86,3 +86,39 @@ def test_a_hostile_photo_costs_a_bounded_reading() -> None:
     read = reader.read_each(wall)
     assert list(read) == [0]  # the budget was spent on the upright reading
     assert len(read[0]) == MAX_LINES  # of the 720 words on the wall
+
+
+def test_a_wall_of_small_print_is_read_within_the_width_budget_tallest_first() -> None:
+    """Long lines of small print made 365,000 px of recognition in one pass (16-40 s, with
+    the reader's lock held): a pass now recognises at most REC_WIDTH_BUDGET, tallest first,
+    so a brand printed large over the wall is still read."""
+    import random
+
+    import numpy as np
+
+    from embedder.text_reader import REC_WIDTH_BUDGET, _bound_recognition, recognition_width
+
+    wall = Image.new("RGB", (1280, 1280), (255, 255, 255))
+    draw = ImageDraw.Draw(wall)
+    rng = random.Random(1)
+    words = ["lorem", "ipsum", "dolor", "sit", "amet"]
+    for y in range(120, 1270, 13):
+        line = " ".join(rng.choice(words) for _ in range(110))
+        draw.text((4, y), line, fill=(0, 0, 0), font=ImageFont.load_default(12))
+    draw.text((300, 10), "GALAXY", fill=(0, 0, 0), font=ImageFont.load_default(90))
+    reader = TextReader(rotations=(0,), threads=1)
+    engine = reader._engine
+    seen: list[float] = []
+    rapidocr_own = type(engine).recognize_txt.__get__(engine)
+
+    def spy(crops: list[np.ndarray]):  # what the budget lets through to RapidOCR
+        seen.append(sum(recognition_width(c) for c in crops))
+        return rapidocr_own(crops)
+
+    engine.recognize_txt = spy
+    _bound_recognition(engine, REC_WIDTH_BUDGET)  # as the reader wraps RapidOCR's own
+    cues = TextCues.from_labels(["iphone", "samsung"], {"samsung": ["galaxy"]})
+    lines = reader.read(wall)
+    assert cues.classes(lines) == [1]  # the tallest line came first
+    assert len(seen) == 1 and 0 < seen[0] <= REC_WIDTH_BUDGET
+    assert len(lines) < 40  # of about 88 lines on the wall: the rest were left unread

@@ -198,6 +198,9 @@ def test_serve_flags(tmp_path) -> None:
         cli.settings_from_args(parser.parse_args([*base, "--text-weight", "0.5"]))
     with pytest.raises(UserError, match="need --read-text"):
         cli.settings_from_args(parser.parse_args([*base, "--text-gate", "0.5"]))
+    # An empty name said "text_cues needs read_text", though --text-cues implies it.
+    with pytest.raises(UserError, match="--text-cues needs a file name"):
+        cli.settings_from_args(parser.parse_args([*base, "--text-cues", ""]))
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--read-text", "--text-rotations", "45"])
 
