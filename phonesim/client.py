@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -111,7 +112,10 @@ def _query(image: Any, vector: Any, item_id: Any) -> dict[str, Any]:
     if kind == "image":
         return {"image": _b64(value)}
     if kind == "vector":
-        return {"vector": [float(v) for v in value]}
+        vector = [float(v) for v in value]
+        if not all(math.isfinite(v) for v in vector):  # JSON has no NaN: say so here
+            raise ValueError("the vector holds NaN or infinite values")
+        return {"vector": vector}
     return {"id": str(value)}
 
 
@@ -242,9 +246,16 @@ class Client:
         bytes), ``vector`` or ``item_id``, and optionally its own options. A failed query's
         answer holds ``status`` and ``error`` (nothing is raised for it)."""
         entries = []
-        for q in queries:
+        for n, q in enumerate(queries):
+            if not isinstance(q, Mapping):
+                raise TypeError(f"query {n}: a dict with image, vector or item_id, got {q!r:.40}")
             q = dict(q)
-            entry = _query(q.pop("image", None), q.pop("vector", None), q.pop("item_id", None))
+            item_id = q.pop("item_id", None)
+            if "id" in q:  # the server's own name for it
+                if item_id is not None:
+                    raise ValueError(f"query {n}: give item_id or id, not both")
+                item_id = q.pop("id")
+            entry = _query(q.pop("image", None), q.pop("vector", None), item_id)
             entries.append({**entry, **q})
         options = _options(k, filter, score_threshold, offset, ranking, read_text)
         body = {"queries": entries, **options}
@@ -288,7 +299,9 @@ class Client:
         """Add many items (dicts of ``id``, ``image`` path or bytes, ``metadata``) in one
         request, sent as NDJSON; one acknowledgement per item (``status`` 201 or ``error``)."""
         lines = []
-        for item in items:
+        for n, item in enumerate(items):
+            if not isinstance(item, Mapping) or "id" not in item or "image" not in item:
+                raise ValueError(f"item {n}: a dict with 'id', 'image' and maybe 'metadata'")
             entry = {"id": item["id"], "image": _b64(item["image"])}
             if item.get("metadata") is not None:
                 entry["metadata"] = dict(item["metadata"])
@@ -303,6 +316,8 @@ class Client:
     ) -> dict[str, Any]:
         """Change an item's metadata (merged, or replacing it all); returns the item."""
         path = _item_path(item_id)
+        if not isinstance(metadata, Mapping):
+            raise TypeError(f"metadata is a mapping of field to value, got {metadata!r:.40}")
         body = {"metadata": dict(metadata), "merge": merge}
         return self._request("PATCH", path, write=True, json=body)["item"]
 

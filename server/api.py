@@ -108,7 +108,8 @@ def search() -> Response:
         vector = parse_vector(fields.pop(VECTOR_FIELD), svc.embedder.dim)
         if "image" in fields:
             raise ApiError(400, "invalid_request", "give either 'image' or 'vector', not both")
-        reject_unknown_fields(fields, OPTION_FIELDS)  # read_text: a vector has nothing to read
+        # read_text is checked as for a photo; a vector has nothing to read, so it changes nothing
+        reject_unknown_fields(fields, OPTION_FIELDS)
         opts = request_options(svc, fields, request.args).applied(classes=False, svc=svc)
         hits, search_ms = search_with(svc, vector, opts)
         return jsonify(

@@ -141,6 +141,8 @@ def test_ids_reach_their_own_item_and_never_another(live, photo):
     client.add("a/b", photo, {"price": 2})  # a '/' in an id is allowed, and escaped
     assert client.get("a/b")["price"] == 2
     assert client.search(item_id="a/b", k=1)["neighbors"]
+    by_id = client.search_batch([{"id": "a/b", "k": 1}])[0]  # "id", as the server names it
+    assert by_id["neighbors"] == client.search(item_id="a/b", k=1)["neighbors"]
     for bad in ("x/../keep-me", "../keep-me", "./keep-me", "keep-me/similar", "a//b", ".."):
         for call in (client.get, client.remove, lambda i: client.update(i, {"price": 9})):
             with pytest.raises(ValueError, match="no catalog item can have"):
@@ -149,6 +151,22 @@ def test_ids_reach_their_own_item_and_never_another(live, photo):
     client.remove("a/b")
     with pytest.raises(PhonesimError):
         client.get("a/b")
+
+
+def test_bad_arguments_are_clear_python_errors_before_any_request():
+    """They were "dictionary update sequence element #0...", a KeyError 'id', or a
+    PhonesimError(0) for a NaN that JSON cannot carry."""
+    client = Client("http://127.0.0.1:9", retries=0)  # nothing listens: nothing is sent
+    with pytest.raises(TypeError, match="query 0: a dict"):
+        client.search_batch(["abc"])
+    with pytest.raises(ValueError, match="item_id or id, not both"):
+        client.search_batch([{"id": "a", "item_id": "b"}])
+    with pytest.raises(ValueError, match="item 0: a dict with 'id'"):
+        client.add_batch([{"image": b"x"}])
+    with pytest.raises(TypeError, match="metadata is a mapping"):
+        client.update("a", [1])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        client.search(vector=[float("nan"), 1.0])
 
 
 def test_429_is_retried_after_retry_after(live):
