@@ -27,15 +27,18 @@ def knn_ground_truth(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray
 
 
 def knn_recall_at_k(I: np.ndarray, I_gt: np.ndarray, k: int) -> float:
-    """Recall of an approximate search against exact neighbours: the mean fraction of the
-    true top-``k`` ids ``I_gt`` found in the returned top-``k`` ids ``I``."""
+    """Recall of an approximate search against exact neighbours: the true top-``k`` ids
+    ``I_gt`` found in the returned top-``k`` ids ``I``, over all of them. ``-1`` pads both
+    where fewer than ``k`` items exist (a filter matching 2 items: finding both is 1.0)."""
     if len(I_gt) == 0 or k == 0:
         return 1.0
     k_true = min(k, I_gt.shape[1])
-    hits = 0
+    hits = wanted = 0
     for found, true in zip(I[:, :k], I_gt[:, :k_true], strict=True):
-        hits += len(set(found[found >= 0].tolist()) & set(true.tolist()))
-    return hits / (len(I_gt) * k_true)
+        true_ids = set(true[true >= 0].tolist())
+        hits += len(set(found[found >= 0].tolist()) & true_ids)
+        wanted += len(true_ids)
+    return hits / wanted if wanted else 1.0
 
 
 @dataclass(frozen=True)

@@ -268,3 +268,15 @@ def test_a_tie_is_widened_only_for_its_own_query_and_only_so_far():
     assert I[1].tolist() == [0, 1, 2, 3, 4]
     # Within what was fetched, equal scores come in id order.
     assert I[0].tolist() == sorted(ids[0][: 5 + TIE_REACH])[:5]
+
+
+def test_recall_counts_only_the_neighbours_that_exist():
+    """A filter matching 2 items pads the exact answer with -1: finding both scored 0.2, and
+    bench_index reported a recall drop that was not there."""
+    pad = [-1] * 8
+    assert knn_recall_at_k(np.array([[7, 3, *pad]]), np.array([[7, 3, *pad]]), 10) == 1.0
+    assert knn_recall_at_k(np.array([[7, *pad, -1]]), np.array([[7, 3, *pad]]), 10) == 0.5
+    full = np.arange(10)[None]
+    assert knn_recall_at_k(full, full, 10) == 1.0
+    assert knn_recall_at_k(np.array([[*range(5), *[-1] * 5]]), full, 10) == 0.5
+    assert knn_recall_at_k(np.array([[-1] * 10]), np.array([[-1] * 10]), 10) == 1.0
