@@ -100,9 +100,11 @@ def unwrap(index: faiss.Index) -> faiss.Index:
 
 
 def supports_remove(index: faiss.Index) -> bool:
-    """Whether ``remove_ids`` physically deletes vectors and keeps the id mapping right."""
+    """Whether ``remove_ids`` physically deletes vectors and keeps the id mapping right. Not
+    fast-scan IVF (its block lists refuse a removal: applied from the journal on every open,
+    one remove made such an index impossible to open); removed items are hidden instead."""
     if isinstance(index, faiss.IndexIVF):
-        return True
+        return not isinstance(faiss.downcast_index(index), faiss.IndexIVFFastScan)
     if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
         return isinstance(faiss.downcast_index(index.index), faiss.IndexFlat)
     return False

@@ -85,6 +85,21 @@ def probe_until_settled(
     return D, I
 
 
+def coarse_scores(index: faiss.IndexIVF, x: np.ndarray, assign: np.ndarray) -> np.ndarray:
+    """Each query's inner product with the centroid of each list in ``assign`` (0 where -1).
+    A kind that stores residuals (SQ, PQ) scores query . centroid + query . residual: with
+    zeros here its lists' scores lost their first term, and a filtered search ranked them
+    wrongly (recall@10 0.06 on IVF32,SQ8). IVF-Flat ignores them."""
+    coarse = np.zeros(assign.shape, dtype=np.float32)
+    if not index.by_residual:
+        return coarse
+    centroids = index.quantizer.reconstruct_n(0, index.nlist)
+    valid = assign >= 0
+    rows = np.nonzero(valid)
+    coarse[rows] = np.einsum("ij,ij->i", x[rows[0]], centroids[assign[rows]])
+    return coarse
+
+
 def search_lists(
     index: faiss.IndexIVF, xq: np.ndarray, k: int, sel: Any, assign: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -96,8 +111,8 @@ def search_lists(
         sp.sel = sel
     D = np.empty((nq, k), dtype=np.float32)
     I = np.empty((nq, k), dtype=np.int64)
-    coarse = np.zeros((nq, width), dtype=np.float32)
     x = np.ascontiguousarray(xq, dtype=np.float32)
+    coarse = coarse_scores(index, x, assign)
     # the Python wrapper of search_preassigned drops params; call the C++ method directly
     index.search_preassigned_c(
         nq,
