@@ -72,7 +72,7 @@ def probe_until_settled(
         cols = lo[:, None] + np.arange(width)[None, :]
         assign = order[active[:, None], np.minimum(cols, len(lists) - 1)]
         assign[cols >= end[:, None]] = -1
-        Db, Ib = search_lists(index, xq[active], k, sel, np.ascontiguousarray(assign))
+        Db, Ib = search_lists(index, xq[active], k, sel, np.ascontiguousarray(assign), centroids)
         Dm = np.concatenate([D[active], Db], axis=1)
         Im = np.concatenate([I[active], Ib], axis=1)
         top = np.argsort(-Dm, axis=1, kind="stable")[:, :k]
@@ -85,25 +85,34 @@ def probe_until_settled(
     return D, I
 
 
-def coarse_scores(index: faiss.IndexIVF, x: np.ndarray, assign: np.ndarray) -> np.ndarray:
+def coarse_scores(
+    index: faiss.IndexIVF, x: np.ndarray, assign: np.ndarray, centroids: np.ndarray | None
+) -> np.ndarray:
     """Each query's inner product with the centroid of each list in ``assign`` (0 where -1).
     A kind that stores residuals (SQ, PQ) scores query . centroid + query . residual: with
     zeros here its lists' scores lost their first term, and a filtered search ranked them
-    wrongly (recall@10 0.06 on IVF32,SQ8). IVF-Flat ignores them."""
+    wrongly (recall@10 0.06 on IVF32,SQ8). IVF-Flat ignores them. ``centroids``: the index's
+    (a search's cached copy), or None to read them from its quantizer."""
     coarse = np.zeros(assign.shape, dtype=np.float32)
     if not index.by_residual:
         return coarse
-    centroids = index.quantizer.reconstruct_n(0, index.nlist)
-    valid = assign >= 0
-    rows = np.nonzero(valid)
+    if centroids is None:
+        centroids = index.quantizer.reconstruct_n(0, index.nlist)
+    rows = np.nonzero(assign >= 0)
     coarse[rows] = np.einsum("ij,ij->i", x[rows[0]], centroids[assign[rows]])
     return coarse
 
 
 def search_lists(
-    index: faiss.IndexIVF, xq: np.ndarray, k: int, sel: Any, assign: np.ndarray
+    index: faiss.IndexIVF,
+    xq: np.ndarray,
+    k: int,
+    sel: Any,
+    assign: np.ndarray,
+    centroids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Search of the IVF lists ``assign`` (nq x width, -1: none) restricted to ``sel``."""
+    """Search of the IVF lists ``assign`` (nq x width, -1: none) restricted to ``sel``;
+    ``centroids`` as :func:`coarse_scores` takes them."""
     nq, width = assign.shape
     sp = faiss.SearchParametersIVF()
     sp.nprobe = width
@@ -112,7 +121,7 @@ def search_lists(
     D = np.empty((nq, k), dtype=np.float32)
     I = np.empty((nq, k), dtype=np.int64)
     x = np.ascontiguousarray(xq, dtype=np.float32)
-    coarse = coarse_scores(index, x, assign)
+    coarse = coarse_scores(index, x, assign, centroids)
     # the Python wrapper of search_preassigned drops params; call the C++ method directly
     index.search_preassigned_c(
         nq,
