@@ -88,19 +88,30 @@ class _Connection:
         self.conn: Any = None
         self.since: float | None = None  # monotonic time its current user took it
 
-    def take(self, where: str, stall_s: float | None) -> None:
-        """Acquire the lock; with ``stall_s``, give up (StoreUnavailableError) once the
-        current user has held it that long."""
+    @contextmanager
+    def held(self, where: str, stall_s: float | None) -> Iterator[None]:
+        """Hold the lock; with ``stall_s``, give up waiting (StoreUnavailableError) once the
+        current user has held it that long. The lock is re-entrant: the outermost use is
+        the one timed."""
         if stall_s is None:
             self.lock.acquire()
-            return
-        while not self.lock.acquire(timeout=0.1):
-            since = self.since
-            held = 0.0 if since is None else time.monotonic() - since
-            if held > stall_s:
-                raise StoreUnavailableError(
-                    f"{where}: not answering (a write has waited {held:.0f} s for it)"
-                )
+        else:
+            while not self.lock.acquire(timeout=0.1):
+                since = self.since
+                waited = 0.0 if since is None else time.monotonic() - since
+                if waited > stall_s:
+                    raise StoreUnavailableError(
+                        f"{where}: not answering (a write has waited {waited:.0f} s for it)"
+                    )
+        outer = self.since is None
+        if outer:
+            self.since = time.monotonic()
+        try:
+            yield
+        finally:
+            if outer:
+                self.since = None
+            self.lock.release()
 
     def drop(self) -> None:
         if self.conn is not None:
@@ -199,11 +210,7 @@ class PgSource:
         from psycopg import errors
 
         held = self._compact if compacting else self._write_conn if write else self._read
-        held.take(self.where, WRITE_STALL_S if write and not compacting else None)
-        outer = held.since is None  # the lock is re-entrant: time the outermost use
-        if outer:
-            held.since = time.monotonic()
-        try:
+        with held.held(self.where, WRITE_STALL_S if write and not compacting else None):
             try:
                 yield self._connect(held)
             except (errors.ProgramLimitExceeded, psycopg.DataError) as exc:
@@ -217,10 +224,6 @@ class PgSource:
                 held.drop()
                 msg = _first_line(exc)
                 raise StoreUnavailableError(f"{self.where}: unavailable ({msg})") from exc
-        finally:
-            if outer:
-                held.since = None
-            held.lock.release()
 
     def close(self) -> None:
         for held in (self._read, self._write_conn, self._compact):
