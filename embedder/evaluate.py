@@ -23,7 +23,8 @@ from embedder.text_cues import apply_text_cues
 from embedder.text_reader import TextOptions
 
 # What evaluate writes into its --out folder (and all it may find there).
-REPORT_FILES = ("report.json", "confusion_matrix.png")
+REPORT_JSON, CONFUSION_PNG = "report.json", "confusion_matrix.png"
+REPORT_FILES = (REPORT_JSON, CONFUSION_PNG)
 
 
 def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
@@ -196,8 +197,8 @@ def evaluate(
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / REPORT_FILES[1], lambda tmp: plot_confusion(cm, names, tmp))
-        atomic_write_text(out / REPORT_FILES[0], json.dumps(report, indent=2) + "\n")
+        atomic_write(out / CONFUSION_PNG, lambda tmp: plot_confusion(cm, names, tmp))
+        atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2) + "\n")
         report["report_dir"] = str(out)
     return report
 
