@@ -171,10 +171,11 @@ def test_exact_knn_pads_short_rows_with_minus_one(small):
     assert (I_[:, 3:] == -1).all() and I_.shape == (4, 5)
 
 
-@pytest.fixture(scope="module")
-def ivf_catalog(tmp_path_factory):
-    """An IVF index over a clustered catalog whose labels follow the clusters (the hard case:
-    a label filter leaves most queries no match nearby) and whose prices are per item."""
+@pytest.fixture(scope="module", params=["ivf", "hnsw"])
+def filtered_catalog(request, tmp_path_factory):
+    """An IVF or HNSW index over a clustered catalog whose labels follow the clusters (the
+    hard case: a label filter leaves most queries no match nearby) and whose prices are per
+    item."""
     from index.evaluation import ClusteredMixture
 
     mix = ClusteredMixture(D, n_clusters=200, seed=11)
@@ -182,9 +183,9 @@ def ivf_catalog(tmp_path_factory):
     xq, _ = mix.sample(100, seed=2)
     price = np.random.default_rng(0).uniform(0, 1000, len(xb)).round(2)
     md = [{"label": f"b{c % 100}", "price": float(p)} for c, p in zip(clusters, price, strict=True)]
-    path = tmp_path_factory.mktemp("ivf") / "ix"
+    path = tmp_path_factory.mktemp(request.param) / "ix"
     ids = [f"sku-{i}" for i in range(len(xb))]
-    build_index(path, ids, xb, md, model_name=MODEL, checkpoint_hash=HASH, kind="ivf")
+    build_index(path, ids, xb, md, model_name=MODEL, checkpoint_hash=HASH, kind=request.param)
     return path, xb, xq, clusters % 100, price
 
 
@@ -199,8 +200,8 @@ def ivf_catalog(tmp_path_factory):
         (0.8, {"price": {"gte": 200}}),
     ],
 )
-def test_filtered_ivf_search_reaches_exact_recall_at_every_selectivity(ivf_catalog, share, flt):
-    path, xb, xq, labels, price = ivf_catalog
+def test_filtered_search_reaches_exact_recall_at_every_selectivity(filtered_catalog, share, flt):
+    path, xb, xq, labels, price = filtered_catalog
     field, spec = next(iter(flt.items()))
     if field == "label":
         names = spec if isinstance(spec, list) else spec["in"] if isinstance(spec, dict) else [spec]
@@ -211,7 +212,6 @@ def test_filtered_ivf_search_reaches_exact_recall_at_every_selectivity(ivf_catal
     assert abs(len(rows) / len(xb) - share) < share / 2
     opts = IndexOptions(exact_filter_limit=0)  # the approximate plan, even for 1 %
     with open_index(path, readonly=True, options=opts) as ix:
-        assert ix.kind == "ivf"
         hits = ix.search(xq, 10, filter=flt)
         unfiltered = ix.search(xq, 10)
     D_ref, I_ref = brute_force(xq, xb[rows], 10)
@@ -312,3 +312,26 @@ def test_a_fast_scan_ivf_kind_hides_removed_items_and_reopens(tmp_path):
     with open_index(tmp_path / "ix") as ix:
         assert len(ix) == 2_999 and first not in ix
         assert first not in {h.id for h in ix.search(xb[5], 10)[0]}
+
+
+def test_filtered_hnsw_too_broad_to_read_back_searches_again_wider(tmp_path, monkeypatch):
+    """Where the matches are too many to search exactly, a query whose matches lie away from
+    it is searched again at 4x efSearch: only matches, k of them, nearer than the first try."""
+    from index import filtered_search
+
+    xb, xq, ids, md = make_catalog(20_000, seed=9)
+    build_index(tmp_path / "ix", ids, xb, md, model_name=MODEL, checkpoint_hash=HASH, kind="hnsw")
+    rows = np.array([i for i, m in enumerate(md) if m["label"] == "brand2"])
+    flt = {"label": "brand2"}
+    opts = IndexOptions(exact_filter_limit=0)
+    _, I_ref = brute_force(xq, xb[rows], 10)
+    recalls = []
+    for floats in (0, filtered_search.HNSW_EXACT_FLOATS):
+        monkeypatch.setattr(filtered_search, "HNSW_EXACT_FLOATS", floats)
+        with open_index(tmp_path / "ix", readonly=True, options=opts) as ix:
+            hits = ix.search(xq, 10, filter=flt)
+        found = rows_of(hits, 10)
+        assert np.isin(found, rows).all()
+        recalls.append(knn_recall_at_k(found, rows[I_ref], 10))
+    assert recalls[1] >= 0.99, recalls  # the far queries read back and searched exactly
+    assert recalls[0] >= 0.8, recalls  # one search at the widened efSearch alone: 0.63
