@@ -84,6 +84,9 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
                 training folds only, read as the product reads them); recipe_text_learned_rerank
                 re-ranks as recipe_text_gated_rerank does; recipe_pair_text_learned (and
                 _rerank) the same on recipe_pair's outputs: every opt-in lever at once
+  recipe_pool_rerank  recipe_rerank with the pool it reorders chosen per fold as well (5, 10 or
+                20 nearest; weights up to 1); recipe_text_learned_pool_rerank the same for
+                recipe_text_learned_rerank
 
 Metrics per fold: top-1 accuracy, macro-F1, Recall@1 and Recall@5 (a same-brand photo among the
 k nearest training-fold photos). Reported: mean and 95% interval over folds, and each method's
@@ -234,6 +237,8 @@ EXTRA_METHODS = (
     "recipe_text_learned_rerank",
     "recipe_pair_text_learned",
     "recipe_pair_text_learned_rerank",
+    "recipe_pool_rerank",
+    "recipe_text_learned_pool_rerank",
 )
 # Text-cue methods: the rotations each reads a photo at, and its gate (1: every photo).
 TEXT_METHODS = {
@@ -251,6 +256,7 @@ TEXT_METHODS = {
     "recipe_text_learned_rerank": (DEFAULT_ROTATIONS, TEXT_GATE),
     "recipe_pair_text_learned": (DEFAULT_ROTATIONS, TEXT_GATE),
     "recipe_pair_text_learned_rerank": (DEFAULT_ROTATIONS, TEXT_GATE),
+    "recipe_text_learned_pool_rerank": (DEFAULT_ROTATIONS, TEXT_GATE),
 }
 # Text-cue methods whose cues also take the vote of the training folds' read text.
 LEARNED_TEXT = frozenset(
@@ -259,6 +265,7 @@ LEARNED_TEXT = frozenset(
         "recipe_text_learned_rerank",
         "recipe_pair_text_learned",
         "recipe_pair_text_learned_rerank",
+        "recipe_text_learned_pool_rerank",
     }
 )
 # Each learned method and the same reading with the words alone.
@@ -352,6 +359,15 @@ RERANK_GRID = [ClassRerank(weight=w) for w in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)]
 # The fused prediction is surer than the classifier alone, so its grid reaches further: at 1 a
 # candidate of the predicted class all but always comes first.
 FUSED_RERANK_GRID = [*RERANK_GRID, ClassRerank(weight=0.5), ClassRerank(weight=1.0)]
+# The _pool_rerank methods choose how many of the nearest the re-rank reorders as well: a
+# photo's class is among its 5 nearest for 0.90 of the photos (Recall@5), so a deeper pool
+# could put more first hits right.
+POOL_RERANK_GRID = [replace(r, pool=n) for n in (5, 10, 20) for r in FUSED_RERANK_GRID]
+# Each _pool_rerank method and the same re-rank over the product's pool of 5.
+POOL_PAIRS = {
+    "recipe_pool_rerank": "recipe_rerank",
+    "recipe_text_learned_pool_rerank": "recipe_text_learned_rerank",
+}
 CHUNK = 64
 
 
@@ -1043,16 +1059,23 @@ class Bench:
             return None
         return int(np.concatenate([graded[o] for o in others], axis=1).mean(axis=1).argmax())
 
-    def run_rerank(self, base: str, fused: bool = False, text: str | None = None) -> None:
+    def run_rerank(
+        self, base: str, fused: bool = False, text: str | None = None, pools: bool = False
+    ) -> None:
         """``<base>_knn``'s prediction with the trained ``base``'s neighbours re-ranked by its
         classifier (embedder/class_rerank.py): Recall@1 and @5 of the re-ranked lists, the
         weight chosen per fold from RERANK_GRID by the pooled Recall@1 of the other folds of
         its repeat. ``fused``: re-ranked by the fused prediction instead (classifier and kNN
         vote over the training folds), the weight from FUSED_RERANK_GRID. ``text`` (the
         method, recipe_text_rerank or recipe_text_gated_rerank): re-ranked by the classifier
-        with the text cues of the photos its gate reads, and predicted as its recipe_text."""
+        with the text cues of the photos its gate reads, and predicted as its recipe_text.
+        ``pools`` (or a text method named _pool_rerank): the weight and the pool from
+        POOL_RERANK_GRID."""
         method = text or (f"{base}_fused_rerank" if fused else f"{base}_rerank")
-        grid = FUSED_RERANK_GRID if fused else RERANK_GRID
+        if pools and not text:
+            method = f"{base}_pool_rerank"
+        pools = pools or method.endswith("_pool_rerank")
+        grid = POOL_RERANK_GRID if pools else FUSED_RERANK_GRID if fused else RERANK_GRID
         cues, gate = None, 1.0
         if text:
             cues, _ = self.photo_cues(method)
@@ -1131,6 +1154,9 @@ class Bench:
             elif method == "recipe_knn_nested":
                 print(f"{method} ...", flush=True)
                 self.run_nested()
+            elif method == "recipe_pool_rerank":
+                print(f"{method} ...", flush=True)
+                self.run_rerank("recipe", pools=True)
             elif method in TEXT_METHODS and method.endswith("_rerank"):
                 print(f"{method} ...", flush=True)
                 self.run_rerank(TEXT_BASES.get(method, "recipe"), text=method)
@@ -1209,6 +1235,10 @@ class Bench:
         for m in TEXT_BASES:
             if m in self.results and recipe_twin(m) in self.results:
                 out[f"{m}_vs_recipe"] = self.paired(m, recipe_twin(m), names, frac)
+        # What a deeper re-rank pool adds to the product's 5.
+        for m, five in POOL_PAIRS.items():
+            if m in self.results and five in self.results:
+                out[f"{m}_vs_pool_5"] = self.paired(m, five, names, frac)
         # What the examples of read text add to the words alone (same gate, same reading).
         for m, words_only in LEARNED_PAIRS.items():
             if m in self.results and words_only in self.results:
@@ -1367,6 +1397,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     for m in TEXT_BASES:
         if f"{m}_vs_recipe" in summary:
             rows[f"{m} - {recipe_twin(m)}"] = summary[f"{m}_vs_recipe"]
+    for m, five in POOL_PAIRS.items():
+        if f"{m}_vs_pool_5" in summary:
+            rows[f"{m} - {five}"] = summary[f"{m}_vs_pool_5"]
     for m, words_only in LEARNED_PAIRS.items():
         if f"{m}_vs_words" in summary:
             rows[f"{m} - {words_only}"] = summary[f"{m}_vs_words"]
