@@ -157,10 +157,11 @@ def restore(
     dest = Path(path)
     tmp = temporary_folder(dest, "restoring-")
     try:
-        for p in snap.iterdir():
-            if p.is_file() and not p.name.endswith(("-wal", "-shm", ".lock")):
-                shutil.copyfile(p, tmp / p.name)
-                fsync_path(tmp / p.name)
+        # Copied as a snapshot is taken, not file by file: a snapshot is an index folder that
+        # a server may have open, and its latest commits may still be in SQLite's WAL file.
+        _snapshot_sqlite(snap, tmp)
+        with CatalogIndex.open(tmp, readonly=True) as ix:  # what was restored, not before
+            count = len(ix)
         fsync_dir(tmp)
         move_into_place(tmp, dest)
     except BaseException:

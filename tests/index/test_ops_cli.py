@@ -117,6 +117,24 @@ def test_restore_into_a_new_folder(tmp_path):
         assert len(ix) == 120
 
 
+def test_restore_from_a_folder_a_writer_holds_open_keeps_its_latest_commits(tmp_path, capsys):
+    """A snapshot is an index folder a server may serve and write to; its latest commits sit
+    in SQLite's WAL file, which a file-by-file copy left behind (5 acknowledged adds lost, and
+    the printed count included them)."""
+    write_embeddings(tmp_path / "emb.h5")
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
+    rng = np.random.default_rng(3)
+    with open_index(tmp_path / "a") as writer:
+        writer.add([f"late-{i}" for i in range(5)], rng.standard_normal((5, DIM)))
+        assert list((tmp_path / "a").glob("*-wal"))  # the commits are in the WAL file
+        capsys.readouterr()
+        argv = ["restore", "--from", str(tmp_path / "a"), "--index", str(tmp_path / "b"), "--json"]
+        assert cli(argv) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 125
+    with open_index(tmp_path / "b", readonly=True) as ix:
+        assert len(ix) == 125 and "late-4" in ix
+
+
 def test_a_snapshot_is_never_kept_inside_the_index_it_would_replace(tmp_path):
     """A snapshot taken into the index folder was deleted by its own restore --overwrite."""
     write_embeddings(tmp_path / "emb.h5")
