@@ -1,4 +1,4 @@
-"""Checks on text that has to be written somewhere: a file, a database."""
+"""Checks on text that has to be written somewhere (a file, a database) or was read from one."""
 
 from __future__ import annotations
 
@@ -13,4 +13,12 @@ def is_utf8(text: str) -> bool:
     return True
 
 
-__all__ = ["is_utf8"]
+def repeated_columns(names: list[str]) -> str:
+    """The header names a CSV repeats, quoted and comma-separated ("" for none): a dict
+    reader keeps only the last column of a name, so the others' values would be lost."""
+    seen: set[str] = set()
+    repeated = [n for n in names if n in seen or seen.add(n)]
+    return ", ".join(repr(n) for n in dict.fromkeys(repeated))
+
+
+__all__ = ["is_utf8", "repeated_columns"]

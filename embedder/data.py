@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.item_ids import is_item_id
+from common.text import repeated_columns
 from embedder.errors import DataError
 
 # HEIC/HEIF files are listed even without pillow-heif: load_image then says what to install.
@@ -51,12 +53,14 @@ def path_ids(paths: list[Path], root: Path) -> list[str]:
     """Ids of image files: the path below ``root`` without its suffix (``huawei/p30``).
 
     Where two files differ only by suffix (``x.jpg`` and ``x.png``), both keep their suffix, so
-    ids stay unique and every row of an export or index maps back to one file.
+    ids stay unique and every row of an export or index maps back to one file. So does a file
+    whose id would be another URL of the API (``xiaomi/image.jpg``, not ``xiaomi/image``, the
+    URL of item ``xiaomi``'s thumbnail; see :func:`common.item_ids.is_item_id`).
     """
     stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
     counts = Counter(stems)
     ids = [
-        stem if counts[stem] == 1 else p.relative_to(root).as_posix()
+        stem if counts[stem] == 1 and is_item_id(stem) else p.relative_to(root).as_posix()
         for stem, p in zip(stems, paths, strict=True)
     ]
     # x.jpg, x.png and x.jpg.png would still clash ("x.jpg" twice): refuse rather than guess.
@@ -112,6 +116,9 @@ def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
                     f"{csv_path}: manifest is missing column(s) {', '.join(missing)} "
                     f"(needs {','.join(REQUIRED_COLUMNS)}; found {','.join(columns) or 'none'})"
                 )
+            repeated = repeated_columns(list(columns))
+            if repeated:
+                raise DataError(f"{csv_path}: column(s) {repeated} appear twice in the header")
             rows = list(reader)
     except UnicodeDecodeError as exc:
         raise DataError(f"{csv_path}: manifest is not UTF-8 text ({exc.reason})") from exc
@@ -120,6 +127,8 @@ def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
     samples: list[Sample] = []
     seen: set[str] = set()
     for line, row in enumerate(rows, start=2):
+        if None in row:  # as `index build` reads the same file
+            raise DataError(f"{csv_path}:{line}: more fields than the header has")
         sid, image, label = (str(row.get(c) or "").strip() for c in REQUIRED_COLUMNS)
         if not sid or not image:
             raise DataError(f"{csv_path}:{line}: empty id or image")

@@ -29,6 +29,7 @@ from common.fsutil import (
     swap_folder,
     temporary_folder,
 )
+from common.text import repeated_columns
 from index import ann
 from index.catalog import CatalogIndex, IndexOptions
 from index.errors import BuildInputError, InvalidKindError
@@ -166,8 +167,10 @@ def failed_images(path: str | Path) -> list[str]:
 def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
     """Metadata rows by id from a catalog CSV (``id,image,label,...``).
 
-    Every column except ``id`` is kept as a string; ``image`` is resolved against the CSV's
-    folder to an absolute path, for the server's thumbnails.
+    Every column except ``id`` is kept as a string, a blank cell as no value (an unknown
+    price is no price, not the text ""); ``image`` is resolved against the CSV's folder to an
+    absolute path, for the server's thumbnails. ``id``, ``image`` and ``label`` are stripped
+    of surrounding spaces, as ``phonesim embed`` and ``train`` read them.
     """
     path = Path(path)
     if not path.is_file():
@@ -178,6 +181,9 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
             reader = csv.DictReader(fh)
             if not reader.fieldnames or "id" not in reader.fieldnames:
                 raise BuildInputError(f"{path}: needs a header row with an 'id' column")
+            repeated = repeated_columns(reader.fieldnames)
+            if repeated:
+                raise BuildInputError(f"{path}: column(s) {repeated} appear twice in the header")
             for row in reader:
                 line = reader.line_num
                 if None in row:
@@ -187,7 +193,10 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
                     raise BuildInputError(f"{path}:{line}: empty id")
                 if id_ in rows:
                     raise BuildInputError(f"{path}:{line}: id {id_!r} appears twice")
-                md = {k: (v if v is not None else "") for k, v in row.items()}
+                md = {k: v for k, v in row.items() if v is not None and v.strip()}
+                for name in ("image", "label"):
+                    if name in md:
+                        md[name] = md[name].strip()
                 if md.get("image"):
                     if "\0" in md["image"]:
                         raise BuildInputError(f"{path}:{line}: image path contains a NUL byte")

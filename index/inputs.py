@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from common.item_ids import ID_RULES, is_item_id
 from common.text import is_utf8
 from index.errors import DuplicateIdError, InvalidMetadataError, InvalidVectorsError
 
@@ -83,6 +84,10 @@ def prepare_ids(ids: Iterable[str], what: str = "ids") -> list[str]:
         if not isinstance(i, str) or not i:
             raise InvalidMetadataError(f"{what} must be non-empty strings, got {i!r}")
         storable_text(i, f"id {i[:40]!r}")
+        if not is_item_id(i):  # the server could neither show, change nor remove it
+            raise InvalidMetadataError(
+                f"id {i[:40]!r} cannot be addressed as /v1/items/<id>: ids are {ID_RULES}"
+            )
         if len(i.encode("utf-8")) > MAX_ID_BYTES:
             raise InvalidMetadataError(
                 f"ids must be at most {MAX_ID_BYTES} bytes of UTF-8, got one of "

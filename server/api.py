@@ -40,7 +40,7 @@ bp = Blueprint("api", __name__, url_prefix="/v1")
 class ItemIdConverter(PathConverter):
     """An item id in a URL: a path that does not end in /similar or /image, so that
     ``DELETE /v1/items/x/image`` is 405 (the URL of a thumbnail) and not the deletion of an
-    item "x/image" (which no id may be: see :data:`server.limits.ID_PATTERN`); nor is
+    item "x/image" (which no id may be: see :data:`common.item_ids.ID_PATTERN`); nor is
     ``batch`` an id (``/v1/items/batch`` is the batch add)."""
 
     regex = r"(?!batch$)[^/](?:(?!/(?:similar|image)$).)*"

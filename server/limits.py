@@ -4,8 +4,8 @@ Untrusted JSON is parsed by :func:`parse_json` only: numbers longer than a few d
 Infinity, duplicate keys, objects with too many members, nesting deeper than
 :data:`MAX_JSON_DEPTH` (a 100,000-deep array included: the parser's own recursion error is
 caught) and strings holding a lone surrogate or NUL are refused before any value reaches the
-index. Item ids follow :data:`ID_PATTERN` and metadata :func:`check_metadata`; the OpenAPI
-document publishes the same bounds (:mod:`server.openapi`).
+index. Item ids follow :data:`common.item_ids.ID_PATTERN` and metadata :func:`check_metadata`;
+the OpenAPI document publishes the same bounds (:mod:`server.openapi`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 import re
 from typing import Any
 
+from common.item_ids import ID_RULES, is_item_id
 from server.errors import ApiError
 
 MAX_JSON_DEPTH = 8  # the API's deepest document is body -> filter -> list of values (3)
@@ -27,20 +28,12 @@ MAX_FIELD_NAME_LENGTH = 64
 MAX_STRING_LENGTH = 1000  # one metadata or filter value
 MAX_FILTER_VALUES = 100  # values of one filter field ("any of")
 
-# An id is a path below /v1/items/: segments of printable characters (no control characters),
-# never empty, "." or "..", not starting or ending with a space, not ending in /similar or
-# /image, and not "batch" (those URLs are other endpoints).
-ID_PATTERN = (
-    r"^(?!batch$)(?!.*//)(?!\.\.?(?:/|$))(?!.*/\.\.?(?:/|$))(?!.*/(?:similar|image)$)"
-    r"[^\s/\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s/\x00-\x1f\x7f-\x9f])?$"
-)
 # A metadata field name: usable as a query parameter (?brand=x); "id" and "image" are the
 # server's own, "image_url" and "score" what it computes for each answer.
 FIELD_NAME_PATTERN = r"^(?!(?:id|image|image_url|score)$)[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 # Strings anywhere in a request: no NUL (nor, from JSON, a lone surrogate: not Unicode).
 TEXT_PATTERN = "^[^\\u0000]*$"
 
-_ID_RE = re.compile(ID_PATTERN.replace("$", r"\Z"))
 _FIELD_RE = re.compile(FIELD_NAME_PATTERN.replace("$", r"\Z"))
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 
@@ -132,18 +125,12 @@ def check_text(text: str, what: str = "a string") -> str:
 
 
 def check_item_id(item_id: Any) -> str:
-    """An id a client may give a new item (see :data:`ID_PATTERN`)."""
+    """An id a client may give a new item (see :data:`common.item_ids.ID_PATTERN`)."""
     if not isinstance(item_id, str) or not item_id.strip():
         raise ApiError(400, "invalid_id", "'id' must be a non-empty string")
     bad = len(item_id) > MAX_ID_LENGTH or _BAD_TEXT.search(item_id) is not None
-    if bad or not _ID_RE.match(item_id):
-        raise ApiError(
-            400,
-            "invalid_id",
-            f"'id' must be at most {MAX_ID_LENGTH} printable characters without leading or "
-            "trailing spaces, empty, '.' or '..' path segments, must not end with "
-            "/similar or /image, and must not be 'batch'",
-        )
+    if bad or not is_item_id(item_id):
+        raise ApiError(400, "invalid_id", f"'id' must be at most {MAX_ID_LENGTH} {ID_RULES}")
     return item_id
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from common.item_ids import ID_PATTERN
 from server.inputs import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, RANKINGS
 from server.limits import (
     FIELD_NAME_PATTERN,
-    ID_PATTERN,
     MAX_ABS_NUMBER,
     MAX_FILTER_VALUES,
     MAX_ID_LENGTH,

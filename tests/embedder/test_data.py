@@ -85,6 +85,8 @@ def test_bad_folders(tmp_path, setup, message):
         ("id,image,label\n1,x.jpg,\n", "empty label"),
         ("id,image,label\n", "no images"),
         ("id,image,label\n1,x\0.jpg,a\n", "NUL or line break"),
+        ("id,image,label,price,price\n1,x.jpg,a,100,\n", "'price' appear twice"),
+        ("id,image,label\n1,x.jpg,a,extra\n", "more fields than the header"),
     ],
 )
 def test_bad_manifests(tmp_path, text, message):
@@ -107,6 +109,20 @@ def test_files_differing_only_by_suffix_keep_distinct_ids(tmp_path):
     ids = [s.id for s in load_catalog(tmp_path).samples]
     assert ids == ["a/x.jpg", "a/x.png", "a/y", "b/x"]
     assert [s.id for s in list_images(tmp_path)] == ids
+
+
+def test_files_whose_id_would_be_another_url_keep_their_suffix(tmp_path):
+    """/v1/items/xiaomi/image is the thumbnail of item "xiaomi": a photo image.jpg in the
+    class folder xiaomi was id "xiaomi/image", which the server could not show, change or
+    remove."""
+    for name in ("xiaomi/image.jpg", "xiaomi/similar.png", "xiaomi/mi 9.jpg", "honor/x.jpg"):
+        _img(tmp_path / name)
+    ids = [s.id for s in load_catalog(tmp_path).samples]
+    assert ids == ["honor/x", "xiaomi/image.jpg", "xiaomi/mi 9", "xiaomi/similar.png"]
+    _img(tmp_path / "flat" / "batch.jpg")
+    _img(tmp_path / "flat" / "other.jpg")
+    ids = [s.id for s in load_catalog(tmp_path / "flat", require_labels=False).samples]
+    assert ids == ["batch.jpg", "other"]
 
 
 def test_evaluation_data_may_hold_one_class(tmp_path):

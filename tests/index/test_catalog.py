@@ -116,6 +116,19 @@ def test_duplicate_ids_are_rejected(flat_dir, small):
         assert "new" not in ix and len(ix) == 3000
 
 
+@pytest.mark.parametrize("bad", ["xiaomi/image", "x/similar", "batch", " x", "a//b", "a/../b"])
+def test_ids_no_url_could_reach_are_refused(flat_dir, small, bad):
+    """An id is a path below /v1/items/: one ending in /image (a thumbnail's URL), "batch"
+    (the batch add's) and the like were stored, listed, and then unreachable."""
+    _, xq, _, _ = small
+    with open_index(flat_dir) as ix:
+        with pytest.raises(InvalidMetadataError, match="cannot be addressed as /v1/items/"):
+            ix.add(["fine", bad], xq[:2])
+        assert "fine" not in ix
+        ix.add(["xiaomi/image.jpg", "a b/c"], xq[:2])  # fine
+        assert "xiaomi/image.jpg" in ix
+
+
 def test_vectors_are_validated_and_float64_is_accepted(flat_dir, small):
     _, xq, _, _ = small
     with open_index(flat_dir) as ix:

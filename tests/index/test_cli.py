@@ -199,7 +199,25 @@ def test_build_input_errors(files):
     (files / "nul.csv").write_text("id,image\nx,a\0.jpg\n")
     with pytest.raises(BuildInputError, match="NUL"):
         read_catalog_csv(files / "nul.csv")
+    (files / "twice.csv").write_text("id,image,label,price,price\nx,a.jpg,b,100,\n")
+    with pytest.raises(BuildInputError, match="'price' appear twice"):
+        read_catalog_csv(files / "twice.csv")
     assert not (files / "idx").exists()
+
+
+def test_catalog_csv_cells_read_as_embed_reads_them(files):
+    """A blank cell is no value (half the prices unknown kept price a number field, where ""
+    made it text and every price range an error), and a label padded with spaces is the
+    class `embed` and `train` read (it was kept padded: out of its label filter, its kNN vote
+    and its class re-rank)."""
+    (files / "c.csv").write_text(
+        "id,image,label,price\na, a.jpg , edge-x2 ,100\nb,b.jpg,edge-x2,\n"
+        "c,c.jpg,x,  \nd,d.jpg,x,300\n"
+    )
+    rows = read_catalog_csv(files / "c.csv")
+    assert rows["a"]["label"] == "edge-x2" and rows["a"]["image"] == str(files / "a.jpg")
+    assert "price" not in rows["b"] and "price" not in rows["c"]
+    assert rows["d"] == {"image": str(files / "d.jpg"), "label": "x", "price": "300"}
 
 
 def test_info_on_a_missing_index_is_a_user_error(files):
