@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import numbers
 import os
 import re
 import sys
@@ -27,9 +28,28 @@ def max_threads() -> int:
     return max(16, 4 * available_cores())
 
 
+def max_workers() -> int:
+    """The most server worker processes: 4 per core this process may run on (at least 8).
+    Each holds its own model; `serve --workers 1000` forked until the machine ran out of
+    memory (23 GB in a minute) and the master, busy forking, did not stop on SIGTERM."""
+    return max(8, 4 * available_cores())
+
+
+def worker_count(text: str) -> int:
+    """A number of server worker processes: 1 to :func:`max_workers`."""
+    value = int(text)
+    if not 1 <= value <= max_workers():
+        raise argparse.ArgumentTypeError(
+            f"must be 1 to {max_workers()} (4 per core here), got {value}"
+        )
+    return value
+
+
 def threads_problem(value: int) -> str | None:
     """Why ``value`` is no model thread count (1 to :func:`max_threads`), or None; for the
     flag and for the library's own check (``embedder.engine.check_threads``)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        return f"must be a whole number of threads, got {value!r}"
     if 1 <= value <= max_threads():
         return None
     return f"must be 1 to {max_threads()} (4 per core here), got {value}"

@@ -18,6 +18,7 @@ from PIL import Image
 from embedder.checkpoint import CheckpointConfig, checkpoint_hash, read_config
 from embedder.engine import DEFAULT_OUTPUTS, Engine
 from embedder.engine_options import DEFAULT_RUNTIME, precision
+from embedder.errors import EngineError
 from embedder.graphs import EMBEDDING, PROBABILITIES
 from embedder.images import load_image
 from embedder.preprocess import Preprocessor
@@ -128,7 +129,14 @@ class Embedder:
             )
         with self._lock:
             out = self.engine.run(x, DEFAULT_OUTPUTS)
-        return EmbeddingBatch(out[EMBEDDING], out[PROBABILITIES])
+        emb, probs = out[EMBEDDING], out[PROBABILITIES]
+        broken = ~(np.isfinite(emb).all(axis=1) & np.isfinite(probs).all(axis=1))
+        if broken.any():  # a NaN vector would be indexed, searched and exported as any other
+            raise EngineError(
+                f"the model's output is not finite (NaN or infinity) for {int(broken.sum())} "
+                f"of {len(x)} images: its weights are broken; retrain or restore the checkpoint"
+            )
+        return EmbeddingBatch(emb, probs)
 
     def embed_images(self, images: Sequence[Image.Image]) -> EmbeddingBatch:
         """Embed a batch of PIL images in one forward pass."""

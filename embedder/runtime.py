@@ -83,7 +83,7 @@ class CheckResult:
 
     @property
     def problem(self) -> str | None:
-        if self.min_cosine < CHECK_MIN_COSINE:
+        if not self.min_cosine >= CHECK_MIN_COSINE:  # NaN fails too
             return f"embeddings differ from torch (min cosine {self.min_cosine:.6f} < 0.9999)"
         if self.top1_agree < self.images:
             return f"top-1 differs from torch on {self.images - self.top1_agree} check images"

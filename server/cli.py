@@ -17,6 +17,7 @@ from common.argtypes import (
     positive_int,
     seconds_between,
     thread_count,
+    worker_count,
 )
 from common.errors import UserError, run_reporting_errors
 from embedder.engine_options import add_engine_options
@@ -51,9 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=port, default=8000, help="port (default 8000)")
     p.add_argument(
         "--workers",
-        type=positive_int,
+        type=worker_count,
         default=1,
-        help="worker processes (default 1); each loads its own copy of the model",
+        help="worker processes (default 1; at most 4 per core); each loads its own copy of "
+        "the model",
     )
     p.add_argument(
         "--threads", type=positive_int, default=8, help="request threads per worker (default 8)"

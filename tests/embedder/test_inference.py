@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -43,3 +44,23 @@ def test_library_images_with_transparency_embed_like_files(tiny_checkpoint, tmp_
     from_memory = embedder.embed_images([rgba]).embeddings
     from_file = embedder.embed_paths([tmp_path / "t.png"]).embeddings
     np.testing.assert_allclose(from_memory, from_file, atol=1e-6)
+
+
+def test_a_model_whose_output_is_not_finite_is_an_error_not_a_nan_vector(tiny_checkpoint):
+    """A checkpoint with a broken weight (a BatchNorm variance of -1) embedded every image as
+    NaN and reported "embedded 3 images (0 failed)"; the vectors went on to the index."""
+    from embedder.errors import EngineError
+
+    embedder = Embedder.from_checkpoint(tiny_checkpoint, runtime="torch")
+    bn = next(m for m in embedder.engine.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var[0] = -1.0
+    with pytest.raises(EngineError, match="not finite .* for 2 of 2 images"):
+        embedder.embed_images([Image.new("RGB", (32, 32), (200, 10, 10))] * 2)
+
+
+def test_a_premultiplied_la_image_embeds_like_la():
+    """Pillow converts "La" to "LA" only: to_rgb took it to RGBA and raised ValueError."""
+    from embedder.images import to_rgb
+
+    la = Image.new("LA", (8, 8), (120, 255))
+    assert to_rgb(la.convert("La")).getpixel((0, 0)) == to_rgb(la).getpixel((0, 0))

@@ -136,6 +136,27 @@ def test_threads_set_the_torch_runtimes_threads_too(ckpt):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", [1.0, 2.5, True])
+def test_a_thread_count_that_is_no_whole_number_is_refused_before_any_graph(ckpt, threads):
+    """threads=os.cpu_count() / 2 passed the range check; ONNX Runtime refused the float,
+    which read as a graph that does not load: a good model.onnx was exported again (12 s),
+    and the error blamed the graph."""
+    from embedder.errors import EngineError
+
+    graph = ckpt / "model.onnx"
+    before = graph.stat().st_mtime_ns
+    with pytest.raises(EngineError, match="threads must be a whole number"):
+        load_engine(ckpt, "auto", "cpu", threads=threads)
+    assert graph.stat().st_mtime_ns == before
+
+
+def test_a_check_whose_cosine_is_nan_fails():
+    """A model whose outputs are NaN passed the check (NaN < 0.9999 is false; the top-1 of
+    NaN rows agreed at 0) and was trusted from then on."""
+    assert runtime.CheckResult(float("nan"), 8, 8).problem is not None
+    assert runtime.CheckResult(0.99999, 8, 8).problem is None
+
+
 @pytest.mark.parametrize("onnx", ["garbage", {"fp32": {"check": "garbage"}}, {"fp32": 3}])
 def test_a_damaged_graph_record_is_no_record(ckpt, onnx):
     """A hand-edited or damaged "onnx" section crashed with an AttributeError traceback; a

@@ -22,6 +22,17 @@ def test_serve_is_a_phonesim_subcommand():
         parse("--port", "99999")
 
 
+def test_workers_are_bounded_by_the_cores(capsys):
+    """`--workers 1000` forked until the machine ran out of memory (each worker holds a
+    model), and the master, busy forking, did not stop on SIGTERM."""
+    from common.argtypes import max_workers
+
+    assert parse("--workers", str(max_workers())).workers == max_workers() >= 8
+    with pytest.raises(SystemExit):
+        parse("--workers", "1000")
+    assert "must be 1 to" in capsys.readouterr().err
+
+
 def test_flags_become_one_server_config_and_gunicorn_settings(monkeypatch):
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     config, settings = cli.settings_from_args(
