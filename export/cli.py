@@ -31,7 +31,8 @@ embeddings, class probabilities, predicted class, given labels, and the K visual
 other catalog items (ids and cosine scores). Unreadable images are skipped and listed in the
 file's 'failed' dataset.
 
-The job is resumable: progress is committed to OUT.partial/ every --shard-size inputs, and
+The job is resumable: progress is committed to OUT.partial/ every --shard-size inputs
+(rounded up to whole batches), and
 re-running the same command after Ctrl-C or a crash continues where it stopped. The file
 appears under its final name only when complete. Memory stays flat in the number of images,
 apart from the neighbour index (see docs/export.md).
@@ -105,8 +106,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--shard-size",
         type=positive_int,
         default=4096,
-        help="inputs per committed shard: at most this many are redone after a crash "
-        "(default 4096)",
+        help="inputs per committed shard, rounded up to whole --batch-size batches: at most "
+        "that many are redone after a crash (default 4096)",
     )
     p.add_argument(
         "--neighbor-index",

@@ -159,6 +159,12 @@ def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
         check_text(key, "metadata field name")
         if key in ("id", "image"):
             continue  # refused by the service with its own message
+        if key in ("image_url", "score"):
+            raise ApiError(
+                400,
+                "invalid_metadata",
+                f"metadata field name {key!r} is the server's own: each answer adds it",
+            )
         if not _FIELD_RE.match(key):
             raise ApiError(
                 400,

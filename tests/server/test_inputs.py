@@ -33,3 +33,13 @@ def test_every_bad_input_gets_a_4xx_json_error_and_the_server_keeps_answering(
     assert ok.status_code == 200 and ok.get_json()["neighbors"]
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'status="500"' not in metrics
+
+
+@pytest.mark.parametrize("name", ["score", "image_url"])
+def test_a_metadata_name_the_server_adds_is_refused_as_such(name):
+    """The name "score" was refused as if its characters were wrong ("must be 1-64 letters")."""
+    from server.errors import ApiError
+    from server.limits import check_metadata
+
+    with pytest.raises(ApiError, match=f"'{name}' is the server's own"):
+        check_metadata({name: 1})
