@@ -86,7 +86,7 @@ def prepare_ids(ids: Iterable[str], what: str = "ids") -> list[str]:
         storable_text(i, f"id {i[:40]!r}")
         if not is_item_id(i):  # the server could neither show, change nor remove it
             raise InvalidMetadataError(
-                f"id {i[:40]!r} cannot be addressed as /v1/items/<id>: ids are {ID_RULES}"
+                f"id {i[:40]!r} cannot be addressed as /v1/items/<id>: an id must be {ID_RULES}"
             )
         if len(i.encode("utf-8")) > MAX_ID_BYTES:
             raise InvalidMetadataError(
