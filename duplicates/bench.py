@@ -101,7 +101,7 @@ def run_bench(config: BenchConfig, search: SearchConfig | None = None) -> dict:
         "baseline": f"brute-force all pairs on {m} vectors, extrapolated x(n/m)^2",
         "baseline_subset_seconds": round(brute_seconds, 2),
         "baseline_extrapolated_seconds": round(extrapolated, 1),
-        "speedup_vs_baseline": round(extrapolated / max(seconds, 1e-9), 1),
+        "speedup_vs_baseline": float(f"{extrapolated / max(seconds, 1e-9):.3g}"),  # not x0.0
         "subset_matches_brute_force": bool(same),
         "config": asdict(config),
     }
