@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from common.argtypes import (
     add_store_option,
@@ -58,7 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the model",
     )
     p.add_argument(
-        "--threads", type=positive_int, default=8, help="request threads per worker (default 8)"
+        "--threads",
+        type=request_threads,
+        default=8,
+        help=f"request threads per worker (default 8, at most {MAX_REQUEST_THREADS})",
     )
     key = p.add_mutually_exclusive_group()
     key.add_argument(
@@ -90,6 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cors-origin",
         action="append",
+        type=web_origin,
         default=[],
         metavar="ORIGIN",
         help="web origin allowed to call the API from a browser, e.g. https://shop.example "
@@ -195,6 +200,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
     if not args.index and not args.store:
         raise UserError("serve needs --index (or a PostgreSQL --store)")
     check_text_cue_options(args)
+    if args.rate_burst is not None and args.rate_limit is None:
+        raise UserError("--rate-burst needs --rate-limit (the burst is of that rate)")
     try:
         config = ServerConfig(
             checkpoint=args.checkpoint,
@@ -240,6 +247,36 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
     return config, settings
 
 
+MAX_REQUEST_THREADS = 1024
+
+
+def request_threads(text: str) -> int:
+    """Request threads per worker: 1 to MAX_REQUEST_THREADS."""
+    value = int(text)
+    if not 1 <= value <= MAX_REQUEST_THREADS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_REQUEST_THREADS}, got {value}")
+    return value
+
+
+def web_origin(text: str) -> str:
+    """A browser's Origin: ``scheme://host[:port]`` (http or https, nothing after), or ``*``.
+    Anything else ("shop.example", "https://x/path") could never equal an Origin header."""
+    if text == "*":
+        return text
+    parts = urlsplit(text.rstrip("/"))
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path
+        or (parts.query or parts.fragment or parts.username)
+    ):
+        raise argparse.ArgumentTypeError(
+            f"must be an origin such as https://shop.example or http://localhost:3000 "
+            f"(scheme, host, optional port; nothing after), or '*'; got {text!r}"
+        )
+    return text.rstrip("/")
+
+
 def api_key_from(args: argparse.Namespace) -> str | None:
     """The write key: --api-key-file, else --api-key, else $PHONESIM_API_KEY (None: no key)."""
     if args.api_key_file:
@@ -253,7 +290,10 @@ def api_key_from(args: argparse.Namespace) -> str | None:
     if args.api_key is not None and not args.api_key.strip():
         # An empty key would quietly turn the write endpoints off: say so instead.
         raise UserError("--api-key is empty; give a key, or leave the flag out to turn writes off")
-    return args.api_key or os.environ.get(API_KEY_ENV) or None
+    # Stripped as the file's key is: HTTP drops a header value's outer whitespace, so a key
+    # kept with the newline of a secret file could never be sent.
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    return (key or "").strip() or None
 
 
 def hide_key_from_process_list(key: str) -> None:
@@ -276,8 +316,10 @@ def hide_key_from_process_list(key: str) -> None:
         if token.startswith("--api-key="):
             continue
         cleaned.append(token)
-    if not argv or key in " ".join(cleaned) or len(cleaned) == len(argv):
-        return  # not the command line we were started with (e.g. called from Python)
+    if not argv or len(cleaned) == len(argv):
+        # Not the command line we were started with (called from Python). The key may still
+        # be part of another argument (a path holding "demo"); it no longer says it is a key.
+        return
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *cleaned[1:]], {**os.environ, API_KEY_ENV: key})

@@ -31,6 +31,11 @@ MIN_SYNC_INTERVAL_S = 0.01
 MAX_SYNC_INTERVAL_S = 60.0
 
 
+def _is_header_text(text: str) -> bool:
+    """Printable ASCII without outer spaces: what an HTTP header carries unchanged."""
+    return text == text.strip() and all(" " <= c <= "~" for c in text)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """What the app serves and its limits.
@@ -130,6 +135,12 @@ class ServerConfig:
             raise ValueError("max_wait_ms must be >= 0 and request_timeout_s > 0")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key must not be blank")
+        if self.api_key is not None and not _is_header_text(self.api_key):
+            # Headers arrive as latin-1: a key beyond ASCII matches no bytes a client sends.
+            raise ValueError(
+                "the API key must be printable ASCII (letters, digits, punctuation, no spaces "
+                "at either end): an HTTP header cannot carry other characters reliably"
+            )
         if self.rate_limit is not None and not self.rate_limit > 0:
             raise ValueError(f"rate_limit must be positive, got {self.rate_limit}")
         if self.rate_burst is not None and self.rate_burst < 1:

@@ -26,12 +26,14 @@ def init_app(app: Flask, origins: Iterable[str]) -> None:
 
     @app.after_request
     def _cors(response: Response) -> Response:
+        if not any_origin:
+            # On every answer, with the origin allowed or not: a shared cache must not hand
+            # an answer without CORS headers to the allowed origin.
+            response.vary.add("Origin")
         origin = request.headers.get("Origin")
         if not origin or not (any_origin or origin in allowed):
             return response
         response.headers["Access-Control-Allow-Origin"] = "*" if any_origin else origin
-        if not any_origin:
-            response.vary.add("Origin")
         response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             methods = response.headers.get("Allow") or ", ".join(sorted(response.allow))

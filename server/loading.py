@@ -43,10 +43,12 @@ def check_for_serving(
     store: str | None = None,
     read_text: bool = False,
     text_cues: str | None = None,
+    device: str | None = None,
 ) -> None:
     """Check that ``index`` (or the catalog ``store``: a ``postgresql://`` URL) can serve
     queries embedded by ``checkpoint`` on ``runtime``, loading neither; with ``read_text``,
-    that the OCR package is installed and the ``text_cues`` file names the model's classes.
+    that the OCR package is installed and the ``text_cues`` file names the model's classes;
+    that an explicit ``device`` exists here.
 
     The serve command runs this before forking workers (which must load the model after the
     fork), so a mistake is one line instead of a gunicorn boot traceback per worker.
@@ -61,6 +63,10 @@ def check_for_serving(
         where=f"index {store or index}",
     )
     check_runtime(checkpoint, runtime)  # an int8 graph that 'phonesim optimize' has not made
+    if device is not None:  # a GPU this machine lacks: one line, not a traceback per worker
+        from embedder.torch_engine import resolve_device
+
+        resolve_device(device)
     if read_text:
         if importlib.util.find_spec("rapidocr") is None:
             raise EngineError(f"--read-text needs RapidOCR: {INSTALL_HINT}")

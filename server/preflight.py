@@ -8,8 +8,10 @@ workers, so it must not hold them: it runs those checks in a short child process
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +30,31 @@ def preflight(config: ServerConfig, settings: GunicornSettings) -> None:
         raise UserError("serve needs --checkpoint and --index (or a PostgreSQL --store)")
     if settings.workers < 1 or settings.threads < 1:
         raise UserError("--workers and --threads must be at least 1")
+    check_address(settings.host, settings.port)
     check_in_child(config)
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse an address this process cannot listen on (a port another server holds, an
+    address of no interface here): gunicorn would retry for 5 s, print a dozen lines and
+    exit 1. Bound and closed at once; SO_REUSEADDR, as gunicorn binds, so a port whose last
+    connections are closing still passes."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UserError(f"--host {host}: not an address here ({exc})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            hint = (
+                ": another process listens there; stop it or pick another --port"
+                if exc.errno == errno.EADDRINUSE
+                else ""
+            )
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
 
 
 def check_in_child(config: ServerConfig) -> None:
@@ -41,6 +67,7 @@ def check_in_child(config: ServerConfig) -> None:
         "store": config.store,
         "read_text": config.read_text,
         "text_cues": config.text_cues,
+        "device": config.device,
     }
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     try:
@@ -89,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             store=request["store"],
             read_text=request["read_text"],
             text_cues=request["text_cues"],
+            device=request.get("device"),
         )
     except UserError as exc:
         print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)

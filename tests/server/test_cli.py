@@ -124,3 +124,73 @@ def test_sync_interval_and_store_reach_the_settings():
         cli.settings_from_args(no_index)
     pg = build_parser().parse_args(["serve", "--checkpoint", "c", "--store", "postgres://h/db"])
     assert cli.settings_from_args(pg)[0].index is None  # the store alone names the catalog
+
+
+def test_keys_from_the_flag_and_the_environment_lose_outer_whitespace(monkeypatch):
+    """$PHONESIM_API_KEY from a secret file ends with a newline; a header cannot carry it, so
+    every write was refused (the file's key was already stripped)."""
+    monkeypatch.setenv(API_KEY_ENV, "sekrit\n")
+    assert cli.settings_from_args(parse())[0].api_key == "sekrit"
+    assert cli.settings_from_args(parse("--api-key", " flag "))[0].api_key == "flag"
+
+
+def test_a_key_an_http_header_cannot_carry_is_refused():
+    """Headers arrive as latin-1: a key in UTF-8 beyond ASCII never matched."""
+    with pytest.raises(ValueError, match="printable ASCII"):
+        ServerConfig(checkpoint="c", index="i", api_key="clé-secret").validate()
+
+
+def test_the_key_leaves_the_arguments_even_when_a_path_holds_it(monkeypatch):
+    """With --api-key demo and a path holding "demo", the restart that hides the key was
+    skipped (a substring test), while the log said it happened."""
+    monkeypatch.setattr(
+        "sys.orig_argv",
+        ["python", "-m", "phonesim", "serve", "--index", "demo/index", "--api-key", "demo"],
+    )
+    calls = []
+
+    def fake_exec(path, argv, env):  # noqa: ANN001, ANN202
+        calls.append((argv, env))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli.os, "execve", fake_exec)
+    with pytest.raises(SystemExit):
+        cli.hide_key_from_process_list("demo")
+    argv, env = calls[0]
+    assert "--api-key" not in argv and argv[-2:] == ["--index", "demo/index"]
+    assert env[API_KEY_ENV] == "demo"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--cors-origin", "shop.example"),  # no scheme: never equals a browser's Origin
+        ("--cors-origin", "https://shop.example/path"),
+        ("--threads", "100000"),
+    ],
+)
+def test_flag_values_that_could_never_work_are_refused(argv, capsys):
+    with pytest.raises(SystemExit):
+        parse(*argv)
+    assert "must be" in capsys.readouterr().err
+
+
+def test_a_burst_without_a_rate_is_refused():
+    with pytest.raises(UserError, match="--rate-burst needs --rate-limit"):
+        cli.settings_from_args(parse("--rate-burst", "5"))
+    assert parse("--cors-origin", "http://localhost:3000/").cors_origin == ["http://localhost:3000"]
+
+
+def test_an_address_another_server_listens_on_is_one_line_before_gunicorn():
+    import socket
+
+    from server.preflight import check_address
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match="another process listens there"):
+            check_address("127.0.0.1", port)
+    with pytest.raises(UserError, match="cannot listen on 10.255.255.1"):
+        check_address("10.255.255.1", 8000)  # an address of no interface here

@@ -92,3 +92,17 @@ def test_text_reading_mistakes_are_refused_before_workers_start(
     monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(EngineError, match=r"pip install 'phonesim\[ocr\]'"):
         loading.check_for_serving(tiny_checkpoint, index_dir, read_text=True)
+
+
+def test_a_gpu_this_machine_lacks_is_refused_before_the_workers(tiny_checkpoint, index_dir):
+    """`serve --device cuda` on a machine without CUDA passed the preflight, and each worker
+    died with a 50-line traceback (exit 3)."""
+    import torch
+
+    from embedder.errors import EngineError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(EngineError, match="no CUDA GPU"):
+        loading.check_for_serving(tiny_checkpoint, index_dir, device="cuda")
+    loading.check_for_serving(tiny_checkpoint, index_dir, device="cpu")

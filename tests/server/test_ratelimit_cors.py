@@ -52,6 +52,9 @@ def test_cors_for_listed_origins_with_preflight(tiny_embedder, readonly_index):
         assert "Origin" in ok.headers["Vary"]
         other = client.get("/v1/info", headers={"Origin": "https://evil.example"})
         assert "Access-Control-Allow-Origin" not in other.headers
+        # Vary on every answer, so a shared cache never gives the allowed origin one of these
+        for answer in (other, client.get("/v1/info")):
+            assert "Origin" in answer.headers["Vary"]
         preflight = client.options(
             "/v1/items",
             headers={

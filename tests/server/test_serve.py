@@ -43,9 +43,9 @@ def test_the_master_preflight_never_imports_torch(tiny_checkpoint, index_dir, tm
         from server.serve import PhonesimGunicorn, serve  # what the master imports
         from server.preflight import preflight
         cfg = ServerConfig(checkpoint={str(tiny_checkpoint)!r}, index={str(index_dir)!r})
-        preflight(cfg, GunicornSettings(workers=2))
+        preflight(cfg, GunicornSettings(workers=2, port=0))  # port 0: whatever listens on 8000
         try:
-            preflight(cfg.replace(index={str(tmp_path / "nope")!r}), GunicornSettings())
+            preflight(cfg.replace(index={str(tmp_path / "nope")!r}), GunicornSettings(port=0))
             error = None
         except UserError as exc:
             error = str(exc)
@@ -92,7 +92,9 @@ def test_serve_checks_the_index_before_starting_workers(tiny_checkpoint, index_d
     finally:
         os.close(fd)
     with CatalogIndex.open(building):  # another writer is fine: this one becomes a replica
-        preflight(config(tiny_checkpoint, building, api_key="k"), GunicornSettings(workers=2))
+        preflight(
+            config(tiny_checkpoint, building, api_key="k"), GunicornSettings(workers=2, port=0)
+        )
 
 
 def test_folders_of_killed_servers_are_removed_at_the_next_start(tmp_path):
