@@ -247,6 +247,16 @@ def write(index: faiss.Index, path: str | Path) -> None:
     atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
+def check_file(path: str | Path) -> None:
+    """Raise :class:`IndexCorruptError` when the FAISS file at ``path`` cannot be read. It is
+    mapped, not loaded, where FAISS can map the kind (milliseconds at any size); a kind it
+    cannot map, or a damaged file, is read whole to tell."""
+    try:
+        faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+    except RuntimeError:
+        read(path)
+
+
 def read(path: str | Path) -> faiss.Index:
     try:
         return faiss.read_index(str(path))

@@ -110,7 +110,6 @@ def _refuse_coded_bodies() -> Response | None:
 def _security_headers(response: Response) -> Response:
     if request.endpoint == "static":  # the page is also at /static/index.html
         response.headers.setdefault("Content-Security-Policy", web.CSP)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("X-Frame-Options", "DENY")
+    for name, value in errors.SECURITY_HEADERS:
+        response.headers.setdefault(name, value)
     return response

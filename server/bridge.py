@@ -24,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from server.errors import PAYLOAD_TOO_LARGE, error_json
+from server.cors_headers import allowed_origins, answer_headers
+from server.errors import PAYLOAD_TOO_LARGE, SECURITY_HEADERS, error_json
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,10 @@ class BufferedWSGIBridge:
     """An ASGI application that reads each request whole, then runs ``wsgi_app`` on a thread.
 
     ``threads`` app threads (gunicorn's ``--threads``). ``on_close`` runs once when the worker
-    stops (stopping the app's batcher and closing its index).
+    stops (stopping the app's batcher and closing its index). An answer given here, before
+    the app (413, 408, 503, 500), carries the app's security headers and ``cors_origins``'
+    CORS headers, so a web page can read it, and is passed to ``on_refused(method, status)``
+    (the app's metrics count it).
     """
 
     def __init__(
@@ -50,6 +54,8 @@ class BufferedWSGIBridge:
         body_timeout_s: float = 60.0,
         max_buffered: int = 256 * 2**20,
         on_close: Callable[[], None] | None = None,
+        cors_origins: Iterable[str] = (),
+        on_refused: Callable[[str, int], None] | None = None,
     ) -> None:
         self.wsgi_app = wsgi_app
         self.max_body = max_body
@@ -57,6 +63,8 @@ class BufferedWSGIBridge:
         self.max_buffered = max_buffered
         self.buffered = 0  # body bytes held by requests still being read (loop thread only)
         self._on_close = on_close
+        self._cors = allowed_origins(cors_origins)
+        self._on_refused = on_refused
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="phonesim-request")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -75,14 +83,44 @@ class BufferedWSGIBridge:
         if on_close is not None:
             on_close()
 
+    async def _error(
+        self,
+        scope: Scope,
+        send: Send,
+        status: int,
+        code: str,
+        message: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Answer ``status`` with the API's JSON error and close the connection."""
+        body = error_json(code, message)
+        origin = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"), None)
+        extra = [*SECURITY_HEADERS, *answer_headers(self._cors, origin)]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                    *(headers or []),
+                    *((k.lower().encode(), v.encode("latin-1")) for k, v in extra),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        if self._on_refused is not None:
+            self._on_refused(scope["method"], status)
+
     # -- one request --------------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope["headers"]
         declared = _content_length(headers)
         if declared is not None and declared > self.max_body:
-            await _error(send, 413, PAYLOAD_TOO_LARGE, _too_large(self.max_body))
+            await self._error(scope, send, 413, PAYLOAD_TOO_LARGE, _too_large(self.max_body))
             return
-        body = await self._read_body(receive, send)
+        body = await self._read_body(scope, receive, send)
         if body is None:
             return
         environ = wsgi_environ(scope, body)
@@ -93,12 +131,12 @@ class BufferedWSGIBridge:
             )
         except Exception:
             log.exception("unhandled error in the WSGI app")
-            await _error(send, 500, "internal_error", "internal server error (logged)")
+            await self._error(scope, send, 500, "internal_error", "internal server error (logged)")
             return
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": data})
 
-    async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None once an error was answered (or the client left)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout_s
@@ -115,11 +153,14 @@ class BufferedWSGIBridge:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > self.max_body:
-                    await _error(send, 413, PAYLOAD_TOO_LARGE, _too_large(self.max_body))
+                    await self._error(
+                        scope, send, 413, PAYLOAD_TOO_LARGE, _too_large(self.max_body)
+                    )
                     return None
                 if chunk:
                     if self.buffered + len(chunk) > self.max_buffered:
-                        await _error(
+                        await self._error(
+                            scope,
                             send,
                             503,
                             "overloaded",
@@ -132,7 +173,8 @@ class BufferedWSGIBridge:
                 if not message.get("more_body", False):
                     return b"".join(chunks)
         except TimeoutError:
-            await _error(
+            await self._error(
+                scope,
                 send,
                 408,
                 "request_timeout",
@@ -231,26 +273,3 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 
 def _too_large(limit: int) -> str:
     return f"request body is larger than the limit ({limit / 2**20:.1f} MiB)"
-
-
-async def _error(
-    send: Send,
-    status: int,
-    code: str,
-    message: str,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    body = error_json(code, message)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

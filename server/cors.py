@@ -14,27 +14,26 @@ from collections.abc import Iterable
 from flask import Flask, Response, request
 
 from server.auth import API_KEY_HEADER
+from server.cors_headers import allowed_origins, answer_headers
 
 ALLOWED_HEADERS = f"Content-Type, {API_KEY_HEADER}, Authorization"
-EXPOSED_HEADERS = "Location, Retry-After"
 MAX_AGE_S = 600
 
 
 def init_app(app: Flask, origins: Iterable[str]) -> None:
-    allowed = frozenset(o.rstrip("/") for o in origins)
-    any_origin = "*" in allowed
+    allowed = allowed_origins(origins)
 
     @app.after_request
     def _cors(response: Response) -> Response:
-        if not any_origin:
-            # On every answer, with the origin allowed or not: a shared cache must not hand
-            # an answer without CORS headers to the allowed origin.
-            response.vary.add("Origin")
         origin = request.headers.get("Origin")
-        if not origin or not (any_origin or origin in allowed):
+        headers = answer_headers(allowed, origin)
+        for name, value in headers:
+            if name == "Vary":
+                response.vary.add(value)
+            else:
+                response.headers[name] = value
+        if not any(name == "Access-Control-Allow-Origin" for name, _ in headers):
             return response
-        response.headers["Access-Control-Allow-Origin"] = "*" if any_origin else origin
-        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             methods = response.headers.get("Allow") or ", ".join(sorted(response.allow))
             response.headers["Access-Control-Allow-Methods"] = methods

@@ -31,6 +31,13 @@ from server.batcher import BatcherClosedError, OverloadedError
 
 log = logging.getLogger(__name__)
 
+# On every answer: the app's, and those the HTTP layer gives before the app (413, 408, 503).
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+)
+
 
 class ApiError(Exception):
     """A client-facing error with an HTTP status and a stable machine-readable code."""

@@ -26,6 +26,7 @@ from embedder.inference import Embedder
 from embedder.runtime import check_runtime
 from embedder.text_cues import TextCues
 from embedder.text_reader import INSTALL_HINT
+from index import ann
 from index.catalog import CatalogIndex, IndexOptions
 from index.folder import describe, lock_shared
 from index.manifest import Manifest, read_manifest
@@ -78,7 +79,9 @@ def _store_manifest(index: str | Path | None, store: str | None) -> Manifest:
     """The index's manifest, once its store has answered (and no build replaces the folder)."""
     if store is None:
         manifest = read_manifest(index)
-        describe(index)  # the catalog store opens and answers
+        faiss_file = describe(index)["faiss_file"]  # the catalog store opens and answers
+        if faiss_file:  # a damaged file: one line here, not a traceback in every worker
+            ann.check_file(Path(index) / faiss_file)
         os.close(lock_shared(Path(index)))
         return manifest
     source, manifest, _ = open_source(index, store)

@@ -193,6 +193,12 @@ class Metrics:
         # (a repeated parameter that strict scrapers refuse).
         return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
+    def count_refused(self, method: str, status: int) -> None:
+        """Count a request the HTTP layer answered before the app (a body too large or too
+        slow, too many uploads at once), under the endpoint label "refused"."""
+        method = method if method in HTTP_METHODS else "other"
+        self.requests.labels("refused", method, str(status)).inc()
+
     def init_app(self, app: Flask) -> None:
         """Time every request and count it by URL rule (not raw path: bounded label values)."""
 

@@ -177,6 +177,8 @@ class PhonesimGunicorn(BaseApplication):
             max_body=app.config["MAX_CONTENT_LENGTH"],
             body_timeout_s=self.settings.body_timeout_s,
             on_close=app.extensions["phonesim"].close,
+            cors_origins=self.server_config.cors_origins,
+            on_refused=app.extensions["phonesim"].metrics.count_refused,
         )
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
-from server.errors import PAYLOAD_TOO_LARGE, error_json
+from server.errors import PAYLOAD_TOO_LARGE, SECURITY_HEADERS, error_json
 
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 
@@ -50,7 +50,7 @@ def protocol_error_response(status: int, message: str, extra_headers: Any = ()) 
     code = _CODES.get(status) or reason.lower().replace(" ", "_").replace("-", "_")
     # The parser's message may quote the request: keep it short (JSON escapes the rest).
     body = error_json(code, f"{reason}: {message}"[:300])
-    head = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
+    head = "".join(f"{name}: {value}\r\n" for name, value in (*SECURITY_HEADERS, *extra_headers))
     return (
         f"HTTP/1.1 {status} {reason}\r\n"
         "Content-Type: application/json\r\n"

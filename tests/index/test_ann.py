@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from index import ann, build_index, open_index
 from index.sizing import TRAIN_POINTS_PER_LIST, ivf_nlist
@@ -23,3 +24,19 @@ def test_an_idmap_factory_still_returns_stored_vectors(tmp_path, small):
     build_index(tmp_path / "ix", ids, xb, model_name=MODEL, checkpoint_hash=HASH, kind="IDMap,Flat")
     with open_index(tmp_path / "ix", readonly=True) as ix:
         np.testing.assert_allclose(ix.get_vectors([ids[5]])[0], xb[5], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "IVF16,SQ8"])
+def test_a_faiss_file_is_checked_without_loading_and_damage_is_one_error(tmp_path, small, kind):
+    """`serve` checks the file before its workers start: a damaged one was a FAISS traceback
+    in every worker (exit 3)."""
+    from index.errors import IndexCorruptError
+
+    xb, _, ids, md = small
+    build_index(tmp_path / "ix", ids, xb, md, model_name=MODEL, checkpoint_hash=HASH, kind=kind)
+    (path,) = (tmp_path / "ix").glob("*.faiss")
+    ann.check_file(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexCorruptError, match="cannot read FAISS index"):
+        ann.check_file(path)

@@ -106,3 +106,13 @@ def test_a_gpu_this_machine_lacks_is_refused_before_the_workers(tiny_checkpoint,
     with pytest.raises(EngineError, match="no CUDA GPU"):
         loading.check_for_serving(tiny_checkpoint, index_dir, device="cuda")
     loading.check_for_serving(tiny_checkpoint, index_dir, device="cpu")
+
+
+def test_a_damaged_faiss_file_is_refused_before_the_workers(tiny_checkpoint, index_dir, tmp_path):
+    from index.errors import IndexCorruptError
+
+    copy = shutil.copytree(index_dir, tmp_path / "index")
+    (path,) = copy.glob("*.faiss")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(IndexCorruptError, match="cannot read FAISS index"):
+        loading.check_for_serving(tiny_checkpoint, copy)

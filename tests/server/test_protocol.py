@@ -21,6 +21,7 @@ from tests.server.live import multipart, peak_rss_mb, running_server, wait_for, 
 
 HEADER_TIMEOUT_S = 3
 BODY_TIMEOUT_S = 4
+ORIGIN = "https://shop.example"
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,7 @@ def server(tiny_checkpoint, proto_index, tmp_path_factory):
         tiny_checkpoint, proto_index, work,
         "--threads", "8", "--header-timeout", str(HEADER_TIMEOUT_S),
         "--body-timeout", str(BODY_TIMEOUT_S), "--api-key-file", str(key_file), "--access-log",
+        "--cors-origin", ORIGIN,
     ) as live:  # fmt: skip
         yield live
 
@@ -100,6 +102,30 @@ def test_protocol_errors_are_answered_as_json(server, name):
     assert status == expected
     assert set(body["error"]) == {"code", "message"} and body["error"]["code"]
     assert (body["error"]["code"] == "payload_too_large") == (status == 413)
+
+
+def _refused(port: int, status: int) -> float:
+    text = raw_exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").decode()
+    prefix = f'phonesim_http_requests_total{{endpoint="refused",method="POST",status="{status}"}}'
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_answers_before_the_app_carry_its_headers_and_are_counted(server):
+    """A 413 given before the app had no CORS header (a web page saw a network error, not
+    the JSON), none of the security headers, and was missing from /metrics."""
+    before = _refused(server.port, 413)
+    raw = raw_exchange(
+        server.port,
+        b"POST /v1/search HTTP/1.1\r\nHost: x\r\nOrigin: " + ORIGIN.encode() + b"\r\n"
+        b"Content-Type: image/jpeg\r\nContent-Length: 999999999\r\n\r\n",
+    )
+    head = raw.partition(b"\r\n\r\n")[0].lower()
+    assert json_answer(raw)[0] == 413
+    assert b"access-control-allow-origin: " + ORIGIN.encode() in head
+    assert b"x-content-type-options: nosniff" in head and b"vary: origin" in head
+    assert _refused(server.port, 413) == before + 1
+    raw = raw_exchange(server.port, PROTOCOL_ERRORS["10k-url"][0])  # the parser's own answer
+    assert b"x-content-type-options: nosniff" in raw.partition(b"\r\n\r\n")[0].lower()
 
 
 def test_slow_headers_and_bodies_are_answered_408(server):
