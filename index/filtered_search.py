@@ -174,11 +174,15 @@ def knn_search(
 # A filtered HNSW search walks the graph toward the query, so it finds the matches near the
 # query well and the matches away from it (a brand other than the photo's) hardly at all: at
 # 300,000 items and a brand of 20 % away from the query, recall@10 0.67 at 4x efSearch. Its
-# answer is trusted when its k-th hit lies within the ``efSearch`` nearest items of any kind,
-# the neighbourhood the walk explores; a query whose answer reaches past it is searched
-# exactly over the matches, when reading them back costs at most this many floats (256 MB:
-# 125,000 matches at d = 512), else once more at 4x efSearch.
-HNSW_EXACT_FLOATS = 64_000_000
+# walk explores the ``efSearch`` nearest items of any kind, so it walks at least ``2 k /
+# share`` (where the k-th match falls when matches are spread evenly; at most HNSW_MAX_REACH),
+# and its answer is trusted when its k-th hit lies within that many nearest items of any kind
+# (an unfiltered walk of the same width finds them). A query whose answer reaches past them
+# is searched exactly over the matches, scanning the graph's
+# own vector storage (no copy), when that reads at most HNSW_EXACT_FLOATS floats (256M:
+# 200,000 matches at d = 1280, 500,000 at d = 512); beyond, once more at 4x efSearch.
+HNSW_MAX_REACH = 2048
+HNSW_EXACT_FLOATS = 256_000_000
 
 
 def hnsw_filtered(
@@ -192,24 +196,45 @@ def hnsw_filtered(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``D, I`` of a filtered HNSW search (``sel`` selects ``cand``), with the queries whose
     matches lie away from them searched again (see :data:`HNSW_EXACT_FLOATS`)."""
-    sp, keep = search_params(index, params, sel=sel)
+    share = len(cand) / max(index.ntotal, 1)
+    ef = int(cache.params(index, params).efSearch)
+    ef = max(ef, min(math.ceil(2 * k / share), HNSW_MAX_REACH))
+    walk = {**params, "efSearch": ef}
+    sp, keep = search_params(index, walk, sel=sel)
     D, I = index.search(xq, k, params=sp)
-    ef = max(int(sp.efSearch), k)
-    D_near, I_near = index.search(xq, ef, params=cache.params(index, params))
-    edge = np.where(I_near[:, -1] >= 0, D_near[:, -1], -np.inf)  # fewer than ef items: no edge
+    reach = max(ef, k)  # FAISS walks max(efSearch, k) wide
+    D_near, I_near = index.search(xq, reach, params=cache.params(index, walk))
+    edge = np.where(I_near[:, -1] >= 0, D_near[:, -1], -np.inf)  # fewer items: no edge
     far = np.flatnonzero((I[:, k - 1] >= 0) & (D[:, k - 1] < edge))
     if len(far) == 0:
         return D, I
     if len(cand) * index.d <= HNSW_EXACT_FLOATS:
         log.debug("%d filtered HNSW queries reach past the graph's reach: exact", len(far))
-        D[far], I[far] = exact_knn(index, xq[far], k, cand)
+        D[far], I[far] = hnsw_storage_knn(index, xq[far], k, cand)
     else:
         log.debug("%d filtered HNSW queries reach past the graph's reach: wider", len(far))
-        wider = {**params, "efSearch": 4 * ef}
+        wider = {**params, "efSearch": 4 * int(sp.efSearch)}
         sp, keep = search_params(index, wider, sel=sel)
         D[far], I[far] = index.search(xq[far], k, params=sp)
     del keep  # the selector's FAISS objects lived through the searches
     return D, I
+
+
+def hnsw_storage_knn(
+    index: faiss.IndexIDMap2, xq: np.ndarray, k: int, cand: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``D, I`` among the ids ``cand`` of an ``IDMap2,HNSW…Flat`` index, scanning its
+    flat vector storage with a selector of their positions: nothing is copied, and the cost
+    is one inner product per match (where :func:`exact_knn` copies each match's vector)."""
+    ids = faiss.vector_to_array(index.id_map)  # position -> id (removed items included)
+    wanted = np.zeros(int(ids.max()) + 1 if len(ids) else 1, dtype=bool)
+    wanted[cand] = True
+    bitmap = np.packbits(wanted[ids], bitorder="little")
+    params = faiss.SearchParameters()
+    params.sel = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+    storage = faiss.downcast_index(faiss.downcast_index(index.index).storage)
+    D, I = storage.search(xq, k, params=params)
+    return D, np.where(I >= 0, ids[np.maximum(I, 0)], -1)
 
 
 # How far past ``k`` a tie at the k-th place is fetched: more than any page the server serves

@@ -335,3 +335,24 @@ def test_filtered_hnsw_too_broad_to_read_back_searches_again_wider(tmp_path, mon
         recalls.append(knn_recall_at_k(found, rows[I_ref], 10))
     assert recalls[1] >= 0.99, recalls  # the far queries read back and searched exactly
     assert recalls[0] >= 0.8, recalls  # one search at the widened efSearch alone: 0.63
+
+
+def test_the_hnsw_storage_scan_is_exact_over_the_matches_only(small):
+    """The far queries' exact search scans the graph's own storage with a selector of the
+    matches' positions (ids need not be positions), instead of copying their vectors."""
+    import faiss
+
+    from index.filtered_search import hnsw_storage_knn
+
+    xb, xq, _, _ = small
+    index = ann.create("HNSW32", D)
+    fids = np.arange(len(xb), dtype=np.int64)[::-1] * 3 + 7  # ids in another order
+    ann.add(index, xb, fids)
+    assert isinstance(faiss.downcast_index(index.index), faiss.IndexHNSWFlat)
+    rows = np.arange(0, len(xb), 7)
+    D_ref, I_ref = brute_force(xq, xb[rows], 10)
+    D_, I_ = hnsw_storage_knn(index, xq, 10, np.sort(fids[rows]))
+    np.testing.assert_array_equal(I_, fids[rows[I_ref]])
+    np.testing.assert_allclose(D_, D_ref, atol=1e-5)
+    D_, I_ = hnsw_storage_knn(index, xq[:2], 10, np.sort(fids[:3]))
+    assert (I_[:, 3:] == -1).all() and set(I_[0, :3]) == set(fids[:3])
