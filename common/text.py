@@ -15,9 +15,10 @@ def is_utf8(text: str) -> bool:
 
 def repeated_columns(names: list[str]) -> str:
     """The header names a CSV repeats, quoted and comma-separated ("" for none): a dict
-    reader keeps only the last column of a name, so the others' values would be lost."""
+    reader keeps only the last column of a name, so the others' values would be lost. Blank
+    names are not counted: a spreadsheet's export ends its header with empty cells."""
     seen: set[str] = set()
-    repeated = [n for n in names if n in seen or seen.add(n)]
+    repeated = [n for n in names if n.strip() and (n in seen or seen.add(n))]
     return ", ".join(repr(n) for n in dict.fromkeys(repeated))
 
 

@@ -29,6 +29,7 @@ from common.fsutil import (
     swap_folder,
     temporary_folder,
 )
+from common.item_ids import ID_RULES, is_item_id
 from common.text import repeated_columns
 from index import ann
 from index.catalog import CatalogIndex, IndexOptions
@@ -121,6 +122,13 @@ def read_embeddings(path: str | Path) -> Embeddings:
             )
         except (TypeError, ValueError) as exc:
             raise BuildInputError(f"{path}: 'ids'/'labels' must be string datasets") from exc
+        unreachable = next((i for i in ids if i and not is_item_id(i)), None)
+        if unreachable is not None:  # written before photo ids kept their suffix, or by hand
+            raise BuildInputError(
+                f"{path}: id {unreachable[:40]!r} cannot be addressed as /v1/items/<id> (an id "
+                f"must be {ID_RULES}); run 'phonesim embed' again (a photo named image.*, "
+                "similar.* or batch.* now keeps its suffix in its id) or fix the id in the CSV"
+            )
         if not (len(ids) == emb.shape[0] == len(labels)):
             raise BuildInputError(
                 f"{path}: {len(ids)} ids, {emb.shape[0]} embeddings and {len(labels)} labels"

@@ -205,6 +205,22 @@ def test_build_input_errors(files):
     assert not (files / "idx").exists()
 
 
+def test_embeddings_with_an_id_no_url_reaches_say_how_to_fix_them(files):
+    """A file `phonesim embed` wrote before photo ids kept their suffix ("xiaomi/image"
+    is the URL of item "xiaomi"'s thumbnail) is refused before any index is written, with the
+    command that fixes it."""
+    with h5py.File(files / "emb.h5", "r+") as h5:
+        ids = [i.decode() for i in h5["ids"][()]]
+        ids[3] = "xiaomi/image"
+        del h5["ids"]
+        h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
+    with pytest.raises(
+        BuildInputError, match=r"'xiaomi/image' cannot be addressed.*phonesim embed"
+    ):
+        cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(files / "idx")])
+    assert not (files / "idx").exists()
+
+
 def test_catalog_csv_cells_read_as_embed_reads_them(files):
     """A blank cell is no value (half the prices unknown kept price a number field, where ""
     made it text and every price range an error), and a label padded with spaces is the
