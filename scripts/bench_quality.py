@@ -361,7 +361,8 @@ RERANK_GRID = [ClassRerank(weight=w) for w in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)]
 FUSED_RERANK_GRID = [*RERANK_GRID, ClassRerank(weight=0.5), ClassRerank(weight=1.0)]
 # The _pool_rerank methods choose how many of the nearest the re-rank reorders as well: a
 # photo's class is among its 5 nearest for 0.90 of the photos (Recall@5), so a deeper pool
-# could put more first hits right.
+# could put more first hits right. Its weights reach 1.0 where recipe_rerank's stop at 0.3,
+# so the paired difference measures the deeper pool and the wider weights together.
 POOL_RERANK_GRID = [replace(r, pool=n) for n in (5, 10, 20) for r in FUSED_RERANK_GRID]
 # Each _pool_rerank method and the same re-rank over the product's pool of 5.
 POOL_PAIRS = {
