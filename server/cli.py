@@ -202,6 +202,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
     check_text_cue_options(args)
     if args.rate_burst is not None and args.rate_limit is None:
         raise UserError("--rate-burst needs --rate-limit (the burst is of that rate)")
+    for root in args.image_root:  # a mistyped folder would only show as missing thumbnails
+        if not Path(root).is_dir():
+            what = "is a file, not a folder" if Path(root).exists() else "does not exist"
+            raise UserError(f"--image-root {root}: {what}")
     try:
         config = ServerConfig(
             checkpoint=args.checkpoint,

@@ -33,13 +33,16 @@ def test_workers_are_bounded_by_the_cores(capsys):
     assert "must be 1 to" in capsys.readouterr().err
 
 
-def test_flags_become_one_server_config_and_gunicorn_settings(monkeypatch):
+def test_flags_become_one_server_config_and_gunicorn_settings(monkeypatch, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b" / "c").mkdir(parents=True)
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     config, settings = cli.settings_from_args(
         parse(
             "--workers", "3", "--threads", "2", "--max-upload-mb", "2.5", "--max-batch", "4",
-            "--max-wait-ms", "3", "--image-root", "/a", "--image-root", "/b/c",
-            "--image-dir", "/up", "--faiss-threads", "2", "--access-log",
+            "--max-wait-ms", "3", "--image-root", f"{tmp_path}/a",
+            "--image-root", f"{tmp_path}/b/c", "--image-dir", "/up", "--faiss-threads", "2",
+            "--access-log",
         )
     )  # fmt: skip
     assert config == ServerConfig(
@@ -49,7 +52,7 @@ def test_flags_become_one_server_config_and_gunicorn_settings(monkeypatch):
         max_batch=4,
         max_wait_ms=3.0,
         image_dir="/up",
-        image_roots=("/a", "/b/c"),
+        image_roots=(f"{tmp_path}/a", f"{tmp_path}/b/c"),
     )
     assert settings == GunicornSettings(workers=3, threads=2, faiss_threads=2, access_log=True)
 
@@ -179,6 +182,17 @@ def test_a_burst_without_a_rate_is_refused():
     with pytest.raises(UserError, match="--rate-burst needs --rate-limit"):
         cli.settings_from_args(parse("--rate-burst", "5"))
     assert parse("--cors-origin", "http://localhost:3000/").cors_origin == ["http://localhost:3000"]
+
+
+def test_an_image_root_that_is_no_folder_is_refused(tmp_path):
+    """A mistyped folder would only show later, as thumbnails that are never found."""
+    with pytest.raises(UserError, match="--image-root .*missing: does not exist"):
+        cli.settings_from_args(parse("--image-root", str(tmp_path / "missing")))
+    (tmp_path / "f.jpg").write_bytes(b"x")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        cli.settings_from_args(parse("--image-root", str(tmp_path / "f.jpg")))
+    config, _ = cli.settings_from_args(parse("--image-root", str(tmp_path)))
+    assert config.image_roots == (str(tmp_path),)
 
 
 def test_an_address_another_server_listens_on_is_one_line_before_gunicorn():
