@@ -25,7 +25,8 @@ def require_api_key(view: F) -> F:
         expected = state().config.api_key
         if not expected:
             raise ApiError(403, "writes_disabled", "writes are disabled: no API key configured")
-        given = request.headers.get(API_KEY_HEADER)
+        # An empty X-API-Key (a client's unset variable) is no key: the Bearer token counts.
+        given = request.headers.get(API_KEY_HEADER, "").strip() or None
         if given is None:
             auth = request.headers.get("Authorization", "")
             scheme, _, token = auth.partition(" ")

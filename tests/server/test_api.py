@@ -195,10 +195,14 @@ def test_writes_are_durable_across_reopen(writable, jpeg_bytes, tiny_embedder):
         "metadata": {"title": "From JSON", "in_stock": True},
     }
     assert c.post("/v1/items", json=payload, headers=headers).status_code == 201
-    first = next(i for i in CatalogIndex.open(path, readonly=True).ids() if i != "json-item")
+    # An empty X-API-Key (a client's unset variable) does not hide the Bearer token.
+    both = {**headers, "X-API-Key": ""}
+    payload2 = {**payload, "id": "json-item-2"}
+    assert c.post("/v1/items", json=payload2, headers=both).status_code == 201
+    first = next(i for i in CatalogIndex.open(path, readonly=True).ids() if "json-item" not in i)
     assert c.delete(f"/v1/items/{first}", headers=headers).status_code == 200
     with CatalogIndex.open(path, readonly=True) as reopened:  # another process's view
-        assert "json-item" in reopened and first not in reopened
+        assert "json-item" in reopened and "json-item-2" in reopened and first not in reopened
         assert reopened.get("json-item").metadata["in_stock"] is True
 
 
