@@ -34,7 +34,14 @@ def init_app(app: Flask, origins: Iterable[str]) -> None:
                 response.headers[name] = value
         if not any(name == "Access-Control-Allow-Origin" for name, _ in headers):
             return response
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        preflight = (
+            request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        )
+        if preflight and response.status_code < 400:  # a URL the API lacks keeps its 404
+            # Flask answers OPTIONS with an empty text/html 200: say "no content" instead.
+            response.status_code = 204
+            response.set_data(b"")
+            response.headers.pop("Content-Type", None)
             methods = response.headers.get("Allow") or ", ".join(sorted(response.allow))
             response.headers["Access-Control-Allow-Methods"] = methods
             response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS

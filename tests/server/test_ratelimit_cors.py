@@ -63,10 +63,17 @@ def test_cors_for_listed_origins_with_preflight(tiny_embedder, readonly_index):
                 "Access-Control-Request-Headers": "X-API-Key, Content-Type",
             },
         )
-        assert preflight.status_code == 200
+        assert preflight.status_code == 204 and preflight.data == b""
+        assert "Content-Type" not in preflight.headers
         assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
         assert "X-API-Key" in preflight.headers["Access-Control-Allow-Headers"]
         assert int(preflight.headers["Access-Control-Max-Age"]) > 0
+        nowhere = client.options(
+            "/v1/nowhere",
+            headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "GET"},
+        )
+        assert nowhere.status_code == 404 and nowhere.get_json()["error"]["code"]
+        assert "Access-Control-Allow-Methods" not in nowhere.headers
         error = client.post("/v1/items", headers={"Origin": "https://shop.example"})
         assert error.status_code == 401  # errors carry the header too, so pages can read them
         assert error.headers["Access-Control-Allow-Origin"] == "https://shop.example"
