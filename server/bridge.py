@@ -41,8 +41,8 @@ class BufferedWSGIBridge:
     ``threads`` app threads (gunicorn's ``--threads``). ``on_close`` runs once when the worker
     stops (stopping the app's batcher and closing its index). An answer given here, before
     the app (413, 408, 503, 500), carries the app's security headers and ``cors_origins``'
-    CORS headers, so a web page can read it, and is passed to ``on_refused(method, status)``
-    (the app's metrics count it).
+    CORS headers, so a web page can read it, and the refusals (not the 500) are passed to
+    ``on_refused(method, status)`` (the app's metrics count them).
     """
 
     def __init__(
@@ -110,8 +110,12 @@ class BufferedWSGIBridge:
             }
         )
         await send({"type": "http.response.body", "body": body})
-        if self._on_refused is not None:
-            self._on_refused(scope["method"], status)
+        # A 500 here follows an app that had already answered (and counted the request).
+        if self._on_refused is not None and status != 500:
+            try:
+                self._on_refused(scope["method"], status)
+            except Exception:  # the answer is out: a counting failure is only logged
+                log.exception("counting a refused request failed")
 
     # -- one request --------------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:

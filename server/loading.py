@@ -79,14 +79,25 @@ def _store_manifest(index: str | Path | None, store: str | None) -> Manifest:
     """The index's manifest, once its store has answered (and no build replaces the folder)."""
     if store is None:
         manifest = read_manifest(index)
-        faiss_file = describe(index)["faiss_file"]  # the catalog store opens and answers
-        if faiss_file:  # a damaged file: one line here, not a traceback in every worker
-            ann.check_file(Path(index) / faiss_file)
+        _check_faiss_file(Path(index))
         os.close(lock_shared(Path(index)))
         return manifest
     source, manifest, _ = open_source(index, store)
     source.close()
     return manifest
+
+
+def _check_faiss_file(index: Path) -> None:
+    """Open the catalog store and check the FAISS file it names: a damaged file is one line
+    here, not a traceback in every worker. A replica's compaction may delete the named file
+    meanwhile (its successor is then named), so a missing file is looked up once more."""
+    for _ in range(2):
+        faiss_file = describe(index)["faiss_file"]
+        if not faiss_file:
+            return
+        if (index / faiss_file).exists():
+            break
+    ann.check_file(index / faiss_file)
 
 
 def open_for_serving(

@@ -116,3 +116,15 @@ def test_a_damaged_faiss_file_is_refused_before_the_workers(tiny_checkpoint, ind
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(IndexCorruptError, match="cannot read FAISS index"):
         loading.check_for_serving(tiny_checkpoint, copy)
+
+
+def test_a_faiss_file_compacted_away_meanwhile_is_looked_up_again(
+    tiny_checkpoint, index_dir, tmp_path, monkeypatch
+):
+    """A replica's compaction deletes the file the store named a moment before: the check
+    follows the store to its successor instead of calling a healthy index damaged."""
+    copy = shutil.copytree(index_dir, tmp_path / "index")
+    real = loading.describe
+    answers = iter([{**real(copy), "faiss_file": "faiss-compacted-away.faiss"}])
+    monkeypatch.setattr(loading, "describe", lambda path: next(answers, None) or real(path))
+    loading.check_for_serving(tiny_checkpoint, copy)

@@ -1,0 +1,64 @@
+"""The HTTP layer's own answers (before the Flask app), driven as gunicorn's ASGI worker would."""
+
+from __future__ import annotations
+
+import asyncio
+
+from server.bridge import BufferedWSGIBridge
+
+
+def _app(environ, start_response):  # noqa: ANN001, ANN202
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+def _post(bridge: BufferedWSGIBridge, headers: list[tuple[bytes, bytes]]) -> list[dict]:
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": b"x" * 100, "more_body": False}]
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/search", "headers": headers}
+    asyncio.run(bridge(scope, receive, send))
+    return sent
+
+
+def test_a_refusal_carries_the_app_headers_and_is_counted_once():
+    counted: list[tuple[str, int]] = []
+    bridge = BufferedWSGIBridge(
+        _app,
+        threads=1,
+        max_body=10,
+        cors_origins=["https://shop.example/"],
+        on_refused=lambda method, status: counted.append((method, status)),
+    )
+    try:
+        origin = (b"origin", b"https://shop.example")
+        sent = _post(bridge, [origin, (b"content-length", b"100")])
+        start = sent[0]
+        headers = dict(start["headers"])
+        assert start["status"] == 413 and b"payload_too_large" in sent[1]["body"]
+        assert headers[b"access-control-allow-origin"] == b"https://shop.example"
+        assert headers[b"x-content-type-options"] == b"nosniff" and headers[b"vary"] == b"Origin"
+        assert counted == [("POST", 413)]
+        other = dict(_post(bridge, [(b"origin", b"https://evil.example")])[0]["headers"])
+        assert b"access-control-allow-origin" not in other  # chunked past the limit: 413 too
+        assert counted == [("POST", 413), ("POST", 413)]
+    finally:
+        bridge.close()
+
+
+def test_a_failing_counter_does_not_turn_a_refusal_into_an_error():
+    def broken(method: str, status: int) -> None:
+        raise RuntimeError("metrics broke")
+
+    bridge = BufferedWSGIBridge(_app, threads=1, max_body=10, on_refused=broken)
+    try:
+        sent = _post(bridge, [(b"content-length", b"100")])  # raised through before
+        assert sent[0]["status"] == 413 and [m["type"] for m in sent][-1] == "http.response.body"
+    finally:
+        bridge.close()
