@@ -22,4 +22,20 @@ def repeated_columns(names: list[str]) -> str:
     return ", ".join(repr(n) for n in dict.fromkeys(repeated))
 
 
-__all__ = ["is_utf8", "repeated_columns"]
+# A blank header cell's name as :func:`name_blank_columns` gives it (no CSV header holds NUL).
+UNNAMED = "\0unnamed column "
+
+
+def name_blank_columns(names: list[str]) -> list[str]:
+    """``names`` with each blank one made unique (``UNNAMED`` + its position), so that a dict
+    reader keeps every blank column's value apart: a value under one has no field name and
+    must be refused, not lost under a later blank column's."""
+    return [n if n.strip() else f"{UNNAMED}{i + 1}" for i, n in enumerate(names)]
+
+
+def unnamed_value(row: dict[str, str | None]) -> str | None:
+    """The first value a dict reader's ``row`` holds under a blank header cell, if any."""
+    return next((v for k, v in row.items() if k.startswith(UNNAMED) and v and v.strip()), None)
+
+
+__all__ = ["UNNAMED", "is_utf8", "name_blank_columns", "repeated_columns", "unnamed_value"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.item_ids import is_item_id
-from common.text import repeated_columns
+from common.text import name_blank_columns, repeated_columns, unnamed_value
 from embedder.errors import DataError
 
 # HEIC/HEIF files are listed even without pillow-heif: load_image then says what to install.
@@ -119,6 +119,7 @@ def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
             repeated = repeated_columns(list(columns))
             if repeated:
                 raise DataError(f"{csv_path}: column(s) {repeated} appear twice in the header")
+            reader.fieldnames = name_blank_columns(list(columns))
             rows = list(reader)
     except UnicodeDecodeError as exc:
         raise DataError(f"{csv_path}: manifest is not UTF-8 text ({exc.reason})") from exc
@@ -129,6 +130,11 @@ def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
     for line, row in enumerate(rows, start=2):
         if None in row:  # as `index build` reads the same file
             raise DataError(f"{csv_path}:{line}: more fields than the header has")
+        unnamed = unnamed_value(row)
+        if unnamed is not None:  # as `index build` refuses it, before a long embedding run
+            raise DataError(
+                f"{csv_path}:{line}: value {unnamed[:40]!r} is in a column without a name"
+            )
         sid, image, label = (str(row.get(c) or "").strip() for c in REQUIRED_COLUMNS)
         if not sid or not image:
             raise DataError(f"{csv_path}:{line}: empty id or image")

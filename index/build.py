@@ -30,7 +30,7 @@ from common.fsutil import (
     temporary_folder,
 )
 from common.item_ids import ID_RULES, is_item_id
-from common.text import repeated_columns
+from common.text import UNNAMED, name_blank_columns, repeated_columns, unnamed_value
 from index import ann
 from index.catalog import CatalogIndex, IndexOptions
 from index.errors import BuildInputError, InvalidKindError
@@ -192,6 +192,7 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
             repeated = repeated_columns(reader.fieldnames)
             if repeated:
                 raise BuildInputError(f"{path}: column(s) {repeated} appear twice in the header")
+            reader.fieldnames = name_blank_columns(reader.fieldnames)
             for row in reader:
                 line = reader.line_num
                 if None in row:
@@ -201,7 +202,12 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
                     raise BuildInputError(f"{path}:{line}: empty id")
                 if id_ in rows:
                     raise BuildInputError(f"{path}:{line}: id {id_!r} appears twice")
-                md = {k: v for k, v in row.items() if v is not None and v.strip()}
+                unnamed = unnamed_value(row)
+                if unnamed is not None:  # a value under a blank header cell has no field name
+                    raise BuildInputError(
+                        f"{path}:{line}: value {unnamed[:40]!r} is in a column without a name"
+                    )
+                md = {k: v for k, v in row.items() if not k.startswith(UNNAMED) and v and v.strip()}
                 for name in ("image", "label"):
                     if name in md:
                         md[name] = md[name].strip()

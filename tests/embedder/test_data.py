@@ -88,6 +88,7 @@ def test_bad_folders(tmp_path, setup, message):
         ("id,image,label,price,price\n1,x.jpg,a,100,\n", "'price' appear twice"),
         ("id,image,label\n1,x.jpg,a,extra\n", "more fields than the header"),
         ("id,image,label,,\n1,x.jpg,a,,\n1,y.jpg,a,,\n", "duplicate id"),  # blank names pass
+        ("id,image,label,,\n1,x.jpg,a,note,\n", "column without a name"),  # not their values
     ],
 )
 def test_bad_manifests(tmp_path, text, message):

@@ -234,6 +234,13 @@ def test_catalog_csv_cells_read_as_embed_reads_them(files):
     assert rows["a"]["label"] == "edge-x2" and rows["a"]["image"] == str(files / "a.jpg")
     assert "price" not in rows["b"] and "price" not in rows["c"]
     assert rows["d"] == {"image": str(files / "d.jpg"), "label": "x", "price": "300"}
+    # A spreadsheet's export ends its header with blank cells: no columns, unless they hold
+    # a value (which no field name could keep).
+    (files / "blank.csv").write_text("id,label,,\na,x,,\n")
+    assert read_catalog_csv(files / "blank.csv") == {"a": {"label": "x"}}
+    (files / "blank.csv").write_text("id,label,,\na,x,note1,\n")
+    with pytest.raises(BuildInputError, match=r"blank.csv:2: value 'note1' is in a column"):
+        read_catalog_csv(files / "blank.csv")
 
 
 def test_info_on_a_missing_index_is_a_user_error(files):
