@@ -203,7 +203,13 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
     if args.rate_burst is not None and args.rate_limit is None:
         raise UserError("--rate-burst needs --rate-limit (the burst is of that rate)")
     for root in args.image_root:  # a mistyped folder would only show as missing thumbnails
-        if not Path(root).is_dir():
+        if not root.strip():  # an unset $VAR: not the working directory
+            raise UserError("--image-root is empty; give a folder")
+        try:
+            found = Path(root).is_dir()
+        except OSError as exc:  # a folder above it this user may not enter
+            raise UserError(f"--image-root {root}: {exc.strerror}") from None
+        if not found:
             what = "is a file, not a folder" if Path(root).exists() else "does not exist"
             raise UserError(f"--image-root {root}: {what}")
     try:

@@ -191,6 +191,8 @@ def test_an_image_root_that_is_no_folder_is_refused(tmp_path):
     (tmp_path / "f.jpg").write_bytes(b"x")
     with pytest.raises(UserError, match="is a file, not a folder"):
         cli.settings_from_args(parse("--image-root", str(tmp_path / "f.jpg")))
+    with pytest.raises(UserError, match="--image-root is empty"):
+        cli.settings_from_args(parse("--image-root", ""))  # it read as "." before
     config, _ = cli.settings_from_args(parse("--image-root", str(tmp_path)))
     assert config.image_roots == (str(tmp_path),)
 
