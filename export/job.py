@@ -179,6 +179,7 @@ def _embed_stage(
 
         # Decided (and the graph exported) once here, not in every actor.
         runtime = resolve_runtime(config.checkpoint, config.runtime, config.device)
+        writer.runtime = runtime
         session = connect(config.ray, config.ray_ship_code)
         failed = True
         try:
@@ -209,6 +210,7 @@ def _embed_stage(
             config.checkpoint, config.runtime, config.device, config.threads
         )
         runtime = embedder.runtime
+        writer.runtime = runtime
         batches = local_batches(
             embedder, inputs.samples, start, config.batch_size, config.workers, config.progress
         )
@@ -373,11 +375,11 @@ def export_features(config: ExportConfig) -> ExportSummary:
         precision=precision(config.runtime),
         text=text_identity(evidence),
     )
-    if config.index or config.store:
-        _check_index(
-            config.index, identity, config.runtime, config.store
-        )  # before hours of embedding, not after
-    if config.neighbor_index:
+    # Before hours of embedding, not after; without neighbours no index or store is read (a
+    # $PHONESIM_STORE set for `serve` must not make the database a need of every export).
+    if config.neighbors and (config.index or config.store):
+        _check_index(config.index, identity, config.runtime, config.store)
+    if config.neighbors and config.neighbor_index:
         _check_factory(config.neighbor_index, identity.dim)
     partial = PartialDir.open(out, identity, restart=config.restart)
     resumed_from = partial.cursor
@@ -392,6 +394,8 @@ def export_features(config: ExportConfig) -> ExportSummary:
             partial.remove()
         raise
     embed_seconds = time.perf_counter() - clock.t0
+    # What embedded the rows, this run's and those it resumed (not "auto" when none was left).
+    runtime = partial.runtime() or runtime
 
     if not any(shard.rows for shard in partial.shards):
         partial.remove()  # nothing worth resuming: a re-run after fixing the images starts over

@@ -92,11 +92,15 @@ class FileIndexSearch:
         )
         self.index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         self.description = f"faiss {factory} (inner product) built from this file's embeddings"
-        if not self.index.is_trained:
-            ivf = faiss.extract_index_ivf(self.index)
-            want = min(n, max(TRAIN_MIN, TRAIN_PER_LIST * ivf.nlist))
+        if not self.index.is_trained:  # IVF, or another kind that learns (PQ, OPQ, PCA...)
+            try:
+                nlist = faiss.extract_index_ivf(self.index).nlist
+            except RuntimeError:
+                nlist = 0
+            want = min(n, max(TRAIN_MIN, TRAIN_PER_LIST * nlist))
             self.index.train(_training_sample(embeddings, want, block_rows))
-            faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", IVF_NPROBE)
+            if nlist:
+                faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", IVF_NPROBE)
         for lo in range(0, n, block_rows):
             self.index.add(_as_f32(embeddings[lo : lo + block_rows]))
         log.info("neighbour index: %s over %d rows", factory, self.index.ntotal)

@@ -60,6 +60,8 @@ class ShardInfo:
     input_end: int
     rows: int
     failed: int
+    #: The runtime that embedded the shard ("" in shards written before it was recorded).
+    runtime: str = ""
 
 
 def _read_shard_info(path: Path) -> ShardInfo:
@@ -71,6 +73,7 @@ def _read_shard_info(path: Path) -> ShardInfo:
                 int(h5.attrs["input_end"]),
                 int(h5["embeddings"].shape[0]),
                 int(h5["failed/ids"].shape[0]),
+                str(h5.attrs.get("runtime", "")),
             )
     except (OSError, KeyError) as exc:
         raise ResumeError(
@@ -142,6 +145,7 @@ class PartialDir:
         embeddings: np.ndarray,
         probabilities: np.ndarray,
         failures: list[tuple[str, str]],
+        runtime: str = "",
     ) -> ShardInfo:
         """Write one shard atomically (temp name, fsync, rename, fsync folder)."""
         if input_start != self.cursor:
@@ -152,6 +156,7 @@ class PartialDir:
             with h5py.File(tmp, "w") as h5:
                 h5.attrs["input_start"] = input_start
                 h5.attrs["input_end"] = input_end
+                h5.attrs["runtime"] = runtime
                 h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
                 h5.create_dataset("labels", data=np.array(labels, dtype=object), dtype=STR)
                 h5.create_dataset("embeddings", data=embeddings, dtype="f4")
@@ -161,9 +166,14 @@ class PartialDir:
                     h5.create_dataset(name, data=values, dtype=STR)
 
         atomic_write(final, write)
-        info = ShardInfo(final, input_start, input_end, len(ids), len(failures))
+        info = ShardInfo(final, input_start, input_end, len(ids), len(failures), runtime)
         self.shards.append(info)
         return info
+
+    def runtime(self) -> str:
+        """The runtime that embedded the committed shards ("torch+onnx" where a resume
+        changed it; "" where no shard recorded one)."""
+        return "+".join(dict.fromkeys(s.runtime for s in self.shards if s.runtime))
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -218,6 +228,7 @@ class ShardWriter:
         self._failures: list[tuple[int, str]] = []
         self.embedded = 0
         self.failed = 0
+        self.runtime = ""  # the runtime embedding the batches: set once it is known
 
     def write(self, batch: FeatureBatch) -> None:
         if batch.start != self._end:
@@ -246,6 +257,7 @@ class ShardWriter:
             emb,
             probs,
             [(self.samples[i].id, reason) for i, reason in self._failures],
+            self.runtime,
         )
         self.embedded += len(indices)
         self.failed += len(self._failures)

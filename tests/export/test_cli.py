@@ -95,6 +95,35 @@ def test_ctrl_c_then_rerun_resumes(demo, ckpt, tmp_path, monkeypatch, capsys):
     assert data["ids"] == expected and data["failed"] == ["broken"]
 
 
+def test_a_resume_after_the_embedding_records_the_runtime_that_embedded(
+    demo, ckpt, tmp_path, monkeypatch, capsys
+):
+    """Stopped in the neighbour pass, the resume embeds nothing: the file still names the
+    runtime of the rows (it said "auto", the flag's value), and the summary too."""
+    import h5py
+
+    from export import job
+
+    out = tmp_path / "features.h5"
+    argv = [
+        "--checkpoint", str(ckpt), "--images", str(demo), "--out", str(out),
+        "--workers", "0", "--neighbors", "2", "--runtime", "torch",
+    ]  # fmt: skip
+    real = job.write_neighbors
+
+    def interrupt(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "write_neighbors", interrupt)
+    assert export_cli.main(argv) == 130
+    monkeypatch.setattr(job, "write_neighbors", real)
+    capsys.readouterr()
+    assert export_cli.main([*argv[:-2], "--runtime", "auto"]) == 0
+    assert "torch, resumed after" in capsys.readouterr().out
+    with h5py.File(out) as h5:
+        assert h5.attrs["runtime"] == "torch"
+
+
 def test_cli_reports_errors_in_one_line(demo, ckpt, tmp_path, capsys):
     code = export_cli.main(
         ["--checkpoint", str(tmp_path / "nope"), "--images", str(demo),

@@ -57,6 +57,22 @@ def test_no_neighbors_when_k_is_zero(demo, ckpt, tmp_path):
     export_features(_config(ckpt, demo / "three.csv", out, neighbors=0))
     with h5py.File(out, "r") as f:
         assert "neighbors" not in f and f.attrs["neighbors_k"] == 0
+    # Nothing to search: an index or a store (a $PHONESIM_STORE set for `serve`) is not read.
+    down = "postgresql://phonesim@127.0.0.1:1/catalog"
+    config = _config(ckpt, demo / "three.csv", tmp_path / "nostore.h5", neighbors=0, store=down)
+    assert export_features(config).count == 3
+    missing = _config(ckpt, demo / "three.csv", tmp_path / "noix.h5", neighbors=0, index="nope")
+    assert export_features(missing).count == 3
+
+
+def test_a_neighbor_index_that_learns_without_lists_is_trained(demo, ckpt, tmp_path):
+    """Every kind that needs training was taken for IVF: 'PCA8,Flat' failed after the
+    embedding, blaming the number of rows."""
+    out = tmp_path / "pca.h5"
+    export_features(_config(ckpt, demo / "with_bad.csv", out, neighbor_index="PCA8,Flat"))
+    assert (_read(out)["nb_rows"] >= 0).all()
+    with h5py.File(out, "r") as f:
+        assert "PCA8,Flat" in f["neighbors"].attrs["source"]
 
 
 def test_index_folder_neighbors_match_on_the_fly(reference, demo, ckpt, tmp_path):
