@@ -58,6 +58,12 @@ def _query_vectors(embedder: Embedder, features: Features, batch: int = 32):
     return np.concatenate(xq), np.concatenate(xm)
 
 
+_NO_IMAGES = (
+    "{}: catalog items have no 'image' path in their metadata, so matches cannot be "
+    "verified; build the index with 'phonesim index build --catalog CSV'"
+)
+
+
 def find_against(
     descriptor: CopyDescriptor,
     embedder: Embedder,
@@ -86,6 +92,8 @@ def find_against(
         problem = precision_mismatch(f"index {index_dir}", stored, embedder.runtime)
         if problem:
             log.warning("%s", problem)
+        if "image" not in ix.filterable_fields:  # no item ever had one: say so before reading
+            raise DataError(_NO_IMAGES.format(index_dir))
         queries = extract_features(
             descriptor, samples, config.batch_size, config.workers, config.progress
         )
@@ -108,10 +116,7 @@ def find_against(
                 cand[h.id] = Sample(h.id, Path(image), label, metadata=dict(h.metadata))
     if unreachable and not cand:
         queries.close()
-        raise DataError(
-            f"{index_dir}: catalog items have no 'image' path in their metadata, so matches "
-            "cannot be verified; build the index with 'phonesim index build --catalog CSV'"
-        )
+        raise DataError(_NO_IMAGES.format(index_dir))
     catalog = extract_features(
         descriptor, list(cand.values()), config.batch_size, config.workers, progress=False
     )

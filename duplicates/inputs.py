@@ -18,7 +18,14 @@ from tqdm import tqdm
 
 from duplicates.hashing import bytes_digest, phash_bits, pixel_digest
 from embedder.batch import Failure, default_workers, ordered_batches
-from embedder.data import IMAGE_SUFFIXES, Sample, is_image_name, load_catalog, path_ids
+from embedder.data import (
+    IMAGE_SUFFIXES,
+    Sample,
+    is_image_name,
+    load_catalog,
+    path_ids,
+    text_named,
+)
 from embedder.errors import DataError, ImageError
 from embedder.images import load_image, to_rgb
 from embedder.preprocess import Preprocessor
@@ -33,13 +40,15 @@ def list_images(root: str | Path) -> list[Sample]:
         raise DataError(f"{root}: no such folder")
     if not root.is_dir():
         raise DataError(f"{root}: is a file; give a folder of images")
-    paths = [
-        p
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-        and is_image_name(p)
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    ]
+    paths = text_named(
+        [
+            p
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+            and is_image_name(p)
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        ]
+    )
     samples = [
         Sample(id=i, path=p, label=p.parent.name if p.parent != root else "")
         for i, p in zip(path_ids(paths, root), paths, strict=True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.item_ids import is_item_id
-from common.text import name_blank_columns, repeated_columns, unnamed_value
+from common.text import is_utf8, name_blank_columns, repeated_columns, unnamed_value
 from embedder.errors import DataError
 
 # HEIC/HEIF files are listed even without pillow-heif: load_image then says what to install.
@@ -16,6 +18,8 @@ IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"}
 )
 REQUIRED_COLUMNS = ("id", "image", "label")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
     loose = sorted(p for p in root.iterdir() if _is_image(p))
     if not class_dirs:
         if loose and not require_labels:
+            loose = text_named(loose)
             return [
                 Sample(id=i, path=p, label="")
                 for i, p in zip(path_ids(loose, root), loose, strict=True)
@@ -97,6 +102,9 @@ def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
             raise DataError(f"{class_dir}: class '{class_dir.name}' has no images")
         images += found
         labels += [class_dir.name] * len(found)
+    kept = set(text_named(images))
+    labels = [label for p, label in zip(images, labels, strict=True) if p in kept]
+    images = [p for p in images if p in kept]
     if not images:
         raise DataError(f"{root}: no images in it or its subfolders")
     return [
@@ -105,16 +113,36 @@ def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
     ]
 
 
+def text_named(paths: list[Path]) -> list[Path]:
+    """The ``paths`` whose names are text: a name of bytes that are not UTF-8 (written on
+    another system) can be neither an id nor a line of a report, so it is left out, named in
+    a warning with its bytes escaped."""
+    bad = [p for p in paths if not is_utf8(str(p))]
+    if bad:
+        shown = ", ".join(repr(os.fsencode(p))[2:-1] for p in bad[:3])  # the bytes: b'..'
+        more = ", ..." if len(bad) > 3 else ""
+        log.warning(
+            "%d image(s) left out: their file names are not UTF-8 text (%s%s); rename them to "
+            "read them",
+            len(bad),
+            shown,
+            more,
+        )
+    return [p for p in paths if is_utf8(str(p))]
+
+
 def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = reader.fieldnames or []
-            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            # Unlabelled reading (embed, export, duplicates) needs no label column.
+            required = REQUIRED_COLUMNS if require_labels else REQUIRED_COLUMNS[:2]
+            missing = [c for c in required if c not in columns]
             if missing:
                 raise DataError(
                     f"{csv_path}: manifest is missing column(s) {', '.join(missing)} "
-                    f"(needs {','.join(REQUIRED_COLUMNS)}; found {','.join(columns) or 'none'})"
+                    f"(needs {','.join(required)}; found {','.join(columns) or 'none'})"
                 )
             repeated = repeated_columns(list(columns))
             if repeated:

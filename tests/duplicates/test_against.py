@@ -52,3 +52,38 @@ def test_against_index_reports_catalog_matches(
     # One image works too.
     single = find_against(descriptor, embedder, samples[:1], where, config, store=store)
     assert [m.id for m in single.groups[0].members][0] == target.id
+
+
+def test_an_index_without_image_paths_is_refused_before_any_input_is_read(
+    tiny_catalog, tiny_checkpoint, descriptor, tmp_path, monkeypatch
+):
+    """Built without --catalog, it can verify no match: that was said only after every input
+    had been described (20 minutes for 10,000 photos)."""
+    from duplicates import against
+    from duplicates.finder import FinderConfig
+    from embedder.data import Sample, load_catalog
+    from embedder.errors import DataError
+    from embedder.inference import Embedder
+    from index import build_index
+
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    catalog = load_catalog(tiny_catalog / "catalog.csv").samples
+    xb = embedder.embed_paths([s.path for s in catalog]).embeddings
+    build_index(
+        tmp_path / "idx",
+        [s.id for s in catalog],
+        xb,
+        [{"label": s.label} for s in catalog],
+        model_name=embedder.model_name,
+        checkpoint_hash=embedder.checkpoint_hash,
+        progress=False,
+    )
+
+    def read_nothing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("inputs were read before the index was checked")
+
+    monkeypatch.setattr(against, "extract_features", read_nothing)
+    config = FinderConfig(workers=0, progress=False)
+    samples = [Sample("x", catalog[0].path, "")]
+    with pytest.raises(DataError, match="no 'image' path"):
+        against.find_against(descriptor, embedder, samples, tmp_path / "idx", config)

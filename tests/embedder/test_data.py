@@ -137,3 +137,29 @@ def test_ids_that_would_still_clash_are_refused(tmp_path):
         _img(tmp_path / name)
     with pytest.raises(DataError, match="would get the id 'a/x.jpg'"):
         load_catalog(tmp_path)
+
+
+def test_file_names_that_are_not_utf8_are_left_out_with_a_warning(tmp_path, caplog):
+    """Such a name (bytes written on another system) can be neither an id nor a line of a
+    report: embed, export and duplicates failed at their end with a UnicodeEncodeError."""
+    import os
+
+    from duplicates.inputs import list_images
+
+    for label in ("a", "b"):
+        _img(tmp_path / label / "ok.jpg")
+    bad = os.fsdecode(os.fsencode(str(tmp_path / "a")) + b"/caf\xe9.jpg")  # Latin-1 "café"
+    Image.new("RGB", (8, 8)).save(bad, format="JPEG")
+    for samples in (load_catalog(tmp_path).samples, list_images(tmp_path)):
+        assert [s.id for s in samples] == ["a/ok", "b/ok"]
+    assert "not UTF-8 text (" in caplog.text and "caf\\xe9.jpg" in caplog.text
+    flat = tmp_path / "a"
+    assert [s.id for s in load_catalog(flat, require_labels=False).samples] == ["ok"]
+
+
+def test_unlabelled_reading_needs_no_label_column(tmp_path):
+    _img(tmp_path / "x.jpg")
+    (tmp_path / "m.csv").write_text("id,image\nsku1,x.jpg\n")
+    assert [s.label for s in load_catalog(tmp_path / "m.csv", require_labels=False).samples] == [""]
+    with pytest.raises(DataError, match="missing column"):
+        load_catalog(tmp_path / "m.csv")  # training reads labels
