@@ -298,5 +298,8 @@ def main(command: str, argv: list[str] | None = None) -> int:
     """Run one subcommand alone (``scripts/find_duplicates.py`` is ``main("find")``)."""
     parser = COMMANDS[command].configure(argparse.ArgumentParser())
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     args = parser.parse_args(argv)
-    return run_reporting_errors(parser.prog, args.func, args, verbose=args.verbose)
+    return run_reporting_errors(
+        parser.prog, args.func, args, verbose=args.verbose, quiet=args.quiet
+    )

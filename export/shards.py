@@ -100,6 +100,8 @@ class PartialDir:
         """Create the folder, or reopen it to resume after checking it belongs to this job."""
         path = partial_path(out)
         manifest = path / MANIFEST
+        if restart and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()  # left by a run stopped between making it and naming its job
         if path.exists() and not manifest.is_file():
             raise ExportError(
                 f"{path}: exists but is not an export in progress; move it away first"

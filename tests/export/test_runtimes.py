@@ -80,3 +80,23 @@ def test_a_resume_never_mixes_int8_and_fp32_rows(tmp_path):
         json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "precision"})
     )
     PartialDir.open(out, fp32)
+
+
+def test_restart_clears_an_empty_progress_folder_but_nothing_else(tmp_path):
+    """A run stopped between making OUT.partial/ and writing its manifest left it empty, and
+    `--restart` refused it as "not an export in progress"."""
+    from export import ExportError
+
+    identity = JobIdentity("hash", "model", 8, 3, "inputs", 10)
+    out = tmp_path / "features.h5"
+    partial_path(out).mkdir()
+    with pytest.raises(ExportError, match="not an export in progress"):
+        PartialDir.open(out, identity)
+    PartialDir.open(out, identity, restart=True)
+    assert (partial_path(out) / MANIFEST).is_file()
+    other = tmp_path / "other.h5"
+    partial_path(other).mkdir()
+    (partial_path(other) / "notes.txt").write_text("someone's")
+    with pytest.raises(ExportError, match="not an export in progress"):
+        PartialDir.open(other, identity, restart=True)
+    assert (partial_path(other) / "notes.txt").exists()
