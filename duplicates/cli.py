@@ -129,7 +129,7 @@ def run_find(args: argparse.Namespace) -> int:
     from embedder.checkpoint import checkpoint_hash, read_config
 
     keep = parse_keep(args.keep)
-    check_output_folder(args.out, owns=REPORT_FILES)
+    check_output_folder(args.out, owns=REPORT_FILES, files=REPORT_FILES)
     data, kind = data_source(args)
     samples = load_inputs(data, kind)
     stored = stored_settings(args.checkpoint)

@@ -352,7 +352,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     checkpoint = Path(os.path.abspath(args.checkpoint))  # "." has no name to derive one from
     out = Path(args.out) if args.out else checkpoint.with_name(checkpoint.name + "-eval")
-    check_output_folder(out, owns=REPORT_FILES)  # now, not after the evaluation
+    check_output_folder(out, owns=REPORT_FILES, files=REPORT_FILES)  # now, not after the evaluation
     report = evaluate(
         args.checkpoint,
         args.data,

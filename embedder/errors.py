@@ -31,11 +31,14 @@ class EngineError(EmbedderError):
     """An inference runtime is unavailable here, or its graph is missing, stale or unusable."""
 
 
-def check_output_folder(path: str | Path, owns: Collection[str] | None = None) -> None:
+def check_output_folder(
+    path: str | Path, owns: Collection[str] | None = None, files: Collection[str] = ()
+) -> None:
     """:class:`DataError` now, not after minutes of work, when ``path`` cannot become (or stay)
     the output folder a command fills. ``owns``: the names the command writes there; a folder
     holding anything else (a data folder given as --out by mistake) is refused, since the
-    command would mix its files into it, or replace one of the same name."""
+    command would mix its files into it, or replace one of the same name. ``files``: the
+    names it writes as files (a folder of that name is refused)."""
     if Path(path).exists() and not Path(path).is_dir():
         raise DataError(f"{path}: exists and is not a folder")
     if owns is not None and Path(path).is_dir():
@@ -50,6 +53,9 @@ def check_output_folder(path: str | Path, owns: Collection[str] | None = None) -
                 f"{path}: holds {foreign[0]!r}{more}, which this command does not write; give "
                 "it a new or empty folder, or one of its earlier outputs"
             )
+    folder = next((n for n in files if (Path(path) / n).is_dir()), None)
+    if folder is not None:  # it would fail at the end, when the file replaces it
+        raise DataError(f"{path}: {folder!r} is a folder where this command writes a file")
     problem = folder_write_problem(path, created=True)
     if problem:
         raise DataError(f"{path}: cannot write there: {problem}")

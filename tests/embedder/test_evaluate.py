@@ -251,3 +251,14 @@ def test_evaluate_rerank_flag_defaults_to_the_server_default():
     assert class_rerank_from_args(off) is None
     with pytest.raises(SystemExit):
         build_parser().parse_args([*base, "--class-rerank", "-1"])
+
+
+def test_a_folder_where_a_report_file_goes_is_refused_before_the_work(tmp_path):
+    """It failed at the end, when the file was to replace it (duplicates, evaluate)."""
+    from embedder.errors import check_output_folder
+
+    out = tmp_path / "report"
+    (out / "report.json").mkdir(parents=True)
+    check_output_folder(out, owns={"report.json"})  # a folder of that name, none written
+    with pytest.raises(DataError, match="'report.json' is a folder where this command writes"):
+        check_output_folder(out, owns={"report.json"}, files={"report.json"})
