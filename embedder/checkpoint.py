@@ -143,6 +143,11 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# What a checkpoint folder holds of phonesim's own: the weights, the config, the ONNX graphs
+# (embedder.graphs.GRAPH_FILES, rebuilt for new weights). Hidden names are temporaries.
+_OWN_FILES = frozenset({WEIGHTS_FILE, CONFIG_FILE, "model.onnx", "model.int8.onnx"})
+
+
 def check_checkpoint_target(out: str | Path) -> Path:
     """``out`` may be written as a checkpoint: absent, an empty folder, or a checkpoint.
 
@@ -161,6 +166,16 @@ def check_checkpoint_target(out: str | Path) -> Path:
                 f"{out}: exists and is not a phonesim checkpoint that can be replaced ({exc}); "
                 "choose another output folder"
             ) from None
+        # Saving replaces the whole folder: a user's file kept beside the model would go.
+        foreign = sorted(
+            p.name for p in out.iterdir() if p.name not in _OWN_FILES and p.name[0] != "."
+        )
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise CheckpointError(
+                f"{out}: holds {foreign[0]!r}{more} beside the checkpoint, which replacing it "
+                "would delete; move it out, or choose another output folder"
+            )
     if not out.name:
         raise CheckpointError(f"{out}: not usable as a checkpoint folder")
     problem = folder_write_problem(out.parent, created=True)  # now, not after an hour's training

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from embedder.text_reader import TextOptions
 # What evaluate writes into its --out folder (and all it may find there).
 REPORT_JSON, CONFUSION_PNG = "report.json", "confusion_matrix.png"
 REPORT_FILES = (REPORT_JSON, CONFUSION_PNG)
+
+log = logging.getLogger(__name__)
 
 
 def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
@@ -93,7 +96,7 @@ def evaluate(
     unknown = sorted(set(catalog.label_names) - set(names))
     if unknown:
         raise DataError(f"{data}: classes the checkpoint does not know: {', '.join(unknown)}")
-    g_catalog = None if gallery is None else _gallery_catalog(gallery, catalog.label_names)
+    g_catalog = None if gallery is None else _gallery_catalog(gallery, catalog, names)
     idx, batch, failures = embed_samples(embedder, catalog.samples, batch_size, progress=progress)
     if len(idx) == 0:
         raise DataError(f"{data}: none of the images could be read")
@@ -203,15 +206,36 @@ def evaluate(
     return report
 
 
-def _gallery_catalog(gallery: str | Path, data_labels: list[str]) -> Catalog:
+def _gallery_catalog(gallery: str | Path, data: Catalog, names: list[str]) -> Catalog:
     """The gallery, checked before any image is embedded: it must share a class with the
-    evaluated data, or every retrieval would miss by construction."""
+    evaluated data, or every retrieval would miss by construction. What would only bias the
+    scores is said in warnings: evaluated images in the gallery (each finds itself), classes
+    of the data it lacks, classes the checkpoint does not know."""
     g_catalog = load_catalog(gallery, require_labels=True, min_classes=1)
+    data_labels = data.label_names
     if not set(g_catalog.label_names) & set(data_labels):
         raise DataError(
             f"{gallery}: the gallery shares no class with the evaluated data "
             f"(gallery: {', '.join(g_catalog.label_names)}; data: {', '.join(data_labels)})"
         )
+    shared = {s.path.resolve() for s in data.samples} & {
+        s.path.resolve() for s in g_catalog.samples
+    }
+    if shared:
+        log.warning(
+            "%s: %d of the %d evaluated images are in the gallery too; each finds itself "
+            "first, so the fused accuracy and Recall@k read too high (give a gallery without "
+            "them, or none: leave-one-out)",
+            gallery,
+            len(shared),
+            len(data.samples),
+        )
+    for what, classes in (
+        ("has no image of the evaluated class(es)", set(data_labels) - set(g_catalog.label_names)),
+        ("holds class(es) the checkpoint does not know", set(g_catalog.label_names) - set(names)),
+    ):
+        if classes:
+            log.warning("%s: the gallery %s: %s", gallery, what, ", ".join(sorted(classes)))
     return g_catalog
 
 

@@ -35,6 +35,16 @@ def train(config: TrainConfig) -> TrainResult:
         if unknown:
             raise DataError(f"{config.val}: classes not in the training data: {', '.join(unknown)}")
         train_samples, val_samples = catalog.samples, val_catalog.samples
+        shared = {s.path.resolve() for s in train_samples} & {s.path.resolve() for s in val_samples}
+        if shared:  # the best epoch would be chosen on photos the model learns
+            log.warning(
+                "%s: %d of the %d validation images are training images too; the best "
+                "checkpoint is then chosen on photos the model learned (give --val "
+                "photos kept out of --data)",
+                config.val,
+                len(shared),
+                len(val_samples),
+            )
     else:
         train_samples, val_samples = stratified_split(
             catalog.samples, config.val_fraction, config.seed, readable=is_readable

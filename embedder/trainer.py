@@ -232,6 +232,9 @@ class Trainer:
             self.on_epoch(epoch, self.model)
         key = (stats.get("val_accuracy", 0.0), stats.get("val_macro_f1", 0.0))
         improved = not self.val_samples or key > best_key
+        if improved:  # saved before it is said or reported: Ctrl-C may stop the save
+            save_checkpoint(self.model, self.checkpoint_config(stats), self.cfg.out)
+            result.best_epoch, result.metrics = epoch, stats
         log.info(
             "%s: loss %.3f train acc %.3f%s%s",
             "head warm-up" if epoch == 0 else f"epoch {epoch}/{self.cfg.epochs}",
@@ -242,11 +245,7 @@ class Trainer:
             else "",
             " (best, saved)" if improved else "",
         )
-        if improved:
-            result.best_epoch, result.metrics = epoch, stats
-            save_checkpoint(self.model, self.checkpoint_config(stats), self.cfg.out)
-            return key
-        return best_key
+        return key if improved else best_key
 
     def _save_average(self, result: TrainResult, states: list[dict[str, torch.Tensor]]) -> None:
         """Save the mean of the last fine-tuning epochs' weights as the checkpoint (a "soup").
@@ -259,8 +258,8 @@ class Trainer:
         epochs = [h["epoch"] for h in result.history][-len(states) :]
         stats = {**self.validate(), "epoch": epochs[-1], "averaged_epochs": epochs}
         stats["elapsed_s"] = round(time.monotonic() - self._started, 1)
-        result.best_epoch, result.metrics = epochs[-1], stats
         save_checkpoint(self.model, self.checkpoint_config(stats), self.cfg.out)
+        result.best_epoch, result.metrics = epochs[-1], stats
         log.info(
             "saved the average of epochs %d-%d%s",
             epochs[0],

@@ -180,3 +180,22 @@ def test_unwritable_checkpoint_target_is_refused_before_training(tmp_path):
     assert check_checkpoint_target(tmp_path / "new" / "deeper" / "ck")  # made when saving
     with pytest.raises(CheckpointError, match="not writable"):
         check_checkpoint_target("/proc/ck")
+
+
+def test_a_checkpoint_holding_other_files_is_not_replaced(tiny_checkpoint, tmp_path):
+    """Saving swaps in a whole new folder: a cue file or notes kept beside the model were
+    deleted without a word. Its own files (graphs included, rebuilt for new weights) are not
+    in the way."""
+    from embedder.checkpoint import _OWN_FILES, check_checkpoint_target
+    from embedder.graphs import GRAPH_FILES
+
+    assert set(GRAPH_FILES.values()) <= _OWN_FILES
+    out = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, out)
+    (out / "model.onnx").write_bytes(b"stale graph")
+    (out / ".hidden-temp").write_text("x")
+    assert check_checkpoint_target(out) == out
+    (out / "cues.json").write_text("{}")
+    (out / "notes").mkdir()
+    with pytest.raises(CheckpointError, match="holds 'cues.json' and 1 more beside the"):
+        check_checkpoint_target(out)

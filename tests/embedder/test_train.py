@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from embedder.checkpoint import load_checkpoint
+from embedder.checkpoint import load_checkpoint, read_config
 from embedder.errors import DataError
 from embedder.train import train
 from tests.conftest import tiny_train_config
@@ -159,6 +159,27 @@ def test_ctrl_c_keeps_the_best_checkpoint(tiny_catalog, tmp_path, monkeypatch):
     result = train(tiny_train_config(tiny_catalog, tmp_path / "ck", epochs=3, val_fraction=0.2))
     assert result.interrupted and result.best_epoch == 1
     load_checkpoint(tmp_path / "ck")  # complete and loadable
+
+
+def test_ctrl_c_during_a_save_reports_the_checkpoint_on_disk(tiny_catalog, tmp_path, monkeypatch):
+    """The epoch was logged "(best, saved)" and reported as the best before its save ran;
+    a Ctrl-C stopping the save left the report naming an epoch the folder does not hold."""
+    from embedder import trainer
+
+    saves = {"n": 0}
+    original = trainer.save_checkpoint
+
+    def interrupt_second_save(*args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", interrupt_second_save)
+    config = tiny_train_config(tiny_catalog, tmp_path / "ck", epochs=3, val_fraction=0.0)
+    result = train(config)  # without validation every epoch is the best: each one saves
+    assert result.interrupted and result.history[-1]["epoch"] > result.best_epoch
+    assert read_config(tmp_path / "ck").metrics["epoch"] == result.best_epoch
 
 
 def test_unreadable_training_images_are_skipped_and_counted(tiny_catalog, tmp_path):
@@ -371,3 +392,9 @@ def test_smoothing_blended_targets_is_timms_smoothing_of_the_blend():
 def test_bad_mixing_settings_are_refused(tiny_catalog, tmp_path, overrides, message):
     with pytest.raises(DataError, match=message):
         train(tiny_train_config(tiny_catalog, tmp_path / "x", **overrides))
+
+
+def test_a_validation_set_holding_training_images_is_warned_about(tiny_catalog, tmp_path, caplog):
+    """Early stopping would pick its best epoch on photos the model learns."""
+    train(tiny_train_config(tiny_catalog, tmp_path / "ck", epochs=1, val=str(tiny_catalog)))
+    assert "validation images are training images too" in caplog.text
