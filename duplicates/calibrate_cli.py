@@ -15,6 +15,7 @@ from common.argtypes import (
     show_progress,
 )
 from duplicates.descriptor import DescriptorConfig
+from embedder.checkpoint import CALIBRATION_FOLDER
 from embedder.engine_options import EngineOptions, add_engine_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +145,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from duplicates.finder import FinderConfig
     from embedder.errors import check_output_folder
 
-    work = Path(args.work) if args.work else Path(args.checkpoint) / "duplicates-calibration"
+    work = Path(args.work) if args.work else Path(args.checkpoint) / CALIBRATION_FOLDER
     # Its benchmark/images is replaced: never in a folder of other files (a data folder).
     check_output_folder(work, owns=WORK_FILES | seed_folders(work))
     if not args.dry_run and args.seeds is None:

@@ -143,9 +143,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# `phonesim duplicates calibrate`'s work folder, by default inside the checkpoint it calibrates.
+CALIBRATION_FOLDER = "duplicates-calibration"
 # What a checkpoint folder holds of phonesim's own: the weights, the config, the ONNX graphs
-# (embedder.graphs.GRAPH_FILES, rebuilt for new weights). Hidden names are temporaries.
-_OWN_FILES = frozenset({WEIGHTS_FILE, CONFIG_FILE, "model.onnx", "model.int8.onnx"})
+# (embedder.graphs.GRAPH_FILES) and the calibration's work, all made for the weights a new
+# save replaces. Hidden names are temporaries.
+_OWN_FILES = frozenset(
+    {WEIGHTS_FILE, CONFIG_FILE, "model.onnx", "model.int8.onnx", CALIBRATION_FOLDER}
+)
 
 
 def check_checkpoint_target(out: str | Path) -> Path:
