@@ -108,6 +108,9 @@ def map_state_dict_by_position(
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors or a ``weights_only`` torch file (never pickle code)."""
     path = Path(path)
+    if path.is_dir():  # a checkpoint folder, most likely
+        hint = " (its model.safetensors?)" if (path / "model.safetensors").is_file() else ""
+        raise WeightsError(f"{path}: is a folder; give the weights file{hint}")
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found (use 'imagenet', 'none' or a file)")
     try:

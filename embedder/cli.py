@@ -332,14 +332,13 @@ def _train(args: argparse.Namespace) -> int:
     elif result.best_epoch < 0:
         print("interrupted before the first epoch ended: no checkpoint was saved")
     else:
-        print(
-            f"best epoch {result.best_epoch}: "
-            + ", ".join(
-                f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}"
-                for k, v in result.metrics.items()
-                if k.startswith("val_")
-            )
+        scores = ", ".join(
+            f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}"
+            for k, v in result.metrics.items()
+            if k.startswith("val_")
         )
+        # Without validation (--val-fraction 0) the last epoch is kept: nothing to score it by.
+        print(f"best epoch {result.best_epoch}: {scores or 'no validation set, last epoch kept'}")
         print(
             f"checkpoint: {result.checkpoint}; unreadable images skipped: {len(result.skipped)}; "
             f"label conflicts left out: {len(result.label_conflicts)}"

@@ -57,6 +57,7 @@ def test_help_lists_subcommands(capsys):
         (["--data", "{tmp}/bad.csv"], "missing column"),
         (["--data", "{tmp}/notes.txt"], "expected a folder"),
         (["--data", "{tmp}/ok", "--weights", "{tmp}/none.pth"], "weights file not found"),
+        (["--data", "{tmp}/ok", "--weights", "{tmp}/ok"], "is a folder; give the weights file"),
         (["--data", "{tmp}/ok", "--model", "nope_model", "--weights", "none"], "unknown timm"),
         (["--data", "{tmp}/ok", "--weights", "{tmp}/notes.txt"], "cannot read weights"),
         (["--data", "{tmp}/ok", "--out", "{tmp}/ok"], "not a phonesim checkpoint"),
