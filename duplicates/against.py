@@ -10,6 +10,7 @@ skipped.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from PIL import ImageOps
 
 from duplicates.descriptor import CopyDescriptor
 from duplicates.features import Features, extract_features
-from duplicates.finder import FinderConfig, PairScorer, member
+from duplicates.finder import FinderConfig, PairScorer, member, timing_of
 from duplicates.result import (
     SOURCE_CATALOG,
     DuplicateGroup,
@@ -125,6 +126,7 @@ def find_against(
     scorer = PairScorer(queries, catalog, config.verify, config.pair_model)
     inner = PairScorer(catalog, None, config.verify, config.pair_model)
     groups: list[DuplicateGroup] = []
+    verified, verify_s = 0, 0.0
     for q in range(len(queries)):
         info_q = queries.infos[q]
         matched: dict[int, float] = {}
@@ -143,7 +145,10 @@ def find_against(
                 # outside the range the pair model was fitted on).
                 continue
             else:
+                started = time.perf_counter()
                 score = scorer.score(q, r)
+                verify_s += time.perf_counter() - started
+                verified += 1
             if score >= config.threshold:
                 matched[r] = score
         if not matched:
@@ -162,6 +167,7 @@ def find_against(
         log.warning(
             "%d catalog candidates could not be verified (no readable image)", len(unreachable)
         )
+    timing = timing_of([queries, catalog], verified, verify_s, descriptor.engine.runtime)
     queries.close()
     catalog.close()
     return DuplicateResult(
@@ -172,5 +178,8 @@ def find_against(
         score=config.score_name,
         mode="against",
         catalog=str(index_dir),
-        extra={"unverified_catalog_candidates": len(unreachable)},
+        extra={
+            "unverified_catalog_candidates": len(unreachable),
+            "timing": timing,
+        },
     )

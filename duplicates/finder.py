@@ -292,21 +292,31 @@ def find_duplicates(
 
 def stage_timing(features: Features, pairs: ScoredPairs, runtime: str) -> dict:
     """Speed of the two costly stages: describing images and verifying candidate pairs."""
+    return timing_of([features], pairs.verified, pairs.seconds, runtime)
+
+
+def timing_of(
+    described: Sequence[Features], verified: int, verify_seconds: float, runtime: str
+) -> dict:
+    """:func:`stage_timing` over several described sets (the inputs and catalog candidates
+    of a search against an index) and ``verified`` pairs in ``verify_seconds``."""
 
     def rate(count: int, seconds: float) -> float:
         return round(count / seconds, 2) if seconds > 0 else 0.0
 
-    n = len(features)
+    n = sum(len(f) for f in described)
+    seconds = sum(f.seconds for f in described)
+    model_seconds = sum(f.model_seconds for f in described)
     return {
         "runtime": runtime,
         "images": n,
-        "describe_s": round(features.seconds, 3),
-        "describe_images_per_s": rate(n, features.seconds),
-        "model_s": round(features.model_seconds, 3),
-        "model_images_per_s": rate(n, features.model_seconds),
-        "pairs": pairs.verified,
-        "verify_s": round(pairs.seconds, 3),
-        "verify_pairs_per_s": rate(pairs.verified, pairs.seconds),
+        "describe_s": round(seconds, 3),
+        "describe_images_per_s": rate(n, seconds),
+        "model_s": round(model_seconds, 3),
+        "model_images_per_s": rate(n, model_seconds),
+        "pairs": verified,
+        "verify_s": round(verify_seconds, 3),
+        "verify_pairs_per_s": rate(verified, verify_seconds),
     }
 
 

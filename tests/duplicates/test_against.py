@@ -46,6 +46,8 @@ def test_against_index_reports_catalog_matches(
     ]
     result = find_against(descriptor, embedder, samples, where, config, store=store)
     assert result.mode == "against" and len(result.groups) == 1
+    timing = result.extra["timing"]  # printed as in a folder search
+    assert timing["images"] >= 3 and timing["pairs"] >= 1 and timing["verify_s"] > 0
     group = result.groups[0]
     assert group.keeper.id == target.id and group.keeper.source == "catalog"
     assert group.members[-1].id == "relisted" and group.members[-1].source == "input"
