@@ -51,7 +51,7 @@ def run_reporting_errors(
     *,
     verbose: bool = False,
     quiet: bool = False,
-    interrupted: str = "interrupted",
+    interrupted: str | Callable[[], str] = "interrupted",
 ) -> int:
     """Run a command with logging set up; bad input and Ctrl-C become one line and an exit code."""
     configure_logging(verbose=verbose, quiet=quiet)
@@ -59,7 +59,10 @@ def run_reporting_errors(
 
 
 def reporting_errors(
-    prog: str, run: Callable[[], int | None], *, interrupted: str = "interrupted"
+    prog: str,
+    run: Callable[[], int | None],
+    *,
+    interrupted: str | Callable[[], str] = "interrupted",
 ) -> int:
     """``run()``'s exit code; bad input (:class:`UserError`: 2), a refused file operation
     (``OSError``: 1) and Ctrl-C (130) as one line on stderr instead of a traceback. For the
@@ -75,5 +78,6 @@ def reporting_errors(
         print(f"{prog}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{prog}: {interrupted}", file=sys.stderr)
+        said = interrupted() if callable(interrupted) else interrupted  # what is left now
+        print(f"{prog}: {said}", file=sys.stderr)
         return 130

@@ -4,6 +4,7 @@ and ``phonesim embed``, which is the same job with the neighbour pass off."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from common.argtypes import (
     add_data_option,
@@ -237,7 +238,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def resume_hint(args: argparse.Namespace) -> str:
-    """What Ctrl-C leaves, said instead of a bare "interrupted"."""
+    """What Ctrl-C left, said instead of a bare "interrupted" (asked after the stop: a run
+    stopped before its first shard removes its progress folder)."""
+    if not Path(f"{args.out}.partial").is_dir():
+        return "interrupted before any progress was kept; nothing to resume"
     return (
         f"interrupted; progress is kept in {args.out}.partial/, "
         "run the same command again to resume"
@@ -333,5 +337,5 @@ def main(argv: list[str] | None = None) -> int:
         args,
         verbose=args.verbose,
         quiet=args.quiet,
-        interrupted=resume_hint(args),
+        interrupted=lambda: resume_hint(args),
     )

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         args,
         verbose=args.verbose,
         quiet=args.quiet,
-        interrupted=hint(args) if callable(hint) else "interrupted",
+        interrupted=(lambda: hint(args)) if callable(hint) else "interrupted",
     )
 
 

@@ -116,12 +116,27 @@ def test_a_resume_after_the_embedding_records_the_runtime_that_embedded(
 
     monkeypatch.setattr(job, "write_neighbors", interrupt)
     assert export_cli.main(argv) == 130
+    assert "progress is kept in" in capsys.readouterr().err
     monkeypatch.setattr(job, "write_neighbors", real)
-    capsys.readouterr()
     assert export_cli.main([*argv[:-2], "--runtime", "auto"]) == 0
     assert "torch, resumed after" in capsys.readouterr().out
     with h5py.File(out) as h5:
         assert h5.attrs["runtime"] == "torch"
+
+
+def test_ctrl_c_before_the_first_shard_says_nothing_is_kept(
+    demo, ckpt, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "features.h5"
+
+    def interrupt(self, batch):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ShardWriter, "write", interrupt)
+    argv = ["--checkpoint", str(ckpt), "--images", str(demo), "--out", str(out), "--workers", "0"]
+    assert export_cli.main(argv) == 130
+    assert "before any progress was kept" in capsys.readouterr().err  # it said "kept in"
+    assert not partial_path(out).exists()
 
 
 def test_cli_reports_errors_in_one_line(demo, ckpt, tmp_path, capsys):
