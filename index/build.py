@@ -7,6 +7,7 @@ an interrupted build leaves no half-written index behind.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import os
@@ -274,6 +275,13 @@ def image_roots(paths: Sequence[str], limit: int = MAX_IMAGE_ROOTS) -> list[str]
         roots = {os.path.dirname(r) if r.count(os.sep) == deepest else r for r in kept}
 
 
+def _working_directory() -> Path:
+    try:
+        return Path.cwd()
+    except FileNotFoundError:  # deleted under us: it is no index folder's either
+        return Path("/")
+
+
 def check_index_target(
     out: Path, *, overwrite: bool, inputs: Iterable[str | Path | None] = ()
 ) -> None:
@@ -283,6 +291,9 @@ def check_index_target(
     delete them), or a path whose parent folder is missing or not writable."""
     if out.exists() and not out.is_dir():
         raise BuildInputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and _working_directory().is_relative_to(out.resolve()):
+        # The new folder cannot take the place of the one the command runs in.
+        raise BuildInputError(f"{out}: is the working directory; run the command from outside it")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise BuildInputError(f"{out}: already exists and is not empty; use --overwrite")
@@ -392,7 +403,7 @@ def build_index(
         write_manifest(tmp, manifest)
         fsync_dir(tmp)
         timings["write_s"] = time.perf_counter() - t
-        move_into_place(tmp, out)
+        move_into_place(tmp, out, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -436,9 +447,22 @@ def _write_store(
     fsync_path(path)
 
 
-def move_into_place(tmp: Path, out: Path) -> None:
+def move_into_place(tmp: Path, out: Path, *, overwrite: bool = True) -> None:
     """Swap the finished build in for ``out``, holding the old index's lock exclusively
-    meanwhile (so no process has it open)."""
+    meanwhile (so no process has it open). Without ``overwrite`` it only takes an absent or
+    empty ``out``, in one rename: an index another command put there meanwhile stays."""
+    if not overwrite:
+        try:
+            os.rename(tmp, out)  # onto a folder that is not empty: ENOTEMPTY, never a swap
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise BuildInputError(
+                f"{out}: another index was put there while this one was made; not replacing "
+                "it (use --overwrite)"
+            ) from None
+        fsync_dir(out.parent)
+        return
     lock = lock_writer(out) if (out / MANIFEST_NAME).is_file() else None
     try:
         swap_folder(tmp, out, out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}")

@@ -36,11 +36,23 @@ def store_path(path: Path) -> Path:
     return path / STORE_NAME
 
 
+def _open_lock(path: Path) -> int:
+    try:
+        return os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as exc:  # read-only media: say what to do, not just "denied"
+        raise PermissionError(
+            exc.errno,
+            "the index folder is not writable here (its lock file, and SQLite's beside its "
+            "store, are written even to read it); copy the folder to a writable place",
+            str(path / LOCK_NAME),
+        ) from None
+
+
 def lock_writer(path: Path) -> int:
     """Take the folder's lock exclusively (released when the fd closes or we die): a build
     replacing the folder holds it. Opened indexes hold it shared (:func:`lock_shared`), not
     exclusively: any number of processes write, through the store's transactions."""
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -54,7 +66,7 @@ def lock_writer(path: Path) -> int:
 def lock_shared(path: Path) -> int:
     """Take the folder's lock shared, as every opener does, so that a build cannot replace
     the folder under a process that has it open (the build takes it exclusively)."""
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -157,7 +157,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     ids = list(args.ids)
     if args.ids_file:
         try:
-            text = Path(args.ids_file).read_text(encoding="utf-8")
+            text = Path(args.ids_file).read_text(encoding="utf-8-sig")  # a BOM is no id
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"{args.ids_file}: cannot read ids ({exc})") from None
         listed = [line.strip() for line in text.splitlines() if line.strip()]
@@ -166,6 +166,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
         ids += listed
     if not ids:
         args.parser.error("give ids to remove with --id ID or --ids-file FILE")
+    if args.image_dir and not Path(args.image_dir).is_dir():  # a typo would leave the photos
+        raise UserError(f"--image-dir {args.image_dir}: no such folder; nothing removed")
     with _open(args) as ix:
         kept = _kept_images(ix, ids, args.image_dir) if args.image_dir else []
         ix.remove(ids)

@@ -163,7 +163,7 @@ def restore(
         with CatalogIndex.open(tmp, readonly=True) as ix:  # what was restored, not before
             count = len(ix)
         fsync_dir(tmp)
-        move_into_place(tmp, dest)
+        move_into_place(tmp, dest, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

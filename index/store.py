@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -101,6 +102,12 @@ class CatalogStore(JournalTable):
         except sqlite3.DatabaseError as exc:
             if getattr(self, "_db", None) is not None:
                 self._db.close()
+            if not os.access(Path(self.path).parent, os.W_OK):  # not damaged: not ours to write
+                raise IndexCorruptError(
+                    f"{Path(self.path).parent}: the index folder is not writable here, and SQLite "
+                    "needs to write beside its store even to read it; copy the folder to a "
+                    "writable place"
+                ) from exc
             raise IndexCorruptError(f"{self.path}: not a readable catalog store ({exc})") from exc
         missing = sorted(_TABLES - tables)
         if missing:

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
+from index import build as index_build
 from index import cli as index_cli
 from index import open_index
 from index.build import read_catalog_csv, read_embeddings
@@ -273,3 +274,60 @@ def test_phonesim_main_reports_index_errors_in_one_line(files, capsys):
     out = str(files / "idx")
     assert main(["index", "build", "--embeddings", str(files / "emb.h5"), "--out", out]) == 0
     assert main(["index", "info", out, "--json"]) == 0
+
+
+def test_an_index_put_in_place_during_a_build_is_not_replaced_without_overwrite(files):
+    """The target was checked at the start only: a restore finishing first was replaced by
+    the build, both reporting success."""
+    from index.build import build_index
+
+    out = files / "idx"
+    xb = np.random.default_rng(0).standard_normal((40, DIM)).astype(np.float32)
+    ids = [f"x{i}" for i in range(40)]
+    kw = dict(model_name=MODEL, checkpoint_hash=HASH, progress=False)
+    real_write, landed = index_build.write_manifest, []
+
+    def another_index_lands_meanwhile(folder, manifest):  # noqa: ANN001, ANN202
+        real_write(folder, manifest)
+        if not landed:
+            landed.append(True)
+            build_index(out, ids[:5], xb[:5], [{}] * 5, **kw)
+
+    index_build.write_manifest = another_index_lands_meanwhile
+    try:
+        with pytest.raises(BuildInputError, match="another index was put there"):
+            build_index(out, ids, xb, [{}] * 40, **kw)
+    finally:
+        index_build.write_manifest = real_write
+    with open_index(out) as ix:
+        assert len(ix) == 5  # the one that landed first stays
+    assert not [p for p in files.iterdir() if p.name.startswith(".idx")]  # no temporaries
+
+
+def test_an_index_that_is_the_working_directory_is_refused_before_any_work(files, monkeypatch):
+    cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(files / "idx")])
+    monkeypatch.chdir(files / "idx")
+    with pytest.raises(BuildInputError, match="is the working directory"):
+        cli(["build", "--embeddings", str(files / "emb.h5"), "--out", ".", "--overwrite"])
+
+
+def test_an_index_on_read_only_media_says_to_copy_it(files, monkeypatch):
+    """Opening writes in the folder (its lock, SQLite's -wal/-shm): a bare "Permission
+    denied" on writer.lock was all an operator restoring from a read-only backup got."""
+    import errno
+    import os
+
+    from index import folder
+
+    cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(files / "idx")])
+    real_open = os.open
+
+    def read_only(path, flags, *args):  # noqa: ANN001, ANN002, ANN202
+        if str(path).endswith("writer.lock"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(folder.os, "open", read_only)
+    with pytest.raises(PermissionError, match="not writable here.*copy the folder") as exc:
+        open_index(files / "idx", readonly=True)
+    assert exc.value.filename.endswith("writer.lock")

@@ -210,6 +210,13 @@ def test_remove_with_an_empty_ids_file_says_so(tmp_path):
         cli(["remove", "--index", str(tmp_path / "a"), "--ids-file", str(tmp_path / "ids.txt")])
     with open_index(tmp_path / "a", readonly=True) as ix:
         assert len(ix) == 120
+    argv = ["remove", "--index", str(tmp_path / "a"), "--id", "p1"]
+    with pytest.raises(UserError, match="--image-dir .*: no such folder; nothing removed"):
+        cli([*argv, "--image-dir", str(tmp_path / "typo")])  # its photos would stay behind
+    (tmp_path / "ids.txt").write_bytes("p2\np3\n".encode("utf-8-sig"))  # Notepad's BOM
+    cli(["remove", "--index", str(tmp_path / "a"), "--ids-file", str(tmp_path / "ids.txt")])
+    with open_index(tmp_path / "a", readonly=True) as ix:
+        assert len(ix) == 118 and "p1" in ix and "p2" not in ix
 
 
 def test_adding_embeddings_of_another_checkpoint_says_to_embed_them_again(tmp_path):
