@@ -327,8 +327,8 @@ def _write_file(
                 "dim": identity.dim,
                 "num_classes": identity.num_classes,
                 "normalized": True,
-                # The runtime of the run that finished the file; an earlier run it resumed
-                # had the same precision (checked on resume).
+                # The runtimes that embedded the rows ("onnx+torch" where a resume switched;
+                # the same precision either way, checked on resume).
                 "runtime": runtime,
                 "precision": identity.precision,
                 "dtype": config.dtype,

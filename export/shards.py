@@ -105,6 +105,7 @@ class PartialDir:
         if path.exists() and not manifest.is_file():
             raise ExportError(
                 f"{path}: exists but is not an export in progress; move it away first"
+                + (" (--restart clears it only when empty)" if restart else "")
             )
         if path.exists() and restart:
             log.info("discarding previous progress in %s", path)

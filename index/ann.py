@@ -248,11 +248,13 @@ def write(index: faiss.Index, path: str | Path) -> None:
 
 
 def check_file(path: str | Path) -> None:
-    """Raise :class:`IndexCorruptError` when the FAISS file at ``path`` cannot be read. It is
-    mapped, not loaded, where FAISS can map the kind (milliseconds at any size); a kind it
-    cannot map, or a damaged file, is read whole to tell."""
+    """Raise :class:`IndexCorruptError` when the FAISS file at ``path`` cannot be read. Its
+    vectors are mapped, not loaded (``IO_FLAG_MMAP_IFC``: a 782 MB Flat file in 0.01 s,
+    against 0.41 s with ``IO_FLAG_MMAP``, which reads Flat and HNSW whole; a review measured
+    41 MB against 841 MB resident); a kind FAISS cannot map, or a damaged file, is read whole
+    to tell."""
     try:
-        faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+        faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
     except RuntimeError:
         read(path)
 

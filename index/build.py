@@ -452,8 +452,10 @@ def move_into_place(tmp: Path, out: Path, *, overwrite: bool = True) -> None:
     meanwhile (so no process has it open). Without ``overwrite`` it only takes an absent or
     empty ``out``, in one rename: an index another command put there meanwhile stays."""
     if not overwrite:
+        # A link to an empty folder is that folder (the rename would not follow it).
+        target = out.resolve() if out.is_symlink() else out
         try:
-            os.rename(tmp, out)  # onto a folder that is not empty: ENOTEMPTY, never a swap
+            os.rename(tmp, target)  # onto a folder that is not empty: ENOTEMPTY, never a swap
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
@@ -461,7 +463,7 @@ def move_into_place(tmp: Path, out: Path, *, overwrite: bool = True) -> None:
                 f"{out}: another index was put there while this one was made; not replacing "
                 "it (use --overwrite)"
             ) from None
-        fsync_dir(out.parent)
+        fsync_dir(target.parent)
         return
     lock = lock_writer(out) if (out / MANIFEST_NAME).is_file() else None
     try:

@@ -166,8 +166,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
         ids += listed
     if not ids:
         args.parser.error("give ids to remove with --id ID or --ids-file FILE")
-    if args.image_dir and not Path(args.image_dir).is_dir():  # a typo would leave the photos
-        raise UserError(f"--image-dir {args.image_dir}: no such folder; nothing removed")
+    if args.image_dir and Path(args.image_dir).exists() and not Path(args.image_dir).is_dir():
+        raise UserError(f"--image-dir {args.image_dir}: is not a folder; nothing removed")
+    if args.image_dir and not Path(args.image_dir).exists():
+        # A server makes it at its first upload: none yet, or a mistyped path. Say which.
+        log.warning("--image-dir %s does not exist: no kept photo is deleted", args.image_dir)
     with _open(args) as ix:
         kept = _kept_images(ix, ids, args.image_dir) if args.image_dir else []
         ix.remove(ids)

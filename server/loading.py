@@ -65,9 +65,14 @@ def check_for_serving(
     )
     check_runtime(checkpoint, runtime)  # an int8 graph that 'phonesim optimize' has not made
     if device is not None:  # a GPU this machine lacks: one line, not a traceback per worker
-        from embedder.torch_engine import resolve_device
+        if runtime in ("onnx", "onnx-int8"):  # ONNX Runtime's own providers, not torch's
+            from embedder.engine import onnx_providers
 
-        resolve_device(device)
+            onnx_providers(device)
+        else:
+            from embedder.torch_engine import resolve_device
+
+            resolve_device(device)
     if read_text:
         if importlib.util.find_spec("rapidocr") is None:
             raise EngineError(f"--read-text needs RapidOCR: {INSTALL_HINT}")

@@ -304,6 +304,17 @@ def test_an_index_put_in_place_during_a_build_is_not_replaced_without_overwrite(
     assert not [p for p in files.iterdir() if p.name.startswith(".idx")]  # no temporaries
 
 
+def test_an_index_built_through_a_link_to_an_empty_folder_lands_in_that_folder(files):
+    import os
+
+    (files / "real").mkdir()
+    os.symlink(files / "real", files / "link")
+    cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(files / "link")])
+    assert (files / "link").is_symlink()
+    with open_index(files / "real") as ix:
+        assert len(ix) == N
+
+
 def test_an_index_that_is_the_working_directory_is_refused_before_any_work(files, monkeypatch):
     cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(files / "idx")])
     monkeypatch.chdir(files / "idx")

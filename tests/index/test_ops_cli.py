@@ -211,12 +211,24 @@ def test_remove_with_an_empty_ids_file_says_so(tmp_path):
     with open_index(tmp_path / "a", readonly=True) as ix:
         assert len(ix) == 120
     argv = ["remove", "--index", str(tmp_path / "a"), "--id", "p1"]
-    with pytest.raises(UserError, match="--image-dir .*: no such folder; nothing removed"):
-        cli([*argv, "--image-dir", str(tmp_path / "typo")])  # its photos would stay behind
+    with pytest.raises(UserError, match="--image-dir .*: is not a folder; nothing removed"):
+        cli([*argv, "--image-dir", str(tmp_path / "ids.txt")])
     (tmp_path / "ids.txt").write_bytes("p2\np3\n".encode("utf-8-sig"))  # Notepad's BOM
     cli(["remove", "--index", str(tmp_path / "a"), "--ids-file", str(tmp_path / "ids.txt")])
     with open_index(tmp_path / "a", readonly=True) as ix:
         assert len(ix) == 118 and "p1" in ix and "p2" not in ix
+
+
+def test_remove_with_an_image_dir_no_server_made_yet_removes_and_says_so(tmp_path, caplog):
+    """A server makes its --image-dir at its first upload: a cron job passing it must
+    still remove catalog items, and a mistyped path shows in the warning."""
+    write_embeddings(tmp_path / "emb.h5")
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
+    argv = ["remove", "--index", str(tmp_path / "a"), "--id", "p1"]
+    cli([*argv, "--image-dir", str(tmp_path / "uploads")])
+    assert "uploads does not exist: no kept photo is deleted" in caplog.text
+    with open_index(tmp_path / "a", readonly=True) as ix:
+        assert "p1" not in ix
 
 
 def test_adding_embeddings_of_another_checkpoint_says_to_embed_them_again(tmp_path):

@@ -108,6 +108,23 @@ def test_a_gpu_this_machine_lacks_is_refused_before_the_workers(tiny_checkpoint,
     loading.check_for_serving(tiny_checkpoint, index_dir, device="cpu")
 
 
+def test_the_onnx_runtime_checks_the_device_with_onnx_runtime(
+    tiny_checkpoint, index_dir, monkeypatch
+):
+    """CPU-only torch beside onnxruntime-gpu serves `--runtime onnx --device cuda`: asking
+    torch refused it."""
+    import onnxruntime as ort
+
+    from embedder.errors import EngineError
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(EngineError, match="onnxruntime has no provider for device 'cuda'"):
+        loading.check_for_serving(tiny_checkpoint, index_dir, runtime="onnx", device="cuda")
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: gpu)
+    loading.check_for_serving(tiny_checkpoint, index_dir, runtime="onnx", device="cuda")
+
+
 def test_a_damaged_faiss_file_is_refused_before_the_workers(tiny_checkpoint, index_dir, tmp_path):
     from index.errors import IndexCorruptError
 
