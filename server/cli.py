@@ -274,8 +274,13 @@ def web_origin(text: str) -> str:
     if text == "*":
         return text
     parts = urlsplit(text.rstrip("/"))
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # "https://x:abc", or out of range
+        port_ok = False
     if (
-        parts.scheme not in ("http", "https")
+        not port_ok
+        or parts.scheme not in ("http", "https")
         or not parts.hostname
         or parts.path
         or (parts.query or parts.fragment or parts.username)

@@ -169,6 +169,7 @@ def test_the_key_leaves_the_arguments_even_when_a_path_holds_it(monkeypatch):
     [
         ("--cors-origin", "shop.example"),  # no scheme: never equals a browser's Origin
         ("--cors-origin", "https://shop.example/path"),
+        ("--cors-origin", "https://shop.example:abc"),  # no port a browser could send
         ("--threads", "100000"),
     ],
 )
