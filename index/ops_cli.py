@@ -43,7 +43,7 @@ def register(actions: argparse._SubParsersAction) -> None:
     add.add_argument("--embeddings", required=True, help="HDF5 file written by phonesim embed")
     add.add_argument("--catalog", help="catalog CSV (id,image,label,...) for the metadata")
     add.add_argument("--json", action="store_true", help="print the result as JSON")
-    add.set_defaults(func=cmd_add, parser=add)
+    add.set_defaults(func=cmd_add, parser=add, interrupted=_add_interrupted)
 
     remove = actions.add_parser(
         "remove",
@@ -151,6 +151,15 @@ def cmd_add(args: argparse.Namespace) -> int:
         ix.add(emb.ids, emb.xb, metadata)
         n = len(ix)
     return _print(args, {"added": len(emb.ids), "count": n}, f"added {len(emb.ids)}; {n} items")
+
+
+def _add_interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C during `index add` leaves: the add is one transaction, in or not."""
+    where = f"--index {args.index}" if getattr(args, "index", None) else "--store URL"
+    return (
+        "interrupted; an add is all or nothing, so its items are either all in or none: "
+        f"check with 'phonesim index info {where}' before running it again"
+    )
 
 
 def cmd_remove(args: argparse.Namespace) -> int:

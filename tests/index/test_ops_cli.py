@@ -286,3 +286,34 @@ def test_remove_with_image_dir_deletes_only_the_removed_items_kept_photos(tmp_pa
         "images_deleted": 1,
     }
     assert not photos["p3"].exists()
+
+
+def test_ctrl_c_during_an_add_says_how_to_tell_whether_it_landed(tmp_path, monkeypatch, capsys):
+    """Stopped after its commit, the add said only "interrupted", and the rerun then failed
+    with "already in the index"."""
+    from index.catalog import CatalogIndex
+    from phonesim.cli import main
+
+    write_embeddings(tmp_path / "emb.h5")
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
+    more_embeddings(tmp_path / "more.h5", [f"n{i}" for i in range(6)])
+    real_add = CatalogIndex.add
+
+    def add_then_ctrl_c(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        real_add(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CatalogIndex, "add", add_then_ctrl_c)
+    argv = [
+        "index",
+        "add",
+        "--index",
+        str(tmp_path / "a"),
+        "--embeddings",
+        str(tmp_path / "more.h5"),
+    ]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "all or nothing" in err and f"phonesim index info --index {tmp_path / 'a'}" in err
+    with open_index(tmp_path / "a", readonly=True) as ix:
+        assert all(f"n{i}" in ix for i in range(6))
