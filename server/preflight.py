@@ -30,7 +30,10 @@ def preflight(config: ServerConfig, settings: GunicornSettings) -> None:
         raise UserError("serve needs --checkpoint and --index (or a PostgreSQL --store)")
     if settings.workers < 1 or settings.threads < 1:
         raise UserError("--workers and --threads must be at least 1")
-    check_address(settings.host, settings.port)
+    # A socket handed down (gunicorn's USR2 re-exec, systemd's socket activation) is held by
+    # design: the port is taken, and this process is meant to serve it.
+    if not (os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS")):
+        check_address(settings.host, settings.port)
     check_in_child(config)
 
 

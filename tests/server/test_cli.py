@@ -211,3 +211,25 @@ def test_an_address_another_server_listens_on_is_one_line_before_gunicorn():
             check_address("127.0.0.1", port)
     with pytest.raises(UserError, match="cannot listen on 10.255.255.1"):
         check_address("10.255.255.1", 8000)  # an address of no interface here
+
+
+def test_a_socket_handed_down_is_not_checked_as_busy(monkeypatch):
+    """gunicorn's USR2 re-exec and systemd's socket activation start a server on a port that
+    is held on purpose: the preflight must not refuse it as taken."""
+    from server import preflight
+    from server.config import GunicornSettings, ServerConfig
+
+    checked = []
+    monkeypatch.setattr(preflight, "check_in_child", lambda config: None)
+    monkeypatch.setattr(preflight, "check_address", lambda host, port: checked.append(port))
+    monkeypatch.delenv("GUNICORN_FD", raising=False)
+    monkeypatch.delenv("LISTEN_FDS", raising=False)
+    config = ServerConfig(checkpoint="ck", index="ix")
+    settings = GunicornSettings(host="127.0.0.1", port=8000)
+    preflight.preflight(config, settings)
+    assert checked == [8000]
+    for variable in ("GUNICORN_FD", "LISTEN_FDS"):
+        monkeypatch.setenv(variable, "3")
+        preflight.preflight(config, settings)
+        monkeypatch.delenv(variable)
+    assert checked == [8000]  # not checked when the socket is handed down
