@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from common.argtypes import (
@@ -151,7 +152,11 @@ def cmd_info(args: argparse.Namespace) -> int:
                                readonly=True) as ix:  # fmt: skip
             info = {**ix.info(), "path": ix.where}
     else:
+        from index import ann
+
         info = describe(index_folder_or_exit(args))
+        if info.get("faiss_file"):  # a health check: the vectors too, not only the catalog
+            ann.check_file(Path(info["path"]) / info["faiss_file"])
     if args.json:
         print(json.dumps(info))
         return 0

@@ -265,6 +265,21 @@ def test_a_damaged_catalog_store_is_one_clear_error(files):
         open_index(out, readonly=True)
 
 
+def test_info_checks_the_vectors_too(files):
+    """`index info` read only the catalog: with its FAISS file gone or garbage it printed a
+    healthy index, and the next add failed."""
+    out = files / "idx"
+    cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(out)])
+    assert cli(["info", str(out)]) == 0
+    (path,) = out.glob("*.faiss")
+    path.write_bytes(b"garbage" * 100)
+    with pytest.raises(IndexCorruptError, match="cannot read FAISS index"):
+        cli(["info", str(out)])
+    path.unlink()
+    with pytest.raises(IndexCorruptError, match="cannot read FAISS index"):
+        cli(["info", str(out)])
+
+
 def test_phonesim_main_reports_index_errors_in_one_line(files, capsys):
     from phonesim.cli import main
 
