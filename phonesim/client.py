@@ -33,6 +33,8 @@ from typing import Any
 import requests
 from urllib3.exceptions import NewConnectionError
 
+from common.item_ids import is_item_id
+
 RETRY_STATUSES = frozenset({429, 503})
 ImageInput = str | os.PathLike | bytes
 
@@ -69,13 +71,10 @@ def _item_path(item_id: str) -> str:
     """The URL path of a catalog item. Its '/' are escaped, and an id whose segments would be
     read as another path is refused: HTTP clients resolve "a/../b" to "b" before sending (a
     remove of "x/../y" deleted y), and the server reads "x/similar" as x's neighbours. No
-    item can have such an id: the server refuses it when one is added."""
+    item can have such an id: the server refuses it, by the same rule, when one is added."""
     if not isinstance(item_id, str) or not item_id:
         raise ValueError(f"an item id is a non-empty string, got {item_id!r}")
-    parts = item_id.split("/")
-    if any(p in ("", ".", "..") for p in parts) or (
-        len(parts) > 1 and parts[-1] in ("similar", "image")
-    ):
+    if not is_item_id(item_id):
         raise ValueError(f"no catalog item can have the id {item_id!r}")
     return "/v1/items/" + requests.utils.quote(item_id, safe="")
 
