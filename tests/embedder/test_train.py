@@ -143,19 +143,23 @@ def test_unknown_bn_stats_setting_is_refused(tiny_catalog, tmp_path):
         train(tiny_train_config(tiny_catalog, tmp_path / "ck", bn_stats="sometimes"))
 
 
-def test_ctrl_c_keeps_the_best_checkpoint(tiny_catalog, tmp_path, monkeypatch):
-    from embedder import trainer
+def ctrl_c_on_second_call(monkeypatch, module, name: str) -> None:  # noqa: ANN001
+    """Make ``module.name`` raise KeyboardInterrupt on its second call, as Ctrl-C would."""
+    original, calls = getattr(module, name), []
 
-    calls = {"n": 0}
-    original = trainer.train_one_epoch
-
-    def interrupt_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == 2:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupt_second_epoch)
+    monkeypatch.setattr(module, name, interrupted)
+
+
+def test_ctrl_c_keeps_the_best_checkpoint(tiny_catalog, tmp_path, monkeypatch):
+    from embedder import trainer
+
+    ctrl_c_on_second_call(monkeypatch, trainer, "train_one_epoch")
     result = train(tiny_train_config(tiny_catalog, tmp_path / "ck", epochs=3, val_fraction=0.2))
     assert result.interrupted and result.best_epoch == 1
     load_checkpoint(tmp_path / "ck")  # complete and loadable
@@ -166,16 +170,7 @@ def test_ctrl_c_during_a_save_reports_the_checkpoint_on_disk(tiny_catalog, tmp_p
     a Ctrl-C stopping the save left the report naming an epoch the folder does not hold."""
     from embedder import trainer
 
-    saves = {"n": 0}
-    original = trainer.save_checkpoint
-
-    def interrupt_second_save(*args, **kwargs):
-        saves["n"] += 1
-        if saves["n"] == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "save_checkpoint", interrupt_second_save)
+    ctrl_c_on_second_call(monkeypatch, trainer, "save_checkpoint")
     config = tiny_train_config(tiny_catalog, tmp_path / "ck", epochs=3, val_fraction=0.0)
     result = train(config)  # without validation every epoch is the best: each one saves
     assert result.interrupted and result.history[-1]["epoch"] > result.best_epoch
