@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from common.argtypes import (
     add_store_option,
     host,
+    int_between,
     non_negative_float,
     port,
     positive_float,
@@ -60,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threads",
-        type=request_threads,
+        type=int_between(1, MAX_REQUEST_THREADS),
         default=8,
         help=f"request threads per worker (default 8, at most {MAX_REQUEST_THREADS})",
     )
@@ -258,14 +259,6 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
 
 
 MAX_REQUEST_THREADS = 1024
-
-
-def request_threads(text: str) -> int:
-    """Request threads per worker: 1 to MAX_REQUEST_THREADS."""
-    value = int(text)
-    if not 1 <= value <= MAX_REQUEST_THREADS:
-        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_REQUEST_THREADS}, got {value}")
-    return value
 
 
 def web_origin(text: str) -> str:
