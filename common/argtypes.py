@@ -249,14 +249,19 @@ def int_between(low: int, high: int) -> Callable[[str], int]:
 
 def seconds_between(low: float, high: float) -> Callable[[str], float]:
     """An argparse type for a duration in seconds within [low, high]."""
+    return number_between(low, high, "seconds")
+
+
+def number_between(low: float, high: float, unit: str) -> Callable[[str], float]:
+    """An argparse type for a number of ``unit`` within [low, high]."""
 
     def parse(text: str) -> float:
         value = float(text)
         if not low <= value <= high:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be {low:g}-{high:g} seconds, got {value}")
+            raise argparse.ArgumentTypeError(f"must be {low:g}-{high:g} {unit}, got {value}")
         return value
 
-    parse.__name__ = f"seconds in [{low:g}, {high:g}]"
+    parse.__name__ = f"{unit} in [{low:g}, {high:g}]"
     return parse
 
 

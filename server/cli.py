@@ -14,6 +14,7 @@ from common.argtypes import (
     host,
     int_between,
     non_negative_float,
+    number_between,
     port,
     positive_float,
     positive_int,
@@ -32,7 +33,9 @@ from embedder.knn_options import (
 from server.config import (
     API_KEY_ENV,
     MAX_SYNC_INTERVAL_S,
+    MAX_UPLOAD_MB,
     MIN_SYNC_INTERVAL_S,
+    MIN_UPLOAD_MB,
     GunicornSettings,
     ServerConfig,
 )
@@ -114,7 +117,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds a request may take to send its body (default 60)",
     )
     p.add_argument(
-        "--max-upload-mb", type=positive_float, default=10.0, help="upload limit (default 10)"
+        "--max-upload-mb",
+        type=number_between(MIN_UPLOAD_MB, MAX_UPLOAD_MB, "MB"),
+        default=10.0,
+        help=f"largest image a request may carry, {MIN_UPLOAD_MB:g}-{MAX_UPLOAD_MB:g} (default 10)",
     )
     p.add_argument(
         "--max-batch", type=positive_int, default=16, help="images per forward pass (default 16)"

@@ -29,6 +29,10 @@ API_KEY_ENV = "PHONESIM_API_KEY"
 # enough that an idle replica costs nothing.
 MIN_SYNC_INTERVAL_S = 0.01
 MAX_SYNC_INTERVAL_S = 60.0
+# An upload smaller than 10 KiB refuses nearly every photo; one above 1 GiB lets a client
+# make a worker hold gigabytes per request.
+MIN_UPLOAD_MB = 0.01
+MAX_UPLOAD_MB = 1024.0
 
 
 def _is_header_text(text: str) -> bool:
@@ -125,8 +129,9 @@ class ServerConfig:
 
     def validate(self) -> ServerConfig:
         """Raise ValueError on settings that cannot work; return self."""
-        if self.max_upload_mb <= 0:
-            raise ValueError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
+        if not MIN_UPLOAD_MB <= self.max_upload_mb <= MAX_UPLOAD_MB:
+            bounds = f"{MIN_UPLOAD_MB:g}-{MAX_UPLOAD_MB:g}"
+            raise ValueError(f"max_upload_mb must be {bounds}, got {self.max_upload_mb}")
         if not 1 <= self.default_k <= self.max_k:
             raise ValueError(f"need 1 <= default_k ({self.default_k}) <= max_k ({self.max_k})")
         if self.max_batch < 1 or self.max_queue < 1 or self.max_batch_entries < 1:

@@ -143,6 +143,13 @@ def test_a_key_an_http_header_cannot_carry_is_refused():
         ServerConfig(checkpoint="c", index="i", api_key="clé-secret").validate()
 
 
+@pytest.mark.parametrize("mb", [0.0, 0.001, 2048.0])
+def test_an_upload_limit_out_of_range_is_refused_in_the_config_too(mb):
+    """An app factory given settings directly (not through the flags) checks them the same."""
+    with pytest.raises(ValueError, match="max_upload_mb must be 0.01-1024"):
+        ServerConfig(checkpoint="c", index="i", max_upload_mb=mb).validate()
+
+
 def test_the_key_leaves_the_arguments_even_when_a_path_holds_it(monkeypatch):
     """With --api-key demo and a path holding "demo", the restart that hides the key was
     skipped (a substring test), while the log said it happened."""
@@ -171,6 +178,9 @@ def test_the_key_leaves_the_arguments_even_when_a_path_holds_it(monkeypatch):
         ("--cors-origin", "https://shop.example/path"),
         ("--cors-origin", "https://shop.example:abc"),  # no port a browser could send
         ("--threads", "100000"),
+        ("--max-upload-mb", "0.001"),  # 1 KiB: refuses every photo
+        ("--max-upload-mb", "1e6"),  # a terabyte held per request
+        ("--max-upload-mb", "nan"),
     ],
 )
 def test_flag_values_that_could_never_work_are_refused(argv, capsys):
