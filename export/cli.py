@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.argtypes import (
     add_data_option,
@@ -22,6 +23,9 @@ from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.engine_options import add_engine_options
 from embedder.knn_options import add_text_cue_options, text_options_from_args
 from export.config import DTYPES
+
+if TYPE_CHECKING:  # the job imports torch: only when the command runs
+    from export.job import ExportSummary
 
 # A recommender reads tens of neighbours; the N x K datasets of far more only fill the disk.
 MAX_NEIGHBORS = 10_000
@@ -172,7 +176,7 @@ def _add_text_options(p: argparse.ArgumentParser, ray: bool = True) -> None:
     )
 
 
-def _text_line(args: argparse.Namespace, summary) -> str:
+def _text_line(args: argparse.Namespace, summary: ExportSummary) -> str:
     """What the text reading did, for the summary line ("" without --read-text)."""
     if not args.read_text:
         return ""
@@ -321,10 +325,18 @@ def run(args: argparse.Namespace) -> int:
     read = _text_line(args, summary)
     print(
         f"exported {summary.count} items ({summary.failed} failed) to {summary.out} "
-        f"[{summary.dim}-d, {summary.neighbors} neighbours, {summary.runner}, "
+        f"[{summary.dim}-d, {_neighbors_text(summary)}, {summary.runner}, "
         f"{summary.runtime}{resumed}{read}]"
     )
     return 0
+
+
+def _neighbors_text(summary: ExportSummary) -> str:
+    """K neighbours, or how few some items got when the catalog holds fewer than K others."""
+    asked = summary.neighbors
+    if summary.neighbors_found >= asked:
+        return f"{asked} neighbours"
+    return f"{asked} neighbours asked, as few as {summary.neighbors_found} found (the rest blank)"
 
 
 def main(argv: list[str] | None = None) -> int:

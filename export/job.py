@@ -66,6 +66,8 @@ class ExportSummary:
     text_named: int = 0
     #: Of ``text_read``, the images whose reading failed (each logged): no cue for them.
     text_failed: int = 0
+    #: The fewest neighbours any item got: below ``neighbors`` when the catalog holds no more.
+    neighbors_found: int = 0
 
     @property
     def items_per_s(self) -> float:
@@ -299,16 +301,17 @@ def _write_file(
     inputs: ExportInputs,
     label_names: list[str],
     runtime: str,
-) -> Assembled:
-    """Assemble the shards into ``tmp``, add the neighbours and the attributes."""
+) -> tuple[Assembled, int]:
+    """Assemble the shards into ``tmp``, add the neighbours and the attributes; return what
+    was assembled and the fewest neighbours any row found."""
     h5, done = assemble(partial, tmp, config.dtype, label_names)
     try:
-        k = config.neighbors
+        k = found = config.neighbors
         if k:
             row_ids = np.asarray(h5[schema.IDS].asstr()[:], dtype=object)
             search = _neighbor_search(config, identity, h5, row_ids, label_names)
             try:
-                write_neighbors(
+                found = write_neighbors(
                     h5,
                     k,
                     search,
@@ -347,7 +350,7 @@ def _write_file(
         )
     finally:
         h5.close()
-    return done
+    return done, found
 
 
 def export_features(config: ExportConfig) -> ExportSummary:
@@ -404,7 +407,7 @@ def export_features(config: ExportConfig) -> ExportSummary:
             "(see the warnings above); nothing to export"
         )
     # The file is assembled inside the partial folder, so a crash leaves nothing beside --out.
-    done = atomic_write(
+    done, neighbors_found = atomic_write(
         out,
         lambda tmp: _write_file(
             tmp, config, identity, partial, inputs, list(ckpt.label_names), runtime
@@ -420,6 +423,7 @@ def export_features(config: ExportConfig) -> ExportSummary:
         failed=done.failed,
         dim=identity.dim,
         neighbors=config.neighbors,
+        neighbors_found=neighbors_found,
         resumed_from=resumed_from,
         embedded_now=embedded_now,
         embed_seconds=embed_seconds,

@@ -155,8 +155,9 @@ def write_neighbors(
     block_rows: int = BLOCK_ROWS,
     progress: bool = True,
     rerank: ClassRerank | None = None,
-) -> None:
-    """Create ``neighbors/{ids,rows,scores}`` (N x k) by searching the file's rows in blocks.
+) -> int:
+    """Create ``neighbors/{ids,rows,scores}`` (N x k) by searching the file's rows in blocks;
+    return the fewest neighbours any row found (less than k in a catalog of k items or fewer).
 
     With ``rerank``, each row's first ``rerank.pool`` neighbours are reordered by its
     probabilities (the file's) of their classes, so the first k are those the server's class
@@ -180,6 +181,7 @@ def write_neighbors(
         group.attrs["class_rerank_pool"] = rerank.pool
     # A re-rank reorders the first `pool` neighbours, so at least that many are fetched.
     fetch = k if rerank is None else max(k, rerank.pool)
+    fewest = k
     with tqdm(total=n, desc="neighbours", unit="item", disable=not progress) as bar:
         for lo in range(0, n, block_rows):
             hi = min(lo + block_rows, n)
@@ -194,4 +196,6 @@ def write_neighbors(
             out_ids[lo:hi] = names
             out_rows[lo:hi] = nrows
             out_scores[lo:hi] = scores
+            fewest = min(fewest, int((names[:, :k] != "").sum(axis=1).min()))
             bar.update(hi - lo)
+    return fewest

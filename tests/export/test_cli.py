@@ -186,3 +186,16 @@ def test_cli_help_lists_the_options():
         export_cli.build_parser().parse_args([*base, "--neighbors", str(10**20)])
     top = export_cli.build_parser().parse_args([*base, "--neighbors", "10000"])
     assert export_cli.config_from_args(top).neighbors == 10_000
+
+
+def test_the_summary_says_when_items_got_fewer_neighbours_than_asked(demo, ckpt, tmp_path, capsys):
+    """It printed "5 neighbours" for a catalog of three, where each item has two."""
+    argv = [
+        "--checkpoint", str(ckpt), "--data", str(demo / "three.csv"), "--workers", "0",
+        "--runtime", "torch", "--out",
+    ]  # fmt: skip
+    assert export_cli.main([*argv, str(tmp_path / "a.h5"), "--neighbors", "5"]) == 0
+    assert "5 neighbours asked, as few as 2 found" in capsys.readouterr().out
+    assert export_cli.main([*argv, str(tmp_path / "b.h5"), "--neighbors", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 neighbours," in out and "asked" not in out

@@ -43,7 +43,8 @@ def test_bad_neighbor_index_strings_fail_early_or_keep_the_embeddings(demo, ckpt
 
 def test_fewer_items_than_k_pads_neighbors(demo, ckpt, tmp_path):
     out = tmp_path / "three.h5"
-    export_features(_config(ckpt, demo / "three.csv", out, neighbors=5))
+    summary = export_features(_config(ckpt, demo / "three.csv", out, neighbors=5))
+    assert (summary.neighbors, summary.neighbors_found) == (5, 2)  # two other items
     data = _read(out)
     assert data["nb_ids"].shape == (3, 5)
     assert (data["nb_rows"][:, :2] >= 0).all() and (data["nb_rows"][:, 2:] == -1).all()
@@ -253,8 +254,9 @@ def test_write_neighbors_reranks_across_blocks_and_any_k(tmp_path):
             h5.create_dataset(schema.EMBEDDINGS, data=emb)
             h5.create_dataset(schema.PROBABILITIES, data=probs)
             search = FileIndexSearch(h5[schema.EMBEDDINGS], ids, "Flat", row_classes=classes)
-            write_neighbors(h5, k, search, ids, block_rows=4, progress=False,
-                            rerank=ClassRerank(weight=0.3))  # fmt: skip
+            found = write_neighbors(h5, k, search, ids, block_rows=4, progress=False,
+                                    rerank=ClassRerank(weight=0.3))  # fmt: skip
+            assert found == k  # 10 other items for each
             got = h5["neighbors/rows"][:]
         assert np.array_equal(got, _class_ranked(data, k=k, weight=0.3))
     plain = _brute_force(emb, 7)[1]
