@@ -14,7 +14,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from index.errors import IndexNotFoundError, ReadOnlyIndexError, StoreUnavailableError
+from index.errors import (
+    IndexLockedError,
+    IndexNotFoundError,
+    ReadOnlyIndexError,
+    StoreUnavailableError,
+)
 from index.filtered_search import SearchCache
 from index.journal import JournalRecord, SyncStatus
 from index.manifest import Manifest, write_manifest
@@ -207,16 +212,22 @@ class Following:
             self._maybe_compact()
 
     # -- compaction -------------------------------------------------------------------------
-    def compact(self, force: bool = False) -> bool:
+    def compact(self, force: bool = False, refuse_busy: bool = False) -> bool:
         """Fold the journal into a new snapshot when due (always when ``force``), written
         atomically while searches go on; one compactor at a time across processes. True if
-        this call wrote one; False if not due, nothing to fold, or another process compacts.
+        this call wrote one; False if not due, nothing to fold, or another process compacts
+        (:class:`IndexLockedError` instead with ``refuse_busy``: an operator who asked for it).
         """
         self._check_writable()
         with self._compact_mutex:
             if not force and not self._compaction_due():
                 return False
             with self._source.compaction_lock() as got:
+                if not got and refuse_busy:
+                    raise IndexLockedError(
+                        f"{self.where}: another process is compacting it; try again when it "
+                        "has finished"
+                    )
                 if not got:
                     return False
                 self._sync_now()

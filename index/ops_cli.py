@@ -70,7 +70,8 @@ def register(actions: argparse._SubParsersAction) -> None:
         help="fold the journal into a new FAISS snapshot when it is due (--force: now)",
         description="Fold the journal into a new FAISS snapshot when it has outgrown its "
         "limits (size or age), or now with --force (servers keep answering; they also do "
-        "this by themselves). Also upgrades older index folders.",
+        "this by themselves). Also upgrades older index folders. Refused while another "
+        "process compacts the same index.",
     )
     _target(compact, "to compact")
     compact.add_argument(
@@ -213,13 +214,15 @@ def _kept_images(ix: Any, ids: list[str], folder: str) -> list[Path]:
 
 def cmd_compact(args: argparse.Namespace) -> int:
     with _open(args) as ix:
-        done = ix.compact(force=args.force)
+        # Another compactor is an error here: the operator asked for this one.
+        done = ix.compact(force=args.force, refuse_busy=True)
         st = ix.sync_status
-    text = (
-        f"compacted at journal record {st.applied_seq}"
-        if done
-        else "nothing to compact (journal below the limits, or another process compacts)"
-    )
+    if done:
+        text = f"compacted at journal record {st.applied_seq}"
+    elif args.force:
+        text = "nothing to compact: the snapshot already holds every journal record"
+    else:
+        text = "nothing to compact: the journal is below the limits (--force compacts anyway)"
     return _print(args, {"compacted": done, **st.as_dict()}, text)
 
 

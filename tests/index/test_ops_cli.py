@@ -14,7 +14,7 @@ import pytest
 from common.errors import UserError
 from common.kept_images import new_image_path
 from index import open_index
-from index.errors import BuildInputError, UnknownIdError
+from index.errors import BuildInputError, IndexLockedError, UnknownIdError
 from tests.index.test_cli import DIM, cli, write_csv, write_embeddings
 from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
@@ -79,6 +79,24 @@ def test_add_remove_compact(built, tmp_path, capsys):
         and info["journal_pending"] == 0
         and "brand" in info["filterable_fields"]
     )
+
+
+def test_compact_is_refused_while_another_process_compacts(built, tmp_path, capsys):
+    """It printed "nothing to compact" and exited 0, as if the journal were folded."""
+    where, folder, url = built
+    more_embeddings(tmp_path / "more.h5", [f"n{i}" for i in range(6)])
+    assert cli(["add", *where, "--embeddings", str(tmp_path / "more.h5")]) == 0
+    with open_index(folder, store=url) as other, other._source.compaction_lock() as got:
+        assert got
+        with pytest.raises(IndexLockedError, match="another process is compacting"):
+            cli(["compact", *where, "--force"])
+    capsys.readouterr()
+    assert cli(["compact", *where, "--force"]) == 0
+    assert "compacted at journal record" in capsys.readouterr().out
+    assert cli(["compact", *where, "--force"]) == 0
+    assert "already holds every journal record" in capsys.readouterr().out
+    assert cli(["compact", *where]) == 0
+    assert "below the limits (--force compacts anyway)" in capsys.readouterr().out
 
 
 def test_snapshot_while_writing_and_restore(built, tmp_path, capsys):
