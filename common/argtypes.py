@@ -142,6 +142,7 @@ def device(text: str) -> str:
 
 
 _STORE_URL = re.compile(r"^postgres(ql)?://[^\s]*$")
+_URL_PASSWORD = re.compile(r"^([a-z]+://[^:/@]*):.*@")  # greedy: a password may hold '@'
 
 
 STORE_ENV = "PHONESIM_STORE"
@@ -152,13 +153,17 @@ class _FromEnvironment(str):
 
 
 def store_url(text: str) -> str:
-    """A catalog store URL: ``postgresql://[user[:password]@]host[:port]/dbname[?...]``."""
-    if not _STORE_URL.match(text):
+    """A catalog store URL: ``postgresql://[user[:password]@]host[:port]/dbname[?...]``; outer
+    whitespace (a secret file's newline) is dropped."""
+    url = text.strip()
+    if not _STORE_URL.match(url):
         where = f"(from ${STORE_ENV}) " if isinstance(text, _FromEnvironment) else ""
+        # The message goes to logs and terminals: never with the password in it.
+        shown = _URL_PASSWORD.sub(r"\1:***@", url)[:60]
         raise argparse.ArgumentTypeError(
-            f"{where}must be a postgresql://user@host:port/dbname URL, got {text[:40]!r}"
+            f"{where}must be a postgresql://user@host:port/dbname URL, got {shown!r}"
         )
-    return str(text)
+    return url
 
 
 # argparse names the type in "invalid ... value" messages.

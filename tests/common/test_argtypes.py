@@ -30,6 +30,18 @@ def test_store_from_the_environment_and_its_errors(monkeypatch, capsys):
     assert _store_parser().parse_args([]).store is None
 
 
+def test_a_store_url_keeps_no_outer_space_and_its_errors_no_password(monkeypatch, capsys):
+    """A trailing space (from a secret file) made the URL invalid, and the error printed it
+    with its password."""
+    monkeypatch.setenv("PHONESIM_STORE", "postgresql://u:s3cret@db:5432/shop \n")
+    assert _store_parser().parse_args([]).store == "postgresql://u:s3cret@db:5432/shop"
+    for bad in ("postgresql://u:s3cret@db:5432/my shop", "postgresql://u:s3 cret@db/shop"):
+        with pytest.raises(SystemExit):
+            _store_parser().parse_args(["--store", bad])
+        err = capsys.readouterr().err
+        assert "s3" not in err and "postgresql://u:***@db" in err
+
+
 def test_the_store_help_says_the_variable_is_its_default_and_whether_it_is_set(monkeypatch):
     """Set, it turns a search within a folder into one against the store: --help says so."""
     monkeypatch.delenv("PHONESIM_STORE", raising=False)
