@@ -18,6 +18,7 @@ from server.inputs import (
     check_query_params,
     decode_cursor,
     encode_cursor,
+    is_json,
     json_body,
     parse_limit,
     parse_vector,
@@ -25,7 +26,9 @@ from server.inputs import (
 )
 from server.limits import check_item_id, check_metadata, parse_json
 from server.search_options import (
+    ITEM_QUERY_OPTIONS,
     OPTION_FIELDS,
+    form_options,
     reject_unknown_fields,
     request_options,
     requested_read_text,
@@ -92,18 +95,13 @@ def hits_json(svc: LookupService, hits: list[Hit]) -> list[dict]:
     return [item_json(svc, h.id, h.metadata, score=round(h.score, 6)) for h in hits]
 
 
-def _is_json() -> bool:
-    mimetype = request.mimetype or ""
-    return mimetype == "application/json" or mimetype.endswith("+json")
-
-
 @bp.post("/search")
 def search() -> Response:
     """Nearest catalog phones of an uploaded photo (with its predicted class) or of a vector
     (``vector`` in a JSON body: the embedding of /v1/embed or of the export)."""
     t0 = time.perf_counter()
     svc = service()
-    if _is_json() and VECTOR_FIELD in (body := json_body(request)):
+    if is_json(request) and VECTOR_FIELD in (body := json_body(request)):
         fields = dict(body)
         vector = parse_vector(fields.pop(VECTOR_FIELD), svc.embedder.dim)
         if "image" in fields:
@@ -121,6 +119,8 @@ def search() -> Response:
     with svc.arrival() as arrival:  # from the start: the body may still be arriving
         data, fields = read_image(request, svc.config.max_upload_bytes)
         reject_unknown_fields(fields, OPTION_FIELDS)
+        if request.mimetype == "multipart/form-data":
+            fields = form_options(fields)
         opts = request_options(svc, fields, request.args).applied(classes=True, svc=svc)
         embedded = svc.embed_bytes(data, arrival, text_mode=opts.text_mode)
     # The prediction first: the re-rank believes the text it may read.
@@ -195,7 +195,7 @@ def similar(item_id: str) -> Response:
     svc = service()
     if "read_text" in request.args:  # not one of this endpoint's parameters
         raise ApiError(400, "invalid_request", "read_text applies to an uploaded image")
-    options = request_options(svc, {}, request.args)
+    options = request_options(svc, {}, request.args, ITEM_QUERY_OPTIONS)
     vector, classes = svc.item_vector(item_id), svc.item_classes(item_id)
     opts = options.applied(classes=classes is not None, svc=svc)
     hits, search_ms = search_with(svc, vector, opts, [item_id], classes)
@@ -253,8 +253,8 @@ def add_item() -> tuple[Response, int, dict[str, str]]:
     t0 = time.perf_counter()
     svc = service()
     check_query_params(request.args, (), filters=False)
-    is_json = _is_json()
-    if not is_json and request.mimetype != "multipart/form-data":
+    as_json = is_json(request)
+    if not as_json and request.mimetype != "multipart/form-data":
         raise ApiError(
             415,
             "unsupported_media_type",
@@ -263,7 +263,7 @@ def add_item() -> tuple[Response, int, dict[str, str]]:
         )
     data, fields = read_image(request, svc.config.max_upload_bytes)
     item_id = check_item_id(fields.pop("id", None))
-    metadata = _metadata_from(fields, is_json)
+    metadata = _metadata_from(fields, as_json)
     embedded, stored = svc.add(item_id, data, metadata)
     # The new item is in the catalog now: it must not vote for its own label.
     prediction, predict_ms = timed_prediction(svc, embedded, exclude_ids=[item_id])
@@ -284,7 +284,7 @@ def update_item(item_id: str) -> Response:
     ``{"metadata": {...}, "merge": true}``; ``merge: false`` replaces every field."""
     svc = service()
     check_query_params(request.args, (), filters=False)
-    if not _is_json():
+    if not is_json(request):
         raise ApiError(415, "unsupported_media_type", "send a JSON object")
     body = json_body(request)
     reject_unknown_fields(body, ("metadata", "merge"))

@@ -24,6 +24,7 @@ from server.inputs import (
     VECTOR_FIELD,
     check_query_params,
     decode_base64_image,
+    is_json,
     json_body,
     parse_vector,
 )
@@ -98,7 +99,7 @@ def search_batch() -> Response:
     """Neighbours of many images, vectors or catalog ids (``queries``), in the same order."""
     t0 = time.perf_counter()
     svc = service()
-    if not (request.mimetype or "").endswith("json"):
+    if not is_json(request):
         raise ApiError(415, "unsupported_media_type", "send a JSON object with 'queries'")
     body = json_body(request)
     reject_unknown_fields(body, ("queries", *OPTION_FIELDS))
@@ -190,7 +191,7 @@ def _item_lines() -> list[Any]:
         raw = request.get_data(cache=False)
         lines = [line for line in raw.splitlines() if line.strip()]
         return [parse_json(line, f"NDJSON line {n}") for n, line in enumerate(lines, 1)]
-    if mimetype == "application/json" or mimetype.endswith("+json"):
+    if is_json(request):
         body = json_body(request)
         reject_unknown_fields(body, ("items",))
         items = body.get("items")

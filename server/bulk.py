@@ -87,22 +87,22 @@ class NewItem:
 def add_many(svc: LookupService, entries: list[NewItem]) -> list[dict]:
     """Embed and add every entry without an error, durably, in one write; one answer per
     entry: ``{"id", "status": 201, "metadata"}`` (as stored) or ``{"id", "status", "error"}``."""
-    seen: set[str] = set()
     for e in entries:
-        if e.error is None:
-            if e.id in seen or e.id in svc.index:
-                e.error = entry_error(
-                    ApiError(409, "item_exists", f"item {e.id!r} already exists or is repeated")
-                )
-            seen.add(e.id or "")
+        if e.error is None and e.id in svc.index:
+            e.error = entry_error(ApiError(409, "item_exists", f"item {e.id!r} already exists"))
     todo = [e for e in entries if e.error is None]
     embedded = embed_many(svc, [e.data or b"" for e in todo], predicted=False) if todo else []
     ready: list[tuple[NewItem, Embedded]] = []
+    seen: set[str] = set()
     for e, emb in zip(todo, embedded, strict=True):
-        if isinstance(emb, Embedded):
-            ready.append((e, emb))
-        else:
+        if not isinstance(emb, Embedded):
             e.error = emb
+        elif e.id in seen:  # the first entry that can be added wins, not a refused one
+            message = f"item {e.id!r} is given by an earlier entry of this batch"
+            e.error = entry_error(ApiError(409, "item_exists", message))
+        else:
+            seen.add(e.id or "")
+            ready.append((e, emb))
     _write(svc, ready)
     answers = []
     for e in entries:

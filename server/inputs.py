@@ -66,6 +66,12 @@ def decode_base64_image(value: Any, limit: int) -> bytes:
     return data
 
 
+def is_json(request: Request) -> bool:
+    """Whether the body is declared JSON: ``application/json`` or a ``+json`` type."""
+    mimetype = request.mimetype or ""
+    return mimetype == "application/json" or mimetype.endswith("+json")
+
+
 def read_image(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
     """The uploaded image bytes and the other fields of the request.
 
@@ -82,6 +88,17 @@ def read_image(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
         if repeated:
             names = ", ".join(map(repr, repeated))
             raise ApiError(400, "invalid_request", f"field(s) {names} given more than once")
+        # Only the image is read as a file: another file part (curl's -F metadata=@m.json)
+        # would otherwise be dropped without a word, with what it held.
+        files = sorted(name for name in request.files if name != IMAGE_FIELD)
+        if files:
+            names = ", ".join(map(repr, files))
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"only '{IMAGE_FIELD}' may be a file; send {names} as a text field "
+                "(curl: -F 'name=value' or -F 'name=<file', not -F 'name=@file')",
+            )
         upload = request.files.get(IMAGE_FIELD)
         fields = {k: v for k, v in request.form.items()}
         if upload is None:
@@ -94,7 +111,7 @@ def read_image(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
         if not data:
             raise ApiError(400, "empty_image", "the uploaded file is empty")
         return data, fields
-    if mimetype == "application/json" or mimetype.endswith("+json"):
+    if is_json(request):
         body = json_body(request)
         if IMAGE_FIELD not in body:
             raise ApiError(400, "missing_image", f"JSON body has no '{IMAGE_FIELD}' field")

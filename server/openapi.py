@@ -13,12 +13,14 @@ from server.openapi_batch import (
     PATCH_ITEM,
     batch_search_path,
     items_batch_path,
+    options,
     query_schema,
     search_json_body,
 )
 from server.openapi_parts import (
     CURSOR_PARAM,
     FORM_FIELD_PATTERN,
+    FORM_METADATA,
     ID_SCHEMA,
     IMAGE,
     ITEM_ID,
@@ -63,6 +65,10 @@ def openapi_spec(
     search_body["content"]["application/json"]["schema"] = search_json_body(
         json_filter, dim, text_modes
     )
+    # The same options as form fields, the filter a JSON object in its field.
+    search_form = search_body["content"]["multipart/form-data"]
+    search_form["schema"]["properties"].update(options(json_filter, text_modes))
+    search_form["encoding"] = {"filter": {"contentType": "application/json"}}
     item_params = [K_PARAM, THRESHOLD_PARAM, OFFSET_PARAM, RANKING_PARAM, filter_param]
     search_params = [*item_params, read_text_param(text_modes)]
     paths: dict[str, Any] = {
@@ -120,7 +126,7 @@ def openapi_spec(
                                 "properties": {
                                     "image": IMAGE,
                                     "id": ID_SCHEMA,
-                                    "metadata": METADATA,
+                                    "metadata": FORM_METADATA,
                                 },
                                 "maxProperties": 3 + MAX_METADATA_FIELDS // 2,
                                 "propertyNames": {"pattern": FORM_FIELD_PATTERN},

@@ -62,14 +62,25 @@ ID_SCHEMA = {
     "description": "printable characters, '/' between non-empty segments other than '.' and "
     "'..', no leading or trailing space, not ending in /similar or /image, not 'batch'",
 }
+_METADATA_VALUES = (
+    "names of letters, digits, '_', '.', '-'; values: strings of at most "
+    f"{MAX_STRING_LENGTH} characters, numbers within ±9.2e18, booleans or null"
+)
+# In a JSON body the metadata may hold every field an item can have.
 METADATA = {
     "type": "object",
-    "maxProperties": MAX_METADATA_FIELDS // 2,
+    "maxProperties": MAX_METADATA_FIELDS,
     "propertyNames": {"pattern": FIELD_NAME_PATTERN},
     "additionalProperties": {"anyOf": [TEXT, NUMBER, {"type": "boolean"}, {"type": "null"}]},
-    "description": f"at most {MAX_METADATA_FIELDS} fields together with the multipart form "
-    "fields; names of letters, digits, '_', '.', '-'; values: strings of at most "
-    f"{MAX_STRING_LENGTH} characters, numbers within ±9.2e18, booleans or null",
+    "description": f"at most {MAX_METADATA_FIELDS} fields; {_METADATA_VALUES}",
+}
+# In a multipart form the other fields count too: half each keeps any valid form under the
+# limit (a schema cannot bound the sum of two objects' sizes).
+FORM_METADATA = {
+    **METADATA,
+    "maxProperties": MAX_METADATA_FIELDS // 2,
+    "description": f"at most {MAX_METADATA_FIELDS} fields together with the other form fields; "
+    + _METADATA_VALUES,
 }
 
 

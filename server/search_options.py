@@ -20,11 +20,14 @@ from server.inputs import (
     parse_read_text,
     parse_threshold,
 )
+from server.limits import parse_json
 from server.service import LookupService
 
 OPTION_FIELDS = ("k", "filter", "score_threshold", "offset", "ranking", "read_text")
 # Query parameters of the search endpoints besides the filters.
 QUERY_OPTIONS = ("k", "score_threshold", "offset", "ranking", "read_text")
+# Those of a catalog item's neighbours: no photo to read.
+ITEM_QUERY_OPTIONS = tuple(o for o in QUERY_OPTIONS if o != "read_text")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,15 @@ def reject_unknown_fields(
         )
 
 
+def form_options(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A multipart form's options as a JSON body has them: its ``filter`` field is the text
+    of a JSON object (as the add's ``metadata`` is); the other fields parse from text."""
+    out = dict(fields)
+    if "filter" in out:
+        out["filter"] = parse_json(out["filter"], "'filter'", code="invalid_filter")
+    return out
+
+
 def _no_nulls(body: Mapping[str, Any]) -> None:
     for key in OPTION_FIELDS:
         if key in body and body[key] is None:
@@ -106,10 +118,16 @@ def requested_read_text(svc: LookupService, body: Mapping[str, Any], args: Mappi
     return checked_read_text(svc, args["read_text"]) if "read_text" in args else mode
 
 
-def request_options(svc: LookupService, body: Mapping[str, Any], args: MultiDict) -> SearchOptions:
+def request_options(
+    svc: LookupService,
+    body: Mapping[str, Any],
+    args: MultiDict,
+    query_options: tuple[str, ...] = QUERY_OPTIONS,
+) -> SearchOptions:
     """Options of a single search: JSON body fields, then the query string (which wins; a
-    filter field may be given in one of them only)."""
-    check_query_params(args, QUERY_OPTIONS, filters=True)
+    filter field may be given in one of them only); ``query_options``: the parameters the
+    endpoint takes besides the filters."""
+    check_query_params(args, query_options, filters=True)
     _no_nulls(body)
     cfg = svc.config
     # Body values are checked even when the query string overrides them.

@@ -141,6 +141,8 @@ def test_batch_add_acknowledges_each_item(writable, jpeg_bytes, first_id):
         7,
         {"id": "new-5", "image": img, "metadata": {"image": "/etc/passwd"}},
         {"id": "", "image": img},
+        {"id": "new-7", "image": b64(b"not an image")},
+        {"id": "new-7", "image": img},  # the refused entry before it does not take the id
     ]
     r = c.post(
         "/v1/items/batch", data=_ndjson(rows), content_type="application/x-ndjson", headers=KEY
@@ -158,8 +160,15 @@ def test_batch_add_acknowledges_each_item(writable, jpeg_bytes, first_id):
         (None, 400),
         ("new-5", 400),
         ("", 400),
+        ("new-7", 400),
+        ("new-7", 201),
     ]
-    assert body["added"] == 2 and body["failed"] == 7
+    assert body["added"] == 3 and body["failed"] == 8
+    messages = [a["error"]["message"] for a in body["results"][2:4]]
+    assert messages == [
+        f"item {first_id!r} already exists",
+        "item 'new-1' is given by an earlier entry of this batch",
+    ]
     broken = _ndjson([rows[0], "{not json"])  # not NDJSON: the whole request is refused
     r = c.post("/v1/items/batch", data=broken, content_type="application/x-ndjson", headers=KEY)
     assert "line 2" in assert_error(r, 400, "invalid_json")["message"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -159,6 +160,26 @@ def test_range_filters_on_a_numeric_field(client, jpeg_bytes, catalog_rows):
     assert {float(n["price"]) for n in r.get_json()["neighbors"]} == {mid, high}
 
 
+def test_the_options_of_a_multipart_upload_are_form_fields(client, jpeg_bytes, catalog_rows):
+    """The form's filter is the text of a JSON object: it had been refused as "must be a JSON
+    object" while the error for an unknown field listed it as taken."""
+    low, mid, high = _prices(catalog_rows)
+    form = {**upload(jpeg_bytes), "filter": json.dumps({"price": {"gt": low}}), "k": "50"}
+    r = client.post("/v1/search", data=form)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert {float(n["price"]) for n in r.get_json()["neighbors"]} == {mid, high}
+    assert r.get_json()["k"] == 50
+    bad = {**upload(jpeg_bytes), "filter": "{price"}
+    assert_error(client.post("/v1/search", data=bad), 400, "invalid_filter")
+
+
+def test_a_file_part_besides_the_image_is_400_not_dropped(client, jpeg_bytes):
+    """curl's `-F metadata=@m.json` or `-F k=@k.txt` were dropped without a word."""
+    form = {**upload(jpeg_bytes), "k": (io.BytesIO(b"3"), "k.txt")}
+    error = assert_error(client.post("/v1/search", data=form), 400, "invalid_request")
+    assert "'k'" in error["message"] and "text field" in error["message"]
+
+
 def test_range_on_a_text_field_is_400_naming_its_type(client, jpeg_bytes):
     body = {"image": b64(jpeg_bytes), "filter": {"label": {"lt": 300}}}
     error = assert_error(client.post("/v1/search", json=body), 400, "invalid_filter")
@@ -202,6 +223,8 @@ def test_similar_takes_range_filters_offset_and_threshold(client, first_id, cata
     got = r.get_json()["neighbors"]
     assert got and all(float(n["price"]) > low for n in got)
     assert first_id not in [n["id"] for n in got]
+    error = assert_error(client.get(f"/v1/items/{first_id}/similar?x=1"), 400)
+    assert "read_text" not in error["message"]  # it is refused here: not listed as taken
     two = client.get(f"/v1/items/{first_id}/similar?k=4").get_json()["neighbors"]
     off = client.get(f"/v1/items/{first_id}/similar?k=2&offset=2").get_json()["neighbors"]
     assert [n["id"] for n in off] == [n["id"] for n in two][2:]
@@ -271,6 +294,11 @@ def test_batch_limits_and_shape(tiny_embedder, readonly_index, jpeg_bytes):
         assert_error(c.post("/v1/search/batch", json={"queries": [], "kk": 1}), 400)
         assert_error(c.post("/v1/search/batch", json={"queries": "x"}), 400)
         assert_error(c.post("/v1/search/batch", data=b"x", content_type="text/plain"), 415)
+        body = json.dumps({"queries": [{"image": b64(jpeg_bytes)}]})
+        for mimetype in ("application/x-ndjson", "text/json", "application/notjson"):
+            assert_error(c.post("/v1/search/batch", data=body, content_type=mimetype), 415)
+        ok = c.post("/v1/search/batch", data=body, content_type="application/vnd.x+json")
+        assert ok.status_code == 200
         bad_k = {"queries": [{"image": b64(jpeg_bytes)}], "k": 0}
         assert_error(c.post("/v1/search/batch", json=bad_k), 400, "invalid_k")
         assert app.test_client().get("/v1/info").get_json()["batching"]["max_batch_entries"] == 3

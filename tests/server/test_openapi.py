@@ -49,6 +49,23 @@ def test_openapi_request_bodies_list_exactly_the_accepted_fields(app):
         "read_text",
     }
     assert json_fields("/v1/embed") == {"image", "read_text"}  # k or filter there is a 400
+    # The form takes the same options (it had listed only the image).
+    form = spec["paths"]["/v1/search"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert set(form["schema"]["properties"]) == json_fields("/v1/search") - {"vector"}
+    assert form["encoding"]["filter"]["contentType"] == "application/json"
+
+
+def test_openapi_metadata_bounds_match_the_server(app):
+    """A JSON add or PATCH takes 32 fields; the schema said 16 (the multipart form's share)."""
+    from server.limits import MAX_METADATA_FIELDS
+
+    spec = app.test_client().get("/openapi.json").get_json()
+    add = spec["paths"]["/v1/items"]["post"]["requestBody"]["content"]
+    assert add["application/json"]["schema"]["properties"]["metadata"]["maxProperties"] == 32
+    form = add["multipart/form-data"]["schema"]
+    assert form["properties"]["metadata"]["maxProperties"] == MAX_METADATA_FIELDS // 2 == 16
+    patch = spec["paths"]["/v1/items/{item_id}"]["patch"]["requestBody"]["content"]
+    assert patch["application/json"]["schema"]["properties"]["metadata"]["maxProperties"] == 32
 
 
 def test_openapi_offers_the_ranking_to_every_search(app):
