@@ -202,6 +202,7 @@ async function loadCatalog(more = false) {
       : "The catalog is empty.";
     showResults(page.items, "Catalog phones", { append: more, hint });
     setMore(page.next_cursor);
+    setStatus(""); // a page that loads clears the error of one that did not
   } catch (e) {
     if (mine !== latest) return;
     if (!more) clearResults("Catalog phones");

@@ -220,6 +220,22 @@ def test_web_page_in_headless_chromium(live, query_image, tmp_path):
                 arg=min(size, 24),
                 timeout=20_000,
             )
+            # A page the server refuses shows its message; the next page that loads clears it
+            # (it stayed up, in red, over a catalog that had loaded).
+            down = '{"error": {"code": "store_unavailable", "message": "store down"}}'
+
+            def refuse(route):  # noqa: ANN001, ANN202
+                route.fulfill(status=503, body=down, content_type="application/json")
+
+            page.route("**/v1/items?*", refuse)
+            page.fill("#price-min", "1")
+            page.dispatch_event("#price-min", "change")
+            page.wait_for_selector("#status.error:has-text('store down')", timeout=20_000)
+            page.unroute("**/v1/items?*", refuse)
+            page.fill("#price-min", "")
+            page.dispatch_event("#price-min", "change")
+            page.wait_for_selector("#status:not(.error)", timeout=20_000)
+            assert page.locator("#status").inner_text() == ""
 
             page.set_input_files("#file", str(query_image))
             page.wait_for_selector("#results-title:has-text('Nearest')", timeout=20_000)
