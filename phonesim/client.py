@@ -14,8 +14,12 @@
 Requests that get 429 or 503 (or cannot connect) are retried with exponential backoff, waiting
 at least what ``Retry-After`` asks, up to 60 s a retry (a longer ask is answered sooner). A
 write (add, update, remove) whose connection broke after it was sent is not sent again: the
-server may have done it. Every failure is raised as :class:`PhonesimError` with the HTTP
-status and the server's error code and message.
+server may have done it. ``timeout`` bounds each attempt as a whole, answer included, so a
+server that trickles its answer cannot hold a call. Redirects are not followed: the API
+never sends one, and following it would hand the key to another host. Every failure of a
+request is raised as :class:`PhonesimError` with the HTTP status and the server's error code
+and message; arguments that cannot make a request are ``TypeError``/``ValueError`` before any
+is sent.
 """
 
 from __future__ import annotations
@@ -26,16 +30,20 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import requests
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
 
 from common.item_ids import is_item_id
 
 RETRY_STATUSES = frozenset({429, 503})
+# A write after this long idle goes on a new connection: servers close idle ones (phonesim's
+# after 5 s), and one closing just as the write reuses it fails a write nobody received.
+FRESH_CONNECTION_AFTER_S = 1.0
+READ_SIZE = 64 * 1024
 ImageInput = str | os.PathLike | bytes
 
 
@@ -44,10 +52,13 @@ class PhonesimError(Exception):
     ``message`` (the server's ``{"error": {"code", "message"}}``)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
+        super().__init__(status, code, message)  # all three: it pickles to another process
         self.status = status
         self.code = code
         self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
 
 
 def _image_bytes(image: ImageInput) -> bytes:
@@ -111,11 +122,47 @@ def _query(image: Any, vector: Any, item_id: Any) -> dict[str, Any]:
     if kind == "image":
         return {"image": _b64(value)}
     if kind == "vector":
-        vector = [float(v) for v in value]
+        if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+            raise TypeError(f"a vector is a sequence of numbers, not {type(value).__name__}")
+        try:
+            vector = [float(v) for v in value]
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"a vector is a sequence of numbers: {exc}") from exc
         if not all(math.isfinite(v) for v in vector):  # JSON has no NaN: say so here
             raise ValueError("the vector holds NaN or infinite values")
         return {"vector": vector}
-    return {"id": str(value)}
+    if not isinstance(value, str) or not is_item_id(value):  # as get() and remove() check
+        raise ValueError(f"no catalog item can have the id {value!r}")
+    return {"id": value}
+
+
+def _metadata(metadata: Any) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata is a mapping of field to value, got {metadata!r:.40}")
+    return dict(metadata)
+
+
+def _json_bytes(body: Any) -> bytes:
+    """``body`` as JSON, or a Python error naming what JSON cannot carry (requests' own
+    message, "Out of range float values are not JSON compliant", named no field)."""
+    try:
+        return json.dumps(body, allow_nan=False).encode()
+    except ValueError as exc:
+        raise ValueError(
+            "the request holds NaN or infinity (in score_threshold, a filter or metadata), "
+            "which JSON cannot carry"
+        ) from exc
+    except TypeError as exc:
+        raise TypeError(f"the request holds a value JSON cannot carry: {exc}") from exc
+
+
+def _field(answer: dict[str, Any], key: str) -> Any:
+    """``answer[key]``, or a PhonesimError for an answer that is not the API's."""
+    if key not in answer:
+        raise PhonesimError(200, "invalid_response", f"the answer has no {key!r}: not phonesim's")
+    return answer[key]
 
 
 def _never_sent(exc: requests.ConnectionError) -> bool:
@@ -143,19 +190,32 @@ class Client:
         self.retries = max(0, int(retries))
         self.backoff = backoff
         self._session = session or requests.Session()
+        self._last_answer = -math.inf  # when the last answer came (monotonic clock)
 
     # -- transport -------------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, write: bool = False, **kw: Any) -> Any:
         """``write``: the request changes the catalog, so it is sent again only when it never
         reached the server (a refused connection), not when the connection broke after."""
         headers = dict(kw.pop("headers", None) or {})
+        if "json" in kw:
+            kw["data"] = _json_bytes(kw.pop("json"))
+            headers["Content-Type"] = "application/json"
         if self.api_key:
             headers["X-API-Key"] = self.api_key
         url = self.base_url + path
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
+            if write and time.monotonic() - self._last_answer > FRESH_CONNECTION_AFTER_S:
+                self._session.close()  # its idle connections; the session stays usable
             try:
-                r = self._session.request(method, url, headers=headers, timeout=self.timeout, **kw)
+                r, body = self._send(method, url, headers, kw)
+            except PhonesimError as exc:  # the deadline passed while the answer came
+                if not write:
+                    raise
+                done = f"{exc.message}; the server may have done it: check before sending it again"
+                raise PhonesimError(exc.status, exc.code, done) from exc
+            except requests.exceptions.SSLError as exc:  # no retry mends a certificate
+                raise PhonesimError(0, "ssl_error", str(exc)) from exc
             except requests.ConnectionError as exc:
                 if write and not _never_sent(exc):
                     raise PhonesimError(
@@ -173,8 +233,43 @@ class Client:
             if r.status_code in RETRY_STATUSES and not last:
                 time.sleep(self._wait(r, attempt))
                 continue
-            return self._decode(r)
+            return self._decode(r, body)
         raise AssertionError("unreachable")
+
+    def _send(
+        self, method: str, url: str, headers: dict[str, str], kw: dict[str, Any]
+    ) -> tuple[requests.Response, bytes]:
+        """One attempt: the response and its whole body, within ``timeout`` in all."""
+        deadline = time.monotonic() + self.timeout
+        r = self._session.request(
+            method,
+            url,
+            headers=headers,
+            timeout=self.timeout,  # requests' own: each wait for bytes, not the whole
+            allow_redirects=False,
+            stream=True,
+            **kw,
+        )
+        try:
+            chunks = []
+            # read1: what has arrived, so a trickle is checked against the deadline.
+            while chunk := r.raw.read1(READ_SIZE, decode_content=True):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise PhonesimError(
+                        0, "timeout", f"the answer took longer than {self.timeout:g} s"
+                    )
+        except ReadTimeoutError as exc:
+            r.close()
+            raise requests.ReadTimeout(exc) from exc
+        except ProtocolError as exc:
+            r.close()
+            raise requests.ConnectionError(exc) from exc
+        except BaseException:
+            r.close()  # a half-read answer: its connection cannot be reused
+            raise
+        self._last_answer = time.monotonic()
+        return r, b"".join(chunks)
 
     def _wait(self, r: requests.Response, attempt: int) -> float:
         wait = self.backoff * 2**attempt
@@ -183,19 +278,30 @@ class Client:
         return min(wait, 60.0)
 
     @staticmethod
-    def _decode(r: requests.Response) -> Any:
+    def _decode(r: requests.Response, raw: bytes) -> dict[str, Any]:
         try:
-            body = r.json()
+            body = json.loads(raw)
         except ValueError:
             body = None
+        status = r.status_code
+        if 300 <= status < 400:
+            where = r.headers.get("Location", "?")
+            raise PhonesimError(
+                status,
+                "redirect",
+                f"the server redirects to {where}; the API never does, so give the address "
+                "it should be reached at as base_url",
+            )
         if r.ok:
-            if body is None:
-                raise PhonesimError(r.status_code, "invalid_response", "the answer is not JSON")
+            if not isinstance(body, dict):
+                raise PhonesimError(status, "invalid_response", "the answer is not a JSON object")
             return body
         error = body.get("error") if isinstance(body, dict) else None
         if isinstance(error, dict):
-            raise PhonesimError(r.status_code, str(error.get("code")), str(error.get("message")))
-        raise PhonesimError(r.status_code, "http_error", r.text[:200] or r.reason)
+            code = str(error.get("code") or "http_error")
+            raise PhonesimError(status, code, str(error.get("message") or r.reason))
+        text = raw[:200].decode("utf-8", errors="replace")
+        raise PhonesimError(status, "http_error", text or r.reason)
 
     # -- search ----------------------------------------------------------------------------------
     def search(
@@ -254,11 +360,14 @@ class Client:
                 if item_id is not None:
                     raise ValueError(f"query {n}: give item_id or id, not both")
                 item_id = q.pop("id")
-            entry = _query(q.pop("image", None), q.pop("vector", None), item_id)
+            try:
+                entry = _query(q.pop("image", None), q.pop("vector", None), item_id)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"query {n}: {exc}") from exc
             entries.append({**entry, **q})
         options = _options(k, filter, score_threshold, offset, ranking, read_text)
         body = {"queries": entries, **options}
-        return self._request("POST", "/v1/search/batch", json=body)["results"]
+        return _field(self._request("POST", "/v1/search/batch", json=body), "results")
 
     def embed(self, image: ImageInput, *, read_text: str | None = None) -> dict[str, Any]:
         """The embedding (``embedding``, ``dim``) and predicted class of an image;
@@ -282,7 +391,7 @@ class Client:
             if cursor is not None:
                 params["cursor"] = cursor
             page = self._request("GET", "/v1/items", params=params)
-            yield from page["items"]
+            yield from _field(page, "items")
             cursor = page.get("next_cursor")
             if cursor is None:
                 return
@@ -291,7 +400,7 @@ class Client:
         self, item_id: str, image: ImageInput, metadata: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """Embed an image and add it as ``item_id`` (durable); the answer holds ``item``."""
-        body = {"id": item_id, "image": _b64(image), "metadata": dict(metadata or {})}
+        body = {"id": item_id, "image": _b64(image), "metadata": _metadata(metadata)}
         return self._request("POST", "/v1/items", write=True, json=body)
 
     def add_batch(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -302,23 +411,26 @@ class Client:
             if not isinstance(item, Mapping) or "id" not in item or "image" not in item:
                 raise ValueError(f"item {n}: a dict with 'id', 'image' and maybe 'metadata'")
             entry = {"id": item["id"], "image": _b64(item["image"])}
-            if item.get("metadata") is not None:
-                entry["metadata"] = dict(item["metadata"])
-            lines.append(json.dumps(entry))
+            try:
+                if item.get("metadata") is not None:
+                    entry["metadata"] = _metadata(item["metadata"])
+                lines.append(_json_bytes(entry).decode())
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"item {n}: {exc}") from exc
         data = ("\n".join(lines) + "\n").encode()
         headers = {"Content-Type": "application/x-ndjson"}
         answer = self._request("POST", "/v1/items/batch", write=True, data=data, headers=headers)
-        return answer["results"]
+        return _field(answer, "results")
 
     def update(
         self, item_id: str, metadata: Mapping[str, Any], *, merge: bool = True
     ) -> dict[str, Any]:
         """Change an item's metadata (merged, or replacing it all); returns the item."""
         path = _item_path(item_id)
-        if not isinstance(metadata, Mapping):
-            raise TypeError(f"metadata is a mapping of field to value, got {metadata!r:.40}")
-        body = {"metadata": dict(metadata), "merge": merge}
-        return self._request("PATCH", path, write=True, json=body)["item"]
+        if metadata is None:
+            raise TypeError("metadata is a mapping of field to value, got None")
+        body = {"metadata": _metadata(metadata), "merge": merge}
+        return _field(self._request("PATCH", path, write=True, json=body), "item")
 
     def remove(self, item_id: str) -> None:
         path = _item_path(item_id)

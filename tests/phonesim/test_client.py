@@ -249,3 +249,154 @@ def test_a_write_whose_connection_broke_after_sending_is_not_sent_again(photo):
         refused.add("never", photo)
     assert "may have done it" not in err.value.message
     assert time.monotonic() - t0 >= 0.6  # two backoffs: 0.2 + 0.4
+
+
+# -- against a scripted server: answers phonesim never gives -------------------------------------
+class _Scripted:
+    """A local HTTP/1.1 server whose answer to each path is set by the test; it records the
+    path, the client's port (its connection) and the API key of every request."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.answers: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.trickle: dict[str, float] = {}  # path -> seconds between the body's bytes
+        self.seen: list[tuple[str, int, str | None]] = []
+        scripted = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _answer(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?")[0]
+                scripted.seen.append((path, self.client_address[1], self.headers.get("X-API-Key")))
+                status, headers, body = scripted.answers.get(path, (404, {}, b"{}"))
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                gap = scripted.trickle.get(path)
+                for i in range(len(body)):
+                    if gap is None:
+                        self.wfile.write(body)
+                        break
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(gap)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def scripted():
+    server = _Scripted()
+    yield server
+    server.close()
+
+
+def test_a_redirect_is_an_error_and_the_key_never_follows_it(scripted):
+    """requests strips Authorization on a redirect to another host, not X-API-Key: the key
+    went on to whatever host the redirect named."""
+    scripted.answers["/v1/info"] = (307, {"Location": scripted.base + "/elsewhere"}, b"")
+    with pytest.raises(PhonesimError, match="redirects to .*/elsewhere") as err:
+        Client(scripted.base, api_key="SECRET", retries=0).info()
+    assert err.value.code == "redirect" and err.value.status == 307
+    assert [path for path, _, _ in scripted.seen] == ["/v1/info"]  # not followed
+
+
+def test_the_timeout_bounds_a_trickling_answer(scripted):
+    """requests' timeout is per read: an answer of one byte every 0.2 s held the call for as
+    long as the server liked."""
+    scripted.answers["/v1/info"] = (200, {}, b'{"index": {"size": 1}}' + b" " * 200)
+    scripted.trickle["/v1/info"] = 0.02
+    t0 = time.monotonic()
+    with pytest.raises(PhonesimError, match="took longer than 1 s") as err:
+        Client(scripted.base, timeout=1, retries=0).info()
+    assert err.value.code == "timeout" and time.monotonic() - t0 < 3
+    scripted.trickle.clear()  # the same answer at once is read whole
+    assert Client(scripted.base, timeout=1).info() == {"index": {"size": 1}}
+
+
+def test_answers_that_are_not_the_apis_are_phonesim_errors(scripted):
+    """They were a KeyError 'results', a TypeError, "not JSON" for JSON null, or a message
+    "None"."""
+    client = Client(scripted.base, api_key="k", retries=0)
+    scripted.answers["/v1/search/batch"] = (200, {}, b"{}")
+    scripted.answers["/v1/items"] = (200, {}, b"[1, 2]")
+    scripted.answers["/v1/info"] = (200, {}, b"null")
+    scripted.answers["/v1/items/a"] = (409, {}, b'{"error": {"code": "x"}}')
+    with pytest.raises(PhonesimError, match="no 'results'"):
+        client.search_batch([{"vector": [1.0]}])
+    with pytest.raises(PhonesimError, match="not a JSON object"):
+        next(client.items())
+    with pytest.raises(PhonesimError, match="not a JSON object"):
+        client.info()
+    with pytest.raises(PhonesimError) as err:
+        client.update("a", {"p": 1})
+    assert (err.value.status, err.value.code, err.value.message) == (409, "x", "Conflict")
+
+
+def test_a_write_after_an_idle_while_goes_on_a_new_connection(scripted):
+    """A server closes idle connections (phonesim's after 5 s): a write reusing one just as
+    it closed failed, "the server may have done it", though nothing had received it."""
+    scripted.answers["/v1/info"] = (200, {}, b"{}")
+    scripted.answers["/v1/items/a"] = (200, {}, b'{"id": "a", "deleted": true}')
+    client = Client(scripted.base, api_key="k")
+    client.info()
+    client.info()
+    client.remove("a")  # at once: the connection is still fresh
+    time.sleep(1.2)
+    client.remove("a")
+    client.info()
+    ports = [port for _, port, _ in scripted.seen]
+    assert ports[0] == ports[1] == ports[2] != ports[3] == ports[4]
+
+
+def test_an_error_crosses_to_another_process_whole():
+    """It could not be unpickled: a worker of a process pool raised BrokenProcessPool."""
+    import copy
+    import pickle
+
+    err = PhonesimError(404, "unknown_item", "no item 'x'")
+    for back in (pickle.loads(pickle.dumps(err)), copy.copy(err)):
+        assert (back.status, back.code, back.message) == (404, "unknown_item", "no item 'x'")
+        assert str(back) == "404 unknown_item: no item 'x'"
+
+
+def test_more_bad_arguments_are_python_errors_before_any_request():
+    client = Client("http://127.0.0.1:9", retries=0)  # nothing listens: nothing is sent
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        client.search(b"x", score_threshold=float("nan"))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        client.add("a", b"x", {"p": float("inf")})
+    with pytest.raises(TypeError, match="metadata is a mapping"):
+        client.add("a", b"x", "abc")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="JSON cannot carry"):
+        client.add("a", b"x", {"p": object()})
+    with pytest.raises(TypeError, match="sequence of numbers"):
+        client.search(vector="abc")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="sequence of numbers"):
+        client.search(vector=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no catalog item can have the id 5"):
+        client.search(item_id=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="query 1: the vector holds NaN"):
+        client.search_batch([{"vector": [1.0]}, {"vector": [float("nan")]}])
+    with pytest.raises(TypeError, match="item 0: metadata is a mapping"):
+        client.add_batch([{"id": "a", "image": b"x", "metadata": [1]}])
