@@ -33,6 +33,7 @@ from index.errors import (
     ItemNotFoundError,
     ManifestError,
     ReadOnlyIndexError,
+    StoreOutcomeUnknownError,
     StoreUnavailableError,
     UnknownIdError,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "ReadOnlyIndexError",
+    "StoreOutcomeUnknownError",
     "StoreUnavailableError",
     "SyncStatus",
     "UnknownIdError",

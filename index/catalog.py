@@ -316,7 +316,9 @@ class CatalogIndex(Following):
         :class:`~index.errors.DuplicateIdError` if an id is already present or repeated,
         ``ValueError`` subclasses for bad vectors or metadata, and
         :class:`~index.errors.StoreUnavailableError` when the store cannot be reached; on
-        error nothing is added.
+        error nothing is added, except after its subclass
+        :class:`~index.errors.StoreOutcomeUnknownError` (the connection broke during the
+        commit: the items may be in the store, and this process follows them if so).
         """
         self._check_writable()
         ids = prepare_ids(ids)

@@ -38,6 +38,12 @@ class StoreUnavailableError(CatalogIndexError):
     """
 
 
+class StoreOutcomeUnknownError(StoreUnavailableError):
+    """The connection to the store broke while a write was committing: the write may have
+    been made or not, so unlike the other :class:`StoreUnavailableError` it is not "nothing
+    changed". Read the item back before sending the write again."""
+
+
 class StoreRefusedError(CatalogIndexError, ValueError):
     """The catalog store refused a write for what it holds (a value beyond one of its limits):
     retrying the same write cannot help, unlike :class:`StoreUnavailableError`."""

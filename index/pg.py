@@ -32,6 +32,7 @@ import numpy as np
 from index.errors import (
     DuplicateIdError,
     IndexNotFoundError,
+    StoreOutcomeUnknownError,
     StoreRefusedError,
     StoreUnavailableError,
     UnknownIdError,
@@ -215,6 +216,9 @@ class PgSource:
                 yield self._connect(held)
             except (errors.ProgramLimitExceeded, psycopg.DataError) as exc:
                 raise StoreRefusedError(f"{self.where}: refused ({_first_line(exc)})") from exc
+            except StoreOutcomeUnknownError:
+                held.drop()
+                raise
             except (
                 psycopg.OperationalError,
                 psycopg.InterfaceError,
@@ -340,9 +344,25 @@ class PgSource:
         lock waits end after ``_LOCK_TIMEOUT_S`` as "unavailable, retry" (a 503), not a hang.
         (Set per transaction: a session option would replace the ``options`` a store URL may
         carry.)"""
-        with self.conn(write=True, compacting=compacting) as c, c.transaction():
-            c.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT_S}s'")
-            yield c
+        import psycopg
+
+        with self.conn(write=True, compacting=compacting) as c:
+            committing = False
+            try:
+                with c.transaction():
+                    c.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT_S}s'")
+                    yield c
+                    committing = True  # the COMMIT is sent as the block ends
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if not committing or not (c.broken or c.closed):
+                    # Before the COMMIT, or an answer to it (a failed commit is rolled back):
+                    # nothing was written, and conn() says "unavailable".
+                    raise
+                # No answer to the COMMIT: the server may have made it before the break.
+                raise StoreOutcomeUnknownError(
+                    f"{self.where}: the connection broke while the write was committing "
+                    f"({_first_line(exc)}); it may have been made"
+                ) from exc
 
     @contextmanager
     def _write(self) -> Iterator[tuple[Any, int]]:

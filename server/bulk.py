@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from embedder.errors import ImageError
-from index.errors import DuplicateIdError
+from index.errors import DuplicateIdError, StoreOutcomeUnknownError
 from server.errors import ApiError, entry_error
 from server.service import Embedded, LookupService
 
@@ -134,6 +134,8 @@ def _write(svc: LookupService, ready: list[tuple[NewItem, Any]]) -> None:
         return
     except DuplicateIdError:
         pass
+    except StoreOutcomeUnknownError:
+        raise  # the items may be in the store: their images stay
     except BaseException:
         for path in saved:
             svc.drop_image(path)

@@ -23,6 +23,7 @@ from index.errors import (
     InvalidParamsError,
     InvalidVectorsError,
     ReadOnlyIndexError,
+    StoreOutcomeUnknownError,
     StoreRefusedError,
     StoreUnavailableError,
     UnknownIdError,
@@ -131,6 +132,18 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(IndexLockedError)
     def _locked(exc: IndexLockedError) -> Response:
         return error_response(503, "index_locked", str(exc))
+
+    @app.errorhandler(StoreOutcomeUnknownError)
+    def _store_broke_off(exc: StoreOutcomeUnknownError) -> Response:
+        # Not a 503: clients retry those as "nothing was changed". The store is upstream of
+        # this server, and its answer never came: a bad gateway.
+        log.warning("catalog store broke off during a commit: %s", exc)
+        return error_response(
+            502,
+            "store_outcome_unknown",
+            "the connection to the catalog store broke while the change was committing; it "
+            "may have been made: read the item before sending the change again",
+        )
 
     @app.errorhandler(StoreUnavailableError)
     def _store_down(exc: StoreUnavailableError) -> Response:

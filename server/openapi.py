@@ -163,7 +163,7 @@ def openapi_spec(
                         "the item as stored",
                     )
                     | {"links": ITEM_LINKS},
-                    **error_responses(400, 401, 403, 409, 413, 415, 429, 503),
+                    **error_responses(400, 401, 403, 409, 413, 415, 429, 502, 503),
                 },
             },
         },
@@ -197,7 +197,7 @@ def openapi_spec(
                         },
                         "removed",
                     ),
-                    **error_responses(400, 401, 403, 404, 429, 503),
+                    **error_responses(400, 401, 403, 404, 429, 502, 503),
                 },
             },
         },

@@ -40,6 +40,8 @@ def error_responses(*statuses: int) -> dict[str, Any]:
         413: "upload larger than the limit",
         415: "unsupported content type",
         429: "over the per-client rate limit (--rate-limit); Retry-After says when to retry",
+        502: "the connection to the catalog store broke while the change was committing: it "
+        "may have been made; read the item before sending the change again",
         503: "model not loaded, overloaded, shutting down, or (writes) the catalog store "
         "cannot be reached; Retry-After says when to retry",
     }

@@ -27,7 +27,7 @@ from embedder.knn_vote import KnnFusion, fuse, neighbour_arrays
 from embedder.text_cues import apply_text_cues, unsure
 from embedder.text_reader import TextEvidence, TextOptions
 from index.catalog import CatalogIndex, Hit, Item
-from index.errors import DuplicateIdError, UnknownIdError
+from index.errors import DuplicateIdError, StoreOutcomeUnknownError, UnknownIdError
 from server.batcher import Arrival, BatchResult, MicroBatcher
 from server.config import ServerConfig
 from server.errors import ApiError
@@ -525,6 +525,8 @@ class LookupService:
         except DuplicateIdError as exc:
             self.drop_image(saved)
             raise ApiError(409, "item_exists", str(exc)) from exc
+        except StoreOutcomeUnknownError:
+            raise  # the item may be in the store: its image stays
         except BaseException:
             self.drop_image(saved)
             raise

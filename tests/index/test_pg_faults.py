@@ -429,3 +429,45 @@ def test_a_frozen_database_holds_one_write_and_fails_the_others_quickly(
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
         own.stop()
+
+
+def test_a_commit_whose_answer_never_came_is_an_unknown_outcome(tmp_path, pg_server):  # noqa: F811
+    """The connection broke while the COMMIT waited (here: for a synchronous standby that never
+    comes, the session then ended by an administrator). The commit had been made, but the
+    write raised "unavailable", which the server answered as "nothing was changed", and an
+    add deleted the photo of the item it had just stored."""
+    from index.errors import StoreOutcomeUnknownError
+    from tests.pg import PgServer
+
+    own = PgServer(pg_server.bindir)  # its own server: the setting below is server-wide
+    own.start()
+    try:
+        url = own.create_db()
+        spec = build(tmp_path / "ix", url)
+        with spec.open() as ix, psycopg.connect(url, autocommit=True) as admin:
+            ix.update_metadata("sku-1", {"v": 0})  # the writing connection is open
+            admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost'")
+            admin.execute("SELECT pg_reload_conf()")
+            failed: list[BaseException] = []
+            writer = threading.Thread(target=_record, args=(failed, lambda: ix.remove(["sku-2"])))
+            writer.start()
+            waiting: list = []
+            deadline = time.monotonic() + 20
+            while not waiting and time.monotonic() < deadline:
+                time.sleep(0.05)
+                waiting = admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+                ).fetchall()
+            assert waiting, "the commit never waited for the standby"
+            admin.execute("SELECT pg_terminate_backend(%s)", (waiting[0][0],))
+            writer.join(20)
+            admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            admin.execute("SELECT pg_reload_conf()")
+            assert len(failed) == 1 and isinstance(failed[0], StoreOutcomeUnknownError), failed
+            assert "may have been made" in str(failed[0])
+            ix.sync()
+            assert "sku-2" not in ix  # it was made, and this process follows it
+            ix.update_metadata("sku-1", {"v": 1})  # and writes go on, on a new connection
+            assert ix.get("sku-1").metadata["v"] == 1
+    finally:
+        own.stop()

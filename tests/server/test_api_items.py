@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -293,3 +294,38 @@ def test_a_value_the_store_refuses_is_a_400_not_a_500(writable, first_id, monkey
     monkeypatch.setattr(type(index), "update_metadata", refused)
     r = app.test_client().patch(f"/v1/items/{first_id}", json={"metadata": {"x": 1}}, headers=KEY)
     assert assert_error(r, 400, "invalid_request")["message"].endswith("(value too long)")
+
+
+def test_a_store_that_broke_off_mid_commit_is_a_502_that_keeps_the_photo(
+    writable, jpeg_bytes, monkeypatch
+):
+    """A 503 said "nothing was changed" (clients retry those) when the commit's answer never
+    came, and the add deleted the photo of the item it may have stored; the PostgreSQL side
+    is tests/index/test_pg_faults.py."""
+    from index.errors import StoreOutcomeUnknownError, StoreUnavailableError
+
+    app, _ = writable
+    c = app.test_client()
+    index = app.extensions["phonesim"].service.index
+    uploads = Path(app.extensions["phonesim"].service.config.image_dir)
+    real_add = index.add
+
+    def committed_then_broke(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        real_add(*args, **kwargs)
+        raise StoreOutcomeUnknownError("store: the connection broke while committing")
+
+    monkeypatch.setattr(index, "add", committed_then_broke)
+    r = c.post("/v1/items", data={**upload(jpeg_bytes), "id": "maybe"}, headers=KEY)
+    error = assert_error(r, 502, "store_outcome_unknown")
+    assert "may have been made" in error["message"] and "Retry-After" not in r.headers
+    assert c.get("/v1/items/maybe").status_code == 200  # it was made ...
+    assert c.get("/v1/items/maybe/image").status_code == 200  # ... with its photo
+    kept = sorted(p.name for p in uploads.rglob("*") if p.is_file())
+
+    def down(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise StoreUnavailableError("store: unavailable")
+
+    monkeypatch.setattr(index, "add", down)
+    r = c.post("/v1/items", data={**upload(jpeg_bytes), "id": "never"}, headers=KEY)
+    assert_error(r, 503, "store_unavailable")
+    assert sorted(p.name for p in uploads.rglob("*") if p.is_file()) == kept  # its photo went
