@@ -168,13 +168,19 @@ def write_report(result: DuplicateResult, out: str | Path) -> dict[str, Path]:
         "failed": out / FAILED_NAME,
         "summary": out / SUMMARY_NAME,
     }
-    atomic_write_text(paths["csv"], to_csv(result))
-    atomic_write_text(paths["json"], json.dumps(to_json(result), indent=2) + "\n")
-    atomic_write_text(paths["html"], to_html(result))
+    # Every file is rendered before any is replaced: a failure or Ctrl-C while rendering (the
+    # HTML page is the slow one) leaves the previous report whole, not half old, half new.
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["id", "reason"])
     writer.writerows([f.id, f.reason] for f in result.failures)
-    atomic_write_text(paths["failed"], buf.getvalue())
-    atomic_write_text(paths["summary"], result.summary() + "\n")
+    texts = {
+        "csv": to_csv(result),
+        "json": json.dumps(to_json(result), indent=2) + "\n",
+        "html": to_html(result),
+        "failed": buf.getvalue(),
+        "summary": result.summary() + "\n",
+    }
+    for key, text in texts.items():
+        atomic_write_text(paths[key], text)
     return paths

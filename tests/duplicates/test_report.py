@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 
@@ -31,6 +32,29 @@ def test_report_files(planted_run, tmp_path) -> None:
     assert html.count("<div class='group") == len(result.groups)
     assert "data:image/jpeg;base64," in html
     assert paths["summary"].read_text().strip() == result.summary()
+
+
+def test_a_report_stopped_while_rendering_leaves_the_previous_one_whole(
+    planted_run, tmp_path, monkeypatch
+) -> None:
+    """The files were replaced one by one: a Ctrl-C while the HTML page (thumbnails) was
+    rendered left a new CSV beside the previous run's JSON and page."""
+    import pytest
+
+    from duplicates import report
+
+    _, _, _, result = planted_run
+    paths = report.write_report(result, tmp_path / "report")
+    before = {key: path.read_bytes() for key, path in paths.items()}
+    fewer = dataclasses.replace(result, groups=result.groups[:1])
+
+    def interrupted(_result):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "to_html", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        report.write_report(fewer, tmp_path / "report")
+    assert {key: path.read_bytes() for key, path in paths.items()} == before
 
 
 def test_html_escapes_user_text(tmp_path) -> None:
