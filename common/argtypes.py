@@ -124,9 +124,10 @@ def host(text: str) -> str:
 
 
 def port(text: str) -> int:
+    """A port to listen on. Not 0: the system would pick one that no client could know."""
     value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0-65535, got {value}")
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 1-65535, got {value}")
     return value
 
 

@@ -18,8 +18,9 @@ def test_serve_is_a_phonesim_subcommand():
     args = parse()
     assert args.func is cli.run
     assert (args.host, args.port, args.workers, args.threads) == ("127.0.0.1", 8000, 1, 8)
-    with pytest.raises(SystemExit):
-        parse("--port", "99999")
+    for bad in ("99999", "0"):  # 0: a port picked at random, which no client could know
+        with pytest.raises(SystemExit):
+            parse("--port", bad)
 
 
 def test_workers_are_bounded_by_the_cores(capsys):
