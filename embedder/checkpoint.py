@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -244,11 +245,42 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointConfig]:
             **config.model_kwargs,
         )
         state = load_file(str(path / WEIGHTS_FILE), device="cpu")
-        model.load_state_dict(state)
     except Exception as exc:  # timm, safetensors and torch raise many kinds
-        raise CheckpointError(f"{path}: cannot load model ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: cannot load model ({_first_line(exc)})") from exc
+    # torch's own message lists every tensor over many lines: one line says what is wrong.
+    problem = _weights_problem(model.state_dict(), state)
+    if problem:
+        raise CheckpointError(
+            f"{path}: {WEIGHTS_FILE} does not hold the model {CONFIG_FILE} describes "
+            f"({config.architecture}, {config.num_classes} classes): {problem}"
+        )
+    model.load_state_dict(state)
     model.eval()
     return model, config
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _weights_problem(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str | None:
+    """How ``given`` tensors differ from a model's ``expected`` ones, or None when they fit."""
+    missing = [k for k in expected if k not in given]
+    unknown = [k for k in given if k not in expected]
+    reshaped = [
+        k for k in expected if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = [
+        f"{len(names)} {what} (first: {names[0]})"
+        for names, what in (
+            (missing, "tensors missing"),
+            (unknown, "tensors it does not have"),
+            (reshaped, "of another shape"),
+        )
+        if names
+    ]
+    return "; ".join(parts) or None
 
 
 def checkpoint_hash(path: str | Path) -> str:

@@ -204,6 +204,7 @@ def open_int8(ckpt: Path, device: str | torch.device, threads: int) -> OnnxEngin
     """The int8 graph's engine; never rebuilt here (that needs calibration images)."""
     config = read_config(ckpt)
     device = device_string(device)
+    onnx_providers(device)  # a device missing here is said as such, not as a graph to remake
     problem = graph_problem(ckpt, "int8")
     try:
         if problem is None:
@@ -251,6 +252,13 @@ def onnx_device(device: str | torch.device | None) -> str:
 def _auto(ckpt: Path, device: str | torch.device | None, threads: int) -> Engine:
     """Runtime auto: the fp32 graph when it passes the check against torch, else torch."""
     wanted = device_string(device) if device is not None else default_device()
+    if wanted != "cpu":
+        try:
+            onnx_providers(wanted)
+        except EngineError:
+            from embedder.torch_engine import resolve_device
+
+            resolve_device(wanted)  # neither runtime has it: one line, before any loading
     if trusted_check(ckpt, wanted):
         try:
             return open_fp32(ckpt, wanted, threads)

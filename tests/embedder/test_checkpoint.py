@@ -200,3 +200,24 @@ def test_a_checkpoint_holding_other_files_is_not_replaced(tiny_checkpoint, tmp_p
     (out / "notes").mkdir()
     with pytest.raises(CheckpointError, match="holds 'cues.json' and 1 more beside the"):
         check_checkpoint_target(out)
+
+
+def test_weights_of_another_model_are_one_line_saying_so(tiny_checkpoint, tmp_path):
+    """torch's message spanned lines and 2,200 characters of missing keys."""
+    import json
+    import shutil
+
+    from embedder.checkpoint import CONFIG_FILE, load_checkpoint
+    from embedder.errors import CheckpointError
+
+    ckpt = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    data = json.loads((ckpt / CONFIG_FILE).read_text())
+    data["num_classes"] += 1
+    data["label_names"] = [*data["label_names"], "extra"]
+    (ckpt / CONFIG_FILE).write_text(json.dumps(data))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(ckpt)
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 400
+    assert "does not hold the model config.json describes" in message
+    assert "of another shape (first: " in message

@@ -167,3 +167,22 @@ def test_a_damaged_graph_record_is_no_record(ckpt, onnx):
     (ckpt / CONFIG_FILE).write_text(json.dumps({**config, "onnx": onnx}))
     assert recorded_check(ckpt) is None
     assert load_engine(ckpt, "auto", "cpu", threads=1).runtime in ("onnx", "torch")
+
+
+def test_a_device_missing_here_is_one_line_naming_the_device(ckpt, caplog):
+    """onnx-int8 told a valid int8 graph to be made again with `phonesim optimize`, and auto
+    warned that it fell back to torch, loaded the model, then failed on the device."""
+    import onnxruntime
+    import torch
+
+    cuda_onnx = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    if torch.cuda.is_available() or cuda_onnx:
+        pytest.skip("this machine has CUDA")
+    from embedder.errors import EngineError
+
+    with pytest.raises(EngineError, match="no provider for device 'cuda'") as err:
+        load_engine(ckpt, "onnx-int8", device="cuda")
+    assert "optimize" not in str(err.value)
+    with pytest.raises(EngineError, match="torch sees no CUDA GPU"):
+        load_engine(ckpt, "auto", device="cuda")
+    assert "falls back" not in caplog.text
