@@ -222,6 +222,8 @@ def main() -> int:
     if args.child:
         print(json.dumps(measure(args)))
         return 0
+    if args.images is not None and not args.images.exists():  # before the minute of export
+        parser.error(f"--images: no such file or folder: {args.images}")
 
     from embedder.quantize import quantize_int8
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
-from common.argtypes import non_negative_int, positive_int
+from common.argtypes import non_negative_int, positive_int, unit_interval
 from common.errors import reporting_errors
+from index.ann import create, resolve_kind
 from index.benchmark import BenchConfig, format_table, run_benchmark
+from index.errors import InvalidKindError
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
@@ -41,7 +44,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         "--nq", type=positive_int, default=d.nq, help="queries for recall and throughput"
     )
     p.add_argument("--k", type=positive_int, default=d.k, help="neighbours per query")
-    p.add_argument("--latency-queries", type=positive_int, default=d.latency_queries)
+    p.add_argument(
+        "--latency-queries",
+        type=positive_int,
+        default=d.latency_queries,
+        help="single queries timed for p50/p99 (default %(default)s)",
+    )
     p.add_argument(
         "--flat-queries", type=positive_int, default=d.flat_queries, help="baseline queries"
     )
@@ -58,13 +66,24 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         help="filters matching at most this many items are searched exactly "
         "(default: the index default, 50000); lower it to exercise the approximate plan at small n",
     )
-    p.add_argument("--target-recall", type=float, default=d.target_recall)
+    p.add_argument(
+        "--target-recall",
+        type=unit_interval,
+        default=d.target_recall,
+        help="recall@10 the search defaults are tuned to, in (0, 1] (default %(default)s)",
+    )
     p.add_argument("--threads", type=positive_int, default=None, help="FAISS OpenMP threads")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="data seed (default %(default)s)")
     p.add_argument("--workdir", default=None, help="where to build (default: a temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the built index folder")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     a = p.parse_args(argv)
+    if not 0 <= a.spread_min <= a.spread_max:
+        p.error(f"need 0 <= --spread-min ({a.spread_min}) <= --spread-max ({a.spread_max})")
+    try:  # a kind FAISS cannot make fails now, not after the data and its ground truth
+        create(resolve_kind(a.kind, a.n)[1], a.dim)
+    except InvalidKindError as exc:
+        p.error(f"--kind: {exc}")
     logging.basicConfig(
         level=logging.INFO if a.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -73,7 +92,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     return BenchConfig(**fields)
 
 
+def _stop(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds, so the temporary index folder is removed
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop)
     # Each step on stderr as it starts: stdout stays the table and the JSON line.
     result = run_benchmark(
         parse_args(argv), stage=lambda m: print(f"... {m}", file=sys.stderr, flush=True)

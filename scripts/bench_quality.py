@@ -1513,6 +1513,11 @@ def main() -> int:
         minutes=round((time.perf_counter() - started) / 60, 1),
     )
     methods = summary["methods"]
+    if "recipe" not in methods:  # the baseline every method is paired with
+        print(
+            f"note: no recipe results in {args.work} for these folds, so nothing is paired; "
+            "run --only recipe (a training per fold) for the baseline and the paired intervals"
+        )
     if "recipe" in methods and "probe" in methods:
         summary["recipe_over_probe_accuracy_ratio"] = round(
             methods["recipe"]["accuracy"]["mean"] / methods["probe"]["accuracy"]["mean"], 4

@@ -374,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     ARGS = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    work = Path(ARGS.workdir or tempfile.mkdtemp(prefix="phonesim-replicas-"))
+    # Absolute: the servers run from the repository, not from where the script was started.
+    work = Path(ARGS.workdir or tempfile.mkdtemp(prefix="phonesim-replicas-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if not ARGS.workdir:
         # mkdtemp's 0700 would keep the postgres user (PostgreSQL as root) out of its folder.

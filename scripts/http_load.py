@@ -36,12 +36,13 @@ def demo_inputs(
     checkpoint: str | None, index: str | None, workdir: str | None
 ) -> tuple[Path, Path]:
     """``--checkpoint`` and ``--index``, or the demo's (built into ``workdir``, default
-    :data:`DEMO_WORKDIR`, the first time)."""
+    :data:`DEMO_WORKDIR`, the first time). Absolute: the server and the demo run from the
+    repository, not from where the script was started."""
     if checkpoint or index:
         if not (checkpoint and index):
             sys.exit("give both --checkpoint and --index, or neither")
-        return Path(checkpoint), Path(index)
-    work = Path(workdir) if workdir else DEMO_WORKDIR
+        return Path(checkpoint).resolve(), Path(index).resolve()
+    work = Path(workdir).resolve() if workdir else DEMO_WORKDIR
     ckpt, idx = work / "checkpoint", work / "index"
     if not (idx / "manifest.json").is_file() or not (ckpt / "config.json").is_file():
         cmd = [sys.executable, "-m", "phonesim", "demo", "--workdir", str(work), "--no-serve"]

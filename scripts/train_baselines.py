@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Real-data training benchmark: the default recipe beside its two baselines, in one run.
 
-1. recipe   : `phonesim train` defaults (pretrained Lite0, head warm-up, full fine-tuning)
+1. recipe   : `phonesim train` defaults (pretrained Lite0, head warm-up, then fine-tuning
+               all but the stem and the first two stages)
 2. probe    : logistic regression (scikit-learn) on frozen pretrained features (no fine-tuning)
 3. scratch  : the same recipe with --weights none
 
@@ -97,7 +98,10 @@ def run_probe(train_dir: Path, val_dir: Path) -> dict:
 
 def seed_list(text: str) -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]`` (argparse reports a ValueError as an invalid value)."""
-    return [int(v) for v in text.split(",")]
+    seeds = [int(v) for v in text.split(",")]
+    if len(set(seeds)) != len(seeds):  # one row per seed: a repeat would overwrite its row
+        raise argparse.ArgumentTypeError(f"each seed once, got {text}")
+    return seeds
 
 
 def main() -> int:
@@ -157,6 +161,8 @@ def main() -> int:
             "min": min(accs),
             "max": max(accs),
         }
+    if "recipe" not in figures or "probe" not in figures:
+        print("note: the ratio needs both the recipe and the probe (run without --only)")
     if "recipe" in figures and "probe" in figures:
         figures["recipe_vs_probe_accuracy_ratio"] = round(
             figures["recipe"]["accuracy"] / max(1e-9, figures["probe"]["accuracy"]), 3
