@@ -239,7 +239,7 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     print(
         f"baseline: {r['baseline']}: {r['baseline_subset_seconds']:.1f} s on the subset, "
-        f"~{r['baseline_extrapolated_seconds']:.0f} s at n; speed-up x{r['speedup_vs_baseline']}; "
+        f"~{r['baseline_extrapolated_seconds']:g} s at n; speed-up x{r['speedup_vs_baseline']}; "
         f"groups on the subset identical to brute force: {r['subset_matches_brute_force']}"
     )
     print(json.dumps({k: v for k, v in r.items() if k != "config"}))

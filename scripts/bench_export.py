@@ -22,14 +22,21 @@ def main() -> int:
         return child_main(sys.argv[2])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--n", type=positive_int, default=1000, help="N: the small run; the large one is 4N"
+        "--n",
+        type=positive_int,
+        default=1000,
+        help="N: the small run; the large one is 4N (default %(default)s)",
     )
     p.add_argument(
         "--workdir",
         default=str(Path(tempfile.gettempdir()) / "phonesim-bench-export"),
         help="data, checkpoint and outputs, reused by later runs (default: %(default)s)",
     )
-    p.add_argument("--model", default="test_efficientnet", help="timm model of the checkpoint")
+    p.add_argument(
+        "--model",
+        default="test_efficientnet",
+        help="timm model of the checkpoint (default %(default)s)",
+    )
     p.add_argument("--img-size", type=positive_int, default=64, help="input side (default 64)")
     p.add_argument(
         "--batch-size", type=positive_int, default=64, help="images per batch (default 64)"

@@ -50,14 +50,26 @@ def run(ckpt: Path, samples: list, runtime: str, args: argparse.Namespace) -> di
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, help="default: pretrained Lite0, 6-class head")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="backbone when no --checkpoint")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help="backbone when no --checkpoint (default %(default)s)"
+    )
     p.add_argument("--data", type=Path, help="image folder (default: phone-brands train)")
-    p.add_argument("--n", type=positive_int, default=300, help="images (the first N, sorted)")
+    p.add_argument(
+        "--n",
+        type=positive_int,
+        default=300,
+        help="images (the first N, sorted) (default %(default)s)",
+    )
     p.add_argument(
         "--batch-size", type=positive_int, default=32, help="images per batch (default 32)"
     )
     p.add_argument("--workers", type=non_negative_int, help="decoding workers (default: auto)")
-    p.add_argument("--threads", type=thread_count, default=default_threads(), help="model threads")
+    p.add_argument(
+        "--threads",
+        type=thread_count,
+        default=default_threads(),
+        help="model threads (default %(default)s)",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"

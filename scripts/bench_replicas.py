@@ -63,23 +63,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["sqlite", "postgresql"],
         help="stores to measure (default both)",
     )
-    p.add_argument("--items", type=positive_int, default=1000, help="adds in the steady phase")
     p.add_argument(
-        "--duration", type=positive_float, default=60.0, help="seconds of the steady phase"
+        "--items",
+        type=positive_int,
+        default=1000,
+        help="adds in the steady phase (default %(default)s)",
     )
     p.add_argument(
-        "--baseline", type=positive_float, default=8.0, help="seconds of searches, no writes"
-    )
-    p.add_argument("--searchers", type=positive_int, default=8, help="clients searching all along")
-    p.add_argument("--workers", type=positive_int, default=2, help="workers per server")
-    p.add_argument(
-        "--kills", type=non_negative_int, default=3, help="kill -9 of a random server process"
+        "--duration",
+        type=positive_float,
+        default=60.0,
+        help="seconds of the steady phase (default %(default)s)",
     )
     p.add_argument(
-        "--kill-items", type=positive_int, default=150, help="adds during the kill phase"
+        "--baseline",
+        type=positive_float,
+        default=8.0,
+        help="seconds of searches, no writes (default %(default)s)",
     )
     p.add_argument(
-        "--sync-interval", type=positive_float, default=0.5, help="servers' --sync-interval"
+        "--searchers",
+        type=positive_int,
+        default=8,
+        help="clients searching all along (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers", type=positive_int, default=2, help="workers per server (default %(default)s)"
+    )
+    p.add_argument(
+        "--kills",
+        type=non_negative_int,
+        default=3,
+        help="kill -9 of a random server process (default %(default)s)",
+    )
+    p.add_argument(
+        "--kill-items",
+        type=positive_int,
+        default=150,
+        help="adds during the kill phase (default %(default)s)",
+    )
+    p.add_argument(
+        "--sync-interval",
+        type=positive_float,
+        default=0.5,
+        help="servers' --sync-interval (default %(default)s)",
     )
     p.add_argument(
         "--catalog",
@@ -90,7 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="size of the generated catalog (default 4 x 25)",
     )
     p.add_argument("--workdir", help="folder for the catalog, model and index (reused)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the kill choices")
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed of the kill choices (default %(default)s)"
+    )
     return p.parse_args(argv)  # fmt: skip
 
 

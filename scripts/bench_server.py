@@ -72,11 +72,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="one server per runtime, measured in the same rounds (default auto)",
     )
     p.add_argument("--device", help="model device of the servers (default: theirs)")
-    p.add_argument("--duration", type=positive_float, default=15.0, help="seconds per concurrency")
     p.add_argument(
-        "--rounds", type=positive_int, default=3, help="alternations of the measurements"
+        "--duration", type=positive_float, default=15.0, help="seconds per concurrency (default 15)"
     )
-    p.add_argument("--warmup", type=non_negative_float, default=3.0, help="seconds of warm-up load")
+    p.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=3,
+        help="alternations of the measurements (default 3)",
+    )
+    p.add_argument(
+        "--warmup", type=non_negative_float, default=3.0, help="seconds of warm-up load (default 3)"
+    )
     p.add_argument(
         "--concurrency",
         type=positive_int,
@@ -105,7 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--baseline-runs",
         type=positive_int,
         default=40,
-        help="single in-process searches timed as the baseline (default 40)",
+        help="single in-process searches timed as the baseline, in all, split over the rounds "
+        "(at least one a round; default 40)",
     )
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument(
@@ -120,7 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=256,
         help="images sent per --batch-search measurement (default 256)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch request")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per batch request (default 32)"
+    )
     p.add_argument(
         "--batch-concurrency", type=positive_int, default=1, help="batch requests at once"
     )
