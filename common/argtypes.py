@@ -143,7 +143,7 @@ def device(text: str) -> str:
 
 
 _STORE_URL = re.compile(r"^postgres(ql)?://[^\s]*$")
-_URL_PASSWORD = re.compile(r"^([a-z]+://[^:/@]*):.*@")  # greedy: a password may hold '@'
+_PASSWORD_PAIR = re.compile(r"(?i)(password\s*=\s*)('[^']*'|[^\s&]+)")
 
 
 STORE_ENV = "PHONESIM_STORE"
@@ -153,14 +153,25 @@ class _FromEnvironment(str):
     """A default read from the environment: its errors name the variable, not the flag."""
 
 
+def _redacted(text: str) -> str:
+    """``text`` with no password left in it, whatever its shape (a URL, ``+driver`` schemes,
+    quotes, ``password=`` pairs, libpq keywords): everything from ``://`` (or the start) up to
+    the last ``@`` becomes ``***``. For error messages, which go to logs and terminals."""
+    shown = _PASSWORD_PAIR.sub(r"\1***", text)
+    if "@" in shown:
+        head, _, tail = shown.rpartition("@")
+        scheme, sep, _ = head.partition("://")
+        shown = f"{scheme}{sep}***@{tail}" if sep else f"***@{tail}"
+    return shown
+
+
 def store_url(text: str) -> str:
     """A catalog store URL: ``postgresql://[user[:password]@]host[:port]/dbname[?...]``; outer
     whitespace (a secret file's newline) is dropped."""
     url = text.strip()
     if not _STORE_URL.match(url):
         where = f"(from ${STORE_ENV}) " if isinstance(text, _FromEnvironment) else ""
-        # The message goes to logs and terminals: never with the password in it.
-        shown = _URL_PASSWORD.sub(r"\1:***@", url)[:60]
+        shown = _redacted(url)[:60]
         raise argparse.ArgumentTypeError(
             f"{where}must be a postgresql://user@host:port/dbname URL, got {shown!r}"
         )

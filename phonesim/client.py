@@ -14,8 +14,9 @@
 Requests that get 429 or 503 (or cannot connect) are retried with exponential backoff, waiting
 at least what ``Retry-After`` asks, up to 60 s a retry (a longer ask is answered sooner). A
 write (add, update, remove) whose connection broke after it was sent is not sent again: the
-server may have done it. ``timeout`` bounds each attempt as a whole, answer included, so a
-server that trickles its answer cannot hold a call. Redirects are not followed: the API
+server may have done it. ``timeout`` bounds connecting and the wait for the answer to begin,
+and the whole answer must be in within ``timeout`` of the start, so a server that trickles
+cannot hold a call. Redirects are not followed: the API
 never sends one, and following it would hand the key to another host. Every failure of a
 request is raised as :class:`PhonesimError` with the HTTP status and the server's error code
 and message; arguments that cannot make a request are ``TypeError``/``ValueError`` before any
@@ -35,7 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
+from urllib3.exceptions import (
+    ClosedPoolError,
+    DecodeError,
+    HTTPError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
 
 from common.item_ids import is_item_id
 
@@ -44,6 +51,8 @@ RETRY_STATUSES = frozenset({429, 503})
 # after 5 s), and one closing just as the write reuses it fails a write nobody received.
 FRESH_CONNECTION_AFTER_S = 1.0
 READ_SIZE = 64 * 1024
+LAST_LOOK_S = 0.01  # the wait for bytes once the deadline has passed
+MAY_HAVE_DONE = "; the server may have done it: check before sending it again"
 ImageInput = str | os.PathLike | bytes
 
 
@@ -110,6 +119,9 @@ def _options(
         "ranking": ranking,
         "read_text": read_text,
     }
+    # JSON bodies are checked as they are encoded; the query string of /similar is not JSON.
+    if isinstance(score_threshold, float) and not math.isfinite(score_threshold):
+        raise ValueError(f"score_threshold must be a finite number, got {score_threshold}")
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -166,9 +178,22 @@ def _field(answer: dict[str, Any], key: str) -> Any:
 
 
 def _never_sent(exc: requests.ConnectionError) -> bool:
-    """Whether the connection failed before the request went out (refused, unresolvable)."""
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(exc, requests.ConnectTimeout) or isinstance(reason, NewConnectionError)
+    """Whether the connection failed before the request went out (refused, unresolvable, or
+    a pool another thread closed before this request took a connection from it)."""
+    cause = exc.args[0] if exc.args else None
+    reason = getattr(cause, "reason", None)
+    return (
+        isinstance(exc, requests.ConnectTimeout)
+        or isinstance(reason, NewConnectionError)
+        or isinstance(cause, ClosedPoolError)
+    )
+
+
+def _limit_wait(r: requests.Response, seconds: float) -> None:
+    """Let the next read of ``r``'s socket wait at most ``seconds``."""
+    sock = getattr(getattr(r.raw, "connection", None), "sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
 
 
 class Client:
@@ -210,24 +235,24 @@ class Client:
             try:
                 r, body = self._send(method, url, headers, kw)
             except PhonesimError as exc:  # the deadline passed while the answer came
-                if not write:
+                if not write or exc.code != "timeout":
                     raise
-                done = f"{exc.message}; the server may have done it: check before sending it again"
-                raise PhonesimError(exc.status, exc.code, done) from exc
+                raise PhonesimError(exc.status, exc.code, exc.message + MAY_HAVE_DONE) from exc
             except requests.exceptions.SSLError as exc:  # no retry mends a certificate
                 raise PhonesimError(0, "ssl_error", str(exc)) from exc
             except requests.ConnectionError as exc:
                 if write and not _never_sent(exc):
-                    raise PhonesimError(
-                        0,
-                        "connection_error",
-                        f"{exc}; the connection broke after the request was sent, so the "
-                        "server may have done it: check before sending it again",
-                    ) from exc
+                    broke = f"{exc}; the connection broke after the request was sent"
+                    raise PhonesimError(0, "connection_error", broke + MAY_HAVE_DONE) from exc
                 if last:
                     raise PhonesimError(0, "connection_error", str(exc)) from exc
                 time.sleep(self.backoff * 2**attempt)
                 continue
+            except requests.Timeout as exc:  # no answer began (a connect timeout is above)
+                message = f"no answer within {self.timeout:g} s"
+                raise PhonesimError(
+                    0, "timeout", message + (MAY_HAVE_DONE if write else "")
+                ) from exc
             except requests.RequestException as exc:
                 raise PhonesimError(0, "request_error", str(exc)) from exc
             if r.status_code in RETRY_STATUSES and not last:
@@ -239,35 +264,46 @@ class Client:
     def _send(
         self, method: str, url: str, headers: dict[str, str], kw: dict[str, Any]
     ) -> tuple[requests.Response, bytes]:
-        """One attempt: the response and its whole body, within ``timeout`` in all."""
+        """One attempt: the response and its whole body. Connecting and the wait for the
+        answer to begin each take at most ``timeout``; the body must be in by ``timeout``
+        from the start, so a trickle cannot hold the call."""
         deadline = time.monotonic() + self.timeout
         r = self._session.request(
             method,
             url,
             headers=headers,
-            timeout=self.timeout,  # requests' own: each wait for bytes, not the whole
+            timeout=self.timeout,  # requests' own: connecting, and each wait for bytes
             allow_redirects=False,
             stream=True,
             **kw,
         )
+        chunks = []
         try:
-            chunks = []
-            # read1: what has arrived, so a trickle is checked against the deadline.
-            while chunk := r.raw.read1(READ_SIZE, decode_content=True):
+            while True:
+                # Each read waits only for what is left; with none left, a last look takes
+                # what has already arrived (a whole answer is not thrown away for lateness).
+                _limit_wait(r, max(deadline - time.monotonic(), LAST_LOOK_S))
+                chunk = r.raw.read1(READ_SIZE, decode_content=True)
+                if not chunk:
+                    break
                 chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise PhonesimError(
-                        0, "timeout", f"the answer took longer than {self.timeout:g} s"
-                    )
         except ReadTimeoutError as exc:
+            r.close()  # a half-read answer: its connection cannot be reused
+            raise PhonesimError(
+                0, "timeout", f"the answer took longer than {self.timeout:g} s"
+            ) from exc
+        except DecodeError as exc:
             r.close()
-            raise requests.ReadTimeout(exc) from exc
-        except ProtocolError as exc:
+            raise PhonesimError(
+                r.status_code, "invalid_response", f"the answer cannot be decoded: {exc}"
+            ) from exc
+        except HTTPError as exc:  # urllib3's own: the connection broke during the answer
             r.close()
             raise requests.ConnectionError(exc) from exc
         except BaseException:
-            r.close()  # a half-read answer: its connection cannot be reused
+            r.close()
             raise
+        _limit_wait(r, self.timeout)  # the connection goes back to the pool as it came
         self._last_answer = time.monotonic()
         return r, b"".join(chunks)
 
@@ -331,7 +367,7 @@ class Client:
                 raise ValueError("read_text applies to an image, not to a catalog item")
             params: dict[str, Any] = {key: v for key, v in opts.items() if key != "filter"}
             if filter is not None:
-                params["filter"] = json.dumps(filter)
+                params["filter"] = _json_bytes(filter).decode()
             path = _item_path(query["id"]) + "/similar"
             return self._request("GET", path, params=params)
         return self._request("POST", "/v1/search", json={**query, **opts})
@@ -387,7 +423,7 @@ class Client:
         while True:
             params: dict[str, Any] = {"limit": page_size}
             if filter is not None:
-                params["filter"] = json.dumps(filter)
+                params["filter"] = _json_bytes(filter).decode()
             if cursor is not None:
                 params["cursor"] = cursor
             page = self._request("GET", "/v1/items", params=params)

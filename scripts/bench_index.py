@@ -93,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 
 def _stop(signum: int, _frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
     raise SystemExit(128 + signum)  # unwinds, so the temporary index folder is removed
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from embedder.errors import ImageError
-from index.errors import DuplicateIdError, StoreOutcomeUnknownError
+from index.errors import DuplicateIdError, StoreOutcomeUnknownError, StoreUnavailableError
 from server.errors import ApiError, entry_error
 from server.service import Embedded, LookupService
 
@@ -140,10 +140,42 @@ def _write(svc: LookupService, ready: list[tuple[NewItem, Any]]) -> None:
         for path in saved:
             svc.drop_image(path)
         raise
-    for (e, emb), md, path in zip(ready, metadata, saved, strict=True):
-        try:
-            svc.index.add([e.id or ""], emb.embedding[None, :], [md])
-            e.metadata = md
-        except DuplicateIdError as exc:
-            svc.drop_image(path)
-            e.error = entry_error(exc)
+    done = 0
+    try:
+        for (e, emb), md, path in zip(ready, metadata, saved, strict=True):
+            try:
+                svc.index.add([e.id or ""], emb.embedding[None, :], [md])
+                e.metadata = md
+            except DuplicateIdError as exc:
+                svc.drop_image(path)
+                e.error = entry_error(exc)
+            done += 1
+    except StoreUnavailableError as exc:
+        added = any(e.error is None for e, _ in ready[:done])
+        if not added and not isinstance(exc, StoreOutcomeUnknownError):
+            for path in saved[done:]:
+                svc.drop_image(path)
+            raise  # nothing of this request is in the store: the whole request is a 503
+        # Items before this one are in the store: a whole-request 503 would tell the client
+        # "nothing was changed". Each entry says what became of it instead.
+        _store_failed_from(svc, ready[done:], saved[done:], exc)
+
+
+def _store_failed_from(
+    svc: LookupService,
+    rest: list[tuple[NewItem, Any]],
+    saved: list[Any],
+    exc: StoreUnavailableError,
+) -> None:
+    """Entry errors for the items from the one whose add failed with ``exc`` on."""
+    unknown = isinstance(exc, StoreOutcomeUnknownError)
+    for n, ((e, _), path) in enumerate(zip(rest, saved, strict=True)):
+        if n == 0 and unknown:  # it may be in the store: its photo stays
+            e.error = {"status": 502, "error": {"code": "store_outcome_unknown",
+                       "message": "the store broke off while this item was committing; it "
+                       "may have been added: read it before sending it again"}}  # fmt: skip
+            continue
+        svc.drop_image(path)
+        why = "the store cannot be reached" if n == 0 else "the store failed on an earlier item"
+        e.error = {"status": 503, "error": {"code": "store_unavailable",
+                   "message": f"not added: {why}; send it again"}}  # fmt: skip

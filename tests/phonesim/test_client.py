@@ -262,6 +262,7 @@ class _Scripted:
 
         self.answers: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self.trickle: dict[str, float] = {}  # path -> seconds between the body's bytes
+        self.delay: dict[str, float] = {}  # path -> seconds before the answer begins
         self.seen: list[tuple[str, int, str | None]] = []
         scripted = self
 
@@ -276,6 +277,7 @@ class _Scripted:
                 path = self.path.split("?")[0]
                 scripted.seen.append((path, self.client_address[1], self.headers.get("X-API-Key")))
                 status, headers, body = scripted.answers.get(path, (404, {}, b"{}"))
+                time.sleep(scripted.delay.get(path, 0))
                 self.send_response(status)
                 for name, value in {"Content-Type": "application/json", **headers}.items():
                     self.send_header(name, value)
@@ -334,6 +336,38 @@ def test_the_timeout_bounds_a_trickling_answer(scripted):
     assert Client(scripted.base, timeout=1).info() == {"index": {"size": 1}}
 
 
+def test_the_timeout_counts_the_wait_for_the_answer_to_begin(scripted):
+    """The deadline was checked only after each chunk: headers at 0.9 s and a byte every
+    0.9 s after them made a 1 s call take 1.8 s."""
+    scripted.answers["/v1/info"] = (200, {}, b'{"index": {"size": 1}}')
+    scripted.delay["/v1/info"] = 0.9
+    scripted.trickle["/v1/info"] = 0.9
+    t0 = time.monotonic()
+    with pytest.raises(PhonesimError, match="took longer than 1 s"):
+        Client(scripted.base, timeout=1, retries=0).info()
+    assert time.monotonic() - t0 < 1.4
+
+
+def test_a_write_with_no_answer_in_time_may_have_been_done(scripted):
+    """A timeout before the answer began was a "request_error" with no word of the write."""
+    scripted.answers["/v1/items/a"] = (200, {}, b'{"id": "a", "deleted": true}')
+    scripted.delay["/v1/items/a"] = 1.5
+    with pytest.raises(PhonesimError, match="may have done it") as err:
+        Client(scripted.base, api_key="k", timeout=0.5, retries=0).remove("a")
+    assert err.value.code == "timeout"
+    with pytest.raises(PhonesimError, match="no answer within 0.5 s") as err:
+        Client(scripted.base, timeout=0.5, retries=0).get("a")
+    assert "may have done it" not in err.value.message
+
+
+def test_an_answer_that_cannot_be_decoded_is_a_phonesim_error(scripted):
+    """urllib3's DecodeError escaped as it was."""
+    scripted.answers["/v1/info"] = (200, {"Content-Encoding": "gzip"}, b"not gzip at all")
+    with pytest.raises(PhonesimError, match="cannot be decoded") as err:
+        Client(scripted.base, retries=0).info()
+    assert err.value.code == "invalid_response"
+
+
 def test_answers_that_are_not_the_apis_are_phonesim_errors(scripted):
     """They were a KeyError 'results', a TypeError, "not JSON" for JSON null, or a message
     "None"."""
@@ -382,8 +416,15 @@ def test_an_error_crosses_to_another_process_whole():
 
 def test_more_bad_arguments_are_python_errors_before_any_request():
     client = Client("http://127.0.0.1:9", retries=0)  # nothing listens: nothing is sent
-    with pytest.raises(ValueError, match="NaN or infinity"):
+    with pytest.raises(ValueError, match="score_threshold must be a finite number"):
         client.search(b"x", score_threshold=float("nan"))
+    # The GET paths too: their filter and threshold go in the query string, not a JSON body.
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        client.search(item_id="a", filter={"p": float("nan")})
+    with pytest.raises(ValueError, match="finite number"):
+        client.search(item_id="a", score_threshold=float("inf"))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        next(client.items(filter={"p": float("inf")}))
     with pytest.raises(ValueError, match="NaN or infinity"):
         client.add("a", b"x", {"p": float("inf")})
     with pytest.raises(TypeError, match="metadata is a mapping"):

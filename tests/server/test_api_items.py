@@ -329,3 +329,37 @@ def test_a_store_that_broke_off_mid_commit_is_a_502_that_keeps_the_photo(
     r = c.post("/v1/items", data={**upload(jpeg_bytes), "id": "never"}, headers=KEY)
     assert_error(r, 503, "store_unavailable")
     assert sorted(p.name for p in uploads.rglob("*") if p.is_file()) == kept  # its photo went
+
+
+def test_a_store_failing_midway_through_a_batch_says_which_items_were_added(
+    writable, jpeg_bytes, monkeypatch
+):
+    """After a racing add of one of its ids, a batch adds its items one by one; the store
+    failing on the second answered the whole request 503 "nothing was changed" though the
+    first was stored."""
+    from index.errors import DuplicateIdError, StoreUnavailableError
+
+    app, _ = writable
+    c = app.test_client()
+    index = app.extensions["phonesim"].service.index
+    uploads = Path(app.extensions["phonesim"].service.config.image_dir)
+    real_add = index.add
+    calls: list[list[str]] = []
+
+    def flaky(ids, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append(list(ids))
+        if len(calls) == 1:
+            raise DuplicateIdError("one of them was added meanwhile")
+        if len(calls) == 3:
+            raise StoreUnavailableError("store: unavailable")
+        return real_add(ids, *args, **kwargs)
+
+    monkeypatch.setattr(index, "add", flaky)
+    items = {"items": [{"id": f"mid-{i}", "image": b64(jpeg_bytes)} for i in range(3)]}
+    body = c.post("/v1/items/batch", json=items, headers=KEY).get_json()
+    assert [a["status"] for a in body["results"]] == [201, 503, 503]
+    assert "earlier item" in body["results"][2]["error"]["message"]
+    assert body["added"] == 1 and body["failed"] == 2
+    monkeypatch.setattr(index, "add", real_add)
+    assert [c.get(f"/v1/items/mid-{i}").status_code for i in range(3)] == [200, 404, 404]
+    assert len([p for p in uploads.rglob("*") if p.is_file()]) == 1  # the others' photos went
