@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.fsutil import atomic_write_text
-from embedder.checkpoint import CONFIG_FILE, WEIGHTS_FILE, checkpoint_hash, file_sha256, read_config
+from embedder.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointConfig,
+    checkpoint_hash,
+    file_sha256,
+    read_config,
+)
 from embedder.errors import EngineError
 
 if TYPE_CHECKING:
@@ -64,6 +71,9 @@ class GraphRecord:
     input_shape: list[int]
     quantization: dict[str, Any] = field(default_factory=dict)
     check: dict[str, Any] = field(default_factory=dict)
+    #: The model config.json described at export (:func:`model_identity`); {} in records of
+    #: older versions, which are not checked for it.
+    model: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GraphRecord:
@@ -112,6 +122,16 @@ def checkpoint_lock(ckpt: str | Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def model_identity(config: CheckpointConfig) -> dict[str, Any]:
+    """What config.json says the model is, as a graph record keeps it (JSON types)."""
+    identity = {
+        "architecture": config.architecture,
+        "num_classes": config.num_classes,
+        "model_kwargs": config.model_kwargs,
+    }
+    return json.loads(json.dumps(identity))
+
+
 def graph_problem(ckpt: str | Path, kind: str) -> str | None:
     """Why the stored graph ``kind`` cannot be used as it is, or None when it fits."""
     ckpt = Path(ckpt)
@@ -123,6 +143,14 @@ def graph_problem(ckpt: str | Path, kind: str) -> str | None:
         return f"{path.name} is not recorded in {CONFIG_FILE}"
     if record.weights_sha256 != checkpoint_hash(ckpt):
         return f"{path.name} was made from other weights"
+    described = model_identity(read_config(ckpt))
+    if record.model and record.model != described:  # config.json edited since the export
+        return (
+            f"{path.name} was made for {record.model.get('architecture')} "
+            f"({record.model.get('num_classes')} classes), not the "
+            f"{described['architecture']} ({described['num_classes']} classes) {CONFIG_FILE} "
+            "describes"
+        )
     if file_sha256(path) != record.sha256:
         return f"{path.name} is corrupt or replaced (its SHA-256 differs from {CONFIG_FILE})"
     return None

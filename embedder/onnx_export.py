@@ -32,6 +32,7 @@ from embedder.graphs import (
     checkpoint_lock,
     ensure_fp32_graph,
     graph_problem,
+    model_identity,
     read_graph_record,
     stage_name,
     write_graph_record,
@@ -191,6 +192,7 @@ def build_fp32_graph(ckpt: str | Path, model: nn.Module | None = None) -> GraphR
         exporter=exporter_version(),
         outputs=names,
         input_shape=input_size,
+        model=model_identity(config),
     )
     write_graph_record(ckpt, "fp32", record)
     log.info("exported %s in %.1f s (%s)", path, time.perf_counter() - start, record.exporter)

@@ -32,6 +32,7 @@ from embedder.engine_options import (
     FLOAT_LAYERS,
 )
 from embedder.errors import DataError, ImageError
+from embedder.graphs import model_identity
 from embedder.images import load_image
 from embedder.metrics import label_recall_at_k, macro_f1
 from embedder.onnx_export import (
@@ -243,6 +244,7 @@ def quantize_int8(
                 "calibration_images": count,
                 "calibration_data": str(calibration),
             },
+            model=model_identity(config),
         )
         write_graph_record(ckpt, "int8", record)
     log.info("quantised %s in %.1f s on %d images", path, time.perf_counter() - start, count)

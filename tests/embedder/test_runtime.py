@@ -186,3 +186,19 @@ def test_a_device_missing_here_is_one_line_naming_the_device(ckpt, caplog):
     with pytest.raises(EngineError, match="torch sees no CUDA GPU"):
         load_engine(ckpt, "auto", device="cuda")
     assert "falls back" not in caplog.text
+
+
+def test_a_graph_made_for_another_model_than_config_describes_is_not_used(ckpt):
+    """config.json edited to another architecture: torch refused the checkpoint, while the
+    ONNX runtimes served the old graph and wrote the new model name into their outputs."""
+    from common.errors import UserError
+    from embedder.graphs import graph_problem
+
+    data = json.loads((ckpt / CONFIG_FILE).read_text())
+    data["architecture"] = "mobilenetv3_small_100"
+    (ckpt / CONFIG_FILE).write_text(json.dumps(data))
+    for kind in ("fp32", "int8"):
+        assert "not the mobilenetv3_small_100" in (graph_problem(ckpt, kind) or "")
+    for rt in ("onnx", "onnx-int8"):
+        with pytest.raises(UserError):
+            load_engine(ckpt, rt, device="cpu")
