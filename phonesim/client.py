@@ -47,9 +47,6 @@ from urllib3.exceptions import (
 from common.item_ids import is_item_id
 
 RETRY_STATUSES = frozenset({429, 503})
-# A write after this long idle goes on a new connection: servers close idle ones (phonesim's
-# after 5 s), and one closing just as the write reuses it fails a write nobody received.
-FRESH_CONNECTION_AFTER_S = 1.0
 READ_SIZE = 64 * 1024
 LAST_LOOK_S = 0.01  # the wait for bytes once the deadline has passed
 MAY_HAVE_DONE = "; the server may have done it: check before sending it again"
@@ -215,7 +212,6 @@ class Client:
         self.retries = max(0, int(retries))
         self.backoff = backoff
         self._session = session or requests.Session()
-        self._last_answer = -math.inf  # when the last answer came (monotonic clock)
 
     # -- transport -------------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, write: bool = False, **kw: Any) -> Any:
@@ -230,8 +226,11 @@ class Client:
         url = self.base_url + path
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
-            if write and time.monotonic() - self._last_answer > FRESH_CONNECTION_AFTER_S:
-                self._session.close()  # its idle connections; the session stays usable
+            if write:
+                # A new connection: servers close idle ones (phonesim's after 5 s), and one
+                # closing just as a write reuses it fails a write nobody received. Which pooled
+                # connection a write would take, and how long it sat, is not known here.
+                self._session.close()  # the idle connections; the session stays usable
             try:
                 r, body = self._send(method, url, headers, kw)
             except PhonesimError as exc:  # the deadline passed while the answer came
@@ -303,8 +302,6 @@ class Client:
         except BaseException:
             r.close()
             raise
-        _limit_wait(r, self.timeout)  # the connection goes back to the pool as it came
-        self._last_answer = time.monotonic()
         return r, b"".join(chunks)
 
     def _wait(self, r: requests.Response, attempt: int) -> float:

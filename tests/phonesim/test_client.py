@@ -387,20 +387,22 @@ def test_answers_that_are_not_the_apis_are_phonesim_errors(scripted):
     assert (err.value.status, err.value.code, err.value.message) == (409, "x", "Conflict")
 
 
-def test_a_write_after_an_idle_while_goes_on_a_new_connection(scripted):
+def test_every_write_goes_on_a_new_connection(scripted):
     """A server closes idle connections (phonesim's after 5 s): a write reusing one just as
-    it closed failed, "the server may have done it", though nothing had received it."""
+    it closed failed, "the server may have done it", though nothing had received it. Which
+    pooled connection a write takes, and how long it sat, is not known (another thread may
+    have kept the client busy on another one), so no write reuses one."""
     scripted.answers["/v1/info"] = (200, {}, b"{}")
     scripted.answers["/v1/items/a"] = (200, {}, b'{"id": "a", "deleted": true}')
     client = Client(scripted.base, api_key="k")
     client.info()
     client.info()
-    client.remove("a")  # at once: the connection is still fresh
-    time.sleep(1.2)
     client.remove("a")
-    client.info()
+    client.remove("a")
+    client.info()  # reads reuse what the last write opened
     ports = [port for _, port, _ in scripted.seen]
-    assert ports[0] == ports[1] == ports[2] != ports[3] == ports[4]
+    assert ports[0] == ports[1] and len({ports[1], ports[2], ports[3]}) == 3
+    assert ports[4] == ports[3]
 
 
 def test_an_error_crosses_to_another_process_whole():
