@@ -45,6 +45,28 @@ def worker_count(text: str) -> int:
     return value
 
 
+MAX_BATCH = 1024  # images per forward pass: 100,000 had held 16 GB in one pass
+
+
+def batch_size(text: str) -> int:
+    """Images per forward pass or training step: 1 to :data:`MAX_BATCH`."""
+    value = int(text)
+    if not 1 <= value <= MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_BATCH}, got {value}")
+    return value
+
+
+def decode_workers(text: str) -> int:
+    """Image decoding (or data loading) workers: 0 (in the main process) to
+    :func:`max_workers`. Each runs batches ahead, so 1000 held every decoded image at once."""
+    value = int(text)
+    if not 0 <= value <= max_workers():
+        raise argparse.ArgumentTypeError(
+            f"must be 0 to {max_workers()} (4 per core here), got {value}"
+        )
+    return value
+
+
 def threads_problem(value: int) -> str | None:
     """Why ``value`` is no model thread count (1 to :func:`max_threads`), or None; for the
     flag and for the library's own check (``embedder.engine.check_threads``)."""
@@ -189,6 +211,8 @@ non_negative_float.__name__ = "non-negative number"
 fraction.__name__ = "number in [0, 1)"
 probability.__name__ = "number in [0, 1]"
 device.__name__ = "device"
+batch_size.__name__ = "batch size"
+decode_workers.__name__ = "worker count"
 store_url.__name__ = "store URL"
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from common.argtypes import (
     add_progress_option,
+    batch_size,
+    decode_workers,
     non_negative_float,
     non_negative_int,
     positive_int,
@@ -123,11 +125,9 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="report only; do not store")
     p.add_argument(
-        "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
+        "--batch-size", type=batch_size, default=32, help="images per forward pass (default 32)"
     )
-    p.add_argument(
-        "--workers", type=non_negative_int, help="image decoding threads (default: auto)"
-    )
+    p.add_argument("--workers", type=decode_workers, help="image decoding threads (default: auto)")
     add_engine_options(p, threads_help="model threads (default: every core)")
     add_progress_option(p)
 

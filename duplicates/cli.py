@@ -13,8 +13,9 @@ from common.argtypes import (
     add_data_option,
     add_progress_option,
     add_store_option,
+    batch_size,
     data_source,
-    non_negative_int,
+    decode_workers,
     positive_int,
     show_progress,
 )
@@ -109,11 +110,9 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
         "verified per orientation, default 20)",
     )
     p.add_argument(
-        "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
+        "--batch-size", type=batch_size, default=32, help="images per forward pass (default 32)"
     )
-    p.add_argument(
-        "--workers", type=non_negative_int, help="image decoding threads (default: auto)"
-    )
+    p.add_argument("--workers", type=decode_workers, help="image decoding threads (default: auto)")
     add_engine_options(p, threads_help="model threads (default: every core)")
     add_progress_option(p)
 

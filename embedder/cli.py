@@ -10,6 +10,8 @@ from pathlib import Path
 
 from common.argtypes import (
     add_progress_option,
+    batch_size,
+    decode_workers,
     device,
     fraction,
     non_negative_float,
@@ -92,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"head-only epochs on cached frozen features (default {d.warmup_epochs})",
     )
     p.add_argument(
-        "--batch-size", type=positive_int, help=f"images per training step (default {d.batch_size})"
+        "--batch-size", type=batch_size, help=f"images per training step (default {d.batch_size})"
     )
     p.add_argument("--lr", type=positive_float, help=f"fine-tuning learning rate (default {d.lr})")
     p.add_argument(
@@ -200,9 +202,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed", type=int, help=f"random seed: same seed, same weights (default {d.seed})"
     )
-    p.add_argument(
-        "--workers", type=non_negative_int, help="data loader workers (default: up to 2)"
-    )
+    p.add_argument("--workers", type=decode_workers, help="data loader workers (default: up to 2)")
     p.add_argument(
         "--device",
         type=device,
@@ -230,7 +230,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gallery", help="gallery images for retrieval (default: leave-one-out)")
     p.add_argument("--out", help="report folder (default: <checkpoint>-eval next to it)")
     p.add_argument(
-        "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
+        "--batch-size", type=batch_size, default=32, help="images per forward pass (default 32)"
     )
     add_engine_options(p, threads_help="model threads (default: every core)")
     add_knn_fusion_options(

@@ -50,7 +50,12 @@ def is_image_name(path: Path) -> bool:
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and is_image_name(path)
+    if not is_image_name(path):
+        return False
+    if path.is_symlink() and not path.exists():  # was skipped without a word
+        log.warning("%s: skipped, a link to %s, which does not exist", path, os.readlink(path))
+        return False
+    return path.is_file()
 
 
 def path_ids(paths: list[Path], root: Path) -> list[str]:

@@ -48,20 +48,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calibration-images",
         type=positive_int,
-        default=DEFAULT_CALIBRATION_IMAGES,
         help=f"at most this many, spread over the set (default {DEFAULT_CALIBRATION_IMAGES})",
     )
     p.add_argument(
         "--calibration-method",
         choices=CALIBRATION_METHODS,
-        default=DEFAULT_CALIBRATION_METHOD,
         help="activation ranges of the int8 graph from the calibration activations' min/max, "
-        "99.999th percentile or entropy (default %(default)s)",
+        f"99.999th percentile or entropy (default {DEFAULT_CALIBRATION_METHOD})",
     )
     p.add_argument(
         "--float-layers",
         type=float_layers,
-        default=DEFAULT_FLOAT_LAYERS,
         help="layers the int8 graph keeps float beside the head: comma-separated from "
         f"{', '.join(FLOAT_LAYERS)}, or 'none' (default "
         f"{','.join(DEFAULT_FLOAT_LAYERS) or 'none'})",
@@ -87,8 +84,16 @@ def _optimize(args: argparse.Namespace) -> int:
 
     if args.quantize and not args.calibration:
         raise DataError("--quantize int8 needs --calibration TRAIN_IMAGES")
-    if (args.calibration or args.val) and not args.quantize:
-        raise DataError("--calibration and --val go with --quantize int8")
+    int8_only = {
+        "--calibration": args.calibration,
+        "--val": args.val,
+        "--calibration-images": args.calibration_images,
+        "--calibration-method": args.calibration_method,
+        "--float-layers": args.float_layers,
+    }
+    given = [flag for flag, value in int8_only.items() if value is not None]
+    if given and not args.quantize:  # they would change nothing: say so, not ignore them
+        raise DataError(f"{', '.join(given)} go(es) with --quantize int8")
     ckpt = Path(args.checkpoint)
     threads = args.threads or default_threads()
     model, config = load_checkpoint(ckpt)
@@ -107,9 +112,9 @@ def _optimize(args: argparse.Namespace) -> int:
         record = quantize_int8(
             ckpt,
             args.calibration,
-            args.calibration_images,
-            method=args.calibration_method,
-            keep_float=args.float_layers,
+            args.calibration_images or DEFAULT_CALIBRATION_IMAGES,
+            method=args.calibration_method or DEFAULT_CALIBRATION_METHOD,
+            keep_float=DEFAULT_FLOAT_LAYERS if args.float_layers is None else args.float_layers,
         )
         summary["int8"] = asdict(record)
         if args.val:

@@ -11,10 +11,11 @@ from common.argtypes import (
     add_data_option,
     add_progress_option,
     add_store_option,
+    batch_size,
     data_source,
+    decode_workers,
     int_between,
     non_negative_float,
-    non_negative_int,
     positive_float,
     positive_int,
     show_progress,
@@ -97,11 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the file)",
     )
     p.add_argument(
-        "--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)"
+        "--batch-size", type=batch_size, default=64, help="images per forward pass (default 64)"
     )
-    p.add_argument(
-        "--workers", type=non_negative_int, help="decoding workers (default: spare cores)"
-    )
+    p.add_argument("--workers", type=decode_workers, help="decoding workers (default: spare cores)")
     add_engine_options(
         p,
         threads_help="model threads without --ray (default: one per core; 1 is faster on a "
@@ -225,11 +224,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_option(p, "images: class folders, a flat image folder, or a CSV manifest")
     p.add_argument("--out", required=True, help="HDF5 file to write")
     p.add_argument(
-        "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
+        "--batch-size", type=batch_size, default=32, help="images per forward pass (default 32)"
     )
-    p.add_argument(
-        "--workers", type=non_negative_int, help="decoding workers (default: spare cores)"
-    )
+    p.add_argument("--workers", type=decode_workers, help="decoding workers (default: spare cores)")
     add_engine_options(p, threads_help="model threads (default: one per core)")
     _add_text_options(p, ray=False)
     p.add_argument(

@@ -112,16 +112,22 @@ def read_embeddings(path: str | Path) -> Embeddings:
         if missing:
             raise BuildInputError(f"{path}: dataset(s) {', '.join(missing)} missing")
         emb = h5["embeddings"]
+        if not isinstance(emb, h5py.Dataset):
+            raise BuildInputError(f"{path}: 'embeddings' must be a 2-D float array, not a group")
         if emb.ndim != 2 or emb.dtype.kind != "f":
             raise BuildInputError(
                 f"{path}: 'embeddings' must be a 2-D float array, got {emb.dtype} {emb.shape}"
             )
+        # Read after the build to list them: a damaged list fails now, not after the work.
+        for name in ("failed", "failed_reasons"):
+            if name in h5 and not _is_string_dataset(h5[name]):
+                raise BuildInputError(f"{path}: '{name}' must be a string dataset")
         try:
             ids = [str(i) for i in h5["ids"].asstr()[()]]
             labels = (
                 [str(x) for x in h5["labels"].asstr()[()]] if "labels" in h5 else [""] * len(ids)
             )
-        except (TypeError, ValueError) as exc:
+        except (AttributeError, TypeError, ValueError) as exc:  # AttributeError: a group
             raise BuildInputError(f"{path}: 'ids'/'labels' must be string datasets") from exc
         unreachable = next((i for i in ids if i and not is_item_id(i)), None)
         if unreachable is not None:  # written before photo ids kept their suffix, or by hand
@@ -155,6 +161,12 @@ def read_embeddings(path: str | Path) -> Embeddings:
     return Embeddings(
         ids, xb, labels, model_name, checkpoint_hash, list(label_names), failed, runtime, precision
     )
+
+
+def _is_string_dataset(obj: object) -> bool:
+    import h5py
+
+    return isinstance(obj, h5py.Dataset) and h5py.check_string_dtype(obj.dtype) is not None
 
 
 def failed_images(path: str | Path) -> list[str]:
@@ -392,6 +404,9 @@ def build_index(
         source=dict(source or {}),
         image_roots=image_roots([m["image"] for m in mds if isinstance(m.get("image"), str)]),
     )
+    # A link names the index it points to: that one is replaced, not the link (and the
+    # build is made beside it, so the swap stays one rename on its filesystem).
+    out = out.resolve() if out.is_symlink() else out
     # A unique hidden sibling: same filesystem (the swap is a rename), never another build's.
     tmp = temporary_folder(out, "building-")
     try:

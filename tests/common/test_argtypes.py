@@ -92,3 +92,20 @@ def test_thread_counts_are_bounded_by_the_cores():
     for bad in ("0", str(max_threads() + 1), "100000"):
         with pytest.raises(argparse.ArgumentTypeError):
             thread_count(bad)
+
+
+def test_batch_sizes_and_decode_workers_are_bounded(capsys):
+    """`embed --batch-size 100000` held 16 GB in one forward pass; `--workers 1000` decoded
+    the whole data set ahead of the model."""
+    from common.argtypes import MAX_BATCH, batch_size, decode_workers, max_workers
+
+    p = argparse.ArgumentParser(prog="t")
+    p.add_argument("--batch-size", type=batch_size)
+    p.add_argument("--workers", type=decode_workers)
+    args = p.parse_args(["--batch-size", str(MAX_BATCH), "--workers", "0"])
+    assert (args.batch_size, args.workers) == (MAX_BATCH, 0)
+    for argv in (["--batch-size", "100000"], ["--batch-size", "0"], ["--workers", "1000"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(argv)
+        assert "must be" in capsys.readouterr().err
+    assert p.parse_args(["--workers", str(max_workers())]).workers == max_workers()

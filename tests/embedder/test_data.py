@@ -20,6 +20,15 @@ def test_folder_catalog(tmp_path):
     assert [s.id for s in cat.samples] == ["a/0", "a/1", "b/0", "b/1"]
 
 
+def test_a_broken_link_in_a_folder_is_skipped_with_a_warning(tmp_path, caplog):
+    """It was skipped without a word: neither embedded, warned about nor counted."""
+    _img(tmp_path / "a" / "0.jpg")
+    _img(tmp_path / "b" / "0.jpg")
+    (tmp_path / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    assert [s.id for s in load_catalog(tmp_path).samples] == ["a/0", "b/0"]
+    assert "gone.jpg: skipped, a link to" in caplog.text and "does not exist" in caplog.text
+
+
 def test_manifest_catalog_keeps_metadata_and_resolves_paths(tmp_path):
     _img(tmp_path / "imgs" / "x.png")
     _img(tmp_path / "imgs" / "y.png")

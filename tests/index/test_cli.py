@@ -203,6 +203,20 @@ def test_build_input_errors(files):
     (files / "twice.csv").write_text("id,image,label,price,price\nx,a.jpg,b,100,\n")
     with pytest.raises(BuildInputError, match="'price' appear twice"):
         read_catalog_csv(files / "twice.csv")
+    # Tracebacks before: a group where a dataset goes, and a list of failed images that is
+    # not text, read after the index was built (it was left in place, and the command failed).
+    for name, replace_with in (("embeddings", "group"), ("ids", "group"), ("failed", "ints")):
+        path = files / f"odd-{name}.h5"
+        write_embeddings(path)
+        with h5py.File(path, "a") as h5:
+            if name in h5:
+                del h5[name]
+            if replace_with == "group":
+                h5.create_group(name)
+            else:
+                h5.create_dataset(name, data=np.arange(3))
+        with pytest.raises(BuildInputError, match=f"'{name}'"):
+            cli(["build", "--embeddings", str(path), "--out", out])
     assert not (files / "idx").exists()
 
 
@@ -328,6 +342,14 @@ def test_an_index_built_through_a_link_to_an_empty_folder_lands_in_that_folder(f
     assert (files / "link").is_symlink()
     with open_index(files / "real") as ix:
         assert len(ix) == N
+    # --overwrite replaced the link with a folder, and the index it named served on, stale.
+    write_embeddings(files / "fewer.h5", n=20)
+    argv = ["build", "--embeddings", str(files / "fewer.h5"), "--out", str(files / "link")]
+    cli([*argv, "--overwrite"])
+    assert (files / "link").is_symlink()
+    with open_index(files / "real") as ix:
+        assert len(ix) == 20
+    assert not [p for p in files.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
 def test_an_index_that_is_the_working_directory_is_refused_before_any_work(files, monkeypatch):
