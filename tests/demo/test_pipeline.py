@@ -58,3 +58,17 @@ def test_a_users_catalog_in_the_workdir_is_neither_reused_nor_deleted(tmp_path, 
     assert "the demo did not write" in capsys.readouterr().err
     assert sorted(p.relative_to(catalog).as_posix() for p in catalog.rglob("*")) == before
     assert not (tmp_path / "demo" / "checkpoint").exists()
+
+
+def test_a_workdir_that_is_a_file_and_a_huge_catalog_are_refused_at_once(tmp_path, capsys):
+    """A file said only "File exists"; --per-class 100000 rendered for minutes toward 800,000
+    images."""
+    import pytest
+
+    (tmp_path / "a-file").write_text("x")
+    assert main(["demo", "--workdir", str(tmp_path / "a-file"), *TINY]) == 2
+    assert "a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--workdir", str(tmp_path / "demo"), "--per-class", "100000"])
+    assert "must be 1-1000" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
