@@ -361,6 +361,9 @@ def export_features(config: ExportConfig) -> ExportSummary:
     """
     t0 = time.perf_counter()
     out = Path(config.out)
+    # A link names the file it points to: that one is replaced, not the link (and the
+    # progress folder goes beside it, so the final rename stays on its filesystem).
+    out = out.resolve() if out.is_symlink() else out
     check_output(out, config.overwrite)
     ckpt = read_config(config.checkpoint)  # CheckpointError names what is missing
     ckpt_hash = checkpoint_hash(config.checkpoint)

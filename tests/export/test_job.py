@@ -123,6 +123,11 @@ def test_existing_output_needs_overwrite(reference, demo, ckpt, tmp_path):
         export_features(_config(ckpt, demo / "three.csv", out))
     export_features(_config(ckpt, demo / "three.csv", out, overwrite=True))
     assert _read(out)["attrs"]["count"] == 3
+    # Through a link, the file it names is replaced; the link had become a file of its own.
+    (tmp_path / "latest.h5").symlink_to(out)
+    export_features(_config(ckpt, demo / "three.csv", tmp_path / "latest.h5", overwrite=True))
+    assert (tmp_path / "latest.h5").is_symlink() and _read(out)["attrs"]["count"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5", "latest.h5"]  # no leftovers
 
 
 def test_overwrite_replaces_only_an_earlier_export(demo, ckpt, tmp_path):
