@@ -404,9 +404,7 @@ def build_index(
         source=dict(source or {}),
         image_roots=image_roots([m["image"] for m in mds if isinstance(m.get("image"), str)]),
     )
-    # A link names the index it points to: that one is replaced, not the link (and the
-    # build is made beside it, so the swap stays one rename on its filesystem).
-    out = out.resolve() if out.is_symlink() else out
+    out = replaced_folder(out)
     # A unique hidden sibling: same filesystem (the swap is a rename), never another build's.
     tmp = temporary_folder(out, "building-")
     try:
@@ -462,15 +460,21 @@ def _write_store(
     fsync_path(path)
 
 
+def replaced_folder(out: Path) -> Path:
+    """The folder a build or restore at ``out`` puts its index in: where ``out`` is a link,
+    the folder it names (the link stays), so the new index is made beside that folder and
+    moved in with one rename on its filesystem."""
+    return out.resolve() if out.is_symlink() else out
+
+
 def move_into_place(tmp: Path, out: Path, *, overwrite: bool = True) -> None:
     """Swap the finished build in for ``out``, holding the old index's lock exclusively
     meanwhile (so no process has it open). Without ``overwrite`` it only takes an absent or
-    empty ``out``, in one rename: an index another command put there meanwhile stays."""
+    empty ``out``, in one rename: an index another command put there meanwhile stays.
+    ``out`` is no link (see :func:`replaced_folder`): a rename replaces a link, not its folder."""
     if not overwrite:
-        # A link to an empty folder is that folder (the rename would not follow it).
-        target = out.resolve() if out.is_symlink() else out
         try:
-            os.rename(tmp, target)  # onto a folder that is not empty: ENOTEMPTY, never a swap
+            os.rename(tmp, out)  # onto a folder that is not empty: ENOTEMPTY, never a swap
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
@@ -478,7 +482,7 @@ def move_into_place(tmp: Path, out: Path, *, overwrite: bool = True) -> None:
                 f"{out}: another index was put there while this one was made; not replacing "
                 "it (use --overwrite)"
             ) from None
-        fsync_dir(target.parent)
+        fsync_dir(out.parent)
         return
     lock = lock_writer(out) if (out / MANIFEST_NAME).is_file() else None
     try:

@@ -133,6 +133,15 @@ def test_restore_into_a_new_folder(tmp_path):
     assert cli(["restore", "--from", str(tmp_path / "s"), "--index", str(tmp_path / "b")]) == 0
     with open_index(tmp_path / "b") as ix:
         assert len(ix) == 120
+    # Through a link, --overwrite replaces the index it names, as `build` does; the link stays.
+    (tmp_path / "link").symlink_to(tmp_path / "b")
+    with open_index(tmp_path / "b") as ix:
+        ix.remove(["p0"])
+    argv = ["restore", "--from", str(tmp_path / "s"), "--index", str(tmp_path / "link")]
+    assert cli([*argv, "--overwrite"]) == 0
+    assert (tmp_path / "link").is_symlink()
+    with open_index(tmp_path / "b") as ix:
+        assert len(ix) == 120
 
 
 def test_restore_from_a_folder_a_writer_holds_open_keeps_its_latest_commits(tmp_path, capsys):
