@@ -26,7 +26,7 @@ from common.fsutil import (
     swap_folder,
     temporary_folder,
 )
-from embedder.errors import CheckpointError
+from embedder.errors import CheckpointError, first_line
 
 if TYPE_CHECKING:
     from torch import nn
@@ -246,7 +246,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointConfig]:
         )
         state = load_file(str(path / WEIGHTS_FILE), device="cpu")
     except Exception as exc:  # timm, safetensors and torch raise many kinds
-        raise CheckpointError(f"{path}: cannot load model ({_first_line(exc)})") from exc
+        raise CheckpointError(f"{path}: cannot load model ({first_line(exc)})") from exc
     # torch's own message lists every tensor over many lines: one line says what is wrong.
     problem = _weights_problem(model.state_dict(), state)
     if problem:
@@ -257,11 +257,6 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointConfig]:
     model.load_state_dict(state)
     model.eval()
     return model, config
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _weights_problem(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str | None:

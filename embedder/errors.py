@@ -31,6 +31,13 @@ class EngineError(EmbedderError):
     """An inference runtime is unavailable here, or its graph is missing, stale or unusable."""
 
 
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: what a one-line error says of a library's error
+    (timm, torch and ONNX Runtime messages run over many lines)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def check_output_folder(
     path: str | Path, owns: Collection[str] | None = None, files: Collection[str] = ()
 ) -> None:

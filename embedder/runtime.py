@@ -38,7 +38,7 @@ from embedder.engine import (
     set_torch_threads,
 )
 from embedder.engine_options import DEFAULT_RUNTIME, RUNTIMES
-from embedder.errors import EngineError
+from embedder.errors import EngineError, first_line
 from embedder.graphs import (
     EMBEDDING,
     GRAPH_FILES,
@@ -143,11 +143,6 @@ def trusted_check(ckpt: Path, device: str) -> bool:
     return result.problem is None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def graph_fits(engine: OnnxEngine, config: CheckpointConfig) -> str | None:
     """Why a loaded graph cannot serve this checkpoint (other shapes), or None."""
     want = [*map(int, config.data_config["input_size"])]
@@ -168,7 +163,7 @@ def _open_graph(
     except EngineError:
         raise
     except Exception as exc:  # ONNX Runtime raises its own exception types (Fail, InvalidGraph)
-        raise EngineError(f"{path.name} does not load ({_first_line(exc)})") from exc
+        raise EngineError(f"{path.name} does not load ({first_line(exc)})") from exc
     problem = graph_fits(engine, config)
     if problem:
         raise EngineError(problem)
