@@ -82,6 +82,14 @@ def missing_file_reason(path: str | Path) -> str:
     return "is a folder, not a file" if Path(path).is_dir() else "does not exist"
 
 
+def replaced_path(path: Path) -> Path:
+    """What a write that replaces ``path`` (by a rename) must replace: where ``path`` is a
+    link, the file or folder it names (the link stays; a rename onto the link would replace
+    the link itself). Make the new content beside what this returns, so the rename stays on
+    its filesystem."""
+    return path.resolve() if path.is_symlink() else path
+
+
 def temporary_file(path: str | Path, folder: str | Path | None = None) -> Path:
     """A new, empty, uniquely named file to write ``path``'s next content into.
 

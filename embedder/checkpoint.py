@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from common.fsutil import (
     folder_write_problem,
     fsync_path,
+    replaced_path,
     share_file,
     swap_folder,
     temporary_folder,
@@ -160,8 +161,7 @@ def check_checkpoint_target(out: str | Path) -> Path:
     Saving replaces the folder, so anything else there (a typo'd ``--out data/``) is refused.
     Returns the absolute path to save to (a symlink is followed, so the link survives).
     """
-    out = Path(out)
-    out = out.resolve() if out.is_symlink() else Path(os.path.abspath(out))
+    out = replaced_path(Path(os.path.abspath(out)))
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):

@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from common.fsutil import atomic_write, folder_write_problem
+from common.fsutil import atomic_write, folder_write_problem, replaced_path
 from embedder.checkpoint import checkpoint_hash, read_config
 from embedder.class_rerank import class_rerank
 from embedder.engine_options import EngineOptions, precision, precision_mismatch
@@ -360,10 +360,8 @@ def export_features(config: ExportConfig) -> ExportSummary:
     command after an interruption continues from the last committed shard.
     """
     t0 = time.perf_counter()
-    out = Path(config.out)
-    # A link names the file it points to: that one is replaced, not the link (and the
-    # progress folder goes beside it, so the final rename stays on its filesystem).
-    out = out.resolve() if out.is_symlink() else out
+    # A link: the file it names is replaced, and the progress folder goes beside that file.
+    out = replaced_path(Path(config.out))
     check_output(out, config.overwrite)
     ckpt = read_config(config.checkpoint)  # CheckpointError names what is missing
     ckpt_hash = checkpoint_hash(config.checkpoint)

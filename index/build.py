@@ -27,6 +27,7 @@ from common.fsutil import (
     fsync_dir,
     fsync_path,
     missing_file_reason,
+    replaced_path,
     swap_folder,
     temporary_folder,
 )
@@ -404,7 +405,7 @@ def build_index(
         source=dict(source or {}),
         image_roots=image_roots([m["image"] for m in mds if isinstance(m.get("image"), str)]),
     )
-    out = replaced_folder(out)
+    out = replaced_path(out)  # a link: the index it names
     # A unique hidden sibling: same filesystem (the swap is a rename), never another build's.
     tmp = temporary_folder(out, "building-")
     try:
@@ -460,18 +461,12 @@ def _write_store(
     fsync_path(path)
 
 
-def replaced_folder(out: Path) -> Path:
-    """The folder a build or restore at ``out`` puts its index in: where ``out`` is a link,
-    the folder it names (the link stays), so the new index is made beside that folder and
-    moved in with one rename on its filesystem."""
-    return out.resolve() if out.is_symlink() else out
-
-
 def move_into_place(tmp: Path, out: Path, *, overwrite: bool = True) -> None:
     """Swap the finished build in for ``out``, holding the old index's lock exclusively
     meanwhile (so no process has it open). Without ``overwrite`` it only takes an absent or
     empty ``out``, in one rename: an index another command put there meanwhile stays.
-    ``out`` is no link (see :func:`replaced_folder`): a rename replaces a link, not its folder."""
+    ``out`` is no link (see :func:`common.fsutil.replaced_path`): a rename replaces a link,
+    not the folder it names."""
     if not overwrite:
         try:
             os.rename(tmp, out)  # onto a folder that is not empty: ENOTEMPTY, never a swap

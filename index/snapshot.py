@@ -18,9 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.fsutil import folder_write_problem, fsync_dir, fsync_path, temporary_folder
+from common.fsutil import (
+    folder_write_problem,
+    fsync_dir,
+    fsync_path,
+    replaced_path,
+    temporary_folder,
+)
 from index import ann
-from index.build import check_index_target, move_into_place, replaced_folder
+from index.build import check_index_target, move_into_place
 from index.errors import BuildInputError, IndexLockedError
 from index.folder import faiss_file_name
 from index.manifest import MANIFEST_NAME, read_manifest, write_manifest
@@ -154,7 +160,7 @@ def restore(
 
         push_folder(snap, store, overwrite=overwrite)
         return {"count": count, "store": redact(store)}
-    dest = replaced_folder(Path(path))
+    dest = replaced_path(Path(path))  # a link: the index it names
     tmp = temporary_folder(dest, "restoring-")
     try:
         # Copied as a snapshot is taken, not file by file: a snapshot is an index folder that
