@@ -220,6 +220,26 @@ def check_runtime(path: str | Path, runtime: str) -> None:
             raise _int8_missing(Path(path), problem)
 
 
+def check_device(runtime: str, device: str) -> None:
+    """One-line EngineError, before any model loads, when ``device`` is not here for
+    ``runtime``: ONNX Runtime's providers for the ONNX runtimes, torch's devices for torch,
+    either for auto (which runs the graph where ONNX Runtime has the device, else torch)."""
+    if runtime in ("onnx", "onnx-int8"):
+        onnx_providers(device)
+        return
+    if runtime == "auto":
+        if device_string(device) == "cpu":
+            return
+        try:
+            onnx_providers(device)
+            return
+        except EngineError:
+            pass  # auto falls back to torch: the device must be torch's then
+    from embedder.torch_engine import resolve_device
+
+    resolve_device(device)
+
+
 def _gpu_in_sight() -> bool:
     return any(Path(p).exists() for p in _GPU_DEVICE_FILES)
 
@@ -247,13 +267,7 @@ def onnx_device(device: str | torch.device | None) -> str:
 def _auto(ckpt: Path, device: str | torch.device | None, threads: int) -> Engine:
     """Runtime auto: the fp32 graph when it passes the check against torch, else torch."""
     wanted = device_string(device) if device is not None else default_device()
-    if wanted != "cpu":
-        try:
-            onnx_providers(wanted)
-        except EngineError:
-            from embedder.torch_engine import resolve_device
-
-            resolve_device(wanted)  # neither runtime has it: one line, before any loading
+    check_device("auto", wanted)  # neither runtime has it: one line, before any loading
     if trusted_check(ckpt, wanted):
         try:
             return open_fp32(ckpt, wanted, threads)

@@ -23,7 +23,7 @@ from embedder.checkpoint import checkpoint_hash, read_config
 from embedder.engine_options import EngineOptions, precision_mismatch
 from embedder.errors import EngineError
 from embedder.inference import Embedder
-from embedder.runtime import check_runtime
+from embedder.runtime import check_device, check_runtime
 from embedder.text_cues import TextCues
 from embedder.text_reader import INSTALL_HINT
 from index import ann
@@ -65,14 +65,7 @@ def check_for_serving(
     )
     check_runtime(checkpoint, runtime)  # an int8 graph that 'phonesim optimize' has not made
     if device is not None:  # a GPU this machine lacks: one line, not a traceback per worker
-        if runtime in ("onnx", "onnx-int8"):  # ONNX Runtime's own providers, not torch's
-            from embedder.engine import onnx_providers
-
-            onnx_providers(device)
-        else:
-            from embedder.torch_engine import resolve_device
-
-            resolve_device(device)
+        check_device(runtime, device)
     if read_text:
         if importlib.util.find_spec("rapidocr") is None:
             raise EngineError(f"--read-text needs RapidOCR: {INSTALL_HINT}")
