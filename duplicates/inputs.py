@@ -21,7 +21,7 @@ from embedder.batch import Failure, default_workers, ordered_batches
 from embedder.data import (
     IMAGE_SUFFIXES,
     Sample,
-    is_image_name,
+    is_image_file,
     load_catalog,
     path_ids,
     text_named,
@@ -44,9 +44,8 @@ def list_images(root: str | Path) -> list[Sample]:
         [
             p
             for p in sorted(root.rglob("*"))
-            if p.is_file()
-            and is_image_name(p)
-            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            if not any(part.startswith(".") for part in p.relative_to(root).parts)
+            and is_image_file(p)
         ]
     )
     samples = [

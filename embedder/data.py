@@ -49,7 +49,9 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def _is_image(path: Path) -> bool:
+def is_image_file(path: Path) -> bool:
+    """An image file to read: an image name (:func:`is_image_name`) on a file; a broken link
+    of that name is skipped with a warning naming where it points."""
     if not is_image_name(path):
         return False
     if path.is_symlink() and not path.exists():  # was skipped without a word
@@ -81,7 +83,7 @@ def path_ids(paths: list[Path], root: Path) -> list[str]:
 
 def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    loose = sorted(p for p in root.iterdir() if _is_image(p))
+    loose = sorted(p for p in root.iterdir() if is_image_file(p))
     if not class_dirs:
         if loose and not require_labels:
             loose = text_named(loose)
@@ -102,7 +104,7 @@ def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
     # label, and an empty subfolder (thumbs/) is no class, just nothing to read.
     images, labels = list(loose), [""] * len(loose)
     for class_dir in class_dirs:
-        found = sorted(p for p in class_dir.rglob("*") if _is_image(p))
+        found = sorted(p for p in class_dir.rglob("*") if is_image_file(p))
         if not found and require_labels:
             raise DataError(f"{class_dir}: class '{class_dir.name}' has no images")
         images += found
@@ -116,6 +118,11 @@ def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
         Sample(id=i, path=p, label=label)
         for i, p, label in zip(path_ids(images, root), images, labels, strict=True)
     ]
+
+
+def shared_images(a: list[Sample], b: list[Sample]) -> set[Path]:
+    """The image files two sample lists both hold (compared as resolved paths)."""
+    return {s.path.resolve() for s in a} & {s.path.resolve() for s in b}
 
 
 def text_named(paths: list[Path]) -> list[Path]:

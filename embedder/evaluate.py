@@ -14,7 +14,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from common.fsutil import atomic_write, atomic_write_text
 from embedder.batch import embed_samples
 from embedder.class_rerank import ClassRerank, reranked_labels
-from embedder.data import Catalog, load_catalog
+from embedder.data import Catalog, load_catalog, shared_images
 from embedder.engine_options import EngineOptions
 from embedder.errors import DataError
 from embedder.inference import Embedder
@@ -218,9 +218,7 @@ def _gallery_catalog(gallery: str | Path, data: Catalog, names: list[str]) -> Ca
             f"{gallery}: the gallery shares no class with the evaluated data "
             f"(gallery: {', '.join(g_catalog.label_names)}; data: {', '.join(data_labels)})"
         )
-    shared = {s.path.resolve() for s in data.samples} & {
-        s.path.resolve() for s in g_catalog.samples
-    }
+    shared = shared_images(data.samples, g_catalog.samples)
     if shared:
         log.warning(
             "%s: %d of the %d evaluated images are in the gallery too; each finds itself "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from embedder.checkpoint import check_checkpoint_target
-from embedder.data import Catalog, load_catalog
+from embedder.data import Catalog, load_catalog, shared_images
 from embedder.engine import resolve_device
 from embedder.errors import DataError
 from embedder.train_config import TrainConfig, check_train_config
@@ -35,7 +35,7 @@ def train(config: TrainConfig) -> TrainResult:
         if unknown:
             raise DataError(f"{config.val}: classes not in the training data: {', '.join(unknown)}")
         train_samples, val_samples = catalog.samples, val_catalog.samples
-        shared = {s.path.resolve() for s in train_samples} & {s.path.resolve() for s in val_samples}
+        shared = shared_images(train_samples, val_samples)
         if shared:  # the best epoch would be chosen on photos the model learns
             log.warning(
                 "%s: %d of the %d validation images are training images too; the best "
