@@ -448,6 +448,17 @@ def test_a_commit_whose_answer_never_came_is_an_unknown_outcome(tmp_path, pg_ser
             ix.update_metadata("sku-1", {"v": 0})  # the writing connection is open
             admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost'")
             admin.execute("SELECT pg_reload_conf()")
+            # The reload reaches each session by a signal: wait until the server has it (a new
+            # session sees it), then a moment for the writer's session, or its commit may not
+            # wait at all on a busy machine.
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                with psycopg.connect(url) as probe:
+                    shown = probe.execute("SHOW synchronous_standby_names").fetchone()[0]
+                if shown == "ghost":
+                    break
+                time.sleep(0.05)
+            time.sleep(0.5)
             failed: list[BaseException] = []
             writer = threading.Thread(target=_record, args=(failed, lambda: ix.remove(["sku-2"])))
             writer.start()
