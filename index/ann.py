@@ -18,7 +18,9 @@ Kinds:
 
 from __future__ import annotations
 
+import errno
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -243,8 +245,20 @@ def omp_threads(n: int) -> Iterator[None]:
 
 
 def write(index: faiss.Index, path: str | Path) -> None:
-    """Write the index file atomically (temporary name, fsync, rename, fsync folder)."""
-    atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
+    """Write the index file atomically (temporary name, fsync, rename, fsync folder). A
+    failed write (a full disk) is an ``OSError`` naming the file, as any other file's."""
+
+    def write_to(tmp: Path) -> None:
+        try:
+            faiss.write_index(index, str(tmp))
+        except RuntimeError as exc:  # FAISS says "... write error in PATH: 4014 != N (REASON)"
+            said = _WRITE_FAILURE.search(str(exc))
+            raise OSError(errno.EIO, said[1] if said else str(exc), str(path)) from exc
+
+    atomic_write(path, write_to)
+
+
+_WRITE_FAILURE = re.compile(r"\(([^()]+)\)\s*$")
 
 
 def check_file(path: str | Path) -> None:

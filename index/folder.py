@@ -65,17 +65,37 @@ def lock_writer(path: Path) -> int:
 
 def lock_shared(path: Path) -> int:
     """Take the folder's lock shared, as every opener does, so that a build cannot replace
-    the folder under a process that has it open (the build takes it exclusively)."""
-    fd = _open_lock(path)
+    the folder under a process that has it open (the build takes it exclusively).
+
+    Read the folder's files only after this returns: a build may swap the folder between
+    opening the lock file and locking it, and then the lock held is the old folder's. That
+    is checked (the path must still name the locked file) and the lock taken again."""
+    for _ in range(_SWAP_RETRIES):
+        fd = _open_lock(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            if _same_file(fd, path / LOCK_NAME):
+                return fd
+        except BlockingIOError:
+            os.close(fd)
+            raise IndexLockedError(f"{path}: a build is replacing this index; try again") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the folder was swapped meanwhile: lock the one there now
+    raise IndexLockedError(f"{path}: builds keep replacing this index; try again")
+
+
+_SWAP_RETRIES = 5
+
+
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise IndexLockedError(f"{path}: a build is replacing this index; try again") from None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
 def describe(path: str | Path) -> dict[str, Any]:

@@ -64,7 +64,12 @@ def decode_record(
         raise IndexCorruptError(f"journal record {seq} has unknown op {op!r}")
     v = None
     if vectors is not None:
-        v = np.frombuffer(bytes(vectors), dtype="<f4").reshape(n, dim).copy()
+        raw = bytes(vectors)
+        if len(raw) != n * dim * 4:  # another dimension than the manifest's, or cut short
+            raise IndexCorruptError(
+                f"journal record {seq} holds {len(raw)} bytes of vectors, not {n} x {dim} float32"
+            )
+        v = np.frombuffer(raw, dtype="<f4").reshape(n, dim).copy()
     return JournalRecord(seq, op, f, v, decode_items(items), float(ts or 0.0))
 
 

@@ -12,12 +12,15 @@ into PostgreSQL, or restored.
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
 from common.fsutil import (
     folder_write_problem,
     fsync_dir,
@@ -27,10 +30,12 @@ from common.fsutil import (
 )
 from index import ann
 from index.build import check_index_target, move_into_place
-from index.errors import BuildInputError, IndexLockedError
-from index.folder import faiss_file_name
-from index.manifest import MANIFEST_NAME, read_manifest, write_manifest
-from index.store import STORE_NAME
+from index.errors import BuildInputError, IndexLockedError, StoreUnavailableError
+from index.folder import faiss_file_name, lock_shared, store_path
+from index.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
+from index.store import STORE_NAME, machine_failure
+
+log = logging.getLogger(__name__)
 
 _LOCK_WAIT_S = 60.0
 
@@ -56,6 +61,7 @@ def snapshot(path: str | Path | None, out: str | Path, *, store: str | None = No
     tmp = _fresh_folder(out)
     try:
         info = _snapshot_pg(store, tmp) if store else _snapshot_sqlite(Path(path), tmp)
+        _check_opens(tmp)  # a backup is only as good as the restore it allows
         fsync_dir(tmp)
         tmp.rename(out)
         fsync_dir(out.parent)
@@ -65,12 +71,28 @@ def snapshot(path: str | Path | None, out: str | Path, *, store: str | None = No
     return {**info, "out": str(out)}
 
 
+def _check_opens(folder: Path) -> int:
+    """The number of items in the index folder, which must open as any index does."""
+    from index.catalog import CatalogIndex
+
+    with CatalogIndex.open(folder, readonly=True) as ix:
+        return len(ix)
+
+
 def _snapshot_sqlite(path: Path, tmp: Path) -> dict[str, Any]:
     from index.source_sqlite import SqliteSource
     from index.store import CatalogStore
 
-    manifest = read_manifest(path)
-    source = SqliteSource(path, CatalogStore(path / STORE_NAME))
+    read_manifest(path)  # a folder that is no index: say so before creating its lock file
+    # The folder lock, shared, for the whole copy: a build or restore swapping the folder
+    # between reading the manifest, the store and the FAISS file would mix two indexes.
+    fd = lock_shared(path)
+    try:
+        manifest = read_manifest(path)
+        source = SqliteSource(path, CatalogStore(store_path(path)), lock_fd=fd)
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         deadline = time.monotonic() + _LOCK_WAIT_S
         while True:
@@ -84,6 +106,12 @@ def _snapshot_sqlite(path: Path, tmp: Path) -> dict[str, Any]:
                             "SELECT (SELECT value FROM state WHERE key='checkpoint_file'), "
                             "(SELECT max(seq) FROM journal)"
                         ).fetchone()
+                    except sqlite3.Error as exc:
+                        if not machine_failure(exc):
+                            raise
+                        raise StoreUnavailableError(
+                            f"{tmp.parent}: cannot copy the catalog store ({exc})"
+                        ) from exc
                     finally:
                         src.close()
                         dst.close()
@@ -144,16 +172,13 @@ def restore(
 ) -> dict[str, Any]:
     """Bring back a snapshot folder: as the index folder ``path`` (no process may have it
     open), or into the PostgreSQL ``store`` (replicas reload from it)."""
-    from index.catalog import CatalogIndex
-
     snap = Path(snapshot_dir)
     if path is not None:
         # Before opening the snapshot; one kept inside the index would be replaced with it.
         check_index_target(Path(path), overwrite=overwrite, inputs=(snap,))
     if not (snap / MANIFEST_NAME).is_file():
         raise BuildInputError(f"{snap}: not a snapshot (no {MANIFEST_NAME})")
-    with CatalogIndex.open(snap, readonly=True) as ix:  # check it opens and agrees
-        count = len(ix)
+    count = _check_opens(snap)
     if store is not None:
         from index.pg import redact
         from index.pg_admin import push_folder
@@ -166,11 +191,31 @@ def restore(
         # Copied as a snapshot is taken, not file by file: a snapshot is an index folder that
         # a server may have open, and its latest commits may still be in SQLite's WAL file.
         _snapshot_sqlite(snap, tmp)
-        with CatalogIndex.open(tmp, readonly=True) as ix:  # what was restored, not before
-            count = len(ix)
+        count = _check_opens(tmp)  # what was restored, not before
+        _warn_if_other_embedder(dest, read_manifest(tmp))
         fsync_dir(tmp)
         move_into_place(tmp, dest, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"count": count, "path": str(path)}
+
+
+def _warn_if_other_embedder(dest: Path, restored: Manifest) -> None:
+    """Say so when the restore replaces an index of another model, checkpoint or dimension:
+    servers and commands started with the replaced index's checkpoint will refuse it."""
+    try:
+        old = read_manifest(dest)
+    except UserError:
+        return  # nothing there, or nothing readable: nothing to compare with
+    was = (old.model_name, old.checkpoint_hash, old.dim)
+    now = (restored.model_name, restored.checkpoint_hash, restored.dim)
+    if was != now:
+        log.warning(
+            "%s: the restored index is of another embedder (model %s, checkpoint %s, %d-d) "
+            "than the one it replaces (model %s, checkpoint %s, %d-d); serve and query it "
+            "with the checkpoint that made it",
+            dest,
+            *now,
+            *was,
+        )

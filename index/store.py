@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from index.errors import IndexCorruptError
+from index.errors import IndexCorruptError, StoreUnavailableError
 from index.filters import FilterEngine
 from index.inputs import canonical_value
 from index.journal import JournalRecord
@@ -55,6 +55,15 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WIT
 
 _NEW_COLS = {"ts": "REAL", "items": "TEXT"}
 _TABLES = frozenset({"items", "attrs", "fields", "journal", "state"})
+
+
+# SQLite's primary result codes for a machine that failed the write, not a damaged file.
+_SQLITE_IOERR, _SQLITE_FULL = 10, 13
+
+
+def machine_failure(exc: sqlite3.Error) -> bool:
+    """Whether SQLite failed for the machine's sake (disk full, I/O error), not the file's."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (_SQLITE_IOERR, _SQLITE_FULL)
 
 
 class StoredItem(NamedTuple):
@@ -102,6 +111,10 @@ class CatalogStore(JournalTable):
         except sqlite3.DatabaseError as exc:
             if getattr(self, "_db", None) is not None:
                 self._db.close()
+            if machine_failure(exc):  # a full disk or an I/O error: the file is not at fault
+                raise StoreUnavailableError(
+                    f"{self.path}: catalog store unavailable ({exc})"
+                ) from exc
             if not os.access(Path(self.path).parent, os.W_OK):  # not damaged: not ours to write
                 raise IndexCorruptError(
                     f"{Path(self.path).parent}: the index folder is not writable here, and SQLite "

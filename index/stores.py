@@ -27,11 +27,12 @@ def open_source(path: str | Path | None, store: str | None) -> tuple[Any, Manife
         from index.store import CatalogStore
 
         path = Path(path)
-        manifest = read_manifest(path)
-        db = store_path(path)
+        read_manifest(path)  # a folder that is no index: say so before creating its lock file
         fd = lock_shared(path)
         try:
-            source = SqliteSource(path, CatalogStore(db), lock_fd=fd)
+            # Read under the lock: before it, a build could swap the folder between the two.
+            manifest = read_manifest(path)
+            source = SqliteSource(path, CatalogStore(store_path(path)), lock_fd=fd)
         except BaseException:
             os.close(fd)
             raise

@@ -15,3 +15,52 @@ def test_describe_and_info_agree(flat_dir, small):
     assert info == {**on_disk, "hidden_removed": 0, "disk_bytes": info["disk_bytes"]}
     assert on_disk["count"] == 3001 and on_disk["journal_pending"] == 1
     assert on_disk["faiss_file"] == "vectors-000000000000.faiss"
+
+
+def test_lock_shared_holds_the_folder_at_the_path_after_a_swap(flat_dir, monkeypatch):
+    """A build that swaps the folder between opening its lock file and locking it left the
+    opener holding the old folder's lock, which stops no later build: the opener then read
+    one index's manifest and another's store."""
+    import os
+    import shutil
+
+    from index import folder
+
+    fresh = flat_dir.parent / "fresh"
+    shutil.copytree(flat_dir, fresh)
+    real_open, swapped = folder._open_lock, []
+
+    def open_then_swap(path):  # noqa: ANN001, ANN202
+        fd = real_open(path)
+        if not swapped:  # as a build's rename lands just after the lock file was opened
+            flat_dir.rename(flat_dir.parent / "old")
+            fresh.rename(flat_dir)
+            swapped.append(True)
+        return fd
+
+    monkeypatch.setattr(folder, "_open_lock", open_then_swap)
+    fd = folder.lock_shared(flat_dir)
+    try:
+        held, named = os.fstat(fd), os.stat(flat_dir / folder.LOCK_NAME)
+        assert (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_is_told_from_a_damaged_store(tmp_path):
+    import sqlite3
+
+    import pytest
+
+    from index.store import machine_failure
+
+    db = sqlite3.connect(tmp_path / "small.sqlite")
+    db.execute("PRAGMA max_page_count=2")  # SQLite's own "disk" is full after two pages
+    db.execute("CREATE TABLE t (x BLOB)")
+    with pytest.raises(sqlite3.OperationalError) as full:
+        db.execute("INSERT INTO t VALUES (zeroblob(100000))")
+    assert "full" in str(full.value) and machine_failure(full.value)
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(sqlite3.DatabaseError) as junk:
+        sqlite3.connect(tmp_path / "junk.sqlite").execute("SELECT * FROM sqlite_master")
+    assert not machine_failure(junk.value)

@@ -344,3 +344,73 @@ def test_ctrl_c_during_an_add_says_how_to_tell_whether_it_landed(tmp_path, monke
     assert "all or nothing" in err and f"phonesim index info --index {tmp_path / 'a'}" in err
     with open_index(tmp_path / "a", readonly=True) as ix:
         assert all(f"n{i}" in ix for i in range(6))
+
+
+def test_a_snapshot_holds_the_index_so_no_build_swaps_it_mid_copy(tmp_path, monkeypatch):
+    """A build --overwrite landing between the snapshot's copy of the store and of the FAISS
+    file (both named vectors-000000000000.faiss) made a snapshot of one catalog's ids with
+    another's vectors, reported as a success."""
+    from index import snapshot as snapshot_module
+
+    write_embeddings(tmp_path / "emb.h5")
+    build = ["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")]
+    cli(build)
+    refused = []
+    real_copy = snapshot_module.shutil.copyfile
+
+    def build_meanwhile(src, dst):  # noqa: ANN001, ANN202
+        with pytest.raises(IndexLockedError, match="has this index open"):
+            cli([*build, "--overwrite", "--no-progress"])
+        refused.append(True)
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(snapshot_module.shutil, "copyfile", build_meanwhile)
+    assert cli(["snapshot", "--index", str(tmp_path / "a"), "--out", str(tmp_path / "s")]) == 0
+    assert refused
+
+
+def test_a_journal_record_of_another_dimension_is_a_corrupt_index(tmp_path):
+    from index.errors import IndexCorruptError
+
+    write_embeddings(tmp_path / "emb.h5")
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
+    with open_index(tmp_path / "a") as ix:
+        ix.add(["late"], np.random.default_rng(0).standard_normal((1, DIM)))
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    manifest["dim"] = DIM // 2  # a hand edit, or a copy mixed from two indexes
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match="journal record 1 holds"):
+        open_index(tmp_path / "a", readonly=True)
+
+
+def test_restoring_an_index_of_another_embedder_warns(tmp_path, caplog):
+    write_embeddings(tmp_path / "emb.h5")
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
+    cli(["snapshot", "--index", str(tmp_path / "a"), "--out", str(tmp_path / "s")])
+    cli(["restore", "--from", str(tmp_path / "s"), "--index", str(tmp_path / "b")])
+    cli(["restore", "--from", str(tmp_path / "s"), "--index", str(tmp_path / "b"), "--overwrite"])
+    assert "another embedder" not in caplog.text  # the same one: nothing to say
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    manifest["checkpoint_hash"] = "0" * len(manifest["checkpoint_hash"])
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    cli(["restore", "--from", str(tmp_path / "s"), "--index", str(tmp_path / "b"), "--overwrite"])
+    assert "another embedder" in caplog.text
+
+
+def test_a_failed_faiss_write_names_the_file_and_the_reason(tmp_path, monkeypatch):
+    import faiss
+
+    from index import ann
+
+    def full_disk(index, path):  # noqa: ANN001, ANN202 - FAISS's own wording
+        raise RuntimeError(
+            f"Error in void faiss::write_index: write error in {path}: 4014 != 3686400 "
+            "(No space left on device)"
+        )
+
+    monkeypatch.setattr(faiss, "write_index", full_disk)
+    with pytest.raises(OSError) as failed:
+        ann.write(faiss.IndexFlatIP(4), tmp_path / "v.faiss")
+    assert failed.value.strerror == "No space left on device"
+    assert failed.value.filename == str(tmp_path / "v.faiss")
+    assert not list(tmp_path.iterdir())  # no temporary file left
