@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import re
 
-# An id is a path below /v1/items/: segments of printable characters (no control characters),
-# never empty, "." or "..", not starting or ending with a space, not ending in /similar or
-# /image, and not "batch" (those URLs are other endpoints).
+# Characters no id may hold: control characters, and the invisible ones that make two ids
+# look alike or an id read backwards (zero-width space, word joiner, byte-order mark, line and
+# paragraph separators, bidirectional embeddings, overrides and isolates). The zero-width
+# (non-)joiners stay: scripts such as Persian and Devanagari need them.
+_NOT_IN_ID = r"\x00-\x1f\x7f-\x9f\u200b\u2028\u2029\u202a-\u202e\u2060\u2066-\u2069\ufeff"
+# An id is a path below /v1/items/: segments of printable characters (see above), never
+# empty, "." or "..", not starting or ending with a space, not ending in /similar or /image,
+# and not "batch" (those URLs are other endpoints).
 ID_PATTERN = (
     r"^(?!batch$)(?!.*//)(?!\.\.?(?:/|$))(?!.*/\.\.?(?:/|$))(?!.*/(?:similar|image)$)"
-    r"[^\s/\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s/\x00-\x1f\x7f-\x9f])?$"
+    rf"[^\s/{_NOT_IN_ID}](?:[^{_NOT_IN_ID}]*[^\s/{_NOT_IN_ID}])?$"
 )
 ID_RULES = (
-    "printable characters without leading or trailing spaces, empty, '.' or '..' path "
-    "segments, must not end with /similar or /image, and must not be 'batch'"
+    "printable characters (no control, bidirectional or zero-width ones) without leading or "
+    "trailing spaces, empty, '.' or '..' path segments, must not end with /similar or /image, "
+    "and must not be 'batch'"
 )
 
 _ID_RE = re.compile(ID_PATTERN.replace("$", r"\Z"))

@@ -297,6 +297,18 @@ class TextOptions:
         return TextEvidence(reader, cues, self.weight, self.gate)
 
 
+def reading_copy(image: Image.Image) -> Image.Image:
+    """``image`` no larger than the reader takes it (:data:`MAX_SIDE` on its longer side,
+    where RapidOCR shrinks larger ones itself): what a server keeps of a decoded photo while
+    it waits to be read, about 5 MB, not the 150 MB of a 40 MP one."""
+    w, h = image.size
+    if max(w, h) <= MAX_SIDE:
+        return image
+    scale = MAX_SIDE / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
 def bounded_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
     """``image`` centred on a white canvas whose sides differ by at most ``max_aspect``."""
     w, h = image.size
@@ -327,4 +339,5 @@ __all__ = [
     "TextReader",
     "bounded_aspect",
     "check_rotations",
+    "reading_copy",
 ]

@@ -28,7 +28,13 @@ from server.inputs import (
     json_body,
     parse_vector,
 )
-from server.limits import check_item_id, check_metadata, parse_json
+from server.limits import (
+    check_item_id,
+    check_json_size,
+    check_metadata,
+    json_values_for,
+    parse_json,
+)
 from server.search_options import (
     OPTION_FIELDS,
     SearchOptions,
@@ -101,7 +107,7 @@ def search_batch() -> Response:
     svc = service()
     if not is_json(request):
         raise ApiError(415, "unsupported_media_type", "send a JSON object with 'queries'")
-    body = json_body(request)
+    body = json_body(request, json_values_for(svc.config.max_batch_entries, svc.embedder.dim))
     reject_unknown_fields(body, ("queries", *OPTION_FIELDS))
     queries = _entries(body.get("queries"), "queries", svc.config.max_batch_entries)
     options = {k: v for k, v in body.items() if k != "queries"}
@@ -183,13 +189,15 @@ def search_batch() -> Response:
     return jsonify(results=results, timing_ms={"total": _ms_since(t0)})
 
 
-def _item_lines() -> list[Any]:
+def _item_lines(limit: int) -> list[Any]:
     """The entries of a batch add: NDJSON lines or ``{"items": [...]}``. A line that is not
     JSON within the body bounds fails the request, as a JSON body would."""
     mimetype = request.mimetype or ""
     if mimetype == NDJSON:
         raw = request.get_data(cache=False)
+        check_json_size(raw, "request body")  # before parsing, as for one JSON document
         lines = [line for line in raw.splitlines() if line.strip()]
+        _entries(lines, "items", limit)  # counted before any line is parsed
         return [parse_json(line, f"NDJSON line {n}") for n, line in enumerate(lines, 1)]
     if is_json(request):
         body = json_body(request)
@@ -229,7 +237,9 @@ def add_items_batch() -> Response:
     t0 = time.perf_counter()
     svc = service()
     check_query_params(request.args, (), filters=False)
-    lines = _entries(_item_lines(), "items", svc.config.max_batch_entries)
+    lines = _entries(
+        _item_lines(svc.config.max_batch_entries), "items", svc.config.max_batch_entries
+    )
     answers = add_many(svc, [_new_item(svc, e) for e in lines])
     for answer in answers:
         if answer["status"] == 201:

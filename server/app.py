@@ -12,6 +12,7 @@ from embedder.engine_options import EngineOptions
 from index.catalog import IndexOptions
 from server import api, api_batch, cors, errors, ops, ratelimit, web
 from server.config import ServerConfig
+from server.limits import MAX_FORM_FIELD_BYTES, MAX_FORM_PARTS
 from server.loading import open_for_serving
 from server.metrics import Metrics
 from server.service import LookupService
@@ -42,6 +43,9 @@ def create_app(
     # Multipart overhead and base64 (4/3) on top of the image itself; the exact image limit
     # is checked again on the decoded bytes.
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes * 4 // 3 + 64 * 1024
+    # A form's image is its one file part; its text fields are metadata and search options.
+    app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
+    app.config["MAX_FORM_MEMORY_SIZE"] = MAX_FORM_FIELD_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # "/v1//info" is no endpoint (a JSON 404), not an HTML redirect to "/v1/info": a redirect
     # could name another resource ("/v1/items//similar" -> the item "similar"), and a client

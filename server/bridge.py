@@ -29,6 +29,9 @@ from server.errors import PAYLOAD_TOO_LARGE, SECURITY_HEADERS, error_json
 
 log = logging.getLogger(__name__)
 
+# One client address may hold 1/PEER_SHARES of the body buffer (64 of 256 MB by default).
+PEER_SHARES = 4
+
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
@@ -62,6 +65,10 @@ class BufferedWSGIBridge:
         self.body_timeout_s = body_timeout_s
         self.max_buffered = max_buffered
         self.buffered = 0  # body bytes held by requests still being read (loop thread only)
+        # The same, by client address: one client may hold a share of max_buffered, so a few
+        # slow uploads from one address cannot refuse every other client's (loop thread only).
+        self.peer_share = max_buffered // PEER_SHARES
+        self.buffered_by_peer: dict[str, int] = {}
         self._on_close = on_close
         self._cors = allowed_origins(cors_origins)
         self._on_refused = on_refused
@@ -120,6 +127,12 @@ class BufferedWSGIBridge:
     # -- one request --------------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope["headers"]
+        coding = _transfer_coding(headers)
+        if coding not in ("", "chunked"):
+            # gunicorn takes gzip, deflate and compress but passes the body on still coded.
+            message = f"Transfer-Encoding {coding!r} is not supported; send the body uncoded"
+            await self._error(scope, send, 501, "not_implemented", message)
+            return
         declared = _content_length(headers)
         if declared is not None and declared > self.max_body:
             await self._error(scope, send, 413, PAYLOAD_TOO_LARGE, _too_large(self.max_body))
@@ -146,6 +159,7 @@ class BufferedWSGIBridge:
         deadline = loop.time() + self.body_timeout_s
         chunks: list[bytes] = []
         size = 0
+        peer = str((scope.get("client") or ("", 0))[0])
         try:
             while True:
                 left = deadline - loop.time()
@@ -162,17 +176,25 @@ class BufferedWSGIBridge:
                     )
                     return None
                 if chunk:
-                    if self.buffered + len(chunk) > self.max_buffered:
+                    held = self.buffered_by_peer.get(peer, 0)
+                    if (
+                        self.buffered + len(chunk) > self.max_buffered
+                        or held + len(chunk) > self.peer_share
+                    ):
+                        mine = held + len(chunk) > self.peer_share
                         await self._error(
                             scope,
                             send,
                             503,
                             "overloaded",
-                            "too many uploads in progress; retry shortly",
+                            "too many uploads in progress"
+                            + (" from this client" if mine else "")
+                            + "; retry shortly",
                             [(b"retry-after", b"1")],
                         )
                         return None
                     self.buffered += len(chunk)
+                    self.buffered_by_peer[peer] = held + len(chunk)
                     chunks.append(chunk)
                 if not message.get("more_body", False):
                     return b"".join(chunks)
@@ -186,7 +208,13 @@ class BufferedWSGIBridge:
             )
             return None
         finally:
-            self.buffered -= sum(len(c) for c in chunks)
+            held = sum(len(c) for c in chunks)
+            self.buffered -= held
+            left = self.buffered_by_peer.get(peer, 0) - held
+            if left > 0:
+                self.buffered_by_peer[peer] = left
+            else:
+                self.buffered_by_peer.pop(peer, None)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -258,11 +286,21 @@ def wsgi_environ(scope: Scope, body: bytes) -> dict[str, Any]:
             continue
         if key in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
             continue  # the body is whole now: its length is what was read
+        if key == "UPGRADE":
+            # No upgrade happens here (see server.worker): werkzeug would route a WebSocket
+            # handshake to WebSocket rules only, and answer a bare 400 for lack of one.
+            continue
         key = "HTTP_" + key
         if key in environ:
             text = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + text
         environ[key] = text
     return environ
+
+
+def _transfer_coding(headers: list[tuple[bytes, bytes]]) -> str:
+    """The request's transfer codings, lower case, "" for none."""
+    codings = [v.decode("latin-1") for k, v in headers if k == b"transfer-encoding"]
+    return ", ".join(c.strip() for c in ",".join(codings).lower().split(",") if c.strip())
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:

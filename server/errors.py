@@ -11,7 +11,7 @@ import json
 import logging
 import re
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from embedder.errors import ImageError
@@ -87,6 +87,18 @@ def _snake(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "error"
 
 
+def _form_bound_broken() -> bool:
+    """Whether werkzeug's 413 is for a multipart form's parts or text fields, not the body:
+    it raises the same exception for both."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    length = request.content_length
+    return (
+        request.mimetype == "multipart/form-data"
+        and length is not None
+        and (limit is None or length <= limit)
+    )
+
+
 def init_app(app: Flask) -> None:
     """Register the JSON error handlers."""
 
@@ -104,6 +116,13 @@ def init_app(app: Flask) -> None:
         }
         message = messages.get(status) or exc.description or exc.name
         code = PAYLOAD_TOO_LARGE if status == 413 else _snake(exc.name)
+        if status == 413 and _form_bound_broken():
+            status, code = 400, "form_too_large"
+            message = (
+                f"a multipart form may have at most {current_app.config['MAX_FORM_PARTS']} "
+                f"parts and {current_app.config['MAX_FORM_MEMORY_SIZE'] // 1024} KiB in each "
+                "text field; send the image as a file part"
+            )
         return error_response(status, code, message, headers)
 
     @app.errorhandler(ImageError)

@@ -17,7 +17,7 @@ from werkzeug.datastructures import MultiDict
 
 from server.errors import PAYLOAD_TOO_LARGE, ApiError
 from server.filters import is_filter_param
-from server.limits import parse_json
+from server.limits import MAX_JSON_VALUES, parse_json
 
 IMAGE_FIELD = "image"
 VECTOR_FIELD = "vector"
@@ -32,13 +32,13 @@ def too_large(limit: int) -> ApiError:
     return ApiError(413, PAYLOAD_TOO_LARGE, f"image is larger than {limit / 2**20:g} MiB")
 
 
-def json_body(request: Request) -> dict[str, Any]:
+def json_body(request: Request, max_values: int = MAX_JSON_VALUES) -> dict[str, Any]:
     """The request's JSON object, or 400 if the body is not one (or breaks a bound of
     :mod:`server.limits`)."""
     raw = request.get_data(cache=True)
     if not raw.strip():
         raise ApiError(400, "invalid_json", "request body is not valid JSON (it is empty)")
-    data = parse_json(raw)
+    data = parse_json(raw, max_values=max_values)
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
     return data

@@ -20,6 +20,10 @@ from server.errors import ApiError
 
 MAX_JSON_DEPTH = 8  # the API's deepest document is body -> filter -> list of values (3)
 MAX_JSON_MEMBERS = 256  # members of one JSON object
+# Values of one document, counted as its commas before parsing: parsing costs about 3 µs a
+# value in Python (a 13 MB body of "{}," took 11-16 s and 2.9 GB), so the bound must come
+# first. The largest document the API takes is a batch of vectors: see json_values_for.
+MAX_JSON_VALUES = 1 << 18
 MAX_NUMBER_TEXT = 40  # characters of one JSON number
 MAX_ABS_NUMBER = 9.2e18  # below 2**63: every number fits a 64-bit integer column
 MAX_ID_LENGTH = 256
@@ -27,6 +31,8 @@ MAX_METADATA_FIELDS = 32
 MAX_FIELD_NAME_LENGTH = 64
 MAX_STRING_LENGTH = 1000  # one metadata or filter value
 MAX_FILTER_VALUES = 100  # values of one filter field ("any of")
+MAX_FORM_PARTS = 100  # of a multipart form: the image, metadata fields, search options
+MAX_FORM_FIELD_BYTES = 256 * 1024  # one text field of a multipart form (metadata: ~35 KB)
 
 # A metadata field name: usable as a query parameter (?brand=x); "id" and "image" are the
 # server's own, "image_url" and "score" what it computes for each answer.
@@ -72,9 +78,31 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def parse_json(data: bytes | str, what: str = "request body", code: str = "invalid_json") -> Any:
+def json_values_for(entries: int, dim: int) -> int:
+    """The value bound of a document holding ``entries`` vectors of ``dim`` numbers (with
+    room for their options), at least :data:`MAX_JSON_VALUES`."""
+    return max(MAX_JSON_VALUES, entries * (dim + 64))
+
+
+def check_json_size(data: bytes | str, what: str, max_values: int = MAX_JSON_VALUES) -> None:
+    """Refuse a document with more than ``max_values`` values before parsing it (commas
+    bound the values of any document within the depth bound; commas inside strings count
+    too, which only errs on the safe side)."""
+    commas = data.count(b"," if isinstance(data, bytes) else ",")
+    if commas >= max_values:
+        raise ApiError(400, "json_too_large", f"{what} holds more than {max_values} JSON values")
+
+
+def parse_json(
+    data: bytes | str,
+    what: str = "request body",
+    code: str = "invalid_json",
+    *,
+    max_values: int = MAX_JSON_VALUES,
+) -> Any:
     """Parse untrusted JSON within the bounds above (else ApiError 400; ``code`` for JSON
     that does not parse)."""
+    check_json_size(data, what, max_values)
     try:
         value = json.loads(
             data,

@@ -25,7 +25,7 @@ from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.knn_vote import KnnFusion, fuse, neighbour_arrays
 from embedder.text_cues import apply_text_cues, unsure
-from embedder.text_reader import TextEvidence, TextOptions
+from embedder.text_reader import TextEvidence, TextOptions, reading_copy
 from index.catalog import CatalogIndex, Hit, Item
 from index.errors import DuplicateIdError, StoreOutcomeUnknownError, UnknownIdError
 from server.batcher import Arrival, BatchResult, MicroBatcher
@@ -298,10 +298,18 @@ class LookupService:
             "batch_size": result.batch_size,
             "embed_total": _ms(total_s),
         }
-        keep = image if self.text is not None and text_mode != "never" else None
+        keep = self.kept_for_reading(image, text_mode) if image is not None else None
         return Embedded(
             result.embedding, result.probabilities, timing, text_mode=text_mode, image=keep
         )
+
+    def kept_for_reading(self, image: Image.Image, text_mode: str) -> Image.Image | None:
+        """What to keep of a decoded photo until its prediction may read it: nothing when
+        this server reads no text or the request says never, else a copy no larger than the
+        reader takes (a batch holds its photos until its one forward pass)."""
+        if self.text is None or text_mode == "never":
+            return None
+        return reading_copy(image)
 
     def arrival(self) -> Arrival:
         """Tell the batcher a request that will embed an image is on its way."""

@@ -105,6 +105,12 @@ class JsonErrorProtocol(ASGIProtocol):
                 return
         super().data_received(data)
 
+    def _is_websocket_upgrade(self, request: Any) -> bool:
+        # The API speaks no WebSocket: a handshake is served as the plain HTTP request it
+        # also is (RFC 9110 lets a server ignore Upgrade). Taken as an upgrade, it was
+        # refused with gunicorn's bare 403, no JSON and none of the API's headers.
+        return False
+
     def _on_headers_complete(self) -> Any:
         self._got_headers = True
         self._cancel_header_timer()

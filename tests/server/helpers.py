@@ -120,6 +120,15 @@ def bad_requests(jpeg: bytes) -> list[tuple[str, dict, int]]:
         ("decompression-bomb", post(**form(bomb, "bomb.png")), 400),
         ("over-upload-limit", post(**form(big)), 413),
         ("body-over-limit", post(data=huge, content_type="image/jpeg"), 413),
+        # werkzeug answers these 413 too, though the body is within the upload limit.
+        (
+            "form-300-parts",
+            post(
+                data={**{f"f{i}": "x" for i in range(300)}, "image": (io.BytesIO(jpeg), "a.jpg")},
+                content_type="multipart/form-data",
+            ),
+            400,
+        ),
         ("k-zero", post("/v1/search?k=0", **form(jpeg)), 400),
         ("k-too-large", post("/v1/search?k=101", **form(jpeg)), 400),
         ("k-negative", post("/v1/search?k=-3", **form(jpeg)), 400),
@@ -210,3 +219,29 @@ def rotated_png(jpeg: bytes) -> bytes:
     out = io.BytesIO()
     Image.open(io.BytesIO(jpeg)).rotate(90).save(out, format="PNG")
     return out.getvalue()
+
+
+def large_png(size: tuple[int, int] = (3000, 2000)) -> bytes:
+    """A flat PNG of ``size``: small to send, large once decoded."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, (90, 120, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def watch_batch_held_images(svc: Any, size: tuple[int, int], monkeypatch: Any) -> list[int]:
+    """Record, at each forward pass the batcher is given, how many decoded images of
+    ``size`` are still alive (what a batch holds until its model pass)."""
+    import gc
+
+    counts: list[int] = []
+    real = svc.batcher.submit_many
+
+    def counted(x: Any) -> Any:
+        gc.collect()
+        counts.append(
+            sum(1 for o in gc.get_objects() if isinstance(o, Image.Image) and o.size == size)
+        )
+        return real(x)
+
+    monkeypatch.setattr(svc.batcher, "submit_many", counted)
+    return counts

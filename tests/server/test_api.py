@@ -256,6 +256,11 @@ def test_add_rejects_bad_ids_and_metadata(writable, jpeg_bytes):
         ({**upload(jpeg_bytes), "id": "x" * 300}, "invalid_id"),
         ({**upload(jpeg_bytes), "id": "x/similar"}, "invalid_id"),  # GET would route elsewhere
         ({**upload(jpeg_bytes), "id": "x/image"}, "invalid_id"),
+        # Invisible: one id looking like another, or read backwards.
+        ({**upload(jpeg_bytes), "id": "\u202eevil"}, "invalid_id"),
+        ({**upload(jpeg_bytes), "id": "edge\u200bx2"}, "invalid_id"),
+        ({**upload(jpeg_bytes), "id": "a\u2028b"}, "invalid_id"),
+        ({**upload(jpeg_bytes), "id": "\ufeffx"}, "invalid_id"),
         ({**upload(jpeg_bytes), "id": "ok", "metadata": "{not json"}, "invalid_metadata"),
         ({**upload(jpeg_bytes), "id": "ok", "metadata": "[1, 2]"}, "invalid_metadata"),
         ({**upload(jpeg_bytes), "id": "ok", "metadata": '{"image": "/x"}'}, "invalid_metadata"),
@@ -266,6 +271,9 @@ def test_add_rejects_bad_ids_and_metadata(writable, jpeg_bytes):
     ]
     for form, code in cases:
         assert_error(c.post("/v1/items", data=form, headers=h), 400, code)
+    # The zero-width non-joiner is part of Persian spelling: an id may hold it.
+    persian = {**upload(jpeg_bytes), "id": "\u0646\u06cc\u0645\u200c\u0641\u0627\u0635\u0644\u0647"}
+    assert c.post("/v1/items", data=persian, headers=h).status_code == 201
     body = {"id": "ok", "image": b64(jpeg_bytes), "extra": 1}
     assert_error(c.post("/v1/items", json=body, headers=h), 400, "invalid_request")
     assert_error(c.post("/v1/items", data=jpeg_bytes, content_type="image/jpeg", headers=h), 415)
@@ -273,7 +281,7 @@ def test_add_rejects_bad_ids_and_metadata(writable, jpeg_bytes):
         r = c.post("/v1/items", data=b"{}", content_type=kind, headers=h)
         message = assert_error(r, 415, "unsupported_media_type")["message"]
         assert "image/*" not in message and "application/json" in message, kind
-    assert c.get("/v1/info").get_json()["index"]["size"] == 18
+    assert c.get("/v1/info").get_json()["index"]["size"] == 19  # 18 + the Persian id
 
 
 def test_a_compressed_body_is_a_415_that_says_so(client, jpeg_bytes):

@@ -62,3 +62,48 @@ def test_a_failing_counter_does_not_turn_a_refusal_into_an_error():
         assert sent[0]["status"] == 413 and [m["type"] for m in sent][-1] == "http.response.body"
     finally:
         bridge.close()
+
+
+def _upload(bridge: BufferedWSGIBridge, client: str, size: int) -> int:
+    """The status a POST of ``size`` body bytes from ``client`` gets, sent in two chunks
+    (the first still held when the second arrives)."""
+    sent: list[dict] = []
+    half = size // 2
+    messages = [
+        {"type": "http.request", "body": b"x" * half, "more_body": True},
+        {"type": "http.request", "body": b"x" * (size - half), "more_body": False},
+    ]
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/search",
+        "headers": [],
+        "client": (client, 50000),
+    }
+    asyncio.run(bridge(scope, receive, send))
+    return sent[0]["status"]
+
+
+def test_one_client_holds_at_most_its_share_of_the_upload_buffer():
+    """20 slow uploads from one address filled the whole buffer, and every other client's
+    upload was refused 503 for as long as they trickled."""
+    from server.bridge import PEER_SHARES
+
+    bridge = BufferedWSGIBridge(_app, threads=1, max_body=10_000, max_buffered=400)
+    try:
+        assert bridge.peer_share == 400 // PEER_SHARES
+        assert _upload(bridge, "10.0.0.1", bridge.peer_share) == 200
+        bridge.buffered_by_peer["10.0.0.1"] = bridge.peer_share  # its slow uploads in flight
+        bridge.buffered += bridge.peer_share
+        assert _upload(bridge, "10.0.0.1", 10) == 503
+        assert _upload(bridge, "10.0.0.2", 80) == 200  # another client still uploads
+        assert bridge.buffered_by_peer == {"10.0.0.1": bridge.peer_share}  # nothing leaked
+    finally:
+        bridge.close()

@@ -43,3 +43,36 @@ def test_a_metadata_name_the_server_adds_is_refused_as_such(name):
 
     with pytest.raises(ApiError, match=f"'{name}' is the server's own"):
         check_metadata({name: 1})
+
+
+def test_the_value_bound_leaves_room_for_the_largest_batch_of_vectors():
+    """The bound is counted before parsing; a full batch of wide vectors still parses."""
+    import json
+
+    from server.errors import ApiError
+    from server.limits import MAX_JSON_VALUES, json_values_for, parse_json
+
+    queries = [{"vector": [0.012345] * 8192} for _ in range(64)]
+    body = json.dumps({"queries": queries, "k": 5})
+    with pytest.raises(ApiError, match="more than 262144 JSON values"):
+        parse_json(body)  # the default bound: a single request's
+    assert len(parse_json(body, max_values=json_values_for(64, 8192))["queries"]) == 64
+    assert json_values_for(1, 8) == MAX_JSON_VALUES
+
+
+def test_a_form_field_over_its_bound_is_a_400_naming_it(tiny_embedder, readonly_index, jpeg_bytes):
+    """werkzeug answers a text field over its memory bound 413, as for a body over the
+    upload limit, which this 1 MB body is not (10 MB)."""
+    import io
+
+    from server.config import ServerConfig
+    from tests.server.helpers import make_app
+
+    app = make_app(ServerConfig(), tiny_embedder, readonly_index)
+    try:
+        data = {"metadata": "x" * 2**20, "image": (io.BytesIO(jpeg_bytes), "a.jpg")}
+        response = app.test_client().post("/v1/search", data=data)
+        error = assert_error(response, 400, "form_too_large")
+        assert "256 KiB" in error["message"] and "100 parts" in error["message"]
+    finally:
+        app.extensions["phonesim"].close()

@@ -92,6 +92,12 @@ PROTOCOL_ERRORS = {
         b"Content-Length: 999999999\r\n\r\n",
         413,
     ),
+    # gunicorn takes these codings but hands the body on still coded ("invalid JSON").
+    "gzip-transfer-coding": (
+        b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        501,
+    ),
 }
 
 
@@ -102,6 +108,18 @@ def test_protocol_errors_are_answered_as_json(server, name):
     assert status == expected
     assert set(body["error"]) == {"code", "message"} and body["error"]["code"]
     assert (body["error"]["code"] == "payload_too_large") == (status == 413)
+
+
+def test_a_websocket_handshake_is_served_as_the_http_request_it_is(server):
+    """gunicorn took it as an upgrade and refused it with a bare 403: no JSON, no headers."""
+    raw = raw_exchange(
+        server.port,
+        b"GET /v1/info HTTP/1.1\r\nHost: x\r\nConnection: close, Upgrade\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n",
+    )
+    status, body = json_answer(raw)
+    assert status == 200 and "index" in body, raw[:600]
 
 
 def _refused(port: int, status: int) -> float:

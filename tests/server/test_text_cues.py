@@ -428,3 +428,18 @@ def test_a_request_can_have_a_sure_photo_read(
         assert labels[0] == outsider and outsider not in labels[1:]
     finally:
         app.extensions["phonesim"].close()
+
+
+def test_a_reading_batch_holds_its_photos_no_larger_than_the_reader_takes(
+    reading, monkeypatch
+) -> None:
+    from embedder.text_reader import MAX_SIDE
+    from tests.server.helpers import large_png, watch_batch_held_images
+
+    svc = reading.application.extensions["phonesim"].service
+    held = watch_batch_held_images(svc, (3000, 2000), monkeypatch)
+    small = watch_batch_held_images(svc, (MAX_SIDE, round(2000 * MAX_SIDE / 3000)), monkeypatch)
+    queries = [{"image": b64(large_png())} for _ in range(2)]
+    answered = reading.post("/v1/search/batch", json={"queries": queries})
+    assert answered.status_code == 200, answered.get_json()
+    assert held == [0] and small == [2]  # the reader's copies, not the photos
