@@ -165,24 +165,39 @@ def create_backbone(
     """Create ``model_name`` with ``num_classes`` outputs and the requested weights."""
     try:
         if weights == "none":
-            return timm.create_model(
+            model = timm.create_model(
                 model_name, pretrained=False, num_classes=num_classes, **model_kwargs
             )
-        if weights == "imagenet":
+        elif weights == "imagenet":
             if model_name in OFFLINE_IMAGENET:
-                return _create_offline_imagenet(model_name, num_classes, **model_kwargs)
-            return _create_pretrained(model_name, num_classes, **model_kwargs)
-        model = timm.create_model(
-            model_name, pretrained=False, num_classes=num_classes, **model_kwargs
-        )
+                model = _create_offline_imagenet(model_name, num_classes, **model_kwargs)
+            else:
+                model = _create_pretrained(model_name, num_classes, **model_kwargs)
+        else:
+            model = timm.create_model(
+                model_name, pretrained=False, num_classes=num_classes, **model_kwargs
+            )
+            _load_into(model, read_state_dict(weights), origin=str(weights))
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise WeightsError(
                 f"unknown timm model '{model_name}' (see timm.list_models() for names)"
             ) from exc
         raise
-    _load_into(model, read_state_dict(weights), origin=str(weights))
+    _check_one_head(model, model_name)
     return model
+
+
+def _check_one_head(model: nn.Module, model_name: str) -> None:
+    """The classifier, its warm-up and the frozen layers all assume one head; a distilled
+    model (DeiT, LeViT) has two, which failed deep in training with a TypeError."""
+    heads = getattr(model, "pretrained_cfg", {}).get("classifier")
+    if heads is not None and not isinstance(heads, str):
+        raise WeightsError(
+            f"timm model '{model_name}' has {len(heads)} classifier heads "
+            f"({', '.join(map(str, heads))}); phonesim trains models with one: choose its "
+            "single-head variant (such as deit_tiny_patch16_224 for a distilled DeiT)"
+        )
 
 
 def _create_offline_imagenet(model_name: str, num_classes: int, **model_kwargs) -> nn.Module:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.fsutil import (
+    TMP_SUFFIX,
     folder_write_problem,
     fsync_path,
     replaced_path,
@@ -28,6 +29,7 @@ from common.fsutil import (
     temporary_folder,
 )
 from embedder.errors import CheckpointError, first_line
+from embedder.preprocess import CROP_MODES, INTERPOLATIONS
 
 if TYPE_CHECKING:
     from torch import nn
@@ -61,6 +63,8 @@ class CheckpointConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], origin: str) -> CheckpointConfig:
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{origin}: not a phonesim checkpoint config (not an object)")
         if data.get("format") != FORMAT:
             raise CheckpointError(f"{origin}: not a phonesim checkpoint config")
         if data.get("format_version") not in READABLE_VERSIONS:
@@ -74,13 +78,67 @@ class CheckpointConfig:
             config = cls(**{k: v for k, v in config_fields(data).items() if k in names})
         except TypeError as exc:
             raise CheckpointError(f"{origin}: incomplete checkpoint config ({exc})") from exc
+        _check_fields(config, origin)
         if len(config.label_names) != config.num_classes:
             raise CheckpointError(f"{origin}: label_names does not match num_classes")
         return config
 
 
+def _is_int(value: Any, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_fields(config: CheckpointConfig, origin: str) -> None:
+    """Each field of the right type, and the data config one the preprocessing can follow:
+    an edited file failed later with a traceback (a KeyError, an unpacking error)."""
+    problems = []
+    if not (isinstance(config.architecture, str) and config.architecture):
+        problems.append("architecture must be a model name")
+    if not _is_int(config.num_classes) or not _is_int(config.feature_dim):
+        problems.append("num_classes and num_features must be positive integers")
+    if not (
+        isinstance(config.label_names, list) and all(isinstance(n, str) for n in config.label_names)
+    ):
+        problems.append("label_names must be a list of names")
+    for name in ("model_kwargs", "training", "metrics", "extra"):
+        if not isinstance(getattr(config, name), dict):
+            problems.append(f"{_TO_TIMM.get(name, name)} must be an object")
+    problems += _data_config_problems(config.data_config)
+    if problems:
+        raise CheckpointError(f"{origin}: {'; '.join(problems)}")
+
+
+def _data_config_problems(dc: Any) -> list[str]:
+    if not isinstance(dc, dict):
+        return ["data_config must be an object"]
+    problems = []
+    size = dc.get("input_size")
+    if not (isinstance(size, list) and len(size) == 3 and all(_is_int(v) for v in size)):
+        problems.append("data_config.input_size must be [channels, height, width], each >= 1")
+    for name in ("mean", "std"):
+        values = dc.get(name)
+        if not (
+            isinstance(values, list)
+            and len(values) == 3
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+            and (name == "mean" or all(v > 0 for v in values))
+        ):
+            problems.append(
+                f"data_config.{name} must be 3 numbers" + (" above 0" if name == "std" else "")
+            )
+    if dc.get("crop_mode") not in (None, *CROP_MODES):
+        problems.append(f"data_config.crop_mode must be one of {', '.join(CROP_MODES)}")
+    if dc.get("interpolation", "bilinear") not in (*INTERPOLATIONS, "random"):
+        problems.append(f"data_config.interpolation must be one of {', '.join(INTERPOLATIONS)}")
+    crop_pct = dc.get("crop_pct")
+    if crop_pct is not None and not (isinstance(crop_pct, int | float) and 0 < crop_pct <= 1):
+        problems.append("data_config.crop_pct must be in (0, 1]")
+    return problems
+
+
 # timm's names for two of our fields (format version 2 onwards).
 _FROM_TIMM = {"num_features": "feature_dim", "model_args": "model_kwargs"}
+_TO_TIMM = {ours: theirs for theirs, ours in _FROM_TIMM.items()}
 # Where a registered pretrained config says the weights come from: not true of a checkpoint.
 _SOURCE_KEYS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source")
 # What describes the source model's classes or evaluation, replaced by the checkpoint's own.
@@ -155,6 +213,19 @@ _OWN_FILES = frozenset(
 )
 
 
+# What file browsers leave in any folder they show: replacing the folder may drop it.
+_BROWSER_NOISE = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+def _own_temporary(name: str) -> bool:
+    """A file this code leaves while writing one of the checkpoint's own files (see
+    :func:`common.fsutil.temporary_file`), or a file browser's. Any other name, hidden ones
+    (``.git``, ``.env``) included, is the user's, which replacing the folder would delete."""
+    if name in _BROWSER_NOISE:
+        return True
+    return name.endswith(TMP_SUFFIX) and any(name.startswith(f".{own}.") for own in _OWN_FILES)
+
+
 def check_checkpoint_target(out: str | Path) -> Path:
     """``out`` may be written as a checkpoint: absent, an empty folder, or a checkpoint.
 
@@ -164,7 +235,7 @@ def check_checkpoint_target(out: str | Path) -> Path:
     out = replaced_path(Path(os.path.abspath(out)))
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+    if out.is_dir() and any(not _own_temporary(p.name) for p in out.iterdir()):
         try:
             read_config(out)
         except CheckpointError as exc:
@@ -174,7 +245,7 @@ def check_checkpoint_target(out: str | Path) -> Path:
             ) from None
         # Saving replaces the whole folder: a user's file kept beside the model would go.
         foreign = sorted(
-            p.name for p in out.iterdir() if p.name not in _OWN_FILES and p.name[0] != "."
+            p.name for p in out.iterdir() if p.name not in _OWN_FILES and not _own_temporary(p.name)
         )
         if foreign:
             more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""

@@ -38,6 +38,7 @@ from embedder.knn_options import (
 from embedder.text_reader import DEFAULT_ROTATIONS
 from embedder.train_config import (
     BN_STATS_MODES,
+    DEFAULT_FROZEN_GROUPS,
     DEFAULT_MODEL,
     LABEL_CONFLICT_MODES,
     METRIC_LOSSES,
@@ -127,7 +128,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--frozen-groups",
         type=non_negative_int,
         help="leading layer groups (stem, then stages) kept frozen while fine-tuning; "
-        f"0 fine-tunes everything (default {d.frozen_groups})",
+        f"0 fine-tunes everything (default {DEFAULT_FROZEN_GROUPS} for pretrained weights, 0 "
+        "for --weights none)",
     )
     p.add_argument(
         "--bn-stats",

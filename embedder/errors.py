@@ -19,6 +19,10 @@ class ImageError(EmbedderError):
     """An image cannot be decoded: corrupt, truncated, unsupported or a decompression bomb."""
 
 
+class TrainingDivergedError(EmbedderError):
+    """Training made the loss or the weights non-finite (a learning rate far too high)."""
+
+
 class CheckpointError(EmbedderError):
     """A checkpoint folder is missing, incomplete or incompatible."""
 

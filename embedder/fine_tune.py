@@ -27,8 +27,10 @@ def frozen_parameter_names(model: nn.Module, groups: int) -> set[str]:
     from timm.models import group_parameters
 
     layers = group_parameters(model, model.group_matcher(coarse=True))
-    head_prefix = model.pretrained_cfg.get("classifier", "classifier") + "."
-    head = {name for name, _ in model.named_parameters() if name.startswith(head_prefix)}
+    # The head by identity, not by the name in pretrained_cfg, which a model loaded from a
+    # folder (local-dir:) may leave empty.
+    head_ids = {id(p) for p in model.get_classifier().parameters()}
+    head = {name for name, p in model.named_parameters() if id(p) in head_ids}
     order = sorted(layers)
     # The last group holds the head (and the layers just below it): freezing as many groups
     # would fine-tune nothing of the backbone, silently.

@@ -25,12 +25,15 @@ def adamw(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Opti
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
 ) -> CosineLRScheduler:
-    """Linear warm-up over ``warmup_steps`` batches, then a cosine decay to 0 at ``total_steps``.
+    """Linear warm-up over ``warmup_steps`` batches (at most half of them), then a cosine
+    decay to 0 at ``total_steps``.
 
     Call ``step_update(step)`` after each optimiser step (``step`` counts the steps done). The
     warm-up starts at ``lr / warmup_steps``, so the first batch already moves the weights.
     """
-    warmup_steps = max(1, warmup_steps)
+    # At most half the run: a one-epoch run was all warm-up and never decayed (and timm
+    # warned that its cosine had no effect).
+    warmup_steps = max(1, min(warmup_steps, total_steps // 2))
     lr = optimizer.param_groups[0]["lr"]
     return CosineLRScheduler(
         optimizer,

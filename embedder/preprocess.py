@@ -26,7 +26,10 @@ _FILTERS = {
     "hamming": Image.Resampling.HAMMING,
     "lanczos": Image.Resampling.LANCZOS,
 }
+INTERPOLATIONS = tuple(_FILTERS)
 DEFAULT_CROP_PCT = 0.875  # timm's, for a data config without one
+# How a photo meets the square input: resized whole, timm's centre crop, or padded.
+CROP_MODES = ("squash", "center", "border")
 
 
 class Preprocessor:

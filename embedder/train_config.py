@@ -11,6 +11,9 @@ DEFAULT_MODEL = "tf_efficientnet_lite0"
 BN_STATS_MODES = ("auto", "frozen", "update")
 LABEL_CONFLICT_MODES = ("drop", "keep")
 METRIC_LOSSES = ("none", "supcon")
+DEFAULT_FROZEN_GROUPS = 3
+MAX_IMG_SIZE = 2048  # one 2048 px image is 50 MB of activations per layer already
+MAX_SEED = 2**63 - 1  # torch's generator takes a 64-bit seed
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,9 @@ class TrainConfig:
     drop_rate: float = 0.2
     # Leading parameter groups (timm's coarse group_matcher: stem, then stages) kept frozen
     # during fine-tuning: fewer weights to overfit on small catalogs and a cheaper backward.
-    frozen_groups: int = 3
+    # None: DEFAULT_FROZEN_GROUPS for pretrained weights, 0 for --weights none (random early
+    # layers kept frozen would never learn anything).
+    frozen_groups: int | None = None
     augment: float = 0.3
     # "frozen": batch-norm layers keep their pretrained running statistics while fine-tuning
     # (their scale and shift still train); "update" lets them follow the training batches;
@@ -98,7 +103,7 @@ def check_train_config(config: TrainConfig) -> None:
         raise DataError(f"--workers must be >= 0, got {config.workers}")
     if config.average_last < 0:
         raise DataError(f"--average-last must be >= 0, got {config.average_last}")
-    if config.frozen_groups < 0:
+    if config.frozen_groups is not None and config.frozen_groups < 0:
         raise DataError(f"--frozen-groups must be >= 0, got {config.frozen_groups}")
     if config.label_conflicts not in LABEL_CONFLICT_MODES:
         raise DataError(f"--label-conflicts must be drop or keep, got {config.label_conflicts!r}")
@@ -119,8 +124,21 @@ def check_train_config(config: TrainConfig) -> None:
     if (config.mixup > 0 or config.cutmix > 0) and config.metric_loss != "none":
         # a blended photo has two classes: no positive or negative pair for the metric loss
         raise DataError("--mixup and --cutmix cannot be combined with --metric-loss")
+    if (config.mixup > 0 or config.cutmix > 0) and config.batch_size % 2:
+        # timm's mixer pairs each photo with another; the loader drops the last partial batch,
+        # so with an odd size no batch would ever be blended
+        raise DataError(f"--mixup and --cutmix need an even --batch-size, got {config.batch_size}")
+    if not (0 <= config.seed <= MAX_SEED):
+        raise DataError(f"--seed must be in [0, 2**63 - 1], got {config.seed}")
     if config.bn_stats not in BN_STATS_MODES:
         modes = ", ".join(BN_STATS_MODES[:-1]) + f" or {BN_STATS_MODES[-1]}"
         raise DataError(f"--bn-stats must be {modes}, got {config.bn_stats!r}")
-    if config.img_size is not None and config.img_size < 16:
-        raise DataError(f"--img-size must be at least 16, got {config.img_size}")
+    if config.img_size is not None and not (16 <= config.img_size <= MAX_IMG_SIZE):
+        raise DataError(f"--img-size must be in [16, {MAX_IMG_SIZE}], got {config.img_size}")
+
+
+def frozen_group_count(config: TrainConfig) -> int:
+    """The leading layer groups kept frozen while fine-tuning (see ``frozen_groups``)."""
+    if config.frozen_groups is not None:
+        return config.frozen_groups
+    return 0 if config.weights == "none" else DEFAULT_FROZEN_GROUPS

@@ -7,6 +7,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,22 +62,37 @@ def stratified_split(
         return known[id(s)]
 
     for label in sorted(by_label):
-        items = by_label[label][:]
-        rng.shuffle(items)
+        items = by_label[label]
+        # One file listed under several ids (a re-listed item) goes to one side whole: split
+        # apart, its copies in training would be validated on as unseen photos.
+        groups = list(_by_file(items).values())
+        rng.shuffle(groups)
         n_val = min(len(items) - 1, max(1, round(len(items) * fraction))) if fraction > 0 else 0
-        if readable is None:
-            val.extend(items[:n_val])
-            train.extend(items[n_val:])
-            continue
-        held: list[Sample] = []
-        kept: list[Sample] = []
-        for s in items:
-            (held if len(held) < n_val and passes(s) else kept).append(s)
-        if held and not any(passes(s) for s in kept):  # stops at the first readable one
+        held: list[list[Sample]] = []
+        kept: list[list[Sample]] = []
+        for group in groups:
+            room = sum(map(len, held)) < n_val
+            ok = room and (readable is None or passes(group[0]))
+            (held if ok else kept).append(group)
+        if not kept and held:  # one file under every id of the class: it trains
             kept.append(held.pop())
-        val.extend(held)
-        train.extend(kept)
+        if readable is not None and held and not any(passes(g[0]) for g in kept):
+            kept.append(held.pop())  # stops at the first readable one
+        val.extend(s for g in held for s in g)
+        train.extend(s for g in kept for s in g)
     return train, val
+
+
+def _by_file(samples: list[Sample]) -> dict[Path, list[Sample]]:
+    """The samples by the file they name (links and relative paths resolved), in order."""
+    groups: dict[Path, list[Sample]] = {}
+    for s in samples:
+        try:
+            key = Path(s.path).resolve()
+        except OSError:  # a link loop: the path as given
+            key = Path(s.path)
+        groups.setdefault(key, []).append(s)
+    return groups
 
 
 class CachedImages(Dataset):

@@ -7,6 +7,7 @@ leaves it on disk.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from embedder.batch import embed_samples
 from embedder.checkpoint import CheckpointConfig, save_checkpoint
 from embedder.data import Catalog, Sample
 from embedder.engine import autocast_dtype, resolve_device
-from embedder.errors import DataError
+from embedder.errors import DataError, TrainingDivergedError
 from embedder.fine_tune import (
     freezes_bn_stats,
     frozen_parameter_names,
@@ -38,7 +39,7 @@ from embedder.inference import Embedder
 from embedder.label_conflicts import find_label_conflicts
 from embedder.metrics import label_recall_at_k, macro_f1
 from embedder.optim import adamw, warmup_cosine
-from embedder.train_config import TrainConfig
+from embedder.train_config import TrainConfig, frozen_group_count
 from embedder.train_data import CachedImages, is_readable, seed_everything, training_loader
 from embedder.transforms import model_data_config, train_transform
 
@@ -118,10 +119,17 @@ class Trainer:
             f" with autocast {str(self.amp).removeprefix('torch.')}" if self.amp else "",
         )
         self.model_kwargs: dict[str, Any] = {}  # drop_rate only matters in training
+        # What the checkpoint names: the architecture itself, not "local-dir:PATH" or
+        # "hf-hub:NAME", which would make loading it need that folder or the hub again.
+        self.architecture = (
+            str(self.model.pretrained_cfg.get("architecture") or config.model)
+            if ":" in config.model
+            else config.model
+        )
         self.data_config = model_data_config(self.model, config.img_size, config.crop_mode)
         check_input_size(self.model, self.data_config, config)
         # Checked now, before the images are read: a --frozen-groups the model lacks fails.
-        self.frozen = frozen_parameter_names(self.model, config.frozen_groups)
+        self.frozen = frozen_parameter_names(self.model, frozen_group_count(config))
         self.val_samples = val_samples
         # Now, not after the warm-up: a validation set without one readable image is an error
         # (reading stops at the first image that decodes).
@@ -180,9 +188,10 @@ class Trainer:
 
     def checkpoint_config(self, metrics: dict[str, Any]) -> CheckpointConfig:
         training = {k: v for k, v in asdict(self.cfg).items() if k != "progress"}
+        training["frozen_groups"] = frozen_group_count(self.cfg)  # what "default" meant
         training["label_conflicts_left_out"] = self.label_conflicts
         return CheckpointConfig(
-            architecture=self.cfg.model,
+            architecture=self.architecture,
             num_classes=len(self.label_names),
             label_names=self.label_names,
             data_config=self.data_config,
@@ -224,6 +233,7 @@ class Trainer:
 
     def _record(self, result: TrainResult, stats: dict, epoch: int, best_key: tuple) -> tuple:
         """Validate, log, and save the checkpoint if it is the best so far; return the best key."""
+        self._check_finite(result, stats, epoch)
         stats.update(self.validate())
         stats["epoch"] = epoch
         stats["elapsed_s"] = round(time.monotonic() - self._started, 1)
@@ -246,6 +256,29 @@ class Trainer:
             " (best, saved)" if improved else "",
         )
         return key if improved else best_key
+
+    def _check_finite(self, result: TrainResult, stats: dict, epoch: int) -> None:
+        """Stop at the first epoch whose loss or weights are not finite: without a validation
+        set such weights were saved as the best (every prediction NaN), with one the run died
+        on a "the checkpoint's weights are broken" error of the evaluation."""
+        loss = float(stats["train_loss"])
+        if math.isfinite(loss) and all(
+            bool(torch.isfinite(p).all()) for p in self.model.parameters()
+        ):
+            return
+        where = "the head warm-up" if epoch == 0 else f"epoch {epoch}"
+        rate = (
+            f"--head-lr (now {self.cfg.head_lr:g})" if epoch == 0 else f"--lr (now {self.cfg.lr:g})"
+        )
+        kept = (
+            f"; the best checkpoint so far (epoch {result.best_epoch}) is kept at {self.cfg.out}"
+            if result.best_epoch >= 0
+            else "; nothing was saved"
+        )
+        raise TrainingDivergedError(
+            f"training diverged in {where} (loss {loss:g}, or weights no longer finite): "
+            f"lower {rate}{kept}"
+        )
 
     def _save_average(self, result: TrainResult, states: list[dict[str, torch.Tensor]]) -> None:
         """Save the mean of the last fine-tuning epochs' weights as the checkpoint (a "soup").

@@ -154,9 +154,22 @@ def test_checkpoint_targets_relative_dot_and_symlinks(tiny_checkpoint, tmp_path,
     model, config = load_checkpoint(tiny_checkpoint)
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / ".DS_Store").write_text("finder noise")  # hidden files do not make it foreign
+    (empty / ".DS_Store").write_text("finder noise")  # a file browser's: not the user's
     monkeypatch.chdir(empty)
     assert check_checkpoint_target(".") == empty
+    # Other hidden entries are the user's, which saving (it replaces the folder) deleted.
+    for hidden in (".git", ".env"):
+        repo = tmp_path / f"with{hidden}"
+        repo.mkdir()
+        (repo / hidden).mkdir() if hidden == ".git" else (repo / hidden).write_text("s")
+        with pytest.raises(CheckpointError, match="not a phonesim checkpoint"):
+            check_checkpoint_target(repo)
+        kept = tmp_path / f"ck{hidden}"
+        shutil.copytree(tiny_checkpoint, kept)
+        (kept / hidden).mkdir() if hidden == ".git" else (kept / hidden).write_text("s")
+        with pytest.raises(CheckpointError, match=f"holds '\\{hidden}'"):
+            save_checkpoint(model, config, kept)
+        assert (kept / hidden).exists()
     real = tmp_path / "real"
     os.symlink(real, tmp_path / "link")
     for _ in range(2):  # the second save replaces the first through the link
@@ -194,7 +207,8 @@ def test_a_checkpoint_holding_other_files_is_not_replaced(tiny_checkpoint, tmp_p
     shutil.copytree(tiny_checkpoint, out)
     (out / "model.onnx").write_bytes(b"stale graph")
     (out / "duplicates-calibration").mkdir()  # calibrate's work for these weights
-    (out / ".hidden-temp").write_text("x")
+    (out / ".model.onnx.k2j4h1.tmp").write_text("x")  # an export's, cut short
+    (out / ".DS_Store").write_text("x")
     assert check_checkpoint_target(out) == out
     (out / "cues.json").write_text("{}")
     (out / "notes").mkdir()
@@ -221,3 +235,33 @@ def test_weights_of_another_model_are_one_line_saying_so(tiny_checkpoint, tmp_pa
     assert "\n" not in message and len(message) < 400
     assert "does not hold the model config.json describes" in message
     assert "of another shape (first: " in message
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: [], "not an object"),
+        (lambda c: {**c, "data_config": {}}, "input_size must be"),
+        (lambda c: {**c, "data_config": {**c["data_config"], "input_size": [3, 64]}}, "input_size"),
+        (
+            lambda c: {**c, "data_config": {**c["data_config"], "input_size": [3, 0, 0]}},
+            "input_size",
+        ),
+        (lambda c: {**c, "data_config": {**c["data_config"], "std": [0, 1, 1]}}, "std must be"),
+        (lambda c: {**c, "data_config": {**c["data_config"], "crop_mode": "x"}}, "crop_mode"),
+        (lambda c: {**c, "data_config": {**c["data_config"], "interpolation": "x"}}, "interpol"),
+        (lambda c: {**c, "num_features": "x"}, "num_features must be"),
+        (lambda c: {**c, "label_names": "abc"}, "label_names must be"),
+        (lambda c: {**c, "model_args": []}, "model_args must be an object"),
+    ],
+)
+def test_an_edited_config_is_one_line_naming_the_field(tiny_checkpoint, tmp_path, edit, message):
+    """Each of these failed later, in the ONNX export or the preprocessing, with a
+    traceback (AttributeError, KeyError, an unpacking ValueError)."""
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, ck)
+    config = json.loads((ck / CONFIG_FILE).read_text())
+    (ck / CONFIG_FILE).write_text(json.dumps(edit(config)))
+    with pytest.raises(CheckpointError, match=message) as refused:
+        load_checkpoint(ck)
+    assert "\n" not in str(refused.value)

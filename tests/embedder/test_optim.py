@@ -48,6 +48,8 @@ def test_schedule_warms_up_linearly_then_follows_a_cosine_to_zero():
     assert all(a > b for a, b in zip(lrs[4:], lrs[5:], strict=False)) and lrs[-1] > 0
 
 
-def test_a_schedule_no_longer_than_its_warm_up_only_warms_up():
-    lrs = _lrs(total=3, warmup=3)
-    assert lrs == sorted(lrs) and lrs[0] == pytest.approx(1 / 3)
+def test_a_run_as_short_as_its_warm_up_warms_up_for_half_then_decays():
+    """A one-epoch run (warm-up = one epoch) was all warm-up: it never decayed."""
+    lrs = _lrs(total=8, warmup=8)
+    assert lrs[:4] == sorted(lrs[:4]) and lrs[0] == pytest.approx(1 / 4)
+    assert lrs[4] == pytest.approx(1.0) and lrs[4:] == sorted(lrs[4:], reverse=True)

@@ -393,3 +393,84 @@ def test_a_validation_set_holding_training_images_is_warned_about(tiny_catalog, 
     """Early stopping would pick its best epoch on photos the model learns."""
     train(tiny_train_config(tiny_catalog, tmp_path / "ck", epochs=1, val=str(tiny_catalog)))
     assert "validation images are training images too" in caplog.text
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_finite_checkpoint(tiny_catalog, tmp_path):
+    """At --lr 1e8 the weights went NaN: without validation they were saved as the best and
+    the run exited 0; with it, the run died on a misleading "weights are broken" error."""
+    from embedder.errors import TrainingDivergedError
+
+    out = tmp_path / "ck"
+    config = tiny_train_config(tiny_catalog, out, epochs=6, lr=1e8, val_fraction=0.0)
+    with pytest.raises(TrainingDivergedError, match="lower --lr") as stopped:
+        train(config)
+    assert "best checkpoint so far" in str(stopped.value)
+    model, _ = load_checkpoint(out)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_random_weights_fine_tune_every_layer_by_default(tiny_catalog, tmp_path):
+    """--frozen-groups 3 (the default for pretrained weights) kept the random stem and first
+    stages of --weights none as they were initialised."""
+    import timm
+
+    from embedder.train_config import TrainConfig, frozen_group_count
+
+    assert frozen_group_count(TrainConfig(data="", out="", weights="none")) == 0
+    assert frozen_group_count(TrainConfig(data="", out="")) == 3
+    assert frozen_group_count(TrainConfig(data="", out="", weights="none", frozen_groups=2)) == 2
+    torch.manual_seed(0)
+    start = timm.create_model("test_efficientnet", num_classes=3).state_dict()
+    train(tiny_train_config(tiny_catalog, tmp_path / "ck", val_fraction=0.0))
+    tuned = load_checkpoint(tmp_path / "ck")[0].state_dict()
+    assert not torch.equal(tuned["conv_stem.weight"], start["conv_stem.weight"])
+    assert read_config(tmp_path / "ck").training["frozen_groups"] == 0
+
+
+def test_a_model_with_two_heads_is_refused_in_one_line():
+    from embedder.backbone import create_backbone
+    from embedder.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="2 classifier heads"):
+        create_backbone("deit_tiny_distilled_patch16_224", 3, "none")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"mixup": 0.2, "batch_size": 7}, "need an even --batch-size"),
+        ({"img_size": 100_000}, "--img-size must be in"),
+        ({"seed": 2**70}, "--seed must be in"),
+        ({"seed": -1}, "--seed must be in"),
+    ],
+)
+def test_settings_that_failed_deep_in_training_are_refused(
+    tiny_catalog, tmp_path, overrides, message
+):
+    with pytest.raises(DataError, match=message):
+        train(tiny_train_config(tiny_catalog, tmp_path / "x", **overrides))
+
+
+def test_a_checkpoint_from_a_local_folder_model_names_its_architecture(tiny_catalog, tmp_path):
+    """``--model local-dir:PATH`` was written into config.json: the checkpoint could not load
+    once that folder moved."""
+    import json
+    import shutil
+
+    import timm
+    from safetensors.torch import save_file
+
+    base = tmp_path / "base"
+    base.mkdir()
+    model = timm.create_model("test_efficientnet", num_classes=3)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(base / "model.safetensors")
+    )
+    (base / "config.json").write_text(
+        json.dumps({"architecture": "test_efficientnet", "num_classes": 3})
+    )
+    out = tmp_path / "ck"
+    train(tiny_train_config(tiny_catalog, out, model=f"local-dir:{base}", weights="imagenet"))
+    shutil.rmtree(base)
+    assert read_config(out).architecture == "test_efficientnet"
+    load_checkpoint(out)

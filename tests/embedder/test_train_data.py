@@ -47,7 +47,28 @@ def test_the_held_out_images_are_readable_and_each_class_keeps_one_to_train(tmp_
             assert any(is_readable(s) for s in train_part if s.label == label)
         assert len(checked) == len(set(checked))  # each image decoded once at most
     # All readable: the split is the one made without the check, from a fraction of decodes.
-    fine = [Sample(s.id, samples[4].path, s.label) for s in samples]
+    fine = []
+    for s in samples:  # each its own readable file: one file under many ids stays together
+        path = tmp_path / f"fine-{s.id}.jpg"
+        Image.new("RGB", (16, 16), (9, 9, 9)).save(path)
+        fine.append(Sample(s.id, str(path), s.label))
     checked.clear()
     assert stratified_split(fine, 0.34, 3, readable=readable) == stratified_split(fine, 0.34, 3)
     assert len(checked) == 6  # the 2 held out and the first kept, per class
+
+
+def test_one_file_under_several_ids_stays_on_one_side_of_the_split(tiny_catalog):
+    """A CSV listing each photo under two ids (a re-listed item) put 11 of 15 validation
+    photos in training too, without the warning --val gives for that."""
+    from dataclasses import replace
+
+    samples = load_catalog(tiny_catalog).samples
+    doubled = [x for s in samples for x in (s, replace(s, id=s.id + "-relisted"))]
+    for seed in range(5):
+        train_part, val_part = stratified_split(doubled, 0.3, seed=seed)
+        assert val_part and not {s.path for s in train_part} & {s.path for s in val_part}
+        assert {s.label for s in train_part} == {s.label for s in samples}
+    # Without copies the split is the one it always was (one shuffle of as many items).
+    assert stratified_split(samples, 0.3, seed=1)[1] == [
+        s for s in stratified_split(samples, 0.3, seed=1)[1]
+    ]
