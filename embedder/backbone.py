@@ -22,7 +22,7 @@ import timm
 import torch
 from torch import nn
 
-from embedder.errors import WeightsError
+from embedder.errors import WeightsError, first_line
 from embedder.train_config import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,8 @@ def create_backbone(
     **model_kwargs,
 ) -> nn.Module:
     """Create ``model_name`` with ``num_classes`` outputs and the requested weights."""
+    if not str(weights).strip():  # Path("") is the working folder: "is a folder" misled
+        raise WeightsError("--weights is empty: give 'imagenet', 'none' or a weights file")
     try:
         if weights == "none":
             model = timm.create_model(
@@ -184,6 +186,14 @@ def create_backbone(
                 f"unknown timm model '{model_name}' (see timm.list_models() for names)"
             ) from exc
         raise
+    except OSError as exc:
+        if not model_name.startswith("hf-hub:"):
+            raise
+        # Even without weights, timm reads an hf-hub: model's config from the hub.
+        raise WeightsError(
+            f"cannot read the config of '{model_name}' from the Hugging Face hub "
+            f"({first_line(exc)}); offline, use a timm model name or local-dir:PATH"
+        ) from exc
     _check_one_head(model, model_name)
     return model
 

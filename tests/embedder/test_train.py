@@ -474,3 +474,12 @@ def test_a_checkpoint_from_a_local_folder_model_names_its_architecture(tiny_cata
     shutil.rmtree(base)
     assert read_config(out).architecture == "test_efficientnet"
     load_checkpoint(out)
+
+
+def test_empty_weights_are_refused_as_such():
+    """Path("") is the working folder: the error said ".: is a folder"."""
+    from embedder.backbone import create_backbone
+    from embedder.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="--weights is empty"):
+        create_backbone("test_efficientnet", 3, " ")
