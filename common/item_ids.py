@@ -8,18 +8,31 @@ from __future__ import annotations
 
 import re
 
-# Characters no id may hold: control characters, and the invisible ones that make two ids
-# look alike or an id read backwards (zero-width space, word joiner, byte-order mark, line and
-# paragraph separators, bidirectional embeddings, overrides and isolates). The zero-width
-# (non-)joiners stay: scripts such as Persian and Devanagari need them.
-_NOT_IN_ID = r"\x00-\x1f\x7f-\x9f\u200b\u2028\u2029\u202a-\u202e\u2060\u2066-\u2069\ufeff"
-# An id is a path below /v1/items/: segments of printable characters (see above), never
-# empty, "." or "..", not starting or ending with a space, not ending in /similar or /image,
-# and not "batch" (those URLs are other endpoints).
-ID_PATTERN = (
-    r"^(?!batch$)(?!.*//)(?!\.\.?(?:/|$))(?!.*/\.\.?(?:/|$))(?!.*/(?:similar|image)$)"
-    rf"[^\s/{_NOT_IN_ID}](?:[^{_NOT_IN_ID}]*[^\s/{_NOT_IN_ID}])?$"
+# Characters no id may hold: control characters (no URL path can reach them), and the
+# invisible ones that make two ids look alike or an id read backwards: zero-width space, word
+# joiner and invisible operators, byte-order mark, soft hyphen, Mongolian vowel separator,
+# line and paragraph separators, and every bidirectional control (marks, embeddings,
+# overrides, isolates). The zero-width (non-)joiners stay: Persian and Indic spelling need
+# them. The invisible ones were allowed before 2026-12: items stored with them stay
+# reachable (see is_item_address), but no new item takes one.
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+_INVISIBLE = (
+    r"\u00ad\u061c\u180e\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064"
+    r"\u2066-\u2069\ufeff"
 )
+
+
+def _id_pattern(banned: str) -> str:
+    # An id is a path below /v1/items/: segments of allowed characters, never empty, "." or
+    # "..", not starting or ending with a space, not ending in /similar or /image, and not
+    # "batch" (those URLs are other endpoints).
+    return (
+        r"^(?!batch$)(?!.*//)(?!\.\.?(?:/|$))(?!.*/\.\.?(?:/|$))(?!.*/(?:similar|image)$)"
+        rf"[^\s/{banned}](?:[^{banned}]*[^\s/{banned}])?$"
+    )
+
+
+ID_PATTERN = _id_pattern(_CONTROL + _INVISIBLE)
 ID_RULES = (
     "printable characters (no control, bidirectional or zero-width ones) without leading or "
     "trailing spaces, empty, '.' or '..' path segments, must not end with /similar or /image, "
@@ -27,12 +40,20 @@ ID_RULES = (
 )
 
 _ID_RE = re.compile(ID_PATTERN.replace("$", r"\Z"))
+_ADDRESS_RE = re.compile(_id_pattern(_CONTROL).replace("$", r"\Z"))
 
 
 def is_item_id(text: str) -> bool:
-    """Whether ``text`` can name an item: ``/v1/items/<text>`` reaches that item and no
-    other endpoint (see :data:`ID_PATTERN`)."""
+    """Whether a new item may take the id ``text``: ``/v1/items/<text>`` reaches that item
+    and no other endpoint, and it holds no invisible character (see :data:`ID_PATTERN`)."""
     return _ID_RE.match(text) is not None
 
 
-__all__ = ["ID_PATTERN", "ID_RULES", "is_item_id"]
+def is_item_address(text: str) -> bool:
+    """Whether ``/v1/items/<text>`` reaches the item ``text`` and no other endpoint: what a
+    client checks before addressing an item, which may predate the invisible-character
+    rule of :func:`is_item_id`."""
+    return _ADDRESS_RE.match(text) is not None
+
+
+__all__ = ["ID_PATTERN", "ID_RULES", "is_item_address", "is_item_id"]

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -196,6 +197,21 @@ def create_backbone(
         ) from exc
     _check_one_head(model, model_name)
     return model
+
+
+def source_model(model_name: str) -> tuple[str, dict[str, Any]]:
+    """``(architecture, model arguments)`` of a model named by where it comes from
+    (``local-dir:PATH``, ``hf-hub:NAME``, read from its config as timm reads it: the hub's from
+    the cache its creation filled); a plain timm name is its own architecture, with none."""
+    from timm.models._hub import load_model_config_from_hf, load_model_config_from_path
+
+    if model_name.startswith("local-dir:"):
+        _, architecture, args = load_model_config_from_path(model_name.removeprefix("local-dir:"))
+    elif model_name.startswith("hf-hub:"):
+        _, architecture, args = load_model_config_from_hf(model_name.removeprefix("hf-hub:"))
+    else:
+        return model_name, {}
+    return architecture, {k: v for k, v in (args or {}).items() if k != "num_classes"}
 
 
 def _check_one_head(model: nn.Module, model_name: str) -> None:

@@ -20,7 +20,7 @@ import torch
 from sklearn.metrics import accuracy_score
 from torch import nn
 
-from embedder.backbone import create_backbone
+from embedder.backbone import create_backbone, source_model
 from embedder.batch import embed_samples
 from embedder.checkpoint import CheckpointConfig, save_checkpoint
 from embedder.data import Catalog, Sample
@@ -118,14 +118,10 @@ class Trainer:
             self.device,
             f" with autocast {str(self.amp).removeprefix('torch.')}" if self.amp else "",
         )
-        self.model_kwargs: dict[str, Any] = {}  # drop_rate only matters in training
-        # What the checkpoint names: the architecture itself, not "local-dir:PATH" or
-        # "hf-hub:NAME", which would make loading it need that folder or the hub again.
-        self.architecture = (
-            str(self.model.pretrained_cfg.get("architecture") or config.model)
-            if ":" in config.model
-            else config.model
-        )
+        # What the checkpoint names: the architecture itself and the source's arguments
+        # (drop_rate only matters in training), not "local-dir:PATH" or "hf-hub:NAME", which
+        # would make loading it need that folder or the hub again.
+        self.architecture, self.model_kwargs = source_model(config.model)
         self.data_config = model_data_config(self.model, config.img_size, config.crop_mode)
         check_input_size(self.model, self.data_config, config)
         # Checked now, before the images are read: a --frozen-groups the model lacks fails.

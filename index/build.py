@@ -135,7 +135,8 @@ def read_embeddings(path: str | Path) -> Embeddings:
             raise BuildInputError(
                 f"{path}: id {unreachable[:40]!r} cannot be addressed as /v1/items/<id> (an id "
                 f"must be {ID_RULES}); run 'phonesim embed' again (a photo named image.*, "
-                "similar.* or batch.* now keeps its suffix in its id) or fix the id in the CSV"
+                "similar.* or batch.* now keeps its suffix in its id), rename a photo whose "
+                "name holds such a character, or fix the id in the CSV"
             )
         if not (len(ids) == emb.shape[0] == len(labels)):
             raise BuildInputError(

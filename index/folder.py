@@ -101,16 +101,27 @@ def _same_file(fd: int, path: Path) -> bool:
 def describe(path: str | Path) -> dict[str, Any]:
     """What ``phonesim index info`` shows, read without loading the FAISS file."""
     path = Path(path)
-    manifest = read_manifest(path)
-    store = CatalogStore(store_path(path))
+    read_manifest(path)  # a folder that is no index: say so before creating its lock file
     try:
-        with store.read_txn():
-            ck_seq = int(store.get_state("checkpoint_seq", "0") or 0)
-            _, pending, _, _ = store.journal_stats(ck_seq)
-            faiss_file = store.get_state("checkpoint_file")
-            return summary(path, manifest, store, store.count(), pending, faiss_file)
+        # Under the lock, as an opener: a build swapping the folder between the reads below
+        # gave one index's manifest with another's counts.
+        fd: int | None = lock_shared(path)
+    except PermissionError:  # read-only media: no build can replace the folder there either
+        fd = None
+    try:
+        manifest = read_manifest(path)
+        store = CatalogStore(store_path(path))
+        try:
+            with store.read_txn():
+                ck_seq = int(store.get_state("checkpoint_seq", "0") or 0)
+                _, pending, _, _ = store.journal_stats(ck_seq)
+                faiss_file = store.get_state("checkpoint_file")
+                return summary(path, manifest, store, store.count(), pending, faiss_file)
+        finally:
+            store.close()
     finally:
-        store.close()
+        if fd is not None:
+            os.close(fd)
 
 
 def summary(

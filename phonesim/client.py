@@ -44,7 +44,7 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
-from common.item_ids import is_item_id
+from common.item_ids import is_item_address
 
 RETRY_STATUSES = frozenset({429, 503})
 READ_SIZE = 64 * 1024
@@ -91,7 +91,7 @@ def _item_path(item_id: str) -> str:
     item can have such an id: the server refuses it, by the same rule, when one is added."""
     if not isinstance(item_id, str) or not item_id:
         raise ValueError(f"an item id is a non-empty string, got {item_id!r}")
-    if not is_item_id(item_id):
+    if not is_item_address(item_id):
         raise ValueError(f"no catalog item can have the id {item_id!r}")
     return "/v1/items/" + requests.utils.quote(item_id, safe="")
 
@@ -140,7 +140,7 @@ def _query(image: Any, vector: Any, item_id: Any) -> dict[str, Any]:
         if not all(math.isfinite(v) for v in vector):  # JSON has no NaN: say so here
             raise ValueError("the vector holds NaN or infinite values")
         return {"vector": vector}
-    if not isinstance(value, str) or not is_item_id(value):  # as get() and remove() check
+    if not isinstance(value, str) or not is_item_address(value):  # as get() and remove() do
         raise ValueError(f"no catalog item can have the id {value!r}")
     return {"id": value}
 

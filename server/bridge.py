@@ -67,7 +67,8 @@ class BufferedWSGIBridge:
         self.buffered = 0  # body bytes held by requests still being read (loop thread only)
         # The same, by client address: one client may hold a share of max_buffered, so a few
         # slow uploads from one address cannot refuse every other client's (loop thread only).
-        self.peer_share = max_buffered // PEER_SHARES
+        # (at least one whole upload: a single body up to --max-upload-mb must always fit)
+        self.peer_share = max(max_buffered // PEER_SHARES, max_body)
         self.buffered_by_peer: dict[str, int] = {}
         self._on_close = on_close
         self._cors = allowed_origins(cors_origins)
@@ -159,7 +160,8 @@ class BufferedWSGIBridge:
         deadline = loop.time() + self.body_timeout_s
         chunks: list[bytes] = []
         size = 0
-        peer = str((scope.get("client") or ("", 0))[0])
+        # None for a client without an address (a unix socket): no share, only the total.
+        peer = (scope.get("client") or (None, 0))[0]
         try:
             while True:
                 left = deadline - loop.time()
@@ -176,12 +178,9 @@ class BufferedWSGIBridge:
                     )
                     return None
                 if chunk:
-                    held = self.buffered_by_peer.get(peer, 0)
-                    if (
-                        self.buffered + len(chunk) > self.max_buffered
-                        or held + len(chunk) > self.peer_share
-                    ):
-                        mine = held + len(chunk) > self.peer_share
+                    held = self.buffered_by_peer.get(peer, 0) if peer else 0
+                    mine = bool(peer) and held + len(chunk) > self.peer_share
+                    if self.buffered + len(chunk) > self.max_buffered or mine:
                         await self._error(
                             scope,
                             send,
@@ -194,7 +193,8 @@ class BufferedWSGIBridge:
                         )
                         return None
                     self.buffered += len(chunk)
-                    self.buffered_by_peer[peer] = held + len(chunk)
+                    if peer:
+                        self.buffered_by_peer[peer] = held + len(chunk)
                     chunks.append(chunk)
                 if not message.get("more_body", False):
                     return b"".join(chunks)
@@ -210,11 +210,12 @@ class BufferedWSGIBridge:
         finally:
             held = sum(len(c) for c in chunks)
             self.buffered -= held
-            left = self.buffered_by_peer.get(peer, 0) - held
-            if left > 0:
-                self.buffered_by_peer[peer] = left
-            else:
-                self.buffered_by_peer.pop(peer, None)
+            if peer:
+                left = self.buffered_by_peer.get(peer, 0) - held
+                if left > 0:
+                    self.buffered_by_peer[peer] = left
+                else:
+                    self.buffered_by_peer.pop(peer, None)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

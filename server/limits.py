@@ -85,12 +85,23 @@ def json_values_for(entries: int, dim: int) -> int:
 
 
 def check_json_size(data: bytes | str, what: str, max_values: int = MAX_JSON_VALUES) -> None:
-    """Refuse a document with more than ``max_values`` values before parsing it (commas
-    bound the values of any document within the depth bound; commas inside strings count
-    too, which only errs on the safe side)."""
-    commas = data.count(b"," if isinstance(data, bytes) else ",")
-    if commas >= max_values:
+    """Refuse a document with more than ``max_values`` values before parsing it: the commas
+    outside its strings bound the values of any document within the depth bound. Counted
+    at C speed: all commas first (a 13 MB photo: milliseconds), and only when they are
+    too many, those left once one regular expression has cut the strings out (0.5 s for
+    3 million strings)."""
+    comma: Any = b"," if isinstance(data, bytes) else ","
+    if data.count(comma) < max_values:
+        return
+    strings = _STRING_B if isinstance(data, bytes) else _STRING
+    if strings.sub(comma[:0], data).count(comma) >= max_values:
         raise ApiError(400, "json_too_large", f"{what} holds more than {max_values} JSON values")
+
+
+# A JSON string, escapes included, as an unrolled loop (runs of plain characters matched
+# whole: 25 times faster than one alternation per character on a base64 photo).
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_STRING_B = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 
 
 def parse_json(

@@ -462,18 +462,25 @@ def test_a_checkpoint_from_a_local_folder_model_names_its_architecture(tiny_cata
 
     base = tmp_path / "base"
     base.mkdir()
-    model = timm.create_model("test_efficientnet", num_classes=3)
+    # With the arguments it was made with: a checkpoint that dropped them did not load.
+    model = timm.create_model("test_efficientnet", num_classes=3, channel_multiplier=0.5)
     save_file(
         {k: v.contiguous() for k, v in model.state_dict().items()}, str(base / "model.safetensors")
     )
-    (base / "config.json").write_text(
-        json.dumps({"architecture": "test_efficientnet", "num_classes": 3})
-    )
+    config = {
+        "architecture": "test_efficientnet",
+        "num_classes": 3,
+        "model_args": {"channel_multiplier": 0.5},
+        "pretrained_cfg": {},  # timm's layout (without it the whole file is the pretrained cfg)
+    }
+    (base / "config.json").write_text(json.dumps(config))
     out = tmp_path / "ck"
     train(tiny_train_config(tiny_catalog, out, model=f"local-dir:{base}", weights="imagenet"))
     shutil.rmtree(base)
     assert read_config(out).architecture == "test_efficientnet"
-    load_checkpoint(out)
+    assert read_config(out).model_kwargs == {"channel_multiplier": 0.5}
+    loaded, _ = load_checkpoint(out)
+    assert loaded.num_features == 128  # 256 x 0.5
 
 
 def test_empty_weights_are_refused_as_such():

@@ -64,3 +64,22 @@ def test_a_full_disk_is_told_from_a_damaged_store(tmp_path):
     with pytest.raises(sqlite3.DatabaseError) as junk:
         sqlite3.connect(tmp_path / "junk.sqlite").execute("SELECT * FROM sqlite_master")
     assert not machine_failure(junk.value)
+
+
+def test_describe_waits_for_no_build(flat_dir):
+    """`index info` read the manifest and the store without the folder lock, so a build
+    swapping the folder between the two gave one index's manifest with another's counts."""
+    import os
+
+    import pytest
+
+    from index.errors import IndexLockedError
+    from index.folder import lock_writer
+
+    fd = lock_writer(flat_dir)  # as a build replacing the folder holds it
+    try:
+        with pytest.raises(IndexLockedError, match="a build is replacing"):
+            describe(flat_dir)
+    finally:
+        os.close(fd)
+    assert describe(flat_dir)["count"] == 3000

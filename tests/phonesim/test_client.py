@@ -446,3 +446,15 @@ def test_more_bad_arguments_are_python_errors_before_any_request():
         client.search_batch([{"vector": [1.0]}, {"vector": [float("nan")]}])
     with pytest.raises(TypeError, match="item 0: metadata is a mapping"):
         client.add_batch([{"id": "a", "image": b"x", "metadata": [1]}])
+
+
+def test_an_id_stored_before_the_invisible_character_rule_stays_addressable():
+    """Ids with a zero-width space or a bidirectional mark were allowed until 2026-12: the
+    client refused to get, search by or remove such stored items ("no catalog item can have
+    the id"), though searches returned them."""
+    from phonesim.client import _item_path
+
+    assert _item_path("old\u200bid") == "/v1/items/old%E2%80%8Bid"
+    assert _item_path("\u200eold") == "/v1/items/%E2%80%8Eold"
+    with pytest.raises(ValueError, match="no catalog item can have"):
+        _item_path("x/../old")

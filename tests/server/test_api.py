@@ -33,7 +33,10 @@ def test_search_returns_prediction_neighbors_and_timings(client, jpeg_bytes, tin
     assert pred["label"] == pred["top"][0]["label"]
     assert sum(c["score"] for c in pred["top"]) == pytest.approx(1.0, abs=1e-3)
     scores = [n["score"] for n in body["neighbors"]]
-    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    assert len(scores) == 5 and body["ranking"] == "class"  # the class may reorder them
+    by_similarity = client.post("/v1/search?k=5&ranking=similarity", data=upload(jpeg_bytes))
+    cosines = [n["score"] for n in by_similarity.get_json()["neighbors"]]
+    assert cosines == sorted(cosines, reverse=True) and sorted(scores) == sorted(cosines)
     first = body["neighbors"][0]
     assert {"id", "score", "label", "title", "brand", "price", "image_url"} <= set(first)
     assert "image" not in first  # server paths are never sent to clients
@@ -80,7 +83,8 @@ def test_search_matches_the_library_directly(client, jpeg_bytes, tiny_embedder, 
     img = load_image(jpeg_bytes, min_side=tiny_embedder.decode_side)
     ref = tiny_embedder.embed_images([img])
     hits = readonly_index.search(ref.embeddings[0], 4)[0]
-    body = client.post("/v1/search?k=4", data=upload(jpeg_bytes)).get_json()
+    # Ranked by similarity, as the library ranks (the default also weighs the class).
+    body = client.post("/v1/search?k=4&ranking=similarity", data=upload(jpeg_bytes)).get_json()
     assert [n["id"] for n in body["neighbors"]] == [h.id for h in hits]
     np.testing.assert_allclose(
         [n["score"] for n in body["neighbors"]], [h.score for h in hits], atol=1e-4

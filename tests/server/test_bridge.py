@@ -96,7 +96,7 @@ def test_one_client_holds_at_most_its_share_of_the_upload_buffer():
     upload was refused 503 for as long as they trickled."""
     from server.bridge import PEER_SHARES
 
-    bridge = BufferedWSGIBridge(_app, threads=1, max_body=10_000, max_buffered=400)
+    bridge = BufferedWSGIBridge(_app, threads=1, max_body=100, max_buffered=400)
     try:
         assert bridge.peer_share == 400 // PEER_SHARES
         assert _upload(bridge, "10.0.0.1", bridge.peer_share) == 200
@@ -107,3 +107,11 @@ def test_one_client_holds_at_most_its_share_of_the_upload_buffer():
         assert bridge.buffered_by_peer == {"10.0.0.1": bridge.peer_share}  # nothing leaked
     finally:
         bridge.close()
+    # The share holds one whole upload at least, whatever the buffer: a 70 MB upload under
+    # a 100 MB limit was refused for good ("retry shortly").
+    big = BufferedWSGIBridge(_app, threads=1, max_body=1_000, max_buffered=2_000)
+    try:
+        assert big.peer_share == 1_000 and _upload(big, "10.0.0.1", 1_000) == 200
+        assert _upload(big, "", 1_000) == 200 and big.buffered_by_peer == {}  # no address
+    finally:
+        big.close()

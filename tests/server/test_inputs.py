@@ -76,3 +76,20 @@ def test_a_form_field_over_its_bound_is_a_400_naming_it(tiny_embedder, readonly_
         assert "256 KiB" in error["message"] and "100 parts" in error["message"]
     finally:
         app.extensions["phonesim"].close()
+
+
+def test_commas_inside_strings_are_no_values():
+    """64 items with nine 999-comma metadata values (within every bound) were refused as
+    "more than 262144 JSON values"."""
+    import json
+
+    from server.errors import ApiError
+    from server.limits import check_json_size
+
+    fields = {f"f{j}": "," * 999 for j in range(9)}
+    body = json.dumps({"items": [{"id": f"i{i}", "metadata": fields} for i in range(64)]})
+    check_json_size(body.encode(), "request body")
+    check_json_size(body, "request body")
+    escaped = json.dumps(['a\\",b' * 100_000, *range(300_000)])  # escaped quotes inside
+    with pytest.raises(ApiError, match="more than 262144 JSON values"):
+        check_json_size(escaped.encode(), "request body")
