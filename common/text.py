@@ -38,4 +38,21 @@ def unnamed_value(row: dict[str, str | None]) -> str | None:
     return next((v for k, v in row.items() if k.startswith(UNNAMED) and v and v.strip()), None)
 
 
-__all__ = ["UNNAMED", "is_utf8", "name_blank_columns", "repeated_columns", "unnamed_value"]
+# What a spreadsheet reads as the start of a formula (OWASP's CSV injection list).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(text: str) -> str:
+    """``text`` for a CSV cell a person opens in a spreadsheet: a leading ``'`` where the
+    spreadsheet would run it as a formula (a photo named ``=HYPERLINK(...).jpg``)."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+__all__ = [
+    "UNNAMED",
+    "is_utf8",
+    "name_blank_columns",
+    "repeated_columns",
+    "spreadsheet_cell",
+    "unnamed_value",
+]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import re
+import sys
 from pathlib import Path
 
 from common.argtypes import (
@@ -21,6 +23,7 @@ from embedder.checkpoint import CALIBRATION_FOLDER
 from embedder.engine_options import EngineOptions, add_engine_options
 
 REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
 DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "phone-brands"
 
 
@@ -139,6 +142,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         calibrate,
         calibration_record,
         store_calibration,
+        stored_settings,
     )
     from duplicates.calibration_report import write_calibration
     from duplicates.descriptor import CopyDescriptor
@@ -183,6 +187,24 @@ def run_calibrate(args: argparse.Namespace) -> int:
         ", ".join(f"{k} {v:.2f}" for k, v in result.per_transform.items()),
     )
     print(f"table: {paths['table']}  curve: {paths['plot']}")
+    unmeasured = result.pair_model is None  # too few pairs of both kinds to fit it
+    if result.chosen is not None and not args.dry_run and unmeasured:
+        # Such a precision is no measure (1.000 without one pair of different photos): it
+        # may stand in for no calibration, never replace one (it had replaced a good one).
+        small = (
+            f"the benchmark of {result.images} images from {result.originals} photos holds "
+            "too few pairs of both kinds to fit the pair model or measure precision"
+        )
+        if stored_settings(args.checkpoint).calibrated:
+            print(result.summary())
+            print(
+                f"threshold not stored: {small}, and {args.checkpoint} holds a calibration "
+                "already; calibrate on a folder of more photos (the demo's 160 are enough), "
+                "or look with --dry-run",
+                file=sys.stderr,
+            )
+            return 1
+        log.warning("%s; its threshold is stored for want of a better one", small)
     if result.chosen is not None and not args.dry_run:
         record = calibration_record(result, descriptor.config, finder)
         record["runtime"] = descriptor.engine.runtime  # the scores it was calibrated on

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from common.fsutil import atomic_write_text
+from common.text import spreadsheet_cell
 from duplicates.result import DuplicateResult
 from embedder.errors import ImageError
 from embedder.images import load_image
@@ -52,13 +53,13 @@ def to_csv(result: DuplicateResult) -> str:
             writer.writerow(
                 [
                     g.group_id,
-                    m.id,
-                    m.path,
+                    spreadsheet_cell(m.id),
+                    spreadsheet_cell(str(m.path)),
                     int(k == 0),
                     f"{m.similarity:.4f}",
-                    m.label,
+                    spreadsheet_cell(m.label),
                     int(g.label_conflict),
-                    m.source,
+                    spreadsheet_cell(m.source),
                     m.width,
                     m.height,
                     m.file_size,
@@ -173,7 +174,7 @@ def write_report(result: DuplicateResult, out: str | Path) -> dict[str, Path]:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["id", "reason"])
-    writer.writerows([f.id, f.reason] for f in result.failures)
+    writer.writerows([spreadsheet_cell(f.id), spreadsheet_cell(f.reason)] for f in result.failures)
     texts = {
         "csv": to_csv(result),
         "json": json.dumps(to_json(result), indent=2) + "\n",

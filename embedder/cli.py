@@ -173,7 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--metric-loss",
         choices=METRIC_LOSSES,
         help="'supcon' adds a supervised-contrastive loss on the penultimate features while "
-        "fine-tuning (needs pytorch-metric-learning: pip install 'phonesim[metric]'), to train "
+        "fine-tuning (needs pytorch-metric-learning: pip install -e '.[metric]'), to train "
         f"them for retrieval as well as for the class (default {d.metric_loss})",
     )
     p.add_argument(
@@ -255,7 +255,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "text read on its photos. Give that file to serve, evaluate or export as --text-cues: "
         "a photo whose own text names no class then takes the vote of the examples nearest its "
         "text, which catches misread logos ('muawt' for HUAWEI) and words a brand's photos "
-        "carry without naming it ('hasselblad'). Examples an earlier file held are replaced. "
+        "carry without naming it ('hasselblad'). Examples an earlier file held are replaced; "
+        "its words are kept when no --text-cues is given. "
         "Reading takes 0.25-0.7 s per photo on 2 cores.",
     )
     p.add_argument(
@@ -267,7 +268,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--text-cues",
         metavar="FILE",
         help='JSON {"label": ["word", ...]}: words that name a class besides its label, kept '
-        "in --out (default: the labels alone)",
+        "in --out (default: the words of an existing --out, else the labels alone)",
     )
     p.add_argument(
         "--text-rotations",

@@ -83,7 +83,7 @@ def make_metric_loss(config: TrainConfig) -> nn.Module | None:
         from pytorch_metric_learning.losses import SupConLoss
     except ImportError as exc:
         raise DataError(
-            "--metric-loss supcon needs pytorch-metric-learning: pip install 'phonesim[metric]'"
+            "--metric-loss supcon needs pytorch-metric-learning: pip install -e '.[metric]'"
         ) from exc
     return SupConLoss(temperature=config.metric_temperature)
 

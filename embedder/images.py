@@ -132,7 +132,7 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
     except UnidentifiedImageError as exc:
         if not HEIF_SUPPORTED and _looks_like_heif(source):
             raise ImageError(
-                f"{name}: HEIC/HEIF photos need pillow-heif (pip install 'phonesim[heif]')"
+                f"{name}: HEIC/HEIF photos need pillow-heif (pip install -e '.[heif]')"
             ) from exc
         raise ImageError(
             f"{name}: not a recognised image format (accepted: {', '.join(IMAGE_FORMATS)})"

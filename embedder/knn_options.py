@@ -114,7 +114,7 @@ def add_text_cue_options(parser: argparse.ArgumentParser, cost: str) -> None:
         "--read-text",
         action="store_true",
         help="read the text on each photo predicted below --text-gate (RapidOCR, pip install "
-        "'phonesim[ocr]') and add the classes it names (their labels, and the --text-cues "
+        "'.[ocr]') and add the classes it names (their labels, and the --text-cues "
         "words) to the prediction, so a "
         f"photo whose text names a class leans to it whatever its backdrop looks like; {cost}",
     )

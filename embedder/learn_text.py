@@ -63,6 +63,10 @@ def learn_text(
             f"{data}: classes the model does not know: {', '.join(unknown)} "
             f"(its classes: {', '.join(names)})"
         )
+    if cue_file is None and Path(out).is_file():  # a cue file (checked above): refreshed
+        # Its words are the user's, written by hand: re-learning the examples keeps them.
+        log.info("%s: keeping its words; its examples are read again", out)
+        cue_file = out
     given = read_cue_file(cue_file) if cue_file else CueFile({}, None)
     # Its words tell the reader when to stop turning a photo; its examples (an earlier
     # learned file) are replaced, so they are not fitted.

@@ -1,6 +1,6 @@
 """Reading the text on a photo with RapidOCR (PP-OCR models on ONNX Runtime).
 
-The ``ocr`` extra (``pip install 'phonesim[ocr]'``) installs ``rapidocr``, whose wheel ships its
+The ``ocr`` extra (``pip install -e '.[ocr]'``) installs ``rapidocr``, whose wheel ships its
 detection, orientation and recognition models: nothing is downloaded at run time. The reader is
 imported only when text cues are asked for, so the service runs without it.
 """
@@ -51,7 +51,7 @@ READ_BUDGET_S = 3.0
 # 4,563 px. Beyond it the tallest lines are read (a brand is printed large), the rest not.
 REC_WIDTH_BUDGET = 20_000
 REC_HEIGHT = 48
-INSTALL_HINT = "pip install 'phonesim[ocr]'"
+INSTALL_HINT = "pip install -e '.[ocr]'"
 
 #: Whether the lines read so far suffice, so that no further rotation is read.
 Enough = Callable[[list[tuple[str, float]]], bool]

@@ -131,7 +131,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="discard unfinished progress in OUT.partial/ instead of resuming it",
     )
-    ray = p.add_argument_group("distributed (needs: pip install 'phonesim[distributed]')")
+    ray = p.add_argument_group("distributed (needs: pip install -e '.[distributed]')")
     ray.add_argument(
         "--ray",
         metavar="local|ADDRESS",
@@ -167,7 +167,7 @@ def _add_text_options(p: argparse.ArgumentParser, ray: bool = True) -> None:
         " (with --ray, in the actors, each on its own batches)" if ray else ""
     )
     add_text_cue_options(
-        p.add_argument_group("text on the photos (needs: pip install 'phonesim[ocr]')"),
+        p.add_argument_group("text on the photos (needs: pip install -e '.[ocr]')"),
         "the probabilities written are then the classifier's with those classes added (no "
         "catalog vote here, so the gate looks at the classifier alone). Reading runs in this "
         f"process, {where}: 0.25-0.7 s per image read on 2 cores, about half of them behind "

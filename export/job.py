@@ -353,6 +353,28 @@ def _write_file(
     return done, found
 
 
+# Room for one neighbour entry (id text, score, index) when estimating the file's size.
+_NEIGHBOR_BYTES = 64
+
+
+def _check_room(partial: PartialDir, k: int) -> None:
+    """Refuse to assemble into a disk without room for the file: a full disk while h5py
+    writes or closes it ended the process with a segmentation fault (after the error), and
+    the shards, kept, let a later run finish once there is room."""
+    import shutil
+
+    shard_bytes = sum(s.path.stat().st_size for s in partial.shards if s.path.exists())
+    rows = sum(s.rows for s in partial.shards)
+    need = shard_bytes + rows * k * _NEIGHBOR_BYTES + 2**20
+    free = shutil.disk_usage(partial.path).free
+    if free < need:
+        raise ExportError(
+            f"{partial.path}: about {need / 2**20:.0f} MB are needed to write the file, "
+            f"{free / 2**20:.0f} MB are free; the embedded shards are kept: make room and run "
+            "the same command again to finish"
+        )
+
+
 def export_features(config: ExportConfig) -> ExportSummary:
     """Run (or resume) an export and atomically write ``config.out``.
 
@@ -407,6 +429,7 @@ def export_features(config: ExportConfig) -> ExportSummary:
             f"{config.input}: none of the {len(inputs)} images could be read "
             "(see the warnings above); nothing to export"
         )
+    _check_room(partial, config.neighbors)
     # The file is assembled inside the partial folder, so a crash leaves nothing beside --out.
     done, neighbors_found = atomic_write(
         out,

@@ -38,7 +38,7 @@ def import_ray():
         import ray.data  # noqa: F401  (Ray Data is the part we need)
     except ImportError as exc:
         raise RayUnavailableError(
-            "--ray needs Ray with Ray Data: pip install 'phonesim[distributed]' "
+            "--ray needs Ray with Ray Data: pip install -e '.[distributed]' "
             f"(or pip install 'ray[data]'); import failed: {exc}"
         ) from exc
     return ray

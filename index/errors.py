@@ -57,6 +57,9 @@ class IndexCorruptError(CatalogIndexError):
     """The FAISS file and the catalog store disagree, or a file cannot be decoded."""
 
 
+_READS = ("look up", "get", "get vectors of")
+
+
 class UnknownIdError(CatalogIndexError, KeyError):
     """One or more catalog ids are not in the index."""
 
@@ -64,7 +67,9 @@ class UnknownIdError(CatalogIndexError, KeyError):
         self.ids = list(ids)
         shown = ", ".join(repr(i) for i in self.ids[:5])
         more = f" (and {len(self.ids) - 5} more)" if len(self.ids) > 5 else ""
-        super().__init__(f"cannot {action}: unknown id(s) {shown}{more}; nothing was changed")
+        # A write that names an unknown id changes nothing; a read has nothing to change.
+        changed = "" if action in _READS else "; nothing was changed"
+        super().__init__(f"cannot {action}: unknown id(s) {shown}{more}{changed}")
 
     def __str__(self) -> str:  # KeyError would print the repr of the message
         return str(self.args[0])

@@ -141,3 +141,23 @@ def test_calibrate_refuses_a_checkpoint_it_cannot_store_into(
     err = capsys.readouterr().err
     assert "threshold cannot be stored; use --dry-run" in err
     assert not (tmp_path / "w" / "benchmark").exists()
+
+
+def test_calibrate_on_too_few_photos_stores_nothing(
+    tiny_checkpoint, tiny_catalog, tmp_path, capsys
+):
+    """Three photos made a benchmark without one negative pair: "precision 1.000", and the
+    threshold replaced a good calibration, which then grouped two different phones."""
+    from duplicates.calibration import store_calibration, stored_settings
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    store_calibration(ckpt, {"threshold": 0.93})  # a good calibration made before
+    few = tmp_path / "few"
+    few.mkdir()
+    for photo in sorted(tiny_catalog.rglob("*.jpg"))[:3]:
+        shutil.copy(photo, few / photo.name)
+    argv = ["--checkpoint", str(ckpt), "--data", str(few), "--work", str(tmp_path / "w")]
+    assert main("calibrate", [*argv, "--no-progress", "--workers", "0"]) == 1
+    assert "threshold not stored" in capsys.readouterr().err
+    assert stored_settings(ckpt).threshold == 0.93

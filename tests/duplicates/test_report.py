@@ -64,3 +64,21 @@ def test_html_escapes_user_text(tmp_path) -> None:
     group = DuplicateGroup(1, [member(evil, 2, 2, 3, label=evil), member("b", 1, 1, 1, "x")], True)
     html = to_html(DuplicateResult([group], 2, [], 0.9))
     assert evil not in html and "&lt;script&gt;" in html
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted_text() -> None:
+    """A photo named '=HYPERLINK("http://x";"open").jpg' was written as is: a spreadsheet
+    opening duplicates.csv ran it."""
+    from duplicates.report import to_csv
+
+    evil = '=HYPERLINK("http://x.example";"open")'
+    group = DuplicateGroup(
+        1, [member(evil, 2, 2, 3, label="+1+2"), member("@b", 1, 1, 1, "-x")], False
+    )
+    rows = list(csv.DictReader(io.StringIO(to_csv(DuplicateResult([group], 2, [], 0.9)))))
+    assert [r["id"] for r in rows] == ["'" + evil, "'@b"]
+    assert rows[0]["label"] == "'+1+2" and rows[1]["label"] == "'-x"
+    plain = DuplicateGroup(2, [member("a", 2, 2, 3), member("b", 1, 1, 1)], False)
+    assert [
+        r["id"] for r in csv.DictReader(io.StringIO(to_csv(DuplicateResult([plain], 2, [], 0.9))))
+    ] == ["a", "b"]

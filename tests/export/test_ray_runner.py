@@ -23,7 +23,7 @@ def test_ray_missing_gives_install_hint(monkeypatch):
     from export import ray_runner
 
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(RayUnavailableError, match=r"phonesim\[distributed\]"):
+    with pytest.raises(RayUnavailableError, match=r"pip install -e '\.\[distributed\]'"):
         ray_runner.import_ray()
 
 
