@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import functools
 import glob
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
+
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +244,37 @@ def swap_folder(new: Path, dest: Path, old: Path) -> None:
     fsync_dir(dest.parent)
     if replaced:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` for the block, or raise
+    ``UserError(busy)`` at once when another process holds it. The file is made for the
+    block and removed after it; a lock taken is checked to be the file the path names now
+    (one removed meanwhile is taken again, made anew)."""
+    path = Path(path)
+    for _ in range(5):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(busy) from None
+        try:
+            named = os.stat(path)
+        except FileNotFoundError:
+            named = None
+        held = os.fstat(fd)
+        if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)
+    else:
+        raise UserError(busy)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # still locked: one who opened it meanwhile retries
+        os.close(fd)
 
 
 def folder_size(path: str | Path) -> int:

@@ -63,11 +63,21 @@ def learn_text(
             f"{data}: classes the model does not know: {', '.join(unknown)} "
             f"(its classes: {', '.join(names)})"
         )
+    given = read_cue_file(cue_file) if cue_file else CueFile({}, None)
     if cue_file is None and Path(out).is_file():  # a cue file (checked above): refreshed
-        # Its words are the user's, written by hand: re-learning the examples keeps them.
+        # Its words are the user's, written by hand: re-learning the examples keeps them,
+        # those of the classes the model still has.
+        given = read_cue_file(out)
+        retired = sorted(set(given.words) - set(names))
+        if retired:
+            log.warning(
+                "%s: dropping the words of classes the model does not have: %s",
+                out,
+                ", ".join(retired),
+            )
+        given = given._replace(words={k: v for k, v in given.words.items() if k in names})
         log.info("%s: keeping its words; its examples are read again", out)
         cue_file = out
-    given = read_cue_file(cue_file) if cue_file else CueFile({}, None)
     # Its words tell the reader when to stop turning a photo; its examples (an earlier
     # learned file) are replaced, so they are not fitted.
     cues = TextCues.from_labels(names)

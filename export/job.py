@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from common.fsutil import atomic_write, folder_write_problem, replaced_path
+from common.fsutil import atomic_write, exclusive_lock, folder_write_problem, replaced_path
 from embedder.checkpoint import checkpoint_hash, read_config
 from embedder.class_rerank import class_rerank
 from embedder.engine_options import EngineOptions, precision, precision_mismatch
@@ -353,19 +353,29 @@ def _write_file(
     return done, found
 
 
-# Room for one neighbour entry (id text, score, index) when estimating the file's size.
-_NEIGHBOR_BYTES = 64
+# What one neighbour entry costs besides its id's text: HDF5's variable-length string
+# record, the score and the index (measured: 53.5 bytes an entry for 12-character ids).
+_NEIGHBOR_OVERHEAD = 60
 
 
-def _check_room(partial: PartialDir, k: int) -> None:
+def _check_room(partial: PartialDir, k: int, dtype: str) -> None:
     """Refuse to assemble into a disk without room for the file: a full disk while h5py
     writes or closes it ended the process with a segmentation fault (after the error), and
     the shards, kept, let a later run finish once there is room."""
     import shutil
 
-    shard_bytes = sum(s.path.stat().st_size for s in partial.shards if s.path.exists())
-    rows = sum(s.rows for s in partial.shards)
-    need = shard_bytes + rows * k * _NEIGHBOR_BYTES + 2**20
+    shard_bytes = 0
+    rows = id_chars = 0
+    for shard in partial.shards:
+        shard_bytes += shard.path.stat().st_size
+        rows += shard.rows
+        if k and shard.rows:
+            with h5py.File(shard.path, "r") as h5:
+                id_chars += sum(len(i) for i in h5["ids"].asstr()[()])
+    # The shards hold float32; a float16 file holds about half of that.
+    file_bytes = shard_bytes // 2 if dtype == "float16" else shard_bytes
+    mean_id = id_chars / rows if rows else 0
+    need = file_bytes + int(rows * k * (_NEIGHBOR_OVERHEAD + mean_id)) + 2**20
     free = shutil.disk_usage(partial.path).free
     if free < need:
         raise ExportError(
@@ -379,8 +389,18 @@ def export_features(config: ExportConfig) -> ExportSummary:
     """Run (or resume) an export and atomically write ``config.out``.
 
     Progress lives in ``<out>.partial/`` until the file is complete; re-running the same
-    command after an interruption continues from the last committed shard.
+    command after an interruption continues from the last committed shard. One export at a
+    time writes a file: a second (a resume started twice) is refused while the first runs;
+    it had died on a raw h5py error, once leaving a stale progress folder.
     """
+    out = replaced_path(Path(config.out))
+    check_output(out, config.overwrite)  # a missing folder is said as such, before the lock
+    busy = f"{out}: another export is writing this file now; wait for it to end"
+    with exclusive_lock(out.parent / f".{out.name}.lock", busy):
+        return _export(config)
+
+
+def _export(config: ExportConfig) -> ExportSummary:
     t0 = time.perf_counter()
     # A link: the file it names is replaced, and the progress folder goes beside that file.
     out = replaced_path(Path(config.out))
@@ -429,7 +449,7 @@ def export_features(config: ExportConfig) -> ExportSummary:
             f"{config.input}: none of the {len(inputs)} images could be read "
             "(see the warnings above); nothing to export"
         )
-    _check_room(partial, config.neighbors)
+    _check_room(partial, config.neighbors, config.dtype)
     # The file is assembled inside the partial folder, so a crash leaves nothing beside --out.
     done, neighbors_found = atomic_write(
         out,

@@ -9,6 +9,7 @@ a build replacing the folder.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -36,10 +37,16 @@ def store_path(path: Path) -> Path:
     return path / STORE_NAME
 
 
+# What opening the lock file fails with on read-only media or a folder not ours to write.
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def _open_lock(path: Path) -> int:
     try:
         return os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    except PermissionError as exc:  # read-only media: say what to do, not just "denied"
+    except OSError as exc:  # read-only media: say what to do, not just "denied"
+        if exc.errno not in _READ_ONLY:
+            raise
         raise PermissionError(
             exc.errno,
             "the index folder is not writable here (its lock file, and SQLite's beside its "
@@ -106,7 +113,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         # Under the lock, as an opener: a build swapping the folder between the reads below
         # gave one index's manifest with another's counts.
         fd: int | None = lock_shared(path)
-    except PermissionError:  # read-only media: no build can replace the folder there either
+    except PermissionError:  # read-only media (see _open_lock): nor can a build replace it
         fd = None
     try:
         manifest = read_manifest(path)

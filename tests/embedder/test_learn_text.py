@@ -77,7 +77,7 @@ def test_evaluate_predicts_by_the_examples(tiny_checkpoint, learned, labelled) -
 
 
 def test_the_cue_files_words_are_kept_and_unreadable_photos_skipped(
-    tiny_checkpoint, labelled, tmp_path, capsys
+    tiny_checkpoint, labelled, tmp_path, capsys, caplog
 ) -> None:
     learn, _, names = labelled
     data = tmp_path / "data"
@@ -100,10 +100,14 @@ def test_the_cue_files_words_are_kept_and_unreadable_photos_skipped(
     # Learned again into the same file without --text-cues: its words stay (they were the
     # user's, written by hand, and were dropped), its examples are read again.
     shutil.rmtree(data / names[0])
+    # A class the model no longer has (retrained without it): its words go, with a warning.
+    written["retired"] = {"words": ["oldphone"], "examples": []}
+    out.write_text(json.dumps(written))
     rerun = argv[: argv.index("--text-cues")] + ["--text-rotations", "0", "--no-progress"]
     assert main(rerun) == 0
     again = json.loads(out.read_text())
     assert again[names[1]]["words"] == ["zephyr"] and again[names[0]]["examples"] == []
+    assert "retired" not in again and "dropping the words of classes" in caplog.text
 
 
 def test_classes_the_model_does_not_know_are_refused(tiny_checkpoint, labelled, tmp_path):

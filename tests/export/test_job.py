@@ -230,3 +230,19 @@ def test_a_disk_without_room_for_the_file_keeps_the_shards_to_finish_later(
     monkeypatch.setattr(shutil_module, "disk_usage", real_usage)
     summary = export_features(_config(ckpt, demo / "with_bad.csv", out))
     assert summary.resumed_from > 0 and out.is_file()
+
+
+def test_a_second_export_into_the_same_file_is_refused_while_the_first_runs(demo, ckpt, tmp_path):
+    """Two at once (a resume started twice): the second died on a raw h5py error and once
+    left a stale progress folder."""
+    from common.errors import UserError
+    from common.fsutil import exclusive_lock
+
+    out = tmp_path / "features.h5"
+    with (
+        exclusive_lock(tmp_path / ".features.h5.lock", "held by the first"),
+        pytest.raises(UserError, match="another export is writing this file now"),
+    ):
+        export_features(_config(ckpt, demo / "three.csv", out))
+    assert not partial_path(out).exists()
+    assert export_features(_config(ckpt, demo / "three.csv", out)).count == 3

@@ -83,3 +83,22 @@ def test_describe_waits_for_no_build(flat_dir):
     finally:
         os.close(fd)
     assert describe(flat_dir)["count"] == 3000
+
+
+def test_describe_reads_a_folder_on_read_only_media(flat_dir, monkeypatch):
+    """Opening the lock file on a read-only file system fails with EROFS, no PermissionError:
+    `index info` stopped at "writer.lock: Read-only file system"."""
+    import errno
+    import os
+
+    from index import folder
+
+    real_open = os.open
+
+    def read_only(path, flags, *args):  # noqa: ANN001, ANN202
+        if str(path).endswith(folder.LOCK_NAME):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(folder.os, "open", read_only)
+    assert describe(flat_dir)["count"] == 3000

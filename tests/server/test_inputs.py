@@ -93,3 +93,38 @@ def test_commas_inside_strings_are_no_values():
     escaped = json.dumps(['a\\",b' * 100_000, *range(300_000)])  # escaped quotes inside
     with pytest.raises(ApiError, match="more than 262144 JSON values"):
         check_json_size(escaped.encode(), "request body")
+
+
+def test_the_value_count_stays_linear_on_escapes_and_unterminated_strings():
+    """A body of escaped quotes ending in a lone backslash made the string pattern fail
+    from every quote and scan again: 40 s for 64,000 of them, holding the GIL, so the whole
+    worker stopped. Linear, 200,000 take well under a second; the bound is a hang guard."""
+    import time
+
+    from server.errors import ApiError
+    from server.limits import check_json_size
+
+    commas = b"," * 262_144
+    hostile = [
+        commas + b'"' + b'\\"' * 200_000 + b"\\",
+        commas + b'"' + b'\\"' * 200_000,
+        commas + b'"\\' * 200_000,
+    ]
+    for body in hostile:
+        started = time.perf_counter()
+        with pytest.raises(ApiError, match="JSON values"):
+            check_json_size(body, "request body")
+        assert time.perf_counter() - started < 10
+
+
+def test_json_that_is_not_utf8_is_refused():
+    """UTF-16 JSON parsed, but a quote byte inside another character (U+2200 is 00 22)
+    hid commas from the count: 2.3 million values passed a bound of 262,144."""
+    from server.errors import ApiError
+    from server.limits import parse_json
+
+    body = '{"a": "\u2200", "b": [1, 2], "c": "\u2200"}'
+    assert parse_json(body.encode("utf-8"))["b"] == [1, 2]
+    for encoding in ("utf-16-le", "utf-16", "utf-32"):
+        with pytest.raises(ApiError, match="must be UTF-8 JSON"):
+            parse_json(body.encode(encoding))
