@@ -254,18 +254,24 @@ def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
     (one removed meanwhile is taken again, made anew)."""
     path = Path(path)
     for _ in range(5):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: its target would be made, locked and left behind
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:  # a folder or a link there, a folder that is gone
+            raise UserError(f"{path}: cannot make this lock file ({exc.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            named = os.stat(path, follow_symlinks=False)
+            held = os.fstat(fd)
         except BlockingIOError:
             os.close(fd)
             raise UserError(busy) from None
-        try:
-            named = os.stat(path)
-        except FileNotFoundError:
-            named = None
-        held = os.fstat(fd)
-        if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+        except FileNotFoundError:  # removed by the holder that just let go: take the new one
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
             break
         os.close(fd)
     else:

@@ -371,7 +371,7 @@ def _check_room(partial: PartialDir, k: int, dtype: str) -> None:
         rows += shard.rows
         if k and shard.rows:
             with h5py.File(shard.path, "r") as h5:
-                id_chars += sum(len(i) for i in h5["ids"].asstr()[()])
+                id_chars += sum(len(i) for i in h5["ids"][()])  # UTF-8 bytes, as stored
     # The shards hold float32; a float16 file holds about half of that.
     file_bytes = shard_bytes // 2 if dtype == "float16" else shard_bytes
     mean_id = id_chars / rows if rows else 0

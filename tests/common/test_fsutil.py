@@ -200,3 +200,30 @@ def test_temporary_folders_are_shared_and_leftovers_are_named(tmp_path: Path, ca
     odd = fsutil.temporary_folder(tmp_path / "[a]", "building-")  # glob characters in a name
     fsutil.temporary_folder(tmp_path / "[a]", "building-")
     assert odd.name in caplog.text
+
+
+def test_exclusive_lock_is_one_holder_and_refuses_odd_files(tmp_path):
+    """A link at the lock path was followed (its target made, locked and left behind); a
+    folder there was a raw IsADirectoryError."""
+    import os
+
+    import pytest
+
+    from common.errors import UserError
+    from common.fsutil import exclusive_lock
+
+    lock = tmp_path / ".out.lock"
+    with exclusive_lock(lock, "busy"):
+        assert lock.exists()
+        with pytest.raises(UserError, match="busy"), exclusive_lock(lock, "busy"):
+            pass
+    assert not lock.exists()  # removed after
+    (tmp_path / "target").write_text("x")
+    os.symlink(tmp_path / "target", lock)
+    with pytest.raises(UserError, match="cannot make this lock file"), exclusive_lock(lock, "b"):
+        pass
+    assert (tmp_path / "target").read_text() == "x"
+    lock.unlink()
+    lock.mkdir()
+    with pytest.raises(UserError, match="cannot make this lock file"), exclusive_lock(lock, "b"):
+        pass
