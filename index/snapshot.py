@@ -13,7 +13,6 @@ into PostgreSQL, or restored.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sqlite3
 import time
@@ -31,7 +30,7 @@ from common.fsutil import (
 from index import ann
 from index.build import check_index_target, move_into_place
 from index.errors import BuildInputError, IndexLockedError, StoreUnavailableError
-from index.folder import faiss_file_name, lock_shared, store_path
+from index.folder import faiss_file_name
 from index.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
 from index.store import STORE_NAME, machine_failure
 
@@ -80,19 +79,11 @@ def _check_opens(folder: Path) -> int:
 
 
 def _snapshot_sqlite(path: Path, tmp: Path) -> dict[str, Any]:
-    from index.source_sqlite import SqliteSource
-    from index.store import CatalogStore
+    from index.stores import open_folder_source
 
-    read_manifest(path)  # a folder that is no index: say so before creating its lock file
     # The folder lock, shared, for the whole copy: a build or restore swapping the folder
     # between reading the manifest, the store and the FAISS file would mix two indexes.
-    fd = lock_shared(path)
-    try:
-        manifest = read_manifest(path)
-        source = SqliteSource(path, CatalogStore(store_path(path)), lock_fd=fd)
-    except BaseException:
-        os.close(fd)
-        raise
+    source, manifest = open_folder_source(path)
     try:
         deadline = time.monotonic() + _LOCK_WAIT_S
         while True:

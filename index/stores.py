@@ -20,22 +20,8 @@ def open_source(path: str | Path | None, store: str | None) -> tuple[Any, Manife
     if store is None:
         if path is None:
             raise InvalidParamsError("give an index folder, or a store URL")
-        import os
 
-        from index.folder import lock_shared, store_path
-        from index.source_sqlite import SqliteSource
-        from index.store import CatalogStore
-
-        path = Path(path)
-        read_manifest(path)  # a folder that is no index: say so before creating its lock file
-        fd = lock_shared(path)
-        try:
-            # Read under the lock: before it, a build could swap the folder between the two.
-            manifest = read_manifest(path)
-            source = SqliteSource(path, CatalogStore(store_path(path)), lock_fd=fd)
-        except BaseException:
-            os.close(fd)
-            raise
+        source, manifest = open_folder_source(Path(path))
         return source, manifest, str(path)
     if is_pg_url(store):
         from index.pg import PgSource
@@ -48,6 +34,26 @@ def open_source(path: str | Path | None, store: str | None) -> tuple[Any, Manife
             raise
         return source, manifest, source.where
     raise InvalidParamsError(f"store must be a postgresql:// URL or omitted, got {store!r}")
+
+
+def open_folder_source(path: Path) -> tuple[Any, Manifest]:
+    """``(SqliteSource, manifest)`` of the index folder ``path``, the source holding the
+    folder's lock shared (released when it closes): no build replaces the folder meanwhile."""
+    import os
+
+    from index.folder import lock_shared, store_path
+    from index.source_sqlite import SqliteSource
+    from index.store import CatalogStore
+
+    read_manifest(path)  # a folder that is no index: say so before creating its lock file
+    fd = lock_shared(path)
+    try:
+        # Read under the lock: before it, a build could swap the folder between the reads.
+        manifest = read_manifest(path)
+        return SqliteSource(path, CatalogStore(store_path(path)), lock_fd=fd), manifest
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_store_manifest(path: str | Path | None, store: str | None) -> Manifest:
