@@ -14,6 +14,19 @@ TINY_MODEL = "test_efficientnet"
 TINY_SIZE = 64
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (a CI job cancelled, `kill`) stops the run as Ctrl-C does, so fixture
+    teardowns still stop what they started: the PostgreSQL servers of a killed run stayed
+    up otherwise."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_script(script: Path, *args: str) -> subprocess.CompletedProcess:
     """``python script args...`` as a user runs it, its output captured (10 minutes at most)."""
     return subprocess.run(
