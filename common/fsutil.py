@@ -246,6 +246,18 @@ def swap_folder(new: Path, dest: Path, old: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def names_open_file(path: str | Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not one removed or swapped
+    out since it was opened): what a lock taken on a file another process may replace must
+    check before it is trusted."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+
 @contextmanager
 def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the file ``path`` for the block, or raise
@@ -260,20 +272,15 @@ def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
             raise UserError(f"{path}: cannot make this lock file ({exc.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            named = os.stat(path, follow_symlinks=False)
-            held = os.fstat(fd)
+            if names_open_file(path, fd):
+                break
         except BlockingIOError:
             os.close(fd)
             raise UserError(busy) from None
-        except FileNotFoundError:  # removed by the holder that just let go: take the new one
-            os.close(fd)
-            continue
         except BaseException:
             os.close(fd)
             raise
-        if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
-            break
-        os.close(fd)
+        os.close(fd)  # removed by the holder that just let go: take the new one
     else:
         raise UserError(busy)
     try:

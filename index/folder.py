@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from common.fsutil import folder_size
+from common.fsutil import folder_size, names_open_file
 from index.errors import IndexLockedError, IndexNotFoundError
 from index.manifest import Manifest, read_manifest
 from index.store import STORE_NAME, CatalogStore
@@ -81,7 +81,7 @@ def lock_shared(path: Path) -> int:
         fd = _open_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            if _same_file(fd, path / LOCK_NAME):
+            if names_open_file(path / LOCK_NAME, fd):
                 return fd
         except BlockingIOError:
             os.close(fd)
@@ -94,15 +94,6 @@ def lock_shared(path: Path) -> int:
 
 
 _SWAP_RETRIES = 5
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        named = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
 def describe(path: str | Path) -> dict[str, Any]:
