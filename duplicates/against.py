@@ -28,6 +28,7 @@ from duplicates.result import (
     has_label_conflict,
     order_members,
 )
+from embedder.batch import Failure
 from embedder.data import Sample
 from embedder.engine_options import precision_mismatch
 from embedder.errors import DataError, ImageError
@@ -106,12 +107,12 @@ def find_against(
         hits = [h + m for h, m in zip(ix.search(xq, k), ix.search(xm, k), strict=True)]
     # Catalog candidates, each read and described once.
     cand: dict[str, Sample] = {}
-    unreachable: set[str] = set()
+    unreachable: dict[str, Failure] = {}
     for row in hits:
         for h in row:
             image = h.metadata.get("image")
             if not image:
-                unreachable.add(h.id)
+                unreachable.setdefault(h.id, Failure(-1, h.id, "no 'image' path in its metadata"))
             elif h.id not in cand:
                 label = str(h.metadata.get("label", ""))
                 cand[h.id] = Sample(h.id, Path(image), label, metadata=dict(h.metadata))
@@ -121,7 +122,7 @@ def find_against(
     catalog = extract_features(
         descriptor, list(cand.values()), config.batch_size, config.workers, progress=False
     )
-    unreachable |= {f.id for f in catalog.failures}
+    unreachable.update((f.id, f) for f in catalog.failures)
     row_of = {catalog.sample(r).id: r for r in range(len(catalog))}
     scorer = PairScorer(queries, catalog, config.verify, config.pair_model)
     inner = PairScorer(catalog, None, config.verify, config.pair_model)
@@ -174,6 +175,7 @@ def find_against(
         groups=groups,
         listed=len(samples),
         failures=queries.failures,
+        catalog_failures=sorted(unreachable.values(), key=lambda f: f.id),
         threshold=config.threshold,
         score=config.score_name,
         mode="against",

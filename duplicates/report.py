@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common.fsutil import atomic_write_text
 from common.text import spreadsheet_cell
-from duplicates.result import DuplicateResult
+from duplicates.result import SOURCE_CATALOG, SOURCE_INPUT, DuplicateResult
 from embedder.errors import ImageError
 from embedder.images import load_image
 
@@ -81,6 +81,8 @@ def to_json(result: DuplicateResult) -> dict:
         "summary": result.summary(),
         "failed": [{"id": f.id, "reason": f.reason} for f in result.failures],
     }
+    if result.mode == "against":  # catalog candidates that could not be compared
+        data["catalog_failed"] = [{"id": f.id, "reason": f.reason} for f in result.catalog_failures]
     if "timing" in result.extra:  # images/s of the descriptor stage, pairs/s of verification
         data["timing"] = result.extra["timing"]
     if result.mode == "against":
@@ -154,6 +156,14 @@ def to_html(result: DuplicateResult, thumb_side: int = 160, max_groups: int = 10
         parts.append(f"<h2>Unreadable images ({len(result.failures)})</h2><ul>")
         parts.extend(f"<li>{esc(f.id)}: {esc(f.reason)}</li>" for f in result.failures)
         parts.append("</ul>")
+    if result.catalog_failures:
+        parts.append(
+            f"<h2>Catalog items not compared ({len(result.catalog_failures)})</h2>"
+            "<p>These nearest catalog items could not be read, so a new listing may duplicate "
+            "one of them unnoticed.</p><ul>"
+        )
+        parts.extend(f"<li>{esc(f.id)}: {esc(f.reason)}</li>" for f in result.catalog_failures)
+        parts.append("</ul>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -173,8 +183,14 @@ def write_report(result: DuplicateResult, out: str | Path) -> dict[str, Path]:
     # HTML page is the slow one) leaves the previous report whole, not half old, half new.
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "reason"])
-    writer.writerows([spreadsheet_cell(f.id), spreadsheet_cell(f.reason)] for f in result.failures)
+    writer.writerow(["id", "reason", "source"])
+    for source, failures in (
+        (SOURCE_INPUT, result.failures),
+        (SOURCE_CATALOG, result.catalog_failures),
+    ):
+        writer.writerows(
+            [spreadsheet_cell(f.id), spreadsheet_cell(f.reason), source] for f in failures
+        )
     texts = {
         "csv": to_csv(result),
         "json": json.dumps(to_json(result), indent=2) + "\n",

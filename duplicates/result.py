@@ -55,6 +55,8 @@ class DuplicateResult:
     listed: int
     failures: list[Failure]
     threshold: float
+    # Catalog candidates (--index) that could not be compared: no image path, or unreadable.
+    catalog_failures: list[Failure] = field(default_factory=list)
     mode: str = "within"  # or "against"
     score: str = "agreement"  # what the threshold applies to: "agreement" or "pair model"
     catalog: str = ""
@@ -77,11 +79,12 @@ class DuplicateResult:
 
     def summary(self) -> str:
         what = "new listings matching the catalog" if self.mode == "against" else "duplicates"
+        unread = f", catalog items not compared {len(self.catalog_failures)}"
         return (
             f"images {self.listed}, read {self.read}, failed {len(self.failures)}, "
             f"groups {len(self.groups)}, {what} {self.duplicates}, "
-            f"label conflicts {self.label_conflicts} (threshold {self.threshold:.3f}, "
-            f"{self.score} score)"
+            f"label conflicts {self.label_conflicts}{unread if self.catalog_failures else ''} "
+            f"(threshold {self.threshold:.3f}, {self.score} score)"
         )
 
 

@@ -89,3 +89,58 @@ def test_an_index_without_image_paths_is_refused_before_any_input_is_read(
     samples = [Sample("x", catalog[0].path, "")]
     with pytest.raises(DataError, match="no 'image' path"):
         against.find_against(descriptor, embedder, samples, tmp_path / "idx", config)
+
+
+def test_catalog_items_that_cannot_be_read_are_listed_in_failed_csv(
+    tiny_catalog, tiny_checkpoint, descriptor, tmp_path
+):
+    """A nearest catalog item whose photo is gone (or that has no image path) cannot be
+    compared, so a new listing may duplicate it unnoticed: the report lists it. It was only
+    logged."""
+    import csv
+
+    from duplicates.against import find_against
+    from duplicates.finder import FinderConfig
+    from duplicates.report import to_json, write_report
+    from embedder.data import Sample, load_catalog
+    from embedder.inference import Embedder
+    from index import build_index
+
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    catalog = load_catalog(tiny_catalog / "catalog.csv").samples
+    xb = embedder.embed_paths([s.path for s in catalog]).embeddings
+    target, bare = catalog[7], catalog[8]
+    meta = [{"image": str(s.path.resolve()), "label": s.label} for s in catalog]
+    meta[7]["image"] = str(tmp_path / "moved-away.jpg")
+    del meta[8]["image"]
+    build_index(
+        tmp_path / "idx",
+        [s.id for s in catalog],
+        xb,
+        meta,
+        model_name=embedder.model_name,
+        checkpoint_hash=embedder.checkpoint_hash,
+        progress=False,
+    )
+    new = tmp_path / "new"
+    new.mkdir()
+    Image.open(target.path).convert("RGB").save(new / "relisted.jpg", quality=40)
+    Image.open(bare.path).convert("RGB").save(new / "relisted2.jpg", quality=40)
+    samples = [
+        Sample("relisted", new / "relisted.jpg", ""),
+        Sample("relisted2", new / "relisted2.jpg", ""),
+    ]
+    config = FinderConfig(workers=0, progress=False)
+    result = find_against(descriptor, embedder, samples, tmp_path / "idx", config)
+    not_compared = {f.id: f.reason for f in result.catalog_failures}
+    assert target.id in not_compared and bare.id in not_compared
+    assert "no 'image' path" in not_compared[bare.id]
+    assert not result.failures and result.read == 2  # the inputs themselves were read
+    assert f"catalog items not compared {len(not_compared)}" in result.summary()
+    paths = write_report(result, tmp_path / "report")
+    with open(paths["failed"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["id"] for r in rows if r["source"] == "catalog"} == set(not_compared)
+    assert not [r for r in rows if r["source"] == "input"]
+    assert {d["id"] for d in to_json(result)["catalog_failed"]} == set(not_compared)
+    assert "Catalog items not compared" in paths["html"].read_text()
