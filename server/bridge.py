@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from server.cors_headers import allowed_origins, answer_headers
+from server.cors_headers import allowed_origins, answer_headers, unread_origin_headers
 from server.errors import PAYLOAD_TOO_LARGE, SECURITY_HEADERS, error_json
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,16 @@ class BufferedWSGIBridge:
                 self._on_refused(scope["method"], status)
             except Exception:  # the answer is out: a counting failure is only logged
                 log.exception("counting a refused request failed")
+
+    def answered_by_parser(self, status: int) -> list[tuple[str, str]]:
+        """Count an answer gunicorn's HTTP parser gave before this bridge saw a request (414,
+        431, 400, 501, 408: method unknown, counted as "other"); returns its CORS headers."""
+        if self._on_refused is not None and status != 500:  # a 500 follows the app's answer
+            try:
+                self._on_refused("", status)
+            except Exception:
+                log.exception("counting a refused request failed")
+        return unread_origin_headers(self._cors)
 
     # -- one request --------------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:

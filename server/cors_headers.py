@@ -27,3 +27,16 @@ def answer_headers(allowed: frozenset[str], origin: str | None) -> list[tuple[st
         out.append(("Access-Control-Allow-Origin", "*" if any_origin else origin))
         out.append(("Access-Control-Expose-Headers", EXPOSED_HEADERS))
     return out
+
+
+def unread_origin_headers(allowed: frozenset[str]) -> list[tuple[str, str]]:
+    """The CORS headers of an answer to a request whose headers could not be parsed (so its
+    Origin is unknown): any origin, or the only allowed one, may still read it. An origin that
+    is not the one named cannot, as without the header; with several allowed, none can."""
+    if not allowed:
+        return []
+    if "*" in allowed:
+        return answer_headers(allowed, "*")
+    if len(allowed) == 1:
+        return answer_headers(allowed, next(iter(allowed)))
+    return [("Vary", "Origin")]

@@ -195,7 +195,8 @@ class Metrics:
 
     def count_refused(self, method: str, status: int) -> None:
         """Count a request the HTTP layer answered before the app (a body too large or too
-        slow, too many uploads at once), under the endpoint label "refused"."""
+        slow, too many uploads at once, or a request the HTTP parser refused: method "other"),
+        under the endpoint label "refused"."""
         method = method if method in HTTP_METHODS else "other"
         self.requests.labels("refused", method, str(status)).inc()
 

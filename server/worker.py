@@ -5,6 +5,8 @@
    on the HTTP port: 400; an unknown transfer coding: 501) are answered with the same JSON body
    as every other error, ``{"error": {"code", "message"}}``, instead of gunicorn's text. (A TLS
    client cannot read it, but the connection ends at once instead of waiting for a line end.)
+   They carry the API's security and CORS headers and are counted in ``/metrics`` as the
+   bridge's own refusals are (endpoint "refused", method "other": it was not parsed).
 2. A connection must finish its request headers within ``header_timeout_s`` of connecting
    (gunicorn's keep-alive timer covers later requests): a client that trickles header lines
    holds no thread here, but it must not hold a connection for ever either.
@@ -136,7 +138,11 @@ class JsonErrorProtocol(ASGIProtocol):
             self._request_ready.set()  # let the connection's task see it closed
 
     def _send_error_response(self, status: int, message: str, extra_headers: Any = ()) -> None:
-        self._safe_write(protocol_error_response(status, message, extra_headers))
+        # The bridge counts the answer in /metrics and gives its CORS headers, so a web page
+        # reads the JSON (not a network error) and dashboards see the refusals.
+        note = getattr(self.app, "answered_by_parser", None)
+        more = note(status) if note is not None else []
+        self._safe_write(protocol_error_response(status, message, (*extra_headers, *more)))
 
 
 class PhonesimWorker(gasgi.ASGIWorker):

@@ -122,9 +122,11 @@ def test_a_websocket_handshake_is_served_as_the_http_request_it_is(server):
     assert status == 200 and "index" in body, raw[:600]
 
 
-def _refused(port: int, status: int) -> float:
+def _refused(port: int, status: int, method: str = "POST") -> float:
     text = raw_exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").decode()
-    prefix = f'phonesim_http_requests_total{{endpoint="refused",method="POST",status="{status}"}}'
+    prefix = (
+        f'phonesim_http_requests_total{{endpoint="refused",method="{method}",status="{status}"}}'
+    )
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
 
 
@@ -142,8 +144,14 @@ def test_answers_before_the_app_carry_its_headers_and_are_counted(server):
     assert b"access-control-allow-origin: " + ORIGIN.encode() in head
     assert b"x-content-type-options: nosniff" in head and b"vary: origin" in head
     assert _refused(server.port, 413) == before + 1
-    raw = raw_exchange(server.port, PROTOCOL_ERRORS["10k-url"][0])  # the parser's own answer
-    assert b"x-content-type-options: nosniff" in raw.partition(b"\r\n\r\n")[0].lower()
+    # The parser's own answers: its headers unread, the one allowed origin may read it, and
+    # it is counted (it was in no metric and a web page saw a network error).
+    before = _refused(server.port, 414, "other")
+    raw = raw_exchange(server.port, PROTOCOL_ERRORS["10k-url"][0])
+    head = raw.partition(b"\r\n\r\n")[0].lower()
+    assert b"x-content-type-options: nosniff" in head
+    assert b"access-control-allow-origin: " + ORIGIN.encode() in head
+    assert _refused(server.port, 414, "other") == before + 1
 
 
 def test_slow_headers_and_bodies_are_answered_408(server):

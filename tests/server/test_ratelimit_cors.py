@@ -88,3 +88,17 @@ def test_cors_any_origin(tiny_embedder, readonly_index):
         assert r.headers["Access-Control-Allow-Origin"] == "*"
     finally:
         app.extensions["phonesim"].close()
+
+
+def test_an_answer_to_an_unparsed_request_names_the_origin_only_when_it_can_be_known():
+    """gunicorn's parser refuses a request before its Origin header is read."""
+    from server.cors_headers import allowed_origins, unread_origin_headers
+
+    assert unread_origin_headers(allowed_origins([])) == []
+    anyone = dict(unread_origin_headers(allowed_origins(["*"])))
+    assert anyone["Access-Control-Allow-Origin"] == "*"
+    one = dict(unread_origin_headers(allowed_origins(["https://shop.example/"])))
+    assert one["Access-Control-Allow-Origin"] == "https://shop.example"
+    assert one["Vary"] == "Origin"
+    several = unread_origin_headers(allowed_origins(["https://a.example", "https://b.example"]))
+    assert several == [("Vary", "Origin")]  # which one asked is unknown: none may read it
