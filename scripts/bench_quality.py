@@ -106,7 +106,6 @@ import csv
 import itertools
 import json
 import logging
-import re
 import sys
 import time
 import warnings
@@ -118,15 +117,14 @@ import numpy as np
 
 from common.errors import reporting_errors
 from common.fsutil import atomic_write_text
+from common.grouping import component_labels
 from embedder.class_rerank import ClassRerank, reranked_labels
 from embedder.crossval import (
     Interval,
     Split,
     corrected_interval,
-    cross_label_copies,
     group_bootstrap_interval,
     grouped_folds,
-    near_copy_groups,
 )
 from embedder.data import Catalog, Sample, load_catalog
 from embedder.errors import DataError
@@ -388,6 +386,40 @@ def decode_all(samples: list[Sample], min_side: int) -> list:
     return [load_image(s.path, min_side) for s in samples]
 
 
+def copy_groups(
+    images: list, thumbs: np.ndarray, targets: np.ndarray, similarity: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Group label per photo, and which photos the headline scores.
+
+    A group links every pair of copies the project can find: thumbnail cosine >= ``similarity``
+    (the label-conflict test), as is or mirrored, and the duplicate benchmark's resized,
+    re-encoded, cropped or re-framed copies. The thumbnail test alone split 21 cropped copies
+    across groups, so a photo's copy could sit in the training folds (28 headline photos per
+    repeat). A group that holds two brands is scored apart: no method can be right on all of it.
+    """
+    from PIL import ImageOps
+
+    from duplicates.benchmark import BenchmarkConfig, crop_copy_pairs, near_copy_pairs
+
+    rgb = [img.convert("RGB") for img in images]
+    thumbs = np.asarray(thumbs, dtype=np.float32)
+    mirrored = np.stack([thumbnail_vector(ImageOps.mirror(img)) for img in rgb])
+    pairs = {
+        (int(a), int(b))
+        for sims in (thumbs @ thumbs.T, thumbs @ mirrored.T)
+        for a, b in zip(*np.nonzero(np.triu(sims >= similarity, k=1)), strict=True)
+    }
+    cfg = BenchmarkConfig()
+    pairs |= set(near_copy_pairs(rgb, cfg.near_copy_mad, cfg.near_copy_aspect))
+    pairs |= set(crop_copy_pairs(rgb, cfg.near_copy_mad))
+    groups = component_labels(len(images), np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2))
+    labels_per_group = [set() for _ in range(int(groups.max()) + 1)]
+    for g, t in zip(groups, targets, strict=True):
+        labels_per_group[g].add(int(t))
+    headline = np.array([len(labels_per_group[g]) == 1 for g in groups])
+    return groups, headline
+
+
 def preprocess_all(images: list, data_config: dict) -> np.ndarray:
     pre = Preprocessor(data_config)
     return np.concatenate([pre.batch(images[i : i + CHUNK]) for i in range(0, len(images), CHUNK)])
@@ -510,21 +542,21 @@ class Bench:
         self.images = decode_all(self.samples, min_side=300)
         thumbs = np.stack([thumbnail_vector(img) for img in self.images])
         similarity = TrainConfig(data="", out="").conflict_similarity
-        self.groups = near_copy_groups(thumbs, similarity)
-        self.headline = ~cross_label_copies(thumbs, self.y, similarity)
+        self.groups, self.headline = copy_groups(self.images, thumbs, self.y, similarity)
         self.splits = grouped_folds(self.y, self.groups, args.folds, args.repeats, args.seed)
         self.results_path = self.work / "results.json"
         self.results: dict[str, dict[str, dict]] = (
             json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
         )
         # Repeat r's folds do not depend on --repeats, so more repeats extend the same cache.
-        self.key = f"{args.data}|{args.folds} folds|seed{args.seed}|{len(self.samples)}"
+        # "copies2": the groups join cropped and mirrored copies (earlier caches' folds did not).
+        self.key = f"{args.data}|{args.folds} folds|seed{args.seed}|{len(self.samples)}|copies2"
         stored = self.results.get("_key")
-        legacy = re.fullmatch(r"(.*)\|(\d+)x\d+\|(seed\d+\|\d+)", str(stored))
-        if legacy:  # caches written before the key left out the repeats
-            stored = f"{legacy[1]}|{legacy[2]} folds|{legacy[3]}"
         if stored not in (None, self.key):
-            sys.exit(f"{self.results_path} holds another setting's results; use another --work")
+            sys.exit(
+                f"{self.results_path} holds another setting's results (or folds made before "
+                "cropped copies were grouped); use another --work"
+            )
         self.results["_key"] = self.key  # type: ignore[assignment]
         self._x: dict[tuple, np.ndarray] = {}
         self.audit = self.load_audit(args.audit, explicit=args.audit is not AUDIT)
@@ -1350,7 +1382,10 @@ class Bench:
         for n in common:
             a, b = self.results[m][n], self.results[base][n]
             diffs += list(np.subtract(a["correct"], b["correct"]))
-            groups += [f"{n[:2]}-{self.groups[p]}" for p in a["photos"]]
+            # A photo's group, whatever the repeat: both repeats score the same photos, and a
+            # change that fixes a photo in one tends to fix it in the other. Keyed by repeat,
+            # the bootstrap took them as independent (intervals up to 1.4x too narrow).
+            groups += [str(self.groups[p]) for p in a["photos"]]
         entry["accuracy_photo_bootstrap"] = group_bootstrap_interval(
             np.array(diffs), np.array(groups)
         ).to_json()

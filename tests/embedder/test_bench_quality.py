@@ -542,3 +542,54 @@ def test_every_trained_variant_sets_real_training_options():
             default = getattr(defaults, name)
             assert default is None or isinstance(value, type(default)), f"{method}: {name}"
         assert dataclasses.replace(defaults, **overrides) != defaults or not overrides
+
+
+def test_copy_groups_join_cropped_and_mirrored_copies_and_set_mixed_brands_apart():
+    """The thumbnail test alone left a cropped copy in another group (cosine 0.92 here), so it
+    could be in the training folds while its original was scored."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from embedder.label_conflicts import thumbnail_vector
+
+    bench_quality = load_bench_quality()
+
+    def picture(seed: int) -> Image.Image:  # smooth, like a photo (blocks would alias)
+        small = np.random.default_rng(seed).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+        return Image.fromarray(small).resize((250, 300), Image.BICUBIC)
+
+    base = picture(1)
+    cropped = base.crop((20, 25, 230, 280)).resize((210, 255))
+    images = [base, cropped, picture(2), ImageOps.mirror(picture(2)), picture(3), picture(4)]
+    thumbs = np.stack([thumbnail_vector(img) for img in images])
+    assert float(thumbs[0] @ thumbs[1]) < 0.98  # the old test would not have joined them
+    brands = np.array([0, 0, 1, 2, 1, 2])
+    groups, headline = bench_quality.copy_groups(images, thumbs, brands, 0.98)
+    assert groups[0] == groups[1] and groups[2] == groups[3]
+    assert len({groups[0], groups[2], groups[4], groups[5]}) == 4
+    # The mirrored pair is filed under two brands: scored apart; the cropped pair is not.
+    assert headline.tolist() == [True, True, False, False, True, True]
+
+
+def test_the_paired_bootstrap_draws_a_photo_with_all_its_repeats(tmp_path):
+    """Both repeats score the same photos; keyed by repeat, the bootstrap took a photo's two
+    differences as independent and its interval was too narrow."""
+    import numpy as np
+
+    from embedder.crossval import group_bootstrap_interval
+
+    _, bench = tiny_bench(tmp_path, text_cues=None)
+    photos = list(range(len(bench.y)))
+    rng = np.random.default_rng(3)
+    fixed = rng.random(len(photos)) < 0.3  # the same photos fixed in both repeats
+    for m, correct in (("a", fixed.astype(int)), ("b", np.zeros(len(photos), int))):
+        bench.results[m] = {
+            n: {"correct": correct.tolist(), "photos": photos, "accuracy": float(correct.mean())}
+            | {k: 0.0 for k in ("macro_f1", "recall_at_1", "recall_at_5")}
+            for n in ("r0f0", "r1f0")
+        }
+    entry = bench.paired("a", "b", ["r0f0", "r1f0"], 0.25)
+    diffs = np.concatenate([fixed, fixed]).astype(float)
+    groups = [str(g) for g in bench.groups] * 2  # one key per photo's group, both repeats
+    by_photo = group_bootstrap_interval(diffs, np.array(groups))
+    assert entry["accuracy_photo_bootstrap"] == by_photo.to_json()
