@@ -43,6 +43,7 @@ from duplicates.pair_model import PairModel, cross_fitted_scores, fit_pair_model
 from duplicates.verify import VerifyConfig
 from embedder.checkpoint import CONFIG_FILE, read_config
 from embedder.errors import CheckpointError, ImageError
+from embedder.graphs import checkpoint_lock
 from embedder.images import load_image
 
 log = logging.getLogger(__name__)
@@ -306,13 +307,16 @@ def calibration_record(
 
 
 def store_calibration(checkpoint: str | Path, record: dict[str, Any]) -> Path:
-    """Write ``record`` into the checkpoint's config.json atomically (temp file + rename)."""
+    """Write ``record`` into the checkpoint's config.json atomically (temp file + rename),
+    under the lock the graph records are written under: each rewrites the whole file, and an
+    export finishing meanwhile lost its record (the graph was made again on next use)."""
     checkpoint = Path(checkpoint)
     read_config(checkpoint)  # validates that it is a checkpoint
     path = checkpoint / CONFIG_FILE
-    data = json.loads(path.read_text())
-    data.setdefault("extra", {})[EXTRA_KEY] = record
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    with checkpoint_lock(checkpoint):
+        data = json.loads(path.read_text())
+        data.setdefault("extra", {})[EXTRA_KEY] = record
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path
 
 

@@ -301,10 +301,22 @@ def read_config(path: str | Path) -> CheckpointConfig:
     return CheckpointConfig.from_json(data, str(config_path))
 
 
+# The SHA-256 of the weights bytes a model was loaded from, kept on the model: a graph made from
+# it records what it was made from, even if the file was replaced meanwhile.
+LOADED_WEIGHTS_ATTR = "phonesim_weights_sha256"
+
+
+def loaded_weights_hash(model: nn.Module) -> str | None:
+    """The :func:`checkpoint_hash` of the weights ``model`` was loaded from (None: not loaded
+    by :func:`load_checkpoint`)."""
+    value = getattr(model, LOADED_WEIGHTS_ATTR, None)
+    return value if isinstance(value, str) else None
+
+
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointConfig]:
     """Rebuild the model from a checkpoint folder, in eval mode on the CPU."""
     import timm
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_weights
 
     path = Path(path)
     config = read_config(path)
@@ -315,7 +327,12 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointConfig]:
             num_classes=config.num_classes,
             **config.model_kwargs,
         )
-        state = load_file(str(path / WEIGHTS_FILE), device="cpu")
+        # Read once, hashed and loaded from the same bytes: the file may be replaced meanwhile
+        # (a training run into the same folder), and a graph must record the weights it holds.
+        data = (path / WEIGHTS_FILE).read_bytes()
+        state = load_weights(data)
+        weights_sha256 = hashlib.sha256(data).hexdigest()
+        del data
     except Exception as exc:  # timm, safetensors and torch raise many kinds
         raise CheckpointError(f"{path}: cannot load model ({first_line(exc)})") from exc
     # torch's own message lists every tensor over many lines: one line says what is wrong.
@@ -327,6 +344,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointConfig]:
         )
     model.load_state_dict(state)
     model.eval()
+    setattr(model, LOADED_WEIGHTS_ATTR, weights_sha256)
     return model, config
 
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.fsutil import atomic_write_text
+from common.fsutil import atomic_write_text, is_temporary
 from embedder.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -93,9 +93,16 @@ def read_graph_record(ckpt: str | Path, kind: str) -> GraphRecord | None:
         record = GraphRecord.from_json(data) if isinstance(data, dict) else None
     except TypeError:  # an incomplete record is as good as none
         return None
-    if record is not None and not isinstance(record.check, dict):
-        record = replace(record, check={})  # a damaged check is no check
-    return record
+    if record is None:
+        return None
+    # A damaged part is as good as none: no check, no model to compare (the weights' and the
+    # file's hashes still decide), no quantization settings to report.
+    damaged = {
+        name: {}
+        for name in ("check", "model", "quantization")
+        if not isinstance(getattr(record, name), dict)
+    }
+    return replace(record, **damaged) if damaged else record
 
 
 def write_graph_record(ckpt: str | Path, kind: str, record: GraphRecord) -> None:
@@ -117,9 +124,20 @@ def checkpoint_lock(ckpt: str | Path) -> Iterator[None]:
     fd = os.open(Path(ckpt) / WEIGHTS_FILE, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        _remove_unfinished_graphs(Path(ckpt))
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _remove_unfinished_graphs(ckpt: Path) -> None:
+    """Graphs are only written under the lock: a temporary graph file found by its holder was
+    left by a writer that was killed (kill -9, SIGTERM), and would stay for good."""
+    for tmp in ckpt.iterdir():
+        if any(is_temporary(tmp.name, name) for name in GRAPH_FILES.values()):
+            with contextlib.suppress(OSError):  # a read-only folder: left as it is
+                tmp.unlink()
+                log.info("removed %s, left by an export that did not finish", tmp)
 
 
 def model_identity(config: CheckpointConfig) -> dict[str, Any]:

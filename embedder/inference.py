@@ -18,7 +18,7 @@ from PIL import Image
 from embedder.checkpoint import CheckpointConfig, checkpoint_hash, read_config
 from embedder.engine import DEFAULT_OUTPUTS, Engine
 from embedder.engine_options import DEFAULT_RUNTIME, precision
-from embedder.errors import EngineError
+from embedder.errors import CheckpointError, EngineError
 from embedder.graphs import EMBEDDING, PROBABILITIES
 from embedder.images import load_image
 from embedder.preprocess import Preprocessor
@@ -82,8 +82,13 @@ class Embedder:
         """Load ``path`` on ``runtime`` ("auto", "torch", "onnx", "onnx-int8") and ``device``
         (cpu, cuda, cuda:N, mps; default cuda when available); ``threads`` for ONNX Runtime."""
         config = read_config(path)
+        weights = checkpoint_hash(path)
         engine = load_engine(path, runtime=runtime, device=device, threads=threads)
-        return cls(engine, config, checkpoint_hash(path))
+        # The hash is the checkpoint's identity in every index and export: it must be of the
+        # weights the engine runs, not of a file replaced while it loaded.
+        if checkpoint_hash(path) != weights:
+            raise CheckpointError(f"{path}: the weights changed while loading; load it again")
+        return cls(engine, config, weights)
 
     @property
     def runtime(self) -> str:

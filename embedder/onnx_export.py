@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from common.fsutil import atomic_write
-from embedder.checkpoint import checkpoint_hash, file_sha256, load_checkpoint, read_config
+from embedder.checkpoint import (
+    checkpoint_hash,
+    file_sha256,
+    load_checkpoint,
+    loaded_weights_hash,
+    read_config,
+)
 from embedder.errors import EngineError
 from embedder.graphs import (
     EMBEDDING,
@@ -169,6 +175,10 @@ def build_fp32_graph(ckpt: str | Path, model: nn.Module | None = None) -> GraphR
     config = read_config(ckpt)
     if model is None:
         model, _ = load_checkpoint(ckpt)
+    # The hash of the weights the model was loaded from (read with them), not of the file as
+    # it is after the export: a file replaced meanwhile (a retrain into the folder) passed for
+    # the graph's weights, and runtime onnx/auto served the old model.
+    weights = loaded_weights_hash(model) or checkpoint_hash(ckpt)
     path = ckpt / GRAPH_FILES["fp32"]
     input_size = [int(v) for v in config.data_config["input_size"]]
     start = time.perf_counter()
@@ -187,7 +197,7 @@ def build_fp32_graph(ckpt: str | Path, model: nn.Module | None = None) -> GraphR
     record = GraphRecord(
         file=path.name,
         sha256=file_sha256(path),
-        weights_sha256=checkpoint_hash(ckpt),
+        weights_sha256=weights,
         opset=OPSET,
         exporter=exporter_version(),
         outputs=names,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from common.fsutil import atomic_write
-from embedder.checkpoint import checkpoint_hash, file_sha256, read_config
+from embedder.checkpoint import file_sha256, read_config
 from embedder.data import Catalog, Sample, load_catalog
 from embedder.engine import DEFAULT_OUTPUTS, Engine, default_threads
 from embedder.engine_options import (
@@ -31,7 +31,7 @@ from embedder.engine_options import (
     DEFAULT_FLOAT_LAYERS,
     FLOAT_LAYERS,
 )
-from embedder.errors import DataError, ImageError
+from embedder.errors import DataError, EngineError, ImageError
 from embedder.graphs import model_identity
 from embedder.images import load_image
 from embedder.metrics import label_recall_at_k, macro_f1
@@ -46,6 +46,7 @@ from embedder.onnx_export import (
     checkpoint_lock,
     ensure_fp32_graph,
     exporter_version,
+    graph_problem,
     read_graph_record,
     write_graph_record,
 )
@@ -206,6 +207,14 @@ def quantize_int8(
     path = ckpt / GRAPH_FILES["int8"]
     start = time.perf_counter()
     with checkpoint_lock(ckpt), tempfile.TemporaryDirectory() as tmp, _quiet_root_info():
+        # The int8 graph is made from this fp32 graph: it records that graph's weights (the
+        # file may have been replaced since; then graph_problem says so and it is not used).
+        fp32_record = read_graph_record(ckpt, "fp32")
+        problem = graph_problem(ckpt, "fp32")
+        if fp32_record is None or problem is not None:
+            raise EngineError(
+                f"{ckpt}: the checkpoint changed while quantising ({problem}); run again"
+            )
         # Shape inference and graph fusions first, as onnxruntime.quantization recommends.
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
@@ -225,14 +234,13 @@ def quantize_int8(
         )
         import onnxruntime
 
-        fp32_record = read_graph_record(ckpt, "fp32")
         record = GraphRecord(
             file=path.name,
             sha256=file_sha256(path),
-            weights_sha256=checkpoint_hash(ckpt),
+            weights_sha256=fp32_record.weights_sha256,
             opset=OPSET,
             exporter=f"{exporter_version()}; onnxruntime.quantization {onnxruntime.__version__}",
-            outputs=fp32_record.outputs if fp32_record else [],
+            outputs=fp32_record.outputs,
             input_shape=[int(v) for v in config.data_config["input_size"]],
             quantization={
                 "format": "QDQ",

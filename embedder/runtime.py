@@ -20,6 +20,7 @@ whether torch sees it): over a graph that fits, inference needs onnxruntime, num
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -211,13 +212,19 @@ def open_int8(ckpt: Path, device: str | torch.device, threads: int) -> OnnxEngin
 
 def check_runtime(path: str | Path, runtime: str) -> None:
     """Cheap checks of ``runtime`` for checkpoint ``path`` before workers start (one-line
-    EngineError): a known name, and the int8 graph that only 'phonesim optimize' makes."""
+    EngineError): a known name, the int8 graph that only 'phonesim optimize' makes, and for
+    onnx a graph that fits or a folder to export one into."""
     if runtime not in RUNTIMES:
         raise EngineError(f"unknown runtime '{runtime}' (choose from {', '.join(RUNTIMES)})")
     if runtime == "onnx-int8":
         problem = graph_problem(path, "int8")
         if problem:
             raise _int8_missing(Path(path), problem)
+    if runtime == "onnx" and not os.access(path, os.W_OK):
+        # What ensure_fp32_graph would say in each worker (a boot traceback under serve).
+        problem = graph_problem(path, "fp32")
+        if problem:
+            raise EngineError(f"{path}: {problem} and the folder is not writable")
 
 
 def check_device(runtime: str, device: str) -> None:

@@ -145,3 +145,22 @@ def test_descriptor_blur_is_read_back_and_old_records_keep_the_sharp_pass(
     store_calibration(ckpt, {"threshold": 0.7, "descriptor": {"gem_p": 3.0}})
     assert stored_settings(ckpt).descriptor.blur == 0.0
     assert stored_settings(ckpt).descriptor.gem_p == 3.0
+
+
+def test_storing_a_calibration_waits_for_the_graph_records_lock(tiny_checkpoint, tmp_path):
+    """Both rewrite config.json whole: unlocked, one writer's change was lost to the other."""
+    import shutil
+    import threading
+
+    from embedder.graphs import checkpoint_lock
+
+    ckpt = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    done = threading.Event()
+    writer = threading.Thread(
+        target=lambda: (store_calibration(ckpt, {"threshold": 0.5}), done.set())
+    )
+    with checkpoint_lock(ckpt):
+        writer.start()
+        assert not done.wait(0.5)  # held off while an export records its graph
+    writer.join(30)
+    assert done.is_set() and stored_settings(ckpt).threshold == 0.5

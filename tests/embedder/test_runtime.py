@@ -157,7 +157,16 @@ def test_a_check_whose_cosine_is_nan_fails():
     assert runtime.CheckResult(0.99999, 8, 8).problem is None
 
 
-@pytest.mark.parametrize("onnx", ["garbage", {"fp32": {"check": "garbage"}}, {"fp32": 3}])
+@pytest.mark.parametrize(
+    "onnx",
+    [
+        "garbage",
+        {"fp32": {"check": "garbage"}},
+        {"fp32": 3},
+        {"fp32": {"model": "x"}},  # was an AttributeError on every ONNX runtime, for good
+        {"fp32": {"model": ["a"], "quantization": 7}},
+    ],
+)
 def test_a_damaged_graph_record_is_no_record(ckpt, onnx):
     """A hand-edited or damaged "onnx" section crashed with an AttributeError traceback; a
     record that cannot be read is treated as none (the graph is checked, or rebuilt, again)."""
@@ -202,3 +211,79 @@ def test_a_graph_made_for_another_model_than_config_describes_is_not_used(ckpt):
     for rt in ("onnx", "onnx-int8"):
         with pytest.raises(UserError):
             load_engine(ckpt, rt, device="cpu")
+
+
+def _replace_weights(ckpt, scale: float = 1.5) -> None:
+    """Other weights, written as a training run into the folder would (a new file)."""
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    from embedder.checkpoint import WEIGHTS_FILE
+
+    state = {
+        k: v * scale if v.is_floating_point() else v
+        for k, v in load_file(ckpt / WEIGHTS_FILE).items()
+    }
+    save_file(state, str(ckpt / "new.safetensors"))
+    os.replace(ckpt / "new.safetensors", ckpt / WEIGHTS_FILE)
+
+
+@pytest.mark.parametrize("given_model", [True, False])
+def test_a_graph_records_the_weights_it_was_made_from(ckpt, monkeypatch, given_model):
+    """The weights' hash was taken after the export: weights replaced during it (a retrain into
+    the folder) were recorded for the old graph, and runtime onnx and auto served the old
+    model (cosine 0.13 to torch, 0 of 8 top-1 alike)."""
+    from embedder import onnx_export
+    from embedder.checkpoint import checkpoint_hash, load_checkpoint, loaded_weights_hash
+    from embedder.graphs import graph_problem, read_graph_record
+
+    before = checkpoint_hash(ckpt)
+    model = None
+    if given_model:  # optimize and auto load the model first, then export it
+        model, _ = load_checkpoint(ckpt)
+        assert loaded_weights_hash(model) == before
+        _replace_weights(ckpt)
+    else:  # replaced while the exporter runs
+        export = onnx_export.export_graph
+
+        def export_then_retrain(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            names = export(*args, **kwargs)
+            _replace_weights(ckpt)
+            return names
+
+        monkeypatch.setattr(onnx_export, "export_graph", export_then_retrain)
+    onnx_export.build_fp32_graph(ckpt, model)
+    assert read_graph_record(ckpt, "fp32").weights_sha256 == before != checkpoint_hash(ckpt)
+    assert graph_problem(ckpt, "fp32") == "model.onnx was made from other weights"
+    monkeypatch.undo()
+    load_engine(ckpt, "onnx", "cpu", threads=1)  # made again, from the weights there now
+    assert read_graph_record(ckpt, "fp32").weights_sha256 == checkpoint_hash(ckpt)
+    assert graph_problem(ckpt, "fp32") is None
+
+
+def test_onnx_in_a_read_only_folder_without_a_fitting_graph_is_refused_before_workers(
+    ckpt, monkeypatch
+):
+    """serve's preflight passed it, then every worker failed to boot with a traceback."""
+    from embedder.errors import EngineError
+
+    monkeypatch.setattr(runtime.os, "access", lambda path, mode: False)  # as on a read-only mount
+    runtime.check_runtime(ckpt, "onnx")  # its graph fits: nothing to write
+    (ckpt / "model.onnx").unlink()
+    with pytest.raises(EngineError, match="model.onnx is missing and the folder is not writable"):
+        runtime.check_runtime(ckpt, "onnx")
+    runtime.check_runtime(ckpt, "torch")  # torch writes nothing
+
+
+def test_a_graph_left_half_written_by_a_killed_export_is_removed_by_the_next_lock_holder(ckpt):
+    """kill -9 (or SIGTERM) during 'optimize' left .model.onnx.XXXX.tmp files for good."""
+    from common.fsutil import temporary_file
+    from embedder.graphs import checkpoint_lock
+
+    left = [temporary_file(ckpt / "model.onnx"), temporary_file(ckpt / "model.int8.onnx")]
+    other = ckpt / "notes.tmp"  # not a graph's: kept
+    other.write_text("x")
+    with checkpoint_lock(ckpt):
+        assert not any(p.exists() for p in left)
+    assert other.exists() and (ckpt / "model.onnx").exists()
