@@ -21,18 +21,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+THREADS_FLOOR = 16  # the cap of max_threads on a machine of few cores
+WORKERS_FLOOR = 8  # and of max_workers
+
+
 def max_threads() -> int:
     """The most model threads a command takes: 4 per core this process may run on (at least
     16). More only slow the model down, and ONNX Runtime asked for 100,000 never finished
     starting (its memory grew by 60 MB/s, and Ctrl-C could not stop it)."""
-    return max(16, 4 * available_cores())
+    return max(THREADS_FLOOR, 4 * available_cores())
 
 
 def max_workers() -> int:
     """The most server worker processes: 4 per core this process may run on (at least 8).
     Each holds its own model; `serve --workers 1000` forked until the machine ran out of
     memory (23 GB in a minute) and the master, busy forking, did not stop on SIGTERM."""
-    return max(8, 4 * available_cores())
+    return max(WORKERS_FLOOR, 4 * available_cores())
 
 
 def worker_count(text: str) -> int:
@@ -40,7 +44,7 @@ def worker_count(text: str) -> int:
     value = int(text)
     if not 1 <= value <= max_workers():
         raise argparse.ArgumentTypeError(
-            f"must be 1 to {max_workers()} (4 per core here), got {value}"
+            f"must be 1 to {max_workers()} (4 per core here, at least {WORKERS_FLOOR}), got {value}"
         )
     return value
 
@@ -62,7 +66,7 @@ def decode_workers(text: str) -> int:
     value = int(text)
     if not 0 <= value <= max_workers():
         raise argparse.ArgumentTypeError(
-            f"must be 0 to {max_workers()} (4 per core here), got {value}"
+            f"must be 0 to {max_workers()} (4 per core here, at least {WORKERS_FLOOR}), got {value}"
         )
     return value
 
@@ -74,7 +78,7 @@ def threads_problem(value: int) -> str | None:
         return f"must be a whole number of threads, got {value!r}"
     if 1 <= value <= max_threads():
         return None
-    return f"must be 1 to {max_threads()} (4 per core here), got {value}"
+    return f"must be 1 to {max_threads()} (4 per core here, at least {THREADS_FLOOR}), got {value}"
 
 
 def thread_count(text: str) -> int:
