@@ -52,9 +52,9 @@ outputs in REPORT_DIR:
   duplicates.json  {"groups": [[id, ...], ...], "group_ids": [...], "keepers": [...],
                    "label_conflicts": [group_id, ...], ...} (group_ids as in the CSV)
   duplicates.html  gallery of the groups with thumbnails (self-contained)
-  failed.csv       id,reason,source: unreadable images and why (source "input"); with
-                   --index also the nearest catalog items that could not be read for the
-                   comparison (source "catalog")
+  failed.csv       unreadable images and why (id,reason)
+  catalog_failed.csv  with --index: the nearest catalog items that could not be read for the
+                   comparison, and why (id,reason)
   summary.txt      the one-line summary also printed at the end
 
 keeper: per group, the image ranked first by --keep (default: highest resolution, then largest
@@ -175,7 +175,7 @@ def run_find(args: argparse.Namespace) -> int:
     for f in result.catalog_failures[:10]:
         print(f"catalog item not compared: {f.id}: {f.reason}")
     if len(result.catalog_failures) > 10:
-        print(f"... {len(result.catalog_failures) - 10} more in {paths['failed']}")
+        print(f"... {len(result.catalog_failures) - 10} more in {paths['catalog_failed']}")
     print(f"report: {paths['html']}")
     timing = result.extra.get("timing")
     if timing:

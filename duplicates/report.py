@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common.fsutil import atomic_write_text
 from common.text import spreadsheet_cell
-from duplicates.result import SOURCE_CATALOG, SOURCE_INPUT, DuplicateResult
+from duplicates.result import DuplicateResult
 from embedder.errors import ImageError
 from embedder.images import load_image
 
@@ -26,9 +26,10 @@ CSV_NAME = "duplicates.csv"
 JSON_NAME = "duplicates.json"
 HTML_NAME = "duplicates.html"
 FAILED_NAME = "failed.csv"
+CATALOG_FAILED_NAME = "catalog_failed.csv"  # with --index: catalog items not compared
 SUMMARY_NAME = "summary.txt"
 # Every file find writes into its --out folder (and all it may find there).
-REPORT_FILES = (CSV_NAME, JSON_NAME, HTML_NAME, FAILED_NAME, SUMMARY_NAME)
+REPORT_FILES = (CSV_NAME, JSON_NAME, HTML_NAME, FAILED_NAME, CATALOG_FAILED_NAME, SUMMARY_NAME)
 CSV_COLUMNS = (
     "group_id",
     "id",
@@ -181,23 +182,26 @@ def write_report(result: DuplicateResult, out: str | Path) -> dict[str, Path]:
     }
     # Every file is rendered before any is replaced: a failure or Ctrl-C while rendering (the
     # HTML page is the slow one) leaves the previous report whole, not half old, half new.
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "reason", "source"])
-    for source, failures in (
-        (SOURCE_INPUT, result.failures),
-        (SOURCE_CATALOG, result.catalog_failures),
-    ):
-        writer.writerows(
-            [spreadsheet_cell(f.id), spreadsheet_cell(f.reason), source] for f in failures
-        )
     texts = {
         "csv": to_csv(result),
         "json": json.dumps(to_json(result), indent=2) + "\n",
         "html": to_html(result),
-        "failed": buf.getvalue(),
+        "failed": _failures_csv(result.failures),
         "summary": result.summary() + "\n",
     }
+    if result.mode == "against":
+        paths["catalog_failed"] = out / CATALOG_FAILED_NAME
+        texts["catalog_failed"] = _failures_csv(result.catalog_failures)
+    else:  # an earlier --index report's list would read as this one's
+        (out / CATALOG_FAILED_NAME).unlink(missing_ok=True)
     for key, text in texts.items():
         atomic_write_text(paths[key], text)
     return paths
+
+
+def _failures_csv(failures: list) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "reason"])
+    writer.writerows([spreadsheet_cell(f.id), spreadsheet_cell(f.reason)] for f in failures)
+    return buf.getvalue()

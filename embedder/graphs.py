@@ -18,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from common.fsutil import atomic_write_text, is_temporary
 from embedder.checkpoint import (
     CONFIG_FILE,
-    WEIGHTS_FILE,
     CheckpointConfig,
     checkpoint_hash,
     file_sha256,
@@ -93,13 +93,12 @@ def read_graph_record(ckpt: str | Path, kind: str) -> GraphRecord | None:
         record = GraphRecord.from_json(data) if isinstance(data, dict) else None
     except TypeError:  # an incomplete record is as good as none
         return None
-    if record is None:
-        return None
-    # A damaged part is as good as none: no check, no model to compare (the weights' and the
-    # file's hashes still decide), no quantization settings to report.
+    if record is None or not isinstance(record.model, dict):
+        return None  # the model it was made for is unknown: no record (the graph is made again)
+    # A damaged check is no check; damaged quantization settings are none to report.
     damaged = {
         name: {}
-        for name in ("check", "model", "quantization")
+        for name in ("check", "quantization")
         if not isinstance(getattr(record, name), dict)
     }
     return replace(record, **damaged) if damaged else record
@@ -116,12 +115,14 @@ def write_graph_record(ckpt: str | Path, kind: str, record: GraphRecord) -> None
 
 @contextlib.contextmanager
 def checkpoint_lock(ckpt: str | Path) -> Iterator[None]:
-    """Exclusive lock over a checkpoint's graphs, so workers starting together export once.
+    """Exclusive lock over a checkpoint's graphs and config.json records, so workers starting
+    together export once and no writer loses another's record.
 
-    The lock is taken on the weights file, which is never rewritten in place, so no lock file
-    is left in the folder.
+    The lock is taken on the folder itself, so no lock file is left in it. (It was taken on
+    the weights file, and weights replaced by a new file, a retrain into the folder, let a
+    second process lock the new file while the first still wrote.)
     """
-    fd = os.open(Path(ckpt) / WEIGHTS_FILE, os.O_RDONLY)
+    fd = os.open(Path(ckpt), os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         _remove_unfinished_graphs(Path(ckpt))
@@ -130,12 +131,21 @@ def checkpoint_lock(ckpt: str | Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+# A temporary graph file older than this was left by an export that was killed: no export of
+# a model this project serves takes it (Lite0: 10 s), and a younger one may still be written
+# by a process that locked the folder before it was swapped for a new checkpoint.
+UNFINISHED_GRAPH_AGE_S = 3600.0
+
+
 def _remove_unfinished_graphs(ckpt: Path) -> None:
-    """Graphs are only written under the lock: a temporary graph file found by its holder was
-    left by a writer that was killed (kill -9, SIGTERM), and would stay for good."""
+    """Remove temporary graph files left by writers that were killed (kill -9, SIGTERM);
+    they stayed for good."""
+    now = time.time()
     for tmp in ckpt.iterdir():
-        if any(is_temporary(tmp.name, name) for name in GRAPH_FILES.values()):
-            with contextlib.suppress(OSError):  # a read-only folder: left as it is
+        if not any(is_temporary(tmp.name, name) for name in GRAPH_FILES.values()):
+            continue
+        with contextlib.suppress(OSError):  # gone meanwhile, or a read-only folder
+            if now - tmp.stat().st_mtime > UNFINISHED_GRAPH_AGE_S:
                 tmp.unlink()
                 log.info("removed %s, left by an export that did not finish", tmp)
 

@@ -125,10 +125,12 @@ class BufferedWSGIBridge:
             except Exception:  # the answer is out: a counting failure is only logged
                 log.exception("counting a refused request failed")
 
-    def answered_by_parser(self, status: int) -> list[tuple[str, str]]:
+    def answered_by_parser(self, status: int, count: bool = True) -> list[tuple[str, str]]:
         """Count an answer gunicorn's HTTP parser gave before this bridge saw a request (414,
-        431, 400, 501, 408: method unknown, counted as "other"); returns its CORS headers."""
-        if self._on_refused is not None and status != 500:  # a 500 follows the app's answer
+        431, 400, 501, 408: method unknown, counted as "other") unless not ``count``; returns
+        its CORS headers."""
+        # A 500 follows the app's answer, which counted it.
+        if count and self._on_refused is not None and status != 500:
             try:
                 self._on_refused("", status)
             except Exception:

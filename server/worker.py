@@ -141,7 +141,10 @@ class JsonErrorProtocol(ASGIProtocol):
         # The bridge counts the answer in /metrics and gives its CORS headers, so a web page
         # reads the JSON (not a network error) and dashboards see the refusals.
         note = getattr(self.app, "answered_by_parser", None)
-        more = note(status) if note is not None else []
+        # A connection that sent nothing (a browser's preconnect, an idle balancer socket)
+        # made no request: its 408 is not counted.
+        count = status != 408 or getattr(self, "_got_bytes", True)
+        more = note(status, count) if note is not None else []
         self._safe_write(protocol_error_response(status, message, (*extra_headers, *more)))
 
 

@@ -138,9 +138,9 @@ def test_catalog_items_that_cannot_be_read_are_listed_in_failed_csv(
     assert not result.failures and result.read == 2  # the inputs themselves were read
     assert f"catalog items not compared {len(not_compared)}" in result.summary()
     paths = write_report(result, tmp_path / "report")
-    with open(paths["failed"], newline="") as f:
+    with open(paths["catalog_failed"], newline="") as f:
         rows = list(csv.DictReader(f))
-    assert {r["id"] for r in rows if r["source"] == "catalog"} == set(not_compared)
-    assert not [r for r in rows if r["source"] == "input"]
+    assert {r["id"]: r["reason"] for r in rows} == not_compared
+    assert paths["failed"].read_text() == "id,reason\n"  # the inputs' list keeps its columns
     assert {d["id"] for d in to_json(result)["catalog_failed"]} == set(not_compared)
     assert "Catalog items not compared" in paths["html"].read_text()

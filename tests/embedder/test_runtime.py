@@ -278,12 +278,70 @@ def test_onnx_in_a_read_only_folder_without_a_fitting_graph_is_refused_before_wo
 
 def test_a_graph_left_half_written_by_a_killed_export_is_removed_by_the_next_lock_holder(ckpt):
     """kill -9 (or SIGTERM) during 'optimize' left .model.onnx.XXXX.tmp files for good."""
+    import os
+    import time
+
     from common.fsutil import temporary_file
-    from embedder.graphs import checkpoint_lock
+    from embedder.graphs import UNFINISHED_GRAPH_AGE_S, checkpoint_lock
 
     left = [temporary_file(ckpt / "model.onnx"), temporary_file(ckpt / "model.int8.onnx")]
+    old = time.time() - UNFINISHED_GRAPH_AGE_S - 60
+    for path in left:
+        os.utime(path, (old, old))
+    # A young one may be written now by a process that locked the folder before it was swapped.
+    young = temporary_file(ckpt / "model.onnx")
     other = ckpt / "notes.tmp"  # not a graph's: kept
     other.write_text("x")
+    os.utime(other, (old, old))
     with checkpoint_lock(ckpt):
         assert not any(p.exists() for p in left)
-    assert other.exists() and (ckpt / "model.onnx").exists()
+    assert young.exists() and other.exists() and (ckpt / "model.onnx").exists()
+
+
+def test_the_checkpoint_lock_holds_when_the_weights_file_is_replaced(ckpt):
+    """It was taken on the weights file: after a retrain wrote a new one, a second process
+    locked the new file while the first still held the old one."""
+    import subprocess
+
+    from embedder.graphs import checkpoint_lock
+
+    # Another process (not forked: a fork would inherit this one's locked descriptor).
+    code = "import sys; from embedder.graphs import checkpoint_lock\n"
+    code += "with checkpoint_lock(sys.argv[1]): print('locked')"
+    with checkpoint_lock(ckpt):
+        _replace_weights(ckpt)
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, str(ckpt)], stdout=subprocess.PIPE, text=True
+        )
+        with pytest.raises(subprocess.TimeoutExpired):  # it waits for this holder
+            child.wait(timeout=3)
+    assert child.communicate(timeout=60)[0].strip() == "locked"
+
+
+def test_weights_replaced_while_loading_or_quantising_are_refused(ckpt, tiny_catalog, monkeypatch):
+    """The index check and the int8 record must name the weights that run, not the file as it
+    is after loading (a retrain into the folder meanwhile)."""
+    from embedder import inference, quantize
+    from embedder.errors import CheckpointError, EngineError
+
+    load = inference.load_engine
+
+    def load_then_retrain(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        engine = load(*args, **kwargs)
+        _replace_weights(ckpt)
+        return engine
+
+    monkeypatch.setattr(inference, "load_engine", load_then_retrain)
+    with pytest.raises(CheckpointError, match="weights changed while loading"):
+        inference.Embedder.from_checkpoint(ckpt, runtime="torch", device="cpu")
+    monkeypatch.undo()
+    ensure = quantize.ensure_fp32_graph
+
+    def ensure_then_retrain(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        path = ensure(*args, **kwargs)
+        _replace_weights(ckpt, 0.5)
+        return path
+
+    monkeypatch.setattr(quantize, "ensure_fp32_graph", ensure_then_retrain)
+    with pytest.raises(EngineError, match="changed while quantising"):
+        quantize.quantize_int8(ckpt, tiny_catalog, max_images=4)

@@ -155,10 +155,15 @@ def test_answers_before_the_app_carry_its_headers_and_are_counted(server):
 
 
 def test_slow_headers_and_bodies_are_answered_408(server):
+    counted = _refused(server.port, 408, "other")
     t0 = time.monotonic()
     status, body = json_answer(raw_exchange(server.port, b"GET /healthz HTTP/1.1\r\nX-A: 1\r\n"))
     assert status == 408 and body["error"]["code"] == "request_timeout"
     assert HEADER_TIMEOUT_S - 0.5 < time.monotonic() - t0 < HEADER_TIMEOUT_S + 5
+    assert _refused(server.port, 408, "other") == counted + 1
+    # A connection that sends nothing (a preconnect) is answered too, but made no request.
+    assert json_answer(raw_exchange(server.port, b""))[0] == 408
+    assert _refused(server.port, 408, "other") == counted + 1
     head = (
         b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
         b"Content-Length: 99\r\n\r\n"
