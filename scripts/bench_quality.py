@@ -2,9 +2,11 @@
 """Cross-validated quality of the default recipe, its baselines and the candidate levers.
 
 Repeated, grouped, stratified k-fold cross-validation over every labelled photo of a dataset
-(default ../shared/datasets/phone-brands, train/ and val/ together). Near copies (the
-label-conflict detector's thumbnail similarity) stay in one fold; photos whose near copy is
-filed under another brand are scored apart ("cross-brand copies"), not in the headline.
+(default ../shared/datasets/phone-brands, train/ and val/ together). Copies (the
+label-conflict detector's thumbnail similarity, as is or mirrored, and the duplicate
+benchmark's resized, re-encoded, cropped or re-framed copies) stay in one fold; the photos of
+a copy group that holds two brands are scored apart ("cross-brand copies"), not in the
+headline.
 
 Methods (each scored on the same folds; intervals from embedder/crossval.py):
   probe         logistic regression on frozen ImageNet Lite0 features (C by inner 3-fold CV)
