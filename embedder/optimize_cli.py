@@ -77,8 +77,8 @@ def _optimize(args: argparse.Namespace) -> int:
 
     from embedder.checkpoint import load_checkpoint
     from embedder.engine import default_threads
-    from embedder.errors import DataError
-    from embedder.onnx_export import read_graph_record
+    from embedder.errors import DataError, EngineError
+    from embedder.onnx_export import graph_problem, read_graph_record
     from embedder.quantize import compare_int8, quantize_int8, read_val_images
     from embedder.runtime import check_against_torch, open_fp32, save_check
 
@@ -103,6 +103,9 @@ def _optimize(args: argparse.Namespace) -> int:
     engine = open_fp32(ckpt, "cpu", threads, model)
     check = check_against_torch(engine, model, config.data_config["input_size"])
     save_check(engine, check)  # runtime auto then trusts this graph without loading torch
+    changed = graph_problem(ckpt, "fp32")
+    if changed:  # new weights written meanwhile (a retrain into the folder): not this model's
+        raise EngineError(f"{ckpt}: {changed}: the checkpoint changed during the export; run again")
     summary: dict[str, Any] = {
         "checkpoint": str(ckpt),
         "fp32": asdict(read_graph_record(ckpt, "fp32")),

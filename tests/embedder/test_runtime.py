@@ -345,3 +345,22 @@ def test_weights_replaced_while_loading_or_quantising_are_refused(ckpt, tiny_cat
     monkeypatch.setattr(quantize, "ensure_fp32_graph", ensure_then_retrain)
     with pytest.raises(EngineError, match="changed while quantising"):
         quantize.quantize_int8(ckpt, tiny_catalog, max_images=4)
+
+
+def test_optimize_fails_when_the_weights_change_during_its_export(ckpt, monkeypatch, capsys):
+    """It printed 'min cosine 1.000000 ... runtime auto uses it' for a graph of the old weights
+    (its check compares with the model it loaded, the old one)."""
+    from embedder import onnx_export
+    from phonesim.cli import main
+
+    (ckpt / "model.onnx").unlink()
+    export = onnx_export.export_graph
+
+    def export_then_retrain(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        names = export(*args, **kwargs)
+        _replace_weights(ckpt)
+        return names
+
+    monkeypatch.setattr(onnx_export, "export_graph", export_then_retrain)
+    assert main(["optimize", "--checkpoint", str(ckpt)]) == 2
+    assert "the checkpoint changed during the export; run again" in capsys.readouterr().err
