@@ -138,10 +138,9 @@ class TextCues:
         if not tokens:
             return []
         joined = "".join(tokens)  # words the reader split ("one plus") or a banner's lines
-        spans, start = [], 0  # where each generic token lies in ``joined``
+        spans, start = [], 0  # where each token lies in ``joined``, and whether it is generic
         for t in tokens:
-            if t in self.generic:
-                spans.append((start, start + len(t)))
+            spans.append((start, start + len(t), t in self.generic))
             start += len(t)
         tokens = [t for t in tokens if t not in self.generic]
         named = (any(self._found(w, tokens, joined, spans) for w in words) for words in self.words)
@@ -154,13 +153,13 @@ class TextCues:
         return bool(self.classes(texts))
 
     def _found(
-        self, word: str, tokens: list[str], joined: str, generic: list[tuple[int, int]]
+        self, word: str, tokens: list[str], joined: str, spans: list[tuple[int, int, bool]]
     ) -> bool:
         if len(word) < LONG_WORD:
             return word in tokens
         at = joined.find(word)
-        while at >= 0:  # an occurrence not inside a generic word ("pixel" in "megapixels")
-            if not any(a <= at and at + len(word) <= b for a, b in generic):
+        while at >= 0:
+            if _names(at, at + len(word), spans):
                 return True
             at = joined.find(word, at + 1)
         # A misreading keeps the word's length give or take a letter or two ("SAMSUNO").
@@ -181,6 +180,17 @@ class TextCues:
             elif not found and self.examples is not None:
                 out[row] = SHARE * self.examples.vote(document(read, self.min_confidence))
         return out
+
+
+def _names(start: int, end: int, spans: list[tuple[int, int, bool]]) -> bool:
+    """Whether the text at ``joined[start:end]`` names its word: inside one token that is not
+    a generic word ("pixel" in "megapixels" is not), or whole tokens read apart ("one plus",
+    "sam sung", "i phone"). Not words that merely run across tokens: "app" + "learn" hold
+    "apple", and "phone plus" holds "oneplus"."""
+    covered = [(a, b, generic) for a, b, generic in spans if a < end and start < b]
+    if len(covered) == 1:
+        return not covered[0][2]
+    return covered[0][0] == start and covered[-1][1] == end
 
 
 class CueFile(NamedTuple):

@@ -124,6 +124,22 @@ def instance_folder(parent: Path | None = None) -> Iterator[Path]:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+TEXT_CUES_COPY = "text-cues.json"
+
+
+def keep_text_cues(config: ServerConfig, folder: Path) -> ServerConfig:
+    """``config`` reading its cue file from a copy in the instance ``folder``, taken once the
+    preflight has checked it: every worker, one gunicorn starts again later too, reads the
+    words checked at the start. A restarted worker read the file again: an edit that broke it
+    stopped the whole server, and a valid edit made workers answer one photo differently."""
+    if config.text_cues is None:
+        return config
+    copy = folder / TEXT_CUES_COPY
+    shutil.copyfile(config.text_cues, copy)
+    log.info("text cues: %s, as it was at the start (a copy in %s)", config.text_cues, folder)
+    return config.replace(text_cues=str(copy))
+
+
 class PhonesimGunicorn(BaseApplication):
     """gunicorn's programmatic application: no config file, no command line parsing."""
 
@@ -187,6 +203,7 @@ def serve(config: ServerConfig, settings: GunicornSettings | None = None) -> int
     settings = settings or GunicornSettings()
     preflight(config, settings)
     with instance_folder() as folder:
+        config = keep_text_cues(config, folder)
         log.info(
             "starting gunicorn on http://%s with %d worker(s) x %d thread(s); writes %s; "
             "control socket %s",

@@ -235,14 +235,15 @@ class LookupService:
             result, decode_s=t1 - t0, total_s=t2 - t0, image=image, text_mode=text_mode
         )
 
-    def read_cues(self, image: Image.Image) -> np.ndarray:
-        """The classes the text on ``image`` names, as a cue row (the server reads text)."""
+    def read_cues(self, image: Image.Image) -> np.ndarray | None:
+        """The classes the text on ``image`` names, as a cue row (the server reads text);
+        None when reading failed."""
         assert self.text is not None
         try:
             texts = self.text.read(image)
         except Exception:  # the OCR failing on one photo must not fail its search
             log.warning("reading the text on an image failed; predicting without it", exc_info=True)
-            texts = []
+            return None
         return self.text.cues.matrix([texts])[0]
 
     def read_where_unsure(self, embedded: Sequence[Embedded], probabilities: np.ndarray) -> None:
@@ -260,10 +261,12 @@ class LookupService:
             read_s = 0.0
             if worth and photo.image is not None:
                 t0 = time.perf_counter()
-                photo.cues, photo.text_read = self.read_cues(photo.image), True
+                photo.cues = self.read_cues(photo.image)
                 read_s = time.perf_counter() - t0
-            else:
-                if worth:  # every path that predicts keeps the photo: a bug, not a sure photo
+                # A failed reading read nothing: text_read says so (export marks it failed).
+                photo.text_read = photo.cues is not None
+            if photo.cues is None:
+                if worth and photo.image is None:  # every path that predicts keeps the photo
                     log.warning("an unsure photo's pixels were not kept; predicting without text")
                 photo.cues = np.zeros(len(self.text.cues.words), dtype=np.float32)
             self.metrics.text_photos.labels(read="yes" if photo.text_read else "no").inc()

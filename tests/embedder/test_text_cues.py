@@ -53,6 +53,7 @@ def test_each_class_is_named_by_its_label_and_its_extra_words(cues: TextCues) ->
         (["iPhone 15 vs Galaxy S24"], ["iphone", "samsung"]),
         (["12:30", "5G"], []),
         (["Play Store", "phone"], []),  # one letter from "iphone", but no brand
+        (["HUA", "WEI"], ["huawei"]),  # whole tokens read apart still do
     ],
 )
 def test_classes_named_by_the_text(cues: TextCues, lines: list[str], named: list[str]) -> None:
@@ -64,6 +65,16 @@ def test_listing_words_that_hold_a_class_word_name_no_class() -> None:
     assert cues.classes(read("50 Megapixels", "phones")) == []
     assert cues.classes(read("50 mega pixels", "phone")) == []
     assert cues.classes(read("Pixel 8", "50 megapixels")) == [1]
+
+
+def test_a_word_starting_inside_another_names_nothing() -> None:
+    """ "Phone Plus" held "oneplus" from the second letter of "phone"."""
+    names = ["iphone", "oneplus"]
+    cues = TextCues.from_labels(names, {"iphone": ["apple"]})
+    assert cues.classes(read("Phone Plus")) == [] and cues.classes(read("Zone Plus")) == []
+    assert cues.classes(read("Download our app", "Learn more")) == []  # "app" + "le"
+    assert [names[i] for i in cues.classes(read("iPhone Plus"))] == ["iphone"]
+    assert [names[i] for i in cues.classes(read("ONE PLUS 12"))] == ["oneplus"]
 
 
 @pytest.mark.parametrize("lines", [["i phone 13"], ["I-PHONE"], ["i", "Phone 15"]])

@@ -162,3 +162,20 @@ def test_an_unexpected_preflight_error_is_reported_whole():
     text = _exception_text(stderr)
     assert text.startswith('psycopg.errors.UndefinedColumn: column "value" does not exist')
     assert "LINE 1" in text and _exception_text(["no traceback"]) == ""
+
+
+def test_workers_read_the_cue_file_as_it_was_at_the_start(tmp_path):
+    """A worker gunicorn started again read the file again: an edit that broke it stopped the
+    whole server, and a valid edit made workers answer one photo differently."""
+    from server.serve import keep_text_cues
+
+    assert keep_text_cues(ServerConfig(), tmp_path) == ServerConfig()  # no cue file: as it is
+    cues = tmp_path / "cues.json"
+    cues.write_text('{"prime-x2": ["samsung"]}')
+    folder = tmp_path / "instance"
+    folder.mkdir()
+    config = ServerConfig(read_text=True, text_cues=str(cues))
+    kept = keep_text_cues(config, folder)
+    cues.write_text('{"prime-x2": ["samsung"')  # edited while serving, broken
+    assert kept.text_cues != config.text_cues and kept.text_cues.startswith(str(folder))
+    assert json.loads(open(kept.text_cues).read()) == {"prime-x2": ["samsung"]}

@@ -214,7 +214,10 @@ def test_a_reader_failure_costs_the_cue_not_the_search(reading, monkeypatch) -> 
     monkeypatch.setattr(svc.text.reader, "read", broken)
     response = reading.post("/v1/search", data=upload(banner(WORD)))
     assert response.status_code == 200
-    assert response.get_json()["prediction"]["text_cues"] == []
+    prediction = response.get_json()["prediction"]
+    assert prediction["text_cues"] == []
+    # Nothing was read: it said text_read true, as if the photo held no words.
+    assert prediction["text_read"] is False and not prediction["source"].endswith("+text")
 
 
 def test_the_class_rerank_believes_the_text_too(
