@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -178,4 +179,4 @@ def test_workers_read_the_cue_file_as_it_was_at_the_start(tmp_path):
     kept = keep_text_cues(config, folder)
     cues.write_text('{"prime-x2": ["samsung"')  # edited while serving, broken
     assert kept.text_cues != config.text_cues and kept.text_cues.startswith(str(folder))
-    assert json.loads(open(kept.text_cues).read()) == {"prime-x2": ["samsung"]}
+    assert json.loads(Path(kept.text_cues).read_text()) == {"prime-x2": ["samsung"]}
