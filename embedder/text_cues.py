@@ -155,13 +155,23 @@ class TextCues:
     def _found(
         self, word: str, tokens: list[str], joined: str, spans: list[tuple[int, int, bool]]
     ) -> bool:
-        if len(word) < LONG_WORD:
-            return word in tokens
+        short = len(word) < LONG_WORD
+        if short and word in tokens:
+            return True
         at = joined.find(word)
         while at >= 0:
-            if _names(at, at + len(word), spans):
+            # A short word names only whole read words: "poco", not "pocket"; "Mi 14" for a
+            # cue "Mi 14" (normalised "mi14"), which the reader returns as two words.
+            names = (
+                _whole_words(at, at + len(word), spans)
+                if short
+                else _names(at, at + len(word), spans)
+            )
+            if names:
                 return True
             at = joined.find(word, at + 1)
+        if short:
+            return False
         # A misreading keeps the word's length give or take a letter or two ("SAMSUNO").
         return any(
             abs(len(t) - len(word)) <= 2 and SequenceMatcher(None, t, word).ratio() >= self.fuzzy
@@ -180,6 +190,16 @@ class TextCues:
             elif not found and self.examples is not None:
                 out[row] = SHARE * self.examples.vote(document(read, self.min_confidence))
         return out
+
+
+def _whole_words(start: int, end: int, spans: list[tuple[int, int, bool]]) -> bool:
+    """Whether ``joined[start:end]`` is one or more whole read words, none of them generic."""
+    covered = [(a, b, generic) for a, b, generic in spans if a < end and start < b]
+    return (
+        covered[0][0] == start
+        and covered[-1][1] == end
+        and not any(generic for _, _, generic in covered)
+    )
 
 
 def _names(start: int, end: int, spans: list[tuple[int, int, bool]]) -> bool:

@@ -161,3 +161,14 @@ def test_the_gate_reads_only_predictions_less_sure_than_it() -> None:
     for bad in (0.0, -0.1, 1.5, float("nan"), True, "0.5"):
         with pytest.raises(ValueError, match="gate"):
             check_gate(bad)  # type: ignore[arg-type]
+
+
+def test_a_short_cue_written_with_a_space_matches_its_own_spelling() -> None:
+    """A cue "Mi 14" normalises to "mi14", shorter than a long word, so it matched only a read
+    word "Mi14", never the two words "Mi 14" it is written as."""
+    names = ["samsung", "xiaomi"]
+    cues = TextCues.from_labels(names, {"xiaomi": ["Mi 14"], "samsung": ["S 24"]})
+    assert [names[i] for i in cues.classes(read("Mi 14 Ultra"))] == ["xiaomi"]
+    assert [names[i] for i in cues.classes(read("S 24"))] == ["samsung"]
+    assert [names[i] for i in cues.classes(read("Mi14"))] == ["xiaomi"]
+    assert cues.classes(read("Mi 145")) == [] and cues.classes(read("AS 24")) == []
