@@ -113,7 +113,10 @@ class TextReader:
         """(text, confidence) of every line read, by rotation: those read within the budget,
         and only until ``enough`` says the lines read so far suffice (such as: they name a
         class, :meth:`TextCues.names_any`)."""
-        image = bounded_aspect(image.convert("RGB"))
+        # The pixels the server keeps of an upload (reading_copy), for every caller: evaluate
+        # and export passed the whole photo, which RapidOCR shrank its own way, and read
+        # other letters than the server on photos over MAX_SIDE.
+        image = bounded_aspect(reading_copy(image).convert("RGB"))
         out: dict[int, list[tuple[str, float]]] = {}
         with self._lock:
             t0 = time.perf_counter()

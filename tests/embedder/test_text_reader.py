@@ -122,3 +122,28 @@ def test_a_wall_of_small_print_is_read_within_the_width_budget_tallest_first() -
     assert cues.classes(lines) == [1]  # the tallest line came first
     assert len(seen) == 1 and 0 < seen[0] <= REC_WIDTH_BUDGET
     assert len(lines) < 40  # of about 88 lines on the wall: the rest were left unread
+
+
+def test_every_caller_reads_the_pixels_the_server_keeps(reader: TextReader, monkeypatch) -> None:
+    """evaluate and export passed a 2000 px photo whole (RapidOCR shrank it its own way) while
+    the server read its reading_copy: other letters on the same photo."""
+    import numpy as np
+
+    from embedder.text_reader import MAX_SIDE, reading_copy
+
+    seen: list[np.ndarray] = []
+
+    class Result:
+        txts, scores = (), ()
+
+    def engine(image):  # noqa: ANN001, ANN202
+        seen.append(np.asarray(image))
+        return Result()
+
+    monkeypatch.setattr(reader, "_engine", engine)
+    big = Image.effect_noise((2000, 1500), 60).convert("RGB")
+    reader.read_each(big)
+    reader.read_each(reading_copy(big))
+    half = len(seen) // 2
+    assert max(seen[0].shape[:2]) == MAX_SIDE
+    assert all(np.array_equal(a, b) for a, b in zip(seen[:half], seen[half:], strict=True))
