@@ -24,7 +24,7 @@ from embedder.errors import DataError, ImageError
 from embedder.images import load_image
 from embedder.preprocess import Preprocessor
 from embedder.text_cues import CueFile, TextCues, read_cue_file
-from embedder.text_examples import document
+from embedder.text_examples import MAX_EXAMPLES_PER_CLASS, document
 from embedder.text_reader import DEFAULT_ROTATIONS, TextReader
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,11 @@ def learn_text(
             examples[sample.label].append(doc)
     if unreadable == len(catalog.samples):
         raise DataError(f"{data}: none of its {unreadable} photos could be read")
+    for name, docs in examples.items():
+        if len(docs) > MAX_EXAMPLES_PER_CLASS:  # what a cue file may hold: spread over them
+            step = len(docs) / MAX_EXAMPLES_PER_CLASS
+            examples[name] = [docs[int(i * step)] for i in range(MAX_EXAMPLES_PER_CLASS)]
+            log.info("%s: kept %d of its %d examples", name, MAX_EXAMPLES_PER_CLASS, len(docs))
     learned = {
         name: {"words": given.words.get(name, []), "examples": examples[name]} for name in names
     }

@@ -31,7 +31,13 @@ import numpy as np
 
 from common.text import is_utf8
 from embedder.errors import DataError
-from embedder.text_examples import MAX_EXAMPLE_CHARS, SHARE, TextExamples, document
+from embedder.text_examples import (
+    MAX_EXAMPLE_CHARS,
+    MAX_EXAMPLES_PER_CLASS,
+    SHARE,
+    TextExamples,
+    document,
+)
 
 #: Read text with a lower recognition confidence is ignored.
 DEFAULT_MIN_CONFIDENCE = 0.5
@@ -53,6 +59,10 @@ DEFAULT_GATE = 0.8
 #: neither they nor a word found inside one count (unless a class is named by one of them);
 #: a brand the reader split around one still does ("i phone").
 GENERIC_WORDS = frozenset({"phone", "phones", "pixels", "megapixel", "megapixels"})
+#: A cue file's bounds: it is loaded by every server worker, and each photo's text is matched
+#: against all its words (a 5 MB file took 82 s to load; 300,000 words, 100 s a photo).
+MAX_CUE_FILE_BYTES = 16 * 2**20
+MAX_CUE_WORDS = 10_000
 
 Texts = Sequence[tuple[str, float]]
 
@@ -226,6 +236,12 @@ def read_cue_file(path: str | Path) -> CueFile:
     "examples": [...]}`` (as ``phonesim learn-text`` writes), the text read on its photos.
     Raises DataError for a file that cannot be read or has another shape."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_CUE_FILE_BYTES:  # before reading it: every server worker loads it
+            raise DataError(
+                f"{path}: {size / 2**20:.1f} MB; a text cue file may hold at most "
+                f"{MAX_CUE_FILE_BYTES // 2**20} MB"
+            )
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise DataError(f"{path}: cannot read the text cue file: {e.strerror or e}") from e
@@ -241,6 +257,16 @@ def read_cue_file(path: str | Path) -> CueFile:
     examples = {
         k: v["examples"] for k, v in data.items() if isinstance(v, dict) and "examples" in v
     }
+    # Each photo's text is matched against every word: 300,000 words took 100 s a photo.
+    count = sum(len(w) for w in words.values())
+    if count > MAX_CUE_WORDS:
+        raise DataError(f"{path}: {count} words; a text cue file may hold at most {MAX_CUE_WORDS}")
+    crowded = sorted(k for k, v in examples.items() if len(v) > MAX_EXAMPLES_PER_CLASS)
+    if crowded:
+        raise DataError(
+            f"{path}: more than {MAX_EXAMPLES_PER_CLASS} examples for {', '.join(crowded)} "
+            "(phonesim learn-text keeps that many per class, spread over its photos)"
+        )
     return CueFile(words, examples or None)
 
 

@@ -37,6 +37,10 @@ MIN_TOKEN = 3
 #: The longest example or query compared, in characters: the reader stops at 100 lines, and
 #: a cue file's examples are fitted in every server worker (a 20 MB one took 4.5 GB).
 MAX_EXAMPLE_CHARS = 4000
+#: The most examples of one class a cue file holds: learn-text keeps that many, spread over
+#: the class's photos. The examples are fitted in every server worker and each photo's text
+#: is compared with them all; 1,250 long ones took 82 s and 1 GB to load.
+MAX_EXAMPLES_PER_CLASS = 2000
 #: Classes with less of the vote than this are dropped from it (and from a response's
 #: ``text_cues``): the softmax leaves crumbs on every neighbour's class.
 MIN_VOTE_SHARE = 0.05
@@ -130,6 +134,7 @@ class TextExamples:
 
 __all__ = [
     "MAX_EXAMPLE_CHARS",
+    "MAX_EXAMPLES_PER_CLASS",
     "MIN_SIMILARITY",
     "MIN_VOTE_SHARE",
     "MIN_TOKEN",

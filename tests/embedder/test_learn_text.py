@@ -154,3 +154,21 @@ def test_a_cue_word_that_cannot_be_written_fails_before_the_reading(
     monkeypatch.setattr(module, "TextReader", None)
     with pytest.raises(UserError, match="UTF-8"):
         learn_text(tiny_checkpoint, learn, tmp_path / "out.json", cue_file=cues, progress=False)
+
+
+def test_a_class_keeps_at_most_the_examples_a_cue_file_may_hold(
+    tiny_checkpoint, labelled, tmp_path, monkeypatch
+) -> None:
+    """One example per photo, unbounded: a large catalog's file took minutes and gigabytes
+    to load in every server worker, and serve now refuses such a file."""
+    from embedder import learn_text as module
+    from embedder import text_cues
+
+    learn, _, names = labelled
+    monkeypatch.setattr(module, "MAX_EXAMPLES_PER_CLASS", 1)
+    monkeypatch.setattr(text_cues, "MAX_EXAMPLES_PER_CLASS", 1)
+    out = tmp_path / "learned.json"
+    summary = learn_text(tiny_checkpoint, learn, out, rotations=(0,), progress=False)
+    data = json.loads(out.read_text())
+    assert all(len(data[name]["examples"]) == 1 for name in names)
+    assert summary.examples == dict.fromkeys(names, 1)

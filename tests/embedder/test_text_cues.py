@@ -130,6 +130,25 @@ def test_cue_file_is_read_and_checked(tmp_path) -> None:
         TextCues.load(tmp_path / "missing.json", NAMES)
 
 
+def test_a_cue_file_beyond_its_bounds_is_refused(tmp_path, monkeypatch) -> None:
+    """Every server worker loads it and matches each photo's text against all its words: a
+    5 MB file took 82 s to load, and 300,000 words 100 s a photo."""
+    from embedder import text_cues
+
+    path = tmp_path / "cues.json"
+    path.write_text(json.dumps({"samsung": {"words": ["a", "b", "c"], "examples": ["x", "y"]}}))
+    assert TextCues.load(path, NAMES)
+    monkeypatch.setattr(text_cues, "MAX_EXAMPLES_PER_CLASS", 1)
+    with pytest.raises(DataError, match="more than 1 examples for samsung"):
+        TextCues.load(path, NAMES)
+    monkeypatch.setattr(text_cues, "MAX_CUE_WORDS", 2)
+    with pytest.raises(DataError, match="3 words; a text cue file may hold at most 2"):
+        TextCues.load(path, NAMES)
+    monkeypatch.setattr(text_cues, "MAX_CUE_FILE_BYTES", 10)
+    with pytest.raises(DataError, match="MB; a text cue file may hold at most"):
+        TextCues.load(path, NAMES)
+
+
 def test_a_cue_decides_at_weight_one_and_only_leans_below() -> None:
     probs = np.array([[0.9, 0.1, 0.0], [0.9, 0.1, 0.0], [0.2, 0.5, 0.3]], dtype=np.float32)
     cue = np.array([[0, 1, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float32)
