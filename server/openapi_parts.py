@@ -345,8 +345,9 @@ SCHEMAS: dict[str, Any] = {
                 "type": "boolean",
                 "description": "whether the text on the photo was read: only photos whose "
                 "prediction without it gives its top class less than the server's --text-gate "
-                "are, unless the request's `read_text` says always or never; present only when "
-                "the server reads text",
+                "are, unless the request's `read_text` says always or never; false too where "
+                "the reading failed, or the request's photos had been read for 10 s already; "
+                "present only when the server reads text",
             },
         },
     },

@@ -50,6 +50,8 @@ LARGE_PIXELS = 4_000_000
 LARGE_DECODES = 2
 # A process that reaches the store yet stays this far behind it is not ready (see readiness).
 MAX_READY_LAG_S = 10.0
+# A request's photos are read for this long in all; later ones are answered without text.
+REQUEST_READ_BUDGET_S = 10.0
 
 
 @dataclass
@@ -254,15 +256,22 @@ class LookupService:
         A photo's ``text_mode`` "always" is read whatever its prediction, "never" is not.
         """
         assert self.text is not None
+        spent = 0.0  # reading time of this request so far
         for photo, below in zip(embedded, unsure(probabilities, self.text.gate), strict=True):
             if photo.cues is not None:  # read already (a photo is predicted once, but still)
                 continue
             worth = photo.text_mode == "always" or (photo.text_mode == "auto" and below)
+            if worth and spent >= REQUEST_READ_BUDGET_S:
+                # The reader reads one photo at a time for the whole worker: a batch of text
+                # walls with read_text=always held it 22 s while other uploads waited.
+                # The rest are answered without their text (text_read false).
+                worth = False
             read_s = 0.0
             if worth and photo.image is not None:
                 t0 = time.perf_counter()
                 photo.cues = self.read_cues(photo.image)
                 read_s = time.perf_counter() - t0
+                spent += read_s
                 # A failed reading read nothing: text_read says so (export marks it failed).
                 photo.text_read = photo.cues is not None
             if photo.cues is None:

@@ -446,3 +446,14 @@ def test_a_reading_batch_holds_its_photos_no_larger_than_the_reader_takes(
     answered = reading.post("/v1/search/batch", json={"queries": queries})
     assert answered.status_code == 200, answered.get_json()
     assert held == [0] and small == [2]  # the reader's copies, not the photos
+
+
+def test_a_request_reads_text_for_a_bounded_time(reading, monkeypatch) -> None:
+    """The reader reads one photo at a time for the whole worker: a batch of six text walls
+    with read_text=always held it 22 s while other clients' uploads waited."""
+    from server import service
+
+    monkeypatch.setattr(service, "REQUEST_READ_BUDGET_S", 1e-9)  # spent by the first photo
+    queries = [{"image": b64(banner(WORD)), "read_text": "always"} for _ in range(3)]
+    results = reading.post("/v1/search/batch", json={"queries": queries}).get_json()["results"]
+    assert [r["prediction"]["text_read"] for r in results] == [True, False, False]
