@@ -23,8 +23,14 @@ from embedder.data import load_catalog
 from embedder.errors import DataError, ImageError
 from embedder.images import load_image
 from embedder.preprocess import Preprocessor
-from embedder.text_cues import CueFile, TextCues, read_cue_file
-from embedder.text_examples import MAX_EXAMPLES_PER_CLASS, document
+from embedder.text_cues import (
+    MAX_CUE_FILE_BYTES,
+    CueFile,
+    TextCues,
+    cue_bounds_problem,
+    read_cue_file,
+)
+from embedder.text_examples import MAX_EXAMPLE_TOTAL_CHARS, MAX_EXAMPLES_PER_CLASS, document
 from embedder.text_reader import DEFAULT_ROTATIONS, TextReader
 
 log = logging.getLogger(__name__)
@@ -63,11 +69,12 @@ def learn_text(
             f"{data}: classes the model does not know: {', '.join(unknown)} "
             f"(its classes: {', '.join(names)})"
         )
-    given = read_cue_file(cue_file) if cue_file else CueFile({}, None)
+    # Only their words are kept: examples over the bounds do not matter.
+    given = read_cue_file(cue_file, bounded=False) if cue_file else CueFile({}, None)
     if cue_file is None and Path(out).is_file():  # a cue file (checked above): refreshed
         # Its words are the user's, written by hand: re-learning the examples keeps them,
         # those of the classes the model still has.
-        given = read_cue_file(out)
+        given = read_cue_file(out, bounded=False)
         retired = sorted(set(given.words) - set(names))
         if retired:
             log.warning(
@@ -106,15 +113,17 @@ def learn_text(
             examples[sample.label].append(doc)
     if unreadable == len(catalog.samples):
         raise DataError(f"{data}: none of its {unreadable} photos could be read")
-    for name, docs in examples.items():
-        if len(docs) > MAX_EXAMPLES_PER_CLASS:  # what a cue file may hold: spread over them
-            step = len(docs) / MAX_EXAMPLES_PER_CLASS
-            examples[name] = [docs[int(i * step)] for i in range(MAX_EXAMPLES_PER_CLASS)]
-            log.info("%s: kept %d of its %d examples", name, MAX_EXAMPLES_PER_CLASS, len(docs))
+    examples = within_bounds(examples)
     learned = {
         name: {"words": given.words.get(name, []), "examples": examples[name]} for name in names
     }
-    atomic_write_text(out, json.dumps(learned, indent=1, ensure_ascii=False) + "\n")
+    text = json.dumps(learned, indent=1, ensure_ascii=False) + "\n"
+    problem = cue_bounds_problem(CueFile(given.words, examples))
+    if problem is None and len(text.encode("utf-8")) > MAX_CUE_FILE_BYTES:
+        problem = f"over {MAX_CUE_FILE_BYTES // 2**20} MB"
+    if problem:  # the words given are too many: the file serve would refuse is not written
+        raise DataError(f"{out}: not written: {problem}")
+    atomic_write_text(out, text)
     TextCues.load(out, names)  # what serve will load: fail here, not at its start
     return LearnedText(
         photos={k: v for k, v in photos.items() if v},
@@ -122,6 +131,26 @@ def learn_text(
         unreadable=unreadable,
         seconds=time.perf_counter() - t0,
     )
+
+
+def within_bounds(examples: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``examples`` as a cue file may hold them: at most MAX_EXAMPLES_PER_CLASS per class and
+    MAX_EXAMPLE_TOTAL_CHARS in all, each class's kept ones spread over its photos."""
+    keep = {name: min(len(docs), MAX_EXAMPLES_PER_CLASS) for name, docs in examples.items()}
+
+    def spread(docs: list[str], n: int) -> list[str]:
+        return [docs[int(i * len(docs) / n)] for i in range(n)] if n < len(docs) else docs
+
+    while True:
+        kept = {name: spread(docs, keep[name]) for name, docs in examples.items()}
+        chars = sum(len(e) for docs in kept.values() for e in docs)
+        if chars <= MAX_EXAMPLE_TOTAL_CHARS:
+            break
+        keep = {name: int(n * 0.9) for name, n in keep.items()}  # every class alike
+    for name, docs in examples.items():
+        if len(kept[name]) < len(docs):
+            log.info("%s: kept %d of its %d examples", name, len(kept[name]), len(docs))
+    return kept
 
 
 def check_cue_output(out: str | Path) -> None:
@@ -133,7 +162,7 @@ def check_cue_output(out: str | Path) -> None:
     out = Path(out)
     if out.exists():
         try:
-            read_cue_file(out)
+            read_cue_file(out, bounded=False)  # one over today's bounds is learned again
         except DataError:
             raise DataError(f"{out}: exists and is not a text cue file; not replacing it") from None
     problem = folder_write_problem(out.parent)

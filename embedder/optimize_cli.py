@@ -105,7 +105,7 @@ def _optimize(args: argparse.Namespace) -> int:
     save_check(engine, check)  # runtime auto then trusts this graph without loading torch
     changed = graph_problem(ckpt, "fp32")
     if changed:  # new weights written meanwhile (a retrain into the folder): not this model's
-        raise EngineError(f"{ckpt}: {changed}: the checkpoint changed during the export; run again")
+        raise EngineError(f"{ckpt}: {changed}: the checkpoint changed meanwhile; run again")
     summary: dict[str, Any] = {
         "checkpoint": str(ckpt),
         "fp32": asdict(read_graph_record(ckpt, "fp32")),

@@ -33,6 +33,7 @@ from common.text import is_utf8
 from embedder.errors import DataError
 from embedder.text_examples import (
     MAX_EXAMPLE_CHARS,
+    MAX_EXAMPLE_TOTAL_CHARS,
     MAX_EXAMPLES_PER_CLASS,
     SHARE,
     TextExamples,
@@ -87,6 +88,9 @@ class TextCues:
     #: Text read on labelled photos of the classes (``phonesim learn-text``): a photo whose
     #: text names no class takes their vote (:mod:`embedder.text_examples`).
     examples: TextExamples | None = None
+    #: The words, as written, of each short word written in several ("Mi 14": mi, 14): it
+    #: also names its class read as those words in a row on one line.
+    parts: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     #: GENERIC_WORDS but those that name a class here: what matching passes over.
     generic: frozenset[str] = field(init=False, repr=False, compare=False)
 
@@ -119,14 +123,19 @@ class TextCues:
                 f"text cues for classes the model does not know: {', '.join(unknown)} "
                 f"(its classes: {', '.join(label_names)})"
             )
-        words = []
+        words, parts = [], {}
         for name in label_names:
-            found = dict.fromkeys(w for w in map(normalise, [name, *extra.get(name, ())]) if w)
+            written = [name, *extra.get(name, ())]
+            found = dict.fromkeys(w for w in map(normalise, written) if w)
             words.append(tuple(found))
+            for w in written:
+                split = tuple(words_of(w))
+                if len(split) > 1 and len(normalise(w)) < LONG_WORD:
+                    parts[normalise(w)] = split
         if examples is None:
-            return cls(tuple(words))
+            return cls(tuple(words), parts=parts)
         docs = [[document([(t, 1.0)], 0.0) for t in examples.get(n, ())] for n in label_names]
-        return cls(tuple(words), examples=TextExamples.from_lists(docs))
+        return cls(tuple(words), examples=TextExamples.from_lists(docs), parts=parts)
 
     @classmethod
     def load(cls, path: str | Path, label_names: Sequence[str]) -> TextCues:
@@ -144,7 +153,8 @@ class TextCues:
 
     def classes(self, texts: Texts) -> list[int]:
         """Indices of the classes that ``texts`` ((text, confidence) pairs) name."""
-        tokens = [w for t, conf in texts if conf >= self.min_confidence for w in words_of(t)]
+        lines = [words_of(t) for t, conf in texts if conf >= self.min_confidence]
+        tokens = [w for line in lines for w in line]
         if not tokens:
             return []
         joined = "".join(tokens)  # words the reader split ("one plus") or a banner's lines
@@ -153,7 +163,9 @@ class TextCues:
             spans.append((start, start + len(t), t in self.generic))
             start += len(t)
         tokens = [t for t in tokens if t not in self.generic]
-        named = (any(self._found(w, tokens, joined, spans) for w in words) for words in self.words)
+        named = (
+            any(self._found(w, tokens, joined, spans, lines) for w in words) for words in self.words
+        )
         return [i for i, found in enumerate(named) if found]
 
     def names_any(self, texts: Texts) -> bool:
@@ -163,25 +175,24 @@ class TextCues:
         return bool(self.classes(texts))
 
     def _found(
-        self, word: str, tokens: list[str], joined: str, spans: list[tuple[int, int, bool]]
+        self,
+        word: str,
+        tokens: list[str],
+        joined: str,
+        spans: list[tuple[int, int, bool]],
+        lines: list[list[str]],
     ) -> bool:
-        short = len(word) < LONG_WORD
-        if short and word in tokens:
-            return True
+        if len(word) < LONG_WORD:  # whole words only: "poco", not "pocket"
+            if word in tokens:
+                return True
+            # A cue "Mi 14" (normalised "mi14") read as it is written: "Mi 14" on one line.
+            split = self.parts.get(word)
+            return split is not None and any(_in_a_row(split, line) for line in lines)
         at = joined.find(word)
         while at >= 0:
-            # A short word names only whole read words: "poco", not "pocket"; "Mi 14" for a
-            # cue "Mi 14" (normalised "mi14"), which the reader returns as two words.
-            names = (
-                _whole_words(at, at + len(word), spans)
-                if short
-                else _names(at, at + len(word), spans)
-            )
-            if names:
+            if _names(at, at + len(word), spans):
                 return True
             at = joined.find(word, at + 1)
-        if short:
-            return False
         # A misreading keeps the word's length give or take a letter or two ("SAMSUNO").
         return any(
             abs(len(t) - len(word)) <= 2 and SequenceMatcher(None, t, word).ratio() >= self.fuzzy
@@ -202,14 +213,10 @@ class TextCues:
         return out
 
 
-def _whole_words(start: int, end: int, spans: list[tuple[int, int, bool]]) -> bool:
-    """Whether ``joined[start:end]`` is one or more whole read words, none of them generic."""
-    covered = [(a, b, generic) for a, b, generic in spans if a < end and start < b]
-    return (
-        covered[0][0] == start
-        and covered[-1][1] == end
-        and not any(generic for _, _, generic in covered)
-    )
+def _in_a_row(words: tuple[str, ...], line: list[str]) -> bool:
+    """Whether ``words`` follow one another in ``line``."""
+    n = len(words)
+    return any(tuple(line[i : i + n]) == words for i in range(len(line) - n + 1))
 
 
 def _names(start: int, end: int, spans: list[tuple[int, int, bool]]) -> bool:
@@ -231,13 +238,17 @@ class CueFile(NamedTuple):
     examples: dict[str, list[str]] | None
 
 
-def read_cue_file(path: str | Path) -> CueFile:
+def read_cue_file(path: str | Path, bounded: bool = True) -> CueFile:
     """A JSON file's ``{label: [word, ...]}``; a label may instead map to ``{"words": [...],
     "examples": [...]}`` (as ``phonesim learn-text`` writes), the text read on its photos.
-    Raises DataError for a file that cannot be read or has another shape."""
+    Raises DataError for a file that cannot be read or has another shape, and, where
+    ``bounded`` (a file to serve with, not one learn-text reads for its words or replaces),
+    for one over the bounds of size, words and examples."""
     try:
+        if Path(path).exists() and not Path(path).is_file():  # a FIFO blocked the reading
+            raise DataError(f"{path}: not a regular file")
         size = Path(path).stat().st_size
-        if size > MAX_CUE_FILE_BYTES:  # before reading it: every server worker loads it
+        if bounded and size > MAX_CUE_FILE_BYTES:  # before reading: every worker loads it
             raise DataError(
                 f"{path}: {size / 2**20:.1f} MB; a text cue file may hold at most "
                 f"{MAX_CUE_FILE_BYTES // 2**20} MB"
@@ -257,17 +268,35 @@ def read_cue_file(path: str | Path) -> CueFile:
     examples = {
         k: v["examples"] for k, v in data.items() if isinstance(v, dict) and "examples" in v
     }
-    # Each photo's text is matched against every word: 300,000 words took 100 s a photo.
-    count = sum(len(w) for w in words.values())
+    file = CueFile(words, examples or None)
+    if bounded:
+        problem = cue_bounds_problem(file)
+        if problem:
+            raise DataError(f"{path}: {problem}")
+    return file
+
+
+def cue_bounds_problem(file: CueFile) -> str | None:
+    """Why ``file`` is over a cue file's bounds, or None. Every server worker loads it and
+    matches each photo's text against all its words (300,000 words took 100 s a photo) and
+    fits all its examples (1,000 of 4,000 characters took 15 s and 875 MB)."""
+    count = sum(len(w) for w in file.words.values())
     if count > MAX_CUE_WORDS:
-        raise DataError(f"{path}: {count} words; a text cue file may hold at most {MAX_CUE_WORDS}")
+        return f"{count} words; a text cue file may hold at most {MAX_CUE_WORDS}"
+    examples = file.examples or {}
     crowded = sorted(k for k, v in examples.items() if len(v) > MAX_EXAMPLES_PER_CLASS)
     if crowded:
-        raise DataError(
-            f"{path}: more than {MAX_EXAMPLES_PER_CLASS} examples for {', '.join(crowded)} "
-            "(phonesim learn-text keeps that many per class, spread over its photos)"
+        return (
+            f"more than {MAX_EXAMPLES_PER_CLASS} examples for {', '.join(crowded)} "
+            "(learn it again: phonesim learn-text keeps at most that many)"
         )
-    return CueFile(words, examples or None)
+    chars = sum(len(e) for v in examples.values() for e in v)
+    if chars > MAX_EXAMPLE_TOTAL_CHARS:
+        return (
+            f"{chars:,} characters of examples; a text cue file may hold at most "
+            f"{MAX_EXAMPLE_TOTAL_CHARS:,} (learn it again: phonesim learn-text keeps within it)"
+        )
+    return None
 
 
 def is_cue_mapping(data: object) -> bool:
@@ -348,6 +377,7 @@ __all__ = [
     "check_gate",
     "check_weight",
     "is_cue_mapping",
+    "cue_bounds_problem",
     "read_cue_file",
     "normalise",
     "unsure",

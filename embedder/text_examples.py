@@ -41,6 +41,9 @@ MAX_EXAMPLE_CHARS = 4000
 #: the class's photos. The examples are fitted in every server worker and each photo's text
 #: is compared with them all; 1,250 long ones took 82 s and 1 GB to load.
 MAX_EXAMPLES_PER_CLASS = 2000
+#: And the most characters of examples in all (1,000 examples of 4,000 characters took 15 s
+#: and 875 MB to load).
+MAX_EXAMPLE_TOTAL_CHARS = 2_000_000
 #: Classes with less of the vote than this are dropped from it (and from a response's
 #: ``text_cues``): the softmax leaves crumbs on every neighbour's class.
 MIN_VOTE_SHARE = 0.05
@@ -135,6 +138,7 @@ class TextExamples:
 __all__ = [
     "MAX_EXAMPLE_CHARS",
     "MAX_EXAMPLES_PER_CLASS",
+    "MAX_EXAMPLE_TOTAL_CHARS",
     "MIN_SIMILARITY",
     "MIN_VOTE_SHARE",
     "MIN_TOKEN",

@@ -58,9 +58,11 @@ function showPrediction(prediction) {
     source += " alone";
   }
   if (prediction.text_read === false) {
+    // Not read: asked not to, sure enough without it, a reading that failed, or a request
+    // that had spent its reading time; only the first is known here.
     source += $("read-text").value === "never"
       ? " (the photo's text was not read)"
-      : " (sure enough that the photo's text was not read)";
+      : " (the photo's text was not read: sure enough without it, or it could not be read)";
   }
   $("prediction-source").textContent = source;
   const bars = $("prediction-bars");

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from common.errors import UserError
+from embedder.errors import DataError
 from embedder.evaluate import evaluate
 from embedder.learn_text import learn_text
 from embedder.text_cues import TextCues
@@ -172,3 +173,32 @@ def test_a_class_keeps_at_most_the_examples_a_cue_file_may_hold(
     data = json.loads(out.read_text())
     assert all(len(data[name]["examples"]) == 1 for name in names)
     assert summary.examples == dict.fromkeys(names, 1)
+
+
+def test_examples_are_kept_within_the_bounds_spread_over_each_class(monkeypatch) -> None:
+    from embedder import learn_text as module
+
+    monkeypatch.setattr(module, "MAX_EXAMPLES_PER_CLASS", 4)
+    docs = {"a": [f"a{i}" for i in range(8)], "b": ["b0", "b1"]}
+    assert module.within_bounds(docs) == {"a": ["a0", "a2", "a4", "a6"], "b": ["b0", "b1"]}
+    monkeypatch.setattr(module, "MAX_EXAMPLE_TOTAL_CHARS", 8)  # 4 of 2 characters
+    kept = module.within_bounds(docs)
+    assert sum(len(e) for v in kept.values() for e in v) <= 8 and kept["a"][0] == "a0"
+
+
+def test_a_learned_file_over_the_bounds_is_learned_again_not_refused(
+    tiny_checkpoint, labelled, tmp_path, monkeypatch
+) -> None:
+    """One from before the bounds was refused as 'not a text cue file', so learn-text could
+    not replace it; nor read its words from it."""
+    from embedder import text_cues
+
+    learn, _, names = labelled
+    out = tmp_path / "old.json"
+    out.write_text(json.dumps({names[0]: {"words": ["w"], "examples": ["x", "y", "z"]}}))
+    monkeypatch.setattr(text_cues, "MAX_EXAMPLES_PER_CLASS", 2)
+    with pytest.raises(DataError, match="learn it again"):
+        text_cues.TextCues.load(out, names)
+    learn_text(tiny_checkpoint, learn, out, rotations=(0,), progress=False)
+    data = json.loads(out.read_text())
+    assert data[names[0]]["words"] == ["w"] and len(data[names[0]]["examples"]) <= 2

@@ -363,4 +363,4 @@ def test_optimize_fails_when_the_weights_change_during_its_export(ckpt, monkeypa
 
     monkeypatch.setattr(onnx_export, "export_graph", export_then_retrain)
     assert main(["optimize", "--checkpoint", str(ckpt)]) == 2
-    assert "the checkpoint changed during the export; run again" in capsys.readouterr().err
+    assert "the checkpoint changed meanwhile; run again" in capsys.readouterr().err

@@ -147,6 +147,20 @@ def test_a_cue_file_beyond_its_bounds_is_refused(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(text_cues, "MAX_CUE_FILE_BYTES", 10)
     with pytest.raises(DataError, match="MB; a text cue file may hold at most"):
         TextCues.load(path, NAMES)
+    monkeypatch.undo()
+    monkeypatch.setattr(text_cues, "MAX_EXAMPLE_TOTAL_CHARS", 1)
+    with pytest.raises(DataError, match="2 characters of examples"):
+        TextCues.load(path, NAMES)
+
+
+def test_a_cue_file_that_is_no_regular_file_is_one_line(tmp_path) -> None:
+    """A FIFO blocked serve's preflight until its timeout."""
+    import os
+
+    fifo = tmp_path / "cues.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        TextCues.load(fifo, NAMES)
 
 
 def test_a_cue_decides_at_weight_one_and_only_leans_below() -> None:
@@ -191,3 +205,13 @@ def test_a_short_cue_written_with_a_space_matches_its_own_spelling() -> None:
     assert [names[i] for i in cues.classes(read("S 24"))] == ["samsung"]
     assert [names[i] for i in cues.classes(read("Mi14"))] == ["xiaomi"]
     assert cues.classes(read("Mi 145")) == [] and cues.classes(read("AS 24")) == []
+    assert cues.classes(read("Mi", "14")) == []  # on two lines: not as it is written
+
+
+def test_a_short_cue_names_nothing_split_in_other_ways() -> None:
+    """Words that merely spell a short cue in a row are not it: "P.O. Co." is no "poco"."""
+    names = ["huawei", "xiaomi"]
+    cues = TextCues.from_labels(names, {"xiaomi": ["poco"], "huawei": ["mate", "nova"]})
+    for lines in (["P.O. Co., Ltd"], ["MA", "TE"], ["Model No", "VA 1"]):
+        assert cues.classes(read(*lines)) == [], lines
+    assert [names[i] for i in cues.classes(read("POCO X6"))] == ["xiaomi"]
