@@ -8,23 +8,21 @@ from PIL import Image
 from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_against_index_reports_catalog_matches(
-    tiny_catalog, tiny_checkpoint, descriptor, tmp_path, request, backend
-):
-    from duplicates.against import find_against
-    from duplicates.finder import FinderConfig
-    from embedder.data import Sample, load_catalog
+def index_catalog(tiny_checkpoint, tiny_catalog, out, edit=None, store=None):  # noqa: ANN001, ANN201
+    """The tiny catalog indexed at ``out`` (or in ``store``), each item's metadata its image
+    path and label as ``edit(metadata)`` leaves them; returns the embedder and the samples."""
+    from embedder.data import load_catalog
     from embedder.inference import Embedder
     from index import build_index
 
-    store = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     embedder = Embedder.from_checkpoint(tiny_checkpoint)
     catalog = load_catalog(tiny_catalog / "catalog.csv").samples
     xb = embedder.embed_paths([s.path for s in catalog]).embeddings
     meta = [{"image": str(s.path.resolve()), "label": s.label} for s in catalog]
+    if edit is not None:
+        edit(meta)
     build_index(
-        tmp_path / "idx",
+        out,
         [s.id for s in catalog],
         xb,
         meta,
@@ -33,6 +31,19 @@ def test_against_index_reports_catalog_matches(
         progress=False,
         store=store,
     )
+    return embedder, catalog
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_against_index_reports_catalog_matches(
+    tiny_catalog, tiny_checkpoint, descriptor, tmp_path, request, backend
+):
+    from duplicates.against import find_against
+    from duplicates.finder import FinderConfig
+    from embedder.data import Sample
+
+    store = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    embedder, catalog = index_catalog(tiny_checkpoint, tiny_catalog, tmp_path / "idx", store=store)
     where = None if store else tmp_path / "idx"  # from PostgreSQL, no folder is needed
     target = catalog[7]
     new = tmp_path / "new"
@@ -102,26 +113,16 @@ def test_catalog_items_that_cannot_be_read_are_listed_in_failed_csv(
     from duplicates.against import find_against
     from duplicates.finder import FinderConfig
     from duplicates.report import to_json, write_report
-    from embedder.data import Sample, load_catalog
-    from embedder.inference import Embedder
-    from index import build_index
+    from embedder.data import Sample
 
-    embedder = Embedder.from_checkpoint(tiny_checkpoint)
-    catalog = load_catalog(tiny_catalog / "catalog.csv").samples
-    xb = embedder.embed_paths([s.path for s in catalog]).embeddings
-    target, bare = catalog[7], catalog[8]
-    meta = [{"image": str(s.path.resolve()), "label": s.label} for s in catalog]
-    meta[7]["image"] = str(tmp_path / "moved-away.jpg")
-    del meta[8]["image"]
-    build_index(
-        tmp_path / "idx",
-        [s.id for s in catalog],
-        xb,
-        meta,
-        model_name=embedder.model_name,
-        checkpoint_hash=embedder.checkpoint_hash,
-        progress=False,
+    def lose_two_photos(meta: list[dict]) -> None:
+        meta[7]["image"] = str(tmp_path / "moved-away.jpg")
+        del meta[8]["image"]
+
+    embedder, catalog = index_catalog(
+        tiny_checkpoint, tiny_catalog, tmp_path / "idx", edit=lose_two_photos
     )
+    target, bare = catalog[7], catalog[8]
     new = tmp_path / "new"
     new.mkdir()
     Image.open(target.path).convert("RGB").save(new / "relisted.jpg", quality=40)

@@ -229,6 +229,18 @@ def _replace_weights(ckpt, scale: float = 1.5) -> None:
     os.replace(ckpt / "new.safetensors", ckpt / WEIGHTS_FILE)
 
 
+def _retrain_after(monkeypatch, module, name: str, ckpt, scale: float = 1.5) -> None:  # noqa: ANN001
+    """``module.name`` replaced by one that writes other weights into ``ckpt`` once done."""
+    original = getattr(module, name)
+
+    def then_retrain(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        result = original(*args, **kwargs)
+        _replace_weights(ckpt, scale)
+        return result
+
+    monkeypatch.setattr(module, name, then_retrain)
+
+
 @pytest.mark.parametrize("given_model", [True, False])
 def test_a_graph_records_the_weights_it_was_made_from(ckpt, monkeypatch, given_model):
     """The weights' hash was taken after the export: weights replaced during it (a retrain into
@@ -245,14 +257,7 @@ def test_a_graph_records_the_weights_it_was_made_from(ckpt, monkeypatch, given_m
         assert loaded_weights_hash(model) == before
         _replace_weights(ckpt)
     else:  # replaced while the exporter runs
-        export = onnx_export.export_graph
-
-        def export_then_retrain(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            names = export(*args, **kwargs)
-            _replace_weights(ckpt)
-            return names
-
-        monkeypatch.setattr(onnx_export, "export_graph", export_then_retrain)
+        _retrain_after(monkeypatch, onnx_export, "export_graph", ckpt)
     onnx_export.build_fp32_graph(ckpt, model)
     assert read_graph_record(ckpt, "fp32").weights_sha256 == before != checkpoint_hash(ckpt)
     assert graph_problem(ckpt, "fp32") == "model.onnx was made from other weights"
@@ -324,25 +329,11 @@ def test_weights_replaced_while_loading_or_quantising_are_refused(ckpt, tiny_cat
     from embedder import inference, quantize
     from embedder.errors import CheckpointError, EngineError
 
-    load = inference.load_engine
-
-    def load_then_retrain(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        engine = load(*args, **kwargs)
-        _replace_weights(ckpt)
-        return engine
-
-    monkeypatch.setattr(inference, "load_engine", load_then_retrain)
+    _retrain_after(monkeypatch, inference, "load_engine", ckpt)
     with pytest.raises(CheckpointError, match="weights changed while loading"):
         inference.Embedder.from_checkpoint(ckpt, runtime="torch", device="cpu")
     monkeypatch.undo()
-    ensure = quantize.ensure_fp32_graph
-
-    def ensure_then_retrain(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        path = ensure(*args, **kwargs)
-        _replace_weights(ckpt, 0.5)
-        return path
-
-    monkeypatch.setattr(quantize, "ensure_fp32_graph", ensure_then_retrain)
+    _retrain_after(monkeypatch, quantize, "ensure_fp32_graph", ckpt, 0.5)
     with pytest.raises(EngineError, match="changed while quantising"):
         quantize.quantize_int8(ckpt, tiny_catalog, max_images=4)
 
@@ -354,13 +345,6 @@ def test_optimize_fails_when_the_weights_change_during_its_export(ckpt, monkeypa
     from phonesim.cli import main
 
     (ckpt / "model.onnx").unlink()
-    export = onnx_export.export_graph
-
-    def export_then_retrain(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        names = export(*args, **kwargs)
-        _replace_weights(ckpt)
-        return names
-
-    monkeypatch.setattr(onnx_export, "export_graph", export_then_retrain)
+    _retrain_after(monkeypatch, onnx_export, "export_graph", ckpt)
     assert main(["optimize", "--checkpoint", str(ckpt)]) == 2
     assert "the checkpoint changed meanwhile; run again" in capsys.readouterr().err
