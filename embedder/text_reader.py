@@ -43,6 +43,10 @@ MAX_ASPECT = 4.0
 # under 1.7 s for all three).
 MAX_SIDE = 1280
 MAX_LINES = 100
+# Text regions the detector may find before the MAX_LINES tallest are kept (RapidOCR's own
+# default). Capped at MAX_LINES itself, it kept the first regions in contour order, from the
+# bottom up: a brand printed large above 100 lines of small print was never read.
+DETECT_CANDIDATES = 1000
 READ_BUDGET_S = 3.0
 # And the lines recognised in one pass add up to at most this width once scaled to the
 # recogniser's 48 px height (its cost grows with it: about 45 us a pixel on 2 cores). A wall of
@@ -90,12 +94,13 @@ class TextReader:
             "Global.log_level": "error",
             "Global.max_side_len": MAX_SIDE,
             "Det.limit_side_len": detect_side,
-            "Det.max_candidates": MAX_LINES,
+            "Det.max_candidates": DETECT_CANDIDATES,
         }
         if threads is not None:
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = int(threads)
             params["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
         self._engine = RapidOCR(params=params)
+        _keep_tallest_regions(self._engine, MAX_LINES)
         _bound_recognition(self._engine, REC_WIDTH_BUDGET)
         # RapidOCR logs every image without text at warning level.
         logging.getLogger("RapidOCR").setLevel(logging.ERROR)
@@ -151,6 +156,36 @@ def lines_within(heights: Sequence[int], widths: Sequence[float], budget: float)
         kept.append(i)
         spent += widths[i]
     return sorted(kept)
+
+
+def region_heights(boxes: np.ndarray) -> np.ndarray:
+    """The height of each detected region (N x 4 x 2 corners, clockwise from top left)."""
+    boxes = np.asarray(boxes, dtype=np.float32)
+    left = np.linalg.norm(boxes[:, 3] - boxes[:, 0], axis=1)
+    right = np.linalg.norm(boxes[:, 2] - boxes[:, 1], axis=1)
+    return (left + right) / 2
+
+
+def _keep_tallest_regions(engine: Any, most: int) -> None:
+    """Make ``engine``'s detector keep its ``most`` tallest regions (a brand is printed large),
+    in the detector's order; under that many, the detector's answer as it is."""
+    load = engine._load_det_model
+
+    def bounded_detector() -> Any:
+        detector = load()
+
+        def detect(img: np.ndarray) -> Any:
+            found = detector(img)
+            if found.boxes is None or len(found.boxes) <= most:
+                return found
+            kept = np.sort(np.argsort(-region_heights(found.boxes), kind="stable")[:most])
+            log.debug("text: %d of %d regions kept (the tallest)", most, len(found.boxes))
+            scores = None if found.scores is None else [found.scores[i] for i in kept]
+            return replace(found, boxes=found.boxes[kept], scores=scores)
+
+        return detect
+
+    engine._load_det_model = bounded_detector
 
 
 def _bound_recognition(engine: Any, budget: float) -> None:

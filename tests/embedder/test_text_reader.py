@@ -147,3 +147,48 @@ def test_every_caller_reads_the_pixels_the_server_keeps(reader: TextReader, monk
     half = len(seen) // 2
     assert max(seen[0].shape[:2]) == MAX_SIDE
     assert all(np.array_equal(a, b) for a, b in zip(seen[:half], seen[half:], strict=True))
+
+
+def test_a_brand_above_a_hundred_lines_of_small_print_is_read() -> None:
+    """The detector kept its first 100 regions in contour order, from the bottom up: the
+    brand printed large at the top of a spec sheet was never read."""
+    import random
+
+    img = Image.new("RGB", (1280, 1280), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    draw.text((300, 40), "SAMSUNG", fill=(0, 0, 0), font=ImageFont.load_default(100))
+    rng, small = random.Random(0), ImageFont.load_default(16)
+    for row in range(45):
+        for col in range(9):
+            word = "".join(rng.choice("abcdefghkmnprstuvwxyz") for _ in range(5))
+            draw.text((20 + col * 140, 220 + row * 23), word, fill=(0, 0, 0), font=small)
+    read = TextReader(rotations=(0,), threads=1).read(img)
+    assert len(read) > 50 and any("SAMSUNG" in text.upper() for text, _ in read)
+
+
+def test_the_detector_keeps_its_tallest_regions_in_its_own_order() -> None:
+    import numpy as np
+    from rapidocr.ch_ppocr_det.utils import TextDetOutput
+
+    from embedder.text_reader import _keep_tallest_regions
+
+    def box(top: float, height: float) -> list[list[float]]:
+        return [[0, top], [50, top], [50, top + height], [0, top + height]]
+
+    heights = [10, 40, 12, 30, 11]
+    found = TextDetOutput(
+        boxes=np.array([box(i * 50, h) for i, h in enumerate(heights)], dtype=np.float32),
+        scores=[0.9, 0.8, 0.7, 0.6, 0.5],
+    )
+
+    class Engine:
+        def _load_det_model(self):  # noqa: ANN202
+            return lambda img: found
+
+    engine = Engine()
+    _keep_tallest_regions(engine, 3)
+    kept = engine._load_det_model()(None)
+    assert kept.scores == [0.8, 0.7, 0.6]  # heights 40, 12, 30, in the detector's order
+    engine = Engine()
+    _keep_tallest_regions(engine, 10)
+    assert engine._load_det_model()(None) is found  # no more than 10: as they are
