@@ -349,6 +349,14 @@ SCHEMAS: dict[str, Any] = {
                 "the reading failed, or the request's photos had been read for 10 s already; "
                 "present only when the server reads text",
             },
+            "text_unread": {
+                "type": "string",
+                "enum": ["sure", "never", "failed", "budget"],
+                "description": "why the text was not read, present when `text_read` is false: "
+                "`sure` (the prediction without it was sure enough), `never` (the request's "
+                "`read_text`), `failed` (the reader failed on the photo), `budget` (the "
+                "request's photos had been read for 10 s already)",
+            },
         },
     },
     "Item": {

@@ -52,6 +52,9 @@ LARGE_DECODES = 2
 MAX_READY_LAG_S = 10.0
 # A request's photos are read for this long in all; later ones are answered without text.
 REQUEST_READ_BUDGET_S = 10.0
+# Why a photo's text was not read: its prediction was sure enough without it (the gate), the
+# request said never, the reading failed, or the request had spent its reading time.
+TEXT_UNREAD = ("sure", "never", "failed", "budget")
 
 
 @dataclass
@@ -61,7 +64,8 @@ class Embedded:
     When the server reads text: ``image``, the decoded photo, is kept until its prediction
     decides whether to read it (:meth:`LookupService.predict_many`), which then sets ``cues``,
     the classes its text names (a cue row, see :meth:`TextCues.matrix`; zeros when left
-    unread), and ``text_read``. ``text_mode`` is the request's say: "auto" (read when the
+    unread), ``text_read`` and, when not read, ``text_unread``: why (TEXT_UNREAD). ``text_mode``
+    is the request's say: "auto" (read when the
     prediction is unsure), "always" or "never" (no photo kept). A request's own object:
     nothing else shares it.
     """
@@ -71,6 +75,7 @@ class Embedded:
     timing_ms: dict[str, float]
     cues: np.ndarray | None = None
     text_read: bool = False
+    text_unread: str | None = None
     text_mode: str = "auto"
     image: Image.Image | None = field(default=None, repr=False)
 
@@ -261,11 +266,12 @@ class LookupService:
             if photo.cues is not None:  # read already (a photo is predicted once, but still)
                 continue
             worth = photo.text_mode == "always" or (photo.text_mode == "auto" and below)
+            photo.text_unread = "never" if photo.text_mode == "never" else "sure"
             if worth and spent >= REQUEST_READ_BUDGET_S:
                 # The reader reads one photo at a time for the whole worker: a batch of text
                 # walls with read_text=always held it 22 s while other uploads waited.
-                # The rest are answered without their text (text_read false).
-                worth = False
+                # The rest are answered without their text.
+                worth, photo.text_unread = False, "budget"
             read_s = 0.0
             if worth and photo.image is not None:
                 t0 = time.perf_counter()
@@ -274,9 +280,11 @@ class LookupService:
                 spent += read_s
                 # A failed reading read nothing: text_read says so (export marks it failed).
                 photo.text_read = photo.cues is not None
+                photo.text_unread = None if photo.text_read else "failed"
             if photo.cues is None:
                 if worth and photo.image is None:  # every path that predicts keeps the photo
                     log.warning("an unsure photo's pixels were not kept; predicting without text")
+                    photo.text_unread = "failed"
                 photo.cues = np.zeros(len(self.text.cues.words), dtype=np.float32)
             self.metrics.text_photos.labels(read="yes" if photo.text_read else "no").inc()
             photo.timing_ms["read_text"] = _ms(read_s)
@@ -376,6 +384,8 @@ class LookupService:
             if cues is not None:
                 named = [names[j] for j in np.flatnonzero(cues[i])]
                 prediction["text_read"] = embedded[i].text_read
+                if not embedded[i].text_read:
+                    prediction["text_unread"] = embedded[i].text_unread or "sure"
                 prediction["text_cues"] = named
                 if named:
                     prediction["source"] = f"{source}+text"

@@ -58,11 +58,13 @@ function showPrediction(prediction) {
     source += " alone";
   }
   if (prediction.text_read === false) {
-    // Not read: asked not to, sure enough without it, a reading that failed, or a request
-    // that had spent its reading time; only the first is known here.
-    source += $("read-text").value === "never"
-      ? " (the photo's text was not read)"
-      : " (the photo's text was not read: sure enough without it, or it could not be read)";
+    const why = {
+      sure: "sure enough that the photo's text was not read",
+      never: "the photo's text was not read",
+      failed: "the photo's text could not be read",
+      budget: "the photo's text was not read: the request's reading time was spent",
+    };
+    source += " (" + (why[prediction.text_unread] || "the photo's text was not read") + ")";
   }
   $("prediction-source").textContent = source;
   const bars = $("prediction-bars");

@@ -218,6 +218,7 @@ def test_a_reader_failure_costs_the_cue_not_the_search(reading, monkeypatch) -> 
     assert prediction["text_cues"] == []
     # Nothing was read: it said text_read true, as if the photo held no words.
     assert prediction["text_read"] is False and not prediction["source"].endswith("+text")
+    assert prediction["text_unread"] == "failed"
 
 
 def test_the_class_rerank_believes_the_text_too(
@@ -457,3 +458,23 @@ def test_a_request_reads_text_for_a_bounded_time(reading, monkeypatch) -> None:
     queries = [{"image": b64(banner(WORD)), "read_text": "always"} for _ in range(3)]
     results = reading.post("/v1/search/batch", json={"queries": queries}).get_json()["results"]
     assert [r["prediction"]["text_read"] for r in results] == [True, False, False]
+    assert [r["prediction"].get("text_unread") for r in results] == [None, "budget", "budget"]
+
+
+def test_a_photo_not_read_says_why(reading, monkeypatch) -> None:
+    """text_read false meant any of four things, which a client could not tell apart."""
+    from dataclasses import replace
+
+    from server.service import TEXT_UNREAD
+
+    never = reading.post("/v1/search?read_text=never", data=upload(banner(WORD))).get_json()
+    assert never["prediction"]["text_unread"] == "never"
+    read = reading.post("/v1/search", data=upload(banner(WORD))).get_json()["prediction"]
+    assert read["text_read"] is True and "text_unread" not in read
+    svc = reading.application.extensions["phonesim"].service
+    monkeypatch.setattr(svc, "text", replace(svc.text, gate=1e-9))  # every prediction is sure
+    sure = reading.post("/v1/search", data=upload(banner(WORD))).get_json()["prediction"]
+    assert sure["text_read"] is False and sure["text_unread"] == "sure"
+    spec = reading.get("/openapi.json").get_json()
+    found = json.dumps(spec)
+    assert "text_unread" in found and all(f'"{why}"' in found for why in TEXT_UNREAD)
