@@ -184,6 +184,16 @@ def graph_problem(ckpt: str | Path, kind: str) -> str | None:
     return None
 
 
+def check_fp32_graph_can_be_made(ckpt: str | Path, problem: str | None = None) -> None:
+    """EngineError where the fp32 graph does not fit (``problem``, else graph_problem's) and
+    the folder cannot take a new one; a graph that fits, or a writable folder, passes."""
+    if os.access(ckpt, os.W_OK):
+        return
+    problem = problem or graph_problem(ckpt, "fp32")
+    if problem:
+        raise EngineError(f"{ckpt}: {problem} and the folder is not writable")
+
+
 def ensure_fp32_graph(
     ckpt: str | Path, model: nn.Module | None = None, rebuild_because: str | None = None
 ) -> Path:
@@ -196,9 +206,7 @@ def ensure_fp32_graph(
     path = ckpt / GRAPH_FILES["fp32"]
     if rebuild_because is None and graph_problem(ckpt, "fp32") is None:
         return path
-    if not os.access(ckpt, os.W_OK):
-        problem = rebuild_because or graph_problem(ckpt, "fp32")
-        raise EngineError(f"{ckpt}: {problem} and the folder is not writable")
+    check_fp32_graph_can_be_made(ckpt, rebuild_because)
     with checkpoint_lock(ckpt):
         problem = rebuild_because or graph_problem(ckpt, "fp32")  # another worker may be done
         if problem is None:

@@ -20,7 +20,6 @@ whether torch sees it): over a graph that fits, inference needs onnxruntime, num
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +43,7 @@ from embedder.graphs import (
     EMBEDDING,
     GRAPH_FILES,
     PROBABILITIES,
+    check_fp32_graph_can_be_made,
     ensure_fp32_graph,
     graph_problem,
     record_check,
@@ -220,11 +220,8 @@ def check_runtime(path: str | Path, runtime: str) -> None:
         problem = graph_problem(path, "int8")
         if problem:
             raise _int8_missing(Path(path), problem)
-    if runtime == "onnx" and not os.access(path, os.W_OK):
-        # What ensure_fp32_graph would say in each worker (a boot traceback under serve).
-        problem = graph_problem(path, "fp32")
-        if problem:
-            raise EngineError(f"{path}: {problem} and the folder is not writable")
+    if runtime == "onnx":  # what ensure_fp32_graph would say in each worker under serve
+        check_fp32_graph_can_be_made(path)
 
 
 def check_device(runtime: str, device: str) -> None:

@@ -271,9 +271,10 @@ def test_onnx_in_a_read_only_folder_without_a_fitting_graph_is_refused_before_wo
     ckpt, monkeypatch
 ):
     """serve's preflight passed it, then every worker failed to boot with a traceback."""
+    from embedder import graphs
     from embedder.errors import EngineError
 
-    monkeypatch.setattr(runtime.os, "access", lambda path, mode: False)  # as on a read-only mount
+    monkeypatch.setattr(graphs.os, "access", lambda path, mode: False)  # as on a read-only mount
     runtime.check_runtime(ckpt, "onnx")  # its graph fits: nothing to write
     (ckpt / "model.onnx").unlink()
     with pytest.raises(EngineError, match="model.onnx is missing and the folder is not writable"):
