@@ -210,6 +210,10 @@ def parse_ranking(value: Any) -> str | None:
 
 
 READ_TEXT_MODES = ("auto", "always", "never")
+# Why a photo's text was not read (a prediction's ``text_unread``): its prediction was sure
+# enough without it (the gate), the request said never, the reading failed, or the request
+# had spent its reading time.
+TEXT_UNREAD = ("sure", "never", "failed", "budget")
 
 
 def parse_read_text(value: Any) -> str | None:

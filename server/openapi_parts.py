@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from common.item_ids import ID_PATTERN
-from server.inputs import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, RANKINGS
+from server.inputs import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, RANKINGS, TEXT_UNREAD
 from server.limits import (
     FIELD_NAME_PATTERN,
     MAX_ABS_NUMBER,
@@ -351,7 +351,7 @@ SCHEMAS: dict[str, Any] = {
             },
             "text_unread": {
                 "type": "string",
-                "enum": ["sure", "never", "failed", "budget"],
+                "enum": list(TEXT_UNREAD),
                 "description": "why the text was not read, present when `text_read` is false: "
                 "`sure` (the prediction without it was sure enough), `never` (the request's "
                 "`read_text`), `failed` (the reader failed on the photo), `budget` (the "

@@ -52,9 +52,6 @@ LARGE_DECODES = 2
 MAX_READY_LAG_S = 10.0
 # A request's photos are read for this long in all; later ones are answered without text.
 REQUEST_READ_BUDGET_S = 10.0
-# Why a photo's text was not read: its prediction was sure enough without it (the gate), the
-# request said never, the reading failed, or the request had spent its reading time.
-TEXT_UNREAD = ("sure", "never", "failed", "budget")
 
 
 @dataclass
@@ -64,8 +61,8 @@ class Embedded:
     When the server reads text: ``image``, the decoded photo, is kept until its prediction
     decides whether to read it (:meth:`LookupService.predict_many`), which then sets ``cues``,
     the classes its text names (a cue row, see :meth:`TextCues.matrix`; zeros when left
-    unread), ``text_read`` and, when not read, ``text_unread``: why (TEXT_UNREAD). ``text_mode``
-    is the request's say: "auto" (read when the
+    unread), ``text_read`` and, when not read, ``text_unread``: why (one of
+    :data:`server.inputs.TEXT_UNREAD`). ``text_mode`` is the request's say: "auto" (read when the
     prediction is unsure), "always" or "never" (no photo kept). A request's own object:
     nothing else shares it.
     """

@@ -465,7 +465,7 @@ def test_a_photo_not_read_says_why(reading, monkeypatch) -> None:
     """text_read false meant any of four things, which a client could not tell apart."""
     from dataclasses import replace
 
-    from server.service import TEXT_UNREAD
+    from server.inputs import TEXT_UNREAD
 
     never = reading.post("/v1/search?read_text=never", data=upload(banner(WORD))).get_json()
     assert never["prediction"]["text_unread"] == "never"
