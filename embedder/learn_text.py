@@ -24,10 +24,10 @@ from embedder.errors import DataError, ImageError
 from embedder.images import load_image
 from embedder.preprocess import Preprocessor
 from embedder.text_cues import (
-    MAX_CUE_FILE_BYTES,
     CueFile,
     TextCues,
     cue_bounds_problem,
+    cue_size_problem,
     read_cue_file,
 )
 from embedder.text_examples import MAX_EXAMPLE_TOTAL_CHARS, MAX_EXAMPLES_PER_CLASS, document
@@ -118,9 +118,9 @@ def learn_text(
         name: {"words": given.words.get(name, []), "examples": examples[name]} for name in names
     }
     text = json.dumps(learned, indent=1, ensure_ascii=False) + "\n"
-    problem = cue_bounds_problem(CueFile(given.words, examples))
-    if problem is None and len(text.encode("utf-8")) > MAX_CUE_FILE_BYTES:
-        problem = f"over {MAX_CUE_FILE_BYTES // 2**20} MB"
+    problem = cue_bounds_problem(CueFile(given.words, examples)) or cue_size_problem(
+        len(text.encode("utf-8"))
+    )
     if problem:  # the words given are too many: the file serve would refuse is not written
         raise DataError(f"{out}: not written: {problem}")
     atomic_write_text(out, text)

@@ -247,12 +247,9 @@ def read_cue_file(path: str | Path, bounded: bool = True) -> CueFile:
     try:
         if Path(path).exists() and not Path(path).is_file():  # a FIFO blocked the reading
             raise DataError(f"{path}: not a regular file")
-        size = Path(path).stat().st_size
-        if bounded and size > MAX_CUE_FILE_BYTES:  # before reading: every worker loads it
-            raise DataError(
-                f"{path}: {size / 2**20:.1f} MB; a text cue file may hold at most "
-                f"{MAX_CUE_FILE_BYTES // 2**20} MB"
-            )
+        too_big = cue_size_problem(Path(path).stat().st_size)
+        if bounded and too_big:  # before reading: every worker loads it
+            raise DataError(f"{path}: {too_big}")
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise DataError(f"{path}: cannot read the text cue file: {e.strerror or e}") from e
@@ -274,6 +271,15 @@ def read_cue_file(path: str | Path, bounded: bool = True) -> CueFile:
         if problem:
             raise DataError(f"{path}: {problem}")
     return file
+
+
+def cue_size_problem(size: int) -> str | None:
+    """Why a cue file of ``size`` bytes is too large to serve with, or None."""
+    if size <= MAX_CUE_FILE_BYTES:
+        return None
+    return (
+        f"{size / 2**20:.1f} MB; a text cue file may hold at most {MAX_CUE_FILE_BYTES // 2**20} MB"
+    )
 
 
 def cue_bounds_problem(file: CueFile) -> str | None:
@@ -378,6 +384,7 @@ __all__ = [
     "check_weight",
     "is_cue_mapping",
     "cue_bounds_problem",
+    "cue_size_problem",
     "read_cue_file",
     "normalise",
     "unsure",
