@@ -21,6 +21,7 @@ import json
 import math
 import numbers
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
@@ -56,10 +57,24 @@ DEFAULT_WEIGHT = 1.0
 DEFAULT_GATE = 0.8
 
 #: Words listings print that contain or nearly spell a class word of a phone catalog: "phone" is
-#: one letter from "iphone", "megapixels" holds "pixel". On their own they name no brand, so
-#: neither they nor a word found inside one count (unless a class is named by one of them);
-#: a brand the reader split around one still does ("i phone").
-GENERIC_WORDS = frozenset({"phone", "phones", "pixels", "megapixel", "megapixels"})
+#: one letter from "iphone", "megapixels" holds "pixel", "apply" ("conditions apply") reads as a
+#: misread "apple" and "pixie" as "pixel". On their own they name no brand, so neither they nor
+#: a word found inside one count (unless a class is named by one of them); a brand the reader
+#: split around one still does ("i phone").
+GENERIC_WORDS = frozenset(
+    {
+        "phone",
+        "phones",
+        "pixels",
+        "megapixel",
+        "megapixels",
+        "apply",
+        "applies",
+        "applied",
+        "pixie",
+        "pixies",
+    }
+)
 #: A cue file's bounds: it is loaded by every server worker, and each photo's text is matched
 #: against all its words (a 5 MB file took 82 s to load; 300,000 words, 100 s a photo).
 MAX_CUE_FILE_BYTES = 16 * 2**20
@@ -69,8 +84,11 @@ Texts = Sequence[tuple[str, float]]
 
 
 def normalise(text: str) -> str:
-    """Lower-case letters and digits only: "Galaxy S24" and "GALAXY-S24" read the same."""
-    return "".join(ch for ch in text.casefold() if ch.isalnum())
+    """Lower-case letters and digits only: "Galaxy S24" and "GALAXY-S24" read the same, and so
+    do compatibility forms (NFKC): full-width "ＧＡＬＡＸＹ" as some OCR models and listings
+    print it, or the ligature in "ﬁve"."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in folded if ch.isalnum())
 
 
 def words_of(text: str) -> list[str]:

@@ -29,6 +29,15 @@ def test_words_are_compared_case_space_and_punctuation_blind() -> None:
     assert normalise("华为 Mate") == "华为mate"
 
 
+def test_compatibility_forms_read_as_their_plain_letters(cues: TextCues) -> None:
+    """Full-width letters, as some OCR models and listings print them, name their brand."""
+    assert normalise("ＧＡＬＡＸＹ Ｓ２４") == "galaxys24"
+    assert normalise("ﬁve") == "five"
+    assert [NAMES[i] for i in cues.classes(read("ＳＡＭＳＵＮＧ"))] == ["samsung"]
+    wide = TextCues.from_labels(NAMES, {"xiaomi": ["ＭＩＵＩ"]})
+    assert [NAMES[i] for i in wide.classes(read("MIUI 14"))] == ["xiaomi"]
+
+
 def test_each_class_is_named_by_its_label_and_its_extra_words(cues: TextCues) -> None:
     assert cues.words == (
         ("huawei", "neversettle", "华为"),
@@ -65,6 +74,14 @@ def test_listing_words_that_hold_a_class_word_name_no_class() -> None:
     assert cues.classes(read("50 Megapixels", "phones")) == []
     assert cues.classes(read("50 mega pixels", "phone")) == []
     assert cues.classes(read("Pixel 8", "50 megapixels")) == [1]
+
+
+@pytest.mark.parametrize("line", ["T&C apply", "Conditions applied", "Offer applies", "Pixie"])
+def test_listing_words_one_letter_from_a_brand_name_no_class(line: str) -> None:
+    """A misread brand is one or two letters off ("SAMSUNO"), and so are these words."""
+    cues = TextCues.from_labels(["iphone", "pixel"], {"iphone": ["apple"]})
+    assert cues.classes(read(line)) == []
+    assert cues.classes(read(line, "Apple")) == [0]
 
 
 def test_a_word_starting_inside_another_names_nothing() -> None:
