@@ -2,16 +2,71 @@
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 from pathlib import Path
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+
 
 def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, not the whole machine)."""
+    """Cores this process may use: its CPU affinity, capped by its cgroup's CPU quota (a
+    container started with ``--cpus 2`` on a 64-core host sees 64 cores but runs on 2; a
+    thread per seen core would crowd the 2)."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float | None:
+    """The CPU quota, in cores, of this process's cgroup and those above it (the tightest),
+    from cgroup v2's ``cpu.max`` or v1's ``cpu.cfs_quota_us``; None where there is none or
+    it cannot be read."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == "":  # v2: one hierarchy
+            quotas += [_v2_quota(d) for d in _folders(root, path)]
+        elif "cpu" in controllers.split(","):
+            v1 = root / controllers if (root / controllers).is_dir() else root / "cpu"
+            quotas += [_v1_quota(d) for d in _folders(v1, path)]
+    found = [q for q in quotas if q is not None]
+    return min(found) if found else None
+
+
+def _folders(mount: Path, path: str) -> list[Path]:
+    """The cgroup folder of ``path`` under ``mount`` and each above it up to the mount."""
+    parts = [p for p in path.strip("/").split("/") if p and p != ".."]
+    return [mount.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _v2_quota(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+        return int(quota) / int(period) if quota != "max" and int(period) > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def default_threads(workers: int = 1) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
+from common.machine import available_cores
 from embedder.data import Sample
 from embedder.errors import ImageError
 from embedder.images import load_image
@@ -182,7 +182,7 @@ def training_loader(
         counts = Counter(dataset.targets)
         weights = torch.tensor([1.0 / counts[t] for t in dataset.targets], dtype=torch.double)
         sampler = WeightedRandomSampler(weights, len(weights), generator=generator)
-    workers = config.workers if config.workers is not None else min(2, os.cpu_count() or 1)
+    workers = config.workers if config.workers is not None else min(2, available_cores())
     return DataLoader(
         dataset,
         batch_size=config.batch_size,

@@ -3,7 +3,6 @@ one result or one error per entry (a bad entry does not fail the others)."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,13 +12,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from common.machine import available_cores
 from embedder.errors import ImageError
 from index.errors import DuplicateIdError, StoreOutcomeUnknownError, StoreUnavailableError
 from server.errors import ApiError, entry_error
 from server.service import Embedded, LookupService
 
 # Threads decoding the images of one batch (PIL and the resize release the GIL).
-DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+DECODE_THREADS = min(4, available_cores())
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
