@@ -21,7 +21,7 @@ from embedder.batch import Failure, default_workers, ordered_batches
 from embedder.data import (
     IMAGE_SUFFIXES,
     Sample,
-    is_image_file,
+    image_files,
     load_catalog,
     path_ids,
     text_named,
@@ -40,14 +40,7 @@ def list_images(root: str | Path) -> list[Sample]:
         raise DataError(f"{root}: no such folder")
     if not root.is_dir():
         raise DataError(f"{root}: is a file; give a folder of images")
-    paths = text_named(
-        [
-            p
-            for p in sorted(root.rglob("*"))
-            if not any(part.startswith(".") for part in p.relative_to(root).parts)
-            and is_image_file(p)
-        ]
-    )
+    paths = text_named(image_files(root))
     samples = [
         Sample(id=i, path=p, label=p.parent.name if p.parent != root else "")
         for i, p in zip(path_ids(paths, root), paths, strict=True)

@@ -15,7 +15,10 @@ from embedder.errors import DataError
 
 # HEIC/HEIF files are listed even without pillow-heif: load_image then says what to install.
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"}
+    {
+        *(".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif"),
+        *(".tif", ".tiff", ".avif", ".heic", ".heif"),
+    }
 )
 REQUIRED_COLUMNS = ("id", "image", "label")
 
@@ -60,6 +63,37 @@ def is_image_file(path: Path) -> bool:
     return path.is_file()
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder``, sorted, through linked folders too, as torchvision's
+    ImageFolder walks them (a class folder is often a link to where its photos are; they had
+    been passed over without a word), each folder once, so a link back up is no loop. Hidden
+    files and folders are passed over; files that are not images by name are counted in one
+    warning ("notes.txt", a photo saved without a suffix)."""
+    found, skipped, seen = [], [], set()
+    for top, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        for name in names:
+            path = Path(top) / name
+            if is_image_file(path):
+                found.append(path)
+            elif not name.startswith(".") and not is_image_name(path) and path.is_file():
+                skipped.append(path)
+    if skipped:
+        log.warning(
+            "%s: %d file(s) skipped, not images by name (such as '%s'; an image's name ends in %s)",
+            folder,
+            len(skipped),
+            sorted(skipped)[0].relative_to(folder),
+            ", ".join(sorted(IMAGE_SUFFIXES)),
+        )
+    return sorted(found)
+
+
 def path_ids(paths: list[Path], root: Path) -> list[str]:
     """Ids of image files: the path below ``root`` without its suffix (``huawei/p30``).
 
@@ -91,9 +125,12 @@ def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
                 Sample(id=i, path=p, label="")
                 for i, p in zip(path_ids(loose, root), loose, strict=True)
             ]
+        if not require_labels:  # a flat folder of images is fine here: say what was missing
+            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise DataError(f"{root}: no images in it (an image's name ends in {suffixes})")
         raise DataError(
-            f"{root}: no class folders found (expected one subfolder of images per class"
-            + (", or a CSV manifest)" if require_labels else ")")
+            f"{root}: no class folders found (expected one subfolder of images per class, "
+            "or a CSV manifest)"
         )
     if loose and require_labels:
         raise DataError(
@@ -104,7 +141,7 @@ def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
     # label, and an empty subfolder (thumbs/) is no class, just nothing to read.
     images, labels = list(loose), [""] * len(loose)
     for class_dir in class_dirs:
-        found = sorted(p for p in class_dir.rglob("*") if is_image_file(p))
+        found = image_files(class_dir)
         if not found and require_labels:
             raise DataError(f"{class_dir}: class '{class_dir.name}' has no images")
         images += found

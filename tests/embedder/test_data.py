@@ -29,6 +29,42 @@ def test_a_broken_link_in_a_folder_is_skipped_with_a_warning(tmp_path, caplog):
     assert "gone.jpg: skipped, a link to" in caplog.text and "does not exist" in caplog.text
 
 
+def test_linked_folders_are_read_once_and_odd_names_are_counted(tmp_path, caplog):
+    """A linked class or subfolder was passed over without a word (as were .jfif and .jpe
+    photos, and files without an image suffix); a link back up is no loop."""
+    from duplicates.inputs import list_images
+
+    photos = tmp_path / "photos"
+    for name in ("a/0.jpg", "elsewhere/1.jpg", "elsewhere/2.jfif", "elsewhere/3.JPE"):
+        _img(photos / name) if not name.endswith(("jfif", "JPE")) else _jpeg(photos / name)
+    _img(photos / "a" / ".cache" / "hidden.jpg")
+    (photos / "a" / "noext").write_bytes((photos / "a" / "0.jpg").read_bytes())
+    (photos / "a" / "more").symlink_to(photos / "elsewhere")
+    (photos / "b").symlink_to(photos / "elsewhere")
+    (photos / "elsewhere" / "up").symlink_to(photos / "elsewhere")  # a loop
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a", "b"):
+        (data / name).symlink_to(photos / name)
+    ids = [(s.id, s.label) for s in load_catalog(data).samples]
+    assert ids == [
+        ("a/0", "a"),
+        ("a/more/1", "a"),
+        ("a/more/2", "a"),
+        ("a/more/3", "a"),
+        ("b/1", "b"),
+        ("b/2", "b"),
+        ("b/3", "b"),
+    ]
+    assert "1 file(s) skipped, not images by name (such as 'noext'" in caplog.text
+    assert [s.id for s in list_images(photos / "a")] == ["0", "more/1", "more/2", "more/3"]
+
+
+def _jpeg(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8)).save(path, format="JPEG")
+
+
 def test_manifest_catalog_keeps_metadata_and_resolves_paths(tmp_path):
     _img(tmp_path / "imgs" / "x.png")
     _img(tmp_path / "imgs" / "y.png")
@@ -68,6 +104,11 @@ def test_images_beside_class_folders_are_never_dropped(tmp_path):
     (only_empty / "sub").mkdir(parents=True)
     with pytest.raises(DataError, match="no images"):
         load_catalog(only_empty, require_labels=False)
+    not_images = tmp_path / "not-images"
+    not_images.mkdir()
+    (not_images / "a.txt").write_text("x")  # it said "no class folders found"
+    with pytest.raises(DataError, match=r"no images in it \(an image's name ends in"):
+        load_catalog(not_images, require_labels=False)
 
 
 @pytest.mark.parametrize(
@@ -75,6 +116,7 @@ def test_images_beside_class_folders_are_never_dropped(tmp_path):
     [
         (lambda p: None, "no such file"),
         (lambda p: p.mkdir(), "no class folders"),
+        (lambda p: (p.mkdir(), (p / "notes.txt").write_text("x")), "no class folders"),
         (lambda p: ((p / "a").mkdir(parents=True), _img(p / "b" / "1.jpg")), "has no images"),
         (lambda p: _img(p / "only" / "1.jpg"), "at least 2"),
     ],

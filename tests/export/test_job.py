@@ -152,7 +152,8 @@ def test_missing_checkpoint(demo, tmp_path):
 def test_empty_inputs(ckpt, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DataError, match="no class folders found"):
+    (empty / "notes.txt").write_text("x")  # it had said "no class folders found"
+    with pytest.raises(DataError, match=r"no images in it \(an image's name ends in .*\.jpg"):
         export_features(_config(ckpt, empty, tmp_path / "f.h5"))
     header_only = tmp_path / "header.csv"
     header_only.write_text("id,image,label\n")
