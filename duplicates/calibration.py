@@ -205,7 +205,7 @@ def calibrate(
         pairs = replace(pairs, scores=held_out)
     baseline = phash_sweep(bench) if with_phash else None
     # Without a threshold that reaches the precision, report at the best F1 of the same score.
-    at = chosen["threshold"] if chosen else sweep.row(sweep.best(0.0))["threshold"]
+    at = chosen["threshold"] if chosen else sweep.row(sweep.best_f1())["threshold"]
     rows = features.rows
     wrong = np.flatnonzero((pairs.scores >= at) & (truth[pairs.i] != truth[pairs.j]))
     false_pairs = [
@@ -226,7 +226,7 @@ def calibrate(
         agreement_chosen=agreement_chosen,
         pair_model=model,
         phash=baseline,
-        phash_best=baseline.row(baseline.best(0.0)) if baseline else None,
+        phash_best=baseline.row(baseline.best_f1()) if baseline else None,
         images=len(bench.samples),
         originals=bench.originals,
         truth_pairs=sweep.truth_pairs,

@@ -91,7 +91,7 @@ def seed_summary(
     the agreement-alone baseline of the same runs."""
     per_seed = []
     for seed, result, seconds in runs:
-        best = result.sweep.row(result.sweep.best(0.0))
+        best = result.sweep.row(result.sweep.best_f1())
         per_seed.append(
             {
                 "seed": seed,

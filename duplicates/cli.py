@@ -17,7 +17,9 @@ from common.argtypes import (
     data_source,
     decode_workers,
     positive_int,
+    probability,
     show_progress,
+    unit_interval,
 )
 from common.errors import run_reporting_errors
 from duplicates.calibrate_cli import (
@@ -68,13 +70,6 @@ examples:
 """
 
 
-def _unit_float(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
 def add_find_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="model checkpoint folder")
     add_data_option(
@@ -94,8 +89,9 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
     add_store_option(p, "check against the catalog in this PostgreSQL store (like --against)")
     p.add_argument(
         "--threshold",
-        type=_unit_float,
-        help="score threshold in [0, 1] (default: the checkpoint's calibrated one); the score "
+        type=unit_interval,
+        help="score threshold in (0, 1] (default: the checkpoint's calibrated one; a pair "
+        "that verification rejects scores 0); the score "
         "is the calibrated pair model's probability, or the pixel agreement for a checkpoint "
         "that was never calibrated, so thresholds do not carry over between checkpoints",
     )
@@ -204,7 +200,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threshold",
-        type=_unit_float,
+        type=probability,
         default=d.threshold,
         help="cosine at which two vectors are grouped (default %(default)s)",
     )

@@ -31,11 +31,19 @@ class Sweep:
     truth_pairs: int
 
     def best(self, min_precision: float = 0.0) -> int | None:
-        """Index of the best F1 among thresholds with precision >= min_precision (ties: higher)."""
-        ok = np.flatnonzero(self.precision >= min_precision)
+        """Index of the best F1 among thresholds with precision >= min_precision that find
+        some true pair (ties: the higher threshold); None when there is none. A threshold that
+        accepts no pair counts precision 1, but finds nothing: stored, it had replaced a good
+        calibration with one under which `find` reported no group."""
+        finds = (self.true_positive_pairs > 0) | (self.truth_pairs == 0)
+        ok = np.flatnonzero((self.precision >= min_precision) & finds)
         if not len(ok):
             return None
         return int(ok[np.argmax(self.f1[ok])])  # argmax keeps the first = highest threshold
+
+    def best_f1(self) -> int:
+        """Index of the best F1 at any precision (ties: the higher threshold)."""
+        return int(np.argmax(self.f1))
 
     def row(self, idx: int) -> dict[str, float]:
         return {

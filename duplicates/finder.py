@@ -69,6 +69,11 @@ class FinderConfig:
     # Calibrated pair classifier; without one the score is the pixel agreement alone.
     pair_model: PairModel | None = None
 
+    def __post_init__(self) -> None:
+        # A pair verification rejects scores 0: a threshold of 0 would group it.
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+
     @property
     def score_name(self) -> str:
         """What the threshold applies to, as reports name it."""

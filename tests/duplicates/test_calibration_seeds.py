@@ -27,7 +27,7 @@ class _Sweep:
     def __init__(self, f1: float) -> None:
         self.f1 = f1
 
-    def best(self, floor: float) -> int:
+    def best_f1(self) -> int:
         return 0
 
     def row(self, idx: int) -> dict[str, float]:

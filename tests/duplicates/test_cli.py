@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from duplicates.cli import main
+from duplicates.finder import FinderConfig
 from tests.duplicates.conftest import TEST_SIZE, agreement_only_model
 
 
@@ -110,6 +111,22 @@ def test_phonesim_duplicates_bench_prints_json_last(capsys) -> None:
     assert phonesim_main(argv) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["n"] == 600 and figures["subset_matches_brute_force"]
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "1.5", "nan"])
+def test_find_refuses_a_threshold_outside_0_to_1(tiny_checkpoint, tmp_path, value, capsys):
+    """A pair that verification rejects scores 0: --threshold 0 grouped another phone with
+    the copies. A bad value was named by an internal function ("invalid _unit_float value")."""
+    from duplicates.cli import main
+
+    argv = ["--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path), "--out", "r"]
+    with pytest.raises(SystemExit) as exit_:
+        main("find", [*argv, "--threshold", value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--threshold" in err and "_unit_float" not in err
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
+        FinderConfig(threshold=0.0)
 
 
 def test_calibrate_refuses_a_negative_blur(tiny_checkpoint, capsys) -> None:

@@ -35,3 +35,17 @@ def test_group_metrics_counts_chaining() -> None:
     assert group_metrics(truth, [[0, 1], [2, 3]])["precision"] == 1.0
     merged = group_metrics(truth, [[0, 1, 2, 3]])
     assert merged["precision"] == pytest.approx(2 / 6) and merged["recall"] == 1.0
+
+
+def test_a_threshold_that_finds_no_pair_is_never_chosen() -> None:
+    """It counts precision 1 (nothing accepted, nothing wrong): calibrate stored such a
+    threshold (1.000, recall 0) over a good calibration, and `find` then grouped nothing."""
+    truth = np.array([0, 0, 1, 1])
+    i, j = np.array([0, 0, 2]), np.array([1, 2, 3])
+    scores = np.array([0.5, 0.6, 0.4])  # the false pair scores highest
+    sweep = sweep_thresholds(truth, i, j, scores, [1.0, 0.55, 0.3])
+    assert sweep.precision[0] == 1.0 and sweep.recall[0] == 0.0
+    assert sweep.best(0.95) is None  # only "accept nothing" reaches the precision
+    assert sweep.best(0.0) == 2 and sweep.best_f1() == 2
+    none_true = sweep_thresholds(np.arange(4), i, j, scores, [1.0, 0.3])
+    assert none_true.truth_pairs == 0 and none_true.best(0.95) == 0  # nothing to find
