@@ -337,9 +337,12 @@ def stored_settings(checkpoint: str | Path) -> StoredSettings:
         return StoredSettings(FALLBACK_THRESHOLD, False, DescriptorConfig(), {})
     verify = VerifyConfig(
         **{
-            k: v
-            for k, v in (record.get("verify") or {}).items()
-            if k in VerifyConfig.__dataclass_fields__
+            "both_ways": False,  # calibrated before pairs were verified both ways
+            **{
+                k: v
+                for k, v in (record.get("verify") or {}).items()
+                if k in VerifyConfig.__dataclass_fields__
+            },
         }
     )
     # A record from before whitened candidates was calibrated on raw cosines: keep them.

@@ -70,9 +70,10 @@ class FinderConfig:
     pair_model: PairModel | None = None
 
     def __post_init__(self) -> None:
-        # A pair verification rejects scores 0: a threshold of 0 would group it.
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        # A pair verification rejects scores 0: a threshold of 0 would group it. (Above 1
+        # only identical files group.)
+        if not self.threshold > 0.0:
+            raise ValueError(f"threshold must be above 0, got {self.threshold}")
 
     @property
     def score_name(self) -> str:
@@ -125,20 +126,18 @@ class PairScorer:
         self._blas = ThreadpoolController()
 
     def evidence(self, ra: int, rb: int) -> np.ndarray:
-        """``verify.EVIDENCE`` for rows ra (of a) and rb (of b); NaN where rejected."""
+        """``verify.EVIDENCE`` for rows ra (of a) and rb (of b); NaN where rejected. Verified
+        both ways (``VerifyConfig.both_ways``), the way whose evidence ranks higher (more
+        agreement first), so a pair scores the same whichever of its files comes first."""
+        cosine = float(self.a.global_[ra] @ self.b.global_[rb])
         with self._blas.limit(limits=1, user_api="blas"):
-            found = score_pair(
-                self.a.local[ra, 0],
-                self.a.thumbs[ra],
-                self.b.local[rb],
-                self.b.thumbs[rb],
-                self.grid,
-                self.config,
-                pair_rng(self.config.seed, self.a.infos[ra], self.b.infos[rb]),
-                cosine=float(self.a.global_[ra] @ self.b.global_[rb]),
-                sizes=(self.a.size_of(ra), self.b.size_of(rb)),
-            )
-        return np.full(len(EVIDENCE), np.nan, np.float32) if found is None else found
+            found = [_one_way(self.a, ra, self.b, rb, self.grid, self.config, cosine)]
+            if self.config.both_ways:
+                found.append(_one_way(self.b, rb, self.a, ra, self.grid, self.config, cosine))
+        found = [f for f in found if f is not None]
+        if not found:
+            return np.full(len(EVIDENCE), np.nan, np.float32)
+        return max(found, key=lambda f: tuple(np.nan_to_num(f, nan=-np.inf).tolist()))
 
     def score(self, ra: int, rb: int) -> float:
         return float(pair_scores(self.evidence(ra, rb), self.model)[0])
@@ -151,6 +150,29 @@ class PairScorer:
         ):
             out[n] = self.evidence(ra, rb)
         return out
+
+
+def _one_way(
+    a: Features,
+    ra: int,
+    b: Features,
+    rb: int,
+    grid: np.ndarray,
+    config: VerifyConfig,
+    cosine: float,
+) -> np.ndarray | None:
+    """Row ra of ``a`` mapped into row rb of ``b`` (:func:`verify.score_pair`)."""
+    return score_pair(
+        a.local[ra, 0],
+        a.thumbs[ra],
+        b.local[rb],
+        b.thumbs[rb],
+        grid,
+        config,
+        pair_rng(config.seed, a.infos[ra], b.infos[rb]),
+        cosine=cosine,
+        sizes=(a.size_of(ra), b.size_of(rb)),
+    )
 
 
 def identical_row_pairs(features: Features) -> list[tuple[int, int]]:

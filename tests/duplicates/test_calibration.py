@@ -74,6 +74,7 @@ def test_calibration_completes_without_imagehash(
     shutil.copytree(tiny_checkpoint, ckpt)
     store_calibration(ckpt, calibration_record(result, descriptor.config, config.finder))
     assert stored_settings(ckpt).threshold == result.chosen["threshold"]
+    assert stored_settings(ckpt).finder_overrides["verify"].both_ways  # as it was calibrated
 
 
 def test_a_missing_required_package_fails_before_the_benchmark(
@@ -132,6 +133,8 @@ def test_candidate_settings_are_read_back_and_old_records_keep_raw_cosines(
     store_calibration(ckpt, {"threshold": 0.7, "candidate_floor": 0.5})
     overrides = stored_settings(ckpt).finder_overrides
     assert overrides["whiten_dims"] == 0 and overrides["candidate_floor"] == 0.5
+    # ... and verified each pair one way: its threshold was chosen on one-way scores.
+    assert overrides["verify"].both_ways is False
 
 
 def test_descriptor_blur_is_read_back_and_old_records_keep_the_sharp_pass(
