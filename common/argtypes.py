@@ -191,10 +191,14 @@ def _redacted(text: str) -> str:
     return shown
 
 
-def store_url(text: str) -> str:
+def store_url(text: str) -> str | None:
     """A catalog store URL: ``postgresql://[user[:password]@]host[:port]/dbname[?...]``; outer
-    whitespace (a secret file's newline) is dropped."""
+    whitespace (a secret file's newline) is dropped. An empty ``--store ''`` is no store: the
+    way to run without the one ``$PHONESIM_STORE`` names (a folder search of `duplicates
+    find` became one against it, with no way back but to unset the variable)."""
     url = text.strip()
+    if not url:
+        return None
     if not _STORE_URL.match(url):
         where = f"(from ${STORE_ENV}) " if isinstance(text, _FromEnvironment) else ""
         shown = _redacted(url)[:60]
@@ -262,6 +266,7 @@ def add_store_option(parser: argparse.ArgumentParser, help: str | None = None) -
     # The variable changes what the command does (a search within a folder becomes one
     # against the store): the help says so, and whether it is set now.
     note = f"default: ${STORE_ENV}, " + ("which is set now" if env else "when set")
+    note += "; --store '' for none"
     parser.add_argument(
         "--store",
         type=store_url,

@@ -26,6 +26,9 @@ def test_store_from_the_environment_and_its_errors(monkeypatch, capsys):
     with pytest.raises(SystemExit):  # the flag wins, and its own error names no variable
         _store_parser().parse_args(["--store", "sqlite:///x"])
     assert "argument --store: must be a postgresql://" in capsys.readouterr().err
+    monkeypatch.setenv("PHONESIM_STORE", "postgresql://u@db:5432/shop")
+    assert _store_parser().parse_args(["--store", ""]).store is None  # no store, this once
+    assert "--store '' for none" in " ".join(_store_parser().format_help().split())
     monkeypatch.delenv("PHONESIM_STORE")
     assert _store_parser().parse_args([]).store is None
 
