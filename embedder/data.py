@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from common.item_ids import is_item_id
 from common.text import is_utf8, name_blank_columns, repeated_columns, unnamed_value
 from embedder.errors import DataError
@@ -67,8 +69,9 @@ def image_files(folder: Path) -> list[Path]:
     """The image files under ``folder``, sorted, through linked folders too, as torchvision's
     ImageFolder walks them (a class folder is often a link to where its photos are; they had
     been passed over without a word), each folder once, so a link back up is no loop. Hidden
-    files and folders are passed over; files that are not images by name are counted in one
-    warning ("notes.txt", a photo saved without a suffix)."""
+    files and folders are passed over; files that may be images but are not read (a photo
+    saved without a suffix, a format Pillow knows but this project refuses) are counted in one
+    warning, other files (a README, notes) only in the debug log."""
     found, skipped, seen = [], [], set()
     for top, folders, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(top)
@@ -83,15 +86,24 @@ def image_files(folder: Path) -> list[Path]:
                 found.append(path)
             elif not name.startswith(".") and not is_image_name(path) and path.is_file():
                 skipped.append(path)
-    if skipped:
+    _report_skipped(folder, sorted(skipped))
+    return sorted(found)
+
+
+def _report_skipped(folder: Path, skipped: list[Path]) -> None:
+    """Warn of the skipped files that may be photos; log the others for debugging."""
+    known = Image.registered_extensions()
+    maybe = [p for p in skipped if not p.suffix or p.suffix.lower() in known]
+    if maybe:
         log.warning(
             "%s: %d file(s) skipped, not images by name (such as '%s'; an image's name ends in %s)",
             folder,
-            len(skipped),
-            sorted(skipped)[0].relative_to(folder),
+            len(maybe),
+            maybe[0].relative_to(folder),
             ", ".join(sorted(IMAGE_SUFFIXES)),
         )
-    return sorted(found)
+    if len(skipped) > len(maybe):
+        log.debug("%s: %d other file(s) skipped", folder, len(skipped) - len(maybe))
 
 
 def path_ids(paths: list[Path], root: Path) -> list[str]:

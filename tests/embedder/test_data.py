@@ -39,6 +39,7 @@ def test_linked_folders_are_read_once_and_odd_names_are_counted(tmp_path, caplog
         _img(photos / name) if not name.endswith(("jfif", "JPE")) else _jpeg(photos / name)
     _img(photos / "a" / ".cache" / "hidden.jpg")
     (photos / "a" / "noext").write_bytes((photos / "a" / "0.jpg").read_bytes())
+    (photos / "a" / "README.md").write_text("not a photo: not warned of")
     (photos / "a" / "more").symlink_to(photos / "elsewhere")
     (photos / "b").symlink_to(photos / "elsewhere")
     (photos / "elsewhere" / "up").symlink_to(photos / "elsewhere")  # a loop
