@@ -213,6 +213,50 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+#: The name part of a folder being deleted by :func:`discard_folder`.
+_DISCARDED = "removing-"
+
+
+def _discarded_prefix(path: Path) -> str:
+    return f".{path.name}.{_DISCARDED}"
+
+
+def discard_folder(path: str | Path) -> None:
+    """Delete the folder ``path`` so that a kill at any moment leaves it whole or gone: it is
+    first renamed to a unique hidden sibling (``.NAME.removing-XXXX``, one atomic step), then
+    deleted there. A run killed while deleting leaves only that sibling, which
+    :func:`remove_discarded` clears; deleting in place left a half-emptied folder behind."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return
+    # mkdtemp gives a unique name; rename replaces the empty folder it made.
+    try:
+        trash = Path(tempfile.mkdtemp(prefix=_discarded_prefix(path), dir=path.parent))
+    except OSError:  # no room for the name: delete in place, as before
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    try:
+        os.rename(path, trash)
+    except OSError:
+        trash.rmdir()
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    fsync_dir(path.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_discarded(path: str | Path) -> None:
+    """Finish deleting what :func:`discard_folder` left of ``path`` in a run killed meanwhile.
+    Only for a caller that no other run can be discarding ``path`` beside (one holding its
+    lock)."""
+    path = Path(path)
+    pattern = glob.escape(_discarded_prefix(path)) + "*"
+    for left in path.parent.glob(pattern):
+        if left.is_dir() and not left.is_symlink():
+            log.info("removing %s, left by a run stopped while deleting it", left.name)
+            shutil.rmtree(left, ignore_errors=True)
+
+
 def swap_folder(new: Path, dest: Path, old: Path) -> None:
     """Move the finished folder ``new`` to ``dest``, replacing what is there.
 

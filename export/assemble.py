@@ -1,20 +1,23 @@
 """Writer stage 2: stream the committed shards into the final chunked, compressed HDF5 file.
 
 Only one shard is in memory at a time. Probabilities are arg-maxed here (from float32) so
-``predicted`` does not depend on the storage dtype.
+``predicted`` does not depend on the storage dtype. Labels come from the inputs of this run,
+not from the shards: a label changed before a resume is not an embedding to redo.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from embedder.data import Sample
 from export import schema
-from export.shards import PartialDir
+from export.shards import PartialDir, ShardInfo
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +41,22 @@ def _create(h5: h5py.File, name: str, shape: tuple[int, ...], dtype, compress: b
     return h5.create_dataset(name, shape, dtype=dtype, chunks=chunks, maxshape=maxshape, **kwargs)
 
 
+def _current_labels(samples: Sequence[Sample], shard: ShardInfo, ids: np.ndarray) -> list[str]:
+    """The labels the inputs give the shard's rows now (the shards keep those of the run that
+    embedded them, and a resume would have kept labels changed since)."""
+    label_of = {s.id: s.label for s in samples[shard.input_start : shard.input_end]}
+    return [label_of[i] for i in ids]
+
+
 def assemble(
-    partial: PartialDir, dest: Path, dtype: str, label_names: list[str]
+    partial: PartialDir,
+    dest: Path,
+    dtype: str,
+    label_names: list[str],
+    samples: Sequence[Sample],
 ) -> tuple[h5py.File, Assembled]:
-    """Create ``dest`` from the shards and return it open for writing (neighbours come next)."""
+    """Create ``dest`` from the shards and return it open for writing (neighbours come next).
+    ``samples``: the inputs the shards were embedded from, which give the labels."""
     shards = partial.shards
     count = sum(s.rows for s in shards)
     failed = sum(s.failed for s in shards)
@@ -65,9 +80,10 @@ def assemble(
                 n, m = shard.rows, shard.failed
                 if n:
                     p = src["probabilities"][:]
-                    shard_labels = src["labels"].asstr()[:]
+                    shard_ids = src["ids"].asstr()[:]
+                    shard_labels = _current_labels(samples, shard, shard_ids)
                     has_labels = has_labels or any(shard_labels)
-                    ids[row : row + n] = src["ids"].asstr()[:]
+                    ids[row : row + n] = shard_ids
                     labels[row : row + n] = shard_labels
                     emb[row : row + n] = src["embeddings"][:].astype(dtype)
                     probs[row : row + n] = p.astype(dtype)

@@ -4,6 +4,10 @@ and ``phonesim embed``, which is the same job with the neighbour pass off."""
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -238,14 +242,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_embed, interrupted=resume_hint)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that it stops the export the
+    same way: progress kept, the lock file removed, the resume hint said (exit 130)."""
+
+
+@contextmanager
+def sigterm_stops_like_ctrl_c(args: argparse.Namespace) -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a supervisor stopping the job) raises
+    :class:`Terminated`; it ended the process at once (143) with no word of the progress."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        args.stopped_by = "terminated"
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def resume_hint(args: argparse.Namespace) -> str:
-    """What Ctrl-C left, said instead of a bare "interrupted" (asked after the stop: a run
-    stopped before its first shard removes its progress folder)."""
+    """What Ctrl-C or SIGTERM left, said instead of a bare "interrupted" (asked after the stop:
+    a run stopped before its first shard removes its progress folder)."""
+    stopped = getattr(args, "stopped_by", "interrupted")
     if not Path(f"{args.out}.partial").is_dir():
-        return "interrupted before any progress was kept; nothing to resume"
+        return f"{stopped} before any progress was kept; nothing to resume"
     return (
-        f"interrupted; progress is kept in {args.out}.partial/, "
-        "run the same command again to resume"
+        f"{stopped}; progress is kept in {args.out}.partial/, run the same command again to resume"
     )
 
 
@@ -255,24 +284,24 @@ def run_embed(args: argparse.Namespace) -> int:
     from export.job import export_features
 
     data, kind = data_source(args)
-    summary = export_features(
-        ExportConfig(
-            checkpoint=args.checkpoint,
-            input=data,
-            input_kind=kind,
-            out=args.out,
-            neighbors=0,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            runtime=args.runtime,
-            device=args.device,
-            threads=args.threads,
-            text=text_options_from_args(args),
-            overwrite=True,
-            restart=args.restart,
-            progress=show_progress(args),
-        )
+    config = ExportConfig(
+        checkpoint=args.checkpoint,
+        input=data,
+        input_kind=kind,
+        out=args.out,
+        neighbors=0,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        runtime=args.runtime,
+        device=args.device,
+        threads=args.threads,
+        text=text_options_from_args(args),
+        overwrite=True,
+        restart=args.restart,
+        progress=show_progress(args),
     )
+    with sigterm_stops_like_ctrl_c(args):
+        summary = export_features(config)
     print(
         f"embedded {summary.count} images ({summary.failed} failed) "
         f"into {summary.out} [{summary.dim}-d, {summary.runtime}{_text_line(args, summary)}]"
@@ -317,7 +346,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the export and print a one-line summary (errors propagate to the caller)."""
     from export.job import export_features
 
-    summary = export_features(config_from_args(args))
+    with sigterm_stops_like_ctrl_c(args):
+        summary = export_features(config_from_args(args))
     resumed = f", resumed after {summary.resumed_from} inputs" if summary.resumed_from else ""
     read = _text_line(args, summary)
     print(

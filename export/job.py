@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -255,10 +256,20 @@ def _neighbor_search(
         ) from None
 
 
+# faiss says "Error in <C++ signature> at <file>:<line>: <reason>" on one line, the reason
+# sometimes after "Error: '<failed condition>' failed: ": a user needs only the reason.
+_FAISS_WHERE = re.compile(r"^Error in .*? at \S+:\d+: ", re.S)
+_FAISS_ASSERTION = re.compile(r"^Error: '.*?' failed: ", re.S)
+
+#: What a valid --neighbor-index looks like, for the message refusing a bad one.
+FACTORY_EXAMPLES = "'Flat', 'IVF1024,Flat', 'HNSW32' or 'IVF1024,PQ16'"
+
+
 def _faiss_reason(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    # faiss puts "Error in ... at file:line:" first and the reason after it.
-    return lines[-1] if lines else type(exc).__name__
+    """faiss's reason for refusing, without its C++ signature and source location."""
+    text = " ".join(str(exc).split())
+    reason = _FAISS_ASSERTION.sub("", _FAISS_WHERE.sub("", text)).strip()
+    return reason or type(exc).__name__
 
 
 def _check_factory(factory: str, dim: int) -> None:
@@ -270,7 +281,7 @@ def _check_factory(factory: str, dim: int) -> None:
     except RuntimeError as exc:
         raise ExportError(
             f"--neighbor-index {factory!r} is not a faiss index_factory string for "
-            f"{dim}-d vectors ({_faiss_reason(exc)})"
+            f"{dim}-d vectors ({_faiss_reason(exc)}); give one such as {FACTORY_EXAMPLES}"
         ) from None
 
 
@@ -304,7 +315,7 @@ def _write_file(
 ) -> tuple[Assembled, int]:
     """Assemble the shards into ``tmp``, add the neighbours and the attributes; return what
     was assembled and the fewest neighbours any row found."""
-    h5, done = assemble(partial, tmp, config.dtype, label_names)
+    h5, done = assemble(partial, tmp, config.dtype, label_names, inputs.samples)
     try:
         k = found = config.neighbors
         if k:
@@ -428,6 +439,7 @@ def _export(config: ExportConfig) -> ExportSummary:
     if config.neighbors and config.neighbor_index:
         _check_factory(config.neighbor_index, identity.dim)
     partial = PartialDir.open(out, identity, restart=config.restart)
+    partial.check_files_unchanged(inputs.samples)
     resumed_from = partial.cursor
     clock = _FirstBatchClock()
     text = None

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,11 +76,31 @@ class RaySession:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+@contextmanager
+def _keeping_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` makes SIGTERM exit the driver at once (``sys.exit(15)``): keep the
+    handler the caller had (the CLI's stops the export as Ctrl-C does, with the resume hint)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: set outside Python, cannot be put back
+            signal.signal(signal.SIGTERM, previous)
+
+
 def connect(address: str, ship_code: bool | None = None) -> RaySession:
     """Start a local Ray instance (``"local"``) or join a cluster.
 
     An already initialised Ray (a test fixture, a notebook) is reused as it is.
     """
+    with _keeping_sigterm_handler():
+        return _connect(address, ship_code)
+
+
+def _connect(address: str, ship_code: bool | None) -> RaySession:
     ray = import_ray()
     if ray.is_initialized():
         return RaySession(started=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,20 @@ def fingerprint(samples: list[Sample]) -> str:
     for s in samples:
         digest.update(f"{s.id}\t{os.path.abspath(s.path)}\n".encode())
     return digest.hexdigest()
+
+
+def file_stamps(samples: Sequence[Sample]) -> np.ndarray:
+    """(size, mtime_ns) of each input's file, (-1, -1) where it cannot be read: a resume
+    compares them to notice an image replaced after it was embedded (the fingerprint covers
+    only ids and paths)."""
+    stamps = np.full((len(samples), 2), -1, dtype=np.int64)
+    for row, sample in enumerate(samples):
+        try:
+            info = os.stat(sample.path)
+        except OSError:  # missing or unreadable: the image failed, and fails alike on resume
+            continue
+        stamps[row] = (info.st_size, info.st_mtime_ns)
+    return stamps
 
 
 def read_inputs(path: str | Path, kind: str | None = None) -> ExportInputs:

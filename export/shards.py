@@ -4,25 +4,38 @@ An HDF5 file that is killed mid-write can be left unreadable, so progress is nev
 growing file. Each shard (the results of ``shard_size`` consecutive inputs) is written to a
 temporary name, fsynced and renamed (``common.fsutil.atomic_write``); a rename either happened
 or did not. A re-run checks that
-the checkpoint and the input list are the same, deletes torn temporary files and continues
-after the last shard, so every input ends up in exactly one shard.
+the checkpoint and the input list are the same, and that no image file of a committed shard
+changed since it was embedded (each shard records its inputs' size and modification time),
+deletes torn temporary files and continues after the last shard, so every input ends up in
+exactly one shard.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import shutil
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from common.fsutil import TMP_SUFFIX, atomic_write, atomic_write_text, fsync_dir
+from common.fsutil import (
+    TMP_SUFFIX,
+    atomic_write,
+    atomic_write_text,
+    discard_folder,
+    fsync_dir,
+    is_temporary,
+    remove_discarded,
+)
 from embedder.data import Sample
 from export.errors import ExportError, ResumeError
 from export.mapper import FeatureBatch
+from export.reader import file_stamps
 from export.schema import STR
 
 log = logging.getLogger(__name__)
@@ -31,6 +44,10 @@ PARTIAL_FORMAT = "phonesim-features-partial"
 PARTIAL_VERSION = 1
 MANIFEST = "progress.json"
 SHARD_GLOB = "shard-*.h5"
+#: Per input of a shard: its file's (size, mtime_ns) when it was embedded.
+STAMPS = "file_stamps"
+_SHARD_NAME = re.compile(r"shard-\d{12}\.h5")
+_SHARD_TMP = re.compile(r"\.shard-\d{12}\.h5\..+" + re.escape(TMP_SUFFIX))
 
 
 @dataclass(frozen=True)
@@ -100,16 +117,12 @@ class PartialDir:
         """Create the folder, or reopen it to resume after checking it belongs to this job."""
         path = partial_path(out)
         manifest = path / MANIFEST
-        if restart and path.is_dir() and not any(path.iterdir()):
-            path.rmdir()  # left by a run stopped between making it and naming its job
+        remove_discarded(path)  # what a run killed while deleting its progress left
         if path.exists() and not manifest.is_file():
-            raise ExportError(
-                f"{path}: exists but is not an export in progress; move it away first"
-                + (" (--restart clears it only when empty)" if restart else "")
-            )
+            _refuse_unless_own_leftovers(path, out.name, restart)
         if path.exists() and restart:
             log.info("discarding previous progress in %s", path)
-            shutil.rmtree(path)
+            discard_folder(path)
         if not path.exists():
             path.mkdir()
             _write_json(
@@ -149,26 +162,28 @@ class PartialDir:
         probabilities: np.ndarray,
         failures: list[tuple[str, str]],
         runtime: str = "",
+        stamps: np.ndarray | None = None,
     ) -> ShardInfo:
-        """Write one shard atomically (temp name, fsync, rename, fsync folder)."""
+        """Write one shard atomically (temp name, fsync, rename, fsync folder).
+
+        ``stamps``: (size, mtime_ns) of every input's file in ``[input_start, input_end)``,
+        which a resume compares with the files then (None: not recorded)."""
         if input_start != self.cursor:
             raise RuntimeError(f"shard starts at {input_start}, cursor is {self.cursor}")
         final = self.path / f"shard-{input_start:012d}.h5"
-
-        def write(tmp: Path) -> None:
-            with h5py.File(tmp, "w") as h5:
-                h5.attrs["input_start"] = input_start
-                h5.attrs["input_end"] = input_end
-                h5.attrs["runtime"] = runtime
-                h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
-                h5.create_dataset("labels", data=np.array(labels, dtype=object), dtype=STR)
-                h5.create_dataset("embeddings", data=embeddings, dtype="f4")
-                h5.create_dataset("probabilities", data=probabilities, dtype="f4")
-                for name, column in (("failed/ids", 0), ("failed/reasons", 1)):
-                    values = np.array([f[column] for f in failures], dtype=object)
-                    h5.create_dataset(name, data=values, dtype=STR)
-
-        atomic_write(final, write)
+        image = _shard_bytes(
+            {"input_start": input_start, "input_end": input_end, "runtime": runtime},
+            ids,
+            labels,
+            embeddings,
+            probabilities,
+            failures,
+            stamps,
+        )
+        try:
+            atomic_write(final, lambda tmp: tmp.write_bytes(image))
+        except OSError as exc:  # a full disk: name the shard, not its random temporary name
+            raise OSError(exc.errno, exc.strerror, str(final)) from None
         info = ShardInfo(final, input_start, input_end, len(ids), len(failures), runtime)
         self.shards.append(info)
         return info
@@ -178,8 +193,122 @@ class PartialDir:
         changed it; "" where no shard recorded one)."""
         return "+".join(dict.fromkeys(s.runtime for s in self.shards if s.runtime))
 
+    def check_files_unchanged(self, samples: Sequence[Sample]) -> None:
+        """Refuse to resume when an image file of a committed shard changed (size or
+        modification time) since it was embedded: its row would keep the old image's embedding.
+        Shards written before the files were recorded cannot be checked."""
+        changed: list[int] = []
+        unrecorded = 0
+        for shard in self.shards:
+            recorded = _read_stamps(shard)
+            if recorded is None:
+                unrecorded += 1
+                continue
+            now = file_stamps(samples[shard.input_start : shard.input_end])
+            differ = np.flatnonzero((recorded != now).any(axis=1))
+            changed.extend(int(i) + shard.input_start for i in differ)
+        if unrecorded:
+            log.warning(
+                "%s: %d shard(s) from an older phonesim do not record their image files; a "
+                "file changed since then is not noticed (--restart embeds everything again)",
+                self.path,
+                unrecorded,
+            )
+        if changed:
+            first = samples[changed[0]]
+            raise ResumeError(
+                f"{self.path}: {len(changed)} image file(s) changed after they were embedded "
+                f"(size or modification time), such as {first.id!r} ({first.path}); pass "
+                "--restart to embed everything again, or put the files back to resume"
+            )
+
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete the folder: renamed away in one step first, so that a kill while its files
+        are deleted cannot leave shards without their progress.json (which blocked re-runs)."""
+        discard_folder(self.path)
+
+
+def _shard_bytes(
+    attrs: dict[str, object],
+    ids: list[str],
+    labels: list[str],
+    embeddings: np.ndarray,
+    probabilities: np.ndarray,
+    failures: list[tuple[str, str]],
+    stamps: np.ndarray | None,
+) -> bytes:
+    """One shard as HDF5 bytes, made in memory. h5py never writes a shard to disk: on a full
+    disk its close failed, and closing the file's datasets again then crashed the process
+    (segmentation fault, h5py 3.16); a plain write of these bytes fails with a clean OSError."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        h5.attrs.update(attrs)
+        h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
+        # Kept for older versions; the file takes the labels of the inputs it is assembled for.
+        h5.create_dataset("labels", data=np.array(labels, dtype=object), dtype=STR)
+        h5.create_dataset("embeddings", data=embeddings, dtype="f4")
+        h5.create_dataset("probabilities", data=probabilities, dtype="f4")
+        for name, column in (("failed/ids", 0), ("failed/reasons", 1)):
+            values = np.array([f[column] for f in failures], dtype=object)
+            h5.create_dataset(name, data=values, dtype=STR)
+        if stamps is not None:
+            h5.create_dataset(STAMPS, data=stamps, dtype="i8")
+    return buffer.getvalue()
+
+
+def _read_stamps(shard: ShardInfo) -> np.ndarray | None:
+    """The (size, mtime_ns) a shard recorded per input, None where it recorded none."""
+    try:
+        with h5py.File(shard.path, "r") as h5:
+            if STAMPS not in h5:
+                return None
+            stamps = h5[STAMPS][()]
+    except OSError as exc:
+        raise ResumeError(
+            f"{shard.path}: unreadable shard ({exc}); pass --restart to start the export over"
+        ) from exc
+    if stamps.shape != (shard.input_end - shard.input_start, 2):
+        raise ResumeError(
+            f"{shard.path}: records {stamps.shape[0]} image files for "
+            f"{shard.input_end - shard.input_start} inputs; pass --restart to start over"
+        )
+    return stamps
+
+
+def is_export_file(name: str, out_name: str) -> bool:
+    """Whether a file named ``name`` in ``<out>.partial/`` is one an export writes there: its
+    manifest, a shard, or the temporary file of either or of the assembled output."""
+    if name == MANIFEST or _SHARD_NAME.fullmatch(name):
+        return True
+    if _SHARD_TMP.fullmatch(name):
+        return True
+    return is_temporary(name, MANIFEST) or is_temporary(name, out_name)
+
+
+def _is_own_file(entry: Path, out_name: str) -> bool:
+    plain_file = entry.is_file() and not entry.is_symlink()
+    return plain_file and is_export_file(entry.name, out_name)
+
+
+def _refuse_unless_own_leftovers(path: Path, out_name: str, restart: bool) -> None:
+    """A progress folder without its manifest: ``--restart`` may clear it when it holds only
+    files an export writes (a run stopped while deleting it, or before naming its job);
+    anything else may be someone's, and is never deleted."""
+    if not path.is_dir() or path.is_symlink():
+        raise ExportError(f"{path}: exists but is not an export in progress; move it away first")
+    entries = list(path.iterdir())
+    foreign = [e.name for e in entries if not _is_own_file(e, out_name)]
+    if foreign:
+        raise ExportError(
+            f"{path}: exists but is not an export in progress (it holds {foreign[0]!r}, which "
+            "no export writes); move it away first"
+        )
+    if not restart:
+        raise ExportError(
+            f"{path}: is not an export in progress: no {MANIFEST}, only {len(entries)} file(s) "
+            "an export writes (left by a run stopped while deleting it); pass --restart to "
+            "clear it"
+        )
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -229,6 +358,7 @@ class ShardWriter:
         self._emb: list[np.ndarray] = []
         self._probs: list[np.ndarray] = []
         self._failures: list[tuple[int, str]] = []
+        self._stamps: list[np.ndarray] = []
         self.embedded = 0
         self.failed = 0
         self.runtime = ""  # the runtime embedding the batches: set once it is known
@@ -240,6 +370,8 @@ class ShardWriter:
         self._emb.append(batch.embeddings)
         self._probs.append(batch.probabilities)
         self._failures.extend(batch.failures)
+        # Right after the batch was read: what a resume compares its files with.
+        self._stamps.append(file_stamps(self.samples[batch.start : batch.end]))
         self._end = batch.end
         if self._end - self._start >= self.shard_size:
             self.flush()
@@ -261,8 +393,10 @@ class ShardWriter:
             probs,
             [(self.samples[i].id, reason) for i, reason in self._failures],
             self.runtime,
+            np.concatenate(self._stamps),
         )
         self.embedded += len(indices)
         self.failed += len(self._failures)
         self._start = self._end
         self._indices, self._emb, self._probs, self._failures = [], [], [], []
+        self._stamps = []

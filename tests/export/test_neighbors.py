@@ -41,6 +41,32 @@ def test_bad_neighbor_index_strings_fail_early_or_keep_the_embeddings(demo, ckpt
     assert summary.count == 3 and summary.embedded_now == 0
 
 
+def test_a_bad_neighbor_index_is_refused_in_one_line_without_faiss_internals(
+    demo, ckpt, tmp_path, capsys
+):
+    """faiss puts its C++ signature, source file and reason on one line: the message showed
+    all of it ("index_factory.cpp:1228"), where the user needs the reason and an example."""
+    from export import cli as export_cli
+
+    base = [
+        "--checkpoint", str(ckpt), "--data", str(demo / "three.csv"), "--workers", "0",
+        "--out", str(tmp_path / "f.h5"),
+    ]  # fmt: skip
+    assert export_cli.main([*base, "--neighbor-index", "garbage"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "--neighbor-index 'garbage' is not a faiss index_factory string" in err[0]
+    assert "(could not parse index string garbage)" in err[0]
+    assert "'Flat'" in err[0] and "'IVF1024,Flat'" in err[0]
+    for internal in (".cpp", "faiss::", "Error in"):
+        assert internal not in err[0]
+    # The same for an index that parses but cannot be trained over this few rows.
+    assert export_cli.main([*base, "--neighbor-index", "IVF64,Flat"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ".cpp" not in err[0] and "failed:" not in err[0], err
+    assert "Number of training points (3) should be at least as large" in err[0]
+
+
 def test_fewer_items_than_k_pads_neighbors(demo, ckpt, tmp_path):
     out = tmp_path / "three.h5"
     summary = export_features(_config(ckpt, demo / "three.csv", out, neighbors=5))

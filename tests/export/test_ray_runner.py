@@ -66,6 +66,32 @@ def test_a_local_instance_leaves_no_folder_behind(monkeypatch, tmp_path):
         shutil.rmtree(root, ignore_errors=True)
 
 
+@needs_ray
+def test_starting_ray_keeps_the_sigterm_handler_of_the_command():
+    """ray.init sets its own (sys.exit(15)): with --ray, SIGTERM ended the export without the
+    resume hint that it gives without Ray."""
+    import signal
+
+    import ray
+
+    from export.ray_runner import connect
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+    def handler(signum, frame):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        session = connect("local")
+        assert signal.getsignal(signal.SIGTERM) is handler
+        session.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     if not HAVE_RAY:

@@ -43,7 +43,7 @@ def test_shards_commit_resume_and_assemble_without_a_model(tmp_path):
     writer = ShardWriter(again, samples, shard_size=3)
     writer.write(batch(4, 7))
     writer.flush()
-    h5, done = assemble(again, tmp_path / "assembled.h5", "float32", ["a", "b"])
+    h5, done = assemble(again, tmp_path / "assembled.h5", "float32", ["a", "b"], samples)
     with h5:
         ids = h5["ids"].asstr()[:].tolist()
         assert ids == ["id0", "id1", "id2", "id4", "id5", "id6"]
