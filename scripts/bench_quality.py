@@ -603,6 +603,9 @@ class Bench:
             "words": [list(w) for w in cues.words],
             "min_confidence": cues.min_confidence,
             "fuzzy": cues.fuzzy,
+            # how read words are matched: results cached before these changed are scored again
+            "generic": sorted(cues.generic),
+            "normal_form": "NFKC",
             "weight": TEXT_WEIGHT,
             "rotations": list(TEXT_METHODS[method][0]),
             "gate": TEXT_METHODS[method][1],
