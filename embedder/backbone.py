@@ -21,6 +21,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.models import get_pretrained_cfg, parse_model_name
 from torch import nn
 
 from embedder.errors import WeightsError, first_line
@@ -106,14 +107,48 @@ def map_state_dict_by_position(
     return mapped
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors or a ``weights_only`` torch file (never pickle code)."""
+def check_weights_file(path: str | Path) -> None:
+    """:class:`WeightsError` unless ``path`` is a file (a folder, a missing path)."""
     path = Path(path)
     if path.is_dir():  # a checkpoint folder, most likely
         hint = " (its model.safetensors?)" if (path / "model.safetensors").is_file() else ""
         raise WeightsError(f"{path}: is a folder; give the weights file{hint}")
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found (use 'imagenet', 'none' or a file)")
+
+
+def _unknown_model(model_name: str) -> WeightsError:
+    return WeightsError(f"unknown timm model '{model_name}' (see timm.list_models() for names)")
+
+
+EMPTY_WEIGHTS = "--weights is empty: give 'imagenet', 'none' or a weights file"
+
+
+def check_model_and_weights(model_name: str, weights: str) -> None:
+    """What :func:`create_backbone` would refuse, checked without building anything: a model
+    name timm does not know, a weights file that is not there, an ImageNet weight package not
+    installed. A training reads its data after these checks, not before (minutes on a large
+    catalog). An ``hf-hub:`` name is left to the hub."""
+    if not str(weights).strip():
+        raise WeightsError(EMPTY_WEIGHTS)
+    if weights not in ("imagenet", "none"):
+        check_weights_file(weights)
+    try:  # as timm reads it: a prefix in any case, "hf_hub:", a repo id without a prefix
+        source, model_id = parse_model_name(model_name)
+    except ValueError as exc:
+        raise WeightsError(f"--model {model_name}: {str(exc).splitlines()[0]}") from None
+    if source == "local-dir" and not (Path(model_id) / "config.json").is_file():
+        raise WeightsError(f"{model_id}: not a timm model folder (no config.json) for --model")
+    if source is None and not timm.is_model(model_name):
+        raise _unknown_model(model_name)
+    if weights == "imagenet" and model_name in OFFLINE_IMAGENET:
+        offline_weights_file(model_name)  # its package: an import, no weights read
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a ``weights_only`` torch file (never pickle code)."""
+    path = Path(path)
+    check_weights_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -165,7 +200,8 @@ def create_backbone(
 ) -> nn.Module:
     """Create ``model_name`` with ``num_classes`` outputs and the requested weights."""
     if not str(weights).strip():  # Path("") is the working folder: "is a folder" misled
-        raise WeightsError("--weights is empty: give 'imagenet', 'none' or a weights file")
+        raise WeightsError(EMPTY_WEIGHTS)
+    _check_hub_model_reachable(model_name)
     try:
         if weights == "none":
             model = timm.create_model(
@@ -183,9 +219,7 @@ def create_backbone(
             _load_into(model, read_state_dict(weights), origin=str(weights))
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise WeightsError(
-                f"unknown timm model '{model_name}' (see timm.list_models() for names)"
-            ) from exc
+            raise _unknown_model(model_name) from exc
         raise
     except OSError as exc:
         if not model_name.startswith("hf-hub:"):
@@ -239,7 +273,77 @@ def _create_offline_imagenet(model_name: str, num_classes: int, **model_kwargs) 
     return model
 
 
+def _hub_weights_repo(model_name: str) -> tuple[str, str] | None:
+    """``(repo, file)``: where on the Hugging Face hub timm takes ``model_name``'s pretrained
+    weights from first (``repo`` may end in ``@revision``); None: elsewhere, or unknown."""
+    try:
+        cfg = get_pretrained_cfg(model_name)
+    except Exception:  # an unknown tag: timm's own error says so
+        return None
+    # timm's own order (_resolve_pretrained_source): a file or state dict comes first.
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    if cfg.source != "hf-hub" and (cfg.file or cfg.state_dict):
+        return None
+    # For its default pytorch_model.bin, timm asks for the safetensors file first.
+    return cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors"
+
+
+def _check_hub_reachable(repo: str, filename: str, what: str, instead: str) -> None:
+    """:class:`WeightsError` at once where the Hugging Face hub cannot be reached for a file
+    that is not in its cache yet. The hub's own download retries a failed request five times
+    with a 60 s timeout: a proxy or firewall dropping packets held a training for more than
+    10 minutes, a refused connection printed 46 lines of warnings. This is one request, no
+    retry, bounded by ``HF_HUB_ETAG_TIMEOUT`` (the hub's setting for such requests, 10 s)."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError
+
+    repo_id, _, revision = repo.partition("@")
+    cached = try_to_load_from_cache(repo_id, filename, revision=revision or None)
+    if constants.HF_HUB_OFFLINE or isinstance(cached, str):
+        return  # offline the hub fails at once; a cached file is used when the hub is not there
+    timeout = constants.HF_HUB_ETAG_TIMEOUT
+    try:
+        get_hf_file_metadata(
+            hf_hub_url(repo_id, filename, revision=revision or None), timeout=timeout
+        )
+    except HfHubHTTPError:
+        return  # the hub answered (a missing file, a private repo): timm says the rest
+    except Exception as exc:  # connection, proxy and timeout errors of its HTTP client
+        reason = first_line(exc)
+        if "Timeout" in type(exc).__name__:  # a slow link may need more: say how
+            reason += f"; no answer in {timeout} s (HF_HUB_ETAG_TIMEOUT)"
+        raise WeightsError(
+            f"cannot reach the Hugging Face hub for {what} ({reason}); {instead}"
+        ) from exc
+
+
+def _check_hub_model_reachable(model_name: str) -> None:
+    """Even without weights, timm reads an ``hf-hub:`` model's config from the hub: say at
+    once when the hub cannot be reached (see :func:`_check_hub_reachable`)."""
+    try:
+        source, repo = parse_model_name(model_name)
+    except ValueError:
+        return  # timm's create_model says what is wrong with the name
+    if source == "hf-hub":
+        _check_hub_reachable(
+            repo,
+            "config.json",
+            what=f"the config of '{model_name}'",
+            instead="offline, use a timm model name or local-dir:PATH",
+        )
+
+
 def _create_pretrained(model_name: str, num_classes: int, **model_kwargs) -> nn.Module:
+    source = _hub_weights_repo(model_name)
+    if source is not None:
+        _check_hub_reachable(
+            *source,
+            what=f"the ImageNet weights of '{model_name}'",
+            instead="pass --weights PATH (a local weights file) or --weights none, use a model "
+            f"with offline weights ({', '.join(OFFLINE_IMAGENET)}), or download them once "
+            "where the hub is reachable (HF_HUB_OFFLINE=1 then reads the Hugging Face cache)",
+        )
     try:
         return timm.create_model(
             model_name, pretrained=True, num_classes=num_classes, **model_kwargs

@@ -10,17 +10,22 @@ validation metrics for provenance, and ``extra`` for later stages' records.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.errors import UserError
 from common.fsutil import (
     TMP_SUFFIX,
+    exclusive_lock,
     folder_write_problem,
     fsync_path,
     replaced_path,
@@ -28,11 +33,13 @@ from common.fsutil import (
     swap_folder,
     temporary_folder,
 )
-from embedder.errors import CheckpointError, first_line
+from embedder.errors import CheckpointError, DataError, first_line
 from embedder.preprocess import CROP_MODES, INTERPOLATIONS
 
 if TYPE_CHECKING:
     from torch import nn
+
+log = logging.getLogger(__name__)
 
 # timm, torch and safetensors load only to build or save a model: reading config.json and
 # hashing the weights (all ONNX Runtime inference needs) stays free of them.
@@ -42,6 +49,9 @@ FORMAT_VERSION = 2  # 2: timm's config.json layout; 1: phonesim's own flat layou
 READABLE_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# The kind of the hidden sibling folder a save builds the checkpoint in (``.NAME.saving-XXXX``):
+# a save killed outright (kill -9, power loss) leaves it, a full copy of the model.
+SAVING = "saving-"
 
 
 @dataclass
@@ -261,6 +271,90 @@ def check_checkpoint_target(out: str | Path) -> Path:
     return out
 
 
+def check_outside_inputs(out: str | Path, inputs: Mapping[str, str | Path | None]) -> None:
+    """:class:`DataError` when the output folder ``out`` lies in an input folder of images
+    (``inputs``: flag -> path): what is saved there (a checkpoint, a report's PNG) would be
+    read back by the next run as a class of photos, or fail it ("class 'ck' has no images").
+    A CSV manifest lists its images, so a folder beside it is not read: only folders count."""
+    target = Path(os.path.abspath(out)).resolve()
+    for flag, given in inputs.items():
+        folder = Path(given).resolve() if given else None
+        if folder is None or not folder.is_dir() or not target.is_relative_to(folder):
+            continue
+        inside = target.relative_to(folder).parts
+        if not inside:
+            raise DataError(f"{out}: is the {flag} folder itself; write it outside the images")
+        raise DataError(
+            f"{out}: inside the {flag} folder {given}, where it would be read as a class of "
+            f"photos ({inside[0]!r}); choose a folder outside {given}"
+        )
+
+
+def _lock_file(out: Path) -> Path:
+    """The lock beside the checkpoint folder: the folder itself is replaced by each save."""
+    return out.parent / f".{out.name}.lock"
+
+
+def _lock_holder(lock: Path) -> str:
+    """`` (pid N)``: the process the lock file names, or nothing when it names none yet."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return ""
+    try:
+        pid = os.read(fd, 32).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+def _write_pid(lock: Path) -> None:
+    """Name this process in the lock file it holds, for the message of a run refused by it."""
+    fd = os.open(lock, os.O_WRONLY | os.O_NOFOLLOW | os.O_TRUNC)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def training_lock(out: Path) -> Iterator[None]:
+    """Hold for the block the lock that lets one training at a time save into ``out``, or
+    raise :class:`CheckpointError` at once, naming the process that holds it.
+
+    Two trainings into one folder both ended "saved", each naming its own metrics, while the
+    folder held one run's model (their saves alternated epoch by epoch). The lock is a file
+    beside the folder, not the folder itself: :func:`embedder.graphs.checkpoint_lock` flocks
+    the folder for graph exports, and a second flock on it in the same process would wait
+    for ever.
+    """
+    lock = _lock_file(out)
+    busy = f"{out}: another training is saving to this folder now"
+    out.parent.mkdir(parents=True, exist_ok=True)  # the lock goes there; checked writable
+    with ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(lock, busy))
+        except UserError as exc:
+            if str(exc) != busy:  # the lock file cannot be made: its own message says why
+                raise
+            raise CheckpointError(
+                f"{busy}{_lock_holder(lock)}; wait for it to end, or choose another --out"
+            ) from None
+        _write_pid(lock)
+        yield
+
+
+def remove_interrupted_saves(out: Path) -> None:
+    """Delete the folders that saves into ``out`` killed outright left beside it (each a full
+    copy of a model; they stayed for good, unsaid). Only under :func:`training_lock`: no
+    other training is saving into ``out`` meanwhile."""
+    pattern = glob.escape(f".{out.name}.{SAVING}") + "*"
+    for left in sorted(out.parent.glob(pattern)):
+        if left.is_dir() and not left.is_symlink():
+            log.info("removing %s, left by a save into %s that was killed", left.name, out)
+            shutil.rmtree(left, ignore_errors=True)
+
+
 def save_checkpoint(model: nn.Module, config: CheckpointConfig, out: str | Path) -> Path:
     """Write the checkpoint folder atomically: a reader sees the old or the new one, never half.
 
@@ -270,7 +364,7 @@ def save_checkpoint(model: nn.Module, config: CheckpointConfig, out: str | Path)
 
     out = check_checkpoint_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_folder(out)
+    tmp = temporary_folder(out, SAVING)  # named, so what a killed save left is found again
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})

@@ -13,6 +13,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from common.fsutil import atomic_write, atomic_write_text
 from embedder.batch import embed_samples
+from embedder.checkpoint import check_outside_inputs, read_config
 from embedder.class_rerank import ClassRerank, reranked_labels
 from embedder.data import Catalog, load_catalog, shared_images
 from embedder.engine_options import EngineOptions
@@ -88,15 +89,20 @@ def evaluate(
         out = Path(out)
         if out.exists() and not out.is_dir():  # checked before the work, not after it
             raise DataError(f"{out}: exists and is not a folder (--out needs a folder)")
-    embedder = Embedder.from_checkpoint(checkpoint, **asdict(engine or EngineOptions()))
-    names = embedder.label_names
+        # Its PNG would be read as a photo of a class "<out>" by the next run on that folder.
+        check_outside_inputs(out, {"--data": data, "--gallery": gallery})
+    # The data is checked against the classes config.json names before the model is loaded:
+    # loading may export its ONNX graph first (seconds to minutes), for a typo'd --data.
+    names = list(read_config(checkpoint).label_names)
     # A bad cue file or a missing OCR package fails now, not after the embedding.
     evidence = text.build(names) if text is not None else None
     catalog = load_catalog(data, require_labels=True, min_classes=1)
-    unknown = sorted(set(catalog.label_names) - set(names))
-    if unknown:
-        raise DataError(f"{data}: classes the checkpoint does not know: {', '.join(unknown)}")
+    _check_known_classes(data, catalog, names)
     g_catalog = None if gallery is None else _gallery_catalog(gallery, catalog, names)
+    embedder = Embedder.from_checkpoint(checkpoint, **asdict(engine or EngineOptions()))
+    if embedder.label_names != names:  # the checkpoint was replaced meanwhile (a training)
+        names = embedder.label_names
+        _check_known_classes(data, catalog, names)
     idx, batch, failures = embed_samples(embedder, catalog.samples, batch_size, progress=progress)
     if len(idx) == 0:
         raise DataError(f"{data}: none of the images could be read")
@@ -204,6 +210,12 @@ def evaluate(
         atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2) + "\n")
         report["report_dir"] = str(out)
     return report
+
+
+def _check_known_classes(data: str | Path, catalog: Catalog, names: list[str]) -> None:
+    unknown = sorted(set(catalog.label_names) - set(names))
+    if unknown:
+        raise DataError(f"{data}: classes the checkpoint does not know: {', '.join(unknown)}")
 
 
 def _gallery_catalog(gallery: str | Path, data: Catalog, names: list[str]) -> Catalog:

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import logging
 
-from embedder.checkpoint import check_checkpoint_target
+from embedder.backbone import check_model_and_weights
+from embedder.checkpoint import (
+    check_checkpoint_target,
+    check_outside_inputs,
+    remove_interrupted_saves,
+    training_lock,
+)
 from embedder.data import Catalog, load_catalog, shared_images
 from embedder.engine import resolve_device
 from embedder.errors import DataError
@@ -26,8 +32,18 @@ log = logging.getLogger(__name__)
 def train(config: TrainConfig) -> TrainResult:
     """Load data, fine-tune, and return where the best checkpoint is with its metrics."""
     check_train_config(config)
-    check_checkpoint_target(config.out)  # before any work: never train into the wrong folder
+    out = check_checkpoint_target(config.out)  # before any work: never train into the wrong folder
+    check_outside_inputs(out, {"--data": config.data, "--val": config.val})
+    # A typo'd model name or weights path fails now, not after the images were read.
+    check_model_and_weights(config.model, config.weights)
     resolve_device(config.device)  # a device this machine lacks fails before the data loads
+    with training_lock(out):  # a second training into the same folder is refused at once
+        remove_interrupted_saves(out)
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> TrainResult:
+    """Read the data, split it and fine-tune (under the training lock)."""
     catalog = load_catalog(config.data, require_labels=True)
     if config.val:
         val_catalog = load_catalog(config.val, require_labels=True, min_classes=1)
