@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from common.argtypes import (
@@ -152,11 +151,12 @@ def cmd_info(args: argparse.Namespace) -> int:
                                readonly=True) as ix:  # fmt: skip
             info = {**ix.info(), "path": ix.where}
     else:
-        from index import ann
+        from index.folder import check_index_files
 
-        info = describe(index_folder_or_exit(args))
-        if info.get("faiss_file"):  # a health check: the vectors too, not only the catalog
-            ann.check_file(Path(info["path"]) / info["faiss_file"])
+        folder = index_folder_or_exit(args)
+        describe(folder)  # a folder that is no index: said first
+        check_index_files(folder)  # a health check: every page of the store, and the vectors
+        info = describe(folder)  # after any compaction the check waited out
     if args.json:
         print(json.dumps(info))
         return 0

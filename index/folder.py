@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common.fsutil import folder_size, names_open_file
-from index.errors import IndexLockedError, IndexNotFoundError
+from index.errors import IndexCorruptError, IndexLockedError, IndexNotFoundError
 from index.manifest import Manifest, read_manifest
 from index.store import STORE_NAME, CatalogStore
 
@@ -120,6 +120,33 @@ def describe(path: str | Path) -> dict[str, Any]:
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def check_index_files(path: str | Path) -> None:
+    """Read the whole catalog store (SQLite's ``quick_check``) and the FAISS file it names:
+    :class:`IndexCorruptError` where either is damaged, one line, before a server's workers
+    or an ``index info`` report take the folder as sound (the store's schema check at open
+    reads only its first pages). Another process compacting meanwhile deletes the named FAISS
+    file after naming its successor: the successor is checked then ("could not open" had read
+    as a damaged index)."""
+    from index import ann
+
+    path = Path(path)
+    store = CatalogStore(store_path(path))
+    try:
+        store.check_integrity()
+    finally:
+        store.close()
+    for attempt in range(3):
+        faiss_file = describe(path)["faiss_file"]
+        if not faiss_file:
+            return
+        try:
+            ann.check_file(path / faiss_file)
+            return
+        except IndexCorruptError:
+            if attempt == 2 or describe(path)["faiss_file"] == faiss_file:
+                raise
 
 
 def summary(

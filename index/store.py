@@ -57,13 +57,20 @@ _NEW_COLS = {"ts": "REAL", "items": "TEXT"}
 _TABLES = frozenset({"items", "attrs", "fields", "journal", "state"})
 
 
-# SQLite's primary result codes for a machine that failed the write, not a damaged file.
+# SQLite's primary result codes for a machine that failed the write, not a damaged file,
+# and for a damaged file.
 _SQLITE_IOERR, _SQLITE_FULL = 10, 13
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
 
 def machine_failure(exc: sqlite3.Error) -> bool:
     """Whether SQLite failed for the machine's sake (disk full, I/O error), not the file's."""
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (_SQLITE_IOERR, _SQLITE_FULL)
+
+
+def damaged_file(exc: sqlite3.Error) -> bool:
+    """Whether SQLite found the file damaged ("database disk image is malformed")."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
 class StoredItem(NamedTuple):
@@ -165,12 +172,15 @@ class CatalogStore(JournalTable):
 
         ``BEGIN IMMEDIATE`` takes SQLite's write lock at once, so writers of every process
         serialise here (waiting up to the busy timeout)."""
-        with self.lock:
+        with self.lock, self._damage_named():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite has rolled back already after some failures (a full disk): a second
+                # ROLLBACK raised "no transaction is active" in place of the real error.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
             self.invalidate_caches()
@@ -178,12 +188,40 @@ class CatalogStore(JournalTable):
     @contextmanager
     def read_txn(self) -> Iterator[None]:
         """Group reads into one consistent view, released on exit (never held between calls)."""
-        with self.lock:
+        with self.lock, self._damage_named():
             self._db.execute("BEGIN")
             try:
                 yield
             finally:
-                self._db.execute("COMMIT")
+                if self._db.in_transaction:  # a failed read may have ended it
+                    self._db.execute("COMMIT")
+
+    @contextmanager
+    def _damage_named(self) -> Iterator[None]:
+        """A damaged page found while reading or writing is :class:`IndexCorruptError`, one
+        line naming the file; it was an sqlite3 traceback in every command and server worker
+        (the schema check at open reads only the first pages)."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if not damaged_file(exc):
+                raise
+            raise IndexCorruptError(
+                f"{self.path}: the catalog store is damaged ({exc}); restore the index from a "
+                "snapshot or build it again"
+            ) from exc
+
+    def check_integrity(self) -> None:
+        """Read every page (SQLite's ``quick_check``): :class:`IndexCorruptError` where one is
+        damaged. For ``index info``, the health check; a query reads only what it needs."""
+        with self.lock, self._damage_named():
+            rows = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
+        if rows != ["ok"]:
+            found = " ".join("; ".join(rows).split())  # its rows hold line breaks
+            raise IndexCorruptError(
+                f"{self.path}: the catalog store is damaged ({found[:300]}); restore the index "
+                "from a snapshot or build it again"
+            )
 
     def data_version(self) -> int:
         """SQLite's ``PRAGMA data_version``: changes whenever another connection commits."""

@@ -26,9 +26,8 @@ from embedder.inference import Embedder
 from embedder.runtime import check_device, check_runtime
 from embedder.text_cues import TextCues
 from embedder.text_reader import INSTALL_HINT
-from index import ann
 from index.catalog import CatalogIndex, IndexOptions
-from index.folder import describe, lock_shared
+from index.folder import check_index_files, lock_shared
 from index.manifest import Manifest, read_manifest
 from index.stores import open_source
 
@@ -77,25 +76,12 @@ def _store_manifest(index: str | Path | None, store: str | None) -> Manifest:
     """The index's manifest, once its store has answered (and no build replaces the folder)."""
     if store is None:
         manifest = read_manifest(index)
-        _check_faiss_file(Path(index))
+        check_index_files(Path(index))  # a damaged file: one line here, not in each worker
         os.close(lock_shared(Path(index)))
         return manifest
     source, manifest, _ = open_source(index, store)
     source.close()
     return manifest
-
-
-def _check_faiss_file(index: Path) -> None:
-    """Open the catalog store and check the FAISS file it names: a damaged file is one line
-    here, not a traceback in every worker. A replica's compaction may delete the named file
-    meanwhile (its successor is then named), so a missing file is looked up once more."""
-    for _ in range(2):
-        faiss_file = describe(index)["faiss_file"]
-        if not faiss_file:
-            return
-        if (index / faiss_file).exists():
-            break
-    ann.check_file(index / faiss_file)
 
 
 def open_for_serving(

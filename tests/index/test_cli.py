@@ -279,6 +279,60 @@ def test_a_damaged_catalog_store_is_one_clear_error(files):
         open_index(out, readonly=True)
 
 
+def test_a_damaged_page_of_the_catalog_store_is_one_clear_error(files):
+    """The open reads only the schema's first page: `info` printed a healthy index, and every
+    query, add and server worker died with an sqlite3 traceback ("malformed")."""
+    from index.store import CatalogStore
+
+    write_embeddings(files / "emb.h5", n=400)
+    out = files / "idx"
+    assert cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(out)]) == 0
+    with (out / "catalog.sqlite").open("r+b") as db:  # page 2 of 4 KiB pages: not the schema
+        db.seek(4096 + 8)
+        db.write(b"\xff" * 200)
+    with pytest.raises(IndexCorruptError, match="catalog store is damaged"):
+        cli(["info", str(out)])
+    with pytest.raises(IndexCorruptError, match="catalog store is damaged .*malformed"):
+        open_index(out, readonly=True)
+    store = CatalogStore(out / "catalog.sqlite")  # the schema reads: the damage is further in
+    store.close()
+
+
+def test_a_failed_write_reports_its_own_error_not_the_rollback(files):
+    """SQLite rolls back by itself after some failures (a full disk): the second ROLLBACK
+    raised "cannot rollback - no transaction is active" in place of the real error."""
+    import sqlite3
+
+    from index.store import CatalogStore
+
+    store = CatalogStore(files / "catalog.sqlite", create=True)
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"), store.transaction():
+        store._db.execute("ROLLBACK")  # as SQLite does on SQLITE_FULL
+        raise sqlite3.OperationalError("database or disk is full")
+    with store.read_txn():
+        assert store.count() == 0  # and the store is usable after it
+    store.close()
+
+
+def test_info_checks_the_file_a_compaction_names_meanwhile(files, monkeypatch):
+    """A compaction by another process deletes the FAISS file `info` had just read the name
+    of: "could not open" read as a damaged index (1 `info` in 107 beside a compacting loop)."""
+    from index import ann
+
+    out = files / "idx"
+    cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(out)])
+    cli(["remove", "--index", str(out), "--id", "p0"])  # a journal record to compact
+    check, compacted = ann.check_file, []
+
+    def compact_first(path):
+        if not compacted:  # between the name read and the file read, once
+            compacted.append(cli(["compact", "--force", "--index", str(out)]))
+        return check(path)
+
+    monkeypatch.setattr(ann, "check_file", compact_first)
+    assert cli(["info", str(out)]) == 0 and compacted == [0]
+
+
 def test_info_checks_the_vectors_too(files):
     """`index info` read only the catalog: with its FAISS file gone or garbage it printed a
     healthy index, and the next add failed."""

@@ -141,7 +141,9 @@ def test_a_faiss_file_compacted_away_meanwhile_is_looked_up_again(
     """A replica's compaction deletes the file the store named a moment before: the check
     follows the store to its successor instead of calling a healthy index damaged."""
     copy = shutil.copytree(index_dir, tmp_path / "index")
-    real = loading.describe
+    from index import folder
+
+    real = folder.describe
     answers = iter([{**real(copy), "faiss_file": "faiss-compacted-away.faiss"}])
-    monkeypatch.setattr(loading, "describe", lambda path: next(answers, None) or real(path))
+    monkeypatch.setattr(folder, "describe", lambda path: next(answers, None) or real(path))
     loading.check_for_serving(tiny_checkpoint, copy)
