@@ -192,8 +192,9 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
 
     Every column except ``id`` is kept as a string, a blank cell as no value (an unknown
     price is no price, not the text ""); ``image`` is resolved against the CSV's folder to an
-    absolute path, for the server's thumbnails. ``id``, ``image`` and ``label`` are stripped
-    of surrounding spaces, as ``phonesim embed`` and ``train`` read them.
+    absolute path, for the server's thumbnails. Every value is stripped of surrounding spaces
+    (``id``, ``image`` and ``label`` as ``phonesim embed`` and ``train`` read them; a number
+    written " 300 " is then the number 300 to filters).
     """
     path = Path(path)
     if not path.is_file():
@@ -222,10 +223,12 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
                     raise BuildInputError(
                         f"{path}:{line}: value {unnamed[:40]!r} is in a column without a name"
                     )
-                md = {k: v for k, v in row.items() if not k.startswith(UNNAMED) and v and v.strip()}
-                for name in ("image", "label"):
-                    if name in md:
-                        md[name] = md[name].strip()
+                # Stripped: a hand-edited " 300 " price matched no filter on 300.
+                md = {
+                    k: v.strip()
+                    for k, v in row.items()
+                    if not k.startswith(UNNAMED) and v and v.strip()
+                }
                 if md.get("image"):
                     if "\0" in md["image"]:
                         raise BuildInputError(f"{path}:{line}: image path contains a NUL byte")

@@ -122,7 +122,7 @@ def _print(args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from index.build import join_metadata, read_catalog_csv, read_embeddings
+    from index.build import failed_images, join_metadata, read_catalog_csv, read_embeddings
 
     emb = read_embeddings(args.embeddings)
     rows = read_catalog_csv(args.catalog) if args.catalog else None
@@ -151,7 +151,14 @@ def cmd_add(args: argparse.Namespace) -> int:
             )
         ix.add(emb.ids, emb.xb, metadata)
         n = len(ix)
-    return _print(args, {"added": len(emb.ids), "count": n}, f"added {len(emb.ids)}; {n} items")
+    # As `index build` says them: they were only an INFO line, hidden by -q and the JSON.
+    left_out = failed_images(args.embeddings)
+    if not args.json:
+        for line in left_out:
+            print(f"not indexed (phonesim embed could not read it): {line}")
+    unread = f"; {len(left_out)} unreadable image(s) not indexed" if left_out else ""
+    result = {"added": len(emb.ids), "count": n, "failed_images": len(left_out)}
+    return _print(args, result, f"added {len(emb.ids)}; {n} items{unread}")
 
 
 def _add_interrupted(args: argparse.Namespace) -> str:

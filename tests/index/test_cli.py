@@ -243,12 +243,14 @@ def test_catalog_csv_cells_read_as_embed_reads_them(files):
     and its class re-rank)."""
     (files / "c.csv").write_text(
         "id,image,label,price\na, a.jpg , edge-x2 ,100\nb,b.jpg,edge-x2,\n"
-        "c,c.jpg,x,  \nd,d.jpg,x,300\n"
+        "c,c.jpg,x,  \nd,d.jpg,x,300\ne,e.jpg,x, 300 \n"
     )
     rows = read_catalog_csv(files / "c.csv")
     assert rows["a"]["label"] == "edge-x2" and rows["a"]["image"] == str(files / "a.jpg")
     assert "price" not in rows["b"] and "price" not in rows["c"]
     assert rows["d"] == {"image": str(files / "d.jpg"), "label": "x", "price": "300"}
+    # A hand-edited " 300 " had stayed a string: no price filter on 300 found it.
+    assert rows["e"]["price"] == "300"
     # A spreadsheet's export ends its header with blank cells: no columns, unless they hold
     # a value (which no field name could keep).
     (files / "blank.csv").write_text("id,label,,\na,x,,\n")
