@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
+import select
 import sys
 from collections.abc import Callable
 
@@ -44,6 +46,29 @@ def describe_os_error(exc: OSError) -> str:
     return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
+#: What a Unix tool killed by SIGPIPE exits with (128 + 13).
+SIGPIPE_EXIT = 141
+
+
+def _stdout_left() -> bool:
+    """Whether stdout's reader has gone (a pipe whose read end closed polls as an error), not
+    some other pipe or socket. Then stdout is pointed at /dev/null, so Python's flush at exit
+    does not fail a second time ("Exception ignored ... BrokenPipeError")."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        events = poller.poll(0)
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test's capture)
+        return False
+    if not any(flags & (select.POLLERR | select.POLLHUP) for _, flags in events):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
+
+
 def run_reporting_errors(
     prog: str,
     run: Callable[[argparse.Namespace], int | None],
@@ -73,6 +98,8 @@ def reporting_errors(
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_left():
+            return SIGPIPE_EXIT  # `... --json | head`: the reader left, as a Unix tool's does
         # The machine said no (disk full, read-only, permission): say which path, not a traceback.
         logging.getLogger(prog).debug("traceback", exc_info=True)
         print(f"{prog}: error: {describe_os_error(exc)}", file=sys.stderr)

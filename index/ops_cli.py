@@ -52,7 +52,12 @@ def register(actions: argparse._SubParsersAction) -> None:
     )
     _target(remove, "to remove from")
     remove.add_argument(
-        "--id", dest="ids", action="append", default=[], metavar="ID", help="id (repeatable)"
+        "--id",
+        dest="ids",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="id (repeatable); an id that starts with '-' as --id=-ID",
     )
     remove.add_argument("--ids-file", metavar="FILE", help="text file with one id per line")
     remove.add_argument(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from common.errors import run_reporting_errors
 
@@ -75,7 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:  # the commands' imports take a moment: Ctrl-C then was a traceback
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print("phonesim: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     # A command may say what Ctrl-C leaves behind (export: the progress it resumes from).
     hint = getattr(args, "interrupted", None)

@@ -68,3 +68,25 @@ def test_an_hdf5_write_failure_is_one_line_naming_the_file():
         == "/d/e.h5.partial/.shard-0.h5.tmp: No space left on device"
     )
     assert describe_os_error(OSError("two\nlines")) == "two lines"
+
+
+def test_a_reader_that_leaves_early_is_no_error() -> None:
+    """`phonesim index info --json | head` printed "phonesim: error: Broken pipe"."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\nfrom common.errors import reporting_errors\n"
+        "def run():\n    for _ in range(20000):\n        print('x' * 100)\n"
+        "sys.exit(reporting_errors('tool', run))\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout.read(10) == b"x" * 10
+    proc.stdout.close()  # the reader leaves, as `head` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert err == ""

@@ -245,3 +245,15 @@ def test_reports_never_go_into_a_folder_of_other_files(tmp_path, capsys, argv):
     assert code == 2 and "which this command does not write" in err and "Traceback" not in err
     after = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "ok").rglob("*"))
     assert after == before
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line(monkeypatch, capsys):
+    """Ctrl-C in the first moment (the commands' imports) printed a traceback."""
+    from phonesim import cli as phonesim_cli
+
+    def interrupted():  # noqa: ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(phonesim_cli, "build_parser", interrupted)
+    assert phonesim_cli.main(["index", "info"]) == 130
+    assert capsys.readouterr().err == "phonesim: interrupted\n"
