@@ -9,8 +9,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from common.item_ids import is_item_id
 from common.text import is_utf8, name_blank_columns, repeated_columns, unnamed_value
 from embedder.errors import DataError
@@ -66,34 +64,59 @@ def is_image_file(path: Path) -> bool:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files under ``folder``, sorted, through linked folders too, as torchvision's
-    ImageFolder walks them (a class folder is often a link to where its photos are; they had
-    been passed over without a word), each folder once, so a link back up is no loop. Hidden
-    files and folders are passed over; files that may be images but are not read (a photo
-    saved without a suffix, a format Pillow knows but this project refuses) are counted in one
-    warning, other files (a README, notes) only in the debug log."""
-    found, skipped, seen = [], [], set()
-    for top, folders, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:
-            folders[:] = []
-            continue
-        seen.add(real)
-        folders[:] = [f for f in folders if not f.startswith(".")]
+    """The image files under ``folder``, sorted. Hidden files and folders are passed over. A
+    linked folder inside it is not followed but named in a warning (it had been passed over
+    without a word): a link back into the catalog would read its photos twice, under another
+    label, and which of the two came first would depend on the file system's order. A file
+    that looks like a photo but is not read (saved without a suffix, a photo format this
+    project refuses) is counted in one warning; other files (a README, a PDF) only in the
+    debug log."""
+    found, skipped, links = [], [], []
+    for top, folders, names in os.walk(folder):
+        links += [Path(top) / f for f in folders if os.path.islink(os.path.join(top, f))]
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
         for name in names:
             path = Path(top) / name
             if is_image_file(path):
                 found.append(path)
             elif not name.startswith(".") and not is_image_name(path) and path.is_file():
                 skipped.append(path)
+    links = sorted(p for p in links if not p.name.startswith("."))
+    if links:
+        log.warning(
+            "%s: %d linked folder(s) not followed, such as '%s' (a link back into the catalog "
+            "would read its photos twice); give the photos' own folder, or copy them in",
+            folder,
+            len(links),
+            links[0].relative_to(folder),
+        )
     _report_skipped(folder, sorted(skipped))
     return sorted(found)
 
 
+#: Photo formats a listing may hold that this project does not read: warned of when skipped.
+UNREAD_PHOTO_SUFFIXES = frozenset(
+    {".psd", ".ico", ".dds", ".jp2", ".j2k", ".jxl", ".tga", ".pcx", ".ppm", ".pgm", ".pbm"}
+    | {".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf"}
+)
+#: How JPEG, PNG, GIF and WebP files begin: a file without a suffix that starts so is a photo.
+_PHOTO_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8")
+
+
+def _looks_like_photo(path: Path) -> bool:
+    if path.suffix:
+        return path.suffix.lower() in UNREAD_PHOTO_SUFFIXES
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return False
+    return head.startswith(_PHOTO_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
 def _report_skipped(folder: Path, skipped: list[Path]) -> None:
-    """Warn of the skipped files that may be photos; log the others for debugging."""
-    known = Image.registered_extensions()
-    maybe = [p for p in skipped if not p.suffix or p.suffix.lower() in known]
+    """Warn of the skipped files that look like photos; log the others for debugging."""
+    maybe = [p for p in skipped if _looks_like_photo(p)]
     if maybe:
         log.warning(
             "%s: %d file(s) skipped, not images by name (such as '%s'; an image's name ends in %s)",

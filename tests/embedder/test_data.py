@@ -29,36 +29,35 @@ def test_a_broken_link_in_a_folder_is_skipped_with_a_warning(tmp_path, caplog):
     assert "gone.jpg: skipped, a link to" in caplog.text and "does not exist" in caplog.text
 
 
-def test_linked_folders_are_read_once_and_odd_names_are_counted(tmp_path, caplog):
-    """A linked class or subfolder was passed over without a word (as were .jfif and .jpe
-    photos, and files without an image suffix); a link back up is no loop."""
+def test_linked_folders_are_named_and_odd_names_are_counted(tmp_path, caplog):
+    """A linked subfolder was passed over without a word (as were .jfif and .jpe photos, and
+    photos saved without a suffix). It is still not followed, as a link back into the catalog
+    would read its photos twice under another label, but a warning names it; a class folder
+    that is a link is read, as before."""
     from duplicates.inputs import list_images
 
     photos = tmp_path / "photos"
-    for name in ("a/0.jpg", "elsewhere/1.jpg", "elsewhere/2.jfif", "elsewhere/3.JPE"):
-        _img(photos / name) if not name.endswith(("jfif", "JPE")) else _jpeg(photos / name)
+    for name in ("a/0.jpg", "elsewhere/1.jpg"):
+        _img(photos / name)
+    for name in ("a/2.jfif", "a/3.JPE"):
+        _jpeg(photos / name)
     _img(photos / "a" / ".cache" / "hidden.jpg")
     (photos / "a" / "noext").write_bytes((photos / "a" / "0.jpg").read_bytes())
-    (photos / "a" / "README.md").write_text("not a photo: not warned of")
+    for other in ("README.md", "LICENSE", "spec.pdf"):  # not photos: not warned of
+        (photos / "a" / other).write_text("text")
     (photos / "a" / "more").symlink_to(photos / "elsewhere")
-    (photos / "b").symlink_to(photos / "elsewhere")
-    (photos / "elsewhere" / "up").symlink_to(photos / "elsewhere")  # a loop
     data = tmp_path / "data"
-    data.mkdir()
-    for name in ("a", "b"):
-        (data / name).symlink_to(photos / name)
+    (data / "a").parent.mkdir()
+    (data / "a").symlink_to(photos / "a")  # a class folder that is a link: read
+    _img(data / "c" / "0.jpg")
+    (data / "c" / "up").symlink_to(data)  # would read a's photos as c's
     ids = [(s.id, s.label) for s in load_catalog(data).samples]
-    assert ids == [
-        ("a/0", "a"),
-        ("a/more/1", "a"),
-        ("a/more/2", "a"),
-        ("a/more/3", "a"),
-        ("b/1", "b"),
-        ("b/2", "b"),
-        ("b/3", "b"),
-    ]
+    assert ids == [("a/0", "a"), ("a/2", "a"), ("a/3", "a"), ("c/0", "c")]
+    assert "1 linked folder(s) not followed, such as 'more'" in caplog.text
+    assert "1 linked folder(s) not followed, such as 'up'" in caplog.text
     assert "1 file(s) skipped, not images by name (such as 'noext'" in caplog.text
-    assert [s.id for s in list_images(photos / "a")] == ["0", "more/1", "more/2", "more/3"]
+    assert "README" not in caplog.text and "LICENSE" not in caplog.text
+    assert [s.id for s in list_images(photos / "a")] == ["0", "2", "3"]
 
 
 def _jpeg(path):
