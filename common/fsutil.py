@@ -117,8 +117,7 @@ def temporary_folder(path: str | Path, kind: str = "") -> Path:
     give, not mkdtemp's owner-only ones: checkpoints and indexes are shared."""
     path = Path(path)
     if kind:  # a run killed outright (kill -9, power loss) leaves its folder: say so, once
-        pattern = glob.escape(f".{path.name}.{kind}") + "*"
-        left = sorted(p.name for p in path.parent.glob(pattern) if p.is_dir())
+        left = [p.name for p in leftover_folders(path, kind)]
         if left:
             log.warning(
                 "%s: %d folder(s) left by an interrupted run (%s); remove them once no other "
@@ -130,6 +129,14 @@ def temporary_folder(path: str | Path, kind: str = "") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def leftover_folders(path: str | Path, kind: str) -> list[Path]:
+    """The hidden sibling folders ``.NAME.<kind>XXXX`` of ``path`` (:func:`temporary_folder`,
+    :func:`discard_folder`) that runs killed outright left behind, sorted; links excluded."""
+    path = Path(path)
+    pattern = glob.escape(f".{path.name}.{kind}") + "*"
+    return sorted(p for p in path.parent.glob(pattern) if p.is_dir() and not p.is_symlink())
 
 
 def share_file(path: str | Path) -> None:
@@ -249,12 +256,9 @@ def remove_discarded(path: str | Path) -> None:
     """Finish deleting what :func:`discard_folder` left of ``path`` in a run killed meanwhile.
     Only for a caller that no other run can be discarding ``path`` beside (one holding its
     lock)."""
-    path = Path(path)
-    pattern = glob.escape(_discarded_prefix(path)) + "*"
-    for left in path.parent.glob(pattern):
-        if left.is_dir() and not left.is_symlink():
-            log.info("removing %s, left by a run stopped while deleting it", left.name)
-            shutil.rmtree(left, ignore_errors=True)
+    for left in leftover_folders(path, _DISCARDED):
+        log.info("removing %s, left by a run stopped while deleting it", left.name)
+        shutil.rmtree(left, ignore_errors=True)
 
 
 def swap_folder(new: Path, dest: Path, old: Path) -> None:

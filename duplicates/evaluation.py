@@ -29,13 +29,16 @@ class Sweep:
     predicted_pairs: np.ndarray
     true_positive_pairs: np.ndarray
     truth_pairs: int
+    #: True pairs the identical files alone group, found at every threshold.
+    identical_true_pairs: int = 0
 
     def best(self, min_precision: float = 0.0) -> int | None:
         """Index of the best F1 among thresholds with precision >= min_precision that find
-        some true pair (ties: the higher threshold); None when there is none. A threshold that
-        accepts no pair counts precision 1, but finds nothing: stored, it had replaced a good
-        calibration with one under which `find` reported no group."""
-        finds = (self.true_positive_pairs > 0) | (self.truth_pairs == 0)
+        some true pair beyond the identical files (ties: the higher threshold); None when there
+        is none. A threshold that accepts no scored pair counts precision 1, but finds nothing:
+        stored, it had replaced a good calibration with one under which `find` reported no
+        group."""
+        finds = (self.true_positive_pairs > self.identical_true_pairs) | (self.truth_pairs == 0)
         ok = np.flatnonzero((self.precision >= min_precision) & finds)
         if not len(ok):
             return None
@@ -112,7 +115,8 @@ def sweep_thresholds(
         preds[t_idx], tps[t_idx] = counts
     total = truth_pair_count(truth)
     precision, recall, f1 = _prf(tps.astype(float), preds.astype(float), total)
-    return Sweep(ts, precision, recall, f1, preds, tps, total)
+    identical = _pair_counts(component_labels(n, edges[:n_always]), truth_idx, n_truth)[1]
+    return Sweep(ts, precision, recall, f1, preds, tps, total, identical)
 
 
 def group_metrics(truth: Sequence[int] | np.ndarray, groups: Iterable[Sequence[int]]) -> dict:

@@ -135,7 +135,7 @@ def check_model_and_weights(model_name: str, weights: str) -> None:
         check_weights_file(weights)
     try:  # as timm reads it: a prefix in any case, "hf_hub:", a repo id without a prefix
         source, model_id = parse_model_name(model_name)
-    except ValueError as exc:
+    except (ValueError, AssertionError) as exc:  # older timm 1.0 releases assert
         raise WeightsError(f"--model {model_name}: {str(exc).splitlines()[0]}") from None
     if source == "local-dir" and not (Path(model_id) / "config.json").is_file():
         raise WeightsError(f"{model_id}: not a timm model folder (no config.json) for --model")
@@ -143,6 +143,9 @@ def check_model_and_weights(model_name: str, weights: str) -> None:
         raise _unknown_model(model_name)
     if weights == "imagenet" and model_name in OFFLINE_IMAGENET:
         offline_weights_file(model_name)  # its package: an import, no weights read
+    _check_hub_model_reachable(model_name)  # before the data too: seconds, not minutes
+    if weights == "imagenet" and model_name not in OFFLINE_IMAGENET:
+        _check_hub_weights_reachable(model_name)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -285,8 +288,12 @@ def _hub_weights_repo(model_name: str) -> tuple[str, str] | None:
         return None
     if cfg.source != "hf-hub" and (cfg.file or cfg.state_dict):
         return None
-    # For its default pytorch_model.bin, timm asks for the safetensors file first.
-    return cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors"
+    return cfg.hf_hub_id, cfg.hf_hub_filename or HUB_WEIGHTS_FILES[0]
+
+
+#: The files timm takes a hub model's weights from, in its order: for its default
+#: pytorch_model.bin it asks for the safetensors file first.
+HUB_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def _check_hub_reachable(repo: str, filename: str, what: str, instead: str) -> None:
@@ -299,9 +306,12 @@ def _check_hub_reachable(repo: str, filename: str, what: str, instead: str) -> N
     from huggingface_hub.errors import HfHubHTTPError
 
     repo_id, _, revision = repo.partition("@")
-    cached = try_to_load_from_cache(repo_id, filename, revision=revision or None)
-    if constants.HF_HUB_OFFLINE or isinstance(cached, str):
-        return  # offline the hub fails at once; a cached file is used when the hub is not there
+    # Offline the hub fails at once; a cached file is used when the hub is not there (either
+    # of timm's weight files: it falls back to the .bin).
+    names = HUB_WEIGHTS_FILES if filename in HUB_WEIGHTS_FILES else (filename,)
+    cached = (try_to_load_from_cache(repo_id, n, revision=revision or None) for n in names)
+    if constants.HF_HUB_OFFLINE or any(isinstance(c, str) for c in cached):
+        return
     timeout = constants.HF_HUB_ETAG_TIMEOUT
     try:
         get_hf_file_metadata(
@@ -323,7 +333,7 @@ def _check_hub_model_reachable(model_name: str) -> None:
     once when the hub cannot be reached (see :func:`_check_hub_reachable`)."""
     try:
         source, repo = parse_model_name(model_name)
-    except ValueError:
+    except (ValueError, AssertionError):
         return  # timm's create_model says what is wrong with the name
     if source == "hf-hub":
         _check_hub_reachable(
@@ -334,7 +344,8 @@ def _check_hub_model_reachable(model_name: str) -> None:
         )
 
 
-def _create_pretrained(model_name: str, num_classes: int, **model_kwargs) -> nn.Module:
+def _check_hub_weights_reachable(model_name: str) -> None:
+    """:func:`_check_hub_reachable` for the ImageNet weights timm takes from the hub."""
     source = _hub_weights_repo(model_name)
     if source is not None:
         _check_hub_reachable(
@@ -344,6 +355,10 @@ def _create_pretrained(model_name: str, num_classes: int, **model_kwargs) -> nn.
             f"with offline weights ({', '.join(OFFLINE_IMAGENET)}), or download them once "
             "where the hub is reachable (HF_HUB_OFFLINE=1 then reads the Hugging Face cache)",
         )
+
+
+def _create_pretrained(model_name: str, num_classes: int, **model_kwargs) -> nn.Module:
+    _check_hub_weights_reachable(model_name)
     try:
         return timm.create_model(
             model_name, pretrained=True, num_classes=num_classes, **model_kwargs

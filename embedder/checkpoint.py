@@ -10,7 +10,6 @@ validation metrics for provenance, and ``extra`` for later stages' records.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -28,6 +27,7 @@ from common.fsutil import (
     exclusive_lock,
     folder_write_problem,
     fsync_path,
+    leftover_folders,
     replaced_path,
     share_file,
     swap_folder,
@@ -348,11 +348,9 @@ def remove_interrupted_saves(out: Path) -> None:
     """Delete the folders that saves into ``out`` killed outright left beside it (each a full
     copy of a model; they stayed for good, unsaid). Only under :func:`training_lock`: no
     other training is saving into ``out`` meanwhile."""
-    pattern = glob.escape(f".{out.name}.{SAVING}") + "*"
-    for left in sorted(out.parent.glob(pattern)):
-        if left.is_dir() and not left.is_symlink():
-            log.info("removing %s, left by a save into %s that was killed", left.name, out)
-            shutil.rmtree(left, ignore_errors=True)
+    for left in leftover_folders(out, SAVING):
+        log.info("removing %s, left by a save into %s that was killed", left.name, out)
+        shutil.rmtree(left, ignore_errors=True)
 
 
 def save_checkpoint(model: nn.Module, config: CheckpointConfig, out: str | Path) -> Path:

@@ -49,3 +49,14 @@ def test_a_threshold_that_finds_no_pair_is_never_chosen() -> None:
     assert sweep.best(0.0) == 2 and sweep.best_f1() == 2
     none_true = sweep_thresholds(np.arange(4), i, j, scores, [1.0, 0.3])
     assert none_true.truth_pairs == 0 and none_true.best(0.95) == 0  # nothing to find
+
+
+def test_identical_files_alone_do_not_make_a_threshold_that_finds_pairs() -> None:
+    """Identical files group at every threshold: 1.0 then counted as "finds some pair" and
+    could still be chosen, accepting no scored pair at all."""
+    truth = np.array([0, 0, 1, 1, 2, 2])
+    i, j = np.array([2, 2]), np.array([3, 4])
+    scores = np.array([0.5, 0.6])  # the false pair scores highest
+    sweep = sweep_thresholds(truth, i, j, scores, [1.0, 0.55, 0.3], always=[(0, 1)])
+    assert sweep.identical_true_pairs == 1 and sweep.true_positive_pairs[0] == 1
+    assert sweep.best(0.95) is None

@@ -350,3 +350,37 @@ def test_weights_in_the_hub_cache_are_used_without_asking_the_hub(tmp_path, monk
     (repo / "snapshots" / commit / "model.safetensors").write_bytes(b"cached")
     _check_hub_reachable("timm/x.tag", "model.safetensors", "the weights", "use a file")
     assert len(asked) == 1
+
+
+def test_the_hub_is_asked_before_the_data_is_read_and_a_cached_bin_is_enough(tmp_path, monkeypatch):
+    """The check ran when the model was built, after the catalog was listed and split
+    (minutes on a large one); and a cache holding only timm's pytorch_model.bin was refused
+    although timm falls back to it."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from embedder.backbone import check_model_and_weights
+
+    asked: list[str] = []
+
+    def unreachable(url: str, **kwargs) -> None:  # noqa: ANN003
+        asked.append(url)
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(WeightsError, match="cannot reach the Hugging Face hub"):
+        check_model_and_weights("test_resnet", "imagenet")
+    check_model_and_weights("test_resnet", "none")  # no weights: no hub
+    assert len(asked) == 1
+    repo = tmp_path / "models--timm--x.tag"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "pytorch_model.bin").write_bytes(b"cached")
+    from embedder.backbone import _check_hub_reachable
+
+    _check_hub_reachable("timm/x.tag", "model.safetensors", "the weights", "use a file")
+    assert len(asked) == 1
