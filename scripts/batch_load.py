@@ -159,3 +159,7 @@ def batch_search(args: argparse.Namespace, images: list, start: Callable) -> int
     }
     print(json.dumps(summary), flush=True)
     return 1 if args.strict and not summary["targets_met"] else 0
+
+
+if __name__ == "__main__":  # `python scripts/<this>.py --help` had printed nothing, exit 0
+    raise SystemExit(f"{__file__}: a module the benchmark scripts import, not a command")

@@ -57,10 +57,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--slow", type=non_negative_int, default=64, help="slow connections (default 64)"
     )
     p.add_argument(
-        "--slow-interval", type=positive_float, default=2.0, help="seconds between pieces"
+        "--slow-interval",
+        type=positive_float,
+        default=2.0,
+        help="seconds between pieces (default 2)",
     )
     p.add_argument(
-        "--fuzz-clients", type=non_negative_int, default=1, help="clients sending fuzzed requests"
+        "--fuzz-clients",
+        type=non_negative_int,
+        default=1,
+        help="clients sending fuzzed requests (default 1)",
     )
     p.add_argument(
         "--threads", type=positive_int, default=8, help="server request threads (default 8)"

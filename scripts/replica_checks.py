@@ -133,3 +133,7 @@ def verify(cluster: Cluster, ledger: Ledger, images) -> dict:
                 resurrected += [f"{i} in a search on {server.name}" for i in hits & set(gone)]
     return {"checked_present": len(present), "checked_deleted": len(gone),
             "missing": missing, "resurrected": resurrected}  # fmt: skip
+
+
+if __name__ == "__main__":  # `python scripts/<this>.py --help` had printed nothing, exit 0
+    raise SystemExit(f"{__file__}: a module the benchmark scripts import, not a command")

@@ -204,3 +204,7 @@ def readyz(port: int) -> dict:
         return json.loads(body) if status in (200, 503) else {}
     except ValueError:
         return {}
+
+
+if __name__ == "__main__":  # `python scripts/<this>.py --help` had printed nothing, exit 0
+    raise SystemExit(f"{__file__}: a module the benchmark scripts import, not a command")
