@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+
+#: The longest CSV cell a catalog may hold: Python's csv module refuses cells over 128 KiB,
+#: and one long product description then refused the whole catalog.
+MAX_CSV_CELL = 16 * 2**20
+
+
+def allow_long_csv_cells() -> None:
+    """Raise the csv module's cell limit (process-wide) to :data:`MAX_CSV_CELL`."""
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_CSV_CELL))
+
 
 def is_utf8(text: str) -> bool:
     """Whether ``text`` can be written as UTF-8: a string parsed from JSON may hold a lone

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.item_ids import is_item_id
-from common.text import is_utf8, name_blank_columns, repeated_columns, unnamed_value
+from common.text import (
+    allow_long_csv_cells,
+    is_utf8,
+    name_blank_columns,
+    repeated_columns,
+    unnamed_value,
+)
 from embedder.errors import DataError
 
 # HEIC/HEIF files are listed even without pillow-heif: load_image then says what to install.
@@ -218,6 +224,7 @@ def text_named(paths: list[Path]) -> list[Path]:
 def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            allow_long_csv_cells()
             reader = csv.DictReader(fh)
             columns = reader.fieldnames or []
             # Unlabelled reading (embed, export, duplicates) needs no label column.

@@ -32,7 +32,13 @@ from common.fsutil import (
     temporary_folder,
 )
 from common.item_ids import ID_RULES, is_item_id
-from common.text import UNNAMED, name_blank_columns, repeated_columns, unnamed_value
+from common.text import (
+    UNNAMED,
+    allow_long_csv_cells,
+    name_blank_columns,
+    repeated_columns,
+    unnamed_value,
+)
 from index import ann
 from index.catalog import CatalogIndex, IndexOptions
 from index.errors import BuildInputError, InvalidKindError
@@ -202,6 +208,7 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
     rows: dict[str, dict[str, str]] = {}
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
+            allow_long_csv_cells()
             reader = csv.DictReader(fh)
             if not reader.fieldnames or "id" not in reader.fieldnames:
                 raise BuildInputError(f"{path}: needs a header row with an 'id' column")

@@ -251,6 +251,15 @@ def test_catalog_csv_cells_read_as_embed_reads_them(files):
     assert rows["d"] == {"image": str(files / "d.jpg"), "label": "x", "price": "300"}
     # A hand-edited " 300 " had stayed a string: no price filter on 300 found it.
     assert rows["e"]["price"] == "300"
+    # A description over the csv module's 128 KiB cell limit refused the whole catalog.
+    long = "x" * 200_000
+    (files / "long.csv").write_text(f"id,description\na,{long}\n")
+    assert read_catalog_csv(files / "long.csv")["a"]["description"] == long
+    (files / "long-m.csv").write_text(f"id,image,label,description\na,a.jpg,x,{long}\n")
+    from embedder.data import load_catalog
+
+    catalog = load_catalog(files / "long-m.csv", require_labels=False)
+    assert catalog.samples[0].metadata["description"] == long
     # A spreadsheet's export ends its header with blank cells: no columns, unless they hold
     # a value (which no field name could keep).
     (files / "blank.csv").write_text("id,label,,\na,x,,\n")
