@@ -322,13 +322,12 @@ def test_an_unreachable_hub_fails_in_seconds_in_one_line(tiny_catalog, tmp_path,
     assert "--weights PATH" in lines[0] and "HF_HUB_OFFLINE" in lines[0]
 
 
-def test_weights_in_the_hub_cache_are_used_without_asking_the_hub(tmp_path, monkeypatch):
-    """The check of the hub must not stop an offline machine that has the weights cached:
-    the hub's own download falls back to its cache."""
+@pytest.fixture
+def unreachable_hub(tmp_path, monkeypatch) -> list[str]:
+    """The hub's metadata request fails as a dead network does; an empty hub cache in
+    ``tmp_path``. Yields the URLs asked."""
     import huggingface_hub
     from huggingface_hub import constants
-
-    from embedder.backbone import _check_hub_reachable
 
     asked: list[str] = []
 
@@ -339,48 +338,44 @@ def test_weights_in_the_hub_cache_are_used_without_asking_the_hub(tmp_path, monk
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(WeightsError, match=r"hub for the weights \(ConnectionError: no route"):
-        _check_hub_reachable("timm/x.tag", "model.safetensors", "the weights", "use a file")
-    assert len(asked) == 1  # one request, no retries
-    repo = tmp_path / "models--timm--x.tag"
+    return asked
+
+
+def cache_hub_file(cache: Path, repo_id: str, filename: str) -> None:
+    """``filename`` of ``repo_id`` as the hub's cache holds a downloaded file."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
     commit = "0" * 40
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     (repo / "snapshots" / commit).mkdir(parents=True)
-    (repo / "snapshots" / commit / "model.safetensors").write_bytes(b"cached")
+    (repo / "snapshots" / commit / filename).write_bytes(b"cached")
+
+
+def test_weights_in_the_hub_cache_are_used_without_asking_the_hub(tmp_path, unreachable_hub):
+    """The check of the hub must not stop an offline machine that has the weights cached:
+    the hub's own download falls back to its cache."""
+    from embedder.backbone import _check_hub_reachable
+
+    with pytest.raises(WeightsError, match=r"hub for the weights \(ConnectionError: no route"):
+        _check_hub_reachable("timm/x.tag", "model.safetensors", "the weights", "use a file")
+    assert len(unreachable_hub) == 1  # one request, no retries
+    cache_hub_file(tmp_path, "timm/x.tag", "model.safetensors")
     _check_hub_reachable("timm/x.tag", "model.safetensors", "the weights", "use a file")
-    assert len(asked) == 1
+    assert len(unreachable_hub) == 1
 
 
-def test_the_hub_is_asked_before_the_data_is_read_and_a_cached_bin_is_enough(tmp_path, monkeypatch):
+def test_the_hub_is_asked_before_the_data_is_read_and_a_cached_bin_is_enough(
+    tmp_path, unreachable_hub
+):
     """The check ran when the model was built, after the catalog was listed and split
     (minutes on a large one); and a cache holding only timm's pytorch_model.bin was refused
     although timm falls back to it."""
-    import huggingface_hub
-    from huggingface_hub import constants
+    from embedder.backbone import _check_hub_reachable, check_model_and_weights
 
-    from embedder.backbone import check_model_and_weights
-
-    asked: list[str] = []
-
-    def unreachable(url: str, **kwargs) -> None:  # noqa: ANN003
-        asked.append(url)
-        raise ConnectionError("no route to host")
-
-    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(WeightsError, match="cannot reach the Hugging Face hub"):
         check_model_and_weights("test_resnet", "imagenet")
     check_model_and_weights("test_resnet", "none")  # no weights: no hub
-    assert len(asked) == 1
-    repo = tmp_path / "models--timm--x.tag"
-    commit = "0" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    (repo / "snapshots" / commit).mkdir(parents=True)
-    (repo / "snapshots" / commit / "pytorch_model.bin").write_bytes(b"cached")
-    from embedder.backbone import _check_hub_reachable
-
+    assert len(unreachable_hub) == 1
+    cache_hub_file(tmp_path, "timm/x.tag", "pytorch_model.bin")
     _check_hub_reachable("timm/x.tag", "model.safetensors", "the weights", "use a file")
-    assert len(asked) == 1
+    assert len(unreachable_hub) == 1
