@@ -283,23 +283,7 @@ def run_embed(args: argparse.Namespace) -> int:
     from export.config import ExportConfig
     from export.job import export_features
 
-    data, kind = data_source(args)
-    config = ExportConfig(
-        checkpoint=args.checkpoint,
-        input=data,
-        input_kind=kind,
-        out=args.out,
-        neighbors=0,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        runtime=args.runtime,
-        device=args.device,
-        threads=args.threads,
-        text=text_options_from_args(args),
-        overwrite=True,
-        restart=args.restart,
-        progress=show_progress(args),
-    )
+    config = ExportConfig(**_shared_settings(args), neighbors=0, overwrite=True)
     with sigterm_stops_like_ctrl_c(args):
         summary = export_features(config)
     print(
@@ -309,36 +293,43 @@ def run_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shared_settings(args: argparse.Namespace) -> dict:
+    """The ExportConfig fields ``phonesim export`` and ``phonesim embed`` both take."""
+    data, kind = data_source(args)
+    return {
+        "checkpoint": args.checkpoint,
+        "input": data,
+        "input_kind": kind,
+        "out": args.out,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "runtime": args.runtime,
+        "device": args.device,
+        "threads": args.threads,
+        "text": text_options_from_args(args),
+        "restart": args.restart,
+        "progress": show_progress(args),
+    }
+
+
 def config_from_args(args: argparse.Namespace):
     from export.config import ExportConfig
 
-    data, kind = data_source(args)
     return ExportConfig(
-        checkpoint=args.checkpoint,
-        input=data,
-        input_kind=kind,
-        out=args.out,
+        **_shared_settings(args),
         index=args.index,
         store=args.store,
         neighbors=args.neighbors,
         class_rerank=args.class_rerank,
-        text=text_options_from_args(args),
         dtype=args.dtype,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        runtime=args.runtime,
-        device=args.device,
-        threads=args.threads,
         shard_size=args.shard_size,
         exact_limit=args.exact_limit,
         neighbor_index=args.neighbor_index,
         overwrite=args.overwrite,
-        restart=args.restart,
         ray=args.ray,
         ray_actors=args.ray_actors,
         ray_cpus_per_actor=args.ray_cpus_per_actor,
         ray_ship_code=args.ray_ship_code,
-        progress=show_progress(args),
     )
 
 
