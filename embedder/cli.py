@@ -333,7 +333,15 @@ def _train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     elif result.best_epoch < 0:
-        print("interrupted before the first epoch ended: no checkpoint was saved")
+        from embedder.checkpoint import CONFIG_FILE
+
+        # --out may hold an earlier training's checkpoint: "none was saved" read as none there.
+        earlier = (result.checkpoint / CONFIG_FILE).is_file()
+        kept = " (it still holds an earlier one)" if earlier else ""
+        print(
+            "interrupted before the first epoch ended: no checkpoint was saved to "
+            f"{result.checkpoint}{kept}"
+        )
     else:
         scores = ", ".join(
             f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}"

@@ -379,3 +379,23 @@ def test_the_hub_is_asked_before_the_data_is_read_and_a_cached_bin_is_enough(
     cache_hub_file(tmp_path, "timm/x.tag", "pytorch_model.bin")
     _check_hub_reachable("timm/x.tag", "model.safetensors", "the weights", "use a file")
     assert len(unreachable_hub) == 1
+
+
+def test_ctrl_c_before_the_first_save_says_what_out_still_holds(
+    tiny_checkpoint, tiny_catalog, tmp_path, monkeypatch, capsys
+):
+    """It said "no checkpoint was saved" while --out still held an earlier training's."""
+    from embedder import train as train_module
+    from embedder.trainer import TrainResult
+    from phonesim.cli import main
+
+    out = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, out)
+
+    def interrupted(config):  # noqa: ANN001, ANN202 - stopped before its first epoch ended
+        return TrainResult(checkpoint=Path(config.out), best_epoch=-1, metrics={})
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    assert main(["train", "--data", str(tiny_catalog), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"no checkpoint was saved to {out} (it still holds an earlier one)" in said
