@@ -378,7 +378,7 @@ def build_index(
             raise BuildInputError("pass dim= when xb is not a 2-D array")
         dim = int(np.shape(xb)[1])
     xb = prepare_vectors(xb, dim, n=len(ids))
-    mds = clean_metadata_rows(metadata, len(ids))
+    mds = clean_metadata_rows(metadata, len(ids), ids)
     n = len(ids)
     fids = np.arange(n, dtype=np.int64)
     kind, factory = ann.resolve_kind(kind, n)

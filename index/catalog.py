@@ -323,7 +323,7 @@ class CatalogIndex(Following):
         self._check_writable()
         ids = prepare_ids(ids)
         xb = prepare_vectors(xb, self.dim, n=len(ids))
-        mds = clean_metadata_rows(metadata, len(ids))
+        mds = clean_metadata_rows(metadata, len(ids), ids)
         if not ids:
             return
         self._applied_own(self._source.commit_add(ids, xb, mds))
@@ -358,7 +358,7 @@ class CatalogIndex(Following):
         self._check_writable()
         if not isinstance(id_, str) or not is_storable(id_):  # then it cannot be stored here
             raise UnknownIdError([str(id_)], "update")
-        md = clean_metadata_rows([metadata], 1)[0]
+        md = clean_metadata_rows([metadata], 1, [id_])[0]
         rec, row = self._source.commit_meta(id_, md, merge, check)
         self._applied_own(rec)
         return Item(row.id, row.metadata)

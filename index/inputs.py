@@ -151,12 +151,19 @@ def clean_metadata(metadata: Mapping[str, Any] | None, where: str = "metadata") 
 
 
 def clean_metadata_rows(
-    metadata: Sequence[Mapping[str, Any] | None] | None, n: int
+    metadata: Sequence[Mapping[str, Any] | None] | None,
+    n: int,
+    ids: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One cleaned metadata mapping per item of a batch of ``n`` (empty for None)."""
+    """One cleaned metadata mapping per item of a batch of ``n`` (empty for None); an error
+    names the item's id when ``ids`` are given (a row number alone was hard to find in a
+    catalog CSV)."""
     if metadata is None:
         return [{} for _ in range(n)]
     metadata = list(metadata)
     if len(metadata) != n:
         raise InvalidMetadataError(f"got {len(metadata)} metadata rows for {n} ids")
-    return [clean_metadata(m, f"metadata[{i}]") for i, m in enumerate(metadata)]
+    return [
+        clean_metadata(m, f"metadata of {ids[i]!r}" if ids is not None else f"metadata[{i}]")
+        for i, m in enumerate(metadata)
+    ]

@@ -148,6 +148,9 @@ def test_vectors_are_validated_and_float64_is_accepted(flat_dir, small):
             ix.search(np.ones((1, 1, D)), 3)
         with pytest.raises(InvalidMetadataError):
             ix.add(["a"], xq[:1], [{"tags": ["x", "y"]}])
+        # Named by the item's id: "metadata[1]['title']" was hard to find in a catalog CSV.
+        with pytest.raises(InvalidMetadataError, match=r"metadata of 'b'\['title'\] must not"):
+            ix.add(["a", "b"], xq[:2], [{}, {"title": "bad\0title"}])
         with pytest.raises(InvalidMetadataError):
             ix.add(["a"], xq[:1], [{}, {}])
         with pytest.raises(InvalidMetadataError, match="one string"):
