@@ -142,7 +142,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from index.folder import describe
 
     if args.store:
         from index.catalog import CatalogIndex
@@ -153,10 +152,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         from index.folder import check_index_files
 
-        folder = index_folder_or_exit(args)
-        describe(folder)  # a folder that is no index: said first
-        check_index_files(folder)  # a health check: every page of the store, and the vectors
-        info = describe(folder)  # after any compaction the check waited out
+        # A health check: every page of the store, and the vectors, as a compaction left them.
+        info = check_index_files(index_folder_or_exit(args))
     if args.json:
         print(json.dumps(info))
         return 0

@@ -122,31 +122,34 @@ def describe(path: str | Path) -> dict[str, Any]:
             os.close(fd)
 
 
-def check_index_files(path: str | Path) -> None:
+def check_index_files(path: str | Path) -> dict[str, Any]:
     """Read the whole catalog store (SQLite's ``quick_check``) and the FAISS file it names:
     :class:`IndexCorruptError` where either is damaged, one line, before a server's workers
     or an ``index info`` report take the folder as sound (the store's schema check at open
     reads only its first pages). Another process compacting meanwhile deletes the named FAISS
     file after naming its successor: the successor is checked then ("could not open" had read
-    as a damaged index)."""
+    as a damaged index). Returns the :func:`describe` of the files checked."""
     from index import ann
 
     path = Path(path)
+    info = describe(path)  # a folder that is no index: said first
     store = CatalogStore(store_path(path))
     try:
         store.check_integrity()
     finally:
         store.close()
     for attempt in range(3):
-        faiss_file = describe(path)["faiss_file"]
-        if not faiss_file:
-            return
+        if not info["faiss_file"]:
+            return info
         try:
-            ann.check_file(path / faiss_file)
-            return
+            ann.check_file(path / info["faiss_file"])
+            return info
         except IndexCorruptError:
-            if attempt == 2 or describe(path)["faiss_file"] == faiss_file:
+            again = describe(path)
+            if attempt == 2 or again["faiss_file"] == info["faiss_file"]:
                 raise
+            info = again
+    return info
 
 
 def summary(

@@ -206,10 +206,7 @@ class CatalogStore(JournalTable):
         except sqlite3.DatabaseError as exc:
             if not damaged_file(exc):
                 raise
-            raise IndexCorruptError(
-                f"{self.path}: the catalog store is damaged ({exc}); restore the index from a "
-                "snapshot or build it again"
-            ) from exc
+            raise self._damaged(str(exc)) from exc
 
     def check_integrity(self) -> None:
         """Read every page (SQLite's ``quick_check``): :class:`IndexCorruptError` where one is
@@ -217,11 +214,13 @@ class CatalogStore(JournalTable):
         with self.lock, self._damage_named():
             rows = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
         if rows != ["ok"]:
-            found = " ".join("; ".join(rows).split())  # its rows hold line breaks
-            raise IndexCorruptError(
-                f"{self.path}: the catalog store is damaged ({found[:300]}); restore the index "
-                "from a snapshot or build it again"
-            )
+            raise self._damaged(" ".join("; ".join(rows).split())[:300])  # rows hold line breaks
+
+    def _damaged(self, what: str) -> IndexCorruptError:
+        return IndexCorruptError(
+            f"{self.path}: the catalog store is damaged ({what}); restore the index from a "
+            "snapshot or build it again"
+        )
 
     def data_version(self) -> int:
         """SQLite's ``PRAGMA data_version``: changes whenever another connection commits."""
