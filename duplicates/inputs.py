@@ -19,7 +19,7 @@ from tqdm import tqdm
 from duplicates.hashing import bytes_digest, phash_bits, pixel_digest
 from embedder.batch import Failure, default_workers, ordered_batches
 from embedder.data import (
-    IMAGE_SUFFIXES,
+    IMAGE_SUFFIX_LIST,
     Sample,
     image_files,
     load_catalog,
@@ -46,8 +46,7 @@ def list_images(root: str | Path) -> list[Sample]:
         for i, p in zip(path_ids(paths, root), paths, strict=True)
     ]
     if not samples:
-        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-        raise DataError(f"{root}: no images found (looked for {suffixes}, recursively)")
+        raise DataError(f"{root}: no images found (looked for {IMAGE_SUFFIX_LIST}, recursively)")
     return samples
 
 

@@ -26,6 +26,8 @@ IMAGE_SUFFIXES = frozenset(
         *(".tif", ".tiff", ".avif", ".heic", ".heif"),
     }
 )
+#: The suffixes as messages list them.
+IMAGE_SUFFIX_LIST = ", ".join(sorted(IMAGE_SUFFIXES))
 REQUIRED_COLUMNS = ("id", "image", "label")
 
 log = logging.getLogger(__name__)
@@ -79,15 +81,14 @@ def image_files(folder: Path) -> list[Path]:
     debug log."""
     found, skipped, links = [], [], []
     for top, folders, names in os.walk(folder):
-        links += [Path(top) / f for f in folders if os.path.islink(os.path.join(top, f))]
         folders[:] = sorted(f for f in folders if not f.startswith("."))
+        links += [Path(top) / f for f in folders if os.path.islink(os.path.join(top, f))]
         for name in names:
             path = Path(top) / name
             if is_image_file(path):
                 found.append(path)
             elif not name.startswith(".") and not is_image_name(path) and path.is_file():
                 skipped.append(path)
-    links = sorted(p for p in links if not p.name.startswith("."))
     if links:
         log.warning(
             "%s: %d linked folder(s) not followed, such as '%s' (a link back into the catalog "
@@ -129,7 +130,7 @@ def _report_skipped(folder: Path, skipped: list[Path]) -> None:
             folder,
             len(maybe),
             maybe[0].relative_to(folder),
-            ", ".join(sorted(IMAGE_SUFFIXES)),
+            IMAGE_SUFFIX_LIST,
         )
     if len(skipped) > len(maybe):
         log.debug("%s: %d other file(s) skipped", folder, len(skipped) - len(maybe))
@@ -167,8 +168,9 @@ def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
                 for i, p in zip(path_ids(loose, root), loose, strict=True)
             ]
         if not require_labels:  # a flat folder of images is fine here: say what was missing
-            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-            raise DataError(f"{root}: no images in it (an image's name ends in {suffixes})")
+            raise DataError(
+                f"{root}: no images in it (an image's name ends in {IMAGE_SUFFIX_LIST})"
+            )
         raise DataError(
             f"{root}: no class folders found (expected one subfolder of images per class, "
             "or a CSV manifest)"
