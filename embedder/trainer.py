@@ -27,6 +27,7 @@ from embedder.data import Catalog, Sample
 from embedder.engine import autocast_dtype, resolve_device
 from embedder.errors import DataError, TrainingDivergedError
 from embedder.fine_tune import (
+    BATCH_NORMS,
     freezes_bn_stats,
     frozen_parameter_names,
     make_metric_loss,
@@ -78,6 +79,14 @@ def check_input_size(model: nn.Module, data_config: dict[str, Any], config: Trai
     x = torch.zeros(1, *data_config["input_size"], device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     model.eval()
+    # Values each batch norm sees per channel for one photo: a batch norm that learns its
+    # statistics needs more than one, so a batch of one photo fails at such a layer.
+    per_channel: list[int] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda _, a: per_channel.append(a[0].numel() // a[0].shape[1]))
+        for m in model.modules()
+        if isinstance(m, BATCH_NORMS)
+    ]
     try:
         with torch.inference_mode():
             model(x)
@@ -87,6 +96,20 @@ def check_input_size(model: nn.Module, data_config: dict[str, Any], config: Trai
             f"{config.model} cannot take {data_config['input_size'][-1]} px input "
             f"(--img-size): {detail}"
         ) from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if (
+        config.batch_size == 1
+        and config.epochs > 0
+        and not freezes_bn_stats(config)
+        and min(per_channel, default=2) < 2
+    ):
+        raise DataError(
+            f"--batch-size 1 cannot train {config.model}'s batch-norm statistics at "
+            f"{data_config['input_size'][-1]} px (one value per channel in its last layers): "
+            "use --batch-size 2 or more, a larger --img-size, or --bn-stats frozen"
+        )
 
 
 class Trainer:

@@ -399,3 +399,25 @@ def test_ctrl_c_before_the_first_save_says_what_out_still_holds(
     assert main(["train", "--data", str(tiny_catalog), "--out", str(out)]) == 0
     said = capsys.readouterr().out
     assert f"no checkpoint was saved to {out} (it still holds an earlier one)" in said
+
+
+@pytest.mark.parametrize("overrides", [{"bn_stats": "frozen"}, {"img_size": TINY_SIZE}])
+def test_one_photo_batches_train_where_batch_norms_see_more_than_one_value(
+    tiny_catalog, tmp_path, overrides
+):
+    """The --batch-size 1 refusal is only where a learning batch norm would see one value per
+    channel: frozen statistics, or a larger input (2x2 last maps), train as before."""
+    settings = {"img_size": 32, "batch_size": 1, "bn_stats": "update", **overrides}
+    result = train(tiny_train_config(tiny_catalog, tmp_path / "ck", **settings))
+    assert result.best_epoch == 1 and read_config(tmp_path / "ck").training["batch_size"] == 1
+
+
+def test_one_photo_batches_of_1x1_maps_are_refused_before_training(tiny_catalog, tmp_path):
+    """Without the check, the first fine-tuning step died in a torch ValueError traceback
+    after the warm-up had been saved."""
+    config = tiny_train_config(
+        tiny_catalog, tmp_path / "ck", img_size=32, batch_size=1, bn_stats="update"
+    )
+    with pytest.raises(DataError, match="--batch-size 1 cannot train"):
+        train(config)
+    assert not (tmp_path / "ck").exists()

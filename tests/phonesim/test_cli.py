@@ -67,6 +67,11 @@ def test_help_lists_subcommands(capsys):
             + ["--img-size", "30"],
             "cannot take 30 px input",
         ),
+        (  # batch norms learning statistics from one 1x1 value per channel
+            ["--data", "{tmp}/ok", "--model", "test_efficientnet", "--weights", "none"]
+            + ["--img-size", "32", "--batch-size", "1"],
+            "--batch-size 1 cannot train test_efficientnet's batch-norm statistics at 32 px",
+        ),
     ],
 )
 def test_train_bad_input_is_one_line_error(tmp_path, capsys, argv_tail, message):
