@@ -6,6 +6,8 @@ grouping, and timm's cosine scheduler stepped once per batch.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
@@ -35,14 +37,22 @@ def warmup_cosine(
     # warned that its cosine had no effect).
     warmup_steps = max(1, min(warmup_steps, total_steps // 2))
     lr = optimizer.param_groups[0]["lr"]
-    return CosineLRScheduler(
-        optimizer,
-        t_initial=max(1, total_steps - warmup_steps),
-        warmup_t=warmup_steps,
-        warmup_lr_init=lr / warmup_steps,
-        warmup_prefix=True,  # the cosine starts after the warm-up, at the full rate
-        t_in_epochs=False,
-    )
+    cosine_steps = max(1, total_steps - warmup_steps)
+    # A run of one or two batches leaves the cosine a single step: timm warns that it "will
+    # have no effect", which is true and harmless there, and which -q cannot silence.
+    timm_log = logging.getLogger("timm.scheduler.cosine_lr")
+    was_disabled, timm_log.disabled = timm_log.disabled, cosine_steps == 1 or timm_log.disabled
+    try:
+        return CosineLRScheduler(
+            optimizer,
+            t_initial=cosine_steps,
+            warmup_t=warmup_steps,
+            warmup_lr_init=lr / warmup_steps,
+            warmup_prefix=True,  # the cosine starts after the warm-up, at the full rate
+            t_in_epochs=False,
+        )
+    finally:
+        timm_log.disabled = was_disabled
 
 
 __all__ = ["adamw", "warmup_cosine"]

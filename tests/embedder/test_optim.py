@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -53,3 +54,13 @@ def test_a_run_as_short_as_its_warm_up_warms_up_for_half_then_decays():
     lrs = _lrs(total=8, warmup=8)
     assert lrs[:4] == sorted(lrs[:4]) and lrs[0] == pytest.approx(1 / 4)
     assert lrs[4] == pytest.approx(1.0) and lrs[4:] == sorted(lrs[4:], reverse=True)
+
+
+@pytest.mark.parametrize("total", [1, 2])
+def test_a_run_of_one_or_two_batches_trains_without_timms_no_effect_warning(total, caplog):
+    """The one-step cosine of such a run is harmless; timm's warning showed even under -q."""
+    caplog.set_level(logging.WARNING)
+    lrs = _lrs(total=total, warmup=1)
+    assert lrs[0] == pytest.approx(1.0) and all(lr > 0 for lr in lrs)
+    assert not [r for r in caplog.records if "no effect" in r.getMessage()]
+    assert not logging.getLogger("timm.scheduler.cosine_lr").disabled
