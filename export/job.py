@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -38,6 +37,7 @@ from export.neighbors import (
 )
 from export.reader import ExportInputs, read_inputs
 from export.shards import JobIdentity, PartialDir, ShardWriter
+from index import ann
 
 log = logging.getLogger(__name__)
 
@@ -251,25 +251,13 @@ def _neighbor_search(
         return FileIndexSearch(h5[schema.EMBEDDINGS], row_ids, factory, row_classes=classes)
     except RuntimeError as exc:  # e.g. more IVF lists than rows to train them on
         raise ExportError(
-            f"neighbour index {factory!r} cannot be built over {n} rows ({_faiss_reason(exc)}); "
+            f"neighbour index {factory!r} cannot be built over {n} rows ({ann.faiss_reason(exc)}); "
             "the embeddings are kept: re-run with another --neighbor-index to finish"
         ) from None
 
 
-# faiss says "Error in <C++ signature> at <file>:<line>: <reason>" on one line, the reason
-# sometimes after "Error: '<failed condition>' failed: ": a user needs only the reason.
-_FAISS_WHERE = re.compile(r"^Error in .*? at \S+:\d+: ", re.S)
-_FAISS_ASSERTION = re.compile(r"^Error: '.*?' failed: ", re.S)
-
 #: What a valid --neighbor-index looks like, for the message refusing a bad one.
 FACTORY_EXAMPLES = "'Flat', 'IVF1024,Flat', 'HNSW32' or 'IVF1024,PQ16'"
-
-
-def _faiss_reason(exc: Exception) -> str:
-    """faiss's reason for refusing, without its C++ signature and source location."""
-    text = " ".join(str(exc).split())
-    reason = _FAISS_ASSERTION.sub("", _FAISS_WHERE.sub("", text)).strip()
-    return reason or type(exc).__name__
 
 
 def _check_factory(factory: str, dim: int) -> None:
@@ -281,7 +269,7 @@ def _check_factory(factory: str, dim: int) -> None:
     except RuntimeError as exc:
         raise ExportError(
             f"--neighbor-index {factory!r} is not a faiss index_factory string for "
-            f"{dim}-d vectors ({_faiss_reason(exc)}); give one such as {FACTORY_EXAMPLES}"
+            f"{dim}-d vectors ({ann.faiss_reason(exc)}); give one such as {FACTORY_EXAMPLES}"
         ) from None
 
 

@@ -40,6 +40,18 @@ KINDS = ("auto", "flat", "ivf", "hnsw")
 HNSW_EF_CONSTRUCTION = 64
 KMEANS_ITERATIONS = 10
 
+# FAISS says "Error in <C++ signature> at <file>:<line>: <reason>", the reason sometimes after
+# "Error: '<failed condition>' failed: ": a user needs only the reason.
+_FAISS_WHERE = re.compile(r"^Error in .*? at \S+:\d+: ", re.S)
+_FAISS_ASSERTION = re.compile(r"^Error: '.*?' failed: ", re.S)
+
+
+def faiss_reason(exc: Exception) -> str:
+    """FAISS's reason for an error, without its C++ signature and source location."""
+    text = " ".join(str(exc).split())
+    reason = _FAISS_ASSERTION.sub("", _FAISS_WHERE.sub("", text)).strip()
+    return reason or type(exc).__name__
+
 
 def resolve_kind(kind: str, n: int) -> tuple[str, str]:
     """``(kind, factory string)`` for a requested kind and catalog size ``n``."""
@@ -67,9 +79,9 @@ def create(factory: str, dim: int) -> faiss.Index:
     try:
         index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "error"
         raise InvalidKindError(
-            f"cannot build FAISS index {factory!r} (dimension {dim}): {msg}; use one of "
+            f"cannot build FAISS index {factory!r} (dimension {dim}): {faiss_reason(exc)}; "
+            "use one of "
             f"{', '.join(KINDS)} or a valid faiss.index_factory string"
         ) from exc
     if isinstance(index, faiss.IndexHNSW):
@@ -137,7 +149,9 @@ def train(index: faiss.Index, xb: np.ndarray, seed: int = 1234) -> None:
     try:
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     except RuntimeError as exc:
-        raise InvalidKindError(f"cannot train the index on {len(sample)} vectors: {exc}") from exc
+        raise InvalidKindError(
+            f"cannot train the index on {len(sample)} vectors: {faiss_reason(exc)}"
+        ) from exc
 
 
 def add(
@@ -229,7 +243,9 @@ def reconstruct(index: faiss.Index, fids: np.ndarray) -> np.ndarray:
         for i in range(0, len(arr), 1000):
             index.reconstruct_batch(arr[i : i + 1000], out[i : i + 1000])
     except RuntimeError as exc:
-        raise IndexCorruptError(f"cannot read vectors back from the FAISS index: {exc}") from exc
+        raise IndexCorruptError(
+            f"cannot read vectors back from the FAISS index: {faiss_reason(exc)}"
+        ) from exc
     return out
 
 
@@ -277,4 +293,4 @@ def read(path: str | Path) -> faiss.Index:
     try:
         return faiss.read_index(str(path))
     except RuntimeError as exc:
-        raise IndexCorruptError(f"{path}: cannot read FAISS index: {exc}") from exc
+        raise IndexCorruptError(f"{path}: cannot read FAISS index: {faiss_reason(exc)}") from exc

@@ -18,6 +18,26 @@ def test_bad_factory_string_is_a_clear_error(tmp_path, small):
     assert not (tmp_path / "ix").exists()
 
 
+@pytest.mark.parametrize(
+    "kind,reason",
+    [
+        ("PQ7", "should be a multiple of the number of subquantizers"),
+        ("IVF4096,Flat", "should be at least as large as number of clusters (4096)"),
+    ],
+)
+def test_faiss_refusals_say_the_reason_without_faiss_internals(tmp_path, small, kind, reason):
+    """FAISS puts a C++ signature and source location before its reason; only the reason,
+    and the kind asked for, reach the user."""
+    xb, _, ids, _ = small
+    with pytest.raises(InvalidKindError) as caught:
+        build_index(tmp_path / "ix", ids, xb, model_name=MODEL, checkpoint_hash=HASH, kind=kind)
+    message = str(caught.value)
+    assert reason in message
+    for internal in ("Error in", "faiss::", ".cpp", "failed:"):
+        assert internal not in message
+    assert not (tmp_path / "ix").exists()
+
+
 def test_build_refuses_to_overwrite_unless_asked(flat_dir, small):
     xb, _, ids, _ = small
     with pytest.raises(BuildInputError, match="overwrite"):
