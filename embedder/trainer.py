@@ -25,7 +25,7 @@ from embedder.batch import embed_samples
 from embedder.checkpoint import CheckpointConfig, save_checkpoint
 from embedder.data import Catalog, Sample
 from embedder.engine import autocast_dtype, resolve_device
-from embedder.errors import DataError, TrainingDivergedError
+from embedder.errors import DataError, EngineError, TrainingDivergedError
 from embedder.fine_tune import (
     BATCH_NORMS,
     freezes_bn_stats,
@@ -253,7 +253,14 @@ class Trainer:
     def _record(self, result: TrainResult, stats: dict, epoch: int, best_key: tuple) -> tuple:
         """Validate, log, and save the checkpoint if it is the best so far; return the best key."""
         self._check_finite(result, stats, epoch)
-        stats.update(self.validate())
+        try:
+            stats.update(self.validate())
+        except EngineError as exc:
+            if "not finite" not in str(exc):
+                raise
+            # Finite weights whose outputs overflow (--lr 1e8): the evaluation's "its weights
+            # are broken; retrain or restore the checkpoint" did not say why, nor what to do.
+            raise self._diverged(result, epoch, "outputs no longer finite") from None
         stats["epoch"] = epoch
         stats["elapsed_s"] = round(time.monotonic() - self._started, 1)
         result.history.append(stats)
@@ -285,6 +292,11 @@ class Trainer:
             bool(torch.isfinite(p).all()) for p in self.model.parameters()
         ):
             return
+        raise self._diverged(result, epoch, f"loss {loss:g}, or weights no longer finite")
+
+    def _diverged(self, result: TrainResult, epoch: int, what: str) -> TrainingDivergedError:
+        """The error for a run whose ``epoch`` diverged, naming the rate to lower and what
+        ``--out`` still holds."""
         where = "the head warm-up" if epoch == 0 else f"epoch {epoch}"
         rate = (
             f"--head-lr (now {self.cfg.head_lr:g})" if epoch == 0 else f"--lr (now {self.cfg.lr:g})"
@@ -294,10 +306,7 @@ class Trainer:
             if result.best_epoch >= 0
             else "; nothing was saved"
         )
-        raise TrainingDivergedError(
-            f"training diverged in {where} (loss {loss:g}, or weights no longer finite): "
-            f"lower {rate}{kept}"
-        )
+        return TrainingDivergedError(f"training diverged in {where} ({what}): lower {rate}{kept}")
 
     def _save_average(self, result: TrainResult, states: list[dict[str, torch.Tensor]]) -> None:
         """Save the mean of the last fine-tuning epochs' weights as the checkpoint (a "soup").

@@ -409,6 +409,21 @@ def test_a_diverging_run_stops_and_keeps_the_last_finite_checkpoint(tiny_catalog
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+def test_outputs_that_overflow_under_validation_are_a_divergence_naming_the_rate(
+    tiny_catalog, tmp_path
+):
+    """Finite weights whose outputs overflowed died on the evaluation's "its weights are
+    broken; retrain or restore the checkpoint", which named neither the cause nor --lr."""
+    from embedder.errors import TrainingDivergedError
+
+    config = tiny_train_config(tiny_catalog, tmp_path / "ck", epochs=2, lr=1e6, val_fraction=0.34)
+    with pytest.raises(TrainingDivergedError) as stopped:
+        train(config)
+    message = str(stopped.value)
+    assert "outputs no longer finite" in message and "lower --lr (now 1e+06)" in message
+    assert "nothing was saved" in message and not (tmp_path / "ck").exists()
+
+
 def test_random_weights_fine_tune_every_layer_by_default(tiny_catalog, tmp_path):
     """--frozen-groups 3 (the default for pretrained weights) kept the random stem and first
     stages of --weights none as they were initialised."""
