@@ -44,6 +44,12 @@ class StoreOutcomeUnknownError(StoreUnavailableError):
     changed". Read the item back before sending the write again."""
 
 
+class CatalogReplacedError(StoreUnavailableError):
+    """A write reached a catalog other than the one this process loaded (replaced by ``index
+    restore`` or ``build --overwrite`` since): nothing was written, and the process reloads the
+    new catalog at its next sync (or, built with another embedder, reports it unusable)."""
+
+
 class StoreRefusedError(CatalogIndexError, ValueError):
     """The catalog store refused a write for what it holds (a value beyond one of its limits):
     retrying the same write cannot help, unlike :class:`StoreUnavailableError`."""

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from index.errors import (
+    CatalogReplacedError,
+    IndexCorruptError,
     IndexLockedError,
+    IndexMismatchError,
     IndexNotFoundError,
     ReadOnlyIndexError,
     StoreUnavailableError,
@@ -61,6 +64,9 @@ class Following:
         self._head = 0
         self._store_ck = 0
         self._error: str | None = None
+        # Why the store's catalog cannot be taken up (another embedder's, or unreadable): this
+        # process answers from the catalog it holds, refuses writes, and is not ready.
+        self._catalog_error: str | None = None
         self._dirty = True
         self._caught_up_at = time.time()
         self._checked_at = 0.0
@@ -73,7 +79,7 @@ class Following:
 
     def _start(self) -> None:
         self._source.changed()  # remember the store's version before reading it
-        self._install(self._source.load(self.dim))
+        self._install(self._source.load(self.dim, self.manifest))
         self._head = self._store_ck = self._replica.applied_seq
         self._store_ck = self._replica.ck_seq
         self._dirty = False
@@ -84,6 +90,8 @@ class Following:
         replica = Replica(loaded, self.dim, self.where)  # built aside: searches go on
         with self._rw.write():
             self._source.installed(loaded)
+            if loaded.manifest is not None:  # a restored catalog's kind and search defaults
+                self.manifest = loaded.manifest
             self._store = self._source.store
             self._replica = replica
             self._loads += 1
@@ -130,6 +138,7 @@ class Following:
             size=r.count,
             store_error=self._error,
             checked_at=self._checked_at,
+            catalog_error=self._catalog_error,
         )
 
     def _sync_now(self) -> None:
@@ -145,9 +154,14 @@ class Following:
                     # Nothing new is caught up too: behind_seconds counts from the last time
                     # this process was known current, not from the last change it applied.
                     self._caught_up_at = time.time()
-                self._error = None
+                self._error = self._catalog_error = None
             except StoreUnavailableError as exc:
                 self._error = str(exc)
+            except (IndexMismatchError, IndexCorruptError, IndexNotFoundError) as exc:
+                # The store holds a catalog this process cannot take up (a restore of another
+                # embedder's, say): it keeps answering from the one it holds and says why;
+                # raising would only repeat a traceback at every sync.
+                self._error, self._catalog_error = None, str(exc)
             self._checked_at = time.time()
 
     def _fresh(self) -> None:
@@ -163,13 +177,13 @@ class Following:
         if ck > r.ck_seq and r.applied_seq >= ck:  # another process compacted what we hold
             r.ck_seq, r.pending = ck, 0
         if head < r.applied_seq or self._source.replaced():  # a restored catalog
-            self._install(self._source.load(self.dim))
+            self._install(self._source.load(self.dim, self.manifest))
         elif head > r.applied_seq:
             # Compaction keeps the records since the previous snapshot, so a copy a little
             # behind goes on from the journal; one further behind reloads the snapshot.
             recs = self._source.records(r.applied_seq, self.dim)
             if not recs or recs[0].seq != r.applied_seq + 1:
-                self._install(self._source.load(self.dim))
+                self._install(self._source.load(self.dim, self.manifest))
             else:
                 with self._rw.write():
                     for rec in recs:
@@ -312,6 +326,8 @@ class Following:
         if self.readonly:
             raise ReadOnlyIndexError(f"{self.where}: index was opened read-only")
         self._check_open()
+        if self._catalog_error is not None:
+            raise CatalogReplacedError(f"{self.where}: nothing was written: {self._catalog_error}")
 
     @property
     def dim(self) -> int:

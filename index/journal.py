@@ -81,7 +81,9 @@ class SyncStatus:
     record when last reached; ``behind_entries``: their difference; ``behind_seconds``: time
     since this process last was fully caught up (0 when it is); ``journal_length``: records
     not yet folded into a snapshot; ``size``: live items here; ``store_error``: why the last
-    attempt to reach the store failed (None when it succeeded).
+    attempt to reach the store failed (None when it succeeded); ``catalog_error``: why the
+    catalog the store now holds cannot be taken up here (built with another embedder, say),
+    while this process answers from the one it loaded.
     """
 
     applied_seq: int
@@ -92,10 +94,11 @@ class SyncStatus:
     size: int
     store_error: str | None = None
     checked_at: float = 0.0
+    catalog_error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.store_error is None
+        return self.store_error is None and self.catalog_error is None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +109,7 @@ class SyncStatus:
             "journal_length": self.journal_length,
             "size": self.size,
             "store_error": self.store_error,
+            "catalog_error": self.catalog_error,
         }
 
 

@@ -30,6 +30,7 @@ import faiss
 import numpy as np
 
 from index.errors import (
+    CatalogReplacedError,
     DuplicateIdError,
     IndexNotFoundError,
     StoreOutcomeUnknownError,
@@ -288,13 +289,30 @@ class PgSource:
             ).fetchone()
         return int(row[0]), int(row[1]), row[2]
 
-    def load(self, dim: int) -> Loaded:
-        """The snapshot, the journal after it and every item, from one MVCC snapshot."""
+    def load(self, dim: int, expect: Manifest | None = None) -> Loaded:
+        """The snapshot, the journal after it and every item, from one MVCC snapshot, with the
+        catalog's manifest. A catalog built with another embedder than ``expect``'s (model,
+        checkpoint, dimension: a restore or rebuild replaced it) is an
+        :class:`~index.errors.IndexMismatchError`, raised before anything is read."""
         mirror = CatalogStore(":memory:", create=True)
         mirror.set_synchronous("OFF")
         with self.conn() as c, c.transaction():
             c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             state = dict(c.execute("SELECT key, value FROM state").fetchall())
+            if "manifest" not in state:
+                raise IndexNotFoundError(f"{self.where}: no catalog in this database")
+            where = f"{self.where} (state.manifest)"
+            manifest = manifest_from_dict(json.loads(state["manifest"]), where)
+            if expect is not None:
+                manifest.check(
+                    expect_model=expect.model_name,
+                    expect_checkpoint_hash=expect.checkpoint_hash,
+                    expect_dim=expect.dim,
+                    where=f"the catalog now in {self.where}",
+                    fix="This process keeps answering from the catalog it loaded and refuses "
+                    "writes: restart it with the new catalog's checkpoint, or restore a "
+                    "catalog of its own.",
+                )
             ck = int(state.get("checkpoint_seq", 0))
             row = c.execute("SELECT data FROM snapshots WHERE seq=%s", (ck,)).fetchone()
             if row is None:
@@ -326,7 +344,8 @@ class PgSource:
         else:  # the snapshot's own record, while compaction keeps it
             self._last = (ck, at_ck[0]) if at_ck is not None else None
         live = mirror.live_fids()
-        return Loaded(index, f"snapshot {ck}", ck, records, n, live, next_fid, mirror=mirror)
+        name = f"snapshot {ck}"
+        return Loaded(index, name, ck, records, n, live, next_fid, mirror, manifest)
 
     def installed(self, loaded: Loaded) -> None:
         """Read from the mirror loaded with the replica (the old one goes with its readers)."""
@@ -366,11 +385,23 @@ class PgSource:
 
     @contextmanager
     def _write(self) -> Iterator[tuple[Any, int]]:
-        """A write transaction holding the ``head_seq`` row: ``(connection, next seq)``."""
+        """A write transaction holding the ``head_seq`` row: ``(connection, next seq)``. Only
+        into the catalog this replica loaded: one that a restore or rebuild replaced since
+        (the write may have waited for it) is :class:`CatalogReplacedError`, nothing written.
+        Its record would have been numbered in the new catalog's journal and applied here on
+        top of the old one (a 1280-d record in a 64-d catalog broke every later open)."""
         with self._write_transaction() as c:
             head = int(
                 c.execute("SELECT value FROM state WHERE key='head_seq' FOR UPDATE").fetchone()[0]
             )
+            row = c.execute("SELECT value FROM state WHERE key='generation'").fetchone()
+            if (row[0] if row else None) != self._generation:
+                self._replaced = True  # the next sync reloads (or reports another embedder)
+                raise CatalogReplacedError(
+                    f"{self.where}: the catalog was replaced (index restore or build "
+                    "--overwrite) since this process loaded it; nothing was written: try again "
+                    "once it has reloaded the new one"
+                )
             yield c, head + 1
 
     def _journal(self, c: Any, seq: int, op: str, fids: np.ndarray, vectors: Any, items: Any):

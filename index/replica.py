@@ -37,6 +37,7 @@ class Loaded:
     live: np.ndarray
     next_fid: int
     mirror: Any = None  # a PostgreSQL replica's local store, loaded alongside
+    manifest: Any = None  # the catalog's manifest, where the store holds it (PostgreSQL)
 
 
 class Replica:

@@ -30,6 +30,7 @@ from index.errors import (
 )
 from index.folder import FAISS_PREFIX, faiss_file_name
 from index.journal import JournalRecord
+from index.manifest import Manifest
 from index.replica import Loaded
 from index.store import CatalogStore, StoredItem
 
@@ -96,9 +97,10 @@ class SqliteSource:
             _, pending, n, oldest = self.store.journal_stats(self._ck()[1])
         return n, pending, oldest
 
-    def load(self, dim: int) -> Loaded:
+    def load(self, dim: int, expect: Manifest | None = None) -> Loaded:
         """The snapshot file plus the journal after it, read in one short transaction (retried
-        when a compactor replaced the file between reading its name and opening it)."""
+        when a compactor replaced the file between reading its name and opening it).
+        ``expect`` is not checked: a folder is never restored while a process has it open."""
         for _ in range(20):
             with _reachable(self.folder), self.store.read_txn():
                 name, seq = self._ck()

@@ -14,7 +14,12 @@ from PIL import Image
 
 from common.machine import available_cores
 from embedder.errors import ImageError
-from index.errors import DuplicateIdError, StoreOutcomeUnknownError, StoreUnavailableError
+from index.errors import (
+    CatalogReplacedError,
+    DuplicateIdError,
+    StoreOutcomeUnknownError,
+    StoreUnavailableError,
+)
 from server.errors import ApiError, entry_error
 from server.service import Embedded, LookupService
 
@@ -182,6 +187,10 @@ def _store_failed_from(
                        "may have been added: read it before sending it again"}}  # fmt: skip
             continue
         svc.drop_image(path)
+        if isinstance(exc, CatalogReplacedError):
+            e.error = {"status": 503, "error": {"code": "catalog_replaced",
+                       "message": f"not added: {exc}"}}  # fmt: skip
+            continue
         why = "the store cannot be reached" if n == 0 else "the store failed on an earlier item"
         e.error = {"status": 503, "error": {"code": "store_unavailable",
                    "message": f"not added: {why}; send it again"}}  # fmt: skip

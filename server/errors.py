@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from embedder.errors import ImageError
 from index.errors import (
+    CatalogReplacedError,
     DuplicateIdError,
     IndexLockedError,
     InvalidFilterError,
@@ -162,6 +163,14 @@ def init_app(app: Flask) -> None:
             "store_outcome_unknown",
             "the connection to the catalog store broke while the change was committing; it "
             "may have been made: read the item before sending the change again",
+        )
+
+    @app.errorhandler(CatalogReplacedError)
+    def _catalog_replaced(exc: CatalogReplacedError) -> Response:
+        # Nothing was written: the store's catalog is not the one this process serves.
+        log.warning("write refused: %s", exc)
+        return error_response(
+            503, "catalog_replaced", str(exc), {"Retry-After": str(STORE_RETRY_AFTER_S)}
         )
 
     @app.errorhandler(StoreUnavailableError)

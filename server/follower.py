@@ -61,6 +61,7 @@ class IndexFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._last_error: str | None = None
+        self._last_catalog_error: str | None = None
         self._compactor = (
             threading.Thread(target=self._compact_loop, name=f"{name}-compact", daemon=True)
             if compact
@@ -143,6 +144,13 @@ class IndexFollower:
             elif self._last_error:
                 log.info("catalog store reachable again")
             self._last_error = error
+        refused = getattr(status, "catalog_error", None)
+        if refused != self._last_catalog_error:
+            if refused:
+                log.error("the catalog store's catalog cannot be served here: %s", refused)
+            elif self._last_catalog_error:
+                log.info("serving the catalog store's catalog again")
+            self._last_catalog_error = refused
         if self._on_status is not None:
             try:
                 self._on_status(status)
@@ -152,7 +160,8 @@ class IndexFollower:
 
     def _compact_loop(self) -> None:
         while not self._stop.wait(COMPACT_CHECK_S):
-            if self.status.store_error:
+            status = self.status
+            if status.store_error or getattr(status, "catalog_error", None):
                 continue  # the syncs say why; compaction would only fail the same way
             try:
                 if self.index.compact():

@@ -168,6 +168,7 @@ class LookupService:
             "journal_length": status.journal_length,
             "size": status.size,
             "store_error": status.store_error,
+            "catalog_error": status.catalog_error,
         }
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -186,6 +187,9 @@ class LookupService:
             # Store down: every process is equally behind and answers reads from its last
             # state, so none leaves the load balancer; store up yet far behind: this one does.
             out["in_sync"] = bool(status.store_error or status.behind_seconds <= MAX_READY_LAG_S)
+            # The store holds a catalog this process cannot serve (another embedder's): it
+            # answers from one that no longer exists, so it leaves the load balancer.
+            out["catalog"] = status.catalog_error is None
         return out
 
     @property

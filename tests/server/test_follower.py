@@ -123,3 +123,49 @@ def test_a_slow_snapshot_upload_holds_no_request(tmp_path, pg_url, monkeypatch):
         follower.stop()
         a.close()
         b.close()
+
+
+def test_a_catalog_of_another_checkpoint_takes_the_server_out_of_service(
+    tiny_embedder,
+    catalog_rows,
+    jpeg_bytes,
+    tmp_path,
+    pg_url,  # noqa: F811
+):
+    """A catalog restored from another checkpoint's embeddings: the server went on embedding
+    queries with its own checkpoint against the new vectors, and /readyz said ready."""
+    import numpy as np
+
+    from index import CatalogIndex, build_index
+    from index.pg_admin import push_folder
+    from server.config import ServerConfig
+    from tests.server.helpers import API_KEY, assert_error, build_test_index, make_app, upload
+
+    build_test_index(tiny_embedder, catalog_rows, tmp_path / "index", store=pg_url)
+    ix = CatalogIndex.open(None, store=pg_url)
+    config = ServerConfig(api_key=API_KEY, image_dir=str(tmp_path / "up"), sync_interval_s=0.1)
+    app = make_app(config, tiny_embedder, ix)
+    try:
+        c = app.test_client()
+        assert c.get("/readyz").status_code == 200
+        xb = np.random.default_rng(3).standard_normal((4, tiny_embedder.dim)).astype(np.float32)
+        other = tmp_path / "other"
+        ids = [f"o-{i}" for i in range(4)]
+        build_index(other, ids, xb, None, model_name="m", checkpoint_hash="another", kind="flat")
+        push_folder(other, pg_url, overwrite=True)
+        deadline = time.monotonic() + 10
+        while c.get("/readyz").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = c.get("/readyz")
+        body = r.get_json()
+        assert r.status_code == 503 and body["checks"]["catalog"] is False
+        assert "built with a different embedder" in body["replica"]["catalog_error"]
+        key = {"X-API-Key": API_KEY}
+        r = c.post("/v1/items", data={**upload(jpeg_bytes), "id": "late"}, headers=key)
+        assert "nothing was written" in assert_error(r, 503, "catalog_replaced")["message"]
+        assert c.post("/v1/search", data=upload(jpeg_bytes)).status_code == 200
+    finally:
+        app.extensions["phonesim"].close()
+        ix.close()
+    with CatalogIndex.open(None, store=pg_url, readonly=True) as fresh:
+        assert len(fresh) == 4 and "late" not in fresh
