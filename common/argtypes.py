@@ -208,6 +208,12 @@ def store_url(text: str) -> str | None:
     return url
 
 
+def store_from_environment(store: str | None) -> bool:
+    """Whether a parsed ``--store`` is the one ``$PHONESIM_STORE`` names (its default)."""
+    env = os.environ.get(STORE_ENV, "").strip()
+    return store is not None and bool(env) and store == env
+
+
 # argparse names the type in "invalid ... value" messages.
 positive_int.__name__ = "positive integer"
 non_negative_int.__name__ = "non-negative integer"

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from common.argtypes import add_store_option
+from common.argtypes import STORE_ENV, add_store_option, store_from_environment
 from common.errors import UserError
 from common.kept_images import kept_image
 
@@ -25,9 +25,22 @@ def _target(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _where(args: argparse.Namespace) -> tuple[str | None, str | None]:
-    """``(folder, store URL)``: a folder is needed unless a store URL is given."""
+    """``(folder, store URL)``: a folder is needed unless a store URL is given. Not both:
+    with a store these commands work on it alone, so a folder given beside it was ignored
+    (`restore --index DIR` with ``$PHONESIM_STORE`` set replaced the shared catalog)."""
     if not args.index and not args.store:
         args.parser.error("give the index as --index INDEX_DIR (or --store URL)")
+    if args.index and args.store:
+        if store_from_environment(args.store):
+            args.parser.error(
+                f"--index {args.index}: ${STORE_ENV} is set, and this command would work on "
+                "that store, not on the folder; pass --store '' to work on the folder, or "
+                "leave out --index to work on the store"
+            )
+        args.parser.error(
+            "give --index INDEX_DIR or --store URL, not both: with a store the command works "
+            "on the store alone"
+        )
     return args.index, args.store
 
 
@@ -129,6 +142,7 @@ def _print(args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
 def cmd_add(args: argparse.Namespace) -> int:
     from index.build import failed_images, join_metadata, read_catalog_csv, read_embeddings
 
+    _where(args)  # a usage error before the embeddings are read
     emb = read_embeddings(args.embeddings)
     rows = read_catalog_csv(args.catalog) if args.catalog else None
     metadata = join_metadata(emb.ids, emb.labels, rows)

@@ -424,3 +424,30 @@ def test_a_failed_faiss_write_names_the_file_and_the_reason(tmp_path, monkeypatc
     assert failed.value.strerror == "No space left on device"
     assert failed.value.filename == str(tmp_path / "v.faiss")
     assert not list(tmp_path.iterdir())  # no temporary file left
+
+
+@pytest.mark.parametrize("command", ["add", "remove", "compact", "snapshot", "restore"])
+def test_a_folder_beside_a_store_is_refused_before_anything_is_read(
+    tmp_path, monkeypatch, capsys, command
+):
+    """With a store these commands work on it alone: `restore --index DIR` with
+    $PHONESIM_STORE set replaced the shared catalog and left DIR as it was, exit 0."""
+    url = "postgresql://nobody@127.0.0.1:1/shop"  # never reached: refused before
+    extra = {
+        "add": ["--embeddings", "emb.h5"],
+        "remove": ["--id", "a"],
+        "compact": [],
+        "snapshot": ["--out", str(tmp_path / "snap")],
+        "restore": ["--from", str(tmp_path / "snap"), "--overwrite"],
+    }[command]
+    argv = [command, "--index", str(tmp_path / "idx"), *extra]
+    with pytest.raises(SystemExit) as stopped:
+        cli([*argv, "--store", url])
+    assert stopped.value.code == 2
+    assert "give --index INDEX_DIR or --store URL, not both" in capsys.readouterr().err
+    monkeypatch.setenv("PHONESIM_STORE", url)
+    with pytest.raises(SystemExit) as stopped:
+        cli(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "$PHONESIM_STORE is set" in err and "pass --store '' to work on the folder" in err
