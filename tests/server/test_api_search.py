@@ -187,6 +187,19 @@ def test_range_on_a_text_field_is_400_naming_its_type(client, jpeg_bytes):
     assert "text" in error["message"] and "label" in error["message"]
 
 
+def test_a_number_in_the_query_string_and_the_body_is_one_value(client, jpeg_bytes, catalog_rows):
+    """The query string's "1298.99" and the body's 1298.99 were compared as Python values: the
+    two filters together matched nothing, where each alone matched the items at that price."""
+    price = max(float(r["price"]) for r in catalog_rows.values())
+    priced = sum(1 for r in catalog_rows.values() if float(r["price"]) == price)
+    body = {"image": b64(jpeg_bytes), "k": 50, "filter": {"price": price}}
+    both_ways = client.post(f"/v1/search?filter.price={price}", json=body).get_json()
+    body_only = client.post("/v1/search", json=body).get_json()
+    assert len(both_ways["neighbors"]) == len(body_only["neighbors"]) == priced > 0
+    body["filter"] = {"price": round(price)}  # another price: both must hold, none does
+    assert client.post(f"/v1/search?filter.price={price}", json=body).get_json()["neighbors"] == []
+
+
 @pytest.mark.parametrize(
     "flt",
     [

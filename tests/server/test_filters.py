@@ -50,6 +50,10 @@ def test_a_field_in_both_places_must_match_both():
     assert both(["a", "b"], ["b", "c"]) == {"in": ["b"]}
     assert both({"lt": 300, "gte": 10}, {"lt": 200, "gte": 50}) == {"lt": 200, "gte": 50}
     assert both({"eq": "a", "in": ["a", "b"]}, "b") == {"in": []}
+    # As the index matches them: a query string's text and a JSON body's number or boolean.
+    assert both(218.99, "218.99") == {"in": [218.99]}
+    assert both([True, "x"], "true") == {"in": [True]}
+    assert both(True, 1) == {"in": []} and both("1.0", 1) == {"in": ["1.0"]}
     args = [("filter.label", ["a"])]
     assert merge_filters(args, {"price": {"lt": 3}}, FIELDS) == {"price": {"lt": 3}, "label": "a"}
     assert merge_filters(args, {"label": "a"}, FIELDS) == {"label": {"in": ["a"]}}
