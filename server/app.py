@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from flask import Flask, Response, request
 
@@ -82,6 +83,7 @@ def create_app(
     if config.cors_origins:
         cors.init_app(app, config.cors_origins)
     app.before_request(_refuse_coded_bodies)
+    app.before_request(_refuse_undecodable_urls)
     app.register_blueprint(api.bp)
     app.register_blueprint(api_batch.bp)
     app.register_blueprint(ops.bp)
@@ -109,6 +111,30 @@ def _refuse_coded_bodies() -> Response | None:
         f"Content-Encoding {coding[:40]!r} is not supported: send the body uncompressed",
         {"Accept-Encoding": "identity"},
     )
+
+
+def _refuse_undecodable_urls() -> Response | None:
+    """A path or query string whose percent-escapes are not UTF-8: Werkzeug turns such a path
+    into U+FFFD and keeps such a query value as its escapes ("%FF"), so a filter or an id
+    would be taken as text the client never sent."""
+    env = request.environ
+    uri = env.get("RAW_URI") or env.get("REQUEST_URI")  # as sent (gunicorn, Werkzeug)
+    if uri:
+        raw_path = unquote_to_bytes(urlsplit(uri).path)
+    else:  # PEP 3333: the percent-decoded bytes, as latin-1 text
+        raw_path = env.get("PATH_INFO", "").encode("latin-1", "replace")
+    raw_query = unquote_to_bytes(request.query_string.replace(b"+", b" "))
+    for where, raw in (("path", raw_path), ("query string", raw_query)):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return errors.error_response(
+                400,
+                "invalid_string",
+                f"the URL's {where} is not UTF-8 (byte 0x{raw[exc.start]:02X} after "
+                "percent-decoding): percent-encode the UTF-8 bytes of the text",
+            )
+    return None
 
 
 def _security_headers(response: Response) -> Response:

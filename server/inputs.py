@@ -101,6 +101,16 @@ def read_image(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
             )
         upload = request.files.get(IMAGE_FIELD)
         fields = {k: v for k, v in request.form.items()}
+        for name, value in fields.items():
+            # Werkzeug decodes a text part that is not UTF-8 (and declares no charset) with
+            # U+FFFD in place of each bad byte: stored, that corrupts the value silently.
+            if "\ufffd" in value:
+                raise ApiError(
+                    400,
+                    "invalid_string",
+                    f"form field {name!r} is not UTF-8 text (it decodes to U+FFFD): send UTF-8, "
+                    "or declare the part's charset",
+                )
         if upload is None:
             if IMAGE_FIELD in request.form:
                 raise ApiError(400, "missing_image", f"'{IMAGE_FIELD}' must be a file upload")

@@ -333,7 +333,8 @@ def cases(jpeg: str) -> list[tuple[str, str, str, dict, int, str | None]]:
     # -- ids, cursors and parameters on reads ---------------------------------------------------
     add("get-nul-id", ("GET", "/v1/items/%00", {}), 404, "unknown_item")
     add("get-10k-id", ("GET", "/v1/items/" + "x" * 10_000, {}), 404)
-    add("get-encoded-surrogate-id", ("GET", "/v1/items/%ED%A0%80", {}), 404)
+    # Not UTF-8 (an encoded surrogate): no id is spelled so, and the path says why.
+    add("get-encoded-surrogate-id", ("GET", "/v1/items/%ED%A0%80", {}), 400, "invalid_string")
     add("get-traversal-id", ("GET", "/v1/items/..%2F..%2Fetc%2Fpasswd", {}), 404)
     add("similar-k-20-digits", ("GET", "/v1/items/x/similar?k=" + "9" * 20, {}), 400, "invalid_k")
     add("similar-filter-nul", ("GET", "/v1/items/x/similar?filter.label=%00", {}), 400)

@@ -363,3 +363,40 @@ def test_a_store_failing_midway_through_a_batch_says_which_items_were_added(
     monkeypatch.setattr(index, "add", real_add)
     assert [c.get(f"/v1/items/mid-{i}").status_code for i in range(3)] == [200, 404, 404]
     assert len([p for p in uploads.rglob("*") if p.is_file()]) == 1  # the others' photos went
+
+
+def _multipart(jpeg: bytes, field_part: bytes) -> tuple[bytes, str]:
+    """A multipart body: the image and one text part given as raw bytes (headers included)."""
+    b = b"phonesim-boundary"
+    body = (
+        b"--" + b + b'\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + jpeg + b"\r\n"
+        b"--" + b + b'\r\nContent-Disposition: form-data; name="id"\r\n\r\nenc-1\r\n'
+        b"--" + b + b"\r\n" + field_part + b"\r\n--" + b + b"--\r\n"
+    )
+    return body, f"multipart/form-data; boundary={b.decode()}"
+
+
+def test_text_that_is_not_utf8_is_refused_not_stored_with_replacement_characters(
+    writable, jpeg_bytes
+):
+    """A Latin-1 form field was stored as "caf\\ufffd"; a query value %FF was taken as the text
+    "%FF" and a path's as U+FFFD."""
+    app, _ = writable
+    c = app.test_client()
+    latin1 = b'Content-Disposition: form-data; name="brand"\r\n\r\ncaf\xe9'
+    body, ctype = _multipart(jpeg_bytes, latin1)
+    r = c.post("/v1/items", data=body, content_type=ctype, headers=KEY)
+    assert "'brand' is not UTF-8" in assert_error(r, 400, "invalid_string")["message"]
+    assert c.get("/v1/items/enc-1").status_code == 404
+    declared = b'Content-Disposition: form-data; name="brand"\r\n'
+    declared += b"Content-Type: text/plain; charset=ISO-8859-1\r\n\r\ncaf\xe9"
+    body, ctype = _multipart(jpeg_bytes, declared)
+    assert c.post("/v1/items", data=body, content_type=ctype, headers=KEY).status_code == 201
+    assert c.get("/v1/items/enc-1").get_json()["brand"] == "café"
+    bad_urls = (("/v1/items?filter.brand=%ff", "query string"), ("/v1/items/%ff%fe", "path"))
+    for url, where in bad_urls:
+        error = assert_error(c.get(url), 400, "invalid_string")
+        assert f"URL's {where} is not UTF-8 (byte 0xFF" in error["message"]
+    assert c.get("/v1/items?filter.brand=caf%C3%A9").status_code == 200
+    assert c.get("/v1/items/caf%C3%A9").status_code == 404  # UTF-8: an id, just not held
