@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from server.cors_headers import allowed_origins, answer_headers, unread_origin_headers
-from server.errors import PAYLOAD_TOO_LARGE, SECURITY_HEADERS, error_json
+from server.errors import PAYLOAD_TOO_LARGE, SECURITY_HEADERS, error_json, too_large_body
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class BufferedWSGIBridge:
             return
         declared = _content_length(headers)
         if declared is not None and declared > self.max_body:
-            await self._error(scope, send, 413, PAYLOAD_TOO_LARGE, _too_large(self.max_body))
+            await self._error(scope, send, 413, PAYLOAD_TOO_LARGE, too_large_body(self.max_body))
             return
         body = await self._read_body(scope, receive, send)
         if body is None:
@@ -186,7 +186,7 @@ class BufferedWSGIBridge:
                 size += len(chunk)
                 if size > self.max_body:
                     await self._error(
-                        scope, send, 413, PAYLOAD_TOO_LARGE, _too_large(self.max_body)
+                        scope, send, 413, PAYLOAD_TOO_LARGE, too_large_body(self.max_body)
                     )
                     return None
                 if chunk:
@@ -324,7 +324,3 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-def _too_large(limit: int) -> str:
-    return f"request body is larger than the limit ({limit / 2**20:.1f} MiB)"

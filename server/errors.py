@@ -61,6 +61,18 @@ class ApiError(Exception):
 # Every body over a size limit gets this code, wherever it is refused (the HTTP layer before
 # reading it, Flask's request limit, or the decoded image's check).
 PAYLOAD_TOO_LARGE = "payload_too_large"
+
+
+def too_large_body(limit: int) -> str:
+    """The 413 message of a body over ``limit`` bytes (``MAX_CONTENT_LENGTH``): it is one
+    upload's worth, so a batch of large photos meets it before any photo does."""
+    return (
+        f"request body is larger than the limit ({limit / 2**20:.1f} MiB: one --max-upload-mb "
+        "image as base64); a batch's images count together: send large photos in several "
+        "requests"
+    )
+
+
 STORE_RETRY_AFTER_S = 2  # seconds a client waits before retrying a write the store refused
 MAX_MESSAGE = 500  # characters: a message may quote the request, never all of it
 
@@ -113,8 +125,9 @@ def init_app(app: Flask) -> None:
         headers = {k: v for k, v in exc.get_headers() if k.lower() not in ("content-type",)}
         messages = {
             404: "no such endpoint; see /openapi.json",
-            413: "request body is larger than the upload limit",
         }
+        if status == 413 and current_app.config.get("MAX_CONTENT_LENGTH"):
+            messages[413] = too_large_body(current_app.config["MAX_CONTENT_LENGTH"])
         message = messages.get(status) or exc.description or exc.name
         code = PAYLOAD_TOO_LARGE if status == 413 else _snake(exc.name)
         if status == 413 and _form_bound_broken():

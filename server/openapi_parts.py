@@ -37,7 +37,8 @@ def error_responses(*statuses: int) -> dict[str, Any]:
         403: "API key wrong, or writes disabled",
         404: "unknown item",
         409: "item id already exists",
-        413: "upload larger than the limit",
+        413: "request body larger than the limit (4/3 of --max-upload-mb, one base64 image): a "
+        "batch's images count together",
         415: "unsupported content type",
         429: "over the per-client rate limit (--rate-limit); Retry-After says when to retry",
         502: "the connection to the catalog store broke while the change was committing: it "

@@ -411,3 +411,21 @@ def test_an_id_added_again_with_another_photo_gets_another_thumbnail_url(writabl
     url_a, url_b = first["item"]["image_url"], second["item"]["image_url"]
     assert url_a != url_b and c.get(url_b).mimetype == "image/jpeg"
     assert c.get(url_b).headers["Cache-Control"] == "public, max-age=3600"
+
+
+def test_a_batch_over_the_body_limit_is_told_to_split_itself(tiny_embedder, readonly_index):
+    """The 413 said only "larger than the upload limit", though each photo was within it."""
+    import base64
+
+    from server.config import ServerConfig
+    from tests.server.helpers import assert_error, make_app
+
+    app = make_app(ServerConfig(max_upload_mb=0.01), tiny_embedder, readonly_index)
+    try:
+        photo = base64.b64encode(b"\xff\xd8" + b"x" * 5000).decode()  # each under 10 KB
+        body = {"queries": [{"image": photo}] * 40}
+        r = app.test_client().post("/v1/search/batch", json=body)
+        message = assert_error(r, 413, "payload_too_large")["message"]
+        assert "a batch's images count together" in message and "(0.1 MiB" in message
+    finally:
+        app.extensions["phonesim"].close()
