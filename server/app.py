@@ -88,6 +88,7 @@ def create_app(
     app.register_blueprint(api_batch.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(web.bp)
+    app.after_request(_options_say_no_content)
     app.after_request(_security_headers)
     if service is not None:
         log.info(
@@ -135,6 +136,15 @@ def _refuse_undecodable_urls() -> Response | None:
                 "percent-decoding): percent-encode the UTF-8 bytes of the text",
             )
     return None
+
+
+def _options_say_no_content(response: Response) -> Response:
+    """Flask answers OPTIONS with an empty 200 typed text/html: the one answer of an API URL
+    that was not JSON. No content says the same (its ``Allow`` lists the methods)."""
+    if request.method == "OPTIONS" and response.status_code == 200 and not response.data:
+        response.status_code = 204
+        response.headers.pop("Content-Type", None)
+    return response
 
 
 def _security_headers(response: Response) -> Response:

@@ -54,8 +54,11 @@ def init_app(app: Flask, rate: float, burst: int | None = None) -> TokenBucket:
 
     @app.before_request
     def _limit() -> None:
-        if request.endpoint in EXEMPT_ENDPOINTS or request.method == "OPTIONS":
-            return
+        preflight = (
+            request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        )
+        if request.endpoint in EXEMPT_ENDPOINTS or preflight:  # as the README says: not
+            return  # every OPTIONS, which any client may send as often as it likes
         wait = bucket.take(request.remote_addr or "-")
         if wait > 0:
             raise ApiError(

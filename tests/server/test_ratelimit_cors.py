@@ -102,3 +102,21 @@ def test_an_answer_to_an_unparsed_request_names_the_origin_only_when_it_can_be_k
     assert one["Vary"] == "Origin"
     several = unread_origin_headers(allowed_origins(["https://a.example", "https://b.example"]))
     assert several == [("Vary", "Origin")]  # which one asked is unknown: none may read it
+
+
+def test_a_plain_options_answers_no_content_and_counts_against_the_rate(
+    tiny_embedder, readonly_index
+):
+    """It answered an empty text/html 200 (the one API answer not JSON), and every OPTIONS was
+    exempt from the rate limit, where the README exempts CORS preflights only."""
+    app = make_app(ServerConfig(rate_limit=1, rate_burst=2), tiny_embedder, readonly_index)
+    try:
+        client = app.test_client()
+        answers = [client.options("/v1/info") for _ in range(3)]
+        assert answers[0].status_code == 204 and "Content-Type" not in answers[0].headers
+        assert "GET" in answers[0].headers["Allow"] and answers[0].data == b""
+        assert [r.status_code for r in answers] == [204, 204, 429]
+        preflight = {"Origin": "https://a.example", "Access-Control-Request-Method": "GET"}
+        assert client.options("/v1/info", headers=preflight).status_code != 429
+    finally:
+        app.extensions["phonesim"].close()
