@@ -186,6 +186,9 @@ def search_batch() -> Response:
                 result["prediction"] = predictions[i]
             result.update(neighbors=hits_json(svc, hits), **opts.echo())
             results[i] = result
+    for i, p in enumerate(parsed):  # an id query's error names it, as its result does
+        if p is not None and p[0] == "id" and results[i] is not None and "id" not in results[i]:
+            results[i] = {"id": p[1], **results[i]}
     return jsonify(results=results, timing_ms={"total": _ms_since(t0)})
 
 

@@ -237,6 +237,7 @@ BATCH_SCHEMAS: dict[str, Any] = {
         "required": ["status", "error"],
         "description": "the error of one entry (the request as a whole succeeded)",
         "properties": {
+            "id": {"type": "string", "description": "the catalog id queried, for an id query"},
             "status": {"type": "integer", "minimum": 400, "maximum": 499},
             "error": {
                 "type": "object",

@@ -345,3 +345,13 @@ def test_a_batch_holds_no_decoded_photo_until_its_forward_pass(app, monkeypatch)
     answered = app.test_client().post("/v1/search/batch", json={"queries": queries})
     assert answered.status_code == 200, answered.get_json()
     assert held == [0]
+
+
+def test_a_batch_id_query_that_fails_names_its_id(client, first_id):
+    """An id entry's error had no "id", where its result and every batch add error had one:
+    a client matching answers to ids could not tell which id failed."""
+    body = {"queries": [{"id": first_id}, {"id": "no-such-item"}], "k": 2}
+    found, missing = client.post("/v1/search/batch", json=body).get_json()["results"]
+    assert found["id"] == first_id and found["status"] == 200
+    assert missing["id"] == "no-such-item" and missing["status"] == 404
+    assert missing["error"]["code"] == "unknown_item"
