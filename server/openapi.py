@@ -45,6 +45,24 @@ from server.openapi_parts import (
     ref,
 )
 
+_METHODS = ("get", "post", "put", "patch", "delete")
+
+#: The operations whose path builders name none.
+OPERATION_IDS = {
+    ("post", "/v1/search"): "search",
+    ("post", "/v1/embed"): "embed",
+    ("post", "/v1/items"): "add_item",
+    ("post", "/v1/search/batch"): "search_batch",
+    ("post", "/v1/items/batch"): "add_items",
+    ("get", "/v1/info"): "info",
+    ("get", "/healthz"): "health",
+    ("get", "/readyz"): "ready",
+    ("get", "/metrics"): "metrics",
+    ("get", "/openapi.json"): "openapi",
+    ("get", "/"): "web_page",
+    ("get", "/static/{filename}"): "static_file",
+}
+
 
 def openapi_spec(
     filterable_fields: Iterable[str] = (),
@@ -162,7 +180,15 @@ def openapi_spec(
                         },
                         "the item as stored",
                     )
-                    | {"links": ITEM_LINKS},
+                    | {
+                        "links": ITEM_LINKS,
+                        "headers": {
+                            "Location": {
+                                "description": "the new item's URL (/v1/items/{id})",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                    },
                     **error_responses(400, 401, 403, 409, 413, 415, 429, 502, 503),
                 },
             },
@@ -299,6 +325,10 @@ def openapi_spec(
             }
         },
     }
+    for path, methods in paths.items():  # a name for each operation, for generated clients
+        for method, operation in methods.items():
+            if method in _METHODS and "operationId" not in operation:
+                operation["operationId"] = OPERATION_IDS[(method, path)]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -318,7 +348,8 @@ def openapi_spec(
                 "SearchQuery": query_schema(json_filter, dim, text_modes),
             },
             "securitySchemes": {
-                "ApiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}
+                "ApiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
+                "Bearer": {"type": "http", "scheme": "bearer", "description": "the same key"},
             },
         },
     }

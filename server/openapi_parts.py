@@ -299,7 +299,8 @@ def embed_body(text_modes: Sequence[str]) -> dict[str, Any]:
     return body
 
 
-SECURITY = [{"ApiKey": []}]
+# Either header carries the key (server/auth.py): alternatives, so either alone suffices.
+SECURITY = [{"ApiKey": []}, {"Bearer": []}]
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
