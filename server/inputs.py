@@ -29,7 +29,11 @@ MAX_LIMIT = 100
 
 
 def too_large(limit: int) -> ApiError:
-    return ApiError(413, PAYLOAD_TOO_LARGE, f"image is larger than {limit / 2**20:g} MiB")
+    return ApiError(
+        413,
+        PAYLOAD_TOO_LARGE,
+        f"image is larger than {round(limit / 2**20, 2):g} MiB (--max-upload-mb)",
+    )
 
 
 def json_body(request: Request, max_values: int = MAX_JSON_VALUES) -> dict[str, Any]:

@@ -429,3 +429,19 @@ def test_a_batch_over_the_body_limit_is_told_to_split_itself(tiny_embedder, read
         assert "a batch's images count together" in message and "(0.1 MiB" in message
     finally:
         app.extensions["phonesim"].close()
+
+
+def test_an_image_over_the_upload_limit_names_the_limit_as_configured(
+    tiny_embedder, readonly_index
+):
+    """--max-upload-mb 0.01 was said as "larger than 0.00999928 MiB"."""
+    from server.config import ServerConfig
+    from tests.server.helpers import assert_error, make_app, upload
+
+    app = make_app(ServerConfig(max_upload_mb=0.01), tiny_embedder, readonly_index)
+    try:
+        r = app.test_client().post("/v1/search", data=upload(b"\xff\xd8" + b"x" * 12_000))
+        message = assert_error(r, 413, "payload_too_large")["message"]
+        assert message == "image is larger than 0.01 MiB (--max-upload-mb)"
+    finally:
+        app.extensions["phonesim"].close()
