@@ -61,14 +61,14 @@ def is_image_name(path: Path) -> bool:
 
 
 def is_image_file(path: Path) -> bool:
-    """An image file to read: an image name (:func:`is_image_name`) on a file; a broken link
-    of that name is skipped with a warning naming where it points."""
+    """An image file to read: an image name (:func:`is_image_name`) on a file, or on a broken
+    link. Such a link is a listing whose photo is gone: it fails to read where it is read,
+    and is listed with the other unreadable images (a training's skipped images, the
+    ``failed`` of embed and export), as a catalog CSV row naming a missing file is; it had
+    been left out of those with a warning alone."""
     if not is_image_name(path):
         return False
-    if path.is_symlink() and not path.exists():  # was skipped without a word
-        log.warning("%s: skipped, a link to %s, which does not exist", path, os.readlink(path))
-        return False
-    return path.is_file()
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 def image_files(folder: Path) -> list[Path]:

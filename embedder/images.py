@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -128,6 +129,9 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
             f"{name}: refused as a possible decompression bomb (over the {MAX_PIXELS} pixel limit)"
         ) from exc
     except FileNotFoundError as exc:
+        if isinstance(source, str | Path) and Path(source).is_symlink():
+            target = os.readlink(source)
+            raise ImageError(f"{name}: a link to {target}, which does not exist") from exc
         raise ImageError(f"{name}: file not found") from exc
     except UnidentifiedImageError as exc:
         if not HEIF_SUPPORTED and _looks_like_heif(source):

@@ -20,13 +20,20 @@ def test_folder_catalog(tmp_path):
     assert [s.id for s in cat.samples] == ["a/0", "a/1", "b/0", "b/1"]
 
 
-def test_a_broken_link_in_a_folder_is_skipped_with_a_warning(tmp_path, caplog):
-    """It was skipped without a word: neither embedded, warned about nor counted."""
+def test_a_broken_link_in_a_folder_is_an_unreadable_image_saying_where_it_points(tmp_path):
+    """It was skipped without a word, then with a warning alone: left out of the unreadable
+    images that a training counts and embed and export list in ``failed``, where a catalog
+    CSV row naming a missing file is one of them."""
+    from embedder.errors import ImageError
+    from embedder.images import load_image
+
     _img(tmp_path / "a" / "0.jpg")
     _img(tmp_path / "b" / "0.jpg")
     (tmp_path / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
-    assert [s.id for s in load_catalog(tmp_path).samples] == ["a/0", "b/0"]
-    assert "gone.jpg: skipped, a link to" in caplog.text and "does not exist" in caplog.text
+    samples = load_catalog(tmp_path).samples
+    assert [s.id for s in samples] == ["a/0", "a/gone", "b/0"]
+    with pytest.raises(ImageError, match="gone.jpg: a link to .*nowhere.jpg, which does not exist"):
+        load_image(samples[1].path)
 
 
 def test_linked_folders_are_named_and_odd_names_are_counted(tmp_path, caplog):
