@@ -359,6 +359,12 @@ class ShardWriter:
         self._probs: list[np.ndarray] = []
         self._failures: list[tuple[int, str]] = []
         self._stamps: list[np.ndarray] = []
+        # Taken before any input is read: a file replaced while its batch was read and
+        # embedded (stamped after, it had recorded the new file beside the old photo's
+        # embedding) then differs on a resume, which refuses it; one replaced before it was
+        # read is refused as well, the safe side.
+        self._first = partial.cursor
+        self._before = file_stamps(samples[partial.cursor :])
         self.embedded = 0
         self.failed = 0
         self.runtime = ""  # the runtime embedding the batches: set once it is known
@@ -370,8 +376,7 @@ class ShardWriter:
         self._emb.append(batch.embeddings)
         self._probs.append(batch.probabilities)
         self._failures.extend(batch.failures)
-        # Right after the batch was read: what a resume compares its files with.
-        self._stamps.append(file_stamps(self.samples[batch.start : batch.end]))
+        self._stamps.append(self._before[batch.start - self._first : batch.end - self._first])
         self._end = batch.end
         if self._end - self._start >= self.shard_size:
             self.flush()

@@ -199,3 +199,38 @@ def test_the_summary_says_when_items_got_fewer_neighbours_than_asked(demo, ckpt,
     assert export_cli.main([*argv, str(tmp_path / "b.h5"), "--neighbors", "2"]) == 0
     out = capsys.readouterr().out
     assert "2 neighbours," in out and "asked" not in out
+
+
+def test_an_image_replaced_while_its_batch_was_embedded_is_refused_on_resume(
+    demo, ckpt, tmp_path, monkeypatch, capsys
+):
+    """The files were stamped after their batch was embedded: a photo replaced in between
+    was recorded as the new file beside the old photo's embedding, and a resume kept it."""
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(demo, images)
+    out = tmp_path / "features.h5"
+    argv = [
+        "--checkpoint", str(ckpt), "--images", str(images), "--out", str(out),
+        "--batch-size", "3", "--shard-size", "3", "--workers", "0", "--neighbors", "2",
+    ]  # fmt: skip
+    samples = read_inputs(images, "images").samples
+    victim, other = samples[1], samples[-2]
+    real_write, calls = ShardWriter.write, []
+
+    def replace_then_stop(self, batch):
+        calls.append(batch.start)
+        if len(calls) == 1:  # read and embedded; its photo is replaced before it is written
+            victim.path.write_bytes(other.path.read_bytes())
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_write(self, batch)
+
+    monkeypatch.setattr(ShardWriter, "write", replace_then_stop)
+    assert export_cli.main(argv) == 130
+    capsys.readouterr()
+    monkeypatch.setattr(ShardWriter, "write", real_write)
+    assert export_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "1 image file(s) changed after they were embedded" in err and repr(victim.id) in err
