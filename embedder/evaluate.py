@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,24 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.pyplot as plt
 
+    # A class name in a script the plot's font lacks (CJK, say) made matplotlib warn once per
+    # character, several lines each; it is drawn as boxes, so one line says so instead.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _draw_confusion(plt, cm, labels, path)
+    missing = [w for w in caught if "missing from font" in str(w.message)]
+    if missing:
+        log.warning(
+            "confusion_matrix.png: class names with characters the plot font lacks are drawn "
+            "as boxes (%d characters); report.json names them",
+            len({str(w.message) for w in missing}),
+        )
+    for w in caught:
+        if w not in missing:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _draw_confusion(plt: Any, cm: np.ndarray, labels: list[str], path: Path) -> None:
     size = max(4.0, 0.6 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(cm, cmap="Blues")

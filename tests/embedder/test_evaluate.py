@@ -282,3 +282,20 @@ def test_a_gallery_holding_the_evaluated_images_is_warned_about(
     assert "in the gallery too" not in caplog.text  # copies elsewhere are other files
     assert "has no image of the evaluated class" in caplog.text
     assert "the checkpoint does not know: nokia" in caplog.text
+
+
+def test_class_names_the_plot_font_lacks_are_said_in_one_line(tmp_path, caplog):
+    """Chinese class names made matplotlib warn several lines per character."""
+    import warnings
+
+    import numpy as np
+
+    from embedder.evaluate import plot_confusion
+
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
+        plot_confusion(np.array([[3, 1], [0, 2]]), ["华为", "小米"], tmp_path / "cm.png")
+    assert not [w for w in escaped if "missing from font" in str(w.message)]
+    said = [r for r in caplog.records if "drawn as boxes" in r.getMessage()]
+    assert len(said) == 1 and "(4 characters)" in said[0].getMessage()
+    assert (tmp_path / "cm.png").stat().st_size > 0
