@@ -306,13 +306,44 @@ def names_open_file(path: str | Path, fd: int) -> bool:
     return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
+class LockBusyError(UserError):
+    """Another process holds a lock of :func:`exclusive_lock`; ``holder``: " (pid N)" of the
+    process its file names, or "" when it names none (yet)."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+def _lock_holder(lock: Path) -> str:
+    """The holder's " (pid N)", as its lock file names it; "" when it names none yet."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return ""
+    try:
+        pid = os.read(fd, 32).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
 @contextmanager
 def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the file ``path`` for the block, or raise
-    ``UserError(busy)`` at once when another process holds it. The file is made for the
-    block and removed after it; a lock taken is checked to be the file the path names now
-    (one removed meanwhile is taken again, made anew)."""
+    :class:`LockBusyError` at once when another process holds it: ``busy`` with
+    ``{holder}`` replaced by " (pid N)", the process the lock file names (appended when
+    ``busy`` has no ``{holder}``). The file is made for the block, names this process, and
+    is removed after it; a lock taken is checked to be the file the path names now (one
+    removed meanwhile is taken again, made anew)."""
     path = Path(path)
+
+    def refused() -> LockBusyError:
+        holder = _lock_holder(path)
+        if "{holder}" in busy:
+            return LockBusyError(busy.replace("{holder}", holder), holder)
+        return LockBusyError(busy + holder, holder)
+
     for _ in range(5):
         try:  # never through a link: its target would be made, locked and left behind
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -324,13 +355,18 @@ def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
                 break
         except BlockingIOError:
             os.close(fd)
-            raise UserError(busy) from None
+            raise refused() from None
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)  # removed by the holder that just let go: take the new one
     else:
-        raise UserError(busy)
+        raise refused()
+    try:
+        os.ftruncate(fd, 0)  # for the message of a process this lock refuses
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass  # the lock holds without it; the refusal names no process then
     try:
         yield
     finally:

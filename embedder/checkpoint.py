@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.errors import UserError
 from common.fsutil import (
     TMP_SUFFIX,
+    LockBusyError,
     exclusive_lock,
     folder_write_problem,
     fsync_path,
@@ -295,28 +295,6 @@ def _lock_file(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"
 
 
-def _lock_holder(lock: Path) -> str:
-    """`` (pid N)``: the process the lock file names, or nothing when it names none yet."""
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return ""
-    try:
-        pid = os.read(fd, 32).decode("ascii", "replace").strip()
-    finally:
-        os.close(fd)
-    return f" (pid {pid})" if pid.isdigit() else ""
-
-
-def _write_pid(lock: Path) -> None:
-    """Name this process in the lock file it holds, for the message of a run refused by it."""
-    fd = os.open(lock, os.O_WRONLY | os.O_NOFOLLOW | os.O_TRUNC)
-    try:
-        os.write(fd, f"{os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def training_lock(out: Path) -> Iterator[None]:
     """Hold for the block the lock that lets one training at a time save into ``out``, or
@@ -334,13 +312,10 @@ def training_lock(out: Path) -> Iterator[None]:
     with ExitStack() as held:
         try:
             held.enter_context(exclusive_lock(lock, busy))
-        except UserError as exc:
-            if str(exc) != busy:  # the lock file cannot be made: its own message says why
-                raise
+        except LockBusyError as exc:
             raise CheckpointError(
-                f"{busy}{_lock_holder(lock)}; wait for it to end, or choose another --out"
+                f"{busy}{exc.holder}; wait for it to end, or choose another --out"
             ) from None
-        _write_pid(lock)
         yield
 
 

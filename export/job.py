@@ -394,7 +394,7 @@ def export_features(config: ExportConfig) -> ExportSummary:
     """
     out = replaced_path(Path(config.out))
     check_output(out, config.overwrite)  # a missing folder is said as such, before the lock
-    busy = f"{out}: another export is writing this file now; wait for it to end"
+    busy = f"{out}: another export{{holder}} is writing this file now; wait for it to end"
     with exclusive_lock(out.parent / f".{out.name}.lock", busy):
         return _export(config)
 

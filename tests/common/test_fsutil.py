@@ -227,3 +227,38 @@ def test_exclusive_lock_is_one_holder_and_refuses_odd_files(tmp_path):
     lock.mkdir()
     with pytest.raises(UserError, match="cannot make this lock file"), exclusive_lock(lock, "b"):
         pass
+
+
+def test_a_refused_lock_names_the_process_holding_it(tmp_path):
+    """Only the training lock named its holder: an export refused by another said which
+    file, not which process, so the operator could not tell a live run from a stuck one."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from common.fsutil import LockBusyError, exclusive_lock
+    from tests.conftest import REPO
+
+    lock = tmp_path / ".out.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+         "from common.fsutil import exclusive_lock\n"
+         "with exclusive_lock(sys.argv[2], 'busy'):\n print('held', flush=True); time.sleep(60)",
+         str(REPO), str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockBusyError) as refused, exclusive_lock(lock, "a run{holder} is on"):
+            pass
+        assert str(refused.value) == f"a run (pid {holder.pid}) is on"
+        plain = rf"^busy \(pid {holder.pid}\)$"
+        with pytest.raises(LockBusyError, match=plain), exclusive_lock(lock, "busy"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait(10)
+    with exclusive_lock(lock, "busy"):  # a killed holder's lock is free again
+        assert lock.read_text() == f"{os.getpid()}\n"

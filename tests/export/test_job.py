@@ -242,7 +242,7 @@ def test_a_second_export_into_the_same_file_is_refused_while_the_first_runs(demo
     out = tmp_path / "features.h5"
     with (
         exclusive_lock(tmp_path / ".features.h5.lock", "held by the first"),
-        pytest.raises(UserError, match="another export is writing this file now"),
+        pytest.raises(UserError, match=rf"another export \(pid {os.getpid()}\) is writing"),
     ):
         export_features(_config(ckpt, demo / "three.csv", out))
     assert not partial_path(out).exists()
