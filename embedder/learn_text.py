@@ -75,6 +75,13 @@ def learn_text(
         # Its words are the user's, written by hand: re-learning the examples keeps them,
         # those of the classes the model still has.
         given = read_cue_file(out, bounded=False)
+        named = set(given.words) | set(given.examples or {})
+        if named and not named & set(names):  # a JSON file of another tool's, say
+            shown = ", ".join(sorted(named)[:5])
+            raise DataError(
+                f"{out}: exists and names none of the model's classes ({shown}): not a cue "
+                "file for this model; not replacing it (choose another --out, or remove it)"
+            )
         retired = sorted(set(given.words) - set(names))
         if retired:
             log.warning(
@@ -97,7 +104,6 @@ def learn_text(
     unreadable = 0
     t0 = time.perf_counter()
     for sample in tqdm(catalog.samples, desc="reading text", unit="img", disable=not progress):
-        photos[sample.label] += 1
         try:
             lines = reader.read(load_image(sample.path, decode_side), enough=cues.names_any)
         except ImageError as e:
@@ -108,6 +114,7 @@ def learn_text(
             log.warning("%s: reading its text failed (%s); skipped", sample.path, e)
             unreadable += 1
             continue
+        photos[sample.label] += 1  # photos read: the unreadable are counted apart
         doc = document(lines, cues.min_confidence)
         if doc:
             examples[sample.label].append(doc)

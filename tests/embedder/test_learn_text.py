@@ -92,7 +92,8 @@ def test_the_cue_files_words_are_kept_and_unreadable_photos_skipped(
     argv += ["--no-progress"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["unreadable"] == 1 and summary["photos"][names[0]] == 3
+    # Photos read: the broken one is counted as unreadable only (it was in both).
+    assert summary["unreadable"] == 1 and summary["photos"][names[0]] == 2
     written = json.loads(out.read_text())
     assert written[names[1]]["words"] == ["zephyr"]
     # Text naming its class is an example too: a misreading of it will lie near.
@@ -123,7 +124,8 @@ def test_classes_the_model_does_not_know_are_refused(tiny_checkpoint, labelled, 
 
 
 @pytest.mark.parametrize(
-    "where", ["missing/out.json", "folder", "new/", "photo.csv", "config.json", "deep.json"]
+    "where",
+    ["missing/out.json", "folder", "new/", "photo.csv", "config.json", "deep.json", "ts.json"],
 )
 def test_an_output_that_cannot_be_written_fails_before_the_reading(
     tiny_checkpoint, labelled, tmp_path, monkeypatch, where
@@ -136,10 +138,15 @@ def test_an_output_that_cannot_be_written_fails_before_the_reading(
     # A JSON object that is no cue file: a checkpoint's config, a report.
     (tmp_path / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
     (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    # Another tool's JSON that reads as words of two classes the model lacks: it was replaced.
+    ts = '{"files": ["src/a.ts"], "exclude": ["node_modules"]}\n'
+    (tmp_path / "ts.json").write_text(ts)
     monkeypatch.setattr(module, "TextReader", None)  # reading would fail the test differently
-    with pytest.raises(UserError, match="cannot be written|is a folder|not a text cue file"):
+    refused = "cannot be written|is a folder|not a text cue file|not a cue file for this model"
+    with pytest.raises(UserError, match=refused):
         learn_text(tiny_checkpoint, learn, f"{tmp_path}/{where}", rotations=(0,), progress=False)
     assert (tmp_path / "photo.csv").read_text() == "id,image,label\n"
+    assert (tmp_path / "ts.json").read_text() == ts
     assert not (tmp_path / "new").exists()
 
 
