@@ -275,7 +275,19 @@ def read_val_images(val: str | Path, label_names: Sequence[str]) -> Catalog:
     unknown = sorted(set(catalog.label_names) - set(label_names))
     if unknown:
         raise DataError(f"{val}: classes the checkpoint does not know: {', '.join(unknown)}")
+    # Reading stops at the first image that decodes: checked before the int8 graph is
+    # written, which a --val of unreadable images had replaced before failing.
+    if not any(_decodes(s) for s in catalog.samples):
+        raise DataError(f"{val}: none of the images could be read")
     return catalog
+
+
+def _decodes(sample: Sample) -> bool:
+    try:
+        load_image(sample.path)
+    except ImageError:
+        return False
+    return True
 
 
 def compare_int8(

@@ -166,12 +166,20 @@ def test_optimize_flags_that_need_quantize_are_refused(optimized, capsys):
     assert main(["optimize", "--checkpoint", str(optimized[0]), "--quantize", "int8"]) == 2
 
 
-def test_optimize_checks_val_before_quantising(tiny_checkpoint, tiny_catalog, tmp_path, capsys):
+@pytest.mark.parametrize("val", ["missing", "unreadable"])
+def test_optimize_checks_val_before_quantising(
+    tiny_checkpoint, tiny_catalog, tmp_path, capsys, val
+):
+    """A --val of unreadable images failed after the int8 graph had been replaced."""
     ckpt = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    label = json.loads((ckpt / "config.json").read_text())["label_names"][0]
+    (tmp_path / "unreadable" / label).mkdir(parents=True)
+    (tmp_path / "unreadable" / label / "b.jpg").write_bytes(b"not a jpeg")
     argv = ["optimize", "--checkpoint", str(ckpt), "--quantize", "int8"]
-    argv += ["--calibration", str(tiny_catalog), "--val", str(tmp_path / "missing")]
+    argv += ["--calibration", str(tiny_catalog), "--val", str(tmp_path / val)]
     assert main(argv) == 2
-    assert "missing" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert val in err and (val == "missing" or "none of the images could be read" in err)
     assert not (ckpt / GRAPH_FILES["int8"]).exists()  # no int8 graph from a failed run
 
 
