@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common.fsutil import atomic_write, is_temporary
+from common.fsutil import atomic_write, folder_write_problem, is_temporary
 from demo.render import render_phone_image
 from demo.specs import CLASS_NAMES, make_specs
 
@@ -32,6 +32,10 @@ CATALOG_COLUMNS: tuple[str, ...] = ("id", "image", "label", "title", "brand", "p
 # Written first into a folder the demo renders into: a run interrupted before its catalog.csv
 # is still recognised as the demo's own.
 MARKER = ".phonesim-demo-catalog"
+# Class folders render here (hidden, so no command reads them) and move into the catalog
+# folder when every image is written: an interrupted run left class folders, the last half
+# filled, that `train --data` took for a catalog.
+STAGING = ".phonesim-demo-rendering"
 _DEMO_ROW = re.compile(r"demo-(?P<label>[a-z0-9-]+)-(?P<n>\d{4})")
 
 
@@ -66,8 +70,13 @@ def _prepare_out(out: Path) -> None:
     """Create `out`, or clear a previous demo catalog there; refuse to clobber anything else."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} exists and is not a folder")
+    problem = folder_write_problem(out, created=True)
+    if problem:  # an OSError traceback line and exit 1 before; a one-line refusal now
+        raise ValueError(f"{out}: {problem}; the demo catalog cannot be written there")
     if not out.exists():
         out.mkdir(parents=True)
+    if (out / MARKER).is_file() and (out / STAGING).is_dir():
+        shutil.rmtree(out / STAGING)  # what an interrupted run of ours left
     entries = [e for e in out.iterdir() if e.name != MARKER]
     if entries and not is_demo_catalog(out):
         raise ValueError(
@@ -121,10 +130,12 @@ def generate_catalog(
     specs = make_specs(classes, seed)
 
     rows: list[dict[str, str]] = []
+    staging = out / STAGING
+    staging.mkdir()
     bar = tqdm(total=classes * per_class, desc="demo catalog", unit="img", disable=not progress)
     with bar:
         for ci, spec in enumerate(specs):
-            (out / spec.slug).mkdir()
+            (staging / spec.slug).mkdir()
             for i in range(per_class):
                 rng = random.Random(f"phonesim-demo-image:{seed}:{ci}:{i}")
                 nprng = np.random.default_rng(rng.getrandbits(64))
@@ -132,7 +143,7 @@ def generate_catalog(
                 colour_name, colour = rng.choice(spec.colours)
                 img = render_phone_image(spec, view, colour, image_size, rng, nprng)
                 rel = f"{spec.slug}/{spec.slug}_{i:04d}.jpg"
-                img.save(out / rel, format="JPEG", quality=90, optimize=False, subsampling=0)
+                img.save(staging / rel, format="JPEG", quality=90, optimize=False, subsampling=0)
                 rows.append(
                     {
                         "id": f"demo-{spec.slug}-{i:04d}",
@@ -151,6 +162,9 @@ def generate_catalog(
             writer.writeheader()
             writer.writerows(rows)
 
+    for spec in specs:  # renames within one folder: the catalog appears at once
+        (staging / spec.slug).rename(out / spec.slug)
+    staging.rmdir()
     csv_path = out / "catalog.csv"
     atomic_write(csv_path, write_csv)
     logger.info("wrote %d images of %d phone models to %s", len(rows), classes, out)

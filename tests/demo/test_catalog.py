@@ -120,6 +120,42 @@ def test_a_render_interrupted_before_its_csv_is_replaced(tmp_path: Path) -> None
     assert {p.relative_to(out).as_posix() for p in out.rglob("*.jpg")} == {r["image"] for r in rows}
 
 
+def test_a_render_stopped_midway_leaves_no_class_folder_to_train_on(tmp_path, monkeypatch):
+    """Images were written into the class folders as they rendered: Ctrl-C left class
+    folders, the last half filled and no catalog.csv, that `train --data` took for a
+    catalog. Now they appear when every image is written; the next run replaces the rest."""
+    from demo import catalog as module
+    from embedder.data import load_catalog
+
+    out = tmp_path / "cat"
+    real_save, saved = Image.Image.save, []
+
+    def stop_at_the_fifth(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        saved.append(1)
+        if len(saved) == 5:
+            raise KeyboardInterrupt
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", stop_at_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        generate_catalog(out, seed=1, **SMALL)
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, module.STAGING])
+    with pytest.raises(Exception, match="no class folders|no images"):
+        load_catalog(out)
+    generate_catalog(out, seed=1, **SMALL)
+    _, rows = _read_rows(out / "catalog.csv")
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.jpg")} == {r["image"] for r in rows}
+    assert not (out / module.STAGING).exists()
+
+
+def test_an_unwritable_location_is_a_one_line_refusal(tmp_path: Path) -> None:
+    """It was an OSError ("Operation not permitted"), exit 1."""
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="cannot be written there"):
+        generate_catalog(tmp_path / "file" / "cat", **SMALL)
+
+
 def test_refuses_file_as_output(tmp_path: Path) -> None:
     target = tmp_path / "file"
     target.write_text("x")
