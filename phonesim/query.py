@@ -15,6 +15,8 @@ from common.argtypes import add_index_option, add_store_option, positive_int
 from common.errors import UserError
 from common.fsutil import missing_file_reason
 from embedder.engine_options import EngineOptions, add_engine_options
+from embedder.knn_options import add_knn_fusion_options, knn_fusion_from_args
+from embedder.knn_vote import fuse, neighbour_arrays
 from index.cli import index_folder_or_exit
 from index.errors import InvalidFilterError, InvalidParamsError
 
@@ -51,6 +53,7 @@ def register(index_actions: argparse._SubParsersAction) -> None:
         metavar="NAME=INT",
         help="search parameter such as nprobe=32 or efSearch=64",
     )
+    add_knn_fusion_options(query, "catalog items, as serve predicts")
     add_engine_options(query, threads_help="model threads (default: every core)")
     query.add_argument("--json", action="store_true", help="print JSON")
     query.set_defaults(func=run, parser=query)
@@ -141,15 +144,25 @@ def run(args: argparse.Namespace) -> int:
         embedder, index = open_for_serving(
             args.checkpoint, index_folder_or_exit(args), engine=engine
         )
+    fusion = knn_fusion_from_args(args)
     with index:
         batch = embedder.embed_paths([args.image])
         hits = index.search(batch.embeddings[0], args.k, filter=flt, params=params or None)[0]
+        probabilities, source = batch.probabilities, "classifier"
+        if fusion is not None and len(probabilities):
+            # As serve predicts: the nearest items vote, whatever the filter lists.
+            near = index.search(batch.embeddings[0], fusion.k, params=params or None)[0]
+            pairs = [[(h.score, h.metadata.get("label")) for h in near]]
+            scores, labels = neighbour_arrays(pairs, embedder.label_names, fusion.k)
+            probabilities = fuse(probabilities, scores, labels, fusion)
+            source = "classifier+knn" if (labels >= 0).any() else "classifier"
     predicted = None
-    if len(batch.probabilities) and embedder.label_names:
-        top = int(batch.probabilities[0].argmax())
+    if len(probabilities) and embedder.label_names:
+        top = int(probabilities[0].argmax())
         predicted = {
             "label": embedder.label_names[top],
-            "probability": float(batch.probabilities[0][top]),
+            "probability": float(probabilities[0][top]),
+            "source": source,
         }
     if args.json:
         print(
@@ -163,7 +176,10 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     if predicted:
-        print(f"predicted class: {predicted['label']} ({predicted['probability']:.1%})")
+        print(
+            f"predicted class: {predicted['label']} ({predicted['probability']:.1%}, "
+            f"{predicted['source']})"
+        )
     if not hits:
         print("no matching catalog items")
     for rank, h in enumerate(hits, 1):

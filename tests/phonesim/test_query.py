@@ -139,3 +139,37 @@ def test_parse_filter_merges_arguments():
     }
     with pytest.raises(InvalidFilterError, match="non-empty JSON object"):
         parse_filter(["{}"])
+
+
+def test_the_prediction_is_the_one_serve_makes(catalog_index, tiny_checkpoint, capsys):
+    """It was the classifier alone, where serve (and evaluate) fuse the nearest items' vote:
+    the same photo was predicted two ways by the same checkpoint and catalog."""
+    from embedder.inference import Embedder
+    from index import open_index
+    from server.config import ServerConfig
+    from server.metrics import Metrics
+    from server.service import Embedded, LookupService
+
+    index, rows = catalog_index
+    image = rows[list(rows)[5]]["image"]
+    argv = ["query", "--index", str(index), "--checkpoint", str(tiny_checkpoint)]
+    argv += ["--image", image, "-k", "3", "--json"]
+    predictions = {}
+    for extra in ([], ["--no-knn-fusion"]):
+        assert cli([*argv, *extra]) == 0
+        predictions[bool(extra)] = json.loads(capsys.readouterr().out)["predicted"]
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    batch = embedder.embed_paths([image])
+    with open_index(index, readonly=True) as ix:
+        svc = LookupService(ServerConfig(sync_interval_s=None), embedder, ix, Metrics())
+        try:
+            served = svc.predict(Embedded(batch.embeddings[0], batch.probabilities[0], {}))
+        finally:
+            svc.close()
+    fused, alone = predictions[False], predictions[True]
+    assert fused["source"] == served["source"] == "classifier+knn"
+    assert fused["label"] == served["label"]
+    assert fused["probability"] == pytest.approx(served["score"], abs=1e-5)
+    assert alone["source"] == "classifier"
+    top = int(batch.probabilities[0].argmax())
+    assert alone["probability"] == pytest.approx(float(batch.probabilities[0][top]), abs=1e-5)
