@@ -7,6 +7,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -129,7 +130,14 @@ def _write(svc: LookupService, ready: list[tuple[NewItem, Any]]) -> None:
     item is added on its own so only that one fails."""
     if not ready:
         return
-    saved = [svc.keep_image(e.id or "", e.data or b"") for e, _ in ready]
+    saved: list[Path | None] = []
+    try:
+        for e, _ in ready:
+            saved.append(svc.keep_image(e.id or "", e.data or b""))
+    except ApiError:  # the images cannot be kept: nothing is added, the request says why
+        for path in saved:
+            svc.drop_image(path)
+        raise
     metadata = []
     for (e, _), path in zip(ready, saved, strict=True):
         md = dict(e.metadata or {})

@@ -23,6 +23,7 @@ from common.argtypes import (
     worker_count,
 )
 from common.errors import UserError, run_reporting_errors
+from common.fsutil import folder_write_problem
 from embedder.engine_options import add_engine_options
 from embedder.knn_options import (
     add_class_rerank_option,
@@ -149,7 +150,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--faiss-threads",
-        type=positive_int,
+        type=thread_count,
         default=1,
         help="OpenMP threads per worker for index searches (default 1)",
     )
@@ -219,6 +220,13 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
         if not found:
             what = "is a file, not a folder" if Path(root).exists() else "does not exist"
             raise UserError(f"--image-root {root}: {what}")
+    if args.image_dir is not None:  # checked now: every add had failed with a 500
+        problem = folder_write_problem(args.image_dir, created=True) if args.image_dir else None
+        if not args.image_dir.strip() or problem:
+            raise UserError(
+                f"--image-dir {args.image_dir!r}: {problem or 'is empty; give a folder'}; "
+                "added items' images cannot be kept there"
+            )
     try:
         config = ServerConfig(
             checkpoint=args.checkpoint,

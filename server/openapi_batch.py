@@ -192,7 +192,7 @@ def items_batch_path(max_entries: int) -> dict[str, Any]:
             },
             "responses": {
                 "200": json_content(ref("BatchAddResult"), "one acknowledgement per item"),
-                **error_responses(400, 401, 403, 413, 415, 429, 502, 503),
+                **error_responses(400, 401, 403, 413, 415, 429, 502, 503, 507),
             },
         }
     }

@@ -45,6 +45,8 @@ def error_responses(*statuses: int) -> dict[str, Any]:
         "may have been made; read the item before sending the change again",
         503: "model not loaded, overloaded, shutting down, or (writes) the catalog store "
         "cannot be reached; Retry-After says when to retry",
+        507: "the server cannot keep the added item's image (--image-dir full or not "
+        "writable); nothing was added",
     }
     out = {str(s): json_content(ref("Error"), text[s]) for s in statuses}
     for status in {429, 503} & set(statuses):

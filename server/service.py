@@ -603,8 +603,17 @@ class LookupService:
         if not self.config.image_dir:
             return None
         path = new_image_path(self.config.image_dir, item_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: tmp.write_bytes(data))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda tmp: tmp.write_bytes(data))
+        except OSError as exc:  # a full disk, a folder gone read-only: a 500 with a traceback
+            log.error("cannot keep an added image in --image-dir %s: %s", path.parent, exc)
+            raise ApiError(
+                507,
+                "insufficient_storage",
+                f"the server cannot keep the item's image ({exc.strerror or exc}); nothing "
+                "was added",
+            ) from None
         return path.resolve()
 
     @staticmethod

@@ -400,3 +400,36 @@ def test_text_that_is_not_utf8_is_refused_not_stored_with_replacement_characters
         assert f"URL's {where} is not UTF-8 (byte 0xFF" in error["message"]
     assert c.get("/v1/items?filter.brand=caf%C3%A9").status_code == 200
     assert c.get("/v1/items/caf%C3%A9").status_code == 404  # UTF-8: an id, just not held
+
+
+def test_an_image_dir_that_fails_at_runtime_is_a_507_and_adds_nothing(
+    writable, jpeg_bytes, monkeypatch
+):
+    """A full disk (or a folder gone read-only) under --image-dir answered 500 with a
+    traceback, for the whole batch."""
+    from common import fsutil
+    from server import service as service_module
+
+    app, _ = writable
+    c = app.test_client()
+    uploads = Path(app.extensions["phonesim"].service.config.image_dir)
+    real_write, writes = fsutil.atomic_write, []
+
+    def full_disk_at_the_second(path, write):  # noqa: ANN001, ANN202
+        writes.append(path)
+        if len(writes) >= 2:
+            raise OSError(28, "No space left on device")
+        return real_write(path, write)
+
+    monkeypatch.setattr(service_module, "atomic_write", full_disk_at_the_second)
+    r = c.post("/v1/items", data={**upload(jpeg_bytes), "id": "one"}, headers=KEY)
+    assert r.status_code == 201  # the first write succeeds
+    r = c.post("/v1/items", data={**upload(jpeg_bytes), "id": "two"}, headers=KEY)
+    assert "No space left on device" in assert_error(r, 507, "insufficient_storage")["message"]
+    rows = [{"id": f"b-{i}", "image": b64(jpeg_bytes)} for i in range(3)]
+    r = c.post("/v1/items/batch", json={"items": rows}, headers=KEY)
+    assert_error(r, 507, "insufficient_storage")  # nothing added: the whole request says so
+    for item in ("two", "b-0", "b-1", "b-2"):
+        assert c.get(f"/v1/items/{item}").status_code == 404
+    kept = [p for p in uploads.rglob("*") if p.is_file()]
+    assert len(kept) == 1  # the first add's photo only: none left behind by the refusals

@@ -42,7 +42,8 @@ def test_flags_become_one_server_config_and_gunicorn_settings(monkeypatch, tmp_p
         parse(
             "--workers", "3", "--threads", "2", "--max-upload-mb", "2.5", "--max-batch", "4",
             "--max-wait-ms", "3", "--image-root", f"{tmp_path}/a",
-            "--image-root", f"{tmp_path}/b/c", "--image-dir", "/up", "--faiss-threads", "2",
+            "--image-root", f"{tmp_path}/b/c", "--image-dir", f"{tmp_path}/up",
+            "--faiss-threads", "2",
             "--access-log",
         )
     )  # fmt: skip
@@ -52,7 +53,7 @@ def test_flags_become_one_server_config_and_gunicorn_settings(monkeypatch, tmp_p
         max_upload_mb=2.5,
         max_batch=4,
         max_wait_ms=3.0,
-        image_dir="/up",
+        image_dir=f"{tmp_path}/up",
         image_roots=(f"{tmp_path}/a", f"{tmp_path}/b/c"),
     )
     assert settings == GunicornSettings(workers=3, threads=2, faiss_threads=2, access_log=True)
@@ -244,3 +245,17 @@ def test_a_socket_handed_down_is_not_checked_as_busy(monkeypatch):
         preflight.preflight(config, settings)
         monkeypatch.delenv(variable)
     assert checked == [8000]  # not checked when the socket is handed down
+
+
+def test_an_image_dir_that_cannot_be_written_is_refused_at_start(tmp_path, capsys):
+    """It was taken: the server started with writes enabled, and every add answered 500 with
+    a FileExistsError traceback in the log. --faiss-threads had no upper bound either."""
+    (tmp_path / "key.txt").write_text("k\n")
+    for bad, said in ((tmp_path / "key.txt", "is a file"), ("", "is empty")):
+        with pytest.raises(UserError, match=f"--image-dir .*{said}.*cannot be kept there"):
+            cli.settings_from_args(parse("--image-dir", str(bad)))
+    with pytest.raises(UserError, match="is a file"):  # below a file: never creatable
+        cli.settings_from_args(parse("--image-dir", str(tmp_path / "key.txt" / "up")))
+    with pytest.raises(SystemExit):
+        parse("--faiss-threads", "100000")
+    assert "must be 1 to" in capsys.readouterr().err
