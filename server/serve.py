@@ -37,6 +37,14 @@ from server.worker import PhonesimWorker
 log = logging.getLogger(__name__)
 
 
+def gunicorn_log_level() -> str:
+    """gunicorn's own level, as phonesim's: -q (warnings and errors only) had left its ten
+    start and stop lines ("Booting worker", "Handling signal") on, -v adds its debug lines."""
+    if log.isEnabledFor(logging.DEBUG):
+        return "debug"
+    return "info" if log.isEnabledFor(logging.INFO) else "warning"
+
+
 def configure_threads(torch_threads: int, faiss_threads: int = 1, runtime: str = "torch") -> None:
     """Thread pools of one worker: torch's for the batched forward pass (only where torch
     runs: see :func:`~embedder.engine.set_torch_threads`); FAISS's for searches.
@@ -159,7 +167,7 @@ class PhonesimGunicorn(BaseApplication):
             "timeout": s.timeout_s,
             "graceful_timeout": 30,
             "keepalive": 5,
-            "loglevel": "debug" if log.isEnabledFor(logging.DEBUG) else "info",
+            "loglevel": gunicorn_log_level(),
             "errorlog": "-",
             "accesslog": "-" if s.access_log else None,
             "proc_name": "phonesim-serve",

@@ -5,6 +5,7 @@ test_replicas.py), and the master process that runs it never loads torch."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -180,3 +181,20 @@ def test_workers_read_the_cue_file_as_it_was_at_the_start(tmp_path):
     cues.write_text('{"prime-x2": ["samsung"')  # edited while serving, broken
     assert kept.text_cues != config.text_cues and kept.text_cues.startswith(str(folder))
     assert json.loads(Path(kept.text_cues).read_text()) == {"prime-x2": ["samsung"]}
+
+
+@pytest.mark.parametrize(
+    "level,expected",
+    [(logging.DEBUG, "debug"), (logging.INFO, "info"), (logging.WARNING, "warning")],
+)
+def test_gunicorns_own_lines_follow_phonesims_level(level, expected):
+    """Under -q gunicorn still printed its ten start and stop INFO lines."""
+    from server.serve import gunicorn_log_level
+
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(level)
+    try:
+        assert gunicorn_log_level() == expected
+    finally:
+        root.setLevel(before)
