@@ -43,7 +43,7 @@ def create_app(
     app = Flask(__name__)
     # Multipart overhead and base64 (4/3) on top of the image itself; the exact image limit
     # is checked again on the decoded bytes.
-    app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes * 4 // 3 + 64 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes * 4 // 3 + errors.BODY_ALLOWANCE
     # A form's image is its one file part; its text fields are metadata and search options.
     app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
     app.config["MAX_FORM_MEMORY_SIZE"] = MAX_FORM_FIELD_BYTES

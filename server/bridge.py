@@ -148,7 +148,13 @@ class BufferedWSGIBridge:
             return
         declared = _content_length(headers)
         if declared is not None and declared > self.max_body:
-            await self._error(scope, send, 413, PAYLOAD_TOO_LARGE, too_large_body(self.max_body))
+            await self._error(
+                scope,
+                send,
+                413,
+                PAYLOAD_TOO_LARGE,
+                too_large_body(self.max_body, scope.get("path", "")),
+            )
             return
         body = await self._read_body(scope, receive, send)
         if body is None:
@@ -186,7 +192,11 @@ class BufferedWSGIBridge:
                 size += len(chunk)
                 if size > self.max_body:
                     await self._error(
-                        scope, send, 413, PAYLOAD_TOO_LARGE, too_large_body(self.max_body)
+                        scope,
+                        send,
+                        413,
+                        PAYLOAD_TOO_LARGE,
+                        too_large_body(self.max_body, scope.get("path", "")),
                     )
                     return None
                 if chunk:

@@ -61,16 +61,23 @@ class ApiError(Exception):
 # Every body over a size limit gets this code, wherever it is refused (the HTTP layer before
 # reading it, Flask's request limit, or the decoded image's check).
 PAYLOAD_TOO_LARGE = "payload_too_large"
+#: What a body may hold beyond one base64 image: the other fields of the request.
+BODY_ALLOWANCE = 64 * 1024
 
 
-def too_large_body(limit: int) -> str:
-    """The 413 message of a body over ``limit`` bytes (``MAX_CONTENT_LENGTH``): it is one
-    upload's worth, so a batch of large photos meets it before any photo does."""
-    return (
-        f"request body is larger than the limit ({limit / 2**20:.1f} MiB: one --max-upload-mb "
-        "image as base64); a batch's images count together: send large photos in several "
-        "requests"
+def too_large_body(limit: int, path: str = "") -> str:
+    """The 413 message of a body over ``limit`` bytes (``MAX_CONTENT_LENGTH``: one
+    ``--max-upload-mb`` image as base64, plus room for the fields). It names the image limit
+    too, the one a client of a single-image endpoint meets; a batch's (``path``) images count
+    together, so a batch of large photos meets it before any photo does."""
+    image = round((limit - BODY_ALLOWANCE) * 3 / 4 / 2**20, 2)
+    text = (
+        f"request body is larger than the limit ({limit / 2**20:.1f} MiB); an image may be "
+        f"at most {image:g} MiB (--max-upload-mb)"
     )
+    if path.rstrip("/").endswith("/batch"):
+        text += "; a batch's images count together: send large photos in several requests"
+    return text
 
 
 STORE_RETRY_AFTER_S = 2  # seconds a client waits before retrying a write the store refused
@@ -127,7 +134,7 @@ def init_app(app: Flask) -> None:
             404: "no such endpoint; see /openapi.json",
         }
         if status == 413 and current_app.config.get("MAX_CONTENT_LENGTH"):
-            messages[413] = too_large_body(current_app.config["MAX_CONTENT_LENGTH"])
+            messages[413] = too_large_body(current_app.config["MAX_CONTENT_LENGTH"], request.path)
         message = messages.get(status) or exc.description or exc.name
         code = PAYLOAD_TOO_LARGE if status == 413 else _snake(exc.name)
         if status == 413 and _form_bound_broken():
