@@ -19,7 +19,11 @@ from flask import Flask, request
 
 from server.errors import ApiError
 
-EXEMPT_ENDPOINTS = frozenset({"ops.healthz", "ops.readyz", "ops.metrics"})
+# Probes, and the web page with its own files (no model work; counted, they used the page's
+# budget before its first search: at --rate-limit 1 app.js itself was a 429).
+EXEMPT_ENDPOINTS = frozenset(
+    {"ops.healthz", "ops.readyz", "ops.metrics", "web.index_page", "static"}
+)
 MAX_CLIENTS = 10_000  # buckets kept; the least recently seen client is forgotten first
 
 

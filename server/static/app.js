@@ -93,18 +93,31 @@ function thumbnail(item) {
     markMissing(thumb);
     return thumb;
   }
+  loadThumb(thumb, item, 0);
+  return thumb;
+}
+
+// A thumbnail refused by --rate-limit (429) fails like a missing one: a fresh image asks
+// again twice, a little later each time, before the card says "no image".
+function loadThumb(thumb, item, tries) {
   const img = document.createElement("img");
   img.alt = item.title || item.id;
   img.loading = "lazy";
-  img.addEventListener("error", () => markMissing(thumb), { once: true });
+  img.addEventListener("error", () => {
+    if (tries >= 2) {
+      markMissing(thumb);
+    } else {
+      setTimeout(() => loadThumb(thumb, item, tries + 1), 1000 * (tries + 1));
+    }
+  }, { once: true });
   img.src = item.image_url;
-  thumb.append(img);
-  return thumb;
+  thumb.replaceChildren(img);
 }
 
 function itemCard(item) {
   const li = el("li", "card neighbor");
   li.tabIndex = 0;
+  li.setAttribute("role", "button");  // a control: Enter and Space open it
   li.dataset.id = item.id;
   const body = el("div", "body");
   const title = el("div", "title", item.title || item.id);
@@ -129,7 +142,12 @@ function itemCard(item) {
   li.append(thumbnail(item), body);
   const open = () => showSimilar(item);
   li.addEventListener("click", open);
-  li.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
+  li.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();  // Space would scroll the page
+      open();
+    }
+  });
   return li;
 }
 

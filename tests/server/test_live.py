@@ -155,12 +155,25 @@ def test_web_page_in_headless_chromium(live, query_image, tmp_path):
             page = context.pages[0] if context.pages else context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            first = live.json("GET", "/v1/items?limit=1")[1]["items"][0]
+            first, second = live.json("GET", "/v1/items?limit=2")[1]["items"]
             # One thumbnail fails as an unavailable image does: it must become a placeholder.
             page.route(
                 f"**{first['image_url']}",
                 lambda route: route.fulfill(status=404, body="{}", content_type="application/json"),
             )
+            # Another is refused once by a rate limit: asked again, it shows (it stayed "no
+            # image" for good).
+            refused: list[str] = []
+
+            def limited_once(route):  # noqa: ANN001, ANN202
+                if not refused:
+                    refused.append(route.request.url)
+                    limited = '{"error": {"code": "rate_limited", "message": "later"}}'
+                    route.fulfill(status=429, body=limited, content_type="application/json")
+                else:
+                    route.continue_()
+
+            page.route(f"**{second['image_url']}", limited_once)
             page.goto(live.base + "/")
             page.wait_for_selector("#server-info:has-text('catalog phones')", timeout=20_000)
 
@@ -187,7 +200,19 @@ def test_web_page_in_headless_chromium(live, query_image, tmp_path):
                 " && !imgs.some(i => i.complete && i.naturalWidth === 0); }",
                 timeout=20_000,
             )
-            page.locator(".neighbor").nth(1).click()
+            page.wait_for_function(
+                "id => { const i = document.querySelector(`.neighbor[data-id='${id}'] img`);"
+                " return i && i.complete && i.naturalWidth > 0; }",
+                arg=second["id"],
+                timeout=20_000,
+            )
+            assert (
+                refused
+                and page.locator(f".neighbor[data-id='{second['id']}'] .thumb.missing").count() == 0
+            )
+            # A card is a control: focused, Space opens it as Enter and a click do.
+            page.locator(".neighbor").nth(1).focus()
+            page.keyboard.press("Space")
             page.wait_for_selector("#results-title:has-text('Similar to')", timeout=20_000)
             # A catalog phone's neighbours follow the Order menu too (re-ranked by its label).
             page.select_option("#ranking", "class")

@@ -31,6 +31,10 @@ def test_rate_limit_answers_429_with_retry_after(tiny_embedder, readonly_index):
         assert int(response.headers["Retry-After"]) >= 1 and "per second" in error["message"]
         assert client.get("/healthz").status_code == 200  # probes are never limited
         assert client.get("/readyz").status_code == 200
+        # Nor the web page and its files: at --rate-limit 1 app.js itself had been a 429, and
+        # the page stayed at "connecting" for good.
+        for path in ("/", "/static/app.js", "/static/style.css", "/", "/static/app.js"):
+            assert client.get(path).status_code == 200, path
         other = client.get("/v1/info", environ_base={"REMOTE_ADDR": "10.0.0.2"})
         assert other.status_code == 200
     finally:
