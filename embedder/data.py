@@ -68,7 +68,17 @@ def is_image_file(path: Path) -> bool:
     been left out of those with a warning alone."""
     if not is_image_name(path):
         return False
-    return path.is_file() or (path.is_symlink() and not path.exists())
+    if path.is_file():
+        return True
+    if not path.is_symlink():
+        return False
+    try:
+        path.resolve(strict=True)
+    except FileNotFoundError:
+        return True  # it points nowhere: read as an unreadable image
+    except (OSError, RuntimeError):  # a loop (RuntimeError before Python 3.13): no listing
+        log.warning("%s: skipped, a link that loops", path)
+    return False
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -36,6 +36,22 @@ def test_a_broken_link_in_a_folder_is_an_unreadable_image_saying_where_it_points
         load_image(samples[1].path)
 
 
+def test_a_link_that_loops_is_skipped_with_a_warning_and_training_reads_on(tmp_path, caplog):
+    """Taken as a broken link, a loop reached the training split's resolve(), which raised
+    RuntimeError: `train --data` died in a traceback."""
+    from embedder.train_data import is_readable, stratified_split
+
+    for label in ("a", "b"):
+        for i in range(3):
+            _img(tmp_path / label / f"{i}.jpg")
+    (tmp_path / "a" / "loop.jpg").symlink_to(tmp_path / "a" / "loop.jpg")
+    samples = load_catalog(tmp_path).samples
+    assert "a/loop" not in [s.id for s in samples]
+    assert "loop.jpg: skipped, a link that loops" in caplog.text
+    train, val = stratified_split(samples, 0.3, 0, readable=is_readable)
+    assert len(train) + len(val) == 6
+
+
 def test_linked_folders_are_named_and_odd_names_are_counted(tmp_path, caplog):
     """A linked subfolder was passed over without a word (as were .jfif and .jpe photos, and
     photos saved without a suffix). It is still not followed, as a link back into the catalog
