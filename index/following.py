@@ -20,6 +20,7 @@ from index.errors import (
     IndexLockedError,
     IndexMismatchError,
     IndexNotFoundError,
+    ManifestError,
     ReadOnlyIndexError,
     StoreUnavailableError,
 )
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
     from index.catalog import IndexOptions
 
 log = logging.getLogger(__name__)
+
+# What a reload may meet in the store that this process cannot take up: another embedder's
+# catalog, one it cannot read, or a manifest of a newer phonesim (a rolling upgrade).
+_CATALOG_REFUSED = (IndexMismatchError, IndexCorruptError, IndexNotFoundError, ManifestError)
 
 _COMPACT_CHECK_S = 1.0  # how often automatic compaction asks the store whether it is due
 
@@ -157,7 +162,7 @@ class Following:
                 self._error = self._catalog_error = None
             except StoreUnavailableError as exc:
                 self._error = str(exc)
-            except (IndexMismatchError, IndexCorruptError, IndexNotFoundError) as exc:
+            except _CATALOG_REFUSED as exc:
                 # The store holds a catalog this process cannot take up (a restore of another
                 # embedder's, say): it keeps answering from the one it holds and says why;
                 # raising would only repeat a traceback at every sync.
@@ -221,6 +226,9 @@ class Following:
                     self._catch_up()
                 except StoreUnavailableError as exc:  # durable, shown after the next sync
                     self._error = str(exc)
+                    self._dirty = True
+                except _CATALOG_REFUSED as exc:  # replaced right after this write: as a sync
+                    self._catalog_error = str(exc)
                     self._dirty = True
         if self.options.auto_compact:
             self._maybe_compact()

@@ -33,6 +33,7 @@ from index.errors import (
     CatalogReplacedError,
     DuplicateIdError,
     IndexNotFoundError,
+    ManifestError,
     StoreOutcomeUnknownError,
     StoreRefusedError,
     StoreUnavailableError,
@@ -302,7 +303,11 @@ class PgSource:
             if "manifest" not in state:
                 raise IndexNotFoundError(f"{self.where}: no catalog in this database")
             where = f"{self.where} (state.manifest)"
-            manifest = manifest_from_dict(json.loads(state["manifest"]), where)
+            try:
+                found = json.loads(state["manifest"])
+            except ValueError as exc:
+                raise ManifestError(f"{where}: not valid JSON ({exc})") from None
+            manifest = manifest_from_dict(found, where)
             if expect is not None:
                 manifest.check(
                     expect_model=expect.model_name,

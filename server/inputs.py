@@ -84,6 +84,9 @@ def read_image(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
     """
     mimetype = request.mimetype or ""
     if mimetype == "multipart/form-data":
+        # Kept to tell a text part that was not UTF-8 (Werkzeug decodes its bad bytes to
+        # U+FFFD) from one that holds U+FFFD itself; the form is parsed from this copy.
+        raw = request.get_data(cache=True)
         # A repeated field is ambiguous (which id, which image?), as a repeated JSON key is.
         counts = Counter(
             name for name, values in [*request.form.lists(), *request.files.lists()] for _ in values
@@ -106,14 +109,15 @@ def read_image(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
         upload = request.files.get(IMAGE_FIELD)
         fields = {k: v for k, v in request.form.items()}
         for name, value in fields.items():
-            # Werkzeug decodes a text part that is not UTF-8 (and declares no charset) with
-            # U+FFFD in place of each bad byte: stored, that corrupts the value silently.
-            if "\ufffd" in value:
+            # Werkzeug decodes a text part that is not UTF-8 (nor declares ISO-8859-1) with
+            # U+FFFD in place of each bad byte: stored, that corrupts the value silently. A
+            # value whose UTF-8 form is in the body was sent so, U+FFFD and all.
+            if "\ufffd" in value and value.encode("utf-8", "surrogatepass") not in raw:
                 raise ApiError(
                     400,
                     "invalid_string",
-                    f"form field {name!r} is not UTF-8 text (it decodes to U+FFFD): send UTF-8, "
-                    "or declare the part's charset",
+                    f"form field {name!r} is not UTF-8 text: send UTF-8 (a part in ISO-8859-1 "
+                    "may say so: Content-Type: text/plain; charset=ISO-8859-1)",
                 )
         if upload is None:
             if IMAGE_FIELD in request.form:

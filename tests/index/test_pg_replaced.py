@@ -97,3 +97,31 @@ def test_a_write_reaching_a_catalog_restored_since_the_last_sync_is_refused(
         assert running.search(vec(5), 1)[0][0].id == "late-write"
     with open_index(None, store=pg_url, readonly=True) as fresh:
         assert len(fresh) == 31 and "late-write" in fresh and "new-0" in fresh
+
+
+@pytest.mark.parametrize("manifest", ["newer", "not json"])
+def test_a_manifest_this_version_cannot_read_is_reported_not_raised_at_every_sync(
+    tmp_path,
+    pg_url,  # noqa: F811
+    manifest,
+):
+    """A catalog written by a newer phonesim (a rolling upgrade), or a damaged manifest: the
+    sync raised ManifestError at every tick (a traceback each in a server) while its status
+    said healthy, and writes were told to retry after a reload that could never come."""
+    import json
+
+    import psycopg
+
+    spec = build(tmp_path / "ix", pg_url)
+    with spec.open() as running, psycopg.connect(pg_url, autocommit=True) as c:
+        text = c.execute("SELECT value FROM state WHERE key='manifest'").fetchone()[0]
+        newer = {**json.loads(text), "format_version": 99}
+        value = json.dumps(newer) if manifest == "newer" else "{not json"
+        c.execute("UPDATE state SET value=%s WHERE key='manifest'", (value,))
+        c.execute("UPDATE state SET value='another' WHERE key='generation'")
+        status = running.sync()
+        assert status.store_error is None and status.catalog_error
+        assert "state.manifest" in status.catalog_error
+        with pytest.raises(CatalogReplacedError, match="nothing was written"):
+            running.add(["during-upgrade"], vec(4))
+        assert running.search(vec(1), 1)[0]  # reads go on from what it holds

@@ -389,6 +389,12 @@ def test_text_that_is_not_utf8_is_refused_not_stored_with_replacement_characters
     r = c.post("/v1/items", data=body, content_type=ctype, headers=KEY)
     assert "'brand' is not UTF-8" in assert_error(r, 400, "invalid_string")["message"]
     assert c.get("/v1/items/enc-1").status_code == 404
+    # U+FFFD sent as UTF-8 is text like any other (a scraped title holds one): kept.
+    genuine = 'Content-Disposition: form-data; name="brand"\r\n\r\ncaf\ufffd'.encode()
+    body, ctype = _multipart(jpeg_bytes, genuine)
+    assert c.post("/v1/items", data=body, content_type=ctype, headers=KEY).status_code == 201
+    assert c.get("/v1/items/enc-1").get_json()["brand"] == "caf\ufffd"
+    assert c.delete("/v1/items/enc-1", headers=KEY).status_code == 200
     declared = b'Content-Disposition: form-data; name="brand"\r\n'
     declared += b"Content-Type: text/plain; charset=ISO-8859-1\r\n\r\ncaf\xe9"
     body, ctype = _multipart(jpeg_bytes, declared)
