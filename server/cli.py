@@ -220,13 +220,6 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
         if not found:
             what = "is a file, not a folder" if Path(root).exists() else "does not exist"
             raise UserError(f"--image-root {root}: {what}")
-    if args.image_dir is not None:  # checked now: every add had failed with a 500
-        problem = folder_write_problem(args.image_dir, created=True) if args.image_dir else None
-        if not args.image_dir.strip() or problem:
-            raise UserError(
-                f"--image-dir {args.image_dir!r}: {problem or 'is empty; give a folder'}; "
-                "added items' images cannot be kept there"
-            )
     try:
         config = ServerConfig(
             checkpoint=args.checkpoint,
@@ -258,6 +251,13 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
         ).validate()
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    if config.writes_enabled and config.image_dir:  # checked now: every add had been a 500
+        problem = folder_write_problem(config.image_dir, created=True)
+        if problem:  # read-only replicas only read thumbnails there: not asked to write
+            raise UserError(
+                f"--image-dir {config.image_dir}: {problem}; added items' images cannot be "
+                "kept there"
+            )
     settings = GunicornSettings(
         host=args.host,
         port=args.port,

@@ -247,15 +247,20 @@ def test_a_socket_handed_down_is_not_checked_as_busy(monkeypatch):
     assert checked == [8000]  # not checked when the socket is handed down
 
 
-def test_an_image_dir_that_cannot_be_written_is_refused_at_start(tmp_path, capsys):
+def test_an_image_dir_that_cannot_be_written_is_refused_at_start(tmp_path, capsys, monkeypatch):
     """It was taken: the server started with writes enabled, and every add answered 500 with
-    a FileExistsError traceback in the log. --faiss-threads had no upper bound either."""
+    a FileExistsError traceback in the log. Only where writes are on: a read-only replica
+    reads thumbnails there (a share mounted read-only), and '' still means none.
+    --faiss-threads had no upper bound either."""
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
     (tmp_path / "key.txt").write_text("k\n")
-    for bad, said in ((tmp_path / "key.txt", "is a file"), ("", "is empty")):
-        with pytest.raises(UserError, match=f"--image-dir .*{said}.*cannot be kept there"):
-            cli.settings_from_args(parse("--image-dir", str(bad)))
-    with pytest.raises(UserError, match="is a file"):  # below a file: never creatable
-        cli.settings_from_args(parse("--image-dir", str(tmp_path / "key.txt" / "up")))
+    key = ("--api-key-file", str(tmp_path / "key.txt"))
+    for bad in (tmp_path / "key.txt", tmp_path / "key.txt" / "up"):  # below a file: never
+        with pytest.raises(UserError, match="--image-dir .*is a file.*cannot be kept there"):
+            cli.settings_from_args(parse(*key, "--image-dir", str(bad)))
+        read_only = cli.settings_from_args(parse("--image-dir", str(bad)))[0]
+        assert not read_only.writes_enabled and read_only.image_dir == str(bad)
+    assert not cli.settings_from_args(parse(*key, "--image-dir", ""))[0].image_dir
     with pytest.raises(SystemExit):
         parse("--faiss-threads", "100000")
     assert "must be 1 to" in capsys.readouterr().err
