@@ -177,14 +177,6 @@ def _number(operand: Any, where: str) -> float:
     return value
 
 
-def equality_key(value: Any) -> str | float:
-    """What an equality filter matches ``value`` (a checked scalar) by: the number its
-    canonical text spells, else that text. So ``"218.99"`` (a query string's) and ``218.99``
-    (a JSON body's) are one value, as they match the same items; ``True`` and ``1`` are not."""
-    text = canonical_value(value)
-    return float(text) if text is not None and _is_number_text(text) else str(text)
-
-
 def _is_number_text(text: str) -> bool:
     return _NUMBER.fullmatch(text) is not None and math.isfinite(float(text))
 

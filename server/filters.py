@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from index.filters import equality_key
+from index.inputs import canonical_value
 from server.errors import ApiError
 from server.limits import MAX_FILTER_VALUES, check_scalar, check_text, parse_json
 
@@ -157,11 +157,12 @@ def both(a: Any, b: Any) -> dict[str, Any]:
     sets = [[c["eq"]] if "eq" in c else c["in"] for c in (left, right) if "eq" in c or "in" in c]
     extra = [c["in"] for c in (left, right) if "eq" in c and "in" in c]
     if sets:
-        # Compared as the index matches them: a query string's "218.99" is the body's 218.99.
+        # By canonical text, as the index intersects "eq" and "in" of one field: a query
+        # string's "218.99" is the body's 218.99, "true" is true, but "007" is not 7.
         values = sets[0]
         for other in sets[1:] + extra:
-            keys = {equality_key(v) for v in other}
-            values = [v for v in values if equality_key(v) in keys]
+            texts = {canonical_value(v) for v in other}
+            values = [v for v in values if canonical_value(v) in texts]
         out["in"] = values  # empty: nothing matches
     return out
 
