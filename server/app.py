@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import unquote_to_bytes
 
 from flask import Flask, Response, request
 
@@ -120,8 +120,8 @@ def _refuse_undecodable_urls() -> Response | None:
     would be taken as text the client never sent."""
     env = request.environ
     uri = env.get("RAW_URI") or env.get("REQUEST_URI")  # as sent (gunicorn, Werkzeug)
-    if uri:
-        raw_path = unquote_to_bytes(urlsplit(uri).path)
+    if uri:  # the target as sent; an absolute form's scheme and host are ASCII anyway
+        raw_path = unquote_to_bytes(uri.split("?", 1)[0].split("#", 1)[0])
     else:  # PEP 3333: the percent-decoded bytes, as latin-1 text
         raw_path = env.get("PATH_INFO", "").encode("latin-1", "replace")
     raw_query = unquote_to_bytes(request.query_string.replace(b"+", b" "))

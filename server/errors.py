@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import math
 import re
 
 from flask import Flask, Response, current_app, jsonify, request
@@ -65,15 +66,25 @@ PAYLOAD_TOO_LARGE = "payload_too_large"
 BODY_ALLOWANCE = 64 * 1024
 
 
+def mib(n_bytes: int) -> str:
+    """``n_bytes`` in MiB as the shortest decimal that gives them back: the --max-upload-mb
+    value the limit was made from (0.015, not 0.0149994 or a rounded 0.01)."""
+    for places in range(7):
+        value = round(n_bytes / 2**20, places)
+        if int(value * 2**20) == n_bytes:
+            return f"{value:g}"
+    return f"{n_bytes / 2**20:g}"
+
+
 def too_large_body(limit: int, path: str = "") -> str:
     """The 413 message of a body over ``limit`` bytes (``MAX_CONTENT_LENGTH``: one
     ``--max-upload-mb`` image as base64, plus room for the fields). It names the image limit
     too, the one a client of a single-image endpoint meets; a batch's (``path``) images count
     together, so a batch of large photos meets it before any photo does."""
-    image = round((limit - BODY_ALLOWANCE) * 3 / 4 / 2**20, 2)
+    image = math.ceil((limit - BODY_ALLOWANCE) * 3 / 4)  # limit = image * 4 // 3 + allowance
     text = (
         f"request body is larger than the limit ({limit / 2**20:.1f} MiB); an image may be "
-        f"at most {image:g} MiB (--max-upload-mb)"
+        f"at most {mib(image)} MiB (--max-upload-mb)"
     )
     if path.rstrip("/").endswith("/batch"):
         text += "; a batch's images count together: send large photos in several requests"

@@ -15,7 +15,7 @@ import numpy as np
 from flask import Request
 from werkzeug.datastructures import MultiDict
 
-from server.errors import PAYLOAD_TOO_LARGE, ApiError
+from server.errors import PAYLOAD_TOO_LARGE, ApiError, mib
 from server.filters import is_filter_param
 from server.limits import MAX_JSON_VALUES, parse_json
 
@@ -32,7 +32,7 @@ def too_large(limit: int) -> ApiError:
     return ApiError(
         413,
         PAYLOAD_TOO_LARGE,
-        f"image is larger than {round(limit / 2**20, 2):g} MiB (--max-upload-mb)",
+        f"image is larger than {mib(limit)} MiB (--max-upload-mb)",
     )
 
 

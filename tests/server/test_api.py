@@ -448,5 +448,14 @@ def test_an_image_over_the_upload_limit_names_the_limit_as_configured(
         r = app.test_client().post("/v1/search", data=upload(b"\xff\xd8" + b"x" * 12_000))
         message = assert_error(r, 413, "payload_too_large")["message"]
         assert message == "image is larger than 0.01 MiB (--max-upload-mb)"
+        # As given, to the last digit: 0.015 had been said as 0.01.
+        from server.errors import mib
+
+        assert [mib(int(mb * 2**20)) for mb in (0.015, 2.555, 10, 1024)] == [
+            "0.015",
+            "2.555",
+            "10",
+            "1024",
+        ]
     finally:
         app.extensions["phonesim"].close()

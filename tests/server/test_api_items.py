@@ -405,6 +405,12 @@ def test_text_that_is_not_utf8_is_refused_not_stored_with_replacement_characters
         error = assert_error(c.get(url), 400, "invalid_string")
         assert f"URL's {where} is not UTF-8 (byte 0xFF" in error["message"]
     assert c.get("/v1/items?filter.brand=caf%C3%A9").status_code == 200
+    # A server that passes the target as sent (RAW_URI: gunicorn's sync worker, Werkzeug's):
+    # one that urlsplit cannot parse had been a 500.
+    odd = {"RAW_URI": "//[x/v1/items", "REQUEST_URI": "//[x/v1/items"}
+    assert c.get("/v1/items", environ_overrides=odd).status_code == 200
+    bad = {"RAW_URI": "//%ff/v1/items"}
+    assert_error(c.get("/v1/items", environ_overrides=bad), 400, "invalid_string")
     assert c.get("/v1/items/caf%C3%A9").status_code == 404  # UTF-8: an id, just not held
 
 
