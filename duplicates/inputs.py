@@ -8,6 +8,7 @@ CSV manifest (``id,image,label,...``) is read by ``embedder.data.load_catalog``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,12 @@ def read_image(path: str | Path, with_phash: bool = False) -> tuple[Image.Image,
     pixel hash and size. Raises ImageError naming the path."""
     try:
         data = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        if Path(path).is_symlink():  # as embed and export say it
+            raise ImageError(
+                f"{path}: a link to {os.readlink(path)}, which does not exist"
+            ) from exc
+        raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
     except OSError as exc:
         raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
     try:

@@ -53,3 +53,18 @@ def test_reading_keeps_input_order_and_reports_unreadable_files(tmp_path, worker
     np.testing.assert_array_equal(last.pixels[0], pre(img))
     np.testing.assert_array_equal(last.thumbs[0], thumbnail(img, 8))
     assert (last.infos[0].width, last.infos[0].height) == (34, 20)
+
+
+def test_a_broken_link_fails_saying_where_it_points(tmp_path) -> None:
+    """It failed as "cannot read file (No such file or directory)", where embed and export
+    say where the link points."""
+    import pytest
+
+    from duplicates.inputs import read_image
+    from embedder.errors import ImageError
+
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with pytest.raises(ImageError, match=r"gone.jpg: a link to .*nowhere.jpg, which does not"):
+        read_image(tmp_path / "gone.jpg")
+    with pytest.raises(ImageError, match="missing.jpg: cannot read file"):
+        read_image(tmp_path / "missing.jpg")
