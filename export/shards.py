@@ -217,9 +217,10 @@ class PartialDir:
         if changed:
             first = samples[changed[0]]
             raise ResumeError(
-                f"{self.path}: {len(changed)} image file(s) changed after they were embedded "
-                f"(size or modification time), such as {first.id!r} ({first.path}); pass "
-                "--restart to embed everything again, or put the files back to resume"
+                f"{self.path}: {len(changed)} image file(s) changed since the export that "
+                "embedded them read them (size or modification time), such as "
+                f"{first.id!r} ({first.path}); pass --restart to embed everything again, or "
+                "put the files back to resume"
             )
 
     def remove(self) -> None:

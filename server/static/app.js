@@ -107,7 +107,9 @@ function loadThumb(thumb, item, tries) {
     if (tries >= 2) {
       markMissing(thumb);
     } else {
-      setTimeout(() => loadThumb(thumb, item, tries + 1), 1000 * (tries + 1));
+      // Not for a card a newer answer has replaced: its retries would spend the new one's.
+      setTimeout(() => { if (thumb.isConnected) loadThumb(thumb, item, tries + 1); },
+        1000 * (tries + 1));
     }
   }, { once: true });
   img.src = item.image_url;
@@ -143,7 +145,7 @@ function itemCard(item) {
   const open = () => showSimilar(item);
   li.addEventListener("click", open);
   li.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" || e.key === " ") {
+    if ((e.key === "Enter" || e.key === " ") && !e.repeat) {  // a held key opens it once
       e.preventDefault();  // Space would scroll the page
       open();
     }

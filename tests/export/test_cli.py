@@ -233,4 +233,7 @@ def test_an_image_replaced_while_its_batch_was_embedded_is_refused_on_resume(
     monkeypatch.setattr(ShardWriter, "write", real_write)
     assert export_cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "1 image file(s) changed after they were embedded" in err and repr(victim.id) in err
+    assert (
+        "1 image file(s) changed since the export that embedded them read them" in err
+        and repr(victim.id) in err
+    )

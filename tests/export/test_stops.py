@@ -139,7 +139,7 @@ def test_a_resume_refuses_an_image_replaced_since_it_was_embedded(ckpt, data, tm
     assert second.returncode == 2, second.stdout
     err = second.stderr.strip().splitlines()
     assert len(err) == 1, err
-    assert "1 image file(s) changed after they were embedded" in err[0]
+    assert "1 image file(s) changed since the export that embedded them read them" in err[0]
     assert repr(replaced["id"]) in err[0] and "--restart" in err[0]
     assert not out.exists() and partial_path(out).is_dir()  # the progress is kept
 
