@@ -151,6 +151,15 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
         raise ImageError(f"{name}: cannot decode image ({reason})") from exc
 
 
+def decodes(path: str | Path) -> bool:
+    """Whether the image file at ``path`` decodes (reading a folder stops at the first)."""
+    try:
+        load_image(path)
+    except ImageError:
+        return False
+    return True
+
+
 def _looks_like_heif(source: str | Path | bytes) -> bool:
     """An ISO base media file whose brand is one of HEIF's (heic, heix, mif1, msf1, ...)."""
     try:

@@ -33,7 +33,7 @@ from embedder.engine_options import (
 )
 from embedder.errors import DataError, EngineError, ImageError
 from embedder.graphs import model_identity
-from embedder.images import load_image
+from embedder.images import decodes, load_image
 from embedder.metrics import label_recall_at_k, macro_f1
 from embedder.onnx_export import (
     EMBEDDING,
@@ -277,17 +277,9 @@ def read_val_images(val: str | Path, label_names: Sequence[str]) -> Catalog:
         raise DataError(f"{val}: classes the checkpoint does not know: {', '.join(unknown)}")
     # Reading stops at the first image that decodes: checked before the int8 graph is
     # written, which a --val of unreadable images had replaced before failing.
-    if not any(_decodes(s) for s in catalog.samples):
+    if not any(decodes(s.path) for s in catalog.samples):
         raise DataError(f"{val}: none of the images could be read")
     return catalog
-
-
-def _decodes(sample: Sample) -> bool:
-    try:
-        load_image(sample.path)
-    except ImageError:
-        return False
-    return True
 
 
 def compare_int8(

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from common.machine import available_cores
 from embedder.data import Sample
 from embedder.errors import ImageError
-from embedder.images import load_image
+from embedder.images import decodes, load_image
 from embedder.label_conflicts import thumbnail_vector
 from embedder.train_config import TrainConfig
 
@@ -29,11 +29,7 @@ CACHE_LIMIT = 20_000
 
 def is_readable(sample: Sample) -> bool:
     """Whether the sample's image decodes (a validation image is worth holding out)."""
-    try:
-        load_image(sample.path)
-    except ImageError:
-        return False
-    return True
+    return decodes(sample.path)
 
 
 def stratified_split(

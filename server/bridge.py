@@ -148,13 +148,7 @@ class BufferedWSGIBridge:
             return
         declared = _content_length(headers)
         if declared is not None and declared > self.max_body:
-            await self._error(
-                scope,
-                send,
-                413,
-                PAYLOAD_TOO_LARGE,
-                too_large_body(self.max_body, scope.get("path", "")),
-            )
+            await self._too_large(scope, send)
             return
         body = await self._read_body(scope, receive, send)
         if body is None:
@@ -171,6 +165,11 @@ class BufferedWSGIBridge:
             return
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": data})
+
+    async def _too_large(self, scope: Scope, send: Send) -> None:
+        """The 413 of a body over the limit, naming it for this path (batches or not)."""
+        said = too_large_body(self.max_body, scope.get("path", ""))
+        await self._error(scope, send, 413, PAYLOAD_TOO_LARGE, said)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None once an error was answered (or the client left)."""
@@ -191,13 +190,7 @@ class BufferedWSGIBridge:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > self.max_body:
-                    await self._error(
-                        scope,
-                        send,
-                        413,
-                        PAYLOAD_TOO_LARGE,
-                        too_large_body(self.max_body, scope.get("path", "")),
-                    )
+                    await self._too_large(scope, send)
                     return None
                 if chunk:
                     held = self.buffered_by_peer.get(peer, 0) if peer else 0
