@@ -87,6 +87,16 @@ def read_image(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
         # Kept to tell a text part that was not UTF-8 (Werkzeug decodes its bad bytes to
         # U+FFFD) from one that holds U+FFFD itself; the form is parsed from this copy.
         raw = request.get_data(cache=True)
+        boundary = request.mimetype_params.get("boundary", "")
+        if boundary and raw and f"--{boundary}--".encode("latin-1", "replace") not in raw:
+            # Werkzeug gives a body cut short (no closing boundary) as an empty form: it was
+            # answered "no file in multipart field 'image'", which sends one to the image.
+            raise ApiError(
+                400,
+                "invalid_multipart",
+                "the multipart body is cut short or malformed: it has no closing boundary "
+                f"(--{boundary[:70]}--); send the whole form",
+            )
         # A repeated field is ambiguous (which id, which image?), as a repeated JSON key is.
         counts = Counter(
             name for name, values in [*request.form.lists(), *request.files.lists()] for _ in values

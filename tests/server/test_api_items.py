@@ -445,3 +445,17 @@ def test_an_image_dir_that_fails_at_runtime_is_a_507_and_adds_nothing(
         assert c.get(f"/v1/items/{item}").status_code == 404
     kept = [p for p in uploads.rglob("*") if p.is_file()]
     assert len(kept) == 1  # the first add's photo only: none left behind by the refusals
+
+
+def test_a_form_cut_short_says_so(writable, jpeg_bytes):
+    """Werkzeug parses a body without its closing boundary as an empty form: it was answered
+    "no file in multipart field 'image'", though the image was there."""
+    app, _ = writable
+    c = app.test_client()
+    body, ctype = _multipart(jpeg_bytes, b'Content-Disposition: form-data; name="brand"\r\n\r\nx')
+    cut = body[: len(body) - 40]
+    r = c.post("/v1/items", data=cut, content_type=ctype, headers=KEY)
+    assert "no closing boundary" in assert_error(r, 400, "invalid_multipart")["message"]
+    r = c.post("/v1/search", data=cut, content_type=ctype)
+    assert_error(r, 400, "invalid_multipart")
+    assert c.post("/v1/items", data=body, content_type=ctype, headers=KEY).status_code == 201
