@@ -84,6 +84,7 @@ def create_app(
         cors.init_app(app, config.cors_origins)
     app.before_request(_refuse_coded_bodies)
     app.before_request(_refuse_undecodable_urls)
+    app.before_request(_refuse_trailing_slashes)
     app.register_blueprint(api.bp)
     app.register_blueprint(api_batch.bp)
     app.register_blueprint(ops.bp)
@@ -135,6 +136,15 @@ def _refuse_undecodable_urls() -> Response | None:
                 f"the URL's {where} is not UTF-8 (byte 0x{raw[exc.start]:02X} after "
                 "percent-decoding): percent-encode the UTF-8 bytes of the text",
             )
+    return None
+
+
+def _refuse_trailing_slashes() -> Response | None:
+    """No URL of the API but the page's ends with "/" (an item id never does): the item route
+    took "/v1/items/batch/" as the id "batch/" and answered a POST 405 with its own methods,
+    where "/v1/search/" is a 404."""
+    if request.path != "/" and request.path.endswith("/"):
+        return errors.error_response(404, "not_found", "no such endpoint; see /openapi.json")
     return None
 
 

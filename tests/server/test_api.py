@@ -459,3 +459,17 @@ def test_an_image_over_the_upload_limit_names_the_limit_as_configured(
         ]
     finally:
         app.extensions["phonesim"].close()
+
+
+def test_a_trailing_slash_is_no_endpoint_wherever_it_is(client):
+    """The item route took "/v1/items/batch/" as the id "batch/": a POST answered 405 with
+    the item URL's methods, where every other trailing slash was a 404."""
+    from tests.server.helpers import assert_error
+
+    for method, path in (
+        ("POST", "/v1/items/batch/"),
+        ("POST", "/v1/search/"),
+        ("GET", "/v1/info/"),
+    ):
+        assert_error(client.open(path, method=method), 404, "not_found")
+    assert client.get("/").status_code == 200
