@@ -82,8 +82,11 @@ def folder_write_problem(folder: str | Path, *, created: bool = False) -> str | 
 
 
 def missing_file_reason(path: str | Path) -> str:
-    """Why ``path`` is not a readable file: a folder in its place, or nothing there."""
-    return "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+    """Why ``path`` is not a readable file: a folder in its place, something that is not a
+    regular file (a FIFO, which a read would wait on for ever; a device), or nothing there."""
+    if Path(path).is_dir():
+        return "is a folder, not a file"
+    return "is not a regular file" if Path(path).exists() else "does not exist"
 
 
 def replaced_path(path: Path) -> Path:

@@ -89,7 +89,7 @@ def image_files(folder: Path) -> list[Path]:
     that looks like a photo but is not read (saved without a suffix, a photo format this
     project refuses) is counted in one warning; other files (a README, a PDF) only in the
     debug log."""
-    found, skipped, links = [], [], []
+    found, skipped, links, special = [], [], [], []
     for top, folders, names in os.walk(folder):
         folders[:] = sorted(f for f in folders if not f.startswith("."))
         links += [Path(top) / f for f in folders if os.path.islink(os.path.join(top, f))]
@@ -99,6 +99,16 @@ def image_files(folder: Path) -> list[Path]:
                 found.append(path)
             elif not name.startswith(".") and not is_image_name(path) and path.is_file():
                 skipped.append(path)
+            elif is_image_name(path) and path.exists() and not path.is_file():
+                special.append(path)  # a FIFO or a device: a read would wait on it for ever
+    if special:
+        log.warning(
+            "%s: %d photo name(s) that are not regular files (a FIFO, a device) skipped, such "
+            "as '%s'",
+            folder,
+            len(special),
+            special[0].relative_to(folder),
+        )
     if links:
         log.warning(
             "%s: %d linked folder(s) not followed, such as '%s' (a link back into the catalog "

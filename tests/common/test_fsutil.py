@@ -262,3 +262,21 @@ def test_a_refused_lock_names_the_process_holding_it(tmp_path):
         holder.wait(10)
     with exclusive_lock(lock, "busy"):  # a killed holder's lock is free again
         assert lock.read_text() == f"{os.getpid()}\n"
+
+
+def test_a_fifo_is_named_for_what_it_is(tmp_path, caplog):
+    """`index query --image FIFO` said "does not exist"; a FIFO with a photo's name in a
+    folder was passed over without a word (reading it would wait for ever)."""
+    import os
+
+    from common.fsutil import missing_file_reason
+    from embedder.data import image_files
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "dir").mkdir()
+    assert missing_file_reason(tmp_path / "pipe.jpg") == "is not a regular file"
+    assert missing_file_reason(tmp_path / "dir") == "is a folder, not a file"
+    assert missing_file_reason(tmp_path / "none.jpg") == "does not exist"
+    assert image_files(tmp_path) == []
+    assert "1 photo name(s) that are not regular files" in caplog.text
+    assert "'pipe.jpg'" in caplog.text
