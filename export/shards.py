@@ -359,7 +359,6 @@ class ShardWriter:
         self._emb: list[np.ndarray] = []
         self._probs: list[np.ndarray] = []
         self._failures: list[tuple[int, str]] = []
-        self._stamps: list[np.ndarray] = []
         # Taken before any input is read: a file replaced while its batch was read and
         # embedded (stamped after, it had recorded the new file beside the old photo's
         # embedding) then differs on a resume, which refuses it; one replaced before it was
@@ -377,7 +376,6 @@ class ShardWriter:
         self._emb.append(batch.embeddings)
         self._probs.append(batch.probabilities)
         self._failures.extend(batch.failures)
-        self._stamps.append(self._before[batch.start - self._first : batch.end - self._first])
         self._end = batch.end
         if self._end - self._start >= self.shard_size:
             self.flush()
@@ -399,10 +397,9 @@ class ShardWriter:
             probs,
             [(self.samples[i].id, reason) for i, reason in self._failures],
             self.runtime,
-            np.concatenate(self._stamps),
+            self._before[self._start - self._first : self._end - self._first],
         )
         self.embedded += len(indices)
         self.failed += len(self._failures)
         self._start = self._end
         self._indices, self._emb, self._probs, self._failures = [], [], [], []
-        self._stamps = []
