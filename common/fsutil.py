@@ -255,13 +255,21 @@ def discard_folder(path: str | Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def remove_discarded(path: str | Path) -> None:
-    """Finish deleting what :func:`discard_folder` left of ``path`` in a run killed meanwhile.
-    Only for a caller that no other run can be discarding ``path`` beside (one holding its
-    lock)."""
-    for left in leftover_folders(path, _DISCARDED):
-        log.info("removing %s, left by a run stopped while deleting it", left.name)
+def remove_leftovers(
+    path: str | Path, kind: str, left_by: str, logger: logging.Logger = log
+) -> None:
+    """Delete the :func:`leftover_folders` of ``kind`` beside ``path``, each logged (on the
+    caller's ``logger``) as left by ``left_by``. Only for a caller that no other run can be
+    writing them beside (one holding ``path``'s lock)."""
+    for left in leftover_folders(path, kind):
+        logger.info("removing %s, left by %s", left.name, left_by)
         shutil.rmtree(left, ignore_errors=True)
+
+
+def remove_discarded(path: str | Path) -> None:
+    """Finish deleting what :func:`discard_folder` left of ``path`` in a run killed meanwhile
+    (under ``path``'s lock)."""
+    remove_leftovers(path, _DISCARDED, "a run stopped while deleting it")
 
 
 def swap_folder(new: Path, dest: Path, old: Path) -> None:

@@ -27,7 +27,7 @@ from common.fsutil import (
     exclusive_lock,
     folder_write_problem,
     fsync_path,
-    leftover_folders,
+    remove_leftovers,
     replaced_path,
     share_file,
     swap_folder,
@@ -323,9 +323,7 @@ def remove_interrupted_saves(out: Path) -> None:
     """Delete the folders that saves into ``out`` killed outright left beside it (each a full
     copy of a model; they stayed for good, unsaid). Only under :func:`training_lock`: no
     other training is saving into ``out`` meanwhile."""
-    for left in leftover_folders(out, SAVING):
-        log.info("removing %s, left by a save into %s that was killed", left.name, out)
-        shutil.rmtree(left, ignore_errors=True)
+    remove_leftovers(out, SAVING, f"a save into {out} that was killed", log)
 
 
 def save_checkpoint(model: nn.Module, config: CheckpointConfig, out: str | Path) -> Path:
