@@ -35,6 +35,11 @@ class EngineError(EmbedderError):
     """An inference runtime is unavailable here, or its graph is missing, stale or unusable."""
 
 
+class NonFiniteOutputError(EngineError):
+    """The model's outputs hold NaN or infinity: its weights are broken (or, while training,
+    the run diverged)."""
+
+
 def first_line(exc: BaseException) -> str:
     """``Type: first line of the message``: what a one-line error says of a library's error
     (timm, torch and ONNX Runtime messages run over many lines)."""

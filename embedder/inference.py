@@ -18,7 +18,7 @@ from PIL import Image
 from embedder.checkpoint import CheckpointConfig, checkpoint_hash, read_config
 from embedder.engine import DEFAULT_OUTPUTS, Engine
 from embedder.engine_options import DEFAULT_RUNTIME, precision
-from embedder.errors import CheckpointError, EngineError
+from embedder.errors import CheckpointError, NonFiniteOutputError
 from embedder.graphs import EMBEDDING, PROBABILITIES
 from embedder.images import load_image
 from embedder.preprocess import Preprocessor
@@ -137,7 +137,7 @@ class Embedder:
         emb, probs = out[EMBEDDING], out[PROBABILITIES]
         broken = ~(np.isfinite(emb).all(axis=1) & np.isfinite(probs).all(axis=1))
         if broken.any():  # a NaN vector would be indexed, searched and exported as any other
-            raise EngineError(
+            raise NonFiniteOutputError(
                 f"the model's output is not finite (NaN or infinity) for {int(broken.sum())} "
                 f"of {len(x)} images: its weights are broken; retrain or restore the checkpoint"
             )

@@ -25,7 +25,7 @@ from embedder.batch import embed_samples
 from embedder.checkpoint import CheckpointConfig, save_checkpoint
 from embedder.data import Catalog, Sample
 from embedder.engine import autocast_dtype, resolve_device
-from embedder.errors import DataError, EngineError, TrainingDivergedError
+from embedder.errors import DataError, NonFiniteOutputError, TrainingDivergedError
 from embedder.fine_tune import (
     BATCH_NORMS,
     freezes_bn_stats,
@@ -255,9 +255,7 @@ class Trainer:
         self._check_finite(result, stats, epoch)
         try:
             stats.update(self.validate())
-        except EngineError as exc:
-            if "not finite" not in str(exc):
-                raise
+        except NonFiniteOutputError:
             # Finite weights whose outputs overflow (--lr 1e8): the evaluation's "its weights
             # are broken; retrain or restore the checkpoint" did not say why, nor what to do.
             raise self._diverged(result, epoch, "outputs no longer finite") from None
