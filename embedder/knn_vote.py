@@ -103,4 +103,23 @@ def neighbour_arrays(
     return scores, labels
 
 
-__all__ = ["FUSE_BY_DEFAULT", "KnnFusion", "fuse", "knn_vote", "neighbour_arrays"]
+def fuse_with_neighbours(
+    probabilities: np.ndarray,
+    neighbours: Sequence[Sequence[tuple[float, object]]],
+    names: Sequence[str],
+    fusion: KnnFusion,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The probabilities fused with the vote of each query's ``(score, label)`` neighbours,
+    and which queries had a neighbour that voted (:func:`neighbour_arrays`, :func:`fuse`)."""
+    scores, labels = neighbour_arrays(neighbours, names, fusion.k)
+    return fuse(probabilities, scores, labels, fusion), (labels >= 0).any(axis=1)
+
+
+__all__ = [
+    "FUSE_BY_DEFAULT",
+    "KnnFusion",
+    "fuse",
+    "fuse_with_neighbours",
+    "knn_vote",
+    "neighbour_arrays",
+]

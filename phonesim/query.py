@@ -16,7 +16,7 @@ from common.errors import UserError
 from common.fsutil import missing_file_reason
 from embedder.engine_options import EngineOptions, add_engine_options
 from embedder.knn_options import add_knn_fusion_options, knn_fusion_from_args
-from embedder.knn_vote import fuse, neighbour_arrays
+from embedder.knn_vote import fuse_with_neighbours
 from index.cli import index_folder_or_exit
 from index.errors import InvalidFilterError, InvalidParamsError
 
@@ -153,9 +153,10 @@ def run(args: argparse.Namespace) -> int:
             # As serve predicts: the nearest items vote, whatever the filter lists.
             near = index.search(batch.embeddings[0], fusion.k, params=params or None)[0]
             pairs = [[(h.score, h.metadata.get("label")) for h in near]]
-            scores, labels = neighbour_arrays(pairs, embedder.label_names, fusion.k)
-            probabilities = fuse(probabilities, scores, labels, fusion)
-            source = "classifier+knn" if (labels >= 0).any() else "classifier"
+            probabilities, voted = fuse_with_neighbours(
+                probabilities, pairs, embedder.label_names, fusion
+            )
+            source = "classifier+knn" if voted[0] else "classifier"
     predicted = None
     if len(probabilities) and embedder.label_names:
         top = int(probabilities[0].argmax())

@@ -23,7 +23,7 @@ from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.class_rerank import ClassRerank, rerank_order
 from embedder.images import load_image
 from embedder.inference import Embedder
-from embedder.knn_vote import KnnFusion, fuse, neighbour_arrays
+from embedder.knn_vote import KnnFusion, fuse_with_neighbours, neighbour_arrays
 from embedder.text_cues import apply_text_cues, unsure
 from embedder.text_reader import TextEvidence, TextOptions, reading_copy
 from index.catalog import CatalogIndex, Hit, Item
@@ -409,9 +409,7 @@ class LookupService:
         """
         found, _ = self.search_many(embeddings, fusion.k, exclude_ids=exclude_ids)
         neighbours = [[(h.score, h.metadata.get("label")) for h in hits] for hits in found]
-        scores, labels = neighbour_arrays(neighbours, self.embedder.label_names, fusion.k)
-        fused = fuse(probabilities, scores, labels, fusion)
-        return fused, (labels >= 0).any(axis=1)
+        return fuse_with_neighbours(probabilities, neighbours, self.embedder.label_names, fusion)
 
     # -- index ------------------------------------------------------------------------------------
     @property
