@@ -242,9 +242,18 @@ class PgSource:
             manifest = "SELECT value FROM state WHERE key='manifest'"
             # No state table, or another application's: no catalog either way.
             row = c.execute(manifest).fetchone() if catalog_state(c) else None
-        if row is None:
+        return self._parse_manifest(row[0] if row else None)
+
+    def _parse_manifest(self, text: str | None) -> Manifest:
+        """The catalog's manifest from ``state``'s value (None: no catalog in the database)."""
+        if text is None:
             raise IndexNotFoundError(f"{self.where}: no catalog in this database")
-        return manifest_from_dict(json.loads(row[0]), f"{self.where} (state.manifest)")
+        where = f"{self.where} (state.manifest)"
+        try:
+            found = json.loads(text)
+        except ValueError as exc:
+            raise ManifestError(f"{where}: not valid JSON ({exc})") from None
+        return manifest_from_dict(found, where)
 
     # -- following ------------------------------------------------------------------------------
     def head(self) -> tuple[int, int]:
@@ -300,14 +309,7 @@ class PgSource:
         with self.conn() as c, c.transaction():
             c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             state = dict(c.execute("SELECT key, value FROM state").fetchall())
-            if "manifest" not in state:
-                raise IndexNotFoundError(f"{self.where}: no catalog in this database")
-            where = f"{self.where} (state.manifest)"
-            try:
-                found = json.loads(state["manifest"])
-            except ValueError as exc:
-                raise ManifestError(f"{where}: not valid JSON ({exc})") from None
-            manifest = manifest_from_dict(found, where)
+            manifest = self._parse_manifest(state.get("manifest"))
             if expect is not None:
                 manifest.check(
                     expect_model=expect.model_name,

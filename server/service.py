@@ -158,18 +158,7 @@ class LookupService:
             status = self.follower.status
         else:
             status = getattr(self.index, "sync_status", None)
-        if status is None:
-            return None
-        return {
-            "applied_seq": status.applied_seq,
-            "head_seq": status.head_seq,
-            "behind_entries": status.behind_entries,
-            "behind_seconds": round(float(status.behind_seconds), 3),
-            "journal_length": status.journal_length,
-            "size": status.size,
-            "store_error": status.store_error,
-            "catalog_error": status.catalog_error,
-        }
+        return None if status is None else status.as_dict()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def checks(self) -> dict[str, bool]:
