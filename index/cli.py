@@ -142,7 +142,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-
     if args.store:
         from index.catalog import CatalogIndex
 
