@@ -146,12 +146,40 @@ def train(index: faiss.Index, xb: np.ndarray, seed: int = 1234) -> None:
     else:
         sample = xb
     log.info("training %s on %d vectors", type(index).__name__, len(sample))
+    _warn_few_training_points(index, len(sample))
     try:
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     except RuntimeError as exc:
         raise InvalidKindError(
             f"cannot train the index on {len(sample)} vectors: {faiss_reason(exc)}"
         ) from exc
+
+
+def _clusterings(index: faiss.Index) -> Iterator[tuple[str, faiss.ClusteringParameters, int]]:
+    """``(name, parameters, centroids)`` of each k-means that training ``index`` runs."""
+    index = unwrap(index)
+    if isinstance(index, faiss.IndexIVF):
+        yield "coarse quantizer", index.cp, index.nlist
+    pq = getattr(index, "pq", None)
+    if isinstance(pq, faiss.ProductQuantizer):
+        yield "product quantizer", pq.cp, pq.ksub
+
+
+def _warn_few_training_points(index: faiss.Index, n: int) -> None:
+    """One warning through logging (``-q`` keeps it, the log format holds it) where FAISS
+    would print its own to stderr once per k-means, eight lines for a ``PQ8``."""
+    for name, cp, k in _clusterings(index):
+        advised = k * cp.min_points_per_centroid
+        if k <= n < advised:  # fewer than k fails training with FAISS's own reason
+            log.warning(
+                "training the %s (%d centroids) on %d vectors; FAISS advises at least %d, "
+                "so its lists or codes may fit the catalog poorly",
+                name,
+                k,
+                n,
+                advised,
+            )
+        cp.min_points_per_centroid = 1  # FAISS's own warning is the one above
 
 
 def add(

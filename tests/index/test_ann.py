@@ -40,3 +40,24 @@ def test_a_faiss_file_is_checked_without_loading_and_damage_is_one_error(tmp_pat
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(IndexCorruptError, match="cannot read FAISS index"):
         ann.check_file(path)
+
+
+@pytest.mark.parametrize(
+    ("factory", "expected"),
+    [("IVF32,Flat", ["coarse quantizer (32 centroids) on 300 vectors"]), ("PQ4", ["product"])],
+)
+def test_too_few_training_points_is_one_logged_warning_not_faiss_stderr(
+    capfd, caplog, factory, expected
+):
+    """FAISS printed its clustering warning straight to stderr, past `-q` and the log format,
+    once per k-means (eight lines for a PQ8)."""
+    xb = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    index = ann.create(factory, 16)
+    with caplog.at_level("WARNING", logger="index.ann"):
+        ann.train(index, xb)
+    assert index.is_trained
+    assert "WARNING clustering" not in capfd.readouterr().err
+    warnings = [r.getMessage() for r in caplog.records if "FAISS advises" in r.getMessage()]
+    assert len(warnings) == len(expected)
+    assert all(want in got for want, got in zip(expected, warnings, strict=True))
