@@ -52,6 +52,9 @@ CONFIG_FILE = "config.json"
 # The kind of the hidden sibling folder a save builds the checkpoint in (``.NAME.saving-XXXX``):
 # a save killed outright (kill -9, power loss) leaves it, a full copy of the model.
 SAVING = "saving-"
+# The scratch folder of a quantisation (``.model.int8.onnx.quantizing-XXXX``), in the
+# checkpoint so that one killed outright is found again (embedder.quantize).
+QUANTIZING = "quantizing-"
 
 
 @dataclass
@@ -231,7 +234,7 @@ def _own_temporary(name: str) -> bool:
     """A file this code leaves while writing one of the checkpoint's own files (see
     :func:`common.fsutil.temporary_file`), or a file browser's. Any other name, hidden ones
     (``.git``, ``.env``) included, is the user's, which replacing the folder would delete."""
-    if name in _BROWSER_NOISE:
+    if name in _BROWSER_NOISE or name.startswith(f".model.int8.onnx.{QUANTIZING}"):
         return True
     return name.endswith(TMP_SUFFIX) and any(name.startswith(f".{own}.") for own in _OWN_FILES)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -20,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from common.fsutil import atomic_write
-from embedder.checkpoint import file_sha256, read_config
+from common.fsutil import atomic_write, remove_leftovers, temporary_folder
+from embedder.checkpoint import QUANTIZING, file_sha256, read_config
 from embedder.data import Catalog, Sample, load_catalog
 from embedder.engine import DEFAULT_OUTPUTS, Engine, default_threads
 from embedder.engine_options import (
@@ -206,7 +207,7 @@ def quantize_int8(
     fp32 = ensure_fp32_graph(ckpt)  # takes the lock itself: not under ours (flock is per open)
     path = ckpt / GRAPH_FILES["int8"]
     start = time.perf_counter()
-    with checkpoint_lock(ckpt), tempfile.TemporaryDirectory() as tmp, _quiet_root_info():
+    with checkpoint_lock(ckpt), _scratch_folder(path) as tmp, _quiet_root_info():
         # The int8 graph is made from this fp32 graph: it records that graph's weights (the
         # file may have been replaced since; then graph_problem says so and it is not used).
         fp32_record = read_graph_record(ckpt, "fp32")
@@ -257,6 +258,26 @@ def quantize_int8(
         write_graph_record(ckpt, "int8", record)
     log.info("quantised %s in %.1f s on %d images", path, time.perf_counter() - start, count)
     return record
+
+
+@contextlib.contextmanager
+def _scratch_folder(path: Path) -> Iterator[Path]:
+    """A folder beside ``path`` for the prepared graph and onnxruntime's own temporaries.
+
+    In the system's temporary folder, a quantisation killed outright (kill -9) left them for
+    good: about 30 MB for Lite0. Beside the graph, the next quantisation finds and removes
+    them (under the checkpoint's lock: no other is running). onnxruntime makes its folders
+    in ``tempfile``'s, so that points here meanwhile: quantising is a command's whole work.
+    """
+    remove_leftovers(path, QUANTIZING, "a quantisation that was killed", log)
+    tmp = temporary_folder(path, QUANTIZING)
+    system_tmp = tempfile.tempdir
+    tempfile.tempdir = str(tmp)
+    try:
+        yield tmp
+    finally:
+        tempfile.tempdir = system_tmp
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _scores(y_true: np.ndarray, probs: np.ndarray, emb: np.ndarray) -> dict:

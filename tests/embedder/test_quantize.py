@@ -103,3 +103,35 @@ def test_float_layers_flag():
     for bad in ("", "stem,head", "none,stem"):
         with pytest.raises(argparse.ArgumentTypeError):
             float_layers(bad)
+
+
+def test_scratch_files_stay_in_the_checkpoint_and_a_killed_runs_are_removed(
+    int8_checkpoint, tiny_catalog, tmp_path, monkeypatch
+):
+    """A quantisation killed outright had left its prepared graph and onnxruntime's
+    augmented one in the system's temporary folder for good (about 30 MB for Lite0)."""
+    import tempfile
+
+    import onnxruntime.quantization as ort_quantization
+
+    from embedder.checkpoint import check_checkpoint_target
+
+    ckpt = shutil.copytree(int8_checkpoint, tmp_path / "ckpt")
+    killed = ckpt / ".model.int8.onnx.quantizing-abcd1234"
+    killed.mkdir()
+    (killed / "prepared.onnx").write_bytes(b"left by kill -9")
+    check_checkpoint_target(ckpt)  # a scratch folder does not stop a training saving here
+
+    seen = []
+    real = ort_quantization.quantize_static
+
+    def spy(*args, **kwargs):
+        seen.append(tempfile.gettempdir())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort_quantization, "quantize_static", spy)
+    system_tmp = tempfile.gettempdir()
+    quantize_int8(ckpt, tiny_catalog, max_images=8)
+    assert [p.name for p in ckpt.iterdir() if p.name.startswith(".")] == []
+    assert len(seen) == 1 and seen[0].startswith(str(ckpt / ".model.int8.onnx.quantizing-"))
+    assert tempfile.gettempdir() == system_tmp
