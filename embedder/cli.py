@@ -173,8 +173,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--metric-loss",
         choices=METRIC_LOSSES,
         help="'supcon' adds a supervised-contrastive loss on the penultimate features while "
-        "fine-tuning (needs pytorch-metric-learning: pip install -e '.[metric]'), to train "
-        f"them for retrieval as well as for the class (default {d.metric_loss})",
+        "fine-tuning, 'multisim' the margin-based multi-similarity loss on mined pairs (both "
+        "need pytorch-metric-learning: pip install -e '.[metric]'), to train them for "
+        f"retrieval as well as for the class (default {d.metric_loss})",
     )
     p.add_argument(
         "--metric-weight",
@@ -184,7 +185,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metric-temperature",
         type=positive_float,
-        help=f"temperature of the supervised-contrastive loss (default {d.metric_temperature})",
+        help="temperature of the supervised-contrastive loss (supcon only; default "
+        f"{d.metric_temperature})",
     )
     p.add_argument(
         "--mixup",

@@ -73,19 +73,36 @@ def set_train_mode(model: nn.Module, freeze_bn_stats: bool) -> None:
                 module.eval()  # normalise with, and keep, the running statistics
 
 
+class _MinedLoss(nn.Module):
+    """A pair loss over the pairs its miner picks in each batch: ``loss(features, labels)``
+    like the other metric losses."""
+
+    def __init__(self, loss: nn.Module, miner: nn.Module) -> None:
+        super().__init__()
+        self.loss, self.miner = loss, miner
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss(features, labels, self.miner(features, labels))
+
+
 def make_metric_loss(config: TrainConfig) -> nn.Module | None:
-    """The ``--metric-loss`` module, or None. Supervised contrastive (Khosla et al. 2020) from
-    pytorch-metric-learning: it pulls photos of one class together on the unit sphere, which is
-    what the retrieval side of the lookup API compares."""
+    """The ``--metric-loss`` module, or None, from pytorch-metric-learning. Both pull photos of
+    one class together on the unit sphere, which is what the retrieval side of the lookup API
+    compares: supervised contrastive (Khosla et al. 2020) over every pair of the batch, or
+    multi-similarity (Wang et al. 2019), a margin-based loss over the hard pairs its miner
+    picks (positives less similar, negatives more similar than the other side's extreme)."""
     if config.metric_loss == "none":
         return None
     try:
-        from pytorch_metric_learning.losses import SupConLoss
+        from pytorch_metric_learning import losses, miners
     except ImportError as exc:
         raise DataError(
-            "--metric-loss supcon needs pytorch-metric-learning: pip install -e '.[metric]'"
+            f"--metric-loss {config.metric_loss} needs pytorch-metric-learning: "
+            "pip install -e '.[metric]'"
         ) from exc
-    return SupConLoss(temperature=config.metric_temperature)
+    if config.metric_loss == "multisim":
+        return _MinedLoss(losses.MultiSimilarityLoss(), miners.MultiSimilarityMiner())
+    return losses.SupConLoss(temperature=config.metric_temperature)
 
 
 def make_mixer(config: TrainConfig, num_classes: int) -> Callable | None:

@@ -10,7 +10,7 @@ from embedder.errors import DataError
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 BN_STATS_MODES = ("auto", "frozen", "update")
 LABEL_CONFLICT_MODES = ("drop", "keep")
-METRIC_LOSSES = ("none", "supcon")
+METRIC_LOSSES = ("none", "supcon", "multisim")
 DEFAULT_FROZEN_GROUPS = 3
 MAX_IMG_SIZE = 2048  # one 2048 px image is 50 MB of activations per layer already
 MAX_SEED = 2**63 - 1  # torch's generator takes a 64-bit seed
@@ -54,7 +54,8 @@ class TrainConfig:
     balance: bool = True
     # "supcon": a supervised-contrastive loss (pytorch-metric-learning) on the penultimate
     # features beside cross-entropy while fine-tuning, to train them for retrieval too;
-    # weighted by metric_weight, at metric_temperature.
+    # weighted by metric_weight, at metric_temperature. "multisim": the margin-based
+    # multi-similarity loss on the pairs its miner picks, weighted the same way.
     metric_loss: str = "none"
     metric_weight: float = 0.5
     metric_temperature: float = 0.1
@@ -112,7 +113,9 @@ def check_train_config(config: TrainConfig) -> None:
             f"--conflict-similarity must be in (0, 1], got {config.conflict_similarity}"
         )
     if config.metric_loss not in METRIC_LOSSES:
-        raise DataError(f"--metric-loss must be none or supcon, got {config.metric_loss!r}")
+        raise DataError(
+            f"--metric-loss must be one of {', '.join(METRIC_LOSSES)}, got {config.metric_loss!r}"
+        )
     if not (math.isfinite(config.metric_weight) and config.metric_weight >= 0):
         raise DataError(f"--metric-weight must be >= 0, got {config.metric_weight}")
     if not (math.isfinite(config.metric_temperature) and config.metric_temperature > 0):

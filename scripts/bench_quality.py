@@ -60,6 +60,9 @@ Methods (each scored on the same folds; intervals from embedder/crossval.py):
                 one or the other; a training per fold); recipe_mix_knn and recipe_mix_rerank
   recipe_long   the recipe fine-tuning for 20 epochs instead of 10 (a training per fold);
                 recipe_long_knn and recipe_long_rerank as above
+  recipe_multisim  the recipe + the margin-based multi-similarity loss on mined pairs
+                (--metric-loss multisim; a training per fold); recipe_multisim_knn and
+                recipe_multisim_rerank as above
   recipe_audited  the recipe trained without the photos the label audit rejects (their label
                 names another product; needs --audit; a training per fold); scored on every
                 test photo as the others are; recipe_audited_knn and recipe_audited_rerank
@@ -219,6 +222,9 @@ EXTRA_METHODS = (
     "recipe_long",
     "recipe_long_knn",
     "recipe_long_rerank",
+    "recipe_multisim",
+    "recipe_multisim_knn",
+    "recipe_multisim_rerank",
     "recipe_audited",
     "recipe_audited_knn",
     "recipe_audited_rerank",
@@ -330,6 +336,9 @@ TRAINED = {
     # Twice the fine-tuning epochs (the cosine schedule stretched over them): the recipe's best
     # epoch fell anywhere from 4 to 10 of its 10, so whether 10 is enough was never measured.
     "recipe_long": {"epochs": 20},
+    # The other retrieval loss: margin-based where supcon is contrastive over every
+    # pair; weighted as supcon is (metric_weight 0.5).
+    "recipe_multisim": {"metric_loss": "multisim"},
     # What fixing the catalog's labels would buy: the audit's wrong labels left out of training
     # (recipe_clean guessed them from a kNN vote instead).
     "recipe_audited": {},

@@ -251,13 +251,14 @@ def test_a_device_this_machine_lacks_fails_before_the_data_loads(tmp_path):
         train(tiny_train_config(tmp_path / "no-data", tmp_path / "out", device="cuda"))
 
 
-def test_supervised_contrastive_loss_changes_the_fine_tuned_weights(tiny_catalog, tmp_path):
+@pytest.mark.parametrize("loss", ["supcon", "multisim"])
+def test_a_metric_loss_changes_the_fine_tuned_weights(tiny_catalog, tmp_path, loss):
     pytest.importorskip("pytorch_metric_learning", reason="phonesim[metric] not installed")
     plain = tiny_train_config(tiny_catalog, tmp_path / "ce", val_fraction=0.0, frozen_groups=0)
-    supcon = tiny_train_config(
-        tiny_catalog, tmp_path / "sc", val_fraction=0.0, frozen_groups=0, metric_loss="supcon"
+    metric = tiny_train_config(
+        tiny_catalog, tmp_path / "sc", val_fraction=0.0, frozen_groups=0, metric_loss=loss
     )
-    first, second = train(plain), train(supcon)
+    first, second = train(plain), train(metric)
     assert second.metrics["train_loss"] != first.metrics["train_loss"]  # the extra term counts
     a, b = (load_checkpoint(tmp_path / n)[0].state_dict() for n in ("ce", "sc"))
     assert not torch.equal(a["conv_stem.weight"], b["conv_stem.weight"])
