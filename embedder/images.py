@@ -65,6 +65,32 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+_ORIENTATION = 0x0112  # the EXIF tag
+
+
+def caller_image(img: object, name: str = "image") -> Image.Image:
+    """A PIL image handed to the library, made as :func:`load_image` makes a file's: decoded
+    (ImageError where its pixels cannot be: a truncated file, or one opened in a ``with``
+    block that has closed) and turned upright by its EXIF orientation, which phone cameras
+    set and ``Image.open`` leaves to the caller. TypeError for anything but a PIL image."""
+    if not isinstance(img, Image.Image):
+        raise TypeError(
+            f"{name}: expected a PIL image, got {type(img).__name__} (files go to embed_paths)"
+        )
+    if img.width < 1 or img.height < 1:
+        raise ImageError(f"{name}: the image is empty ({img.width}x{img.height})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+            if img.getexif().get(_ORIENTATION, 1) != 1:
+                img = ImageOps.exif_transpose(img)
+    except (OSError, ValueError, AssertionError) as exc:  # Pillow asserts on a closed file
+        reason = str(exc) or "its file was closed before it was read"
+        raise ImageError(f"{name}: cannot decode image ({reason})") from exc
+    return img
+
+
 def stretch_to_8_bit(img: Image.Image) -> Image.Image:
     """16/32-bit greyscale (I;16, I, F) to 8-bit L, stretching the image's own range.
 

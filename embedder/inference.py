@@ -20,7 +20,7 @@ from embedder.engine import DEFAULT_OUTPUTS, Engine
 from embedder.engine_options import DEFAULT_RUNTIME, precision
 from embedder.errors import CheckpointError, NonFiniteOutputError
 from embedder.graphs import EMBEDDING, PROBABILITIES
-from embedder.images import load_image
+from embedder.images import caller_image, load_image
 from embedder.preprocess import Preprocessor
 from embedder.runtime import load_engine
 
@@ -117,16 +117,22 @@ class Embedder:
         return self.transform.decode_side
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Images as the model takes them: float32 N x 3 x H x W."""
-        return self.transform.batch(list(images))
+        """Images as the model takes them: float32 N x 3 x H x W. Each is decoded and turned
+        upright by its EXIF orientation first, as files are (:func:`caller_image`)."""
+        return self.transform.batch(
+            [caller_image(img, f"image {i}") for i, img in enumerate(_sequence(images, "images"))]
+        )
 
     def preprocess_array(self, img: Image.Image) -> np.ndarray:
         """One image as the model takes it (float32 3 x H x W), e.g. for a micro-batcher that
         stacks requests with ``np.stack``. Transparency goes to white, as for files on disk."""
-        return self.transform(img)
+        return self.transform(caller_image(img))
 
     def embed_tensors(self, x: np.ndarray | torch.Tensor) -> EmbeddingBatch:
         """Embed an already preprocessed batch (N x 3 x H x W)."""
+        finite = x.isfinite().all() if hasattr(x, "isfinite") else np.isfinite(x).all()
+        if not bool(finite):  # else blamed on the weights below
+            raise ValueError("the input batch holds NaN or infinite values")
         if len(x) == 0:
             return EmbeddingBatch(
                 np.zeros((0, self.dim), np.float32),
@@ -144,11 +150,24 @@ class Embedder:
         return EmbeddingBatch(emb, probs)
 
     def embed_images(self, images: Sequence[Image.Image]) -> EmbeddingBatch:
-        """Embed a batch of PIL images in one forward pass."""
+        """Embed a batch of PIL images in one forward pass (EXIF orientation applied, as for
+        files). Raises ImageError for one whose pixels cannot be decoded."""
+        images = _sequence(images, "images")
         if not images:
             return self.embed_tensors(np.zeros((0, *self.transform.shape), np.float32))
         return self.embed_tensors(self.preprocess(images))
 
     def embed_paths(self, paths: Sequence[str | Path]) -> EmbeddingBatch:
         """Decode and embed image files; raises ImageError on the first unreadable one."""
+        paths = _sequence(paths, "paths")
         return self.embed_images([load_image(p, self.decode_side) for p in paths])
+
+
+def _sequence(items: object, what: str) -> list:
+    """``items`` as a list, refusing what would be read element by element by mistake: a
+    path string (letter by letter), one image, or an array (row by row)."""
+    if isinstance(items, str | bytes | Path | Image.Image | np.ndarray) or not hasattr(
+        items, "__iter__"
+    ):
+        raise TypeError(f"{what}: expected a sequence, got one {type(items).__name__}")
+    return list(items)

@@ -64,3 +64,62 @@ def test_a_premultiplied_la_image_embeds_like_la():
 
     la = Image.new("LA", (8, 8), (120, 255))
     assert to_rgb(la.convert("La")).getpixel((0, 0)) == to_rgb(la).getpixel((0, 0))
+
+
+def test_library_images_are_turned_upright_by_their_exif_orientation(tiny_checkpoint, tmp_path):
+    """Phone photos store their rotation as an EXIF tag: embed_paths applied it and
+    embed_images did not, so an integrator's query of an opened photo matched the catalog's
+    copy at cosine 0.73 on the demo model."""
+    upright = Image.new("RGB", (64, 40), (240, 240, 240))
+    upright.paste((200, 20, 20), (0, 0, 20, 40))  # a feature a rotation moves
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned; viewers rotate it back
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "r.png", exif=exif)
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    opened = embedder.embed_images([Image.open(tmp_path / "r.png")]).embeddings
+    np.testing.assert_allclose(opened, embedder.embed_paths([tmp_path / "r.png"]).embeddings)
+    np.testing.assert_allclose(opened, embedder.embed_images([upright]).embeddings, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        ("embed_images", TypeError, "images: expected a sequence, got one ndarray"),
+        ("embed_images_row", TypeError, "image 0: expected a PIL image, got ndarray"),
+        ("embed_images_none", TypeError, "image 1: expected a PIL image, got NoneType"),
+        ("embed_paths", TypeError, "paths: expected a sequence, got one str"),
+        ("closed", "ImageError", "image 0: cannot decode image .*closed"),
+        ("truncated", "ImageError", "image 0: cannot decode image .*truncated"),
+        ("empty", "ImageError", r"image 0: the image is empty \(0x0\)"),
+        ("nan", ValueError, "input batch holds NaN"),
+    ],
+)
+def test_library_inputs_it_cannot_embed_are_named_errors(
+    tiny_checkpoint, tmp_path, call, error, match
+):
+    """These had been a numpy "truth value is ambiguous", attribute errors, an empty
+    AssertionError, Pillow's OSError, a path read letter by letter and, for a NaN input, an
+    error blaming the model's weights."""
+    from embedder.errors import ImageError
+
+    error = ImageError if error == "ImageError" else error
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    noise = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    good = Image.fromarray(noise)
+    good.save(tmp_path / "g.jpg")  # noise: half the file is past its header
+    data = (tmp_path / "g.jpg").read_bytes()
+    (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
+    with Image.open(tmp_path / "g.jpg") as closed:
+        pass
+    calls = {
+        "embed_images": lambda: embedder.embed_images(np.zeros((2, 32, 32, 3), np.uint8)),
+        "embed_images_row": lambda: embedder.embed_images([np.zeros((32, 32, 3), np.uint8)]),
+        "embed_images_none": lambda: embedder.embed_images([good, None]),
+        "embed_paths": lambda: embedder.embed_paths(str(tmp_path / "g.jpg")),
+        "closed": lambda: embedder.embed_images([closed]),
+        "truncated": lambda: embedder.embed_images([Image.open(tmp_path / "t.jpg")]),
+        "empty": lambda: embedder.embed_images([Image.new("RGB", (0, 0))]),
+        "nan": lambda: embedder.embed_tensors(np.full((1, 3, 32, 32), np.nan, np.float32)),
+    }
+    with pytest.raises(error, match=match):
+        calls[call]()
