@@ -29,6 +29,7 @@ import base64
 import contextlib
 import json
 import math
+import numbers
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -68,15 +69,14 @@ class PhonesimError(Exception):
 
 
 def _image_bytes(image: ImageInput) -> bytes:
-    """The bytes of an image given as bytes or a path; anything else is a PhonesimError."""
+    """The bytes of an image given as bytes or a path: TypeError for anything else, and a
+    PhonesimError (``invalid_image``) for a file that cannot be read."""
     if isinstance(image, bytes | bytearray):
         return bytes(image)
     if not isinstance(image, str | os.PathLike):
-        raise PhonesimError(
-            0,
-            "invalid_image",
+        raise TypeError(
             f"give an image as a file path or bytes, not {type(image).__name__} "
-            "(a PIL image: save it to a BytesIO and pass .getvalue())",
+            "(a PIL image: save it to a BytesIO and pass .getvalue())"
         )
     try:
         return Path(image).read_bytes()
@@ -84,16 +84,21 @@ def _image_bytes(image: ImageInput) -> bytes:
         raise PhonesimError(0, "invalid_image", f"cannot read {image}: {exc.strerror}") from exc
 
 
-def _item_path(item_id: str) -> str:
-    """The URL path of a catalog item. Its '/' are escaped, and an id whose segments would be
-    read as another path is refused: HTTP clients resolve "a/../b" to "b" before sending (a
+def _item_id(item_id: Any) -> str:
+    """``item_id`` where an item can have it: ValueError otherwise. An id whose segments would
+    be read as another path is refused: HTTP clients resolve "a/../b" to "b" before sending (a
     remove of "x/../y" deleted y), and the server reads "x/similar" as x's neighbours. No
     item can have such an id: the server refuses it, by the same rule, when one is added."""
     if not isinstance(item_id, str) or not item_id:
         raise ValueError(f"an item id is a non-empty string, got {item_id!r}")
     if not is_item_address(item_id):
         raise ValueError(f"no catalog item can have the id {item_id!r}")
-    return "/v1/items/" + requests.utils.quote(item_id, safe="")
+    return item_id
+
+
+def _item_path(item_id: str) -> str:
+    """The URL path of a catalog item, its '/' escaped."""
+    return "/v1/items/" + requests.utils.quote(_item_id(item_id), safe="")
 
 
 def _b64(image: ImageInput) -> str:
@@ -157,7 +162,7 @@ def _json_bytes(body: Any) -> bytes:
     """``body`` as JSON, or a Python error naming what JSON cannot carry (requests' own
     message, "Out of range float values are not JSON compliant", named no field)."""
     try:
-        return json.dumps(body, allow_nan=False).encode()
+        return json.dumps(body, allow_nan=False, default=_numpy_scalar).encode()
     except ValueError as exc:
         raise ValueError(
             "the request holds NaN or infinity (in score_threshold, a filter or metadata), "
@@ -165,6 +170,14 @@ def _json_bytes(body: Any) -> bytes:
         ) from exc
     except TypeError as exc:
         raise TypeError(f"the request holds a value JSON cannot carry: {exc}") from exc
+
+
+def _numpy_scalar(value: Any) -> Any:
+    """A numpy number (``np.int64(5)`` from an array) as the Python number JSON carries;
+    vectors take numpy arrays already."""
+    if isinstance(value, numbers.Number) and hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def _field(answer: dict[str, Any], key: str) -> Any:
@@ -206,9 +219,16 @@ class Client:
         backoff: float = 0.5,
         session: requests.Session | None = None,
     ) -> None:
+        if not isinstance(timeout, int | float) or not timeout > 0 or not math.isfinite(timeout):
+            raise ValueError(f"timeout is a number of seconds above 0, got {timeout!r}")
+        if api_key is not None:
+            try:  # HTTP headers are Latin-1: else every call failed in http.client, reads too
+                api_key.encode("latin-1")
+            except (AttributeError, UnicodeEncodeError):
+                raise ValueError("api_key must be a string of Latin-1 characters") from None
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
-        self.timeout = timeout
+        self.timeout = float(timeout)
         self.retries = max(0, int(retries))
         self.backoff = backoff
         self._session = session or requests.Session()
@@ -397,6 +417,8 @@ class Client:
                 entry = _query(q.pop("image", None), q.pop("vector", None), item_id)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"query {n}: {exc}") from exc
+            except PhonesimError as exc:  # a file that cannot be read
+                raise PhonesimError(exc.status, exc.code, f"query {n}: {exc.message}") from exc
             entries.append({**entry, **q})
         options = _options(k, filter, score_threshold, offset, ranking, read_text)
         body = {"queries": entries, **options}
@@ -433,7 +455,7 @@ class Client:
         self, item_id: str, image: ImageInput, metadata: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """Embed an image and add it as ``item_id`` (durable); the answer holds ``item``."""
-        body = {"id": item_id, "image": _b64(image), "metadata": _metadata(metadata)}
+        body = {"id": _item_id(item_id), "image": _b64(image), "metadata": _metadata(metadata)}
         return self._request("POST", "/v1/items", write=True, json=body)
 
     def add_batch(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -443,13 +465,15 @@ class Client:
         for n, item in enumerate(items):
             if not isinstance(item, Mapping) or "id" not in item or "image" not in item:
                 raise ValueError(f"item {n}: a dict with 'id', 'image' and maybe 'metadata'")
-            entry = {"id": item["id"], "image": _b64(item["image"])}
             try:
+                entry = {"id": _item_id(item["id"]), "image": _b64(item["image"])}
                 if item.get("metadata") is not None:
                     entry["metadata"] = _metadata(item["metadata"])
                 lines.append(_json_bytes(entry).decode())
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"item {n}: {exc}") from exc
+            except PhonesimError as exc:  # a file that cannot be read
+                raise PhonesimError(exc.status, exc.code, f"item {n}: {exc.message}") from exc
         data = ("\n".join(lines) + "\n").encode()
         headers = {"Content-Type": "application/x-ndjson"}
         answer = self._request("POST", "/v1/items/batch", write=True, data=data, headers=headers)

@@ -195,12 +195,46 @@ def test_429_is_retried_after_retry_after(live):
     assert time.monotonic() - t0 >= 0.9  # it waited (Retry-After is whole seconds)
 
 
-def test_an_image_the_client_cannot_send_is_a_phonesim_error(tmp_path):
+def test_an_image_the_client_cannot_send_is_a_type_error_or_a_phonesim_error(tmp_path):
+    """A PIL image is an argument that cannot make a request (a TypeError, as the docs say;
+    it had been a PhonesimError); a file that cannot be read is a PhonesimError, which names
+    its query or item in a batch."""
     client = Client("http://127.0.0.1:9", retries=0)
-    with pytest.raises(PhonesimError, match="a file path or bytes, not Image"):
+    with pytest.raises(TypeError, match="a file path or bytes, not Image"):
         client.embed(Image.new("RGB", (8, 8)))
     with pytest.raises(PhonesimError, match="cannot read"):
         client.embed(tmp_path / "missing.jpg")
+    with pytest.raises(PhonesimError, match="query 1: cannot read"):
+        client.search_batch([{"image": b"x"}, {"image": tmp_path / "missing.jpg"}])
+    with pytest.raises(PhonesimError, match="item 1: cannot read"):
+        client.add_batch([{"id": "a", "image": b"x"}, {"id": "b", "image": tmp_path / "no"}])
+
+
+@pytest.mark.parametrize("item_id", ["a/../b", 5, "", "x/similar"])
+def test_adding_an_id_no_item_can_have_is_refused_before_sending(item_id):
+    """get, update, remove and search refused these locally; add and add_batch sent them."""
+    client = Client("http://127.0.0.1:9", retries=0)  # nothing listens: nothing is sent
+    with pytest.raises(ValueError, match="item id|can have the id"):
+        client.add(item_id, b"x")
+    with pytest.raises(ValueError, match="item 0: .*(item id|can have the id)"):
+        client.add_batch([{"id": item_id, "image": b"x"}])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"timeout": None}, "timeout is a number of seconds above 0"),
+        ({"timeout": 0}, "timeout is a number of seconds above 0"),
+        ({"timeout": float("inf")}, "timeout is a number of seconds above 0"),
+        ({"api_key": "ключ"}, "api_key must be a string of Latin-1 characters"),
+        ({"api_key": 5}, "api_key must be a string"),
+    ],
+)
+def test_client_settings_that_cannot_work_are_refused_when_it_is_made(kwargs, match):
+    """A Cyrillic key failed every call, reads too, with a UnicodeEncodeError naming no
+    setting; timeout=None a TypeError of float + None at the first call."""
+    with pytest.raises(ValueError, match=match):
+        Client("http://127.0.0.1:9", **kwargs)
 
 
 def test_a_write_whose_connection_broke_after_sending_is_not_sent_again(photo):
@@ -267,6 +301,7 @@ class _Scripted:
         self.trickle: dict[str, float] = {}  # path -> seconds between the body's bytes
         self.delay: dict[str, float] = {}  # path -> seconds before the answer begins
         self.seen: list[tuple[str, int, str | None]] = []
+        self.bodies: list[bytes] = []
         scripted = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -276,7 +311,8 @@ class _Scripted:
                 pass
 
             def _answer(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                length = int(self.headers.get("Content-Length") or 0)
+                scripted.bodies.append(self.rfile.read(length))
                 path = self.path.split("?")[0]
                 scripted.seen.append((path, self.client_address[1], self.headers.get("X-API-Key")))
                 status, headers, body = scripted.answers.get(path, (404, {}, b"{}"))
@@ -458,3 +494,17 @@ def test_an_id_stored_before_the_invisible_character_rule_stays_addressable():
     assert _item_path("\u200eold") == "/v1/items/%E2%80%8Eold"
     with pytest.raises(ValueError, match="no catalog item can have"):
         _item_path("x/../old")
+
+
+def test_numpy_numbers_are_sent_as_numbers(scripted):
+    """k or a filter bound taken from an array (np.int64) had been "not JSON serializable"."""
+    import json
+
+    import numpy as np
+
+    scripted.answers["/v1/search"] = (200, {}, b'{"results": []}')
+    Client(scripted.base, retries=0).search(
+        b"x", k=np.int64(3), filter={"price": {"lt": np.float32(300.5)}}
+    )
+    body = json.loads(scripted.bodies[-1])
+    assert body["k"] == 3 and body["filter"] == {"price": {"lt": 300.5}}
