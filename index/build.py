@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from common.field_names import FIELD_NAME_RULE, is_api_field_name
 from common.fsutil import (
     folder_write_problem,
     fsync_dir,
@@ -216,6 +217,7 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
             if repeated:
                 raise BuildInputError(f"{path}: column(s) {repeated} appear twice in the header")
             reader.fieldnames = name_blank_columns(reader.fieldnames)
+            _warn_read_only_columns(path, reader.fieldnames)
             for row in reader:
                 line = reader.line_num
                 if None in row:
@@ -246,6 +248,21 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
     except csv.Error as exc:
         raise BuildInputError(f"{path}: not a readable CSV ({exc})") from None
     return rows
+
+
+def _warn_read_only_columns(path: Path, columns: Sequence[str]) -> None:
+    """Columns the index keeps and filters on, but that a client of the HTTP API cannot write
+    (``RAM (GB)``: a PATCH of it is a 400): said once, while the header can still change."""
+    fields = [c for c in columns if c not in ("id", "image") and not c.startswith(UNNAMED)]
+    read_only = [c for c in fields if not is_api_field_name(c)]
+    if read_only:
+        log.warning(
+            "%s: column(s) %s can be searched and filtered on, but the HTTP API cannot write "
+            "them (a field name there is %s); rename them to let clients update them",
+            path,
+            ", ".join(repr(c) for c in read_only[:5]) + (", ..." if len(read_only) > 5 else ""),
+            FIELD_NAME_RULE,
+        )
 
 
 def join_metadata(

@@ -15,6 +15,7 @@ import math
 import re
 from typing import Any
 
+from common.field_names import FIELD_NAME_RULE, is_api_field_name
 from common.item_ids import ID_RULES, is_item_id
 from server.errors import ApiError
 
@@ -28,19 +29,14 @@ MAX_NUMBER_TEXT = 40  # characters of one JSON number
 MAX_ABS_NUMBER = 9.2e18  # below 2**63: every number fits a 64-bit integer column
 MAX_ID_LENGTH = 256
 MAX_METADATA_FIELDS = 32
-MAX_FIELD_NAME_LENGTH = 64
 MAX_STRING_LENGTH = 1000  # one metadata or filter value
 MAX_FILTER_VALUES = 100  # values of one filter field ("any of")
 MAX_FORM_PARTS = 100  # of a multipart form: the image, metadata fields, search options
 MAX_FORM_FIELD_BYTES = 256 * 1024  # one text field of a multipart form (metadata: ~35 KB)
 
-# A metadata field name: usable as a query parameter (?brand=x); "id" and "image" are the
-# server's own, "image_url" and "score" what it computes for each answer.
-FIELD_NAME_PATTERN = r"^(?!(?:id|image|image_url|score)$)[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 # Strings anywhere in a request: no NUL (nor, from JSON, a lone surrogate: not Unicode).
 TEXT_PATTERN = "^[^\\u0000]*$"
 
-_FIELD_RE = re.compile(FIELD_NAME_PATTERN.replace("$", r"\Z"))
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -203,7 +199,7 @@ def check_scalar(value: Any, what: str, code: str) -> None:
 
 
 def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    """At most 32 fields named by :data:`FIELD_NAME_PATTERN`, each a scalar (see
+    """At most 32 fields named by :data:`common.field_names.FIELD_NAME_PATTERN`, each a scalar (see
     :func:`check_scalar`)."""
     if len(metadata) > MAX_METADATA_FIELDS:
         raise ApiError(
@@ -219,12 +215,11 @@ def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
                 "invalid_metadata",
                 f"metadata field name {key!r} is the server's own: each answer adds it",
             )
-        if not _FIELD_RE.match(key):
+        if not is_api_field_name(key):
             raise ApiError(
                 400,
                 "invalid_metadata",
-                f"metadata field name {key[:40]!r} must be 1-{MAX_FIELD_NAME_LENGTH} letters, "
-                "digits, '_', '.' or '-', starting with a letter or '_'",
+                f"metadata field name {key[:40]!r} must be {FIELD_NAME_RULE}",
             )
         if value is not None and not isinstance(value, str | int | float | bool):
             raise ApiError(

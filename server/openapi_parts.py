@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from common.field_names import FIELD_NAME_PATTERN
 from common.item_ids import ID_PATTERN
 from server.inputs import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, RANKINGS, TEXT_UNREAD
 from server.limits import (
-    FIELD_NAME_PATTERN,
     MAX_ABS_NUMBER,
     MAX_FILTER_VALUES,
     MAX_ID_LENGTH,

@@ -444,3 +444,20 @@ def test_an_index_on_read_only_media_says_to_copy_it(files, monkeypatch):
     with pytest.raises(PermissionError, match="not writable here.*copy the folder") as exc:
         open_index(files / "idx", readonly=True)
     assert exc.value.filename.endswith("writer.lock")
+
+
+def test_columns_the_http_api_cannot_write_are_named_once_when_read(files, caplog):
+    """A `RAM (GB)` column was filtered on everywhere, but every client PATCH of it was a
+    400 invalid_metadata, with nothing said when the catalog was read."""
+    (files / "cols.csv").write_text("id,image,label,RAM (GB),price,score\nx,a.jpg,b,8,100,1\n")
+    with caplog.at_level("WARNING", logger="index.build"):
+        rows = read_catalog_csv(files / "cols.csv")
+    assert rows["x"]["RAM (GB)"] == "8"  # kept and filterable, as before
+    messages = [r.getMessage() for r in caplog.records]
+    (warning,) = [m for m in messages if "HTTP API cannot write" in m]
+    assert "'RAM (GB)', 'score'" in warning and "'price'" not in warning
+    caplog.clear()
+    (files / "fine.csv").write_text("id,image,label,price\nx,a.jpg,b,100\n")
+    with caplog.at_level("WARNING", logger="index.build"):
+        read_catalog_csv(files / "fine.csv")
+    assert not [r for r in caplog.records if "HTTP API" in r.getMessage()]
