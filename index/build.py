@@ -337,7 +337,9 @@ def check_index_target(
         raise BuildInputError(f"{out}: is the working directory; run the command from outside it")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise BuildInputError(f"{out}: already exists and is not empty; use --overwrite")
+            raise BuildInputError(
+                f"{out}: already exists and is not empty; use --overwrite (overwrite=True)"
+            )
         if not (out / MANIFEST_NAME).is_file():
             # --overwrite replaces an index, never an arbitrary folder that happens to be named.
             raise BuildInputError(
@@ -503,7 +505,7 @@ def move_into_place(tmp: Path, out: Path, *, overwrite: bool = True) -> None:
                 raise
             raise BuildInputError(
                 f"{out}: another index was put there while this one was made; not replacing "
-                "it (use --overwrite)"
+                "it (use --overwrite, or overwrite=True)"
             ) from None
         fsync_dir(out.parent)
         return

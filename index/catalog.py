@@ -356,8 +356,10 @@ class CatalogIndex(Following):
         concurrent update cannot slip between the check and the write); whatever it raises
         leaves the item as it was."""
         self._check_writable()
-        if not isinstance(id_, str) or not is_storable(id_):  # then it cannot be stored here
-            raise UnknownIdError([str(id_)], "update")
+        if not isinstance(id_, str):  # a list of ids had been "unknown id(s) "['a']""
+            raise TypeError(f"update_metadata takes one id (a string), got {type(id_).__name__}")
+        if not is_storable(id_):  # then it cannot be stored here
+            raise UnknownIdError([id_], "update")
         md = clean_metadata_rows([metadata], 1, [id_])[0]
         rec, row = self._source.commit_meta(id_, md, merge, check)
         self._applied_own(rec)

@@ -104,6 +104,11 @@ def test_unknown_ids_raise_key_errors_with_the_id(flat_dir):
         assert "sku-1" in ix  # all or nothing
         with pytest.raises(UnknownIdError):
             ix.get_vectors(["nope"])
+        with pytest.raises(UnknownIdError, match="'nope'"):
+            ix.update_metadata("nope", {"price": 1})
+        # One id, not a list (remove's signature): "unknown id(s) "['sku-1']"" before.
+        with pytest.raises(TypeError, match="takes one id .*got list"):
+            ix.update_metadata(["sku-1"], {"price": 1})  # type: ignore[arg-type]
 
 
 def test_duplicate_ids_are_rejected(flat_dir, small):
