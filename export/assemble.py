@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from common import stopping
 from embedder.data import Sample
 from export import schema
 from export.shards import PartialDir, ShardInfo
@@ -76,6 +77,7 @@ def assemble(
         row = frow = 0
         has_labels = False
         for shard in shards:
+            stopping.check()
             with h5py.File(shard.path, "r") as src:
                 n, m = shard.rows, shard.failed
                 if n:

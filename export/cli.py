@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common import stopping
 from common.argtypes import (
     add_data_option,
     add_progress_option,
@@ -250,21 +252,36 @@ class Terminated(KeyboardInterrupt):
 @contextmanager
 def sigterm_stops_like_ctrl_c(args: argparse.Namespace) -> Iterator[None]:
     """Within the block, SIGTERM (``kill``, a supervisor stopping the job) raises
-    :class:`Terminated`; it ended the process at once (143) with no word of the progress."""
+    :class:`Terminated`; it ended the process at once (143) with no word of the progress.
+    Both it and Ctrl-C are also recorded (:mod:`common.stopping`), so that one raised where
+    Python drops exceptions still stops the job at its next check."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
 
-    def stop(signum: int, frame: object) -> None:
+    def terminate(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
         args.stopped_by = "terminated"
+        stopping.request(Terminated)
         raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    def interrupt(signum: int, frame: object) -> None:
+        stopping.request(KeyboardInterrupt)
+        raise KeyboardInterrupt
+
+    def unraisable(info: sys.UnraisableHookArgs) -> None:
+        if not isinstance(info.exc_value, KeyboardInterrupt):  # a stop is recorded: no trace
+            hook(info)
+
+    previous = signal.signal(signal.SIGTERM, terminate), signal.signal(signal.SIGINT, interrupt)
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+        sys.unraisablehook = hook
+        stopping.clear()
 
 
 def resume_hint(args: argparse.Namespace) -> str:

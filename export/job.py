@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from common import stopping
 from common.fsutil import atomic_write, exclusive_lock, folder_write_problem, replaced_path
 from embedder.checkpoint import checkpoint_hash, read_config
 from embedder.class_rerank import class_rerank
@@ -349,6 +350,7 @@ def _write_file(
         )
     finally:
         h5.close()
+    stopping.check()  # a stop asked meanwhile: the file is not put in place
     return done, found
 
 
@@ -439,6 +441,7 @@ def _export(config: ExportConfig) -> ExportSummary:
         if not partial.shards:  # nothing to resume: a corrected command must not be refused
             partial.remove()
         raise
+    stopping.check()
     embed_seconds = time.perf_counter() - clock.t0
     # What embedded the rows, this run's and those it resumed (not "auto" when none was left).
     runtime = partial.runtime() or runtime

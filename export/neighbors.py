@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from common import stopping
 from embedder.class_rerank import ClassRerank, rerank_order
 from export import schema
 from index import knn_factory
@@ -184,6 +185,7 @@ def write_neighbors(
     fewest = k
     with tqdm(total=n, desc="neighbours", unit="item", disable=not progress) as bar:
         for lo in range(0, n, block_rows):
+            stopping.check()
             hi = min(lo + block_rows, n)
             rows = np.arange(lo, hi, dtype=np.int64)
             scores, names, nrows, classes = search.search(emb[lo:hi], fetch, rows, row_ids[lo:hi])

@@ -314,3 +314,38 @@ def test_sigterm_stops_like_ctrl_c_and_says_how_to_resume(ckpt, demo, tmp_path):
     again = _export(args, tmp_path)
     assert again.returncode == 0, again.stderr
     assert "resumed after 8 inputs" in again.stdout
+
+
+# After the assembly: SIGTERM arrives while a weakref callback runs (as h5py's do when its
+# objects close), where Python drops what a signal handler raises.
+TERM_INSIDE_A_WEAKREF_CALLBACK = """
+import weakref
+import export.job as job
+real_assemble = job.assemble
+def assemble_then_term_in_callback(*args, **kwargs):
+    assembled = real_assemble(*args, **kwargs)
+    def callback():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(200):
+            time.sleep(0.001)  # the handler runs here, inside the callback
+    class Closed:
+        pass
+    obj = Closed()
+    weakref.finalize(obj, callback)
+    del obj
+    return assembled
+job.assemble = assemble_then_term_in_callback
+"""
+
+
+def test_a_stop_raised_where_python_drops_it_still_stops_the_export(ckpt, demo, tmp_path):
+    """SIGTERM (or Ctrl-C) during the assembly was printed as "Exception ignored in ..." and
+    lost: the export wrote its file and exited 0."""
+    out = tmp_path / "features.h5"
+    args = _export_args(ckpt, demo / "with_bad.csv", out)
+    command = _child(tmp_path, TERM_INSIDE_A_WEAKREF_CALLBACK) + args
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=RUN_TIMEOUT)
+    stderr = done.stderr.decode()
+    assert done.returncode == 130, stderr
+    assert not out.exists() and partial_path(out).is_dir()
+    assert "terminated; progress is kept" in stderr and "Exception ignored" not in stderr
