@@ -28,7 +28,7 @@ from embedder.data import (
     text_named,
 )
 from embedder.errors import DataError, ImageError
-from embedder.images import load_image, to_rgb
+from embedder.images import load_image, open_image_file, to_rgb
 from embedder.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ def read_image(path: str | Path, with_phash: bool = False) -> tuple[Image.Image,
     """Read a file once: byte hash, full decode (no draft: the pixel hash needs every pixel),
     pixel hash and size. Raises ImageError naming the path."""
     try:
-        data = Path(path).read_bytes()
+        with open_image_file(path) as fh:  # a FIFO listed in a manifest had hung the run
+            data = fh.read()
     except FileNotFoundError as exc:
         if Path(path).is_symlink():  # as embed and export say it
             raise ImageError(

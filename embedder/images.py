@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
+import stat
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -123,31 +126,14 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
     """
     name = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
     try:
-        if isinstance(source, bytes | bytearray):
-            if not source:
-                raise ImageError("empty image data")
-            fp: io.BytesIO | str = io.BytesIO(source)
-        else:
-            fp = str(source)
-        with warnings.catch_warnings():
-            # Corrupt files make Pillow warn (bad EXIF, short tags): the outcome is what counts,
-            # and a server must not log a warning per hostile upload.
-            warnings.simplefilter("ignore")
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp, formats=IMAGE_FORMATS) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(
-                        f"{name}: {img.width}x{img.height} exceeds the {MAX_PIXELS} pixel limit "
-                        "(possible decompression bomb)"
-                    )
-                if min_side and img.format == "JPEG" and min(img.size) >= 2 * min_side:
-                    # PIL picks the strongest DCT reduction that stays at least this size.
-                    f = min_side / min(img.size)
-                    img.draft(img.mode, (math.ceil(img.width * f), math.ceil(img.height * f)))
-                img.load()
-                # Phone cameras store rotation as an EXIF tag; apply it as every viewer does.
-                ImageOps.exif_transpose(img, in_place=True)
-                return to_rgb(img)
+        with contextlib.ExitStack() as stack:
+            if isinstance(source, bytes | bytearray):
+                if not source:
+                    raise ImageError(f"{name}: empty image data")
+                fp: BinaryIO = io.BytesIO(source)
+            else:
+                fp = stack.enter_context(open_image_file(source))
+            return _decode(fp, name, min_side)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -175,6 +161,48 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
         # NotImplementedError... Every one of them means "this file cannot be read".
         reason = str(exc) or type(exc).__name__
         raise ImageError(f"{name}: cannot decode image ({reason})") from exc
+
+
+def open_image_file(path: str | Path) -> BinaryIO:
+    """``path`` opened for reading, refused (ImageError) unless it is a regular file with
+    content. Opened without blocking and checked on the open file: reading a FIFO named in a
+    CSV manifest waited for a writer for ever (export and duplicates hung), and a folder or an
+    empty file had been "not a recognised image format"."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError(f"{path}: is a folder, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"{path}: is not a regular file (a FIFO, device or socket)")
+        if info.st_size == 0:
+            raise ImageError(f"{path}: empty file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _decode(fp: BinaryIO, name: str, min_side: int | None) -> Image.Image:
+    with warnings.catch_warnings():
+        # Corrupt files make Pillow warn (bad EXIF, short tags): the outcome is what counts,
+        # and a server must not log a warning per hostile upload.
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(fp, formats=IMAGE_FORMATS) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageError(
+                    f"{name}: {img.width}x{img.height} exceeds the {MAX_PIXELS} pixel limit "
+                    "(possible decompression bomb)"
+                )
+            if min_side and img.format == "JPEG" and min(img.size) >= 2 * min_side:
+                # PIL picks the strongest DCT reduction that stays at least this size.
+                f = min_side / min(img.size)
+                img.draft(img.mode, (math.ceil(img.width * f), math.ceil(img.height * f)))
+            img.load()
+            # Phone cameras store rotation as an EXIF tag; apply it as every viewer does.
+            ImageOps.exif_transpose(img, in_place=True)
+            return to_rgb(img)
 
 
 def decodes(path: str | Path) -> bool:

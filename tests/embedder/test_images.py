@@ -97,3 +97,47 @@ def test_heic_without_pillow_heif_names_the_extra(monkeypatch):
     heic_header = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
     with pytest.raises(ImageError, match=r"pip install -e '\.\[heif\]'"):
         images.load_image(heic_header)
+
+
+def _within(seconds: float, call):
+    """``call()``'s result or exception, or a failure when it is still waiting after
+    ``seconds`` (a FIFO's read waits for a writer for ever)."""
+    import threading
+
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 (handed to the test)
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def test_a_fifo_a_folder_or_an_empty_file_is_an_image_error_at_once(tmp_path):
+    """A FIFO named in a CSV manifest hung export and duplicates for ever; a folder and an
+    empty file had been "not a recognised image format"."""
+    import contextlib
+    import os
+
+    from duplicates.inputs import read_image
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    cases = {"pipe.jpg": "not a regular file", "folder.jpg": "is a folder", "empty.jpg": "empty"}
+    try:
+        for name, reason in cases.items():
+            for read in (load_image, read_image):
+                with pytest.raises(ImageError, match=f"{name}: .*{reason}"):
+                    _within(5, lambda read=read, name=name: read(tmp_path / name))
+    finally:  # a read still waiting on the FIFO ends with its writer (none waits: ENXIO)
+        with contextlib.suppress(OSError):
+            os.close(os.open(tmp_path / "pipe.jpg", os.O_WRONLY | os.O_NONBLOCK))
