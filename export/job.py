@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -85,6 +86,15 @@ def _is_features_file(path: Path) -> bool:
             return h5.attrs.get("format") == schema.FORMAT
     except OSError:
         return False
+
+
+def output_path(out: str | Path) -> Path:
+    """The file to write for ``--out``. A link: the file it names is replaced, and the
+    progress folder goes beside that file. A name ending in "/" means a folder: ``Path``
+    drops the slash, and "newdir/" had been written as a file named newdir."""
+    if isinstance(out, str) and out.endswith(("/", os.sep)):
+        raise ExportError(f"{out}: names a folder; give a file name such as {out}features.h5")
+    return replaced_path(Path(out))
 
 
 def check_output(out: Path, overwrite: bool) -> None:
@@ -394,7 +404,7 @@ def export_features(config: ExportConfig) -> ExportSummary:
     time writes a file: a second (a resume started twice) is refused while the first runs;
     it had died on a raw h5py error, once leaving a stale progress folder.
     """
-    out = replaced_path(Path(config.out))
+    out = output_path(config.out)
     check_output(out, config.overwrite)  # a missing folder is said as such, before the lock
     busy = f"{out}: another export{{holder}} is writing this file now; wait for it to end"
     with exclusive_lock(out.parent / f".{out.name}.lock", busy):
@@ -403,8 +413,7 @@ def export_features(config: ExportConfig) -> ExportSummary:
 
 def _export(config: ExportConfig) -> ExportSummary:
     t0 = time.perf_counter()
-    # A link: the file it names is replaced, and the progress folder goes beside that file.
-    out = replaced_path(Path(config.out))
+    out = output_path(config.out)
     check_output(out, config.overwrite)
     ckpt = read_config(config.checkpoint)  # CheckpointError names what is missing
     ckpt_hash = checkpoint_hash(config.checkpoint)

@@ -186,6 +186,13 @@ def test_unwritable_output(demo, ckpt, tmp_path, out, message):
         export_features(_config(ckpt, demo, tmp_path / out))
 
 
+def test_an_output_ending_in_a_slash_is_a_folder_not_a_file(demo, ckpt, tmp_path):
+    """`--out newdir/` (no such folder) was written as a file named newdir, exit 0."""
+    with pytest.raises(ExportError, match="names a folder; give a file name such as"):
+        export_features(_config(ckpt, demo, f"{tmp_path}/newdir/"))
+    assert not (tmp_path / "newdir").exists()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_output_folder(demo, ckpt, tmp_path):
     folder = tmp_path / "ro"
