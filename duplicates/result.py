@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -111,8 +112,12 @@ def parse_keep(text: str | Sequence[str]) -> tuple[str, ...]:
 
 def order_members(members: Sequence[Member], keep: Sequence[str] = DEFAULT_KEEP) -> list[Member]:
     """Members best-first by the keep rules (e.g. highest resolution, then largest file),
+    then a file before a symbolic link (a link and its target tie on every rule, and a link
+    kept by its id had its target marked for removal: deleting it left the link dangling),
     then by id so the choice is deterministic."""
-    return sorted(members, key=lambda m: (*(-KEEP_RULES[r](m) for r in keep), m.id))
+    return sorted(
+        members, key=lambda m: (*(-KEEP_RULES[r](m) for r in keep), os.path.islink(m.path), m.id)
+    )
 
 
 def has_label_conflict(members: Sequence[Member]) -> bool:

@@ -33,3 +33,17 @@ def test_label_conflict_flag() -> None:
     assert has_label_conflict([member("a", 1, 1, 1, "iphone"), member("b", 1, 1, 1, "pixel")])
     assert not has_label_conflict([member("a", 1, 1, 1, "iphone"), member("b", 1, 1, 1, "iphone")])
     assert not has_label_conflict([member("a", 1, 1, 1, "iphone"), member("b", 1, 1, 1, "")])
+
+
+def test_a_file_keeps_over_a_link_to_it(tmp_path) -> None:
+    """A link ("alink") sorted before its target ("zorig") was kept, and the report marked
+    the real file for removal: acting on it left the link dangling."""
+    from dataclasses import replace
+
+    (tmp_path / "zorig.jpg").write_bytes(b"photo")
+    (tmp_path / "alink.jpg").symlink_to("zorig.jpg")
+    link = replace(member("alink", 10, 10, 5), path=str(tmp_path / "alink.jpg"))
+    target = replace(member("zorig", 10, 10, 5), path=str(tmp_path / "zorig.jpg"))
+    assert [m.id for m in order_members([link, target])] == ["zorig", "alink"]
+    bigger_link = replace(link, width=20)  # the rules still come first
+    assert order_members([bigger_link, target])[0].id == "alink"
