@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from common import stopping
 from common.argtypes import (
     add_data_option,
     add_progress_option,
@@ -116,6 +117,14 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_find(args: argparse.Namespace) -> int:
+    # SIGTERM stops it as Ctrl-C does, so its temporary files go: above 1 GiB of features it
+    # keeps them in a memory-mapped folder of the system's temporary folder, which a SIGTERM
+    # had left behind.
+    with stopping.signals_stop():
+        return _find(args)
+
+
+def _find(args: argparse.Namespace) -> int:
     from duplicates.against import AgainstConfig, find_against
     from duplicates.calibration import stored_settings
     from duplicates.descriptor import CopyDescriptor
@@ -132,8 +141,9 @@ def run_find(args: argparse.Namespace) -> int:
     stored = stored_settings(args.checkpoint)
     if args.threshold is None and not stored.calibrated:
         log.warning(
-            "checkpoint %s has no calibrated duplicate threshold; using %.2f "
-            "(run 'phonesim duplicates calibrate')",
+            "checkpoint %s has no calibrated duplicate threshold; using %.2f, which also "
+            "groups different photos of look-alike phones on look-alike backdrops; run "
+            "'phonesim duplicates calibrate' for a threshold measured on your photos",
             args.checkpoint,
             stored.threshold,
         )

@@ -4,9 +4,6 @@ and ``phonesim embed``, which is the same job with the neighbour pass off."""
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -244,44 +241,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_embed, interrupted=resume_hint)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that it stops the export the
-    same way: progress kept, the lock file removed, the resume hint said (exit 130)."""
-
-
 @contextmanager
 def sigterm_stops_like_ctrl_c(args: argparse.Namespace) -> Iterator[None]:
-    """Within the block, SIGTERM (``kill``, a supervisor stopping the job) raises
-    :class:`Terminated`; it ended the process at once (143) with no word of the progress.
-    Both it and Ctrl-C are also recorded (:mod:`common.stopping`), so that one raised where
-    Python drops exceptions still stops the job at its next check."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
+    """Within the block, SIGTERM stops the export as Ctrl-C does (:mod:`common.stopping`):
+    progress kept, the lock file removed, the resume hint said (exit 130). It had ended the
+    process at once (143) with no word of the progress."""
 
-    def terminate(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    def terminated() -> None:
         args.stopped_by = "terminated"
-        stopping.request(Terminated)
-        raise Terminated
 
-    def interrupt(signum: int, frame: object) -> None:
-        stopping.request(KeyboardInterrupt)
-        raise KeyboardInterrupt
-
-    def unraisable(info: sys.UnraisableHookArgs) -> None:
-        if not isinstance(info.exc_value, KeyboardInterrupt):  # a stop is recorded: no trace
-            hook(info)
-
-    previous = signal.signal(signal.SIGTERM, terminate), signal.signal(signal.SIGINT, interrupt)
-    hook, sys.unraisablehook = sys.unraisablehook, unraisable
-    try:
+    with stopping.signals_stop(terminated):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
-        sys.unraisablehook = hook
-        stopping.clear()
 
 
 def resume_hint(args: argparse.Namespace) -> str:

@@ -178,3 +178,60 @@ def test_calibrate_on_too_few_photos_stores_nothing(
     assert main("calibrate", [*argv, "--no-progress", "--workers", "0"]) == 1
     assert "threshold not stored" in capsys.readouterr().err
     assert stored_settings(ckpt).threshold == 0.93
+
+
+# Child: features memory-mapped however few, and a pause before the first image is read.
+STOP_IN_EXTRACTION = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+import duplicates.features as features
+import duplicates.finder as finder
+real_extract, real_read = finder.extract_features, features.iter_read
+finder.extract_features = lambda *a, **k: real_extract(*a, **k, memory_limit=1)
+def read_then_wait(*args, **kwargs):
+    open({marker!r}, "w").close()
+    time.sleep(60)
+    yield from real_read(*args, **kwargs)
+features.iter_read = read_then_wait
+from duplicates.cli import main
+sys.exit(main("find", sys.argv[1:]))
+"""
+
+
+def test_sigterm_stops_find_and_removes_its_memory_mapped_features(
+    planted_run, tiny_checkpoint, tmp_path
+):
+    """SIGTERM ended the process at once and left the folder of memory-mapped features
+    (over 1 GiB wherever the CLI uses one) in the system's temporary folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.export.conftest import REPO
+
+    marker, temp = tmp_path / "describing", tmp_path / "temp"
+    temp.mkdir()
+    script = tmp_path / "child.py"
+    script.write_text(STOP_IN_EXTRACTION.format(repo=str(REPO), marker=str(marker)))
+    args = ["--checkpoint", str(tiny_checkpoint), "--images", str(planted_run[0])]
+    args += ["--out", str(tmp_path / "r"), "--no-progress", "--workers", "0"]
+    child = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        env={**os.environ, "TMPDIR": str(temp)},
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists() and list(temp.glob("phonesim-dup-*"))  # mapped, mid-run
+        child.send_signal(signal.SIGTERM)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+    assert child.returncode == 130, stderr.decode()
+    assert list(temp.glob("phonesim-dup-*")) == []
