@@ -29,7 +29,7 @@ from duplicates.calibrate_cli import (
     run_calibrate,
 )
 from embedder.engine_options import EngineOptions, add_engine_options
-from embedder.errors import check_output_folder
+from embedder.errors import DataError, check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,8 @@ def _find(args: argparse.Namespace) -> int:
     from embedder.checkpoint import checkpoint_hash, read_config
 
     keep = parse_keep(args.keep)
+    if "catalog" in keep and not (args.index or args.store):
+        raise DataError("--keep catalog needs a catalog to keep: give --index or --store")
     check_output_folder(args.out, owns=REPORT_FILES, files=REPORT_FILES)
     data, kind = data_source(args)
     samples = load_inputs(data, kind)

@@ -216,8 +216,9 @@ class PartialDir:
             )
         if changed:
             first = samples[changed[0]]
+            files = len({samples[i].path for i in changed})  # rows may share a file
             raise ResumeError(
-                f"{self.path}: {len(changed)} image file(s) changed since the export that "
+                f"{self.path}: {files} image file(s) changed since the export that "
                 "embedded them read them (size or modification time), such as "
                 f"{first.id!r} ({first.path}); pass --restart to embed everything again, or "
                 "put the files back to resume"

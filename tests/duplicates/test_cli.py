@@ -235,3 +235,11 @@ def test_sigterm_stops_find_and_removes_its_memory_mapped_features(
             child.wait(timeout=30)
     assert child.returncode == 130, stderr.decode()
     assert list(temp.glob("phonesim-dup-*")) == []
+
+
+def test_keep_catalog_without_a_catalog_is_refused(tiny_checkpoint, tmp_path, capsys):
+    """It had been accepted and did nothing."""
+    (tmp_path / "imgs").mkdir()
+    args = ["--checkpoint", str(tiny_checkpoint), "--images", str(tmp_path / "imgs")]
+    code = main("find", [*args, "--out", str(tmp_path / "r"), "--keep", "catalog,resolution"])
+    assert code == 2 and "--keep catalog needs a catalog" in capsys.readouterr().err
