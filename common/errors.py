@@ -10,6 +10,8 @@ import select
 import sys
 from collections.abc import Callable
 
+from common.argtypes import STORE_ENV
+
 
 class UserError(Exception):
     """Bad input from the user: a missing path, a malformed manifest, an incompatible index."""
@@ -83,6 +85,16 @@ def run_reporting_errors(
     return reporting_errors(prog, lambda: run(args), interrupted=interrupted)
 
 
+def _store_source(message: str) -> str:
+    """Where a store URL in ``message`` came from, when the environment gave it: a command
+    run with ``$PHONESIM_STORE`` set works on that store unasked, and its errors named only
+    the URL."""
+    env = os.environ.get(STORE_ENV, "").strip()
+    if env and env in message and STORE_ENV not in message:
+        return f" (the store ${STORE_ENV} names; --store '' for none)"
+    return ""
+
+
 def reporting_errors(
     prog: str,
     run: Callable[[], int | None],
@@ -95,7 +107,7 @@ def reporting_errors(
     try:
         return int(run() or 0)
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}{_store_source(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_left():

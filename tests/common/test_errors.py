@@ -40,6 +40,20 @@ def test_errors_become_one_line(capsys, exc, code, line):
     assert err.strip().splitlines() == [line]
 
 
+def test_a_store_the_environment_named_is_said_to_come_from_it(capsys, monkeypatch):
+    """With $PHONESIM_STORE set, export, duplicates and index commands work on that store
+    unasked, and a refusal named only its URL."""
+    url = "postgresql://x@127.0.0.1:1/db"
+    error = UserError(f"{url}: unavailable (connection refused)")
+    monkeypatch.delenv("PHONESIM_STORE", raising=False)
+    run_reporting_errors("tool", _raising(error), None)
+    assert "PHONESIM_STORE" not in capsys.readouterr().err
+    monkeypatch.setenv("PHONESIM_STORE", url)
+    run_reporting_errors("tool", _raising(error), None)
+    said = capsys.readouterr().err.strip()
+    assert said.endswith("(the store $PHONESIM_STORE names; --store '' for none)")
+
+
 def test_os_error_without_a_path():
     assert describe_os_error(OSError("connection reset")) == "connection reset"
 
