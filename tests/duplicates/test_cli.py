@@ -204,12 +204,10 @@ def test_sigterm_stops_find_and_removes_its_memory_mapped_features(
     """SIGTERM ended the process at once and left the folder of memory-mapped features
     (over 1 GiB wherever the CLI uses one) in the system's temporary folder."""
     import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     from tests.export.conftest import REPO
+    from tests.signals import terminate_at_marker
 
     marker, temp = tmp_path / "describing", tmp_path / "temp"
     temp.mkdir()
@@ -217,23 +215,18 @@ def test_sigterm_stops_find_and_removes_its_memory_mapped_features(
     script.write_text(STOP_IN_EXTRACTION.format(repo=str(REPO), marker=str(marker)))
     args = ["--checkpoint", str(tiny_checkpoint), "--images", str(planted_run[0])]
     args += ["--out", str(tmp_path / "r"), "--no-progress", "--workers", "0"]
-    child = subprocess.Popen(
+
+    def mapped() -> None:  # the run is under way, its features memory-mapped
+        assert list(temp.glob("phonesim-dup-*"))
+
+    code, stderr = terminate_at_marker(
         [sys.executable, str(script), *args],
+        marker,
+        timeout=120,
+        at_marker=mapped,
         env={**os.environ, "TMPDIR": str(temp)},
-        stderr=subprocess.PIPE,
     )
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert marker.exists() and list(temp.glob("phonesim-dup-*"))  # mapped, mid-run
-        child.send_signal(signal.SIGTERM)
-        _, stderr = child.communicate(timeout=60)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(timeout=30)
-    assert child.returncode == 130, stderr.decode()
+    assert code == 130, stderr
     assert list(temp.glob("phonesim-dup-*")) == []
 
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from export import ExportError
 from export.shards import MANIFEST, JobIdentity, PartialDir, partial_path
 from tests.export.conftest import REPO, _config, _read, _write_manifest
+from tests.signals import terminate_at_marker
 
 SCRIPT = REPO / "scripts" / "export_features.py"
 RUN_TIMEOUT = 180  # seconds for one child export of the 19 demo images (torch import included)
@@ -293,20 +293,9 @@ def test_sigterm_stops_like_ctrl_c_and_says_how_to_resume(ckpt, demo, tmp_path):
     out, marker = tmp_path / "features.h5", tmp_path / "two-shards"
     args = _export_args(ckpt, demo / "with_bad.csv", out)
     command = _child(tmp_path, WAIT_AFTER_SECOND_SHARD.format(marker=str(marker))) + args
-    child = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert marker.exists(), child.stderr.read().decode() if child.poll() is not None else ""
-        os.kill(child.pid, signal.SIGTERM)
-        _stdout, stderr = child.communicate(timeout=60)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(timeout=30)
-    assert child.returncode == 130, stderr.decode()
-    assert stderr.decode().strip().splitlines()[-1] == (
+    code, stderr = terminate_at_marker(command, marker, timeout=RUN_TIMEOUT, cwd=tmp_path)
+    assert code == 130, stderr
+    assert stderr.strip().splitlines()[-1] == (
         f"export_features: terminated; progress is kept in {out}.partial/, "
         "run the same command again to resume"
     )
