@@ -117,8 +117,11 @@ def run_benchmark(
     metadata, labels, prices = catalog_metadata(clusters, cfg.seed)
     cases = filter_cases(labels, prices)
     del labels, prices
-    work = Path(cfg.workdir or tempfile.mkdtemp(prefix="bench_index_"))
-    work.mkdir(parents=True, exist_ok=True)
+    # A new folder of its own, also inside --workdir: the run deletes what it built and only
+    # that ("WORKDIR/index" had been replaced and deleted, whatever it held).
+    if cfg.workdir is not None:
+        Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench_index_", dir=cfg.workdir))
     path = work / "index"
     try:
         stage(f"building the {cfg.kind} index in {path}")
@@ -131,7 +134,6 @@ def run_benchmark(
             checkpoint_hash="0" * 64,
             kind=cfg.kind,
             target_recall=cfg.target_recall,
-            overwrite=True,
             progress=False,
         )
         del metadata
@@ -167,7 +169,7 @@ def run_benchmark(
         _measure_flat(flat, xq, cfg, r)
     finally:
         if not cfg.keep:
-            shutil.rmtree(work if cfg.workdir is None else path, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
     r["speedup_p50"] = r["flat_p50_ms"] / r["p50_ms"]
     r["peak_rss_mib"] = peak_rss_mib()
     r["load_avg_end"] = round(os.getloadavg()[0], 2)

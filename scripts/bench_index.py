@@ -74,10 +74,19 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     )
     p.add_argument("--threads", type=positive_int, default=None, help="FAISS OpenMP threads")
     p.add_argument("--seed", type=int, default=d.seed, help="data seed (default %(default)s)")
-    p.add_argument("--workdir", default=None, help="where to build (default: a temp folder)")
-    p.add_argument("--keep", action="store_true", help="keep the built index folder")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="folder to build in: the index goes into a new bench_index_* folder there, "
+        "removed at the end (default: the system's temporary folder)",
+    )
+    p.add_argument(
+        "--keep", action="store_true", help="keep the built index folder (its path is printed)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     a = p.parse_args(argv)
+    if a.workdir and Path(a.workdir).exists() and not Path(a.workdir).is_dir():
+        p.error(f"--workdir {a.workdir}: is a file, not a folder")
     if not 0 <= a.spread_min <= a.spread_max:
         p.error(f"need 0 <= --spread-min ({a.spread_min}) <= --spread-max ({a.spread_max})")
     try:  # a kind FAISS cannot make fails now, not after the data and its ground truth
