@@ -34,7 +34,15 @@ import threading
 import time
 from pathlib import Path
 
-from http_load import DEMO_WORKDIR, REPO, demo_inputs, free_port, multipart_form, server_env
+from http_load import (
+    DEMO_WORKDIR,
+    REPO,
+    check_demo_inputs,
+    demo_inputs,
+    free_port,
+    multipart_form,
+    server_env,
+)
 
 from common.argtypes import non_negative_int, positive_float, positive_int
 from common.errors import reporting_errors
@@ -72,7 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=positive_int, default=8, help="server request threads (default 8)"
     )
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_demo_inputs(p, args)
+    return args
 
 
 def query_image(index: Path) -> bytes:

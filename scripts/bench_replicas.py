@@ -45,6 +45,7 @@ from replica_cluster import (
 
 from common.argtypes import non_negative_int, positive_float, positive_int
 from common.errors import reporting_errors
+from demo.specs import CLASS_NAMES
 
 API_KEY = "bench-replicas-key"
 KEY = {"X-API-Key": API_KEY}
@@ -120,7 +121,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--seed", type=int, default=0, help="random seed of the kill choices (default %(default)s)"
     )
-    return p.parse_args(argv)  # fmt: skip
+    args = p.parse_args(argv)
+    if not 2 <= args.catalog[0] <= len(CLASS_NAMES):  # else a traceback from a child process
+        p.error(f"--catalog: CLASSES must be 2 to {len(CLASS_NAMES)}, got {args.catalog[0]}")
+    return args
 
 
 def searcher(cluster: Cluster, images: list[tuple[str, bytes]], ledger: Ledger, stop,

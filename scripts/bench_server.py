@@ -36,6 +36,7 @@ from pathlib import Path
 from http_load import (
     DEMO_WORKDIR,
     REPO,
+    check_demo_inputs,
     demo_inputs,
     free_port,
     get,
@@ -159,6 +160,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "which is auto); e.g. never prices a reading server asked to skip the reading",
     )
     args = p.parse_args(argv)
+    check_demo_inputs(p, args)
     if args.text_gate != TEXT_GATE and not args.read_text:
         p.error("--text-gate needs --read-text")
     if args.request_read_text and not args.read_text:

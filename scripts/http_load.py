@@ -3,6 +3,7 @@ fixed concurrency and summarise latencies (p50/p95/p99), requests/s and errors."
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import multiprocessing as mp
 import os
@@ -32,15 +33,19 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def check_demo_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error (exit 2) for ``--checkpoint`` without ``--index`` or the other way."""
+    if bool(args.checkpoint) != bool(args.index):
+        parser.error("give both --checkpoint and --index, or neither (the demo's)")
+
+
 def demo_inputs(
     checkpoint: str | None, index: str | None, workdir: str | None
 ) -> tuple[Path, Path]:
     """``--checkpoint`` and ``--index``, or the demo's (built into ``workdir``, default
     :data:`DEMO_WORKDIR`, the first time). Absolute: the server and the demo run from the
     repository, not from where the script was started."""
-    if checkpoint or index:
-        if not (checkpoint and index):
-            sys.exit("give both --checkpoint and --index, or neither")
+    if checkpoint and index:
         return Path(checkpoint).resolve(), Path(index).resolve()
     work = Path(workdir).resolve() if workdir else DEMO_WORKDIR
     ckpt, idx = work / "checkpoint", work / "index"
