@@ -14,11 +14,14 @@ record the stop, and long work calls :func:`check` at points where raising is sa
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
 
 _requested: type[BaseException] | None = None
 
@@ -57,7 +60,11 @@ def signals_stop(on_terminate: Callable[[], None] | None = None) -> Iterator[Non
         raise KeyboardInterrupt
 
     def unraisable(info: sys.UnraisableHookArgs) -> None:
-        if not isinstance(info.exc_value, KeyboardInterrupt):  # a stop is recorded: no trace
+        # A stop is recorded, and the clean-up of what it drops (a DataLoader whose workers the
+        # same SIGTERM ended) is no news to whoever stopped it: neither gets a traceback.
+        if isinstance(info.exc_value, KeyboardInterrupt) or _requested is not None:
+            log.debug("while stopping: %s", info.exc_value)
+        else:
             hook(info)
 
     previous = signal.signal(signal.SIGTERM, terminate), signal.signal(signal.SIGINT, interrupt)

@@ -506,3 +506,43 @@ def test_empty_weights_are_refused_as_such():
 
     with pytest.raises(WeightsError, match="--weights is empty"):
         create_backbone("test_efficientnet", 3, " ")
+
+
+# Child: the second fine-tuning epoch says so in a marker file, then waits to be terminated.
+TERM_IN_SECOND_EPOCH = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import embedder.trainer as trainer
+real, calls = trainer.train_one_epoch, []
+def epoch_then_wait(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        open({marker!r}, "w").close()
+        time.sleep(60)
+    return real(*args, **kwargs)
+trainer.train_one_epoch = epoch_then_wait
+from phonesim.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_stops_training_as_ctrl_c_does(tiny_catalog, tmp_path):
+    """SIGTERM ended `phonesim train` at once (143): no word of the best checkpoint, and its
+    lock file left behind."""
+    import sys
+
+    from tests.conftest import REPO, TINY_MODEL, TINY_SIZE
+    from tests.signals import terminate_at_marker
+
+    marker, out = tmp_path / "second-epoch", tmp_path / "ckpt"
+    script = tmp_path / "child.py"
+    script.write_text(TERM_IN_SECOND_EPOCH.format(repo=str(REPO), marker=str(marker)))
+    command = [sys.executable, str(script), "train", "--data", str(tiny_catalog)]
+    command += ["--out", str(out), "--model", TINY_MODEL, "--weights", "none"]
+    command += ["--img-size", str(TINY_SIZE), "--epochs", "3", "--warmup-epochs", "0"]
+    command += ["--workers", "0", "--no-progress"]
+    code, stderr = terminate_at_marker(command, marker, timeout=180)
+    assert code == 130, stderr
+    assert "interrupted; best checkpoint so far (epoch 1)" in stderr
+    assert (out / "model.safetensors").is_file()
+    assert not any(p.name.endswith(".lock") for p in tmp_path.iterdir())
