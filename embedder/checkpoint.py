@@ -245,6 +245,8 @@ def check_checkpoint_target(out: str | Path) -> Path:
     Saving replaces the folder, so anything else there (a typo'd ``--out data/``) is refused.
     Returns the absolute path to save to (a symlink is followed, so the link survives).
     """
+    if not str(out).strip():  # abspath("") is the working folder, which was then named
+        raise CheckpointError("the output folder is empty: give a folder to save the checkpoint")
     out = replaced_path(Path(os.path.abspath(out)))
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: exists and is not a folder")

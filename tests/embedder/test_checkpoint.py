@@ -157,6 +157,10 @@ def test_checkpoint_targets_relative_dot_and_symlinks(tiny_checkpoint, tmp_path,
     (empty / ".DS_Store").write_text("finder noise")  # a file browser's: not the user's
     monkeypatch.chdir(empty)
     assert check_checkpoint_target(".") == empty
+    # "--out ''" had been refused naming the working folder, as if the user had given it.
+    for blank in ("", "  "):
+        with pytest.raises(CheckpointError, match="output folder is empty"):
+            check_checkpoint_target(blank)
     # Other hidden entries are the user's, which saving (it replaces the folder) deleted.
     for hidden in (".git", ".env"):
         repo = tmp_path / f"with{hidden}"
