@@ -224,6 +224,14 @@ def main() -> int:
         return 0
     if args.images is not None and not args.images.exists():  # before the minute of export
         parser.error(f"--images: no such file or folder: {args.images}")
+    if args.checkpoint is not None:
+        from embedder.checkpoint import read_config
+        from embedder.errors import CheckpointError
+
+        try:  # "model.safetensors: No such file or directory" (exit 1) before
+            read_config(args.checkpoint)
+        except CheckpointError as exc:
+            parser.error(f"--checkpoint: {exc}")
 
     from embedder.quantize import quantize_int8
 

@@ -17,6 +17,7 @@ SCRIPTS = REPO / "scripts"
         ("bench_replicas.py", ["--catalog", "200", "2"], "--catalog: CLASSES must be 2 to 96"),
         ("bench_hostile.py", ["--checkpoint", "x"], "give both --checkpoint and --index"),
         ("bench_server.py", ["--index", "x"], "give both --checkpoint and --index"),
+        ("bench_embed.py", ["--checkpoint", "/nonexistent"], "--checkpoint: /nonexistent: "),
     ],
 )
 def test_unusable_arguments_are_usage_errors(script, args, message):
