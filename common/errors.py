@@ -9,6 +9,7 @@ import re
 import select
 import sys
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from common.argtypes import STORE_ENV
 
@@ -90,7 +91,16 @@ def _store_source(message: str) -> str:
     run with ``$PHONESIM_STORE`` set works on that store unasked, and its errors named only
     the URL."""
     env = os.environ.get(STORE_ENV, "").strip()
-    if env and env in message and STORE_ENV not in message:
+    if not env or STORE_ENV in message:
+        return ""
+    # Messages name a store as postgresql://user@host:port/db, without its password or
+    # options and with the default port: match on host, port and database.
+    try:
+        url = urlsplit(env)
+        where = f"@{url.hostname or 'localhost'}:{url.port or 5432}{url.path}"
+    except ValueError:  # not a URL (a conninfo string): its own text, then
+        where = env
+    if env in message or where in message:
         return f" (the store ${STORE_ENV} names; --store '' for none)"
     return ""
 

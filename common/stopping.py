@@ -67,12 +67,19 @@ def signals_stop(on_terminate: Callable[[], None] | None = None) -> Iterator[Non
         else:
             hook(info)
 
-    previous = signal.signal(signal.SIGTERM, terminate), signal.signal(signal.SIGINT, interrupt)
+    # A signal the parent set to be ignored stays ignored (a shell's background job ignores
+    # SIGINT: the script's Ctrl-C is not meant for it), as Python itself keeps it.
+    handlers = {signal.SIGTERM: terminate, signal.SIGINT: interrupt}
+    previous = {
+        signum: signal.signal(signum, handler)
+        for signum, handler in handlers.items()
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
     hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         sys.unraisablehook = hook
         _requested = None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import stopping
 from duplicates.descriptor import CopyDescriptor
 from duplicates.inputs import ImageInfo, iter_read
 from embedder.batch import Failure
@@ -96,6 +97,7 @@ def extract_features(
         progress=progress,
         desc="duplicates",
     ):
+        stopping.check()  # a Ctrl-C or SIGTERM Python dropped (common.stopping)
         failures.extend(batch.failures)
         if not batch.indices:
             continue

@@ -21,6 +21,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 from tqdm import tqdm
 
+from common import stopping
 from common.grouping import component_labels, groups_of
 from duplicates.descriptor import CopyDescriptor
 from duplicates.features import Features, extract_features
@@ -303,6 +304,7 @@ def find_duplicates(
                 f"(first error: {features.failures[0].reason})"
             )
         pairs = score_candidates(features, config)
+        stopping.check()  # a Ctrl-C or SIGTERM Python dropped (common.stopping)
         groups = group_rows(len(features), pairs, config.threshold)
         result_groups = build_groups(features, groups, pairs, config.keep, config)
     finally:

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from common import stopping
 from embedder.errors import DataError
 from embedder.train_config import TrainConfig
 
@@ -151,6 +152,7 @@ def train_one_epoch(
     total, correct, loss_sum = 0, 0, 0.0
     bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False)
     for x, y in bar:
+        stopping.check()  # a Ctrl-C or SIGTERM Python dropped (common.stopping)
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
         target = y

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import math
 import os
@@ -88,7 +89,8 @@ def caller_image(img: object, name: str = "image") -> Image.Image:
             img.load()
             if img.getexif().get(_ORIENTATION, 1) != 1:
                 img = ImageOps.exif_transpose(img)
-    except (OSError, ValueError, AssertionError) as exc:  # Pillow asserts on a closed file
+    except Exception as exc:  # noqa: BLE001 (untrusted: corrupt EXIF raises struct.error, ...)
+        # Pillow asserts, with no message, on a file closed before it was read.
         reason = str(exc) or "its file was closed before it was read"
         raise ImageError(f"{name}: cannot decode image ({reason})") from exc
     return img
@@ -168,13 +170,18 @@ def open_image_file(path: str | Path) -> BinaryIO:
     content. Opened without blocking and checked on the open file: reading a FIFO named in a
     CSV manifest waited for a writer for ever (export and duplicates hung), and a folder or an
     empty file had been "not a recognised image format"."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # what opening a socket says
+            raise ImageError(f"{path}: is not a regular file (a socket)") from exc
+        raise
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise ImageError(f"{path}: is a folder, not an image file")
         if not stat.S_ISREG(info.st_mode):
-            raise ImageError(f"{path}: is not a regular file (a FIFO, device or socket)")
+            raise ImageError(f"{path}: is not a regular file (a FIFO or a device)")
         if info.st_size == 0:
             raise ImageError(f"{path}: empty file")
         return os.fdopen(fd, "rb")

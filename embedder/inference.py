@@ -159,6 +159,8 @@ class Embedder:
 
     def embed_paths(self, paths: Sequence[str | Path]) -> EmbeddingBatch:
         """Decode and embed image files; raises ImageError on the first unreadable one."""
+        if isinstance(paths, np.ndarray) and paths.ndim == 1:  # a DataFrame column's values
+            paths = paths.tolist()
         paths = _sequence(paths, "paths")
         return self.embed_images([load_image(p, self.decode_side) for p in paths])
 

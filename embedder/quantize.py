@@ -14,6 +14,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -57,6 +58,7 @@ from embedder.runtime import load_engine
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 16
+_TEMPDIR_LOCK = threading.Lock()  # tempfile.tempdir is one setting for the whole process
 
 
 def spread(samples: Sequence[Sample], limit: int) -> list[Sample]:
@@ -267,17 +269,20 @@ def _scratch_folder(path: Path) -> Iterator[Path]:
     In the system's temporary folder, a quantisation killed outright (kill -9) left them for
     good: about 30 MB for Lite0. Beside the graph, the next quantisation finds and removes
     them (under the checkpoint's lock: no other is running). onnxruntime makes its folders
-    in ``tempfile``'s, so that points here meanwhile: quantising is a command's whole work.
+    in ``tempfile``'s, which points here meanwhile: a setting of the whole process, so two
+    quantisations in one process take turns (other threads' temporary files made meanwhile
+    land here too, and go with it).
     """
-    remove_leftovers(path, QUANTIZING, "a quantisation that was killed", log)
-    tmp = temporary_folder(path, QUANTIZING)
-    system_tmp = tempfile.tempdir
-    tempfile.tempdir = str(tmp)
-    try:
-        yield tmp
-    finally:
-        tempfile.tempdir = system_tmp
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _TEMPDIR_LOCK:
+        remove_leftovers(path, QUANTIZING, "a quantisation that was killed", log)
+        tmp = temporary_folder(path, QUANTIZING)
+        system_tmp = tempfile.tempdir
+        tempfile.tempdir = str(tmp)
+        try:
+            yield tmp
+        finally:
+            tempfile.tempdir = system_tmp
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _scores(y_true: np.ndarray, probs: np.ndarray, emb: np.ndarray) -> dict:

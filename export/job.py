@@ -446,11 +446,11 @@ def _export(config: ExportConfig) -> ExportSummary:
         text = _TextStage(evidence, inputs, Preprocessor(ckpt.data_config).decode_side)
     try:
         embedded_now, runtime = _embed_stage(config, inputs, partial, ckpt_hash, clock, text)
+        stopping.check()
     except BaseException:
         if not partial.shards:  # nothing to resume: a corrected command must not be refused
             partial.remove()
         raise
-    stopping.check()
     embed_seconds = time.perf_counter() - clock.t0
     # What embedded the rows, this run's and those it resumed (not "auto" when none was left).
     runtime = partial.runtime() or runtime

@@ -48,10 +48,17 @@ def test_a_store_the_environment_named_is_said_to_come_from_it(capsys, monkeypat
     monkeypatch.delenv("PHONESIM_STORE", raising=False)
     run_reporting_errors("tool", _raising(error), None)
     assert "PHONESIM_STORE" not in capsys.readouterr().err
-    monkeypatch.setenv("PHONESIM_STORE", url)
-    run_reporting_errors("tool", _raising(error), None)
-    said = capsys.readouterr().err.strip()
-    assert said.endswith("(the store $PHONESIM_STORE names; --store '' for none)")
+    hint = "(the store $PHONESIM_STORE names; --store '' for none)"
+    # Stores are named without password or options, with the default port.
+    for given in (url, "postgresql://x:secret@127.0.0.1:1/db?sslmode=require"):
+        monkeypatch.setenv("PHONESIM_STORE", given)
+        run_reporting_errors("tool", _raising(error), None)
+        assert capsys.readouterr().err.strip().endswith(hint), given
+    monkeypatch.setenv("PHONESIM_STORE", "postgres://u@db.example/phonesim")
+    run_reporting_errors(
+        "tool", _raising(UserError("postgresql://u@db.example:5432/phonesim")), None
+    )
+    assert capsys.readouterr().err.strip().endswith(hint)
 
 
 def test_os_error_without_a_path():

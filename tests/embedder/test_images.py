@@ -141,3 +141,23 @@ def test_a_fifo_a_folder_or_an_empty_file_is_an_image_error_at_once(tmp_path):
     finally:  # a read still waiting on the FIFO ends with its writer (none waits: ENXIO)
         with contextlib.suppress(OSError):
             os.close(os.open(tmp_path / "pipe.jpg", os.O_WRONLY | os.O_NONBLOCK))
+
+
+# An EXIF block (orientation 6) with corrupted bytes that Pillow opens and decodes, and whose
+# transposition fails in the EXIF writer with struct.error (found by a fuzzing review).
+CORRUPT_EXIF = bytes.fromhex(
+    "4578696600004d4d002a0000000800030107000200000006000000320112000300000001000600008769"
+    "000400000001fc000038000000004170706c6500000190030002000000140000004a0000000032303230"
+    "0030313a30312030303a3030cc30307c"
+)
+
+
+def test_an_image_given_with_corrupt_exif_is_an_image_error():
+    from embedder.images import caller_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 4)).save(buf, "JPEG", exif=CORRUPT_EXIF)
+    img = Image.open(io.BytesIO(buf.getvalue()))
+    img.load()  # Pillow reads it
+    with pytest.raises(ImageError, match="image: cannot decode image"):
+        caller_image(img)

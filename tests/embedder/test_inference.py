@@ -123,3 +123,11 @@ def test_library_inputs_it_cannot_embed_are_named_errors(
     }
     with pytest.raises(error, match=match):
         calls[call]()
+
+
+def test_paths_may_come_as_a_numpy_array(tiny_checkpoint, tiny_catalog):
+    """A DataFrame column's values (a 1-D array) are paths, not one path."""
+    embedder = Embedder.from_checkpoint(tiny_checkpoint)
+    paths = [str(s.path) for s in load_catalog(tiny_catalog).samples[:2]]
+    batch = embedder.embed_paths(np.array(paths))
+    np.testing.assert_allclose(batch.embeddings, embedder.embed_paths(paths).embeddings)
