@@ -189,7 +189,9 @@ def run_child(runtime: str, ckpt: Path, images: Path, args: argparse.Namespace) 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", type=Path, help="default: pretrained Lite0, 6-class head")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="backbone when no --checkpoint")
     parser.add_argument("--images", type=Path, help="default: phone-brands train, else demo")

@@ -45,6 +45,8 @@ def main() -> int:
     p.add_argument("--ray-actors", type=positive_int, help="default: one per CPU")
     p.add_argument("--skip-ray", action="store_true", help="single-process figures only")
     args = p.parse_args()
+    if Path(args.workdir).exists() and not Path(args.workdir).is_dir():
+        p.error(f"--workdir {args.workdir}: is a file, not a folder")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     figures = run_bench(
         BenchSettings(

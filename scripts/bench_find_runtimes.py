@@ -48,7 +48,9 @@ def run(ckpt: Path, samples: list, runtime: str, args: argparse.Namespace) -> di
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", type=Path, help="default: pretrained Lite0, 6-class head")
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help="backbone when no --checkpoint (default %(default)s)"

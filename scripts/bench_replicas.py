@@ -122,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--seed", type=int, default=0, help="random seed of the kill choices (default %(default)s)"
     )
     args = p.parse_args(argv)
+    if args.workdir and Path(args.workdir).exists() and not Path(args.workdir).is_dir():
+        p.error(f"--workdir {args.workdir}: is a file, not a folder")
     if not 2 <= args.catalog[0] <= len(CLASS_NAMES):  # else a traceback from a child process
         p.error(f"--catalog: CLASSES must be 2 to {len(CLASS_NAMES)}, got {args.catalog[0]}")
     return args

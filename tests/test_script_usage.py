@@ -24,3 +24,20 @@ def test_unusable_arguments_are_usage_errors(script, args, message):
     done = run_script(SCRIPTS / script, *args)
     assert done.returncode == 2, done.stderr
     assert f"{script}: error: {message}" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("script", ["bench_export.py", "bench_replicas.py"])
+def test_a_workdir_that_is_a_file_is_a_usage_error(script, tmp_path):
+    """It had been "error: ...: File exists" with exit 1."""
+    (tmp_path / "afile").write_text("x")
+    done = run_script(SCRIPTS / script, "--workdir", str(tmp_path / "afile"))
+    message = f"--workdir {tmp_path / 'afile'}: is a file, not a folder"
+    assert done.returncode == 2, done.stderr
+    assert f"{script}: error: {message}" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("script", ["bench_embed.py", "bench_find_runtimes.py"])
+def test_the_help_says_the_output_ends_in_one_json_line(script):
+    """Their --help had cut the description before it said so (mid-sentence for one)."""
+    done = run_script(SCRIPTS / script, "--help")
+    assert done.returncode == 0 and "one JSON line" in " ".join(done.stdout.split())
