@@ -207,6 +207,7 @@ def test_evaluate_checks_the_data_before_loading_the_model(tiny_checkpoint, tmp_
         (TINY_MODEL, "{tmp}/missing.safetensors", "weights file not found"),
         (TINY_MODEL, "{tmp}", "is a folder; give the weights file"),
         (TINY_MODEL, "", "--weights is empty"),
+        (TINY_MODEL, "{tmp}/noise.pth", "cannot read weights"),  # found, but no weights
     ],
 )
 def test_the_model_and_weights_are_checked_before_the_data_is_read(
@@ -216,6 +217,7 @@ def test_the_model_and_weights_are_checked_before_the_data_is_read(
     import embedder.train as train_module
 
     monkeypatch.setattr(train_module, "load_catalog", None)  # reading the data would fail
+    (tmp_path / "noise.pth").write_bytes(bytes(range(256)) * 4)
     model, weights = model.format(tmp=tmp_path), weights.format(tmp=tmp_path)
     config = tiny_train_config(tiny_catalog, tmp_path / "ck", model=model, weights=weights)
     with pytest.raises(WeightsError, match=message):
