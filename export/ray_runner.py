@@ -9,7 +9,9 @@ cluster both must live on storage every node mounts at the same path.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -187,6 +189,10 @@ def ray_batches(
         with tqdm(total=pending, desc="embedding (ray)", unit="img", disable=not progress) as bar:
             for records in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
                 batch = records_to_batch(records)
+                # Workers read absolute paths (they may run elsewhere); the reasons name each
+                # file as the input did, as the single-process run's do.
+                failures = [(pos, _as_given(why, samples[pos].path)) for pos, why in batch.failures]
+                batch = dataclasses.replace(batch, failures=failures)
                 for pos, reason in batch.failures:
                     log.warning("skipping %s: %s", samples[pos].id, reason)
                 if batch.text is not None:
@@ -200,3 +206,8 @@ def ray_batches(
                 bar.update(batch.end - batch.start)
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+
+
+def _as_given(reason: str, path: str | Path) -> str:
+    """``reason`` naming ``path`` as the input gave it, where a worker named it absolute."""
+    return reason.replace(os.path.abspath(path), str(path))

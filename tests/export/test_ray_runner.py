@@ -120,3 +120,25 @@ def test_ray_path_equals_local_path(local_ray, reference, demo, ckpt, tmp_path):
     for key in ("model_name", "checkpoint_hash", "count", "failed_count", "dim", "runtime"):
         assert ray_data["attrs"][key] == local["attrs"][key]
     assert ray_data["attrs"]["runtime"] == "onnx"  # "auto", decided once in the driver
+
+
+@needs_ray
+def test_ray_names_failed_files_as_the_input_gave_them(
+    local_ray, demo, ckpt, tmp_path, monkeypatch
+):
+    """Workers read absolute paths: under --ray the reasons named the absolute path where the
+    single-process run names the file as the manifest (here relative) gave it."""
+    import h5py
+
+    from export import schema
+
+    monkeypatch.chdir(demo.parent)
+    manifest = f"{demo.name}/with_bad.csv"  # relative: so are its images' paths
+    reasons = {}
+    for ray, extra in ((None, {}), ("local", {"ray_actors": 1})):
+        out = tmp_path / f"{ray}.h5"
+        export_features(_config(ckpt, manifest, out, ray=ray, batch_size=3, **extra))
+        with h5py.File(out, "r") as f:
+            reasons[ray] = f[schema.FAILED_REASONS].asstr()[:].tolist()
+    assert reasons[None] and reasons["local"] == reasons[None]
+    assert not any(r.startswith("/") for r in reasons[None])
