@@ -8,7 +8,6 @@ CSV manifest (``id,image,label,...``) is read by ``embedder.data.load_catalog``.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,12 +89,6 @@ def read_image(path: str | Path, with_phash: bool = False) -> tuple[Image.Image,
     try:
         with open_image_file(path) as fh:  # a FIFO listed in a manifest had hung the run
             data = fh.read()
-    except FileNotFoundError as exc:
-        if Path(path).is_symlink():  # as embed and export say it
-            raise ImageError(
-                f"{path}: a link to {os.readlink(path)}, which does not exist"
-            ) from exc
-        raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
     except OSError as exc:
         raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
     try:

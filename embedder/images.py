@@ -143,9 +143,6 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
             f"{name}: refused as a possible decompression bomb (over the {MAX_PIXELS} pixel limit)"
         ) from exc
     except FileNotFoundError as exc:
-        if isinstance(source, str | Path) and Path(source).is_symlink():
-            target = os.readlink(source)
-            raise ImageError(f"{name}: a link to {target}, which does not exist") from exc
         raise ImageError(f"{name}: file not found") from exc
     except UnidentifiedImageError as exc:
         if not HEIF_SUPPORTED and _looks_like_heif(source):
@@ -172,6 +169,12 @@ def open_image_file(path: str | Path) -> BinaryIO:
     empty file had been "not a recognised image format"."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        if Path(path).is_symlink():  # a plain "not found" would send one to the wrong path
+            raise ImageError(
+                f"{path}: a link to {os.readlink(path)}, which does not exist"
+            ) from exc
+        raise
     except OSError as exc:
         if exc.errno == errno.ENXIO:  # what opening a socket says
             raise ImageError(f"{path}: is not a regular file (a socket)") from exc
