@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from common.argtypes import (
     add_progress_option,
@@ -21,6 +23,9 @@ from common.argtypes import (
 from duplicates.descriptor import DescriptorConfig
 from embedder.checkpoint import CALIBRATION_FOLDER
 from embedder.engine_options import EngineOptions, add_engine_options
+
+if TYPE_CHECKING:
+    from duplicates.calibration import CalibrationResult
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
@@ -37,7 +42,9 @@ scores (each photo family scored by a model fitted without it, 5 folds); the bes
 thresholds with precision >= --min-precision is stored in the checkpoint's config.json with the
 classifier refitted on all pairs. The pixel agreement alone and a pHash are swept on the same
 benchmark as baselines. Source photos that are already copies of each other (byte, pixel or
-near-identical, re-framed or cropped) are clustered first and used once.
+near-identical, re-framed or cropped) are clustered first and used once. The output ends with
+one line of JSON: the chosen operating point beside the agreement-alone baseline (per seed and
+their spread with --seeds).
 """
 
 # What calibrate writes into its --work folder, besides a seed-N folder per --seeds seed.
@@ -203,6 +210,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
                 "or look with --dry-run",
                 file=sys.stderr,
             )
+            print(json.dumps(figures(result, stored=False)))
             return 1
         log.warning("%s; its threshold is stored for want of a better one", small)
     if result.chosen is not None and not args.dry_run:
@@ -211,4 +219,26 @@ def run_calibrate(args: argparse.Namespace) -> int:
         where = store_calibration(args.checkpoint, record)
         print(f"stored threshold {result.chosen['threshold']:.3f} in {where}")
     print(result.summary())
+    print(json.dumps(figures(result, stored=result.chosen is not None and not args.dry_run)))
     return 0 if result.chosen is not None else 1
+
+
+def figures(result: CalibrationResult, stored: bool) -> dict[str, Any]:
+    """The run's one JSON line, as ``--seeds`` ends with: the chosen operating point, its
+    baseline (the pixel agreement alone on the same pairs) and the F1 ratio between them."""
+    ours, base = result.chosen, result.agreement_chosen
+    return {
+        "seed": result.config.benchmark.seed,
+        "images": result.images,
+        "originals": result.originals,
+        "truth_pairs": result.truth_pairs,
+        "min_precision": result.config.min_precision,
+        "chosen": ours,
+        "baseline": "agreement",
+        "agreement_only": base,
+        "f1_over_agreement": (
+            round(ours["f1"] / base["f1"], 4) if ours and base and base["f1"] > 0 else None
+        ),
+        "phash_best": result.phash_best,
+        "stored": stored,
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 
 import pytest
 
@@ -84,6 +85,25 @@ def test_calibrate_several_seeds_prints_each_and_ends_with_json(
         assert (tmp_path / "w" / f"seed-{seed}" / "false_pairs.csv").is_file()
     # Several seeds store nothing in the checkpoint.
     assert "duplicates" not in json.loads((tiny_checkpoint / "config.json").read_text())["extra"]
+
+
+def test_calibrate_one_seed_ends_with_json_too(
+    tiny_catalog, tiny_checkpoint, tmp_path, capsys
+) -> None:
+    """One seed had ended with the summary sentence only; a run could not be compared."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    args = ["--checkpoint", str(ckpt), "--data", str(tiny_catalog), "--originals", "6"]
+    args += ["--work", str(tmp_path / "w"), "--seed", "3", "--min-precision", "0"]
+    code = main("calibrate", [*args, "--workers", "0", "--no-progress"])
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and figures["seed"] == 3 and figures["stored"] is True
+    assert figures["baseline"] == "agreement" and figures["agreement_only"] is not None
+    assert 0 <= figures["chosen"]["f1"] <= 1
+    ratio = figures["chosen"]["f1"] / figures["agreement_only"]["f1"]
+    assert figures["f1_over_agreement"] == pytest.approx(ratio, abs=1e-4)
+    stored = json.loads((ckpt / "config.json").read_text())["extra"]["duplicates"]
+    assert stored["threshold"] == figures["chosen"]["threshold"]
 
 
 def test_seed_and_seeds_are_exclusive(tiny_checkpoint, capsys) -> None:
