@@ -37,13 +37,33 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         default=d.kind,
         help="auto | flat | ivf | hnsw | FAISS factory string (default %(default)s)",
     )
-    p.add_argument("--clusters", type=positive_int, default=d.clusters, help="mixture components")
-    p.add_argument("--spread-min", type=float, default=d.spread_min, help="cluster noise, low")
-    p.add_argument("--spread-max", type=float, default=d.spread_max, help="cluster noise, high")
     p.add_argument(
-        "--nq", type=positive_int, default=d.nq, help="queries for recall and throughput"
+        "--clusters",
+        type=positive_int,
+        default=d.clusters,
+        help="mixture components (default %(default)s)",
     )
-    p.add_argument("--k", type=positive_int, default=d.k, help="neighbours per query")
+    p.add_argument(
+        "--spread-min",
+        type=float,
+        default=d.spread_min,
+        help="cluster noise, low (default %(default)s)",
+    )
+    p.add_argument(
+        "--spread-max",
+        type=float,
+        default=d.spread_max,
+        help="cluster noise, high (default %(default)s)",
+    )
+    p.add_argument(
+        "--nq",
+        type=positive_int,
+        default=d.nq,
+        help="queries for recall and throughput (default %(default)s)",
+    )
+    p.add_argument(
+        "--k", type=positive_int, default=d.k, help="neighbours per query (default %(default)s)"
+    )
     p.add_argument(
         "--latency-queries",
         type=positive_int,
@@ -51,7 +71,10 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         help="single queries timed for p50/p99 (default %(default)s)",
     )
     p.add_argument(
-        "--flat-queries", type=positive_int, default=d.flat_queries, help="baseline queries"
+        "--flat-queries",
+        type=positive_int,
+        default=d.flat_queries,
+        help="queries timed on the exact flat baseline (default %(default)s)",
     )
     p.add_argument(
         "--filter-queries",
@@ -72,7 +95,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         default=d.target_recall,
         help="recall@10 the search defaults are tuned to, in (0, 1] (default %(default)s)",
     )
-    p.add_argument("--threads", type=positive_int, default=None, help="FAISS OpenMP threads")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="FAISS OpenMP threads (default: OpenMP's own, normally every core)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="data seed (default %(default)s)")
     p.add_argument(
         "--workdir",
