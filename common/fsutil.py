@@ -77,7 +77,10 @@ def folder_write_problem(folder: str | Path, *, created: bool = False) -> str | 
             pass
     except OSError as exc:
         where = f"{folder} is" if created else "folder is"
-        return f"{where} not writable ({exc.strerror})"
+        # ENOENT on a folder that exists: a virtual file system such as /proc, where the
+        # kernel's "No such file or directory" would read as if the folder were missing.
+        why = "it takes no new files" if exc.errno == errno.ENOENT else exc.strerror
+        return f"{where} not writable ({why})"
     return None
 
 

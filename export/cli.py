@@ -41,10 +41,10 @@ other catalog items (ids and cosine scores). Unreadable images are skipped and l
 file's 'failed' dataset.
 
 The job is resumable: progress is committed to OUT.partial/ every --shard-size inputs
-(rounded up to whole batches), and
-re-running the same command after Ctrl-C or a crash continues where it stopped. The file
-appears under its final name only when complete. Memory stays flat in the number of images,
-apart from the neighbour index (see docs/export.md).
+(rounded up to whole batches), and re-running the same command after Ctrl-C, a SIGTERM or a
+crash continues where it stopped. The file appears under its final name only when complete.
+Memory stays flat in the number of images, apart from the neighbour index (see
+docs/export.md).
 """
 
 EPILOG = """\

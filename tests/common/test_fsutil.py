@@ -177,7 +177,8 @@ def test_folder_write_problem(tmp_path: Path) -> None:
     assert fsutil.folder_write_problem(tmp_path) is None
     assert fsutil.folder_write_problem(tmp_path / "missing") == "folder does not exist"
     assert fsutil.folder_write_problem(tmp_path / "f") == "is a file, not a folder"
-    assert "not writable" in fsutil.folder_write_problem("/proc")
+    # not the kernel's "No such file or directory", which reads as if /proc were missing
+    assert fsutil.folder_write_problem("/proc") == "folder is not writable (it takes no new files)"
     assert fsutil.folder_write_problem(tmp_path / "a" / "b", created=True) is None
     assert fsutil.folder_write_problem(tmp_path / "f" / "b", created=True) == (
         f"{tmp_path / 'f'} is a file, not a folder"
