@@ -167,7 +167,13 @@ def ray_batches(
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
     ctx.execution_options.preserve_order = True
-    ctx.enable_progress_bars = False
+    ctx.enable_progress_bars = False  # the tqdm bar below counts images in input order
+    # Ray Data warns once that its bars are off: they are, on purpose; mark it as said.
+    ray.util.debug.log_once("ray_data_progress_manager_disabled")
+    ray_data_log = logging.getLogger("ray.data")
+    saved_level = ray_data_log.level
+    if log.getEffectiveLevel() > logging.INFO:  # -q: Ray Data's plan and timing lines too
+        ray_data_log.setLevel(logging.WARNING)
     try:
         ds = ray.data.from_arrow(tables).map_batches(
             EmbedMapper,
@@ -206,6 +212,7 @@ def ray_batches(
                 bar.update(batch.end - batch.start)
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+        ray_data_log.setLevel(saved_level)
 
 
 def _as_given(reason: str, path: str | Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -142,3 +143,27 @@ def test_ray_names_failed_files_as_the_input_gave_them(
             reasons[ray] = f[schema.FAILED_REASONS].asstr()[:].tolist()
     assert reasons[None] and reasons["local"] == reasons[None]
     assert not any(r.startswith("/") for r in reasons[None])
+
+
+@needs_ray
+def test_quiet_export_hides_ray_datas_info_lines(local_ray, demo, ckpt, tmp_path, caplog):
+    """Under -q (phonesim's loggers at WARNING) Ray Data had still printed its plan, timing
+    and "Progress bars disabled" (they are, on purpose: the export shows its own bar)."""
+    import ray.data  # noqa: F401  (configures its logger, as the export's import does)
+
+    ray_data_log = logging.getLogger("ray.data")
+    before = ray_data_log.level
+    shown: list[logging.LogRecord] = []
+    catcher = logging.Handler()
+    catcher.emit = shown.append  # what Ray Data's console handler beside it would print
+    ray_data_log.addHandler(catcher)
+    try:
+        caplog.set_level(logging.WARNING, logger="export")
+        export_features(_config(ckpt, demo / "with_bad.csv", tmp_path / "q.h5", ray="local"))
+        assert [r.getMessage() for r in shown] == []
+        assert ray_data_log.level == before  # Ray Data's own setting is put back
+        caplog.set_level(logging.INFO, logger="export")
+        export_features(_config(ckpt, demo / "with_bad.csv", tmp_path / "v.h5", ray="local"))
+        assert any("Starting execution" in r.getMessage() for r in shown)  # without -q
+    finally:
+        ray_data_log.removeHandler(catcher)
