@@ -68,6 +68,10 @@ def check_rotations(rotations: Sequence[int], name: str = "rotations") -> tuple[
     return tuple(dict.fromkeys(rotations))
 
 
+class ReaderBusy(Exception):
+    """The reader stayed busy with other photos for longer than a caller would wait."""
+
+
 class TextReader:
     """Text lines and their recognition confidences on an RGB image, read at each of
     ``rotations`` (degrees counter-clockwise). ``threads``: ONNX Runtime threads per model
@@ -107,23 +111,31 @@ class TextReader:
         # The pipeline keeps per-call state between its stages: one image at a time.
         self._lock = threading.Lock()
 
-    def read(self, image: Image.Image, enough: Enough | None = None) -> list[tuple[str, float]]:
+    def read(
+        self, image: Image.Image, enough: Enough | None = None, wait_s: float | None = None
+    ) -> list[tuple[str, float]]:
         """(text, confidence) of every line read, over the rotations read (see
         :meth:`read_each`)."""
-        return [line for lines in self.read_each(image, enough).values() for line in lines]
+        lines = self.read_each(image, enough, wait_s)
+        return [line for read in lines.values() for line in read]
 
     def read_each(
-        self, image: Image.Image, enough: Enough | None = None
+        self, image: Image.Image, enough: Enough | None = None, wait_s: float | None = None
     ) -> dict[int, list[tuple[str, float]]]:
         """(text, confidence) of every line read, by rotation: those read within the budget,
         and only until ``enough`` says the lines read so far suffice (such as: they name a
-        class, :meth:`TextCues.names_any`)."""
+        class, :meth:`TextCues.names_any`). ``wait_s``: how long to wait for the reader while
+        it reads other photos (None: as long as it takes); :class:`ReaderBusy` past it."""
         # The pixels the server keeps of an upload (reading_copy), for every caller: evaluate
         # and export passed the whole photo, which RapidOCR shrank its own way, and read
         # other letters than the server on photos over MAX_SIDE.
         image = bounded_aspect(reading_copy(image).convert("RGB"))
         out: dict[int, list[tuple[str, float]]] = {}
-        with self._lock:
+        # A server's request may wait only what is left of its reading budget: six uploads
+        # with read_text=always had kept an ordinary request waiting 26 s for the lock.
+        if not self._lock.acquire(timeout=-1 if wait_s is None else max(0.0, wait_s)):
+            raise ReaderBusy(f"the text reader stayed busy for {wait_s:.1f} s")
+        try:
             t0 = time.perf_counter()
             for angle in self.rotations:
                 if out and time.perf_counter() - t0 > self.budget_s:
@@ -136,6 +148,8 @@ class TextReader:
                     (str(t), float(s))
                     for t, s in zip(result.txts or (), result.scores or (), strict=False)
                 ]
+        finally:
+            self._lock.release()
         return out
 
 
@@ -226,10 +240,11 @@ class TextEvidence:
     weight: float = DEFAULT_WEIGHT
     gate: float = DEFAULT_GATE
 
-    def read(self, image: Image.Image) -> list[tuple[str, float]]:
+    def read(self, image: Image.Image, wait_s: float | None = None) -> list[tuple[str, float]]:
         """The lines read on ``image``, turning it no further once they name a class (the
-        product's reading: ``serve`` and ``evaluate``)."""
-        return self.reader.read(image, enough=self.cues.names_any)
+        product's reading: ``serve`` and ``evaluate``); ``wait_s``: see
+        :meth:`TextReader.read_each`."""
+        return self.reader.read(image, enough=self.cues.names_any, wait_s=wait_s)
 
     def describe(self) -> dict[str, object]:
         out: dict[str, object] = {

@@ -25,7 +25,7 @@ from embedder.images import load_image
 from embedder.inference import Embedder
 from embedder.knn_vote import KnnFusion, fuse_with_neighbours, neighbour_arrays
 from embedder.text_cues import apply_text_cues, unsure
-from embedder.text_reader import TextEvidence, TextOptions, reading_copy
+from embedder.text_reader import ReaderBusy, TextEvidence, TextOptions, reading_copy
 from index.catalog import CatalogIndex, Hit, Item
 from index.errors import DuplicateIdError, StoreOutcomeUnknownError, UnknownIdError
 from server.batcher import Arrival, BatchResult, MicroBatcher
@@ -232,12 +232,15 @@ class LookupService:
             result, decode_s=t1 - t0, total_s=t2 - t0, image=image, text_mode=text_mode
         )
 
-    def read_cues(self, image: Image.Image) -> np.ndarray | None:
+    def read_cues(self, image: Image.Image, wait_s: float | None = None) -> np.ndarray | None:
         """The classes the text on ``image`` names, as a cue row (the server reads text);
-        None when reading failed."""
+        None when reading failed. :class:`ReaderBusy` when the reader, busy with other
+        requests' photos, was not free within ``wait_s``."""
         assert self.text is not None
         try:
-            texts = self.text.read(image)
+            texts = self.text.read(image, wait_s=wait_s)
+        except ReaderBusy:
+            raise
         except Exception:  # the OCR failing on one photo must not fail its search
             log.warning("reading the text on an image failed; predicting without it", exc_info=True)
             return None
@@ -265,12 +268,18 @@ class LookupService:
             read_s = 0.0
             if worth and photo.image is not None:
                 t0 = time.perf_counter()
-                photo.cues = self.read_cues(photo.image)
+                try:
+                    photo.cues = self.read_cues(photo.image, REQUEST_READ_BUDGET_S - spent)
+                except ReaderBusy:  # the budget went on waiting for the reader
+                    photo.text_unread = "budget"
+                else:
+                    # A failed reading read nothing: text_read says so (export marks it failed).
+                    photo.text_read = photo.cues is not None
+                    photo.text_unread = None if photo.text_read else "failed"
                 read_s = time.perf_counter() - t0
                 spent += read_s
-                # A failed reading read nothing: text_read says so (export marks it failed).
-                photo.text_read = photo.cues is not None
-                photo.text_unread = None if photo.text_read else "failed"
+                if photo.text_unread == "budget":  # so are the request's other photos
+                    spent = max(spent, REQUEST_READ_BUDGET_S)
             if photo.cues is None:
                 if worth and photo.image is None:  # every path that predicts keeps the photo
                     log.warning("an unsure photo's pixels were not kept; predicting without text")

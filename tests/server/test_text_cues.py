@@ -7,6 +7,7 @@ import io
 import json
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -133,9 +134,7 @@ def test_a_sure_prediction_leaves_the_text_unread(
     try:
         svc = app.extensions["phonesim"].service
         calls = []
-        monkeypatch.setattr(
-            svc.text.reader, "read", lambda image, enough=None: calls.append(1) or []
-        )
+        monkeypatch.setattr(svc.text.reader, "read", lambda image, **_: calls.append(1) or [])
         client = app.test_client()
         searched = client.post("/v1/search", data=upload(banner(WORD))).get_json()
         batch = client.post("/v1/search/batch", json={"queries": [{"image": b64(banner(WORD))}]})
@@ -208,7 +207,7 @@ def test_serve_flags(tmp_path) -> None:
 def test_a_reader_failure_costs_the_cue_not_the_search(reading, monkeypatch) -> None:
     svc = reading.application.extensions["phonesim"].service
 
-    def broken(image, enough=None):
+    def broken(image, **_):
         raise RuntimeError("OCR fell over")
 
     monkeypatch.setattr(svc.text.reader, "read", broken)
@@ -296,7 +295,7 @@ def test_the_gate_looks_at_the_fused_prediction_of_each_photo(
         monkeypatch.setattr(
             svc.text.reader,
             "read",
-            lambda image, enough=None: read.append(1) or real(image, enough),
+            lambda image, enough=None, **kw: read.append(1) or real(image, enough, **kw),
         )
         answered = app.test_client().post("/v1/search/batch", json=queries).get_json()
     finally:
@@ -309,7 +308,7 @@ def test_the_gate_looks_at_the_fused_prediction_of_each_photo(
 def test_the_reading_is_timed_apart_from_the_prediction(reading, monkeypatch) -> None:
     svc = reading.application.extensions["phonesim"].service
 
-    def slow(image, enough=None):
+    def slow(image, **_):
         time.sleep(0.3)
         return []
 
@@ -354,9 +353,7 @@ def test_an_added_item_is_read_and_a_batch_add_is_not(
             return out
 
         monkeypatch.setattr(bulk, "embed_many", watched)
-        monkeypatch.setattr(
-            svc.text.reader, "read", lambda image, enough=None: pytest.fail("read on add")
-        )
+        monkeypatch.setattr(svc.text.reader, "read", lambda image, **_: pytest.fail("read on add"))
         rows = [{"id": f"batch-{i}", "image": b64(banner(WORD))} for i in range(2)]
         batch = client.post("/v1/items/batch", json={"items": rows}, headers=key)
         assert [r["status"] for r in batch.get_json()["results"]] == [201, 201]
@@ -380,7 +377,7 @@ def test_a_request_can_skip_the_reading(
     calls, kept = [], []
     real_read, real_unsure = svc.text.reader.read, svc.read_where_unsure
     monkeypatch.setattr(
-        svc.text.reader, "read", lambda image, enough=None: calls.append(1) or real_read(image)
+        svc.text.reader, "read", lambda image, **_: calls.append(1) or real_read(image)
     )
 
     def watched(embedded, probabilities):
@@ -459,6 +456,36 @@ def test_a_request_reads_text_for_a_bounded_time(reading, monkeypatch) -> None:
     results = reading.post("/v1/search/batch", json={"queries": queries}).get_json()["results"]
     assert [r["prediction"]["text_read"] for r in results] == [True, False, False]
     assert [r["prediction"].get("text_unread") for r in results] == [None, "budget", "budget"]
+
+
+def test_a_request_waits_for_a_busy_reader_no_longer_than_its_budget(reading, monkeypatch) -> None:
+    """The budget had been checked only before each photo: six uploads with read_text=always
+    from other clients kept an ordinary request's first photo waiting 26 s for the reader."""
+    from server import service
+
+    monkeypatch.setattr(service, "REQUEST_READ_BUDGET_S", 0.5)
+    reader = reading.application.extensions["phonesim"].service.text.reader
+    queries = [{"image": b64(banner(WORD))} for _ in range(2)]
+    answered: list = []
+    request = threading.Thread(
+        target=lambda: answered.append(reading.post("/v1/search/batch", json={"queries": queries}))
+    )
+    assert reader._lock.acquire(timeout=5)  # another request's photo is being read
+    try:
+        t0 = time.perf_counter()
+        request.start()
+        request.join(timeout=10)  # without the bound it waits as long as the lock is held
+        took = time.perf_counter() - t0
+    finally:
+        reader._lock.release()
+        request.join()
+    predictions = [r["prediction"] for r in answered[0].get_json()["results"]]
+    assert [p["text_unread"] for p in predictions] == ["budget", "budget"]
+    assert [p["text_read"] for p in predictions] == [False, False]
+    assert 0.5 <= took < 5
+    # The reader free again, the next request is read.
+    searched = reading.post("/v1/search", data=upload(banner(WORD))).get_json()["prediction"]
+    assert searched["text_read"] is True
 
 
 def test_a_photo_not_read_says_why(reading, monkeypatch) -> None:
