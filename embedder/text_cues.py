@@ -268,16 +268,19 @@ def read_cue_file(path: str | Path, bounded: bool = True) -> CueFile:
         too_big = cue_size_problem(Path(path).stat().st_size)
         if bounded and too_big:  # before reading: every worker loads it
             raise DataError(f"{path}: {too_big}")
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
+        data = json.loads(text, object_pairs_hook=unique_keys, parse_constant=_no_constant)
     except OSError as e:
         raise DataError(f"{path}: cannot read the text cue file: {e.strerror or e}") from e
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except RepeatedKey as e:
+        raise DataError(f"{path}: {e}") from e
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError included
         raise DataError(f"{path}: not a JSON text cue file: {e}") from e
-    if not is_cue_mapping(data):
+    problem = cue_shape_problem(data)
+    if problem:
         raise DataError(
-            f'{path}: expected {{"label": ["word", ...], ...}} or {{"label": {{"words": '
-            '["word", ...], "examples": ["text read on a photo", ...]}, ...}, in valid '
-            f"UTF-8, each example at most {MAX_EXAMPLE_CHARS} characters"
+            f'{path}: {problem}; expected {{"label": ["word", ...], ...}} or {{"label": '
+            '{"words": ["word", ...], "examples": ["text read on a photo", ...]}, ...}'
         )
     words = {k: v if isinstance(v, list) else v.get("words", []) for k, v in data.items()}
     examples = {
@@ -323,27 +326,69 @@ def cue_bounds_problem(file: CueFile) -> str | None:
     return None
 
 
-def is_cue_mapping(data: object) -> bool:
-    """Whether ``data`` (parsed JSON) has a cue file's shape: ``{label: [word, ...]}`` or
-    ``{label: {"words": [...], "examples": [...]}}``, every string valid UTF-8 (no lone
-    surrogate) and every example at most MAX_EXAMPLE_CHARS long. Labels are not checked."""
+def cue_shape_problem(data: object) -> str | None:
+    """Why ``data`` (parsed JSON) has not a cue file's shape, naming the label at fault, or
+    None. The shape: ``{label: [word, ...]}`` or ``{label: {"words": [...], "examples":
+    [...]}}``, every string valid UTF-8 (no lone surrogate) and every example at most
+    MAX_EXAMPLE_CHARS long. Labels are not checked against a model's classes."""
 
-    def text(w: object, limit: int | None = None) -> bool:
-        return isinstance(w, str) and (limit is None or len(w) <= limit) and is_utf8(w)
+    def strings(value: object, owner: str, noun: str, limit: int | None = None) -> str | None:
+        if not isinstance(value, list):
+            return f"{owner} must be a list of strings, got {_shown(value)}"
+        for i, w in enumerate(value, 1):
+            where = f"{noun} {i} of {label!r}"
+            if not isinstance(w, str):
+                return f"{where} must be a string, got {_shown(w)}"
+            if not is_utf8(w):
+                return f"{where} is not valid UTF-8 (it holds a lone surrogate)"
+            if limit is not None and len(w) > limit:
+                return f"{where} has {len(w)} characters; an example may have at most {limit}"
+        return None
 
-    def strings(v: object, limit: int | None = None) -> bool:
-        return isinstance(v, list) and all(text(w, limit) for w in v)
-
-    def entry(value: object) -> bool:
-        if isinstance(value, dict):
-            return (
-                set(value) <= {"words", "examples"}
-                and strings(value.get("words", []))
-                and strings(value.get("examples", []), MAX_EXAMPLE_CHARS)
+    if not isinstance(data, dict):
+        return f"the file holds {_shown(data)}, not an object of labels"
+    for label, value in data.items():
+        if not is_utf8(label):
+            return f"label {label!r} is not valid UTF-8 (it holds a lone surrogate)"
+        if not isinstance(value, dict):
+            problem = strings(value, repr(label), "word")
+        elif set(value) - {"words", "examples"}:
+            odd = ", ".join(repr(k) for k in sorted(set(value) - {"words", "examples"}))
+            problem = f'{label!r} holds {odd}; only "words" and "examples" are known'
+        else:
+            problem = strings(value.get("words", []), f"{label!r} words", "word") or strings(
+                value.get("examples", []), f"{label!r} examples", "example", MAX_EXAMPLE_CHARS
             )
-        return strings(value)
+        if problem:
+            return problem
+    return None
 
-    return isinstance(data, dict) and all(text(k) and entry(v) for k, v in data.items())
+
+def _shown(value: object) -> str:
+    """A JSON value as a message names it, cut short."""
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "a list"
+    text = json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+class RepeatedKey(ValueError):
+    """A JSON object names one key twice."""
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``json.loads``' ``object_pairs_hook``: a key given twice is an error (JSON keeps the
+    last, which would drop the words of the first without a word)."""
+    seen: dict[str, object] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise RepeatedKey(f"{key!r} is given twice (JSON would keep only the last)")
+        seen[key] = value
+    return seen
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
 
 
 def check_weight(weight: float, name: str = "text cue weight") -> None:
@@ -400,7 +445,7 @@ __all__ = [
     "apply_text_cues",
     "check_gate",
     "check_weight",
-    "is_cue_mapping",
+    "cue_shape_problem",
     "cue_bounds_problem",
     "cue_size_problem",
     "read_cue_file",
