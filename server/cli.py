@@ -200,7 +200,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Concurrent requests share micro-batched forward passes.",
     )
     add_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, own_signals=True)
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, GunicornSettings]:

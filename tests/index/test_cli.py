@@ -461,3 +461,40 @@ def test_columns_the_http_api_cannot_write_are_named_once_when_read(files, caplo
     with caplog.at_level("WARNING", logger="index.build"):
         read_catalog_csv(files / "fine.csv")
     assert not [r for r in caplog.records if "HTTP API" in r.getMessage()]
+
+
+# Child: `phonesim index build`, paused once its hidden building folder exists.
+STOP_WHILE_BUILDING = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import index.build as build
+real = build._write_store
+def write_then_wait(*args, **kwargs):
+    real(*args, **kwargs)
+    open({marker!r}, "w").close()
+    time.sleep(60)
+build._write_store = write_then_wait
+from phonesim.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_stops_a_build_as_ctrl_c_does(tmp_path) -> None:
+    """SIGTERM (timeout, systemd) had ended `index build` at once: its hidden building folder,
+    as large as the index, stayed for good. It now stops as Ctrl-C does (exit 130)."""
+    import sys
+
+    from tests.signals import terminate_at_marker
+
+    write_embeddings(tmp_path / "emb.h5")
+    marker, child = tmp_path / "building", tmp_path / "child.py"
+    repo = str(Path(__file__).resolve().parents[2])
+    child.write_text(STOP_WHILE_BUILDING.format(repo=repo, marker=str(marker)))
+    out = tmp_path / "ix"
+    argv = ["index", "build", "--embeddings", str(tmp_path / "emb.h5"), "--index", str(out)]
+    code, stderr = terminate_at_marker(
+        [sys.executable, str(child), *argv, "--no-progress"], marker, timeout=60
+    )
+    assert code == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["building", "child.py", "emb.h5"]
