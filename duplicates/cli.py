@@ -133,7 +133,9 @@ def _find(args: argparse.Namespace) -> int:
     from duplicates.report import REPORT_FILES, write_report
     from duplicates.result import parse_keep
     from embedder.checkpoint import checkpoint_hash, read_config
+    from index.stores import check_one_catalog
 
+    check_one_catalog(args.index, args.store)
     keep = parse_keep(args.keep)
     if "catalog" in keep and not (args.index or args.store):
         raise DataError("--keep catalog needs a catalog to keep: give --index or --store")

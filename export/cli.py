@@ -301,7 +301,9 @@ def _shared_settings(args: argparse.Namespace) -> dict:
 
 def config_from_args(args: argparse.Namespace):
     from export.config import ExportConfig
+    from index.stores import check_one_catalog
 
+    check_one_catalog(args.index, args.store)
     return ExportConfig(
         **_shared_settings(args),
         index=args.index,

@@ -142,6 +142,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from index.stores import check_one_catalog
+
+    check_one_catalog(args.index_option or args.index_positional, args.store)
     if args.store:
         from index.catalog import CatalogIndex
 

@@ -12,9 +12,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from common.argtypes import STORE_ENV, add_store_option, store_from_environment
+from common.argtypes import add_store_option
 from common.errors import UserError
 from common.kept_images import kept_image
+from index.errors import InvalidParamsError
+from index.stores import check_one_catalog
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +32,10 @@ def _where(args: argparse.Namespace) -> tuple[str | None, str | None]:
     (`restore --index DIR` with ``$PHONESIM_STORE`` set replaced the shared catalog)."""
     if not args.index and not args.store:
         args.parser.error("give the index as --index INDEX_DIR (or --store URL)")
-    if args.index and args.store:
-        if store_from_environment(args.store):
-            args.parser.error(
-                f"--index {args.index}: ${STORE_ENV} is set, and this command would work on "
-                "that store, not on the folder; pass --store '' to work on the folder, or "
-                "leave out --index to work on the store"
-            )
-        args.parser.error(
-            "give --index INDEX_DIR or --store URL, not both: with a store the command works "
-            "on the store alone"
-        )
+    try:
+        check_one_catalog(args.index, args.store)
+    except InvalidParamsError as e:
+        args.parser.error(str(e))
     return args.index, args.store
 
 

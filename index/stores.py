@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from common.argtypes import STORE_ENV, store_from_environment
 from index.errors import InvalidParamsError
 from index.manifest import Manifest, read_manifest
 
@@ -13,6 +14,25 @@ PG_SCHEMES = ("postgresql://", "postgres://")
 
 def is_pg_url(store: str | None) -> bool:
     return isinstance(store, str) and store.startswith(PG_SCHEMES)
+
+
+def check_one_catalog(folder: str | Path | None, store: str | None) -> None:
+    """InvalidParamsError when a command is given both an index folder and a store: with a
+    store it works on the store alone, so the folder was ignored, and without a word where
+    ``$PHONESIM_STORE`` gave the store (`index query --index DIR` answered from the shared
+    catalog; `index restore --index DIR` replaced it)."""
+    if not (folder and store):
+        return
+    if store_from_environment(store):
+        raise InvalidParamsError(
+            f"--index {folder}: ${STORE_ENV} is set, and this command would work on that "
+            "store, not on the folder; pass --store '' to work on the folder, or leave out "
+            "--index to work on the store"
+        )
+    raise InvalidParamsError(
+        "give --index INDEX_DIR or --store URL, not both: with a store the command works on "
+        "the store alone"
+    )
 
 
 def open_source(path: str | Path | None, store: str | None) -> tuple[Any, Manifest, str]:

@@ -131,8 +131,10 @@ def _open_store(args: argparse.Namespace, engine: EngineOptions) -> tuple[Any, A
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: the model stack loads only when a query runs, not for 'phonesim --help'.
+    from index.stores import check_one_catalog
     from server.loading import open_for_serving
 
+    check_one_catalog(args.index_option or args.index_positional, args.store)
     flt = parse_filter(args.filter)
     params = parse_params(args.param)
     if not Path(args.image).is_file():

@@ -31,6 +31,7 @@ from embedder.knn_options import (
     add_text_cue_options,
     check_text_cue_options,
 )
+from index.stores import check_one_catalog
 from server.config import (
     API_KEY_ENV,
     MAX_SYNC_INTERVAL_S,
@@ -207,6 +208,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
     """What the app serves and how its processes run, from the parsed flags (read once here)."""
     if not args.index and not args.store:
         raise UserError("serve needs --index (or a PostgreSQL --store)")
+    check_one_catalog(args.index, args.store)
     check_text_cue_options(args)
     if args.rate_burst is not None and args.rate_limit is None:
         raise UserError("--rate-burst needs --rate-limit (the burst is of that rate)")

@@ -262,3 +262,38 @@ def test_ctrl_c_while_the_commands_load_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(phonesim_cli, "build_parser", interrupted)
     assert phonesim_cli.main(["index", "info"]) == 130
     assert capsys.readouterr().err == "phonesim: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["index", "query", "--image", "{tmp}/q.jpg", "--checkpoint", "{tmp}/c"],
+        ["index", "info"],
+        ["serve", "--checkpoint", "{tmp}/c"],
+        ["export", "--checkpoint", "{tmp}/c", "--data", "{tmp}", "--out", "{tmp}/o.h5"],
+        ["duplicates", "find", "--checkpoint", "{tmp}/c", "--data", "{tmp}", "--out", "{tmp}/r"],
+        ["index", "remove", "--id", "x"],
+    ],
+)
+def test_a_folder_beside_the_store_of_phonesim_store_is_refused(
+    argv, tmp_path, monkeypatch, capsys
+):
+    """With $PHONESIM_STORE set, `index query --index DIR` had answered from the shared store's
+    items without a word, and so had info, serve, export and duplicates: only the index
+    operations refused it."""
+    monkeypatch.setenv("PHONESIM_STORE", "postgresql://u@127.0.0.1:9/shop")  # nothing listens
+    folder = tmp_path / "ix"
+    argv = [a.format(tmp=tmp_path) for a in argv] + ["--index", str(folder)]
+
+    def refusal(extra: list[str]) -> str:
+        try:  # the index operations refuse it as a usage error of their parser
+            code = main([*argv, *extra])
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2, err
+        return err
+
+    err = refusal([])
+    assert f"--index {folder}: $PHONESIM_STORE is set" in err and "--store ''" in err
+    assert "not both" in refusal(["--store", "postgresql://h/d"])

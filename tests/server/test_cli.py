@@ -114,10 +114,13 @@ def test_runtime_device_and_model_threads_reach_the_settings():
 def test_sync_interval_and_store_reach_the_settings():
     config, _ = cli.settings_from_args(parse())
     assert (config.sync_interval_s, config.store) == (0.5, None)
+    shared = ["--sync-interval", "0.2", "--store", "postgresql://u@db.example:5433/shop"]
     config, _ = cli.settings_from_args(
-        parse("--sync-interval", "0.2", "--store", "postgresql://u@db.example:5433/shop")
+        build_parser().parse_args(["serve", "--checkpoint", "c", *shared])
     )
     assert (config.sync_interval_s, config.store) == (0.2, "postgresql://u@db.example:5433/shop")
+    with pytest.raises(UserError, match="not both"):  # the folder would be ignored
+        cli.settings_from_args(parse(*shared))
     for bad in ("0", "-1", "nan", "61", "soon"):
         with pytest.raises(SystemExit):
             parse("--sync-interval", bad)
