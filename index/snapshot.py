@@ -57,9 +57,15 @@ def snapshot(path: str | Path | None, out: str | Path, *, store: str | None = No
         # A backup inside the index goes with it: a restore --overwrite of that very index
         # (or of the folder by hand) deletes it.
         raise BuildInputError(f"{out}: inside the index {path}; keep a snapshot beside it")
+    if not store:
+        from index.folder import check_index_files
+
+        # A damaged store is copied page for page: the snapshot had been made, exit 0, and
+        # was as damaged as the index, whose error says to restore it from a snapshot.
+        check_index_files(path)
     tmp = _fresh_folder(out)
     try:
-        info = _snapshot_pg(store, tmp) if store else _snapshot_sqlite(Path(path), tmp)
+        info = _snapshot_sqlite(Path(path), tmp) if not store else _snapshot_pg(store, tmp)
         _check_opens(tmp)  # a backup is only as good as the restore it allows
         fsync_dir(tmp)
         tmp.rename(out)

@@ -451,3 +451,30 @@ def test_a_folder_beside_a_store_is_refused_before_anything_is_read(
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert "$PHONESIM_STORE is set" in err and "pass --store '' to work on the folder" in err
+
+
+def test_a_damaged_store_is_neither_written_nor_snapshotted(tmp_path):
+    """Opening reads the store's first pages only: add, remove and compact had written to a
+    store damaged further in, and snapshot had copied it, exit 0, into a backup as damaged."""
+    from index.errors import IndexCorruptError
+
+    write_embeddings(tmp_path / "emb.h5", n=400)
+    folder = tmp_path / "idx"
+    assert cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(folder)]) == 0
+    db = folder / "catalog.sqlite"
+    with db.open("r+b") as fh:  # a page in the middle of the items' rows, not the schema's
+        fh.seek(db.stat().st_size // 2 + 8)
+        fh.write(os.urandom(2000))
+    more_embeddings(tmp_path / "more.h5", [f"n{i}" for i in range(6)])
+    where = ["--index", str(folder)]
+    before = db.read_bytes()
+    for argv in (
+        ["add", *where, "--embeddings", str(tmp_path / "more.h5")],
+        ["remove", *where, "--id", "p3"],
+        ["compact", *where, "--force"],
+        ["snapshot", *where, "--out", str(tmp_path / "snap")],
+    ):
+        with pytest.raises(IndexCorruptError, match="catalog store is damaged"):
+            cli(argv)
+    assert db.read_bytes() == before and not (tmp_path / "snap").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".snap")]
