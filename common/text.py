@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 #: The longest CSV cell a catalog may hold: Python's csv module refuses cells over 128 KiB,
 #: and one long product description then refused the whole catalog.
@@ -12,6 +13,16 @@ MAX_CSV_CELL = 16 * 2**20
 def allow_long_csv_cells() -> None:
     """Raise the csv module's cell limit (process-wide) to :data:`MAX_CSV_CELL`."""
     csv.field_size_limit(max(csv.field_size_limit(), MAX_CSV_CELL))
+
+
+#: A URI's scheme (RFC 3986) then "//", or a data URI.
+_URI = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|data:)")
+
+
+def is_uri(text: object) -> bool:
+    """Whether ``text`` (a catalog's ``image`` cell) is a URI (``https://...``, ``s3://...``,
+    ``data:...``) rather than a file path."""
+    return isinstance(text, str) and bool(_URI.match(text))
 
 
 def is_utf8(text: str) -> bool:

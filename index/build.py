@@ -36,6 +36,7 @@ from common.item_ids import ID_RULES, is_item_id
 from common.text import (
     UNNAMED,
     allow_long_csv_cells,
+    is_uri,
     name_blank_columns,
     repeated_columns,
     unnamed_value,
@@ -199,7 +200,9 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
 
     Every column except ``id`` is kept as a string, a blank cell as no value (an unknown
     price is no price, not the text ""); ``image`` is resolved against the CSV's folder to an
-    absolute path, for the server's thumbnails. Every value is stripped of surrounding spaces
+    absolute path, for the server's thumbnails, unless it is a URL (``https://...``,
+    ``s3://...``, ``data:...``), kept as written: resolved, it had become a path that named
+    nothing, its double slash gone. Every value is stripped of surrounding spaces
     (``id``, ``image`` and ``label`` as ``phonesim embed`` and ``train`` read them; a number
     written " 300 " is then the number 300 to filters).
     """
@@ -241,7 +244,8 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
                 if md.get("image"):
                     if "\0" in md["image"]:
                         raise BuildInputError(f"{path}:{line}: image path contains a NUL byte")
-                    md["image"] = str((path.parent / md["image"]).resolve())
+                    if not is_uri(md["image"]):  # a URL stays as written
+                        md["image"] = str((path.parent / md["image"]).resolve())
                 rows[id_] = md
     except UnicodeDecodeError as exc:
         raise BuildInputError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None

@@ -19,6 +19,7 @@ from PIL import Image
 
 from common.fsutil import atomic_write
 from common.kept_images import kept_image, new_image_path
+from common.text import is_uri
 from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.class_rerank import ClassRerank, rerank_order
 from embedder.images import load_image
@@ -530,7 +531,10 @@ class LookupService:
 
     @staticmethod
     def has_image(metadata: dict[str, Any]) -> bool:
-        return bool(metadata.get("image"))
+        """Whether the item has a photo file to make thumbnails of: a URL (a catalog's CDN
+        address) is kept in the store as written, but it is no file of this server's."""
+        image = metadata.get("image")
+        return bool(image) and not is_uri(image)
 
     # -- writes -----------------------------------------------------------------------------------
     def add(

@@ -12,6 +12,7 @@ from typing import Any
 
 from PIL import Image
 
+from common.text import is_uri
 from embedder.errors import ImageError
 from embedder.images import load_image
 from index.manifest import Manifest
@@ -43,6 +44,8 @@ class Thumbnails:
         raw = metadata.get("image")
         if not raw:
             raise ApiError(404, "no_image", f"item {item_id!r} has no image")
+        if is_uri(raw):  # the catalog's address of it (a CDN URL): no file of this server
+            raise ApiError(404, "no_image", f"item {item_id!r} has no image file on this server")
         path = Path(os.path.realpath(raw))  # checked and read as resolved: no "..", no links
         if not inside(path, self.roots):
             log.warning("refusing thumbnail of %r: %s is outside the image roots", item_id, raw)

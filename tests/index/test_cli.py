@@ -236,6 +236,18 @@ def test_embeddings_with_an_id_no_url_reaches_say_how_to_fix_them(files):
     assert not (files / "idx").exists()
 
 
+def test_image_urls_in_a_catalog_csv_are_kept_as_written(files):
+    """Resolved against the CSV's folder, "https://cdn.example.com/p/1.jpg" had become
+    "<folder>/https:/cdn.example.com/p/1.jpg": a path naming nothing, the URL lost."""
+    urls = ["https://cdn.example.com/p/1.jpg", "s3://bucket/a.jpg", "data:image/png;base64,AA"]
+    rows = "".join(f'u{i},"{url}",x\n' for i, url in enumerate(urls))
+    (files / "u.csv").write_text(f"id,image,label\n{rows}p,pics/a.jpg,x\nq,https:a.jpg,x\n")
+    read = read_catalog_csv(files / "u.csv")
+    assert [read[f"u{i}"]["image"] for i in range(3)] == urls
+    assert read["p"]["image"] == str(files / "pics" / "a.jpg")  # a path is still resolved
+    assert read["q"]["image"] == str(files / "https:a.jpg")  # a file name with a colon too
+
+
 def test_catalog_csv_cells_read_as_embed_reads_them(files):
     """A blank cell is no value (half the prices unknown kept price a number field, where ""
     made it text and every price range an error), and a label padded with spaces is the

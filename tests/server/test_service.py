@@ -35,6 +35,26 @@ def test_thumbnails_only_come_from_catalog_folders(tiny_embedder, index_dir, tmp
         app.extensions["phonesim"].close()
 
 
+def test_an_item_whose_image_is_a_url_offers_no_thumbnail(tiny_embedder, index_dir, tmp_path):
+    """A catalog's CDN address is kept as written; it is no file of the server's, so no
+    image_url leads to a thumbnail that can only fail, and the address stays private."""
+    from index import CatalogIndex
+
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    with CatalogIndex.open(copy) as ix:
+        vec = ix.get_vectors([ix.get(next(ix.ids())).id])
+        ix.add(["cdn-1"], vec, [{"image": "https://cdn.example.com/p/1.jpg", "title": "t"}])
+        app = make_app(ServerConfig(image_roots=(str(tmp_path),)), tiny_embedder, ix)
+        try:
+            c = app.test_client()
+            item = c.get("/v1/items/cdn-1").get_json()
+            assert item["title"] == "t" and "image_url" not in item and "image" not in item
+            assert_error(c.get("/v1/items/cdn-1/image"), 404, "no_image")
+        finally:
+            app.extensions["phonesim"].close()
+
+
 def test_a_broken_stored_image_is_a_404_that_keeps_the_path_private(
     tiny_embedder, index_dir, tmp_path, jpeg_bytes
 ):
