@@ -251,7 +251,14 @@ def remove(index: faiss.Index, fids: np.ndarray) -> bool:
     if not supports_remove(index) or len(fids) == 0:
         return False
     arr = np.ascontiguousarray(fids, dtype=np.int64)
-    removed = index.remove_ids(faiss.IDSelectorArray(len(arr), faiss.swig_ptr(arr)))
+    if isinstance(unwrap(index), faiss.IndexIVF):
+        # IVF looks each id up in its direct map when given an array: m lookups.
+        selector = faiss.IDSelectorArray(len(arr), faiss.swig_ptr(arr))
+    else:
+        # Flat and the like test every stored id against the selector: an array is a linear
+        # scan each time (removing 200,000 of 200,000 took 9.95 s), a batch a hash lookup.
+        selector = faiss.IDSelectorBatch(len(arr), faiss.swig_ptr(arr))
+    removed = index.remove_ids(selector)
     if removed != len(arr):
         raise IndexCorruptError(f"FAISS removed {removed} of {len(arr)} vectors")
     return True

@@ -253,6 +253,9 @@ def _measure_updates(ix: CatalogIndex, mix: ClusteredMixture, cfg: BenchConfig, 
     t = time.perf_counter()
     ix.remove(["new-0"])
     r["durable_remove_1_ms"] = (time.perf_counter() - t) * 1e3
+    t = time.perf_counter()
+    ix.remove([f"newb-0-{i}" for i in range(1000)])
+    r["durable_remove_1000_ms"] = (time.perf_counter() - t) * 1e3
     r["durable_add_1_ms"] = float(np.median(single) * 1e3)
     r["durable_add_1000_ms"] = float(np.median(batch) * 1e3)
     index = ix._replica.index
@@ -335,7 +338,10 @@ def format_table(r: dict[str, Any]) -> str:
             "durable add 1 / 1000",
             f"{r['durable_add_1_ms']:.2f} / {r['durable_add_1000_ms']:.1f} ms" + mem,
         ),
-        ("durable remove 1", f"{r['durable_remove_1_ms']:.2f} ms"),
+        (
+            "durable remove 1 / 1000",
+            f"{r['durable_remove_1_ms']:.2f} / {r['durable_remove_1000_ms']:.1f} ms",
+        ),
         ("checkpoint", f"{r['checkpoint_s']:.2f} s"),
     ]
     width = max(len(a) for a, _ in rows)
