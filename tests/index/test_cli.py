@@ -127,6 +127,7 @@ def test_build_without_catalog_keeps_hdf5_labels(files, capsys):
     assert cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["count"] == N and report["kind"] == "flat"
+    assert report["failed_images"] == 1  # the text output names it; the JSON had not counted it
     with open_index(out, readonly=True) as ix:
         assert ix.get("p5").metadata == {}  # "" means unknown: no label stored
         assert ix.get("p6").metadata["label"] == h5_labels[6]
