@@ -78,12 +78,28 @@ def parse_filter(args: list[str]) -> dict[str, Any] | None:
         field, sep, value = arg.partition("=")
         if not sep or not field.strip():
             raise InvalidFilterError(f"--filter expects a JSON object or FIELD=VALUE, got {arg!r}")
+        if _is_json_container(value):
+            # price={"lt": 300} had been equality with that text: no item, no word why.
+            raise InvalidFilterError(
+                f"--filter {arg!r}: FIELD=VALUE takes a plain value; give operators as one "
+                f"JSON filter, such as '{{{json.dumps(field.strip())}: {value.strip()}}}'"
+            )
         pairs.setdefault(field.strip(), []).append(value)
     for field, values in pairs.items():
         if field in out:
             raise InvalidFilterError(f"--filter: field {field!r} is given twice")
         out[field] = values[0] if len(values) == 1 else values
     return out or None
+
+
+def _is_json_container(text: str) -> bool:
+    """Whether ``text`` reads as a JSON object or list."""
+    if not text.lstrip().startswith(("{", "[")):
+        return False
+    try:
+        return isinstance(json.loads(text), (dict, list))
+    except ValueError:
+        return False
 
 
 def _json_filter(text: str) -> dict[str, Any]:

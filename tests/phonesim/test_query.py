@@ -139,6 +139,14 @@ def test_parse_filter_merges_arguments():
     }
     with pytest.raises(InvalidFilterError, match="non-empty JSON object"):
         parse_filter(["{}"])
+    # An operator after "=" had been equality with its text: no item, no word why.
+    for value in ('{"lt": 300}', "[1, 2]"):
+        with pytest.raises(InvalidFilterError, match="FIELD=VALUE takes a plain value"):
+            parse_filter([f"price={value}"])
+    assert parse_filter(["title=[refurbished]", "tag={x"]) == {
+        "title": "[refurbished]",
+        "tag": "{x",
+    }
 
 
 def test_the_prediction_is_the_one_serve_makes(catalog_index, tiny_checkpoint, capsys):
