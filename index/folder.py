@@ -142,13 +142,18 @@ def check_index_files(path: str | Path) -> dict[str, Any]:
         if not info["faiss_file"]:
             return info
         try:
-            ann.check_file(path / info["faiss_file"])
-            return info
+            dim = ann.check_file(path / info["faiss_file"])
         except IndexCorruptError:
             again = describe(path)
             if attempt == 2 or again["faiss_file"] == info["faiss_file"]:
                 raise
             info = again
+            continue
+        if dim != info["dim"]:  # a hand-edited manifest: every search would fail on it
+            raise IndexCorruptError(
+                f"{path / info['faiss_file']}: FAISS dimension {dim}, manifest says {info['dim']}"
+            )
+        return info
     return info
 
 

@@ -358,6 +358,16 @@ def test_info_checks_the_file_a_compaction_names_meanwhile(files, monkeypatch):
     assert cli(["info", str(out)]) == 0 and compacted == [0]
 
 
+def test_info_checks_the_vectors_dimension_against_the_manifest(files):
+    """A manifest edited to another dimension passed `index info`; `remove` then said why."""
+    out = files / "idx"
+    cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(out)])
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "dim": DIM * 2}))
+    with pytest.raises(IndexCorruptError, match=f"FAISS dimension {DIM}, manifest says {DIM * 2}"):
+        cli(["info", str(out)])
+
+
 def test_info_checks_the_vectors_too(files):
     """`index info` read only the catalog: with its FAISS file gone or garbage it printed a
     healthy index, and the next add failed."""
