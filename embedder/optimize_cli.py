@@ -94,7 +94,8 @@ def _optimize(args: argparse.Namespace) -> int:
     }
     given = [flag for flag, value in int8_only.items() if value is not None]
     if given and not args.quantize:  # they would change nothing: say so, not ignore them
-        raise DataError(f"{', '.join(given)} go(es) with --quantize int8")
+        verb = "goes" if len(given) == 1 else "go"
+        raise DataError(f"{', '.join(given)} {verb} with --quantize int8; add --quantize int8")
     ckpt = Path(args.checkpoint)
     threads = args.threads or default_threads()
     model, config = load_checkpoint(ckpt)

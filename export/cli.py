@@ -27,6 +27,7 @@ from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.engine_options import add_engine_options
 from embedder.knn_options import add_text_cue_options, text_options_from_args
 from export.config import DTYPES
+from export.errors import ExportError
 
 if TYPE_CHECKING:  # the job imports torch: only when the command runs
     from export.job import ExportSummary
@@ -304,6 +305,8 @@ def config_from_args(args: argparse.Namespace):
     from index.stores import check_one_catalog
 
     check_one_catalog(args.index, args.store)
+    if args.class_rerank and not args.neighbors:
+        raise ExportError("--class-rerank orders neighbours: it needs --neighbors above 0")
     return ExportConfig(
         **_shared_settings(args),
         index=args.index,

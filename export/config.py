@@ -71,10 +71,7 @@ class ExportConfig:
         if not (math.isfinite(self.class_rerank) and self.class_rerank >= 0):
             raise ExportError(f"class_rerank must be 0 (off) or more, got {self.class_rerank}")
         if self.class_rerank and not self.neighbors:
-            raise ExportError(
-                "--class-rerank (class_rerank) orders neighbours: it needs --neighbors "
-                "(neighbors) above 0"
-            )
+            raise ExportError("class_rerank orders neighbours: it needs neighbors above 0")
         if self.neighbors < 0:
             raise ExportError(f"neighbors must be 0 (none) or more, got {self.neighbors}")
         if self.runtime not in RUNTIMES:

@@ -342,7 +342,8 @@ def check_index_target(
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise BuildInputError(
-                f"{out}: already exists and is not empty; use --overwrite (overwrite=True)"
+                f"{out}: already exists and is not empty; use --overwrite (in Python, "
+                "overwrite=True)"
             )
         if not (out / MANIFEST_NAME).is_file():
             # --overwrite replaces an index, never an arbitrary folder that happens to be named.
@@ -405,7 +406,7 @@ def build_index(
     n = len(ids)
     fids = np.arange(n, dtype=np.int64)
     kind, factory = ann.resolve_kind(kind, n)
-    log.info("building a %s index (%s) of %d x %d vectors", kind, factory, n, dim)
+    log.info("building the %s index (%s) of %d x %d vectors", kind, factory, n, dim)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()

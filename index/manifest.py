@@ -53,22 +53,24 @@ class Manifest:
         expect_dim: int | None = None,
         where: str = "index",
         fix: str = "Rebuild it with 'phonesim index build' from embeddings of this checkpoint.",
+        other: str = "expected",
     ) -> None:
         """Raise :class:`IndexMismatchError` naming every field that differs from the expectation.
 
         ``None`` means "do not check". ``fix`` ends the message: by default, rebuild the index
         with the embedder in use, the only fix when that embedder is the one to keep.
+        ``other`` names the expectation's side in the message ("expected" by default).
         """
         diffs = []
         if expect_model is not None and expect_model != self.model_name:
-            diffs.append(f"model {self.model_name!r} (expected {expect_model!r})")
+            diffs.append(f"model {self.model_name!r} ({other} {expect_model!r})")
         if expect_checkpoint_hash is not None and expect_checkpoint_hash != self.checkpoint_hash:
             diffs.append(
                 f"checkpoint hash {self.checkpoint_hash[:12]}… "
-                f"(expected {expect_checkpoint_hash[:12]}…)"
+                f"({other} {expect_checkpoint_hash[:12]}…)"
             )
         if expect_dim is not None and int(expect_dim) != self.dim:
-            diffs.append(f"dimension {self.dim} (expected {int(expect_dim)})")
+            diffs.append(f"dimension {self.dim} ({other} {int(expect_dim)})")
         if diffs:
             raise IndexMismatchError(
                 f"{where} was built with a different embedder: " + "; ".join(diffs) + ". " + fix
@@ -110,6 +112,8 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
 def read_manifest(folder: str | Path) -> Manifest:
     """Read and validate ``folder/manifest.json``."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise IndexNotFoundError(f"{folder}: is a file, not an index folder")
     if not folder.is_dir():
         # A build killed between its two renames leaves the previous index beside the name.
         left = sorted(folder.parent.glob(f".{folder.name}.old-*")) if folder.name else []

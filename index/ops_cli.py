@@ -156,6 +156,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             # The index is the thing to keep: it is the new embeddings that are wrong.
             fix=f"Embed the new items with the checkpoint the index was built from "
             f"(hash {ix.manifest.checkpoint_hash[:12]}…), then add them again.",
+            other="the new embeddings':",  # the index is right; "expected" read the other way
         )
         stored = ix.manifest.source.get("embedding_precision") or "fp32"
         if emb.precision != stored:  # allowed: they agree closely, but scores across them shift

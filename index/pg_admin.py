@@ -51,8 +51,8 @@ def refuse_existing(url: str, *, overwrite: bool = False) -> None:
     try:
         if has_catalog(src) and not overwrite:
             raise BuildInputError(
-                f"{src.where}: already holds a catalog; use --overwrite (overwrite=True) to "
-                "replace it"
+                f"{src.where}: already holds a catalog; use --overwrite (in Python, "
+                "overwrite=True) to replace it"
             )
     finally:
         src.close()

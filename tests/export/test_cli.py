@@ -168,6 +168,16 @@ def test_ray_options_without_ray_are_refused(demo, ckpt, tmp_path, capsys):
     assert not (tmp_path / "f.h5").exists()
 
 
+def test_class_rerank_without_neighbours_names_the_flags(demo, ckpt, tmp_path, capsys):
+    """The message had named both the flags and the Python fields: "--class-rerank
+    (class_rerank) ... --neighbors (neighbors) above 0"."""
+    base = ["--checkpoint", str(ckpt), "--images", str(demo), "--out", str(tmp_path / "f.h5")]
+    assert export_cli.main([*base, "--neighbors", "0", "--class-rerank", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "--class-rerank orders neighbours: it needs --neighbors above 0" in err
+    assert "(class_rerank)" not in err
+
+
 def test_cli_help_lists_the_options():
     text = export_cli.build_parser().format_help()
     for flag in ("--checkpoint", "--images", "--manifest", "--index", "--neighbors", "--dtype",

@@ -250,7 +250,7 @@ def test_class_rerank_keeps_missing_neighbours_last(demo, ckpt, tmp_path):
         assert sorted(data["nb_rows"][row, :2]) == [r for r in range(3) if r != row]
     with h5py.File(out, "r") as f:
         assert f["neighbors"].attrs["ranking"] == "class"
-    with pytest.raises(ExportError, match="needs --neighbors"):
+    with pytest.raises(ExportError, match="class_rerank orders neighbours: it needs neighbors"):
         export_features(_config(ckpt, demo / "three.csv", tmp_path / "n.h5", neighbors=0,
                                 class_rerank=0.1))  # fmt: skip
 

@@ -276,8 +276,10 @@ def test_adding_embeddings_of_another_checkpoint_says_to_embed_them_again(tmp_pa
     more_embeddings(tmp_path / "more.h5", [f"n{i}" for i in range(1, 7)])
     with h5py.File(tmp_path / "more.h5", "a") as h5:
         h5.attrs["checkpoint_hash"] = "f" * 64
-    with pytest.raises(IndexMismatchError, match="Embed the new items with the checkpoint"):
+    with pytest.raises(IndexMismatchError, match="Embed the new items with the checkpoint") as e:
         cli(["add", "--index", str(tmp_path / "a"), "--embeddings", str(tmp_path / "more.h5")])
+    # "(expected fff…)" had read as if the index were the wrong side
+    assert "(the new embeddings': ffffffffffff…)" in str(e.value)
     with open_index(tmp_path / "a", readonly=True) as ix:
         assert "n1" not in ix
 
