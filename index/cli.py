@@ -37,7 +37,11 @@ def register(subparsers: Any) -> argparse._SubParsersAction:
         help="build an index folder from 'phonesim embed' output",
         description="Build an index folder from an embeddings HDF5 file and catalog metadata.",
     )
-    build.add_argument("--embeddings", required=True, help="HDF5 file written by phonesim embed")
+    build.add_argument(
+        "--embeddings",
+        required=True,
+        help="HDF5 file written by phonesim embed (or phonesim export: the same datasets)",
+    )
     build.add_argument(
         "--catalog", help="catalog CSV (id,image,label,...): its columns become the metadata"
     )
@@ -45,7 +49,8 @@ def register(subparsers: Any) -> argparse._SubParsersAction:
     build.add_argument(
         "--kind",
         default="auto",
-        help="auto (flat below 50k items, else ivf), flat, ivf, hnsw, or a FAISS factory string",
+        help="auto (flat below 50k items, else ivf), flat, ivf, hnsw, or a FAISS factory string "
+        "(default auto)",
     )
     build.add_argument(
         "--target-recall",
@@ -101,7 +106,10 @@ def _size(n: float) -> str:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from index.build import build_from_files, failed_images
+    from index.errors import BuildInputError
 
+    if not args.out.strip():  # Path("") is the working folder: "is the working directory"
+        raise BuildInputError("--index is empty; give the folder to create the index in")
     report = build_from_files(
         args.embeddings,
         args.out,

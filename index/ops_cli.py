@@ -48,7 +48,11 @@ def register(actions: argparse._SubParsersAction) -> None:
         "CSV) to an index, durably; servers on the same store answer with them within 1 s.",
     )
     _target(add, "to add to")
-    add.add_argument("--embeddings", required=True, help="HDF5 file written by phonesim embed")
+    add.add_argument(
+        "--embeddings",
+        required=True,
+        help="HDF5 file written by phonesim embed (or phonesim export: the same datasets)",
+    )
     add.add_argument("--catalog", help="catalog CSV (id,image,label,...) for the metadata")
     add.add_argument("--json", action="store_true", help="print the result as JSON")
     add.set_defaults(func=cmd_add, parser=add, interrupted=_add_interrupted)

@@ -290,6 +290,8 @@ def test_info_on_a_missing_index_is_a_user_error(files):
     (files / ".absent.old-123").mkdir()  # what a build killed mid-swap leaves behind
     with pytest.raises(IndexNotFoundError, match="previous index at .*absent.old-123"):
         cli(["info", str(files / "absent")])
+    with pytest.raises(BuildInputError, match="--index is empty"):  # "is the working directory"
+        cli(["build", "--embeddings", str(files / "emb.h5"), "--index", ""])
     (files / "afile").write_text("x")  # had been "index folder does not exist"
     with pytest.raises(IndexNotFoundError, match="afile: is a file, not an index folder"):
         cli(["info", str(files / "afile")])
