@@ -44,7 +44,8 @@ def worker_count(text: str) -> int:
     value = int(text)
     if not 1 <= value <= max_workers():
         raise argparse.ArgumentTypeError(
-            f"must be 1 to {max_workers()} (4 per core here, at least {WORKERS_FLOOR}), got {value}"
+            f"must be 1 to {max_workers()} (4 per core this process may use, and never a limit "
+            f"below {WORKERS_FLOOR}), got {value}"
         )
     return value
 

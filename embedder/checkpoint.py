@@ -361,9 +361,17 @@ def read_config(path: str | Path) -> CheckpointConfig:
     if path.is_file():
         raise CheckpointError(f"{path}: is a file; give the checkpoint folder that holds it")
     if not path.is_dir():
-        raise CheckpointError(f"{path}: checkpoint folder not found")
+        raise CheckpointError(
+            f"{path}: checkpoint folder not found; 'phonesim train' makes one ('make demo' the "
+            "demo's, in runs/demo/checkpoint)"
+        )
     if not config_path.is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"{path}: not a checkpoint (needs {WEIGHTS_FILE} and {CONFIG_FILE})")
+        inner = [p.parent.name for p in sorted(path.glob(f"*/{CONFIG_FILE}"))
+                 if (p.parent / WEIGHTS_FILE).is_file()]  # fmt: skip
+        hint = f"; the checkpoint may be {path / inner[0]}" if len(inner) == 1 else ""
+        raise CheckpointError(
+            f"{path}: not a checkpoint (needs {WEIGHTS_FILE} and {CONFIG_FILE}){hint}"
+        )
     try:
         data = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

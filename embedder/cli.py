@@ -52,11 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="fine-tune a timm backbone into a phone classifier",
-        description="Transfer learning: head-only warm-up with the backbone frozen, then full "
-        "fine-tuning (AdamW, cosine schedule, label smoothing, augmentation, class balancing, "
-        "early stopping). The defaults are the recommended recipe. The best checkpoint "
-        "(model.safetensors + config.json) is saved whenever validation improves, so Ctrl-C "
-        "keeps it.",
+        description="Transfer learning: head-only warm-up with the backbone frozen, then "
+        "fine-tuning of every layer group past --frozen-groups (AdamW, cosine schedule, label "
+        "smoothing, augmentation, class balancing, early stopping). The defaults are the "
+        "recommended recipe. The best checkpoint (model.safetensors + config.json) is saved "
+        "whenever validation improves, so Ctrl-C keeps it.",
     )
     p.add_argument("--data", required=True, help="training images: class folders or CSV manifest")
     val = p.add_mutually_exclusive_group()
@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--epochs",
         type=non_negative_int,
-        help=f"full fine-tuning epochs, 0 = linear probe (default {d.epochs})",
+        help=f"fine-tuning epochs after the head warm-up, 0 = linear probe (default {d.epochs})",
     )
     p.add_argument(
         "--warmup-epochs",

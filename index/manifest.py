@@ -117,7 +117,11 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not folder.is_dir():
         # A build killed between its two renames leaves the previous index beside the name.
         left = sorted(folder.parent.glob(f".{folder.name}.old-*")) if folder.name else []
-        hint = f"; an interrupted rebuild left the previous index at {left[-1]}" if left else ""
+        hint = (
+            f"; an interrupted rebuild left the previous index at {left[-1]}"
+            if left
+            else "; 'phonesim index build' makes one"
+        )
         raise IndexNotFoundError(f"{folder}: index folder does not exist{hint}")
     path = folder / MANIFEST_NAME
     if not path.is_file():

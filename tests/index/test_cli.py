@@ -285,7 +285,7 @@ def test_catalog_csv_cells_read_as_embed_reads_them(files):
 def test_info_on_a_missing_index_is_a_user_error(files):
     from index.errors import IndexNotFoundError
 
-    with pytest.raises(IndexNotFoundError, match="does not exist"):
+    with pytest.raises(IndexNotFoundError, match="does not exist; 'phonesim index build' makes"):
         cli(["info", str(files / "absent")])
     (files / ".absent.old-123").mkdir()  # what a build killed mid-swap leaves behind
     with pytest.raises(IndexNotFoundError, match="previous index at .*absent.old-123"):

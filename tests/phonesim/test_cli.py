@@ -184,6 +184,19 @@ def test_missing_checkpoint_is_one_line_error(tiny_catalog, tmp_path, capsys):
     assert code == 2 and "is a file; give the checkpoint folder that holds it" in err
 
 
+def test_a_missing_checkpoint_says_how_one_is_made(tiny_checkpoint, tiny_catalog, tmp_path, capsys):
+    """A first `make serve` before `make demo`, or the demo's folder given for its checkpoint,
+    had said only what was wrong, not what to do."""
+    import shutil
+
+    argv = ["evaluate", "--data", tiny_catalog, "--checkpoint"]
+    code, _, err = run([*argv, tmp_path / "nope"], capsys)
+    assert code == 2 and "'phonesim train' makes one" in err
+    shutil.copytree(tiny_checkpoint, tmp_path / "run" / "checkpoint")
+    code, _, err = run([*argv, tmp_path / "run"], capsys)
+    assert code == 2 and f"the checkpoint may be {tmp_path / 'run' / 'checkpoint'}" in err
+
+
 def _refused(argv, capsys) -> str:
     """argparse's answer to a bad flag: exit 2 and the message on stderr."""
     with pytest.raises(SystemExit) as exc:
