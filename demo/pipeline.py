@@ -120,7 +120,7 @@ def _read_json(path: Path) -> object:
 def run_demo(args: argparse.Namespace) -> int:
     from common.fsutil import atomic_write_text
     from demo.catalog import generate_catalog, is_demo_catalog
-    from embedder.checkpoint import CONFIG_FILE
+    from embedder.checkpoint import CONFIG_FILE, WEIGHTS_FILE, checkpoint_hash
     from embedder.class_rerank import DEFAULT_WEIGHT as RERANK_WEIGHT
     from embedder.class_rerank import class_rerank
     from embedder.evaluate import evaluate, format_report
@@ -161,7 +161,13 @@ def run_demo(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "img_size": DEMO_IMG_SIZE,
     }
-    if _read_json(stamp) != settings or not (checkpoint / CONFIG_FILE).exists():
+    # The stamp names the weights it trained: a checkpoint trained into the folder since (by
+    # `phonesim train --out`) had been reused, evaluated and served under the demo's options.
+    made = (checkpoint / CONFIG_FILE).exists() and (checkpoint / WEIGHTS_FILE).exists()
+    if _read_json(stamp) != {
+        **settings,
+        "checkpoint_hash": checkpoint_hash(checkpoint) if made else None,
+    }:
         stamp.unlink(missing_ok=True)  # until this training finishes
         print("[2/5] fine-tuning tf_efficientnet_lite0 (ImageNet weights, offline)", flush=True)
         result = train(
@@ -176,6 +182,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         if result.interrupted:
             return 130
+        settings["checkpoint_hash"] = checkpoint_hash(checkpoint)
         atomic_write_text(stamp, json.dumps(settings) + "\n")
     else:
         print(f"[2/5] reusing checkpoint {checkpoint}", flush=True)

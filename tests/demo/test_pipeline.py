@@ -35,9 +35,14 @@ def test_an_interrupted_or_other_training_is_not_reused(tmp_path, monkeypatch, c
     assert len(calls) == 2 and (work / "index" / "manifest.json").exists()
     assert main(argv) == 0  # now finished with these options: reused
     assert len(calls) == 2 and "reusing checkpoint" in capsys.readouterr().out
+    # A checkpoint trained into the folder by hand is not the demo's, whatever the stamp says.
+    weights = work / "checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")
+    assert main(argv) == 0
+    assert len(calls) == 3 and "reusing checkpoint" not in capsys.readouterr().out
     other = ["-q", "demo", "--workdir", str(work), *TINY[:2], "--per-class", "4", *TINY[4:]]
     assert main(other) == 0  # other options: a new catalog, and a new training on it
-    assert len(calls) == 3
+    assert len(calls) == 4
     rows = (work / "catalog" / "catalog.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 4
 
