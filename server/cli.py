@@ -158,8 +158,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--image-dir",
         default=None,
-        help="keep images of items added through the API here, for thumbnails (several "
-        "replicas: one shared folder, or only the one that took an add serves its thumbnail)",
+        help="keep images of items added through the API here, for thumbnails (without it, "
+        "such an item has no image_url and its thumbnail is a 404; several replicas: one "
+        "shared folder, or only the one that took an add serves its thumbnail)",
     )
     p.add_argument(
         "--image-root",
