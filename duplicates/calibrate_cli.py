@@ -154,8 +154,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from duplicates.calibration_report import write_calibration
     from duplicates.descriptor import CopyDescriptor
     from duplicates.finder import FinderConfig
-    from embedder.errors import check_output_folder
+    from embedder.errors import DataError, check_output_folder
 
+    if args.data == str(DEFAULT_SOURCE) and not DEFAULT_SOURCE.is_dir():
+        raise DataError(
+            f"--data: no photos at the default {DEFAULT_SOURCE} (the shared phone-brands "
+            "dataset is not on this machine); give a folder of real photos with --data DIR"
+        )
     work = Path(args.work) if args.work else Path(args.checkpoint) / CALIBRATION_FOLDER
     # Its benchmark/images is replaced: never in a folder of other files (a data folder).
     check_output_folder(work, owns=WORK_FILES | seed_folders(work))

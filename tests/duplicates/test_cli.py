@@ -236,3 +236,16 @@ def test_keep_catalog_without_a_catalog_is_refused(tiny_checkpoint, tmp_path, ca
     args = ["--checkpoint", str(tiny_checkpoint), "--images", str(tmp_path / "imgs")]
     code = main("find", [*args, "--out", str(tmp_path / "r"), "--keep", "catalog,resolution"])
     assert code == 2 and "--keep catalog needs a catalog" in capsys.readouterr().err
+
+
+def test_calibrate_without_the_default_dataset_says_to_give_data(
+    tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """On a machine without ../shared it said only "<path>: no such folder"."""
+    from duplicates import calibrate_cli
+
+    monkeypatch.setattr(calibrate_cli, "DEFAULT_SOURCE", tmp_path / "no-shared" / "phone-brands")
+    argv = ["--checkpoint", str(tiny_checkpoint), "--dry-run", "--no-progress"]
+    parser_default = str(calibrate_cli.DEFAULT_SOURCE)
+    assert main("calibrate", [*argv, "--data", parser_default]) == 2
+    assert "give a folder of real photos with --data DIR" in capsys.readouterr().err
