@@ -129,7 +129,6 @@ def add_text_cue_options(parser: argparse.ArgumentParser, cost: str) -> None:
     parser.add_argument(
         "--text-weight",
         type=non_negative_float,
-        default=TEXT_WEIGHT,
         metavar="WEIGHT",
         help="how much the classes the text names add to the prediction's probabilities "
         f"(they sum to 1; at 1 or more a cue naming one class decides) (default {TEXT_WEIGHT:g})",
@@ -137,7 +136,6 @@ def add_text_cue_options(parser: argparse.ArgumentParser, cost: str) -> None:
     parser.add_argument(
         "--text-rotations",
         type=rotations,
-        default=DEFAULT_ROTATIONS,
         metavar="DEGREES",
         help="read each photo turned by these angles, each one a full OCR pass: a logo along a "
         "phone's back reads sideways "
@@ -146,7 +144,6 @@ def add_text_cue_options(parser: argparse.ArgumentParser, cost: str) -> None:
     parser.add_argument(
         "--text-gate",
         type=gate,
-        default=TEXT_GATE,
         metavar="P",
         help="read only the photos whose prediction without the text gives its top class less "
         "than P: a sure prediction is rarely changed by the text, so much of the reading is "
@@ -160,15 +157,17 @@ def check_text_cue_options(args: argparse.Namespace) -> None:
         if not args.text_cues.strip():  # `--text-cues ""`: no file, said as such
             raise UserError("--text-cues needs a file name")
         args.read_text = True
-    changed = (
-        args.text_weight != TEXT_WEIGHT
-        or args.text_rotations != DEFAULT_ROTATIONS
-        or args.text_gate != TEXT_GATE
-    )
-    if changed and not args.read_text:
-        raise UserError(
-            "--text-weight, --text-rotations and --text-gate need --read-text (or --text-cues)"
-        )
+    # Not given is None (the default value given explicitly had passed, while any other
+    # value was refused): then the defaults are filled in.
+    defaults = {"text_weight": TEXT_WEIGHT, "text_rotations": DEFAULT_ROTATIONS}
+    defaults["text_gate"] = TEXT_GATE
+    given = [name for name in defaults if getattr(args, name, None) is not None]
+    if given and not args.read_text:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UserError(f"{flags}: reading text options, they need --read-text (or --text-cues)")
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
 
 
 def text_options_from_args(args: argparse.Namespace) -> TextOptions | None:

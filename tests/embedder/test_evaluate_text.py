@@ -65,9 +65,9 @@ def test_the_gate_reads_only_the_images_the_prediction_is_unsure_of(
     read_calls = []
     real = text_reader.TextReader.read
 
-    def counted(self, image, enough=None):
+    def counted(self, image, enough=None, **kw):
         read_calls.append(1)
-        return real(self, image, enough)
+        return real(self, image, enough, **kw)
 
     monkeypatch.setattr(text_reader.TextReader, "read", counted)
     never = evaluate(
@@ -119,6 +119,14 @@ def test_text_flags():
         text_options_from_args(build_parser().parse_args([*base, "--text-gate", "0.5"]))
     with pytest.raises(UserError, match="need --read-text"):
         text_options_from_args(build_parser().parse_args([*base, "--text-rotations", "0"]))
+    # A default value given explicitly had passed, and been ignored, without --read-text.
+    for flag, value in (
+        ("--text-gate", "0.8"),
+        ("--text-weight", "1"),
+        ("--text-rotations", "0,90,270"),
+    ):
+        with pytest.raises(UserError, match=f"{flag}: reading text options, they need --read"):
+            text_options_from_args(build_parser().parse_args([*base, flag, value]))
 
 
 def test_an_image_whose_reading_fails_is_evaluated_without_its_cue(
@@ -129,7 +137,7 @@ def test_an_image_whose_reading_fails_is_evaluated_without_its_cue(
     data, cues = named_banners
     calls = []
 
-    def flaky(self, image, enough=None):
+    def flaky(self, image, enough=None, **_):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("OCR fell over")
