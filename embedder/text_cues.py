@@ -18,6 +18,7 @@ class's photos: text that names no class then takes their vote (:mod:`embedder.t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import numbers
 import re
@@ -40,6 +41,8 @@ from embedder.text_examples import (
     TextExamples,
     document,
 )
+
+log = logging.getLogger(__name__)
 
 #: Read text with a lower recognition confidence is ignored.
 DEFAULT_MIN_CONFIDENCE = 0.5
@@ -150,6 +153,13 @@ class TextCues:
                 split = tuple(words_of(w))
                 if len(split) > 1 and len(normalise(w)) < LONG_WORD:
                     parts[normalise(w)] = split
+        owners: dict[str, list[str]] = {}
+        for name, named in zip(label_names, words, strict=True):
+            for w in named:
+                owners.setdefault(w, []).append(name)
+        for w, names in owners.items():
+            if len(names) > 1:  # allowed: read, it names them all, which tells them apart less
+                log.warning("text cue word %r names %s alike", w, " and ".join(names))
         if examples is None:
             return cls(tuple(words), parts=parts)
         docs = [[document([(t, 1.0)], 0.0) for t in examples.get(n, ())] for n in label_names]

@@ -253,3 +253,9 @@ def test_a_short_cue_names_nothing_split_in_other_ways() -> None:
     for lines in (["P.O. Co., Ltd"], ["MA", "TE"], ["Model No", "VA 1"]):
         assert cues.classes(read(*lines)) == [], lines
     assert [names[i] for i in cues.classes(read("POCO X6"))] == ["xiaomi"]
+
+
+def test_a_word_given_to_two_classes_is_named_once_loaded(caplog) -> None:
+    """Accepted without a word, "mi" for xiaomi and huawei named both whenever it was read."""
+    TextCues.from_labels(NAMES, {"xiaomi": ["mi"], "huawei": ["Mi"]})
+    assert "text cue word 'mi' names huawei and xiaomi alike" in caplog.text  # NAMES' order
