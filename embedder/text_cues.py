@@ -94,6 +94,15 @@ def normalise(text: str) -> str:
     return "".join(ch for ch in folded if ch.isalnum())
 
 
+def _unspaced(word: str) -> bool:
+    """Whether ``word`` is written in a script that runs words together (Chinese, Japanese;
+    Korean compounds such as 삼성전자), where a short brand is part of a longer token."""
+    return any(
+        unicodedata.name(ch, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL"))
+        for ch in word
+    )
+
+
 def words_of(text: str) -> list[str]:
     """The normalised words of one read line ("POCO X6 Pro" -> poco, x6, pro)."""
     return [w for w in map(normalise, re.split(r"[\s\W_]+", text)) if w]
@@ -213,6 +222,8 @@ class TextCues:
         if len(word) < LONG_WORD:  # whole words only: "poco", not "pocket"
             if word in tokens:
                 return True
+            if _unspaced(word):  # Chinese, Japanese or Korean: "华为Mate60" is one token
+                return any(word in t for t in tokens)
             # A cue "Mi 14" (normalised "mi14") read as it is written: "Mi 14" on one line.
             split = self.parts.get(word)
             return split is not None and any(_in_a_row(split, line) for line in lines)

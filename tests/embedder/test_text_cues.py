@@ -259,3 +259,17 @@ def test_a_word_given_to_two_classes_is_named_once_loaded(caplog) -> None:
     """Accepted without a word, "mi" for xiaomi and huawei named both whenever it was read."""
     TextCues.from_labels(NAMES, {"xiaomi": ["mi"], "huawei": ["Mi"]})
     assert "text cue word 'mi' names huawei and xiaomi alike" in caplog.text  # NAMES' order
+
+
+def test_a_short_word_of_a_script_without_spaces_is_found_inside_a_token() -> None:
+    """ "华为Mate60 Pro", "小米手机" and "삼성전자" named nothing: the script runs words together,
+    so a short brand is part of one longer token, and short words matched whole tokens only."""
+    extra = {"huawei": ["华为"], "xiaomi": ["小米", "mi"], "samsung": ["삼성"]}
+    cues = TextCues.from_labels(NAMES, extra)
+    for line, label in (
+        ("华为Mate60 Pro", "huawei"),
+        ("小米手机", "xiaomi"),
+        ("삼성전자", "samsung"),
+    ):
+        assert cues.classes([(line, 0.9)]) == [NAMES.index(label)]
+    assert cues.classes([("Mimosa", 0.9)]) == []  # a short Latin word still matches whole
