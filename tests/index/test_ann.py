@@ -44,7 +44,12 @@ def test_a_faiss_file_is_checked_without_loading_and_damage_is_one_error(tmp_pat
 
 @pytest.mark.parametrize(
     ("factory", "expected"),
-    [("IVF32,Flat", ["coarse quantizer (32 centroids) on 300 vectors"]), ("PQ4", ["product"])],
+    [
+        ("IVF32,Flat", ["coarse quantizer (32 centroids) on 300 vectors"]),
+        ("PQ4", ["product"]),
+        # An OPQ rotation trains quantizers of its own: 408 FAISS lines for OPQ8,IVF16,PQ8.
+        ("OPQ4,IVF8,PQ4", ["OPQ rotation's quantizer", "coarse quantizer", "product"]),
+    ],
 )
 def test_too_few_training_points_is_one_logged_warning_not_faiss_stderr(
     capfd, caplog, factory, expected
