@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,7 +44,7 @@ from common.text import (
 )
 from index import ann
 from index.catalog import CatalogIndex, IndexOptions
-from index.errors import BuildInputError, InvalidKindError
+from index.errors import BuildInputError, CatalogIndexError, InvalidKindError
 from index.folder import faiss_file_name, lock_writer
 from index.inputs import clean_metadata_rows, prepare_ids, prepare_vectors
 from index.manifest import MANIFEST_NAME, Manifest, write_manifest
@@ -390,6 +391,10 @@ def build_index(
     t_start = time.perf_counter()
     out = Path(out)
     check_index_target(out, overwrite=overwrite)
+    # What the index being replaced has journalled so far: a change by another process while
+    # this build runs would be lost with it (an `index add` said "added 30000", then the swap
+    # dropped them), so the swap refuses one.
+    replaced_head = journal_head(out) if overwrite else None
     if store is not None:
         from index.pg_admin import refuse_existing
 
@@ -452,7 +457,7 @@ def build_index(
         write_manifest(tmp, manifest)
         fsync_dir(tmp)
         timings["write_s"] = time.perf_counter() - t
-        move_into_place(tmp, out, overwrite=overwrite)
+        move_into_place(tmp, out, overwrite=overwrite, expect_head=replaced_head)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -496,10 +501,31 @@ def _write_store(
     fsync_path(path)
 
 
-def move_into_place(tmp: Path, out: Path, *, overwrite: bool = True) -> None:
+def journal_head(folder: Path) -> int | None:
+    """The last journal record's seq of the index at ``folder`` (it only grows), or None
+    where no index store can be read there."""
+    if not (folder / MANIFEST_NAME).is_file():
+        return None
+    try:
+        store = CatalogStore(folder / STORE_NAME)
+    except (CatalogIndexError, sqlite3.Error, OSError):
+        return None
+    try:
+        return store.journal_head()
+    except (CatalogIndexError, sqlite3.Error):
+        return None
+    finally:
+        store.close()
+
+
+def move_into_place(
+    tmp: Path, out: Path, *, overwrite: bool = True, expect_head: int | None = None
+) -> None:
     """Swap the finished build in for ``out``, holding the old index's lock exclusively
     meanwhile (so no process has it open). Without ``overwrite`` it only takes an absent or
     empty ``out``, in one rename: an index another command put there meanwhile stays.
+    ``expect_head``: the old index's :func:`journal_head` when the build began; one that
+    changed since (items added or removed meanwhile, which the swap would lose) is refused.
     ``out`` is no link (see :func:`common.fsutil.replaced_path`): a rename replaces a link,
     not the folder it names."""
     if not overwrite:
@@ -516,6 +542,13 @@ def move_into_place(tmp: Path, out: Path, *, overwrite: bool = True) -> None:
         return
     lock = lock_writer(out) if (out / MANIFEST_NAME).is_file() else None
     try:
+        now = journal_head(out) if expect_head is not None else None
+        if now is not None and now != expect_head:
+            raise BuildInputError(
+                f"{out}: {now - expect_head} change(s) (adds or removes) reached this index "
+                "while the build ran, and replacing it would lose them; not replaced. Build "
+                "again from embeddings that hold them, or stop the writers first"
+            )
         swap_folder(tmp, out, out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}")
     finally:
         if lock is not None:

@@ -427,6 +427,37 @@ def test_an_index_put_in_place_during_a_build_is_not_replaced_without_overwrite(
     assert not [p for p in files.iterdir() if p.name.startswith(".idx")]  # no temporaries
 
 
+def test_a_rebuild_does_not_replace_an_index_changed_while_it_ran(files, monkeypatch):
+    """`index add` said "added 30000; 230000 items" during a `build --overwrite`, whose swap
+    then dropped them: the build did not look at what the old index took meanwhile."""
+    from index.build import build_index
+
+    out = files / "idx"
+    xb = np.random.default_rng(0).standard_normal((40, DIM)).astype(np.float32)
+    ids = [f"x{i}" for i in range(40)]
+    kw = dict(model_name=MODEL, checkpoint_hash=HASH, progress=False)
+    build_index(out, ids[:10], xb[:10], [{}] * 10, **kw)
+    real_write, added = index_build.write_manifest, []
+
+    def an_add_lands_meanwhile(folder, manifest):  # noqa: ANN001, ANN202
+        real_write(folder, manifest)
+        if not added:
+            with open_index(out) as ix:
+                ix.add(["late"], xb[39:40], [{}])
+            added.append(True)
+
+    monkeypatch.setattr(index_build, "write_manifest", an_add_lands_meanwhile)
+    with pytest.raises(BuildInputError, match="1 change.* reached this index while the build"):
+        build_index(out, ids, xb, [{}] * 40, overwrite=True, **kw)
+    with open_index(out) as ix:
+        assert len(ix) == 11 and "late" in ix  # the add is kept
+    assert not [p for p in files.iterdir() if p.name.startswith(".idx")]  # no temporaries
+    monkeypatch.undo()
+    build_index(out, ids, xb, [{}] * 40, overwrite=True, **kw)  # no writer: replaced
+    with open_index(out) as ix:
+        assert len(ix) == 40
+
+
 def test_an_index_built_through_a_link_to_an_empty_folder_lands_in_that_folder(files):
     import os
 
