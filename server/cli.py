@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--index",
         default=None,
-        help="index folder (built from this checkpoint); optional with a PostgreSQL --store",
+        help="index folder (built from this checkpoint), or give a PostgreSQL --store instead",
     )
     add_store_option(p)
     p.add_argument(
