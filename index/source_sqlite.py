@@ -200,6 +200,7 @@ class SqliteSource:
                 # Records since the previous snapshot stay, for copies a little behind.
                 self.store.journal_truncate(old_seq)
         self.remove_stale_files(old if stale else name)
+        self.store.release_free_pages()  # the truncated journal's pages, removed items'
         self.store.checkpoint_wal()
         return not stale
 

@@ -316,8 +316,9 @@ def test_a_damaged_page_of_the_catalog_store_is_one_clear_error(files):
     write_embeddings(files / "emb.h5", n=400)
     out = files / "idx"
     assert cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(out)]) == 0
-    with (out / "catalog.sqlite").open("r+b") as db:  # page 2 of 4 KiB pages: not the schema
-        db.seek(4096 + 8)
+    # Page 3 of 4 KiB pages: not the schema (page 1), nor the auto-vacuum page map (page 2).
+    with (out / "catalog.sqlite").open("r+b") as db:
+        db.seek(2 * 4096 + 8)
         db.write(b"\xff" * 200)
     with pytest.raises(IndexCorruptError, match="catalog store is damaged"):
         cli(["info", str(out)])
