@@ -310,3 +310,13 @@ def test_a_folder_beside_the_store_of_phonesim_store_is_refused(
     err = refusal([])
     assert f"--index {folder}: $PHONESIM_STORE is set" in err and "--store ''" in err
     assert "not both" in refusal(["--store", "postgresql://h/d"])
+
+
+def test_version_is_the_installed_packages(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert (
+        exc.value.code == 0 and capsys.readouterr().out.strip() == f"phonesim {version('phonesim')}"
+    )
