@@ -161,7 +161,11 @@ def check_text_cue_options(args: argparse.Namespace) -> None:
     # value was refused): then the defaults are filled in.
     defaults = {"text_weight": TEXT_WEIGHT, "text_rotations": DEFAULT_ROTATIONS}
     defaults["text_gate"] = TEXT_GATE
-    given = [name for name in defaults if getattr(args, name, None) is not None]
+    # Remembered: a second check of the same flags must not take the filled-in defaults for
+    # given ones.
+    if not hasattr(args, "text_flags_given"):
+        args.text_flags_given = [n for n in defaults if getattr(args, n, None) is not None]
+    given = args.text_flags_given
     if given and not args.read_text:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise UserError(f"{flags}: reading text options, they need --read-text (or --text-cues)")

@@ -222,11 +222,12 @@ class TextCues:
         if len(word) < LONG_WORD:  # whole words only: "poco", not "pocket"
             if word in tokens:
                 return True
-            if _unspaced(word):  # Chinese, Japanese or Korean: "华为Mate60" is one token
-                return any(word in t for t in tokens)
             # A cue "Mi 14" (normalised "mi14") read as it is written: "Mi 14" on one line.
             split = self.parts.get(word)
-            return split is not None and any(_in_a_row(split, line) for line in lines)
+            if split is not None and any(_in_a_row(split, line) for line in lines):
+                return True
+            # Chinese, Japanese or Korean run words together: "华为Mate60" is one token.
+            return _unspaced(word) and any(word in t for t in tokens)
         at = joined.find(word)
         while at >= 0:
             if _names(at, at + len(word), spans):

@@ -304,7 +304,8 @@ def config_from_args(args: argparse.Namespace):
     from export.config import ExportConfig
     from index.stores import check_one_catalog
 
-    check_one_catalog(args.index, args.store)
+    if args.neighbors:  # without neighbours no catalog is read: nothing to tell apart
+        check_one_catalog(args.index, args.store)
     if args.class_rerank and not args.neighbors:
         raise ExportError("--class-rerank orders neighbours: it needs --neighbors above 0")
     return ExportConfig(

@@ -53,6 +53,9 @@ from index.tuning import tunable_param, tune, tuning_split
 
 log = logging.getLogger(__name__)
 
+#: ``build_index``'s ``replaced_head`` default: read the replaced index's journal head itself.
+READ_NOW = object()
+
 # More folders than this in a manifest's image_roots are merged into their parents.
 MAX_IMAGE_ROOTS = 64
 
@@ -378,6 +381,7 @@ def build_index(
     progress: bool = False,
     source: Mapping[str, Any] | None = None,
     store: str | None = None,
+    replaced_head: int | None | object = READ_NOW,
 ) -> BuildReport:
     """Build an index folder at ``out`` from ``ids``, vectors ``xb`` and per-id metadata.
 
@@ -386,7 +390,9 @@ def build_index(
     ``nprobe``/``efSearch`` default tuned to reach ``target_recall`` (recall@10).
     ``out`` must not exist or be empty unless ``overwrite``. ``store``: a PostgreSQL URL to
     copy the built catalog into (:func:`index.pg_admin.push_folder`; ``overwrite`` also
-    applies there); ``out`` then stays as a local snapshot of it.
+    applies there); ``out`` then stays as a local snapshot of it. ``replaced_head``: the
+    :func:`journal_head` of the index being replaced when the caller read its inputs (by
+    default, read now).
     """
     t_start = time.perf_counter()
     out = Path(out)
@@ -394,7 +400,8 @@ def build_index(
     # What the index being replaced has journalled so far: a change by another process while
     # this build runs would be lost with it (an `index add` said "added 30000", then the swap
     # dropped them), so the swap refuses one.
-    replaced_head = journal_head(out) if overwrite else None
+    if replaced_head is READ_NOW:
+        replaced_head = journal_head(out) if overwrite else None
     if store is not None:
         from index.pg_admin import refuse_existing
 
@@ -443,7 +450,9 @@ def build_index(
         search_defaults=defaults,
         tuning=tuning,
         source=dict(source or {}),
-        image_roots=image_roots([m["image"] for m in mds if isinstance(m.get("image"), str)]),
+        image_roots=image_roots(
+            [m["image"] for m in mds if isinstance(m.get("image"), str) and not is_uri(m["image"])]
+        ),
     )
     out = replaced_path(out)  # a link: the index it names
     # A unique hidden sibling: same filesystem (the swap is a rename), never another build's.
@@ -543,11 +552,17 @@ def move_into_place(
     lock = lock_writer(out) if (out / MANIFEST_NAME).is_file() else None
     try:
         now = journal_head(out) if expect_head is not None else None
+        if now is not None and now < expect_head:  # another build or a restore landed
+            raise BuildInputError(
+                f"{out}: another index was put there while this one was made; not replacing "
+                "it (build again to replace that one)"
+            )
         if now is not None and now != expect_head:
             raise BuildInputError(
-                f"{out}: {now - expect_head} change(s) (adds or removes) reached this index "
-                "while the build ran, and replacing it would lose them; not replaced. Build "
-                "again from embeddings that hold them, or stop the writers first"
+                f"{out}: {now - expect_head} change(s) (adds, removes or metadata updates) "
+                "reached this index while the build ran, and replacing it would lose them; "
+                "not replaced. Build again from embeddings that hold them, or stop the "
+                "writers first"
             )
         swap_folder(tmp, out, out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}")
     finally:
@@ -570,6 +585,9 @@ def build_from_files(
     (and into the PostgreSQL ``store``, if given)."""
     # Before reading: an input inside the index it replaces would be deleted with it.
     check_index_target(Path(out), overwrite=overwrite, inputs=(embeddings, catalog))
+    # Before reading too: an add to the old index while a large file is read is one the
+    # new index lacks as well.
+    replaced_head = journal_head(Path(out)) if overwrite else None
     emb = read_embeddings(embeddings)
     rows = read_catalog_csv(catalog) if catalog is not None else None
     metadata = join_metadata(emb.ids, emb.labels, rows)
@@ -594,6 +612,7 @@ def build_from_files(
         progress=progress,
         source=source,
         store=store,
+        replaced_head=replaced_head,
     )
 
 

@@ -119,6 +119,8 @@ def test_text_flags():
         text_options_from_args(build_parser().parse_args([*base, "--text-gate", "0.5"]))
     with pytest.raises(UserError, match="need --read-text"):
         text_options_from_args(build_parser().parse_args([*base, "--text-rotations", "0"]))
+    twice = build_parser().parse_args(base)
+    assert text_options_from_args(twice) is None and text_options_from_args(twice) is None
     # A default value given explicitly had passed, and been ignored, without --read-text.
     for flag, value in (
         ("--text-gate", "0.8"),

@@ -273,3 +273,6 @@ def test_a_short_word_of_a_script_without_spaces_is_found_inside_a_token() -> No
     ):
         assert cues.classes([(line, 0.9)]) == [NAMES.index(label)]
     assert cues.classes([("Mimosa", 0.9)]) == []  # a short Latin word still matches whole
+    # A spaced cue read as written still counts (its words in a row), as before.
+    spaced = TextCues.from_labels(NAMES, {"xiaomi": ["小米 14"]})
+    assert spaced.classes([("小米 14", 0.9)]) == [NAMES.index("xiaomi")]

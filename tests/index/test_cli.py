@@ -247,6 +247,14 @@ def test_image_urls_in_a_catalog_csv_are_kept_as_written(files):
     assert [read[f"u{i}"]["image"] for i in range(3)] == urls
     assert read["p"]["image"] == str(files / "pics" / "a.jpg")  # a path is still resolved
     assert read["q"]["image"] == str(files / "https:a.jpg")  # a file name with a colon too
+    write_embeddings(files / "emb.h5", n=6)
+    (files / "c.csv").write_text(
+        "id,image\np0,https://cdn.example.com/p/0.jpg\np1,pics/1.jpg\np2,data:image/png;x\n"
+    )
+    argv = ["build", "--embeddings", str(files / "emb.h5"), "--catalog", str(files / "c.csv")]
+    assert cli([*argv, "--out", str(files / "ix")]) == 0
+    roots = json.loads((files / "ix" / "manifest.json").read_text())["image_roots"]
+    assert roots == [str(files / "pics")]  # no folder made up of a URL
 
 
 def test_catalog_csv_cells_read_as_embed_reads_them(files):
@@ -457,6 +465,54 @@ def test_a_rebuild_does_not_replace_an_index_changed_while_it_ran(files, monkeyp
     build_index(out, ids, xb, [{}] * 40, overwrite=True, **kw)  # no writer: replaced
     with open_index(out) as ix:
         assert len(ix) == 40
+
+
+def test_a_rebuild_counts_an_add_made_while_it_read_its_inputs(files, monkeypatch):
+    """The journal was first read after the embeddings file: an add while a large file was
+    read was in neither the old index's count nor the new index."""
+    write_embeddings(files / "emb.h5")
+    out = files / "idx"
+    argv = ["build", "--embeddings", str(files / "emb.h5"), "--out", str(out)]
+    assert cli(argv) == 0
+    real_read = index_build.read_embeddings
+
+    def an_add_while_reading(path):  # noqa: ANN001, ANN202
+        read = real_read(path)
+        with open_index(out) as ix:
+            ix.add(["late"], read.xb[:1], [{}])
+        return read
+
+    monkeypatch.setattr(index_build, "read_embeddings", an_add_while_reading)
+    with pytest.raises(BuildInputError, match="1 change.* reached this index while the build"):
+        cli([*argv, "--overwrite"])
+    with open_index(out) as ix:
+        assert "late" in ix
+
+
+def test_a_rebuild_does_not_replace_an_index_put_there_meanwhile(files, monkeypatch):
+    """Another build landing first made the journal shorter: "-3 change(s) reached ..."."""
+    from index.build import build_index
+
+    out = files / "idx"
+    xb = np.random.default_rng(0).standard_normal((40, DIM)).astype(np.float32)
+    ids = [f"x{i}" for i in range(40)]
+    kw = dict(model_name=MODEL, checkpoint_hash=HASH, progress=False)
+    build_index(out, ids[:10], xb[:10], [{}] * 10, **kw)
+    with open_index(out) as ix:
+        ix.remove(["x0", "x1", "x2"])  # a journal of 3 records
+    real_write, landed = index_build.write_manifest, []
+
+    def another_build_lands(folder, manifest):  # noqa: ANN001, ANN202
+        real_write(folder, manifest)
+        if not landed:
+            landed.append(True)
+            build_index(out, ids[:5], xb[:5], [{}] * 5, overwrite=True, **kw)
+
+    monkeypatch.setattr(index_build, "write_manifest", another_build_lands)
+    with pytest.raises(BuildInputError, match="another index was put there"):
+        build_index(out, ids, xb, [{}] * 40, overwrite=True, **kw)
+    with open_index(out) as ix:
+        assert len(ix) == 5
 
 
 def test_an_index_built_through_a_link_to_an_empty_folder_lands_in_that_folder(files):

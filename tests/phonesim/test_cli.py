@@ -320,3 +320,22 @@ def test_version_is_the_installed_packages(capsys):
     assert (
         exc.value.code == 0 and capsys.readouterr().out.strip() == f"phonesim {version('phonesim')}"
     )
+
+
+def test_an_export_without_neighbours_reads_no_catalog_so_refuses_none(
+    tmp_path, monkeypatch, capsys
+):
+    """--neighbors 0 reads neither --index nor the store: a folder beside $PHONESIM_STORE is
+    no ambiguity there (docs/export.md says neither is read)."""
+    monkeypatch.setenv("PHONESIM_STORE", "postgresql://u@127.0.0.1:9/shop")
+    argv = [
+        "export",
+        "--checkpoint",
+        tmp_path / "c",
+        "--data",
+        tmp_path,
+        "--out",
+        tmp_path / "o.h5",
+    ]
+    code, _, err = run([*argv, "--index", tmp_path / "ix", "--neighbors", "0"], capsys)
+    assert code == 2 and "checkpoint folder not found" in err and "PHONESIM_STORE" not in err
