@@ -329,6 +329,14 @@ class StoredSettings:
     descriptor: DescriptorConfig
     finder_overrides: dict[str, Any]
 
+    def finder_config(self, **changes: Any) -> FinderConfig:
+        """The finder's settings as calibrated (threshold, verification, pair model), with
+        ``changes`` on top: what ``duplicates find`` runs with. A plain ``FinderConfig()``
+        ignores the calibration (threshold 0.90 on the raw agreement)."""
+        return replace(
+            FinderConfig(), **{**self.finder_overrides, "threshold": self.threshold, **changes}
+        )
+
 
 def stored_settings(checkpoint: str | Path) -> StoredSettings:
     """The calibrated threshold and the settings it was calibrated with, if any."""

@@ -20,6 +20,7 @@ from common.argtypes import (
     positive_int,
     probability,
     show_progress,
+    store_from_environment,
     unit_interval,
 )
 from common.errors import run_reporting_errors
@@ -128,7 +129,7 @@ def _find(args: argparse.Namespace) -> int:
     from duplicates.against import AgainstConfig, find_against
     from duplicates.calibration import stored_settings
     from duplicates.descriptor import CopyDescriptor
-    from duplicates.finder import FinderConfig, find_duplicates
+    from duplicates.finder import find_duplicates
     from duplicates.inputs import load_inputs
     from duplicates.report import REPORT_FILES, write_report
     from duplicates.result import parse_keep
@@ -151,9 +152,7 @@ def _find(args: argparse.Namespace) -> int:
             args.checkpoint,
             stored.threshold,
         )
-    config = replace(
-        FinderConfig(),
-        **stored.finder_overrides,
+    config = stored.finder_config(
         threshold=stored.threshold if args.threshold is None else args.threshold,
         keep=keep,
         batch_size=args.batch_size,
@@ -172,6 +171,11 @@ def _find(args: argparse.Namespace) -> int:
         ckpt = read_config(args.checkpoint)
         embedder = Embedder(descriptor.engine, ckpt, checkpoint_hash(args.checkpoint))
         against = AgainstConfig(k=args.k) if args.k else AgainstConfig()
+        if args.store:  # $PHONESIM_STORE turns a folder's search into this one: say so
+            from index.pg import redact
+
+            given = " ($PHONESIM_STORE)" if store_from_environment(args.store) else ""
+            log.info("checking against the catalog in %s%s", redact(args.store), given)
         result = find_against(
             descriptor, embedder, samples, args.index, config, against, store=args.store
         )

@@ -119,6 +119,11 @@ def test_stored_pair_model_is_read_back(tiny_checkpoint, tmp_path) -> None:
     np.testing.assert_allclose(
         stored.finder_overrides["pair_model"].predict(x), model.predict(x), rtol=1e-6
     )
+    # The library's way to run as `duplicates find` does (duplicates/README.md): a plain
+    # FinderConfig() had run the README's example at 0.90 on the raw agreement.
+    config = stored.finder_config(batch_size=8)
+    assert config.threshold == 0.7 and config.pair_model is not None and config.batch_size == 8
+    assert stored.finder_config(threshold=0.5).threshold == 0.5
 
 
 def test_candidate_settings_are_read_back_and_old_records_keep_raw_cosines(
