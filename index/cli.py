@@ -180,7 +180,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("model", f"{info['model_name']} (checkpoint {info['checkpoint_hash'][:12]})"),
         ("search", defaults or "exact"),
         ("fields", ", ".join(info["filterable_fields"]) or "(none)"),
-        ("journal", f"{info['journal_pending']} changes (adds, removes) since the last compaction"),
+        ("journal", f"{info['journal_pending']} items added or removed since the last compaction"),
         ("disk", _size(info["disk_bytes"])),
     ]
     for name, value in rows:
