@@ -59,6 +59,15 @@ class ReadOnlyIndexError(CatalogIndexError):
     """A write (add, remove, checkpoint) was attempted on an index opened read-only."""
 
 
+class ReadOnlyFolderError(ReadOnlyIndexError, PermissionError):
+    """The index folder cannot be written here (read-only media, another user's folder):
+    a usage error (exit 2) as every other refusal of such a folder is, and still a
+    ``PermissionError`` for callers that read what they can without the lock."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
 class IndexCorruptError(CatalogIndexError):
     """The FAISS file and the catalog store disagree, or a file cannot be decoded."""
 

@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from common.fsutil import folder_size, names_open_file
-from index.errors import IndexCorruptError, IndexLockedError, IndexNotFoundError
+from index.errors import (
+    IndexCorruptError,
+    IndexLockedError,
+    IndexNotFoundError,
+    ReadOnlyFolderError,
+)
 from index.manifest import Manifest, read_manifest
 from index.store import STORE_NAME, CatalogStore
 
@@ -47,7 +52,7 @@ def _open_lock(path: Path) -> int:
     except OSError as exc:  # read-only media: say what to do, not just "denied"
         if exc.errno not in _READ_ONLY:
             raise
-        raise PermissionError(
+        raise ReadOnlyFolderError(
             exc.errno,
             "the index folder is not writable here (its lock file, and SQLite's beside its "
             "store, are written even to read it); copy the folder to a writable place",

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
+from common.errors import UserError
 from index import build as index_build
 from index import cli as index_cli
 from index import open_index
@@ -561,6 +562,10 @@ def test_an_index_on_read_only_media_says_to_copy_it(files, monkeypatch):
     with pytest.raises(PermissionError, match="not writable here.*copy the folder") as exc:
         open_index(files / "idx", readonly=True)
     assert exc.value.filename.endswith("writer.lock")
+    # A usage error (exit 2) as every other refusal of a read-only folder: `restore` from
+    # such a backup had exited 1 where `info` on it exited 2.
+    assert isinstance(exc.value, UserError)
+    assert str(exc.value).startswith(f"{files / 'idx' / 'writer.lock'}: the index folder")
 
 
 def test_columns_the_http_api_cannot_write_are_named_once_when_read(files, caplog):
