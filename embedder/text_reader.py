@@ -68,8 +68,20 @@ def check_rotations(rotations: Sequence[int], name: str = "rotations") -> tuple[
     return tuple(dict.fromkeys(rotations))
 
 
+#: Callers that may wait for a busy reader at once when they bound their wait (the server's
+#: request threads); more are turned away at once. Waiting, each holds a request thread: 24
+#: uploads with read_text=always had tied up all 8 threads of a worker, and an ordinary
+#: request queued 15 s for one.
+MAX_WAITING = 2
+
+
 class ReaderBusy(Exception):
-    """The reader stayed busy with other photos for longer than a caller would wait."""
+    """The reader is busy with other photos: the caller waited as long as it would
+    (``waited``), or enough others were waiting already (not ``waited``)."""
+
+    def __init__(self, message: str, *, waited: bool) -> None:
+        super().__init__(message)
+        self.waited = waited
 
 
 class TextReader:
@@ -110,6 +122,25 @@ class TextReader:
         logging.getLogger("RapidOCR").setLevel(logging.ERROR)
         # The pipeline keeps per-call state between its stages: one image at a time.
         self._lock = threading.Lock()
+        self._waiting, self._waiting_lock = 0, threading.Lock()
+
+    def _take(self, wait_s: float | None) -> None:
+        """Acquire the reader, waiting at most ``wait_s`` (None: as long as it takes) and
+        only when fewer than MAX_WAITING bounded callers wait already; ReaderBusy if not."""
+        if wait_s is None:
+            self._lock.acquire()
+            return
+        with self._waiting_lock:
+            if self._waiting >= MAX_WAITING and self._lock.locked():
+                raise ReaderBusy("the text reader is busy and others wait for it", waited=False)
+            self._waiting += 1
+        try:
+            got = self._lock.acquire(timeout=max(0.0, wait_s))
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+        if not got:
+            raise ReaderBusy(f"the text reader stayed busy for {wait_s:.1f} s", waited=True)
 
     def read(
         self, image: Image.Image, enough: Enough | None = None, wait_s: float | None = None
@@ -133,8 +164,7 @@ class TextReader:
         out: dict[int, list[tuple[str, float]]] = {}
         # A server's request may wait only what is left of its reading budget: six uploads
         # with read_text=always had kept an ordinary request waiting 26 s for the lock.
-        if not self._lock.acquire(timeout=-1 if wait_s is None else max(0.0, wait_s)):
-            raise ReaderBusy(f"the text reader stayed busy for {wait_s:.1f} s")
+        self._take(wait_s)
         try:
             t0 = time.perf_counter()
             for angle in self.rotations:

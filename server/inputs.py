@@ -239,9 +239,10 @@ def parse_ranking(value: Any) -> str | None:
 
 READ_TEXT_MODES = ("auto", "always", "never")
 # Why a photo's text was not read (a prediction's ``text_unread``): its prediction was sure
-# enough without it (the gate), the request said never, the reading failed, or the request
-# had spent its reading time.
-TEXT_UNREAD = ("sure", "never", "failed", "budget")
+# enough without it (the gate), the request said never, the reading failed, the request had
+# spent its reading time, or the worker's reader was busy with others' photos and enough
+# requests waited for it already.
+TEXT_UNREAD = ("sure", "never", "failed", "budget", "busy")
 
 
 def parse_read_text(value: Any) -> str | None:

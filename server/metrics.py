@@ -113,7 +113,8 @@ class Metrics:
             "phonesim_text_photos",
             "Uploaded photos of a server that reads text, by whether their text was read "
             "(read: yes) or not (read: no: a sure prediction, read_text=never, the request's "
-            "reading budget spent, or a failed reading; each answer's text_unread says which).",
+            "reading budget spent, a busy reader, or a failed reading; each answer's "
+            "text_unread says which).",
             ["read"],
             registry=r,
         )

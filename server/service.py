@@ -271,8 +271,8 @@ class LookupService:
                 t0 = time.perf_counter()
                 try:
                     photo.cues = self.read_cues(photo.image, REQUEST_READ_BUDGET_S - spent)
-                except ReaderBusy:  # the budget went on waiting for the reader
-                    photo.text_unread = "budget"
+                except ReaderBusy as busy:  # the budget went on waiting, or others wait
+                    photo.text_unread = "budget" if busy.waited else "busy"
                 else:
                     # A failed reading read nothing: text_read says so (export marks it failed).
                     photo.text_read = photo.cues is not None

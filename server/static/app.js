@@ -63,6 +63,7 @@ function showPrediction(prediction) {
       never: "the photo's text was not read",
       failed: "the photo's text could not be read",
       budget: "the photo's text was not read: the request's reading time was spent",
+      busy: "the photo's text was not read: the reader was busy with other requests",
     };
     source += " (" + (why[prediction.text_unread] || "the photo's text was not read") + ")";
   }

@@ -488,6 +488,28 @@ def test_a_request_waits_for_a_busy_reader_no_longer_than_its_budget(reading, mo
     assert searched["text_read"] is True
 
 
+def test_requests_beyond_the_waiting_ones_are_answered_at_once(reading, monkeypatch) -> None:
+    """Waiting, a request holds one of the worker's 8 threads: 24 uploads with
+    read_text=always tied them all up, and an ordinary request queued 15 s for a thread."""
+    from embedder import text_reader
+
+    monkeypatch.setattr(text_reader, "MAX_WAITING", 0)  # as if 2 others waited already
+    reader = reading.application.extensions["phonesim"].service.text.reader
+    assert reader._lock.acquire(timeout=5)  # another request's photo is being read
+    try:
+        t0 = time.perf_counter()
+        answered = reading.post("/v1/search", data=upload(banner(WORD)))
+        took = time.perf_counter() - t0
+    finally:
+        reader._lock.release()
+    prediction = answered.get_json()["prediction"]
+    assert prediction["text_read"] is False and prediction["text_unread"] == "busy"
+    assert took < 5  # not the 10 s budget
+    assert reading.post("/v1/search", data=upload(banner(WORD))).get_json()["prediction"][
+        "text_read"
+    ]  # free again: read
+
+
 def test_a_photo_not_read_says_why(reading, monkeypatch) -> None:
     """text_read false meant any of four things, which a client could not tell apart."""
     from dataclasses import replace
