@@ -218,6 +218,9 @@ class CatalogIndex(Following):
             self._check_open()
             r = self._replica
             info = summary(self.path, self.manifest, self._store, r.count, r.pending, r.ck_name)
+        disk = getattr(self._source, "disk_bytes", None)  # a store's, not a folder's
+        if disk is not None and self.path is None:
+            info["disk_bytes"] = disk()
         return {**info, "hidden_removed": int(len(r.dead))}
 
     # -- search -----------------------------------------------------------------------------

@@ -291,6 +291,16 @@ class PgSource:
             ).fetchall()
         return [decode_record(r[0], r[1], r[2], r[3], r[4], r[5], r[6], dim) for r in rows]
 
+    def disk_bytes(self) -> int:
+        """What the catalog's tables take in the database, indexes and TOAST included
+        (``index info`` had shown 0 B for a store)."""
+        with self.conn() as c:
+            row = c.execute(
+                "SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0) FROM "
+                "unnest(ARRAY['items', 'journal', 'snapshots', 'state']) AS t"
+            ).fetchone()
+        return int(row[0])
+
     def journal_stats(self) -> tuple[int, int, float | None]:
         with self.conn() as c:
             row = c.execute(

@@ -499,3 +499,14 @@ def test_compaction_gives_removed_items_pages_back(tmp_path):
         ix.compact(force=True)  # the adds' journal records go: the previous interval's
         ix.compact(force=True)  # and the removes'
     assert db.stat().st_size < small + 256 * 1024, (small, db.stat().st_size)
+
+
+def test_info_of_a_store_gives_its_size_in_the_database(tmp_path, pg_url, capsys):  # noqa: F811
+    """`index info --store URL` printed "disk 0 B": the size was a folder's only."""
+    write_embeddings(tmp_path / "emb.h5")
+    argv = ["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "idx")]
+    assert cli([*argv, "--store", pg_url, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli(["info", "--store", pg_url, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == 120 and info["disk_bytes"] > 120 * DIM * 4
