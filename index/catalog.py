@@ -218,10 +218,13 @@ class CatalogIndex(Following):
             self._check_open()
             r = self._replica
             info = summary(self.path, self.manifest, self._store, r.count, r.pending, r.ck_name)
-        disk = getattr(self._source, "disk_bytes", None)  # a store's, not a folder's
-        if disk is not None and self.path is None:
-            info["disk_bytes"] = disk()
         return {**info, "hidden_removed": int(len(r.dead))}
+
+    def store_bytes(self) -> int | None:
+        """What a PostgreSQL store's catalog takes in its database (a round trip, so not
+        part of :meth:`info`, which a server answers from memory); None for a folder."""
+        disk = getattr(self._source, "disk_bytes", None)
+        return disk() if disk is not None else None
 
     # -- search -----------------------------------------------------------------------------
     def search(

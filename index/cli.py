@@ -159,7 +159,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
         with CatalogIndex.open(args.index_option or args.index_positional, store=args.store,
                                readonly=True) as ix:  # fmt: skip
-            info = {**ix.info(), "path": ix.where}
+            info = {**ix.info(), "path": ix.where, "disk_bytes": ix.store_bytes() or 0}
     else:
         from index.folder import check_index_files
 
