@@ -132,17 +132,41 @@ def temporary_folder(path: str | Path, kind: str = "") -> Path:
                 len(left),
                 ", ".join(left[:3]) + (", ..." if len(left) > 3 else ""),
             )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}", dir=path.parent))
+    # The PID in the name tells a live run's folder from a killed one's (below).
+    owner = f"{os.getpid()}-" if kind else ""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}{owner}", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
 
 
 def leftover_folders(path: str | Path, kind: str) -> list[Path]:
     """The hidden sibling folders ``.NAME.<kind>XXXX`` of ``path`` (:func:`temporary_folder`,
-    :func:`discard_folder`) that runs killed outright left behind, sorted; links excluded."""
+    :func:`discard_folder`) that runs killed outright left behind, sorted; links excluded,
+    and so are those named by a process still running on this machine: a concurrent build's
+    working folder had been reported as an interrupted run's."""
     path = Path(path)
-    pattern = glob.escape(f".{path.name}.{kind}") + "*"
-    return sorted(p for p in path.parent.glob(pattern) if p.is_dir() and not p.is_symlink())
+    prefix = f".{path.name}.{kind}"
+    pattern = glob.escape(prefix) + "*"
+    return sorted(
+        p
+        for p in path.parent.glob(pattern)
+        if p.is_dir() and not p.is_symlink() and not _owner_alive(p.name[len(prefix) :])
+    )
+
+
+def _owner_alive(rest: str) -> bool:
+    """Whether ``rest`` (a temporary folder's name after its prefix) starts with the PID of
+    a running process (``<pid>-...``)."""
+    pid, sep, _ = rest.partition("-")
+    if not (sep and pid.isdigit()):
+        return False  # named before PIDs were, or by discard_folder
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process (or a number no PID can be): leave it
+    return True
 
 
 def share_file(path: str | Path) -> None:

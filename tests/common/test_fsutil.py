@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -192,13 +194,24 @@ def test_temporary_folders_are_shared_and_leftovers_are_named(tmp_path: Path, ca
         first = fsutil.temporary_folder(tmp_path / "idx", "building-")
     finally:
         os.umask(old)
-    assert first.parent == tmp_path and first.name.startswith(".idx.building-")
+    assert first.parent == tmp_path and first.name.startswith(f".idx.building-{os.getpid()}-")
     assert first.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
     assert "left by an interrupted run" not in caplog.text
+    # A live run's folder (this process's) is not a leftover: a concurrent build's had been
+    # named as an interrupted run's.
     second = fsutil.temporary_folder(tmp_path / "idx", "building-")
-    assert second != first and first.name in caplog.text
+    assert second != first and "left by an interrupted run" not in caplog.text
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a PID no process holds now (the kernel reuses them only much later)
+    killed = tmp_path / f".idx.building-{dead.pid}-abc"
+    killed.mkdir()
+    (tmp_path / ".idx.building-old1234").mkdir()  # named before PIDs were
+    fsutil.temporary_folder(tmp_path / "idx", "building-")
+    assert killed.name in caplog.text and ".idx.building-old1234" in caplog.text
+    assert first.name not in caplog.text and second.name not in caplog.text
     caplog.clear()
-    odd = fsutil.temporary_folder(tmp_path / "[a]", "building-")  # glob characters in a name
+    odd = tmp_path / f".[a].building-{dead.pid}-x"  # glob characters in a name
+    odd.mkdir()
     fsutil.temporary_folder(tmp_path / "[a]", "building-")
     assert odd.name in caplog.text
 
