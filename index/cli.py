@@ -96,6 +96,15 @@ def index_folder_or_exit(args: argparse.Namespace) -> str:
         raise  # unreachable: parser.error exits
 
 
+def _fields_line(fields: list[str]) -> str:
+    """The filterable fields, saying which of them a client of the HTTP API cannot use: the
+    server keeps an item's image path private (its /v1/info lists the others)."""
+    public = [f for f in fields if f != "image"]
+    line = ", ".join(public) or "(none)"
+    private = " (and image, for the CLI only: the HTTP API keeps it private)"
+    return line + (private if "image" in fields else "")
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -179,7 +188,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("metric", f"{info['metric']} (cosine on unit vectors)"),
         ("model", f"{info['model_name']} (checkpoint {info['checkpoint_hash'][:12]})"),
         ("search", defaults or "exact"),
-        ("fields", ", ".join(info["filterable_fields"]) or "(none)"),
+        ("fields", _fields_line(info["filterable_fields"])),
         ("journal", f"{info['journal_pending']} items added or removed since the last compaction"),
         ("disk", _size(info["disk_bytes"])),
     ]

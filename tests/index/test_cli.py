@@ -106,6 +106,8 @@ def test_build_with_catalog_then_info(files, capsys):
     text = capsys.readouterr().out
     assert "kind       flat" in text and "count      120" in text and "dimension  24" in text
     assert MODEL in text and "disk" in text
+    # The server's /v1/info leaves image out of its fields; info had listed it among them.
+    assert "fields     brand, label, price, title (and image, for the CLI only: the HTTP" in text
 
 
 def test_a_catalog_sharing_no_id_with_the_embeddings_is_refused(files):
