@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from common import stopping
 from common.argtypes import STORE_ENV
 
 
@@ -80,10 +82,17 @@ def run_reporting_errors(
     verbose: bool = False,
     quiet: bool = False,
     interrupted: str | Callable[[], str] = "interrupted",
+    own_signals: bool = False,
 ) -> int:
-    """Run a command with logging set up; bad input and Ctrl-C become one line and an exit code."""
+    """Run a command with logging set up; bad input and Ctrl-C become one line and an exit code.
+
+    SIGTERM (timeout, systemd, Kubernetes) stops it as Ctrl-C does (:mod:`common.stopping`),
+    so that what it half wrote is removed: it had ended `index build`, `snapshot` and
+    `restore` at once, leaving full-size hidden folders. ``own_signals``: a command that
+    handles its own (a server)."""
     configure_logging(verbose=verbose, quiet=quiet)
-    return reporting_errors(prog, lambda: run(args), interrupted=interrupted)
+    with contextlib.nullcontext() if own_signals else stopping.signals_stop():
+        return reporting_errors(prog, lambda: run(args), interrupted=interrupted)
 
 
 def _store_source(message: str) -> str:

@@ -9,7 +9,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from common import stopping
 from common.argtypes import (
     add_data_option,
     add_progress_option,
@@ -118,14 +117,9 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_find(args: argparse.Namespace) -> int:
-    # SIGTERM stops it as Ctrl-C does, so its temporary files go: above 1 GiB of features it
-    # keeps them in a memory-mapped folder of the system's temporary folder, which a SIGTERM
-    # had left behind.
-    with stopping.signals_stop():
-        return _find(args)
-
-
-def _find(args: argparse.Namespace) -> int:
+    # A SIGTERM stops it as Ctrl-C does (run_reporting_errors), so its temporary files go:
+    # above 1 GiB of features it keeps them in a memory-mapped folder of the system's
+    # temporary folder, which a SIGTERM had left behind.
     from duplicates.against import AgainstConfig, find_against
     from duplicates.calibration import stored_settings
     from duplicates.descriptor import CopyDescriptor

@@ -8,7 +8,6 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from common import stopping
 from common.argtypes import (
     add_progress_option,
     batch_size,
@@ -324,8 +323,7 @@ def _train(args: argparse.Namespace) -> int:
         if getattr(args, name, None) is not None
     }
     config = TrainConfig(**{**given, "progress": show_progress(args)})
-    with stopping.signals_stop():  # SIGTERM stops it as Ctrl-C does: best checkpoint kept
-        result = train(config)
+    result = train(config)  # SIGTERM stops it as Ctrl-C does (run_reporting_errors)
     summary = {
         "checkpoint": str(result.checkpoint),
         "best_epoch": result.best_epoch,

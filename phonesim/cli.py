@@ -8,11 +8,9 @@ messages with a non-zero exit code.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 
-from common import stopping
 from common.errors import run_reporting_errors
 
 log = logging.getLogger("phonesim")
@@ -97,19 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # A command may say what Ctrl-C leaves behind (export: the progress it resumes from).
     hint = getattr(args, "interrupted", None)
-    # SIGTERM (timeout, systemd, Kubernetes) stops a command as Ctrl-C does, so that what it
-    # half wrote is removed: it had ended `index build`, `snapshot` and `restore` at once,
-    # leaving full-size hidden folders. A server handles its own signals.
-    stops = contextlib.nullcontext() if getattr(args, "own_signals", False) else None
-    with stops or stopping.signals_stop():
-        return run_reporting_errors(
-            "phonesim",
-            args.func,
-            args,
-            verbose=args.verbose,
-            quiet=args.quiet,
-            interrupted=(lambda: hint(args)) if callable(hint) else "interrupted",
-        )
+    return run_reporting_errors(
+        "phonesim",
+        args.func,
+        args,
+        verbose=args.verbose,
+        quiet=args.quiet,
+        interrupted=(lambda: hint(args)) if callable(hint) else "interrupted",
+        own_signals=getattr(args, "own_signals", False),  # serve: its own
+    )
 
 
 if __name__ == "__main__":

@@ -371,4 +371,4 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    return run_reporting_errors("phonesim serve", run, args, verbose=args.verbose)
+    return run_reporting_errors("phonesim serve", run, args, verbose=args.verbose, own_signals=True)
