@@ -130,7 +130,6 @@ def cmd_build(args: argparse.Namespace) -> int:
         store=args.store,
     )
     m = report.manifest
-    left_out = failed_images(args.embeddings)
     if args.json:
         print(
             json.dumps(
@@ -143,12 +142,14 @@ def cmd_build(args: argparse.Namespace) -> int:
                     "search_defaults": m.search_defaults,
                     "tuned_recall": m.tuning.get("recall"),
                     "timings": report.timings,
-                    "failed_images": len(left_out),  # as `index add --json` counts them
+                    # as `index add --json` counts them; the manifest keeps the count
+                    "failed_images": m.source.get("failed_images", 0),
                 }
             )
         )
     else:
         tuned = ", ".join(f"{k}={v}" for k, v in m.search_defaults.items()) or "exact search"
+        left_out = failed_images(args.embeddings)
         for line in left_out:
             print(f"not indexed (phonesim embed could not read it): {line}")
         print(
