@@ -209,6 +209,13 @@ def store_url(text: str) -> str | None:
     return url
 
 
+def refuse_file_as_folder(parser: argparse.ArgumentParser, flag: str, value: str | None) -> None:
+    """A usage error when the folder option ``flag`` names a file (it had been "File exists"
+    from a later ``mkdir``, exit 1)."""
+    if value and os.path.exists(value) and not os.path.isdir(value):
+        parser.error(f"{flag} {value}: is a file, not a folder")
+
+
 def store_from_environment(store: str | None) -> bool:
     """Whether a parsed ``--store`` is the one ``$PHONESIM_STORE`` names (its default)."""
     env = os.environ.get(STORE_ENV, "").strip()

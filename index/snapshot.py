@@ -65,7 +65,7 @@ def snapshot(path: str | Path | None, out: str | Path, *, store: str | None = No
         check_index_files(path)
     tmp = _fresh_folder(out)
     try:
-        info = _snapshot_sqlite(Path(path), tmp) if not store else _snapshot_pg(store, tmp)
+        info = _snapshot_pg(store, tmp) if store else _snapshot_sqlite(Path(path), tmp)
         _check_opens(tmp)  # a backup is only as good as the restore it allows
         fsync_dir(tmp)
         tmp.rename(out)

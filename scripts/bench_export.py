@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common.argtypes import positive_int, thread_count
+from common.argtypes import positive_int, refuse_file_as_folder, thread_count
 from common.errors import reporting_errors
 from demo.catalog import generate_catalog
 from export.bench import CHILD_FLAG, BenchSettings, child_main, run_bench
@@ -45,8 +45,7 @@ def main() -> int:
     p.add_argument("--ray-actors", type=positive_int, help="default: one per CPU")
     p.add_argument("--skip-ray", action="store_true", help="single-process figures only")
     args = p.parse_args()
-    if Path(args.workdir).exists() and not Path(args.workdir).is_dir():
-        p.error(f"--workdir {args.workdir}: is a file, not a folder")
+    refuse_file_as_folder(p, "--workdir", args.workdir)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     figures = run_bench(
         BenchSettings(

@@ -18,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from common.argtypes import non_negative_int, positive_int, unit_interval
+from common.argtypes import non_negative_int, positive_int, refuse_file_as_folder, unit_interval
 from common.errors import reporting_errors
 from index.ann import create, resolve_kind
 from index.benchmark import BenchConfig, format_table, run_benchmark
@@ -113,8 +113,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     a = p.parse_args(argv)
-    if a.workdir and Path(a.workdir).exists() and not Path(a.workdir).is_dir():
-        p.error(f"--workdir {a.workdir}: is a file, not a folder")
+    refuse_file_as_folder(p, "--workdir", a.workdir)
     if not 0 <= a.spread_min <= a.spread_max:
         p.error(f"need 0 <= --spread-min ({a.spread_min}) <= --spread-max ({a.spread_max})")
     try:  # a kind FAISS cannot make fails now, not after the data and its ground truth

@@ -43,7 +43,12 @@ from replica_cluster import (
     server_command,
 )
 
-from common.argtypes import non_negative_int, positive_float, positive_int
+from common.argtypes import (
+    non_negative_int,
+    positive_float,
+    positive_int,
+    refuse_file_as_folder,
+)
 from common.errors import reporting_errors
 from demo.specs import CLASS_NAMES
 
@@ -122,8 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--seed", type=int, default=0, help="random seed of the kill choices (default %(default)s)"
     )
     args = p.parse_args(argv)
-    if args.workdir and Path(args.workdir).exists() and not Path(args.workdir).is_dir():
-        p.error(f"--workdir {args.workdir}: is a file, not a folder")
+    refuse_file_as_folder(p, "--workdir", args.workdir)
     if not 2 <= args.catalog[0] <= len(CLASS_NAMES):  # else a traceback from a child process
         p.error(f"--catalog: CLASSES must be 2 to {len(CLASS_NAMES)}, got {args.catalog[0]}")
     return args
