@@ -159,8 +159,11 @@ def check_text_cue_options(args: argparse.Namespace) -> None:
         args.read_text = True
     # Not given is None (the default value given explicitly had passed, while any other
     # value was refused): then the defaults are filled in.
-    defaults = {"text_weight": TEXT_WEIGHT, "text_rotations": DEFAULT_ROTATIONS}
-    defaults["text_gate"] = TEXT_GATE
+    defaults = {
+        "text_weight": TEXT_WEIGHT,
+        "text_rotations": DEFAULT_ROTATIONS,
+        "text_gate": TEXT_GATE,
+    }
     # Remembered: a second check of the same flags must not take the filled-in defaults for
     # given ones.
     if not hasattr(args, "text_flags_given"):
