@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
 from collections import Counter
@@ -221,8 +222,35 @@ def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
 
 
 def shared_images(a: list[Sample], b: list[Sample]) -> set[Path]:
-    """The image files two sample lists both hold (compared as resolved paths)."""
-    return {s.path.resolve() for s in a} & {s.path.resolve() for s in b}
+    """The images of ``a`` that ``b`` holds too: the same file, or a byte-identical copy under
+    another name (a copied folder finds itself just as well). Only files of a size both lists
+    hold are read, so two folders of different photos cost one ``stat`` per file."""
+    a_paths = {s.path.resolve() for s in a}
+    b_paths = {s.path.resolve() for s in b}
+    shared = a_paths & b_paths
+    a_sizes, b_sizes = _by_size(a_paths - shared), _by_size(b_paths - shared)
+    for size in a_sizes.keys() & b_sizes.keys():
+        b_digests = {_digest(p) for p in b_sizes[size]} - {None}
+        shared.update(p for p in a_sizes[size] if _digest(p) in b_digests)
+    return shared
+
+
+def _by_size(paths: set[Path]) -> dict[int, list[Path]]:
+    sizes: dict[int, list[Path]] = {}
+    for path in paths:
+        try:
+            sizes.setdefault(path.stat().st_size, []).append(path)
+        except OSError:  # unreadable: the embedding step reports it
+            continue
+    return sizes
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        with path.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 def text_named(paths: list[Path]) -> list[Path]:

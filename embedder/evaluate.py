@@ -252,7 +252,8 @@ def _gallery_catalog(gallery: str | Path, data: Catalog, names: list[str]) -> Ca
     shared = shared_images(data.samples, g_catalog.samples)
     if shared:
         log.warning(
-            "%s: %d of the %d evaluated images are in the gallery too; each finds itself "
+            "%s: %d of the %d evaluated images are in the gallery too (the same files or "
+            "byte-identical copies); each finds itself "
             "first, so the fused accuracy and Recall@k read too high (give a gallery without "
             "them, or none: leave-one-out)",
             gallery,

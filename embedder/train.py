@@ -54,7 +54,8 @@ def _train(config: TrainConfig) -> TrainResult:
         shared = shared_images(train_samples, val_samples)
         if shared:  # the best epoch would be chosen on photos the model learns
             log.warning(
-                "%s: %d of the %d validation images are training images too; the best "
+                "%s: %d of the %d validation images are training images too (the same files "
+                "or byte-identical copies); the best "
                 "checkpoint is then chosen on photos the model learned (give --val "
                 "photos kept out of --data)",
                 config.val,

@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from embedder.data import load_catalog
+from embedder.data import Sample, load_catalog, shared_images
 from embedder.errors import DataError
 
 
@@ -237,3 +237,25 @@ def test_unlabelled_reading_needs_no_label_column(tmp_path):
     assert [s.label for s in load_catalog(tmp_path / "m.csv", require_labels=False).samples] == [""]
     with pytest.raises(DataError, match="missing column"):
         load_catalog(tmp_path / "m.csv")  # training reads labels
+
+
+def test_shared_images_are_the_same_files_or_byte_identical_copies(tmp_path):
+    """A copied folder is found as well as the folder itself; equal sizes alone are not."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "same.jpg").write_bytes(b"photo one")
+    (a / "copied.jpg").write_bytes(b"photo two")
+    (b / "renamed.jpg").write_bytes(b"photo two")
+    (a / "other.jpg").write_bytes(b"photo 333")  # the size of a gallery file, other bytes
+    (b / "sized.jpg").write_bytes(b"photo 444")
+    (a / "gone.jpg").write_bytes(b"photo 555")
+    (b / "gone.jpg").write_bytes(b"photo 555")
+    ours = [Sample(p.stem, p, "x") for p in sorted(a.iterdir())]
+    theirs = [Sample("s", a / "same.jpg", "x")]
+    theirs += [Sample(p.stem, p, "x") for p in sorted(b.iterdir())]
+    (b / "gone.jpg").chmod(0)  # unreadable (unless root): never an error, only not shared
+    shared = shared_images(ours, theirs)
+    expected = {a / "same.jpg", a / "copied.jpg"}
+    assert expected <= shared <= expected | {a / "gone.jpg"}
+    assert shared_images(ours, []) == set()

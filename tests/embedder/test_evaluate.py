@@ -267,8 +267,11 @@ def test_a_folder_where_a_report_file_goes_is_refused_before_the_work(tmp_path):
 def test_a_gallery_holding_the_evaluated_images_is_warned_about(
     tiny_checkpoint, tiny_catalog, tmp_path, caplog
 ):
-    """Each image finds itself: accuracy 1.0 from a classifier at 0.39 in a review's run."""
+    """Each image finds itself: accuracy 1.0 from a classifier at 0.39 in a review's run. A
+    copied folder does the same, so byte-identical copies count; re-encoded photos do not."""
     import shutil
+
+    from PIL import Image
 
     gallery = tmp_path / "gallery"
     first = sorted(p for p in tiny_catalog.iterdir() if p.is_dir())[0]
@@ -276,12 +279,19 @@ def test_a_gallery_holding_the_evaluated_images_is_warned_about(
     (gallery / "nokia").mkdir()
     shutil.copy(next(first.glob("*.jpg")), gallery / "nokia" / "x.jpg")
     evaluate(tiny_checkpoint, tiny_catalog, gallery=tiny_catalog, progress=False)
-    assert "evaluated images are in the gallery too" in caplog.text
+    n = len(list(tiny_catalog.rglob("*.jpg")))
+    assert f"{n} of the {n} evaluated images are in the gallery too" in caplog.text
     caplog.clear()
     evaluate(tiny_checkpoint, tiny_catalog, gallery=gallery, progress=False)
-    assert "in the gallery too" not in caplog.text  # copies elsewhere are other files
+    copies = len(list(first.glob("*.jpg")))  # the nokia copy is one of them again
+    assert f"{copies} of the {n} evaluated images are in the gallery too" in caplog.text
     assert "has no image of the evaluated class" in caplog.text
     assert "the checkpoint does not know: nokia" in caplog.text
+    caplog.clear()
+    for path in gallery.rglob("*.jpg"):  # the same photos, other bytes
+        Image.open(path).convert("RGB").save(path, quality=60)
+    evaluate(tiny_checkpoint, tiny_catalog, gallery=gallery, progress=False)
+    assert "in the gallery too" not in caplog.text
 
 
 def test_class_names_the_plot_font_lacks_are_said_in_one_line(tmp_path, caplog):
