@@ -114,6 +114,7 @@ class MicroBatcher:
         self._arriving = 0
         self._arriving_lock = threading.Lock()
         self._closed = threading.Event()
+        self._put_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -139,14 +140,17 @@ class MicroBatcher:
         return self._put(_Job(xs, Future(), time.perf_counter(), many=True))
 
     def _put(self, job: _Job) -> Future:
-        if self._closed.is_set():
-            raise BatcherClosedError("the model batcher is stopped")
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise OverloadedError(
-                f"{self._queue.maxsize} requests are already waiting for the model"
-            ) from None
+        # Under the lock close() takes: no job is queued behind the stop sentinel, where no
+        # one would ever answer it.
+        with self._put_lock:
+            if self._closed.is_set() or not self._thread.is_alive():
+                raise BatcherClosedError("the model batcher is stopped")
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                raise OverloadedError(
+                    f"{self._queue.maxsize} requests are already waiting for the model"
+                ) from None
         return job.future
 
     def run(self, x: np.ndarray, timeout: float | None = None) -> BatchResult:
@@ -163,15 +167,18 @@ class MicroBatcher:
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop taking requests, finish the queued ones and end the thread."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout)
+        with self._put_lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            # On a full queue the thread stops when it finds the queue empty instead.
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
         self._thread.join(timeout)
 
     # -- batcher thread -----------------------------------------------------------------------
-    def _collect(self, first: _Job) -> list[_Job]:
+    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+        """The batch that starts with ``first``, and whether the stop sentinel ended it."""
         jobs = [first]
         rows = len(first.x)
         deadline = time.perf_counter() + self.max_wait_s
@@ -186,49 +193,61 @@ class MicroBatcher:
                     job = self._queue.get(timeout=min(remaining, 0.0005))
                 except queue.Empty:
                     continue
-            if job is None:  # close() sentinel: keep it for the outer loop
-                self._queue.put(None)
-                break
+            if job is None:  # close(): nothing was queued after it (see _put)
+                return jobs, True
             jobs.append(job)
             rows += len(job.x)
-        return jobs
+        return jobs, False
 
     def _run(self) -> None:
-        while True:
-            first = self._queue.get()
+        stop = False
+        while not stop:
+            try:
+                first = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._closed.is_set():  # closed on a full queue, now drained
+                    break
+                continue
             if first is None:
                 break
-            jobs = [j for j in self._collect(first) if j.future.set_running_or_notify_cancel()]
+            collected, stop = self._collect(first)
+            jobs = [j for j in collected if j.future.set_running_or_notify_cancel()]
             if jobs:
                 self._process(jobs)
-        while True:  # fail whatever raced in after close()
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None and job.future.set_running_or_notify_cancel():
-                job.future.set_exception(BatcherClosedError("the model batcher is stopped"))
 
     def _process(self, jobs: list[_Job]) -> None:
+        """Run the jobs' images and answer each job. Whatever fails on the way (the model, or
+        rows it did not return) is every unanswered job's exception, and the thread goes on:
+        a request must never be left waiting for an answer that will not come."""
+        try:
+            self._answer(jobs)
+        except BaseException as exc:
+            log.exception("model forward failed for a batch of %d", len(jobs))
+            failure = exc if isinstance(exc, Exception) else RuntimeError(f"model stopped: {exc!r}")
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise  # an interpreter exit: _put refuses new requests once the thread ends
+
+    def _answer(self, jobs: list[_Job]) -> None:
         t0 = time.perf_counter()
         passes: list[tuple[int, float]] = []  # (images, seconds) of each forward pass
-        try:
-            # One job (a lone request, or one request's images) is already its batch: no copy.
-            x = jobs[0].x if len(jobs) == 1 else np.concatenate([j.x for j in jobs])
-            # A request's many images run in this one turn, in passes of at most max_batch.
-            parts = []
-            for i in range(0, len(x), self.max_batch):
-                t = time.perf_counter()
-                parts.append(self._forward(x[i : i + self.max_batch]))
-                passes.append((len(parts[-1]), time.perf_counter() - t))
-            out = parts[0] if len(parts) == 1 else _concat(parts)
-        except Exception as exc:  # hand the failure to every waiting request
-            log.exception("model forward failed for a batch of %d", len(jobs))
-            for j in jobs:
-                j.future.set_exception(exc)
-            return
+        # One job (a lone request, or one request's images) is already its batch: no copy.
+        x = jobs[0].x if len(jobs) == 1 else np.concatenate([j.x for j in jobs])
+        # A request's many images run in this one turn, in passes of at most max_batch.
+        parts = []
+        for i in range(0, len(x), self.max_batch):
+            t = time.perf_counter()
+            parts.append(self._forward(x[i : i + self.max_batch]))
+            passes.append((len(parts[-1]), time.perf_counter() - t))
+        out = parts[0] if len(parts) == 1 else _concat(parts)
+        if not len(out.embeddings) == len(out.probabilities) == len(x):
+            raise RuntimeError(
+                f"the model returned {len(out.embeddings)} embeddings and "
+                f"{len(out.probabilities)} probability rows for {len(x)} images"
+            )
         model_s = sum(seconds for _, seconds in passes)
-        size = min(len(x), self.max_batch)
         if self._observer is not None:
             try:
                 for images, seconds in passes:
@@ -239,13 +258,13 @@ class MicroBatcher:
         for j in jobs:
             results = [
                 BatchResult(
-                    out.embeddings[row + i],
-                    out.probabilities[row + i],
+                    out.embeddings[r],
+                    out.probabilities[r],
                     queue_s=t0 - j.t_submit,
                     model_s=model_s,
-                    batch_size=size,
+                    batch_size=passes[r // self.max_batch][0],  # the pass this image ran in
                 )
-                for i in range(len(j.x))
+                for r in range(row, row + len(j.x))
             ]
             row += len(j.x)
             j.future.set_result(results if j.many else results[0])

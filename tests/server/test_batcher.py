@@ -192,3 +192,64 @@ def test_submit_many_runs_a_requests_images_in_one_turn(make):
     assert model.sizes == seen == [1, 4, 4, 2, 1]  # passes of at most 4, then the single
     with pytest.raises(ValueError):
         b.submit_many(np.zeros((0, 3, 2, 2), np.float32))
+
+
+def test_a_model_returning_too_few_rows_fails_the_batch_and_the_thread_goes_on(make):
+    """Handing out rows had been outside the error handling: an IndexError there ended the
+    batcher thread, and every later request waited for its timeout."""
+    model = FakeModel()
+    short = {"on": True}
+
+    def forward(x):
+        out = model(x)
+        if short["on"]:
+            return EmbeddingBatch(out.embeddings[:-1], out.probabilities[:-1])
+        return out
+
+    b = make(forward, max_batch=4, max_wait_ms=0)
+    with pytest.raises(RuntimeError, match="returned 0 embeddings and 0 probability rows for 1"):
+        b.run(pixel(1), timeout=5)
+    short["on"] = False
+    assert b.alive
+    assert b.run(pixel(2), timeout=5).embedding.tolist() == [2, 2]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_an_interpreter_exit_in_the_model_answers_the_batch_and_refuses_what_follows(make):
+    def forward(x):
+        raise SystemExit(3)
+
+    b = make(forward, max_batch=4, max_wait_ms=0)
+    with pytest.raises(RuntimeError, match="model stopped: SystemExit"):
+        b.run(pixel(1), timeout=5)
+    b._thread.join(5)
+    assert not b.alive
+    with pytest.raises(BatcherClosedError):
+        b.submit(pixel(2))  # it had been queued, for no thread to answer
+
+
+def test_each_image_of_a_many_request_reports_the_pass_it_ran_in(make):
+    b = make(FakeModel(), max_batch=4, max_wait_ms=0)
+    results = b.submit_many(np.stack([pixel(i) for i in range(10)])).result(5)
+    assert [r.batch_size for r in results] == [4] * 8 + [2, 2]  # had been 4 for every one
+
+
+def test_close_on_a_full_queue_still_finishes_the_queued_work_and_ends(make):
+    """The stop sentinel finds no room in the queue: the queued work still runs, and the
+    thread ends when the queue is empty."""
+    model = FakeModel()
+    model.gate.clear()
+    b = make(model, max_batch=1, max_wait_ms=0, max_queue=2)
+    first = b.submit(pixel(0))
+    assert model.entered.wait(5)
+    queued = [b.submit(pixel(1)), b.submit(pixel(2))]  # the queue is full
+    closer = threading.Thread(target=b.close, kwargs={"timeout": 5})
+    closer.start()
+    time.sleep(0.05)
+    with pytest.raises(BatcherClosedError):
+        b.submit(pixel(3))
+    model.gate.set()
+    assert [f.result(5).embedding[0] for f in [first, *queued]] == [0, 1, 2]
+    t = time.perf_counter()
+    closer.join(5)
+    assert not b._thread.is_alive() and time.perf_counter() - t < 1.0
