@@ -40,6 +40,13 @@ _HDF5_FAILURE = re.compile(
 )
 
 
+def message_line(exc: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none (a bare
+    ``assert`` in a library, for one); library messages run over many lines."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def describe_os_error(exc: OSError) -> str:
     """``path: reason`` for a failed file operation (both paths for a rename), on one line."""
     reason = exc.strerror or str(exc) or type(exc).__name__

@@ -24,6 +24,7 @@ import torch
 from timm.models import get_pretrained_cfg, parse_model_name
 from torch import nn
 
+from common.errors import message_line
 from embedder.errors import WeightsError, first_line
 from embedder.train_config import DEFAULT_MODEL
 
@@ -138,7 +139,7 @@ def check_model_and_weights(model_name: str, weights: str) -> None:
     try:  # as timm reads it: a prefix in any case, "hf_hub:", a repo id without a prefix
         source, model_id = parse_model_name(model_name)
     except (ValueError, AssertionError) as exc:  # older timm 1.0 releases assert
-        raise WeightsError(f"--model {model_name}: {str(exc).splitlines()[0]}") from None
+        raise WeightsError(f"--model {model_name}: {message_line(exc)}") from None
     if source == "local-dir" and not (Path(model_id) / "config.json").is_file():
         raise WeightsError(f"{model_id}: not a timm model folder (no config.json) for --model")
     if source is None and not timm.is_model(model_name):
@@ -370,7 +371,7 @@ def _create_pretrained(model_name: str, num_classes: int, **model_kwargs) -> nn.
     except Exception as exc:  # network, hub and cache errors come in many types
         raise WeightsError(
             f"cannot get pretrained ImageNet weights for '{model_name}' "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            f"({first_line(exc)}). "
             "This machine may be offline: pass --weights PATH to a local weights file, "
             f"--weights none, or use a model with offline weights ({', '.join(OFFLINE_IMAGENET)})"
         ) from exc

@@ -3,7 +3,7 @@
 from collections.abc import Collection
 from pathlib import Path
 
-from common.errors import UserError
+from common.errors import UserError, message_line
 from common.fsutil import folder_write_problem
 
 
@@ -43,8 +43,8 @@ class NonFiniteOutputError(EngineError):
 def first_line(exc: BaseException) -> str:
     """``Type: first line of the message``: what a one-line error says of a library's error
     (timm, torch and ONNX Runtime messages run over many lines)."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    named = type(exc).__name__
+    return f"{named}: {message_line(exc)}" if str(exc).strip() else named
 
 
 def check_output_folder(

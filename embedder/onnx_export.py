@@ -25,7 +25,7 @@ from embedder.checkpoint import (
     loaded_weights_hash,
     read_config,
 )
-from embedder.errors import EngineError
+from embedder.errors import EngineError, first_line
 from embedder.graphs import (
     EMBEDDING,
     FEATURE_MAP,
@@ -190,10 +190,7 @@ def build_fp32_graph(ckpt: str | Path, model: nn.Module | None = None) -> GraphR
     try:
         atomic_write(path, write)
     except Exception as exc:  # permissions, disk, and the many kinds the exporter raises
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise EngineError(
-            f"{path}: cannot export the ONNX graph ({type(exc).__name__}: {first})"
-        ) from exc
+        raise EngineError(f"{path}: cannot export the ONNX graph ({first_line(exc)})") from exc
     record = GraphRecord(
         file=path.name,
         sha256=file_sha256(path),

@@ -20,6 +20,7 @@ import torch
 from sklearn.metrics import accuracy_score
 from torch import nn
 
+from common.errors import message_line
 from embedder.backbone import create_backbone, source_model
 from embedder.batch import embed_samples
 from embedder.checkpoint import CheckpointConfig, save_checkpoint
@@ -91,7 +92,7 @@ def check_input_size(model: nn.Module, data_config: dict[str, Any], config: Trai
         with torch.inference_mode():
             model(x)
     except Exception as exc:  # timm models assert, raise RuntimeError or ValueError
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        detail = message_line(exc)
         raise DataError(
             f"{config.model} cannot take {data_config['input_size'][-1]} px input "
             f"(--img-size): {detail}"

@@ -29,6 +29,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from common.errors import message_line
 from index.errors import (
     CatalogReplacedError,
     DuplicateIdError,
@@ -76,11 +77,6 @@ _LOCK_TIMEOUT_S = 30
 # the connection notices: its kernel still acknowledges) and the write is a 503. Else every
 # request thread of the worker queues behind the stuck one, its health checks included.
 WRITE_STALL_S = 5.0
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _Connection:
@@ -217,7 +213,7 @@ class PgSource:
             try:
                 yield self._connect(held)
             except (errors.ProgramLimitExceeded, psycopg.DataError) as exc:
-                raise StoreRefusedError(f"{self.where}: refused ({_first_line(exc)})") from exc
+                raise StoreRefusedError(f"{self.where}: refused ({message_line(exc)})") from exc
             except StoreOutcomeUnknownError:
                 held.drop()
                 raise
@@ -228,7 +224,7 @@ class PgSource:
                 errors.UndefinedColumn,
             ) as exc:
                 held.drop()
-                msg = _first_line(exc)
+                msg = message_line(exc)
                 raise StoreUnavailableError(f"{self.where}: unavailable ({msg})") from exc
 
     def close(self) -> None:
@@ -397,7 +393,7 @@ class PgSource:
                 # No answer to the COMMIT: the server may have made it before the break.
                 raise StoreOutcomeUnknownError(
                     f"{self.where}: the connection broke while the write was committing "
-                    f"({_first_line(exc)}); it may have been made"
+                    f"({message_line(exc)}); it may have been made"
                 ) from exc
 
     @contextmanager

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.errors import UserError
+from common.errors import UserError, message_line
 from server.config import GunicornSettings, ServerConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             device=request.get("device"),
         )
     except UserError as exc:
-        print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)
+        print(message_line(exc), file=sys.stderr)
         return USER_ERROR_EXIT
     return 0
 

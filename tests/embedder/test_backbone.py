@@ -193,3 +193,26 @@ def test_squash_keeps_the_top_of_a_portrait_photo_and_centre_crop_does_not(mode)
     assert x.shape == (3, 64, 64)
     top_is_red = bool(x[0, 0].mean() > x[1, 0].mean() + 1.0)
     assert top_is_red == (mode == "squash")
+
+
+def test_a_bare_assert_in_timms_name_parser_is_a_weights_error(monkeypatch):
+    """Older timm releases assert without a message: formatting it had raised IndexError."""
+    import embedder.backbone as backbone
+
+    def parse(name):
+        raise AssertionError()
+
+    monkeypatch.setattr(backbone, "parse_model_name", parse)
+    with pytest.raises(WeightsError, match="--model odd:name: AssertionError$"):
+        backbone.check_model_and_weights("odd:name", "none")
+
+
+def test_error_lines_name_the_type_when_the_message_is_empty():
+    from common.errors import message_line
+    from embedder.errors import first_line
+
+    assert message_line(AssertionError()) == "AssertionError"
+    assert message_line(ValueError("  \n")) == "ValueError"
+    assert message_line(ValueError("bad thing\n  at line 2")) == "bad thing"
+    assert first_line(ValueError("bad thing\nmore")) == "ValueError: bad thing"
+    assert first_line(AssertionError()) == "AssertionError"
