@@ -188,7 +188,15 @@ class CatalogStore(JournalTable):
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                # SQLite keeps the transaction open after some failed commits: every later
+                # BEGIN on this connection, shared by the process, would fail ("within a
+                # transaction") until a restart.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
             self.invalidate_caches()
 
     @contextmanager

@@ -21,3 +21,27 @@ def test_lookups_of_more_ids_than_one_query_binds(tmp_path):
     shelves = {"shelf": [f"s{i}" for i in range(1000)]}  # one filter value per bound variable
     np.testing.assert_array_equal(store.filter_fids(shelves), fids)
     store.close()
+
+
+def test_a_failed_commit_is_rolled_back_and_the_next_write_works(tmp_path):
+    """SQLite leaves the transaction open when some commits fail (here a deferred foreign key,
+    really checked at COMMIT): every later write of the process had failed "within a
+    transaction" until a restart."""
+    import sqlite3
+
+    import pytest
+
+    store = CatalogStore(tmp_path / "catalog.sqlite", create=True)
+    store._db.execute("PRAGMA foreign_keys=ON")
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), store.transaction():
+        store.insert_items(np.array([1]), ["lost"], [{}])
+        store._db.execute("CREATE TEMP TABLE parent (id INTEGER PRIMARY KEY)")
+        store._db.execute(
+            "CREATE TEMP TABLE child (p REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+        store._db.execute("INSERT INTO child VALUES (5)")
+    assert not store._db.in_transaction
+    with store.transaction():
+        store.insert_items(np.array([2]), ["kept"], [{}])
+    assert store.get("lost") is None and store.get("kept") is not None
+    store.close()
