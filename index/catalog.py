@@ -19,7 +19,7 @@ update either entirely or not at all (readers-writer lock).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -353,9 +353,11 @@ class CatalogIndex(Following):
         *,
         merge: bool = True,
         check: Callable[[Mapping[str, Any]], None] | None = None,
+        keep: Collection[str] = (),
     ) -> Item:
         """Change an item's metadata (vectors untouched), durably and journaled, so every
-        process sees it; ``merge=False`` replaces it. Returns the item as now stored.
+        process sees it; ``merge=False`` replaces it, but for the ``keep`` fields the item
+        has (read in the write's transaction). Returns the item as now stored.
         :class:`~index.errors.UnknownIdError` (a ``KeyError``) for an unknown id.
 
         ``check`` sees the metadata the item would have, inside the write's transaction (so a
@@ -367,7 +369,7 @@ class CatalogIndex(Following):
         if not is_storable(id_):  # then it cannot be stored here
             raise UnknownIdError([id_], "update")
         md = clean_metadata_rows([metadata], 1, [id_])[0]
-        rec, row = self._source.commit_meta(id_, md, merge, check)
+        rec, row = self._source.commit_meta(id_, md, merge, check, keep)
         self._applied_own(rec)
         return Item(row.id, row.metadata)
 

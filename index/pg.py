@@ -21,7 +21,7 @@ import logging
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +43,7 @@ from index.errors import (
 from index.journal import JournalRecord, decode_record, encode_items, fids_blob, vectors_blob
 from index.manifest import Manifest, manifest_from_dict
 from index.replica import Loaded
-from index.store import CatalogStore, StoredItem
+from index.store import CatalogStore, StoredItem, merged_metadata
 
 log = logging.getLogger(__name__)
 
@@ -472,12 +472,13 @@ class PgSource:
         metadata: Mapping[str, Any],
         merge: bool,
         check: Callable[[Mapping[str, Any]], None] | None = None,
+        keep: Collection[str] = (),
     ) -> tuple[JournalRecord, StoredItem]:
         with self._write() as (c, seq):
             row = c.execute("SELECT fid, metadata FROM items WHERE id=%s", (id_,)).fetchone()
             if row is None:
                 raise UnknownIdError([id_], "update")
-            md = {**json.loads(row[1]), **metadata} if merge else dict(metadata)
+            md = merged_metadata(json.loads(row[1]), metadata, merge, keep)
             if check is not None:
                 check(md)
             c.execute(

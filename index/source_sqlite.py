@@ -12,7 +12,7 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from index.folder import FAISS_PREFIX, faiss_file_name
 from index.journal import JournalRecord
 from index.manifest import Manifest
 from index.replica import Loaded
-from index.store import CatalogStore, StoredItem
+from index.store import CatalogStore, StoredItem, merged_metadata
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +155,14 @@ class SqliteSource:
         metadata: Mapping[str, Any],
         merge: bool,
         check: Callable[[Mapping[str, Any]], None] | None = None,
+        keep: Collection[str] = (),
     ) -> tuple[JournalRecord, StoredItem]:
         s = self.store
         with _reachable(self.folder), s.transaction():
             row = s.get(id_)
             if row is None:
                 raise UnknownIdError([id_], "update")
-            md = {**row.metadata, **metadata} if merge else dict(metadata)
+            md = merged_metadata(row.metadata, metadata, merge, keep)
             if check is not None:
                 check(md)
             fids = np.array([row.fid], np.int64)

@@ -22,7 +22,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -79,6 +79,16 @@ class StoredItem(NamedTuple):
     fid: int
     id: str
     metadata: dict[str, Any]
+
+
+def merged_metadata(
+    stored: Mapping[str, Any], given: Mapping[str, Any], merge: bool, keep: Collection[str]
+) -> dict[str, Any]:
+    """An item's new metadata: ``given`` over the ``stored`` fields (``merge``), or ``given``
+    and the ``keep`` fields the item has."""
+    if merge:
+        return {**stored, **given}
+    return {**given, **{k: stored[k] for k in keep if k in stored}}
 
 
 class CatalogStore(JournalTable):

@@ -579,10 +579,11 @@ class LookupService:
         (the server's own fields stay).
         """
         self.check_new_metadata(metadata)
-        if not merge:
-            own = self.index.get(item_id).metadata
-            metadata = {**metadata, **{k: own[k] for k in PRIVATE_FIELDS if k in own}}
-        item = self.index.update_metadata(item_id, metadata, merge=merge, check=_field_budget)
+        # The server's own fields are read in the write's transaction: read before it, an
+        # item removed and added again meanwhile had got its old image path back.
+        item = self.index.update_metadata(
+            item_id, metadata, merge=merge, check=_field_budget, keep=PRIVATE_FIELDS
+        )
         log.info("updated the metadata of item %r", item_id)
         return item
 

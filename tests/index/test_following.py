@@ -193,6 +193,10 @@ def test_update_metadata_and_list_items(spec):
             with pytest.raises(ValueError, match="3 fields"):
                 ix.update_metadata("sku-5", {"three": 3}, check=at_most_two)
             assert ix.get("sku-5").metadata == {"only": 1, "two": 2}
+            # A replace keeps the named fields the stored item has, and only those.
+            kept = ix.update_metadata("sku-5", {"new": 1}, merge=False, keep=("two", "gone"))
+            assert kept.metadata == {"new": 1, "two": 2} == ix.get("sku-5").metadata
+            ix.update_metadata("sku-5", {"only": 1, "two": 2}, merge=False)
             assert child.ask("field sku-5 two 10 2") == "yes"  # another process: the merge
             assert child.ask("field sku-5 three 0.5 3") == "no"  # and nothing of the refused
             with pytest.raises(UnknownIdError):

@@ -459,3 +459,28 @@ def test_a_form_cut_short_says_so(writable, jpeg_bytes):
     r = c.post("/v1/search", data=cut, content_type=ctype)
     assert_error(r, 400, "invalid_multipart")
     assert c.post("/v1/items", data=body, content_type=ctype, headers=KEY).status_code == 201
+
+
+def test_a_replace_keeps_the_image_the_item_has_when_it_is_written(writable, first_id):
+    """The image path was read before the write: an item removed and added again by another
+    worker in between got its old image back, a file that was deleted with it."""
+    from index import CatalogIndex
+
+    app, folder = writable
+    svc = app.extensions["phonesim"].service
+    vector = svc.index.get_vectors([first_id])
+    real_update = svc.index.update_metadata
+
+    def another_worker_first(*args, **kw):
+        with CatalogIndex.open(folder) as other:
+            other.remove([first_id])
+            other.add([first_id], vector, [{"image": "new.jpg", "title": "again"}])
+        return real_update(*args, **kw)
+
+    svc.index.update_metadata = another_worker_first
+    r = app.test_client().patch(
+        f"/v1/items/{first_id}", json={"metadata": {"label": "x"}, "merge": False}, headers=KEY
+    )
+    assert r.status_code == 200, r.get_json()
+    with CatalogIndex.open(folder, readonly=True) as reopened:
+        assert reopened.get(first_id).metadata == {"label": "x", "image": "new.jpg"}
