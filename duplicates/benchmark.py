@@ -259,7 +259,15 @@ def build_benchmark(
     img_dir.mkdir(parents=True)
     rows: list[dict[str, str]] = []
 
-    def add(name: str, truth: int, role: str, src: int, transform: str, strength: int, data):
+    def add(
+        name: str,
+        truth: int,
+        role: str,
+        src: int,
+        transform: str,
+        strength: int,
+        data: bytes | Image.Image,
+    ) -> None:
         path = img_dir / name
         if isinstance(data, bytes):
             path.write_bytes(data)

@@ -7,7 +7,6 @@ other metadata or in another container still hash the same at pixel level.
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,15 +37,6 @@ def identical_pairs(digests: Sequence[str | None]) -> list[tuple[int, int]]:
         else:
             first[d] = i
     return pairs
-
-
-def identical_sets(digests: Sequence[str | None]) -> list[list[int]]:
-    """Indices sharing a digest, for sets of two or more."""
-    by_digest: dict[str, list[int]] = defaultdict(list)
-    for i, d in enumerate(digests):
-        if d:
-            by_digest[d].append(i)
-    return [v for v in by_digest.values() if len(v) > 1]
 
 
 def phash_available() -> bool:

@@ -50,7 +50,7 @@ def list_images(root: str | Path) -> list[Sample]:
     return samples
 
 
-def load_inputs(data: str | Path, kind: str | None = None):
+def load_inputs(data: str | Path, kind: str | None = None) -> list[Sample]:
     """Samples from a folder of images or a CSV manifest.
 
     ``kind`` is ``"images"`` or ``"manifest"`` when the caller was told which (``--images``,

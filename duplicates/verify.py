@@ -60,7 +60,7 @@ def grid_points(h: int, w: int) -> np.ndarray:
     return np.stack([(xs.ravel() + 0.5) / w, (ys.ravel() + 0.5) / h], axis=1)
 
 
-def mutual_matches(fa: np.ndarray, fb: np.ndarray, min_sim: float):
+def mutual_matches(fa: np.ndarray, fb: np.ndarray, min_sim: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices (ia, ib) of mutual nearest neighbours between unit-norm rows of fa and fb."""
     sims = fa @ fb.T
     best_b = sims.argmax(axis=1)

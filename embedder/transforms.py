@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from timm.data import create_transform, resolve_model_data_config
 from torch import nn
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 
 def model_data_config(
@@ -31,12 +36,14 @@ def _as_timm(config: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
 
 
-def eval_transform(data_config: dict[str, Any]):
+def eval_transform(data_config: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
     """Resize, centre crop, normalise: identical in evaluation, embedding and serving."""
     return create_transform(**_as_timm(data_config), is_training=False)
 
 
-def train_transform(data_config: dict[str, Any], strength: float = 1.0):
+def train_transform(
+    data_config: dict[str, Any], strength: float = 1.0
+) -> Callable[[Image.Image], torch.Tensor]:
     """timm's training pipeline: random resized crop, flip, colour jitter and RandAugment."""
     return create_transform(
         **{k: v for k, v in _as_timm(data_config).items() if k not in ("crop_pct", "crop_mode")},

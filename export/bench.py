@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -185,7 +185,3 @@ def run_bench(settings: BenchSettings, script: Path, generate_catalog: CatalogMa
             }
         )
     return figures
-
-
-def settings_dict(settings: BenchSettings) -> dict:
-    return asdict(settings)

@@ -26,7 +26,7 @@ from common.argtypes import (
 from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.engine_options import add_engine_options
 from embedder.knn_options import add_text_cue_options, text_options_from_args
-from export.config import DTYPES
+from export.config import DTYPES, ExportConfig
 from export.errors import ExportError
 
 if TYPE_CHECKING:  # the job imports torch: only when the command runs
@@ -268,7 +268,6 @@ def resume_hint(args: argparse.Namespace) -> str:
 
 def run_embed(args: argparse.Namespace) -> int:
     """``phonesim embed``: the export with neighbours off, replacing an existing file."""
-    from export.config import ExportConfig
     from export.job import export_features
 
     config = ExportConfig(**_shared_settings(args), neighbors=0, overwrite=True)
@@ -300,8 +299,7 @@ def _shared_settings(args: argparse.Namespace) -> dict:
     }
 
 
-def config_from_args(args: argparse.Namespace):
-    from export.config import ExportConfig
+def config_from_args(args: argparse.Namespace) -> ExportConfig:
     from index.stores import check_one_catalog
 
     if args.neighbors:  # without neighbours no catalog is read: nothing to tell apart

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from tqdm import tqdm
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 CODE_PACKAGES = ("common", "embedder", "export")
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     """Import Ray and Ray Data, or say how to install them."""
     try:
         import ray

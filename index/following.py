@@ -85,7 +85,7 @@ class Following:
     def _start(self) -> None:
         self._source.changed()  # remember the store's version before reading it
         self._install(self._source.load(self.dim, self.manifest))
-        self._head = self._store_ck = self._replica.applied_seq
+        self._head = self._replica.applied_seq
         self._store_ck = self._replica.ck_seq
         self._dirty = False
         if not self.readonly:
