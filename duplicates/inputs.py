@@ -7,7 +7,9 @@ CSV manifest (``id,image,label,...``) is read by ``embedder.data.load_catalog``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from duplicates.hashing import bytes_digest, phash_bits, pixel_digest
+from duplicates.hashing import phash_bits, pixel_digest
 from embedder.batch import Failure, default_workers, ordered_batches
 from embedder.data import (
     IMAGE_SUFFIX_LIST,
@@ -84,22 +86,21 @@ def thumbnail(img: Image.Image, side: int) -> np.ndarray:
 
 
 def read_image(path: str | Path, with_phash: bool = False) -> tuple[Image.Image, ImageInfo]:
-    """Read a file once: byte hash, full decode (no draft: the pixel hash needs every pixel),
-    pixel hash and size. Raises ImageError naming the path."""
+    """Full decode (no draft: the pixel hash needs every pixel), pixel hash, size and the
+    hash of the file's bytes, read as a stream: the file had been read whole into memory
+    first, where the decode refuses a huge file unread. Raises ImageError naming the path."""
+    img = load_image(path)  # a FIFO listed in a manifest had hung the run: refused here
     try:
-        with open_image_file(path) as fh:  # a FIFO listed in a manifest had hung the run
-            data = fh.read()
-    except OSError as exc:
+        with open_image_file(path) as fh:
+            file_size = os.fstat(fh.fileno()).st_size
+            byte_digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as exc:  # gone since the decode
         raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    try:
-        img = load_image(data)
-    except ImageError as exc:
-        raise ImageError(str(exc).replace("<bytes>", str(path))) from exc
     info = ImageInfo(
         width=img.width,
         height=img.height,
-        file_size=len(data),
-        byte_digest=bytes_digest(data),
+        file_size=file_size,
+        byte_digest=byte_digest,
         pixel_digest=pixel_digest(img),
         phash=phash_bits(img) if with_phash else None,
     )

@@ -20,6 +20,11 @@ from embedder.errors import ImageError
 # Listings never need more than ~40 megapixels; anything larger is treated as a decompression bomb.
 MAX_PIXELS = 40_000_000
 
+# No image within MAX_PIXELS needs more, even uncompressed with four 32-bit float channels
+# (640 MB): a larger file is refused unread, where it had been read whole (a 40 GB file, a
+# MemoryError in duplicates find).
+MAX_FILE_BYTES = 1 << 30
+
 # PIL only warns between MAX_IMAGE_PIXELS and 2x that; we raise at our own limit instead.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -178,7 +183,8 @@ def open_image_file(path: str | Path) -> BinaryIO:
     except OSError as exc:
         if exc.errno == errno.ENXIO:  # what opening a socket says
             raise ImageError(f"{path}: is not a regular file (a socket)") from exc
-        raise
+        # No permission, a link loop: said as such, not as "cannot decode image".
+        raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
@@ -187,6 +193,11 @@ def open_image_file(path: str | Path) -> BinaryIO:
             raise ImageError(f"{path}: is not a regular file (a FIFO or a device)")
         if info.st_size == 0:
             raise ImageError(f"{path}: empty file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ImageError(
+                f"{path}: {info.st_size / 2**30:.1f} GiB, larger than any image within the "
+                f"{MAX_PIXELS} pixel limit"
+            )
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

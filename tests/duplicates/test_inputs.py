@@ -66,5 +66,44 @@ def test_a_broken_link_fails_saying_where_it_points(tmp_path) -> None:
     (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     with pytest.raises(ImageError, match=r"gone.jpg: a link to .*nowhere.jpg, which does not"):
         read_image(tmp_path / "gone.jpg")
-    with pytest.raises(ImageError, match="missing.jpg: cannot read file"):
+    with pytest.raises(ImageError, match="missing.jpg: file not found"):
         read_image(tmp_path / "missing.jpg")
+
+
+def test_a_huge_file_is_refused_unread(tmp_path) -> None:
+    """duplicates find read each file whole before decoding: a 40 GB file was a MemoryError
+    traceback, and a 2 GB one cost 2.25 GB of memory."""
+    import os
+    import resource
+
+    import pytest
+
+    from duplicates.inputs import read_image
+    from embedder.errors import ImageError
+    from embedder.images import load_image
+
+    huge = tmp_path / "huge.jpg"
+    with huge.open("wb") as fh:  # sparse: no disk used
+        fh.write(b"\xff\xd8\xff")
+        fh.truncate(40 * 2**30)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for read in (read_image, load_image):
+        with pytest.raises(ImageError, match=r"huge.jpg: 40.0 GiB, larger than any image"):
+            read(huge)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+    os.remove(huge)
+
+
+def test_a_link_loop_is_a_file_that_cannot_be_read(tmp_path) -> None:
+    """It had been "cannot decode image ([Errno 40] ...)" in embed and export."""
+    import pytest
+
+    from duplicates.inputs import read_image
+    from embedder.errors import ImageError
+    from embedder.images import load_image
+
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    for read in (read_image, load_image):
+        with pytest.raises(ImageError, match="a.jpg: cannot read file \\(Too many levels"):
+            read(tmp_path / "a.jpg")
