@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterator
 
 #: The longest CSV cell a catalog may hold: Python's csv module refuses cells over 128 KiB,
 #: and one long product description then refused the whole catalog.
@@ -13,6 +14,24 @@ MAX_CSV_CELL = 16 * 2**20
 def allow_long_csv_cells() -> None:
     """Raise the csv module's cell limit (process-wide) to :data:`MAX_CSV_CELL`."""
     csv.field_size_limit(max(csv.field_size_limit(), MAX_CSV_CELL))
+
+
+def csv_rows(reader: csv.DictReader) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line, row)`` of a reader made with ``strict=True``, its header read. A quote never
+    closed is a :class:`csv.Error` naming where it opened: a lenient reader takes the rest of
+    the file as that one cell, so a catalog lost every row after it without a word."""
+    last = reader.line_num
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                raise csv.Error(f'the quote (") opened on line {last + 1} is never closed') from exc
+            raise csv.Error(f"line {reader.reader.line_num}: {exc}") from exc
+        yield reader.line_num, row
+        last = reader.line_num
 
 
 #: A URI's scheme (RFC 3986) then "//", or a data URI.

@@ -13,6 +13,7 @@ from pathlib import Path
 from common.item_ids import is_item_id
 from common.text import (
     allow_long_csv_cells,
+    csv_rows,
     is_utf8,
     name_blank_columns,
     repeated_columns,
@@ -275,7 +276,7 @@ def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as fh:
             allow_long_csv_cells()
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(fh, strict=True)
             columns = reader.fieldnames or []
             # Unlabelled reading (embed, export, duplicates) needs no label column.
             required = REQUIRED_COLUMNS if require_labels else REQUIRED_COLUMNS[:2]
@@ -289,14 +290,14 @@ def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
             if repeated:
                 raise DataError(f"{csv_path}: column(s) {repeated} appear twice in the header")
             reader.fieldnames = name_blank_columns(list(columns))
-            rows = list(reader)
+            rows = list(csv_rows(reader))
     except UnicodeDecodeError as exc:
         raise DataError(f"{csv_path}: manifest is not UTF-8 text ({exc.reason})") from exc
     except csv.Error as exc:
         raise DataError(f"{csv_path}: malformed CSV ({exc})") from exc
     samples: list[Sample] = []
     seen: set[str] = set()
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         if None in row:  # as `index build` reads the same file
             raise DataError(f"{csv_path}:{line}: more fields than the header has")
         unnamed = unnamed_value(row)

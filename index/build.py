@@ -37,6 +37,7 @@ from common.item_ids import ID_RULES, is_item_id
 from common.text import (
     UNNAMED,
     allow_long_csv_cells,
+    csv_rows,
     is_uri,
     name_blank_columns,
     repeated_columns,
@@ -217,7 +218,7 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             allow_long_csv_cells()
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(fh, strict=True)
             if not reader.fieldnames or "id" not in reader.fieldnames:
                 raise BuildInputError(f"{path}: needs a header row with an 'id' column")
             repeated = repeated_columns(reader.fieldnames)
@@ -225,8 +226,7 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
                 raise BuildInputError(f"{path}: column(s) {repeated} appear twice in the header")
             reader.fieldnames = name_blank_columns(reader.fieldnames)
             _warn_read_only_columns(path, reader.fieldnames)
-            for row in reader:
-                line = reader.line_num
+            for line, row in csv_rows(reader):
                 if None in row:
                     raise BuildInputError(f"{path}:{line}: more fields than the header has")
                 id_ = (row.pop("id") or "").strip()

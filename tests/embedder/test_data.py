@@ -259,3 +259,12 @@ def test_shared_images_are_the_same_files_or_byte_identical_copies(tmp_path):
     expected = {a / "same.jpg", a / "copied.jpg"}
     assert expected <= shared <= expected | {a / "gone.jpg"}
     assert shared_images(ours, []) == set()
+
+
+def test_a_manifest_quote_never_closed_is_refused_with_its_line(tmp_path):
+    """The rows after it had become one title: "embedded 1 images (0 failed)" of three."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('id,image,label,title\na1,a.jpg,x,"Phone\na2,a.jpg,x,ok\n')
+    with pytest.raises(DataError, match=r"m.csv: malformed CSV \(the quote .* on line 2 is never"):
+        load_catalog(manifest, require_labels=False)
