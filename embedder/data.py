@@ -10,7 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.item_ids import is_item_id
+from common.errors import describe_os_error
+from common.item_ids import ID_RULES, is_item_id
 from common.text import (
     allow_long_csv_cells,
     csv_rows,
@@ -92,25 +93,19 @@ def image_files(folder: Path) -> list[Path]:
     project refuses) is counted in one warning; other files (a README, a PDF) only in the
     debug log."""
     found, skipped, links, special = [], [], [], []
-    for top, folders, names in os.walk(folder):
+    unreadable: list[OSError] = []
+    for top, folders, names in os.walk(folder, onerror=unreadable.append):
         folders[:] = sorted(f for f in folders if not f.startswith("."))
         links += [Path(top) / f for f in folders if os.path.islink(os.path.join(top, f))]
-        for name in names:
-            path = Path(top) / name
-            if is_image_file(path):
-                found.append(path)
-            elif not name.startswith(".") and not is_image_name(path) and path.is_file():
-                skipped.append(path)
-            elif is_image_name(path) and path.exists() and not path.is_file():
-                special.append(path)  # a FIFO or a device: a read would wait on it for ever
-    if special:
+        _sort_files([Path(top) / name for name in names], found, skipped, special)
+    if unreadable:  # os.walk passes over them without a word: their photos were just absent
         log.warning(
-            "%s: %d photo name(s) that are not regular files (a FIFO, a device) skipped, such "
-            "as '%s'",
+            "%s: %d folder(s) could not be read and were skipped, such as %s",
             folder,
-            len(special),
-            special[0].relative_to(folder),
+            len(unreadable),
+            describe_os_error(unreadable[0]),
         )
+    _report_special(folder, special)
     if links:
         log.warning(
             "%s: %d linked folder(s) not followed, such as '%s' (a link back into the catalog "
@@ -121,6 +116,29 @@ def image_files(folder: Path) -> list[Path]:
         )
     _report_skipped(folder, sorted(skipped))
     return sorted(found)
+
+
+def _sort_files(paths: list[Path], found: list, skipped: list, special: list) -> None:
+    """Put each of a folder's files in its list: an image to read, a file skipped (warned of
+    when it looks like a photo), or a photo name that is no regular file."""
+    for path in paths:
+        if is_image_file(path):
+            found.append(path)
+        elif not path.name.startswith(".") and not is_image_name(path) and path.is_file():
+            skipped.append(path)
+        elif is_image_name(path) and path.exists() and not path.is_file():
+            special.append(path)  # a FIFO or a device: a read would wait on it for ever
+
+
+def _report_special(folder: Path, special: list[Path]) -> None:
+    if special:
+        log.warning(
+            "%s: %d photo name(s) that are not regular files (a FIFO, a device) skipped, such "
+            "as '%s'",
+            folder,
+            len(special),
+            special[0].relative_to(folder),
+        )
 
 
 #: Photo formats a listing may hold that this project does not read: warned of when skipped.
@@ -176,12 +194,32 @@ def path_ids(paths: list[Path], root: Path) -> list[str]:
     clash = next((i for i, n in Counter(ids).items() if n > 1), None)
     if clash is not None:
         raise DataError(f"{root}: two images would get the id '{clash}'; rename one")
+    unaddressable = [i for i in ids if not is_item_id(i)]
+    if unaddressable:  # said now, not after the whole embedding when `index build` refuses
+        log.warning(
+            "%s: %d image name(s) cannot be catalog item ids (%s%s; an id must be %s): "
+            "`phonesim index build` refuses a file holding them; rename those photos",
+            root,
+            len(unaddressable),
+            ", ".join(repr(i) for i in unaddressable[:3]),
+            ", ..." if len(unaddressable) > 3 else "",
+            ID_RULES,
+        )
     return ids
 
 
 def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    loose = sorted(p for p in root.iterdir() if is_image_file(p))
+    entries = sorted(root.iterdir())
+    class_dirs = [
+        p for p in entries if p.is_dir() and not p.name.startswith(".") and not _links_back(p, root)
+    ]
+    # The top level's files are sorted as a class folder's are: those skipped are said too.
+    loose: list[Path] = []
+    skipped: list[Path] = []
+    special: list[Path] = []
+    _sort_files([p for p in entries if not p.is_dir()], loose, skipped, special)
+    _report_special(root, special)
+    _report_skipped(root, skipped)
     if not class_dirs:
         if loose and not require_labels:
             loose = text_named(loose)
@@ -220,6 +258,25 @@ def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
         Sample(id=i, path=p, label=label)
         for i, p, label in zip(path_ids(images, root), images, labels, strict=True)
     ]
+
+
+def _links_back(class_dir: Path, root: Path) -> bool:
+    """Whether ``class_dir`` is a link to the catalog folder, into it or above it (skipped,
+    with a warning): its photos would be read twice under another label, or a whole parent
+    folder read (a link to / walked the file system). A link elsewhere is a class folder."""
+    if not class_dir.is_symlink():
+        return False
+    target, home = class_dir.resolve(), root.resolve()
+    if target == home or target in home.parents or home in target.parents:
+        log.warning(
+            "%s: skipped, a link to %s, %s the catalog folder (its photos would be read "
+            "twice); give the photos' own folder, or copy them in",
+            class_dir,
+            target,
+            "inside" if home in target.parents else "the same as or above",
+        )
+        return True
+    return False
 
 
 def shared_images(a: list[Sample], b: list[Sample]) -> set[Path]:

@@ -143,11 +143,14 @@ def read_embeddings(path: str | Path) -> Embeddings:
             )
         except (AttributeError, TypeError, ValueError) as exc:  # AttributeError: a group
             raise BuildInputError(f"{path}: 'ids'/'labels' must be string datasets") from exc
-        unreachable = next((i for i in ids if i and not is_item_id(i)), None)
-        if unreachable is not None:  # written before photo ids kept their suffix, or by hand
+        unreachable = [i for i in ids if i and not is_item_id(i)]
+        if unreachable:  # written before photo ids kept their suffix, or by hand
+            shown = ", ".join(repr(i[:40]) for i in unreachable[:5])
+            more = f" and {len(unreachable) - 5} more" if len(unreachable) > 5 else ""
             raise BuildInputError(
-                f"{path}: id {unreachable[:40]!r} cannot be addressed as /v1/items/<id> (an id "
-                f"must be {ID_RULES}); run 'phonesim embed' again (a photo named image.*, "
+                f"{path}: {len(unreachable)} id(s) cannot be addressed as /v1/items/<id> "
+                f"({shown}{more}; an id must be "
+                f"{ID_RULES}); run 'phonesim embed' again (a photo named image.*, "
                 "similar.* or batch.* now keeps its suffix in its id), rename a photo whose "
                 "name holds such a character, or fix the id in the CSV"
             )

@@ -268,3 +268,70 @@ def test_a_manifest_quote_never_closed_is_refused_with_its_line(tmp_path):
     manifest.write_text('id,image,label,title\na1,a.jpg,x,"Phone\na2,a.jpg,x,ok\n')
     with pytest.raises(DataError, match=r"m.csv: malformed CSV \(the quote .* on line 2 is never"):
         load_catalog(manifest, require_labels=False)
+
+
+def _photos(folder, *names):
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (len(name) * 9 % 255, 0, 0)).save(folder / name, "JPEG")
+
+
+def test_a_folder_that_cannot_be_read_is_named(tmp_path, caplog, monkeypatch):
+    """os.walk passed over it without a word: its photos were just missing from the run (a
+    class of them was "has no images")."""
+    import os
+
+    _photos(tmp_path, "a/1.jpg", "a/sub/2.jpg", "b/3.jpg")
+    real = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("sub"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    catalog = load_catalog(tmp_path, require_labels=False)
+    assert sorted(s.id for s in catalog.samples) == ["a/1", "b/3"]
+    assert "1 folder(s) could not be read and were skipped, such as" in caplog.text
+    assert "sub: Permission denied" in caplog.text
+
+
+def test_class_folder_links_back_into_or_above_the_catalog_are_skipped(tmp_path, caplog):
+    """A link to "." read every photo again under its name, one to ".." the whole parent
+    folder, and one to "/" walked the file system."""
+    root = tmp_path / "data"
+    _photos(root, "a/1.jpg", "b/2.jpg")
+    _photos(tmp_path, "elsewhere/3.jpg", "other/4.jpg")
+    (root / "self").symlink_to(".")
+    (root / "up").symlink_to("..")
+    (root / "again").symlink_to(root / "a")
+    (root / "linked").symlink_to(tmp_path / "elsewhere")  # a class folder kept elsewhere
+    catalog = load_catalog(root, require_labels=False)
+    assert sorted(s.id for s in catalog.samples) == ["a/1", "b/2", "linked/3"]
+    for name in ("self", "up", "again"):
+        assert f"{root / name}: skipped, a link to" in caplog.text
+    assert "linked: skipped" not in caplog.text
+
+
+def test_files_beside_the_class_folders_are_reported_as_a_class_folders_are(tmp_path, caplog):
+    """A photo saved without a suffix, or a FIFO named as a photo, at the top of a flat
+    folder was skipped silently (inside a class folder they were warned of)."""
+    import os
+
+    _photos(tmp_path, "1.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "noext", "JPEG")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "README.txt").write_text("not a photo")
+    catalog = load_catalog(tmp_path, require_labels=False)
+    assert [s.id for s in catalog.samples] == ["1"]
+    assert "1 file(s) skipped, not images by name (such as 'noext'" in caplog.text
+    assert "1 photo name(s) that are not regular files" in caplog.text
+    assert "README" not in caplog.text  # other files only in the debug log
+
+
+def test_image_names_that_cannot_be_item_ids_are_named_before_the_embedding(tmp_path, caplog):
+    """`index build` refused them after the whole run, and named only the first."""
+    _photos(tmp_path, " lead.jpg", "ok.jpg", "bidi\u202e.jpg")
+    catalog = load_catalog(tmp_path, require_labels=False)
+    assert len(catalog.samples) == 3  # embed and export still read them
+    assert "2 image name(s) cannot be catalog item ids (' lead.jpg', 'bidi" in caplog.text

@@ -235,10 +235,13 @@ def test_embeddings_with_an_id_no_url_reaches_say_how_to_fix_them(files):
     with h5py.File(files / "emb.h5", "r+") as h5:
         ids = [i.decode() for i in h5["ids"][()]]
         ids[3] = "xiaomi/image"
+        ids[5:12] = [f" lead{i}" for i in range(7)]  # all counted, the first five named
         del h5["ids"]
         h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
     with pytest.raises(
-        BuildInputError, match=r"'xiaomi/image' cannot be addressed.*phonesim embed"
+        BuildInputError,
+        match=r"8 id\(s\) cannot be addressed as /v1/items/<id> \('xiaomi/image', ' lead0', "
+        r"' lead1', ' lead2', ' lead3' and 3 more; .*phonesim embed",
     ):
         cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(files / "idx")])
     assert not (files / "idx").exists()
