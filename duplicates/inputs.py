@@ -29,7 +29,7 @@ from embedder.data import (
     text_named,
 )
 from embedder.errors import DataError, ImageError
-from embedder.images import load_image, open_image_file, to_rgb
+from embedder.images import load_image, open_image_file, resize_bounded, to_rgb
 from embedder.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class ImageInfo:
 
 def thumbnail(img: Image.Image, side: int) -> np.ndarray:
     """Squashed side x side RGB uint8 thumbnail, in the same unit square as the features."""
-    return np.asarray(to_rgb(img).resize((side, side), Image.BILINEAR), dtype=np.uint8)
+    return np.asarray(resize_bounded(to_rgb(img), (side, side), Image.BILINEAR), np.uint8)
 
 
 def read_image(path: str | Path, with_phash: bool = False) -> tuple[Image.Image, ImageInfo]:

@@ -20,13 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from embedder.images import resize_bounded
+
 THUMB_SIDE = 24
 _BLOCK_CELLS = 1 << 24  # similarities per block of rows (64 MiB of float32)
 
 
 def thumbnail_vector(img: Image.Image) -> np.ndarray:
     """Greyscale thumbnail as a zero-mean unit vector (all zeros for a flat image)."""
-    grey = img.convert("L").resize((THUMB_SIDE, THUMB_SIDE), resample=Image.BICUBIC)
+    grey = resize_bounded(img.convert("L"), (THUMB_SIDE, THUMB_SIDE), Image.BICUBIC)
     v = np.asarray(grey, dtype=np.float32).ravel()
     v = v - v.mean()
     norm = float(np.linalg.norm(v))

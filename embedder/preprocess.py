@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from embedder.images import to_rgb
+from embedder.images import resize_bounded, to_rgb
 
 # timm's interpolation names (timm.data.transforms.str_to_pil_interp), as PIL filters.
 _FILTERS = {
@@ -128,16 +128,7 @@ def _resize(img: Image.Image, size: tuple[int, int], resample: int) -> Image.Ima
     height, width = size
     if (img.width, img.height) == (width, height):
         return img
-    if max(img.size) > _LONGEST_EXACT_SIDE:
-        # PIL's filter weights grow with the side resized (32 bytes a pixel): a 116 KB PNG
-        # of 40,000,000 x 1 took 1.4 GB. Reduce by a whole factor first (block means).
-        return img.resize((width, height), resample, reducing_gap=2.0)
-    return img.resize((width, height), resample)
-
-
-# No photo has a longer side; past it the resize first reduces (pixels then differ slightly
-# from torchvision's, for an image no listing holds).
-_LONGEST_EXACT_SIDE = 65_536
+    return resize_bounded(img, (width, height), resample)
 
 
 def _center_crop_or_pad(
