@@ -86,10 +86,21 @@ def folder_write_problem(folder: str | Path, *, created: bool = False) -> str | 
 
 def missing_file_reason(path: str | Path) -> str:
     """Why ``path`` is not a readable file: a folder in its place, something that is not a
-    regular file (a FIFO, which a read would wait on for ever; a device), or nothing there."""
-    if Path(path).is_dir():
+    regular file (a FIFO, which a read would wait on for ever; a device), a link to nothing
+    or one that loops (both had been "does not exist"), or nothing there."""
+    path = Path(path)
+    if path.is_dir():
         return "is a folder, not a file"
-    return "is not a regular file" if Path(path).exists() else "does not exist"
+    if path.exists():
+        return "is not a regular file"
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except FileNotFoundError:
+            return f"is a link to {os.readlink(path)}, which does not exist"
+        except (OSError, RuntimeError):  # RuntimeError: a loop, before Python 3.13
+            return "is a link that loops"
+    return "does not exist"
 
 
 def replaced_path(path: Path) -> Path:

@@ -15,6 +15,7 @@ from common.item_ids import ID_RULES, is_item_id
 from common.text import (
     allow_long_csv_cells,
     csv_rows,
+    is_uri,
     is_utf8,
     name_blank_columns,
     repeated_columns,
@@ -354,6 +355,7 @@ def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
         raise DataError(f"{csv_path}: malformed CSV ({exc})") from exc
     samples: list[Sample] = []
     seen: set[str] = set()
+    urls: list[str] = []
     for line, row in rows:
         if None in row:  # as `index build` reads the same file
             raise DataError(f"{csv_path}:{line}: more fields than the header has")
@@ -372,8 +374,18 @@ def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
         if require_labels and not label:
             raise DataError(f"{csv_path}:{line}: empty label (training needs a label per image)")
         seen.add(sid)
+        if is_uri(image):
+            urls.append(image)
         meta = {k: (v or "") for k, v in row.items() if k is not None}
         samples.append(Sample(id=sid, path=(csv_path.parent / image), label=label, metadata=meta))
+    if urls:  # each would fail as "<folder>/https:/...: file not found", the URL mangled
+        log.warning(
+            "%s: %d image(s) are URLs (such as '%s'), which are not fetched: download the "
+            "photos and give their file paths",
+            csv_path,
+            len(urls),
+            urls[0],
+        )
     return samples
 
 

@@ -294,3 +294,16 @@ def test_a_fifo_is_named_for_what_it_is(tmp_path, caplog):
     assert image_files(tmp_path) == []
     assert "1 photo name(s) that are not regular files" in caplog.text
     assert "'pipe.jpg'" in caplog.text
+
+
+def test_links_to_nothing_and_link_loops_are_named_as_links(tmp_path):
+    """`index query --image` said "image file does not exist" of both."""
+    from common.fsutil import missing_file_reason
+
+    (tmp_path / "broken.jpg").symlink_to(tmp_path / "gone" / "x.jpg")
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    assert missing_file_reason(tmp_path / "broken.jpg") == (
+        f"is a link to {tmp_path / 'gone' / 'x.jpg'}, which does not exist"
+    )
+    assert missing_file_reason(tmp_path / "a.jpg") == "is a link that loops"

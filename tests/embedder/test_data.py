@@ -335,3 +335,11 @@ def test_image_names_that_cannot_be_item_ids_are_named_before_the_embedding(tmp_
     catalog = load_catalog(tmp_path, require_labels=False)
     assert len(catalog.samples) == 3  # embed and export still read them
     assert "2 image name(s) cannot be catalog item ids (' lead.jpg', 'bidi" in caplog.text
+
+
+def test_image_urls_in_a_manifest_are_named_as_not_fetched(tmp_path, caplog):
+    """Each failed as "<folder>/https:/cdn...: file not found", the URL mangled, no hint."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,image\na,https://cdn.example.com/a.jpg\nb,s3://bucket/b.jpg\n")
+    assert len(load_catalog(manifest, require_labels=False).samples) == 2
+    assert "2 image(s) are URLs (such as 'https://cdn.example.com/a.jpg')" in caplog.text
