@@ -13,6 +13,7 @@ import errno
 import fcntl
 import functools
 import glob
+import hashlib
 import logging
 import os
 import shutil
@@ -133,7 +134,12 @@ def temporary_folder(path: str | Path, kind: str = "") -> Path:
     on its filesystem (the swap is a rename), with the permissions a plain ``mkdir`` would
     give, not mkdtemp's owner-only ones: checkpoints and indexes are shared."""
     path = Path(path)
-    if kind:  # a run killed outright (kill -9, power loss) leaves its folder: say so, once
+    if kind:  # a run killed outright (kill -9, power loss, the OOM killer) leaves its folder
+        # Each a full copy (a 400 MB index): those whose run surely ended are removed, as
+        # repeated kills had piled them up; what may be another machine's is only named.
+        for left in leftover_folders(path, kind, surely_ended=True):
+            log.info("removing %s, left by a run that was killed", left.name)
+            shutil.rmtree(left, ignore_errors=True)
         left = [p.name for p in leftover_folders(path, kind)]
         if left:
             log.warning(
@@ -143,41 +149,60 @@ def temporary_folder(path: str | Path, kind: str = "") -> Path:
                 len(left),
                 ", ".join(left[:3]) + (", ..." if len(left) > 3 else ""),
             )
-    # The PID in the name tells a live run's folder from a killed one's (below).
-    owner = f"{os.getpid()}-" if kind else ""
+    # The PID and process tag in the name tell a live run's folder from a killed one's.
+    owner = f"{os.getpid()}-{_process_tag()}-" if kind else ""
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}{owner}", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
 
 
-def leftover_folders(path: str | Path, kind: str) -> list[Path]:
+def leftover_folders(path: str | Path, kind: str, *, surely_ended: bool = False) -> list[Path]:
     """The hidden sibling folders ``.NAME.<kind>XXXX`` of ``path`` (:func:`temporary_folder`,
     :func:`discard_folder`) that runs killed outright left behind, sorted; links excluded,
     and so are those named by a process still running on this machine: a concurrent build's
-    working folder had been reported as an interrupted run's."""
+    working folder had been reported as an interrupted run's. ``surely_ended``: only those
+    whose run is known to have ended (made by a process of this machine and PID namespace,
+    see :func:`_process_tag`, that no longer runs), which nothing else can be using."""
     path = Path(path)
     prefix = f".{path.name}.{kind}"
     pattern = glob.escape(prefix) + "*"
+    wanted = ("ended",) if surely_ended else ("ended", "unknown")
     return sorted(
         p
         for p in path.parent.glob(pattern)
-        if p.is_dir() and not p.is_symlink() and not _owner_alive(p.name[len(prefix) :])
+        if p.is_dir() and not p.is_symlink() and _owner_state(p.name[len(prefix) :]) in wanted
     )
 
 
-def _owner_alive(rest: str) -> bool:
-    """Whether ``rest`` (a temporary folder's name after its prefix) starts with the PID of
-    a running process (``<pid>-...``)."""
-    pid, sep, _ = rest.partition("-")
-    if not (sep and pid.isdigit()):
-        return False  # named before PIDs were, or by discard_folder
+@functools.cache
+def _process_tag() -> str:
+    """Eight hex digits naming this kernel boot and PID namespace: a PID in a folder name is
+    only checked (``kill -0``) where the tag is ours. Another machine sharing the folder, or
+    a container with its own PIDs, has another tag."""
+    parts = []
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(os.readlink(source) if "/ns/" in source else Path(source).read_text())
+        except OSError:
+            parts.append(source)
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
+
+
+def _owner_state(rest: str) -> str:
+    """``alive``, ``ended`` or ``unknown``: the run that made a temporary folder, from its
+    name after the prefix (``<pid>-<tag>-XXXX``; ``<pid>-XXXX`` before tags were)."""
+    parts = rest.split("-")
+    if len(parts) < 2 or not parts[0].isdigit():
+        return "unknown"  # named before PIDs were, or by discard_folder
+    if len(parts) == 3 and parts[1] != _process_tag():
+        return "unknown"  # another machine's or container's process: its PID means nothing here
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(parts[0]), 0)
     except ProcessLookupError:
-        return False
+        return "ended" if len(parts) == 3 else "unknown"
     except (PermissionError, OverflowError, ValueError):
-        return True  # another user's process (or a number no PID can be): leave it
-    return True
+        return "alive"  # another user's process (or a number no PID can be): leave it
+    return "alive"
 
 
 def share_file(path: str | Path) -> None:

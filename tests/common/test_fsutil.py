@@ -307,3 +307,32 @@ def test_links_to_nothing_and_link_loops_are_named_as_links(tmp_path):
         f"is a link to {tmp_path / 'gone' / 'x.jpg'}, which does not exist"
     )
     assert missing_file_reason(tmp_path / "a.jpg") == "is a link that loops"
+
+
+def test_a_killed_runs_folder_is_removed_when_its_run_surely_ended(tmp_path: Path, caplog) -> None:
+    """Each kill -9 of `index snapshot`, `build --overwrite` or `restore` left a full copy
+    (3 x 402 MB after three), only named in a warning. A folder whose process ran on this
+    machine, in this PID namespace, and has ended is now removed; one that may be another
+    machine's (another tag) or is named the old way is still only named."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="common.fsutil")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tag = fsutil._process_tag()
+    ours = tmp_path / f".idx.building-{dead.pid}-{tag}-abc"
+    elsewhere = tmp_path / f".idx.building-{dead.pid}-0000beef-abc"
+    old_style = tmp_path / f".idx.building-{dead.pid}-abc"
+    live = tmp_path / f".idx.building-{os.getpid()}-{tag}-abc"
+    for folder in (ours, elsewhere, old_style, live):
+        folder.mkdir()
+        (folder / "store.sqlite").write_bytes(b"x" * 1000)
+    made = fsutil.temporary_folder(tmp_path / "idx", "building-")
+    assert made.name.startswith(f".idx.building-{os.getpid()}-{tag}-")
+    assert not ours.exists() and f"removing {ours.name}, left by a run that was killed" in (
+        caplog.text
+    )
+    assert elsewhere.exists() and old_style.exists() and live.exists()
+    assert "2 folder(s) left by an interrupted run" in caplog.text
+    assert elsewhere.name in caplog.text and old_style.name in caplog.text
+    assert f"{live.name}" not in caplog.text
