@@ -12,9 +12,18 @@ import html
 import io
 import json
 import logging
+import shutil
+import uuid
 from pathlib import Path
 
-from common.fsutil import atomic_write_text
+from common.fsutil import (
+    atomic_write_text,
+    fsync_dir,
+    is_temporary,
+    replaced_path,
+    swap_folder,
+    temporary_folder,
+)
 from common.text import spreadsheet_cell
 from duplicates.result import DuplicateResult
 from embedder.errors import ImageError
@@ -192,11 +201,39 @@ def write_report(result: DuplicateResult, out: str | Path) -> dict[str, Path]:
     if result.mode == "against":
         paths["catalog_failed"] = out / CATALOG_FAILED_NAME
         texts["catalog_failed"] = _failures_csv(result.catalog_failures)
-    else:  # an earlier --index report's list would read as this one's
+    if _holds_only_a_report(out):
+        # Replaced in one step: a kill between two files had left the new CSV beside the old
+        # JSON, HTML and summary, read as one report.
+        _swap_in(out, {paths[key].name: text for key, text in texts.items()})
+        return paths
+    # A folder holding other files too (given from Python): file by file, as it cannot go.
+    if result.mode != "against":  # an earlier --index report's list would read as this one's
         (out / CATALOG_FAILED_NAME).unlink(missing_ok=True)
     for key, text in texts.items():
         atomic_write_text(paths[key], text)
     return paths
+
+
+def _holds_only_a_report(out: Path) -> bool:
+    """Whether ``out`` holds report files alone (and temporaries of them), or nothing."""
+    return all(
+        p.name in REPORT_FILES or any(is_temporary(p.name, name) for name in REPORT_FILES)
+        for p in out.iterdir()
+    )
+
+
+def _swap_in(out: Path, texts: dict[str, str]) -> None:
+    """Write the report's files into a new folder and exchange it with ``out``."""
+    dest = replaced_path(out)  # a link: the folder it names
+    tmp = temporary_folder(dest, "writing-")
+    try:
+        for name, text in texts.items():
+            atomic_write_text(tmp / name, text)
+        fsync_dir(tmp)
+        swap_folder(tmp, dest, dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:12]}")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _failures_csv(failures: list) -> str:

@@ -57,6 +57,43 @@ def test_a_report_stopped_while_rendering_leaves_the_previous_one_whole(
     assert {key: path.read_bytes() for key, path in paths.items()} == before
 
 
+def test_a_report_stopped_while_its_files_are_written_leaves_the_previous_one_whole(
+    planted_run, tmp_path, monkeypatch
+) -> None:
+    """The files were written one by one into the report folder: a kill -9 after the first
+    left the new CSV beside the previous run's JSON, page and summary, read as one report.
+    They are written into a new folder, swapped in whole; one holding other files too (given
+    from Python) is still written file by file, and those files stay."""
+    import pytest
+
+    from duplicates import report
+
+    _, _, _, result = planted_run
+    paths = report.write_report(result, tmp_path / "report")
+    before = {key: path.read_bytes() for key, path in paths.items()}
+    fewer = dataclasses.replace(result, groups=result.groups[:1])
+    real, calls = report.atomic_write_text, []
+
+    def killed_after_one(path, text):  # noqa: ANN001, ANN202
+        calls.append(path)
+        if len(calls) == 2:
+            raise SystemExit("killed")
+        real(path, text)
+
+    monkeypatch.setattr(report, "atomic_write_text", killed_after_one)
+    with pytest.raises(SystemExit):
+        report.write_report(fewer, tmp_path / "report")
+    assert {key: path.read_bytes() for key, path in paths.items()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # nothing left beside it
+    monkeypatch.setattr(report, "atomic_write_text", real)
+    report.write_report(fewer, tmp_path / "report")
+    assert paths["summary"].read_text().strip() == fewer.summary() != result.summary()
+    (tmp_path / "report" / "notes.txt").write_text("mine")
+    report.write_report(result, tmp_path / "report")
+    assert (tmp_path / "report" / "notes.txt").read_text() == "mine"
+    assert paths["summary"].read_text().strip() == result.summary()
+
+
 def test_html_escapes_user_text(tmp_path) -> None:
     from duplicates.report import to_html
 
