@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from common.fsutil import (
     TMP_SUFFIX,
     LockBusyError,
+    atomic_write_text,
     exclusive_lock,
     folder_write_problem,
     fsync_path,
@@ -443,6 +444,39 @@ def _weights_problem(expected: Mapping[str, Any], given: Mapping[str, Any]) -> s
         if names
     ]
     return "; ".join(parts) or None
+
+
+#: ``training.state`` in ``config.json``: what became of the run that saved the checkpoint.
+#: Each best epoch is saved as it comes with "running"; the end of the run says "finished",
+#: Ctrl-C "interrupted", a divergence "diverged". One killed outright stays "running". Older
+#: checkpoints have none.
+TRAINING_STATES = ("running", "finished", "interrupted", "diverged")
+_UNFINISHED = {
+    "running": "was killed, or is still going",
+    "interrupted": "was stopped (Ctrl-C)",
+    "diverged": "diverged",
+}
+
+
+def set_training_state(path: str | Path, state: str) -> None:
+    """Record what became of the training run in the checkpoint's ``config.json``."""
+    if state not in TRAINING_STATES:
+        raise ValueError(f"training state must be one of {TRAINING_STATES}, got {state!r}")
+    config_path = Path(path) / CONFIG_FILE
+    data = json.loads(config_path.read_text())
+    data.setdefault("training", {})["state"] = state
+    atomic_write_text(config_path, json.dumps(data, indent=2) + "\n")
+
+
+def unfinished_training(config: CheckpointConfig) -> str | None:
+    """Why the checkpoint is not a finished run's (a sentence), or None: a training killed
+    mid-run had left a checkpoint that read as complete."""
+    how = _UNFINISHED.get(config.training.get("state"))
+    if how is None:
+        return None
+    epoch, epochs = config.metrics.get("epoch"), config.training.get("epochs")
+    at = f" at epoch {epoch} of {epochs}" if epoch is not None and epochs is not None else ""
+    return f"saved by a training that did not finish: its best epoch so far{at}; the run {how}"
 
 
 def checkpoint_hash(path: str | Path) -> str:

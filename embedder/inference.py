@@ -6,6 +6,7 @@ or ONNX Runtime, chosen by ``runtime`` (see :mod:`embedder.runtime`).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from embedder.checkpoint import CheckpointConfig, checkpoint_hash, read_config
+from embedder.checkpoint import (
+    CheckpointConfig,
+    checkpoint_hash,
+    read_config,
+    unfinished_training,
+)
 from embedder.engine import DEFAULT_OUTPUTS, Engine
 from embedder.engine_options import DEFAULT_RUNTIME, precision
 from embedder.errors import CheckpointError, NonFiniteOutputError
@@ -23,6 +29,8 @@ from embedder.graphs import EMBEDDING, PROBABILITIES
 from embedder.images import caller_image, load_image
 from embedder.preprocess import Preprocessor
 from embedder.runtime import load_engine
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -88,6 +96,9 @@ class Embedder:
         # weights the engine runs, not of a file replaced while it loaded.
         if checkpoint_hash(path) != weights:
             raise CheckpointError(f"{path}: the weights changed while loading; load it again")
+        unfinished = unfinished_training(config)
+        if unfinished:
+            log.warning("%s: %s", path, unfinished)
         return cls(engine, config, weights)
 
     @property

@@ -23,7 +23,7 @@ from torch import nn
 from common.errors import message_line
 from embedder.backbone import create_backbone, source_model
 from embedder.batch import embed_samples
-from embedder.checkpoint import CheckpointConfig, save_checkpoint
+from embedder.checkpoint import CheckpointConfig, save_checkpoint, set_training_state
 from embedder.data import Catalog, Sample
 from embedder.engine import autocast_dtype, resolve_device
 from embedder.errors import DataError, NonFiniteOutputError, TrainingDivergedError
@@ -210,6 +210,7 @@ class Trainer:
         training = {k: v for k, v in asdict(self.cfg).items() if k != "progress"}
         training["frozen_groups"] = frozen_group_count(self.cfg)  # what "default" meant
         training["label_conflicts_left_out"] = self.label_conflicts
+        training["state"] = "running"  # until the run ends (set_training_state)
         return CheckpointConfig(
             architecture=self.architecture,
             num_classes=len(self.label_names),
@@ -327,6 +328,11 @@ class Trainer:
             f": val acc {stats['val_accuracy']:.3f}" if "val_accuracy" in stats else "",
         )
 
+    def _mark(self, result: TrainResult, state: str) -> None:
+        """Say in the saved checkpoint how its run ended (nothing if none was saved)."""
+        if result.best_epoch >= 0:
+            set_training_state(self.cfg.out, state)
+
     def fit(self) -> TrainResult:
         """Head warm-up (epoch 0), then ``epochs`` of full fine-tuning with early stopping."""
         cfg = self.cfg
@@ -342,6 +348,7 @@ class Trainer:
                 )
                 best_key = self._record(result, stats, 0, best_key)
             if cfg.epochs == 0:
+                self._mark(result, "finished")
                 return result
             set_backbone_trainable(self.model, True, frozen)
             # The head already fits: backbone and head move together at the fine-tuning rate.
@@ -381,8 +388,13 @@ class Trainer:
                     break
             if recent:
                 self._save_average(result, list(recent))
+            self._mark(result, "finished")
+        except TrainingDivergedError:
+            self._mark(result, "diverged")
+            raise
         except KeyboardInterrupt:
             result.interrupted = True
+            self._mark(result, "interrupted")
             log.warning(
                 "interrupted; best checkpoint so far %s",
                 f"(epoch {result.best_epoch}) is at {cfg.out}"

@@ -406,8 +406,9 @@ def test_a_diverging_run_stops_and_keeps_the_last_finite_checkpoint(tiny_catalog
     with pytest.raises(TrainingDivergedError, match="lower --lr") as stopped:
         train(config)
     assert "best checkpoint so far" in str(stopped.value)
-    model, _ = load_checkpoint(out)
+    model, config = load_checkpoint(out)
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert config.training["state"] == "diverged"
 
 
 def test_outputs_that_overflow_under_validation_are_a_divergence_naming_the_rate(
@@ -546,3 +547,45 @@ def test_sigterm_stops_training_as_ctrl_c_does(tiny_catalog, tmp_path):
     assert "interrupted; best checkpoint so far (epoch 1)" in stderr
     assert (out / "model.safetensors").is_file()
     assert not any(p.name.endswith(".lock") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("stop", "state", "said"),
+    [
+        (SystemExit, "running", "the run was killed, or is still going"),  # as a kill -9 leaves it
+        (KeyboardInterrupt, "interrupted", "the run was stopped (Ctrl-C)"),
+        (None, "finished", None),
+    ],
+)
+def test_a_checkpoint_says_whether_its_training_finished(
+    tiny_catalog, tmp_path, monkeypatch, caplog, stop, state, said
+):
+    """A training killed after its first save left a checkpoint that read as complete: it
+    loaded, embedded and served without a word."""
+    import json
+
+    import embedder.trainer as trainer_module
+    from embedder.inference import Embedder
+
+    real = trainer_module.train_one_epoch
+
+    def epoch(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if stop is not None:
+            raise stop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_one_epoch", epoch)
+    out = tmp_path / "ck"
+    config = tiny_train_config(tiny_catalog, out, epochs=2, warmup_epochs=1, val_fraction=0.0)
+    if stop is SystemExit:
+        with pytest.raises(SystemExit):
+            train(config)
+    else:
+        train(config)
+    assert json.loads((out / "config.json").read_text())["training"]["state"] == state
+    caplog.clear()
+    Embedder.from_checkpoint(out, runtime="torch")
+    if said is None:
+        assert "did not finish" not in caplog.text
+    else:
+        assert "its best epoch so far at epoch 0 of 2; " + said in caplog.text
