@@ -15,7 +15,7 @@ from typing import Any
 from common.argtypes import add_store_option
 from common.errors import UserError
 from common.kept_images import kept_image
-from index.errors import InvalidParamsError
+from index.errors import DuplicateIdError, InvalidParamsError
 from index.stores import check_one_catalog
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,18 @@ def cmd_add(args: argparse.Namespace) -> int:
                 emb.precision,
                 emb.runtime or "torch",
             )
-        ix.add(emb.ids, emb.xb, metadata)
+        try:
+            ix.add(emb.ids, emb.xb, metadata)
+        except DuplicateIdError as exc:
+            if len(ix.store.fids_for_ids(emb.ids)) == len(emb.ids):
+                # "remove them first" was wrong advice after a run killed once it committed.
+                raise DuplicateIdError(
+                    f"all {len(emb.ids)} ids of {args.embeddings} are in the index already: an "
+                    "earlier run of this add (stopped or killed after it committed) may have "
+                    "added them, and then nothing is left to do; to replace them, remove "
+                    "them first"
+                ) from exc
+            raise
         n = len(ix)
     # As `index build` says them: they were only an INFO line, hidden by -q and the JSON.
     left_out = failed_images(args.embeddings)

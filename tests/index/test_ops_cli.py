@@ -356,6 +356,14 @@ def test_ctrl_c_during_an_add_says_how_to_tell_whether_it_landed(tmp_path, monke
     assert "all or nothing" in err and f"phonesim index info --index {tmp_path / 'a'}" in err
     with open_index(tmp_path / "a", readonly=True) as ix:
         assert all(f"n{i}" in ix for i in range(6))
+    # The rerun (as after a kill -9 once it committed) said "remove them first": wrong advice.
+    monkeypatch.setattr(CatalogIndex, "add", real_add)
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "all 6 ids of" in err and "may have added them, and then nothing is left" in err
+    more_embeddings(tmp_path / "mixed.h5", ["n0", "m1", "m2", "m3", "m4", "m5"])
+    assert main([*argv[:-1], str(tmp_path / "mixed.h5")]) != 0
+    assert "1 id(s) already in the index: 'n0'; remove them first" in capsys.readouterr().err
 
 
 def test_a_snapshot_holds_the_index_so_no_build_swaps_it_mid_copy(tmp_path, monkeypatch):
