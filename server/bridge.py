@@ -74,6 +74,17 @@ class BufferedWSGIBridge:
         self._cors = allowed_origins(cors_origins)
         self._on_refused = on_refused
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="phonesim-request")
+        self._stopping = False
+        self._body_reads: set[asyncio.Future] = set()  # one per body being read (loop thread)
+
+    def begin_shutdown(self) -> None:
+        """The worker stops (SIGTERM): bodies still arriving are refused at once (503, retry
+        elsewhere), so a slow upload cannot hold the worker past gunicorn's 30 s grace, after
+        which it was killed without closing its index. Call on the event loop's thread."""
+        self._stopping = True
+        for read in self._body_reads:
+            if not read.done():
+                read.set_result(None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -179,12 +190,26 @@ class BufferedWSGIBridge:
         size = 0
         # None for a client without an address (a unix socket): no share, only the total.
         peer = (scope.get("client") or (None, 0))[0]
+        stopping = loop.create_future()  # done once the worker stops
+        if self._stopping:
+            stopping.set_result(None)
+        self._body_reads.add(stopping)
         try:
             while True:
                 left = deadline - loop.time()
                 if left <= 0:
                     raise TimeoutError
-                message = await asyncio.wait_for(receive(), left)
+                message = await _next_or_stop(receive, stopping, left)
+                if message is None:
+                    await self._error(
+                        scope,
+                        send,
+                        503,
+                        "shutting_down",
+                        "the server is stopping; send the request again",
+                        [(b"retry-after", b"1")],
+                    )
+                    return None
                 if message["type"] == "http.disconnect":
                     return None
                 chunk = message.get("body", b"")
@@ -223,6 +248,7 @@ class BufferedWSGIBridge:
             )
             return None
         finally:
+            self._body_reads.discard(stopping)
             held = sum(len(c) for c in chunks)
             self.buffered -= held
             if peer:
@@ -241,6 +267,25 @@ class BufferedWSGIBridge:
                 await asyncio.get_running_loop().run_in_executor(None, self.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _next_or_stop(
+    receive: Receive, stopping: asyncio.Future, timeout: float
+) -> dict[str, Any] | None:
+    """The next ASGI message, or None once ``stopping`` is done first (TimeoutError after
+    ``timeout`` seconds)."""
+    if stopping.done():
+        return None
+    receiving = asyncio.ensure_future(receive())
+    done, _ = await asyncio.wait(
+        {receiving, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+    )
+    if receiving in done:
+        return receiving.result()
+    receiving.cancel()
+    if stopping in done:
+        return None
+    raise TimeoutError
 
 
 def run_wsgi(app: WSGIApp, environ: dict[str, Any]) -> tuple[int, list, bytes]:

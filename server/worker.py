@@ -158,3 +158,11 @@ class PhonesimWorker(gasgi.ASGIWorker):
         settings = getattr(self.app, "settings", None)
         self.header_timeout_s = getattr(settings, "header_timeout_s", DEFAULT_HEADER_TIMEOUT_S)
         super().init_process()
+
+    def handle_exit_signal(self) -> None:
+        """SIGTERM: as gunicorn's, and bodies still arriving are refused at once (see
+        :meth:`BufferedWSGIBridge.begin_shutdown`)."""
+        super().handle_exit_signal()
+        begin = getattr(getattr(self, "asgi", None), "begin_shutdown", None)
+        if begin is not None:
+            begin()

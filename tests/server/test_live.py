@@ -306,3 +306,34 @@ def test_web_page_in_headless_chromium(live, query_image, tmp_path):
             assert errors == []
         finally:
             context.close()
+
+
+def test_sigterm_refuses_an_upload_still_arriving_and_stops_promptly(
+    tiny_checkpoint, live_index, tmp_path
+):
+    """A client sending its body slowly held the worker for gunicorn's whole 30 s grace: the
+    master then killed it, without closing its index. The body is refused at once (503,
+    "shutting_down"), and the server is gone in seconds, its workers exited cleanly."""
+    import socket
+    import time
+
+    from tests.server.live import stop
+
+    with (
+        running_server(tiny_checkpoint, live_index, tmp_path, "--workers", "1") as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock,
+    ):
+        sock.sendall(
+            b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 100000\r\n\r\n" + b"\xff" * 1000
+        )
+        time.sleep(0.5)  # the worker is reading the body
+        started = time.monotonic()
+        server.proc.send_signal(15)
+        answer = sock.recv(4096)
+        assert stop(server) == 0
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 503") and b"shutting_down" in answer
+    assert took < 10, f"stopped in {took:.1f} s"
+    log = server.log.read_text()
+    assert "Forcing close" not in log and "Worker exiting" in log
