@@ -12,6 +12,7 @@ import html
 import io
 import json
 import logging
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -201,12 +202,12 @@ def write_report(result: DuplicateResult, out: str | Path) -> dict[str, Path]:
     if result.mode == "against":
         paths["catalog_failed"] = out / CATALOG_FAILED_NAME
         texts["catalog_failed"] = _failures_csv(result.catalog_failures)
-    if _holds_only_a_report(out):
-        # Replaced in one step: a kill between two files had left the new CSV beside the old
-        # JSON, HTML and summary, read as one report.
-        _swap_in(out, {paths[key].name: text for key, text in texts.items()})
+    # Replaced in one step: a kill between two files had left the new CSV beside the old
+    # JSON, HTML and summary, read as one report.
+    if _holds_only_a_report(out) and _swap_in(out, {paths[k].name: t for k, t in texts.items()}):
         return paths
-    # A folder holding other files too (given from Python): file by file, as it cannot go.
+    # A folder holding other files too (given from Python), or one that cannot be swapped (the
+    # working folder, a mount point): file by file.
     if result.mode != "against":  # an earlier --index report's list would read as this one's
         (out / CATALOG_FAILED_NAME).unlink(missing_ok=True)
     for key, text in texts.items():
@@ -222,18 +223,29 @@ def _holds_only_a_report(out: Path) -> bool:
     )
 
 
-def _swap_in(out: Path, texts: dict[str, str]) -> None:
-    """Write the report's files into a new folder and exchange it with ``out``."""
-    dest = replaced_path(out)  # a link: the folder it names
+def _swap_in(out: Path, texts: dict[str, str]) -> bool:
+    """Write the report's files into a new folder and exchange it with ``out``; False (and
+    nothing changed) where ``out`` cannot be replaced: the working folder or one holding it
+    (``--out .`` had failed after the work, and a shell would be left in a deleted folder), a
+    mount point (a container's volume), or a rename the system refuses."""
+    dest = replaced_path(out).resolve()  # a link: the folder it names
+    cwd = Path.cwd().resolve()
+    if cwd == dest or dest in cwd.parents or os.path.ismount(dest):
+        return False
     tmp = temporary_folder(dest, "writing-")
     try:
         for name, text in texts.items():
             atomic_write_text(tmp / name, text)
         fsync_dir(tmp)
         swap_folder(tmp, dest, dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:12]}")
+    except OSError as exc:  # EBUSY, EXDEV...: swap_folder left the old folder in place
+        log.info("%s: written file by file (the folder cannot be swapped: %s)", out, exc)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return True
 
 
 def _failures_csv(failures: list) -> str:

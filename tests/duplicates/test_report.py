@@ -119,3 +119,30 @@ def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted_text() -> None
     assert [
         r["id"] for r in csv.DictReader(io.StringIO(to_csv(DuplicateResult([plain], 2, [], 0.9))))
     ] == ["a", "b"]
+
+
+def test_a_report_folder_that_cannot_be_swapped_is_written_file_by_file(
+    planted_run, tmp_path, monkeypatch
+) -> None:
+    """`--out .` failed after the work (the working folder cannot be renamed), and so did a
+    mount point (EBUSY): nothing was written."""
+    import errno
+
+    from duplicates import report
+
+    _, _, _, result = planted_run
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    paths = report.write_report(result, ".")
+    assert paths["summary"].read_text().strip() == result.summary()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]  # no folder left beside it
+
+    def busy(*args):  # noqa: ANN002, ANN202
+        raise OSError(errno.EBUSY, "Device or resource busy")
+
+    monkeypatch.setattr(report, "swap_folder", busy)
+    fewer = dataclasses.replace(result, groups=result.groups[:1])
+    paths = report.write_report(fewer, tmp_path / "mounted")
+    assert paths["summary"].read_text().strip() == fewer.summary()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "mounted"]
