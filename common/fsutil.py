@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from common.errors import UserError
 
@@ -99,8 +99,12 @@ def missing_file_reason(path: str | Path) -> str:
             path.resolve(strict=True)
         except FileNotFoundError:
             return f"is a link to {os.readlink(path)}, which does not exist"
-        except (OSError, RuntimeError):  # RuntimeError: a loop, before Python 3.13
+        except RuntimeError:  # a loop, before Python 3.13
             return "is a link that loops"
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "is a link that loops"
+            return f"is a link to {os.readlink(path)}, which cannot be followed ({exc.strerror})"
     return "does not exist"
 
 
@@ -134,9 +138,10 @@ def temporary_folder(path: str | Path, kind: str = "") -> Path:
     on its filesystem (the swap is a rename), with the permissions a plain ``mkdir`` would
     give, not mkdtemp's owner-only ones: checkpoints and indexes are shared."""
     path = Path(path)
-    if kind:  # a run killed outright (kill -9, power loss, the OOM killer) leaves its folder
-        # Each a full copy (a 400 MB index): those whose run surely ended are removed, as
-        # repeated kills had piled them up; what may be another machine's is only named.
+    if kind:  # a run killed outright (kill -9, the OOM killer, power loss) leaves its folder
+        # Each a full copy (a 400 MB index): those whose run surely ended (this machine, since
+        # its last restart) are removed, as repeated kills had piled them up; what may be
+        # another machine's, or is from before a restart, is only named.
         for left in leftover_folders(path, kind, surely_ended=True):
             log.info("removing %s, left by a run that was killed", left.name)
             shutil.rmtree(left, ignore_errors=True)
@@ -178,13 +183,16 @@ def leftover_folders(path: str | Path, kind: str, *, surely_ended: bool = False)
 def _process_tag() -> str:
     """Eight hex digits naming this kernel boot and PID namespace: a PID in a folder name is
     only checked (``kill -0``) where the tag is ours. Another machine sharing the folder, or
-    a container with its own PIDs, has another tag."""
-    parts = []
-    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
-        try:
-            parts.append(os.readlink(source) if "/ns/" in source else Path(source).read_text())
-        except OSError:
-            parts.append(source)
+    a container with its own PIDs, has another tag. Where either cannot be read (no /proc),
+    a random tag: no other process shares it, so no folder is ever taken for an ended run's
+    (every such host would otherwise have had the same tag)."""
+    try:
+        parts = [
+            Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+            os.readlink("/proc/self/ns/pid"),
+        ]
+    except OSError:
+        return "x" + os.urandom(4).hex()[1:]  # "x": never a tag read from /proc
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
 
 
@@ -194,7 +202,7 @@ def _owner_state(rest: str) -> str:
     parts = rest.split("-")
     if len(parts) < 2 or not parts[0].isdigit():
         return "unknown"  # named before PIDs were, or by discard_folder
-    if len(parts) == 3 and parts[1] != _process_tag():
+    if len(parts) == 3 and (parts[1] != _process_tag() or parts[1].startswith("x")):
         return "unknown"  # another machine's or container's process: its PID means nothing here
     try:
         os.kill(int(parts[0]), 0)
@@ -203,6 +211,21 @@ def _owner_state(rest: str) -> str:
     except (PermissionError, OverflowError, ValueError):
         return "alive"  # another user's process (or a number no PID can be): leave it
     return "alive"
+
+
+def stream_sha256(fh: BinaryIO) -> str:
+    """The SHA-256 (hex) of what is left to read in ``fh``, a megabyte at a time (never the
+    whole file in memory; ``hashlib.file_digest`` needs Python 3.11)."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 (hex) of the file at ``path``, read as a stream."""
+    with open(path, "rb") as fh:
+        return stream_sha256(fh)
 
 
 def share_file(path: str | Path) -> None:

@@ -18,8 +18,10 @@ def allow_long_csv_cells() -> None:
 
 def csv_rows(reader: csv.DictReader) -> Iterator[tuple[int, dict[str, str]]]:
     """``(line, row)`` of a reader made with ``strict=True``, its header read. A quote never
-    closed is a :class:`csv.Error` naming where it opened: a lenient reader takes the rest of
-    the file as that one cell, so a catalog lost every row after it without a word."""
+    closed is a :class:`csv.Error` naming the last good line before it: a lenient reader takes
+    the rest of the file as that one cell, so a catalog lost every row after it without a
+    word. Text after a closing quote (``"6.1" screen``) is refused with its line too: a lenient
+    reader had dropped the quotes (``6.1 screen``)."""
     last = reader.line_num
     while True:
         try:
@@ -28,7 +30,7 @@ def csv_rows(reader: csv.DictReader) -> Iterator[tuple[int, dict[str, str]]]:
             return
         except csv.Error as exc:
             if "unexpected end of data" in str(exc):
-                raise csv.Error(f'the quote (") opened on line {last + 1} is never closed') from exc
+                raise csv.Error(f'a quote (") opened after line {last} is never closed') from exc
             raise csv.Error(f"line {reader.reader.line_num}: {exc}") from exc
         yield reader.line_num, row
         last = reader.line_num

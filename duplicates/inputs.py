@@ -7,7 +7,6 @@ CSV manifest (``id,image,label,...``) is read by ``embedder.data.load_catalog``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from common.fsutil import stream_sha256
 from duplicates.hashing import phash_bits, pixel_digest
 from embedder.batch import Failure, default_workers, ordered_batches
 from embedder.data import (
@@ -93,7 +93,7 @@ def read_image(path: str | Path, with_phash: bool = False) -> tuple[Image.Image,
     try:
         with open_image_file(path) as fh:
             file_size = os.fstat(fh.fileno()).st_size
-            byte_digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            byte_digest = stream_sha256(fh)
     except OSError as exc:  # gone since the decode
         raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
     info = ImageInfo(

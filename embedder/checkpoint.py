@@ -26,6 +26,7 @@ from common.fsutil import (
     LockBusyError,
     atomic_write_text,
     exclusive_lock,
+    file_sha256,
     folder_write_problem,
     fsync_path,
     remove_leftovers,
@@ -207,14 +208,6 @@ def config_fields(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("format_version") == 1:
         return data
     return {_FROM_TIMM.get(k, k): v for k, v in data.items()}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # `phonesim duplicates calibrate`'s work folder, by default inside the checkpoint it calibrates.
@@ -462,10 +455,13 @@ def set_training_state(path: str | Path, state: str) -> None:
     """Record what became of the training run in the checkpoint's ``config.json``."""
     if state not in TRAINING_STATES:
         raise ValueError(f"training state must be one of {TRAINING_STATES}, got {state!r}")
+    from embedder.graphs import checkpoint_lock  # it reads this module: imported here
+
     config_path = Path(path) / CONFIG_FILE
-    data = json.loads(config_path.read_text())
-    data.setdefault("training", {})["state"] = state
-    atomic_write_text(config_path, json.dumps(data, indent=2) + "\n")
+    with checkpoint_lock(path):  # as the graph and calibration records: no write lost
+        data = json.loads(config_path.read_text())
+        data.setdefault("training", {})["state"] = state
+        atomic_write_text(config_path, json.dumps(data, indent=2) + "\n")
 
 
 def unfinished_training(config: CheckpointConfig) -> str | None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import describe_os_error
+from common.fsutil import file_sha256
 from common.item_ids import ID_RULES, is_item_id
 from common.text import (
     allow_long_csv_cells,
@@ -268,13 +269,16 @@ def _links_back(class_dir: Path, root: Path) -> bool:
     if not class_dir.is_symlink():
         return False
     target, home = class_dir.resolve(), root.resolve()
-    if target == home or target in home.parents or home in target.parents:
+    inside = home in target.parents
+    if inside and any(part.startswith(".") for part in target.relative_to(home).parts):
+        return False  # into a hidden folder, which is never read otherwise: no photo twice
+    if target == home or target in home.parents or inside:
         log.warning(
             "%s: skipped, a link to %s, %s the catalog folder (its photos would be read "
             "twice); give the photos' own folder, or copy them in",
             class_dir,
             target,
-            "inside" if home in target.parents else "the same as or above",
+            "inside" if inside else "the same as or above",
         )
         return True
     return False
@@ -295,19 +299,22 @@ def shared_images(a: list[Sample], b: list[Sample]) -> set[Path]:
 
 
 def _by_size(paths: set[Path]) -> dict[int, list[Path]]:
+    """The regular files with content among ``paths``, by size: a FIFO (size 0) would wait
+    for a writer for ever when read, and what cannot be read is the embedding's to report."""
     sizes: dict[int, list[Path]] = {}
     for path in paths:
         try:
-            sizes.setdefault(path.stat().st_size, []).append(path)
-        except OSError:  # unreadable: the embedding step reports it
+            info = path.stat()
+        except OSError:
             continue
+        if stat.S_ISREG(info.st_mode) and info.st_size > 0:
+            sizes.setdefault(info.st_size, []).append(path)
     return sizes
 
 
 def _digest(path: Path) -> str | None:
     try:
-        with path.open("rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
+        return file_sha256(path)
     except OSError:
         return None
 

@@ -51,7 +51,7 @@ def _train(config: TrainConfig) -> TrainResult:
         if unknown:
             raise DataError(f"{config.val}: classes not in the training data: {', '.join(unknown)}")
         train_samples, val_samples = catalog.samples, val_catalog.samples
-        shared = shared_images(train_samples, val_samples)
+        shared = shared_images(val_samples, train_samples)
         if shared:  # the best epoch would be chosen on photos the model learns
             log.warning(
                 "%s: %d of the %d validation images are training images too (the same files "

@@ -336,3 +336,35 @@ def test_a_killed_runs_folder_is_removed_when_its_run_surely_ended(tmp_path: Pat
     assert "2 folder(s) left by an interrupted run" in caplog.text
     assert elsewhere.name in caplog.text and old_style.name in caplog.text
     assert f"{live.name}" not in caplog.text
+
+
+def test_without_proc_no_folder_is_taken_for_an_ended_runs(tmp_path, monkeypatch) -> None:
+    """Every host without a readable /proc had had the same tag: another machine's live
+    folder on a shared disk would have been removed as an ended run's."""
+    real_readlink = os.readlink
+
+    def no_proc(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if str(path).startswith("/proc/"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_readlink(path, *args, **kwargs)
+
+    fsutil._process_tag.cache_clear()
+    monkeypatch.setattr(os, "readlink", no_proc)
+    try:
+        tag = fsutil._process_tag()
+        assert tag.startswith("x") and len(tag) == 8
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        assert fsutil._owner_state(f"{dead.pid}-{tag}-abc") == "unknown"
+    finally:
+        fsutil._process_tag.cache_clear()
+
+
+def test_a_link_that_cannot_be_followed_is_not_called_a_loop(tmp_path) -> None:
+    from common.fsutil import missing_file_reason
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "odd.jpg").symlink_to(tmp_path / "file" / "x.jpg")  # under a file: ENOTDIR
+    assert missing_file_reason(tmp_path / "odd.jpg") == (
+        f"is a link to {tmp_path / 'file' / 'x.jpg'}, which cannot be followed (Not a directory)"
+    )

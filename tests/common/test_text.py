@@ -26,7 +26,7 @@ def test_rows_come_with_the_line_they_end_on():
 
 def test_a_quote_never_closed_names_its_line_instead_of_eating_the_rows_after_it():
     """A lenient reader took the rest of the file as one title: rc 0, one row of three."""
-    with pytest.raises(csv.Error, match=r"the quote \(\"\) opened on line 3 is never closed"):
+    with pytest.raises(csv.Error, match=r"a quote \(\"\) opened after line 2 is never closed"):
         _rows('id,title\na,ok\nb,"Phone 6.1 screen\nc,ok\nd,ok\n')
 
 

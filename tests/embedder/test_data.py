@@ -241,6 +241,8 @@ def test_unlabelled_reading_needs_no_label_column(tmp_path):
 
 def test_shared_images_are_the_same_files_or_byte_identical_copies(tmp_path):
     """A copied folder is found as well as the folder itself; equal sizes alone are not."""
+    import os
+
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
@@ -259,6 +261,10 @@ def test_shared_images_are_the_same_files_or_byte_identical_copies(tmp_path):
     expected = {a / "same.jpg", a / "copied.jpg"}
     assert expected <= shared <= expected | {a / "gone.jpg"}
     assert shared_images(ours, []) == set()
+    os.mkfifo(a / "pipe.jpg")  # size 0, as an empty file: reading it waited for ever
+    (b / "empty.jpg").write_bytes(b"")
+    fifo = [Sample("p", a / "pipe.jpg", "x")]
+    assert shared_images(fifo, [Sample("e", b / "empty.jpg", "x")]) == set()
 
 
 def test_a_manifest_quote_never_closed_is_refused_with_its_line(tmp_path):
@@ -266,7 +272,7 @@ def test_a_manifest_quote_never_closed_is_refused_with_its_line(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
     manifest = tmp_path / "m.csv"
     manifest.write_text('id,image,label,title\na1,a.jpg,x,"Phone\na2,a.jpg,x,ok\n')
-    with pytest.raises(DataError, match=r"m.csv: malformed CSV \(the quote .* on line 2 is never"):
+    with pytest.raises(DataError, match=r"m.csv: malformed CSV \(a quote .* after line 1 is never"):
         load_catalog(manifest, require_labels=False)
 
 
@@ -306,11 +312,13 @@ def test_class_folder_links_back_into_or_above_the_catalog_are_skipped(tmp_path,
     (root / "up").symlink_to("..")
     (root / "again").symlink_to(root / "a")
     (root / "linked").symlink_to(tmp_path / "elsewhere")  # a class folder kept elsewhere
+    _photos(root, ".store/c/5.jpg")  # hidden, so never read but through a link
+    (root / "c").symlink_to(root / ".store" / "c")
     catalog = load_catalog(root, require_labels=False)
-    assert sorted(s.id for s in catalog.samples) == ["a/1", "b/2", "linked/3"]
+    assert sorted(s.id for s in catalog.samples) == ["a/1", "b/2", "c/5", "linked/3"]
     for name in ("self", "up", "again"):
         assert f"{root / name}: skipped, a link to" in caplog.text
-    assert "linked: skipped" not in caplog.text
+    assert "linked: skipped" not in caplog.text and f"{root / 'c'}: skipped" not in caplog.text
 
 
 def test_files_beside_the_class_folders_are_reported_as_a_class_folders_are(tmp_path, caplog):

@@ -391,9 +391,22 @@ def test_bad_mixing_settings_are_refused(tiny_catalog, tmp_path, overrides, mess
 
 
 def test_a_validation_set_holding_training_images_is_warned_about(tiny_catalog, tmp_path, caplog):
-    """Early stopping would pick its best epoch on photos the model learns."""
+    """Early stopping would pick its best epoch on photos the model learns. The count is of
+    validation images: two training copies of one had read "2 of the 1"."""
+    import shutil
+
     train(tiny_train_config(tiny_catalog, tmp_path / "ck", epochs=1, val=str(tiny_catalog)))
     assert "validation images are training images too" in caplog.text
+    caplog.clear()
+    data, val = tmp_path / "data", tmp_path / "val"
+    shutil.copytree(tiny_catalog, data)
+    first = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    photo = sorted(first.glob("*.jpg"))[0]
+    shutil.copy(photo, first / "again.jpg")
+    (val / first.name).mkdir(parents=True)
+    shutil.copy(photo, val / first.name / "v.jpg")
+    train(tiny_train_config(data, tmp_path / "ck2", epochs=1, val=str(val)))
+    assert "1 of the 1 validation images are training images too" in caplog.text
 
 
 def test_a_diverging_run_stops_and_keeps_the_last_finite_checkpoint(tiny_catalog, tmp_path):

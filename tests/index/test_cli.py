@@ -209,7 +209,7 @@ def test_build_input_errors(files):
         read_catalog_csv(files / "twice.csv")
     # A lenient reader read x's title as the rest of the file: y and z were never read.
     (files / "quote.csv").write_text('id,title\nx,"6.1 screen\ny,ok\nz,ok\n')
-    with pytest.raises(BuildInputError, match=r"quote \(\"\) opened on line 2 is never closed"):
+    with pytest.raises(BuildInputError, match=r"quote \(\"\) opened after line 1 is never closed"):
         read_catalog_csv(files / "quote.csv")
     # Tracebacks before: a group where a dataset goes, and a list of failed images that is
     # not text, read after the index was built (it was left in place, and the command failed).
