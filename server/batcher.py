@@ -170,10 +170,9 @@ class MicroBatcher:
         with self._put_lock:
             if self._closed.is_set():
                 return
-            self._closed.set()
-            # On a full queue the thread stops when it finds the queue empty instead.
-            with contextlib.suppress(queue.Full):
-                self._queue.put_nowait(None)
+            self._closed.set()  # from now on no job is queued: the stop signal comes last
+        with contextlib.suppress(queue.Full):  # a full queue has room as soon as a job is taken
+            self._queue.put(None, timeout=timeout)
         self._thread.join(timeout)
 
     # -- batcher thread -----------------------------------------------------------------------
@@ -202,12 +201,7 @@ class MicroBatcher:
     def _run(self) -> None:
         stop = False
         while not stop:
-            try:
-                first = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                if self._closed.is_set():  # closed on a full queue, now drained
-                    break
-                continue
+            first = self._queue.get()
             if first is None:
                 break
             collected, stop = self._collect(first)
