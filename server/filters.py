@@ -14,7 +14,13 @@ from typing import Any
 
 from index.inputs import canonical_value
 from server.errors import ApiError
-from server.limits import MAX_FILTER_VALUES, check_scalar, check_text, parse_json
+from server.limits import (
+    MAX_FILTER_TEXT,
+    MAX_FILTER_VALUES,
+    check_scalar,
+    check_text,
+    parse_json,
+)
 
 FILTER_PARAM = "filter"
 FILTER_PREFIX = "filter."
@@ -76,6 +82,15 @@ def _check_condition(key: str, value: Any) -> Any:
     return value
 
 
+def _values(condition: Any) -> list[Any]:
+    """The values of one field's (checked) condition."""
+    if isinstance(condition, list):
+        return condition
+    if isinstance(condition, dict):
+        return [x for v in condition.values() for x in (v if isinstance(v, list) else [v])]
+    return [condition]
+
+
 def check_filter(value: Any, allowed: Iterable[str], where: str = "'filter'") -> dict[str, Any]:
     """A filter object checked for shape and field names (unknown field: 400)."""
     if not isinstance(value, Mapping):
@@ -83,6 +98,11 @@ def check_filter(value: Any, allowed: Iterable[str], where: str = "'filter'") ->
     out = {
         check_text(str(k), "filter field"): _check_condition(str(k), v) for k, v in value.items()
     }
+    text = sum(len(k) + sum(len(str(v)) for v in _values(c)) for k, c in out.items())
+    if text > MAX_FILTER_TEXT:
+        raise _bad(
+            f"{where} holds {text} characters of names and values; at most {MAX_FILTER_TEXT}"
+        )
     known = set(allowed)
     unknown = sorted(k for k in out if k not in known)
     if unknown:

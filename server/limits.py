@@ -31,6 +31,9 @@ MAX_ID_LENGTH = 256
 MAX_METADATA_FIELDS = 32
 MAX_STRING_LENGTH = 1000  # one metadata or filter value
 MAX_FILTER_VALUES = 100  # values of one filter field ("any of")
+# Characters of a whole filter (names and values): answers repeat it, a batch's in each of its
+# 64 results, so a 600 KB request of long values had drawn a 115 MB answer.
+MAX_FILTER_TEXT = 16 * 1024
 MAX_FORM_PARTS = 100  # of a multipart form: the image, metadata fields, search options
 MAX_FORM_FIELD_BYTES = 256 * 1024  # one text field of a multipart form (metadata: ~35 KB)
 

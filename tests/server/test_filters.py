@@ -60,3 +60,17 @@ def test_a_field_in_both_places_must_match_both():
     assert merge_filters(args, {"price": {"lt": 3}}, FIELDS) == {"price": {"lt": 3}, "label": "a"}
     assert merge_filters(args, {"label": "a"}, FIELDS) == {"label": {"in": ["a"]}}
     assert merge_filters([], None, FIELDS) is None
+
+
+def test_a_filter_is_bounded_in_characters_as_answers_repeat_it():
+    """A batch repeats its filter in each of its 64 results: a 600 KB request of long values
+    had drawn a 115 MB answer."""
+    from server.limits import MAX_FILTER_TEXT
+
+    wide = {f: ["é" * 1000] * 100 for f in ("brand", "label")}
+    with pytest.raises(ApiError, match=f"at most {MAX_FILTER_TEXT}") as err:
+        check_filter(wide, FIELDS)
+    assert err.value.code == "invalid_filter"
+    skus = {"label": [f"sku-{i:06d}-{'x' * 100}" for i in range(100)]}  # 100 long ids: fine
+    assert check_filter(skus, FIELDS) == skus
+    assert check_filter({"price": {"gte": 10, "lt": 300}, "brand": "a"}, FIELDS)
