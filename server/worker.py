@@ -22,6 +22,7 @@ major version this was written against, and tests/server/test_protocol.py checks
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -80,7 +81,29 @@ class _AccessLog:
         # once the connection is closed; the bridge's own 500s carry a JSON body.
         if resp.status == 500 and resp.sent == 0 and self._protocol._closed:
             resp.status = CLIENT_CLOSED_REQUEST
-        self._log.access(resp, req, environ, request_time)
+        self._log.access(resp, req, loggable(environ), request_time)
+
+
+# Query parameters whose value is a secret wherever a client puts one by mistake.
+_SECRET_PARAMS = re.compile(
+    r"(?i)(^|[?&])((?:api[_-]?key|key|token|access[_-]?token|password|secret)=)[^&#]*"
+)
+_C1_CONTROLS = re.compile("[\x80-\x9f]")
+
+
+def loggable(environ: dict[str, Any]) -> dict[str, Any]:
+    """What an access line may show of a request. Without ``Authorization``: gunicorn logs a
+    Basic user name, and ``curl -u KEY:`` put the API key in the log (refused 401, but
+    written in plain text). With secret-looking query values (``?api_key=``) masked, and C1
+    control characters (U+0080-U+009F, such as the one-character terminal escape U+009B,
+    which the header parser lets through) escaped: someone reads the log in a terminal."""
+    out = {k: v for k, v in environ.items() if k != "HTTP_AUTHORIZATION"}
+    if isinstance(out.get("RAW_URI"), str):
+        out["RAW_URI"] = _SECRET_PARAMS.sub(r"\1\2***", out["RAW_URI"])
+    for key in ("RAW_URI", "HTTP_USER_AGENT", "HTTP_REFERER"):
+        if isinstance(out.get(key), str):
+            out[key] = _C1_CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", out[key])
+    return out
 
 
 class JsonErrorProtocol(ASGIProtocol):

@@ -337,3 +337,23 @@ def test_sigterm_refuses_an_upload_still_arriving_and_stops_promptly(
     assert took < 10, f"stopped in {took:.1f} s"
     log = server.log.read_text()
     assert "Forcing close" not in log and "Worker exiting" in log
+
+
+def test_the_access_log_keeps_keys_and_terminal_escapes_out(tiny_checkpoint, live_index, tmp_path):
+    """`curl -u KEY:` put the API key in the log as the Basic user (the request was refused,
+    the key written in plain text), so did `?api_key=`, and a raw U+009B (a terminal's
+    one-character escape) in a User-Agent went into the log as it came."""
+    import http.client
+
+    with running_server(tiny_checkpoint, live_index, tmp_path, "--access-log") as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.putrequest("DELETE", "/v1/items/x?api_key=s3cretQUERY&k=5", skip_accept_encoding=True)
+        conn.putheader("Authorization", "Basic czNjcmV0S0VZMTIzOg==")  # "s3cretKEY123:"
+        conn.putheader("User-Agent", "agent\x9b31mRED".encode("latin-1"))
+        conn.endheaders()
+        assert conn.getresponse().status in (401, 403)
+        conn.close()
+    log = server.log.read_text(encoding="utf-8", errors="replace")
+    line = next(x for x in log.splitlines() if "DELETE /v1/items/x" in x)
+    assert "s3cretKEY123" not in log and "s3cretQUERY" not in log
+    assert "api_key=***&k=5" in line and "agent\\x9b31mRED" in line and "\x9b" not in log
