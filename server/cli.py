@@ -311,14 +311,38 @@ def api_key_from(args: argparse.Namespace) -> str | None:
             raise UserError(f"cannot read --api-key-file {args.api_key_file}: {exc}") from exc
         if not key:
             raise UserError(f"--api-key-file {args.api_key_file} is empty")
-        return key
+        mode = Path(args.api_key_file).stat().st_mode
+        if mode & 0o077:
+            log.warning(
+                "--api-key-file %s can be read by other users of this machine (mode %o); "
+                "chmod 600 it",
+                args.api_key_file,
+                mode & 0o777,
+            )
+        return _warn_if_short(key)
     if args.api_key is not None and not args.api_key.strip():
         # An empty key would quietly turn the write endpoints off: say so instead.
         raise UserError("--api-key is empty; give a key, or leave the flag out to turn writes off")
     # Stripped as the file's key is: HTTP drops a header value's outer whitespace, so a key
     # kept with the newline of a secret file could never be sent.
     key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
-    return (key or "").strip() or None
+    key = (key or "").strip() or None
+    return key if key is None else _warn_if_short(key)
+
+
+#: Shorter keys are said in a warning: a guessable key opens every write endpoint.
+MIN_KEY_LENGTH = 16
+
+
+def _warn_if_short(key: str) -> str:
+    if len(key) < MIN_KEY_LENGTH:
+        log.warning(
+            "the API key has %d characters; use at least %d random ones (for example: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(24))')",
+            len(key),
+            MIN_KEY_LENGTH,
+        )
+    return key
 
 
 def hide_key_from_process_list(key: str) -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 from server.app import create_app
 from server.config import ServerConfig
 
-API_KEY = "test-secret-key"
+API_KEY = "test-secret-key-0123456"
 SMALL_UPLOAD_MB = 0.05  # 51 KiB: lets a test exceed the limit cheaply
 
 

@@ -267,3 +267,18 @@ def test_an_image_dir_that_cannot_be_written_is_refused_at_start(tmp_path, capsy
     with pytest.raises(SystemExit):
         parse("--faiss-threads", "100000")
     assert "must be 1 to" in capsys.readouterr().err
+
+
+def test_a_key_file_others_can_read_and_a_short_key_are_warned_about(tmp_path, caplog):
+    """Nothing said either: a key other users can read, or one guessable, opens every write."""
+    key = tmp_path / "key"
+    key.write_text("a-long-random-key-of-32-characters\n")
+    key.chmod(0o644)
+    assert cli.settings_from_args(parse("--api-key-file", str(key)))[0].api_key
+    assert "can be read by other users of this machine (mode 644); chmod 600" in caplog.text
+    caplog.clear()
+    key.chmod(0o600)
+    cli.settings_from_args(parse("--api-key-file", str(key)))
+    assert caplog.text == ""
+    cli.settings_from_args(parse("--api-key", "short"))
+    assert "the API key has 5 characters; use at least 16" in caplog.text
