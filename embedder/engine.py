@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -108,9 +109,23 @@ def device_string(device: str | torch.device | None) -> str:
     return kind if index is None else f"{kind}:{index}"
 
 
+def import_onnxruntime() -> ModuleType:
+    """The ``onnxruntime`` module, or a one-line :class:`EngineError` saying what to do: a
+    broken install (the package gone, its shared library not loading) had been a traceback
+    in every command, and ``serve``'s workers failed to boot."""
+    try:
+        import onnxruntime
+    except (ImportError, OSError) as exc:
+        raise EngineError(
+            f"onnxruntime cannot be imported ({exc}): pip install onnxruntime, or use "
+            "--runtime torch"
+        ) from exc
+    return onnxruntime
+
+
 def onnx_providers(device: str | torch.device) -> list:
     """ONNX Runtime providers for ``device``: CUDA then CPU on a GPU, else the CPU alone."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     kind, index = parse_device(device)
     if kind == "cpu":
@@ -134,8 +149,7 @@ class OnnxEngine(Engine):
         threads: int | None = None,
         runtime: str = "onnx",
     ) -> None:
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1

@@ -191,7 +191,10 @@ def check_fp32_graph_can_be_made(ckpt: str | Path, problem: str | None = None) -
         return
     problem = problem or graph_problem(ckpt, "fp32")
     if problem:
-        raise EngineError(f"{ckpt}: {problem} and the folder is not writable")
+        raise EngineError(
+            f"{ckpt}: {problem} and the folder is not writable; run 'phonesim optimize "
+            f"--checkpoint {ckpt}' as a user who can write there, or use --runtime torch"
+        )
 
 
 def ensure_fp32_graph(

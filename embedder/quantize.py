@@ -25,7 +25,7 @@ import numpy as np
 from common.fsutil import atomic_write, remove_leftovers, temporary_folder
 from embedder.checkpoint import QUANTIZING, file_sha256, read_config
 from embedder.data import Catalog, Sample, load_catalog
-from embedder.engine import DEFAULT_OUTPUTS, Engine, default_threads
+from embedder.engine import DEFAULT_OUTPUTS, Engine, default_threads, import_onnxruntime
 from embedder.engine_options import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_IMAGES,
@@ -171,6 +171,7 @@ def quantize_int8(
     head. Exports the fp32 graph first where needed. Raises DataError when no calibration image
     can be read.
     """
+    import_onnxruntime()  # one line, not a traceback, where it cannot be imported
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -235,8 +236,7 @@ def quantize_int8(
                 nodes_to_exclude=head_nodes(prepared) + float_layer_nodes(prepared, keep_float),
             ),
         )
-        import onnxruntime
-
+        onnxruntime = import_onnxruntime()
         record = GraphRecord(
             file=path.name,
             sha256=file_sha256(path),

@@ -33,6 +33,7 @@ from embedder.engine import (
     check_threads,
     default_threads,
     device_string,
+    import_onnxruntime,
     onnx_providers,
     parse_device,
     set_torch_threads,
@@ -106,9 +107,7 @@ def check_against_torch(
 
 
 def _onnxruntime_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__
+    return import_onnxruntime().__version__
 
 
 def save_check(engine: OnnxEngine, result: CheckResult) -> None:
@@ -261,8 +260,7 @@ def onnx_device(device: str | torch.device | None) -> str:
     """Default device for ONNX Runtime: CUDA only where both torch and onnxruntime have it."""
     if device is not None:
         return device_string(device)
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return "cpu"  # whatever torch sees, ONNX Runtime runs on the CPU here
     return default_device()
@@ -271,6 +269,14 @@ def onnx_device(device: str | torch.device | None) -> str:
 def _auto(ckpt: Path, device: str | torch.device | None, threads: int) -> Engine:
     """Runtime auto: the fp32 graph when it passes the check against torch, else torch."""
     wanted = device_string(device) if device is not None else default_device()
+    try:
+        import_onnxruntime()
+    except EngineError as exc:  # a broken install: torch runs, as "auto" promises
+        from embedder.checkpoint import load_checkpoint
+        from embedder.torch_engine import TorchEngine, resolve_device
+
+        log.warning("%s: runtime auto falls back to torch: %s", ckpt, exc)
+        return TorchEngine(load_checkpoint(ckpt)[0], resolve_device(wanted))
     check_device("auto", wanted)  # neither runtime has it: one line, before any loading
     if trusted_check(ckpt, wanted):
         try:

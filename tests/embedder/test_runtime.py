@@ -277,7 +277,8 @@ def test_onnx_in_a_read_only_folder_without_a_fitting_graph_is_refused_before_wo
     monkeypatch.setattr(graphs.os, "access", lambda path, mode: False)  # as on a read-only mount
     runtime.check_runtime(ckpt, "onnx")  # its graph fits: nothing to write
     (ckpt / "model.onnx").unlink()
-    with pytest.raises(EngineError, match="model.onnx is missing and the folder is not writable"):
+    said = "model.onnx is missing and the folder is not writable; run 'phonesim optimize "
+    with pytest.raises(EngineError, match=said):
         runtime.check_runtime(ckpt, "onnx")
     runtime.check_runtime(ckpt, "torch")  # torch writes nothing
 
@@ -349,3 +350,20 @@ def test_optimize_fails_when_the_weights_change_during_its_export(ckpt, monkeypa
     _retrain_after(monkeypatch, onnx_export, "export_graph", ckpt)
     assert main(["optimize", "--checkpoint", str(ckpt)]) == 2
     assert "the checkpoint changed meanwhile; run again" in capsys.readouterr().err
+
+
+def test_without_onnxruntime_auto_runs_torch_and_the_onnx_runtimes_say_what_to_do(
+    ckpt, monkeypatch, caplog
+):
+    """A broken install (the package gone, its library not loading) had been a 30-line
+    ModuleNotFoundError traceback in every runtime but torch, and serve's workers failed to
+    boot; "auto" promises torch with a warning."""
+    from embedder.errors import EngineError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails
+    engine = load_engine(ckpt, "auto")
+    assert engine.runtime == "torch"
+    assert "runtime auto falls back to torch: onnxruntime cannot be imported" in caplog.text
+    for rt in ("onnx", "onnx-int8"):
+        with pytest.raises(EngineError, match="onnxruntime cannot be imported .*pip install"):
+            load_engine(ckpt, rt)
