@@ -30,6 +30,9 @@ def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
     # faiss logs which CPU build it loaded at INFO on every start: noise for a CLI user.
     logging.getLogger("faiss.loader").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # matplotlib's font search is about 100 DEBUG lines under -v: nothing of the run's own.
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    logging.getLogger("PIL").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 # HDF5's own report of a failed write (h5py raises it as an OSError without errno or path):

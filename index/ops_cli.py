@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,9 @@ def register(actions: argparse._SubParsersAction) -> None:
         metavar="ID",
         help="id (repeatable); an id that starts with '-' as --id=-ID",
     )
-    remove.add_argument("--ids-file", metavar="FILE", help="text file with one id per line")
+    remove.add_argument(
+        "--ids-file", metavar="FILE", help="text file with one id per line ('-': standard input)"
+    )
     remove.add_argument(
         "--image-dir",
         metavar="DIR",
@@ -210,9 +213,14 @@ def cmd_remove(args: argparse.Namespace) -> int:
     ids = list(args.ids)
     if args.ids_file:
         try:
-            text = Path(args.ids_file).read_text(encoding="utf-8-sig")  # a BOM is no id
+            text = (
+                sys.stdin.buffer.read().decode("utf-8-sig")
+                if args.ids_file == "-"
+                else Path(args.ids_file).read_text(encoding="utf-8-sig")  # a BOM is no id
+            )
         except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"{args.ids_file}: cannot read ids ({exc})") from None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise UserError(f"{args.ids_file}: cannot read ids ({reason})") from None
         listed = [line.strip() for line in text.splitlines() if line.strip()]
         if not listed:
             raise UserError(f"{args.ids_file}: holds no ids (one id per line); nothing removed")

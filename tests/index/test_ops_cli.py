@@ -3,6 +3,7 @@ PostgreSQL server, with another opener of the same store writing meanwhile."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -239,7 +240,7 @@ def test_build_into_an_unreachable_store_fails_before_building(tmp_path):
         assert not (tmp_path / "ix").exists()
 
 
-def test_remove_with_an_empty_ids_file_says_so(tmp_path):
+def test_remove_with_an_empty_ids_file_says_so(tmp_path, monkeypatch):
     write_embeddings(tmp_path / "emb.h5")
     cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
     (tmp_path / "ids.txt").write_text("\n  \n")
@@ -254,6 +255,15 @@ def test_remove_with_an_empty_ids_file_says_so(tmp_path):
     cli(["remove", "--index", str(tmp_path / "a"), "--ids-file", str(tmp_path / "ids.txt")])
     with open_index(tmp_path / "a", readonly=True) as ix:
         assert len(ix) == 118 and "p1" in ix and "p2" not in ix
+    # '-' reads standard input (a file of that name had been looked for); a missing file is
+    # named once (it had been named twice, in the OS error too).
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"p4\np5\n")))
+    cli(["remove", "--index", str(tmp_path / "a"), "--ids-file", "-"])
+    with open_index(tmp_path / "a", readonly=True) as ix:
+        assert len(ix) == 116 and "p4" not in ix and "p6" in ix
+    with pytest.raises(UserError) as err:
+        cli(["remove", "--index", str(tmp_path / "a"), "--ids-file", str(tmp_path / "no.txt")])
+    assert str(err.value) == f"{tmp_path / 'no.txt'}: cannot read ids (No such file or directory)"
 
 
 def test_remove_with_an_image_dir_no_server_made_yet_removes_and_says_so(tmp_path, caplog):
