@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from common.argtypes import positive_int, thread_count
+from common.fsutil import folder_write_problem
 from embedder.engine_options import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_IMAGES,
@@ -97,6 +98,12 @@ def _optimize(args: argparse.Namespace) -> int:
         verb = "goes" if len(given) == 1 else "go"
         raise DataError(f"{', '.join(given)} {verb} with --quantize int8; add --quantize int8")
     ckpt = Path(args.checkpoint)
+    problem = folder_write_problem(ckpt) if args.quantize and ckpt.is_dir() else None
+    if problem:  # before the model and the calibration images load, not after
+        raise EngineError(
+            f"{ckpt}: cannot write model.int8.onnx there ({problem}); run as a user who can "
+            "write the checkpoint folder, or copy it to a folder you can write"
+        )
     threads = args.threads or default_threads()
     model, config = load_checkpoint(ckpt)
     if args.val:

@@ -135,3 +135,27 @@ def test_scratch_files_stay_in_the_checkpoint_and_a_killed_runs_are_removed(
     assert [p.name for p in ckpt.iterdir() if p.name.startswith(".")] == []
     assert len(seen) == 1 and seen[0].startswith(str(ckpt / ".model.int8.onnx.quantizing-"))
     assert tempfile.gettempdir() == system_tmp
+
+
+def test_quantizing_into_a_folder_that_cannot_be_written_fails_first(
+    tiny_checkpoint, tiny_catalog, monkeypatch, capsys
+):
+    """It failed after the model and the calibration images had loaded, naming an internal
+    scratch file ("r5/.model.int8.onnx.quantizing-...: Permission denied"). Root writes
+    anywhere, so the folder's check is made to say what a read-only folder says."""
+    import embedder.checkpoint
+    import embedder.optimize_cli as optimize_cli
+    from phonesim.cli import main
+
+    monkeypatch.setattr(
+        optimize_cli, "folder_write_problem", lambda path: "folder is not writable (Read-only)"
+    )
+
+    def never(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the model was loaded before the folder was checked")
+
+    monkeypatch.setattr(embedder.checkpoint, "load_checkpoint", never)
+    argv = ["optimize", "--checkpoint", str(tiny_checkpoint), "--quantize", "int8"]
+    assert main([*argv, "--calibration", str(tiny_catalog)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write model.int8.onnx there (folder is not writable (Read-only))" in err
