@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         print("phonesim: interrupted", file=sys.stderr)
         return 130
     args = parser.parse_args(argv)
+    if args.verbose and args.quiet:  # -v had won without a word
+        parser.error("-v/--verbose and -q/--quiet contradict each other; give one")
     # A command may say what Ctrl-C leaves behind (export: the progress it resumes from).
     hint = getattr(args, "interrupted", None)
     return run_reporting_errors(

@@ -64,6 +64,19 @@ def test_quiet_works_before_and_after_the_subcommand(argv, tmp_path):
     assert args.quiet is True and args.verbose is False
 
 
+@pytest.mark.parametrize(
+    "argv", [["-v", "-q", "index", "info", "--index"], ["-v", "index", "info", "-q", "--index"]]
+)
+def test_verbose_and_quiet_together_are_a_usage_error(argv, tmp_path, capsys):
+    """-v had won over -q without a word."""
+    from phonesim.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, str(tmp_path)])
+    assert stop.value.code == 2
+    assert "-v/--verbose and -q/--quiet contradict each other" in capsys.readouterr().err
+
+
 def test_help_does_not_import_the_model_stack():
     code = (
         "import sys; from phonesim.cli import build_parser; build_parser(); "
