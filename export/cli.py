@@ -4,8 +4,10 @@ and ``phonesim embed``, which is the same job with the neighbour pass off."""
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -163,6 +165,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "image has phonesim installed)",
     )
     add_progress_option(p)
+    _add_json_option(p)
+
+
+def _add_json_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run's summary as one JSON object (logs stay on stderr)",
+    )
+
+
+def _print_summary(args: argparse.Namespace, summary: ExportSummary, line: str) -> None:
+    """The one-line summary, or with --json the whole summary as one JSON object."""
+    if getattr(args, "json", False):
+        print(json.dumps({**asdict(summary), "out": str(summary.out)}))
+    else:
+        print(line)
 
 
 def _add_text_options(p: argparse.ArgumentParser, ray: bool = True) -> None:
@@ -232,6 +251,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=decode_workers, help="decoding workers (default: spare cores)")
     add_engine_options(p, threads_help="model threads (default: one per core)")
+    _add_json_option(p)
     _add_text_options(p, ray=False)
     p.add_argument(
         "--restart",
@@ -273,9 +293,11 @@ def run_embed(args: argparse.Namespace) -> int:
     config = ExportConfig(**_shared_settings(args), neighbors=0, overwrite=True)
     with sigterm_stops_like_ctrl_c(args):
         summary = export_features(config)
-    print(
+    _print_summary(
+        args,
+        summary,
         f"embedded {summary.count} images ({summary.failed} failed) "
-        f"into {summary.out} [{summary.dim}-d, {summary.runtime}{_text_line(args, summary)}]"
+        f"into {summary.out} [{summary.dim}-d, {summary.runtime}{_text_line(args, summary)}]",
     )
     return 0
 
@@ -332,10 +354,12 @@ def run(args: argparse.Namespace) -> int:
         summary = export_features(config_from_args(args))
     resumed = f", resumed after {summary.resumed_from} inputs" if summary.resumed_from else ""
     read = _text_line(args, summary)
-    print(
+    _print_summary(
+        args,
+        summary,
         f"exported {summary.count} items ({summary.failed} failed) to {summary.out} "
         f"[{summary.dim}-d, {_neighbors_text(summary)}, {summary.runner}, "
-        f"{summary.runtime}{resumed}{read}]"
+        f"{summary.runtime}{resumed}{read}]",
     )
     return 0
 

@@ -45,6 +45,11 @@ def test_embed_writes_hdf5_and_lists_failures(tiny_checkpoint, tiny_catalog, tmp
         assert set(h5["labels"].asstr()[:]) == set(json.loads(h5.attrs["label_names"]))
         assert "neighbors" not in h5
     assert not partial_path(out).exists()
+    # --json: the summary as one JSON object, the only thing on stdout
+    assert _embed(tiny_checkpoint, data / "catalog.csv", out, "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["count"], summary["failed"], summary["out"]) == (17, 1, str(out))
+    assert summary["neighbors"] == 0 and summary["dim"] == dim
 
 
 def test_embed_bad_output_and_checkpoint(tiny_checkpoint, tiny_catalog, tmp_path):
