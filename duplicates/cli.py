@@ -5,9 +5,12 @@ threshold, and the grouping benchmark. ``register`` adds them to the main comman
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 from common.argtypes import (
     add_data_option,
@@ -28,6 +31,7 @@ from duplicates.calibrate_cli import (
     add_calibrate_arguments,
     run_calibrate,
 )
+from duplicates.result import DuplicateResult
 from embedder.engine_options import EngineOptions, add_engine_options
 from embedder.errors import DataError, check_output_folder
 
@@ -114,6 +118,11 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=decode_workers, help="image decoding threads (default: auto)")
     add_engine_options(p, threads_help="model threads (default: every core)")
     add_progress_option(p)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run's counts and report files as one JSON object (logs stay on stderr)",
+    )
 
 
 def run_find(args: argparse.Namespace) -> int:
@@ -176,6 +185,9 @@ def run_find(args: argparse.Namespace) -> int:
     else:
         result = find_duplicates(descriptor, samples, config)
     paths = write_report(result, args.out)
+    if args.json:  # the failures are in the report's files
+        print(json.dumps(_summary_json(result, paths)))
+        return 0
     for f in result.failures[:10]:
         print(f"failed: {f.id}: {f.reason}")
     if len(result.failures) > 10:
@@ -192,6 +204,24 @@ def run_find(args: argparse.Namespace) -> int:
         print(format_timing(timing))
     print(result.summary())
     return 0
+
+
+def _summary_json(result: DuplicateResult, paths: dict[str, Path]) -> dict[str, Any]:
+    """What the summary line says, by name, with the report's files."""
+    return {
+        "mode": result.mode,
+        "images": result.listed,
+        "read": result.read,
+        "failed": len(result.failures),
+        "catalog_not_compared": len(result.catalog_failures),
+        "groups": len(result.groups),
+        "duplicates": result.duplicates,
+        "label_conflicts": result.label_conflicts,
+        "threshold": result.threshold,
+        "score": result.score,
+        "timing": result.extra.get("timing"),
+        "report": {key: str(path) for key, path in paths.items()},
+    }
 
 
 BENCH_DESCRIPTION = """\

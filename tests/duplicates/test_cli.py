@@ -64,6 +64,13 @@ def test_cli_end_to_end_uses_stored_threshold(planted_run, tiny_checkpoint, tmp_
     assert "(threshold 0.800, agreement score)" in out and "failed 1" in out
     assert "images/s on torch); verification:" in out and "pairs/s)" in out
     assert (tmp_path / "r" / "duplicates.html").is_file()
+    # --json: the same counts by name, and nothing else on stdout
+    argv = ["--checkpoint", str(ckpt), "--images", str(root), "--out", str(tmp_path / "r")]
+    assert main("find", [*argv, "--no-progress", "--workers", "0", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["images"], summary["failed"], summary["threshold"]) == (len(images), 1, 0.8)
+    assert summary["score"] == "agreement" and summary["groups"] > 0
+    assert summary["report"]["html"] == str(tmp_path / "r" / "duplicates.html")
 
 
 def test_calibrated_model_is_stored_and_used(planted_run, tiny_checkpoint, tmp_path, capsys):
