@@ -171,7 +171,7 @@ def quantize_int8(
     head. Exports the fp32 graph first where needed. Raises DataError when no calibration image
     can be read.
     """
-    import_onnxruntime()  # one line, not a traceback, where it cannot be imported
+    ort = import_onnxruntime()  # one line, not a traceback, where it cannot be imported
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -236,13 +236,12 @@ def quantize_int8(
                 nodes_to_exclude=head_nodes(prepared) + float_layer_nodes(prepared, keep_float),
             ),
         )
-        onnxruntime = import_onnxruntime()
         record = GraphRecord(
             file=path.name,
             sha256=file_sha256(path),
             weights_sha256=fp32_record.weights_sha256,
             opset=OPSET,
-            exporter=f"{exporter_version()}; onnxruntime.quantization {onnxruntime.__version__}",
+            exporter=f"{exporter_version()}; onnxruntime.quantization {ort.__version__}",
             outputs=fp32_record.outputs,
             input_shape=[int(v) for v in config.data_config["input_size"]],
             quantization={

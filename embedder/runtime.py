@@ -266,17 +266,23 @@ def onnx_device(device: str | torch.device | None) -> str:
     return default_device()
 
 
+def _torch_engine(ckpt: Path, device: str | torch.device | None) -> Engine:
+    """The checkpoint's model on torch, on ``device`` (default: cuda when available)."""
+    from embedder.checkpoint import load_checkpoint
+    from embedder.torch_engine import TorchEngine, resolve_device
+
+    dev = resolve_device(device)  # a device this machine lacks fails before the model loads
+    return TorchEngine(load_checkpoint(ckpt)[0], dev)
+
+
 def _auto(ckpt: Path, device: str | torch.device | None, threads: int) -> Engine:
     """Runtime auto: the fp32 graph when it passes the check against torch, else torch."""
     wanted = device_string(device) if device is not None else default_device()
     try:
         import_onnxruntime()
     except EngineError as exc:  # a broken install: torch runs, as "auto" promises
-        from embedder.checkpoint import load_checkpoint
-        from embedder.torch_engine import TorchEngine, resolve_device
-
         log.warning("%s: runtime auto falls back to torch: %s", ckpt, exc)
-        return TorchEngine(load_checkpoint(ckpt)[0], resolve_device(wanted))
+        return _torch_engine(ckpt, wanted)
     check_device("auto", wanted)  # neither runtime has it: one line, before any loading
     if trusted_check(ckpt, wanted):
         try:
@@ -323,15 +329,7 @@ def load_engine(
         return open_int8(ckpt, onnx_device(device), threads)
     if runtime == "onnx":
         return open_fp32(ckpt, onnx_device(device), threads)
-    if runtime == "auto":
-        engine = _auto(ckpt, device, threads)
-    else:
-        from embedder.checkpoint import load_checkpoint
-        from embedder.torch_engine import TorchEngine, resolve_device
-
-        dev = resolve_device(device)  # a device this machine lacks fails before the model loads
-        model, _ = load_checkpoint(ckpt)
-        engine = TorchEngine(model, dev)
+    engine = _auto(ckpt, device, threads) if runtime == "auto" else _torch_engine(ckpt, device)
     set_torch_threads(given, engine.runtime)
     return engine
 
