@@ -302,8 +302,24 @@ def web_origin(text: str) -> str:
     return text.rstrip("/")
 
 
+#: Shorter keys are said in a warning: a guessable key opens every write endpoint.
+MIN_KEY_LENGTH = 16
+
+
 def api_key_from(args: argparse.Namespace) -> str | None:
     """The write key: --api-key-file, else --api-key, else $PHONESIM_API_KEY (None: no key)."""
+    key = _given_key(args)
+    if key is not None and len(key) < MIN_KEY_LENGTH:
+        log.warning(
+            "the API key has %d characters; use at least %d random ones (for example: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(24))')",
+            len(key),
+            MIN_KEY_LENGTH,
+        )
+    return key
+
+
+def _given_key(args: argparse.Namespace) -> str | None:
     if args.api_key_file:
         try:
             key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
@@ -319,30 +335,14 @@ def api_key_from(args: argparse.Namespace) -> str | None:
                 args.api_key_file,
                 mode & 0o777,
             )
-        return _warn_if_short(key)
+        return key
     if args.api_key is not None and not args.api_key.strip():
         # An empty key would quietly turn the write endpoints off: say so instead.
         raise UserError("--api-key is empty; give a key, or leave the flag out to turn writes off")
     # Stripped as the file's key is: HTTP drops a header value's outer whitespace, so a key
     # kept with the newline of a secret file could never be sent.
     key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
-    key = (key or "").strip() or None
-    return key if key is None else _warn_if_short(key)
-
-
-#: Shorter keys are said in a warning: a guessable key opens every write endpoint.
-MIN_KEY_LENGTH = 16
-
-
-def _warn_if_short(key: str) -> str:
-    if len(key) < MIN_KEY_LENGTH:
-        log.warning(
-            "the API key has %d characters; use at least %d random ones (for example: "
-            "python -c 'import secrets; print(secrets.token_urlsafe(24))')",
-            len(key),
-            MIN_KEY_LENGTH,
-        )
-    return key
+    return (key or "").strip() or None
 
 
 def hide_key_from_process_list(key: str) -> None:
