@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 
 from common.errors import run_reporting_errors
 
@@ -32,6 +33,31 @@ def _add_verbosity(parser: argparse.ArgumentParser, *, top: bool) -> None:
         free = [name for name in names if name not in taken]
         if len(free) == len(names):
             parser.add_argument(*free, action="store_true", default=default, help=help_text)
+
+
+class _WholeWordsFormatter(argparse.HelpFormatter):
+    """Wraps help text at spaces only: textwrap's default also breaks after hyphens, which split
+    flags such as ``--no-progress`` and words such as ``item-item`` across two lines."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.wrap(text, width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if isinstance(self, argparse.RawDescriptionHelpFormatter):
+            return super()._fill_text(text, width, indent)  # laid out by hand: keep it
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        wrap = textwrap.TextWrapper(
+            width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+        )
+        return wrap.fill(text)
+
+
+def _wrap_whole_words(parser: argparse.ArgumentParser) -> None:
+    """Gives ``parser`` the whole-words wrapping on top of the formatter it chose."""
+    chosen = parser.formatter_class
+    if not issubclass(chosen, _WholeWordsFormatter):
+        parser.formatter_class = type(chosen.__name__, (_WholeWordsFormatter, chosen), {})
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
@@ -81,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     export_cli.register(sub)
     demo.register(sub)
     server_cli.register(sub)
+    _wrap_whole_words(parser)
     for child in _subparsers(parser):
         _add_verbosity(child, top=False)
+        _wrap_whole_words(child)
     return parser
 
 

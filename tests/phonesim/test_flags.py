@@ -108,3 +108,16 @@ def test_every_command_that_runs_the_model_takes_runtime_and_device():
     assert (args.runtime, args.device) == ("auto", None)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--data", "d", "--out", "o", "--device", "gpu"])
+
+
+@pytest.mark.parametrize("columns", [60, 80, 100, 120])
+def test_help_never_splits_a_flag_or_word_at_its_hyphen(monkeypatch, columns):
+    """textwrap's default broke after hyphens: '--no-' ended a line, 'progress' began the next."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    split = [
+        f"{parser.prog}: {line.strip()}"
+        for parser in [build_parser(), *_commands()]
+        for line in parser.format_help().splitlines()
+        if line.rstrip().endswith("-") and line.rstrip()[-2:-1].isalnum()
+    ]
+    assert split == []
