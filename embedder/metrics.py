@@ -44,10 +44,24 @@ def nearest_neighbours(
         if leave_one_out:
             rows = np.arange(sims.shape[0])
             sims[rows, rows + start] = -np.inf
-        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        top = _top_k(sims, k)
         indices[start : start + block] = top
         scores[start : start + block] = np.take_along_axis(sims, top, axis=1)
     return scores, indices
+
+
+def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's ``k`` largest values, best first, ties in column order:
+    what a stable full sort gives, without sorting whole rows (that was the cost of a large
+    gallery: 15 s against 2.7 s of matrix products at 10,000 photos)."""
+    rows, n = sims.shape
+    if k == 0 or k >= n // 4:  # a small gallery: the plain sort is as quick
+        return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    kth = np.partition(sims, n - k, axis=1)[:, n - k : n - k + 1]  # each row's k-th largest
+    row, col = np.nonzero(sims >= kth)  # k or more per row (ties with the k-th), in order
+    order = np.lexsort((col, -sims[row, col], row))  # by row, then score, then column
+    first = np.concatenate(([0], np.cumsum(np.bincount(row, minlength=rows))[:-1]))
+    return col[order][first[:, None] + np.arange(k)]
 
 
 def label_recall_at_k(

@@ -59,3 +59,21 @@ def test_nearest_neighbours_leave_one_out_never_returns_the_query_and_caps_k():
     assert nearest_neighbours(xq[:1], None, 10)[1].shape == (1, 0)
     gallery_scores, gallery_idx = nearest_neighbours(xq, xq, 1)
     assert (gallery_idx[:, 0] == np.arange(30)).all()  # with a gallery, itself comes first
+
+
+@pytest.mark.parametrize("leave_one_out", [False, True])
+def test_nearest_neighbours_match_a_stable_full_sort_ties_included(leave_one_out):
+    """The top k come from a partial sort on large galleries; order and ties must be the full
+    sort's: best first, equal scores in gallery order (copies of one photo score equally)."""
+    rng = np.random.default_rng(2)
+    gallery = rng.integers(0, 3, size=(300, 4)).astype(np.float32)  # many exact ties
+    queries = gallery if leave_one_out else rng.integers(0, 3, size=(40, 4)).astype(np.float32)
+    base = None if leave_one_out else gallery
+    for k in (1, 5, 60):
+        scores, idx = nearest_neighbours(queries, base, k, block=16)
+        sims = queries @ (queries if leave_one_out else gallery).T
+        if leave_one_out:
+            np.fill_diagonal(sims, -np.inf)
+        expected = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        assert (idx == expected).all()
+        assert np.array_equal(scores, np.take_along_axis(sims, expected, axis=1))
