@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from embedder.checkpoint import checkpoint_hash
-from embedder.errors import CheckpointError, DataError
+from embedder.errors import CheckpointError, DataError, EngineError
 from export import ExportError, ResumeError, export_features
 from export.shards import ShardWriter, partial_path
 from tests.export.conftest import (
@@ -193,6 +193,40 @@ def test_an_output_ending_in_a_slash_is_a_folder_not_a_file(demo, ckpt, tmp_path
     assert not (tmp_path / "newdir").exists()
 
 
+def test_resume_refuses_another_checkpoint_of_the_same_shape(demo, ckpt, tmp_path, monkeypatch):
+    """Same architecture, dimension and classes, other weights: resuming would mix two models'
+    embeddings in one file."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from embedder.checkpoint import WEIGHTS_FILE
+
+    other = tmp_path / "other-ckpt"
+    shutil.copytree(ckpt, other)
+    state = load_file(other / WEIGHTS_FILE)
+    name = next(k for k, v in state.items() if torch.is_floating_point(v))
+    state[name] = state[name] + 0.01
+    save_file(state, other / WEIGHTS_FILE)
+    assert checkpoint_hash(other) != checkpoint_hash(ckpt)
+
+    out = tmp_path / "features.h5"
+    real_write = ShardWriter.write
+
+    def stop(self, batch):
+        real_write(self, batch)
+        if batch.end >= 8:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ShardWriter, "write", stop)
+    with pytest.raises(KeyboardInterrupt):
+        export_features(_config(ckpt, demo / "catalog.csv", out, shard_size=4))
+    monkeypatch.setattr(ShardWriter, "write", real_write)
+    with pytest.raises(ResumeError, match="different checkpoint"):
+        export_features(_config(other, demo / "catalog.csv", out))
+    summary = export_features(_config(ckpt, demo / "catalog.csv", out))
+    assert summary.resumed_from == 8
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_output_folder(demo, ckpt, tmp_path):
     folder = tmp_path / "ro"
@@ -213,7 +247,7 @@ def test_a_run_that_fails_before_its_first_shard_leaves_nothing_to_resume(demo, 
     for graph in private.glob("*.onnx"):
         graph.unlink()
     out = tmp_path / "f.h5"
-    with pytest.raises(Exception, match="int8"):
+    with pytest.raises(EngineError, match="model.int8.onnx is missing"):
         export_features(_config(private, demo / "catalog.csv", out, runtime="onnx-int8"))
     assert not partial_path(out).exists()
     export_features(_config(private, demo / "catalog.csv", out, runtime="torch"))
