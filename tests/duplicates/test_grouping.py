@@ -107,3 +107,21 @@ def test_finder_candidates_use_whitened_neighbours_when_the_set_allows() -> None
     small = x[:40]
     floor = FinderConfig(k=2, whiten_dims=32, candidate_floor=2.0)
     assert len(candidate_pairs(small, floor)[0]) == 0
+
+
+def test_pairs_found_in_the_reduced_space_carry_their_exact_scores() -> None:
+    """Long vectors of a large set are searched in a PCA space; every pair kept and its score
+    must be the full vectors' cosine, else near neighbours in 8 dimensions pass as copies."""
+    xb = clustered(600, 256, seed=4)
+    config = SearchConfig(exact_limit=100, reduced_dim=8)
+    i, j, s = knn_pairs(xb, 0.5, config)
+    exact = np.einsum("nd,nd->n", xb[i], xb[j])
+    assert np.allclose(s, exact, atol=1e-5)
+    assert (exact >= 0.5).all()
+    planted = {tuple(p) for p in brute_force_pairs(xb, 0.9)}
+    assert planted and planted <= set(zip(i.tolist(), j.tolist(), strict=True))
+
+
+def brute_force_pairs(xb: np.ndarray, threshold: float) -> np.ndarray:
+    sims = np.triu(xb @ xb.T, k=1)
+    return np.argwhere(sims >= threshold)
