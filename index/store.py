@@ -17,6 +17,7 @@ a crash. The same class, in memory, is a PostgreSQL replica's local mirror (:mod
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -449,6 +450,11 @@ class CatalogStore(JournalTable):
         self, after: str | None, limit: int, allowed: np.ndarray | None = None
     ) -> list[StoredItem]:
         """Up to ``limit`` items with ``id > after``, by id; only fids in sorted ``allowed``."""
+        if allowed is not None and len(allowed) ** 2 <= limit * max(self.next_fid(), 1):
+            # Reading the matches costs len(allowed) rows; walking the ids to find ``limit``
+            # of them costs about limit x items / matches (next_fid bounds the items): a rare
+            # filter's page had read the whole table (0.6 s at 80,000 items for no match).
+            return self._list_among(after, limit, allowed)
         out: list[StoredItem] = []
         cursor = "" if after is None else after
         page = max(limit, 256)
@@ -467,6 +473,24 @@ class CatalogStore(JournalTable):
                     if len(out) == limit:
                         break
         return out
+
+    def _list_among(self, after: str | None, limit: int, allowed: np.ndarray) -> list[StoredItem]:
+        """:meth:`list_items` read from the matching fids: each chunk's first ``limit`` ids
+        past ``after``, of which the first ``limit`` overall (Python orders strings as SQLite's
+        binary collation does: by code point)."""
+        cursor = "" if after is None else after
+        best: list[sqlite3.Row] = []
+        for start in range(0, len(allowed), _CHUNK):
+            part = [int(f) for f in allowed[start : start + _CHUNK]]
+            marks = ",".join("?" * len(part))
+            with self.lock:
+                best += self._db.execute(
+                    f"SELECT fid, id, metadata FROM items WHERE fid IN ({marks}) AND id > ? "
+                    "ORDER BY id LIMIT ?",
+                    (*part, cursor, limit),
+                ).fetchall()
+            best = heapq.nsmallest(limit, best, key=lambda r: r["id"])
+        return [_stored_item(r) for r in best]
 
     # -- applying journal records (a PostgreSQL replica's mirror) ---------------------------
     def apply(self, rec: JournalRecord) -> None:

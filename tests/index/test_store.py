@@ -66,3 +66,26 @@ def test_the_wal_file_is_cut_back_once_checkpointed(tmp_path):
     store.checkpoint_wal()
     assert os.path.getsize(wal) <= WAL_SIZE_LIMIT
     store.close()
+
+
+def test_filtered_pages_are_the_same_whichever_way_the_store_reads_them(tmp_path):
+    """A rare filter's page is read from its matching fids, a common one by walking the ids;
+    both must page like a walk over every id (ids past ``after``, by code point)."""
+    store = CatalogStore(tmp_path / "catalog.sqlite", create=True)
+    rng = np.random.default_rng(5)
+    n = 3000
+    ids = [f"{chr(0x61 + i % 26)}{chr(0x4E00 + i % 7)}-{i}" for i in rng.permutation(n)]
+    with store.transaction():
+        store.insert_items(np.arange(n, dtype=np.int64), ids, [{"i": i} for i in range(n)])
+        store.set_state(next_fid=n)
+    by_id = sorted(range(n), key=lambda f: ids[f])
+    for matches, limit in ((0, 10), (3, 10), (40, 7), (1000, 50), (n, 100)):
+        allowed = np.sort(rng.choice(n, matches, replace=False)).astype(np.int64)
+        expected = [ids[f] for f in by_id if f in set(allowed.tolist())]
+        pages, after = [], None
+        while page := store.list_items(after, limit, allowed):
+            assert len(page) <= limit
+            pages += [item.id for item in page]
+            after = page[-1].id
+        assert pages == expected, (matches, limit)
+    store.close()
