@@ -27,6 +27,7 @@ from common.fsutil import (
 )
 from common.text import spreadsheet_cell
 from duplicates.result import DuplicateResult
+from embedder.batch import Failure
 from embedder.errors import ImageError
 from embedder.images import load_image
 
@@ -132,7 +133,18 @@ figure img{max-width:160px;max-height:160px;display:block;border:1px solid #ddd}
 """
 
 
-def to_html(result: DuplicateResult, thumb_side: int = 160, max_groups: int = 1000) -> str:
+def to_html(
+    result: DuplicateResult,
+    thumb_side: int = 160,
+    max_groups: int = 1000,
+    max_members: int = 50,
+    max_images: int = 5000,
+    max_failures: int = 1000,
+) -> str:
+    """The gallery page. It shows at most ``max_members`` photos of a group, ``max_images``
+    in all and ``max_failures`` of each failure list; the CSV files list everything. Without
+    those bounds one group of a thousand reposts made a page of hundreds of MB, each photo
+    decoded again for its thumbnail."""
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>Duplicate listings</title>",
@@ -142,14 +154,20 @@ def to_html(result: DuplicateResult, thumb_side: int = 160, max_groups: int = 10
     ]
     if result.mode == "against":
         parts.append(f"<p>Checked against catalog index <code>{esc(result.catalog)}</code>.</p>")
+    shown_groups = shown_images = 0
     for g in result.groups[:max_groups]:
+        if shown_images >= max_images:
+            break
+        shown_groups += 1
         cls = "group conflict" if g.label_conflict else "group"
         head = f"Group {g.group_id}: {len(g.members)} images"
         if g.label_conflict:
             head += " - <span class='tag bad'>label conflict: " + esc(", ".join(g.labels))
             head += "</span>"
         parts.append(f"<div class='{cls}'><div>{head}</div><div class='members'>")
-        for k, m in enumerate(g.members):
+        members = g.members[: min(max_members, max(2, max_images - shown_images))]
+        shown_images += len(members)
+        for k, m in enumerate(members):
             uri = _thumbnail_uri(m.path, thumb_side) if m.path else None
             img = f"<img src='{uri}' alt='{esc(m.id)}'>" if uri else "<div>(no preview)</div>"
             role = "keep" if k == 0 else f"similarity {m.similarity:.3f}"
@@ -159,24 +177,36 @@ def to_html(result: DuplicateResult, thumb_side: int = 160, max_groups: int = 10
                 f"<br>{esc(m.id)}<br>label: {esc(m.label or '-')}<br>"
                 f"{m.width}x{m.height}, {m.file_size:,} bytes</figcaption></figure>"
             )
-        parts.append("</div></div>")
-    if len(result.groups) > max_groups:
-        rest = len(result.groups) - max_groups
+        parts.append("</div>")
+        if len(g.members) > len(members):
+            more = len(g.members) - len(members)
+            parts.append(f"<p>{more} more images of this group are listed in {CSV_NAME}.</p>")
+        parts.append("</div>")
+    if len(result.groups) > shown_groups:
+        rest = len(result.groups) - shown_groups
         parts.append(f"<p>{rest} more groups are listed in {CSV_NAME}.</p>")
     if result.failures:
         parts.append(f"<h2>Unreadable images ({len(result.failures)})</h2><ul>")
-        parts.extend(f"<li>{esc(f.id)}: {esc(f.reason)}</li>" for f in result.failures)
-        parts.append("</ul>")
+        parts.extend(_failure_items(result.failures, max_failures, FAILED_NAME))
     if result.catalog_failures:
         parts.append(
             f"<h2>Catalog items not compared ({len(result.catalog_failures)})</h2>"
             "<p>These nearest catalog items could not be read, so a new listing may duplicate "
             "one of them unnoticed.</p><ul>"
         )
-        parts.extend(f"<li>{esc(f.id)}: {esc(f.reason)}</li>" for f in result.catalog_failures)
-        parts.append("</ul>")
+        parts.extend(_failure_items(result.catalog_failures, max_failures, CATALOG_FAILED_NAME))
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _failure_items(failures: list[Failure], limit: int, csv_name: str) -> list[str]:
+    """The first ``limit`` failures as list items, a line naming the CSV for the rest, and
+    the list's end."""
+    items = [f"<li>{html.escape(f.id)}: {html.escape(f.reason)}</li>" for f in failures[:limit]]
+    items.append("</ul>")
+    if len(failures) > limit:
+        items.append(f"<p>{len(failures) - limit} more are listed in {csv_name}.</p>")
+    return items
 
 
 def write_report(result: DuplicateResult, out: str | Path) -> dict[str, Path]:

@@ -146,3 +146,27 @@ def test_a_report_folder_that_cannot_be_swapped_is_written_file_by_file(
     paths = report.write_report(fewer, tmp_path / "mounted")
     assert paths["summary"].read_text().strip() == fewer.summary()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "mounted"]
+
+
+def test_the_gallery_page_is_bounded_and_names_the_csv_for_the_rest() -> None:
+    """One group of 1,000 reposts made a page of every photo, each decoded for a thumbnail."""
+    from duplicates.report import CSV_NAME, FAILED_NAME, to_html
+    from embedder.batch import Failure
+
+    big = DuplicateGroup(1, [member(f"big-{i}", 2, 2, 3) for i in range(1000)], False)
+    pairs = [
+        DuplicateGroup(2 + g, [member(f"p{g}a", 1, 1, 1), member(f"p{g}b", 1, 1, 1)], False)
+        for g in range(40)
+    ]
+    failures = [Failure(i, f"bad-{i}", "cannot decode") for i in range(30)]
+    page = to_html(
+        DuplicateResult([big, *pairs], 1080, failures, 0.9),
+        max_members=50,
+        max_images=100,
+        max_failures=10,
+    )
+    assert page.count("<figure") == 100  # 50 of the big group, then 25 pairs
+    assert "big-49<" in page and "big-50<" not in page
+    assert f"950 more images of this group are listed in {CSV_NAME}" in page
+    assert f"15 more groups are listed in {CSV_NAME}" in page
+    assert page.count("<li>") == 10 and f"20 more are listed in {FAILED_NAME}" in page
