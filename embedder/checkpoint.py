@@ -35,6 +35,7 @@ from common.fsutil import (
     swap_folder,
     temporary_folder,
 )
+from common.versions import version_problem
 from embedder.errors import CheckpointError, DataError, first_line
 from embedder.preprocess import CROP_MODES, INTERPOLATIONS
 
@@ -82,12 +83,13 @@ class CheckpointConfig:
             raise CheckpointError(f"{origin}: not a phonesim checkpoint config (not an object)")
         if data.get("format") != FORMAT:
             raise CheckpointError(f"{origin}: not a phonesim checkpoint config")
-        if data.get("format_version") not in READABLE_VERSIONS:
-            raise CheckpointError(
-                f"{origin}: checkpoint format version {data.get('format_version')} "
-                f"is not supported (this phonesim reads versions "
-                f"{', '.join(map(str, READABLE_VERSIONS))})"
-            )
+        problem = version_problem(
+            data.get("format_version"),
+            READABLE_VERSIONS,
+            "train it again, or read it with the phonesim that wrote it",
+        )
+        if problem:
+            raise CheckpointError(f"{origin}: checkpoint {problem}")
         names = cls.__dataclass_fields__
         try:
             config = cls(**{k: v for k, v in config_fields(data).items() if k in names})

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import h5py
 
+from common.versions import FEATURES_FORMAT, FEATURES_VERSION
 from export.config import DTYPES  # noqa: F401  (part of the schema: storage types)
 
-FORMAT = "phonesim-features"
-FORMAT_VERSION = 1
+FORMAT = FEATURES_FORMAT
+FORMAT_VERSION = FEATURES_VERSION
 
 #: Variable-length UTF-8 strings: what h5py's ``.asstr()`` and pandas read back as ``str``.
 STR = h5py.string_dtype(encoding="utf-8")

@@ -43,6 +43,7 @@ from common.text import (
     repeated_columns,
     unnamed_value,
 )
+from common.versions import FEATURES_FORMAT, FEATURES_VERSION, version_problem
 from index import ann
 from index.catalog import CatalogIndex, IndexOptions
 from index.errors import BuildInputError, CatalogIndexError, InvalidKindError
@@ -117,11 +118,17 @@ def read_embeddings(path: str | Path) -> Embeddings:
         # The one feature schema (export.schema.FORMAT, docs/export.md) of `phonesim embed` and
         # `phonesim export`; files of older `phonesim embed` have no format attribute but the
         # same datasets, and are read too.
-        fmt = h5.attrs.get("format", "phonesim-features")
-        if (fmt.decode() if isinstance(fmt, bytes) else str(fmt)) != "phonesim-features":
+        fmt = h5.attrs.get("format", FEATURES_FORMAT)
+        if (fmt.decode() if isinstance(fmt, bytes) else str(fmt)) != FEATURES_FORMAT:
             raise BuildInputError(
                 f"{path}: format {fmt!r} is not 'phonesim embed' output; run 'phonesim embed'"
             )
+        if "format_version" in h5.attrs:  # older files have none, and are read as version 1
+            found = h5.attrs["format_version"]
+            found = int(found) if isinstance(found, np.integer) else found
+            problem = version_problem(found, (FEATURES_VERSION,), "run 'phonesim embed' again")
+            if problem:
+                raise BuildInputError(f"{path}: {problem}")
         missing = [name for name in ("ids", "embeddings") if name not in h5]
         if missing:
             raise BuildInputError(f"{path}: dataset(s) {', '.join(missing)} missing")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from common.fsutil import atomic_write_text
+from common.versions import version_problem
 from index.errors import IndexMismatchError, IndexNotFoundError, ManifestError
 
 FORMAT_VERSION = 1
@@ -84,12 +85,13 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
     """Validate a decoded manifest; raise :class:`ManifestError` saying what is wrong."""
     if not isinstance(data, dict):
         raise ManifestError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    version = data.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ManifestError(
-            f"{where}: unsupported format_version {version!r} (this phonesim reads "
-            f"{FORMAT_VERSION}); rebuild the index with this version of phonesim"
-        )
+    problem = version_problem(
+        data.get("format_version"),
+        (FORMAT_VERSION,),
+        "rebuild the index with this version of phonesim",
+    )
+    if problem:
+        raise ManifestError(f"{where}: {problem}")
     for key, typ in _REQUIRED.items():
         if not isinstance(data.get(key), typ) or isinstance(data.get(key), bool):
             raise ManifestError(f"{where}: field {key!r} is missing or not a {typ.__name__}")

@@ -146,3 +146,20 @@ def test_index_build_reads_embed_output_and_old_embed_files(
     _old_embed_file(tmp_path / "other.h5", fmt="someone-elses-features")
     with pytest.raises(BuildInputError, match="run 'phonesim embed'"):
         read_embeddings(tmp_path / "other.h5")
+
+
+def test_index_build_refuses_features_of_a_newer_format_and_says_to_upgrade(tmp_path):
+    """format_version was written but never read: a newer phonesim's file was indexed as is."""
+    path = tmp_path / "newer.h5"
+    _old_embed_file(path, fmt="phonesim-features")
+    with h5py.File(path, "a") as h5:
+        h5.attrs["format_version"] = 2
+    with pytest.raises(BuildInputError, match="newer than this phonesim reads.*upgrade phonesim"):
+        read_embeddings(path)
+    with h5py.File(path, "a") as h5:
+        h5.attrs["format_version"] = "one"
+    with pytest.raises(BuildInputError, match="unsupported format_version 'one'"):
+        read_embeddings(path)
+    with h5py.File(path, "a") as h5:
+        del h5.attrs["format_version"]  # the oldest files: read as version 1
+    assert read_embeddings(path).ids == ["a", "b"]
