@@ -126,6 +126,7 @@ def test_a_render_stopped_midway_leaves_no_class_folder_to_train_on(tmp_path, mo
     catalog. Now they appear when every image is written; the next run replaces the rest."""
     from demo import catalog as module
     from embedder.data import load_catalog
+    from embedder.errors import DataError
 
     out = tmp_path / "cat"
     real_save, saved = Image.Image.save, []
@@ -141,7 +142,7 @@ def test_a_render_stopped_midway_leaves_no_class_folder_to_train_on(tmp_path, mo
         generate_catalog(out, seed=1, **SMALL)
     monkeypatch.setattr(Image.Image, "save", real_save)
     assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, module.STAGING])
-    with pytest.raises(Exception, match="no class folders|no images"):
+    with pytest.raises(DataError, match="no class folders found"):
         load_catalog(out)
     generate_catalog(out, seed=1, **SMALL)
     _, rows = _read_rows(out / "catalog.csv")

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from common.errors import UserError
+from embedder.errors import DataError
 from embedder.evaluate import evaluate, format_report
 from embedder.knn_options import text_options_from_args
 from embedder.text_reader import TextOptions
@@ -102,7 +103,9 @@ def test_a_bad_cue_file_fails_before_the_work(tiny_checkpoint, named_banners, tm
     data, _ = named_banners
     bad = tmp_path / "cues.json"
     bad.write_text('{"not-a-class": ["word"]}')
-    with pytest.raises(Exception, match="not-a-class"):
+    with pytest.raises(
+        DataError, match="text cues for classes the model does not know: not-a-class"
+    ):
         evaluate(tiny_checkpoint, data, progress=False, text=TextOptions(str(bad)))
 
 

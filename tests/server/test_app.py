@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
 
 import pytest
 
 from server.app import create_app
-from tests.server.helpers import API_KEY, assert_error, upload
+from server.config import ServerConfig
+from tests.server.helpers import API_KEY, assert_error, make_app, upload
 
 
 def test_create_app_loads_from_paths_and_checks_the_index(tiny_checkpoint, index_dir, tmp_path):
@@ -64,6 +66,66 @@ def test_a_model_failure_is_a_json_500_and_the_server_recovers(app, jpeg_bytes, 
     c = app.test_client()
     assert_error(c.post("/v1/search", data=upload(jpeg_bytes)), 500, "internal_error")
     assert c.post("/v1/search", data=upload(jpeg_bytes)).status_code == 200
+
+
+def _held_model(service, monkeypatch) -> tuple[threading.Event, threading.Event]:  # noqa: ANN001
+    """Hold every forward pass of ``service``'s model at a gate: (entered, gate)."""
+    real = service.batcher._forward
+    entered, gate = threading.Event(), threading.Event()
+
+    def held(x):  # noqa: ANN001, ANN202
+        entered.set()
+        gate.wait(10)
+        return real(x)
+
+    monkeypatch.setattr(service.batcher, "_forward", held)
+    return entered, gate
+
+
+def test_a_full_model_queue_is_a_503_overloaded(
+    tiny_embedder, readonly_index, jpeg_bytes, monkeypatch
+):
+    """The micro-batcher refuses an image once its queue is full: the client is told to
+    retry (503 overloaded, Retry-After), not answered a 500."""
+    config = ServerConfig(max_batch=1, max_wait_ms=0, max_queue=1)
+    app = make_app(config, tiny_embedder, readonly_index)
+    service = app.extensions["phonesim"].service
+    entered, gate = _held_model(service, monkeypatch)
+    try:
+        x = tiny_embedder.preprocess_array(service.decode(jpeg_bytes))
+        running = service.batcher.submit(x)
+        assert entered.wait(5)  # the batcher took it and is held in the model
+        queued = service.batcher.submit(x)  # the queue of one is full
+        c = app.test_client()
+        r = c.post("/v1/search", data=upload(jpeg_bytes))
+        error = assert_error(r, 503, "overloaded")
+        assert error["message"] == "1 requests are already waiting for the model"
+        assert r.headers["Retry-After"] == "1"
+        gate.set()
+        assert running.result(5).batch_size == queued.result(5).batch_size == 1
+        assert c.post("/v1/search", data=upload(jpeg_bytes)).status_code == 200
+    finally:
+        gate.set()
+        app.extensions["phonesim"].close()
+
+
+def test_a_model_that_does_not_answer_in_time_is_a_503_model_timeout(
+    tiny_embedder, readonly_index, jpeg_bytes, monkeypatch
+):
+    """A request stops waiting for the model after request_timeout_s: a 503 saying so, not
+    a 500 (the held model never answers within it, however loaded the machine)."""
+    config = ServerConfig(max_wait_ms=0, request_timeout_s=0.2)
+    app = make_app(config, tiny_embedder, readonly_index)
+    service = app.extensions["phonesim"].service
+    entered, gate = _held_model(service, monkeypatch)
+    try:
+        r = app.test_client().post("/v1/search", data=upload(jpeg_bytes))
+        error = assert_error(r, 503, "model_timeout")
+        assert error["message"] == "the model did not answer in time"
+        assert entered.is_set()  # it was waiting on the model, not refused before
+    finally:
+        gate.set()
+        app.extensions["phonesim"].close()
 
 
 def test_metrics_count_requests_model_batches_and_index(client, jpeg_bytes):

@@ -127,7 +127,7 @@ def test_a_full_queue_is_refused(make):
     model.gate.clear()
     b = make(model, max_batch=1, max_wait_ms=0, max_queue=2)
     first = b.submit(pixel(0))
-    time.sleep(0.05)  # the batcher took it and is blocked in the model
+    assert model.entered.wait(5)  # the batcher took it and is blocked in the model
     b.submit(pixel(1))
     b.submit(pixel(2))
     with pytest.raises(OverloadedError):
@@ -245,7 +245,7 @@ def test_close_on_a_full_queue_still_finishes_the_queued_work_and_ends(make):
     queued = [b.submit(pixel(1)), b.submit(pixel(2))]  # the queue is full
     closer = threading.Thread(target=b.close, kwargs={"timeout": 5})
     closer.start()
-    time.sleep(0.05)
+    assert b._closed.wait(5)  # the closer marked it closed, and waits for room for the stop
     with pytest.raises(BatcherClosedError):
         b.submit(pixel(3))
     model.gate.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from server.bridge import BufferedWSGIBridge
 
@@ -115,3 +116,68 @@ def test_one_client_holds_at_most_its_share_of_the_upload_buffer():
         assert _upload(big, "", 1_000) == 200 and big.buffered_by_peer == {}  # no address
     finally:
         big.close()
+
+
+def test_uploads_from_several_clients_together_hold_at_most_the_worker_buffer():
+    """Each client within its share, four slow uploads fill the worker's buffer between
+    them: a fifth client's body is refused 503 until one of them is done."""
+    bridge = BufferedWSGIBridge(_app, threads=1, max_body=100, max_buffered=400)
+    held = 90  # each client's body: under its share (100); four hold 360 of the 400
+
+    async def post(client: str, receive) -> list[dict]:  # noqa: ANN001
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/search", "headers": []}
+        await bridge({**scope, "client": (client, 50000)}, receive, send)
+        return sent
+
+    def whole(body: bytes):  # noqa: ANN202
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return receive
+
+    async def main() -> tuple[list[list[dict]], list[dict], list[dict]]:
+        release = asyncio.Event()
+        waiting = [asyncio.Event() for _ in range(4)]
+
+        def slow(waits: asyncio.Event):  # noqa: ANN202
+            chunks = [b"x" * held]
+
+            async def receive() -> dict:
+                if chunks:
+                    return {"type": "http.request", "body": chunks.pop(), "more_body": True}
+                waits.set()  # its first chunk is held; the rest is still on its way
+                await release.wait()
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            return receive
+
+        slow_ones = [
+            asyncio.create_task(post(f"10.0.0.{i + 1}", slow(w))) for i, w in enumerate(waiting)
+        ]
+        for w in waiting:
+            await w.wait()
+        assert bridge.buffered == 4 * held
+        refused = await post("10.0.0.9", whole(b"x" * held))  # 360 + 90 > 400
+        release.set()
+        done = await asyncio.gather(*slow_ones)
+        after = await post("10.0.0.9", whole(b"x" * held))
+        return done, refused, after
+
+    try:
+        done, refused, after = asyncio.run(main())
+        assert refused[0]["status"] == 503
+        assert dict(refused[0]["headers"])[b"retry-after"] == b"1"
+        error = json.loads(refused[1]["body"])["error"]
+        assert error["code"] == "overloaded"
+        # The worker's bound, not the client's share ("... from this client").
+        assert error["message"] == "too many uploads in progress; retry shortly"
+        assert [sent[0]["status"] for sent in done] == [200] * 4
+        assert after[0]["status"] == 200  # the buffer was given back
+        assert bridge.buffered == 0 and bridge.buffered_by_peer == {}
+    finally:
+        bridge.close()
