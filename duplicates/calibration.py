@@ -13,9 +13,11 @@ uncalibrated score) and a perceptual hash (pHash, 64 bits) are swept as baseline
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
+import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -27,6 +29,7 @@ import numpy as np
 from common.errors import UserError
 from common.fsutil import atomic_write_text
 from common.grouping import component_labels
+from common.versions import version_problem
 from duplicates.benchmark import Benchmark, BenchmarkConfig, Sources, build_benchmark
 from duplicates.descriptor import CopyDescriptor, DescriptorConfig
 from duplicates.evaluation import Sweep, sweep_thresholds
@@ -49,6 +52,16 @@ from embedder.images import load_image
 log = logging.getLogger(__name__)
 
 EXTRA_KEY = "duplicates"
+# Raised when a record gains settings an older phonesim would drop unread: it then refuses the
+# record rather than run with a threshold calibrated for other settings. Records without one
+# (before versions) drop the settings this phonesim no longer has, as they always did.
+RECORD_VERSION = 1
+_FINDER_KEYS = ("k", "candidate_floor", "whiten_dims", "whitened_floor")
+# What calibration_record writes besides the settings: read for reports, never for finding.
+_REPORT_KEYS = (
+    "format_version", "threshold", "method", "pair_model", "selection", "precision", "recall",
+    "f1", "phash_best_f1", "calibrated_on", "benchmark", "calibrated_at", "descriptor", "verify",
+)  # fmt: skip
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 1.0001, 0.005), 4))
 
 
@@ -280,6 +293,7 @@ def calibration_record(
             f"no threshold reached precision {result.config.min_precision}; nothing stored"
         )
     return {
+        "format_version": RECORD_VERSION,
         "threshold": result.chosen["threshold"],
         "method": "copy-descriptor: GeM+mirror kNN candidates, local-feature RANSAC + "
         "photometric verification"
@@ -339,30 +353,84 @@ class StoredSettings:
 
 
 def stored_settings(checkpoint: str | Path) -> StoredSettings:
-    """The calibrated threshold and the settings it was calibrated with, if any."""
+    """The calibrated threshold and the settings it was calibrated with, if any; a
+    :class:`CheckpointError` naming the setting when the record is damaged or newer."""
     record = read_config(checkpoint).extra.get(EXTRA_KEY) or {}
-    if "threshold" not in record:
+    if not isinstance(record, dict) or "threshold" not in record:
         return StoredSettings(FALLBACK_THRESHOLD, False, DescriptorConfig(), {})
+    where = f"{Path(checkpoint) / CONFIG_FILE}: extra.{EXTRA_KEY}"
+    version = record.get("format_version")
+    again = "run 'phonesim duplicates calibrate' again"
+    problem = None if version is None else version_problem(version, (RECORD_VERSION,), again)
+    if problem:
+        raise CheckpointError(f"{where}: {problem}")
+    strict = version is not None  # a versioned record holds no setting this phonesim lacks
+    unknown = sorted(set(record) - {*_FINDER_KEYS, *_REPORT_KEYS})
+    if unknown and strict:
+        raise CheckpointError(f"{where}: {_newer(unknown)}")
+    threshold = record["threshold"]
+    if not _is_number(threshold) or not 0 <= threshold <= 1:
+        raise CheckpointError(f"{where}.threshold must be a number in [0, 1], got {threshold!r}")
     verify = VerifyConfig(
         **{
             "both_ways": False,  # calibrated before pairs were verified both ways
-            **{
-                k: v
-                for k, v in (record.get("verify") or {}).items()
-                if k in VerifyConfig.__dataclass_fields__
-            },
+            **_settings(VerifyConfig, record.get("verify") or {}, f"{where}.verify", strict),
         }
     )
     # A record from before whitened candidates was calibrated on raw cosines: keep them.
     overrides: dict[str, Any] = {"verify": verify, "whiten_dims": 0}
-    for key in ("k", "candidate_floor", "whiten_dims", "whitened_floor"):
-        if key in record:
-            overrides[key] = record[key]
+    finder = {k: record[k] for k in _FINDER_KEYS if k in record}
+    overrides.update(_settings(FinderConfig, finder, where, strict=True))
     if record.get("pair_model"):
         overrides["pair_model"] = PairModel.from_json(record["pair_model"])
-    return StoredSettings(
-        float(record["threshold"]),
-        True,
-        DescriptorConfig.from_json(record.get("descriptor") or {}),
-        overrides,
+    descriptor = _settings(
+        DescriptorConfig, record.get("descriptor") or {}, f"{where}.descriptor", strict
     )
+    return StoredSettings(float(threshold), True, DescriptorConfig.from_json(descriptor), overrides)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _settings(cls: type, data: Any, where: str, strict: bool) -> dict[str, Any]:
+    """``data``'s settings of dataclass ``cls``, each of its default's type (an int where a
+    float is expected too). ``strict``: a setting ``cls`` lacks means a newer phonesim wrote
+    it; else such settings (removed since) are dropped."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where} must be an object, got {data!r:.60}")
+    defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(defaults))
+    if unknown and strict:
+        raise CheckpointError(f"{where}: {_newer(unknown)}")
+    kept = {}
+    for key in data.keys() & defaults.keys():
+        value, default = data[key], defaults[key]
+        if not _fits(value, default):
+            raise CheckpointError(
+                f"{where}.{key} must be like {default!r}, got {value!r:.60}; run 'phonesim "
+                "duplicates calibrate' again"
+            )
+        integer = isinstance(default, int) and not isinstance(default, bool)
+        kept[key] = int(value) if integer else value
+    return kept
+
+
+def _newer(unknown: list[str]) -> str:
+    return (
+        f"settings this phonesim does not know ({', '.join(unknown)}): a newer phonesim "
+        "calibrated it; upgrade phonesim or run 'phonesim duplicates calibrate' again"
+    )
+
+
+def _fits(value: Any, default: Any) -> bool:
+    """Whether a stored setting can stand for one whose default is ``default``."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return _is_number(value) and float(value).is_integer()
+    if isinstance(default, float) or default is None:  # None: an optional size
+        return _is_number(value) or (default is None and value is None)
+    return isinstance(value, type(default))

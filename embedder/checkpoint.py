@@ -416,6 +416,12 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointConfig]:
             f"{path}: {WEIGHTS_FILE} does not hold the model {CONFIG_FILE} describes "
             f"({config.architecture}, {config.num_classes} classes): {problem}"
         )
+    built = getattr(model, "num_features", config.feature_dim)
+    if built != config.feature_dim:  # else every embedding file and index is sized wrong
+        raise CheckpointError(
+            f"{path}: {CONFIG_FILE} says num_features {config.feature_dim}, but its model "
+            f"({config.architecture}) gives {built}-dimensional features; correct the file"
+        )
     model.load_state_dict(state)
     model.eval()
     setattr(model, LOADED_WEIGHTS_ATTR, weights_sha256)

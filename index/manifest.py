@@ -71,6 +71,12 @@ class Manifest:
                 f"({other} {expect_checkpoint_hash[:12]}…)"
             )
         if expect_dim is not None and int(expect_dim) != self.dim:
+            if expect_checkpoint_hash == self.checkpoint_hash:  # the same weights: not the index
+                raise IndexMismatchError(
+                    f"{where} was built from these same weights at dimension {self.dim}, but the "
+                    f"checkpoint now says {int(expect_dim)}: its config.json was edited; correct "
+                    "its num_features"
+                )
             diffs.append(f"dimension {self.dim} ({other} {int(expect_dim)})")
         if diffs:
             raise IndexMismatchError(

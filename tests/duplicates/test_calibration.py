@@ -25,6 +25,7 @@ from duplicates.descriptor import DescriptorConfig
 from duplicates.finder import FinderConfig, ScoredPairs
 from duplicates.hashing import phash_available
 from duplicates.pair_model import fit_pair_model
+from embedder.errors import CheckpointError
 from tests.duplicates.conftest import synthetic_evidence
 
 
@@ -153,6 +154,44 @@ def test_descriptor_blur_is_read_back_and_old_records_keep_the_sharp_pass(
     store_calibration(ckpt, {"threshold": 0.7, "descriptor": {"gem_p": 3.0}})
     assert stored_settings(ckpt).descriptor.blur == 0.0
     assert stored_settings(ckpt).descriptor.gem_p == 3.0
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"threshold": "abc"}, r"threshold must be a number in \[0, 1\], got 'abc'"),
+        ({"threshold": 0.7, "verify": {"min_inliers": "x"}}, r"verify.min_inliers must be like 12"),
+        ({"threshold": 0.7, "verify": {"min_inliers": 2.5}}, r"verify.min_inliers must be"),
+        ({"threshold": 0.7, "k": "many"}, r"duplicates.k must be like 16, got 'many'"),
+        ({"threshold": 0.7, "descriptor": "gem"}, r"descriptor must be an object, got 'gem'"),
+        ({"threshold": 0.7, "verify": {"both_ways": 1}}, r"verify.both_ways must be like True"),
+        (
+            {"format_version": 1, "threshold": 0.7, "descriptor": {"kind": "future"}},
+            r"descriptor: settings this phonesim does not know \(kind\): a newer phonesim",
+        ),
+        ({"format_version": 2, "threshold": 0.7}, r"format_version 2 is newer than"),
+        ({"format_version": 1, "threshold": 0.7, "min_area": 3}, r"know \(min_area\)"),
+    ],
+)
+def test_a_damaged_or_newer_calibration_is_one_line_naming_the_setting(
+    tiny_checkpoint, tmp_path, record, message
+) -> None:
+    """Each was a traceback (ValueError, TypeError, AttributeError) from 'duplicates find', or
+    a newer phonesim's settings dropped unread while its threshold was applied."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    store_calibration(ckpt, record)
+    with pytest.raises(CheckpointError, match=message) as err:
+        stored_settings(ckpt)
+    assert "config.json: extra.duplicates" in str(err.value)
+
+
+def test_an_unversioned_record_drops_settings_removed_since(tiny_checkpoint, tmp_path) -> None:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    store_calibration(ckpt, {"threshold": 0.7, "verify": {"old_setting": 3, "min_inliers": 9.0}})
+    verify = stored_settings(ckpt).finder_overrides["verify"]
+    assert verify.min_inliers == 9 and isinstance(verify.min_inliers, int)
 
 
 def test_storing_a_calibration_waits_for_the_graph_records_lock(tiny_checkpoint, tmp_path):

@@ -241,6 +241,24 @@ def test_weights_of_another_model_are_one_line_saying_so(tiny_checkpoint, tmp_pa
     assert "of another shape (first: " in message
 
 
+def test_a_wrong_num_features_is_refused_at_load(tiny_checkpoint, tmp_path):
+    """Never checked: 'embed' failed after the work with "Can't broadcast (15, 1280) -> (15,
+    999)", and 'index query' blamed the index for the checkpoint's dimension."""
+    import json
+    import shutil
+
+    from embedder.checkpoint import CONFIG_FILE, load_checkpoint
+    from embedder.errors import CheckpointError
+
+    ckpt = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    data = json.loads((ckpt / CONFIG_FILE).read_text())
+    real = data["num_features"]
+    data["num_features"] = real + 7
+    (ckpt / CONFIG_FILE).write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=f"num_features {real + 7}, but .* gives {real}-dim"):
+        load_checkpoint(ckpt)
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

@@ -173,6 +173,10 @@ def test_opening_with_another_embedder_says_what_differs(flat_dir):
     with pytest.raises(IndexMismatchError, match="checkpoint hash"):
         open_index(flat_dir, expect_checkpoint_hash="cd" * 32)
     open_index(flat_dir, expect_model=MODEL, expect_dim=D).close()
+    # The same weights at another dimension: an edited config.json, not a stale index.
+    same = json.loads((flat_dir / "manifest.json").read_text())["checkpoint_hash"]
+    with pytest.raises(IndexMismatchError, match="same weights at dimension 32, but the chec"):
+        open_index(flat_dir, expect_checkpoint_hash=same, expect_dim=64)
 
 
 def test_missing_or_broken_index_folders_are_clear_errors(tmp_path, flat_dir):
