@@ -513,4 +513,11 @@ def _member(sorted_fids: np.ndarray, fid: int) -> bool:
 
 
 def _stored_item(row: sqlite3.Row) -> StoredItem:
-    return StoredItem(int(row["fid"]), row["id"], json.loads(row["metadata"]))
+    try:
+        metadata = json.loads(row["metadata"])
+    except (TypeError, ValueError) as exc:  # only a hand edit or damage writes this
+        raise IndexCorruptError(
+            f"catalog store: the metadata of item {row['id']!r} is not JSON ({exc}); restore "
+            "the index from a snapshot or set the item's metadata again"
+        ) from exc
+    return StoredItem(int(row["fid"]), row["id"], metadata)

@@ -89,3 +89,18 @@ def test_filtered_pages_are_the_same_whichever_way_the_store_reads_them(tmp_path
             after = page[-1].id
         assert pages == expected, (matches, limit)
     store.close()
+
+
+def test_metadata_that_is_not_json_is_a_corrupt_store_error_naming_the_item(tmp_path):
+    """A hand-edited row was a JSONDecodeError traceback from 'index query'."""
+    import pytest
+
+    from index.errors import IndexCorruptError
+
+    store = CatalogStore(tmp_path / "catalog.sqlite", create=True)
+    with store.transaction():
+        store.insert_items(np.array([1]), ["edited"], [{"brand": "x"}])
+    store._db.execute("UPDATE items SET metadata='{brand: x' WHERE id='edited'")
+    with pytest.raises(IndexCorruptError, match="metadata of item 'edited' is not JSON"):
+        store.get("edited")
+    store.close()
