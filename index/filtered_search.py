@@ -62,6 +62,7 @@ class SearchCache:
         self._bitmaps: list[tuple[np.ndarray, Any, np.ndarray]] = []
         self._counts: list[tuple[np.ndarray, np.ndarray]] = []
         self._centroids: np.ndarray | None = None
+        self._hidden: tuple[np.ndarray, Any, list] | None = None
         self._lock = threading.Lock()
 
     def params(self, index: faiss.Index, params: Mapping[str, Any]) -> Any:
@@ -102,6 +103,18 @@ class SearchCache:
         with self._lock:
             self._counts = [*self._counts[-15:], (allowed, counts)]
         return counts
+
+    def hidden_selector(self, hidden: np.ndarray) -> tuple[Any, list]:
+        """The selector of every id but ``hidden`` (and the objects to keep), reused while the
+        replica holds the same array: a removal makes a new one. Built per search, it cost
+        16 ms at 40,000 removed items, doubling a search of 80,000."""
+        with self._lock:
+            if self._hidden is not None and self._hidden[0] is hidden:
+                return self._hidden[1], self._hidden[2]
+        sel, objs = not_selector(hidden)
+        with self._lock:
+            self._hidden = (hidden, sel, objs)
+        return sel, objs
 
     def centroids(self, index: faiss.IndexIVF) -> np.ndarray:
         """The IVF centroids (nlist x d); fixed once trained, so kept for the loaded index."""
@@ -155,8 +168,11 @@ def knn_search(
         if how == "hnsw":
             D, I = hnsw_filtered(index, xq, k, sel, cand, params, cache)
             return _finish_short(index, xq, k, D, I, how, sel, cand)
-    elif len(excluded) or len(live.hidden):
+    elif len(excluded):
         sel, objs = not_selector(np.union1d(excluded, live.hidden))
+        keep += objs
+    elif len(live.hidden):
+        sel, objs = cache.hidden_selector(live.hidden)
         keep += objs
     else:
         sel = None
