@@ -1,0 +1,62 @@
+"""Snapshots larger than one PostgreSQL value may be (1 GB: about 200,000 vectors of 1280
+floats) are stored in parts; tested with parts of a few KB."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from index import pg
+from tests.index.test_following import N, build, vec
+from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
+
+
+def _parts(url: str) -> list[tuple[int, int]]:
+    with psycopg.connect(url) as c:
+        return c.execute("SELECT seq, part FROM snapshot_parts ORDER BY seq, part").fetchall()
+
+
+def test_a_snapshot_stored_in_parts_loads_whole_and_old_parts_go(
+    tmp_path,
+    pg_url,  # noqa: F811
+    monkeypatch,
+):
+    monkeypatch.setattr(pg, "SNAPSHOT_PART_BYTES", 4096)
+    spec = build(tmp_path / "ix", pg_url)  # the pushed snapshot (record 0) is in parts
+    assert {seq for seq, _ in _parts(pg_url)} == {0} and len(_parts(pg_url)) > 3
+    with spec.open() as ix:
+        expected = [h.id for h in ix.search(vec(2), 5)[0]]
+        ix.add(["in-parts"], vec(2))
+        assert ix.compact(force=True) is True
+    assert {seq for seq, _ in _parts(pg_url)} == {1}  # record 0's parts went with its row
+    with spec.open(readonly=True) as fresh:  # loads the parted snapshot of record 1
+        assert len(fresh) == N + 1
+        assert [h.id for h in fresh.search(vec(2), 6)[0]] == ["in-parts", *expected]
+    monkeypatch.setattr(pg, "SNAPSHOT_PART_BYTES", 1 << 30)
+    with spec.open() as ix:
+        ix.remove(["in-parts"])
+        assert ix.compact(force=True) is True
+    assert _parts(pg_url) == []  # one row again; the parted one is gone
+    with spec.open(readonly=True) as fresh:
+        assert [h.id for h in fresh.search(vec(2), 5)[0]] == expected
+
+
+def test_a_store_from_before_parts_gains_the_table_and_missing_parts_are_named(
+    tmp_path,
+    pg_url,  # noqa: F811
+    monkeypatch,
+):
+    from index.errors import IndexCorruptError
+
+    spec = build(tmp_path / "ix", pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("DROP TABLE snapshot_parts")  # as made by an earlier phonesim
+    monkeypatch.setattr(pg, "SNAPSHOT_PART_BYTES", 4096)
+    with spec.open() as ix:
+        ix.add(["later"], vec(3))
+        assert ix.compact(force=True) is True
+    seq = _parts(pg_url)[0][0]
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("DELETE FROM snapshot_parts WHERE part = 1")
+    with pytest.raises(IndexCorruptError, match=f"snapshot of record {seq}: its parts are missing"):
+        spec.open(readonly=True)
