@@ -55,12 +55,15 @@ class Manifest:
         where: str = "index",
         fix: str = "Rebuild it with 'phonesim index build' from embeddings of this checkpoint.",
         other: str = "expected",
+        from_checkpoint: bool = True,
     ) -> None:
         """Raise :class:`IndexMismatchError` naming every field that differs from the expectation.
 
         ``None`` means "do not check". ``fix`` ends the message: by default, rebuild the index
         with the embedder in use, the only fix when that embedder is the one to keep.
         ``other`` names the expectation's side in the message ("expected" by default).
+        ``from_checkpoint``: the expectation is a checkpoint's, so the same weights at another
+        dimension mean its config.json was edited, and the message says so.
         """
         diffs = []
         if expect_model is not None and expect_model != self.model_name:
@@ -71,7 +74,7 @@ class Manifest:
                 f"({other} {expect_checkpoint_hash[:12]}…)"
             )
         if expect_dim is not None and int(expect_dim) != self.dim:
-            if expect_checkpoint_hash == self.checkpoint_hash:  # the same weights: not the index
+            if from_checkpoint and expect_checkpoint_hash == self.checkpoint_hash:
                 raise IndexMismatchError(
                     f"{where} was built from these same weights at dimension {self.dim}, but the "
                     f"checkpoint now says {int(expect_dim)}: its config.json was edited; correct "

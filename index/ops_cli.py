@@ -160,6 +160,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             expect_checkpoint_hash=emb.checkpoint_hash,
             expect_dim=emb.dim,
             where=f"index {ix.where}",
+            from_checkpoint=False,  # an embeddings file's
             # The index is the thing to keep: it is the new embeddings that are wrong.
             fix=f"Embed the new items with the checkpoint the index was built from "
             f"(hash {ix.manifest.checkpoint_hash[:12]}…), then add them again.",

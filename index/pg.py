@@ -33,6 +33,7 @@ from common.errors import message_line
 from index.errors import (
     CatalogReplacedError,
     DuplicateIdError,
+    IndexCorruptError,
     IndexNotFoundError,
     ManifestError,
     StoreOutcomeUnknownError,
@@ -56,7 +57,17 @@ CREATE TABLE IF NOT EXISTS journal (
 CREATE TABLE IF NOT EXISTS snapshots (seq BIGINT PRIMARY KEY, data BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-TABLES = ("items", "journal", "snapshots", "state")
+# One BYTEA value holds at most 1 GB (a 1.1 GB snapshot dropped the connection), about 200,000
+# Flat vectors of 1280 floats: a larger snapshot is stored in parts of SNAPSHOT_PART_BYTES in
+# snapshot_parts, its row in snapshots left empty. Stores made before parts existed gain the
+# table with their first such snapshot.
+PARTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshot_parts (
+    seq BIGINT NOT NULL, part INTEGER NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (seq, part));
+"""
+SCHEMA += PARTS_SCHEMA
+SNAPSHOT_PART_BYTES = 256 * 1024 * 1024
+TABLES = ("items", "journal", "snapshots", "snapshot_parts", "state")
 _COMPACT_LOCK = 0x7068_6F6E  # the advisory lock of the one compactor ("phon")
 # A dead peer (a partition, a crashed host) is noticed within about 30 s instead of the
 # kernel's two hours, so a sync does not hang on it (a frozen server the kernel still answers
@@ -293,7 +304,7 @@ class PgSource:
         with self.conn() as c:
             row = c.execute(
                 "SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0) FROM "
-                "unnest(ARRAY['items', 'journal', 'snapshots', 'state']) AS t"
+                "unnest(ARRAY['items', 'journal', 'snapshots', 'snapshot_parts', 'state']) AS t"
             ).fetchone()
         return int(row[0])
 
@@ -322,15 +333,17 @@ class PgSource:
                     expect_checkpoint_hash=expect.checkpoint_hash,
                     expect_dim=expect.dim,
                     where=f"the catalog now in {self.where}",
+                    from_checkpoint=False,  # the catalog it loaded is the expectation
                     fix="This process keeps answering from the catalog it loaded and refuses "
                     "writes: restart it with the new catalog's checkpoint, or restore a "
                     "catalog of its own.",
                 )
             ck = int(state.get("checkpoint_seq", 0))
-            row = c.execute("SELECT data FROM snapshots WHERE seq=%s", (ck,)).fetchone()
-            if row is None:
+            data = read_snapshot(c, ck)
+            if data is None:
                 raise IndexNotFoundError(f"{self.where}: snapshot of record {ck} is missing")
-            index = faiss.deserialize_index(np.frombuffer(bytes(row[0]), dtype=np.uint8))
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            del data
             recs = c.execute(
                 "SELECT seq, op, n, fids, vectors, items, ts FROM journal WHERE seq > %s "
                 "ORDER BY seq",
@@ -539,10 +552,11 @@ class PgSource:
                     "%s: catalog replaced during a compaction; its snapshot dropped", self.where
                 )
                 return False
-            data = frozen.data
-            c.execute("INSERT INTO snapshots(seq, data) VALUES (%s, %s)", (seq, data))
+            write_snapshot(c, seq, frozen.data)
             c.execute("UPDATE state SET value=%s WHERE key='checkpoint_seq'", (str(seq),))
             c.execute("DELETE FROM snapshots WHERE seq < %s", (seq,))
+            if _has_parts_table(c):
+                c.execute("DELETE FROM snapshot_parts WHERE seq < %s", (seq,))
             # Records since the previous snapshot stay, for replicas a little behind.
             c.execute("DELETE FROM journal WHERE seq <= %s", (cur,))
         return True
@@ -575,3 +589,51 @@ class FrozenSnapshot:
 
 def json_items(text: str) -> list[tuple[str, dict[str, Any]]]:
     return [(str(i), dict(m)) for i, m in json.loads(text)]
+
+
+def write_snapshot(c: Any, seq: int, data: bytes) -> None:
+    """Store the serialised FAISS index ``data`` as snapshot ``seq`` (in the caller's
+    transaction): in one row of ``snapshots``, or in parts when one value could not hold it."""
+    if len(data) <= SNAPSHOT_PART_BYTES:
+        c.execute("INSERT INTO snapshots(seq, data) VALUES (%s, %s)", (seq, data))
+        return
+    c.execute(PARTS_SCHEMA)
+    c.execute("INSERT INTO snapshots(seq, data) VALUES (%s, %s)", (seq, b""))
+    view = memoryview(data)
+    for part, start in enumerate(range(0, len(data), SNAPSHOT_PART_BYTES)):
+        c.execute(
+            "INSERT INTO snapshot_parts(seq, part, data) VALUES (%s, %s, %s)",
+            (seq, part, view[start : start + SNAPSHOT_PART_BYTES]),
+        )
+
+
+def read_snapshot(c: Any, seq: int) -> bytearray | bytes | None:
+    """Snapshot ``seq``'s bytes (None when there is none), a stored-in-parts one read part by
+    part into one buffer, so that memory holds it once and one part."""
+    row = c.execute("SELECT data FROM snapshots WHERE seq=%s", (seq,)).fetchone()
+    if row is None:
+        return None
+    if len(row[0]):
+        return bytes(row[0])
+    sizes = (
+        c.execute(
+            "SELECT part, length(data) FROM snapshot_parts WHERE seq=%s ORDER BY part", (seq,)
+        ).fetchall()
+        if _has_parts_table(c)
+        else []
+    )
+    if [part for part, _ in sizes] != list(range(len(sizes))) or not sizes:
+        raise IndexCorruptError(f"snapshot of record {seq}: its parts are missing")
+    buffer = bytearray(sum(size for _, size in sizes))
+    at = 0
+    for part, size in sizes:
+        data = c.execute(
+            "SELECT data FROM snapshot_parts WHERE seq=%s AND part=%s", (seq, part)
+        ).fetchone()[0]
+        buffer[at : at + size] = data
+        at += size
+    return buffer
+
+
+def _has_parts_table(c: Any) -> bool:
+    return c.execute("SELECT to_regclass('snapshot_parts')").fetchone()[0] is not None

@@ -14,12 +14,12 @@ import numpy as np
 
 from index import ann
 from index.errors import BuildInputError
-from index.pg import SCHEMA, TABLES, PgSource, catalog_state
+from index.pg import SCHEMA, TABLES, PgSource, catalog_state, write_snapshot
 
 log = logging.getLogger(__name__)
 _BATCH = 2000
 # The catalog's tables in the order readers and writers take them: state first.
-LOCK_ORDER = ("state", "journal", "snapshots", "items")
+LOCK_ORDER = ("state", "journal", "snapshots", "snapshot_parts", "items")
 
 
 def _present(c: Any) -> list[str]:
@@ -97,7 +97,7 @@ def push_folder(folder: str | Path, url: str, *, overwrite: bool = False) -> int
                             for j, (f, i, m) in enumerate(part)
                         ],
                     )
-                cur.execute("INSERT INTO snapshots(seq, data) VALUES (0, %s)", (data,))
+                write_snapshot(cur, 0, data)
                 cur.executemany(
                     "INSERT INTO state(key, value) VALUES (%s, %s)",
                     [
