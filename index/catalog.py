@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from index import ann
-from index.errors import InvalidParamsError, UnknownIdError
+from index.errors import InvalidParamsError, InvalidVectorsError, UnknownIdError
 from index.filtered_search import Live, in_tie_order, knn_search
 from index.folder import summary
 from index.following import Following
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 # Searches again when items the store has removed came back (see search): each round leaves
 # out those found; more rounds only while other processes keep removing the very hits.
 GONE_RETRIES = 3
+# One add is one journal record, one value in the store: SQLite holds at most 1,000,000,000
+# bytes in one (200,000 vectors of 1280 floats were a "string or blob too big" traceback),
+# PostgreSQL 1 GB. Bulk loads go through `index build`.
+MAX_ADD_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -332,6 +336,13 @@ class CatalogIndex(Following):
         mds = clean_metadata_rows(metadata, len(ids), ids)
         if not ids:
             return
+        if xb.nbytes > MAX_ADD_BYTES:
+            most = MAX_ADD_BYTES // xb[0].nbytes
+            raise InvalidVectorsError(
+                f"one add takes at most {most:,} vectors of {self.dim} floats (its journal "
+                f"record must stay under {MAX_ADD_BYTES >> 20} MiB), got {len(ids):,}: add them "
+                "in parts, or build the index from them ('phonesim index build')"
+            )
         self._applied_own(self._source.commit_add(ids, xb, mds))
 
     def remove(self, ids: Iterable[str]) -> None:

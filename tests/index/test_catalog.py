@@ -69,6 +69,23 @@ def test_add_then_remove_persists_across_reopen(tmp_path, kind):
                 assert ix.info()["hidden_removed"] == 2
 
 
+def test_an_add_too_large_for_one_journal_record_is_refused_whole(flat_dir, monkeypatch):
+    """200,000 vectors of 1280 floats were a 'string or blob too big' traceback (SQLite holds
+    at most 1e9 bytes in one value; PostgreSQL 1 GB)."""
+    from index import catalog
+    from index.errors import InvalidVectorsError
+
+    monkeypatch.setattr(catalog, "MAX_ADD_BYTES", 10 * D * 4)
+    xb = unit(np.random.default_rng(3).standard_normal((11, D)).astype(np.float32))
+    with open_index(flat_dir) as ix:
+        before = len(ix)
+        with pytest.raises(InvalidVectorsError, match="at most 10 vectors of 32 floats.*got 11"):
+            ix.add([f"big-{i}" for i in range(11)], xb)
+        assert len(ix) == before and "big-0" not in ix
+        ix.add([f"big-{i}" for i in range(10)], xb[:10])
+        assert len(ix) == before + 10
+
+
 def test_empty_catalog_answers_empty_lists(tmp_path):
     with create_index(tmp_path / "ix", D, model_name=MODEL, checkpoint_hash=HASH) as ix:
         assert len(ix) == 0
