@@ -132,6 +132,7 @@ def _open_store(args: argparse.Namespace, engine: EngineOptions) -> tuple[Any, A
 
     from embedder.inference import Embedder
     from index.catalog import CatalogIndex
+    from server.loading import warn_if_classes_renamed
 
     embedder = Embedder.from_checkpoint(args.checkpoint, **asdict(engine))
     index = CatalogIndex.open(
@@ -142,6 +143,7 @@ def _open_store(args: argparse.Namespace, engine: EngineOptions) -> tuple[Any, A
         expect_checkpoint_hash=embedder.checkpoint_hash,
         expect_dim=embedder.dim,
     )
+    warn_if_classes_renamed(f"store {args.store}", index.manifest, embedder.label_names)
     return embedder, index
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -116,4 +117,24 @@ def open_for_serving(
     problem = precision_mismatch(f"index {store or index}", stored, embedder.runtime)
     if problem:
         log.warning("%s", problem)
+    warn_if_classes_renamed(f"index {store or index}", opened.manifest, embedder.label_names)
     return embedder, opened
+
+
+def warn_if_classes_renamed(where: str, manifest: Manifest, names: Sequence[str]) -> None:
+    """The index's build recorded the checkpoint's class names; the same weights (the hash is
+    checked) naming them otherwise mean an edited config.json: predictions then carry the new
+    names and the catalog's labels the old ones, and the kNN vote counts them apart."""
+    built = manifest.source.get("label_names")
+    if not isinstance(built, list) or not built or built == list(names):
+        return
+    changed = [f"{old!r} -> {new!r}" for old, new in zip(built, names, strict=False) if old != new]
+    if len(built) != len(names):
+        changed.append(f"{len(built)} classes -> {len(names)}")
+    log.warning(
+        "%s was built when this checkpoint named its classes otherwise (%s%s): its config.json "
+        "was edited since; predictions use the new names, the catalog's labels the old ones",
+        where,
+        ", ".join(changed[:3]),
+        f" and {len(changed) - 3} more" if len(changed) > 3 else "",
+    )

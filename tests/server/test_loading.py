@@ -147,3 +147,30 @@ def test_a_faiss_file_compacted_away_meanwhile_is_looked_up_again(
     answers = iter([{**real(copy), "faiss_file": "faiss-compacted-away.faiss"}])
     monkeypatch.setattr(folder, "describe", lambda path: next(answers, None) or real(path))
     loading.check_for_serving(tiny_checkpoint, copy)
+
+
+def test_class_names_edited_since_the_index_was_built_are_warned_about(
+    tiny_checkpoint, index_dir, tmp_path, caplog
+):
+    """The same weights with their class names reversed in config.json predicted the other
+    names without a word (the hash covers the weights only)."""
+    from embedder.checkpoint import CONFIG_FILE, read_config
+
+    names = read_config(tiny_checkpoint).label_names
+    index = tmp_path / "index"
+    shutil.copytree(index_dir, index)
+    manifest = json.loads((index / "manifest.json").read_text())
+    manifest["source"]["label_names"] = names
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING"):
+        loading.open_for_serving(tiny_checkpoint, index)[1].close()
+    assert "named its classes otherwise" not in caplog.text
+    edited = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, edited)
+    config = json.loads((edited / CONFIG_FILE).read_text())
+    config["label_names"] = names[::-1]
+    (edited / CONFIG_FILE).write_text(json.dumps(config))
+    with caplog.at_level("WARNING"):
+        loading.open_for_serving(edited, index)[1].close()
+    assert "named its classes otherwise" in caplog.text
+    assert f"{names[0]!r} -> {names[-1]!r}" in caplog.text
