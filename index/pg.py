@@ -228,11 +228,17 @@ class PgSource:
             except StoreOutcomeUnknownError:
                 held.drop()
                 raise
+            except errors.UndefinedColumn as exc:  # tables of the name, not of this schema
+                held.drop()
+                raise IndexCorruptError(
+                    f"{self.where}: its catalog tables are not those phonesim writes "
+                    f"({message_line(exc)}); push the catalog again ('phonesim index build "
+                    "--store URL --overwrite') or restore it from a snapshot"
+                ) from exc
             except (
                 psycopg.OperationalError,
                 psycopg.InterfaceError,
                 errors.UndefinedTable,
-                errors.UndefinedColumn,
             ) as exc:
                 held.drop()
                 msg = message_line(exc)

@@ -125,3 +125,20 @@ def test_a_manifest_this_version_cannot_read_is_reported_not_raised_at_every_syn
         with pytest.raises(CatalogReplacedError, match="nothing was written"):
             running.add(["during-upgrade"], vec(4))
         assert running.search(vec(1), 1)[0]  # reads go on from what it holds
+
+
+def test_catalog_tables_of_another_schema_are_named_as_such_not_as_an_outage(
+    tmp_path,
+    pg_url,  # noqa: F811
+):
+    """A journal without its items column read 'unavailable (column "items" does not exist)':
+    an outage to wait out, where retrying can never help."""
+    import psycopg
+
+    from index.errors import IndexCorruptError
+
+    build(tmp_path / "ix", pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("ALTER TABLE journal DROP COLUMN items")
+    with pytest.raises(IndexCorruptError, match="catalog tables are not those phonesim writes"):
+        open_index(None, store=pg_url, readonly=True)
