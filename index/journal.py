@@ -61,7 +61,11 @@ def decode_record(
     if len(f) != n:
         raise IndexCorruptError(f"journal record {seq} is truncated")
     if op not in OPS:
-        raise IndexCorruptError(f"journal record {seq} has unknown op {op!r}")
+        raise IndexCorruptError(
+            f"journal record {seq} has unknown op {op!r} (this phonesim writes "
+            f"{', '.join(OPS)}): a newer phonesim wrote it, so upgrade this one, or the record "
+            "is damaged: restore the index from a snapshot"
+        )
     v = None
     if vectors is not None:
         raw = bytes(vectors)

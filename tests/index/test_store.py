@@ -104,3 +104,15 @@ def test_metadata_that_is_not_json_is_a_corrupt_store_error_naming_the_item(tmp_
     with pytest.raises(IndexCorruptError, match="metadata of item 'edited' is not JSON"):
         store.get("edited")
     store.close()
+
+
+def test_a_journal_record_of_an_unknown_op_says_what_to_do():
+    """It said only "has unknown op 'upsert'": a newer phonesim's record, or a damaged one."""
+    import pytest
+
+    from index.errors import IndexCorruptError
+    from index.journal import decode_record
+
+    fids = np.array([1], "<i8").tobytes()
+    with pytest.raises(IndexCorruptError, match="unknown op 'upsert'.*newer phonesim.*upgrade"):
+        decode_record(2, "upsert", 1, fids, None, None, 0.0, 4)
