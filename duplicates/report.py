@@ -39,6 +39,9 @@ HTML_NAME = "duplicates.html"
 FAILED_NAME = "failed.csv"
 CATALOG_FAILED_NAME = "catalog_failed.csv"  # with --index: catalog items not compared
 SUMMARY_NAME = "summary.txt"
+# duplicates.json's schema (duplicates/README.md), raised when a key changes meaning or goes.
+JSON_FORMAT = "phonesim-duplicates"
+JSON_VERSION = 1
 # Every file find writes into its --out folder (and all it may find there).
 REPORT_FILES = (CSV_NAME, JSON_NAME, HTML_NAME, FAILED_NAME, CATALOG_FAILED_NAME, SUMMARY_NAME)
 CSV_COLUMNS = (
@@ -82,6 +85,8 @@ def to_csv(result: DuplicateResult) -> str:
 
 def to_json(result: DuplicateResult) -> dict:
     data: dict = {
+        "format": JSON_FORMAT,
+        "format_version": JSON_VERSION,
         "groups": [[m.id for m in g.members] for g in result.groups],
         # The CSV's group_id of each group: label_conflicts names groups by it, not by place.
         "group_ids": [g.group_id for g in result.groups],

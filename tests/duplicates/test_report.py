@@ -21,6 +21,7 @@ def test_report_files(planted_run, tmp_path) -> None:
     assert sum(r["keep"] == "1" for r in rows) == len(result.groups)
     assert {r["id"] for r in rows} >= set(planted)
     data = json.loads(paths["json"].read_text())
+    assert (data["format"], data["format_version"]) == ("phonesim-duplicates", 1)
     assert all(len(g) >= 2 for g in data["groups"]) and len(data["groups"]) == len(planted)
     # label_conflicts names groups by the CSV's group_id, which group_ids gives per group.
     by_id = dict(zip(data["group_ids"], data["groups"], strict=True))
