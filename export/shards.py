@@ -79,6 +79,13 @@ class ShardInfo:
     failed: int
     #: The runtime that embedded the shard ("" in shards written before it was recorded).
     runtime: str = ""
+    #: Widths of its embeddings and probabilities (checked against the job on resume).
+    dim: int = 0
+    classes: int = 0
+
+
+def _width(dataset: h5py.Dataset) -> int:
+    return int(dataset.shape[1]) if len(dataset.shape) == 2 else 0
 
 
 def _read_shard_info(path: Path) -> ShardInfo:
@@ -91,6 +98,7 @@ def _read_shard_info(path: Path) -> ShardInfo:
                 int(h5["embeddings"].shape[0]),
                 int(h5["failed/ids"].shape[0]),
                 str(h5.attrs.get("runtime", "")),
+                *(_width(h5[name]) for name in ("embeddings", "probabilities")),
             )
     except (OSError, KeyError) as exc:
         raise ResumeError(
@@ -137,6 +145,13 @@ class PartialDir:
         shards = [_read_shard_info(p) for p in sorted(path.glob(SHARD_GLOB))]
         expected = 0
         for shard in shards:
+            widths = (shard.dim, shard.classes)
+            if shard.rows and widths != (identity.dim, identity.num_classes):
+                raise ResumeError(
+                    f"{shard.path}: holds {shard.dim}-d embeddings and {shard.classes} class "
+                    f"probabilities where the job makes {identity.dim} and "
+                    f"{identity.num_classes}; pass --restart to start over"
+                )
             if shard.input_start != expected:
                 raise ResumeError(
                     f"{shard.path}: starts at input {shard.input_start}, expected {expected}; "
@@ -184,7 +199,16 @@ class PartialDir:
             atomic_write(final, lambda tmp: tmp.write_bytes(image))
         except OSError as exc:  # a full disk: name the shard, not its random temporary name
             raise OSError(exc.errno, exc.strerror, str(final)) from None
-        info = ShardInfo(final, input_start, input_end, len(ids), len(failures), runtime)
+        info = ShardInfo(
+            final,
+            input_start,
+            input_end,
+            len(ids),
+            len(failures),
+            runtime,
+            embeddings.shape[1] if embeddings.ndim == 2 else 0,
+            probabilities.shape[1] if probabilities.ndim == 2 else 0,
+        )
         self.shards.append(info)
         return info
 

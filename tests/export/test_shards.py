@@ -54,3 +54,25 @@ def test_shards_commit_resume_and_assemble_without_a_model(tmp_path):
     assert (done.count, done.failed) == (6, 1)
     with pytest.raises(ResumeError, match="different input list"):
         PartialDir.open(out, JobIdentity("hash", "m", 4, 2, "other", 7))
+
+
+def test_a_shard_of_other_widths_is_refused_on_resume_not_a_broadcast_traceback(tmp_path):
+    """A shard holding 512-d embeddings where the job makes 4-d ones (a hand edit, another
+    writer) failed the assembly with "Can't broadcast (64, 512) -> (64, 1280)"."""
+    import h5py
+
+    from embedder.data import Sample
+
+    samples = [Sample(f"id{i}", tmp_path / f"{i}.jpg", "") for i in range(3)]
+    out = tmp_path / "f.h5"
+    partial = PartialDir.open(out, _identity(3))
+    writer = ShardWriter(partial, samples, shard_size=2)
+    emb, probs = np.ones((2, 4), np.float32), np.full((2, 2), 0.5, np.float32)
+    writer.write(FeatureBatch(0, 2, np.array([0, 1]), emb, probs, []))
+    assert PartialDir.open(out, _identity(3)).cursor == 2  # as written, it resumes
+    shard = partial.shards[0].path
+    with h5py.File(shard, "a") as h5:
+        del h5["embeddings"]
+        h5.create_dataset("embeddings", data=np.ones((2, 7), np.float32))
+    with pytest.raises(ResumeError, match="holds 7-d embeddings and 2 class probabilities"):
+        PartialDir.open(out, _identity(3))
