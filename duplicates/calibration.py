@@ -61,6 +61,7 @@ _FINDER_KEYS = ("k", "candidate_floor", "whiten_dims", "whitened_floor")
 _REPORT_KEYS = (
     "format_version", "threshold", "method", "pair_model", "selection", "precision", "recall",
     "f1", "phash_best_f1", "calibrated_on", "benchmark", "calibrated_at", "descriptor", "verify",
+    "runtime",  # the model's runtime the scores were calibrated on (calibrate_cli adds it)
 )  # fmt: skip
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 1.0001, 0.005), 4))
 

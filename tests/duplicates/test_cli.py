@@ -187,6 +187,22 @@ def test_calibrate_on_too_few_photos_stores_nothing(
     assert stored_settings(ckpt).threshold == 0.93
 
 
+def test_what_calibrate_stores_is_what_find_reads(tiny_checkpoint, tiny_catalog, tmp_path, capsys):
+    """A versioned record refuses settings it does not know: calibrate's own 'runtime' was one,
+    so every calibrated checkpoint was refused by 'find' until it was listed."""
+    from duplicates.calibration import stored_settings
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    argv = ["--checkpoint", str(ckpt), "--data", str(tiny_catalog), "--work", str(tmp_path / "w")]
+    small = ["--originals", "6", "--copies", "4", "--distractors", "4", "--min-precision", "0"]
+    assert main("calibrate", [*argv, *small, "--no-progress", "--workers", "0"]) == 0
+    assert stored_settings(ckpt).calibrated
+    find = ["--checkpoint", str(ckpt), "--images", str(tiny_catalog), "--out", str(tmp_path / "r")]
+    capsys.readouterr()
+    assert main("find", [*find, "--no-progress", "--workers", "0"]) == 0, capsys.readouterr().err
+
+
 # Child: features memory-mapped however few, and a pause before the first image is read.
 STOP_IN_EXTRACTION = """
 import os, sys, time
