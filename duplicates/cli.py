@@ -65,7 +65,8 @@ outputs in REPORT_DIR:
   summary.txt      the one-line summary also printed at the end
 
 keeper: per group, the image ranked first by --keep (default: highest resolution, then largest
-file; ties by id). With --index the catalog item is always kept.
+file, then a file over a symbolic link to it, then by id). With --index the catalog item is
+always kept.
 labels: the folder an image is in (or the manifest's label column); a group whose members carry
 different labels is flagged as a label conflict.
 
