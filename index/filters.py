@@ -59,7 +59,8 @@ _RESULT_IDS_KEPT = 16_000_000  # ... holding at most this many ids in all (128 M
 
 class FilterSource(Protocol):
     """What evaluation needs of a catalog store; an int ``generation`` attribute, changed at
-    each write, lets the engine cache (without one it re-reads at every call)."""
+    each write, lets the engine cache (without one it re-reads at every call), and a
+    ``changed_since(generation)`` naming the fields changed (None: any) keeps the others'."""
 
     def fields(self) -> frozenset[str]: ...
 
@@ -283,12 +284,22 @@ class FilterEngine:
             return self._column(field).kind
 
     def _sync(self) -> None:
-        """Drop the caches when the store changed (a store without ``generation``: always)."""
+        """Drop what the store's changes made stale: the caches of the fields it says changed
+        (``changed_since``), else all (a store without ``generation``: always)."""
         gen = getattr(self._store, "generation", None)
-        if gen is None or gen != self._generation:
+        if gen is not None and gen == self._generation:
+            return
+        since = getattr(self._store, "changed_since", None)
+        fields = since(self._generation) if gen is not None and since is not None else None
+        if fields is None:
             self._columns.clear()
             self._results.clear()
-            self._generation = gen if gen is not None else object()
+        else:
+            for name in fields:
+                self._columns.pop(name, None)
+            for conds in [c for c in self._results if any(x.field in fields for x in c)]:
+                del self._results[conds]
+        self._generation = gen if gen is not None else object()
 
     def _column(self, field: str) -> Column:
         col = self._columns.get(field)

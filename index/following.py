@@ -210,7 +210,9 @@ class Following:
                     for rec in recs:
                         self._apply_one(rec)
         with self._rw.write():
-            self._store.invalidate_caches()
+            # A mirror changed only through the records it applied (its store knows their
+            # fields); a shared SQLite file was changed by other processes.
+            self._store.invalidate_caches(known=self._source.mirrors_records)
         self._head = max(self._head, self._replica.applied_seq)
         if self._replica.applied_seq >= self._head:
             self._caught_up_at = time.time()
@@ -233,7 +235,7 @@ class Following:
             if rec.seq == r.applied_seq + 1:
                 with self._rw.write():
                     self._apply_one(rec)
-                    self._store.invalidate_caches()
+                    self._store.invalidate_caches(known=True)  # its own commit's fields
                 self._head = max(self._head, rec.seq)
                 if r.applied_seq >= self._head:
                     self._caught_up_at = time.time()

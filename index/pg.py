@@ -170,6 +170,7 @@ class PgSource:
 
     kind = "postgresql"
     cheap_check = False  # a change check is a round trip: follow by polling (sync) instead
+    mirrors_records = True  # the local mirror changes only by the records applied to it
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -226,6 +226,7 @@ class SqliteSource:
 
     # -- what a PostgreSQL source does differently --------------------------------------------
     cheap_check = True  # data_version costs microseconds: check before every read
+    mirrors_records = False  # others' records are in the shared file already, fields unknown
     snapshot_outside_apply = False  # the snapshot is written from the live index, under lock
 
     def replaced(self) -> bool:

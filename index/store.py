@@ -39,6 +39,8 @@ from index.store_journal import JournalTable
 log = logging.getLogger(__name__)
 
 STORE_NAME = "catalog.sqlite"
+_CHANGES_KEPT = 64  # bumps whose fields changed_since remembers
+_ROWS_TRACKED = 100_000  # filter rows a write may change and still name its fields
 _CHUNK = 900  # stay under SQLite's bound-variable limit on every build
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -158,6 +160,14 @@ class CatalogStore(JournalTable):
             self._db.close()
             raise IndexCorruptError(f"{self.path}: catalog store lacks table(s) {missing}")
         self.generation = 0  # bumped whenever cached reads may be stale (index.filters)
+        # The filter rows (field, value, fid) this store's own deletes and inserts wrote since
+        # the last bump, and per bump the fields whose rows changed (None: unknown, another
+        # process wrote): filter caches of the other fields stay (rebuilding them was O(items)
+        # per field after every write). A metadata update deletes and inserts an item's rows:
+        # only the fields whose values differ changed.
+        self._deleted_rows: set[tuple[str, str, int]] | None = set()
+        self._inserted_rows: set[tuple[str, str, int]] | None = set()
+        self._changes: list[tuple[int, frozenset[str] | None]] = []
         self._filters = FilterEngine(self)
         self._fields: frozenset[str] | None = None
         self._filter_cache: dict[tuple, np.ndarray] = {}
@@ -215,7 +225,7 @@ class CatalogStore(JournalTable):
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
-            self.invalidate_caches()
+            self.invalidate_caches(known=True)
 
     @contextmanager
     def read_txn(self) -> Iterator[None]:
@@ -269,11 +279,40 @@ class CatalogStore(JournalTable):
         with self.lock:
             return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
-    def invalidate_caches(self) -> None:
+    def invalidate_caches(self, known: bool = False) -> None:
+        """Bump :attr:`generation`: cached reads may be stale. ``known``: every change since
+        the last bump went through this store (its own inserts and deletes), so only the
+        fields whose rows they changed are stale; else any may be (another process wrote)."""
         with self.lock:
+            fields = None
+            if known and self._deleted_rows is not None and self._inserted_rows is not None:
+                changed = self._deleted_rows ^ self._inserted_rows
+                fields = frozenset(field for field, _, _ in changed)
+            self._deleted_rows, self._inserted_rows = set(), set()
             self.generation += 1
+            self._changes = [*self._changes[-(_CHANGES_KEPT - 1) :], (self.generation, fields)]
             self._fields = None
-            self._filter_cache.clear()
+            if fields is None:
+                self._filter_cache.clear()
+            else:
+                for key in [k for k in self._filter_cache if k[0] in fields]:
+                    del self._filter_cache[key]
+
+    def changed_since(self, generation: Any) -> frozenset[str] | None:
+        """The fields changed after ``generation``; None when unknown (some change's fields
+        were not known, or ``generation`` is older than the changes kept)."""
+        with self.lock:
+            if not isinstance(generation, int) or not self._changes:
+                return None
+            if generation < self._changes[0][0] - 1:
+                return None
+            changed: set[str] = set()
+            for gen, fields in self._changes:
+                if gen > generation:
+                    if fields is None:
+                        return None
+                    changed |= fields
+            return frozenset(changed)
 
     def checkpoint_wal(self, truncate: bool = False) -> None:
         """Fold SQLite's own WAL into the database file.
@@ -331,6 +370,7 @@ class CatalogStore(JournalTable):
             self._db.executemany(
                 "INSERT OR IGNORE INTO fields(name) VALUES (?)", [(n,) for n in sorted(names)]
             )
+            self._inserted_rows = _tracked(self._inserted_rows, attr_rows)
 
     def delete_items(self, fids: Sequence[int]) -> None:
         """Delete rows by fid (call inside :meth:`transaction`)."""
@@ -341,6 +381,7 @@ class CatalogStore(JournalTable):
                 if text is not None:
                     attr_rows.append((key, text, item.fid))
         with self.lock:
+            self._deleted_rows = _tracked(self._deleted_rows, attr_rows)
             self._db.executemany("DELETE FROM attrs WHERE field=? AND value=? AND fid=?", attr_rows)
             self._db.executemany("DELETE FROM items WHERE fid=?", [(int(f),) for f in fids])
 
@@ -505,6 +546,17 @@ class CatalogStore(JournalTable):
 
     def next_fid(self) -> int:
         return int(self.get_state("next_fid", "0") or 0)
+
+
+def _tracked(
+    rows: set[tuple[str, str, int]] | None, more: list[tuple[str, str, int]]
+) -> set[tuple[str, str, int]] | None:
+    """``rows`` with ``more`` added; None (fields unknown: every cache goes) past
+    :data:`_ROWS_TRACKED`, so that a bulk load does not hold its rows twice."""
+    if rows is None or len(rows) + len(more) > _ROWS_TRACKED:
+        return None
+    rows.update(more)
+    return rows
 
 
 def _member(sorted_fids: np.ndarray, fid: int) -> bool:

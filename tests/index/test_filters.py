@@ -281,6 +281,41 @@ def test_the_engine_rereads_after_the_store_changes_and_without_a_generation(tmp
     store.close()
 
 
+def test_a_write_drops_only_the_caches_of_the_fields_it_touched(tmp_path):
+    """Every write dropped every field's column: at 80,000 items a price range took 258 ms
+    again after a stock update (6 ms cached)."""
+    store = make_store(tmp_path, [{"price": 1, "brand": "A"}, {"price": 5, "brand": "B"}])
+    cheap, brand_a = {"price": {"lt": 3}}, {"brand": "A"}
+    first_price, first_brand = store.filter_fids(cheap), store.filter_fids(brand_a)
+    with store.transaction():  # a stock field added to a new item: neither field touched
+        store.insert_items([2], ["sku-2"], [{"stock": 4}])
+    assert store.filter_fids(cheap) is first_price and store.filter_fids(brand_a) is first_brand
+    with store.transaction():  # a new brand-A item: brand's caches go, price's stay
+        store.insert_items([3], ["sku-3"], [{"brand": "A"}])
+    assert store.filter_fids(cheap) is first_price
+    assert store.filter_fids(brand_a).tolist() == [0, 3]
+    with store.transaction():  # item 1's metadata replaced, its brand and price as they were
+        store.delete_items([1])
+        store.insert_items([1], ["sku-1"], [{"price": 5, "brand": "B", "stock": 0}])
+    assert store.filter_fids(cheap) is first_price
+    with store.transaction():  # item 0 removed: both of its fields go
+        store.delete_items([0])
+    assert store.filter_fids(cheap).tolist() == [] and store.filter_fids(brand_a).tolist() == [3]
+    kept = store.filter_fids(cheap)
+    store.invalidate_caches()  # another process wrote: any field may have changed
+    assert store.filter_fids(cheap) is not kept and store.filter_fids(cheap).tolist() == []
+    kept = store.filter_fids(cheap)
+    with store.transaction():  # 110,000 items without fields write no filter rows
+        store.insert_items(range(10, 110_010), [f"n-{i}" for i in range(110_000)], [{}] * 110_000)
+        store.insert_items([5], ["sku-5"], [{"stock": 1}])
+    assert store.filter_fids(cheap) is kept
+    with store.transaction():  # more filter rows than are tracked: any field, all caches go
+        rows = [{"stock": i} for i in range(100_001)]
+        store.insert_items(range(200_000, 300_001), [f"m-{i}" for i in range(100_001)], rows)
+    assert store.filter_fids(cheap) is not kept
+    store.close()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_range_filters_follow_metadata_updates_on_both_stores(tmp_path, request, backend):
     xb, xq, item_ids, md = make_catalog(300, seed=4)
