@@ -36,8 +36,21 @@ def test_a_workdir_that_is_a_file_is_a_usage_error(script, tmp_path):
     assert f"{script}: error: {message}" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("script", ["bench_embed.py", "bench_find_runtimes.py"])
+@pytest.mark.parametrize(
+    "script", ["bench_embed.py", "bench_find_runtimes.py", "bench_catalog_writes.py"]
+)
 def test_the_help_says_the_output_ends_in_one_json_line(script):
     """Their --help had cut the description before it said so (mid-sentence for one)."""
     done = run_script(SCRIPTS / script, "--help")
     assert done.returncode == 0 and "one JSON line" in " ".join(done.stdout.split())
+
+
+def test_the_catalog_writes_benchmark_ends_with_its_figures_and_baselines():
+    import json
+
+    done = run_script(SCRIPTS / "bench_catalog_writes.py", "--n", "3000", "--rounds", "2")
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["n"] == 3000 and len(figures["compaction_ms"]) == 3
+    for ratio in ("stock_update_ratio", "price_update_ratio", "rare_page_ratio"):
+        assert figures[ratio] > 0
