@@ -202,7 +202,9 @@ class SqliteSource:
                 self.store.journal_truncate(old_seq)
         self.remove_stale_files(old if stale else name)
         self.store.release_free_pages()  # the truncated journal's pages, removed items'
-        self.store.checkpoint_wal()
+        # Emptied, not only folded: the WAL kept the size of the journal just dropped (160 MB
+        # beside a 7.7 MB store) until the next write, for good on a catalog only read.
+        self.store.checkpoint_wal(truncate=True, wait_s=1.0)
         return not stale
 
     def clean_up(self, current: str) -> None:

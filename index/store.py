@@ -39,6 +39,7 @@ from index.store_journal import JournalTable
 log = logging.getLogger(__name__)
 
 STORE_NAME = "catalog.sqlite"
+BUSY_TIMEOUT_MS = 30_000  # how long a write waits for another writer's lock
 _CHANGES_KEPT = 64  # bumps whose fields changed_since remembers
 _ROWS_TRACKED = 100_000  # filter rows a write may change and still name its fields
 _CHUNK = 900  # stay under SQLite's bound-variable limit on every build
@@ -135,7 +136,7 @@ class CatalogStore(JournalTable):
                     self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
                 self._db.execute("PRAGMA synchronous=FULL")
             self._db.row_factory = sqlite3.Row  # columns read by name
-            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             if create:
                 self._db.executescript(_SCHEMA)
             # Read the schema now: a damaged or foreign file fails here, as one clear error,
@@ -314,16 +315,24 @@ class CatalogStore(JournalTable):
                     changed |= fields
             return frozenset(changed)
 
-    def checkpoint_wal(self, truncate: bool = False) -> None:
+    def checkpoint_wal(self, truncate: bool = False, wait_s: float | None = None) -> None:
         """Fold SQLite's own WAL into the database file.
 
         PASSIVE (the default) never waits; as no reader holds a transaction open between
         calls, it gets through and the WAL stays bounded. ``truncate`` also empties the WAL
-        file, waiting for readers; for fresh builds and compactions.
+        file, waiting for readers (at most ``wait_s``, else the busy timeout: a TRUNCATE
+        that cannot get through leaves the file for the next write to cut back); for fresh
+        builds and compactions.
         """
         with self.lock:
             mode = "TRUNCATE" if truncate else "PASSIVE"
-            self._db.execute(f"PRAGMA wal_checkpoint({mode})")
+            if wait_s is not None:
+                self._db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
+            try:
+                self._db.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+            finally:
+                if wait_s is not None:
+                    self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     # -- state ----------------------------------------------------------------------------
     def get_state(self, key: str, default: str | None = None) -> str | None:
