@@ -185,9 +185,9 @@ def cmd_add(args: argparse.Namespace) -> int:
                 # "remove them first" was wrong advice after a run killed once it committed.
                 raise DuplicateIdError(
                     f"all {len(emb.ids)} ids of {args.embeddings} are in the index already: an "
-                    "earlier run of this add (stopped or killed after it committed) may have "
-                    "added them, and then nothing is left to do; to replace them, remove "
-                    "them first"
+                    "earlier or concurrent run of this add (one stopped or killed after it "
+                    "committed, or one running beside this) may have added them, and then "
+                    "nothing is left to do; to replace them, remove them first"
                 ) from exc
             raise
         n = len(ix)

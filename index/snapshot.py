@@ -12,6 +12,7 @@ into PostgreSQL, or restored.
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import sqlite3
@@ -68,7 +69,15 @@ def snapshot(path: str | Path | None, out: str | Path, *, store: str | None = No
         info = _snapshot_pg(store, tmp) if store else _snapshot_sqlite(Path(path), tmp)
         _check_opens(tmp)  # a backup is only as good as the restore it allows
         fsync_dir(tmp)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)  # onto a folder that is not empty: ENOTEMPTY, never a swap
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise BuildInputError(
+                f"{out}: another snapshot was put there while this one was made; not "
+                "replacing it (give another --out)"
+            ) from None
         fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -399,6 +399,29 @@ def test_a_snapshot_holds_the_index_so_no_build_swaps_it_mid_copy(tmp_path, monk
     assert refused
 
 
+def test_a_snapshot_whose_out_another_snapshot_took_meanwhile_is_refused(tmp_path, monkeypatch):
+    """Two snapshots to one --out: the second to finish said "Directory not empty" (exit 1,
+    a machine failure)."""
+    from index import snapshot as snapshot_module
+    from index.errors import BuildInputError
+
+    write_embeddings(tmp_path / "emb.h5")
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
+    out = tmp_path / "s"
+    real_check = snapshot_module._check_opens
+
+    def other_snapshot_lands(folder):  # noqa: ANN001, ANN202
+        out.mkdir()
+        (out / "manifest.json").write_text("{}")  # the other run's
+        return real_check(folder)
+
+    monkeypatch.setattr(snapshot_module, "_check_opens", other_snapshot_lands)
+    with pytest.raises(BuildInputError, match="another snapshot was put there while this one"):
+        cli(["snapshot", "--index", str(tmp_path / "a"), "--out", str(out)])
+    assert [p.name for p in out.iterdir()] == ["manifest.json"]  # the other's, untouched
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".s.")]  # nothing left
+
+
 def test_a_journal_record_of_another_dimension_is_a_corrupt_index(tmp_path):
     from index.errors import IndexCorruptError
 
