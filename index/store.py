@@ -216,6 +216,7 @@ class CatalogStore(JournalTable):
                 # ROLLBACK raised "no transaction is active" in place of the real error.
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
+                self._forget_rows()
                 raise
             try:
                 self._db.execute("COMMIT")
@@ -225,8 +226,15 @@ class CatalogStore(JournalTable):
                 # transaction") until a restart.
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
+                self._forget_rows()
                 raise
             self.invalidate_caches(known=True)
+
+    def _forget_rows(self) -> None:
+        """After a rollback the rows tracked no longer say what changed (its rows were never
+        written, and a row it deleted and re-inserted would cancel a later real change): the
+        next bump drops every filter cache."""
+        self._deleted_rows = self._inserted_rows = None
 
     @contextmanager
     def read_txn(self) -> Iterator[None]:
@@ -287,7 +295,7 @@ class CatalogStore(JournalTable):
         with self.lock:
             fields = None
             if known and self._deleted_rows is not None and self._inserted_rows is not None:
-                changed = self._deleted_rows ^ self._inserted_rows
+                changed = self._deleted_rows | self._inserted_rows  # both net of the other
                 fields = frozenset(field for field, _, _ in changed)
             self._deleted_rows, self._inserted_rows = set(), set()
             self.generation += 1
@@ -379,7 +387,7 @@ class CatalogStore(JournalTable):
             self._db.executemany(
                 "INSERT OR IGNORE INTO fields(name) VALUES (?)", [(n,) for n in sorted(names)]
             )
-            self._inserted_rows = _tracked(self._inserted_rows, attr_rows)
+            self._inserted_rows = _tracked(self._inserted_rows, self._deleted_rows, attr_rows)
 
     def delete_items(self, fids: Sequence[int]) -> None:
         """Delete rows by fid (call inside :meth:`transaction`)."""
@@ -390,7 +398,7 @@ class CatalogStore(JournalTable):
                 if text is not None:
                     attr_rows.append((key, text, item.fid))
         with self.lock:
-            self._deleted_rows = _tracked(self._deleted_rows, attr_rows)
+            self._deleted_rows = _tracked(self._deleted_rows, self._inserted_rows, attr_rows)
             self._db.executemany("DELETE FROM attrs WHERE field=? AND value=? AND fid=?", attr_rows)
             self._db.executemany("DELETE FROM items WHERE fid=?", [(int(f),) for f in fids])
 
@@ -558,13 +566,21 @@ class CatalogStore(JournalTable):
 
 
 def _tracked(
-    rows: set[tuple[str, str, int]] | None, more: list[tuple[str, str, int]]
+    rows: set[tuple[str, str, int]] | None,
+    undone: set[tuple[str, str, int]] | None,
+    more: list[tuple[str, str, int]],
 ) -> set[tuple[str, str, int]] | None:
-    """``rows`` with ``more`` added; None (fields unknown: every cache goes) past
-    :data:`_ROWS_TRACKED`, so that a bulk load does not hold its rows twice."""
-    if rows is None or len(rows) + len(more) > _ROWS_TRACKED:
+    """``rows`` (inserted, or deleted) with ``more`` added, net of ``undone`` (the other
+    kind): a row deleted and inserted again since the last bump did not change. None (fields
+    unknown: every cache goes) past :data:`_ROWS_TRACKED`, so that a bulk load does not hold
+    its rows twice. ``undone`` loses the rows taken from it."""
+    if rows is None or undone is None or len(rows) + len(more) > _ROWS_TRACKED:
         return None
-    rows.update(more)
+    for row in more:
+        if row in undone:
+            undone.discard(row)
+        else:
+            rows.add(row)
     return rows
 
 

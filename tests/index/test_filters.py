@@ -316,6 +316,34 @@ def test_a_write_drops_only_the_caches_of_the_fields_it_touched(tmp_path):
     store.close()
 
 
+def test_a_rolled_back_or_undone_change_never_hides_a_later_real_one(tmp_path):
+    """A failed metadata update deleted and re-inserted brand=A of item 0 before rolling back;
+    the tracked rows then cancelled the next write's real removal of it, and brand=A kept
+    answering item 0 until a restart."""
+    store = make_store(tmp_path, [{"brand": "A", "price": 1}, {"brand": "A"}])
+    brand_a = {"brand": "A"}
+    assert store.filter_fids(brand_a).tolist() == [0, 1]
+    with pytest.raises(RuntimeError), store.transaction():
+        store.delete_items([0])
+        store.insert_items([0], ["sku-0"], [{"brand": "A", "price": 5}])
+        raise RuntimeError("the disk filled up")
+    with store.transaction():  # replaced without its brand
+        store.delete_items([0])
+        store.insert_items([0], ["sku-0"], [{"price": 100}])
+    assert store.filter_fids(brand_a).tolist() == [1]
+    with store.transaction():  # inserted, deleted and inserted again in one bump
+        store.insert_items([2], ["sku-2"], [{"brand": "A"}])
+        store.delete_items([2])
+        store.insert_items([2], ["sku-2"], [{"brand": "A"}])
+    assert store.filter_fids(brand_a).tolist() == [1, 2]
+    with store.transaction():  # deleted and put back as it was: brand's caches may stay
+        kept = store.filter_fids(brand_a)
+        store.delete_items([1])
+        store.insert_items([1], ["sku-1"], [{"brand": "A"}])
+    assert store.filter_fids(brand_a) is kept
+    store.close()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_range_filters_follow_metadata_updates_on_both_stores(tmp_path, request, backend):
     xb, xq, item_ids, md = make_catalog(300, seed=4)
