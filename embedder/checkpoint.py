@@ -416,7 +416,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointConfig]:
             f"{path}: {WEIGHTS_FILE} does not hold the model {CONFIG_FILE} describes "
             f"({config.architecture}, {config.num_classes} classes): {problem}"
         )
-    built = getattr(model, "num_features", config.feature_dim)
+    built = embedding_width(model, config.feature_dim)
     if built != config.feature_dim:  # else every embedding file and index is sized wrong
         raise CheckpointError(
             f"{path}: {CONFIG_FILE} says num_features {config.feature_dim}, but its model "
@@ -426,6 +426,14 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointConfig]:
     model.eval()
     setattr(model, LOADED_WEIGHTS_ATTR, weights_sha256)
     return model, config
+
+
+def embedding_width(model: Any, default: int = 0) -> int:
+    """The width of the penultimate features the embedder returns (``forward_head(...,
+    pre_logits=True)``): timm's ``head_hidden_size`` where the head has a hidden layer
+    (MobileNetV3: 1024 where ``num_features`` is 288), else ``num_features``."""
+    width = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
+    return int(width) if width else default
 
 
 def _weights_problem(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str | None:

@@ -23,7 +23,12 @@ from torch import nn
 from common.errors import message_line
 from embedder.backbone import create_backbone, source_model
 from embedder.batch import embed_samples
-from embedder.checkpoint import CheckpointConfig, save_checkpoint, set_training_state
+from embedder.checkpoint import (
+    CheckpointConfig,
+    embedding_width,
+    save_checkpoint,
+    set_training_state,
+)
 from embedder.data import Catalog, Sample
 from embedder.engine import autocast_dtype, resolve_device
 from embedder.errors import DataError, NonFiniteOutputError, TrainingDivergedError
@@ -216,7 +221,7 @@ class Trainer:
             num_classes=len(self.label_names),
             label_names=self.label_names,
             data_config=self.data_config,
-            feature_dim=int(self.model.num_features),
+            feature_dim=embedding_width(self.model),
             model_kwargs=self.model_kwargs,
             training=training,
             metrics=metrics,

@@ -287,3 +287,19 @@ def test_an_edited_config_is_one_line_naming_the_field(tiny_checkpoint, tmp_path
     with pytest.raises(CheckpointError, match=message) as refused:
         load_checkpoint(ck)
     assert "\n" not in str(refused.value)
+
+
+def test_a_head_with_a_hidden_layer_records_the_width_it_embeds_at(tiny_catalog, tmp_path):
+    """MobileNetV3's embedding (pre-logits) is 1024 wide where timm's num_features says 288:
+    the checkpoint recorded 288, and its graph and every index were sized by it."""
+    from embedder.checkpoint import read_config
+    from embedder.inference import Embedder
+    from embedder.train import train
+    from tests.conftest import tiny_train_config
+
+    out = tmp_path / "mnv3"
+    train(tiny_train_config(tiny_catalog, out, model="mobilenetv3_small_050"))
+    assert read_config(out).feature_dim == 1024
+    embedder = Embedder.from_checkpoint(out, runtime="torch")
+    batch = embedder.embed_paths(sorted(tiny_catalog.rglob("*.jpg"))[:2])
+    assert batch.embeddings.shape == (2, 1024) == (2, embedder.dim)
