@@ -59,8 +59,11 @@ def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
         return np.argsort(-sims, axis=1, kind="stable")[:, :k]
     kth = np.partition(sims, n - k, axis=1)[:, n - k : n - k + 1]  # each row's k-th largest
     row, col = np.nonzero(sims >= kth)  # k or more per row (ties with the k-th), in order
+    counts = np.bincount(row, minlength=rows)
+    if (counts < k).any():  # NaN: partition ranks it largest, >= never holds; sort whole
+        return np.argsort(-sims, axis=1, kind="stable")[:, :k]
     order = np.lexsort((col, -sims[row, col], row))  # by row, then score, then column
-    first = np.concatenate(([0], np.cumsum(np.bincount(row, minlength=rows))[:-1]))
+    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
     return col[order][first[:, None] + np.arange(k)]
 
 

@@ -77,3 +77,15 @@ def test_nearest_neighbours_match_a_stable_full_sort_ties_included(leave_one_out
         expected = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         assert (idx == expected).all()
         assert np.array_equal(scores, np.take_along_axis(sims, expected, axis=1))
+
+
+def test_nearest_neighbours_rank_nan_scores_last_as_the_full_sort_did():
+    """A NaN made its row short of candidates, and the top k read into the next row."""
+    rng = np.random.default_rng(4)
+    gallery = rng.standard_normal((300, 4)).astype(np.float32)
+    queries = rng.standard_normal((5, 4)).astype(np.float32)
+    gallery[[3, 17]] = np.nan
+    queries[2] = np.nan  # a whole row of NaN
+    scores, idx = nearest_neighbours(queries, gallery, 5)
+    sims = queries @ gallery.T
+    assert (idx == np.argsort(-sims, axis=1, kind="stable")[:, :5]).all()
