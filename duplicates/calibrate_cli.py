@@ -148,8 +148,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         CalibrationConfig,
         calibrate,
         calibration_record,
+        has_calibration,
         store_calibration,
-        stored_settings,
     )
     from duplicates.calibration_report import write_calibration
     from duplicates.descriptor import CopyDescriptor
@@ -207,7 +207,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             f"the benchmark of {result.images} images from {result.originals} photos holds "
             "too few pairs of both kinds to fit the pair model or measure precision"
         )
-        if stored_settings(args.checkpoint).calibrated:
+        if has_calibration(args.checkpoint):
             print(result.summary())
             print(
                 f"threshold not stored: {small}, and {args.checkpoint} holds a calibration "

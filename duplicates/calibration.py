@@ -353,6 +353,13 @@ class StoredSettings:
         )
 
 
+def has_calibration(checkpoint: str | Path) -> bool:
+    """Whether the checkpoint holds a calibration record, readable by this phonesim or not
+    (a damaged or newer one is still one that a weaker calibration must not replace)."""
+    record = read_config(checkpoint).extra.get(EXTRA_KEY)
+    return isinstance(record, dict) and "threshold" in record
+
+
 def stored_settings(checkpoint: str | Path) -> StoredSettings:
     """The calibrated threshold and the settings it was calibrated with, if any; a
     :class:`CheckpointError` naming the setting when the record is damaged or newer."""

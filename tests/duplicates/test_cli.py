@@ -185,6 +185,10 @@ def test_calibrate_on_too_few_photos_stores_nothing(
     assert main("calibrate", [*argv, "--no-progress", "--workers", "0"]) == 1
     assert "threshold not stored" in capsys.readouterr().err
     assert stored_settings(ckpt).threshold == 0.93
+    # A record this phonesim cannot read (a newer one) is kept as well, not a traceback.
+    store_calibration(ckpt, {"format_version": 9, "threshold": 0.93})
+    assert main("calibrate", [*argv, "--no-progress", "--workers", "0"]) == 1
+    assert "threshold not stored" in capsys.readouterr().err
 
 
 def test_what_calibrate_stores_is_what_find_reads(tiny_checkpoint, tiny_catalog, tmp_path, capsys):
