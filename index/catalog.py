@@ -41,10 +41,10 @@ log = logging.getLogger(__name__)
 # Searches again when items the store has removed came back (see search): each round leaves
 # out those found; more rounds only while other processes keep removing the very hits.
 GONE_RETRIES = 3
-# One add is one journal record, one value in the store: SQLite holds at most 1,000,000,000
-# bytes in one (200,000 vectors of 1280 floats were a "string or blob too big" traceback),
-# PostgreSQL 1 GB. Bulk loads go through `index build`.
-MAX_ADD_BYTES = 512 * 1024 * 1024
+# One add is one journal record, its vectors one value in the store: SQLite holds at most
+# 1,000,000,000 bytes in one (200,000 vectors of 1280 floats were a "string or blob too big"
+# traceback), PostgreSQL 1 GiB. Bulk loads go through `index build`.
+MAX_ADD_BYTES = 900_000_000
 
 
 @dataclass(frozen=True)
@@ -340,8 +340,8 @@ class CatalogIndex(Following):
             most = MAX_ADD_BYTES // xb[0].nbytes
             raise InvalidVectorsError(
                 f"one add takes at most {most:,} vectors of {self.dim} floats (its journal "
-                f"record must stay under {MAX_ADD_BYTES >> 20} MiB), got {len(ids):,}: add them "
-                "in parts, or build the index from them ('phonesim index build')"
+                f"record must stay under {MAX_ADD_BYTES / 1e6:,.0f} MB), got {len(ids):,}: "
+                "add them in parts, or build the index from them ('phonesim index build')"
             )
         self._applied_own(self._source.commit_add(ids, xb, mds))
 

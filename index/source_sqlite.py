@@ -204,7 +204,7 @@ class SqliteSource:
         self.store.release_free_pages()  # the truncated journal's pages, removed items'
         # Emptied, not only folded: the WAL kept the size of the journal just dropped (160 MB
         # beside a 7.7 MB store) until the next write, for good on a catalog only read.
-        self.store.checkpoint_wal(truncate=True, wait_s=1.0)
+        self.store.checkpoint_wal(truncate=True, wait_s=0.25)
         return not stale
 
     def clean_up(self, current: str) -> None:

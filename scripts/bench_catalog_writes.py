@@ -91,7 +91,7 @@ def measure(args: argparse.Namespace) -> dict:
             for field in ("stock", "price"):
                 times = []
                 for r in range(args.rounds):
-                    ix.update_metadata(f"i{r:07d}", {field: 150.0 + r})
+                    ix.update_metadata(f"i{r % args.n:07d}", {field: 150.0 + r})
                     times.append(_timed(lambda: ix.search(q, 10, filter=FILTER)))
                 after[field] = statistics.median(times)
             rare = {"tag": "rare"}
