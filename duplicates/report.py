@@ -170,7 +170,7 @@ def to_html(
             head += " - <span class='tag bad'>label conflict: " + esc(", ".join(g.labels))
             head += "</span>"
         parts.append(f"<div class='{cls}'><div>{head}</div><div class='members'>")
-        members = g.members[: min(max_members, max(2, max_images - shown_images))]
+        members = g.members[: min(max_members, max_images - shown_images)]
         shown_images += len(members)
         for k, m in enumerate(members):
             uri = _thumbnail_uri(m.path, thumb_side) if m.path else None
