@@ -537,6 +537,17 @@ def journal_head(folder: Path) -> int | None:
         store.close()
 
 
+def rename_unless_taken(tmp: Path, out: Path, refusal: str) -> None:
+    """Rename ``tmp`` to ``out``, absent or an empty folder: one rename, so a folder another
+    command filled meanwhile stays (ENOTEMPTY, never a swap) and ``refusal`` is raised."""
+    try:
+        os.rename(tmp, out)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise BuildInputError(f"{out}: {refusal}") from None
+
+
 def move_into_place(
     tmp: Path, out: Path, *, overwrite: bool = True, expect_head: int | None = None
 ) -> None:
@@ -548,15 +559,10 @@ def move_into_place(
     ``out`` is no link (see :func:`common.fsutil.replaced_path`): a rename replaces a link,
     not the folder it names."""
     if not overwrite:
-        try:
-            os.rename(tmp, out)  # onto a folder that is not empty: ENOTEMPTY, never a swap
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-            raise BuildInputError(
-                f"{out}: another index was put there while this one was made; not replacing "
-                "it (use --overwrite, or overwrite=True)"
-            ) from None
+        rename_unless_taken(
+            tmp, out, "another index was put there while this one was made; not replacing it "
+            "(use --overwrite, or overwrite=True)",
+        )  # fmt: skip
         fsync_dir(out.parent)
         return
     lock = lock_writer(out) if (out / MANIFEST_NAME).is_file() else None

@@ -12,7 +12,6 @@ into PostgreSQL, or restored.
 
 from __future__ import annotations
 
-import errno
 import logging
 import shutil
 import sqlite3
@@ -29,7 +28,7 @@ from common.fsutil import (
     temporary_folder,
 )
 from index import ann
-from index.build import check_index_target, move_into_place
+from index.build import check_index_target, move_into_place, rename_unless_taken
 from index.errors import BuildInputError, IndexLockedError, StoreUnavailableError
 from index.folder import faiss_file_name
 from index.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
@@ -69,15 +68,10 @@ def snapshot(path: str | Path | None, out: str | Path, *, store: str | None = No
         info = _snapshot_pg(store, tmp) if store else _snapshot_sqlite(Path(path), tmp)
         _check_opens(tmp)  # a backup is only as good as the restore it allows
         fsync_dir(tmp)
-        try:
-            tmp.rename(out)  # onto a folder that is not empty: ENOTEMPTY, never a swap
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-            raise BuildInputError(
-                f"{out}: another snapshot was put there while this one was made; not "
-                "replacing it (give another --out)"
-            ) from None
+        rename_unless_taken(
+            tmp, out, "another snapshot was put there while this one was made; not replacing "
+            "it (give another --out)",
+        )  # fmt: skip
         fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

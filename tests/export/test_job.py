@@ -97,8 +97,8 @@ def test_float16_option(reference, demo, ckpt, tmp_path):
     _assert_neighbors_match(half, k=4, atol=1e-4)  # neighbours of the stored vectors
 
 
-def test_resume_refuses_a_different_input_list(demo, ckpt, tmp_path, monkeypatch):
-    out = tmp_path / "features.h5"
+def _stopped_after_8_inputs(config, monkeypatch) -> None:  # noqa: ANN001
+    """Run the export ``config`` until a Ctrl-C lands after its 8th input (2 shards of 4)."""
     real_write = ShardWriter.write
 
     def stop(self, batch):
@@ -108,8 +108,13 @@ def test_resume_refuses_a_different_input_list(demo, ckpt, tmp_path, monkeypatch
 
     monkeypatch.setattr(ShardWriter, "write", stop)
     with pytest.raises(KeyboardInterrupt):
-        export_features(_config(ckpt, demo / "with_bad.csv", out, shard_size=4))
+        export_features(config)
     monkeypatch.setattr(ShardWriter, "write", real_write)
+
+
+def test_resume_refuses_a_different_input_list(demo, ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "features.h5"
+    _stopped_after_8_inputs(_config(ckpt, demo / "with_bad.csv", out, shard_size=4), monkeypatch)
     with pytest.raises(ResumeError, match="different input list"):
         export_features(_config(ckpt, demo / "three.csv", out))
     summary = export_features(_config(ckpt, demo / "three.csv", out, restart=True))
@@ -210,17 +215,7 @@ def test_resume_refuses_another_checkpoint_of_the_same_shape(demo, ckpt, tmp_pat
     assert checkpoint_hash(other) != checkpoint_hash(ckpt)
 
     out = tmp_path / "features.h5"
-    real_write = ShardWriter.write
-
-    def stop(self, batch):
-        real_write(self, batch)
-        if batch.end >= 8:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(ShardWriter, "write", stop)
-    with pytest.raises(KeyboardInterrupt):
-        export_features(_config(ckpt, demo / "catalog.csv", out, shard_size=4))
-    monkeypatch.setattr(ShardWriter, "write", real_write)
+    _stopped_after_8_inputs(_config(ckpt, demo / "catalog.csv", out, shard_size=4), monkeypatch)
     with pytest.raises(ResumeError, match="different checkpoint"):
         export_features(_config(other, demo / "catalog.csv", out))
     summary = export_features(_config(ckpt, demo / "catalog.csv", out))
