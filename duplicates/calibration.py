@@ -56,6 +56,7 @@ EXTRA_KEY = "duplicates"
 # record rather than run with a threshold calibrated for other settings. Records without one
 # (before versions) drop the settings this phonesim no longer has, as they always did.
 RECORD_VERSION = 1
+_AGAIN = "run 'phonesim duplicates calibrate' again"  # what mends a damaged or newer record
 _FINDER_KEYS = ("k", "candidate_floor", "whiten_dims", "whitened_floor")
 # What calibration_record writes besides the settings: read for reports, never for finding.
 _REPORT_KEYS = (
@@ -368,8 +369,7 @@ def stored_settings(checkpoint: str | Path) -> StoredSettings:
         return StoredSettings(FALLBACK_THRESHOLD, False, DescriptorConfig(), {})
     where = f"{Path(checkpoint) / CONFIG_FILE}: extra.{EXTRA_KEY}"
     version = record.get("format_version")
-    again = "run 'phonesim duplicates calibrate' again"
-    problem = None if version is None else version_problem(version, (RECORD_VERSION,), again)
+    problem = None if version is None else version_problem(version, (RECORD_VERSION,), _AGAIN)
     if problem:
         raise CheckpointError(f"{where}: {problem}")
     strict = version is not None  # a versioned record holds no setting this phonesim lacks
@@ -418,8 +418,7 @@ def _settings(cls: type, data: Any, where: str, strict: bool) -> dict[str, Any]:
         value, default = data[key], defaults[key]
         if not _fits(value, default):
             raise CheckpointError(
-                f"{where}.{key} must be like {default!r}, got {value!r:.60}; run 'phonesim "
-                "duplicates calibrate' again"
+                f"{where}.{key} must be like {default!r}, got {value!r:.60}; {_AGAIN}"
             )
         integer = isinstance(default, int) and not isinstance(default, bool)
         kept[key] = int(value) if integer else value
@@ -429,7 +428,7 @@ def _settings(cls: type, data: Any, where: str, strict: bool) -> dict[str, Any]:
 def _newer(unknown: list[str]) -> str:
     return (
         f"settings this phonesim does not know ({', '.join(unknown)}): a newer phonesim "
-        "calibrated it; upgrade phonesim or run 'phonesim duplicates calibrate' again"
+        f"calibrated it; upgrade phonesim or {_AGAIN}"
     )
 
 
