@@ -84,8 +84,9 @@ class ShardInfo:
     classes: int = 0
 
 
-def _width(dataset: h5py.Dataset) -> int:
-    return int(dataset.shape[1]) if len(dataset.shape) == 2 else 0
+def _width(array: h5py.Dataset | np.ndarray) -> int:
+    """The columns of a 2-D dataset or array (0 for any other shape)."""
+    return int(array.shape[1]) if len(array.shape) == 2 else 0
 
 
 def _read_shard_info(path: Path) -> ShardInfo:
@@ -206,8 +207,8 @@ class PartialDir:
             len(ids),
             len(failures),
             runtime,
-            embeddings.shape[1] if embeddings.ndim == 2 else 0,
-            probabilities.shape[1] if probabilities.ndim == 2 else 0,
+            _width(embeddings),
+            _width(probabilities),
         )
         self.shards.append(info)
         return info
