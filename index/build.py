@@ -55,7 +55,7 @@ from index.tuning import tunable_param, tune, tuning_split
 
 log = logging.getLogger(__name__)
 
-#: ``build_index``'s ``replaced_head`` default: read the replaced index's journal head itself.
+#: ``build_index``'s ``replaced`` default: read the replaced index's state itself.
 READ_NOW = object()
 
 # More folders than this in a manifest's image_roots are merged into their parents.
@@ -391,7 +391,7 @@ def build_index(
     progress: bool = False,
     source: Mapping[str, Any] | None = None,
     store: str | None = None,
-    replaced_head: int | None | object = READ_NOW,
+    replaced: IndexState | None | object = READ_NOW,
 ) -> BuildReport:
     """Build an index folder at ``out`` from ``ids``, vectors ``xb`` and per-id metadata.
 
@@ -400,18 +400,18 @@ def build_index(
     ``nprobe``/``efSearch`` default tuned to reach ``target_recall`` (recall@10).
     ``out`` must not exist or be empty unless ``overwrite``. ``store``: a PostgreSQL URL to
     copy the built catalog into (:func:`index.pg_admin.push_folder`; ``overwrite`` also
-    applies there); ``out`` then stays as a local snapshot of it. ``replaced_head``: the
-    :func:`journal_head` of the index being replaced when the caller read its inputs (by
-    default, read now).
+    applies there); ``out`` then stays as a local snapshot of it. ``replaced``: the
+    :func:`index_state` of ``out`` when the caller read its inputs (by default, read now).
     """
     t_start = time.perf_counter()
     out = Path(out)
     check_index_target(out, overwrite=overwrite)
-    # What the index being replaced has journalled so far: a change by another process while
-    # this build runs would be lost with it (an `index add` said "added 30000", then the swap
-    # dropped them), so the swap refuses one.
-    if replaced_head is READ_NOW:
-        replaced_head = journal_head(out) if overwrite else None
+    # Which index is being replaced and what it has journalled so far: a change by another
+    # process while this build runs would be lost with it (an `index add` said "added 30000",
+    # then the swap dropped them), as would another build or restore landing first, so the
+    # swap refuses either.
+    if replaced is READ_NOW:
+        replaced = index_state(out) if overwrite else None
     if store is not None:
         from index.pg_admin import refuse_existing
 
@@ -476,7 +476,7 @@ def build_index(
         write_manifest(tmp, manifest)
         fsync_dir(tmp)
         timings["write_s"] = time.perf_counter() - t
-        move_into_place(tmp, out, overwrite=overwrite, expect_head=replaced_head)
+        move_into_place(tmp, out, overwrite=overwrite, expect=replaced)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -520,6 +520,28 @@ def _write_store(
     fsync_path(path)
 
 
+@dataclass(frozen=True)
+class IndexState:
+    """Which index a folder holds and how far its journal reached: what a build or restore
+    that replaces it checks again before its swap. ``folder_id`` is the folder's (device,
+    inode), None where no index is there; a swap puts in another folder, so another build or
+    restore that landed meanwhile changes it, whatever its journal says."""
+
+    folder_id: tuple[int, int] | None
+    head: int | None
+
+
+def index_state(folder: Path) -> IndexState:
+    """The :class:`IndexState` of ``folder`` now."""
+    if not (folder / MANIFEST_NAME).is_file():
+        return IndexState(None, None)
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return IndexState(None, None)
+    return IndexState((st.st_dev, st.st_ino), journal_head(folder))
+
+
 def journal_head(folder: Path) -> int | None:
     """The last journal record's seq of the index at ``folder`` (it only grows), or None
     where no index store can be read there."""
@@ -549,15 +571,15 @@ def rename_unless_taken(tmp: Path, out: Path, refusal: str) -> None:
 
 
 def move_into_place(
-    tmp: Path, out: Path, *, overwrite: bool = True, expect_head: int | None = None
+    tmp: Path, out: Path, *, overwrite: bool = True, expect: IndexState | None = None
 ) -> None:
     """Swap the finished build in for ``out``, holding the old index's lock exclusively
     meanwhile (so no process has it open). Without ``overwrite`` it only takes an absent or
     empty ``out``, in one rename: an index another command put there meanwhile stays.
-    ``expect_head``: the old index's :func:`journal_head` when the build began; one that
-    changed since (items added or removed meanwhile, which the swap would lose) is refused.
-    ``out`` is no link (see :func:`common.fsutil.replaced_path`): a rename replaces a link,
-    not the folder it names."""
+    ``expect``: ``out``'s :func:`index_state` when the build or restore began; another index
+    put there since, or changes (items added or removed meanwhile, which the swap would
+    lose), are refused. ``out`` is no link (see :func:`common.fsutil.replaced_path`): a
+    rename replaces a link, not the folder it names."""
     if not overwrite:
         rename_unless_taken(
             tmp, out, "another index was put there while this one was made; not replacing it "
@@ -567,15 +589,15 @@ def move_into_place(
         return
     lock = lock_writer(out) if (out / MANIFEST_NAME).is_file() else None
     try:
-        now = journal_head(out) if expect_head is not None else None
-        if now is not None and now < expect_head:  # another build or a restore landed
+        now = index_state(out) if expect is not None else None
+        if now is not None and now.folder_id != expect.folder_id:  # a build or restore landed
             raise BuildInputError(
                 f"{out}: another index was put there while this one was made; not replacing "
-                "it (build again to replace that one)"
+                "it (run this again to replace that one)"
             )
-        if now is not None and now != expect_head:
+        if now is not None and None not in (now.head, expect.head) and now.head != expect.head:
             raise BuildInputError(
-                f"{out}: {now - expect_head} change(s) (adds, removes or metadata updates) "
+                f"{out}: {now.head - expect.head} change(s) (adds, removes or metadata updates) "
                 "reached this index while the build ran, and replacing it would lose them; "
                 "not replaced. Build again from embeddings that hold them, or stop the "
                 "writers first"
@@ -603,7 +625,7 @@ def build_from_files(
     check_index_target(Path(out), overwrite=overwrite, inputs=(embeddings, catalog))
     # Before reading too: an add to the old index while a large file is read is one the
     # new index lacks as well.
-    replaced_head = journal_head(Path(out)) if overwrite else None
+    replaced = index_state(Path(out)) if overwrite else None
     emb = read_embeddings(embeddings)
     rows = read_catalog_csv(catalog) if catalog is not None else None
     metadata = join_metadata(emb.ids, emb.labels, rows)
@@ -628,7 +650,7 @@ def build_from_files(
         progress=progress,
         source=source,
         store=store,
-        replaced_head=replaced_head,
+        replaced=replaced,
     )
 
 

@@ -16,6 +16,7 @@ import logging
 import shutil
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from common.fsutil import (
     temporary_folder,
 )
 from index import ann
-from index.build import check_index_target, move_into_place, rename_unless_taken
+from index.build import check_index_target, index_state, move_into_place, rename_unless_taken
 from index.errors import BuildInputError, IndexLockedError, StoreUnavailableError
 from index.folder import faiss_file_name
 from index.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
@@ -186,6 +187,10 @@ def restore(
         push_folder(snap, store, overwrite=overwrite)
         return {"count": count, "store": redact(store)}
     dest = replaced_path(Path(path))  # a link: the index it names
+    # Two restores to one folder both said "restored", the last one winning: the swap refuses
+    # another index put there after this point. Items added meanwhile are not kept: replacing
+    # what the index holds is what a restore is for.
+    replaced = replace(index_state(dest), head=None) if overwrite else None
     tmp = temporary_folder(dest, "restoring-")
     try:
         # Copied as a snapshot is taken, not file by file: a snapshot is an index folder that
@@ -194,7 +199,7 @@ def restore(
         count = _check_opens(tmp)  # what was restored, not before
         _warn_if_other_embedder(dest, read_manifest(tmp))
         fsync_dir(tmp)
-        move_into_place(tmp, dest, overwrite=overwrite)
+        move_into_place(tmp, dest, overwrite=overwrite, expect=replaced)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -525,6 +525,37 @@ def test_a_rebuild_does_not_replace_an_index_put_there_meanwhile(files, monkeypa
         assert len(ix) == 5
 
 
+def test_a_rebuild_does_not_replace_a_fresh_build_that_landed_with_an_equal_journal(
+    files, monkeypatch
+):
+    """The swap compared journal heads only: another fresh build landing meanwhile has the
+    head the replaced fresh build had, and was replaced silently, the last build winning.
+    An index put where there was none when the build began is not replaced either."""
+    from index.build import build_index
+
+    xb = np.random.default_rng(0).standard_normal((40, DIM)).astype(np.float32)
+    ids = [f"x{i}" for i in range(40)]
+    kw = dict(model_name=MODEL, checkpoint_hash=HASH, progress=False)
+    real_write = index_build.write_manifest
+    for out, first in ((files / "idx", True), (files / "new", False)):
+        if first:
+            build_index(out, ids[:10], xb[:10], [{}] * 10, **kw)
+        landed = []
+
+        def another_build_lands(folder, manifest, out=out, landed=landed):  # noqa: ANN001, ANN202
+            real_write(folder, manifest)
+            if not landed:
+                landed.append(True)
+                build_index(out, ids[:5], xb[:5], [{}] * 5, overwrite=True, **kw)
+
+        monkeypatch.setattr(index_build, "write_manifest", another_build_lands)
+        with pytest.raises(BuildInputError, match="another index was put there"):
+            build_index(out, ids, xb, [{}] * 40, overwrite=True, **kw)
+        monkeypatch.undo()
+        with open_index(out) as ix:
+            assert len(ix) == 5, out.name
+
+
 def test_an_index_built_through_a_link_to_an_empty_folder_lands_in_that_folder(files):
     import os
 

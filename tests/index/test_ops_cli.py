@@ -173,6 +173,40 @@ def test_restore_from_a_folder_a_writer_holds_open_keeps_its_latest_commits(tmp_
         assert len(ix) == 125 and "late-4" in ix
 
 
+def test_a_restore_does_not_replace_an_index_restored_there_while_it_copied(tmp_path, monkeypatch):
+    """Two `restore --overwrite` into one folder both said "restored": the last one won."""
+    from index import snapshot as snapshot_module
+
+    write_embeddings(tmp_path / "emb.h5")
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
+    assert cli(["snapshot", "--index", str(tmp_path / "a"), "--out", str(tmp_path / "s")]) == 0
+    with open_index(tmp_path / "a") as ix:
+        ix.remove(["p0", "p1"])
+    assert cli(["snapshot", "--index", str(tmp_path / "a"), "--out", str(tmp_path / "t")]) == 0
+    real_copy, landed = snapshot_module._snapshot_sqlite, []
+
+    def another_restore_lands(snap, tmp):  # noqa: ANN001, ANN202
+        if not landed:
+            landed.append(True)
+            argv = ["restore", "--from", str(tmp_path / "t"), "--index", str(tmp_path / "a")]
+            assert cli([*argv, "--overwrite"]) == 0
+        return real_copy(snap, tmp)
+
+    monkeypatch.setattr(snapshot_module, "_snapshot_sqlite", another_restore_lands)
+    argv = ["restore", "--from", str(tmp_path / "s"), "--index", str(tmp_path / "a")]
+    with pytest.raises(BuildInputError, match="another index was put there"):
+        cli([*argv, "--overwrite"])
+    with open_index(tmp_path / "a") as ix:
+        assert len(ix) == 118  # the restore that landed first stays
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".a")]  # no temporaries
+    monkeypatch.undo()
+    with open_index(tmp_path / "a") as ix:  # items added before a restore are replaced with it
+        ix.add(["late"], np.ones((1, DIM), np.float32))
+    assert cli([*argv, "--overwrite"]) == 0
+    with open_index(tmp_path / "a") as ix:
+        assert len(ix) == 120 and "late" not in ix
+
+
 def test_a_snapshot_is_never_kept_inside_the_index_it_would_replace(tmp_path):
     """A snapshot taken into the index folder was deleted by its own restore --overwrite."""
     write_embeddings(tmp_path / "emb.h5")
