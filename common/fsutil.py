@@ -403,6 +403,37 @@ def names_open_file(path: str | Path, fd: int) -> bool:
     return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
+def flock_holders(fd: int) -> list[int]:
+    """The other processes holding an ``flock`` on the file open as ``fd``, as Linux's
+    ``/proc/locks`` names them (the process that took each lock; none where that file cannot
+    be read or the holders live in another PID namespace): for a refusal to name them."""
+    st = os.fstat(fd)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    pids = set()
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2778722 0 EOF"; "->" marks a waiter
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == key and parts[4].isdigit():
+            pids.add(int(parts[4]))
+    pids.discard(os.getpid())
+    pids.discard(0)
+    return sorted(pids)
+
+
+def holders_note(fd: int, most: int = 5) -> str:
+    """ " (pid 12, 34)" of :func:`flock_holders`, "" when none is known."""
+    pids = flock_holders(fd)
+    if not pids:
+        return ""
+    more = f" and {len(pids) - most} more" if len(pids) > most else ""
+    return f" (pid {', '.join(map(str, pids[:most]))}{more})"
+
+
 class LockBusyError(UserError):
     """Another process holds a lock of :func:`exclusive_lock`; ``holder``: " (pid N)" of the
     process its file names, or "" when it names none (yet)."""

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from common.fsutil import folder_size, names_open_file
+from common.fsutil import folder_size, holders_note, names_open_file
 from index.errors import (
     IndexCorruptError,
     IndexLockedError,
@@ -68,9 +68,10 @@ def lock_writer(path: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holders = holders_note(fd)
         os.close(fd)
         raise IndexLockedError(
-            f"{path}: another process has this index open; close it first"
+            f"{path}: another process has this index open{holders}; close it first"
         ) from None
     return fd
 
@@ -89,8 +90,11 @@ def lock_shared(path: Path) -> int:
             if names_open_file(path / LOCK_NAME, fd):
                 return fd
         except BlockingIOError:
+            holders = holders_note(fd)
             os.close(fd)
-            raise IndexLockedError(f"{path}: a build is replacing this index; try again") from None
+            raise IndexLockedError(
+                f"{path}: a build or restore{holders} is replacing this index; try again"
+            ) from None
         except BaseException:
             os.close(fd)
             raise

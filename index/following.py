@@ -265,8 +265,8 @@ class Following:
             with self._source.compaction_lock() as got:
                 if not got and refuse_busy:
                     raise IndexLockedError(
-                        f"{self.where}: another process is compacting it or taking a "
-                        "snapshot of it; try again when it has finished"
+                        f"{self.where}: another process{self._source.compactor} is compacting "
+                        "it or taking a snapshot of it; try again when it has finished"
                     )
                 if not got:
                     return False

@@ -171,6 +171,7 @@ class PgSource:
     kind = "postgresql"
     cheap_check = False  # a change check is a round trip: follow by polling (sync) instead
     mirrors_records = True  # the local mirror changes only by the records applied to it
+    compactor = ""  # an advisory lock's holder is a server backend, not a process to name
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -20,7 +20,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from common.fsutil import fsync_dir
+from common.fsutil import fsync_dir, holders_note
 from index import ann
 from index.errors import (
     DuplicateIdError,
@@ -59,6 +59,7 @@ class SqliteSource:
         self.store = store  # also the read store: the shared file is the current state
         self._lock_fd = lock_fd  # the folder lock, shared: no build replaces it under us
         self._dv: int | None = None
+        self.compactor = ""  # " (pid N)" of the last compactor that refused this one
 
     @property
     def where(self) -> str:
@@ -174,12 +175,14 @@ class SqliteSource:
     # -- snapshots --------------------------------------------------------------------------
     @contextmanager
     def compaction_lock(self) -> Iterator[bool]:
-        """Whether this process got the one compactor's lock (never waits)."""
+        """Whether this process got the one compactor's lock (never waits); when not,
+        :attr:`compactor` names the process holding it."""
         fd = os.open(self.folder / COMPACT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                self.compactor = holders_note(fd)
                 yield False
                 return
             yield True

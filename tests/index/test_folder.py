@@ -78,7 +78,7 @@ def test_describe_waits_for_no_build(flat_dir):
 
     fd = lock_writer(flat_dir)  # as a build replacing the folder holds it
     try:
-        with pytest.raises(IndexLockedError, match="a build is replacing"):
+        with pytest.raises(IndexLockedError, match="a build or restore is replacing"):
             describe(flat_dir)
     finally:
         os.close(fd)

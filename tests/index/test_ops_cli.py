@@ -207,6 +207,42 @@ def test_a_restore_does_not_replace_an_index_restored_there_while_it_copied(tmp_
         assert len(ix) == 120 and "late" not in ix
 
 
+def test_lock_refusals_name_the_process_holding_the_lock(tmp_path):
+    """ "another process has this index open": the operator had to find which one."""
+    import subprocess
+    import sys
+
+    write_embeddings(tmp_path / "emb.h5")
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
+    assert cli(["snapshot", "--index", str(tmp_path / "a"), "--out", str(tmp_path / "s")]) == 0
+    more_embeddings(tmp_path / "more.h5", [f"n{i}" for i in range(6)])
+    assert (
+        cli(["add", "--index", str(tmp_path / "a"), "--embeddings", str(tmp_path / "more.h5")]) == 0
+    )
+    hold = (  # what a server holds (the folder lock, shared) and what a compactor holds
+        "import fcntl, os, sys, time\n"
+        "for name, how in (('writer.lock', fcntl.LOCK_SH), ('compact.lock', fcntl.LOCK_EX)):\n"
+        "    fd = os.open(os.path.join(sys.argv[1], name), os.O_RDWR | os.O_CREAT)\n"
+        "    fcntl.flock(fd, how)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", hold, str(tmp_path / "a")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "held"
+        argv = ["restore", "--from", str(tmp_path / "s"), "--index", str(tmp_path / "a")]
+        with pytest.raises(IndexLockedError, match=rf"has this index open \(pid {child.pid}\)"):
+            cli([*argv, "--overwrite"])
+        with pytest.raises(IndexLockedError, match=rf"process \(pid {child.pid}\) is compacting"):
+            cli(["compact", "--index", str(tmp_path / "a"), "--force"])
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    assert cli(["compact", "--index", str(tmp_path / "a"), "--force"]) == 0
+
+
 def test_a_snapshot_is_never_kept_inside_the_index_it_would_replace(tmp_path):
     """A snapshot taken into the index folder was deleted by its own restore --overwrite."""
     write_embeddings(tmp_path / "emb.h5")
