@@ -46,7 +46,7 @@ from common.text import (
 from common.versions import FEATURES_FORMAT, FEATURES_VERSION, version_problem
 from index import ann
 from index.catalog import CatalogIndex, IndexOptions
-from index.errors import BuildInputError, CatalogIndexError, InvalidKindError
+from index.errors import BuildInputError, CatalogIndexError, IndexLockedError, InvalidKindError
 from index.folder import faiss_file_name, lock_writer
 from index.inputs import clean_metadata_rows, prepare_ids, prepare_vectors
 from index.manifest import MANIFEST_NAME, Manifest, write_manifest
@@ -587,7 +587,13 @@ def move_into_place(
         )  # fmt: skip
         fsync_dir(out.parent)
         return
-    lock = lock_writer(out) if (out / MANIFEST_NAME).is_file() else None
+    try:
+        lock = lock_writer(out) if (out / MANIFEST_NAME).is_file() else None
+    except IndexLockedError as exc:  # checked before the work began: opened since
+        raise IndexLockedError(
+            f"{exc}. It was opened while the new index was made, which is discarded: run "
+            "this again once it is closed"
+        ) from None
     try:
         now = index_state(out) if expect is not None else None
         if now is not None and now.folder_id != expect.folder_id:  # a build or restore landed

@@ -556,6 +556,39 @@ def test_a_rebuild_does_not_replace_a_fresh_build_that_landed_with_an_equal_jour
             assert len(ix) == 5, out.name
 
 
+def test_a_rebuild_refused_by_a_server_started_meanwhile_says_it_was_discarded(files, monkeypatch):
+    """It said only "another process has this index open; close it first", as if nothing
+    had been done: the minutes of work were gone without a word."""
+    from index.build import build_index
+    from index.errors import IndexLockedError
+
+    out = files / "idx"
+    xb = np.random.default_rng(0).standard_normal((40, DIM)).astype(np.float32)
+    ids = [f"x{i}" for i in range(40)]
+    kw = dict(model_name=MODEL, checkpoint_hash=HASH, progress=False)
+    build_index(out, ids[:10], xb[:10], [{}] * 10, **kw)
+    real_write, opened = index_build.write_manifest, []
+
+    def a_server_opens_it(folder, manifest):  # noqa: ANN001, ANN202
+        real_write(folder, manifest)
+        opened.append(open_index(out, readonly=True))
+
+    monkeypatch.setattr(index_build, "write_manifest", a_server_opens_it)
+    try:
+        with pytest.raises(
+            IndexLockedError,
+            match="has this index open.*new index was made, "
+            "which is discarded: run this again once it is closed",
+        ):
+            build_index(out, ids, xb, [{}] * 40, overwrite=True, **kw)
+    finally:
+        for ix in opened:
+            ix.close()
+    with open_index(out) as ix:
+        assert len(ix) == 10
+    assert not [p for p in files.iterdir() if p.name.startswith(".idx")]  # no temporaries
+
+
 def test_an_index_built_through_a_link_to_an_empty_folder_lands_in_that_folder(files):
     import os
 
