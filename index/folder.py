@@ -35,6 +35,15 @@ def faiss_file_name(seq: int) -> str:
     return f"{FAISS_PREFIX}{seq:012d}{FAISS_SUFFIX}"
 
 
+def missing_faiss_file(folder: Path, name: str) -> IndexNotFoundError:
+    """The error for a FAISS file the catalog store names and the folder lacks."""
+    return IndexNotFoundError(
+        f"{folder}: FAISS file {name}, which the catalog store names, is missing (deleted, or "
+        "left out of a copy of the folder); restore the folder from a snapshot with 'phonesim "
+        "index restore', or build it again"
+    )
+
+
 def store_path(path: Path) -> Path:
     """The folder's catalog store; :class:`~index.errors.IndexNotFoundError` if missing."""
     if not (path / STORE_NAME).is_file():
@@ -155,6 +164,8 @@ def check_index_files(path: str | Path) -> dict[str, Any]:
         except IndexCorruptError:
             again = describe(path)
             if attempt == 2 or again["faiss_file"] == info["faiss_file"]:
+                if not (path / info["faiss_file"]).exists():
+                    raise missing_faiss_file(path, info["faiss_file"]) from None
                 raise
             info = again
             continue

@@ -28,7 +28,7 @@ from index.errors import (
     StoreUnavailableError,
     UnknownIdError,
 )
-from index.folder import FAISS_PREFIX, faiss_file_name
+from index.folder import FAISS_PREFIX, faiss_file_name, missing_faiss_file
 from index.journal import JournalRecord
 from index.manifest import Manifest
 from index.replica import Loaded
@@ -118,7 +118,7 @@ class SqliteSource:
                 records = self.store.journal_records(seq, dim)
                 live = self.store.live_fids()
                 return Loaded(index, name, seq, records, len(live), live, self.store.next_fid())
-        raise IndexNotFoundError(f"{self.folder}: FAISS file {name} is missing")
+        raise missing_faiss_file(self.folder, name)
 
     # -- writes -----------------------------------------------------------------------------
     def commit_add(

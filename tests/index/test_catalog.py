@@ -24,6 +24,7 @@ from index import (
     open_index,
 )
 from index.errors import CatalogIndexError
+from index.folder import check_index_files
 from tests.index.synthetic import HASH, MODEL, D, make_catalog, unit
 
 
@@ -216,8 +217,13 @@ def test_missing_or_broken_index_folders_are_clear_errors(tmp_path, flat_dir):
     manifest.write_text(good)
     for faiss_file in flat_dir.glob("vectors-*.faiss"):
         faiss_file.unlink()
-    with pytest.raises(IndexNotFoundError, match="FAISS file"):
+    # It said FAISS's "could not open ... for reading" in `index info` and `serve`, and
+    # nothing of what to do anywhere.
+    missing = "FAISS file vectors-.*, which the catalog store names, is missing.*index restore"
+    with pytest.raises(IndexNotFoundError, match=missing):
         open_index(flat_dir, readonly=True)
+    with pytest.raises(IndexNotFoundError, match=missing):
+        check_index_files(flat_dir)
 
 
 def test_several_writers_and_read_only_openers_follow_one_store(flat_dir, small):
