@@ -28,3 +28,8 @@ def version_problem(found: object, readable: Sequence[int], older_fix: str) -> s
             "phonesim wrote it; upgrade phonesim to read it"
         )
     return f"unsupported format_version {found!r} (this phonesim reads {reads}); {older_fix}"
+
+
+#: Every embedding precision a features file or an index may record: ``embedder``'s
+#: ``precision(runtime)`` gives one of them.
+PRECISIONS = ("fp32", "int8")

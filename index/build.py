@@ -43,7 +43,7 @@ from common.text import (
     repeated_columns,
     unnamed_value,
 )
-from common.versions import FEATURES_FORMAT, FEATURES_VERSION, version_problem
+from common.versions import FEATURES_FORMAT, FEATURES_VERSION, PRECISIONS, version_problem
 from index import ann
 from index.catalog import CatalogIndex, IndexOptions
 from index.errors import BuildInputError, CatalogIndexError, IndexLockedError, InvalidKindError
@@ -181,6 +181,12 @@ def read_embeddings(path: str | Path) -> Embeddings:
         failed = len(h5["failed"]) if "failed" in h5 else 0
         runtime = _attr_str(h5.attrs, "runtime", path) if "runtime" in h5.attrs else ""
         precision = _attr_str(h5.attrs, "precision", path) if "precision" in h5.attrs else "fp32"
+        if precision not in PRECISIONS:  # "bf16" was taken, and then compared as fp32's kin
+            raise BuildInputError(
+                f"{path}: attribute precision={precision!r} is none this phonesim knows "
+                f"({', '.join(PRECISIONS)}); a newer phonesim may have written it: upgrade, or "
+                "embed again with this one"
+            )
     if failed:
         log.info("%s: %d images had failed to embed and are not indexed", path, failed)
     return Embeddings(

@@ -163,3 +163,12 @@ def test_index_build_refuses_features_of_a_newer_format_and_says_to_upgrade(tmp_
     with h5py.File(path, "a") as h5:
         del h5.attrs["format_version"]  # the oldest files: read as version 1
     assert read_embeddings(path).ids == ["a", "b"]
+    # A precision this phonesim never writes was taken, and then compared as if fp32.
+    for precision, ok in (("int8", True), ("bf16", False)):
+        with h5py.File(path, "a") as h5:
+            h5.attrs["precision"] = precision
+        if ok:
+            assert read_embeddings(path).precision == "int8"
+        else:
+            with pytest.raises(BuildInputError, match="precision='bf16' is none this phonesim"):
+                read_embeddings(path)
