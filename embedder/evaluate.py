@@ -193,6 +193,9 @@ def evaluate(
     )
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint),
+        # Which weights were measured: the path alone named whatever trained there since.
+        "checkpoint_hash": embedder.checkpoint_hash,
+        "model_name": embedder.model_name,
         "data": str(data),
         "gallery": str(gallery) if gallery else "leave-one-out",
         "runtime": embedder.runtime,

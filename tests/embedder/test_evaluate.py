@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from embedder.checkpoint import checkpoint_hash
 from embedder.errors import DataError
 from embedder.evaluate import evaluate, format_report
 from embedder.knn_vote import KnnFusion
@@ -18,7 +19,11 @@ def test_evaluate_reports_metrics_and_writes_plot(tiny_checkpoint, tiny_catalog,
         assert 0.0 <= report[key] <= 1.0
     assert np.asarray(report["confusion_matrix"]).sum() == report["count"] == 18
     assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "eval" / "report.json").read_text())["count"] == 18
+    written = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert written["count"] == 18
+    # Which weights were measured, not only where they lay (a later train there replaced them).
+    assert written["checkpoint_hash"] == checkpoint_hash(tiny_checkpoint)
+    assert written["model_name"] == "test_efficientnet"
 
 
 def test_evaluate_accepts_one_class_and_refuses_a_file_as_output(
