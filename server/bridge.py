@@ -79,8 +79,9 @@ class BufferedWSGIBridge:
 
     def begin_shutdown(self) -> None:
         """The worker stops (SIGTERM): bodies still arriving are refused at once (503, retry
-        elsewhere), so a slow upload cannot hold the worker past gunicorn's 30 s grace, after
-        which it was killed without closing its index. Call on the event loop's thread."""
+        elsewhere; a body whose rest comes within :data:`ARRIVED_S` is read), so a slow upload
+        cannot hold the worker past gunicorn's 30 s grace, after which it was killed without
+        closing its index. Call on the event loop's thread."""
         self._stopping = True
         for read in self._body_reads:
             if not read.done():
@@ -269,23 +270,33 @@ class BufferedWSGIBridge:
                 return
 
 
+#: Once the worker stops, how long a request's next body message may take and still count
+#: as arrived (a bodiless GET's comes at once): slower bodies are refused.
+ARRIVED_S = 0.1
+
+
 async def _next_or_stop(
     receive: Receive, stopping: asyncio.Future, timeout: float
 ) -> dict[str, Any] | None:
-    """The next ASGI message, or None once ``stopping`` is done first (TimeoutError after
-    ``timeout`` seconds)."""
-    if stopping.done():
-        return None
+    """The next ASGI message, or None when it has not come within :data:`ARRIVED_S` of
+    ``stopping`` being done (TimeoutError after ``timeout`` seconds). A request that arrived
+    whole on a kept-alive connection is served while the worker stops: refused, every
+    request in the second before a reload's old worker saw its signal was a 503."""
     receiving = asyncio.ensure_future(receive())
-    done, _ = await asyncio.wait(
-        {receiving, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-    )
+    if not stopping.done():
+        done, _ = await asyncio.wait(
+            {receiving, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if receiving in done:
+            return receiving.result()
+        if stopping not in done:
+            receiving.cancel()
+            raise TimeoutError
+    done, _ = await asyncio.wait({receiving}, timeout=min(timeout, ARRIVED_S))
     if receiving in done:
         return receiving.result()
     receiving.cancel()
-    if stopping in done:
-        return None
-    raise TimeoutError
+    return None
 
 
 def run_wsgi(app: WSGIApp, environ: dict[str, Any]) -> tuple[int, list, bytes]:

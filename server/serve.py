@@ -20,12 +20,14 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from common.machine import default_threads
 from server.bridge import BufferedWSGIBridge
@@ -148,6 +150,15 @@ def keep_text_cues(config: ServerConfig, folder: Path) -> ServerConfig:
     return config.replace(text_cues=str(copy))
 
 
+class GracefulArbiter(Arbiter):
+    """gunicorn's arbiter, whose first SIGINT (Ctrl-C) stops gracefully as SIGTERM does:
+    gunicorn's own quick stop dropped every request in flight. A second Ctrl-C while it
+    waits for them still forces the stop (gunicorn's ``stop`` looks for one)."""
+
+    def handle_int(self) -> None:
+        self.handle_term()
+
+
 class PhonesimGunicorn(BaseApplication):
     """gunicorn's programmatic application: no config file, no command line parsing."""
 
@@ -180,6 +191,13 @@ class PhonesimGunicorn(BaseApplication):
         }
         for key, value in options.items():
             self.cfg.set(key, value)
+
+    def run(self) -> None:
+        try:
+            GracefulArbiter(self).run()
+        except RuntimeError as exc:  # as BaseApplication.run: gunicorn's own config errors
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            sys.exit(1)
 
     def load(self) -> Any:
         from server.app import create_app  # in the worker, after the fork

@@ -23,6 +23,7 @@ major version this was written against, and tests/server/test_protocol.py checks
 from __future__ import annotations
 
 import re
+import signal
 from http import HTTPStatus
 from typing import Any
 
@@ -182,10 +183,25 @@ class PhonesimWorker(gasgi.ASGIWorker):
         self.header_timeout_s = getattr(settings, "header_timeout_s", DEFAULT_HEADER_TIMEOUT_S)
         super().init_process()
 
+    def init_signals(self) -> None:
+        """As gunicorn's, but SIGINT stops gracefully, as SIGTERM does: Ctrl-C in a terminal
+        reaches every worker too, and gunicorn's quick stop dropped the requests in flight
+        (10 of 10 batch searches got no answer). The arbiter's second Ctrl-C still forces it."""
+        super().init_signals()
+        self.loop.remove_signal_handler(signal.SIGINT)
+        self.loop.add_signal_handler(signal.SIGINT, self.handle_exit_signal)
+
     def handle_exit_signal(self) -> None:
-        """SIGTERM: as gunicorn's, and bodies still arriving are refused at once (see
-        :meth:`BufferedWSGIBridge.begin_shutdown`)."""
+        """SIGTERM (a stop, or the old workers of a reload): as gunicorn's, but this worker
+        stops listening at once, and bodies still arriving slowly are refused (see
+        :meth:`BufferedWSGIBridge.begin_shutdown`). gunicorn's loop sees the signal up to a
+        second later, and until then this worker took new connections only to refuse them:
+        a reload (SIGHUP) answered 9 of 60 searches 503 while its new worker listened."""
+        if not self.alive:
+            return  # stopping already (a second signal)
         super().handle_exit_signal()
+        for server in getattr(self, "servers", ()):
+            server.close()
         begin = getattr(getattr(self, "asgi", None), "begin_shutdown", None)
         if begin is not None:
             begin()

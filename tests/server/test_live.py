@@ -8,6 +8,7 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from werkzeug.test import EnvironBuilder
 
@@ -337,6 +338,104 @@ def test_sigterm_refuses_an_upload_still_arriving_and_stops_promptly(
     assert took < 10, f"stopped in {took:.1f} s"
     log = server.log.read_text()
     assert "Forcing close" not in log and "Worker exiting" in log
+
+
+def test_a_reload_answers_every_request(tiny_checkpoint, live_index, query_image, tmp_path):
+    """SIGHUP (gunicorn's reload) answered 9 of 60 searches 503 "shutting_down": the old
+    worker took new connections for up to a second after its signal only to refuse them, and
+    refused a whole request on a kept-alive connection too."""
+    import http.client
+    import signal
+    import threading
+    import time
+
+    from tests.server.live import wait_for, worker_pids
+
+    body, headers = multipart({"image": ("phone.jpg", query_image.read_bytes())})
+    statuses: list[int | str] = []
+    done = threading.Event()
+
+    def client(server) -> None:  # noqa: ANN001
+        kept = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        while not done.is_set() and len(statuses) < 400:
+            try:
+                for attempt in range(2):
+                    kept.request("GET", "/v1/info")  # kept alive (reopened if it was closed)
+                    try:
+                        reply = kept.getresponse()
+                        break
+                    except http.client.RemoteDisconnected:
+                        # The stopping worker closed it idle as the request went out: HTTP's
+                        # keep-alive race, which clients and proxies retry on a new one.
+                        kept.close()
+                        if attempt:
+                            raise
+                reply.read()
+                statuses.append(reply.status)
+                statuses.append(server.request("POST", "/v1/search", body, headers)[0])  # new
+            except (OSError, http.client.HTTPException) as exc:
+                statuses.append(repr(exc))
+                kept.close()
+        kept.close()
+
+    with running_server(tiny_checkpoint, live_index, tmp_path, "--workers", "1") as server:
+        (old,) = worker_pids(server)
+        thread = threading.Thread(target=client, args=(server,))
+        thread.start()
+        try:
+            wait_for("requests before the reload", lambda: len(statuses) >= 6, timeout=60)
+            server.proc.send_signal(signal.SIGHUP)
+            wait_for("the new worker", lambda: old not in worker_pids(server), timeout=60)
+            now = len(statuses)
+            wait_for("requests after the reload", lambda: len(statuses) >= now + 6, timeout=60)
+        finally:
+            done.set()
+            thread.join(60)
+        time.sleep(0.1)
+    assert statuses and set(statuses) == {200}, statuses
+
+
+def test_ctrl_c_finishes_the_requests_in_flight(tiny_checkpoint, live_index, tmp_path):
+    """Ctrl-C (SIGINT to the master and, from a terminal, to every worker) was gunicorn's
+    quick stop: 10 of 10 batch searches in flight got no answer, where the README promised
+    a graceful stop as on SIGTERM."""
+    import base64
+    import io
+    import signal
+    import socket
+    import time
+
+    from PIL import Image
+
+    from tests.server.live import stop, worker_pids
+
+    # 6000 x 6000 pixels in 140 KB each: they arrive at once and take seconds to decode,
+    # longer than the second a quick-stopping worker still runs.
+    blocks = np.random.default_rng(0).integers(0, 255, (60, 60, 3), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(blocks).resize((6000, 6000), Image.NEAREST).save(png, "PNG")
+    entry = {"image": base64.b64encode(png.getvalue()).decode()}
+    body = json.dumps({"queries": [entry] * 8, "k": 1}).encode()
+    with (
+        running_server(tiny_checkpoint, live_index, tmp_path, "--workers", "1") as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock,
+    ):
+        sock.sendall(
+            b"POST /v1/search/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        started = time.monotonic()
+        time.sleep(0.3)  # read whole; decoding
+        for pid in [server.proc.pid, *worker_pids(server)]:  # as a terminal's Ctrl-C does
+            os.kill(pid, signal.SIGINT)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        took = time.monotonic() - started
+        assert stop(server) == 0
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert took > 1.5, f"answered in {took:.1f} s: too soon to tell a quick stop"
 
 
 def test_the_access_log_keeps_keys_and_terminal_escapes_out(tiny_checkpoint, live_index, tmp_path):
