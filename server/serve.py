@@ -34,7 +34,7 @@ from server.bridge import BufferedWSGIBridge
 from server.config import GunicornSettings, ServerConfig
 from server.metrics import MULTIPROC_ENV, mark_process_dead
 from server.preflight import preflight
-from server.worker import PhonesimWorker
+from server.worker import BOOTED_MARK, PhonesimWorker
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,7 @@ class PhonesimGunicorn(BaseApplication):
         # Its model loads with these threads (load_engine sets torch's too, after an "auto"
         # runtime's check or fallback as well).
         app = create_app(self.server_config.replace(model_threads=threads))
+        (self.folder / BOOTED_MARK).touch()  # from now on a worker failing to load is retried
         return BufferedWSGIBridge(
             app,
             threads=self.settings.threads,

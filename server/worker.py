@@ -1,4 +1,4 @@
-"""The gunicorn worker of ``phonesim serve``: gunicorn's asyncio ``asgi`` worker, two changes.
+"""The gunicorn worker of ``phonesim serve``: gunicorn's asyncio ``asgi`` worker, with changes.
 
 1. Requests the HTTP parser refuses (a 10k-character URL: 414; a 100 KB header: 431; a CR in a
    header, obs-fold, Content-Length beside Transfer-Encoding, ``Content-Length: -1``, TLS bytes
@@ -13,6 +13,9 @@
 3. A request whose client closed the connection before any answer went out is logged with
    status 499 ("client closed request", as nginx logs it). gunicorn logs it as ``500 0``, so a
    flaky mobile network read as server errors on every dashboard that counts 5xx.
+4. Stopping: SIGINT is graceful as SIGTERM is, a stopping worker stops listening at once,
+   and a worker that fails to load once the server has served is retried, not a "boot error"
+   that stops the server (see the methods below).
 
 gunicorn creates its protocol objects inside ``ASGIWorker._serve`` by the module-level name
 ``ASGIProtocol``; the worker process points that name at :class:`JsonErrorProtocol` when it
@@ -22,8 +25,12 @@ major version this was written against, and tests/server/test_protocol.py checks
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import signal
+import sys
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -33,6 +40,12 @@ from gunicorn.workers import gasgi
 from server.errors import PAYLOAD_TOO_LARGE, SECURITY_HEADERS, error_json
 
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+#: In the instance folder once a worker has loaded: later load failures are retried.
+BOOTED_MARK = "booted"
+#: How long a worker that failed to load waits before it exits to be replaced.
+RETRY_S = 5.0
+
+log = logging.getLogger(__name__)
 
 _CODES = {
     400: "bad_request",
@@ -182,6 +195,30 @@ class PhonesimWorker(gasgi.ASGIWorker):
         settings = getattr(self.app, "settings", None)
         self.header_timeout_s = getattr(settings, "header_timeout_s", DEFAULT_HEADER_TIMEOUT_S)
         super().init_process()
+
+    def load_wsgi(self) -> None:
+        """As gunicorn's, but a worker that fails to load once this server has served (a
+        restarted worker, or a reload's) exits with an ordinary failure after
+        :data:`RETRY_S`, which gunicorn answers by starting another, instead of its "boot
+        error", which stops the whole server: one worker killed while the catalog's database
+        was down, or its FAISS file missing, took every healthy worker down with it. A server
+        whose workers never loaded still stops (exit 3), saying why."""
+        try:
+            super().load_wsgi()
+        except Exception as exc:
+            folder = getattr(self.app, "folder", None)
+            if folder is None or not (folder / BOOTED_MARK).exists():
+                raise
+            log.error(
+                "worker %d could not load (%s: %s); the other workers go on, and another "
+                "starts in %g s",
+                os.getpid(),
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+                RETRY_S,
+            )
+            time.sleep(RETRY_S)
+            sys.exit(1)
 
     def init_signals(self) -> None:
         """As gunicorn's, but SIGINT stops gracefully, as SIGTERM does: Ctrl-C in a terminal

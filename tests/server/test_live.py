@@ -438,6 +438,40 @@ def test_ctrl_c_finishes_the_requests_in_flight(tiny_checkpoint, live_index, tmp
     assert took > 1.5, f"answered in {took:.1f} s: too soon to tell a quick stop"
 
 
+def test_a_worker_that_cannot_load_is_retried_while_the_others_serve(
+    tiny_checkpoint, tiny_embedder, catalog_rows, query_image, tmp_path
+):
+    """A worker restarted while the index's FAISS file was missing (or the catalog's
+    database down) failed to boot, and gunicorn stopped the whole server (exit 3), healthy
+    workers and all. It is retried; the server keeps serving, and recovers once it can."""
+    import shutil
+    import signal
+
+    from tests.server.live import wait_for, worker_pids
+
+    index = build_test_index(tiny_embedder, catalog_rows, tmp_path / "index")
+    (faiss_file,) = index.glob("vectors-*.faiss")
+    body, headers = multipart({"image": ("phone.jpg", query_image.read_bytes())})
+    with running_server(tiny_checkpoint, index, tmp_path, "--workers", "2") as server:
+        first, second = worker_pids(server)
+        shutil.move(faiss_file, tmp_path / "held.faiss")
+        os.kill(first, signal.SIGKILL)
+        wait_for("a failed load", lambda: "could not load (" in server.log.read_text())
+        assert server.proc.poll() is None, server.log.read_text()[-2000:]
+        assert server.request("POST", "/v1/search", body, headers)[0] == 200  # the other one
+        shutil.move(tmp_path / "held.faiss", faiss_file)
+        os.kill(second, signal.SIGKILL)  # only a worker loaded since can answer now
+        wait_for(
+            "a worker loaded again",
+            lambda: server.request("POST", "/v1/search", body, headers)[0] == 200,
+            timeout=90,
+            every=0.5,
+        )
+        assert server.proc.poll() is None
+    log = server.log.read_text()
+    assert "Worker failed to boot" not in log and "Traceback" not in log
+
+
 def test_the_access_log_keeps_keys_and_terminal_escapes_out(tiny_checkpoint, live_index, tmp_path):
     """`curl -u KEY:` put the API key in the log as the Basic user (the request was refused,
     the key written in plain text), so did `?api_key=`, and a raw U+009B (a terminal's
