@@ -62,6 +62,7 @@ class IndexFollower:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._last_error: str | None = None
         self._last_catalog_error: str | None = None
+        self._last_failure: str | None = None  # the last sync's exception, as a line
         self._compactor = (
             threading.Thread(target=self._compact_loop, name=f"{name}-compact", daemon=True)
             if compact
@@ -158,6 +159,18 @@ class IndexFollower:
                 log.exception("sync status observer failed")
         return status
 
+    def _log_failure(self, exc: Exception) -> None:
+        """The traceback of a sync failure once, then one line when it changes: a damaged
+        catalog store logged a traceback every tick (430 lines per 10 s per worker)."""
+        failure = f"{type(exc).__name__}: {exc}"
+        if failure == self._last_failure:
+            return
+        if self._last_failure is None:
+            log.exception("following the catalog store failed; trying again every tick")
+        else:
+            log.error("following the catalog store still fails, now with %s", failure)
+        self._last_failure = failure
+
     def _compact_loop(self) -> None:
         while not self._stop.wait(COMPACT_CHECK_S):
             status = self.status
@@ -184,10 +197,13 @@ class IndexFollower:
                 self._syncing_since = time.monotonic()
             try:
                 self._sync()
-            except Exception:  # e.g. the index was closed under us at exit: stop quietly then
+                if self._last_failure is not None:
+                    log.info("following the catalog store again")
+                    self._last_failure = None
+            except Exception as exc:  # e.g. the index was closed under us at exit: stop quietly
                 if self._stop.is_set():
                     break
-                log.exception("following the catalog store failed; trying again")
+                self._log_failure(exc)
             finally:
                 with self._cond:
                     self._covered = max(self._covered, covering)

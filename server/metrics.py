@@ -183,7 +183,10 @@ class Metrics:
         """Read this process's gauges from their sources (the follower does it every tick, so
         the other workers' values in a shared view are at most one sync interval old)."""
         for update in self._gauge_sources:
-            update()
+            try:
+                update()
+            except Exception:  # a damaged catalog's size made /metrics a 500; the follower logs it
+                continue  # the gauge keeps its last value; every other metric is still served
 
     def render(self) -> Response:
         self.refresh_gauges()

@@ -169,3 +169,44 @@ def test_a_catalog_of_another_checkpoint_takes_the_server_out_of_service(
         ix.close()
     with CatalogIndex.open(None, store=pg_url, readonly=True) as fresh:
         assert len(fresh) == 4 and "late" not in fresh
+
+
+def test_a_failing_catalog_logs_its_traceback_once_and_metrics_still_answer(
+    tiny_embedder, catalog_rows, tmp_path, caplog, monkeypatch
+):
+    """A catalog store overwritten with other bytes under a running server (SQLite's "file
+    is not a database" at every read) logged a traceback at every sync tick (430 lines per
+    10 s per worker), and /metrics answered 500 (the index size gauge read the store),
+    losing every metric when they were needed."""
+    import logging
+    import sqlite3
+
+    from index import CatalogIndex
+    from server.config import ServerConfig
+    from tests.server.helpers import build_test_index, make_app
+
+    folder = build_test_index(tiny_embedder, catalog_rows, tmp_path / "index")
+    ix = CatalogIndex.open(folder)
+    app = make_app(ServerConfig(sync_interval_s=0.02), tiny_embedder, ix)
+    state = app.extensions["phonesim"]
+
+    def damaged(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.DatabaseError("file is not a database")
+
+    try:
+        c = app.test_client()
+        with caplog.at_level(logging.INFO, logger="server.follower"):
+            monkeypatch.setattr(ix, "sync", damaged)
+            state.metrics.track_index_size(damaged)
+            time.sleep(1.0)  # about 50 ticks
+            r = c.get("/metrics")
+            assert r.status_code == 200 and b"phonesim_http_requests_total" in r.data
+            failed = [r for r in caplog.records if "following the catalog store" in r.message]
+            assert len(failed) == 1 and failed[0].exc_info, [r.message for r in failed]
+            monkeypatch.undo()
+            time.sleep(0.5)
+        said = [r.message for r in caplog.records if "following the catalog store" in r.message]
+        assert said[1:] == ["following the catalog store again"], said
+    finally:
+        state.close()
+        ix.close()
