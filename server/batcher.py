@@ -17,8 +17,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +35,21 @@ class OverloadedError(RuntimeError):
 
 class BatcherClosedError(RuntimeError):
     """The batcher was stopped; no more requests are taken."""
+
+
+class ModelTimeoutError(RuntimeError):
+    """The model did not answer a request within its timeout. Its own class: the builtin
+    TimeoutError also covers an OS-level ETIMEDOUT, which is no model's timeout."""
+
+
+def model_result(future: Future, timeout: float | None) -> Any:
+    """``future.result(timeout)``, a :class:`ModelTimeoutError` when it does not come."""
+    try:
+        return future.result(timeout=timeout)
+    except FutureTimeout:
+        if future.done():  # the model's own exception, raised as it came
+            raise
+        raise ModelTimeoutError(f"the model did not answer within {timeout:g} s") from None
 
 
 @dataclass(frozen=True)
@@ -155,7 +171,7 @@ class MicroBatcher:
 
     def run(self, x: np.ndarray, timeout: float | None = None) -> BatchResult:
         """Submit and wait for the result (re-raising the model's exception)."""
-        return self.submit(x).result(timeout=timeout)
+        return model_result(self.submit(x), timeout)
 
     @property
     def queue_depth(self) -> int:

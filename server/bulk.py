@@ -21,6 +21,7 @@ from index.errors import (
     StoreOutcomeUnknownError,
     StoreUnavailableError,
 )
+from server.batcher import model_result
 from server.errors import ApiError, entry_error
 from server.service import Embedded, LookupService
 
@@ -76,7 +77,7 @@ def embed_many(
     if not rows:
         return out
     future = svc.batcher.submit_many(np.stack([out[i][0] for i in rows]))
-    results = future.result(timeout=svc.config.request_timeout_s)
+    results = model_result(future, svc.config.request_timeout_s)
     t2 = time.perf_counter()
     svc.metrics.decode_seconds.observe(t1 - t0)
     for i, result in zip(rows, results, strict=True):

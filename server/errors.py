@@ -6,7 +6,6 @@ Views raise :class:`ApiError` (or let library errors through); the handlers regi
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ from index.errors import (
     StoreUnavailableError,
     UnknownIdError,
 )
-from server.batcher import BatcherClosedError, OverloadedError
+from server.batcher import BatcherClosedError, ModelTimeoutError, OverloadedError
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +222,9 @@ def init_app(app: Flask) -> None:
     def _closed(exc: BatcherClosedError) -> Response:
         return error_response(503, "shutting_down", str(exc), {"Retry-After": "1"})
 
-    @app.errorhandler(concurrent.futures.TimeoutError)
-    def _timeout(exc: Exception) -> Response:
+    @app.errorhandler(ModelTimeoutError)
+    def _timeout(exc: ModelTimeoutError) -> Response:
+        log.warning("%s: answered 503 model_timeout", exc)  # rare, and worth a look
         return error_response(503, "model_timeout", "the model did not answer in time")
 
     @app.errorhandler(Exception)

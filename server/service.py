@@ -29,7 +29,7 @@ from embedder.text_cues import apply_text_cues, unsure
 from embedder.text_reader import ReaderBusy, TextEvidence, TextOptions, reading_copy
 from index.catalog import CatalogIndex, Hit, Item
 from index.errors import DuplicateIdError, StoreOutcomeUnknownError, UnknownIdError
-from server.batcher import Arrival, BatchResult, MicroBatcher
+from server.batcher import Arrival, BatchResult, MicroBatcher, model_result
 from server.config import ServerConfig
 from server.errors import ApiError
 from server.files import declared_pixels
@@ -226,7 +226,7 @@ class LookupService:
             x = self.embedder.preprocess_array(image)
             t1 = time.perf_counter()
             future = pending.submit(x)
-        result = future.result(timeout=self.config.request_timeout_s)
+        result = model_result(future, self.config.request_timeout_s)
         t2 = time.perf_counter()
         self.metrics.decode_seconds.observe(t1 - t0)
         return self.embedded(

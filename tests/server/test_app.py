@@ -128,6 +128,24 @@ def test_a_model_that_does_not_answer_in_time_is_a_503_model_timeout(
         app.extensions["phonesim"].close()
 
 
+def test_an_os_timeout_is_no_model_timeout(app, jpeg_bytes, monkeypatch, caplog):
+    """Every TimeoutError was answered "the model did not answer in time", unlogged: on
+    Python 3.11 that class is also an OS-level ETIMEDOUT (a network file system, a socket)."""
+    import errno
+    import logging
+
+    service = app.extensions["phonesim"].service
+
+    def timed_out(data: bytes) -> None:
+        raise OSError(errno.ETIMEDOUT, "Connection timed out")
+
+    monkeypatch.setattr(service, "decode", timed_out)
+    with caplog.at_level(logging.ERROR, logger="server.errors"):
+        r = app.test_client().post("/v1/search", data=upload(jpeg_bytes))
+    assert_error(r, 500, "internal_error")
+    assert any("unhandled error" in rec.message and rec.exc_info for rec in caplog.records)
+
+
 def test_metrics_count_requests_model_batches_and_index(client, jpeg_bytes):
     client.post("/v1/search", data=upload(jpeg_bytes))
     client.get("/v1/items/missing-id")
