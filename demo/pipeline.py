@@ -25,6 +25,7 @@ from common.argtypes import (
     port,
     show_progress,
 )
+from common.child import python_child_env
 from demo.specs import CLASS_NAMES
 
 log = logging.getLogger(__name__)
@@ -242,4 +243,4 @@ def run_demo(args: argparse.Namespace) -> int:
     # master torch-free.
     command = [sys.executable, "-m", "phonesim", "serve", "--checkpoint", str(checkpoint)]
     command += ["--index", str(index_dir), "--host", args.host, "--port", str(args.port)]
-    os.execv(sys.executable, command)
+    os.execve(sys.executable, command, python_child_env())

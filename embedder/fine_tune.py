@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common import stopping
+from common.extras import install_hint
 from embedder.errors import DataError
 from embedder.train_config import TrainConfig
 
@@ -99,7 +100,7 @@ def make_metric_loss(config: TrainConfig) -> nn.Module | None:
     except ImportError as exc:
         raise DataError(
             f"--metric-loss {config.metric_loss} needs pytorch-metric-learning: "
-            "pip install -e '.[metric]'"
+            f"{install_hint('metric')}"
         ) from exc
     if config.metric_loss == "multisim":
         return _MinedLoss(losses.MultiSimilarityLoss(), miners.MultiSimilarityMiner())

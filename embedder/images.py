@@ -15,6 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from common.extras import install_hint
 from embedder.errors import ImageError
 
 # Listings never need more than ~40 megapixels; anything larger is treated as a decompression bomb.
@@ -168,7 +169,7 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
     except UnidentifiedImageError as exc:
         if not HEIF_SUPPORTED and _looks_like_heif(source):
             raise ImageError(
-                f"{name}: HEIC/HEIF photos need pillow-heif (pip install -e '.[heif]')"
+                f"{name}: HEIC/HEIF photos need pillow-heif ({install_hint('heif')})"
             ) from exc
         raise ImageError(
             f"{name}: not a recognised image format (accepted: {', '.join(IMAGE_FORMATS)})"

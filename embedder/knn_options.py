@@ -9,6 +9,7 @@ import argparse
 
 from common.argtypes import non_negative_float, positive_float, positive_int, probability
 from common.errors import UserError
+from common.extras import install_hint
 from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.class_rerank import DEFAULT_WEIGHT as RERANK_WEIGHT
 from embedder.class_rerank import ClassRerank, class_rerank
@@ -113,8 +114,8 @@ def add_text_cue_options(parser: argparse.ArgumentParser, cost: str) -> None:
     parser.add_argument(
         "--read-text",
         action="store_true",
-        help="read the text on each photo predicted below --text-gate (RapidOCR, pip install "
-        "'.[ocr]') and add the classes it names (their labels, and the --text-cues "
+        help="read the text on each photo predicted below --text-gate (RapidOCR: "
+        f"{install_hint('ocr')}) and add the classes it names (their labels, and the --text-cues "
         "words) to the prediction, so a "
         f"photo whose text names a class leans to it whatever its backdrop looks like; {cost}",
     )

@@ -1,6 +1,6 @@
 """Reading the text on a photo with RapidOCR (PP-OCR models on ONNX Runtime).
 
-The ``ocr`` extra (``pip install -e '.[ocr]'``) installs ``rapidocr``, whose wheel ships its
+The ``ocr`` extra (:func:`common.extras.install_hint`) installs ``rapidocr``, whose wheel ships its
 detection, orientation and recognition models: nothing is downloaded at run time. The reader is
 imported only when text cues are asked for, so the service runs without it.
 """
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from common.extras import install_hint
 from embedder.errors import EngineError
 from embedder.images import load_image
 from embedder.text_cues import DEFAULT_GATE, DEFAULT_WEIGHT, TextCues, check_gate, unsure
@@ -55,7 +56,6 @@ READ_BUDGET_S = 3.0
 # 4,563 px. Beyond it the tallest lines are read (a brand is printed large), the rest not.
 REC_WIDTH_BUDGET = 20_000
 REC_HEIGHT = 48
-INSTALL_HINT = "pip install -e '.[ocr]'"
 
 #: Whether the lines read so far suffice, so that no further rotation is read.
 Enough = Callable[[list[tuple[str, float]]], bool]
@@ -104,7 +104,9 @@ class TextReader:
         try:
             from rapidocr import RapidOCR
         except ImportError as e:
-            raise EngineError(f"reading text on photos needs RapidOCR: {INSTALL_HINT}") from e
+            raise EngineError(
+                f"reading text on photos needs RapidOCR: {install_hint('ocr')}"
+            ) from e
         self.budget_s = budget_s
         params: dict[str, object] = {
             "Global.log_level": "error",
@@ -410,7 +412,6 @@ __all__ = [
     "DETECT_SIDE",
     "Enough",
     "FileCues",
-    "INSTALL_HINT",
     "MAX_ASPECT",
     "MAX_LINES",
     "MAX_SIDE",

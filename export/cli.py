@@ -25,6 +25,7 @@ from common.argtypes import (
     positive_int,
     show_progress,
 )
+from common.extras import install_hint
 from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.engine_options import add_engine_options
 from embedder.knn_options import add_text_cue_options, text_options_from_args
@@ -137,7 +138,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="discard unfinished progress in OUT.partial/ instead of resuming it",
     )
-    ray = p.add_argument_group("distributed (needs: pip install -e '.[distributed]')")
+    ray = p.add_argument_group(f"distributed (needs: {install_hint('distributed')})")
     ray.add_argument(
         "--ray",
         metavar="local|ADDRESS",
@@ -190,7 +191,7 @@ def _add_text_options(p: argparse.ArgumentParser, ray: bool = True) -> None:
         " (with --ray, in the actors, each on its own batches)" if ray else ""
     )
     add_text_cue_options(
-        p.add_argument_group("text on the photos (needs: pip install -e '.[ocr]')"),
+        p.add_argument_group(f"text on the photos (needs: {install_hint('ocr')})"),
         "the probabilities written are then the classifier's with those classes added (no "
         "catalog vote here, so the gate looks at the classifier alone). Reading runs in this "
         f"process, {where}: 0.25-0.7 s per image read on 2 cores, about half of them behind "

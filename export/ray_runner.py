@@ -24,6 +24,7 @@ from types import ModuleType
 
 from tqdm import tqdm
 
+from common.extras import install_hint
 from embedder.data import Sample
 from embedder.engine_options import EngineOptions
 from embedder.text_reader import TextPlan
@@ -44,8 +45,7 @@ def import_ray() -> ModuleType:
         import ray.data  # noqa: F401  (Ray Data is the part we need)
     except ImportError as exc:
         raise RayUnavailableError(
-            "--ray needs Ray with Ray Data: pip install -e '.[distributed]' "
-            f"(or pip install 'ray[data]'); import failed: {exc}"
+            f"--ray needs Ray with Ray Data: {install_hint('distributed')}; import failed: {exc}"
         ) from exc
     return ray
 

@@ -20,13 +20,13 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from common.extras import install_hint
 from embedder.checkpoint import checkpoint_hash, read_config
 from embedder.engine_options import EngineOptions, precision_mismatch
 from embedder.errors import EngineError
 from embedder.inference import Embedder
 from embedder.runtime import check_device, check_runtime
 from embedder.text_cues import TextCues
-from embedder.text_reader import INSTALL_HINT
 from index.catalog import CatalogIndex, IndexOptions
 from index.folder import check_index_files, lock_shared
 from index.manifest import Manifest, read_manifest
@@ -68,7 +68,7 @@ def check_for_serving(
         check_device(runtime, device)
     if read_text:
         if importlib.util.find_spec("rapidocr") is None:
-            raise EngineError(f"--read-text needs RapidOCR: {INSTALL_HINT}")
+            raise EngineError(f"--read-text needs RapidOCR: {install_hint('ocr')}")
         if text_cues:
             TextCues.load(text_cues, config.label_names)
 

@@ -14,12 +14,11 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
+from common.child import python_child_env
 from common.errors import UserError, message_line
 from server.config import GunicornSettings, ServerConfig
 
-REPO = Path(__file__).resolve().parents[1]
 USER_ERROR_EXIT = 2
 CHILD_TIMEOUT_S = 300.0  # the checks read two small files and hash the checkpoint
 
@@ -72,11 +71,10 @@ def check_in_child(config: ServerConfig) -> None:
         "text_cues": config.text_cues,
         "device": config.device,
     }
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     try:
         done = subprocess.run(
             [sys.executable, "-m", "server.preflight", json.dumps(request)],
-            env={**os.environ, "PYTHONPATH": path},
+            env=python_child_env(),
             capture_output=True,
             text=True,
             timeout=CHILD_TIMEOUT_S,

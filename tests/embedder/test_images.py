@@ -95,7 +95,7 @@ def test_heic_without_pillow_heif_names_the_extra(monkeypatch):
     monkeypatch.setattr(images, "HEIF_SUPPORTED", False)
     monkeypatch.setattr(images, "IMAGE_FORMATS", tuple(f for f in IMAGE_FORMATS if f != "HEIF"))
     heic_header = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
-    with pytest.raises(ImageError, match=r"pip install -e '\.\[heif\]'"):
+    with pytest.raises(ImageError, match=r"pip install 'pillow-heif>=[0-9.]+' \(phonesim's 'heif'"):
         images.load_image(heic_header)
 
 

@@ -24,7 +24,7 @@ def test_ray_missing_gives_install_hint(monkeypatch):
     from export import ray_runner
 
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(RayUnavailableError, match=r"pip install -e '\.\[distributed\]'"):
+    with pytest.raises(RayUnavailableError, match=r"pip install 'ray\[data\].*' \(phonesim's"):
         ray_runner.import_ray()
 
 

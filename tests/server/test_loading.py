@@ -90,7 +90,7 @@ def test_text_reading_mistakes_are_refused_before_workers_start(
         loading.check_for_serving(tiny_checkpoint, index_dir, read_text=True, text_cues=str(bad))
     assert "\n" not in str(caught.value)
     monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(EngineError, match=r"pip install -e '\.\[ocr\]'"):
+    with pytest.raises(EngineError, match=r"pip install 'rapidocr.*' \(phonesim's 'ocr' extra\)"):
         loading.check_for_serving(tiny_checkpoint, index_dir, read_text=True)
 
 

@@ -198,3 +198,17 @@ def test_gunicorns_own_lines_follow_phonesims_level(level, expected):
         assert gunicorn_log_level() == expected
     finally:
         root.setLevel(before)
+
+
+def test_the_preflight_ignores_modules_in_the_working_directory(
+    tiny_checkpoint, index_dir, tmp_path, monkeypatch
+):
+    """From a folder holding the user's own server.py (a common name), `phonesim serve`
+    failed: its preflight child ran `python -m server.preflight`, which put the working
+    directory first on its path and imported that file as the server package."""
+    for name in ("server", "index", "common", "embedder"):
+        (tmp_path / f"{name}.py").write_text("raise SystemExit('the user file was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    preflight(config(tiny_checkpoint, index_dir), GunicornSettings(workers=1, port=0))
+    with pytest.raises(UserError, match="does not exist|not found|missing"):
+        preflight(config(tiny_checkpoint, tmp_path / "nope"), GunicornSettings(port=0))
