@@ -23,6 +23,7 @@ import numpy as np
 from common.fsutil import fsync_dir, holders_note
 from index import ann
 from index.errors import (
+    CatalogReplacedError,
     DuplicateIdError,
     IndexNotFoundError,
     StoreUnavailableError,
@@ -32,11 +33,20 @@ from index.folder import FAISS_PREFIX, faiss_file_name, missing_faiss_file
 from index.journal import JournalRecord
 from index.manifest import Manifest
 from index.replica import Loaded
-from index.store import CatalogStore, StoredItem, merged_metadata
+from index.store import STORE_NAME, CatalogStore, StoredItem, merged_metadata
 
 log = logging.getLogger(__name__)
 
 COMPACT_LOCK = "compact.lock"
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of ``path``, None where nothing is there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 @contextmanager
@@ -60,6 +70,7 @@ class SqliteSource:
         self._lock_fd = lock_fd  # the folder lock, shared: no build replaces it under us
         self._dv: int | None = None
         self.compactor = ""  # " (pid N)" of the last compactor that refused this one
+        self._store_file = _file_id(folder / STORE_NAME)  # the file this process writes to
 
     @property
     def where(self) -> str:
@@ -74,10 +85,23 @@ class SqliteSource:
     # -- following ------------------------------------------------------------------------
     def changed(self) -> bool:
         """Whether another connection committed since the last call (microseconds)."""
+        self._check_in_place(IndexNotFoundError)
         with _reachable(self.folder):
             dv = self.store.data_version()
         changed, self._dv = dv != self._dv, dv
         return changed
+
+    def _check_in_place(self, error: type[Exception]) -> None:
+        """Raise ``error`` when the folder's store is no longer the file this process opened
+        (deleted or replaced by hand: phonesim never replaces a store a process has open).
+        Its writes went on into the deleted file, acknowledged and then lost, and /readyz
+        said ready."""
+        if _file_id(self.folder / STORE_NAME) != self._store_file:
+            raise error(
+                f"{self.folder}: {STORE_NAME} was removed or replaced on disk since this "
+                "process opened it; it answers from what it holds and writes nothing: "
+                "restart it to serve what is there now"
+            )
 
     def head(self) -> tuple[int, int]:
         """``(last journal seq, snapshot seq)``."""
@@ -124,6 +148,7 @@ class SqliteSource:
     def commit_add(
         self, ids: Sequence[str], xb: np.ndarray, mds: Sequence[Mapping[str, Any]]
     ) -> JournalRecord:
+        self._check_in_place(CatalogReplacedError)
         s = self.store
         with _reachable(self.folder), s.transaction():
             existing = s.fids_for_ids(ids)
@@ -140,6 +165,7 @@ class SqliteSource:
         return rec
 
     def commit_remove(self, ids: Sequence[str]) -> JournalRecord:
+        self._check_in_place(CatalogReplacedError)
         s = self.store
         with _reachable(self.folder), s.transaction():
             found = s.fids_for_ids(ids)
@@ -158,6 +184,7 @@ class SqliteSource:
         check: Callable[[Mapping[str, Any]], None] | None = None,
         keep: Collection[str] = (),
     ) -> tuple[JournalRecord, StoredItem]:
+        self._check_in_place(CatalogReplacedError)
         s = self.store
         with _reachable(self.folder), s.transaction():
             row = s.get(id_)

@@ -290,3 +290,20 @@ def test_equal_scores_keep_one_order_for_every_k(tmp_path, kind):
             assert [h.id for h in ix.search(xq[0], k)[0]] == full[:k]
         pages = [ix.search(xq[0], 2 + offset)[0][offset:] for offset in (0, 2, 4)]
         assert [h.id for page in pages for h in page] == copies
+
+
+def test_a_store_deleted_under_an_open_index_refuses_writes_and_keeps_answering(flat_dir, small):
+    """`rm catalog.sqlite*` under a running server: /readyz said ready, and a write was
+    acknowledged (201) into the deleted file, then lost."""
+    from index.errors import CatalogReplacedError
+
+    _, xq, _, _ = small
+    with open_index(flat_dir) as ix:
+        for f in flat_dir.glob("catalog.sqlite*"):
+            f.unlink()
+        with pytest.raises(CatalogReplacedError, match="removed or replaced on disk.*restart"):
+            ix.add(["late"], xq[:1])
+        with pytest.raises(CatalogReplacedError, match="removed or replaced on disk"):
+            ix.remove([ix.search(xq[:1], 1)[0][0].id])
+        assert "removed or replaced on disk" in ix.sync().catalog_error
+        assert len(ix.search(xq[:1], 3)[0]) == 3  # reads go on from what it holds

@@ -20,6 +20,7 @@ from index.errors import (
     BuildInputError,
     IndexCorruptError,
     IndexLockedError,
+    IndexNotFoundError,
 )
 from index.evaluation import ClusteredMixture
 
@@ -403,7 +404,7 @@ def test_info_checks_the_vectors_too(files):
     with pytest.raises(IndexCorruptError, match="cannot read FAISS index"):
         cli(["info", str(out)])
     path.unlink()
-    with pytest.raises(IndexCorruptError, match="cannot read FAISS index"):
+    with pytest.raises(IndexNotFoundError, match="FAISS file .* is missing.*index restore"):
         cli(["info", str(out)])
 
 

@@ -210,3 +210,33 @@ def test_a_failing_catalog_logs_its_traceback_once_and_metrics_still_answer(
     finally:
         state.close()
         ix.close()
+
+
+def test_a_catalog_deleted_under_the_server_takes_it_out_of_service(
+    tiny_embedder, catalog_rows, jpeg_bytes, tmp_path
+):
+    """`rm catalog.sqlite*` under a running server: /readyz stayed 200 "ready", and
+    `POST /v1/items` answered 201 for a write into the deleted file, lost at the restart."""
+    from index import CatalogIndex
+    from server.config import ServerConfig
+    from tests.server.helpers import API_KEY, assert_error, build_test_index, make_app, upload
+
+    folder = build_test_index(tiny_embedder, catalog_rows, tmp_path / "index")
+    ix = CatalogIndex.open(folder)
+    config = ServerConfig(api_key=API_KEY, image_dir=str(tmp_path / "up"), sync_interval_s=0.05)
+    app = make_app(config, tiny_embedder, ix)
+    try:
+        c = app.test_client()
+        assert c.get("/readyz").status_code == 200
+        for f in folder.glob("catalog.sqlite*"):
+            f.unlink()
+        r = c.post(
+            "/v1/items", data={**upload(jpeg_bytes), "id": "late"}, headers={"X-API-Key": API_KEY}
+        )
+        assert "removed or replaced on disk" in assert_error(r, 503, "catalog_replaced")["message"]
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.get_json()["checks"]["catalog"] is False
+        assert c.post("/v1/search", data=upload(jpeg_bytes)).status_code == 200
+    finally:
+        app.extensions["phonesim"].close()
+        ix.close()
