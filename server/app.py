@@ -11,7 +11,7 @@ from flask import Flask, Response, request
 
 from embedder.engine_options import EngineOptions
 from index.catalog import IndexOptions
-from server import api, api_batch, cors, errors, ops, ratelimit, web
+from server import api, api_batch, cors, errors, ops, ratelimit, request_ids, web
 from server.config import ServerConfig
 from server.limits import MAX_FORM_FIELD_BYTES, MAX_FORM_PARTS
 from server.loading import open_for_serving
@@ -77,6 +77,7 @@ def create_app(
     app.extensions[EXTENSION] = ServerState(config, metrics, service)
 
     errors.init_app(app)
+    request_ids.init_app(app)
     metrics.init_app(app)
     if config.rate_limit:
         ratelimit.init_app(app, config.rate_limit, config.rate_burst)

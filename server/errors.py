@@ -30,6 +30,7 @@ from index.errors import (
     UnknownIdError,
 )
 from server.batcher import BatcherClosedError, ModelTimeoutError, OverloadedError
+from server.request_ids import request_id
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def init_app(app: Flask) -> None:
     def _store_broke_off(exc: StoreOutcomeUnknownError) -> Response:
         # Not a 503: clients retry those as "nothing was changed". The store is upstream of
         # this server, and its answer never came: a bad gateway.
-        log.warning("catalog store broke off during a commit: %s", exc)
+        log.warning("catalog store broke off during a commit (request %s): %s", request_id(), exc)
         return error_response(
             502,
             "store_outcome_unknown",
@@ -198,7 +199,7 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(CatalogReplacedError)
     def _catalog_replaced(exc: CatalogReplacedError) -> Response:
         # Nothing was written: the store's catalog is not the one this process serves.
-        log.warning("write refused: %s", exc)
+        log.warning("write refused (request %s): %s", request_id(), exc)
         return error_response(
             503, "catalog_replaced", str(exc), {"Retry-After": str(STORE_RETRY_AFTER_S)}
         )
@@ -206,7 +207,7 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(StoreUnavailableError)
     def _store_down(exc: StoreUnavailableError) -> Response:
         # The write changed nothing; reads go on from this process's last state.
-        log.warning("catalog store unreachable: %s", exc)
+        log.warning("catalog store unreachable (request %s): %s", request_id(), exc)
         return error_response(
             503,
             "store_unavailable",
@@ -224,13 +225,18 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(ModelTimeoutError)
     def _timeout(exc: ModelTimeoutError) -> Response:
-        log.warning("%s: answered 503 model_timeout", exc)  # rare, and worth a look
+        log.warning("%s: answered %s %s 503 model_timeout (request %s)", exc, *_where())
         return error_response(503, "model_timeout", "the model did not answer in time")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error")
+        log.exception("unhandled error in %s %s (request %s)", *_where())
         return error_response(500, "internal_error", "internal server error (logged)")
+
+
+def _where() -> tuple[str, str, str]:
+    """The request's method, path and id, for a log line."""
+    return request.method, request.path, request_id()
 
 
 # Errors one entry of a batch may get while the others go on (the request's own fault); any

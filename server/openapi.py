@@ -338,7 +338,10 @@ def openapi_spec(
             'catalog phones. Every error is JSON: {"error": {"code", "message"}}, including '
             "those of the HTTP layer (400 malformed request, 408 headers or body too slow, 413 "
             "body over the limit, 414 URL too long, 431 headers too large, 501 unknown "
-            "transfer coding) and 429 when a per-client rate limit is set.",
+            "transfer coding) and 429 when a per-client rate limit is set. Every answer of the "
+            "app carries an X-Request-ID header (the request's own, when it sent a plain one of "
+            "at most 128 characters of A-Z a-z 0-9 . _ : -), which the server's log lines for "
+            "that request name: quote it when reporting an error.",
         },
         "paths": paths,
         "components": {

@@ -150,6 +150,13 @@ def keep_text_cues(config: ServerConfig, folder: Path) -> ServerConfig:
     return config.replace(text_cues=str(copy))
 
 
+#: gunicorn's default access line plus the time taken and the request's id (the
+#: ``X-Request-ID`` the answer carries: see :mod:`server.request_ids`).
+ACCESS_LOG_FORMAT = (
+    '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms id=%({x-request-id}o)s'
+)
+
+
 class GracefulArbiter(Arbiter):
     """gunicorn's arbiter, whose first SIGINT (Ctrl-C) stops gracefully as SIGTERM does:
     gunicorn's own quick stop dropped every request in flight. A second Ctrl-C while it
@@ -181,6 +188,7 @@ class PhonesimGunicorn(BaseApplication):
             "loglevel": gunicorn_log_level(),
             "errorlog": "-",
             "accesslog": "-" if s.access_log else None,
+            "access_log_format": ACCESS_LOG_FORMAT,
             "proc_name": "phonesim-serve",
             "preload_app": False,
             "worker_exit": _worker_exit,

@@ -191,3 +191,35 @@ def test_a_doubled_slash_is_a_json_404_not_a_redirect(writable, first_id):
     for method, path in cases:
         assert_error(c.open(path, method=method, headers=key), 404)
     assert c.get(f"/v1/items/{first_id}").status_code == 200  # the DELETE removed nothing
+
+
+def test_every_answer_carries_a_request_id_that_its_log_lines_name(app, jpeg_bytes, caplog):
+    """A 500 logged "unhandled error" with a traceback and nothing else: three at once could
+    only be told apart by the second they happened in, and the client had nothing to quote."""
+    import logging
+    import re
+
+    c = app.test_client()
+    r = c.get("/healthz")
+    made = r.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", made)
+    assert c.get("/healthz").headers["X-Request-ID"] != made  # one per request
+    given = "edge-7f3a.42"  # a proxy's id is kept
+    assert c.get("/v1/items/nope", headers={"X-Request-ID": given}).headers["X-Request-ID"] == given
+    for odd in ("two words", "x" * 200, 'quote"d'):  # not written into a log line as sent
+        assert c.get("/healthz", headers={"X-Request-ID": odd}).headers["X-Request-ID"] != odd
+    service = app.extensions["phonesim"].service
+
+    def broken(data: bytes) -> None:
+        raise RuntimeError("a bug")
+
+    service.decode, real = broken, service.decode
+    try:
+        with caplog.at_level(logging.ERROR, logger="server.errors"):
+            r = c.post("/v1/search", data=upload(jpeg_bytes), headers={"X-Request-ID": given})
+    finally:
+        service.decode = real
+    assert_error(r, 500, "internal_error")
+    assert r.headers["X-Request-ID"] == given
+    (record,) = [rec for rec in caplog.records if "unhandled error" in rec.message]
+    assert record.message == f"unhandled error in POST /v1/search (request {given})"

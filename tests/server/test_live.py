@@ -484,9 +484,13 @@ def test_the_access_log_keeps_keys_and_terminal_escapes_out(tiny_checkpoint, liv
         conn.putheader("Authorization", "Basic czNjcmV0S0VZMTIzOg==")  # "s3cretKEY123:"
         conn.putheader("User-Agent", "agent\x9b31mRED".encode("latin-1"))
         conn.endheaders()
-        assert conn.getresponse().status in (401, 403)
+        answer = conn.getresponse()
+        assert answer.status in (401, 403)
+        request_id = answer.getheader("X-Request-ID")
         conn.close()
     log = server.log.read_text(encoding="utf-8", errors="replace")
     line = next(x for x in log.splitlines() if "DELETE /v1/items/x" in x)
     assert "s3cretKEY123" not in log and "s3cretQUERY" not in log
     assert "api_key=***&k=5" in line and "agent\\x9b31mRED" in line and "\x9b" not in log
+    # The id the client got is on the line (an error report and the log meet), and the time.
+    assert request_id and line.endswith(f"ms id={request_id}"), line
