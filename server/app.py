@@ -94,9 +94,10 @@ def create_app(
     app.after_request(_security_headers)
     if service is not None:
         log.info(
-            "serving %s (%d classes) over %d items",
+            "serving %s (%d classes, runtime %s) over %d items",
             service.embedder.model_name,
             len(service.embedder.label_names),
+            service.embedder.runtime,  # what "auto" picked: /v1/info had been the only place
             len(service.index),
         )
     return app

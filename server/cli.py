@@ -13,7 +13,6 @@ from common.argtypes import (
     add_store_option,
     host,
     int_between,
-    non_negative_float,
     number_between,
     port,
     positive_float,
@@ -34,8 +33,11 @@ from embedder.knn_options import (
 from index.stores import check_one_catalog
 from server.config import (
     API_KEY_ENV,
+    MAX_BATCH,
+    MAX_BATCH_ENTRIES,
     MAX_SYNC_INTERVAL_S,
     MAX_UPLOAD_MB,
+    MAX_WAIT_MS,
     MIN_SYNC_INTERVAL_S,
     MIN_UPLOAD_MB,
     GunicornSettings,
@@ -125,19 +127,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"largest image a request may carry, {MIN_UPLOAD_MB:g}-{MAX_UPLOAD_MB:g} (default 10)",
     )
     p.add_argument(
-        "--max-batch", type=positive_int, default=16, help="images per forward pass (default 16)"
+        "--max-batch",
+        type=int_between(1, MAX_BATCH),
+        default=16,
+        help=f"images per forward pass, 1-{MAX_BATCH} (default 16)",
     )
     p.add_argument(
         "--max-batch-entries",
-        type=positive_int,
+        type=int_between(1, MAX_BATCH_ENTRIES),
         default=64,
-        help="queries of one /v1/search/batch and items of one /v1/items/batch (default 64)",
+        help="queries of one /v1/search/batch and items of one /v1/items/batch, "
+        f"1-{MAX_BATCH_ENTRIES} (default 64)",
     )
     p.add_argument(
         "--max-wait-ms",
-        type=non_negative_float,
+        type=number_between(0, MAX_WAIT_MS, "ms"),
         default=10.0,
-        help="how long a batch may wait for requests on their way to the model (default 10)",
+        help="how long a batch may wait for requests on their way to the model, "
+        f"0-{MAX_WAIT_MS} (default 10)",
     )
     add_engine_options(p)
     p.add_argument(
@@ -342,6 +349,10 @@ def _given_key(args: argparse.Namespace) -> str | None:
     # Stripped as the file's key is: HTTP drops a header value's outer whitespace, so a key
     # kept with the newline of a secret file could never be sent.
     key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if key and not key.strip():  # "" reads as unset (compose files do that); "  " is a slip
+        raise UserError(
+            f"${API_KEY_ENV} holds only whitespace; give a key, or unset it to turn writes off"
+        )
     return (key or "").strip() or None
 
 

@@ -33,6 +33,11 @@ MAX_SYNC_INTERVAL_S = 60.0
 # make a worker hold gigabytes per request.
 MIN_UPLOAD_MB = 0.01
 MAX_UPLOAD_MB = 1024.0
+# Past these a setting only holds memory or time: a forward pass of 100,000 images, a batch
+# held seconds for company, a request of 100,000 queries (`serve` took each of them).
+MAX_BATCH = 1024
+MAX_BATCH_ENTRIES = 10_000
+MAX_WAIT_MS = 1000
 
 
 def _is_header_text(text: str) -> bool:

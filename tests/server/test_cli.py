@@ -69,6 +69,33 @@ def test_the_api_key_comes_from_the_flag_or_the_environment(monkeypatch):
         parse("--max-wait-ms", "-1")
     with pytest.raises(UserError, match="--api-key is empty"):  # not writes quietly off
         cli.settings_from_args(parse("--api-key", " "))
+    monkeypatch.setenv(API_KEY_ENV, "   ")  # was writes quietly off too
+    with pytest.raises(UserError, match="holds only whitespace"):
+        cli.settings_from_args(parse())
+    monkeypatch.setenv(API_KEY_ENV, "")  # how compose files unset a variable
+    assert cli.settings_from_args(parse())[0].writes_enabled is False
+
+
+def test_batching_settings_are_bounded(capsys):
+    """`--max-wait-ms 1e9` and `--max-batch 100000` started a server: a batch held for days,
+    a forward pass of 100,000 images."""
+    from server.config import MAX_BATCH, MAX_BATCH_ENTRIES, MAX_WAIT_MS
+
+    assert parse("--max-batch", str(MAX_BATCH)).max_batch == MAX_BATCH
+    assert parse("--max-wait-ms", "0").max_wait_ms == 0
+    assert (
+        parse("--max-batch-entries", str(MAX_BATCH_ENTRIES)).max_batch_entries == MAX_BATCH_ENTRIES
+    )
+    for flag, value in (
+        ("--max-batch", str(MAX_BATCH + 1)),
+        ("--max-batch", "0"),
+        ("--max-wait-ms", "1e9"),
+        ("--max-wait-ms", str(MAX_WAIT_MS + 1)),
+        ("--max-batch-entries", "100000"),
+    ):
+        with pytest.raises(SystemExit):
+            parse(flag, value)
+        assert "must be" in capsys.readouterr().err
 
 
 def test_the_listen_address_is_checked_while_parsing():
