@@ -453,6 +453,9 @@ def test_a_worker_that_cannot_load_is_retried_while_the_others_serve(
     (faiss_file,) = index.glob("vectors-*.faiss")
     body, headers = multipart({"image": ("phone.jpg", query_image.read_bytes())})
     with running_server(tiny_checkpoint, index, tmp_path, "--workers", "2") as server:
+        # Ready is one worker loaded: both must be, or the second fails its load too.
+        loaded = lambda: server.log.read_text().count("ASGI server listening") >= 2  # noqa: E731
+        wait_for("both workers loaded", loaded)
         first, second = worker_pids(server)
         shutil.move(faiss_file, tmp_path / "held.faiss")
         os.kill(first, signal.SIGKILL)
