@@ -74,18 +74,19 @@ class BufferedWSGIBridge:
         self._cors = allowed_origins(cors_origins)
         self._on_refused = on_refused
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="phonesim-request")
-        self._stopping = False
+        self._stopped_at: float | None = None  # the loop's time at begin_shutdown
         self._body_reads: set[asyncio.Future] = set()  # one per body being read (loop thread)
 
     def begin_shutdown(self) -> None:
         """The worker stops (SIGTERM): bodies still arriving are refused at once (503, retry
-        elsewhere; a body whose rest comes within :data:`ARRIVED_S` is read), so a slow upload
+        elsewhere; what arrives within :data:`ARRIVED_S` of now is read), so a slow upload
         cannot hold the worker past gunicorn's 30 s grace, after which it was killed without
         closing its index. Call on the event loop's thread."""
-        self._stopping = True
+        if self._stopped_at is None:
+            self._stopped_at = asyncio.get_running_loop().time()
         for read in self._body_reads:
             if not read.done():
-                read.set_result(None)
+                read.set_result(self._stopped_at)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -191,9 +192,9 @@ class BufferedWSGIBridge:
         size = 0
         # None for a client without an address (a unix socket): no share, only the total.
         peer = (scope.get("client") or (None, 0))[0]
-        stopping = loop.create_future()  # done once the worker stops
-        if self._stopping:
-            stopping.set_result(None)
+        stopping = loop.create_future()  # done once the worker stops: when its grace began
+        if self._stopped_at is not None:
+            stopping.set_result(loop.time())  # a request begun after the stop: from now
         self._body_reads.add(stopping)
         try:
             while True:
@@ -273,15 +274,20 @@ class BufferedWSGIBridge:
 #: Once the worker stops, how long a request's next body message may take and still count
 #: as arrived (a bodiless GET's comes at once): slower bodies are refused.
 ARRIVED_S = 0.1
+# After that, what the connection has buffered already is still read (a fast upload whole).
+_BUFFERED_S = 0.001
 
 
 async def _next_or_stop(
     receive: Receive, stopping: asyncio.Future, timeout: float
 ) -> dict[str, Any] | None:
-    """The next ASGI message, or None when it has not come within :data:`ARRIVED_S` of
-    ``stopping`` being done (TimeoutError after ``timeout`` seconds). A request that arrived
-    whole on a kept-alive connection is served while the worker stops: refused, every
-    request in the second before a reload's old worker saw its signal was a 503."""
+    """The next ASGI message, or None once ``stopping`` is done (its result: when the
+    grace began, the stop or the request's own start after it) and the message has not come
+    within :data:`ARRIVED_S` of that (TimeoutError after ``timeout`` seconds). A request that
+    arrived whole on a kept-alive connection is served while the worker stops: refused, every
+    request in the second before a reload's old worker saw its signal was a 503. The grace
+    is one window, not one per message: a body trickling a chunk every 50 ms was read whole."""
+    loop = asyncio.get_running_loop()
     receiving = asyncio.ensure_future(receive())
     if not stopping.done():
         done, _ = await asyncio.wait(
@@ -292,7 +298,8 @@ async def _next_or_stop(
         if stopping not in done:
             receiving.cancel()
             raise TimeoutError
-    done, _ = await asyncio.wait({receiving}, timeout=min(timeout, ARRIVED_S))
+    left = stopping.result() + ARRIVED_S - loop.time()
+    done, _ = await asyncio.wait({receiving}, timeout=min(timeout, max(left, _BUFFERED_S)))
     if receiving in done:
         return receiving.result()
     receiving.cancel()

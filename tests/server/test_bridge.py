@@ -181,3 +181,46 @@ def test_uploads_from_several_clients_together_hold_at_most_the_worker_buffer():
         assert bridge.buffered == 0 and bridge.buffered_by_peer == {}
     finally:
         bridge.close()
+
+
+def test_once_stopping_a_body_gets_one_short_window_not_one_per_chunk():
+    """The stop's grace was given to each chunk: a client sending 1 KB every 50 ms was read
+    whole (60 chunks, 3 s, up to the 60 s body timeout, past gunicorn's 30 s grace). A
+    request that arrives whole after the stop is still served."""
+
+    async def scenario() -> tuple[int, int, float, int]:
+        bridge = BufferedWSGIBridge(_app, threads=1, max_body=1_000_000)
+        loop = asyncio.get_running_loop()
+        received = 0
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async def trickle() -> dict:
+            nonlocal received
+            await asyncio.sleep(0.05)
+            received += 1
+            return {"type": "http.request", "body": b"x" * 1024, "more_body": received < 60}
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/search", "headers": []}
+        started = loop.time()
+        loop.call_later(0.2, bridge.begin_shutdown)
+        await bridge(scope, trickle, send)
+        took = loop.time() - started
+
+        whole: list[dict] = []
+
+        async def at_once() -> dict:
+            return {"type": "http.request", "body": b"x" * 10, "more_body": False}
+
+        async def send_whole(message: dict) -> None:
+            whole.append(message)
+
+        await bridge(scope, at_once, send_whole)  # after the stop, arrived whole
+        bridge.close()
+        return sent[0]["status"], received, took, whole[0]["status"]
+
+    status, received, took, after = asyncio.run(scenario())
+    assert status == 503 and received < 10 and took < 1.0, (status, received, took)
+    assert after == 200
