@@ -155,8 +155,6 @@ def _snapshot_pg(store: str, tmp: Path) -> dict[str, Any]:
             count = ix._replica.count
             source = {**ix.manifest.source, "snapshot_of": {"store": ix.where, "seq": seq}}
             manifest = ix.manifest.with_count(count)
-        from dataclasses import replace
-
         write_manifest(tmp, replace(manifest, source=source))
         fsync_path(tmp / STORE_NAME)
         return {"store": ix.where, "seq": seq}
@@ -190,7 +188,7 @@ def restore(
     # Two restores to one folder both said "restored", the last one winning: the swap refuses
     # another index put there after this point. Items added meanwhile are not kept: replacing
     # what the index holds is what a restore is for.
-    replaced = replace(index_state(dest), head=None) if overwrite else None
+    replaced = index_state(dest, journal=False) if overwrite else None
     tmp = temporary_folder(dest, "restoring-")
     try:
         # Copied as a snapshot is taken, not file by file: a snapshot is an index folder that
@@ -203,6 +201,9 @@ def restore(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if replaced is not None:
+            replaced.close()
     return {"count": count, "path": str(path)}
 
 
