@@ -47,8 +47,8 @@ def model_result(future: Future, timeout: float | None) -> Any:
     try:
         return future.result(timeout=timeout)
     except FutureTimeout:
-        if future.done():  # the model's own exception, raised as it came
-            raise
+        if future.done():  # it came just after the wait ended, or is the model's own error
+            return future.result()
         raise ModelTimeoutError(f"the model did not answer within {timeout:g} s") from None
 
 

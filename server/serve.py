@@ -34,7 +34,7 @@ from server.bridge import BufferedWSGIBridge
 from server.config import GunicornSettings, ServerConfig
 from server.metrics import MULTIPROC_ENV, mark_process_dead
 from server.preflight import preflight
-from server.worker import BOOTED_MARK, PhonesimWorker
+from server.worker import PhonesimWorker, booted_mark, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +70,16 @@ def _worker_exit(server: Any, worker: Any) -> None:
 
 
 def _child_exit(server: Any, worker: Any) -> None:
-    """In the master, once a worker is gone (even killed): drop its live metric gauges."""
+    """In the master, once a worker is gone (even killed): drop its live metric gauges and
+    its mark of having loaded."""
     mark_process_dead(worker.pid)
+    folder = getattr(server.app, "folder", None)
+    if folder is not None:
+        booted_mark(folder, worker.pid).unlink(missing_ok=True)
 
 
 INSTANCE_PREFIX = "phonesim-serve-"
 MASTER_PID_FILE = "master.pid"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def remove_stale_instance_folders(parent: Path | None = None) -> list[Path]:
@@ -100,7 +94,7 @@ def remove_stale_instance_folders(parent: Path | None = None) -> list[Path]:
             pid = int(pid_text)
         except (OSError, ValueError):
             continue
-        if host == socket.gethostname() and pid != os.getpid() and not _alive(pid):
+        if host == socket.gethostname() and pid != os.getpid() and not process_alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     if removed:
@@ -221,7 +215,7 @@ class PhonesimGunicorn(BaseApplication):
         # Its model loads with these threads (load_engine sets torch's too, after an "auto"
         # runtime's check or fallback as well).
         app = create_app(self.server_config.replace(model_threads=threads))
-        (self.folder / BOOTED_MARK).touch()  # from now on a worker failing to load is retried
+        booted_mark(self.folder, os.getpid()).touch()  # while it serves, others are retried
         return BufferedWSGIBridge(
             app,
             threads=self.settings.threads,

@@ -25,6 +25,7 @@ major version this was written against, and tests/server/test_protocol.py checks
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ import signal
 import sys
 import time
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from gunicorn.asgi.protocol import ASGIProtocol
@@ -40,8 +42,9 @@ from gunicorn.workers import gasgi
 from server.errors import PAYLOAD_TOO_LARGE, SECURITY_HEADERS, error_json
 
 DEFAULT_HEADER_TIMEOUT_S = 10.0
-#: In the instance folder once a worker has loaded: later load failures are retried.
+#: ``booted.<pid>`` in the instance folder: that worker has loaded (removed when it exits).
 BOOTED_MARK = "booted"
+_LAST_FAILURE = "load-failure"
 #: How long a worker that failed to load waits before it exits to be replaced.
 RETRY_S = 5.0
 
@@ -185,6 +188,45 @@ class JsonErrorProtocol(ASGIProtocol):
         self._safe_write(protocol_error_response(status, message, (*extra_headers, *more)))
 
 
+def booted_mark(folder: Path, pid: int) -> Path:
+    """The file saying worker ``pid`` has loaded."""
+    return folder / f"{BOOTED_MARK}.{pid}"
+
+
+def serving_siblings(folder: Path) -> list[int]:
+    """The other live workers of this server that have loaded."""
+    pids = []
+    for mark in folder.glob(f"{BOOTED_MARK}.*"):
+        pid = mark.name.rpartition(".")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
+            pids.append(int(pid))
+    return pids
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _note_failure(folder: Path, said: str) -> bool:
+    """Record ``said`` as the last load failure; whether it differs from the one before."""
+    path = folder / _LAST_FAILURE
+    try:
+        if path.read_text(encoding="utf-8") == said:
+            return False
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        path.write_text(said, encoding="utf-8")
+    return True
+
+
 class PhonesimWorker(gasgi.ASGIWorker):
     """gunicorn's ``asgi`` worker serving through :class:`JsonErrorProtocol`."""
 
@@ -197,25 +239,29 @@ class PhonesimWorker(gasgi.ASGIWorker):
         super().init_process()
 
     def load_wsgi(self) -> None:
-        """As gunicorn's, but a worker that fails to load once this server has served (a
-        restarted worker, or a reload's) exits with an ordinary failure after
+        """As gunicorn's, but a worker that fails to load while another worker of this server
+        serves (one restarted, or a reload's) exits with an ordinary failure after
         :data:`RETRY_S`, which gunicorn answers by starting another, instead of its "boot
         error", which stops the whole server: one worker killed while the catalog's database
-        was down, or its FAISS file missing, took every healthy worker down with it. A server
-        whose workers never loaded still stops (exit 3), saying why."""
+        was down, or its FAISS file missing, took every healthy worker down with it. With no
+        other worker serving, it is the boot error (exit 3, saying why): a server that
+        cannot load must not sit on its port answering nothing."""
         try:
             super().load_wsgi()
         except Exception as exc:
             folder = getattr(self.app, "folder", None)
-            if folder is None or not (folder / BOOTED_MARK).exists():
+            if folder is None or not serving_siblings(folder):
                 raise
+            said = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            # The traceback once per distinct failure (a bug shows where), then one line.
+            first = _note_failure(folder, said)
             log.error(
-                "worker %d could not load (%s: %s); the other workers go on, and another "
-                "starts in %g s",
+                "worker %d could not load (%s); the other workers go on, and another starts "
+                "in %g s",
                 os.getpid(),
-                type(exc).__name__,
-                str(exc).splitlines()[0] if str(exc) else "",
+                said,
                 RETRY_S,
+                exc_info=first,
             )
             time.sleep(RETRY_S)
             sys.exit(1)

@@ -253,3 +253,26 @@ def test_close_on_a_full_queue_still_finishes_the_queued_work_and_ends(make):
     t = time.perf_counter()
     closer.join(5)
     assert not b._thread.is_alive() and time.perf_counter() - t < 1.0
+
+
+def test_a_result_that_comes_as_the_wait_ends_is_returned_not_a_500():
+    """The wait timed out, the result came before the check: the wait's own TimeoutError
+    was raised, a logged 500 instead of the answer (or a 503 model_timeout)."""
+    from concurrent.futures import Future
+
+    from server.batcher import ModelTimeoutError, model_result
+
+    class LateFuture(Future):
+        def result(self, timeout=None):  # noqa: ANN001, ANN202
+            if not self.done():
+                super().set_result("row")  # arrives just as the wait gives up
+                raise TimeoutError
+            return super().result(timeout)
+
+    assert model_result(LateFuture(), 0.01) == "row"
+    with pytest.raises(ModelTimeoutError, match="within 0.01 s"):
+        model_result(Future(), 0.01)
+    failed = Future()
+    failed.set_exception(TimeoutError("the model's own"))
+    with pytest.raises(TimeoutError, match="the model's own"):
+        model_result(failed, 0.01)

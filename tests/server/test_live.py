@@ -443,7 +443,9 @@ def test_a_worker_that_cannot_load_is_retried_while_the_others_serve(
 ):
     """A worker restarted while the index's FAISS file was missing (or the catalog's
     database down) failed to boot, and gunicorn stopped the whole server (exit 3), healthy
-    workers and all. It is retried; the server keeps serving, and recovers once it can."""
+    workers and all. It is retried while another worker serves, and the server recovers
+    once it can load; with none serving it stops (exit 3) instead of holding its port
+    answering nothing."""
     import shutil
     import signal
 
@@ -452,10 +454,13 @@ def test_a_worker_that_cannot_load_is_retried_while_the_others_serve(
     index = build_test_index(tiny_embedder, catalog_rows, tmp_path / "index")
     (faiss_file,) = index.glob("vectors-*.faiss")
     body, headers = multipart({"image": ("phone.jpg", query_image.read_bytes())})
+
+    def loaded(server) -> int:  # noqa: ANN001
+        return server.log.read_text().count("ASGI server listening")
+
     with running_server(tiny_checkpoint, index, tmp_path, "--workers", "2") as server:
         # Ready is one worker loaded: both must be, or the second fails its load too.
-        loaded = lambda: server.log.read_text().count("ASGI server listening") >= 2  # noqa: E731
-        wait_for("both workers loaded", loaded)
+        wait_for("both workers loaded", lambda: loaded(server) >= 2)
         first, second = worker_pids(server)
         shutil.move(faiss_file, tmp_path / "held.faiss")
         os.kill(first, signal.SIGKILL)
@@ -463,16 +468,21 @@ def test_a_worker_that_cannot_load_is_retried_while_the_others_serve(
         assert server.proc.poll() is None, server.log.read_text()[-2000:]
         assert server.request("POST", "/v1/search", body, headers)[0] == 200  # the other one
         shutil.move(tmp_path / "held.faiss", faiss_file)
-        os.kill(second, signal.SIGKILL)  # only a worker loaded since can answer now
-        wait_for(
-            "a worker loaded again",
-            lambda: server.request("POST", "/v1/search", body, headers)[0] == 200,
-            timeout=90,
-            every=0.5,
-        )
+        wait_for("a worker loaded again", lambda: loaded(server) >= 3, timeout=60)
+        os.kill(second, signal.SIGKILL)  # only the worker loaded since answers now
+        assert server.request("POST", "/v1/search", body, headers)[0] == 200
         assert server.proc.poll() is None
     log = server.log.read_text()
-    assert "Worker failed to boot" not in log and "Traceback" not in log
+    assert "Worker failed to boot" not in log
+    assert log.count("Traceback") <= 1  # the failure's traceback once, then one line each
+
+    # One worker, and it cannot load again: no worker serves, so the server stops.
+    with running_server(tiny_checkpoint, index, tmp_path, "--workers", "1", name="alone") as server:
+        (only,) = worker_pids(server)
+        shutil.move(faiss_file, tmp_path / "held.faiss")
+        os.kill(only, signal.SIGKILL)
+        assert server.proc.wait(60) == 3
+    assert "Worker failed to boot" in server.log.read_text()
 
 
 def test_the_access_log_keeps_keys_and_terminal_escapes_out(tiny_checkpoint, live_index, tmp_path):
