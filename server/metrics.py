@@ -144,7 +144,8 @@ class Metrics:
         )
         self.lag_seconds = Gauge(
             "phonesim_replica_lag_seconds",
-            "Age of the oldest change not yet applied (worst process; 0: caught up).",
+            "Seconds since this server last held every change of the store (worst process; 0: "
+            "caught up). Rises while the store cannot be reached: its changes are unknown.",
             registry=r,
             multiprocess_mode="livemax",
         )
