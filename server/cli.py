@@ -404,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m server``: the serve command alone (same flags as ``phonesim serve``)."""
     parser = argparse.ArgumentParser(prog="python -m server", description="phonesim serve")
     add_arguments(parser)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    talk = parser.add_mutually_exclusive_group()  # as phonesim's own -v/-q
+    talk.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    talk.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     args = parser.parse_args(argv)
-    return run_reporting_errors("phonesim serve", run, args, verbose=args.verbose, own_signals=True)
+    return run_reporting_errors(
+        "phonesim serve", run, args, verbose=args.verbose, quiet=args.quiet, own_signals=True
+    )

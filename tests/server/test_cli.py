@@ -309,3 +309,18 @@ def test_a_key_file_others_can_read_and_a_short_key_are_warned_about(tmp_path, c
     assert caplog.text == ""
     cli.settings_from_args(parse("--api-key", "short"))
     assert "the API key has 5 characters; use at least 16" in caplog.text
+
+
+def test_python_m_server_takes_quiet_as_phonesim_does(monkeypatch):
+    """`python -m server` had -v but no -q: `phonesim -q serve` had no equivalent there."""
+    seen = {}
+
+    def fake_run(prog, run, args, **kw):  # noqa: ANN001, ANN202, ANN003
+        seen.update(kw)
+        return 0
+
+    monkeypatch.setattr(cli, "run_reporting_errors", fake_run)
+    assert cli.main(["--checkpoint", "c", "--index", "i", "-q"]) == 0
+    assert seen["quiet"] is True and seen["verbose"] is False
+    with pytest.raises(SystemExit):
+        cli.main(["--checkpoint", "c", "--index", "i", "-q", "-v"])
