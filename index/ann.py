@@ -329,11 +329,25 @@ def write(index: faiss.Index, path: str | Path) -> None:
     failed write (a full disk) is an ``OSError`` naming the file, as any other file's."""
 
     def write_to(tmp: Path) -> None:
-        try:
-            faiss.write_index(index, str(tmp))
-        except RuntimeError as exc:  # FAISS says "... write error in PATH: 4014 != N (REASON)"
-            said = _WRITE_FAILURE.search(str(exc))
-            raise OSError(errno.EIO, said[1] if said else str(exc), str(path)) from exc
+        # Through Python's file, not FAISS's own writer: that one only printed a failed close
+        # ("close error: No space left on device") and returned, and a compaction then
+        # committed the short file as the snapshot and deleted the one before it.
+        written = 0
+        with open(tmp, "wb") as fh:
+
+            def put(chunk: bytes) -> None:
+                nonlocal written
+                fh.write(chunk)
+                written += len(chunk)
+
+            try:
+                faiss.write_index(index, faiss.PyCallbackIOWriter(put))
+            except RuntimeError as exc:  # FAISS's own: "... write error ...: 4014 != N (REASON)"
+                said = _WRITE_FAILURE.search(str(exc))
+                raise OSError(errno.EIO, said[1] if said else str(exc), str(path)) from exc
+        size = tmp.stat().st_size
+        if size != written:
+            raise OSError(errno.EIO, f"wrote {written} bytes but the file holds {size}", str(path))
 
     atomic_write(path, write_to)
 

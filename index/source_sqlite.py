@@ -231,10 +231,16 @@ class SqliteSource:
                 # Records since the previous snapshot stay, for copies a little behind.
                 self.store.journal_truncate(old_seq)
         self.remove_stale_files(old if stale else name)
-        self.store.release_free_pages()  # the truncated journal's pages, removed items'
-        # Emptied, not only folded: the WAL kept the size of the journal just dropped (160 MB
-        # beside a 7.7 MB store) until the next write, for good on a catalog only read.
-        self.store.checkpoint_wal(truncate=True, wait_s=0.25)
+        try:  # tidying: the snapshot is committed whatever befalls these
+            self.store.release_free_pages()  # the truncated journal's pages, removed items'
+            # Emptied, not only folded: the WAL kept the size of the journal just dropped
+            # (160 MB beside a 7.7 MB store) until the next write, for good on a catalog only
+            # read.
+            self.store.checkpoint_wal(truncate=True, wait_s=0.25)
+        except (sqlite3.Error, OSError) as exc:  # a full disk: was a traceback after the commit
+            log.warning(
+                "%s: snapshot %s committed; tidying the store failed: %s", self.folder, name, exc
+            )
         return not stale
 
     def clean_up(self, current: str) -> None:

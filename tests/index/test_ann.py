@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -66,3 +68,44 @@ def test_too_few_training_points_is_one_logged_warning_not_faiss_stderr(
     warnings = [r.getMessage() for r in caplog.records if "FAISS advises" in r.getMessage()]
     assert len(warnings) == len(expected)
     assert all(want in got for want, got in zip(expected, warnings, strict=True))
+
+
+def test_a_snapshot_that_does_not_fit_on_the_disk_is_an_error_not_a_short_file(tmp_path):
+    """FAISS's own file writer only printed "close error: No space left on device" when the
+    last buffered bytes did not fit, and returned: compaction committed the short file as the
+    snapshot and deleted the one before it (every later open failed; vectors lost)."""
+    import errno
+    import shutil
+    import subprocess
+
+    import faiss
+
+    from index import ann
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        index = faiss.IndexFlatIP(64)
+        index.add(np.random.default_rng(0).standard_normal((4000, 64)).astype(np.float32))
+        size = len(faiss.serialize_index(index))  # about 1 MB
+        free = shutil.disk_usage(disk).free
+        # Leave room for all but the last page of the file: only the final flush fails.
+        filler = disk / "filler"
+        with open(filler, "wb") as fh:
+            os.posix_fallocate(fh.fileno(), 0, free - (size // 4096) * 4096)
+        with pytest.raises(OSError) as caught:
+            ann.write(index, disk / "vectors.faiss")
+        assert caught.value.errno in (errno.ENOSPC, errno.EIO)
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no short file, no temp
+        filler.unlink()
+        ann.write(index, disk / "vectors.faiss")  # with room, it is written whole
+        assert ann.read(disk / "vectors.faiss").ntotal == 4000
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -423,3 +423,24 @@ def test_a_compaction_empties_the_wal_it_leaves_behind(tmp_path):
         assert ix.compact(force=True)  # drops the record holding the vectors
         assert reader.search(vec(1), 1)[0]  # another connection reading meanwhile
         assert os.path.getsize(wal) < WAL_SIZE_LIMIT / 4
+
+
+def test_a_compaction_whose_tidying_fails_after_its_commit_still_succeeds(tmp_path, monkeypatch):
+    """On a full disk the snapshot committed, then emptying the WAL failed: a traceback and
+    exit 1 for a compaction that had in fact been made."""
+    import sqlite3
+
+    from index.store import CatalogStore
+
+    folder = build(tmp_path / "ix", None).path
+    with open_index(folder) as ix:
+        ix.add(["late"], vec(1))
+
+        def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(CatalogStore, "checkpoint_wal", full)
+        assert ix.compact(force=True) is True
+        monkeypatch.undo()
+    with open_index(folder, readonly=True) as again:
+        assert "late" in again and again.sync_status.journal_length == 0
