@@ -269,9 +269,15 @@ def _swap_in(out: Path, texts: dict[str, str]) -> bool:
         return False
     tmp = temporary_folder(dest, "writing-")
     try:
+        # A write failing here (a full disk) is an error: written file by file instead, it
+        # left a report of new CSV/JSON beside the old run's HTML and summary.
         for name, text in texts.items():
             atomic_write_text(tmp / name, text)
         fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
         swap_folder(tmp, dest, dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:12]}")
     except OSError as exc:  # EBUSY, EXDEV...: swap_folder left the old folder in place
         log.info("%s: written file by file (the folder cannot be swapped: %s)", out, exc)

@@ -171,3 +171,34 @@ def test_the_gallery_page_is_bounded_and_names_the_csv_for_the_rest() -> None:
     assert f"950 more images of this group are listed in {CSV_NAME}" in page
     assert f"15 more groups are listed in {CSV_NAME}" in page
     assert page.count("<li>") == 10 and f"20 more are listed in {FAILED_NAME}" in page
+
+
+def test_a_full_disk_while_the_report_is_written_leaves_the_previous_one_whole(
+    planted_run, tmp_path, monkeypatch
+) -> None:
+    """Writing the new folder failed with ENOSPC, which was taken for a folder that cannot be
+    swapped: the report was written file by file, and the disk took the new CSV and JSON
+    beside the previous run's page and summary."""
+    import errno
+
+    import pytest
+
+    from duplicates import report
+
+    _, _, _, result = planted_run
+    paths = report.write_report(result, tmp_path / "report")
+    before = {key: path.read_bytes() for key, path in paths.items()}
+    fewer = dataclasses.replace(result, groups=result.groups[:1])
+    real_write = report.atomic_write_text
+    page = len(report.to_html(fewer))  # the disk still takes the small files, not the page
+
+    def disk_fills(path, text):  # noqa: ANN001, ANN202
+        if len(text) >= page:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, text)
+
+    monkeypatch.setattr(report, "atomic_write_text", disk_fills)
+    with pytest.raises(OSError, match="No space left"):
+        report.write_report(fewer, tmp_path / "report")
+    assert {key: path.read_bytes() for key, path in paths.items()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary folder
