@@ -10,6 +10,7 @@ validation metrics for provenance, and ``extra`` for later stages' records.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -332,6 +333,7 @@ def save_checkpoint(model: nn.Module, config: CheckpointConfig, out: str | Path)
 
     Also under Ctrl-C: if the swap is interrupted, the previous checkpoint is put back.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     out = check_checkpoint_target(out)
@@ -339,7 +341,11 @@ def save_checkpoint(model: nn.Module, config: CheckpointConfig, out: str | Path)
     tmp = temporary_folder(out, SAVING)  # named, so what a killed save left is found again
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        try:
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        except SafetensorError as exc:  # a full disk: "I/O error: No space left on device"
+            # An OSError, as every other failed write: one line and exit 1, not a traceback.
+            raise OSError(errno.EIO, f"cannot write the weights ({exc})", str(out)) from exc
         share_file(tmp / WEIGHTS_FILE)  # safetensors writes it owner-only
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_json(), indent=2) + "\n")
         for name in (WEIGHTS_FILE, CONFIG_FILE):

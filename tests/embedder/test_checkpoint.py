@@ -303,3 +303,28 @@ def test_a_head_with_a_hidden_layer_records_the_width_it_embeds_at(tiny_catalog,
     embedder = Embedder.from_checkpoint(out, runtime="torch")
     batch = embedder.embed_paths(sorted(tiny_catalog.rglob("*.jpg"))[:2])
     assert batch.embeddings.shape == (2, 1024) == (2, embedder.dim)
+
+
+def test_a_full_disk_while_saving_is_an_oserror_and_keeps_the_old_checkpoint(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    """safetensors raised its own SafetensorError on a full disk: `train` printed a
+    traceback (exit 1) where every other failed write is one line."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from common.errors import reporting_errors
+
+    model, config = load_checkpoint(tiny_checkpoint)
+    out = save_checkpoint(model, config, tmp_path / "ck")
+    before = (out / WEIGHTS_FILE).read_bytes()
+
+    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise SafetensorError("Error while serializing: I/O error: No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OSError, match="cannot write the weights.*No space left"):
+        save_checkpoint(model, config, out)
+    assert reporting_errors("phonesim train", lambda: save_checkpoint(model, config, out)) == 1
+    assert (out / WEIGHTS_FILE).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
