@@ -17,7 +17,17 @@ from common.argtypes import STORE_ENV
 
 
 class UserError(Exception):
-    """Bad input from the user: a missing path, a malformed manifest, an incompatible index."""
+    """Bad input from the user: a missing path, a malformed manifest, an incompatible index.
+    A command ends with :attr:`exit_code`."""
+
+    exit_code = 2
+
+
+class MachineError(UserError):
+    """The machine failed the work (a full disk, an I/O error), not the input: exit 1, as an
+    ``OSError`` is. A :class:`UserError` still, so every handler of those answers it."""
+
+    exit_code = 1
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -137,7 +147,7 @@ def reporting_errors(
         return int(run() or 0)
     except UserError as exc:
         print(f"{prog}: error: {exc}{_store_source(str(exc))}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except OSError as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_left():
             return SIGPIPE_EXIT  # `... --json | head`: the reader left, as a Unix tool's does

@@ -7,7 +7,7 @@ for unknown ids), so library callers and the server can catch the usual built-in
 
 from __future__ import annotations
 
-from common.errors import UserError
+from common.errors import MachineError, UserError
 
 
 class CatalogIndexError(UserError):
@@ -36,6 +36,23 @@ class StoreUnavailableError(CatalogIndexError):
     Writes raise it and change nothing; reads keep answering from the last state this process
     holds, and :attr:`index.catalog.CatalogIndex.sync_status` carries the error.
     """
+
+
+class StoreMachineError(StoreUnavailableError, MachineError):
+    """The machine failed the catalog store (a full disk, an I/O error): nothing was changed,
+    and the command exits 1, not 2 as for bad input."""
+
+    @classmethod
+    def of(cls, where: object, exc: Exception) -> StoreMachineError:
+        return cls(
+            f"{where}: the machine failed the catalog store ({exc}); nothing was changed: "
+            "free some space (or mend the disk) and run it again"
+        )
+
+    @property
+    def disk_full(self) -> bool:
+        cause = self.__cause__
+        return getattr(cause, "sqlite_errorcode", 0) & 0xFF == 13 or "disk is full" in str(self)
 
 
 class StoreOutcomeUnknownError(StoreUnavailableError):

@@ -30,7 +30,7 @@ from common.fsutil import (
 )
 from index import ann
 from index.build import check_index_target, index_state, move_into_place, rename_unless_taken
-from index.errors import BuildInputError, IndexLockedError, StoreUnavailableError
+from index.errors import BuildInputError, IndexLockedError, StoreMachineError
 from index.folder import faiss_file_name
 from index.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
 from index.store import STORE_NAME, machine_failure
@@ -110,9 +110,7 @@ def _snapshot_sqlite(path: Path, tmp: Path) -> dict[str, Any]:
                     except sqlite3.Error as exc:
                         if not machine_failure(exc):
                             raise
-                        raise StoreUnavailableError(
-                            f"{tmp.parent}: cannot copy the catalog store ({exc})"
-                        ) from exc
+                        raise StoreMachineError.of(f"{tmp.parent}: copying it", exc) from exc
                     finally:
                         src.close()
                         dst.close()

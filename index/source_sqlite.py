@@ -26,6 +26,7 @@ from index.errors import (
     CatalogReplacedError,
     DuplicateIdError,
     IndexNotFoundError,
+    StoreMachineError,
     StoreUnavailableError,
     UnknownIdError,
 )
@@ -33,7 +34,7 @@ from index.folder import FAISS_PREFIX, faiss_file_name, missing_faiss_file
 from index.journal import JournalRecord
 from index.manifest import Manifest
 from index.replica import Loaded
-from index.store import STORE_NAME, CatalogStore, StoredItem, merged_metadata
+from index.store import STORE_NAME, CatalogStore, StoredItem, machine_failure, merged_metadata
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def _reachable(where: Path) -> Iterator[None]:
     try:
         yield
     except sqlite3.OperationalError as exc:
+        if machine_failure(exc):  # a full disk: exit 1 (the machine), saying nothing changed
+            raise StoreMachineError.of(where, exc) from exc
         raise StoreUnavailableError(f"{where}: catalog store unavailable ({exc})") from exc
 
 

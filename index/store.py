@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from index.errors import IndexCorruptError, StoreUnavailableError
+from index.errors import IndexCorruptError, StoreMachineError
 from index.filters import FilterEngine
 from index.inputs import canonical_value
 from index.journal import JournalRecord
@@ -146,9 +146,7 @@ class CatalogStore(JournalTable):
             if getattr(self, "_db", None) is not None:
                 self._db.close()
             if machine_failure(exc):  # a full disk or an I/O error: the file is not at fault
-                raise StoreUnavailableError(
-                    f"{self.path}: catalog store unavailable ({exc})"
-                ) from exc
+                raise StoreMachineError.of(self.path, exc) from exc
             if not os.access(Path(self.path).parent, os.W_OK):  # not damaged: not ours to write
                 raise IndexCorruptError(
                     f"{Path(self.path).parent}: the index folder is not writable here, and SQLite "

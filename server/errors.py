@@ -24,6 +24,7 @@ from index.errors import (
     InvalidParamsError,
     InvalidVectorsError,
     ReadOnlyIndexError,
+    StoreMachineError,
     StoreOutcomeUnknownError,
     StoreRefusedError,
     StoreUnavailableError,
@@ -203,6 +204,18 @@ def init_app(app: Flask) -> None:
         return error_response(
             503, "catalog_replaced", str(exc), {"Retry-After": str(STORE_RETRY_AFTER_S)}
         )
+
+    @app.errorhandler(StoreMachineError)
+    def _store_machine(exc: StoreMachineError) -> Response:
+        # A full disk is no unreachable store: "try again" alone does not mend it.
+        log.warning("catalog store failed (request %s): %s", request_id(), exc)
+        if exc.disk_full:
+            return error_response(
+                507,
+                "insufficient_storage",
+                "the catalog store's disk is full; nothing was changed",
+            )
+        return _store_down(exc)
 
     @app.errorhandler(StoreUnavailableError)
     def _store_down(exc: StoreUnavailableError) -> Response:

@@ -624,3 +624,41 @@ def test_info_of_a_store_gives_its_size_in_the_database(tmp_path, pg_url, capsys
     assert cli(["info", "--store", pg_url, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["count"] == 120 and info["disk_bytes"] > 120 * DIM * 4
+
+
+def test_a_full_disk_under_index_add_exits_1_and_says_nothing_changed(
+    tmp_path, monkeypatch, capsys
+):
+    """SQLite's "database or disk is full" exited 2, the code of a usage or input error,
+    where the README promises 1 for a machine failure, and did not say nothing was added."""
+    import sqlite3
+
+    from index.store import CatalogStore
+    from phonesim.cli import main
+
+    write_embeddings(tmp_path / "emb.h5")
+    cli(["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "a")])
+    more_embeddings(tmp_path / "more.h5", [f"n{i}" for i in range(6)])
+
+    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        exc = sqlite3.OperationalError("database or disk is full")
+        exc.sqlite_errorcode = 13  # SQLITE_FULL
+        raise exc
+
+    monkeypatch.setattr(CatalogStore, "insert_items", full)
+    argv = [
+        "index",
+        "add",
+        "--index",
+        str(tmp_path / "a"),
+        "--embeddings",
+        str(tmp_path / "more.h5"),
+    ]
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "disk is full" in err and "nothing was changed" in err and "\n" not in err.strip()
+    monkeypatch.undo()
+    with open_index(tmp_path / "a", readonly=True) as ix:
+        assert len(ix) == 120
+    assert main(argv) == 0

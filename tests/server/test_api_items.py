@@ -484,3 +484,34 @@ def test_a_replace_keeps_the_image_the_item_has_when_it_is_written(writable, fir
     assert r.status_code == 200, r.get_json()
     with CatalogIndex.open(folder, readonly=True) as reopened:
         assert reopened.get(first_id).metadata == {"label": "x", "image": "new.jpg"}
+
+
+def test_a_full_disk_under_the_catalog_store_is_a_507_and_adds_nothing(
+    writable, jpeg_bytes, monkeypatch
+):
+    """SQLite's "database or disk is full" was answered 503 "the catalog store cannot be
+    reached; try again", as for a database that is down, which waiting does not mend."""
+    import sqlite3
+
+    from index.store import CatalogStore
+
+    app, _ = writable
+    c = app.test_client()
+
+    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        exc = sqlite3.OperationalError("database or disk is full")
+        exc.sqlite_errorcode = 13  # SQLITE_FULL, as SQLite sets it
+        raise exc
+
+    monkeypatch.setattr(CatalogStore, "insert_items", full)
+    r = c.post("/v1/items", data={**upload(jpeg_bytes), "id": "full"}, headers=KEY)
+    assert (
+        "disk is full; nothing was changed"
+        in assert_error(r, 507, "insufficient_storage")["message"]
+    )
+    monkeypatch.undo()
+    assert c.get("/v1/items/full").status_code == 404
+    assert (
+        c.post("/v1/items", data={**upload(jpeg_bytes), "id": "full"}, headers=KEY).status_code
+        == 201
+    )
