@@ -134,9 +134,14 @@ class PartialDir:
             discard_folder(path)
         if not path.exists():
             path.mkdir()
-            _write_json(
-                manifest, {"format": PARTIAL_FORMAT, "version": PARTIAL_VERSION, **asdict(identity)}
-            )
+            try:
+                _write_json(
+                    manifest,
+                    {"format": PARTIAL_FORMAT, "version": PARTIAL_VERSION, **asdict(identity)},
+                )
+            except BaseException:  # a full disk: an empty folder had blocked the next run
+                path.rmdir()
+                raise
             fsync_dir(path.parent)
             return cls(path, identity, [])
         _check_manifest(manifest, identity)
@@ -324,6 +329,9 @@ def _refuse_unless_own_leftovers(path: Path, out_name: str, restart: bool) -> No
     if not path.is_dir() or path.is_symlink():
         raise ExportError(f"{path}: exists but is not an export in progress; move it away first")
     entries = list(path.iterdir())
+    if not entries:  # a run whose first write failed (a full disk) left it: start afresh
+        path.rmdir()
+        return
     foreign = [e.name for e in entries if not _is_own_file(e, out_name)]
     if foreign:
         raise ExportError(

@@ -368,3 +368,20 @@ def test_a_link_that_cannot_be_followed_is_not_called_a_loop(tmp_path) -> None:
     assert missing_file_reason(tmp_path / "odd.jpg") == (
         f"is a link to {tmp_path / 'file' / 'x.jpg'}, which cannot be followed (Not a directory)"
     )
+
+
+def test_a_failed_atomic_write_names_the_file_it_was_writing(tmp_path):
+    """A full disk said only "No space left on device" (Python's file writes name no path)."""
+    import errno
+
+    from common.fsutil import atomic_write
+
+    def full(tmp):  # noqa: ANN001, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as caught:
+        atomic_write(tmp_path / "report.json", full)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(
+        tmp_path / "report.json"
+    )
+    assert list(tmp_path.iterdir()) == []

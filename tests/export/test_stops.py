@@ -338,3 +338,28 @@ def test_a_stop_raised_where_python_drops_it_still_stops_the_export(ckpt, demo, 
     assert done.returncode == 130, stderr
     assert not out.exists() and partial_path(out).is_dir()
     assert "terminated; progress is kept" in stderr and "Exception ignored" not in stderr
+
+
+def test_a_first_write_failing_on_a_full_disk_leaves_no_folder_to_block_the_rerun(
+    tmp_path, monkeypatch
+):
+    """With no room for progress.json, the run failed and left an empty progress folder;
+    the same command, run again once there was room, was refused ("not an export in
+    progress ... pass --restart"), where the docs say to run it again."""
+    import errno
+
+    from export import shards
+
+    out = tmp_path / "features.h5"
+    real_write = shards._write_json
+
+    def full(path, data):  # noqa: ANN001, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(shards, "_write_json", full)
+    with pytest.raises(OSError, match="No space left"):
+        PartialDir.open(out, _identity())
+    assert list(tmp_path.iterdir()) == []
+    partial_path(out).mkdir()  # one left by an older version, or a run killed right there
+    monkeypatch.setattr(shards, "_write_json", real_write)
+    assert PartialDir.open(out, _identity()).cursor == 0
