@@ -447,16 +447,24 @@ def test_an_index_put_in_place_during_a_build_is_not_replaced_without_overwrite(
     assert not [p for p in files.iterdir() if p.name.startswith(".idx")]  # no temporaries
 
 
+def small_index(out: Path) -> tuple[Path, np.ndarray, list[str], dict]:
+    """An index of 10 items at ``out``, with the 40 vectors and ids its rebuilds take and the
+    keywords of ``build_index``."""
+    from index.build import build_index
+
+    xb = np.random.default_rng(0).standard_normal((40, DIM)).astype(np.float32)
+    ids = [f"x{i}" for i in range(40)]
+    kw = dict(model_name=MODEL, checkpoint_hash=HASH, progress=False)
+    build_index(out, ids[:10], xb[:10], [{}] * 10, **kw)
+    return out, xb, ids, kw
+
+
 def test_a_rebuild_does_not_replace_an_index_changed_while_it_ran(files, monkeypatch):
     """`index add` said "added 30000; 230000 items" during a `build --overwrite`, whose swap
     then dropped them: the build did not look at what the old index took meanwhile."""
     from index.build import build_index
 
-    out = files / "idx"
-    xb = np.random.default_rng(0).standard_normal((40, DIM)).astype(np.float32)
-    ids = [f"x{i}" for i in range(40)]
-    kw = dict(model_name=MODEL, checkpoint_hash=HASH, progress=False)
-    build_index(out, ids[:10], xb[:10], [{}] * 10, **kw)
+    out, xb, ids, kw = small_index(files / "idx")
     real_write, added = index_build.write_manifest, []
 
     def an_add_lands_meanwhile(folder, manifest):  # noqa: ANN001, ANN202
@@ -504,13 +512,20 @@ def test_a_rebuild_does_not_replace_an_index_put_there_meanwhile(files, monkeypa
     """Another build landing first made the journal shorter: "-3 change(s) reached ..."."""
     from index.build import build_index
 
-    out = files / "idx"
-    xb = np.random.default_rng(0).standard_normal((40, DIM)).astype(np.float32)
-    ids = [f"x{i}" for i in range(40)]
-    kw = dict(model_name=MODEL, checkpoint_hash=HASH, progress=False)
-    build_index(out, ids[:10], xb[:10], [{}] * 10, **kw)
+    out, xb, ids, kw = small_index(files / "idx")
     with open_index(out) as ix:
         ix.remove(["x0", "x1", "x2"])  # a journal of 3 records
+    land_a_build_meanwhile(monkeypatch, out, ids, xb, kw)
+    with pytest.raises(BuildInputError, match="another index was put there"):
+        build_index(out, ids, xb, [{}] * 40, overwrite=True, **kw)
+    with open_index(out) as ix:
+        assert len(ix) == 5
+
+
+def land_a_build_meanwhile(monkeypatch, out, ids, xb, kw) -> None:  # noqa: ANN001
+    """While the next build writes its manifest, another build of 5 items lands at ``out``."""
+    from index.build import build_index
+
     real_write, landed = index_build.write_manifest, []
 
     def another_build_lands(folder, manifest):  # noqa: ANN001, ANN202
@@ -520,10 +535,6 @@ def test_a_rebuild_does_not_replace_an_index_put_there_meanwhile(files, monkeypa
             build_index(out, ids[:5], xb[:5], [{}] * 5, overwrite=True, **kw)
 
     monkeypatch.setattr(index_build, "write_manifest", another_build_lands)
-    with pytest.raises(BuildInputError, match="another index was put there"):
-        build_index(out, ids, xb, [{}] * 40, overwrite=True, **kw)
-    with open_index(out) as ix:
-        assert len(ix) == 5
 
 
 def test_a_rebuild_does_not_replace_a_fresh_build_that_landed_with_an_equal_journal(
@@ -537,19 +548,10 @@ def test_a_rebuild_does_not_replace_a_fresh_build_that_landed_with_an_equal_jour
     xb = np.random.default_rng(0).standard_normal((40, DIM)).astype(np.float32)
     ids = [f"x{i}" for i in range(40)]
     kw = dict(model_name=MODEL, checkpoint_hash=HASH, progress=False)
-    real_write = index_build.write_manifest
     for out, first in ((files / "idx", True), (files / "new", False)):
         if first:
             build_index(out, ids[:10], xb[:10], [{}] * 10, **kw)
-        landed = []
-
-        def another_build_lands(folder, manifest, out=out, landed=landed):  # noqa: ANN001, ANN202
-            real_write(folder, manifest)
-            if not landed:
-                landed.append(True)
-                build_index(out, ids[:5], xb[:5], [{}] * 5, overwrite=True, **kw)
-
-        monkeypatch.setattr(index_build, "write_manifest", another_build_lands)
+        land_a_build_meanwhile(monkeypatch, out, ids, xb, kw)
         with pytest.raises(BuildInputError, match="another index was put there"):
             build_index(out, ids, xb, [{}] * 40, overwrite=True, **kw)
         monkeypatch.undo()
@@ -563,11 +565,7 @@ def test_a_rebuild_refused_by_a_server_started_meanwhile_says_it_was_discarded(f
     from index.build import build_index
     from index.errors import IndexLockedError
 
-    out = files / "idx"
-    xb = np.random.default_rng(0).standard_normal((40, DIM)).astype(np.float32)
-    ids = [f"x{i}" for i in range(40)]
-    kw = dict(model_name=MODEL, checkpoint_hash=HASH, progress=False)
-    build_index(out, ids[:10], xb[:10], [{}] * 10, **kw)
+    out, xb, ids, kw = small_index(files / "idx")
     real_write, opened = index_build.write_manifest, []
 
     def a_server_opens_it(folder, manifest):  # noqa: ANN001, ANN202

@@ -36,6 +36,11 @@ def built(request, tmp_path):
     return where, folder, url
 
 
+def main_add_argv(index, embeddings) -> list[str]:  # noqa: ANN001
+    """``phonesim index add`` of ``embeddings`` to the folder ``index``, for phonesim's main."""
+    return ["index", "add", "--index", str(index), "--embeddings", str(embeddings)]
+
+
 def more_embeddings(path, ids):  # noqa: ANN001, ANN201
     write_embeddings(path, n=len(ids))
     with h5py.File(path, "a") as h5:
@@ -426,14 +431,7 @@ def test_ctrl_c_during_an_add_says_how_to_tell_whether_it_landed(tmp_path, monke
         raise KeyboardInterrupt
 
     monkeypatch.setattr(CatalogIndex, "add", add_then_ctrl_c)
-    argv = [
-        "index",
-        "add",
-        "--index",
-        str(tmp_path / "a"),
-        "--embeddings",
-        str(tmp_path / "more.h5"),
-    ]
+    argv = main_add_argv(tmp_path / "a", tmp_path / "more.h5")
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert "all or nothing" in err and f"phonesim index info --index {tmp_path / 'a'}" in err
@@ -646,14 +644,7 @@ def test_a_full_disk_under_index_add_exits_1_and_says_nothing_changed(
         raise exc
 
     monkeypatch.setattr(CatalogStore, "insert_items", full)
-    argv = [
-        "index",
-        "add",
-        "--index",
-        str(tmp_path / "a"),
-        "--embeddings",
-        str(tmp_path / "more.h5"),
-    ]
+    argv = main_add_argv(tmp_path / "a", tmp_path / "more.h5")
     capsys.readouterr()
     assert main(argv) == 1
     err = capsys.readouterr().err
