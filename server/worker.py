@@ -14,8 +14,8 @@
    status 499 ("client closed request", as nginx logs it). gunicorn logs it as ``500 0``, so a
    flaky mobile network read as server errors on every dashboard that counts 5xx.
 4. Stopping: SIGINT is graceful as SIGTERM is, a stopping worker stops listening at once,
-   and a worker that fails to load once the server has served is retried, not a "boot error"
-   that stops the server (see the methods below).
+   and a worker that fails to load while another serves is retried, not a "boot error" that
+   stops the server (see the methods below).
 
 gunicorn creates its protocol objects inside ``ASGIWorker._serve`` by the module-level name
 ``ASGIProtocol``; the worker process points that name at :class:`JsonErrorProtocol` when it
