@@ -418,93 +418,98 @@ def build_index(
     # swap refuses either.
     if replaced is READ_NOW:
         replaced = index_state(out) if overwrite else None
-    if store is not None:
-        from index.pg_admin import refuse_existing
-
-        refuse_existing(store, overwrite=overwrite)  # fail now, not after the build
-    if not isinstance(model_name, str) or not model_name:
-        raise BuildInputError("model_name must be a non-empty string")
-    ids = prepare_ids(ids)
-    if dim is None:
-        if np.ndim(xb) != 2:
-            raise BuildInputError("pass dim= when xb is not a 2-D array")
-        dim = int(np.shape(xb)[1])
-    xb = prepare_vectors(xb, dim, n=len(ids))
-    mds = clean_metadata_rows(metadata, len(ids), ids)
-    n = len(ids)
-    fids = np.arange(n, dtype=np.int64)
-    kind, factory = ann.resolve_kind(kind, n)
-    log.info("building the %s index (%s) of %d x %d vectors", kind, factory, n, dim)
-    timings: dict[str, float] = {}
-
-    t = time.perf_counter()
-    index = ann.create(factory, dim)
-    if not index.is_trained and n == 0:
-        raise InvalidKindError(f"{factory!r} needs training vectors; build it from a catalog")
-    ann.train(index, xb)
-    timings["train_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    held = tuning_split(n) if tunable_param(index) else np.zeros(0, np.int64)
-    mask = np.ones(n, dtype=bool)
-    mask[held] = False
-    rest = np.flatnonzero(mask)
-    with tqdm(total=n, desc="indexing vectors", unit="vec", disable=not progress) as bar:
-        ann.add(index, xb, fids, rows=rest, progress=bar)
-        timings["add_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        defaults, tuning = tune(index, xb, fids, held, target_recall=target_recall)
-        timings["tune_s"] = time.perf_counter() - t
-        ann.add(index, xb, fids, rows=held, progress=bar)
-
-    manifest = Manifest(
-        model_name=model_name,
-        checkpoint_hash=str(checkpoint_hash),
-        dim=dim,
-        kind=kind,
-        factory=factory,
-        count=n,
-        search_defaults=defaults,
-        tuning=tuning,
-        source=dict(source or {}),
-        image_roots=image_roots(
-            [m["image"] for m in mds if isinstance(m.get("image"), str) and not is_uri(m["image"])]
-        ),
-    )
-    out = replaced_path(out)  # a link: the index it names
-    # A unique hidden sibling: same filesystem (the swap is a rename), never another build's.
-    tmp = temporary_folder(out, "building-")
     try:
+        if store is not None:
+            from index.pg_admin import refuse_existing
+
+            refuse_existing(store, overwrite=overwrite)  # fail now, not after the build
+        if not isinstance(model_name, str) or not model_name:
+            raise BuildInputError("model_name must be a non-empty string")
+        ids = prepare_ids(ids)
+        if dim is None:
+            if np.ndim(xb) != 2:
+                raise BuildInputError("pass dim= when xb is not a 2-D array")
+            dim = int(np.shape(xb)[1])
+        xb = prepare_vectors(xb, dim, n=len(ids))
+        mds = clean_metadata_rows(metadata, len(ids), ids)
+        n = len(ids)
+        fids = np.arange(n, dtype=np.int64)
+        kind, factory = ann.resolve_kind(kind, n)
+        log.info("building the %s index (%s) of %d x %d vectors", kind, factory, n, dim)
+        timings: dict[str, float] = {}
+
         t = time.perf_counter()
-        _write_store(tmp / STORE_NAME, ids, mds, fids, progress)
-        timings["store_s"] = time.perf_counter() - t
+        index = ann.create(factory, dim)
+        if not index.is_trained and n == 0:
+            raise InvalidKindError(f"{factory!r} needs training vectors; build it from a catalog")
+        ann.train(index, xb)
+        timings["train_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        ann.write(index, tmp / faiss_file_name(0))
-        write_manifest(tmp, manifest)
-        fsync_dir(tmp)
-        timings["write_s"] = time.perf_counter() - t
-        move_into_place(tmp, out, overwrite=overwrite, expect=replaced)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        held = tuning_split(n) if tunable_param(index) else np.zeros(0, np.int64)
+        mask = np.ones(n, dtype=bool)
+        mask[held] = False
+        rest = np.flatnonzero(mask)
+        with tqdm(total=n, desc="indexing vectors", unit="vec", disable=not progress) as bar:
+            ann.add(index, xb, fids, rows=rest, progress=bar)
+            timings["add_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            defaults, tuning = tune(index, xb, fids, held, target_recall=target_recall)
+            timings["tune_s"] = time.perf_counter() - t
+            ann.add(index, xb, fids, rows=held, progress=bar)
+
+        manifest = Manifest(
+            model_name=model_name,
+            checkpoint_hash=str(checkpoint_hash),
+            dim=dim,
+            kind=kind,
+            factory=factory,
+            count=n,
+            search_defaults=defaults,
+            tuning=tuning,
+            source=dict(source or {}),
+            image_roots=image_roots(
+                [
+                    m["image"]
+                    for m in mds
+                    if isinstance(m.get("image"), str) and not is_uri(m["image"])
+                ]
+            ),
+        )
+        out = replaced_path(out)  # a link: the index it names
+        # A unique hidden sibling: same filesystem (the swap is a rename), never another build's.
+        tmp = temporary_folder(out, "building-")
+        try:
+            t = time.perf_counter()
+            _write_store(tmp / STORE_NAME, ids, mds, fids, progress)
+            timings["store_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            ann.write(index, tmp / faiss_file_name(0))
+            write_manifest(tmp, manifest)
+            fsync_dir(tmp)
+            timings["write_s"] = time.perf_counter() - t
+            move_into_place(tmp, out, overwrite=overwrite, expect=replaced)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if store is not None:
+            from index.pg_admin import push_folder
+
+            t = time.perf_counter()
+            push_folder(out, store, overwrite=overwrite)
+            timings["store_s"] += time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t_start
+        log.info(
+            "built %s: %d items, kind %s, %s in %.1f s",
+            out,
+            n,
+            kind,
+            ", ".join(f"{k}={v}" for k, v in defaults.items()) or "exact",
+            timings["total_s"],
+        )
+        return BuildReport(out, manifest, timings)
     finally:
         if isinstance(replaced, IndexState):
             replaced.close()  # the replaced folder, held open since the start
-    if store is not None:
-        from index.pg_admin import push_folder
-
-        t = time.perf_counter()
-        push_folder(out, store, overwrite=overwrite)
-        timings["store_s"] += time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t_start
-    log.info(
-        "built %s: %d items, kind %s, %s in %.1f s",
-        out,
-        n,
-        kind,
-        ", ".join(f"{k}={v}" for k, v in defaults.items()) or "exact",
-        timings["total_s"],
-    )
-    return BuildReport(out, manifest, timings)
 
 
 def _write_store(
@@ -660,32 +665,36 @@ def build_from_files(
     # Before reading too: an add to the old index while a large file is read is one the
     # new index lacks as well.
     replaced = index_state(Path(out)) if overwrite else None
-    emb = read_embeddings(embeddings)
-    rows = read_catalog_csv(catalog) if catalog is not None else None
-    metadata = join_metadata(emb.ids, emb.labels, rows)
-    source = {
-        "embeddings": str(Path(embeddings).resolve()),
-        "catalog": str(Path(catalog).resolve()) if catalog is not None else None,
-        "label_names": emb.label_names,
-        "failed_images": emb.failed,
-        "embedding_runtime": emb.runtime,
-        "embedding_precision": emb.precision,
-    }
-    return build_index(
-        out,
-        emb.ids,
-        emb.xb,
-        metadata,
-        model_name=emb.model_name,
-        checkpoint_hash=emb.checkpoint_hash,
-        kind=kind,
-        target_recall=target_recall,
-        overwrite=overwrite,
-        progress=progress,
-        source=source,
-        store=store,
-        replaced=replaced,
-    )
+    try:
+        emb = read_embeddings(embeddings)
+        rows = read_catalog_csv(catalog) if catalog is not None else None
+        metadata = join_metadata(emb.ids, emb.labels, rows)
+        source = {
+            "embeddings": str(Path(embeddings).resolve()),
+            "catalog": str(Path(catalog).resolve()) if catalog is not None else None,
+            "label_names": emb.label_names,
+            "failed_images": emb.failed,
+            "embedding_runtime": emb.runtime,
+            "embedding_precision": emb.precision,
+        }
+        return build_index(
+            out,
+            emb.ids,
+            emb.xb,
+            metadata,
+            model_name=emb.model_name,
+            checkpoint_hash=emb.checkpoint_hash,
+            kind=kind,
+            target_recall=target_recall,
+            overwrite=overwrite,
+            progress=progress,
+            source=source,
+            store=store,
+            replaced=replaced,
+        )
+    finally:
+        if replaced is not None:
+            replaced.close()  # build_index closed it, unless reading the inputs failed
 
 
 def create_index(

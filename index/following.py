@@ -71,6 +71,7 @@ class Following:
         self._head = 0
         self._store_ck = 0
         self._error: str | None = None
+        self._error_kind: type[StoreUnavailableError] = StoreUnavailableError
         # Why the store's catalog cannot be taken up (another embedder's, or unreadable): this
         # process answers from the catalog it holds, refuses writes, and is not ready.
         self._catalog_error: str | None = None
@@ -168,6 +169,7 @@ class Following:
             self._error = self._catalog_error = None
         except StoreUnavailableError as exc:
             self._error = str(exc)
+            self._error_kind = type(exc)  # a full disk stays one (exit 1, 507) when re-raised
         except _CATALOG_REFUSED as exc:
             # The store holds a catalog this process cannot take up (a restore of another
             # embedder's, say): it keeps answering from the one it holds and says why;
@@ -272,7 +274,7 @@ class Following:
                     return False
                 self._sync_now()
                 if self._error is not None:
-                    raise StoreUnavailableError(self._error)
+                    raise self._error_kind(self._error)
                 outside = self._source.snapshot_outside_apply
                 with self._apply_mutex:
                     r = self._replica

@@ -187,7 +187,12 @@ def restore(
     # another index put there after this point. Items added meanwhile are not kept: replacing
     # what the index holds is what a restore is for.
     replaced = index_state(dest, journal=False) if overwrite else None
-    tmp = temporary_folder(dest, "restoring-")
+    try:
+        tmp = temporary_folder(dest, "restoring-")
+    except BaseException:
+        if replaced is not None:
+            replaced.close()
+        raise
     try:
         # Copied as a snapshot is taken, not file by file: a snapshot is an index folder that
         # a server may have open, and its latest commits may still be in SQLite's WAL file.

@@ -215,18 +215,21 @@ def init_app(app: Flask) -> None:
                 "insufficient_storage",
                 "the catalog store's disk is full; nothing was changed",
             )
-        return _store_down(exc)
+        return _unreachable()
 
-    @app.errorhandler(StoreUnavailableError)
-    def _store_down(exc: StoreUnavailableError) -> Response:
-        # The write changed nothing; reads go on from this process's last state.
-        log.warning("catalog store unreachable (request %s): %s", request_id(), exc)
+    def _unreachable() -> Response:
         return error_response(
             503,
             "store_unavailable",
             "the catalog store cannot be reached; nothing was changed, try again",
             {"Retry-After": str(STORE_RETRY_AFTER_S)},
         )
+
+    @app.errorhandler(StoreUnavailableError)
+    def _store_down(exc: StoreUnavailableError) -> Response:
+        # The write changed nothing; reads go on from this process's last state.
+        log.warning("catalog store unreachable (request %s): %s", request_id(), exc)
+        return _unreachable()
 
     @app.errorhandler(OverloadedError)
     def _overloaded(exc: OverloadedError) -> Response:

@@ -16,10 +16,11 @@ import subprocess
 import sys
 
 from common.child import python_child_env
-from common.errors import UserError, message_line
+from common.errors import MachineError, UserError, message_line
 from server.config import GunicornSettings, ServerConfig
 
 USER_ERROR_EXIT = 2
+MACHINE_ERROR_EXIT = 3  # the child's own code for a MachineError (1 is Python's own failure)
 CHILD_TIMEOUT_S = 300.0  # the checks read two small files and hash the checkpoint
 
 
@@ -88,6 +89,8 @@ def check_in_child(config: ServerConfig) -> None:
     last = lines[-1] if lines else f"exit status {done.returncode}"
     if done.returncode == USER_ERROR_EXIT:
         raise UserError(last)
+    if done.returncode == MACHINE_ERROR_EXIT:
+        raise MachineError(last)
     raise UserError(f"the serve preflight failed: {_exception_text(lines) or last}")
 
 
@@ -119,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             text_cues=request["text_cues"],
             device=request.get("device"),
         )
+    except MachineError as exc:  # a full disk under the index: the parent exits 1, not 2
+        print(message_line(exc), file=sys.stderr)
+        return MACHINE_ERROR_EXIT
     except UserError as exc:
         print(message_line(exc), file=sys.stderr)
         return USER_ERROR_EXIT

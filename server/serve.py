@@ -34,7 +34,7 @@ from server.bridge import BufferedWSGIBridge
 from server.config import GunicornSettings, ServerConfig
 from server.metrics import MULTIPROC_ENV, mark_process_dead
 from server.preflight import preflight
-from server.worker import PhonesimWorker, booted_mark, process_alive
+from server.worker import PhonesimWorker, booted_mark, loaded, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class PhonesimGunicorn(BaseApplication):
         # Its model loads with these threads (load_engine sets torch's too, after an "auto"
         # runtime's check or fallback as well).
         app = create_app(self.server_config.replace(model_threads=threads))
-        booted_mark(self.folder, os.getpid()).touch()  # while it serves, others are retried
+        loaded(self.folder)  # while it serves, a worker failing to load is retried
         return BufferedWSGIBridge(
             app,
             threads=self.settings.threads,

@@ -39,6 +39,7 @@ from typing import Any
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
+from common.fsutil import atomic_write_text
 from server.errors import PAYLOAD_TOO_LARGE, SECURITY_HEADERS, error_json
 
 DEFAULT_HEADER_TIMEOUT_S = 10.0
@@ -223,8 +224,15 @@ def _note_failure(folder: Path, said: str) -> bool:
     except OSError:
         pass
     with contextlib.suppress(OSError):
-        path.write_text(said, encoding="utf-8")
+        atomic_write_text(path, said)  # whole: another worker may read it meanwhile
     return True
+
+
+def loaded(folder: Path) -> None:
+    """Mark this worker loaded, and forget the last load failure (one coming back later logs
+    its traceback again)."""
+    booted_mark(folder, os.getpid()).touch()
+    (folder / _LAST_FAILURE).unlink(missing_ok=True)
 
 
 class PhonesimWorker(gasgi.ASGIWorker):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -692,3 +693,19 @@ def test_sigterm_stops_a_build_as_ctrl_c_does(tmp_path) -> None:
     assert code == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["building", "child.py", "emb.h5"]
+
+
+def test_a_rebuild_refused_before_it_begins_keeps_no_folder_open(files):
+    """The replaced folder is held open until the swap: a build refused before its work
+    (a bad argument) kept it open for as long as its exception lived."""
+    from index.build import build_index
+
+    out, xb, ids, kw = small_index(files / "idx")
+    before = len(os.listdir("/proc/self/fd"))
+    kept = []
+    for _ in range(5):
+        try:
+            build_index(out, ids, xb, [{}] * 40, overwrite=True, **{**kw, "model_name": ""})
+        except BuildInputError as exc:
+            kept.append(exc)  # its traceback holds the frame
+    assert len(kept) == 5 and len(os.listdir("/proc/self/fd")) == before

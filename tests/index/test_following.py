@@ -444,3 +444,24 @@ def test_a_compaction_whose_tidying_fails_after_its_commit_still_succeeds(tmp_pa
         monkeypatch.undo()
     with open_index(folder, readonly=True) as again:
         assert "late" in again and again.sync_status.journal_length == 0
+
+
+def test_a_compaction_stopped_by_a_full_disk_says_so_as_a_machine_failure(tmp_path, monkeypatch):
+    """The sync's full-disk error was raised again as a plain "unavailable" error: `index
+    compact` exited 2 (input error) and a server answered 503 instead of 507."""
+    import sqlite3
+
+    from index.errors import StoreMachineError
+
+    folder = build(tmp_path / "ix", None).path
+    with open_index(folder) as ix:
+        ix.add(["late"], vec(1))
+        full = sqlite3.OperationalError("database or disk is full")
+
+        def disk_full() -> bool:
+            raise StoreMachineError.of(folder, full)
+
+        monkeypatch.setattr(ix._source, "changed", disk_full)
+        with pytest.raises(StoreMachineError, match="disk is full") as caught:
+            ix.compact(force=True)
+        assert caught.value.exit_code == 1 and caught.value.disk_full
