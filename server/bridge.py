@@ -274,8 +274,9 @@ class BufferedWSGIBridge:
 #: Once the worker stops, how long a request's next body message may take and still count
 #: as arrived (a bodiless GET's comes at once): slower bodies are refused.
 ARRIVED_S = 0.1
-# After that, what the connection has buffered already is still read (a fast upload whole).
-_BUFFERED_S = 0.001
+# After that, what the connection has buffered already is still read (a fast upload whole;
+# gunicorn reads on after each chunk is taken, an event loop turn or two).
+_BUFFERED_S = 0.01
 
 
 async def _next_or_stop(
