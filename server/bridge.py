@@ -277,6 +277,7 @@ ARRIVED_S = 0.1
 # After that, what the connection has buffered already is still read (a fast upload whole;
 # gunicorn reads on after each chunk is taken, an event loop turn or two).
 _BUFFERED_S = 0.01
+_BUFFERED_FOR_S = 2.0  # ... for at most this long after the grace began
 
 
 async def _next_or_stop(
@@ -299,7 +300,11 @@ async def _next_or_stop(
         if stopping not in done:
             receiving.cancel()
             raise TimeoutError
-    left = stopping.result() + ARRIVED_S - loop.time()
+    since = loop.time() - stopping.result()
+    if since > _BUFFERED_FOR_S:  # a client feeding chunks faster than _BUFFERED_S holds no more
+        receiving.cancel()
+        return None
+    left = ARRIVED_S - since
     done, _ = await asyncio.wait({receiving}, timeout=min(timeout, max(left, _BUFFERED_S)))
     if receiving in done:
         return receiving.result()

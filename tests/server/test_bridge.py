@@ -224,3 +224,30 @@ def test_once_stopping_a_body_gets_one_short_window_not_one_per_chunk():
     status, received, took, after = asyncio.run(scenario())
     assert status == 503 and received < 10 and took < 1.0, (status, received, took)
     assert after == 200
+
+
+def test_once_stopping_a_body_fed_faster_than_the_buffer_wait_is_cut_off_too():
+    """A chunk every 5 ms passes each chunk's short wait for buffered data: the body is still
+    refused within seconds of the stop, not read up to the 60 s body timeout."""
+
+    async def scenario() -> tuple[int, float]:
+        bridge = BufferedWSGIBridge(_app, threads=1, max_body=100_000_000)
+        loop = asyncio.get_running_loop()
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async def quick_trickle() -> dict:
+            await asyncio.sleep(0.005)
+            return {"type": "http.request", "body": b"x", "more_body": True}
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/search", "headers": []}
+        started = loop.time()
+        loop.call_later(0.1, bridge.begin_shutdown)
+        await bridge(scope, quick_trickle, send)
+        bridge.close()
+        return sent[0]["status"], loop.time() - started
+
+    status, took = asyncio.run(scenario())
+    assert status == 503 and took < 5, (status, took)
