@@ -82,16 +82,18 @@ def test_a_resume_never_mixes_int8_and_fp32_rows(tmp_path):
     PartialDir.open(out, fp32)
 
 
-def test_restart_clears_an_empty_progress_folder_but_nothing_else(tmp_path):
-    """A run stopped between making OUT.partial/ and writing its manifest left it empty, and
-    `--restart` refused it as "not an export in progress"."""
+def test_an_empty_progress_folder_is_taken_afresh_but_nothing_else(tmp_path):
+    """A run stopped between making OUT.partial/ and writing its manifest (or one whose
+    manifest did not fit on the disk) left it empty, and `--restart` refused it as "not an
+    export in progress"; the same command run again did too. It holds nothing: both take it."""
     from export import ExportError
 
     identity = JobIdentity("hash", "model", 8, 3, "inputs", 10)
     out = tmp_path / "features.h5"
     partial_path(out).mkdir()
-    with pytest.raises(ExportError, match="not an export in progress"):
-        PartialDir.open(out, identity)
+    PartialDir.open(out, identity)
+    assert (partial_path(out) / MANIFEST).is_file()
+    (partial_path(out) / MANIFEST).unlink()
     PartialDir.open(out, identity, restart=True)
     assert (partial_path(out) / MANIFEST).is_file()
     other = tmp_path / "other.h5"
