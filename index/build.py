@@ -480,13 +480,16 @@ def build_index(
         tmp = temporary_folder(out, "building-")
         try:
             t = time.perf_counter()
-            _write_store(tmp / STORE_NAME, ids, mds, fids, progress)
+            ann.write(index, tmp / faiss_file_name(0))
+            timings["write_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            size = (tmp / faiss_file_name(0)).stat().st_size
+            _write_store(tmp / STORE_NAME, ids, mds, fids, progress, size)
             timings["store_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            ann.write(index, tmp / faiss_file_name(0))
             write_manifest(tmp, manifest)
             fsync_dir(tmp)
-            timings["write_s"] = time.perf_counter() - t
+            timings["write_s"] += time.perf_counter() - t
             move_into_place(tmp, out, overwrite=overwrite, expect=replaced)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -513,7 +516,12 @@ def build_index(
 
 
 def _write_store(
-    path: Path, ids: list[str], mds: list[dict[str, Any]], fids: np.ndarray, progress: bool
+    path: Path,
+    ids: list[str],
+    mds: list[dict[str, Any]],
+    fids: np.ndarray,
+    progress: bool,
+    faiss_bytes: int,
 ) -> None:
     store = CatalogStore(path, create=True)
     try:
@@ -527,7 +535,12 @@ def _write_store(
                 stop = start + chunk
                 store.insert_items(fids[start:stop], ids[start:stop], mds[start:stop])
                 bar.update(len(ids[start:stop]))
-            store.set_state(next_fid=len(ids), checkpoint_file=faiss_file_name(0), checkpoint_seq=0)
+            store.set_state(
+                next_fid=len(ids),
+                checkpoint_file=faiss_file_name(0),
+                checkpoint_seq=0,
+                checkpoint_size=faiss_bytes,  # what check_index_files compares the file with
+            )
         store.checkpoint_wal(truncate=True)
     finally:
         store.close()

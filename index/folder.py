@@ -154,12 +154,15 @@ def check_index_files(path: str | Path) -> dict[str, Any]:
     store = CatalogStore(store_path(path))
     try:
         store.check_integrity()
+        with store.read_txn():  # the size written with the file it names (older folders: none)
+            written = store.get_state("checkpoint_file"), store.get_state("checkpoint_size")
     finally:
         store.close()
     for attempt in range(3):
         if not info["faiss_file"]:
             return info
         try:
+            _check_size(path / info["faiss_file"], written)
             dim = ann.check_file(path / info["faiss_file"])
         except IndexCorruptError:
             again = describe(path)
@@ -175,6 +178,24 @@ def check_index_files(path: str | Path) -> dict[str, Any]:
             )
         return info
     return info
+
+
+def _check_size(file: Path, written: tuple[str | None, str | None]) -> None:
+    """:class:`IndexCorruptError` where ``file`` is not the size it was written at: FAISS's
+    mapped read of a file cut short (a partial copy) could crash the process (exit 139)."""
+    name, size = written
+    if name != file.name or not size or not size.isdigit():
+        return
+    try:
+        actual = file.stat().st_size
+    except OSError:
+        return  # missing: said by the read
+    if actual != int(size):
+        raise IndexCorruptError(
+            f"{file}: {actual} bytes, but {size} were written (cut short or changed: a partial "
+            "copy?); restore the folder from a snapshot with 'phonesim index restore', or "
+            "build it again"
+        )
 
 
 def summary(

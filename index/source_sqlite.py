@@ -224,13 +224,14 @@ class SqliteSource:
         journal up to the previous one; False if a snapshot as new exists. Hold the lock."""
         name = faiss_file_name(seq)
         ann.write(index, self.folder / name)  # temporary name, fsync, rename, fsync folder
+        size = (self.folder / name).stat().st_size
         with _reachable(self.folder), self.store.transaction():
             old, old_seq = self._ck()
             if old_seq >= seq:
                 stale = True
             else:
                 stale = False
-                self.store.set_state(checkpoint_file=name, checkpoint_seq=seq)
+                self.store.set_state(checkpoint_file=name, checkpoint_seq=seq, checkpoint_size=size)
                 # Records since the previous snapshot stay, for copies a little behind.
                 self.store.journal_truncate(old_seq)
         self.remove_stale_files(old if stale else name)

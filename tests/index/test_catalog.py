@@ -307,3 +307,26 @@ def test_a_store_deleted_under_an_open_index_refuses_writes_and_keeps_answering(
             ix.remove([ix.search(xq[:1], 1)[0][0].id])
         assert "removed or replaced on disk" in ix.sync().catalog_error
         assert len(ix.search(xq[:1], 3)[0]) == 3  # reads go on from what it holds
+
+
+def test_a_faiss_file_cut_short_is_refused_before_it_is_mapped(flat_dir, small):
+    """`index info` on a folder whose FAISS file a partial copy cut short crashed in FAISS's
+    memory-mapped read (exit 139); the size written with the file is checked first."""
+    from index.errors import IndexCorruptError
+
+    _, xq, _, _ = small
+    (faiss_file,) = flat_dir.glob("vectors-*.faiss")
+    data = faiss_file.read_bytes()
+    faiss_file.write_bytes(data[:-4096])
+    with pytest.raises(IndexCorruptError, match=r"bytes, but \d+ were written.*index restore"):
+        check_index_files(flat_dir)
+    faiss_file.write_bytes(data)
+    check_index_files(flat_dir)
+    with open_index(flat_dir) as ix:  # a compaction records its new file's size too
+        ix.add(["late"], xq[:1])
+        assert ix.compact(force=True)
+    (compacted,) = flat_dir.glob("vectors-*.faiss")
+    assert compacted != faiss_file
+    compacted.write_bytes(compacted.read_bytes()[:-8])
+    with pytest.raises(IndexCorruptError, match="were written"):
+        check_index_files(flat_dir)

@@ -401,7 +401,11 @@ def test_info_checks_the_vectors_too(files):
     cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(out)])
     assert cli(["info", str(out)]) == 0
     (path,) = out.glob("*.faiss")
+    size = path.stat().st_size
     path.write_bytes(b"garbage" * 100)
+    with pytest.raises(IndexCorruptError, match="700 bytes, but .* were written"):
+        cli(["info", str(out)])
+    path.write_bytes((b"garbage" * size)[:size])  # the size it was written at, not its bytes
     with pytest.raises(IndexCorruptError, match="cannot read FAISS index"):
         cli(["info", str(out)])
     path.unlink()
