@@ -38,6 +38,10 @@ class StoreUnavailableError(CatalogIndexError):
     """
 
 
+#: SQLite's primary result code for a full disk (``index.store.machine_failure`` reads it too).
+SQLITE_FULL = 13
+
+
 class StoreMachineError(StoreUnavailableError, MachineError):
     """The machine failed the catalog store (a full disk, an I/O error): nothing was changed,
     and the command exits 1, not 2 as for bad input."""
@@ -52,7 +56,8 @@ class StoreMachineError(StoreUnavailableError, MachineError):
     @property
     def disk_full(self) -> bool:
         cause = self.__cause__
-        return getattr(cause, "sqlite_errorcode", 0) & 0xFF == 13 or "disk is full" in str(self)
+        code = getattr(cause, "sqlite_errorcode", 0) & 0xFF
+        return code == SQLITE_FULL or "disk is full" in str(self)
 
 
 class StoreOutcomeUnknownError(StoreUnavailableError):

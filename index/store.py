@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from index.errors import IndexCorruptError, StoreMachineError
+from index.errors import SQLITE_FULL, IndexCorruptError, StoreMachineError
 from index.filters import FilterEngine
 from index.inputs import canonical_value
 from index.journal import JournalRecord
@@ -63,13 +63,13 @@ _TABLES = frozenset({"items", "attrs", "fields", "journal", "state"})
 
 # SQLite's primary result codes for a machine that failed the write, not a damaged file,
 # and for a damaged file.
-_SQLITE_IOERR, _SQLITE_FULL = 10, 13
+_SQLITE_IOERR = 10
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
 
 def machine_failure(exc: sqlite3.Error) -> bool:
     """Whether SQLite failed for the machine's sake (disk full, I/O error), not the file's."""
-    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (_SQLITE_IOERR, _SQLITE_FULL)
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (_SQLITE_IOERR, SQLITE_FULL)
 
 
 def damaged_file(exc: sqlite3.Error) -> bool:
