@@ -7,6 +7,7 @@ installation's metadata lists them (so they never disagree with ``pyproject.toml
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import re
 import shlex
@@ -14,12 +15,19 @@ import shlex
 DISTRIBUTION = "phonesim"
 
 
+@functools.cache
+def _declared_requirements() -> tuple[str, ...]:
+    """The installed metadata's requirements, read once: the CLI's parsers ask for several hints
+    while building their help, and each read scans the installation (3-10 ms here)."""
+    try:
+        return tuple(importlib.metadata.requires(DISTRIBUTION) or ())
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout never installed
+        return ()
+
+
 def extra_requirements(extra: str) -> list[str]:
     """The requirements of ``extra`` (``rapidocr<4,>=3.10``), [] where none are known."""
-    try:
-        declared = importlib.metadata.requires(DISTRIBUTION) or []
-    except importlib.metadata.PackageNotFoundError:  # run from a checkout never installed
-        return []
+    declared = _declared_requirements()
     marker = re.compile(rf"""extra\s*==\s*["']{re.escape(extra)}["']""")
     return [req.split(";", 1)[0].strip() for req in declared if marker.search(req)]
 

@@ -31,4 +31,26 @@ def test_without_metadata_the_hint_names_the_extra(monkeypatch):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(extras.importlib.metadata, "requires", missing)
-    assert install_hint("ocr") == "pip install 'phonesim[ocr]'"
+    extras._declared_requirements.cache_clear()
+    try:
+        assert install_hint("ocr") == "pip install 'phonesim[ocr]'"
+    finally:
+        extras._declared_requirements.cache_clear()
+
+
+def test_the_metadata_is_read_once_for_all_hints(monkeypatch):
+    """Every CLI start builds parsers that ask for several hints: one metadata read serves all."""
+    reads = []
+    real = importlib.metadata.requires
+
+    def counting(name: str) -> list[str] | None:
+        reads.append(name)
+        return real(name)
+
+    monkeypatch.setattr(extras.importlib.metadata, "requires", counting)
+    extras._declared_requirements.cache_clear()
+    try:
+        hints = [install_hint(extra) for extra in ("ocr", "metric", "heif", "ocr")]
+    finally:
+        extras._declared_requirements.cache_clear()
+    assert len(reads) == 1 and hints[0] == hints[3]
