@@ -76,7 +76,11 @@ class Following:
         # process answers from the catalog it holds, refuses writes, and is not ready.
         self._catalog_error: str | None = None
         self._dirty = True
-        self._caught_up_at = time.time()
+        # Durations in this process run on the monotonic clock: a wall clock stepped back an
+        # hour (NTP, a VM resumed) stopped automatic compaction checks for that hour, and one
+        # stepped forward reported an hour of replica lag. The journal's own timestamps are
+        # wall-clock times, as other machines write them.
+        self._caught_up_at = time.monotonic()
         self._checked_at = 0.0
         self._compact_checked_at = 0.0
         self._loads = 0
@@ -134,7 +138,7 @@ class Following:
     @property
     def sync_status(self) -> SyncStatus:
         r = self._replica
-        now = time.time()
+        now = time.monotonic()
         behind = max(0, self._head - r.applied_seq)
         late = 0.0 if (behind == 0 and self._error is None) else now - self._caught_up_at
         return SyncStatus(
@@ -165,7 +169,7 @@ class Following:
             elif self._replica.applied_seq >= self._head:
                 # Nothing new is caught up too: behind_seconds counts from the last time
                 # this process was known current, not from the last change it applied.
-                self._caught_up_at = time.time()
+                self._caught_up_at = time.monotonic()
             self._error = self._catalog_error = None
         except StoreUnavailableError as exc:
             self._error = str(exc)
@@ -175,7 +179,7 @@ class Following:
             # embedder's, say): it keeps answering from the one it holds and says why;
             # raising would only repeat a traceback at every sync.
             self._error, self._catalog_error = None, str(exc)
-        self._checked_at = time.time()
+        self._checked_at = time.monotonic()
 
     def _fresh(self) -> None:
         """The cheap change check before a read, where the backend has one. While this process
@@ -217,7 +221,7 @@ class Following:
             self._store.invalidate_caches(known=self._source.mirrors_records)
         self._head = max(self._head, self._replica.applied_seq)
         if self._replica.applied_seq >= self._head:
-            self._caught_up_at = time.time()
+            self._caught_up_at = time.monotonic()
 
     def _apply_one(self, rec: JournalRecord) -> None:
         """Apply one record here (caller holds ``_rw`` for writing); a failure closes the
@@ -240,7 +244,7 @@ class Following:
                     self._store.invalidate_caches(known=True)  # its own commit's fields
                 self._head = max(self._head, rec.seq)
                 if r.applied_seq >= self._head:
-                    self._caught_up_at = time.time()
+                    self._caught_up_at = time.monotonic()
             elif rec.seq > r.applied_seq:  # others wrote in between: take theirs too
                 try:
                     self._catch_up()
@@ -317,7 +321,7 @@ class Following:
 
     def _maybe_compact(self) -> None:
         """Automatic compaction: asks the store at most once a second; never raises."""
-        now = time.time()
+        now = time.monotonic()
         due_by_count = self._replica.pending >= self.options.checkpoint_every
         if not due_by_count and now - self._compact_checked_at < _COMPACT_CHECK_S:
             return

@@ -87,7 +87,8 @@ class SyncStatus:
     not yet folded into a snapshot; ``size``: live items here; ``store_error``: why the last
     attempt to reach the store failed (None when it succeeded); ``catalog_error``: why the
     catalog the store now holds cannot be taken up here (built with another embedder, say),
-    while this process answers from the one it loaded.
+    while this process answers from the one it loaded; ``checked_at``: :func:`time.monotonic`
+    when the store was last asked (0 before).
     """
 
     applied_seq: int

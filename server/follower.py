@@ -108,7 +108,7 @@ class IndexFollower:
         status = self.index.sync_status
         stalled = self.stalled_s
         if stalled > self.wait_s and not status.store_error:
-            late = max(status.behind_seconds, time.time() - status.checked_at)
+            late = max(status.behind_seconds, time.monotonic() - status.checked_at)
             status = replace(
                 status,
                 store_error=f"{self.index.where}: not answering for {stalled:.0f} s",

@@ -465,3 +465,23 @@ def test_a_compaction_stopped_by_a_full_disk_says_so_as_a_machine_failure(tmp_pa
         with pytest.raises(StoreMachineError, match="disk is full") as caught:
             ix.compact(force=True)
         assert caught.value.exit_code == 1 and caught.value.disk_full
+
+
+def test_a_wall_clock_stepped_back_does_not_stop_automatic_compaction(tmp_path, monkeypatch):
+    """Automatic compaction asks the store at most once a second, timed on the wall clock: one
+    stepped back an hour (NTP, a resumed VM) kept it from asking for that hour, and the
+    journal grew past ``compact_entries`` unfolded."""
+    from index.catalog import IndexOptions
+
+    folder = build(tmp_path / "ix", None).path
+    with open_index(folder, options=IndexOptions(compact_entries=3)) as ix:
+        ix.sync()
+        assert ix.sync_status.journal_length == 0
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() - 3600.0)
+        for i in range(3):
+            ix.add([f"late-{i}"], vec(i))
+        time.sleep(1.2)  # past the once-a-second check
+        ix.add(["last"], vec(9))
+        assert ix.sync_status.journal_length == 0  # the four records were folded
+        assert ix.sync_status.behind_seconds == 0
