@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 _CATALOG_REFUSED = (IndexMismatchError, IndexCorruptError, IndexNotFoundError, ManifestError)
 
 _COMPACT_CHECK_S = 1.0  # how often automatic compaction asks the store whether it is due
+_COMPACT_BACKOFF_MAX_S = 300.0  # the longest wait after failed automatic compactions
 _SNAPSHOT_POLL_S = 0.02  # how often a read waiting to sync looks for a snapshot being written
 
 
@@ -83,6 +84,8 @@ class Following:
         self._caught_up_at = time.monotonic()
         self._checked_at = 0.0
         self._compact_checked_at = 0.0
+        self._compact_failures = 0  # automatic compactions failed in a row
+        self._compact_retry_at = 0.0  # monotonic time before which none is tried
         self._loads = 0
 
     @property
@@ -320,9 +323,13 @@ class Following:
         return n > 0 and (n >= o.compact_entries or pending >= o.checkpoint_every or old)
 
     def _maybe_compact(self) -> None:
-        """Automatic compaction: asks the store at most once a second; never raises."""
+        """Automatic compaction: asks the store at most once a second, and after a failure
+        waits longer before the next try (doubling to :data:`_COMPACT_BACKOFF_MAX_S`); never
+        raises."""
         now = time.monotonic()
         due_by_count = self._replica.pending >= self.options.checkpoint_every
+        if now < self._compact_retry_at:
+            return
         if not due_by_count and now - self._compact_checked_at < _COMPACT_CHECK_S:
             return
         self._compact_checked_at = now
@@ -331,7 +338,16 @@ class Following:
         except StoreUnavailableError as exc:  # sync_status reports it already
             log.debug("automatic compaction of %s skipped: %s", self.where, exc)
         except Exception as exc:  # the write itself succeeded; the next try may too
-            log.warning("automatic compaction of %s failed: %s", self.where, exc)
+            # A full disk failed every try after writing most of a snapshot file: once a
+            # second, for each write, that was the disk's whole bandwidth.
+            wait = min(_COMPACT_BACKOFF_MAX_S, _COMPACT_CHECK_S * 2**self._compact_failures)
+            self._compact_failures += 1
+            self._compact_retry_at = time.monotonic() + wait
+            log.warning(
+                "automatic compaction of %s failed: %s; next try in %g s", self.where, exc, wait
+            )
+        else:
+            self._compact_failures, self._compact_retry_at = 0, 0.0
 
     def _update_manifest_count(self) -> None:
         if self.path is None or self._source.kind != "sqlite":

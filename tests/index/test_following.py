@@ -485,3 +485,32 @@ def test_a_wall_clock_stepped_back_does_not_stop_automatic_compaction(tmp_path, 
         ix.add(["last"], vec(9))
         assert ix.sync_status.journal_length == 0  # the four records were folded
         assert ix.sync_status.behind_seconds == 0
+
+
+def test_failed_automatic_compactions_are_retried_less_and_less_often(tmp_path, monkeypatch):
+    """On a full disk every automatic compaction wrote most of a snapshot file and failed, once
+    a second for as long as writes came: after a failure the next try waits twice as long."""
+    import errno
+
+    from index.catalog import IndexOptions
+
+    folder = build(tmp_path / "ix", None).path
+    with open_index(folder, options=IndexOptions(compact_entries=1)) as ix:
+        tries = []
+
+        def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            tries.append(time.monotonic())
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(ix._source, "commit_snapshot", full)
+        ix.add(["a"], vec(1))  # tried and failed: the next try waits 1 s
+        time.sleep(1.1)
+        ix.add(["b"], vec(2))  # tried and failed: the next waits 2 s
+        time.sleep(1.1)
+        ix.add(["c"], vec(3))  # 1.1 s later: not tried
+        assert len(tries) == 2
+        assert all(name in ix for name in ("a", "b", "c"))  # the writes themselves went in
+        monkeypatch.undo()
+        time.sleep(1.0)
+        ix.add(["d"], vec(4))  # the wait is over and the disk has room: compacted
+        assert ix.sync_status.journal_length == 0 and "a" in ix
