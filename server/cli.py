@@ -121,6 +121,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds a request may take to send its body (default 60)",
     )
     p.add_argument(
+        "--model-timeout",
+        type=number_between(1, MAX_MODEL_TIMEOUT_S, "s"),
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a request waits for the model before it is answered 503 model_timeout, "
+        f"1-{MAX_MODEL_TIMEOUT_S} (default 30)",
+    )
+    p.add_argument(
+        "--graceful-timeout",
+        type=int_between(1, MAX_GRACEFUL_TIMEOUT_S),
+        default=30,
+        metavar="SECONDS",
+        help="how long a stopping or reloading worker may finish the requests it holds before "
+        f"it is killed, 1-{MAX_GRACEFUL_TIMEOUT_S} (default 30)",
+    )
+    p.add_argument(
         "--max-upload-mb",
         type=number_between(MIN_UPLOAD_MB, MAX_UPLOAD_MB, "MB"),
         default=10.0,
@@ -239,6 +255,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
             max_batch=args.max_batch,
             max_batch_entries=args.max_batch_entries,
             max_wait_ms=args.max_wait_ms,
+            request_timeout_s=args.model_timeout,
             image_dir=args.image_dir,
             image_roots=tuple(args.image_root),
             rate_limit=args.rate_limit,
@@ -278,11 +295,14 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
         access_log=args.access_log,
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
+        graceful_timeout_s=args.graceful_timeout,
     )
     return config, settings
 
 
 MAX_REQUEST_THREADS = 1024
+MAX_MODEL_TIMEOUT_S = 600
+MAX_GRACEFUL_TIMEOUT_S = 3600
 
 
 def web_origin(text: str) -> str:

@@ -209,6 +209,7 @@ class GunicornSettings:
     ``threads``: request threads per worker (connections are read on the worker's event
     loop and cost no thread). ``header_timeout_s``/``body_timeout_s``: how long a connection
     may take to send its headers, and then its body, before it is answered 408.
+    ``graceful_timeout_s``: how long a stopping or reloading worker may finish its requests.
     """
 
     host: str = "127.0.0.1"
@@ -218,6 +219,7 @@ class GunicornSettings:
     timeout_s: int = 60
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
+    graceful_timeout_s: int = 30  # whole seconds, as gunicorn takes it
     torch_threads: int | None = None  # model threads (torch or ONNX Runtime): cores / workers
     faiss_threads: int = 1
     access_log: bool = False

@@ -177,7 +177,7 @@ class PhonesimGunicorn(BaseApplication):
             # Request threads are the bridge's (see load); the worker itself is an event loop.
             "worker_class": PhonesimWorker,
             "timeout": s.timeout_s,
-            "graceful_timeout": 30,
+            "graceful_timeout": s.graceful_timeout_s,
             "keepalive": 5,
             "loglevel": gunicorn_log_level(),
             "errorlog": "-",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from common.errors import UserError
@@ -126,6 +129,25 @@ def test_the_api_key_file_and_the_hardening_flags(monkeypatch, tmp_path):
         cli.settings_from_args(parse("--api-key-file", str(key)))
     with pytest.raises(UserError, match="cannot read"):
         cli.settings_from_args(parse("--api-key-file", str(tmp_path / "missing")))
+
+
+def test_the_model_and_graceful_timeouts_are_settable_and_bounded():
+    """Both were fixed (30 s): a slow model on a busy machine could not be given longer, nor a
+    long batch search time to finish during a reload."""
+    config, settings = cli.settings_from_args(
+        parse("--model-timeout", "90", "--graceful-timeout", "120")
+    )
+    assert (config.request_timeout_s, settings.graceful_timeout_s) == (90.0, 120.0)
+    config, settings = cli.settings_from_args(parse())
+    assert (config.request_timeout_s, settings.graceful_timeout_s) == (30.0, 30.0)
+    from server.serve import PhonesimGunicorn
+
+    gunicorn = PhonesimGunicorn(config, replace(settings, graceful_timeout_s=120), Path("."))
+    assert gunicorn.cfg.graceful_timeout == 120.0
+    for flag, bad in (("--model-timeout", "0"), ("--model-timeout", "nan"),
+                      ("--graceful-timeout", "-1"), ("--graceful-timeout", "2.5")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            parse(flag, bad)
 
 
 def test_runtime_device_and_model_threads_reach_the_settings():
