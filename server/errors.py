@@ -83,9 +83,11 @@ def too_large_body(limit: int, path: str = "") -> str:
     too, the one a client of a single-image endpoint meets; a batch's (``path``) images count
     together, so a batch of large photos meets it before any photo does."""
     image = math.ceil((limit - BODY_ALLOWANCE) * 3 / 4)  # limit = image * 4 // 3 + allowance
+    # The image limit first: "larger than the limit (13.4 MiB)" beside "at most 10 MiB" read
+    # as two limits to someone uploading a 14 MB photo from the web page.
     text = (
-        f"request body is larger than the limit ({limit / 2**20:.1f} MiB); an image may be "
-        f"at most {mib(image)} MiB (--max-upload-mb)"
+        f"too large: an image may be at most {mib(image)} MiB (--max-upload-mb), and a request "
+        f"body at most {limit / 2**20:.1f} MiB (room for one image as base64)"
     )
     if path.rstrip("/").endswith("/batch"):
         text += "; a batch's images count together: send large photos in several requests"
