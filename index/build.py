@@ -47,7 +47,7 @@ from common.versions import FEATURES_FORMAT, FEATURES_VERSION, PRECISIONS, versi
 from index import ann
 from index.catalog import CatalogIndex, IndexOptions
 from index.errors import BuildInputError, CatalogIndexError, IndexLockedError, InvalidKindError
-from index.folder import faiss_file_name, lock_writer
+from index.folder import checkpoint_size, faiss_file_name, lock_writer
 from index.inputs import clean_metadata_rows, prepare_ids, prepare_vectors
 from index.manifest import MANIFEST_NAME, Manifest, write_manifest
 from index.store import STORE_NAME, CatalogStore
@@ -539,7 +539,8 @@ def _write_store(
                 next_fid=len(ids),
                 checkpoint_file=faiss_file_name(0),
                 checkpoint_seq=0,
-                checkpoint_size=faiss_bytes,  # what check_index_files compares the file with
+                # what check_index_files compares the file with
+                checkpoint_size=checkpoint_size(faiss_file_name(0), faiss_bytes),
             )
         store.checkpoint_wal(truncate=True)
     finally:

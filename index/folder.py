@@ -180,11 +180,22 @@ def check_index_files(path: str | Path) -> dict[str, Any]:
     return info
 
 
+def checkpoint_size(name: str, size: int) -> str:
+    """The ``checkpoint_size`` state value of FAISS file ``name``: ``name:size``. The name is
+    part of the value because an older phonesim's compaction names its new file in
+    ``checkpoint_file`` and leaves this key as it was: a bare size then described the file
+    before, and every newer open refused the folder as "cut short"."""
+    return f"{name}:{size}"
+
+
 def _check_size(file: Path, written: tuple[str | None, str | None]) -> None:
     """:class:`IndexCorruptError` where ``file`` is not the size it was written at: FAISS's
-    mapped read of a file cut short (a partial copy) could crash the process (exit 139)."""
-    name, size = written
-    if name != file.name or not size or not size.isdigit():
+    mapped read of a file cut short (a partial copy) could crash the process (exit 139).
+    Not checked where the recorded size is another file's (an older writer's compaction) or
+    bare (written before sizes named their file: it cannot tell)."""
+    name, recorded = written
+    sized, _, size = (recorded or "").rpartition(":")
+    if name != file.name or sized != file.name or not size.isdigit():
         return
     try:
         actual = file.stat().st_size

@@ -30,7 +30,7 @@ from index.errors import (
     StoreUnavailableError,
     UnknownIdError,
 )
-from index.folder import FAISS_PREFIX, faiss_file_name, missing_faiss_file
+from index.folder import FAISS_PREFIX, checkpoint_size, faiss_file_name, missing_faiss_file
 from index.journal import JournalRecord
 from index.manifest import Manifest
 from index.replica import Loaded
@@ -231,7 +231,11 @@ class SqliteSource:
                 stale = True
             else:
                 stale = False
-                self.store.set_state(checkpoint_file=name, checkpoint_seq=seq, checkpoint_size=size)
+                self.store.set_state(
+                    checkpoint_file=name,
+                    checkpoint_seq=seq,
+                    checkpoint_size=checkpoint_size(name, size),
+                )
                 # Records since the previous snapshot stay, for copies a little behind.
                 self.store.journal_truncate(old_seq)
         self.remove_stale_files(old if stale else name)

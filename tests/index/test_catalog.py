@@ -23,7 +23,7 @@ from index import (
     create_index,
     open_index,
 )
-from index.errors import CatalogIndexError
+from index.errors import CatalogIndexError, IndexCorruptError
 from index.folder import check_index_files
 from tests.index.synthetic import HASH, MODEL, D, make_catalog, unit
 
@@ -312,7 +312,6 @@ def test_a_store_deleted_under_an_open_index_refuses_writes_and_keeps_answering(
 def test_a_faiss_file_cut_short_is_refused_before_it_is_mapped(flat_dir, small):
     """`index info` on a folder whose FAISS file a partial copy cut short crashed in FAISS's
     memory-mapped read (exit 139); the size written with the file is checked first."""
-    from index.errors import IndexCorruptError
 
     _, xq, _, _ = small
     (faiss_file,) = flat_dir.glob("vectors-*.faiss")
@@ -328,5 +327,36 @@ def test_a_faiss_file_cut_short_is_refused_before_it_is_mapped(flat_dir, small):
     (compacted,) = flat_dir.glob("vectors-*.faiss")
     assert compacted != faiss_file
     compacted.write_bytes(compacted.read_bytes()[:-8])
+    with pytest.raises(IndexCorruptError, match="were written"):
+        check_index_files(flat_dir)
+
+
+def test_a_compaction_by_an_older_phonesim_is_not_taken_for_a_file_cut_short(
+    flat_dir, small, monkeypatch
+):
+    """An older phonesim's compaction names its new file in ``checkpoint_file`` and leaves
+    ``checkpoint_size`` as it was: the recorded size was the file before's, and every open by
+    this version refused the folder as "cut short" and said to restore it (rolling upgrade)."""
+    from index.store import CatalogStore
+
+    _, xq, _, _ = small
+    real = CatalogStore.set_state
+
+    def older_writer(self, **values):  # noqa: ANN001, ANN003, ANN202
+        values.pop("checkpoint_size", None)  # a key the older code does not know
+        return real(self, **values)
+
+    with open_index(flat_dir) as ix:
+        ix.add(["late"], xq[:1])
+        monkeypatch.setattr(CatalogStore, "set_state", older_writer)
+        assert ix.compact(force=True)
+        monkeypatch.undo()
+    check_index_files(flat_dir)  # the new file is not checked against the old one's size
+    with open_index(flat_dir) as ix:
+        assert "late" in ix
+        ix.add(["later"], xq[1:2])
+        assert ix.compact(force=True)  # this version's compaction records its size again
+    (faiss_file,) = flat_dir.glob("vectors-*.faiss")
+    faiss_file.write_bytes(faiss_file.read_bytes()[:-8])
     with pytest.raises(IndexCorruptError, match="were written"):
         check_index_files(flat_dir)
