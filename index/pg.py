@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS snapshot_parts (
 """
 SCHEMA += PARTS_SCHEMA
 SNAPSHOT_PART_BYTES = 256 * 1024 * 1024
+# Up to this a snapshot stays one value, as every phonesim before parts reads it: replicas of an
+# older release go on loading the store during a rolling upgrade wherever they could before
+# (parts from 256 MiB on had stopped them, with FAISS's "read error", at a quarter of the limit).
+SNAPSHOT_ONE_VALUE_MAX = 768 * 1024 * 1024
 TABLES = ("items", "journal", "snapshots", "snapshot_parts", "state")
 _COMPACT_LOCK = 0x7068_6F6E  # the advisory lock of the one compactor ("phon")
 # A dead peer (a partition, a crashed host) is noticed within about 30 s instead of the
@@ -602,7 +606,11 @@ def json_items(text: str) -> list[tuple[str, dict[str, Any]]]:
 def write_snapshot(c: Any, seq: int, data: bytes) -> None:
     """Store the serialised FAISS index ``data`` as snapshot ``seq`` (in the caller's
     transaction): in one row of ``snapshots``, or in parts when one value could not hold it."""
-    if len(data) <= SNAPSHOT_PART_BYTES:
+    if _has_parts_table(c):
+        # Parts of this record or later can only be left over: an older phonesim's push with
+        # --overwrite numbers records from 0 again and drops only the tables it knows.
+        c.execute("DELETE FROM snapshot_parts WHERE seq >= %s", (seq,))
+    if len(data) <= SNAPSHOT_ONE_VALUE_MAX:
         c.execute("INSERT INTO snapshots(seq, data) VALUES (%s, %s)", (seq, data))
         return
     c.execute(PARTS_SCHEMA)
