@@ -424,9 +424,16 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointConfig]:
         )
     built = embedding_width(model, config.feature_dim)
     if built != config.feature_dim:  # else every embedding file and index is sized wrong
+        fix = "correct the file"
+        if config.feature_dim == getattr(model, "num_features", None):
+            # phonesim before the width fix recorded timm's num_features (MobileNetV3: 288)
+            fix = (
+                f"an older phonesim recorded the width before the head's hidden layer: set "
+                f'"num_features" to {built} in {CONFIG_FILE} (nothing embedded with it before)'
+            )
         raise CheckpointError(
             f"{path}: {CONFIG_FILE} says num_features {config.feature_dim}, but its model "
-            f"({config.architecture}) gives {built}-dimensional features; correct the file"
+            f"({config.architecture}) gives {built}-dimensional features; {fix}"
         )
     model.load_state_dict(state)
     model.eval()

@@ -303,6 +303,16 @@ def test_a_head_with_a_hidden_layer_records_the_width_it_embeds_at(tiny_catalog,
     embedder = Embedder.from_checkpoint(out, runtime="torch")
     batch = embedder.embed_paths(sorted(tiny_catalog.rglob("*.jpg"))[:2])
     assert batch.embeddings.shape == (2, 1024) == (2, embedder.dim)
+    # As an older phonesim wrote it: refused, saying which value to put in.
+    import json
+
+    from embedder.checkpoint import CONFIG_FILE
+    from embedder.errors import CheckpointError
+
+    data = json.loads((out / CONFIG_FILE).read_text())
+    (out / CONFIG_FILE).write_text(json.dumps({**data, "num_features": 288}))
+    with pytest.raises(CheckpointError, match='older phonesim.*"num_features" to 1024'):
+        load_checkpoint(out)
 
 
 def test_a_full_disk_while_saving_is_an_oserror_and_keeps_the_old_checkpoint(
