@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import faiss
 import numpy as np
 
-from export.neighbors import class_positions
+from export.neighbors import EXACT_METRIC, approximate_metric, class_positions, scores_exact
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,11 @@ class IndexDirSearch:
     ) -> None:
         self.index = index
         self.description = description
+        factory = index.manifest.factory
+        probe = faiss.index_factory(index.dim, factory, faiss.METRIC_INNER_PRODUCT)
+        self.metric = (
+            EXACT_METRIC if scores_exact(probe, index.dim) else approximate_metric(factory)
+        )
         self.row_of = {str(i): r for r, i in enumerate(row_ids)}
         self.class_of = class_positions(label_names)
 

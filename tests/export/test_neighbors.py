@@ -29,6 +29,23 @@ def test_ivf_neighbor_index_agrees_when_probing_every_list(demo, ckpt, tmp_path)
         assert "IVF2,Flat" in f["neighbors"].attrs["source"]
 
 
+def test_a_lossy_neighbor_index_says_its_scores_are_approximate(demo, ckpt, tmp_path):
+    """`neighbors/scores` were documented, and labelled, as cosine similarities whatever the
+    index: with IVF16,PQ16 they were off the embeddings' dot product by up to 0.195."""
+    exact, lossy = tmp_path / "flat.h5", tmp_path / "pq.h5"
+    export_features(_config(ckpt, demo / "with_bad.csv", exact, neighbor_index="IVF2,Flat"))
+    export_features(_config(ckpt, demo / "with_bad.csv", lossy, neighbor_index="PQ4x4"))
+    with h5py.File(exact, "r") as f:
+        assert f["neighbors"].attrs["metric"].startswith("inner product of unit vectors")
+    with h5py.File(lossy, "r") as f:
+        metric = f["neighbors"].attrs["metric"]
+        emb, rows, scores = f["embeddings"][:], f["neighbors/rows"][:], f["neighbors/scores"][:]
+    assert metric.startswith("approximate") and "PQ4x4" in metric
+    found = rows >= 0
+    true = np.einsum("nd,nkd->nk", emb, emb[np.where(found, rows, 0)])
+    assert np.abs(true - scores)[found].max() > 1e-3  # why the attribute says so
+
+
 def test_bad_neighbor_index_strings_fail_early_or_keep_the_embeddings(demo, ckpt, tmp_path):
     out = tmp_path / "bad.h5"
     with pytest.raises(ExportError, match="not a faiss index_factory string"):
