@@ -79,12 +79,23 @@ class ExportSummary:
 
 
 def _is_features_file(path: Path) -> bool:
+    """Whether ``path`` is a phonesim features file: this format, or an older `phonesim embed`
+    file (no ``format`` attribute, the same datasets: `index build` reads those too, and
+    `embed`/`demo` had refused to replace one). :class:`ExportError` where another process
+    holds it open for writing (HDF5's file lock), which had read as "not a features file"."""
     try:
         if not h5py.is_hdf5(path):
             return False
         with h5py.File(path, "r") as h5:
+            if "format" not in h5.attrs:
+                return "ids" in h5 and "embeddings" in h5
             return h5.attrs.get("format") == schema.FORMAT
-    except OSError:
+    except OSError as exc:
+        if "lock" in str(exc).lower():
+            raise ExportError(
+                f"{path}: another process has it open for writing (HDF5 file lock); close it "
+                "first, or give another --out"
+            ) from exc
         return False
 
 

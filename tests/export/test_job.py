@@ -149,6 +149,35 @@ def test_overwrite_replaces_only_an_earlier_export(demo, ckpt, tmp_path):
         export_features(_config(ckpt, manifest, other, overwrite=True))
 
 
+def test_overwrite_replaces_an_older_embed_file_and_names_a_file_lock(tmp_path):
+    """A features file of an older `phonesim embed` (no ``format`` attribute; `index build`
+    reads it) was "not a phonesim features file": `embed` and `demo` refused to replace it.
+    And a file another process held open read as "not a features file" too."""
+    import subprocess
+    import sys
+
+    from export.job import check_output
+
+    older = tmp_path / "embeddings.h5"
+    with h5py.File(older, "w") as h5:
+        h5["ids"] = np.array([b"a"], dtype=h5py.string_dtype())
+        h5["embeddings"] = np.ones((1, 4), np.float32)
+    check_output(older, overwrite=True)  # replaceable
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import h5py, sys, time; f = h5py.File({str(older)!r}, 'a'); print('open', flush=True);"
+         " sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(ExportError, match="another process has it open"):
+            check_output(older, overwrite=True)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
 def test_missing_checkpoint(demo, tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint folder not found"):
         export_features(_config(tmp_path / "nope", demo, tmp_path / "f.h5"))
