@@ -15,6 +15,8 @@ import re
 # overrides, isolates). The zero-width (non-)joiners stay: Persian and Indic spelling need
 # them. The invisible ones were allowed before 2026-12: items stored with them stay
 # reachable (see is_item_address), but no new item takes one.
+# An id is a unique key in both stores: PostgreSQL's btree refuses keys over about 2.7 KB.
+MAX_ID_BYTES = 1024
 _CONTROL = r"\x00-\x1f\x7f-\x9f"
 _INVISIBLE = (
     r"\u00ad\u061c\u180e\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064"
@@ -49,6 +51,12 @@ def is_item_id(text: str) -> bool:
     return _ID_RE.match(text) is not None
 
 
+def is_catalog_id(text: str) -> bool:
+    """Whether ``phonesim index build`` takes ``text`` as a new item's id: :func:`is_item_id`
+    and at most :data:`MAX_ID_BYTES` bytes of UTF-8."""
+    return is_item_id(text) and len(text.encode("utf-8")) <= MAX_ID_BYTES
+
+
 def is_item_address(text: str) -> bool:
     """Whether ``/v1/items/<text>`` reaches the item ``text`` and no other endpoint: what a
     client checks before addressing an item, which may predate the invisible-character
@@ -56,4 +64,11 @@ def is_item_address(text: str) -> bool:
     return _ADDRESS_RE.match(text) is not None
 
 
-__all__ = ["ID_PATTERN", "ID_RULES", "is_item_address", "is_item_id"]
+__all__ = [
+    "ID_PATTERN",
+    "ID_RULES",
+    "MAX_ID_BYTES",
+    "is_catalog_id",
+    "is_item_address",
+    "is_item_id",
+]

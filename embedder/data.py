@@ -12,7 +12,7 @@ from pathlib import Path
 
 from common.errors import describe_os_error
 from common.fsutil import file_sha256
-from common.item_ids import ID_RULES, is_item_id
+from common.item_ids import ID_RULES, MAX_ID_BYTES, is_catalog_id, is_item_id
 from common.text import (
     allow_long_csv_cells,
     csv_rows,
@@ -196,18 +196,27 @@ def path_ids(paths: list[Path], root: Path) -> list[str]:
     clash = next((i for i, n in Counter(ids).items() if n > 1), None)
     if clash is not None:
         raise DataError(f"{root}: two images would get the id '{clash}'; rename one")
-    unaddressable = [i for i in ids if not is_item_id(i)]
-    if unaddressable:  # said now, not after the whole embedding when `index build` refuses
-        log.warning(
-            "%s: %d image name(s) cannot be catalog item ids (%s%s; an id must be %s): "
-            "`phonesim index build` refuses a file holding them; rename those photos",
-            root,
-            len(unaddressable),
-            ", ".join(repr(i) for i in unaddressable[:3]),
-            ", ..." if len(unaddressable) > 3 else "",
-            ID_RULES,
-        )
+    _warn_unindexable(root, ids, "image name(s)", "rename those photos")
     return ids
+
+
+def _warn_unindexable(source: Path, ids: list[str], what: str, fix: str) -> None:
+    """Say now, not after the whole embedding when `index build` refuses the file, which ids
+    cannot be catalog items."""
+    bad = [i for i in ids if not is_catalog_id(i)]
+    if bad:
+        log.warning(
+            "%s: %d %s cannot be catalog item ids (%s%s; an id must be %s, at most %d bytes): "
+            "`phonesim index build` refuses a file holding them; %s",
+            source,
+            len(bad),
+            what,
+            ", ".join(repr(i[:40]) for i in bad[:3]),
+            ", ..." if len(bad) > 3 else "",
+            ID_RULES,
+            MAX_ID_BYTES,
+            fix,
+        )
 
 
 def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
@@ -385,6 +394,7 @@ def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
             urls.append(image)
         meta = {k: (v or "") for k, v in row.items() if k is not None}
         samples.append(Sample(id=sid, path=(csv_path.parent / image), label=label, metadata=meta))
+    _warn_unindexable(csv_path, [s.id for s in samples], "id(s)", "change them in the CSV")
     if urls:  # each would fail as "<folder>/https:/...: file not found", the URL mangled
         log.warning(
             "%s: %d image(s) are URLs (such as '%s'), which are not fetched: download the "

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from common.item_ids import ID_RULES, is_item_id
+from common.item_ids import ID_RULES, MAX_ID_BYTES, is_item_id
 from common.text import is_utf8
 from index.errors import DuplicateIdError, InvalidMetadataError, InvalidVectorsError
 
@@ -51,10 +51,6 @@ def prepare_vectors(
         raise InvalidVectorsError(f"{what} are all zero in row(s) {_rows(zero)}")
     out /= norms[:, None]
     return out
-
-
-# An id is a unique key in both stores: PostgreSQL's btree refuses keys over about 2.7 KB.
-MAX_ID_BYTES = 1024
 
 
 def storable_text(text: str, what: str) -> None:

@@ -345,6 +345,21 @@ def test_image_names_that_cannot_be_item_ids_are_named_before_the_embedding(tmp_
     assert "2 image name(s) cannot be catalog item ids (' lead.jpg', 'bidi" in caplog.text
 
 
+def test_manifest_ids_that_cannot_be_item_ids_are_named_before_the_embedding(tmp_path, caplog):
+    """`export` wrote ids such as "batch", "a/../b" or a 5,000-byte one with exit 0, and
+    `index build` then refused the file (docs: it "accepts the file as it is")."""
+    _photos(tmp_path, "1.jpg")
+    rows = ["batch", "a/../b", "x" * 1500, "fine/id"]
+    (tmp_path / "m.csv").write_text(
+        "id,image\n" + "".join(f"{i},1.jpg\n" for i in rows), encoding="utf-8"
+    )
+    catalog = load_catalog(tmp_path / "m.csv", require_labels=False)
+    assert [s.id for s in catalog.samples] == rows  # embed and export still read them
+    assert "3 id(s) cannot be catalog item ids ('batch', 'a/../b', 'xxxx" in caplog.text
+    assert "at most 1024 bytes" in caplog.text and "change them in the CSV" in caplog.text
+    assert "fine/id" not in caplog.text
+
+
 def test_image_urls_in_a_manifest_are_named_as_not_fetched(tmp_path, caplog):
     """Each failed as "<folder>/https:/cdn...: file not found", the URL mangled, no hint."""
     manifest = tmp_path / "m.csv"
