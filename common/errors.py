@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -28,6 +29,27 @@ class MachineError(UserError):
     ``OSError`` is. A :class:`UserError` still, so every handler of those answers it."""
 
     exit_code = 1
+
+
+class OutOfResourcesError(MachineError):
+    """The machine ran out of memory, file descriptors or threads while doing the work: not
+    the input's fault and not a fact about it. A server answers 503 (try again) and a batch
+    job stops (exit 1, its progress kept) instead of recording the item as unreadable."""
+
+
+# What running out of descriptors, memory or buffers says as an OSError.
+_EXHAUSTED_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+def resources_exhausted(exc: BaseException) -> bool:
+    """Whether ``exc`` says the machine ran out (memory, descriptors, threads), not the input
+    is bad: Pillow importing a format plugin with no descriptor left raised EMFILE, and every
+    photo of a batch was "cannot decode image"."""
+    if isinstance(exc, MemoryError | OutOfResourcesError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _EXHAUSTED_ERRNOS:
+        return True
+    return isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -15,6 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from common.errors import OutOfResourcesError, message_line, resources_exhausted
 from common.extras import install_hint
 from embedder.errors import ImageError
 
@@ -146,7 +147,9 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
     at least ``min_side`` (much faster; the model resizes to its input size anyway).
 
     Raises ImageError (with the reason) for empty, corrupt, truncated, unsupported or
-    oversized (decompression bomb) input, so batch jobs can skip and count it.
+    oversized (decompression bomb) input, so batch jobs can skip and count it; and
+    :class:`~common.errors.OutOfResourcesError` where the machine ran out of memory or file
+    descriptors meanwhile, which says nothing about the image.
     """
     name = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
     try:
@@ -160,28 +163,33 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
             return _decode(fp, name, min_side)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(
-            f"{name}: refused as a possible decompression bomb (over the {MAX_PIXELS} pixel limit)"
-        ) from exc
-    except FileNotFoundError as exc:
-        raise ImageError(f"{name}: file not found") from exc
-    except UnidentifiedImageError as exc:
-        if not HEIF_SUPPORTED and _looks_like_heif(source):
-            raise ImageError(
-                f"{name}: HEIC/HEIF photos need pillow-heif ({install_hint('heif')})"
-            ) from exc
-        raise ImageError(
-            f"{name}: not a recognised image format (accepted: {', '.join(IMAGE_FORMATS)})"
-        ) from exc
-    except MemoryError as exc:
-        raise ImageError(f"{name}: image too large to decode") from exc
     except Exception as exc:
-        # The bytes are untrusted: Pillow's decoders report corrupt input as OSError, SyntaxError,
-        # ValueError, EOFError, but also TypeError, OverflowError, IndexError, struct.error,
-        # NotImplementedError... Every one of them means "this file cannot be read".
-        reason = str(exc) or type(exc).__name__
-        raise ImageError(f"{name}: cannot decode image ({reason})") from exc
+        if resources_exhausted(exc):  # the machine's failure, not the photo's
+            raise OutOfResourcesError(
+                f"{name}: the machine ran out of resources while reading it ({message_line(exc)})"
+            ) from exc
+        raise _image_error(exc, name, source) from exc
+
+
+def _image_error(exc: Exception, name: str, source: str | Path | bytes) -> ImageError:
+    """The :class:`ImageError` saying why ``source`` cannot be read, from ``exc``."""
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return ImageError(
+            f"{name}: refused as a possible decompression bomb (over the {MAX_PIXELS} pixel limit)"
+        )
+    if isinstance(exc, FileNotFoundError):
+        return ImageError(f"{name}: file not found")
+    if isinstance(exc, UnidentifiedImageError):
+        if not HEIF_SUPPORTED and _looks_like_heif(source):
+            return ImageError(f"{name}: HEIC/HEIF photos need pillow-heif ({install_hint('heif')})")
+        return ImageError(
+            f"{name}: not a recognised image format (accepted: {', '.join(IMAGE_FORMATS)})"
+        )
+    # The bytes are untrusted: Pillow's decoders report corrupt input as OSError, SyntaxError,
+    # ValueError, EOFError, but also TypeError, OverflowError, IndexError, struct.error,
+    # NotImplementedError... Every one of them means "this file cannot be read".
+    reason = str(exc) or type(exc).__name__
+    return ImageError(f"{name}: cannot decode image ({reason})")
 
 
 def open_image_file(path: str | Path) -> BinaryIO:
@@ -198,6 +206,8 @@ def open_image_file(path: str | Path) -> BinaryIO:
             ) from exc
         raise
     except OSError as exc:
+        if resources_exhausted(exc):  # no descriptor left: the machine's, not the file's
+            raise OutOfResourcesError(f"{path}: cannot open it ({exc.strerror or exc})") from exc
         if exc.errno == errno.ENXIO:  # what opening a socket says
             raise ImageError(f"{path}: is not a regular file (a socket)") from exc
         # No permission, a link loop: said as such, not as "cannot decode image".

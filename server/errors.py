@@ -10,10 +10,13 @@ import json
 import logging
 import math
 import re
+import threading
+import time
 
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from common.errors import OutOfResourcesError
 from embedder.errors import ImageError
 from index.errors import (
     CatalogReplacedError,
@@ -233,6 +236,25 @@ def init_app(app: Flask) -> None:
         log.warning("catalog store unreachable (request %s): %s", request_id(), exc)
         return _unreachable()
 
+    @app.errorhandler(OutOfResourcesError)
+    def _out_of_resources(exc: OutOfResourcesError) -> Response:
+        # Memory or descriptors ran out: the image was not at fault (it had been a 400
+        # invalid_image, which clients do not retry, naming the server's install path).
+        skipped = _resource_log.due()
+        if skipped is not None:
+            log.warning(
+                "out of resources (request %s; %d more since the last line): %s",
+                request_id(),
+                skipped,
+                exc,
+            )
+        return error_response(
+            503,
+            "out_of_resources",
+            "the server ran out of memory or file descriptors; try again",
+            {"Retry-After": "1"},
+        )
+
     @app.errorhandler(OverloadedError)
     def _overloaded(exc: OverloadedError) -> Response:
         return error_response(503, "overloaded", str(exc), {"Retry-After": "1"})
@@ -250,6 +272,31 @@ def init_app(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error in %s %s (request %s)", *_where())
         return error_response(500, "internal_error", "internal server error (logged)")
+
+
+class _Throttle:
+    """At most one log line per ``every_s`` seconds (a machine out of descriptors fails
+    thousands of requests a second)."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._skipped = 0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def due(self) -> int | None:
+        """None while a line is held back; else how many were held back since the last."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._skipped += 1
+                return None
+            self._next = now + self.every_s
+            skipped, self._skipped = self._skipped, 0
+            return skipped
+
+
+_resource_log = _Throttle(10.0)
 
 
 def _where() -> tuple[str, str, str]:

@@ -43,8 +43,9 @@ def error_responses(*statuses: int) -> dict[str, Any]:
         429: "over the per-client rate limit (--rate-limit); Retry-After says when to retry",
         502: "the connection to the catalog store broke while the change was committing: it "
         "may have been made; read the item before sending the change again",
-        503: "model not loaded, overloaded, shutting down, or (writes) the catalog store "
-        "cannot be reached; Retry-After says when to retry",
+        503: "model not loaded, overloaded, shutting down, out of memory or file descriptors "
+        "(out_of_resources), or (writes) the catalog store cannot be reached; Retry-After says "
+        "when to retry",
         507: "the server cannot keep the added item's image (--image-dir full or not "
         "writable); nothing was added",
     }

@@ -161,3 +161,36 @@ def test_an_image_given_with_corrupt_exif_is_an_image_error():
     img.load()  # Pillow reads it
     with pytest.raises(ImageError, match="image: cannot decode image"):
         caller_image(img)
+
+
+def test_the_machine_running_out_is_no_bad_image(tmp_path, monkeypatch):
+    """MemoryError was "image too large to decode" and an EMFILE "cannot decode image": batch
+    jobs recorded good photos as unreadable for good (a resumed export kept them failed)."""
+    import errno
+
+    from common.errors import OutOfResourcesError
+    from embedder import images
+    from embedder.errors import ImageError
+
+    photo = tmp_path / "ok.jpg"
+    Image.new("RGB", (16, 16)).save(photo)
+    for failure in (MemoryError(), OSError(errno.EMFILE, "Too many open files")):
+
+        def exhausted(fp, name, min_side, failure=failure):  # noqa: ANN001, ANN202
+            raise failure
+
+        monkeypatch.setattr(images, "_decode", exhausted)
+        with pytest.raises(OutOfResourcesError, match="ran out of resources") as caught:
+            images.load_image(photo)
+        assert not isinstance(caught.value, ImageError) and caught.value.exit_code == 1
+        monkeypatch.undo()
+
+    def no_descriptor(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(images.os, "open", no_descriptor)
+    with pytest.raises(OutOfResourcesError, match="cannot open it"):
+        images.load_image(photo)
+    monkeypatch.undo()
+    with pytest.raises(ImageError, match="cannot decode image"):  # bad bytes stay bad input
+        images.load_image(b"\xff\xd8\xff\xe0 truncated")

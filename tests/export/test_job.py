@@ -325,3 +325,34 @@ def test_a_second_export_into_the_same_file_is_refused_while_the_first_runs(demo
         export_features(_config(ckpt, demo / "three.csv", out))
     assert not partial_path(out).exists()
     assert export_features(_config(ckpt, demo / "three.csv", out)).count == 3
+
+
+def test_the_machine_running_out_stops_the_export_and_loses_no_photo(
+    demo, ckpt, tmp_path, monkeypatch
+):
+    """Out of file descriptors, good photos were recorded as failed ("cannot decode image
+    ([Errno 24] ...)") and the export went on to exit 0; the resumed run kept them failed."""
+    import errno
+
+    from common.errors import OutOfResourcesError
+    from embedder import images
+
+    real = images._decode
+    calls = []
+
+    def exhausted_later(*args):  # noqa: ANN002, ANN202
+        calls.append(args)
+        if len(calls) > 10:  # after the first shard is committed: Pillow's plugin import
+            raise OSError(errno.EMFILE, "Too many open files", "PIL/GifImagePlugin.py")
+        return real(*args)
+
+    out = tmp_path / "f.h5"
+    monkeypatch.setattr(images, "_decode", exhausted_later)
+    with pytest.raises(OutOfResourcesError) as caught:
+        export_features(_config(ckpt, demo / "with_bad.csv", out, neighbors=0))
+    assert caught.value.exit_code == 1 and not out.exists()
+    monkeypatch.undo()
+    summary = export_features(_config(ckpt, demo / "with_bad.csv", out, neighbors=0))
+    data = _read(out)
+    assert sorted(data["ids"]) == sorted(_expected_ids(demo / "with_bad.csv"))
+    assert summary.failed == 1  # only broken.jpg, not a photo read while out of descriptors

@@ -146,6 +146,41 @@ def test_an_os_timeout_is_no_model_timeout(app, jpeg_bytes, monkeypatch, caplog)
     assert any("unhandled error" in rec.message and rec.exc_info for rec in caplog.records)
 
 
+def test_running_out_of_descriptors_or_memory_is_a_503_not_a_bad_image(
+    app, jpeg_bytes, monkeypatch, caplog
+):
+    """With no file descriptor left, Pillow could not import a format plugin and a valid
+    photo was answered 400 invalid_image, naming the server's install path; under a memory
+    limit a 40 MP PNG was "image too large to decode". Clients do not retry a 4xx."""
+    import errno
+    import logging
+
+    from embedder import images
+
+    failures = iter(
+        [
+            OSError(errno.EMFILE, "Too many open files", "/srv/venv/PIL/GifImagePlugin.py"),
+            MemoryError(),
+        ]
+        * 3
+    )
+
+    def exhausted(fp, name, min_side):  # noqa: ANN001, ANN202
+        raise next(failures)
+
+    monkeypatch.setattr(images, "_decode", exhausted)
+    client = app.test_client()
+    with caplog.at_level(logging.WARNING, logger="server.errors"):
+        answers = [client.post("/v1/search", data=upload(jpeg_bytes)) for _ in range(4)]
+    for r in answers:
+        error = assert_error(r, 503, "out_of_resources")
+        assert r.headers["Retry-After"] == "1" and "/srv" not in error["message"]
+    lines = [rec.message for rec in caplog.records if "out of resources" in rec.message]
+    assert len(lines) == 1 and "Too many open files" in lines[0]  # throttled, said once
+    monkeypatch.undo()
+    assert client.post("/v1/search", data=upload(jpeg_bytes)).status_code == 200
+
+
 def test_metrics_count_requests_model_batches_and_index(client, jpeg_bytes):
     client.post("/v1/search", data=upload(jpeg_bytes))
     client.get("/v1/items/missing-id")
