@@ -3,31 +3,90 @@
 
 const $ = (id) => document.getElementById(id);
 const PAGE_SIZE = 24;
+// Seconds a request may take before the page gives up on it; an upload is embedded (slower).
+// ?timeout_s=N overrides both (tests; a slow server).
+const TIMEOUT_OVERRIDE = Number(new URLSearchParams(location.search).get("timeout_s"));
+const UPLOAD_TIMEOUT_S = TIMEOUT_OVERRIDE > 0 ? TIMEOUT_OVERRIDE : 60;
+const TIMEOUT_S = TIMEOUT_OVERRIDE > 0 ? TIMEOUT_OVERRIDE : 30;
+// /v1/info is asked again while the server loads: 2 s, then twice as long, 30 s at most.
+const INFO_RETRY_S = [2, 30];
 // What the results show, so that changing an option can show it again:
 // {kind: "catalog"} | {kind: "search", file} | {kind: "similar", item}.
 let view = { kind: "catalog" };
 // Each view's request takes a number; an answer that a newer view has overtaken is dropped,
 // so a slow search cannot overwrite the phones the user clicked on since.
 let latest = 0;
+// The running view's request: a newer view aborts it (its answer would be dropped anyway).
+let pending = null;
 let nextCursor = null;
+// Catalog size from /v1/info, 0 when the catalog is empty; null when unknown.
+let catalogSize = null;
 
-function setStatus(text, isError = false) {
-  const el = $("status");
-  el.textContent = text;
-  el.classList.toggle("error", isError);
+// A status line: plain text, or a list of strings and nodes (names isolated in <bdi>).
+function setStatus(parts, isError = false) {
+  const node = $("status");
+  node.replaceChildren(...[].concat(parts));
+  node.classList.toggle("error", isError);
 }
 
-async function api(url, options = {}) {
-  const response = await fetch(url, options);
+// Metadata text in its own bidi context: a name with U+202E cannot flip the page's words.
+function bdi(text) {
+  return el("bdi", "", text);
+}
+
+function plural(n, one, many) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+// A user's words for an HTTP status that came without the server's JSON message.
+function statusMessage(status) {
+  if (status === 413) return `the server answered ${status} (the file is too large)`;
+  if (status === 429) return `the server answered ${status} (too many requests); try again soon`;
+  if (status >= 500) {
+    return `the server answered ${status} (it may be restarting or overloaded); try again soon`;
+  }
+  return `the server answered ${status} (an unexpected answer); try again`;
+}
+
+// A new view's signal: the previous view's request is aborted.
+function startRequest() {
+  if (pending) pending.abort();
+  pending = new AbortController();
+  return pending.signal;
+}
+
+// fetch + JSON, given up after timeoutS seconds (or when ``signal`` aborts), with messages a
+// shop employee can act on instead of "Failed to fetch".
+async function api(url, { signal = null, timeoutS = TIMEOUT_S, ...options } = {}) {
+  const controller = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => { timedOut = true; controller.abort(); }, timeoutS * 1000);
+  const onAbort = () => controller.abort();
+  if (signal) signal.addEventListener("abort", onAbort, { once: true });
+  let response;
   let body = null;
   try {
-    body = await response.json();
+    response = await fetch(url, { ...options, signal: controller.signal });
+    try {
+      body = await response.json();
+    } catch (e) {
+      if (!controller.signal.aborted) throw new Error(statusMessage(response.status));
+      throw e;
+    }
   } catch (e) {
-    throw new Error(`server answered ${response.status} without JSON`);
+    if (timedOut) throw new Error(`the server did not answer in ${timeoutS} s; try again`);
+    if (controller.signal.aborted) throw e;  // a newer view took over: its caller drops it
+    if (e instanceof TypeError) {
+      throw new Error("cannot reach the server (check the network, or that it is running)");
+    }
+    throw e;
+  } finally {
+    clearTimeout(timer);
+    if (signal) signal.removeEventListener("abort", onAbort);
   }
   if (!response.ok) {
     const err = (body && body.error) || {};
-    throw new Error(err.message || `server answered ${response.status}`);
+    throw new Error(err.message || statusMessage(response.status));
   }
   return body;
 }
@@ -41,6 +100,32 @@ function el(tag, className, text) {
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;
   return node;
+}
+
+// Metadata shown as text: strings and numbers as given, anything else (true, {}) as nothing.
+function plain(value) {
+  if (typeof value === "string") return value;
+  if (typeof value === "number" && Number.isFinite(value)) return String(value);
+  return "";
+}
+
+function itemName(item) {
+  return typeof item.title === "string" && item.title.trim() ? item.title : String(item.id);
+}
+
+// "$1,299" or "$499.50" for a number (or a numeric string); any other string as the catalog
+// wrote it ("1 299,00 €", "call us"); nothing for true, {} or none.
+function formatPrice(price) {
+  const numeric = typeof price === "number"
+    || (typeof price === "string" && price.trim() !== "" && !Number.isNaN(Number(price)));
+  const value = Number(price);
+  if (numeric && Number.isFinite(value)) {
+    const cents = Number.isInteger(value) ? 0 : 2;
+    return `$${value.toLocaleString("en-US", {
+      minimumFractionDigits: cents, maximumFractionDigits: cents,
+    })}`;
+  }
+  return typeof price === "string" ? price.trim() : "";
 }
 
 function showPrediction(prediction) {
@@ -72,7 +157,9 @@ function showPrediction(prediction) {
   bars.replaceChildren();
   for (const c of prediction.top) {
     const li = el("li");
-    li.append(el("span", "name", c.label));
+    const name = el("span", "name", c.label);
+    name.dir = "auto";
+    li.append(name);
     const track = el("span", "track");
     const fill = el("span", "fill");
     fill.style.width = pct(c.score);
@@ -84,12 +171,14 @@ function showPrediction(prediction) {
 
 // A neutral placeholder where an item has no image or its image cannot be loaded.
 function markMissing(thumb) {
-  thumb.replaceChildren(el("span", "placeholder-text", "no image"));
+  const text = el("span", "placeholder-text", "no image");
+  text.setAttribute("aria-hidden", "true");  // the card's name is its title, not this
+  thumb.replaceChildren(text);
   thumb.classList.add("missing");
 }
 
 function thumbnail(item) {
-  const thumb = el("div", "thumb");
+  const thumb = el("span", "thumb");
   if (!item.image_url) {
     markMissing(thumb);
     return thumb;
@@ -102,7 +191,7 @@ function thumbnail(item) {
 // again twice, a little later each time, before the card says "no image".
 function loadThumb(thumb, item, tries) {
   const img = document.createElement("img");
-  img.alt = item.title || item.id;
+  img.alt = "";  // decorative: the title beside it names the phone
   img.loading = "lazy";
   img.addEventListener("error", () => {
     if (tries >= 2) {
@@ -117,22 +206,33 @@ function loadThumb(thumb, item, tries) {
   thumb.replaceChildren(img);
 }
 
+// A list item holding a real button (the list keeps its items; Enter and Space open it).
 function itemCard(item) {
-  const li = el("li", "card neighbor");
-  li.tabIndex = 0;
-  li.setAttribute("role", "button");  // a control: Enter and Space open it
-  li.dataset.id = item.id;
-  const body = el("div", "body");
-  const title = el("div", "title", item.title || item.id);
-  title.title = item.title || item.id;
+  const li = el("li", "cell");
+  const card = el("button", "card neighbor");
+  card.type = "button";
+  card.dataset.id = item.id;
+  const name = itemName(item);
+  const body = el("span", "body");
+  const title = el("span", "title", name);
+  title.title = name;
+  title.dir = "auto";
   body.append(title);
-  const meta = el("div", "meta");
-  meta.append(el("span", "", item.label || item.brand || ""));
-  if (item.price != null && item.price !== "") meta.append(el("span", "", `$${item.price}`));
+  const meta = el("span", "meta");
+  const kind = el("span", "", plain(item.label) || plain(item.brand));
+  kind.dir = "auto";
+  meta.append(kind);
+  const price = formatPrice(item.price);
+  if (price) {
+    const priceNode = el("span", "price", price);
+    priceNode.dir = "auto";
+    meta.append(priceNode);
+  }
   body.append(meta);
-  if (item.brand && item.brand !== item.label) body.append(el("div", "meta", item.brand));
+  const brand = plain(item.brand);
+  if (brand && brand !== plain(item.label)) body.append(el("span", "meta", brand));
   if (typeof item.score === "number") {
-    const score = el("div", "score");
+    const score = el("span", "score");
     const track = el("span", "track");
     const fill = el("span", "fill");
     fill.style.width = pct(item.score);
@@ -140,18 +240,38 @@ function itemCard(item) {
     score.append(track, el("span", "", item.score.toFixed(3)));
     body.append(score);
   } else {
-    body.append(el("div", "action", "Phones like this →"));
+    body.append(el("span", "action", "Phones like this →"));
   }
-  li.append(thumbnail(item), body);
-  const open = () => showSimilar(item);
-  li.addEventListener("click", open);
-  li.addEventListener("keydown", (e) => {
-    if ((e.key === "Enter" || e.key === " ") && !e.repeat) {  // a held key opens it once
-      e.preventDefault();  // Space would scroll the page
-      open();
-    }
+  card.append(thumbnail(item), body);
+  card.addEventListener("click", () => showSimilar(item, { focus: true }));
+  card.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && e.repeat) e.preventDefault();  // a held key opens it once
   });
+  li.append(card);
   return li;
+}
+
+function setTitle(parts) {
+  $("results-title").replaceChildren(...[].concat(parts));
+}
+
+// After a view the user asked for, focus goes to its heading, not to the page's top (the
+// clicked card is gone). Not when the user has moved on to another control meanwhile.
+function focusResults() {
+  const active = document.activeElement;
+  if (!active || active === document.body || $("results").contains(active)) {
+    $("results-title").focus();
+  }
+}
+
+// The photo's prediction and preview belong to its search: other views put the hint back.
+function leaveUpload() {
+  $("prediction").hidden = true;
+  const preview = $("preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.removeAttribute("src");
+  preview.hidden = true;
+  $("drop-hint").hidden = false;
 }
 
 // A failed request leaves nothing of the previous answer beside the new photo.
@@ -159,23 +279,31 @@ function clearResults(title) {
   $("prediction").hidden = true;
   $("neighbors").replaceChildren();
   $("timing").textContent = "";
-  $("results-title").textContent = title;
+  setTitle(title);
   $("results-hint").hidden = true;
 }
 
-// Show items under a title; ``hint`` is the line above them (default: only when there are none).
+// Show items under a title; ``hint`` is the line above them (default: only when there are
+// none). Returns the new cards' buttons.
 function showResults(items, title, { append = false, hint = null } = {}) {
-  $("results-title").textContent = title;
+  setTitle(title);
   $("browse").hidden = view.kind === "catalog";
   const cards = items.map(itemCard);
   if (append) {
     $("neighbors").append(...cards);
-    return;
+  } else {
+    $("neighbors").replaceChildren(...cards);
+    const none = catalogSize === 0 ? "The catalog is empty." : "No catalog phone matches.";
+    const text = hint || (items.length ? "" : none);
+    $("results-hint").textContent = text;
+    $("results-hint").hidden = !text;
   }
-  $("neighbors").replaceChildren(...cards);
-  const text = hint || (items.length ? "" : "No catalog phone matches.");
-  $("results-hint").textContent = text;
-  $("results-hint").hidden = !text;
+  return cards.map((li) => li.firstChild);
+}
+
+// Any phone in an answer means the catalog is not empty (it may have been when loaded).
+function sawPhones(count) {
+  if (count > 0 && catalogSize === 0) catalogSize = null;
 }
 
 // The class and the price range as one JSON filter ({"price": {"gte": .., "lte": ..}}).
@@ -214,38 +342,52 @@ function setMore(cursor) {
   $("more").hidden = view.kind !== "catalog" || !cursor;
 }
 
-async function loadCatalog(more = false) {
+async function loadCatalog(more = false, { focus = false } = {}) {
   view = { kind: "catalog" };
   const mine = ++latest;
+  const signal = startRequest();
+  if (!more) leaveUpload();
+  const filter = currentFilter();
   const params = withFilter(new URLSearchParams({ limit: PAGE_SIZE }));
   if (more && nextCursor) params.set("cursor", nextCursor);
   try {
-    const page = await api(`/v1/items?${params}`);
+    const page = await api(`/v1/items?${params}`, { signal });
     if (mine !== latest) return;
+    if (!more && !Object.keys(filter).length) catalogSize = page.items.length ? null : 0;
     const hint = page.items.length
       ? "Click a phone to see the phones most like it, or upload a photo of your own."
       : "The catalog is empty.";
-    showResults(page.items, "Catalog phones", { append: more, hint });
+    const cards = showResults(page.items, "Catalog phones", { append: more, hint });
     setMore(page.next_cursor);
-    setStatus(""); // a page that loads clears the error of one that did not
+    if (more) {
+      setStatus(`${plural(page.items.length, "more phone", "more phones")} shown.`);
+      // The button may have gone with the last page: focus goes on to the first new phone.
+      if (cards.length && document.activeElement === document.body) cards[0].focus();
+    } else {
+      setStatus(""); // a page that loads clears the error of one that did not
+    }
+    if (focus) focusResults();
   } catch (e) {
     if (mine !== latest) return;
     if (!more) clearResults("Catalog phones");
     setStatus(`cannot list the catalog: ${e.message}`, true);
+    if (focus) focusResults();
   }
 }
 
-async function search(file) {
+// ``note`` (a list of strings and nodes) goes before each status line of this search.
+async function search(file, note = []) {
   if (!file) return;
   view = { kind: "search", file };
   const mine = ++latest;
+  const signal = startRequest();
   setMore(null);
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
   $("drop-hint").hidden = true;
-  setStatus("Searching…");
+  setStatus([...note, "Searching…"]);
   const form = new FormData();
   form.append("image", file);
   try {
@@ -253,39 +395,53 @@ async function search(file) {
     if (!$("read-text-choice").hidden) {
       query += `&read_text=${encodeURIComponent($("read-text").value)}`;
     }
-    const result = await api(`/v1/search?${query}`, { method: "POST", body: form });
+    const result = await api(`/v1/search?${query}`, {
+      method: "POST", body: form, signal, timeoutS: UPLOAD_TIMEOUT_S,
+    });
     if (mine !== latest) return;
+    const found = result.neighbors.length;
+    sawPhones(found);
     showPrediction(result.prediction);
-    const order = result.ranking === "class" ? " (re-ranked by predicted class)" : "";
+    const order = found && result.ranking === "class" ? " (re-ranked by predicted class)" : "";
     showResults(result.neighbors, `Nearest catalog phones${order}`);
     showTiming(result.timing_ms);
-    setStatus(`${result.neighbors.length} similar phones found.`);
+    const label = bdi(result.prediction.label);
+    const count = catalogSize === 0
+      ? "the catalog is empty."
+      : `${plural(found, "similar phone", "similar phones")} found.`;
+    setStatus([...note, "Predicted ", label, ` (${pct(result.prediction.score)}); ${count}`]);
   } catch (e) {
     if (mine !== latest) return;
     clearResults("Nearest catalog phones");
-    setStatus(e.message, true);
+    setStatus([...note, e.message], true);
   }
 }
 
-async function showSimilar(item) {
-  const name = item.title || item.id;
+async function showSimilar(item, { focus = false } = {}) {
+  const name = itemName(item);
   view = { kind: "similar", item };
   const mine = ++latest;
+  const signal = startRequest();
   setMore(null);
-  setStatus(`Loading phones similar to ${name}…`);
+  leaveUpload();
+  setStatus(["Loading phones similar to ", bdi(name), "…"]);
   try {
     const query = `${queryString()}&ranking=${encodeURIComponent($("ranking").value)}`;
-    const result = await api(`/v1/items/${encodeURIComponent(item.id)}/similar?${query}`);
+    const result = await api(`/v1/items/${encodeURIComponent(item.id)}/similar?${query}`,
+      { signal });
     if (mine !== latest) return;
-    const order = result.ranking === "class" ? " (re-ranked by its label)" : "";
-    showResults(result.neighbors, `Similar to ${name}${order}`);
+    const found = result.neighbors.length;
+    sawPhones(found);
+    const order = found && result.ranking === "class" ? " (re-ranked by its label)" : "";
+    showResults(result.neighbors, ["Similar to ", bdi(name), order]);
     showTiming(result.timing_ms);
-    setStatus(`${result.neighbors.length} phones similar to the selected one.`);
-    window.scrollTo({ top: 0, behavior: "smooth" });
+    setStatus([`${plural(found, "phone", "phones")} similar to `, bdi(name), "."]);
+    if (focus) focusResults();
   } catch (e) {
     if (mine !== latest) return;
-    clearResults(`Similar to ${name}`);
+    clearResults(["Similar to ", bdi(name)]);
     setStatus(e.message, true);
+    if (focus) focusResults();
   }
 }
 
@@ -296,42 +452,84 @@ function refresh() {
 }
 
 async function loadInfo() {
-  try {
-    const info = await api("/v1/info");
-    $("server-info").textContent =
-      `${info.model.name} · ${info.classes.length} classes · ` +
-      `${info.index.size} catalog phones (${info.index.kind} index)`;
-    if (info.index.filterable_fields.includes("label")) {
-      for (const name of info.classes) {
-        const option = el("option", "", name);
-        option.value = name;
-        $("label-filter").append(option);
-      }
-    } else {
-      $("label-filter").disabled = true;
+  const info = await api("/v1/info");
+  catalogSize = info.index.size;
+  $("server-info").textContent =
+    `${info.model.name} · ${info.classes.length} classes · ` +
+    `${info.index.size} catalog phones (${info.index.kind} index)`;
+  if (info.index.filterable_fields.includes("label")) {
+    for (const name of info.classes) {
+      const option = el("option", "", name);
+      option.value = name;
+      option.dir = "auto";
+      $("label-filter").append(option);
     }
-    $("price-filter").hidden = !info.index.filterable_fields.includes("price");
-    $("read-text-choice").hidden = !info.prediction.read_text;
-    return true;
-  } catch (e) {
-    $("server-info").textContent = `server not ready: ${e.message}`;
-    return false;
+  } else {
+    $("label-filter").disabled = true;
   }
+  $("price-filter").hidden = !info.index.filterable_fields.includes("price");
+  $("read-text-choice").hidden = !info.prediction.read_text;
+}
+
+// A server still loading (503) is asked again, less often each time; then the catalog loads.
+async function connect(delayS = INFO_RETRY_S[0]) {
+  try {
+    await loadInfo();
+  } catch (e) {
+    $("server-info").textContent = `server not ready (${e.message}); trying again in ${delayS} s`;
+    setTimeout(() => connect(Math.min(delayS * 2, INFO_RETRY_S[1])), delayS * 1000);
+    return;
+  }
+  // Not over a photo or a phone the user opened while the server was loading.
+  if (view.kind === "catalog") loadCatalog();
+}
+
+// Dropped or pasted files: the first is searched; the status says when others were left.
+function takeFiles(files, how) {
+  const file = files[0];
+  if (!file) return;
+  const note = files.length > 1
+    ? [`${files.length} files ${how}; only the first, `, bdi(file.name), ", is used. "]
+    : [];
+  search(file, note);
+}
+
+function hasFiles(e) {
+  return Boolean(e.dataTransfer && [...e.dataTransfer.types].includes("Files"));
 }
 
 function setup() {
   const zone = $("dropzone");
-  $("file").addEventListener("change", (e) => search(e.target.files[0]));
+  const input = $("file");
+  input.addEventListener("change", () => {
+    const file = input.files[0];
+    input.value = "";  // choosing the same file again (after an error) is a change again
+    search(file);
+  });
+  // A photo that the browser cannot show (a text file named .jpg): the hint, not a broken box.
+  $("preview").addEventListener("error", () => {
+    $("preview").hidden = true;
+    $("drop-hint").hidden = false;
+  });
   for (const type of ["dragenter", "dragover"]) {
     zone.addEventListener(type, (e) => { e.preventDefault(); zone.classList.add("over"); });
   }
   for (const type of ["dragleave", "drop"]) {
     zone.addEventListener(type, () => zone.classList.remove("over"));
   }
-  zone.addEventListener("drop", (e) => {
+  // A file dropped anywhere on the page is searched; the browser would open it instead,
+  // leaving the page. Text dragged into a price box still drops there.
+  document.addEventListener("dragover", (e) => { if (hasFiles(e)) e.preventDefault(); });
+  document.addEventListener("drop", (e) => {
+    if (!hasFiles(e)) return;
     e.preventDefault();
-    const file = e.dataTransfer.files[0];
-    if (file) search(file);
+    takeFiles(e.dataTransfer.files, "dropped");
+  });
+  document.addEventListener("paste", (e) => {
+    const files = e.clipboardData ? e.clipboardData.files : [];
+    if (!files.length) return;
+    e.preventDefault();
+    takeFiles(files, "pasted");
   });
   for (const id of ["k", "label-filter", "price-min", "price-max", "ranking", "read-text"]) {
     $(id).addEventListener("change", refresh);
@@ -339,9 +537,9 @@ function setup() {
   $("more").addEventListener("click", () => loadCatalog(true));
   $("browse").addEventListener("click", () => {
     setStatus("");
-    loadCatalog();
+    loadCatalog(false, { focus: true });
   });
-  loadInfo().then((ready) => { if (ready) loadCatalog(); });
+  connect();
 }
 
 document.addEventListener("DOMContentLoaded", setup);
