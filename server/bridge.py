@@ -59,6 +59,7 @@ class BufferedWSGIBridge:
         on_close: Callable[[], None] | None = None,
         cors_origins: Iterable[str] = (),
         on_refused: Callable[[str, int], None] | None = None,
+        thread_init: Callable[[], None] | None = None,
     ) -> None:
         self.wsgi_app = wsgi_app
         self.max_body = max_body
@@ -73,7 +74,11 @@ class BufferedWSGIBridge:
         self._on_close = on_close
         self._cors = allowed_origins(cors_origins)
         self._on_refused = on_refused
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="phonesim-request")
+        # thread_init runs in each request thread as it starts (per-thread settings such as
+        # FAISS's OpenMP thread count).
+        self._executor = ThreadPoolExecutor(
+            threads, thread_name_prefix="phonesim-request", initializer=thread_init
+        )
         self._stopped_at: float | None = None  # the loop's time at begin_shutdown
         self._body_reads: set[asyncio.Future] = set()  # one per body being read (loop thread)
 

@@ -16,6 +16,7 @@ folder of its own (removed at exit) for its control socket and the metrics its w
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -59,6 +60,16 @@ def configure_threads(torch_threads: int, faiss_threads: int = 1, runtime: str =
     from embedder.engine import set_torch_threads
 
     set_torch_threads(torch_threads, runtime)
+    faiss.omp_set_num_threads(faiss_threads)
+
+
+def faiss_threads_here(faiss_threads: int) -> None:
+    """Give this thread's FAISS calls ``faiss_threads`` OpenMP threads. OpenMP's setting is
+    per thread: set in the loading thread alone, each request thread searched with a team the
+    size of every core (20 threads per worker where 12 were meant, on 2 cores), and under a
+    thread limit libgomp's failed thread creation aborted the worker."""
+    import faiss
+
     faiss.omp_set_num_threads(faiss_threads)
 
 
@@ -224,6 +235,7 @@ class PhonesimGunicorn(BaseApplication):
             on_close=app.extensions["phonesim"].close,
             cors_origins=self.server_config.cors_origins,
             on_refused=app.extensions["phonesim"].metrics.count_refused,
+            thread_init=functools.partial(faiss_threads_here, self.settings.faiss_threads),
         )
 
 

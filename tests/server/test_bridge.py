@@ -251,3 +251,28 @@ def test_once_stopping_a_body_fed_faster_than_the_buffer_wait_is_cut_off_too():
 
     status, took = asyncio.run(scenario())
     assert status == 503 and took < 5, (status, took)
+
+
+def test_request_threads_search_with_the_faiss_threads_asked_for():
+    """`--faiss-threads` (default 1) was set in the loading thread only, and OpenMP's setting
+    is per thread: every request thread searched with a team the size of all cores."""
+    import functools
+
+    import faiss
+
+    from server.serve import faiss_threads_here
+
+    seen: list[int] = []
+
+    def app(environ, start_response):  # noqa: ANN001, ANN202
+        seen.append(faiss.omp_get_max_threads())
+        return _app(environ, start_response)
+
+    bridge = BufferedWSGIBridge(
+        app, threads=2, max_body=1000, thread_init=functools.partial(faiss_threads_here, 1)
+    )
+    try:
+        assert _post(bridge, [(b"content-length", b"100")])[0]["status"] == 200
+    finally:
+        bridge.close()
+    assert seen == [1]
