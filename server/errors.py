@@ -10,8 +10,6 @@ import json
 import logging
 import math
 import re
-import threading
-import time
 
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -34,6 +32,7 @@ from index.errors import (
     UnknownIdError,
 )
 from server.batcher import BatcherClosedError, ModelTimeoutError, OverloadedError
+from server.log_throttle import LogThrottle
 from server.request_ids import request_id
 
 log = logging.getLogger(__name__)
@@ -274,29 +273,7 @@ def init_app(app: Flask) -> None:
         return error_response(500, "internal_error", "internal server error (logged)")
 
 
-class _Throttle:
-    """At most one log line per ``every_s`` seconds (a machine out of descriptors fails
-    thousands of requests a second)."""
-
-    def __init__(self, every_s: float) -> None:
-        self.every_s = every_s
-        self._skipped = 0
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def due(self) -> int | None:
-        """None while a line is held back; else how many were held back since the last."""
-        with self._lock:
-            now = time.monotonic()
-            if now < self._next:
-                self._skipped += 1
-                return None
-            self._next = now + self.every_s
-            skipped, self._skipped = self._skipped, 0
-            return skipped
-
-
-_resource_log = _Throttle(10.0)
+_resource_log = LogThrottle(10.0)
 
 
 def _where() -> tuple[str, str, str]:

@@ -10,9 +10,11 @@ live process; the index size shows the largest (most caught-up) live copy.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -26,6 +28,10 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+
+from server.log_throttle import LogThrottle
+
+log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -65,6 +71,7 @@ class Metrics:
         self.shared_dir = multiprocess_dir()
         self.registry = CollectorRegistry(auto_describe=True)
         self._gauge_sources: list[Callable[[], None]] = []
+        self._failure_log = LogThrottle(10.0)
         r = self.registry
         self.requests = Counter(
             "phonesim_http_requests",
@@ -212,12 +219,15 @@ class Metrics:
         @app.before_request
         def _start_timer() -> None:
             g.phonesim_t0 = time.perf_counter()
-            self.in_flight.inc()
+            with self._not_failing_the_request():
+                self.in_flight.inc()
+                g.phonesim_in_flight = True
 
         @app.teardown_request
         def _done(_exc: BaseException | None) -> None:
-            if "phonesim_t0" in g:
-                self.in_flight.dec()
+            if g.get("phonesim_in_flight"):
+                with self._not_failing_the_request():
+                    self.in_flight.dec()
 
         @app.after_request
         def _record(response: Response) -> Response:
@@ -228,6 +238,23 @@ class Metrics:
                 # the worker's life, so names outside HTTP's own are counted as one.
                 method = request.method if request.method in HTTP_METHODS else "other"
                 labels = (rule, method, str(response.status_code))
-                self.requests.labels(*labels).inc()
-                self.latency.labels(*labels).observe(time.perf_counter() - t0)
+                with self._not_failing_the_request():
+                    self.requests.labels(*labels).inc()
+                    self.latency.labels(*labels).observe(time.perf_counter() - t0)
             return response
+
+    @contextlib.contextmanager
+    def _not_failing_the_request(self) -> Iterator[None]:
+        """A metric that cannot be recorded (multiprocess mode writes a file per worker: no
+        descriptor left, a full disk) is logged, at most every 10 s: it had turned answered
+        requests into Flask's own 500s."""
+        try:
+            yield
+        except Exception as exc:
+            skipped = self._failure_log.due()
+            if skipped is not None:
+                log.warning(
+                    "a request's metrics could not be recorded (%d more since the last line): %s",
+                    skipped,
+                    exc,
+                )

@@ -258,3 +258,32 @@ def test_every_answer_carries_a_request_id_that_its_log_lines_name(app, jpeg_byt
     assert r.headers["X-Request-ID"] == given
     (record,) = [rec for rec in caplog.records if "unhandled error" in rec.message]
     assert record.message == f"unhandled error in POST /v1/search (request {given})"
+
+
+def test_a_metric_that_cannot_be_recorded_does_not_fail_the_request(
+    app, jpeg_bytes, monkeypatch, caplog
+):
+    """Out of descriptors, recording a request's metrics (a file per worker in multiprocess
+    mode) raised in Flask's after_request: answered searches became Flask's own 500s."""
+    import errno
+    import logging
+
+    metrics = app.extensions["phonesim"].metrics
+
+    class Broken:
+        def labels(self, *args):  # noqa: ANN002, ANN202
+            raise OSError(errno.EMFILE, "Too many open files", "/tmp/metrics/counter_1.db")
+
+        def inc(self, *args):  # noqa: ANN002, ANN202
+            self.labels()
+
+        dec = inc
+
+    for name in ("requests", "latency", "in_flight"):
+        monkeypatch.setattr(metrics, name, Broken())
+    client = app.test_client()
+    with caplog.at_level(logging.WARNING, logger="server.metrics"):
+        answers = [client.post("/v1/search", data=upload(jpeg_bytes)) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 200]
+    lines = [r.message for r in caplog.records if "metrics could not be recorded" in r.message]
+    assert len(lines) == 1 and "Too many open files" in lines[0]
