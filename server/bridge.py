@@ -24,10 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from common.errors import resources_exhausted
 from server.cors_headers import allowed_origins, answer_headers, unread_origin_headers
 from server.errors import PAYLOAD_TOO_LARGE, SECURITY_HEADERS, error_json, too_large_body
+from server.log_throttle import LogThrottle
 
 log = logging.getLogger(__name__)
+_resource_log = LogThrottle(10.0)
+#: Paths answered by threads of their own (liveness and readiness probes).
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+PROBE_THREADS = 2
 
 # One client address may hold 1/PEER_SHARES of the body buffer (64 of 256 MB by default).
 PEER_SHARES = 4
@@ -79,6 +85,12 @@ class BufferedWSGIBridge:
         self._executor = ThreadPoolExecutor(
             threads, thread_name_prefix="phonesim-request", initializer=thread_init
         )
+        # Probes have threads of their own: behind uploads waiting for the model on a starved
+        # CPU, /healthz had taken 33 s, and an orchestrator restarts a pod whose probe times
+        # out. They still go through the app, so a stuck app still fails them.
+        self._probe_executor = ThreadPoolExecutor(
+            PROBE_THREADS, thread_name_prefix="phonesim-probe", initializer=thread_init
+        )
         self._stopped_at: float | None = None  # the loop's time at begin_shutdown
         self._body_reads: set[asyncio.Future] = set()  # one per body being read (loop thread)
 
@@ -105,6 +117,7 @@ class BufferedWSGIBridge:
     def close(self) -> None:
         """Finish the requests in the pool, then close the app (idempotent)."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._probe_executor.shutdown(wait=True, cancel_futures=True)
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             on_close()
@@ -173,11 +186,25 @@ class BufferedWSGIBridge:
             return
         environ = wsgi_environ(scope, body)
         loop = asyncio.get_running_loop()
+        probe = scope.get("method") in ("GET", "HEAD") and scope.get("path") in PROBE_PATHS
         try:
             status, response_headers, data = await loop.run_in_executor(
-                self._executor, run_wsgi, self.wsgi_app, environ
+                self._probe_executor if probe else self._executor, run_wsgi, self.wsgi_app, environ
             )
-        except Exception:
+        except Exception as exc:
+            if resources_exhausted(exc):  # no thread could be started for it
+                skipped = _resource_log.due()
+                if skipped is not None:
+                    log.warning("out of resources (%d more since the last line): %s", skipped, exc)
+                await self._error(
+                    scope,
+                    send,
+                    503,
+                    "out_of_resources",
+                    "the server ran out of memory or threads; try again",
+                    [(b"retry-after", b"1")],
+                )
+                return
             log.exception("unhandled error in the WSGI app")
             await self._error(scope, send, 500, "internal_error", "internal server error (logged)")
             return

@@ -276,3 +276,71 @@ def test_request_threads_search_with_the_faiss_threads_asked_for():
     finally:
         bridge.close()
     assert seen == [1]
+
+
+def test_probes_are_answered_while_every_request_thread_is_busy():
+    """Probes queued behind uploads in the request threads: on a starved CPU /healthz took
+    33 s and /readyz 25 s, and an orchestrator restarts a pod whose probe times out."""
+    import threading
+
+    held = threading.Event()
+    entered = threading.Event()
+
+    def app(environ, start_response):  # noqa: ANN001, ANN202
+        if environ["PATH_INFO"] == "/v1/search":
+            entered.set()
+            held.wait(10)
+        return _app(environ, start_response)
+
+    bridge = BufferedWSGIBridge(app, threads=1, max_body=1000)
+
+    async def ask(method: str, path: str, body: bytes = b"") -> int:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        headers = [(b"content-length", str(len(body)).encode())]
+        await bridge({"type": "http", "method": method, "path": path, "headers": headers},
+                     receive, send)  # fmt: skip
+        return sent[0]["status"]
+
+    async def scenario() -> tuple[int, int, bool]:
+        search = asyncio.create_task(ask("POST", "/v1/search", b"x"))
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        probes = await asyncio.wait_for(
+            asyncio.gather(ask("GET", "/healthz"), ask("GET", "/readyz")), 5
+        )
+        still_held = not search.done()
+        held.set()
+        await search
+        return *probes, still_held
+
+    try:
+        assert asyncio.run(scenario()) == (200, 200, True)
+    finally:
+        held.set()
+        bridge.close()
+
+
+def test_no_thread_left_for_a_request_is_a_503_not_a_500(monkeypatch):
+    """Under a process limit the request pool could not start a thread: RuntimeError "can't
+    start new thread", answered 500 internal_error with a traceback per request."""
+    bridge = BufferedWSGIBridge(_app, threads=1, max_body=1000)
+
+    def no_thread(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(bridge._executor, "submit", no_thread)
+    try:
+        sent = _post(bridge, [(b"content-length", b"100")])
+        headers = dict(sent[0]["headers"])
+        assert sent[0]["status"] == 503 and b"out_of_resources" in sent[1]["body"]
+        assert headers[b"retry-after"] == b"1"
+    finally:
+        monkeypatch.undo()
+        bridge.close()
