@@ -49,7 +49,18 @@ def resources_exhausted(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OSError) and exc.errno in _EXHAUSTED_ERRNOS:
         return True
-    return isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
+    # C++ libraries (ONNX Runtime, torch) say it in their own exception types' text.
+    text = str(exc).lower()
+    return any(sign in text for sign in _EXHAUSTED_TEXT)
+
+
+_EXHAUSTED_TEXT = (
+    "can't start new thread",
+    "bad_alloc",  # std::bad_alloc, through ONNX Runtime's Fail
+    "failed to allocate memory",  # ONNX Runtime's arena
+    "defaultcpuallocator: can't allocate memory",  # torch
+    "out of memory",  # CUDA, and others
+)
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

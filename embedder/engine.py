@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from common.argtypes import threads_problem
+from common.errors import OutOfResourcesError, resources_exhausted
 from common.machine import default_threads
-from embedder.errors import EngineError
+from embedder.errors import EngineError, first_line
 from embedder.graphs import EMBEDDING, INPUT, PROBABILITIES, stage_name
 
 if TYPE_CHECKING:
@@ -116,6 +117,14 @@ def import_onnxruntime() -> ModuleType:
     try:
         import onnxruntime
     except (ImportError, OSError) as exc:
+        if resources_exhausted(exc) or "failed to map segment" in str(exc):
+            # The dynamic loader could not map the library: a memory limit (ulimit -v, a
+            # container's), where reinstalling, which the hint below says, cannot help.
+            raise OutOfResourcesError(
+                f"onnxruntime cannot be loaded ({first_line(exc)}): the process is probably "
+                "short of memory (an address-space or container limit); raise it, or use "
+                "--runtime torch"
+            ) from exc
         raise EngineError(
             f"onnxruntime cannot be imported ({exc}): pip install onnxruntime, or use "
             "--runtime torch"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from common.errors import OutOfResourcesError, message_line, resources_exhausted
 from embedder.checkpoint import (
     CheckpointConfig,
     checkpoint_hash,
@@ -150,7 +151,16 @@ class Embedder:
                 np.zeros((0, self.config.num_classes), np.float32),
             )
         with self._lock:
-            out = self.engine.run(x, DEFAULT_OUTPUTS)
+            try:
+                out = self.engine.run(x, DEFAULT_OUTPUTS)
+            except Exception as exc:
+                if not resources_exhausted(exc) or isinstance(exc, OutOfResourcesError):
+                    raise
+                # A traceback from the runtime's allocator said nothing about what to change.
+                raise OutOfResourcesError(
+                    f"the model ran out of memory on a batch of {len(x)} images "
+                    f"({message_line(exc)}); use a smaller batch size (--batch-size)"
+                ) from exc
         emb, probs = out[EMBEDDING], out[PROBABILITIES]
         broken = ~(np.isfinite(emb).all(axis=1) & np.isfinite(probs).all(axis=1))
         if broken.any():  # a NaN vector would be indexed, searched and exported as any other

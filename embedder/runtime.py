@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from common.errors import OutOfResourcesError, resources_exhausted
 from embedder.checkpoint import CheckpointConfig, read_config
 from embedder.engine import (
     Engine,
@@ -163,6 +164,10 @@ def _open_graph(
     except EngineError:
         raise
     except Exception as exc:  # ONNX Runtime raises its own exception types (Fail, InvalidGraph)
+        if resources_exhausted(exc):  # not the graph's fault: exporting it again cannot help
+            raise OutOfResourcesError(
+                f"{path.name}: the machine ran out of memory loading it ({first_line(exc)})"
+            ) from exc
         raise EngineError(f"{path.name} does not load ({first_line(exc)})") from exc
     problem = graph_fits(engine, config)
     if problem:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -85,6 +86,12 @@ def check_in_child(config: ServerConfig) -> None:
         raise UserError(f"the serve preflight took over {CHILD_TIMEOUT_S:.0f} s") from None
     if done.returncode == 0:
         return
+    if done.returncode < 0:  # killed by a signal: "exit status -11" had said nothing, exit 2
+        raise MachineError(
+            f"the serve preflight (loading the model and index in a child process) was "
+            f"killed by {signal_name(-done.returncode)}: the machine may be short of memory "
+            "(an address-space or container limit, or the kernel's OOM killer)"
+        )
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     last = lines[-1] if lines else f"exit status {done.returncode}"
     if done.returncode == USER_ERROR_EXIT:
@@ -92,6 +99,14 @@ def check_in_child(config: ServerConfig) -> None:
     if done.returncode == MACHINE_ERROR_EXIT:
         raise MachineError(last)
     raise UserError(f"the serve preflight failed: {_exception_text(lines) or last}")
+
+
+def signal_name(number: int) -> str:
+    """``SIGSEGV`` for 11; ``signal 99`` for a number without a name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _exception_text(lines: list[str]) -> str:

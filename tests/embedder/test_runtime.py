@@ -367,3 +367,61 @@ def test_without_onnxruntime_auto_runs_torch_and_the_onnx_runtimes_say_what_to_d
     for rt in ("onnx", "onnx-int8"):
         with pytest.raises(EngineError, match="onnxruntime cannot be imported .*pip install"):
             load_engine(ckpt, rt)
+
+
+def test_out_of_memory_loading_the_graph_does_not_export_it_again(ckpt, monkeypatch):
+    """Under a memory limit ONNX Runtime's std::bad_alloc read as a graph that does not load:
+    every serving worker imported torch and exported model.onnx again, which cannot help."""
+    from common.errors import OutOfResourcesError
+
+    load_engine(ckpt, runtime="onnx", device="cpu")
+    graph = ckpt / "model.onnx"
+    before = graph.stat().st_mtime_ns
+
+    def bad_alloc(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : std::bad_alloc")
+
+    monkeypatch.setattr(runtime, "OnnxEngine", bad_alloc)
+    with pytest.raises(OutOfResourcesError, match="ran out of memory loading it") as caught:
+        load_engine(ckpt, runtime="onnx", device="cpu")
+    assert caught.value.exit_code == 1 and graph.stat().st_mtime_ns == before
+
+
+def test_out_of_memory_in_a_batch_says_to_use_smaller_batches(ckpt, monkeypatch):
+    """ONNX Runtime's arena failing mid-export ended in a traceback (BFCArena::Allocate...)."""
+    import numpy as np
+
+    from common.errors import OutOfResourcesError
+    from embedder.inference import Embedder
+
+    embedder = Embedder.from_checkpoint(ckpt, runtime="onnx")
+
+    def arena(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("Fail: BFCArena::AllocateRawInternal Failed to allocate memory")
+
+    monkeypatch.setattr(embedder.engine, "run", arena)
+    batch = np.zeros((3, *embedder.transform.shape), np.float32)
+    with pytest.raises(OutOfResourcesError, match="batch of 3 images.*--batch-size"):
+        embedder.embed_tensors(batch)
+
+
+def test_onnxruntime_not_loading_for_want_of_memory_is_not_told_to_reinstall(monkeypatch):
+    """Under an address-space limit the loader could not map ONNX Runtime's library; the error
+    said "pip install onnxruntime", which cannot help."""
+    import builtins
+
+    from common.errors import OutOfResourcesError
+    from embedder.engine import import_onnxruntime
+
+    real = builtins.__import__
+
+    def unmappable(name, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if name == "onnxruntime":
+            raise ImportError("libonnxruntime.so.1: failed to map segment from shared object")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    monkeypatch.setattr(builtins, "__import__", unmappable)
+    with pytest.raises(OutOfResourcesError, match="short of memory") as caught:
+        import_onnxruntime()
+    assert "pip install" not in str(caught.value)
