@@ -41,8 +41,11 @@ from gunicorn.workers import gasgi
 
 from common.fsutil import atomic_write_text
 from server.errors import PAYLOAD_TOO_LARGE, SECURITY_HEADERS, error_json
+from server.log_throttle import ThrottledMessages
 
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+#: What asyncio logs (with a traceback) each time accepting a connection finds no descriptor.
+ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
 #: ``booted.<pid>`` in the instance folder: that worker has loaded (removed when it exits).
 BOOTED_MARK = "booted"
 _LAST_FAILURE = "load-failure"
@@ -244,6 +247,7 @@ class PhonesimWorker(gasgi.ASGIWorker):
         gasgi.ASGIProtocol = JsonErrorProtocol  # type: ignore[misc]
         settings = getattr(self.app, "settings", None)
         self.header_timeout_s = getattr(settings, "header_timeout_s", DEFAULT_HEADER_TIMEOUT_S)
+        logging.getLogger("asyncio").addFilter(ThrottledMessages(ACCEPT_OUT_OF_RESOURCES))
         super().init_process()
 
     def load_wsgi(self) -> None:
