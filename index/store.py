@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from common.errors import OutOfResourcesError, resources_exhausted
 from index.errors import SQLITE_FULL, IndexCorruptError, StoreMachineError
 from index.filters import FilterEngine
 from index.inputs import canonical_value
@@ -65,6 +66,17 @@ _TABLES = frozenset({"items", "attrs", "fields", "journal", "state"})
 # and for a damaged file.
 _SQLITE_IOERR = 10
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def _descriptors_exhausted(path: str | Path) -> str | None:
+    """Why no file can be opened here now (``Too many open files``), or None: SQLite reports
+    it as "unable to open database file", which read as a damaged store (exit 2)."""
+    try:
+        fd = os.open(Path(path).parent, os.O_RDONLY)
+    except OSError as exc:
+        return exc.strerror if resources_exhausted(exc) else None
+    os.close(fd)
+    return None
 
 
 def machine_failure(exc: sqlite3.Error) -> bool:
@@ -147,6 +159,12 @@ class CatalogStore(JournalTable):
                 self._db.close()
             if machine_failure(exc):  # a full disk or an I/O error: the file is not at fault
                 raise StoreMachineError.of(self.path, exc) from exc
+            exhausted = _descriptors_exhausted(self.path)
+            if exhausted:  # SQLite says only "unable to open database file"
+                raise OutOfResourcesError(
+                    f"{self.path}: cannot open the catalog store: {exhausted} (raise the "
+                    "open-file limit, ulimit -n); nothing was changed"
+                ) from exc
             if not os.access(Path(self.path).parent, os.W_OK):  # not damaged: not ours to write
                 raise IndexCorruptError(
                     f"{Path(self.path).parent}: the index folder is not writable here, and SQLite "

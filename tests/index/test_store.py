@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from index.store import CatalogStore
 
@@ -116,3 +117,30 @@ def test_a_journal_record_of_an_unknown_op_says_what_to_do():
     fids = np.array([1], "<i8").tobytes()
     with pytest.raises(IndexCorruptError, match="unknown op 'upsert'.*newer phonesim.*upgrade"):
         decode_record(2, "upsert", 1, fids, None, None, 0.0, 4)
+
+
+def test_no_descriptor_left_to_open_the_store_is_no_damaged_store(tmp_path, monkeypatch):
+    """`index build` under `ulimit -n 5`: "not a readable catalog store (unable to open
+    database file)", exit 2, as if the store were damaged."""
+    import errno
+    import os
+    import sqlite3
+
+    from common.errors import OutOfResourcesError
+    from index import store as store_module
+
+    def cannot_open(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise sqlite3.OperationalError("unable to open database file")
+
+    real_open = os.open
+
+    def no_descriptor(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if str(path) == str(tmp_path):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.sqlite3, "connect", cannot_open)
+    monkeypatch.setattr(store_module.os, "open", no_descriptor)
+    with pytest.raises(OutOfResourcesError, match="Too many open files.*ulimit -n") as caught:
+        store_module.CatalogStore(tmp_path / "catalog.sqlite", create=True)
+    assert caught.value.exit_code == 1
