@@ -19,6 +19,7 @@ import asyncio
 import io
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,6 +35,7 @@ _resource_log = LogThrottle(10.0)
 #: Paths answered by threads of their own (liveness and readiness probes).
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 PROBE_THREADS = 2
+THREAD_START_TIMEOUT_S = 30.0
 
 # One client address may hold 1/PEER_SHARES of the body buffer (64 of 256 MB by default).
 PEER_SHARES = 4
@@ -42,6 +44,18 @@ Scope = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _start_every_thread(executor: ThreadPoolExecutor, threads: int) -> None:
+    """Make ``executor`` start all its ``threads`` (it starts them as work comes): each task
+    waits until all are running. RuntimeError where the machine refuses a thread."""
+    everyone = threading.Barrier(threads + 1, timeout=THREAD_START_TIMEOUT_S)
+    for _ in range(threads):
+        executor.submit(everyone.wait)
+    try:
+        everyone.wait()
+    except threading.BrokenBarrierError:
+        raise RuntimeError(f"could not start {threads} request threads") from None
 
 
 class BufferedWSGIBridge:
@@ -91,6 +105,10 @@ class BufferedWSGIBridge:
         self._probe_executor = ThreadPoolExecutor(
             PROBE_THREADS, thread_name_prefix="phonesim-probe", initializer=thread_init
         )
+        # Every thread now, not on the first busy second: under a thread limit the worker had
+        # loaded, said it was ready, and then answered 500s ("can't start new thread").
+        _start_every_thread(self._executor, threads)
+        _start_every_thread(self._probe_executor, PROBE_THREADS)
         self._stopped_at: float | None = None  # the loop's time at begin_shutdown
         self._body_reads: set[asyncio.Future] = set()  # one per body being read (loop thread)
 

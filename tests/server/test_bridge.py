@@ -344,3 +344,17 @@ def test_no_thread_left_for_a_request_is_a_503_not_a_500(monkeypatch):
     finally:
         monkeypatch.undo()
         bridge.close()
+
+
+def test_every_request_thread_starts_with_the_bridge():
+    """Threads were started as requests came: under a thread limit a worker loaded, said it
+    was ready, and then answered 500s. Now a worker that cannot start them fails to load."""
+    import threading
+
+    bridge = BufferedWSGIBridge(_app, threads=5, max_body=10)
+    try:
+        names = [t.name for t in threading.enumerate()]
+        assert sum(n.startswith("phonesim-request") for n in names) == 5
+        assert sum(n.startswith("phonesim-probe") for n in names) == 2
+    finally:
+        bridge.close()
