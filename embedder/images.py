@@ -161,7 +161,7 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
             else:
                 fp = stack.enter_context(open_image_file(source))
             return _decode(fp, name, min_side)
-    except ImageError:
+    except (ImageError, OutOfResourcesError):
         raise
     except Exception as exc:
         if resources_exhausted(exc):  # the machine's failure, not the photo's

@@ -189,8 +189,9 @@ def test_the_machine_running_out_is_no_bad_image(tmp_path, monkeypatch):
         raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr(images.os, "open", no_descriptor)
-    with pytest.raises(OutOfResourcesError, match="cannot open it"):
+    with pytest.raises(OutOfResourcesError, match="cannot open it") as caught:
         images.load_image(photo)
+    assert str(caught.value).count(str(photo)) == 1  # said once, not wrapped again
     monkeypatch.undo()
     with pytest.raises(ImageError, match="cannot decode image"):  # bad bytes stay bad input
         images.load_image(b"\xff\xd8\xff\xe0 truncated")
