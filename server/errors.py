@@ -14,7 +14,7 @@ import re
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from common.errors import OutOfResourcesError
+from common.errors import OutOfResourcesError, message_line, resources_exhausted
 from embedder.errors import ImageError
 from index.errors import (
     CatalogReplacedError,
@@ -269,6 +269,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
+        if resources_exhausted(exc):  # anywhere: a library importing a module on first use
+            return _out_of_resources(OutOfResourcesError(message_line(exc)))
         log.exception("unhandled error in %s %s (request %s)", *_where())
         return error_response(500, "internal_error", "internal server error (logged)")
 

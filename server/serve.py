@@ -63,6 +63,16 @@ def configure_threads(torch_threads: int, faiss_threads: int = 1, runtime: str =
     faiss.omp_set_num_threads(faiss_threads)
 
 
+def import_lazy_modules() -> None:
+    """Import now what libraries import on a request's first use of them: out of file
+    descriptors, numpy's lazy ``numpy.ma`` (``np.unique`` in every filtered search) failed
+    on every request, 2,087 tracebacks in 10 s in a resource-limits review."""
+    import numpy.ma  # noqa: F401
+    from PIL import Image
+
+    Image.init()  # every image format plugin
+
+
 def faiss_threads_here(faiss_threads: int) -> None:
     """Give this thread's FAISS calls ``faiss_threads`` OpenMP threads. OpenMP's setting is
     per thread: set in the loading thread alone, each request thread searched with a team the
@@ -215,6 +225,7 @@ class PhonesimGunicorn(BaseApplication):
     def load(self) -> Any:
         from server.app import create_app  # in the worker, after the fork
 
+        import_lazy_modules()
         threads = self.settings.torch_threads or default_threads(self.settings.workers)
         configure_threads(threads, self.settings.faiss_threads, self.server_config.runtime)
         log.info(

@@ -260,6 +260,37 @@ def test_every_answer_carries_a_request_id_that_its_log_lines_name(app, jpeg_byt
     assert record.message == f"unhandled error in POST /v1/search (request {given})"
 
 
+def test_running_out_anywhere_in_a_request_is_a_503(app, jpeg_bytes, monkeypatch, caplog):
+    """numpy imports numpy.ma on first use inside np.unique: with no descriptor left every
+    filtered search was an unhandled 500 with a traceback (2,087 in 10 s)."""
+    import errno
+    import logging
+
+    service = app.extensions["phonesim"].service
+
+    def no_descriptor(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.EMFILE, "Too many open files", "/srv/numpy/ma/__init__.py")
+
+    monkeypatch.setattr(service, "search_many", no_descriptor)
+    with caplog.at_level(logging.ERROR, logger="server.errors"):
+        r = app.test_client().post("/v1/search", data=upload(jpeg_bytes))
+    assert_error(r, 503, "out_of_resources")
+    assert not any("unhandled error" in rec.message for rec in caplog.records)
+
+
+def test_a_worker_imports_on_load_what_libraries_import_on_first_use():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from server.serve import import_lazy_modules; import_lazy_modules(); "
+        "from PIL import Image; "
+        "print('numpy.ma' in sys.modules, Image._initialized == 2)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
+
+
 def test_a_metric_that_cannot_be_recorded_does_not_fail_the_request(
     app, jpeg_bytes, monkeypatch, caplog
 ):
