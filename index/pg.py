@@ -69,8 +69,10 @@ SCHEMA += PARTS_SCHEMA
 SNAPSHOT_PART_BYTES = 256 * 1024 * 1024
 # Up to this a snapshot stays one value, as every phonesim before parts reads it: replicas of an
 # older release go on loading the store during a rolling upgrade wherever they could before
-# (parts from 256 MiB on had stopped them, with FAISS's "read error", at a quarter of the limit).
-SNAPSHOT_ONE_VALUE_MAX = 768 * 1024 * 1024
+# (parts from 256 MiB on had stopped them, with FAISS's "read error"). No more: a value is read
+# as hex text, twice its size, and PostgreSQL allocates at most 1 GB (a 600 MiB value was
+# written and then could not be read: "invalid memory alloc request size 1258291203").
+SNAPSHOT_ONE_VALUE_MAX = 500 * 1024 * 1024
 TABLES = ("items", "journal", "snapshots", "snapshot_parts", "state")
 _COMPACT_LOCK = 0x7068_6F6E  # the advisory lock of the one compactor ("phon")
 # A dead peer (a partition, a crashed host) is noticed within about 30 s instead of the
