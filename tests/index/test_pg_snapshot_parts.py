@@ -89,3 +89,11 @@ def test_parts_left_by_an_older_push_do_not_stop_a_compaction(
     assert {seq for seq, _ in _parts(pg_url)} == {1} and len(_parts(pg_url)) > 3
     with spec.open(readonly=True) as fresh:
         assert len(fresh) == N + 1 and fresh.search(vec(3), 1)[0][0].id == "later"
+
+
+def test_a_snapshot_kept_as_one_value_can_be_read_back():
+    """A value is read as hex text ("\\x" and two digits a byte) and PostgreSQL allocates at
+    most 1 GB - 1: at 768 MiB a snapshot was written as one value and never read back
+    ("invalid memory alloc request size 1258291203"). Parts read one at a time."""
+    limit = 2**30 - 1
+    assert 2 + 2 * pg.SNAPSHOT_ONE_VALUE_MAX < limit and 2 + 2 * pg.SNAPSHOT_PART_BYTES < limit
