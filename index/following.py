@@ -41,6 +41,7 @@ _CATALOG_REFUSED = (IndexMismatchError, IndexCorruptError, IndexNotFoundError, M
 
 _COMPACT_CHECK_S = 1.0  # how often automatic compaction asks the store whether it is due
 _COMPACT_BACKOFF_MAX_S = 300.0  # the longest wait after failed automatic compactions
+_COMPACT_DOUBLINGS_MAX = 16
 _SNAPSHOT_POLL_S = 0.02  # how often a read waiting to sync looks for a snapshot being written
 
 
@@ -340,7 +341,9 @@ class Following:
         except Exception as exc:  # the write itself succeeded; the next try may too
             # A full disk failed every try after writing most of a snapshot file: once a
             # second, for each write, that was the disk's whole bandwidth.
-            wait = min(_COMPACT_BACKOFF_MAX_S, _COMPACT_CHECK_S * 2**self._compact_failures)
+            # The exponent stops growing once the wait is at its longest (2**1024 overflows).
+            doubling = min(self._compact_failures, _COMPACT_DOUBLINGS_MAX)
+            wait = min(_COMPACT_BACKOFF_MAX_S, _COMPACT_CHECK_S * 2**doubling)
             self._compact_failures += 1
             self._compact_retry_at = time.monotonic() + wait
             log.warning(

@@ -489,28 +489,40 @@ def test_a_wall_clock_stepped_back_does_not_stop_automatic_compaction(tmp_path, 
 
 def test_failed_automatic_compactions_are_retried_less_and_less_often(tmp_path, monkeypatch):
     """On a full disk every automatic compaction wrote most of a snapshot file and failed, once
-    a second for as long as writes came: after a failure the next try waits twice as long."""
+    a second for as long as writes came: after a failure the next try waits twice as long (on
+    a clock of the test's own: real sleeps are no margin on a loaded machine)."""
     import errno
+    from types import SimpleNamespace
 
+    from index import following
     from index.catalog import IndexOptions
 
+    clock = [1000.0]
+    monkeypatch.setattr(
+        following, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    )
     folder = build(tmp_path / "ix", None).path
     with open_index(folder, options=IndexOptions(compact_entries=1)) as ix:
         tries = []
 
         def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            tries.append(time.monotonic())
+            tries.append(clock[0])
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(ix._source, "commit_snapshot", full)
+        source = ix._source
+        monkeypatch.setattr(source, "commit_snapshot", full)
         ix.add(["a"], vec(1))  # tried and failed: the next try waits 1 s
-        time.sleep(1.1)
+        clock[0] += 1.5
         ix.add(["b"], vec(2))  # tried and failed: the next waits 2 s
-        time.sleep(1.1)
-        ix.add(["c"], vec(3))  # 1.1 s later: not tried
-        assert len(tries) == 2
+        clock[0] += 1.5
+        ix.add(["c"], vec(3))  # 1.5 s later: not tried
+        assert tries == [1000.0, 1001.5]
         assert all(name in ix for name in ("a", "b", "c"))  # the writes themselves went in
-        monkeypatch.undo()
-        time.sleep(1.0)
+        ix._compact_failures = 2000  # days of failures: the wait stays at its longest
+        clock[0] += 10
+        ix.add(["e"], vec(5))  # tried (no OverflowError from 2**2000), the next in 300 s
+        assert len(tries) == 3 and ix._compact_retry_at == clock[0] + 300
+        monkeypatch.setattr(source, "commit_snapshot", type(source).commit_snapshot.__get__(source))
+        clock[0] += 301
         ix.add(["d"], vec(4))  # the wait is over and the disk has room: compacted
         assert ix.sync_status.journal_length == 0 and "a" in ix
