@@ -50,12 +50,15 @@ def _start_every_thread(executor: ThreadPoolExecutor, threads: int) -> None:
     """Make ``executor`` start all its ``threads`` (it starts them as work comes): each task
     waits until all are running. RuntimeError where the machine refuses a thread."""
     everyone = threading.Barrier(threads + 1, timeout=THREAD_START_TIMEOUT_S)
-    for _ in range(threads):
-        executor.submit(everyone.wait)
     try:
+        for _ in range(threads):
+            executor.submit(everyone.wait)
         everyone.wait()
     except threading.BrokenBarrierError:
         raise RuntimeError(f"could not start {threads} request threads") from None
+    except BaseException:
+        everyone.abort()  # the threads that did start stop waiting (they held the exit 30 s)
+        raise
 
 
 class BufferedWSGIBridge:
@@ -107,8 +110,13 @@ class BufferedWSGIBridge:
         )
         # Every thread now, not on the first busy second: under a thread limit the worker had
         # loaded, said it was ready, and then answered 500s ("can't start new thread").
-        _start_every_thread(self._executor, threads)
-        _start_every_thread(self._probe_executor, PROBE_THREADS)
+        try:
+            _start_every_thread(self._executor, threads)
+            _start_every_thread(self._probe_executor, PROBE_THREADS)
+        except BaseException:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._probe_executor.shutdown(wait=False, cancel_futures=True)
+            raise
         self._stopped_at: float | None = None  # the loop's time at begin_shutdown
         self._body_reads: set[asyncio.Future] = set()  # one per body being read (loop thread)
 

@@ -237,17 +237,22 @@ class PhonesimGunicorn(BaseApplication):
         # Its model loads with these threads (load_engine sets torch's too, after an "auto"
         # runtime's check or fallback as well).
         app = create_app(self.server_config.replace(model_threads=threads))
-        loaded(self.folder)  # while it serves, a worker failing to load is retried
-        return BufferedWSGIBridge(
-            app,
-            threads=self.settings.threads,
-            max_body=app.config["MAX_CONTENT_LENGTH"],
-            body_timeout_s=self.settings.body_timeout_s,
-            on_close=app.extensions["phonesim"].close,
-            cors_origins=self.server_config.cors_origins,
-            on_refused=app.extensions["phonesim"].metrics.count_refused,
-            thread_init=functools.partial(faiss_threads_here, self.settings.faiss_threads),
-        )
+        try:
+            bridge = BufferedWSGIBridge(
+                app,
+                threads=self.settings.threads,
+                max_body=app.config["MAX_CONTENT_LENGTH"],
+                body_timeout_s=self.settings.body_timeout_s,
+                on_close=app.extensions["phonesim"].close,
+                cors_origins=self.server_config.cors_origins,
+                on_refused=app.extensions["phonesim"].metrics.count_refused,
+                thread_init=functools.partial(faiss_threads_here, self.settings.faiss_threads),
+            )
+        except BaseException:  # no threads (a process limit): the app's own threads stop too
+            app.extensions["phonesim"].close()
+            raise
+        loaded(self.folder)  # only now: while it serves, a worker failing to load is retried
+        return bridge
 
 
 def serve(config: ServerConfig, settings: GunicornSettings | None = None) -> int:

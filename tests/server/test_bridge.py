@@ -358,3 +358,30 @@ def test_every_request_thread_starts_with_the_bridge():
         assert sum(n.startswith("phonesim-probe") for n in names) == 2
     finally:
         bridge.close()
+
+
+def test_a_bridge_that_cannot_start_its_threads_lets_the_started_ones_go(monkeypatch):
+    """Under a thread limit the started threads waited out the 30 s start barrier: a failing
+    worker lived on that long, its boot mark telling siblings it served."""
+    import threading
+    import time
+
+    import pytest
+
+    real = threading.Thread.start
+    started = []
+
+    def limited(self):  # noqa: ANN001, ANN202
+        if len(started) >= 3:
+            raise RuntimeError("can't start new thread")
+        started.append(self)
+        return real(self)
+
+    monkeypatch.setattr(threading.Thread, "start", limited)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        BufferedWSGIBridge(_app, threads=8, max_body=10)
+    monkeypatch.undo()
+    for thread in started:
+        thread.join(5)
+    assert not any(t.is_alive() for t in started) and time.monotonic() - t0 < 5
