@@ -17,6 +17,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from common.errors import OutOfResourcesError
 from common.fsutil import (
     atomic_write_text,
     fsync_dir,
@@ -116,7 +117,7 @@ def to_json(result: DuplicateResult) -> dict:
 def _thumbnail_uri(path: str, side: int) -> str | None:
     try:
         img = load_image(path)
-    except ImageError as exc:
+    except (ImageError, OutOfResourcesError) as exc:  # a thumbnail is not worth the run
         log.debug("no thumbnail for %s: %s", path, exc)
         return None
     img.thumbnail((side, side))

@@ -117,13 +117,19 @@ def import_onnxruntime() -> ModuleType:
     try:
         import onnxruntime
     except (ImportError, OSError) as exc:
-        if resources_exhausted(exc) or "failed to map segment" in str(exc):
-            # The dynamic loader could not map the library: a memory limit (ulimit -v, a
-            # container's), where reinstalling, which the hint below says, cannot help.
+        if resources_exhausted(exc) or "cannot allocate memory" in str(exc).lower():
+            # A memory limit (ulimit -v, a container's), where reinstalling cannot help.
             raise OutOfResourcesError(
-                f"onnxruntime cannot be loaded ({first_line(exc)}): the process is probably "
-                "short of memory (an address-space or container limit); raise it, or use "
-                "--runtime torch"
+                f"onnxruntime cannot be loaded ({first_line(exc)}): the process is short of "
+                "memory (an address-space or container limit); raise it, or use --runtime torch"
+            ) from exc
+        if "failed to map segment" in str(exc):
+            # The dynamic loader could not map the library: a memory limit, or a file system
+            # mounted noexec; reinstalling helps in neither case.
+            raise EngineError(
+                f"onnxruntime cannot be loaded ({first_line(exc)}): the process may be short "
+                "of memory (an address-space or container limit), or the library lies on a "
+                "file system mounted noexec; or use --runtime torch"
             ) from exc
         raise EngineError(
             f"onnxruntime cannot be imported ({exc}): pip install onnxruntime, or use "

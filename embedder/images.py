@@ -166,7 +166,8 @@ def load_image(source: str | Path | bytes, min_side: int | None = None) -> Image
     except Exception as exc:
         if resources_exhausted(exc):  # the machine's failure, not the photo's
             raise OutOfResourcesError(
-                f"{name}: the machine ran out of resources while reading it ({message_line(exc)})"
+                f"{name}: the machine ran out of resources while reading it ({message_line(exc)});"
+                " raise the memory or open-file limit, use fewer --workers, or leave it out"
             ) from exc
         raise _image_error(exc, name, source) from exc
 

@@ -159,7 +159,8 @@ class Embedder:
                 # A traceback from the runtime's allocator said nothing about what to change.
                 raise OutOfResourcesError(
                     f"the model ran out of memory on a batch of {len(x)} images "
-                    f"({message_line(exc)}); use a smaller batch size (--batch-size)"
+                    f"({message_line(exc)}); use smaller batches (--batch-size; for "
+                    "serve, --max-batch) or raise the memory limit"
                 ) from exc
         emb, probs = out[EMBEDDING], out[PROBABILITIES]
         broken = ~(np.isfinite(emb).all(axis=1) & np.isfinite(probs).all(axis=1))

@@ -91,7 +91,7 @@ def _is_features_file(path: Path) -> bool:
                 return "ids" in h5 and "embeddings" in h5
             return h5.attrs.get("format") == schema.FORMAT
     except OSError as exc:
-        if "lock" in str(exc).lower():
+        if "unable to lock file" in str(exc).lower():  # not "sblock" of a truncated file
             raise ExportError(
                 f"{path}: another process has it open for writing (HDF5 file lock); close it "
                 "first, or give another --out"

@@ -86,11 +86,14 @@ def scores_exact(index: faiss.Index, dim: int) -> bool:
     """Whether ``index`` answers exact inner products: it keeps every vector whole (Flat, IVF
     Flat, HNSW over Flat, a Flat refine), not as a PQ, SQ or PCA code whose scores are off by
     up to 0.2 (IVF16,PQ16 on phone photos)."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):  # ids around another index
+        return scores_exact(index.index, dim)
     try:
         return index.sa_code_size() >= 4 * dim
     except RuntimeError:  # HNSW has no standalone code: its storage has
-        storage = getattr(faiss.downcast_index(index), "storage", None)
-        return storage is not None and scores_exact(faiss.downcast_index(storage), dim)
+        storage = getattr(index, "storage", None)
+        return storage is not None and scores_exact(storage, dim)
 
 
 def auto_factory(n: int, exact_limit: int) -> str:

@@ -24,6 +24,7 @@ from types import ModuleType
 
 from tqdm import tqdm
 
+from common.errors import UserError
 from common.extras import install_hint
 from embedder.data import Sample
 from embedder.engine_options import EngineOptions
@@ -131,6 +132,31 @@ def default_actors(cpus_per_actor: float) -> int:
     return max(1, int(cpus // cpus_per_actor))
 
 
+@contextmanager
+def _actor_errors_as_raised() -> Iterator[None]:
+    """An actor's :class:`UserError` (out of memory or descriptors, an edited checkpoint) as
+    its own exception: Ray wraps it in ``RayTaskError``, which the CLI printed as a long Ray
+    traceback instead of its one line."""
+    try:
+        yield
+    except Exception as exc:
+        cause = _user_error_in(exc)
+        if cause is None:
+            raise
+        raise cause from exc
+
+
+def _user_error_in(exc: BaseException) -> UserError | None:
+    """The :class:`UserError` ``exc`` wraps (Ray's ``cause``, or a chained one), if any."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, UserError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+        seen += 1
+    return None
+
+
 def ray_batches(
     checkpoint: str,
     checkpoint_hash: str,
@@ -193,7 +219,10 @@ def ray_batches(
             num_gpus=gpus,
         )
         log.info("embedding %d inputs on Ray with %d actor(s)", pending, actors)
-        with tqdm(total=pending, desc="embedding (ray)", unit="img", disable=not progress) as bar:
+        with (
+            tqdm(total=pending, desc="embedding (ray)", unit="img", disable=not progress) as bar,
+            _actor_errors_as_raised(),
+        ):
             for records in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
                 batch = records_to_batch(records)
                 # Workers read absolute paths (they may run elsewhere); the reasons name each

@@ -354,9 +354,11 @@ async function loadCatalog(more = false, { focus = false } = {}) {
     const page = await api(`/v1/items?${params}`, { signal });
     if (mine !== latest) return;
     if (!more && !Object.keys(filter).length) catalogSize = page.items.length ? null : 0;
-    const hint = page.items.length
-      ? "Click a phone to see the phones most like it, or upload a photo of your own."
-      : "The catalog is empty.";
+    const filtered = Object.keys(filter).length > 0;
+    let hint = "Click a phone to see the phones most like it, or upload a photo of your own.";
+    if (!page.items.length) {
+      hint = filtered ? "No catalog phone matches the filter." : "The catalog is empty.";
+    }
     const cards = showResults(page.items, "Catalog phones", { append: more, hint });
     setMore(page.next_cursor);
     if (more) {

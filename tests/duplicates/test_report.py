@@ -202,3 +202,16 @@ def test_a_full_disk_while_the_report_is_written_leaves_the_previous_one_whole(
         report.write_report(fewer, tmp_path / "report")
     assert {key: path.read_bytes() for key, path in paths.items()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary folder
+
+
+def test_a_thumbnail_the_machine_cannot_decode_is_left_out(tmp_path, monkeypatch) -> None:
+    """Out of memory while decoding one photo for the report's thumbnail lost the whole run
+    once that became a machine failure: a thumbnail is not worth it."""
+    from common.errors import OutOfResourcesError
+    from duplicates import report
+
+    def exhausted(path):  # noqa: ANN001, ANN202
+        raise OutOfResourcesError(f"{path}: the machine ran out of resources while reading it")
+
+    monkeypatch.setattr(report, "load_image", exhausted)
+    assert report._thumbnail_uri(str(tmp_path / "x.jpg"), 64) is None

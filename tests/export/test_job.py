@@ -163,6 +163,10 @@ def test_overwrite_replaces_an_older_embed_file_and_names_a_file_lock(tmp_path):
         h5["ids"] = np.array([b"a"], dtype=h5py.string_dtype())
         h5["embeddings"] = np.ones((1, 4), np.float32)
     check_output(older, overwrite=True)  # replaceable
+    truncated = tmp_path / "cut.h5"
+    truncated.write_bytes(older.read_bytes()[:4096])  # "... sblock->base_addr ...": no lock
+    with pytest.raises(ExportError, match="not a phonesim features file"):
+        check_output(truncated, overwrite=True)
     holder = subprocess.Popen(
         [sys.executable, "-c",
          f"import h5py, sys, time; f = h5py.File({str(older)!r}, 'a'); print('open', flush=True);"

@@ -46,6 +46,23 @@ def test_a_lossy_neighbor_index_says_its_scores_are_approximate(demo, ckpt, tmp_
     assert np.abs(true - scores)[found].max() > 1e-3  # why the attribute says so
 
 
+@pytest.mark.parametrize(
+    "factory,exact",
+    [
+        ("Flat", True), ("IVF4,Flat", True), ("HNSW8", True), ("IDMap2,HNSW8", True),
+        ("IDMap2,Flat", True), ("IVF4,PQ4,RFlat", True), ("IVF4,PQ4", False),
+        ("IDMap2,IVF4,SQ8", False), ("HNSW8,SQ8", False), ("PCA8,Flat", False),
+    ],
+)  # fmt: skip
+def test_which_indexes_give_exact_scores(factory, exact):
+    import faiss
+
+    from export.neighbors import scores_exact
+
+    index = faiss.index_factory(16, factory, faiss.METRIC_INNER_PRODUCT)
+    assert scores_exact(index, 16) is exact
+
+
 def test_bad_neighbor_index_strings_fail_early_or_keep_the_embeddings(demo, ckpt, tmp_path):
     out = tmp_path / "bad.h5"
     with pytest.raises(ExportError, match="not a faiss index_factory string"):

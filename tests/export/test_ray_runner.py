@@ -167,3 +167,22 @@ def test_quiet_export_hides_ray_datas_info_lines(local_ray, demo, ckpt, tmp_path
         assert any("Starting execution" in r.getMessage() for r in shown)  # without -q
     finally:
         ray_data_log.removeHandler(catcher)
+
+
+def test_an_actors_user_error_is_raised_as_itself():
+    """Ray wraps an actor's exception in RayTaskError: an actor out of memory printed a long
+    Ray traceback where the local run prints one line (exit 1)."""
+    from common.errors import OutOfResourcesError
+    from export.ray_runner import _actor_errors_as_raised
+
+    class RayTaskError(Exception):  # as Ray's: the actor's exception under ``cause``
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__(f"ray::EmbedMapper() ... {cause}")
+            self.cause = cause
+
+    inner = OutOfResourcesError("photo.jpg: the machine ran out of resources while reading it")
+    with pytest.raises(OutOfResourcesError) as caught, _actor_errors_as_raised():
+        raise RayTaskError(inner)
+    assert caught.value is inner
+    with pytest.raises(RayTaskError), _actor_errors_as_raised():  # anything else as it was
+        raise RayTaskError(ValueError("bug"))

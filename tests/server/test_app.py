@@ -156,6 +156,10 @@ def test_running_out_of_descriptors_or_memory_is_a_503_not_a_bad_image(
     import logging
 
     from embedder import images
+    from server import errors
+    from server.log_throttle import LogThrottle
+
+    monkeypatch.setattr(errors, "_resource_log", LogThrottle(10.0))  # not an earlier test's
 
     failures = iter(
         [

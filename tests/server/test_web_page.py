@@ -341,6 +341,12 @@ def test_an_empty_catalog_and_unreachable_server_say_so(page, live):
     }))  # fmt: skip
     open_page(page, live, cards=False)
     page.wait_for_selector("#results-hint:has-text('The catalog is empty.')", timeout=WAIT)
+    page.select_option("#label-filter", info["classes"][0])  # filtered, none match: not empty
+    page.wait_for_selector(
+        "#results-hint:has-text('No catalog phone matches the filter.')", timeout=WAIT
+    )
+    page.select_option("#label-filter", "")
+    page.wait_for_selector("#results-hint:has-text('The catalog is empty.')", timeout=WAIT)
     page.set_input_files("#file", str(Path(__file__)))  # the answer is played anyway
     page.wait_for_selector("#status:has-text('Predicted')", timeout=WAIT)
     assert page.text_content("#status") == "Predicted flux-neo (92.2%); the catalog is empty."
