@@ -49,7 +49,10 @@ def resources_exhausted(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OSError) and exc.errno in _EXHAUSTED_ERRNOS:
         return True
-    # C++ libraries (ONNX Runtime, torch) say it in their own exception types' text.
+    # C++ libraries (ONNX Runtime, torch) say it in their own exception types' text. Not in
+    # the kinds that quote their input (a KeyError naming an id "out of memory").
+    if isinstance(exc, ValueError | LookupError | TypeError | UserError):
+        return False
     text = str(exc).lower()
     return any(sign in text for sign in _EXHAUSTED_TEXT)
 

@@ -117,8 +117,11 @@ def to_json(result: DuplicateResult) -> dict:
 def _thumbnail_uri(path: str, side: int) -> str | None:
     try:
         img = load_image(path)
-    except (ImageError, OutOfResourcesError) as exc:  # a thumbnail is not worth the run
+    except ImageError as exc:
         log.debug("no thumbnail for %s: %s", path, exc)
+        return None
+    except OutOfResourcesError as exc:  # a thumbnail is not worth the run, but it is said
+        log.warning("no thumbnail for %s in the report: %s", path, exc)
         return None
     img.thumbnail((side, side))
     buf = io.BytesIO()

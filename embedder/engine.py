@@ -117,13 +117,16 @@ def import_onnxruntime() -> ModuleType:
     try:
         import onnxruntime
     except (ImportError, OSError) as exc:
-        if resources_exhausted(exc) or "cannot allocate memory" in str(exc).lower():
+        text = str(exc).lower()
+        if resources_exhausted(exc) or (
+            "failed to map segment" in text and "cannot allocate memory" in text
+        ):
             # A memory limit (ulimit -v, a container's), where reinstalling cannot help.
             raise OutOfResourcesError(
                 f"onnxruntime cannot be loaded ({first_line(exc)}): the process is short of "
                 "memory (an address-space or container limit); raise it, or use --runtime torch"
             ) from exc
-        if "failed to map segment" in str(exc):
+        if "failed to map segment" in text:
             # The dynamic loader could not map the library: a memory limit, or a file system
             # mounted noexec; reinstalling helps in neither case.
             raise EngineError(

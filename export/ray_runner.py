@@ -135,25 +135,30 @@ def default_actors(cpus_per_actor: float) -> int:
 @contextmanager
 def _actor_errors_as_raised() -> Iterator[None]:
     """An actor's :class:`UserError` (out of memory or descriptors, an edited checkpoint) as
-    its own exception: Ray wraps it in ``RayTaskError``, which the CLI printed as a long Ray
-    traceback instead of its one line."""
+    its own exception: Ray raises it as ``RayTaskError(OutOfResourcesError)``, whose message
+    is the actor's whole traceback, which the CLI printed instead of its one line."""
     try:
         yield
     except Exception as exc:
         cause = _user_error_in(exc)
-        if cause is None:
+        if cause is None or cause is exc:
             raise
-        raise cause from exc
+        raise cause from None  # its message says it all; Ray's traceback is the actor's
 
 
 def _user_error_in(exc: BaseException) -> UserError | None:
-    """The :class:`UserError` ``exc`` wraps (Ray's ``cause``, or a chained one), if any."""
-    seen = 0
-    while exc is not None and seen < 8:
+    """The :class:`UserError` ``exc`` carries: Ray's ``cause`` (the actor's own exception),
+    else ``exc`` itself or one it was raised from."""
+    for _ in range(8):  # a chain that loops ends here
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException) and cause is not exc:
+            exc = cause
+            continue
         if isinstance(exc, UserError):
             return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__
-        seen += 1
+        if not isinstance(exc.__cause__, BaseException):
+            return None
+        exc = exc.__cause__
     return None
 
 
@@ -192,9 +197,16 @@ def ray_batches(
     block_rows = max(batch_size, min(16 * batch_size, -(-pending // (4 * actors))))
     tables = [pa.table(block) for block in record_blocks(samples, start, block_rows)]
     ctx = ray.data.DataContext.get_current()
-    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+    saved = (
+        ctx.execution_options.preserve_order,
+        ctx.enable_progress_bars,
+        ctx.raise_original_map_exception,
+    )
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False  # the tqdm bar below counts images in input order
+    # An actor's exception arrives as itself (under RayTaskError), not as "UDF failed to
+    # process a data block", whose pickled cause is lost: see _actor_errors_as_raised.
+    ctx.raise_original_map_exception = True
     # Ray Data warns once that its bars are off: they are, on purpose; mark it as said.
     ray.util.debug.log_once("ray_data_progress_manager_disabled")
     ray_data_log = logging.getLogger("ray.data")
@@ -241,7 +253,11 @@ def ray_batches(
                 yield batch
                 bar.update(batch.end - batch.start)
     finally:
-        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+        (
+            ctx.execution_options.preserve_order,
+            ctx.enable_progress_bars,
+            ctx.raise_original_map_exception,
+        ) = saved
         ray_data_log.setLevel(saved_level)
 
 

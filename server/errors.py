@@ -14,7 +14,7 @@ import re
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from common.errors import OutOfResourcesError, message_line, resources_exhausted
+from common.errors import OutOfResourcesError, resources_exhausted
 from embedder.errors import ImageError
 from index.errors import (
     CatalogReplacedError,
@@ -247,6 +247,9 @@ def init_app(app: Flask) -> None:
                 skipped,
                 exc,
             )
+        return _resources_503()
+
+    def _resources_503() -> Response:
         return error_response(
             503,
             "out_of_resources",
@@ -270,7 +273,15 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         if resources_exhausted(exc):  # anywhere: a library importing a module on first use
-            return _out_of_resources(OutOfResourcesError(message_line(exc)))
+            skipped = _resource_log.due()
+            if skipped is not None:  # with its traceback: where it ran out
+                log.warning(
+                    "out of resources in %s %s (request %s; %d more since the last line)",
+                    *_where(),
+                    skipped,
+                    exc_info=exc,
+                )
+            return _resources_503()
         log.exception("unhandled error in %s %s (request %s)", *_where())
         return error_response(500, "internal_error", "internal server error (logged)")
 

@@ -249,7 +249,10 @@ class PhonesimGunicorn(BaseApplication):
                 thread_init=functools.partial(faiss_threads_here, self.settings.faiss_threads),
             )
         except BaseException:  # no threads (a process limit): the app's own threads stop too
-            app.extensions["phonesim"].close()
+            try:
+                app.extensions["phonesim"].close()
+            except Exception:  # the load's own error is the one to report
+                log.exception("closing the app after its load failed")
             raise
         loaded(self.folder)  # only now: while it serves, a worker failing to load is retried
         return bridge

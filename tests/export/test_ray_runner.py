@@ -169,20 +169,34 @@ def test_quiet_export_hides_ray_datas_info_lines(local_ray, demo, ckpt, tmp_path
         ray_data_log.removeHandler(catcher)
 
 
+@needs_ray
 def test_an_actors_user_error_is_raised_as_itself():
-    """Ray wraps an actor's exception in RayTaskError: an actor out of memory printed a long
-    Ray traceback where the local run prints one line (exit 1)."""
+    """An actor out of memory printed a long Ray traceback where the local run prints one
+    line (exit 1): with raise_original_map_exception (set by ray_batches) the driver gets
+    RayTaskError(OutOfResourcesError), whose message is the actor's whole traceback. Built
+    here as Ray builds it: pickled across processes, then made an instance of its cause."""
+    import pickle
+    import traceback
+
+    from ray.exceptions import RayTaskError
+
     from common.errors import OutOfResourcesError
     from export.ray_runner import _actor_errors_as_raised
 
-    class RayTaskError(Exception):  # as Ray's: the actor's exception under ``cause``
-        def __init__(self, cause: BaseException) -> None:
-            super().__init__(f"ray::EmbedMapper() ... {cause}")
-            self.cause = cause
-
     inner = OutOfResourcesError("photo.jpg: the machine ran out of resources while reading it")
+    try:
+        raise inner
+    except OutOfResourcesError as exc:
+        wrapped = RayTaskError("EmbedMapper", traceback.format_exc(), exc)
+    dual = pickle.loads(pickle.dumps(wrapped)).as_instanceof_cause()
+    assert isinstance(dual, OutOfResourcesError) and "raise inner" in str(dual)  # a traceback
     with pytest.raises(OutOfResourcesError) as caught, _actor_errors_as_raised():
-        raise RayTaskError(inner)
-    assert caught.value is inner
+        raise dual
+    assert type(caught.value) is OutOfResourcesError
+    assert str(caught.value) == str(inner)
     with pytest.raises(RayTaskError), _actor_errors_as_raised():  # anything else as it was
-        raise RayTaskError(ValueError("bug"))
+        raise RayTaskError("EmbedMapper", "tb", ValueError("bug"))
+    plain = OutOfResourcesError("raised here")
+    with pytest.raises(OutOfResourcesError) as caught, _actor_errors_as_raised():
+        raise plain
+    assert caught.value is plain and caught.value.__cause__ is not plain
