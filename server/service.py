@@ -29,7 +29,7 @@ from embedder.text_cues import apply_text_cues, unsure
 from embedder.text_reader import ReaderBusy, TextEvidence, TextOptions, reading_copy
 from index.catalog import CatalogIndex, Hit, Item
 from index.errors import DuplicateIdError, StoreOutcomeUnknownError, UnknownIdError
-from server.batcher import Arrival, BatchResult, MicroBatcher, model_result
+from server.batcher import Arrival, BatchResult, MicroBatcher, OverloadedError, model_result
 from server.config import ServerConfig
 from server.errors import ApiError
 from server.files import declared_pixels
@@ -208,8 +208,17 @@ class LookupService:
         """
         if declared_pixels(data) <= LARGE_PIXELS:
             return load_image(data, min_side=self.embedder.decode_side)
-        with self._large_decodes:
+        # Waited for as long as the model would be: on a starved CPU a large upload had
+        # waited here 58 s, past every timeout, and held a request thread all along.
+        if not self._large_decodes.acquire(timeout=self.config.request_timeout_s):
+            raise OverloadedError(
+                f"too many large images are being decoded (over {LARGE_PIXELS:,} pixels, "
+                f"{LARGE_DECODES} at a time); try again"
+            )
+        try:
             return load_image(data, min_side=self.embedder.decode_side)
+        finally:
+            self._large_decodes.release()
 
     def embed_bytes(
         self, data: bytes, arrival: Arrival | None = None, text_mode: str = "auto"

@@ -128,6 +128,37 @@ def test_a_model_that_does_not_answer_in_time_is_a_503_model_timeout(
         app.extensions["phonesim"].close()
 
 
+def test_a_large_upload_waits_for_a_decode_slot_no_longer_than_for_the_model(
+    tiny_embedder, readonly_index
+):
+    """Two large images decode at a time; a third waited for a slot without bound (58 s on
+    a starved CPU, every timeout passed). It waits request_timeout_s, then a 503."""
+    import io
+    import time
+
+    from PIL import Image
+
+    from server.config import ServerConfig
+    from server.service import LARGE_DECODES
+
+    app = make_app(ServerConfig(request_timeout_s=0.3), tiny_embedder, readonly_index)
+    service = app.extensions["phonesim"].service
+    buf = io.BytesIO()
+    Image.new("RGB", (2100, 2000), "gray").save(buf, "PNG")  # 4.2 MP: a large decode
+    try:
+        for _ in range(LARGE_DECODES):  # every slot taken by uploads decoding meanwhile
+            service._large_decodes.acquire()
+        t0 = time.monotonic()
+        r = app.test_client().post("/v1/search", data=upload(buf.getvalue()))
+        assert assert_error(r, 503, "overloaded") and time.monotonic() - t0 < 5
+        assert r.headers["Retry-After"] == "1"
+        for _ in range(LARGE_DECODES):
+            service._large_decodes.release()
+        assert app.test_client().post("/v1/search", data=upload(buf.getvalue())).status_code == 200
+    finally:
+        app.extensions["phonesim"].close()
+
+
 def test_an_os_timeout_is_no_model_timeout(app, jpeg_bytes, monkeypatch, caplog):
     """Every TimeoutError was answered "the model did not answer in time", unlogged: on
     Python 3.11 that class is also an OS-level ETIMEDOUT (a network file system, a socket)."""
