@@ -125,7 +125,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=number_between(1, MAX_MODEL_TIMEOUT_S, "s"),
         default=30.0,
         metavar="SECONDS",
-        help="how long a request waits for the model before it is answered 503 model_timeout, "
+        help="how long a request waits for the model (or a large-image decode slot) before it "
+        "is answered 503, "
         f"1-{MAX_MODEL_TIMEOUT_S} (default 30)",
     )
     p.add_argument(
