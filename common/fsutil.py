@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -157,7 +158,10 @@ def temporary_folder(path: str | Path, kind: str = "") -> Path:
     # The PID and process tag in the name tell a live run's folder from a killed one's.
     owner = f"{os.getpid()}-{_process_tag()}-" if kind else ""
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}{owner}", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    # A group-shared parent's setgid bit carries on, as with mkdir (chmod had cleared it, and
+    # files inside took their maker's primary group instead of the shared one).
+    setgid = path.parent.stat().st_mode & stat.S_ISGID if path.parent.exists() else 0
+    os.chmod(tmp, (0o777 & ~_umask()) | setgid)
     return tmp
 
 

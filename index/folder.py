@@ -55,9 +55,21 @@ def store_path(path: Path) -> Path:
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
+def open_lock_file(file: Path) -> int:
+    """A descriptor to ``flock`` on ``file``, made if missing. Made with the umask's mode (a
+    group-shared folder's users all open it), and opened read-only where it cannot be opened
+    for writing (``flock`` needs no write access): a lock file made 0644 by whoever opened
+    the index first, a root debug session's ``index info`` say, had shut every other user
+    out of the folder, its owner included."""
+    try:
+        return os.open(file, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        return os.open(file, os.O_RDONLY)  # exists, another user's: still lockable
+
+
 def _open_lock(path: Path) -> int:
     try:
-        return os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        return open_lock_file(path / LOCK_NAME)
     except OSError as exc:  # read-only media: say what to do, not just "denied"
         if exc.errno not in _READ_ONLY:
             raise

@@ -30,7 +30,13 @@ from index.errors import (
     StoreUnavailableError,
     UnknownIdError,
 )
-from index.folder import FAISS_PREFIX, checkpoint_size, faiss_file_name, missing_faiss_file
+from index.folder import (
+    FAISS_PREFIX,
+    checkpoint_size,
+    faiss_file_name,
+    missing_faiss_file,
+    open_lock_file,
+)
 from index.journal import JournalRecord
 from index.manifest import Manifest
 from index.replica import Loaded
@@ -207,7 +213,7 @@ class SqliteSource:
     def compaction_lock(self) -> Iterator[bool]:
         """Whether this process got the one compactor's lock (never waits); when not,
         :attr:`compactor` names the process holding it."""
-        fd = os.open(self.folder / COMPACT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(self.folder / COMPACT_LOCK)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from common.errors import OutOfResourcesError, resources_exhausted
+from common.fsutil import share_file
 from index.errors import SQLITE_FULL, IndexCorruptError, StoreMachineError
 from index.filters import FilterEngine
 from index.inputs import canonical_value
@@ -134,7 +135,13 @@ class CatalogStore(JournalTable):
                     uri, uri=True, isolation_level=None, check_same_thread=False
                 )
             else:
+                made = create and not memory and not self.path.exists()
                 self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+                if made:
+                    # SQLite makes its files 0644 whatever the umask (its -wal and -shm take the
+                    # store's mode): in a group-shared folder another user of the group could
+                    # not write to a store one had built (every write a 503).
+                    share_file(self.path)
                 if create:
                     # Before WAL and the tables, or it does not take: pages freed by removes
                     # and by the journal truncated at compaction go back to the file system

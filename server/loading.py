@@ -16,10 +16,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from common.errors import UserError
 from common.extras import install_hint
 from embedder.checkpoint import checkpoint_hash, read_config
 from embedder.engine_options import EngineOptions, precision_mismatch
@@ -53,10 +55,13 @@ def check_for_serving(
 
     The serve command runs this before forking workers (which must load the model after the
     fork), so a mistake is one line instead of a gunicorn boot traceback per worker.
-    ``writable`` is accepted for callers that still pass it: every opener may write now.
+    ``writable`` (writes enabled, an API key): an index folder's store must be writable by
+    this user, else every write would be a 503 "try again" that never succeeds.
     """
     config = read_config(checkpoint)
     manifest = _store_manifest(index, store)
+    if writable and store is None and index is not None:
+        _check_store_writable(Path(index))
     manifest.check(
         expect_model=config.architecture,
         expect_checkpoint_hash=checkpoint_hash(checkpoint),
@@ -71,6 +76,21 @@ def check_for_serving(
             raise EngineError(f"--read-text needs RapidOCR: {install_hint('ocr')}")
         if text_cues:
             TextCues.load(text_cues, config.label_names)
+
+
+def _check_store_writable(index: Path) -> None:
+    """UserError where this user may not write the folder's catalog store (or beside it)."""
+    from index.store import STORE_NAME
+
+    for path in (index / STORE_NAME, index):
+        if not os.access(path, os.W_OK):
+            info = path.stat()
+            raise UserError(
+                f"{path}: writes are enabled (an API key), but this user (uid {os.getuid()}) "
+                f"may not write it (owner uid {info.st_uid}, group {info.st_gid}, mode "
+                f"{stat.S_IMODE(info.st_mode):o}); give it the server's user or group, or "
+                "serve without an API key (read-only)"
+            )
 
 
 def _store_manifest(index: str | Path | None, store: str | None) -> Manifest:

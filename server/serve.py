@@ -30,6 +30,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
+from common.errors import UserError
 from common.machine import default_threads
 from server.bridge import BufferedWSGIBridge
 from server.config import GunicornSettings, ServerConfig
@@ -128,9 +129,16 @@ def instance_folder(parent: Path | None = None) -> Iterator[Path]:
     """A folder of this server instance's own: control socket and shared metrics (the
     workers find the latter through ``PROMETHEUS_MULTIPROC_DIR``). Removed at exit; the
     master's pid in it lets a later server remove it if this one is killed."""
-    remove_stale_instance_folders(parent)
+    try:
+        remove_stale_instance_folders(parent)
+        folder = Path(tempfile.mkdtemp(prefix=INSTANCE_PREFIX, dir=parent))
+    except OSError as exc:  # a read-only root file system: "No usable temporary directory"
+        raise UserError(
+            f"serve needs a writable temporary folder for its control socket and shared "
+            f"metrics ({exc.strerror or exc}); set TMPDIR to one (in a container, an emptyDir "
+            "or tmpfs volume)"
+        ) from exc
     master = os.getpid()
-    folder = Path(tempfile.mkdtemp(prefix=INSTANCE_PREFIX, dir=parent))
     (folder / MASTER_PID_FILE).write_text(f"{socket.gethostname()} {master}")
     (folder / "metrics").mkdir()
     before = os.environ.get(MULTIPROC_ENV)

@@ -144,3 +144,58 @@ def test_no_descriptor_left_to_open_the_store_is_no_damaged_store(tmp_path, monk
     with pytest.raises(OutOfResourcesError, match="Too many open files.*ulimit -n") as caught:
         store_module.CatalogStore(tmp_path / "catalog.sqlite", create=True)
     assert caught.value.exit_code == 1
+
+
+def test_files_take_the_umasks_mode_and_a_shared_folders_group(tmp_path):
+    """SQLite made the store 0644 whatever the umask, and lock files were made 0644 by
+    whoever opened the index first: in a group-shared folder another user of the group could
+    not write to the store, nor open the index at all. And a setgid folder's bit was dropped
+    from a build's folder."""
+    import os
+    import stat
+
+    from index import build_index, open_index
+    from tests.index.synthetic import HASH, MODEL, make_catalog
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o2775)
+    xb, _, ids, md = make_catalog(20, d=8)
+    before = os.umask(0o002)
+    try:
+        build_index(shared / "ix", ids, xb, md, model_name=MODEL, checkpoint_hash=HASH, kind="flat")
+        with open_index(shared / "ix") as ix:
+            ix.add(["late"], xb[:1])
+            assert ix.compact(force=True)
+    finally:
+        os.umask(before)
+    folder = shared / "ix"
+    assert folder.stat().st_mode & stat.S_ISGID
+    for name in ("catalog.sqlite", "writer.lock", "compact.lock"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o664, name
+
+
+def test_a_lock_file_another_user_made_can_still_be_locked(tmp_path, monkeypatch):
+    """flock needs no write access: a lock file this user may not write is opened read-only
+    (it had refused the index as "not writable here")."""
+    import fcntl
+    import os
+
+    from index import folder as folder_module
+
+    lock = tmp_path / "writer.lock"
+    lock.write_text("")
+    real_open = os.open
+
+    def not_writable(path, flags, *args):  # noqa: ANN001, ANN002, ANN202
+        if flags & os.O_RDWR:  # as another user's 0644 file refuses this one
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(folder_module.os, "open", not_writable)
+    fd = folder_module.open_lock_file(lock)
+    monkeypatch.undo()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)

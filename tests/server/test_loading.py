@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from common.errors import UserError
 from embedder.errors import CheckpointError
 from index.errors import IndexLockedError, IndexMismatchError, IndexNotFoundError
 from server import loading
@@ -174,3 +175,23 @@ def test_class_names_edited_since_the_index_was_built_are_warned_about(
         loading.open_for_serving(edited, index)[1].close()
     assert "named its classes otherwise" in caplog.text
     assert f"{names[0]!r} -> {names[-1]!r}" in caplog.text
+
+
+def test_writes_enabled_on_a_store_this_user_may_not_write_is_refused_at_start(
+    tiny_checkpoint, index_dir, monkeypatch
+):
+    """The server said "writes enabled" and ready, then answered every write 503 "cannot be
+    reached ... try again" (SQLite: attempt to write a readonly database), for good."""
+    import os
+
+    real = os.access
+
+    def store_read_only(path, mode, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if str(path).endswith("catalog.sqlite") and mode == os.W_OK:
+            return False
+        return real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(loading.os, "access", store_read_only)
+    loading.check_for_serving(tiny_checkpoint, index_dir)  # read-only serving needs no write
+    with pytest.raises(UserError, match="writes are enabled.*may not write it.*mode"):
+        loading.check_for_serving(tiny_checkpoint, index_dir, writable=True)

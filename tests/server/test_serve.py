@@ -230,3 +230,21 @@ def test_the_preflight_ignores_modules_in_the_working_directory(
     preflight(config(tiny_checkpoint, index_dir), GunicornSettings(workers=1, port=0))
     with pytest.raises(UserError, match="does not exist|not found|missing"):
         preflight(config(tiny_checkpoint, tmp_path / "nope"), GunicornSettings(port=0))
+
+
+def test_no_writable_temporary_folder_is_said_with_what_to_do(monkeypatch):
+    """On a read-only root file system serve ended with Python's "No usable temporary
+    directory found in [...]", naming neither what it needs the folder for nor the fix."""
+    import errno
+    import tempfile
+
+    from common.errors import UserError
+    from server.serve import instance_folder
+
+    def none_usable(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise FileNotFoundError(errno.ENOENT, "No usable temporary directory found in ['/tmp']")
+
+    monkeypatch.setattr(tempfile, "gettempdir", none_usable)
+    monkeypatch.setattr(tempfile, "mkdtemp", none_usable)
+    with pytest.raises(UserError, match="control socket.*set TMPDIR"), instance_folder():
+        pass
