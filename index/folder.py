@@ -63,8 +63,11 @@ def open_lock_file(file: Path) -> int:
     out of the folder, its owner included."""
     try:
         return os.open(file, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError:
-        return os.open(file, os.O_RDONLY)  # exists, another user's: still lockable
+    except PermissionError as refused:
+        try:
+            return os.open(file, os.O_RDONLY)  # exists, another user's: still lockable
+        except OSError:
+            raise refused from None  # not there, in a folder this user may not write
 
 
 def _open_lock(path: Path) -> int:

@@ -199,3 +199,7 @@ def test_a_lock_file_another_user_made_can_still_be_locked(tmp_path, monkeypatch
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     finally:
         os.close(fd)
+    (tmp_path / "missing.lock").unlink(missing_ok=True)
+    monkeypatch.setattr(folder_module.os, "open", not_writable)
+    with pytest.raises(PermissionError):  # none there to lock, none to be made: as before
+        folder_module.open_lock_file(tmp_path / "missing.lock")
