@@ -3,10 +3,13 @@ driven in headless Chromium."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -136,22 +139,29 @@ def test_live_bad_input_corpus_gets_4xx_json_and_server_keeps_answering(live, qu
 
 
 # -- the web page in headless Chromium ----------------------------------------------------------
-def test_web_page_in_headless_chromium(live, query_image, tmp_path):
-    """First visit: a grid of catalog phones to click; then an upload; broken images and bad
-    files end as placeholders and messages, never as broken boxes or page errors."""
+@contextlib.contextmanager
+def headless_chromium(profile: Path) -> Iterator[Any]:
+    """A playwright browser context in headless Chromium (skips the test where either is not
+    installed); test_web_page.py drives the page through it too."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Chromium not installed at {CHROMIUM} (Debian: apt-get install chromium)")
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="Python package playwright not installed"
     )
     with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
+        yield pw.chromium.launch_persistent_context(
+            str(profile),
             executable_path=CHROMIUM,
             headless=True,
             args=CHROMIUM_ARGS,
             viewport={"width": 1280, "height": 900},
         )
+
+
+def test_web_page_in_headless_chromium(live, query_image, tmp_path):
+    """First visit: a grid of catalog phones to click; then an upload; broken images and bad
+    files end as placeholders and messages, never as broken boxes or page errors."""
+    with headless_chromium(tmp_path / "profile") as context:
         try:
             page = context.pages[0] if context.pages else context.new_page()
             errors: list[str] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.server import test_live
-from tests.server.test_live import CHROMIUM, CHROMIUM_ARGS
+from tests.server.test_live import headless_chromium
 
 # test_live.py's fixtures: a real server on a free local port (one for this module).
 live, live_index, query_image = test_live.live, test_live.live_index, test_live.query_image
@@ -23,19 +23,7 @@ CONTROLS = ["k", "label-filter", "ranking", "price-min", "price-max"]
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium not installed at {CHROMIUM} (Debian: apt-get install chromium)")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Python package playwright not installed"
-    )
-    with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("profile")),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
+    with headless_chromium(tmp_path_factory.mktemp("profile")) as context:
         try:
             yield context
         finally:
