@@ -10,6 +10,13 @@ TINY = ["--classes", "2", "--per-class", "5", "--epochs", "0", "--no-serve"]
 
 
 def test_an_interrupted_or_other_training_is_not_reused(tmp_path, monkeypatch, capsys):
+    from embedder import runtime
+
+    # Five runs, four trainings: "auto" runs torch, not exporting an ONNX graph each time
+    # (13 s each here; what this test checks does not depend on the runtime).
+    monkeypatch.setattr(
+        runtime, "_auto", lambda ckpt, device, threads: runtime._torch_engine(ckpt, device)
+    )
     work = tmp_path / "demo"
     argv = ["-q", "demo", "--workdir", str(work), *TINY]
     real_train = train_module.train
