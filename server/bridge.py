@@ -27,7 +27,13 @@ from urllib.parse import unquote_to_bytes
 
 from common.errors import resources_exhausted
 from server.cors_headers import allowed_origins, answer_headers, unread_origin_headers
-from server.errors import PAYLOAD_TOO_LARGE, SECURITY_HEADERS, error_json, too_large_body
+from server.errors import (
+    OUT_OF_RESOURCES,
+    PAYLOAD_TOO_LARGE,
+    SECURITY_HEADERS,
+    error_json,
+    too_large_body,
+)
 from server.log_throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -222,14 +228,7 @@ class BufferedWSGIBridge:
                 skipped = _resource_log.due()
                 if skipped is not None:
                     log.warning("out of resources (%d more since the last line): %s", skipped, exc)
-                await self._error(
-                    scope,
-                    send,
-                    503,
-                    "out_of_resources",
-                    "the server ran out of memory or threads; try again",
-                    [(b"retry-after", b"1")],
-                )
+                await self._error(scope, send, 503, *OUT_OF_RESOURCES, [(b"retry-after", b"1")])
                 return
             log.exception("unhandled error in the WSGI app")
             await self._error(scope, send, 500, "internal_error", "internal server error (logged)")

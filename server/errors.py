@@ -96,6 +96,12 @@ def too_large_body(limit: int, path: str = "") -> str:
     return text
 
 
+# The 503 of a request the machine ran out of memory, descriptors or threads for: the app's
+# handlers and the HTTP bridge (no thread to run the app in) give the same answer.
+OUT_OF_RESOURCES = (
+    "out_of_resources",
+    "the server ran out of memory, file descriptors or threads; try again",
+)
 STORE_RETRY_AFTER_S = 2  # seconds a client waits before retrying a write the store refused
 MAX_MESSAGE = 500  # characters: a message may quote the request, never all of it
 
@@ -250,12 +256,7 @@ def init_app(app: Flask) -> None:
         return _resources_503()
 
     def _resources_503() -> Response:
-        return error_response(
-            503,
-            "out_of_resources",
-            "the server ran out of memory or file descriptors; try again",
-            {"Retry-After": "1"},
-        )
+        return error_response(503, *OUT_OF_RESOURCES, {"Retry-After": "1"})
 
     @app.errorhandler(OverloadedError)
     def _overloaded(exc: OverloadedError) -> Response:
