@@ -13,6 +13,9 @@ PHONE_BRANDS = REPO.parent / "shared" / "datasets" / "phone-brands"
 TINY_MODEL = "test_efficientnet"
 TINY_SIZE = 64
 
+# The PostgreSQL fixtures (pg_server, pg_url): one server for the whole session.
+pytest_plugins = ["tests.pg"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """A SIGTERM (a CI job cancelled, `kill`) stops the run as Ctrl-C does, so fixture

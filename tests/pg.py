@@ -1,9 +1,10 @@
 """A real PostgreSQL server for the tests: Debian's binaries on a temporary folder and a free
 port on 127.0.0.1, started once per session and stopped at its end (``pg_ctl``, then the PID).
 
-Use the ``pg_url`` fixture (import it in a conftest): each test gets a fresh database. The tests
-skip, saying why, only where the binaries are absent (``.ci/run`` installs Debian's
-``postgresql`` package).
+Use the ``pg_url`` fixture: each test gets a fresh database. ``tests/conftest.py`` loads this
+module as a plugin, so one server serves the whole session (a module importing the fixture
+had started a server of its own: eleven ran at once). The tests skip, saying why, only where
+the binaries are absent (``.ci/run`` installs Debian's ``postgresql`` package).
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs. An exited postmaster stays a zombie until the container's
+    init reaps it (about 2 s here), which had made every stop wait that long."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: signal 0 still tells whether the PID exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -106,13 +123,9 @@ class PgServer:
         )  # fmt: skip
         if pid is not None:
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
+            while time.monotonic() < deadline and _alive(pid):
                 time.sleep(0.05)
-            else:
+            if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         if remove:
             shutil.rmtree(self.tmp, ignore_errors=True)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
-
 
 def index_catalog(tiny_checkpoint, tiny_catalog, out, edit=None, store=None):  # noqa: ANN001, ANN201
     """The tiny catalog indexed at ``out`` (or in ``store``), each item's metadata its image

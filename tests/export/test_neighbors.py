@@ -13,7 +13,6 @@ from export import ExportError, export_features
 from export.neighbors import auto_factory, drop_self
 from export.shards import partial_path
 from tests.export.conftest import _assert_neighbors_match, _brute_force, _config, _read
-from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 
 def test_neighbors_agree_with_brute_force(reference):

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from index import IndexOptions, create_index, open_index
-from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 D = 16

@@ -12,7 +12,6 @@ from index.filters import Condition, FilterEngine, make_column, parse_filter
 from index.inputs import clean_metadata_rows
 from index.store import CatalogStore
 from tests.index.synthetic import HASH, MODEL, make_catalog
-from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 
 def make_store(tmp_path, metadata: list[dict]) -> CatalogStore:

@@ -19,7 +19,6 @@ import pytest
 from index import build_index, open_index
 from index.errors import StoreUnavailableError, UnknownIdError
 from tests.index.synthetic import HASH, MODEL, make_catalog
-from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("store_child.py")

@@ -17,7 +17,6 @@ from common.kept_images import new_image_path
 from index import open_index
 from index.errors import BuildInputError, IndexLockedError, UnknownIdError
 from tests.index.test_cli import DIM, cli, write_csv, write_embeddings
-from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

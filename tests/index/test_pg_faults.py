@@ -16,7 +16,6 @@ from index.errors import (
     StoreUnavailableError,
 )
 from tests.index.test_following import build, vec
-from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 
 def test_a_build_never_drops_another_applications_tables(tmp_path, pg_url):  # noqa: F811

@@ -13,7 +13,6 @@ from index.errors import CatalogReplacedError
 from index.pg_admin import push_folder
 from tests.index.synthetic import HASH, MODEL, make_catalog
 from tests.index.test_following import D, build, vec
-from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 
 def _replace(folder: Path, url: str, n: int, **settings) -> None:  # noqa: ANN003

@@ -8,7 +8,6 @@ import pytest
 
 from index import pg
 from tests.index.test_following import N, build, vec
-from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 
 def _parts(url: str) -> list[tuple[int, int]]:

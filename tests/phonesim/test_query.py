@@ -11,7 +11,6 @@ import pytest
 from common.errors import UserError
 from index.errors import IndexMismatchError, InvalidFilterError, InvalidParamsError
 from phonesim.cli import build_parser, main
-from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import pytest
 
 from server.follower import IndexFollower
 from tests.index.test_following import build, vec
-from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
 
 WAIT_S = 1.0
 
