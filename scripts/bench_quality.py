@@ -1508,8 +1508,9 @@ def add_fold_options(parser: argparse.ArgumentParser, work_help: str) -> None:
     )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        prog=Path(__file__).name,
         description=__doc__.split("\n\n")[0],
         epilog="methods: " + ", ".join((*DEFAULT_METHODS, *EXTRA_METHODS)),
     )
@@ -1534,7 +1535,7 @@ def main() -> int:
         help="JSON {label: [word, ...]} of words naming each class besides its name, for the "
         f"text-cue methods (default {TEXT_CUES.name} beside this script, with the default --data)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.data.is_dir():
         if args.data == DATA:  # no ../shared on this machine: a skip, not an error
             print(f"skipped: no dataset at {DATA}")
