@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import errno
+import io
 import logging
 import os
 import re
@@ -170,6 +172,38 @@ def _store_source(message: str) -> str:
     return ""
 
 
+def _escape_or_pass_bytes(exc: UnicodeError) -> tuple[str | bytes, int]:
+    """An encoding error handler: a byte a path could not be decoded with (surrogateescape's
+    U+DC80..U+DCFF) is written back as that byte, any other character as a ``\\xe9`` escape."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    char = exc.object[exc.start]
+    if "\udc80" <= char <= "\udcff":
+        return bytes([ord(char) - 0xDC00]), exc.start + 1
+    return char.encode("ascii", "backslashreplace").decode("ascii"), exc.start + 1
+
+
+codecs.register_error("phonesim.escape", _escape_or_pass_bytes)
+
+
+def _stdout_writes_any_text() -> None:
+    """Under a locale without UTF-8 (``LC_ALL=C`` with ``PYTHONUTF8=0``, an old cron) stdout
+    is ASCII: a catalog id such as "téléphone" ended ``index query`` with a UnicodeEncodeError
+    traceback. Characters it cannot write come out as ``\\xe9`` escapes, as Python's stderr
+    writes them; undecodable bytes of file names still go out as they came in."""
+    stream = sys.stdout
+    if not isinstance(stream, io.TextIOWrapper) or stream.errors not in (
+        "strict",
+        "surrogateescape",
+    ):
+        return
+    try:
+        "\u00e9\u4e2d".encode(stream.encoding)
+    except (UnicodeEncodeError, LookupError):
+        with contextlib.suppress(ValueError, OSError):  # closed, or not reconfigurable
+            stream.reconfigure(errors="phonesim.escape")
+
+
 def reporting_errors(
     prog: str,
     run: Callable[[], int | None],
@@ -179,6 +213,7 @@ def reporting_errors(
     """``run()``'s exit code; bad input (:class:`UserError`: 2), a refused file operation
     (``OSError``: 1) and Ctrl-C (130) as one line on stderr instead of a traceback. For the
     scripts, whose logging is their own; commands use :func:`run_reporting_errors`."""
+    _stdout_writes_any_text()
     try:
         return int(run() or 0)
     except UserError as exc:

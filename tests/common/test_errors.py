@@ -111,3 +111,34 @@ def test_a_reader_that_leaves_early_is_no_error() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141, err
     assert err == ""
+
+
+PRINTS_NON_ASCII = r"""
+import os, sys
+from common.errors import reporting_errors
+name = os.fsdecode(b"x\xe9y")  # a file name this locale cannot decode: a surrogate
+sys.exit(reporting_errors("t", lambda: print("t\u00e9l\u00e9phone \u4e2d", name)))
+"""
+
+
+@pytest.mark.parametrize("utf8_mode", ["0", "1"])
+def test_stdout_without_utf8_escapes_what_it_cannot_write(utf8_mode):
+    """``LC_ALL=C PYTHONUTF8=0``: printing a non-ASCII catalog id was a UnicodeEncodeError
+    traceback. It is escaped as stderr would; an undecodable file name's byte goes out as it
+    came in."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": utf8_mode, "PYTHONPATH": str(REPO)}
+    env.pop("PYTHONIOENCODING", None)
+    done = subprocess.run(
+        [sys.executable, "-c", PRINTS_NON_ASCII], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    if utf8_mode == "0":
+        assert done.stdout == b"t\\xe9l\\xe9phone \\u4e2d x\xe9y\n"
+    else:  # UTF-8 mode: written as it is
+        assert done.stdout == "t\u00e9l\u00e9phone \u4e2d x".encode() + b"\xe9y\n"
