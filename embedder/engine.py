@@ -19,6 +19,7 @@ helpers live in :mod:`embedder.torch_engine` and are still importable from here.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,10 +111,17 @@ def device_string(device: str | torch.device | None) -> str:
     return kind if index is None else f"{kind}:{index}"
 
 
+ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+
+
 def import_onnxruntime() -> ModuleType:
     """The ``onnxruntime`` module, or a one-line :class:`EngineError` saying what to do: a
     broken install (the package gone, its shared library not loading) had been a traceback
     in every command, and ``serve``'s workers failed to boot."""
+    # ONNX Runtime 1.29+ sends usage events to Microsoft from Linux too, and writes a device id
+    # under ~/.cache (warning when it cannot): a service and its catalog stay on the machine
+    # unless the operator sets ORT_DISABLE_TELEMETRY=0. Read when the library loads.
+    os.environ.setdefault(ORT_TELEMETRY_ENV, "1")
     try:
         import onnxruntime
     except (ImportError, OSError) as exc:

@@ -183,6 +183,43 @@ def test_optimize_checks_val_before_quantising(
     assert not (ckpt / GRAPH_FILES["int8"]).exists()  # no int8 graph from a failed run
 
 
+OPENS_A_GRAPH = """
+import os, sys
+from embedder.engine import OnnxEngine
+OnnxEngine(sys.argv[1])
+print(os.environ.get("ORT_DISABLE_TELEMETRY"))
+"""
+
+
+@pytest.mark.parametrize("preset", [None, "0"])
+def test_onnx_runtime_telemetry_is_off_unless_the_operator_turns_it_on(optimized, tmp_path, preset):
+    """ONNX Runtime 1.29+ sends usage events to Microsoft from Linux and writes a device id in
+    ~/.cache, warning "Failed to persist telemetry device ID" where HOME is not writable."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)}
+    env.pop("XDG_CACHE_HOME", None)
+    env.pop("ORT_DISABLE_TELEMETRY", None)
+    if preset is not None:
+        env["ORT_DISABLE_TELEMETRY"] = preset
+    graph = str(optimized[0] / "model.onnx")
+    done = subprocess.run(
+        [sys.executable, "-c", OPENS_A_GRAPH, graph],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [preset or "1"]  # the operator's own setting is kept
+    if preset is None:
+        assert not any(home.rglob("*")), sorted(home.rglob("*"))
+        assert "telemetry" not in done.stderr
+
+
 def test_graph_is_exported_again_after_the_weights_change(ckpt_copy, images, caplog):
     model, _ = load_checkpoint(ckpt_copy)
     state = {k: (v * 1.5 if v.is_floating_point() else v) for k, v in model.state_dict().items()}
