@@ -142,6 +142,12 @@ def instance_folder(parent: Path | None = None) -> Iterator[Path]:
     (folder / MASTER_PID_FILE).write_text(f"{socket.gethostname()} {master}")
     (folder / "metrics").mkdir()
     before = os.environ.get(MULTIPROC_ENV)
+    if before:  # a platform's setting: said, not replaced silently
+        log.warning(
+            "%s=%s is not used: serve keeps its workers' metrics in a folder of its own (%s), "
+            "emptied at each start, which /metrics reads",
+            MULTIPROC_ENV, before, folder / "metrics",
+        )  # fmt: skip
     os.environ[MULTIPROC_ENV] = str(folder / "metrics")  # inherited by the forked workers
     try:
         yield folder

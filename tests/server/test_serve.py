@@ -148,6 +148,18 @@ def test_a_worker_leaving_the_block_does_not_remove_the_masters_folder(tmp_path)
     assert not folder.exists()  # the master's own exit removes it
 
 
+def test_a_preset_metrics_folder_is_said_to_be_replaced(tmp_path, monkeypatch, caplog):
+    """A platform's PROMETHEUS_MULTIPROC_DIR was replaced without a word, and put back after."""
+    from server.serve import instance_folder
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/platform/metrics")
+    with caplog.at_level("WARNING", logger="server.serve"), instance_folder(tmp_path) as folder:
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(folder / "metrics")
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == "/platform/metrics"
+    assert "PROMETHEUS_MULTIPROC_DIR=/platform/metrics is not used" in caplog.text
+    assert str(folder / "metrics") in caplog.text
+
+
 def test_an_unexpected_preflight_error_is_reported_whole():
     """A database error's traceback ends with a caret line: the message was just '^'."""
     from server.preflight import _exception_text
