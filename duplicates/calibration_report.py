@@ -8,7 +8,9 @@ import io
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+from common.plotting import pyplot
 from duplicates.calibration import CalibrationResult
 
 
@@ -30,11 +32,11 @@ def sweep_table(result: CalibrationResult) -> str:
 
 
 def plot_curves(result: CalibrationResult, path: Path) -> None:
-    import matplotlib
+    with pyplot(path.parent) as plt:
+        _draw_curves(plt, result, path)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _draw_curves(plt: Any, result: CalibrationResult, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     sw = result.sweep
     ax1.plot(sw.thresholds, sw.precision, label="precision")

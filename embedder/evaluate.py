@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from common.fsutil import atomic_write, atomic_write_text
+from common.plotting import pyplot
 from embedder.batch import embed_samples
 from embedder.checkpoint import check_outside_inputs, read_config
 from embedder.class_rerank import ClassRerank, reranked_labels
@@ -34,14 +35,9 @@ log = logging.getLogger(__name__)
 
 def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
     """Save the confusion matrix as a PNG heat map with counts in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
-
     # A class name in a script the plot's font lacks (CJK, say) made matplotlib warn once per
     # character, several lines each; it is drawn as boxes, so one line says so instead.
-    with warnings.catch_warnings(record=True) as caught:
+    with pyplot(path.parent) as plt, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _draw_confusion(plt, cm, labels, path)
     missing = [w for w in caught if "missing from font" in str(w.message)]
