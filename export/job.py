@@ -296,11 +296,14 @@ def _check_factory(factory: str, dim: int) -> None:
 
 
 def _check_index(path: str | None, identity: JobIdentity, runtime: str, store: str | None) -> None:
+    from index.folder import check_openable_here
     from index.stores import read_store_manifest
 
     if store is None and not Path(path).is_dir():
         raise ExportError(f"{path}: index folder not found")
     manifest = read_store_manifest(path, store)
+    if store is None:  # a read-only folder had failed only once everything was embedded
+        check_openable_here(Path(path))
     path = path or "in the store"
     manifest.check(
         expect_model=identity.model_name,

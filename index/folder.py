@@ -84,6 +84,13 @@ def _open_lock(path: Path) -> int:
         ) from None
 
 
+def check_openable_here(path: Path) -> None:
+    """Raise what opening the folder would where this process cannot write its lock file (read-
+    only media, another user's folder): a job that opens the index only after its long work
+    (``export --index``, hours of embedding) asks first."""
+    os.close(_open_lock(path))
+
+
 def lock_writer(path: Path) -> int:
     """Take the folder's lock exclusively (released when the fd closes or we die): a build
     replacing the folder holds it. Opened indexes hold it shared (:func:`lock_shared`), not

@@ -148,7 +148,32 @@ def test_index_folder_neighbors_match_on_the_fly(reference, demo, ckpt, tmp_path
         assert "index folder" in f["neighbors"].attrs["source"]
 
 
-def test_store_neighbors_match_on_the_fly(reference, demo, ckpt, tmp_path, pg_url):  # noqa: F811
+def test_an_index_folder_that_cannot_be_opened_here_is_refused_before_embedding(
+    reference, demo, ckpt, tmp_path, monkeypatch
+):
+    """A folder on read-only media (its lock file cannot be written) failed only once every
+    photo had been embedded."""
+    import errno
+    import os
+
+    from index import build_from_files, folder
+
+    build_from_files(reference, tmp_path / "idx", kind="flat", progress=False)
+    real_open = os.open
+
+    def read_only(path, flags, *args):  # noqa: ANN001, ANN002, ANN202
+        if str(path).endswith("writer.lock"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(folder.os, "open", read_only)
+    out = tmp_path / "f.h5"
+    with pytest.raises(PermissionError, match="not writable here.*copy the folder"):
+        export_features(_config(ckpt, demo / "with_bad.csv", out, index=str(tmp_path / "idx")))
+    assert not list(tmp_path.glob("f.h5*"))  # nothing embedded, nothing to resume
+
+
+def test_store_neighbors_match_on_the_fly(reference, demo, ckpt, tmp_path, pg_url):
     """``--store postgresql://...``: neighbours from the catalog in PostgreSQL (no folder)."""
     from index import build_from_files
 
