@@ -335,7 +335,7 @@ def test_old_folder_is_upgraded_on_open(tmp_path):
         assert "new" in ix
 
 
-def test_unreachable_postgresql_keeps_reads_and_refuses_writes(tmp_path, pg_server):  # noqa: F811
+def test_unreachable_postgresql_keeps_reads_and_refuses_writes(tmp_path, pg_server):
     from tests.pg import PgServer
 
     own = PgServer(pg_server.bindir)  # a server of its own, to stop mid-test

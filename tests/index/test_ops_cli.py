@@ -612,7 +612,7 @@ def test_compaction_gives_removed_items_pages_back(tmp_path):
     assert db.stat().st_size < small + 256 * 1024, (small, db.stat().st_size)
 
 
-def test_info_of_a_store_gives_its_size_in_the_database(tmp_path, pg_url, capsys):  # noqa: F811
+def test_info_of_a_store_gives_its_size_in_the_database(tmp_path, pg_url, capsys):
     """`index info --store URL` printed "disk 0 B": the size was a folder's only."""
     write_embeddings(tmp_path / "emb.h5")
     argv = ["build", "--embeddings", str(tmp_path / "emb.h5"), "--out", str(tmp_path / "idx")]

@@ -18,7 +18,7 @@ from index.errors import (
 from tests.index.test_following import build, vec
 
 
-def test_a_build_never_drops_another_applications_tables(tmp_path, pg_url):  # noqa: F811
+def test_a_build_never_drops_another_applications_tables(tmp_path, pg_url):
     with psycopg.connect(pg_url, autocommit=True) as c:
         c.execute("CREATE TABLE items (sku TEXT, qty INT)")
         c.execute("INSERT INTO items SELECT 'sku' || g, g FROM generate_series(1, 1000) g")
@@ -32,7 +32,7 @@ def test_a_build_never_drops_another_applications_tables(tmp_path, pg_url):  # n
         assert c.execute("SELECT count(*) FROM items").fetchone()[0] == 1000
 
 
-def test_a_foreign_state_table_is_no_catalog(pg_url):  # noqa: F811
+def test_a_foreign_state_table_is_no_catalog(pg_url):
     from index.errors import IndexNotFoundError
 
     with psycopg.connect(pg_url, autocommit=True) as c:
@@ -43,7 +43,7 @@ def test_a_foreign_state_table_is_no_catalog(pg_url):  # noqa: F811
 
 def test_reads_go_on_while_a_write_waits_for_another_writers_lock(
     tmp_path,
-    pg_url,  # noqa: F811
+    pg_url,
     monkeypatch,
 ):
     import index.pg
@@ -87,7 +87,7 @@ def _record(errors: list[BaseException], fn) -> None:  # noqa: ANN001
         errors.append(exc)
 
 
-def test_tables_gone_mid_restore_leave_reads_answering(tmp_path, pg_url):  # noqa: F811
+def test_tables_gone_mid_restore_leave_reads_answering(tmp_path, pg_url):
     spec = build(tmp_path / "ix", pg_url)
     ix = spec.open()
     try:
@@ -126,10 +126,10 @@ def test_a_malformed_url_never_shows_its_password():
 )
 def test_values_no_store_can_hold_are_refused_before_writing(
     tmp_path,
-    pg_url,  # noqa: F811
+    pg_url,
     ids,
     metadata,
-    message,  # noqa: F811
+    message,
 ):
     spec = build(tmp_path / "ix", pg_url)
     with spec.open() as ix:
@@ -141,8 +141,8 @@ def test_values_no_store_can_hold_are_refused_before_writing(
 
 def test_a_replica_reloads_after_the_database_is_restored_from_a_dump(
     tmp_path,
-    pg_server,  # noqa: F811
-    pg_url,  # noqa: F811
+    pg_server,
+    pg_url,
 ):
     """A dump keeps the catalog's generation. A replica that held records written after the
     dump kept them after `pg_restore --clean`, and applied the records written after the
@@ -175,7 +175,7 @@ def test_a_replica_reloads_after_the_database_is_restored_from_a_dump(
         x.close()
 
 
-def test_restores_while_replicas_follow_never_deadlock(tmp_path, pg_url):  # noqa: F811
+def test_restores_while_replicas_follow_never_deadlock(tmp_path, pg_url):
     """`index restore --store` dropped the tables one by one, items first, while replicas read
     state, then journal: PostgreSQL broke the cycle by failing the restore ("deadlock
     detected"), 2-3 times in 25."""
@@ -208,7 +208,7 @@ def test_restores_while_replicas_follow_never_deadlock(tmp_path, pg_url):  # noq
     assert not errors, errors[:3]
 
 
-def test_a_replica_reloads_a_restore_that_left_head_seq_as_it_was(tmp_path, pg_url):  # noqa: F811
+def test_a_replica_reloads_a_restore_that_left_head_seq_as_it_was(tmp_path, pg_url):
     """Both catalogs at journal record 0: the replica compared head_seq only, and answered
     from the replaced catalog for ever."""
     import numpy as np
@@ -231,7 +231,7 @@ def test_a_replica_reloads_a_restore_that_left_head_seq_as_it_was(tmp_path, pg_u
         x.close()
 
 
-def test_updates_and_removes_of_ids_no_store_holds_are_unknown(tmp_path, pg_url):  # noqa: F811
+def test_updates_and_removes_of_ids_no_store_holds_are_unknown(tmp_path, pg_url):
     """PATCH /v1/items/a%00b reached PostgreSQL, which refused the NUL: a logged 500."""
     from index.errors import UnknownIdError
 
@@ -244,7 +244,7 @@ def test_updates_and_removes_of_ids_no_store_holds_are_unknown(tmp_path, pg_url)
                 ix.remove([bad])
 
 
-def test_writes_during_a_snapshot_upload_stay_pending(tmp_path, pg_url, monkeypatch):  # noqa: F811
+def test_writes_during_a_snapshot_upload_stay_pending(tmp_path, pg_url, monkeypatch):
     """The upload runs outside the apply lock: what was applied meanwhile is not in the
     snapshot, so it stays pending (it was counted as folded, or never as folded)."""
     import numpy as np
@@ -281,7 +281,7 @@ def _upload_after(monkeypatch, replace_catalog) -> None:  # noqa: ANN001
     monkeypatch.setattr(PgSource, "commit_snapshot", replaced_first)
 
 
-def _snapshots(pg_url: str) -> tuple[list[int], str]:  # noqa: F811
+def _snapshots(pg_url: str) -> tuple[list[int], str]:
     with psycopg.connect(pg_url) as c:
         seqs = [r[0] for r in c.execute("SELECT seq FROM snapshots ORDER BY seq").fetchall()]
         ck = c.execute("SELECT value FROM state WHERE key='checkpoint_seq'").fetchone()[0]
@@ -290,7 +290,7 @@ def _snapshots(pg_url: str) -> tuple[list[int], str]:  # noqa: F811
 
 def test_a_restore_during_a_snapshot_upload_keeps_the_restored_catalog(
     tmp_path,
-    pg_url,  # noqa: F811
+    pg_url,
     monkeypatch,
 ):
     """The upload runs outside the apply lock: an `index restore --store` landing in it was
@@ -319,8 +319,8 @@ def test_a_restore_during_a_snapshot_upload_keeps_the_restored_catalog(
 
 def test_a_dump_restored_during_a_snapshot_upload_keeps_the_restored_catalog(
     tmp_path,
-    pg_server,  # noqa: F811
-    pg_url,  # noqa: F811
+    pg_server,
+    pg_url,
     monkeypatch,
 ):
     """A dump keeps the catalog's generation, and its records after the dump are others:
@@ -350,7 +350,7 @@ def test_a_dump_restored_during_a_snapshot_upload_keeps_the_restored_catalog(
         assert fresh.search(vec(3), 1)[0][0].id == "after"
 
 
-def test_after_a_database_restart_the_first_write_and_catch_up_succeed(tmp_path, pg_server):  # noqa: F811
+def test_after_a_database_restart_the_first_write_and_catch_up_succeed(tmp_path, pg_server):
     """A connection the restarted server had ended was found only on its next use: each
     process's first write failed (a 503), and a catch-up answered from the old state, missing
     a write another process had acknowledged."""
@@ -378,7 +378,7 @@ def test_after_a_database_restart_the_first_write_and_catch_up_succeed(tmp_path,
 
 def test_a_frozen_database_holds_one_write_and_fails_the_others_quickly(
     tmp_path,
-    pg_server,  # noqa: F811
+    pg_server,
     monkeypatch,
 ):
     """Every write queued behind one stuck on a frozen server (SIGSTOP: no connection timeout
@@ -430,7 +430,7 @@ def test_a_frozen_database_holds_one_write_and_fails_the_others_quickly(
         own.stop()
 
 
-def test_a_commit_whose_answer_never_came_is_an_unknown_outcome(tmp_path, pg_server):  # noqa: F811
+def test_a_commit_whose_answer_never_came_is_an_unknown_outcome(tmp_path, pg_server):
     """The connection broke while the COMMIT waited (here: for a synchronous standby that never
     comes, the session then ended by an administrator). The commit had been made, but the
     write raised "unavailable", which the server answered as "nothing was changed", and an

@@ -27,7 +27,7 @@ def _replace(folder: Path, url: str, n: int, **settings) -> None:  # noqa: ANN00
 
 def test_a_restored_catalog_of_another_kind_brings_its_kind_and_search_settings(
     tmp_path,
-    pg_url,  # noqa: F811
+    pg_url,
 ):
     """The replica kept the flat manifest: it searched the restored IVF index without its
     tuned nprobe (recall@10 0.164 where a fresh replica had 1.000)."""
@@ -50,7 +50,7 @@ def test_a_restored_catalog_of_another_kind_brings_its_kind_and_search_settings(
 )
 def test_a_catalog_of_another_embedder_is_reported_and_never_written_into(
     tmp_path,
-    pg_url,  # noqa: F811
+    pg_url,
     other,
 ):
     """The replica took up the vectors of another checkpoint under its own manifest; with
@@ -77,7 +77,7 @@ def test_a_catalog_of_another_embedder_is_reported_and_never_written_into(
 
 def test_a_write_reaching_a_catalog_restored_since_the_last_sync_is_refused(
     tmp_path,
-    pg_url,  # noqa: F811
+    pg_url,
 ):
     """A replica at journal record 0 took the restored catalog's record 1 for its own next
     record and applied it on top of the old catalog: a duplicate fid closed its index (every
@@ -101,7 +101,7 @@ def test_a_write_reaching_a_catalog_restored_since_the_last_sync_is_refused(
 @pytest.mark.parametrize("manifest", ["newer", "not json"])
 def test_a_manifest_this_version_cannot_read_is_reported_not_raised_at_every_sync(
     tmp_path,
-    pg_url,  # noqa: F811
+    pg_url,
     manifest,
 ):
     """A catalog written by a newer phonesim (a rolling upgrade), or a damaged manifest: the
@@ -128,7 +128,7 @@ def test_a_manifest_this_version_cannot_read_is_reported_not_raised_at_every_syn
 
 def test_catalog_tables_of_another_schema_are_named_as_such_not_as_an_outage(
     tmp_path,
-    pg_url,  # noqa: F811
+    pg_url,
 ):
     """A journal without its items column read 'unavailable (column "items" does not exist)':
     an outage to wait out, where retrying can never help."""

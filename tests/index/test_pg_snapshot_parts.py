@@ -22,7 +22,7 @@ def _small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_snapshot_stored_in_parts_loads_whole_and_old_parts_go(
     tmp_path,
-    pg_url,  # noqa: F811
+    pg_url,
     monkeypatch,
 ):
     _small_parts(monkeypatch)
@@ -48,7 +48,7 @@ def test_a_snapshot_stored_in_parts_loads_whole_and_old_parts_go(
 
 def test_a_store_from_before_parts_gains_the_table_and_missing_parts_are_named(
     tmp_path,
-    pg_url,  # noqa: F811
+    pg_url,
     monkeypatch,
 ):
     from index.errors import IndexCorruptError
@@ -69,7 +69,7 @@ def test_a_store_from_before_parts_gains_the_table_and_missing_parts_are_named(
 
 def test_parts_left_by_an_older_push_do_not_stop_a_compaction(
     tmp_path,
-    pg_url,  # noqa: F811
+    pg_url,
     monkeypatch,
 ):
     """An older phonesim's `restore --overwrite` numbers records from 0 again and drops only

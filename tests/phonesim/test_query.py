@@ -41,7 +41,7 @@ def cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_query_a_postgresql_store(catalog_index, tiny_checkpoint, pg_url, capsys):  # noqa: F811
+def test_query_a_postgresql_store(catalog_index, tiny_checkpoint, pg_url, capsys):
     from index.pg_admin import push_folder
 
     index, rows = catalog_index

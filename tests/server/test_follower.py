@@ -37,7 +37,7 @@ def timed(fn: Callable[[], Any], limit_s: float = 10.0) -> tuple[Any, float]:
     return out[0], time.monotonic() - t0
 
 
-def test_a_frozen_store_holds_requests_at_most_the_wait(tmp_path, pg_server):  # noqa: F811
+def test_a_frozen_store_holds_requests_at_most_the_wait(tmp_path, pg_server):
     from tests.pg import PgServer
 
     own = PgServer(pg_server.bindir)  # a server of its own, to freeze mid-test
@@ -89,7 +89,7 @@ def test_a_frozen_store_holds_requests_at_most_the_wait(tmp_path, pg_server):  #
         own.stop()
 
 
-def test_a_slow_snapshot_upload_holds_no_request(tmp_path, pg_url, monkeypatch):  # noqa: F811
+def test_a_slow_snapshot_upload_holds_no_request(tmp_path, pg_url, monkeypatch):
     """A compaction held the index's apply lock while it uploaded the snapshot (9-14 s for a
     60k-item catalog): requests waited out the 2 s bound and answered without writes other
     replicas had acknowledged, and no status said so."""
@@ -129,7 +129,7 @@ def test_a_catalog_of_another_checkpoint_takes_the_server_out_of_service(
     catalog_rows,
     jpeg_bytes,
     tmp_path,
-    pg_url,  # noqa: F811
+    pg_url,
 ):
     """A catalog restored from another checkpoint's embeddings: the server went on embedding
     queries with its own checkpoint against the new vectors, and /readyz said ready."""
