@@ -406,7 +406,26 @@ def hide_key_from_process_list(key: str) -> None:
     os.execve(sys.executable, [sys.executable, *cleaned[1:]], {**os.environ, API_KEY_ENV: key})
 
 
+def check_working_directory() -> None:
+    """gunicorn reads the current directory as it is imported and its processes change back
+    into it: one deleted since (a release folder replaced under a shell) was "error: No such
+    file or directory", and one this user may not enter failed in gunicorn's chdir."""
+    try:
+        cwd = os.getcwd()
+    except OSError as exc:
+        raise UserError(
+            "the current directory no longer exists; cd to one that does before serving "
+            "(gunicorn runs its processes there)"
+        ) from exc
+    if not os.access(cwd, os.X_OK):
+        raise UserError(
+            f"this user may not enter the current directory ({cwd}); cd to one it may before "
+            "serving (gunicorn runs its processes there)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    check_working_directory()
     # Imported here, not at the top: gunicorn, torch and FAISS load only when serving, so
     # 'phonesim --help' stays quick.
     from server.serve import serve

@@ -160,6 +160,32 @@ def test_a_preset_metrics_folder_is_said_to_be_replaced(tmp_path, monkeypatch, c
     assert str(folder / "metrics") in caplog.text
 
 
+def test_a_working_directory_gone_or_closed_is_one_line(tmp_path, tiny_checkpoint, index_dir):
+    """gunicorn reads the current directory when imported: one deleted since said only "error:
+    No such file or directory"; one the user may not enter failed in gunicorn's chdir."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    serve = [sys.executable, "-m", "phonesim.cli", "serve", "--checkpoint", str(tiny_checkpoint)]
+    script = f'cd "{gone}" && rmdir "{gone}" && exec "$@"'
+    done = subprocess.run(
+        ["sh", "-c", script, "sh", *serve, "--index", str(index_dir), "--port", "1"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "phonesim: error: the current directory no longer exists; cd to one that does before "
+        "serving (gunicorn runs its processes there)"
+    ]
+
+
+def test_a_working_directory_the_user_may_not_enter_is_named(monkeypatch):
+    from server.cli import check_working_directory
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # root may enter any
+    with pytest.raises(UserError, match=rf"may not enter the current directory \({os.getcwd()}\)"):
+        check_working_directory()
+
+
 def test_an_unexpected_preflight_error_is_reported_whole():
     """A database error's traceback ends with a caret line: the message was just '^'."""
     from server.preflight import _exception_text
