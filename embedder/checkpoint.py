@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -490,6 +491,7 @@ def set_training_state(path: str | Path, state: str) -> None:
     with checkpoint_lock(path):  # as the graph and calibration records: no write lost
         data = json.loads(config_path.read_text())
         data.setdefault("training", {})["state"] = state
+        data["training"]["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atomic_write_text(config_path, json.dumps(data, indent=2) + "\n")
 
 

@@ -46,6 +46,7 @@ from embedder.inference import Embedder
 from embedder.label_conflicts import find_label_conflicts
 from embedder.metrics import label_recall_at_k, macro_f1
 from embedder.optim import adamw, warmup_cosine
+from embedder.provenance import data_record, package_versions, utc_now
 from embedder.train_config import TrainConfig, frozen_group_count
 from embedder.train_data import CachedImages, is_readable, seed_everything, training_loader
 from embedder.transforms import model_data_config, train_transform
@@ -156,6 +157,11 @@ class Trainer:
         # Checked now, before the images are read: a --frozen-groups the model lacks fails.
         self.frozen = frozen_parameter_names(self.model, frozen_group_count(config))
         self.val_samples = val_samples
+        self.provenance = {
+            "started": utc_now(),
+            "data_record": data_record(train.samples, val_samples),
+            "versions": package_versions(),
+        }
         # Now, not after the warm-up: a validation set without one readable image is an error
         # (reading stops at the first image that decodes).
         if val_samples and not any(is_readable(s) for s in val_samples):
@@ -216,6 +222,11 @@ class Trainer:
         training["frozen_groups"] = frozen_group_count(self.cfg)  # what "default" meant
         training["label_conflicts_left_out"] = self.label_conflicts
         training["state"] = "running"  # until the run ends (set_training_state)
+        # What the settings resolved to here, and what the run saw (embedder/provenance.py).
+        training["workers_used"] = self.loader.num_workers
+        training["device_used"] = str(self.device)
+        training["threads"] = torch.get_num_threads()
+        training.update(self.provenance)
         return CheckpointConfig(
             architecture=self.architecture,
             num_classes=len(self.label_names),

@@ -18,6 +18,37 @@ def test_training_is_deterministic_for_a_seed(tiny_catalog, tmp_path):
     a, b = (load_checkpoint(tmp_path / n)[0].state_dict() for n in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert first.metrics["train_loss"] == second.metrics["train_loss"]
+    # What the two runs record about their making is equal too, and says what they resolved.
+    records = [read_config(tmp_path / n).training for n in ("a", "b")]
+    made = ("data_record", "versions", "workers_used", "device_used", "threads")
+    assert [{k: r[k] for k in made} for r in records][0] == {k: records[1][k] for k in made}
+    record = records[0]
+    assert record["workers_used"] == 0 and record["device_used"] == "cpu"
+    assert record["threads"] == torch.get_num_threads()
+    assert record["versions"]["torch"] == torch.__version__.split("+")[0]
+    data = record["data_record"]
+    assert (data["train_images"], data["val_images"]) == (15, 3)
+    assert data["train_fingerprint"] != data["val_fingerprint"]
+    assert record["state"] == "finished" and record["started"] <= record["ended"]
+
+
+def test_the_data_fingerprint_follows_content_and_labels_not_the_folder(tiny_catalog, tmp_path):
+    """A checkpoint had recorded its data only as the path typed (`"data": "cat"`)."""
+    import dataclasses
+    import shutil
+
+    from embedder.data import load_catalog
+    from embedder.provenance import samples_fingerprint
+
+    copy = shutil.copytree(tiny_catalog, tmp_path / "elsewhere")
+    here, there = load_catalog(tiny_catalog).samples, load_catalog(copy).samples
+    assert samples_fingerprint(here) == samples_fingerprint(there)  # another folder, same photos
+    relabelled = [dataclasses.replace(there[0], label="other"), *there[1:]]
+    assert samples_fingerprint(relabelled) != samples_fingerprint(here)
+    assert samples_fingerprint(there[1:]) != samples_fingerprint(here)  # one removed
+    with open(there[0].path, "ab") as fh:  # one edited in place
+        fh.write(b"\0")
+    assert samples_fingerprint(there) != samples_fingerprint(here)
 
 
 def test_warmup_trains_only_the_head_then_fine_tuning_moves_the_backbone(tiny_catalog, tmp_path):
