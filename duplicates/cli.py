@@ -126,6 +126,28 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _made_with(args: argparse.Namespace, data: str, descriptor: Any, calibrated: bool) -> dict:
+    """What produced a report, for ``duplicates.json``: it had said nothing of the model, the
+    data or where its threshold came from, so two reports could not be compared."""
+    from embedder.checkpoint import checkpoint_hash, read_config
+    from embedder.provenance import package_versions, utc_now
+
+    if args.threshold is not None:
+        threshold_from = "--threshold"
+    else:
+        threshold_from = "calibration" if calibrated else "default (not calibrated)"
+    return {
+        "checkpoint": str(Path(args.checkpoint).resolve()),
+        "checkpoint_hash": checkpoint_hash(args.checkpoint),
+        "model": read_config(args.checkpoint).architecture,
+        "runtime": descriptor.engine.runtime,
+        "data": str(Path(data).resolve()),
+        "threshold_from": threshold_from,
+        "phonesim": package_versions().get("phonesim"),
+        "created": utc_now(),
+    }
+
+
 def run_find(args: argparse.Namespace) -> int:
     # A SIGTERM stops it as Ctrl-C does (run_reporting_errors), so its temporary files go:
     # above 1 GiB of features it keeps them in a memory-mapped folder of the system's
@@ -185,6 +207,7 @@ def run_find(args: argparse.Namespace) -> int:
         )
     else:
         result = find_duplicates(descriptor, samples, config)
+    result.extra["made_with"] = _made_with(args, data, descriptor, stored.calibrated)
     paths = write_report(result, args.out)
     if args.json:  # the failures are in the report's files
         print(json.dumps(_summary_json(result, paths)))

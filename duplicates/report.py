@@ -103,6 +103,8 @@ def to_json(result: DuplicateResult) -> dict:
         data["catalog_failed"] = [{"id": f.id, "reason": f.reason} for f in result.catalog_failures]
     if "timing" in result.extra:  # images/s of the descriptor stage, pairs/s of verification
         data["timing"] = result.extra["timing"]
+    if "made_with" in result.extra:  # checkpoint, data, threshold source (the CLI's runs)
+        data["made_with"] = result.extra["made_with"]
     if result.mode == "against":
         data["catalog"] = result.catalog
         data["matches"] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -92,8 +93,18 @@ def test_calibrated_model_is_stored_and_used(planted_run, tiny_checkpoint, tmp_p
     argv = ["--checkpoint", str(ckpt), "--images", str(root), "--out", str(out)]
     assert main("find", [*argv, "--no-progress", "--workers", "0"]) == 0
     assert "(threshold 0.500, pair model score)" in capsys.readouterr().out
-    groups = json.loads((out / "duplicates.json").read_text())["groups"]
-    assert len(groups) == len(planted)
+    report = json.loads((out / "duplicates.json").read_text())
+    assert len(report["groups"]) == len(planted)
+    # What made it: the checkpoint (hash and path), the data, and where the threshold came from.
+    from embedder.checkpoint import checkpoint_hash
+
+    made = report["made_with"]
+    assert made["checkpoint_hash"] == checkpoint_hash(ckpt) and made["checkpoint"] == str(ckpt)
+    assert made["data"] == str(Path(root).resolve()) and made["threshold_from"] == "calibration"
+    assert made["runtime"] and made["model"] and made["created"].endswith("+00:00")
+    assert main("find", [*argv, "--no-progress", "--workers", "0", "--threshold", "0.6"]) == 0
+    made = json.loads((out / "duplicates.json").read_text())["made_with"]
+    assert made["threshold_from"] == "--threshold"
     broken = dict(record, pair_model=dict(record["pair_model"], intercept=None))
     store_calibration(ckpt, broken)
     assert main("find", [*argv, "--no-progress", "--workers", "0"]) == 2
