@@ -6,6 +6,7 @@ import csv
 import logging
 import os
 import stat
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,17 +180,18 @@ def _report_skipped(folder: Path, skipped: list[Path]) -> None:
 
 
 def path_ids(paths: list[Path], root: Path) -> list[str]:
-    """Ids of image files: the path below ``root`` without its suffix (``huawei/p30``).
+    """Ids of image files: the path below ``root`` without its suffix (``huawei/p30``), in
+    Unicode's composed form (NFC, see :func:`nfc`).
 
     Where two files differ only by suffix (``x.jpg`` and ``x.png``), both keep their suffix, so
     ids stay unique and every row of an export or index maps back to one file. So does a file
     whose id would be another URL of the API (``xiaomi/image.jpg``, not ``xiaomi/image``, the
     URL of item ``xiaomi``'s thumbnail; see :func:`common.item_ids.is_item_id`).
     """
-    stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
+    stems = [nfc(p.relative_to(root).with_suffix("").as_posix()) for p in paths]
     counts = Counter(stems)
     ids = [
-        stem if counts[stem] == 1 and is_item_id(stem) else p.relative_to(root).as_posix()
+        stem if counts[stem] == 1 and is_item_id(stem) else nfc(p.relative_to(root).as_posix())
         for stem, p in zip(stems, paths, strict=True)
     ]
     # x.jpg, x.png and x.jpg.png would still clash ("x.jpg" twice): refuse rather than guess.
@@ -198,6 +200,38 @@ def path_ids(paths: list[Path], root: Path) -> list[str]:
         raise DataError(f"{root}: two images would get the id '{clash}'; rename one")
     _warn_unindexable(root, ids, "image name(s)", "rename those photos")
     return ids
+
+
+def nfc(name: str) -> str:
+    """A name the file system gave, in Unicode's composed form (NFC), as it is typed: macOS
+    writes file names decomposed (NFD), and a catalog made there had read "Café" as another
+    class, and "café/1" as another id, than the same names typed or copied elsewhere."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _look_alike_key(label: str) -> str:
+    """``label`` without what a reader cannot see: case, Unicode form and compatibility
+    variants (NFKC), invisible format characters, outer and repeated spaces."""
+    folded = unicodedata.normalize("NFKC", label).casefold()
+    visible = "".join(c for c in folded if unicodedata.category(c) != "Cf")
+    return " ".join(visible.split())
+
+
+def _warn_look_alike_labels(source: Path, labels: list[str]) -> None:
+    """Classes whose names differ only where a reader cannot tell ("Apple"/"apple", a trailing
+    or no-break space, a zero-width character) train as separate classes: said, once."""
+    groups: dict[str, set[str]] = {}
+    for label in labels:
+        groups.setdefault(_look_alike_key(label), set()).add(label)
+    alike = [sorted(g) for g in groups.values() if len(g) > 1]
+    if alike:
+        shown = "; ".join(" / ".join(repr(label) for label in g) for g in alike[:3])
+        log.warning(
+            "%s: %d set(s) of class names look alike but differ (case, spaces, invisible "
+            "characters or Unicode form): %s%s; each trains as a class of its own: give each "
+            "class one spelling",
+            source, len(alike), shown, "; ..." if len(alike) > 3 else "",
+        )  # fmt: skip
 
 
 def _warn_unindexable(source: Path, ids: list[str], what: str, fix: str) -> None:
@@ -254,12 +288,20 @@ def _from_folder(root: Path, require_labels: bool) -> list[Sample]:
     # Unlabelled reading (embed, export, index) takes every image: the top level's without a
     # label, and an empty subfolder (thumbs/) is no class, just nothing to read.
     images, labels = list(loose), [""] * len(loose)
+    forms = Counter(nfc(d.name) for d in class_dirs)
+    twins = sorted(name for name, n in forms.items() if n > 1)
+    if twins:  # made on macOS and elsewhere, or copied between them
+        log.warning(
+            "%s: class folder(s) %s appear twice, written in two Unicode forms (composed, and "
+            "decomposed as macOS writes names): each pair is read as one class",
+            root, ", ".join(repr(t) for t in twins),
+        )  # fmt: skip
     for class_dir in class_dirs:
         found = image_files(class_dir)
         if not found and require_labels:
             raise DataError(f"{class_dir}: class '{class_dir.name}' has no images")
         images += found
-        labels += [class_dir.name] * len(found)
+        labels += [nfc(class_dir.name)] * len(found)
     kept = set(text_named(images))
     labels = [label for p, label in zip(images, labels, strict=True) if p in kept]
     images = [p for p in images if p in kept]
@@ -425,6 +467,7 @@ def load_catalog(path: str | Path, require_labels: bool = True, min_classes: int
     if not samples:
         raise DataError(f"{root}: no images found")
     label_names = sorted({s.label for s in samples if s.label})
+    _warn_look_alike_labels(root, label_names)
     if require_labels and len(label_names) < min_classes:
         raise DataError(f"{root}: found {len(label_names)} class(es); needs at least {min_classes}")
     return Catalog(samples=samples, label_names=label_names, source=root)

@@ -366,3 +366,56 @@ def test_image_urls_in_a_manifest_are_named_as_not_fetched(tmp_path, caplog):
     manifest.write_text("id,image\na,https://cdn.example.com/a.jpg\nb,s3://bucket/b.jpg\n")
     assert len(load_catalog(manifest, require_labels=False).samples) == 2
     assert "2 image(s) are URLs (such as 'https://cdn.example.com/a.jpg')" in caplog.text
+
+
+def _class_folders(root, names, files=("a.jpg", "b.jpg")):
+    for shade, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for i, file in enumerate(files):
+            Image.new("RGB", (8, 8), (shade * 40, i * 90, 0)).save(root / name / file)
+    return root
+
+
+def test_names_macos_writes_decomposed_read_as_typed(tmp_path):
+    """A catalog made on macOS (NFD file names) had its classes and ids differ from the same
+    names typed or copied elsewhere (NFC): evaluating it said "classes the checkpoint does not
+    know: Café", and `index remove --id Café/...` found nothing."""
+    import unicodedata
+
+    def form(kind, text):
+        return unicodedata.normalize(kind, text)
+
+    typed = load_catalog(_class_folders(tmp_path / "typed", ["Café", "Zoë"], ["é.jpg"]))
+    mac_names = [form("NFD", "Café"), form("NFD", "Zoë")]
+    mac = _class_folders(tmp_path / "mac", mac_names, [form("NFD", "é.jpg")])
+    made_on_mac = load_catalog(mac)
+    assert made_on_mac.label_names == typed.label_names == [form("NFC", "Café"), "Zoë"]
+    assert [s.id for s in made_on_mac.samples] == [s.id for s in typed.samples]
+    assert made_on_mac.samples[0].id == form("NFC", "Café/é")
+
+
+def test_one_class_in_two_unicode_forms_is_one_class_and_said(tmp_path, caplog):
+    import unicodedata
+
+    names = [unicodedata.normalize(kind, "Café") for kind in ("NFC", "NFD")]
+    root = tmp_path / "cat"
+    _class_folders(root, [names[0]], ["a.jpg"])
+    _class_folders(root, [names[1], "Other"], ["b.jpg"])
+    catalog = load_catalog(root)
+    assert catalog.label_names == [names[0], "Other"]
+    assert sum(s.label == names[0] for s in catalog.samples) == 2
+    assert "appear twice, written in two Unicode forms" in caplog.text
+
+
+def test_class_names_that_only_look_alike_are_warned_of(tmp_path, caplog):
+    """ "Apple" and "apple", a trailing no-break space, a zero-width character: four classes
+    that read as one had trained without a word."""
+    names = ["Apple", "apple", "Xiaomi", "Xiaomi\u00a0", "Xiao\u200bmi", "Samsung"]
+    catalog = load_catalog(_class_folders(tmp_path / "cat", names))
+    assert len(catalog.label_names) == 6  # still the classes the folders name
+    warned = [r.getMessage() for r in caplog.records if "look alike" in r.getMessage()]
+    assert len(warned) == 1 and "2 set(s)" in warned[0]
+    assert "'Apple' / 'apple'" in warned[0] and "Samsung" not in warned[0]
+    caplog.clear()
+    load_catalog(_class_folders(tmp_path / "plain", ["Apple", "Samsung"]))
+    assert "look alike" not in caplog.text
