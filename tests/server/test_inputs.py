@@ -76,6 +76,17 @@ def test_a_metadata_name_the_server_adds_is_refused_as_such(name):
         check_metadata({name: 1})
 
 
+@pytest.mark.parametrize("name", ["Größe", "品牌", "Preis (€)"])
+def test_a_non_ascii_field_name_is_refused_saying_ascii_and_where_it_can_live(name):
+    """The rule said "letters": a German or Chinese catalog's own column names, letters to their
+    users, were refused as if misspelt."""
+    from server.errors import ApiError
+    from server.limits import check_metadata
+
+    with pytest.raises(ApiError, match="ASCII letters.*catalog CSV's other column names"):
+        check_metadata({name: 1})
+
+
 def test_the_value_bound_leaves_room_for_the_largest_batch_of_vectors():
     """The bound is counted before parsing; a full batch of wide vectors still parses."""
     import json
