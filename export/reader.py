@@ -34,7 +34,10 @@ def fingerprint(samples: list[Sample]) -> str:
     """SHA-256 over ids and absolute paths in order: a resumed run must see the same list."""
     digest = hashlib.sha256()
     for s in samples:
-        digest.update(f"{s.id}\t{os.path.abspath(s.path)}\n".encode())
+        # Bytes as the file system holds them: under a non-UTF-8 locale a path decodes to
+        # surrogates, which str.encode() refused (a traceback in `embed`).
+        digest.update(f"{s.id}\t".encode(errors="surrogateescape"))
+        digest.update(os.fsencode(os.path.abspath(s.path)) + b"\n")
     return digest.hexdigest()
 
 

@@ -114,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warn_if_not_utf8() -> None:
+    """A locale without UTF-8 (``LC_ALL=C`` with ``PYTHONUTF8=0``) decodes non-ASCII file names
+    to stand-ins: photos were left out as "not UTF-8 text" and paths refused. Said once."""
+    if sys.getfilesystemencoding().lower().replace("-", "") != "utf8":
+        print(
+            f"phonesim: warning: this process reads file names as "
+            f"{sys.getfilesystemencoding()}, not UTF-8 (a locale such as LC_ALL=C with "
+            "PYTHONUTF8=0): non-ASCII names may be left out or refused; set PYTHONUTF8=1 or "
+            "LANG=C.UTF-8",
+            file=sys.stderr,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     try:  # the commands' imports take a moment: Ctrl-C then was a traceback
         parser = build_parser()
@@ -121,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print("phonesim: interrupted", file=sys.stderr)
         return 130
     args = parser.parse_args(argv)
+    _warn_if_not_utf8()
     if args.verbose and args.quiet:  # -v had won without a word
         parser.error("-v/--verbose and -q/--quiet contradict each other; give one")
     # A command may say what Ctrl-C leaves behind (export: the progress it resumes from).

@@ -24,3 +24,18 @@ def test_reader_blocks_and_duplicate_ids(demo, tmp_path):
     (flat / "a.png").write_bytes(img)
     # Files differing only by suffix keep it in their ids, so each row maps back to one file.
     assert [s.id for s in read_inputs(flat, "images").samples] == ["a.jpg", "a.png"]
+
+
+def test_the_fingerprint_takes_a_file_name_that_is_not_utf8():
+    """Under a non-UTF-8 locale a path decodes to surrogates, and the fingerprint's
+    ``str.encode()`` ended `embed` with a traceback."""
+    import os
+    from pathlib import Path
+
+    from embedder.data import Sample
+    from export.reader import fingerprint
+
+    odd = Sample(id="a", path=Path(os.fsdecode(b"/photos/\xe9.jpg")), label="")
+    plain = Sample(id="a", path=Path("/photos/e.jpg"), label="")
+    assert fingerprint([odd]) != fingerprint([plain])
+    assert len(fingerprint([odd])) == 64

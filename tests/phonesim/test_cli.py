@@ -339,3 +339,25 @@ def test_an_export_without_neighbours_reads_no_catalog_so_refuses_none(
     ]
     code, _, err = run([*argv, "--index", tmp_path / "ix", "--neighbors", "0"], capsys)
     assert code == 2 and "checkpoint folder not found" in err and "PHONESIM_STORE" not in err
+
+
+@pytest.mark.parametrize("utf8_mode", ["0", "1"])
+def test_a_locale_without_utf8_is_said_once(utf8_mode, tmp_path):
+    """``LC_ALL=C PYTHONUTF8=0`` left photos out as "not UTF-8 text" without saying why."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": utf8_mode, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "phonesim.cli", "index", "info", "--index", str(tmp_path / "x")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    warned = [line for line in done.stderr.splitlines() if "not UTF-8" in line]
+    if utf8_mode == "0":
+        assert len(warned) == 1 and "set PYTHONUTF8=1 or LANG=C.UTF-8" in warned[0]
+    else:
+        assert warned == []
+    assert "index folder does not exist" in done.stderr  # the command still ran
