@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 #: The longest CSV cell a catalog may hold: Python's csv module refuses cells over 128 KiB,
 #: and one long product description then refused the whole catalog.
@@ -34,6 +35,40 @@ def csv_rows(reader: csv.DictReader) -> Iterator[tuple[int, dict[str, str]]]:
             raise csv.Error(f"line {reader.reader.line_num}: {exc}") from exc
         yield reader.line_num, row
         last = reader.line_num
+
+
+#: How a spreadsheet saves what phonesim reads (Excel's name for it).
+SAVE_AS_CSV = "save it from the spreadsheet as 'CSV UTF-8 (comma delimited)'"
+
+
+def header_hint(fieldnames: list[str] | None) -> str:
+    """Where a CSV's header lacks its columns because a spreadsheet saved it with another
+    separator (Excel does with ';' in many European locales), what to do; else ""."""
+    if fieldnames and len(fieldnames) == 1:
+        for sep, name in ((";", "semicolon"), ("\t", "tab")):
+            if sep in fieldnames[0]:
+                return f"; its header is {name}-separated, not comma-separated: {SAVE_AS_CSV}"
+    return ""
+
+
+def not_utf8_detail(path: Path, data: bytes | None = None) -> str:
+    """Where a text file that should be UTF-8 is not, and what it looks like instead: the
+    decoder's "invalid continuation byte" had been all a user of Excel's other encodings got."""
+    try:
+        data = path.read_bytes() if data is None else data
+    except OSError:
+        return ""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return f"it is UTF-16 text (Excel's 'Unicode Text'); {SAVE_AS_CSV}"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return (
+            f"line {line}, byte {exc.start}: {exc.reason}; perhaps Latin-1 or Windows-1252 "
+            f"text: {SAVE_AS_CSV}"
+        )
+    return ""
 
 
 #: A URI's scheme (RFC 3986) then "//", or a data URI.

@@ -17,9 +17,11 @@ from common.item_ids import ID_RULES, MAX_ID_BYTES, is_catalog_id, is_item_id
 from common.text import (
     allow_long_csv_cells,
     csv_rows,
+    header_hint,
     is_uri,
     is_utf8,
     name_blank_columns,
+    not_utf8_detail,
     repeated_columns,
     unnamed_value,
 )
@@ -401,6 +403,7 @@ def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
                 raise DataError(
                     f"{csv_path}: manifest is missing column(s) {', '.join(missing)} "
                     f"(needs {','.join(required)}; found {','.join(columns) or 'none'})"
+                    + header_hint(list(columns))
                 )
             repeated = repeated_columns(list(columns))
             if repeated:
@@ -408,7 +411,8 @@ def _from_manifest(csv_path: Path, require_labels: bool) -> list[Sample]:
             reader.fieldnames = name_blank_columns(list(columns))
             rows = list(csv_rows(reader))
     except UnicodeDecodeError as exc:
-        raise DataError(f"{csv_path}: manifest is not UTF-8 text ({exc.reason})") from exc
+        detail = not_utf8_detail(csv_path) or exc.reason
+        raise DataError(f"{csv_path}: manifest is not UTF-8 text ({detail})") from exc
     except csv.Error as exc:
         raise DataError(f"{csv_path}: malformed CSV ({exc})") from exc
     samples: list[Sample] = []

@@ -38,8 +38,10 @@ from common.text import (
     UNNAMED,
     allow_long_csv_cells,
     csv_rows,
+    header_hint,
     is_uri,
     name_blank_columns,
+    not_utf8_detail,
     repeated_columns,
     unnamed_value,
 )
@@ -236,7 +238,11 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
             allow_long_csv_cells()
             reader = csv.DictReader(fh, strict=True)
             if not reader.fieldnames or "id" not in reader.fieldnames:
-                raise BuildInputError(f"{path}: needs a header row with an 'id' column")
+                found = ",".join(reader.fieldnames or []) or "none"
+                raise BuildInputError(
+                    f"{path}: needs a header row with an 'id' column (found {found[:200]})"
+                    + header_hint(reader.fieldnames)
+                )
             repeated = repeated_columns(reader.fieldnames)
             if repeated:
                 raise BuildInputError(f"{path}: column(s) {repeated} appear twice in the header")
@@ -268,7 +274,8 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
                         md["image"] = str((path.parent / md["image"]).resolve())
                 rows[id_] = md
     except UnicodeDecodeError as exc:
-        raise BuildInputError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        detail = not_utf8_detail(path) or f"byte {exc.start}: {exc.reason}"
+        raise BuildInputError(f"{path}: not UTF-8 text ({detail})") from None
     except csv.Error as exc:
         raise BuildInputError(f"{path}: not a readable CSV ({exc})") from None
     return rows

@@ -16,6 +16,7 @@ from typing import Any
 from common.argtypes import add_store_option
 from common.errors import UserError
 from common.kept_images import kept_image
+from common.text import not_utf8_detail
 from index.errors import DuplicateIdError, InvalidParamsError
 from index.stores import check_one_catalog
 
@@ -214,14 +215,17 @@ def cmd_remove(args: argparse.Namespace) -> int:
     ids = list(args.ids)
     if args.ids_file:
         try:
-            text = (
-                sys.stdin.buffer.read().decode("utf-8-sig")
+            data = (
+                sys.stdin.buffer.read()
                 if args.ids_file == "-"
-                else Path(args.ids_file).read_text(encoding="utf-8-sig")  # a BOM is no id
+                else Path(args.ids_file).read_bytes()
             )
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise UserError(f"{args.ids_file}: cannot read ids ({reason})") from None
+            text = data.decode("utf-8-sig")  # a BOM is no id
+        except OSError as exc:
+            raise UserError(f"{args.ids_file}: cannot read ids ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            detail = not_utf8_detail(Path(args.ids_file), data)
+            raise UserError(f"{args.ids_file}: the ids are not UTF-8 text ({detail})") from None
         listed = [line.strip() for line in text.splitlines() if line.strip()]
         if not listed:
             raise UserError(f"{args.ids_file}: holds no ids (one id per line); nothing removed")

@@ -33,3 +33,28 @@ def test_a_quote_never_closed_names_its_line_instead_of_eating_the_rows_after_it
 def test_text_after_a_closing_quote_names_its_line():
     with pytest.raises(csv.Error, match="line 3: ',' expected after '\"'"):
         _rows('id,title\na,ok\nb,"6.1" screen\n')
+
+
+def test_a_spreadsheets_other_separators_are_named():
+    """Excel saves CSV with ';' in many European locales: "missing column(s) id, image"
+    (found "id;image;label") had not said why."""
+    from common.text import header_hint
+
+    assert "semicolon-separated" in header_hint(["id;image;label"])
+    assert "tab-separated" in header_hint(["id\timage"])
+    assert header_hint(["id", "image"]) == header_hint(["title"]) == header_hint(None) == ""
+
+
+def test_text_that_is_not_utf8_is_located_and_its_likely_encoding_named(tmp_path):
+    from common.text import not_utf8_detail
+
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("id,image\na,caf\u00e9.jpg\n".encode("latin-1"))
+    assert not_utf8_detail(latin).startswith("line 2, byte 14: invalid continuation byte")
+    assert "Windows-1252" in not_utf8_detail(latin)
+    wide = tmp_path / "wide.csv"
+    wide.write_bytes("id,image\n".encode("utf-16"))
+    assert not_utf8_detail(wide).startswith("it is UTF-16 text")
+    fine = tmp_path / "fine.csv"
+    fine.write_text("id,image\n", encoding="utf-8-sig")
+    assert not_utf8_detail(fine) == not_utf8_detail(tmp_path / "missing.csv") == ""

@@ -419,3 +419,14 @@ def test_class_names_that_only_look_alike_are_warned_of(tmp_path, caplog):
     caplog.clear()
     load_catalog(_class_folders(tmp_path / "plain", ["Apple", "Samsung"]))
     assert "look alike" not in caplog.text
+
+
+def test_a_manifest_saved_with_semicolons_or_in_latin1_says_how_to_save_it(tmp_path):
+    semi = tmp_path / "semi.csv"
+    semi.write_text("id;image;label\na;x.jpg;b\n")
+    with pytest.raises(DataError, match="semicolon-separated.*'CSV UTF-8 \\(comma delimited\\)'"):
+        load_catalog(semi)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("id,image,label\na,caf\u00e9.jpg,b\n".encode("cp1252"))
+    with pytest.raises(DataError, match="not UTF-8 text \\(line 2, .*Windows-1252"):
+        load_catalog(latin)
