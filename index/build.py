@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,8 @@ class Embeddings:
     # from before runtimes existed were torch fp32.
     runtime: str = ""
     precision: str = "fp32"
+    # When the file was written (ISO 8601 UTC; "" in files without the attribute).
+    created: str = ""
 
     @property
     def dim(self) -> int:
@@ -183,6 +186,7 @@ def read_embeddings(path: str | Path) -> Embeddings:
         failed = len(h5["failed"]) if "failed" in h5 else 0
         runtime = _attr_str(h5.attrs, "runtime", path) if "runtime" in h5.attrs else ""
         precision = _attr_str(h5.attrs, "precision", path) if "precision" in h5.attrs else "fp32"
+        created = _attr_str(h5.attrs, "created", path) if "created" in h5.attrs else ""
         if precision not in PRECISIONS:  # "bf16" was taken, and then compared as fp32's kin
             raise BuildInputError(
                 f"{path}: attribute precision={precision!r} is none this phonesim knows "
@@ -192,7 +196,16 @@ def read_embeddings(path: str | Path) -> Embeddings:
     if failed:
         log.info("%s: %d images had failed to embed and are not indexed", path, failed)
     return Embeddings(
-        ids, xb, labels, model_name, checkpoint_hash, list(label_names), failed, runtime, precision
+        ids,
+        xb,
+        labels,
+        model_name,
+        checkpoint_hash,
+        list(label_names),
+        failed,
+        runtime,
+        precision,
+        created,
     )
 
 
@@ -326,6 +339,35 @@ def join_metadata(
     if catalog is not None and len(catalog) > len(ids) - unmatched:
         log.info("%d catalog row(s) have no embedding", len(catalog) - (len(ids) - unmatched))
     return out
+
+
+def _warn_images_changed_since(
+    metadata: Sequence[Mapping[str, Any]], created: str, embeddings: Path
+) -> None:
+    """Catalog photos modified after their embeddings were written: the index would show the
+    new photo (its thumbnail) beside the old photo's vector, without a word (a review replaced
+    a photo in place, and pointed a row at another class's photo, after embedding)."""
+    try:
+        since = datetime.fromisoformat(created).timestamp()
+    except ValueError:  # an older file without the attribute
+        return
+    changed = []
+    for md in metadata:
+        image = md.get("image")
+        if not image or is_uri(image):
+            continue
+        try:
+            if os.stat(image).st_mtime > since + 1:  # the attribute keeps whole seconds
+                changed.append(image)
+        except OSError:
+            continue  # gone: the server says so for its thumbnail
+    if changed:
+        log.warning(
+            "%d catalog photo(s) changed (or were copied) after %s was written (%s%s): their "
+            "vectors are of the photos as they were then; embed the catalog again to index the "
+            "photos as they are",
+            len(changed), embeddings, changed[0], ", ..." if len(changed) > 1 else "",
+        )  # fmt: skip
 
 
 def image_roots(paths: Sequence[str], limit: int = MAX_IMAGE_ROOTS) -> list[str]:
@@ -690,6 +732,7 @@ def build_from_files(
         emb = read_embeddings(embeddings)
         rows = read_catalog_csv(catalog) if catalog is not None else None
         metadata = join_metadata(emb.ids, emb.labels, rows)
+        _warn_images_changed_since(metadata, emb.created, Path(embeddings))
         source = {
             "embeddings": str(Path(embeddings).resolve()),
             "catalog": str(Path(catalog).resolve()) if catalog is not None else None,

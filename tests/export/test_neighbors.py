@@ -173,6 +173,32 @@ def test_an_index_folder_that_cannot_be_opened_here_is_refused_before_embedding(
     assert not list(tmp_path.glob("f.h5*"))  # nothing embedded, nothing to resume
 
 
+def test_an_index_built_over_photos_changed_since_their_embedding_says_so(
+    reference, demo, tmp_path, caplog
+):
+    """A photo replaced in place after embedding was indexed with its old vector beside its
+    new thumbnail, without a word (reproducibility review)."""
+    import os
+    import shutil
+    import time
+
+    from index import build_from_files
+
+    catalog = shutil.copytree(demo, tmp_path / "demo")  # copy2: the photos' times are kept
+    build_from_files(reference, tmp_path / "a", catalog=catalog / "catalog.csv", progress=False)
+    assert "changed (or were copied) after" not in caplog.text
+    with (catalog / "catalog.csv").open(newline="", encoding="utf-8") as fh:
+        photo = catalog / next(csv.DictReader(fh))["image"]
+    later = time.time() + 60
+    os.utime(photo, (later, later))
+    build_from_files(reference, tmp_path / "b", catalog=catalog / "catalog.csv", progress=False)
+    warned = [
+        r.getMessage() for r in caplog.records if "changed (or were copied)" in r.getMessage()
+    ]
+    assert len(warned) == 1 and warned[0].startswith("1 catalog photo(s)")
+    assert str(photo.resolve()) in warned[0]
+
+
 def test_store_neighbors_match_on_the_fly(reference, demo, ckpt, tmp_path, pg_url):
     """``--store postgresql://...``: neighbours from the catalog in PostgreSQL (no folder)."""
     from index import build_from_files
