@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -515,7 +515,11 @@ def build_index(
             count=n,
             search_defaults=defaults,
             tuning=tuning,
-            source=dict(source or {}),
+            # When: a server's /v1/info names the build it serves.
+            source={
+                "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **(source or {}),
+            },
             image_roots=image_roots(
                 [
                     m["image"]

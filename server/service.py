@@ -20,6 +20,7 @@ from PIL import Image
 from common.fsutil import atomic_write
 from common.kept_images import kept_image, new_image_path
 from common.text import is_uri
+from common.versions import phonesim_version
 from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.class_rerank import ClassRerank, rerank_order
 from embedder.images import load_image
@@ -640,7 +641,9 @@ class LookupService:
     def info(self) -> dict[str, Any]:
         e, cfg = self.embedder, self.config
         idx = self.index.info()
+        source = self.index.manifest.source
         return {
+            "version": phonesim_version(),
             "model": {
                 "name": e.model_name,
                 "checkpoint_hash": e.checkpoint_hash,
@@ -656,6 +659,9 @@ class LookupService:
                 "dim": idx.get("dim"),
                 "metric": idx.get("metric"),
                 "filterable_fields": self.filterable_fields,
+                # Which build is served (None for an index built before it was recorded).
+                "built": source.get("built"),
+                "embedding_precision": source.get("embedding_precision"),
             },
             "limits": {
                 "default_k": cfg.default_k,

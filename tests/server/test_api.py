@@ -315,6 +315,13 @@ def test_info_health_ready(client, tiny_embedder):
     assert info["index"]["size"] == 18 and info["index"]["kind"] == "flat"
     assert "image" not in info["index"]["filterable_fields"]
     assert "label" in info["index"]["filterable_fields"]
+    # Which build of which software: enough to tie an answer to a checkpoint and an index.
+    from common.versions import phonesim_version
+
+    assert info["version"] == phonesim_version() and info["version"]
+    assert info["model"]["checkpoint_hash"] == tiny_embedder.checkpoint_hash
+    assert info["index"]["built"].endswith("+00:00")
+    assert info["index"]["embedding_precision"] is None  # not recorded by this test's build
     assert client.get("/healthz").get_json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
 
