@@ -85,3 +85,35 @@ def own_peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_context() -> dict[str, object]:
+    """Where and with what a benchmark ran, for its closing JSON line: two runs' figures could
+    not be compared without the versions, the machine and its load (reproducibility review)."""
+    import platform
+    from datetime import datetime, timezone
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in ("phonesim", "torch", "onnxruntime", "faiss-cpu", "numpy"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    cpu = platform.processor()
+    try:  # Linux names the CPU model here; platform.processor() is often empty
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    return {
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": available_cores(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "versions": versions,
+    }

@@ -309,7 +309,10 @@ def run_bench(args: argparse.Namespace) -> int:
         f"~{r['baseline_extrapolated_seconds']:g} s at n; speed-up x{r['speedup_vs_baseline']}; "
         f"groups on the subset identical to brute force: {r['subset_matches_brute_force']}"
     )
-    print(json.dumps({k: v for k, v in r.items() if k != "config"}))
+    from common.machine import run_context
+
+    figures = {k: v for k, v in r.items() if k != "config"}
+    print(json.dumps({**figures, "context": run_context()}))
     return 0
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from common.argtypes import positive_int
 from common.errors import reporting_errors
+from common.machine import run_context
 from index import build_index, open_index
 
 BRANDS = ("Acme", "Beta", "Gamma")
@@ -155,7 +156,7 @@ def report(result: dict) -> int:
     for name, ms, ratio in rows:
         print(f"{name:32s} {ms:10.2f} ms  {ratio}")
     print(f"{'compactions':32s} {', '.join(f'{c:.0f}' for c in result['compaction_ms'])} ms")
-    print(json.dumps(result))
+    print(json.dumps({**result, "context": run_context()}))
     return 0
 
 

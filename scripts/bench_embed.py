@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common.argtypes import non_negative_int, positive_int, thread_count
 from common.errors import reporting_errors
-from common.machine import own_peak_rss_mb
+from common.machine import own_peak_rss_mb, run_context
 from embedder.batch import default_workers, iter_embeddings
 from embedder.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from embedder.data import Sample, load_catalog
@@ -316,7 +316,7 @@ def main() -> int:
         "(VmHWM) plus the sampled peak PSS of every process it started (decoding runs in "
         "threads: normally none)"
     )
-    print(json.dumps(figures))
+    print(json.dumps({**figures, "context": run_context()}))
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from common.argtypes import positive_int, refuse_file_as_folder, thread_count
 from common.errors import reporting_errors
+from common.machine import run_context
 from demo.catalog import generate_catalog
 from export.bench import CHILD_FLAG, BenchSettings, child_main, run_bench
 
@@ -63,7 +64,7 @@ def main() -> int:
     )
     for key, value in figures.items():
         print(f"{key:>30}: {value}")
-    print(json.dumps(figures))
+    print(json.dumps({**figures, "context": run_context()}))
     return 0
 
 

@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from common.errors import reporting_errors  # noqa: E402
+from common.machine import run_context  # noqa: E402
 from embedder.class_rerank import DEFAULT_WEIGHT  # noqa: E402
 from embedder.crossval import corrected_interval, group_bootstrap_interval  # noqa: E402
 from export import ExportConfig, export_features  # noqa: E402
@@ -186,7 +187,7 @@ def main() -> int:
         )
     b = summary["unseen_difference_bootstrap"]
     print(f"unseen paired, group bootstrap: {b['mean']:+.3f} [{b['low']:+.3f}, {b['high']:+.3f}]")
-    print(json.dumps(summary))
+    print(json.dumps({**summary, "context": run_context()}))
     return 0
 
 

@@ -20,6 +20,7 @@ from bench_embed import copy_checkpoint, image_folder, make_checkpoint
 
 from common.argtypes import non_negative_int, positive_int, thread_count
 from common.errors import reporting_errors
+from common.machine import run_context
 from duplicates.descriptor import CopyDescriptor
 from duplicates.finder import FinderConfig, find_duplicates
 from duplicates.inputs import list_images
@@ -100,7 +101,7 @@ def main() -> int:
         "groups": len(results["onnx"]["groups"]),
         "targets_met": same and speedup >= TARGET_SPEEDUP,
     }
-    print(json.dumps(figures))
+    print(json.dumps({**figures, "context": run_context()}))
     return 0
 
 

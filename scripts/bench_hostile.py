@@ -46,6 +46,7 @@ from http_load import (
 
 from common.argtypes import non_negative_int, positive_float, positive_int
 from common.errors import reporting_errors
+from common.machine import run_context
 
 sys.path.insert(0, str(REPO))  # tests.imagefuzz: the fuzzed files the test suite uses
 
@@ -428,7 +429,7 @@ def run(
     )
     figures["targets_met"] = met
     print(f"p99 under attack / alone: {figures['p99_ratio']} (target <= {TARGET_P99_RATIO})")
-    print(json.dumps(figures), flush=True)
+    print(json.dumps({**figures, "context": run_context()}), flush=True)
     return 1 if args.strict and not met else 0
 
 

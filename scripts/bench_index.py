@@ -20,6 +20,7 @@ from pathlib import Path
 
 from common.argtypes import non_negative_int, positive_int, refuse_file_as_folder, unit_interval
 from common.errors import reporting_errors
+from common.machine import run_context
 from index.ann import create, resolve_kind
 from index.benchmark import BenchConfig, format_table, run_benchmark
 from index.errors import InvalidKindError
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         parse_args(argv), stage=lambda m: print(f"... {m}", file=sys.stderr, flush=True)
     )
     print(format_table(result))
-    print(json.dumps(result, sort_keys=True, default=float))
+    print(json.dumps({**result, "context": run_context()}, sort_keys=True, default=float))
     return 0
 
 

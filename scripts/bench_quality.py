@@ -123,6 +123,7 @@ import numpy as np
 from common.errors import reporting_errors
 from common.fsutil import atomic_write_text
 from common.grouping import component_labels
+from common.machine import run_context
 from embedder.class_rerank import ClassRerank, reranked_labels
 from embedder.crossval import (
     Interval,
@@ -1576,7 +1577,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["recipe_over_probe_accuracy_ratio"] = round(
             methods["recipe"]["accuracy"]["mean"] / methods["probe"]["accuracy"]["mean"], 4
         )
-    print(json.dumps(summary))
+    print(json.dumps({**summary, "context": run_context()}))
     return 0
 
 

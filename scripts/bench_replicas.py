@@ -50,6 +50,7 @@ from common.argtypes import (
     refuse_file_as_folder,
 )
 from common.errors import reporting_errors
+from common.machine import run_context
 from demo.specs import CLASS_NAMES
 
 API_KEY = "bench-replicas-key"
@@ -437,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         "ok": all(r["ok"] for r in results),
         "results": results,
     }
-    print(json.dumps(figures))
+    print(json.dumps({**figures, "context": run_context()}))
     return 0 if figures["ok"] else 1
 
 

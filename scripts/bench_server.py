@@ -48,6 +48,7 @@ from http_load import (
 
 from common.argtypes import non_negative_float, positive_float, positive_int
 from common.errors import reporting_errors
+from common.machine import run_context
 from embedder.knn_options import gate
 from embedder.text_cues import DEFAULT_GATE as TEXT_GATE
 
@@ -504,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     summary["targets"] = targets
     summary["targets_met"] = all(targets.values())
-    print(json.dumps(summary), flush=True)
+    print(json.dumps({**summary, "context": run_context()}), flush=True)
     return 1 if args.strict and not summary["targets_met"] else 0
 
 

@@ -54,3 +54,7 @@ def test_the_catalog_writes_benchmark_ends_with_its_figures_and_baselines():
     assert figures["n"] == 3000 and len(figures["compaction_ms"]) == 3
     for ratio in ("stock_update_ratio", "price_update_ratio", "rare_page_ratio"):
         assert figures[ratio] > 0
+    # Where and with what it ran, so two runs' figures can be compared.
+    context = figures["context"]
+    assert context["cores"] >= 1 and context["when"].endswith("+00:00")
+    assert {"phonesim", "numpy", "faiss-cpu"} <= set(context["versions"])
