@@ -113,6 +113,7 @@ import json
 import logging
 import sys
 import time
+import uuid
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -124,6 +125,7 @@ from common.errors import reporting_errors
 from common.fsutil import atomic_write_text
 from common.grouping import component_labels
 from common.machine import run_context
+from common.versions import phonesim_version
 from embedder.class_rerank import ClassRerank, reranked_labels
 from embedder.crossval import (
     Interval,
@@ -140,6 +142,7 @@ from embedder.label_audit import AuditError, LabelAudit, load_label_audit
 from embedder.label_conflicts import thumbnail_vector
 from embedder.metrics import label_recall_at_k, macro_f1, nearest_neighbours
 from embedder.preprocess import Preprocessor
+from embedder.provenance import utc_now
 from embedder.text_cues import DEFAULT_GATE as TEXT_GATE
 from embedder.text_cues import DEFAULT_WEIGHT as TEXT_WEIGHT
 from embedder.text_cues import TextCues, Texts, apply_text_cues, unsure
@@ -541,9 +544,36 @@ def gated_cues(cues: np.ndarray, fused: np.ndarray, gate: float) -> tuple[np.nda
 
 
 # -- methods -------------------------------------------------------------------------------
+def _git_commit() -> str | None:
+    """The checkout's commit (with ``+changes`` when files differ from it), or None."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+            timeout=10,
+        )  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        # Stamped on each fold's figures: cached folds may be another commit's (see summary).
+        self.stamp = {
+            "run": uuid.uuid4().hex[:12],
+            "when": utc_now(),
+            "phonesim": phonesim_version(),
+            "commit": _git_commit(),
+        }
         self.work: Path = args.work
         self.work.mkdir(parents=True, exist_ok=True)
         self.catalog = load_photos(args.data)
@@ -726,6 +756,7 @@ class Bench:
     def save(self, method: str, split: Split, figures: dict) -> None:
         if uses_fusion(method):
             figures["fusion"] = asdict(FUSION)
+        figures["computed"] = self.stamp
         self.results.setdefault(method, {})[split.name] = figures
         atomic_write_text(self.results_path, json.dumps(self.results))  # a crash keeps the rest
 
@@ -1222,6 +1253,17 @@ class Bench:
                 self.run_trained("recipe")
 
     # -- summary -----------------------------------------------------------------------------
+    def computed(self, folds: list[dict]) -> dict[str, Any]:
+        """How many of a method's folds this run computed, and which commits and versions
+        computed the others: a cached fold is reported beside new ones without a word, and it
+        may be an older recipe's (a retrained recipe had read 0.750 beside 0.738 on record)."""
+        stamps = [f.get("computed") or {} for f in folds]
+        return {
+            "this_run": sum(s.get("run") == self.stamp["run"] for s in stamps),
+            "commits": sorted({str(s.get("commit") or "unknown") for s in stamps}),
+            "versions": sorted({str(s.get("phonesim") or "unknown") for s in stamps}),
+        }
+
     def summary(self) -> dict[str, Any]:
         frac = 1.0 / (self.args.folds - 1)
         names = [s.name for s in self.splits]
@@ -1229,7 +1271,7 @@ class Bench:
         out: dict[str, Any] = {"methods": {}, "paired_vs_recipe": {}}
         for m in methods:
             folds = [self.results[m][n] for n in names if n in self.results[m]]
-            entry: dict[str, Any] = {"folds": len(folds)}
+            entry: dict[str, Any] = {"folds": len(folds), "computed": self.computed(folds)}
             for metric in METRICS:
                 entry[metric] = corrected_interval([f[metric] for f in folds], frac).to_json()
             apart = sum(f["cross_brand_count"] for f in folds)

@@ -89,15 +89,28 @@ def test_cross_validated_baselines_end_with_one_json_line_and_cache(tmp_path):
         acc = figures["methods"][method]["accuracy"]
         assert figures["methods"][method]["folds"] == 2
         assert 0.0 <= acc["mean"] <= 1.0 and acc["low"] <= acc["mean"] <= acc["high"]
+    # Each method says which of its folds this run computed, and which commits did the rest.
+    computed = figures["methods"]["knn"]["computed"]
+    assert computed["this_run"] == 2 and len(computed["commits"]) == 1
     # A second run reports the cached folds without recomputing them.
     again = run("--data", str(data), "--folds", "2", "--report", "--work", str(work))
-    assert json.loads(again.stdout.strip().splitlines()[-1])["methods"] == figures["methods"]
+    reported = json.loads(again.stdout.strip().splitlines()[-1])["methods"]
+    assert reported["knn"]["computed"] == {**computed, "this_run": 0}
+    for method in reported.values():
+        method["computed"]["this_run"] = 2
+    assert reported == figures["methods"]
     # More repeats extend the same cache: repeat 0's folds are reused, not refused.
     more = run(
         "--data", str(data), "--folds", "2", "--repeats", "2", "--report", "--work", str(work)
     )
     assert more.returncode == 0, more.stderr[-2000:]
-    assert json.loads(more.stdout.strip().splitlines()[-1])["methods"] == figures["methods"]
+    more_methods = json.loads(more.stdout.strip().splitlines()[-1])["methods"]
+    assert more_methods.keys() == figures["methods"].keys()
+    assert all(
+        {k: v for k, v in more_methods[m].items() if k != "computed"}
+        == {k: v for k, v in figures["methods"][m].items() if k != "computed"}
+        for m in more_methods
+    )
     # Another fold setting refuses to mix its results into this cache.
     other = run("--data", str(data), "--folds", "3", "--report", "--work", str(work))
     assert other.returncode != 0 and "another setting" in other.stderr
