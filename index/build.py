@@ -11,6 +11,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -291,7 +292,31 @@ def read_catalog_csv(path: str | Path) -> dict[str, dict[str, str]]:
         raise BuildInputError(f"{path}: not UTF-8 text ({detail})") from None
     except csv.Error as exc:
         raise BuildInputError(f"{path}: not a readable CSV ({exc})") from None
+    _warn_decimal_commas(path, rows)
     return rows
+
+
+_DECIMAL_COMMA = re.compile(r"^[-+]?\d{1,3}(?:[.\s\u00a0\u202f]?\d{3})*,\d{1,2}$")
+
+
+def _warn_decimal_commas(path: Path, rows: Mapping[str, Mapping[str, str]]) -> None:
+    """Columns of numbers written with a decimal comma ("1138,99", as spreadsheets in many
+    locales save them) are text to filters: `price < 500` was refused only at query time."""
+    counts: dict[str, list[int]] = {}
+    for md in rows.values():
+        for name, value in md.items():
+            seen = counts.setdefault(name, [0, 0])
+            seen[0] += 1
+            seen[1] += bool(_DECIMAL_COMMA.match(value))
+    fields = [f for f, (n, commas) in counts.items() if commas and commas * 2 >= n]
+    if fields:
+        example = next(md[fields[0]] for md in rows.values() if fields[0] in md)
+        log.warning(
+            "%s: column(s) %s hold numbers written with a decimal comma (%r): filters take them "
+            "as text, so a range such as price < 500 is refused; write them with a decimal "
+            "point (1138.99)",
+            path, ", ".join(repr(f) for f in fields), example,
+        )  # fmt: skip
 
 
 def _warn_read_only_columns(path: Path, columns: Sequence[str]) -> None:

@@ -713,3 +713,22 @@ def test_a_rebuild_refused_before_it_begins_keeps_no_folder_open(files):
         except BuildInputError as exc:
             kept.append(exc)  # its traceback holds the frame
     assert len(kept) == 5 and len(os.listdir("/proc/self/fd")) == before
+
+
+def test_numbers_with_a_decimal_comma_are_warned_of_at_build(tmp_path, caplog):
+    """ "1138,99" (a spreadsheet in many locales) was text to filters: `price < 500` was refused
+    only at query time."""
+    from index import read_catalog_csv
+
+    catalog = tmp_path / "c.csv"
+    catalog.write_text(
+        'id,image,price,title\na,x.jpg,"1138,99",Foo\nb,y.jpg,"1.299,50",Bar\nc,z.jpg,300,"1,5"\n'
+    )
+    with caplog.at_level("WARNING", logger="index.build"):
+        read_catalog_csv(catalog)
+    warned = [r.getMessage() for r in caplog.records if "decimal comma" in r.getMessage()]
+    assert len(warned) == 1 and "column(s) 'price' hold" in warned[0] and "'title'" not in warned[0]
+    caplog.clear()
+    catalog.write_text("id,image,price\na,x.jpg,1138.99\n")
+    read_catalog_csv(catalog)
+    assert "decimal comma" not in caplog.text
