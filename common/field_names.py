@@ -15,8 +15,7 @@ MAX_FIELD_NAME_LENGTH = 64
 FIELD_NAME_PATTERN = r"^(?!(?:id|image|image_url|score)$)[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 FIELD_NAME_RULE = (
     f"1-{MAX_FIELD_NAME_LENGTH} ASCII letters, digits, '_', '.' or '-', starting with a letter "
-    "or '_' (a catalog CSV's other column names, 'Größe' or '品牌', are kept and filtered on, "
-    "but not written through the API)"
+    "or '_'"
 )
 
 _FIELD_RE = re.compile(FIELD_NAME_PATTERN.replace("$", r"\Z"))

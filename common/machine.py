@@ -91,15 +91,10 @@ def run_context() -> dict[str, object]:
     """Where and with what a benchmark ran, for its closing JSON line: two runs' figures could
     not be compared without the versions, the machine and its load (reproducibility review)."""
     import platform
-    from datetime import datetime, timezone
-    from importlib.metadata import PackageNotFoundError, version
 
-    versions = {}
-    for name in ("phonesim", "torch", "onnxruntime", "faiss-cpu", "numpy"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            continue
+    from common.stamps import package_versions, utc_now
+
+    versions = package_versions(("phonesim", "torch", "onnxruntime", "faiss-cpu", "numpy"))
     cpu = platform.processor()
     try:  # Linux names the CPU model here; platform.processor() is often empty
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
@@ -109,7 +104,7 @@ def run_context() -> dict[str, object]:
     except OSError:
         pass
     return {
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": utc_now(),
         "host": platform.node(),
         "cpu": cpu,
         "cores": available_cores(),

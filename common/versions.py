@@ -7,9 +7,7 @@ means an older phonesim wrote it, and the caller knows what makes it current.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 
 #: The feature file of ``phonesim embed`` and ``phonesim export`` (docs/export.md), read by
 #: ``phonesim index build/add``; here so that the index need not import the exporter.
@@ -35,12 +33,3 @@ def version_problem(found: object, readable: Sequence[int], older_fix: str) -> s
 #: Every embedding precision a features file or an index may record: ``embedder``'s
 #: ``precision(runtime)`` gives one of them.
 PRECISIONS = ("fp32", "int8")
-
-
-@functools.cache
-def phonesim_version() -> str | None:
-    """The installed package's version (None for a checkout run without installing it)."""
-    try:
-        return version("phonesim")
-    except PackageNotFoundError:
-        return None

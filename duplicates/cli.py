@@ -126,11 +126,13 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _made_with(args: argparse.Namespace, data: str, descriptor: Any, calibrated: bool) -> dict:
+def _made_with(
+    args: argparse.Namespace, data: str, descriptor: Any, calibrated: bool, weights_hash: str
+) -> dict:
     """What produced a report, for ``duplicates.json``: it had said nothing of the model, the
     data or where its threshold came from, so two reports could not be compared."""
-    from embedder.checkpoint import checkpoint_hash, read_config
-    from embedder.provenance import package_versions, utc_now
+    from common.stamps import phonesim_version, utc_now
+    from embedder.checkpoint import read_config
 
     if args.threshold is not None:
         threshold_from = "--threshold"
@@ -138,12 +140,12 @@ def _made_with(args: argparse.Namespace, data: str, descriptor: Any, calibrated:
         threshold_from = "calibration" if calibrated else "default (not calibrated)"
     return {
         "checkpoint": str(Path(args.checkpoint).resolve()),
-        "checkpoint_hash": checkpoint_hash(args.checkpoint),
+        "checkpoint_hash": weights_hash,
         "model": read_config(args.checkpoint).architecture,
         "runtime": descriptor.engine.runtime,
         "data": str(Path(data).resolve()),
         "threshold_from": threshold_from,
-        "phonesim": package_versions().get("phonesim"),
+        "phonesim": phonesim_version(),
         "created": utc_now(),
     }
 
@@ -190,12 +192,13 @@ def run_find(args: argparse.Namespace) -> int:
     engine = EngineOptions.from_args(args)
     descriptor = CopyDescriptor.from_checkpoint(args.checkpoint, stored.descriptor, engine)
     log.info("descriptor runs on %s", descriptor.engine.describe())
+    weights_hash = checkpoint_hash(args.checkpoint)  # once: the report and the index check
     if args.index or args.store:
         from embedder.inference import Embedder
 
         # The same engine: one model in memory for the descriptor and the index queries.
         ckpt = read_config(args.checkpoint)
-        embedder = Embedder(descriptor.engine, ckpt, checkpoint_hash(args.checkpoint))
+        embedder = Embedder(descriptor.engine, ckpt, weights_hash)
         against = AgainstConfig(k=args.k) if args.k else AgainstConfig()
         if args.store:  # $PHONESIM_STORE turns a folder's search into this one: say so
             from index.pg import redact
@@ -207,7 +210,7 @@ def run_find(args: argparse.Namespace) -> int:
         )
     else:
         result = find_duplicates(descriptor, samples, config)
-    result.extra["made_with"] = _made_with(args, data, descriptor, stored.calibrated)
+    result.extra["made_with"] = _made_with(args, data, descriptor, stored.calibrated, weights_hash)
     paths = write_report(result, args.out)
     if args.json:  # the failures are in the report's files
         print(json.dumps(_summary_json(result, paths)))

@@ -19,7 +19,6 @@ import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +36,7 @@ from common.fsutil import (
     swap_folder,
     temporary_folder,
 )
+from common.stamps import utc_now
 from common.versions import version_problem
 from embedder.errors import CheckpointError, DataError, first_line
 from embedder.preprocess import CROP_MODES, INTERPOLATIONS
@@ -491,7 +491,7 @@ def set_training_state(path: str | Path, state: str) -> None:
     with checkpoint_lock(path):  # as the graph and calibration records: no write lost
         data = json.loads(config_path.read_text())
         data.setdefault("training", {})["state"] = state
-        data["training"]["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        data["training"]["ended"] = utc_now()
         atomic_write_text(config_path, json.dumps(data, indent=2) + "\n")
 
 

@@ -199,7 +199,16 @@ def path_ids(paths: list[Path], root: Path) -> list[str]:
     # x.jpg, x.png and x.jpg.png would still clash ("x.jpg" twice): refuse rather than guess.
     clash = next((i for i, n in Counter(ids).items() if n > 1), None)
     if clash is not None:
-        raise DataError(f"{root}: two images would get the id '{clash}'; rename one")
+        raw = {
+            p.relative_to(root).as_posix() for p, i in zip(paths, ids, strict=True) if i == clash
+        }
+        forms = (
+            " (their names differ only in Unicode form: one composed, one decomposed as "
+            "macOS writes names)"
+            if len(raw) > 1 and len({nfc(r) for r in raw}) == 1
+            else ""
+        )
+        raise DataError(f"{root}: two images would get the id '{clash}'{forms}; rename one")
     _warn_unindexable(root, ids, "image name(s)", "rename those photos")
     return ids
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -233,7 +234,16 @@ def evaluate(
 def _check_known_classes(data: str | Path, catalog: Catalog, names: list[str]) -> None:
     unknown = sorted(set(catalog.label_names) - set(names))
     if unknown:
-        raise DataError(f"{data}: classes the checkpoint does not know: {', '.join(unknown)}")
+        composed = {unicodedata.normalize("NFC", n) for n in names}
+        forms = (
+            " (the checkpoint names them in another Unicode form: decomposed, as a catalog made "
+            "on macOS was read before names were composed; train it again)"
+            if all(unicodedata.normalize("NFC", u) in composed for u in unknown)
+            else ""
+        )
+        raise DataError(
+            f"{data}: classes the checkpoint does not know: {', '.join(unknown)}{forms}"
+        )
 
 
 def _gallery_catalog(gallery: str | Path, data: Catalog, names: list[str]) -> Catalog:

@@ -12,31 +12,29 @@ from __future__ import annotations
 import hashlib
 import platform
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
+from common.fsutil import file_sha256
+from common.stamps import package_versions
 from embedder.data import Sample
 
 #: Packages whose version changes what training computes.
 PACKAGES = ("phonesim", "torch", "timm", "numpy", "pillow", "pytorch-metric-learning")
 
 
-def package_versions() -> dict[str, str]:
+def training_versions() -> dict[str, str]:
     """Installed versions of :data:`PACKAGES` (absent ones left out), Python's and the CPU
     architecture's."""
-    found = {"python": platform.python_version(), "machine": platform.machine()}
-    for name in PACKAGES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return found
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        **package_versions(PACKAGES),
+    }
 
 
-def _file_digest(path: object) -> str:
+def _file_digest(path: Path) -> str:
     try:
-        with open(path, "rb") as fh:  # type: ignore[arg-type]
-            return hashlib.file_digest(fh, "sha256").hexdigest()
+        return file_sha256(path)
     except OSError:
         return "unreadable"
 
@@ -60,7 +58,3 @@ def data_record(train: Sequence[Sample], val: Sequence[Sample]) -> dict[str, obj
         "val_images": len(val),
         "val_fingerprint": samples_fingerprint(val),
     }
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

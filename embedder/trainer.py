@@ -21,6 +21,7 @@ from sklearn.metrics import accuracy_score
 from torch import nn
 
 from common.errors import message_line
+from common.stamps import utc_now
 from embedder.backbone import create_backbone, source_model
 from embedder.batch import embed_samples
 from embedder.checkpoint import (
@@ -46,7 +47,7 @@ from embedder.inference import Embedder
 from embedder.label_conflicts import find_label_conflicts
 from embedder.metrics import label_recall_at_k, macro_f1
 from embedder.optim import adamw, warmup_cosine
-from embedder.provenance import data_record, package_versions, utc_now
+from embedder.provenance import data_record, training_versions
 from embedder.train_config import TrainConfig, frozen_group_count
 from embedder.train_data import CachedImages, is_readable, seed_everything, training_loader
 from embedder.transforms import model_data_config, train_transform
@@ -157,11 +158,7 @@ class Trainer:
         # Checked now, before the images are read: a --frozen-groups the model lacks fails.
         self.frozen = frozen_parameter_names(self.model, frozen_group_count(config))
         self.val_samples = val_samples
-        self.provenance = {
-            "started": utc_now(),
-            "data_record": data_record(train.samples, val_samples),
-            "versions": package_versions(),
-        }
+        self.provenance: dict[str, Any] = {"started": utc_now(), "versions": training_versions()}
         # Now, not after the warm-up: a validation set without one readable image is an error
         # (reading stops at the first image that decodes).
         if val_samples and not any(is_readable(s) for s in val_samples):
@@ -183,6 +180,8 @@ class Trainer:
         self.loader = training_loader(
             dataset, config, self.generator, pin_memory=self.device.type == "cuda"
         )
+        # After the reading above: the files are in the page cache, hashing costs only CPU.
+        self.provenance["data_record"] = data_record(train.samples, val_samples)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.mixer = make_mixer(config, len(self.label_names))
 

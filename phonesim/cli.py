@@ -122,7 +122,7 @@ def _warn_if_not_utf8() -> None:
             f"phonesim: warning: this process reads file names as "
             f"{sys.getfilesystemencoding()}, not UTF-8 (a locale such as LC_ALL=C with "
             "PYTHONUTF8=0): non-ASCII names may be left out or refused; set PYTHONUTF8=1 or "
-            "LANG=C.UTF-8",
+            "LC_ALL=C.UTF-8",
             file=sys.stderr,
         )
 

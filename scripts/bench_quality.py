@@ -125,7 +125,7 @@ from common.errors import reporting_errors
 from common.fsutil import atomic_write_text
 from common.grouping import component_labels
 from common.machine import run_context
-from common.versions import phonesim_version
+from common.stamps import phonesim_version, utc_now
 from embedder.class_rerank import ClassRerank, reranked_labels
 from embedder.crossval import (
     Interval,
@@ -142,7 +142,6 @@ from embedder.label_audit import AuditError, LabelAudit, load_label_audit
 from embedder.label_conflicts import thumbnail_vector
 from embedder.metrics import label_recall_at_k, macro_f1, nearest_neighbours
 from embedder.preprocess import Preprocessor
-from embedder.provenance import utc_now
 from embedder.text_cues import DEFAULT_GATE as TEXT_GATE
 from embedder.text_cues import DEFAULT_WEIGHT as TEXT_WEIGHT
 from embedder.text_cues import TextCues, Texts, apply_text_cues, unsure

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import reporting_errors
+from common.machine import run_context
 from embedder.backbone import create_backbone
 from embedder.batch import embed_samples
 from embedder.checkpoint import CheckpointConfig
@@ -182,7 +183,7 @@ def main() -> int:
         figures["recipe_vs_probe_accuracy_ratio"] = round(
             figures["recipe"]["accuracy"] / max(1e-9, figures["probe"]["accuracy"]), 3
         )
-    print(json.dumps(figures))
+    print(json.dumps({**figures, "context": run_context()}))
     return 0
 
 

@@ -222,7 +222,9 @@ def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
             raise ApiError(
                 400,
                 "invalid_metadata",
-                f"metadata field name {key[:40]!r} must be {FIELD_NAME_RULE}",
+                f"metadata field name {key[:40]!r} must be {FIELD_NAME_RULE} (a catalog "
+                "CSV's other column names, 'Größe' or '品牌', are kept and filtered on, but "
+                "not written through the API)",
             )
         if value is not None and not isinstance(value, str | int | float | bool):
             raise ApiError(

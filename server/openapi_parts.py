@@ -69,7 +69,7 @@ ID_SCHEMA = {
     "'..', no leading or trailing space, not ending in /similar or /image, not 'batch'",
 }
 _METADATA_VALUES = (
-    "names of letters, digits, '_', '.', '-'; values: strings of at most "
+    "names of ASCII letters, digits, '_', '.', '-'; values: strings of at most "
     f"{MAX_STRING_LENGTH} characters, numbers within ±9.2e18, booleans or null"
 )
 # In a JSON body the metadata may hold every field an item can have.

@@ -142,7 +142,9 @@ def instance_folder(parent: Path | None = None) -> Iterator[Path]:
     (folder / MASTER_PID_FILE).write_text(f"{socket.gethostname()} {master}")
     (folder / "metrics").mkdir()
     before = os.environ.get(MULTIPROC_ENV)
-    if before:  # a platform's setting: said, not replaced silently
+    # A platform's setting is said, not replaced silently; a re-executed server (gunicorn's
+    # USR2 upgrade) inherits its old instance's folder, which is no one's setting.
+    if before and not Path(before).parent.name.startswith(INSTANCE_PREFIX):
         log.warning(
             "%s=%s is not used: serve keeps its workers' metrics in a folder of its own (%s), "
             "emptied at each start, which /metrics reads",

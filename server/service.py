@@ -19,8 +19,8 @@ from PIL import Image
 
 from common.fsutil import atomic_write
 from common.kept_images import kept_image, new_image_path
+from common.stamps import phonesim_version
 from common.text import is_uri
-from common.versions import phonesim_version
 from embedder.class_rerank import DEFAULT_POOL as RERANK_POOL
 from embedder.class_rerank import ClassRerank, rerank_order
 from embedder.images import load_image

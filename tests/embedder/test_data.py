@@ -405,6 +405,12 @@ def test_one_class_in_two_unicode_forms_is_one_class_and_said(tmp_path, caplog):
     assert catalog.label_names == [names[0], "Other"]
     assert sum(s.label == names[0] for s in catalog.samples) == 2
     assert "appear twice, written in two Unicode forms" in caplog.text
+    # The same photo name in both: one id for two files, refused saying why they look alike.
+    same = tmp_path / "same"
+    _class_folders(same, [names[0]], ["a.jpg"])
+    _class_folders(same, [names[1], "Other"], ["a.jpg"])
+    with pytest.raises(DataError, match="two images would get the id .*differ only in Unicode"):
+        load_catalog(same)
 
 
 def test_class_names_that_only_look_alike_are_warned_of(tmp_path, caplog):

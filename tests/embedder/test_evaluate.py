@@ -314,3 +314,23 @@ def test_class_names_the_plot_font_lacks_are_said_in_one_line(tmp_path, caplog):
     said = [r for r in caplog.records if "drawn as boxes" in r.getMessage()]
     assert len(said) == 1 and "(4 characters)" in said[0].getMessage()
     assert (tmp_path / "cm.png").stat().st_size > 0
+
+
+def test_a_checkpoint_naming_its_classes_decomposed_is_said_to_be(tmp_path):
+    """A checkpoint trained on a macOS-made folder before names were read composed (NFC)
+    names "Café" decomposed: evaluating the same photos named it unknown without a reason."""
+    import unicodedata
+
+    from embedder.data import Catalog, Sample
+    from embedder.errors import DataError
+    from embedder.evaluate import _check_known_classes
+
+    composed = unicodedata.normalize("NFC", "Café")
+    catalog = Catalog(
+        samples=[Sample("a", tmp_path / "a.jpg", composed)], label_names=[composed], source=tmp_path
+    )
+    decomposed = [unicodedata.normalize("NFD", "Café"), "Other"]
+    with pytest.raises(DataError, match="another Unicode form.*train it again"):
+        _check_known_classes("data", catalog, decomposed)
+    with pytest.raises(DataError, match="does not know: Café$"):
+        _check_known_classes("data", catalog, ["Other"])

@@ -357,7 +357,7 @@ def test_a_locale_without_utf8_is_said_once(utf8_mode, tmp_path):
     )  # fmt: skip
     warned = [line for line in done.stderr.splitlines() if "not UTF-8" in line]
     if utf8_mode == "0":
-        assert len(warned) == 1 and "set PYTHONUTF8=1 or LANG=C.UTF-8" in warned[0]
+        assert len(warned) == 1 and "set PYTHONUTF8=1 or LC_ALL=C.UTF-8" in warned[0]
     else:
         assert warned == []
     assert "index folder does not exist" in done.stderr  # the command still ran

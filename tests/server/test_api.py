@@ -316,7 +316,7 @@ def test_info_health_ready(client, tiny_embedder):
     assert "image" not in info["index"]["filterable_fields"]
     assert "label" in info["index"]["filterable_fields"]
     # Which build of which software: enough to tie an answer to a checkpoint and an index.
-    from common.versions import phonesim_version
+    from common.stamps import phonesim_version
 
     assert info["version"] == phonesim_version() and info["version"]
     assert info["model"]["checkpoint_hash"] == tiny_embedder.checkpoint_hash

@@ -158,6 +158,12 @@ def test_a_preset_metrics_folder_is_said_to_be_replaced(tmp_path, monkeypatch, c
     assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == "/platform/metrics"
     assert "PROMETHEUS_MULTIPROC_DIR=/platform/metrics is not used" in caplog.text
     assert str(folder / "metrics") in caplog.text
+    # A server re-executed for an upgrade (gunicorn's USR2) inherits its old instance's folder.
+    caplog.clear()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder / "metrics"))
+    with caplog.at_level("WARNING", logger="server.serve"), instance_folder(tmp_path):
+        pass
+    assert "is not used" not in caplog.text
 
 
 def test_a_working_directory_gone_or_closed_is_one_line(tmp_path, tiny_checkpoint, index_dir):
