@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,3 +135,20 @@ __all__ = [
     "spreadsheet_cell",
     "unnamed_value",
 ]
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: East Asian wide and full-width characters take
+    two, combining marks and invisible format characters none (``len`` had misaligned a table
+    of CJK or decomposed class names)."""
+    width = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) == "Cf":
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
+def pad_to(text: str, width: int) -> str:
+    """``text`` followed by the spaces that make it ``width`` columns wide (none if wider)."""
+    return text + " " * max(0, width - display_width(text))

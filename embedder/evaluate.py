@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from common.fsutil import atomic_write, atomic_write_text
 from common.plotting import pyplot
+from common.text import display_width, pad_to
 from embedder.batch import embed_samples
 from embedder.checkpoint import check_outside_inputs, read_config
 from embedder.class_rerank import ClassRerank, reranked_labels
@@ -338,13 +339,15 @@ def format_report(report: dict[str, Any]) -> str:
             f"class re-rank (weight {ranked['weight']:g} over the first {ranked['pool']}): "
             f"Recall@1 {ranked['recall_at_1']:.4f}  Recall@5 {ranked['recall_at_5']:.4f}"
         )
+    # As wide as the widest name as a terminal shows it (CJK takes two columns a character).
+    first = max([20, *(display_width(n) + 2 for n in report["per_class"])])
     lines += [
         "",
-        f"{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
+        f"{pad_to('class', first)}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
     ]
     for name, s in report["per_class"].items():
         lines.append(
-            f"{name:<20}{s['precision']:>10.3f}{s['recall']:>10.3f}{s['f1']:>10.3f}"
+            f"{pad_to(name, first)}{s['precision']:>10.3f}{s['recall']:>10.3f}{s['f1']:>10.3f}"
             f"{int(s['support']):>10d}"
         )
     if "report_dir" in report:

@@ -58,3 +58,16 @@ def test_text_that_is_not_utf8_is_located_and_its_likely_encoding_named(tmp_path
     fine = tmp_path / "fine.csv"
     fine.write_text("id,image\n", encoding="utf-8-sig")
     assert not_utf8_detail(fine) == not_utf8_detail(tmp_path / "missing.csv") == ""
+
+
+def test_wide_and_combining_characters_are_padded_to_the_columns_they_take():
+    """The evaluate table padded class names by len(): CJK names pushed their rows right."""
+    from common.text import display_width, pad_to
+
+    assert display_width("Apple") == 5
+    assert display_width("华为") == 4  # two columns a character
+    assert display_width("Cafe\u0301") == 4  # the accent combines
+    assert display_width("Xiao\u200bmi") == 6  # invisible
+    rows = [pad_to(name, 10) + "|" for name in ("Apple", "华为", "Cafe\u0301")]
+    assert {display_width(row) for row in rows} == {11}
+    assert pad_to("a-very-long-name", 4) == "a-very-long-name"
