@@ -11,12 +11,14 @@
     for item in client.items(filter={"brand": "apple"}):
         ...
 
-Requests that get 429 or 503 (or cannot connect) are retried with exponential backoff, waiting
-at least what ``Retry-After`` asks, up to 60 s a retry (a longer ask is answered sooner). A
-write (add, update, remove) whose connection broke after it was sent is not sent again: the
-server may have done it. ``timeout`` bounds connecting and the wait for the answer to begin,
-and the whole answer must be in within ``timeout`` of the start, so a server that trickles
-cannot hold a call. Redirects are not followed: the API
+Requests that get 429 or 503 (reads also 502 and 504, a proxy's answers while the server
+restarts, and reads whose connection broke) are retried ``retries`` times with exponential
+backoff and jitter, waiting at least what ``Retry-After`` asks, up to 60 s a retry (a longer
+ask is answered sooner). A write (add, update, remove) whose connection broke after it was sent
+is not sent again: the server may have done it. ``timeout`` bounds each attempt whole, from
+connecting to the answer's last byte, so a server that trickles its headers, reads an upload
+slowly or trickles its answer cannot hold an attempt longer; a call makes at most ``retries +
+1`` attempts and the waits between them. Redirects are not followed: the API
 never sends one, and following it would hand the key to another host. Every failure of a
 request is raised as :class:`PhonesimError` with the HTTP status and the server's error code
 and message; arguments that cannot make a request are ``TypeError``/``ValueError`` before any
@@ -27,10 +29,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email.utils
 import json
 import math
 import numbers
 import os
+import random
+import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +54,9 @@ from urllib3.exceptions import (
 from common.item_ids import is_item_address
 
 RETRY_STATUSES = frozenset({429, 503})
+# A proxy's "bad gateway" and "gateway timeout" (nginx while gunicorn restarts): reads only, as
+# phonesim's own 502 (store_outcome_unknown) says a write may or may not have been done.
+READ_RETRY_STATUSES = RETRY_STATUSES | {502, 504}
 READ_SIZE = 64 * 1024
 LAST_LOOK_S = 0.01  # the wait for bytes once the deadline has passed
 MAY_HAVE_DONE = "; the server may have done it: check before sending it again"
@@ -56,16 +65,43 @@ ImageInput = str | os.PathLike | bytes
 
 class PhonesimError(Exception):
     """A request failed: ``status`` (HTTP status, 0 when no answer came), ``code`` and
-    ``message`` (the server's ``{"error": {"code", "message"}}``)."""
+    ``message`` (the server's ``{"error": {"code", "message"}}``); ``retry_after`` (seconds the
+    server asked to wait, or None) and ``request_id`` (the server's ``X-Request-ID``, which its
+    log lines name) where an answer carried them.
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status, code, message)  # all three: it pickles to another process
+    :attr:`retryable` says whether the same call may succeed later unchanged (the server was
+    busy, unreachable or too slow); :attr:`may_have_done`, whether a write that failed may
+    still have been done (check before sending it again)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        retry_after: float | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        # Every argument: it pickles to another process whole.
+        super().__init__(status, code, message, retry_after, request_id)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
+        self.request_id = request_id
+
+    @property
+    def retryable(self) -> bool:
+        if self.status in READ_RETRY_STATUSES:
+            return True
+        return self.status == 0 and self.code in ("timeout", "connection_error")
+
+    @property
+    def may_have_done(self) -> bool:
+        return self.message.endswith(MAY_HAVE_DONE)
 
     def __str__(self) -> str:
-        return f"{self.status} {self.code}: {self.message}"
+        request = f" (request {self.request_id})" if self.request_id else ""
+        return f"{self.status} {self.code}: {self.message}{request}"
 
 
 def _image_bytes(image: ImageInput) -> bytes:
@@ -199,6 +235,79 @@ def _never_sent(exc: requests.ConnectionError) -> bool:
     )
 
 
+_in_flight = threading.local()  # the calling thread's attempt: which connection it is on
+
+
+class _Attempt:
+    """One attempt's connection, for the watchdog that ends it at its deadline. requests'
+    timeout is per wait for bytes: a server sending a header line a second, or reading an
+    upload slowly, held a call of ``timeout=2`` for a minute."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.connection: Any = None
+        self.done = False
+        self.fired = False
+
+    def expire(self) -> None:
+        """The deadline passed: shut the connection's socket, which ends any wait on it."""
+        with self.lock:
+            if self.done:
+                return
+            self.fired = True
+            sock = getattr(self.connection, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _watched(connection_cls: type) -> type:
+    """``connection_cls`` telling the calling thread's :class:`_Attempt` which connection
+    its request goes out on."""
+
+    class Watched(connection_cls):  # type: ignore[misc, valid-type]
+        def connect(self) -> None:
+            self._watch()
+            super().connect()
+
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            self._watch()
+            return super().request(*args, **kwargs)
+
+        def _watch(self) -> None:
+            attempt = getattr(_in_flight, "attempt", None)
+            if attempt is not None:
+                with attempt.lock:
+                    attempt.connection = self
+
+    return Watched
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections report to the attempt using them."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        pools = dict(self.poolmanager.pool_classes_by_scheme)
+        for scheme, pool in pools.items():
+            pools[scheme] = type(
+                pool.__name__, (pool,), {"ConnectionCls": _watched(pool.ConnectionCls)}
+            )
+        self.poolmanager.pool_classes_by_scheme = pools
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds: a number, or an HTTP date (RFC 9110); None if neither."""
+    if not value:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(value))
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    return None
+
+
 def _limit_wait(r: requests.Response, seconds: float) -> None:
     """Let the next read of ``r``'s socket wait at most ``seconds``."""
     sock = getattr(getattr(r.raw, "connection", None), "sock", None)
@@ -218,9 +327,23 @@ class Client:
         retries: int = 3,
         backoff: float = 0.5,
         session: requests.Session | None = None,
+        verify: bool | str | None = None,
     ) -> None:
+        """``timeout``: seconds an attempt may take whole, from connecting to the answer's last
+        byte (``session``'s own connections are bounded per wait for bytes only: requests'
+        timeout). ``retries``: attempts after the first, for what may succeed later (see the
+        module's notes); ``backoff``: the first wait between them, doubling. ``verify``: as
+        requests takes it, False or a CA bundle's path for a server with a private
+        certificate (given here, it wins over ``REQUESTS_CA_BUNDLE``, which a session's own
+        ``verify`` does not)."""
         if not isinstance(timeout, int | float) or not timeout > 0 or not math.isfinite(timeout):
             raise ValueError(f"timeout is a number of seconds above 0, got {timeout!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries is a whole number of 0 or more, got {retries!r}")
+        if not isinstance(backoff, int | float) or not backoff >= 0 or not math.isfinite(backoff):
+            raise ValueError(f"backoff is a number of seconds of 0 or more, got {backoff!r}")
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url starts with http:// or https://, got {base_url!r}")
         if api_key is not None:
             try:  # HTTP headers are Latin-1: else every call failed in http.client, reads too
                 api_key.encode("latin-1")
@@ -229,9 +352,14 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout = float(timeout)
-        self.retries = max(0, int(retries))
-        self.backoff = backoff
-        self._session = session or requests.Session()
+        self.retries = retries
+        self.backoff = float(backoff)
+        self.verify = verify
+        if session is None:
+            session = requests.Session()
+            for prefix in ("http://", "https://"):
+                session.mount(prefix, _WatchedAdapter())
+        self._session = session
 
     # -- transport -------------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, write: bool = False, **kw: Any) -> Any:
@@ -265,7 +393,7 @@ class Client:
                     raise PhonesimError(0, "connection_error", broke + MAY_HAVE_DONE) from exc
                 if last:
                     raise PhonesimError(0, "connection_error", str(exc)) from exc
-                time.sleep(self.backoff * 2**attempt)
+                time.sleep(self._wait(None, attempt))
                 continue
             except requests.Timeout as exc:  # no answer began (a connect timeout is above)
                 message = f"no answer within {self.timeout:g} s"
@@ -274,7 +402,8 @@ class Client:
                 ) from exc
             except requests.RequestException as exc:
                 raise PhonesimError(0, "request_error", str(exc)) from exc
-            if r.status_code in RETRY_STATUSES and not last:
+            again = RETRY_STATUSES if write else READ_RETRY_STATUSES
+            if r.status_code in again and not last:
                 time.sleep(self._wait(r, attempt))
                 continue
             return self._decode(r, body)
@@ -287,6 +416,34 @@ class Client:
         answer to begin each take at most ``timeout``; the body must be in by ``timeout``
         from the start, so a trickle cannot hold the call."""
         deadline = time.monotonic() + self.timeout
+        attempt = _Attempt()
+        watchdog = threading.Timer(self.timeout, attempt.expire)
+        watchdog.daemon = True
+        _in_flight.attempt = attempt
+        watchdog.start()
+        try:
+            return self._send_watched(method, url, headers, kw, deadline, attempt)
+        except (requests.RequestException, HTTPError) as exc:
+            if attempt.fired:  # the watchdog ended it: a slow server, not a broken one
+                raise self._too_slow() from exc
+            raise
+        finally:
+            with attempt.lock:
+                attempt.done = True
+            watchdog.cancel()
+            _in_flight.attempt = None
+
+    def _send_watched(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        kw: dict[str, Any],
+        deadline: float,
+        attempt: _Attempt,
+    ) -> tuple[requests.Response, bytes]:
+        if self.verify is not None:
+            kw = {**kw, "verify": self.verify}
         r = self._session.request(
             method,
             url,
@@ -308,27 +465,40 @@ class Client:
                 chunks.append(chunk)
         except ReadTimeoutError as exc:
             r.close()  # a half-read answer: its connection cannot be reused
-            raise PhonesimError(
-                0, "timeout", f"the answer took longer than {self.timeout:g} s"
-            ) from exc
+            raise self._too_slow() from exc
         except DecodeError as exc:
             r.close()
+            if attempt.fired:  # cut short by the watchdog, not sent broken
+                raise self._too_slow() from exc
             raise PhonesimError(
                 r.status_code, "invalid_response", f"the answer cannot be decoded: {exc}"
             ) from exc
         except HTTPError as exc:  # urllib3's own: the connection broke during the answer
             r.close()
+            if attempt.fired:
+                raise self._too_slow() from exc
             raise requests.ConnectionError(exc) from exc
         except BaseException:
             r.close()
             raise
+        with attempt.lock:  # from here the watchdog leaves the connection alone
+            attempt.done = True
+            cut_short = attempt.fired
+        if cut_short:  # its end may be where the watchdog shut the socket (headers too)
+            r.close()
+            raise self._too_slow()
         return r, b"".join(chunks)
 
-    def _wait(self, r: requests.Response, attempt: int) -> float:
-        wait = self.backoff * 2**attempt
-        with contextlib.suppress(ValueError):  # an HTTP date: keep the backoff
-            wait = max(wait, float(r.headers.get("Retry-After", 0)))
-        return min(wait, 60.0)
+    def _too_slow(self) -> PhonesimError:
+        return PhonesimError(0, "timeout", f"the answer took longer than {self.timeout:g} s")
+
+    def _wait(self, r: requests.Response | None, attempt: int) -> float:
+        """The backoff for ``attempt``, with jitter (clients that failed together do not all
+        come back together), and at least what the answer's ``Retry-After`` asks; 60 s at
+        most."""
+        wait = self.backoff * 2**attempt * random.uniform(0.5, 1.0)
+        asked = _retry_after(r.headers.get("Retry-After")) if r is not None else None
+        return min(max(wait, asked or 0.0), 60.0)
 
     @staticmethod
     def _decode(r: requests.Response, raw: bytes) -> dict[str, Any]:
@@ -350,18 +520,21 @@ class Client:
                 raise PhonesimError(status, "invalid_response", "the answer is not a JSON object")
             return body
         error = body.get("error") if isinstance(body, dict) else None
+        asked = _retry_after(r.headers.get("Retry-After"))
+        request_id = r.headers.get("X-Request-ID")
         if isinstance(error, dict):
             code = str(error.get("code") or "http_error")
-            raise PhonesimError(status, code, str(error.get("message") or r.reason))
+            message = str(error.get("message") or r.reason)
+            raise PhonesimError(status, code, message, asked, request_id)
         text = raw[:200].decode("utf-8", errors="replace")
-        raise PhonesimError(status, "http_error", text or r.reason)
+        raise PhonesimError(status, "http_error", text or r.reason, asked, request_id)
 
     # -- search ----------------------------------------------------------------------------------
     def search(
         self,
         image: ImageInput | None = None,
         *,
-        vector: Sequence[float] | None = None,
+        vector: Iterable[float] | None = None,
         item_id: str | None = None,
         k: int | None = None,
         filter: Mapping[str, Any] | None = None,
@@ -432,6 +605,8 @@ class Client:
 
     # -- catalog ---------------------------------------------------------------------------------
     def get(self, item_id: str) -> dict[str, Any]:
+        """The catalog item ``item_id`` (``id``, ``metadata``, ``image_url``); a 404
+        ``unknown_item`` PhonesimError where there is none."""
         return self._request("GET", _item_path(item_id))
 
     def items(
@@ -490,13 +665,17 @@ class Client:
         return _field(self._request("PATCH", path, write=True, json=body), "item")
 
     def remove(self, item_id: str) -> None:
+        """Delete the catalog item ``item_id`` (needs the API key); a write: not sent again
+        once its connection broke after it was sent (see :attr:`PhonesimError.may_have_done`)."""
         path = _item_path(item_id)
         self._request("DELETE", path, write=True)
 
     def info(self) -> dict[str, Any]:
+        """The server's ``/v1/info``: model, classes, index, limits, version."""
         return self._request("GET", "/v1/info")
 
     def close(self) -> None:
+        """Close the connections this client keeps (``with Client(...)`` does it at the end)."""
         self._session.close()
 
     def __enter__(self) -> Client:

@@ -228,6 +228,9 @@ def test_adding_an_id_no_item_can_have_is_refused_before_sending(item_id):
         ({"timeout": float("inf")}, "timeout is a number of seconds above 0"),
         ({"api_key": "ключ"}, "api_key must be a string of Latin-1 characters"),
         ({"api_key": 5}, "api_key must be a string"),
+        ({"retries": -1}, "retries is a whole number of 0 or more"),
+        ({"retries": 2.7}, "retries is a whole number of 0 or more"),
+        ({"backoff": -1}, "backoff is a number of seconds of 0 or more"),
     ],
 )
 def test_client_settings_that_cannot_work_are_refused_when_it_is_made(kwargs, match):
@@ -235,6 +238,12 @@ def test_client_settings_that_cannot_work_are_refused_when_it_is_made(kwargs, ma
     setting; timeout=None a TypeError of float + None at the first call."""
     with pytest.raises(ValueError, match=match):
         Client("http://127.0.0.1:9", **kwargs)
+
+
+def test_a_base_url_without_a_scheme_is_refused_when_the_client_is_made():
+    """It failed only at the first call, as a "request_error"."""
+    with pytest.raises(ValueError, match="base_url starts with http:// or https://"):
+        Client("127.0.0.1:8000")
 
 
 def test_a_write_whose_connection_broke_after_sending_is_not_sent_again(photo):
@@ -285,7 +294,7 @@ def test_a_write_whose_connection_broke_after_sending_is_not_sent_again(photo):
     with pytest.raises(PhonesimError, match="connection_error") as err:
         refused.add("never", photo)
     assert "may have done it" not in err.value.message
-    assert time.monotonic() - t0 >= 0.6  # two backoffs: 0.2 + 0.4
+    assert time.monotonic() - t0 >= 0.3  # two backoffs, 0.2 + 0.4, each jittered to half at least
 
 
 # -- against a scripted server: answers phonesim never gives -------------------------------------
@@ -300,6 +309,8 @@ class _Scripted:
         self.answers: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self.trickle: dict[str, float] = {}  # path -> seconds between the body's bytes
         self.delay: dict[str, float] = {}  # path -> seconds before the answer begins
+        self.header_gap: dict[str, float] = {}  # path -> seconds between its header lines
+        self.read_gap: dict[str, float] = {}  # path -> seconds between 64 KiB of the upload
         self.seen: list[tuple[str, int, str | None]] = []
         self.bodies: list[bytes] = []
         scripted = self
@@ -312,12 +323,30 @@ class _Scripted:
 
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                scripted.bodies.append(self.rfile.read(length))
+                gap = scripted.read_gap.get(self.path.split("?")[0])
+                if gap is None:
+                    scripted.bodies.append(self.rfile.read(length))
+                else:  # a slow reader of the upload
+                    got = b""
+                    while len(got) < length:
+                        chunk = self.rfile.read(min(65536, length - len(got)))
+                        if not chunk:
+                            return
+                        got += chunk
+                        time.sleep(gap)
+                    scripted.bodies.append(got)
                 path = self.path.split("?")[0]
                 scripted.seen.append((path, self.client_address[1], self.headers.get("X-API-Key")))
                 status, headers, body = scripted.answers.get(path, (404, {}, b"{}"))
                 time.sleep(scripted.delay.get(path, 0))
                 self.send_response(status)
+                header_gap = scripted.header_gap.get(path)
+                if header_gap is not None:  # a header line now and then, for a long while
+                    self.flush_headers()
+                    for n in range(200):
+                        self.wfile.write(f"X-Slow-{n}: 1\r\n".encode())
+                        self.wfile.flush()
+                        time.sleep(header_gap)
                 for name, value in {"Content-Type": "application/json", **headers}.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
@@ -387,6 +416,80 @@ def test_the_timeout_counts_the_wait_for_the_answer_to_begin(scripted):
     assert time.monotonic() - t0 < 1.4
 
 
+def test_the_timeout_bounds_headers_sent_a_line_at_a_time(scripted):
+    """requests' timeout is per wait for bytes: a header line every 0.3 s held a call of
+    ``timeout=1`` for a minute."""
+    scripted.answers["/v1/info"] = (200, {}, b"{}")
+    scripted.header_gap["/v1/info"] = 0.3
+    t0 = time.monotonic()
+    with pytest.raises(PhonesimError, match="took longer than 1 s") as err:
+        Client(scripted.base, timeout=1, retries=0).info()
+    assert err.value.code == "timeout" and err.value.retryable
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_the_timeout_bounds_an_upload_the_server_reads_slowly(scripted):
+    """A server reading an upload slowly held ``embed`` past its timeout, and then failed as
+    a connection error."""
+    scripted.answers["/v1/search"] = (200, {}, b'{"neighbors": []}')
+    scripted.read_gap["/v1/search"] = 0.1  # 64 KiB a tenth of a second: 12 MB in 20 s
+    t0 = time.monotonic()
+    with pytest.raises(PhonesimError, match="took longer than 1 s") as err:
+        Client(scripted.base, timeout=1, retries=0).search(image=b"\xff" * 9_000_000)
+    assert err.value.code == "timeout" and time.monotonic() - t0 < 3
+
+
+def test_errors_say_whether_to_retry_and_carry_what_the_server_said(scripted):
+    """A caller had to parse codes to tell "try later" from "bad input", and the server's
+    Retry-After and request id were dropped."""
+    client = Client(scripted.base, api_key="k", retries=0)
+    scripted.answers["/v1/info"] = (
+        503, {"Retry-After": "7", "X-Request-ID": "req-1"},
+        b'{"error": {"code": "overloaded", "message": "busy"}}',
+    )  # fmt: skip
+    with pytest.raises(PhonesimError) as err:
+        client.info()
+    assert err.value.retryable and err.value.retry_after == 7.0
+    assert err.value.request_id == "req-1" and str(err.value).endswith("(request req-1)")
+    scripted.answers["/v1/items/a"] = (
+        400,
+        {},
+        b'{"error": {"code": "invalid_id", "message": "x"}}',
+    )
+    with pytest.raises(PhonesimError) as err:
+        client.get("a")
+    assert not err.value.retryable and err.value.retry_after is None
+    assert not err.value.may_have_done
+
+
+def test_a_proxys_502_and_504_are_retried_for_reads_not_writes(scripted):
+    """nginx answers 502/504 while gunicorn restarts: reads failed at once with its HTML. A
+    write is not sent again (phonesim's own 502 says it may have been done)."""
+    scripted.answers["/v1/info"] = (502, {"Content-Type": "text/html"}, b"<html>Bad Gateway</html>")
+    scripted.answers["/v1/items/a"] = (504, {"Content-Type": "text/html"}, b"<html>Timeout</html>")
+    client = Client(scripted.base, api_key="k", retries=2, backoff=0.01)
+    with pytest.raises(PhonesimError) as err:
+        client.info()
+    assert err.value.status == 502 and err.value.retryable
+    with pytest.raises(PhonesimError):
+        client.remove("a")
+    paths = [path for path, _, _ in scripted.seen]
+    assert paths.count("/v1/info") == 3 and paths.count("/v1/items/a") == 1
+
+
+def test_an_http_date_retry_after_is_waited_for(scripted):
+    """An HTTP-date Retry-After was ignored: the client came back after its 0.01 s backoff."""
+    import email.utils
+
+    when = email.utils.formatdate(time.time() + 2, usegmt=True)
+    scripted.answers["/v1/info"] = (429, {"Retry-After": when}, b"{}")
+    client = Client(scripted.base, retries=1, backoff=0.01)
+    t0 = time.monotonic()
+    with pytest.raises(PhonesimError):
+        client.info()
+    assert time.monotonic() - t0 >= 0.9  # the date has whole seconds
+
+
 def test_a_write_with_no_answer_in_time_may_have_been_done(scripted):
     """A timeout before the answer began was a "request_error" with no word of the write."""
     scripted.answers["/v1/items/a"] = (200, {}, b'{"id": "a", "deleted": true}')
@@ -394,7 +497,7 @@ def test_a_write_with_no_answer_in_time_may_have_been_done(scripted):
     with pytest.raises(PhonesimError, match="may have done it") as err:
         Client(scripted.base, api_key="k", timeout=0.5, retries=0).remove("a")
     assert err.value.code == "timeout"
-    with pytest.raises(PhonesimError, match="no answer within 0.5 s") as err:
+    with pytest.raises(PhonesimError, match="(no answer within|took longer than) 0.5 s") as err:
         Client(scripted.base, timeout=0.5, retries=0).get("a")
     assert "may have done it" not in err.value.message
 
@@ -453,6 +556,9 @@ def test_an_error_crosses_to_another_process_whole():
     for back in (pickle.loads(pickle.dumps(err)), copy.copy(err)):
         assert (back.status, back.code, back.message) == (404, "unknown_item", "no item 'x'")
         assert str(back) == "404 unknown_item: no item 'x'"
+    busy = PhonesimError(503, "overloaded", "busy", 2.0, "req-9")
+    back = pickle.loads(pickle.dumps(busy))
+    assert (back.retry_after, back.request_id, back.retryable) == (2.0, "req-9", True)
 
 
 def test_more_bad_arguments_are_python_errors_before_any_request():

@@ -419,13 +419,14 @@ def test_ctrl_c_finishes_the_requests_in_flight(tiny_checkpoint, live_index, tmp
 
     from tests.server.live import stop, worker_pids
 
-    # 6000 x 6000 pixels in 140 KB each: they arrive at once and take seconds to decode,
+    # 16 of 6000 x 6000 pixels in 140 KB each: they arrive at once and take seconds to decode
+    # (8 took 1.49 s on a quiet machine, too close to the bound below),
     # longer than the second a quick-stopping worker still runs.
     blocks = np.random.default_rng(0).integers(0, 255, (60, 60, 3), dtype=np.uint8)
     png = io.BytesIO()
     Image.fromarray(blocks).resize((6000, 6000), Image.NEAREST).save(png, "PNG")
     entry = {"image": base64.b64encode(png.getvalue()).decode()}
-    body = json.dumps({"queries": [entry] * 8, "k": 1}).encode()
+    body = json.dumps({"queries": [entry] * 16, "k": 1}).encode()
     with (
         running_server(tiny_checkpoint, live_index, tmp_path, "--workers", "1") as server,
         socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock,
