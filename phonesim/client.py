@@ -91,6 +91,8 @@ class PhonesimError(Exception):
 
     @property
     def retryable(self) -> bool:
+        if self.may_have_done or self.code == "store_outcome_unknown":
+            return False  # sent again, it might be done twice: check first
         if self.status in READ_RETRY_STATUSES:
             return True
         return self.status == 0 and self.code in ("timeout", "connection_error")
@@ -338,7 +340,7 @@ class Client:
         ``verify`` does not)."""
         if not isinstance(timeout, int | float) or not timeout > 0 or not math.isfinite(timeout):
             raise ValueError(f"timeout is a number of seconds above 0, got {timeout!r}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
             raise ValueError(f"retries is a whole number of 0 or more, got {retries!r}")
         if not isinstance(backoff, int | float) or not backoff >= 0 or not math.isfinite(backoff):
             raise ValueError(f"backoff is a number of seconds of 0 or more, got {backoff!r}")
@@ -352,7 +354,7 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout = float(timeout)
-        self.retries = retries
+        self.retries = int(retries)
         self.backoff = float(backoff)
         self.verify = verify
         if session is None:
@@ -412,9 +414,9 @@ class Client:
     def _send(
         self, method: str, url: str, headers: dict[str, str], kw: dict[str, Any]
     ) -> tuple[requests.Response, bytes]:
-        """One attempt: the response and its whole body. Connecting and the wait for the
-        answer to begin each take at most ``timeout``; the body must be in by ``timeout``
-        from the start, so a trickle cannot hold the call."""
+        """One attempt: the response and its whole body, in ``timeout`` from the start: a
+        watchdog shuts the connection's socket at the deadline (requests' own timeout is per
+        wait for bytes), and each read of the body waits only for what is left."""
         deadline = time.monotonic() + self.timeout
         attempt = _Attempt()
         watchdog = threading.Timer(self.timeout, attempt.expire)

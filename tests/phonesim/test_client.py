@@ -460,6 +460,14 @@ def test_errors_say_whether_to_retry_and_carry_what_the_server_said(scripted):
         client.get("a")
     assert not err.value.retryable and err.value.retry_after is None
     assert not err.value.may_have_done
+    # A write the server may have done is not to be sent again blindly.
+    assert not PhonesimError(502, "store_outcome_unknown", "x").retryable
+    unsure = PhonesimError(
+        0,
+        "timeout",
+        "no answer within 1 s; the server may have done it: check before sending it again",
+    )
+    assert unsure.may_have_done and not unsure.retryable
 
 
 def test_a_proxys_502_and_504_are_retried_for_reads_not_writes(scripted):
