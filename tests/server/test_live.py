@@ -367,7 +367,9 @@ def test_a_reload_answers_every_request(tiny_checkpoint, live_index, query_image
 
     def client(server) -> None:  # noqa: ANN001
         kept = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        while not done.is_set() and len(statuses) < 400:
+        # A bound on the traffic, far above what the reload needs: 400 had been reached before
+        # the new worker was up on a quiet machine, and the client stopped short.
+        while not done.is_set() and len(statuses) < 20_000:
             try:
                 for attempt in range(2):
                     kept.request("GET", "/v1/info")  # kept alive (reopened if it was closed)
@@ -383,6 +385,7 @@ def test_a_reload_answers_every_request(tiny_checkpoint, live_index, query_image
                 reply.read()
                 statuses.append(reply.status)
                 statuses.append(server.request("POST", "/v1/search", body, headers)[0])  # new
+                time.sleep(0.01)  # steady traffic, not a flood
             except (OSError, http.client.HTTPException) as exc:
                 statuses.append(repr(exc))
                 kept.close()
