@@ -30,6 +30,24 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
+def refuse_lock_file_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening an index folder's lock file fails as on read-only media: root writes into any
+    folder, so a folder's mode cannot make one read-only for these tests."""
+    import errno
+    import os
+
+    from index import folder
+
+    real_open = os.open
+
+    def read_only(path, flags, *args):  # noqa: ANN001, ANN002, ANN202
+        if str(path).endswith("writer.lock"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(folder.os, "open", read_only)
+
+
 def run_script(script: Path, *args: str) -> subprocess.CompletedProcess:
     """``python script args...`` as a user runs it, its output captured (10 minutes at most)."""
     return subprocess.run(

@@ -153,20 +153,11 @@ def test_an_index_folder_that_cannot_be_opened_here_is_refused_before_embedding(
 ):
     """A folder on read-only media (its lock file cannot be written) failed only once every
     photo had been embedded."""
-    import errno
-    import os
-
-    from index import build_from_files, folder
+    from index import build_from_files
+    from tests.conftest import refuse_lock_file_writes
 
     build_from_files(reference, tmp_path / "idx", kind="flat", progress=False)
-    real_open = os.open
-
-    def read_only(path, flags, *args):  # noqa: ANN001, ANN002, ANN202
-        if str(path).endswith("writer.lock"):
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(folder.os, "open", read_only)
+    refuse_lock_file_writes(monkeypatch)
     out = tmp_path / "f.h5"
     with pytest.raises(PermissionError, match="not writable here.*copy the folder"):
         export_features(_config(ckpt, demo / "with_bad.csv", out, index=str(tmp_path / "idx")))

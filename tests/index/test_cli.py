@@ -622,20 +622,10 @@ def test_an_index_that_is_the_working_directory_is_refused_before_any_work(files
 def test_an_index_on_read_only_media_says_to_copy_it(files, monkeypatch):
     """Opening writes in the folder (its lock, SQLite's -wal/-shm): a bare "Permission
     denied" on writer.lock was all an operator restoring from a read-only backup got."""
-    import errno
-    import os
-
-    from index import folder
+    from tests.conftest import refuse_lock_file_writes
 
     cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(files / "idx")])
-    real_open = os.open
-
-    def read_only(path, flags, *args):  # noqa: ANN001, ANN002, ANN202
-        if str(path).endswith("writer.lock"):
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(folder.os, "open", read_only)
+    refuse_lock_file_writes(monkeypatch)
     with pytest.raises(PermissionError, match="not writable here.*copy the folder") as exc:
         open_index(files / "idx", readonly=True)
     assert exc.value.filename.endswith("writer.lock")
