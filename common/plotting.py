@@ -1,9 +1,9 @@
 """matplotlib for the reports' PNGs, on a server or in a container.
 
 matplotlib keeps its config and font cache under ``~/.config`` and ``~/.cache``. Where HOME
-cannot be written (a container's service user), it warned two lines on every run, built its font
-cache again each time, and failed outright where /tmp was read-only too. There it is given a
-scratch folder beside the report being written, removed afterwards.
+cannot be written (a container's service user), it warned two lines on every run and failed
+outright where /tmp was read-only too. There it is given a scratch folder beside the report
+being written, removed afterwards (so its font cache is still built on each such run).
 """
 
 from __future__ import annotations

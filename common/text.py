@@ -127,16 +127,6 @@ def spreadsheet_cell(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-__all__ = [
-    "UNNAMED",
-    "is_utf8",
-    "name_blank_columns",
-    "repeated_columns",
-    "spreadsheet_cell",
-    "unnamed_value",
-]
-
-
 def display_width(text: str) -> int:
     """Columns ``text`` takes in a terminal: East Asian wide and full-width characters take
     two, combining marks and invisible format characters none (``len`` had misaligned a table
@@ -152,3 +142,13 @@ def display_width(text: str) -> int:
 def pad_to(text: str, width: int) -> str:
     """``text`` followed by the spaces that make it ``width`` columns wide (none if wider)."""
     return text + " " * max(0, width - display_width(text))
+
+
+__all__ = [
+    "UNNAMED",
+    "is_utf8",
+    "name_blank_columns",
+    "repeated_columns",
+    "spreadsheet_cell",
+    "unnamed_value",
+]

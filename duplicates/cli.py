@@ -127,12 +127,16 @@ def add_find_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _made_with(
-    args: argparse.Namespace, data: str, descriptor: Any, calibrated: bool, weights_hash: str
+    args: argparse.Namespace,
+    data: str,
+    descriptor: Any,
+    calibrated: bool,
+    model: str,
+    weights_hash: str,
 ) -> dict:
     """What produced a report, for ``duplicates.json``: it had said nothing of the model, the
     data or where its threshold came from, so two reports could not be compared."""
     from common.stamps import phonesim_version, utc_now
-    from embedder.checkpoint import read_config
 
     if args.threshold is not None:
         threshold_from = "--threshold"
@@ -141,7 +145,7 @@ def _made_with(
     return {
         "checkpoint": str(Path(args.checkpoint).resolve()),
         "checkpoint_hash": weights_hash,
-        "model": read_config(args.checkpoint).architecture,
+        "model": model,
         "runtime": descriptor.engine.runtime,
         "data": str(Path(data).resolve()),
         "threshold_from": threshold_from,
@@ -192,12 +196,12 @@ def run_find(args: argparse.Namespace) -> int:
     engine = EngineOptions.from_args(args)
     descriptor = CopyDescriptor.from_checkpoint(args.checkpoint, stored.descriptor, engine)
     log.info("descriptor runs on %s", descriptor.engine.describe())
-    weights_hash = checkpoint_hash(args.checkpoint)  # once: the report and the index check
+    # Once each: the report and the index check both need them.
+    ckpt, weights_hash = read_config(args.checkpoint), checkpoint_hash(args.checkpoint)
     if args.index or args.store:
         from embedder.inference import Embedder
 
         # The same engine: one model in memory for the descriptor and the index queries.
-        ckpt = read_config(args.checkpoint)
         embedder = Embedder(descriptor.engine, ckpt, weights_hash)
         against = AgainstConfig(k=args.k) if args.k else AgainstConfig()
         if args.store:  # $PHONESIM_STORE turns a folder's search into this one: say so
@@ -210,7 +214,9 @@ def run_find(args: argparse.Namespace) -> int:
         )
     else:
         result = find_duplicates(descriptor, samples, config)
-    result.extra["made_with"] = _made_with(args, data, descriptor, stored.calibrated, weights_hash)
+    result.extra["made_with"] = _made_with(
+        args, data, descriptor, stored.calibrated, ckpt.architecture, weights_hash
+    )
     paths = write_report(result, args.out)
     if args.json:  # the failures are in the report's files
         print(json.dumps(_summary_json(result, paths)))

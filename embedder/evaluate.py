@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import unicodedata
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +18,7 @@ from common.text import display_width, pad_to
 from embedder.batch import embed_samples
 from embedder.checkpoint import check_outside_inputs, read_config
 from embedder.class_rerank import ClassRerank, reranked_labels
-from embedder.data import Catalog, load_catalog, shared_images
+from embedder.data import Catalog, load_catalog, nfc, shared_images
 from embedder.engine_options import EngineOptions
 from embedder.errors import DataError
 from embedder.inference import Embedder
@@ -235,11 +234,11 @@ def evaluate(
 def _check_known_classes(data: str | Path, catalog: Catalog, names: list[str]) -> None:
     unknown = sorted(set(catalog.label_names) - set(names))
     if unknown:
-        composed = {unicodedata.normalize("NFC", n) for n in names}
+        composed = {nfc(n) for n in names}
         forms = (
             " (the checkpoint names them in another Unicode form: decomposed, as a catalog made "
             "on macOS was read before names were composed; train it again)"
-            if all(unicodedata.normalize("NFC", u) in composed for u in unknown)
+            if all(nfc(u) in composed for u in unknown)
             else ""
         )
         raise DataError(

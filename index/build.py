@@ -313,7 +313,9 @@ def _warn_decimal_commas(path: Path, rows: Mapping[str, Mapping[str, str]]) -> N
             seen[1] += bool(_DECIMAL_COMMA.match(value))
     fields = [f for f, (n, commas) in counts.items() if commas and commas * 2 >= n]
     if fields:
-        example = next(md[fields[0]] for md in rows.values() if fields[0] in md)
+        example = next(
+            value for md in rows.values() if _DECIMAL_COMMA.match(value := md.get(fields[0], ""))
+        )
         log.warning(
             "%s: column(s) %s hold numbers written with a decimal comma (%r): filters take them "
             "as text, so a range such as price < 500 is refused; write them with a decimal "
@@ -374,7 +376,7 @@ def _warn_images_changed_since(
 ) -> None:
     """Catalog photos modified after their embeddings were written: the index would show the
     new photo (its thumbnail) beside the old photo's vector, without a word (a review replaced
-    a photo in place, and pointed a row at another class's photo, after embedding)."""
+    a photo in place after embedding). A row pointed at another, older photo is not seen."""
     try:
         since = datetime.fromisoformat(created).timestamp()
     except ValueError:  # an older file without the attribute

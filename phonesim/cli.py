@@ -73,12 +73,9 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
 
 def _version() -> str:
     """The installed package's version (a checkout run without installing has none)."""
-    from importlib.metadata import PackageNotFoundError, version
+    from common.stamps import phonesim_version
 
-    try:
-        return version("phonesim")
-    except PackageNotFoundError:
-        return "(not installed)"
+    return phonesim_version() or "(not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:

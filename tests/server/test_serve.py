@@ -282,7 +282,6 @@ def test_no_writable_temporary_folder_is_said_with_what_to_do(monkeypatch):
     import errno
     import tempfile
 
-    from common.errors import UserError
     from server.serve import instance_folder
 
     def none_usable(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
