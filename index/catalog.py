@@ -18,6 +18,7 @@ update either entirely or not at all (readers-writer lock).
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,12 @@ from typing import Any
 import numpy as np
 
 from index import ann
-from index.errors import InvalidParamsError, InvalidVectorsError, UnknownIdError
+from index.errors import (
+    InvalidParamsError,
+    InvalidVectorsError,
+    ReadOnlyFolderError,
+    UnknownIdError,
+)
 from index.filtered_search import Live, in_tie_order, knn_search
 from index.folder import summary
 from index.following import Following
@@ -106,6 +112,14 @@ class CatalogIndex(Following):
 
         source, manifest, where = open_source(path, store)
         try:
+            if not readonly and getattr(source, "frozen", False):
+                raise ReadOnlyFolderError(
+                    errno.EROFS,
+                    "the index folder is on read-only media: it can be searched, served and "
+                    "copied ('phonesim index snapshot'), not changed; to change it, copy it to "
+                    "a writable place",
+                    where,
+                )
             manifest.check(
                 expect_model=expect_model,
                 expect_checkpoint_hash=expect_checkpoint_hash,

@@ -84,6 +84,22 @@ def _open_lock(path: Path) -> int:
         ) from None
 
 
+def on_read_only_media(path: Path) -> bool:
+    """Whether ``path`` lies on a file system mounted read-only (a container's ``--read-only``
+    or a ``readOnly`` volume, a squashfs image, a DVD): nothing, here or elsewhere, can change
+    the folder, so readers need neither its lock nor SQLite's shared-memory file."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def open_store(path: Path) -> CatalogStore:
+    """The folder's catalog store, opened to write unless the folder is on read-only media,
+    where it is opened as the unchanging file it is (:class:`CatalogStore` ``frozen``)."""
+    return CatalogStore(store_path(path), frozen=on_read_only_media(path))
+
+
 def check_openable_here(path: Path) -> None:
     """Raise what opening the folder would where this process cannot write its lock file (read-
     only media, another user's folder): a job that opens the index only after its long work
@@ -113,7 +129,12 @@ def lock_shared(path: Path) -> int:
 
     Read the folder's files only after this returns: a build may swap the folder between
     opening the lock file and locking it, and then the lock held is the old folder's. That
-    is checked (the path must still name the locked file) and the lock taken again."""
+    is checked (the path must still name the locked file) and the lock taken again.
+
+    On read-only media no build can replace the folder and its lock file cannot be made: the
+    descriptor returned is the folder's own, held for the same lifetime, locking nothing."""
+    if on_read_only_media(path):
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     for _ in range(_SWAP_RETRIES):
         fd = _open_lock(path)
         try:
@@ -144,11 +165,11 @@ def describe(path: str | Path) -> dict[str, Any]:
         # Under the lock, as an opener: a build swapping the folder between the reads below
         # gave one index's manifest with another's counts.
         fd: int | None = lock_shared(path)
-    except PermissionError:  # read-only media (see _open_lock): nor can a build replace it
+    except PermissionError:  # another user's folder (see _open_lock): read what we can
         fd = None
     try:
         manifest = read_manifest(path)
-        store = CatalogStore(store_path(path))
+        store = open_store(path)
         try:
             with store.read_txn():
                 ck_seq = int(store.get_state("checkpoint_seq", "0") or 0)
@@ -173,7 +194,7 @@ def check_index_files(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     info = describe(path)  # a folder that is no index: said first
-    store = CatalogStore(store_path(path))
+    store = open_store(path)
     try:
         store.check_integrity()
         with store.read_txn():  # the size written with the file it names (older folders: none)

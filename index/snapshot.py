@@ -33,7 +33,7 @@ from index.build import check_index_target, index_state, move_into_place, rename
 from index.errors import BuildInputError, IndexLockedError, StoreMachineError
 from index.folder import faiss_file_name
 from index.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
-from index.store import STORE_NAME, machine_failure
+from index.store import STORE_NAME, machine_failure, read_only_uri
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _snapshot_sqlite(path: Path, tmp: Path) -> dict[str, Any]:
         while True:
             with source.compaction_lock() as got:
                 if got:
-                    src = sqlite3.connect(path / STORE_NAME)
+                    src = sqlite3.connect(read_only_uri(path / STORE_NAME, source.frozen), uri=True)
                     dst = sqlite3.connect(tmp / STORE_NAME)
                     try:
                         src.backup(dst)  # one step: the state of one committed transaction

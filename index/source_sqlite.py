@@ -85,6 +85,11 @@ class SqliteSource:
     def where(self) -> str:
         return str(self.folder)
 
+    @property
+    def frozen(self) -> bool:
+        """On read-only media: searched and copied, never changed (:func:`open_store`)."""
+        return self.store.frozen
+
     def close(self) -> None:
         self.store.close()
         if self._lock_fd is not None:
@@ -213,6 +218,9 @@ class SqliteSource:
     def compaction_lock(self) -> Iterator[bool]:
         """Whether this process got the one compactor's lock (never waits); when not,
         :attr:`compactor` names the process holding it."""
+        if self.frozen:  # nothing compacts a folder on read-only media, nor makes its lock file
+            yield True
+            return
         fd = open_lock_file(self.folder / COMPACT_LOCK)
         try:
             try:

@@ -23,6 +23,7 @@ import logging
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,18 +122,28 @@ class CatalogStore(JournalTable):
     :meth:`read_txn` groups the reads that must agree (loading a replica).
     """
 
-    def __init__(self, path: str | Path, *, readonly: bool = False, create: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        readonly: bool = False,
+        create: bool = False,
+        frozen: bool = False,
+    ) -> None:
         memory = str(path) == ":memory:"
         self.path = Path(path)
-        self.readonly = readonly
+        self.readonly = readonly or frozen
+        self.frozen = frozen
         self.lock = threading.RLock()
         if not memory and not create and not self.path.is_file():
             raise IndexCorruptError(f"{self.path}: catalog store is missing")
         try:
-            if readonly:
-                uri = f"file:{self.path}?mode=ro"
+            if self.readonly:
                 self._db = sqlite3.connect(
-                    uri, uri=True, isolation_level=None, check_same_thread=False
+                    read_only_uri(self.path, frozen),
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
                 )
             else:
                 made = create and not memory and not self.path.exists()
@@ -172,6 +183,13 @@ class CatalogStore(JournalTable):
                     f"{self.path}: cannot open the catalog store: {exhausted} (raise the "
                     "open-file limit, ulimit -n); nothing was changed"
                 ) from exc
+            if frozen:  # on read-only media, with changes left in its WAL (see _read_only_uri)
+                raise IndexCorruptError(
+                    f"{self.path}: the store was not closed cleanly (its -wal file holds changes "
+                    f"not yet in the store, and its -shm file is missing), and the folder is on "
+                    "read-only media, where they cannot be read; open the folder once where it "
+                    "is writable, or copy it to a writable place"
+                ) from exc
             if not os.access(Path(self.path).parent, os.W_OK):  # not damaged: not ours to write
                 raise IndexCorruptError(
                     f"{Path(self.path).parent}: the index folder is not writable here, and SQLite "
@@ -205,8 +223,9 @@ class CatalogStore(JournalTable):
         if not todo:
             return
         if self.readonly:
+            where = "copy the folder to a writable place and " if self.frozen else ""
             raise IndexCorruptError(
-                f"{self.path}: written by an older phonesim; run "
+                f"{self.path}: written by an older phonesim; {where}run "
                 f"'phonesim index compact --index {self.path.parent}' once to upgrade it"
             )
         with self.transaction():
@@ -586,6 +605,19 @@ class CatalogStore(JournalTable):
 
     def next_fid(self) -> int:
         return int(self.get_state("next_fid", "0") or 0)
+
+
+def read_only_uri(path: Path, frozen: bool) -> str:
+    """The SQLite URI opening ``path`` read-only (quoted: a ``?`` or ``#`` in a folder name
+    would end the path). ``frozen`` (read-only media: the file cannot change) adds
+    ``immutable=1``, without which SQLite cannot open a WAL store there at all (it makes its
+    -shm file even to read), unless the WAL holds commits: immutable reads skip them, so such
+    a store is opened as usual, which works where the -shm file was left beside it."""
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    wal = Path(f"{path}-wal")
+    if frozen and not (wal.is_file() and wal.stat().st_size > 0):
+        uri += "&immutable=1"
+    return uri
 
 
 def _tracked(

@@ -61,16 +61,15 @@ def open_folder_source(path: Path) -> tuple[Any, Manifest]:
     folder's lock shared (released when it closes): no build replaces the folder meanwhile."""
     import os
 
-    from index.folder import lock_shared, store_path
+    from index.folder import lock_shared, open_store
     from index.source_sqlite import SqliteSource
-    from index.store import CatalogStore
 
     read_manifest(path)  # a folder that is no index: say so before creating its lock file
     fd = lock_shared(path)
     try:
         # Read under the lock: before it, a build could swap the folder between the reads.
         manifest = read_manifest(path)
-        return SqliteSource(path, CatalogStore(store_path(path)), lock_fd=fd), manifest
+        return SqliteSource(path, open_store(path), lock_fd=fd), manifest
     except BaseException:
         os.close(fd)
         raise

@@ -80,8 +80,14 @@ def check_for_serving(
 
 def _check_store_writable(index: Path) -> None:
     """UserError where this user may not write the folder's catalog store (or beside it)."""
+    from index.folder import on_read_only_media
     from index.store import STORE_NAME
 
+    if on_read_only_media(index):
+        raise UserError(
+            f"{index}: writes are enabled (an API key), but the index folder is on read-only "
+            "media; serve it without an API key (read-only), or copy it to a writable place"
+        )
     for path in (index / STORE_NAME, index):
         if not os.access(path, os.W_OK):
             info = path.stat()

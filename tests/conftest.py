@@ -48,6 +48,39 @@ def refuse_lock_file_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(folder.os, "open", read_only)
 
 
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """``mount(folder) -> Path``: ``folder`` seen through a read-only bind mount (as a
+    container's read-only volume shows it), unmounted after the test. Skips where this user
+    may not mount (root only); the mode bits of a folder cannot stop root writing."""
+    import os
+    import shutil
+
+    mounted: list[Path] = []
+
+    def mount(folder: Path) -> Path:
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("a read-only bind mount needs root")
+        where = tmp_path / f"ro-{len(mounted)}"
+        where.mkdir()
+        for args in (["--bind", str(folder)], ["-o", "remount,bind,ro"]):
+            done = subprocess.run(
+                ["mount", *args, str(where)], capture_output=True, text=True, timeout=30
+            )
+            if done.returncode:
+                if mounted or args[0] != "--bind":
+                    mounted.append(where)
+                pytest.skip(f"cannot bind-mount read-only here: {done.stderr.strip()}")
+            if args[0] == "--bind":
+                mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        if subprocess.run(["umount", str(where)], capture_output=True, timeout=30).returncode:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+
+
 def run_script(script: Path, *args: str) -> subprocess.CompletedProcess:
     """``python script args...`` as a user runs it, its output captured (10 minutes at most)."""
     return subprocess.run(

@@ -195,3 +195,33 @@ def test_writes_enabled_on_a_store_this_user_may_not_write_is_refused_at_start(
     loading.check_for_serving(tiny_checkpoint, index_dir)  # read-only serving needs no write
     with pytest.raises(UserError, match="writes are enabled.*may not write it.*mode"):
         loading.check_for_serving(tiny_checkpoint, index_dir, writable=True)
+
+
+def test_an_index_on_read_only_media_is_served_read_only(
+    tiny_checkpoint, index_dir, tiny_catalog, read_only_mount
+):
+    """A catalog shipped on a read-only volume (a container's) had refused to open at all."""
+    from server.config import ServerConfig
+    from tests.server.helpers import API_KEY, assert_error, make_app, upload
+
+    ro = read_only_mount(index_dir)
+    with pytest.raises(UserError, match="read-only media; serve it without an API key"):
+        loading.check_for_serving(tiny_checkpoint, ro, writable=True)
+    loading.check_for_serving(tiny_checkpoint, ro)
+    embedder, index = loading.open_for_serving(tiny_checkpoint, ro)
+    app = make_app(ServerConfig(api_key=API_KEY), embedder, index)
+    try:
+        client = app.test_client()
+        photo = next(tiny_catalog.rglob("*.jpg")).read_bytes()
+        found = client.post("/v1/search", data=upload(photo))
+        assert found.status_code == 200, found.get_json()
+        assert len(found.get_json()["neighbors"]) > 0
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/v1/info").get_json()["writes_enabled"] is False
+        added = client.post(
+            "/v1/items", data={**upload(photo), "id": "new"}, headers={"X-API-Key": API_KEY}
+        )
+        assert_error(added, 403, "writes_disabled")
+    finally:
+        app.extensions["phonesim"].close()
+        index.close()

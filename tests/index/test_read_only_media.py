@@ -1,0 +1,112 @@
+"""An index folder on read-only media (a container's read-only volume, a squashfs image) is
+searched, served and copied as it is; it had refused to open at all, SQLite and the folder
+lock both writing beside the store even to read."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from index import CatalogIndex, open_index
+from index.errors import IndexCorruptError, ReadOnlyFolderError
+from index.folder import check_index_files, describe
+from index.snapshot import restore, snapshot
+from tests.conftest import REPO
+
+
+def _with_journal(flat_dir, small):
+    """``flat_dir`` with changes in its journal, not yet in its FAISS file."""
+    _, xq, _, _ = small
+    with open_index(flat_dir) as ix:
+        ix.add(["new-a", "new-b"], xq[:2], [{"brand": "zz"}, {"brand": "zz"}])
+        ix.remove(["sku-0"])
+        expected = ix.search(xq[:5], k=10)
+    return xq, expected
+
+
+def test_searched_as_where_it_was_written(flat_dir, small, read_only_mount):
+    xq, expected = _with_journal(flat_dir, small)
+    ro = read_only_mount(flat_dir)
+    with CatalogIndex.open(ro, readonly=True) as ix:
+        assert len(ix) == 3001  # 3000 + 2 - 1: the journal was read
+        got = ix.search(xq[:5], k=10)
+        assert [[h.id for h in row] for row in got] == [[h.id for h in row] for row in expected]
+        assert ix.get("new-a").metadata == {"brand": "zz"}
+        assert ix.search(xq[:1], k=3, filter={"brand": "zz"})[0][0].id in {"new-a", "new-b"}
+    info = describe(ro)
+    assert info["count"] == 3001 and info["journal_pending"] == 3
+    assert check_index_files(ro)["faiss_file"] == info["faiss_file"]
+    assert sorted(p.name for p in ro.iterdir()) == sorted(p.name for p in flat_dir.iterdir())
+
+
+def test_changing_it_is_refused_in_one_line(flat_dir, small, read_only_mount):
+    _with_journal(flat_dir, small)
+    ro = read_only_mount(flat_dir)
+    with pytest.raises(ReadOnlyFolderError, match="read-only media.*copy it to a writable"):
+        CatalogIndex.open(ro)
+    done = subprocess.run(
+        [sys.executable, "-m", "phonesim", "index", "remove", "--index", str(ro), "--id", "sku-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "read-only media" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("how", ["snapshot", "restore"])
+def test_snapshot_and_restore_copy_it_out(flat_dir, small, read_only_mount, tmp_path, how):
+    """A backup on read-only media is restored; a read-only index is snapshotted."""
+    xq, expected = _with_journal(flat_dir, small)
+    ro = read_only_mount(flat_dir)
+    if how == "snapshot":
+        snapshot(ro, tmp_path / "copy")
+    else:
+        restore(ro, path=tmp_path / "copy")
+    with open_index(tmp_path / "copy") as ix:  # writable, as any folder of ours
+        assert len(ix) == 3001
+        got = ix.search(xq[:5], k=10)
+        assert [[h.id for h in row] for row in got] == [[h.id for h in row] for row in expected]
+        ix.add(["after"], xq[:1])
+
+
+def _copied_while_open(flat_dir, small, tmp_path):
+    """A copy of ``flat_dir`` taken while a writer had it open: the latest changes sit in
+    SQLite's -wal file, with its -shm file beside it (a copy of a live folder, or a crash)."""
+    _, xq, _, _ = small
+    copy = tmp_path / "live-copy"
+    with open_index(flat_dir) as ix:
+        ix.store.checkpoint_wal(truncate=True)
+        ix.store._db.execute("PRAGMA wal_autocheckpoint=0")
+        ix.add(["in-wal"], xq[:1])
+        shutil.copytree(flat_dir, copy)
+    assert (copy / "catalog.sqlite-wal").stat().st_size > 0
+    return copy
+
+
+def test_a_store_with_commits_in_its_wal_is_read_whole(flat_dir, small, read_only_mount, tmp_path):
+    """Opening a store immutable skips its WAL: the last commits would be silently missing."""
+    copy = _copied_while_open(flat_dir, small, tmp_path)
+    with CatalogIndex.open(read_only_mount(copy), readonly=True) as ix:
+        assert ix.get("in-wal").id == "in-wal" and len(ix) == 3001
+
+
+def test_a_wal_without_its_shm_file_is_named(flat_dir, small, read_only_mount, tmp_path):
+    copy = _copied_while_open(flat_dir, small, tmp_path)
+    (copy / "catalog.sqlite-shm").unlink()
+    with pytest.raises(IndexCorruptError, match="not closed cleanly.*read-only media"):
+        CatalogIndex.open(read_only_mount(copy), readonly=True)
+
+
+def test_a_writable_folder_still_takes_the_lock(flat_dir):
+    """The lock stays for folders that can change: a build must not replace one in use."""
+    from index.errors import IndexLockedError
+    from index.folder import lock_writer
+
+    with open_index(flat_dir, readonly=True), pytest.raises(IndexLockedError):
+        lock_writer(flat_dir)
+    assert describe(flat_dir)["count"] == 3000
