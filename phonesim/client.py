@@ -18,7 +18,10 @@ ask is answered sooner). A write (add, update, remove) whose connection broke af
 is not sent again: the server may have done it. ``timeout`` bounds each attempt whole, from
 connecting to the answer's last byte, so a server that trickles its headers, reads an upload
 slowly or trickles its answer cannot hold an attempt longer; a call makes at most ``retries +
-1`` attempts and the waits between them. Redirects are not followed: the API
+1`` attempts and the waits between them, and ``deadline`` (when given) bounds the call whole:
+no retry starts that its wait would carry past it, and the last attempt gets only what is left.
+An answer larger than ``max_answer_mb`` is refused as it arrives (``answer_too_large``), so a
+broken or hostile server cannot fill the caller's memory. Redirects are not followed: the API
 never sends one, and following it would hand the key to another host. Every failure of a
 request is raised as :class:`PhonesimError` with the HTTP status and the server's error code
 and message; arguments that cannot make a request are ``TypeError``/``ValueError`` before any
@@ -59,6 +62,7 @@ RETRY_STATUSES = frozenset({429, 503})
 READ_RETRY_STATUSES = RETRY_STATUSES | {502, 504}
 READ_SIZE = 64 * 1024
 LAST_LOOK_S = 0.01  # the wait for bytes once the deadline has passed
+MIN_ATTEMPT_S = 0.1  # no attempt is started with less time than this left of the deadline
 MAY_HAVE_DONE = "; the server may have done it: check before sending it again"
 ImageInput = str | os.PathLike | bytes
 
@@ -245,11 +249,16 @@ class _Attempt:
     timeout is per wait for bytes: a server sending a header line a second, or reading an
     upload slowly, held a call of ``timeout=2`` for a minute."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float, bound: str) -> None:
+        self.timeout = timeout
+        self.bound = bound  # what ends it, for messages: "1 s", "the call's deadline (2 s)"
         self.lock = threading.Lock()
         self.connection: Any = None
         self.done = False
         self.fired = False
+
+    def too_slow(self) -> PhonesimError:
+        return PhonesimError(0, "timeout", f"the answer took longer than {self.bound}")
 
     def expire(self) -> None:
         """The deadline passed: shut the connection's socket, which ends any wait on it."""
@@ -330,6 +339,8 @@ class Client:
         backoff: float = 0.5,
         session: requests.Session | None = None,
         verify: bool | str | None = None,
+        deadline: float | None = None,
+        max_answer_mb: float = 512.0,
     ) -> None:
         """``timeout``: seconds an attempt may take whole, from connecting to the answer's last
         byte (``session``'s own connections are bounded per wait for bytes only: requests'
@@ -337,13 +348,26 @@ class Client:
         module's notes); ``backoff``: the first wait between them, doubling. ``verify``: as
         requests takes it, False or a CA bundle's path for a server with a private
         certificate (given here, it wins over ``REQUESTS_CA_BUNDLE``, which a session's own
-        ``verify`` does not)."""
+        ``verify`` does not). ``deadline``: seconds a call may take whole, its attempts and
+        the waits between them (None: as many attempts as ``retries`` allows). ``max_answer_mb``:
+        the largest answer read, decompressed (phonesim's own largest, a full batch of
+        vectors, stays below 200 MB)."""
         if not isinstance(timeout, int | float) or not timeout > 0 or not math.isfinite(timeout):
             raise ValueError(f"timeout is a number of seconds above 0, got {timeout!r}")
         if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
             raise ValueError(f"retries is a whole number of 0 or more, got {retries!r}")
         if not isinstance(backoff, int | float) or not backoff >= 0 or not math.isfinite(backoff):
             raise ValueError(f"backoff is a number of seconds of 0 or more, got {backoff!r}")
+        if deadline is not None and (
+            not isinstance(deadline, int | float) or not deadline > 0 or not math.isfinite(deadline)
+        ):
+            raise ValueError(f"deadline is a number of seconds above 0 or None, got {deadline!r}")
+        if (
+            not isinstance(max_answer_mb, int | float)
+            or not max_answer_mb > 0
+            or not math.isfinite(max_answer_mb)
+        ):
+            raise ValueError(f"max_answer_mb is a number above 0, got {max_answer_mb!r}")
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url starts with http:// or https://, got {base_url!r}")
         if api_key is not None:
@@ -357,6 +381,8 @@ class Client:
         self.retries = int(retries)
         self.backoff = float(backoff)
         self.verify = verify
+        self.deadline = None if deadline is None else float(deadline)
+        self.max_answer_bytes = int(max_answer_mb * 2**20)
         if session is None:
             session = requests.Session()
             for prefix in ("http://", "https://"):
@@ -374,15 +400,22 @@ class Client:
         if self.api_key:
             headers["X-API-Key"] = self.api_key
         url = self.base_url + path
+        ends = None if self.deadline is None else time.monotonic() + self.deadline
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
+            timeout, bound = self.timeout, f"{self.timeout:g} s"
+            if ends is not None and ends - time.monotonic() < timeout:
+                timeout, bound = (
+                    ends - time.monotonic(),
+                    f"the call's deadline ({self.deadline:g} s)",
+                )
             if write:
                 # A new connection: servers close idle ones (phonesim's after 5 s), and one
                 # closing just as a write reuses it fails a write nobody received. Which pooled
                 # connection a write would take, and how long it sat, is not known here.
                 self._session.close()  # the idle connections; the session stays usable
             try:
-                r, body = self._send(method, url, headers, kw)
+                r, body = self._send(method, url, headers, kw, _Attempt(timeout, bound))
             except PhonesimError as exc:  # the deadline passed while the answer came
                 if not write or exc.code != "timeout":
                     raise
@@ -393,12 +426,13 @@ class Client:
                 if write and not _never_sent(exc):
                     broke = f"{exc}; the connection broke after the request was sent"
                     raise PhonesimError(0, "connection_error", broke + MAY_HAVE_DONE) from exc
-                if last:
+                wait = self._wait(None, attempt)
+                if last or self._past(ends, wait):
                     raise PhonesimError(0, "connection_error", str(exc)) from exc
-                time.sleep(self._wait(None, attempt))
+                time.sleep(wait)
                 continue
             except requests.Timeout as exc:  # no answer began (a connect timeout is above)
-                message = f"no answer within {self.timeout:g} s"
+                message = f"no answer within {bound}"
                 raise PhonesimError(
                     0, "timeout", message + (MAY_HAVE_DONE if write else "")
                 ) from exc
@@ -406,20 +440,27 @@ class Client:
                 raise PhonesimError(0, "request_error", str(exc)) from exc
             again = RETRY_STATUSES if write else READ_RETRY_STATUSES
             if r.status_code in again and not last:
-                time.sleep(self._wait(r, attempt))
-                continue
+                wait = self._wait(r, attempt)
+                if not self._past(ends, wait):
+                    time.sleep(wait)
+                    continue
             return self._decode(r, body)
         raise AssertionError("unreachable")
 
+    @staticmethod
+    def _past(ends: float | None, wait: float) -> bool:
+        """Whether waiting ``wait`` s leaves no time before ``ends`` for another attempt."""
+        return ends is not None and time.monotonic() + wait + MIN_ATTEMPT_S > ends
+
     def _send(
-        self, method: str, url: str, headers: dict[str, str], kw: dict[str, Any]
+        self, method: str, url: str, headers: dict[str, str], kw: dict[str, Any], attempt: _Attempt
     ) -> tuple[requests.Response, bytes]:
         """One attempt: the response and its whole body, in ``timeout`` from the start: a
         watchdog shuts the connection's socket at the deadline (requests' own timeout is per
         wait for bytes), and each read of the body waits only for what is left."""
-        deadline = time.monotonic() + self.timeout
-        attempt = _Attempt()
-        watchdog = threading.Timer(self.timeout, attempt.expire)
+        attempt.timeout = max(attempt.timeout, MIN_ATTEMPT_S)
+        deadline = time.monotonic() + attempt.timeout
+        watchdog = threading.Timer(attempt.timeout, attempt.expire)
         watchdog.daemon = True
         _in_flight.attempt = attempt
         watchdog.start()
@@ -427,7 +468,7 @@ class Client:
             return self._send_watched(method, url, headers, kw, deadline, attempt)
         except (requests.RequestException, HTTPError) as exc:
             if attempt.fired:  # the watchdog ended it: a slow server, not a broken one
-                raise self._too_slow() from exc
+                raise attempt.too_slow() from exc
             raise
         finally:
             with attempt.lock:
@@ -450,13 +491,14 @@ class Client:
             method,
             url,
             headers=headers,
-            timeout=self.timeout,  # requests' own: connecting, and each wait for bytes
+            timeout=attempt.timeout,  # requests' own: connecting, and each wait for bytes
             allow_redirects=False,
             stream=True,
             **kw,
         )
-        chunks = []
+        chunks, size = [], 0
         try:
+            self._check_size(r, r.headers.get("Content-Length"))
             while True:
                 # Each read waits only for what is left; with none left, a last look takes
                 # what has already arrived (a whole answer is not thrown away for lateness).
@@ -465,20 +507,22 @@ class Client:
                 if not chunk:
                     break
                 chunks.append(chunk)
+                size += len(chunk)
+                self._check_size(r, size)
         except ReadTimeoutError as exc:
             r.close()  # a half-read answer: its connection cannot be reused
-            raise self._too_slow() from exc
+            raise attempt.too_slow() from exc
         except DecodeError as exc:
             r.close()
             if attempt.fired:  # cut short by the watchdog, not sent broken
-                raise self._too_slow() from exc
+                raise attempt.too_slow() from exc
             raise PhonesimError(
                 r.status_code, "invalid_response", f"the answer cannot be decoded: {exc}"
             ) from exc
         except HTTPError as exc:  # urllib3's own: the connection broke during the answer
             r.close()
             if attempt.fired:
-                raise self._too_slow() from exc
+                raise attempt.too_slow() from exc
             raise requests.ConnectionError(exc) from exc
         except BaseException:
             r.close()
@@ -488,11 +532,23 @@ class Client:
             cut_short = attempt.fired
         if cut_short:  # its end may be where the watchdog shut the socket (headers too)
             r.close()
-            raise self._too_slow()
+            raise attempt.too_slow()
         return r, b"".join(chunks)
 
-    def _too_slow(self) -> PhonesimError:
-        return PhonesimError(0, "timeout", f"the answer took longer than {self.timeout:g} s")
+    def _check_size(self, r: requests.Response, size: int | str | None) -> None:
+        """Refuse an answer past ``max_answer_mb`` (announced, or read so far)."""
+        try:
+            size = int(size or 0)
+        except ValueError:
+            return  # a malformed length: urllib3 reads to the end, counted as it comes
+        if size > self.max_answer_bytes:
+            r.close()
+            raise PhonesimError(
+                r.status_code,
+                "answer_too_large",
+                f"the answer is larger than max_answer_mb ({self.max_answer_bytes / 2**20:g} "
+                "MB); it was not read",
+            )
 
     def _wait(self, r: requests.Response | None, attempt: int) -> float:
         """The backoff for ``attempt``, with jitter (clients that failed together do not all

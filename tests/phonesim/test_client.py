@@ -362,7 +362,11 @@ class _Scripted:
 
             do_GET = do_POST = do_PATCH = do_DELETE = _answer
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a client hanging up mid-answer, as the tests make it do
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -622,3 +626,42 @@ def test_numpy_numbers_are_sent_as_numbers(scripted):
     )
     body = json.loads(scripted.bodies[-1])
     assert body["k"] == 3 and body["filter"] == {"price": {"lt": 300.5}}
+
+
+def test_a_deadline_bounds_the_call_with_its_retries(scripted):
+    """A call took ``retries + 1`` attempts and every wait between them, whatever the caller
+    could afford: a server answering 503 "retry in 1 s" held ``retries=10`` for 15 s."""
+    scripted.answers["/v1/info"] = (503, {"Retry-After": "1"}, b'{"error": {"code": "busy"}}')
+    t0 = time.monotonic()
+    with pytest.raises(PhonesimError) as err:
+        Client(scripted.base, retries=10, backoff=0.01, deadline=2.5).info()
+    took = time.monotonic() - t0
+    assert err.value.status == 503 and err.value.code == "busy" and 1.9 < took < 2.6
+    assert len(scripted.seen) == 3  # at 0, 1 and 2 s; a fourth would end past the deadline
+    # The last attempt gets what is left, not a whole timeout.
+    scripted.answers["/v1/items/a"] = (200, {}, b'{"id": "a"}')
+    scripted.delay["/v1/items/a"] = 3
+    t0 = time.monotonic()
+    with pytest.raises(PhonesimError, match="(no answer within|took longer than) the call's dea"):
+        Client(scripted.base, timeout=30, deadline=1).get("a")
+    assert time.monotonic() - t0 < 1.6
+    with pytest.raises(ValueError, match="deadline is a number of seconds"):
+        Client(scripted.base, deadline=0)
+
+
+@pytest.mark.parametrize("how", ["announced", "compressed"])
+def test_an_answer_past_max_answer_mb_is_refused_not_read(scripted, how):
+    """Any answer was read whole into memory: a 300 MB one took 629 MB of the caller's."""
+    import gzip
+
+    big = b'{"neighbors": [' + b" " * 3_000_000 + b"]}"
+    if how == "announced":
+        scripted.answers["/v1/info"] = (200, {}, big)
+    else:  # 3 MB that arrive as 3 KB: a cap on the bytes received would not see it
+        scripted.answers["/v1/info"] = (200, {"Content-Encoding": "gzip"}, gzip.compress(big))
+    with pytest.raises(PhonesimError, match="larger than max_answer_mb \\(1 MB\\)") as err:
+        Client(scripted.base, retries=0, max_answer_mb=1).info()
+    assert err.value.code == "answer_too_large" and not err.value.retryable
+    assert Client(scripted.base, retries=0, max_answer_mb=4).info() == {"neighbors": []}
+    with pytest.raises(ValueError, match="max_answer_mb"):
+        Client(scripted.base, max_answer_mb=-1)
