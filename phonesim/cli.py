@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 
@@ -111,17 +112,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Set once the warning below is said: the processes a command starts or becomes inherit it.
+_LOCALE_SAID = "PHONESIM_LOCALE_WARNED"
+
+
 def _warn_if_not_utf8() -> None:
     """A locale without UTF-8 (``LC_ALL=C`` with ``PYTHONUTF8=0``) decodes non-ASCII file names
-    to stand-ins: photos were left out as "not UTF-8 text" and paths refused. Said once."""
-    if sys.getfilesystemencoding().lower().replace("-", "") != "utf8":
-        print(
-            f"phonesim: warning: this process reads file names as "
-            f"{sys.getfilesystemencoding()}, not UTF-8 (a locale such as LC_ALL=C with "
-            "PYTHONUTF8=0): non-ASCII names may be left out or refused; set PYTHONUTF8=1 or "
-            "LC_ALL=C.UTF-8",
-            file=sys.stderr,
-        )
+    to stand-ins: photos were left out as "not UTF-8 text" and paths refused. Said once per
+    command, not again by the processes it starts or becomes (``serve --api-key`` re-executes
+    itself to drop the key from its command line, and said it twice)."""
+    encoding = sys.getfilesystemencoding()
+    if encoding.lower().replace("-", "") == "utf8" or os.environ.get(_LOCALE_SAID):
+        return
+    os.environ[_LOCALE_SAID] = "1"
+    print(
+        f"phonesim: warning: this process reads file names as {encoding}, not UTF-8 (a locale "
+        "such as LC_ALL=C with PYTHONUTF8=0): non-ASCII names may be left out or refused; set "
+        "PYTHONUTF8=1 or LC_ALL=C.UTF-8",
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -361,3 +361,24 @@ def test_a_locale_without_utf8_is_said_once(utf8_mode, tmp_path):
     else:
         assert warned == []
     assert "index folder does not exist" in done.stderr  # the command still ran
+
+
+def test_the_locale_warning_is_said_once_by_a_serve_that_re_executes_itself(tmp_path):
+    """``serve --api-key`` starts itself again without the key on its command line: the
+    warning was printed by both."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(REPO)}
+    env.pop("PHONESIM_LOCALE_WARNED", None)
+    argv = ["serve", "--api-key", "k" * 24, "--checkpoint", str(tmp_path / "no-ckpt")]
+    done = subprocess.run(
+        [sys.executable, "-m", "phonesim.cli", *argv, "--index", str(tmp_path / "no-index")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "Restarting with the key in the environment" in done.stderr  # it did re-execute
+    assert sum("not UTF-8" in line for line in done.stderr.splitlines()) == 1, done.stderr
+    assert done.returncode == 2
