@@ -33,6 +33,7 @@ from embedder.knn_options import (
 from index.stores import check_one_catalog
 from server.config import (
     API_KEY_ENV,
+    LOG_FORMATS,
     MAX_BATCH,
     MAX_BATCH_ENTRIES,
     MAX_SYNC_INTERVAL_S,
@@ -215,6 +216,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "keep it for catalogs whose photos carry text",
     )
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="'json': every log line one JSON object (time, level, logger, pid, message, "
+        "request_id; the access log's fields), for a log collector (default: text)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -294,6 +302,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServerConfig, Gunicorn
         torch_threads=args.torch_threads,
         faiss_threads=args.faiss_threads,
         access_log=args.access_log,
+        log_format=args.log_format,
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
         graceful_timeout_s=args.graceful_timeout,

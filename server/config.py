@@ -202,6 +202,9 @@ class ServerConfig:
         return replace(self, **changes).validate()
 
 
+LOG_FORMATS = ("text", "json")  # serve --log-format
+
+
 @dataclass(frozen=True)
 class GunicornSettings:
     """Process settings of the HTTP server.
@@ -223,6 +226,7 @@ class GunicornSettings:
     torch_threads: int | None = None  # model threads (torch or ONNX Runtime): cores / workers
     faiss_threads: int = 1
     access_log: bool = False
+    log_format: str = "text"  # LOG_FORMATS: "json" is server.json_logs
 
     @property
     def bind(self) -> str:

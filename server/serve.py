@@ -34,6 +34,7 @@ from common.errors import UserError
 from common.machine import default_threads
 from server.bridge import BufferedWSGIBridge
 from server.config import GunicornSettings, ServerConfig
+from server.json_logs import JsonAccessLogger, use_json_logs
 from server.metrics import MULTIPROC_ENV, mark_process_dead
 from server.preflight import preflight
 from server.worker import PhonesimWorker, booted_mark, loaded, process_alive
@@ -220,6 +221,7 @@ class PhonesimGunicorn(BaseApplication):
             "errorlog": "-",
             "accesslog": "-" if s.access_log else None,
             "access_log_format": ACCESS_LOG_FORMAT,
+            **({"logger_class": JsonAccessLogger} if s.log_format == "json" else {}),
             "proc_name": "phonesim-serve",
             "preload_app": False,
             "worker_exit": _worker_exit,
@@ -277,6 +279,8 @@ class PhonesimGunicorn(BaseApplication):
 def serve(config: ServerConfig, settings: GunicornSettings | None = None) -> int:
     """Serve ``config`` under gunicorn until stopped (Ctrl-C / SIGTERM); returns the exit code."""
     settings = settings or GunicornSettings()
+    if settings.log_format == "json":
+        use_json_logs()
     preflight(config, settings)
     with instance_folder() as folder:
         config = keep_text_cues(config, folder)

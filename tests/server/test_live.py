@@ -521,3 +521,31 @@ def test_the_access_log_keeps_keys_and_terminal_escapes_out(tiny_checkpoint, liv
     assert "api_key=***&k=5" in line and "agent\\x9b31mRED" in line and "\x9b" not in log
     # The id the client got is on the line (an error report and the log meet), and the time.
     assert request_id and line.endswith(f"ms id={request_id}"), line
+
+
+def test_json_logs_are_one_object_a_line_with_the_request_id(tiny_checkpoint, live_index, tmp_path):
+    """A log collector had to parse text lines whose layout differs between gunicorn's own,
+    the access log and phonesim's."""
+    import http.client
+
+    with running_server(
+        tiny_checkpoint, live_index, tmp_path, "--access-log", "--log-format", "json"
+    ) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request(
+            "DELETE",
+            "/v1/items/x?api_key=s3cretQUERY&k=5",
+            headers={"X-Request-ID": "trace-42", "User-Agent": 'agent "quoted"'},
+        )
+        assert conn.getresponse().status in (401, 403)
+        conn.close()
+    lines = server.log.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]  # every line: nothing else was written
+    assert {"time", "level", "logger", "pid", "message"} <= set(records[0])
+    access = next(r for r in records if r["message"] == "request" and r.get("method") == "DELETE")
+    assert access["path"] == "/v1/items/x" and access["query"] == "api_key=***&k=5"
+    assert access["status"] in (401, 403) and access["request_id"] == "trace-42"
+    assert access["user_agent"] == 'agent "quoted"' and access["duration_ms"] >= 0
+    assert "s3cretQUERY" not in "\n".join(lines)
+    assert any(r["logger"].startswith("gunicorn") for r in records)  # gunicorn's own lines
+    assert any(r["logger"].startswith("server") for r in records)  # phonesim's, in workers
