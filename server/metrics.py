@@ -28,6 +28,7 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.process_collector import ProcessCollector
 
 from server.log_throttle import LogThrottle
 
@@ -42,6 +43,17 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
+
+
+# prometheus_client's ProcessCollector names (without "process_"), read from /proc.
+_PROCESS_GAUGES = {
+    "resident_memory_bytes": "Resident memory in bytes",
+    "virtual_memory_bytes": "Virtual memory in bytes",
+    "cpu_seconds": "CPU time used, user and system, in seconds",
+    "open_fds": "Open file descriptors",
+    "max_fds": "The open file descriptor limit",
+    "start_time_seconds": "Start time, in seconds since the epoch",
+}
 
 
 def multiprocess_dir() -> str | None:
@@ -168,6 +180,25 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        # prometheus_client's process_* metrics are of the process that renders /metrics
+        # only, and not offered at all in multiprocess mode: per worker (pid) here instead.
+        self._process = ProcessCollector(registry=None)
+        self.process = {
+            name: Gauge(
+                f"phonesim_worker_{name}",
+                f"{text} (per worker process, by pid; refreshed every sync interval).",
+                registry=r,
+                multiprocess_mode="liveall",
+            )
+            for name, text in _PROCESS_GAUGES.items()
+        }
+        self._gauge_sources.append(self._read_process)
+
+    def _read_process(self) -> None:
+        for metric in self._process.collect():
+            name = metric.name.removeprefix("process_")
+            if name in self.process and metric.samples:
+                self.process[name].set(metric.samples[0].value)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

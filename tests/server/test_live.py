@@ -16,7 +16,7 @@ import pytest
 from werkzeug.test import EnvironBuilder
 
 from tests.server.helpers import API_KEY, SMALL_UPLOAD_MB, bad_requests, build_test_index
-from tests.server.live import multipart, running_server
+from tests.server.live import multipart, running_server, worker_pids
 
 CHROMIUM = os.environ.get("PHONESIM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -69,6 +69,15 @@ def test_live_search_similar_thumbnail_and_metrics(live, query_image):
     assert status == 200 and headers["content-type"] == "image/jpeg" and data[:2] == b"\xff\xd8"
     status, _, metrics = live.request("GET", "/metrics")
     assert status == 200 and b"phonesim_model_batch_size_bucket" in metrics
+    # Each worker's memory and CPU, by pid: prometheus_client's own process metrics are not
+    # offered in multiprocess mode.
+    for pid in worker_pids(live):
+        line = next(
+            x for x in metrics.decode().splitlines()
+            if x.startswith(f'phonesim_worker_resident_memory_bytes{{pid="{pid}"}}')
+        )  # fmt: skip
+        assert float(line.split()[-1]) > 50e6  # torch or ONNX Runtime, FAISS, the model
+    assert b"phonesim_worker_cpu_seconds{" in metrics and b"phonesim_worker_open_fds{" in metrics
 
 
 def test_live_concurrent_requests_all_succeed(live, query_image):
