@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -77,21 +78,67 @@ def _open_lock(path: Path) -> int:
         if exc.errno not in _READ_ONLY:
             raise
         raise ReadOnlyFolderError(
-            exc.errno,
-            "the index folder is not writable here (its lock file, and SQLite's beside its "
-            "store, are written even to read it); copy the folder to a writable place",
-            str(path / LOCK_NAME),
+            exc.errno, _not_writable_here(path), str(path / LOCK_NAME)
         ) from None
 
 
+def _not_writable_here(path: Path) -> str:
+    if on_read_only_media(path):  # nothing can change it: only a change is refused
+        return "the index folder is on read-only media and cannot be changed there"
+    if _mounted_read_only(path):
+        return (
+            "the index folder is on a read-only mount of a file system that other mounts may "
+            "write (a bind mount, a container's read-only volume): it may change meanwhile, "
+            "and following it takes its lock file and SQLite's files beside its store; mount "
+            "it read-write (a server without an API key still writes no item), or copy the "
+            "folder to a writable place"
+        )
+    return (
+        "the index folder is not writable here (its lock file, and SQLite's beside its "
+        "store, are written even to read it); copy the folder to a writable place"
+    )
+
+
 def on_read_only_media(path: Path) -> bool:
-    """Whether ``path`` lies on a file system mounted read-only (a container's ``--read-only``
-    or a ``readOnly`` volume, a squashfs image, a DVD): nothing, here or elsewhere, can change
-    the folder, so readers need neither its lock nor SQLite's shared-memory file."""
+    """Whether ``path``'s file system itself is read-only (a squashfs or EROFS image, a DVD, a
+    file system mounted or remounted ``ro``): nothing, here or elsewhere, can change the
+    folder, so readers need neither its lock nor SQLite's shared-memory file.
+
+    A read-only bind mount of a writable file system (``docker -v vol:/index:ro``, a Kubernetes
+    ``readOnly`` volume) is not: another mount of it may write the folder meanwhile, and a
+    reader that took it as unchanging served items removed long before and called itself in
+    sync. Told apart by the file system's own options in ``/proc/self/mountinfo``."""
+    if not _mounted_read_only(path):
+        return False
+    try:
+        return _superblock_read_only(os.path.realpath(path))
+    except OSError:
+        return False
+
+
+def _mounted_read_only(path: Path) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def _superblock_read_only(path: str) -> bool:
+    """Whether the file system mounted where ``path`` lies has ``ro`` among its own (super
+    block) options; False where that cannot be read (not Linux)."""
+    best: tuple[int, bool] | None = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as lines:
+        for line in lines:
+            fields = line.split()
+            if "-" not in fields:
+                continue
+            # Octal escapes of spaces and the like, as the kernel writes mount points.
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            if path == point or path.startswith(point.rstrip("/") + "/"):
+                super_options = fields[fields.index("-") + 3].split(",")
+                if best is None or len(point) >= best[0]:  # the deepest, the last mounted
+                    best = (len(point), "ro" in super_options)
+    return best is not None and best[1]
 
 
 def open_store(path: Path) -> CatalogStore:
@@ -101,10 +148,12 @@ def open_store(path: Path) -> CatalogStore:
 
 
 def check_openable_here(path: Path) -> None:
-    """Raise what opening the folder would where this process cannot write its lock file (read-
-    only media, another user's folder): a job that opens the index only after its long work
-    (``export --index``, hours of embedding) asks first."""
-    os.close(_open_lock(path))
+    """Raise what opening the folder would where this process cannot write its lock file (a
+    read-only mount of a writable file system, another user's folder): a job that opens the
+    index only after its long work (``export --index``, hours of embedding) asks first. A
+    folder on read-only media opens without it."""
+    if not on_read_only_media(path):
+        os.close(_open_lock(path))
 
 
 def lock_writer(path: Path) -> int:
@@ -165,7 +214,9 @@ def describe(path: str | Path) -> dict[str, Any]:
         # Under the lock, as an opener: a build swapping the folder between the reads below
         # gave one index's manifest with another's counts.
         fd: int | None = lock_shared(path)
-    except PermissionError:  # another user's folder (see _open_lock): read what we can
+    except PermissionError as exc:  # another user's folder (see _open_lock): read what we can
+        if exc.errno == errno.EROFS:  # a read-only mount: SQLite cannot read it either
+            raise
         fd = None
     try:
         manifest = read_manifest(path)

@@ -183,12 +183,13 @@ class CatalogStore(JournalTable):
                     f"{self.path}: cannot open the catalog store: {exhausted} (raise the "
                     "open-file limit, ulimit -n); nothing was changed"
                 ) from exc
-            if frozen:  # on read-only media, with changes left in its WAL (see _read_only_uri)
+            if frozen:  # on read-only media, its WAL not empty (see read_only_uri)
                 raise IndexCorruptError(
-                    f"{self.path}: the store was not closed cleanly (its -wal file holds changes "
-                    f"not yet in the store, and its -shm file is missing), and the folder is on "
-                    "read-only media, where they cannot be read; open the folder once where it "
-                    "is writable, or copy it to a writable place"
+                    f"{self.path}: the store's -wal file is not empty and its -shm file is "
+                    "missing (a copy of a folder in use, or a crash), and on read-only media "
+                    "SQLite cannot read the one without the other, while the store alone may "
+                    "lack the last changes; open the folder once where it is writable, or copy "
+                    "it to a writable place"
                 ) from exc
             if not os.access(Path(self.path).parent, os.W_OK):  # not damaged: not ours to write
                 raise IndexCorruptError(

@@ -50,30 +50,38 @@ def refuse_lock_file_writes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def read_only_mount(tmp_path):
-    """``mount(folder) -> Path``: ``folder`` seen through a read-only bind mount (as a
-    container's read-only volume shows it), unmounted after the test. Skips where this user
-    may not mount (root only); the mode bits of a folder cannot stop root writing."""
+    """``mount(folder, media=True) -> Path``: a copy of ``folder`` on read-only media (a tmpfs
+    filled, then remounted read-only: its file system itself refuses writes, as a squashfs
+    image's does), or with ``media=False`` ``folder`` itself through a read-only bind mount
+    (as a container's read-only volume shows it: other mounts may still write it). Unmounted
+    after the test. Skips where this user may not mount (root only); the mode bits of a
+    folder cannot stop root writing."""
     import os
     import shutil
 
     mounted: list[Path] = []
 
-    def mount(folder: Path) -> Path:
+    def run_mount(*args: str) -> None:
+        done = subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
+        if done.returncode:
+            pytest.skip(f"cannot mount here: {done.stderr.strip()}")
+
+    def mount(folder: Path, media: bool = True) -> Path:
         if os.geteuid() != 0 or shutil.which("mount") is None:
-            pytest.skip("a read-only bind mount needs root")
+            pytest.skip("a read-only mount needs root")
         where = tmp_path / f"ro-{len(mounted)}"
         where.mkdir()
-        for args in (["--bind", str(folder)], ["-o", "remount,bind,ro"]):
-            done = subprocess.run(
-                ["mount", *args, str(where)], capture_output=True, text=True, timeout=30
-            )
-            if done.returncode:
-                if mounted or args[0] != "--bind":
-                    mounted.append(where)
-                pytest.skip(f"cannot bind-mount read-only here: {done.stderr.strip()}")
-            if args[0] == "--bind":
-                mounted.append(where)
-        return where
+        if not media:
+            run_mount("--bind", str(folder), str(where))
+            mounted.append(where)
+            run_mount("-o", "remount,bind,ro", str(where))
+            return where
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        run_mount("-t", "tmpfs", "-o", f"size={size * 2 + 2**22}", "tmpfs", str(where))
+        mounted.append(where)
+        shutil.copytree(folder, where / folder.name)
+        run_mount("-o", "remount,ro", str(where))
+        return where / folder.name
 
     yield mount
     for where in reversed(mounted):

@@ -98,7 +98,7 @@ def test_a_store_with_commits_in_its_wal_is_read_whole(flat_dir, small, read_onl
 def test_a_wal_without_its_shm_file_is_named(flat_dir, small, read_only_mount, tmp_path):
     copy = _copied_while_open(flat_dir, small, tmp_path)
     (copy / "catalog.sqlite-shm").unlink()
-    with pytest.raises(IndexCorruptError, match="not closed cleanly.*read-only media"):
+    with pytest.raises(IndexCorruptError, match="-wal file is not empty.*-shm file is missing"):
         CatalogIndex.open(read_only_mount(copy), readonly=True)
 
 
@@ -110,3 +110,33 @@ def test_a_writable_folder_still_takes_the_lock(flat_dir):
     with open_index(flat_dir, readonly=True), pytest.raises(IndexLockedError):
         lock_writer(flat_dir)
     assert describe(flat_dir)["count"] == 3000
+
+
+def test_a_read_only_mount_of_a_writable_file_system_is_not_taken_as_unchanging(
+    flat_dir, small, read_only_mount
+):
+    """``docker -v vol:/index:ro`` while another container writes the volume: a reader that
+    took the folder as unchanging served removed items and called itself in sync. Such a
+    mount is refused, naming why, as before read-only media could be read."""
+    _, xq, _, _ = small
+    ro = read_only_mount(flat_dir, media=False)
+    for opening in (
+        lambda: CatalogIndex.open(ro, readonly=True),
+        lambda: describe(ro),
+        lambda: check_index_files(ro),
+    ):
+        with pytest.raises(ReadOnlyFolderError, match="read-only mount of a file system that"):
+            opening()
+    with open_index(flat_dir) as ix:  # the writable side goes on meanwhile
+        ix.remove(["sku-5"])
+    assert describe(flat_dir)["count"] == 2999
+
+
+def test_a_job_that_opens_the_index_last_asks_first_only_where_it_must(flat_dir, read_only_mount):
+    """``export --index`` checks the folder before hours of embedding: read-only media had been
+    refused there too, though the export only reads the index."""
+    from index.folder import check_openable_here
+
+    check_openable_here(read_only_mount(flat_dir))
+    with pytest.raises(ReadOnlyFolderError, match="read-only mount"):
+        check_openable_here(read_only_mount(flat_dir, media=False))

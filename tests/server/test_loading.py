@@ -200,10 +200,14 @@ def test_writes_enabled_on_a_store_this_user_may_not_write_is_refused_at_start(
 def test_an_index_on_read_only_media_is_served_read_only(
     tiny_checkpoint, index_dir, tiny_catalog, read_only_mount
 ):
-    """A catalog shipped on a read-only volume (a container's) had refused to open at all."""
+    """A catalog shipped on read-only media (a squashfs image) had refused to open at all; a
+    read-only bind mount of a writable volume is refused still: others may change it."""
+    from index.errors import ReadOnlyFolderError
     from server.config import ServerConfig
     from tests.server.helpers import API_KEY, assert_error, make_app, upload
 
+    with pytest.raises(ReadOnlyFolderError, match="read-only mount of a file system that"):
+        loading.check_for_serving(tiny_checkpoint, read_only_mount(index_dir, media=False))
     ro = read_only_mount(index_dir)
     with pytest.raises(UserError, match="read-only media; serve it without an API key"):
         loading.check_for_serving(tiny_checkpoint, ro, writable=True)
