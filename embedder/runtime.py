@@ -20,6 +20,7 @@ whether torch sees it): over a graph that fits, inference needs onnxruntime, num
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -194,9 +195,10 @@ def open_fp32(
 
 
 def _int8_missing(ckpt: Path, problem: str) -> EngineError:
+    where = "" if os.access(ckpt, os.W_OK) else " where the folder is writable (not here)"
     return EngineError(
-        f"{ckpt}: {problem}; make it with: phonesim optimize --checkpoint {ckpt} "
-        "--quantize int8 --calibration TRAIN_IMAGES"
+        f"{ckpt}: {problem}; make it{where} with: phonesim optimize --checkpoint {ckpt} "
+        "--quantize int8 --calibration TRAIN_IMAGES, or use --runtime onnx or torch"
     )
 
 

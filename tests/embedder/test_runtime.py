@@ -281,6 +281,11 @@ def test_onnx_in_a_read_only_folder_without_a_fitting_graph_is_refused_before_wo
     with pytest.raises(EngineError, match=said):
         runtime.check_runtime(ckpt, "onnx")
     runtime.check_runtime(ckpt, "torch")  # torch writes nothing
+    # The int8 graph is never made here: its advice had named a command that must write.
+    monkeypatch.setattr(runtime.os, "access", lambda path, mode: False)
+    (ckpt / "model.int8.onnx").unlink(missing_ok=True)
+    with pytest.raises(EngineError, match="make it where the folder is writable \\(not here\\)"):
+        runtime.check_runtime(ckpt, "onnx-int8")
 
 
 def test_a_graph_left_half_written_by_a_killed_export_is_removed_by_the_next_lock_holder(ckpt):
