@@ -214,13 +214,18 @@ def describe(path: str | Path) -> dict[str, Any]:
         # Under the lock, as an opener: a build swapping the folder between the reads below
         # gave one index's manifest with another's counts.
         fd: int | None = lock_shared(path)
-    except PermissionError as exc:  # another user's folder (see _open_lock): read what we can
-        if exc.errno == errno.EROFS:  # a read-only mount: SQLite cannot read it either
-            raise
-        fd = None
+    except PermissionError as exc:  # a read-only mount, another user's folder: read what we can
+        fd, unlocked = None, exc
+    else:
+        unlocked = None
     try:
         manifest = read_manifest(path)
-        store = open_store(path)
+        try:
+            store = open_store(path)
+        except IndexCorruptError:  # SQLite could not write beside it either: say why, once
+            if unlocked is not None and unlocked.errno == errno.EROFS:
+                raise unlocked from None
+            raise
         try:
             with store.read_txn():
                 ck_seq = int(store.get_state("checkpoint_seq", "0") or 0)
