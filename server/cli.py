@@ -439,6 +439,10 @@ def run(args: argparse.Namespace) -> int:
     # 'phonesim --help' stays quick.
     from server.serve import serve
 
+    if args.log_format == "json":  # before the settings' own warnings (a short API key)
+        from server.json_logs import use_json_logs
+
+        use_json_logs()
     if args.api_key:
         log.warning(
             "--api-key on the command line is visible to other users of this machine (ps); "

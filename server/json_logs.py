@@ -44,7 +44,11 @@ def use_json_logs() -> None:
         logging.basicConfig(level=logging.INFO)
     for handler in root.handlers:
         handler.setFormatter(json_formatter())
-        handler.addFilter(RequestIdFilter())
+        if not any(isinstance(f, RequestIdFilter) for f in handler.filters):
+            handler.addFilter(RequestIdFilter())
+    # Python's warnings (a library's DeprecationWarning, a ResourceWarning at a worker's exit)
+    # go to stderr as text otherwise.
+    logging.captureWarnings(True)
 
 
 class JsonAccessLogger(GunicornLogger):

@@ -34,3 +34,28 @@ def test_a_record_made_while_a_request_is_handled_names_its_request(app):
     assert inside["message"] == 'store slow: said "twice"' and inside["request_id"] == "trace-7"
     assert inside["level"] == "WARNING" and inside["logger"] == "tests.json_logs"
     assert "request_id" not in outside and outside["time"].endswith("+00:00")
+
+
+def test_pythons_warnings_are_json_records_too(tmp_path):
+    """A library's warning (the warnings module) went to stderr as text."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = (
+        "import logging, warnings\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from server.json_logs import use_json_logs\n"
+        "use_json_logs(); use_json_logs()\n"  # twice, as cli.run and serve() both call it
+        "warnings.warn('old API', DeprecationWarning, stacklevel=1)\n"
+        "logging.getLogger('x').info('one line')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [r["logger"] for r in records] == ["py.warnings", "x"], done.stderr
+    assert "DeprecationWarning: old API" in records[0]["message"]

@@ -537,8 +537,9 @@ def test_json_logs_are_one_object_a_line_with_the_request_id(tiny_checkpoint, li
     the access log and phonesim's."""
     import http.client
 
+    env = {"PHONESIM_API_KEY": "short-key"}  # its warning is logged before the server starts
     with running_server(
-        tiny_checkpoint, live_index, tmp_path, "--access-log", "--log-format", "json"
+        tiny_checkpoint, live_index, tmp_path, "--access-log", "--log-format", "json", env=env
     ) as server:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         conn.request(
@@ -558,3 +559,4 @@ def test_json_logs_are_one_object_a_line_with_the_request_id(tiny_checkpoint, li
     assert "s3cretQUERY" not in "\n".join(lines)
     assert any(r["logger"].startswith("gunicorn") for r in records)  # gunicorn's own lines
     assert any(r["logger"].startswith("server") for r in records)  # phonesim's, in workers
+    assert any("the API key has 9 characters" in r["message"] for r in records)
