@@ -291,6 +291,8 @@ def _watched(connection_cls: type) -> type:
                 with attempt.lock:
                     attempt.connection = self
 
+    # Its errors name the connection by class ("HTTPConnection(host=...)"), as without it.
+    Watched.__name__ = Watched.__qualname__ = connection_cls.__name__
     return Watched
 
 
@@ -349,21 +351,31 @@ class Client:
         requests takes it, False or a CA bundle's path for a server with a private
         certificate (given here, it wins over ``REQUESTS_CA_BUNDLE``, which a session's own
         ``verify`` does not). ``deadline``: seconds a call may take whole, its attempts and
-        the waits between them (None: as many attempts as ``retries`` allows). ``max_answer_mb``:
-        the largest answer read, decompressed (phonesim's own largest, a full batch of
-        vectors, stays below 200 MB)."""
-        if not isinstance(timeout, int | float) or not timeout > 0 or not math.isfinite(timeout):
+        the waits between them (None: as many attempts as ``retries`` allows); on a caller's
+        ``session`` only the start of each attempt and each wait for bytes are bounded.
+        ``max_answer_mb``: the largest answer read, decompressed (phonesim's own largest, a
+        full batch of vectors, stays below 200 MB)."""
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not timeout > 0
+            or not math.isfinite(timeout)
+        ):
             raise ValueError(f"timeout is a number of seconds above 0, got {timeout!r}")
         if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
             raise ValueError(f"retries is a whole number of 0 or more, got {retries!r}")
         if not isinstance(backoff, int | float) or not backoff >= 0 or not math.isfinite(backoff):
             raise ValueError(f"backoff is a number of seconds of 0 or more, got {backoff!r}")
         if deadline is not None and (
-            not isinstance(deadline, int | float) or not deadline > 0 or not math.isfinite(deadline)
+            isinstance(deadline, bool)
+            or not isinstance(deadline, int | float)
+            or not deadline > 0
+            or not math.isfinite(deadline)
         ):
             raise ValueError(f"deadline is a number of seconds above 0 or None, got {deadline!r}")
         if (
-            not isinstance(max_answer_mb, int | float)
+            isinstance(max_answer_mb, bool)
+            or not isinstance(max_answer_mb, int | float)
             or not max_answer_mb > 0
             or not math.isfinite(max_answer_mb)
         ):
@@ -382,7 +394,8 @@ class Client:
         self.backoff = float(backoff)
         self.verify = verify
         self.deadline = None if deadline is None else float(deadline)
-        self.max_answer_bytes = int(max_answer_mb * 2**20)
+        self.max_answer_mb = float(max_answer_mb)
+        self.max_answer_bytes = max(1, int(max_answer_mb * 2**20))
         if session is None:
             session = requests.Session()
             for prefix in ("http://", "https://"):
@@ -546,8 +559,9 @@ class Client:
             raise PhonesimError(
                 r.status_code,
                 "answer_too_large",
-                f"the answer is larger than max_answer_mb ({self.max_answer_bytes / 2**20:g} "
-                "MB); it was not read",
+                f"the answer is larger than max_answer_mb={self.max_answer_mb:g} "
+                f"({self.max_answer_bytes:,} bytes); it was not read",
+                request_id=r.headers.get("X-Request-ID"),
             )
 
     def _wait(self, r: requests.Response | None, attempt: int) -> float:

@@ -135,6 +135,7 @@ def test_writes_and_errors(live, photo):
     with pytest.raises(PhonesimError) as err:
         Client("http://127.0.0.1:9", retries=1, backoff=0.01).info()
     assert err.value.status == 0 and err.value.code == "connection_error"
+    assert "Watched" not in err.value.message  # the client's own wrapper, not the caller's
 
 
 def test_ids_reach_their_own_item_and_never_another(live, photo):
@@ -645,8 +646,9 @@ def test_a_deadline_bounds_the_call_with_its_retries(scripted):
     with pytest.raises(PhonesimError, match="(no answer within|took longer than) the call's dea"):
         Client(scripted.base, timeout=30, deadline=1).get("a")
     assert time.monotonic() - t0 < 1.6
-    with pytest.raises(ValueError, match="deadline is a number of seconds"):
-        Client(scripted.base, deadline=0)
+    for wrong in (0, True, float("nan")):
+        with pytest.raises(ValueError, match="deadline is a number of seconds"):
+            Client(scripted.base, deadline=wrong)
 
 
 @pytest.mark.parametrize("how", ["announced", "compressed"])
@@ -655,13 +657,20 @@ def test_an_answer_past_max_answer_mb_is_refused_not_read(scripted, how):
     import gzip
 
     big = b'{"neighbors": [' + b" " * 3_000_000 + b"]}"
+    said = {"X-Request-ID": "req-big"}
     if how == "announced":
-        scripted.answers["/v1/info"] = (200, {}, big)
+        scripted.answers["/v1/info"] = (200, said, big)
     else:  # 3 MB that arrive as 3 KB: a cap on the bytes received would not see it
-        scripted.answers["/v1/info"] = (200, {"Content-Encoding": "gzip"}, gzip.compress(big))
-    with pytest.raises(PhonesimError, match="larger than max_answer_mb \\(1 MB\\)") as err:
+        scripted.answers["/v1/info"] = (
+            200,
+            {**said, "Content-Encoding": "gzip"},
+            gzip.compress(big),
+        )
+    with pytest.raises(PhonesimError, match="larger than max_answer_mb=1 \\(1,048,576 b") as err:
         Client(scripted.base, retries=0, max_answer_mb=1).info()
     assert err.value.code == "answer_too_large" and not err.value.retryable
+    assert err.value.request_id == "req-big"  # to quote to the server's log
     assert Client(scripted.base, retries=0, max_answer_mb=4).info() == {"neighbors": []}
-    with pytest.raises(ValueError, match="max_answer_mb"):
-        Client(scripted.base, max_answer_mb=-1)
+    for wrong in (-1, True, float("inf")):
+        with pytest.raises(ValueError, match="max_answer_mb"):
+            Client(scripted.base, max_answer_mb=wrong)
