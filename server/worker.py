@@ -107,7 +107,8 @@ class _AccessLog:
 
 # Query parameters whose value is a secret wherever a client puts one by mistake.
 _SECRET_PARAMS = re.compile(
-    r"(?i)(^|[?&])((?:api[_-]?key|key|token|access[_-]?token|password|secret)=)[^&#]*"
+    r"(?i)(^|[?&])((?:api[_-]?key|key|token|access[_-]?token|password|secret|sig|signature)=)"
+    r"[^&#]*"
 )
 _C1_CONTROLS = re.compile("[\x80-\x9f]")
 

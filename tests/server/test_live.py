@@ -544,7 +544,7 @@ def test_json_logs_are_one_object_a_line_with_the_request_id(tiny_checkpoint, li
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         conn.request(
             "DELETE",
-            "/v1/items/x?api_key=s3cretQUERY&k=5",
+            "/v1/items/x?api_key=s3cretQUERY&k=5&signature=SIGsecret",
             headers={"X-Request-ID": "trace-42", "User-Agent": 'agent "quoted"'},
         )
         assert conn.getresponse().status in (401, 403)
@@ -553,10 +553,11 @@ def test_json_logs_are_one_object_a_line_with_the_request_id(tiny_checkpoint, li
     records = [json.loads(line) for line in lines]  # every line: nothing else was written
     assert {"time", "level", "logger", "pid", "message"} <= set(records[0])
     access = next(r for r in records if r["message"] == "request" and r.get("method") == "DELETE")
-    assert access["path"] == "/v1/items/x" and access["query"] == "api_key=***&k=5"
+    assert access["path"] == "/v1/items/x"
+    assert access["query"] == "api_key=***&k=5&signature=***"  # a signed URL's too
     assert access["status"] in (401, 403) and access["request_id"] == "trace-42"
     assert access["user_agent"] == 'agent "quoted"' and access["duration_ms"] >= 0
-    assert "s3cretQUERY" not in "\n".join(lines)
+    assert "s3cretQUERY" not in "\n".join(lines) and "SIGsecret" not in "\n".join(lines)
     assert any(r["logger"].startswith("gunicorn") for r in records)  # gunicorn's own lines
     assert any(r["logger"].startswith("server") for r in records)  # phonesim's, in workers
     assert any("the API key has 9 characters" in r["message"] for r in records)
