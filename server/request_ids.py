@@ -16,6 +16,11 @@ HEADER = "X-Request-ID"
 _PLAIN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+def given_id(value: str | None) -> str | None:
+    """A client's or proxy's ``X-Request-ID`` where it is plain enough to log, else None."""
+    return value if value and _PLAIN.fullmatch(value) else None
+
+
 def request_id() -> str:
     """The current request's id; "-" outside a request."""
     if not has_request_context():
@@ -28,8 +33,7 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def _assign() -> None:
-        given = request.headers.get(HEADER, "")
-        g.request_id = given if _PLAIN.fullmatch(given) else uuid.uuid4().hex
+        g.request_id = given_id(request.headers.get(HEADER)) or uuid.uuid4().hex
 
     @app.after_request
     def _answer(response: Response) -> Response:

@@ -102,6 +102,12 @@ class _AccessLog:
         # once the connection is closed; the bridge's own 500s carry a JSON body.
         if resp.status == 500 and resp.sent == 0 and self._protocol._closed:
             resp.status = CLIENT_CLOSED_REQUEST
+            # No answer carried an id: the one the client sent, so its report and the line meet.
+            from server.request_ids import HEADER, given_id
+
+            sent = given_id(next((v for k, v in req.headers if k.upper() == HEADER.upper()), None))
+            if sent is not None:
+                resp.headers.append((HEADER, sent))
         self._log.access(resp, req, loggable(environ), request_time)
 
 

@@ -193,6 +193,7 @@ def test_a_client_that_leaves_is_logged_499_not_500(server, jpeg):
     def head(agent: str) -> bytes:
         return (
             f"POST /v1/search HTTP/1.1\r\nHost: x\r\nUser-Agent: {agent}\r\nConnection: close\r\n"
+            f"X-Request-ID: id-{agent}\r\n"
             f"Content-Type: {headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
 
@@ -212,6 +213,8 @@ def test_a_client_that_leaves_is_logged_499_not_500(server, jpeg):
     logged = wait_for("three access log lines", lines, timeout=20)
     assert '" 499 0 ' in logged["left-mid-body"], logged
     assert '" 499 0 ' in logged["left-after-body"], logged
+    # The id the client sent, though no answer carried it back (it had been "id=-").
+    assert logged["left-mid-body"].endswith("id=id-left-mid-body"), logged
     assert '" 200 ' in logged["stayed"], logged
 
 
