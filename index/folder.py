@@ -12,11 +12,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from common.fsutil import folder_size, holders_note, names_open_file
+from common.mounts import unchanging_file_system
 from index.errors import (
     IndexCorruptError,
     IndexLockedError,
@@ -100,20 +100,15 @@ def _not_writable_here(path: Path) -> str:
 
 
 def on_read_only_media(path: Path) -> bool:
-    """Whether ``path``'s file system itself is read-only (a squashfs or EROFS image, a DVD, a
-    file system mounted or remounted ``ro``): nothing, here or elsewhere, can change the
-    folder, so readers need neither its lock nor SQLite's shared-memory file.
+    """Whether ``path``'s file system cannot change at all (a squashfs or EROFS image, a DVD, a
+    local file system mounted or remounted ``ro``: :func:`common.mounts.unchanging_file_system`),
+    so readers need neither the folder's lock nor SQLite's shared-memory file.
 
     A read-only bind mount of a writable file system (``docker -v vol:/index:ro``, a Kubernetes
-    ``readOnly`` volume) is not: another mount of it may write the folder meanwhile, and a
-    reader that took it as unchanging served items removed long before and called itself in
-    sync. Told apart by the file system's own options in ``/proc/self/mountinfo``."""
-    if not _mounted_read_only(path):
-        return False
-    try:
-        return _superblock_read_only(os.path.realpath(path))
-    except OSError:
-        return False
+    ``readOnly`` volume) is not, nor is a read-only NFS, CIFS or FUSE mount: others may write
+    the folder meanwhile, and a reader that took it as unchanging served items removed long
+    before and called itself in sync."""
+    return unchanging_file_system(path)
 
 
 def _mounted_read_only(path: Path) -> bool:
@@ -123,28 +118,10 @@ def _mounted_read_only(path: Path) -> bool:
         return False
 
 
-def _superblock_read_only(path: str) -> bool:
-    """Whether the file system mounted where ``path`` lies has ``ro`` among its own (super
-    block) options; False where that cannot be read (not Linux)."""
-    best: tuple[int, bool] | None = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as lines:
-        for line in lines:
-            fields = line.split()
-            if "-" not in fields:
-                continue
-            # Octal escapes of spaces and the like, as the kernel writes mount points.
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-            if path == point or path.startswith(point.rstrip("/") + "/"):
-                super_options = fields[fields.index("-") + 3].split(",")
-                if best is None or len(point) >= best[0]:  # the deepest, the last mounted
-                    best = (len(point), "ro" in super_options)
-    return best is not None and best[1]
-
-
-def open_store(path: Path) -> CatalogStore:
-    """The folder's catalog store, opened to write unless the folder is on read-only media,
+def open_store(path: Path, frozen: bool) -> CatalogStore:
+    """The folder's catalog store, opened to write unless ``frozen`` (:func:`on_read_only_media`),
     where it is opened as the unchanging file it is (:class:`CatalogStore` ``frozen``)."""
-    return CatalogStore(store_path(path), frozen=on_read_only_media(path))
+    return CatalogStore(store_path(path), frozen=frozen)
 
 
 def check_openable_here(path: Path) -> None:
@@ -172,7 +149,7 @@ def lock_writer(path: Path) -> int:
     return fd
 
 
-def lock_shared(path: Path) -> int:
+def lock_shared(path: Path, frozen: bool) -> int:
     """Take the folder's lock shared, as every opener does, so that a build cannot replace
     the folder under a process that has it open (the build takes it exclusively).
 
@@ -180,9 +157,10 @@ def lock_shared(path: Path) -> int:
     opening the lock file and locking it, and then the lock held is the old folder's. That
     is checked (the path must still name the locked file) and the lock taken again.
 
-    On read-only media no build can replace the folder and its lock file cannot be made: the
+    ``frozen`` (:func:`on_read_only_media`, asked once by the caller for the lock and the
+    store alike): no build can replace the folder and its lock file cannot be made; the
     descriptor returned is the folder's own, held for the same lifetime, locking nothing."""
-    if on_read_only_media(path):
+    if frozen:
         return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     for _ in range(_SWAP_RETRIES):
         fd = _open_lock(path)
@@ -213,7 +191,8 @@ def describe(path: str | Path) -> dict[str, Any]:
     try:
         # Under the lock, as an opener: a build swapping the folder between the reads below
         # gave one index's manifest with another's counts.
-        fd: int | None = lock_shared(path)
+        frozen = on_read_only_media(path)
+        fd: int | None = lock_shared(path, frozen)
     except PermissionError as exc:  # a read-only mount, another user's folder: read what we can
         fd, unlocked = None, exc
     else:
@@ -221,7 +200,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     try:
         manifest = read_manifest(path)
         try:
-            store = open_store(path)
+            store = open_store(path, frozen)
         except IndexCorruptError:  # SQLite could not write beside it either: say why, once
             if unlocked is not None and unlocked.errno == errno.EROFS:
                 raise unlocked from None
@@ -250,7 +229,7 @@ def check_index_files(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     info = describe(path)  # a folder that is no index: said first
-    store = open_store(path)
+    store = open_store(path, on_read_only_media(path))
     try:
         store.check_integrity()
         with store.read_txn():  # the size written with the file it names (older folders: none)

@@ -99,7 +99,11 @@ def _snapshot_sqlite(path: Path, tmp: Path) -> dict[str, Any]:
         while True:
             with source.compaction_lock() as got:
                 if got:
-                    src = sqlite3.connect(read_only_uri(path / STORE_NAME, source.frozen), uri=True)
+                    src = (
+                        sqlite3.connect(read_only_uri(path / STORE_NAME, True), uri=True)
+                        if source.frozen
+                        else sqlite3.connect(path / STORE_NAME)
+                    )
                     dst = sqlite3.connect(tmp / STORE_NAME)
                     try:
                         src.backup(dst)  # one step: the state of one committed transaction

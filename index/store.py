@@ -183,7 +183,7 @@ class CatalogStore(JournalTable):
                     f"{self.path}: cannot open the catalog store: {exhausted} (raise the "
                     "open-file limit, ulimit -n); nothing was changed"
                 ) from exc
-            if frozen:  # on read-only media, its WAL not empty (see read_only_uri)
+            if frozen and _wal_without_shm(self.path):  # on read-only media (see read_only_uri)
                 raise IndexCorruptError(
                     f"{self.path}: the store's -wal file is not empty and its -shm file is "
                     "missing (a copy of a folder in use, or a crash), and on read-only media "
@@ -191,7 +191,7 @@ class CatalogStore(JournalTable):
                     "lack the last changes; open the folder once where it is writable, or copy "
                     "it to a writable place"
                 ) from exc
-            if not os.access(Path(self.path).parent, os.W_OK):  # not damaged: not ours to write
+            if not frozen and not os.access(Path(self.path).parent, os.W_OK):  # not ours to write
                 raise IndexCorruptError(
                     f"{Path(self.path).parent}: the index folder is not writable here, and SQLite "
                     "needs to write beside its store even to read it; copy the folder to a "
@@ -614,11 +614,22 @@ def read_only_uri(path: Path, frozen: bool) -> str:
     ``immutable=1``, without which SQLite cannot open a WAL store there at all (it makes its
     -shm file even to read), unless the WAL holds commits: immutable reads skip them, so such
     a store is opened as usual, which works where the -shm file was left beside it."""
-    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
-    wal = Path(f"{path}-wal")
-    if frozen and not (wal.is_file() and wal.stat().st_size > 0):
+    # file:// and an absolute path: "file:" + "//x" would name a host; the path's bytes as
+    # they are (a name that is not UTF-8 stays openable).
+    where = urllib.parse.quote(os.fsencode(os.path.abspath(path)))
+    uri = f"file://{where}?mode=ro"
+    if frozen and not _wal_holds_pages(path):
         uri += "&immutable=1"
     return uri
+
+
+def _wal_holds_pages(path: Path) -> bool:
+    wal = Path(f"{path}-wal")
+    return wal.is_file() and wal.stat().st_size > 0
+
+
+def _wal_without_shm(path: Path) -> bool:
+    return _wal_holds_pages(path) and not Path(f"{path}-shm").exists()
 
 
 def _tracked(

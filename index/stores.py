@@ -61,15 +61,16 @@ def open_folder_source(path: Path) -> tuple[Any, Manifest]:
     folder's lock shared (released when it closes): no build replaces the folder meanwhile."""
     import os
 
-    from index.folder import lock_shared, open_store
+    from index.folder import lock_shared, on_read_only_media, open_store
     from index.source_sqlite import SqliteSource
 
     read_manifest(path)  # a folder that is no index: say so before creating its lock file
-    fd = lock_shared(path)
+    frozen = on_read_only_media(path)  # once, for the lock and the store alike
+    fd = lock_shared(path, frozen)
     try:
         # Read under the lock: before it, a build could swap the folder between the reads.
         manifest = read_manifest(path)
-        return SqliteSource(path, open_store(path), lock_fd=fd), manifest
+        return SqliteSource(path, open_store(path, frozen), lock_fd=fd), manifest
     except BaseException:
         os.close(fd)
         raise

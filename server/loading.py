@@ -30,7 +30,7 @@ from embedder.inference import Embedder
 from embedder.runtime import check_device, check_runtime
 from embedder.text_cues import TextCues
 from index.catalog import CatalogIndex, IndexOptions
-from index.folder import check_index_files, lock_shared
+from index.folder import check_index_files, lock_shared, on_read_only_media
 from index.manifest import Manifest, read_manifest
 from index.stores import open_source
 
@@ -104,7 +104,7 @@ def _store_manifest(index: str | Path | None, store: str | None) -> Manifest:
     if store is None:
         manifest = read_manifest(index)
         check_index_files(Path(index))  # a damaged file: one line here, not in each worker
-        os.close(lock_shared(Path(index)))
+        os.close(lock_shared(Path(index), on_read_only_media(Path(index))))
         return manifest
     source, manifest, _ = open_source(index, store)
     source.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def refuse_lock_file_writes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def read_only_mount(tmp_path):
+def read_only_mount(tmp_path: Path) -> Iterator[Callable[..., Path]]:
     """``mount(folder, media=True) -> Path``: a copy of ``folder`` on read-only media (a tmpfs
     filled, then remounted read-only: its file system itself refuses writes, as a squashfs
     image's does), or with ``media=False`` ``folder`` itself through a read-only bind mount

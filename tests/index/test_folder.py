@@ -39,7 +39,7 @@ def test_lock_shared_holds_the_folder_at_the_path_after_a_swap(flat_dir, monkeyp
         return fd
 
     monkeypatch.setattr(folder, "_open_lock", open_then_swap)
-    fd = folder.lock_shared(flat_dir)
+    fd = folder.lock_shared(flat_dir, frozen=False)
     try:
         held, named = os.fstat(fd), os.stat(flat_dir / folder.LOCK_NAME)
         assert (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
