@@ -321,6 +321,18 @@ def _retry_after(value: str | None) -> float | None:
     return None
 
 
+def _check_number(name: str, value: Any, what: str, zero: bool = False) -> None:
+    """ValueError unless ``value`` is a finite int or float above 0 (or 0 with ``zero``); a
+    bool is refused, not read as 0 or 1."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not (value >= 0 if zero else value > 0)
+    ):
+        raise ValueError(f"{name} is {what}, got {value!r}")
+
+
 def _limit_wait(r: requests.Response, seconds: float) -> None:
     """Let the next read of ``r``'s socket wait at most ``seconds``."""
     sock = getattr(getattr(r.raw, "connection", None), "sock", None)
@@ -355,31 +367,13 @@ class Client:
         ``session`` only the start of each attempt and each wait for bytes are bounded.
         ``max_answer_mb``: the largest answer read, decompressed (phonesim's own largest, a
         full batch of vectors, stays below 200 MB)."""
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not timeout > 0
-            or not math.isfinite(timeout)
-        ):
-            raise ValueError(f"timeout is a number of seconds above 0, got {timeout!r}")
+        _check_number("timeout", timeout, "a number of seconds above 0")
         if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
             raise ValueError(f"retries is a whole number of 0 or more, got {retries!r}")
-        if not isinstance(backoff, int | float) or not backoff >= 0 or not math.isfinite(backoff):
-            raise ValueError(f"backoff is a number of seconds of 0 or more, got {backoff!r}")
-        if deadline is not None and (
-            isinstance(deadline, bool)
-            or not isinstance(deadline, int | float)
-            or not deadline > 0
-            or not math.isfinite(deadline)
-        ):
-            raise ValueError(f"deadline is a number of seconds above 0 or None, got {deadline!r}")
-        if (
-            isinstance(max_answer_mb, bool)
-            or not isinstance(max_answer_mb, int | float)
-            or not max_answer_mb > 0
-            or not math.isfinite(max_answer_mb)
-        ):
-            raise ValueError(f"max_answer_mb is a number above 0, got {max_answer_mb!r}")
+        _check_number("backoff", backoff, "a number of seconds of 0 or more", zero=True)
+        if deadline is not None:
+            _check_number("deadline", deadline, "a number of seconds above 0 or None")
+        _check_number("max_answer_mb", max_answer_mb, "a number above 0")
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url starts with http:// or https://, got {base_url!r}")
         if api_key is not None:
@@ -429,10 +423,16 @@ class Client:
                 self._session.close()  # the idle connections; the session stays usable
             try:
                 r, body = self._send(method, url, headers, kw, _Attempt(timeout, bound))
-            except PhonesimError as exc:  # the deadline passed while the answer came
-                if not write or exc.code != "timeout":
+            except PhonesimError as exc:  # the deadline passed, or too large an answer came
+                if not write or exc.code not in ("timeout", "answer_too_large"):
                     raise
-                raise PhonesimError(exc.status, exc.code, exc.message + MAY_HAVE_DONE) from exc
+                raise PhonesimError(
+                    exc.status,
+                    exc.code,
+                    exc.message + MAY_HAVE_DONE,
+                    exc.retry_after,
+                    exc.request_id,
+                ) from exc
             except requests.exceptions.SSLError as exc:  # no retry mends a certificate
                 raise PhonesimError(0, "ssl_error", str(exc)) from exc
             except requests.ConnectionError as exc:
@@ -549,7 +549,8 @@ class Client:
         return r, b"".join(chunks)
 
     def _check_size(self, r: requests.Response, size: int | str | None) -> None:
-        """Refuse an answer past ``max_answer_mb`` (announced, or read so far)."""
+        """Refuse an answer past ``max_answer_mb`` (announced, or read so far). Its holding
+        the answer's chunks and then joining them takes up to twice that at its peak."""
         try:
             size = int(size or 0)
         except ValueError:
