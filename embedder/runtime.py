@@ -20,7 +20,6 @@ whether torch sees it): over a graph that fits, inference needs onnxruntime, num
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common.errors import OutOfResourcesError, resources_exhausted
+from common.fsutil import folder_write_problem
 from embedder.checkpoint import CheckpointConfig, read_config
 from embedder.engine import (
     Engine,
@@ -195,7 +195,9 @@ def open_fp32(
 
 
 def _int8_missing(ckpt: Path, problem: str) -> EngineError:
-    where = "" if os.access(ckpt, os.W_OK) else " where the folder is writable (not here)"
+    # A real write, as 'phonesim optimize' itself tries: permission bits mislead on a
+    # read-only mount and for root.
+    where = "" if folder_write_problem(ckpt) is None else " where the folder is writable (not here)"
     return EngineError(
         f"{ckpt}: {problem}; make it{where} with: phonesim optimize --checkpoint {ckpt} "
         "--quantize int8 --calibration TRAIN_IMAGES, or use --runtime onnx or torch"

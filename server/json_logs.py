@@ -21,6 +21,7 @@ _RENAMED = {"levelname": "level", "name": "logger", "process": "pid"}
 
 
 def json_formatter() -> logging.Formatter:
+    """A formatter writing a record as one JSON object (the fields above)."""
     return JsonFormatter(_FIELDS, rename_fields=_RENAMED, timestamp="time")
 
 
@@ -60,7 +61,7 @@ class JsonAccessLogger(GunicornLogger):
             for handler in log.handlers:
                 handler.setFormatter(json_formatter())
 
-    def access(self, resp: Any, req: Any, environ: dict, request_time: Any) -> None:
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         if not self.access_log_enabled:
             return
         atoms = self.atoms(resp, req, environ, request_time)

@@ -282,7 +282,7 @@ def test_onnx_in_a_read_only_folder_without_a_fitting_graph_is_refused_before_wo
         runtime.check_runtime(ckpt, "onnx")
     runtime.check_runtime(ckpt, "torch")  # torch writes nothing
     # The int8 graph is never made here: its advice had named a command that must write.
-    monkeypatch.setattr(runtime.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(runtime, "folder_write_problem", lambda folder: "read-only file system")
     (ckpt / "model.int8.onnx").unlink(missing_ok=True)
     with pytest.raises(EngineError, match="make it where the folder is writable \\(not here\\)"):
         runtime.check_runtime(ckpt, "onnx-int8")
