@@ -193,6 +193,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("journal", f"{info['journal_pending']} items added or removed since the last compaction"),
         ("disk", _size(info["disk_bytes"])),
     ]
+    if info.get("read_only_media"):
+        rows.append(("media", "read-only file system: searched and copied, never changed"))
     for name, value in rows:
         print(f"{name:<10} {value}")
     return 0

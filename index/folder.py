@@ -312,4 +312,6 @@ def summary(
         "faiss_file": faiss_file,
         "filterable_fields": sorted(store.fields()),
         "disk_bytes": folder_size(path) if path is not None else 0,
+        # Opened as an unchanging file (on_read_only_media): not locked, changes not followed.
+        "read_only_media": bool(getattr(store, "frozen", False)),
     }

@@ -662,6 +662,8 @@ class LookupService:
                 # Which build is served (None for an index built before it was recorded).
                 "built": source.get("built"),
                 "embedding_precision": source.get("embedding_precision"),
+                # On read-only media: opened as an unchanging file, so nothing is followed.
+                "read_only_media": bool(idx.get("read_only_media")),
             },
             "limits": {
                 "default_k": cfg.default_k,

@@ -37,7 +37,8 @@ def test_searched_as_where_it_was_written(flat_dir, small, read_only_mount):
         assert ix.get("new-a").metadata == {"brand": "zz"}
         assert ix.search(xq[:1], k=3, filter={"brand": "zz"})[0][0].id in {"new-a", "new-b"}
     info = describe(ro)
-    assert info["count"] == 3001 and info["journal_pending"] == 3
+    assert info["count"] == 3001 and info["journal_pending"] == 3 and info["read_only_media"]
+    assert describe(flat_dir)["read_only_media"] is False
     assert check_index_files(ro)["faiss_file"] == info["faiss_file"]
 
 

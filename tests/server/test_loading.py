@@ -221,7 +221,8 @@ def test_an_index_on_read_only_media_is_served_read_only(
         assert found.status_code == 200, found.get_json()
         assert len(found.get_json()["neighbors"]) > 0
         assert client.get("/readyz").status_code == 200
-        assert client.get("/v1/info").get_json()["writes_enabled"] is False
+        info = client.get("/v1/info").get_json()
+        assert info["writes_enabled"] is False and info["index"]["read_only_media"] is True
         added = client.post(
             "/v1/items", data={**upload(photo), "id": "new"}, headers={"X-API-Key": API_KEY}
         )
