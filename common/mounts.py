@@ -23,8 +23,9 @@ UNCHANGING_WHEN_READ_ONLY = frozenset(
 
 @dataclass(frozen=True)
 class Mount:
+    id: str  # mountinfo's first field, as /proc/self/fdinfo's mnt_id names it
     point: str
-    device: str  # "major:minor", as st_dev gives it
+    device: str  # "major:minor", as st_dev gives it (not on btrfs: a subvolume's own)
     fstype: str
     super_options: frozenset[str]
 
@@ -38,18 +39,24 @@ def parse_mountinfo(text: str) -> list[Mount]:
         try:
             sep = fields.index("-", 6)  # after the optional fields
             point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-            mounts.append(
-                Mount(point, fields[2], fields[sep + 1], frozenset(fields[sep + 3].split(",")))
-            )
+            options = frozenset(fields[sep + 3].split(","))
+            mounts.append(Mount(fields[0], point, fields[2], fields[sep + 1], options))
         except (ValueError, IndexError):
             continue
     return mounts
 
 
-def mount_of(path: str, device: str, mounts: Iterable[Mount]) -> Mount | None:
-    """The mount ``path`` (absolute, symlinks resolved) lies on: the deepest mount point above
-    it, among those of its device where any is (a mount hidden by a later one over its
-    parent is not the path's), the last mounted of equals."""
+def mount_of(
+    path: str, device: str, mounts: Iterable[Mount], mount_id: str | None = None
+) -> Mount | None:
+    """The mount ``path`` (absolute, symlinks resolved) lies on: the one of ``mount_id`` (the
+    kernel's own answer) where given and listed; else the deepest mount point above it among
+    those of its device where any is (a mount hidden by a later one over its parent is not
+    the path's), the last mounted of equals."""
+    mounts = list(mounts)
+    for m in mounts:
+        if mount_id is not None and m.id == mount_id:
+            return m
     above = [m for m in mounts if path == m.point or path.startswith(m.point.rstrip("/") + "/")]
     pool = [m for m in above if m.device == device] or above
     best = None
@@ -59,20 +66,43 @@ def mount_of(path: str, device: str, mounts: Iterable[Mount]) -> Mount | None:
     return best
 
 
+def _mount_id(path: str | Path) -> str | None:
+    """The id of the mount ``path`` lies on, as the kernel says it (Linux 3.15 and later)."""
+    fd = os.open(path, os.O_PATH)
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+            for line in info:
+                if line.startswith("mnt_id:"):
+                    return line.split()[1]
+    finally:
+        os.close(fd)
+    return None
+
+
+def find_mount(path: str | Path) -> Mount | None:
+    """The mount ``path`` lies on, from ``/proc/self/mountinfo``; None where it cannot be read
+    (not Linux)."""
+    try:
+        st = os.stat(path)
+        mount_id = _mount_id(path)
+        text = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return None
+    device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    return mount_of(os.path.realpath(path), device, parse_mountinfo(text), mount_id)
+
+
 def unchanging_file_system(path: str | Path) -> bool:
-    """Whether nothing can change the files under ``path``: its file system is one of
-    :data:`UNCHANGING_WHEN_READ_ONLY` with ``ro`` among its own options. False where that
-    cannot be read (not Linux). A file system remounted read-write later (by root) is not
-    noticed by whoever asked before."""
+    """Whether nothing can change the file or folder ``path`` (symlinks followed): its file
+    system is one of :data:`UNCHANGING_WHEN_READ_ONLY` with ``ro`` among its own options.
+    False where that cannot be read (not Linux). A file system remounted read-write later (by
+    root) is not noticed by whoever asked before."""
     try:
         if not os.statvfs(path).f_flag & os.ST_RDONLY:
             return False  # the mount is writable: no need to read mountinfo
-        st = os.stat(path)
-        text = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="surrogateescape")
     except OSError:
         return False
-    device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
-    return is_unchanging(mount_of(os.path.realpath(path), device, parse_mountinfo(text)))
+    return is_unchanging(find_mount(path))
 
 
 def is_unchanging(mount: Mount | None) -> bool:

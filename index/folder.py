@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common.fsutil import folder_size, holders_note, names_open_file
-from common.mounts import unchanging_file_system
+from common.mounts import find_mount, unchanging_file_system
 from index.errors import (
     IndexCorruptError,
     IndexLockedError,
@@ -86,6 +86,14 @@ def _not_writable_here(path: Path) -> str:
     if on_read_only_media(path):  # nothing can change it: only a change is refused
         return "the index folder is on read-only media and cannot be changed there"
     if _mounted_read_only(path):
+        mount = find_mount(path)
+        if mount is not None and "ro" in mount.super_options:  # a network, FUSE or overlay one
+            return (
+                f"the index folder is on a read-only {mount.fstype} file system, which others "
+                "may change meanwhile (phonesim takes only local and image file systems as "
+                "unchanging), and following it takes its lock file and SQLite's files beside "
+                "its store; copy the folder to a writable place"
+            )
         return (
             "the index folder is on a read-only mount of a file system that other mounts may "
             "write (a bind mount, a container's read-only volume): it may change meanwhile, "
@@ -100,15 +108,19 @@ def _not_writable_here(path: Path) -> str:
 
 
 def on_read_only_media(path: Path) -> bool:
-    """Whether ``path``'s file system cannot change at all (a squashfs or EROFS image, a DVD, a
-    local file system mounted or remounted ``ro``: :func:`common.mounts.unchanging_file_system`),
-    so readers need neither the folder's lock nor SQLite's shared-memory file.
+    """Whether nothing can change the folder's catalog store (a squashfs or EROFS image, a DVD,
+    a local file system mounted or remounted ``ro``: :func:`common.mounts.unchanging_file_system`),
+    so readers need neither the folder's lock nor SQLite's shared-memory file. The folder and
+    its store files are asked each: a store linked to another file system follows that one.
 
     A read-only bind mount of a writable file system (``docker -v vol:/index:ro``, a Kubernetes
     ``readOnly`` volume) is not, nor is a read-only NFS, CIFS or FUSE mount: others may write
     the folder meanwhile, and a reader that took it as unchanging served items removed long
     before and called itself in sync."""
-    return unchanging_file_system(path)
+    files = [path / STORE_NAME, *(path / f"{STORE_NAME}{end}" for end in ("-wal", "-shm"))]
+    return unchanging_file_system(path) and all(
+        unchanging_file_system(f) for f in files if f.exists()
+    )
 
 
 def _mounted_read_only(path: Path) -> bool:

@@ -80,7 +80,6 @@ def check_for_serving(
 
 def _check_store_writable(index: Path) -> None:
     """UserError where this user may not write the folder's catalog store (or beside it)."""
-    from index.folder import on_read_only_media
     from index.store import STORE_NAME
 
     if on_read_only_media(index):

@@ -32,8 +32,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def refuse_lock_file_writes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Opening an index folder's lock file fails as on read-only media: root writes into any
-    folder, so a folder's mode cannot make one read-only for these tests."""
+    """Opening an index folder's lock file fails as in a folder of another user's: root
+    writes into any folder, so a folder's mode cannot make one unwritable for these tests."""
     import errno
     import os
 
@@ -80,7 +80,7 @@ def read_only_mount(tmp_path: Path) -> Iterator[Callable[..., Path]]:
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         run_mount("-t", "tmpfs", "-o", f"size={size * 2 + 2**22}", "tmpfs", str(where))
         mounted.append(where)
-        shutil.copytree(folder, where / folder.name)
+        shutil.copytree(folder, where / folder.name, symlinks=True)
         run_mount("-o", "remount,ro", str(where))
         return where / folder.name
 

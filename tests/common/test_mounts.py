@@ -39,6 +39,21 @@ def test_each_path_is_read_on_the_mount_it_lies_on():
     # /mnt mounted over the image's parent later: a path there is the tmpfs's.
     assert fs("/mnt/other", "0:52") == ("tmpfs", False)
     assert mount_of("/mnt/imagex", "0:52", mounts).point == "/mnt"  # not a prefix match
+    # A path under the hidden image's point lies on the tmpfs over it (its device says so):
+    # the deepest point above it, the image's, is not where it lies.
+    assert fs("/mnt/image/index", "0:52") == ("tmpfs", False)
+    # The kernel's mount id, where known, decides (btrfs gives st_dev no mount has).
+    assert mount_of("/mnt/image/index", "0:99", mounts, mount_id="35").point == "/mnt"
+    assert mount_of("/srv/index/x", "0:99", mounts, mount_id="31").fstype == "ext4"
+
+
+def test_the_mount_of_a_real_path_is_the_kernels_answer(tmp_path):
+    from common.mounts import find_mount
+
+    found = find_mount(tmp_path)
+    assert found is not None and (tmp_path.resolve().as_posix() + "/").startswith(
+        found.point.rstrip("/") + "/"
+    )
 
 
 def test_a_writable_mount_is_not_read_further(tmp_path):

@@ -151,8 +151,8 @@ def test_index_folder_neighbors_match_on_the_fly(reference, demo, ckpt, tmp_path
 def test_an_index_folder_that_cannot_be_opened_here_is_refused_before_embedding(
     reference, demo, ckpt, tmp_path, monkeypatch
 ):
-    """A folder on read-only media (its lock file cannot be written) failed only once every
-    photo had been embedded."""
+    """A folder whose lock file this user cannot write (another user's) failed only once
+    every photo had been embedded. (Read-only media is read as it is: test_read_only_media.)"""
     from index import build_from_files
     from tests.conftest import refuse_lock_file_writes
 

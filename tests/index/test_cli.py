@@ -619,9 +619,10 @@ def test_an_index_that_is_the_working_directory_is_refused_before_any_work(files
         cli(["build", "--embeddings", str(files / "emb.h5"), "--out", ".", "--overwrite"])
 
 
-def test_an_index_on_read_only_media_says_to_copy_it(files, monkeypatch):
+def test_an_index_this_user_may_not_write_says_to_copy_it(files, monkeypatch):
     """Opening writes in the folder (its lock, SQLite's -wal/-shm): a bare "Permission
-    denied" on writer.lock was all an operator restoring from a read-only backup got."""
+    denied" on writer.lock was all an operator restoring from a backup not theirs to write
+    got. (Read-only media: tests/index/test_read_only_media.py.)"""
     from tests.conftest import refuse_lock_file_writes
 
     cli(["build", "--embeddings", str(files / "emb.h5"), "--out", str(files / "idx")])

@@ -163,3 +163,18 @@ def test_a_store_opened_read_only_under_any_folder_name(flat_dir, tmp_path):
         store.close()
     snapshot(folder, tmp_path / "copy")
     assert describe(tmp_path / "copy")["count"] == 3000
+
+
+def test_a_store_linked_to_a_writable_file_system_is_not_taken_as_unchanging(
+    flat_dir, read_only_mount, tmp_path
+):
+    """A folder on read-only media whose catalog.sqlite links to a writable disk had been
+    opened immutable: another process's removals left searches finding removed items."""
+    import os
+
+    live = tmp_path / "live"
+    live.mkdir()
+    (flat_dir / "catalog.sqlite").rename(live / "catalog.sqlite")
+    os.symlink(live / "catalog.sqlite", flat_dir / "catalog.sqlite")
+    with pytest.raises(ReadOnlyFolderError, match="read-only"):
+        CatalogIndex.open(read_only_mount(flat_dir), readonly=True)
