@@ -26,6 +26,7 @@ major version this was written against, and tests/server/test_protocol.py checks
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import re
@@ -36,7 +37,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from gunicorn.asgi.protocol import ASGIProtocol
+from gunicorn.asgi.protocol import ASGIProtocol, ASGIResponseInfo
 from gunicorn.workers import gasgi
 
 from common.fsutil import atomic_write_text
@@ -144,6 +145,7 @@ class JsonErrorProtocol(ASGIProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        self._opened_at = time.monotonic()
         self._got_headers = False
         self._got_bytes = False
         timeout = getattr(self.worker, "header_timeout_s", DEFAULT_HEADER_TIMEOUT_S)
@@ -196,7 +198,26 @@ class JsonErrorProtocol(ASGIProtocol):
         # made no request: its 408 is not counted.
         count = status != 408 or getattr(self, "_got_bytes", True)
         more = note(status, count) if note is not None else []
-        self._safe_write(protocol_error_response(status, message, (*extra_headers, *more)))
+        answer = protocol_error_response(status, message, (*extra_headers, *more))
+        self._safe_write(answer)
+        if count:
+            self._log_refusal(status, len(answer))
+
+    def _log_refusal(self, status: int, size: int) -> None:
+        """An access line for a request the HTTP layer refused before the app (its line
+        unread: method and path "-"): such refusals were in /metrics but in no log."""
+        try:
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            environ = {
+                "REMOTE_ADDR": peer[0] if peer else "-",
+                "REQUEST_METHOD": "-",
+                "RAW_URI": "-",
+                "SERVER_PROTOCOL": "-",
+            }
+            took = datetime.timedelta(seconds=time.monotonic() - self._opened_at)
+            self.log.access(ASGIResponseInfo(status, [], size), [], environ, took)
+        except Exception:  # a log line never stops the answer
+            log.debug("could not log a refused request", exc_info=True)
 
 
 def booted_mark(folder: Path, pid: int) -> Path:

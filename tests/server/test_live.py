@@ -536,6 +536,7 @@ def test_json_logs_are_one_object_a_line_with_the_request_id(tiny_checkpoint, li
     """A log collector had to parse text lines whose layout differs between gunicorn's own,
     the access log and phonesim's."""
     import http.client
+    import socket
 
     env = {"PHONESIM_API_KEY": "short-key"}  # its warning is logged before the server starts
     with running_server(
@@ -549,6 +550,9 @@ def test_json_logs_are_one_object_a_line_with_the_request_id(tiny_checkpoint, li
         )
         assert conn.getresponse().status in (401, 403)
         conn.close()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n")  # refused by the parser
+            assert sock.recv(100).startswith(b"HTTP/1.1 400")
     lines = server.log.read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines]  # every line: nothing else was written
     assert {"time", "level", "logger", "pid", "message"} <= set(records[0])
@@ -558,6 +562,8 @@ def test_json_logs_are_one_object_a_line_with_the_request_id(tiny_checkpoint, li
     assert access["status"] in (401, 403) and access["request_id"] == "trace-42"
     assert access["user_agent"] == 'agent "quoted"' and access["duration_ms"] >= 0
     assert "s3cretQUERY" not in "\n".join(lines) and "SIGsecret" not in "\n".join(lines)
+    refused = [r for r in records if r["message"] == "request" and r.get("status") == 400]
+    assert refused and refused[0]["method"] == "-" and refused[0]["remote_addr"] == "127.0.0.1"
     assert any(r["logger"].startswith("gunicorn") for r in records)  # gunicorn's own lines
     assert any(r["logger"].startswith("server") for r in records)  # phonesim's, in workers
     assert any("the API key has 9 characters" in r["message"] for r in records)

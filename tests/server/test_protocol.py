@@ -155,6 +155,8 @@ def test_answers_before_the_app_carry_its_headers_and_are_counted(server):
     assert b"x-content-type-options: nosniff" in head
     assert b"access-control-allow-origin: " + ORIGIN.encode() in head
     assert _refused(server.port, 414, "other") == before + 1
+    # ... and in the access log, its request line unread: it had been in no log at all.
+    wait_for("the 414 in the access log", lambda: '"- - -" 414 ' in server.log.read_text())
 
 
 def test_slow_headers_and_bodies_are_answered_408(server):
