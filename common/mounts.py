@@ -54,9 +54,9 @@ def mount_of(
     those of its device where any is (a mount hidden by a later one over its parent is not
     the path's), the last mounted of equals."""
     mounts = list(mounts)
-    for m in mounts:
-        if mount_id is not None and m.id == mount_id:
-            return m
+    named = next((m for m in mounts if m.id == mount_id), None) if mount_id is not None else None
+    if named is not None:
+        return named
     above = [m for m in mounts if path == m.point or path.startswith(m.point.rstrip("/") + "/")]
     pool = [m for m in above if m.device == device] or above
     best = None
@@ -92,17 +92,23 @@ def find_mount(path: str | Path) -> Mount | None:
     return mount_of(os.path.realpath(path), device, parse_mountinfo(text), mount_id)
 
 
+def mounted_read_only(path: str | Path) -> bool:
+    """Whether the mount ``path`` lies on is read-only (False where it cannot be asked): a read-
+    only bind mount of a writable file system too, which :func:`unchanging_file_system` tells
+    apart."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def unchanging_file_system(path: str | Path) -> bool:
     """Whether nothing can change the file or folder ``path`` (symlinks followed): its file
     system is one of :data:`UNCHANGING_WHEN_READ_ONLY` with ``ro`` among its own options.
     False where that cannot be read (not Linux). A file system remounted read-write later (by
     root) is not noticed by whoever asked before."""
-    try:
-        if not os.statvfs(path).f_flag & os.ST_RDONLY:
-            return False  # the mount is writable: no need to read mountinfo
-    except OSError:
-        return False
-    return is_unchanging(find_mount(path))
+    # A writable mount needs no look at mountinfo.
+    return mounted_read_only(path) and is_unchanging(find_mount(path))
 
 
 def is_unchanging(mount: Mount | None) -> bool:

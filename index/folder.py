@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common.fsutil import folder_size, holders_note, names_open_file
-from common.mounts import find_mount, unchanging_file_system
+from common.mounts import find_mount, mounted_read_only, unchanging_file_system
 from index.errors import (
     IndexCorruptError,
     IndexLockedError,
@@ -85,7 +85,7 @@ def _open_lock(path: Path) -> int:
 def _not_writable_here(path: Path) -> str:
     if on_read_only_media(path):  # nothing can change it: only a change is refused
         return "the index folder is on read-only media and cannot be changed there"
-    if _mounted_read_only(path):
+    if mounted_read_only(path):
         mount = find_mount(path)
         if mount is not None and "ro" in mount.super_options:  # a network, FUSE or overlay one
             return (
@@ -121,13 +121,6 @@ def on_read_only_media(path: Path) -> bool:
     return unchanging_file_system(path) and all(
         unchanging_file_system(f) for f in files if f.exists()
     )
-
-
-def _mounted_read_only(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
 
 
 def open_store(path: Path, frozen: bool) -> CatalogStore:
@@ -241,7 +234,7 @@ def check_index_files(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     info = describe(path)  # a folder that is no index: said first
-    store = open_store(path, on_read_only_media(path))
+    store = open_store(path, info["read_only_media"])  # as describe decided it
     try:
         store.check_integrity()
         with store.read_txn():  # the size written with the file it names (older folders: none)
@@ -325,5 +318,5 @@ def summary(
         "filterable_fields": sorted(store.fields()),
         "disk_bytes": folder_size(path) if path is not None else 0,
         # Opened as an unchanging file (on_read_only_media): not locked, changes not followed.
-        "read_only_media": bool(getattr(store, "frozen", False)),
+        "read_only_media": store.frozen,
     }

@@ -102,8 +102,9 @@ def _store_manifest(index: str | Path | None, store: str | None) -> Manifest:
     """The index's manifest, once its store has answered (and no build replaces the folder)."""
     if store is None:
         manifest = read_manifest(index)
-        check_index_files(Path(index))  # a damaged file: one line here, not in each worker
-        os.close(lock_shared(Path(index), on_read_only_media(Path(index))))
+        # A damaged file: one line here, not in each worker.
+        info = check_index_files(Path(index))
+        os.close(lock_shared(Path(index), info["read_only_media"]))
         return manifest
     source, manifest, _ = open_source(index, store)
     source.close()
