@@ -106,7 +106,7 @@ class _AccessLog:
             # No answer carried an id: the one the client sent, so its report and the line meet.
             from server.request_ids import HEADER, given_id
 
-            sent = given_id(next((v for k, v in req.headers if k.upper() == HEADER.upper()), None))
+            sent = given_id(environ.get("HTTP_X_REQUEST_ID"))
             if sent is not None:
                 resp.headers.append((HEADER, sent))
         self._log.access(resp, req, loggable(environ), request_time)
