@@ -17,15 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+from common.fsutil import folder_write_problem
+
 CONFIG_ENV = "MPLCONFIGDIR"
-
-
-def _writable_folder(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def _own_folders_writable() -> bool:
@@ -35,7 +29,8 @@ def _own_folders_writable() -> bool:
     home = Path(os.path.expanduser("~"))
     config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "matplotlib"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "matplotlib"
-    return _writable_folder(config) and _writable_folder(cache)
+    # matplotlib makes the folders itself: where it could (a real write, not the mode bits).
+    return all(folder_write_problem(f, created=True) is None for f in (config, cache))
 
 
 @contextlib.contextmanager
