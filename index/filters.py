@@ -27,9 +27,10 @@ or boolean field (naming its type), wrong operand types (None, dict, bool or NaN
 number is needed).
 
 Evaluation caches, per field, the numeric column (values sorted, with their fids) and, per
-filter, its sorted fids; both are dropped when the store's ``generation`` changes (every
-committed write and every new read snapshot), so a range costs two binary searches and a sort
-of the matching ids once per catalog state.
+filter, its sorted fids, so a range costs two binary searches and a sort of the matching ids
+once per catalog state. When the store's ``generation`` changes (every committed write, every
+journal record applied) the columns are updated by the rows that changed and the results of
+the fields changed are dropped; where the store cannot say which rows changed, all are.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ _RESULT_IDS_KEPT = 16_000_000  # ... holding at most this many ids in all (128 M
 class FilterSource(Protocol):
     """What evaluation needs of a catalog store; an int ``generation`` attribute, changed at
     each write, lets the engine cache (without one it re-reads at every call), and a
-    ``changed_since(generation)`` naming the fields changed (None: any) keeps the others'."""
+    ``row_changes_since(generation)`` (:class:`RowChanges` per change, None where not known)
+    lets it update its caches rather than drop them."""
 
     def fields(self) -> frozenset[str]: ...
 
@@ -202,18 +204,24 @@ class Column:
     """One field's values as the catalog holds them now.
 
     ``kind``: ``number`` (most values spell numbers), ``boolean``, ``text`` or
-    ``empty`` (no live item has the field). For numbers, the values that spell one sorted
-    ascending and their ``fids`` in the same order; ``example``: a value that is not a
-    number, for messages.
+    ``empty`` (no live item has the field). ``values``: the values that spell a number,
+    sorted ascending, and their ``fids`` in the same order; ``others``: the sorted fids of
+    the items holding a value that is not a number, ``bools`` those holding true or false
+    (the counts that type the field, kept so that a write can update them);
+    ``example``: a value that is not a number, held by item ``example_fid``, for messages
+    (None where the item holding it went: read again when a message needs one).
     """
 
     kind: str
     values: np.ndarray
     fids: np.ndarray
+    others: np.ndarray
+    bools: np.ndarray
     example: str | None = None
+    example_fid: int | None = None
 
 
-def make_column(fids: np.ndarray, texts: list[str]) -> Column:
+def make_column(fids: np.ndarray, texts: Sequence[str]) -> Column:
     """Type a field from its stored ``(fids, texts)`` and sort the values that are numbers.
 
     Numeric when most values are numbers: one that is not ("call us" for a price) leaves the
@@ -222,18 +230,115 @@ def make_column(fids: np.ndarray, texts: list[str]) -> Column:
     a stray number stays text, and a range on it is an error rather than an answer about
     that one number.
     """
-    empty = np.zeros(0, np.float64)
-    if not texts:
-        return Column("empty", empty, np.zeros(0, np.int64))
-    if _BOOLEANS.issuperset(texts[:64]) and _BOOLEANS.issuperset(texts):
-        return Column("boolean", empty, np.zeros(0, np.int64))
-    numeric = [i for i, t in enumerate(texts) if _is_number_text(t)]
-    if 2 * len(numeric) <= len(texts):
-        example = next(t for t in texts if not _is_number_text(t))
-        return Column("text", empty, np.zeros(0, np.int64), example=example)
+    fids = np.asarray(fids, np.int64)
+    is_number = np.fromiter((_is_number_text(t) for t in texts), bool, len(texts))
+    is_bool = np.fromiter((t in _BOOLEANS for t in texts), bool, len(texts))
+    numeric = np.flatnonzero(is_number)
     values = np.array([texts[i] for i in numeric], dtype=np.float64)
     order = np.argsort(values, kind="stable")
-    return Column("number", values[order], np.asarray(fids, np.int64)[numeric][order])
+    words = np.flatnonzero(~is_number)
+    first = int(words[0]) if len(words) else None
+    return _typed(
+        values[order],
+        fids[numeric][order],
+        np.sort(fids[words]),
+        np.sort(fids[is_bool]),
+        None if first is None else texts[first],
+        None if first is None else int(fids[first]),
+    )
+
+
+def _typed(
+    values: np.ndarray,
+    fids: np.ndarray,
+    others: np.ndarray,
+    bools: np.ndarray,
+    example: str | None,
+    example_fid: int | None,
+) -> Column:
+    n = len(fids) + len(others)
+    if n == 0:
+        kind = "empty"
+    elif len(bools) == n:
+        kind = "boolean"
+    else:
+        kind = "number" if 2 * len(fids) > n else "text"
+    return Column(kind, values, fids, others, bools, example, example_fid)
+
+
+def updated_column(
+    col: Column, gone: np.ndarray, fids: np.ndarray, texts: Sequence[str]
+) -> Column | None:
+    """``col`` after its field lost the rows of the items ``gone`` and gained the rows
+    ``(fids, texts)``, typed again: what a write changed, followed in O(items) array work
+    instead of reading and parsing every value again (0.45 s at 200,000 items). None where
+    an added item still holds a value here (an item has one value per field: the change is
+    not what it says, and the column must be read anew)."""
+    values, held, others, bools = col.values, col.fids, col.others, col.bools
+    example, example_fid = col.example, col.example_fid
+    if len(gone):
+        keep = ~np.isin(held, gone)
+        values, held = values[keep], held[keep]
+        others, bools = others[~np.isin(others, gone)], bools[~np.isin(bools, gone)]
+        if example_fid is not None and np.isin(example_fid, gone):
+            example = example_fid = None
+    if len(fids):
+        fids = np.asarray(fids, np.int64)
+        clash = np.isin(fids, held).any() or np.isin(fids, others).any()
+        if clash or len(np.unique(fids)) < len(fids):
+            return None
+        is_number = np.fromiter((_is_number_text(t) for t in texts), bool, len(texts))
+        new = np.array([t for t, n in zip(texts, is_number, strict=True) if n], np.float64)
+        order = np.argsort(new, kind="stable")
+        at = np.searchsorted(values, new[order], "right")  # ascending: each lands in order
+        values = np.insert(values, at, new[order])
+        held = np.insert(held, at, fids[is_number][order])
+        others = np.union1d(others, fids[~is_number])
+        bools = np.union1d(bools, [f for f, t in zip(fids, texts, strict=True) if t in _BOOLEANS])
+        words = np.flatnonzero(~is_number)
+        if example is None and len(words):
+            example, example_fid = texts[int(words[0])], int(fids[words[0]])
+    return _typed(values, held, others, bools.astype(np.int64), example, example_fid)
+
+
+@dataclass(frozen=True)
+class RowChanges:
+    """How a store's filter rows changed at one ``generation`` bump: each field lost the rows
+    of the fids ``gone[field]`` and of ``gone_everywhere``, then gained the rows
+    ``added[field] = (fids, texts)``. An item holds at most one row per field, so a fid
+    gains a row only where it lost it first or had none."""
+
+    gone: Mapping[str, np.ndarray]
+    gone_everywhere: np.ndarray
+    added: Mapping[str, tuple[np.ndarray, tuple[str, ...]]]
+
+    @property
+    def fields(self) -> frozenset[str] | None:
+        """The fields changed; None: any (items lost their rows in every field)."""
+        if len(self.gone_everywhere):
+            return None
+        return frozenset(f for f, g in self.gone.items() if len(g)) | frozenset(
+            f for f, (a, _) in self.added.items() if len(a)
+        )
+
+    def gone_in(self, name: str) -> np.ndarray:
+        """The sorted fids whose row in ``name`` went."""
+        gone = self.gone.get(name)
+        if gone is None or not len(gone):
+            return self.gone_everywhere
+        return np.union1d(gone, self.gone_everywhere) if len(self.gone_everywhere) else gone
+
+    def added_in(self, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
+        return self.added.get(name, (_NO_FIDS, ()))
+
+    @property
+    def size(self) -> int:
+        """Rows held, for the memory a store keeps them in."""
+        gone = sum(len(g) for g in self.gone.values())
+        return gone + len(self.gone_everywhere) + sum(len(a) for a, _ in self.added.values())
+
+
+_NO_FIDS = np.zeros(0, np.int64)
 
 
 class FilterEngine:
@@ -283,23 +388,44 @@ class FilterEngine:
             self._sync()
             return self._column(field).kind
 
+    def holds_caches(self) -> bool:
+        """Whether a column or a result is cached: if not, a store need not read what changed
+        (asked without the lock: a race only costs the caches of the change it races)."""
+        return bool(self._columns or self._results)
+
     def _sync(self) -> None:
-        """Drop what the store's changes made stale: the caches of the fields it says changed
-        (``changed_since``), else all (a store without ``generation``: always)."""
+        """Follow the store's changes since the caches were made: each numeric column is
+        updated by the rows that changed (``row_changes_since``) and the results of the
+        fields changed go; where the changes are not known (another process's bulk write, a
+        store without ``generation``), every cache goes."""
         gen = getattr(self._store, "generation", None)
         if gen is not None and gen == self._generation:
             return
-        since = getattr(self._store, "changed_since", None)
-        fields = since(self._generation) if gen is not None and since is not None else None
-        if fields is None:
+        since = getattr(self._store, "row_changes_since", None)
+        changes = since(self._generation) if gen is not None and since is not None else None
+        if changes is None:
             self._columns.clear()
             self._results.clear()
         else:
-            for name in fields:
-                self._columns.pop(name, None)
+            for change in changes:
+                self._follow(change)
+        self._generation = gen if gen is not None else object()
+
+    def _follow(self, change: RowChanges) -> None:
+        for name, col in list(self._columns.items()):
+            gone, (fids, texts) = change.gone_in(name), change.added_in(name)
+            if len(gone) or len(fids):
+                new = updated_column(col, gone, fids, texts)
+                if new is None:
+                    del self._columns[name]
+                else:
+                    self._columns[name] = new
+        fields = change.fields
+        if fields is None:
+            self._results.clear()
+        else:
             for conds in [c for c in self._results if any(x.field in fields for x in c)]:
                 del self._results[conds]
-        self._generation = gen if gen is not None else object()
 
     def _column(self, field: str) -> Column:
         col = self._columns.get(field)
@@ -323,6 +449,8 @@ class FilterEngine:
         if cond.range_op is not None:
             if col.kind == "empty":
                 return np.zeros(0, np.int64)
+            if col.kind == "text" and col.example is None:  # the item it named went
+                col = self._columns[cond.field] = make_column(*self._store.field_values(cond.field))
             held = f" (it holds {col.example!r}, not a number)" if col.kind == "text" else ""
             raise InvalidFilterError(
                 f"filter[{cond.field!r}]: {cond.range_op!r} needs a numeric field, but "

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from index.errors import (
     CatalogReplacedError,
     IndexCorruptError,
@@ -207,22 +209,32 @@ class Following:
         r = self._replica
         if ck > r.ck_seq and r.applied_seq >= ck:  # another process compacted what we hold
             r.ck_seq, r.pending = ck, 0
+        touched: np.ndarray | None = np.zeros(0, np.int64)  # fids the records applied name
         if head < r.applied_seq or self._source.replaced():  # a restored catalog
             self._install(self._source.load(self.dim, self.manifest))
+            touched = None
         elif head > r.applied_seq:
             # Compaction keeps the records since the previous snapshot, so a copy a little
             # behind goes on from the journal; one further behind reloads the snapshot.
             recs = self._source.records(r.applied_seq, self.dim)
             if not recs or recs[0].seq != r.applied_seq + 1:
                 self._install(self._source.load(self.dim, self.manifest))
+                touched = None
             else:
                 with self._rw.write():
                     for rec in recs:
                         self._apply_one(rec)
+                touched = np.concatenate([rec.fids for rec in recs])
         with self._rw.write():
-            # A mirror changed only through the records it applied (its store knows their
-            # fields); a shared SQLite file was changed by other processes.
-            self._store.invalidate_caches(known=self._source.mirrors_records)
+            if self._source.mirrors_records:
+                # A mirror changed only through the records it applied: its store tracked
+                # the rows they changed.
+                self._store.invalidate_caches(known=True)
+            else:
+                # A shared SQLite file, changed by other processes, each change with its
+                # journal record in the same transaction: the records' items are all that
+                # changed, and the store reads their rows again.
+                self._store.invalidate_caches(touched=touched)
         self._head = max(self._head, self._replica.applied_seq)
         if self._replica.applied_seq >= self._head:
             self._caught_up_at = time.monotonic()

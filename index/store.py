@@ -34,7 +34,7 @@ import numpy as np
 from common.errors import OutOfResourcesError, resources_exhausted
 from common.fsutil import share_file
 from index.errors import SQLITE_FULL, IndexCorruptError, StoreMachineError
-from index.filters import FilterEngine
+from index.filters import FilterEngine, RowChanges
 from index.inputs import canonical_value
 from index.journal import JournalRecord
 from index.store_journal import JournalTable
@@ -43,8 +43,10 @@ log = logging.getLogger(__name__)
 
 STORE_NAME = "catalog.sqlite"
 BUSY_TIMEOUT_MS = 30_000  # how long a write waits for another writer's lock
-_CHANGES_KEPT = 64  # bumps whose fields changed_since remembers
-_ROWS_TRACKED = 100_000  # filter rows a write may change and still name its fields
+_CHANGES_KEPT = 64  # bumps whose changes row_changes_since remembers
+_CHANGE_ROWS_KEPT = 200_000  # ... holding at most this many rows in all
+_ROWS_TRACKED = 100_000  # filter rows a write may change and still say which
+_TOUCHED_READ = 10_000  # items others changed whose rows are read again, not every field's
 _CHUNK = 900  # stay under SQLite's bound-variable limit on every build
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -204,13 +206,13 @@ class CatalogStore(JournalTable):
             raise IndexCorruptError(f"{self.path}: catalog store lacks table(s) {missing}")
         self.generation = 0  # bumped whenever cached reads may be stale (index.filters)
         # The filter rows (field, value, fid) this store's own deletes and inserts wrote since
-        # the last bump, and per bump the fields whose rows changed (None: unknown, another
-        # process wrote): filter caches of the other fields stay (rebuilding them was O(items)
-        # per field after every write). A metadata update deletes and inserts an item's rows:
-        # only the fields whose values differ changed.
+        # the last bump, and per bump the rows changed (None: unknown): filter caches are
+        # updated by them (rebuilding a field's was O(items) after every write: 0.45 s at
+        # 200,000 items). A metadata update deletes and inserts an item's rows: only the
+        # rows whose values differ changed.
         self._deleted_rows: set[tuple[str, str, int]] | None = set()
         self._inserted_rows: set[tuple[str, str, int]] | None = set()
-        self._changes: list[tuple[int, frozenset[str] | None]] = []
+        self._changes: list[tuple[int, RowChanges | None]] = []
         self._filters = FilterEngine(self)
         self._fields: frozenset[str] | None = None
         self._filter_cache: dict[tuple, np.ndarray] = {}
@@ -331,40 +333,81 @@ class CatalogStore(JournalTable):
         with self.lock:
             return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
-    def invalidate_caches(self, known: bool = False) -> None:
+    def invalidate_caches(self, known: bool = False, touched: np.ndarray | None = None) -> None:
         """Bump :attr:`generation`: cached reads may be stale. ``known``: every change since
-        the last bump went through this store (its own inserts and deletes), so only the
-        fields whose rows they changed are stale; else any may be (another process wrote)."""
+        the last bump went through this store (its own inserts and deletes), which tracked
+        the rows changed. ``touched``: the fids whose items other processes changed (the
+        journal records just applied); their rows are read again here. Neither: any row may
+        have changed, every filter cache goes."""
         with self.lock:
-            fields = None
-            if known and self._deleted_rows is not None and self._inserted_rows is not None:
-                changed = self._deleted_rows | self._inserted_rows  # both net of the other
-                fields = frozenset(field for field, _, _ in changed)
+            changes = None
+            if touched is not None and (self._filter_cache or self._filters.holds_caches()):
+                changes = self._rows_now(touched)  # else nothing to update: not read
+            elif known and self._deleted_rows is not None and self._inserted_rows is not None:
+                changes = _row_changes(self._deleted_rows, self._inserted_rows)
             self._deleted_rows, self._inserted_rows = set(), set()
             self.generation += 1
-            self._changes = [*self._changes[-(_CHANGES_KEPT - 1) :], (self.generation, fields)]
+            self._changes = [*self._changes[-(_CHANGES_KEPT - 1) :], (self.generation, changes)]
+            held = 0
+            for i in range(len(self._changes) - 1, -1, -1):  # the newest kept, in a budget
+                change = self._changes[i][1]
+                held += 0 if change is None else change.size
+                if held > _CHANGE_ROWS_KEPT:
+                    self._changes[i] = (self._changes[i][0], None)
             self._fields = None
-            if fields is None:
+            if changes is None:
                 self._filter_cache.clear()
             else:
-                for key in [k for k in self._filter_cache if k[0] in fields]:
-                    del self._filter_cache[key]
+                self._follow_equal_fids(changes)
 
-    def changed_since(self, generation: Any) -> frozenset[str] | None:
-        """The fields changed after ``generation``; None when unknown (some change's fields
-        were not known, or ``generation`` is older than the changes kept)."""
+    def _rows_now(self, touched: np.ndarray) -> RowChanges | None:
+        """The filter rows the items ``touched`` hold now, as the change that gives them
+        (None where they are too many to read: a rebuild is then cheaper, or where they
+        cannot be read: every cache goes, as before this was known)."""
+        touched = np.unique(np.asarray(touched, np.int64))
+        if len(touched) > _TOUCHED_READ:
+            return None
+        try:
+            items = self.lookup(touched.tolist())
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("%s: filter caches dropped (%s)", self.path, exc)
+            return None
+        rows = [
+            (key, text, item.fid)
+            for item in items.values()
+            for key, text in ((k, canonical_value(v)) for k, v in item.metadata.items())
+            if text is not None
+        ]
+        return RowChanges({}, touched, _by_field(rows))
+
+    def _follow_equal_fids(self, changes: RowChanges) -> None:
+        """Update the cached equality matches by ``changes`` (each stays exact)."""
+        for key, fids in list(self._filter_cache.items()):
+            name, texts = key
+            gone, (added, added_texts) = changes.gone_in(name), changes.added_in(name)
+            if not len(gone) and not len(added):
+                continue
+            if len(gone):
+                fids = fids[~np.isin(fids, gone)]
+            came = [f for f, t in zip(added.tolist(), added_texts, strict=True) if t in texts]
+            self._filter_cache[key] = np.union1d(fids, came).astype(np.int64) if came else fids
+
+    def row_changes_since(self, generation: Any) -> list[RowChanges] | None:
+        """What changed after ``generation``, a :class:`RowChanges` per bump, in order; None
+        when unknown (some change's rows were not known, or ``generation`` is older than the
+        changes kept)."""
         with self.lock:
             if not isinstance(generation, int) or not self._changes:
                 return None
             if generation < self._changes[0][0] - 1:
                 return None
-            changed: set[str] = set()
-            for gen, fields in self._changes:
+            out = []
+            for gen, changes in self._changes:
                 if gen > generation:
-                    if fields is None:
+                    if changes is None:
                         return None
-                    changed |= fields
-            return frozenset(changed)
+                    out.append(changes)
+            return out
 
     def checkpoint_wal(self, truncate: bool = False, wait_s: float | None = None) -> None:
         """Fold SQLite's own WAL into the database file.
@@ -649,6 +692,26 @@ def _tracked(
         else:
             rows.add(row)
     return rows
+
+
+def _row_changes(
+    deleted: set[tuple[str, str, int]], inserted: set[tuple[str, str, int]]
+) -> RowChanges:
+    gone = {name: np.unique(np.asarray(f, np.int64)) for name, (f, _) in _by_field(deleted).items()}
+    return RowChanges(gone, np.zeros(0, np.int64), _by_field(inserted))
+
+
+def _by_field(
+    rows: Iterable[tuple[str, str, int]],
+) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
+    """``(field, text, fid)`` rows as ``{field: (fids, texts)}``."""
+    grouped: dict[str, list[tuple[int, str]]] = {}
+    for name, text, fid in rows:
+        grouped.setdefault(name, []).append((fid, text))
+    return {
+        name: (np.array([f for f, _ in pairs], np.int64), tuple(t for _, t in pairs))
+        for name, pairs in grouped.items()
+    }
 
 
 def _member(sorted_fids: np.ndarray, fid: int) -> bool:

@@ -3,7 +3,10 @@
 Measures, each against its own baseline measured in the same run:
 
 - a filtered search (a price range and a brand) with its caches warm, then right after a
-  metadata update of a field it does not filter on (stock), and of one it does (price);
+  metadata update of a field it does not filter on (stock), and of one it does (price), made
+  by the same process and by another process following the folder; and after the caches
+  were dropped whole (what a write whose rows the store does not know costs: the way every
+  write of another process was followed before);
 - a page of items under a filter matching few items (`list_items`), and unfiltered;
 - the slowest search of a thread searching while the same process compacts, against that
   thread's median search, and the compaction's time.
@@ -95,6 +98,19 @@ def measure(args: argparse.Namespace) -> dict:
                     ix.update_metadata(f"i{r % args.n:07d}", {field: 150.0 + r})
                     times.append(_timed(lambda: ix.search(q, 10, filter=FILTER)))
                 after[field] = statistics.median(times)
+            with open_index(folder, readonly=True) as other:
+                other.search(q, 10, filter=FILTER)
+                times, dropped = [], []
+                for r in range(args.rounds):
+                    ix.update_metadata(f"i{(r + 7) % args.n:07d}", {"price": 120.0 + r})
+                    other.sync()  # what its next read does first
+                    times.append(_timed(lambda: other.search(q, 10, filter=FILTER)))
+                    other._store.invalidate_caches()  # rows not known: every cache goes
+                    dropped.append(_timed(lambda: other.search(q, 10, filter=FILTER)))
+                after["other"], after["dropped"] = (
+                    statistics.median(times),
+                    statistics.median(dropped),
+                )
             rare = {"tag": "rare"}
             ix.list_items(None, 20, filter=rare)
             page_rare = statistics.median(
@@ -128,6 +144,10 @@ def measure(args: argparse.Namespace) -> dict:
         "after_price_update_ms": _ms(after["price"]),
         "stock_update_ratio": round(after["stock"] / warm, 2),
         "price_update_ratio": round(after["price"] / warm, 2),
+        "after_other_process_price_update_ms": _ms(after["other"]),
+        "other_process_update_ratio": round(after["other"] / warm, 2),
+        "after_caches_dropped_ms": _ms(after["dropped"]),
+        "caches_dropped_ratio": round(after["dropped"] / warm, 2),
         "rare_filter_page_ms": _ms(page_rare),
         "unfiltered_page_ms": _ms(page_all),
         "rare_page_ratio": round(page_rare / page_all, 2),
@@ -147,6 +167,16 @@ def report(result: dict) -> int:
         ("filtered search, caches warm", result["filtered_search_warm_ms"], "baseline"),
         ("  after a stock update", result["after_stock_update_ms"], result["stock_update_ratio"]),
         ("  after a price update", result["after_price_update_ms"], result["price_update_ratio"]),
+        (
+            "  ... by another process",
+            result["after_other_process_price_update_ms"],
+            result["other_process_update_ratio"],
+        ),
+        (
+            "  after every cache dropped",
+            result["after_caches_dropped_ms"],
+            result["caches_dropped_ratio"],
+        ),
         ("page of 20, unfiltered", result["unfiltered_page_ms"], "baseline"),
         ("  filter matching 20", result["rare_filter_page_ms"], result["rare_page_ratio"]),
         ("search p50 while compacting", result["search_p50_ms"], "baseline"),

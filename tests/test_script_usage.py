@@ -52,7 +52,8 @@ def test_the_catalog_writes_benchmark_ends_with_its_figures_and_baselines():
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["n"] == 3000 and len(figures["compaction_ms"]) == 3
-    for ratio in ("stock_update_ratio", "price_update_ratio", "rare_page_ratio"):
+    ratios = ("stock_update_ratio", "price_update_ratio", "other_process_update_ratio")
+    for ratio in (*ratios, "caches_dropped_ratio", "rare_page_ratio"):
         assert figures[ratio] > 0
     # Where and with what it ran, so two runs' figures can be compared.
     context = figures["context"]
