@@ -208,8 +208,9 @@ class Column:
     sorted ascending, and their ``fids`` in the same order; ``others``: the sorted fids of
     the items holding a value that is not a number, ``bools`` those holding true or false
     (the counts that type the field, kept so that a write can update them);
-    ``example``: a value that is not a number, held by item ``example_fid``, for messages
-    (None where the item holding it went: read again when a message needs one).
+    ``example``: the value of ``others[0]``, ``example_fid`` (the first word by fid, as a
+    fresh read gives it), for messages; None where a change made another item first and its
+    value is not known here: read again when a message needs one.
     """
 
     kind: str
@@ -275,7 +276,7 @@ def updated_column(
     an added item still holds a value here (an item has one value per field: the change is
     not what it says, and the column must be read anew)."""
     values, held, others, bools = col.values, col.fids, col.others, col.bools
-    example, example_fid = col.example, col.example_fid
+    example, example_fid = col.example, col.example_fid  # others[0]'s, as make_column's
     if len(gone):
         keep = ~np.isin(held, gone)
         values, held = values[keep], held[keep]
@@ -295,9 +296,12 @@ def updated_column(
         held = np.insert(held, at, fids[is_number][order])
         others = np.union1d(others, fids[~is_number])
         bools = np.union1d(bools, [f for f, t in zip(fids, texts, strict=True) if t in _BOOLEANS])
-        words = np.flatnonzero(~is_number)
-        if example is None and len(words):
-            example, example_fid = texts[int(words[0])], int(fids[words[0]])
+    else:
+        fids, texts = _NO_FIDS, ()
+    first = int(others[0]) if len(others) else None
+    if first != example_fid:
+        known = {int(f): t for f, t in zip(fids.tolist(), texts, strict=True) if f == first}
+        example, example_fid = (known[first], first) if first in known else (None, None)
     return _typed(values, held, others, bools.astype(np.int64), example, example_fid)
 
 

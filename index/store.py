@@ -46,7 +46,7 @@ BUSY_TIMEOUT_MS = 30_000  # how long a write waits for another writer's lock
 _CHANGES_KEPT = 64  # bumps whose changes row_changes_since remembers
 _CHANGE_ROWS_KEPT = 200_000  # ... holding at most this many rows in all
 _ROWS_TRACKED = 100_000  # filter rows a write may change and still say which
-_TOUCHED_READ = 10_000  # items others changed whose rows are read again, not every field's
+_TOUCHED_READ = 2_000  # items others changed whose rows are read again (~40 ms, searches wait)
 _CHUNK = 900  # stay under SQLite's bound-variable limit on every build
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -215,7 +215,9 @@ class CatalogStore(JournalTable):
         self._changes: list[tuple[int, RowChanges | None]] = []
         self._filters = FilterEngine(self)
         self._fields: frozenset[str] | None = None
-        self._filter_cache: dict[tuple, np.ndarray] = {}
+        # (field, texts) -> (generation, sorted fids): equality matches, followed through
+        # row_changes_since when next read
+        self._filter_cache: dict[tuple, tuple[int, np.ndarray]] = {}
         self._migrate()
 
     def _migrate(self) -> None:
@@ -341,8 +343,10 @@ class CatalogStore(JournalTable):
         have changed, every filter cache goes."""
         with self.lock:
             changes = None
-            if touched is not None and (self._filter_cache or self._filters.holds_caches()):
-                changes = self._rows_now(touched)  # else nothing to update: not read
+            if not (self._filter_cache or self._filters.holds_caches()):
+                pass  # nothing cached to update: not worked out (an engine racing drops all)
+            elif touched is not None:
+                changes = self._rows_now(touched)
             elif known and self._deleted_rows is not None and self._inserted_rows is not None:
                 changes = _row_changes(self._deleted_rows, self._inserted_rows)
             self._deleted_rows, self._inserted_rows = set(), set()
@@ -357,8 +361,6 @@ class CatalogStore(JournalTable):
             self._fields = None
             if changes is None:
                 self._filter_cache.clear()
-            else:
-                self._follow_equal_fids(changes)
 
     def _rows_now(self, touched: np.ndarray) -> RowChanges | None:
         """The filter rows the items ``touched`` hold now, as the change that gives them
@@ -379,18 +381,6 @@ class CatalogStore(JournalTable):
             if text is not None
         ]
         return RowChanges({}, touched, _by_field(rows))
-
-    def _follow_equal_fids(self, changes: RowChanges) -> None:
-        """Update the cached equality matches by ``changes`` (each stays exact)."""
-        for key, fids in list(self._filter_cache.items()):
-            name, texts = key
-            gone, (added, added_texts) = changes.gone_in(name), changes.added_in(name)
-            if not len(gone) and not len(added):
-                continue
-            if len(gone):
-                fids = fids[~np.isin(fids, gone)]
-            came = [f for f, t in zip(added.tolist(), added_texts, strict=True) if t in texts]
-            self._filter_cache[key] = np.union1d(fids, came).astype(np.int64) if came else fids
 
     def row_changes_since(self, generation: Any) -> list[RowChanges] | None:
         """What changed after ``generation``, a :class:`RowChanges` per bump, in order; None
@@ -567,17 +557,43 @@ class CatalogStore(JournalTable):
     def _fids_with(self, field_name: str, texts: tuple[str, ...]) -> np.ndarray:
         key = (field_name, texts)
         with self.lock:
-            cached = self._filter_cache.get(key)
-            if cached is not None:
-                return cached
+            held = self._filter_cache.get(key)
+            if held is not None:
+                fids: np.ndarray | None = held[1]
+                if held[0] != self.generation:
+                    fids = self._followed(field_name, texts, held[1], held[0])
+                if fids is not None:
+                    self._filter_cache[key] = (self.generation, fids)
+                    return fids
             rows = self._select_in(
                 "SELECT fid FROM attrs WHERE field=? AND value IN ({marks})", texts, field_name
             )
             fids = np.unique(np.fromiter((r["fid"] for r in rows), dtype=np.int64))
             if len(self._filter_cache) > 256:
                 self._filter_cache.clear()
-            self._filter_cache[key] = fids
+            self._filter_cache[key] = (self.generation, fids)
             return fids
+
+    def _followed(
+        self, name: str, texts: tuple[str, ...], fids: np.ndarray, generation: int
+    ) -> np.ndarray | None:
+        """The matches ``fids`` of ``name`` in ``texts`` as of ``generation``, brought up to
+        now by the rows changed since (None where they are not known: read again). The same
+        array where no match came or went (caches downstream key on it)."""
+        changes = self.row_changes_since(generation)
+        if changes is None:
+            return None
+        for change in changes:
+            gone, (added, added_texts) = change.gone_in(name), change.added_in(name)
+            pairs = zip(added.tolist(), added_texts, strict=True)
+            came = np.sort(np.array([f for f, t in pairs if t in texts], np.int64))
+            left = np.setdiff1d(gone[_members(fids, gone)], came, assume_unique=True)
+            came = came[~_members(fids, came)]
+            if len(left):
+                fids = np.delete(fids, np.searchsorted(fids, left))
+            if len(came):
+                fids = np.insert(fids, np.searchsorted(fids, came), came)
+        return fids
 
     def field_values(self, field_name: str) -> tuple[np.ndarray, list[str]]:
         """Every ``(fid, stored text)`` of ``field_name``, by fid (empty for unknown fields):
@@ -712,6 +728,12 @@ def _by_field(
         name: (np.array([f for f, _ in pairs], np.int64), tuple(t for _, t in pairs))
         for name, pairs in grouped.items()
     }
+
+
+def _members(sorted_fids: np.ndarray, fids: np.ndarray) -> np.ndarray:
+    """Which of ``fids`` are in ``sorted_fids`` (binary searches: no pass over the first)."""
+    at = np.minimum(np.searchsorted(sorted_fids, fids), max(len(sorted_fids) - 1, 0))
+    return sorted_fids[at] == fids if len(sorted_fids) else np.zeros(len(fids), bool)
 
 
 def _member(sorted_fids: np.ndarray, fid: int) -> bool:

@@ -177,9 +177,11 @@ def test_a_follower_that_holds_no_filter_cache_reads_no_rows(tmp_path, monkeypat
     with open_index(tmp_path / "ix") as writer, open_index(tmp_path / "ix", readonly=True) as other:
         read = []
         monkeypatch.setattr(other._store, "lookup", lambda fids: read.append(fids) or {})
+        before = writer._store.generation
         writer.update_metadata("i7", {"price": 1})
         other.sync()
         assert read == []  # nothing to update: no metadata read on each write of another
+        assert writer._store.row_changes_since(before) is None  # nor its own rows grouped
         monkeypatch.undo()
         assert other._store.filter_fids({"price": {"lt": 2}}).tolist() == [0, 1, 7]
         writer.update_metadata("i8", {"price": 0})
@@ -212,3 +214,44 @@ def test_updated_column_keeps_order_and_types_the_field_again():
     empty = updated_column(again, np.array([0, 1]), np.zeros(0, np.int64), ())
     assert empty is not None and empty.kind == "empty"
     assert updated_column(empty, np.zeros(0, np.int64), np.array([5]), ("12",)).kind == "number"
+
+
+def test_the_example_in_messages_is_the_one_a_fresh_read_gives():
+    """The message on a range over a text field names the first word by fid, cached or not."""
+    col = make_column(np.array([2, 3, 4, 5]), ["call us", "1", "2", "3"])
+    assert (col.example, col.example_fid) == ("call us", 2)
+    lower = updated_column(col, np.zeros(0, np.int64), np.array([1]), ("zzz",))
+    assert (lower.example, lower.example_fid) == ("zzz", 1)
+    changed = updated_column(col, np.array([2]), np.array([2]), ("n/a",))
+    assert (changed.example, changed.example_fid) == ("n/a", 2)
+    unknown = updated_column(col, np.array([2]), np.array([9]), ("later",))
+    assert (unknown.example, unknown.example_fid) == ("later", 9)
+    more = make_column(np.array([2, 3, 7]), ["call us", "1", "n/a"])
+    gone = updated_column(more, np.array([2]), np.zeros(0, np.int64), ())
+    assert gone.others.tolist() == [7] and gone.example is None  # read again when needed
+
+
+def test_equality_matches_are_followed_and_kept_where_no_match_changed(tmp_path):
+    rng = np.random.default_rng(0)
+    xb = unit(rng.standard_normal((6, 8)).astype(np.float32))
+    md = [{"brand": "A" if i % 2 else "B", "stock": i} for i in range(6)]
+    build_index(
+        tmp_path / "ix", [f"i{i}" for i in range(6)], xb, md, model_name=MODEL,
+        checkpoint_hash=HASH, kind="flat", progress=False,
+    )  # fmt: skip
+    with open_index(tmp_path / "ix") as writer, open_index(tmp_path / "ix", readonly=True) as other:
+        for ix in (writer, other):
+            ix.sync()
+            first = ix._store.equal_fids("brand", ["A"])
+            assert first.tolist() == [1, 3, 5]
+            writer.update_metadata("i3", {"stock": 100})  # the brand as it was
+            ix.sync()
+            assert ix._store.equal_fids("brand", ["A"]) is first  # kept: caches key on it
+            writer.update_metadata("i3", {"brand": "B"})
+            writer.update_metadata("i0", {"brand": "A"})
+            ix.sync()
+            assert ix._store.equal_fids("brand", ["A"]).tolist() == [0, 1, 5]
+            writer.update_metadata("i3", {"brand": "A"})
+            writer.update_metadata("i0", {"brand": "B"})
+            ix.sync()
+            assert ix._store.equal_fids("brand", ["A"]).tolist() == [1, 3, 5]
