@@ -285,7 +285,8 @@ def updated_column(
             example = example_fid = None
     if len(fids):
         fids = np.asarray(fids, np.int64)
-        clash = np.isin(fids, held).any() or np.isin(fids, others).any()
+        # (the small array second: numpy then compares, without sorting the column)
+        clash = np.isin(held, fids).any() or np.isin(others, fids).any()
         if clash or len(np.unique(fids)) < len(fids):
             return None
         is_number = np.fromiter((_is_number_text(t) for t in texts), bool, len(texts))
