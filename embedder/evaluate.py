@@ -22,7 +22,7 @@ from embedder.data import Catalog, load_catalog, nfc, shared_images
 from embedder.engine_options import EngineOptions
 from embedder.errors import DataError
 from embedder.inference import Embedder
-from embedder.knn_vote import KnnFusion, fuse
+from embedder.knn_vote import UNKNOWN_CLASS, KnnFusion, fuse
 from embedder.metrics import label_recall_at_k, macro_f1, nearest_neighbours
 from embedder.text_cues import apply_text_cues
 from embedder.text_reader import TextOptions
@@ -135,8 +135,15 @@ def evaluate(
             raise DataError(f"{gallery}: none of the gallery images could be read")
         g_labels = [g_catalog.samples[i].label for i in g_idx]
         g_vectors = g_batch.embeddings
-        # Gallery classes the checkpoint does not know cannot vote (-1).
-        g_classes = np.array([names.index(x) if x in names else -1 for x in g_labels], int)
+        # Gallery classes the checkpoint does not know take their share of the vote back to
+        # the probabilities (knn_vote.UNKNOWN_CLASS); a blank label does not vote.
+        g_classes = np.array(
+            [
+                names.index(x) if x in names else UNKNOWN_CLASS if x.strip() else -1
+                for x in g_labels
+            ],
+            int,
+        )
         retrieval = label_recall_at_k(
             batch.embeddings, [catalog.samples[i].label for i in idx], g_vectors, g_labels
         )

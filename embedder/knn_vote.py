@@ -5,6 +5,12 @@ weighted kNN classifier of DINO, Caron et al. 2021: each neighbour counts ``exp(
 a second opinion that knows the catalog's own photos, which the classifier saw only through its
 weights. The fused distribution is ``(1 - weight) * probabilities + weight * vote``.
 
+A neighbour filed under a label the checkpoint does not know (a class renamed or added since
+it was trained: :data:`UNKNOWN_CLASS`) still takes its share of the vote, as "none of the
+checkpoint's classes", and that share goes back to the classifier's probabilities: left out,
+the near-copies of a photo filed under a new name did not vote and the farther photos of
+other classes decided (a renamed class predicted as another at 53.9%).
+
 numpy only: the server, ``evaluate`` and the quality benchmark share it.
 """
 
@@ -27,6 +33,9 @@ FUSE_BY_DEFAULT = True
 DEFAULT_K = 20
 DEFAULT_TEMPERATURE = 0.03
 DEFAULT_WEIGHT = 0.5
+#: The class index of a neighbour labelled with a class the checkpoint does not name (-1: a
+#: neighbour without a label, or a missing one, which does not vote).
+UNKNOWN_CLASS = -2
 
 
 @dataclass(frozen=True)
@@ -53,22 +62,27 @@ def knn_vote(
     """Class distribution (N x C) voted by each query's neighbours.
 
     ``scores`` (N x k) are cosine similarities, ``labels`` (N x k) class indices, with -1 for a
-    neighbour without a known class (or a missing neighbour), which does not vote. A query with
-    no voting neighbour gets an all-zero row.
+    neighbour without a label (or a missing neighbour), which does not vote, and
+    :data:`UNKNOWN_CLASS` for one whose class the checkpoint does not know, whose share of the
+    vote a row then lacks (it sums to less than 1). A query with no voting neighbour gets an
+    all-zero row.
     """
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     if scores.shape != labels.shape or scores.ndim != 2:
         raise ValueError(f"scores {scores.shape} and labels {labels.shape} must be equal N x k")
-    valid = (labels >= 0) & (labels < num_classes) & np.isfinite(scores)
+    known = (labels >= 0) & (labels < num_classes)
+    valid = (known | (labels == UNKNOWN_CLASS)) & np.isfinite(scores)
     # Shift by the row's best score before exp: the same weights, no overflow at small T.
     best = np.where(valid, scores, -np.inf).max(axis=1, initial=-np.inf, keepdims=True)
     best = np.where(np.isfinite(best), best, 0.0)
     weights = np.where(valid, np.exp((np.where(valid, scores, 0.0) - best) / temperature), 0.0)
     votes = np.zeros((len(scores), num_classes))
     rows = np.repeat(np.arange(len(scores)), scores.shape[1])
-    np.add.at(votes, (rows, np.where(valid, labels, 0).ravel()), weights.ravel())
-    total = votes.sum(axis=1, keepdims=True)
+    np.add.at(
+        votes, (rows, np.where(known, labels, 0).ravel()), np.where(known, weights, 0.0).ravel()
+    )
+    total = weights.sum(axis=1, keepdims=True)
     return np.divide(votes, total, out=np.zeros_like(votes), where=total > 0).astype(np.float32)
 
 
@@ -76,13 +90,14 @@ def fuse(
     probabilities: np.ndarray, scores: np.ndarray, labels: np.ndarray, fusion: KnnFusion
 ) -> np.ndarray:
     """The classifier's probabilities (N x C) fused with the vote of the first ``fusion.k``
-    neighbours; a query whose neighbours cannot vote keeps its probabilities unchanged."""
+    neighbours; the share of neighbours of classes it does not know, and a whole query's whose
+    neighbours cannot vote, keep the probabilities."""
     probabilities = np.asarray(probabilities, dtype=np.float32)
     scores, labels = np.asarray(scores)[:, : fusion.k], np.asarray(labels)[:, : fusion.k]
     vote = knn_vote(scores, labels, probabilities.shape[1], fusion.temperature)
-    voted = vote.sum(axis=1, keepdims=True) > 0
-    fused = (1.0 - fusion.weight) * probabilities + fusion.weight * vote
-    return np.where(voted, fused, probabilities).astype(np.float32)
+    unknown = 1.0 - vote.sum(axis=1, keepdims=True)  # 1 where no neighbour voted
+    fused = (1.0 - fusion.weight) * probabilities + fusion.weight * (vote + unknown * probabilities)
+    return fused.astype(np.float32)
 
 
 def neighbour_arrays(
@@ -90,8 +105,9 @@ def neighbour_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, labels), N x ``k``, of each query's ``(score, label)`` neighbours, best first.
 
-    A label the checkpoint does not name (``names``), one that is not a string or missing
-    (None), and the places of neighbours a short list lacks become -1: they do not vote.
+    A label the checkpoint does not name (``names``) becomes :data:`UNKNOWN_CLASS`; a label
+    that is blank, not a string or missing (None), and the places of neighbours a short list
+    lacks become -1: they do not vote.
     """
     position: Mapping[str, int] = {name: i for i, name in enumerate(names)}
     scores = np.full((len(neighbours), k), -np.inf, dtype=np.float64)
@@ -99,7 +115,8 @@ def neighbour_arrays(
     for row, found in enumerate(neighbours):
         for col, (score, label) in enumerate(found[:k]):
             scores[row, col] = score
-            labels[row, col] = position.get(label, -1) if isinstance(label, str) else -1
+            if isinstance(label, str) and label.strip():
+                labels[row, col] = position.get(label, UNKNOWN_CLASS)
     return scores, labels
 
 
@@ -117,6 +134,7 @@ def fuse_with_neighbours(
 
 __all__ = [
     "FUSE_BY_DEFAULT",
+    "UNKNOWN_CLASS",
     "KnnFusion",
     "fuse",
     "fuse_with_neighbours",

@@ -371,6 +371,33 @@ def join_metadata(
     return out
 
 
+def labels_unknown(labels: Iterable[Any], names: Sequence[str]) -> list[str]:
+    """The labels (non-blank strings) that are none of the checkpoint's class ``names``."""
+    known = set(names)
+    found = {x for x in labels if isinstance(x, str) and x.strip() and x not in known}
+    return sorted(found)
+
+
+def warn_labels_unknown(where: str, labels: Iterable[Any], names: Sequence[str]) -> None:
+    """Say which catalog labels the checkpoint does not know (a class renamed or added since
+    it was trained): its predictions never name them, its items' neighbours leave their share
+    of the kNN vote to the classifier and get no class re-rank bonus. No checkpoint names
+    (an older features file): nothing to compare."""
+    unknown = labels_unknown(labels, names) if names else []
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:5])) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        log.warning(
+            "%s labels items with %d class(es) the checkpoint does not know (%s): it never "
+            "predicts them, and their photos do not vote for a class in its predictions; "
+            "retrain with them, or relabel the items with the checkpoint's classes",
+            where,
+            len(unknown),
+            shown,
+        )
+
+
 def _warn_images_changed_since(
     metadata: Sequence[Mapping[str, Any]], created: str, embeddings: Path
 ) -> None:
@@ -764,6 +791,11 @@ def build_from_files(
         rows = read_catalog_csv(catalog) if catalog is not None else None
         metadata = join_metadata(emb.ids, emb.labels, rows)
         _warn_images_changed_since(metadata, emb.created, Path(embeddings))
+        warn_labels_unknown(
+            f"catalog {catalog or embeddings}",
+            (md.get("label") for md in metadata),
+            emb.label_names,
+        )
         source = {
             "embeddings": str(Path(embeddings).resolve()),
             "catalog": str(Path(catalog).resolve()) if catalog is not None else None,

@@ -149,12 +149,20 @@ def _print(args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from index.build import failed_images, join_metadata, read_catalog_csv, read_embeddings
+    from index.build import (
+        failed_images,
+        join_metadata,
+        read_catalog_csv,
+        read_embeddings,
+        warn_labels_unknown,
+    )
 
     _where(args)  # a usage error before the embeddings are read
     emb = read_embeddings(args.embeddings)
     rows = read_catalog_csv(args.catalog) if args.catalog else None
     metadata = join_metadata(emb.ids, emb.labels, rows)
+    where = f"catalog {args.catalog or args.embeddings}"
+    warn_labels_unknown(where, (md.get("label") for md in metadata), emb.label_names)
     with _open(args) as ix:
         ix.manifest.check(
             expect_model=emb.model_name,

@@ -595,6 +595,15 @@ class CatalogStore(JournalTable):
                 fids = np.insert(fids, np.searchsorted(fids, came), came)
         return fids
 
+    def field_texts(self, field_name: str, limit: int = 10_000) -> list[str]:
+        """The distinct texts ``field_name`` holds (at most ``limit``, in order)."""
+        with self.lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT value FROM attrs WHERE field=? ORDER BY value LIMIT ?",
+                (field_name, int(limit)),
+            ).fetchall()
+        return [r["value"] for r in rows]
+
     def field_values(self, field_name: str) -> tuple[np.ndarray, list[str]]:
         """Every ``(fid, stored text)`` of ``field_name``, by fid (empty for unknown fields):
         what typed range filters are built from."""

@@ -29,6 +29,7 @@ from embedder.errors import EngineError
 from embedder.inference import Embedder
 from embedder.runtime import check_device, check_runtime
 from embedder.text_cues import TextCues
+from index.build import warn_labels_unknown
 from index.catalog import CatalogIndex, IndexOptions
 from index.folder import check_index_files, lock_shared, on_read_only_media
 from index.manifest import Manifest, read_manifest
@@ -144,6 +145,9 @@ def open_for_serving(
     if problem:
         log.warning("%s", problem)
     warn_if_classes_renamed(f"index {store or index}", opened.manifest, embedder.label_names)
+    warn_labels_unknown(
+        f"index {store or index}", opened.store.field_texts("label"), embedder.label_names
+    )
     return embedder, opened
 
 

@@ -28,6 +28,7 @@ from embedder.inference import Embedder
 from embedder.knn_vote import KnnFusion, fuse_with_neighbours, neighbour_arrays
 from embedder.text_cues import apply_text_cues, unsure
 from embedder.text_reader import ReaderBusy, TextEvidence, TextOptions, reading_copy
+from index.build import labels_unknown
 from index.catalog import CatalogIndex, Hit, Item
 from index.errors import DuplicateIdError, StoreOutcomeUnknownError, UnknownIdError
 from server.batcher import Arrival, BatchResult, MicroBatcher, OverloadedError, model_result
@@ -664,6 +665,11 @@ class LookupService:
                 "embedding_precision": source.get("embedding_precision"),
                 # On read-only media: opened as an unchanging file, so nothing is followed.
                 "read_only_media": bool(idx.get("read_only_media")),
+                # Catalog labels the model never predicts (a class renamed or added since it
+                # was trained): their items vote for no class. The first 20.
+                "labels_unknown_to_model": labels_unknown(
+                    self.index.store.field_texts("label"), e.label_names
+                )[:20],
             },
             "limits": {
                 "default_k": cfg.default_k,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -723,3 +724,31 @@ def test_numbers_with_a_decimal_comma_are_warned_of_at_build(tmp_path, caplog):
     catalog.write_text("id,image,price\na,x.jpg,1138.99\n")
     read_catalog_csv(catalog)
     assert "decimal comma" not in caplog.text
+
+
+def test_build_and_add_name_catalog_labels_the_checkpoint_does_not_know(files, caplog):
+    """A class renamed since training (acme filed as 'acme-pro'): the index was built without
+    a word, and the model's predictions then never name it and its photos vote for nothing."""
+    lines = (files / "catalog.csv").read_text().splitlines()
+    renamed = [lines[0]] + [line.replace(",acme,", ",acme-pro,") for line in lines[1:]]
+    (files / "renamed.csv").write_text("\n".join(renamed) + "\n")
+    emb, out = str(files / "emb.h5"), str(files / "idx")
+    with caplog.at_level(logging.WARNING, logger="index.build"):
+        assert cli(["build", "--embeddings", emb, "--catalog", str(files / "catalog.csv"),
+                    "--out", out, "--no-progress"]) == 0  # fmt: skip
+    assert "does not know" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="index.build"):
+        assert cli(["build", "--embeddings", emb, "--catalog", str(files / "renamed.csv"),
+                    "--out", out, "--overwrite", "--no-progress"]) == 0  # fmt: skip
+    assert "1 class(es) the checkpoint does not know ('acme-pro')" in caplog.text
+    caplog.clear()
+    write_embeddings(files / "more.h5", 8)
+    with h5py.File(files / "more.h5", "a") as h5:
+        del h5["ids"]
+        h5.create_dataset("ids", data=np.array([f"new{i}" for i in range(8)], object), dtype=STR)
+        del h5["labels"]
+        labels = np.array(["zeta", "Zeta", "", "acme-pro", *["acme"] * 4], dtype=object)
+        h5.create_dataset("labels", data=labels, dtype=STR)
+    with caplog.at_level(logging.WARNING, logger="index.build"):
+        assert cli(["add", "--index", out, "--embeddings", str(files / "more.h5")]) == 0
+    assert "2 class(es) the checkpoint does not know ('Zeta', 'acme-pro')" in caplog.text

@@ -175,6 +175,37 @@ def test_class_names_edited_since_the_index_was_built_are_warned_about(
         loading.open_for_serving(edited, index)[1].close()
     assert "named its classes otherwise" in caplog.text
     assert f"{names[0]!r} -> {names[-1]!r}" in caplog.text
+    assert "does not know" not in caplog.text  # the same classes, in another order
+
+
+def test_catalog_labels_the_checkpoint_does_not_know_are_warned_about_and_listed(
+    tiny_checkpoint, index_dir, tiny_embedder, tmp_path, caplog
+):
+    """A class renamed since training: served without a word, its items' photos voted for no
+    class and the farther photos of other classes decided the prediction."""
+    from embedder.checkpoint import CONFIG_FILE, read_config
+    from server.config import ServerConfig
+    from tests.server.helpers import make_app
+
+    names = read_config(tiny_checkpoint).label_names
+    with caplog.at_level("WARNING"):
+        loading.open_for_serving(tiny_checkpoint, index_dir)[1].close()
+    assert "does not know" not in caplog.text
+    renamed = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, renamed)
+    config = json.loads((renamed / CONFIG_FILE).read_text())
+    config["label_names"] = ["kestrel", *names[1:]]
+    (renamed / CONFIG_FILE).write_text(json.dumps(config))
+    with caplog.at_level("WARNING"):
+        embedder, index = loading.open_for_serving(renamed, index_dir)
+    try:
+        assert f"1 class(es) the checkpoint does not know ({names[0]!r})" in caplog.text
+        app = make_app(ServerConfig(), embedder, index)
+        info = app.test_client().get("/v1/info").get_json()
+        assert info["index"]["labels_unknown_to_model"] == [names[0]]
+        app.extensions["phonesim"].close()
+    finally:
+        index.close()
 
 
 def test_writes_enabled_on_a_store_this_user_may_not_write_is_refused_at_start(
