@@ -30,13 +30,13 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from common.errors import UserError
+from common.errors import MachineError, UserError, message_line
 from common.machine import default_threads
 from server.bridge import BufferedWSGIBridge
 from server.config import GunicornSettings, ServerConfig
 from server.json_logs import JsonAccessLogger, use_json_logs
 from server.metrics import MULTIPROC_ENV, mark_process_dead
-from server.preflight import preflight
+from server.preflight import check_in_child, preflight
 from server.worker import PhonesimWorker, booted_mark, loaded, process_alive
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,24 @@ class GracefulArbiter(Arbiter):
 
     def handle_int(self) -> None:
         self.handle_term()
+
+    def handle_hup(self) -> None:
+        """A reload (SIGHUP) starts new workers, which read the checkpoint and index again,
+        and stops the old ones at once, before the new ones have loaded: a checkpoint and
+        index that no longer fit (one of two symlinks moved, a checkpoint retrained in place)
+        stopped the whole server (a model-upgrade review: exit 3, nothing listening). They are
+        checked first, as at the start (the preflight, in a child process); where that fails
+        the reload is refused, saying why, and the workers go on serving what they loaded."""
+        try:
+            check_in_child(self.app.server_config)
+        except (UserError, MachineError) as exc:
+            self.log.error(
+                "reload refused: %s; the workers go on serving what they loaded (mend it, then "
+                "send SIGHUP again)",
+                message_line(exc),
+            )
+            return
+        super().handle_hup()
 
 
 class PhonesimGunicorn(BaseApplication):

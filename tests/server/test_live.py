@@ -417,6 +417,40 @@ def test_a_reload_answers_every_request(tiny_checkpoint, live_index, query_image
     assert statuses and set(statuses) == {200}, statuses
 
 
+def test_a_reload_onto_a_checkpoint_that_cannot_load_is_refused_and_the_workers_go_on(
+    tiny_checkpoint, live_index, query_image, tmp_path
+):
+    """A reload stops the old workers as soon as the new ones start: with the checkpoint's
+    symlink moved to one that did not fit, the new worker failed, and the whole server
+    stopped (exit 3) with nothing left listening."""
+    import signal
+    import time
+
+    from tests.server.live import wait_for, worker_pids
+
+    link, broken = tmp_path / "current", tmp_path / "broken"
+    broken.mkdir()
+    link.symlink_to(tiny_checkpoint)
+    body, headers = multipart({"image": ("phone.jpg", query_image.read_bytes())})
+    with running_server(link, live_index, tmp_path, "--workers", "1") as server:
+        (old,) = worker_pids(server)
+        link.unlink()
+        link.symlink_to(broken)
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for("the refusal", lambda: "reload refused" in server.log.read_text(), timeout=120)
+        time.sleep(0.5)
+        assert server.proc.poll() is None and worker_pids(server) == [old]
+        assert server.request("POST", "/v1/search", body, headers)[0] == 200
+        log = server.log.read_text()
+        assert "not a checkpoint" in log.split("reload refused", 1)[1].splitlines()[0]
+        link.unlink()  # mended: the checkpoint again
+        link.symlink_to(tiny_checkpoint)
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for("the new worker", lambda: worker_pids(server) not in ([], [old]), timeout=120)
+        wait_for("readiness", lambda: server.request("GET", "/readyz")[0] == 200, timeout=120)
+        assert server.request("POST", "/v1/search", body, headers)[0] == 200
+
+
 def test_ctrl_c_finishes_the_requests_in_flight(tiny_checkpoint, live_index, tmp_path):
     """Ctrl-C (SIGINT to the master and, from a terminal, to every worker) was gunicorn's
     quick stop: 10 of 10 batch searches in flight got no answer, where the README promised
