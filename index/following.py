@@ -394,7 +394,9 @@ class Following:
             raise ReadOnlyIndexError(f"{self.where}: index was opened read-only")
         self._check_open()
         if self._catalog_error is not None:
-            raise CatalogReplacedError(f"{self.where}: nothing was written: {self._catalog_error}")
+            said = self._catalog_error  # most name the folder or store already
+            where = "" if said.startswith(f"{self.where}:") else f"{self.where}: "
+            raise CatalogReplacedError(f"{where}{said}; nothing was written")
 
     @property
     def dim(self) -> int:

@@ -53,14 +53,17 @@ class Manifest:
         expect_checkpoint_hash: str | None = None,
         expect_dim: int | None = None,
         where: str = "index",
-        fix: str = "Rebuild it with 'phonesim index build' from embeddings of this checkpoint.",
+        fix: str = (
+            "Use the checkpoint it was built from, or rebuild it with 'phonesim index build' "
+            "from embeddings of this checkpoint."
+        ),
         other: str = "expected",
         from_checkpoint: bool = True,
     ) -> None:
         """Raise :class:`IndexMismatchError` naming every field that differs from the expectation.
 
-        ``None`` means "do not check". ``fix`` ends the message: by default, rebuild the index
-        with the embedder in use, the only fix when that embedder is the one to keep.
+        ``None`` means "do not check". ``fix`` ends the message: by default, the checkpoint
+        the index was built from, or an index rebuilt with the embedder in use (an upgrade).
         ``other`` names the expectation's side in the message ("expected" by default).
         ``from_checkpoint``: the expectation is a checkpoint's, so the same weights at another
         dimension mean its config.json was edited, and the message says so.

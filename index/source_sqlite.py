@@ -114,7 +114,8 @@ class SqliteSource:
             raise error(
                 f"{self.folder}: {STORE_NAME} was removed or replaced on disk since this "
                 "process opened it; it answers from what it holds and writes nothing: "
-                "restart it to serve what is there now"
+                "restart it, with the checkpoint that catalog was built from, to serve what is "
+                "there now"
             )
 
     def head(self) -> tuple[int, int]:

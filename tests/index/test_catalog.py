@@ -188,8 +188,13 @@ def test_opening_with_another_embedder_says_what_differs(flat_dir):
     with pytest.raises(IndexMismatchError, match="'other_model'") as err:
         open_index(flat_dir, expect_model="other_model", expect_dim=64)
     assert "tiny_model" in str(err.value) and "dimension 32 (expected 64)" in str(err.value)
-    with pytest.raises(IndexMismatchError, match="checkpoint hash"):
+    with pytest.raises(IndexMismatchError, match="checkpoint hash") as err:
         open_index(flat_dir, expect_checkpoint_hash="cd" * 32)
+    # Both ways out: a wrong --checkpoint is as likely as a stale index (a model upgrade).
+    assert str(err.value).endswith(
+        "Use the checkpoint it was built from, or rebuild it with 'phonesim index build' from "
+        "embeddings of this checkpoint."
+    )
     open_index(flat_dir, expect_model=MODEL, expect_dim=D).close()
     # The same weights at another dimension: an edited config.json, not a stale index.
     same = json.loads((flat_dir / "manifest.json").read_text())["checkpoint_hash"]

@@ -236,6 +236,13 @@ def test_a_catalog_deleted_under_the_server_takes_it_out_of_service(
         r = c.get("/readyz")
         assert r.status_code == 503 and r.get_json()["checks"]["catalog"] is False
         assert c.post("/v1/search", data=upload(jpeg_bytes)).status_code == 200
+        r = c.post(
+            "/v1/items", data={**upload(jpeg_bytes), "id": "later"}, headers={"X-API-Key": API_KEY}
+        )
+        said = assert_error(r, 503, "catalog_replaced")["message"]
+        # Once, not "index: nothing was written: index: catalog.sqlite was removed ...".
+        assert said.count(str(folder)) == 1 and said.endswith("; nothing was written"), said
+        assert "with the checkpoint that catalog was built from" in said
     finally:
         app.extensions["phonesim"].close()
         ix.close()
