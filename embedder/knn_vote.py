@@ -33,6 +33,9 @@ FUSE_BY_DEFAULT = True
 DEFAULT_K = 20
 DEFAULT_TEMPERATURE = 0.03
 DEFAULT_WEIGHT = 0.5
+#: The share of the vote the checkpoint's classes must hold for a prediction to say it used
+#: the catalog (``classifier+knn``).
+VOTED_SHARE = 1e-3
 #: The class index of a neighbour labelled with a class the checkpoint does not name (-1: a
 #: neighbour without a label, or a missing one, which does not vote).
 UNKNOWN_CLASS = -2
@@ -129,7 +132,10 @@ def fuse_with_neighbours(
     """The probabilities fused with the vote of each query's ``(score, label)`` neighbours,
     and which queries had a neighbour that voted (:func:`neighbour_arrays`, :func:`fuse`)."""
     scores, labels = neighbour_arrays(neighbours, names, fusion.k)
-    return fuse(probabilities, scores, labels, fusion), (labels >= 0).any(axis=1)
+    vote = knn_vote(scores, labels, len(names), fusion.temperature)
+    # Voted: the checkpoint's classes hold a share that moves the prediction (a known
+    # neighbour far behind near ones of unknown classes holds ~1e-8 of it).
+    return fuse(probabilities, scores, labels, fusion), vote.sum(axis=1) > VOTED_SHARE
 
 
 __all__ = [

@@ -378,22 +378,25 @@ def labels_unknown(labels: Iterable[Any], names: Sequence[str]) -> list[str]:
     return sorted(found)
 
 
-def warn_labels_unknown(where: str, labels: Iterable[Any], names: Sequence[str]) -> None:
+def warn_labels_unknown(
+    where: str, labels: Iterable[Any], names: Sequence[str], more: bool = False
+) -> None:
     """Say which catalog labels the checkpoint does not know (a class renamed or added since
     it was trained): its predictions never name them, its items' neighbours leave their share
     of the kNN vote to the classifier and get no class re-rank bonus. No checkpoint names
-    (an older features file): nothing to compare."""
+    (an older features file): nothing to compare. ``more``: ``labels`` were cut short."""
     unknown = labels_unknown(labels, names) if names else []
     if unknown:
         shown = ", ".join(map(repr, unknown[:5])) + (
             f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         )
         log.warning(
-            "%s labels items with %d class(es) the checkpoint does not know (%s): it never "
+            "%s labels items with %d%s class(es) the checkpoint does not know (%s): it never "
             "predicts them, and their photos do not vote for a class in its predictions; "
             "retrain with them, or relabel the items with the checkpoint's classes",
             where,
             len(unknown),
+            " or more" if more else "",
             shown,
         )
 

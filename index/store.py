@@ -596,13 +596,16 @@ class CatalogStore(JournalTable):
         return fids
 
     def field_texts(self, field_name: str, limit: int = 10_000) -> list[str]:
-        """The distinct texts ``field_name`` holds (at most ``limit``, in order)."""
+        """The distinct texts ``field_name`` holds (at most ``limit``, in order): one index
+        seek per text (a DISTINCT read every row of the field: 25 ms at 200,000 items)."""
         with self.lock:
             rows = self._db.execute(
-                "SELECT DISTINCT value FROM attrs WHERE field=? ORDER BY value LIMIT ?",
-                (field_name, int(limit)),
+                "WITH RECURSIVE t(v) AS (SELECT min(value) FROM attrs WHERE field=:f "
+                "UNION ALL SELECT (SELECT min(value) FROM attrs WHERE field=:f AND value > t.v) "
+                "FROM t WHERE t.v IS NOT NULL LIMIT :n) SELECT v FROM t WHERE v IS NOT NULL",
+                {"f": field_name, "n": int(limit) + 1},
             ).fetchall()
-        return [r["value"] for r in rows]
+        return [r["v"] for r in rows][:limit]
 
     def field_values(self, field_name: str) -> tuple[np.ndarray, list[str]]:
         """Every ``(fid, stored text)`` of ``field_name``, by fid (empty for unknown fields):

@@ -145,10 +145,13 @@ def open_for_serving(
     if problem:
         log.warning("%s", problem)
     warn_if_classes_renamed(f"index {store or index}", opened.manifest, embedder.label_names)
-    warn_labels_unknown(
-        f"index {store or index}", opened.store.field_texts("label"), embedder.label_names
-    )
+    labels = opened.store.field_texts("label", LABELS_READ)
+    where = f"index {store or index}"
+    warn_labels_unknown(where, labels, embedder.label_names, more=len(labels) >= LABELS_READ)
     return embedder, opened
+
+
+LABELS_READ = 10_000  # distinct catalog labels compared with the checkpoint's classes
 
 
 def warn_if_classes_renamed(where: str, manifest: Manifest, names: Sequence[str]) -> None:

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from embedder.knn_vote import UNKNOWN_CLASS, KnnFusion, fuse, knn_vote, neighbour_arrays
+from embedder.knn_vote import (
+    UNKNOWN_CLASS,
+    KnnFusion,
+    fuse,
+    fuse_with_neighbours,
+    knn_vote,
+    neighbour_arrays,
+)
 
 
 def test_vote_weights_closer_neighbours_more():
@@ -72,3 +79,7 @@ def test_neighbours_of_a_class_the_checkpoint_does_not_know_leave_their_share_to
     assert fuse(probabilities, *only_unknown, KnnFusion(k=3)) == pytest.approx(probabilities)
     blank = neighbour_arrays([[(1.0, " "), (0.7, "terra")]], names, k=2)
     assert blank[1].tolist() == [[-1, 1]]  # a blank label does not vote at all
+    # Which predictions say they used the catalog: not one whose known share is ~1e-8.
+    three = np.repeat(probabilities, 3, axis=0)
+    _, voted = fuse_with_neighbours(three, [near + far, near, far], names, KnnFusion(k=5))
+    assert voted.tolist() == [False, False, True]

@@ -255,3 +255,17 @@ def test_equality_matches_are_followed_and_kept_where_no_match_changed(tmp_path)
             writer.update_metadata("i0", {"brand": "B"})
             ix.sync()
             assert ix._store.equal_fids("brand", ["A"]).tolist() == [1, 3, 5]
+
+
+def test_field_texts_lists_a_field_s_distinct_texts_in_order_up_to_a_limit(tmp_path):
+    from index.inputs import clean_metadata_rows
+    from index.store import CatalogStore
+
+    store = CatalogStore(tmp_path / "catalog.sqlite", create=True)
+    md = [{"label": f"l{i % 7}", "n": i} for i in range(50)] + [{"other": 1}]
+    with store.transaction():
+        store.insert_items(range(51), [f"i{i}" for i in range(51)], clean_metadata_rows(md, 51))
+    assert store.field_texts("label") == [f"l{i}" for i in range(7)]
+    assert store.field_texts("label", 3) == ["l0", "l1", "l2"]
+    assert store.field_texts("n", 2) == ["0", "1"] and store.field_texts("none") == []
+    store.close()
