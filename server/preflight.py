@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 
 from common.child import python_child_env
 from common.errors import MachineError, UserError, message_line
@@ -61,8 +62,11 @@ def check_address(host: str, port: int) -> None:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
 
 
-def check_in_child(config: ServerConfig) -> None:
-    """Run :func:`~server.loading.check_for_serving` in a child process (see the module doc)."""
+def check_in_child(
+    config: ServerConfig, started: Callable[[subprocess.Popen], None] | None = None
+) -> None:
+    """Run :func:`~server.loading.check_for_serving` in a child process (see the module doc);
+    ``started`` is given the child as it starts (a reload's check is stopped with the server)."""
     request = {
         "checkpoint": config.checkpoint,
         "index": config.index,
@@ -73,30 +77,35 @@ def check_in_child(config: ServerConfig) -> None:
         "text_cues": config.text_cues,
         "device": config.device,
     }
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "server.preflight", json.dumps(request)],
-            env=python_child_env(),
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise UserError(f"the serve preflight took over {CHILD_TIMEOUT_S:.0f} s") from None
-    if done.returncode == 0:
+    with subprocess.Popen(
+        [sys.executable, "-m", "server.preflight", json.dumps(request)],
+        env=python_child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        if started is not None:
+            started(child)
+        try:
+            _, stderr = child.communicate(timeout=CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise UserError(f"the serve preflight took over {CHILD_TIMEOUT_S:.0f} s") from None
+    code = child.returncode
+    if code == 0:
         return
-    if done.returncode < 0:  # killed by a signal: "exit status -11" had said nothing, exit 2
+    if code < 0:  # killed by a signal: "exit status -11" had said nothing, exit 2
         raise MachineError(
             f"the serve preflight (loading the model and index in a child process) was "
-            f"killed by {signal_name(-done.returncode)}: the machine may be short of memory "
+            f"killed by {signal_name(-code)}: the machine may be short of memory "
             "(an address-space or container limit, or the kernel's OOM killer)"
         )
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    last = lines[-1] if lines else f"exit status {done.returncode}"
-    if done.returncode == USER_ERROR_EXIT:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit status {code}"
+    if code == USER_ERROR_EXIT:
         raise UserError(last)
-    if done.returncode == MACHINE_ERROR_EXIT:
+    if code == MACHINE_ERROR_EXIT:
         raise MachineError(last)
     raise UserError(f"the serve preflight failed: {_exception_text(lines) or last}")
 

@@ -19,10 +19,13 @@ import contextlib
 import functools
 import logging
 import os
+import queue
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -182,6 +185,15 @@ def keep_text_cues(config: ServerConfig, folder: Path) -> ServerConfig:
     return config.replace(text_cues=str(copy))
 
 
+def pinned(config: ServerConfig) -> ServerConfig:
+    """``config`` with its checkpoint and index folders named by their real paths (symbolic
+    links resolved), as they are now."""
+    return config.replace(
+        checkpoint=config.checkpoint and os.path.realpath(config.checkpoint),
+        index=config.index and os.path.realpath(config.index),
+    )
+
+
 #: gunicorn's default access line plus the time taken and the request's id (the
 #: ``X-Request-ID`` the answer carries: see :mod:`server.request_ids`).
 ACCESS_LOG_FORMAT = (
@@ -197,30 +209,78 @@ class GracefulArbiter(Arbiter):
     def handle_int(self) -> None:
         self.handle_term()
 
+    def __init__(self, app: PhonesimGunicorn) -> None:
+        super().__init__(app)
+        self._checking: threading.Thread | None = None
+        self._check_child: subprocess.Popen | None = None
+        self._checked: queue.SimpleQueue[tuple[ServerConfig, str | None]] = queue.SimpleQueue()
+
     def handle_hup(self) -> None:
         """A reload (SIGHUP) starts new workers, which read the checkpoint and index again,
         and stops the old ones at once, before the new ones have loaded: a checkpoint and
         index that no longer fit (one of two symlinks moved, a checkpoint retrained in place)
         stopped the whole server (a model-upgrade review: exit 3, nothing listening). They are
-        checked first, as at the start (the preflight, in a child process); where that fails
-        the reload is refused, saying why, and the workers go on serving what they loaded."""
+        checked first, as at the start (the preflight, in a child process, on a thread: the
+        master goes on reaping and replacing workers meanwhile); where that fails the reload is
+        refused, saying why, and the workers go on serving what they loaded."""
+        if self._checking is not None and self._checking.is_alive():
+            self.log.warning("reload: the last SIGHUP's check still runs; this one is ignored")
+            return
+        fresh = pinned(self.app.given_config)
+        self._checking = threading.Thread(
+            target=self._check, args=(fresh,), name="reload-check", daemon=True
+        )
+        self._checking.start()
+
+    def _check(self, fresh: ServerConfig) -> None:
+        problem = None
         try:
-            check_in_child(self.app.server_config)
+            check_in_child(fresh, started=self._started_check)
         except (UserError, MachineError) as exc:
+            problem = message_line(exc)
+        except Exception as exc:  # a check that cannot run refuses, it never reloads
+            problem = f"{type(exc).__name__}: {message_line(exc)}"
+        self._checked.put((fresh, problem))
+        self.wakeup()
+
+    def _started_check(self, child: subprocess.Popen) -> None:
+        self._check_child = child
+
+    def maybe_promote_master(self) -> None:
+        """(Called at each turn of the master's loop.) Reload once a SIGHUP's check passed."""
+        super().maybe_promote_master()
+        try:
+            fresh, problem = self._checked.get_nowait()
+        except queue.Empty:
+            return
+        if problem is not None:
             self.log.error(
-                "reload refused: %s; the workers go on serving what they loaded (mend it, then "
-                "send SIGHUP again)",
-                message_line(exc),
+                "reload refused: %s; the workers go on serving what they loaded (a worker "
+                "started meanwhile loads that too): mend it, then send SIGHUP again",
+                problem,
             )
             return
+        self.app.server_config = fresh  # what every worker from now on loads
         super().handle_hup()
+
+    def stop(self, graceful: bool = True) -> None:
+        child = self._check_child
+        if child is not None and child.poll() is None:
+            child.kill()  # a reload's check left running would outlive the server
+        super().stop(graceful)
 
 
 class PhonesimGunicorn(BaseApplication):
-    """gunicorn's programmatic application: no config file, no command line parsing."""
+    """gunicorn's programmatic application: no config file, no command line parsing.
+
+    ``server_config`` is what workers load: ``given_config`` with the checkpoint and index
+    paths resolved (:func:`pinned`) when the server started or last reloaded, so that a worker
+    restarted after a symlink moved loads what the others serve, not what the link names now.
+    """
 
     def __init__(self, config: ServerConfig, settings: GunicornSettings, folder: Path) -> None:
-        self.server_config = config
+        self.given_config = config
+        self.server_config = pinned(config)
         self.settings = settings
         self.folder = folder
         super().__init__()

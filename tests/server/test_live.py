@@ -422,33 +422,81 @@ def test_a_reload_onto_a_checkpoint_that_cannot_load_is_refused_and_the_workers_
 ):
     """A reload stops the old workers as soon as the new ones start: with the checkpoint's
     symlink moved to one that did not fit, the new worker failed, and the whole server
-    stopped (exit 3) with nothing left listening."""
+    stopped (exit 3) with nothing left listening. A worker restarted after a refused reload
+    loads what the others serve, and a check that hangs holds neither the master's care of
+    its workers nor its stop."""
     import signal
-    import time
 
-    from tests.server.live import wait_for, worker_pids
+    from tests.server.live import stop, wait_for
+
+    def workers() -> list[int]:  # the master's children, less a reload's check
+        pid = server.proc.pid
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(k) for k in kids if b"server.preflight" not in _cmdline(k)]
+
+    def checks() -> list[int]:  # started by the master's check thread: its task's children
+        kids = []
+        for task in Path(f"/proc/{server.proc.pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids += (task / "children").read_text().split()
+        return [int(k) for k in kids if b"server.preflight" in _cmdline(k)]
+
+    def point(target: Path) -> None:
+        link.unlink()
+        link.symlink_to(target)
 
     link, broken = tmp_path / "current", tmp_path / "broken"
     broken.mkdir()
     link.symlink_to(tiny_checkpoint)
     body, headers = multipart({"image": ("phone.jpg", query_image.read_bytes())})
     with running_server(link, live_index, tmp_path, "--workers", "1") as server:
-        (old,) = worker_pids(server)
-        link.unlink()
-        link.symlink_to(broken)
+        (old,) = workers()
+        point(broken)
         server.proc.send_signal(signal.SIGHUP)
         wait_for("the refusal", lambda: "reload refused" in server.log.read_text(), timeout=120)
-        time.sleep(0.5)
-        assert server.proc.poll() is None and worker_pids(server) == [old]
+        assert server.proc.poll() is None and workers() == [old]
         assert server.request("POST", "/v1/search", body, headers)[0] == 200
-        log = server.log.read_text()
-        assert "not a checkpoint" in log.split("reload refused", 1)[1].splitlines()[0]
-        link.unlink()  # mended: the checkpoint again
-        link.symlink_to(tiny_checkpoint)
-        server.proc.send_signal(signal.SIGHUP)
-        wait_for("the new worker", lambda: worker_pids(server) not in ([], [old]), timeout=120)
+        refusal = server.log.read_text().split("reload refused", 1)[1].splitlines()[0]
+        assert "not a checkpoint" in refusal
+        # Killed after the refusal, the worker comes back with the checkpoint it served.
+        os.kill(old, signal.SIGKILL)
+        wait_for("a new worker", lambda: workers() not in ([], [old]), timeout=120)
         wait_for("readiness", lambda: server.request("GET", "/readyz")[0] == 200, timeout=120)
         assert server.request("POST", "/v1/search", body, headers)[0] == 200
+        # A check that hangs (stopped here, as a stuck disk or database would hold it): the
+        # master still replaces a killed worker meanwhile.
+        for _ in range(5):
+            before = server.log.read_text().count("reload refused")
+            server.proc.send_signal(signal.SIGHUP)
+            child = wait_for(
+                "the check",
+                lambda n=before: checks() or server.log.read_text().count("reload refused") > n,
+                timeout=60,
+                every=0.005,
+            )
+            if child is not True:
+                os.kill(child[0], signal.SIGSTOP)
+                break
+        else:
+            pytest.fail("the check ended each time before it could be stopped")
+        (second,) = workers()
+        os.kill(second, signal.SIGKILL)
+        wait_for("a worker again", lambda: workers() not in ([], [second]), timeout=120)
+        wait_for("ready again", lambda: server.request("GET", "/readyz")[0] == 200, timeout=120)
+        hung = checks()
+        assert hung, "the check no longer runs"
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for("the second SIGHUP", lambda: "still runs" in server.log.read_text(), timeout=30)
+        # A stop while the check hangs: the check goes with the server.
+        assert stop(server) == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in hung)
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
 
 
 def test_ctrl_c_finishes_the_requests_in_flight(tiny_checkpoint, live_index, tmp_path):

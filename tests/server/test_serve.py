@@ -210,20 +210,19 @@ def test_an_unexpected_preflight_error_is_reported_whole():
     assert "LINE 1" in text and _exception_text(["no traceback"]) == ""
 
 
-def test_a_preflight_killed_by_a_signal_is_a_machine_failure(monkeypatch):
+def test_a_preflight_killed_by_a_signal_is_a_machine_failure():
     """Under a memory limit the preflight child died of SIGSEGV: "the serve preflight failed:
     exit status -11", exit 2 (the code for bad input), with no hint of memory."""
-    import subprocess
+    import signal
 
     from common.errors import MachineError
     from server import preflight
 
-    def segfault(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        return subprocess.CompletedProcess(args, -11, "", "")
+    def segfault(child):  # noqa: ANN001, ANN202  (the child as it starts)
+        child.send_signal(signal.SIGSEGV)
 
-    monkeypatch.setattr(preflight.subprocess, "run", segfault)
     with pytest.raises(MachineError, match="killed by SIGSEGV.*short of memory") as caught:
-        preflight.check_in_child(ServerConfig())
+        preflight.check_in_child(ServerConfig(), started=segfault)
     assert caught.value.exit_code == 1
     assert preflight.signal_name(99) == "signal 99"
 
