@@ -143,13 +143,17 @@ def test_another_process_s_price_update_updates_the_column_in_place(tmp_path):
         assert sorted(h.id for h in hits) == sorted(["i1", "i4", "i7", "i9", "i41", "new"])
 
 
-def test_rows_that_cannot_be_read_again_drop_every_cache(tmp_path, monkeypatch, caplog):
-    rng = np.random.default_rng(0)
-    xb = unit(rng.standard_normal((10, 8)).astype(np.float32))
+def _ten_prices(folder) -> None:
+    """A flat index of items i0..i9 priced 0..9."""
+    xb = unit(np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32))
     build_index(
-        tmp_path / "ix", [f"i{i}" for i in range(10)], xb, [{"price": i} for i in range(10)],
+        folder, [f"i{i}" for i in range(10)], xb, [{"price": i} for i in range(10)],
         model_name=MODEL, checkpoint_hash=HASH, kind="flat", progress=False,
     )  # fmt: skip
+
+
+def test_rows_that_cannot_be_read_again_drop_every_cache(tmp_path, monkeypatch, caplog):
+    _ten_prices(tmp_path / "ix")
     cheap = {"price": {"lt": 3}}
     with open_index(tmp_path / "ix") as writer, open_index(tmp_path / "ix", readonly=True) as other:
         store = other._store
@@ -168,12 +172,7 @@ def test_rows_that_cannot_be_read_again_drop_every_cache(tmp_path, monkeypatch, 
 
 
 def test_a_follower_that_holds_no_filter_cache_reads_no_rows(tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
-    xb = unit(rng.standard_normal((10, 8)).astype(np.float32))
-    build_index(
-        tmp_path / "ix", [f"i{i}" for i in range(10)], xb, [{"price": i} for i in range(10)],
-        model_name=MODEL, checkpoint_hash=HASH, kind="flat", progress=False,
-    )  # fmt: skip
+    _ten_prices(tmp_path / "ix")
     with open_index(tmp_path / "ix") as writer, open_index(tmp_path / "ix", readonly=True) as other:
         read = []
         monkeypatch.setattr(other._store, "lookup", lambda fids: read.append(fids) or {})

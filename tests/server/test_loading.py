@@ -150,12 +150,23 @@ def test_a_faiss_file_compacted_away_meanwhile_is_looked_up_again(
     loading.check_for_serving(tiny_checkpoint, copy)
 
 
+def _naming_classes(checkpoint, copy, names):  # noqa: ANN001, ANN202
+    """A copy of ``checkpoint`` whose config.json names its classes ``names``."""
+    from embedder.checkpoint import CONFIG_FILE
+
+    shutil.copytree(checkpoint, copy)
+    config = json.loads((copy / CONFIG_FILE).read_text())
+    config["label_names"] = names
+    (copy / CONFIG_FILE).write_text(json.dumps(config))
+    return copy
+
+
 def test_class_names_edited_since_the_index_was_built_are_warned_about(
     tiny_checkpoint, index_dir, tmp_path, caplog
 ):
     """The same weights with their class names reversed in config.json predicted the other
     names without a word (the hash covers the weights only)."""
-    from embedder.checkpoint import CONFIG_FILE, read_config
+    from embedder.checkpoint import read_config
 
     names = read_config(tiny_checkpoint).label_names
     index = tmp_path / "index"
@@ -166,11 +177,7 @@ def test_class_names_edited_since_the_index_was_built_are_warned_about(
     with caplog.at_level("WARNING"):
         loading.open_for_serving(tiny_checkpoint, index)[1].close()
     assert "named its classes otherwise" not in caplog.text
-    edited = tmp_path / "ckpt"
-    shutil.copytree(tiny_checkpoint, edited)
-    config = json.loads((edited / CONFIG_FILE).read_text())
-    config["label_names"] = names[::-1]
-    (edited / CONFIG_FILE).write_text(json.dumps(config))
+    edited = _naming_classes(tiny_checkpoint, tmp_path / "ckpt", names[::-1])
     with caplog.at_level("WARNING"):
         loading.open_for_serving(edited, index)[1].close()
     assert "named its classes otherwise" in caplog.text
@@ -183,7 +190,7 @@ def test_catalog_labels_the_checkpoint_does_not_know_are_warned_about_and_listed
 ):
     """A class renamed since training: served without a word, its items' photos voted for no
     class and the farther photos of other classes decided the prediction."""
-    from embedder.checkpoint import CONFIG_FILE, read_config
+    from embedder.checkpoint import read_config
     from server.config import ServerConfig
     from tests.server.helpers import make_app
 
@@ -191,11 +198,7 @@ def test_catalog_labels_the_checkpoint_does_not_know_are_warned_about_and_listed
     with caplog.at_level("WARNING"):
         loading.open_for_serving(tiny_checkpoint, index_dir)[1].close()
     assert "does not know" not in caplog.text
-    renamed = tmp_path / "ckpt"
-    shutil.copytree(tiny_checkpoint, renamed)
-    config = json.loads((renamed / CONFIG_FILE).read_text())
-    config["label_names"] = ["kestrel", *names[1:]]
-    (renamed / CONFIG_FILE).write_text(json.dumps(config))
+    renamed = _naming_classes(tiny_checkpoint, tmp_path / "ckpt", ["kestrel", *names[1:]])
     with caplog.at_level("WARNING"):
         embedder, index = loading.open_for_serving(renamed, index_dir)
     try:
