@@ -204,16 +204,17 @@ ACCESS_LOG_FORMAT = (
 class GracefulArbiter(Arbiter):
     """gunicorn's arbiter, whose first SIGINT (Ctrl-C) stops gracefully as SIGTERM does:
     gunicorn's own quick stop dropped every request in flight. A second Ctrl-C while it
-    waits for them still forces the stop (gunicorn's ``stop`` looks for one)."""
-
-    def handle_int(self) -> None:
-        self.handle_term()
+    waits for them still forces the stop (gunicorn's ``stop`` looks for one). A reload
+    (SIGHUP) happens only once the checkpoint and index it would load are checked."""
 
     def __init__(self, app: PhonesimGunicorn) -> None:
         super().__init__(app)
-        self._checking: threading.Thread | None = None
+        self._checking: threading.Thread | None = None  # a reload's check, while it runs
         self._check_child: subprocess.Popen | None = None
         self._checked: queue.SimpleQueue[tuple[ServerConfig, str | None]] = queue.SimpleQueue()
+
+    def handle_int(self) -> None:
+        self.handle_term()
 
     def handle_hup(self) -> None:
         """A reload (SIGHUP) starts new workers, which read the checkpoint and index again,
