@@ -454,8 +454,9 @@ class FilterEngine:
         if cond.range_op is not None:
             if col.kind == "empty":
                 return np.zeros(0, np.int64)
-            if col.kind == "text" and col.example is None:  # the item it named went
-                col = self._columns[cond.field] = make_column(*self._store.field_values(cond.field))
+            if col.kind == "text" and col.example is None:  # the item it named went: read again
+                del self._columns[cond.field]
+                col = self._column(cond.field)
             held = f" (it holds {col.example!r}, not a number)" if col.kind == "text" else ""
             raise InvalidFilterError(
                 f"filter[{cond.field!r}]: {cond.range_op!r} needs a numeric field, but "

@@ -374,12 +374,7 @@ class CatalogStore(JournalTable):
         except (sqlite3.Error, OSError) as exc:
             log.warning("%s: filter caches dropped (%s)", self.path, exc)
             return None
-        rows = [
-            (key, text, item.fid)
-            for item in items.values()
-            for key, text in ((k, canonical_value(v)) for k, v in item.metadata.items())
-            if text is not None
-        ]
+        rows = [row for item in items.values() for row in _attr_rows(item.fid, item.metadata)]
         return RowChanges({}, touched, _by_field(rows))
 
     def row_changes_since(self, generation: Any) -> list[RowChanges] | None:
@@ -445,11 +440,9 @@ class CatalogStore(JournalTable):
         names: set[str] = set()
         for fid, id_, md in zip(fids, ids, metadata, strict=True):
             item_rows.append((int(fid), id_, json.dumps(md, ensure_ascii=False)))
-            for key, value in md.items():
-                text = canonical_value(value)
-                if text is not None:
-                    attr_rows.append((key, text, int(fid)))
-                    names.add(key)
+            rows = _attr_rows(int(fid), md)
+            attr_rows += rows
+            names.update(key for key, _, _ in rows)
         with self.lock:
             try:
                 self._db.executemany(
@@ -467,12 +460,11 @@ class CatalogStore(JournalTable):
 
     def delete_items(self, fids: Sequence[int]) -> None:
         """Delete rows by fid (call inside :meth:`transaction`)."""
-        attr_rows = []
-        for item in self.lookup(fids).values():
-            for key, value in item.metadata.items():
-                text = canonical_value(value)
-                if text is not None:
-                    attr_rows.append((key, text, item.fid))
+        attr_rows = [
+            row
+            for item in self.lookup(fids).values()
+            for row in _attr_rows(item.fid, item.metadata)
+        ]
         with self.lock:
             self._deleted_rows = _tracked(self._deleted_rows, self._inserted_rows, attr_rows)
             self._db.executemany("DELETE FROM attrs WHERE field=? AND value=? AND fid=?", attr_rows)
@@ -719,6 +711,16 @@ def _tracked(
             undone.discard(row)
         else:
             rows.add(row)
+    return rows
+
+
+def _attr_rows(fid: int, metadata: Mapping[str, Any]) -> list[tuple[str, str, int]]:
+    """An item's filter rows ``(field, text, fid)``: its scalar values as the index holds them."""
+    rows = []
+    for key, value in metadata.items():
+        text = canonical_value(value)
+        if text is not None:
+            rows.append((key, text, fid))
     return rows
 
 
