@@ -22,7 +22,7 @@ from embedder.data import Catalog, load_catalog, nfc, shared_images
 from embedder.engine_options import EngineOptions
 from embedder.errors import DataError
 from embedder.inference import Embedder
-from embedder.knn_vote import UNKNOWN_CLASS, KnnFusion, fuse
+from embedder.knn_vote import KnnFusion, fuse, vote_classes
 from embedder.metrics import label_recall_at_k, macro_f1, nearest_neighbours
 from embedder.text_cues import apply_text_cues
 from embedder.text_reader import TextOptions
@@ -137,13 +137,7 @@ def evaluate(
         g_vectors = g_batch.embeddings
         # Gallery classes the checkpoint does not know take their share of the vote back to
         # the probabilities (knn_vote.UNKNOWN_CLASS); a blank label does not vote.
-        g_classes = np.array(
-            [
-                names.index(x) if x in names else UNKNOWN_CLASS if x.strip() else -1
-                for x in g_labels
-            ],
-            int,
-        )
+        g_classes = vote_classes(g_labels, names)
         retrieval = label_recall_at_k(
             batch.embeddings, [catalog.samples[i].label for i in idx], g_vectors, g_labels
         )

@@ -98,8 +98,14 @@ def fuse(
     probabilities = np.asarray(probabilities, dtype=np.float32)
     scores, labels = np.asarray(scores)[:, : fusion.k], np.asarray(labels)[:, : fusion.k]
     vote = knn_vote(scores, labels, probabilities.shape[1], fusion.temperature)
+    return _fused(probabilities, vote, fusion.weight)
+
+
+def _fused(probabilities: np.ndarray, vote: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) * probabilities + weight * vote``, the vote's missing share (neighbours
+    of unknown classes, or none that voted) filled with the probabilities."""
     unknown = 1.0 - vote.sum(axis=1, keepdims=True)  # 1 where no neighbour voted
-    fused = (1.0 - fusion.weight) * probabilities + fusion.weight * (vote + unknown * probabilities)
+    fused = (1.0 - weight) * probabilities + weight * (vote + unknown * probabilities)
     return fused.astype(np.float32)
 
 
@@ -118,9 +124,21 @@ def neighbour_arrays(
     for row, found in enumerate(neighbours):
         for col, (score, label) in enumerate(found[:k]):
             scores[row, col] = score
-            if isinstance(label, str) and label.strip():
-                labels[row, col] = position.get(label, UNKNOWN_CLASS)
+            labels[row, col] = _class_of(label, position)
     return scores, labels
+
+
+def vote_classes(labels: Sequence[object], names: Sequence[str]) -> np.ndarray:
+    """Each label's class index in ``names``, as neighbours vote: :data:`UNKNOWN_CLASS` for a
+    label the checkpoint does not name, -1 for a blank or missing one."""
+    position = {name: i for i, name in enumerate(names)}
+    return np.array([_class_of(x, position) for x in labels], np.int64)
+
+
+def _class_of(label: object, position: Mapping[str, int]) -> int:
+    if not (isinstance(label, str) and label.strip()):
+        return -1
+    return position.get(label, UNKNOWN_CLASS)
 
 
 def fuse_with_neighbours(
@@ -131,11 +149,12 @@ def fuse_with_neighbours(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The probabilities fused with the vote of each query's ``(score, label)`` neighbours,
     and which queries had a neighbour that voted (:func:`neighbour_arrays`, :func:`fuse`)."""
+    probabilities = np.asarray(probabilities, dtype=np.float32)
     scores, labels = neighbour_arrays(neighbours, names, fusion.k)
-    vote = knn_vote(scores, labels, len(names), fusion.temperature)
+    vote = knn_vote(scores, labels, probabilities.shape[1], fusion.temperature)
     # Voted: the checkpoint's classes hold a share that moves the prediction (a known
     # neighbour far behind near ones of unknown classes holds ~1e-8 of it).
-    return fuse(probabilities, scores, labels, fusion), vote.sum(axis=1) > VOTED_SHARE
+    return _fused(probabilities, vote, fusion.weight), vote.sum(axis=1) > VOTED_SHARE
 
 
 __all__ = [
@@ -145,5 +164,6 @@ __all__ = [
     "fuse",
     "fuse_with_neighbours",
     "knn_vote",
+    "vote_classes",
     "neighbour_arrays",
 ]
